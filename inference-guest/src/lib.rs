@@ -19,7 +19,7 @@ pub mod ggml_type;
 // Each module line is enabled by the change that brings the module.
 // pub mod gguf;
 // pub mod model;
-// pub mod parallel;
+pub mod parallel;
 // pub mod quant;
 // pub mod sampler;
 // pub mod tokenizer;
