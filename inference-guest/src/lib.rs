@@ -19,6 +19,7 @@ pub mod ggml_type;
 // Each module line is enabled by the change that brings the module.
 // pub mod gguf;
 // pub mod model;
+pub mod math;
 pub mod parallel;
 // pub mod quant;
 // pub mod sampler;
