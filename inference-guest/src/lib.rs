@@ -18,7 +18,8 @@ extern crate alloc;
 pub mod ggml_type;
 // Each module line is enabled by the change that brings the module.
 // pub mod gguf;
-// pub mod model;
+pub mod model;
+pub mod generate;
 pub mod math;
 pub mod parallel;
 // pub mod quant;
