@@ -17,7 +17,7 @@ extern crate alloc;
 
 pub mod ggml_type;
 // Each module line is enabled by the change that brings the module.
-// pub mod gguf;
+pub mod gguf;
 // pub mod model;
 // pub mod parallel;
 // pub mod quant;
