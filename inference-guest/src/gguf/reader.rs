@@ -389,7 +389,7 @@ fn read_tensor_info<'a>(
         type_id,
     })?;
     let row_len = dims.first().copied().unwrap_or(1);
-    if row_len % ty.block_len() as u64 != 0 {
+    if !row_len.is_multiple_of(ty.block_len() as u64) {
         return Err(GgufError::RowNotWholeBlocks {
             name: owned(),
             row_len,
@@ -402,7 +402,7 @@ fn read_tensor_info<'a>(
         .checked_mul(ty.block_bytes())
         .ok_or_else(|| GgufError::SizeOverflow { name: owned() })?;
     let data_offset = c.u64("tensor data offset")?;
-    if data_offset % alignment as u64 != 0 {
+    if !data_offset.is_multiple_of(alignment as u64) {
         return Err(GgufError::MisalignedTensor {
             name: owned(),
             offset: data_offset,
@@ -437,13 +437,13 @@ fn attach_data<'a>(tensors: &mut [TensorInfo<'a>], data: &'a [u8]) -> Result<(),
     order.sort_by_key(|&i| tensors.get(i).map_or(0, |t| t.offset));
     for pair in order.windows(2) {
         let &[i, j] = pair else { continue };
-        if let (Some(a), Some(b)) = (tensors.get(i), tensors.get(j)) {
-            if a.offset + a.data.len() as u64 > b.offset {
-                return Err(GgufError::TensorsOverlap {
-                    first: a.name.to_owned(),
-                    second: b.name.to_owned(),
-                });
-            }
+        if let (Some(a), Some(b)) = (tensors.get(i), tensors.get(j))
+            && a.offset + a.data.len() as u64 > b.offset
+        {
+            return Err(GgufError::TensorsOverlap {
+                first: a.name.to_owned(),
+                second: b.name.to_owned(),
+            });
         }
     }
     Ok(())

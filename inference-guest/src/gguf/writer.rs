@@ -231,7 +231,7 @@ pub fn tensor_bytes(name: &str, ty: GgmlType, dims: &[u64]) -> Result<usize, Ggu
         })
         .ok_or_else(|| bad("the element count overflows"))?;
     let row = usize::try_from(dims[0]).map_err(|_| bad("the row length overflows"))?;
-    if row % ty.block_len() != 0 {
+    if !row.is_multiple_of(ty.block_len()) {
         return Err(bad("the row length is not a multiple of the block length"));
     }
     (n / ty.block_len())
