@@ -22,7 +22,7 @@ pub enum ConvertError {
         block_len: usize,
     },
     /// (De)quantisation is not available for a type.
-    #[error("tensor '{tensor}': {source}")]
+    #[error("tensor '{tensor}' could not be re-typed")]
     Codec {
         tensor: String,
         #[source]
