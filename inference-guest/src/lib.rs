@@ -20,6 +20,6 @@ pub mod ggml_type;
 // pub mod gguf;
 // pub mod model;
 // pub mod parallel;
-// pub mod quant;
+pub mod quant;
 // pub mod sampler;
 // pub mod tokenizer;
