@@ -57,9 +57,17 @@ impl GgmlType {
 
     /// Parses a name as printed by [`GgmlType::name`] (case-insensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::F32, Self::F16, Self::Q4_0, Self::Q4_1, Self::Q8_0, Self::Q4K, Self::Q6K]
-            .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(name))
+        [
+            Self::F32,
+            Self::F16,
+            Self::Q4_0,
+            Self::Q4_1,
+            Self::Q8_0,
+            Self::Q4K,
+            Self::Q6K,
+        ]
+        .into_iter()
+        .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Elements per block.

@@ -22,4 +22,4 @@ pub mod ggml_type;
 // pub mod parallel;
 // pub mod quant;
 // pub mod sampler;
-// pub mod tokenizer;
+pub mod tokenizer;
