@@ -21,5 +21,5 @@ pub mod ggml_type;
 // pub mod model;
 // pub mod parallel;
 // pub mod quant;
-// pub mod sampler;
+pub mod sampler;
 pub mod tokenizer;
