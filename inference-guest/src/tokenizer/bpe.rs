@@ -25,6 +25,9 @@ pub(crate) struct BpeModel {
     n_vocab: u32,
 }
 
+/// Pending merges, lowest `(rank, left)` first: `(rank, left, right, left sym, right sym)`.
+type Queue = BinaryHeap<Reverse<(u32, usize, usize, Sym, Sym)>>;
+
 /// One symbol of the word being merged (llama.cpp `llm_symbol`).
 #[derive(Debug, Clone, Copy)]
 struct Symbol {
@@ -97,11 +100,11 @@ impl BpeModel {
         for range in self.pre.split(text) {
             word.clear();
             word.extend(text.as_bytes()[range].iter().map(|&b| byte_to_char(b)));
-            if self.pre.ignore_merges {
-                if let Some(&id) = token_to_id.get(word.as_str()) {
-                    out.push(id);
-                    continue;
-                }
+            if self.pre.ignore_merges
+                && let Some(&id) = token_to_id.get(word.as_str())
+            {
+                out.push(id);
+                continue;
             }
             self.merge_word(&word, token_to_id, &mut symbols, &mut heap);
             self.emit(&word, &symbols, token_to_id, out);
@@ -113,7 +116,7 @@ impl BpeModel {
         word: &str,
         token_to_id: &BTreeMap<String, u32>,
         symbols: &mut Vec<Symbol>,
-        heap: &mut BinaryHeap<Reverse<(u32, usize, usize, Sym, Sym)>>,
+        heap: &mut Queue,
     ) {
         symbols.clear();
         heap.clear();
@@ -160,13 +163,7 @@ impl BpeModel {
         }
     }
 
-    fn push_bigram(
-        &self,
-        symbols: &[Symbol],
-        heap: &mut BinaryHeap<Reverse<(u32, usize, usize, Sym, Sym)>>,
-        left: usize,
-        right: usize,
-    ) {
+    fn push_bigram(&self, symbols: &[Symbol], heap: &mut Queue, left: usize, right: usize) {
         let (Some(l), Some(r)) = (symbols[left].sym, symbols[right].sym) else {
             return;
         };

@@ -89,7 +89,9 @@ pub struct VocabSpec {
 #[derive(Debug, Clone)]
 pub(crate) enum Engine {
     Bpe(BpeModel),
-    Spm { byte_tokens: [Option<u32>; 256] },
+    Spm {
+        byte_tokens: alloc::boxed::Box<[Option<u32>; 256]>,
+    },
 }
 
 /// A loaded tokenizer: text ↔ token ids exactly as llama.cpp computes them.
@@ -288,7 +290,13 @@ impl Tokenizer {
                         .copied()
                         .or(unk);
                 }
-                (Engine::Spm { byte_tokens }, true, true)
+                (
+                    Engine::Spm {
+                        byte_tokens: alloc::boxed::Box::new(byte_tokens),
+                    },
+                    true,
+                    true,
+                )
             }
         };
 
