@@ -15,11 +15,13 @@
 
 extern crate alloc;
 
-pub mod ggml_type;
 // Each module line is enabled by the change that brings the module.
-// pub mod gguf;
-// pub mod model;
-// pub mod parallel;
+pub mod generate;
+pub mod ggml_type;
+pub mod gguf;
+pub mod math;
+pub mod model;
+pub mod parallel;
 // pub mod quant;
 pub mod sampler;
 pub mod tokenizer;

@@ -21,6 +21,8 @@
 //! ```
 //! Wrong-typed metadata (`get_u32` on a string, say) is a `GgufError::MetadataType` naming the key.
 
+mod access;
+mod cursor;
 mod error;
 mod reader;
 mod value;
@@ -28,5 +30,8 @@ mod value;
 pub mod writer;
 
 pub use error::GgufError;
-pub use reader::{Gguf, TensorInfo};
+pub use reader::{DEFAULT_ALIGNMENT, Gguf, MAX_ARRAY_DEPTH, TensorInfo};
 pub use value::{Value, ValueType};
+
+#[cfg(all(test, feature = "std"))]
+mod tests;

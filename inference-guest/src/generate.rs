@@ -1,0 +1,77 @@
+//! The token loop: prefill a prompt, then sample and feed back one token at a time.
+
+use crate::model::{Logits, Model, ModelError, Session};
+use crate::parallel::Parallel;
+use crate::sampler::Sampler;
+use alloc::vec::Vec;
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-generation token.
+    EndOfGeneration,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The context window is full.
+    ContextFull,
+    /// The caller's callback asked to stop (client gone, Ctrl-C).
+    Cancelled,
+}
+
+/// What the loop needs besides the model.
+pub struct GenerateRequest<'p> {
+    pub prompt: &'p [u32],
+    pub max_tokens: usize,
+    /// Stop at an end-of-generation token (`false` to always produce `max_tokens`).
+    pub stop_at_eog: bool,
+}
+
+/// Counts for the caller's summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenerateOutcome {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub stop: StopReason,
+}
+
+/// Runs `req.prompt` through `session` and samples up to `req.max_tokens` tokens.
+///
+/// `on_token(id)` sees every generated token as soon as it is chosen (the first call marks
+/// the time to first token) and returns `false` to stop. `is_eog` tells which ids end
+/// generation. The session keeps the prompt and every generated token but the last.
+pub fn generate(
+    model: &Model<'_>,
+    session: &mut Session,
+    sampler: &mut Sampler,
+    par: &dyn Parallel,
+    req: &GenerateRequest<'_>,
+    is_eog: &dyn Fn(u32) -> bool,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<GenerateOutcome, ModelError> {
+    let mut history: Vec<u32> = req.prompt.to_vec();
+    let mut logits: Vec<f32> = session.eval(model, req.prompt, Logits::Last, par)?.to_vec();
+    let mut generated = 0;
+    let stop = loop {
+        if generated >= req.max_tokens {
+            break StopReason::MaxTokens;
+        }
+        let token = sampler.sample(&mut logits, &history);
+        generated += 1;
+        history.push(token);
+        if !on_token(token) {
+            break StopReason::Cancelled;
+        }
+        if req.stop_at_eog && is_eog(token) {
+            break StopReason::EndOfGeneration;
+        }
+        if generated >= req.max_tokens {
+            break StopReason::MaxTokens;
+        }
+        if session.n_past() >= session.n_ctx() {
+            break StopReason::ContextFull;
+        }
+        logits.clear();
+        logits.extend_from_slice(session.eval(model, &[token], Logits::Last, par)?);
+    };
+    Ok(GenerateOutcome { prompt_tokens: req.prompt.len(), generated_tokens: generated, stop })
+}

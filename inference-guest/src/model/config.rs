@@ -1,0 +1,146 @@
+//! Hyper-parameters of a llama-family model, read from GGUF metadata and checked.
+
+use super::ModelError;
+use crate::gguf::Gguf;
+use alloc::string::{String, ToString};
+
+/// How RoPE pairs up the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Adjacent pairs (x[2i], x[2i+1]): llama (the converter already permuted Q/K).
+    Normal,
+    /// Halves (x[i], x[i + d/2]): GPT-NeoX, Qwen2.
+    Neox,
+}
+
+/// Everything the forward pass needs to know about the model's shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub architecture: String,
+    pub n_vocab: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub n_ctx_train: usize,
+    pub rope_freq_base: f32,
+    pub rope_dims: usize,
+    pub rope_layout: RopeLayout,
+    pub rms_eps: f32,
+}
+
+/// Architectures whose graph is the llama one (optionally with QKV bias).
+const SUPPORTED: &[(&str, RopeLayout)] = &[
+    ("llama", RopeLayout::Normal),
+    ("mistral", RopeLayout::Normal),
+    ("qwen2", RopeLayout::Neox),
+];
+
+impl LlamaConfig {
+    /// Reads and validates the hyper-parameters of `g`.
+    pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, ModelError> {
+        let arch = g.get_str("general.architecture")?.ok_or(ModelError::MissingKey {
+            key: "general.architecture".to_string(),
+        })?;
+        let rope_layout = SUPPORTED
+            .iter()
+            .find(|(name, _)| *name == arch)
+            .map(|(_, layout)| *layout)
+            .ok_or_else(|| ModelError::UnsupportedArchitecture(arch.to_string()))?;
+        let key = |suffix: &str| alloc::format!("{arch}.{suffix}");
+        let req_u32 = |suffix: &str| -> Result<usize, ModelError> {
+            let k = key(suffix);
+            match g.get_u32(&k)? {
+                Some(0) | None => Err(ModelError::MissingKey { key: k }),
+                Some(v) => Ok(v as usize),
+            }
+        };
+        let n_embd = req_u32("embedding_length")?;
+        let n_layer = req_u32("block_count")?;
+        let n_head = req_u32("attention.head_count")?;
+        let n_head_kv = match g.get_u32(&key("attention.head_count_kv"))? {
+            Some(v) if v > 0 => v as usize,
+            _ => n_head,
+        };
+        let n_ff = req_u32("feed_forward_length")?;
+        let n_ctx_train = req_u32("context_length")?;
+        let head_dim = match g.get_u32(&key("attention.key_length"))? {
+            Some(v) if v > 0 => v as usize,
+            _ => n_embd / n_head,
+        };
+        let rope_dims = match g.get_u32(&key("rope.dimension_count"))? {
+            Some(v) if v > 0 => v as usize,
+            _ => head_dim,
+        };
+        let rope_freq_base = g.get_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+        let rms_eps = g
+            .get_f32(&key("attention.layer_norm_rms_epsilon"))?
+            .ok_or(ModelError::MissingKey { key: key("attention.layer_norm_rms_epsilon") })?;
+        let n_vocab = match g.get_u32(&key("vocab_size"))? {
+            Some(v) if v > 0 => v as usize,
+            _ => g
+                .tensor("token_embd.weight")
+                .and_then(|t| t.dims.get(1).copied())
+                .ok_or(ModelError::MissingTensor("token_embd.weight".to_string()))?
+                as usize,
+        };
+        let cfg = Self {
+            architecture: arch.to_string(),
+            n_vocab,
+            n_embd,
+            n_layer,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff,
+            n_ctx_train,
+            rope_freq_base,
+            rope_dims,
+            rope_layout,
+            rms_eps,
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), ModelError> {
+        let bad = |what: &str| Err(ModelError::BadHyperParameters(what.to_string()));
+        if self.n_head % self.n_head_kv != 0 {
+            return bad("attention.head_count is not a multiple of attention.head_count_kv");
+        }
+        if self.head_dim % 2 != 0 || self.rope_dims > self.head_dim || self.rope_dims % 2 != 0 {
+            return bad("head dimension and rope.dimension_count must be even, rope <= head");
+        }
+        if !(self.rope_freq_base.is_finite() && self.rope_freq_base > 0.0) {
+            return bad("rope.freq_base must be a positive number");
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
+            return bad("attention.layer_norm_rms_epsilon must be a positive number");
+        }
+        // Far beyond any model this engine targets; stops absurd metadata from turning into
+        // absurd allocations before the tensors are even checked.
+        let limits = [
+            (self.n_embd, 1 << 16),
+            (self.n_layer, 1 << 10),
+            (self.n_head, 1 << 10),
+            (self.n_ff, 1 << 18),
+            (self.n_vocab, 1 << 22),
+        ];
+        if limits.iter().any(|&(v, max)| v > max) {
+            return bad("a dimension is implausibly large");
+        }
+        Ok(())
+    }
+
+    /// Width of the key/value projections.
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+
+    /// Width of the query projection.
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+}

@@ -1,0 +1,125 @@
+//! Weight-matrix products over a batch of activations, spread over threads.
+//!
+//! Several products that read the same input (Q, K and V; gate and up) run in one parallel
+//! region, so a decode step pays for fewer thread hand-offs.
+
+use super::weights::Matrix;
+use crate::parallel::{Parallel, for_each_chunk_mut, rows_per_item};
+use crate::quant::{ActFormat, Kernels};
+use alloc::vec::Vec;
+
+/// One product: `out[j][i] = matrix row i · input row j`.
+pub struct Product<'m, 'o> {
+    pub matrix: &'m Matrix<'m>,
+    /// `t` rows of `matrix.rows` values.
+    pub out: &'o mut [f32],
+}
+
+/// Reusable buffers for [`run`]; grow on demand, never shrink.
+#[derive(Default)]
+pub struct MatmulScratch {
+    /// The input quantised once per activation format: (format, bytes).
+    acts: Vec<(ActFormat, Vec<u8>)>,
+    /// Row-major by weight row (`[rows][t]`) results before the transpose, for t > 1.
+    transposed: Vec<f32>,
+}
+
+struct Task<'a> {
+    matrix: &'a Matrix<'a>,
+    act: &'a [u8],
+    row0: usize,
+    rows: usize,
+    out: &'a mut [f32],
+}
+
+/// Computes every product in `products` for the `t` input rows of `input` (each of the
+/// matrices' common row length).
+pub fn run(
+    kernels: &Kernels,
+    par: &dyn Parallel,
+    scratch: &mut MatmulScratch,
+    input: &[f32],
+    t: usize,
+    products: &mut [Product<'_, '_>],
+) {
+    let n = products[0].matrix.n;
+    debug_assert!(products.iter().all(|p| p.matrix.n == n && p.out.len() == t * p.matrix.rows));
+    debug_assert_eq!(input.len(), t * n);
+
+    // Quantise the input once for each format the matrices need.
+    let mut n_acts = 0;
+    for p in products.iter() {
+        let fmt = ActFormat::for_weights(p.matrix.ty);
+        if scratch.acts[..n_acts].iter().any(|(f, _)| *f == fmt) {
+            continue;
+        }
+        if scratch.acts.len() == n_acts {
+            scratch.acts.push((fmt, Vec::new()));
+        }
+        let (f, bytes) = &mut scratch.acts[n_acts];
+        *f = fmt;
+        let rb = fmt.row_bytes(n);
+        bytes.resize(rb * t, 0);
+        for (row, dst) in input.chunks_exact(n).zip(bytes.chunks_exact_mut(rb)) {
+            kernels.quantize_act(fmt, row, dst);
+        }
+        n_acts += 1;
+    }
+    let acts = &scratch.acts[..n_acts];
+    let act_for = |m: &Matrix<'_>| {
+        let fmt = ActFormat::for_weights(m.ty);
+        acts.iter().find(|(f, _)| *f == fmt).map(|(_, b)| b.as_slice()).unwrap_or(&[])
+    };
+
+    let total_rows: usize = products.iter().map(|p| p.matrix.rows).sum();
+    if t > 1 {
+        scratch.transposed.resize(total_rows * t, 0.0);
+    }
+    let mut tasks = Vec::new();
+    {
+        let mut spare: &mut [f32] = &mut scratch.transposed;
+        for p in products.iter_mut() {
+            let m = p.matrix;
+            let per_item = rows_per_item(m.rows, par.n_threads(), if t > 1 { 16 } else { 8 });
+            let dst: &mut [f32] = if t > 1 {
+                let (mine, rest) = core::mem::take(&mut spare).split_at_mut(m.rows * t);
+                spare = rest;
+                mine
+            } else {
+                &mut *p.out
+            };
+            let act = act_for(m);
+            for (k, out) in dst.chunks_mut(per_item * t).enumerate() {
+                let row0 = k * per_item;
+                tasks.push(Task { matrix: m, act, row0, rows: out.len() / t, out });
+            }
+        }
+        for_each_chunk_mut(par, &mut tasks, 1, &|_, task| {
+            let task = &mut task[0];
+            let m = task.matrix;
+            kernels.matmul(
+                m.ty,
+                m.n,
+                m.rows_slice(task.row0, task.rows),
+                task.rows,
+                task.act,
+                t,
+                task.out,
+            );
+        });
+    }
+    drop(tasks);
+    if t > 1 {
+        let mut src: &[f32] = &scratch.transposed;
+        for p in products.iter_mut() {
+            let rows = p.matrix.rows;
+            let (mine, rest) = src.split_at(rows * t);
+            src = rest;
+            for (i, col) in mine.chunks_exact(t).enumerate() {
+                for (j, &v) in col.iter().enumerate() {
+                    p.out[j * rows + i] = v;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! A llama-family model: hyper-parameters, borrowed weights, and sessions that run it.
+//!
+//! ```ignore
+//! let model = Model::from_gguf(&gguf, Kernels::detect())?;
+//! let mut session = model.new_session(2048);
+//! let logits = session.eval(&model, &prompt_ids, Logits::Last, &pool)?;
+//! ```
+
+mod config;
+mod error;
+mod forward;
+mod kv_cache;
+mod matmul;
+mod weights;
+
+pub use config::{LlamaConfig, RopeLayout};
+pub use error::ModelError;
+pub use forward::Logits;
+pub use weights::{Layer, Matrix, Weights};
+
+use crate::gguf::Gguf;
+use crate::parallel::Parallel;
+use crate::quant::Kernels;
+use alloc::vec::Vec;
+use forward::Buffers;
+use kv_cache::KvCache;
+
+/// The most tokens one forward pass takes; longer prompts are split. Bounds the activation
+/// buffers (a batch of `t` needs about `t * (4 * n_embd + 3 * n_ff)` floats).
+pub const MAX_BATCH: usize = 256;
+
+/// A loaded model: configuration, weights borrowed from the GGUF bytes, chosen kernels.
+pub struct Model<'a> {
+    pub cfg: LlamaConfig,
+    pub weights: Weights<'a>,
+    kernels: Kernels,
+}
+
+impl<'a> Model<'a> {
+    /// Checks `g` describes a supported llama-family model and borrows its weights.
+    pub fn from_gguf(g: &Gguf<'a>, kernels: Kernels) -> Result<Self, ModelError> {
+        let cfg = LlamaConfig::from_gguf(g)?;
+        let weights = Weights::from_gguf(g, &cfg, &kernels)?;
+        Ok(Self { cfg, weights, kernels })
+    }
+
+    /// The kernels this model runs on.
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    /// A fresh session with room for `n_ctx` tokens (capped at the training context).
+    pub fn new_session(&self, n_ctx: usize) -> Session {
+        let n_ctx = n_ctx.clamp(1, self.cfg.n_ctx_train);
+        Session {
+            kv: KvCache::new(self.cfg.n_layer, n_ctx, self.cfg.n_head_kv, self.cfg.head_dim),
+            buf: Buffers::default(),
+            n_past: 0,
+            logits: Vec::new(),
+        }
+    }
+}
+
+/// One conversation's state: its KV cache and position.
+pub struct Session {
+    kv: KvCache,
+    buf: Buffers,
+    n_past: usize,
+    logits: Vec<f32>,
+}
+
+impl Session {
+    /// Tokens evaluated so far.
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    /// The context size.
+    pub fn n_ctx(&self) -> usize {
+        self.kv.n_ctx()
+    }
+
+    /// Bytes of KV cache held.
+    pub fn kv_bytes(&self) -> usize {
+        self.kv.bytes()
+    }
+
+    /// Forgets every token (the cache is overwritten by the next evaluation).
+    pub fn reset(&mut self) {
+        self.n_past = 0;
+    }
+
+    /// Evaluates `tokens` after those already seen and returns logits: `[n_vocab]` for
+    /// [`Logits::Last`], `[tokens.len()][n_vocab]` for [`Logits::All`]. On error the session
+    /// is unchanged.
+    pub fn eval(
+        &mut self,
+        model: &Model<'_>,
+        tokens: &[u32],
+        want: Logits,
+        par: &dyn Parallel,
+    ) -> Result<&[f32], ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyBatch);
+        }
+        if self.n_past + tokens.len() > self.kv.n_ctx() {
+            return Err(ModelError::ContextFull {
+                needed: self.n_past + tokens.len(),
+                n_ctx: self.kv.n_ctx(),
+            });
+        }
+        let n_vocab = model.cfg.n_vocab;
+        let mut all = Vec::new();
+        let chunks = tokens.len().div_ceil(MAX_BATCH);
+        for (i, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
+            let last = i + 1 == chunks;
+            let chunk_want = if want == Logits::All { Logits::All } else { Logits::Last };
+            model.forward_batch(
+                &mut self.kv,
+                &mut self.buf,
+                self.n_past + i * MAX_BATCH,
+                chunk,
+                chunk_want,
+                par,
+                &mut self.logits,
+            )?;
+            if want == Logits::All && chunks > 1 {
+                all.extend_from_slice(&self.logits);
+            }
+            if last && want == Logits::All && chunks > 1 {
+                self.logits = core::mem::take(&mut all);
+            }
+        }
+        self.n_past += tokens.len();
+        debug_assert_eq!(self.logits.len() % n_vocab, 0);
+        Ok(&self.logits)
+    }
+}

@@ -1,0 +1,131 @@
+//! How the forward pass spreads work over threads.
+//!
+//! The engine never spawns threads itself: it asks a [`Parallel`] to run `n` independent
+//! items. On the host that is [`ThreadPool`]; in the guest it is one worker per vCPU. Items
+//! are claimed dynamically (an atomic counter), so a thread the OS deschedules for a moment
+//! delays only the item it holds, never a whole static share of the work.
+
+#[cfg(feature = "std")]
+mod pool;
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+#[cfg(feature = "std")]
+pub use pool::ThreadPool;
+
+/// Runs independent items of work, possibly on several threads.
+pub trait Parallel: Sync {
+    /// How many threads take part (the caller included).
+    fn n_threads(&self) -> usize;
+
+    /// Calls `f(i)` exactly once for every `i` in `0..n`, on any of the threads, and returns
+    /// only after every call has finished.
+    fn for_each(&self, n: usize, f: &(dyn Fn(usize) + Sync));
+}
+
+/// Everything on the calling thread: the reference for tests and the fallback.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SingleThread;
+
+impl Parallel for SingleThread {
+    fn n_threads(&self) -> usize {
+        1
+    }
+
+    fn for_each(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        (0..n).for_each(f);
+    }
+}
+
+/// Claims item indices `0..n` one at a time; shared by the threads of one `for_each`.
+pub(crate) struct WorkCounter {
+    next: AtomicUsize,
+    n: usize,
+}
+
+impl WorkCounter {
+    pub(crate) fn new(n: usize) -> Self {
+        Self { next: AtomicUsize::new(0), n }
+    }
+
+    /// Runs `f` on items until none is left.
+    pub(crate) fn drain(&self, f: &(dyn Fn(usize) + Sync)) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.n {
+                return;
+            }
+            f(i);
+        }
+    }
+}
+
+/// A pointer that may cross threads; only [`for_each_chunk_mut`] creates one.
+struct SharedMutPtr<T>(*mut T);
+// SAFETY: the pointer is only dereferenced in `for_each_chunk_mut`, which hands every element
+// to exactly one thread (disjoint chunks), and `T: Send` is required there.
+unsafe impl<T: Send> Sync for SharedMutPtr<T> {}
+
+/// Splits `data` into chunks of `chunk_len` elements (the last may be shorter) and calls
+/// `f(chunk_index, chunk)` for each, spread over the threads of `par`.
+pub fn for_each_chunk_mut<T: Send>(
+    par: &dyn Parallel,
+    data: &mut [T],
+    chunk_len: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let chunk_len = chunk_len.max(1);
+    let len = data.len();
+    let n_chunks = len.div_ceil(chunk_len);
+    let base = SharedMutPtr(data.as_mut_ptr());
+    let base = &base;
+    par.for_each(n_chunks, &move |i| {
+        let start = i * chunk_len;
+        let end = (start + chunk_len).min(len);
+        // SAFETY: `for_each` calls each index exactly once, so the ranges [start, end) handed
+        // out are disjoint and inside `data` (end <= len); `data` is mutably borrowed for the
+        // whole call and `for_each` returns only after every item finished, so no chunk
+        // outlives the borrow or aliases another.
+        let chunk = unsafe { core::slice::from_raw_parts_mut(base.0.add(start), end - start) };
+        f(i, chunk);
+    });
+}
+
+/// How many items to cut `n_rows` rows into: enough for dynamic balancing across
+/// `n_threads`, not so many that claiming items costs more than the work.
+pub fn rows_per_item(n_rows: usize, n_threads: usize, min_rows: usize) -> usize {
+    if n_threads <= 1 {
+        return n_rows.max(1);
+    }
+    let target_items = n_threads * 8;
+    let rows = n_rows.div_ceil(target_items).max(min_rows);
+    // Multiples of 4 keep the kernels' row tiles full.
+    rows.div_ceil(4) * 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn every_chunk_is_visited_once() {
+        let mut data = vec![0u32; 1003];
+        for_each_chunk_mut(&SingleThread, &mut data, 10, &|i, c| {
+            for x in c.iter_mut() {
+                *x += 1 + i as u32;
+            }
+        });
+        for (k, x) in data.iter().enumerate() {
+            assert_eq!(*x, 1 + (k / 10) as u32);
+        }
+    }
+
+    #[test]
+    fn rows_per_item_balances() {
+        assert_eq!(rows_per_item(100, 1, 4), 100);
+        let r = rows_per_item(1536, 2, 8);
+        assert!(r % 4 == 0 && 1536usize.div_ceil(r) >= 8);
+        assert_eq!(rows_per_item(10, 2, 8), 8);
+    }
+}

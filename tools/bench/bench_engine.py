@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""make bench-engine: FlexServe's host engine vs llama.cpp on the same GGUF files, same run.
+
+Both engines get the same 128 token ids as one prefill batch, then 128 greedy single-token
+decode steps, on 2 threads. Engines alternate (A B A B) for `--rounds` rounds and the median
+is reported. The last line printed is one JSON object:
+{"bench":"engine","rows":[{"engine":..., "quant":..., "prefill_tps":..., "decode_tps":...}, ...]}
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import llama_cpp
+
+
+def quant_of(path):
+    return os.path.basename(path).rsplit(".", 2)[-2]
+
+
+def prompt_ids(n, n_vocab):
+    return [1000 + (i * 7919) % (n_vocab - 1000) for i in range(n)]
+
+
+def bench_llama(llm, n_prompt, n_gen):
+    ids = prompt_ids(n_prompt, llm.n_vocab())
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    t1 = time.perf_counter()
+    for _ in range(n_gen):
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        llm.eval([tok])
+    t2 = time.perf_counter()
+    return n_prompt / (t1 - t0), n_gen / (t2 - t1)
+
+
+def bench_flexserve(exe, model, n_prompt, n_gen, threads):
+    out = subprocess.run(
+        [exe, "bench-engine", "-m", model, "--prompt-tokens", str(n_prompt),
+         "--gen-tokens", str(n_gen), "--threads", str(threads), "--reps", "2"],
+        check=True, capture_output=True, text=True)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    return row["prefill_tps"], row["decode_tps"], row.get("isa", "?")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flexserve", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("models", nargs="+")
+    a = ap.parse_args()
+
+    llms = {}
+    for m in a.models:
+        llms[m] = llama_cpp.Llama(model_path=m, n_ctx=512, n_batch=512, n_threads=a.threads,
+                                  n_threads_batch=a.threads, flash_attn=False, verbose=False)
+        bench_llama(llms[m], a.prompt_tokens, 8)  # warm-up
+    results = {(m, e): ([], []) for m in a.models for e in ("flexserve", "llama.cpp")}
+    isa = "?"
+    for r in range(a.rounds):
+        for m in a.models:
+            pp, tg, isa = bench_flexserve(a.flexserve, m, a.prompt_tokens, a.gen_tokens, a.threads)
+            results[(m, "flexserve")][0].append(pp)
+            results[(m, "flexserve")][1].append(tg)
+            pp, tg = bench_llama(llms[m], a.prompt_tokens, a.gen_tokens)
+            results[(m, "llama.cpp")][0].append(pp)
+            results[(m, "llama.cpp")][1].append(tg)
+            print(f"round {r + 1}/{a.rounds} {quant_of(m)} done", file=sys.stderr)
+
+    rows = []
+    print(f"{'quant':6} {'engine':10} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    for m in a.models:
+        base = None
+        for e in ("llama.cpp", "flexserve"):
+            pp = statistics.median(results[(m, e)][0])
+            tg = statistics.median(results[(m, e)][1])
+            row = {"engine": e, "quant": quant_of(m), "threads": a.threads,
+                   "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens,
+                   "prefill_tps": round(pp, 1), "decode_tps": round(tg, 1)}
+            if e == "llama.cpp":
+                base = row
+            else:
+                row["isa"] = isa
+                row["prefill_ratio"] = round(pp / base["prefill_tps"], 3)
+                row["decode_ratio"] = round(tg / base["decode_tps"], 3)
+            rows.append(row)
+            ratio = f"  ({row['prefill_ratio']:.2f}x / {row['decode_ratio']:.2f}x)" if e == "flexserve" else ""
+            print(f"{row['quant']:6} {e:10} {pp:14.1f} {tg:13.1f}{ratio}")
+    print(json.dumps({"bench": "engine", "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+//! `flexserve bench-engine`: prefill and decode speed of the host engine on one model, the
+//! way llama-bench measures them (a fixed-length prompt in one batch, then single-token
+//! steps), so that `tools/bench/bench_engine.py` can set it beside llama.cpp.
+
+use crate::cli::BenchArgs;
+use crate::unprotected::RunError;
+use crate::model_file::read_model;
+use inference_guest::gguf::Gguf;
+use inference_guest::model::{Logits, Model};
+use inference_guest::parallel::ThreadPool;
+use inference_guest::quant::Kernels;
+use std::time::Instant;
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs the measurement and prints one JSON object.
+pub fn run(args: &BenchArgs) -> Result<(), RunError> {
+    let bytes = read_model(&args.model)?;
+    let gguf = Gguf::parse(&bytes)?;
+    let model = Model::from_gguf(&gguf, Kernels::detect())?;
+    let pool = ThreadPool::new(args.threads)
+        .map_err(|source| RunError::Threads { threads: args.threads, source })?;
+    // A deterministic prompt of ordinary token ids (no special tokens).
+    let n_vocab = model.cfg.n_vocab as u32;
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u32).map(|i| 1000 + (i * 7919) % (n_vocab - 1000)).collect();
+    let mut session = model.new_session(args.prompt_tokens + args.gen_tokens + 1);
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for rep in 0..=args.reps {
+        session.reset();
+        let t0 = Instant::now();
+        let mut next = argmax(session.eval(&model, &prompt, Logits::Last, &pool)?);
+        let t1 = Instant::now();
+        for _ in 0..args.gen_tokens {
+            next = argmax(session.eval(&model, &[next], Logits::Last, &pool)?);
+        }
+        let t2 = Instant::now();
+        if rep > 0 {
+            // The first repetition warms caches and the pool; it is not counted.
+            pp.push(args.prompt_tokens as f64 / (t1 - t0).as_secs_f64());
+            tg.push(args.gen_tokens as f64 / (t2 - t1).as_secs_f64());
+        }
+    }
+    let quant = args
+        .model
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.rsplit('.').nth(1))
+        .unwrap_or("?")
+        .to_string();
+    println!(
+        "{{\"engine\":\"flexserve\",\"quant\":\"{quant}\",\"isa\":\"{:?}\",\"threads\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"prefill_tps\":{:.2},\"decode_tps\":{:.2}}}",
+        model.kernels().isa(),
+        args.threads,
+        args.prompt_tokens,
+        args.gen_tokens,
+        median(&mut pp),
+        median(&mut tg)
+    );
+    Ok(())
+}

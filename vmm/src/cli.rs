@@ -1,0 +1,93 @@
+//! Command-line interface of the `flexserve` binary.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// The model `run` uses when no `-m` is given (what `make setup` fetches).
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Parser, Debug)]
+#[command(name = "flexserve", version, about = "Secure on-device LLM serving in a protected guest VM")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate text from a model and stream it to stdout.
+    Run(RunArgs),
+    /// Measure prefill and decode speed of the engine (prints one JSON line).
+    BenchEngine(BenchArgs),
+}
+
+/// Sampling and generation options shared by `run` and the daemon.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 picks the most likely token every time (greedy).
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for repeating recent tokens (1 = none).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Seed of the sampler's random numbers.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    pub max_tokens: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// GGUF model file.
+    #[arg(short, long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// The prompt; read from stdin when absent.
+    pub prompt: Option<String>,
+    /// Send the prompt as-is instead of wrapping it in the model's chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Run the engine directly on the host, outside any VM (the baseline; no protection).
+    #[arg(long)]
+    pub unprotected: bool,
+    /// Worker threads (vCPUs in the guest).
+    #[arg(long, visible_alias = "threads", default_value_t = 2)]
+    pub vcpus: usize,
+    /// Guest memory maximum, e.g. 2G or 512M.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Context window in tokens (capped at the model's training context).
+    #[arg(long, default_value_t = 2048)]
+    pub ctx: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// GGUF model file.
+    #[arg(short, long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Tokens generated for the decode measurement.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+}
