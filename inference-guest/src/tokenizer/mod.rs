@@ -12,14 +12,17 @@
 //! tok.is_end_of_generation(id) -> bool                    // eos, eot, <|im_end|>, <|endoftext|> ...
 //! chat::apply_chatml(&[ChatMessage { role, content }], add_generation_prompt) -> String
 //! ```
+//! Without a GGUF file, [`Tokenizer::from_spec`] builds the same tokenizer from a [`VocabSpec`].
 
-pub mod chat;
-mod error;
 mod bpe;
-mod spm;
+pub mod chat;
+mod encode;
+mod error;
 mod pretokenize;
+mod spm;
+mod unicode;
 mod vocab;
 
-pub use chat::ChatMessage;
+pub use chat::{ChatMessage, apply_chatml};
 pub use error::TokenizerError;
-pub use vocab::Tokenizer;
+pub use vocab::{SpecialTokenIds, Tokenizer, TokenizerKind, VocabSpec};

@@ -1,0 +1,181 @@
+use super::*;
+use alloc::vec;
+
+fn logits() -> Vec<f32> {
+    vec![0.5, 2.0, -1.0, 3.0, 3.0, 1.5, 0.0, -3.0]
+}
+
+#[test]
+fn greedy_takes_argmax_lowest_id_on_ties() {
+    let mut s = Sampler::new(SamplerConfig::greedy(), 8).unwrap();
+    assert_eq!(s.sample(&mut logits(), &[]), 3);
+}
+
+#[test]
+fn same_seed_same_tokens() {
+    let cfg = SamplerConfig {
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        temperature: 1.5,
+        ..Default::default()
+    };
+    let run = || {
+        let mut s = Sampler::new(cfg, 8).unwrap();
+        (0..50)
+            .map(|_| s.sample(&mut logits(), &[]))
+            .collect::<Vec<_>>()
+    };
+    let a = run();
+    assert_eq!(a, run());
+    assert!(
+        a.iter().any(|&t| t != a[0]),
+        "temperature 1.5 should not always pick one token"
+    );
+}
+
+#[test]
+fn top_k_one_and_tiny_top_p_are_greedy() {
+    for cfg in [
+        SamplerConfig {
+            top_k: 1,
+            temperature: 2.0,
+            ..Default::default()
+        },
+        SamplerConfig {
+            top_k: 0,
+            top_p: 1e-6,
+            min_p: 0.0,
+            temperature: 2.0,
+            ..Default::default()
+        },
+    ] {
+        let mut s = Sampler::new(cfg, 8).unwrap();
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut logits(), &[]), 3);
+        }
+    }
+}
+
+#[test]
+fn repetition_penalty_lowers_repeated_tokens() {
+    let cfg = SamplerConfig {
+        repeat_penalty: 2.0,
+        ..SamplerConfig::greedy()
+    };
+    let mut s = Sampler::new(cfg, 8).unwrap();
+    let mut l = logits();
+    // Tokens 3 and 4 share the top logit; penalising both leaves token 1 on top.
+    assert_eq!(s.sample(&mut l, &[3, 4, 3]), 1);
+    assert_eq!(l[3], 1.5);
+    assert_eq!(l[2], -1.0);
+    let mut l = logits();
+    s.sample(&mut l, &[2]);
+    assert_eq!(l[2], -2.0, "negative logits are multiplied");
+}
+
+#[test]
+fn temperature_sampling_follows_softmax() {
+    // Seeded, so this cannot flake; the bound is ~4x the 99.9% chi-square quantile for 3 dof.
+    let base = [1.0f32, 0.0, -1.0, 0.5];
+    let cfg = SamplerConfig {
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        temperature: 1.0,
+        seed: 7,
+        ..Default::default()
+    };
+    let mut s = Sampler::new(cfg, 4).unwrap();
+    let n = 20_000;
+    let mut counts = [0usize; 4];
+    for _ in 0..n {
+        counts[s.sample(&mut base.clone(), &[]) as usize] += 1;
+    }
+    let z: f64 = base.iter().map(|&l| exp64(f64::from(l))).sum();
+    let chi2: f64 = base
+        .iter()
+        .zip(counts)
+        .map(|(&l, c)| {
+            let e = n as f64 * exp64(f64::from(l)) / z;
+            (c as f64 - e) * (c as f64 - e) / e
+        })
+        .sum();
+    assert!(chi2 < 60.0, "chi2 = {chi2}, counts = {counts:?}");
+}
+
+#[test]
+fn min_p_drops_unlikely_tokens() {
+    let cfg = SamplerConfig {
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.5,
+        temperature: 1.0,
+        ..Default::default()
+    };
+    let mut s = Sampler::new(cfg, 3).unwrap();
+    for _ in 0..200 {
+        // p(1)/p(0) = e^-3 < 0.5: only token 0 survives.
+        assert_eq!(s.sample(&mut [5.0, 2.0, -4.0], &[]), 0);
+    }
+}
+
+#[test]
+fn invalid_configs_are_named() {
+    let bad = |cfg: SamplerConfig| cfg.validate().unwrap_err();
+    let d = SamplerConfig::default();
+    assert_eq!(
+        bad(SamplerConfig {
+            temperature: -1.0,
+            ..d
+        }),
+        SamplerError::Temperature(-1.0)
+    );
+    assert!(matches!(
+        bad(SamplerConfig {
+            temperature: f32::NAN,
+            ..d
+        }),
+        SamplerError::Temperature(_)
+    ));
+    assert_eq!(
+        bad(SamplerConfig { top_p: 0.0, ..d }),
+        SamplerError::TopP(0.0)
+    );
+    assert_eq!(
+        bad(SamplerConfig { top_p: 1.5, ..d }),
+        SamplerError::TopP(1.5)
+    );
+    assert_eq!(
+        bad(SamplerConfig { min_p: -0.1, ..d }),
+        SamplerError::MinP(-0.1)
+    );
+    assert_eq!(
+        bad(SamplerConfig {
+            repeat_penalty: 0.0,
+            ..d
+        }),
+        SamplerError::RepeatPenalty(0.0)
+    );
+    assert!(Sampler::new(d, 0).is_err());
+}
+
+#[test]
+fn odd_inputs_do_not_panic() {
+    let mut s = Sampler::new(SamplerConfig::default(), 4).unwrap();
+    assert_eq!(s.sample(&mut [], &[]), 0);
+    let t = s.sample(&mut [f32::NAN, f32::NEG_INFINITY, 1.0, f32::NAN], &[99, 2]);
+    assert_eq!(t, 2);
+    let mut all_inf = [f32::NEG_INFINITY; 4];
+    assert!(s.sample(&mut all_inf, &[]) < 4);
+}
+
+#[cfg(feature = "std")]
+#[test]
+fn exp_and_ln_are_accurate() {
+    for x in [-20.0, -3.3, -0.5, 0.0, 0.7, 5.0] {
+        let rel = (exp64(x) - std::f64::consts::E.powf(x)).abs() / std::f64::consts::E.powf(x);
+        assert!(rel < 1e-12, "exp({x})");
+    }
+    assert!((libm_ln(0.05) - 0.05f32.ln()).abs() < 1e-5);
+}

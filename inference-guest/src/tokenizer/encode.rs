@@ -1,0 +1,118 @@
+//! Text → ids: special-token partitioning (llama.cpp `tokenizer_st_partition`), then the
+//! vocabulary's algorithm on each plain-text fragment, plus BOS/EOS.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use super::spm;
+use super::vocab::{Engine, Tokenizer, attr};
+
+/// A piece of the input: plain text still to tokenize, or a special token already matched.
+#[derive(Debug, Clone)]
+enum Fragment {
+    Text(Range<usize>),
+    Token(u32),
+}
+
+impl Tokenizer {
+    /// Tokenizes `text` like llama.cpp's `llama_tokenize(text, add_special = add_bos,
+    /// parse_special)`.
+    ///
+    /// `add_bos` adds BOS (and EOS) only where the vocabulary asks for it (`add_bos_token`,
+    /// `add_eos_token`). With `parse_special`, control tokens such as `<|im_start|>` written in
+    /// the text become their ids; without it they are tokenized as plain text (user-defined
+    /// tokens are always matched, as in llama.cpp).
+    pub fn encode(&self, text: &str, add_bos: bool, parse_special: bool) -> Vec<u32> {
+        let fragments = self.partition(text, parse_special);
+        let mut out = Vec::new();
+        if add_bos && self.add_bos {
+            out.extend(self.bos);
+        }
+        match &self.engine {
+            Engine::Bpe(model) => {
+                for f in &fragments {
+                    match f {
+                        Fragment::Text(r) => {
+                            model.encode(&text[r.clone()], &self.token_to_id, &mut out)
+                        }
+                        Fragment::Token(id) => out.push(*id),
+                    }
+                }
+            }
+            Engine::Spm { byte_tokens } => {
+                // A space is prefixed at the start and after every special token.
+                let mut prev_special = true;
+                let mut escaped = String::new();
+                for f in &fragments {
+                    match f {
+                        Fragment::Text(r) => {
+                            escaped.clear();
+                            if self.add_space_prefix && prev_special {
+                                escaped.push('\u{2581}');
+                            }
+                            for c in text[r.clone()].chars() {
+                                escaped.push(if c == ' ' { '\u{2581}' } else { c });
+                            }
+                            spm::encode(
+                                &escaped,
+                                &self.token_to_id,
+                                &self.scores,
+                                byte_tokens,
+                                &mut out,
+                            );
+                            prev_special = false;
+                        }
+                        Fragment::Token(id) => {
+                            out.push(*id);
+                            prev_special = true;
+                        }
+                    }
+                }
+            }
+        }
+        if add_bos && self.add_eos {
+            out.extend(self.eos);
+        }
+        out
+    }
+
+    /// Splits `text` at special tokens, longest token first, each token splitting every text
+    /// fragment left by the previous ones.
+    fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
+        let mut fragments = Vec::new();
+        if text.is_empty() {
+            return fragments;
+        }
+        fragments.push(Fragment::Text(0..text.len()));
+        let mut next = Vec::new();
+        for &id in &self.special_cache {
+            let a = self.attrs[id as usize];
+            if !parse_special && a & (attr::CONTROL | attr::UNKNOWN) != 0 {
+                continue;
+            }
+            let needle = self.tokens[id as usize].as_str();
+            next.clear();
+            for f in fragments.drain(..) {
+                let Fragment::Text(r) = f else {
+                    next.push(f);
+                    continue;
+                };
+                let mut start = r.start;
+                while let Some(found) = text[start..r.end].find(needle) {
+                    let at = start + found;
+                    if at > start {
+                        next.push(Fragment::Text(start..at));
+                    }
+                    next.push(Fragment::Token(id));
+                    start = at + needle.len();
+                }
+                if start < r.end {
+                    next.push(Fragment::Text(start..r.end));
+                }
+            }
+            core::mem::swap(&mut fragments, &mut next);
+        }
+        fragments
+    }
+}
