@@ -6,7 +6,7 @@ use inference_guest::ggml_type::GgmlType;
 use inference_guest::gguf::writer::{GgufWriteError, GgufWriter};
 use inference_guest::gguf::{Gguf, TensorInfo, Value};
 
-use crate::codec::{CodecError, RowCodec, file_type};
+use crate::codec::{dequantize_row, file_type, quantize_row};
 
 /// Why a conversion failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,13 +20,6 @@ pub enum ConvertError {
         row_len: usize,
         target: &'static str,
         block_len: usize,
-    },
-    /// (De)quantisation is not available for a type.
-    #[error("tensor '{tensor}' could not be re-typed")]
-    Codec {
-        tensor: String,
-        #[source]
-        source: CodecError,
     },
     /// Building the output failed.
     #[error(transparent)]
@@ -42,7 +35,6 @@ pub fn is_weight(t: &TensorInfo<'_>) -> bool {
 pub fn convert(
     input: &Gguf<'_>,
     target: GgmlType,
-    codec: &dyn RowCodec,
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<GgufWriter, ConvertError> {
     // Fail before doing seconds of work, naming the first tensor that cannot be converted.
@@ -76,10 +68,7 @@ pub fn convert(
     for (i, t) in input.tensors().iter().enumerate() {
         progress(i + 1, n, t.name);
         let ty = if is_weight(t) { target } else { GgmlType::F32 };
-        let data = retype(t, ty, codec).map_err(|source| ConvertError::Codec {
-            tensor: t.name.to_owned(),
-            source,
-        })?;
+        let data = retype(t, ty);
         out.add_tensor(t.name, ty, &t.dims, data)?;
     }
     Ok(out)
@@ -87,9 +76,9 @@ pub fn convert(
 
 /// The tensor's data as type `ty`, row by row through f32 (a plain copy when unchanged, so
 /// untouched tensors stay bit-identical).
-fn retype(t: &TensorInfo<'_>, ty: GgmlType, codec: &dyn RowCodec) -> Result<Vec<u8>, CodecError> {
+fn retype(t: &TensorInfo<'_>, ty: GgmlType) -> Vec<u8> {
     if t.ty == ty {
-        return Ok(t.data.to_vec());
+        return t.data.to_vec();
     }
     let row_len = t.row_len();
     // Shapes were validated by the reader (source) and by `convert` (target).
@@ -102,8 +91,8 @@ fn retype(t: &TensorInfo<'_>, ty: GgmlType, codec: &dyn RowCodec) -> Result<Vec<
         .chunks_exact(src_row)
         .zip(out.chunks_exact_mut(dst_row.max(1)))
     {
-        codec.dequantize_row(t.ty, src, &mut row)?;
-        codec.quantize_row(ty, &row, dst)?;
+        dequantize_row(t.ty, src, &mut row);
+        quantize_row(ty, &row, dst);
     }
-    Ok(out)
+    out
 }

@@ -113,7 +113,7 @@ fn main() -> Result<()> {
             let bytes = read(&input)?;
             let g = Gguf::parse(&bytes)
                 .with_context(|| format!("{} is not a valid GGUF file", input.display()))?;
-            let w = convert::convert(&g, ty, &codec::EngineCodec, |i, n, name| {
+            let w = convert::convert(&g, ty, |i, n, name| {
                 eprint!("\r[{i}/{n}] {name:40}");
             });
             eprintln!();
@@ -148,7 +148,7 @@ fn main() -> Result<()> {
                 ff,
                 ctx,
             };
-            let w = tiny::generate(&g, &params, &codec::EngineCodec)
+            let w = tiny::generate(&g, &params)
                 .context("generating the tiny model")?;
             write(&output, &w)?;
             eprintln!("wrote {}", output.display());

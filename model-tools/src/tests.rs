@@ -4,7 +4,6 @@ use inference_guest::ggml_type::GgmlType;
 use inference_guest::gguf::writer::GgufWriter;
 use inference_guest::gguf::{Gguf, Value};
 
-use crate::codec::EngineCodec;
 use crate::convert::{ConvertError, convert};
 use crate::tiny::{TinyParams, generate};
 
@@ -38,7 +37,7 @@ fn params(seed: u64) -> TinyParams {
 fn tiny(seed: u64) -> Vec<u8> {
     let v = vocab();
     let g = Gguf::parse(&v).unwrap();
-    generate(&g, &params(seed), &EngineCodec)
+    generate(&g, &params(seed))
         .unwrap()
         .to_bytes()
         .unwrap()
@@ -101,10 +100,10 @@ fn tiny_refuses_bad_shapes() {
     let g = Gguf::parse(&v).unwrap();
     let mut p = params(0);
     p.kv_heads = 3;
-    assert!(generate(&g, &p, &EngineCodec).is_err());
+    assert!(generate(&g, &p).is_err());
     let mut p = params(0);
     p.ty = GgmlType::Q4K; // 64 is not a multiple of 256
-    assert!(generate(&g, &p, &EngineCodec).is_err());
+    assert!(generate(&g, &p).is_err());
 }
 
 #[test]
@@ -112,7 +111,7 @@ fn convert_f32_to_f32_is_the_identity() {
     let src = tiny(3);
     let g = Gguf::parse(&src).unwrap();
     let mut seen = 0;
-    let out = convert(&g, GgmlType::F32, &EngineCodec, |_, _, _| seen += 1)
+    let out = convert(&g, GgmlType::F32, |_, _, _| seen += 1)
         .unwrap()
         .to_bytes()
         .unwrap();
@@ -129,7 +128,7 @@ fn convert_f32_to_f32_is_the_identity() {
 fn convert_refuses_rows_that_are_not_whole_blocks() {
     let src = tiny(3);
     let g = Gguf::parse(&src).unwrap();
-    let err = convert(&g, GgmlType::Q6K, &EngineCodec, |_, _, _| {})
+    let err = convert(&g, GgmlType::Q6K, |_, _, _| {})
         .err()
         .unwrap();
     assert!(

@@ -5,7 +5,7 @@ use inference_guest::ggml_type::GgmlType;
 use inference_guest::gguf::writer::{GgufWriteError, GgufWriter};
 use inference_guest::gguf::{Gguf, GgufError};
 
-use crate::codec::{CodecError, RowCodec, file_type};
+use crate::codec::{file_type, quantize_row};
 use crate::rng::SplitMix64;
 
 /// Shape and seed of the generated model.
@@ -35,9 +35,6 @@ pub enum TinyError {
     /// The vocabulary file's metadata is unreadable.
     #[error("reading the --vocab-from file's tokenizer: {0}")]
     Vocab(#[from] GgufError),
-    /// Quantisation is unavailable.
-    #[error(transparent)]
-    Codec(#[from] CodecError),
     /// Building the output failed.
     #[error(transparent)]
     Write(#[from] GgufWriteError),
@@ -95,7 +92,6 @@ impl TinyParams {
 pub fn generate(
     vocab: &Gguf<'_>,
     p: &TinyParams,
-    codec: &dyn RowCodec,
 ) -> Result<GgufWriter, TinyError> {
     p.validate()?;
     let n_vocab = vocab
@@ -130,7 +126,7 @@ pub fn generate(
     let mut rng = SplitMix64::new(p.seed);
     let (e, kv) = (p.embd as u64, (p.kv_heads * p.head_dim()) as u64);
     let mut add = |w: &mut GgufWriter, name: &str, dims: &[u64]| -> Result<(), TinyError> {
-        let (ty, data) = random_tensor(&mut rng, p.ty, dims, codec)?;
+        let (ty, data) = random_tensor(&mut rng, p.ty, dims);
         Ok(w.add_tensor(name, ty, dims, data)?)
     };
     add(&mut w, "token_embd.weight", &[e, n_vocab as u64])?;
@@ -161,15 +157,14 @@ fn random_tensor(
     rng: &mut SplitMix64,
     ty: GgmlType,
     dims: &[u64],
-    codec: &dyn RowCodec,
-) -> Result<(GgmlType, Vec<u8>), TinyError> {
+) -> (GgmlType, Vec<u8>) {
     let row_len = dims.first().copied().unwrap_or(1) as usize;
     let n_rows: usize = dims.iter().skip(1).map(|&d| d as usize).product();
     if dims.len() == 1 {
         let data = (0..row_len)
             .flat_map(|_| (1.0 + WEIGHT_STD * rng.normal()).to_le_bytes())
             .collect();
-        return Ok((GgmlType::F32, data));
+        return (GgmlType::F32, data);
     }
     // `validate` made every row length a whole number of blocks.
     let row_bytes = ty.row_bytes(row_len).unwrap_or(0);
@@ -177,7 +172,7 @@ fn random_tensor(
     let mut row = vec![0f32; row_len];
     for dst in data.chunks_exact_mut(row_bytes.max(1)) {
         row.iter_mut().for_each(|x| *x = WEIGHT_STD * rng.normal());
-        codec.quantize_row(ty, &row, dst)?;
+        quantize_row(ty, &row, dst);
     }
-    Ok((ty, data))
+    (ty, data)
 }

@@ -121,7 +121,7 @@ impl Model<'_> {
                 }
                 kv.store(li, n_past + j, &buf.k[j * kvd..(j + 1) * kvd], &buf.v[j * kvd..(j + 1) * kvd]);
             }
-            self.attention(kv, li, n_past, t, &buf.q, &mut buf.att, par);
+            self.attention(kv, li, n_past, &buf.q, &mut buf.att, par);
             matmul::run(k, par, &mut buf.matmul, &buf.att, t, &mut [Product {
                 matrix: &layer.wo,
                 out: &mut buf.proj,
@@ -171,7 +171,6 @@ impl Model<'_> {
         kv: &KvCache,
         layer: usize,
         n_past: usize,
-        t: usize,
         q: &[f32],
         att: &mut [f32],
         par: &dyn Parallel,
