@@ -15,13 +15,12 @@
 
 extern crate alloc;
 
-// Each module line is enabled by the change that brings the module.
 pub mod generate;
 pub mod ggml_type;
 pub mod gguf;
 pub mod math;
 pub mod model;
 pub mod parallel;
-// pub mod quant;
+pub mod quant;
 pub mod sampler;
 pub mod tokenizer;

@@ -1,4 +1,161 @@
-fn main() {
-    eprintln!("flexserve-model: not built yet");
-    std::process::exit(2);
+//! `flexserve-model`: inspect GGUF files, convert them between tensor types, and generate
+//! tiny random-weight models for tests.
+
+mod codec;
+mod convert;
+mod inspect;
+mod rng;
+mod tiny;
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use inference_guest::ggml_type::GgmlType;
+use inference_guest::gguf::Gguf;
+use inference_guest::gguf::writer::GgufWriter;
+
+#[derive(Parser)]
+#[command(
+    name = "flexserve-model",
+    version,
+    about = "Inspect, convert and generate GGUF models for FlexServe"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a GGUF file's version, metadata (arrays abbreviated) and tensor table.
+    Inspect {
+        /// The .gguf file.
+        file: PathBuf,
+    },
+    /// Re-type every 2-D weight (like `llama-quantize --allow-requantize --pure`);
+    /// 1-D tensors stay F32.
+    Convert {
+        /// Input .gguf file.
+        input: PathBuf,
+        /// Output .gguf file.
+        output: PathBuf,
+        /// Target weight type: F32, F16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K.
+        #[arg(long = "type", value_parser = parse_type)]
+        ty: GgmlType,
+    },
+    /// Generate a seeded random-weight llama model with another model's tokenizer.
+    Tiny {
+        /// Output .gguf file.
+        output: PathBuf,
+        /// Model whose `tokenizer.*` metadata is copied.
+        #[arg(long)]
+        vocab_from: PathBuf,
+        /// Weight type: F32, F16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K.
+        #[arg(long = "type", value_parser = parse_type)]
+        ty: GgmlType,
+        /// PRNG seed: the same seed gives the same bytes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Embedding length.
+        #[arg(long, default_value_t = 256)]
+        embd: usize,
+        /// Number of transformer blocks.
+        #[arg(long, default_value_t = 2)]
+        layers: usize,
+        /// Attention heads.
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        /// Key/value heads (grouped-query attention).
+        #[arg(long, default_value_t = 2)]
+        kv_heads: usize,
+        /// Feed-forward hidden size.
+        #[arg(long, default_value_t = 512)]
+        ff: usize,
+        /// Context length.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+    },
+}
+
+fn parse_type(s: &str) -> Result<GgmlType, String> {
+    GgmlType::from_name(s)
+        .ok_or_else(|| format!("unknown type '{s}'; use F32, F16, Q8_0, Q4_0, Q4_1, Q4_K or Q6_K"))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn write(path: &Path, w: &GgufWriter) -> Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    w.write_to(&mut out)
+        .with_context(|| format!("writing {}", path.display()))?;
+    out.flush()?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Inspect { file } => {
+            let bytes = read(&file)?;
+            let g = Gguf::parse(&bytes)
+                .with_context(|| format!("{} is not a valid GGUF file", file.display()))?;
+            print!("{}", inspect::report(&g, bytes.len()));
+        }
+        Command::Convert { input, output, ty } => {
+            if input == output {
+                bail!("input and output are the same file; write the conversion elsewhere");
+            }
+            let bytes = read(&input)?;
+            let g = Gguf::parse(&bytes)
+                .with_context(|| format!("{} is not a valid GGUF file", input.display()))?;
+            let w = convert::convert(&g, ty, &codec::EngineCodec, |i, n, name| {
+                eprint!("\r[{i}/{n}] {name:40}");
+            });
+            eprintln!();
+            write(
+                &output,
+                &w.with_context(|| format!("converting {} to {}", input.display(), ty.name()))?,
+            )?;
+            eprintln!("wrote {}", output.display());
+        }
+        Command::Tiny {
+            output,
+            vocab_from,
+            ty,
+            seed,
+            embd,
+            layers,
+            heads,
+            kv_heads,
+            ff,
+            ctx,
+        } => {
+            let bytes = read(&vocab_from)?;
+            let g = Gguf::parse(&bytes)
+                .with_context(|| format!("{} is not a valid GGUF file", vocab_from.display()))?;
+            let params = tiny::TinyParams {
+                ty,
+                seed,
+                embd,
+                layers,
+                heads,
+                kv_heads,
+                ff,
+                ctx,
+            };
+            let w = tiny::generate(&g, &params, &codec::EngineCodec)
+                .context("generating the tiny model")?;
+            write(&output, &w)?;
+            eprintln!("wrote {}", output.display());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -23,14 +23,14 @@
 //! ```
 //! Slices of the wrong length are a caller bug: kernels `assert!` them (cheap, once per call).
 
-pub mod f16;
 mod act_format;
-mod kernels;
-mod reference;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod f16;
+mod kernels;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+mod reference;
 
 pub use act_format::ActFormat;
 pub use kernels::{Isa, Kernels};

@@ -1,0 +1,318 @@
+//! Q4_0·Q8_0, Q8_0·Q8_0 and Q4_1·Q8_1 with register tiling.
+//!
+//! A tile of R weight rows × C activation columns keeps R·C independent accumulators: each
+//! weight block is loaded/unpacked once per tile and reused across C columns, each activation
+//! block across R rows. Decode (C = 1) uses R = 4 so four FMA chains hide the add latency;
+//! prefill uses 2 × 4 to stay inside 16 YMM registers.
+//!
+//! Signed weights (Q4_0 as q − 8, Q8_0) use `maddubs(|w|, sign(a, w))`; this is exact because
+//! activations lie in [-127, 127] (their quantiser never produces -128), so pair sums stay
+//! below i16 saturation. Q4_1 nibbles are unsigned and go straight into `maddubs`.
+
+use core::arch::x86_64::*;
+
+use super::{arr, h2f, hsum, ld, ld16};
+use crate::ggml_type::GgmlType;
+
+/// Describes one 32-value weight format and its activation pairing.
+trait Fmt {
+    const WB: usize;
+    const AB: usize;
+    /// Offset of the 32 activation quants inside an activation block.
+    const AQS: usize;
+    const SIGNED: bool;
+    const HAS_MIN: bool;
+    /// The 32 weight quants in value order (i8 if `SIGNED`, else u8).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    unsafe fn quants(b: &[u8]) -> __m256i;
+}
+
+struct Q4_0;
+struct Q8_0;
+struct Q4_1;
+
+/// Unpacks 16 bytes of nibbles: low nibbles are values 0..16, high nibbles 16..32.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn nibbles(b: __m128i) -> __m256i {
+    let m4 = _mm_set1_epi8(0xf);
+    let lo = _mm_and_si128(b, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), m4);
+    _mm256_set_m128i(hi, lo)
+}
+
+impl Fmt for Q4_0 {
+    const WB: usize = 18;
+    const AB: usize = 34;
+    const AQS: usize = 2;
+    const SIGNED: bool = true;
+    const HAS_MIN: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quants(b: &[u8]) -> __m256i {
+        // SAFETY: AVX2 is this function's contract.
+        let q = nibbles(unsafe { ld16(arr(b, 2)) });
+        _mm256_sub_epi8(q, _mm256_set1_epi8(8))
+    }
+}
+
+impl Fmt for Q8_0 {
+    const WB: usize = 34;
+    const AB: usize = 34;
+    const AQS: usize = 2;
+    const SIGNED: bool = true;
+    const HAS_MIN: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quants(b: &[u8]) -> __m256i {
+        // SAFETY: AVX2 is this function's contract.
+        unsafe { ld(arr(b, 2)) }
+    }
+}
+
+impl Fmt for Q4_1 {
+    const WB: usize = 20;
+    const AB: usize = 36;
+    const AQS: usize = 4;
+    const SIGNED: bool = false;
+    const HAS_MIN: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quants(b: &[u8]) -> __m256i {
+        // SAFETY: AVX2 is this function's contract.
+        nibbles(unsafe { ld16(arr(b, 4)) })
+    }
+}
+
+/// One weight row · one activation row.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` and `a` are rows of the same length in `ty`
+/// and its activation format.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+    let mut out = [0.0f32];
+    // SAFETY: forwarded contract; one row and one column.
+    unsafe { matmul_rows(ty, w, w.len(), 1, a, a.len(), 1, &mut out, 1) };
+    out[0]
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` holds `nrows` rows and `act` `ncols` rows
+/// of `n` values; `out.len() == nrows * ncols`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matmul(
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    nrows: usize,
+    act: &[u8],
+    ncols: usize,
+    out: &mut [f32],
+) {
+    let wrb = w.len() / nrows;
+    let arb = act.len() / ncols;
+    debug_assert_eq!(wrb, ty.row_bytes(n).unwrap_or(0));
+    // Column panels small enough for L1 so the weight tile streams past cached activations.
+    const PANEL: usize = 16;
+    let mut j0 = 0;
+    while j0 < ncols {
+        let nc = PANEL.min(ncols - j0);
+        let a = &act[j0 * arb..(j0 + nc) * arb];
+        // SAFETY: forwarded contract, restricted to columns j0..j0 + nc.
+        unsafe { matmul_rows(ty, w, wrb, nrows, a, arb, nc, &mut out[j0..], ncols) };
+        j0 += nc;
+    }
+}
+
+/// All rows against `nc` columns; writes `out[i * stride + j]`.
+///
+/// # Safety
+/// As [`matmul`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matmul_rows(
+    ty: GgmlType,
+    w: &[u8],
+    wrb: usize,
+    nrows: usize,
+    a: &[u8],
+    arb: usize,
+    nc: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    // SAFETY: forwarded contract (every arm).
+    unsafe {
+        match ty {
+            GgmlType::Q4_0 => rows::<Q4_0>(w, wrb, nrows, a, arb, nc, out, stride),
+            GgmlType::Q8_0 => rows::<Q8_0>(w, wrb, nrows, a, arb, nc, out, stride),
+            GgmlType::Q4_1 => rows::<Q4_1>(w, wrb, nrows, a, arb, nc, out, stride),
+            _ => unreachable!("blocks32 handles only Q4_0, Q8_0 and Q4_1"),
+        }
+    }
+}
+
+/// # Safety
+/// As [`matmul`]; `out` starts at this panel's first column and has row stride `stride`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows<F: Fmt>(
+    w: &[u8],
+    wrb: usize,
+    nrows: usize,
+    a: &[u8],
+    arb: usize,
+    nc: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    let nb = wrb / F::WB;
+    let mut i = 0;
+    // SAFETY: forwarded contract for every call below; slicing keeps ranges in bounds.
+    unsafe {
+        if nc == 1 {
+            while i + 4 <= nrows {
+                tile::<F, 4, 1>(
+                    &w[i * wrb..],
+                    wrb,
+                    a,
+                    arb,
+                    nb,
+                    &mut out[i * stride..],
+                    stride,
+                );
+                i += 4;
+            }
+        } else {
+            while i + 2 <= nrows {
+                cols::<F, 2>(
+                    &w[i * wrb..],
+                    wrb,
+                    a,
+                    arb,
+                    nb,
+                    nc,
+                    &mut out[i * stride..],
+                    stride,
+                );
+                i += 2;
+            }
+        }
+        while i < nrows {
+            cols::<F, 1>(
+                &w[i * wrb..],
+                wrb,
+                a,
+                arb,
+                nb,
+                nc,
+                &mut out[i * stride..],
+                stride,
+            );
+            i += 1;
+        }
+    }
+}
+
+/// R rows against all `nc` columns in tiles of 4, 3, 2 or 1 columns.
+///
+/// # Safety
+/// As [`matmul`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn cols<F: Fmt, const R: usize>(
+    w: &[u8],
+    wrb: usize,
+    a: &[u8],
+    arb: usize,
+    nb: usize,
+    nc: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    let mut j = 0;
+    // SAFETY: forwarded contract for every call below; slicing keeps ranges in bounds.
+    unsafe {
+        while j + 4 <= nc {
+            tile::<F, R, 4>(w, wrb, &a[j * arb..], arb, nb, &mut out[j..], stride);
+            j += 4;
+        }
+        match nc - j {
+            3 => tile::<F, R, 3>(w, wrb, &a[j * arb..], arb, nb, &mut out[j..], stride),
+            2 => tile::<F, R, 2>(w, wrb, &a[j * arb..], arb, nb, &mut out[j..], stride),
+            1 => tile::<F, R, 1>(w, wrb, &a[j * arb..], arb, nb, &mut out[j..], stride),
+            _ => {}
+        }
+    }
+}
+
+/// The register tile: rows `0..R` of `w` (stride `wrb`) × columns `0..C` of `a` (stride
+/// `arb`), `nb` blocks each; writes `out[r * stride + c]`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. (Slice bounds are checked.)
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
+    w: &[u8],
+    wrb: usize,
+    a: &[u8],
+    arb: usize,
+    nb: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut msum = [[0.0f32; C]; R];
+    for b in 0..nb {
+        let mut wq = [_mm256_setzero_si256(); R];
+        let mut wabs = [_mm256_setzero_si256(); R];
+        let mut wd = [0.0f32; R];
+        let mut wm = [0.0f32; R];
+        for r in 0..R {
+            let blk = &w[r * wrb + b * F::WB..r * wrb + (b + 1) * F::WB];
+            // SAFETY: AVX2 is this function's contract.
+            wq[r] = unsafe { F::quants(blk) };
+            wabs[r] = if F::SIGNED {
+                _mm256_sign_epi8(wq[r], wq[r])
+            } else {
+                wq[r]
+            };
+            wd[r] = h2f(blk, 0);
+            if F::HAS_MIN {
+                wm[r] = h2f(blk, 2);
+            }
+        }
+        for c in 0..C {
+            let blk = &a[c * arb + b * F::AB..c * arb + (b + 1) * F::AB];
+            // SAFETY: AVX2 is this function's contract.
+            let aq = unsafe { ld(arr(blk, F::AQS)) };
+            let ad = h2f(blk, 0);
+            let as_ = if F::HAS_MIN { h2f(blk, 2) } else { 0.0 };
+            for r in 0..R {
+                let y = if F::SIGNED {
+                    _mm256_sign_epi8(aq, wq[r])
+                } else {
+                    aq
+                };
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[r], y), ones);
+                let d = _mm256_set1_ps(wd[r] * ad);
+                acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][c]);
+                if F::HAS_MIN {
+                    msum[r][c] += wm[r] * as_;
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for c in 0..C {
+            out[r * stride + c] = hsum(acc[r][c]) + msum[r][c];
+        }
+    }
+}

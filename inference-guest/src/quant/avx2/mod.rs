@@ -1,0 +1,161 @@
+//! x86_64 AVX2 + FMA + F16C kernels.
+//!
+//! Every kernel is an `unsafe fn` with `#[target_feature(enable = "avx2,fma,f16c")]`; the only
+//! caller-side obligation is that the CPU has those features. [`Avx2`] can only be created by
+//! [`Avx2::detect`], so its safe methods discharge that obligation. Memory safety does not
+//! rest on `unsafe`: every vector load goes through [`ld`] on a fixed-size array borrowed from a
+//! bounds-checked slice.
+
+mod act;
+mod blocks32;
+mod float;
+mod kquant;
+
+use core::arch::x86_64::{__m128i, __m256i, _mm_loadu_si128, _mm256_loadu_si256};
+
+use crate::ggml_type::GgmlType;
+use crate::quant::act_format::ActFormat;
+
+/// Proof that AVX2, FMA, F16C and the OS's saving of YMM state were all detected.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2(());
+
+impl Avx2 {
+    /// cpuid leaves 1 and 7 plus XCR0 (via xgetbv, only after OSXSAVE is confirmed).
+    pub(crate) fn detect() -> Option<Self> {
+        use core::arch::x86_64::__cpuid_count;
+        let max_leaf = __cpuid_count(0, 0).eax;
+        if max_leaf < 7 {
+            return None;
+        }
+        let l1 = __cpuid_count(1, 0);
+        let fma = l1.ecx & (1 << 12) != 0;
+        let osxsave = l1.ecx & (1 << 27) != 0;
+        let avx = l1.ecx & (1 << 28) != 0;
+        let f16c = l1.ecx & (1 << 29) != 0;
+        if !(fma && osxsave && avx && f16c) {
+            return None;
+        }
+        // SAFETY: OSXSAVE (cpuid.1:ecx bit 27) is set, so xgetbv is available and XCR0 readable.
+        let xcr0 = unsafe { xgetbv0() };
+        // XMM and YMM state must both be enabled by the OS.
+        if xcr0 & 0b110 != 0b110 {
+            return None;
+        }
+        let avx2 = __cpuid_count(7, 0).ebx & (1 << 5) != 0;
+        avx2.then_some(Self(()))
+    }
+
+    pub(crate) fn quantize_act(self, fmt: ActFormat, x: &[f32], out: &mut [u8]) -> bool {
+        // SAFETY: `self` exists only after `detect` confirmed AVX2/FMA/F16C + OS YMM support;
+        // `Kernels::quantize_act` checked `out.len() == fmt.row_bytes(x.len())`.
+        unsafe { act::quantize_act(fmt, x, out) }
+    }
+
+    pub(crate) fn dot(self, ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
+        // SAFETY: `self` exists only after `detect` confirmed AVX2/FMA/F16C + OS YMM support;
+        // `Kernels::dot` checked both row lengths against the same `n`.
+        unsafe {
+            Some(match ty {
+                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => blocks32::dot(ty, w, a),
+                GgmlType::Q4K => kquant::dot_q4_k(w, a),
+                GgmlType::Q6K => kquant::dot_q6_k(w, a),
+                GgmlType::F16 => float::dot_f16(w, a),
+                GgmlType::F32 => float::dot_f32(w, a),
+            })
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // mirrors Kernels::matmul
+    pub(crate) fn matmul(
+        self,
+        ty: GgmlType,
+        n: usize,
+        w: &[u8],
+        nrows: usize,
+        act: &[u8],
+        ncols: usize,
+        out: &mut [f32],
+    ) -> bool {
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => {
+                // SAFETY: `self` proves AVX2/FMA/F16C; `Kernels::matmul` checked that `w`
+                // holds `nrows` rows and `act` `ncols` rows of `n` values and `out` is
+                // `nrows * ncols` long.
+                unsafe { blocks32::matmul(ty, n, w, nrows, act, ncols, out) };
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support xsave and the OS must have set CR4.OSXSAVE (cpuid.1:ecx bit 27).
+#[target_feature(enable = "xsave")]
+unsafe fn xgetbv0() -> u64 {
+    // SAFETY: guaranteed by this function's contract.
+    unsafe { core::arch::x86_64::_xgetbv(0) }
+}
+
+/// Borrows `N` bytes at `at` as an array (bounds-checked; the check folds away in loops over
+/// `chunks_exact`).
+#[inline(always)]
+fn arr<const N: usize>(s: &[u8], at: usize) -> &[u8; N] {
+    s[at..at + N]
+        .try_into()
+        .expect("length is N by construction")
+}
+
+/// Unaligned 32-byte load.
+///
+/// # Safety
+/// The CPU must support AVX.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ld(b: &[u8; 32]) -> __m256i {
+    // SAFETY: `b` is 32 readable bytes and loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+/// Unaligned 16-byte load.
+///
+/// # Safety
+/// The CPU must support SSE2 (always true on x86_64).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ld16(b: &[u8; 16]) -> __m128i {
+    // SAFETY: `b` is 16 readable bytes and loadu has no alignment requirement.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+/// f16 bits to f32 with F16C.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn h2f(b: &[u8], at: usize) -> f32 {
+    use core::arch::x86_64::{_mm_cvtph_ps, _mm_cvtsi32_si128, _mm_cvtss_f32};
+    let h = u16::from_le_bytes([b[at], b[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+}
+
+/// Horizontal sum of 8 f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum(v: core::arch::x86_64::__m256) -> f32 {
+    use core::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Horizontal sum of 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_i32(v: __m256i) -> i32 {
+    use core::arch::x86_64::*;
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
+    _mm_cvtsi128_si32(s)
+}

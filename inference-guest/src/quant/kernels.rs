@@ -1,0 +1,179 @@
+//! The safe, run-time dispatched entry points: length checks once per call, then the best
+//! kernel this CPU supports, falling back to the scalar reference for anything a SIMD back end
+//! does not cover.
+
+use super::act_format::ActFormat;
+use super::reference;
+use crate::ggml_type::GgmlType;
+
+/// Instruction set a [`Kernels`] value dispatches to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    Avx2Fma,
+    Neon,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2(super::avx2::Avx2),
+    #[cfg(target_arch = "aarch64")]
+    Neon(super::neon::Neon),
+}
+
+/// Kernel set chosen for this CPU. Only [`Kernels::detect`] can select a SIMD back end, so
+/// holding one is proof that its instructions are available.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernels {
+    backend: Backend,
+}
+
+impl Kernels {
+    /// The best back end this CPU supports (cpuid + XCR0 on x86_64; NEON is baseline on
+    /// aarch64). Works without std.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(k) = super::avx2::Avx2::detect() {
+            return Self {
+                backend: Backend::Avx2(k),
+            };
+        }
+        #[cfg(target_arch = "aarch64")]
+        return Self {
+            backend: Backend::Neon(super::neon::Neon::new()),
+        };
+        #[allow(unreachable_code)]
+        Self::scalar()
+    }
+
+    /// The scalar reference kernels.
+    pub fn scalar() -> Self {
+        Self {
+            backend: Backend::Scalar,
+        }
+    }
+
+    /// Which instruction set this value dispatches to.
+    pub fn isa(&self) -> Isa {
+        match self.backend {
+            Backend::Scalar => Isa::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(_) => Isa::Avx2Fma,
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon(_) => Isa::Neon,
+        }
+    }
+
+    /// Quantises an activation row; `out.len()` must be `fmt.row_bytes(x.len())`.
+    pub fn quantize_act(&self, fmt: ActFormat, x: &[f32], out: &mut [u8]) {
+        assert_eq!(
+            out.len(),
+            fmt.row_bytes(x.len()),
+            "quantize_act {fmt:?}: bad output length"
+        );
+        let done = match self.backend {
+            Backend::Scalar => false,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(k) => k.quantize_act(fmt, x, out),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon(k) => k.quantize_act(fmt, x, out),
+        };
+        if !done {
+            reference::quantize_act(fmt, x, out);
+        }
+    }
+
+    /// Dot product of one weight row of `w_ty` with one activation row in
+    /// `ActFormat::for_weights(w_ty)`, both `n` values long.
+    pub fn dot(&self, w_ty: GgmlType, n: usize, w_row: &[u8], act_row: &[u8]) -> f32 {
+        let fmt = ActFormat::for_weights(w_ty);
+        assert_eq!(
+            Some(w_row.len()),
+            w_ty.row_bytes(n),
+            "dot {}: bad weight row length",
+            w_ty.name()
+        );
+        assert_eq!(
+            act_row.len(),
+            fmt.row_bytes(n),
+            "dot {}: bad activation row length",
+            w_ty.name()
+        );
+        let r = match self.backend {
+            Backend::Scalar => None,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(k) => k.dot(w_ty, w_row, act_row),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon(k) => k.dot(w_ty, w_row, act_row),
+        };
+        r.unwrap_or_else(|| reference::dot(w_ty, w_row, act_row))
+    }
+
+    /// `out[i * ncols + j] = dot(weight row i, activation row j)` for `i < nrows`, `j < ncols`.
+    #[allow(clippy::too_many_arguments)] // the contract's signature
+    pub fn matmul(
+        &self,
+        w_ty: GgmlType,
+        n: usize,
+        w: &[u8],
+        nrows: usize,
+        act: &[u8],
+        ncols: usize,
+        out: &mut [f32],
+    ) {
+        let fmt = ActFormat::for_weights(w_ty);
+        let wrb = w_ty
+            .row_bytes(n)
+            .expect("matmul: n is not a whole number of weight blocks");
+        let arb = fmt.row_bytes(n);
+        assert_eq!(
+            w.len(),
+            wrb * nrows,
+            "matmul {}: bad weight length",
+            w_ty.name()
+        );
+        assert_eq!(
+            act.len(),
+            arb * ncols,
+            "matmul {}: bad activation length",
+            w_ty.name()
+        );
+        assert_eq!(
+            out.len(),
+            nrows * ncols,
+            "matmul {}: bad output length",
+            w_ty.name()
+        );
+        if nrows == 0 || ncols == 0 {
+            return;
+        }
+        let done = match self.backend {
+            Backend::Scalar => false,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(k) => k.matmul(w_ty, n, w, nrows, act, ncols, out),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon(k) => k.matmul(w_ty, n, w, nrows, act, ncols, out),
+        };
+        if done {
+            return;
+        }
+        for (i, w_row) in w.chunks_exact(wrb).enumerate() {
+            for (j, a_row) in act.chunks_exact(arb).enumerate() {
+                out[i * ncols + j] = self.dot(w_ty, n, w_row, a_row);
+            }
+        }
+    }
+
+    /// Expands one row of `ty` into `out.len()` f32 values.
+    pub fn dequantize_row(&self, ty: GgmlType, src: &[u8], out: &mut [f32]) {
+        assert_eq!(
+            Some(src.len()),
+            ty.row_bytes(out.len()),
+            "dequantize_row {}: bad length",
+            ty.name()
+        );
+        reference::dequantize_row(ty, src, out);
+    }
+}

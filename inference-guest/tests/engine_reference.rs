@@ -1,0 +1,186 @@
+//! The engine against llama.cpp: greedy generations and logits recorded by
+//! `tools/fixtures/gen_engine_fixture.py` from llama-cpp-python on the same model files.
+//!
+//! Model files come from `make setup` (git-ignored). When one is missing the test says so
+//! and skips it, unless `FLEXSERVE_REQUIRE_MODELS=1` (set by `make test`), where it fails.
+
+use inference_guest::gguf::Gguf;
+use inference_guest::model::{Logits, Model};
+use inference_guest::parallel::ThreadPool;
+use inference_guest::quant::Kernels;
+use inference_guest::tokenizer::Tokenizer;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// A divergence from the reference is accepted only where its top-2 logits were this close.
+const NEAR_TIE: f32 = 1e-3;
+/// Largest |logit - reference| allowed over the first 16 positions (see docs/testing.md).
+const LOGIT_MAX_ABS: f32 = 0.05;
+/// Root-mean-square of the logit differences allowed.
+const LOGIT_RMS: f32 = 0.01;
+
+#[derive(Deserialize)]
+struct Fixture {
+    model: String,
+    sha256: String,
+    cases: Vec<Case>,
+    logits: Option<LogitsFixture>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    prompt: String,
+    prompt_ids: Vec<u32>,
+    generated: Vec<u32>,
+    top2_gap: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct LogitsFixture {
+    prompt_ids: Vec<u32>,
+    file: String,
+    n_vocab: usize,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn fixture(name: &str) -> Fixture {
+    let path = root().join("tests/fixtures/engine").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The model bytes, or `None` (after saying so) when the file is absent and allowed to be.
+fn model_bytes(f: &Fixture) -> Option<Vec<u8>> {
+    let path = root().join("../models").join(&f.model);
+    let Ok(bytes) = std::fs::read(&path) else {
+        if std::env::var("FLEXSERVE_REQUIRE_MODELS").as_deref() == Ok("1") {
+            panic!("{} is missing: run `make setup`", path.display());
+        }
+        eprintln!("SKIPPED: {} missing, run `make setup`", path.display());
+        return None;
+    };
+    let digest = format!("{:x}", Sha256::digest(&bytes));
+    assert_eq!(
+        digest, f.sha256,
+        "{} differs from the file the fixture was made from; re-run \
+         tools/fixtures/gen_engine_fixture.py after changing the converter",
+        f.model
+    );
+    Some(bytes)
+}
+
+fn argmax_top2(logits: &[f32]) -> (u32, f32) {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    let second = logits
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != best)
+        .map(|(_, &v)| v)
+        .fold(f32::NEG_INFINITY, f32::max);
+    (best as u32, logits[best] - second)
+}
+
+fn check_greedy(fixture_name: &str) {
+    let f = fixture(fixture_name);
+    let Some(bytes) = model_bytes(&f) else { return };
+    let gguf = Gguf::parse(&bytes).expect("parse");
+    let model = Model::from_gguf(&gguf, Kernels::detect()).expect("load");
+    let pool = ThreadPool::new(2).expect("threads");
+    let tokenizer = Tokenizer::from_gguf(&gguf).expect("tokenizer");
+    for case in &f.cases {
+        assert_eq!(
+            tokenizer.encode(&case.prompt, false, true),
+            case.prompt_ids,
+            "{}: prompt `{}` tokenizes differently from llama.cpp",
+            f.model,
+            case.name
+        );
+        let mut session = model.new_session(512);
+        let mut logits = session.eval(&model, &case.prompt_ids, Logits::Last, &pool).expect("eval").to_vec();
+        for (step, &expected) in case.generated.iter().enumerate() {
+            let (got, gap) = argmax_top2(&logits);
+            if got != expected {
+                let ref_gap = case.top2_gap[step];
+                assert!(
+                    ref_gap < NEAR_TIE,
+                    "{} `{}`: step {step}: engine chose {got} (its top-2 gap {gap}), llama.cpp {expected} \
+                     (its top-2 gap {ref_gap}): a real divergence, not a near-tie",
+                    f.model,
+                    case.name
+                );
+                eprintln!(
+                    "NEAR-TIE: {} `{}` diverges at step {step} where llama.cpp's top-2 gap is {ref_gap} < {NEAR_TIE}; \
+                     the rest of this case is not compared",
+                    f.model, case.name
+                );
+                break;
+            }
+            logits = session.eval(&model, &[got], Logits::Last, &pool).expect("eval").to_vec();
+        }
+        eprintln!("{} `{}`: {} greedy tokens checked", f.model, case.name, case.generated.len());
+    }
+}
+
+#[test]
+fn greedy_q4_1_matches_llama_cpp() {
+    check_greedy("SmolLM2-135M-Instruct.Q4_1.json");
+}
+
+#[test]
+fn greedy_q8_0_matches_llama_cpp() {
+    check_greedy("SmolLM2-135M-Instruct.Q8_0.json");
+}
+
+#[test]
+fn greedy_q4_0_matches_llama_cpp() {
+    check_greedy("SmolLM2-135M-Instruct.Q4_0.json");
+}
+
+#[test]
+fn greedy_f16_matches_llama_cpp() {
+    check_greedy("SmolLM2-135M-Instruct.F16.json");
+}
+
+#[test]
+fn greedy_tiny_k_quants_match_llama_cpp() {
+    check_greedy("tiny.Q4_K.json");
+    check_greedy("tiny.Q6_K.json");
+    check_greedy("tiny.Q8_0.json");
+}
+
+#[test]
+fn prompt_logits_match_llama_cpp() {
+    let f = fixture("SmolLM2-135M-Instruct.Q4_1.json");
+    let lf = f.logits.as_ref().expect("the Q4_1 fixture carries logits");
+    let Some(bytes) = model_bytes(&f) else { return };
+    let raw = std::fs::read(root().join("tests/fixtures/engine").join(&lf.file)).expect("logits file");
+    let reference: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    assert_eq!(reference.len(), lf.prompt_ids.len() * lf.n_vocab);
+    let gguf = Gguf::parse(&bytes).expect("parse");
+    let model = Model::from_gguf(&gguf, Kernels::detect()).expect("load");
+    let pool = ThreadPool::new(2).expect("threads");
+    let mut session = model.new_session(512);
+    let ours = session.eval(&model, &lf.prompt_ids, Logits::All, &pool).expect("eval");
+    assert_eq!(ours.len(), reference.len());
+    let (mut max_abs, mut sum_sq) = (0.0f32, 0.0f64);
+    for (pos, (a, b)) in ours.chunks(lf.n_vocab).zip(reference.chunks(lf.n_vocab)).enumerate() {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        eprintln!("position {pos}: max |Δlogit| = {worst:.5}");
+        max_abs = max_abs.max(worst);
+        sum_sq += a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum::<f64>();
+    }
+    let rms = (sum_sq / ours.len() as f64).sqrt() as f32;
+    eprintln!("logits vs llama.cpp: max |Δ| = {max_abs:.5}, RMS = {rms:.6}");
+    assert!(max_abs <= LOGIT_MAX_ABS, "max |Δlogit| {max_abs} > {LOGIT_MAX_ABS}");
+    assert!(rms <= LOGIT_RMS, "RMS Δlogit {rms} > {LOGIT_RMS}");
+}

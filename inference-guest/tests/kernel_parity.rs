@@ -1,0 +1,362 @@
+//! Every SIMD kernel against the scalar reference on seeded random data, plus known answers
+//! and quantise/dequantise error bounds. Runs natively (AVX2 if present) and under
+//! qemu-aarch64 (NEON).
+
+use inference_guest::ggml_type::GgmlType;
+use inference_guest::quant::f16::{f16_to_f32, f32_to_f16};
+use inference_guest::quant::{ActFormat, Isa, Kernels, quantize_row};
+
+const ALL: [GgmlType; 7] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+];
+
+/// xorshift64* — deterministic, no crates.
+struct Rng(u64);
+impl Rng {
+    fn u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn f32(&mut self) -> f32 {
+        (self.u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Uniform in [-s, s).
+    fn sym(&mut self, s: f32) -> f32 {
+        (self.f32() * 2.0 - 1.0) * s
+    }
+    fn bytes(&mut self, out: &mut [u8]) {
+        out.iter_mut().for_each(|b| *b = self.u64() as u8);
+    }
+    fn f16(&mut self, lo: f32, hi: f32) -> [u8; 2] {
+        f32_to_f16(lo + (hi - lo) * self.f32()).to_le_bytes()
+    }
+}
+
+/// Random valid weight rows: sane f16 scales, arbitrary quant bits.
+fn random_weights(rng: &mut Rng, ty: GgmlType, n: usize, rows: usize) -> Vec<u8> {
+    let mut w = vec![0u8; ty.row_bytes(n).unwrap() * rows];
+    match ty {
+        GgmlType::F32 => w
+            .chunks_exact_mut(4)
+            .for_each(|c| c.copy_from_slice(&rng.sym(2.0).to_le_bytes())),
+        GgmlType::F16 => w
+            .chunks_exact_mut(2)
+            .for_each(|c| c.copy_from_slice(&f32_to_f16(rng.sym(2.0)).to_le_bytes())),
+        _ => {
+            rng.bytes(&mut w);
+            for b in w.chunks_exact_mut(ty.block_bytes()) {
+                match ty {
+                    GgmlType::Q4_0 | GgmlType::Q8_0 => {
+                        b[..2].copy_from_slice(&rng.f16(-0.05, 0.05))
+                    }
+                    GgmlType::Q4_1 => {
+                        b[..2].copy_from_slice(&rng.f16(0.001, 0.05));
+                        b[2..4].copy_from_slice(&rng.f16(-0.5, 0.5));
+                    }
+                    GgmlType::Q4K => {
+                        b[..2].copy_from_slice(&rng.f16(0.0001, 0.01));
+                        b[2..4].copy_from_slice(&rng.f16(0.0001, 0.01));
+                    }
+                    GgmlType::Q6K => b[208..210].copy_from_slice(&rng.f16(0.0001, 0.01)),
+                    _ => unreachable!(),
+                }
+            }
+        }
+    }
+    w
+}
+
+fn random_x(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let scale = 0.1 + 4.0 * rng.f32();
+    let mut x: Vec<f32> = (0..n).map(|_| rng.sym(scale)).collect();
+    if n >= 64 && rng.u64() % 4 == 0 {
+        x[..32].fill(0.0); // an all-zero block exercises the d = 0 paths
+    }
+    x
+}
+
+fn lens(ty: GgmlType) -> Vec<usize> {
+    let b = ActFormat::for_weights(ty).block_len().max(ty.block_len());
+    if b == 1 {
+        vec![1, 7, 8, 31, 64, 100, 576]
+    } else {
+        vec![b, 2 * b, 3 * b, 9 * b.min(64)]
+            .into_iter()
+            .filter(|n| n % b == 0)
+            .collect()
+    }
+}
+
+fn quant_act(k: &Kernels, ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    let fmt = ActFormat::for_weights(ty);
+    let mut a = vec![0u8; fmt.row_bytes(x.len())];
+    k.quantize_act(fmt, x, &mut a);
+    a
+}
+
+/// Σ|w_k·x_k|: the scale of the rounding error a reordered float sum can have.
+fn magnitude(ty: GgmlType, n: usize, w_row: &[u8], x: &[f32]) -> f32 {
+    let mut wf = vec![0.0; n];
+    Kernels::scalar().dequantize_row(ty, w_row, &mut wf);
+    wf.iter().zip(x).map(|(a, b)| (a * b).abs()).sum::<f32>()
+}
+
+fn close(got: f32, want: f32, mag: f32) -> bool {
+    (got - want).abs() <= 2e-5 * mag + 1e-6 * want.abs() + 1e-30
+}
+
+#[test]
+fn activation_quantisation_is_bit_identical() {
+    let (k, s) = (Kernels::detect(), Kernels::scalar());
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for fmt in [
+        ActFormat::F32,
+        ActFormat::F16,
+        ActFormat::Q8_0,
+        ActFormat::Q8_1,
+        ActFormat::Q8K,
+    ] {
+        for &n in &[256usize, 512, 1536] {
+            for _ in 0..20 {
+                let mut x = random_x(&mut rng, n);
+                // Exact .5 ties: a block whose amax is 127 has multiplier 1.
+                if rng.u64() % 2 == 0 {
+                    x[0] = 127.0;
+                    for v in &mut x[1..32] {
+                        *v = (rng.u64() % 200) as f32 / 2.0 - 50.0;
+                    }
+                }
+                let mut a = vec![0u8; fmt.row_bytes(n)];
+                let mut b = vec![0xaa; fmt.row_bytes(n)];
+                s.quantize_act(fmt, &x, &mut a);
+                k.quantize_act(fmt, &x, &mut b);
+                assert_eq!(a, b, "{fmt:?} n={n} isa={:?}", k.isa());
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_known_answers_round_half_even() {
+    let mut x = [0.0f32; 32];
+    x[..6].copy_from_slice(&[127.0, 2.5, -3.5, 0.5, 1.5, -0.5]);
+    for k in [Kernels::scalar(), Kernels::detect()] {
+        let a = quant_act(&k, GgmlType::Q8_0, &x);
+        assert_eq!(u16::from_le_bytes([a[0], a[1]]), f32_to_f16(1.0));
+        assert_eq!(
+            a[2..8].iter().map(|&b| b as i8).collect::<Vec<_>>(),
+            [127, 2, -4, 0, 2, 0]
+        );
+        let a = quant_act(&k, GgmlType::Q4_1, &[1.0; 32]);
+        assert_eq!(u16::from_le_bytes([a[0], a[1]]), f32_to_f16(1.0 / 127.0));
+        assert_eq!(u16::from_le_bytes([a[2], a[3]]), f32_to_f16(32.0)); // d·Σq = 32·127/127
+        assert!(a[4..].iter().all(|&q| q == 127));
+    }
+}
+
+#[test]
+fn dot_matches_reference_for_every_type() {
+    let (k, s) = (Kernels::detect(), Kernels::scalar());
+    let mut rng = Rng(12345);
+    for ty in ALL {
+        for n in lens(ty) {
+            for _ in 0..10 {
+                let w = random_weights(&mut rng, ty, n, 1);
+                let x = random_x(&mut rng, n);
+                let a = quant_act(&s, ty, &x);
+                let (got, want) = (k.dot(ty, n, &w, &a), s.dot(ty, n, &w, &a));
+                let mag = magnitude(ty, n, &w, &x);
+                assert!(
+                    close(got, want, mag),
+                    "{} n={n}: {got} vs {want} (mag {mag})",
+                    ty.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_dot_for_every_shape() {
+    let (k, s) = (Kernels::detect(), Kernels::scalar());
+    let mut rng = Rng(777);
+    for ty in ALL {
+        let n = *lens(ty).iter().find(|&&n| n >= 64).unwrap_or(&lens(ty)[0]);
+        let (wrb, arb) = (
+            ty.row_bytes(n).unwrap(),
+            ActFormat::for_weights(ty).row_bytes(n),
+        );
+        for nrows in 1..=9 {
+            for ncols in [1usize, 2, 3, 4, 5, 7, 20] {
+                let w = random_weights(&mut rng, ty, n, nrows);
+                let xs: Vec<Vec<f32>> = (0..ncols).map(|_| random_x(&mut rng, n)).collect();
+                let act: Vec<u8> = xs.iter().flat_map(|x| quant_act(&s, ty, x)).collect();
+                for kk in [k, s] {
+                    let mut out = vec![f32::NAN; nrows * ncols];
+                    kk.matmul(ty, n, &w, nrows, &act, ncols, &mut out);
+                    for i in 0..nrows {
+                        for j in 0..ncols {
+                            let (wr, ar) =
+                                (&w[i * wrb..(i + 1) * wrb], &act[j * arb..(j + 1) * arb]);
+                            let want = s.dot(ty, n, wr, ar);
+                            let mag = magnitude(ty, n, wr, &xs[j]);
+                            let got = out[i * ncols + j];
+                            assert!(
+                                close(got, want, mag),
+                                "{} {:?} {nrows}x{ncols} ({i},{j}): {got} vs {want}",
+                                ty.name(),
+                                kk.isa()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantise_dequantise_error_is_bounded() {
+    let mut rng = Rng(4242);
+    for ty in ALL {
+        for n in [256usize, 1024] {
+            let x = random_x(&mut rng, n);
+            let mut q = vec![0u8; ty.row_bytes(n).unwrap()];
+            quantize_row(ty, &x, &mut q);
+            let mut y = vec![0.0; n];
+            Kernels::detect().dequantize_row(ty, &q, &mut y);
+            let (mut se, mut sx) = (0.0f64, 0.0f64);
+            for (xb, yb) in x.chunks(32).zip(y.chunks(32)) {
+                let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let (lo, hi) = xb
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+                // Half a step, plus the f16 rounding of d (2^-11 relative) times the largest quant.
+                let bound = match ty {
+                    GgmlType::F32 => 0.0,
+                    GgmlType::F16 => amax / 1024.0,
+                    GgmlType::Q8_0 => amax / 127.0 * (0.5 + 127.0 / 2048.0) * 1.001,
+                    GgmlType::Q4_0 => amax / 8.0 * (1.0 + 8.0 / 2048.0) * 1.001,
+                    GgmlType::Q4_1 => {
+                        (hi - lo) / 15.0 * (0.5 + 15.0 / 2048.0) * 1.001 + lo.abs() / 2048.0
+                    }
+                    GgmlType::Q4K => (hi - lo.min(0.0)) / 15.0 * 1.5,
+                    GgmlType::Q6K => amax / 31.0 * 1.5,
+                };
+                for (a, b) in xb.iter().zip(yb) {
+                    assert!(
+                        (a - b).abs() <= bound + 1e-7,
+                        "{}: {a} -> {b} (bound {bound})",
+                        ty.name()
+                    );
+                    se += f64::from(a - b).powi(2);
+                    sx += f64::from(*a).powi(2);
+                }
+            }
+            let rel = (se / sx.max(1e-30)).sqrt();
+            let max_rel = match ty {
+                GgmlType::F32 => 0.0,
+                GgmlType::F16 => 1e-3,
+                GgmlType::Q8_0 => 0.01,
+                GgmlType::Q6K => 0.03,
+                GgmlType::Q4K | GgmlType::Q4_1 => 0.12,
+                GgmlType::Q4_0 => 0.2,
+            };
+            assert!(rel <= max_rel, "{} relative RMS error {rel}", ty.name());
+        }
+    }
+}
+
+#[test]
+fn weight_block_known_answers() {
+    // Q4_0: d = 0.5, byte 0 = 0x1f → value 0 = (15-8)·0.5, value 16 = (1-8)·0.5.
+    let mut b = [0x88u8; 18];
+    b[..2].copy_from_slice(&f32_to_f16(0.5).to_le_bytes());
+    b[2] = 0x1f;
+    let mut y = [9.0f32; 32];
+    Kernels::scalar().dequantize_row(GgmlType::Q4_0, &b, &mut y);
+    assert_eq!((y[0], y[16], y[1]), (3.5, -3.5, 0.0));
+    // Q4_0 quantiser: max = -8 → d = 1, q = trunc(x + 8.5) clamped to 15.
+    let mut x = [0.0f32; 32];
+    x[0] = -8.0;
+    x[1] = 7.4;
+    x[16] = 3.0;
+    let mut q = [0u8; 18];
+    quantize_row(GgmlType::Q4_0, &x, &mut q);
+    assert_eq!(u16::from_le_bytes([q[0], q[1]]), f32_to_f16(1.0));
+    assert_eq!((q[2], q[3], q[4]), (0x0b << 4, 0x8f, 0x88));
+    // Q8_0 quantiser rounds half away from zero (roundf): 63.5 → 64 with d = 1.
+    let mut x = [0.0f32; 32];
+    x[0] = 127.0;
+    x[1] = 63.5;
+    x[2] = -63.5;
+    let mut q = [0u8; 34];
+    quantize_row(GgmlType::Q8_0, &x, &mut q);
+    assert_eq!((q[3] as i8, q[4] as i8), (64, -64));
+    // Q8_0 · Q8_0: 32 × (1·1.0) × (127·f16(1/127)).
+    let mut w = [1u8; 34];
+    w[..2].copy_from_slice(&f32_to_f16(1.0).to_le_bytes());
+    for k in [Kernels::scalar(), Kernels::detect()] {
+        let a = quant_act(&k, GgmlType::Q8_0, &[1.0; 32]);
+        let want = 32.0 * 127.0 * f16_to_f32(f32_to_f16(1.0 / 127.0));
+        assert_eq!(k.dot(GgmlType::Q8_0, 32, &w, &a), want);
+    }
+}
+
+#[test]
+fn detect_reports_simd_where_available() {
+    let isa = Kernels::detect().isa();
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(isa, Isa::Neon);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        assert_eq!(isa, Isa::Avx2Fma);
+    }
+    eprintln!("detected {isa:?}");
+}
+
+#[test]
+fn f16_round_trips_exhaustively_and_rounds_ties_to_even() {
+    for h in 0..=u16::MAX {
+        let f = f16_to_f32(h);
+        let (e, m) = ((h >> 10) & 0x1f, f64::from(h & 0x3ff));
+        let want = match e {
+            0 => m * 2f64.powi(-24),
+            31 if m == 0.0 => f64::INFINITY,
+            31 => f64::NAN,
+            _ => (1.0 + m / 1024.0) * 2f64.powi(i32::from(e) - 15),
+        };
+        let want = if h & 0x8000 != 0 { -want } else { want };
+        if want.is_nan() {
+            assert!(f.is_nan());
+            assert_eq!(f32_to_f16(f) | 0x0200, h | 0x0200, "NaN payload {h:#x}");
+            continue;
+        }
+        assert_eq!(f64::from(f), want, "{h:#06x}");
+        assert_eq!(f32_to_f16(f), h, "round trip {h:#06x}");
+        // Midpoint to the next magnitude: ties go to the even code.
+        if h & 0x7fff < 0x7c00 {
+            let next = f64::from(f16_to_f32(h + 1)).abs();
+            let mid = if h & 0x7fff == 0x7bff {
+                65520.0
+            } else {
+                (f64::from(f).abs() + next) / 2.0
+            };
+            let mid = if h & 0x8000 != 0 { -mid } else { mid } as f32;
+            let even = if h & 1 == 0 { h } else { h + 1 };
+            assert_eq!(f32_to_f16(mid), even, "tie above {h:#06x}");
+            let below = f32::from_bits(mid.to_bits() - 1);
+            assert_eq!(f32_to_f16(below), h, "just below tie {h:#06x}");
+        }
+    }
+    assert_eq!(f32_to_f16(1e9), 0x7c00);
+    assert_eq!(f32_to_f16(-1e-10), 0x8000);
+}

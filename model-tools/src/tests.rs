@@ -1,0 +1,139 @@
+//! Tests of the tiny-model generator and the converter (F32 paths, which need no quantiser).
+
+use inference_guest::ggml_type::GgmlType;
+use inference_guest::gguf::writer::GgufWriter;
+use inference_guest::gguf::{Gguf, Value};
+
+use crate::codec::EngineCodec;
+use crate::convert::{ConvertError, convert};
+use crate::tiny::{TinyParams, generate};
+
+/// A minimal tokenizer-only GGUF standing in for a real model's vocabulary.
+fn vocab() -> Vec<u8> {
+    let mut w = GgufWriter::new();
+    w.add_str("general.architecture", "llama").unwrap();
+    w.add_str("tokenizer.ggml.model", "gpt2").unwrap();
+    w.add_str_array("tokenizer.ggml.tokens", &["<s>", "</s>", "a", "b", "ab"])
+        .unwrap();
+    w.add_i32_array("tokenizer.ggml.token_type", &[3, 3, 1, 1, 1])
+        .unwrap();
+    w.add_str_array("tokenizer.ggml.merges", &["a b"]).unwrap();
+    w.add_u32("tokenizer.ggml.bos_token_id", 0).unwrap();
+    w.to_bytes().unwrap()
+}
+
+fn params(seed: u64) -> TinyParams {
+    TinyParams {
+        ty: GgmlType::F32,
+        seed,
+        embd: 64,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        ff: 96,
+        ctx: 128,
+    }
+}
+
+fn tiny(seed: u64) -> Vec<u8> {
+    let v = vocab();
+    let g = Gguf::parse(&v).unwrap();
+    generate(&g, &params(seed), &EngineCodec)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+}
+
+#[test]
+fn tiny_is_deterministic_per_seed() {
+    assert_eq!(tiny(7), tiny(7));
+    assert_ne!(tiny(7), tiny(8));
+}
+
+#[test]
+fn tiny_parses_back_with_llama_names_and_shapes() {
+    let bytes = tiny(1);
+    let g = Gguf::parse(&bytes).unwrap();
+    assert_eq!(g.get_str("general.architecture"), Ok(Some("llama")));
+    assert_eq!(g.get_u32("general.file_type"), Ok(Some(0)));
+    assert_eq!(g.get_u32("llama.block_count"), Ok(Some(2)));
+    assert_eq!(g.get_u32("llama.rope.dimension_count"), Ok(Some(16)));
+    assert_eq!(g.get_u32("llama.vocab_size"), Ok(Some(5)));
+    assert_eq!(
+        g.get_str_array("tokenizer.ggml.merges"),
+        Ok(Some(vec!["a b"]))
+    );
+    assert_eq!(g.get_u32("tokenizer.ggml.bos_token_id"), Ok(Some(0)));
+    assert_eq!(g.tensors().len(), 1 + 2 * 9 + 1);
+    assert!(g.tensor("output.weight").is_none(), "embeddings are tied");
+    let dims = |n: &str| g.tensor(n).unwrap().dims.clone();
+    assert_eq!(dims("token_embd.weight"), [64, 5]);
+    assert_eq!(dims("blk.1.attn_q.weight"), [64, 64]);
+    assert_eq!(dims("blk.1.attn_k.weight"), [64, 32]);
+    assert_eq!(dims("blk.0.attn_v.weight"), [64, 32]);
+    assert_eq!(dims("blk.0.ffn_gate.weight"), [64, 96]);
+    assert_eq!(dims("blk.0.ffn_down.weight"), [96, 64]);
+    assert_eq!(dims("output_norm.weight"), [64]);
+
+    let floats = |n: &str| -> Vec<f32> {
+        let d = g.tensor(n).unwrap().data;
+        d.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    assert!(
+        floats("blk.0.attn_norm.weight")
+            .iter()
+            .all(|x| (x - 1.0).abs() < 0.1)
+    );
+    let w = floats("blk.0.ffn_up.weight");
+    let mean = w.iter().sum::<f32>() / w.len() as f32;
+    let std = (w.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / w.len() as f32).sqrt();
+    assert!(
+        mean.abs() < 0.002 && (std - 0.02).abs() < 0.002,
+        "mean {mean} std {std}"
+    );
+}
+
+#[test]
+fn tiny_refuses_bad_shapes() {
+    let v = vocab();
+    let g = Gguf::parse(&v).unwrap();
+    let mut p = params(0);
+    p.kv_heads = 3;
+    assert!(generate(&g, &p, &EngineCodec).is_err());
+    let mut p = params(0);
+    p.ty = GgmlType::Q4K; // 64 is not a multiple of 256
+    assert!(generate(&g, &p, &EngineCodec).is_err());
+}
+
+#[test]
+fn convert_f32_to_f32_is_the_identity() {
+    let src = tiny(3);
+    let g = Gguf::parse(&src).unwrap();
+    let mut seen = 0;
+    let out = convert(&g, GgmlType::F32, &EngineCodec, |_, _, _| seen += 1)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    assert_eq!(seen, g.tensors().len());
+    // F32 → F32 is the identity, so the file is byte-identical.
+    assert_eq!(out, src);
+
+    let q = Gguf::parse(&out).unwrap();
+    let meta: Vec<(&str, &Value<'_>)> = q.metadata().iter().map(|(k, v)| (*k, v)).collect();
+    assert_eq!(meta.len(), g.metadata().len());
+}
+
+#[test]
+fn convert_refuses_rows_that_are_not_whole_blocks() {
+    let src = tiny(3);
+    let g = Gguf::parse(&src).unwrap();
+    let err = convert(&g, GgmlType::Q6K, &EngineCodec, |_, _, _| {})
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, ConvertError::RowNotWholeBlocks { tensor, .. } if tensor == "token_embd.weight")
+    );
+    assert!(err.to_string().contains("token_embd.weight"));
+}

@@ -1,0 +1,183 @@
+//! `tiny`: a small seeded random-weight llama model that reuses a real model's tokenizer, for
+//! fast end-to-end tests (it loads in llama.cpp too).
+
+use inference_guest::ggml_type::GgmlType;
+use inference_guest::gguf::writer::{GgufWriteError, GgufWriter};
+use inference_guest::gguf::{Gguf, GgufError};
+
+use crate::codec::{CodecError, RowCodec, file_type};
+use crate::rng::SplitMix64;
+
+/// Shape and seed of the generated model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TinyParams {
+    pub ty: GgmlType,
+    pub seed: u64,
+    pub embd: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub ff: usize,
+    pub ctx: usize,
+}
+
+/// Why a tiny model could not be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum TinyError {
+    /// Inconsistent hyper-parameters.
+    #[error("invalid tiny-model shape: {0}")]
+    Shape(String),
+    /// The vocabulary file lacks its token list.
+    #[error(
+        "the --vocab-from file has no tokenizer.ggml.tokens array; pass a llama.cpp GGUF model"
+    )]
+    NoVocab,
+    /// The vocabulary file's metadata is unreadable.
+    #[error("reading the --vocab-from file's tokenizer: {0}")]
+    Vocab(#[from] GgufError),
+    /// Quantisation is unavailable.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// Building the output failed.
+    #[error(transparent)]
+    Write(#[from] GgufWriteError),
+}
+
+/// Standard deviation of the random weights (GPT-2-style initialisation).
+const WEIGHT_STD: f32 = 0.02;
+
+impl TinyParams {
+    fn head_dim(&self) -> usize {
+        self.embd / self.heads.max(1)
+    }
+
+    fn validate(&self) -> Result<(), TinyError> {
+        let bad = |m: String| Err(TinyError::Shape(m));
+        if [
+            self.embd,
+            self.layers,
+            self.heads,
+            self.kv_heads,
+            self.ff,
+            self.ctx,
+        ]
+        .contains(&0)
+        {
+            return bad("every size must be non-zero".into());
+        }
+        if !self.embd.is_multiple_of(self.heads) || !self.head_dim().is_multiple_of(2) {
+            return bad(format!(
+                "--embd {} must split into {} heads of even size",
+                self.embd, self.heads
+            ));
+        }
+        if !self.heads.is_multiple_of(self.kv_heads) {
+            return bad(format!(
+                "--heads {} must be a multiple of --kv-heads {}",
+                self.heads, self.kv_heads
+            ));
+        }
+        let block = self.ty.block_len();
+        if !self.embd.is_multiple_of(block) || !self.ff.is_multiple_of(block) {
+            return bad(format!(
+                "--embd {} and --ff {} must be multiples of {}'s block of {block}",
+                self.embd,
+                self.ff,
+                self.ty.name()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Builds the model: llama hyper-parameters, every `tokenizer.*` key of `vocab`, and seeded
+/// random tensors named and shaped as llama.cpp expects (tied embeddings: no `output.weight`).
+pub fn generate(
+    vocab: &Gguf<'_>,
+    p: &TinyParams,
+    codec: &dyn RowCodec,
+) -> Result<GgufWriter, TinyError> {
+    p.validate()?;
+    let n_vocab = vocab
+        .get_str_array("tokenizer.ggml.tokens")?
+        .ok_or(TinyError::NoVocab)?
+        .len();
+    let as_u32 =
+        |v: usize| u32::try_from(v).map_err(|_| TinyError::Shape(format!("{v} is too large")));
+    let mut w = GgufWriter::new();
+    w.add_str("general.architecture", "llama")?;
+    w.add_str("general.name", "flexserve-tiny")?;
+    w.add_u32("general.file_type", file_type(p.ty))?;
+    w.add_u32("general.quantization_version", 2)?;
+    w.add_u32("llama.context_length", as_u32(p.ctx)?)?;
+    w.add_u32("llama.embedding_length", as_u32(p.embd)?)?;
+    w.add_u32("llama.block_count", as_u32(p.layers)?)?;
+    w.add_u32("llama.feed_forward_length", as_u32(p.ff)?)?;
+    w.add_u32("llama.attention.head_count", as_u32(p.heads)?)?;
+    w.add_u32("llama.attention.head_count_kv", as_u32(p.kv_heads)?)?;
+    w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)?;
+    w.add_f32("llama.rope.freq_base", 10000.0)?;
+    w.add_u32("llama.rope.dimension_count", as_u32(p.head_dim())?)?;
+    w.add_u32("llama.vocab_size", as_u32(n_vocab)?)?;
+    for (key, value) in vocab
+        .metadata()
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+    {
+        w.add(key, value)?;
+    }
+
+    let mut rng = SplitMix64::new(p.seed);
+    let (e, kv) = (p.embd as u64, (p.kv_heads * p.head_dim()) as u64);
+    let mut add = |w: &mut GgufWriter, name: &str, dims: &[u64]| -> Result<(), TinyError> {
+        let (ty, data) = random_tensor(&mut rng, p.ty, dims, codec)?;
+        Ok(w.add_tensor(name, ty, dims, data)?)
+    };
+    add(&mut w, "token_embd.weight", &[e, n_vocab as u64])?;
+    for l in 0..p.layers {
+        let ff = p.ff as u64;
+        let shapes: [(&str, &[u64]); 9] = [
+            ("attn_norm", &[e]),
+            ("attn_q", &[e, e]),
+            ("attn_k", &[e, kv]),
+            ("attn_v", &[e, kv]),
+            ("attn_output", &[e, e]),
+            ("ffn_norm", &[e]),
+            ("ffn_gate", &[e, ff]),
+            ("ffn_up", &[e, ff]),
+            ("ffn_down", &[ff, e]),
+        ];
+        for (name, dims) in shapes {
+            add(&mut w, &format!("blk.{l}.{name}.weight"), dims)?;
+        }
+    }
+    add(&mut w, "output_norm.weight", &[e])?;
+    Ok(w)
+}
+
+/// Random data for one tensor: 1-D tensors are F32 norm weights near 1.0; matrices are
+/// N(0, 0.02)-ish weights quantised row by row to `ty`.
+fn random_tensor(
+    rng: &mut SplitMix64,
+    ty: GgmlType,
+    dims: &[u64],
+    codec: &dyn RowCodec,
+) -> Result<(GgmlType, Vec<u8>), TinyError> {
+    let row_len = dims.first().copied().unwrap_or(1) as usize;
+    let n_rows: usize = dims.iter().skip(1).map(|&d| d as usize).product();
+    if dims.len() == 1 {
+        let data = (0..row_len)
+            .flat_map(|_| (1.0 + WEIGHT_STD * rng.normal()).to_le_bytes())
+            .collect();
+        return Ok((GgmlType::F32, data));
+    }
+    // `validate` made every row length a whole number of blocks.
+    let row_bytes = ty.row_bytes(row_len).unwrap_or(0);
+    let mut data = vec![0u8; row_bytes * n_rows];
+    let mut row = vec![0f32; row_len];
+    for dst in data.chunks_exact_mut(row_bytes.max(1)) {
+        row.iter_mut().for_each(|x| *x = WEIGHT_STD * rng.normal());
+        codec.quantize_row(ty, &row, dst)?;
+    }
+    Ok((ty, data))
+}
