@@ -205,6 +205,10 @@ impl Sampler {
             self.cand.truncate(keep);
         }
         let inv_t = 1.0 / self.cfg.temperature;
+        // A subnormal temperature overflows 1/T; that limit is greedy.
+        if !inv_t.is_finite() {
+            return best;
+        }
         let weights: Vec<f64> = self
             .cand
             .iter()

@@ -175,6 +175,11 @@ fn odd_inputs_do_not_panic() {
     assert_eq!(s.sample(&mut [], &[]), 0);
     let t = s.sample(&mut [f32::NAN, f32::NEG_INFINITY, 1.0, f32::NAN], &[99, 2]);
     assert_eq!(t, 2);
+    let tiny = SamplerConfig {
+        temperature: 1e-45,
+        ..SamplerConfig::default()
+    };
+    assert_eq!(Sampler::new(tiny, 8).sample(&mut logits(), &[]), 3);
     let mut all_inf = [f32::NEG_INFINITY; 4];
     assert!(s.sample(&mut all_inf, &[]) < 4);
 }

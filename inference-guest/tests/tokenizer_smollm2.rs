@@ -16,7 +16,20 @@ struct Case {
 
 #[derive(Deserialize)]
 struct Fixture {
+    model_sha256: String,
     cases: Vec<Case>,
+}
+
+#[test]
+fn fixture_was_generated_from_the_pinned_model() {
+    let fixture: Fixture =
+        serde_json::from_str(include_str!("fixtures/tokenizer/smollm2.json")).unwrap();
+    let makefile = include_str!("../../Makefile");
+    assert!(
+        makefile.contains(&fixture.model_sha256),
+        "smollm2.json was generated from a model other than DEFAULT_MODEL_SHA256; \
+         regenerate it with tools/fixtures/gen_tokenizer_fixture.py"
+    );
 }
 
 fn model_bytes() -> Option<Vec<u8>> {
