@@ -22,9 +22,6 @@ pub enum SamplerError {
     /// The repetition penalty must be finite and in `(0, 10]`.
     #[error("repeat_penalty {0} is invalid: use a finite value in (0, 10] (1 = disabled)")]
     RepeatPenalty(f32),
-    /// A vocabulary of zero tokens cannot be sampled from.
-    #[error("the vocabulary is empty")]
-    EmptyVocab,
 }
 
 /// Sampling parameters. Defaults follow llama.cpp's command-line defaults.
@@ -139,18 +136,31 @@ fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
 }
 
 impl Sampler {
-    /// A sampler over `n_vocab` tokens; fails if `cfg` is out of range.
-    pub fn new(cfg: SamplerConfig, n_vocab: usize) -> Result<Self, SamplerError> {
-        cfg.validate()?;
-        if n_vocab == 0 {
-            return Err(SamplerError::EmptyVocab);
+    /// A sampler over `n_vocab` tokens.
+    ///
+    /// Call [`SamplerConfig::validate`] first to report bad values to the user; here any value
+    /// out of range falls back to its neutral setting (invalid temperature: greedy) so sampling
+    /// never panics.
+    pub fn new(cfg: SamplerConfig, n_vocab: usize) -> Self {
+        let mut cfg = cfg;
+        if !(cfg.temperature.is_finite() && (0.0..=100.0).contains(&cfg.temperature)) {
+            cfg.temperature = 0.0;
         }
-        Ok(Self {
+        if !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
+            cfg.top_p = 1.0;
+        }
+        if !(0.0..=1.0).contains(&cfg.min_p) {
+            cfg.min_p = 0.0;
+        }
+        if !(cfg.repeat_penalty > 0.0 && cfg.repeat_penalty <= 10.0) {
+            cfg.repeat_penalty = 1.0;
+        }
+        Self {
             cfg,
             n_vocab,
             rng: Rng::new(cfg.seed),
             cand: Vec::new(),
-        })
+        }
     }
 
     /// The configuration in use.
@@ -195,6 +205,10 @@ impl Sampler {
             self.cand.truncate(keep);
         }
         let inv_t = 1.0 / self.cfg.temperature;
+        // A subnormal temperature overflows 1/T; that limit is greedy.
+        if !inv_t.is_finite() {
+            return best;
+        }
         let weights: Vec<f64> = self
             .cand
             .iter()

@@ -7,7 +7,7 @@ fn logits() -> Vec<f32> {
 
 #[test]
 fn greedy_takes_argmax_lowest_id_on_ties() {
-    let mut s = Sampler::new(SamplerConfig::greedy(), 8).unwrap();
+    let mut s = Sampler::new(SamplerConfig::greedy(), 8);
     assert_eq!(s.sample(&mut logits(), &[]), 3);
 }
 
@@ -21,7 +21,7 @@ fn same_seed_same_tokens() {
         ..Default::default()
     };
     let run = || {
-        let mut s = Sampler::new(cfg, 8).unwrap();
+        let mut s = Sampler::new(cfg, 8);
         (0..50)
             .map(|_| s.sample(&mut logits(), &[]))
             .collect::<Vec<_>>()
@@ -50,7 +50,7 @@ fn top_k_one_and_tiny_top_p_are_greedy() {
             ..Default::default()
         },
     ] {
-        let mut s = Sampler::new(cfg, 8).unwrap();
+        let mut s = Sampler::new(cfg, 8);
         for _ in 0..20 {
             assert_eq!(s.sample(&mut logits(), &[]), 3);
         }
@@ -63,7 +63,7 @@ fn repetition_penalty_lowers_repeated_tokens() {
         repeat_penalty: 2.0,
         ..SamplerConfig::greedy()
     };
-    let mut s = Sampler::new(cfg, 8).unwrap();
+    let mut s = Sampler::new(cfg, 8);
     let mut l = logits();
     // Tokens 3 and 4 share the top logit; penalising both leaves token 1 on top.
     assert_eq!(s.sample(&mut l, &[3, 4, 3]), 1);
@@ -86,7 +86,7 @@ fn temperature_sampling_follows_softmax() {
         seed: 7,
         ..Default::default()
     };
-    let mut s = Sampler::new(cfg, 4).unwrap();
+    let mut s = Sampler::new(cfg, 4);
     let n = 20_000;
     let mut counts = [0usize; 4];
     for _ in 0..n {
@@ -113,7 +113,7 @@ fn min_p_drops_unlikely_tokens() {
         temperature: 1.0,
         ..Default::default()
     };
-    let mut s = Sampler::new(cfg, 3).unwrap();
+    let mut s = Sampler::new(cfg, 3);
     for _ in 0..200 {
         // p(1)/p(0) = e^-3 < 0.5: only token 0 survives.
         assert_eq!(s.sample(&mut [5.0, 2.0, -4.0], &[]), 0);
@@ -157,15 +157,29 @@ fn invalid_configs_are_named() {
         }),
         SamplerError::RepeatPenalty(0.0)
     );
-    assert!(Sampler::new(d, 0).is_err());
+    // An invalid config still builds a sampler, with neutral fallbacks.
+    let mut s = Sampler::new(
+        SamplerConfig {
+            temperature: -1.0,
+            top_p: 9.0,
+            ..d
+        },
+        8,
+    );
+    assert_eq!(s.sample(&mut logits(), &[]), 3);
 }
 
 #[test]
 fn odd_inputs_do_not_panic() {
-    let mut s = Sampler::new(SamplerConfig::default(), 4).unwrap();
+    let mut s = Sampler::new(SamplerConfig::default(), 4);
     assert_eq!(s.sample(&mut [], &[]), 0);
     let t = s.sample(&mut [f32::NAN, f32::NEG_INFINITY, 1.0, f32::NAN], &[99, 2]);
     assert_eq!(t, 2);
+    let tiny = SamplerConfig {
+        temperature: 1e-45,
+        ..SamplerConfig::default()
+    };
+    assert_eq!(Sampler::new(tiny, 8).sample(&mut logits(), &[]), 3);
     let mut all_inf = [f32::NEG_INFINITY; 4];
     assert!(s.sample(&mut all_inf, &[]) < 4);
 }

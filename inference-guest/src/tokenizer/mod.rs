@@ -18,6 +18,7 @@ mod bpe;
 pub mod chat;
 mod encode;
 mod error;
+mod from_gguf;
 mod pretokenize;
 mod spm;
 mod unicode;
