@@ -73,7 +73,8 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<(), RunError> {
     let model = Model::from_gguf(&gguf, Kernels::detect())?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
     let cfg = sampler_config(&args.sampling);
-    let mut sampler = Sampler::new(cfg, model.cfg.n_vocab)?;
+    cfg.validate()?;
+    let mut sampler = Sampler::new(cfg, model.cfg.n_vocab);
     let pool = ThreadPool::new(args.vcpus)
         .map_err(|source| RunError::Threads { threads: args.vcpus, source })?;
     let (text, chat) = render_prompt(&gguf, prompt, args.raw);
