@@ -1,7 +1,19 @@
-//! aarch64 NEON kernels (placeholder until the NEON versions land).
+//! aarch64 NEON kernels (baseline NEON only: no `dotprod`, so i8 products use
+//! `vmull_s8` + pairwise widening adds, exact for activations in [-127, 127]).
+//!
+//! Kernels are safe `#[target_feature(enable = "neon")]` fns; NEON is part of the aarch64
+//! baseline, which is what the dispatching `unsafe` blocks rely on. Loads and stores go
+//! through fixed-size arrays borrowed from bounds-checked slices.
+
+mod act;
+mod dot;
+
+use core::arch::aarch64::*;
+
 use crate::ggml_type::GgmlType;
 use crate::quant::act_format::ActFormat;
 
+/// NEON back end (always available on aarch64).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Neon(());
 
@@ -9,23 +21,68 @@ impl Neon {
     pub(crate) fn new() -> Self {
         Self(())
     }
-    pub(crate) fn quantize_act(self, _fmt: ActFormat, _x: &[f32], _out: &mut [u8]) -> bool {
-        false
+
+    pub(crate) fn quantize_act(self, fmt: ActFormat, x: &[f32], out: &mut [u8]) -> bool {
+        // SAFETY: NEON is part of the aarch64 baseline; lengths were checked by `Kernels`.
+        unsafe { act::quantize_act(fmt, x, out) }
     }
-    pub(crate) fn dot(self, _ty: GgmlType, _w: &[u8], _a: &[u8]) -> Option<f32> {
-        None
+
+    pub(crate) fn dot(self, ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
+        // SAFETY: NEON is part of the aarch64 baseline; lengths were checked by `Kernels`.
+        Some(unsafe {
+            match ty {
+                GgmlType::Q4_0 => dot::dot_q4_0(w, a),
+                GgmlType::Q8_0 => dot::dot_q8_0(w, a),
+                GgmlType::Q4_1 => dot::dot_q4_1(w, a),
+                GgmlType::Q4K => dot::dot_q4_k(w, a),
+                GgmlType::Q6K => dot::dot_q6_k(w, a),
+                GgmlType::F16 => dot::dot_f16(w, a),
+                GgmlType::F32 => dot::dot_f32(w, a),
+            }
+        })
     }
+
+    /// Not tiled yet: `Kernels::matmul` falls back to one NEON `dot` per output.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn matmul(
         self,
-        _: GgmlType,
-        _: usize,
-        _: &[u8],
-        _: usize,
-        _: &[u8],
-        _: usize,
-        _: &mut [f32],
+        _ty: GgmlType,
+        _n: usize,
+        _w: &[u8],
+        _nrows: usize,
+        _act: &[u8],
+        _ncols: usize,
+        _out: &mut [f32],
     ) -> bool {
         false
     }
+}
+
+#[inline]
+#[target_feature(enable = "neon")]
+fn arr<const N: usize>(s: &[u8], at: usize) -> &[u8; N] {
+    s[at..at + N]
+        .try_into()
+        .expect("length is N by construction")
+}
+
+#[inline]
+#[target_feature(enable = "neon")]
+fn ld_u8(b: &[u8; 16]) -> uint8x16_t {
+    // SAFETY: `b` is 16 readable bytes; vld1q has no alignment requirement beyond u8.
+    unsafe { vld1q_u8(b.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "neon")]
+fn ld_s8(b: &[u8; 16]) -> int8x16_t {
+    vreinterpretq_s8_u8(ld_u8(b))
+}
+
+#[inline]
+#[target_feature(enable = "neon")]
+fn ld_f32(x: &[f32]) -> float32x4_t {
+    let x: &[f32; 4] = x[..4].try_into().expect("4 floats by construction");
+    // SAFETY: `x` is 4 readable f32s.
+    unsafe { vld1q_f32(x.as_ptr()) }
 }
