@@ -29,7 +29,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// Runs the measurement and prints one JSON object.
 pub fn run(args: &BenchArgs) -> Result<(), RunError> {
     let bytes = read_model(&args.model)?;
-    let gguf = Gguf::parse(&bytes)?;
+    let gguf = Gguf::parse(bytes.as_slice())?;
     let model = Model::from_gguf(&gguf, Kernels::detect())?;
     let pool = ThreadPool::new(args.threads)
         .map_err(|source| RunError::Threads { threads: args.threads, source })?;

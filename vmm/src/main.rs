@@ -2,6 +2,7 @@
 
 mod bench_engine;
 mod cli;
+mod huge_buffer;
 mod model_file;
 mod text_stream;
 mod unprotected;

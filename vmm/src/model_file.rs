@@ -1,5 +1,6 @@
 //! Reading a model file from disk, with errors that say what to do.
 
+use crate::huge_buffer::HugePageBuffer;
 use std::path::{Path, PathBuf};
 
 /// A model file that could not be read.
@@ -15,13 +16,19 @@ pub enum ModelFileError {
     NotGguf { path: PathBuf },
 }
 
-/// Reads the whole file; the engine borrows tensors from these bytes.
-pub fn read_model(path: &Path) -> Result<Vec<u8>, ModelFileError> {
-    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+/// Reads the whole file into huge-page-backed memory; the engine borrows tensors from it.
+pub fn read_model(path: &Path) -> Result<HugePageBuffer, ModelFileError> {
+    let unreadable = |source: std::io::Error| match source.kind() {
         std::io::ErrorKind::NotFound => ModelFileError::Missing { path: path.to_path_buf() },
         _ => ModelFileError::Unreadable { path: path.to_path_buf(), source },
+    };
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let len = file.metadata().map_err(unreadable)?.len();
+    let len = usize::try_from(len).map_err(|_| {
+        unreadable(std::io::Error::new(std::io::ErrorKind::FileTooLarge, "file too large"))
     })?;
-    if !bytes.starts_with(b"GGUF") {
+    let bytes = HugePageBuffer::read_from(&mut file, len).map_err(unreadable)?;
+    if !bytes.as_slice().starts_with(b"GGUF") {
         return Err(ModelFileError::NotGguf { path: path.to_path_buf() });
     }
     Ok(bytes)

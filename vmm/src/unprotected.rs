@@ -69,7 +69,7 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<(), RunError> {
     }
     let start = Instant::now();
     let bytes = read_model(&args.model)?;
-    let gguf = Gguf::parse(&bytes)?;
+    let gguf = Gguf::parse(bytes.as_slice())?;
     let model = Model::from_gguf(&gguf, Kernels::detect())?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
     let cfg = sampler_config(&args.sampling);
