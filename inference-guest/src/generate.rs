@@ -73,5 +73,9 @@ pub fn generate(
         logits.clear();
         logits.extend_from_slice(session.eval(model, &[token], Logits::Last, par)?);
     };
-    Ok(GenerateOutcome { prompt_tokens: req.prompt.len(), generated_tokens: generated, stop })
+    Ok(GenerateOutcome {
+        prompt_tokens: req.prompt.len(),
+        generated_tokens: generated,
+        stop,
+    })
 }

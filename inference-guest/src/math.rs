@@ -1,6 +1,7 @@
-//! The element-wise operations of the forward pass, written to follow llama.cpp's numerics
-//! (where the sum is kept in f64, which exp approximation is used, how RoPE angles are
-//! stepped) so that logits agree closely with the reference engine.
+//! Element-wise operations of the forward pass, written to follow llama.cpp's numerics
+//! (the RMS sum kept in f64, RoPE angles stepped by repeated f32 multiplication) so that
+//! logits agree with the reference engine. Softmax and SwiGLU live with the attention and
+//! the forward pass, where they use the kernels' exp.
 
 /// `out = x / rms(x) * w`, with the sum of squares in f64 as ggml's `rms_norm` does.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -11,49 +12,6 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         // ggml scales first (ggml_rms_norm), then multiplies by the weight (ggml_mul).
         *o = (v * scale) * g;
-    }
-}
-
-/// `exp(x)` for f32 with ~1.5 ulp error: ggml's vectorised `ggml_v_expf`, written so the
-/// compiler can vectorise loops over it. Out-of-range inputs fall back to libm.
-#[inline(always)]
-pub fn fast_exp(x: f32) -> f32 {
-    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23: rounds to an integer by addition
-    let z = x * f32::from_bits(0x3fb8_aa3b) + r; // x * log2(e)
-    let n = z - r;
-    let b = x - n * f32::from_bits(0x3f31_7200) - n * f32::from_bits(0x35bf_be8e); // x - n ln2
-    let e = z.to_bits() << 23;
-    let k = f32::from_bits(e.wrapping_add(1.0f32.to_bits()));
-    let u = b * b;
-    let j = ((f32::from_bits(0x3c07_2010) * b + f32::from_bits(0x3d2b_9f17)) * u
-        + (f32::from_bits(0x3e2a_af33) * b + f32::from_bits(0x3efffedb)))
-        * u
-        + f32::from_bits(0x3f7f_fff6) * b;
-    if libm::fabsf(n) > 126.0 {
-        return libm::expf(x);
-    }
-    j * k + k
-}
-
-/// `gate[i] = silu(gate[i]) * up[i]`, ggml's SwiGLU, in place.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    assert_eq!(gate.len(), up.len());
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + fast_exp(-*g)) * u;
-    }
-}
-
-/// In-place softmax of `x`; the sum is kept in f64 like ggml's `soft_max`.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f64;
-    for v in x.iter_mut() {
-        *v = fast_exp(*v - max);
-        sum += f64::from(*v);
-    }
-    let inv = (1.0 / sum) as f32;
-    for v in x.iter_mut() {
-        *v *= inv;
     }
 }
 
@@ -93,26 +51,6 @@ pub fn rope_apply(x: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fast_exp_is_close_to_libm() {
-        let mut x = -100.0f32;
-        while x < 88.0 {
-            let (a, b) = (fast_exp(x), libm::expf(x));
-            assert!(((a - b) / b).abs() < 1e-6, "x={x} fast={a} libm={b}");
-            x += 0.0137;
-        }
-        assert_eq!(fast_exp(f32::NEG_INFINITY), 0.0);
-    }
-
-    #[test]
-    fn softmax_sums_to_one_and_masks() {
-        let mut v = [1.0, 2.0, f32::NEG_INFINITY, 0.5];
-        softmax(&mut v);
-        assert!((v.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert_eq!(v[2], 0.0);
-        assert!(v[1] > v[0] && v[0] > v[3]);
-    }
 
     #[test]
     fn rms_norm_of_constant_is_weight() {

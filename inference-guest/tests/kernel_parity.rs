@@ -77,7 +77,7 @@ fn random_weights(rng: &mut Rng, ty: GgmlType, n: usize, rows: usize) -> Vec<u8>
 fn random_x(rng: &mut Rng, n: usize) -> Vec<f32> {
     let scale = 0.1 + 4.0 * rng.f32();
     let mut x: Vec<f32> = (0..n).map(|_| rng.sym(scale)).collect();
-    if n >= 64 && rng.u64() % 4 == 0 {
+    if n >= 64 && rng.u64().is_multiple_of(4) {
         x[..32].fill(0.0); // an all-zero block exercises the d = 0 paths
     }
     x
@@ -128,7 +128,7 @@ fn activation_quantisation_is_bit_identical() {
             for _ in 0..20 {
                 let mut x = random_x(&mut rng, n);
                 // Exact .5 ties: a block whose amax is 127 has multiplier 1.
-                if rng.u64() % 2 == 0 {
+                if rng.u64().is_multiple_of(2) {
                     x[0] = 127.0;
                     for v in &mut x[1..32] {
                         *v = (rng.u64() % 200) as f32 / 2.0 - 50.0;

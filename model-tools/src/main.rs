@@ -148,8 +148,7 @@ fn main() -> Result<()> {
                 ff,
                 ctx,
             };
-            let w = tiny::generate(&g, &params)
-                .context("generating the tiny model")?;
+            let w = tiny::generate(&g, &params).context("generating the tiny model")?;
             write(&output, &w)?;
             eprintln!("wrote {}", output.display());
         }

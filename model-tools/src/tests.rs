@@ -37,10 +37,7 @@ fn params(seed: u64) -> TinyParams {
 fn tiny(seed: u64) -> Vec<u8> {
     let v = vocab();
     let g = Gguf::parse(&v).unwrap();
-    generate(&g, &params(seed))
-        .unwrap()
-        .to_bytes()
-        .unwrap()
+    generate(&g, &params(seed)).unwrap().to_bytes().unwrap()
 }
 
 #[test]
@@ -128,9 +125,7 @@ fn convert_f32_to_f32_is_the_identity() {
 fn convert_refuses_rows_that_are_not_whole_blocks() {
     let src = tiny(3);
     let g = Gguf::parse(&src).unwrap();
-    let err = convert(&g, GgmlType::Q6K, |_, _, _| {})
-        .err()
-        .unwrap();
+    let err = convert(&g, GgmlType::Q6K, |_, _, _| {}).err().unwrap();
     assert!(
         matches!(&err, ConvertError::RowNotWholeBlocks { tensor, .. } if tensor == "token_embd.weight")
     );

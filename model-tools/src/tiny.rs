@@ -89,10 +89,7 @@ impl TinyParams {
 
 /// Builds the model: llama hyper-parameters, every `tokenizer.*` key of `vocab`, and seeded
 /// random tensors named and shaped as llama.cpp expects (tied embeddings: no `output.weight`).
-pub fn generate(
-    vocab: &Gguf<'_>,
-    p: &TinyParams,
-) -> Result<GgufWriter, TinyError> {
+pub fn generate(vocab: &Gguf<'_>, p: &TinyParams) -> Result<GgufWriter, TinyError> {
     p.validate()?;
     let n_vocab = vocab
         .get_str_array("tokenizer.ggml.tokens")?
@@ -153,11 +150,7 @@ pub fn generate(
 
 /// Random data for one tensor: 1-D tensors are F32 norm weights near 1.0; matrices are
 /// N(0, 0.02)-ish weights quantised row by row to `ty`.
-fn random_tensor(
-    rng: &mut SplitMix64,
-    ty: GgmlType,
-    dims: &[u64],
-) -> (GgmlType, Vec<u8>) {
+fn random_tensor(rng: &mut SplitMix64, ty: GgmlType, dims: &[u64]) -> (GgmlType, Vec<u8>) {
     let row_len = dims.first().copied().unwrap_or(1) as usize;
     let n_rows: usize = dims.iter().skip(1).map(|&d| d as usize).product();
     if dims.len() == 1 {

@@ -3,8 +3,8 @@
 //! steps), so that `tools/bench/bench_engine.py` can set it beside llama.cpp.
 
 use crate::cli::BenchArgs;
-use crate::unprotected::RunError;
 use crate::model_file::read_model;
+use crate::unprotected::RunError;
 use inference_guest::gguf::Gguf;
 use inference_guest::model::{Logits, Model};
 use inference_guest::parallel::ThreadPool;
@@ -31,11 +31,15 @@ pub fn run(args: &BenchArgs) -> Result<(), RunError> {
     let bytes = read_model(&args.model)?;
     let gguf = Gguf::parse(bytes.as_slice())?;
     let model = Model::from_gguf(&gguf, Kernels::detect())?;
-    let pool = ThreadPool::new(args.threads)
-        .map_err(|source| RunError::Threads { threads: args.threads, source })?;
+    let pool = ThreadPool::new(args.threads).map_err(|source| RunError::Threads {
+        threads: args.threads,
+        source,
+    })?;
     // A deterministic prompt of ordinary token ids (no special tokens).
     let n_vocab = model.cfg.n_vocab as u32;
-    let prompt: Vec<u32> = (0..args.prompt_tokens as u32).map(|i| 1000 + (i * 7919) % (n_vocab - 1000)).collect();
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
+        .map(|i| 1000 + (i * 7919) % (n_vocab - 1000))
+        .collect();
     let mut session = model.new_session(args.prompt_tokens + args.gen_tokens + 1);
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for rep in 0..=args.reps {

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 #[derive(Parser, Debug)]
-#[command(name = "flexserve", version, about = "Secure on-device LLM serving in a protected guest VM")]
+#[command(
+    name = "flexserve",
+    version,
+    about = "Secure on-device LLM serving in a protected guest VM"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

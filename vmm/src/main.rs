@@ -23,13 +23,17 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             if args.memory.is_some() {
-                eprintln!("[flexserve] note: --memory applies to the guest VM; ignored with --unprotected");
+                eprintln!(
+                    "[flexserve] note: --memory applies to the guest VM; ignored with --unprotected"
+                );
             }
             let prompt = match &args.prompt {
                 Some(p) => p.clone(),
                 None => {
                     let mut s = String::new();
-                    std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .context("reading the prompt from stdin")?;
                     s
                 }
             };

@@ -11,7 +11,10 @@ pub enum ModelFileError {
     )]
     Missing { path: PathBuf },
     #[error("cannot read model file {path}: {source}")]
-    Unreadable { path: PathBuf, source: std::io::Error },
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a GGUF file (it does not start with \"GGUF\"); pass a .gguf model")]
     NotGguf { path: PathBuf },
 }
@@ -19,17 +22,27 @@ pub enum ModelFileError {
 /// Reads the whole file into huge-page-backed memory; the engine borrows tensors from it.
 pub fn read_model(path: &Path) -> Result<HugePageBuffer, ModelFileError> {
     let unreadable = |source: std::io::Error| match source.kind() {
-        std::io::ErrorKind::NotFound => ModelFileError::Missing { path: path.to_path_buf() },
-        _ => ModelFileError::Unreadable { path: path.to_path_buf(), source },
+        std::io::ErrorKind::NotFound => ModelFileError::Missing {
+            path: path.to_path_buf(),
+        },
+        _ => ModelFileError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        },
     };
     let mut file = std::fs::File::open(path).map_err(unreadable)?;
     let len = file.metadata().map_err(unreadable)?.len();
     let len = usize::try_from(len).map_err(|_| {
-        unreadable(std::io::Error::new(std::io::ErrorKind::FileTooLarge, "file too large"))
+        unreadable(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            "file too large",
+        ))
     })?;
     let bytes = HugePageBuffer::read_from(&mut file, len).map_err(unreadable)?;
     if !bytes.as_slice().starts_with(b"GGUF") {
-        return Err(ModelFileError::NotGguf { path: path.to_path_buf() });
+        return Err(ModelFileError::NotGguf {
+            path: path.to_path_buf(),
+        });
     }
     Ok(bytes)
 }

@@ -28,7 +28,10 @@ pub enum RunError {
     #[error("bad sampling options: {0}")]
     Sampling(#[from] SamplerError),
     #[error("cannot start {threads} worker threads: {source}")]
-    Threads { threads: usize, source: std::io::Error },
+    Threads {
+        threads: usize,
+        source: std::io::Error,
+    },
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
     #[error("the prompt is empty; give one as an argument or on stdin")]
@@ -58,7 +61,10 @@ pub fn render_prompt(gguf: &Gguf<'_>, prompt: &str, raw: bool) -> (String, bool)
     if raw || !chatml {
         return (prompt.to_string(), false);
     }
-    let messages = [ChatMessage { role: "user".into(), content: prompt.into() }];
+    let messages = [ChatMessage {
+        role: "user".into(),
+        content: prompt.into(),
+    }];
     (chat::apply_chatml(&messages, true), true)
 }
 
@@ -75,8 +81,10 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<(), RunError> {
     let cfg = sampler_config(&args.sampling);
     cfg.validate()?;
     let mut sampler = Sampler::new(cfg, model.cfg.n_vocab);
-    let pool = ThreadPool::new(args.vcpus)
-        .map_err(|source| RunError::Threads { threads: args.vcpus, source })?;
+    let pool = ThreadPool::new(args.vcpus).map_err(|source| RunError::Threads {
+        threads: args.vcpus,
+        source,
+    })?;
     let (text, chat) = render_prompt(&gguf, prompt, args.raw);
     let ids = tokenizer.encode(&text, true, true);
     let mut session = model.new_session(args.ctx);
@@ -86,7 +94,11 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<(), RunError> {
     let mut stream = Utf8Stream::default();
     let mut first_token = None;
     let mut write_err = None;
-    let req = GenerateRequest { prompt: &ids, max_tokens: args.sampling.max_tokens, stop_at_eog: true };
+    let req = GenerateRequest {
+        prompt: &ids,
+        max_tokens: args.sampling.max_tokens,
+        stop_at_eog: true,
+    };
     let outcome = generate(
         &model,
         &mut session,

@@ -41,9 +41,11 @@ const SUPPORTED: &[(&str, RopeLayout)] = &[
 impl LlamaConfig {
     /// Reads and validates the hyper-parameters of `g`.
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, ModelError> {
-        let arch = g.get_str("general.architecture")?.ok_or(ModelError::MissingKey {
-            key: "general.architecture".to_string(),
-        })?;
+        let arch = g
+            .get_str("general.architecture")?
+            .ok_or(ModelError::MissingKey {
+                key: "general.architecture".to_string(),
+            })?;
         let rope_layout = SUPPORTED
             .iter()
             .find(|(name, _)| *name == arch)
@@ -75,9 +77,11 @@ impl LlamaConfig {
             _ => head_dim,
         };
         let rope_freq_base = g.get_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0);
-        let rms_eps = g
-            .get_f32(&key("attention.layer_norm_rms_epsilon"))?
-            .ok_or(ModelError::MissingKey { key: key("attention.layer_norm_rms_epsilon") })?;
+        let rms_eps =
+            g.get_f32(&key("attention.layer_norm_rms_epsilon"))?
+                .ok_or(ModelError::MissingKey {
+                    key: key("attention.layer_norm_rms_epsilon"),
+                })?;
         let n_vocab = match g.get_u32(&key("vocab_size"))? {
             Some(v) if v > 0 => v as usize,
             _ => g
@@ -107,10 +111,13 @@ impl LlamaConfig {
 
     fn check(&self) -> Result<(), ModelError> {
         let bad = |what: &str| Err(ModelError::BadHyperParameters(what.to_string()));
-        if self.n_head % self.n_head_kv != 0 {
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
             return bad("attention.head_count is not a multiple of attention.head_count_kv");
         }
-        if self.head_dim % 2 != 0 || self.rope_dims > self.head_dim || self.rope_dims % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2)
+            || self.rope_dims > self.head_dim
+            || !self.rope_dims.is_multiple_of(2)
+        {
             return bad("head dimension and rope.dimension_count must be even, rope <= head");
         }
         if !(self.rope_freq_base.is_finite() && self.rope_freq_base > 0.0) {

@@ -25,7 +25,11 @@ pub enum ModelError {
     #[error("the model file has no tensor `{0}`; it is incomplete or not a llama-family model")]
     MissingTensor(String),
     #[error("tensor `{name}` has dimensions {found:?}, expected {expected:?}")]
-    TensorShape { name: String, found: Vec<u64>, expected: Vec<u64> },
+    TensorShape {
+        name: String,
+        found: Vec<u64>,
+        expected: Vec<u64>,
+    },
     #[error(
         "tensor `{name}` has type {ty:?}, which this engine cannot use there; \
          convert the model with `flexserve-model convert` to F16, Q8_0, Q4_0 or Q4_1"

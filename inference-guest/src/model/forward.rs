@@ -1,12 +1,11 @@
 //! The llama-family forward pass over a batch of tokens.
 
-use super::kv_cache::{KvCache, round_f16};
+use super::attention::{self, DotOrder};
+use super::kv_cache::KvCache;
 use super::matmul::{self, MatmulScratch, Product};
 use super::{Model, ModelError};
-use crate::ggml_type::GgmlType;
-use crate::math::{rms_norm, rope_angles, rope_apply, softmax, swiglu};
+use crate::math::{rms_norm, rope_angles, rope_apply};
 use crate::parallel::{Parallel, for_each_chunk_mut};
-use alloc::vec;
 use alloc::vec::Vec;
 
 /// Which positions of a batch need logits.
@@ -29,6 +28,7 @@ pub(super) struct Buffers {
     att: Vec<f32>,
     proj: Vec<f32>,
     gate: Vec<f32>,
+    proj_ff: Vec<f32>,
     up: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -41,8 +41,20 @@ fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 impl Model<'_> {
+    /// `gate = silu(gate) * up`, as ggml's SwiGLU: `x / (1 + exp(0 - x)) * up`, with its
+    /// exp polynomial (the result is quantised next, so ulps matter).
+    fn swiglu(&self, gate: &mut [f32], up: &[f32], scratch: &mut Vec<f32>) {
+        scratch.clear();
+        scratch.extend(gate.iter().map(|&x| 0.0 - x));
+        self.kernels.exp_in_place(scratch);
+        for ((g, &u), &e) in gate.iter_mut().zip(up).zip(scratch.iter()) {
+            *g = *g / (1.0 + e) * u;
+        }
+    }
+
     /// Runs `tokens` at positions `[n_past, n_past + tokens.len())`, appending their keys and
     /// values to `kv`, and writes the requested logits (`[n_out][n_vocab]`) into `logits`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn forward_batch(
         &self,
         kv: &mut KvCache,
@@ -59,12 +71,24 @@ impl Model<'_> {
             return Err(ModelError::EmptyBatch);
         }
         if n_past + t > kv.n_ctx() {
-            return Err(ModelError::ContextFull { needed: n_past + t, n_ctx: kv.n_ctx() });
+            return Err(ModelError::ContextFull {
+                needed: n_past + t,
+                n_ctx: kv.n_ctx(),
+            });
         }
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.n_vocab) {
-            return Err(ModelError::BadToken { id, n_vocab: cfg.n_vocab });
+            return Err(ModelError::BadToken {
+                id,
+                n_vocab: cfg.n_vocab,
+            });
         }
-        let (e, qd, kvd, ff, hd) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.head_dim);
+        let (e, qd, kvd, ff, hd) = (
+            cfg.n_embd,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.n_ff,
+            cfg.head_dim,
+        );
         let k = &self.kernels;
 
         let x = sized(&mut buf.x, t * e);
@@ -77,7 +101,10 @@ impl Model<'_> {
         let cos = sized(&mut buf.cos, t * half);
         let sin = sized(&mut buf.sin, t * half);
         for j in 0..t {
-            let (c, s) = (&mut cos[j * half..(j + 1) * half], &mut sin[j * half..(j + 1) * half]);
+            let (c, s) = (
+                &mut cos[j * half..(j + 1) * half],
+                &mut sin[j * half..(j + 1) * half],
+            );
             rope_angles(n_past + j, cfg.rope_freq_base, cfg.rope_dims, c, s);
         }
         let neox = cfg.rope_layout == super::RopeLayout::Neox;
@@ -95,11 +122,27 @@ impl Model<'_> {
             for (xr, xbr) in buf.x.chunks_exact(e).zip(buf.xb.chunks_exact_mut(e)) {
                 rms_norm(xr, &layer.attn_norm, cfg.rms_eps, xbr);
             }
-            matmul::run(k, par, &mut buf.matmul, &buf.xb, t, &mut [
-                Product { matrix: &layer.wq, out: &mut buf.q },
-                Product { matrix: &layer.wk, out: &mut buf.k },
-                Product { matrix: &layer.wv, out: &mut buf.v },
-            ]);
+            matmul::run(
+                k,
+                par,
+                &mut buf.matmul,
+                &buf.xb,
+                t,
+                &mut [
+                    Product {
+                        matrix: &layer.wq,
+                        out: &mut buf.q,
+                    },
+                    Product {
+                        matrix: &layer.wk,
+                        out: &mut buf.k,
+                    },
+                    Product {
+                        matrix: &layer.wv,
+                        out: &mut buf.v,
+                    },
+                ],
+            );
             for (bias, out, dim) in [
                 (&layer.bq, &mut buf.q, qd),
                 (&layer.bk, &mut buf.k, kvd),
@@ -112,35 +155,70 @@ impl Model<'_> {
                 }
             }
             for j in 0..t {
-                let (c, s) = (&buf.cos[j * half..(j + 1) * half], &buf.sin[j * half..(j + 1) * half]);
+                let (c, s) = (
+                    &buf.cos[j * half..(j + 1) * half],
+                    &buf.sin[j * half..(j + 1) * half],
+                );
                 for head in buf.q[j * qd..(j + 1) * qd].chunks_exact_mut(hd) {
                     rope_apply(&mut head[..cfg.rope_dims], c, s, neox);
                 }
                 for head in buf.k[j * kvd..(j + 1) * kvd].chunks_exact_mut(hd) {
                     rope_apply(&mut head[..cfg.rope_dims], c, s, neox);
                 }
-                kv.store(li, n_past + j, &buf.k[j * kvd..(j + 1) * kvd], &buf.v[j * kvd..(j + 1) * kvd]);
+                kv.store(
+                    li,
+                    n_past + j,
+                    &buf.k[j * kvd..(j + 1) * kvd],
+                    &buf.v[j * kvd..(j + 1) * kvd],
+                );
             }
             self.attention(kv, li, n_past, &buf.q, &mut buf.att, par);
-            matmul::run(k, par, &mut buf.matmul, &buf.att, t, &mut [Product {
-                matrix: &layer.wo,
-                out: &mut buf.proj,
-            }]);
+            matmul::run(
+                k,
+                par,
+                &mut buf.matmul,
+                &buf.att,
+                t,
+                &mut [Product {
+                    matrix: &layer.wo,
+                    out: &mut buf.proj,
+                }],
+            );
             buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
 
             for (xr, xbr) in buf.x.chunks_exact(e).zip(buf.xb.chunks_exact_mut(e)) {
                 rms_norm(xr, &layer.ffn_norm, cfg.rms_eps, xbr);
             }
-            matmul::run(k, par, &mut buf.matmul, &buf.xb, t, &mut [
-                Product { matrix: &layer.w_gate, out: &mut buf.gate },
-                Product { matrix: &layer.w_up, out: &mut buf.up },
-            ]);
+            matmul::run(
+                k,
+                par,
+                &mut buf.matmul,
+                &buf.xb,
+                t,
+                &mut [
+                    Product {
+                        matrix: &layer.w_gate,
+                        out: &mut buf.gate,
+                    },
+                    Product {
+                        matrix: &layer.w_up,
+                        out: &mut buf.up,
+                    },
+                ],
+            );
             // SwiGLU in place: gate <- silu(gate) * up.
-            swiglu(&mut buf.gate, &buf.up);
-            matmul::run(k, par, &mut buf.matmul, &buf.gate, t, &mut [Product {
-                matrix: &layer.w_down,
-                out: &mut buf.proj,
-            }]);
+            self.swiglu(&mut buf.gate, &buf.up, &mut buf.proj_ff);
+            matmul::run(
+                k,
+                par,
+                &mut buf.matmul,
+                &buf.gate,
+                t,
+                &mut [Product {
+                    matrix: &layer.w_down,
+                    out: &mut buf.proj,
+                }],
+            );
             buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
         }
 
@@ -155,17 +233,21 @@ impl Model<'_> {
             rms_norm(xr, &self.weights.output_norm, cfg.rms_eps, xbr);
         }
         logits.resize(n_out * cfg.n_vocab, 0.0);
-        matmul::run(k, par, &mut buf.matmul, &buf.xb[..n_out * e], n_out, &mut [Product {
-            matrix: &self.weights.output,
-            out: logits,
-        }]);
+        matmul::run(
+            k,
+            par,
+            &mut buf.matmul,
+            &buf.xb[..n_out * e],
+            n_out,
+            &mut [Product {
+                matrix: &self.weights.output,
+                out: logits,
+            }],
+        );
         Ok(())
     }
 
-    /// Causal grouped-query attention for the `t` new positions, with llama.cpp's numerics:
-    /// Q rounded to f16 against the f16 keys, scaled softmax, probabilities rounded to f16
-    /// against the f16 values.
-    #[allow(clippy::too_many_arguments)]
+    /// Causal grouped-query attention for the `t` new positions (see [`attention`]).
     fn attention(
         &self,
         kv: &KvCache,
@@ -179,38 +261,22 @@ impl Model<'_> {
         let (hd, n_kvh) = (cfg.head_dim, cfg.n_head_kv);
         let group = cfg.n_head / n_kvh;
         let qd = cfg.q_dim();
-        let scale = 1.0 / libm::sqrtf(hd as f32);
-        let kernels = &self.kernels;
+        let order = DotOrder::for_batch(att.len() / qd);
         // One item per (token, KV head): the `group` query heads sharing that KV head.
         for_each_chunk_mut(par, att, group * hd, &|item, out| {
             let (j, g) = (item / n_kvh, item % n_kvh);
-            let n_kv = n_past + j + 1;
             let q_rows = &q[j * qd + g * group * hd..j * qd + (g + 1) * group * hd];
-            let mut q16 = vec![0u8; group * hd * 4];
-            for (dst, &x) in q16.chunks_exact_mut(4).zip(q_rows) {
-                dst.copy_from_slice(&round_f16(x).to_le_bytes());
-            }
-            // scores[p * group + h] = key p · query h
-            let mut scores = vec![0.0f32; n_kv * group];
-            let keys = kv.keys(layer, g, n_kv);
-            kernels.matmul(GgmlType::F32, hd, keys, n_kv, &q16, group, &mut scores);
-            let values = kv.values(layer, g, n_kv);
-            let mut probs = vec![0.0f32; n_kv];
-            for h in 0..group {
-                for (p, s) in probs.iter_mut().enumerate() {
-                    *s = scores[p * group + h] * scale;
-                }
-                softmax(&mut probs);
-                let o = &mut out[h * hd..(h + 1) * hd];
-                o.fill(0.0);
-                for (p, &w) in probs.iter().enumerate() {
-                    let w = round_f16(w);
-                    let v = &values[p * hd * 4..(p + 1) * hd * 4];
-                    for (od, vb) in o.iter_mut().zip(v.chunks_exact(4)) {
-                        *od += w * f32::from_le_bytes([vb[0], vb[1], vb[2], vb[3]]);
-                    }
-                }
-            }
+            attention::attend(
+                &self.kernels,
+                kv,
+                layer,
+                g,
+                n_past + j + 1,
+                hd,
+                order,
+                q_rows,
+                out,
+            );
         });
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! llama.cpp keeps K and V in f16 by default; to reproduce its numerics every value is
 //! rounded through f16 on the way in. They are stored widened to f32 (exactly representable)
-//! so that attention runs on plain f32 kernels without per-element conversion: the products
-//! and therefore the results are the same as an f16 cache's, at twice the bytes.
+//! so attention needs no per-element conversion: the products and therefore the results are
+//! the same as an f16 cache's, at twice the bytes.
 //!
 //! Layout: `[layer][kv_head][pos][head_dim]` for both K and V, so that one head's keys or
 //! values over positions are contiguous rows.
@@ -23,16 +23,21 @@ pub struct KvCache {
     n_ctx: usize,
     n_head_kv: usize,
     head_dim: usize,
-    /// f32 little-endian bytes, the layout the F32 kernels read.
-    k: Vec<u8>,
-    v: Vec<u8>,
+    k: Vec<f32>,
+    v: Vec<f32>,
 }
 
 impl KvCache {
     /// A cache for `n_layer` layers and `n_ctx` positions of `n_head_kv` heads of `head_dim`.
     pub fn new(n_layer: usize, n_ctx: usize, n_head_kv: usize, head_dim: usize) -> Self {
-        let len = n_layer * n_ctx * n_head_kv * head_dim * 4;
-        Self { n_ctx, n_head_kv, head_dim, k: vec![0; len], v: vec![0; len] }
+        let len = n_layer * n_ctx * n_head_kv * head_dim;
+        Self {
+            n_ctx,
+            n_head_kv,
+            head_dim,
+            k: vec![0.0; len],
+            v: vec![0.0; len],
+        }
     }
 
     /// Positions the cache can hold.
@@ -42,11 +47,11 @@ impl KvCache {
 
     /// Bytes held (for memory accounting).
     pub fn bytes(&self) -> usize {
-        self.k.len() + self.v.len()
+        (self.k.len() + self.v.len()) * 4
     }
 
     fn offset(&self, layer: usize, kv_head: usize, pos: usize) -> usize {
-        ((layer * self.n_head_kv + kv_head) * self.n_ctx + pos) * self.head_dim * 4
+        ((layer * self.n_head_kv + kv_head) * self.n_ctx + pos) * self.head_dim
     }
 
     /// Stores the key and value vectors (all KV heads) of position `pos` in `layer`.
@@ -54,26 +59,24 @@ impl KvCache {
         let hd = self.head_dim;
         for h in 0..self.n_head_kv {
             let at = self.offset(layer, h, pos);
-            let dst_k = &mut self.k[at..at + hd * 4];
-            for (d, &x) in dst_k.chunks_exact_mut(4).zip(&k[h * hd..(h + 1) * hd]) {
-                d.copy_from_slice(&round_f16(x).to_le_bytes());
+            for (d, &x) in self.k[at..at + hd].iter_mut().zip(&k[h * hd..(h + 1) * hd]) {
+                *d = round_f16(x);
             }
-            let dst_v = &mut self.v[at..at + hd * 4];
-            for (d, &x) in dst_v.chunks_exact_mut(4).zip(&v[h * hd..(h + 1) * hd]) {
-                d.copy_from_slice(&round_f16(x).to_le_bytes());
+            for (d, &x) in self.v[at..at + hd].iter_mut().zip(&v[h * hd..(h + 1) * hd]) {
+                *d = round_f16(x);
             }
         }
     }
 
-    /// Keys of `kv_head` in `layer` for positions `[0, n)`: `n` rows of `head_dim` f32.
-    pub fn keys(&self, layer: usize, kv_head: usize, n: usize) -> &[u8] {
+    /// Keys of `kv_head` in `layer` for positions `[0, n)`: `n` rows of `head_dim`.
+    pub fn keys(&self, layer: usize, kv_head: usize, n: usize) -> &[f32] {
         let at = self.offset(layer, kv_head, 0);
-        &self.k[at..at + n * self.head_dim * 4]
+        &self.k[at..at + n * self.head_dim]
     }
 
-    /// Values of `kv_head` in `layer` for positions `[0, n)`: `n` rows of `head_dim` f32.
-    pub fn values(&self, layer: usize, kv_head: usize, n: usize) -> &[u8] {
+    /// Values of `kv_head` in `layer` for positions `[0, n)`: `n` rows of `head_dim`.
+    pub fn values(&self, layer: usize, kv_head: usize, n: usize) -> &[f32] {
         let at = self.offset(layer, kv_head, 0);
-        &self.v[at..at + n * self.head_dim * 4]
+        &self.v[at..at + n * self.head_dim]
     }
 }

@@ -43,7 +43,11 @@ pub fn run(
     products: &mut [Product<'_, '_>],
 ) {
     let n = products[0].matrix.n;
-    debug_assert!(products.iter().all(|p| p.matrix.n == n && p.out.len() == t * p.matrix.rows));
+    debug_assert!(
+        products
+            .iter()
+            .all(|p| p.matrix.n == n && p.out.len() == t * p.matrix.rows)
+    );
     debug_assert_eq!(input.len(), t * n);
 
     // Quantise the input once for each format the matrices need.
@@ -68,7 +72,10 @@ pub fn run(
     let acts = &scratch.acts[..n_acts];
     let act_for = |m: &Matrix<'_>| {
         let fmt = ActFormat::for_weights(m.ty);
-        acts.iter().find(|(f, _)| *f == fmt).map(|(_, b)| b.as_slice()).unwrap_or(&[])
+        acts.iter()
+            .find(|(f, _)| *f == fmt)
+            .map(|(_, b)| b.as_slice())
+            .unwrap_or(&[])
     };
 
     let total_rows: usize = products.iter().map(|p| p.matrix.rows).sum();
@@ -91,7 +98,13 @@ pub fn run(
             let act = act_for(m);
             for (k, out) in dst.chunks_mut(per_item * t).enumerate() {
                 let row0 = k * per_item;
-                tasks.push(Task { matrix: m, act, row0, rows: out.len() / t, out });
+                tasks.push(Task {
+                    matrix: m,
+                    act,
+                    row0,
+                    rows: out.len() / t,
+                    out,
+                });
             }
         }
         for_each_chunk_mut(par, &mut tasks, 1, &|_, task| {

@@ -6,6 +6,7 @@
 //! let logits = session.eval(&model, &prompt_ids, Logits::Last, &pool)?;
 //! ```
 
+mod attention;
 mod config;
 mod error;
 mod forward;
@@ -26,8 +27,10 @@ use forward::Buffers;
 use kv_cache::KvCache;
 
 /// The most tokens one forward pass takes; longer prompts are split. Bounds the activation
-/// buffers (a batch of `t` needs about `t * (4 * n_embd + 3 * n_ff)` floats).
-pub const MAX_BATCH: usize = 256;
+/// buffers (a batch of `t` needs about `t * (4 * n_embd + 3 * n_ff)` floats), and equals
+/// llama.cpp's default batch so both split long prompts alike (which changes summation
+/// order, see `attention`).
+pub const MAX_BATCH: usize = 512;
 
 /// A loaded model: configuration, weights borrowed from the GGUF bytes, chosen kernels.
 pub struct Model<'a> {
@@ -41,7 +44,11 @@ impl<'a> Model<'a> {
     pub fn from_gguf(g: &Gguf<'a>, kernels: Kernels) -> Result<Self, ModelError> {
         let cfg = LlamaConfig::from_gguf(g)?;
         let weights = Weights::from_gguf(g, &cfg, &kernels)?;
-        Ok(Self { cfg, weights, kernels })
+        Ok(Self {
+            cfg,
+            weights,
+            kernels,
+        })
     }
 
     /// The kernels this model runs on.
@@ -53,7 +60,12 @@ impl<'a> Model<'a> {
     pub fn new_session(&self, n_ctx: usize) -> Session {
         let n_ctx = n_ctx.clamp(1, self.cfg.n_ctx_train);
         Session {
-            kv: KvCache::new(self.cfg.n_layer, n_ctx, self.cfg.n_head_kv, self.cfg.head_dim),
+            kv: KvCache::new(
+                self.cfg.n_layer,
+                n_ctx,
+                self.cfg.n_head_kv,
+                self.cfg.head_dim,
+            ),
             buf: Buffers::default(),
             n_past: 0,
             logits: Vec::new(),
@@ -114,7 +126,11 @@ impl Session {
         let chunks = tokens.len().div_ceil(MAX_BATCH);
         for (i, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
             let last = i + 1 == chunks;
-            let chunk_want = if want == Logits::All { Logits::All } else { Logits::Last };
+            let chunk_want = if want == Logits::All {
+                Logits::All
+            } else {
+                Logits::Last
+            };
             model.forward_batch(
                 &mut self.kv,
                 &mut self.buf,

@@ -70,7 +70,8 @@ const MATRIX_TYPES: &[GgmlType] = &[
 ];
 
 fn tensor<'g, 'a>(g: &'g Gguf<'a>, name: &str) -> Result<&'g TensorInfo<'a>, ModelError> {
-    g.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    g.tensor(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
 }
 
 fn matrix<'a>(g: &Gguf<'a>, name: &str, n: usize, rows: usize) -> Result<Matrix<'a>, ModelError> {
@@ -83,9 +84,17 @@ fn matrix<'a>(g: &Gguf<'a>, name: &str, n: usize, rows: usize) -> Result<Matrix<
         });
     }
     if !MATRIX_TYPES.contains(&t.ty) {
-        return Err(ModelError::TensorType { name: name.to_string(), ty: t.ty });
+        return Err(ModelError::TensorType {
+            name: name.to_string(),
+            ty: t.ty,
+        });
     }
-    Ok(Matrix { ty: t.ty, n, rows, data: t.data })
+    Ok(Matrix {
+        ty: t.ty,
+        n,
+        rows,
+        data: t.data,
+    })
 }
 
 /// A 1-D tensor (norm weight or bias) of `n` elements, converted to f32.
@@ -99,7 +108,10 @@ fn vector(g: &Gguf<'_>, name: &str, n: usize, k: &Kernels) -> Result<Vec<f32>, M
         });
     }
     if !matches!(t.ty, GgmlType::F32 | GgmlType::F16) {
-        return Err(ModelError::TensorType { name: name.to_string(), ty: t.ty });
+        return Err(ModelError::TensorType {
+            name: name.to_string(),
+            ty: t.ty,
+        });
     }
     let mut out = vec![0.0; n];
     k.dequantize_row(t.ty, t.data, &mut out);
@@ -146,6 +158,11 @@ impl<'a> Weights<'a> {
             });
         }
         let output_norm = vector(g, "output_norm.weight", e, k)?;
-        Ok(Self { token_embd, layers, output_norm, output })
+        Ok(Self {
+            token_embd,
+            layers,
+            output_norm,
+            output,
+        })
     }
 }

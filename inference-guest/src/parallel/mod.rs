@@ -45,7 +45,10 @@ pub(crate) struct WorkCounter {
 
 impl WorkCounter {
     pub(crate) fn new(n: usize) -> Self {
-        Self { next: AtomicUsize::new(0), n }
+        Self {
+            next: AtomicUsize::new(0),
+            n,
+        }
     }
 
     /// Runs `f` on items until none is left.
@@ -125,7 +128,7 @@ mod tests {
     fn rows_per_item_balances() {
         assert_eq!(rows_per_item(100, 1, 4), 100);
         let r = rows_per_item(1536, 2, 8);
-        assert!(r % 4 == 0 && 1536usize.div_ceil(r) >= 8);
+        assert!(r.is_multiple_of(4) && 1536usize.div_ceil(r) >= 8);
         assert_eq!(rows_per_item(10, 2, 8), 8);
     }
 }

@@ -67,7 +67,12 @@ impl ThreadPool {
                     .spawn(move || worker_loop(&shared))?,
             );
         }
-        Ok(Self { shared, workers, n_threads, run_lock: Mutex::new(()) })
+        Ok(Self {
+            shared,
+            workers,
+            n_threads,
+            run_lock: Mutex::new(()),
+        })
     }
 }
 
@@ -82,13 +87,17 @@ impl Parallel for ThreadPool {
             return;
         }
         let _one_job_at_a_time = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let job = Job { counter: WorkCounter::new(n), f };
+        let job = Job {
+            counter: WorkCounter::new(n),
+            f,
+        };
         let s = &*self.shared;
         // Erasing the lifetime is sound because this function does not return before the
         // job is closed and no worker is active on it (see the wait below).
         let job_ptr = (&job as *const Job<'_>).cast::<Job<'static>>().cast_mut();
         s.job.store(job_ptr, Ordering::Release);
-        let generation = (s.state.load(Ordering::Relaxed) >> GEN_SHIFT).wrapping_add(1) & 0xffff_ffff;
+        let generation =
+            (s.state.load(Ordering::Relaxed) >> GEN_SHIFT).wrapping_add(1) & 0xffff_ffff;
         // Open the job: new generation, not closed, no active workers (the previous job
         // ended with none active and closed, and only this thread opens jobs).
         s.state.store(generation << GEN_SHIFT, Ordering::SeqCst);
@@ -133,7 +142,10 @@ fn try_join(s: &Shared, generation: u64) -> bool {
         if cur >> GEN_SHIFT != generation || cur & CLOSED != 0 {
             return false;
         }
-        match s.state.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+        match s
+            .state
+            .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => return true,
             Err(actual) => cur = actual,
         }
@@ -164,7 +176,7 @@ fn worker_loop(s: &Shared) {
             continue;
         }
         spins = spins.wrapping_add(1);
-        if spins % 1024 != 0 || idle_since.elapsed() < SPIN_BEFORE_SLEEP {
+        if !spins.is_multiple_of(1024) || idle_since.elapsed() < SPIN_BEFORE_SLEEP {
             std::hint::spin_loop();
             continue;
         }

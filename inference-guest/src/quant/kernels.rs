@@ -166,6 +166,16 @@ impl Kernels {
         }
     }
 
+    /// `v[i] = exp(v[i])`, bit-identical to llama.cpp's AVX-512 `ggml_v_expf` on every back
+    /// end (softmax and SwiGLU outputs are rounded later, so ulps matter).
+    pub fn exp_in_place(&self, v: &mut [f32]) {
+        match self.backend {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(k) => k.exp_in_place(v),
+            _ => reference::expf::exp_in_place(v),
+        }
+    }
+
     /// Expands one row of `ty` into `out.len()` f32 values.
     pub fn dequantize_row(&self, ty: GgmlType, src: &[u8], out: &mut [f32]) {
         assert_eq!(

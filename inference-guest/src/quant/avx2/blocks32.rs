@@ -11,7 +11,11 @@
 
 use core::arch::x86_64::*;
 
-use super::{arr, h2f, hsum, ld, ld16};
+/// Bytes ahead of the current block that decode prefetches (tuned on the 2-core dev VM:
+/// Q8_0 decode 68 -> 101 tok/s, Q4_0 120 -> 151 tok/s).
+const PREFETCH_AHEAD: usize = 2048;
+
+use super::{arr, h2f, hsum, hsum_i32, ld, ld16};
 use crate::ggml_type::GgmlType;
 
 /// Describes one 32-value weight format and its activation pairing.
@@ -22,6 +26,9 @@ trait Fmt {
     const AQS: usize;
     const SIGNED: bool;
     const HAS_MIN: bool;
+    /// Sum each block's integer total into a scalar with a fused multiply-add (llama.cpp's
+    /// repacked Q4_0 kernels) instead of into 8 float lanes (its `vec_dot` kernels).
+    const BLOCK_TOTAL_FMA: bool;
     /// The 32 weight quants in value order (i8 if `SIGNED`, else u8).
     ///
     /// # Safety
@@ -49,6 +56,7 @@ impl Fmt for Q4_0 {
     const AQS: usize = 2;
     const SIGNED: bool = true;
     const HAS_MIN: bool = false;
+    const BLOCK_TOTAL_FMA: bool = true;
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn quants(b: &[u8]) -> __m256i {
@@ -64,6 +72,7 @@ impl Fmt for Q8_0 {
     const AQS: usize = 2;
     const SIGNED: bool = true;
     const HAS_MIN: bool = false;
+    const BLOCK_TOTAL_FMA: bool = false;
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn quants(b: &[u8]) -> __m256i {
@@ -78,6 +87,7 @@ impl Fmt for Q4_1 {
     const AQS: usize = 4;
     const SIGNED: bool = false;
     const HAS_MIN: bool = true;
+    const BLOCK_TOTAL_FMA: bool = false;
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn quants(b: &[u8]) -> __m256i {
@@ -270,13 +280,20 @@ unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     let mut msum = [[0.0f32; C]; R];
+    let mut total = [[_mm_setzero_ps(); C]; R];
     for b in 0..nb {
         let mut wq = [_mm256_setzero_si256(); R];
         let mut wabs = [_mm256_setzero_si256(); R];
         let mut wd = [0.0f32; R];
         let mut wm = [0.0f32; R];
         for r in 0..R {
-            let blk = &w[r * wrb + b * F::WB..r * wrb + (b + 1) * F::WB];
+            let at = r * wrb + b * F::WB;
+            if C == 1 {
+                // Decode streams weights from DRAM, and the hardware prefetcher of a nested
+                // VM does not keep up: ask for them well ahead (a prefetch never faults).
+                _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(at + PREFETCH_AHEAD).cast());
+            }
+            let blk = &w[at..at + F::WB];
             // SAFETY: AVX2 is this function's contract.
             wq[r] = unsafe { F::quants(blk) };
             wabs[r] = if F::SIGNED {
@@ -302,6 +319,11 @@ unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
                     aq
                 };
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[r], y), ones);
+                if F::BLOCK_TOTAL_FMA {
+                    let isum = _mm_set_ss(hsum_i32(p) as f32);
+                    total[r][c] = _mm_fmadd_ss(isum, _mm_set_ss(wd[r] * ad), total[r][c]);
+                    continue;
+                }
                 let d = _mm256_set1_ps(wd[r] * ad);
                 acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][c]);
                 if F::HAS_MIN {
@@ -312,7 +334,11 @@ unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
     }
     for r in 0..R {
         for c in 0..C {
-            out[r * stride + c] = hsum(acc[r][c]) + msum[r][c];
+            out[r * stride + c] = if F::BLOCK_TOTAL_FMA {
+                _mm_cvtss_f32(total[r][c])
+            } else {
+                hsum(acc[r][c]) + msum[r][c]
+            };
         }
     }
 }

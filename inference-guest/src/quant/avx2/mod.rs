@@ -8,6 +8,7 @@
 
 mod act;
 mod blocks32;
+mod expf;
 mod float;
 mod kquant;
 
@@ -44,6 +45,12 @@ impl Avx2 {
         }
         let avx2 = __cpuid_count(7, 0).ebx & (1 << 5) != 0;
         avx2.then_some(Self(()))
+    }
+
+    /// `v[i] = exp(v[i])` with llama.cpp's AVX-512 numerics.
+    pub(crate) fn exp_in_place(self, v: &mut [f32]) {
+        // SAFETY: an `Avx2` value exists only after detection found AVX2 and FMA.
+        unsafe { expf::exp_in_place(v) }
     }
 
     pub(crate) fn quantize_act(self, fmt: ActFormat, x: &[f32], out: &mut [u8]) -> bool {

@@ -35,7 +35,9 @@ fn dot_q4_0(w: &[u8], a: &[u8]) -> f32 {
             isum += (i32::from(x[2 + j] & 0xf) - 8) * i32::from(y[2 + j] as i8);
             isum += (i32::from(x[2 + j] >> 4) - 8) * i32::from(y[18 + j] as i8);
         }
-        sum += isum as f32 * (rd_f16(x, 0) * rd_f16(y, 0));
+        // llama.cpp's x86 build runs Q4_0 through its repacked 8x8 kernels, which add each
+        // block's integer total to the row sum with one fused multiply-add.
+        sum = libm::fmaf(isum as f32, rd_f16(x, 0) * rd_f16(y, 0), sum);
     }
     sum
 }

@@ -6,6 +6,7 @@
 
 mod act;
 mod dot;
+pub(crate) mod expf;
 mod kquant;
 pub(crate) mod num;
 mod simple;

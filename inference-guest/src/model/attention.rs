@@ -1,0 +1,201 @@
+//! Causal grouped-query attention with llama.cpp's CPU numerics.
+//!
+//! llama.cpp (flash attention off, f16 KV cache, AVX-512 build) computes attention as two f16
+//! matrix products around a softmax, over a KV length padded to 256 with masked (zero
+//! weight) entries. Its summation order differs between a one-token batch (`ggml_vec_dot_f16`:
+//! four 16-lane accumulators over 64-element steps) and a multi-token batch (tinyBLAS: one
+//! 16-lane accumulator), and the softmax probabilities are rounded to f16 before the value
+//! product. Because later steps round again (f16, Q8 activations), reproducing the order
+//! exactly is what makes greedy generations agree token for token; the arithmetic is cheap
+//! next to the weight products.
+//!
+//! Every product here is of two f16-representable values, so it is exact in f32 and a fused
+//! multiply-add equals a multiply followed by an add.
+
+use super::kv_cache::{KvCache, round_f16};
+use crate::quant::Kernels;
+use alloc::vec;
+
+/// Lanes of an AVX-512 register of f32.
+const LANES: usize = 16;
+
+/// Summation order of llama.cpp's f16 dot products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DotOrder {
+    /// `ggml_vec_dot_f16` (one-token batches): 4 × 16 lanes per 64-element step.
+    Vec,
+    /// tinyBLAS (batches of two or more tokens): 16 lanes.
+    Tiny,
+}
+
+impl DotOrder {
+    pub(super) fn for_batch(n_tokens: usize) -> Self {
+        if n_tokens >= 2 { Self::Tiny } else { Self::Vec }
+    }
+
+    /// Accumulator lanes: element `i` of a dot product goes to lane `i % lanes`.
+    fn lanes(self) -> usize {
+        match self {
+            Self::Vec => 4 * LANES,
+            Self::Tiny => LANES,
+        }
+    }
+}
+
+/// `_mm512_reduce_add_ps` as GCC expands it: halves, quarters, then pairs.
+#[inline]
+fn reduce16(a: &[f32]) -> f32 {
+    let mut t3 = [0.0f32; 8];
+    for l in 0..8 {
+        t3[l] = a[l + 8] + a[l];
+    }
+    let mut t6 = [0.0f32; 4];
+    for l in 0..4 {
+        t6[l] = t3[l + 4] + t3[l];
+    }
+    (t6[0] + t6[2]) + (t6[1] + t6[3])
+}
+
+/// Folds the accumulator lanes of `order` into one sum (`GGML_F32x16_REDUCE` for `Vec`).
+#[inline]
+fn reduce(order: DotOrder, acc: &[f32]) -> f32 {
+    match order {
+        DotOrder::Tiny => reduce16(acc),
+        DotOrder::Vec => {
+            let mut s = [0.0f32; LANES];
+            for l in 0..LANES {
+                s[l] = (acc[l] + acc[2 * LANES + l]) + (acc[LANES + l] + acc[3 * LANES + l]);
+            }
+            reduce16(&s)
+        }
+    }
+}
+
+/// Dot product of two rows of f16-exact values in `order`'s summation order. Elements past
+/// the last whole step (a head size not a multiple of 64, say) are added in f64 as ggml's
+/// leftover loop does.
+fn dot(order: DotOrder, x: &[f32], y: &[f32]) -> f32 {
+    let lanes = order.lanes();
+    let whole = x.len() / lanes * lanes;
+    let mut acc = [0.0f32; 4 * LANES];
+    let acc = &mut acc[..lanes];
+    for (xs, ys) in x[..whole]
+        .chunks_exact(lanes)
+        .zip(y[..whole].chunks_exact(lanes))
+    {
+        for ((a, &xv), &yv) in acc.iter_mut().zip(xs).zip(ys) {
+            *a += xv * yv;
+        }
+    }
+    let mut sum = f64::from(reduce(order, acc));
+    for (&xv, &yv) in x[whole..].iter().zip(&y[whole..]) {
+        sum += f64::from(xv * yv);
+    }
+    sum as f32
+}
+
+/// ggml's `soft_max` on `scores` (already scaled): exp with its AVX-512 polynomial, the sum
+/// kept per 16-lane chunk in f64 (masked tail lanes are zeros), then one multiply by 1/sum.
+fn softmax(kernels: &Kernels, scores: &mut [f32]) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    scores.iter_mut().for_each(|v| *v -= max);
+    kernels.exp_in_place(scores);
+    let mut sum = 0.0f64;
+    for chunk in scores.chunks(LANES) {
+        let mut lanes = [0.0f32; LANES];
+        lanes[..chunk.len()].copy_from_slice(chunk);
+        sum += f64::from(reduce16(&lanes));
+    }
+    let inv = (1.0 / sum) as f32;
+    scores.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// The attention of one token against positions `[0, n_kv)` of one KV head, for the
+/// `out.len() / head_dim` query heads sharing it. `q` holds those heads' queries.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend(
+    kernels: &Kernels,
+    kv: &KvCache,
+    layer: usize,
+    kv_head: usize,
+    n_kv: usize,
+    head_dim: usize,
+    order: DotOrder,
+    q: &[f32],
+    out: &mut [f32],
+) {
+    let hd = head_dim;
+    let scale = 1.0 / libm::sqrtf(hd as f32);
+    let keys = kv.keys(layer, kv_head, n_kv);
+    let values = kv.values(layer, kv_head, n_kv);
+    let lanes = order.lanes();
+    let mut q16 = vec![0.0f32; hd];
+    let mut probs = vec![0.0f32; n_kv];
+    let mut acc = vec![0.0f32; lanes * hd];
+    for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+        q16.iter_mut().zip(qh).for_each(|(d, &s)| *d = round_f16(s));
+        for (p, s) in probs.iter_mut().enumerate() {
+            *s = dot(order, &keys[p * hd..(p + 1) * hd], &q16) * scale;
+        }
+        softmax(kernels, &mut probs);
+        // out[d] = Σ_p f16(prob_p) · v[p][d], position p summed into lane p % lanes.
+        acc.fill(0.0);
+        for (p, &w) in probs.iter().enumerate() {
+            let w = round_f16(w);
+            let lane = &mut acc[(p % lanes) * hd..(p % lanes + 1) * hd];
+            for (a, &v) in lane.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
+                *a += w * v;
+            }
+        }
+        let mut lane_sums = [0.0f32; 4 * LANES];
+        for (d, o) in oh.iter_mut().enumerate() {
+            for (l, s) in lane_sums[..lanes].iter_mut().enumerate() {
+                *s = acc[l * hd + d];
+            }
+            *o = reduce(order, &lane_sums[..lanes]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduce16_follows_the_halving_tree() {
+        // 1e8 + 1 - 1e8 style cancellations expose the order.
+        let mut a = [0.0f32; 16];
+        a[0] = 1e8;
+        a[8] = -1e8;
+        a[1] = 1.0;
+        assert_eq!(reduce16(&a), 1.0);
+        a[4] = 0.5;
+        assert_eq!(reduce16(&a), 1.5);
+    }
+
+    #[test]
+    fn dots_agree_with_f64_on_exact_inputs() {
+        let x: alloc::vec::Vec<f32> = (0..200)
+            .map(|i| round_f16((i as f32 * 0.37).sin()))
+            .collect();
+        let y: alloc::vec::Vec<f32> = (0..200)
+            .map(|i| round_f16((i as f32 * 0.11).cos()))
+            .collect();
+        let exact: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
+        for order in [DotOrder::Vec, DotOrder::Tiny] {
+            assert!((f64::from(dot(order, &x, &y)) - exact).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn softmax_is_a_distribution() {
+        let mut s = [0.5f32, -1.0, 2.0, 0.0, 3.5];
+        softmax(&Kernels::scalar(), &mut s);
+        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(s[4] > s[2] && s[2] > s[0]);
+    }
+}
