@@ -93,11 +93,12 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 
 test-fast:
-	$(CARGO) test --workspace --quiet
+	FLEXSERVE_REQUIRE_MODELS=1 $(CARGO) test --workspace --quiet
 
 # The NEON kernels, built for aarch64 and run under qemu-user (see .cargo/config.toml).
 test-neon:
-	$(CARGO) test -p inference-guest --target aarch64-unknown-linux-musl --lib --quiet -- quant
+	$(CARGO) test -p inference-guest --target aarch64-unknown-linux-musl --quiet --test kernel_parity
+	$(CARGO) test -p inference-guest --target aarch64-unknown-linux-musl --quiet --lib -- quant
 
 test: models lint test-fast test-neon
 	@echo "make test: all checks passed"
