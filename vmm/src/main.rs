@@ -11,8 +11,20 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use cli::{Cli, Command};
 use std::io::Read;
+use std::process::ExitCode;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Each error's message already names its cause; no backtrace for users.
+            eprintln!("flexserve: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
