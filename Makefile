@@ -43,8 +43,8 @@ setup-deps:
 		echo "setup: installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@# rustup installs the pinned toolchain, components and targets of rust-toolchain.toml.
-	@rustup show active-toolchain >/dev/null
+	@# Installs the pinned toolchain with the components and targets of rust-toolchain.toml.
+	@rustup toolchain install >/dev/null
 	@rustup target list --installed | grep -q aarch64-unknown-linux-musl || \
 		rustup target add aarch64-unknown-linux-musl x86_64-unknown-none aarch64-unknown-none
 
