@@ -15,7 +15,7 @@ use core::arch::x86_64::*;
 /// Q8_0 decode 68 -> 101 tok/s, Q4_0 120 -> 151 tok/s).
 const PREFETCH_AHEAD: usize = 2048;
 
-use super::{arr, h2f, hsum, hsum_i32, ld, ld16};
+use super::{arr, h2f, hsum, ld, ld16};
 use crate::ggml_type::GgmlType;
 
 /// Describes one 32-value weight format and its activation pairing.
@@ -94,6 +94,22 @@ impl Fmt for Q4_1 {
         // SAFETY: AVX2 is this function's contract.
         nibbles(unsafe { ld16(arr(b, 4)) })
     }
+}
+
+fn arr4(s: &[f32], at: usize) -> &[f32; 4] {
+    s[at..at + 4]
+        .try_into()
+        .expect("length is 4 by construction")
+}
+
+/// The horizontal sums of four vectors of 8 i32 lanes, as one vector of 4.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum4_i32(v: &[__m256i]) -> __m128i {
+    let a = _mm256_hadd_epi32(v[0], v[1]);
+    let b = _mm256_hadd_epi32(v[2], v[3]);
+    let c = _mm256_hadd_epi32(a, b);
+    _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c))
 }
 
 /// One weight row · one activation row.
@@ -280,7 +296,10 @@ unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     let mut msum = [[0.0f32; C]; R];
-    let mut total = [[_mm_setzero_ps(); C]; R];
+    // BLOCK_TOTAL_FMA: per-output sums, four outputs per SSE register (output k = r * C + c).
+    let mut total = [_mm_setzero_ps(); 4];
+    let mut block_p = [_mm256_setzero_si256(); 16];
+    let mut block_scale = [0.0f32; 16];
     for b in 0..nb {
         let mut wq = [_mm256_setzero_si256(); R];
         let mut wabs = [_mm256_setzero_si256(); R];
@@ -320,8 +339,8 @@ unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
                 };
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[r], y), ones);
                 if F::BLOCK_TOTAL_FMA {
-                    let isum = _mm_set_ss(hsum_i32(p) as f32);
-                    total[r][c] = _mm_fmadd_ss(isum, _mm_set_ss(wd[r] * ad), total[r][c]);
+                    block_p[r * C + c] = p;
+                    block_scale[r * C + c] = wd[r] * ad;
                     continue;
                 }
                 let d = _mm256_set1_ps(wd[r] * ad);
@@ -331,11 +350,29 @@ unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
                 }
             }
         }
+        if F::BLOCK_TOTAL_FMA {
+            // Integer block totals of four outputs at once (exact), then one fused
+            // multiply-add each, in block order: the per-output arithmetic of ggml's
+            // repacked kernels.
+            for g in 0..(R * C).div_ceil(4) {
+                let totals = hsum4_i32(&block_p[4 * g..4 * g + 4]);
+                let scale: &[f32; 4] = arr4(&block_scale, 4 * g);
+                // SAFETY: `scale` is 4 readable f32s; loadu has no alignment requirement.
+                let scale = unsafe { _mm_loadu_ps(scale.as_ptr()) };
+                total[g] = _mm_fmadd_ps(_mm_cvtepi32_ps(totals), scale, total[g]);
+            }
+        }
+    }
+    let mut totals = [0.0f32; 16];
+    for (g, t) in total.iter().enumerate() {
+        let dst: &mut [f32; 4] = (&mut totals[4 * g..4 * g + 4]).try_into().expect("4 lanes");
+        // SAFETY: `dst` is 4 writable f32s; storeu has no alignment requirement.
+        unsafe { _mm_storeu_ps(dst.as_mut_ptr(), *t) };
     }
     for r in 0..R {
         for c in 0..C {
             out[r * stride + c] = if F::BLOCK_TOTAL_FMA {
-                _mm_cvtss_f32(total[r][c])
+                totals[r * C + c]
             } else {
                 hsum(acc[r][c]) + msum[r][c]
             };
