@@ -15,6 +15,13 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// [`rms_norm`] of every `w.len()`-long row of `x` into the matching row of `out`.
+pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        rms_norm(xr, w, eps, or);
+    }
+}
+
 /// The cos/sin of every rotated pair at one position, stepped the way ggml's rope cache does
 /// (`theta *= theta_scale` in f32), so angles match llama.cpp bit for bit.
 pub fn rope_angles(pos: usize, freq_base: f32, rope_dims: usize, cos: &mut [f32], sin: &mut [f32]) {

@@ -4,7 +4,7 @@ use super::attention::{self, DotOrder};
 use super::kv_cache::KvCache;
 use super::matmul::{self, MatmulScratch, Product};
 use super::{Model, ModelError};
-use crate::math::{rms_norm, rope_angles, rope_apply};
+use crate::math::{rms_norm_rows, rope_angles, rope_apply};
 use crate::parallel::{Parallel, for_each_chunk_mut};
 use alloc::vec::Vec;
 
@@ -119,9 +119,7 @@ impl Model<'_> {
         buf.up.resize(t * ff, 0.0);
 
         for (li, layer) in self.weights.layers.iter().enumerate() {
-            for (xr, xbr) in buf.x.chunks_exact(e).zip(buf.xb.chunks_exact_mut(e)) {
-                rms_norm(xr, &layer.attn_norm, cfg.rms_eps, xbr);
-            }
+            rms_norm_rows(&buf.x, &layer.attn_norm, cfg.rms_eps, &mut buf.xb);
             matmul::run(
                 k,
                 par,
@@ -186,9 +184,7 @@ impl Model<'_> {
             );
             buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
 
-            for (xr, xbr) in buf.x.chunks_exact(e).zip(buf.xb.chunks_exact_mut(e)) {
-                rms_norm(xr, &layer.ffn_norm, cfg.rms_eps, xbr);
-            }
+            rms_norm_rows(&buf.x, &layer.ffn_norm, cfg.rms_eps, &mut buf.xb);
             matmul::run(
                 k,
                 par,
@@ -229,9 +225,7 @@ impl Model<'_> {
         let n_out = t - first_out;
         let xo = &buf.x[first_out * e..];
         let xb = &mut buf.xb[..n_out * e];
-        for (xr, xbr) in xo.chunks_exact(e).zip(xb.chunks_exact_mut(e)) {
-            rms_norm(xr, &self.weights.output_norm, cfg.rms_eps, xbr);
-        }
+        rms_norm_rows(xo, &self.weights.output_norm, cfg.rms_eps, xb);
         logits.resize(n_out * cfg.n_vocab, 0.0);
         matmul::run(
             k,
