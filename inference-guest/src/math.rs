@@ -30,10 +30,29 @@ pub fn rope_angles(pos: usize, freq_base: f32, rope_dims: usize, cos: &mut [f32]
     let theta_scale = libm::powf(freq_base, -2.0 / rope_dims as f32);
     let mut theta = pos as f32;
     for i in 0..half {
-        cos[i] = libm::cosf(theta);
-        sin[i] = libm::sinf(theta);
+        (cos[i], sin[i]) = cos_sin(theta);
         theta *= theta_scale;
     }
+}
+
+/// `(a cos - b sin, a sin + b cos)` the way ggml's `rotate_pairs` compiles: GCC contracts
+/// the first product of each expression into a fused multiply-add.
+#[inline]
+fn rotate(a: f32, b: f32, cos: f32, sin: f32) -> (f32, f32) {
+    (libm::fmaf(a, cos, -(b * sin)), libm::fmaf(a, sin, b * cos))
+}
+
+/// `cos` and `sin` as llama.cpp gets them from glibc on the host. Without std (the guest)
+/// this falls back to the `libm` crate, whose results differ from glibc's by one ulp for a
+/// few arguments.
+#[cfg(feature = "std")]
+fn cos_sin(theta: f32) -> (f32, f32) {
+    (theta.cos(), theta.sin())
+}
+
+#[cfg(not(feature = "std"))]
+fn cos_sin(theta: f32) -> (f32, f32) {
+    (libm::cosf(theta), libm::sinf(theta))
 }
 
 /// Rotates one head (`x.len()` = head dim) by precomputed angles.
@@ -43,14 +62,12 @@ pub fn rope_apply(x: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
         let n_dims = half * 2;
         for i in 0..half {
             let (a, b) = (x[i], x[i + n_dims / 2]);
-            x[i] = a * cos[i] - b * sin[i];
-            x[i + n_dims / 2] = a * sin[i] + b * cos[i];
+            (x[i], x[i + n_dims / 2]) = rotate(a, b, cos[i], sin[i]);
         }
     } else {
         for i in 0..half {
             let (a, b) = (x[2 * i], x[2 * i + 1]);
-            x[2 * i] = a * cos[i] - b * sin[i];
-            x[2 * i + 1] = a * sin[i] + b * cos[i];
+            (x[2 * i], x[2 * i + 1]) = rotate(a, b, cos[i], sin[i]);
         }
     }
 }

@@ -13,21 +13,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-/// A divergence where llama.cpp's own top-2 logits were this close is a near-tie (the goal).
+/// A divergence is accepted only where llama.cpp's own top-2 logits were this close.
 const NEAR_TIE: f32 = 1e-3;
-/// Known gap (docs/testing.md): the engine does not yet reproduce every summation order of
-/// llama.cpp's x86 kernels, and this model amplifies one-ulp differences (activations are
-/// re-quantised to 8 bits at every product). A divergence is tolerated only when the
-/// engine's own top-2 logits were within this margin, llama.cpp's token was the engine's
-/// second choice, and at least `MIN_MATCHED` tokens matched first. Anything else fails.
-const NUMERIC_GAP: f32 = 0.15;
-const MIN_MATCHED: usize = 8;
-/// Largest |logit - reference| allowed over the first 16 positions (see docs/testing.md).
-const LOGIT_MAX_ABS: f32 = 1.0;
-/// Root-mean-square of the logit differences allowed.
-const LOGIT_RMS: f32 = 0.1;
-/// Prompt positions whose logits must equal llama.cpp's bit for bit.
-const EXACT_POSITIONS: usize = 13;
+/// Largest |logit - reference| allowed over the first 16 positions. The engine reproduces
+/// llama.cpp's x86 numerics operation for operation, so this is measured at 0 here; the
+/// margin only absorbs a different but equally valid libm on another host.
+const LOGIT_MAX_ABS: f32 = 1e-4;
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -125,25 +116,16 @@ fn check_greedy(fixture_name: &str) {
             let (got, second, gap) = top2(&logits);
             if got != expected {
                 let ref_gap = case.top2_gap[step];
-                if ref_gap < NEAR_TIE {
-                    eprintln!(
-                        "NEAR-TIE: {} `{}` diverges at step {step} where llama.cpp's top-2 gap is \
-                         {ref_gap} < {NEAR_TIE}; the rest of this case is not compared",
-                        f.model, case.name
-                    );
-                    break;
-                }
                 assert!(
-                    second == expected && gap < NUMERIC_GAP && step >= MIN_MATCHED,
+                    ref_gap < NEAR_TIE,
                     "{} `{}`: step {step}: engine chose {got} (top-2 gap {gap}, second {second}), \
-                     llama.cpp {expected} (its top-2 gap {ref_gap}): a real divergence",
+                     llama.cpp {expected} (its top-2 gap {ref_gap}): a real divergence, not a near-tie",
                     f.model,
                     case.name
                 );
                 eprintln!(
-                    "NUMERIC-GAP: {} `{}` diverges at step {step} (engine top-2 gap {gap} < {NUMERIC_GAP}, \
-                     llama.cpp's token is the engine's second choice; llama.cpp's gap {ref_gap}); \
-                     {step} tokens matched",
+                    "NEAR-TIE: {} `{}` diverges at step {step} where llama.cpp's top-2 gap is \
+                     {ref_gap} < {NEAR_TIE}; the rest of this case is not compared",
                     f.model, case.name
                 );
                 break;
@@ -222,12 +204,6 @@ fn prompt_logits_match_llama_cpp() {
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max);
         eprintln!("position {pos}: max |Δlogit| = {worst:.5}");
-        if pos < EXACT_POSITIONS {
-            assert_eq!(
-                a, b,
-                "position {pos}: logits differ from llama.cpp's (max |Δ| {worst})"
-            );
-        }
         max_abs = max_abs.max(worst);
         sum_sq += a
             .iter()
@@ -241,5 +217,4 @@ fn prompt_logits_match_llama_cpp() {
         max_abs <= LOGIT_MAX_ABS,
         "max |Δlogit| {max_abs} > {LOGIT_MAX_ABS}"
     );
-    assert!(rms <= LOGIT_RMS, "RMS Δlogit {rms} > {LOGIT_RMS}");
 }
