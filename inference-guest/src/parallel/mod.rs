@@ -8,6 +8,7 @@
 #[cfg(feature = "std")]
 mod pool;
 
+#[cfg(feature = "std")]
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 #[cfg(feature = "std")]
@@ -38,11 +39,13 @@ impl Parallel for SingleThread {
 }
 
 /// Claims item indices `0..n` one at a time; shared by the threads of one `for_each`.
+#[cfg(feature = "std")]
 pub(crate) struct WorkCounter {
     next: AtomicUsize,
     n: usize,
 }
 
+#[cfg(feature = "std")]
 impl WorkCounter {
     pub(crate) fn new(n: usize) -> Self {
         Self {
