@@ -71,6 +71,39 @@ fn reduce(order: DotOrder, acc: &[f32]) -> f32 {
     }
 }
 
+/// [`reduce`] applied to every column of `acc` (`lanes` rows of `n`), written as whole-row
+/// additions so they vectorise; `tree` is scratch of `28 * n`.
+fn reduce_rows(order: DotOrder, acc: &[f32], n: usize, tree: &mut [f32], out: &mut [f32]) {
+    let row = |k: usize| &acc[k * n..(k + 1) * n];
+    let (s, rest) = tree.split_at_mut(LANES * n);
+    let (t3, t6) = rest.split_at_mut(8 * n);
+    match order {
+        DotOrder::Tiny => s.copy_from_slice(&acc[..LANES * n]),
+        DotOrder::Vec => {
+            for l in 0..LANES {
+                let (a0, a1, a2, a3) = (row(l), row(LANES + l), row(2 * LANES + l), row(3 * LANES + l));
+                for (d, o) in s[l * n..(l + 1) * n].iter_mut().enumerate() {
+                    *o = (a0[d] + a2[d]) + (a1[d] + a3[d]);
+                }
+            }
+        }
+    }
+    // The halving tree of `reduce16`, one row of `n` sums at a time.
+    for l in 0..8 {
+        for d in 0..n {
+            t3[l * n + d] = s[(l + 8) * n + d] + s[l * n + d];
+        }
+    }
+    for l in 0..4 {
+        for d in 0..n {
+            t6[l * n + d] = t3[(l + 4) * n + d] + t3[l * n + d];
+        }
+    }
+    for (d, o) in out.iter_mut().enumerate() {
+        *o = (t6[d] + t6[2 * n + d]) + (t6[n + d] + t6[3 * n + d]);
+    }
+}
+
 /// Dot product of two rows of f16-exact values in `order`'s summation order. Elements past
 /// the last whole step (a head size not a multiple of 64, say) are added in f64 as ggml's
 /// leftover loop does.
@@ -132,6 +165,7 @@ pub(super) fn attend(
     let mut q16 = vec![0.0f32; hd];
     let mut probs = vec![0.0f32; n_kv];
     let mut acc = vec![0.0f32; lanes * hd];
+    let mut tree = vec![0.0f32; (LANES + 8 + 4) * hd];
     for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
         q16.iter_mut().zip(qh).for_each(|(d, &s)| *d = round_f16(s));
         for (p, s) in probs.iter_mut().enumerate() {
@@ -147,13 +181,7 @@ pub(super) fn attend(
                 *a += w * v;
             }
         }
-        let mut lane_sums = [0.0f32; 4 * LANES];
-        for (d, o) in oh.iter_mut().enumerate() {
-            for (l, s) in lane_sums[..lanes].iter_mut().enumerate() {
-                *s = acc[l * hd + d];
-            }
-            *o = reduce(order, &lane_sums[..lanes]);
-        }
+        reduce_rows(order, &acc, hd, &mut tree, oh);
     }
 }
 
