@@ -164,7 +164,13 @@ fn activation_known_answers_round_half_even() {
 
 #[test]
 fn dot_matches_reference_for_every_type() {
-    let (k, s) = (Kernels::detect(), Kernels::scalar());
+    for k in Kernels::available() {
+        dot_matches_reference(k);
+    }
+}
+
+fn dot_matches_reference(k: Kernels) {
+    let s = Kernels::scalar();
     let mut rng = Rng(12345);
     for ty in ALL {
         for n in lens(ty) {
@@ -186,7 +192,13 @@ fn dot_matches_reference_for_every_type() {
 
 #[test]
 fn matmul_matches_dot_for_every_shape() {
-    let (k, s) = (Kernels::detect(), Kernels::scalar());
+    for k in Kernels::available() {
+        matmul_matches_dot(k);
+    }
+}
+
+fn matmul_matches_dot(k: Kernels) {
+    let s = Kernels::scalar();
     let mut rng = Rng(777);
     for ty in ALL {
         let n = *lens(ty).iter().find(|&&n| n >= 64).unwrap_or(&lens(ty)[0]);
@@ -317,7 +329,9 @@ fn detect_reports_simd_where_available() {
     #[cfg(target_arch = "aarch64")]
     assert_eq!(isa, Isa::Neon);
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
+        assert_eq!(isa, Isa::Avx512Vnni);
+    } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         assert_eq!(isa, Isa::Avx2Fma);
     }
     eprintln!("detected {isa:?}");

@@ -81,7 +81,12 @@ fn reduce_rows(order: DotOrder, acc: &[f32], n: usize, tree: &mut [f32], out: &m
         DotOrder::Tiny => s.copy_from_slice(&acc[..LANES * n]),
         DotOrder::Vec => {
             for l in 0..LANES {
-                let (a0, a1, a2, a3) = (row(l), row(LANES + l), row(2 * LANES + l), row(3 * LANES + l));
+                let (a0, a1, a2, a3) = (
+                    row(l),
+                    row(LANES + l),
+                    row(2 * LANES + l),
+                    row(3 * LANES + l),
+                );
                 for (d, o) in s[l * n..(l + 1) * n].iter_mut().enumerate() {
                     *o = (a0[d] + a2[d]) + (a1[d] + a3[d]);
                 }

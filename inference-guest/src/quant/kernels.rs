@@ -11,6 +11,8 @@ use crate::ggml_type::GgmlType;
 pub enum Isa {
     Scalar,
     Avx2Fma,
+    /// AVX2 kernels with AVX-512 VNNI integer products and wider register tiles.
+    Avx512Vnni,
     Neon,
 }
 
@@ -48,6 +50,21 @@ impl Kernels {
         Self::scalar()
     }
 
+    /// Every SIMD kernel set this CPU can run, best first (for parity tests of each path).
+    pub fn available() -> alloc::vec::Vec<Self> {
+        let best = Self::detect();
+        #[cfg(target_arch = "x86_64")]
+        if let Backend::Avx2(k) = best.backend
+            && k.has_vnni()
+        {
+            let avx2_only = Self {
+                backend: Backend::Avx2(k.without_vnni()),
+            };
+            return alloc::vec![best, avx2_only];
+        }
+        alloc::vec![best]
+    }
+
     /// The scalar reference kernels.
     pub fn scalar() -> Self {
         Self {
@@ -59,6 +76,8 @@ impl Kernels {
     pub fn isa(&self) -> Isa {
         match self.backend {
             Backend::Scalar => Isa::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(k) if k.has_vnni() => Isa::Avx512Vnni,
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2(_) => Isa::Avx2Fma,
             #[cfg(target_arch = "aarch64")]

@@ -11,7 +11,7 @@
 //! fmt.row_bytes(n) -> usize                               // n must be a multiple of its block
 //! let k = Kernels::detect();                              // best ISA this CPU has (cpuid; works without std)
 //! Kernels::scalar();                                      // the reference, for tests
-//! k.isa() -> Isa                                          // Scalar | Avx2Fma | Neon
+//! k.isa() -> Isa                                          // Scalar | Avx2Fma | Avx512Vnni | Neon
 //! k.quantize_act(fmt, x: &[f32], out: &mut [u8]);         // out.len() == fmt.row_bytes(x.len())
 //! k.dot(w_ty, n, w_row: &[u8], act_row: &[u8]) -> f32;    // one weight row · one activation row
 //! // out[i * ncols + j] = dot(weight row i, activation row j), i < nrows, j < ncols;

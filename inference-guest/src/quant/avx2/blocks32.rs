@@ -112,270 +112,306 @@ fn hsum4_i32(v: &[__m256i]) -> __m128i {
     _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c))
 }
 
-/// One weight row · one activation row.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; `w` and `a` are rows of the same length in `ty`
-/// and its activation format.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
-    let mut out = [0.0f32];
-    // SAFETY: forwarded contract; one row and one column.
-    unsafe { matmul_rows(ty, w, w.len(), 1, a, a.len(), 1, &mut out, 1) };
-    out[0]
-}
-
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; `w` holds `nrows` rows and `act` `ncols` rows
-/// of `n` values; `out.len() == nrows * ncols`.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn matmul(
-    ty: GgmlType,
-    n: usize,
-    w: &[u8],
-    nrows: usize,
-    act: &[u8],
-    ncols: usize,
-    out: &mut [f32],
-) {
-    let wrb = w.len() / nrows;
-    let arb = act.len() / ncols;
-    debug_assert_eq!(wrb, ty.row_bytes(n).unwrap_or(0));
-    // Column panels small enough for L1 so the weight tile streams past cached activations.
-    const PANEL: usize = 16;
-    let mut j0 = 0;
-    while j0 < ncols {
-        let nc = PANEL.min(ncols - j0);
-        let a = &act[j0 * arb..(j0 + nc) * arb];
-        // SAFETY: forwarded contract, restricted to columns j0..j0 + nc.
-        unsafe { matmul_rows(ty, w, wrb, nrows, a, arb, nc, &mut out[j0..], ncols) };
-        j0 += nc;
-    }
-}
-
-/// All rows against `nc` columns; writes `out[i * stride + j]`.
-///
-/// # Safety
-/// As [`matmul`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn matmul_rows(
-    ty: GgmlType,
-    w: &[u8],
-    wrb: usize,
-    nrows: usize,
-    a: &[u8],
-    arb: usize,
-    nc: usize,
-    out: &mut [f32],
-    stride: usize,
-) {
-    // SAFETY: forwarded contract (every arm).
-    unsafe {
-        match ty {
-            GgmlType::Q4_0 => rows::<Q4_0>(w, wrb, nrows, a, arb, nc, out, stride),
-            GgmlType::Q8_0 => rows::<Q8_0>(w, wrb, nrows, a, arb, nc, out, stride),
-            GgmlType::Q4_1 => rows::<Q4_1>(w, wrb, nrows, a, arb, nc, out, stride),
-            _ => unreachable!("blocks32 handles only Q4_0, Q8_0 and Q4_1"),
-        }
-    }
-}
-
-/// # Safety
-/// As [`matmul`]; `out` starts at this panel's first column and has row stride `stride`.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows<F: Fmt>(
-    w: &[u8],
-    wrb: usize,
-    nrows: usize,
-    a: &[u8],
-    arb: usize,
-    nc: usize,
-    out: &mut [f32],
-    stride: usize,
-) {
-    let nb = wrb / F::WB;
-    let mut i = 0;
-    // SAFETY: forwarded contract for every call below; slicing keeps ranges in bounds.
-    unsafe {
-        if nc == 1 {
-            while i + 4 <= nrows {
-                tile::<F, 4, 1>(
-                    &w[i * wrb..],
-                    wrb,
-                    a,
-                    arb,
-                    nb,
-                    &mut out[i * stride..],
-                    stride,
-                );
-                i += 4;
-            }
-        } else {
-            while i + 2 <= nrows {
-                cols::<F, 2>(
-                    &w[i * wrb..],
-                    wrb,
-                    a,
-                    arb,
-                    nb,
-                    nc,
-                    &mut out[i * stride..],
-                    stride,
-                );
-                i += 2;
-            }
-        }
-        while i < nrows {
-            cols::<F, 1>(
-                &w[i * wrb..],
-                wrb,
-                a,
-                arb,
-                nb,
-                nc,
-                &mut out[i * stride..],
-                stride,
-            );
-            i += 1;
-        }
-    }
-}
-
-/// R rows against all `nc` columns in tiles of 4, 3, 2 or 1 columns.
-///
-/// # Safety
-/// As [`matmul`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn cols<F: Fmt, const R: usize>(
-    w: &[u8],
-    wrb: usize,
-    a: &[u8],
-    arb: usize,
-    nb: usize,
-    nc: usize,
-    out: &mut [f32],
-    stride: usize,
-) {
-    let mut j = 0;
-    // SAFETY: forwarded contract for every call below; slicing keeps ranges in bounds.
-    unsafe {
-        while j + 4 <= nc {
-            tile::<F, R, 4>(w, wrb, &a[j * arb..], arb, nb, &mut out[j..], stride);
-            j += 4;
-        }
-        match nc - j {
-            3 => tile::<F, R, 3>(w, wrb, &a[j * arb..], arb, nb, &mut out[j..], stride),
-            2 => tile::<F, R, 2>(w, wrb, &a[j * arb..], arb, nb, &mut out[j..], stride),
-            1 => tile::<F, R, 1>(w, wrb, &a[j * arb..], arb, nb, &mut out[j..], stride),
-            _ => {}
-        }
-    }
-}
-
-/// The register tile: rows `0..R` of `w` (stride `wrb`) × columns `0..C` of `a` (stride
-/// `arb`), `nb` blocks each; writes `out[r * stride + c]`.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C. (Slice bounds are checked.)
-#[allow(clippy::too_many_arguments)]
+/// Four adjacent u8·i8 products summed into each i32 lane (`maddubs` + `madd`).
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
-    w: &[u8],
-    wrb: usize,
-    a: &[u8],
-    arb: usize,
-    nb: usize,
-    out: &mut [f32],
-    stride: usize,
-) {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let mut msum = [[0.0f32; C]; R];
-    // BLOCK_TOTAL_FMA: per-output sums, four outputs per SSE register (output k = r * C + c).
-    let mut total = [_mm_setzero_ps(); 4];
-    let mut block_p = [_mm256_setzero_si256(); 16];
-    let mut block_scale = [0.0f32; 16];
-    for b in 0..nb {
-        let mut wq = [_mm256_setzero_si256(); R];
-        let mut wabs = [_mm256_setzero_si256(); R];
-        let mut wd = [0.0f32; R];
-        let mut wm = [0.0f32; R];
-        for r in 0..R {
-            let at = r * wrb + b * F::WB;
-            if C == 1 {
-                // Decode streams weights from DRAM, and the hardware prefetcher of a nested
-                // VM does not keep up: ask for them well ahead (a prefetch never faults).
-                _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(at + PREFETCH_AHEAD).cast());
-            }
-            let blk = &w[at..at + F::WB];
-            // SAFETY: AVX2 is this function's contract.
-            wq[r] = unsafe { F::quants(blk) };
-            wabs[r] = if F::SIGNED {
-                _mm256_sign_epi8(wq[r], wq[r])
-            } else {
-                wq[r]
-            };
-            wd[r] = h2f(blk, 0);
-            if F::HAS_MIN {
-                wm[r] = h2f(blk, 2);
-            }
-        }
-        for c in 0..C {
-            let blk = &a[c * arb + b * F::AB..c * arb + (b + 1) * F::AB];
-            // SAFETY: AVX2 is this function's contract.
-            let aq = unsafe { ld(arr(blk, F::AQS)) };
-            let ad = h2f(blk, 0);
-            let as_ = if F::HAS_MIN { h2f(blk, 2) } else { 0.0 };
-            for r in 0..R {
-                let y = if F::SIGNED {
-                    _mm256_sign_epi8(aq, wq[r])
-                } else {
-                    aq
-                };
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[r], y), ones);
-                if F::BLOCK_TOTAL_FMA {
-                    block_p[r * C + c] = p;
-                    block_scale[r * C + c] = wd[r] * ad;
-                    continue;
-                }
-                let d = _mm256_set1_ps(wd[r] * ad);
-                acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][c]);
-                if F::HAS_MIN {
-                    msum[r][c] += wm[r] * as_;
-                }
-            }
-        }
-        if F::BLOCK_TOTAL_FMA {
-            // Integer block totals of four outputs at once (exact), then one fused
-            // multiply-add each, in block order: the per-output arithmetic of ggml's
-            // repacked kernels.
-            for g in 0..(R * C).div_ceil(4) {
-                let totals = hsum4_i32(&block_p[4 * g..4 * g + 4]);
-                let scale: &[f32; 4] = arr4(&block_scale, 4 * g);
-                // SAFETY: `scale` is 4 readable f32s; loadu has no alignment requirement.
-                let scale = unsafe { _mm_loadu_ps(scale.as_ptr()) };
-                total[g] = _mm_fmadd_ps(_mm_cvtepi32_ps(totals), scale, total[g]);
-            }
-        }
-    }
-    let mut totals = [0.0f32; 16];
-    for (g, t) in total.iter().enumerate() {
-        let dst: &mut [f32; 4] = (&mut totals[4 * g..4 * g + 4]).try_into().expect("4 lanes");
-        // SAFETY: `dst` is 4 writable f32s; storeu has no alignment requirement.
-        unsafe { _mm_storeu_ps(dst.as_mut_ptr(), *t) };
-    }
-    for r in 0..R {
-        for c in 0..C {
-            out[r * stride + c] = if F::BLOCK_TOTAL_FMA {
-                totals[r * C + c]
-            } else {
-                hsum(acc[r][c]) + msum[r][c]
-            };
-        }
-    }
+#[target_feature(enable = "avx2")]
+fn pairsum_avx2(wabs: __m256i, y: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, y), _mm256_set1_epi16(1))
 }
+
+/// The same lanes with one AVX-512 VNNI instruction (exact, so results are identical).
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,avx512vnni")]
+fn pairsum_vnni(wabs: __m256i, y: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, y)
+}
+
+/// Stamps out the tiled kernels for one instruction set: `$feat` are its target features,
+/// `$pairsum` its integer block product and `$pr` the weight rows of a prefill tile (AVX2 has
+/// 16 YMM registers, AVX-512VL 32, which fit a 4 x 4 tile of accumulators).
+macro_rules! tiled_kernels {
+    ($name:ident, $feat:literal, $pairsum:ident, $pr:literal) => {
+        pub(super) mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// One weight row · one activation row.
+            ///
+            /// # Safety
+            /// The CPU must support AVX2, FMA and F16C; `w` and `a` are rows of the same length in `ty`
+            /// and its activation format.
+            #[target_feature(enable = $feat)]
+            pub(in super::super) unsafe fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+                let mut out = [0.0f32];
+                // SAFETY: forwarded contract; one row and one column.
+                unsafe { matmul_rows(ty, w, w.len(), 1, a, a.len(), 1, &mut out, 1) };
+                out[0]
+            }
+
+            /// # Safety
+            /// The CPU must support AVX2, FMA and F16C; `w` holds `nrows` rows and `act` `ncols` rows
+            /// of `n` values; `out.len() == nrows * ncols`.
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = $feat)]
+            pub(in super::super) unsafe fn matmul(
+                ty: GgmlType,
+                n: usize,
+                w: &[u8],
+                nrows: usize,
+                act: &[u8],
+                ncols: usize,
+                out: &mut [f32],
+            ) {
+                let wrb = w.len() / nrows;
+                let arb = act.len() / ncols;
+                debug_assert_eq!(wrb, ty.row_bytes(n).unwrap_or(0));
+                // Column panels small enough for L1 so the weight tile streams past cached activations.
+                const PANEL: usize = 16;
+                let mut j0 = 0;
+                while j0 < ncols {
+                    let nc = PANEL.min(ncols - j0);
+                    let a = &act[j0 * arb..(j0 + nc) * arb];
+                    // SAFETY: forwarded contract, restricted to columns j0..j0 + nc.
+                    unsafe { matmul_rows(ty, w, wrb, nrows, a, arb, nc, &mut out[j0..], ncols) };
+                    j0 += nc;
+                }
+            }
+
+            /// All rows against `nc` columns; writes `out[i * stride + j]`.
+            ///
+            /// # Safety
+            /// As [`matmul`].
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = $feat)]
+            unsafe fn matmul_rows(
+                ty: GgmlType,
+                w: &[u8],
+                wrb: usize,
+                nrows: usize,
+                a: &[u8],
+                arb: usize,
+                nc: usize,
+                out: &mut [f32],
+                stride: usize,
+            ) {
+                // SAFETY: forwarded contract (every arm).
+                unsafe {
+                    match ty {
+                        GgmlType::Q4_0 => rows::<Q4_0>(w, wrb, nrows, a, arb, nc, out, stride),
+                        GgmlType::Q8_0 => rows::<Q8_0>(w, wrb, nrows, a, arb, nc, out, stride),
+                        GgmlType::Q4_1 => rows::<Q4_1>(w, wrb, nrows, a, arb, nc, out, stride),
+                        _ => unreachable!("blocks32 handles only Q4_0, Q8_0 and Q4_1"),
+                    }
+                }
+            }
+
+            /// # Safety
+            /// As [`matmul`]; `out` starts at this panel's first column and has row stride `stride`.
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = $feat)]
+            unsafe fn rows<F: Fmt>(
+                w: &[u8],
+                wrb: usize,
+                nrows: usize,
+                a: &[u8],
+                arb: usize,
+                nc: usize,
+                out: &mut [f32],
+                stride: usize,
+            ) {
+                let nb = wrb / F::WB;
+                let mut i = 0;
+                // SAFETY: forwarded contract for every call below; slicing keeps ranges in bounds.
+                unsafe {
+                    if nc == 1 {
+                        while i + 4 <= nrows {
+                            tile::<F, 4, 1>(
+                                &w[i * wrb..],
+                                wrb,
+                                a,
+                                arb,
+                                nb,
+                                &mut out[i * stride..],
+                                stride,
+                            );
+                            i += 4;
+                        }
+                    } else {
+                        while i + $pr <= nrows {
+                            cols::<F, $pr>(
+                                &w[i * wrb..],
+                                wrb,
+                                a,
+                                arb,
+                                nb,
+                                nc,
+                                &mut out[i * stride..],
+                                stride,
+                            );
+                            i += $pr;
+                        }
+                    }
+                    while i < nrows {
+                        cols::<F, 1>(
+                            &w[i * wrb..],
+                            wrb,
+                            a,
+                            arb,
+                            nb,
+                            nc,
+                            &mut out[i * stride..],
+                            stride,
+                        );
+                        i += 1;
+                    }
+                }
+            }
+
+            /// R rows against all `nc` columns in tiles of 4, 3, 2 or 1 columns.
+            ///
+            /// # Safety
+            /// As [`matmul`].
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = $feat)]
+            unsafe fn cols<F: Fmt, const R: usize>(
+                w: &[u8],
+                wrb: usize,
+                a: &[u8],
+                arb: usize,
+                nb: usize,
+                nc: usize,
+                out: &mut [f32],
+                stride: usize,
+            ) {
+                let mut j = 0;
+                // SAFETY: forwarded contract for every call below; slicing keeps ranges in bounds.
+                unsafe {
+                    while j + 4 <= nc {
+                        tile::<F, R, 4>(w, wrb, &a[j * arb..], arb, nb, &mut out[j..], stride);
+                        j += 4;
+                    }
+                    match nc - j {
+                        3 => tile::<F, R, 3>(w, wrb, &a[j * arb..], arb, nb, &mut out[j..], stride),
+                        2 => tile::<F, R, 2>(w, wrb, &a[j * arb..], arb, nb, &mut out[j..], stride),
+                        1 => tile::<F, R, 1>(w, wrb, &a[j * arb..], arb, nb, &mut out[j..], stride),
+                        _ => {}
+                    }
+                }
+            }
+
+            /// The register tile: rows `0..R` of `w` (stride `wrb`) × columns `0..C` of `a` (stride
+            /// `arb`), `nb` blocks each; writes `out[r * stride + c]`.
+            ///
+            /// # Safety
+            /// The CPU must support AVX2, FMA and F16C. (Slice bounds are checked.)
+            #[allow(clippy::too_many_arguments)]
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
+                w: &[u8],
+                wrb: usize,
+                a: &[u8],
+                arb: usize,
+                nb: usize,
+                out: &mut [f32],
+                stride: usize,
+            ) {
+                let mut acc = [[_mm256_setzero_ps(); C]; R];
+                let mut msum = [[0.0f32; C]; R];
+                // BLOCK_TOTAL_FMA: per-output sums, four outputs per SSE register (output k = r * C + c).
+                let mut total = [_mm_setzero_ps(); 4];
+                let mut block_p = [_mm256_setzero_si256(); 16];
+                let mut block_scale = [0.0f32; 16];
+                for b in 0..nb {
+                    let mut wq = [_mm256_setzero_si256(); R];
+                    let mut wabs = [_mm256_setzero_si256(); R];
+                    let mut wd = [0.0f32; R];
+                    let mut wm = [0.0f32; R];
+                    for r in 0..R {
+                        let at = r * wrb + b * F::WB;
+                        if C == 1 {
+                            // Decode streams weights from DRAM, and the hardware prefetcher of a nested
+                            // VM does not keep up: ask for them well ahead (a prefetch never faults).
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                w.as_ptr().wrapping_add(at + PREFETCH_AHEAD).cast(),
+                            );
+                        }
+                        let blk = &w[at..at + F::WB];
+                        // SAFETY: AVX2 is this function's contract.
+                        wq[r] = unsafe { F::quants(blk) };
+                        wabs[r] = if F::SIGNED {
+                            _mm256_sign_epi8(wq[r], wq[r])
+                        } else {
+                            wq[r]
+                        };
+                        wd[r] = h2f(blk, 0);
+                        if F::HAS_MIN {
+                            wm[r] = h2f(blk, 2);
+                        }
+                    }
+                    for c in 0..C {
+                        let blk = &a[c * arb + b * F::AB..c * arb + (b + 1) * F::AB];
+                        // SAFETY: AVX2 is this function's contract.
+                        let aq = unsafe { ld(arr(blk, F::AQS)) };
+                        let ad = h2f(blk, 0);
+                        let as_ = if F::HAS_MIN { h2f(blk, 2) } else { 0.0 };
+                        for r in 0..R {
+                            let y = if F::SIGNED {
+                                _mm256_sign_epi8(aq, wq[r])
+                            } else {
+                                aq
+                            };
+                            let p = $pairsum(wabs[r], y);
+                            if F::BLOCK_TOTAL_FMA {
+                                block_p[r * C + c] = p;
+                                block_scale[r * C + c] = wd[r] * ad;
+                                continue;
+                            }
+                            let d = _mm256_set1_ps(wd[r] * ad);
+                            acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][c]);
+                            if F::HAS_MIN {
+                                msum[r][c] += wm[r] * as_;
+                            }
+                        }
+                    }
+                    if F::BLOCK_TOTAL_FMA {
+                        // Integer block totals of four outputs at once (exact), then one fused
+                        // multiply-add each, in block order: the per-output arithmetic of ggml's
+                        // repacked kernels.
+                        for g in 0..(R * C).div_ceil(4) {
+                            let totals = hsum4_i32(&block_p[4 * g..4 * g + 4]);
+                            let scale: &[f32; 4] = arr4(&block_scale, 4 * g);
+                            // SAFETY: `scale` is 4 readable f32s; loadu has no alignment requirement.
+                            let scale = unsafe { _mm_loadu_ps(scale.as_ptr()) };
+                            total[g] = _mm_fmadd_ps(_mm_cvtepi32_ps(totals), scale, total[g]);
+                        }
+                    }
+                }
+                let mut totals = [0.0f32; 16];
+                for (g, t) in total.iter().enumerate() {
+                    let dst: &mut [f32; 4] =
+                        (&mut totals[4 * g..4 * g + 4]).try_into().expect("4 lanes");
+                    // SAFETY: `dst` is 4 writable f32s; storeu has no alignment requirement.
+                    unsafe { _mm_storeu_ps(dst.as_mut_ptr(), *t) };
+                }
+                for r in 0..R {
+                    for c in 0..C {
+                        out[r * stride + c] = if F::BLOCK_TOTAL_FMA {
+                            totals[r * C + c]
+                        } else {
+                            hsum(acc[r][c]) + msum[r][c]
+                        };
+                    }
+                }
+            }
+        }
+    };
+}
+
+tiled_kernels!(base, "avx2,fma,f16c", pairsum_avx2, 2);
+tiled_kernels!(
+    vnni,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni",
+    pairsum_vnni,
+    4
+);

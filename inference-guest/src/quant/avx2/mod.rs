@@ -17,9 +17,12 @@ use core::arch::x86_64::{__m128i, __m256i, _mm_loadu_si128, _mm256_loadu_si256};
 use crate::ggml_type::GgmlType;
 use crate::quant::act_format::ActFormat;
 
-/// Proof that AVX2, FMA, F16C and the OS's saving of YMM state were all detected.
+/// Proof that AVX2, FMA, F16C and the OS's saving of YMM state were all detected; `vnni`
+/// also proves AVX-512 F/VL/BW/VNNI with the OS saving ZMM and mask state.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx2(());
+pub(crate) struct Avx2 {
+    vnni: bool,
+}
 
 impl Avx2 {
     /// cpuid leaves 1 and 7 plus XCR0 (via xgetbv, only after OSXSAVE is confirmed).
@@ -43,8 +46,21 @@ impl Avx2 {
         if xcr0 & 0b110 != 0b110 {
             return None;
         }
-        let avx2 = __cpuid_count(7, 0).ebx & (1 << 5) != 0;
-        avx2.then_some(Self(()))
+        let l7 = __cpuid_count(7, 0);
+        let avx2 = l7.ebx & (1 << 5) != 0;
+        let avx512 = [16, 30, 31].iter().all(|&bit| l7.ebx & (1 << bit) != 0); // F, BW, VL
+        let vnni = avx512 && l7.ecx & (1 << 11) != 0 && xcr0 & 0xe0 == 0xe0;
+        avx2.then_some(Self { vnni })
+    }
+
+    /// Whether the AVX-512 VNNI variants are in use.
+    pub(crate) fn has_vnni(self) -> bool {
+        self.vnni
+    }
+
+    /// The same CPU proof restricted to the AVX2 variants.
+    pub(crate) fn without_vnni(self) -> Self {
+        Self { vnni: false }
     }
 
     /// `v[i] = exp(v[i])` with llama.cpp's AVX-512 numerics.
@@ -64,7 +80,10 @@ impl Avx2 {
         // `Kernels::dot` checked both row lengths against the same `n`.
         unsafe {
             Some(match ty {
-                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => blocks32::dot(ty, w, a),
+                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 if self.vnni => {
+                    blocks32::vnni::dot(ty, w, a)
+                }
+                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => blocks32::base::dot(ty, w, a),
                 GgmlType::Q4K => kquant::dot_q4_k(w, a),
                 GgmlType::Q6K => kquant::dot_q6_k(w, a),
                 GgmlType::F16 => float::dot_f16(w, a),
@@ -89,7 +108,14 @@ impl Avx2 {
                 // SAFETY: `self` proves AVX2/FMA/F16C; `Kernels::matmul` checked that `w`
                 // holds `nrows` rows and `act` `ncols` rows of `n` values and `out` is
                 // `nrows * ncols` long.
-                unsafe { blocks32::matmul(ty, n, w, nrows, act, ncols, out) };
+                // With `vnni` it also proves AVX-512 F/VL/BW/VNNI.
+                unsafe {
+                    if self.vnni {
+                        blocks32::vnni::matmul(ty, n, w, nrows, act, ncols, out);
+                    } else {
+                        blocks32::base::matmul(ty, n, w, nrows, act, ncols, out);
+                    }
+                }
                 true
             }
             _ => false,
