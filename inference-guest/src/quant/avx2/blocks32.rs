@@ -130,7 +130,7 @@ fn pairsum_vnni(wabs: __m256i, y: __m256i) -> __m256i {
 /// `$pairsum` its integer block product and `$pr` the weight rows of a prefill tile (AVX2 has
 /// 16 YMM registers, AVX-512VL 32, which fit a 4 x 4 tile of accumulators).
 macro_rules! tiled_kernels {
-    ($name:ident, $feat:literal, $pairsum:ident, $pr:literal) => {
+    ($name:ident, $feat:literal, $pairsum:ident, $pr:literal, $dr:literal) => {
         pub(super) mod $name {
             #[allow(unused_imports)]
             use super::*;
@@ -224,8 +224,8 @@ macro_rules! tiled_kernels {
                 // SAFETY: forwarded contract for every call below; slicing keeps ranges in bounds.
                 unsafe {
                     if nc == 1 {
-                        while i + 4 <= nrows {
-                            tile::<F, 4, 1>(
+                        while i + $dr <= nrows {
+                            tile::<F, $dr, 1>(
                                 &w[i * wrb..],
                                 wrb,
                                 a,
@@ -234,7 +234,7 @@ macro_rules! tiled_kernels {
                                 &mut out[i * stride..],
                                 stride,
                             );
-                            i += 4;
+                            i += $dr;
                         }
                     } else {
                         while i + $pr <= nrows {
@@ -408,10 +408,11 @@ macro_rules! tiled_kernels {
     };
 }
 
-tiled_kernels!(base, "avx2,fma,f16c", pairsum_avx2, 2);
+tiled_kernels!(base, "avx2,fma,f16c", pairsum_avx2, 2, 4);
 tiled_kernels!(
     vnni,
     "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni",
     pairsum_vnni,
-    4
+    4,
+    8
 );
