@@ -14,7 +14,8 @@ DEFAULT_MODEL_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea37372
 CONVERSIONS          := $(MODELS)/SmolLM2-135M-Instruct.F16.gguf \
                         $(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf \
                         $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf
-TINY_MODELS          := $(MODELS)/tiny.Q8_0.gguf $(MODELS)/tiny.Q4_K.gguf $(MODELS)/tiny.Q6_K.gguf
+TINY_MODELS          := $(MODELS)/tiny.Q8_0.gguf $(MODELS)/tiny.Q4_K.gguf $(MODELS)/tiny.Q6_K.gguf \
+                        $(MODELS)/tiny-qwen2.Q8_0.gguf
 MODEL_TOOL           := target/release/flexserve-model
 FLEXSERVE            := target/release/flexserve
 
@@ -70,6 +71,10 @@ $(MODELS)/SmolLM2-135M-Instruct.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 
 $(MODELS)/tiny.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --seed 1
+	@mv $@.part $@
+
+$(MODELS)/tiny-qwen2.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
+	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --arch qwen2 --seed 2
 	@mv $@.part $@
 
 setup-bench: $(BENCH_VENV)/.done

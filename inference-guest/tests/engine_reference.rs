@@ -33,6 +33,10 @@ struct Case {
     name: String,
     prompt: String,
     prompt_ids: Vec<u32>,
+    /// "batch" (one forward pass, as llama.cpp prefills) or "tokenwise" (one token at a
+    /// time; used for K-quant models, see tools/fixtures/gen_engine_fixture.py).
+    #[serde(default = "batch")]
+    prompt_eval: String,
     generated: Vec<u32>,
     top2_gap: Vec<f32>,
 }
@@ -42,6 +46,10 @@ struct LogitsFixture {
     prompt_ids: Vec<u32>,
     file: String,
     n_vocab: usize,
+}
+
+fn batch() -> String {
+    "batch".to_string()
 }
 
 fn root() -> PathBuf {
@@ -108,10 +116,18 @@ fn check_greedy(fixture_name: &str) {
         );
         let mut session = model.new_session(512);
         let mut matched = 0;
-        let mut logits = session
-            .eval(&model, &case.prompt_ids, Logits::Last, &pool)
-            .expect("eval")
-            .to_vec();
+        let chunk = if case.prompt_eval == "tokenwise" {
+            1
+        } else {
+            case.prompt_ids.len()
+        };
+        let mut logits = Vec::new();
+        for part in case.prompt_ids.chunks(chunk) {
+            logits = session
+                .eval(&model, part, Logits::Last, &pool)
+                .expect("eval")
+                .to_vec();
+        }
         for (step, &expected) in case.generated.iter().enumerate() {
             let (got, second, gap) = top2(&logits);
             if got != expected {
@@ -170,6 +186,11 @@ fn greedy_tiny_k_quants_match_llama_cpp() {
     check_greedy("tiny.Q4_K.json");
     check_greedy("tiny.Q6_K.json");
     check_greedy("tiny.Q8_0.json");
+}
+
+#[test]
+fn greedy_tiny_qwen2_neox_rope_and_biases_match_llama_cpp() {
+    check_greedy("tiny-qwen2.Q8_0.json");
 }
 
 #[test]

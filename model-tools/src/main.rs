@@ -55,6 +55,9 @@ enum Command {
         /// Weight type: F32, F16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K.
         #[arg(long = "type", value_parser = parse_type)]
         ty: GgmlType,
+        /// Architecture (qwen2 adds Q/K/V biases and uses NeoX RoPE).
+        #[arg(long, value_enum, default_value = "llama")]
+        arch: tiny::TinyArch,
         /// PRNG seed: the same seed gives the same bytes.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -127,6 +130,7 @@ fn main() -> Result<()> {
             output,
             vocab_from,
             ty,
+            arch,
             seed,
             embd,
             layers,
@@ -139,6 +143,7 @@ fn main() -> Result<()> {
             let g = Gguf::parse(&bytes)
                 .with_context(|| format!("{} is not a valid GGUF file", vocab_from.display()))?;
             let params = tiny::TinyParams {
+                arch,
                 ty,
                 seed,
                 embd,

@@ -23,6 +23,7 @@ fn vocab() -> Vec<u8> {
 
 fn params(seed: u64) -> TinyParams {
     TinyParams {
+        arch: crate::tiny::TinyArch::Llama,
         ty: GgmlType::F32,
         seed,
         embd: 64,

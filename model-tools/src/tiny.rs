@@ -11,6 +11,7 @@ use crate::rng::SplitMix64;
 /// Shape and seed of the generated model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TinyParams {
+    pub arch: TinyArch,
     pub ty: GgmlType,
     pub seed: u64,
     pub embd: usize,
@@ -40,8 +41,27 @@ pub enum TinyError {
     Write(#[from] GgufWriteError),
 }
 
-/// Standard deviation of the random weights (GPT-2-style initialisation).
-const WEIGHT_STD: f32 = 0.02;
+/// Standard deviation of the random weights: large enough that the tiny model's greedy
+/// output varies from token to token (0.02 makes it repeat one token, a weak test).
+const WEIGHT_STD: f32 = 0.1;
+
+/// Architectures `tiny` can generate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TinyArch {
+    /// llama: normal RoPE, no biases.
+    Llama,
+    /// qwen2: NeoX RoPE and Q/K/V biases.
+    Qwen2,
+}
+
+impl TinyArch {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+}
 
 impl TinyParams {
     fn head_dim(&self) -> usize {
@@ -98,20 +118,27 @@ pub fn generate(vocab: &Gguf<'_>, p: &TinyParams) -> Result<GgufWriter, TinyErro
     let as_u32 =
         |v: usize| u32::try_from(v).map_err(|_| TinyError::Shape(format!("{v} is too large")));
     let mut w = GgufWriter::new();
-    w.add_str("general.architecture", "llama")?;
+    let arch = p.arch.name();
+    w.add_str("general.architecture", arch)?;
     w.add_str("general.name", "flexserve-tiny")?;
     w.add_u32("general.file_type", file_type(p.ty))?;
     w.add_u32("general.quantization_version", 2)?;
-    w.add_u32("llama.context_length", as_u32(p.ctx)?)?;
-    w.add_u32("llama.embedding_length", as_u32(p.embd)?)?;
-    w.add_u32("llama.block_count", as_u32(p.layers)?)?;
-    w.add_u32("llama.feed_forward_length", as_u32(p.ff)?)?;
-    w.add_u32("llama.attention.head_count", as_u32(p.heads)?)?;
-    w.add_u32("llama.attention.head_count_kv", as_u32(p.kv_heads)?)?;
-    w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)?;
-    w.add_f32("llama.rope.freq_base", 10000.0)?;
-    w.add_u32("llama.rope.dimension_count", as_u32(p.head_dim())?)?;
-    w.add_u32("llama.vocab_size", as_u32(n_vocab)?)?;
+    w.add_u32(&format!("{arch}.context_length"), as_u32(p.ctx)?)?;
+    w.add_u32(&format!("{arch}.embedding_length"), as_u32(p.embd)?)?;
+    w.add_u32(&format!("{arch}.block_count"), as_u32(p.layers)?)?;
+    w.add_u32(&format!("{arch}.feed_forward_length"), as_u32(p.ff)?)?;
+    w.add_u32(&format!("{arch}.attention.head_count"), as_u32(p.heads)?)?;
+    w.add_u32(
+        &format!("{arch}.attention.head_count_kv"),
+        as_u32(p.kv_heads)?,
+    )?;
+    w.add_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"), 1e-5)?;
+    w.add_f32(&format!("{arch}.rope.freq_base"), 10000.0)?;
+    w.add_u32(
+        &format!("{arch}.rope.dimension_count"),
+        as_u32(p.head_dim())?,
+    )?;
+    w.add_u32(&format!("{arch}.vocab_size"), as_u32(n_vocab)?)?;
     for (key, value) in vocab
         .metadata()
         .iter()
@@ -121,6 +148,8 @@ pub fn generate(vocab: &Gguf<'_>, p: &TinyParams) -> Result<GgufWriter, TinyErro
     }
 
     let mut rng = SplitMix64::new(p.seed);
+    // Biases draw from their own stream so llama models keep their bytes for a seed.
+    let mut rng_bias = SplitMix64::new(p.seed ^ 0xb1a5);
     let (e, kv) = (p.embd as u64, (p.kv_heads * p.head_dim()) as u64);
     let mut add = |w: &mut GgufWriter, name: &str, dims: &[u64]| -> Result<(), TinyError> {
         let (ty, data) = random_tensor(&mut rng, p.ty, dims);
@@ -142,6 +171,14 @@ pub fn generate(vocab: &Gguf<'_>, p: &TinyParams) -> Result<GgufWriter, TinyErro
         ];
         for (name, dims) in shapes {
             add(&mut w, &format!("blk.{l}.{name}.weight"), dims)?;
+        }
+        if p.arch == TinyArch::Qwen2 {
+            for (name, len) in [("attn_q", e), ("attn_k", kv), ("attn_v", kv)] {
+                let bias: Vec<u8> = (0..len)
+                    .flat_map(|_| (WEIGHT_STD * rng_bias.normal()).to_le_bytes())
+                    .collect();
+                w.add_tensor(&format!("blk.{l}.{name}.bias"), GgmlType::F32, &[len], bias)?;
+            }
         }
     }
     add(&mut w, "output_norm.weight", &[e])?;

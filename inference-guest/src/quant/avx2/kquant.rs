@@ -2,7 +2,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{arr, h2f, hsum_i32, ld};
+use super::{arr, h2f, hsum, hsum_i32, ld, ld16};
 use crate::quant::reference::q4_k_scales_mins;
 
 #[inline]
@@ -58,7 +58,7 @@ pub(super) unsafe fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
 pub(super) unsafe fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
     let m4 = _mm256_set1_epi8(0xf);
     let m2 = _mm256_set1_epi8(3);
-    let mut sum = 0.0f32;
+    let mut acc = _mm256_setzero_ps();
     for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(292)) {
         let sc = |j: usize| i16::from(x[192 + j] as i8);
         let mut isum = _mm256_setzero_si256();
@@ -93,9 +93,13 @@ pub(super) unsafe fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
                     _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(*qk, yk), scv));
             }
         }
-        // The quants are stored with +32; remove 32·Σa per 16-value group via the block sums.
-        let corr: i32 = (0..16).map(|j| i32::from(sc(j)) * bsum(y, j)).sum();
-        sum += h2f(x, 208) * rd_f32(y, 0) * (hsum_i32(isum) - 32 * corr) as f32;
+        // The quants are stored with +32: lane m removes 32·Σa of 16-value groups 2m and
+        // 2m+1 (ggml's `q8sclsub`), then the lanes go to f32 separately, as in llama.cpp.
+        // SAFETY: as above; 16 scales and 16 i16 block sums are in bounds.
+        let (scales, bsums) = unsafe { (ld16(arr(x, 192)), ld(arr(y, 260))) };
+        let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales)));
+        let d = _mm256_set1_ps(rd_f32(y, 0) * h2f(x, 208));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(isum, corr)), acc);
     }
-    sum
+    hsum(acc)
 }

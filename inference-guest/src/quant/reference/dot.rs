@@ -94,24 +94,30 @@ fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
     sum
 }
 
+/// `hsum_float_8` of ggml's x86 kernels: halves, then pairs.
+pub(crate) fn hsum8(acc: &[f32; 8]) -> f32 {
+    let r: [f32; 4] = core::array::from_fn(|l| acc[4 + l] + acc[l]);
+    (r[0] + r[2]) + (r[1] + r[3])
+}
+
+/// Q6_K·Q8_K as llama.cpp's x86 kernel sums it: eight i32 lanes (lane m takes bytes 4m..4m+4
+/// of every 32-value chunk, minus 32 × its two 16-value groups' scaled sums), each turned
+/// into f32 and accumulated with one fused multiply-add per super-block.
 fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = [0.0f32; 8];
     for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(292)) {
         let q = q6_k_unpack(x);
-        let mut isum = 0i32;
-        for (j, (qs, ys)) in q
-            .chunks_exact(16)
-            .zip(y[4..260].chunks_exact(16))
-            .enumerate()
-        {
-            let s: i32 = qs
-                .iter()
-                .zip(ys)
-                .map(|(&p, &v)| (i32::from(p) - 32) * i32::from(v as i8))
-                .sum();
-            isum += s * i32::from(x[192 + j] as i8);
+        let sc = |g: usize| i32::from(x[192 + g] as i8);
+        let bsum = |g: usize| i32::from(i16::from_le_bytes([y[260 + 2 * g], y[261 + 2 * g]]));
+        let mut lanes = [0i32; 8];
+        for (i, (&qv, &yv)) in q.iter().zip(&y[4..260]).enumerate() {
+            lanes[(i % 32) / 4] += i32::from(qv) * i32::from(yv as i8) * sc(i / 16);
         }
-        sum += rd_f16(x, 208) * rd_f32(y, 0) * isum as f32;
+        let d = rd_f32(y, 0) * rd_f16(x, 208);
+        for (m, (lane, acc)) in lanes.iter().zip(acc.iter_mut()).enumerate() {
+            let corr = bsum(2 * m) * sc(2 * m) + bsum(2 * m + 1) * sc(2 * m + 1);
+            *acc = libm::fmaf(d, (lane - 32 * corr) as f32, *acc);
+        }
     }
-    sum
+    hsum8(&acc)
 }
