@@ -43,7 +43,7 @@ pub enum TinyError {
 
 /// Standard deviation of the random weights: large enough that the tiny model's greedy
 /// output varies from token to token (0.02 makes it repeat one token, a weak test).
-const WEIGHT_STD: f32 = 0.1;
+pub(crate) const WEIGHT_STD: f32 = 0.1;
 
 /// Architectures `tiny` can generate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
