@@ -26,6 +26,9 @@ trait Fmt {
     const AQS: usize;
     const SIGNED: bool;
     const HAS_MIN: bool;
+    /// The quants are stored as `q + 8` (Q4_0): `quants` returns `q + 8` unsigned and the
+    /// kernel subtracts `8 · Σa` per lane, which is cheaper than the sign trick.
+    const OFFSET8: bool;
     /// Sum each block's integer total into a scalar with a fused multiply-add (llama.cpp's
     /// repacked Q4_0 kernels) instead of into 8 float lanes (its `vec_dot` kernels).
     const BLOCK_TOTAL_FMA: bool;
@@ -54,15 +57,15 @@ impl Fmt for Q4_0 {
     const WB: usize = 18;
     const AB: usize = 34;
     const AQS: usize = 2;
-    const SIGNED: bool = true;
+    const SIGNED: bool = false;
     const HAS_MIN: bool = false;
+    const OFFSET8: bool = true;
     const BLOCK_TOTAL_FMA: bool = true;
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn quants(b: &[u8]) -> __m256i {
         // SAFETY: AVX2 is this function's contract.
-        let q = nibbles(unsafe { ld16(arr(b, 2)) });
-        _mm256_sub_epi8(q, _mm256_set1_epi8(8))
+        nibbles(unsafe { ld16(arr(b, 2)) })
     }
 }
 
@@ -72,6 +75,7 @@ impl Fmt for Q8_0 {
     const AQS: usize = 2;
     const SIGNED: bool = true;
     const HAS_MIN: bool = false;
+    const OFFSET8: bool = false;
     const BLOCK_TOTAL_FMA: bool = false;
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -87,6 +91,7 @@ impl Fmt for Q4_1 {
     const AQS: usize = 4;
     const SIGNED: bool = false;
     const HAS_MIN: bool = true;
+    const OFFSET8: bool = false;
     const BLOCK_TOTAL_FMA: bool = false;
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -355,13 +360,22 @@ macro_rules! tiled_kernels {
                         let aq = unsafe { ld(arr(blk, F::AQS)) };
                         let ad = h2f(blk, 0);
                         let as_ = if F::HAS_MIN { h2f(blk, 2) } else { 0.0 };
+                        // 8 · Σa per lane, shared by every row of the tile (exact integers).
+                        let offset = if F::OFFSET8 {
+                            $pairsum(_mm256_set1_epi8(8), aq)
+                        } else {
+                            _mm256_setzero_si256()
+                        };
                         for r in 0..R {
                             let y = if F::SIGNED {
                                 _mm256_sign_epi8(aq, wq[r])
                             } else {
                                 aq
                             };
-                            let p = $pairsum(wabs[r], y);
+                            let mut p = $pairsum(wabs[r], y);
+                            if F::OFFSET8 {
+                                p = _mm256_sub_epi32(p, offset);
+                            }
                             if F::BLOCK_TOTAL_FMA {
                                 block_p[r * C + c] = p;
                                 block_scale[r * C + c] = wd[r] * ad;
