@@ -256,10 +256,13 @@ impl Model<'_> {
         let group = cfg.n_head / n_kvh;
         let qd = cfg.q_dim();
         let order = DotOrder::for_batch(att.len() / qd);
-        // One item per (token, KV head): the `group` query heads sharing that KV head.
-        for_each_chunk_mut(par, att, group * hd, &|item, out| {
-            let (j, g) = (item / n_kvh, item % n_kvh);
-            let q_rows = &q[j * qd + g * group * hd..j * qd + (g + 1) * group * hd];
+        // One item per (token, query head): a decode step has n_head items (9 here), enough
+        // to keep both threads busy; per KV head it would be 3.
+        let n_head = cfg.n_head;
+        for_each_chunk_mut(par, att, hd, &|item, out| {
+            let (j, h) = (item / n_head, item % n_head);
+            let g = h / group;
+            let q_rows = &q[j * qd + h * hd..j * qd + (h + 1) * hd];
             attention::attend(
                 &self.kernels,
                 kv,
