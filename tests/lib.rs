@@ -1,0 +1,1 @@
+//! End-to-end tests live in this crate's test targets (`boot.rs`); the library is empty.

@@ -1,0 +1,209 @@
+//! The KVM backend for x86_64 hosts.
+
+use super::x86_64_boot as boot;
+use super::{HypervisorError, RegisterSnapshot, Vcpu, VmExit};
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, kvm_dtable, kvm_regs, kvm_segment, kvm_userspace_memory_region,
+    kvm_xcrs,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+
+/// An open `/dev/kvm`.
+pub struct KvmHypervisor {
+    kvm: Kvm,
+}
+
+impl KvmHypervisor {
+    /// Opens `/dev/kvm`; the error says what to check when it is missing or unusable.
+    pub fn new() -> Result<Self, HypervisorError> {
+        Kvm::new()
+            .map(|kvm| Self { kvm })
+            .map_err(HypervisorError::KvmUnavailable)
+    }
+
+    /// Creates an empty VM.
+    pub fn create_vm(&self) -> Result<KvmVm, HypervisorError> {
+        let fd = self
+            .kvm
+            .create_vm()
+            .map_err(HypervisorError::ioctl("KVM_CREATE_VM"))?;
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(HypervisorError::ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        Ok(KvmVm {
+            fd,
+            cpuid,
+            next_slot: 0,
+        })
+    }
+}
+
+/// A VM: its memory slots and vCPUs.
+pub struct KvmVm {
+    fd: VmFd,
+    cpuid: CpuId,
+    next_slot: u32,
+}
+
+/// Bits of CPUID leaf 1 ECX.
+const CPUID1_XSAVE: u32 = 1 << 26;
+const CPUID1_AVX: u32 = 1 << 28;
+
+impl KvmVm {
+    /// Backs guest-physical `[guest_addr, guest_addr + len)` with host memory at `host`.
+    ///
+    /// # Safety
+    /// `host..host + len` must be a mapping the caller keeps alive (and does not unmap or
+    /// remap) for as long as this VM exists; the guest may read and write it at any time.
+    pub unsafe fn map_memory(
+        &mut self,
+        guest_addr: u64,
+        host: *mut u8,
+        len: usize,
+    ) -> Result<(), HypervisorError> {
+        let region = kvm_userspace_memory_region {
+            slot: self.next_slot,
+            guest_phys_addr: guest_addr,
+            memory_size: len as u64,
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the caller guarantees the host range stays valid for the VM's lifetime.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(HypervisorError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        self.next_slot += 1;
+        Ok(())
+    }
+
+    fn cpuid_leaf1_ecx(&self) -> u32 {
+        self.cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 1)
+            .map_or(0, |e| e.ecx)
+    }
+
+    /// Creates vCPU `id`, in 64-bit mode at CPL 3 at `entry` with stack `stack` (the boot
+    /// tables of [`boot::write_boot_tables`] must be in guest memory).
+    pub fn create_vcpu(&self, id: u8, entry: u64, stack: u64) -> Result<KvmVcpu, HypervisorError> {
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(HypervisorError::ioctl("KVM_CREATE_VCPU"))?;
+        fd.set_cpuid2(&self.cpuid)
+            .map_err(HypervisorError::ioctl("KVM_SET_CPUID2"))?;
+        let mut sregs = fd
+            .get_sregs()
+            .map_err(HypervisorError::ioctl("KVM_GET_SREGS"))?;
+        let seg = |selector: u16, type_: u8, l: u8, db: u8| kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector,
+            type_,
+            present: 1,
+            dpl: (selector & 3) as u8,
+            db,
+            s: 1,
+            l,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        sregs.cs = seg(boot::USER_CS, 0xb, 1, 0);
+        let data = seg(boot::USER_DS, 0x3, 0, 1);
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        sregs.tr = kvm_segment {
+            base: boot::TSS_ADDR,
+            limit: 0x67,
+            selector: boot::TSS_SEL,
+            type_: 0xb,
+            present: 1,
+            ..Default::default()
+        };
+        sregs.gdt = kvm_dtable {
+            base: boot::GDT_ADDR,
+            limit: boot::GDT_LIMIT,
+            ..Default::default()
+        };
+        sregs.cr0 = boot::CR0;
+        sregs.cr3 = boot::PML4_ADDR;
+        let ecx = self.cpuid_leaf1_ecx();
+        let xsave = ecx & CPUID1_XSAVE != 0;
+        sregs.cr4 = boot::CR4_BASE | if xsave { boot::CR4_OSXSAVE } else { 0 };
+        sregs.efer = boot::EFER;
+        fd.set_sregs(&sregs)
+            .map_err(HypervisorError::ioctl("KVM_SET_SREGS"))?;
+        if xsave {
+            // x87 | SSE, plus AVX when present: the engine's kernels run in guest user mode.
+            let mut xcrs = kvm_xcrs {
+                nr_xcrs: 1,
+                ..Default::default()
+            };
+            xcrs.xcrs[0].value = if ecx & CPUID1_AVX != 0 { 0b111 } else { 0b11 };
+            fd.set_xcrs(&xcrs)
+                .map_err(HypervisorError::ioctl("KVM_SET_XCRS"))?;
+        }
+        let regs = kvm_regs {
+            rip: entry,
+            rsp: stack,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        fd.set_regs(&regs)
+            .map_err(HypervisorError::ioctl("KVM_SET_REGS"))?;
+        Ok(KvmVcpu { fd })
+    }
+}
+
+/// One KVM vCPU.
+pub struct KvmVcpu {
+    fd: VcpuFd,
+}
+
+impl Vcpu for KvmVcpu {
+    fn run(&mut self) -> Result<VmExit<'_>, HypervisorError> {
+        match self.fd.run() {
+            Ok(exit) => Ok(match exit {
+                VcpuExit::MmioRead(addr, data) => VmExit::MmioRead { addr, data },
+                VcpuExit::MmioWrite(addr, data) => VmExit::MmioWrite { addr, data },
+                VcpuExit::IoIn(port, data) => VmExit::IoIn { port, data },
+                VcpuExit::IoOut(port, data) => VmExit::IoOut { port, data },
+                VcpuExit::Hlt => VmExit::Halt,
+                VcpuExit::Shutdown => VmExit::Shutdown,
+                VcpuExit::Intr => VmExit::Interrupted,
+                VcpuExit::FailEntry(reason, _) => VmExit::FailEntry { reason },
+                VcpuExit::InternalError => VmExit::Other("internal error"),
+                VcpuExit::Exception => VmExit::Other("exception"),
+                _ => VmExit::Other("unexpected exit"),
+            }),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                Ok(VmExit::Interrupted)
+            }
+            Err(e) => Err(HypervisorError::Ioctl {
+                op: "KVM_RUN",
+                source: e,
+            }),
+        }
+    }
+
+    fn snapshot(&self) -> Result<RegisterSnapshot, HypervisorError> {
+        let r = self
+            .fd
+            .get_regs()
+            .map_err(HypervisorError::ioctl("KVM_GET_REGS"))?;
+        let s = self
+            .fd
+            .get_sregs()
+            .map_err(HypervisorError::ioctl("KVM_GET_SREGS"))?;
+        Ok(RegisterSnapshot {
+            rip: r.rip,
+            rsp: r.rsp,
+            rflags: r.rflags,
+            rax: r.rax,
+            cr2: s.cr2,
+            cpl: (s.cs.selector & 3) as u8,
+        })
+    }
+}

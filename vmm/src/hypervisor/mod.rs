@@ -1,0 +1,75 @@
+//! The hypervisor layer: the only code that talks to KVM. Devices, the exit handler and the
+//! vCPU loop see these small types and traits, so an arm64 or arm64-protected backend slots
+//! in beside `kvm_x86_64` without touching them.
+
+mod kvm_x86_64;
+pub mod x86_64_boot;
+
+pub use kvm_x86_64::{KvmHypervisor, KvmVcpu, KvmVm};
+
+/// Why the hypervisor could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// `/dev/kvm` is missing or unusable.
+    #[error(
+        "cannot use /dev/kvm ({0}): check that the CPU has virtualisation enabled, that a KVM \
+         module (kvm_intel, kvm_amd or kvm_pvm) is loaded, and that this user may read and \
+         write /dev/kvm (group kvm)"
+    )]
+    KvmUnavailable(#[source] kvm_ioctls::Error),
+    /// A KVM ioctl failed.
+    #[error("KVM {op} failed: {source}")]
+    Ioctl {
+        op: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+impl HypervisorError {
+    pub(crate) fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Self {
+        move |source| Self::Ioctl { op, source }
+    }
+}
+
+/// What made a vCPU stop running guest code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum VmExit<'a> {
+    /// The guest read an address no memory backs; fill `data` before running again.
+    MmioRead { addr: u64, data: &'a mut [u8] },
+    /// The guest wrote `data` to an address no memory backs.
+    MmioWrite { addr: u64, data: &'a [u8] },
+    /// `in` from a port; fill `data` before running again.
+    IoIn { port: u16, data: &'a mut [u8] },
+    /// `out` to a port.
+    IoOut { port: u16, data: &'a [u8] },
+    /// The vCPU executed `hlt` in ring 0.
+    Halt,
+    /// Triple fault or an explicit shutdown.
+    Shutdown,
+    /// The run was interrupted by a signal (the VMM kicking the vCPU).
+    Interrupted,
+    /// The hardware refused to enter the guest.
+    FailEntry { reason: u64 },
+    /// Any other exit, by name.
+    Other(&'static str),
+}
+
+/// Registers worth reporting when a guest fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegisterSnapshot {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+    pub rax: u64,
+    pub cr2: u64,
+    pub cpl: u8,
+}
+
+/// One virtual CPU, driven by one host thread.
+pub trait Vcpu: Send {
+    /// Runs guest code until the next exit.
+    fn run(&mut self) -> Result<VmExit<'_>, HypervisorError>;
+    /// The registers, for error reports.
+    fn snapshot(&self) -> Result<RegisterSnapshot, HypervisorError>;
+}

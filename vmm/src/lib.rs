@@ -1,0 +1,7 @@
+//! The FlexServe host: the VMM (hypervisor layer, devices, vCPU threads) and the pieces the
+//! `flexserve` binary is built from.
+
+pub mod devices;
+pub mod hypervisor;
+pub mod machine;
+pub mod vcpu_exit;

@@ -1,0 +1,267 @@
+//! A whole VM: guest memory laid out as the design says, the MMIO bus, and one host thread
+//! per vCPU, run until the guest exits, fails, or misses its deadline.
+
+use crate::devices::{Console, Control, MmioBus};
+use crate::hypervisor::x86_64_boot::{self, BOOT_TABLES_END};
+use crate::hypervisor::{HypervisorError, KvmHypervisor, KvmVcpu, KvmVm, RegisterSnapshot, Vcpu};
+use crate::vcpu_exit::{ExitAction, Stop, handle_exit};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// Guest-physical layout (x86_64).
+pub mod layout {
+    /// Boot region: boot tables, guest kernel, engine image, heap. Starts at 0.
+    pub const BOOT_BASE: u64 = 0;
+    /// MMIO window (no memory): one 4 KiB page per device.
+    pub const MMIO_BASE: u64 = 0xd000_0000;
+    pub const CONSOLE_BASE: u64 = MMIO_BASE;
+    pub const CONTROL_BASE: u64 = MMIO_BASE + 0x1000;
+    /// Shared window: virtqueues and bounce buffers, the only memory both sides touch.
+    pub const SHARED_BASE: u64 = 0x4000_0000;
+    pub const SHARED_SIZE: u64 = 32 << 20;
+    /// Reserved for the private pool (filled by the memory issue); not mapped yet.
+    pub const PRIVATE_BASE: u64 = 0x1_0000_0000;
+}
+
+/// How to build a machine.
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    /// Bytes of the boot region.
+    pub boot_size: usize,
+    /// How long the guest may run before it is stopped.
+    pub deadline: Duration,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            boot_size: 64 << 20,
+            deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where one vCPU starts.
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuStart {
+    pub entry: u64,
+    pub stack: u64,
+}
+
+/// How a VM run ended, when not with an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error("cannot allocate {size} bytes of guest memory: {reason}")]
+    Memory { size: usize, reason: String },
+    #[error("the image does not fit guest memory: {len} bytes at {addr:#x}")]
+    ImageOutOfBounds { addr: u64, len: usize },
+    #[error("vCPU {vcpu} triple-faulted (shutdown); registers: {regs:x?}")]
+    TripleFault { vcpu: usize, regs: RegisterSnapshot },
+    #[error(
+        "vCPU {vcpu} {} unbacked guest-physical address {addr:#x} (a wild pointer); registers: {regs:x?}",
+        if *.write { "wrote" } else { "read" }
+    )]
+    WildAccess {
+        vcpu: usize,
+        addr: u64,
+        write: bool,
+        regs: RegisterSnapshot,
+    },
+    #[error("the guest did not finish within {0:?} and was stopped")]
+    Timeout(Duration),
+    #[error("vCPU {vcpu} stopped: {what}; registers: {regs:x?}")]
+    Unhandled {
+        vcpu: usize,
+        what: String,
+        regs: RegisterSnapshot,
+    },
+}
+
+/// A VM ready to run.
+pub struct Machine {
+    // Field order matters: the VM (and its memory slots) goes before the memory it maps.
+    vm: KvmVm,
+    mem: GuestMemoryMmap,
+    bus: Arc<MmioBus>,
+    console: Arc<Console>,
+    config: MachineConfig,
+}
+
+impl Machine {
+    /// Creates the VM, its boot region and shared window, and the devices.
+    pub fn new(config: MachineConfig) -> Result<Self, VmError> {
+        let hv = KvmHypervisor::new()?;
+        let mut vm = hv.create_vm()?;
+        let ranges = [
+            (GuestAddress(layout::BOOT_BASE), config.boot_size),
+            (
+                GuestAddress(layout::SHARED_BASE),
+                layout::SHARED_SIZE as usize,
+            ),
+        ];
+        let size = config.boot_size + layout::SHARED_SIZE as usize;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmError::Memory {
+            size,
+            reason: e.to_string(),
+        })?;
+        for region in mem.iter() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|e| VmError::Memory {
+                    size,
+                    reason: e.to_string(),
+                })?;
+            // SAFETY: `mem` owns these mappings and lives in the same `Machine` as `vm`, which
+            // is dropped first (field order), so the ranges outlive the VM's use of them.
+            unsafe { vm.map_memory(region.start_addr().0, host, region.len() as usize)? };
+        }
+        let console = Arc::new(Console::default());
+        let mut bus = MmioBus::default();
+        bus.insert(layout::CONSOLE_BASE, 0x1000, console.clone())
+            .and_then(|()| bus.insert(layout::CONTROL_BASE, 0x1000, Arc::new(Control)))
+            .map_err(|e| VmError::Memory {
+                size: 0,
+                reason: e.to_string(),
+            })?;
+        let mut machine = Self {
+            vm,
+            mem,
+            bus: Arc::new(bus),
+            console,
+            config,
+        };
+        let mut tables = vec![0u8; BOOT_TABLES_END as usize];
+        x86_64_boot::write_boot_tables(&mut tables);
+        machine.load(0, &tables)?;
+        Ok(machine)
+    }
+
+    /// Copies `bytes` into guest memory at `addr`.
+    pub fn load(&mut self, addr: u64, bytes: &[u8]) -> Result<(), VmError> {
+        use vm_memory::Bytes;
+        self.mem
+            .write_slice(bytes, GuestAddress(addr))
+            .map_err(|_| VmError::ImageOutOfBounds {
+                addr,
+                len: bytes.len(),
+            })
+    }
+
+    /// The guest's console output so far.
+    pub fn console(&self) -> &Console {
+        &self.console
+    }
+
+    /// Runs one vCPU per entry in `starts` until the guest exits; returns its exit code.
+    pub fn run(&mut self, starts: &[VcpuStart]) -> Result<u32, VmError> {
+        let vcpus = starts
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.vm.create_vcpu(i as u8, s.entry, s.stack))
+            .collect::<Result<Vec<_>, _>>()?;
+        install_kick_handler();
+        let stopping = AtomicBool::new(false);
+        let threads: Vec<AtomicU64> = vcpus.iter().map(|_| AtomicU64::new(0)).collect();
+        let (tx, rx) = mpsc::channel();
+        let deadline = self.config.deadline;
+        let bus = &*self.bus;
+        std::thread::scope(|scope| {
+            for (i, vcpu) in vcpus.into_iter().enumerate() {
+                let (tx, stopping, tid) = (tx.clone(), &stopping, &threads[i]);
+                scope.spawn(move || {
+                    // SAFETY: pthread_self has no preconditions.
+                    tid.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+                    let outcome = vcpu_loop(vcpu, bus, stopping);
+                    // The receiver outlives every vCPU thread (it is dropped after the scope).
+                    let _ = tx.send((i, outcome));
+                });
+            }
+            drop(tx);
+            let start = Instant::now();
+            let first = rx.recv_timeout(deadline).ok();
+            stopping.store(true, Ordering::SeqCst);
+            // Kick every vCPU out of KVM_RUN until all have reported.
+            let mut reported = usize::from(first.is_some());
+            while reported < threads.len() {
+                for tid in &threads {
+                    let t = tid.load(Ordering::SeqCst);
+                    if t != 0 {
+                        // SAFETY: `t` is a thread of this scope, not yet joined (joining
+                        // happens when the scope ends), so the id is valid; the signal has
+                        // a handler installed that does nothing.
+                        unsafe { libc::pthread_kill(t as libc::pthread_t, kick_signal()) };
+                    }
+                }
+                if rx.recv_timeout(Duration::from_millis(10)).is_ok() {
+                    reported += 1;
+                }
+            }
+            match first {
+                None => Err(VmError::Timeout(start.elapsed())),
+                Some((vcpu, (stop, regs))) => outcome(vcpu, stop, regs),
+            }
+        })
+    }
+}
+
+fn outcome(vcpu: usize, stop: Stop, regs: RegisterSnapshot) -> Result<u32, VmError> {
+    match stop {
+        Stop::Exited(code) => Ok(code),
+        Stop::Shutdown => Err(VmError::TripleFault { vcpu, regs }),
+        Stop::WildAccess { addr, write } => Err(VmError::WildAccess {
+            vcpu,
+            addr,
+            write,
+            regs,
+        }),
+        Stop::Kicked => Err(VmError::Unhandled {
+            vcpu,
+            what: "interrupted".into(),
+            regs,
+        }),
+        Stop::Unhandled(what) => Err(VmError::Unhandled { vcpu, what, regs }),
+    }
+}
+
+/// Runs one vCPU until it stops; returns why, with its registers at that point.
+fn vcpu_loop(mut vcpu: KvmVcpu, bus: &MmioBus, stopping: &AtomicBool) -> (Stop, RegisterSnapshot) {
+    let stop = loop {
+        if stopping.load(Ordering::SeqCst) {
+            break Stop::Kicked;
+        }
+        let action = match vcpu.run() {
+            Ok(exit) => handle_exit(exit, bus),
+            Err(e) => ExitAction::Stop(Stop::Unhandled(e.to_string())),
+        };
+        match action {
+            ExitAction::Resume => {}
+            ExitAction::Stop(Stop::Kicked) if !stopping.load(Ordering::SeqCst) => {}
+            ExitAction::Stop(stop) => break stop,
+        }
+    };
+    (stop, vcpu.snapshot().unwrap_or_default())
+}
+
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// A no-op handler for the kick signal, so it interrupts KVM_RUN (EINTR) without killing
+/// the process.
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // A failure leaves the default action (terminate) in place; kicking would then end
+        // the process, so report it loudly rather than continue silently.
+        if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick) {
+            eprintln!("flexserve: cannot install the vCPU kick signal handler: {e}");
+        }
+    });
+}
