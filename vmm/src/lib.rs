@@ -2,6 +2,7 @@
 //! `flexserve` binary is built from.
 
 pub mod devices;
+pub mod elf_loader;
 pub mod hypervisor;
 pub mod machine;
 pub mod vcpu_exit;

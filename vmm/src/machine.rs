@@ -58,6 +58,8 @@ pub enum VmError {
     Hypervisor(#[from] HypervisorError),
     #[error("cannot allocate {size} bytes of guest memory: {reason}")]
     Memory { size: usize, reason: String },
+    #[error("invalid guest image: {0}")]
+    Elf(#[from] crate::elf_loader::ElfError),
     #[error("the image does not fit guest memory: {len} bytes at {addr:#x}")]
     ImageOutOfBounds { addr: u64, len: usize },
     #[error("vCPU {vcpu} triple-faulted (shutdown); registers: {regs:x?}")]
@@ -150,6 +152,24 @@ impl Machine {
                 addr,
                 len: bytes.len(),
             })
+    }
+
+    /// Loads a static ELF executable into the boot region (above the boot tables) and
+    /// returns its entry point.
+    pub fn load_elf(&mut self, image: &[u8]) -> Result<u64, VmError> {
+        let (base, size) = (
+            BOOT_TABLES_END,
+            self.config.boot_size as u64 - BOOT_TABLES_END,
+        );
+        let plan = crate::elf_loader::plan(image, crate::elf_loader::Machine::X86_64, base, size)?;
+        for seg in &plan.segments {
+            let bytes = &image[seg.file_offset..seg.file_offset + seg.file_size];
+            self.load(seg.addr, bytes)?;
+            // Zero the rest (.bss): a machine may load several images over time.
+            let zeros = vec![0u8; (seg.mem_size as usize).saturating_sub(seg.file_size)];
+            self.load(seg.addr + seg.file_size as u64, &zeros)?;
+        }
+        Ok(plan.entry)
     }
 
     /// The guest's console output so far.
