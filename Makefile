@@ -23,7 +23,7 @@ APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build
 
 PROMPT ?= Write a haiku about the sea.
 
-.PHONY: help setup setup-deps setup-bench models build test test-fast lint test-neon run \
+.PHONY: help setup setup-deps setup-bench models build image test test-fast lint test-neon run \
         bench-engine clean
 
 help:
@@ -32,6 +32,7 @@ help:
 	@echo "make setup         Debian packages, rustup targets, default model and its conversions"
 	@echo "make setup-bench   llama.cpp (llama-cpp-python) for fixtures and benchmarks"
 	@echo "make build         release build of every host binary"
+	@echo "make image         guest kernel + guest user programs (static ELFs)"
 	@echo "make bench-engine  engine vs llama.cpp, prefill/decode tokens/s (needs setup-bench)"
 
 # --- setup ------------------------------------------------------------------------------
@@ -93,9 +94,17 @@ FORCE:
 build:
 	$(CARGO) build --release --workspace
 
+# The guest kernel (x86_64-unknown-none, linked at 1 MiB) and the ring-3 test programs
+# (static, no C runtime). Outputs stay under target/ (git-ignored).
+image:
+	$(CARGO) build --release --quiet -p guest-kernel --features guest --target x86_64-unknown-none
+	$(CARGO) build --release --quiet -p guest-programs --features guest --bins
+
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
+	$(CARGO) clippy --release --quiet -p guest-kernel --features guest --target x86_64-unknown-none -- -D warnings
+	$(CARGO) clippy --release --quiet -p guest-programs --features guest --bins -- -D warnings
 
 test-fast:
 	FLEXSERVE_REQUIRE_MODELS=1 $(CARGO) test --workspace --quiet
@@ -105,7 +114,7 @@ test-neon:
 	$(CARGO) test -p inference-guest --target aarch64-unknown-linux-musl --quiet --test kernel_parity
 	$(CARGO) test -p inference-guest --target aarch64-unknown-linux-musl --quiet --lib -- quant
 
-test: models lint test-fast test-neon
+test: models image lint test-fast test-neon
 	@echo "make test: all checks passed"
 
 # --- run and bench ----------------------------------------------------------------------

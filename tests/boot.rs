@@ -5,7 +5,8 @@
 //! `FLEXSERVE_REQUIRE_KVM=1` (set by `.ci/run` when /dev/kvm exists), where they fail.
 
 use std::time::Duration;
-use vmm::machine::{Machine, MachineConfig, VcpuStart, VmError, layout};
+use vmm::hypervisor::{Ring, VcpuInit};
+use vmm::machine::{Machine, MachineConfig, VmError, layout};
 
 const CODE: u64 = 0x10000;
 const STACK: u64 = 0x20000;
@@ -47,9 +48,11 @@ const SPIN: [u8; 2] = [0xeb, 0xfe]; // jmp $
 fn run(code: &[u8], deadline: Duration) -> Option<(Result<u32, VmError>, Vec<String>)> {
     let mut m = machine(deadline)?;
     m.load(CODE, code).expect("load code");
-    let result = m.run(&[VcpuStart {
+    let result = m.run(&[VcpuInit {
         entry: CODE,
         stack: STACK,
+        ring: Ring::User,
+        args: [0; 2],
     }]);
     Some((result, m.console().lines()))
 }

@@ -1,4 +1,11 @@
-//! The tiny guest OS: boot, page tables, exception vectors, user-mode entry, a few syscalls.
+//! The tiny guest OS, the parts that are plain logic and testable on the host: the guest ABI
+//! shared with the VMM (MMIO addresses, syscall numbers, fault-report layout).
 //!
-//! Not built yet (issue 3). Empty on purpose so that nothing pretends to work.
+//! The kernel binary (`src/main.rs`, feature `guest`, target `x86_64-unknown-none`) is only
+//! exception vectors and a syscall gate: the VMM enters it once in ring 0, it installs its
+//! IDT and drops to the user program in ring 3, and from then on it runs only when the user
+//! program faults or calls it. Ring-0 code is emulated at ~1M instructions/s on the
+//! development machines, so it does as little as possible.
 #![no_std]
+
+pub mod abi;

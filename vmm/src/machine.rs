@@ -1,10 +1,13 @@
 //! A whole VM: guest memory laid out as the design says, the MMIO bus, and one host thread
 //! per vCPU, run until the guest exits, fails, or misses its deadline.
 
-use crate::devices::{Console, Control, MmioBus};
+use crate::devices::{Console, Control, FaultPage, FaultReport, MmioBus};
 use crate::hypervisor::x86_64_boot::{self, BOOT_TABLES_END};
-use crate::hypervisor::{HypervisorError, KvmHypervisor, KvmVcpu, KvmVm, RegisterSnapshot, Vcpu};
+use crate::hypervisor::{
+    HypervisorError, KvmHypervisor, KvmVcpu, KvmVm, RegisterSnapshot, Ring, Vcpu, VcpuInit,
+};
 use crate::vcpu_exit::{ExitAction, Stop, handle_exit};
+use guest_kernel::abi;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Once};
@@ -15,10 +18,13 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 pub mod layout {
     /// Boot region: boot tables, guest kernel, engine image, heap. Starts at 0.
     pub const BOOT_BASE: u64 = 0;
-    /// MMIO window (no memory): one 4 KiB page per device.
-    pub const MMIO_BASE: u64 = 0xd000_0000;
-    pub const CONSOLE_BASE: u64 = MMIO_BASE;
-    pub const CONTROL_BASE: u64 = MMIO_BASE + 0x1000;
+    /// MMIO window (no memory): one 4 KiB page per device, as the guest ABI says.
+    pub const MMIO_BASE: u64 = guest_kernel::abi::MMIO_BASE;
+    pub const CONSOLE_BASE: u64 = guest_kernel::abi::CONSOLE;
+    pub const CONTROL_BASE: u64 = guest_kernel::abi::CONTROL;
+    pub const FAULT_BASE: u64 = guest_kernel::abi::FAULT;
+    /// The user program's initial stack top (its image sits at 2 MiB).
+    pub const USER_STACK_TOP: u64 = 0x80_0000;
     /// Shared window: virtqueues and bounce buffers, the only memory both sides touch.
     pub const SHARED_BASE: u64 = 0x4000_0000;
     pub const SHARED_SIZE: u64 = 32 << 20;
@@ -44,13 +50,6 @@ impl Default for MachineConfig {
     }
 }
 
-/// Where one vCPU starts.
-#[derive(Clone, Copy, Debug)]
-pub struct VcpuStart {
-    pub entry: u64,
-    pub stack: u64,
-}
-
 /// How a VM run ended, when not with an exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -62,6 +61,24 @@ pub enum VmError {
     Elf(#[from] crate::elf_loader::ElfError),
     #[error("the image does not fit guest memory: {len} bytes at {addr:#x}")]
     ImageOutOfBounds { addr: u64, len: usize },
+    #[error(
+        "the user program raised {name} at rip {:#x} (error code {:#x}, faulting address {:#x}, rsp {:#x})",
+        report.rip, report.error_code, report.cr2, report.rsp
+    )]
+    UserException {
+        name: &'static str,
+        report: FaultReport,
+    },
+    #[error(
+        "the guest kernel raised {name} at rip {:#x} (faulting address {:#x})",
+        report.rip, report.cr2
+    )]
+    KernelException {
+        name: &'static str,
+        report: FaultReport,
+    },
+    #[error("the guest kernel panicked")]
+    KernelPanic,
     #[error("vCPU {vcpu} triple-faulted (shutdown); registers: {regs:x?}")]
     TripleFault { vcpu: usize, regs: RegisterSnapshot },
     #[error(
@@ -126,6 +143,7 @@ impl Machine {
         let mut bus = MmioBus::default();
         bus.insert(layout::CONSOLE_BASE, 0x1000, console.clone())
             .and_then(|()| bus.insert(layout::CONTROL_BASE, 0x1000, Arc::new(Control)))
+            .and_then(|()| bus.insert(layout::FAULT_BASE, 0x1000, Arc::new(FaultPage::default())))
             .map_err(|e| VmError::Memory {
                 size: 0,
                 reason: e.to_string(),
@@ -177,12 +195,30 @@ impl Machine {
         &self.console
     }
 
-    /// Runs one vCPU per entry in `starts` until the guest exits; returns its exit code.
-    pub fn run(&mut self, starts: &[VcpuStart]) -> Result<u32, VmError> {
-        let vcpus = starts
+    /// Boots the guest kernel image, which drops to the user program image in ring 3, and
+    /// runs it to the end; returns the user program's exit code.
+    pub fn boot(&mut self, kernel: &[u8], user: &[u8]) -> Result<u32, VmError> {
+        let kernel_entry = self.load_elf(kernel)?;
+        let user_entry = self.load_elf(user)?;
+        // The TSS's rsp0: where the CPU switches stacks when user code traps to the kernel.
+        self.load(
+            x86_64_boot::TSS_ADDR + 4,
+            &abi::KERNEL_STACK_TOP.to_le_bytes(),
+        )?;
+        self.run(&[VcpuInit {
+            entry: kernel_entry,
+            stack: abi::KERNEL_STACK_TOP,
+            ring: Ring::Kernel,
+            args: [user_entry, layout::USER_STACK_TOP],
+        }])
+    }
+
+    /// Runs one vCPU per entry in `inits` until the guest exits; returns its exit code.
+    pub fn run(&mut self, inits: &[VcpuInit]) -> Result<u32, VmError> {
+        let vcpus = inits
             .iter()
             .enumerate()
-            .map(|(i, s)| self.vm.create_vcpu(i as u8, s.entry, s.stack))
+            .map(|(i, init)| self.vm.create_vcpu(i as u8, init))
             .collect::<Result<Vec<_>, _>>()?;
         install_kick_handler();
         let stopping = AtomicBool::new(false);
@@ -232,6 +268,15 @@ impl Machine {
 fn outcome(vcpu: usize, stop: Stop, regs: RegisterSnapshot) -> Result<u32, VmError> {
     match stop {
         Stop::Exited(code) => Ok(code),
+        Stop::GuestFault(report) if report.vector == 0xff => Err(VmError::KernelPanic),
+        Stop::GuestFault(report) => {
+            let name = abi::exception_name(report.vector);
+            if report.cs & 3 == 3 {
+                Err(VmError::UserException { name, report })
+            } else {
+                Err(VmError::KernelException { name, report })
+            }
+        }
         Stop::Shutdown => Err(VmError::TripleFault { vcpu, regs }),
         Stop::WildAccess { addr, write } => Err(VmError::WildAccess {
             vcpu,

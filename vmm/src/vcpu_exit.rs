@@ -1,7 +1,7 @@
 //! What the VMM does with each vCPU exit: a pure function of the exit and the bus, so unit
 //! tests drive it with synthetic exits and no VM.
 
-use crate::devices::{DeviceEvent, MmioBus};
+use crate::devices::{DeviceEvent, FaultReport, MmioBus};
 use crate::hypervisor::VmExit;
 
 /// Why a vCPU stopped for good.
@@ -9,6 +9,8 @@ use crate::hypervisor::VmExit;
 pub enum Stop {
     /// The guest asked to exit with this code.
     Exited(u32),
+    /// The guest kernel reported an exception.
+    GuestFault(FaultReport),
     /// Triple fault (or explicit shutdown).
     Shutdown,
     /// An access to guest-physical `addr`, which neither memory nor a device backs.
@@ -32,6 +34,7 @@ pub fn handle_exit(exit: VmExit<'_>, bus: &MmioBus) -> ExitAction {
         VmExit::MmioWrite { addr, data } => match bus.find(addr) {
             Some((dev, offset)) => match dev.write(offset, data) {
                 Some(DeviceEvent::Exit(code)) => ExitAction::Stop(Stop::Exited(code)),
+                Some(DeviceEvent::Fault(report)) => ExitAction::Stop(Stop::GuestFault(report)),
                 None => ExitAction::Resume,
             },
             None => ExitAction::Stop(Stop::WildAccess { addr, write: true }),

@@ -2,9 +2,11 @@
 
 mod console;
 mod control;
+mod fault;
 
 pub use console::Console;
 pub use control::Control;
+pub use fault::{FaultPage, FaultReport};
 
 use std::sync::Arc;
 
@@ -13,6 +15,8 @@ use std::sync::Arc;
 pub enum DeviceEvent {
     /// The guest asked to stop with this exit code.
     Exit(u32),
+    /// The guest kernel reported an exception it cannot handle.
+    Fault(FaultReport),
 }
 
 /// A device reached through guest memory-mapped I/O.

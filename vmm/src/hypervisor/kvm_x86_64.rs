@@ -1,7 +1,7 @@
 //! The KVM backend for x86_64 hosts.
 
 use super::x86_64_boot as boot;
-use super::{HypervisorError, RegisterSnapshot, Vcpu, VmExit};
+use super::{HypervisorError, RegisterSnapshot, Ring, Vcpu, VcpuInit, VmExit};
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, kvm_dtable, kvm_regs, kvm_segment, kvm_userspace_memory_region,
     kvm_xcrs,
@@ -84,9 +84,9 @@ impl KvmVm {
             .map_or(0, |e| e.ecx)
     }
 
-    /// Creates vCPU `id`, in 64-bit mode at CPL 3 at `entry` with stack `stack` (the boot
-    /// tables of [`boot::write_boot_tables`] must be in guest memory).
-    pub fn create_vcpu(&self, id: u8, entry: u64, stack: u64) -> Result<KvmVcpu, HypervisorError> {
+    /// Creates vCPU `id` in 64-bit mode as `init` says (the boot tables of
+    /// [`boot::write_boot_tables`] must be in guest memory).
+    pub fn create_vcpu(&self, id: u8, init: &VcpuInit) -> Result<KvmVcpu, HypervisorError> {
         let fd = self
             .fd
             .create_vcpu(u64::from(id))
@@ -111,8 +111,12 @@ impl KvmVm {
             unusable: 0,
             padding: 0,
         };
-        sregs.cs = seg(boot::USER_CS, 0xb, 1, 0);
-        let data = seg(boot::USER_DS, 0x3, 0, 1);
+        let (cs, ds) = match init.ring {
+            Ring::Kernel => (boot::KERNEL_CS, boot::KERNEL_DS),
+            Ring::User => (boot::USER_CS, boot::USER_DS),
+        };
+        sregs.cs = seg(cs, 0xb, 1, 0);
+        let data = seg(ds, 0x3, 0, 1);
         (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
         sregs.tr = kvm_segment {
             base: boot::TSS_ADDR,
@@ -146,8 +150,10 @@ impl KvmVm {
                 .map_err(HypervisorError::ioctl("KVM_SET_XCRS"))?;
         }
         let regs = kvm_regs {
-            rip: entry,
-            rsp: stack,
+            rip: init.entry,
+            rsp: init.stack,
+            rdi: init.args[0],
+            rsi: init.args[1],
             rflags: 0x2,
             ..Default::default()
         };

@@ -66,6 +66,25 @@ pub struct RegisterSnapshot {
     pub cpl: u8,
 }
 
+/// The privilege level a vCPU starts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ring {
+    /// Ring 0 / EL1: the guest kernel's entry.
+    Kernel,
+    /// Ring 3 / EL0: straight into a user program.
+    User,
+}
+
+/// Where and how a vCPU starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuInit {
+    pub entry: u64,
+    pub stack: u64,
+    pub ring: Ring,
+    /// The first two argument registers (rdi, rsi on x86_64).
+    pub args: [u64; 2],
+}
+
 /// One virtual CPU, driven by one host thread.
 pub trait Vcpu: Send {
     /// Runs guest code until the next exit.

@@ -1,0 +1,59 @@
+//! The contract between the guest kernel, its user program and the VMM.
+
+/// Guest-physical (= virtual, identity-mapped) MMIO pages.
+pub const MMIO_BASE: u64 = 0xd000_0000;
+/// Console: a byte written at offset 0 is one character of guest output.
+pub const CONSOLE: u64 = MMIO_BASE;
+/// Control: a u32 written at offset 0 ends the VM with that exit code.
+pub const CONTROL: u64 = MMIO_BASE + 0x1000;
+/// Fault report: the kernel writes `FaultReport` fields as u64 at `8 * index`, then any value
+/// to `FAULT_COMMIT`, which stops the VM with the report.
+pub const FAULT: u64 = MMIO_BASE + 0x2000;
+pub const FAULT_COMMIT: u64 = 0x800;
+
+/// Fields of a fault report, by u64 index.
+pub mod fault {
+    pub const VECTOR: u64 = 0;
+    pub const ERROR_CODE: u64 = 1;
+    pub const RIP: u64 = 2;
+    pub const CS: u64 = 3;
+    pub const RFLAGS: u64 = 4;
+    pub const RSP: u64 = 5;
+    pub const CR2: u64 = 6;
+    pub const RAX: u64 = 7;
+    pub const COUNT: u64 = 8;
+}
+
+/// Syscall numbers (in `rax` at the `ud2` gate; arguments in `rdi`, `rsi`).
+pub mod syscall {
+    /// `write(ptr, len)`: log bytes on the console.
+    pub const WRITE: u64 = 1;
+    /// `exit(code)`: end the VM with `code`.
+    pub const EXIT: u64 = 2;
+}
+
+/// Where the kernel's stack ends (grows down), below the 2 MiB user area.
+pub const KERNEL_STACK_TOP: u64 = 0x1f_f000;
+
+/// x86 exception names, for reports.
+pub fn exception_name(vector: u64) -> &'static str {
+    match vector {
+        0 => "divide error (#DE)",
+        1 => "debug (#DB)",
+        3 => "breakpoint (#BP)",
+        4 => "overflow (#OF)",
+        5 => "bound range (#BR)",
+        6 => "invalid opcode (#UD)",
+        7 => "device not available (#NM)",
+        8 => "double fault (#DF)",
+        10 => "invalid TSS (#TS)",
+        11 => "segment not present (#NP)",
+        12 => "stack fault (#SS)",
+        13 => "general protection (#GP)",
+        14 => "page fault (#PF)",
+        16 => "x87 floating point (#MF)",
+        17 => "alignment check (#AC)",
+        19 => "SIMD floating point (#XM)",
+        _ => "exception",
+    }
+}

@@ -1,0 +1,84 @@
+//! Boots the real guest kernel (`make image`) with small user programs under /dev/kvm.
+//!
+//! Skips with a visible message when /dev/kvm or the images are missing, unless
+//! `FLEXSERVE_REQUIRE_KVM=1` (set by `.ci/run` when /dev/kvm exists), where it fails.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use vmm::machine::{Machine, MachineConfig, VmError};
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+fn required() -> bool {
+    std::env::var("FLEXSERVE_REQUIRE_KVM").as_deref() == Ok("1")
+}
+
+/// Boots `program` under the guest kernel; `None` (after saying why) when it cannot run here.
+fn boot(program: &str) -> Option<(Result<u32, VmError>, Vec<String>)> {
+    let kernel = target_dir().join("x86_64-unknown-none/release/flexserve-guest-kernel");
+    let user = target_dir().join("release").join(program);
+    let missing = [&kernel, &user].into_iter().find(|p| !p.exists());
+    if !std::path::Path::new("/dev/kvm").exists() || missing.is_some() {
+        assert!(
+            !required(),
+            "cannot boot guests: /dev/kvm or {missing:?} missing (run `make image`)"
+        );
+        eprintln!("SKIPPED: /dev/kvm or guest images missing ({missing:?}); run `make image`");
+        return None;
+    }
+    let (kernel, user) = (std::fs::read(kernel).ok()?, std::fs::read(user).ok()?);
+    let config = MachineConfig {
+        deadline: Duration::from_secs(20),
+        ..MachineConfig::default()
+    };
+    let mut m = Machine::new(config).expect("create VM");
+    let result = m.boot(&kernel, &user);
+    Some((result, m.console().lines()))
+}
+
+#[test]
+fn user_program_prints_through_the_syscall_and_exits_with_7() {
+    let Some((result, lines)) = boot("exit7") else {
+        return;
+    };
+    assert_eq!(result.expect("clean exit"), 7);
+    assert_eq!(lines, ["hello from guest user mode"]);
+}
+
+#[test]
+fn user_divide_by_zero_is_reported_as_such() {
+    let Some((result, _)) = boot("divzero") else {
+        return;
+    };
+    match result {
+        Err(VmError::UserException { report, name }) => {
+            assert_eq!(report.vector, 0, "{name}");
+            assert_eq!(report.cs & 3, 3);
+            assert!(
+                report.rip >= 0x20_0000,
+                "rip {:#x} is in the user program",
+                report.rip
+            );
+        }
+        other => panic!("expected a user divide error, got {other:?}"),
+    }
+}
+
+#[test]
+fn user_wild_pointer_is_a_page_fault_with_its_address() {
+    let Some((result, _)) = boot("wildptr") else {
+        return;
+    };
+    match result {
+        Err(VmError::UserException { report, .. }) => {
+            assert_eq!(report.vector, 14);
+            assert_eq!(report.cr2, 0x7fff_dead_0000);
+            assert_eq!(report.error_code & 4, 4, "user-mode access");
+        }
+        other => panic!("expected a user page fault, got {other:?}"),
+    }
+}
