@@ -52,7 +52,7 @@ fn run(code: &[u8], deadline: Duration) -> Option<(Result<u32, VmError>, Vec<Str
         entry: CODE,
         stack: STACK,
         ring: Ring::User,
-        args: [0; 2],
+        args: [0; 3],
     }]);
     Some((result, m.console().lines()))
 }

@@ -18,7 +18,7 @@ fn required() -> bool {
 }
 
 /// Boots `program` under the guest kernel; `None` (after saying why) when it cannot run here.
-fn boot(program: &str) -> Option<(Result<u32, VmError>, Vec<String>)> {
+fn boot(program: &str, vcpus: u8) -> Option<(Result<u32, VmError>, Vec<String>)> {
     let kernel = target_dir().join("x86_64-unknown-none/release/flexserve-guest-kernel");
     let user = target_dir().join("release").join(program);
     let missing = [&kernel, &user].into_iter().find(|p| !p.exists());
@@ -36,13 +36,13 @@ fn boot(program: &str) -> Option<(Result<u32, VmError>, Vec<String>)> {
         ..MachineConfig::default()
     };
     let mut m = Machine::new(config).expect("create VM");
-    let result = m.boot(&kernel, &user);
+    let result = m.boot(&kernel, &user, vcpus);
     Some((result, m.console().lines()))
 }
 
 #[test]
 fn user_program_prints_through_the_syscall_and_exits_with_7() {
-    let Some((result, lines)) = boot("exit7") else {
+    let Some((result, lines)) = boot("exit7", 1) else {
         return;
     };
     assert_eq!(result.expect("clean exit"), 7);
@@ -51,7 +51,7 @@ fn user_program_prints_through_the_syscall_and_exits_with_7() {
 
 #[test]
 fn user_divide_by_zero_is_reported_as_such() {
-    let Some((result, _)) = boot("divzero") else {
+    let Some((result, _)) = boot("divzero", 1) else {
         return;
     };
     match result {
@@ -70,7 +70,7 @@ fn user_divide_by_zero_is_reported_as_such() {
 
 #[test]
 fn user_wild_pointer_is_a_page_fault_with_its_address() {
-    let Some((result, _)) = boot("wildptr") else {
+    let Some((result, _)) = boot("wildptr", 1) else {
         return;
     };
     match result {
@@ -81,4 +81,61 @@ fn user_wild_pointer_is_a_page_fault_with_its_address() {
         }
         other => panic!("expected a user page fault, got {other:?}"),
     }
+}
+
+#[test]
+fn both_vcpus_run_user_code_at_the_same_time() {
+    // Each vCPU waits for the other to start before it computes, so a VM that ran them one
+    // after the other would time out instead of printing both checksums.
+    let Some((result, lines)) = boot("pair", 2) else {
+        return;
+    };
+    assert_eq!(result.expect("clean exit"), 42);
+    let expect = |vcpu: u64| {
+        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ vcpu;
+        for i in 0..1_000_000u64 {
+            h = (h ^ (i * (vcpu + 1))).wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("vcpu{vcpu} {h:#018x}")
+    };
+    let mut lines = lines;
+    lines.sort();
+    assert_eq!(lines, [expect(0), expect(1)]);
+}
+
+#[test]
+fn avx2_fma_in_guest_user_mode_matches_the_host() {
+    if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+        eprintln!("SKIPPED: this host has no AVX2/FMA");
+        return;
+    }
+    let Some((result, lines)) = boot("avxdot", 1) else {
+        return;
+    };
+    assert_eq!(result.expect("clean exit"), 0);
+    // SAFETY: AVX2 and FMA were detected above.
+    let host = unsafe { guest_programs::avx::dot_bits() };
+    assert_eq!(lines, [format!("avxdot {:#018x}", u64::from(host))]);
+}
+
+#[test]
+fn spinning_guest_is_stopped_at_the_deadline() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return;
+    }
+    let kernel = target_dir().join("x86_64-unknown-none/release/flexserve-guest-kernel");
+    let user = target_dir().join("release/spin");
+    let (Ok(kernel), Ok(user)) = (std::fs::read(kernel), std::fs::read(user)) else {
+        assert!(!required(), "guest images missing: run `make image`");
+        return;
+    };
+    let config = MachineConfig {
+        deadline: Duration::from_millis(500),
+        ..MachineConfig::default()
+    };
+    let mut m = Machine::new(config).expect("create VM");
+    assert!(matches!(
+        m.boot(&kernel, &user, 2),
+        Err(VmError::Timeout(_))
+    ));
 }

@@ -2,7 +2,7 @@
 
 /// Guest-physical (= virtual, identity-mapped) MMIO pages.
 pub const MMIO_BASE: u64 = 0xd000_0000;
-/// Console: a byte written at offset 0 is one character of guest output.
+/// Console: a byte written at offset `8 * i` is one character of vCPU `i`'s output.
 pub const CONSOLE: u64 = MMIO_BASE;
 /// Control: a u32 written at offset 0 ends the VM with that exit code.
 pub const CONTROL: u64 = MMIO_BASE + 0x1000;
@@ -32,8 +32,12 @@ pub mod syscall {
     pub const EXIT: u64 = 2;
 }
 
-/// Where the kernel's stack ends (grows down), below the 2 MiB user area.
+/// Where vCPU 0's kernel stack ends (grows down), below the 2 MiB user area; vCPU `i`'s
+/// ends `i * KERNEL_STACK_SIZE` lower.
 pub const KERNEL_STACK_TOP: u64 = 0x1f_f000;
+pub const KERNEL_STACK_SIZE: u64 = 0x8000;
+/// vCPUs the kernel has per-CPU state for.
+pub const MAX_VCPUS: usize = 8;
 
 /// x86 exception names, for reports.
 pub fn exception_name(vector: u64) -> &'static str {

@@ -4,6 +4,9 @@
 
 use guest_kernel::abi::syscall;
 
+#[cfg(all(target_arch = "x86_64", feature = "guest"))]
+mod mem;
+
 /// Calls the guest kernel: `ud2` with the number in `rax` and arguments in `rdi`, `rsi`.
 #[cfg(target_arch = "x86_64")]
 pub fn syscall2(number: u64, a: u64, b: u64) -> u64 {
@@ -22,6 +25,22 @@ pub fn print(s: &str) {
     syscall2(syscall::WRITE, s.as_ptr() as u64, s.len() as u64);
 }
 
+/// Logs `label` followed by `value` in hex and a newline.
+#[cfg(target_arch = "x86_64")]
+pub fn print_hex(label: &str, value: u64) {
+    let mut buf = [0u8; 19];
+    buf[0] = b'0';
+    buf[1] = b'x';
+    for i in 0..16 {
+        let nibble = (value >> (60 - 4 * i)) & 0xf;
+        buf[2 + i] = b"0123456789abcdef"[nibble as usize];
+    }
+    buf[18] = b'\n';
+    print(label);
+    // The buffer holds ASCII only.
+    print(core::str::from_utf8(&buf).unwrap_or("?\n"));
+}
+
 /// Ends the VM with `code`.
 #[cfg(target_arch = "x86_64")]
 pub fn exit(code: u32) -> ! {
@@ -37,4 +56,40 @@ pub fn exit(code: u32) -> ! {
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     print("guest program panicked\n");
     exit(101)
+}
+
+/// The AVX2 + FMA computation shared by the `avxdot` program and the host test.
+#[cfg(target_arch = "x86_64")]
+pub mod avx {
+    use core::arch::x86_64::*;
+
+    /// Deterministic inputs (exact in f32).
+    pub fn inputs() -> ([f32; 1024], [f32; 1024]) {
+        let mut x = [0.0f32; 1024];
+        let mut y = [0.0f32; 1024];
+        for i in 0..1024 {
+            x[i] = (i % 17) as f32 * 0.125 - 1.0;
+            y[i] = (i % 13) as f32 * 0.25 + 0.5;
+        }
+        (x, y)
+    }
+
+    /// The f32 bits of Σ x·y computed with 8-lane FMAs and a fixed reduction order.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_bits() -> u32 {
+        let (x, y) = inputs();
+        let mut acc = _mm256_setzero_ps();
+        for (xs, ys) in x.chunks_exact(8).zip(y.chunks_exact(8)) {
+            // SAFETY: each chunk is exactly 8 f32s; loadu has no alignment requirement.
+            let (a, b) = unsafe { (_mm256_loadu_ps(xs.as_ptr()), _mm256_loadu_ps(ys.as_ptr())) };
+            acc = _mm256_fmadd_ps(a, b, acc);
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` is 8 writable f32s.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        lanes.iter().fold(0.0f32, |s, &v| s + v).to_bits()
+    }
 }

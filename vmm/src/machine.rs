@@ -23,8 +23,10 @@ pub mod layout {
     pub const CONSOLE_BASE: u64 = guest_kernel::abi::CONSOLE;
     pub const CONTROL_BASE: u64 = guest_kernel::abi::CONTROL;
     pub const FAULT_BASE: u64 = guest_kernel::abi::FAULT;
-    /// The user program's initial stack top (its image sits at 2 MiB).
-    pub const USER_STACK_TOP: u64 = 0x80_0000;
+    /// The user threads' stacks: vCPU `i`'s ends at `USER_STACK_TOP - i * USER_STACK_SIZE`
+    /// (the program image sits at 2 MiB).
+    pub const USER_STACK_TOP: u64 = 0x100_0000;
+    pub const USER_STACK_SIZE: u64 = 0x10_0000;
     /// Shared window: virtqueues and bounce buffers, the only memory both sides touch.
     pub const SHARED_BASE: u64 = 0x4000_0000;
     pub const SHARED_SIZE: u64 = 32 << 20;
@@ -195,22 +197,29 @@ impl Machine {
         &self.console
     }
 
-    /// Boots the guest kernel image, which drops to the user program image in ring 3, and
-    /// runs it to the end; returns the user program's exit code.
-    pub fn boot(&mut self, kernel: &[u8], user: &[u8]) -> Result<u32, VmError> {
+    /// Boots the guest kernel image on `vcpus` vCPUs; each drops to the user program image
+    /// in ring 3 (one user thread per vCPU, told its index). Returns the exit code.
+    pub fn boot(&mut self, kernel: &[u8], user: &[u8], vcpus: u8) -> Result<u32, VmError> {
         let kernel_entry = self.load_elf(kernel)?;
         let user_entry = self.load_elf(user)?;
-        // The TSS's rsp0: where the CPU switches stacks when user code traps to the kernel.
-        self.load(
-            x86_64_boot::TSS_ADDR + 4,
-            &abi::KERNEL_STACK_TOP.to_le_bytes(),
-        )?;
-        self.run(&[VcpuInit {
-            entry: kernel_entry,
-            stack: abi::KERNEL_STACK_TOP,
-            ring: Ring::Kernel,
-            args: [user_entry, layout::USER_STACK_TOP],
-        }])
+        let inits = (0..vcpus)
+            .map(|id| {
+                let kernel_stack = abi::KERNEL_STACK_TOP - abi::KERNEL_STACK_SIZE * u64::from(id);
+                // The TSS's rsp0: where the CPU switches stacks when user code traps.
+                self.load(x86_64_boot::tss_addr(id) + 4, &kernel_stack.to_le_bytes())?;
+                Ok(VcpuInit {
+                    entry: kernel_entry,
+                    stack: kernel_stack,
+                    ring: Ring::Kernel,
+                    args: [
+                        user_entry,
+                        layout::USER_STACK_TOP - layout::USER_STACK_SIZE * u64::from(id),
+                        u64::from(id),
+                    ],
+                })
+            })
+            .collect::<Result<Vec<_>, VmError>>()?;
+        self.run(&inits)
     }
 
     /// Runs one vCPU per entry in `inits` until the guest exits; returns its exit code.

@@ -3,6 +3,7 @@
 
 use core::arch::asm;
 use core::cell::UnsafeCell;
+use guest_kernel::abi::MAX_VCPUS;
 
 const VECTORS: usize = 22;
 const KERNEL_CS: u64 = 0x08;
@@ -12,10 +13,12 @@ const GATE: u64 = 0x8e;
 #[repr(C, align(16))]
 struct Idt(UnsafeCell<[u64; 2 * VECTORS]>);
 
-// SAFETY: written once by the boot vCPU before any other code runs, read only by the CPU.
+// SAFETY: each vCPU writes only its own table, once, before it leaves ring 0; afterwards
+// only the CPU reads it.
 unsafe impl Sync for Idt {}
 
-static IDT: Idt = Idt(UnsafeCell::new([0; 2 * VECTORS]));
+/// One table per vCPU, so no vCPU ever writes a table another is using.
+static IDTS: [Idt; MAX_VCPUS] = [const { Idt(UnsafeCell::new([0; 2 * VECTORS])) }; MAX_VCPUS];
 
 unsafe extern "C" {
     fn flexserve_vector_0();
@@ -42,8 +45,8 @@ unsafe extern "C" {
     fn flexserve_vector_21();
 }
 
-/// Fills the IDT and loads it.
-pub fn install() {
+/// Fills vCPU `vcpu`'s IDT and loads it.
+pub fn install(vcpu: usize) {
     let handlers: [unsafe extern "C" fn(); VECTORS] = [
         flexserve_vector_0,
         flexserve_vector_1,
@@ -68,12 +71,12 @@ pub fn install() {
         flexserve_vector_20,
         flexserve_vector_21,
     ];
-    let table = IDT.0.get();
+    let table = IDTS[vcpu.min(MAX_VCPUS - 1)].0.get();
     for (i, h) in handlers.iter().enumerate() {
         let addr = *h as usize as u64;
         let low =
             (addr & 0xffff) | (KERNEL_CS << 16) | (GATE << 40) | ((addr >> 16 & 0xffff) << 48);
-        // SAFETY: only this function writes the table, once, before interrupts can occur.
+        // SAFETY: only this vCPU writes this table, once, before it can take an exception.
         unsafe {
             (*table)[2 * i] = low;
             (*table)[2 * i + 1] = addr >> 32;

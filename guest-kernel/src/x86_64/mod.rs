@@ -124,8 +124,8 @@ const USER_SS: u64 = 0x1b;
 /// RFLAGS for user mode: reserved bit 1 only (interrupts stay off).
 const USER_RFLAGS: u64 = 0x2;
 
-extern "C" fn kernel_main(user_entry: u64, user_stack: u64) -> ! {
-    idt::install();
+extern "C" fn kernel_main(user_entry: u64, user_stack: u64, vcpu: u64) -> ! {
+    idt::install(vcpu as usize);
     // SAFETY: the selectors name the VMM's DPL-3 segments and the entry/stack were loaded
     // by the VMM into identity-mapped user pages; iretq switches to ring 3 for good.
     unsafe {
@@ -135,12 +135,14 @@ extern "C" fn kernel_main(user_entry: u64, user_stack: u64) -> ! {
             "push {rflags}",
             "push {cs}",
             "push {rip}",
+            "mov rdi, {vcpu}",
             "iretq",
             ss = in(reg) USER_SS,
             rsp = in(reg) user_stack,
             rflags = in(reg) USER_RFLAGS,
             cs = in(reg) USER_CS,
             rip = in(reg) user_entry,
+            vcpu = in(reg) vcpu,
             options(noreturn)
         )
     }
@@ -178,7 +180,7 @@ fn handle_syscall(f: &mut Frame) {
             for i in 0..len {
                 // SAFETY: [ptr, ptr + len) is inside the identity-mapped range (checked).
                 let b = unsafe { core::ptr::read_volatile((ptr + i) as *const u8) };
-                mmio::write_u8(abi::CONSOLE, b);
+                mmio::write_u8(abi::CONSOLE + 8 * this_vcpu(), b);
             }
             f.rax = len;
         }
@@ -188,6 +190,16 @@ fn handle_syscall(f: &mut Frame) {
         }
         _ => f.rax = u64::MAX,
     }
+}
+
+/// This vCPU's index, from which kernel stack it is running on (each vCPU has its own,
+/// `KERNEL_STACK_SIZE` apart below `KERNEL_STACK_TOP`).
+fn this_vcpu() -> u64 {
+    let rsp: u64;
+    // SAFETY: reading rsp has no side effects.
+    unsafe { asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack)) };
+    (abi::KERNEL_STACK_TOP.saturating_sub(rsp) / abi::KERNEL_STACK_SIZE)
+        .min(abi::MAX_VCPUS as u64 - 1)
 }
 
 /// Sends the fault to the VMM, which stops the VM.

@@ -1,4 +1,6 @@
-//! The guest console: bytes written to offset 0 become host log lines with a prefix.
+//! The guest console: bytes written at offset `8 * i` are vCPU `i`'s output; each vCPU's
+//! bytes are assembled into lines separately (so concurrent writers never interleave within
+//! a line) and logged on the host with a prefix.
 
 use super::{DeviceEvent, MmioDevice};
 use std::sync::Mutex;
@@ -13,9 +15,12 @@ pub struct Console {
     state: Mutex<ConsoleState>,
 }
 
+/// Writers the console keeps separate lines for (one per vCPU).
+const STREAMS: usize = 8;
+
 #[derive(Default)]
 struct ConsoleState {
-    line: Vec<u8>,
+    line: [Vec<u8>; STREAMS],
     lines: Vec<String>,
 }
 
@@ -29,17 +34,19 @@ impl Console {
             .clone()
     }
 
-    fn push(&self, bytes: &[u8]) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    fn push(&self, stream: usize, bytes: &[u8]) {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &mut *guard;
+        let buf = &mut s.line[stream];
         for &b in bytes {
             if b != b'\n' {
-                s.line.push(b);
+                buf.push(b);
             }
-            if b == b'\n' || s.line.len() >= MAX_LINE {
-                let line = String::from_utf8_lossy(&s.line).into_owned();
+            if b == b'\n' || buf.len() >= MAX_LINE {
+                let line = String::from_utf8_lossy(buf).into_owned();
                 eprintln!("[guest] {line}");
                 s.lines.push(line);
-                s.line.clear();
+                buf.clear();
             }
         }
     }
@@ -51,8 +58,9 @@ impl MmioDevice for Console {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Option<DeviceEvent> {
-        if offset == 0 {
-            self.push(data);
+        let stream = (offset / 8) as usize;
+        if offset.is_multiple_of(8) && stream < STREAMS {
+            self.push(stream, data);
         }
         None
     }
@@ -67,9 +75,13 @@ mod tests {
         let c = Console::default();
         c.write(0, b"hel");
         c.write(0, b"lo\nwor");
-        c.write(8, b"ignored\n");
+        c.write(3, b"ignored\n");
         assert_eq!(c.lines(), ["hello"]);
+        c.write(8, b"other ");
+        c.write(0, b"ld\n");
+        c.write(8, b"vcpu\n");
+        assert_eq!(c.lines(), ["hello", "world", "other vcpu"]);
         c.write(0, &vec![b'x'; MAX_LINE + 1]);
-        assert_eq!(c.lines().len(), 2);
+        assert_eq!(c.lines().len(), 4);
     }
 }

@@ -118,10 +118,15 @@ impl KvmVm {
         sregs.cs = seg(cs, 0xb, 1, 0);
         let data = seg(ds, 0x3, 0, 1);
         (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        if usize::from(id) >= boot::MAX_VCPUS {
+            return Err(HypervisorError::TooManyVcpus {
+                max: boot::MAX_VCPUS,
+            });
+        }
         sregs.tr = kvm_segment {
-            base: boot::TSS_ADDR,
+            base: boot::tss_addr(id),
             limit: 0x67,
-            selector: boot::TSS_SEL,
+            selector: boot::TSS_SEL + 16 * u16::from(id),
             type_: 0xb,
             present: 1,
             ..Default::default()
@@ -154,6 +159,7 @@ impl KvmVm {
             rsp: init.stack,
             rdi: init.args[0],
             rsi: init.args[1],
+            rdx: init.args[2],
             rflags: 0x2,
             ..Default::default()
         };

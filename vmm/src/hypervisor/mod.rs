@@ -17,6 +17,9 @@ pub enum HypervisorError {
          write /dev/kvm (group kvm)"
     )]
     KvmUnavailable(#[source] kvm_ioctls::Error),
+    /// More vCPUs than the boot tables provide for.
+    #[error("at most {max} vCPUs are supported")]
+    TooManyVcpus { max: usize },
     /// A KVM ioctl failed.
     #[error("KVM {op} failed: {source}")]
     Ioctl {
@@ -81,8 +84,8 @@ pub struct VcpuInit {
     pub entry: u64,
     pub stack: u64,
     pub ring: Ring,
-    /// The first two argument registers (rdi, rsi on x86_64).
-    pub args: [u64; 2],
+    /// The first three argument registers (rdi, rsi, rdx on x86_64).
+    pub args: [u64; 3],
 }
 
 /// One virtual CPU, driven by one host thread.

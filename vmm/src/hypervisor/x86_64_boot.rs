@@ -7,34 +7,47 @@
 
 /// Guest-physical address of the GDT.
 pub const GDT_ADDR: u64 = 0x1000;
-/// Guest-physical address of the 64-bit TSS (104 bytes).
+/// Guest-physical address of vCPU 0's 64-bit TSS (104 bytes); vCPU `i`'s is `TSS_STRIDE`
+/// bytes further.
 pub const TSS_ADDR: u64 = 0x1800;
+pub const TSS_STRIDE: u64 = 0x80;
+/// vCPUs the boot tables have a TSS for.
+pub const MAX_VCPUS: usize = 8;
 /// Guest-physical address of the PML4; the PDPT and four page directories follow.
 pub const PML4_ADDR: u64 = 0x2000;
 /// Bytes the boot structures occupy from `GDT_ADDR`.
 pub const BOOT_TABLES_END: u64 = PML4_ADDR + 6 * 0x1000;
+/// The size of the GDT in bytes minus one (the `limit` of GDTR).
+pub const GDT_LIMIT: u16 = (8 * (5 + 2 * MAX_VCPUS) - 1) as u16;
 
 /// Selectors of the GDT below.
 pub const KERNEL_CS: u16 = 0x08;
 pub const KERNEL_DS: u16 = 0x10;
 pub const USER_DS: u16 = 0x18 | 3;
 pub const USER_CS: u16 = 0x20 | 3;
+/// vCPU `i`'s TSS selector is `TSS_SEL + 16 * i`.
 pub const TSS_SEL: u16 = 0x28;
 
-/// Null, kernel code/data, user data/code (DPL 3), and a TSS descriptor (two slots).
-fn gdt() -> [u64; 7] {
-    let tss_low = 0x0000_8900_0000_0067u64
-        | ((TSS_ADDR & 0xff_ffff) << 16)
-        | (((TSS_ADDR >> 24) & 0xff) << 56);
-    [
-        0,
-        0x00af_9b00_0000_ffff, // kernel code: 64-bit, DPL 0
-        0x00cf_9300_0000_ffff, // kernel data
-        0x00cf_f300_0000_ffff, // user data: DPL 3
-        0x00af_fb00_0000_ffff, // user code: 64-bit, DPL 3
-        tss_low,
-        TSS_ADDR >> 32,
-    ]
+/// Guest-physical address of vCPU `id`'s TSS.
+pub fn tss_addr(id: u8) -> u64 {
+    TSS_ADDR + TSS_STRIDE * u64::from(id)
+}
+
+/// Null, kernel code/data, user data/code (DPL 3), then one TSS descriptor (two slots)
+/// per vCPU.
+fn gdt() -> [u64; 5 + 2 * MAX_VCPUS] {
+    let mut g = [0u64; 5 + 2 * MAX_VCPUS];
+    g[1] = 0x00af_9b00_0000_ffff; // kernel code: 64-bit, DPL 0
+    g[2] = 0x00cf_9300_0000_ffff; // kernel data
+    g[3] = 0x00cf_f300_0000_ffff; // user data: DPL 3
+    g[4] = 0x00af_fb00_0000_ffff; // user code: 64-bit, DPL 3
+    for id in 0..MAX_VCPUS {
+        let base = tss_addr(id as u8);
+        g[5 + 2 * id] =
+            0x0000_8900_0000_0067u64 | ((base & 0xff_ffff) << 16) | (((base >> 24) & 0xff) << 56);
+        g[6 + 2 * id] = base >> 32;
+    }
+    g
 }
 
 /// Writes the GDT and page tables into `mem` (guest-physical address 0 at index 0).
@@ -64,8 +77,6 @@ pub const CR0: u64 = 0x8005_0033; // PG | WP | NE | ET | MP | PE
 pub const CR4_BASE: u64 = 0x20 | 0x200 | 0x400; // PAE | OSFXSR | OSXMMEXCPT
 pub const CR4_OSXSAVE: u64 = 1 << 18;
 pub const EFER: u64 = 0x500; // LME | LMA
-/// The size of the GDT in bytes minus one (the `limit` of GDTR).
-pub const GDT_LIMIT: u16 = 7 * 8 - 1;
 
 #[cfg(test)]
 mod tests {
