@@ -24,7 +24,7 @@ APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build
 PROMPT ?= Write a haiku about the sea.
 
 .PHONY: help setup setup-deps setup-bench models build image test test-fast lint test-neon run \
-        bench-engine clean
+        bench-engine bench-boot clean
 
 help:
 	@echo "make run           set up if needed, then generate text from the default model"
@@ -34,6 +34,7 @@ help:
 	@echo "make build         release build of every host binary"
 	@echo "make image         guest kernel + guest user programs (static ELFs)"
 	@echo "make bench-engine  engine vs llama.cpp, prefill/decode tokens/s (needs setup-bench)"
+	@echo "make bench-boot    guest boot time and guest-vs-host compute ratio under /dev/kvm"
 
 # --- setup ------------------------------------------------------------------------------
 
@@ -122,6 +123,9 @@ test: models image lint test-fast test-neon
 run: setup
 	@$(CARGO) build --release --quiet -p vmm
 	$(FLEXSERVE) run --unprotected -m $(DEFAULT_MODEL) "$(PROMPT)"
+
+bench-boot: image
+	$(CARGO) bench --quiet -p flexserve-e2e --bench boot
 
 bench-engine: setup setup-bench
 	@$(CARGO) build --release --quiet -p vmm

@@ -93,3 +93,12 @@ pub mod avx {
         lanes.iter().fold(0.0f32, |s, &v| s + v).to_bits()
     }
 }
+
+/// The fixed integer kernel `make bench-boot` times in guest user mode and on the host.
+pub fn compute_kernel(iterations: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for i in 0..iterations {
+        h = (h ^ i).wrapping_mul(0x0100_0000_01b3).rotate_left(5);
+    }
+    h
+}
