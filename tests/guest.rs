@@ -18,7 +18,15 @@ fn required() -> bool {
 }
 
 /// Boots `program` under the guest kernel; `None` (after saying why) when it cannot run here.
+/// Exit code or error, console lines, and each vCPU thread's host CPU time.
+type BootResult = (Result<u32, VmError>, Vec<String>, Vec<Duration>);
+
 fn boot(program: &str, vcpus: u8) -> Option<(Result<u32, VmError>, Vec<String>)> {
+    boot_with_cpu(program, vcpus).map(|(r, lines, _)| (r, lines))
+}
+
+/// As [`boot`], also returning each vCPU thread's host CPU time.
+fn boot_with_cpu(program: &str, vcpus: u8) -> Option<BootResult> {
     let kernel = target_dir().join("x86_64-unknown-none/release/flexserve-guest-kernel");
     let user = target_dir().join("release").join(program);
     let missing = [&kernel, &user].into_iter().find(|p| !p.exists());
@@ -37,7 +45,7 @@ fn boot(program: &str, vcpus: u8) -> Option<(Result<u32, VmError>, Vec<String>)>
     };
     let mut m = Machine::new(config).expect("create VM");
     let result = m.boot(&kernel, &user, vcpus);
-    Some((result, m.console().lines()))
+    Some((result, m.console().lines(), m.vcpu_cpu_times().to_vec()))
 }
 
 #[test]
@@ -138,4 +146,28 @@ fn spinning_guest_is_stopped_at_the_deadline() {
         m.boot(&kernel, &user, 2),
         Err(VmError::Timeout(_))
     ));
+}
+
+#[test]
+fn waiting_vcpu_sleeps_in_the_vmm_without_spinning() {
+    let Some((result, lines, cpu)) = boot_with_cpu("sleeper", 1) else {
+        return;
+    };
+    assert_eq!(result.expect("clean exit"), 0);
+    let slept = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("slept ns 0x"))
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .expect("the guest printed its sleep time");
+    assert!(slept >= 200_000_000, "guest clock says it slept {slept} ns");
+    // A spinning vCPU would burn ~200 ms of CPU; parked in the VMM it burns almost none.
+    eprintln!(
+        "sleeper: vCPU thread CPU time {:?} over a 200 ms wait",
+        cpu[0]
+    );
+    assert!(
+        cpu[0] < Duration::from_millis(50),
+        "vCPU used {:?} of CPU while idle",
+        cpu[0]
+    );
 }

@@ -10,6 +10,12 @@ pub const CONTROL: u64 = MMIO_BASE + 0x1000;
 /// to `FAULT_COMMIT`, which stops the VM with the report.
 pub const FAULT: u64 = MMIO_BASE + 0x2000;
 pub const FAULT_COMMIT: u64 = 0x800;
+/// Timer: a u64 read at `TIMER_NOW` is the monotonic time in ns since the VM started; a u64
+/// written at `TIMER_WAIT` blocks this vCPU (in the VMM, costing no host CPU) until woken
+/// or that many ns have passed.
+pub const TIMER: u64 = MMIO_BASE + 0x3000;
+pub const TIMER_NOW: u64 = 0;
+pub const TIMER_WAIT: u64 = 8;
 
 /// Fields of a fault report, by u64 index.
 pub mod fault {
@@ -30,6 +36,11 @@ pub mod syscall {
     pub const WRITE: u64 = 1;
     /// `exit(code)`: end the VM with `code`.
     pub const EXIT: u64 = 2;
+    /// `clock() -> ns`: monotonic nanoseconds since the VM started.
+    pub const CLOCK: u64 = 3;
+    /// `wait(timeout_ns)`: sleep until woken by the VMM or the timeout passes (idle vCPUs
+    /// block in the VMM instead of spinning).
+    pub const WAIT: u64 = 4;
 }
 
 /// Where vCPU 0's kernel stack ends (grows down), below the 2 MiB user area; vCPU `i`'s

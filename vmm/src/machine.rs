@@ -1,7 +1,7 @@
 //! A whole VM: guest memory laid out as the design says, the MMIO bus, and one host thread
 //! per vCPU, run until the guest exits, fails, or misses its deadline.
 
-use crate::devices::{Console, Control, FaultPage, FaultReport, MmioBus};
+use crate::devices::{Console, Control, FaultPage, FaultReport, MmioBus, Timer};
 use crate::hypervisor::x86_64_boot::{self, BOOT_TABLES_END};
 use crate::hypervisor::{
     HypervisorError, KvmHypervisor, KvmVcpu, KvmVm, RegisterSnapshot, Ring, Vcpu, VcpuInit,
@@ -23,6 +23,7 @@ pub mod layout {
     pub const CONSOLE_BASE: u64 = guest_kernel::abi::CONSOLE;
     pub const CONTROL_BASE: u64 = guest_kernel::abi::CONTROL;
     pub const FAULT_BASE: u64 = guest_kernel::abi::FAULT;
+    pub const TIMER_BASE: u64 = guest_kernel::abi::TIMER;
     /// The user threads' stacks: vCPU `i`'s ends at `USER_STACK_TOP - i * USER_STACK_SIZE`
     /// (the program image sits at 2 MiB).
     pub const USER_STACK_TOP: u64 = 0x100_0000;
@@ -110,7 +111,10 @@ pub struct Machine {
     mem: GuestMemoryMmap,
     bus: Arc<MmioBus>,
     console: Arc<Console>,
+    timer: Arc<Timer>,
     config: MachineConfig,
+    /// Host CPU time each vCPU thread used in the last `run`.
+    vcpu_cpu: Vec<Duration>,
 }
 
 impl Machine {
@@ -142,10 +146,12 @@ impl Machine {
             unsafe { vm.map_memory(region.start_addr().0, host, region.len() as usize)? };
         }
         let console = Arc::new(Console::default());
+        let timer = Arc::new(Timer::default());
         let mut bus = MmioBus::default();
         bus.insert(layout::CONSOLE_BASE, 0x1000, console.clone())
             .and_then(|()| bus.insert(layout::CONTROL_BASE, 0x1000, Arc::new(Control)))
             .and_then(|()| bus.insert(layout::FAULT_BASE, 0x1000, Arc::new(FaultPage::default())))
+            .and_then(|()| bus.insert(layout::TIMER_BASE, 0x1000, timer.clone()))
             .map_err(|e| VmError::Memory {
                 size: 0,
                 reason: e.to_string(),
@@ -155,7 +161,9 @@ impl Machine {
             mem,
             bus: Arc::new(bus),
             console,
+            timer,
             config,
+            vcpu_cpu: Vec::new(),
         };
         let mut tables = vec![0u8; BOOT_TABLES_END as usize];
         x86_64_boot::write_boot_tables(&mut tables);
@@ -190,6 +198,12 @@ impl Machine {
             self.load(seg.addr + seg.file_size as u64, &zeros)?;
         }
         Ok(plan.entry)
+    }
+
+    /// Host CPU time each vCPU thread used during the last [`Machine::run`] (an idle guest
+    /// should cost close to none).
+    pub fn vcpu_cpu_times(&self) -> &[Duration] {
+        &self.vcpu_cpu
     }
 
     /// The guest's console output so far.
@@ -232,16 +246,19 @@ impl Machine {
         install_kick_handler();
         let stopping = AtomicBool::new(false);
         let threads: Vec<AtomicU64> = vcpus.iter().map(|_| AtomicU64::new(0)).collect();
+        let cpu_ns: Vec<AtomicU64> = vcpus.iter().map(|_| AtomicU64::new(0)).collect();
         let (tx, rx) = mpsc::channel();
         let deadline = self.config.deadline;
         let bus = &*self.bus;
-        std::thread::scope(|scope| {
+        let timer = &*self.timer;
+        let result = std::thread::scope(|scope| {
             for (i, vcpu) in vcpus.into_iter().enumerate() {
-                let (tx, stopping, tid) = (tx.clone(), &stopping, &threads[i]);
+                let (tx, stopping, tid, cpu) = (tx.clone(), &stopping, &threads[i], &cpu_ns[i]);
                 scope.spawn(move || {
                     // SAFETY: pthread_self has no preconditions.
                     tid.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
                     let outcome = vcpu_loop(vcpu, bus, stopping);
+                    cpu.store(thread_cpu_ns(), Ordering::SeqCst);
                     // The receiver outlives every vCPU thread (it is dropped after the scope).
                     let _ = tx.send((i, outcome));
                 });
@@ -253,6 +270,8 @@ impl Machine {
             // Kick every vCPU out of KVM_RUN until all have reported.
             let mut reported = usize::from(first.is_some());
             while reported < threads.len() {
+                // Waiting vCPUs are parked in the timer, not in KVM_RUN: wake them too.
+                timer.wake_all();
                 for tid in &threads {
                     let t = tid.load(Ordering::SeqCst);
                     if t != 0 {
@@ -266,11 +285,16 @@ impl Machine {
                     reported += 1;
                 }
             }
-            match first {
-                None => Err(VmError::Timeout(start.elapsed())),
-                Some((vcpu, (stop, regs))) => outcome(vcpu, stop, regs),
-            }
-        })
+            (first, start.elapsed())
+        });
+        self.vcpu_cpu = cpu_ns
+            .iter()
+            .map(|c| Duration::from_nanos(c.load(Ordering::SeqCst)))
+            .collect();
+        match result {
+            (None, elapsed) => Err(VmError::Timeout(elapsed)),
+            (Some((vcpu, (stop, regs))), _) => outcome(vcpu, stop, regs),
+        }
     }
 }
 
@@ -319,6 +343,17 @@ fn vcpu_loop(mut vcpu: KvmVcpu, bus: &MmioBus, stopping: &AtomicBool) -> (Stop, 
         }
     };
     (stop, vcpu.snapshot().unwrap_or_default())
+}
+
+/// CPU time the calling thread has used, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn kick_signal() -> libc::c_int {

@@ -14,3 +14,8 @@ pub fn write_u64(addr: u64, v: u64) {
     // SAFETY: as in `write_u8`; the address is 8-byte aligned.
     unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
 }
+
+pub fn read_u64(addr: u64) -> u64 {
+    // SAFETY: as in `write_u8`; the address is 8-byte aligned.
+    unsafe { core::ptr::read_volatile(addr as *const u64) }
+}

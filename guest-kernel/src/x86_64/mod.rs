@@ -188,6 +188,11 @@ fn handle_syscall(f: &mut Frame) {
             mmio::write_u32(abi::CONTROL, f.rdi as u32);
             halt_forever();
         }
+        syscall::CLOCK => f.rax = mmio::read_u64(abi::TIMER + abi::TIMER_NOW),
+        syscall::WAIT => {
+            mmio::write_u64(abi::TIMER + abi::TIMER_WAIT, f.rdi);
+            f.rax = 0;
+        }
         _ => f.rax = u64::MAX,
     }
 }

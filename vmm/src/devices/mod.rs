@@ -3,10 +3,12 @@
 mod console;
 mod control;
 mod fault;
+mod timer;
 
 pub use console::Console;
 pub use control::Control;
 pub use fault::{FaultPage, FaultReport};
+pub use timer::Timer;
 
 use std::sync::Arc;
 
