@@ -171,3 +171,25 @@ fn waiting_vcpu_sleeps_in_the_vmm_without_spinning() {
         cpu[0]
     );
 }
+
+#[test]
+fn map_and_unmap_hand_out_heap_chunks() {
+    let Some((result, lines)) = boot("mapper", 1) else {
+        return;
+    };
+    assert_eq!(result.expect("clean exit"), 0);
+    let heap = guest_kernel::abi::HEAP_BASE;
+    let chunks = (MachineConfig::default().boot_size as u64 - heap) / guest_kernel::abi::HEAP_CHUNK;
+    let hex = |v: u64| format!("{v:#018x}");
+    assert_eq!(
+        lines,
+        [
+            format!("map {}", hex(heap)),
+            format!("last {}", hex((3 << 20) / 8 - 1)),
+            format!("unmap {}", hex(0)),
+            format!("unmap again {}", hex(u64::MAX)),
+            format!("remap {}", hex(heap)),
+            format!("chunks {}", hex(chunks)),
+        ]
+    );
+}

@@ -4,8 +4,10 @@
 pub const MMIO_BASE: u64 = 0xd000_0000;
 /// Console: a byte written at offset `8 * i` is one character of vCPU `i`'s output.
 pub const CONSOLE: u64 = MMIO_BASE;
-/// Control: a u32 written at offset 0 ends the VM with that exit code.
+/// Control: a u32 written at offset 0 ends the VM with that exit code; a u64 read at
+/// `CONTROL_MEM_SIZE` is the size of the boot region (where the heap ends).
 pub const CONTROL: u64 = MMIO_BASE + 0x1000;
+pub const CONTROL_MEM_SIZE: u64 = 8;
 /// Fault report: the kernel writes `FaultReport` fields as u64 at `8 * index`, then any value
 /// to `FAULT_COMMIT`, which stops the VM with the report.
 pub const FAULT: u64 = MMIO_BASE + 0x2000;
@@ -41,12 +43,24 @@ pub mod syscall {
     /// `wait(timeout_ns)`: sleep until woken by the VMM or the timeout passes (idle vCPUs
     /// block in the VMM instead of spinning).
     pub const WAIT: u64 = 4;
+    /// `map(len) -> addr`: claim `len` bytes (rounded up to `HEAP_CHUNK`) of the heap;
+    /// `u64::MAX` when there is no room. Fresh memory is zero; reused memory is not cleared.
+    pub const MAP: u64 = 5;
+    /// `unmap(addr, len)`: give back what `map` returned; `u64::MAX` if it was not mapped.
+    pub const UNMAP: u64 = 6;
 }
 
 /// Where vCPU 0's kernel stack ends (grows down), below the 2 MiB user area; vCPU `i`'s
 /// ends `i * KERNEL_STACK_SIZE` lower.
 pub const KERNEL_STACK_TOP: u64 = 0x1f_f000;
 pub const KERNEL_STACK_SIZE: u64 = 0x8000;
+/// The heap that `map` hands out: from `HEAP_BASE` to the end of the boot region, in
+/// 2 MiB chunks (one huge page each).
+pub const HEAP_BASE: u64 = 0x100_0000;
+pub const HEAP_CHUNK: u64 = 2 << 20;
+/// Chunks the kernel can track (1 GiB of heap).
+pub const HEAP_MAX_CHUNKS: usize = 512;
+
 /// vCPUs the kernel has per-CPU state for.
 pub const MAX_VCPUS: usize = 8;
 

@@ -149,7 +149,15 @@ impl Machine {
         let timer = Arc::new(Timer::default());
         let mut bus = MmioBus::default();
         bus.insert(layout::CONSOLE_BASE, 0x1000, console.clone())
-            .and_then(|()| bus.insert(layout::CONTROL_BASE, 0x1000, Arc::new(Control)))
+            .and_then(|()| {
+                bus.insert(
+                    layout::CONTROL_BASE,
+                    0x1000,
+                    Arc::new(Control {
+                        mem_size: config.boot_size as u64,
+                    }),
+                )
+            })
             .and_then(|()| bus.insert(layout::FAULT_BASE, 0x1000, Arc::new(FaultPage::default())))
             .and_then(|()| bus.insert(layout::TIMER_BASE, 0x1000, timer.clone()))
             .map_err(|e| VmError::Memory {

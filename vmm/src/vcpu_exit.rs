@@ -69,7 +69,8 @@ mod tests {
         let console = Arc::new(Console::default());
         let mut bus = MmioBus::default();
         bus.insert(0x1000, 0x1000, console.clone()).unwrap();
-        bus.insert(0x2000, 0x1000, Arc::new(Control)).unwrap();
+        bus.insert(0x2000, 0x1000, Arc::new(Control::default()))
+            .unwrap();
         (bus, console)
     }
 

@@ -1,5 +1,6 @@
 //! x86_64: entry, IDT, exception dispatch, syscalls.
 
+mod heap;
 mod idt;
 mod mmio;
 
@@ -189,6 +190,14 @@ fn handle_syscall(f: &mut Frame) {
             halt_forever();
         }
         syscall::CLOCK => f.rax = mmio::read_u64(abi::TIMER + abi::TIMER_NOW),
+        syscall::MAP => f.rax = heap::map(f.rdi).unwrap_or(u64::MAX),
+        syscall::UNMAP => {
+            f.rax = if heap::unmap(f.rdi, f.rsi) {
+                0
+            } else {
+                u64::MAX
+            }
+        }
         syscall::WAIT => {
             mmio::write_u64(abi::TIMER + abi::TIMER_WAIT, f.rdi);
             f.rax = 0;

@@ -1,17 +1,30 @@
-//! The control page: a 32-bit write to offset 0 ends the VM with that exit code.
+//! The control page: a 32-bit write to offset 0 ends the VM with that exit code; offset
+//! `CONTROL_MEM_SIZE` reads the boot region's size.
 
 use super::{DeviceEvent, MmioDevice};
+use guest_kernel::abi::CONTROL_MEM_SIZE;
 
 /// Register offsets.
 pub const EXIT_CODE: u64 = 0;
 
 /// Guest → VMM control requests.
 #[derive(Default)]
-pub struct Control;
+pub struct Control {
+    /// Bytes of the boot region, reported to the guest kernel for its heap.
+    pub mem_size: u64,
+}
 
 impl MmioDevice for Control {
-    fn read(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        let value = if offset == CONTROL_MEM_SIZE {
+            self.mem_size
+        } else {
+            0
+        };
+        let bytes = value.to_le_bytes();
+        let n = data.len().min(8);
+        data[..n].copy_from_slice(&bytes[..n]);
+        data[n..].fill(0);
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Option<DeviceEvent> {

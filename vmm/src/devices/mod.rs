@@ -79,10 +79,15 @@ mod tests {
     #[test]
     fn overlapping_devices_are_refused_and_lookup_finds_offsets() {
         let mut bus = MmioBus::default();
-        bus.insert(0x1000, 0x100, Arc::new(Control)).unwrap();
-        assert!(bus.insert(0x10ff, 1, Arc::new(Control)).is_err());
-        assert!(bus.insert(u64::MAX, 2, Arc::new(Control)).is_err());
-        bus.insert(0x1100, 0x100, Arc::new(Control)).unwrap();
+        bus.insert(0x1000, 0x100, Arc::new(Control::default()))
+            .unwrap();
+        assert!(bus.insert(0x10ff, 1, Arc::new(Control::default())).is_err());
+        assert!(
+            bus.insert(u64::MAX, 2, Arc::new(Control::default()))
+                .is_err()
+        );
+        bus.insert(0x1100, 0x100, Arc::new(Control::default()))
+            .unwrap();
         assert_eq!(bus.find(0x1104).map(|(_, o)| o), Some(4));
         assert!(bus.find(0x1200).is_none());
     }
