@@ -54,7 +54,7 @@ impl Heap {
         let Some(n) = Self::chunks_for(len) else {
             return false;
         };
-        if addr < HEAP_BASE || (addr - HEAP_BASE) % HEAP_CHUNK != 0 {
+        if addr < HEAP_BASE || !(addr - HEAP_BASE).is_multiple_of(HEAP_CHUNK) {
             return false;
         }
         let first = ((addr - HEAP_BASE) / HEAP_CHUNK) as usize;
