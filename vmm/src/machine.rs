@@ -4,7 +4,7 @@
 use crate::devices::{Console, Control, FaultPage, FaultReport, MmioBus, Timer};
 use crate::hypervisor::x86_64_boot::{self, BOOT_TABLES_END};
 use crate::hypervisor::{
-    HypervisorError, KvmHypervisor, KvmVcpu, KvmVm, RegisterSnapshot, Ring, Vcpu, VcpuInit,
+    Hypervisor, HypervisorError, KvmHypervisor, RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm,
 };
 use crate::vcpu_exit::{ExitAction, Stop, handle_exit};
 use guest_kernel::abi;
@@ -107,7 +107,7 @@ pub enum VmError {
 /// A VM ready to run.
 pub struct Machine {
     // Field order matters: the VM (and its memory slots) goes before the memory it maps.
-    vm: KvmVm,
+    vm: Box<dyn Vm>,
     mem: GuestMemoryMmap,
     bus: Arc<MmioBus>,
     console: Arc<Console>,
@@ -335,7 +335,11 @@ fn outcome(vcpu: usize, stop: Stop, regs: RegisterSnapshot) -> Result<u32, VmErr
 }
 
 /// Runs one vCPU until it stops; returns why, with its registers at that point.
-fn vcpu_loop(mut vcpu: KvmVcpu, bus: &MmioBus, stopping: &AtomicBool) -> (Stop, RegisterSnapshot) {
+fn vcpu_loop(
+    mut vcpu: Box<dyn Vcpu>,
+    bus: &MmioBus,
+    stopping: &AtomicBool,
+) -> (Stop, RegisterSnapshot) {
     let stop = loop {
         if stopping.load(Ordering::SeqCst) {
             break Stop::Kicked;

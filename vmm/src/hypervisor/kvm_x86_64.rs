@@ -1,7 +1,7 @@
 //! The KVM backend for x86_64 hosts.
 
 use super::x86_64_boot as boot;
-use super::{HypervisorError, RegisterSnapshot, Ring, Vcpu, VcpuInit, VmExit};
+use super::{Hypervisor, HypervisorError, RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm, VmExit};
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, kvm_dtable, kvm_regs, kvm_segment, kvm_userspace_memory_region,
     kvm_xcrs,
@@ -22,7 +22,7 @@ impl KvmHypervisor {
     }
 
     /// Creates an empty VM.
-    pub fn create_vm(&self) -> Result<KvmVm, HypervisorError> {
+    pub fn create_kvm_vm(&self) -> Result<KvmVm, HypervisorError> {
         let fd = self
             .kvm
             .create_vm()
@@ -36,6 +36,12 @@ impl KvmHypervisor {
             cpuid,
             next_slot: 0,
         })
+    }
+}
+
+impl Hypervisor for KvmHypervisor {
+    fn create_vm(&self) -> Result<Box<dyn Vm>, HypervisorError> {
+        Ok(Box::new(self.create_kvm_vm()?))
     }
 }
 
@@ -56,7 +62,7 @@ impl KvmVm {
     /// # Safety
     /// `host..host + len` must be a mapping the caller keeps alive (and does not unmap or
     /// remap) for as long as this VM exists; the guest may read and write it at any time.
-    pub unsafe fn map_memory(
+    pub unsafe fn map_kvm_memory(
         &mut self,
         guest_addr: u64,
         host: *mut u8,
@@ -86,7 +92,7 @@ impl KvmVm {
 
     /// Creates vCPU `id` in 64-bit mode as `init` says (the boot tables of
     /// [`boot::write_boot_tables`] must be in guest memory).
-    pub fn create_vcpu(&self, id: u8, init: &VcpuInit) -> Result<KvmVcpu, HypervisorError> {
+    pub fn create_kvm_vcpu(&self, id: u8, init: &VcpuInit) -> Result<KvmVcpu, HypervisorError> {
         let fd = self
             .fd
             .create_vcpu(u64::from(id))
@@ -166,6 +172,22 @@ impl KvmVm {
         fd.set_regs(&regs)
             .map_err(HypervisorError::ioctl("KVM_SET_REGS"))?;
         Ok(KvmVcpu { fd })
+    }
+}
+
+impl Vm for KvmVm {
+    unsafe fn map_memory(
+        &mut self,
+        guest_addr: u64,
+        host: *mut u8,
+        len: usize,
+    ) -> Result<(), HypervisorError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.map_kvm_memory(guest_addr, host, len) }
+    }
+
+    fn create_vcpu(&self, id: u8, init: &VcpuInit) -> Result<Box<dyn Vcpu>, HypervisorError> {
+        Ok(Box::new(self.create_kvm_vcpu(id, init)?))
     }
 }
 

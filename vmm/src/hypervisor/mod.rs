@@ -88,6 +88,29 @@ pub struct VcpuInit {
     pub args: [u64; 3],
 }
 
+/// A hypervisor that can create VMs (KVM on x86_64 today; arm64 and arm64-protected later).
+pub trait Hypervisor {
+    fn create_vm(&self) -> Result<Box<dyn Vm>, HypervisorError>;
+}
+
+/// A VM: guest memory slots and vCPUs.
+pub trait Vm: Send {
+    /// Backs guest-physical `[guest_addr, guest_addr + len)` with host memory at `host`.
+    ///
+    /// # Safety
+    /// `host..host + len` must stay mapped (not unmapped or remapped) for as long as the VM
+    /// exists; the guest may read and write it at any time.
+    unsafe fn map_memory(
+        &mut self,
+        guest_addr: u64,
+        host: *mut u8,
+        len: usize,
+    ) -> Result<(), HypervisorError>;
+
+    /// Creates vCPU `id` in the state `init` describes.
+    fn create_vcpu(&self, id: u8, init: &VcpuInit) -> Result<Box<dyn Vcpu>, HypervisorError>;
+}
+
 /// One virtual CPU, driven by one host thread.
 pub trait Vcpu: Send {
     /// Runs guest code until the next exit.
