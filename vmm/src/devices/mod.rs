@@ -4,6 +4,7 @@ mod console;
 mod control;
 mod fault;
 mod timer;
+pub mod virtio_mmio;
 
 pub use console::Console;
 pub use control::Control;

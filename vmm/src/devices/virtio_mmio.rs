@@ -1,0 +1,451 @@
+//! The virtio-mmio transport (virtio 1.2 §4.2, "modern" version 2): the register page through
+//! which a guest driver discovers a virtio device, negotiates features, sets up its
+//! virtqueues and notifies the device. The device behind it only sees negotiated features
+//! and ready queues ([`VirtioDevice`]).
+//!
+//! Everything the guest writes is checked: features outside the offer, queue sizes above the
+//! maximum or not a power of two, queue changes after the device went live. A driver that
+//! breaks the rules gets FEATURES_OK refused or DEVICE_NEEDS_RESET, never a device running on
+//! half-configured queues.
+
+use super::{DeviceEvent, MmioDevice};
+use std::sync::Mutex;
+use virtio_queue::{Queue, QueueT};
+
+/// "virt" in little-endian.
+pub const MAGIC: u32 = 0x7472_6976;
+/// The modern (non-legacy) transport.
+pub const VERSION: u32 = 2;
+/// VIRTIO_F_VERSION_1: every modern device offers and requires it.
+pub const F_VERSION_1: u64 = 1 << 32;
+/// Our vendor id ("FSRV").
+pub const VENDOR_ID: u32 = 0x5652_5346;
+
+/// Register offsets (virtio 1.2 §4.2.2).
+pub mod reg {
+    pub const MAGIC: u64 = 0x000;
+    pub const VERSION: u64 = 0x004;
+    pub const DEVICE_ID: u64 = 0x008;
+    pub const VENDOR_ID: u64 = 0x00c;
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const STATUS: u64 = 0x070;
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG: u64 = 0x100;
+}
+
+/// Device status bits (virtio 1.2 §2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    pub const FAILED: u32 = 0x80;
+}
+
+/// Interrupt status bits.
+pub const INT_VRING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
+
+/// A virtio device model behind the transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID.
+    fn device_type(&self) -> u32;
+    /// Features offered (the transport adds `F_VERSION_1`).
+    fn features(&self) -> u64;
+    /// The maximum size of each queue; the slice length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Starts the device on the negotiated `features` and the driver's ready `queues`.
+    fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), String>;
+    /// The driver notified queue `index`.
+    fn queue_notify(&mut self, index: u16);
+    /// Stops the device and drops its queues (driver reset).
+    fn reset(&mut self);
+}
+
+struct State {
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    queues: Vec<Queue>,
+    interrupt_status: u32,
+    config_generation: u32,
+}
+
+/// The register page of one virtio device.
+pub struct MmioTransport {
+    device: Mutex<Box<dyn VirtioDevice>>,
+    state: Mutex<State>,
+}
+
+fn new_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
+    // A queue whose maximum size is not a power of two would be a device bug; it shows up
+    // as a queue the driver cannot use (QueueNumMax 0) rather than a panic.
+    device
+        .queue_max_sizes()
+        .iter()
+        .filter_map(|&max| Queue::new(max).ok())
+        .collect()
+}
+
+impl MmioTransport {
+    pub fn new(device: Box<dyn VirtioDevice>) -> Self {
+        let queues = new_queues(device.as_ref());
+        Self {
+            device: Mutex::new(device),
+            state: Mutex::new(State {
+                status: 0,
+                device_features_sel: 0,
+                driver_features_sel: 0,
+                driver_features: 0,
+                queue_sel: 0,
+                queues,
+                interrupt_status: 0,
+                config_generation: 0,
+            }),
+        }
+    }
+
+    /// Marks used buffers on a queue (the device calls this before interrupting the guest).
+    pub fn signal_used_queue(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .interrupt_status |= INT_VRING;
+    }
+
+    fn offered(&self) -> u64 {
+        self.device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .features()
+            | F_VERSION_1
+    }
+
+    fn reset(&self, s: &mut State) {
+        let mut dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        dev.reset();
+        s.queues = new_queues(dev.as_ref());
+        s.status = 0;
+        s.driver_features = 0;
+        s.device_features_sel = 0;
+        s.driver_features_sel = 0;
+        s.queue_sel = 0;
+        s.interrupt_status = 0;
+    }
+
+    fn write_status(&self, s: &mut State, value: u32) {
+        if value == 0 {
+            self.reset(s);
+            return;
+        }
+        let new_bits = value & !s.status;
+        if new_bits & status::FEATURES_OK != 0 {
+            let offered = self.offered();
+            if s.driver_features & !offered != 0 || s.driver_features & F_VERSION_1 == 0 {
+                // Refused: the driver reads the status back and sees FEATURES_OK clear.
+                s.status = value & !status::FEATURES_OK;
+                return;
+            }
+        }
+        s.status = value;
+        if new_bits & status::DRIVER_OK != 0 {
+            let mut dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
+            // The ready queues move to the device; the transport keeps stand-ins that only
+            // answer QueueNumMax/QueueReady reads (live queues cannot be reconfigured).
+            let mut stand_ins = new_queues(dev.as_ref());
+            let queues = std::mem::take(&mut s.queues);
+            let mut ready = Vec::new();
+            for (q, stand_in) in queues.into_iter().zip(stand_ins.iter_mut()) {
+                if q.ready() {
+                    stand_in.set_ready(true);
+                    ready.push(q);
+                }
+            }
+            s.queues = stand_ins;
+            if let Err(why) = dev.activate(s.driver_features, ready) {
+                eprintln!(
+                    "[vmm] virtio device {} failed to start: {why}",
+                    dev.device_type()
+                );
+                s.status |= status::DEVICE_NEEDS_RESET;
+                s.interrupt_status |= INT_CONFIG;
+            }
+        }
+    }
+
+    fn configuring_queues(s: &State) -> bool {
+        s.status & status::FEATURES_OK != 0 && s.status & status::DRIVER_OK == 0
+    }
+}
+
+fn le_u32(data: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    let n = data.len().min(4);
+    b[..n].copy_from_slice(&data[..n]);
+    u32::from_le_bytes(b)
+}
+
+impl MmioDevice for MmioTransport {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        if offset >= reg::CONFIG {
+            let dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
+            dev.read_config(offset - reg::CONFIG, data);
+            return;
+        }
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = s.queues.get(s.queue_sel as usize);
+        let value = match offset {
+            reg::MAGIC => MAGIC,
+            reg::VERSION => VERSION,
+            reg::DEVICE_ID => self
+                .device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .device_type(),
+            reg::VENDOR_ID => VENDOR_ID,
+            reg::DEVICE_FEATURES => match s.device_features_sel {
+                0 => self.offered() as u32,
+                1 => (self.offered() >> 32) as u32,
+                _ => 0,
+            },
+            reg::QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            reg::QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            reg::INTERRUPT_STATUS => s.interrupt_status,
+            reg::STATUS => s.status,
+            reg::CONFIG_GENERATION => s.config_generation,
+            _ => 0,
+        };
+        let bytes = value.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&bytes[..n]);
+        data[n..].fill(0);
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Option<DeviceEvent> {
+        let v = le_u32(data);
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let configuring = Self::configuring_queues(&s);
+        let sel = s.queue_sel as usize;
+        match offset {
+            reg::DEVICE_FEATURES_SEL => s.device_features_sel = v,
+            reg::DRIVER_FEATURES_SEL => s.driver_features_sel = v,
+            reg::DRIVER_FEATURES if s.status & status::FEATURES_OK == 0 => {
+                match s.driver_features_sel {
+                    0 => s.driver_features = (s.driver_features & !0xffff_ffff) | u64::from(v),
+                    1 => {
+                        s.driver_features = (s.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                    }
+                    _ => {}
+                }
+            }
+            reg::QUEUE_SEL => s.queue_sel = v,
+            reg::QUEUE_NUM if configuring => {
+                if let Some(q) = s.queues.get_mut(sel) {
+                    // virtio-queue ignores sizes above max or not a power of two, leaving
+                    // the queue invalid: the device then refuses to start on it.
+                    q.set_size(v as u16);
+                }
+            }
+            reg::QUEUE_READY if configuring => {
+                if let Some(q) = s.queues.get_mut(sel) {
+                    q.set_ready(v == 1);
+                }
+            }
+            reg::QUEUE_DESC_LOW
+            | reg::QUEUE_DESC_HIGH
+            | reg::QUEUE_DRIVER_LOW
+            | reg::QUEUE_DRIVER_HIGH
+            | reg::QUEUE_DEVICE_LOW
+            | reg::QUEUE_DEVICE_HIGH
+                if configuring =>
+            {
+                if let Some(q) = s.queues.get_mut(sel) {
+                    let (low, high) = if offset.is_multiple_of(8) {
+                        (Some(v), None)
+                    } else {
+                        (None, Some(v))
+                    };
+                    match offset & !0x7 {
+                        reg::QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
+                        reg::QUEUE_DRIVER_LOW => q.set_avail_ring_address(low, high),
+                        _ => q.set_used_ring_address(low, high),
+                    }
+                }
+            }
+            reg::QUEUE_NOTIFY if s.status & status::DRIVER_OK != 0 => {
+                drop(s);
+                self.device
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .queue_notify(v as u16);
+            }
+            reg::INTERRUPT_ACK => s.interrupt_status &= !v,
+            reg::STATUS => self.write_status(&mut s, v),
+            _ => {} // read-only registers and out-of-order writes are ignored
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Default)]
+    struct Log {
+        activated: Option<(u64, Vec<u16>)>,
+        notified: Vec<u16>,
+        resets: usize,
+    }
+
+    struct Recorder(Arc<Mutex<Log>>);
+
+    impl VirtioDevice for Recorder {
+        fn device_type(&self) -> u32 {
+            60
+        }
+        fn features(&self) -> u64 {
+            0b101
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[256, 64]
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8 + 1);
+        }
+        fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), String> {
+            let sizes = queues.iter().map(|q| q.size()).collect();
+            self.0.lock().unwrap().activated = Some((features, sizes));
+            Ok(())
+        }
+        fn queue_notify(&mut self, index: u16) {
+            self.0.lock().unwrap().notified.push(index);
+        }
+        fn reset(&mut self) {
+            self.0.lock().unwrap().resets += 1;
+        }
+    }
+
+    fn transport() -> (MmioTransport, Arc<Mutex<Log>>) {
+        let log = Arc::new(Mutex::new(Log::default()));
+        (
+            MmioTransport::new(Box::new(Recorder(Arc::clone(&log)))),
+            log,
+        )
+    }
+
+    fn rd(t: &MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn wr(t: &MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    /// The driver side of virtio 1.2 §3.1.1 up to FEATURES_OK, acking `features`.
+    fn negotiate(t: &MmioTransport, features: u64) -> u32 {
+        wr(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        wr(t, reg::DRIVER_FEATURES_SEL, 0);
+        wr(t, reg::DRIVER_FEATURES, features as u32);
+        wr(t, reg::DRIVER_FEATURES_SEL, 1);
+        wr(t, reg::DRIVER_FEATURES, (features >> 32) as u32);
+        wr(
+            t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        rd(t, reg::STATUS)
+    }
+
+    #[test]
+    fn identity_registers_and_config_space() {
+        let (t, _) = transport();
+        assert_eq!(rd(&t, reg::MAGIC), MAGIC);
+        assert_eq!(rd(&t, reg::VERSION), 2);
+        assert_eq!(rd(&t, reg::DEVICE_ID), 60);
+        wr(&t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(
+            rd(&t, reg::DEVICE_FEATURES),
+            1,
+            "VERSION_1 in the high word"
+        );
+        wr(&t, reg::DEVICE_FEATURES_SEL, 0);
+        assert_eq!(rd(&t, reg::DEVICE_FEATURES), 0b101);
+        assert_eq!(rd(&t, reg::CONFIG + 3), u32::from_le_bytes([4; 4]));
+        assert_eq!(rd(&t, 0x0f0), 0, "unknown registers read as zero");
+    }
+
+    #[test]
+    fn features_outside_the_offer_or_without_version_1_are_refused() {
+        let (t, _) = transport();
+        assert_eq!(negotiate(&t, F_VERSION_1 | 0b010) & status::FEATURES_OK, 0);
+        wr(&t, reg::STATUS, 0);
+        assert_eq!(
+            negotiate(&t, 0b001) & status::FEATURES_OK,
+            0,
+            "VERSION_1 is required"
+        );
+        wr(&t, reg::STATUS, 0);
+        assert_ne!(negotiate(&t, F_VERSION_1 | 0b100) & status::FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn queues_are_configured_then_handed_to_the_device_on_driver_ok() {
+        let (t, log) = transport();
+        wr(&t, reg::QUEUE_NUM, 16); // before FEATURES_OK: ignored
+        negotiate(&t, F_VERSION_1 | 1);
+        wr(&t, reg::QUEUE_SEL, 0);
+        assert_eq!(rd(&t, reg::QUEUE_NUM_MAX), 256);
+        wr(&t, reg::QUEUE_NUM, 128);
+        wr(&t, reg::QUEUE_DESC_LOW, 0x4000_0000);
+        wr(&t, reg::QUEUE_DRIVER_LOW, 0x4000_1000);
+        wr(&t, reg::QUEUE_DEVICE_LOW, 0x4000_2000);
+        wr(&t, reg::QUEUE_READY, 1);
+        wr(&t, reg::QUEUE_SEL, 7);
+        assert_eq!(rd(&t, reg::QUEUE_NUM_MAX), 0, "no such queue");
+        wr(&t, reg::QUEUE_NOTIFY, 0); // before DRIVER_OK: ignored
+        let all = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+        wr(&t, reg::STATUS, all);
+        assert_eq!(
+            log.lock().unwrap().activated,
+            Some((F_VERSION_1 | 1, vec![128]))
+        );
+        wr(&t, reg::QUEUE_SEL, 0);
+        wr(&t, reg::QUEUE_NUM, 8); // live queues cannot change
+        wr(&t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(log.lock().unwrap().notified, [0]);
+        t.signal_used_queue();
+        assert_eq!(rd(&t, reg::INTERRUPT_STATUS), INT_VRING);
+        wr(&t, reg::INTERRUPT_ACK, INT_VRING);
+        assert_eq!(rd(&t, reg::INTERRUPT_STATUS), 0);
+        wr(&t, reg::STATUS, 0);
+        assert_eq!(rd(&t, reg::STATUS), 0);
+        assert_eq!(log.lock().unwrap().resets, 1);
+        wr(&t, reg::QUEUE_SEL, 0);
+        assert_eq!(rd(&t, reg::QUEUE_READY), 0, "reset clears the queues");
+    }
+}
