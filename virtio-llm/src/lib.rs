@@ -7,11 +7,11 @@
 //! returns a named [`WireError`] instead of panicking.
 //!
 //! Module map:
-//! - [`spec`]: device ID, feature bits, queue indices, config layout, limits;
-//! - [`error`]: [`WireError`];
-//! - [`wire::codec`]: the bounds-checked `Reader`/`Writer` and the common header;
-//! - [`wire::control`], [`wire::request`], [`wire::response`], [`wire::memory`]: one message
-//!   family each; [`wire::status`]: status codes.
+//! - [`spec`] holds the device ID, feature bits, queue indices, config layout and limits;
+//! - [`error`] holds [`WireError`];
+//! - [`wire::codec`] is the bounds-checked `Reader`/`Writer` and the common header;
+//! - [`wire::control`], [`wire::request`], [`wire::response`] and [`wire::memory`] hold one
+//!   message family each, [`wire::status`] the status codes.
 //!
 //! Host device logic and the guest driver (queue handling) come in the next slice of issue 4.
 #![no_std]

@@ -340,4 +340,4 @@ impl ControlReply {
 
 #[cfg(test)]
 #[path = "control_tests.rs"]
-mod tests;
+pub(crate) mod tests;

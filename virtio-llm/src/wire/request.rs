@@ -58,7 +58,11 @@ impl SamplingParams {
         let r_ok = r > 0.0 && r <= MAX_REPEAT_PENALTY;
         ensure(r_ok, "repeat_penalty", bits(r))?;
         let n = self.max_tokens;
-        ensure((1..=MAX_GENERATED_TOKENS).contains(&n), "max_tokens", n.into())
+        ensure(
+            (1..=MAX_GENERATED_TOKENS).contains(&n),
+            "max_tokens",
+            n.into(),
+        )
     }
 }
 
@@ -226,4 +230,4 @@ impl RequestMsg {
 
 #[cfg(test)]
 #[path = "request_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -58,7 +58,11 @@ impl Message<'_> for Tokens {
         })
     }
     fn validate(&self) -> Result<(), WireError> {
-        check_len("response tokens", self.token_ids.len(), MAX_TOKENS_PER_RESPONSE)?;
+        check_len(
+            "response tokens",
+            self.token_ids.len(),
+            MAX_TOKENS_PER_RESPONSE,
+        )?;
         check_len("token text", self.text.len(), MAX_TOKEN_TEXT_BYTES)?;
         ensure(!self.token_ids.is_empty(), "token count", 0)?;
         match self.token_ids.iter().find(|&&id| id >= MAX_TOKEN_ID) {
@@ -96,8 +100,8 @@ impl Message<'_> for ErrorResponse {
         r.reserved(4, "error.reserved")?;
         check_len("error message", len, MAX_ERROR_MESSAGE_BYTES)?;
         let raw = r.bytes(len)?;
-        let message = core::str::from_utf8(raw)
-            .map_err(|_| WireError::InvalidUtf8 { field: "message" })?;
+        let message =
+            core::str::from_utf8(raw).map_err(|_| WireError::InvalidUtf8 { field: "message" })?;
         Ok(Self {
             request_id,
             status,
@@ -132,10 +136,12 @@ impl TryFrom<u8> for StopReason {
             2 => Self::EndOfGeneration,
             3 => Self::Cancelled,
             4 => Self::ContextFull,
-            _ => return Err(WireError::FieldOutOfRange {
-                field: "reason",
-                value: v.into(),
-            }),
+            _ => {
+                return Err(WireError::FieldOutOfRange {
+                    field: "reason",
+                    value: v.into(),
+                });
+            }
         })
     }
 }
@@ -237,4 +243,4 @@ impl ResponseMsg {
 
 #[cfg(test)]
 #[path = "response_tests.rs"]
-mod tests;
+pub(crate) mod tests;

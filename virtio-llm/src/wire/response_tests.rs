@@ -125,5 +125,8 @@ fn end_of_stream_fields_are_checked() {
     ));
     let mut buf = frame(2);
     buf[0..2].copy_from_slice(&0x0301u16.to_le_bytes());
-    assert_eq!(ResponseMsg::decode(&buf), Err(WireError::UnknownType(0x0301)));
+    assert_eq!(
+        ResponseMsg::decode(&buf),
+        Err(WireError::UnknownType(0x0301))
+    );
 }
