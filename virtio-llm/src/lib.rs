@@ -1,7 +1,28 @@
 //! virtio-llm: the device between the host and the protected guest.
 //!
-//! Not built yet (issue 4): this crate will hold the spec constants, wire messages with
-//! bounds-checked decoding, and the host-device and guest-driver queue logic. It is empty on
-//! purpose so that nothing pretends to work.
+//! The protocol is specified in `docs/virtio-llm.md`. The host (the virtio *device*, in the
+//! VMM) is the client: it loads models, opens sessions and sends generation requests; the
+//! guest (the virtio *driver*) runs the engine and streams tokens back. Each side treats
+//! everything the other writes as hostile, so every decoder here is bounds-checked and
+//! returns a named [`WireError`] instead of panicking.
+//!
+//! Module map:
+//! - [`spec`] holds the device ID, feature bits, queue indices, config layout and limits;
+//! - [`error`] holds [`WireError`];
+//! - [`wire::codec`] is the bounds-checked `Reader`/`Writer` and the common header;
+//! - [`wire::control`], [`wire::request`], [`wire::response`] and [`wire::memory`] hold one
+//!   message family each, [`wire::status`] the status codes.
+//!
+//! Host device logic and the guest driver (queue handling) come in the next slice of issue 4.
 #![no_std]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod error;
+pub mod spec;
+pub mod wire;
+
+pub use error::WireError;
+pub use wire::Message;
+pub use wire::status::Status;

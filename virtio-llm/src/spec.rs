@@ -1,0 +1,118 @@
+//! Constants of the virtio-llm device, as specified in `docs/virtio-llm.md`.
+
+/// Virtio device ID. The virtio specification allocates IDs upwards (below 50 today) and
+/// does not reserve an experimental range; by convention non-standard devices count down
+/// from 63 (crosvm uses 63, 62, 61, ...). 56 sits between the two so neither an OASIS
+/// allocation nor crosvm's private IDs collide with it soon; it must be replaced if
+/// virtio-llm is ever standardised.
+pub const DEVICE_ID: u32 = 56;
+
+/// Version of the message format in every header and in the config space.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Feature bits (device-specific bits 0..=23, as in virtio 1.2 section 2.2).
+pub mod feature {
+    /// The device may send prompts as UTF-8 text; the driver accepts it only if its engine
+    /// has a tokenizer for every model it loads.
+    pub const TEXT_PROMPT: u32 = 0;
+    /// The memory queues (4 and 5) are live. Reserved: a later issue defines the behaviour,
+    /// and until then neither side may negotiate it.
+    pub const MEMORY: u32 = 1;
+    /// `Tokens` responses carry the detokenized text bytes as well as token ids.
+    pub const TOKEN_TEXT: u32 = 2;
+    /// Standard virtio 1.x device (VIRTIO_F_VERSION_1); required.
+    pub const VERSION_1: u32 = 32;
+    /// The device reaches only the shared window (VIRTIO_F_ACCESS_PLATFORM); required, so the
+    /// driver bounces every buffer through the shared window.
+    pub const ACCESS_PLATFORM: u32 = 33;
+}
+
+/// Virtqueue indices. The host (device) is the client and the guest (driver) the server, so
+/// every "from host" queue is filled with device-writable buffers posted by the driver.
+pub mod queue {
+    /// Control commands, device to driver.
+    pub const CONTROL_CMD: u16 = 0;
+    /// Control replies, driver to device, one per command in order.
+    pub const CONTROL_REPLY: u16 = 1;
+    /// Generation requests and cancels, device to driver.
+    pub const REQUEST: u16 = 2;
+    /// Streamed responses, driver to device.
+    pub const RESPONSE: u16 = 3;
+    /// Memory events (budget changes), device to driver. Reserved until `feature::MEMORY`.
+    pub const MEMORY_EVENT: u16 = 4;
+    /// Memory reports (relinquished ranges), driver to device. Reserved until `feature::MEMORY`.
+    pub const MEMORY_REPORT: u16 = 5;
+    /// Number of queues.
+    pub const COUNT: u16 = 6;
+    /// Largest queue size either side accepts.
+    pub const MAX_SIZE: u16 = 256;
+}
+
+/// Device configuration layout (read-only to the driver, little-endian).
+pub mod config {
+    /// u8: `PROTOCOL_VERSION` of the device.
+    pub const PROTOCOL_VERSION: usize = 0;
+    /// u8 + u16: reserved, zero.
+    pub const RESERVED0: usize = 1;
+    /// u32: largest message the device sends or accepts, header included.
+    pub const MAX_MESSAGE_BYTES: usize = 4;
+    /// u32: largest `LoadModelChunk` data the device sends.
+    pub const MAX_CHUNK_BYTES: usize = 8;
+    /// u32: models the driver is asked to hold at once.
+    pub const MAX_MODELS: usize = 12;
+    /// u32: sessions the device opens at most at once.
+    pub const MAX_SESSIONS: usize = 16;
+    /// u32: largest `context_len` the device asks for.
+    pub const MAX_CONTEXT_LEN: usize = 20;
+    /// u64: private memory budget at boot, bytes (multiple of `MEMORY_GRANULE`).
+    pub const MEMORY_BUDGET: usize = 24;
+    /// Size of the configuration space.
+    pub const SIZE: usize = 32;
+}
+
+/// Bytes of the common message header.
+pub const HEADER_BYTES: usize = 8;
+/// Largest `LoadModelChunk` payload.
+pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+/// Largest message, header included: a full chunk plus its fixed fields, rounded up.
+pub const MAX_MESSAGE_BYTES: usize = MAX_CHUNK_BYTES + 4096;
+/// Longest descriptor chain either side walks (a message may be scattered, but not finely).
+pub const MAX_CHAIN_DESCRIPTORS: usize = 16;
+/// Longest prompt given as token ids.
+pub const MAX_PROMPT_TOKENS: usize = 32 * 1024;
+/// Longest prompt given as text, in bytes.
+pub const MAX_PROMPT_TEXT_BYTES: usize = 256 * 1024;
+/// Largest `max_tokens` of one request.
+pub const MAX_GENERATED_TOKENS: u32 = 128 * 1024;
+/// Largest context a session may ask for.
+pub const MAX_CONTEXT_LEN: u32 = 128 * 1024;
+/// Largest model file the device may announce (64 GiB).
+pub const MAX_MODEL_BYTES: u64 = 64 << 30;
+/// Token ids in one `Tokens` response.
+pub const MAX_TOKENS_PER_RESPONSE: usize = 256;
+/// Text bytes in one `Tokens` response.
+pub const MAX_TOKEN_TEXT_BYTES: usize = 4096;
+/// Bytes of an `Error` message text.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+/// Token ids are below this (no vocabulary in use comes close; bounds the sampler's top-k).
+pub const MAX_TOKEN_ID: u32 = 1 << 24;
+/// Largest sampling temperature.
+pub const MAX_TEMPERATURE: f32 = 100.0;
+/// Largest repeat penalty.
+pub const MAX_REPEAT_PENALTY: f32 = 100.0;
+/// Ranges in one `RelinquishReport`.
+pub const MAX_RELINQUISH_RANGES: usize = 512;
+/// Granule of private memory budgets and relinquished ranges: one 2 MiB huge page, the unit
+/// the guest kernel maps.
+pub const MEMORY_GRANULE: u64 = 2 << 20;
+
+/// Guest-physical layout both sides rely on (from the design): only the shared window is
+/// visible to the device.
+pub mod layout {
+    /// Start of the shared window (virtqueues and bounce buffers).
+    pub const SHARED_WINDOW_BASE: u64 = 0x4000_0000;
+    /// Size of the shared window.
+    pub const SHARED_WINDOW_SIZE: u64 = 32 << 20;
+    /// Start of the private pool.
+    pub const PRIVATE_POOL_BASE: u64 = 4 << 30;
+}

@@ -1,0 +1,233 @@
+//! Request queue messages (device to driver, queue 2): start a generation, or cancel one.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::error::WireError;
+use crate::spec::{
+    MAX_GENERATED_TOKENS, MAX_PROMPT_TEXT_BYTES, MAX_PROMPT_TOKENS, MAX_REPEAT_PENALTY,
+    MAX_TEMPERATURE, MAX_TOKEN_ID,
+};
+use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
+use crate::wire::{Message, decode_checked, ensure};
+
+/// Message types of the request queue.
+pub mod msg_type {
+    /// [`super::GenerateRequest`].
+    pub const GENERATE: u16 = 0x0301;
+    /// [`super::CancelRequest`].
+    pub const CANCEL: u16 = 0x0302;
+}
+
+/// `prompt_kind` values.
+const PROMPT_TOKENS: u8 = 0;
+const PROMPT_TEXT: u8 = 1;
+
+/// How to pick each token. Ranges are checked on both encode and decode; a value outside
+/// them is a `FieldOutOfRange` carrying the float's bits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy; otherwise 0..=`MAX_TEMPERATURE`, finite.
+    pub temperature: f32,
+    /// Keep the `top_k` most likely tokens; 0 = off; at most `MAX_TOKEN_ID`.
+    pub top_k: u32,
+    /// Nucleus mass, 0..=1 (1 = off).
+    pub top_p: f32,
+    /// Drop tokens below `min_p` times the best probability, 0..=1 (0 = off).
+    pub min_p: f32,
+    /// Penalty on repeated tokens, (0, `MAX_REPEAT_PENALTY`] (1 = off).
+    pub repeat_penalty: f32,
+    /// Seed of the sampler's PRNG, so runs are reproducible.
+    pub seed: u64,
+    /// Stop after this many tokens, 1..=`MAX_GENERATED_TOKENS`.
+    pub max_tokens: u32,
+}
+
+impl SamplingParams {
+    fn validate(&self) -> Result<(), WireError> {
+        let bits = |v: f32| u64::from(v.to_bits());
+        // `contains` is false for NaN, so NaN and infinities fall out with the range checks.
+        let t = self.temperature;
+        ensure((0.0..=MAX_TEMPERATURE).contains(&t), "temperature", bits(t))?;
+        ensure(self.top_k <= MAX_TOKEN_ID, "top_k", self.top_k.into())?;
+        let p = self.top_p;
+        ensure((0.0..=1.0).contains(&p), "top_p", bits(p))?;
+        let m = self.min_p;
+        ensure((0.0..=1.0).contains(&m), "min_p", bits(m))?;
+        let r = self.repeat_penalty;
+        let r_ok = r > 0.0 && r <= MAX_REPEAT_PENALTY;
+        ensure(r_ok, "repeat_penalty", bits(r))?;
+        let n = self.max_tokens;
+        ensure(
+            (1..=MAX_GENERATED_TOKENS).contains(&n),
+            "max_tokens",
+            n.into(),
+        )
+    }
+}
+
+/// The prompt, as token ids or (with `feature::TEXT_PROMPT`) as text the driver tokenizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// 1..=`MAX_PROMPT_TOKENS` ids, each below `MAX_TOKEN_ID`.
+    Tokens(Vec<u32>),
+    /// 1..=`MAX_PROMPT_TEXT_BYTES` bytes of UTF-8.
+    Text(String),
+}
+
+/// Generate tokens on a session. The driver streams `Tokens` and ends with exactly one
+/// `EndOfStream` or `Error` for this `request_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    /// Id the device chooses; unique among requests in flight.
+    pub request_id: u64,
+    /// The session (and so the model and KV cache) to run on.
+    pub session_id: u32,
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+    /// The prompt, appended to the session's context.
+    pub prompt: Prompt,
+}
+
+impl Message<'_> for GenerateRequest {
+    const TYPE: u16 = msg_type::GENERATE;
+    fn encode_body(&self, w: &mut Writer<'_>) {
+        let s = &self.sampling;
+        w.u64(self.request_id);
+        w.u32(self.session_id);
+        w.u32(s.max_tokens);
+        w.u64(s.seed);
+        w.f32(s.temperature);
+        w.u32(s.top_k);
+        w.f32(s.top_p);
+        w.f32(s.min_p);
+        w.f32(s.repeat_penalty);
+        let (kind, len) = match &self.prompt {
+            Prompt::Tokens(t) => (PROMPT_TOKENS, t.len()),
+            Prompt::Text(s) => (PROMPT_TEXT, s.len()),
+        };
+        w.u8(kind);
+        w.zeros(3);
+        w.u32(len_u32(len));
+        w.zeros(4);
+        match &self.prompt {
+            Prompt::Tokens(t) => w.u32_list(t),
+            Prompt::Text(s) => w.bytes(s.as_bytes()),
+        }
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let request_id = r.u64()?;
+        let session_id = r.u32()?;
+        let max_tokens = r.u32()?;
+        let sampling = SamplingParams {
+            seed: r.u64()?,
+            temperature: r.f32()?,
+            top_k: r.u32()?,
+            top_p: r.f32()?,
+            min_p: r.f32()?,
+            repeat_penalty: r.f32()?,
+            max_tokens,
+        };
+        let kind = r.u8()?;
+        r.reserved(3, "generate.reserved0")?;
+        let len = r.u32()? as usize;
+        r.reserved(4, "generate.reserved1")?;
+        let prompt = match kind {
+            PROMPT_TOKENS => {
+                check_len("prompt tokens", len, MAX_PROMPT_TOKENS)?;
+                Prompt::Tokens(r.u32_list(len)?)
+            }
+            PROMPT_TEXT => {
+                check_len("prompt text", len, MAX_PROMPT_TEXT_BYTES)?;
+                let raw = r.bytes(len)?;
+                let text = core::str::from_utf8(raw)
+                    .map_err(|_| WireError::InvalidUtf8 { field: "prompt" })?;
+                Prompt::Text(String::from(text))
+            }
+            other => {
+                return Err(WireError::FieldOutOfRange {
+                    field: "prompt_kind",
+                    value: other.into(),
+                });
+            }
+        };
+        Ok(Self {
+            request_id,
+            session_id,
+            sampling,
+            prompt,
+        })
+    }
+
+    fn validate(&self) -> Result<(), WireError> {
+        self.sampling.validate()?;
+        match &self.prompt {
+            Prompt::Tokens(t) => {
+                check_len("prompt tokens", t.len(), MAX_PROMPT_TOKENS)?;
+                ensure(!t.is_empty(), "prompt_len", 0)?;
+                match t.iter().find(|&&id| id >= MAX_TOKEN_ID) {
+                    Some(&id) => ensure(false, "prompt token", id.into()),
+                    None => Ok(()),
+                }
+            }
+            Prompt::Text(s) => {
+                check_len("prompt text", s.len(), MAX_PROMPT_TEXT_BYTES)?;
+                ensure(!s.is_empty(), "prompt_len", 0)
+            }
+        }
+    }
+}
+
+/// Stop a request. The driver answers with `EndOfStream` (reason `Cancelled`) unless the
+/// request already ended; cancelling an unknown id is not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelRequest {
+    /// The request to stop.
+    pub request_id: u64,
+}
+
+impl Message<'_> for CancelRequest {
+    const TYPE: u16 = msg_type::CANCEL;
+    fn encode_body(&self, w: &mut Writer<'_>) {
+        w.u64(self.request_id);
+    }
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Self {
+            request_id: r.u64()?,
+        })
+    }
+}
+
+/// Any message of the request queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestMsg {
+    /// See [`GenerateRequest`].
+    Generate(GenerateRequest),
+    /// See [`CancelRequest`].
+    Cancel(CancelRequest),
+}
+
+impl RequestMsg {
+    /// Decodes whichever request `buf` holds.
+    pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
+        let (t, r) = decode_frame(buf)?;
+        Ok(match t {
+            msg_type::GENERATE => Self::Generate(decode_checked(r)?),
+            msg_type::CANCEL => Self::Cancel(decode_checked(r)?),
+            other => return Err(WireError::UnknownType(other)),
+        })
+    }
+
+    /// Appends the frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        match self {
+            Self::Generate(m) => m.encode(out),
+            Self::Cancel(m) => m.encode(out),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+pub(crate) mod tests;

@@ -1,0 +1,246 @@
+//! Response queue messages (driver to device, queue 3): the token stream of a request and
+//! its single terminal message, `EndOfStream` or `Error`.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::error::WireError;
+use crate::spec::{
+    MAX_CONTEXT_LEN, MAX_ERROR_MESSAGE_BYTES, MAX_GENERATED_TOKENS, MAX_TOKEN_ID,
+    MAX_TOKEN_TEXT_BYTES, MAX_TOKENS_PER_RESPONSE,
+};
+use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
+use crate::wire::status::Status;
+use crate::wire::{Message, decode_checked, ensure};
+
+/// Message types of the response queue.
+pub mod msg_type {
+    /// [`super::Tokens`].
+    pub const TOKENS: u16 = 0x0401;
+    /// [`super::ErrorResponse`].
+    pub const ERROR: u16 = 0x0402;
+    /// [`super::EndOfStream`].
+    pub const END_OF_STREAM: u16 = 0x0403;
+}
+
+/// Newly generated tokens of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    /// The request they belong to.
+    pub request_id: u64,
+    /// 1..=`MAX_TOKENS_PER_RESPONSE` ids, each below `MAX_TOKEN_ID`.
+    pub token_ids: Vec<u32>,
+    /// Their text, at most `MAX_TOKEN_TEXT_BYTES`; empty unless `feature::TOKEN_TEXT`.
+    /// Raw bytes, not checked as UTF-8: a byte-level token may end inside a character, which
+    /// the next message completes.
+    pub text: Vec<u8>,
+}
+
+impl Message<'_> for Tokens {
+    const TYPE: u16 = msg_type::TOKENS;
+    fn encode_body(&self, w: &mut Writer<'_>) {
+        w.u64(self.request_id);
+        w.u32(len_u32(self.token_ids.len()));
+        w.u32(len_u32(self.text.len()));
+        w.u32_list(&self.token_ids);
+        w.bytes(&self.text);
+    }
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let request_id = r.u64()?;
+        let count = r.u32()? as usize;
+        let text_len = r.u32()? as usize;
+        check_len("response tokens", count, MAX_TOKENS_PER_RESPONSE)?;
+        check_len("token text", text_len, MAX_TOKEN_TEXT_BYTES)?;
+        Ok(Self {
+            request_id,
+            token_ids: r.u32_list(count)?,
+            text: r.bytes(text_len)?.to_vec(),
+        })
+    }
+    fn validate(&self) -> Result<(), WireError> {
+        check_len(
+            "response tokens",
+            self.token_ids.len(),
+            MAX_TOKENS_PER_RESPONSE,
+        )?;
+        check_len("token text", self.text.len(), MAX_TOKEN_TEXT_BYTES)?;
+        ensure(!self.token_ids.is_empty(), "token count", 0)?;
+        match self.token_ids.iter().find(|&&id| id >= MAX_TOKEN_ID) {
+            Some(&id) => ensure(false, "token id", id.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A request failed; nothing more follows for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorResponse {
+    /// The request that failed.
+    pub request_id: u64,
+    /// Why; never `Status::Ok`.
+    pub status: Status,
+    /// Human-readable detail for the host log, UTF-8, at most `MAX_ERROR_MESSAGE_BYTES`.
+    pub message: String,
+}
+
+impl Message<'_> for ErrorResponse {
+    const TYPE: u16 = msg_type::ERROR;
+    fn encode_body(&self, w: &mut Writer<'_>) {
+        w.u64(self.request_id);
+        w.u16(self.status.to_u16());
+        // The limit is below 64 KiB, so the length fits the u16 once validated.
+        w.u16(u16::try_from(self.message.len()).unwrap_or(u16::MAX));
+        w.zeros(4);
+        w.bytes(self.message.as_bytes());
+    }
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let request_id = r.u64()?;
+        let status = Status::try_from(r.u16()?)?;
+        let len = usize::from(r.u16()?);
+        r.reserved(4, "error.reserved")?;
+        check_len("error message", len, MAX_ERROR_MESSAGE_BYTES)?;
+        let raw = r.bytes(len)?;
+        let message =
+            core::str::from_utf8(raw).map_err(|_| WireError::InvalidUtf8 { field: "message" })?;
+        Ok(Self {
+            request_id,
+            status,
+            message: String::from(message),
+        })
+    }
+    fn validate(&self) -> Result<(), WireError> {
+        check_len("error message", self.message.len(), MAX_ERROR_MESSAGE_BYTES)?;
+        ensure(self.status != Status::Ok, "error.status", 0)
+    }
+}
+
+/// Why a generation stopped normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StopReason {
+    /// `max_tokens` were generated.
+    MaxTokens = 1,
+    /// The model produced an end-of-generation token.
+    EndOfGeneration = 2,
+    /// The device cancelled the request (or closed its session).
+    Cancelled = 3,
+    /// The session's context filled up.
+    ContextFull = 4,
+}
+
+impl TryFrom<u8> for StopReason {
+    type Error = WireError;
+    fn try_from(v: u8) -> Result<Self, WireError> {
+        Ok(match v {
+            1 => Self::MaxTokens,
+            2 => Self::EndOfGeneration,
+            3 => Self::Cancelled,
+            4 => Self::ContextFull,
+            _ => {
+                return Err(WireError::FieldOutOfRange {
+                    field: "reason",
+                    value: v.into(),
+                });
+            }
+        })
+    }
+}
+
+/// Time the driver spent on a request, from its own clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timings {
+    /// Prompt evaluation (prefill), ns.
+    pub prompt_ns: u64,
+    /// Token generation (decode), ns.
+    pub generation_ns: u64,
+}
+
+/// A request finished; nothing more follows for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndOfStream {
+    /// The request that finished.
+    pub request_id: u64,
+    /// Why it stopped.
+    pub reason: StopReason,
+    /// Prompt tokens evaluated, at most `MAX_CONTEXT_LEN`.
+    pub prompt_tokens: u32,
+    /// Tokens generated, at most `MAX_GENERATED_TOKENS`.
+    pub generated_tokens: u32,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+impl Message<'_> for EndOfStream {
+    const TYPE: u16 = msg_type::END_OF_STREAM;
+    fn encode_body(&self, w: &mut Writer<'_>) {
+        w.u64(self.request_id);
+        w.u8(self.reason as u8);
+        w.zeros(3);
+        w.u32(self.prompt_tokens);
+        w.u32(self.generated_tokens);
+        w.zeros(4);
+        w.u64(self.timings.prompt_ns);
+        w.u64(self.timings.generation_ns);
+    }
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let request_id = r.u64()?;
+        let reason = StopReason::try_from(r.u8()?)?;
+        r.reserved(3, "end_of_stream.reserved0")?;
+        let prompt_tokens = r.u32()?;
+        let generated_tokens = r.u32()?;
+        r.reserved(4, "end_of_stream.reserved1")?;
+        Ok(Self {
+            request_id,
+            reason,
+            prompt_tokens,
+            generated_tokens,
+            timings: Timings {
+                prompt_ns: r.u64()?,
+                generation_ns: r.u64()?,
+            },
+        })
+    }
+    fn validate(&self) -> Result<(), WireError> {
+        let p = self.prompt_tokens;
+        ensure(p <= MAX_CONTEXT_LEN, "prompt_tokens", p.into())?;
+        let g = self.generated_tokens;
+        ensure(g <= MAX_GENERATED_TOKENS, "generated_tokens", g.into())
+    }
+}
+
+/// Any message of the response queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseMsg {
+    /// See [`Tokens`].
+    Tokens(Tokens),
+    /// See [`ErrorResponse`].
+    Error(ErrorResponse),
+    /// See [`EndOfStream`].
+    EndOfStream(EndOfStream),
+}
+
+impl ResponseMsg {
+    /// Decodes whichever response `buf` holds.
+    pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
+        let (t, r) = decode_frame(buf)?;
+        Ok(match t {
+            msg_type::TOKENS => Self::Tokens(decode_checked(r)?),
+            msg_type::ERROR => Self::Error(decode_checked(r)?),
+            msg_type::END_OF_STREAM => Self::EndOfStream(decode_checked(r)?),
+            other => return Err(WireError::UnknownType(other)),
+        })
+    }
+
+    /// Appends the frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        match self {
+            Self::Tokens(m) => m.encode(out),
+            Self::Error(m) => m.encode(out),
+            Self::EndOfStream(m) => m.encode(out),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "response_tests.rs"]
+pub(crate) mod tests;

@@ -1,0 +1,132 @@
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::*;
+use crate::wire::testutil::{assert_every_truncation_fails, with_trailing_byte};
+
+pub(crate) fn samples() -> Vec<ResponseMsg> {
+    vec![
+        ResponseMsg::Tokens(Tokens {
+            request_id: 9,
+            token_ids: vec![42, 7],
+            // A split UTF-8 sequence is legal here.
+            text: vec![b'h', b'i', 0xc3],
+        }),
+        ResponseMsg::Error(ErrorResponse {
+            request_id: 9,
+            status: Status::ContextFull,
+            message: String::from("context is full (4096 tokens)"),
+        }),
+        ResponseMsg::EndOfStream(EndOfStream {
+            request_id: 9,
+            reason: StopReason::EndOfGeneration,
+            prompt_tokens: 12,
+            generated_tokens: 30,
+            timings: Timings {
+                prompt_ns: 1_000_000,
+                generation_ns: 90_000_000,
+            },
+        }),
+    ]
+}
+
+fn frame(i: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    samples()[i].encode(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn round_trip() {
+    for msg in samples() {
+        let mut buf = Vec::new();
+        msg.encode(&mut buf).unwrap();
+        assert_eq!(ResponseMsg::decode(&buf), Ok(msg));
+    }
+}
+
+#[test]
+fn every_truncation_fails_and_trailing_bytes_are_rejected() {
+    for i in 0..samples().len() {
+        let buf = frame(i);
+        assert_every_truncation_fails(&buf, |b| ResponseMsg::decode(b).is_err());
+        assert_eq!(
+            ResponseMsg::decode(&with_trailing_byte(&buf)),
+            Err(WireError::TrailingBytes { count: 1 })
+        );
+    }
+}
+
+#[test]
+fn counts_are_checked_before_reading() {
+    let mut buf = frame(0);
+    buf[16..20].copy_from_slice(&1000u32.to_le_bytes());
+    assert_eq!(
+        ResponseMsg::decode(&buf),
+        Err(WireError::TooLong {
+            what: "response tokens",
+            len: 1000,
+            max: MAX_TOKENS_PER_RESPONSE
+        })
+    );
+    let mut buf = frame(0);
+    buf[16..20].copy_from_slice(&3u32.to_le_bytes());
+    assert_eq!(
+        ResponseMsg::decode(&buf),
+        Err(WireError::Truncated {
+            needed: 12,
+            available: 11
+        })
+    );
+}
+
+#[test]
+fn error_fields_are_checked() {
+    let mut buf = frame(1);
+    buf[16..18].copy_from_slice(&0u16.to_le_bytes());
+    assert_eq!(
+        ResponseMsg::decode(&buf),
+        Err(WireError::FieldOutOfRange {
+            field: "error.status",
+            value: 0
+        })
+    );
+    let mut buf = frame(1);
+    buf[16..18].copy_from_slice(&77u16.to_le_bytes());
+    assert_eq!(ResponseMsg::decode(&buf), Err(WireError::UnknownStatus(77)));
+    let mut buf = frame(1);
+    buf[24] = 0x80;
+    assert_eq!(
+        ResponseMsg::decode(&buf),
+        Err(WireError::InvalidUtf8 { field: "message" })
+    );
+}
+
+#[test]
+fn end_of_stream_fields_are_checked() {
+    let mut buf = frame(2);
+    buf[16] = 0;
+    assert_eq!(
+        ResponseMsg::decode(&buf),
+        Err(WireError::FieldOutOfRange {
+            field: "reason",
+            value: 0
+        })
+    );
+    let mut buf = frame(2);
+    buf[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        ResponseMsg::decode(&buf),
+        Err(WireError::FieldOutOfRange {
+            field: "generated_tokens",
+            ..
+        })
+    ));
+    let mut buf = frame(2);
+    buf[0..2].copy_from_slice(&0x0301u16.to_le_bytes());
+    assert_eq!(
+        ResponseMsg::decode(&buf),
+        Err(WireError::UnknownType(0x0301))
+    );
+}
