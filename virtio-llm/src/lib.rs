@@ -13,12 +13,15 @@
 //! - [`wire::control`], [`wire::request`], [`wire::response`] and [`wire::memory`] hold one
 //!   message family each, [`wire::status`] the status codes.
 //!
-//! Host device logic and the guest driver (queue handling) come in the next slice of issue 4.
+//! - [`driver`] is the guest side of a split virtqueue, generic over [`driver::DriverMemory`].
+//!
+//! Host device logic (on `virtio-queue`) comes in the next slice of issue 4.
 #![no_std]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod driver;
 pub mod error;
 pub mod spec;
 pub mod wire;
