@@ -1,5 +1,6 @@
 //! Devices on the MMIO bus, and the bus itself.
 
+pub mod chain;
 mod console;
 mod control;
 mod fault;
