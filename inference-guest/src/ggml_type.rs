@@ -15,6 +15,17 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
+    /// Every type the engine supports.
+    pub const ALL: [Self; 7] = [
+        Self::F32,
+        Self::F16,
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q8_0,
+        Self::Q4K,
+        Self::Q6K,
+    ];
+
     /// Maps ggml's on-disk type id; `None` for types this engine does not support.
     pub fn from_id(id: u32) -> Option<Self> {
         Some(match id {
@@ -57,17 +68,9 @@ impl GgmlType {
 
     /// Parses a name as printed by [`GgmlType::name`] (case-insensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        [
-            Self::F32,
-            Self::F16,
-            Self::Q4_0,
-            Self::Q4_1,
-            Self::Q8_0,
-            Self::Q4K,
-            Self::Q6K,
-        ]
-        .into_iter()
-        .find(|t| t.name().eq_ignore_ascii_case(name))
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Elements per block.

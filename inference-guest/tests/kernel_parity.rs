@@ -6,15 +6,7 @@ use inference_guest::ggml_type::GgmlType;
 use inference_guest::quant::f16::{f16_to_f32, f32_to_f16};
 use inference_guest::quant::{ActFormat, Isa, Kernels, quantize_row};
 
-const ALL: [GgmlType; 7] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4K,
-    GgmlType::Q6K,
-];
+const ALL: [GgmlType; 7] = GgmlType::ALL;
 
 /// xorshift64* — deterministic, no crates.
 struct Rng(u64);

@@ -58,17 +58,6 @@ pub struct Weights<'a> {
     pub output: Matrix<'a>,
 }
 
-/// Types a weight matrix may have.
-const MATRIX_TYPES: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4K,
-    GgmlType::Q6K,
-];
-
 fn tensor<'g, 'a>(g: &'g Gguf<'a>, name: &str) -> Result<&'g TensorInfo<'a>, ModelError> {
     g.tensor(name)
         .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
@@ -83,7 +72,7 @@ fn matrix<'a>(g: &Gguf<'a>, name: &str, n: usize, rows: usize) -> Result<Matrix<
             expected: vec![n as u64, rows as u64],
         });
     }
-    if !MATRIX_TYPES.contains(&t.ty) {
+    if !GgmlType::ALL.contains(&t.ty) {
         return Err(ModelError::TensorType {
             name: name.to_string(),
             ty: t.ty,
