@@ -13,11 +13,14 @@ pub const CONTROL_MEM_SIZE: u64 = 8;
 pub const FAULT: u64 = MMIO_BASE + 0x2000;
 pub const FAULT_COMMIT: u64 = 0x800;
 /// Timer: a u64 read at `TIMER_NOW` is the monotonic time in ns since the VM started; a u64
-/// written at `TIMER_WAIT` blocks this vCPU (in the VMM, costing no host CPU) until woken
-/// or that many ns have passed.
+/// written at `TIMER_WAIT + 8 * i` blocks vCPU `i` (in the VMM, costing no host CPU) until a
+/// wake-up it has not seen yet (a device notification) or that many ns have passed. User
+/// mode may write it directly: idling needs no ring-0 work.
 pub const TIMER: u64 = MMIO_BASE + 0x3000;
 pub const TIMER_NOW: u64 = 0;
-pub const TIMER_WAIT: u64 = 8;
+pub const TIMER_WAIT: u64 = 0x100;
+/// The virtio-llm device's virtio-mmio register page.
+pub const VIRTIO_LLM: u64 = MMIO_BASE + 0x4000;
 
 /// Fields of a fault report, by u64 index.
 pub mod fault {

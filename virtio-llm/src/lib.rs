@@ -15,14 +15,21 @@
 //!
 //! - [`driver`] is the guest side of a split virtqueue, generic over [`driver::DriverMemory`].
 //!
-//! Host device logic (on `virtio-queue`) comes in the next slice of issue 4.
+//! - [`device`] (feature `device`, std) is the host side on `virtio-queue`, generic over
+//!   guest memory and notification.
 #![no_std]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+#[cfg(feature = "device")]
+extern crate std;
+
+#[cfg(feature = "device")]
+pub mod device;
 
 pub mod driver;
 pub mod error;
+pub mod mmio;
 pub mod spec;
 pub mod wire;
 

@@ -100,6 +100,8 @@ pub const MAX_TOKEN_ID: u32 = 1 << 24;
 pub const MAX_TEMPERATURE: f32 = 100.0;
 /// Largest repeat penalty.
 pub const MAX_REPEAT_PENALTY: f32 = 100.0;
+/// Bytes of one `EchoRequest`/`EchoReply` (a diagnostic round trip).
+pub const MAX_ECHO_BYTES: usize = 64 * 1024;
 /// Ranges in one `RelinquishReport`.
 pub const MAX_RELINQUISH_RANGES: usize = 512;
 /// Granule of private memory budgets and relinquished ranges: one 2 MiB huge page, the unit

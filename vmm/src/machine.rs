@@ -1,6 +1,8 @@
 //! A whole VM: guest memory laid out as the design says, the MMIO bus, and one host thread
 //! per vCPU, run until the guest exits, fails, or misses its deadline.
 
+use crate::devices::virtio_llm::{LlmConfig, LlmHost, VirtioLlm};
+use crate::devices::virtio_mmio::{MmioTransport, reg};
 use crate::devices::{Console, Control, FaultPage, FaultReport, MmioBus, Timer};
 use crate::hypervisor::x86_64_boot::{self, BOOT_TABLES_END};
 use crate::hypervisor::{
@@ -8,11 +10,14 @@ use crate::hypervisor::{
 };
 use crate::vcpu_exit::{ExitAction, Stop, handle_exit};
 use guest_kernel::abi;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use virtio_llm::device::chain::Window;
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
 
 /// Guest-physical layout (x86_64).
 pub mod layout {
@@ -24,6 +29,7 @@ pub mod layout {
     pub const CONTROL_BASE: u64 = guest_kernel::abi::CONTROL;
     pub const FAULT_BASE: u64 = guest_kernel::abi::FAULT;
     pub const TIMER_BASE: u64 = guest_kernel::abi::TIMER;
+    pub const VIRTIO_LLM_BASE: u64 = guest_kernel::abi::VIRTIO_LLM;
     /// The user threads' stacks: vCPU `i`'s ends at `USER_STACK_TOP - i * USER_STACK_SIZE`
     /// (the program image sits at 2 MiB).
     pub const USER_STACK_TOP: u64 = 0x100_0000;
@@ -60,6 +66,8 @@ pub enum VmError {
     Hypervisor(#[from] HypervisorError),
     #[error("cannot allocate {size} bytes of guest memory: {reason}")]
     Memory { size: usize, reason: String },
+    #[error("{0}")]
+    Device(String),
     #[error("invalid guest image: {0}")]
     Elf(#[from] crate::elf_loader::ElfError),
     #[error("the image does not fit guest memory: {len} bytes at {addr:#x}")]
@@ -96,6 +104,8 @@ pub enum VmError {
     },
     #[error("the guest did not finish within {0:?} and was stopped")]
     Timeout(Duration),
+    #[error("the VM was stopped by the host")]
+    StoppedByHost,
     #[error("vCPU {vcpu} stopped: {what}; registers: {regs:x?}")]
     Unhandled {
         vcpu: usize,
@@ -112,6 +122,8 @@ pub struct Machine {
     bus: Arc<MmioBus>,
     console: Arc<Console>,
     timer: Arc<Timer>,
+    llm: Arc<LlmHost>,
+    stop: Arc<StopHandle>,
     config: MachineConfig,
     /// Host CPU time each vCPU thread used in the last `run`.
     vcpu_cpu: Vec<Duration>,
@@ -122,18 +134,26 @@ impl Machine {
     pub fn new(config: MachineConfig) -> Result<Self, VmError> {
         let hv = KvmHypervisor::new()?;
         let mut vm = hv.create_vm()?;
-        let ranges = [
-            (GuestAddress(layout::BOOT_BASE), config.boot_size),
-            (
-                GuestAddress(layout::SHARED_BASE),
-                layout::SHARED_SIZE as usize,
-            ),
-        ];
         let size = config.boot_size + layout::SHARED_SIZE as usize;
-        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmError::Memory {
-            size,
-            reason: e.to_string(),
-        })?;
+        let region = |base: u64, len: usize| {
+            GuestRegionMmap::from_range(GuestAddress(base), len, None)
+                .map(Arc::new)
+                .map_err(|e| VmError::Memory {
+                    size,
+                    reason: e.to_string(),
+                })
+        };
+        let boot = region(layout::BOOT_BASE, config.boot_size)?;
+        let shared = region(layout::SHARED_BASE, layout::SHARED_SIZE as usize)?;
+        let collection = |regions| {
+            GuestMemoryMmap::from_arc_regions(regions).map_err(|e| VmError::Memory {
+                size,
+                reason: e.to_string(),
+            })
+        };
+        let mem = collection(vec![boot, shared.clone()])?;
+        // The device's view: the shared window and nothing else.
+        let shared_only = collection(vec![shared])?;
         for region in mem.iter() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -147,6 +167,29 @@ impl Machine {
         }
         let console = Arc::new(Console::default());
         let timer = Arc::new(Timer::default());
+        let interrupt_status = Arc::new(AtomicU32::new(0));
+        let (llm_device, llm) = VirtioLlm::new(
+            shared_only,
+            Window {
+                base: layout::SHARED_BASE,
+                size: layout::SHARED_SIZE,
+            },
+            interrupt_status.clone(),
+            timer.clone(),
+            LlmConfig::default(),
+        )
+        .map_err(|e| VmError::Device(format!("cannot create the virtio-llm eventfds: {e}")))?;
+        for q in 0..virtio_llm::spec::queue::COUNT {
+            if let Some(fd) = llm.kick_fd(q) {
+                // Without ioeventfd the notify write exits to the vCPU thread, which signals
+                // the same eventfd: slower, not wrong.
+                let _ = vm.register_mmio_notify(
+                    layout::VIRTIO_LLM_BASE + reg::QUEUE_NOTIFY,
+                    u32::from(q),
+                    fd,
+                );
+            }
+        }
         let mut bus = MmioBus::default();
         bus.insert(layout::CONSOLE_BASE, 0x1000, console.clone())
             .and_then(|()| {
@@ -160,6 +203,11 @@ impl Machine {
             })
             .and_then(|()| bus.insert(layout::FAULT_BASE, 0x1000, Arc::new(FaultPage::default())))
             .and_then(|()| bus.insert(layout::TIMER_BASE, 0x1000, timer.clone()))
+            .and_then(|()| {
+                let transport =
+                    MmioTransport::with_interrupt_status(Box::new(llm_device), interrupt_status);
+                bus.insert(layout::VIRTIO_LLM_BASE, 0x1000, Arc::new(transport))
+            })
             .map_err(|e| VmError::Memory {
                 size: 0,
                 reason: e.to_string(),
@@ -170,6 +218,8 @@ impl Machine {
             bus: Arc::new(bus),
             console,
             timer,
+            llm,
+            stop: Arc::default(),
             config,
             vcpu_cpu: Vec::new(),
         };
@@ -212,6 +262,18 @@ impl Machine {
     /// should cost close to none).
     pub fn vcpu_cpu_times(&self) -> &[Duration] {
         &self.vcpu_cpu
+    }
+
+    /// The host's handle on the virtio-llm device (usable from other threads while the
+    /// guest runs).
+    pub fn llm(&self) -> Arc<LlmHost> {
+        self.llm.clone()
+    }
+
+    /// A handle that stops the running guest from another thread; `run` then returns
+    /// [`VmError::StoppedByHost`].
+    pub fn stop_handle(&self) -> Arc<StopHandle> {
+        self.stop.clone()
     }
 
     /// The guest's console output so far.
@@ -259,6 +321,9 @@ impl Machine {
         let deadline = self.config.deadline;
         let bus = &*self.bus;
         let timer = &*self.timer;
+        let stop = &*self.stop;
+        stop.clear();
+        self.llm.vm_started();
         let result = std::thread::scope(|scope| {
             for (i, vcpu) in vcpus.into_iter().enumerate() {
                 let (tx, stopping, tid, cpu) = (tx.clone(), &stopping, &threads[i], &cpu_ns[i]);
@@ -273,10 +338,27 @@ impl Machine {
             }
             drop(tx);
             let start = Instant::now();
-            let first = rx.recv_timeout(deadline).ok();
+            // The first vCPU to stop decides the outcome; a host stop request makes one up.
+            let (first, from_vcpu) = loop {
+                let left = deadline.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    break (None, false);
+                }
+                match rx.recv_timeout(left.min(STOP_POLL)) {
+                    Ok(outcome) => break (Some(outcome), true),
+                    Err(mpsc::RecvTimeoutError::Timeout) if stop.requested() => {
+                        break (
+                            Some((0, (Stop::Kicked, RegisterSnapshot::default()))),
+                            false,
+                        );
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break (None, false),
+                }
+            };
             stopping.store(true, Ordering::SeqCst);
             // Kick every vCPU out of KVM_RUN until all have reported.
-            let mut reported = usize::from(first.is_some());
+            let mut reported = usize::from(from_vcpu);
             while reported < threads.len() {
                 // Waiting vCPUs are parked in the timer, not in KVM_RUN: wake them too.
                 timer.wake_all();
@@ -295,14 +377,42 @@ impl Machine {
             }
             (first, start.elapsed())
         });
+        self.llm.vm_stopped();
         self.vcpu_cpu = cpu_ns
             .iter()
             .map(|c| Duration::from_nanos(c.load(Ordering::SeqCst)))
             .collect();
         match result {
             (None, elapsed) => Err(VmError::Timeout(elapsed)),
+            (Some((_, (Stop::Kicked, _))), _) if self.stop.requested() => {
+                Err(VmError::StoppedByHost)
+            }
             (Some((vcpu, (stop, regs))), _) => outcome(vcpu, stop, regs),
         }
+    }
+}
+
+/// How often the run loop checks for a host stop request.
+const STOP_POLL: Duration = Duration::from_millis(5);
+
+/// Lets another thread stop a running guest.
+#[derive(Default)]
+pub struct StopHandle {
+    requested: AtomicBool,
+}
+
+impl StopHandle {
+    /// Asks the running guest to stop (within a few milliseconds).
+    pub fn stop(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    fn clear(&self) {
+        self.requested.store(false, Ordering::SeqCst);
     }
 }
 

@@ -199,7 +199,7 @@ fn handle_syscall(f: &mut Frame) {
             }
         }
         syscall::WAIT => {
-            mmio::write_u64(abi::TIMER + abi::TIMER_WAIT, f.rdi);
+            mmio::write_u64(abi::TIMER + abi::TIMER_WAIT + 8 * this_vcpu(), f.rdi);
             f.rax = 0;
         }
         _ => f.rax = u64::MAX,

@@ -6,8 +6,14 @@
 //! device writes back: a used entry must name a chain the driver actually posted, with a
 //! length within what that chain offered.
 
+pub mod layout;
+mod llm_driver;
 mod split_ring;
 
+pub use llm_driver::{
+    DeviceLimits, DriverError, DriverStats, LlmDriver, OPTIONAL_FEATURES, REQUIRED_FEATURES,
+    Transport,
+};
 pub use split_ring::{Buffer, SplitRing, Used};
 
 /// Why a ring operation failed.

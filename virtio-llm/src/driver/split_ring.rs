@@ -8,6 +8,8 @@ use core::sync::atomic::{Ordering, fence};
 
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
+/// Used-ring flag: the device does not want notifications (when event indices are off).
+const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
 
 /// One buffer of a chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +48,10 @@ pub struct SplitRing {
     n_outstanding: usize,
     next_avail: u16,
     last_used: u16,
+    /// VIRTIO_F_EVENT_IDX was negotiated: notifications follow the event indices.
+    event_idx: bool,
+    /// The available index when the driver last decided whether to notify.
+    kick_base: u16,
 }
 
 fn check_align(what: &'static str, addr: u64, align: u64) -> Result<(), RingError> {
@@ -73,6 +79,7 @@ impl SplitRing {
         check_align("used ring", used, 4)?;
         let n = usize::from(size);
         mem.write(desc, &vec![0; 16 * n])?;
+        // Both rings end with their event index (used_event, avail_event).
         mem.write(avail, &vec![0; 6 + 2 * n])?;
         mem.write(used, &vec![0; 6 + 8 * n])?;
         Ok(Self {
@@ -85,7 +92,63 @@ impl SplitRing {
             n_outstanding: 0,
             next_avail: 0,
             last_used: 0,
+            event_idx: false,
+            kick_base: 0,
         })
+    }
+
+    /// Uses the event indices (VIRTIO_F_EVENT_IDX) to decide notifications both ways.
+    pub fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    /// Whether the device wants a notification for what was made available since the last
+    /// call (virtio 1.2 §2.7.10): with event indices, only if the available index passed
+    /// the device's `avail_event`; without, unless the device set `VIRTQ_USED_F_NO_NOTIFY`.
+    pub fn needs_notify(&mut self, mem: &impl DriverMemory) -> Result<bool, RingError> {
+        let (new, old) = (self.next_avail, self.kick_base);
+        if new == old {
+            return Ok(false);
+        }
+        self.kick_base = new;
+        // The published index must be visible before the device's event index is read,
+        // or both sides could decide the other is awake.
+        fence(Ordering::SeqCst);
+        if self.event_idx {
+            let mut e = [0u8; 2];
+            mem.read(self.used + 4 + 8 * u64::from(self.size), &mut e)?;
+            let event = u16::from_le_bytes(e);
+            Ok(new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old))
+        } else {
+            let mut f = [0u8; 2];
+            mem.read(self.used, &mut f)?;
+            Ok(u16::from_le_bytes(f) & VIRTQ_USED_F_NO_NOTIFY == 0)
+        }
+    }
+
+    /// Asks the device to notify when the next buffer is used (before the driver sleeps).
+    /// Returns `true` if one already was: poll instead of sleeping.
+    pub fn arm(&mut self, mem: &impl DriverMemory) -> Result<bool, RingError> {
+        if self.event_idx {
+            mem.write(
+                self.avail + 4 + 2 * u64::from(self.size),
+                &self.last_used.to_le_bytes(),
+            )?;
+        }
+        fence(Ordering::SeqCst);
+        self.has_used(mem)
+    }
+
+    /// Whether the device has returned a chain not yet taken with [`SplitRing::pop_used`].
+    pub fn has_used(&self, mem: &impl DriverMemory) -> Result<bool, RingError> {
+        let mut idx = [0u8; 2];
+        mem.read(self.used + 2, &mut idx)?;
+        Ok(u16::from_le_bytes(idx) != self.last_used)
+    }
+
+    /// Chains posted and not yet returned.
+    pub fn outstanding(&self) -> usize {
+        self.n_outstanding
     }
 
     /// Free descriptors left.

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod control;
+pub mod echo;
 pub mod memory;
 pub mod request;
 pub mod response;

@@ -44,6 +44,19 @@ pub struct SamplingParams {
 }
 
 impl SamplingParams {
+    /// Greedy decoding of up to `max_tokens` tokens, every other filter off.
+    pub fn greedy(max_tokens: u32) -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            seed: 0,
+            max_tokens,
+        }
+    }
+
     fn validate(&self) -> Result<(), WireError> {
         let bits = |v: f32| u64::from(v.to_bits());
         // `contains` is false for NaN, so NaN and infinities fall out with the range checks.
@@ -206,6 +219,8 @@ pub enum RequestMsg {
     Generate(GenerateRequest),
     /// See [`CancelRequest`].
     Cancel(CancelRequest),
+    /// See [`EchoRequest`](crate::wire::echo::EchoRequest).
+    Echo(crate::wire::echo::EchoRequest),
 }
 
 impl RequestMsg {
@@ -215,6 +230,7 @@ impl RequestMsg {
         Ok(match t {
             msg_type::GENERATE => Self::Generate(decode_checked(r)?),
             msg_type::CANCEL => Self::Cancel(decode_checked(r)?),
+            crate::wire::echo::msg_type::ECHO_REQUEST => Self::Echo(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -224,6 +240,7 @@ impl RequestMsg {
         match self {
             Self::Generate(m) => m.encode(out),
             Self::Cancel(m) => m.encode(out),
+            Self::Echo(m) => m.encode(out),
         }
     }
 }

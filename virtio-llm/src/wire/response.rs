@@ -217,6 +217,8 @@ pub enum ResponseMsg {
     Error(ErrorResponse),
     /// See [`EndOfStream`].
     EndOfStream(EndOfStream),
+    /// See [`EchoReply`](crate::wire::echo::EchoReply).
+    Echo(crate::wire::echo::EchoReply),
 }
 
 impl ResponseMsg {
@@ -227,6 +229,7 @@ impl ResponseMsg {
             msg_type::TOKENS => Self::Tokens(decode_checked(r)?),
             msg_type::ERROR => Self::Error(decode_checked(r)?),
             msg_type::END_OF_STREAM => Self::EndOfStream(decode_checked(r)?),
+            crate::wire::echo::msg_type::ECHO_REPLY => Self::Echo(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -237,6 +240,7 @@ impl ResponseMsg {
             Self::Tokens(m) => m.encode(out),
             Self::Error(m) => m.encode(out),
             Self::EndOfStream(m) => m.encode(out),
+            Self::Echo(m) => m.encode(out),
         }
     }
 }

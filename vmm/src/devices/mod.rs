@@ -1,10 +1,10 @@
 //! Devices on the MMIO bus, and the bus itself.
 
-pub mod chain;
 mod console;
 mod control;
 mod fault;
 mod timer;
+pub mod virtio_llm;
 pub mod virtio_mmio;
 
 pub use console::Console;

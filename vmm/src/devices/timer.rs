@@ -1,8 +1,12 @@
-//! The timer page: a monotonic clock, and the wait register that parks a vCPU thread in the
+//! The timer page: a monotonic clock, and the wait registers that park a vCPU thread in the
 //! VMM (no host CPU) until it is woken or its timeout passes.
+//!
+//! A wake-up is never lost: each vCPU's register remembers the wake-ups it has seen, so a
+//! wait that starts after a wake-up the vCPU has not seen returns at once. A guest can thus
+//! check its queues, find them empty and wait without a race against the device.
 
 use super::{DeviceEvent, MmioDevice};
-use guest_kernel::abi::{TIMER_NOW, TIMER_WAIT};
+use guest_kernel::abi::{MAX_VCPUS, TIMER_NOW, TIMER_WAIT};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,15 +16,22 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Clock and wait register.
 pub struct Timer {
     start: Instant,
-    wakeups: Mutex<u64>,
+    wakeups: Mutex<Wakeups>,
     wake: Condvar,
+}
+
+/// Wake-ups so far, and how many of them each vCPU's wait register has seen.
+#[derive(Default)]
+struct Wakeups {
+    count: u64,
+    seen: [u64; MAX_VCPUS],
 }
 
 impl Default for Timer {
     fn default() -> Self {
         Self {
             start: Instant::now(),
-            wakeups: Mutex::new(0),
+            wakeups: Mutex::new(Wakeups::default()),
             wake: Condvar::new(),
         }
     }
@@ -29,15 +40,15 @@ impl Default for Timer {
 impl Timer {
     /// Wakes every waiting vCPU (a request arrived, the VM is stopping, ...).
     pub fn wake_all(&self) {
-        *self.wakeups.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.wakeups.lock().unwrap_or_else(|e| e.into_inner()).count += 1;
         self.wake.notify_all();
     }
 
-    fn wait(&self, timeout: Duration) {
+    /// Parks vCPU `vcpu` until a wake-up it has not seen yet, or `timeout`.
+    fn wait(&self, vcpu: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout.min(MAX_WAIT);
         let mut wakeups = self.wakeups.lock().unwrap_or_else(|e| e.into_inner());
-        let seen = *wakeups;
-        while *wakeups == seen {
+        while wakeups.count == wakeups.seen[vcpu] {
             let now = Instant::now();
             if now >= deadline {
                 return;
@@ -48,6 +59,7 @@ impl Timer {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        wakeups.seen[vcpu] = wakeups.count;
     }
 }
 
@@ -64,11 +76,12 @@ impl MmioDevice for Timer {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Option<DeviceEvent> {
-        if offset == TIMER_WAIT {
+        let vcpu = offset.wrapping_sub(TIMER_WAIT) / 8;
+        if offset >= TIMER_WAIT && offset.is_multiple_of(8) && vcpu < MAX_VCPUS as u64 {
             let mut v = [0u8; 8];
             let n = data.len().min(8);
             v[..n].copy_from_slice(&data[..n]);
-            self.wait(Duration::from_nanos(u64::from_le_bytes(v)));
+            self.wait(vcpu as usize, Duration::from_nanos(u64::from_le_bytes(v)));
         }
         None
     }
@@ -100,5 +113,22 @@ mod tests {
         t.write(TIMER_WAIT, &10_000_000_000u64.to_le_bytes());
         assert!(start.elapsed() < Duration::from_secs(5), "woken early");
         h.join().unwrap();
+    }
+
+    #[test]
+    fn a_wakeup_before_the_wait_is_not_lost_and_is_per_vcpu() {
+        let t = Timer::default();
+        t.wake_all();
+        let start = Instant::now();
+        // Both vCPUs have a wake-up they have not seen: each returns at once, once.
+        t.write(TIMER_WAIT, &10_000_000_000u64.to_le_bytes());
+        t.write(TIMER_WAIT + 8, &10_000_000_000u64.to_le_bytes());
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let start = Instant::now();
+        t.write(TIMER_WAIT + 8, &20_000_000u64.to_le_bytes());
+        assert!(
+            start.elapsed() >= Duration::from_millis(20),
+            "the wake-up counted twice"
+        );
     }
 }

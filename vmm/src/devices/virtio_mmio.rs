@@ -9,59 +9,13 @@
 //! half-configured queues.
 
 use super::{DeviceEvent, MmioDevice};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 
-/// "virt" in little-endian.
-pub const MAGIC: u32 = 0x7472_6976;
-/// The modern (non-legacy) transport.
-pub const VERSION: u32 = 2;
-/// VIRTIO_F_VERSION_1: every modern device offers and requires it.
-pub const F_VERSION_1: u64 = 1 << 32;
-/// Our vendor id ("FSRV").
-pub const VENDOR_ID: u32 = 0x5652_5346;
-
-/// Register offsets (virtio 1.2 §4.2.2).
-pub mod reg {
-    pub const MAGIC: u64 = 0x000;
-    pub const VERSION: u64 = 0x004;
-    pub const DEVICE_ID: u64 = 0x008;
-    pub const VENDOR_ID: u64 = 0x00c;
-    pub const DEVICE_FEATURES: u64 = 0x010;
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
-    pub const DRIVER_FEATURES: u64 = 0x020;
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
-    pub const QUEUE_SEL: u64 = 0x030;
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
-    pub const QUEUE_NUM: u64 = 0x038;
-    pub const QUEUE_READY: u64 = 0x044;
-    pub const QUEUE_NOTIFY: u64 = 0x050;
-    pub const INTERRUPT_STATUS: u64 = 0x060;
-    pub const INTERRUPT_ACK: u64 = 0x064;
-    pub const STATUS: u64 = 0x070;
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
-    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
-    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
-    pub const CONFIG: u64 = 0x100;
-}
-
-/// Device status bits (virtio 1.2 §2.1).
-pub mod status {
-    pub const ACKNOWLEDGE: u32 = 1;
-    pub const DRIVER: u32 = 2;
-    pub const DRIVER_OK: u32 = 4;
-    pub const FEATURES_OK: u32 = 8;
-    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
-    pub const FAILED: u32 = 0x80;
-}
-
-/// Interrupt status bits.
-pub const INT_VRING: u32 = 1;
-pub const INT_CONFIG: u32 = 2;
+pub use virtio_llm::mmio::{
+    F_VERSION_1, INT_CONFIG, INT_VRING, MAGIC, VENDOR_ID, VERSION, reg, status,
+};
 
 /// A virtio device model behind the transport.
 pub trait VirtioDevice: Send {
@@ -88,7 +42,6 @@ struct State {
     driver_features: u64,
     queue_sel: u32,
     queues: Vec<Queue>,
-    interrupt_status: u32,
     config_generation: u32,
 }
 
@@ -96,6 +49,8 @@ struct State {
 pub struct MmioTransport {
     device: Mutex<Box<dyn VirtioDevice>>,
     state: Mutex<State>,
+    /// InterruptStatus, shared with the device, which raises bits from its own thread.
+    interrupt_status: Arc<AtomicU32>,
 }
 
 fn new_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
@@ -110,6 +65,15 @@ fn new_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
 
 impl MmioTransport {
     pub fn new(device: Box<dyn VirtioDevice>) -> Self {
+        Self::with_interrupt_status(device, Arc::default())
+    }
+
+    /// A transport whose InterruptStatus register is `interrupt_status`, which the device
+    /// also holds.
+    pub fn with_interrupt_status(
+        device: Box<dyn VirtioDevice>,
+        interrupt_status: Arc<AtomicU32>,
+    ) -> Self {
         let queues = new_queues(device.as_ref());
         Self {
             device: Mutex::new(device),
@@ -120,18 +84,15 @@ impl MmioTransport {
                 driver_features: 0,
                 queue_sel: 0,
                 queues,
-                interrupt_status: 0,
                 config_generation: 0,
             }),
+            interrupt_status,
         }
     }
 
     /// Marks used buffers on a queue (the device calls this before interrupting the guest).
     pub fn signal_used_queue(&self) {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .interrupt_status |= INT_VRING;
+        self.interrupt_status.fetch_or(INT_VRING, Ordering::SeqCst);
     }
 
     fn offered(&self) -> u64 {
@@ -151,7 +112,7 @@ impl MmioTransport {
         s.device_features_sel = 0;
         s.driver_features_sel = 0;
         s.queue_sel = 0;
-        s.interrupt_status = 0;
+        self.interrupt_status.store(0, Ordering::SeqCst);
     }
 
     fn write_status(&self, s: &mut State, value: u32) {
@@ -189,7 +150,7 @@ impl MmioTransport {
                     dev.device_type()
                 );
                 s.status |= status::DEVICE_NEEDS_RESET;
-                s.interrupt_status |= INT_CONFIG;
+                self.interrupt_status.fetch_or(INT_CONFIG, Ordering::SeqCst);
             }
         }
     }
@@ -231,7 +192,7 @@ impl MmioDevice for MmioTransport {
             },
             reg::QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
             reg::QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
-            reg::INTERRUPT_STATUS => s.interrupt_status,
+            reg::INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
             reg::STATUS => s.status,
             reg::CONFIG_GENERATION => s.config_generation,
             _ => 0,
@@ -300,7 +261,9 @@ impl MmioDevice for MmioTransport {
                     .unwrap_or_else(|e| e.into_inner())
                     .queue_notify(v as u16);
             }
-            reg::INTERRUPT_ACK => s.interrupt_status &= !v,
+            reg::INTERRUPT_ACK => {
+                self.interrupt_status.fetch_and(!v, Ordering::SeqCst);
+            }
             reg::STATUS => self.write_status(&mut s, v),
             _ => {} // read-only registers and out-of-order writes are ignored
         }

@@ -189,6 +189,17 @@ impl Vm for KvmVm {
     fn create_vcpu(&self, id: u8, init: &VcpuInit) -> Result<Box<dyn Vcpu>, HypervisorError> {
         Ok(Box::new(self.create_kvm_vcpu(id, init)?))
     }
+
+    fn register_mmio_notify(
+        &self,
+        addr: u64,
+        value: u32,
+        fd: &vmm_sys_util::eventfd::EventFd,
+    ) -> Result<(), HypervisorError> {
+        self.fd
+            .register_ioevent(fd, &kvm_ioctls::IoEventAddress::Mmio(addr), value)
+            .map_err(HypervisorError::ioctl("KVM_IOEVENTFD"))
+    }
 }
 
 /// One KVM vCPU.

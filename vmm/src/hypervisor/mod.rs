@@ -109,6 +109,15 @@ pub trait Vm: Send {
 
     /// Creates vCPU `id` in the state `init` describes.
     fn create_vcpu(&self, id: u8, init: &VcpuInit) -> Result<Box<dyn Vcpu>, HypervisorError>;
+
+    /// Makes a guest write of the 32-bit `value` to MMIO address `addr` signal `fd` inside
+    /// the hypervisor (ioeventfd) instead of exiting to the vCPU thread.
+    fn register_mmio_notify(
+        &self,
+        addr: u64,
+        value: u32,
+        fd: &vmm_sys_util::eventfd::EventFd,
+    ) -> Result<(), HypervisorError>;
 }
 
 /// One virtual CPU, driven by one host thread.

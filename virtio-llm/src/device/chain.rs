@@ -6,7 +6,8 @@
 //! off by virtio-queue and then fails this check) and at most `MAX_MESSAGE_BYTES` in all.
 //! A bad chain is completed with length 0 and reported; other memory is never touched.
 
-use virtio_llm::spec::{MAX_CHAIN_DESCRIPTORS, MAX_MESSAGE_BYTES};
+use crate::spec::{MAX_CHAIN_DESCRIPTORS, MAX_MESSAGE_BYTES};
+use std::vec::Vec;
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemoryBackend;
 
@@ -57,7 +58,7 @@ pub fn check_chain<M>(
     direction: Direction,
 ) -> Result<CheckedChain, ChainError>
 where
-    M: std::ops::Deref,
+    M: core::ops::Deref,
     M::Target: GuestMemoryBackend,
 {
     let head = chain.head_index();

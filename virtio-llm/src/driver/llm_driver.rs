@@ -1,0 +1,520 @@
+//! The guest's virtio-llm driver: brings the device up over virtio-mmio, keeps receive
+//! buffers posted on the host → guest queues, and sends replies and responses through a pool
+//! of transmit buffers, all inside the shared window.
+//!
+//! Everything the device writes is hostile: a used entry must name a chain the driver posted
+//! with a length it offered ([`SplitRing`] checks), a message is copied out of the shared
+//! buffer once and decoded from the private copy, and a message that does not decode is
+//! reported as [`DriverError::Malformed`] after its buffer went back to the device.
+
+use super::layout::{PLANS, buffers_start, ring_addrs};
+use super::{Buffer, DriverMemory, RingError, SplitRing};
+use crate::WireError;
+use crate::mmio::{self, F_EVENT_IDX, F_VERSION_1, reg, status};
+use crate::spec::{self, config, feature, queue};
+use crate::wire::control::{ControlCommand, ControlReply};
+use crate::wire::request::RequestMsg;
+use crate::wire::response::ResponseMsg;
+use alloc::vec::Vec;
+
+/// The virtio-mmio register page as the driver reaches it (volatile MMIO in the guest, a
+/// direct call into the VMM's transport in host tests).
+pub trait Transport {
+    /// Reads the 32-bit register at `offset`.
+    fn read32(&self, offset: u64) -> u32;
+    /// Writes the 32-bit register at `offset`.
+    fn write32(&self, offset: u64, value: u32);
+}
+
+/// Why the driver failed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    #[error("no virtio-mmio device here (magic {magic:#x}, version {version})")]
+    NotVirtioMmio { magic: u32, version: u32 },
+    #[error("the device is type {0}, not virtio-llm")]
+    WrongDevice(u32),
+    #[error("the device speaks protocol version {0}; this driver speaks 1")]
+    ProtocolVersion(u8),
+    #[error("the device lacks required features (offered {offered:#x})")]
+    MissingFeatures { offered: u64 },
+    #[error("the device refused the negotiated features")]
+    FeaturesRefused,
+    #[error("queue {queue} holds at most {max} entries; the driver needs {needed}")]
+    QueueTooSmall { queue: u16, max: u32, needed: u16 },
+    #[error("the shared window ({size:#x} bytes) is too small for the driver's buffers")]
+    WindowTooSmall { size: u64 },
+    #[error("the device needs a reset (it reported DEVICE_NEEDS_RESET)")]
+    NeedsReset,
+    #[error("queue {queue}: {source}")]
+    Ring {
+        queue: u16,
+        #[source]
+        source: RingError,
+    },
+    #[error("queue {queue}: malformed message from the device: {source}")]
+    Malformed {
+        queue: u16,
+        #[source]
+        source: WireError,
+    },
+    #[error("cannot encode the message: {0}")]
+    Encode(WireError),
+    #[error("a {len}-byte message does not fit a {max}-byte buffer of queue {queue}")]
+    TooBig { queue: u16, len: usize, max: u32 },
+}
+
+/// The device's limits, read from its configuration space and clamped to the protocol's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceLimits {
+    pub max_message_bytes: u32,
+    pub max_chunk_bytes: u32,
+    pub max_models: u32,
+    pub max_sessions: u32,
+    pub max_context_len: u32,
+    pub memory_budget: u64,
+}
+
+/// What the driver saw go wrong without failing (device bugs or attacks it survived).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    pub received: u64,
+    pub sent: u64,
+    pub notifications: u64,
+    pub refused_buffers: u64,
+    pub malformed: u64,
+}
+
+/// Receive side of a host → guest queue: which buffer each posted head holds.
+struct RxQueue {
+    ring: SplitRing,
+    /// Buffer address by head descriptor.
+    buffer_of: Vec<u64>,
+    buffer_bytes: u32,
+}
+
+/// Transmit side of a guest → host queue.
+struct TxQueue {
+    ring: SplitRing,
+    free: Vec<u64>,
+    in_flight: Vec<u64>,
+    buffer_bytes: u32,
+}
+
+/// The virtio-llm driver over guest memory `M` and transport `T`.
+pub struct LlmDriver<M: DriverMemory, T: Transport> {
+    mem: M,
+    transport: T,
+    features: u64,
+    limits: DeviceLimits,
+    commands: RxQueue,
+    requests: RxQueue,
+    replies: TxQueue,
+    responses: TxQueue,
+    window_base: u64,
+    stats: DriverStats,
+}
+
+/// Features the driver accepts when offered (besides the required ones).
+pub const OPTIONAL_FEATURES: u64 =
+    F_EVENT_IDX | 1 << feature::TEXT_PROMPT | 1 << feature::TOKEN_TEXT;
+/// Features the driver refuses to run without.
+pub const REQUIRED_FEATURES: u64 = F_VERSION_1 | 1 << feature::ACCESS_PLATFORM;
+
+fn ring_err(queue: u16) -> impl Fn(RingError) -> DriverError {
+    move |source| DriverError::Ring { queue, source }
+}
+
+impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
+    /// Initialises the device (virtio 1.2 §3.1.1) with its queues in the shared window at
+    /// `window_base` (`window_size` bytes), posts the receive buffers and sets DRIVER_OK.
+    /// On failure the device is left with FAILED set.
+    pub fn new(
+        mem: M,
+        transport: T,
+        window_base: u64,
+        window_size: u64,
+    ) -> Result<Self, DriverError> {
+        let t = &transport;
+        let (magic, version) = (t.read32(reg::MAGIC), t.read32(reg::VERSION));
+        if magic != mmio::MAGIC || version != mmio::VERSION {
+            return Err(DriverError::NotVirtioMmio { magic, version });
+        }
+        let id = t.read32(reg::DEVICE_ID);
+        if id != spec::DEVICE_ID {
+            return Err(DriverError::WrongDevice(id));
+        }
+        t.write32(reg::STATUS, 0);
+        t.write32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        let (features, limits, rings) = match Self::try_configure(&mem, t, window_base, window_size)
+        {
+            Ok(parts) => parts,
+            Err(e) => {
+                fail(t);
+                return Err(e);
+            }
+        };
+        let mut d = Self::assemble(mem, transport, features, limits, rings, window_base);
+        if let Err(e) = d.post_all_rx().and_then(|()| d.go_live()) {
+            fail(&d.transport);
+            return Err(e);
+        }
+        Ok(d)
+    }
+
+    fn go_live(&mut self) -> Result<(), DriverError> {
+        let s = self.transport.read32(reg::STATUS);
+        self.transport.write32(reg::STATUS, s | status::DRIVER_OK);
+        if self.transport.read32(reg::STATUS) & status::DEVICE_NEEDS_RESET != 0 {
+            return Err(DriverError::NeedsReset);
+        }
+        Ok(())
+    }
+
+    fn try_configure(
+        mem: &M,
+        t: &T,
+        base: u64,
+        size: u64,
+    ) -> Result<(u64, DeviceLimits, Vec<SplitRing>), DriverError> {
+        if super::layout::window_bytes_needed() > size {
+            return Err(DriverError::WindowTooSmall { size });
+        }
+        let limits = read_limits(t)?;
+        t.write32(reg::DEVICE_FEATURES_SEL, 0);
+        let low = t.read32(reg::DEVICE_FEATURES);
+        t.write32(reg::DEVICE_FEATURES_SEL, 1);
+        let offered = u64::from(low) | u64::from(t.read32(reg::DEVICE_FEATURES)) << 32;
+        if offered & REQUIRED_FEATURES != REQUIRED_FEATURES {
+            return Err(DriverError::MissingFeatures { offered });
+        }
+        let features = REQUIRED_FEATURES | (offered & OPTIONAL_FEATURES);
+        t.write32(reg::DRIVER_FEATURES_SEL, 0);
+        t.write32(reg::DRIVER_FEATURES, features as u32);
+        t.write32(reg::DRIVER_FEATURES_SEL, 1);
+        t.write32(reg::DRIVER_FEATURES, (features >> 32) as u32);
+        let s = t.read32(reg::STATUS);
+        t.write32(reg::STATUS, s | status::FEATURES_OK);
+        if t.read32(reg::STATUS) & status::FEATURES_OK == 0 {
+            return Err(DriverError::FeaturesRefused);
+        }
+        let mut rings = Vec::new();
+        for (i, plan) in PLANS.iter().enumerate() {
+            let q = i as u16;
+            t.write32(reg::QUEUE_SEL, u32::from(q));
+            let max = t.read32(reg::QUEUE_NUM_MAX);
+            if max < u32::from(plan.size) {
+                return Err(DriverError::QueueTooSmall {
+                    queue: q,
+                    max,
+                    needed: plan.size,
+                });
+            }
+            let a = ring_addrs(base, q);
+            let mut ring =
+                SplitRing::new(mem, plan.size, a.desc, a.avail, a.used).map_err(ring_err(q))?;
+            ring.set_event_idx(features & F_EVENT_IDX != 0);
+            t.write32(reg::QUEUE_NUM, u32::from(plan.size));
+            for (low, addr) in [
+                (reg::QUEUE_DESC_LOW, a.desc),
+                (reg::QUEUE_DRIVER_LOW, a.avail),
+                (reg::QUEUE_DEVICE_LOW, a.used),
+            ] {
+                t.write32(low, addr as u32);
+                t.write32(low + 4, (addr >> 32) as u32);
+            }
+            t.write32(reg::QUEUE_READY, 1);
+            rings.push(ring);
+        }
+        Ok((features, limits, rings))
+    }
+
+    fn assemble(
+        mem: M,
+        transport: T,
+        features: u64,
+        limits: DeviceLimits,
+        rings: Vec<SplitRing>,
+        base: u64,
+    ) -> Self {
+        let [commands, replies, requests, responses]: [SplitRing; 4] = match rings.try_into() {
+            Ok(r) => r,
+            Err(_) => unreachable!("try_configure sets up exactly one ring per plan"),
+        };
+        let rx = |index: u16, ring: SplitRing| RxQueue {
+            buffer_of: alloc::vec![0; usize::from(PLANS[usize::from(index)].size)],
+            buffer_bytes: PLANS[usize::from(index)].buffer_bytes,
+            ring,
+        };
+        let tx = |index: u16, ring: SplitRing| {
+            let plan = PLANS[usize::from(index)];
+            let start = buffers_start(base, index);
+            let stride = u64::from(plan.buffer_bytes).next_multiple_of(4096);
+            TxQueue {
+                ring,
+                free: (0..u64::from(plan.buffers))
+                    .rev()
+                    .map(|i| start + i * stride)
+                    .collect(),
+                in_flight: alloc::vec![0; usize::from(plan.size)],
+                buffer_bytes: plan.buffer_bytes,
+            }
+        };
+        Self {
+            commands: rx(queue::CONTROL_CMD, commands),
+            replies: tx(queue::CONTROL_REPLY, replies),
+            requests: rx(queue::REQUEST, requests),
+            responses: tx(queue::RESPONSE, responses),
+            window_base: base,
+            mem,
+            transport,
+            features,
+            limits,
+            stats: DriverStats::default(),
+        }
+    }
+
+    /// Features in use.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// The device's limits.
+    pub fn limits(&self) -> DeviceLimits {
+        self.limits
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DriverStats {
+        self.stats
+    }
+
+    fn post_all_rx(&mut self) -> Result<(), DriverError> {
+        for which in [queue::CONTROL_CMD, queue::REQUEST] {
+            let plan = PLANS[usize::from(which)];
+            let start = buffers_start(self.window_base, which);
+            let stride = u64::from(plan.buffer_bytes).next_multiple_of(4096);
+            for i in 0..u64::from(plan.buffers) {
+                self.post_rx(which, start + i * stride)?;
+            }
+            self.kick(which)?;
+        }
+        Ok(())
+    }
+
+    fn rx(&mut self, index: u16) -> (&M, &mut RxQueue) {
+        let q = if index == queue::CONTROL_CMD {
+            &mut self.commands
+        } else {
+            &mut self.requests
+        };
+        (&self.mem, q)
+    }
+
+    fn post_rx(&mut self, index: u16, addr: u64) -> Result<(), DriverError> {
+        let (mem, q) = self.rx(index);
+        let head = q
+            .ring
+            .add(
+                mem,
+                &[Buffer {
+                    addr,
+                    len: q.buffer_bytes,
+                    device_writable: true,
+                }],
+            )
+            .map_err(ring_err(index))?;
+        q.buffer_of[usize::from(head)] = addr;
+        Ok(())
+    }
+
+    /// Notifies the device about queue `index` if it asked for it.
+    fn kick(&mut self, index: u16) -> Result<(), DriverError> {
+        let mem = &self.mem;
+        let ring = match index {
+            queue::CONTROL_CMD => &mut self.commands.ring,
+            queue::REQUEST => &mut self.requests.ring,
+            queue::CONTROL_REPLY => &mut self.replies.ring,
+            _ => &mut self.responses.ring,
+        };
+        if ring.needs_notify(mem).map_err(ring_err(index))? {
+            self.stats.notifications += 1;
+            self.transport.write32(reg::QUEUE_NOTIFY, u32::from(index));
+        }
+        Ok(())
+    }
+
+    /// Copies the next message of receive queue `index` into `out` and reposts its buffer.
+    /// `Ok(false)`: nothing arrived.
+    fn receive(&mut self, index: u16, out: &mut Vec<u8>) -> Result<bool, DriverError> {
+        loop {
+            let (mem, q) = self.rx(index);
+            let Some(used) = q.ring.pop_used(mem).map_err(ring_err(index))? else {
+                return Ok(false);
+            };
+            let addr = q.buffer_of[usize::from(used.head)];
+            if used.len == 0 {
+                // The device refused the buffer (it judged the chain bad): post it again.
+                self.stats.refused_buffers += 1;
+                self.post_rx(index, addr)?;
+                self.kick(index)?;
+                continue;
+            }
+            out.clear();
+            out.resize(used.len as usize, 0);
+            self.mem.read(addr, out).map_err(ring_err(index))?;
+            self.post_rx(index, addr)?;
+            self.kick(index)?;
+            self.stats.received += 1;
+            return Ok(true);
+        }
+    }
+
+    fn malformed(&mut self, queue: u16, source: WireError) -> DriverError {
+        self.stats.malformed += 1;
+        DriverError::Malformed { queue, source }
+    }
+
+    /// The next control command, decoded from `scratch` (which it borrows: model chunks are
+    /// not copied twice).
+    pub fn poll_command<'b>(
+        &mut self,
+        scratch: &'b mut Vec<u8>,
+    ) -> Result<Option<ControlCommand<'b>>, DriverError> {
+        if !self.receive(queue::CONTROL_CMD, scratch)? {
+            return Ok(None);
+        }
+        match ControlCommand::decode(scratch) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                self.stats.malformed += 1;
+                Err(DriverError::Malformed {
+                    queue: queue::CONTROL_CMD,
+                    source: e,
+                })
+            }
+        }
+    }
+
+    /// The next request.
+    pub fn poll_request(
+        &mut self,
+        scratch: &mut Vec<u8>,
+    ) -> Result<Option<RequestMsg>, DriverError> {
+        if !self.receive(queue::REQUEST, scratch)? {
+            return Ok(None);
+        }
+        RequestMsg::decode(scratch)
+            .map(Some)
+            .map_err(|e| self.malformed(queue::REQUEST, e))
+    }
+
+    fn transmit(&mut self, index: u16, frame: &[u8]) -> Result<bool, DriverError> {
+        let q = if index == queue::CONTROL_REPLY {
+            &mut self.replies
+        } else {
+            &mut self.responses
+        };
+        if frame.len() > q.buffer_bytes as usize {
+            return Err(DriverError::TooBig {
+                queue: index,
+                len: frame.len(),
+                max: q.buffer_bytes,
+            });
+        }
+        // Take back what the device finished reading.
+        while let Some(used) = q.ring.pop_used(&self.mem).map_err(ring_err(index))? {
+            let addr = q.in_flight[usize::from(used.head)];
+            q.free.push(addr);
+        }
+        let Some(addr) = q.free.pop() else {
+            return Ok(false);
+        };
+        self.mem.write(addr, frame).map_err(ring_err(index))?;
+        let head = q
+            .ring
+            .add(
+                &self.mem,
+                &[Buffer {
+                    addr,
+                    // Bounded by buffer_bytes (checked above).
+                    len: frame.len() as u32,
+                    device_writable: false,
+                }],
+            )
+            .map_err(ring_err(index))?;
+        q.in_flight[usize::from(head)] = addr;
+        self.stats.sent += 1;
+        self.kick(index)?;
+        Ok(true)
+    }
+
+    /// Sends a control reply. `Ok(false)`: every transmit buffer is still with the device.
+    pub fn send_reply(
+        &mut self,
+        reply: &ControlReply,
+        scratch: &mut Vec<u8>,
+    ) -> Result<bool, DriverError> {
+        scratch.clear();
+        reply.encode(scratch).map_err(DriverError::Encode)?;
+        self.transmit(queue::CONTROL_REPLY, scratch)
+    }
+
+    /// Sends a response. `Ok(false)`: every transmit buffer is still with the device.
+    pub fn send_response(
+        &mut self,
+        response: &ResponseMsg,
+        scratch: &mut Vec<u8>,
+    ) -> Result<bool, DriverError> {
+        scratch.clear();
+        response.encode(scratch).map_err(DriverError::Encode)?;
+        self.transmit(queue::RESPONSE, scratch)
+    }
+
+    /// Asks for notifications on every queue before the caller sleeps. Returns `true` if
+    /// something arrived meanwhile: poll again instead of sleeping.
+    pub fn arm(&mut self) -> Result<bool, DriverError> {
+        let mut pending = false;
+        let mem = &self.mem;
+        for (index, ring) in [
+            (queue::CONTROL_CMD, &mut self.commands.ring),
+            (queue::REQUEST, &mut self.requests.ring),
+        ] {
+            pending |= ring.arm(mem).map_err(ring_err(index))?;
+        }
+        // Transmit queues only matter when a sender is waiting for a free buffer.
+        for (index, q) in [
+            (queue::CONTROL_REPLY, &mut self.replies),
+            (queue::RESPONSE, &mut self.responses),
+        ] {
+            if q.free.is_empty() {
+                pending |= q.ring.arm(mem).map_err(ring_err(index))?;
+            }
+        }
+        Ok(pending)
+    }
+}
+
+/// Tells the device the driver gave up (virtio 1.2 §3.1.1 step 8).
+fn fail(t: &impl Transport) {
+    let s = t.read32(reg::STATUS);
+    t.write32(reg::STATUS, s | status::FAILED);
+}
+
+fn read_limits(t: &impl Transport) -> Result<DeviceLimits, DriverError> {
+    let u32_at = |off: usize| t.read32(reg::CONFIG + off as u64);
+    let version = (u32_at(config::PROTOCOL_VERSION) & 0xff) as u8;
+    if version != spec::PROTOCOL_VERSION {
+        return Err(DriverError::ProtocolVersion(version));
+    }
+    let budget = u64::from(u32_at(config::MEMORY_BUDGET))
+        | u64::from(u32_at(config::MEMORY_BUDGET + 4)) << 32;
+    // Limits above the protocol's are clamped, never trusted for an allocation.
+    Ok(DeviceLimits {
+        max_message_bytes: u32_at(config::MAX_MESSAGE_BYTES).min(spec::MAX_MESSAGE_BYTES as u32),
+        max_chunk_bytes: u32_at(config::MAX_CHUNK_BYTES).min(spec::MAX_CHUNK_BYTES as u32),
+        max_models: u32_at(config::MAX_MODELS),
+        max_sessions: u32_at(config::MAX_SESSIONS),
+        max_context_len: u32_at(config::MAX_CONTEXT_LEN).min(spec::MAX_CONTEXT_LEN),
+        memory_budget: budget - budget % spec::MEMORY_GRANULE,
+    })
+}

@@ -1,0 +1,349 @@
+//! The virtio-llm device in the VMM: the transport-facing half ([`VirtioLlm`], a
+//! [`VirtioDevice`]) and the host-facing half ([`LlmHost`], what the CLI and tests call).
+//!
+//! Notifications both ways avoid the vCPU threads: the guest's queue notifications land on
+//! one eventfd per queue (registered as ioeventfds, so KVM signals them without an exit; the
+//! MMIO path signals the same eventfds if registration is unavailable), and the device's
+//! "interrupt" sets the interrupt status and wakes the vCPUs parked in their wait register,
+//! the same job irqfd does for a guest idling in `hlt`.
+//!
+//! The device reaches guest memory through a mapping of the shared window alone, so no bug
+//! in it can touch the boot region or the private pool.
+
+use super::Timer;
+use super::virtio_mmio::{INT_VRING, VirtioDevice};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use virtio_llm::device::chain::Window;
+use virtio_llm::device::{DeviceError, LlmDevice, NotifyDriver};
+use virtio_llm::spec::{self, config, feature, queue};
+use virtio_llm::wire::control::{ControlCommand, ControlReply};
+use virtio_llm::wire::request::RequestMsg;
+use virtio_llm::wire::response::ResponseMsg;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// How long a waiting host thread spins on the rings before it sleeps on the eventfd: a
+/// guest that answers within this time costs no wake-up latency.
+const SPIN: Duration = Duration::from_micros(200);
+/// Longest sleep between checks that the VM is still running.
+const NAP: Duration = Duration::from_millis(20);
+
+/// Why a host-side operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("the guest has not brought the virtio-llm device up (no driver, or it reset it)")]
+    NotReady,
+    #[error("the VM stopped")]
+    VmStopped,
+    #[error("no answer from the guest within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+/// The device's "interrupt": interrupt status, and a wake-up for parked vCPUs.
+struct Interrupt {
+    status: Arc<AtomicU32>,
+    timer: Arc<Timer>,
+}
+
+impl NotifyDriver for Interrupt {
+    fn notify(&self, _queue: u16) {
+        self.status.fetch_or(INT_VRING, Ordering::SeqCst);
+        self.timer.wake_all();
+    }
+}
+
+/// The host's handle on the device: send commands and requests, receive replies and
+/// responses. Shared between threads; each operation takes the device briefly.
+pub struct LlmHost {
+    device: Mutex<Option<LlmDevice<GuestMemoryMmap>>>,
+    changed: Condvar,
+    /// One per queue: the guest notified it.
+    kicks: Vec<EventFd>,
+    stopped: AtomicBool,
+}
+
+impl LlmHost {
+    fn lock(&self) -> MutexGuard<'_, Option<LlmDevice<GuestMemoryMmap>>> {
+        self.device.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The eventfd the guest's notifications of `queue` signal.
+    pub fn kick_fd(&self, queue: u16) -> Option<&EventFd> {
+        self.kicks.get(usize::from(queue))
+    }
+
+    /// Waits until the guest driver set DRIVER_OK.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), HostError> {
+        let deadline = Instant::now() + timeout;
+        let mut d = self.lock();
+        while d.is_none() {
+            if self.stopped.load(Ordering::SeqCst) {
+                return Err(HostError::VmStopped);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(HostError::Timeout(timeout));
+            }
+            d = self
+                .changed
+                .wait_timeout(d, (deadline - now).min(NAP))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// What the device sent, received and refused, while the driver has it up.
+    pub fn device_stats(&self) -> Option<virtio_llm::device::DeviceStats> {
+        self.lock().as_ref().map(LlmDevice::stats)
+    }
+
+    /// Marks the VM as running (the machine calls this when `run` starts).
+    pub fn vm_started(&self) {
+        self.stopped.store(false, Ordering::SeqCst);
+    }
+
+    /// Marks the VM as gone and wakes every waiter.
+    pub fn vm_stopped(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
+        for k in &self.kicks {
+            let _ = k.write(1);
+        }
+    }
+
+    /// Retries `attempt` on `queue` until it yields, the deadline passes or the VM stops:
+    /// spinning first, then sleeping on the queue's eventfd with notifications armed.
+    fn wait_on<R>(
+        &self,
+        queue: u16,
+        timeout: Duration,
+        mut attempt: impl FnMut(&mut LlmDevice<GuestMemoryMmap>) -> Result<Option<R>, DeviceError>,
+    ) -> Result<R, HostError> {
+        let start = Instant::now();
+        loop {
+            {
+                let mut guard = self.lock();
+                let dev = guard.as_mut().ok_or(HostError::NotReady)?;
+                if let Some(r) = attempt(dev)? {
+                    return Ok(r);
+                }
+                if start.elapsed() < SPIN {
+                    drop(guard);
+                    std::hint::spin_loop();
+                    continue;
+                }
+                if dev.arm(queue)? {
+                    continue;
+                }
+            }
+            if self.stopped.load(Ordering::SeqCst) {
+                return Err(HostError::VmStopped);
+            }
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(HostError::Timeout(timeout));
+            }
+            if let Some(fd) = self.kick_fd(queue) {
+                wait_readable(fd, left.min(NAP));
+                let _ = fd.read();
+            }
+        }
+    }
+
+    /// Sends a control command, waiting for a posted buffer.
+    pub fn send_command(
+        &self,
+        cmd: &ControlCommand<'_>,
+        timeout: Duration,
+    ) -> Result<(), HostError> {
+        self.wait_on(queue::CONTROL_CMD, timeout, |d| {
+            Ok(d.send_command(cmd)?.then_some(()))
+        })
+    }
+
+    /// Receives the next control reply.
+    pub fn recv_reply(&self, timeout: Duration) -> Result<ControlReply, HostError> {
+        self.wait_on(queue::CONTROL_REPLY, timeout, |d| d.recv_reply())
+    }
+
+    /// Sends a request, waiting for a posted buffer.
+    pub fn send_request(&self, req: &RequestMsg, timeout: Duration) -> Result<(), HostError> {
+        self.wait_on(queue::REQUEST, timeout, |d| {
+            Ok(d.send_request(req)?.then_some(()))
+        })
+    }
+
+    /// Receives the next response.
+    pub fn recv_response(&self, timeout: Duration) -> Result<ResponseMsg, HostError> {
+        self.wait_on(queue::RESPONSE, timeout, |d| d.recv_response())
+    }
+}
+
+/// Blocks until `fd` is readable or `timeout` passes.
+fn wait_readable(fd: &EventFd, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
+/// The device's limits, as its configuration space states them.
+#[derive(Clone, Copy, Debug)]
+pub struct LlmConfig {
+    pub max_models: u32,
+    pub max_sessions: u32,
+    pub max_context_len: u32,
+    pub memory_budget: u64,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            max_models: 4,
+            max_sessions: 16,
+            max_context_len: spec::MAX_CONTEXT_LEN,
+            memory_budget: 0,
+        }
+    }
+}
+
+/// The transport-facing half of the device.
+pub struct VirtioLlm {
+    host: Arc<LlmHost>,
+    shared: GuestMemoryMmap,
+    window: Window,
+    interrupt: Arc<Interrupt>,
+    config: [u8; config::SIZE],
+}
+
+impl VirtioLlm {
+    /// A device over `shared` (a mapping of the shared window `window` and nothing else).
+    /// `interrupt_status` is the transport's register; `timer` wakes parked vCPUs.
+    pub fn new(
+        shared: GuestMemoryMmap,
+        window: Window,
+        interrupt_status: Arc<AtomicU32>,
+        timer: Arc<Timer>,
+        limits: LlmConfig,
+    ) -> Result<(Self, Arc<LlmHost>), std::io::Error> {
+        let kicks = (0..queue::COUNT)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()?;
+        let host = Arc::new(LlmHost {
+            device: Mutex::new(None),
+            changed: Condvar::new(),
+            kicks,
+            stopped: AtomicBool::new(false),
+        });
+        let mut cfg = [0u8; config::SIZE];
+        cfg[config::PROTOCOL_VERSION] = spec::PROTOCOL_VERSION;
+        let mut put = |at: usize, v: &[u8]| cfg[at..at + v.len()].copy_from_slice(v);
+        put(
+            config::MAX_MESSAGE_BYTES,
+            &(spec::MAX_MESSAGE_BYTES as u32).to_le_bytes(),
+        );
+        put(
+            config::MAX_CHUNK_BYTES,
+            &(spec::MAX_CHUNK_BYTES as u32).to_le_bytes(),
+        );
+        put(config::MAX_MODELS, &limits.max_models.to_le_bytes());
+        put(config::MAX_SESSIONS, &limits.max_sessions.to_le_bytes());
+        put(
+            config::MAX_CONTEXT_LEN,
+            &limits.max_context_len.to_le_bytes(),
+        );
+        put(config::MEMORY_BUDGET, &limits.memory_budget.to_le_bytes());
+        let device = Self {
+            host: host.clone(),
+            shared,
+            window,
+            interrupt: Arc::new(Interrupt {
+                status: interrupt_status,
+                timer,
+            }),
+            config: cfg,
+        };
+        Ok((device, host))
+    }
+}
+
+impl VirtioDevice for VirtioLlm {
+    fn device_type(&self) -> u32 {
+        spec::DEVICE_ID
+    }
+
+    fn features(&self) -> u64 {
+        virtio_llm::mmio::F_EVENT_IDX
+            | 1 << feature::ACCESS_PLATFORM
+            | 1 << feature::TEXT_PROMPT
+            | 1 << feature::TOKEN_TEXT
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        // Queues 4 and 5 exist only with VIRTIO_LLM_F_MEMORY, which version 1 never offers.
+        &[queue::MAX_SIZE; 4]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = start
+                .checked_add(i)
+                .and_then(|at| self.config.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), String> {
+        const NEEDED: [u16; 4] = [
+            queue::CONTROL_CMD,
+            queue::CONTROL_REPLY,
+            queue::REQUEST,
+            queue::RESPONSE,
+        ];
+        if queues.len() < NEEDED.len() {
+            return Err(format!(
+                "the driver made {} of the {} queues ready",
+                queues.len(),
+                NEEDED.len()
+            ));
+        }
+        if features & (1 << feature::ACCESS_PLATFORM) == 0 {
+            return Err("the driver did not accept VIRTIO_F_ACCESS_PLATFORM".into());
+        }
+        let device = LlmDevice::new(
+            self.shared.clone(),
+            self.window,
+            features,
+            queues.into_iter().map(Some).collect(),
+            self.interrupt.clone(),
+        );
+        *self.host.lock() = Some(device);
+        self.host.changed.notify_all();
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        // Reached only when the ioeventfd is not registered: the same eventfd, by hand.
+        if let Some(fd) = self.host.kick_fd(index) {
+            let _ = fd.write(1);
+        }
+    }
+
+    fn reset(&mut self) {
+        *self.host.lock() = None;
+        self.host.changed.notify_all();
+    }
+}
