@@ -24,7 +24,7 @@ APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build
 PROMPT ?= Write a haiku about the sea.
 
 .PHONY: help setup setup-deps setup-bench models build image test test-fast lint test-neon run \
-        bench-engine bench-boot clean
+        bench-engine bench-boot bench-virtio clean
 
 help:
 	@echo "make run           set up if needed, then generate text from the default model"
@@ -35,6 +35,7 @@ help:
 	@echo "make image         guest kernel + guest user programs (static ELFs)"
 	@echo "make bench-engine  engine vs llama.cpp, prefill/decode tokens/s (needs setup-bench)"
 	@echo "make bench-boot    guest boot time and guest-vs-host compute ratio under /dev/kvm"
+	@echo "make bench-virtio  virtio-llm echo round trip and throughput, guest vs in-process"
 
 # --- setup ------------------------------------------------------------------------------
 
@@ -126,6 +127,9 @@ run: setup
 
 bench-boot: image
 	$(CARGO) bench --quiet -p flexserve-e2e --bench boot
+
+bench-virtio: image
+	$(CARGO) bench --quiet -p flexserve-e2e --bench virtio
 
 bench-engine: setup setup-bench
 	@$(CARGO) build --release --quiet -p vmm

@@ -1,1 +1,78 @@
-//! End-to-end tests live in this crate's test targets (`boot.rs`); the library is empty.
+//! Shared plumbing of the end-to-end tests and benches: finding the guest images, and
+//! running a guest while the host talks to it over virtio-llm.
+
+pub mod loopback;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use vmm::devices::virtio_llm::LlmHost;
+use vmm::machine::{Machine, MachineConfig, VmError};
+
+/// Where cargo put the guest images.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// `FLEXSERVE_REQUIRE_KVM=1` (set by `.ci/run` where /dev/kvm exists): missing KVM or
+/// images fail the test instead of skipping it.
+pub fn kvm_required() -> bool {
+    std::env::var("FLEXSERVE_REQUIRE_KVM").as_deref() == Ok("1")
+}
+
+/// The guest kernel and user `program` images; `None` (after saying why) when guests cannot
+/// run here.
+pub fn guest_images(program: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+    let kernel = target_dir().join("x86_64-unknown-none/release/flexserve-guest-kernel");
+    let user = target_dir().join("release").join(program);
+    let missing = [&kernel, &user].into_iter().find(|p| !p.exists());
+    if !std::path::Path::new("/dev/kvm").exists() || missing.is_some() {
+        assert!(
+            !kvm_required(),
+            "cannot boot guests: /dev/kvm or {missing:?} missing (run `make image`)"
+        );
+        eprintln!("SKIPPED: /dev/kvm or guest images missing ({missing:?}); run `make image`");
+        return None;
+    }
+    Some((std::fs::read(kernel).ok()?, std::fs::read(user).ok()?))
+}
+
+/// What a guest run with a host-side conversation produced.
+pub struct Conversation<R> {
+    /// How the VM ended: `Err(VmError::StoppedByHost)` when the host finished first.
+    pub vm: Result<u32, VmError>,
+    /// What the host side returned.
+    pub host: R,
+    /// The guest's console lines.
+    pub console: Vec<String>,
+}
+
+/// Boots `program` on `vcpus` vCPUs and runs `host` against its virtio-llm device on this
+/// thread; stops the VM when `host` returns.
+pub fn converse<R: Send>(
+    kernel: &[u8],
+    user: &[u8],
+    vcpus: u8,
+    deadline: Duration,
+    host: impl FnOnce(&LlmHost) -> R + Send,
+) -> Conversation<R> {
+    let config = MachineConfig {
+        deadline,
+        ..MachineConfig::default()
+    };
+    let mut m = Machine::new(config).expect("create VM");
+    let (llm, stop): (Arc<LlmHost>, _) = (m.llm(), m.stop_handle());
+    let (vm, host) = std::thread::scope(|s| {
+        let guest = s.spawn(|| m.boot(kernel, user, vcpus));
+        let r = host(&llm);
+        stop.stop();
+        (guest.join().expect("VM thread"), r)
+    });
+    Conversation {
+        vm,
+        host,
+        console: m.console().lines(),
+    }
+}

@@ -7,6 +7,15 @@ use guest_kernel::abi::syscall;
 #[cfg(all(target_arch = "x86_64", feature = "guest"))]
 mod mem;
 
+pub mod heap_alloc;
+
+/// Every guest program's heap (the driver and the engine allocate).
+#[cfg(all(target_arch = "x86_64", feature = "guest"))]
+#[global_allocator]
+static HEAP: heap_alloc::GuestAlloc = heap_alloc::GuestAlloc::new();
+#[cfg(target_arch = "x86_64")]
+pub mod virtio;
+
 /// Calls the guest kernel: `ud2` with the number in `rax` and arguments in `rdi`, `rsi`.
 #[cfg(target_arch = "x86_64")]
 pub fn syscall2(number: u64, a: u64, b: u64) -> u64 {

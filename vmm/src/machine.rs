@@ -181,13 +181,12 @@ impl Machine {
         .map_err(|e| VmError::Device(format!("cannot create the virtio-llm eventfds: {e}")))?;
         for q in 0..virtio_llm::spec::queue::COUNT {
             if let Some(fd) = llm.kick_fd(q) {
-                // Without ioeventfd the notify write exits to the vCPU thread, which signals
-                // the same eventfd: slower, not wrong.
-                let _ = vm.register_mmio_notify(
-                    layout::VIRTIO_LLM_BASE + reg::QUEUE_NOTIFY,
-                    u32::from(q),
-                    fd,
-                );
+                let addr = layout::VIRTIO_LLM_BASE + reg::QUEUE_NOTIFY;
+                if let Err(e) = vm.register_mmio_notify(addr, u32::from(q), fd) {
+                    // The notify write then exits to the vCPU thread, which signals the same
+                    // eventfd: slower, not wrong.
+                    eprintln!("[vmm] virtio-llm queue {q}: no ioeventfd ({e}); using MMIO exits");
+                }
             }
         }
         let mut bus = MmioBus::default();

@@ -127,6 +127,9 @@ const USER_RFLAGS: u64 = 0x2;
 
 extern "C" fn kernel_main(user_entry: u64, user_stack: u64, vcpu: u64) -> ! {
     idt::install(vcpu as usize);
+    // The entry is a function: the SysV ABI wants rsp + 8 16-byte aligned on entry, as if a
+    // `call` had pushed a return address (aligned SSE spills fault otherwise).
+    let user_stack = user_stack - 8;
     // SAFETY: the selectors name the VMM's DPL-3 segments and the entry/stack were loaded
     // by the VMM into identity-mapped user pages; iretq switches to ring 3 for good.
     unsafe {

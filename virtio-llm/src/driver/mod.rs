@@ -6,6 +6,7 @@
 //! device writes back: a used entry must name a chain the driver actually posted, with a
 //! length within what that chain offered.
 
+pub mod echo_service;
 pub mod layout;
 mod llm_driver;
 mod split_ring;

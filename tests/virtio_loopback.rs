@@ -1,95 +1,20 @@
 //! The real guest driver (`virtio_llm::driver::LlmDriver`) against the real VMM device
 //! (`VirtioLlm` behind the virtio-mmio `MmioTransport`), in one process over guest memory,
-//! with no VM: the driver thread plays the guest and parks in the timer's wait register when
-//! idle, exactly as the guest does; the host thread uses `LlmHost` as the CLI does.
+//! with no VM (see `loopback.rs`); the host thread uses `LlmHost` as the CLI does.
 
+use flexserve_e2e::loopback::{Driver, Loopback, idle, spawn_echo};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use virtio_llm::Status;
-use virtio_llm::device::DriverView;
-use virtio_llm::device::chain::Window;
-use virtio_llm::driver::{LlmDriver, Transport};
-use virtio_llm::spec::layout::{SHARED_WINDOW_BASE, SHARED_WINDOW_SIZE};
 use virtio_llm::wire::control::{Ack, CloseSession, ControlCommand, ControlReply, OpenSession};
-use virtio_llm::wire::echo::{EchoReply, EchoRequest};
+use virtio_llm::wire::echo::EchoRequest;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, RequestMsg, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, ResponseMsg, StopReason, Timings, Tokens};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm::devices::virtio_llm::{LlmConfig, LlmHost, VirtioLlm};
-use vmm::devices::virtio_mmio::MmioTransport;
-use vmm::devices::{MmioDevice, Timer};
+use vmm::devices::Timer;
+use vmm::devices::virtio_llm::LlmHost;
 
 const T: Duration = Duration::from_secs(20);
-
-/// The register page reached by direct calls, as the guest reaches it by MMIO.
-struct Direct(Arc<MmioTransport>);
-
-impl Transport for Direct {
-    fn read32(&self, offset: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.0.read(offset, &mut b);
-        u32::from_le_bytes(b)
-    }
-    fn write32(&self, offset: u64, value: u32) {
-        self.0.write(offset, &value.to_le_bytes());
-    }
-}
-
-struct Rig {
-    host: Arc<LlmHost>,
-    transport: Arc<MmioTransport>,
-    timer: Arc<Timer>,
-    mem: GuestMemoryMmap,
-}
-
-fn rig() -> Rig {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(
-        GuestAddress(SHARED_WINDOW_BASE),
-        SHARED_WINDOW_SIZE as usize,
-    )])
-    .expect("shared window");
-    let timer = Arc::new(Timer::default());
-    let irq = Arc::new(AtomicU32::new(0));
-    let window = Window {
-        base: SHARED_WINDOW_BASE,
-        size: SHARED_WINDOW_SIZE,
-    };
-    let (device, host) = VirtioLlm::new(
-        mem.clone(),
-        window,
-        irq.clone(),
-        timer.clone(),
-        LlmConfig::default(),
-    )
-    .expect("device");
-    let transport = Arc::new(MmioTransport::with_interrupt_status(Box::new(device), irq));
-    Rig {
-        host,
-        transport,
-        timer,
-        mem,
-    }
-}
-
-type Driver = LlmDriver<DriverView<GuestMemoryMmap>, Direct>;
-
-fn driver(r: &Rig) -> Driver {
-    LlmDriver::new(
-        DriverView(r.mem.clone()),
-        Direct(r.transport.clone()),
-        SHARED_WINDOW_BASE,
-        SHARED_WINDOW_SIZE,
-    )
-    .expect("driver init")
-}
-
-/// Idles like the guest: arm notifications, then park in the wait register.
-fn idle(d: &mut Driver, timer: &Timer) {
-    if !d.arm().expect("arm") {
-        timer.write(guest_kernel::abi::TIMER_WAIT, &5_000_000u64.to_le_bytes());
-    }
-}
 
 fn send_response(d: &mut Driver, timer: &Timer, msg: &ResponseMsg, scratch: &mut Vec<u8>) {
     while !d.send_response(msg, scratch).expect("send response") {
@@ -172,14 +97,7 @@ fn serve(mut d: Driver, timer: Arc<Timer>) -> Driver {
                     });
                     send_response(&mut d, &timer, &end, &mut out);
                 }
-                RequestMsg::Echo(e) => {
-                    let msg = ResponseMsg::Echo(EchoReply {
-                        request_id: e.request_id,
-                        data: e.data,
-                    });
-                    send_response(&mut d, &timer, &msg, &mut out);
-                }
-                RequestMsg::Cancel(_) => {}
+                other => panic!("unexpected request {other:?}"),
             }
         }
         if !worked {
@@ -222,9 +140,9 @@ fn generate(request_id: u64, prompt: Vec<u32>) -> RequestMsg {
 
 #[test]
 fn sessions_requests_and_100k_streamed_messages_none_lost_or_reordered() {
-    let r = rig();
+    let r = Loopback::new();
     let guest = {
-        let d = driver(&r);
+        let d = r.driver();
         let timer = r.timer.clone();
         std::thread::spawn(move || serve(d, timer))
     };
@@ -289,12 +207,9 @@ fn sessions_requests_and_100k_streamed_messages_none_lost_or_reordered() {
 
 #[test]
 fn echo_of_every_size_class_comes_back_byte_for_byte() {
-    let r = rig();
-    let guest = {
-        let d = driver(&r);
-        let timer = r.timer.clone();
-        std::thread::spawn(move || serve(d, timer))
-    };
+    let r = Loopback::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let guest = spawn_echo(&r, stop.clone());
     let host = &r.host;
     host.wait_ready(T).expect("driver up");
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -325,7 +240,6 @@ fn echo_of_every_size_class_comes_back_byte_for_byte() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(open(host, u32::MAX).status, Status::Ok);
-    assert_eq!(close(host, u32::MAX).status, Status::Ok);
+    stop.store(true, Ordering::Relaxed);
     guest.join().expect("guest thread");
 }

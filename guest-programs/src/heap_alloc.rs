@@ -1,0 +1,141 @@
+//! The user programs' global allocator: power-of-two size classes from 16 B to 64 KiB,
+//! carved from 2 MiB chunks the kernel's `map` hands out, and `map`/`unmap` directly for
+//! anything larger. Every `map` is a trip through the guest kernel (emulated ring 0 on these
+//! machines), so small blocks are recycled in user mode and chunks are never given back.
+
+use crate::syscall2;
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicBool, Ordering};
+use guest_kernel::abi::{HEAP_CHUNK, syscall};
+
+const MIN_SHIFT: u32 = 4;
+const MAX_SHIFT: u32 = 16;
+const CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
+
+struct State {
+    /// Singly linked free blocks of each class (the link lives in the block).
+    free: [usize; CLASSES],
+    /// Unused rest of the current chunk.
+    bump: usize,
+    bump_end: usize,
+}
+
+/// The allocator; one instance is the program's `#[global_allocator]`.
+pub struct GuestAlloc {
+    lock: AtomicBool,
+    state: UnsafeCell<State>,
+}
+
+// SAFETY: `state` is only touched while `lock` is held (see `with_state`).
+unsafe impl Sync for GuestAlloc {}
+
+impl GuestAlloc {
+    pub const fn new() -> Self {
+        Self {
+            lock: AtomicBool::new(false),
+            state: UnsafeCell::new(State {
+                free: [0; CLASSES],
+                bump: 0,
+                bump_end: 0,
+            }),
+        }
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        while self
+            .lock
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        // SAFETY: the lock is held, so this is the only reference to the state.
+        let r = f(unsafe { &mut *self.state.get() });
+        self.lock.store(false, Ordering::Release);
+        r
+    }
+}
+
+impl Default for GuestAlloc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The class of a block of `size` bytes (already at least its alignment).
+fn class(size: usize) -> Option<usize> {
+    let shift = size
+        .max(1 << MIN_SHIFT)
+        .next_power_of_two()
+        .trailing_zeros();
+    (shift <= MAX_SHIFT).then(|| (shift - MIN_SHIFT) as usize)
+}
+
+fn map(len: usize) -> usize {
+    let addr = syscall2(syscall::MAP, len as u64, 0);
+    if addr == u64::MAX { 0 } else { addr as usize }
+}
+
+// SAFETY: blocks come from memory the kernel mapped for this program and handed out once
+// (free lists and the bump pointer never overlap); each block is at least `layout.size()`
+// bytes and aligned to its class size, which is at least `layout.align()` (chunks are 2 MiB
+// aligned; large blocks come straight from `map`, 2 MiB aligned).
+unsafe impl GlobalAlloc for GuestAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let size = layout.size().max(layout.align());
+        let Some(c) = class(size) else {
+            return map(size) as *mut u8;
+        };
+        let block = 1usize << (c as u32 + MIN_SHIFT);
+        self.with_state(|s| {
+            let head = s.free[c];
+            if head != 0 {
+                // SAFETY: `head` is a free block of this class, whose first word holds the
+                // next free block (written by `dealloc`).
+                s.free[c] = unsafe { (head as *const usize).read() };
+                return head as *mut u8;
+            }
+            let start = s.bump.next_multiple_of(block);
+            if start == 0 || start + block > s.bump_end {
+                let chunk = map(HEAP_CHUNK as usize);
+                if chunk == 0 {
+                    return null_mut();
+                }
+                (s.bump, s.bump_end) = (chunk + block, chunk + HEAP_CHUNK as usize);
+                return chunk as *mut u8;
+            }
+            s.bump = start + block;
+            start as *mut u8
+        })
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let size = layout.size().max(layout.align());
+        let Some(c) = class(size) else {
+            syscall2(syscall::UNMAP, ptr as u64, size as u64);
+            return;
+        };
+        self.with_state(|s| {
+            // SAFETY: `ptr` is a block of this class the caller no longer uses; its first
+            // word becomes the free-list link.
+            unsafe { (ptr as *mut usize).write(s.free[c]) };
+            s.free[c] = ptr as usize;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_map_to_classes() {
+        assert_eq!(class(1), Some(0));
+        assert_eq!(class(16), Some(0));
+        assert_eq!(class(17), Some(1));
+        assert_eq!(class(65_536), Some(CLASSES - 1));
+        assert_eq!(class(65_537), None);
+    }
+}

@@ -1,0 +1,100 @@
+//! The guest side of virtio-llm's plumbing in user mode: the shared window as the driver's
+//! memory, the device's register page as its transport, and the wait register to idle on.
+//! The kernel is not involved in any of it (the page tables map these pages for user mode).
+
+use core::ptr::{read_volatile, write_volatile};
+use guest_kernel::abi;
+use virtio_llm::driver::{DriverMemory, RingError, Transport};
+use virtio_llm::spec::layout::{SHARED_WINDOW_BASE, SHARED_WINDOW_SIZE};
+
+/// The shared window, identity-mapped. Accesses outside it are refused, so a bad address
+/// from the device can never reach private memory through the driver.
+pub struct SharedWindow;
+
+fn check(addr: u64, len: usize) -> Result<(), RingError> {
+    let end = addr.checked_add(len as u64);
+    if addr >= SHARED_WINDOW_BASE
+        && end.is_some_and(|e| e <= SHARED_WINDOW_BASE + SHARED_WINDOW_SIZE)
+    {
+        Ok(())
+    } else {
+        Err(RingError::Memory { addr, len })
+    }
+}
+
+impl DriverMemory for SharedWindow {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), RingError> {
+        check(addr, buf.len())?;
+        let p = addr as *const u8;
+        // SAFETY: [addr, addr + len) is inside the identity-mapped shared window (checked).
+        // The host may write it concurrently: ring fields (2, 4, 8 aligned bytes) are read
+        // with one volatile access each so they are neither torn nor read twice; messages
+        // are copied once, then decoded from the private copy.
+        unsafe {
+            match buf.len() {
+                2 if addr.is_multiple_of(2) => {
+                    buf.copy_from_slice(&read_volatile(p as *const u16).to_ne_bytes())
+                }
+                4 if addr.is_multiple_of(4) => {
+                    buf.copy_from_slice(&read_volatile(p as *const u32).to_ne_bytes())
+                }
+                8 if addr.is_multiple_of(8) => {
+                    buf.copy_from_slice(&read_volatile(p as *const u64).to_ne_bytes())
+                }
+                n => core::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n),
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), RingError> {
+        check(addr, data.len())?;
+        let p = addr as *mut u8;
+        // SAFETY: as in `read`; ring fields are written with one volatile store each so the
+        // device never sees half an index.
+        unsafe {
+            match data.len() {
+                2 if addr.is_multiple_of(2) => {
+                    write_volatile(p as *mut u16, u16::from_ne_bytes([data[0], data[1]]))
+                }
+                4 if addr.is_multiple_of(4) => write_volatile(
+                    p as *mut u32,
+                    u32::from_ne_bytes([data[0], data[1], data[2], data[3]]),
+                ),
+                n => core::ptr::copy_nonoverlapping(data.as_ptr(), p, n),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The virtio-llm register page (MMIO: each access exits to the VMM, or with ioeventfd is
+/// absorbed by KVM).
+pub struct MmioRegisters;
+
+impl Transport for MmioRegisters {
+    fn read32(&self, offset: u64) -> u32 {
+        // SAFETY: the device page is identity-mapped for user mode; offsets are the
+        // transport's register offsets, all inside the page.
+        unsafe { read_volatile((abi::VIRTIO_LLM + offset) as *const u32) }
+    }
+
+    fn write32(&self, offset: u64, value: u32) {
+        // SAFETY: as in `read32`.
+        unsafe { write_volatile((abi::VIRTIO_LLM + offset) as *mut u32, value) }
+    }
+}
+
+/// Parks vCPU `vcpu` in the VMM until a device notification it has not seen yet, or
+/// `timeout_ns`.
+pub fn wait(vcpu: u64, timeout_ns: u64) {
+    let reg = abi::TIMER + abi::TIMER_WAIT + 8 * vcpu.min(abi::MAX_VCPUS as u64 - 1);
+    // SAFETY: the timer page is identity-mapped for user mode; the wait register takes a u64.
+    unsafe { write_volatile(reg as *mut u64, timeout_ns) }
+}
+
+/// Nanoseconds since the VM started (the timer page, read from user mode).
+pub fn now_ns() -> u64 {
+    // SAFETY: the timer page is identity-mapped for user mode; the clock is a u64.
+    unsafe { read_volatile((abi::TIMER + abi::TIMER_NOW) as *const u64) }
+}
