@@ -8,6 +8,10 @@ pub const CONSOLE: u64 = MMIO_BASE;
 /// `CONTROL_MEM_SIZE` is the size of the boot region (where the heap ends).
 pub const CONTROL: u64 = MMIO_BASE + 0x1000;
 pub const CONTROL_MEM_SIZE: u64 = 8;
+/// u64 reads: where the private region starts and its size (0: none). The guest's user
+/// program manages it directly (it is identity-mapped for user mode); the kernel does not.
+pub const CONTROL_PRIVATE_BASE: u64 = 16;
+pub const CONTROL_PRIVATE_SIZE: u64 = 24;
 /// Fault report: the kernel writes `FaultReport` fields as u64 at `8 * index`, then any value
 /// to `FAULT_COMMIT`, which stops the VM with the report.
 pub const FAULT: u64 = MMIO_BASE + 0x2000;
@@ -19,6 +23,8 @@ pub const FAULT_COMMIT: u64 = 0x800;
 pub const TIMER: u64 = MMIO_BASE + 0x3000;
 pub const TIMER_NOW: u64 = 0;
 pub const TIMER_WAIT: u64 = 0x100;
+/// Any write wakes every parked vCPU (how one vCPU wakes the others' workers).
+pub const TIMER_WAKE: u64 = 0x10;
 /// The virtio-llm device's virtio-mmio register page.
 pub const VIRTIO_LLM: u64 = MMIO_BASE + 0x4000;
 

@@ -1,14 +1,17 @@
 //! The user programs' global allocator: power-of-two size classes from 16 B to 64 KiB,
-//! carved from 2 MiB chunks the kernel's `map` hands out, and `map`/`unmap` directly for
-//! anything larger. Every `map` is a trip through the guest kernel (emulated ring 0 on these
-//! machines), so small blocks are recycled in user mode and chunks are never given back.
+//! carved from 2 MiB chunks the kernel's `map` hands out; anything larger (weights, KV
+//! caches, scratch) comes from the private region when the VM has one, managed here in user
+//! mode ([`Extents`]), else from `map`/`unmap`. Every `map` is a trip through the guest
+//! kernel (emulated ring 0 on these machines), so small blocks are recycled in user mode and
+//! chunks are never given back.
 
 use crate::syscall2;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
-use guest_kernel::abi::{HEAP_CHUNK, syscall};
+use crate::extents::Extents;
+use guest_kernel::abi::{self, HEAP_CHUNK, syscall};
 
 const MIN_SHIFT: u32 = 4;
 const MAX_SHIFT: u32 = 16;
@@ -20,6 +23,9 @@ struct State {
     /// Unused rest of the current chunk.
     bump: usize,
     bump_end: usize,
+    /// The private region's extents, once looked up (`private_ready`).
+    private: Extents,
+    private_ready: bool,
 }
 
 /// The allocator; one instance is the program's `#[global_allocator]`.
@@ -39,8 +45,18 @@ impl GuestAlloc {
                 free: [0; CLASSES],
                 bump: 0,
                 bump_end: 0,
+                private: Extents::empty(),
+                private_ready: false,
             }),
         }
+    }
+
+    /// Bytes of the private region in use, and its size (0 when the VM has none).
+    pub fn private_usage(&self) -> (u64, u64) {
+        self.with_state(|s| {
+            s.init_private();
+            (s.private.in_use(), private_size())
+        })
     }
 
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -61,6 +77,27 @@ impl GuestAlloc {
 impl Default for GuestAlloc {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The private region's size, from the control page (an MMIO read).
+fn private_size() -> u64 {
+    // SAFETY: the control page is identity-mapped for user mode; the field is a u64.
+    unsafe {
+        core::ptr::read_volatile((abi::CONTROL + abi::CONTROL_PRIVATE_SIZE) as *const u64)
+    }
+}
+
+impl State {
+    fn init_private(&mut self) {
+        if !self.private_ready {
+            // SAFETY: as in `private_size`.
+            let base = unsafe {
+                core::ptr::read_volatile((abi::CONTROL + abi::CONTROL_PRIVATE_BASE) as *const u64)
+            };
+            self.private = Extents::new(base, private_size());
+            self.private_ready = true;
+        }
     }
 }
 
@@ -86,7 +123,14 @@ unsafe impl GlobalAlloc for GuestAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let size = layout.size().max(layout.align());
         let Some(c) = class(size) else {
-            return map(size) as *mut u8;
+            return self.with_state(|s| {
+                s.init_private();
+                match s.private.alloc(size as u64) {
+                    Some(addr) => addr as *mut u8,
+                    None if private_size() == 0 => map(size) as *mut u8,
+                    None => null_mut(),
+                }
+            });
         };
         let block = 1usize << (c as u32 + MIN_SHIFT);
         self.with_state(|s| {
@@ -114,7 +158,13 @@ unsafe impl GlobalAlloc for GuestAlloc {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let size = layout.size().max(layout.align());
         let Some(c) = class(size) else {
-            syscall2(syscall::UNMAP, ptr as u64, size as u64);
+            let addr = ptr as u64;
+            if addr >= 1 << 32 {
+                // The private region lies above 4 GiB, the kernel's heap below.
+                self.with_state(|s| s.private.free(addr, size as u64));
+            } else {
+                syscall2(syscall::UNMAP, addr, size as u64);
+            }
             return;
         };
         self.with_state(|s| {

@@ -2,11 +2,15 @@
 //! small test programs in `src/bin/`.
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
 use guest_kernel::abi::syscall;
 
 #[cfg(all(target_arch = "x86_64", feature = "guest"))]
 mod mem;
 
+pub mod extents;
 pub mod heap_alloc;
 
 /// Every guest program's heap (the driver and the engine allocate).

@@ -4,7 +4,7 @@
 use crate::devices::virtio_llm::{LlmConfig, LlmHost, VirtioLlm};
 use crate::devices::virtio_mmio::{MmioTransport, reg};
 use crate::devices::{Console, Control, FaultPage, FaultReport, MmioBus, Timer};
-use crate::hypervisor::x86_64_boot::{self, BOOT_TABLES_END};
+use crate::hypervisor::x86_64_boot::{self, BOOT_TABLES_END, MAX_MAPPED_GIB};
 use crate::hypervisor::{
     Hypervisor, HypervisorError, KvmHypervisor, RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm,
 };
@@ -37,7 +37,9 @@ pub mod layout {
     /// Shared window: virtqueues and bounce buffers, the only memory both sides touch.
     pub const SHARED_BASE: u64 = 0x4000_0000;
     pub const SHARED_SIZE: u64 = 32 << 20;
-    /// Reserved for the private pool (filled by the memory issue); not mapped yet.
+    /// The private region: model weights, KV caches, engine scratch. Until guest_memfd backs
+    /// it (the memory issue) it is ordinary anonymous memory in its own slot, which the
+    /// device cannot reach and the VMM never reads; the host kernel still could.
     pub const PRIVATE_BASE: u64 = 0x1_0000_0000;
 }
 
@@ -46,6 +48,8 @@ pub mod layout {
 pub struct MachineConfig {
     /// Bytes of the boot region.
     pub boot_size: usize,
+    /// Bytes of the private region (a multiple of 2 MiB; 0: none).
+    pub private_size: usize,
     /// How long the guest may run before it is stopped.
     pub deadline: Duration,
 }
@@ -54,6 +58,7 @@ impl Default for MachineConfig {
     fn default() -> Self {
         Self {
             boot_size: 64 << 20,
+            private_size: 0,
             deadline: Duration::from_secs(30),
         }
     }
@@ -134,7 +139,17 @@ impl Machine {
     pub fn new(config: MachineConfig) -> Result<Self, VmError> {
         let hv = KvmHypervisor::new()?;
         let mut vm = hv.create_vm()?;
-        let size = config.boot_size + layout::SHARED_SIZE as usize;
+        let size = config.boot_size + layout::SHARED_SIZE as usize + config.private_size;
+        let max_private = ((MAX_MAPPED_GIB - 4) << 30) as usize;
+        if config.private_size > max_private || config.private_size % (2 << 20) != 0 {
+            return Err(VmError::Memory {
+                size: config.private_size,
+                reason: format!(
+                    "the private region must be a multiple of 2 MiB up to {} GiB",
+                    max_private >> 30
+                ),
+            });
+        }
         let region = |base: u64, len: usize| {
             GuestRegionMmap::from_range(GuestAddress(base), len, None)
                 .map(Arc::new)
@@ -151,7 +166,11 @@ impl Machine {
                 reason: e.to_string(),
             })
         };
-        let mem = collection(vec![boot, shared.clone()])?;
+        let mut regions = vec![boot, shared.clone()];
+        if config.private_size > 0 {
+            regions.push(region(layout::PRIVATE_BASE, config.private_size)?);
+        }
+        let mem = collection(regions)?;
         // The device's view: the shared window and nothing else.
         let shared_only = collection(vec![shared])?;
         for region in mem.iter() {
@@ -197,6 +216,8 @@ impl Machine {
                     0x1000,
                     Arc::new(Control {
                         mem_size: config.boot_size as u64,
+                        private_base: layout::PRIVATE_BASE,
+                        private_size: config.private_size as u64,
                     }),
                 )
             })
@@ -223,7 +244,8 @@ impl Machine {
             vcpu_cpu: Vec::new(),
         };
         let mut tables = vec![0u8; BOOT_TABLES_END as usize];
-        x86_64_boot::write_boot_tables(&mut tables);
+        let mapped_gib = (layout::PRIVATE_BASE + machine.config.private_size as u64).div_ceil(1 << 30);
+        x86_64_boot::write_boot_tables(&mut tables, mapped_gib);
         machine.load(0, &tables)?;
         Ok(machine)
     }

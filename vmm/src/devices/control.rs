@@ -1,8 +1,9 @@
-//! The control page: a 32-bit write to offset 0 ends the VM with that exit code; offset
-//! `CONTROL_MEM_SIZE` reads the boot region's size.
+//! The control page: a 32-bit write to offset 0 ends the VM with that exit code; offsets
+//! `CONTROL_MEM_SIZE`, `CONTROL_PRIVATE_BASE` and `CONTROL_PRIVATE_SIZE` read the memory
+//! layout.
 
 use super::{DeviceEvent, MmioDevice};
-use guest_kernel::abi::CONTROL_MEM_SIZE;
+use guest_kernel::abi::{CONTROL_MEM_SIZE, CONTROL_PRIVATE_BASE, CONTROL_PRIVATE_SIZE};
 
 /// Register offsets.
 pub const EXIT_CODE: u64 = 0;
@@ -12,14 +13,18 @@ pub const EXIT_CODE: u64 = 0;
 pub struct Control {
     /// Bytes of the boot region, reported to the guest kernel for its heap.
     pub mem_size: u64,
+    /// Where the private region starts, and its size (0: none).
+    pub private_base: u64,
+    pub private_size: u64,
 }
 
 impl MmioDevice for Control {
     fn read(&self, offset: u64, data: &mut [u8]) {
-        let value = if offset == CONTROL_MEM_SIZE {
-            self.mem_size
-        } else {
-            0
+        let value = match offset {
+            CONTROL_MEM_SIZE => self.mem_size,
+            CONTROL_PRIVATE_BASE => self.private_base,
+            CONTROL_PRIVATE_SIZE => self.private_size,
+            _ => 0,
         };
         let bytes = value.to_le_bytes();
         let n = data.len().min(8);

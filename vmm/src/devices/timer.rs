@@ -6,7 +6,7 @@
 //! check its queues, find them empty and wait without a race against the device.
 
 use super::{DeviceEvent, MmioDevice};
-use guest_kernel::abi::{MAX_VCPUS, TIMER_NOW, TIMER_WAIT};
+use guest_kernel::abi::{MAX_VCPUS, TIMER_NOW, TIMER_WAIT, TIMER_WAKE};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,10 @@ impl MmioDevice for Timer {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Option<DeviceEvent> {
+        if offset == TIMER_WAKE {
+            self.wake_all();
+            return None;
+        }
         let vcpu = offset.wrapping_sub(TIMER_WAIT) / 8;
         if offset >= TIMER_WAIT && offset.is_multiple_of(8) && vcpu < MAX_VCPUS as u64 {
             let mut v = [0u8; 8];

@@ -3,7 +3,8 @@
 //! matters here because guest ring-0 instructions are emulated at ~1M/s).
 //!
 //! The VMM writes a GDT, a TSS and identity-mapped page tables (2 MiB pages, user
-//! accessible, covering the first 4 GiB so the MMIO window is mapped) into guest memory.
+//! accessible, covering the first 4 GiB so the MMIO window is mapped, plus the private
+//! region above 4 GiB) into guest memory.
 
 /// Guest-physical address of the GDT.
 pub const GDT_ADDR: u64 = 0x1000;
@@ -13,10 +14,13 @@ pub const TSS_ADDR: u64 = 0x1800;
 pub const TSS_STRIDE: u64 = 0x80;
 /// vCPUs the boot tables have a TSS for.
 pub const MAX_VCPUS: usize = 8;
-/// Guest-physical address of the PML4; the PDPT and four page directories follow.
+/// Guest-physical address of the PML4; the PDPT and one page directory per mapped GiB follow.
 pub const PML4_ADDR: u64 = 0x2000;
-/// Bytes the boot structures occupy from `GDT_ADDR`.
-pub const BOOT_TABLES_END: u64 = PML4_ADDR + 6 * 0x1000;
+/// GiB of guest-physical space the tables can map: the first 4 and up to 60 of private
+/// region above them.
+pub const MAX_MAPPED_GIB: u64 = 64;
+/// Bytes the boot structures occupy from address 0 (below the kernel at 1 MiB).
+pub const BOOT_TABLES_END: u64 = PML4_ADDR + (2 + MAX_MAPPED_GIB) * 0x1000;
 /// The size of the GDT in bytes minus one (the `limit` of GDTR).
 pub const GDT_LIMIT: u16 = (8 * (5 + 2 * MAX_VCPUS) - 1) as u16;
 
@@ -50,8 +54,9 @@ fn gdt() -> [u64; 5 + 2 * MAX_VCPUS] {
     g
 }
 
-/// Writes the GDT and page tables into `mem` (guest-physical address 0 at index 0).
-pub fn write_boot_tables(mem: &mut [u8]) {
+/// Writes the GDT and page tables into `mem` (guest-physical address 0 at index 0),
+/// identity-mapping the first `mapped_gib` GiB (at least 4, at most `MAX_MAPPED_GIB`).
+pub fn write_boot_tables(mem: &mut [u8], mapped_gib: u64) {
     let mut put = |at: u64, v: u64| {
         let at = at as usize;
         mem[at..at + 8].copy_from_slice(&v.to_le_bytes());
@@ -63,7 +68,7 @@ pub fn write_boot_tables(mem: &mut [u8]) {
     const HUGE: u64 = 1 << 7;
     let pdpt = PML4_ADDR + 0x1000;
     put(PML4_ADDR, pdpt | PRESENT_RW_USER);
-    for gib in 0..4u64 {
+    for gib in 0..mapped_gib.clamp(4, MAX_MAPPED_GIB) {
         let pd = pdpt + 0x1000 * (1 + gib);
         put(pdpt + 8 * gib, pd | PRESENT_RW_USER);
         for i in 0..512u64 {
@@ -85,7 +90,7 @@ mod tests {
     #[test]
     fn tables_identity_map_the_first_4_gib() {
         let mut mem = vec![0u8; BOOT_TABLES_END as usize];
-        write_boot_tables(&mut mem);
+        write_boot_tables(&mut mem, 6);
         let read =
             |at: u64| u64::from_le_bytes(mem[at as usize..at as usize + 8].try_into().unwrap());
         // Walk the tables for the MMIO window address.
@@ -94,6 +99,12 @@ mod tests {
         let pde = read((pdpte & !0xfff) + 8 * ((va >> 21) & 511));
         assert_eq!(pde & !0xfff, va & !0x1f_ffff);
         assert_eq!(pde & 0x87, 0x87);
+        // The private region above 4 GiB is mapped up to the requested 6 GiB, no further.
+        let va = (6u64 << 30) - (2 << 20);
+        let pdpte = read((read(PML4_ADDR) & !0xfff) + 8 * ((va >> 30) & 511));
+        let pde = read((pdpte & !0xfff) + 8 * ((va >> 21) & 511));
+        assert_eq!(pde & !0xfff, va);
+        assert_eq!(read((read(PML4_ADDR) & !0xfff) + 8 * 6), 0);
         assert_eq!(
             read(GDT_ADDR + 8 * u64::from(USER_CS >> 3)) >> 45 & 3,
             3,
