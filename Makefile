@@ -101,12 +101,15 @@ build:
 image:
 	$(CARGO) build --release --quiet -p guest-kernel --features guest --target x86_64-unknown-none
 	$(CARGO) build --release --quiet -p guest-programs --features guest --bins
+	$(CARGO) build --release --quiet -p guest-engine --features guest --bins
+	images/build-manifest.sh target
 
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 	$(CARGO) clippy --release --quiet -p guest-kernel --features guest --target x86_64-unknown-none -- -D warnings
 	$(CARGO) clippy --release --quiet -p guest-programs --features guest --bins -- -D warnings
+	$(CARGO) clippy --release --quiet -p guest-engine --features guest --bins -- -D warnings
 
 test-fast:
 	FLEXSERVE_REQUIRE_MODELS=1 $(CARGO) test --workspace --quiet

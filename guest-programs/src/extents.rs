@@ -131,7 +131,12 @@ mod tests {
         for b in blocks.iter().step_by(2) {
             e.free(*b, 1);
         }
-        assert_eq!(e.lost(), GRANULE, "one of {} isolated extents did not fit", MAX_FREE + 1);
+        assert_eq!(
+            e.lost(),
+            GRANULE,
+            "one of {} isolated extents did not fit",
+            MAX_FREE + 1
+        );
         for b in blocks.iter().skip(1).step_by(2) {
             e.free(*b, 1);
         }

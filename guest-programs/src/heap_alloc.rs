@@ -5,12 +5,12 @@
 //! kernel (emulated ring 0 on these machines), so small blocks are recycled in user mode and
 //! chunks are never given back.
 
+use crate::extents::Extents;
 use crate::syscall2;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
-use crate::extents::Extents;
 use guest_kernel::abi::{self, HEAP_CHUNK, syscall};
 
 const MIN_SHIFT: u32 = 4;
@@ -83,9 +83,7 @@ impl Default for GuestAlloc {
 /// The private region's size, from the control page (an MMIO read).
 fn private_size() -> u64 {
     // SAFETY: the control page is identity-mapped for user mode; the field is a u64.
-    unsafe {
-        core::ptr::read_volatile((abi::CONTROL + abi::CONTROL_PRIVATE_SIZE) as *const u64)
-    }
+    unsafe { core::ptr::read_volatile((abi::CONTROL + abi::CONTROL_PRIVATE_SIZE) as *const u64) }
 }
 
 impl State {

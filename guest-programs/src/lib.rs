@@ -17,6 +17,12 @@ pub mod heap_alloc;
 #[cfg(all(target_arch = "x86_64", feature = "guest"))]
 #[global_allocator]
 static HEAP: heap_alloc::GuestAlloc = heap_alloc::GuestAlloc::new();
+
+/// Bytes of the private region in use, and its size (0 when the VM has none).
+#[cfg(all(target_arch = "x86_64", feature = "guest"))]
+pub fn private_usage() -> (u64, u64) {
+    HEAP.private_usage()
+}
 #[cfg(target_arch = "x86_64")]
 pub mod virtio;
 
@@ -69,6 +75,21 @@ pub fn exit(code: u32) -> ! {
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     print("guest program panicked\n");
     exit(101)
+}
+
+// The precompiled `alloc` of the x86_64-unknown-linux-gnu target was built with unwinding,
+// so formatting code references the unwinder even though guest programs abort on panic
+// (`panic = "abort"`): these are never called, they only satisfy the linker.
+/// Never called: panics abort in guest programs.
+#[cfg(all(target_arch = "x86_64", feature = "guest"))]
+#[unsafe(no_mangle)]
+pub extern "C" fn rust_eh_personality() {}
+
+/// Never called: panics abort in guest programs.
+#[cfg(all(target_arch = "x86_64", feature = "guest"))]
+#[unsafe(no_mangle)]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    exit(102)
 }
 
 /// The AVX2 + FMA computation shared by the `avxdot` program and the host test.

@@ -62,14 +62,20 @@ pub struct RunArgs {
     #[arg(long)]
     pub raw: bool,
     /// Run the engine directly on the host, outside any VM (the baseline; no protection).
+    /// Without it the engine runs in the protected guest VM.
     #[arg(long)]
     pub unprotected: bool,
     /// Worker threads (vCPUs in the guest).
     #[arg(long, visible_alias = "threads", default_value_t = 2)]
     pub vcpus: usize,
-    /// Guest memory maximum, e.g. 2G or 512M.
+    /// Guest private memory (weights, KV cache, scratch), e.g. 2G or 512M; by default the
+    /// model's size plus its KV cache and some headroom.
     #[arg(long)]
     pub memory: Option<String>,
+    /// Directory with the guest images and their manifest (default: $FLEXSERVE_IMAGES, the
+    /// source tree's images/out, /usr/lib/flexserve/images).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
     /// Context window in tokens (capped at the model's training context).
     #[arg(long, default_value_t = 2048)]
     pub ctx: usize,

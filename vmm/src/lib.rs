@@ -3,6 +3,8 @@
 
 pub mod devices;
 pub mod elf_loader;
+pub mod guest_images;
 pub mod hypervisor;
 pub mod machine;
+pub mod protected_vm;
 pub mod vcpu_exit;

@@ -244,7 +244,8 @@ impl Machine {
             vcpu_cpu: Vec::new(),
         };
         let mut tables = vec![0u8; BOOT_TABLES_END as usize];
-        let mapped_gib = (layout::PRIVATE_BASE + machine.config.private_size as u64).div_ceil(1 << 30);
+        let mapped_gib =
+            (layout::PRIVATE_BASE + machine.config.private_size as u64).div_ceil(1 << 30);
         x86_64_boot::write_boot_tables(&mut tables, mapped_gib);
         machine.load(0, &tables)?;
         Ok(machine)

@@ -1,13 +1,15 @@
-//! `flexserve`: the FlexServe host binary (CLI now; VMM and daemon as they land).
+//! `flexserve`: the FlexServe host binary: `run` (protected guest or `--unprotected`),
+//! `bench-engine`.
 
 mod bench_engine;
 mod cli;
 mod huge_buffer;
 mod model_file;
+mod protected;
 mod text_stream;
 mod unprotected;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command};
 use std::io::Read;
@@ -28,15 +30,10 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            if !args.unprotected {
-                bail!(
-                    "the protected guest VM is not built yet in this version; \
-                     pass --unprotected to run the engine directly on the host (no isolation)"
-                );
-            }
-            if args.memory.is_some() {
+            if args.unprotected && (args.memory.is_some() || args.images.is_some()) {
                 eprintln!(
-                    "[flexserve] note: --memory applies to the guest VM; ignored with --unprotected"
+                    "[flexserve] note: --memory and --images apply to the guest VM; \
+                     ignored with --unprotected"
                 );
             }
             let prompt = match &args.prompt {
@@ -49,7 +46,11 @@ fn run() -> anyhow::Result<()> {
                     s
                 }
             };
-            unprotected::run(&args, &prompt)?;
+            if args.unprotected {
+                unprotected::run(&args, &prompt)?;
+            } else {
+                protected::run(&args, &prompt)?;
+            }
         }
         Command::BenchEngine(args) => bench_engine::run(&args)?,
     }

@@ -1,0 +1,14 @@
+//! The inference service of the protected guest: what the engine program runs on vCPU 0.
+//!
+//! - [`service`]: virtio-llm control commands and generation requests served by the engine,
+//!   generic over the driver's memory and transport and the [`service::Environment`];
+//! - [`loader`]: receiving a model file in ordered, hashed chunks.
+//!
+//! The guest executable (`src/main.rs`, feature `guest`) wires it to the guest's plumbing;
+//! host tests wire it to the VMM's device in one process.
+#![no_std]
+
+extern crate alloc;
+
+pub mod loader;
+pub mod service;

@@ -1,0 +1,103 @@
+//! Receiving a model file in chunks: in order, within the announced size, hashed as it
+//! arrives, into memory reserved up front (the private region in the guest), so a model that
+//! cannot fit is refused at `LoadModelBegin`, before a byte is copied.
+
+use alloc::vec::Vec;
+use sha2::{Digest, Sha256};
+use virtio_llm::Status;
+
+/// A model being received.
+pub struct Loading {
+    pub model_id: u32,
+    total: u64,
+    expected_sha256: [u8; 32],
+    bytes: Vec<u8>,
+    hasher: Sha256,
+}
+
+impl Loading {
+    /// Reserves `total` bytes; `OutOfMemory` if the allocator cannot give them.
+    pub fn begin(model_id: u32, total: u64, sha256: [u8; 32]) -> Result<Self, Status> {
+        let len = usize::try_from(total).map_err(|_| Status::OutOfMemory)?;
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(len)
+            .map_err(|_| Status::OutOfMemory)?;
+        Ok(Self {
+            model_id,
+            total,
+            expected_sha256: sha256,
+            bytes,
+            hasher: Sha256::new(),
+        })
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Appends a chunk that must start where the file so far ends.
+    pub fn chunk(&mut self, offset: u64, data: &[u8]) -> Result<(), Status> {
+        let end = offset.checked_add(data.len() as u64);
+        if offset != self.received() || end.is_none_or(|e| e > self.total) {
+            return Err(Status::BadRequest);
+        }
+        self.hasher.update(data);
+        // Capacity was reserved for `total` bytes: this never reallocates.
+        self.bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The whole file, if it is complete and its SHA-256 is the announced one.
+    pub fn finish(self) -> Result<Vec<u8>, Status> {
+        if self.received() != self.total {
+            return Err(Status::BadModel);
+        }
+        let digest: [u8; 32] = self.hasher.finalize().into();
+        if digest != self.expected_sha256 {
+            return Err(Status::BadModel);
+        }
+        Ok(self.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(data: &[u8]) -> [u8; 32] {
+        Sha256::digest(data).into()
+    }
+
+    #[test]
+    fn chunks_in_order_with_the_right_hash_complete() {
+        let file: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let mut l = Loading::begin(1, 1000, sha(&file)).unwrap();
+        l.chunk(0, &file[..400]).unwrap();
+        assert_eq!(l.chunk(500, &file[500..]), Err(Status::BadRequest), "gap");
+        assert_eq!(l.chunk(0, &file[..10]), Err(Status::BadRequest), "overlap");
+        l.chunk(400, &file[400..]).unwrap();
+        assert_eq!(l.chunk(1000, &[1]), Err(Status::BadRequest), "past the end");
+        assert_eq!(l.finish().unwrap(), file);
+    }
+
+    #[test]
+    fn short_files_and_wrong_hashes_are_bad_models() {
+        let file = [7u8; 64];
+        let mut l = Loading::begin(1, 64, sha(&file)).unwrap();
+        l.chunk(0, &file[..63]).unwrap();
+        assert_eq!(l.finish().err(), Some(Status::BadModel));
+        let mut l = Loading::begin(1, 64, [0; 32]).unwrap();
+        l.chunk(0, &file).unwrap();
+        assert_eq!(l.finish().err(), Some(Status::BadModel));
+    }
+
+    #[test]
+    fn an_impossible_size_is_out_of_memory_not_an_abort() {
+        assert_eq!(
+            Loading::begin(1, u64::MAX / 2, [0; 32]).err(),
+            Some(Status::OutOfMemory)
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! `flexserve run`: boot the protected guest, stream the model into it, and print the tokens
+//! it generates. The host checks the model first (so a bad file fails with the engine's own
+//! message before any VM exists), tokenizes the prompt and detokenizes the answer; the
+//! weights and the KV cache live only in the guest's private region.
+
+use crate::cli::RunArgs;
+use crate::model_file::{ModelFileError, read_model};
+use crate::text_stream::Utf8Stream;
+use crate::unprotected::{render_prompt, sampler_config};
+use inference_guest::gguf::{Gguf, GgufError};
+use inference_guest::model::{Model, ModelError};
+use inference_guest::quant::Kernels;
+use inference_guest::sampler::SamplerError;
+use inference_guest::tokenizer::{Tokenizer, TokenizerError};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
+use virtio_llm::wire::response::StopReason;
+use vmm::guest_images::GuestImages;
+use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
+
+/// A failed protected `run`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtectedRunError {
+    #[error(transparent)]
+    ModelFile(#[from] ModelFileError),
+    #[error("invalid model file: {0}")]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("cannot build the tokenizer: {0}")]
+    Tokenizer(#[from] TokenizerError),
+    #[error("bad sampling options: {0}")]
+    Sampling(#[from] SamplerError),
+    #[error("--memory {0:?} is not a size; write e.g. 2G, 1536M or 4294967296")]
+    BadMemory(String),
+    #[error(
+        "--memory {given} MiB cannot hold the model ({model} MiB) and its context; \
+         give at least {needed} MiB"
+    )]
+    MemoryTooSmall { given: u64, model: u64, needed: u64 },
+    #[error("--vcpus must be between 1 and 8, not {0}")]
+    BadVcpus(usize),
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
+    #[error("the prompt is empty; give one as an argument or on stdin")]
+    EmptyPrompt,
+}
+
+/// Parses a memory size: bytes, or a number with K, M or G (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.as_bytes().last()?.to_ascii_uppercase() {
+        b'K' => (&s[..s.len() - 1], 10),
+        b'M' => (&s[..s.len() - 1], 20),
+        b'G' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+const MIB: u64 = 1 << 20;
+/// Private memory beyond weights and KV cache: activations, logits, tokenizer, allocator.
+const HEADROOM: u64 = 96 * MIB;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// A progress line on stderr for the model load, when stdout is a terminal.
+struct Progress {
+    total: u64,
+    start: Instant,
+    shown: bool,
+}
+
+impl Progress {
+    fn update(&mut self, done: u64) {
+        if !std::io::stdout().is_terminal() {
+            return;
+        }
+        let secs = self.start.elapsed().as_secs_f64().max(1e-6);
+        let width = 30;
+        let filled = (done * width / self.total.max(1)) as usize;
+        eprint!(
+            "\r[flexserve] loading model [{}{}] {:>5.1}/{:.1} MiB {:>7.1} MiB/s",
+            "#".repeat(filled),
+            " ".repeat(width as usize - filled),
+            done as f64 / MIB as f64,
+            self.total as f64 / MIB as f64,
+            done as f64 / MIB as f64 / secs
+        );
+        self.shown = true;
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
+
+/// Generates from `prompt` inside the protected guest and streams the text to stdout.
+pub fn run(args: &RunArgs, prompt: &str) -> Result<(), ProtectedRunError> {
+    if prompt.trim().is_empty() {
+        return Err(ProtectedRunError::EmptyPrompt);
+    }
+    if !(1..=8).contains(&args.vcpus) {
+        return Err(ProtectedRunError::BadVcpus(args.vcpus));
+    }
+    let start = Instant::now();
+    // Check everything on the host first: errors carry the engine's own words.
+    let file = read_model(&args.model)?;
+    let gguf = Gguf::parse(file.as_slice())?;
+    let model = Model::from_gguf(&gguf, Kernels::detect())?;
+    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let cfg = sampler_config(&args.sampling);
+    cfg.validate()?;
+    let ctx = args.ctx.clamp(1, model.cfg.n_ctx_train);
+    let kv = 8 * (model.cfg.n_layer * ctx * model.cfg.n_head_kv * model.cfg.head_dim) as u64;
+    let model_bytes = file.as_slice().len() as u64;
+    let needed = (model_bytes + kv + HEADROOM).next_multiple_of(2 * MIB);
+    let private = match &args.memory {
+        None => needed,
+        Some(m) => {
+            let given = parse_size(m).ok_or_else(|| ProtectedRunError::BadMemory(m.clone()))?;
+            if given < needed {
+                return Err(ProtectedRunError::MemoryTooSmall {
+                    given: given / MIB,
+                    model: model_bytes.div_ceil(MIB),
+                    needed: needed / MIB,
+                });
+            }
+            given.next_multiple_of(2 * MIB)
+        }
+    };
+    let (text, chat) = render_prompt(&gguf, prompt, args.raw);
+    let ids = tokenizer.encode(&text, true, true);
+
+    let images = GuestImages::locate(args.images.as_deref()).map_err(GuestError::from)?;
+    let mut vm = ProtectedVm::start(
+        &images,
+        GuestConfig {
+            vcpus: args.vcpus as u8,
+            private_bytes: usize::try_from(private).unwrap_or(usize::MAX),
+        },
+    )?;
+    let booted = Instant::now();
+    let mut progress = Progress {
+        total: model_bytes,
+        start: booted,
+        shown: false,
+    };
+    vm.load_model(1, file.as_slice(), &mut |done| progress.update(done))?;
+    progress.finish();
+    drop(file);
+    vm.open_session(1, 1, ctx as u32)?;
+    let loaded = Instant::now();
+
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    // Ctrl-C cancels the generation; the guest then shuts down cleanly.
+    let _ = vmm_sys_util::signal::register_signal_handler(libc::SIGINT, on_sigint);
+    let s = &args.sampling;
+    let req = GenerateRequest {
+        request_id: 1,
+        session_id: 1,
+        sampling: SamplingParams {
+            temperature: s.temperature,
+            top_k: s.top_k as u32,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repeat_penalty: s.repeat_penalty,
+            seed: s.seed,
+            max_tokens: s.max_tokens as u32,
+        },
+        prompt: Prompt::Tokens(ids),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut stream = Utf8Stream::default();
+    let mut first_token = None;
+    let mut write_err = None;
+    let end = vm.generate(
+        &req,
+        &mut |tokens| {
+            first_token.get_or_insert_with(Instant::now);
+            for &id in tokens {
+                if tokenizer.is_end_of_generation(id) || write_err.is_some() {
+                    continue;
+                }
+                let piece = stream.push(tokenizer.token_bytes(id));
+                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|()| out.flush()) {
+                    write_err = Some(e);
+                }
+            }
+        },
+        &|| INTERRUPTED.load(Ordering::SeqCst),
+    )?;
+    let tail = stream.finish();
+    writeln!(out, "{tail}").map_err(ProtectedRunError::Output)?;
+    if let Some(e) = write_err {
+        return Err(ProtectedRunError::Output(e));
+    }
+    let stats = vm.stats()?;
+    vm.shutdown()?;
+    let first = first_token.unwrap_or_else(Instant::now);
+    let prefill_s = end.timings.prompt_ns as f64 / 1e9;
+    let decode_s = end.timings.generation_ns as f64 / 1e9;
+    let decoded = end.generated_tokens.saturating_sub(1);
+    eprintln!(
+        "[flexserve] protected guest ({} vCPUs{}): boot {:.0} ms, load {:.0} ms, TTFT {:.0} ms, \
+         prefill {} tok at {:.1} tok/s, decode {} tok at {:.1} tok/s, private memory {} of {} MiB, \
+         stop: {}",
+        args.vcpus,
+        if chat { ", chat template" } else { "" },
+        (booted - start).as_secs_f64() * 1e3,
+        (loaded - booted).as_secs_f64() * 1e3,
+        (first - start).as_secs_f64() * 1e3,
+        end.prompt_tokens,
+        end.prompt_tokens as f64 / prefill_s.max(1e-9),
+        decoded,
+        decoded as f64 / decode_s.max(1e-9),
+        stats.memory_used_bytes / MIB,
+        stats.memory_budget_bytes / MIB,
+        match end.reason {
+            StopReason::EndOfGeneration => "end of generation",
+            StopReason::MaxTokens => "max tokens",
+            StopReason::ContextFull => "context full",
+            StopReason::Cancelled => "cancelled (Ctrl-C)",
+        }
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("1536m"), Some(1536 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("12k"), Some(12 << 10));
+        assert_eq!(parse_size("G"), None);
+        assert_eq!(parse_size("two"), None);
+        assert_eq!(parse_size("99999999999999G"), None);
+    }
+}

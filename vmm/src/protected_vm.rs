@@ -1,0 +1,295 @@
+//! A running protected guest with the engine, driven over virtio-llm: boot it, stream a
+//! model into it, open sessions, generate, shut it down. The CLI's `run` and (later) the
+//! daemon are built on this.
+
+use crate::devices::virtio_llm::{HostError, LlmHost};
+use crate::guest_images::GuestImages;
+use crate::machine::{Machine, MachineConfig, StopHandle, VmError};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use virtio_llm::Status;
+use virtio_llm::spec::MAX_CHUNK_BYTES;
+use virtio_llm::wire::control::{
+    Ack, CloseSession, ControlCommand, ControlReply, LoadModelBegin, LoadModelChunk, LoadModelEnd,
+    OpenSession, StatsReply, StatsRequest,
+};
+use virtio_llm::wire::request::{CancelRequest, GenerateRequest, RequestMsg};
+use virtio_llm::wire::response::{EndOfStream, ResponseMsg};
+
+/// How long the guest may take to bring its device up after boot.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one control command may take (loading a chunk, opening a session).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Chunks in flight while a model streams in (the driver posts 8 command buffers).
+const CHUNKS_IN_FLIGHT: usize = 6;
+/// Longest wait for the next response of a running generation before the CLI checks for
+/// Ctrl-C again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What went wrong with the protected guest.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error(transparent)]
+    Images(#[from] crate::guest_images::ImageError),
+    #[error("cannot create the guest VM: {0}")]
+    Create(VmError),
+    #[error("the guest VM stopped unexpectedly: {0}")]
+    Crashed(VmError),
+    #[error("the guest VM stopped without an error report")]
+    Vanished,
+    #[error("talking to the guest failed: {0}")]
+    Link(#[from] HostError),
+    #[error("the guest refused to {what}: {}", explain(*.status))]
+    Refused { what: &'static str, status: Status },
+    #[error("the guest answered out of protocol: {0}")]
+    Protocol(String),
+    #[error("request failed in the guest ({status:?}): {message}")]
+    Request { status: Status, message: String },
+}
+
+fn explain(status: Status) -> &'static str {
+    match status {
+        Status::OutOfMemory => "not enough guest memory; raise --memory",
+        Status::BadModel => {
+            "the model file is not a valid GGUF model (or was corrupted in transit)"
+        }
+        Status::Unsupported => "the model's architecture or tensor types are not supported",
+        Status::NoSuchModel => "no such model is loaded",
+        Status::NoSuchSession => "no such session is open",
+        Status::AlreadyExists => "the id is already in use",
+        Status::Busy => "too many models or sessions",
+        Status::ContextFull => "the context window is full",
+        Status::BadRequest => "the request was invalid in the guest's state",
+        _ => "internal error in the guest",
+    }
+}
+
+/// A booted guest with the engine program.
+pub struct ProtectedVm {
+    llm: Arc<LlmHost>,
+    stop: Arc<StopHandle>,
+    vm: Option<JoinHandle<(Result<u32, VmError>, Vec<String>)>>,
+}
+
+/// Sizes of a guest.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestConfig {
+    pub vcpus: u8,
+    /// Bytes of private memory (weights, KV caches, scratch), a multiple of 2 MiB.
+    pub private_bytes: usize,
+}
+
+impl ProtectedVm {
+    /// Boots the guest and waits until its engine brought the device up.
+    pub fn start(images: &GuestImages, config: GuestConfig) -> Result<Self, GuestError> {
+        let mut machine = Machine::new(MachineConfig {
+            private_size: config.private_bytes,
+            // The guest runs until the host stops it.
+            deadline: Duration::from_secs(u32::MAX as u64),
+            ..MachineConfig::default()
+        })
+        .map_err(GuestError::Create)?;
+        let (llm, stop) = (machine.llm(), machine.stop_handle());
+        let (kernel, engine) = (images.kernel.clone(), images.engine.clone());
+        let vm = std::thread::Builder::new()
+            .name("flexserve-vm".into())
+            .spawn(move || {
+                let r = machine.boot(&kernel, &engine, config.vcpus);
+                (r, machine.console().lines())
+            })
+            .map_err(|e| GuestError::Create(VmError::Device(format!("no VM thread: {e}"))))?;
+        let mut me = Self {
+            llm,
+            stop,
+            vm: Some(vm),
+        };
+        if let Err(e) = me.llm.wait_ready(READY_TIMEOUT) {
+            return Err(me.failure(e));
+        }
+        Ok(me)
+    }
+
+    /// Turns a link error into the reason the VM died, when it did.
+    fn failure(&mut self, e: HostError) -> GuestError {
+        if matches!(e, HostError::VmStopped) {
+            return match self.vm.take().map(JoinHandle::join) {
+                Some(Ok((Err(vm), _))) => GuestError::Crashed(vm),
+                _ => GuestError::Vanished,
+            };
+        }
+        GuestError::Link(e)
+    }
+
+    fn command(&mut self, cmd: &ControlCommand<'_>) -> Result<(), GuestError> {
+        self.llm
+            .send_command(cmd, COMMAND_TIMEOUT)
+            .map_err(|e| self.failure(e))
+    }
+
+    fn ack(&mut self, what: &'static str, command: u16) -> Result<Ack, GuestError> {
+        match self.llm.recv_reply(COMMAND_TIMEOUT) {
+            Ok(ControlReply::Ack(a)) if a.command == command => {
+                if a.status == Status::Ok {
+                    Ok(a)
+                } else {
+                    Err(GuestError::Refused {
+                        what,
+                        status: a.status,
+                    })
+                }
+            }
+            Ok(other) => Err(GuestError::Protocol(format!(
+                "expected an ack of {what}, got {other:?}"
+            ))),
+            Err(e) => Err(self.failure(e)),
+        }
+    }
+
+    /// Streams `file` into the guest as model `model_id`; `progress(bytes_sent)` after each
+    /// chunk is acknowledged.
+    pub fn load_model(
+        &mut self,
+        model_id: u32,
+        file: &[u8],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), GuestError> {
+        use virtio_llm::wire::control::msg_type::{
+            LOAD_MODEL_BEGIN, LOAD_MODEL_CHUNK, LOAD_MODEL_END,
+        };
+        let sha256: [u8; 32] = Sha256::digest(file).into();
+        self.command(&ControlCommand::LoadModelBegin(LoadModelBegin {
+            model_id,
+            total_bytes: file.len() as u64,
+            sha256,
+        }))?;
+        self.ack("start loading the model", LOAD_MODEL_BEGIN)?;
+        let chunks: Vec<&[u8]> = file.chunks(MAX_CHUNK_BYTES).collect();
+        let (mut sent, mut acked) = (0usize, 0usize);
+        while acked < chunks.len() {
+            while sent < chunks.len() && sent - acked < CHUNKS_IN_FLIGHT {
+                self.command(&ControlCommand::LoadModelChunk(LoadModelChunk {
+                    model_id,
+                    offset: (sent * MAX_CHUNK_BYTES) as u64,
+                    data: chunks[sent],
+                }))?;
+                sent += 1;
+            }
+            self.ack("take a model chunk", LOAD_MODEL_CHUNK)?;
+            acked += 1;
+            progress(((acked * MAX_CHUNK_BYTES).min(file.len())) as u64);
+        }
+        self.command(&ControlCommand::LoadModelEnd(LoadModelEnd { model_id }))?;
+        self.ack("accept the model", LOAD_MODEL_END)?;
+        Ok(())
+    }
+
+    /// Opens session `session_id` of `context_len` tokens on a loaded model.
+    pub fn open_session(
+        &mut self,
+        session_id: u32,
+        model_id: u32,
+        context_len: u32,
+    ) -> Result<(), GuestError> {
+        self.command(&ControlCommand::OpenSession(OpenSession {
+            session_id,
+            model_id,
+            context_len,
+        }))?;
+        self.ack(
+            "open a session",
+            virtio_llm::wire::control::msg_type::OPEN_SESSION,
+        )?;
+        Ok(())
+    }
+
+    /// Closes a session.
+    pub fn close_session(&mut self, session_id: u32) -> Result<(), GuestError> {
+        self.command(&ControlCommand::CloseSession(CloseSession { session_id }))?;
+        self.ack(
+            "close a session",
+            virtio_llm::wire::control::msg_type::CLOSE_SESSION,
+        )?;
+        Ok(())
+    }
+
+    /// The guest's counters.
+    pub fn stats(&mut self) -> Result<StatsReply, GuestError> {
+        self.command(&ControlCommand::Stats(StatsRequest))?;
+        match self.llm.recv_reply(COMMAND_TIMEOUT) {
+            Ok(ControlReply::Stats(s)) => Ok(s),
+            Ok(other) => Err(GuestError::Protocol(format!(
+                "expected stats, got {other:?}"
+            ))),
+            Err(e) => Err(self.failure(e)),
+        }
+    }
+
+    /// Runs `req`, calling `on_tokens` with each batch of generated ids as it arrives.
+    /// `cancelled()` is checked while waiting; once it returns true the request is
+    /// cancelled (it still ends with its `EndOfStream`, reason cancelled).
+    pub fn generate(
+        &mut self,
+        req: &GenerateRequest,
+        on_tokens: &mut dyn FnMut(&[u32]),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<EndOfStream, GuestError> {
+        let id = req.request_id;
+        self.llm
+            .send_request(&RequestMsg::Generate(req.clone()), COMMAND_TIMEOUT)
+            .map_err(|e| self.failure(e))?;
+        let mut cancel_sent = false;
+        loop {
+            if !cancel_sent && cancelled() {
+                let cancel = RequestMsg::Cancel(CancelRequest { request_id: id });
+                self.llm
+                    .send_request(&cancel, COMMAND_TIMEOUT)
+                    .map_err(|e| self.failure(e))?;
+                cancel_sent = true;
+            }
+            let resp = match self.llm.recv_response(POLL) {
+                Ok(r) => r,
+                Err(HostError::Timeout(_)) => continue,
+                Err(e) => return Err(self.failure(e)),
+            };
+            match resp {
+                ResponseMsg::Tokens(t) if t.request_id == id => on_tokens(&t.token_ids),
+                ResponseMsg::EndOfStream(e) if e.request_id == id => return Ok(e),
+                ResponseMsg::Error(e) if e.request_id == id => {
+                    return Err(GuestError::Request {
+                        status: e.status,
+                        message: e.message,
+                    });
+                }
+                other => {
+                    return Err(GuestError::Protocol(format!(
+                        "unexpected response while running request {id}: {other:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Stops the guest. Errors if it had already died on its own.
+    pub fn shutdown(mut self) -> Result<Vec<String>, GuestError> {
+        self.stop.stop();
+        match self.vm.take().map(JoinHandle::join) {
+            Some(Ok((Err(VmError::StoppedByHost), console))) => Ok(console),
+            Some(Ok((Ok(code), _))) => Err(GuestError::Crashed(VmError::Device(format!(
+                "the engine exited with code {code}"
+            )))),
+            Some(Ok((Err(e), _))) => Err(GuestError::Crashed(e)),
+            _ => Err(GuestError::Vanished),
+        }
+    }
+}
+
+impl Drop for ProtectedVm {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(vm) = self.vm.take() {
+            let _ = vm.join();
+        }
+    }
+}
