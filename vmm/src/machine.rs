@@ -286,6 +286,12 @@ impl Machine {
         &self.vcpu_cpu
     }
 
+    /// Guest memory, for tests that must corrupt the guest on purpose.
+    #[cfg(feature = "test-hooks")]
+    pub fn memory_for_tests(&self) -> GuestMemoryMmap {
+        self.mem.clone()
+    }
+
     /// The host's handle on the virtio-llm device (usable from other threads while the
     /// guest runs).
     pub fn llm(&self) -> Arc<LlmHost> {

@@ -68,6 +68,8 @@ fn explain(status: Status) -> &'static str {
 
 /// A booted guest with the engine program.
 pub struct ProtectedVm {
+    #[cfg(feature = "test-hooks")]
+    mem: vm_memory::GuestMemoryMmap,
     llm: Arc<LlmHost>,
     stop: Arc<StopHandle>,
     vm: Option<JoinHandle<(Result<u32, VmError>, Vec<String>)>>,
@@ -92,6 +94,8 @@ impl ProtectedVm {
         })
         .map_err(GuestError::Create)?;
         let (llm, stop) = (machine.llm(), machine.stop_handle());
+        #[cfg(feature = "test-hooks")]
+        let mem = machine.memory_for_tests();
         let (kernel, engine) = (images.kernel.clone(), images.engine.clone());
         let vm = std::thread::Builder::new()
             .name("flexserve-vm".into())
@@ -101,6 +105,8 @@ impl ProtectedVm {
             })
             .map_err(|e| GuestError::Create(VmError::Device(format!("no VM thread: {e}"))))?;
         let mut me = Self {
+            #[cfg(feature = "test-hooks")]
+            mem,
             llm,
             stop,
             vm: Some(vm),
@@ -269,6 +275,12 @@ impl ProtectedVm {
                 }
             }
         }
+    }
+
+    /// Guest memory (tests simulate a guest crash by overwriting its code).
+    #[cfg(feature = "test-hooks")]
+    pub fn memory_for_tests(&self) -> vm_memory::GuestMemoryMmap {
+        self.mem.clone()
     }
 
     /// Stops the guest. Errors if it had already died on its own.
