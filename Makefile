@@ -124,9 +124,9 @@ test: models image lint test-fast test-neon
 
 # --- run and bench ----------------------------------------------------------------------
 
-run: setup
+run: setup image
 	@$(CARGO) build --release --quiet -p vmm
-	$(FLEXSERVE) run --unprotected -m $(DEFAULT_MODEL) "$(PROMPT)"
+	$(FLEXSERVE) run -m $(DEFAULT_MODEL) "$(PROMPT)"
 
 bench-boot: image
 	$(CARGO) bench --quiet -p flexserve-e2e --bench boot

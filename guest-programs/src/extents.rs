@@ -15,6 +15,8 @@ pub struct Extents {
     n: usize,
     in_use: u64,
     lost: u64,
+    /// Everything from here up has never been handed out: still zero from the host.
+    fresh_from: u64,
 }
 
 impl Extents {
@@ -25,6 +27,7 @@ impl Extents {
             n: 0,
             in_use: 0,
             lost: 0,
+            fresh_from: u64::MAX,
         }
     }
 
@@ -37,6 +40,7 @@ impl Extents {
             e.free[0] = (start, end - start);
             e.n = 1;
         }
+        e.fresh_from = start;
         e
     }
 
@@ -48,6 +52,17 @@ impl Extents {
     /// Bytes lost because the free list was full.
     pub fn lost(&self) -> u64 {
         self.lost
+    }
+
+    /// How many leading bytes of a block `alloc` just returned at `start` may hold old data
+    /// (the rest was never handed out, so it is still zero): what `alloc_zeroed` must clear.
+    pub fn dirty_prefix(&self, start: u64, len: u64) -> u64 {
+        self.fresh_from.saturating_sub(start).min(len)
+    }
+
+    /// Marks `[start, start + len)` as handed out (call after `dirty_prefix`).
+    pub fn mark_used(&mut self, start: u64, len: u64) {
+        self.fresh_from = self.fresh_from.max(start + len);
     }
 
     /// Takes `len` bytes (rounded up to the granule), granule-aligned; `None` if no free
@@ -121,6 +136,20 @@ mod tests {
         assert_eq!(e.in_use(), 0);
         // Everything merged back into one extent.
         assert_eq!(e.alloc(64 * GRANULE), Some(BASE));
+    }
+
+    #[test]
+    fn only_reused_memory_needs_zeroing() {
+        let mut e = Extents::new(BASE, 8 * GRANULE);
+        let a = e.alloc(GRANULE).unwrap();
+        assert_eq!(e.dirty_prefix(a, GRANULE), 0, "fresh memory is zero");
+        e.mark_used(a, GRANULE);
+        e.free(a, GRANULE);
+        let b = e.alloc(3 * GRANULE).unwrap();
+        assert_eq!(b, a);
+        assert_eq!(e.dirty_prefix(b, 3 * GRANULE), GRANULE, "only the reused granule");
+        e.mark_used(b, 3 * GRANULE);
+        assert_eq!(e.dirty_prefix(b, 3 * GRANULE), 3 * GRANULE);
     }
 
     #[test]

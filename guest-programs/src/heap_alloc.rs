@@ -124,7 +124,10 @@ unsafe impl GlobalAlloc for GuestAlloc {
             return self.with_state(|s| {
                 s.init_private();
                 match s.private.alloc(size as u64) {
-                    Some(addr) => addr as *mut u8,
+                    Some(addr) => {
+                        s.private.mark_used(addr, size as u64);
+                        addr as *mut u8
+                    }
                     None if private_size() == 0 => map(size) as *mut u8,
                     None => null_mut(),
                 }
@@ -150,6 +153,43 @@ unsafe impl GlobalAlloc for GuestAlloc {
             }
             s.bump = start + block;
             start as *mut u8
+        })
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let size = layout.size().max(layout.align());
+        if class(size).is_some() {
+            // SAFETY: forwarded; `alloc` returns at least `size` writable bytes or null.
+            let p = unsafe { self.alloc(layout) };
+            if !p.is_null() {
+                // SAFETY: as above.
+                unsafe { p.write_bytes(0, layout.size()) };
+            }
+            return p;
+        }
+        // Large blocks: memory never handed out before is still zero from the host, so only
+        // the reused prefix is cleared. This spares touching every page of a fresh KV cache
+        // (first touches are slow in a VM, and only rows that get used should cost them).
+        self.with_state(|s| {
+            s.init_private();
+            let Some(addr) = s.private.alloc(size as u64) else {
+                if private_size() != 0 {
+                    return null_mut();
+                }
+                // The kernel's `map`: fresh chunks are zero, reused ones are not.
+                let p = map(size) as *mut u8;
+                if !p.is_null() {
+                    // SAFETY: `map` returned `size` writable bytes.
+                    unsafe { p.write_bytes(0, size) };
+                }
+                return p;
+            };
+            let dirty = s.private.dirty_prefix(addr, size as u64);
+            s.private.mark_used(addr, size as u64);
+            let p = addr as *mut u8;
+            // SAFETY: [addr, addr + size) was just allocated for this caller.
+            unsafe { p.write_bytes(0, dirty as usize) };
+            p
         })
     }
 
