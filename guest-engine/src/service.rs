@@ -368,7 +368,7 @@ impl Service {
         let engine_req = EngineRequest {
             prompt: &prompt,
             max_tokens: s.max_tokens as usize,
-            stop_at_eog: true,
+            stop_at_eog: !s.ignore_eog,
         };
         let start = env.now_ns();
         let mut first = None;

@@ -177,6 +177,7 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<(), ProtectedRunError> {
             repeat_penalty: s.repeat_penalty,
             seed: s.seed,
             max_tokens: s.max_tokens as u32,
+            ignore_eog: false,
         },
         prompt: Prompt::Tokens(ids),
     };

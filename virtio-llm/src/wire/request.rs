@@ -22,6 +22,8 @@ pub mod msg_type {
 /// `prompt_kind` values.
 const PROMPT_TOKENS: u8 = 0;
 const PROMPT_TEXT: u8 = 1;
+/// `flags` bit 0: do not stop at end-of-generation tokens.
+const FLAG_IGNORE_EOG: u8 = 1;
 
 /// How to pick each token. Ranges are checked on both encode and decode; a value outside
 /// them is a `FieldOutOfRange` carrying the float's bits.
@@ -41,6 +43,8 @@ pub struct SamplingParams {
     pub seed: u64,
     /// Stop after this many tokens, 1..=`MAX_GENERATED_TOKENS`.
     pub max_tokens: u32,
+    /// Keep going past end-of-generation tokens (benchmarks need exactly `max_tokens`).
+    pub ignore_eog: bool,
 }
 
 impl SamplingParams {
@@ -54,6 +58,7 @@ impl SamplingParams {
             repeat_penalty: 1.0,
             seed: 0,
             max_tokens,
+            ignore_eog: false,
         }
     }
 
@@ -120,7 +125,8 @@ impl Message<'_> for GenerateRequest {
             Prompt::Text(s) => (PROMPT_TEXT, s.len()),
         };
         w.u8(kind);
-        w.zeros(3);
+        w.u8(if s.ignore_eog { FLAG_IGNORE_EOG } else { 0 });
+        w.zeros(2);
         w.u32(len_u32(len));
         w.zeros(4);
         match &self.prompt {
@@ -141,9 +147,20 @@ impl Message<'_> for GenerateRequest {
             min_p: r.f32()?,
             repeat_penalty: r.f32()?,
             max_tokens,
+            ignore_eog: false,
         };
         let kind = r.u8()?;
-        r.reserved(3, "generate.reserved0")?;
+        let flags = r.u8()?;
+        if flags & !FLAG_IGNORE_EOG != 0 {
+            return Err(WireError::ReservedNotZero {
+                field: "generate.flags",
+            });
+        }
+        let sampling = SamplingParams {
+            ignore_eog: flags & FLAG_IGNORE_EOG != 0,
+            ..sampling
+        };
+        r.reserved(2, "generate.reserved0")?;
         let len = r.u32()? as usize;
         r.reserved(4, "generate.reserved1")?;
         let prompt = match kind {

@@ -22,6 +22,7 @@ fn sampling() -> SamplingParams {
         repeat_penalty: 1.1,
         seed: 0xdead_beef,
         max_tokens: 128,
+        ignore_eog: false,
     }
 }
 
@@ -39,6 +40,15 @@ pub(crate) fn samples() -> Vec<RequestMsg> {
             sampling: sampling(),
             prompt: Prompt::Text(String::from("héllo, wörld")),
         }),
+        RequestMsg::Generate(GenerateRequest {
+            request_id: 3,
+            session_id: 4,
+            sampling: SamplingParams {
+                ignore_eog: true,
+                ..sampling()
+            },
+            prompt: Prompt::Tokens(vec![7]),
+        }),
         RequestMsg::Cancel(CancelRequest { request_id: 2 }),
     ]
 }
@@ -47,6 +57,19 @@ fn frame(i: usize) -> Vec<u8> {
     let mut out = Vec::new();
     samples()[i].encode(&mut out).unwrap();
     out
+}
+
+#[test]
+fn unknown_generate_flags_are_rejected() {
+    let mut buf = frame(2);
+    assert_eq!(buf[PROMPT_KIND + 1], 1, "ignore_eog is flag bit 0");
+    buf[PROMPT_KIND + 1] = 2;
+    assert_eq!(
+        RequestMsg::decode(&buf),
+        Err(WireError::ReservedNotZero {
+            field: "generate.flags"
+        })
+    );
 }
 
 #[test]
