@@ -23,4 +23,5 @@ pub mod model;
 pub mod parallel;
 pub mod quant;
 pub mod sampler;
+pub mod sincosf;
 pub mod tokenizer;

@@ -42,17 +42,12 @@ fn rotate(a: f32, b: f32, cos: f32, sin: f32) -> (f32, f32) {
     (libm::fmaf(a, cos, -(b * sin)), libm::fmaf(a, sin, b * cos))
 }
 
-/// `cos` and `sin` as llama.cpp gets them from glibc on the host. Without std (the guest)
-/// this falls back to the `libm` crate, whose results differ from glibc's by one ulp for a
-/// few arguments.
-#[cfg(feature = "std")]
+/// `cos` and `sin` exactly as llama.cpp gets them from glibc on x86_64 (its FMA build):
+/// a port of that code, so the host, the guest (no std) and arm64 (musl) all agree bit for
+/// bit (`sincosf.rs`, checked against glibc over every f32).
 fn cos_sin(theta: f32) -> (f32, f32) {
-    (theta.cos(), theta.sin())
-}
-
-#[cfg(not(feature = "std"))]
-fn cos_sin(theta: f32) -> (f32, f32) {
-    (libm::cosf(theta), libm::sinf(theta))
+    let (sin, cos) = crate::sincosf::sincosf(theta);
+    (cos, sin)
 }
 
 /// Rotates one head (`x.len()` = head dim) by precomputed angles.
