@@ -24,7 +24,7 @@ APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build
 PROMPT ?= Write a haiku about the sea.
 
 .PHONY: help setup setup-deps setup-bench models build image test test-fast lint test-neon run \
-        bench-engine bench-boot bench-virtio clean
+        bench bench-engine bench-boot bench-virtio clean
 
 help:
 	@echo "make run           set up if needed, then generate text from the default model"
@@ -33,6 +33,7 @@ help:
 	@echo "make setup-bench   llama.cpp (llama-cpp-python) for fixtures and benchmarks"
 	@echo "make build         release build of every host binary"
 	@echo "make image         guest kernel + guest user programs (static ELFs)"
+	@echo "make bench         protected guest vs host engine vs llama.cpp: TTFT, prefill, decode"
 	@echo "make bench-engine  engine vs llama.cpp, prefill/decode tokens/s (needs setup-bench)"
 	@echo "make bench-boot    guest boot time and guest-vs-host compute ratio under /dev/kvm"
 	@echo "make bench-virtio  virtio-llm echo round trip and throughput, guest vs in-process"
@@ -130,6 +131,13 @@ run: setup image
 
 bench-boot: image
 	$(CARGO) bench --quiet -p flexserve-e2e --bench boot
+
+# Protected guest vs unprotected host engine vs llama.cpp, end to end (see tools/bench/bench_e2e.py).
+bench: setup setup-bench image
+	@$(CARGO) build --release --quiet -p vmm
+	$(BENCH_VENV)/bin/python tools/bench/bench_e2e.py --flexserve $(FLEXSERVE) \
+		--python $(BENCH_VENV)/bin/python \
+		$(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf
 
 bench-virtio: image
 	$(CARGO) bench --quiet -p flexserve-e2e --bench virtio

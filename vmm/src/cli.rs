@@ -23,6 +23,48 @@ pub enum Command {
     Run(RunArgs),
     /// Measure prefill and decode speed of the engine (prints one JSON line).
     BenchEngine(BenchArgs),
+    /// Measure one engine end to end: cold and warm time to first token, prefill and decode
+    /// speed, or the private-memory floor (prints one JSON line; `make bench` runs it).
+    BenchE2e(BenchE2eArgs),
+}
+
+/// What `bench-e2e` measures.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum BenchMode {
+    /// The engine in the protected guest.
+    Guest,
+    /// The engine on the host (`run --unprotected`).
+    Unprotected,
+    /// A bare guest first-touching as many private bytes as the model file holds.
+    Floor,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchE2eArgs {
+    /// GGUF model file.
+    #[arg(short, long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// What to measure.
+    #[arg(long, value_enum)]
+    pub mode: BenchMode,
+    /// Prompt length.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Tokens generated (end-of-generation tokens do not stop it).
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// vCPUs (threads for the host engine).
+    #[arg(long, default_value_t = 2)]
+    pub vcpus: usize,
+    /// Warm repetitions after the cold one (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    pub warm_reps: usize,
+    /// Directory with the guest images (as for `run`).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// The floor program (`make image` builds it).
+    #[arg(long, default_value = "target/release/touch-private")]
+    pub floor_image: PathBuf,
 }
 
 /// Sampling and generation options shared by `run` and the daemon.

@@ -1,6 +1,7 @@
 //! `flexserve`: the FlexServe host binary: `run` (protected guest or `--unprotected`),
 //! `bench-engine`.
 
+mod bench_e2e;
 mod bench_engine;
 mod cli;
 mod huge_buffer;
@@ -53,6 +54,7 @@ fn run() -> anyhow::Result<()> {
             }
         }
         Command::BenchEngine(args) => bench_engine::run(&args)?,
+        Command::BenchE2e(args) => bench_e2e::run(&args)?,
     }
     Ok(())
 }

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""make bench: FlexServe end to end, the protected guest vs the unprotected host engine vs
+llama.cpp, on the same GGUF files in the same run.
+
+For each model: a 128-token prompt, 128 generated tokens (end-of-generation ignored), 2
+vCPUs/threads. Each engine runs in a fresh process so cold time-to-first-token (TTFT)
+includes reading the model (and, for the guest, booting the VM and streaming the model into
+it); warm TTFT is a new session on the already-loaded model. The private-memory floor is the
+time a bare guest takes to first-touch as many private bytes as the model occupies. Rounds
+alternate the engines and medians are reported. The last line printed is one JSON object:
+{"bench":"e2e","rows":[{"engine":..., "quant":..., "cold_ttft_ms":..., ...}, ...], ...}
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+LLAMA_SNIPPET = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np, llama_cpp
+model, n_prompt, n_gen, threads, reps = sys.argv[1], *map(int, sys.argv[2:6])
+t_import = time.perf_counter()
+llm = llama_cpp.Llama(model_path=model, n_ctx=512, n_batch=512, n_threads=threads,
+                      n_threads_batch=threads, flash_attn=False, verbose=False)
+ids = [1000 + (i * 7919) % (llm.n_vocab() - 1000) for i in range(n_prompt)]
+def once():
+    llm.reset()
+    a = time.perf_counter()
+    llm.eval(ids)
+    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    b = time.perf_counter()
+    for _ in range(n_gen - 1):
+        llm.eval([tok])
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    c = time.perf_counter()
+    return a, b, c
+a, b, c = once()
+cold = (b - t_import) * 1e3
+warm, pp, tg = [], [], []
+for _ in range(reps):
+    a, b, c = once()
+    warm.append((b - a) * 1e3)
+    pp.append(n_prompt / (b - a))
+    tg.append((n_gen - 1) / (c - b))
+med = lambda v: sorted(v)[len(v) // 2]
+print(json.dumps({"mode": "llama.cpp", "cold_ttft_ms": cold, "load_ms": None,
+                  "warm_ttft_ms": med(warm), "prefill_tps": med(pp), "decode_tps": med(tg)}))
+"""
+
+
+def quant_of(path):
+    return os.path.basename(path).rsplit(".", 2)[-2]
+
+
+def run_json(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flexserve", required=True)
+    ap.add_argument("--python", default=sys.executable, help="python with llama_cpp")
+    ap.add_argument("--vcpus", type=int, default=2)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("models", nargs="+")
+    a = ap.parse_args()
+
+    common = ["--prompt-tokens", str(a.prompt_tokens), "--gen-tokens", str(a.gen_tokens),
+              "--vcpus", str(a.vcpus)]
+    results = {}
+    floors = {}
+    for r in range(a.rounds):
+        for m in a.models:
+            for mode in ("guest", "unprotected"):
+                row = run_json([a.flexserve, "bench-e2e", "-m", m, "--mode", mode] + common)
+                results.setdefault((m, mode), []).append(row)
+            row = run_json([a.python, "-c", LLAMA_SNIPPET, m, str(a.prompt_tokens),
+                            str(a.gen_tokens), str(a.vcpus), "3"])
+            results.setdefault((m, "llama.cpp"), []).append(row)
+            floors.setdefault(m, []).append(
+                run_json([a.flexserve, "bench-e2e", "-m", m, "--mode", "floor"])["touch_ms"])
+            print(f"round {r + 1}/{a.rounds} {quant_of(m)} done", file=sys.stderr)
+
+    med = lambda rows, k: statistics.median(x[k] for x in rows) if rows[0].get(k) is not None else None
+    out_rows = []
+    summary = []
+    hdr = f"{'quant':6} {'engine':12} {'cold TTFT':>10} {'(boot':>7} {'load':>6} {'prefill)':>9} {'warm TTFT':>10} {'prefill t/s':>12} {'decode t/s':>11}"
+    print(hdr)
+    for m in a.models:
+        q = quant_of(m)
+        floor = statistics.median(floors[m])
+        by = {}
+        for e in ("guest", "unprotected", "llama.cpp"):
+            rows = results[(m, e)]
+            row = {"engine": e, "quant": q, "vcpus": a.vcpus, "prompt_tokens": a.prompt_tokens,
+                   "gen_tokens": a.gen_tokens}
+            for k in ("cold_ttft_ms", "warm_ttft_ms", "prefill_tps", "decode_tps", "boot_ms",
+                      "load_ms", "prefill_first_ms"):
+                v = med(rows, k) if k in rows[0] else None
+                if v is not None:
+                    row[k] = round(v, 1)
+            by[e] = row
+            out_rows.append(row)
+            def f(k, w):
+                return f"{row[k]:{w}.1f}" if k in row else " " * (w - 1) + "-"
+            print(f"{q:6} {e:12} {f('cold_ttft_ms', 10)} {f('boot_ms', 7)} {f('load_ms', 6)} "
+                  f"{f('prefill_first_ms', 9)} {f('warm_ttft_ms', 10)} {f('prefill_tps', 12)} "
+                  f"{f('decode_tps', 11)}")
+        g, u = by["guest"], by["unprotected"]
+        s = {"quant": q, "floor_ms": round(floor, 1),
+             "guest_vs_unprotected_decode": round(g["decode_tps"] / u["decode_tps"], 3),
+             "guest_vs_unprotected_prefill": round(g["prefill_tps"] / u["prefill_tps"], 3),
+             "guest_cold_ttft_vs_unprotected_plus_floor":
+                 round(g["cold_ttft_ms"] / (u["cold_ttft_ms"] + floor), 3)}
+        summary.append(s)
+        print(f"{q:6} private-memory floor {floor:.1f} ms; guest/unprotected decode "
+              f"{s['guest_vs_unprotected_decode']:.2f}x (target >= 0.97), prefill "
+              f"{s['guest_vs_unprotected_prefill']:.2f}x (>= 0.97); guest cold TTFT / "
+              f"(unprotected cold TTFT + floor) {s['guest_cold_ttft_vs_unprotected_plus_floor']:.2f} (<= 1.10)")
+    print(json.dumps({"bench": "e2e", "rows": out_rows, "summary": summary}))
+
+
+if __name__ == "__main__":
+    main()
