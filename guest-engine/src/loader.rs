@@ -10,14 +10,13 @@ use virtio_llm::Status;
 pub struct Loading {
     pub model_id: u32,
     total: u64,
-    expected_sha256: [u8; 32],
     bytes: Vec<u8>,
     hasher: Sha256,
 }
 
 impl Loading {
     /// Reserves `total` bytes; `OutOfMemory` if the allocator cannot give them.
-    pub fn begin(model_id: u32, total: u64, sha256: [u8; 32]) -> Result<Self, Status> {
+    pub fn begin(model_id: u32, total: u64) -> Result<Self, Status> {
         let len = usize::try_from(total).map_err(|_| Status::OutOfMemory)?;
         let mut bytes = Vec::new();
         bytes
@@ -26,7 +25,6 @@ impl Loading {
         Ok(Self {
             model_id,
             total,
-            expected_sha256: sha256,
             bytes,
             hasher: Sha256::new(),
         })
@@ -49,13 +47,13 @@ impl Loading {
         Ok(())
     }
 
-    /// The whole file, if it is complete and its SHA-256 is the announced one.
-    pub fn finish(self) -> Result<Vec<u8>, Status> {
+    /// The whole file, if it is complete and its SHA-256 is `sha256`.
+    pub fn finish(self, sha256: [u8; 32]) -> Result<Vec<u8>, Status> {
         if self.received() != self.total {
             return Err(Status::BadModel);
         }
         let digest: [u8; 32] = self.hasher.finalize().into();
-        if digest != self.expected_sha256 {
+        if digest != sha256 {
             return Err(Status::BadModel);
         }
         Ok(self.bytes)
@@ -73,30 +71,30 @@ mod tests {
     #[test]
     fn chunks_in_order_with_the_right_hash_complete() {
         let file: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
-        let mut l = Loading::begin(1, 1000, sha(&file)).unwrap();
+        let mut l = Loading::begin(1, 1000).unwrap();
         l.chunk(0, &file[..400]).unwrap();
         assert_eq!(l.chunk(500, &file[500..]), Err(Status::BadRequest), "gap");
         assert_eq!(l.chunk(0, &file[..10]), Err(Status::BadRequest), "overlap");
         l.chunk(400, &file[400..]).unwrap();
         assert_eq!(l.chunk(1000, &[1]), Err(Status::BadRequest), "past the end");
-        assert_eq!(l.finish().unwrap(), file);
+        assert_eq!(l.finish(sha(&file)).unwrap(), file);
     }
 
     #[test]
     fn short_files_and_wrong_hashes_are_bad_models() {
         let file = [7u8; 64];
-        let mut l = Loading::begin(1, 64, sha(&file)).unwrap();
+        let mut l = Loading::begin(1, 64).unwrap();
         l.chunk(0, &file[..63]).unwrap();
-        assert_eq!(l.finish().err(), Some(Status::BadModel));
-        let mut l = Loading::begin(1, 64, [0; 32]).unwrap();
+        assert_eq!(l.finish(sha(&file)).err(), Some(Status::BadModel));
+        let mut l = Loading::begin(1, 64).unwrap();
         l.chunk(0, &file).unwrap();
-        assert_eq!(l.finish().err(), Some(Status::BadModel));
+        assert_eq!(l.finish([0; 32]).err(), Some(Status::BadModel));
     }
 
     #[test]
     fn an_impossible_size_is_out_of_memory_not_an_abort() {
         assert_eq!(
-            Loading::begin(1, u64::MAX / 2, [0; 32]).err(),
+            Loading::begin(1, u64::MAX / 2).err(),
             Some(Status::OutOfMemory)
         );
     }

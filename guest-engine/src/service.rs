@@ -162,7 +162,7 @@ impl Service {
                 } else if env.private_free().is_some_and(|free| b.total_bytes > free) {
                     Status::OutOfMemory
                 } else {
-                    match Loading::begin(b.model_id, b.total_bytes, b.sha256) {
+                    match Loading::begin(b.model_id, b.total_bytes) {
                         Ok(l) => {
                             self.loading = Some(l);
                             Status::Ok
@@ -188,7 +188,7 @@ impl Service {
             }
             ControlCommand::LoadModelEnd(e) => {
                 let status = match self.loading.take() {
-                    Some(l) if l.model_id == e.model_id => match self.install(l) {
+                    Some(l) if l.model_id == e.model_id => match self.install(l, e.sha256) {
                         Ok(()) => Status::Ok,
                         Err(s) => s,
                     },
@@ -242,9 +242,9 @@ impl Service {
     }
 
     /// Checks a complete file as the engine will use it, then keeps it.
-    fn install(&mut self, loading: Loading) -> Result<(), Status> {
+    fn install(&mut self, loading: Loading, sha256: [u8; 32]) -> Result<(), Status> {
         let model_id = loading.model_id;
-        let file = loading.finish()?;
+        let file = loading.finish(sha256)?;
         let tokenizer = {
             let gguf = Gguf::parse(&file).map_err(|_| Status::BadModel)?;
             Model::from_gguf(&gguf, self.kernels).map_err(|e| model_status(&e))?;

@@ -164,12 +164,12 @@ impl ProtectedVm {
         use virtio_llm::wire::control::msg_type::{
             LOAD_MODEL_BEGIN, LOAD_MODEL_CHUNK, LOAD_MODEL_END,
         };
-        let sha256: [u8; 32] = Sha256::digest(file).into();
         self.command(&ControlCommand::LoadModelBegin(LoadModelBegin {
             model_id,
             total_bytes: file.len() as u64,
-            sha256,
         }))?;
+        // Hash while streaming: chunk i is hashed here while the guest copies chunk i - 1.
+        let mut hasher = Sha256::new();
         self.ack("start loading the model", LOAD_MODEL_BEGIN)?;
         let chunks: Vec<&[u8]> = file.chunks(MAX_CHUNK_BYTES).collect();
         let (mut sent, mut acked) = (0usize, 0usize);
@@ -180,13 +180,17 @@ impl ProtectedVm {
                     offset: (sent * MAX_CHUNK_BYTES) as u64,
                     data: chunks[sent],
                 }))?;
+                hasher.update(chunks[sent]);
                 sent += 1;
             }
             self.ack("take a model chunk", LOAD_MODEL_CHUNK)?;
             acked += 1;
             progress(((acked * MAX_CHUNK_BYTES).min(file.len())) as u64);
         }
-        self.command(&ControlCommand::LoadModelEnd(LoadModelEnd { model_id }))?;
+        self.command(&ControlCommand::LoadModelEnd(LoadModelEnd {
+            model_id,
+            sha256: hasher.finalize().into(),
+        }))?;
         self.ack("accept the model", LOAD_MODEL_END)?;
         Ok(())
     }

@@ -34,10 +34,8 @@ pub mod msg_type {
 pub struct LoadModelBegin {
     /// Id the device chooses for the model.
     pub model_id: u32,
-    /// Size of the whole file, 1..=`MAX_MODEL_BYTES`.
+    /// Size of the whole file, 1..=`MAX_MODEL_BYTES`; the driver reserves it up front.
     pub total_bytes: u64,
-    /// SHA-256 of the whole file; the driver checks it before `LoadModelEnd` succeeds.
-    pub sha256: [u8; 32],
 }
 
 impl Message<'_> for LoadModelBegin {
@@ -46,7 +44,6 @@ impl Message<'_> for LoadModelBegin {
         w.u32(self.model_id);
         w.zeros(4);
         w.u64(self.total_bytes);
-        w.bytes(&self.sha256);
     }
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
         let model_id = r.u32()?;
@@ -54,7 +51,6 @@ impl Message<'_> for LoadModelBegin {
         Ok(Self {
             model_id,
             total_bytes: r.u64()?,
-            sha256: r.array()?,
         })
     }
     fn validate(&self) -> Result<(), WireError> {
@@ -130,10 +126,32 @@ macro_rules! id_message {
     };
 }
 
-id_message!(
-    /// The whole file has been sent: check its size and hash, then parse and keep it.
-    LoadModelEnd, model_id, msg_type::LOAD_MODEL_END, "load_model_end.reserved"
-);
+/// The whole file has been sent: check its size and hash, then parse and keep it. The hash
+/// comes last so that both sides hash while the file streams instead of before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadModelEnd {
+    /// The model being loaded.
+    pub model_id: u32,
+    /// SHA-256 of the whole file; the driver compares it with what it received.
+    pub sha256: [u8; 32],
+}
+
+impl Message<'_> for LoadModelEnd {
+    const TYPE: u16 = msg_type::LOAD_MODEL_END;
+    fn encode_body(&self, w: &mut Writer<'_>) {
+        w.u32(self.model_id);
+        w.zeros(4);
+        w.bytes(&self.sha256);
+    }
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let model_id = r.u32()?;
+        r.reserved(4, "load_model_end.reserved")?;
+        Ok(Self {
+            model_id,
+            sha256: r.array()?,
+        })
+    }
+}
 id_message!(
     /// Drop a model and free its memory; the driver refuses while sessions use it.
     UnloadModel, model_id, msg_type::UNLOAD_MODEL, "unload_model.reserved"

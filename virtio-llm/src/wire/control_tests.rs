@@ -11,14 +11,16 @@ pub(crate) fn sample_commands() -> Vec<ControlCommand<'static>> {
         ControlCommand::LoadModelBegin(LoadModelBegin {
             model_id: 7,
             total_bytes: 1 << 30,
-            sha256: [0xab; 32],
         }),
         ControlCommand::LoadModelChunk(LoadModelChunk {
             model_id: 7,
             offset: 4096,
             data: &DATA,
         }),
-        ControlCommand::LoadModelEnd(LoadModelEnd { model_id: 7 }),
+        ControlCommand::LoadModelEnd(LoadModelEnd {
+            model_id: 7,
+            sha256: [0xab; 32],
+        }),
         ControlCommand::UnloadModel(UnloadModel { model_id: 7 }),
         ControlCommand::OpenSession(OpenSession {
             session_id: 3,
@@ -63,7 +65,6 @@ fn commands_round_trip() {
     let begin = LoadModelBegin {
         model_id: 1,
         total_bytes: 10,
-        sha256: [1; 32],
     };
     let mut buf = Vec::new();
     begin.encode(&mut buf).unwrap();
@@ -221,7 +222,7 @@ fn ack_rejects_unknown_status_and_command() {
 
 #[test]
 fn length_field_must_match_buffer() {
-    let mut buf = frame(&sample_commands()[2]);
+    let mut buf = frame(&sample_commands()[3]);
     buf[4..8].copy_from_slice(&9u32.to_le_bytes());
     assert_eq!(
         ControlCommand::decode(&buf),
