@@ -12,6 +12,7 @@ use inference_guest::gguf::Gguf;
 use inference_guest::model::{Logits, Model};
 use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::Kernels;
+use inference_guest::tokenizer::Tokenizer;
 use std::time::{Duration, Instant};
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use vmm::guest_images::GuestImages;
@@ -29,6 +30,8 @@ pub enum BenchError {
     Guest(#[from] GuestError),
     #[error("the floor program failed: {0}")]
     Floor(String),
+    #[error("a helper thread panicked")]
+    Thread,
 }
 
 /// One measured run.
@@ -72,15 +75,18 @@ fn argmax(logits: &[f32]) -> u32 {
 }
 
 fn unprotected(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> {
+    // What `run --unprotected` does before its first token: read, parse, tokenizer, pool.
     let bytes = read_model(&args.model).map_err(RunError::from)?;
     let gguf = Gguf::parse(bytes.as_slice()).map_err(RunError::from)?;
     let model = Model::from_gguf(&gguf, Kernels::detect()).map_err(RunError::from)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf).map_err(RunError::from)?;
     let pool = ThreadPool::new(args.vcpus).map_err(|source| RunError::Threads {
         threads: args.vcpus,
         source,
     })?;
     let boot = t0.elapsed();
     let ids = prompt(args.prompt_tokens, model.cfg.n_vocab as u32);
+    drop(tokenizer);
     let ctx = args.prompt_tokens + args.gen_tokens + 1;
     let mut f = Figures {
         cold_ttft: Duration::ZERO,
@@ -123,15 +129,34 @@ fn unprotected(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> 
 }
 
 fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> {
+    // What `run` does before its first token: check the model on the host, build the host's
+    // tokenizer (beside the boot and load, as `run` does), boot, stream the model in.
     let file = read_model(&args.model).map_err(RunError::from)?;
     let gguf = Gguf::parse(file.as_slice()).map_err(RunError::from)?;
     let n_vocab = Model::from_gguf(&gguf, Kernels::detect())
         .map_err(RunError::from)?
         .cfg
         .n_vocab as u32;
+    std::thread::scope(|s| {
+        let tokenizer = s.spawn(|| Tokenizer::from_gguf(&gguf));
+        let figures = guest_after_check(args, t0, file.as_slice(), n_vocab)?;
+        match tokenizer.join() {
+            Ok(t) => t.map_err(RunError::from)?,
+            Err(_) => return Err(BenchError::Thread),
+        };
+        Ok(figures)
+    })
+}
+
+fn guest_after_check(
+    args: &BenchE2eArgs,
+    t0: Instant,
+    file: &[u8],
+    n_vocab: u32,
+) -> Result<Figures, BenchError> {
     let images = GuestImages::locate(args.images.as_deref()).map_err(GuestError::from)?;
     let ctx = args.prompt_tokens + args.gen_tokens + 1;
-    let private = (file.as_slice().len() as u64 + (256 << 20)).next_multiple_of(2 << 20);
+    let private = (file.len() as u64 + (256 << 20)).next_multiple_of(2 << 20);
     let mut vm = ProtectedVm::start(
         &images,
         GuestConfig {
@@ -140,7 +165,7 @@ fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> {
         },
     )?;
     let boot = t0.elapsed();
-    vm.load_model(1, file.as_slice(), &mut |_| {})?;
+    vm.load_model(1, file, &mut |_| {})?;
     let load = t0.elapsed() - boot;
     let ids = prompt(args.prompt_tokens, n_vocab);
     let mut f = Figures {

@@ -48,6 +48,8 @@ pub enum ProtectedRunError {
     Output(std::io::Error),
     #[error("the prompt is empty; give one as an argument or on stdin")]
     EmptyPrompt,
+    #[error("the tokenizer thread panicked")]
+    Thread,
 }
 
 /// Parses a memory size: bytes, or a number with K, M or G (powers of 1024).
@@ -118,7 +120,6 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<(), ProtectedRunError> {
     let file = read_model(&args.model)?;
     let gguf = Gguf::parse(file.as_slice())?;
     let model = Model::from_gguf(&gguf, Kernels::detect())?;
-    let tokenizer = Tokenizer::from_gguf(&gguf)?;
     let cfg = sampler_config(&args.sampling);
     cfg.validate()?;
     let ctx = args.ctx.clamp(1, model.cfg.n_ctx_train);
@@ -139,28 +140,35 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<(), ProtectedRunError> {
             given.next_multiple_of(2 * MIB)
         }
     };
+    let images = GuestImages::locate(args.images.as_deref()).map_err(GuestError::from)?;
+    // The host's tokenizer (for the prompt and the answer) is built while the guest boots
+    // and the model streams in.
+    let (tokenizer, mut vm, booted, loaded) = std::thread::scope(|s| {
+        let tokenizer = s.spawn(|| Tokenizer::from_gguf(&gguf));
+        let mut vm = ProtectedVm::start(
+            &images,
+            GuestConfig {
+                vcpus: args.vcpus as u8,
+                private_bytes: usize::try_from(private).unwrap_or(usize::MAX),
+            },
+        )?;
+        let booted = Instant::now();
+        let mut progress = Progress {
+            total: model_bytes,
+            start: booted,
+            shown: false,
+        };
+        vm.load_model(1, file.as_slice(), &mut |done| progress.update(done))?;
+        progress.finish();
+        vm.open_session(1, 1, ctx as u32)?;
+        let loaded = Instant::now();
+        let tokenizer = tokenizer.join().map_err(|_| ProtectedRunError::Thread)??;
+        Ok::<_, ProtectedRunError>((tokenizer, vm, booted, loaded))
+    })?;
     let (text, chat) = render_prompt(&gguf, prompt, args.raw);
     let ids = tokenizer.encode(&text, true, true);
-
-    let images = GuestImages::locate(args.images.as_deref()).map_err(GuestError::from)?;
-    let mut vm = ProtectedVm::start(
-        &images,
-        GuestConfig {
-            vcpus: args.vcpus as u8,
-            private_bytes: usize::try_from(private).unwrap_or(usize::MAX),
-        },
-    )?;
-    let booted = Instant::now();
-    let mut progress = Progress {
-        total: model_bytes,
-        start: booted,
-        shown: false,
-    };
-    vm.load_model(1, file.as_slice(), &mut |done| progress.update(done))?;
-    progress.finish();
+    drop(gguf);
     drop(file);
-    vm.open_session(1, 1, ctx as u32)?;
-    let loaded = Instant::now();
 
     INTERRUPTED.store(false, Ordering::SeqCst);
     // Ctrl-C cancels the generation; the guest then shuts down cleanly.
