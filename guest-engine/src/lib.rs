@@ -12,3 +12,5 @@ extern crate alloc;
 
 pub mod loader;
 pub mod service;
+#[cfg(feature = "guest")]
+pub mod vcpu_pool;

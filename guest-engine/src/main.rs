@@ -9,9 +9,9 @@
 extern crate alloc;
 
 use guest_engine::service::{Environment, Service, Step};
+use guest_engine::vcpu_pool::VcpuPool;
 use guest_programs::virtio::{MmioRegisters, SharedWindow, now_ns, wait};
 use guest_programs::{exit, print, private_usage};
-use inference_guest::parallel::SingleThread;
 use inference_guest::quant::Kernels;
 use virtio_llm::driver::{DriverError, LlmDriver};
 use virtio_llm::spec::layout::{SHARED_WINDOW_BASE, SHARED_WINDOW_SIZE};
@@ -48,9 +48,7 @@ impl Environment for Guest {
 #[unsafe(no_mangle)]
 pub extern "C" fn _start(vcpu: u64) -> ! {
     if vcpu != 0 {
-        loop {
-            wait(vcpu, u64::MAX);
-        }
+        guest_engine::vcpu_pool::worker(vcpu);
     }
     let Ok(mut driver) = LlmDriver::new(
         SharedWindow,
@@ -67,7 +65,7 @@ pub extern "C" fn _start(vcpu: u64) -> ! {
     print("engine: ready\n");
     let mut idle_polls = 0u32;
     loop {
-        match service.step(&mut driver, &SingleThread, &env) {
+        match service.step(&mut driver, &VcpuPool, &env) {
             Ok(Step::Worked) => idle_polls = 0,
             Ok(Step::Idle) if idle_polls >= IDLE_POLLS => {
                 match driver.arm() {

@@ -93,6 +93,13 @@ pub fn wait(vcpu: u64, timeout_ns: u64) {
     unsafe { write_volatile(reg as *mut u64, timeout_ns) }
 }
 
+/// Wakes every parked vCPU (through the timer page's wake register).
+pub fn wake_all() {
+    // SAFETY: the timer page is identity-mapped for user mode; any write to the wake
+    // register wakes the parked vCPUs.
+    unsafe { write_volatile((abi::TIMER + abi::TIMER_WAKE) as *mut u64, 1) }
+}
+
 /// Nanoseconds since the VM started (the timer page, read from user mode).
 pub fn now_ns() -> u64 {
     // SAFETY: the timer page is identity-mapped for user mode; the clock is a u64.

@@ -4,15 +4,20 @@
 //! items. On the host that is [`ThreadPool`]; in the guest it is one worker per vCPU. Items
 //! are claimed dynamically (an atomic counter), so a thread the OS deschedules for a moment
 //! delays only the item it holds, never a whole static share of the work.
+//!
+//! Both pools share their synchronisation logic, [`WorkerCore`]: the guest implements [`Park`]
+//! with its per-vCPU wait register, runs [`WorkerCore::worker_loop`] on every extra vCPU and
+//! implements [`Parallel`] with [`WorkerCore::run`].
 
 #[cfg(feature = "std")]
 mod pool;
+mod worker_core;
 
-#[cfg(feature = "std")]
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 #[cfg(feature = "std")]
 pub use pool::ThreadPool;
+pub use worker_core::{Park, WorkerCore, calibrate_spin_iters};
 
 /// Runs independent items of work, possibly on several threads.
 pub trait Parallel: Sync {
@@ -39,13 +44,11 @@ impl Parallel for SingleThread {
 }
 
 /// Claims item indices `0..n` one at a time; shared by the threads of one `for_each`.
-#[cfg(feature = "std")]
 pub(crate) struct WorkCounter {
     next: AtomicUsize,
     n: usize,
 }
 
-#[cfg(feature = "std")]
 impl WorkCounter {
     pub(crate) fn new(n: usize) -> Self {
         Self {

@@ -1,14 +1,11 @@
 //! The host's worker pool: `n - 1` persistent threads plus the caller.
 //!
-//! A decode step runs ~150 parallel regions of a few microseconds each, so waking threads
-//! through the OS every time would cost more than the work. Workers spin on a state word for
-//! a short while after each job and only then sleep on a condition variable. A worker that
-//! was descheduled and arrives after the job closed simply skips it: items are claimed
-//! dynamically, so the others already did its share.
+//! The synchronisation (spin after each job, then sleep; late workers skip closed jobs) is
+//! [`WorkerCore`]'s, shared with the guest; this file adds the threads and a [`Park`] built on
+//! a mutex and a condition variable.
 
-use super::{Parallel, WorkCounter};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use super::{Parallel, Park, WorkerCore, calibrate_spin_iters};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,24 +13,66 @@ use std::time::{Duration, Instant};
 /// pass (sampling, small serial ops), far shorter than the gap between requests.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_millis(2);
 
-/// `state` layout: job generation in the high 32 bits, `CLOSED` flag, active-worker count.
-const CLOSED: u64 = 1 << 31;
-const ACTIVE_MASK: u64 = CLOSED - 1;
-const GEN_SHIFT: u32 = 32;
+/// The spin iterations that take about [`SPIN_BEFORE_SLEEP`] here, measured once per process.
+fn spin_iters() -> u32 {
+    static ITERS: OnceLock<u32> = OnceLock::new();
+    *ITERS.get_or_init(|| {
+        let start = Instant::now();
+        let mut now_ns = || u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let target = u64::try_from(SPIN_BEFORE_SLEEP.as_nanos()).unwrap_or(u64::MAX);
+        calibrate_spin_iters(&mut now_ns, target)
+    })
+}
 
-struct Job<'a> {
-    counter: WorkCounter,
-    f: &'a (dyn Fn(usize) + Sync),
+/// [`Park`] on a condition variable. Every `wake_all` bumps a generation; a worker's `park`
+/// blocks only while the generation equals the one it last returned with, so a wake-up that
+/// comes before the worker blocks is latched, as the trait requires.
+struct CondvarPark {
+    /// The wake generation and, per worker, the generation its last `park` returned with.
+    state: Mutex<WakeState>,
+    wake: Condvar,
+}
+
+struct WakeState {
+    generation: u64,
+    seen: Vec<u64>,
+}
+
+impl CondvarPark {
+    fn new(n_workers: usize) -> Self {
+        Self {
+            state: Mutex::new(WakeState {
+                generation: 0,
+                seen: vec![0; n_workers],
+            }),
+            wake: Condvar::new(),
+        }
+    }
+}
+
+impl Park for CondvarPark {
+    fn park(&self, worker: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.generation == s.seen[worker] {
+            s = self.wake.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.seen[worker] = s.generation;
+    }
+
+    fn wake_all(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.generation = s.generation.wrapping_add(1);
+        self.wake.notify_all();
+    }
+
+    fn relax(&self) {
+        std::thread::yield_now();
+    }
 }
 
 struct Shared {
-    state: AtomicU64,
-    /// The current job; valid while `state` is open or has active workers.
-    job: AtomicPtr<Job<'static>>,
-    sleepers: AtomicUsize,
-    lock: Mutex<()>,
-    wake: Condvar,
-    shutdown: AtomicBool,
+    core: WorkerCore,
+    park: CondvarPark,
 }
 
 /// A pool of worker threads implementing [`Parallel`].
@@ -51,21 +90,26 @@ impl ThreadPool {
     pub fn new(n_threads: usize) -> std::io::Result<Self> {
         let n_threads = n_threads.max(1);
         let shared = Arc::new(Shared {
-            state: AtomicU64::new(CLOSED),
-            job: AtomicPtr::new(std::ptr::null_mut()),
-            sleepers: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            wake: Condvar::new(),
-            shutdown: AtomicBool::new(false),
+            core: WorkerCore::new(if n_threads > 1 { spin_iters() } else { 0 }),
+            park: CondvarPark::new(n_threads - 1),
         });
         let mut workers = Vec::with_capacity(n_threads - 1);
         for i in 1..n_threads {
-            let shared = Arc::clone(&shared);
-            workers.push(
-                std::thread::Builder::new()
-                    .name(format!("flexserve-worker-{i}"))
-                    .spawn(move || worker_loop(&shared))?,
-            );
+            let shared_w = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("flexserve-worker-{i}"))
+                .spawn(move || shared_w.core.worker_loop(&shared_w.park, i - 1));
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(e) => {
+                    // Let the threads already started return before reporting the error.
+                    shared.core.shutdown(&shared.park);
+                    for w in workers {
+                        let _ = w.join();
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(Self {
             shared,
@@ -87,47 +131,14 @@ impl Parallel for ThreadPool {
             return;
         }
         let _one_job_at_a_time = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let job = Job {
-            counter: WorkCounter::new(n),
-            f,
-        };
         let s = &*self.shared;
-        // Erasing the lifetime is sound because this function does not return before the
-        // job is closed and no worker is active on it (see the wait below).
-        let job_ptr = (&job as *const Job<'_>).cast::<Job<'static>>().cast_mut();
-        s.job.store(job_ptr, Ordering::Release);
-        let generation =
-            (s.state.load(Ordering::Relaxed) >> GEN_SHIFT).wrapping_add(1) & 0xffff_ffff;
-        // Open the job: new generation, not closed, no active workers (the previous job
-        // ended with none active and closed, and only this thread opens jobs).
-        s.state.store(generation << GEN_SHIFT, Ordering::SeqCst);
-        if s.sleepers.load(Ordering::SeqCst) > 0 {
-            let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-            s.wake.notify_all();
-        }
-        job.counter.drain(f);
-        // Close: late workers may no longer join; then wait for those inside to finish.
-        let mut state = s.state.fetch_or(CLOSED, Ordering::AcqRel) | CLOSED;
-        let mut spins = 0u32;
-        while state & ACTIVE_MASK != 0 {
-            spins += 1;
-            if spins < 1 << 16 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-            state = s.state.load(Ordering::Acquire);
-        }
+        s.core.run(&s.park, self.n_threads, n, f);
     }
 }
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
-        self.shared.shutdown.store(true, Ordering::SeqCst);
-        {
-            let _guard = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.shared.wake.notify_all();
-        }
+        self.shared.core.shutdown(&self.shared.park);
         for w in self.workers.drain(..) {
             // A worker that panicked already reported it; nothing more to do at teardown.
             let _ = w.join();
@@ -135,69 +146,11 @@ impl Drop for ThreadPool {
     }
 }
 
-/// Tries to join the job of generation `generation`; true when this worker is now counted active.
-fn try_join(s: &Shared, generation: u64) -> bool {
-    let mut cur = s.state.load(Ordering::Acquire);
-    loop {
-        if cur >> GEN_SHIFT != generation || cur & CLOSED != 0 {
-            return false;
-        }
-        match s
-            .state
-            .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => return true,
-            Err(actual) => cur = actual,
-        }
-    }
-}
-
-fn worker_loop(s: &Shared) {
-    let mut seen_gen = s.state.load(Ordering::Acquire) >> GEN_SHIFT;
-    let mut idle_since = Instant::now();
-    let mut spins = 0u32;
-    loop {
-        if s.shutdown.load(Ordering::Relaxed) {
-            return;
-        }
-        let state = s.state.load(Ordering::Acquire);
-        let generation = state >> GEN_SHIFT;
-        if generation != seen_gen {
-            seen_gen = generation;
-            if try_join(s, generation) {
-                // SAFETY: we are counted active on an open job, so the caller of `for_each`
-                // is still waiting and the `Job` it published lives until we decrement.
-                let job = unsafe { &*s.job.load(Ordering::Acquire) };
-                job.counter.drain(job.f);
-                s.state.fetch_sub(1, Ordering::Release);
-            }
-            idle_since = Instant::now();
-            spins = 0;
-            continue;
-        }
-        spins = spins.wrapping_add(1);
-        if !spins.is_multiple_of(1024) || idle_since.elapsed() < SPIN_BEFORE_SLEEP {
-            std::hint::spin_loop();
-            continue;
-        }
-        let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-        s.sleepers.fetch_add(1, Ordering::SeqCst);
-        let mut guard = guard;
-        while s.state.load(Ordering::SeqCst) >> GEN_SHIFT == seen_gen
-            && !s.shutdown.load(Ordering::SeqCst)
-        {
-            guard = s.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
-        }
-        s.sleepers.fetch_sub(1, Ordering::SeqCst);
-        drop(guard);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::parallel::for_each_chunk_mut;
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
     fn every_item_runs_once_across_many_jobs() {
@@ -218,5 +171,35 @@ mod tests {
         let mut data = vec![0u8; 4096];
         for_each_chunk_mut(&pool, &mut data, 64, &|_, c| c.fill(1));
         assert!(data.iter().all(|&x| x == 1));
+    }
+
+    /// The first job after each pause (some long enough to sleep, some racing with falling
+    /// asleep) completes only once every thread holds one of its items: a lost wake-up would
+    /// leave it waiting for a worker that never comes.
+    #[test]
+    fn every_worker_wakes_for_the_first_job_after_a_pause() {
+        const N_THREADS: usize = 3;
+        let pool = ThreadPool::new(N_THREADS).expect("spawn");
+        for burst in 0..120u64 {
+            let pause = if burst % 4 == 0 {
+                SPIN_BEFORE_SLEEP * 3
+            } else {
+                // Around the end of the spin, where falling asleep races with the wake-up.
+                Duration::from_micros((burst * 7919) % 3000)
+            };
+            std::thread::sleep(pause);
+            let arrived = AtomicU32::new(0);
+            pool.for_each(N_THREADS, &|_| {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while arrived.load(Ordering::SeqCst) < N_THREADS as u32 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "burst {burst}: a worker never woke"
+                    );
+                    std::thread::yield_now();
+                }
+            });
+        }
     }
 }
