@@ -18,7 +18,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     match run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Finished::Done) => ExitCode::SUCCESS,
+        // The shell convention for a command stopped by SIGINT.
+        Ok(Finished::Interrupted) => ExitCode::from(130),
         Err(e) => {
             // Each error's message already names its cause; no backtrace for users.
             eprintln!("flexserve: error: {e}");
@@ -27,7 +29,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> anyhow::Result<()> {
+/// How a command ended without an error.
+enum Finished {
+    Done,
+    Interrupted,
+}
+
+fn run() -> anyhow::Result<Finished> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
@@ -49,12 +57,12 @@ fn run() -> anyhow::Result<()> {
             };
             if args.unprotected {
                 unprotected::run(&args, &prompt)?;
-            } else {
-                protected::run(&args, &prompt)?;
+            } else if protected::run(&args, &prompt)? {
+                return Ok(Finished::Interrupted);
             }
         }
         Command::BenchEngine(args) => bench_engine::run(&args)?,
         Command::BenchE2e(args) => bench_e2e::run(&args)?,
     }
-    Ok(())
+    Ok(Finished::Done)
 }

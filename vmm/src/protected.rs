@@ -108,7 +108,8 @@ impl Progress {
 }
 
 /// Generates from `prompt` inside the protected guest and streams the text to stdout.
-pub fn run(args: &RunArgs, prompt: &str) -> Result<(), ProtectedRunError> {
+/// Returns whether Ctrl-C cut the generation short.
+pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
     if prompt.trim().is_empty() {
         return Err(ProtectedRunError::EmptyPrompt);
     }
@@ -242,7 +243,7 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<(), ProtectedRunError> {
             StopReason::Cancelled => "cancelled (Ctrl-C)",
         }
     );
-    Ok(())
+    Ok(end.reason == StopReason::Cancelled)
 }
 
 #[cfg(test)]
