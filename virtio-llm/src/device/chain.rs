@@ -1,15 +1,21 @@
 //! Checking a descriptor chain the guest offered, before the device touches any byte of it.
 //!
-//! Every buffer must lie inside the shared window, be non-empty, and go in the direction
-//! the queue carries (device-readable on guest → host queues, device-writable on host →
-//! guest queues); chains are at most `MAX_CHAIN_DESCRIPTORS` long (a looping chain is cut
-//! off by virtio-queue and then fails this check) and at most `MAX_MESSAGE_BYTES` in all.
-//! A bad chain is completed with length 0 and reported; other memory is never touched.
+//! The device walks the descriptor table itself rather than through virtio-queue's chain
+//! iterator, which would follow indirect tables (a feature never offered) before anything
+//! could check them. Every descriptor must be inside the queue, plain (no INDIRECT), and its
+//! buffer inside the shared window, non-empty, and going the direction the queue carries
+//! (device-readable on guest → host queues, device-writable on host → guest queues); chains
+//! are at most `MAX_CHAIN_DESCRIPTORS` long (so a loop is refused) and at most
+//! `MAX_MESSAGE_BYTES` in all. A bad chain is completed with length 0 and reported; other
+//! memory is never touched.
 
 use crate::spec::{MAX_CHAIN_DESCRIPTORS, MAX_MESSAGE_BYTES};
 use std::vec::Vec;
-use virtio_queue::DescriptorChain;
-use vm_memory::GuestMemoryBackend;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+const VIRTQ_DESC_F_NEXT: u16 = 1;
+const VIRTQ_DESC_F_WRITE: u16 = 2;
+const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 
 /// Which way a queue's buffers go, from the device's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +31,13 @@ pub enum Direction {
 pub struct Window {
     pub base: u64,
     pub size: u64,
+}
+
+/// Where a queue's descriptor table is and how many entries it has.
+#[derive(Clone, Copy, Debug)]
+pub struct DescTable {
+    pub addr: u64,
+    pub size: u16,
 }
 
 /// A chain that passed every check.
@@ -49,34 +62,53 @@ pub enum ChainError {
     WrongDirection { head: u16, index: usize },
     #[error("chain {head} holds {total} bytes, more than the {max}-byte message limit")]
     Oversized { head: u16, total: u64, max: usize },
+    #[error("chain {head}: descriptor {index} refers to an indirect table (not negotiated)")]
+    Indirect { head: u16, index: usize },
+    #[error("chain {head}: descriptor id {id} is outside the queue of {size} entries")]
+    BadDescriptorId { head: u16, id: u16, size: u16 },
+    #[error("chain {head}: the descriptor table at {addr:#x} is not in reachable memory")]
+    TableUnreachable { head: u16, addr: u64 },
 }
 
-/// Checks `chain` for a queue whose buffers go `direction` within `window`.
-pub fn check_chain<M>(
-    chain: DescriptorChain<M>,
+/// Checks the chain starting at descriptor `head` of `table`, for a queue whose buffers go
+/// `direction` within `window`. Reads only the table's own entries.
+pub fn check_chain<M: GuestMemoryBackend>(
+    mem: &M,
+    table: DescTable,
+    head: u16,
     window: Window,
     direction: Direction,
-) -> Result<CheckedChain, ChainError>
-where
-    M: core::ops::Deref,
-    M::Target: GuestMemoryBackend,
-{
-    let head = chain.head_index();
+) -> Result<CheckedChain, ChainError> {
     let mut buffers = Vec::new();
     let mut total = 0u64;
-    let mut cut_off = false;
-    for (index, d) in chain.enumerate() {
-        // virtio-queue stops a chain after as many descriptors as the queue has: if the
-        // last one it gave still links onwards, the chain loops (or is longer than the
-        // queue), which is refused like an over-long chain.
-        cut_off = d.has_next();
+    let mut id = head;
+    for index in 0.. {
         if index >= MAX_CHAIN_DESCRIPTORS {
             return Err(ChainError::TooLong {
                 head,
                 max: MAX_CHAIN_DESCRIPTORS,
             });
         }
-        let (addr, len) = (d.addr().0, d.len());
+        if id >= table.size {
+            return Err(ChainError::BadDescriptorId {
+                head,
+                id,
+                size: table.size,
+            });
+        }
+        let at = table.addr + 16 * u64::from(id);
+        let mut raw = [0u8; 16];
+        mem.read_slice(&mut raw, GuestAddress(at))
+            .map_err(|_| ChainError::TableUnreachable { head, addr: at })?;
+        let addr = u64::from_le_bytes([
+            raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
+        ]);
+        let len = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
+        let flags = u16::from_le_bytes([raw[12], raw[13]]);
+        let next = u16::from_le_bytes([raw[14], raw[15]]);
+        if flags & VIRTQ_DESC_F_INDIRECT != 0 {
+            return Err(ChainError::Indirect { head, index });
+        }
         if len == 0 {
             return Err(ChainError::ZeroLength { head, index });
         }
@@ -84,7 +116,8 @@ where
         if addr < window.base || end.is_none_or(|e| e > window.base + window.size) {
             return Err(ChainError::OutsideWindow { head, addr, len });
         }
-        if d.is_write_only() != (direction == Direction::DeviceWrites) {
+        let writable = flags & VIRTQ_DESC_F_WRITE != 0;
+        if writable != (direction == Direction::DeviceWrites) {
             return Err(ChainError::WrongDirection { head, index });
         }
         total += u64::from(len);
@@ -96,12 +129,10 @@ where
             });
         }
         buffers.push((addr, len));
-    }
-    if cut_off {
-        return Err(ChainError::TooLong {
-            head,
-            max: MAX_CHAIN_DESCRIPTORS,
-        });
+        if flags & VIRTQ_DESC_F_NEXT == 0 {
+            break;
+        }
+        id = next;
     }
     Ok(CheckedChain {
         head,
@@ -136,7 +167,11 @@ mod tests {
         let m = mem();
         let q = MockSplitQueue::new(&m, 256);
         let chain = q.build_desc_chain(descs).unwrap();
-        check_chain(chain, WINDOW, dir)
+        let table = DescTable {
+            addr: q.desc_table_addr().0,
+            size: 256,
+        };
+        check_chain(&m, table, chain.head_index(), WINDOW, dir)
     }
 
     #[test]
@@ -196,9 +231,51 @@ mod tests {
         // Descriptor 0 points at itself.
         let looping = RawDescriptor::from(SplitDescriptor::new(0x10_0000, 8, NEXT, 0));
         q.add_desc_chains(&[looping], 0).unwrap();
-        let mut queue: virtio_queue::Queue = q.create_queue().unwrap();
-        let chain = virtio_queue::QueueT::pop_descriptor_chain(&mut queue, &m).unwrap();
-        let r = check_chain(chain, WINDOW, Direction::DeviceReads);
+        let table = DescTable {
+            addr: q.desc_table_addr().0,
+            size: 16,
+        };
+        let r = check_chain(&m, table, 0, WINDOW, Direction::DeviceReads);
         assert!(matches!(r, Err(ChainError::TooLong { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn indirect_tables_and_ids_outside_the_queue_are_refused_unread() {
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 16);
+        // An indirect table outside the window: refused without following it.
+        let indirect = RawDescriptor::from(SplitDescriptor::new(0x1000, 16, 4, 0));
+        let bad_next = RawDescriptor::from(SplitDescriptor::new(0x10_0000, 8, NEXT, 99));
+        q.add_desc_chains(&[indirect], 0).unwrap();
+        q.add_desc_chains(&[bad_next], 1).unwrap();
+        let table = DescTable {
+            addr: q.desc_table_addr().0,
+            size: 16,
+        };
+        let dir = Direction::DeviceReads;
+        assert_eq!(
+            check_chain(&m, table, 0, WINDOW, dir),
+            Err(ChainError::Indirect { head: 0, index: 0 })
+        );
+        assert_eq!(
+            check_chain(&m, table, 1, WINDOW, dir),
+            Err(ChainError::BadDescriptorId {
+                head: 1,
+                id: 99,
+                size: 16
+            })
+        );
+        assert!(matches!(
+            check_chain(&m, table, 16, WINDOW, dir),
+            Err(ChainError::BadDescriptorId { id: 16, .. })
+        ));
+        let far = DescTable {
+            addr: 0x7fff_f000_0000,
+            size: 16,
+        };
+        assert!(matches!(
+            check_chain(&m, far, 0, WINDOW, dir),
+            Err(ChainError::TableUnreachable { .. })
+        ));
     }
 }

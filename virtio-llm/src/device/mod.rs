@@ -22,7 +22,7 @@ use crate::spec::{feature, queue};
 use crate::wire::control::{ControlCommand, ControlReply};
 use crate::wire::request::RequestMsg;
 use crate::wire::response::ResponseMsg;
-use chain::{ChainError, CheckedChain, Direction, Window, check_chain};
+use chain::{ChainError, CheckedChain, DescTable, Direction, Window, check_chain};
 use std::vec;
 use std::vec::Vec;
 use virtio_queue::{Queue, QueueT};
@@ -160,15 +160,24 @@ impl<M: GuestMemoryBackend> LlmDevice<M> {
             .and_then(Option::as_mut)
             .filter(|_| direction(index) == Some(dir))
             .ok_or(DeviceError::NoSuchQueue(index))?;
+        // Only the available ring entry is read here; the chain itself is walked (and
+        // checked) by `check_chain`, never by virtio-queue's iterator.
         let Some(chain) = q.pop_descriptor_chain(mem) else {
             return Ok(None);
         };
         let head = chain.head_index();
-        match check_chain(chain, window, dir) {
+        let table = DescTable {
+            addr: q.desc_table(),
+            size: q.size(),
+        };
+        match check_chain(mem, table, head, window, dir) {
             Ok(c) => Ok(Some(c)),
             Err(source) => {
                 self.stats.refused_chains += 1;
-                self.complete(index, head, 0)?;
+                // A head outside the queue cannot be returned: there is no such chain.
+                if head < table.size {
+                    self.complete(index, head, 0)?;
+                }
                 Err(DeviceError::BadChain {
                     queue: index,
                     source,

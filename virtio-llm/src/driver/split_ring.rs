@@ -219,18 +219,25 @@ impl SplitRing {
         mem.read(self.used + 4 + 8 * slot, &mut e)?;
         let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
         let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
-        let o = usize::try_from(id)
-            .ok()
-            .and_then(|i| self.outstanding.get_mut(i))
-            .and_then(Option::take)
-            .ok_or(RingError::BogusUsedId { id })?;
-        if len > o.writable {
+        let index = usize::try_from(id).map_err(|_| RingError::BogusUsedId { id })?;
+        let writable = self
+            .outstanding
+            .get(index)
+            .and_then(Option::as_ref)
+            .ok_or(RingError::BogusUsedId { id })?
+            .writable;
+        // Check before taking the record: a refused entry must leave the chain outstanding
+        // (a device that corrects the entry can still complete it), never leak it.
+        if len > writable {
             return Err(RingError::UsedLenTooLarge {
                 id,
                 len,
-                capacity: o.writable,
+                capacity: writable,
             });
         }
+        let o = self.outstanding[index]
+            .take()
+            .ok_or(RingError::BogusUsedId { id })?;
         self.last_used = self.last_used.wrapping_add(1);
         self.n_outstanding -= 1;
         self.free.extend(o.ids.iter().rev());
