@@ -24,12 +24,14 @@ APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build
 PROMPT ?= Write a haiku about the sea.
 
 .PHONY: help setup setup-deps setup-bench models build image test test-fast lint test-neon run \
+        fuzz-build fuzz-smoke \
         bench bench-engine bench-boot bench-virtio clean
 
 help:
 	@echo "make run           set up if needed, then generate text from the default model"
 	@echo "make test          everything CI checks: lints, unit/integration tests, NEON under qemu"
 	@echo "make setup         Debian packages, rustup targets, default model and its conversions"
+	@echo "make fuzz-smoke    each virtio-llm fuzz target for 60 s (FUZZ_SECONDS=...)"
 	@echo "make setup-bench   llama.cpp (llama-cpp-python) for fixtures and benchmarks"
 	@echo "make build         release build of every host binary"
 	@echo "make image         guest kernel + guest user programs (static ELFs)"
@@ -120,7 +122,26 @@ test-neon:
 	$(CARGO) test -p inference-guest --target aarch64-unknown-linux-musl --quiet --test kernel_parity
 	$(CARGO) test -p inference-guest --target aarch64-unknown-linux-musl --quiet --lib -- quant
 
-test: models image lint test-fast test-neon
+# cargo fuzz needs nightly (libFuzzer instrumentation): only fuzz/ uses it (fuzz/rust-toolchain.toml).
+FUZZ_TOOLCHAIN     := nightly-2026-05-19
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_TARGETS       := device_decode driver_decode
+FUZZ_SECONDS       ?= 60
+
+fuzz-build:
+	@rustup toolchain list | grep -q '^$(FUZZ_TOOLCHAIN)-' || \
+		rustup toolchain install $(FUZZ_TOOLCHAIN) --profile minimal
+	@cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)' || \
+		cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked
+	cd fuzz && cargo fuzz build
+
+fuzz-smoke: fuzz-build
+	@set -e; cd fuzz; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz-smoke: $$t for $(FUZZ_SECONDS) s"; \
+		cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS); \
+	done
+
+test: models image lint test-fast test-neon fuzz-build
 	@echo "make test: all checks passed"
 
 # --- run and bench ----------------------------------------------------------------------
