@@ -224,5 +224,5 @@ fn a_guest_crash_mid_generation_is_an_error_naming_it() {
         }
         other => panic!("expected a crash report, got {other:?}"),
     }
-    assert!(seen >= 2 && seen < 400, "{seen} tokens before the crash");
+    assert!((2..400).contains(&seen), "{seen} tokens before the crash");
 }

@@ -5,7 +5,7 @@
 //! wait register latches wake-ups per vCPU, which is what [`Park`] requires.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
-use inference_guest::parallel::{Park, Parallel, WorkerCore};
+use inference_guest::parallel::{Parallel, Park, WorkerCore};
 
 /// Spin iterations before an idle worker parks: about 2 ms here (the host pool calibrates
 /// the same loop to ~82,000 iterations per 2 ms); counted, because reading the guest clock is

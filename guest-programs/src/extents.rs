@@ -147,7 +147,11 @@ mod tests {
         e.free(a, GRANULE);
         let b = e.alloc(3 * GRANULE).unwrap();
         assert_eq!(b, a);
-        assert_eq!(e.dirty_prefix(b, 3 * GRANULE), GRANULE, "only the reused granule");
+        assert_eq!(
+            e.dirty_prefix(b, 3 * GRANULE),
+            GRANULE,
+            "only the reused granule"
+        );
         e.mark_used(b, 3 * GRANULE);
         assert_eq!(e.dirty_prefix(b, 3 * GRANULE), 3 * GRANULE);
     }

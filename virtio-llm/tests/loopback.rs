@@ -158,8 +158,14 @@ fn lies_from_the_device_are_refused() {
     // The refused entry did not leak the chain: corrected, it completes normally and its
     // descriptors come back.
     used_entry(u32::from(head), 8, 1);
-    assert_eq!(ring.pop_used(&m).unwrap().map(|u| (u.head, u.len)), Some((head, 8)));
-    assert_eq!((ring.outstanding(), ring.free_descriptors()), (0, usize::from(SIZE)));
+    assert_eq!(
+        ring.pop_used(&m).unwrap().map(|u| (u.head, u.len)),
+        Some((head, 8))
+    );
+    assert_eq!(
+        (ring.outstanding(), ring.free_descriptors()),
+        (0, usize::from(SIZE))
+    );
     let (mem, mut ring, _) = setup();
     let m = Mem(&mem);
     ring.add(

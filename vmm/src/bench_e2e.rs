@@ -209,7 +209,8 @@ fn guest_after_check(
         f.prefill_tps
             .push(end.prompt_tokens as f64 / (end.timings.prompt_ns as f64 / 1e9));
         f.decode_tps.push(
-            end.generated_tokens.saturating_sub(1) as f64 / (end.timings.generation_ns as f64 / 1e9),
+            end.generated_tokens.saturating_sub(1) as f64
+                / (end.timings.generation_ns as f64 / 1e9),
         );
     }
     vm.shutdown()?;

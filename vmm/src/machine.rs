@@ -141,7 +141,7 @@ impl Machine {
         let mut vm = hv.create_vm()?;
         let size = config.boot_size + layout::SHARED_SIZE as usize + config.private_size;
         let max_private = ((MAX_MAPPED_GIB - 4) << 30) as usize;
-        if config.private_size > max_private || config.private_size % (2 << 20) != 0 {
+        if config.private_size > max_private || !config.private_size.is_multiple_of(2 << 20) {
             return Err(VmError::Memory {
                 size: config.private_size,
                 reason: format!(

@@ -72,8 +72,11 @@ pub struct ProtectedVm {
     mem: vm_memory::GuestMemoryMmap,
     llm: Arc<LlmHost>,
     stop: Arc<StopHandle>,
-    vm: Option<JoinHandle<(Result<u32, VmError>, Vec<String>)>>,
+    vm: Option<JoinHandle<VmEnd>>,
 }
+
+/// How the VM thread ended: the run's result and the guest's console lines.
+type VmEnd = (Result<u32, VmError>, Vec<String>);
 
 /// Sizes of a guest.
 #[derive(Clone, Copy, Debug)]
