@@ -46,10 +46,12 @@ pub trait Environment {
     fn park(&self);
 }
 
-/// A loaded model: its file and its tokenizer.
+/// A loaded model: its file, the ids that end generation, and (built on the first text
+/// prompt; token-id prompts never need it) its tokenizer.
 struct LoadedModel {
     file: Vec<u8>,
-    tokenizer: Tokenizer,
+    end_ids: Vec<u32>,
+    tokenizer: Option<Tokenizer>,
 }
 
 /// An open session.
@@ -124,7 +126,7 @@ impl Service {
         let mut worked = false;
         let mut scratch = core::mem::take(&mut self.scratch);
         let reply = match driver.poll_command(&mut scratch) {
-            Ok(Some(cmd)) => Some(self.command(cmd, env)),
+            Ok(Some(cmd)) => Some(self.command(cmd, par, env)),
             Ok(None) => None,
             // A malformed command was refused by the driver; answer it so the host's
             // command/reply pairing holds.
@@ -152,7 +154,12 @@ impl Service {
         Ok(if worked { Step::Worked } else { Step::Idle })
     }
 
-    fn command(&mut self, cmd: ControlCommand<'_>, env: &dyn Environment) -> ControlReply {
+    fn command(
+        &mut self,
+        cmd: ControlCommand<'_>,
+        par: &dyn Parallel,
+        env: &dyn Environment,
+    ) -> ControlReply {
         match cmd {
             ControlCommand::LoadModelBegin(b) => {
                 let status = if self.models.contains_key(&b.model_id) {
@@ -174,7 +181,7 @@ impl Service {
             }
             ControlCommand::LoadModelChunk(c) => {
                 let status = match self.loading.as_mut() {
-                    Some(l) if l.model_id == c.model_id => match l.chunk(c.offset, c.data) {
+                    Some(l) if l.model_id == c.model_id => match l.chunk(c.offset, c.data, par) {
                         Ok(()) => Status::Ok,
                         Err(s) => {
                             // Any failure discards the partial model.
@@ -245,13 +252,19 @@ impl Service {
     fn install(&mut self, loading: Loading, sha256: [u8; 32]) -> Result<(), Status> {
         let model_id = loading.model_id;
         let file = loading.finish(sha256)?;
-        let tokenizer = {
+        let end_ids = {
             let gguf = Gguf::parse(&file).map_err(|_| Status::BadModel)?;
             Model::from_gguf(&gguf, self.kernels).map_err(|e| model_status(&e))?;
-            Tokenizer::from_gguf(&gguf).map_err(|_| Status::BadModel)?
+            Tokenizer::end_of_generation_ids(&gguf).map_err(|_| Status::BadModel)?
         };
-        self.models
-            .insert(model_id, LoadedModel { file, tokenizer });
+        self.models.insert(
+            model_id,
+            LoadedModel {
+                file,
+                end_ids,
+                tokenizer: None,
+            },
+        );
         Ok(())
     }
 
@@ -327,14 +340,32 @@ impl Service {
             let e = fail(Status::NoSuchSession, "no open session has this id");
             return send_blocking(driver, env, &e, &mut self.out);
         };
-        let Some(m) = self.models.get(&slot.model_id) else {
+        let Some(m) = self.models.get_mut(&slot.model_id) else {
             let e = fail(Status::NoSuchModel, "the session's model was unloaded");
             return send_blocking(driver, env, &e, &mut self.out);
         };
         let prompt = match &g.prompt {
             Prompt::Tokens(t) => t.clone(),
-            Prompt::Text(s) => m.tokenizer.encode(s, true, true),
+            Prompt::Text(s) => {
+                if m.tokenizer.is_none() {
+                    let built = Gguf::parse(&m.file)
+                        .map_err(ModelError::from)
+                        .and_then(|gguf| Tokenizer::from_gguf(&gguf).map_err(ModelError::from));
+                    match built {
+                        Ok(t) => m.tokenizer = Some(t),
+                        Err(e) => {
+                            let e = fail(Status::Internal, &e.to_string());
+                            return send_blocking(driver, env, &e, &mut self.out);
+                        }
+                    }
+                }
+                m.tokenizer
+                    .as_ref()
+                    .map(|t| t.encode(s, true, true))
+                    .unwrap_or_default()
+            }
         };
+        let m = &*m;
         let gguf = match Gguf::parse(&m.file) {
             Ok(g) => g,
             Err(e) => {
@@ -364,7 +395,7 @@ impl Service {
             return send_blocking(driver, env, &e, &mut self.out);
         }
         let mut sampler = Sampler::new(cfg, model.cfg.n_vocab);
-        let tokenizer = &m.tokenizer;
+        let end_ids = &m.end_ids;
         let engine_req = EngineRequest {
             prompt: &prompt,
             max_tokens: s.max_tokens as usize,
@@ -383,7 +414,7 @@ impl Service {
             &mut sampler,
             par,
             &engine_req,
-            &|t| tokenizer.is_end_of_generation(t),
+            &|t| end_ids.binary_search(&t).is_ok(),
             &mut |token| {
                 first.get_or_insert_with(|| env.now_ns());
                 batch.push(token);

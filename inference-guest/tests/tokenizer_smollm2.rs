@@ -141,3 +141,20 @@ fn encoding_2kb_is_fast() {
         assert!(best < Duration::from_millis(10), "{best:?}");
     });
 }
+
+#[test]
+fn cheap_end_of_generation_ids_equal_the_full_tokenizers() {
+    let Some(bytes) = model_bytes() else {
+        return;
+    };
+    let g = Gguf::parse(&bytes).unwrap();
+    let full = Tokenizer::from_gguf(&g).unwrap();
+    let n = g
+        .get_str_array("tokenizer.ggml.tokens")
+        .unwrap()
+        .unwrap()
+        .len() as u32;
+    let want: Vec<u32> = (0..n).filter(|&i| full.is_end_of_generation(i)).collect();
+    assert!(!want.is_empty());
+    assert_eq!(Tokenizer::end_of_generation_ids(&g).unwrap(), want);
+}

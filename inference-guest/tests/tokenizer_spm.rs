@@ -74,3 +74,16 @@ fn bos_byte_fallback_and_eog() {
     assert!(tok.is_end_of_generation(2));
     assert!(!tok.is_end_of_generation(1));
 }
+
+#[test]
+fn cheap_end_of_generation_ids_equal_the_full_tokenizers() {
+    let g = Gguf::parse(VOCAB).unwrap();
+    let full = tokenizer();
+    let n = g
+        .get_str_array("tokenizer.ggml.tokens")
+        .unwrap()
+        .unwrap()
+        .len() as u32;
+    let want: Vec<u32> = (0..n).filter(|&i| full.is_end_of_generation(i)).collect();
+    assert_eq!(Tokenizer::end_of_generation_ids(&g).unwrap(), want);
+}

@@ -164,16 +164,39 @@ impl ProtectedVm {
         file: &[u8],
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), GuestError> {
-        use virtio_llm::wire::control::msg_type::{
-            LOAD_MODEL_BEGIN, LOAD_MODEL_CHUNK, LOAD_MODEL_END,
-        };
-        self.command(&ControlCommand::LoadModelBegin(LoadModelBegin {
-            model_id,
-            total_bytes: file.len() as u64,
-        }))?;
-        // Hash while streaming: chunk i is hashed here while the guest copies chunk i - 1.
-        let mut hasher = Sha256::new();
-        self.ack("start loading the model", LOAD_MODEL_BEGIN)?;
+        use virtio_llm::wire::control::msg_type::{LOAD_MODEL_BEGIN, LOAD_MODEL_END};
+        // Hash on another thread while the guest reserves memory and the file streams (the
+        // guest hashes its own copy as it arrives).
+        std::thread::scope(|s| {
+            let hasher = s.spawn(|| -> [u8; 32] { Sha256::digest(file).into() });
+            let streamed = self
+                .command(&ControlCommand::LoadModelBegin(LoadModelBegin {
+                    model_id,
+                    total_bytes: file.len() as u64,
+                }))
+                .and_then(|()| self.ack("start loading the model", LOAD_MODEL_BEGIN))
+                .and_then(|_| self.stream_chunks(model_id, file, progress));
+            let sha256 = hasher
+                .join()
+                .map_err(|_| GuestError::Protocol("the hashing thread panicked".into()))?;
+            streamed?;
+            self.command(&ControlCommand::LoadModelEnd(LoadModelEnd {
+                model_id,
+                sha256,
+            }))?;
+            self.ack("accept the model", LOAD_MODEL_END)?;
+            Ok(())
+        })
+    }
+
+    /// Sends the file's chunks, a few in flight, and takes their acks.
+    fn stream_chunks(
+        &mut self,
+        model_id: u32,
+        file: &[u8],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), GuestError> {
+        use virtio_llm::wire::control::msg_type::LOAD_MODEL_CHUNK;
         let chunks: Vec<&[u8]> = file.chunks(MAX_CHUNK_BYTES).collect();
         let (mut sent, mut acked) = (0usize, 0usize);
         while acked < chunks.len() {
@@ -183,18 +206,12 @@ impl ProtectedVm {
                     offset: (sent * MAX_CHUNK_BYTES) as u64,
                     data: chunks[sent],
                 }))?;
-                hasher.update(chunks[sent]);
                 sent += 1;
             }
             self.ack("take a model chunk", LOAD_MODEL_CHUNK)?;
             acked += 1;
             progress(((acked * MAX_CHUNK_BYTES).min(file.len())) as u64);
         }
-        self.command(&ControlCommand::LoadModelEnd(LoadModelEnd {
-            model_id,
-            sha256: hasher.finalize().into(),
-        }))?;
-        self.ack("accept the model", LOAD_MODEL_END)?;
         Ok(())
     }
 

@@ -91,4 +91,58 @@ impl Tokenizer {
             add_space_prefix: flag("tokenizer.ggml.add_space_prefix")?,
         })
     }
+
+    /// The ids that end generation, exactly as [`Tokenizer::is_end_of_generation`] of the
+    /// full tokenizer would say, without building it (no merges, no text → id map): what a
+    /// server that receives token ids needs, at a fraction of the cost.
+    pub fn end_of_generation_ids(g: &Gguf<'_>) -> Result<Vec<u32>, TokenizerError> {
+        const MODEL: &str = "tokenizer.ggml.model";
+        const TOKENS: &str = "tokenizer.ggml.tokens";
+        let model = g
+            .get_str(MODEL)
+            .map_err(|e| bad(MODEL, e))?
+            .ok_or(TokenizerError::MissingKey(MODEL))?;
+        let eos_default = match model {
+            "gpt2" => 11,
+            "llama" => 2,
+            other => return Err(TokenizerError::UnsupportedModel(other.into())),
+        };
+        let tokens = g
+            .get_str_array(TOKENS)
+            .map_err(|e| bad(TOKENS, e))?
+            .ok_or(TokenizerError::MissingKey(TOKENS))?;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(TokenizerError::EmptyVocab);
+        }
+        let check =
+            |key: &'static str, default: Option<u32>| -> Result<Option<u32>, TokenizerError> {
+                match id(g, key)? {
+                    Some(v) if v < n as u64 => Ok(Some(v as u32)),
+                    Some(v) => Err(TokenizerError::TokenIdOutOfRange {
+                        key,
+                        id: v,
+                        n_vocab: n,
+                    }),
+                    None => Ok(default.filter(|&d| (d as usize) < n)),
+                }
+            };
+        let eos = check("tokenizer.ggml.eos_token_id", Some(eos_default))?;
+        let eot = check("tokenizer.ggml.eot_token_id", None)?;
+        let eom = check("tokenizer.ggml.eom_token_id", None)?;
+        // Only the texts the rules look up, with later duplicates winning as in the full map.
+        let wanted: alloc::collections::BTreeSet<&str> = super::vocab::end_texts().collect();
+        let mut found = alloc::collections::BTreeMap::new();
+        for (i, t) in tokens.iter().enumerate() {
+            if wanted.contains(t) {
+                found.insert(*t, i as u32);
+            }
+        }
+        let ends = super::vocab::end_ids(&|t| found.get(t).copied(), eot, eom);
+        let mut ids: Vec<u32> = ends.by_text;
+        ids.extend([eos, ends.eot, ends.eom].into_iter().flatten());
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
 }

@@ -169,6 +169,42 @@ const EOT_TEXTS: &[&str] = &[
     "<end_of_utterance>",
 ];
 
+/// How generation ends for a vocabulary: the ids of the end-of-generation texts it has, and
+/// its eot/eom ids (from the metadata, else found by text, as llama.cpp does).
+pub(crate) struct EndIds {
+    pub by_text: Vec<u32>,
+    pub eot: Option<u32>,
+    pub eom: Option<u32>,
+}
+
+/// Every text this module looks up by name, so a cheap scan can find them all at once.
+pub(crate) fn end_texts() -> impl Iterator<Item = &'static str> {
+    EOG_TEXTS
+        .iter()
+        .chain(EOG_FIM_TEXTS)
+        .chain(EOT_TEXTS)
+        .copied()
+        .chain(["<|eom_id|>"])
+}
+
+/// llama.cpp's end-of-generation rules over a text → id lookup (later duplicates win).
+pub(crate) fn end_ids(
+    lookup: &dyn Fn(&str) -> Option<u32>,
+    eot: Option<u32>,
+    eom: Option<u32>,
+) -> EndIds {
+    let lowest_with = |texts: &[&str]| texts.iter().filter_map(|t| lookup(t)).min();
+    EndIds {
+        by_text: EOG_TEXTS
+            .iter()
+            .chain(EOG_FIM_TEXTS)
+            .filter_map(|t| lookup(t))
+            .collect(),
+        eot: eot.or_else(|| lowest_with(EOT_TEXTS)),
+        eom: eom.or_else(|| lowest_with(&["<|eom_id|>"])),
+    }
+}
+
 impl Tokenizer {
     /// Builds a tokenizer from its parts, validating every id and array length.
     pub fn from_spec(spec: VocabSpec) -> Result<Self, TokenizerError> {
@@ -243,24 +279,12 @@ impl Tokenizer {
         let unk = check_id("tokenizer.ggml.unknown_token_id", special.unk, unk_default)?;
         let mut eot = check_id("tokenizer.ggml.eot_token_id", special.eot, None)?;
         let mut eom = check_id("tokenizer.ggml.eom_token_id", special.eom, None)?;
-        let lowest_with = |texts: &[&str]| {
-            texts
-                .iter()
-                .filter_map(|t| token_to_id.get(*t).copied())
-                .min()
-        };
-        eot = eot.or_else(|| lowest_with(EOT_TEXTS));
-        eom = eom.or_else(|| lowest_with(&["<|eom_id|>"]));
-
+        let ends = end_ids(&|t| token_to_id.get(t).copied(), eot, eom);
+        (eot, eom) = (ends.eot, ends.eom);
         let mut eog = vec![false; n];
-        let mut mark = |id: u32, attrs: &mut Vec<u8>| {
+        for &id in &ends.by_text {
             eog[id as usize] = true;
             attrs[id as usize] |= attr::CONTROL;
-        };
-        for &text in EOG_TEXTS.iter().chain(EOG_FIM_TEXTS) {
-            if let Some(&id) = token_to_id.get(text) {
-                mark(id, &mut attrs);
-            }
         }
         for id in [eos, eot, eom].into_iter().flatten() {
             eog[id as usize] = true;
