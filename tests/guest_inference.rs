@@ -88,7 +88,8 @@ fn guest_equals_host(model_file: &str) {
     let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
     let pool = ThreadPool::new(2).unwrap();
     let mut vm = boot(&images, file.len().div_ceil(1 << 20) + 160);
-    vm.load_model(7, &file, &mut |_| {}).expect("model loads");
+    vm.load_model(7, &file, None, &mut |_| {})
+        .expect("model loads");
     for (i, text) in PROMPTS.iter().enumerate() {
         let ids = tokenizer.encode(text, true, true);
         let mut host = Vec::new();
@@ -156,32 +157,35 @@ fn bad_model_files_are_refused_and_the_guest_keeps_serving() {
     };
     let good = std::fs::read(&path).unwrap();
     let mut vm = boot(&images, 64);
-    let refused = |r: Result<(), GuestError>| match r {
+    let refused = |r: Result<[u8; 32], GuestError>| match r {
         Err(GuestError::Refused { status, .. }) => status,
         other => panic!("expected a refusal, got {other:?}"),
     };
     // Not GGUF at all.
     assert_eq!(
-        refused(vm.load_model(1, &[0x42; 4096], &mut |_| {})),
+        refused(vm.load_model(1, &[0x42; 4096], None, &mut |_| {})),
         Status::BadModel
     );
     // A GGUF cut short.
     assert_eq!(
-        refused(vm.load_model(2, &good[..good.len() / 2], &mut |_| {})),
+        refused(vm.load_model(2, &good[..good.len() / 2], None, &mut |_| {})),
         Status::BadModel
     );
     // One flipped byte in the tensor table.
     let mut flipped = good.clone();
     flipped[200] ^= 0xff;
-    assert_ne!(refused(vm.load_model(3, &flipped, &mut |_| {})), Status::Ok);
+    assert_ne!(
+        refused(vm.load_model(3, &flipped, None, &mut |_| {})),
+        Status::Ok
+    );
     // Bigger than the guest's private memory: refused before a byte is copied.
     let huge = vec![0u8; 80 << 20];
     assert_eq!(
-        refused(vm.load_model(4, &huge, &mut |_| {})),
+        refused(vm.load_model(4, &huge, None, &mut |_| {})),
         Status::OutOfMemory
     );
     // The guest is unharmed and loads the real model afterwards.
-    vm.load_model(5, &good, &mut |_| {})
+    vm.load_model(5, &good, None, &mut |_| {})
         .expect("good model loads");
     assert_eq!(vm.stats().expect("stats").models_loaded, 1);
     vm.shutdown().expect("clean shutdown");
@@ -195,7 +199,8 @@ fn a_guest_crash_mid_generation_is_an_error_naming_it() {
     };
     let file = std::fs::read(&path).unwrap();
     let mut vm = boot(&images, 64);
-    vm.load_model(1, &file, &mut |_| {}).expect("model loads");
+    vm.load_model(1, &file, None, &mut |_| {})
+        .expect("model loads");
     vm.open_session(1, 1, CTX).expect("session");
     let mem = vm.memory_for_tests();
     let mut req = greedy(1, vec![1, 2, 3, 4]);

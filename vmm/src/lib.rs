@@ -2,6 +2,7 @@
 //! `flexserve` binary is built from.
 
 pub mod devices;
+pub mod digest_cache;
 pub mod elf_loader;
 pub mod guest_images;
 pub mod hypervisor;

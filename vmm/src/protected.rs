@@ -159,7 +159,11 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
             start: booted,
             shown: false,
         };
-        vm.load_model(1, file.as_slice(), &mut |done| progress.update(done))?;
+        let known = vmm::digest_cache::lookup(&args.model);
+        let sha256 = vm.load_model(1, file.as_slice(), known, &mut |done| progress.update(done))?;
+        if known.is_none() {
+            vmm::digest_cache::remember(&args.model, &sha256);
+        }
         progress.finish();
         vm.open_session(1, 1, ctx as u32)?;
         let loaded = Instant::now();

@@ -157,18 +157,22 @@ impl ProtectedVm {
     }
 
     /// Streams `file` into the guest as model `model_id`; `progress(bytes_sent)` after each
-    /// chunk is acknowledged.
+    /// chunk is acknowledged. `known_sha256` spares hashing the file here (the guest hashes
+    /// what it receives regardless). Returns the file's SHA-256.
     pub fn load_model(
         &mut self,
         model_id: u32,
         file: &[u8],
+        known_sha256: Option<[u8; 32]>,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<(), GuestError> {
+    ) -> Result<[u8; 32], GuestError> {
         use virtio_llm::wire::control::msg_type::{LOAD_MODEL_BEGIN, LOAD_MODEL_END};
         // Hash on another thread while the guest reserves memory and the file streams (the
         // guest hashes its own copy as it arrives).
         std::thread::scope(|s| {
-            let hasher = s.spawn(|| -> [u8; 32] { Sha256::digest(file).into() });
+            let hasher = s.spawn(move || -> [u8; 32] {
+                known_sha256.unwrap_or_else(|| Sha256::digest(file).into())
+            });
             let streamed = self
                 .command(&ControlCommand::LoadModelBegin(LoadModelBegin {
                     model_id,
@@ -185,7 +189,7 @@ impl ProtectedVm {
                 sha256,
             }))?;
             self.ack("accept the model", LOAD_MODEL_END)?;
-            Ok(())
+            Ok(sha256)
         })
     }
 
