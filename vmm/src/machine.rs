@@ -6,7 +6,8 @@ use crate::devices::virtio_mmio::{MmioTransport, reg};
 use crate::devices::{Console, Control, FaultPage, FaultReport, MmioBus, Timer};
 use crate::hypervisor::x86_64_boot::{self, BOOT_TABLES_END, MAX_MAPPED_GIB};
 use crate::hypervisor::{
-    Hypervisor, HypervisorError, KvmHypervisor, RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm,
+    Hypervisor, HypervisorError, KvmHypervisor, PrivateMemory, RegisterSnapshot, Ring, Vcpu,
+    VcpuInit, Vm,
 };
 use crate::vcpu_exit::{ExitAction, Stop, handle_exit};
 use guest_kernel::abi;
@@ -37,9 +38,9 @@ pub mod layout {
     /// Shared window: virtqueues and bounce buffers, the only memory both sides touch.
     pub const SHARED_BASE: u64 = 0x4000_0000;
     pub const SHARED_SIZE: u64 = 32 << 20;
-    /// The private region: model weights, KV caches, engine scratch. Until guest_memfd backs
-    /// it (the memory issue) it is ordinary anonymous memory in its own slot, which the
-    /// device cannot reach and the VMM never reads; the host kernel still could.
+    /// The private region: model weights, KV caches, engine scratch. A guest_memfd: the guest
+    /// uses it as RAM, the host cannot read it (a host access faults), the device cannot
+    /// reach it.
     pub const PRIVATE_BASE: u64 = 0x1_0000_0000;
 }
 
@@ -123,6 +124,8 @@ pub enum VmError {
 pub struct Machine {
     // Field order matters: the VM (and its memory slots) goes before the memory it maps.
     vm: Box<dyn Vm>,
+    /// Guest-private memory (guest_memfd), after `vm` so its slot goes first.
+    private: Option<Arc<PrivateMemory>>,
     mem: GuestMemoryMmap,
     bus: Arc<MmioBus>,
     console: Arc<Console>,
@@ -166,12 +169,12 @@ impl Machine {
                 reason: e.to_string(),
             })
         };
-        let mut regions = vec![boot, shared.clone()];
-        if config.private_size > 0 {
-            let private = region(layout::PRIVATE_BASE, config.private_size)?;
-            advise_huge_pages(&private);
-            regions.push(private);
-        }
+        let regions = vec![boot, shared.clone()];
+        // The private region is not in `mem`: the VMM has no way to address it.
+        let private = match config.private_size {
+            0 => None,
+            size => Some(Arc::new(vm.create_private_memory(layout::PRIVATE_BASE, size)?)),
+        };
         let mem = collection(regions)?;
         // The device's view: the shared window and nothing else.
         let shared_only = collection(vec![shared])?;
@@ -236,6 +239,7 @@ impl Machine {
             })?;
         let mut machine = Self {
             vm,
+            private,
             mem,
             bus: Arc::new(bus),
             console,
@@ -292,6 +296,12 @@ impl Machine {
     #[cfg(feature = "test-hooks")]
     pub fn memory_for_tests(&self) -> GuestMemoryMmap {
         self.mem.clone()
+    }
+
+    /// The guest-private region, if the machine has one (to release pages, and for tests
+    /// that show the host cannot read it).
+    pub fn private_memory(&self) -> Option<Arc<PrivateMemory>> {
+        self.private.clone()
     }
 
     /// The host's handle on the virtio-llm device (usable from other threads while the
@@ -420,16 +430,6 @@ impl Machine {
             (Some((vcpu, (stop, regs))), _) => outcome(vcpu, stop, regs),
         }
     }
-}
-
-/// Asks the host kernel to back `region` with 2 MiB pages: the guest maps it with 2 MiB
-/// pages too, so a first touch costs one fault per 2 MiB instead of 512 (first touches are
-/// what a model load and a KV cache pay for). Best effort: without THP it stays 4 KiB.
-fn advise_huge_pages(region: &GuestRegionMmap) {
-    let (ptr, len) = (region.as_ptr(), region.len() as usize);
-    // SAFETY: [ptr, ptr + len) is the region's own live anonymous mapping; MADV_HUGEPAGE
-    // only changes how the kernel backs it, never its contents or validity.
-    unsafe { libc::madvise(ptr.cast(), len, libc::MADV_HUGEPAGE) };
 }
 
 /// How often the run loop checks for a host stop request.

@@ -190,6 +190,39 @@ impl Vm for KvmVm {
         Ok(Box::new(self.create_kvm_vcpu(id, init)?))
     }
 
+    fn create_private_memory(
+        &mut self,
+        guest_addr: u64,
+        len: usize,
+    ) -> Result<super::PrivateMemory, HypervisorError> {
+        let gmem = kvm_bindings::kvm_create_guest_memfd {
+            size: len as u64,
+            flags: super::private_memory::GUEST_MEMFD_FLAG_MMAP,
+            ..Default::default()
+        };
+        let fd = self
+            .fd
+            .create_guest_memfd(gmem)
+            .map_err(HypervisorError::ioctl("KVM_CREATE_GUEST_MEMFD"))?;
+        let mem = super::PrivateMemory::new(fd, len, guest_addr)?;
+        let region = kvm_bindings::kvm_userspace_memory_region2 {
+            slot: self.next_slot,
+            flags: kvm_bindings::KVM_MEM_GUEST_MEMFD,
+            guest_phys_addr: guest_addr,
+            memory_size: len as u64,
+            userspace_addr: mem.host_addr(),
+            guest_memfd_offset: 0,
+            guest_memfd: mem.raw_fd(),
+            ..Default::default()
+        };
+        // SAFETY: the slot points at `mem`'s mapping and guest_memfd, which the returned
+        // `PrivateMemory` keeps alive; the caller keeps it as long as the VM.
+        unsafe { self.fd.set_user_memory_region2(region) }
+            .map_err(HypervisorError::ioctl("KVM_SET_USER_MEMORY_REGION2"))?;
+        self.next_slot += 1;
+        Ok(mem)
+    }
+
     fn register_mmio_notify(
         &self,
         addr: u64,

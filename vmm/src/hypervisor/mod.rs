@@ -3,9 +3,11 @@
 //! in beside `kvm_x86_64` without touching them.
 
 mod kvm_x86_64;
+mod private_memory;
 pub mod x86_64_boot;
 
 pub use kvm_x86_64::{KvmHypervisor, KvmVcpu, KvmVm};
+pub use private_memory::PrivateMemory;
 
 /// Why the hypervisor could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,9 @@ pub enum HypervisorError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// The guest-private memory could not be set up or released.
+    #[error("guest-private memory: {0}")]
+    PrivateMemory(String),
 }
 
 impl HypervisorError {
@@ -109,6 +114,14 @@ pub trait Vm: Send {
 
     /// Creates vCPU `id` in the state `init` describes.
     fn create_vcpu(&self, id: u8, init: &VcpuInit) -> Result<Box<dyn Vcpu>, HypervisorError>;
+
+    /// Backs guest-physical `[guest_addr, guest_addr + len)` with guest-private memory the
+    /// host cannot read (guest_memfd). The returned handle must outlive the VM.
+    fn create_private_memory(
+        &mut self,
+        guest_addr: u64,
+        len: usize,
+    ) -> Result<PrivateMemory, HypervisorError>;
 
     /// Makes a guest write of the 32-bit `value` to MMIO address `addr` signal `fd` inside
     /// the hypervisor (ioeventfd) instead of exiting to the vCPU thread.
