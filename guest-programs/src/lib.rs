@@ -11,6 +11,23 @@ use guest_kernel::abi::syscall;
 mod mem;
 
 pub mod extents;
+
+/// The layout the `canary` program and the host test share.
+pub mod canary {
+    /// Bytes of each canary.
+    pub const CANARY_BYTES: usize = 64;
+    /// Where in the shared window canary B goes (past the virtio-llm rings and buffers).
+    pub const SHARED_OFFSET: u64 = 30 << 20;
+    /// Where in the shared window the two FNV-1a hashes go (A's, then B's).
+    pub const HASHES_OFFSET: u64 = SHARED_OFFSET + 4096;
+
+    /// 64-bit FNV-1a: the host looks for blocks by hash so it never holds canary A itself.
+    pub fn fnv1a(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+}
 pub mod heap_alloc;
 
 /// Every guest program's heap (the driver and the engine allocate).
