@@ -173,7 +173,9 @@ impl Machine {
         // The private region is not in `mem`: the VMM has no way to address it.
         let private = match config.private_size {
             0 => None,
-            size => Some(Arc::new(vm.create_private_memory(layout::PRIVATE_BASE, size)?)),
+            size => Some(Arc::new(
+                vm.create_private_memory(layout::PRIVATE_BASE, size)?,
+            )),
         };
         let mem = collection(regions)?;
         // The device's view: the shared window and nothing else.
