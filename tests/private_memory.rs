@@ -108,3 +108,59 @@ fn the_host_cannot_read_private_memory_but_can_read_the_shared_window() {
     assert!(!found_a, "the private canary is readable by the host");
     assert!(direct.is_err(), "reading the private mapping succeeded");
 }
+
+#[test]
+fn released_private_pages_come_back_zeroed() {
+    use guest_programs::scrub::{MAILBOX_OFFSET, SCRUB_BYTES, state};
+    let Some((kernel, scrub)) = guest_images("scrub") else {
+        return;
+    };
+    let mut m = Machine::new(MachineConfig {
+        private_size: 64 << 20,
+        deadline: Duration::from_secs(60),
+        ..MachineConfig::default()
+    })
+    .expect("create VM");
+    let (shared, stop) = (m.memory_for_tests(), m.stop_handle());
+    let private = m.private_memory().expect("a private region");
+    let mailbox = GuestAddress(SHARED_WINDOW_BASE + MAILBOX_OFFSET);
+    let wait_for = |want: &[u64]| {
+        let start = Instant::now();
+        loop {
+            let s: u64 = shared.read_obj(mailbox).expect("read mailbox");
+            if want.contains(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "guest stuck in state {s}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let (vm, result) = std::thread::scope(|s| {
+        let guest = s.spawn(|| m.boot(&kernel, &scrub, 1));
+        wait_for(&[state::FILLED]);
+        private
+            .release(private.guest_addr(), SCRUB_BYTES)
+            .expect("release the filled pages");
+        shared
+            .write_obj(state::RELEASED, mailbox)
+            .expect("write mailbox");
+        let result = wait_for(&[state::ALL_ZERO, state::NOT_ZERO]);
+        stop.stop();
+        (guest.join().expect("VM thread"), result)
+    });
+    assert!(matches!(vm, Err(VmError::StoppedByHost)), "{vm:?}");
+    assert_eq!(
+        result,
+        state::ALL_ZERO,
+        "released pages kept their contents"
+    );
+    // Releasing outside the region is refused.
+    assert!(
+        private
+            .release(private.guest_addr() + (64 << 20), 4096)
+            .is_err()
+    );
+}

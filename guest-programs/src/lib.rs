@@ -12,6 +12,22 @@ mod mem;
 
 pub mod extents;
 
+/// The protocol the `scrub` program and the host's reclaim test share.
+pub mod scrub {
+    /// Bytes of the private region the program fills, the host releases and the program
+    /// reads back.
+    pub const SCRUB_BYTES: u64 = 8 << 20;
+    /// Where in the shared window the u64 mailbox is.
+    pub const MAILBOX_OFFSET: u64 = 30 << 20;
+    /// Mailbox states, in order.
+    pub mod state {
+        pub const FILLED: u64 = 1;
+        pub const RELEASED: u64 = 2;
+        pub const ALL_ZERO: u64 = 3;
+        pub const NOT_ZERO: u64 = 4;
+    }
+}
+
 /// The layout the `canary` program and the host test share.
 pub mod canary {
     /// Bytes of each canary.
