@@ -25,7 +25,7 @@ PROMPT ?= Write a haiku about the sea.
 
 .PHONY: help setup setup-deps setup-bench models build image test test-fast lint test-neon run \
         fuzz-build fuzz-smoke \
-        bench bench-engine bench-boot bench-virtio clean
+        bench bench-engine bench-boot bench-virtio bench-memory clean
 
 help:
 	@echo "make run           set up if needed, then generate text from the default model"
@@ -39,6 +39,7 @@ help:
 	@echo "make bench-engine  engine vs llama.cpp, prefill/decode tokens/s (needs setup-bench)"
 	@echo "make bench-boot    guest boot time and guest-vs-host compute ratio under /dev/kvm"
 	@echo "make bench-virtio  virtio-llm echo round trip and throughput, guest vs in-process"
+	@echo "make bench-memory  donate (guest touch), reclaim and strawman for 1/4/8 GiB of private memory"
 
 # --- setup ------------------------------------------------------------------------------
 
@@ -159,6 +160,9 @@ bench: setup setup-bench image
 	$(BENCH_VENV)/bin/python tools/bench/bench_e2e.py --flexserve $(FLEXSERVE) \
 		--python $(BENCH_VENV)/bin/python \
 		$(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf
+
+bench-memory: image
+	$(CARGO) bench --quiet -p flexserve-e2e --bench memory
 
 bench-virtio: image
 	$(CARGO) bench --quiet -p flexserve-e2e --bench virtio

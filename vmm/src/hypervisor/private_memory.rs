@@ -85,6 +85,28 @@ impl PrivateMemory {
         self.host as u64..self.host as u64 + self.len as u64
     }
 
+    /// Allocates (zeroed) backing for the whole region up front: the "strawman" that
+    /// reserves everything at VM start, which `make bench-memory` compares with donation on
+    /// demand.
+    pub fn preallocate(&self) -> Result<(), HypervisorError> {
+        // SAFETY: fallocate only changes the file's backing; the range is the whole file.
+        let r = unsafe {
+            libc::fallocate(
+                self.fd.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                self.len as libc::off_t,
+            )
+        };
+        if r != 0 {
+            return Err(HypervisorError::PrivateMemory(format!(
+                "fallocate failed: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
     /// Frees `[guest_phys, guest_phys + len)` back to the host; the guest's next touch of
     /// those pages reads zeros.
     pub fn release(&self, guest_phys: u64, len: u64) -> Result<(), HypervisorError> {
