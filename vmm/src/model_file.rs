@@ -19,9 +19,21 @@ pub enum ModelFileError {
     NotGguf { path: PathBuf },
 }
 
-/// Reads the whole file into huge-page-backed memory; the engine borrows tensors from it.
-pub fn read_model(path: &Path) -> Result<HugePageBuffer, ModelFileError> {
-    let unreadable = |source: std::io::Error| match source.kind() {
+/// Reads the whole file into ordinary memory: for the protected guest, where the host only
+/// checks the file and streams it once. (Huge pages would only add compaction stalls on the
+/// first fault, which were the slowest part of a cold start.)
+pub fn read_model_plain(path: &Path) -> Result<Vec<u8>, ModelFileError> {
+    let bytes = std::fs::read(path).map_err(|source| unreadable(path, source))?;
+    if !bytes.starts_with(b"GGUF") {
+        return Err(ModelFileError::NotGguf {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(bytes)
+}
+
+fn unreadable(path: &Path, source: std::io::Error) -> ModelFileError {
+    match source.kind() {
         std::io::ErrorKind::NotFound => ModelFileError::Missing {
             path: path.to_path_buf(),
         },
@@ -29,7 +41,12 @@ pub fn read_model(path: &Path) -> Result<HugePageBuffer, ModelFileError> {
             path: path.to_path_buf(),
             source,
         },
-    };
+    }
+}
+
+/// Reads the whole file into huge-page-backed memory; the engine borrows tensors from it.
+pub fn read_model(path: &Path) -> Result<HugePageBuffer, ModelFileError> {
+    let unreadable = |source| unreadable(path, source);
     let mut file = std::fs::File::open(path).map_err(unreadable)?;
     let len = file.metadata().map_err(unreadable)?.len();
     let len = usize::try_from(len).map_err(|_| {

@@ -4,7 +4,7 @@
 //! weights and the KV cache live only in the guest's private region.
 
 use crate::cli::RunArgs;
-use crate::model_file::{ModelFileError, read_model};
+use crate::model_file::{ModelFileError, read_model_plain};
 use crate::text_stream::Utf8Stream;
 use crate::unprotected::{render_prompt, sampler_config};
 use inference_guest::gguf::{Gguf, GgufError};
@@ -118,7 +118,7 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
     }
     let start = Instant::now();
     // Check everything on the host first: errors carry the engine's own words.
-    let file = read_model(&args.model)?;
+    let file = read_model_plain(&args.model)?;
     let gguf = Gguf::parse(file.as_slice())?;
     let model = Model::from_gguf(&gguf, Kernels::detect())?;
     let cfg = sampler_config(&args.sampling);
