@@ -69,26 +69,28 @@ fn main() {
         let (touch, _, reclaim) = run(&kernel, &toucher, size, false);
         let (s_touch, s_reserve, _) = run(&kernel, &toucher, size, true);
         let strawman = s_reserve + s_touch;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let rate = |d| gib_per_s(size, d);
         println!(
             "{gib} GiB  {:>8.1} ms {:>6.2} GiB/s   {:>8.1} ms {:>6.2} GiB/s   {:>8.1} ms ({:.1} + {:.1}) {:>6.2} GiB/s",
-            touch.as_secs_f64() * 1e3,
-            gib_per_s(size, touch),
-            reclaim.as_secs_f64() * 1e3,
-            gib_per_s(size, reclaim),
-            strawman.as_secs_f64() * 1e3,
-            s_reserve.as_secs_f64() * 1e3,
-            s_touch.as_secs_f64() * 1e3,
-            gib_per_s(size, strawman),
+            ms(touch),
+            rate(touch),
+            ms(reclaim),
+            rate(reclaim),
+            ms(strawman),
+            ms(s_reserve),
+            ms(s_touch),
+            rate(strawman),
         );
         rows.push(format!(
             "{{\"gib\":{gib},\"donate_ms\":{:.1},\"donate_gib_s\":{:.3},\"reclaim_ms\":{:.1},\"reclaim_gib_s\":{:.3},\"strawman_ms\":{:.1},\"strawman_reserve_ms\":{:.1},\"strawman_gib_s\":{:.3}}}",
-            touch.as_secs_f64() * 1e3,
-            gib_per_s(size, touch),
-            reclaim.as_secs_f64() * 1e3,
-            gib_per_s(size, reclaim),
-            strawman.as_secs_f64() * 1e3,
-            s_reserve.as_secs_f64() * 1e3,
-            gib_per_s(size, strawman),
+            ms(touch),
+            rate(touch),
+            ms(reclaim),
+            rate(reclaim),
+            ms(strawman),
+            ms(s_reserve),
+            rate(strawman),
         ));
     }
     println!(

@@ -57,17 +57,22 @@ fn scan(hash_a: u64, hash_b: u64) -> (bool, bool, u64) {
     (found_a, found_b, scanned)
 }
 
+/// A machine with 64 MiB of private memory.
+fn machine() -> Machine {
+    Machine::new(MachineConfig {
+        private_size: 64 << 20,
+        deadline: Duration::from_secs(60),
+        ..MachineConfig::default()
+    })
+    .expect("create VM")
+}
+
 #[test]
 fn the_host_cannot_read_private_memory_but_can_read_the_shared_window() {
     let Some((kernel, canary)) = guest_images("canary") else {
         return;
     };
-    let mut m = Machine::new(MachineConfig {
-        private_size: 64 << 20,
-        deadline: Duration::from_secs(60),
-        ..MachineConfig::default()
-    })
-    .expect("create VM");
+    let mut m = machine();
     let (shared, stop) = (m.memory_for_tests(), m.stop_handle());
     let private = m.private_memory().expect("a private region");
     let (vm, (found_a, found_b, scanned, direct)) = std::thread::scope(|s| {
@@ -115,12 +120,7 @@ fn released_private_pages_come_back_zeroed() {
     let Some((kernel, scrub)) = guest_images("scrub") else {
         return;
     };
-    let mut m = Machine::new(MachineConfig {
-        private_size: 64 << 20,
-        deadline: Duration::from_secs(60),
-        ..MachineConfig::default()
-    })
-    .expect("create VM");
+    let mut m = machine();
     let (shared, stop) = (m.memory_for_tests(), m.stop_handle());
     let private = m.private_memory().expect("a private region");
     let mailbox = GuestAddress(SHARED_WINDOW_BASE + MAILBOX_OFFSET);

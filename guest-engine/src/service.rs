@@ -83,12 +83,6 @@ pub struct Service {
     out: Vec<u8>,
 }
 
-/// KV-cache bytes a session of `n_ctx` tokens needs (f32 K and V for every layer).
-fn kv_bytes(model: &Model<'_>, n_ctx: usize) -> u64 {
-    let c = &model.cfg;
-    2 * 4 * (c.n_layer * n_ctx.min(c.n_ctx_train) * c.n_head_kv * c.head_dim) as u64
-}
-
 fn model_status(e: &ModelError) -> Status {
     match e {
         ModelError::UnsupportedArchitecture(_) | ModelError::TensorType { .. } => {
@@ -290,7 +284,7 @@ impl Service {
         let Ok(model) = Model::from_gguf(&gguf, self.kernels) else {
             return Status::Internal;
         };
-        let needed = kv_bytes(&model, context_len as usize);
+        let needed = model.cfg.kv_cache_bytes(context_len as usize) as u64;
         if env.private_free().is_some_and(|free| needed > free) {
             return Status::OutOfMemory;
         }

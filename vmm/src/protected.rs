@@ -4,14 +4,13 @@
 //! weights and the KV cache live only in the guest's private region.
 
 use crate::cli::RunArgs;
-use crate::model_file::{ModelFileError, read_model_plain};
+use crate::model_file::read_model_plain;
 use crate::text_stream::Utf8Stream;
-use crate::unprotected::{render_prompt, sampler_config};
-use inference_guest::gguf::{Gguf, GgufError};
-use inference_guest::model::{Model, ModelError};
+use crate::unprotected::{RunError, render_prompt, sampler_config};
+use inference_guest::gguf::Gguf;
+use inference_guest::model::Model;
 use inference_guest::quant::Kernels;
-use inference_guest::sampler::SamplerError;
-use inference_guest::tokenizer::{Tokenizer, TokenizerError};
+use inference_guest::tokenizer::Tokenizer;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -23,16 +22,10 @@ use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
 /// A failed protected `run`.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtectedRunError {
+    /// What `run --unprotected` can fail with too (model file, GGUF, tokenizer, sampling,
+    /// output, empty prompt).
     #[error(transparent)]
-    ModelFile(#[from] ModelFileError),
-    #[error("invalid model file: {0}")]
-    Gguf(#[from] GgufError),
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error("cannot build the tokenizer: {0}")]
-    Tokenizer(#[from] TokenizerError),
-    #[error("bad sampling options: {0}")]
-    Sampling(#[from] SamplerError),
+    Engine(#[from] RunError),
     #[error("--memory {0:?} is not a size; write e.g. 2G, 1536M or 4294967296")]
     BadMemory(String),
     #[error(
@@ -44,10 +37,6 @@ pub enum ProtectedRunError {
     BadVcpus(usize),
     #[error(transparent)]
     Guest(#[from] GuestError),
-    #[error("cannot write the output: {0}")]
-    Output(std::io::Error),
-    #[error("the prompt is empty; give one as an argument or on stdin")]
-    EmptyPrompt,
     #[error("the tokenizer thread panicked")]
     Thread,
 }
@@ -111,20 +100,20 @@ impl Progress {
 /// Returns whether Ctrl-C cut the generation short.
 pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
     if prompt.trim().is_empty() {
-        return Err(ProtectedRunError::EmptyPrompt);
+        return Err(RunError::EmptyPrompt.into());
     }
     if !(1..=8).contains(&args.vcpus) {
         return Err(ProtectedRunError::BadVcpus(args.vcpus));
     }
     let start = Instant::now();
     // Check everything on the host first: errors carry the engine's own words.
-    let file = read_model_plain(&args.model)?;
-    let gguf = Gguf::parse(file.as_slice())?;
-    let model = Model::from_gguf(&gguf, Kernels::detect())?;
+    let file = read_model_plain(&args.model).map_err(RunError::from)?;
+    let gguf = Gguf::parse(file.as_slice()).map_err(RunError::from)?;
+    let model = Model::from_gguf(&gguf, Kernels::detect()).map_err(RunError::from)?;
     let cfg = sampler_config(&args.sampling);
-    cfg.validate()?;
+    cfg.validate().map_err(RunError::from)?;
     let ctx = args.ctx.clamp(1, model.cfg.n_ctx_train);
-    let kv = 8 * (model.cfg.n_layer * ctx * model.cfg.n_head_kv * model.cfg.head_dim) as u64;
+    let kv = model.cfg.kv_cache_bytes(ctx) as u64;
     let model_bytes = file.as_slice().len() as u64;
     let needed = (model_bytes + kv + HEADROOM).next_multiple_of(2 * MIB);
     let private = match &args.memory {
@@ -167,7 +156,10 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
         progress.finish();
         vm.open_session(1, 1, ctx as u32)?;
         let loaded = Instant::now();
-        let tokenizer = tokenizer.join().map_err(|_| ProtectedRunError::Thread)??;
+        let tokenizer = tokenizer
+            .join()
+            .map_err(|_| ProtectedRunError::Thread)?
+            .map_err(RunError::from)?;
         Ok::<_, ProtectedRunError>((tokenizer, vm, booted, loaded))
     })?;
     let (text, chat) = render_prompt(&gguf, prompt, args.raw);
@@ -215,9 +207,9 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
         &|| INTERRUPTED.load(Ordering::SeqCst),
     )?;
     let tail = stream.finish();
-    writeln!(out, "{tail}").map_err(ProtectedRunError::Output)?;
+    writeln!(out, "{tail}").map_err(RunError::Output)?;
     if let Some(e) = write_err {
-        return Err(ProtectedRunError::Output(e));
+        return Err(RunError::Output(e).into());
     }
     let stats = vm.stats()?;
     vm.shutdown()?;

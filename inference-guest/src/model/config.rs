@@ -109,6 +109,12 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// Bytes of the KV cache a session of `n_ctx` tokens holds (capped at the training
+    /// context, as `Model::new_session` caps it): f32 K and V for every layer.
+    pub fn kv_cache_bytes(&self, n_ctx: usize) -> usize {
+        2 * 4 * self.n_layer * n_ctx.clamp(1, self.n_ctx_train) * self.n_head_kv * self.head_dim
+    }
+
     fn check(&self) -> Result<(), ModelError> {
         let bad = |what: &str| Err(ModelError::BadHyperParameters(what.to_string()));
         if !self.n_head.is_multiple_of(self.n_head_kv) {

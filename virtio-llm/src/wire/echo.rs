@@ -17,71 +17,52 @@ pub mod msg_type {
     pub const ECHO_REPLY: u16 = 0x0404;
 }
 
-/// Bytes for the driver to send back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EchoRequest {
-    /// Chosen by the device; the reply carries it back.
-    pub request_id: u64,
-    /// 1..=`MAX_ECHO_BYTES` bytes.
-    pub data: Vec<u8>,
+/// Both echo messages: an id and 1..=`MAX_ECHO_BYTES` bytes; only the type differs.
+macro_rules! echo_message {
+    ($(#[$doc:meta])* $name:ident, $ty:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name {
+            /// Chosen by the device; the reply carries it back.
+            pub request_id: u64,
+            /// 1..=`MAX_ECHO_BYTES` bytes.
+            pub data: Vec<u8>,
+        }
+
+        impl Message<'_> for $name {
+            const TYPE: u16 = $ty;
+            fn encode_body(&self, w: &mut Writer<'_>) {
+                w.u64(self.request_id);
+                w.u32(len_u32(self.data.len()));
+                w.u32(0);
+                w.bytes(&self.data);
+            }
+            fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
+                let request_id = r.u64()?;
+                let len = r.u32()? as usize;
+                r.reserved(4, "echo reserved")?;
+                check_len("echo data", len, MAX_ECHO_BYTES)?;
+                let data = r.bytes(len)?.to_vec();
+                Ok(Self { request_id, data })
+            }
+            fn validate(&self) -> Result<(), WireError> {
+                check_len("echo data", self.data.len(), MAX_ECHO_BYTES)?;
+                crate::wire::ensure(!self.data.is_empty(), "echo data length", 0)
+            }
+        }
+    };
 }
 
-/// The driver's answer to an [`EchoRequest`]: the same id and bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EchoReply {
-    /// The request answered.
-    pub request_id: u64,
-    /// The request's bytes, unchanged.
-    pub data: Vec<u8>,
-}
-
-fn encode_echo(w: &mut Writer<'_>, request_id: u64, data: &[u8]) {
-    w.u64(request_id);
-    w.u32(len_u32(data.len()));
-    w.u32(0);
-    w.bytes(data);
-}
-
-fn decode_echo(r: &mut Reader<'_>) -> Result<(u64, Vec<u8>), WireError> {
-    let request_id = r.u64()?;
-    let len = r.u32()? as usize;
-    r.reserved(4, "echo reserved")?;
-    check_len("echo data", len, MAX_ECHO_BYTES)?;
-    Ok((request_id, r.bytes(len)?.to_vec()))
-}
-
-fn validate_echo(data: &[u8]) -> Result<(), WireError> {
-    check_len("echo data", data.len(), MAX_ECHO_BYTES)?;
-    crate::wire::ensure(!data.is_empty(), "echo data length", 0)
-}
-
-impl Message<'_> for EchoRequest {
-    const TYPE: u16 = msg_type::ECHO_REQUEST;
-    fn encode_body(&self, w: &mut Writer<'_>) {
-        encode_echo(w, self.request_id, &self.data);
-    }
-    fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        let (request_id, data) = decode_echo(r)?;
-        Ok(Self { request_id, data })
-    }
-    fn validate(&self) -> Result<(), WireError> {
-        validate_echo(&self.data)
-    }
-}
-
-impl Message<'_> for EchoReply {
-    const TYPE: u16 = msg_type::ECHO_REPLY;
-    fn encode_body(&self, w: &mut Writer<'_>) {
-        encode_echo(w, self.request_id, &self.data);
-    }
-    fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        let (request_id, data) = decode_echo(r)?;
-        Ok(Self { request_id, data })
-    }
-    fn validate(&self) -> Result<(), WireError> {
-        validate_echo(&self.data)
-    }
-}
+echo_message!(
+    /// Bytes for the driver to send back.
+    EchoRequest,
+    msg_type::ECHO_REQUEST
+);
+echo_message!(
+    /// The driver's answer to an [`EchoRequest`]: the same id and bytes.
+    EchoReply,
+    msg_type::ECHO_REPLY
+);
 
 #[cfg(test)]
 mod tests {
