@@ -3,7 +3,7 @@
 //! their errors and the guest keeps serving; a guest that crashes mid-generation ends the
 //! request with an error naming the crash.
 
-use flexserve_e2e::{kvm_required, target_dir};
+use flexserve_e2e::{model_path, protected_images as images};
 use inference_guest::generate::{GenerateRequest as HostRequest, generate};
 use inference_guest::gguf::Gguf;
 use inference_guest::model::Model;
@@ -11,7 +11,6 @@ use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::Kernels;
 use inference_guest::sampler::{Sampler, SamplerConfig};
 use inference_guest::tokenizer::Tokenizer;
-use std::path::PathBuf;
 use virtio_llm::Status;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::StopReason;
@@ -27,42 +26,13 @@ const PROMPTS: [&str; 3] = [
 const TOKENS: u32 = 64;
 const CTX: u32 = 512;
 
-fn model_path(name: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../models")
-        .join(name);
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("FLEXSERVE_REQUIRE_MODELS").as_deref() != Ok("1"),
-        "{} missing; run `make setup`",
-        p.display()
-    );
-    eprintln!("SKIPPED: {} missing; run `make setup`", p.display());
-    None
-}
-
-fn images() -> Option<GuestImages> {
-    let dir = target_dir().join("../images/out");
-    let ok = std::path::Path::new("/dev/kvm").exists() && dir.join("manifest.json").exists();
-    if !ok {
-        assert!(
-            !kvm_required(),
-            "/dev/kvm or the guest images are missing (run `make image`)"
-        );
-        eprintln!("SKIPPED: /dev/kvm or guest images missing; run `make image`");
-        return None;
-    }
-    Some(GuestImages::load(&dir).expect("images match their manifest"))
-}
-
 fn boot(images: &GuestImages, private_mib: usize) -> ProtectedVm {
     ProtectedVm::start(
         images,
         GuestConfig {
             vcpus: 2,
             private_bytes: private_mib << 20,
+            diagnostics: false,
         },
     )
     .expect("guest boots")

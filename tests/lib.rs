@@ -39,6 +39,40 @@ pub fn guest_images(program: &str) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((std::fs::read(kernel).ok()?, std::fs::read(user).ok()?))
 }
 
+/// `models/<name>`; `None` (after saying why) when `make setup` has not made it, which
+/// fails instead under `FLEXSERVE_REQUIRE_MODELS=1`.
+pub fn model_path(name: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(name);
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("FLEXSERVE_REQUIRE_MODELS").as_deref() != Ok("1"),
+        "{} missing; run `make setup`",
+        p.display()
+    );
+    eprintln!("SKIPPED: {} missing; run `make setup`", p.display());
+    None
+}
+
+/// The protected guest's images (`make image`), checked against their manifest; `None`
+/// (after saying why) when guests cannot run here.
+pub fn protected_images() -> Option<vmm::guest_images::GuestImages> {
+    let dir = target_dir().join("../images/out");
+    let ok = std::path::Path::new("/dev/kvm").exists() && dir.join("manifest.json").exists();
+    if !ok {
+        assert!(
+            !kvm_required(),
+            "/dev/kvm or the guest images are missing (run `make image`)"
+        );
+        eprintln!("SKIPPED: /dev/kvm or guest images missing; run `make image`");
+        return None;
+    }
+    Some(vmm::guest_images::GuestImages::load(&dir).expect("images match their manifest"))
+}
+
 /// What a guest run with a host-side conversation produced.
 pub struct Conversation<R> {
     /// How the VM ended: `Err(VmError::StoppedByHost)` when the host finished first.

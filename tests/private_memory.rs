@@ -1,28 +1,47 @@
-//! The host cannot read guest-private memory (under KVM). The `canary` guest program puts a
-//! random 64-byte canary A into pages of the private region (guest_memfd) and a canary B
-//! into the shared window, and publishes only their hashes. This process (the VMM) then
-//! reads every readable mapping it has through `/proc/self/mem` and looks for a 64-byte
-//! block with either hash: B must be found (the scan sees guest memory the host may read),
-//! A must not; and a direct read of the private region's host mapping must fail.
+//! Flexible protected memory under KVM: the host cannot read guest-private memory, memory
+//! the guest gives back is scrubbed, budgets shrink the guest's share, and a guest that
+//! ignores a shrink loses its memory by force.
+//!
+//! "Cannot read": a random 64-byte canary goes into pages of the private region
+//! (guest_memfd) and the host learns only its hash. This process (the VMM) then reads every
+//! readable mapping it has through `/proc/self/mem` and looks for a 64-byte block with that
+//! hash. It must not find it; it must find the same canary once the guest copies it to the
+//! shared window (so the scan sees guest memory the host may read); and a direct read of
+//! the private region's host mapping must fail. Both the bare `canary` program and the
+//! engine (with a model loaded, through a test-only memory probe) are checked.
 
-use flexserve_e2e::guest_images;
+use flexserve_e2e::{guest_images, model_path, protected_images};
 use guest_programs::canary::{CANARY_BYTES, HASHES_OFFSET, fnv1a};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
+use virtio_llm::Status;
 use virtio_llm::spec::layout::SHARED_WINDOW_BASE;
-use vm_memory::{Bytes, GuestAddress};
+use virtio_llm::spec::{MEMORY_GRANULE, MIN_MEMORY_BUDGET};
+use virtio_llm::wire::probe::ProbeOp;
+use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm::machine::{Machine, MachineConfig, VmError};
+use vmm::memory_broker::{MemoryBroker, MemoryError};
+use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
 
 /// Which of the two hashes a scan of this process's readable memory found, and how many
 /// bytes it read.
 fn scan(hash_a: u64, hash_b: u64) -> (bool, bool, u64) {
+    let (found, scanned) = scan_for(&[hash_a, hash_b]);
+    (!found[0].is_empty(), !found[1].is_empty(), scanned)
+}
+
+/// Where (host addresses) a scan of this process's readable memory found a 64-byte block
+/// with each of `hashes`, and how many bytes it read.
+fn scan_for(hashes: &[u64]) -> (Vec<Vec<u64>>, u64) {
     let mut maps = String::new();
     std::fs::File::open("/proc/self/maps")
         .and_then(|mut f| f.read_to_string(&mut maps))
         .expect("read /proc/self/maps");
     let mem = std::fs::File::open("/proc/self/mem").expect("open /proc/self/mem");
-    let (mut found_a, mut found_b, mut scanned) = (false, false, 0u64);
+    let mut found = vec![Vec::new(); hashes.len()];
+    let mut scanned = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
@@ -45,16 +64,19 @@ fn scan(hash_a: u64, hash_b: u64) -> (bool, bool, u64) {
             // Pages that cannot be read (the private region among them) are skipped.
             if mem.read_exact_at(&mut buf[..n], at).is_ok() {
                 scanned += n as u64;
-                for block in buf[..n].chunks_exact(CANARY_BYTES) {
+                for (i, block) in buf[..n].chunks_exact(CANARY_BYTES).enumerate() {
                     let h = fnv1a(block);
-                    found_a |= h == hash_a;
-                    found_b |= h == hash_b;
+                    for (want, hits) in hashes.iter().zip(found.iter_mut()) {
+                        if h == *want {
+                            hits.push(at + (i * CANARY_BYTES) as u64);
+                        }
+                    }
                 }
             }
             at += n as u64;
         }
     }
-    (found_a, found_b, scanned)
+    (found, scanned)
 }
 
 /// A machine with 64 MiB of private memory.
@@ -163,4 +185,212 @@ fn released_private_pages_come_back_zeroed() {
             .release(private.guest_addr() + (64 << 20), 4096)
             .is_err()
     );
+}
+
+/// A guest with the engine and memory probes, and the tiny model loaded as model 1.
+fn engine_with_model(private_mib: usize) -> Option<(ProtectedVm, Vec<u8>)> {
+    let (images, path) = (protected_images()?, model_path("tiny.Q8_0.gguf")?);
+    let file = std::fs::read(path).expect("read the tiny model");
+    let mut vm = ProtectedVm::start(
+        &images,
+        GuestConfig {
+            vcpus: 2,
+            private_bytes: private_mib << 20,
+            diagnostics: true,
+        },
+    )
+    .expect("guest boots");
+    vm.load_model(1, &file, None, &mut |_| {})
+        .expect("model loads");
+    Some((vm, file))
+}
+
+#[test]
+fn the_host_cannot_read_a_canary_the_engine_holds_beside_a_model() {
+    let Some((mut vm, _)) = engine_with_model(128) else {
+        return;
+    };
+    let placed = vm.probe(ProbeOp::PlaceCanary).expect("place a canary");
+    let (found, scanned) = scan_for(&[placed.private_hash]);
+    assert!(scanned > 128 << 20, "the scan read only {scanned} bytes");
+    assert!(
+        found[0].is_empty(),
+        "the private canary is readable by the host at {:x?}",
+        found[0]
+    );
+    let exposed = vm.probe(ProbeOp::ExposeCanary).expect("expose the canary");
+    assert_eq!(exposed.private_hash, placed.private_hash);
+    let window = vm.memory_for_tests();
+    let host_addr = window
+        .get_host_address(GuestAddress(exposed.exposed_addr))
+        .expect("the exposed canary lies in guest memory") as u64;
+    let (found, _) = scan_for(&[placed.private_hash]);
+    assert!(
+        found[0].contains(&host_addr),
+        "the scan missed the canary in the shared window at {host_addr:#x} (found {:x?}): it \
+         is broken",
+        found[0]
+    );
+    vm.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn memory_the_engine_relinquishes_comes_back_zeroed() {
+    let Some((mut vm, _)) = engine_with_model(128) else {
+        return;
+    };
+    vm.probe(ProbeOp::PlaceCanary).expect("place a canary");
+    vm.probe(ProbeOp::DropCanary).expect("drop it");
+    // Freed but not relinquished: the guest still backs it, with the canary in it.
+    let kept = vm.probe(ProbeOp::CheckCanaryBlock).expect("check");
+    assert!(kept.nonzero_bytes > 0, "the canary block was cleared early");
+    // A budget of exactly what is in use: every free page must be given back.
+    let in_use = vm.stats().expect("stats").memory_used_bytes;
+    let budget = in_use.next_multiple_of(MEMORY_GRANULE);
+    vm.set_budget(budget, Duration::from_secs(1))
+        .expect("the guest shrinks in time");
+    let m = vm.memory().expect("memory status");
+    assert!(m.resident_bytes <= budget, "{m:?}");
+    assert!(m.broker.released_bytes >= MEMORY_GRANULE, "{m:?}");
+    vm.set_budget(m.max_bytes, Duration::from_secs(1))
+        .expect("raise the budget again");
+    let after = vm.probe(ProbeOp::CheckCanaryBlock).expect("check again");
+    assert_eq!(
+        after.block_addr, kept.block_addr,
+        "the same guest-physical pages"
+    );
+    assert_eq!(
+        after.nonzero_bytes, 0,
+        "relinquished pages kept their contents"
+    );
+    vm.shutdown().expect("clean shutdown");
+}
+
+fn greedy(request_id: u64, session_id: u32, prompt: &[u32]) -> GenerateRequest {
+    GenerateRequest {
+        request_id,
+        session_id,
+        sampling: SamplingParams::greedy(12),
+        prompt: Prompt::Tokens(prompt.to_vec()),
+    }
+}
+
+fn run(vm: &mut ProtectedVm, req: &GenerateRequest) -> Result<Vec<u32>, GuestError> {
+    let mut out = Vec::new();
+    vm.generate(req, &mut |t| out.extend_from_slice(t), &|| false)?;
+    Ok(out)
+}
+
+#[test]
+fn a_lower_budget_evicts_idle_kv_caches_and_generation_continues() {
+    let Some((mut vm, file)) = engine_with_model(256) else {
+        return;
+    };
+    let (turn1, turn2) = ([1u32, 400, 401, 402, 403], [404u32, 405, 406]);
+    // What the model (and the engine's message buffers) need, without any session.
+    let model_only = vm.stats().expect("stats").memory_used_bytes;
+    // Session 1 runs two turns with its cache evicted in between; session 2 runs the same
+    // two turns undisturbed.
+    vm.open_session(1, 1, 256).expect("open session 1");
+    let first = run(&mut vm, &greedy(1, 1, &turn1)).expect("turn 1");
+    let before = vm.memory().expect("memory status");
+    // Room for the model and nothing else: every KV cache and scratch buffer goes.
+    let budget = model_only.next_multiple_of(MEMORY_GRANULE);
+    assert!(model_only >= file.len() as u64);
+    let took = vm
+        .set_budget(budget, Duration::from_secs(1))
+        .expect("the guest fits the budget within 1 s");
+    let after = vm.memory().expect("memory status");
+    assert!(after.resident_bytes <= budget, "{after:?}");
+    assert!(
+        after.resident_bytes < before.resident_bytes,
+        "{before:?} -> {after:?}"
+    );
+    let stats = vm.stats().expect("stats");
+    assert_eq!((stats.models_loaded, stats.sessions_open), (1, 1));
+    eprintln!(
+        "shrink {} -> {} MiB resident in {took:?}",
+        before.resident_bytes >> 20,
+        after.resident_bytes >> 20
+    );
+    vm.set_budget(before.max_bytes, Duration::from_secs(1))
+        .expect("raise the budget");
+    let second = run(&mut vm, &greedy(2, 1, &turn2)).expect("turn 2 after eviction");
+    vm.open_session(2, 1, 256).expect("open session 2");
+    assert_eq!(run(&mut vm, &greedy(3, 2, &turn1)).unwrap(), first);
+    assert_eq!(
+        run(&mut vm, &greedy(4, 2, &turn2)).unwrap(),
+        second,
+        "the rebuilt cache continues exactly like one never evicted"
+    );
+    vm.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn the_smallest_budget_evicts_models_and_their_sessions_fail_clearly() {
+    let Some((mut vm, _)) = engine_with_model(128) else {
+        return;
+    };
+    vm.open_session(1, 1, 128).expect("open a session");
+    run(&mut vm, &greedy(1, 1, &[1, 400])).expect("generate");
+    assert!(matches!(
+        vm.set_budget(0, Duration::from_secs(1)),
+        Err(GuestError::Memory(MemoryError::BadBudget { .. }))
+    ));
+    vm.set_budget(MIN_MEMORY_BUDGET, Duration::from_secs(1))
+        .expect("the guest gives back all but its message buffers");
+    let m = vm.memory().expect("memory status");
+    assert!(m.resident_bytes <= MIN_MEMORY_BUDGET, "{m:?}");
+    let stats = vm.stats().expect("stats");
+    assert_eq!((stats.models_loaded, stats.sessions_open), (0, 0));
+    match run(&mut vm, &greedy(2, 1, &[1, 400])) {
+        Err(GuestError::Request { status, message }) => {
+            assert_eq!(status, Status::NoSuchSession);
+            assert!(message.contains("evicted"), "{message}");
+        }
+        other => panic!("expected NoSuchSession, got {other:?}"),
+    }
+    vm.set_budget(m.max_bytes, Duration::from_secs(1))
+        .expect("raise the budget");
+    let file = std::fs::read(model_path("tiny.Q8_0.gguf").unwrap()).unwrap();
+    vm.load_model(1, &file, None, &mut |_| {})
+        .expect("the model loads again");
+    vm.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn a_guest_that_ignores_a_shrink_is_stopped_and_its_memory_freed() {
+    use guest_programs::hog::HOG_BYTES;
+    let Some((kernel, hog)) = guest_images("hog") else {
+        return;
+    };
+    let mut m = machine();
+    let (llm, stop) = (m.llm(), m.stop_handle());
+    let private = m.private_memory().expect("a private region");
+    let broker = MemoryBroker::start(llm.clone(), private.clone(), stop).expect("broker");
+    let (vm, result) = std::thread::scope(|s| {
+        let guest = s.spawn(|| m.boot(&kernel, &hog, 1));
+        llm.wait_ready(Duration::from_secs(10))
+            .expect("the hog brings virtio-llm up");
+        let start = Instant::now();
+        while private.resident_bytes().unwrap() < HOG_BYTES {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the hog never ate"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let result = broker.set_budget(MIN_MEMORY_BUDGET, Duration::from_millis(300));
+        (guest.join().expect("VM thread"), result)
+    });
+    match result {
+        Err(MemoryError::ShrinkIgnored {
+            resident, budget, ..
+        }) => {
+            assert!(resident >= HOG_BYTES && budget == MIN_MEMORY_BUDGET);
+        }
+        other => panic!("expected the shrink to be ignored, got {other:?}"),
+    }
+    assert!(matches!(vm, Err(VmError::StoppedByHost)), "{vm:?}");
+    assert_eq!(private.resident_bytes().unwrap(), 0, "the memory was freed");
 }

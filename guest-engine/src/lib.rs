@@ -2,7 +2,8 @@
 //!
 //! - [`service`]: virtio-llm control commands and generation requests served by the engine,
 //!   generic over the driver's memory and transport and the [`service::Environment`];
-//! - [`loader`]: receiving a model file in ordered, hashed chunks.
+//! - [`loader`]: receiving a model file in ordered, hashed chunks;
+//! - [`memory`]: the private pool under the host's budget, and relinquish reports.
 //!
 //! The guest executable (`src/main.rs`, feature `guest`) wires it to the guest's plumbing;
 //! host tests wire it to the VMM's device in one process.
@@ -11,6 +12,7 @@
 extern crate alloc;
 
 pub mod loader;
+pub mod memory;
 pub mod service;
 #[cfg(feature = "guest")]
 pub mod vcpu_pool;

@@ -8,10 +8,11 @@
 
 extern crate alloc;
 
+use guest_engine::memory::{MemoryUse, PrivateMemory};
 use guest_engine::service::{Environment, Service, Step};
 use guest_engine::vcpu_pool::VcpuPool;
 use guest_programs::virtio::{MmioRegisters, SharedWindow, now_ns, wait};
-use guest_programs::{exit, print, private_usage};
+use guest_programs::{exit, print, private_usage, with_private_pool};
 use inference_guest::quant::Kernels;
 use virtio_llm::driver::{DriverError, LlmDriver};
 use virtio_llm::spec::layout::{SHARED_WINDOW_BASE, SHARED_WINDOW_SIZE};
@@ -26,22 +27,78 @@ struct Guest {
     vcpu: u64,
 }
 
+/// The global allocator's private pool.
+struct Pool;
+
+impl PrivateMemory for Pool {
+    fn usage(&self) -> MemoryUse {
+        let u = private_usage();
+        MemoryUse {
+            in_use: u.in_use,
+            resident: u.resident,
+            pending: u.pending,
+            budget: u.budget,
+            size: u.size,
+        }
+    }
+
+    fn set_budget(&self, bytes: u64) {
+        with_private_pool(|p| p.set_budget(bytes));
+    }
+
+    fn trim(&self, target: u64, out: &mut [(u64, u64)]) -> usize {
+        with_private_pool(|p| p.trim(target, out))
+    }
+
+    fn released(&self, start: u64, len: u64) {
+        with_private_pool(|p| p.released(start, len));
+    }
+}
+
 impl Environment for Guest {
     fn now_ns(&self) -> u64 {
         now_ns()
     }
 
-    fn private_free(&self) -> Option<u64> {
-        let (used, size) = private_usage();
-        Some(size.saturating_sub(used))
-    }
-
-    fn private_usage(&self) -> (u64, u64) {
-        private_usage()
+    fn memory(&self) -> &dyn PrivateMemory {
+        &Pool
     }
 
     fn park(&self) {
         wait(self.vcpu, PARK_NS);
+    }
+
+    fn random(&self) -> u64 {
+        // The time-stamp counter's low bits and the VMM's clock, mixed (SplitMix64's
+        // finaliser): unpredictable enough for a test canary the host must not guess.
+        // SAFETY: rdtsc only reads the time-stamp counter (user mode may).
+        let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+        let mut z = tsc ^ now_ns().rotate_left(32);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn expose(&self, bytes: &[u8]) -> u64 {
+        // The window's last page: past every ring and buffer of the driver's layout.
+        let addr = SHARED_WINDOW_BASE + SHARED_WINDOW_SIZE - 4096;
+        let len = bytes.len().min(4096);
+        // SAFETY: the page lies inside the identity-mapped shared window, and no ring or
+        // buffer uses it (layout::window_bytes_needed is far below the window's size).
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, len) };
+        addr
+    }
+
+    fn count_nonzero(&self, addr: u64, len: u64) -> u64 {
+        (addr..addr + len)
+            .step_by(8)
+            .map(|a| {
+                // SAFETY: a test probe of a private-pool block the service allocated; the
+                // pool is identity-mapped for user mode and nothing else uses the block.
+                let word = unsafe { core::ptr::read_volatile(a as *const u64) };
+                u64::from(word.to_le_bytes().iter().filter(|&&b| b != 0).count() as u8)
+            })
+            .sum()
     }
 }
 
@@ -60,7 +117,13 @@ pub extern "C" fn _start(vcpu: u64) -> ! {
         exit(3)
     };
     let limits = driver.limits();
-    let mut service = Service::new(Kernels::detect(), limits.max_models, limits.max_sessions);
+    with_private_pool(|p| p.set_budget(limits.memory_budget));
+    let mut service = Service::new(
+        Kernels::detect(),
+        limits.max_models,
+        limits.max_sessions,
+        driver.features(),
+    );
     let env = Guest { vcpu };
     print("engine: ready\n");
     let mut idle_polls = 0u32;

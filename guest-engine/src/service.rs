@@ -8,8 +8,16 @@
 //! A model's file stays in memory the host cannot reach (the private region, in the guest);
 //! the parsed view of it (`Gguf`, `Model`) borrows the file and is rebuilt per request,
 //! which costs well under a millisecond against a whole generation.
+//!
+//! Memory: the host sets a budget on the private pool. When it shrinks, the service frees
+//! the least valuable data first (KV caches of idle sessions, least recently used first;
+//! then tokenizers, which are rebuilt on demand; then whole models) and relinquishes the
+//! freed memory. An evicted session keeps its token history (a few bytes per token) and
+//! rebuilds its KV cache by evaluating that history again on its next request; a session
+//! whose model was evicted is closed, and its next request fails with NoSuchSession.
 
 use crate::loader::Loading;
+use crate::memory::{PrivateMemory, Relinquisher};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::ToString;
 use alloc::vec::Vec;
@@ -17,7 +25,7 @@ use inference_guest::generate::{
     GenerateRequest as EngineRequest, StopReason as EngineStop, generate,
 };
 use inference_guest::gguf::Gguf;
-use inference_guest::model::{Model, ModelError, Session};
+use inference_guest::model::{Logits, Model, ModelError, Session};
 use inference_guest::parallel::Parallel;
 use inference_guest::quant::Kernels;
 use inference_guest::sampler::{Sampler, SamplerConfig};
@@ -25,10 +33,13 @@ use inference_guest::tokenizer::Tokenizer;
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
 use virtio_llm::spec::MAX_TOKENS_PER_RESPONSE;
+use virtio_llm::spec::feature;
 use virtio_llm::wire::control::{
     Ack, ControlCommand, ControlReply, StatsReply, msg_type as control_type,
 };
 use virtio_llm::wire::echo::EchoReply;
+use virtio_llm::wire::memory::BudgetChange;
+use virtio_llm::wire::probe::{CANARY_BYTES, MemoryProbe, ProbeOp, ProbeReply, fnv1a};
 use virtio_llm::wire::request::{GenerateRequest, Prompt, RequestMsg};
 use virtio_llm::wire::response::{
     EndOfStream, ErrorResponse, ResponseMsg, StopReason, Timings, Tokens,
@@ -38,13 +49,25 @@ use virtio_llm::wire::response::{
 pub trait Environment {
     /// Monotonic nanoseconds.
     fn now_ns(&self) -> u64;
-    /// Bytes of private memory still free, or `None` when unbounded (host tests).
-    fn private_free(&self) -> Option<u64>;
-    /// Bytes of private memory in use and the region's size, for stats.
-    fn private_usage(&self) -> (u64, u64);
+    /// The private pool.
+    fn memory(&self) -> &dyn PrivateMemory;
     /// Sleeps until the device notifies (or a short timeout); the caller re-polls after.
     fn park(&self);
+    /// 64 unpredictable bits (memory probes' canaries).
+    fn random(&self) -> u64;
+    /// Reads `[addr, addr + len)` of guest memory and counts the bytes that are not zero
+    /// (memory probes only).
+    fn count_nonzero(&self, addr: u64, len: u64) -> u64;
+    /// Writes `bytes` to a spare spot of the shared window and returns its address (memory
+    /// probes only).
+    fn expose(&self, bytes: &[u8]) -> u64;
 }
+
+/// Private memory a session needs beyond its KV cache: the forward pass's buffers and
+/// logits, each rounded up to the pool's 2 MiB granule.
+const SESSION_SCRATCH_BYTES: u64 = 32 << 20;
+/// How long making room may wait for the host to release relinquished memory.
+const RELEASE_WAIT_NS: u64 = 2_000_000_000;
 
 /// A loaded model: its file, the ids that end generation, and (built on the first text
 /// prompt; token-id prompts never need it) its tokenizer.
@@ -52,12 +75,17 @@ struct LoadedModel {
     file: Vec<u8>,
     end_ids: Vec<u32>,
     tokenizer: Option<Tokenizer>,
+    last_used: u64,
 }
 
-/// An open session.
+/// An open session. Its KV cache (`session`) may be evicted; `history` (the tokens the
+/// cache held) rebuilds it.
 struct SessionSlot {
     model_id: u32,
-    session: Session,
+    context_len: u32,
+    session: Option<Session>,
+    history: Vec<u32>,
+    last_used: u64,
 }
 
 /// What one [`Service::step`] did.
@@ -81,6 +109,14 @@ pub struct Service {
     tokens_generated: u64,
     scratch: Vec<u8>,
     out: Vec<u8>,
+    relinquisher: Relinquisher,
+    /// Ticks on every use of a model or session (least recently used goes first).
+    clock: u64,
+    /// Whether the device negotiated memory probes, and the probe's canary block.
+    diagnostics: bool,
+    canary: Option<Vec<u8>>,
+    canary_block: (u64, u64),
+    canary_bytes: [u8; CANARY_BYTES],
 }
 
 fn model_status(e: &ModelError) -> Status {
@@ -93,9 +129,16 @@ fn model_status(e: &ModelError) -> Status {
 }
 
 impl Service {
-    /// A service that holds at most `max_models` models and `max_sessions` sessions.
-    pub fn new(kernels: Kernels, max_models: u32, max_sessions: u32) -> Self {
+    /// A service that holds at most `max_models` models and `max_sessions` sessions, for a
+    /// device that negotiated `features`.
+    pub fn new(kernels: Kernels, max_models: u32, max_sessions: u32, features: u64) -> Self {
         Self {
+            relinquisher: Relinquisher::default(),
+            clock: 0,
+            diagnostics: features & (1 << feature::DIAGNOSTICS) != 0,
+            canary: None,
+            canary_block: (0, 0),
+            canary_bytes: [0; CANARY_BYTES],
             kernels,
             max_models: max_models.max(1) as usize,
             max_sessions: max_sessions.max(1) as usize,
@@ -118,9 +161,14 @@ impl Service {
         env: &dyn Environment,
     ) -> Result<Step, DriverError> {
         let mut worked = false;
+        self.relinquisher.collect(driver, env.memory())?;
+        if let Some(change) = driver.poll_budget(&mut self.scratch)? {
+            worked = true;
+            self.apply_budget(change, driver, env)?;
+        }
         let mut scratch = core::mem::take(&mut self.scratch);
         let reply = match driver.poll_command(&mut scratch) {
-            Ok(Some(cmd)) => Some(self.command(cmd, par, env)),
+            Ok(Some(cmd)) => Some(self.command(cmd, driver, par, env)),
             Ok(None) => None,
             // A malformed command was refused by the driver; answer it so the host's
             // command/reply pairing holds.
@@ -148,9 +196,10 @@ impl Service {
         Ok(if worked { Step::Worked } else { Step::Idle })
     }
 
-    fn command(
+    fn command<M: DriverMemory, T: Transport>(
         &mut self,
         cmd: ControlCommand<'_>,
+        driver: &mut LlmDriver<M, T>,
         par: &dyn Parallel,
         env: &dyn Environment,
     ) -> ControlReply {
@@ -160,8 +209,8 @@ impl Service {
                     Status::AlreadyExists
                 } else if self.loading.is_some() || self.models.len() >= self.max_models {
                     Status::Busy
-                } else if env.private_free().is_some_and(|free| b.total_bytes > free) {
-                    Status::OutOfMemory
+                } else if let Err(s) = self.make_room(b.total_bytes, None, driver, env) {
+                    s
                 } else {
                     match Loading::begin(b.model_id, b.total_bytes) {
                         Ok(l) => {
@@ -217,7 +266,8 @@ impl Service {
                 ack(control_type::UNLOAD_MODEL, status, u.model_id)
             }
             ControlCommand::OpenSession(o) => {
-                let status = self.open_session(o.session_id, o.model_id, o.context_len, env);
+                let status =
+                    self.open_session(o.session_id, o.model_id, o.context_len, driver, env);
                 ack(control_type::OPEN_SESSION, status, o.session_id)
             }
             ControlCommand::CloseSession(c) => {
@@ -228,13 +278,14 @@ impl Service {
                 };
                 ack(control_type::CLOSE_SESSION, status, c.session_id)
             }
+            ControlCommand::Probe(p) => ControlReply::Probe(self.probe(p, env)),
             ControlCommand::Stats(_) => {
-                let (used, size) = env.private_usage();
+                let usage = env.memory().usage();
                 ControlReply::Stats(StatsReply {
                     models_loaded: self.models.len() as u32,
                     sessions_open: self.sessions.len() as u32,
-                    memory_used_bytes: used,
-                    memory_budget_bytes: size,
+                    memory_used_bytes: usage.in_use,
+                    memory_budget_bytes: usage.budget,
                     requests_completed: self.requests_completed,
                     tokens_generated: self.tokens_generated,
                 })
@@ -251,22 +302,25 @@ impl Service {
             Model::from_gguf(&gguf, self.kernels).map_err(|e| model_status(&e))?;
             Tokenizer::end_of_generation_ids(&gguf).map_err(|_| Status::BadModel)?
         };
+        self.clock += 1;
         self.models.insert(
             model_id,
             LoadedModel {
                 file,
                 end_ids,
                 tokenizer: None,
+                last_used: self.clock,
             },
         );
         Ok(())
     }
 
-    fn open_session(
+    fn open_session<M: DriverMemory, T: Transport>(
         &mut self,
         session_id: u32,
         model_id: u32,
         context_len: u32,
+        driver: &mut LlmDriver<M, T>,
         env: &dyn Environment,
     ) -> Status {
         if self.sessions.contains_key(&session_id) {
@@ -285,13 +339,214 @@ impl Service {
             return Status::Internal;
         };
         let needed = model.cfg.kv_cache_bytes(context_len as usize) as u64;
-        if env.private_free().is_some_and(|free| needed > free) {
-            return Status::OutOfMemory;
+        if let Err(s) = self.make_room(needed + SESSION_SCRATCH_BYTES, None, driver, env) {
+            return s;
         }
+        let Some(m) = self.models.get(&model_id) else {
+            return Status::NoSuchModel;
+        };
+        let Ok(gguf) = Gguf::parse(&m.file) else {
+            return Status::Internal;
+        };
+        let Ok(model) = Model::from_gguf(&gguf, self.kernels) else {
+            return Status::Internal;
+        };
         let session = model.new_session(context_len as usize);
-        self.sessions
-            .insert(session_id, SessionSlot { model_id, session });
+        self.clock += 1;
+        self.sessions.insert(
+            session_id,
+            SessionSlot {
+                model_id,
+                context_len,
+                session: Some(session),
+                history: Vec::new(),
+                last_used: self.clock,
+            },
+        );
         Status::Ok
+    }
+
+    /// Makes sure `needed` more bytes can be allocated from the private pool within the
+    /// budget: evicts KV caches of idle sessions (never `keep`'s) while the budget is short,
+    /// then relinquishes free memory the host still backs if new pages would overrun it.
+    fn make_room<M: DriverMemory, T: Transport>(
+        &mut self,
+        needed: u64,
+        keep: Option<u32>,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<(), Status> {
+        let mem = env.memory();
+        while mem.usage().available() < needed {
+            if !self.evict_session_cache(keep) {
+                return Err(Status::OutOfMemory);
+            }
+        }
+        let u = mem.usage();
+        if u.resident + u.pending + needed > u.budget {
+            let target = u.budget.saturating_sub(u.pending + needed);
+            let park = || env.park();
+            let deadline = env.now_ns() + RELEASE_WAIT_NS;
+            let released = self
+                .relinquisher
+                .trim_and_report(driver, mem, target, 0, &park)
+                .and_then(|_| {
+                    self.relinquisher
+                        .wait_all(driver, mem, &park, &|| env.now_ns() > deadline)
+                });
+            if !matches!(released, Ok(true)) {
+                return Err(Status::OutOfMemory);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the KV cache of the least recently used session that has one (except `keep`).
+    fn evict_session_cache(&mut self, keep: Option<u32>) -> bool {
+        let victim = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| s.session.is_some() && Some(**id) != keep)
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(id, _)| *id);
+        match victim.and_then(|id| self.sessions.get_mut(&id)) {
+            Some(slot) => {
+                slot.session = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Frees the next least valuable thing: a session's KV cache, a tokenizer, a whole
+    /// model (with its sessions), a partial load. `false` when nothing is left.
+    fn evict_one(&mut self) -> bool {
+        if self.evict_session_cache(None) {
+            return true;
+        }
+        if let Some(m) = self.models.values_mut().find(|m| m.tokenizer.is_some()) {
+            m.tokenizer = None;
+            return true;
+        }
+        let oldest = self
+            .models
+            .iter()
+            .min_by_key(|(_, m)| m.last_used)
+            .map(|(id, _)| *id);
+        if let Some(id) = oldest {
+            self.models.remove(&id);
+            self.sessions.retain(|_, s| s.model_id != id);
+            return true;
+        }
+        self.loading.take().is_some()
+    }
+
+    /// A new budget from the host: evict until what is in use fits, then relinquish every
+    /// free page above it.
+    fn apply_budget<M: DriverMemory, T: Transport>(
+        &mut self,
+        change: BudgetChange,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<(), DriverError> {
+        let mem = env.memory();
+        let budget = change.new_budget_bytes;
+        mem.set_budget(budget);
+        while mem.usage().in_use > budget && self.evict_one() {}
+        let park = || env.park();
+        self.relinquisher
+            .trim_and_report(driver, mem, budget, change.sequence, &park)?;
+        Ok(())
+    }
+
+    /// Rebuilds an evicted session's KV cache from its token history.
+    fn restore_session<M: DriverMemory, T: Transport>(
+        &mut self,
+        session_id: u32,
+        driver: &mut LlmDriver<M, T>,
+        par: &dyn Parallel,
+        env: &dyn Environment,
+    ) -> Result<(), Status> {
+        let (model_id, ctx) = match self.sessions.get(&session_id) {
+            Some(s) => (s.model_id, s.context_len as usize),
+            None => return Err(Status::NoSuchSession),
+        };
+        let needed = {
+            let m = self.models.get(&model_id).ok_or(Status::NoSuchModel)?;
+            let gguf = Gguf::parse(&m.file).map_err(|_| Status::Internal)?;
+            let model = Model::from_gguf(&gguf, self.kernels).map_err(|_| Status::Internal)?;
+            model.cfg.kv_cache_bytes(ctx) as u64 + SESSION_SCRATCH_BYTES
+        };
+        self.make_room(needed, Some(session_id), driver, env)?;
+        let m = self.models.get(&model_id).ok_or(Status::NoSuchModel)?;
+        let gguf = Gguf::parse(&m.file).map_err(|_| Status::Internal)?;
+        let model = Model::from_gguf(&gguf, self.kernels).map_err(|_| Status::Internal)?;
+        let slot = self
+            .sessions
+            .get_mut(&session_id)
+            .ok_or(Status::NoSuchSession)?;
+        let mut session = model.new_session(ctx);
+        if !slot.history.is_empty() {
+            session
+                .eval(&model, &slot.history, Logits::Last, par)
+                .map_err(|_| Status::Internal)?;
+        }
+        slot.session = Some(session);
+        Ok(())
+    }
+
+    /// Answers a memory probe (test-only; see `virtio_llm::wire::probe`).
+    fn probe(&mut self, p: MemoryProbe, env: &dyn Environment) -> ProbeReply {
+        let mut reply = ProbeReply {
+            op: p.op,
+            status: Status::Ok,
+            block_addr: self.canary_block.0,
+            block_len: self.canary_block.1,
+            private_hash: 0,
+            nonzero_bytes: 0,
+            exposed_addr: 0,
+        };
+        if !self.diagnostics {
+            reply.status = Status::Unsupported;
+            return reply;
+        }
+        match p.op {
+            ProbeOp::PlaceCanary => {
+                let mut random = [0u8; CANARY_BYTES];
+                for chunk in random.chunks_exact_mut(8) {
+                    chunk.copy_from_slice(&env.random().to_le_bytes());
+                }
+                let len = virtio_llm::spec::MEMORY_GRANULE as usize;
+                let mut block = Vec::new();
+                if block.try_reserve_exact(len).is_err() {
+                    reply.status = Status::OutOfMemory;
+                    return reply;
+                }
+                while block.len() < len {
+                    block.extend_from_slice(&random);
+                }
+                reply.private_hash = fnv1a(&random);
+                self.canary_block = (block.as_ptr() as u64, len as u64);
+                (reply.block_addr, reply.block_len) = self.canary_block;
+                self.canary = Some(block);
+                self.canary_bytes = random;
+            }
+            ProbeOp::ExposeCanary if self.canary.is_none() => reply.status = Status::BadRequest,
+            ProbeOp::ExposeCanary => {
+                reply.private_hash = fnv1a(&self.canary_bytes);
+                reply.exposed_addr = env.expose(&self.canary_bytes);
+            }
+            ProbeOp::DropCanary => self.canary = None,
+            ProbeOp::CheckCanaryBlock => {
+                if self.canary.is_some() || self.canary_block.1 == 0 {
+                    reply.status = Status::BadRequest;
+                } else {
+                    let (addr, len) = self.canary_block;
+                    reply.nonzero_bytes = env.count_nonzero(addr, len);
+                }
+            }
+        }
+        reply
     }
 
     fn request<M: DriverMemory, T: Transport>(
@@ -330,10 +585,37 @@ impl Service {
                 message: message.to_string(),
             })
         };
+        let evicted = match self.sessions.get(&g.session_id) {
+            Some(slot) => slot.session.is_none(),
+            None => {
+                let e = fail(
+                    Status::NoSuchSession,
+                    "no open session has this id (sessions of a model evicted under memory \
+                     pressure are closed)",
+                );
+                return send_blocking(driver, env, &e, &mut self.out);
+            }
+        };
+        if evicted && let Err(status) = self.restore_session(g.session_id, driver, par, env) {
+            let e = fail(
+                status,
+                "the session's KV cache was evicted under memory pressure and cannot be \
+                 rebuilt within the memory budget",
+            );
+            return send_blocking(driver, env, &e, &mut self.out);
+        }
+        self.clock += 1;
+        let clock = self.clock;
         let Some(slot) = self.sessions.get_mut(&g.session_id) else {
             let e = fail(Status::NoSuchSession, "no open session has this id");
             return send_blocking(driver, env, &e, &mut self.out);
         };
+        slot.last_used = clock;
+        let Some(session) = slot.session.as_mut() else {
+            let e = fail(Status::Internal, "the session's KV cache is missing");
+            return send_blocking(driver, env, &e, &mut self.out);
+        };
+        let history = &mut slot.history;
         let Some(m) = self.models.get_mut(&slot.model_id) else {
             let e = fail(Status::NoSuchModel, "the session's model was unloaded");
             return send_blocking(driver, env, &e, &mut self.out);
@@ -359,6 +641,7 @@ impl Service {
                     .unwrap_or_default()
             }
         };
+        m.last_used = clock;
         let m = &*m;
         let gguf = match Gguf::parse(&m.file) {
             Ok(g) => g,
@@ -398,13 +681,14 @@ impl Service {
         let start = env.now_ns();
         let mut first = None;
         let mut batch: Vec<u32> = Vec::new();
+        let mut generated: Vec<u32> = Vec::new();
         let mut link_error = None;
         let out = &mut self.out;
         let queued = &mut self.queued;
         let scratch = &mut self.scratch;
         let result = generate(
             &model,
-            &mut slot.session,
+            session,
             &mut sampler,
             par,
             &engine_req,
@@ -412,6 +696,7 @@ impl Service {
             &mut |token| {
                 first.get_or_insert_with(|| env.now_ns());
                 batch.push(token);
+                generated.push(token);
                 // Stream at once when a transmit buffer is free; batch while the host is
                 // slower than generation.
                 let full = batch.len() >= MAX_TOKENS_PER_RESPONSE;
@@ -453,6 +738,11 @@ impl Service {
                 }
             },
         );
+        // The cache now holds the prompt and the generated tokens that were fed back, in that
+        // order: keep the same tokens to rebuild it if it is evicted.
+        history.extend_from_slice(&prompt);
+        history.extend_from_slice(&generated);
+        history.truncate(session.n_past());
         if let Some(e) = link_error {
             return Err(e);
         }

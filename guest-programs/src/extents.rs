@@ -15,8 +15,6 @@ pub struct Extents {
     n: usize,
     in_use: u64,
     lost: u64,
-    /// Everything from here up has never been handed out: still zero from the host.
-    fresh_from: u64,
 }
 
 impl Extents {
@@ -27,7 +25,6 @@ impl Extents {
             n: 0,
             in_use: 0,
             lost: 0,
-            fresh_from: u64::MAX,
         }
     }
 
@@ -40,8 +37,12 @@ impl Extents {
             e.free[0] = (start, end - start);
             e.n = 1;
         }
-        e.fresh_from = start;
         e
+    }
+
+    /// The free extents, ascending.
+    pub fn free_extents(&self) -> &[(u64, u64)] {
+        &self.free[..self.n]
     }
 
     /// Bytes handed out and not yet freed.
@@ -54,15 +55,39 @@ impl Extents {
         self.lost
     }
 
-    /// How many leading bytes of a block `alloc` just returned at `start` may hold old data
-    /// (the rest was never handed out, so it is still zero): what `alloc_zeroed` must clear.
-    pub fn dirty_prefix(&self, start: u64, len: u64) -> u64 {
-        self.fresh_from.saturating_sub(start).min(len)
-    }
-
-    /// Marks `[start, start + len)` as handed out (call after `dirty_prefix`).
-    pub fn mark_used(&mut self, start: u64, len: u64) {
-        self.fresh_from = self.fresh_from.max(start + len);
+    /// Takes `[start, start + len)` (granule-aligned) out of the free extent that holds it,
+    /// as if allocated. `false` if no free extent holds all of it, or splitting one would
+    /// overflow the list.
+    pub fn take(&mut self, start: u64, len: u64) -> bool {
+        let i = self.free[..self.n].partition_point(|&(s, _)| s <= start);
+        if i == 0 || len == 0 {
+            return false;
+        }
+        let (s, l) = self.free[i - 1];
+        let end = start + len;
+        if end > s + l {
+            return false;
+        }
+        let (before, after) = (start - s, s + l - end);
+        match (before > 0, after > 0) {
+            (false, false) => {
+                self.free.copy_within(i..self.n, i - 1);
+                self.n -= 1;
+            }
+            (true, false) => self.free[i - 1].1 = before,
+            (false, true) => self.free[i - 1] = (end, after),
+            (true, true) => {
+                if self.n == MAX_FREE {
+                    return false;
+                }
+                self.free.copy_within(i..self.n, i + 1);
+                self.free[i - 1].1 = before;
+                self.free[i] = (end, after);
+                self.n += 1;
+            }
+        }
+        self.in_use += len;
+        true
     }
 
     /// Takes `len` bytes (rounded up to the granule), granule-aligned; `None` if no free
@@ -139,21 +164,21 @@ mod tests {
     }
 
     #[test]
-    fn only_reused_memory_needs_zeroing() {
+    fn taking_a_range_splits_its_extent_and_freeing_merges_it_back() {
         let mut e = Extents::new(BASE, 8 * GRANULE);
-        let a = e.alloc(GRANULE).unwrap();
-        assert_eq!(e.dirty_prefix(a, GRANULE), 0, "fresh memory is zero");
-        e.mark_used(a, GRANULE);
-        e.free(a, GRANULE);
-        let b = e.alloc(3 * GRANULE).unwrap();
-        assert_eq!(b, a);
+        assert!(e.take(BASE + 2 * GRANULE, 2 * GRANULE));
         assert_eq!(
-            e.dirty_prefix(b, 3 * GRANULE),
-            GRANULE,
-            "only the reused granule"
+            e.free_extents(),
+            &[(BASE, 2 * GRANULE), (BASE + 4 * GRANULE, 4 * GRANULE)]
         );
-        e.mark_used(b, 3 * GRANULE);
-        assert_eq!(e.dirty_prefix(b, 3 * GRANULE), 3 * GRANULE);
+        assert!(!e.take(BASE + GRANULE, 2 * GRANULE), "half of it is taken");
+        assert!(e.take(BASE, GRANULE));
+        assert!(e.take(BASE + 7 * GRANULE, GRANULE));
+        assert_eq!(e.in_use(), 4 * GRANULE);
+        e.free(BASE + 2 * GRANULE, 2 * GRANULE);
+        e.free(BASE, GRANULE);
+        e.free(BASE + 7 * GRANULE, GRANULE);
+        assert_eq!(e.free_extents(), &[(BASE, 8 * GRANULE)]);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The user programs' global allocator: power-of-two size classes from 16 B to 64 KiB,
 //! carved from 2 MiB chunks the kernel's `map` hands out; anything larger (weights, KV
 //! caches, scratch) comes from the private region when the VM has one, managed here in user
-//! mode ([`Extents`]), else from `map`/`unmap`. Every `map` is a trip through the guest
+//! mode under the host's budget ([`PrivatePool`]), else from `map`/`unmap`. Every `map` is a trip through the guest
 //! kernel (emulated ring 0 on these machines), so small blocks are recycled in user mode and
 //! chunks are never given back.
 
-use crate::extents::Extents;
+use crate::private_pool::{PoolUsage, PrivatePool};
 use crate::syscall2;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
@@ -23,8 +23,8 @@ struct State {
     /// Unused rest of the current chunk.
     bump: usize,
     bump_end: usize,
-    /// The private region's extents, once looked up (`private_ready`).
-    private: Extents,
+    /// The private region's pool, once looked up (`private_ready`).
+    private: PrivatePool,
     private_ready: bool,
 }
 
@@ -45,17 +45,22 @@ impl GuestAlloc {
                 free: [0; CLASSES],
                 bump: 0,
                 bump_end: 0,
-                private: Extents::empty(),
+                private: PrivatePool::empty(),
                 private_ready: false,
             }),
         }
     }
 
-    /// Bytes of the private region in use, and its size (0 when the VM has none).
-    pub fn private_usage(&self) -> (u64, u64) {
+    /// What the private pool holds (all zero when the VM has no private region).
+    pub fn private_usage(&self) -> PoolUsage {
+        self.with_private(|p| p.usage())
+    }
+
+    /// Runs `f` on the private pool (budget changes, trims, releases).
+    pub fn with_private<R>(&self, f: impl FnOnce(&mut PrivatePool) -> R) -> R {
         self.with_state(|s| {
             s.init_private();
-            (s.private.in_use(), private_size())
+            f(&mut s.private)
         })
     }
 
@@ -93,7 +98,7 @@ impl State {
             let base = unsafe {
                 core::ptr::read_volatile((abi::CONTROL + abi::CONTROL_PRIVATE_BASE) as *const u64)
             };
-            self.private = Extents::new(base, private_size());
+            self.private = PrivatePool::new(base, private_size());
             self.private_ready = true;
         }
     }
@@ -123,11 +128,8 @@ unsafe impl GlobalAlloc for GuestAlloc {
         let Some(c) = class(size) else {
             return self.with_state(|s| {
                 s.init_private();
-                match s.private.alloc(size as u64) {
-                    Some(addr) => {
-                        s.private.mark_used(addr, size as u64);
-                        addr as *mut u8
-                    }
+                match s.private.alloc(size as u64, false, &mut |_, _| {}) {
+                    Some(addr) => addr as *mut u8,
                     None if private_size() == 0 => map(size) as *mut u8,
                     None => null_mut(),
                 }
@@ -167,12 +169,18 @@ unsafe impl GlobalAlloc for GuestAlloc {
             }
             return p;
         }
-        // Large blocks: memory never handed out before is still zero from the host, so only
-        // the reused prefix is cleared. This spares touching every page of a fresh KV cache
-        // (first touches are slow in a VM, and only rows that get used should cost them).
+        // Large blocks: granules never handed out (or released by the host since) are still
+        // zero, so only reused granules are cleared. This spares touching every page of a
+        // fresh KV cache (first touches are slow in a VM, and only rows that get used should
+        // cost them).
         self.with_state(|s| {
             s.init_private();
-            let Some(addr) = s.private.alloc(size as u64) else {
+            let clear = &mut |addr: u64, len: u64| {
+                // SAFETY: the pool only names granules of the block it is handing out to
+                // this caller, identity-mapped and writable.
+                unsafe { (addr as *mut u8).write_bytes(0, len as usize) }
+            };
+            let Some(addr) = s.private.alloc(size as u64, true, clear) else {
                 if private_size() != 0 {
                     return null_mut();
                 }
@@ -184,12 +192,7 @@ unsafe impl GlobalAlloc for GuestAlloc {
                 }
                 return p;
             };
-            let dirty = s.private.dirty_prefix(addr, size as u64);
-            s.private.mark_used(addr, size as u64);
-            let p = addr as *mut u8;
-            // SAFETY: [addr, addr + size) was just allocated for this caller.
-            unsafe { p.write_bytes(0, dirty as usize) };
-            p
+            addr as *mut u8
         })
     }
 

@@ -11,6 +11,7 @@ use guest_kernel::abi::syscall;
 mod mem;
 
 pub mod extents;
+pub mod private_pool;
 
 /// The protocol the `scrub` program and the host's reclaim test share.
 pub mod scrub {
@@ -26,6 +27,12 @@ pub mod scrub {
         pub const ALL_ZERO: u64 = 3;
         pub const NOT_ZERO: u64 = 4;
     }
+}
+
+/// What the `hog` program and the host's forced-reclaim test share.
+pub mod hog {
+    /// Bytes of the private region the program touches and then holds against any budget.
+    pub const HOG_BYTES: u64 = 32 << 20;
 }
 
 /// The layout the `canary` program and the host test share.
@@ -51,10 +58,16 @@ pub mod heap_alloc;
 #[global_allocator]
 static HEAP: heap_alloc::GuestAlloc = heap_alloc::GuestAlloc::new();
 
-/// Bytes of the private region in use, and its size (0 when the VM has none).
+/// What the private pool holds (all zero when the VM has no private region).
 #[cfg(all(target_arch = "x86_64", feature = "guest"))]
-pub fn private_usage() -> (u64, u64) {
+pub fn private_usage() -> private_pool::PoolUsage {
     HEAP.private_usage()
+}
+
+/// Runs `f` on the private pool: budget changes, trims and releases.
+#[cfg(all(target_arch = "x86_64", feature = "guest"))]
+pub fn with_private_pool<R>(f: impl FnOnce(&mut private_pool::PrivatePool) -> R) -> R {
+    HEAP.with_private(f)
 }
 #[cfg(target_arch = "x86_64")]
 pub mod virtio;

@@ -15,11 +15,14 @@ pub mod feature {
     /// The device may send prompts as UTF-8 text; the driver accepts it only if its engine
     /// has a tokenizer for every model it loads.
     pub const TEXT_PROMPT: u32 = 0;
-    /// The memory queues (4 and 5) are live. Reserved: a later issue defines the behaviour,
-    /// and until then neither side may negotiate it.
+    /// The memory queues (4 and 5) are live: the device sets the private memory budget with
+    /// `BudgetChange`s and the driver gives memory back with `RelinquishReport`s.
     pub const MEMORY: u32 = 1;
     /// `Tokens` responses carry the detokenized text bytes as well as token ids.
     pub const TOKEN_TEXT: u32 = 2;
+    /// The driver answers `MemoryProbe` commands (test-only: a production device never offers
+    /// it; without it the driver answers them `Unsupported`).
+    pub const DIAGNOSTICS: u32 = 3;
     /// Standard virtio 1.x device (VIRTIO_F_VERSION_1); required.
     pub const VERSION_1: u32 = 32;
     /// The device reaches only the shared window (VIRTIO_F_ACCESS_PLATFORM); required, so the
@@ -38,9 +41,10 @@ pub mod queue {
     pub const REQUEST: u16 = 2;
     /// Streamed responses, driver to device.
     pub const RESPONSE: u16 = 3;
-    /// Memory events (budget changes), device to driver. Reserved until `feature::MEMORY`.
+    /// Memory events (budget changes), device to driver; live with `feature::MEMORY`.
     pub const MEMORY_EVENT: u16 = 4;
-    /// Memory reports (relinquished ranges), driver to device. Reserved until `feature::MEMORY`.
+    /// Memory reports (relinquished ranges), driver to device; live with `feature::MEMORY`.
+    /// The device returns a report's buffer only after it released the ranges.
     pub const MEMORY_REPORT: u16 = 5;
     /// Number of queues.
     pub const COUNT: u16 = 6;
@@ -104,6 +108,10 @@ pub const MAX_REPEAT_PENALTY: f32 = 100.0;
 pub const MAX_ECHO_BYTES: usize = 64 * 1024;
 /// Ranges in one `RelinquishReport`.
 pub const MAX_RELINQUISH_RANGES: usize = 512;
+/// The smallest private memory budget: the driver's own message buffers (a copied-in
+/// command holds up to `MAX_MESSAGE_BYTES`) live in private memory too, so below this the
+/// guest could not even take the next command. Taking everything back is a tear-down.
+pub const MIN_MEMORY_BUDGET: u64 = 8 << 20;
 /// Granule of private memory budgets and relinquished ranges: one 2 MiB huge page, the unit
 /// the guest kernel maps.
 pub const MEMORY_GRANULE: u64 = 2 << 20;

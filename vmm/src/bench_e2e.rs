@@ -162,6 +162,7 @@ fn guest_after_check(
         GuestConfig {
             vcpus: args.vcpus as u8,
             private_bytes: private as usize,
+            diagnostics: false,
         },
     )?;
     let boot = t0.elapsed();

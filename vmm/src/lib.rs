@@ -7,5 +7,6 @@ pub mod elf_loader;
 pub mod guest_images;
 pub mod hypervisor;
 pub mod machine;
+pub mod memory_broker;
 pub mod protected_vm;
 pub mod vcpu_exit;

@@ -53,6 +53,8 @@ pub struct MachineConfig {
     pub private_size: usize,
     /// How long the guest may run before it is stopped.
     pub deadline: Duration,
+    /// Let the guest answer memory probes (virtio-llm `feature::DIAGNOSTICS`): tests only.
+    pub diagnostics: bool,
 }
 
 impl Default for MachineConfig {
@@ -61,6 +63,7 @@ impl Default for MachineConfig {
             boot_size: 64 << 20,
             private_size: 0,
             deadline: Duration::from_secs(30),
+            diagnostics: false,
         }
     }
 }
@@ -202,7 +205,13 @@ impl Machine {
             },
             interrupt_status.clone(),
             timer.clone(),
-            LlmConfig::default(),
+            LlmConfig {
+                // The guest starts with the whole private region as its budget; the host
+                // lowers it with budget changes.
+                memory_budget: config.private_size as u64,
+                diagnostics: config.diagnostics,
+                ..LlmConfig::default()
+            },
         )
         .map_err(|e| VmError::Device(format!("cannot create the virtio-llm eventfds: {e}")))?;
         for q in 0..virtio_llm::spec::queue::COUNT {

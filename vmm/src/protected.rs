@@ -140,6 +140,7 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
             GuestConfig {
                 vcpus: args.vcpus as u8,
                 private_bytes: usize::try_from(private).unwrap_or(usize::MAX),
+                diagnostics: false,
             },
         )?;
         let booted = Instant::now();
@@ -212,6 +213,7 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
         return Err(RunError::Output(e).into());
     }
     let stats = vm.stats()?;
+    let memory = vm.memory()?;
     vm.shutdown()?;
     let first = first_token.unwrap_or_else(Instant::now);
     let prefill_s = end.timings.prompt_ns as f64 / 1e9;
@@ -219,8 +221,8 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
     let decoded = end.generated_tokens.saturating_sub(1);
     eprintln!(
         "[flexserve] protected guest ({} vCPUs{}): boot {:.0} ms, load {:.0} ms, TTFT {:.0} ms, \
-         prefill {} tok at {:.1} tok/s, decode {} tok at {:.1} tok/s, private memory {} of {} MiB, \
-         stop: {}",
+         prefill {} tok at {:.1} tok/s, decode {} tok at {:.1} tok/s, private memory: {} MiB in \
+         use, {} MiB held, budget {} of {} MiB, stop: {}",
         args.vcpus,
         if chat { ", chat template" } else { "" },
         (booted - start).as_secs_f64() * 1e3,
@@ -231,7 +233,9 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
         decoded,
         decoded as f64 / decode_s.max(1e-9),
         stats.memory_used_bytes / MIB,
-        stats.memory_budget_bytes / MIB,
+        memory.resident_bytes / MIB,
+        memory.budget_bytes / MIB,
+        memory.max_bytes / MIB,
         match end.reason {
             StopReason::EndOfGeneration => "end of generation",
             StopReason::MaxTokens => "max tokens",

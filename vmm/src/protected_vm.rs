@@ -5,6 +5,7 @@
 use crate::devices::virtio_llm::{HostError, LlmHost};
 use crate::guest_images::GuestImages;
 use crate::machine::{Machine, MachineConfig, StopHandle, VmError};
+use crate::memory_broker::{BrokerStats, MemoryBroker, MemoryError};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,6 +16,7 @@ use virtio_llm::wire::control::{
     Ack, CloseSession, ControlCommand, ControlReply, LoadModelBegin, LoadModelChunk, LoadModelEnd,
     OpenSession, StatsReply, StatsRequest,
 };
+use virtio_llm::wire::probe::{MemoryProbe, ProbeOp, ProbeReply};
 use virtio_llm::wire::request::{CancelRequest, GenerateRequest, RequestMsg};
 use virtio_llm::wire::response::{EndOfStream, ResponseMsg};
 
@@ -47,6 +49,10 @@ pub enum GuestError {
     Protocol(String),
     #[error("request failed in the guest ({status:?}): {message}")]
     Request { status: Status, message: String },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("the guest has no private memory to manage (--memory 0)")]
+    NoPrivateMemory,
 }
 
 fn explain(status: Status) -> &'static str {
@@ -72,6 +78,7 @@ pub struct ProtectedVm {
     mem: vm_memory::GuestMemoryMmap,
     llm: Arc<LlmHost>,
     stop: Arc<StopHandle>,
+    broker: Option<MemoryBroker>,
     vm: Option<JoinHandle<VmEnd>>,
 }
 
@@ -82,8 +89,24 @@ type VmEnd = (Result<u32, VmError>, Vec<String>);
 #[derive(Clone, Copy, Debug)]
 pub struct GuestConfig {
     pub vcpus: u8,
-    /// Bytes of private memory (weights, KV caches, scratch), a multiple of 2 MiB.
+    /// Bytes of private memory (weights, KV caches, scratch), a multiple of 2 MiB: the
+    /// most the guest may ever hold; its budget starts there.
     pub private_bytes: usize,
+    /// Let the guest answer memory probes (tests only).
+    pub diagnostics: bool,
+}
+
+/// The guest's private memory as the host sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryStatus {
+    /// The region's size (the maximum budget).
+    pub max_bytes: u64,
+    /// The budget in force.
+    pub budget_bytes: u64,
+    /// Bytes the guest holds now, measured by the host.
+    pub resident_bytes: u64,
+    /// What the broker did so far.
+    pub broker: BrokerStats,
 }
 
 impl ProtectedVm {
@@ -93,10 +116,19 @@ impl ProtectedVm {
             private_size: config.private_bytes,
             // The guest runs until the host stops it.
             deadline: Duration::from_secs(u32::MAX as u64),
+            diagnostics: config.diagnostics,
             ..MachineConfig::default()
         })
         .map_err(GuestError::Create)?;
         let (llm, stop) = (machine.llm(), machine.stop_handle());
+        let broker = match machine.private_memory() {
+            Some(private) => Some(
+                MemoryBroker::start(llm.clone(), private, stop.clone()).map_err(|e| {
+                    GuestError::Create(VmError::Device(format!("no memory thread: {e}")))
+                })?,
+            ),
+            None => None,
+        };
         #[cfg(feature = "test-hooks")]
         let mem = machine.memory_for_tests();
         let (kernel, engine) = (images.kernel.clone(), images.engine.clone());
@@ -112,6 +144,7 @@ impl ProtectedVm {
             mem,
             llm,
             stop,
+            broker,
             vm: Some(vm),
         };
         if let Err(e) = me.llm.wait_ready(READY_TIMEOUT) {
@@ -302,6 +335,46 @@ impl ProtectedVm {
                     )));
                 }
             }
+        }
+    }
+
+    fn broker(&self) -> Result<&MemoryBroker, GuestError> {
+        self.broker.as_ref().ok_or(GuestError::NoPrivateMemory)
+    }
+
+    /// Sets the guest's private memory budget. Lowering it waits until the guest holds at
+    /// most `bytes` (it evicts and relinquishes); a guest that has not within `deadline` is
+    /// stopped and its memory freed ([`MemoryError::ShrinkIgnored`]). Returns how long the
+    /// change took.
+    pub fn set_budget(&mut self, bytes: u64, deadline: Duration) -> Result<Duration, GuestError> {
+        Ok(self.broker()?.set_budget(bytes, deadline)?)
+    }
+
+    /// The private memory's size, budget and what the guest holds.
+    pub fn memory(&self) -> Result<MemoryStatus, GuestError> {
+        let broker = self.broker()?;
+        let stats = broker.stats();
+        Ok(MemoryStatus {
+            max_bytes: broker.max_bytes(),
+            budget_bytes: stats.budget,
+            resident_bytes: broker.resident_bytes()?,
+            broker: stats,
+        })
+    }
+
+    /// Runs a memory probe (the guest must have been started with `diagnostics`).
+    pub fn probe(&mut self, op: ProbeOp) -> Result<ProbeReply, GuestError> {
+        self.command(&ControlCommand::Probe(MemoryProbe { op }))?;
+        match self.llm.recv_reply(COMMAND_TIMEOUT) {
+            Ok(ControlReply::Probe(p)) if p.status == Status::Ok => Ok(p),
+            Ok(ControlReply::Probe(p)) => Err(GuestError::Refused {
+                what: "run a memory probe",
+                status: p.status,
+            }),
+            Ok(other) => Err(GuestError::Protocol(format!(
+                "expected a probe reply, got {other:?}"
+            ))),
+            Err(e) => Err(self.failure(e)),
         }
     }
 

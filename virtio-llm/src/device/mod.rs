@@ -20,6 +20,7 @@ use crate::WireError;
 use crate::mmio::F_EVENT_IDX;
 use crate::spec::{feature, queue};
 use crate::wire::control::{ControlCommand, ControlReply};
+use crate::wire::memory::{BudgetChange, MemoryMsg, RelinquishReport};
 use crate::wire::request::RequestMsg;
 use crate::wire::response::ResponseMsg;
 use chain::{ChainError, CheckedChain, DescTable, Direction, Window, check_chain};
@@ -240,6 +241,16 @@ impl<M: GuestMemoryBackend> LlmDevice<M> {
 
     /// Takes one frame from a driver → device queue, copied out of shared memory.
     pub fn recv_frame(&mut self, index: u16) -> Result<Option<Vec<u8>>, DeviceError> {
+        let Some((head, frame)) = self.take_frame(index)? else {
+            return Ok(None);
+        };
+        self.complete(index, head, 0)?;
+        Ok(Some(frame))
+    }
+
+    /// Copies the next frame of a driver → device queue out of shared memory without
+    /// returning its buffer yet (the caller completes `head`).
+    fn take_frame(&mut self, index: u16) -> Result<Option<(u16, Vec<u8>)>, DeviceError> {
         let Some(chain) = self.pop_checked(index, Direction::DeviceReads)? else {
             return Ok(None);
         };
@@ -259,8 +270,7 @@ impl<M: GuestMemoryBackend> LlmDevice<M> {
             at = end;
         }
         self.stats.received += 1;
-        self.complete(index, chain.head, 0)?;
-        Ok(Some(frame))
+        Ok(Some((chain.head, frame)))
     }
 
     /// Re-arms the driver's notifications for `index` before the caller sleeps. Returns
@@ -306,6 +316,44 @@ impl<M: GuestMemoryBackend> LlmDevice<M> {
                 .map(Some)
                 .map_err(|e| self.malformed(queue::CONTROL_REPLY, e)),
         }
+    }
+
+    /// Sends a budget change on the memory event queue. `Ok(false)`: no buffer posted yet.
+    pub fn send_budget(&mut self, change: &BudgetChange) -> Result<bool, DeviceError> {
+        let mut frame = Vec::new();
+        MemoryMsg::BudgetChange(*change)
+            .encode(&mut frame)
+            .map_err(DeviceError::Encode)?;
+        self.send_frame(queue::MEMORY_EVENT, &frame)
+    }
+
+    /// Takes the next relinquish report and hands it to `release` before its buffer goes
+    /// back: the driver reuses the ranges only once it sees the buffer returned, so whatever
+    /// `release` does (discard the pages) happens first.
+    pub fn recv_relinquish(
+        &mut self,
+        release: &mut dyn FnMut(&RelinquishReport),
+    ) -> Result<Option<RelinquishReport>, DeviceError> {
+        let Some((head, frame)) = self.take_frame(queue::MEMORY_REPORT)? else {
+            return Ok(None);
+        };
+        let report = match MemoryMsg::decode(&frame) {
+            Ok(MemoryMsg::Relinquish(r)) => r,
+            Ok(MemoryMsg::BudgetChange(_)) => {
+                self.complete(queue::MEMORY_REPORT, head, 0)?;
+                return Err(self.malformed(
+                    queue::MEMORY_REPORT,
+                    WireError::UnknownType(crate::wire::memory::msg_type::BUDGET_CHANGE),
+                ));
+            }
+            Err(e) => {
+                self.complete(queue::MEMORY_REPORT, head, 0)?;
+                return Err(self.malformed(queue::MEMORY_REPORT, e));
+            }
+        };
+        release(&report);
+        self.complete(queue::MEMORY_REPORT, head, 0)?;
+        Ok(Some(report))
     }
 
     /// Takes the next response, if any.

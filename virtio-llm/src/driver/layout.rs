@@ -5,7 +5,8 @@
 //! guest → host queues draw transmit buffers from a pool.
 
 use crate::spec::{
-    MAX_ECHO_BYTES, MAX_MESSAGE_BYTES, MAX_PROMPT_TEXT_BYTES, MAX_PROMPT_TOKENS, queue,
+    HEADER_BYTES, MAX_ECHO_BYTES, MAX_MESSAGE_BYTES, MAX_PROMPT_TEXT_BYTES, MAX_PROMPT_TOKENS,
+    MAX_RELINQUISH_RANGES, queue,
 };
 
 /// One queue's share of the window.
@@ -26,8 +27,9 @@ const fn max(a: usize, b: usize) -> usize {
 /// Room for a message's fixed fields around its variable part.
 const FIXED_FIELDS: usize = 4096;
 
-/// The four queues of protocol version 1, by queue index.
-pub const PLANS: [QueuePlan; 4] = [
+/// The six queues of protocol version 1, by queue index (the last two only with
+/// `feature::MEMORY`).
+pub const PLANS: [QueuePlan; 6] = [
     // ctrl-cmd: model chunks are the largest messages; 8 in flight keep the stream moving.
     QueuePlan {
         size: 16,
@@ -54,6 +56,18 @@ pub const PLANS: [QueuePlan; 4] = [
         size: 64,
         buffers: 32,
         buffer_bytes: (MAX_ECHO_BYTES + FIXED_FIELDS) as u32,
+    },
+    // mem-event: budget changes, 24 bytes each.
+    QueuePlan {
+        size: 16,
+        buffers: 8,
+        buffer_bytes: 4096,
+    },
+    // mem-report: the largest report; the device keeps each until it released the ranges.
+    QueuePlan {
+        size: 16,
+        buffers: 4,
+        buffer_bytes: (HEADER_BYTES + 16 + 16 * MAX_RELINQUISH_RANGES) as u32,
     },
 ];
 
@@ -103,7 +117,8 @@ mod tests {
 
     #[test]
     fn the_plan_fits_the_window_and_nothing_overlaps() {
-        assert!(window_bytes_needed() <= SHARED_WINDOW_SIZE);
+        // The last page stays spare (memory probes expose a canary there).
+        assert!(window_bytes_needed() <= SHARED_WINDOW_SIZE - 4096);
         for i in 0..queue::COUNT {
             let r = ring_addrs(0, i);
             assert!(r.used + 6 + 8 * u64::from(queue::MAX_SIZE) <= ring_addrs(0, i + 1).desc);

@@ -13,6 +13,7 @@ use crate::WireError;
 use crate::mmio::{self, F_EVENT_IDX, F_VERSION_1, reg, status};
 use crate::spec::{self, config, feature, queue};
 use crate::wire::control::{ControlCommand, ControlReply};
+use crate::wire::memory::{BudgetChange, MemoryMsg, RelinquishReport};
 use crate::wire::request::RequestMsg;
 use crate::wire::response::ResponseMsg;
 use alloc::vec::Vec;
@@ -61,6 +62,8 @@ pub enum DriverError {
     Encode(WireError),
     #[error("a {len}-byte message does not fit a {max}-byte buffer of queue {queue}")]
     TooBig { queue: u16, len: usize, max: u32 },
+    #[error("queue {0} is not live (its feature was not negotiated)")]
+    NoSuchQueue(u16),
 }
 
 /// The device's limits, read from its configuration space and clamped to the protocol's.
@@ -96,8 +99,12 @@ struct RxQueue {
 struct TxQueue {
     ring: SplitRing,
     free: Vec<u64>,
-    in_flight: Vec<u64>,
+    /// Buffer address and message length by head descriptor.
+    in_flight: Vec<(u64, u32)>,
     buffer_bytes: u32,
+    /// Buffers the device returned, oldest first, for queues whose senders need to know
+    /// (a relinquish report is done only when the device gives its buffer back).
+    returned: Option<Vec<u64>>,
 }
 
 /// The virtio-llm driver over guest memory `M` and transport `T`.
@@ -110,13 +117,19 @@ pub struct LlmDriver<M: DriverMemory, T: Transport> {
     requests: RxQueue,
     replies: TxQueue,
     responses: TxQueue,
+    /// The memory queues, when `feature::MEMORY` was negotiated.
+    mem_events: Option<RxQueue>,
+    mem_reports: Option<TxQueue>,
     window_base: u64,
     stats: DriverStats,
 }
 
 /// Features the driver accepts when offered (besides the required ones).
-pub const OPTIONAL_FEATURES: u64 =
-    F_EVENT_IDX | 1 << feature::TEXT_PROMPT | 1 << feature::TOKEN_TEXT;
+pub const OPTIONAL_FEATURES: u64 = F_EVENT_IDX
+    | 1 << feature::TEXT_PROMPT
+    | 1 << feature::TOKEN_TEXT
+    | 1 << feature::MEMORY
+    | 1 << feature::DIAGNOSTICS;
 /// Features the driver refuses to run without.
 pub const REQUIRED_FEATURES: u64 = F_VERSION_1 | 1 << feature::ACCESS_PLATFORM;
 
@@ -198,7 +211,12 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
             return Err(DriverError::FeaturesRefused);
         }
         let mut rings = Vec::new();
-        for (i, plan) in PLANS.iter().enumerate() {
+        let queues = if features & (1 << feature::MEMORY) != 0 {
+            PLANS.len()
+        } else {
+            usize::from(queue::MEMORY_EVENT)
+        };
+        for (i, plan) in PLANS.iter().enumerate().take(queues) {
             let q = i as u16;
             t.write32(reg::QUEUE_SEL, u32::from(q));
             let max = t.read32(reg::QUEUE_NUM_MAX);
@@ -236,10 +254,14 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
         rings: Vec<SplitRing>,
         base: u64,
     ) -> Self {
-        let [commands, replies, requests, responses]: [SplitRing; 4] = match rings.try_into() {
-            Ok(r) => r,
-            Err(_) => unreachable!("try_configure sets up exactly one ring per plan"),
+        let mut rings = rings.into_iter();
+        let mut next = || rings.next();
+        let (Some(commands), Some(replies), Some(requests), Some(responses)) =
+            (next(), next(), next(), next())
+        else {
+            unreachable!("try_configure sets up at least the four control and request rings")
         };
+        let memory = (next(), next());
         let rx = |index: u16, ring: SplitRing| RxQueue {
             buffer_of: alloc::vec![0; usize::from(PLANS[usize::from(index)].size)],
             buffer_bytes: PLANS[usize::from(index)].buffer_bytes,
@@ -255,15 +277,25 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
                     .rev()
                     .map(|i| start + i * stride)
                     .collect(),
-                in_flight: alloc::vec![0; usize::from(plan.size)],
+                in_flight: alloc::vec![(0, 0); usize::from(plan.size)],
                 buffer_bytes: plan.buffer_bytes,
+                returned: (index == queue::MEMORY_REPORT).then(Vec::new),
             }
+        };
+        let (mem_events, mem_reports) = match memory {
+            (Some(events), Some(reports)) => (
+                Some(rx(queue::MEMORY_EVENT, events)),
+                Some(tx(queue::MEMORY_REPORT, reports)),
+            ),
+            _ => (None, None),
         };
         Self {
             commands: rx(queue::CONTROL_CMD, commands),
             replies: tx(queue::CONTROL_REPLY, replies),
             requests: rx(queue::REQUEST, requests),
             responses: tx(queue::RESPONSE, responses),
+            mem_events,
+            mem_reports,
             window_base: base,
             mem,
             transport,
@@ -288,8 +320,17 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
         self.stats
     }
 
+    /// Whether the memory queues are live (`feature::MEMORY` negotiated).
+    pub fn memory_enabled(&self) -> bool {
+        self.mem_events.is_some()
+    }
+
     fn post_all_rx(&mut self) -> Result<(), DriverError> {
-        for which in [queue::CONTROL_CMD, queue::REQUEST] {
+        let memory = self.memory_enabled().then_some(queue::MEMORY_EVENT);
+        for which in [queue::CONTROL_CMD, queue::REQUEST]
+            .into_iter()
+            .chain(memory)
+        {
             let plan = PLANS[usize::from(which)];
             let start = buffers_start(self.window_base, which);
             let stride = u64::from(plan.buffer_bytes).next_multiple_of(4096);
@@ -301,17 +342,32 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
         Ok(())
     }
 
-    fn rx(&mut self, index: u16) -> (&M, &mut RxQueue) {
-        let q = if index == queue::CONTROL_CMD {
-            &mut self.commands
-        } else {
-            &mut self.requests
+    /// Receive queue `index`, if it is live.
+    fn rx(&mut self, index: u16) -> Result<(&M, &mut RxQueue), DriverError> {
+        let q = match index {
+            queue::CONTROL_CMD => Some(&mut self.commands),
+            queue::REQUEST => Some(&mut self.requests),
+            queue::MEMORY_EVENT => self.mem_events.as_mut(),
+            _ => None,
         };
-        (&self.mem, q)
+        let q = q.ok_or(DriverError::NoSuchQueue(index))?;
+        Ok((&self.mem, q))
+    }
+
+    /// Transmit queue `index`, if it is live.
+    fn tx(&mut self, index: u16) -> Result<(&M, &mut TxQueue), DriverError> {
+        let q = match index {
+            queue::CONTROL_REPLY => Some(&mut self.replies),
+            queue::RESPONSE => Some(&mut self.responses),
+            queue::MEMORY_REPORT => self.mem_reports.as_mut(),
+            _ => None,
+        };
+        let q = q.ok_or(DriverError::NoSuchQueue(index))?;
+        Ok((&self.mem, q))
     }
 
     fn post_rx(&mut self, index: u16, addr: u64) -> Result<(), DriverError> {
-        let (mem, q) = self.rx(index);
+        let (mem, q) = self.rx(index)?;
         let head = q
             .ring
             .add(
@@ -329,14 +385,17 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
 
     /// Notifies the device about queue `index` if it asked for it.
     fn kick(&mut self, index: u16) -> Result<(), DriverError> {
-        let mem = &self.mem;
-        let ring = match index {
-            queue::CONTROL_CMD => &mut self.commands.ring,
-            queue::REQUEST => &mut self.requests.ring,
-            queue::CONTROL_REPLY => &mut self.replies.ring,
-            _ => &mut self.responses.ring,
+        let needs = match index {
+            queue::CONTROL_CMD | queue::REQUEST | queue::MEMORY_EVENT => {
+                let (mem, q) = self.rx(index)?;
+                q.ring.needs_notify(mem)
+            }
+            _ => {
+                let (mem, q) = self.tx(index)?;
+                q.ring.needs_notify(mem)
+            }
         };
-        if ring.needs_notify(mem).map_err(ring_err(index))? {
+        if needs.map_err(ring_err(index))? {
             self.stats.notifications += 1;
             self.transport.write32(reg::QUEUE_NOTIFY, u32::from(index));
         }
@@ -347,7 +406,7 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
     /// `Ok(false)`: nothing arrived.
     fn receive(&mut self, index: u16, out: &mut Vec<u8>) -> Result<bool, DriverError> {
         loop {
-            let (mem, q) = self.rx(index);
+            let (mem, q) = self.rx(index)?;
             let Some(used) = q.ring.pop_used(mem).map_err(ring_err(index))? else {
                 return Ok(false);
             };
@@ -362,6 +421,8 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
             out.clear();
             out.resize(used.len as usize, 0);
             self.mem.read(addr, out).map_err(ring_err(index))?;
+            // Nothing stays in the shared window once it has been taken in.
+            self.mem.clear(addr, out.len()).map_err(ring_err(index))?;
             self.post_rx(index, addr)?;
             self.kick(index)?;
             self.stats.received += 1;
@@ -408,12 +469,25 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
             .map_err(|e| self.malformed(queue::REQUEST, e))
     }
 
-    fn transmit(&mut self, index: u16, frame: &[u8]) -> Result<bool, DriverError> {
-        let q = if index == queue::CONTROL_REPLY {
-            &mut self.replies
-        } else {
-            &mut self.responses
-        };
+    /// Takes back (and clears) the buffers the device finished reading on queue `index`.
+    fn reclaim(&mut self, index: u16) -> Result<(), DriverError> {
+        let (mem, q) = self.tx(index)?;
+        while let Some(used) = q.ring.pop_used(mem).map_err(ring_err(index))? {
+            let (addr, len) = q.in_flight[usize::from(used.head)];
+            mem.clear(addr, len as usize).map_err(ring_err(index))?;
+            q.free.push(addr);
+            if let Some(returned) = q.returned.as_mut() {
+                returned.push(addr);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `frame` on transmit queue `index`; `Ok(None)` if every buffer is still with the
+    /// device, else the buffer it went in.
+    fn transmit(&mut self, index: u16, frame: &[u8]) -> Result<Option<u64>, DriverError> {
+        self.reclaim(index)?;
+        let (mem, q) = self.tx(index)?;
         if frame.len() > q.buffer_bytes as usize {
             return Err(DriverError::TooBig {
                 queue: index,
@@ -421,31 +495,27 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
                 max: q.buffer_bytes,
             });
         }
-        // Take back what the device finished reading.
-        while let Some(used) = q.ring.pop_used(&self.mem).map_err(ring_err(index))? {
-            let addr = q.in_flight[usize::from(used.head)];
-            q.free.push(addr);
-        }
         let Some(addr) = q.free.pop() else {
-            return Ok(false);
+            return Ok(None);
         };
-        self.mem.write(addr, frame).map_err(ring_err(index))?;
+        mem.write(addr, frame).map_err(ring_err(index))?;
+        // Bounded by buffer_bytes (checked above).
+        let len = frame.len() as u32;
         let head = q
             .ring
             .add(
-                &self.mem,
+                mem,
                 &[Buffer {
                     addr,
-                    // Bounded by buffer_bytes (checked above).
-                    len: frame.len() as u32,
+                    len,
                     device_writable: false,
                 }],
             )
             .map_err(ring_err(index))?;
-        q.in_flight[usize::from(head)] = addr;
+        q.in_flight[usize::from(head)] = (addr, len);
         self.stats.sent += 1;
         self.kick(index)?;
-        Ok(true)
+        Ok(Some(addr))
     }
 
     /// Sends a control reply. `Ok(false)`: every transmit buffer is still with the device.
@@ -456,7 +526,7 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
     ) -> Result<bool, DriverError> {
         scratch.clear();
         reply.encode(scratch).map_err(DriverError::Encode)?;
-        self.transmit(queue::CONTROL_REPLY, scratch)
+        Ok(self.transmit(queue::CONTROL_REPLY, scratch)?.is_some())
     }
 
     /// Sends a response. `Ok(false)`: every transmit buffer is still with the device.
@@ -467,7 +537,56 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
     ) -> Result<bool, DriverError> {
         scratch.clear();
         response.encode(scratch).map_err(DriverError::Encode)?;
-        self.transmit(queue::RESPONSE, scratch)
+        Ok(self.transmit(queue::RESPONSE, scratch)?.is_some())
+    }
+
+    /// The next budget change, if the memory queues are live and one arrived.
+    pub fn poll_budget(
+        &mut self,
+        scratch: &mut Vec<u8>,
+    ) -> Result<Option<BudgetChange>, DriverError> {
+        if !self.memory_enabled() || !self.receive(queue::MEMORY_EVENT, scratch)? {
+            return Ok(None);
+        }
+        match MemoryMsg::decode(scratch) {
+            Ok(MemoryMsg::BudgetChange(b)) => Ok(Some(b)),
+            Ok(MemoryMsg::Relinquish(_)) => Err(self.malformed(
+                queue::MEMORY_EVENT,
+                WireError::UnknownType(crate::wire::memory::msg_type::RELINQUISH_REPORT),
+            )),
+            Err(e) => Err(self.malformed(queue::MEMORY_EVENT, e)),
+        }
+    }
+
+    /// Sends a relinquish report. `Ok(None)`: every report buffer is still with the device;
+    /// else a ticket that [`LlmDriver::poll_released`] returns once the device released the
+    /// ranges (it gives the buffer back only then).
+    pub fn send_relinquish(
+        &mut self,
+        report: &RelinquishReport,
+        scratch: &mut Vec<u8>,
+    ) -> Result<Option<u64>, DriverError> {
+        scratch.clear();
+        MemoryMsg::Relinquish(report.clone())
+            .encode(scratch)
+            .map_err(DriverError::Encode)?;
+        self.transmit(queue::MEMORY_REPORT, scratch)
+    }
+
+    /// The ticket of a relinquish report the device has finished with, oldest first.
+    pub fn poll_released(&mut self) -> Result<Option<u64>, DriverError> {
+        if !self.memory_enabled() {
+            return Ok(None);
+        }
+        self.reclaim(queue::MEMORY_REPORT)?;
+        let (_, q) = self.tx(queue::MEMORY_REPORT)?;
+        Ok(q.returned.as_mut().and_then(|r| {
+            if r.is_empty() {
+                None
+            } else {
+                Some(r.remove(0))
+            }
+        }))
     }
 
     /// Asks for notifications on every queue before the caller sleeps. Returns `true` if
@@ -475,18 +594,28 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
     pub fn arm(&mut self) -> Result<bool, DriverError> {
         let mut pending = false;
         let mem = &self.mem;
-        for (index, ring) in [
-            (queue::CONTROL_CMD, &mut self.commands.ring),
-            (queue::REQUEST, &mut self.requests.ring),
-        ] {
-            pending |= ring.arm(mem).map_err(ring_err(index))?;
+        let events = self.mem_events.as_mut().map(|q| (queue::MEMORY_EVENT, q));
+        for (index, q) in [
+            (queue::CONTROL_CMD, &mut self.commands),
+            (queue::REQUEST, &mut self.requests),
+        ]
+        .into_iter()
+        .chain(events)
+        {
+            pending |= q.ring.arm(mem).map_err(ring_err(index))?;
         }
-        // Transmit queues only matter when a sender is waiting for a free buffer.
+        // Transmit queues matter when a sender waits for a free buffer, and for reports
+        // when one is still with the device (its return means the memory was released).
+        let reports = self.mem_reports.as_mut().map(|q| (queue::MEMORY_REPORT, q));
         for (index, q) in [
             (queue::CONTROL_REPLY, &mut self.replies),
             (queue::RESPONSE, &mut self.responses),
-        ] {
-            if q.free.is_empty() {
+        ]
+        .into_iter()
+        .chain(reports)
+        {
+            let waiting = q.free.is_empty() || (q.returned.is_some() && q.ring.outstanding() > 0);
+            if waiting {
                 pending |= q.ring.arm(mem).map_err(ring_err(index))?;
             }
         }

@@ -50,4 +50,15 @@ pub trait DriverMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), RingError>;
     /// Copies `data` to `addr`.
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), RingError>;
+    /// Zeroes `len` bytes at `addr` (transit buffers are cleared after use).
+    fn clear(&self, addr: u64, len: usize) -> Result<(), RingError> {
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(ZEROS.len());
+            self.write(addr + done as u64, &ZEROS[..n])?;
+            done += n;
+        }
+        Ok(())
+    }
 }

@@ -4,6 +4,7 @@
 use crate::error::WireError;
 use crate::spec::{MAX_CHUNK_BYTES, MAX_CONTEXT_LEN, MAX_MODEL_BYTES};
 use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
+use crate::wire::probe::{MemoryProbe, ProbeReply, msg_type as probe_type};
 use crate::wire::status::Status;
 use crate::wire::{Message, decode_checked, ensure};
 
@@ -296,6 +297,8 @@ pub enum ControlCommand<'a> {
     CloseSession(CloseSession),
     /// See [`StatsRequest`].
     Stats(StatsRequest),
+    /// See [`MemoryProbe`] (test-only, `feature::DIAGNOSTICS`).
+    Probe(MemoryProbe),
 }
 
 impl<'a> ControlCommand<'a> {
@@ -310,6 +313,7 @@ impl<'a> ControlCommand<'a> {
             msg_type::OPEN_SESSION => Self::OpenSession(decode_checked(r)?),
             msg_type::CLOSE_SESSION => Self::CloseSession(decode_checked(r)?),
             msg_type::STATS_REQUEST => Self::Stats(decode_checked(r)?),
+            probe_type::MEMORY_PROBE => Self::Probe(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -324,6 +328,7 @@ impl<'a> ControlCommand<'a> {
             Self::OpenSession(m) => m.encode(out),
             Self::CloseSession(m) => m.encode(out),
             Self::Stats(m) => m.encode(out),
+            Self::Probe(m) => m.encode(out),
         }
     }
 }
@@ -335,6 +340,8 @@ pub enum ControlReply {
     Ack(Ack),
     /// See [`StatsReply`].
     Stats(StatsReply),
+    /// See [`ProbeReply`].
+    Probe(ProbeReply),
 }
 
 impl ControlReply {
@@ -344,6 +351,7 @@ impl ControlReply {
         Ok(match t {
             msg_type::ACK => Self::Ack(decode_checked(r)?),
             msg_type::STATS_REPLY => Self::Stats(decode_checked(r)?),
+            probe_type::PROBE_REPLY => Self::Probe(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -353,6 +361,7 @@ impl ControlReply {
         match self {
             Self::Ack(m) => m.encode(out),
             Self::Stats(m) => m.encode(out),
+            Self::Probe(m) => m.encode(out),
         }
     }
 }

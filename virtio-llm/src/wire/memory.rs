@@ -1,5 +1,4 @@
-//! Memory queue messages. Reserved: the formats are fixed now so the queues can be sized and
-//! decoded, but the behaviour (and `feature::MEMORY`) belongs to a later issue.
+//! Memory queue messages (live with `feature::MEMORY`).
 //!
 //! Budget changes go device to driver (queue 4); relinquish reports go driver to device
 //! (queue 5), one per budget change that shrinks the budget, or unsolicited (sequence 0).
@@ -7,7 +6,9 @@
 use alloc::vec::Vec;
 
 use crate::error::WireError;
-use crate::spec::{MAX_RELINQUISH_RANGES, MEMORY_GRANULE, layout::PRIVATE_POOL_BASE};
+use crate::spec::{
+    MAX_RELINQUISH_RANGES, MEMORY_GRANULE, MIN_MEMORY_BUDGET, layout::PRIVATE_POOL_BASE,
+};
 use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
 use crate::wire::{Message, decode_checked, ensure};
 
@@ -24,7 +25,8 @@ pub mod msg_type {
 pub struct BudgetChange {
     /// Increases with every change (from 1), so reports can name the change they answer.
     pub sequence: u64,
-    /// The new budget in bytes, a multiple of `MEMORY_GRANULE`.
+    /// The new budget in bytes, a multiple of `MEMORY_GRANULE`, at least
+    /// `MIN_MEMORY_BUDGET`.
     pub new_budget_bytes: u64,
 }
 
@@ -43,7 +45,8 @@ impl Message<'_> for BudgetChange {
     fn validate(&self) -> Result<(), WireError> {
         ensure(self.sequence != 0, "sequence", 0)?;
         let b = self.new_budget_bytes;
-        ensure(b.is_multiple_of(MEMORY_GRANULE), "new_budget_bytes", b)
+        let ok = b.is_multiple_of(MEMORY_GRANULE) && b >= MIN_MEMORY_BUDGET;
+        ensure(ok, "new_budget_bytes", b)
     }
 }
 

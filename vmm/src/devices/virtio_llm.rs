@@ -19,6 +19,7 @@ use virtio_llm::device::chain::Window;
 use virtio_llm::device::{DeviceError, LlmDevice, NotifyDriver};
 use virtio_llm::spec::{self, config, feature, queue};
 use virtio_llm::wire::control::{ControlCommand, ControlReply};
+use virtio_llm::wire::memory::{BudgetChange, RelinquishReport};
 use virtio_llm::wire::request::RequestMsg;
 use virtio_llm::wire::response::ResponseMsg;
 use virtio_queue::Queue;
@@ -65,6 +66,7 @@ pub struct LlmHost {
     /// One per queue: the guest notified it.
     kicks: Vec<EventFd>,
     stopped: AtomicBool,
+    memory_live: AtomicBool,
 }
 
 impl LlmHost {
@@ -183,6 +185,30 @@ impl LlmHost {
     pub fn recv_response(&self, timeout: Duration) -> Result<ResponseMsg, HostError> {
         self.wait_on(queue::RESPONSE, timeout, |d| d.recv_response())
     }
+
+    /// Sends a budget change on the memory event queue, waiting for a posted buffer.
+    pub fn send_budget(&self, change: &BudgetChange, timeout: Duration) -> Result<(), HostError> {
+        self.wait_on(queue::MEMORY_EVENT, timeout, |d| {
+            Ok(d.send_budget(change)?.then_some(()))
+        })
+    }
+
+    /// Takes the next relinquish report, calling `release` on it before its buffer goes
+    /// back to the guest.
+    pub fn recv_relinquish(
+        &self,
+        release: &mut dyn FnMut(&RelinquishReport),
+        timeout: Duration,
+    ) -> Result<RelinquishReport, HostError> {
+        self.wait_on(queue::MEMORY_REPORT, timeout, |d| {
+            d.recv_relinquish(release)
+        })
+    }
+
+    /// Whether the guest's driver took the memory queues (negotiated `feature::MEMORY`).
+    pub fn memory_queues_live(&self) -> bool {
+        self.memory_live.load(Ordering::SeqCst)
+    }
 }
 
 /// Blocks until `fd` is readable or `timeout` passes.
@@ -205,6 +231,8 @@ pub struct LlmConfig {
     pub max_sessions: u32,
     pub max_context_len: u32,
     pub memory_budget: u64,
+    /// Offer `feature::DIAGNOSTICS` (memory probes); only tests ask for it.
+    pub diagnostics: bool,
 }
 
 impl Default for LlmConfig {
@@ -214,6 +242,7 @@ impl Default for LlmConfig {
             max_sessions: 16,
             max_context_len: spec::MAX_CONTEXT_LEN,
             memory_budget: 0,
+            diagnostics: false,
         }
     }
 }
@@ -225,6 +254,7 @@ pub struct VirtioLlm {
     window: Window,
     interrupt: Arc<Interrupt>,
     config: [u8; config::SIZE],
+    diagnostics: bool,
 }
 
 impl VirtioLlm {
@@ -245,6 +275,7 @@ impl VirtioLlm {
             changed: Condvar::new(),
             kicks,
             stopped: AtomicBool::new(false),
+            memory_live: AtomicBool::new(false),
         });
         let mut cfg = [0u8; config::SIZE];
         cfg[config::PROTOCOL_VERSION] = spec::PROTOCOL_VERSION;
@@ -273,6 +304,7 @@ impl VirtioLlm {
                 timer,
             }),
             config: cfg,
+            diagnostics: limits.diagnostics,
         };
         Ok((device, host))
     }
@@ -284,15 +316,21 @@ impl VirtioDevice for VirtioLlm {
     }
 
     fn features(&self) -> u64 {
+        let diagnostics = if self.diagnostics {
+            1 << feature::DIAGNOSTICS
+        } else {
+            0
+        };
         virtio_llm::mmio::F_EVENT_IDX
             | 1 << feature::ACCESS_PLATFORM
             | 1 << feature::TEXT_PROMPT
             | 1 << feature::TOKEN_TEXT
+            | 1 << feature::MEMORY
+            | diagnostics
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        // Queues 4 and 5 exist only with VIRTIO_LLM_F_MEMORY, which version 1 never offers.
-        &[queue::MAX_SIZE; 4]
+        &[queue::MAX_SIZE; queue::COUNT as usize]
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -323,6 +361,15 @@ impl VirtioDevice for VirtioLlm {
         if features & (1 << feature::ACCESS_PLATFORM) == 0 {
             return Err("the driver did not accept VIRTIO_F_ACCESS_PLATFORM".into());
         }
+        let memory = features & (1 << feature::MEMORY) != 0;
+        if memory && queues.len() < usize::from(queue::COUNT) {
+            return Err(format!(
+                "the driver accepted VIRTIO_LLM_F_MEMORY but made {} of the {} queues ready",
+                queues.len(),
+                queue::COUNT
+            ));
+        }
+        self.host.memory_live.store(memory, Ordering::SeqCst);
         let device = LlmDevice::new(
             self.shared.clone(),
             self.window,
@@ -343,6 +390,7 @@ impl VirtioDevice for VirtioLlm {
     }
 
     fn reset(&mut self) {
+        self.host.memory_live.store(false, Ordering::SeqCst);
         *self.host.lock() = None;
         self.host.changed.notify_all();
     }
