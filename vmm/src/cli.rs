@@ -26,6 +26,64 @@ pub enum Command {
     /// Measure one engine end to end: cold and warm time to first token, prefill and decode
     /// speed, or the private-memory floor (prints one JSON line; `make bench` runs it).
     BenchE2e(BenchE2eArgs),
+    /// Serve the OpenAI-compatible HTTP API from the protected guest (the daemon).
+    Serve(ServeArgs),
+}
+
+/// `flexserve serve`: flags override the config file's keys.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML config file (default: /etc/flexserve/flexserve.toml when it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Unix socket to listen on (`listen.socket`).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Also listen on this TCP address, loopback only unless the config allows more
+    /// (`listen.tcp`), e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    pub tcp: Option<String>,
+    /// Directory of the served `*.gguf` models (`models.dir`).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+    /// Default model: a file name in the models directory without `.gguf` (`models.default`).
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// Context window of each request in tokens (`models.context`).
+    #[arg(long)]
+    pub ctx: Option<i64>,
+    /// Most private memory the guest may get, e.g. 2G (`guest.memory_max`).
+    #[arg(long)]
+    pub memory_max: Option<String>,
+    /// vCPUs of the guest (`guest.vcpus`).
+    #[arg(long)]
+    pub vcpus: Option<i64>,
+    /// Boot the guest at `startup` or on the first request (`lazy`) (`guest.start`).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Requests that may wait for the guest; one more gets 429 (`limits.queue_depth`).
+    #[arg(long)]
+    pub queue_depth: Option<i64>,
+    /// Directory with the guest images (`guest.images`).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    pub fn overrides(&self) -> vmm::serve::config::Overrides {
+        vmm::serve::config::Overrides {
+            socket: self.socket.clone(),
+            tcp: self.tcp.clone(),
+            vcpus: self.vcpus,
+            memory_max: self.memory_max.clone(),
+            images: self.images.clone(),
+            start: self.start.clone(),
+            models_dir: self.models_dir.clone(),
+            default_model: self.model.clone(),
+            context: self.ctx,
+            queue_depth: self.queue_depth,
+        }
+    }
 }
 
 /// What `bench-e2e` measures.

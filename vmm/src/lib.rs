@@ -9,4 +9,6 @@ pub mod hypervisor;
 pub mod machine;
 pub mod memory_broker;
 pub mod protected_vm;
+pub mod serve;
+pub mod text_stream;
 pub mod vcpu_exit;

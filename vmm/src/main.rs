@@ -1,5 +1,5 @@
 //! `flexserve`: the FlexServe host binary: `run` (protected guest or `--unprotected`),
-//! `bench-engine`.
+//! `bench-engine`, `bench-e2e`, `serve` (the daemon, `vmm::serve`).
 
 mod bench_e2e;
 mod bench_engine;
@@ -7,7 +7,6 @@ mod cli;
 mod huge_buffer;
 mod model_file;
 mod protected;
-mod text_stream;
 mod unprotected;
 
 use anyhow::Context;
@@ -15,6 +14,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 use std::io::Read;
 use std::process::ExitCode;
+use vmm::text_stream;
 
 fn main() -> ExitCode {
     match run() {
@@ -63,6 +63,11 @@ fn run() -> anyhow::Result<Finished> {
         }
         Command::BenchEngine(args) => bench_engine::run(&args)?,
         Command::BenchE2e(args) => bench_e2e::run(&args)?,
+        Command::Serve(args) => {
+            let config =
+                vmm::serve::config::Config::load(args.config.as_deref(), &args.overrides())?;
+            vmm::serve::run(config)?;
+        }
     }
     Ok(Finished::Done)
 }

@@ -1,0 +1,395 @@
+//! The HTTP API: routes, request checks, queueing, and the answers (whole or as
+//! server-sent events in OpenAI's format).
+
+use super::Shared;
+use super::error::ApiError;
+use super::listen::ConnId;
+use super::metrics::Outcome;
+use super::models::HostModel;
+use super::openai::{Answer, Endpoint, GenRequest, Usage, finish_reason, json_response};
+use super::scheduler::{ClientKey, Rejected};
+use super::stop::StopScanner;
+use super::worker::{Event, Job};
+use crate::text_stream::Utf8Stream;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Largest request body (a prompt of the largest context fits many times over).
+const MAX_BODY_BYTES: usize = 4 << 20;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(shared)
+}
+
+async fn health(State(s): State<Arc<Shared>>) -> Response {
+    let guest = s.metrics.guest();
+    json_response(
+        StatusCode::OK,
+        &json!({"status": "ok", "guest": guest.name(), "queued": s.queue.len()}),
+    )
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    s.metrics
+        .queue_depth
+        .store(s.queue.len() as u64, Ordering::Relaxed);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn models(State(s): State<Arc<Shared>>) -> Response {
+    let data: Vec<_> = s
+        .catalogue
+        .list()
+        .into_iter()
+        .map(|(id, created)| json!({"id": id, "object": "model", "created": created, "owned_by": "flexserve"}))
+        .collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+async fn not_found(uri: Uri) -> Response {
+    ApiError::NotFound(uri.path().to_string()).into_response()
+}
+
+async fn chat(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<ConnId>,
+    body: Bytes,
+) -> Response {
+    generate(s, conn, Endpoint::Chat, body).await
+}
+
+async fn completions(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<ConnId>,
+    body: Bytes,
+) -> Response {
+    generate(s, conn, Endpoint::Completion, body).await
+}
+
+/// Sets the job's cancel flag when the handler or its stream is dropped (the client went
+/// away); the worker then skips the job or stops it between two tokens.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A queued request: what its answer needs.
+struct Pending {
+    req: GenRequest,
+    model: Arc<HostModel>,
+    prompt_tokens: u32,
+    events: mpsc::UnboundedReceiver<Event>,
+    cancel: CancelOnDrop,
+}
+
+async fn generate(s: Arc<Shared>, conn: ConnId, endpoint: Endpoint, body: Bytes) -> Response {
+    let arrived = Instant::now();
+    let pending = match enqueue(&s, conn, endpoint, &body, arrived).await {
+        Ok(p) => p,
+        Err(e) => {
+            s.metrics.request(match e {
+                ApiError::QueueFull { .. } | ApiError::ShuttingDown => Outcome::Rejected,
+                ApiError::Model(_) | ApiError::Guest(_) => Outcome::Failed,
+                _ => Outcome::Invalid,
+            });
+            return e.into_response();
+        }
+    };
+    let n = s.next_id.fetch_add(1, Ordering::Relaxed);
+    let answer = Answer::new(endpoint, n, &pending.model.id);
+    if pending.req.stream {
+        stream(answer, pending)
+    } else {
+        whole(answer, pending).await
+    }
+}
+
+async fn enqueue(
+    s: &Arc<Shared>,
+    conn: ConnId,
+    endpoint: Endpoint,
+    body: &[u8],
+    arrived: Instant,
+) -> Result<Pending, ApiError> {
+    let limit = s.config.max_tokens;
+    let req = match endpoint {
+        Endpoint::Chat => super::openai::parse_chat(body, limit)?,
+        Endpoint::Completion => super::openai::parse_completion(body, limit)?,
+    };
+    let name = req
+        .model
+        .clone()
+        .unwrap_or_else(|| s.config.default_model.clone());
+    // The first request for a model reads and checks its file: off the async threads.
+    let (model, prompt) = {
+        let s = s.clone();
+        let input = req.input.clone();
+        tokio::task::spawn_blocking(move || {
+            let model = s.catalogue.get(&name)?;
+            let prompt = model.encode(&input)?;
+            Ok::<_, ApiError>((model, prompt))
+        })
+        .await
+        .map_err(|e| ApiError::Model(format!("the model check failed: {e}")))??
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::invalid("prompt", "the prompt is empty"));
+    }
+    if prompt.len() >= model.context as usize {
+        return Err(ApiError::PromptTooLong {
+            prompt: prompt.len(),
+            context: model.context,
+        });
+    }
+    let room = model.context - prompt.len() as u32;
+    let max_tokens = req.max_tokens.unwrap_or(limit).min(room);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let client = match &req.user {
+        Some(u) => ClientKey::User(u.clone()),
+        None => ClientKey::Connection(conn.0),
+    };
+    let prompt_tokens = prompt.len() as u32;
+    let job = Job {
+        model: model.clone(),
+        prompt,
+        sampling: virtio_llm::wire::request::SamplingParams {
+            max_tokens,
+            ..req.sampling
+        },
+        events: tx,
+        cancel: cancel.clone(),
+        arrived,
+    };
+    match s.queue.submit(client, job) {
+        Ok(()) => {}
+        Err((Rejected::Full, _)) => {
+            return Err(ApiError::QueueFull {
+                retry_after: s.config.retry_after_secs,
+            });
+        }
+        Err((Rejected::ShuttingDown, _)) => return Err(ApiError::ShuttingDown),
+    }
+    s.metrics
+        .queue_depth
+        .store(s.queue.len() as u64, Ordering::Relaxed);
+    Ok(Pending {
+        req,
+        model,
+        prompt_tokens,
+        events: rx,
+        cancel: CancelOnDrop(cancel),
+    })
+}
+
+/// Turns streamed token ids into text: end-of-generation tokens are not text, a character
+/// split over tokens waits for its end, stop sequences cut the text.
+struct Detok {
+    model: Arc<HostModel>,
+    utf8: Utf8Stream,
+    stop: StopScanner,
+    tokens: u32,
+}
+
+impl Detok {
+    fn new(model: Arc<HostModel>, stops: Vec<String>) -> Self {
+        Self {
+            model,
+            utf8: Utf8Stream::default(),
+            stop: StopScanner::new(stops),
+            tokens: 0,
+        }
+    }
+
+    /// Text that can be sent, and whether a stop sequence ended it.
+    fn push(&mut self, ids: &[u32]) -> (String, bool) {
+        let mut text = String::new();
+        for &id in ids {
+            self.tokens += 1;
+            if self.model.tokenizer.is_end_of_generation(id) {
+                continue;
+            }
+            let (piece, stopped) = self
+                .stop
+                .push(&self.utf8.push(self.model.tokenizer.token_bytes(id)));
+            text.push_str(&piece);
+            if stopped {
+                return (text, true);
+            }
+        }
+        (text, false)
+    }
+
+    fn finish(&mut self) -> String {
+        let (mut text, stopped) = self.stop.push(&self.utf8.finish());
+        if !stopped {
+            text.push_str(&self.stop.finish());
+        }
+        text
+    }
+}
+
+/// A non-streaming answer: wait for the end, then one JSON object.
+async fn whole(answer: Answer, mut p: Pending) -> Response {
+    let mut detok = Detok::new(p.model.clone(), p.req.stop.clone());
+    let mut text = String::new();
+    loop {
+        match p.events.recv().await {
+            Some(Event::Tokens(ids)) => {
+                let (piece, stopped) = detok.push(&ids);
+                text.push_str(&piece);
+                if stopped {
+                    p.cancel.0.store(true, Ordering::Relaxed);
+                    let usage = Usage {
+                        prompt: p.prompt_tokens,
+                        completion: detok.tokens,
+                    };
+                    return json_response(StatusCode::OK, &answer.full(&text, "stop", usage));
+                }
+            }
+            Some(Event::Done(end)) => {
+                text.push_str(&detok.finish());
+                let usage = Usage {
+                    prompt: end.prompt_tokens,
+                    completion: end.generated_tokens,
+                };
+                let finish = finish_reason(end.reason);
+                return json_response(StatusCode::OK, &answer.full(&text, finish, usage));
+            }
+            Some(Event::Failed(e)) => return e.into_response(),
+            None => return ApiError::ShuttingDown.into_response(),
+        }
+    }
+}
+
+fn sse(v: &serde_json::Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// The state of one event stream.
+struct Streaming {
+    answer: Answer,
+    p: Pending,
+    detok: Detok,
+    started: bool,
+    done: bool,
+}
+
+impl Streaming {
+    /// The next bytes to send; `None` once the stream is over.
+    async fn next(&mut self) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        if !self.started && self.answer.endpoint == Endpoint::Chat {
+            self.started = true;
+            return Some(sse(&self.answer.chunk(Some(""), true, None, None)));
+        }
+        loop {
+            match self.p.events.recv().await {
+                Some(Event::Tokens(ids)) => {
+                    let (text, stopped) = self.detok.push(&ids);
+                    if stopped {
+                        self.p.cancel.0.store(true, Ordering::Relaxed);
+                        let usage = Usage {
+                            prompt: self.p.prompt_tokens,
+                            completion: self.detok.tokens,
+                        };
+                        return Some(self.last(text, "stop", usage));
+                    }
+                    if !text.is_empty() {
+                        return Some(sse(&self.answer.chunk(Some(&text), false, None, None)));
+                    }
+                }
+                Some(Event::Done(end)) => {
+                    let text = self.detok.finish();
+                    let usage = Usage {
+                        prompt: end.prompt_tokens,
+                        completion: end.generated_tokens,
+                    };
+                    return Some(self.last(text, finish_reason(end.reason), usage));
+                }
+                Some(Event::Failed(e)) => {
+                    self.done = true;
+                    return Some(sse(&e.body()));
+                }
+                None => {
+                    self.done = true;
+                    return Some(sse(&ApiError::ShuttingDown.body()));
+                }
+            }
+        }
+    }
+
+    /// The last text, the chunk with the finish reason and usage, and `[DONE]`.
+    fn last(&mut self, text: String, finish: &str, usage: Usage) -> String {
+        self.done = true;
+        let mut out = String::new();
+        if !text.is_empty() {
+            out.push_str(&sse(&self.answer.chunk(Some(&text), false, None, None)));
+        }
+        out.push_str(&sse(&self.answer.chunk(
+            None,
+            false,
+            Some(finish),
+            Some(usage),
+        )));
+        if self.p.req.include_usage {
+            let mut u = self.answer.chunk(None, false, None, Some(usage));
+            u["choices"] = json!([]);
+            out.push_str(&sse(&u));
+        }
+        out.push_str("data: [DONE]\n\n");
+        out
+    }
+}
+
+/// A streaming answer: server-sent events as tokens arrive. When the client goes away the
+/// body (and with it the job's receiver and cancel guard) is dropped: the worker stops the
+/// generation.
+fn stream(answer: Answer, p: Pending) -> Response {
+    let detok = Detok::new(p.model.clone(), p.req.stop.clone());
+    let state = Streaming {
+        answer,
+        p,
+        detok,
+        started: false,
+        done: false,
+    };
+    let body = futures_util::stream::unfold(state, |mut st| async move {
+        let chunk = st.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(chunk)), st))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}

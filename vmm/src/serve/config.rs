@@ -1,0 +1,394 @@
+//! The daemon's configuration: a TOML file (`--config`, default
+//! `/etc/flexserve/flexserve.toml`) with command-line flags on top. Unknown keys and bad
+//! values are errors that name the key.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where the daemon reads its configuration when `--config` is not given (a missing file
+/// there means "all defaults").
+pub const DEFAULT_CONFIG: &str = "/etc/flexserve/flexserve.toml";
+/// The Unix socket clients connect to by default.
+pub const DEFAULT_SOCKET: &str = "/run/flexserve/flexserve.sock";
+/// Where the daemon looks for `*.gguf` files by default.
+pub const DEFAULT_MODELS_DIR: &str = "/var/lib/flexserve/models";
+/// The model booted at startup (a file name in the models directory, without `.gguf`).
+pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Bad { key: &'static str, message: String },
+    #[error(
+        "config key `listen.tcp`: {addr} is not a loopback address; set \
+         `listen.allow_non_loopback = true` to expose the API beyond this machine"
+    )]
+    NotLoopback { addr: SocketAddr },
+}
+
+/// When the guest VM boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// At startup, with the default model (READY=1 waits for it).
+    Startup,
+    /// On the first request.
+    Lazy,
+}
+
+/// Everything the daemon runs with, checked.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The Unix socket to create (ignored under socket activation).
+    pub socket: PathBuf,
+    /// Its permission bits.
+    pub socket_mode: u32,
+    /// An optional TCP listener (loopback unless `allow_non_loopback`).
+    pub tcp: Option<SocketAddr>,
+    pub vcpus: u8,
+    /// The most private memory one guest may have, bytes.
+    pub memory_max: u64,
+    /// Guest image directory (default: as `flexserve run`).
+    pub images: Option<PathBuf>,
+    pub start: StartMode,
+    pub models_dir: PathBuf,
+    pub default_model: String,
+    /// Context window of each request, tokens (capped at the model's training context).
+    pub context: u32,
+    /// Requests waiting for the guest, all clients together; one more is answered 429.
+    pub queue_depth: usize,
+    /// The largest `max_tokens` a request may ask for.
+    pub max_tokens: u32,
+    /// `Retry-After` of a 429, seconds.
+    pub retry_after_secs: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: DEFAULT_SOCKET.into(),
+            socket_mode: 0o660,
+            tcp: None,
+            vcpus: 2,
+            memory_max: 4 << 30,
+            images: None,
+            start: StartMode::Startup,
+            models_dir: DEFAULT_MODELS_DIR.into(),
+            default_model: DEFAULT_MODEL.into(),
+            context: 2048,
+            queue_depth: 64,
+            max_tokens: 4096,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    listen: ListenSection,
+    #[serde(default)]
+    guest: GuestSection,
+    #[serde(default)]
+    models: ModelsSection,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenSection {
+    socket: Option<PathBuf>,
+    socket_mode: Option<String>,
+    tcp: Option<String>,
+    allow_non_loopback: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuestSection {
+    vcpus: Option<i64>,
+    memory_max: Option<String>,
+    images: Option<PathBuf>,
+    start: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsSection {
+    dir: Option<PathBuf>,
+    default: Option<String>,
+    context: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    queue_depth: Option<i64>,
+    max_tokens: Option<i64>,
+    retry_after_seconds: Option<i64>,
+}
+
+/// Values given on the command line; each overrides its key in the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub socket: Option<PathBuf>,
+    pub tcp: Option<String>,
+    pub vcpus: Option<i64>,
+    pub memory_max: Option<String>,
+    pub images: Option<PathBuf>,
+    pub start: Option<String>,
+    pub models_dir: Option<PathBuf>,
+    pub default_model: Option<String>,
+    pub context: Option<i64>,
+    pub queue_depth: Option<i64>,
+}
+
+/// Parses a size: bytes, or a number with K, M or G (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.as_bytes().last()?.to_ascii_uppercase() {
+        b'K' => (&s[..s.len() - 1], 10),
+        b'M' => (&s[..s.len() - 1], 20),
+        b'G' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+fn bad(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Bad {
+        key,
+        message: message.into(),
+    }
+}
+
+fn in_range(key: &'static str, v: i64, lo: i64, hi: i64) -> Result<i64, ConfigError> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(bad(key, format!("must be between {lo} and {hi}, not {v}")))
+    }
+}
+
+impl Config {
+    /// Reads `path` (or the default file when it exists) and applies `flags`.
+    pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => Some((
+                p.to_path_buf(),
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+            )),
+            None => std::fs::read_to_string(DEFAULT_CONFIG)
+                .ok()
+                .map(|t| (PathBuf::from(DEFAULT_CONFIG), t)),
+        };
+        let file = match text {
+            Some((path, text)) => {
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path,
+                    message: e.to_string().trim_end().to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::from_parts(file, flags)
+    }
+
+    /// Parses a configuration from TOML text (no file, no flags).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let file = toml::from_str::<FileConfig>(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Self::from_parts(file, &Overrides::default())
+    }
+
+    fn from_parts(f: FileConfig, o: &Overrides) -> Result<Self, ConfigError> {
+        let mut c = Config::default();
+        if let Some(s) = o.socket.clone().or(f.listen.socket) {
+            if s.as_os_str().is_empty() {
+                return Err(bad("listen.socket", "must not be empty"));
+            }
+            c.socket = s;
+        }
+        if let Some(m) = f.listen.socket_mode {
+            c.socket_mode = u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    bad(
+                        "listen.socket_mode",
+                        format!("{m:?} is not an octal mode like \"0660\""),
+                    )
+                })?;
+        }
+        let allow = f.listen.allow_non_loopback.unwrap_or(false);
+        if let Some(t) = o.tcp.clone().or(f.listen.tcp) {
+            let addr: SocketAddr = t.parse().map_err(|_| {
+                bad(
+                    "listen.tcp",
+                    format!("{t:?} is not an address like \"127.0.0.1:8080\""),
+                )
+            })?;
+            if !allow && !addr.ip().is_loopback() {
+                return Err(ConfigError::NotLoopback { addr });
+            }
+            c.tcp = Some(addr);
+        }
+        if let Some(v) = o.vcpus.or(f.guest.vcpus) {
+            c.vcpus = in_range("guest.vcpus", v, 1, 8)? as u8;
+        }
+        if let Some(m) = o.memory_max.clone().or(f.guest.memory_max) {
+            c.memory_max = parse_size(&m).filter(|b| *b >= 16 << 20).ok_or_else(|| {
+                bad(
+                    "guest.memory_max",
+                    format!("{m:?} is not a size of at least 16M, like \"2G\" or \"1536M\""),
+                )
+            })?;
+        }
+        c.images = o.images.clone().or(f.guest.images);
+        if let Some(s) = o.start.clone().or(f.guest.start) {
+            c.start = match s.as_str() {
+                "startup" => StartMode::Startup,
+                "lazy" => StartMode::Lazy,
+                _ => {
+                    return Err(bad(
+                        "guest.start",
+                        format!("must be \"startup\" or \"lazy\", not {s:?}"),
+                    ));
+                }
+            };
+        }
+        if let Some(d) = o.models_dir.clone().or(f.models.dir) {
+            c.models_dir = d;
+        }
+        if let Some(m) = o.default_model.clone().or(f.models.default) {
+            let m = m.strip_suffix(".gguf").unwrap_or(&m).to_string();
+            if m.is_empty() || m.contains('/') {
+                return Err(bad(
+                    "models.default",
+                    format!("{m:?} is not a model name (a file name in models.dir, without .gguf)"),
+                ));
+            }
+            c.default_model = m;
+        }
+        if let Some(v) = o.context.or(f.models.context) {
+            c.context = in_range("models.context", v, 16, 128 * 1024)? as u32;
+        }
+        if let Some(v) = o.queue_depth.or(f.limits.queue_depth) {
+            c.queue_depth = in_range("limits.queue_depth", v, 1, 100_000)? as usize;
+        }
+        if let Some(v) = f.limits.max_tokens {
+            c.max_tokens = in_range("limits.max_tokens", v, 1, 128 * 1024)? as u32;
+        }
+        if let Some(v) = f.limits.retry_after_seconds {
+            c.retry_after_secs = in_range("limits.retry_after_seconds", v, 1, 3600)? as u32;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = Config::from_toml(
+            r#"
+            [listen]
+            socket = "/tmp/x.sock"
+            socket_mode = "0600"
+            tcp = "127.0.0.1:8080"
+            [guest]
+            vcpus = 1
+            memory_max = "1G"
+            start = "lazy"
+            [models]
+            dir = "models"
+            default = "tiny.Q8_0.gguf"
+            context = 512
+            [limits]
+            queue_depth = 4
+            max_tokens = 100
+            retry_after_seconds = 2
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.socket_mode, 0o600);
+        assert_eq!(c.tcp, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(
+            (c.vcpus, c.memory_max, c.start),
+            (1, 1 << 30, StartMode::Lazy)
+        );
+        assert_eq!((c.default_model.as_str(), c.context), ("tiny.Q8_0", 512));
+        assert_eq!(
+            (c.queue_depth, c.max_tokens, c.retry_after_secs),
+            (4, 100, 2)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |t: &str| Config::from_toml(t).unwrap_err().to_string();
+        assert!(
+            err("[guest]\nvcpu = 2").contains("vcpu"),
+            "{}",
+            err("[guest]\nvcpu = 2")
+        );
+        assert!(err("color = 1").contains("color"));
+        assert!(err("[guest]\nvcpus = 99").contains("guest.vcpus"));
+        assert!(err("[guest]\nvcpus = \"two\"").contains("vcpus"));
+        assert!(err("[guest]\nmemory_max = \"lots\"").contains("guest.memory_max"));
+        assert!(err("[guest]\nstart = \"soon\"").contains("guest.start"));
+        assert!(err("[listen]\ntcp = \"localhost\"").contains("listen.tcp"));
+        assert!(err("[listen]\nsocket_mode = \"999\"").contains("listen.socket_mode"));
+        assert!(err("[limits]\nqueue_depth = 0").contains("limits.queue_depth"));
+        assert!(err("[models]\ndefault = \"../x\"").contains("models.default"));
+    }
+
+    #[test]
+    fn non_loopback_tcp_needs_consent() {
+        let e = Config::from_toml("[listen]\ntcp = \"0.0.0.0:8080\"").unwrap_err();
+        assert!(matches!(e, ConfigError::NotLoopback { .. }), "{e}");
+        let c = Config::from_toml("[listen]\ntcp = \"0.0.0.0:8080\"\nallow_non_loopback = true")
+            .unwrap();
+        assert!(c.tcp.is_some());
+        assert!(Config::from_toml("[listen]\ntcp = \"[::1]:8080\"").is_ok());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f: FileConfig = toml::from_str("[guest]\nvcpus = 1").unwrap();
+        let o = Overrides {
+            vcpus: Some(2),
+            tcp: Some("127.0.0.1:0".into()),
+            ..Overrides::default()
+        };
+        let c = Config::from_parts(f, &o).unwrap();
+        assert_eq!(c.vcpus, 2);
+        assert!(c.tcp.is_some());
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("1536m"), Some(1536 << 20));
+        assert_eq!(parse_size("two"), None);
+        assert_eq!(parse_size("99999999999999G"), None);
+    }
+}

@@ -1,0 +1,126 @@
+//! Errors of the HTTP API, answered as OpenAI-style error objects:
+//! `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// A request the API answers with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error("the request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("the model `{0}` does not exist; GET /v1/models lists the models served here")]
+    UnknownModel(String),
+    #[error(
+        "this model's context is {context} tokens, but the prompt has {prompt} tokens; \
+         shorten the prompt"
+    )]
+    PromptTooLong { prompt: usize, context: u32 },
+    #[error("{0} is not supported by this server")]
+    Unsupported(&'static str),
+    #[error("too many requests are waiting for the guest; retry in {retry_after} s")]
+    QueueFull { retry_after: u32 },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Model(String),
+    #[error("{0}")]
+    Guest(String),
+    #[error("no route for {0}")]
+    NotFound(String),
+}
+
+impl ApiError {
+    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            message: message.into(),
+            param: Some(param),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid { .. }
+            | ApiError::BadJson(_)
+            | ApiError::PromptTooLong { .. }
+            | ApiError::Unsupported(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Model(_) | ApiError::Guest(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ApiError::Invalid { .. } | ApiError::BadJson(_) | ApiError::Unsupported(_) => {
+                ("invalid_request_error", None)
+            }
+            ApiError::UnknownModel(_) => ("invalid_request_error", Some("model_not_found")),
+            ApiError::PromptTooLong { .. } => {
+                ("invalid_request_error", Some("context_length_exceeded"))
+            }
+            ApiError::NotFound(_) => ("invalid_request_error", Some("not_found")),
+            ApiError::QueueFull { .. } => ("requests", Some("rate_limit_exceeded")),
+            ApiError::ShuttingDown => ("server_error", Some("shutting_down")),
+            ApiError::Model(_) => ("server_error", Some("model_error")),
+            ApiError::Guest(_) => ("server_error", Some("guest_error")),
+        }
+    }
+
+    /// The JSON error object.
+    pub fn body(&self) -> serde_json::Value {
+        let (kind, code) = self.kind();
+        let param = match self {
+            ApiError::Invalid { param, .. } => *param,
+            ApiError::UnknownModel(_) => Some("model"),
+            ApiError::PromptTooLong { .. } => Some("messages"),
+            _ => None,
+        };
+        serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": kind,
+                "param": param,
+                "code": code,
+            }
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = super::openai::json_response(self.status(), &self.body());
+        if let ApiError::QueueFull { retry_after } = self {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_full_is_429_with_retry_after() {
+        let r = ApiError::QueueFull { retry_after: 2 }.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn bodies_are_openai_error_objects() {
+        let b = ApiError::invalid("temperature", "temperature must be between 0 and 2").body();
+        assert_eq!(b["error"]["param"], "temperature");
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        let b = ApiError::UnknownModel("gpt-9".into()).body();
+        assert_eq!(b["error"]["code"], "model_not_found");
+    }
+}

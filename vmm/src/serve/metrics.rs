@@ -1,0 +1,256 @@
+//! Counters, gauges and histograms of the daemon, rendered as Prometheus text for
+//! `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// State of the guest VM as `/health` and `/metrics` report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum GuestState {
+    Down = 0,
+    Starting = 1,
+    Up = 2,
+}
+
+impl GuestState {
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestState::Down => "down",
+            GuestState::Starting => "starting",
+            GuestState::Up => "up",
+        }
+    }
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome {
+    Ok,
+    /// 4xx: bad input, unknown model.
+    Invalid,
+    /// 429: queue full.
+    Rejected,
+    /// The client went away.
+    Cancelled,
+    /// The guest failed (crash, refusal).
+    Failed,
+}
+
+const OUTCOMES: [(&str, usize); 5] = [
+    ("ok", 0),
+    ("invalid", 1),
+    ("rejected", 2),
+    ("cancelled", 3),
+    ("failed", 4),
+];
+
+/// A histogram with fixed bucket bounds.
+pub struct Histogram {
+    bounds: &'static [f64],
+    inner: Mutex<(Vec<u64>, f64, u64)>,
+}
+
+impl Histogram {
+    const fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            inner: Mutex::new((Vec::new(), 0.0, 0)),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0.is_empty() {
+            g.0 = vec![0; self.bounds.len()];
+        }
+        for (i, b) in self.bounds.iter().enumerate() {
+            if v <= *b {
+                g.0[i] += 1;
+            }
+        }
+        g.1 += v;
+        g.2 += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, b) in self.bounds.iter().enumerate() {
+            let n = g.0.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", g.2);
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", g.1, g.2);
+    }
+}
+
+const TTFT_BOUNDS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const DECODE_BOUNDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// Everything `/metrics` shows.
+pub struct Metrics {
+    requests: [AtomicU64; 5],
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub guest_state: AtomicU64,
+    pub guest_starts: AtomicU64,
+    pub guest_crashes: AtomicU64,
+    pub queue_depth: AtomicU64,
+    pub memory_max_bytes: AtomicU64,
+    pub memory_budget_bytes: AtomicU64,
+    pub memory_used_bytes: AtomicU64,
+    /// Time from the request's arrival to its first token, seconds.
+    pub ttft: Histogram,
+    /// Guest decode time per generated token after the first, seconds.
+    pub decode: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Default::default(),
+            prompt_tokens: AtomicU64::new(0),
+            generated_tokens: AtomicU64::new(0),
+            guest_state: AtomicU64::new(GuestState::Down as u64),
+            guest_starts: AtomicU64::new(0),
+            guest_crashes: AtomicU64::new(0),
+            queue_depth: AtomicU64::new(0),
+            memory_max_bytes: AtomicU64::new(0),
+            memory_budget_bytes: AtomicU64::new(0),
+            memory_used_bytes: AtomicU64::new(0),
+            ttft: Histogram::new(TTFT_BOUNDS),
+            decode: Histogram::new(DECODE_BOUNDS),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, outcome: Outcome) {
+        self.requests[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn requests(&self, outcome: Outcome) -> u64 {
+        self.requests[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn set_guest(&self, s: GuestState) {
+        self.guest_state.store(s as u64, Ordering::Relaxed);
+    }
+
+    pub fn guest(&self) -> GuestState {
+        match self.guest_state.load(Ordering::Relaxed) {
+            2 => GuestState::Up,
+            1 => GuestState::Starting,
+            _ => GuestState::Down,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        o.push_str("# HELP flexserve_requests_total Generation requests by outcome.\n");
+        o.push_str("# TYPE flexserve_requests_total counter\n");
+        for (name, i) in OUTCOMES {
+            let _ = writeln!(
+                o,
+                "flexserve_requests_total{{outcome=\"{name}\"}} {}",
+                get(&self.requests[i])
+            );
+        }
+        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        one(
+            "flexserve_prompt_tokens_total",
+            "counter",
+            "Prompt tokens processed.",
+            get(&self.prompt_tokens),
+        );
+        one(
+            "flexserve_generated_tokens_total",
+            "counter",
+            "Tokens generated.",
+            get(&self.generated_tokens),
+        );
+        one(
+            "flexserve_queue_depth",
+            "gauge",
+            "Requests waiting for the guest.",
+            get(&self.queue_depth),
+        );
+        one(
+            "flexserve_guest_up",
+            "gauge",
+            "1 when the guest VM is up with a model loaded.",
+            u64::from(self.guest() == GuestState::Up),
+        );
+        one(
+            "flexserve_guest_starts_total",
+            "counter",
+            "Guest VM boots.",
+            get(&self.guest_starts),
+        );
+        one(
+            "flexserve_guest_crashes_total",
+            "counter",
+            "Guest VMs that died on their own.",
+            get(&self.guest_crashes),
+        );
+        one(
+            "flexserve_memory_max_bytes",
+            "gauge",
+            "Most private memory a guest may be given (guest.memory_max).",
+            get(&self.memory_max_bytes),
+        );
+        one(
+            "flexserve_memory_budget_bytes",
+            "gauge",
+            "Private memory of the running guest.",
+            get(&self.memory_budget_bytes),
+        );
+        one(
+            "flexserve_memory_used_bytes",
+            "gauge",
+            "Private memory the running guest uses.",
+            get(&self.memory_used_bytes),
+        );
+        self.ttft.render(
+            &mut o,
+            "flexserve_ttft_seconds",
+            "Time from a request's arrival to its first token.",
+        );
+        self.decode.render(
+            &mut o,
+            "flexserve_decode_seconds_per_token",
+            "Guest decode time per generated token.",
+        );
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.request(Outcome::Ok);
+        m.request(Outcome::Rejected);
+        m.ttft.observe(0.03);
+        m.ttft.observe(2.0);
+        let t = m.render();
+        assert!(
+            t.contains("flexserve_requests_total{outcome=\"ok\"} 1"),
+            "{t}"
+        );
+        assert!(t.contains("flexserve_requests_total{outcome=\"rejected\"} 1"));
+        assert!(t.contains("flexserve_ttft_seconds_bucket{le=\"0.05\"} 1"));
+        assert!(t.contains("flexserve_ttft_seconds_bucket{le=\"2.5\"} 2"));
+        assert!(t.contains("flexserve_ttft_seconds_count 2"));
+        assert!(t.contains("flexserve_guest_up 0"));
+    }
+}

@@ -1,0 +1,583 @@
+//! OpenAI's request and response shapes: parsing `/v1/chat/completions` and
+//! `/v1/completions` bodies with a precise error per field, and building the JSON answers
+//! and stream chunks.
+
+use super::error::ApiError;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use inference_guest::tokenizer::ChatMessage;
+use serde_json::{Map, Value, json};
+use virtio_llm::wire::request::SamplingParams;
+use virtio_llm::wire::response::StopReason;
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Chat messages, rendered with the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// A raw text prompt (completions).
+    Text(String),
+    /// A prompt already in token ids (completions).
+    Tokens(Vec<u32>),
+}
+
+/// A parsed generation request.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    /// `None`: the default model.
+    pub model: Option<String>,
+    pub input: Input,
+    /// `None`: as many as the context allows (up to `limits.max_tokens`).
+    pub max_tokens: Option<u32>,
+    /// Sampling; its `max_tokens` is filled in once the prompt length is known.
+    pub sampling: SamplingParams,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub stop: Vec<String>,
+    pub user: Option<String>,
+}
+
+fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::BadJson("expected a JSON object".into())),
+        Err(e) => Err(ApiError::BadJson(e.to_string())),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Absent and `null` are both "not given", as OpenAI treats them.
+fn field<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    m.get(key).filter(|v| !v.is_null())
+}
+
+fn number(
+    m: &Map<String, Value>,
+    key: &'static str,
+    lo: f64,
+    hi: f64,
+) -> Result<Option<f64>, ApiError> {
+    let Some(v) = field(m, key) else {
+        return Ok(None);
+    };
+    let n = v.as_f64().ok_or_else(|| {
+        ApiError::invalid(
+            key,
+            format!("`{key}` must be a number, not {}", type_name(v)),
+        )
+    })?;
+    if !(lo..=hi).contains(&n) {
+        return Err(ApiError::invalid(
+            key,
+            format!("`{key}` must be between {lo} and {hi}, not {n}"),
+        ));
+    }
+    Ok(Some(n))
+}
+
+fn integer(
+    m: &Map<String, Value>,
+    key: &'static str,
+    lo: u64,
+    hi: u64,
+) -> Result<Option<u64>, ApiError> {
+    let Some(v) = field(m, key) else {
+        return Ok(None);
+    };
+    let n = v.as_u64().ok_or_else(|| {
+        if v.is_number() {
+            ApiError::invalid(
+                key,
+                format!("`{key}` must be an integer between {lo} and {hi}, not {v}"),
+            )
+        } else {
+            ApiError::invalid(
+                key,
+                format!("`{key}` must be an integer, not {}", type_name(v)),
+            )
+        }
+    })?;
+    if !(lo..=hi).contains(&n) {
+        return Err(ApiError::invalid(
+            key,
+            format!("`{key}` must be between {lo} and {hi}, not {n}"),
+        ));
+    }
+    Ok(Some(n))
+}
+
+fn boolean(m: &Map<String, Value>, key: &'static str) -> Result<bool, ApiError> {
+    match field(m, key) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(ApiError::invalid(
+            key,
+            format!("`{key}` must be a boolean, not {}", type_name(v)),
+        )),
+    }
+}
+
+fn string(m: &Map<String, Value>, key: &'static str) -> Result<Option<String>, ApiError> {
+    match field(m, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(ApiError::invalid(
+            key,
+            format!("`{key}` must be a string, not {}", type_name(v)),
+        )),
+    }
+}
+
+/// The fields chat and completions share.
+fn common(
+    m: &Map<String, Value>,
+    input: Input,
+    max_tokens_limit: u32,
+) -> Result<GenRequest, ApiError> {
+    let model = string(m, "model")?;
+    let mut max_tokens = integer(m, "max_tokens", 1, max_tokens_limit.into())?;
+    if let Some(n) = integer(m, "max_completion_tokens", 1, max_tokens_limit.into())? {
+        max_tokens = Some(n);
+    }
+    if let Some(n) = integer(m, "n", 1, u64::MAX)?
+        && n != 1
+    {
+        return Err(ApiError::Unsupported("`n` other than 1"));
+    }
+    for key in ["frequency_penalty", "presence_penalty"] {
+        if let Some(v) = field(m, key)
+            && v.as_f64() != Some(0.0)
+        {
+            return Err(ApiError::Unsupported(if key == "frequency_penalty" {
+                "`frequency_penalty` (use `repeat_penalty`)"
+            } else {
+                "`presence_penalty` (use `repeat_penalty`)"
+            }));
+        }
+    }
+    if matches!(
+        field(m, "logprobs"),
+        Some(Value::Bool(true)) | Some(Value::Number(_))
+    ) {
+        return Err(ApiError::Unsupported("`logprobs`"));
+    }
+    let stream = boolean(m, "stream")?;
+    let include_usage = match field(m, "stream_options") {
+        None => false,
+        Some(Value::Object(o)) => boolean(o, "include_usage")?,
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "stream_options",
+                format!("`stream_options` must be an object, not {}", type_name(v)),
+            ));
+        }
+    };
+    let stop = match field(m, "stop") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.len() <= 4 => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "stop",
+                    "`stop` must be a string or an array of up to 4 strings",
+                )
+            })?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stop",
+                "`stop` must be a string or an array of up to 4 strings",
+            ));
+        }
+    };
+    let stop: Vec<String> = stop.into_iter().filter(|s| !s.is_empty()).collect();
+    let sampling = SamplingParams {
+        temperature: number(m, "temperature", 0.0, 2.0)?.unwrap_or(1.0) as f32,
+        top_p: number(m, "top_p", 0.0, 1.0)?.unwrap_or(1.0) as f32,
+        top_k: integer(m, "top_k", 0, 1 << 24)?.unwrap_or(0) as u32,
+        min_p: number(m, "min_p", 0.0, 1.0)?.unwrap_or(0.0) as f32,
+        repeat_penalty: number(m, "repeat_penalty", 0.01, 100.0)?.unwrap_or(1.0) as f32,
+        seed: match field(m, "seed") {
+            None => 0,
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_i64().map(|i| i as u64))
+                .ok_or_else(|| ApiError::invalid("seed", "`seed` must be an integer"))?,
+        },
+        max_tokens: 1,
+        ignore_eog: boolean(m, "ignore_eos")?,
+    };
+    Ok(GenRequest {
+        model,
+        input,
+        max_tokens: max_tokens.map(|n| n as u32),
+        sampling,
+        stream,
+        include_usage,
+        stop,
+        user: string(m, "user")?,
+    })
+}
+
+/// Parses a `/v1/chat/completions` body.
+pub fn parse_chat(body: &[u8], max_tokens_limit: u32) -> Result<GenRequest, ApiError> {
+    let m = obj(body)?;
+    let messages = match field(&m, "messages") {
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid(
+                "messages",
+                "`messages` must not be empty",
+            ));
+        }
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("`messages` must be an array, not {}", type_name(v)),
+            ));
+        }
+        None => return Err(ApiError::invalid("messages", "`messages` is required")),
+    };
+    let mut chat = Vec::with_capacity(messages.len());
+    for (i, msg) in messages.iter().enumerate() {
+        let bad = |what: &str| ApiError::invalid("messages", format!("`messages[{i}]`: {what}"));
+        let Value::Object(o) = msg else {
+            return Err(bad("must be an object with `role` and `content`"));
+        };
+        let role = match o.get("role") {
+            Some(Value::String(r))
+                if matches!(r.as_str(), "system" | "developer" | "user" | "assistant") =>
+            {
+                if r == "developer" {
+                    "system".to_string()
+                } else {
+                    r.clone()
+                }
+            }
+            Some(Value::String(r)) => {
+                return Err(bad(&format!(
+                    "role {r:?} is not system, developer, user or assistant"
+                )));
+            }
+            _ => return Err(bad("`role` must be a string")),
+        };
+        let content = match o.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => {
+                let mut s = String::new();
+                for p in parts {
+                    match (
+                        p.get("type").and_then(Value::as_str),
+                        p.get("text").and_then(Value::as_str),
+                    ) {
+                        (Some("text"), Some(t)) => s.push_str(t),
+                        _ => return Err(bad("only text content parts are supported")),
+                    }
+                }
+                s
+            }
+            Some(Value::Null) | None if role == "assistant" => String::new(),
+            _ => return Err(bad("`content` must be a string or an array of text parts")),
+        };
+        chat.push(ChatMessage { role, content });
+    }
+    common(&m, Input::Chat(chat), max_tokens_limit)
+}
+
+/// Parses a `/v1/completions` body.
+pub fn parse_completion(body: &[u8], max_tokens_limit: u32) -> Result<GenRequest, ApiError> {
+    let m = obj(body)?;
+    let bad_prompt = || {
+        ApiError::invalid(
+            "prompt",
+            "`prompt` must be a non-empty string, an array of one string, or an array of token ids",
+        )
+    };
+    let input = match field(&m, "prompt") {
+        Some(Value::String(s)) if !s.is_empty() => Input::Text(s.clone()),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => match &a[0] {
+            Value::String(s) if !s.is_empty() => Input::Text(s.clone()),
+            _ => return Err(bad_prompt()),
+        },
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_number) => Input::Tokens(
+            a.iter()
+                .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(bad_prompt)?,
+        ),
+        Some(Value::Array(a)) if a.len() > 1 && a.iter().all(Value::is_string) => {
+            return Err(ApiError::Unsupported("more than one prompt per request"));
+        }
+        None => return Err(ApiError::invalid("prompt", "`prompt` is required")),
+        Some(_) => return Err(bad_prompt()),
+    };
+    if boolean(&m, "echo")? {
+        return Err(ApiError::Unsupported("`echo`"));
+    }
+    if field(&m, "suffix").is_some() {
+        return Err(ApiError::Unsupported("`suffix`"));
+    }
+    common(&m, input, max_tokens_limit)
+}
+
+/// OpenAI's `finish_reason` for how a generation stopped.
+pub fn finish_reason(r: StopReason) -> &'static str {
+    match r {
+        StopReason::EndOfGeneration | StopReason::Cancelled => "stop",
+        StopReason::MaxTokens | StopReason::ContextFull => "length",
+    }
+}
+
+/// Token counts of a finished request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub prompt: u32,
+    pub completion: u32,
+}
+
+impl Usage {
+    pub fn json(self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+        })
+    }
+}
+
+/// The two endpoints' shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completion,
+}
+
+/// Identity of one answer: its id, creation time and model.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub endpoint: Endpoint,
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl Answer {
+    pub fn new(endpoint: Endpoint, n: u64, model: &str) -> Self {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let id = match endpoint {
+            Endpoint::Chat => format!("chatcmpl-{n}"),
+            Endpoint::Completion => format!("cmpl-{n}"),
+        };
+        Self {
+            endpoint,
+            id,
+            created,
+            model: model.to_string(),
+        }
+    }
+
+    /// The whole answer of a non-streaming request.
+    pub fn full(&self, text: &str, finish: &str, usage: Usage) -> Value {
+        let choice = match self.endpoint {
+            Endpoint::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+            Endpoint::Completion => json!({
+                "index": 0, "text": text, "logprobs": null, "finish_reason": finish,
+            }),
+        };
+        json!({
+            "id": self.id,
+            "object": match self.endpoint { Endpoint::Chat => "chat.completion", Endpoint::Completion => "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": usage.json(),
+        })
+    }
+
+    /// One stream chunk: `text` (and, for chat, the role on the first), `finish` on the
+    /// last, `usage` on the last.
+    pub fn chunk(
+        &self,
+        text: Option<&str>,
+        first: bool,
+        finish: Option<&str>,
+        usage: Option<Usage>,
+    ) -> Value {
+        let choice = match self.endpoint {
+            Endpoint::Chat => {
+                let mut delta = Map::new();
+                if first {
+                    delta.insert("role".into(), "assistant".into());
+                }
+                if let Some(t) = text {
+                    delta.insert("content".into(), t.into());
+                }
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+            Endpoint::Completion => {
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish})
+            }
+        };
+        let mut v = json!({
+            "id": self.id,
+            "object": match self.endpoint { Endpoint::Chat => "chat.completion.chunk", Endpoint::Completion => "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        });
+        if let Some(u) = usage {
+            v["usage"] = u.json();
+        }
+        v
+    }
+}
+
+/// A JSON body with its content type.
+pub fn json_response(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<GenRequest, ApiError> {
+        parse_chat(body.as_bytes(), 4096)
+    }
+
+    #[test]
+    fn a_chat_request_parses() {
+        let r = chat(
+            r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},
+                {"role":"user","content":[{"type":"text","text":"Hi"}]}],
+                "temperature":0,"max_tokens":16,"stream":true,"stop":"\n","seed":3}"#,
+        )
+        .unwrap();
+        assert_eq!(r.model.as_deref(), Some("m"));
+        assert_eq!(
+            r.input,
+            Input::Chat(vec![
+                ChatMessage::new("system", "Be brief."),
+                ChatMessage::new("user", "Hi")
+            ])
+        );
+        assert_eq!(
+            (r.max_tokens, r.stream, r.sampling.seed),
+            (Some(16), true, 3)
+        );
+        assert_eq!(r.sampling.temperature, 0.0);
+        assert_eq!(r.stop, ["\n"]);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let param = |body: &str| match chat(body) {
+            Err(ApiError::Invalid { param, .. }) => param,
+            other => panic!("{body}: {other:?}"),
+        };
+        let m = r#""messages":[{"role":"user","content":"x"}]"#;
+        assert_eq!(
+            param(&format!(r#"{{{m},"temperature":"hot"}}"#)),
+            Some("temperature")
+        );
+        assert_eq!(
+            param(&format!(r#"{{{m},"temperature":7}}"#)),
+            Some("temperature")
+        );
+        assert_eq!(
+            param(&format!(r#"{{{m},"max_tokens":0}}"#)),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            param(&format!(r#"{{{m},"max_tokens":1e12}}"#)),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            param(&format!(r#"{{{m},"max_tokens":-5}}"#)),
+            Some("max_tokens")
+        );
+        assert_eq!(param(&format!(r#"{{{m},"top_p":2}}"#)), Some("top_p"));
+        assert_eq!(param(&format!(r#"{{{m},"stream":"yes"}}"#)), Some("stream"));
+        assert_eq!(param(r#"{"messages":[]}"#), Some("messages"));
+        assert_eq!(param(r#"{"messages":"hi"}"#), Some("messages"));
+        assert_eq!(
+            param(r#"{"messages":[{"role":"robot","content":"x"}]}"#),
+            Some("messages")
+        );
+        assert_eq!(param(r#"{"model":"m"}"#), Some("messages"));
+        assert!(matches!(chat("{nope"), Err(ApiError::BadJson(_))));
+        assert!(matches!(chat("[1]"), Err(ApiError::BadJson(_))));
+        assert!(matches!(
+            chat(&format!(r#"{{{m},"n":3}}"#)),
+            Err(ApiError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn completion_prompts_parse() {
+        let p = |b: &str| parse_completion(b.as_bytes(), 100).map(|r| r.input);
+        assert_eq!(
+            p(r#"{"prompt":"Once"}"#).unwrap(),
+            Input::Text("Once".into())
+        );
+        assert_eq!(
+            p(r#"{"prompt":["Once"]}"#).unwrap(),
+            Input::Text("Once".into())
+        );
+        assert_eq!(
+            p(r#"{"prompt":[1,2,3]}"#).unwrap(),
+            Input::Tokens(vec![1, 2, 3])
+        );
+        assert!(p(r#"{"prompt":""}"#).is_err());
+        assert!(p(r#"{"prompt":[-1]}"#).is_err());
+        assert!(p(r#"{"prompt":5}"#).is_err());
+        assert!(p(r#"{}"#).is_err());
+    }
+
+    #[test]
+    fn chunks_have_openai_shapes() {
+        let a = Answer::new(Endpoint::Chat, 7, "m");
+        let c = a.chunk(Some("Hi"), true, None, None);
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(c["choices"][0]["delta"]["content"], "Hi");
+        let last = a.chunk(
+            None,
+            false,
+            Some("stop"),
+            Some(Usage {
+                prompt: 3,
+                completion: 2,
+            }),
+        );
+        assert_eq!(last["usage"]["total_tokens"], 5);
+        assert_eq!(last["choices"][0]["finish_reason"], "stop");
+        let f = Answer::new(Endpoint::Completion, 8, "m").full("x", "length", Usage::default());
+        assert_eq!(f["object"], "text_completion");
+        assert_eq!(f["choices"][0]["text"], "x");
+    }
+}
