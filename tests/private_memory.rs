@@ -394,3 +394,68 @@ fn a_guest_that_ignores_a_shrink_is_stopped_and_its_memory_freed() {
     assert!(matches!(vm, Err(VmError::StoppedByHost)), "{vm:?}");
     assert_eq!(private.resident_bytes().unwrap(), 0, "the memory was freed");
 }
+
+#[test]
+fn a_budget_change_during_a_generation_is_served_at_once() {
+    let Some((mut vm, _)) = engine_with_model(256) else {
+        return;
+    };
+    vm.open_session(1, 1, 512).expect("open session 1");
+    vm.open_session(2, 1, 512).expect("open session 2");
+    let prompt = [1u32, 400, 401, 402, 403];
+    run(&mut vm, &greedy(1, 1, &prompt)).expect("warm session 1");
+    run(&mut vm, &greedy(2, 2, &prompt)).expect("warm session 2");
+    // Session 2's cache and buffers are freed but still backed: the shrink below can be met
+    // by relinquishing them, with no eviction, while session 1 keeps generating.
+    vm.close_session(2).expect("close session 2");
+    let in_use = vm.stats().expect("stats").memory_used_bytes;
+    let budget = (in_use + (4 << 20)).next_multiple_of(MEMORY_GRANULE);
+    let broker = vm.memory_broker().expect("a broker");
+    let (go, started) = std::sync::mpsc::channel::<()>();
+    let shrunk = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shrink = {
+        let shrunk = shrunk.clone();
+        std::thread::spawn(move || {
+            started.recv().expect("the generation started");
+            let r = broker.set_budget(budget, Duration::from_secs(1));
+            shrunk.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        })
+    };
+    let mut req = greedy(3, 1, &[404, 405]);
+    req.sampling = SamplingParams {
+        ignore_eog: true,
+        ..SamplingParams::greedy(480)
+    };
+    let (mut tokens, mut after_shrink) = (0, 0);
+    let end = vm
+        .generate(
+            &req,
+            &mut |t| {
+                if tokens == 0 {
+                    let _ = go.send(());
+                }
+                tokens += t.len();
+                if shrunk.load(std::sync::atomic::Ordering::SeqCst) {
+                    after_shrink += t.len();
+                }
+            },
+            &|| false,
+        )
+        .expect("the generation completes");
+    let took = shrink
+        .join()
+        .expect("shrink thread")
+        .expect("the shrink was served while generating");
+    assert_eq!(end.generated_tokens, 480);
+    assert!(
+        after_shrink > 0,
+        "the shrink was answered only after the generation ended"
+    );
+    let m = vm.memory().expect("memory status");
+    assert!(m.resident_bytes <= budget, "{m:?}");
+    let stats = vm.stats().expect("stats");
+    assert_eq!((stats.models_loaded, stats.sessions_open), (1, 1));
+    eprintln!("shrink during generation took {took:?}");
+    vm.shutdown().expect("clean shutdown");
+}

@@ -578,13 +578,7 @@ impl Service {
         env: &dyn Environment,
     ) -> Result<(), DriverError> {
         let id = g.request_id;
-        let fail = |status: Status, message: &str| {
-            ResponseMsg::Error(ErrorResponse {
-                request_id: id,
-                status,
-                message: message.to_string(),
-            })
-        };
+        let fail = |status: Status, message: &str| error_response(id, status, message);
         let evicted = match self.sessions.get(&g.session_id) {
             Some(slot) => slot.session.is_none(),
             None => {
@@ -686,6 +680,8 @@ impl Service {
         let out = &mut self.out;
         let queued = &mut self.queued;
         let scratch = &mut self.scratch;
+        let relinquisher = &mut self.relinquisher;
+        let mut deferred_budget = None;
         let result = generate(
             &model,
             session,
@@ -722,6 +718,32 @@ impl Service {
                         return false;
                     }
                 }
+                // A lower budget cannot wait for the end of a long generation: free memory
+                // goes back at once, eviction follows when the request ends.
+                match driver.poll_budget(scratch) {
+                    Ok(None) | Err(DriverError::Malformed { .. }) => {}
+                    Ok(Some(change)) => {
+                        let mem = env.memory();
+                        mem.set_budget(change.new_budget_bytes);
+                        let budget = change.new_budget_bytes;
+                        let park = || env.park();
+                        if let Err(e) = relinquisher.trim_and_report(
+                            driver,
+                            mem,
+                            budget,
+                            change.sequence,
+                            &park,
+                        ) {
+                            link_error = Some(e);
+                            return false;
+                        }
+                        deferred_budget = Some(change);
+                    }
+                    Err(e) => {
+                        link_error = Some(e);
+                        return false;
+                    }
+                }
                 // A cancel for this request stops it; anything else waits its turn.
                 match driver.poll_request(scratch) {
                     Ok(Some(RequestMsg::Cancel(c))) if c.request_id == id => false,
@@ -747,6 +769,27 @@ impl Service {
             return Err(e);
         }
         let end = env.now_ns();
+        let finished = self.finish_generation(id, result, batch, first, start, end, driver, env);
+        if let Some(change) = deferred_budget {
+            self.apply_budget(change, driver, env)?;
+        }
+        finished
+    }
+
+    /// Sends what is left of a generation: the last tokens, then its end or its error.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_generation<M: DriverMemory, T: Transport>(
+        &mut self,
+        id: u64,
+        result: Result<inference_guest::generate::GenerateOutcome, ModelError>,
+        batch: Vec<u32>,
+        first: Option<u64>,
+        start: u64,
+        end: u64,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<(), DriverError> {
+        let fail = |status: Status, message: &str| error_response(id, status, message);
         if !batch.is_empty() {
             let msg = ResponseMsg::Tokens(Tokens {
                 request_id: id,
@@ -817,6 +860,14 @@ impl Service {
     ) -> Result<(), DriverError> {
         send_blocking(driver, env, msg, &mut self.out)
     }
+}
+
+fn error_response(request_id: u64, status: Status, message: &str) -> ResponseMsg {
+    ResponseMsg::Error(ErrorResponse {
+        request_id,
+        status,
+        message: message.to_string(),
+    })
 }
 
 fn ack(command: u16, status: Status, object_id: u32) -> ControlReply {

@@ -78,7 +78,7 @@ pub struct ProtectedVm {
     mem: vm_memory::GuestMemoryMmap,
     llm: Arc<LlmHost>,
     stop: Arc<StopHandle>,
-    broker: Option<MemoryBroker>,
+    broker: Option<Arc<MemoryBroker>>,
     vm: Option<JoinHandle<VmEnd>>,
 }
 
@@ -122,11 +122,11 @@ impl ProtectedVm {
         .map_err(GuestError::Create)?;
         let (llm, stop) = (machine.llm(), machine.stop_handle());
         let broker = match machine.private_memory() {
-            Some(private) => Some(
+            Some(private) => Some(Arc::new(
                 MemoryBroker::start(llm.clone(), private, stop.clone()).map_err(|e| {
                     GuestError::Create(VmError::Device(format!("no memory thread: {e}")))
                 })?,
-            ),
+            )),
             None => None,
         };
         #[cfg(feature = "test-hooks")]
@@ -339,7 +339,13 @@ impl ProtectedVm {
     }
 
     fn broker(&self) -> Result<&MemoryBroker, GuestError> {
-        self.broker.as_ref().ok_or(GuestError::NoPrivateMemory)
+        self.broker.as_deref().ok_or(GuestError::NoPrivateMemory)
+    }
+
+    /// The guest's memory broker, to change its budget from another thread (while a
+    /// generation runs here, say); `None` without private memory.
+    pub fn memory_broker(&self) -> Option<Arc<MemoryBroker>> {
+        self.broker.clone()
     }
 
     /// Sets the guest's private memory budget. Lowering it waits until the guest holds at
