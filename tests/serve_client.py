@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""The official `openai` Python client against a running `flexserve serve` (driven by
+tests/serve.rs; `make test-venv` installs the client). Each scenario prints one JSON object
+on its last line.
+
+  basic       list models (TCP and the Unix socket), a chat completion, a streamed chat
+              completion, a completion and a streamed completion, all greedy
+  concurrent  N clients x M requests in threads (streamed and not, alternating), each client
+              with its own prompt; plus one client that disconnects mid-stream
+"""
+import argparse
+import json
+import sys
+import threading
+
+import openai
+
+try:
+    import httpx2 as httpx  # what openai 3.x is built on
+except ImportError:  # pragma: no cover - older openai releases
+    import httpx
+
+
+def client(base_url, uds=None):
+    http = None
+    if uds:
+        http = httpx.Client(transport=httpx.HTTPTransport(uds=uds))
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120,
+                         http_client=http)
+
+
+def chat(c, model, prompt, n, stream):
+    messages = [{"role": "user", "content": prompt}]
+    if not stream:
+        r = c.chat.completions.create(model=model, messages=messages, temperature=0,
+                                      max_tokens=n)
+        return r.choices[0].message.content, r.choices[0].finish_reason, r.usage.model_dump()
+    text, finish, usage, first = "", None, None, True
+    for chunk in c.chat.completions.create(model=model, messages=messages, temperature=0,
+                                           max_tokens=n, stream=True,
+                                           stream_options={"include_usage": True}):
+        if chunk.usage is not None:
+            usage = chunk.usage.model_dump()
+        for ch in chunk.choices:
+            if first:
+                assert ch.delta.role == "assistant", chunk
+                first = False
+            text += ch.delta.content or ""
+            finish = ch.finish_reason or finish
+    return text, finish, usage
+
+
+def complete(c, model, prompt, n, stream):
+    if not stream:
+        r = c.completions.create(model=model, prompt=prompt, temperature=0, max_tokens=n)
+        return r.choices[0].text, r.choices[0].finish_reason, r.usage.model_dump()
+    text, finish, usage = "", None, None
+    for chunk in c.completions.create(model=model, prompt=prompt, temperature=0, max_tokens=n,
+                                      stream=True):
+        if chunk.usage is not None:
+            usage = chunk.usage.model_dump()
+        for ch in chunk.choices:
+            text += ch.text
+            finish = ch.finish_reason or finish
+    return text, finish, usage
+
+
+def basic(a):
+    c = client(a.base_url)
+    out = {"models": [m.id for m in c.models.list()],
+           "models_uds": [m.id for m in client("http://flexserve/v1", a.uds).models.list()]}
+    for name, fn, prompt, n in (("chat", chat, a.chat_prompt, a.chat_tokens),
+                                ("completion", complete, a.completion_prompt,
+                                 a.completion_tokens)):
+        for stream in (False, True):
+            text, finish, usage = fn(c, a.model, prompt, n, stream)
+            key = name + ("_stream" if stream else "")
+            out[key] = text
+            out[key + "_finish"] = finish
+            out[key + "_usage"] = usage
+    return out
+
+
+def concurrent(a):
+    prompts = [f"Client {i} asks: tell me about the number {i * 7 + 3}." for i in range(a.clients)]
+    c = client(a.base_url)
+    expected = [chat(c, a.model, p, a.max_tokens, False)[0] for p in prompts]
+    results = {"ok": 0, "mismatches": [], "errors": [], "distinct_expected": len(set(expected))}
+    lock = threading.Lock()
+
+    def run(i):
+        mine = client(a.base_url)
+        for r in range(a.requests):
+            try:
+                text = chat(mine, a.model, prompts[i], a.max_tokens, r % 2 == 1)[0]
+            except Exception as e:  # every failure is reported, not raised in a thread
+                with lock:
+                    results["errors"].append(f"client {i} request {r}: {e!r}")
+                continue
+            with lock:
+                if text == expected[i]:
+                    results["ok"] += 1
+                else:
+                    results["mismatches"].append([i, r, text, expected[i]])
+
+    def disconnect():
+        mine = client(a.base_url)
+        stream = mine.chat.completions.create(
+            model=a.model, messages=[{"role": "user", "content": "Go on forever."}],
+            temperature=0, max_tokens=400, stream=True, extra_body={"ignore_eos": True})
+        seen = 0
+        for _ in stream:
+            seen += 1
+            if seen == 3:
+                break
+        stream.close()
+        results["disconnected_after_chunks"] = seen
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(a.clients)]
+    threads.append(threading.Thread(target=disconnect))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("scenario", choices=["basic", "concurrent"])
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--uds")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--chat-prompt", default="Why is the sky blue?")
+    ap.add_argument("--chat-tokens", type=int, default=32)
+    ap.add_argument("--completion-prompt", default="Once upon a time")
+    ap.add_argument("--completion-tokens", type=int, default=16)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=25)
+    ap.add_argument("--max-tokens", type=int, default=8)
+    a = ap.parse_args()
+    out = basic(a) if a.scenario == "basic" else concurrent(a)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
