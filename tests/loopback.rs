@@ -75,6 +75,11 @@ impl Loopback {
         }
     }
 
+    /// The shared window as both sides see it.
+    pub fn window(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
     /// Brings the device up with a new driver.
     pub fn driver(&self) -> Driver {
         LlmDriver::new(

@@ -243,3 +243,93 @@ fn echo_of_every_size_class_comes_back_byte_for_byte() {
     stop.store(true, Ordering::Relaxed);
     guest.join().expect("guest thread");
 }
+
+#[test]
+fn budgets_reach_the_driver_and_a_report_returns_only_after_its_release() {
+    use std::sync::atomic::AtomicU64;
+    use virtio_llm::spec::MEMORY_GRANULE as G;
+    use virtio_llm::spec::layout::PRIVATE_POOL_BASE;
+    use virtio_llm::wire::memory::{BudgetChange, MemRange, RelinquishReport};
+    use vm_memory::{Bytes, GuestAddress};
+
+    let r = Loopback::new();
+    let mut d = r.driver();
+    assert!(d.memory_enabled(), "the driver took the memory queues");
+    let host = r.host.clone();
+    host.wait_ready(T).expect("driver up");
+    assert!(host.memory_queues_live());
+    let change = BudgetChange {
+        sequence: 1,
+        new_budget_bytes: 64 * G,
+    };
+    host.send_budget(&change, T).expect("send the budget");
+    let mut scratch = Vec::new();
+    let got = loop {
+        if let Some(c) = d.poll_budget(&mut scratch).expect("poll budget") {
+            break c;
+        }
+        idle(&mut d, &r.timer);
+    };
+    assert_eq!(got, change);
+
+    let report = RelinquishReport {
+        sequence: 1,
+        ranges: vec![
+            MemRange {
+                guest_phys: PRIVATE_POOL_BASE,
+                len: 2 * G,
+            },
+            MemRange {
+                guest_phys: PRIVATE_POOL_BASE + 8 * G,
+                len: G,
+            },
+        ],
+    };
+    let ticket = d
+        .send_relinquish(&report, &mut scratch)
+        .expect("send the report")
+        .expect("a free report buffer");
+    // The host releases slowly; the driver must not see the buffer back before it is done.
+    let released_at = Arc::new(AtomicU64::new(0));
+    let host_side = {
+        let released_at = released_at.clone();
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let mut seen = Vec::new();
+            let got = host
+                .recv_relinquish(
+                    &mut |rep| {
+                        std::thread::sleep(Duration::from_millis(50));
+                        seen.extend(rep.ranges.iter().copied());
+                        released_at.store(start.elapsed().as_micros() as u64 + 1, Ordering::SeqCst);
+                    },
+                    T,
+                )
+                .expect("receive the report");
+            (got, seen)
+        })
+    };
+    let back = loop {
+        if let Some(t) = d.poll_released().expect("poll released") {
+            break t;
+        }
+        idle(&mut d, &r.timer);
+    };
+    assert!(
+        released_at.load(Ordering::SeqCst) != 0,
+        "the report came back before the host released its ranges"
+    );
+    assert_eq!(back, ticket);
+    let (got, seen) = host_side.join().expect("host thread");
+    assert_eq!(got, report);
+    assert_eq!(seen, report.ranges);
+    // The report's buffer was cleared once the device gave it back.
+    let mut buf = vec![0xffu8; 64];
+    r.window()
+        .read_slice(&mut buf, GuestAddress(ticket))
+        .expect("read the report buffer");
+    assert!(
+        buf.iter().all(|&b| b == 0),
+        "the transit buffer kept its bytes"
+    );
+}

@@ -7,7 +7,7 @@
 //!    addresses, readiness), writes descriptor tables (addresses inside and outside the
 //!    shared window, any length, NEXT loops, WRITE bits on the wrong queues), available rings
 //!    and buffer bytes, and in between calls the real `LlmDevice` (`recv_reply`,
-//!    `recv_response`, `recv_frame`, `send_frame`, `arm`).
+//!    `recv_response`, `recv_relinquish`, `recv_frame`, `send_frame`, `arm`).
 //!
 //! Checked: no panic; the device never touches guest memory outside the shared window
 //! (guard areas around it stay zero); a chain that passed the device's checks is always
@@ -259,7 +259,7 @@ fn run(data: &[u8]) -> Result<()> {
     while !u.is_empty() && ops < 256 {
         ops += 1;
         let before = dev.stats();
-        match u.int_in_range(0u8..=14)? {
+        match u.int_in_range(0u8..=15)? {
             // A raw descriptor.
             0 | 1 => {
                 let Some((_, q)) = h.q(u.arbitrary()?) else {
@@ -407,6 +407,21 @@ fn run(data: &[u8]) -> Result<()> {
                 let frame = common::bytes(&mut u, 8192)?.to_vec();
                 let r = dev.send_frame(index, &frame);
                 check_stats(before, dev.stats(), &r, matches!(r, Ok(true)));
+            }
+            14 => {
+                let mut released = 0usize;
+                let r = dev.recv_relinquish(&mut |rep| released += rep.ranges.len());
+                if let Ok(Some(rep)) = &r {
+                    assert_eq!(released, rep.ranges.len(), "release ran on the report");
+                    let mut out = Vec::new();
+                    virtio_llm::wire::memory::MemoryMsg::Relinquish(rep.clone())
+                        .encode(&mut out)
+                        .expect("an accepted report re-encodes");
+                    assert!(common::rt_memory(&out));
+                } else {
+                    assert_eq!(released, 0, "release ran on a refused report");
+                }
+                check_stats(before, dev.stats(), &r, matches!(r, Ok(Some(_))));
             }
             _ => {
                 let index = u.int_in_range(0u16..=7)?;

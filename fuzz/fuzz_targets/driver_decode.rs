@@ -8,8 +8,10 @@
 //!    register the driver reads (a lying device). The input then plays a hostile device:
 //!    it completes posted chains with buffer contents and used lengths of its choosing,
 //!    writes raw used entries and indices (bogus ids, lengths beyond the buffer, index
-//!    jumps), flags and event indices on all four queues, scribbles over the rings, and in
-//!    between calls `poll_command`, `poll_request`, `send_reply`, `send_response` and `arm`.
+//!    jumps), flags and event indices on every live queue (the memory queues when the driver
+//!    took them), scribbles over the rings, and in between calls `poll_command`,
+//!    `poll_request`, `poll_budget`, `send_reply`, `send_response`, `send_relinquish`,
+//!    `poll_released` and `arm`.
 //!
 //! Checked: no panic; the driver never fails to reach its own buffers (`RingError::Memory`
 //! would mean it computed an address outside the window); a failed initialisation leaves
@@ -30,6 +32,7 @@ use virtio_llm::driver::{DriverError, LlmDriver, RingError, Transport};
 use virtio_llm::mmio::{reg, status};
 use virtio_llm::spec::{layout::SHARED_WINDOW_BASE, queue};
 use virtio_llm::wire::control::ControlCommand;
+use virtio_llm::wire::memory::MemoryMsg;
 use virtio_llm_fuzz as common;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::devices::MmioDevice;
@@ -111,7 +114,7 @@ struct DevQ {
 
 struct Device {
     mem: GuestMemoryMmap,
-    qs: [DevQ; 4],
+    qs: [DevQ; 6],
 }
 
 impl Device {
@@ -240,30 +243,33 @@ fn run(data: &[u8]) -> Result<()> {
     };
     let mut dev = Device {
         mem,
-        qs: [DevQ::default(); 4],
+        qs: [DevQ::default(); 6],
     };
     let mut scratch = Vec::new();
     let mut tx = Vec::new();
+    // The last queue the device serves: the memory queues exist only when negotiated.
+    let queues: u8 = if drv.memory_enabled() { 5 } else { 3 };
 
     let mut ops = 0;
     while !u.is_empty() && ops < 256 {
         ops += 1;
-        match u.int_in_range(0u8..=13)? {
+        match u.int_in_range(0u8..=16)? {
             // Complete the next posted chain: a message in a receive buffer with the used
             // length of the device's choosing, or a transmit buffer handed back.
             0..=3 => {
-                let q = usize::from(u.int_in_range(0u8..=3)?);
-                let receive =
-                    q == usize::from(queue::CONTROL_CMD) || q == usize::from(queue::REQUEST);
+                let q = usize::from(u.int_in_range(0u8..=queues)?);
+                let receive = q == usize::from(queue::CONTROL_CMD)
+                    || q == usize::from(queue::REQUEST)
+                    || q == usize::from(queue::MEMORY_EVENT);
                 let Some((head, addr, cap)) = dev.next_avail(q) else {
                     continue;
                 };
                 let len = if receive {
                     let bytes = common::payload(&mut u, 1 << 16, |u, out| {
-                        let _ = if q == usize::from(queue::CONTROL_CMD) {
-                            common::command(u)?.encode(out)
-                        } else {
-                            common::request(u)?.encode(out)
+                        let _ = match q as u16 {
+                            queue::CONTROL_CMD => common::command(u)?.encode(out),
+                            queue::REQUEST => common::request(u)?.encode(out),
+                            _ => common::memory_msg(u)?.encode(out),
                         };
                         Ok(())
                     })?;
@@ -291,7 +297,7 @@ fn run(data: &[u8]) -> Result<()> {
             }
             // A raw used entry, published or not.
             4 => {
-                let q = usize::from(u.int_in_range(0u8..=3)?);
+                let q = usize::from(u.int_in_range(0u8..=queues)?);
                 let slot = u.arbitrary()?;
                 let (id, len) = (u.arbitrary()?, u.arbitrary()?);
                 dev.write_used(q, slot, id, len);
@@ -302,13 +308,13 @@ fn run(data: &[u8]) -> Result<()> {
             }
             // Any used index.
             5 => {
-                let q = usize::from(u.int_in_range(0u8..=3)?);
+                let q = usize::from(u.int_in_range(0u8..=queues)?);
                 let idx = u.arbitrary()?;
                 dev.publish_used(q, idx);
             }
             // The used ring's flags (NO_NOTIFY) or avail_event.
             6 => {
-                let q = usize::from(u.int_in_range(0u8..=3)?);
+                let q = usize::from(u.int_in_range(0u8..=queues)?);
                 let r = ring_addrs(WINDOW_BASE, q as u16);
                 let v: u16 = u.arbitrary()?;
                 let at = if u.arbitrary()? {
@@ -362,6 +368,23 @@ fn run(data: &[u8]) -> Result<()> {
                 let m = common::response(&mut u)?;
                 check(&drv.send_response(&m, &mut tx));
             }
+            12 => {
+                let r = drv.poll_budget(&mut scratch);
+                check(&r);
+                if let Ok(Some(b)) = &r {
+                    let mut out = Vec::new();
+                    MemoryMsg::BudgetChange(*b)
+                        .encode(&mut out)
+                        .expect("an accepted budget change re-encodes");
+                    assert!(out == scratch, "budget {b:?} re-encodes differently");
+                }
+            }
+            13 => {
+                if let MemoryMsg::Relinquish(report) = common::memory_msg(&mut u)? {
+                    check(&drv.send_relinquish(&report, &mut tx));
+                }
+            }
+            14 => check(&drv.poll_released()),
             _ => check(&drv.arm()),
         }
     }
