@@ -28,7 +28,7 @@ APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build systemd
 PROMPT ?= Write a haiku about the sea.
 
 .PHONY: help setup setup-deps setup-bench models build image test test-fast lint test-neon run \
-        test-venv flexserve-bin install bench-serve \
+        test-venv flexserve-bin install install-units bench-serve \
         fuzz-build fuzz-smoke \
         bench bench-engine bench-boot bench-virtio bench-memory clean
 
@@ -44,6 +44,8 @@ help:
 	@echo "make bench-engine  engine vs llama.cpp, prefill/decode tokens/s (needs setup-bench)"
 	@echo "make bench-boot    guest boot time and guest-vs-host compute ratio under /dev/kvm"
 	@echo "make bench-virtio  virtio-llm echo round trip and throughput, guest vs in-process"
+	@echo "make install       binary, guest images, systemd units, config (PREFIX=/usr/local DESTDIR=)"
+	@echo "make bench-serve   the daemon vs llama.cpp's server: throughput, TTFT at 1/4/8 clients"
 	@echo "make bench-memory  donate (guest touch), reclaim and strawman for 1/4/8 GiB of private memory"
 
 # --- setup ------------------------------------------------------------------------------
@@ -161,6 +163,39 @@ fuzz-smoke: fuzz-build
 
 test: models image test-venv flexserve-bin lint test-fast test-neon fuzz-build
 	@echo "make test: all checks passed"
+
+# --- install ----------------------------------------------------------------------------
+
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+BINDIR     ?= $(PREFIX)/bin
+LIBDIR     ?= $(PREFIX)/lib
+IMAGEDIR   ?= $(LIBDIR)/flexserve/images
+UNITDIR    ?= $(LIBDIR)/systemd/system
+SYSUSERSDIR ?= $(LIBDIR)/sysusers.d
+# The daemon reads /etc/flexserve/flexserve.toml by default, whatever the prefix.
+SYSCONFDIR ?= /etc
+
+# The binary, the guest images, the systemd units and a default config (kept if present).
+install: flexserve-bin image install-units
+	install -Dm755 $(FLEXSERVE) $(DESTDIR)$(BINDIR)/flexserve
+	install -d $(DESTDIR)$(IMAGEDIR)
+	install -m644 images/out/kernel.elf images/out/engine.elf images/out/manifest.json \
+		$(DESTDIR)$(IMAGEDIR)/
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/flexserve/flexserve.toml ]; then \
+		echo "install: keeping $(DESTDIR)$(SYSCONFDIR)/flexserve/flexserve.toml"; \
+	else \
+		install -Dm644 packaging/flexserve.toml $(DESTDIR)$(SYSCONFDIR)/flexserve/flexserve.toml; \
+	fi
+
+# The unit files with the install paths filled in (tests/serve_systemd.rs verifies them).
+install-units:
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR)
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@IMAGEDIR@|$(IMAGEDIR)|g' \
+		-e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' packaging/systemd/flexserve.service \
+		> $(DESTDIR)$(UNITDIR)/flexserve.service
+	install -m644 packaging/systemd/flexserve.socket $(DESTDIR)$(UNITDIR)/flexserve.socket
+	install -m644 packaging/sysusers.d/flexserve.conf $(DESTDIR)$(SYSUSERSDIR)/flexserve.conf
 
 # --- run and bench ----------------------------------------------------------------------
 
