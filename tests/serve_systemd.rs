@@ -72,7 +72,10 @@ fn the_unit_files_pass_systemd_analyze_verify() {
     let units = dest.join("usr/lib/systemd/system");
     let service = std::fs::read_to_string(units.join("flexserve.service")).unwrap();
     for placeholder in ["@BINDIR@", "@IMAGEDIR@", "@SYSCONFDIR@"] {
-        assert!(!service.contains(placeholder), "{placeholder} left:\n{service}");
+        assert!(
+            !service.contains(placeholder),
+            "{placeholder} left:\n{service}"
+        );
     }
     for directive in [
         "Type=notify",
