@@ -213,6 +213,17 @@ bench: setup setup-bench image
 		--python $(BENCH_VENV)/bin/python \
 		$(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf
 
+# llama.cpp's OpenAI server (the extras of the llama-cpp-python that setup-bench built).
+$(BENCH_VENV)/.server: $(BENCH_VENV)/.done
+	$(BENCH_VENV)/bin/pip install --quiet 'llama-cpp-python[server]==0.3.36'
+	@touch $@
+
+# The daemon vs llama.cpp's server: throughput and TTFT at 1, 4, 8 streaming clients.
+bench-serve: setup setup-bench image $(BENCH_VENV)/.server
+	@$(CARGO) build --release --quiet -p vmm
+	$(BENCH_VENV)/bin/python tools/bench/bench_serve.py --flexserve $(FLEXSERVE) \
+		--python $(BENCH_VENV)/bin/python $(DEFAULT_MODEL)
+
 bench-memory: image
 	$(CARGO) bench --quiet -p flexserve-e2e --bench memory
 

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""make bench-serve: the FlexServe daemon vs llama.cpp's server (llama-cpp-python[server]) on
+the same GGUF model in the same run.
+
+Each server runs alone (the machine has few cores), with 2 threads / vCPUs and a 2048-token
+context; the two alternate, a fresh server for each client count. For 1, 4 and 8 concurrent clients, every client sends streaming completions one
+after another (distinct prompts of about 64 tokens; exactly --gen-tokens tokens each:
+`ignore_eos` for FlexServe, `min_tokens` for llama.cpp). Reported per server and client
+count: throughput (generated tokens of all clients / wall time), and p50/p99 time to first
+token (request sent → first streamed text). Both servers run one generation at a time (no
+batching across requests), so throughput stays flat with clients and TTFT grows with the
+queue. The last line printed is one JSON object: {"bench":"serve", "rows":[...], ...}.
+"""
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+WORDS = ("river stone lantern orchard winter harbor meadow signal copper violet "
+         "thunder garden echo marble falcon willow ember canyon silver basket").split()
+
+
+def prompt_for(client, i):
+    words = " ".join(WORDS[(client * 7 + i * 3 + k) % len(WORDS)] for k in range(50))
+    return f"Story {client}-{i}: once upon a time, {words}. Then"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(port, path, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", path)
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server did not come up")
+
+
+def one_request(port, model, prompt, n):
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": n, "min_tokens": n,
+                       "ignore_eos": True, "temperature": 0, "stream": True})
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t0 = time.perf_counter()
+    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
+    ttft, chunks, usage = None, 0, None
+    for raw in r:
+        line = raw.decode().strip()
+        if not line.startswith("data: "):
+            continue
+        data = line[6:]
+        if data == "[DONE]":
+            break
+        ev = json.loads(data)
+        if "error" in ev:
+            raise RuntimeError(ev["error"])
+        if ev.get("usage"):
+            usage = ev["usage"]["completion_tokens"]
+        if any(ch.get("text") for ch in ev.get("choices", [])):
+            chunks += 1
+            if ttft is None:
+                ttft = time.perf_counter() - t0
+    c.close()
+    return ttft, usage if usage is not None else chunks, time.perf_counter() - t0
+
+
+def load(port, model, clients, per_client, n):
+    ttfts, tokens, errors = [], [0], []
+    lock = threading.Lock()
+
+    def run(c):
+        for i in range(per_client):
+            try:
+                ttft, got, _ = one_request(port, model, prompt_for(c, i), n)
+            except Exception as e:  # reported, not raised in a thread
+                with lock:
+                    errors.append(repr(e))
+                continue
+            with lock:
+                ttfts.append(ttft)
+                tokens[0] += got
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed: {errors[:3]}")
+    ttfts.sort()
+    pct = lambda p: ttfts[min(len(ttfts) - 1, int(round(p / 100 * (len(ttfts) - 1))))] * 1e3
+    return {"clients": clients, "requests": len(ttfts), "tokens": tokens[0],
+            "throughput_tps": tokens[0] / wall, "ttft_p50_ms": pct(50), "ttft_p99_ms": pct(99),
+            "wall_s": wall}
+
+
+def start_flexserve(a, port, tmp):
+    model_dir, name = os.path.dirname(os.path.abspath(a.model)), os.path.basename(a.model)
+    cmd = [a.flexserve, "serve", "--socket", os.path.join(tmp, "flexserve.sock"),
+           "--tcp", f"127.0.0.1:{port}", "--models-dir", model_dir,
+           "--model", name.removesuffix(".gguf"), "--ctx", "2048", "--vcpus", str(a.threads),
+           "--queue-depth", "64"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), "/health"
+
+
+def start_llama(a, port, tmp):
+    cmd = [a.python, "-m", "llama_cpp.server", "--model", a.model, "--host", "127.0.0.1",
+           "--port", str(port), "--n_threads", str(a.threads), "--n_threads_batch",
+           str(a.threads), "--n_ctx", "2048", "--verbose", "False"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), "/v1/models"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flexserve", required=True)
+    ap.add_argument("--python", default=sys.executable, help="python with llama_cpp[server]")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=24,
+                    help="requests per client count (split over the clients)")
+    ap.add_argument("--clients", default="1,4,8")
+    ap.add_argument("model")
+    a = ap.parse_args()
+
+    rows = []
+    model = os.path.basename(a.model).removesuffix(".gguf")
+    # Servers alternate for each client count (a fresh server each time), so that load
+    # from elsewhere on a shared machine hits both alike.
+    for clients in map(int, a.clients.split(",")):
+        for server, starter in (("flexserve", start_flexserve), ("llama.cpp", start_llama)):
+            tmp = tempfile.mkdtemp(prefix="bench-serve-")
+            port = free_port()
+            proc, ready = starter(a, port, tmp)
+            try:
+                wait_http(port, ready, proc)
+                one_request(port, model, prompt_for(99, 0), a.gen_tokens)  # warm-up
+                per_client = max(1, a.requests // clients)
+                row = load(port, model, clients, per_client, a.gen_tokens)
+                row["server"] = server
+                rows.append(row)
+                print(f"{server:9} {clients} clients: {row['throughput_tps']:6.1f} tok/s, "
+                      f"TTFT p50 {row['ttft_p50_ms']:7.1f} ms p99 {row['ttft_p99_ms']:7.1f} ms "
+                      f"({row['requests']} requests, {row['tokens']} tokens)", flush=True)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                shutil.rmtree(tmp, ignore_errors=True)
+    ratio = {}
+    for clients in map(int, a.clients.split(",")):
+        f = next(r for r in rows if r["server"] == "flexserve" and r["clients"] == clients)
+        l = next(r for r in rows if r["server"] == "llama.cpp" and r["clients"] == clients)
+        ratio[str(clients)] = {"throughput": f["throughput_tps"] / l["throughput_tps"],
+                               "ttft_p50": f["ttft_p50_ms"] / l["ttft_p50_ms"]}
+    print(json.dumps({"bench": "serve", "model": os.path.basename(a.model),
+                      "threads": a.threads, "gen_tokens": a.gen_tokens, "rows": rows,
+                      "flexserve_over_llama_cpp": ratio}))
+
+
+if __name__ == "__main__":
+    main()
