@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
+use virtio_llm::spec::MAX_PROMPT_TOKENS;
 
 /// Largest request body (a prompt of the largest context fits many times over).
 const MAX_BODY_BYTES: usize = 4 << 20;
@@ -159,10 +160,10 @@ async fn enqueue(
     if prompt.is_empty() {
         return Err(ApiError::invalid("prompt", "the prompt is empty"));
     }
-    if prompt.len() >= model.context as usize {
+    if prompt.len() >= model.context as usize || prompt.len() > MAX_PROMPT_TOKENS {
         return Err(ApiError::PromptTooLong {
             prompt: prompt.len(),
-            context: model.context,
+            context: model.context.min(MAX_PROMPT_TOKENS as u32),
         });
     }
     let room = model.context - prompt.len() as u32;
