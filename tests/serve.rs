@@ -283,6 +283,7 @@ fn eight_clients_times_25_requests_and_a_disconnect() {
     );
     let m = &d.shared().metrics;
     let (ok, cancelled) = (m.requests(Outcome::Ok), m.requests(Outcome::Cancelled));
+    let d_failed = m.requests(Outcome::Failed);
     d.stop();
     assert_eq!(r["errors"], serde_json::json!([]), "{r}");
     assert_eq!(r["mismatches"], serde_json::json!([]), "{r}");
@@ -290,8 +291,15 @@ fn eight_clients_times_25_requests_and_a_disconnect() {
     // The 8 prompts give 8 different answers, so a mixed-up answer would show.
     assert_eq!(r["distinct_expected"], 8, "{r}");
     assert_eq!(r["disconnected_after_chunks"], 3, "{r}");
-    assert_eq!(cancelled, 1, "the disconnected stream was cancelled");
-    assert!(ok >= 208, "{ok} requests completed");
+    // The disconnected stream is cancelled, unless the tiny model was done before the
+    // daemon saw the disconnect (a_full_queue_answers_429_and_gone_clients_are_cancelled
+    // checks cancelling without that race).
+    assert_eq!(
+        ok + cancelled,
+        8 + 200 + 1,
+        "ok {ok}, cancelled {cancelled}"
+    );
+    assert_eq!(d_failed, 0);
 }
 
 #[test]
@@ -511,19 +519,24 @@ fn a_full_queue_answers_429_and_gone_clients_are_cancelled() {
 
 #[test]
 fn a_guest_crash_fails_the_request_and_a_new_guest_serves_the_next() {
-    if !guests_can_run(&[TINY]) {
+    if !guests_can_run(&[DEFAULT]) {
         return;
     }
     let dir = temp_dir("crash");
-    let d = Daemon::start(config(&dir, TINY, 512, 16)).expect("daemon starts");
+    let d = Daemon::start(config(&dir, DEFAULT, 2048, 16)).expect("daemon starts");
     let addr = d.tcp_addr.unwrap();
     let chat = "/v1/chat/completions";
-    let probe = chat_body(TINY, "What is two plus two?", 12, "");
+    let probe = chat_body(DEFAULT, "What is two plus two?", 12, "");
     let before = http(addr, "POST", chat, &probe);
     assert_eq!(before.status, 200, "{}", before.body);
 
     let mut s = TcpStream::connect(addr).unwrap();
-    let long = chat_body(TINY, "Go on.", 400, r#","stream":true,"ignore_eos":true"#);
+    let long = chat_body(
+        DEFAULT,
+        "Go on.",
+        1500,
+        r#","stream":true,"ignore_eos":true"#,
+    );
     request(&mut s, "POST", chat, &long);
     let mut seen = read_until_first_token(&mut s);
     assert!(d.crash_guest_for_tests(), "a guest is running");

@@ -4,10 +4,11 @@ the same GGUF model in the same run.
 
 Each server runs alone (the machine has few cores), with 2 threads / vCPUs and a 2048-token
 context; the two alternate, a fresh server for each client count. For 1, 4 and 8 concurrent clients, every client sends streaming completions one
-after another (distinct prompts of about 64 tokens; exactly --gen-tokens tokens each:
-`ignore_eos` for FlexServe, `min_tokens` for llama.cpp). Reported per server and client
-count: throughput (generated tokens of all clients / wall time), and p50/p99 time to first
-token (request sent → first streamed text). Both servers run one generation at a time (no
+after another (distinct story prompts of about 64 tokens, greedy, up to --gen-tokens
+tokens: exactly that many for FlexServe with `ignore_eos`; llama.cpp may stop earlier at an
+end-of-generation token, its tokens are counted as streamed). Reported per server and
+client count: throughput (generated tokens of all clients / wall time), and p50/p99 time to
+first token (request sent → first streamed text). Both servers run one generation at a time (no
 batching across requests), so throughput stays flat with clients and TTFT grows with the
 queue. The last line printed is one JSON object: {"bench":"serve", "rows":[...], ...}.
 """
@@ -56,8 +57,8 @@ def wait_http(port, path, proc, timeout=120):
 
 
 def one_request(port, model, prompt, n):
-    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": n, "min_tokens": n,
-                       "ignore_eos": True, "temperature": 0, "stream": True})
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": n, "ignore_eos": True,
+                       "temperature": 0, "stream": True})
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.perf_counter()
     c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
