@@ -51,6 +51,11 @@ impl Loading {
         })
     }
 
+    /// The buffer the file goes into: start address and length.
+    pub fn buffer(&self) -> (u64, u64) {
+        (self.bytes.as_ptr() as u64, self.total)
+    }
+
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
         self.bytes.len() as u64

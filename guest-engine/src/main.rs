@@ -79,6 +79,15 @@ impl Environment for Guest {
         z ^ (z >> 31)
     }
 
+    fn prefault(&self, addr: u64, len: u64) {
+        guest_engine::vcpu_pool::prefault(addr, len);
+    }
+
+    fn log(&self, line: &str) {
+        print(line);
+        print("\n");
+    }
+
     fn expose(&self, bytes: &[u8]) -> u64 {
         // The window's last page: past every ring and buffer of the driver's layout.
         let addr = SHARED_WINDOW_BASE + SHARED_WINDOW_SIZE - 4096;

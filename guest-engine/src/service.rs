@@ -61,6 +61,11 @@ pub trait Environment {
     /// Writes `bytes` to a spare spot of the shared window and returns its address (memory
     /// probes only).
     fn expose(&self, bytes: &[u8]) -> u64;
+    /// Writes a line to the guest's console (the VMM's log).
+    fn log(&self, line: &str);
+    /// Has idle vCPUs first-touch `[addr, addr + len)` of private memory in the background
+    /// (`len` 0 withdraws the range); a no-op where first touches are cheap.
+    fn prefault(&self, addr: u64, len: u64);
 }
 
 /// Private memory a session needs beyond its KV cache: the forward pass's buffers and
@@ -117,6 +122,8 @@ pub struct Service {
     canary: Option<Vec<u8>>,
     canary_block: (u64, u64),
     canary_bytes: [u8; CANARY_BYTES],
+    /// When the model being loaded began, and the time spent in its chunks (logged).
+    load_ns: (u64, u64),
 }
 
 fn model_status(e: &ModelError) -> Status {
@@ -139,6 +146,7 @@ impl Service {
             canary: None,
             canary_block: (0, 0),
             canary_bytes: [0; CANARY_BYTES],
+            load_ns: (0, 0),
             kernels,
             max_models: max_models.max(1) as usize,
             max_sessions: max_sessions.max(1) as usize,
@@ -214,6 +222,9 @@ impl Service {
                 } else {
                     match Loading::begin(b.model_id, b.total_bytes) {
                         Ok(l) => {
+                            self.load_ns = (env.now_ns(), 0);
+                            let (addr, len) = l.buffer();
+                            env.prefault(addr, len);
                             self.loading = Some(l);
                             Status::Ok
                         }
@@ -223,25 +234,46 @@ impl Service {
                 ack(control_type::LOAD_MODEL_BEGIN, status, b.model_id)
             }
             ControlCommand::LoadModelChunk(c) => {
-                let status = match self.loading.as_mut() {
-                    Some(l) if l.model_id == c.model_id => match l.chunk(c.offset, c.data, par) {
+                let t0 = env.now_ns();
+                let result = match self.loading.as_mut() {
+                    Some(l) if l.model_id == c.model_id => Some(l.chunk(c.offset, c.data, par)),
+                    _ => None,
+                };
+                self.load_ns.1 += env.now_ns() - t0;
+                let status = match result {
+                    Some(r) => match r {
                         Ok(()) => Status::Ok,
                         Err(s) => {
                             // Any failure discards the partial model.
+                            env.prefault(0, 0);
                             self.loading = None;
                             s
                         }
                     },
-                    _ => Status::BadRequest,
+                    None => Status::BadRequest,
                 };
                 ack(control_type::LOAD_MODEL_CHUNK, status, c.model_id)
             }
             ControlCommand::LoadModelEnd(e) => {
                 let status = match self.loading.take() {
-                    Some(l) if l.model_id == e.model_id => match self.install(l, e.sha256) {
-                        Ok(()) => Status::Ok,
-                        Err(s) => s,
-                    },
+                    Some(l) if l.model_id == e.model_id => {
+                        env.prefault(0, 0);
+                        let (bytes, t0) = (l.received(), env.now_ns());
+                        let r = self.install(l, e.sha256);
+                        let now = env.now_ns();
+                        env.log(&alloc::format!(
+                            "engine: model {} ({} MiB): {} ms from begin, {} ms in chunks, {} ms to check",
+                            e.model_id,
+                            bytes >> 20,
+                            (now - self.load_ns.0) / 1_000_000,
+                            self.load_ns.1 / 1_000_000,
+                            (now - t0) / 1_000_000
+                        ));
+                        match r {
+                            Ok(()) => Status::Ok,
+                            Err(s) => s,
+                        }
+                    }
                     other => {
                         self.loading = other;
                         Status::BadRequest
@@ -258,6 +290,7 @@ impl Service {
                     .as_ref()
                     .is_some_and(|l| l.model_id == u.model_id)
                 {
+                    env.prefault(0, 0);
                     self.loading = None;
                     Status::Ok
                 } else {
@@ -420,7 +453,7 @@ impl Service {
 
     /// Frees the next least valuable thing: a session's KV cache, a tokenizer, a whole
     /// model (with its sessions), a partial load. `false` when nothing is left.
-    fn evict_one(&mut self) -> bool {
+    fn evict_one(&mut self, env: &dyn Environment) -> bool {
         if self.evict_session_cache(None) {
             return true;
         }
@@ -438,6 +471,8 @@ impl Service {
             self.sessions.retain(|_, s| s.model_id != id);
             return true;
         }
+        // A partial load goes last; its background first touches stop with it.
+        env.prefault(0, 0);
         self.loading.take().is_some()
     }
 
@@ -452,7 +487,7 @@ impl Service {
         let mem = env.memory();
         let budget = change.new_budget_bytes;
         mem.set_budget(budget);
-        while mem.usage().in_use > budget && self.evict_one() {}
+        while mem.usage().in_use > budget && self.evict_one(env) {}
         let park = || env.park();
         self.relinquisher
             .trim_and_report(driver, mem, budget, change.sequence, &park)?;

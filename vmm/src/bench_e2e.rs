@@ -5,7 +5,7 @@
 //! long a bare guest takes to first-touch as many private bytes as the model occupies.
 
 use crate::cli::{BenchE2eArgs, BenchMode};
-use crate::model_file::{read_model, read_model_plain};
+use crate::model_file::{map_model, read_model};
 use crate::protected::ProtectedRunError;
 use crate::unprotected::RunError;
 use inference_guest::gguf::Gguf;
@@ -131,7 +131,7 @@ fn unprotected(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> 
 fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> {
     // What `run` does before its first token: check the model on the host, build the host's
     // tokenizer (beside the boot and load, as `run` does), boot, stream the model in.
-    let file = read_model_plain(&args.model).map_err(RunError::from)?;
+    let file = map_model(&args.model).map_err(RunError::from)?;
     let gguf = Gguf::parse(file.as_slice()).map_err(RunError::from)?;
     let n_vocab = Model::from_gguf(&gguf, Kernels::detect())
         .map_err(RunError::from)?

@@ -19,17 +19,79 @@ pub enum ModelFileError {
     NotGguf { path: PathBuf },
 }
 
-/// Reads the whole file into ordinary memory: for the protected guest, where the host only
-/// checks the file and streams it once. (Huge pages would only add compaction stalls on the
-/// first fault, which were the slowest part of a cold start.)
-pub fn read_model_plain(path: &Path) -> Result<Vec<u8>, ModelFileError> {
-    let bytes = std::fs::read(path).map_err(|source| unreadable(path, source))?;
-    if !bytes.starts_with(b"GGUF") {
-        return Err(ModelFileError::NotGguf {
-            path: path.to_path_buf(),
-        });
+/// A model file mapped read-only: for the protected guest, where the host only checks the
+/// file and streams it once, so copying it into memory first (a third of a cold start's
+/// host time for a 145 MB model) buys nothing. Like llama.cpp's mmap, it assumes nobody
+/// truncates the file while it is mapped (the guest would still catch a changed file by
+/// its SHA-256).
+pub struct MappedModel {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this value; sharing `&[u8]` views of it
+// across threads is like sharing any immutable buffer.
+unsafe impl Send for MappedModel {}
+// SAFETY: as above.
+unsafe impl Sync for MappedModel {}
+
+impl MappedModel {
+    /// The file's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives (`new` checked
+        // the mapping; `Drop` unmaps it); the mapping is private and read-only, so nothing
+        // in this process writes it.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
     }
-    Ok(bytes)
+}
+
+impl Drop for MappedModel {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map_model`, which nothing uses after.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Maps the whole file read-only (see [`MappedModel`]).
+pub fn map_model(path: &Path) -> Result<MappedModel, ModelFileError> {
+    use std::os::fd::AsRawFd;
+    let unreadable = |source| unreadable(path, source);
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let len = file.metadata().map_err(unreadable)?.len();
+    let not_gguf = || ModelFileError::NotGguf {
+        path: path.to_path_buf(),
+    };
+    if len < 4 {
+        return Err(not_gguf());
+    }
+    let len = usize::try_from(len).map_err(|_| {
+        unreadable(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            "file too large",
+        ))
+    })?;
+    // SAFETY: a fresh private read-only mapping of the whole file at an address the kernel
+    // chooses; the result is checked before use. The fd may close afterwards.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(unreadable(std::io::Error::last_os_error()));
+    }
+    // SAFETY: advice on the mapping just made; failure only loses the read-ahead hint.
+    unsafe { libc::madvise(ptr, len, libc::MADV_WILLNEED) };
+    let mapped = MappedModel { ptr, len };
+    if !mapped.as_slice().starts_with(b"GGUF") {
+        return Err(not_gguf());
+    }
+    Ok(mapped)
 }
 
 fn unreadable(path: &Path, source: std::io::Error) -> ModelFileError {

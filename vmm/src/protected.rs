@@ -4,7 +4,7 @@
 //! weights and the KV cache live only in the guest's private region.
 
 use crate::cli::RunArgs;
-use crate::model_file::read_model_plain;
+use crate::model_file::map_model;
 use crate::text_stream::Utf8Stream;
 use crate::unprotected::{RunError, render_prompt, sampler_config};
 use inference_guest::gguf::Gguf;
@@ -107,7 +107,7 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
     }
     let start = Instant::now();
     // Check everything on the host first: errors carry the engine's own words.
-    let file = read_model_plain(&args.model).map_err(RunError::from)?;
+    let file = map_model(&args.model).map_err(RunError::from)?;
     let gguf = Gguf::parse(file.as_slice()).map_err(RunError::from)?;
     let model = Model::from_gguf(&gguf, Kernels::detect()).map_err(RunError::from)?;
     let cfg = sampler_config(&args.sampling);

@@ -164,6 +164,19 @@ impl WorkerCore {
     /// `park.park(worker)`; returns once [`shutdown`](Self::shutdown) was called (after
     /// finishing any job it is on). `worker` is only passed on to [`Park::park`].
     pub fn worker_loop<P: Park>(&self, park: &P, worker: usize) {
+        self.worker_loop_with(park, worker, &|| false);
+    }
+
+    /// [`worker_loop`](Self::worker_loop) with background work: while no job is open, the
+    /// worker calls `background()` before it spins or parks; it returns whether it did
+    /// something (then the worker checks for a job and calls it again). Each call should be
+    /// short (well under a millisecond): a job opened meanwhile waits for it.
+    pub fn worker_loop_with<P: Park>(
+        &self,
+        park: &P,
+        worker: usize,
+        background: &dyn Fn() -> bool,
+    ) {
         let mut seen_gen = self.state.load(Ordering::Acquire) >> GEN_SHIFT;
         let mut spin_budget = self.spin_iters;
         loop {
@@ -174,6 +187,10 @@ impl WorkerCore {
             if generation != seen_gen {
                 seen_gen = generation;
                 self.work_on(generation);
+                spin_budget = self.spin_iters;
+                continue;
+            }
+            if background() {
                 spin_budget = self.spin_iters;
                 continue;
             }
