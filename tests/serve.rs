@@ -2,7 +2,8 @@
 //! (`make test-venv`) against the daemon (text equal to `flexserve run`'s for the same greedy
 //! request), 8 concurrent clients × 25 requests with one client disconnecting mid-stream,
 //! bad input answered 4xx with OpenAI error objects, a full queue answered 429 with
-//! Retry-After, a guest crash failing the request in flight and the next request served by
+//! Retry-After, clients taking turns in the queue, a guest crash failing the request in
+//! flight and the next request served by
 //! a new guest, and the real binary's sd_notify handshake and drain on SIGTERM.
 
 use flexserve_e2e::{kvm_required, target_dir};
@@ -633,4 +634,73 @@ fn the_daemon_binary_tells_systemd_and_drains_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+#[test]
+fn clients_take_turns_in_the_queue() {
+    if !guests_can_run(&[DEFAULT]) {
+        return;
+    }
+    let dir = temp_dir("fair");
+    let d = Daemon::start(config(&dir, DEFAULT, 2048, 16)).expect("daemon starts");
+    let addr = d.tcp_addr.unwrap();
+    let chat = "/v1/chat/completions";
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let body = |user: &str, n: u32| {
+        chat_body(
+            DEFAULT,
+            "Tell me a story.",
+            n,
+            &format!(r#","ignore_eos":true,"user":"{user}""#),
+        )
+    };
+    // x1 runs in the guest while x2..x6 and then y1 queue up.
+    let mut x1 = TcpStream::connect(addr).unwrap();
+    let stream = chat_body(
+        DEFAULT,
+        "Tell me a story.",
+        48,
+        r#","ignore_eos":true,"stream":true,"user":"x""#,
+    );
+    request(&mut x1, "POST", chat, &stream);
+    read_until_first_token(&mut x1);
+    let mut threads = vec![std::thread::spawn({
+        let done = done.clone();
+        move || {
+            read_rest(x1);
+            done.lock().unwrap().push("x1".to_string());
+        }
+    })];
+    let submit =
+        |name: String, user: &'static str, threads: &mut Vec<std::thread::JoinHandle<()>>| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            request(&mut s, "POST", chat, &body(user, 24));
+            let done = done.clone();
+            threads.push(std::thread::spawn(move || {
+                let r = read_reply(s);
+                assert_eq!(r.status, 200, "{}", r.body);
+                done.lock().unwrap().push(name);
+            }));
+        };
+    for i in 2..=6 {
+        submit(format!("x{i}"), "x", &mut threads);
+        let start = Instant::now();
+        while d.shared().queue.len() < i - 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "x{i} never queued"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    submit("y1".into(), "y", &mut threads);
+    for t in threads {
+        t.join().unwrap();
+    }
+    d.stop();
+    let order = done.lock().unwrap().clone();
+    // Round-robin: after x1 and x2 (the head of x's line when y arrived), y1 goes next
+    // instead of after x6.
+    let y = order.iter().position(|n| n == "y1").unwrap();
+    assert!(y <= 2, "{order:?}");
 }

@@ -117,20 +117,28 @@ def load(port, model, clients, per_client, n):
             "wall_s": wall}
 
 
+def spawn(cmd, tmp):
+    """Starts a server with its output in tmp/server.log (shown if it fails to come up)."""
+    log = open(os.path.join(tmp, "server.log"), "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
 def start_flexserve(a, port, tmp):
     model_dir, name = os.path.dirname(os.path.abspath(a.model)), os.path.basename(a.model)
     cmd = [a.flexserve, "serve", "--socket", os.path.join(tmp, "flexserve.sock"),
            "--tcp", f"127.0.0.1:{port}", "--models-dir", model_dir,
            "--model", name.removesuffix(".gguf"), "--ctx", "2048", "--vcpus", str(a.threads),
            "--queue-depth", "64"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), "/health"
+    return spawn(cmd, tmp), "/health"
 
 
 def start_llama(a, port, tmp):
     cmd = [a.python, "-m", "llama_cpp.server", "--model", a.model, "--host", "127.0.0.1",
            "--port", str(port), "--n_threads", str(a.threads), "--n_threads_batch",
-           str(a.threads), "--n_ctx", "2048", "--verbose", "False"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), "/v1/models"
+           str(a.threads), "--n_ctx", "2048", "--verbose", "False",
+           # Otherwise each new request cuts the one streaming off.
+           "--interrupt_requests", "False"]
+    return spawn(cmd, tmp), "/v1/models"
 
 
 def main():
@@ -155,7 +163,12 @@ def main():
             port = free_port()
             proc, ready = starter(a, port, tmp)
             try:
-                wait_http(port, ready, proc)
+                try:
+                    wait_http(port, ready, proc)
+                except RuntimeError:
+                    with open(os.path.join(tmp, "server.log")) as f:
+                        sys.stderr.write(f"{server} did not start:\n{f.read()[-3000:]}\n")
+                    raise
                 one_request(port, model, prompt_for(99, 0), a.gen_tokens)  # warm-up
                 per_client = max(1, a.requests // clients)
                 row = load(port, model, clients, per_client, a.gen_tokens)
