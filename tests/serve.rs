@@ -3,8 +3,8 @@
 //! request), 8 concurrent clients × 25 requests with one client disconnecting mid-stream,
 //! bad input answered 4xx with OpenAI error objects, a full queue answered 429 with
 //! Retry-After, clients taking turns in the queue, a guest crash failing the request in
-//! flight and the next request served by
-//! a new guest, and the real binary's sd_notify handshake and drain on SIGTERM.
+//! flight and the next request served by a new guest, and the real binary's sd_notify
+//! handshake and drain on SIGTERM.
 
 use flexserve_e2e::{kvm_required, target_dir};
 use serde_json::Value;
