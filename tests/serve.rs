@@ -266,7 +266,13 @@ fn eight_clients_times_25_requests_and_a_disconnect() {
         return;
     };
     let dir = temp_dir("concurrent");
-    let d = Daemon::start(config(&dir, TINY, 512, 64)).expect("daemon starts");
+    // Slices of 2 tokens: the requests in the guest are interleaved all the time, and
+    // each must still get exactly its own greedy text.
+    let d = Daemon::start(Config {
+        slice_tokens: 2,
+        ..config(&dir, TINY, 512, 64)
+    })
+    .expect("daemon starts");
     let base = format!("http://{}/v1", d.tcp_addr.unwrap());
     let r = run_client(
         &python,
@@ -461,7 +467,12 @@ fn a_full_queue_answers_429_and_gone_clients_are_cancelled() {
         return;
     }
     let dir = temp_dir("queue");
-    let d = Daemon::start(config(&dir, DEFAULT, 2048, 1)).expect("daemon starts");
+    // One request in the guest at a time, one waiting.
+    let d = Daemon::start(Config {
+        max_active: 1,
+        ..config(&dir, DEFAULT, 2048, 1)
+    })
+    .expect("daemon starts");
     let addr = d.tcp_addr.unwrap();
     let chat = "/v1/chat/completions";
     let long = chat_body(
@@ -642,7 +653,12 @@ fn clients_take_turns_in_the_queue() {
         return;
     }
     let dir = temp_dir("fair");
-    let d = Daemon::start(config(&dir, DEFAULT, 2048, 16)).expect("daemon starts");
+    // One request in the guest at a time: the order is the queue's.
+    let d = Daemon::start(Config {
+        max_active: 1,
+        ..config(&dir, DEFAULT, 2048, 16)
+    })
+    .expect("daemon starts");
     let addr = d.tcp_addr.unwrap();
     let chat = "/v1/chat/completions";
     let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -703,4 +719,47 @@ fn clients_take_turns_in_the_queue() {
     // instead of after x6.
     let y = order.iter().position(|n| n == "y1").unwrap();
     assert!(y <= 2, "{order:?}");
+}
+
+#[test]
+fn a_short_request_is_not_stuck_behind_a_long_one() {
+    if !guests_can_run(&[DEFAULT]) {
+        return;
+    }
+    let dir = temp_dir("interleave");
+    let d = Daemon::start(config(&dir, DEFAULT, 2048, 16)).expect("daemon starts");
+    let addr = d.tcp_addr.unwrap();
+    let chat = "/v1/chat/completions";
+    let long = chat_body(
+        DEFAULT,
+        "Count to a million.",
+        1500,
+        r#","stream":true,"ignore_eos":true"#,
+    );
+    let mut a = TcpStream::connect(addr).unwrap();
+    request(&mut a, "POST", chat, &long);
+    read_until_first_token(&mut a);
+    // The long request alone took ~12 s; the short one is answered within its slices.
+    let start = Instant::now();
+    let b = http(
+        addr,
+        "POST",
+        chat,
+        &chat_body(DEFAULT, "What is two plus two?", 12, ""),
+    );
+    let took = start.elapsed();
+    assert_eq!(b.status, 200, "{}", b.body);
+    assert_eq!(b.json()["usage"]["completion_tokens"], 12);
+    let m = &d.shared().metrics;
+    assert_eq!(
+        m.requests(Outcome::Ok),
+        1,
+        "the long request is still running"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the short request took {took:?}"
+    );
+    drop(a);
+    d.stop();
 }

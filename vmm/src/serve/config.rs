@@ -69,6 +69,11 @@ pub struct Config {
     pub max_tokens: u32,
     /// `Retry-After` of a 429, seconds.
     pub retry_after_secs: u32,
+    /// Requests holding a session in the guest at once (each with its own KV cache),
+    /// interleaved slice by slice.
+    pub max_active: usize,
+    /// Tokens a request generates before it yields the guest to another waiting one.
+    pub slice_tokens: u32,
 }
 
 impl Default for Config {
@@ -87,6 +92,8 @@ impl Default for Config {
             queue_depth: 64,
             max_tokens: 4096,
             retry_after_secs: 1,
+            max_active: 4,
+            slice_tokens: 16,
         }
     }
 }
@@ -136,6 +143,8 @@ struct LimitsSection {
     queue_depth: Option<i64>,
     max_tokens: Option<i64>,
     retry_after_seconds: Option<i64>,
+    max_active: Option<i64>,
+    slice_tokens: Option<i64>,
 }
 
 /// Values given on the command line; each overrides its key in the file.
@@ -297,6 +306,12 @@ impl Config {
         if let Some(v) = f.limits.retry_after_seconds {
             c.retry_after_secs = in_range("limits.retry_after_seconds", v, 1, 3600)? as u32;
         }
+        if let Some(v) = f.limits.max_active {
+            c.max_active = in_range("limits.max_active", v, 1, 16)? as usize;
+        }
+        if let Some(v) = f.limits.slice_tokens {
+            c.slice_tokens = in_range("limits.slice_tokens", v, 1, 128 * 1024)? as u32;
+        }
         Ok(c)
     }
 }
@@ -325,6 +340,8 @@ mod tests {
             queue_depth = 4
             max_tokens = 100
             retry_after_seconds = 2
+            max_active = 2
+            slice_tokens = 8
             "#,
         )
         .unwrap();
@@ -358,6 +375,7 @@ mod tests {
         assert!(err("[listen]\ntcp = \"localhost\"").contains("listen.tcp"));
         assert!(err("[listen]\nsocket_mode = \"999\"").contains("listen.socket_mode"));
         assert!(err("[limits]\nqueue_depth = 0").contains("limits.queue_depth"));
+        assert!(err("[limits]\nmax_active = 17").contains("limits.max_active"));
         assert!(err("[models]\ndefault = \"../x\"").contains("models.default"));
     }
 

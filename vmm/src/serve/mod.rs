@@ -82,8 +82,12 @@ impl Daemon {
     /// `guest.start = "startup"`) and serves. Returns once requests are being accepted.
     pub fn start(config: Config) -> Result<Self, ServeError> {
         let images = GuestImages::locate(config.images.as_deref())?;
-        let catalogue =
-            Catalogue::new(config.models_dir.clone(), config.context, config.memory_max);
+        let catalogue = Catalogue::new(
+            config.models_dir.clone(),
+            config.context,
+            config.max_active,
+            config.memory_max,
+        );
         let startup = match config.start {
             StartMode::Startup => Some(
                 catalogue

@@ -28,14 +28,21 @@ pub struct HostModel {
     pub chatml: bool,
     /// The context of each request, tokens.
     pub context: u32,
-    /// Private memory its guest gets: weights, one KV cache, headroom.
+    /// Private memory its guest gets: weights, a KV cache per active request, headroom.
     pub private_bytes: u64,
     pub n_vocab: usize,
 }
 
 impl HostModel {
-    /// Reads and checks `path`; `context` is capped at the model's training context.
-    pub fn load(id: &str, path: &Path, context: u32, memory_max: u64) -> Result<Self, ApiError> {
+    /// Reads and checks `path`; `context` is capped at the model's training context;
+    /// `sessions` KV caches must fit beside the weights.
+    pub fn load(
+        id: &str,
+        path: &Path,
+        context: u32,
+        sessions: usize,
+        memory_max: u64,
+    ) -> Result<Self, ApiError> {
         let err = |e: &dyn std::fmt::Display| ApiError::Model(format!("model `{id}`: {e}"));
         let file = std::fs::read(path).map_err(|e| err(&e))?;
         let gguf = Gguf::parse(&file).map_err(|e| err(&e))?;
@@ -47,12 +54,13 @@ impl HostModel {
             .flatten()
             .is_some_and(|t| t.contains("<|im_start|>"));
         let context = (context as usize).clamp(1, model.cfg.n_ctx_train) as u32;
-        let kv = model.cfg.kv_cache_bytes(context as usize) as u64;
+        let kv = model.cfg.kv_cache_bytes(context as usize) as u64 * sessions as u64;
         let private_bytes = (file.len() as u64 + kv + HEADROOM).next_multiple_of(2 * MIB);
         if private_bytes > memory_max {
             return Err(err(&format_args!(
-                "needs {} MiB of guest memory with a {context}-token context, more than \
-                 guest.memory_max ({} MiB)",
+                "needs {} MiB of guest memory for {sessions} active requests of \
+                 {context} tokens, more than guest.memory_max ({} MiB); lower \
+                 limits.max_active or models.context",
                 private_bytes / MIB,
                 memory_max / MIB
             )));
@@ -100,15 +108,17 @@ impl HostModel {
 pub struct Catalogue {
     dir: PathBuf,
     context: u32,
+    sessions: usize,
     memory_max: u64,
     checked: Mutex<HashMap<String, Arc<HostModel>>>,
 }
 
 impl Catalogue {
-    pub fn new(dir: PathBuf, context: u32, memory_max: u64) -> Self {
+    pub fn new(dir: PathBuf, context: u32, sessions: usize, memory_max: u64) -> Self {
         Self {
             dir,
             context,
+            sessions,
             memory_max,
             checked: Mutex::new(HashMap::new()),
         }
@@ -147,7 +157,13 @@ impl Catalogue {
             return Err(ApiError::UnknownModel(id.to_string()));
         }
         let path = self.dir.join(format!("{id}.gguf"));
-        let m = Arc::new(HostModel::load(id, &path, self.context, self.memory_max)?);
+        let m = Arc::new(HostModel::load(
+            id,
+            &path,
+            self.context,
+            self.sessions,
+            self.memory_max,
+        )?);
         self.lock().insert(id.to_string(), m.clone());
         Ok(m)
     }

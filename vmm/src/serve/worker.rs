@@ -1,6 +1,9 @@
 //! The guest worker: one thread owns the protected VM, takes jobs from the fair queue and
-//! runs them one at a time (the guest engine generates one request to completion; a
-//! cancelled or disconnected request stops between two tokens). It boots the guest with the
+//! interleaves them: up to `limits.max_active` jobs hold a session in the guest, and while
+//! others wait each runs for a slice of `limits.slice_tokens` tokens in turn (the guest
+//! engine runs one generation at a time; a slice ends by cancelling between two tokens and
+//! the next one resumes on the same session). A disconnected client's job stops between
+//! two tokens. It boots the guest with the
 //! requested model (once, or again when another model is asked for), and when the guest
 //! dies it fails the request in flight, logs the crash and boots a new guest.
 
@@ -10,13 +13,14 @@ use super::metrics::{GuestState, Outcome};
 use super::models::HostModel;
 use crate::guest_images::GuestImages;
 use crate::protected_vm::{GuestConfig, GuestError, ProtectedVm};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use virtio_llm::Status;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
-use virtio_llm::wire::response::{EndOfStream, StopReason};
+use virtio_llm::wire::response::{EndOfStream, StopReason, Timings};
 
 /// The model id every guest gets (one model per guest).
 const GUEST_MODEL_ID: u32 = 1;
@@ -41,6 +45,29 @@ pub struct Job {
     /// Set when the client is gone or a stop sequence matched.
     pub cancel: Arc<AtomicBool>,
     pub arrived: Instant,
+}
+
+/// A job with an open session in the guest, between two slices.
+struct Active {
+    job: Job,
+    session: u32,
+    /// What the next slice starts from: the prompt, then the last token of a slice.
+    next_prompt: Vec<u32>,
+    slices: u32,
+    prompt_tokens: u32,
+    generated: u32,
+    timings: Timings,
+    first_seen: bool,
+}
+
+/// How a slice ended.
+enum Sliced {
+    /// Preempted: to be resumed.
+    Again(Active),
+    /// Done (answered or failed).
+    Finished,
+    /// The guest died; restart it with this model.
+    GuestLost(Arc<HostModel>),
 }
 
 struct Running {
@@ -86,20 +113,64 @@ impl Worker {
         let _ = booted.send(first);
         let shared = self.shared.clone();
         let queue = &shared.queue;
+        let max_active = shared.config.max_active;
+        let mut active: VecDeque<Active> = VecDeque::new();
+        // A job for another model than the guest's waits until the active ones are done.
+        let mut deferred: Option<Job> = None;
         loop {
-            let job = match queue.next(Duration::from_secs(1)) {
-                Err(()) => break,
-                Ok(None) => continue,
-                Ok(Some(job)) => job,
+            // Admit jobs while there is room (waiting for one only when idle).
+            while active.len() < max_active {
+                let job = match deferred.take() {
+                    Some(j) => j,
+                    None => {
+                        let wait = if active.is_empty() {
+                            Duration::from_secs(1)
+                        } else {
+                            Duration::ZERO
+                        };
+                        match queue.next(wait) {
+                            Ok(Some(j)) => j,
+                            Ok(None) => break,
+                            Err(()) if active.is_empty() => {
+                                if let Some(r) = self.vm.take() {
+                                    self.stop(r);
+                                }
+                                return;
+                            }
+                            Err(()) => break,
+                        }
+                    }
+                };
+                shared
+                    .metrics
+                    .queue_depth
+                    .store(queue.len() as u64, Ordering::Relaxed);
+                let other_model = self.vm.as_ref().is_some_and(|r| r.model.id != job.model.id);
+                if other_model && !active.is_empty() {
+                    deferred = Some(job);
+                    break;
+                }
+                if let Some(a) = self.admit(job) {
+                    active.push_back(a);
+                }
+            }
+            let Some(a) = active.pop_front() else {
+                continue;
             };
-            self.shared
-                .metrics
-                .queue_depth
-                .store(queue.len() as u64, Ordering::Relaxed);
-            self.serve(job);
-        }
-        if let Some(r) = self.vm.take() {
-            self.stop(r);
+            let others = !active.is_empty() || deferred.is_some();
+            match self.slice(a, others) {
+                Sliced::Again(a) => active.push_back(a),
+                Sliced::Finished => {}
+                Sliced::GuestLost(model) => {
+                    // Every open session died with the guest.
+                    for a in active.drain(..) {
+                        self.fail_lost(a.job);
+                    }
+                    eprintln!("[flexserve] restarting the guest");
+                    self.vm = None;
+                    let _ = self.ensure(&model);
+                }
+            }
         }
     }
 
@@ -179,104 +250,149 @@ impl Worker {
         Ok(vm)
     }
 
-    fn serve(&mut self, job: Job) {
+    /// Opens a session for `job` (booting the guest with its model if needed); `None` when
+    /// the job is over already (client gone, guest failure).
+    fn admit(&mut self, job: Job) -> Option<Active> {
         let shared = self.shared.clone();
         let m = &shared.metrics;
-        let gone = || job.cancel.load(Ordering::Relaxed) || job.events.is_closed();
-        if gone() {
+        if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
             m.request(Outcome::Cancelled);
-            return;
+            return None;
         }
         if let Err(e) = self.ensure(&job.model) {
             m.request(Outcome::Failed);
             let _ = job.events.send(Event::Failed(ApiError::Guest(format!(
                 "cannot start the guest: {e}"
             ))));
-            return;
+            return None;
         }
-        let Some(running) = self.vm.as_mut() else {
-            return;
-        };
-        let (session, request) = (self.next_session, self.next_request);
+        let running = self.vm.as_mut()?;
+        let session = self.next_session;
         self.next_session = self.next_session.wrapping_add(1).max(1);
-        self.next_request += 1;
-        let req = GenerateRequest {
-            request_id: request,
-            session_id: session,
-            sampling: SamplingParams {
-                max_tokens: job.sampling.max_tokens,
-                ..job.sampling
-            },
-            prompt: Prompt::Tokens(job.prompt.clone()),
-        };
-        let mut first = true;
-        let result = running
+        if let Err(e) = running
             .vm
             .open_session(session, GUEST_MODEL_ID, job.model.context)
-            .and_then(|()| {
-                let end = running.vm.generate(
-                    &req,
-                    &mut |tokens| {
-                        if first {
-                            first = false;
-                            m.ttft.observe(job.arrived.elapsed().as_secs_f64());
-                        }
-                        let _ = job.events.send(Event::Tokens(tokens.to_vec()));
-                    },
-                    &gone,
-                );
-                match end {
-                    Ok(end) => running.vm.close_session(session).map(|()| end),
-                    Err(e) if is_fatal(&e) => Err(e),
-                    Err(e) => {
-                        let _ = running.vm.close_session(session);
-                        Err(e)
+        {
+            m.request(Outcome::Failed);
+            let _ = job
+                .events
+                .send(Event::Failed(ApiError::Guest(e.to_string())));
+            if is_fatal(&e) {
+                self.vm = None;
+                self.shared.metrics.set_guest(GuestState::Down);
+            }
+            return None;
+        }
+        let prompt = job.prompt.clone();
+        Some(Active {
+            job,
+            session,
+            next_prompt: prompt,
+            slices: 0,
+            prompt_tokens: 0,
+            generated: 0,
+            timings: Timings::default(),
+            first_seen: false,
+        })
+    }
+
+    /// Runs `a` until it ends, or, while other jobs want the guest (`others` active ones,
+    /// or any in the queue), for about `limits.slice_tokens` tokens: the generation is then stopped between two tokens and
+    /// resumed later on its session from its last token, which the guest has not yet fed
+    /// back (greedy output is the same as in one go).
+    fn slice(&mut self, mut a: Active, others: bool) -> Sliced {
+        let shared = self.shared.clone();
+        let m = &shared.metrics;
+        let slice_tokens = shared.config.slice_tokens;
+        let request = self.next_request;
+        self.next_request += 1;
+        let Some(running) = self.vm.as_mut() else {
+            self.fail_lost(a.job);
+            return Sliced::Finished;
+        };
+        let job = &a.job;
+        let remaining = job.sampling.max_tokens.saturating_sub(a.generated).max(1);
+        let req = GenerateRequest {
+            request_id: request,
+            session_id: a.session,
+            sampling: SamplingParams {
+                max_tokens: remaining,
+                // Each slice samples with its own seed, fixed by the request's seed and
+                // the slice number, so a run is still reproducible.
+                seed: job.sampling.seed.wrapping_add(u64::from(a.slices)),
+                ..job.sampling
+            },
+            prompt: Prompt::Tokens(std::mem::take(&mut a.next_prompt)),
+        };
+        let gone = || job.cancel.load(Ordering::Relaxed) || job.events.is_closed();
+        let in_slice = std::cell::Cell::new(0u32);
+        let mut last = None;
+        let first_seen = &mut a.first_seen;
+        let end = running.vm.generate(
+            &req,
+            &mut |tokens| {
+                if !*first_seen {
+                    *first_seen = true;
+                    m.ttft.observe(job.arrived.elapsed().as_secs_f64());
+                }
+                in_slice.set(in_slice.get() + tokens.len() as u32);
+                last = tokens.last().copied().or(last);
+                let _ = job.events.send(Event::Tokens(tokens.to_vec()));
+            },
+            &|| gone() || (in_slice.get() >= slice_tokens && (others || !shared.queue.is_empty())),
+        );
+        a.slices += 1;
+        match end {
+            Ok(end) => {
+                if a.slices == 1 {
+                    a.prompt_tokens = end.prompt_tokens;
+                }
+                a.generated += end.generated_tokens;
+                a.timings.prompt_ns += end.timings.prompt_ns;
+                a.timings.generation_ns += end.timings.generation_ns;
+                let at_eog = last.is_some_and(|t| {
+                    !job.sampling.ignore_eog && job.model.tokenizer.is_end_of_generation(t)
+                });
+                let preempted = end.reason == StopReason::Cancelled && !gone();
+                match last {
+                    Some(t) if preempted && !at_eog && a.generated < job.sampling.max_tokens => {
+                        a.next_prompt = vec![t];
+                        Sliced::Again(a)
+                    }
+                    _ => {
+                        let reason = match end.reason {
+                            StopReason::Cancelled if at_eog => StopReason::EndOfGeneration,
+                            StopReason::Cancelled if preempted => StopReason::MaxTokens,
+                            r => r,
+                        };
+                        self.finish(a, reason);
+                        Sliced::Finished
                     }
                 }
-            });
-        match result {
-            Ok(end) => {
-                m.prompt_tokens
-                    .fetch_add(end.prompt_tokens.into(), Ordering::Relaxed);
-                m.generated_tokens
-                    .fetch_add(end.generated_tokens.into(), Ordering::Relaxed);
-                if end.generated_tokens > 1 {
-                    let per = end.timings.generation_ns as f64
-                        / 1e9
-                        / f64::from(end.generated_tokens - 1);
-                    m.decode.observe(per);
-                }
-                if let Ok(s) = running.vm.stats() {
-                    m.memory_used_bytes
-                        .store(s.memory_used_bytes, Ordering::Relaxed);
-                    m.memory_budget_bytes
-                        .store(s.memory_budget_bytes, Ordering::Relaxed);
-                }
-                m.request(if end.reason == StopReason::Cancelled {
-                    Outcome::Cancelled
-                } else {
-                    Outcome::Ok
-                });
-                let _ = job.events.send(Event::Done(end));
             }
             Err(e) if is_fatal(&e) => {
-                m.request(Outcome::Failed);
                 m.guest_crashes.fetch_add(1, Ordering::Relaxed);
                 m.set_guest(GuestState::Down);
                 eprintln!("[flexserve] the guest VM failed during request {request}: {e}");
-                let _ = job.events.send(Event::Failed(ApiError::Guest(format!(
-                    "the guest VM failed during this request ({e}); it is being restarted, \
-                     retry the request"
-                ))));
-                // The dead VM is dropped (its threads are joined); a new one serves the
-                // next request.
-                let model = job.model.clone();
-                self.vm = None;
-                drop(job);
-                eprintln!("[flexserve] restarting the guest");
-                let _ = self.ensure(&model);
+                let model = a.job.model.clone();
+                self.fail_lost_with(a.job, &e.to_string());
+                Sliced::GuestLost(model)
             }
             Err(e) => {
+                let _ = running.vm.close_session(a.session);
+                if a.slices > 1
+                    && matches!(
+                        e,
+                        GuestError::Request {
+                            status: Status::ContextFull,
+                            ..
+                        }
+                    )
+                {
+                    // The context filled up at a slice boundary: the end, not an error.
+                    self.finish_closed(a, StopReason::ContextFull);
+                    return Sliced::Finished;
+                }
                 m.request(Outcome::Failed);
                 let err = match e {
                     GuestError::Request {
@@ -288,8 +404,63 @@ impl Worker {
                     },
                     other => ApiError::Guest(other.to_string()),
                 };
-                let _ = job.events.send(Event::Failed(err));
+                let _ = a.job.events.send(Event::Failed(err));
+                Sliced::Finished
             }
         }
+    }
+
+    /// Closes the job's session and sends its end.
+    fn finish(&mut self, a: Active, reason: StopReason) {
+        if let Some(running) = self.vm.as_mut()
+            && let Err(e) = running.vm.close_session(a.session)
+        {
+            eprintln!("[flexserve] closing session {}: {e}", a.session);
+        }
+        self.finish_closed(a, reason);
+    }
+
+    fn finish_closed(&mut self, a: Active, reason: StopReason) {
+        let m = &self.shared.metrics;
+        m.prompt_tokens
+            .fetch_add(a.prompt_tokens.into(), Ordering::Relaxed);
+        m.generated_tokens
+            .fetch_add(a.generated.into(), Ordering::Relaxed);
+        if a.generated > 1 {
+            let per = a.timings.generation_ns as f64 / 1e9 / f64::from(a.generated - 1);
+            m.decode.observe(per);
+        }
+        if let Some(running) = self.vm.as_mut()
+            && let Ok(s) = running.vm.stats()
+        {
+            m.memory_used_bytes
+                .store(s.memory_used_bytes, Ordering::Relaxed);
+            m.memory_budget_bytes
+                .store(s.memory_budget_bytes, Ordering::Relaxed);
+        }
+        m.request(if reason == StopReason::Cancelled {
+            Outcome::Cancelled
+        } else {
+            Outcome::Ok
+        });
+        let _ = a.job.events.send(Event::Done(EndOfStream {
+            request_id: 0,
+            reason,
+            prompt_tokens: a.prompt_tokens,
+            generated_tokens: a.generated,
+            timings: a.timings,
+        }));
+    }
+
+    fn fail_lost(&self, job: Job) {
+        self.fail_lost_with(job, "the guest VM failed");
+    }
+
+    fn fail_lost_with(&self, job: Job, why: &str) {
+        self.shared.metrics.request(Outcome::Failed);
+        let _ = job.events.send(Event::Failed(ApiError::Guest(format!(
+            "the guest VM failed during this request ({why}); it is being restarted, retry the \
+             request"
+        ))));
     }
 }
