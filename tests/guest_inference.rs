@@ -111,6 +111,19 @@ fn guest_equals_host(model_file: &str) {
 }
 
 #[test]
+fn the_guest_runs_the_same_kernels_as_the_host() {
+    let Some(images) = images() else {
+        return;
+    };
+    let console = boot(&images, 16).shutdown().expect("clean shutdown");
+    let want = format!("kernels: {:?}", Kernels::detect().isa());
+    assert!(
+        console.iter().any(|l| l.contains(&want)),
+        "the guest's engine did not report {want}: {console:?}"
+    );
+}
+
+#[test]
 fn guest_greedy_equals_host_on_the_tiny_model() {
     guest_equals_host("tiny.Q8_0.gguf");
 }

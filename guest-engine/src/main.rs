@@ -127,14 +127,16 @@ pub extern "C" fn _start(vcpu: u64) -> ! {
     };
     let limits = driver.limits();
     with_private_pool(|p| p.set_budget(limits.memory_budget));
+    let kernels = Kernels::detect();
+    let isa = kernels.isa();
     let mut service = Service::new(
-        Kernels::detect(),
+        kernels,
         limits.max_models,
         limits.max_sessions,
         driver.features(),
     );
     let env = Guest { vcpu };
-    print("engine: ready\n");
+    print(&alloc::format!("engine: ready (kernels: {isa:?})\n"));
     let mut idle_polls = 0u32;
     loop {
         match service.step(&mut driver, &VcpuPool, &env) {
