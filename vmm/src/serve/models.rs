@@ -16,6 +16,9 @@ const MIB: u64 = 1 << 20;
 /// Private memory beyond weights and KV cache, as `flexserve run` gives it: activations,
 /// logits, the guest's tokenizer, allocator slack.
 const HEADROOM: u64 = 96 * MIB;
+/// Per further active request: its share of scratch and allocator slack, so that the guest
+/// never has to evict an idle session's KV cache to make room for another's.
+const SESSION_HEADROOM: u64 = 32 * MIB;
 
 /// A model checked on the host.
 #[derive(Debug)]
@@ -55,7 +58,8 @@ impl HostModel {
             .is_some_and(|t| t.contains("<|im_start|>"));
         let context = (context as usize).clamp(1, model.cfg.n_ctx_train) as u32;
         let kv = model.cfg.kv_cache_bytes(context as usize) as u64 * sessions as u64;
-        let private_bytes = (file.len() as u64 + kv + HEADROOM).next_multiple_of(2 * MIB);
+        let extra = SESSION_HEADROOM * (sessions.max(1) as u64 - 1);
+        let private_bytes = (file.len() as u64 + kv + HEADROOM + extra).next_multiple_of(2 * MIB);
         if private_bytes > memory_max {
             return Err(err(&format_args!(
                 "needs {} MiB of guest memory for {sessions} active requests of \
