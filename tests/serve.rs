@@ -427,6 +427,22 @@ fn bad_input_is_answered_4xx_with_openai_errors() {
             None,
             Some("not_found"),
         ),
+        (
+            "POST",
+            "/v1/completions",
+            format!(r#"{{"model":"{TINY}","prompt":"{}"}}"#, "x".repeat(5 << 20)),
+            413,
+            None,
+            Some("request_too_large"),
+        ),
+        (
+            "GET",
+            "/v1/models/nope",
+            String::new(),
+            404,
+            Some("model"),
+            Some("model_not_found"),
+        ),
     ];
     for (method, path, body, status, param, code) in cases {
         let r = http(addr, method, path, body);
@@ -449,12 +465,15 @@ fn bad_input_is_answered_4xx_with_openai_errors() {
     let r = http(addr, "POST", chat, &chat_body(TINY, "hi", 4, ""));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["usage"]["completion_tokens"], 4);
+    let one = http(addr, "GET", &format!("/v1/models/{TINY}"), "");
+    assert_eq!(one.status, 200, "{}", one.body);
+    assert_eq!(one.json()["id"], TINY);
     let h = http(addr, "GET", "/health", "");
     assert_eq!(h.json()["guest"], "up");
     let m = http(addr, "GET", "/metrics", "");
     assert!(
         m.body
-            .contains("flexserve_requests_total{outcome=\"invalid\"} 13"),
+            .contains("flexserve_requests_total{outcome=\"invalid\"} 14"),
         "{}",
         m.body
     );

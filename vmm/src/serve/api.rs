@@ -13,7 +13,8 @@ use super::worker::{Event, Job};
 use crate::text_stream::Utf8Stream;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,6 +33,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .fallback(not_found)
@@ -68,6 +70,16 @@ async fn models(State(s): State<Arc<Shared>>) -> Response {
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
+async fn model(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match s.catalogue.list().into_iter().find(|(name, _)| *name == id) {
+        Some((id, created)) => json_response(
+            StatusCode::OK,
+            &json!({"id": id, "object": "model", "created": created, "owned_by": "flexserve"}),
+        ),
+        None => ApiError::UnknownModel(id).into_response(),
+    }
+}
+
 async fn not_found(uri: Uri) -> Response {
     ApiError::NotFound(uri.path().to_string()).into_response()
 }
@@ -75,7 +87,7 @@ async fn not_found(uri: Uri) -> Response {
 async fn chat(
     State(s): State<Arc<Shared>>,
     ConnectInfo(conn): ConnectInfo<ConnId>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     generate(s, conn, Endpoint::Chat, body).await
 }
@@ -83,7 +95,7 @@ async fn chat(
 async fn completions(
     State(s): State<Arc<Shared>>,
     ConnectInfo(conn): ConnectInfo<ConnId>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     generate(s, conn, Endpoint::Completion, body).await
 }
@@ -107,9 +119,21 @@ struct Pending {
     cancel: CancelOnDrop,
 }
 
-async fn generate(s: Arc<Shared>, conn: ConnId, endpoint: Endpoint, body: Bytes) -> Response {
+async fn generate(
+    s: Arc<Shared>,
+    conn: ConnId,
+    endpoint: Endpoint,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let arrived = Instant::now();
-    let pending = match enqueue(&s, conn, endpoint, &body, arrived).await {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(MAX_BODY_BYTES)
+        } else {
+            ApiError::Body(e.body_text())
+        }
+    });
+    let pending = match async { enqueue(&s, conn, endpoint, &body?, arrived).await }.await {
         Ok(p) => p,
         Err(e) => {
             s.metrics.request(match e {

@@ -33,6 +33,10 @@ pub enum ApiError {
     Guest(String),
     #[error("no route for {0}")]
     NotFound(String),
+    #[error("the request body cannot be read: {0}")]
+    Body(String),
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 impl ApiError {
@@ -48,7 +52,9 @@ impl ApiError {
             ApiError::Invalid { .. }
             | ApiError::BadJson(_)
             | ApiError::PromptTooLong { .. }
-            | ApiError::Unsupported(_) => StatusCode::BAD_REQUEST,
+            | ApiError::Unsupported(_)
+            | ApiError::Body(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -58,9 +64,11 @@ impl ApiError {
 
     fn kind(&self) -> (&'static str, Option<&'static str>) {
         match self {
-            ApiError::Invalid { .. } | ApiError::BadJson(_) | ApiError::Unsupported(_) => {
-                ("invalid_request_error", None)
-            }
+            ApiError::Invalid { .. }
+            | ApiError::BadJson(_)
+            | ApiError::Unsupported(_)
+            | ApiError::Body(_) => ("invalid_request_error", None),
+            ApiError::TooLarge(_) => ("invalid_request_error", Some("request_too_large")),
             ApiError::UnknownModel(_) => ("invalid_request_error", Some("model_not_found")),
             ApiError::PromptTooLong { .. } => {
                 ("invalid_request_error", Some("context_length_exceeded"))

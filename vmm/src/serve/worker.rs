@@ -306,6 +306,11 @@ impl Worker {
         let slice_tokens = shared.config.slice_tokens;
         let request = self.next_request;
         self.next_request += 1;
+        if a.job.cancel.load(Ordering::Relaxed) || a.job.events.is_closed() {
+            // The client went away while waiting for its turn.
+            self.finish(a, StopReason::Cancelled);
+            return Sliced::Finished;
+        }
         let Some(running) = self.vm.as_mut() else {
             self.fail_lost(a.job);
             return Sliced::Finished;
