@@ -782,3 +782,57 @@ fn a_short_request_is_not_stuck_behind_a_long_one() {
     drop(a);
     d.stop();
 }
+
+#[test]
+fn stop_sequences_end_the_text_before_them() {
+    if !guests_can_run(&[TINY]) {
+        return;
+    }
+    let dir = temp_dir("stop");
+    let d = Daemon::start(config(&dir, TINY, 512, 16)).expect("daemon starts");
+    let addr = d.tcp_addr.unwrap();
+    let path = "/v1/completions";
+    let body = |extra: &str| {
+        format!(
+            r#"{{"model":"{TINY}","prompt":"Once upon a time","max_tokens":24,"temperature":0{extra}}}"#
+        )
+    };
+    let full = http(addr, "POST", path, &body(""));
+    let text = full.json()["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A stop sequence from the middle of the greedy text: the answer is what precedes it.
+    let cut = text.char_indices().nth(text.chars().count() / 2).unwrap().0;
+    let stop: String = text[cut..].chars().take(3).collect();
+    let expected = &text[..text.find(&stop).unwrap()];
+    let stop_json = serde_json::to_string(&stop).unwrap();
+    let r = http(
+        addr,
+        "POST",
+        path,
+        &body(&format!(r#","stop":[{stop_json}]"#)),
+    );
+    let v = r.json();
+    assert_eq!(
+        v["choices"][0]["text"], expected,
+        "full text {text:?}, stop {stop:?}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // Streamed: the same text across the chunks.
+    let r = http(
+        addr,
+        "POST",
+        path,
+        &body(&format!(r#","stop":{stop_json},"stream":true"#)),
+    );
+    let mut streamed = String::new();
+    for line in r.body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if let Ok(v) = serde_json::from_str::<Value>(line) {
+            streamed.push_str(v["choices"][0]["text"].as_str().unwrap_or(""));
+        }
+    }
+    assert_eq!(streamed, expected);
+    assert!(r.body.contains("\"finish_reason\":\"stop\""), "{}", r.body);
+    d.stop();
+}

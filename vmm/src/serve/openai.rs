@@ -580,4 +580,75 @@ mod tests {
         assert_eq!(f["object"], "text_completion");
         assert_eq!(f["choices"][0]["text"], "x");
     }
+
+    #[test]
+    fn no_body_makes_the_parsers_panic() {
+        // Type confusion on every field, then random mutations of a valid body.
+        let keys = [
+            "model",
+            "messages",
+            "prompt",
+            "max_tokens",
+            "max_completion_tokens",
+            "n",
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "repeat_penalty",
+            "seed",
+            "stream",
+            "stream_options",
+            "stop",
+            "user",
+            "logprobs",
+            "echo",
+            "suffix",
+            "ignore_eos",
+            "frequency_penalty",
+            "presence_penalty",
+        ];
+        let values = [
+            "null",
+            "true",
+            "-1",
+            "0",
+            "1e400",
+            "-1e400",
+            "18446744073709551616",
+            "3.5",
+            "\"\"",
+            "\"x\"",
+            "[]",
+            "[1]",
+            "[\"a\",\"b\",\"c\",\"d\",\"e\"]",
+            "{}",
+            "[{}]",
+            "[{\"role\":\"user\"}]",
+            "[{\"role\":\"user\",\"content\":[{\"type\":\"image\"}]}]",
+        ];
+        for k in keys {
+            for v in values {
+                let body = format!(
+                    r#"{{"messages":[{{"role":"user","content":"x"}}],"prompt":"x","{k}":{v}}}"#
+                );
+                let _ = parse_chat(body.as_bytes(), 4096);
+                let _ = parse_completion(body.as_bytes(), 4096);
+            }
+        }
+        let valid = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"prompt":[1,2],"temperature":0.5,"stop":["a"],"stream":true}"#;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut b = valid.to_vec();
+            for _ in 0..(x % 4 + 1) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x as usize) % b.len();
+                b[at] = (x >> 32) as u8;
+            }
+            let _ = parse_chat(&b, 4096);
+            let _ = parse_completion(&b, 4096);
+        }
+    }
 }
