@@ -236,6 +236,8 @@ fn the_openai_client_gets_what_flexserve_run_prints() {
         "{r}"
     );
     assert_eq!(r["models"], r["models_uds"]);
+    assert_eq!(r["unknown_model_error"], "model_not_found", "{r}");
+    assert_eq!(r["bad_temperature_param"], "temperature", "{r}");
     let chat = flexserve_run(&bin, DEFAULT, chat_prompt, 32, false);
     let completion = flexserve_run(&bin, DEFAULT, completion_prompt, 16, true);
     assert!(!chat.is_empty() && !completion.is_empty());

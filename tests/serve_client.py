@@ -78,6 +78,17 @@ def basic(a):
             out[key] = text
             out[key + "_finish"] = finish
             out[key + "_usage"] = usage
+    # Errors arrive as the client's own exception types.
+    try:
+        c.chat.completions.create(model="no-such-model", messages=[{"role": "user",
+                                                                    "content": "hi"}])
+    except openai.NotFoundError as e:
+        out["unknown_model_error"] = e.code
+    try:
+        c.chat.completions.create(model=a.model, messages=[{"role": "user", "content": "hi"}],
+                                  temperature=7)
+    except openai.BadRequestError as e:
+        out["bad_temperature_param"] = e.param
     return out
 
 
