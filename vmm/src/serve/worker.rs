@@ -278,8 +278,12 @@ impl Worker {
                 .events
                 .send(Event::Failed(ApiError::Guest(e.to_string())));
             if is_fatal(&e) {
+                // The sessions of the other active jobs went with it: their next slice
+                // fails them, and the next admission boots a new guest.
+                eprintln!("[flexserve] the guest VM failed opening a session: {e}");
+                m.guest_crashes.fetch_add(1, Ordering::Relaxed);
+                m.set_guest(GuestState::Down);
                 self.vm = None;
-                self.shared.metrics.set_guest(GuestState::Down);
             }
             return None;
         }
