@@ -459,3 +459,43 @@ fn a_budget_change_during_a_generation_is_served_at_once() {
     eprintln!("shrink during generation took {took:?}");
     vm.shutdown().expect("clean shutdown");
 }
+
+#[test]
+fn sessions_that_do_not_fit_together_evict_each_other_and_still_agree() {
+    let Some((mut vm, file)) = engine_with_model(256) else {
+        return;
+    };
+    let base = vm.stats().expect("stats").memory_used_bytes;
+    // The guest admits a session with its KV cache plus a 32 MiB scratch reserve. A budget
+    // with room for that once (and less than one session's real use more) makes opening the
+    // second session evict the first one's cache, and using the first again the second's.
+    let gguf = inference_guest::gguf::Gguf::parse(&file).unwrap();
+    let model =
+        inference_guest::model::Model::from_gguf(&gguf, inference_guest::quant::Kernels::detect())
+            .unwrap();
+    let admit = model.cfg.kv_cache_bytes(512) as u64 + (32 << 20);
+    let budget = (base + admit).next_multiple_of(MEMORY_GRANULE) + MEMORY_GRANULE;
+    vm.set_budget(budget, Duration::from_secs(1))
+        .expect("set the budget");
+    let (a1, a2, b1) = ([1u32, 400, 401], [402u32, 403], [1u32, 500, 501]);
+    vm.open_session(1, 1, 512).expect("open session 1");
+    let first = run(&mut vm, &greedy(1, 1, &a1)).expect("session 1, turn 1");
+    let one_session = vm.stats().unwrap().memory_used_bytes - base;
+    assert!(one_session > MEMORY_GRANULE, "{one_session}");
+    vm.open_session(2, 1, 512)
+        .expect("open session 2 (evicts session 1's cache)");
+    let other = run(&mut vm, &greedy(2, 2, &b1)).expect("session 2");
+    let second = run(&mut vm, &greedy(3, 1, &a2)).expect("session 1, turn 2, rebuilt");
+    let again = run(&mut vm, &greedy(4, 2, &a2)).expect("session 2, turn 2, rebuilt");
+    assert!(vm.memory().unwrap().resident_bytes <= budget);
+    // The same turns with room for everything.
+    vm.set_budget(256 << 20, Duration::from_secs(1))
+        .expect("raise the budget");
+    vm.open_session(3, 1, 512).unwrap();
+    vm.open_session(4, 1, 512).unwrap();
+    assert_eq!(run(&mut vm, &greedy(5, 3, &a1)).unwrap(), first);
+    assert_eq!(run(&mut vm, &greedy(6, 4, &b1)).unwrap(), other);
+    assert_eq!(run(&mut vm, &greedy(7, 3, &a2)).unwrap(), second);
+    assert_eq!(run(&mut vm, &greedy(8, 4, &a2)).unwrap(), again);
+    vm.shutdown().expect("clean shutdown");
+}

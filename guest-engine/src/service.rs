@@ -71,6 +71,9 @@ pub trait Environment {
 /// Private memory a session needs beyond its KV cache: the forward pass's buffers and
 /// logits, each rounded up to the pool's 2 MiB granule.
 const SESSION_SCRATCH_BYTES: u64 = 32 << 20;
+/// Private memory a generation allocates and frees as it runs, beyond its session: the
+/// parsed model's views (the vocabulary alone is a few MiB), the sampler, logits.
+const GENERATION_SCRATCH_BYTES: u64 = 16 << 20;
 /// How long making room may wait for the host to release relinquished memory.
 const RELEASE_WAIT_NS: u64 = 2_000_000_000;
 
@@ -362,16 +365,16 @@ impl Service {
         if self.sessions.len() >= self.max_sessions {
             return Status::Busy;
         }
-        let Some(m) = self.models.get(&model_id) else {
-            return Status::NoSuchModel;
+        // The parsed views are dropped before making room: they hold private memory too.
+        let needed = match self
+            .models
+            .get(&model_id)
+            .map(|m| self.kv_bytes(m, context_len))
+        {
+            None => return Status::NoSuchModel,
+            Some(Err(s)) => return s,
+            Some(Ok(kv)) => kv,
         };
-        let Ok(gguf) = Gguf::parse(&m.file) else {
-            return Status::Internal;
-        };
-        let Ok(model) = Model::from_gguf(&gguf, self.kernels) else {
-            return Status::Internal;
-        };
-        let needed = model.cfg.kv_cache_bytes(context_len as usize) as u64;
         if let Err(s) = self.make_room(needed + SESSION_SCRATCH_BYTES, None, driver, env) {
             return s;
         }
@@ -410,9 +413,22 @@ impl Service {
         env: &dyn Environment,
     ) -> Result<(), Status> {
         let mem = env.memory();
+        let out_of_memory = |why: &str| {
+            let u = mem.usage();
+            env.log(&alloc::format!(
+                "engine: out of memory ({why}): {} MiB needed, {} MiB in use, {} MiB held, {} \
+                 MiB pending, budget {} MiB",
+                needed >> 20,
+                u.in_use >> 20,
+                u.resident >> 20,
+                u.pending >> 20,
+                u.budget >> 20
+            ));
+            Status::OutOfMemory
+        };
         while mem.usage().available() < needed {
             if !self.evict_session_cache(keep) {
-                return Err(Status::OutOfMemory);
+                return Err(out_of_memory("nothing left to evict"));
             }
         }
         let u = mem.usage();
@@ -428,10 +444,19 @@ impl Service {
                         .wait_all(driver, mem, &park, &|| env.now_ns() > deadline)
                 });
             if !matches!(released, Ok(true)) {
-                return Err(Status::OutOfMemory);
+                return Err(out_of_memory(
+                    "the host did not release relinquished memory",
+                ));
             }
         }
         Ok(())
+    }
+
+    /// Bytes of a KV cache of `context_len` positions for model `m`.
+    fn kv_bytes(&self, m: &LoadedModel, context_len: u32) -> Result<u64, Status> {
+        let gguf = Gguf::parse(&m.file).map_err(|_| Status::Internal)?;
+        let model = Model::from_gguf(&gguf, self.kernels).map_err(|_| Status::Internal)?;
+        Ok(model.cfg.kv_cache_bytes(context_len as usize) as u64)
     }
 
     /// Drops the KV cache of the least recently used session that has one (except `keep`).
@@ -506,12 +531,8 @@ impl Service {
             Some(s) => (s.model_id, s.context_len as usize),
             None => return Err(Status::NoSuchSession),
         };
-        let needed = {
-            let m = self.models.get(&model_id).ok_or(Status::NoSuchModel)?;
-            let gguf = Gguf::parse(&m.file).map_err(|_| Status::Internal)?;
-            let model = Model::from_gguf(&gguf, self.kernels).map_err(|_| Status::Internal)?;
-            model.cfg.kv_cache_bytes(ctx) as u64 + SESSION_SCRATCH_BYTES
-        };
+        let m = self.models.get(&model_id).ok_or(Status::NoSuchModel)?;
+        let needed = self.kv_bytes(m, ctx as u32)? + SESSION_SCRATCH_BYTES;
         self.make_room(needed, Some(session_id), driver, env)?;
         let m = self.models.get(&model_id).ok_or(Status::NoSuchModel)?;
         let gguf = Gguf::parse(&m.file).map_err(|_| Status::Internal)?;
@@ -625,6 +646,18 @@ impl Service {
                 return send_blocking(driver, env, &e, &mut self.out);
             }
         };
+        // A generation allocates as it goes (the parsed model, the sampler, logits): make
+        // room for that first, evicting other idle sessions' caches if need be, so an
+        // allocation can never fail half-way (a failed allocation ends the guest).
+        if let Err(status) =
+            self.make_room(GENERATION_SCRATCH_BYTES, Some(g.session_id), driver, env)
+        {
+            let e = fail(
+                status,
+                "not enough private memory to run a request within the budget",
+            );
+            return send_blocking(driver, env, &e, &mut self.out);
+        }
         if evicted && let Err(status) = self.restore_session(g.session_id, driver, par, env) {
             let e = fail(
                 status,
