@@ -115,7 +115,10 @@ fn the_guest_runs_the_same_kernels_as_the_host() {
     let Some(images) = images() else {
         return;
     };
-    let console = boot(&images, 16).shutdown().expect("clean shutdown");
+    let mut vm = boot(&images, 16);
+    // One round trip: the engine reports its kernels before it serves anything.
+    vm.stats().expect("stats");
+    let console = vm.shutdown().expect("clean shutdown");
     let want = format!("kernels: {:?}", Kernels::detect().isa());
     assert!(
         console.iter().any(|l| l.contains(&want)),

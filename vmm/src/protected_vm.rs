@@ -41,6 +41,8 @@ pub enum GuestError {
     Crashed(VmError),
     #[error("the guest VM stopped without an error report")]
     Vanished,
+    #[error("the guest engine stopped with exit code {code}: {last_words}")]
+    Exited { code: u32, last_words: String },
     #[error("talking to the guest failed: {0}")]
     Link(#[from] HostError),
     #[error("the guest refused to {what}: {}", explain(*.status))]
@@ -53,6 +55,16 @@ pub enum GuestError {
     Memory(#[from] MemoryError),
     #[error("the guest has no private memory to manage (--memory 0)")]
     NoPrivateMemory,
+}
+
+/// The engine ended on its own: its last console line says why (a panic message, say).
+fn exited(code: u32, console: &[String]) -> GuestError {
+    let last_words = console
+        .iter()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map_or_else(|| "no message".to_string(), |l| l.trim().to_string());
+    GuestError::Exited { code, last_words }
 }
 
 fn explain(status: Status) -> &'static str {
@@ -158,6 +170,7 @@ impl ProtectedVm {
         if matches!(e, HostError::VmStopped) {
             return match self.vm.take().map(JoinHandle::join) {
                 Some(Ok((Err(vm), _))) => GuestError::Crashed(vm),
+                Some(Ok((Ok(code), console))) => exited(code, &console),
                 _ => GuestError::Vanished,
             };
         }
@@ -395,9 +408,7 @@ impl ProtectedVm {
         self.stop.stop();
         match self.vm.take().map(JoinHandle::join) {
             Some(Ok((Err(VmError::StoppedByHost), console))) => Ok(console),
-            Some(Ok((Ok(code), _))) => Err(GuestError::Crashed(VmError::Device(format!(
-                "the engine exited with code {code}"
-            )))),
+            Some(Ok((Ok(code), console))) => Err(exited(code, &console)),
             Some(Ok((Err(e), _))) => Err(GuestError::Crashed(e)),
             _ => Err(GuestError::Vanished),
         }
