@@ -479,6 +479,22 @@ fn bad_input_is_answered_4xx_with_openai_errors() {
         "{}",
         m.body
     );
+    // After a request: what the guest allocated and what the host measures it holds.
+    let gauge = |name: &str| -> u64 {
+        m.body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {}", m.body))
+    };
+    let (used, held, budget) = (
+        gauge("flexserve_memory_used_bytes "),
+        gauge("flexserve_memory_held_bytes "),
+        gauge("flexserve_memory_budget_bytes "),
+    );
+    assert!(
+        used > 0 && held > 0 && held <= budget,
+        "{used} {held} {budget}"
+    );
     d.stop();
 }
 

@@ -101,6 +101,7 @@ pub struct Metrics {
     pub memory_max_bytes: AtomicU64,
     pub memory_budget_bytes: AtomicU64,
     pub memory_used_bytes: AtomicU64,
+    pub memory_held_bytes: AtomicU64,
     /// Time from the request's arrival to its first token, seconds.
     pub ttft: Histogram,
     /// Guest decode time per generated token after the first, seconds.
@@ -120,6 +121,7 @@ impl Default for Metrics {
             memory_max_bytes: AtomicU64::new(0),
             memory_budget_bytes: AtomicU64::new(0),
             memory_used_bytes: AtomicU64::new(0),
+            memory_held_bytes: AtomicU64::new(0),
             ttft: Histogram::new(TTFT_BOUNDS),
             decode: Histogram::new(DECODE_BOUNDS),
         }
@@ -214,8 +216,15 @@ impl Metrics {
         one(
             "flexserve_memory_used_bytes",
             "gauge",
-            "Private memory the running guest uses.",
+            "Private memory the running guest has allocated.",
             get(&self.memory_used_bytes),
+        );
+        one(
+            "flexserve_memory_held_bytes",
+            "gauge",
+            "Private memory the running guest holds, as the host measures it (allocated or \
+             freed but not yet given back).",
+            get(&self.memory_held_bytes),
         );
         self.ttft.render(
             &mut o,

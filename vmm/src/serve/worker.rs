@@ -446,6 +446,10 @@ impl Worker {
                 .store(s.memory_used_bytes, Ordering::Relaxed);
             m.memory_budget_bytes
                 .store(s.memory_budget_bytes, Ordering::Relaxed);
+            if let Ok(held) = running.vm.memory() {
+                m.memory_held_bytes
+                    .store(held.resident_bytes, Ordering::Relaxed);
+            }
         }
         m.request(if reason == StopReason::Cancelled {
             Outcome::Cancelled
