@@ -10,5 +10,6 @@ pub mod machine;
 pub mod memory_broker;
 pub mod protected_vm;
 pub mod serve;
+pub mod size;
 pub mod text_stream;
 pub mod vcpu_exit;

@@ -5,6 +5,7 @@
 
 use crate::cli::RunArgs;
 use crate::model_file::map_model;
+use vmm::size::parse_size;
 use crate::text_stream::Utf8Stream;
 use crate::unprotected::{RunError, render_prompt, sampler_config};
 use inference_guest::gguf::Gguf;
@@ -39,18 +40,6 @@ pub enum ProtectedRunError {
     Guest(#[from] GuestError),
     #[error("the tokenizer thread panicked")]
     Thread,
-}
-
-/// Parses a memory size: bytes, or a number with K, M or G (powers of 1024).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (digits, shift) = match s.as_bytes().last()?.to_ascii_uppercase() {
-        b'K' => (&s[..s.len() - 1], 10),
-        b'M' => (&s[..s.len() - 1], 20),
-        b'G' => (&s[..s.len() - 1], 30),
-        _ => (s, 0),
-    };
-    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 const MIB: u64 = 1 << 20;
@@ -244,20 +233,4 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
         }
     );
     Ok(end.reason == StopReason::Cancelled)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("2G"), Some(2 << 30));
-        assert_eq!(parse_size("1536m"), Some(1536 << 20));
-        assert_eq!(parse_size("4096"), Some(4096));
-        assert_eq!(parse_size("12k"), Some(12 << 10));
-        assert_eq!(parse_size("G"), None);
-        assert_eq!(parse_size("two"), None);
-        assert_eq!(parse_size("99999999999999G"), None);
-    }
 }

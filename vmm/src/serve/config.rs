@@ -2,6 +2,7 @@
 //! `/etc/flexserve/flexserve.toml`) with command-line flags on top. Unknown keys and bad
 //! values are errors that name the key.
 
+use crate::size::parse_size;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -162,17 +163,6 @@ pub struct Overrides {
     pub queue_depth: Option<i64>,
 }
 
-/// Parses a size: bytes, or a number with K, M or G (powers of 1024).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (digits, shift) = match s.as_bytes().last()?.to_ascii_uppercase() {
-        b'K' => (&s[..s.len() - 1], 10),
-        b'M' => (&s[..s.len() - 1], 20),
-        b'G' => (&s[..s.len() - 1], 30),
-        _ => (s, 0),
-    };
-    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
-}
 
 fn bad(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Bad {
@@ -400,13 +390,5 @@ mod tests {
         let c = Config::from_parts(f, &o).unwrap();
         assert_eq!(c.vcpus, 2);
         assert!(c.tcp.is_some());
-    }
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("2G"), Some(2 << 30));
-        assert_eq!(parse_size("1536m"), Some(1536 << 20));
-        assert_eq!(parse_size("two"), None);
-        assert_eq!(parse_size("99999999999999G"), None);
     }
 }
