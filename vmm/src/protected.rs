@@ -5,7 +5,6 @@
 
 use crate::cli::RunArgs;
 use crate::model_file::map_model;
-use vmm::size::parse_size;
 use crate::text_stream::Utf8Stream;
 use crate::unprotected::{RunError, render_prompt, sampler_config};
 use inference_guest::gguf::Gguf;
@@ -19,6 +18,7 @@ use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::StopReason;
 use vmm::guest_images::GuestImages;
 use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
+use vmm::size::parse_size;
 
 /// A failed protected `run`.
 #[derive(Debug, thiserror::Error)]

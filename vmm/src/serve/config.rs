@@ -163,7 +163,6 @@ pub struct Overrides {
     pub queue_depth: Option<i64>,
 }
 
-
 fn bad(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Bad {
         key,
