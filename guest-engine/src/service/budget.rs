@@ -1,0 +1,161 @@
+//! Living within the memory budget: making room for new allocations, evicting what is
+//! least valuable when the budget shrinks, and rebuilding an evicted session's KV cache.
+
+use super::{Environment, LoadedModel, RELEASE_WAIT_NS, SESSION_SCRATCH_BYTES, Service};
+use inference_guest::gguf::Gguf;
+use inference_guest::model::{Logits, Model};
+use inference_guest::parallel::Parallel;
+use virtio_llm::Status;
+use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
+use virtio_llm::wire::memory::BudgetChange;
+
+impl Service {
+    /// Makes sure `needed` more bytes can be allocated from the private pool within the
+    /// budget: evicts KV caches of idle sessions (never `keep`'s) while the budget is short,
+    /// then relinquishes free memory the host still backs if new pages would overrun it.
+    pub(super) fn make_room<M: DriverMemory, T: Transport>(
+        &mut self,
+        needed: u64,
+        keep: Option<u32>,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<(), Status> {
+        let mem = env.memory();
+        let out_of_memory = |why: &str| {
+            let u = mem.usage();
+            env.log(&alloc::format!(
+                "engine: out of memory ({why}): {} MiB needed, {} MiB in use, {} MiB held, {} \
+                 MiB pending, budget {} MiB",
+                needed >> 20,
+                u.in_use >> 20,
+                u.resident >> 20,
+                u.pending >> 20,
+                u.budget >> 20
+            ));
+            Status::OutOfMemory
+        };
+        while mem.usage().available() < needed {
+            if !self.evict_session_cache(keep) {
+                return Err(out_of_memory("nothing left to evict"));
+            }
+        }
+        let u = mem.usage();
+        if u.resident + u.pending + needed > u.budget {
+            let target = u.budget.saturating_sub(u.pending + needed);
+            let park = || env.park();
+            let deadline = env.now_ns() + RELEASE_WAIT_NS;
+            let released = self
+                .relinquisher
+                .trim_and_report(driver, mem, target, 0, &park)
+                .and_then(|_| {
+                    self.relinquisher
+                        .wait_all(driver, mem, &park, &|| env.now_ns() > deadline)
+                });
+            if !matches!(released, Ok(true)) {
+                return Err(out_of_memory(
+                    "the host did not release relinquished memory",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of a KV cache of `context_len` positions for model `m`.
+    pub(super) fn kv_bytes(&self, m: &LoadedModel, context_len: u32) -> Result<u64, Status> {
+        let gguf = Gguf::parse(&m.file).map_err(|_| Status::Internal)?;
+        let model = Model::from_gguf(&gguf, self.kernels).map_err(|_| Status::Internal)?;
+        Ok(model.cfg.kv_cache_bytes(context_len as usize) as u64)
+    }
+
+    /// Drops the KV cache of the least recently used session that has one (except `keep`).
+    pub(super) fn evict_session_cache(&mut self, keep: Option<u32>) -> bool {
+        let victim = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| s.session.is_some() && Some(**id) != keep)
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(id, _)| *id);
+        match victim.and_then(|id| self.sessions.get_mut(&id)) {
+            Some(slot) => {
+                slot.session = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Frees the next least valuable thing: a session's KV cache, a tokenizer, a whole
+    /// model (with its sessions), a partial load. `false` when nothing is left.
+    pub(super) fn evict_one(&mut self, env: &dyn Environment) -> bool {
+        if self.evict_session_cache(None) {
+            return true;
+        }
+        if let Some(m) = self.models.values_mut().find(|m| m.tokenizer.is_some()) {
+            m.tokenizer = None;
+            return true;
+        }
+        let oldest = self
+            .models
+            .iter()
+            .min_by_key(|(_, m)| m.last_used)
+            .map(|(id, _)| *id);
+        if let Some(id) = oldest {
+            self.models.remove(&id);
+            self.sessions.retain(|_, s| s.model_id != id);
+            return true;
+        }
+        // A partial load goes last; its background first touches stop with it.
+        env.prefault(0, 0);
+        self.loading.take().is_some()
+    }
+
+    /// A new budget from the host: evict until what is in use fits, then relinquish every
+    /// free page above it.
+    pub(super) fn apply_budget<M: DriverMemory, T: Transport>(
+        &mut self,
+        change: BudgetChange,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<(), DriverError> {
+        let mem = env.memory();
+        let budget = change.new_budget_bytes;
+        mem.set_budget(budget);
+        while mem.usage().in_use > budget && self.evict_one(env) {}
+        let park = || env.park();
+        self.relinquisher
+            .trim_and_report(driver, mem, budget, change.sequence, &park)?;
+        Ok(())
+    }
+
+    /// Rebuilds an evicted session's KV cache from its token history.
+    pub(super) fn restore_session<M: DriverMemory, T: Transport>(
+        &mut self,
+        session_id: u32,
+        driver: &mut LlmDriver<M, T>,
+        par: &dyn Parallel,
+        env: &dyn Environment,
+    ) -> Result<(), Status> {
+        let (model_id, ctx) = match self.sessions.get(&session_id) {
+            Some(s) => (s.model_id, s.context_len as usize),
+            None => return Err(Status::NoSuchSession),
+        };
+        let m = self.models.get(&model_id).ok_or(Status::NoSuchModel)?;
+        let needed = self.kv_bytes(m, ctx as u32)? + SESSION_SCRATCH_BYTES;
+        self.make_room(needed, Some(session_id), driver, env)?;
+        let m = self.models.get(&model_id).ok_or(Status::NoSuchModel)?;
+        let gguf = Gguf::parse(&m.file).map_err(|_| Status::Internal)?;
+        let model = Model::from_gguf(&gguf, self.kernels).map_err(|_| Status::Internal)?;
+        let slot = self
+            .sessions
+            .get_mut(&session_id)
+            .ok_or(Status::NoSuchSession)?;
+        let mut session = model.new_session(ctx);
+        if !slot.history.is_empty() {
+            session
+                .eval(&model, &slot.history, Logits::Last, par)
+                .map_err(|_| Status::Internal)?;
+        }
+        slot.session = Some(session);
+        Ok(())
+    }
+}
