@@ -147,48 +147,32 @@ impl Daemon {
         let mut servers = Vec::new();
         let mut tcp_addr = None;
         for s in sockets {
-            let app = app.clone().into_make_service_with_connect_info::<ConnId>();
             let mut rx = stop_rx.clone();
             let shutdown = async move {
                 let _ = rx.wait_for(|stop| *stop).await;
             };
-            let numbers = numbers.clone();
             let _guard = runtime.enter();
+            let bind = |what: &str| {
+                let what = what.to_string();
+                move |source| ListenError::Bind { what, source }
+            };
             let task = match s {
                 Socket::Unix(l) => {
                     let l = l
                         .set_nonblocking(true)
                         .and_then(|()| tokio::net::UnixListener::from_std(l))
-                        .map_err(|source| ListenError::Bind {
-                            what: "the Unix socket".into(),
-                            source,
-                        })?;
-                    runtime.spawn(async move {
-                        let served = axum::serve(Counted::new(l, numbers), app)
-                            .with_graceful_shutdown(shutdown)
-                            .await;
-                        if let Err(e) = served {
-                            eprintln!("[flexserve] the Unix socket listener failed: {e}");
-                        }
-                    })
+                        .map_err(bind("the Unix socket"))?;
+                    let l = Counted::new(l, numbers.clone());
+                    spawn_server(&runtime, l, app.clone(), shutdown, "Unix socket")
                 }
                 Socket::Tcp(l) => {
                     tcp_addr = l.local_addr().ok();
                     let l = l
                         .set_nonblocking(true)
                         .and_then(|()| tokio::net::TcpListener::from_std(l))
-                        .map_err(|source| ListenError::Bind {
-                            what: "the TCP socket".into(),
-                            source,
-                        })?;
-                    runtime.spawn(async move {
-                        let served = axum::serve(Counted::new(l, numbers), app)
-                            .with_graceful_shutdown(shutdown)
-                            .await;
-                        if let Err(e) = served {
-                            eprintln!("[flexserve] the TCP listener failed: {e}");
-                        }
-                    })
+                        .map_err(bind("the TCP socket"))?;
+                    let l = Counted::new(l, numbers.clone());
+                    spawn_server(&runtime, l, app.clone(), shutdown, "TCP")
                 }
             };
             servers.push(task);
@@ -283,4 +267,28 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     d.stop();
     eprintln!("[flexserve] stopped");
     Ok(())
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; a failure is logged as the `what`
+/// listener's.
+fn spawn_server<L>(
+    runtime: &tokio::runtime::Runtime,
+    listener: Counted<L>,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    Counted<L>: axum::serve::Listener<Addr = ConnId>,
+{
+    let app = app.into_make_service_with_connect_info::<ConnId>();
+    runtime.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        if let Err(e) = served {
+            eprintln!("[flexserve] the {what} listener failed: {e}");
+        }
+    })
 }
