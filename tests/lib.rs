@@ -2,6 +2,7 @@
 //! running a guest while the host talks to it over virtio-llm.
 
 pub mod loopback;
+pub mod serve_rig;
 
 use std::path::PathBuf;
 use std::sync::Arc;

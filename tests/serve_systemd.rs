@@ -4,15 +4,12 @@
 //! setup`); without them the tests skip, unless `FLEXSERVE_REQUIRE_KVM=1` (CI) makes them
 //! fail.
 
-use flexserve_e2e::{kvm_required, target_dir};
+use flexserve_e2e::serve_rig::{flexserve_bin, guests_can_run, repo, skip, temp_dir};
+use flexserve_e2e::target_dir;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn tool(name: &str) -> Option<PathBuf> {
     let found = ["/usr/bin", "/bin", "/usr/sbin"]
@@ -20,20 +17,11 @@ fn tool(name: &str) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(name))
         .find(|p| p.exists());
     if found.is_none() {
-        assert!(
-            !kvm_required(),
-            "{name} is missing: install Debian's systemd package (make setup)"
-        );
-        eprintln!("SKIPPED: {name} is missing (Debian package systemd; make setup installs it)");
+        skip(&format!(
+            "{name} is missing (Debian package systemd; make setup installs it)"
+        ));
     }
     found
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("flexserve-systemd-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
@@ -103,17 +91,10 @@ fn the_daemon_serves_on_a_socket_systemd_passes() {
     let Some(activate) = tool("systemd-socket-activate") else {
         return;
     };
-    let bin = target_dir().join("release/flexserve");
-    let ready = Path::new("/dev/kvm").exists()
-        && bin.exists()
-        && repo().join("images/out/manifest.json").exists()
-        && repo().join("models/tiny.Q8_0.gguf").exists();
-    if !ready {
-        assert!(
-            !kvm_required(),
-            "needs /dev/kvm, target/release/flexserve, make image and make setup"
-        );
-        eprintln!("SKIPPED: /dev/kvm, the release binary, the guest image or models missing");
+    let Some(bin) = flexserve_bin() else {
+        return;
+    };
+    if !guests_can_run(&["tiny.Q8_0"]) {
         return;
     }
     let dir = temp_dir("activate");

@@ -1,0 +1,191 @@
+//! What the daemon's end-to-end tests share: finding the guest images, models, the
+//! `openai` client's Python and the `flexserve` binary (or saying why a test is skipped), a
+//! daemon's configuration, and a minimal HTTP/1.1 client.
+
+use crate::{kvm_required, target_dir};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use vmm::serve::config::{Config, StartMode};
+
+pub const DEFAULT: &str = "SmolLM2-135M-Instruct.Q4_1";
+pub const TINY: &str = "tiny.Q8_0";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Says why a test cannot run here and skips it, or fails it when KVM tests are required.
+pub fn skip(why: &str) {
+    assert!(!kvm_required(), "{why}");
+    eprintln!("SKIPPED: {why}");
+}
+
+/// Whether guests, models and the guest image are here.
+pub fn guests_can_run(models: &[&str]) -> bool {
+    if !Path::new("/dev/kvm").exists() || !repo().join("images/out/manifest.json").exists() {
+        skip("/dev/kvm or the guest images are missing (run `make image`)");
+        return false;
+    }
+    for m in models {
+        if !repo().join(format!("models/{m}.gguf")).exists() {
+            skip(&format!("models/{m}.gguf is missing (run `make setup`)"));
+            return false;
+        }
+    }
+    true
+}
+
+/// The `openai` client's Python (`make test-venv`).
+pub fn python() -> Option<PathBuf> {
+    let p = repo().join("build/test-venv/bin/python");
+    if p.exists() {
+        return Some(p);
+    }
+    skip("build/test-venv is missing (run `make test-venv`)");
+    None
+}
+
+/// The release `flexserve` binary (`make test` builds it).
+pub fn flexserve_bin() -> Option<PathBuf> {
+    let p = target_dir().join("release/flexserve");
+    if p.exists() {
+        return Some(p);
+    }
+    skip("target/release/flexserve is missing (run `cargo build --release -p vmm`)");
+    None
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flexserve-serve-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn config(dir: &Path, model: &str, context: u32, queue_depth: usize) -> Config {
+    Config {
+        socket: dir.join("flexserve.sock"),
+        tcp: Some("127.0.0.1:0".parse().unwrap()),
+        images: Some(repo().join("images/out")),
+        start: StartMode::Startup,
+        models_dir: repo().join("models"),
+        default_model: model.into(),
+        context,
+        queue_depth,
+        ..Config::default()
+    }
+}
+
+/// An HTTP answer read to the end (the request asked to close the connection).
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+pub fn request(stream: &mut impl Write, method: &str, path: &str, body: &str) {
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: flexserve\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+}
+
+pub fn read_reply(mut stream: impl Read) -> Reply {
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
+}
+
+/// Everything left on the connection, as text.
+pub fn read_rest(mut stream: impl Read) -> String {
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    request(&mut s, method, path, body);
+    read_reply(s)
+}
+
+pub fn chat_body(model: &str, prompt: &str, max_tokens: u32, extra: &str) -> String {
+    format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"{prompt}"}}],"temperature":0,"max_tokens":{max_tokens}{extra}}}"#
+    )
+}
+
+/// Reads a streamed answer until its first content chunk has arrived.
+pub fn read_until_first_token(s: &mut impl Read) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"content\":\"")
+        || String::from_utf8_lossy(&seen).matches("data: ").count() < 2
+    {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// `flexserve run`'s text for a greedy request (stdout less the final newline).
+pub fn flexserve_run(bin: &Path, model: &str, prompt: &str, n: u32, raw: bool) -> String {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(repo())
+        .args(["run", "-m", &format!("models/{model}.gguf")]);
+    cmd.args(["--temperature", "0", "--ctx", "512", "-n", &n.to_string()]);
+    if raw {
+        cmd.arg("--raw");
+    }
+    let out = cmd.arg(prompt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.strip_suffix('\n').unwrap_or(&text).to_string()
+}
+
+pub fn run_client(python: &Path, args: &[&str]) -> Value {
+    let out = Command::new(python)
+        .arg(repo().join("tests/serve_client.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "serve_client.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+}
