@@ -76,13 +76,24 @@ fn number(
             format!("`{key}` must be a number, not {}", type_name(v)),
         )
     })?;
-    if !(lo..=hi).contains(&n) {
-        return Err(ApiError::invalid(
+    in_range(key, n, lo, hi).map(Some)
+}
+
+/// `n` if it lies in `lo..=hi`, else an error naming `key`.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    key: &'static str,
+    n: T,
+    lo: T,
+    hi: T,
+) -> Result<T, ApiError> {
+    if lo <= n && n <= hi {
+        Ok(n)
+    } else {
+        Err(ApiError::invalid(
             key,
             format!("`{key}` must be between {lo} and {hi}, not {n}"),
-        ));
+        ))
     }
-    Ok(Some(n))
 }
 
 fn integer(
@@ -107,13 +118,7 @@ fn integer(
             )
         }
     })?;
-    if !(lo..=hi).contains(&n) {
-        return Err(ApiError::invalid(
-            key,
-            format!("`{key}` must be between {lo} and {hi}, not {n}"),
-        ));
-    }
-    Ok(Some(n))
+    in_range(key, n, lo, hi).map(Some)
 }
 
 fn boolean(m: &Map<String, Value>, key: &'static str) -> Result<bool, ApiError> {
