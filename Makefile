@@ -27,7 +27,7 @@ APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build systemd
 
 PROMPT ?= Write a haiku about the sea.
 
-.PHONY: help setup setup-deps setup-bench models build image test test-fast lint test-neon run \
+.PHONY: help setup setup-deps setup-bench models build image image-arm64 test test-fast lint test-neon run \
         test-venv flexserve-bin install install-units bench-serve \
         fuzz-build fuzz-smoke \
         bench bench-engine bench-boot bench-virtio bench-memory clean
@@ -40,6 +40,7 @@ help:
 	@echo "make setup-bench   llama.cpp (llama-cpp-python) for fixtures and benchmarks"
 	@echo "make build         release build of every host binary"
 	@echo "make image         guest kernel + guest user programs (static ELFs)"
+	@echo "make image-arm64   the same for arm64 (aarch64-unknown-none) into images/out-aarch64"
 	@echo "make bench         protected guest vs host engine vs llama.cpp: TTFT, prefill, decode"
 	@echo "make bench-engine  engine vs llama.cpp, prefill/decode tokens/s (needs setup-bench)"
 	@echo "make bench-boot    guest boot time and guest-vs-host compute ratio under /dev/kvm"
@@ -123,16 +124,27 @@ flexserve-bin:
 # (static, no C runtime). Outputs stay under target/ (git-ignored).
 image:
 	$(CARGO) build --release --quiet -p guest-kernel --features guest --target x86_64-unknown-none
-	$(CARGO) build --release --quiet -p guest-programs --features guest --bins
+	$(CARGO) build --release --quiet -p guest-programs --features guest-x86_64 --bins
 	$(CARGO) build --release --quiet -p guest-engine --features guest --bins
 	images/build-manifest.sh target
+
+# The arm64 guest (docs/arm64.md): EL0 programs and engine (static, at 2 MiB) and the EL1
+# kernel (at 1 MiB), all for aarch64-unknown-none, into target/aarch64-unknown-none/release/;
+# the kernel and engine with their manifest into images/out-aarch64/.
+image-arm64:
+	$(CARGO) build --release --quiet --target aarch64-unknown-none -p guest-programs --features guest-aarch64 --bins
+	$(CARGO) build --release --quiet --target aarch64-unknown-none -p guest-engine --features guest --bins
+	$(CARGO) build --release --quiet --target aarch64-unknown-none -p guest-kernel --features guest
+	images/build-manifest.sh target aarch64
 
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 	$(CARGO) clippy --release --quiet -p guest-kernel --features guest --target x86_64-unknown-none -- -D warnings
-	$(CARGO) clippy --release --quiet -p guest-programs --features guest --bins -- -D warnings
+	$(CARGO) clippy --release --quiet -p guest-programs --features guest-x86_64 --bins -- -D warnings
 	$(CARGO) clippy --release --quiet -p guest-engine --features guest --bins -- -D warnings
+	$(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-programs --features guest-aarch64 --bins -- -D warnings
+	$(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-engine --features guest --bins -- -D warnings
 
 test-fast:
 	FLEXSERVE_REQUIRE_MODELS=1 $(CARGO) test --workspace --quiet

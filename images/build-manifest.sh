@@ -1,13 +1,33 @@
 #!/usr/bin/env bash
-# Collects the guest image parts into images/out/ and writes manifest.json with the size
-# and SHA-256 of each part; `flexserve run` checks them before it boots a guest.
-# Usage: images/build-manifest.sh TARGET_DIR
+# Collects the guest image parts of one architecture and writes manifest.json beside them
+# with the size and SHA-256 of each part; `flexserve run` checks them before it boots a guest.
+# Usage: images/build-manifest.sh TARGET_DIR [ARCH]
+#   x86_64 (the default): images/out/ from x86_64-unknown-none (kernel) and the host target
+#   (engine), as `make image` builds them;
+#   aarch64: images/out-aarch64/, both from aarch64-unknown-none (`make image-arm64`).
 set -euo pipefail
 target=${1:?target dir}
-out="$(dirname "$0")/out"
+arch=${2:-x86_64}
+here=$(dirname "$0")
+case "$arch" in
+    x86_64)
+        out="$here/out"
+        kernel="$target/x86_64-unknown-none/release/flexserve-guest-kernel"
+        engine="$target/release/flexserve-engine"
+        ;;
+    aarch64)
+        out="$here/out-aarch64"
+        kernel="$target/aarch64-unknown-none/release/flexserve-guest-kernel"
+        engine="$target/aarch64-unknown-none/release/flexserve-engine"
+        ;;
+    *)
+        echo "build-manifest: unknown architecture '$arch' (x86_64 or aarch64)" >&2
+        exit 2
+        ;;
+esac
 mkdir -p "$out"
-cp "$target/x86_64-unknown-none/release/flexserve-guest-kernel" "$out/kernel.elf"
-cp "$target/release/flexserve-engine" "$out/engine.elf"
+cp "$kernel" "$out/kernel.elf"
+cp "$engine" "$out/engine.elf"
 entry() {
     local f="$out/$1"
     printf '  "%s": {"file": "%s", "bytes": %s, "sha256": "%s"}' "$2" "$1" \

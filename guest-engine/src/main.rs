@@ -11,6 +11,7 @@ extern crate alloc;
 use guest_engine::memory::{MemoryUse, PrivateMemory};
 use guest_engine::service::{Environment, Service, Step};
 use guest_engine::vcpu_pool::VcpuPool;
+use guest_programs::arch::counter;
 use guest_programs::virtio::{MmioRegisters, SharedWindow, now_ns, wait};
 use guest_programs::{exit, print, private_usage, with_private_pool};
 use inference_guest::quant::Kernels;
@@ -69,11 +70,10 @@ impl Environment for Guest {
     }
 
     fn random(&self) -> u64 {
-        // The time-stamp counter's low bits and the VMM's clock, mixed (SplitMix64's
-        // finaliser): unpredictable enough for a test canary the host must not guess.
-        // SAFETY: rdtsc only reads the time-stamp counter (user mode may).
-        let tsc = unsafe { core::arch::x86_64::_rdtsc() };
-        let mut z = tsc ^ now_ns().rotate_left(32);
+        // The CPU's free-running counter (TSC, CNTVCT_EL0) and the VMM's clock, mixed
+        // (SplitMix64's finaliser): unpredictable enough for a test canary the host must not
+        // guess.
+        let mut z = counter() ^ now_ns().rotate_left(32);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)

@@ -6,7 +6,7 @@
 //! chunks are never given back.
 
 use crate::private_pool::{PoolUsage, PrivatePool};
-use crate::syscall2;
+use crate::{mmio, syscall2};
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
@@ -87,18 +87,14 @@ impl Default for GuestAlloc {
 
 /// The private region's size, from the control page (an MMIO read).
 fn private_size() -> u64 {
-    // SAFETY: the control page is identity-mapped for user mode; the field is a u64.
-    unsafe { core::ptr::read_volatile((abi::CONTROL + abi::CONTROL_PRIVATE_SIZE) as *const u64) }
+    mmio::control(abi::CONTROL_PRIVATE_SIZE)
 }
 
 impl State {
     fn init_private(&mut self) {
         if !self.private_ready {
-            // SAFETY: as in `private_size`.
-            let base = unsafe {
-                core::ptr::read_volatile((abi::CONTROL + abi::CONTROL_PRIVATE_BASE) as *const u64)
-            };
-            self.private = PrivatePool::new(base, private_size());
+            let (base, size) = mmio::private_region();
+            self.private = PrivatePool::new(base, size);
             self.private_ready = true;
         }
     }

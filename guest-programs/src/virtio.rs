@@ -2,6 +2,7 @@
 //! memory, the device's register page as its transport, and the wait register to idle on.
 //! The kernel is not involved in any of it (the page tables map these pages for user mode).
 
+use crate::arch;
 use core::ptr::{read_volatile, write_volatile};
 use guest_kernel::abi;
 use virtio_llm::driver::{DriverMemory, RingError, Transport};
@@ -75,13 +76,13 @@ pub struct MmioRegisters;
 impl Transport for MmioRegisters {
     fn read32(&self, offset: u64) -> u32 {
         // SAFETY: the device page is identity-mapped for user mode; offsets are the
-        // transport's register offsets, all inside the page.
-        unsafe { read_volatile((abi::VIRTIO_LLM + offset) as *const u32) }
+        // transport's register offsets, all u32-aligned inside the page.
+        unsafe { arch::mmio_read_u32(abi::VIRTIO_LLM + offset) }
     }
 
     fn write32(&self, offset: u64, value: u32) {
         // SAFETY: as in `read32`.
-        unsafe { write_volatile((abi::VIRTIO_LLM + offset) as *mut u32, value) }
+        unsafe { arch::mmio_write_u32(abi::VIRTIO_LLM + offset, value) }
     }
 }
 
@@ -89,19 +90,20 @@ impl Transport for MmioRegisters {
 /// `timeout_ns`.
 pub fn wait(vcpu: u64, timeout_ns: u64) {
     let reg = abi::TIMER + abi::TIMER_WAIT + 8 * vcpu.min(abi::MAX_VCPUS as u64 - 1);
-    // SAFETY: the timer page is identity-mapped for user mode; the wait register takes a u64.
-    unsafe { write_volatile(reg as *mut u64, timeout_ns) }
+    // SAFETY: the timer page is identity-mapped for user mode; the wait register is an
+    // aligned u64.
+    unsafe { arch::mmio_write_u64(reg, timeout_ns) }
 }
 
 /// Wakes every parked vCPU (through the timer page's wake register).
 pub fn wake_all() {
-    // SAFETY: the timer page is identity-mapped for user mode; any write to the wake
-    // register wakes the parked vCPUs.
-    unsafe { write_volatile((abi::TIMER + abi::TIMER_WAKE) as *mut u64, 1) }
+    // SAFETY: the timer page is identity-mapped for user mode; any write to the (aligned
+    // u64) wake register wakes the parked vCPUs.
+    unsafe { arch::mmio_write_u64(abi::TIMER + abi::TIMER_WAKE, 1) }
 }
 
 /// Nanoseconds since the VM started (the timer page, read from user mode).
 pub fn now_ns() -> u64 {
-    // SAFETY: the timer page is identity-mapped for user mode; the clock is a u64.
-    unsafe { read_volatile((abi::TIMER + abi::TIMER_NOW) as *const u64) }
+    // SAFETY: the timer page is identity-mapped for user mode; the clock is an aligned u64.
+    unsafe { arch::mmio_read_u64(abi::TIMER + abi::TIMER_NOW) }
 }

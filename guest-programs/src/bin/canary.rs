@@ -1,21 +1,16 @@
 //! For the test that the host cannot read guest-private memory. Makes two random 64-byte
-//! canaries from the time-stamp counter: A goes to the start of 16 pages spread over the
-//! private region, B to the shared window; the FNV-1a hashes of both go to the shared
+//! canaries from the CPU's free-running counter: A goes to the start of 16 pages spread over
+//! the private region, B to the shared window; the FNV-1a hashes of both go to the shared
 //! window (never the canaries' own bytes for A), then it parks. The host scans its own
 //! memory for a 64-byte block with A's hash (must not exist) and with B's (must, proving the
 //! scan sees the shared window).
 #![no_std]
 #![no_main]
 
-use guest_kernel::abi;
 use guest_programs::canary::{CANARY_BYTES, HASHES_OFFSET, SHARED_OFFSET, fnv1a};
+use guest_programs::mmio::private_region;
 use guest_programs::virtio::wait;
 use virtio_llm::spec::layout::SHARED_WINDOW_BASE;
-
-fn control(offset: u64) -> u64 {
-    // SAFETY: the control page is identity-mapped for user mode; its fields are u64.
-    unsafe { core::ptr::read_volatile((abi::CONTROL + offset) as *const u64) }
-}
 
 fn random_block(state: &mut u64) -> [u8; CANARY_BYTES] {
     let mut b = [0u8; CANARY_BYTES];
@@ -39,14 +34,9 @@ fn put(addr: u64, bytes: &[u8]) {
 #[unsafe(no_mangle)]
 pub extern "C" fn _start(vcpu: u64) -> ! {
     if vcpu == 0 {
-        // SAFETY: rdtsc has no side effects and works in user mode here.
-        let tsc = unsafe { core::arch::x86_64::_rdtsc() };
-        let mut state = tsc | 1;
+        let mut state = guest_programs::arch::counter() | 1;
         let (a, b) = (random_block(&mut state), random_block(&mut state));
-        let (base, size) = (
-            control(abi::CONTROL_PRIVATE_BASE),
-            control(abi::CONTROL_PRIVATE_SIZE),
-        );
+        let (base, size) = private_region();
         let stride = (size / 16) & !0xfff;
         for i in 0..16 {
             put(base + i * stride, &a);

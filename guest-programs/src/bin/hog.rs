@@ -4,8 +4,8 @@
 #![no_std]
 #![no_main]
 
-use guest_kernel::abi;
 use guest_programs::hog::HOG_BYTES;
+use guest_programs::mmio::private_region;
 use guest_programs::virtio::{MmioRegisters, SharedWindow, wait};
 use guest_programs::{exit, print};
 use virtio_llm::driver::LlmDriver;
@@ -26,10 +26,7 @@ pub extern "C" fn _start(vcpu: u64) -> ! {
             print("hog: virtio-llm device did not come up\n");
             exit(3)
         };
-        // SAFETY: the control page is identity-mapped for user mode; the field is a u64.
-        let base = unsafe {
-            core::ptr::read_volatile((abi::CONTROL + abi::CONTROL_PRIVATE_BASE) as *const u64)
-        };
+        let (base, _) = private_region();
         for p in 0..HOG_BYTES / PAGE {
             // SAFETY: the page lies inside the private region (the host sizes it to at least
             // HOG_BYTES), identity-mapped for user mode.

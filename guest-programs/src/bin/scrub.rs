@@ -5,7 +5,7 @@
 #![no_std]
 #![no_main]
 
-use guest_kernel::abi;
+use guest_programs::mmio::private_region;
 use guest_programs::scrub::{MAILBOX_OFFSET, SCRUB_BYTES, state};
 use guest_programs::virtio::wait;
 use virtio_llm::spec::layout::SHARED_WINDOW_BASE;
@@ -31,10 +31,7 @@ pub extern "C" fn _start(vcpu: u64) -> ! {
             wait(vcpu, u64::MAX);
         }
     }
-    // SAFETY: the control page is identity-mapped for user mode; the field is a u64.
-    let base = unsafe {
-        core::ptr::read_volatile((abi::CONTROL + abi::CONTROL_PRIVATE_BASE) as *const u64)
-    };
+    let (base, _) = private_region();
     let words = SCRUB_BYTES / 8;
     for i in 0..words {
         // SAFETY: [base, base + SCRUB_BYTES) lies in the private region (the test sizes it).

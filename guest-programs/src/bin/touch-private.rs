@@ -6,7 +6,7 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU64, Ordering};
-use guest_kernel::abi;
+use guest_programs::mmio::private_region;
 use guest_programs::virtio::{now_ns, wait};
 use guest_programs::{exit, print_hex};
 
@@ -15,17 +15,9 @@ const VCPUS: u64 = 2;
 /// vCPUs that finished their half.
 static DONE: AtomicU64 = AtomicU64::new(0);
 
-fn control(offset: u64) -> u64 {
-    // SAFETY: the control page is identity-mapped for user mode; its fields are u64.
-    unsafe { core::ptr::read_volatile((abi::CONTROL + offset) as *const u64) }
-}
-
 #[unsafe(no_mangle)]
 pub extern "C" fn _start(vcpu: u64) -> ! {
-    let (base, size) = (
-        control(abi::CONTROL_PRIVATE_BASE),
-        control(abi::CONTROL_PRIVATE_SIZE),
-    );
+    let (base, size) = private_region();
     let start = now_ns();
     let pages = size / PAGE;
     let half = pages.div_ceil(VCPUS);

@@ -1,6 +1,7 @@
 //! `memcpy`, `memmove`, `memset` and `memcmp` for programs linked without a C library
-//! (the compiler emits calls to them). Written with `rep movsb`/`rep stosb` so that LLVM
-//! cannot turn them back into calls to themselves.
+//! (the compiler emits calls to them; the host target's `compiler_builtins` leaves them to
+//! libc). Written with `rep movsb`/`rep stosb` so that LLVM cannot turn them back into calls
+//! to themselves.
 
 use core::arch::asm;
 
