@@ -48,6 +48,9 @@ help:
 	@echo "make install       binary, guest images, systemd units, config (PREFIX=/usr/local DESTDIR=)"
 	@echo "make bench-serve   the daemon vs llama.cpp's server: throughput, TTFT at 1/4/8 clients"
 	@echo "make bench-memory  donate (guest touch), reclaim and strawman for 1/4/8 GiB of private memory"
+	@echo "make setup-arm64   QEMU 10 and the arm64 host kernels for test-arm64 (root, Debian mirrors)"
+	@echo "make test-arm64    arm64 VMM, guests and greedy output inside an emulated arm64 host (KVM, pKVM)"
+	@echo "make bench-arm64   nested arm64 guest vs emulated host, time per generated token"
 
 # --- setup ------------------------------------------------------------------------------
 
@@ -247,6 +250,21 @@ bench-engine: setup setup-bench
 	$(BENCH_VENV)/bin/python tools/bench/bench_engine.py --flexserve $(FLEXSERVE) \
 		$(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf \
 		$(DEFAULT_MODEL)
+
+# --- arm64 under QEMU (tools/arm64/, docs/testing.md) -----------------------------------
+
+.PHONY: setup-arm64 test-arm64 bench-arm64
+
+setup-arm64:
+	tools/arm64/setup.sh
+
+# One QEMU boot per mode (normal VM on Linux 6.12, pKVM protected VM on 7.3); ARM64_CHECKS=kvm
+# runs only the KVM checks, ARM64_MODES=normal only one mode.
+test-arm64: setup-arm64
+	tools/arm64/harness.sh test
+
+bench-arm64: setup-arm64
+	tools/arm64/harness.sh bench
 
 clean:
 	$(CARGO) clean

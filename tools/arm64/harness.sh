@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# `make test-arm64` / `make bench-arm64`: builds the arm64 pieces, stages one initramfs per
+# mode and boots each once under QEMU (tools/arm64/run-qemu.sh); arm64-init runs the checks
+# inside the emulated host and prints the PASS/FAIL marker.
+#
+#   harness.sh test|bench
+#
+# ARM64_MODES    modes to boot, in order (default "normal protected")
+# ARM64_CHECKS   all (default): everything below; kvm: only the KVM checks (needs no arm64
+#                VMM, guest images or test binaries)
+# ARM64_TIMEOUT  seconds per QEMU boot (default 2400)
+# Output under build/arm64/run/: the staging tree, <mode>.cpio, <mode>.log (the console).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+WHAT=${1:-}
+[[ $WHAT == test || $WHAT == bench ]] || { echo "usage: $0 test|bench" >&2; exit 2; }
+MODES=${ARM64_MODES:-normal protected}
+CHECKS=${ARM64_CHECKS:-all}
+export ARM64_TIMEOUT=${ARM64_TIMEOUT:-2400}
+CARGO=${CARGO:-cargo}
+RUN=$ROOT/build/arm64/run
+STAGE=$RUN/stage
+MUSL=aarch64-unknown-linux-musl
+MODEL=models/tiny.Q8_0.gguf
+IMAGES=images/out-aarch64
+PROMPTS=("Write a haiku about the sea." "Explain what a hypervisor does." "List three prime numbers.")
+GEN_TOKENS=64
+
+log() { echo "arm64-$WHAT: $*"; }
+t0=$(date +%s)
+
+# --- build ----------------------------------------------------------------------------------
+
+log "building arm64-init"
+$CARGO build --release --quiet -p arm64-init --target $MUSL
+rm -rf "$STAGE" && mkdir -p "$STAGE/bin" "$STAGE/tests" "$STAGE/expected"
+cp target/$MUSL/release/arm64-init "$STAGE/init"
+
+if [[ $CHECKS == all ]]; then
+    [[ -s $MODEL ]] || { log "$MODEL missing: run make models"; exit 1; }
+    log "building the arm64 guest images (make image-arm64) and flexserve for $MUSL"
+    make --no-print-directory image-arm64
+    $CARGO build --release --quiet -p vmm --target $MUSL
+    cp target/$MUSL/release/flexserve "$STAGE/bin/"
+    # The guest images, models and test programs at the same absolute paths as here, so the
+    # e2e tests (which find them from their build-time source path) find them there too.
+    mkdir -p "$STAGE$ROOT/$IMAGES" "$STAGE$ROOT/models" "$STAGE$ROOT/target/aarch64-unknown-none/release"
+    cp $IMAGES/* "$STAGE$ROOT/$IMAGES/"
+    cp $MODEL "$STAGE$ROOT/models/"
+    find target/aarch64-unknown-none/release -maxdepth 1 -type f -perm -u+x \
+        -exec cp {} "$STAGE$ROOT/target/aarch64-unknown-none/release/" \;
+fi
+if [[ $CHECKS == all && $WHAT == test ]]; then
+    log "building the e2e test binaries for $MUSL"
+    $CARGO test -p flexserve-e2e --release --target $MUSL --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])' >"$RUN/tests.txt"
+    while read -r name exe; do cp "$exe" "$STAGE/tests/$name"; done <"$RUN/tests.txt"
+    for t in boot guest virtio_echo private_memory; do
+        [[ -x $STAGE/tests/$t ]] || { log "no test binary $t for $MUSL"; exit 1; }
+    done
+    log "expected outputs from the x86_64 host engine (flexserve run --unprotected, greedy)"
+    $CARGO build --release --quiet -p vmm
+    for i in "${!PROMPTS[@]}"; do
+        target/release/flexserve run --unprotected -m $MODEL --temperature 0 -n $GEN_TOKENS \
+            "${PROMPTS[$i]}" >"$STAGE/expected/$i.txt" 2>/dev/null
+        [[ -s $STAGE/expected/$i.txt ]] || { log "empty expected output for prompt $i"; exit 1; }
+    done
+fi
+tb=$(date +%s)
+log "built and staged in $((tb - t0)) s"
+
+# --- the checks of each mode ----------------------------------------------------------------
+
+# Prints /checks for mode $1 (format: arm64-init/src/checks.rs).
+checks() {
+    local mode=$1 vm=normal guest_env i
+    if [[ $mode == protected ]]; then
+        echo "kvm-vm-normal timeout=120 /init kvm-vm normal"
+        echo "kvm-vm-protected timeout=120 /init kvm-vm protected"
+    else
+        echo "kvm-vm-normal timeout=120 /init kvm-vm normal"
+        echo "kvm-vm-protected-refused timeout=120 /init kvm-vm protected --expect-refused"
+    fi
+    [[ $CHECKS == all ]] || return 0
+    local run="/bin/flexserve run -m $ROOT/$MODEL --images $ROOT/$IMAGES --temperature 0"
+    if [[ $WHAT == bench ]]; then
+        local b="/bin/flexserve bench-e2e -m $ROOT/$MODEL --images $ROOT/$IMAGES"
+        b+=" --prompt-tokens 32 --gen-tokens 64 --warm-reps 1"
+        echo "bench-guest timeout=1200 $b --mode guest"
+        echo "bench-unprotected timeout=1200 $b --mode unprotected"
+        return 0
+    fi
+    guest_env="FLEXSERVE_REQUIRE_KVM=1 FLEXSERVE_REQUIRE_MODELS=1 FLEXSERVE_IMAGES=$ROOT/$IMAGES"
+    echo "e2e-boot timeout=900 $guest_env /tests/boot --test-threads=1"
+    echo "e2e-guest timeout=900 $guest_env /tests/guest --test-threads=1"
+    echo "e2e-virtio-echo timeout=1500 $guest_env /tests/virtio_echo --test-threads=1"
+    if [[ $mode == protected ]]; then
+        echo "e2e-host-cannot-read timeout=1500 $guest_env /tests/private_memory --test-threads=1 the_host_cannot_read"
+    fi
+    for i in "${!PROMPTS[@]}"; do
+        echo "greedy-host-$i timeout=600 /init expect-output /expected/$i.txt $run --unprotected -n $GEN_TOKENS '${PROMPTS[$i]}'"
+        echo "greedy-guest-$i timeout=900 /init expect-output /expected/$i.txt $run -n $GEN_TOKENS '${PROMPTS[$i]}'"
+    done
+}
+
+# --- boot each mode once --------------------------------------------------------------------
+
+status=0
+declare -A secs
+for mode in $MODES; do
+    checks "$mode" >"$STAGE/checks"
+    tools/arm64/mkinitramfs "$STAGE" "$RUN/$mode.cpio"
+    log "$mode: booting ($(du -m "$RUN/$mode.cpio" | cut -f1) MiB initramfs, $(grep -c . "$STAGE/checks") checks)"
+    s=$(date +%s)
+    tools/arm64/run-qemu.sh "$mode" "$RUN/$mode.cpio" "$RUN/$mode.log" || status=1
+    secs[$mode]=$(($(date +%s) - s))
+done
+
+for mode in $MODES; do
+    log "$mode: $(tr -d '\r' <"$RUN/$mode.log" | grep -E '^(FLEXSERVE-ARM64|ARM64 CHECKS):' | tr '\n' ' ')(${secs[$mode]} s)"
+done
+if [[ $WHAT == bench ]]; then
+    python3 tools/arm64/bench-report $(for m in $MODES; do echo "$m=$RUN/$m.log"; done) || status=1
+fi
+log "total $(($(date +%s) - t0)) s: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
+exit $status
