@@ -33,6 +33,7 @@ fn boot(images: &GuestImages, private_mib: usize) -> ProtectedVm {
             vcpus: 2,
             private_bytes: private_mib << 20,
             diagnostics: false,
+            isolation: Default::default(),
         },
     )
     .expect("guest boots")

@@ -197,6 +197,7 @@ fn engine_with_model(private_mib: usize) -> Option<(ProtectedVm, Vec<u8>)> {
             vcpus: 2,
             private_bytes: private_mib << 20,
             diagnostics: true,
+            isolation: Default::default(),
         },
     )
     .expect("guest boots");

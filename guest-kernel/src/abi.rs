@@ -73,6 +73,96 @@ pub const HEAP_MAX_CHUNKS: usize = 512;
 /// vCPUs the kernel has per-CPU state for.
 pub const MAX_VCPUS: usize = 8;
 
+/// What is specific to arm64 (docs/arm64.md): the boot info page, where the kernel builds
+/// its page tables, the hypercalls it makes, exception-class names.
+pub mod aarch64 {
+    /// IPA of the boot info page the VMM writes before the first run (u64 fields at the
+    /// byte offsets of [`boot_info`]).
+    pub const BOOT_INFO: u64 = 0x1000;
+    /// "FLEXBOOT", little-endian, at `boot_info::MAGIC`: the page was written.
+    pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"FLEXBOOT");
+
+    /// Byte offsets of the boot info page's u64 fields.
+    pub mod boot_info {
+        pub const MAGIC: u64 = 0;
+        /// The user program's entry point.
+        pub const USER_ENTRY: u64 = 8;
+        /// vCPUs the VM has.
+        pub const VCPUS: u64 = 16;
+        /// Bytes of the boot region (where the heap ends), as `CONTROL_MEM_SIZE`.
+        pub const MEM_SIZE: u64 = 24;
+        /// The private pool, as `CONTROL_PRIVATE_BASE` / `CONTROL_PRIVATE_SIZE`.
+        pub const PRIVATE_BASE: u64 = 32;
+        pub const PRIVATE_SIZE: u64 = 40;
+        /// `MAX_VCPUS` u64s: where vCPU `i`'s user stack ends.
+        pub const USER_STACKS: u64 = 64;
+    }
+
+    /// Where the kernel builds its stage-1 tables: the level-1 table, then the level-2 table
+    /// of the first GiB (2 MiB blocks); everything else is mapped with 1 GiB blocks.
+    pub const PAGE_TABLES: u64 = 0x2000;
+    pub const PAGE_TABLES_END: u64 = PAGE_TABLES + 0x2000;
+    /// GiB of IPA space the tables map at most (the first 4 and up to 60 of private pool).
+    pub const MAX_MAPPED_GIB: u64 = 64;
+
+    /// SMCCC function ids the kernel calls with `hvc #0`.
+    pub mod hvc {
+        /// pKVM: `x0` = the memory-sharing granule (positive) on a protected VM.
+        pub const HYP_MEMINFO: u64 = 0xc600_0002;
+        /// pKVM: share the granule at IPA `x1` with the host.
+        pub const MEM_SHARE: u64 = 0xc600_0003;
+        /// pKVM: take the granule at IPA `x1` back from the host.
+        pub const MEM_UNSHARE: u64 = 0xc600_0004;
+        /// PSCI 0.2 `SYSTEM_OFF` and `SYSTEM_RESET`.
+        pub const PSCI_SYSTEM_OFF: u64 = 0x8400_0008;
+        pub const PSCI_SYSTEM_RESET: u64 = 0x8400_0009;
+        /// SMCCC `NOT_SUPPORTED` (-1), what a normal VM answers to the pKVM calls.
+        pub const NOT_SUPPORTED: u64 = u64::MAX;
+    }
+
+    /// `ESR_ELx.EC` values the kernel acts on.
+    pub mod ec {
+        pub const UNKNOWN: u64 = 0x00;
+        pub const SVC64: u64 = 0x15;
+        pub const INSTR_ABORT_LOWER: u64 = 0x20;
+        pub const INSTR_ABORT_SAME: u64 = 0x21;
+        pub const DATA_ABORT_LOWER: u64 = 0x24;
+        pub const DATA_ABORT_SAME: u64 = 0x25;
+    }
+
+    /// The fault report's `VECTOR` for an IRQ, FIQ or SError (no ESR class; the kernel
+    /// runs with all of them masked and has no interrupt sources, so these never happen).
+    pub const VECTOR_ASYNC: u64 = 0x100;
+
+    /// Names of `ESR_ELx.EC` exception classes, for reports.
+    pub fn exception_class_name(ec: u64) -> &'static str {
+        match ec {
+            0x00 => "unknown reason (undefined instruction)",
+            0x01 => "trapped WFI/WFE",
+            0x07 => "trapped FP/SIMD access",
+            0x0e => "illegal execution state",
+            0x15 => "SVC from AArch64",
+            0x16 => "HVC from AArch64",
+            0x17 => "SMC from AArch64",
+            0x18 => "trapped system register access",
+            0x19 => "trapped SVE access",
+            0x1c => "pointer authentication failure",
+            0x20 => "instruction abort from EL0",
+            0x21 => "instruction abort at EL1",
+            0x22 => "PC alignment fault",
+            0x24 => "data abort from EL0",
+            0x25 => "data abort at EL1",
+            0x26 => "SP alignment fault",
+            0x2c => "floating-point exception",
+            0x2f => "SError",
+            0x30..=0x35 => "debug exception",
+            0x3c => "BRK instruction",
+            VECTOR_ASYNC => "interrupt or SError",
+            _ => "exception",
+        }
+    }
+}
+
 /// x86 exception names, for reports.
 pub fn exception_name(vector: u64) -> &'static str {
     match vector {

@@ -8,5 +8,6 @@
 //! development machines, so it does as little as possible.
 #![no_std]
 
+pub mod aarch64_tables;
 pub mod abi;
 pub mod heap;

@@ -163,6 +163,7 @@ fn guest_after_check(
             vcpus: args.vcpus as u8,
             private_bytes: private as usize,
             diagnostics: false,
+            isolation: Default::default(),
         },
     )?;
     let boot = t0.elapsed();

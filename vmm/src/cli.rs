@@ -165,6 +165,10 @@ pub struct RunArgs {
     /// Without it the engine runs in the protected guest VM.
     #[arg(long)]
     pub unprotected: bool,
+    /// Refuse to run unless the guest is a protected VM (arm64 pKVM, where the host kernel
+    /// cannot read guest memory).
+    #[arg(long, conflicts_with = "unprotected")]
+    pub require_protected: bool,
     /// Worker threads (vCPUs in the guest).
     #[arg(long, visible_alias = "threads", default_value_t = 2)]
     pub vcpus: usize,

@@ -1,6 +1,7 @@
 //! The FlexServe host: the VMM (hypervisor layer, devices, vCPU threads) and the pieces the
 //! `flexserve` binary is built from.
 
+pub mod arch;
 pub mod devices;
 pub mod digest_cache;
 pub mod elf_loader;

@@ -1,13 +1,13 @@
 //! A whole VM: guest memory laid out as the design says, the MMIO bus, and one host thread
 //! per vCPU, run until the guest exits, fails, or misses its deadline.
 
+use crate::arch::{self, BootParams, LOAD_BASE, MAX_MAPPED_GIB};
 use crate::devices::virtio_llm::{LlmConfig, LlmHost, VirtioLlm};
 use crate::devices::virtio_mmio::{MmioTransport, reg};
 use crate::devices::{Console, Control, FaultPage, FaultReport, MmioBus, Timer};
-use crate::hypervisor::x86_64_boot::{self, BOOT_TABLES_END, MAX_MAPPED_GIB};
 use crate::hypervisor::{
-    Hypervisor, HypervisorError, KvmHypervisor, PrivateMemory, RegisterSnapshot, Ring, Vcpu,
-    VcpuInit, Vm,
+    Hypervisor, HypervisorError, Isolation, IsolationRequest, KvmHypervisor, PrivateMemory,
+    RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm,
 };
 use crate::vcpu_exit::{ExitAction, Stop, handle_exit};
 use guest_kernel::abi;
@@ -20,7 +20,7 @@ use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
 
-/// Guest-physical layout (x86_64).
+/// Guest-physical layout (the same on x86_64 and arm64).
 pub mod layout {
     /// Boot region: boot tables, guest kernel, engine image, heap. Starts at 0.
     pub const BOOT_BASE: u64 = 0;
@@ -38,9 +38,10 @@ pub mod layout {
     /// Shared window: virtqueues and bounce buffers, the only memory both sides touch.
     pub const SHARED_BASE: u64 = 0x4000_0000;
     pub const SHARED_SIZE: u64 = 32 << 20;
-    /// The private region: model weights, KV caches, engine scratch. A guest_memfd: the guest
-    /// uses it as RAM, the host cannot read it (a host access faults), the device cannot
-    /// reach it.
+    /// The private region: model weights, KV caches, engine scratch. A guest_memfd where the
+    /// VM supports private pages (the guest uses it as RAM, the host cannot read it, a host
+    /// access faults), memory donated to a protected VM on arm64 pKVM; the device never
+    /// reaches it.
     pub const PRIVATE_BASE: u64 = 0x1_0000_0000;
 }
 
@@ -55,6 +56,8 @@ pub struct MachineConfig {
     pub deadline: Duration,
     /// Let the guest answer memory probes (virtio-llm `feature::DIAGNOSTICS`): tests only.
     pub diagnostics: bool,
+    /// A protected VM where the host has one, always, or never.
+    pub isolation: IsolationRequest,
 }
 
 impl Default for MachineConfig {
@@ -64,6 +67,7 @@ impl Default for MachineConfig {
             private_size: 0,
             deadline: Duration::from_secs(30),
             diagnostics: false,
+            isolation: IsolationRequest::default(),
         }
     }
 }
@@ -82,7 +86,7 @@ pub enum VmError {
     #[error("the image does not fit guest memory: {len} bytes at {addr:#x}")]
     ImageOutOfBounds { addr: u64, len: usize },
     #[error(
-        "the user program raised {name} at rip {:#x} (error code {:#x}, faulting address {:#x}, rsp {:#x})",
+        "the user program raised {name} at pc {:#x} (error code {:#x}, faulting address {:#x}, sp {:#x})",
         report.rip, report.error_code, report.cr2, report.rsp
     )]
     UserException {
@@ -90,7 +94,7 @@ pub enum VmError {
         report: FaultReport,
     },
     #[error(
-        "the guest kernel raised {name} at rip {:#x} (faulting address {:#x})",
+        "the guest kernel raised {name} at pc {:#x} (faulting address {:#x})",
         report.rip, report.cr2
     )]
     KernelException {
@@ -99,6 +103,8 @@ pub enum VmError {
     },
     #[error("the guest kernel panicked")]
     KernelPanic,
+    #[error("the guest asked for a reset (PSCI SYSTEM_RESET); FlexServe guests do not reboot")]
+    GuestReset,
     #[error("vCPU {vcpu} triple-faulted (shutdown); registers: {regs:x?}")]
     TripleFault { vcpu: usize, regs: RegisterSnapshot },
     #[error(
@@ -127,8 +133,9 @@ pub enum VmError {
 pub struct Machine {
     // Field order matters: the VM (and its memory slots) goes before the memory it maps.
     vm: Box<dyn Vm>,
-    /// Guest-private memory (guest_memfd), after `vm` so its slot goes first.
+    /// Guest-private memory, after `vm` so its slot goes first.
     private: Option<Arc<PrivateMemory>>,
+    isolation: Isolation,
     mem: GuestMemoryMmap,
     bus: Arc<MmioBus>,
     console: Arc<Console>,
@@ -144,8 +151,10 @@ impl Machine {
     /// Creates the VM, its boot region and shared window, and the devices.
     pub fn new(config: MachineConfig) -> Result<Self, VmError> {
         let hv = KvmHypervisor::new()?;
-        let mut vm = hv.create_vm()?;
+        let mut vm = hv.create_vm(config.isolation)?;
         let size = config.boot_size + layout::SHARED_SIZE as usize + config.private_size;
+        // Every slot is sized here, before the first run (a protected VM's are frozen then).
+        vm.reserve_memory(size as u64)?;
         let max_private = ((MAX_MAPPED_GIB - 4) << 30) as usize;
         if config.private_size > max_private || !config.private_size.is_multiple_of(2 << 20) {
             return Err(VmError::Memory {
@@ -179,6 +188,10 @@ impl Machine {
             size => Some(Arc::new(
                 vm.create_private_memory(layout::PRIVATE_BASE, size)?,
             )),
+        };
+        let isolation = Isolation {
+            protected_vm: vm.is_protected(),
+            private: private.as_ref().map(|p| p.backing()),
         };
         let mem = collection(regions)?;
         // The device's view: the shared window and nothing else.
@@ -251,6 +264,7 @@ impl Machine {
         let mut machine = Self {
             vm,
             private,
+            isolation,
             mem,
             bus: Arc::new(bus),
             console,
@@ -260,10 +274,7 @@ impl Machine {
             config,
             vcpu_cpu: Vec::new(),
         };
-        let mut tables = vec![0u8; BOOT_TABLES_END as usize];
-        let mapped_gib =
-            (layout::PRIVATE_BASE + machine.config.private_size as u64).div_ceil(1 << 30);
-        x86_64_boot::write_boot_tables(&mut tables, mapped_gib);
+        let tables = arch::boot_tables(machine.config.private_size as u64);
         machine.load(0, &tables)?;
         Ok(machine)
     }
@@ -282,11 +293,8 @@ impl Machine {
     /// Loads a static ELF executable into the boot region (above the boot tables) and
     /// returns its entry point.
     pub fn load_elf(&mut self, image: &[u8]) -> Result<u64, VmError> {
-        let (base, size) = (
-            BOOT_TABLES_END,
-            self.config.boot_size as u64 - BOOT_TABLES_END,
-        );
-        let plan = crate::elf_loader::plan(image, crate::elf_loader::Machine::X86_64, base, size)?;
+        let (base, size) = (LOAD_BASE, self.config.boot_size as u64 - LOAD_BASE);
+        let plan = crate::elf_loader::plan(image, arch::ELF_MACHINE, base, size)?;
         for seg in &plan.segments {
             let bytes = &image[seg.file_offset..seg.file_offset + seg.file_size];
             self.load(seg.addr, bytes)?;
@@ -295,6 +303,11 @@ impl Machine {
             self.load(seg.addr + seg.file_size as u64, &zeros)?;
         }
         Ok(plan.entry)
+    }
+
+    /// The isolation this VM got (protected VM or not, what backs the private pool).
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
     }
 
     /// Host CPU time each vCPU thread used during the last [`Machine::run`] (an idle guest
@@ -333,27 +346,32 @@ impl Machine {
     }
 
     /// Boots the guest kernel image on `vcpus` vCPUs; each drops to the user program image
-    /// in ring 3 (one user thread per vCPU, told its index). Returns the exit code.
+    /// in user mode (one user thread per vCPU, told its index). Returns the exit code.
     pub fn boot(&mut self, kernel: &[u8], user: &[u8], vcpus: u8) -> Result<u32, VmError> {
         let kernel_entry = self.load_elf(kernel)?;
         let user_entry = self.load_elf(user)?;
+        let params = BootParams {
+            user_entry,
+            vcpus,
+            mem_size: self.config.boot_size as u64,
+            private_base: layout::PRIVATE_BASE,
+            private_size: self.config.private_size as u64,
+        };
+        for (addr, bytes) in arch::boot_data(&params) {
+            self.load(addr, &bytes)?;
+        }
         let inits = (0..vcpus)
-            .map(|id| {
-                let kernel_stack = abi::KERNEL_STACK_TOP - abi::KERNEL_STACK_SIZE * u64::from(id);
-                // The TSS's rsp0: where the CPU switches stacks when user code traps.
-                self.load(x86_64_boot::tss_addr(id) + 4, &kernel_stack.to_le_bytes())?;
-                Ok(VcpuInit {
-                    entry: kernel_entry,
-                    stack: kernel_stack,
-                    ring: Ring::Kernel,
-                    args: [
-                        user_entry,
-                        layout::USER_STACK_TOP - layout::USER_STACK_SIZE * u64::from(id),
-                        u64::from(id),
-                    ],
-                })
+            .map(|id| VcpuInit {
+                entry: kernel_entry,
+                stack: abi::KERNEL_STACK_TOP - abi::KERNEL_STACK_SIZE * u64::from(id),
+                ring: Ring::Kernel,
+                args: [
+                    user_entry,
+                    layout::USER_STACK_TOP - layout::USER_STACK_SIZE * u64::from(id),
+                    u64::from(id),
+                ],
             })
-            .collect::<Result<Vec<_>, VmError>>()?;
+            .collect::<Vec<_>>();
         self.run(&inits)
     }
 
@@ -470,9 +488,12 @@ impl StopHandle {
 fn outcome(vcpu: usize, stop: Stop, regs: RegisterSnapshot) -> Result<u32, VmError> {
     match stop {
         Stop::Exited(code) => Ok(code),
+        // A power-off without an exit code written first is a clean exit with 0.
+        Stop::PoweredOff => Ok(0),
+        Stop::Reset => Err(VmError::GuestReset),
         Stop::GuestFault(report) if report.vector == 0xff => Err(VmError::KernelPanic),
         Stop::GuestFault(report) => {
-            let name = abi::exception_name(report.vector);
+            let name = arch::exception_name(report.vector);
             if report.cs & 3 == 3 {
                 Err(VmError::UserException { name, report })
             } else {

@@ -130,8 +130,14 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
                 vcpus: args.vcpus as u8,
                 private_bytes: usize::try_from(private).unwrap_or(usize::MAX),
                 diagnostics: false,
+                isolation: if args.require_protected {
+                    vmm::hypervisor::IsolationRequest::RequireProtected
+                } else {
+                    vmm::hypervisor::IsolationRequest::Best
+                },
             },
         )?;
+        eprintln!("[flexserve] isolation: {}", vm.isolation().describe());
         let booted = Instant::now();
         let mut progress = Progress {
             total: model_bytes,

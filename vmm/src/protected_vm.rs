@@ -92,6 +92,7 @@ pub struct ProtectedVm {
     stop: Arc<StopHandle>,
     broker: Option<Arc<MemoryBroker>>,
     vm: Option<JoinHandle<VmEnd>>,
+    isolation: crate::hypervisor::Isolation,
 }
 
 /// How the VM thread ended: the run's result and the guest's console lines.
@@ -106,6 +107,8 @@ pub struct GuestConfig {
     pub private_bytes: usize,
     /// Let the guest answer memory probes (tests only).
     pub diagnostics: bool,
+    /// A protected VM where the host has one (the default), always, or never.
+    pub isolation: crate::hypervisor::IsolationRequest,
 }
 
 /// The guest's private memory as the host sees it.
@@ -129,9 +132,11 @@ impl ProtectedVm {
             // The guest runs until the host stops it.
             deadline: Duration::from_secs(u32::MAX as u64),
             diagnostics: config.diagnostics,
+            isolation: config.isolation,
             ..MachineConfig::default()
         })
         .map_err(GuestError::Create)?;
+        let isolation = machine.isolation();
         let (llm, stop) = (machine.llm(), machine.stop_handle());
         let broker = match machine.private_memory() {
             Some(private) => Some(Arc::new(
@@ -154,6 +159,7 @@ impl ProtectedVm {
         let mut me = Self {
             #[cfg(feature = "test-hooks")]
             mem,
+            isolation,
             llm,
             stop,
             broker,
@@ -163,6 +169,11 @@ impl ProtectedVm {
             return Err(me.failure(e));
         }
         Ok(me)
+    }
+
+    /// The isolation the guest got (protected VM or not, what backs its private pool).
+    pub fn isolation(&self) -> crate::hypervisor::Isolation {
+        self.isolation
     }
 
     /// Turns a link error into the reason the VM died, when it did.

@@ -11,8 +11,12 @@ pub enum Stop {
     Exited(u32),
     /// The guest kernel reported an exception.
     GuestFault(FaultReport),
-    /// Triple fault (or explicit shutdown).
+    /// Triple fault (or explicit shutdown, x86_64).
     Shutdown,
+    /// PSCI `SYSTEM_OFF` (arm64).
+    PoweredOff,
+    /// PSCI `SYSTEM_RESET` (arm64).
+    Reset,
     /// An access to guest-physical `addr`, which neither memory nor a device backs.
     WildAccess { addr: u64, write: bool },
     /// The VMM interrupted the vCPU (deadline, or another vCPU stopped the VM).
@@ -47,6 +51,8 @@ pub fn handle_exit(exit: VmExit<'_>, bus: &MmioBus) -> ExitAction {
             None => ExitAction::Stop(Stop::WildAccess { addr, write: false }),
         },
         VmExit::Shutdown => ExitAction::Stop(Stop::Shutdown),
+        VmExit::PowerOff => ExitAction::Stop(Stop::PoweredOff),
+        VmExit::Reset => ExitAction::Stop(Stop::Reset),
         VmExit::Interrupted => ExitAction::Stop(Stop::Kicked),
         VmExit::Halt => ExitAction::Stop(Stop::Unhandled("hlt in guest ring 0".into())),
         VmExit::IoIn { port, .. } | VmExit::IoOut { port, .. } => ExitAction::Stop(
@@ -118,6 +124,14 @@ mod tests {
         assert_eq!(
             handle_exit(VmExit::Shutdown, &bus),
             ExitAction::Stop(Stop::Shutdown)
+        );
+        assert_eq!(
+            handle_exit(VmExit::PowerOff, &bus),
+            ExitAction::Stop(Stop::PoweredOff)
+        );
+        assert_eq!(
+            handle_exit(VmExit::Reset, &bus),
+            ExitAction::Stop(Stop::Reset)
         );
         assert_eq!(
             handle_exit(VmExit::Interrupted, &bus),

@@ -1,7 +1,10 @@
 //! The KVM backend for x86_64 hosts.
 
 use super::x86_64_boot as boot;
-use super::{Hypervisor, HypervisorError, RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm, VmExit};
+use super::{
+    Hypervisor, HypervisorError, IsolationRequest, RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm,
+    VmExit,
+};
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, kvm_dtable, kvm_regs, kvm_segment, kvm_userspace_memory_region,
     kvm_xcrs,
@@ -40,7 +43,15 @@ impl KvmHypervisor {
 }
 
 impl Hypervisor for KvmHypervisor {
-    fn create_vm(&self) -> Result<Box<dyn Vm>, HypervisorError> {
+    fn create_vm(&self, request: IsolationRequest) -> Result<Box<dyn Vm>, HypervisorError> {
+        if request == IsolationRequest::RequireProtected {
+            return Err(HypervisorError::ProtectedUnavailable {
+                reason: "x86_64 KVM has no protected VM type here (the private pool is \
+                         guest_memfd, which keeps host user space out but trusts the host \
+                         kernel)"
+                    .into(),
+            });
+        }
         Ok(Box::new(self.create_kvm_vm()?))
     }
 }
@@ -233,7 +244,12 @@ impl Vm for KvmVm {
             .fd
             .create_guest_memfd(gmem)
             .map_err(HypervisorError::ioctl("KVM_CREATE_GUEST_MEMFD"))?;
-        let mem = super::PrivateMemory::new(fd, len, guest_addr)?;
+        let mem = super::PrivateMemory::new_guest_memfd(
+            fd,
+            len,
+            guest_addr,
+            super::PrivateBacking::GuestMemfd,
+        )?;
         let region = kvm_bindings::kvm_userspace_memory_region2 {
             slot: self.next_slot,
             flags: kvm_bindings::KVM_MEM_GUEST_MEMFD,
@@ -241,7 +257,7 @@ impl Vm for KvmVm {
             memory_size: len as u64,
             userspace_addr: mem.host_addr(),
             guest_memfd_offset: 0,
-            guest_memfd: mem.raw_fd(),
+            guest_memfd: mem.raw_fd().unwrap_or_default(),
             ..Default::default()
         };
         // SAFETY: the slot points at `mem`'s mapping and guest_memfd, which the returned
@@ -304,13 +320,15 @@ impl Vcpu for KvmVcpu {
             .fd
             .get_sregs()
             .map_err(HypervisorError::ioctl("KVM_GET_SREGS"))?;
+        let cpl = (s.cs.selector & 3) as u8;
         Ok(RegisterSnapshot {
-            rip: r.rip,
-            rsp: r.rsp,
-            rflags: r.rflags,
-            rax: r.rax,
-            cr2: s.cr2,
-            cpl: (s.cs.selector & 3) as u8,
+            pc: r.rip,
+            sp: r.rsp,
+            flags: r.rflags,
+            r0: r.rax,
+            fault_addr: s.cr2,
+            privilege: cpl,
+            user: cpl == 3,
         })
     }
 }

@@ -1,13 +1,27 @@
 //! The hypervisor layer: the only code that talks to KVM. Devices, the exit handler and the
-//! vCPU loop see these small types and traits, so an arm64 or arm64-protected backend slots
-//! in beside `kvm_x86_64` without touching them.
+//! vCPU loop see these small types and traits; one backend per host architecture
+//! (`kvm_x86_64`, `kvm_aarch64`) implements them.
+//!
+//! `aarch64_boot` (register ids, system events, the boot info page) is plain logic and is
+//! built on every host so its unit tests run on x86_64 too.
 
+pub mod aarch64_boot;
+#[cfg(target_arch = "aarch64")]
+mod kvm_aarch64;
+#[cfg(target_arch = "x86_64")]
 mod kvm_x86_64;
 mod private_memory;
+#[cfg(target_arch = "x86_64")]
 pub mod x86_64_boot;
 
+#[cfg(target_arch = "aarch64")]
+pub use kvm_aarch64::{KvmHypervisor, KvmVcpu, KvmVm};
+#[cfg(target_arch = "x86_64")]
 pub use kvm_x86_64::{KvmHypervisor, KvmVcpu, KvmVm};
-pub use private_memory::PrivateMemory;
+pub use private_memory::{PrivateBacking, PrivateMemory};
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("the VMM has KVM backends for x86_64 and aarch64 hosts only");
 
 /// Why the hypervisor could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +46,28 @@ pub enum HypervisorError {
     /// The guest-private memory could not be set up or released.
     #[error("guest-private memory: {0}")]
     PrivateMemory(String),
+    /// A protected VM was required but the host cannot create one.
+    #[error(
+        "a protected VM was required (--require-protected) but this host cannot create one: \
+         {reason}; boot the host with kvm-arm.mode=protected on a kernel with upstream pKVM \
+         protected VMs (6.19 or later), or run without --require-protected"
+    )]
+    ProtectedUnavailable { reason: String },
+    /// Guest memory of a protected VM is pinned and charged to RLIMIT_MEMLOCK.
+    #[error(
+        "a protected VM pins all {needed_mib} MiB of its memory, but RLIMIT_MEMLOCK is \
+         {limit_mib} MiB and could not be raised ({reason}); raise it (`ulimit -l`, \
+         LimitMEMLOCK= in the systemd unit) or run as a user with CAP_IPC_LOCK / \
+         CAP_SYS_RESOURCE"
+    )]
+    MemlockLimit {
+        needed_mib: u64,
+        limit_mib: u64,
+        reason: String,
+    },
+    /// The vCPU cannot be configured the way the guest ABI needs.
+    #[error("vCPU setup: {0}")]
+    VcpuSetup(String),
 }
 
 impl HypervisorError {
@@ -53,8 +89,12 @@ pub enum VmExit<'a> {
     IoOut { port: u16, data: &'a [u8] },
     /// The vCPU executed `hlt` in ring 0.
     Halt,
-    /// Triple fault or an explicit shutdown.
+    /// Triple fault or an explicit shutdown (x86_64).
     Shutdown,
+    /// The guest powered itself off (PSCI `SYSTEM_OFF`, arm64).
+    PowerOff,
+    /// The guest asked to be reset (PSCI `SYSTEM_RESET`, arm64).
+    Reset,
     /// The run was interrupted by a signal (the VMM kicking the vCPU).
     Interrupted,
     /// The hardware refused to enter the guest.
@@ -63,15 +103,23 @@ pub enum VmExit<'a> {
     Other(&'static str),
 }
 
-/// Registers worth reporting when a guest fails.
+/// Registers worth reporting when a guest fails, named for both architectures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RegisterSnapshot {
-    pub rip: u64,
-    pub rsp: u64,
-    pub rflags: u64,
-    pub rax: u64,
-    pub cr2: u64,
-    pub cpl: u8,
+    /// `rip` / `PC`.
+    pub pc: u64,
+    /// `rsp` / the stack pointer of the exception level the vCPU is in.
+    pub sp: u64,
+    /// `RFLAGS` / `PSTATE`.
+    pub flags: u64,
+    /// `rax` / `x0`.
+    pub r0: u64,
+    /// The last faulting address the guest saw: `CR2` / `FAR_EL1`.
+    pub fault_addr: u64,
+    /// The privilege level: CPL (0 kernel, 3 user) / exception level (1 kernel, 0 user).
+    pub privilege: u8,
+    /// Whether the vCPU was running user code (ring 3 / EL0).
+    pub user: bool,
 }
 
 /// The privilege level a vCPU starts in.
@@ -93,9 +141,57 @@ pub struct VcpuInit {
     pub args: [u64; 3],
 }
 
-/// A hypervisor that can create VMs (KVM on x86_64 today; arm64 and arm64-protected later).
+/// What kind of VM to create.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IsolationRequest {
+    /// The strongest the host offers: a protected VM where there is one (arm64 pKVM),
+    /// otherwise a normal VM.
+    #[default]
+    Best,
+    /// A protected VM or an error (`--require-protected`).
+    RequireProtected,
+    /// A normal VM even where protected VMs exist (tests that read guest memory).
+    Normal,
+}
+
+/// The isolation a VM got, for the report `flexserve run` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Isolation {
+    /// An arm64 pKVM protected VM: the hypervisor keeps the host kernel out of its memory.
+    pub protected_vm: bool,
+    /// How the private pool is backed (`None` before it exists).
+    pub private: Option<PrivateBacking>,
+}
+
+impl Isolation {
+    /// One line saying what the host can and cannot read.
+    pub fn describe(&self) -> String {
+        let backing = match self.private {
+            None => "no private pool",
+            Some(b) => b.describe(),
+        };
+        if self.protected_vm {
+            format!(
+                "protected VM (pKVM): the host kernel cannot read guest memory (private pool: \
+                 {backing})"
+            )
+        } else if self.private == Some(PrivateBacking::GuestMemfd) {
+            format!(
+                "normal VM with guest_memfd: host user space cannot read private memory, the \
+                 host kernel is trusted (private pool: {backing})"
+            )
+        } else {
+            format!(
+                "normal VM: the host kernel and root can read guest memory (private pool: \
+                 {backing})"
+            )
+        }
+    }
+}
+
+/// A hypervisor that can create VMs.
 pub trait Hypervisor {
-    fn create_vm(&self) -> Result<Box<dyn Vm>, HypervisorError>;
+    fn create_vm(&self, request: IsolationRequest) -> Result<Box<dyn Vm>, HypervisorError>;
 }
 
 /// A VM: guest memory slots and vCPUs.
@@ -115,8 +211,20 @@ pub trait Vm: Send {
     /// Creates vCPU `id` in the state `init` describes.
     fn create_vcpu(&self, id: u8, init: &VcpuInit) -> Result<Box<dyn Vcpu>, HypervisorError>;
 
-    /// Backs guest-physical `[guest_addr, guest_addr + len)` with guest-private memory the
-    /// host cannot read (guest_memfd). The returned handle must outlive the VM.
+    /// Whether this is a protected VM (arm64 pKVM).
+    fn is_protected(&self) -> bool {
+        false
+    }
+
+    /// Sizes every memory slot up front: a protected VM pins all of its memory, and its
+    /// memslots are frozen after the first run. Called once, before any `map_memory`.
+    fn reserve_memory(&mut self, _total: u64) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+
+    /// Backs guest-physical `[guest_addr, guest_addr + len)` with the guest's private pool:
+    /// guest_memfd the host cannot read where the VM supports it, else what
+    /// [`PrivateMemory::backing`] says. The returned handle must outlive the VM.
     fn create_private_memory(
         &mut self,
         guest_addr: u64,

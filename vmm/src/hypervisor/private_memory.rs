@@ -1,18 +1,54 @@
-//! Guest-private memory: a KVM guest_memfd the guest uses as ordinary RAM and the host
-//! cannot read. It is created with `GUEST_MEMFD_FLAG_MMAP` and without `INIT_SHARED`, so
+//! The guest's private pool. Preferably a KVM guest_memfd the guest uses as ordinary RAM and
+//! the host cannot read: created with `GUEST_MEMFD_FLAG_MMAP` and without `INIT_SHARED`, so
 //! the host may map it (KVM needs the mapping for the memory slot) but any host access to a
 //! page faults (SIGBUS). The VMM never touches the mapping; it only releases pages with
 //! `fallocate(PUNCH_HOLE)`, after which the guest's next touch gets a fresh zero page.
+//!
+//! Where the VM cannot use private guest_memfd pages (arm64: normal VMs, and upstream pKVM
+//! protected VMs, whose private memory is ordinary anonymous memory the hypervisor takes
+//! from the host on the guest's first touch), the pool is a guest_memfd with shared pages
+//! or anonymous memory, and [`PrivateBacking`] says which.
 
 use super::HypervisorError;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// `GUEST_MEMFD_FLAG_MMAP` (kvm-bindings 0.14 lacks the guest_memfd flag constants).
 pub const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
+/// `GUEST_MEMFD_FLAG_INIT_SHARED`: pages start shared (host-accessible).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+pub const GUEST_MEMFD_FLAG_INIT_SHARED: u64 = 1 << 1;
 
-/// A guest_memfd and the host mapping its memory slot points at.
+/// What backs the private pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrivateBacking {
+    /// guest_memfd with private pages: host user space cannot read them.
+    GuestMemfd,
+    /// guest_memfd whose pages are shared with the host (the VM type has no private pages).
+    GuestMemfdShared,
+    /// Anonymous host memory in a memory slot.
+    Anonymous,
+    /// Anonymous host memory in a protected VM: the hypervisor takes each page from the host
+    /// on the guest's first touch and gives it back only when the VM is destroyed.
+    AnonymousProtected,
+}
+
+impl PrivateBacking {
+    /// A few words for the isolation report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::GuestMemfd => "guest_memfd, private pages",
+            Self::GuestMemfdShared => "guest_memfd, shared pages",
+            Self::Anonymous => "anonymous memory",
+            Self::AnonymousProtected => "anonymous memory donated to the protected VM",
+        }
+    }
+}
+
+/// The private pool and the host mapping its memory slot points at.
 pub struct PrivateMemory {
-    fd: OwnedFd,
+    /// The guest_memfd, or `None` for anonymous memory.
+    fd: Option<OwnedFd>,
+    backing: PrivateBacking,
     host: *mut libc::c_void,
     len: usize,
     guest_addr: u64,
@@ -25,8 +61,52 @@ unsafe impl Send for PrivateMemory {}
 unsafe impl Sync for PrivateMemory {}
 
 impl PrivateMemory {
-    /// Takes ownership of a guest_memfd of `len` bytes for `guest_addr` and maps it.
-    pub(crate) fn new(raw_fd: i32, len: usize, guest_addr: u64) -> Result<Self, HypervisorError> {
+    /// Anonymous memory of `len` bytes for `guest_addr` (`protected`: in a protected VM).
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+    pub(crate) fn new_anonymous(
+        len: usize,
+        guest_addr: u64,
+        protected: bool,
+    ) -> Result<Self, HypervisorError> {
+        // SAFETY: a fresh private anonymous mapping at an address the kernel chooses; nothing
+        // is aliased, and the result is checked below.
+        let host = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if host == libc::MAP_FAILED {
+            return Err(HypervisorError::PrivateMemory(format!(
+                "cannot map {len} bytes of anonymous memory: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(Self {
+            fd: None,
+            backing: if protected {
+                PrivateBacking::AnonymousProtected
+            } else {
+                PrivateBacking::Anonymous
+            },
+            host,
+            len,
+            guest_addr,
+        })
+    }
+
+    /// Takes ownership of a guest_memfd of `len` bytes for `guest_addr`, whose pages are
+    /// `backing`, and maps it.
+    pub(crate) fn new_guest_memfd(
+        raw_fd: i32,
+        len: usize,
+        guest_addr: u64,
+        backing: PrivateBacking,
+    ) -> Result<Self, HypervisorError> {
         // SAFETY: `raw_fd` was just returned by KVM_CREATE_GUEST_MEMFD and is owned by no one
         // else; OwnedFd closes it exactly once.
         let fd = unsafe { OwnedFd::from_raw_fd(raw_fd) };
@@ -49,11 +129,17 @@ impl PrivateMemory {
             )));
         }
         Ok(Self {
-            fd,
+            fd: Some(fd),
+            backing,
             host,
             len,
             guest_addr,
         })
+    }
+
+    /// What backs the pool.
+    pub fn backing(&self) -> PrivateBacking {
+        self.backing
     }
 
     /// The host address of the mapping (for the memory slot only: never read it).
@@ -61,8 +147,9 @@ impl PrivateMemory {
         self.host as u64
     }
 
-    pub(crate) fn raw_fd(&self) -> u32 {
-        self.fd.as_raw_fd() as u32
+    /// The guest_memfd for the memory slot (`None`: anonymous memory, a plain slot).
+    pub(crate) fn raw_fd(&self) -> Option<u32> {
+        self.fd.as_ref().map(|fd| fd.as_raw_fd() as u32)
     }
 
     /// Bytes of the region.
@@ -118,14 +205,21 @@ impl PrivateMemory {
     /// reserves everything at VM start, which `make bench-memory` compares with donation on
     /// demand.
     pub fn preallocate(&self) -> Result<(), HypervisorError> {
-        // SAFETY: fallocate only changes the file's backing; the range is the whole file.
-        let r = unsafe {
-            libc::fallocate(
-                self.fd.as_raw_fd(),
-                libc::FALLOC_FL_KEEP_SIZE,
-                0,
-                self.len as libc::off_t,
-            )
+        /// `MADV_POPULATE_WRITE` (Linux 5.14; not in every libc crate target).
+        const MADV_POPULATE_WRITE: libc::c_int = 23;
+        let r = match &self.fd {
+            // SAFETY: fallocate only changes the file's backing; the range is the whole file.
+            Some(fd) => unsafe {
+                libc::fallocate(
+                    fd.as_raw_fd(),
+                    libc::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    self.len as libc::off_t,
+                )
+            },
+            // SAFETY: populating faults in zero pages of this mapping, which only the guest
+            // uses; before the guest's first touch the host may still touch them.
+            None => unsafe { libc::madvise(self.host, self.len, MADV_POPULATE_WRITE) },
         };
         if r != 0 {
             return Err(HypervisorError::PrivateMemory(format!(
@@ -147,18 +241,44 @@ impl PrivateMemory {
                     "{guest_phys:#x}+{len:#x} is outside the private region"
                 ))
             })?;
-        // SAFETY: fallocate only changes the file's backing; the range lies within it.
-        let r = unsafe {
-            libc::fallocate(
-                self.fd.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
+        let (r, what) = match (&self.fd, self.backing) {
+            (_, PrivateBacking::AnonymousProtected) => {
+                return Err(HypervisorError::PrivateMemory(
+                    "a protected VM's private pages cannot be given back to the host while it \
+                     runs: upstream pKVM has no MEM_RELINQUISH hypercall (Android kernels \
+                     only), and the pages stay pinned until the VM is destroyed; size \
+                     --memory for the peak instead of lowering the budget"
+                        .into(),
+                ));
+            }
+            // SAFETY: fallocate only changes the file's backing; the range lies within it.
+            (Some(fd), _) => (
+                unsafe {
+                    libc::fallocate(
+                        fd.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        offset as libc::off_t,
+                        len as libc::off_t,
+                    )
+                },
+                "fallocate(PUNCH_HOLE)",
+            ),
+            // SAFETY: the range lies inside this mapping (checked above), which only the
+            // guest uses; dropping it makes the guest's next touch read a fresh zero page.
+            (None, _) => (
+                unsafe {
+                    libc::madvise(
+                        self.host.cast::<u8>().add(offset as usize).cast(),
+                        len as usize,
+                        libc::MADV_DONTNEED,
+                    )
+                },
+                "madvise(MADV_DONTNEED)",
+            ),
         };
         if r != 0 {
             return Err(HypervisorError::PrivateMemory(format!(
-                "fallocate(PUNCH_HOLE) failed: {}",
+                "{what} failed: {}",
                 std::io::Error::last_os_error()
             )));
         }

@@ -240,6 +240,7 @@ impl Worker {
                 vcpus: self.shared.config.vcpus,
                 private_bytes: usize::try_from(model.private_bytes).unwrap_or(usize::MAX),
                 diagnostics: false,
+                isolation: Default::default(),
             },
         )?;
         let known = crate::digest_cache::lookup(&model.path);
