@@ -12,12 +12,9 @@ const COMPUTE_REPS: usize = 3;
 /// Must equal `ITERATIONS` in guest-programs/src/bin/compute.rs.
 const ITERATIONS: u64 = 300_000_000;
 
-fn image(path: &str) -> Vec<u8> {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let p = dir.join(path);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}; run `make image`", p.display()))
+fn image(p: PathBuf) -> Vec<u8> {
+    std::fs::read(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `{}`", p.display(), flexserve_e2e::MAKE_IMAGE))
 }
 
 fn boot_once(kernel: &[u8], user: &[u8]) -> (Duration, u32) {
@@ -44,9 +41,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return; // `cargo test --benches` probes the harness; nothing to list.
     }
-    let kernel = image("x86_64-unknown-none/release/flexserve-guest-kernel");
-    let exit7 = image("release/exit7");
-    let compute = image("release/compute");
+    let kernel = image(flexserve_e2e::kernel_path());
+    let exit7 = image(flexserve_e2e::program_path("exit7"));
+    let compute = image(flexserve_e2e::program_path("compute"));
 
     let mut boots: Vec<f64> = (0..BOOTS)
         .map(|_| {

@@ -1,17 +1,12 @@
-//! Boots the real guest kernel (`make image`) with small user programs under /dev/kvm.
+//! Boots the real guest kernel (`make image`, `make image-arm64` on arm64) with small user
+//! programs under /dev/kvm.
 //!
 //! Skips with a visible message when /dev/kvm or the images are missing, unless
 //! `FLEXSERVE_REQUIRE_KVM=1` (set by `.ci/run` when /dev/kvm exists), where it fails.
 
-use std::path::PathBuf;
+use flexserve_e2e::{MAKE_IMAGE, kernel_path, program_path};
 use std::time::Duration;
 use vmm::machine::{Machine, MachineConfig, VmError};
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
 
 fn required() -> bool {
     std::env::var("FLEXSERVE_REQUIRE_KVM").as_deref() == Ok("1")
@@ -27,15 +22,14 @@ fn boot(program: &str, vcpus: u8) -> Option<(Result<u32, VmError>, Vec<String>)>
 
 /// As [`boot`], also returning each vCPU thread's host CPU time.
 fn boot_with_cpu(program: &str, vcpus: u8) -> Option<BootResult> {
-    let kernel = target_dir().join("x86_64-unknown-none/release/flexserve-guest-kernel");
-    let user = target_dir().join("release").join(program);
+    let (kernel, user) = (kernel_path(), program_path(program));
     let missing = [&kernel, &user].into_iter().find(|p| !p.exists());
     if !std::path::Path::new("/dev/kvm").exists() || missing.is_some() {
         assert!(
             !required(),
-            "cannot boot guests: /dev/kvm or {missing:?} missing (run `make image`)"
+            "cannot boot guests: /dev/kvm or {missing:?} missing (run `{MAKE_IMAGE}`)"
         );
-        eprintln!("SKIPPED: /dev/kvm or guest images missing ({missing:?}); run `make image`");
+        eprintln!("SKIPPED: /dev/kvm or guest images missing ({missing:?}); run `{MAKE_IMAGE}`");
         return None;
     }
     let (kernel, user) = (std::fs::read(kernel).ok()?, std::fs::read(user).ok()?);
@@ -57,6 +51,8 @@ fn user_program_prints_through_the_syscall_and_exits_with_7() {
     assert_eq!(lines, ["hello from guest user mode"]);
 }
 
+/// arm64 integer division does not trap, so this is x86_64 only.
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn user_divide_by_zero_is_reported_as_such() {
     let Some((result, _)) = boot("divzero", 1) else {
@@ -82,10 +78,24 @@ fn user_wild_pointer_is_a_page_fault_with_its_address() {
         return;
     };
     match result {
+        #[cfg(target_arch = "x86_64")]
         Err(VmError::UserException { report, .. }) => {
             assert_eq!(report.vector, 14);
             assert_eq!(report.cr2, 0x7fff_dead_0000);
             assert_eq!(report.error_code & 4, 4, "user-mode access");
+        }
+        // A data abort from EL0 (ESR_EL1.EC 0x24) with FAR_EL1 = the address.
+        #[cfg(target_arch = "aarch64")]
+        Err(VmError::UserException { report, name }) => {
+            assert_eq!(report.vector, 0x24, "{name}");
+            assert_eq!(report.error_code >> 26, 0x24, "ESR_EL1");
+            assert_eq!(report.cr2, 0x7fff_dead_0000);
+            assert_eq!(report.cs, 3, "from EL0");
+            assert!(
+                report.rip >= 0x20_0000,
+                "pc {:#x} in the program",
+                report.rip
+            );
         }
         other => panic!("expected a user page fault, got {other:?}"),
     }
@@ -111,6 +121,7 @@ fn both_vcpus_run_user_code_at_the_same_time() {
     assert_eq!(lines, [expect(0), expect(1)]);
 }
 
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn avx2_fma_in_guest_user_mode_matches_the_host() {
     if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
@@ -131,10 +142,11 @@ fn spinning_guest_is_stopped_at_the_deadline() {
     if !std::path::Path::new("/dev/kvm").exists() {
         return;
     }
-    let kernel = target_dir().join("x86_64-unknown-none/release/flexserve-guest-kernel");
-    let user = target_dir().join("release/spin");
-    let (Ok(kernel), Ok(user)) = (std::fs::read(kernel), std::fs::read(user)) else {
-        assert!(!required(), "guest images missing: run `make image`");
+    let (Ok(kernel), Ok(user)) = (
+        std::fs::read(kernel_path()),
+        std::fs::read(program_path("spin")),
+    ) else {
+        assert!(!required(), "guest images missing: run `{MAKE_IMAGE}`");
         return;
     };
     let config = MachineConfig {

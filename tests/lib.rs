@@ -1,6 +1,7 @@
 //! Shared plumbing of the end-to-end tests and benches: finding the guest images, and
 //! running a guest while the host talks to it over virtio-llm.
 
+pub mod a64;
 pub mod loopback;
 pub mod serve_rig;
 
@@ -10,12 +11,47 @@ use std::time::Duration;
 use vmm::devices::virtio_llm::LlmHost;
 use vmm::machine::{Machine, MachineConfig, VmError};
 
-/// Where cargo put the guest images.
+/// Where cargo put the guest images: `$FLEXSERVE_TARGET_DIR` (tests run from an initramfs),
+/// else `$CARGO_TARGET_DIR`, else the source tree's `target/`.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
+    std::env::var_os("FLEXSERVE_TARGET_DIR")
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR"))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
+
+/// The guest kernel of this host's architecture (`make image` / `make image-arm64`).
+#[cfg(target_arch = "x86_64")]
+pub fn kernel_path() -> PathBuf {
+    target_dir().join("x86_64-unknown-none/release/flexserve-guest-kernel")
+}
+
+/// The guest kernel of this host's architecture (`make image` / `make image-arm64`).
+#[cfg(target_arch = "aarch64")]
+pub fn kernel_path() -> PathBuf {
+    target_dir().join("aarch64-unknown-none/release/flexserve-guest-kernel")
+}
+
+/// A guest user program of this host's architecture.
+#[cfg(target_arch = "x86_64")]
+pub fn program_path(program: &str) -> PathBuf {
+    target_dir().join("release").join(program)
+}
+
+/// A guest user program of this host's architecture.
+#[cfg(target_arch = "aarch64")]
+pub fn program_path(program: &str) -> PathBuf {
+    target_dir()
+        .join("aarch64-unknown-none/release")
+        .join(program)
+}
+
+/// The command that builds this architecture's guest images.
+pub const MAKE_IMAGE: &str = if cfg!(target_arch = "aarch64") {
+    "make image-arm64"
+} else {
+    "make image"
+};
 
 /// `FLEXSERVE_REQUIRE_KVM=1` (set by `.ci/run` where /dev/kvm exists): missing KVM or
 /// images fail the test instead of skipping it.
@@ -26,15 +62,14 @@ pub fn kvm_required() -> bool {
 /// The guest kernel and user `program` images; `None` (after saying why) when guests cannot
 /// run here.
 pub fn guest_images(program: &str) -> Option<(Vec<u8>, Vec<u8>)> {
-    let kernel = target_dir().join("x86_64-unknown-none/release/flexserve-guest-kernel");
-    let user = target_dir().join("release").join(program);
+    let (kernel, user) = (kernel_path(), program_path(program));
     let missing = [&kernel, &user].into_iter().find(|p| !p.exists());
     if !std::path::Path::new("/dev/kvm").exists() || missing.is_some() {
         assert!(
             !kvm_required(),
-            "cannot boot guests: /dev/kvm or {missing:?} missing (run `make image`)"
+            "cannot boot guests: /dev/kvm or {missing:?} missing (run `{MAKE_IMAGE}`)"
         );
-        eprintln!("SKIPPED: /dev/kvm or guest images missing ({missing:?}); run `make image`");
+        eprintln!("SKIPPED: /dev/kvm or guest images missing ({missing:?}); run `{MAKE_IMAGE}`");
         return None;
     }
     Some((std::fs::read(kernel).ok()?, std::fs::read(user).ok()?))
@@ -61,14 +96,16 @@ pub fn model_path(name: &str) -> Option<PathBuf> {
 /// The protected guest's images (`make image`), checked against their manifest; `None`
 /// (after saying why) when guests cannot run here.
 pub fn protected_images() -> Option<vmm::guest_images::GuestImages> {
-    let dir = target_dir().join("../images/out");
+    let dir = std::env::var_os("FLEXSERVE_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("..").join(vmm::guest_images::IMAGES_OUT));
     let ok = std::path::Path::new("/dev/kvm").exists() && dir.join("manifest.json").exists();
     if !ok {
         assert!(
             !kvm_required(),
-            "/dev/kvm or the guest images are missing (run `make image`)"
+            "/dev/kvm or the guest images are missing (run `{MAKE_IMAGE}`)"
         );
-        eprintln!("SKIPPED: /dev/kvm or guest images missing; run `make image`");
+        eprintln!("SKIPPED: /dev/kvm or guest images missing; run `{MAKE_IMAGE}`");
         return None;
     }
     Some(vmm::guest_images::GuestImages::load(&dir).expect("images match their manifest"))

@@ -105,6 +105,11 @@ pub mod aarch64 {
     /// GiB of IPA space the tables map at most (the first 4 and up to 60 of private pool).
     pub const MAX_MAPPED_GIB: u64 = 64;
 
+    /// The shared window (`virtio_llm::spec::layout`), which a protected VM's kernel shares
+    /// with the host granule by granule at boot.
+    pub const SHARED_BASE: u64 = 0x4000_0000;
+    pub const SHARED_SIZE: u64 = 32 << 20;
+
     /// SMCCC function ids the kernel calls with `hvc #0`.
     pub mod hvc {
         /// pKVM: `x0` = the memory-sharing granule (positive) on a protected VM.

@@ -1,4 +1,5 @@
-//! The guest kernel binary (x86_64): exception vectors and a syscall gate.
+//! The guest kernel binary: exception vectors and a syscall gate (x86_64: below; arm64:
+//! `aarch64/`, per docs/arm64.md).
 //!
 //! The VMM enters `_start` once, in 64-bit ring 0, with the kernel stack in `rsp`, the user
 //! program's entry in `rdi` and its stack in `rsi`; the GDT, TSS (with `rsp0`) and page
@@ -13,5 +14,11 @@
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
-#[cfg(not(target_arch = "x86_64"))]
-compile_error!("the guest kernel is built for x86_64-unknown-none (`make image`)");
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!(
+    "the guest kernel is built for x86_64-unknown-none (`make image`) or aarch64-unknown-none \
+     (`make image-arm64`)"
+);

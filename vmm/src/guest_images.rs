@@ -45,6 +45,12 @@ pub struct GuestImages {
     pub dir: PathBuf,
 }
 
+/// Where `make image` (x86_64) or `make image-arm64` put the images, under the source tree.
+#[cfg(target_arch = "x86_64")]
+pub const IMAGES_OUT: &str = "images/out";
+#[cfg(target_arch = "aarch64")]
+pub const IMAGES_OUT: &str = "images/out-aarch64";
+
 fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     if let Some(d) = explicit {
         return vec![d.to_path_buf()];
@@ -53,11 +59,22 @@ fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     if let Some(d) = std::env::var_os("FLEXSERVE_IMAGES") {
         dirs.push(PathBuf::from(d));
     }
-    // A binary in <tree>/target/<profile>/ finds <tree>/images/out.
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(tree) = exe.parent().and_then(Path::parent).and_then(Path::parent)
-    {
-        dirs.push(tree.join("images/out"));
+    // A binary in <tree>/target/<profile>/ or <tree>/target/<triple>/<profile>/ finds
+    // <tree>/images/out (out-aarch64 for arm64 images).
+    if let Ok(exe) = std::env::current_exe() {
+        let profile = exe.parent();
+        for tree in [
+            profile.and_then(Path::parent).and_then(Path::parent),
+            profile
+                .and_then(Path::parent)
+                .and_then(Path::parent)
+                .and_then(Path::parent),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            dirs.push(tree.join(IMAGES_OUT));
+        }
     }
     dirs.push(PathBuf::from(INSTALLED));
     dirs
