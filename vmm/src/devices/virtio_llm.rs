@@ -27,7 +27,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// How long a waiting host thread spins on the rings before it sleeps on the eventfd: a
-/// guest that answers within this time costs no wake-up latency.
+/// guest that answers within this time costs no wake-up latency. Only while the queue's
+/// answers keep coming that fast: a stream that arrives slower (a token every few ms) would
+/// pay the whole spin for every message, on a core the vCPUs need.
 const SPIN: Duration = Duration::from_micros(200);
 /// Longest sleep between checks that the VM is still running.
 const NAP: Duration = Duration::from_millis(20);
@@ -65,6 +67,8 @@ pub struct LlmHost {
     changed: Condvar,
     /// One per queue: the guest notified it.
     kicks: Vec<EventFd>,
+    /// One per queue: whether its last wait was answered within [`SPIN`] (spinning pays).
+    spin_pays: Vec<AtomicBool>,
     stopped: AtomicBool,
     memory_live: AtomicBool,
 }
@@ -128,14 +132,23 @@ impl LlmHost {
         mut attempt: impl FnMut(&mut LlmDevice<GuestMemoryMmap>) -> Result<Option<R>, DeviceError>,
     ) -> Result<R, HostError> {
         let start = Instant::now();
+        let spin_pays = self.spin_pays.get(usize::from(queue));
+        let spin = match spin_pays {
+            Some(pays) if !pays.load(Ordering::Relaxed) => Duration::ZERO,
+            _ => SPIN,
+        };
+        let mut slept = false;
         loop {
             {
                 let mut guard = self.lock();
                 let dev = guard.as_mut().ok_or(HostError::NotReady)?;
                 if let Some(r) = attempt(dev)? {
+                    if let Some(pays) = spin_pays {
+                        pays.store(!slept, Ordering::Relaxed);
+                    }
                     return Ok(r);
                 }
-                if start.elapsed() < SPIN {
+                if start.elapsed() < spin {
                     drop(guard);
                     std::hint::spin_loop();
                     continue;
@@ -155,6 +168,7 @@ impl LlmHost {
                 wait_readable(fd, left.min(NAP));
                 let _ = fd.read();
             }
+            slept = true;
         }
     }
 
@@ -274,6 +288,7 @@ impl VirtioLlm {
             device: Mutex::new(None),
             changed: Condvar::new(),
             kicks,
+            spin_pays: (0..queue::COUNT).map(|_| AtomicBool::new(true)).collect(),
             stopped: AtomicBool::new(false),
             memory_live: AtomicBool::new(false),
         });
