@@ -96,7 +96,10 @@ build_expected() {
 if [[ $CHECKS == all ]]; then
     [[ -s $MODEL ]] || { log "$MODEL missing: run make models"; exit 1; }
     # tests/ too: the e2e tests look for $ROOT/tests/../target and ../models.
-    mkdir -p "$STAGE$ROOT/models" "$STAGE$ROOT/tests" && cp $MODEL "$STAGE$ROOT/models/"
+    # tiny.Q8_0 for the private-memory test (the engine holding a canary beside a model).
+    mkdir -p "$STAGE$ROOT/models" "$STAGE$ROOT/tests"
+    cp $MODEL "$STAGE$ROOT/models/"
+    [[ $WHAT == bench ]] || cp models/tiny.Q8_0.gguf "$STAGE$ROOT/models/"
     log "building the arm64 guest images (make image-arm64)"
     try images build_images
     log "building flexserve for $MUSL"
@@ -133,6 +136,7 @@ checks() {
         return 0
     fi
     guest_env="FLEXSERVE_REQUIRE_KVM=1 FLEXSERVE_REQUIRE_MODELS=1 FLEXSERVE_IMAGES=$ROOT/$IMAGES"
+    guest_env+=" FLEXSERVE_TARGET_DIR=$ROOT/target"
     if have e2e-tests && have images; then
         echo "e2e-boot timeout=900 $guest_env /tests/boot --test-threads=1"
         echo "e2e-guest timeout=900 $guest_env /tests/guest --test-threads=1"
