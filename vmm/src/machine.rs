@@ -400,6 +400,9 @@ impl Machine {
                     // SAFETY: pthread_self has no preconditions.
                     tid.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
                     let outcome = vcpu_loop(vcpu, bus, stopping);
+                    // Out of KVM_RUN for good: no more kicks for this thread, which is
+                    // about to exit.
+                    tid.store(0, Ordering::SeqCst);
                     cpu.store(thread_cpu_ns(), Ordering::SeqCst);
                     // The receiver outlives every vCPU thread (it is dropped after the scope).
                     let _ = tx.send((i, outcome));
