@@ -148,6 +148,8 @@ lint:
 	$(CARGO) clippy --release --quiet -p guest-engine --features guest --bins -- -D warnings
 	$(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-programs --features guest-aarch64 --bins -- -D warnings
 	$(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-engine --features guest --bins -- -D warnings
+	$(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-kernel --features guest -- -D warnings
+	$(CARGO) clippy --quiet --target aarch64-unknown-linux-musl -p vmm -p flexserve-e2e -p arm64-init --all-targets -- -D warnings
 
 test-fast:
 	FLEXSERVE_REQUIRE_MODELS=1 $(CARGO) test --workspace --quiet
@@ -176,7 +178,8 @@ fuzz-smoke: fuzz-build
 		cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS); \
 	done
 
-test: models image test-venv flexserve-bin lint test-fast test-neon fuzz-build
+# test-arm64 last: it boots the arm64 VMM and guests in an emulated arm64 host (both modes).
+test: models image test-venv flexserve-bin lint test-fast test-neon fuzz-build test-arm64
 	@echo "make test: all checks passed"
 
 # --- install ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 //! says about it.
 
 use crate::devices::virtio_llm::{HostError, LlmHost};
-use crate::hypervisor::PrivateMemory;
+use crate::hypervisor::{PrivateBacking, PrivateMemory};
 use crate::machine::StopHandle;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,12 @@ pub enum MemoryError {
         budget: u64,
         deadline: Duration,
     },
+    #[error(
+        "this guest's memory cannot shrink while it runs: it is a pKVM protected VM, whose \
+         pages stay pinned until the VM is destroyed (upstream pKVM has no MEM_RELINQUISH); \
+         restart the guest with a smaller --memory instead"
+    )]
+    CannotShrink,
     #[error("measuring or releasing private memory failed: {0}")]
     Backing(#[from] crate::hypervisor::HypervisorError),
 }
@@ -144,6 +150,12 @@ impl MemoryBroker {
         }
         if !self.llm.memory_queues_live() {
             return Err(MemoryError::NotSupported);
+        }
+        // Refused before the guest hears of it: it would drop caches it cannot give back.
+        if self.private.backing() == PrivateBacking::AnonymousProtected
+            && bytes < self.budget.load(Ordering::SeqCst)
+        {
+            return Err(MemoryError::CannotShrink);
         }
         let start = Instant::now();
         {
