@@ -31,7 +31,12 @@ fn setup() -> Result<(), crate::error::Error> {
     sys::mount("proc", "/proc")?;
     sys::mount("sysfs", "/sys")?;
     sys::mount("devtmpfs", "/dev")?;
-    sys::mount("tmpfs", "/tmp")?;
+    // No tmpfs on /tmp: the initramfs root is already writable, and the staged tree may
+    // itself live under /tmp (a checkout in /tmp keeps its absolute paths in the image).
+    std::fs::create_dir_all("/tmp").map_err(|source| crate::error::Error::Sys {
+        what: "mkdir /tmp".into(),
+        source,
+    })?;
     sys::unlimit_memlock()
 }
 

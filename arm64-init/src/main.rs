@@ -1,7 +1,7 @@
 //! `arm64-init`: PID 1 of the emulated arm64 host that `make test-arm64` boots under QEMU
 //! (see docs/testing.md), and the small helper commands its checks use.
 //!
-//! - as PID 1: mounts proc, sysfs, devtmpfs and /tmp, raises RLIMIT_MEMLOCK, prints
+//! - as PID 1: mounts proc, sysfs and devtmpfs, raises RLIMIT_MEMLOCK, prints
 //!   `ARM64 FACT` lines about KVM, runs the checks of /checks, prints
 //!   `FLEXSERVE-ARM64: PASS` or `FLEXSERVE-ARM64: FAIL` and powers the machine off;
 //! - `arm64-init kvm-vm normal|protected [--expect-refused]`: creates one VM of that type;
