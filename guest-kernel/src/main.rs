@@ -11,6 +11,8 @@
 #![no_std]
 #![no_main]
 
+mod shared_heap;
+
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 

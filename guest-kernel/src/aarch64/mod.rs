@@ -7,7 +7,6 @@
 //! thread at EL0. Afterwards the kernel runs only for `svc` and faults. Each exit to the VMM
 //! costs hundreds of microseconds under emulation, so the kernel makes as few as it can.
 
-mod heap;
 mod mmio;
 
 use core::arch::{asm, global_asm};
@@ -243,6 +242,11 @@ fn boot_u64(offset: u64) -> u64 {
     unsafe { core::ptr::read_volatile((a64::BOOT_INFO + offset) as *const u64) }
 }
 
+/// Where the heap ends: the boot region's size, from the boot info page (no exit).
+fn heap_end() -> u64 {
+    boot_info().mem_size
+}
+
 pub fn boot_info() -> BootInfo {
     let private_base = boot_u64(boot_info::PRIVATE_BASE);
     BootInfo {
@@ -425,8 +429,8 @@ fn handle_syscall(f: &mut Frame) {
             mmio::write_u64(abi::TIMER + abi::TIMER_WAIT + 8 * this_vcpu(), a0);
             0
         }
-        syscall::MAP => heap::map(a0).unwrap_or(u64::MAX),
-        syscall::UNMAP if heap::unmap(a0, a1) => 0,
+        syscall::MAP => crate::shared_heap::map(a0, heap_end).unwrap_or(u64::MAX),
+        syscall::UNMAP if crate::shared_heap::unmap(a0, a1, heap_end) => 0,
         _ => u64::MAX,
     };
 }

@@ -1,6 +1,5 @@
 //! x86_64: entry, IDT, exception dispatch, syscalls.
 
-mod heap;
 mod idt;
 mod mmio;
 
@@ -193,9 +192,9 @@ fn handle_syscall(f: &mut Frame) {
             halt_forever();
         }
         syscall::CLOCK => f.rax = mmio::read_u64(abi::TIMER + abi::TIMER_NOW),
-        syscall::MAP => f.rax = heap::map(f.rdi).unwrap_or(u64::MAX),
+        syscall::MAP => f.rax = crate::shared_heap::map(f.rdi, heap_end).unwrap_or(u64::MAX),
         syscall::UNMAP => {
-            f.rax = if heap::unmap(f.rdi, f.rsi) {
+            f.rax = if crate::shared_heap::unmap(f.rdi, f.rsi, heap_end) {
                 0
             } else {
                 u64::MAX
@@ -207,6 +206,11 @@ fn handle_syscall(f: &mut Frame) {
         }
         _ => f.rax = u64::MAX,
     }
+}
+
+/// Where the heap ends: the boot region's size, from the control page.
+fn heap_end() -> u64 {
+    mmio::read_u64(abi::CONTROL + abi::CONTROL_MEM_SIZE)
 }
 
 /// This vCPU's index, from which kernel stack it is running on (each vCPU has its own,

@@ -1,6 +1,6 @@
 //! The kernel's one heap, shared by every vCPU behind a spinlock (syscalls are rare and
-//! short, and the kernel has no scheduler to block on). Its end is the boot region's size
-//! from the boot info page, so it costs no exit.
+//! short, and the kernel has no scheduler to block on). Built on first use, ending where the
+//! architecture says the boot region ends.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +21,7 @@ static SHARED: Shared = Shared {
     heap: UnsafeCell::new(Heap::new(0)),
 };
 
-fn with_heap<R>(f: impl FnOnce(&mut Heap) -> R) -> R {
+fn with_heap<R>(heap_end: fn() -> u64, f: impl FnOnce(&mut Heap) -> R) -> R {
     while SHARED
         .lock
         .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -32,7 +32,7 @@ fn with_heap<R>(f: impl FnOnce(&mut Heap) -> R) -> R {
     // SAFETY: the lock is held, so this is the only reference to `ready` and `heap`.
     let result = unsafe {
         if !*SHARED.ready.get() {
-            *SHARED.heap.get() = Heap::new(super::boot_info().mem_size);
+            *SHARED.heap.get() = Heap::new(heap_end());
             *SHARED.ready.get() = true;
         }
         f(&mut *SHARED.heap.get())
@@ -41,10 +41,12 @@ fn with_heap<R>(f: impl FnOnce(&mut Heap) -> R) -> R {
     result
 }
 
-pub fn map(len: u64) -> Option<u64> {
-    with_heap(|h| h.map(len))
+/// The `map` syscall: `len` bytes of heap chunks, if there is room.
+pub fn map(len: u64, heap_end: fn() -> u64) -> Option<u64> {
+    with_heap(heap_end, |h| h.map(len))
 }
 
-pub fn unmap(addr: u64, len: u64) -> bool {
-    with_heap(|h| h.unmap(addr, len))
+/// The `unmap` syscall: whether `[addr, addr + len)` was mapped and is now free.
+pub fn unmap(addr: u64, len: u64, heap_end: fn() -> u64) -> bool {
+    with_heap(heap_end, |h| h.unmap(addr, len))
 }
