@@ -7,13 +7,14 @@
 //! and KVM runs it in user-space-irqchip mode.
 
 use super::aarch64_boot as boot;
+use super::kvm_memslots::{MemSlots, register_mmio_notify};
 use super::private_memory::{GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP};
 use super::{
     Hypervisor, HypervisorError, IsolationRequest, PrivateBacking, PrivateMemory, RegisterSnapshot,
     Ring, Vcpu, VcpuInit, Vm, VmExit,
 };
 use guest_kernel::abi::MAX_VCPUS;
-use kvm_bindings::{kvm_userspace_memory_region, kvm_vcpu_init};
+use kvm_bindings::kvm_vcpu_init;
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 
 /// `KVM_CREATE_VM` type bit of an upstream pKVM protected VM.
@@ -86,7 +87,7 @@ impl KvmHypervisor {
                 .kvm
                 .check_extension_raw(kvm_bindings::KVM_CAP_GUEST_MEMFD.into())
                 > 0,
-            next_slot: 0,
+            slots: MemSlots::default(),
         })
     }
 }
@@ -114,7 +115,7 @@ pub struct KvmVm {
     ptrauth: bool,
     /// The host has guest_memfd (`KVM_CAP_GUEST_MEMFD`).
     guest_memfd: bool,
-    next_slot: u32,
+    slots: MemSlots,
 }
 
 impl KvmVm {
@@ -129,54 +130,8 @@ impl KvmVm {
         host: *mut u8,
         len: usize,
     ) -> Result<(), HypervisorError> {
-        let region = kvm_userspace_memory_region {
-            slot: self.next_slot,
-            guest_phys_addr: guest_addr,
-            memory_size: len as u64,
-            userspace_addr: host as u64,
-            flags: 0,
-        };
-        // SAFETY: the caller guarantees the host range stays valid for the VM's lifetime.
-        unsafe { self.fd.set_user_memory_region(region) }
-            .map_err(HypervisorError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-        self.next_slot += 1;
-        Ok(())
-    }
-
-    /// A guest_memfd pool with `flags`, in a new memory slot.
-    fn guest_memfd_pool(
-        &mut self,
-        guest_addr: u64,
-        len: usize,
-        flags: u64,
-        backing: PrivateBacking,
-    ) -> Result<PrivateMemory, HypervisorError> {
-        let gmem = kvm_bindings::kvm_create_guest_memfd {
-            size: len as u64,
-            flags,
-            ..Default::default()
-        };
-        let fd = self
-            .fd
-            .create_guest_memfd(gmem)
-            .map_err(HypervisorError::ioctl("KVM_CREATE_GUEST_MEMFD"))?;
-        let mem = PrivateMemory::new_guest_memfd(fd, len, guest_addr, backing)?;
-        let region = kvm_bindings::kvm_userspace_memory_region2 {
-            slot: self.next_slot,
-            flags: kvm_bindings::KVM_MEM_GUEST_MEMFD,
-            guest_phys_addr: guest_addr,
-            memory_size: len as u64,
-            userspace_addr: mem.host_addr(),
-            guest_memfd_offset: 0,
-            guest_memfd: mem.raw_fd().unwrap_or_default(),
-            ..Default::default()
-        };
-        // SAFETY: the slot points at `mem`'s mapping and guest_memfd, which the returned
-        // `PrivateMemory` keeps alive; the caller keeps it as long as the VM.
-        unsafe { self.fd.set_user_memory_region2(region) }
-            .map_err(HypervisorError::ioctl("KVM_SET_USER_MEMORY_REGION2"))?;
-        self.next_slot += 1;
-        Ok(mem)
+        // SAFETY: forwarded contract.
+        unsafe { self.slots.map_user(&self.fd, guest_addr, host, len) }
     }
 
     /// Creates vCPU `id` as `init` says: EL1h for the kernel, EL0t for a bare user program,
@@ -267,7 +222,10 @@ impl Vm for KvmVm {
                 ),
             ];
             for (flags, backing) in tries {
-                if let Ok(mem) = self.guest_memfd_pool(guest_addr, len, flags, backing) {
+                if let Ok(mem) = self
+                    .slots
+                    .guest_memfd_pool(&self.fd, guest_addr, len, flags, backing)
+                {
                     return Ok(mem);
                 }
             }
@@ -284,9 +242,7 @@ impl Vm for KvmVm {
         value: u32,
         fd: &vmm_sys_util::eventfd::EventFd,
     ) -> Result<(), HypervisorError> {
-        self.fd
-            .register_ioevent(fd, &kvm_ioctls::IoEventAddress::Mmio(addr), value)
-            .map_err(HypervisorError::ioctl("KVM_IOEVENTFD"))
+        register_mmio_notify(&self.fd, addr, value, fd)
     }
 }
 

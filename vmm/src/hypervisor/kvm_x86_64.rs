@@ -1,14 +1,12 @@
 //! The KVM backend for x86_64 hosts.
 
+use super::kvm_memslots::{MemSlots, register_mmio_notify};
 use super::x86_64_boot as boot;
 use super::{
     Hypervisor, HypervisorError, IsolationRequest, RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm,
     VmExit,
 };
-use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, kvm_dtable, kvm_regs, kvm_segment, kvm_userspace_memory_region,
-    kvm_xcrs,
-};
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_dtable, kvm_regs, kvm_segment, kvm_xcrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 /// An open `/dev/kvm`.
@@ -37,7 +35,7 @@ impl KvmHypervisor {
         Ok(KvmVm {
             fd,
             cpuid,
-            next_slot: 0,
+            slots: MemSlots::default(),
         })
     }
 }
@@ -60,7 +58,7 @@ impl Hypervisor for KvmHypervisor {
 pub struct KvmVm {
     fd: VmFd,
     cpuid: CpuId,
-    next_slot: u32,
+    slots: MemSlots,
 }
 
 /// Bits of CPUID leaf 1 ECX.
@@ -85,18 +83,8 @@ impl KvmVm {
         host: *mut u8,
         len: usize,
     ) -> Result<(), HypervisorError> {
-        let region = kvm_userspace_memory_region {
-            slot: self.next_slot,
-            guest_phys_addr: guest_addr,
-            memory_size: len as u64,
-            userspace_addr: host as u64,
-            flags: 0,
-        };
-        // SAFETY: the caller guarantees the host range stays valid for the VM's lifetime.
-        unsafe { self.fd.set_user_memory_region(region) }
-            .map_err(HypervisorError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-        self.next_slot += 1;
-        Ok(())
+        // SAFETY: forwarded contract.
+        unsafe { self.slots.map_user(&self.fd, guest_addr, host, len) }
     }
 
     fn cpuid_leaf1_ecx(&self) -> u32 {
@@ -235,37 +223,13 @@ impl Vm for KvmVm {
         guest_addr: u64,
         len: usize,
     ) -> Result<super::PrivateMemory, HypervisorError> {
-        let gmem = kvm_bindings::kvm_create_guest_memfd {
-            size: len as u64,
-            flags: super::private_memory::GUEST_MEMFD_FLAG_MMAP,
-            ..Default::default()
-        };
-        let fd = self
-            .fd
-            .create_guest_memfd(gmem)
-            .map_err(HypervisorError::ioctl("KVM_CREATE_GUEST_MEMFD"))?;
-        let mem = super::PrivateMemory::new_guest_memfd(
-            fd,
-            len,
+        self.slots.guest_memfd_pool(
+            &self.fd,
             guest_addr,
+            len,
+            super::private_memory::GUEST_MEMFD_FLAG_MMAP,
             super::PrivateBacking::GuestMemfd,
-        )?;
-        let region = kvm_bindings::kvm_userspace_memory_region2 {
-            slot: self.next_slot,
-            flags: kvm_bindings::KVM_MEM_GUEST_MEMFD,
-            guest_phys_addr: guest_addr,
-            memory_size: len as u64,
-            userspace_addr: mem.host_addr(),
-            guest_memfd_offset: 0,
-            guest_memfd: mem.raw_fd().unwrap_or_default(),
-            ..Default::default()
-        };
-        // SAFETY: the slot points at `mem`'s mapping and guest_memfd, which the returned
-        // `PrivateMemory` keeps alive; the caller keeps it as long as the VM.
-        unsafe { self.fd.set_user_memory_region2(region) }
-            .map_err(HypervisorError::ioctl("KVM_SET_USER_MEMORY_REGION2"))?;
-        self.next_slot += 1;
-        Ok(mem)
+        )
     }
 
     fn register_mmio_notify(
@@ -274,9 +238,7 @@ impl Vm for KvmVm {
         value: u32,
         fd: &vmm_sys_util::eventfd::EventFd,
     ) -> Result<(), HypervisorError> {
-        self.fd
-            .register_ioevent(fd, &kvm_ioctls::IoEventAddress::Mmio(addr), value)
-            .map_err(HypervisorError::ioctl("KVM_IOEVENTFD"))
+        register_mmio_notify(&self.fd, addr, value, fd)
     }
 }
 

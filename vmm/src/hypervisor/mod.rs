@@ -8,6 +8,7 @@
 pub mod aarch64_boot;
 #[cfg(target_arch = "aarch64")]
 mod kvm_aarch64;
+mod kvm_memslots;
 #[cfg(target_arch = "x86_64")]
 mod kvm_x86_64;
 mod private_memory;

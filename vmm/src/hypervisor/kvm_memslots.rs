@@ -1,0 +1,91 @@
+//! Memory slots and MMIO ioeventfds: the parts of a KVM VM that are the same on every
+//! architecture, shared by the x86_64 and arm64 backends.
+
+use super::{HypervisorError, PrivateBacking, PrivateMemory};
+use kvm_bindings::{
+    KVM_MEM_GUEST_MEMFD, kvm_create_guest_memfd, kvm_userspace_memory_region,
+    kvm_userspace_memory_region2,
+};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Hands out memory slot numbers in order.
+#[derive(Default)]
+pub(super) struct MemSlots {
+    next: u32,
+}
+
+impl MemSlots {
+    /// Backs guest-physical `[guest_addr, guest_addr + len)` with host memory at `host`.
+    ///
+    /// # Safety
+    /// `host..host + len` must be a mapping the caller keeps alive (and does not unmap or
+    /// remap) for as long as the VM exists; the guest may read and write it at any time.
+    pub(super) unsafe fn map_user(
+        &mut self,
+        vm: &VmFd,
+        guest_addr: u64,
+        host: *mut u8,
+        len: usize,
+    ) -> Result<(), HypervisorError> {
+        let region = kvm_userspace_memory_region {
+            slot: self.next,
+            guest_phys_addr: guest_addr,
+            memory_size: len as u64,
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the caller guarantees the host range stays valid for the VM's lifetime.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(HypervisorError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// A guest_memfd created with `flags`, mapped, in a new slot at `guest_addr`.
+    pub(super) fn guest_memfd_pool(
+        &mut self,
+        vm: &VmFd,
+        guest_addr: u64,
+        len: usize,
+        flags: u64,
+        backing: PrivateBacking,
+    ) -> Result<PrivateMemory, HypervisorError> {
+        let gmem = kvm_create_guest_memfd {
+            size: len as u64,
+            flags,
+            ..Default::default()
+        };
+        let fd = vm
+            .create_guest_memfd(gmem)
+            .map_err(HypervisorError::ioctl("KVM_CREATE_GUEST_MEMFD"))?;
+        let mem = PrivateMemory::new_guest_memfd(fd, len, guest_addr, backing)?;
+        let region = kvm_userspace_memory_region2 {
+            slot: self.next,
+            flags: KVM_MEM_GUEST_MEMFD,
+            guest_phys_addr: guest_addr,
+            memory_size: len as u64,
+            userspace_addr: mem.host_addr(),
+            guest_memfd_offset: 0,
+            guest_memfd: mem.raw_fd().unwrap_or_default(),
+            ..Default::default()
+        };
+        // SAFETY: the slot points at `mem`'s mapping and guest_memfd, which the returned
+        // `PrivateMemory` keeps alive; the caller keeps it as long as the VM.
+        unsafe { vm.set_user_memory_region2(region) }
+            .map_err(HypervisorError::ioctl("KVM_SET_USER_MEMORY_REGION2"))?;
+        self.next += 1;
+        Ok(mem)
+    }
+}
+
+/// Makes a guest write of the 32-bit `value` to MMIO `addr` signal `fd` inside KVM.
+pub(super) fn register_mmio_notify(
+    vm: &VmFd,
+    addr: u64,
+    value: u32,
+    fd: &EventFd,
+) -> Result<(), HypervisorError> {
+    vm.register_ioevent(fd, &IoEventAddress::Mmio(addr), value)
+        .map_err(HypervisorError::ioctl("KVM_IOEVENTFD"))
+}
