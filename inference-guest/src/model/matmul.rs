@@ -4,7 +4,7 @@
 //! region, so a decode step pays for fewer thread hand-offs.
 
 use super::weights::Matrix;
-use crate::parallel::{Parallel, for_each_chunk_mut, rows_per_item};
+use crate::parallel::{Parallel, for_each_chunk_mut, guided_items};
 use crate::quant::{ActFormat, Kernels};
 use alloc::vec::Vec;
 
@@ -87,7 +87,7 @@ pub fn run(
         let mut spare: &mut [f32] = &mut scratch.transposed;
         for p in products.iter_mut() {
             let m = p.matrix;
-            let per_item = rows_per_item(m.rows, par.n_threads(), if t > 1 { 16 } else { 8 });
+            let min_rows = if t > 1 { 16 } else { 8 };
             let dst: &mut [f32] = if t > 1 {
                 let (mine, rest) = core::mem::take(&mut spare).split_at_mut(m.rows * t);
                 spare = rest;
@@ -96,13 +96,15 @@ pub fn run(
                 &mut *p.out
             };
             let act = act_for(m);
-            for (k, out) in dst.chunks_mut(per_item * t).enumerate() {
-                let row0 = k * per_item;
+            let mut rest = dst;
+            for rows in guided_items(m.rows, par.n_threads(), min_rows) {
+                let (out, tail) = core::mem::take(&mut rest).split_at_mut(rows.len() * t);
+                rest = tail;
                 tasks.push(Task {
                     matrix: m,
                     act,
-                    row0,
-                    rows: out.len() / t,
+                    row0: rows.start,
+                    rows: rows.len(),
                     out,
                 });
             }
