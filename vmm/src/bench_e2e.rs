@@ -5,7 +5,8 @@
 //! long a bare guest takes to first-touch as many private bytes as the model occupies.
 
 use crate::cli::{BenchE2eArgs, BenchMode};
-use crate::model_file::{map_model, read_model};
+use crate::huge_buffer::Pages;
+use crate::model_file::{map_model, read_model_on};
 use crate::protected::ProtectedRunError;
 use crate::unprotected::RunError;
 use inference_guest::gguf::Gguf;
@@ -32,6 +33,10 @@ pub enum BenchError {
     Floor(String),
     #[error("a helper thread panicked")]
     Thread,
+    #[error(
+        "--base-pages applies to --mode unprotected only (the guest's private memory has no huge pages anyway)"
+    )]
+    BasePagesNeedUnprotected,
 }
 
 /// One measured run.
@@ -76,7 +81,12 @@ fn argmax(logits: &[f32]) -> u32 {
 
 fn unprotected(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> {
     // What `run --unprotected` does before its first token: read, parse, tokenizer, pool.
-    let bytes = read_model(&args.model).map_err(RunError::from)?;
+    let pages = if args.base_pages {
+        Pages::Base
+    } else {
+        Pages::Huge
+    };
+    let bytes = read_model_on(&args.model, pages).map_err(RunError::from)?;
     let gguf = Gguf::parse(bytes.as_slice()).map_err(RunError::from)?;
     let model = Model::from_gguf(&gguf, Kernels::detect()).map_err(RunError::from)?;
     let tokenizer = Tokenizer::from_gguf(&gguf).map_err(RunError::from)?;
@@ -264,6 +274,9 @@ fn floor(args: &BenchE2eArgs) -> Result<(), BenchError> {
 
 /// Runs the measurement and prints one JSON object.
 pub fn run(args: &BenchE2eArgs) -> Result<(), BenchError> {
+    if args.base_pages && args.mode != BenchMode::Unprotected {
+        return Err(BenchError::BasePagesNeedUnprotected);
+    }
     let t0 = Instant::now();
     let (name, f) = match args.mode {
         BenchMode::Floor => return floor(args),

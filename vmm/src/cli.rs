@@ -87,7 +87,7 @@ impl ServeArgs {
 }
 
 /// What `bench-e2e` measures.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchMode {
     /// The engine in the protected guest.
     Guest,
@@ -123,6 +123,10 @@ pub struct BenchE2eArgs {
     /// The floor program (`make image` builds it).
     #[arg(long, default_value = "target/release/touch-private")]
     pub floor_image: PathBuf,
+    /// With `--mode unprotected`: keep the model on 4 KiB pages, as the guest's private memory
+    /// is (guest_memfd has no huge pages), to compare host and guest on equal pages.
+    #[arg(long)]
+    pub base_pages: bool,
 }
 
 /// Sampling and generation options shared by `run` and the daemon.

@@ -1,6 +1,6 @@
 //! Reading a model file from disk, with errors that say what to do.
 
-use crate::huge_buffer::HugePageBuffer;
+use crate::huge_buffer::{HugePageBuffer, Pages};
 use std::path::{Path, PathBuf};
 
 /// A model file that could not be read.
@@ -108,6 +108,12 @@ fn unreadable(path: &Path, source: std::io::Error) -> ModelFileError {
 
 /// Reads the whole file into huge-page-backed memory; the engine borrows tensors from it.
 pub fn read_model(path: &Path) -> Result<HugePageBuffer, ModelFileError> {
+    read_model_on(path, Pages::Huge)
+}
+
+/// [`read_model`] with a choice of pages (benchmarks compare the host engine on base pages
+/// with the guest, whose private memory has no huge pages).
+pub fn read_model_on(path: &Path, pages: Pages) -> Result<HugePageBuffer, ModelFileError> {
     let unreadable = |source| unreadable(path, source);
     let mut file = std::fs::File::open(path).map_err(unreadable)?;
     let len = file.metadata().map_err(unreadable)?.len();
@@ -117,7 +123,7 @@ pub fn read_model(path: &Path) -> Result<HugePageBuffer, ModelFileError> {
             "file too large",
         ))
     })?;
-    let bytes = HugePageBuffer::read_from(&mut file, len).map_err(unreadable)?;
+    let bytes = HugePageBuffer::read_from(&mut file, len, pages).map_err(unreadable)?;
     if !bytes.as_slice().starts_with(b"GGUF") {
         return Err(ModelFileError::NotGguf {
             path: path.to_path_buf(),
