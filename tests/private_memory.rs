@@ -21,6 +21,7 @@ use virtio_llm::spec::{MEMORY_GRANULE, MIN_MEMORY_BUDGET};
 use virtio_llm::wire::probe::ProbeOp;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vmm::hypervisor::{IsolationRequest, PrivateBacking};
 use vmm::machine::{Machine, MachineConfig, VmError};
 use vmm::memory_broker::{MemoryBroker, MemoryError};
 use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
@@ -93,16 +94,25 @@ fn machine() -> Machine {
     .expect("create VM")
 }
 
-#[test]
-fn the_host_cannot_read_private_memory_but_can_read_the_shared_window() {
-    let Some((kernel, canary)) = guest_images("canary") else {
-        return;
-    };
-    let mut m = machine();
+/// What [`boot_canary_and_scan`] saw.
+struct CanaryScan {
+    /// The scan found the canary the guest keeps in its private pool.
+    found_private: bool,
+    /// The scan found the copy the guest put in the shared window.
+    found_shared: bool,
+    /// Bytes the scan read.
+    scanned: u64,
+    /// A direct read of the pool's host mapping: whether it returned the private canary.
+    direct: std::io::Result<bool>,
+}
+
+/// Boots the `canary` program on `m`, waits for its hashes, scans this process's memory for
+/// both canaries and reads the private pool's host mapping directly; `None` without images.
+fn boot_canary_and_scan(mut m: Machine) -> Option<CanaryScan> {
+    let (kernel, canary) = guest_images("canary")?;
     let (shared, stop) = (m.memory_for_tests(), m.stop_handle());
     let private = m.private_memory().expect("a private region");
-    let protected_vm = m.isolation().protected_vm;
-    let (vm, (found_a, found_b, scanned, direct)) = std::thread::scope(|s| {
+    let (vm, result) = std::thread::scope(|s| {
         let guest = s.spawn(|| m.boot(&kernel, &canary, 1));
         let hashes = GuestAddress(SHARED_WINDOW_BASE + HASHES_OFFSET);
         let start = Instant::now();
@@ -120,8 +130,7 @@ fn the_host_cannot_read_private_memory_but_can_read_the_shared_window() {
             );
             std::thread::sleep(Duration::from_millis(5));
         };
-        let (found_a, found_b, scanned) = scan(hash_a, hash_b);
-        // A direct read of the private region's own host mapping faults.
+        let (found_private, found_shared, scanned) = scan(hash_a, hash_b);
         let mem = std::fs::File::open("/proc/self/mem").expect("open /proc/self/mem");
         let mut page = [0u8; 4096];
         let direct = mem
@@ -130,26 +139,86 @@ fn the_host_cannot_read_private_memory_but_can_read_the_shared_window() {
         stop.stop();
         (
             guest.join().expect("VM thread"),
-            (found_a, found_b, scanned, direct),
+            CanaryScan {
+                found_private,
+                found_shared,
+                scanned,
+                direct,
+            },
         )
     });
     assert!(matches!(vm, Err(VmError::StoppedByHost)), "{vm:?}");
-    assert!(scanned > 64 << 20, "the scan read only {scanned} bytes");
     assert!(
-        found_b,
+        result.scanned > 64 << 20,
+        "the scan read only {} bytes",
+        result.scanned
+    );
+    assert!(
+        result.found_shared,
         "the scan did not find the shared-window canary: it is broken"
     );
-    assert!(!found_a, "the private canary is readable by the host");
+    Some(result)
+}
+
+#[test]
+fn the_host_cannot_read_private_memory_but_can_read_the_shared_window() {
+    let m = machine();
+    let protected_vm = m.isolation().protected_vm;
+    let Some(r) = boot_canary_and_scan(m) else {
+        return;
+    };
+    assert!(
+        !r.found_private,
+        "the private canary is readable by the host"
+    );
     // The canary sits at the start of the region. guest_memfd: a host read faults. pKVM: the
     // read of a page donated to the protected VM completes but never yields the guest's data.
     if protected_vm {
         assert!(
-            !matches!(direct, Ok(true)),
+            !matches!(r.direct, Ok(true)),
             "a direct read of the private mapping returned the canary"
         );
     } else {
-        assert!(direct.is_err(), "reading the private mapping succeeded");
+        assert!(r.direct.is_err(), "reading the private mapping succeeded");
     }
+}
+
+/// The benchmark's comparison pool (`bench-e2e --host-readable-pool`) is what it says: the
+/// same scan that finds nothing in a private pool finds the canary there, and the VM reports
+/// it as host-readable. This is also the control that shows the scan can see a pool at all.
+#[test]
+fn the_benchmarks_host_readable_pool_is_readable_and_reported_so() {
+    let m = Machine::new(MachineConfig {
+        private_size: 64 << 20,
+        deadline: Duration::from_secs(60),
+        isolation: IsolationRequest::HostReadableHugePages,
+        ..MachineConfig::default()
+    })
+    .expect("create VM");
+    let isolation = m.isolation();
+    assert_eq!(
+        isolation.private,
+        Some(PrivateBacking::AnonymousHugePages),
+        "{isolation:?}"
+    );
+    assert!(!isolation.protected_vm);
+    assert!(
+        isolation.describe().contains("can read guest memory"),
+        "{}",
+        isolation.describe()
+    );
+    let Some(r) = boot_canary_and_scan(m) else {
+        return;
+    };
+    assert!(
+        r.found_private,
+        "the scan missed the host-readable pool's canary"
+    );
+    assert!(
+        matches!(r.direct, Ok(true)),
+        "a direct read of the host-readable pool did not return the canary: {:?}",
+        r.direct
+    );
 }
 
 #[test]

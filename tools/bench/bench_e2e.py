@@ -11,7 +11,9 @@ alternate the engines and medians are reported. The guest-vs-unprotected ratios 
 median of each round's paired ratio (the two runs are back to back, so load that drifts on a
 shared machine cancels out), printed with their min-max spread across rounds. Each round also
 runs the host engine with the model on 4 KiB pages (`--base-pages`), as the guest's private
-memory is, so the page-size share of any gap is measured, not guessed. The last line
+memory is, and the same guest with its pool on host-readable 2 MiB pages
+(`--host-readable-pool`, no protection: a comparison only), so the page-size share of any gap
+is measured from both sides, not guessed. The last line
 printed is one JSON object:
 {"bench":"e2e","rows":[{"engine":..., "quant":..., "cold_ttft_ms":..., ...}, ...], ...}
 """
@@ -90,6 +92,10 @@ def main():
             row = run_json([a.flexserve, "bench-e2e", "-m", m, "--mode", "unprotected",
                             "--base-pages"] + common)
             results.setdefault((m, "unprotected-4k"), []).append(row)
+            # The same guest on host-readable huge pages: what private 4 KiB pages cost it.
+            row = run_json([a.flexserve, "bench-e2e", "-m", m, "--mode", "guest",
+                            "--host-readable-pool"] + common)
+            results.setdefault((m, "guest-huge"), []).append(row)
             row = run_json([a.python, "-c", LLAMA_SNIPPET, m, str(a.prompt_tokens),
                             str(a.gen_tokens), str(a.vcpus), "3"])
             results.setdefault((m, "llama.cpp"), []).append(row)
@@ -123,13 +129,18 @@ def main():
                   f"{f('prefill_first_ms', 9)} {f('warm_ttft_ms', 10)} {f('prefill_tps', 12)} "
                   f"{f('decode_tps', 11)}")
         pairs = list(zip(results[(m, "guest")], results[(m, "unprotected")], floors[m],
-                         results[(m, "unprotected-4k")]))
+                         results[(m, "unprotected-4k")], results[(m, "guest-huge")]))
         ratios = {
-            "decode": [g["decode_tps"] / u["decode_tps"] for g, u, _, _ in pairs],
-            "prefill": [g["prefill_tps"] / u["prefill_tps"] for g, u, _, _ in pairs],
-            "cold_ttft": [g["cold_ttft_ms"] / (u["cold_ttft_ms"] + f) for g, u, f, _ in pairs],
-            "decode_vs_4k": [g["decode_tps"] / b["decode_tps"] for g, _, _, b in pairs],
-            "host_4k_vs_huge_decode": [b["decode_tps"] / u["decode_tps"] for _, u, _, b in pairs],
+            "decode": [g["decode_tps"] / u["decode_tps"] for g, u, _, _, _ in pairs],
+            "prefill": [g["prefill_tps"] / u["prefill_tps"] for g, u, _, _, _ in pairs],
+            "cold_ttft": [g["cold_ttft_ms"] / (u["cold_ttft_ms"] + f) for g, u, f, _, _ in pairs],
+            "decode_vs_4k": [g["decode_tps"] / b["decode_tps"] for g, _, _, b, _ in pairs],
+            "host_4k_vs_huge_decode": [b["decode_tps"] / u["decode_tps"]
+                                       for _, u, _, b, _ in pairs],
+            "guest_private_vs_huge_decode": [g["decode_tps"] / h["decode_tps"]
+                                             for g, _, _, _, h in pairs],
+            "guest_huge_vs_unprotected_decode": [h["decode_tps"] / u["decode_tps"]
+                                                 for _, u, _, _, h in pairs],
         }
         s = {"quant": q, "floor_ms": round(floor, 1),
              "guest_vs_unprotected_decode": round(statistics.median(ratios["decode"]), 3),
@@ -140,6 +151,10 @@ def main():
                  round(statistics.median(ratios["decode_vs_4k"]), 3),
              "unprotected_4k_vs_huge_pages_decode":
                  round(statistics.median(ratios["host_4k_vs_huge_decode"]), 3),
+             "guest_private_vs_host_readable_huge_pages_decode":
+                 round(statistics.median(ratios["guest_private_vs_huge_decode"]), 3),
+             "guest_host_readable_huge_pages_vs_unprotected_decode":
+                 round(statistics.median(ratios["guest_huge_vs_unprotected_decode"]), 3),
              "spread": {k: [round(min(v), 3), round(max(v), 3)] for k, v in ratios.items()}}
         summary.append(s)
         spread = lambda k: f"[{min(ratios[k]):.2f}-{max(ratios[k]):.2f}]"
@@ -152,6 +167,11 @@ def main():
               f"{s['guest_vs_unprotected_4k_pages_decode']:.2f}x {spread('decode_vs_4k')}; "
               f"host engine 4 KiB / huge pages {s['unprotected_4k_vs_huge_pages_decode']:.2f}x "
               f"{spread('host_4k_vs_huge_decode')}")
+        print(f"{q:6} pages: guest decode, private 4 KiB / host-readable 2 MiB pool "
+              f"{s['guest_private_vs_host_readable_huge_pages_decode']:.2f}x "
+              f"{spread('guest_private_vs_huge_decode')}; guest on the 2 MiB pool / unprotected "
+              f"{s['guest_host_readable_huge_pages_vs_unprotected_decode']:.2f}x "
+              f"{spread('guest_huge_vs_unprotected_decode')}")
     print(json.dumps({"bench": "e2e", "rows": out_rows, "summary": summary}))
 
 

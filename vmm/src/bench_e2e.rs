@@ -17,6 +17,7 @@ use inference_guest::tokenizer::Tokenizer;
 use std::time::{Duration, Instant};
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use vmm::guest_images::GuestImages;
+use vmm::hypervisor::IsolationRequest;
 use vmm::machine::{Machine, MachineConfig};
 use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
 
@@ -37,6 +38,10 @@ pub enum BenchError {
         "--base-pages applies to --mode unprotected only (the guest's private memory has no huge pages anyway)"
     )]
     BasePagesNeedUnprotected,
+    #[error(
+        "--host-readable-pool applies to --mode guest only (it changes what backs the guest's memory)"
+    )]
+    HostReadablePoolNeedsGuest,
 }
 
 /// One measured run.
@@ -173,7 +178,11 @@ fn guest_after_check(
             vcpus: args.vcpus as u8,
             private_bytes: private as usize,
             diagnostics: false,
-            isolation: Default::default(),
+            isolation: if args.host_readable_pool {
+                IsolationRequest::HostReadableHugePages
+            } else {
+                IsolationRequest::default()
+            },
         },
     )?;
     let boot = t0.elapsed();
@@ -277,9 +286,15 @@ pub fn run(args: &BenchE2eArgs) -> Result<(), BenchError> {
     if args.base_pages && args.mode != BenchMode::Unprotected {
         return Err(BenchError::BasePagesNeedUnprotected);
     }
+    if args.host_readable_pool && args.mode != BenchMode::Guest {
+        return Err(BenchError::HostReadablePoolNeedsGuest);
+    }
     let t0 = Instant::now();
     let (name, f) = match args.mode {
         BenchMode::Floor => return floor(args),
+        BenchMode::Guest if args.host_readable_pool => {
+            ("guest-host-readable-pool", guest(args, t0)?)
+        }
         BenchMode::Guest => ("guest", guest(args, t0)?),
         BenchMode::Unprotected => ("unprotected", unprotected(args, t0)?),
     };

@@ -127,6 +127,11 @@ pub struct BenchE2eArgs {
     /// is (guest_memfd has no huge pages), to compare host and guest on equal pages.
     #[arg(long)]
     pub base_pages: bool,
+    /// With `--mode guest`: back the guest's pool with host-readable memory on 2 MiB pages
+    /// instead of private guest_memfd pages. No protection: this only measures what private
+    /// memory's 4 KiB pages cost the same guest.
+    #[arg(long)]
+    pub host_readable_pool: bool,
 }
 
 /// Sampling and generation options shared by `run` and the daemon.

@@ -50,7 +50,7 @@ impl KvmHypervisor {
     pub fn create_kvm_vm(&self, request: IsolationRequest) -> Result<KvmVm, HypervisorError> {
         let ipa = self.ipa_type();
         let protected = match request {
-            IsolationRequest::Normal => None,
+            IsolationRequest::Normal | IsolationRequest::HostReadableHugePages => None,
             IsolationRequest::Best | IsolationRequest::RequireProtected => {
                 match self
                     .kvm
@@ -87,6 +87,7 @@ impl KvmHypervisor {
                 .kvm
                 .check_extension_raw(kvm_bindings::KVM_CAP_GUEST_MEMFD.into())
                 > 0,
+            host_readable_pool: request == IsolationRequest::HostReadableHugePages,
             slots: MemSlots::default(),
         })
     }
@@ -115,6 +116,8 @@ pub struct KvmVm {
     ptrauth: bool,
     /// The host has guest_memfd (`KVM_CAP_GUEST_MEMFD`).
     guest_memfd: bool,
+    /// The pool is host-readable anonymous memory on huge pages (a benchmark's comparison).
+    host_readable_pool: bool,
     slots: MemSlots,
 }
 
@@ -213,7 +216,7 @@ impl Vm for KvmVm {
     ) -> Result<PrivateMemory, HypervisorError> {
         // Upstream pKVM gives protected VMs no private guest_memfd pages: their private
         // memory is anonymous memory the hypervisor takes from the host on first touch.
-        if self.guest_memfd && !self.protected {
+        if self.guest_memfd && !self.protected && !self.host_readable_pool {
             let tries = [
                 (GUEST_MEMFD_FLAG_MMAP, PrivateBacking::GuestMemfd),
                 (
@@ -230,7 +233,14 @@ impl Vm for KvmVm {
                 }
             }
         }
-        let mem = PrivateMemory::new_anonymous(len, guest_addr, self.protected)?;
+        let backing = if self.protected {
+            PrivateBacking::AnonymousProtected
+        } else if self.host_readable_pool {
+            PrivateBacking::AnonymousHugePages
+        } else {
+            PrivateBacking::Anonymous
+        };
+        let mem = PrivateMemory::new_anonymous(len, guest_addr, backing)?;
         // SAFETY: `mem` owns the mapping and is kept by the caller as long as the VM.
         unsafe { self.map_kvm_memory(guest_addr, mem.host_addr() as *mut u8, len)? };
         Ok(mem)

@@ -22,8 +22,9 @@ impl KvmHypervisor {
             .map_err(HypervisorError::KvmUnavailable)
     }
 
-    /// Creates an empty VM.
-    pub fn create_kvm_vm(&self) -> Result<KvmVm, HypervisorError> {
+    /// Creates an empty VM; `request` only chooses its private pool here (x86_64 KVM has no
+    /// protected VM type).
+    pub fn create_kvm_vm(&self, request: IsolationRequest) -> Result<KvmVm, HypervisorError> {
         let fd = self
             .kvm
             .create_vm()
@@ -35,6 +36,7 @@ impl KvmHypervisor {
         Ok(KvmVm {
             fd,
             cpuid,
+            host_readable_pool: request == IsolationRequest::HostReadableHugePages,
             slots: MemSlots::default(),
         })
     }
@@ -50,7 +52,7 @@ impl Hypervisor for KvmHypervisor {
                     .into(),
             });
         }
-        Ok(Box::new(self.create_kvm_vm()?))
+        Ok(Box::new(self.create_kvm_vm(request)?))
     }
 }
 
@@ -58,6 +60,8 @@ impl Hypervisor for KvmHypervisor {
 pub struct KvmVm {
     fd: VmFd,
     cpuid: CpuId,
+    /// The pool is host-readable anonymous memory on huge pages (a benchmark's comparison).
+    host_readable_pool: bool,
     slots: MemSlots,
 }
 
@@ -223,6 +227,16 @@ impl Vm for KvmVm {
         guest_addr: u64,
         len: usize,
     ) -> Result<super::PrivateMemory, HypervisorError> {
+        if self.host_readable_pool {
+            let mem = super::PrivateMemory::new_anonymous(
+                len,
+                guest_addr,
+                super::PrivateBacking::AnonymousHugePages,
+            )?;
+            // SAFETY: `mem` owns the mapping and is kept by the caller as long as the VM.
+            unsafe { self.map_kvm_memory(guest_addr, mem.host_addr() as *mut u8, len)? };
+            return Ok(mem);
+        }
         self.slots.guest_memfd_pool(
             &self.fd,
             guest_addr,

@@ -153,6 +153,11 @@ pub enum IsolationRequest {
     RequireProtected,
     /// A normal VM even where protected VMs exist (tests that read guest memory).
     Normal,
+    /// A normal VM whose private pool is anonymous host memory on transparent huge pages:
+    /// the host can read all of it. Only for `bench-e2e --host-readable-pool`, which measures
+    /// what private memory's 4 KiB pages cost (guest_memfd has no huge pages) by running the
+    /// same guest on 2 MiB pages. Never for serving.
+    HostReadableHugePages,
 }
 
 /// The isolation a VM got, for the report `flexserve run` prints.

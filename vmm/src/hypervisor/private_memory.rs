@@ -30,6 +30,9 @@ pub enum PrivateBacking {
     /// Anonymous host memory in a protected VM: the hypervisor takes each page from the host
     /// on the guest's first touch and gives it back only when the VM is destroyed.
     AnonymousProtected,
+    /// Anonymous host memory on transparent huge pages, host-readable: the benchmark's
+    /// comparison pool ([`super::IsolationRequest::HostReadableHugePages`]).
+    AnonymousHugePages,
 }
 
 impl PrivateBacking {
@@ -40,6 +43,7 @@ impl PrivateBacking {
             Self::GuestMemfdShared => "guest_memfd, shared pages",
             Self::Anonymous => "anonymous memory",
             Self::AnonymousProtected => "anonymous memory donated to the protected VM",
+            Self::AnonymousHugePages => "anonymous memory on huge pages, host-readable",
         }
     }
 }
@@ -61,13 +65,19 @@ unsafe impl Send for PrivateMemory {}
 unsafe impl Sync for PrivateMemory {}
 
 impl PrivateMemory {
-    /// Anonymous memory of `len` bytes for `guest_addr` (`protected`: in a protected VM).
-    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+    /// Anonymous memory of `len` bytes for `guest_addr`; `backing` is one of the `Anonymous*`
+    /// kinds and says whom the pages belong to.
     pub(crate) fn new_anonymous(
         len: usize,
         guest_addr: u64,
-        protected: bool,
+        backing: PrivateBacking,
     ) -> Result<Self, HypervisorError> {
+        debug_assert!(matches!(
+            backing,
+            PrivateBacking::Anonymous
+                | PrivateBacking::AnonymousProtected
+                | PrivateBacking::AnonymousHugePages
+        ));
         // SAFETY: a fresh private anonymous mapping at an address the kernel chooses; nothing
         // is aliased, and the result is checked below.
         let host = unsafe {
@@ -86,13 +96,23 @@ impl PrivateMemory {
                 std::io::Error::last_os_error()
             )));
         }
+        if backing == PrivateBacking::AnonymousHugePages {
+            // KVM maps a guest 2 MiB page with one 2 MiB host page only where THP backs it (the
+            // kernel aligns anonymous mappings this large to 2 MiB).
+            // SAFETY: advice on the mapping just made, which nothing else uses yet.
+            if unsafe { libc::madvise(host, len, libc::MADV_HUGEPAGE) } != 0 {
+                let e = std::io::Error::last_os_error();
+                // SAFETY: unmaps exactly the mapping made above, which nothing uses.
+                unsafe { libc::munmap(host, len) };
+                return Err(HypervisorError::PrivateMemory(format!(
+                    "madvise(MADV_HUGEPAGE) failed: {e} (a host kernel without transparent huge \
+                     pages cannot back the pool with them)"
+                )));
+            }
+        }
         Ok(Self {
             fd: None,
-            backing: if protected {
-                PrivateBacking::AnonymousProtected
-            } else {
-                PrivateBacking::Anonymous
-            },
+            backing,
             host,
             len,
             guest_addr,
