@@ -64,7 +64,11 @@ fn ms(d: Duration) -> f64 {
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// The same deterministic prompt `bench-engine` and the llama.cpp script use.
@@ -84,68 +88,188 @@ fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// One request's figures: when it started and produced its first token, and its speeds.
+struct Request {
+    start: Instant,
+    first: Instant,
+    prefill_tps: f64,
+    decode_tps: f64,
+}
+
+impl Figures {
+    fn new(boot: Duration, load: Duration) -> Self {
+        Self {
+            cold_ttft: Duration::ZERO,
+            boot,
+            load,
+            prefill_first: Duration::ZERO,
+            warm_ttft: Vec::new(),
+            prefill_tps: Vec::new(),
+            decode_tps: Vec::new(),
+        }
+    }
+
+    /// Adds request `rep` (0 is the cold one, timed from `t0`).
+    fn add(&mut self, rep: usize, r: &Request, t0: Instant) {
+        if rep == 0 {
+            self.cold_ttft = r.first - t0;
+            self.prefill_first = r.first - r.start;
+        } else {
+            self.warm_ttft.push(ms(r.first - r.start));
+        }
+        self.prefill_tps.push(r.prefill_tps);
+        self.decode_tps.push(r.decode_tps);
+    }
+}
+
+/// The host engine with its model loaded, as `run --unprotected` has it.
+struct HostEngine<'a> {
+    model: Model<'a>,
+    pool: ThreadPool,
+}
+
+impl HostEngine<'_> {
+    /// A greedy request on a new session: `ids`, then `gen_tokens` tokens.
+    fn request(&self, ids: &[u32], gen_tokens: usize) -> Result<Request, BenchError> {
+        let start = Instant::now();
+        let mut session = self.model.new_session(ids.len() + gen_tokens + 1);
+        let eval = |session: &mut inference_guest::model::Session, ids: &[u32]| {
+            session
+                .eval(&self.model, ids, Logits::Last, &self.pool)
+                .map(argmax)
+                .map_err(|e| BenchError::Run(RunError::from(e)))
+        };
+        let mut next = eval(&mut session, ids)?;
+        let first = Instant::now();
+        for _ in 1..gen_tokens {
+            next = eval(&mut session, &[next])?;
+        }
+        let end = Instant::now();
+        Ok(Request {
+            start,
+            first,
+            prefill_tps: ids.len() as f64 / (first - start).as_secs_f64(),
+            decode_tps: (gen_tokens - 1) as f64 / (end - first).as_secs_f64(),
+        })
+    }
+}
+
+/// Reads the model as `run --unprotected` does (on `pages`), and starts the thread pool.
+fn with_host_engine<T>(
+    args: &BenchE2eArgs,
+    pages: Pages,
+    then: impl FnOnce(&HostEngine<'_>, u32) -> Result<T, BenchError>,
+) -> Result<T, BenchError> {
+    let bytes = read_model_on(&args.model, pages).map_err(RunError::from)?;
+    let gguf = Gguf::parse(bytes.as_slice()).map_err(RunError::from)?;
+    let model = Model::from_gguf(&gguf, Kernels::detect()).map_err(RunError::from)?;
+    // `run` builds the tokenizer before its first token: so does the benchmark.
+    drop(Tokenizer::from_gguf(&gguf).map_err(RunError::from)?);
+    let pool = ThreadPool::new(args.vcpus).map_err(|source| RunError::Threads {
+        threads: args.vcpus,
+        source,
+    })?;
+    let n_vocab = model.cfg.n_vocab as u32;
+    then(&HostEngine { model, pool }, n_vocab)
+}
+
 fn unprotected(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> {
-    // What `run --unprotected` does before its first token: read, parse, tokenizer, pool.
     let pages = if args.base_pages {
         Pages::Base
     } else {
         Pages::Huge
     };
-    let bytes = read_model_on(&args.model, pages).map_err(RunError::from)?;
-    let gguf = Gguf::parse(bytes.as_slice()).map_err(RunError::from)?;
-    let model = Model::from_gguf(&gguf, Kernels::detect()).map_err(RunError::from)?;
-    let tokenizer = Tokenizer::from_gguf(&gguf).map_err(RunError::from)?;
-    let pool = ThreadPool::new(args.vcpus).map_err(|source| RunError::Threads {
-        threads: args.vcpus,
-        source,
-    })?;
-    let boot = t0.elapsed();
-    let ids = prompt(args.prompt_tokens, model.cfg.n_vocab as u32);
-    drop(tokenizer);
-    let ctx = args.prompt_tokens + args.gen_tokens + 1;
-    let mut f = Figures {
-        cold_ttft: Duration::ZERO,
-        boot,
-        load: Duration::ZERO,
-        prefill_first: Duration::ZERO,
-        warm_ttft: Vec::new(),
-        prefill_tps: Vec::new(),
-        decode_tps: Vec::new(),
-    };
-    for rep in 0..=args.warm_reps {
-        let start = Instant::now();
-        let mut session = model.new_session(ctx);
-        let mut next = argmax(
-            session
-                .eval(&model, &ids, Logits::Last, &pool)
-                .map_err(RunError::from)?,
-        );
-        let first = Instant::now();
-        for _ in 1..args.gen_tokens {
-            next = argmax(
-                session
-                    .eval(&model, &[next], Logits::Last, &pool)
-                    .map_err(RunError::from)?,
-            );
+    with_host_engine(args, pages, |engine, n_vocab| {
+        let mut f = Figures::new(t0.elapsed(), Duration::ZERO);
+        let ids = prompt(args.prompt_tokens, n_vocab);
+        for rep in 0..=args.warm_reps {
+            f.add(rep, &engine.request(&ids, args.gen_tokens)?, t0);
         }
-        let end = Instant::now();
-        if rep == 0 {
-            f.cold_ttft = first - t0;
-            f.prefill_first = first - start;
-        } else {
-            f.warm_ttft.push(ms(first - start));
-        }
-        f.prefill_tps
-            .push(args.prompt_tokens as f64 / (first - start).as_secs_f64());
-        f.decode_tps
-            .push((args.gen_tokens - 1) as f64 / (end - first).as_secs_f64());
-    }
-    Ok(f)
+        Ok(f)
+    })
 }
 
-fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> {
-    // What `run` does before its first token: check the model on the host, build the host's
-    // tokenizer (beside the boot and load, as `run` does), boot, stream the model in.
+/// The guest engine with the model loaded, as `run` has it.
+struct GuestEngine {
+    vm: ProtectedVm,
+    next_session: u32,
+}
+
+impl GuestEngine {
+    /// Boots the guest and streams the model in, as `run` does once it checked the model.
+    fn start(args: &BenchE2eArgs, file: &[u8]) -> Result<(Self, Duration), BenchError> {
+        let images = GuestImages::locate(args.images.as_deref()).map_err(GuestError::from)?;
+        let private = (file.len() as u64 + (256 << 20)).next_multiple_of(2 << 20);
+        let vm = ProtectedVm::start(
+            &images,
+            GuestConfig {
+                vcpus: args.vcpus as u8,
+                private_bytes: private as usize,
+                diagnostics: false,
+                isolation: if args.host_readable_pool {
+                    IsolationRequest::HostReadableHugePages
+                } else {
+                    IsolationRequest::default()
+                },
+            },
+        )?;
+        let booted = Instant::now();
+        let mut engine = Self {
+            vm,
+            next_session: 1,
+        };
+        // As `run` does: the host's digest of the file comes from the cache after the first run.
+        let known = vmm::digest_cache::lookup(&args.model);
+        let sha256 = engine.vm.load_model(1, file, known, &mut |_| {})?;
+        if known.is_none() {
+            vmm::digest_cache::remember(&args.model, &sha256);
+        }
+        Ok((engine, booted.elapsed()))
+    }
+
+    /// A greedy request on a new session: `ids`, then `gen_tokens` tokens (end-of-generation
+    /// tokens do not stop it). Speeds are the guest's own timings.
+    fn request(&mut self, ids: &[u32], gen_tokens: usize) -> Result<Request, BenchError> {
+        let sid = self.next_session;
+        self.next_session += 1;
+        let start = Instant::now();
+        let ctx = ids.len() + gen_tokens + 1;
+        self.vm.open_session(sid, 1, ctx as u32)?;
+        let req = GenerateRequest {
+            request_id: u64::from(sid),
+            session_id: sid,
+            sampling: SamplingParams {
+                ignore_eog: true,
+                ..SamplingParams::greedy(gen_tokens as u32)
+            },
+            prompt: Prompt::Tokens(ids.to_vec()),
+        };
+        let mut first = None;
+        let end = self.vm.generate(
+            &req,
+            &mut |_| {
+                first.get_or_insert_with(Instant::now);
+            },
+            &|| false,
+        )?;
+        self.vm.close_session(sid)?;
+        Ok(Request {
+            start,
+            first: first.unwrap_or_else(Instant::now),
+            prefill_tps: end.prompt_tokens as f64 / (end.timings.prompt_ns as f64 / 1e9),
+            decode_tps: end.generated_tokens.saturating_sub(1) as f64
+                / (end.timings.generation_ns as f64 / 1e9),
+        })
+    }
+}
+
+/// What `run` does before it boots: check the model on the host and build the host's
+/// tokenizer (beside the boot and load, as `run` does). `then` gets the file and the
+/// model's vocabulary size.
+fn with_checked_model<T>(
+    args: &BenchE2eArgs,
+    then: impl FnOnce(&[u8], u32) -> Result<T, BenchError>,
+) -> Result<T, BenchError> {
     let file = map_model(&args.model).map_err(RunError::from)?;
     let gguf = Gguf::parse(file.as_slice()).map_err(RunError::from)?;
     let n_vocab = Model::from_gguf(&gguf, Kernels::detect())
@@ -154,93 +278,77 @@ fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> {
         .n_vocab as u32;
     std::thread::scope(|s| {
         let tokenizer = s.spawn(|| Tokenizer::from_gguf(&gguf));
-        let figures = guest_after_check(args, t0, file.as_slice(), n_vocab)?;
+        let result = then(file.as_slice(), n_vocab)?;
         match tokenizer.join() {
             Ok(t) => t.map_err(RunError::from)?,
             Err(_) => return Err(BenchError::Thread),
         };
-        Ok(figures)
+        Ok(result)
     })
 }
 
-fn guest_after_check(
-    args: &BenchE2eArgs,
-    t0: Instant,
-    file: &[u8],
-    n_vocab: u32,
-) -> Result<Figures, BenchError> {
-    let images = GuestImages::locate(args.images.as_deref()).map_err(GuestError::from)?;
-    let ctx = args.prompt_tokens + args.gen_tokens + 1;
-    let private = (file.len() as u64 + (256 << 20)).next_multiple_of(2 << 20);
-    let mut vm = ProtectedVm::start(
-        &images,
-        GuestConfig {
-            vcpus: args.vcpus as u8,
-            private_bytes: private as usize,
-            diagnostics: false,
-            isolation: if args.host_readable_pool {
-                IsolationRequest::HostReadableHugePages
-            } else {
-                IsolationRequest::default()
-            },
-        },
-    )?;
-    let boot = t0.elapsed();
-    // As `run` does: the host's digest of the file comes from the cache after the first run.
-    let known = vmm::digest_cache::lookup(&args.model);
-    let sha256 = vm.load_model(1, file, known, &mut |_| {})?;
-    if known.is_none() {
-        vmm::digest_cache::remember(&args.model, &sha256);
-    }
-    let load = t0.elapsed() - boot;
-    let ids = prompt(args.prompt_tokens, n_vocab);
-    let mut f = Figures {
-        cold_ttft: Duration::ZERO,
-        boot,
-        load,
-        prefill_first: Duration::ZERO,
-        warm_ttft: Vec::new(),
-        prefill_tps: Vec::new(),
-        decode_tps: Vec::new(),
-    };
-    for rep in 0..=args.warm_reps {
-        let sid = rep as u32 + 1;
-        let start = Instant::now();
-        vm.open_session(sid, 1, ctx as u32)?;
-        let req = GenerateRequest {
-            request_id: u64::from(sid),
-            session_id: sid,
-            sampling: SamplingParams {
-                ignore_eog: true,
-                ..SamplingParams::greedy(args.gen_tokens as u32)
-            },
-            prompt: Prompt::Tokens(ids.clone()),
-        };
-        let mut first = None;
-        let end = vm.generate(
-            &req,
-            &mut |_| {
-                first.get_or_insert_with(Instant::now);
-            },
-            &|| false,
-        )?;
-        vm.close_session(sid)?;
-        let first = first.unwrap_or_else(Instant::now);
-        if rep == 0 {
-            f.cold_ttft = first - t0;
-            f.prefill_first = first - start;
-        } else {
-            f.warm_ttft.push(ms(first - start));
+fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> {
+    with_checked_model(args, |file, n_vocab| {
+        let (mut engine, load) = GuestEngine::start(args, file)?;
+        let mut f = Figures::new(t0.elapsed() - load, load);
+        let ids = prompt(args.prompt_tokens, n_vocab);
+        for rep in 0..=args.warm_reps {
+            f.add(rep, &engine.request(&ids, args.gen_tokens)?, t0);
         }
-        f.prefill_tps
-            .push(end.prompt_tokens as f64 / (end.timings.prompt_ns as f64 / 1e9));
-        f.decode_tps.push(
-            end.generated_tokens.saturating_sub(1) as f64
-                / (end.timings.generation_ns as f64 / 1e9),
+        engine.vm.shutdown()?;
+        Ok(f)
+    })
+}
+
+/// Guest and host engine in one process, their warm requests interleaved (guest, host, host,
+/// guest, ...), so each pair of requests is a second apart and the machine's drifting load
+/// cancels out of their ratio far better than between processes.
+fn paired(args: &BenchE2eArgs) -> Result<(), BenchError> {
+    with_checked_model(args, |file, n_vocab| {
+        let (mut guest, _) = GuestEngine::start(args, file)?;
+        let ids = prompt(args.prompt_tokens, n_vocab);
+        let pairs = with_host_engine(args, Pages::Huge, |host, _| {
+            // A request each to warm both up (first touches of fresh KV cache pages).
+            guest.request(&ids, args.gen_tokens)?;
+            host.request(&ids, args.gen_tokens)?;
+            let mut pairs = Vec::with_capacity(args.pairs);
+            for i in 0..args.pairs {
+                let (g, h) = if i % 2 == 0 {
+                    let g = guest.request(&ids, args.gen_tokens)?;
+                    (g, host.request(&ids, args.gen_tokens)?)
+                } else {
+                    let h = host.request(&ids, args.gen_tokens)?;
+                    (guest.request(&ids, args.gen_tokens)?, h)
+                };
+                pairs.push((g, h));
+            }
+            Ok(pairs)
+        })?;
+        guest.vm.shutdown()?;
+        let series =
+            |f: &dyn Fn(&(Request, Request)) -> f64| -> Vec<f64> { pairs.iter().map(f).collect() };
+        let decode = series(&|(g, h)| g.decode_tps / h.decode_tps);
+        let prefill = series(&|(g, h)| g.prefill_tps / h.prefill_tps);
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.4}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        println!(
+            "{{\"mode\":\"paired\",\"pairs\":{},\"guest_decode_tps\":{:.1},\
+\"unprotected_decode_tps\":{:.1},\"decode_ratio\":{:.3},\"prefill_ratio\":{:.3},\
+\"decode_ratios\":[{}],\"prefill_ratios\":[{}]}}",
+            pairs.len(),
+            median(&series(&|(g, _)| g.decode_tps)),
+            median(&series(&|(_, h)| h.decode_tps)),
+            median(&decode),
+            median(&prefill),
+            list(&decode),
+            list(&prefill),
         );
-    }
-    vm.shutdown()?;
-    Ok(f)
+        Ok(())
+    })
 }
 
 fn floor(args: &BenchE2eArgs) -> Result<(), BenchError> {
@@ -292,6 +400,7 @@ pub fn run(args: &BenchE2eArgs) -> Result<(), BenchError> {
     let t0 = Instant::now();
     let (name, f) = match args.mode {
         BenchMode::Floor => return floor(args),
+        BenchMode::Paired => return paired(args),
         BenchMode::Guest if args.host_readable_pool => {
             ("guest-host-readable-pool", guest(args, t0)?)
         }

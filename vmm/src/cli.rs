@@ -95,6 +95,9 @@ pub enum BenchMode {
     Unprotected,
     /// A bare guest first-touching as many private bytes as the model file holds.
     Floor,
+    /// Guest and host engine in one process, warm requests interleaved: their speed ratios
+    /// with the least noise a shared machine allows.
+    Paired,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +120,9 @@ pub struct BenchE2eArgs {
     /// Warm repetitions after the cold one (medians are reported).
     #[arg(long, default_value_t = 3)]
     pub warm_reps: usize,
+    /// With `--mode paired`: guest/host request pairs (after one warm-up request each).
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub pairs: usize,
     /// Directory with the guest images (as for `run`).
     #[arg(long)]
     pub images: Option<PathBuf>,
