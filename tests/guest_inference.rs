@@ -87,16 +87,26 @@ fn guest_equals_host(model_file: &str) {
         let sid = i as u64 + 1;
         vm.open_session(sid as u32, 7, CTX).expect("session opens");
         let mut guest = Vec::new();
+        let mut batches = Vec::new();
         let end = vm
             .generate(
                 &greedy(sid, ids),
-                &mut |t| guest.extend_from_slice(t),
+                &mut |t| {
+                    guest.extend_from_slice(t);
+                    batches.push(t.len());
+                },
                 &|| false,
             )
             .expect("guest generates");
         assert_eq!(
             guest, host,
             "{model_file}, prompt {text:?}: guest and host differ"
+        );
+        // The guest paces later tokens into batches, but never the first (time to first token).
+        assert_eq!(
+            batches.first(),
+            Some(&1),
+            "{model_file}: batches {batches:?}"
         );
         assert_eq!(end.generated_tokens as usize, guest.len());
         assert!(matches!(

@@ -61,6 +61,10 @@ impl Environment for Guest {
         now_ns()
     }
 
+    fn ticks(&self) -> u64 {
+        counter()
+    }
+
     fn memory(&self) -> &dyn PrivateMemory {
         &Pool
     }

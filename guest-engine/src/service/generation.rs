@@ -1,6 +1,7 @@
 //! One generation request: from the prompt to its end of stream, tokens streamed as they
 //! come, with cancels and budget changes served between tokens.
 
+use super::token_pacer::TokenPacer;
 use super::{Environment, GENERATION_SCRATCH_BYTES, Service, error_response, send_blocking};
 use alloc::string::ToString;
 use alloc::vec::Vec;
@@ -134,6 +135,7 @@ impl Service {
             stop_at_eog: !s.ignore_eog,
         };
         let start = env.now_ns();
+        let mut pacer = TokenPacer::new(start, env.ticks());
         let mut first = None;
         let mut batch: Vec<u32> = Vec::new();
         let mut generated: Vec<u32> = Vec::new();
@@ -151,32 +153,43 @@ impl Service {
             &engine_req,
             &|t| end_ids.binary_search(&t).is_ok(),
             &mut |token| {
-                first.get_or_insert_with(|| env.now_ns());
+                let ticks = env.ticks();
+                if first.is_none() {
+                    let now = env.now_ns();
+                    first = Some(now);
+                    pacer.calibrate(now, ticks);
+                }
                 batch.push(token);
                 generated.push(token);
-                // Stream at once when a transmit buffer is free; batch while the host is
-                // slower than generation.
+                // Send when the pacer says so (the first token at once, then every ~20 ms)
+                // and a transmit buffer is free; batch while the host is slower than
+                // generation.
                 let full = batch.len() >= MAX_TOKENS_PER_RESPONSE;
-                let msg = ResponseMsg::Tokens(Tokens {
-                    request_id: id,
-                    token_ids: core::mem::take(&mut batch),
-                    text: Vec::new(),
-                });
-                let sent = if full {
-                    send_blocking(driver, env, &msg, out).map(|()| true)
-                } else {
-                    driver.send_response(&msg, out)
-                };
-                match sent {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        if let ResponseMsg::Tokens(t) = msg {
-                            batch = t.token_ids;
-                        }
+                if full || pacer.should_send(ticks) {
+                    if !pacer.calibrated() {
+                        pacer.calibrate(env.now_ns(), ticks);
                     }
-                    Err(e) => {
-                        link_error = Some(e);
-                        return false;
+                    let msg = ResponseMsg::Tokens(Tokens {
+                        request_id: id,
+                        token_ids: core::mem::take(&mut batch),
+                        text: Vec::new(),
+                    });
+                    let sent = if full {
+                        send_blocking(driver, env, &msg, out).map(|()| true)
+                    } else {
+                        driver.send_response(&msg, out)
+                    };
+                    match sent {
+                        Ok(true) => pacer.sent(),
+                        Ok(false) => {
+                            if let ResponseMsg::Tokens(t) = msg {
+                                batch = t.token_ids;
+                            }
+                        }
+                        Err(e) => {
+                            link_error = Some(e);
+                            return false;
+                        }
                     }
                 }
                 // A lower budget cannot wait for the end of a long generation: free memory

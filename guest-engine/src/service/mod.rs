@@ -22,6 +22,7 @@
 mod budget;
 mod generation;
 mod probe;
+mod token_pacer;
 
 use crate::loader::Loading;
 use crate::memory::{PrivateMemory, Relinquisher};
@@ -46,8 +47,11 @@ use virtio_llm::wire::response::{ErrorResponse, ResponseMsg};
 
 /// What the service needs from where it runs.
 pub trait Environment {
-    /// Monotonic nanoseconds.
+    /// Monotonic nanoseconds (the VMM's clock: each read may be an exit).
     fn now_ns(&self) -> u64;
+    /// A free-running CPU counter that reads without an exit (TSC, `CNTVCT_EL0`), of unknown
+    /// rate: the token pacer calibrates it against [`now_ns`](Self::now_ns).
+    fn ticks(&self) -> u64;
     /// The private pool.
     fn memory(&self) -> &dyn PrivateMemory;
     /// Sleeps until the device notifies (or a short timeout); the caller re-polls after.
