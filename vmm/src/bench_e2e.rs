@@ -9,10 +9,12 @@ use crate::huge_buffer::Pages;
 use crate::model_file::{map_model, read_model_on};
 use crate::protected::ProtectedRunError;
 use crate::unprotected::RunError;
+use inference_guest::generate::{GenerateRequest as EngineRequest, generate};
 use inference_guest::gguf::Gguf;
-use inference_guest::model::{Logits, Model};
+use inference_guest::model::Model;
 use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::Kernels;
+use inference_guest::sampler::{Sampler, SamplerConfig};
 use inference_guest::tokenizer::Tokenizer;
 use std::time::{Duration, Instant};
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
@@ -78,16 +80,6 @@ fn prompt(n: usize, n_vocab: u32) -> Vec<u32> {
         .collect()
 }
 
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// One request's figures: when it started and produced its first token, and its speeds.
 struct Request {
     start: Instant,
@@ -129,22 +121,34 @@ struct HostEngine<'a> {
 }
 
 impl HostEngine<'_> {
-    /// A greedy request on a new session: `ids`, then `gen_tokens` tokens.
+    /// A greedy request on a new session: `ids`, then `gen_tokens` tokens (end-of-generation
+    /// tokens do not stop it), through the token loop and sampler `run --unprotected` uses,
+    /// as the guest's service does.
     fn request(&self, ids: &[u32], gen_tokens: usize) -> Result<Request, BenchError> {
         let start = Instant::now();
         let mut session = self.model.new_session(ids.len() + gen_tokens + 1);
-        let eval = |session: &mut inference_guest::model::Session, ids: &[u32]| {
-            session
-                .eval(&self.model, ids, Logits::Last, &self.pool)
-                .map(argmax)
-                .map_err(|e| BenchError::Run(RunError::from(e)))
+        let mut sampler = Sampler::new(SamplerConfig::greedy(), self.model.cfg.n_vocab);
+        let mut first = None;
+        let req = EngineRequest {
+            prompt: ids,
+            max_tokens: gen_tokens,
+            stop_at_eog: false,
         };
-        let mut next = eval(&mut session, ids)?;
-        let first = Instant::now();
-        for _ in 1..gen_tokens {
-            next = eval(&mut session, &[next])?;
-        }
+        generate(
+            &self.model,
+            &mut session,
+            &mut sampler,
+            &self.pool,
+            &req,
+            &|_| false,
+            &mut |_| {
+                first.get_or_insert_with(Instant::now);
+                true
+            },
+        )
+        .map_err(RunError::from)?;
         let end = Instant::now();
+        let first = first.unwrap_or(end);
         Ok(Request {
             start,
             first,
