@@ -127,6 +127,8 @@ def main():
                 v = med(rows, k) if k in rows[0] else None
                 if v is not None:
                     row[k] = round(v, 1)
+            if e == "guest":
+                row["private_floor_ms"] = round(floor, 1)
             by[e] = row
             out_rows.append(row)
             def f(k, w):
@@ -150,7 +152,9 @@ def main():
         }
         paired = {k: [x for row in results[(m, "paired")] for x in row[k + "_ratios"]]
                   for k in ("decode", "prefill")}
-        quartiles = {k: statistics.quantiles(v, n=4) for k, v in paired.items()}
+        # statistics.quantiles needs two points; one pair (--rounds 1 --pairs 1) is its own.
+        quartiles = {k: statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
+                     for k, v in paired.items()}
         s = {"quant": q, "floor_ms": round(floor, 1),
              "guest_vs_unprotected_decode": round(statistics.median(paired["decode"]), 3),
              "guest_vs_unprotected_prefill": round(statistics.median(paired["prefill"]), 3),
