@@ -41,7 +41,7 @@ pub enum BenchError {
     )]
     BasePagesNeedUnprotected,
     #[error(
-        "--host-readable-pool applies to --mode guest only (it changes what backs the guest's memory)"
+        "--host-readable-pool applies to --mode guest and --mode paired only (it changes what backs the guest's memory)"
     )]
     HostReadablePoolNeedsGuest,
 }
@@ -398,7 +398,7 @@ pub fn run(args: &BenchE2eArgs) -> Result<(), BenchError> {
     if args.base_pages && args.mode != BenchMode::Unprotected {
         return Err(BenchError::BasePagesNeedUnprotected);
     }
-    if args.host_readable_pool && args.mode != BenchMode::Guest {
+    if args.host_readable_pool && !matches!(args.mode, BenchMode::Guest | BenchMode::Paired) {
         return Err(BenchError::HostReadablePoolNeedsGuest);
     }
     let t0 = Instant::now();

@@ -133,7 +133,7 @@ pub struct BenchE2eArgs {
     /// is (guest_memfd has no huge pages), to compare host and guest on equal pages.
     #[arg(long)]
     pub base_pages: bool,
-    /// With `--mode guest`: back the guest's pool with host-readable memory on 2 MiB pages
+    /// With `--mode guest` or `paired`: back the guest's pool with host-readable memory on 2 MiB pages
     /// instead of private guest_memfd pages. No protection: this only measures what private
     /// memory's 4 KiB pages cost the same guest.
     #[arg(long)]
