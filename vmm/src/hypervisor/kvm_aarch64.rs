@@ -240,10 +240,8 @@ impl Vm for KvmVm {
         } else {
             PrivateBacking::Anonymous
         };
-        let mem = PrivateMemory::new_anonymous(len, guest_addr, backing)?;
-        // SAFETY: `mem` owns the mapping and is kept by the caller as long as the VM.
-        unsafe { self.map_kvm_memory(guest_addr, mem.host_addr() as *mut u8, len)? };
-        Ok(mem)
+        self.slots
+            .anonymous_pool(&self.fd, guest_addr, len, backing)
     }
 
     fn register_mmio_notify(

@@ -42,6 +42,22 @@ impl MemSlots {
         Ok(())
     }
 
+    /// Anonymous host memory of kind `backing` (one of the `Anonymous*` kinds), in a new slot
+    /// at `guest_addr`.
+    pub(super) fn anonymous_pool(
+        &mut self,
+        vm: &VmFd,
+        guest_addr: u64,
+        len: usize,
+        backing: PrivateBacking,
+    ) -> Result<PrivateMemory, HypervisorError> {
+        let mem = PrivateMemory::new_anonymous(len, guest_addr, backing)?;
+        // SAFETY: the slot points at `mem`'s mapping, which the returned `PrivateMemory`
+        // keeps alive; the caller keeps it as long as the VM.
+        unsafe { self.map_user(vm, guest_addr, mem.host_addr() as *mut u8, len)? };
+        Ok(mem)
+    }
+
     /// A guest_memfd created with `flags`, mapped, in a new slot at `guest_addr`.
     pub(super) fn guest_memfd_pool(
         &mut self,

@@ -228,14 +228,12 @@ impl Vm for KvmVm {
         len: usize,
     ) -> Result<super::PrivateMemory, HypervisorError> {
         if self.host_readable_pool {
-            let mem = super::PrivateMemory::new_anonymous(
-                len,
+            return self.slots.anonymous_pool(
+                &self.fd,
                 guest_addr,
+                len,
                 super::PrivateBacking::AnonymousHugePages,
-            )?;
-            // SAFETY: `mem` owns the mapping and is kept by the caller as long as the VM.
-            unsafe { self.map_kvm_memory(guest_addr, mem.host_addr() as *mut u8, len)? };
-            return Ok(mem);
+            );
         }
         self.slots.guest_memfd_pool(
             &self.fd,
