@@ -154,9 +154,11 @@ impl Service {
             &|t| end_ids.binary_search(&t).is_ok(),
             &mut |token| {
                 let ticks = env.ticks();
-                if first.is_none() {
+                // The first token's time, and (until the counter's rate is known, while every
+                // token is sent anyway) one clock read per token to learn it.
+                if first.is_none() || !pacer.calibrated() {
                     let now = env.now_ns();
-                    first = Some(now);
+                    first.get_or_insert(now);
                     pacer.calibrate(now, ticks);
                 }
                 batch.push(token);
@@ -166,9 +168,6 @@ impl Service {
                 // generation.
                 let full = batch.len() >= MAX_TOKENS_PER_RESPONSE;
                 if full || pacer.should_send(ticks) {
-                    if !pacer.calibrated() {
-                        pacer.calibrate(env.now_ns(), ticks);
-                    }
                     let msg = ResponseMsg::Tokens(Tokens {
                         request_id: id,
                         token_ids: core::mem::take(&mut batch),

@@ -11,7 +11,7 @@
 //! Time comes from the CPU's free-running counter ([`super::Environment::ticks`]), which
 //! reads without an exit. Its rate is calibrated against the VMM's clock (a read of which is
 //! an exit) from the generation's start to its first token, whose time the service reads
-//! anyway. Until the rate is known every token is sent at once, and each send tries again.
+//! anyway. Until the rate is known every token is sent at once and reads the clock again.
 
 /// Longest a generated token waits in the guest before it is sent (20 ms).
 pub const FLUSH_INTERVAL_NS: u64 = 20_000_000;
