@@ -13,4 +13,5 @@ pub mod protected_vm;
 pub mod serve;
 pub mod size;
 pub mod text_stream;
+mod thread_cpu;
 pub mod vcpu_exit;

@@ -143,8 +143,6 @@ pub struct Machine {
     llm: Arc<LlmHost>,
     stop: Arc<StopHandle>,
     config: MachineConfig,
-    /// Host CPU time each vCPU thread used in the last `run`.
-    vcpu_cpu: Vec<Duration>,
 }
 
 impl Machine {
@@ -272,7 +270,6 @@ impl Machine {
             llm,
             stop: Arc::default(),
             config,
-            vcpu_cpu: Vec::new(),
         };
         let tables = arch::boot_tables(machine.config.private_size as u64);
         machine.load(0, &tables)?;
@@ -308,12 +305,6 @@ impl Machine {
     /// The isolation this VM got (protected VM or not, what backs the private pool).
     pub fn isolation(&self) -> Isolation {
         self.isolation
-    }
-
-    /// Host CPU time each vCPU thread used during the last [`Machine::run`] (an idle guest
-    /// should cost close to none).
-    pub fn vcpu_cpu_times(&self) -> &[Duration] {
-        &self.vcpu_cpu
     }
 
     /// Guest memory, for tests that must corrupt the guest on purpose.
@@ -385,7 +376,6 @@ impl Machine {
         install_kick_handler();
         let stopping = AtomicBool::new(false);
         let threads: Vec<AtomicU64> = vcpus.iter().map(|_| AtomicU64::new(0)).collect();
-        let cpu_ns: Vec<AtomicU64> = vcpus.iter().map(|_| AtomicU64::new(0)).collect();
         let (tx, rx) = mpsc::channel();
         let deadline = self.config.deadline;
         let bus = &*self.bus;
@@ -395,7 +385,7 @@ impl Machine {
         self.llm.vm_started();
         let result = std::thread::scope(|scope| {
             for (i, vcpu) in vcpus.into_iter().enumerate() {
-                let (tx, stopping, tid, cpu) = (tx.clone(), &stopping, &threads[i], &cpu_ns[i]);
+                let (tx, stopping, tid) = (tx.clone(), &stopping, &threads[i]);
                 scope.spawn(move || {
                     // SAFETY: pthread_self has no preconditions.
                     tid.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
@@ -403,7 +393,6 @@ impl Machine {
                     // Out of KVM_RUN for good: no more kicks for this thread, which is
                     // about to exit.
                     tid.store(0, Ordering::SeqCst);
-                    cpu.store(thread_cpu_ns(), Ordering::SeqCst);
                     // The receiver outlives every vCPU thread (it is dropped after the scope).
                     let _ = tx.send((i, outcome));
                 });
@@ -450,10 +439,6 @@ impl Machine {
             (first, start.elapsed())
         });
         self.llm.vm_stopped();
-        self.vcpu_cpu = cpu_ns
-            .iter()
-            .map(|c| Duration::from_nanos(c.load(Ordering::SeqCst)))
-            .collect();
         match result {
             (None, elapsed) => Err(VmError::Timeout(elapsed)),
             (Some((_, (Stop::Kicked, _))), _) if self.stop.requested() => {
@@ -540,17 +525,6 @@ fn vcpu_loop(
         }
     };
     (stop, vcpu.snapshot().unwrap_or_default())
-}
-
-/// CPU time the calling thread has used, in ns.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only into `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn kick_signal() -> libc::c_int {
