@@ -49,13 +49,17 @@ pub fn generate(
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<GenerateOutcome, ModelError> {
     let mut history: Vec<u32> = req.prompt.to_vec();
-    let mut logits: Vec<f32> = session.eval(model, req.prompt, Logits::Last, par)?.to_vec();
     let mut generated = 0;
+    // The prompt first, then each sampled token on its own.
+    let mut fed_back: Option<u32> = None;
     let stop = loop {
+        let input = fed_back.as_slice();
+        let input = if input.is_empty() { req.prompt } else { input };
+        let logits = session.eval(model, input, Logits::Last, par)?;
         if generated >= req.max_tokens {
             break StopReason::MaxTokens;
         }
-        let token = sampler.sample(&mut logits, &history);
+        let token = sampler.sample(logits, &history);
         generated += 1;
         history.push(token);
         if !on_token(token) {
@@ -70,8 +74,7 @@ pub fn generate(
         if session.n_past() >= session.n_ctx() {
             break StopReason::ContextFull;
         }
-        logits.clear();
-        logits.extend_from_slice(session.eval(model, &[token], Logits::Last, par)?);
+        fed_back = Some(token);
     };
     Ok(GenerateOutcome {
         prompt_tokens: req.prompt.len(),

@@ -104,14 +104,16 @@ impl Session {
 
     /// Evaluates `tokens` after those already seen and returns logits: `[n_vocab]` for
     /// [`Logits::Last`], `[tokens.len()][n_vocab]` for [`Logits::All`]. On error the session
-    /// is unchanged.
+    /// is unchanged. The logits are the session's own buffer, lent mutably so a sampler can
+    /// work on them in place instead of copying a vocabulary's worth per token; the next
+    /// evaluation overwrites them.
     pub fn eval(
         &mut self,
         model: &Model<'_>,
         tokens: &[u32],
         want: Logits,
         par: &dyn Parallel,
-    ) -> Result<&[f32], ModelError> {
+    ) -> Result<&mut [f32], ModelError> {
         if tokens.is_empty() {
             return Err(ModelError::EmptyBatch);
         }
@@ -149,6 +151,6 @@ impl Session {
         }
         self.n_past += tokens.len();
         debug_assert_eq!(self.logits.len() % n_vocab, 0);
-        Ok(&self.logits)
+        Ok(&mut self.logits)
     }
 }
