@@ -174,15 +174,14 @@ impl Service {
         par: &dyn Parallel,
         env: &dyn Environment,
     ) -> Result<Step, DriverError> {
-        let mut worked = false;
         self.relinquisher.collect(driver, env.memory())?;
-        if let Some(change) = driver.poll_budget(&mut self.scratch)? {
-            worked = true;
-            self.apply_budget(change, driver, env)?;
-        }
+        let mut worked = self.take_budget_changes(driver, env)?;
         let mut scratch = core::mem::take(&mut self.scratch);
         let reply = match driver.poll_command(&mut scratch) {
-            Ok(Some(cmd)) => Some(self.command(cmd, driver, par, env)),
+            Ok(Some(cmd)) => {
+                self.take_budget_changes(driver, env)?;
+                Some(self.command(cmd, driver, par, env))
+            }
             Ok(None) => None,
             // A malformed command was refused by the driver; answer it so the host's
             // command/reply pairing holds.
@@ -205,9 +204,30 @@ impl Service {
         };
         if let Some(r) = request {
             worked = true;
+            self.take_budget_changes(driver, env)?;
             self.request(r, driver, par, env)?;
         }
         Ok(if worked { Step::Worked } else { Step::Idle })
+    }
+
+    /// Applies every budget change that has arrived; `true` if there was one.
+    ///
+    /// Called again once a command or request is in hand: budget changes come on their own
+    /// queue, so a host that raises the budget and then sends a request can have the request
+    /// picked up after this step's first look found no change. The host publishes the change
+    /// first, so once its request is visible the change is too, and the request is served
+    /// under the budget the host meant.
+    fn take_budget_changes<M: DriverMemory, T: Transport>(
+        &mut self,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<bool, DriverError> {
+        let mut any = false;
+        while let Some(change) = driver.poll_budget(&mut self.scratch)? {
+            any = true;
+            self.apply_budget(change, driver, env)?;
+        }
+        Ok(any)
     }
 
     fn command<M: DriverMemory, T: Transport>(
