@@ -41,7 +41,6 @@ use virtio_llm::wire::control::{
     Ack, ControlCommand, ControlReply, StatsReply, msg_type as control_type,
 };
 use virtio_llm::wire::echo::EchoReply;
-use virtio_llm::wire::probe::CANARY_BYTES;
 use virtio_llm::wire::request::RequestMsg;
 use virtio_llm::wire::response::{ErrorResponse, ResponseMsg};
 
@@ -127,7 +126,6 @@ pub struct Service {
     diagnostics: bool,
     canary: Option<Vec<u8>>,
     canary_block: (u64, u64),
-    canary_bytes: [u8; CANARY_BYTES],
     /// When the model being loaded began, and the time spent in its chunks (logged).
     load_ns: (u64, u64),
 }
@@ -151,7 +149,6 @@ impl Service {
             diagnostics: features & (1 << feature::DIAGNOSTICS) != 0,
             canary: None,
             canary_block: (0, 0),
-            canary_bytes: [0; CANARY_BYTES],
             load_ns: (0, 0),
             kernels,
             max_models: max_models.max(1) as usize,

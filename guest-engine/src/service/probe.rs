@@ -23,30 +23,33 @@ impl Service {
         }
         match p.op {
             ProbeOp::PlaceCanary => {
-                let mut random = [0u8; CANARY_BYTES];
-                for chunk in random.chunks_exact_mut(8) {
-                    chunk.copy_from_slice(&env.random().to_le_bytes());
-                }
                 let len = virtio_llm::spec::MEMORY_GRANULE as usize;
                 let mut block = Vec::new();
                 if block.try_reserve_exact(len).is_err() {
                     reply.status = Status::OutOfMemory;
                     return reply;
                 }
-                while block.len() < len {
-                    block.extend_from_slice(&random);
+                // Built in the private block itself, 8 bytes at a time: a whole canary in a
+                // local would leave a copy on the user stack, which is in the host-readable
+                // boot region (docs/threat-model.md), and the probe would then prove nothing.
+                while block.len() < CANARY_BYTES {
+                    block.extend_from_slice(&env.random().to_le_bytes());
                 }
-                reply.private_hash = fnv1a(&random);
+                while block.len() < len {
+                    block.extend_from_within(..CANARY_BYTES);
+                }
+                reply.private_hash = fnv1a(&block[..CANARY_BYTES]);
                 self.canary_block = (block.as_ptr() as u64, len as u64);
                 (reply.block_addr, reply.block_len) = self.canary_block;
                 self.canary = Some(block);
-                self.canary_bytes = random;
             }
-            ProbeOp::ExposeCanary if self.canary.is_none() => reply.status = Status::BadRequest,
-            ProbeOp::ExposeCanary => {
-                reply.private_hash = fnv1a(&self.canary_bytes);
-                reply.exposed_addr = env.expose(&self.canary_bytes);
-            }
+            ProbeOp::ExposeCanary => match &self.canary {
+                Some(block) => {
+                    reply.private_hash = fnv1a(&block[..CANARY_BYTES]);
+                    reply.exposed_addr = env.expose(&block[..CANARY_BYTES]);
+                }
+                None => reply.status = Status::BadRequest,
+            },
             ProbeOp::DropCanary => self.canary = None,
             ProbeOp::CheckCanaryBlock => {
                 if self.canary.is_some() || self.canary_block.1 == 0 {
