@@ -7,7 +7,7 @@ mod inspect;
 mod rng;
 mod tiny;
 
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -116,10 +116,26 @@ fn main() -> Result<()> {
             let bytes = read(&input)?;
             let g = Gguf::parse(&bytes)
                 .with_context(|| format!("{} is not a valid GGUF file", input.display()))?;
+            // A `\r` progress line only on a terminal; a log file gets one line per file.
+            let tty = std::io::stderr().is_terminal();
+            if !tty {
+                let n = g.tensors().len();
+                eprintln!(
+                    "converting {} to {} ({n} tensors)",
+                    input.display(),
+                    ty.name()
+                );
+            }
+            let mut drawn = false;
             let w = convert::convert(&g, ty, |i, n, name| {
-                eprint!("\r[{i}/{n}] {name:40}");
+                if tty {
+                    eprint!("\r[{i}/{n}] {name:40}");
+                    drawn = true;
+                }
             });
-            eprintln!();
+            if drawn {
+                eprintln!();
+            }
             write(
                 &output,
                 &w.with_context(|| format!("converting {} to {}", input.display(), ty.name()))?,

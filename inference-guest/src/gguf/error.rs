@@ -8,6 +8,42 @@ use super::value::ValueType;
 
 const FIX: &str = "re-download or re-convert the model";
 
+/// ggml's names for the tensor type ids FlexServe does not read, so the error can name them.
+const UNREAD_TYPES: &[(u32, &str)] = &[
+    (6, "Q5_0"),
+    (7, "Q5_1"),
+    (9, "Q8_1"),
+    (10, "Q2_K"),
+    (11, "Q3_K"),
+    (13, "Q5_K"),
+    (15, "Q8_K"),
+    (16, "IQ2_XXS"),
+    (17, "IQ2_XS"),
+    (18, "IQ3_XXS"),
+    (19, "IQ1_S"),
+    (20, "IQ4_NL"),
+    (21, "IQ3_S"),
+    (22, "IQ2_S"),
+    (23, "IQ4_XS"),
+    (24, "I8"),
+    (25, "I16"),
+    (26, "I32"),
+    (27, "I64"),
+    (28, "F64"),
+    (29, "IQ1_M"),
+    (30, "BF16"),
+    (34, "TQ1_0"),
+    (35, "TQ2_0"),
+    (39, "MXFP4"),
+];
+
+fn unread_type_name(type_id: u32) -> &'static str {
+    UNREAD_TYPES
+        .iter()
+        .find(|(id, _)| *id == type_id)
+        .map_or("unknown", |(_, name)| name)
+}
+
 /// A GGUF file failed validation, or metadata was read as the wrong type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GgufError {
@@ -130,9 +166,11 @@ pub enum GgufError {
     #[error("tensor '{name}' has dimensions whose product overflows; {FIX}")]
     SizeOverflow { name: String },
 
-    /// A tensor type id this engine does not know.
+    /// A tensor type id this engine does not know. `flexserve-model convert` reads with this
+    /// same reader, so the message must not send the user there.
     #[error(
-        "tensor '{name}' has type id {type_id}, which FlexServe does not support (F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K); convert the model with `flexserve-model convert`"
+        "tensor '{name}' has ggml type id {type_id} ({}), which FlexServe cannot read: it reads only F32, F16, Q4_0, Q4_1, Q8_0, Q4_K and Q6_K tensors, and `flexserve-model convert` uses the same reader, so it refuses this file too. Use a GGUF whose tensors all have those types, e.g. re-quantise the original F16/F32 model with llama.cpp's `llama-quantize --pure` to Q8_0 or Q4_0 (Q4_K only if every row length is a multiple of 256, otherwise llama-quantize falls back to Q5_0); `flexserve-model convert` can then re-type that file",
+        unread_type_name(*.type_id)
     )]
     UnknownTensorType { name: String, type_id: u32 },
 
@@ -195,4 +233,32 @@ pub enum GgufError {
         expected: &'static str,
         value: i128,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn unknown_tensor_type_names_the_type_and_does_not_send_the_user_to_convert() {
+        let msg = GgufError::UnknownTensorType {
+            name: "blk.0.attn_v.weight".into(),
+            type_id: 6,
+        }
+        .to_string();
+        assert!(msg.contains("'blk.0.attn_v.weight'") && msg.contains("id 6 (Q5_0)"));
+        assert!(msg.contains("F32, F16, Q4_0, Q4_1, Q8_0, Q4_K and Q6_K"));
+        assert!(msg.contains("llama-quantize --pure"));
+        // `flexserve-model convert` parses with this reader and would refuse the same file.
+        assert!(!msg.contains("convert the model with"));
+        assert!(msg.contains("`flexserve-model convert` uses the same reader, so it refuses"));
+
+        let msg = GgufError::UnknownTensorType {
+            name: "t".into(),
+            type_id: 99,
+        }
+        .to_string();
+        assert!(msg.contains("id 99 (unknown)"));
+    }
 }

@@ -30,9 +30,16 @@ pub enum ModelError {
         found: Vec<u64>,
         expected: Vec<u64>,
     },
+    /// A tensor the reader accepted, in a type its position does not take: in practice a
+    /// quantised norm or bias (weight matrices take every type the reader accepts). The file
+    /// parsed, so `flexserve-model convert` can read it, and it writes 1-D tensors as F32.
     #[error(
-        "tensor `{name}` has type {ty:?}, which this engine cannot use there; \
-         convert the model with `flexserve-model convert` to F16, Q8_0, Q4_0 or Q4_1"
+        "tensor `{name}` has type {}, which this engine cannot use there: norm and bias \
+         vectors must be F32 or F16 (weight matrices may be F32, F16, Q4_0, Q4_1, Q8_0, Q4_K \
+         or Q6_K); `flexserve-model convert IN OUT --type <weight type>` reads this file and \
+         writes every norm and bias as F32 (give the weights' current type, e.g. Q8_0, to \
+         keep them as they are)",
+        .ty.name()
     )]
     TensorType { name: String, ty: GgmlType },
     #[error(
@@ -44,4 +51,55 @@ pub enum ModelError {
     BadToken { id: u32, n_vocab: usize },
     #[error("empty batch: there is no token to evaluate")]
     EmptyBatch,
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+    use crate::gguf::Gguf;
+    use crate::gguf::writer::GgufWriter;
+    use crate::model::Model;
+    use crate::quant::Kernels;
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    /// A llama header, an F32 embedding and a Q8_0 norm: the engine stops at the norm.
+    fn quantised_norm_model() -> Vec<u8> {
+        let mut w = GgufWriter::new();
+        w.add_str("general.architecture", "llama").unwrap();
+        for (k, v) in [
+            ("llama.embedding_length", 32),
+            ("llama.block_count", 1),
+            ("llama.attention.head_count", 1),
+            ("llama.feed_forward_length", 32),
+            ("llama.context_length", 8),
+        ] {
+            w.add_u32(k, v).unwrap();
+        }
+        w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+            .unwrap();
+        w.add_tensor("token_embd.weight", GgmlType::F32, &[32, 2], vec![0; 256])
+            .unwrap();
+        w.add_tensor("blk.0.attn_norm.weight", GgmlType::Q8_0, &[32], vec![0; 34])
+            .unwrap();
+        w.to_bytes().unwrap()
+    }
+
+    #[test]
+    fn tensor_type_fires_for_a_readable_file_and_gives_true_advice() {
+        let bytes = quantised_norm_model();
+        // The reader (which `flexserve-model convert` uses too) accepts the file ...
+        let g = Gguf::parse(&bytes).unwrap();
+        // ... and the model refuses the quantised norm.
+        let err = Model::from_gguf(&g, Kernels::scalar()).err().unwrap();
+        assert!(
+            matches!(&err, ModelError::TensorType { name, ty: GgmlType::Q8_0 }
+                if name == "blk.0.attn_norm.weight")
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("`blk.0.attn_norm.weight` has type Q8_0"));
+        assert!(msg.contains("must be F32 or F16"));
+        assert!(msg.contains("F32, F16, Q4_0, Q4_1, Q8_0, Q4_K or Q6_K"));
+        assert!(msg.contains("`flexserve-model convert IN OUT --type"));
+    }
 }
