@@ -61,6 +61,8 @@ fn main() {
                 memory_budget_bytes: 4 << 30,
                 requests_completed: 99,
                 tokens_generated: 12345,
+                engine_kernels: 2,
+                cpu_features: 0x3ff,
             }
             .encode(o)
         }),

@@ -234,6 +234,8 @@ pub fn reply(u: &mut Unstructured<'_>) -> Result<ControlReply> {
             memory_budget_bytes: u.arbitrary()?,
             requests_completed: u.arbitrary()?,
             tokens_generated: u.arbitrary()?,
+            engine_kernels: u.arbitrary()?,
+            cpu_features: u.arbitrary()?,
         })
     })
 }

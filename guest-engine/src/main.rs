@@ -14,7 +14,7 @@ use guest_engine::vcpu_pool::VcpuPool;
 use guest_programs::arch::counter;
 use guest_programs::virtio::{MmioRegisters, SharedWindow, now_ns, wait};
 use guest_programs::{exit, print, private_usage, with_private_pool};
-use inference_guest::quant::Kernels;
+use inference_guest::quant::{CpuFeatures, Kernels};
 use virtio_llm::driver::{DriverError, LlmDriver};
 use virtio_llm::spec::layout::{SHARED_WINDOW_BASE, SHARED_WINDOW_SIZE};
 
@@ -131,16 +131,23 @@ pub extern "C" fn _start(vcpu: u64) -> ! {
     };
     let limits = driver.limits();
     with_private_pool(|p| p.set_budget(limits.memory_budget));
-    let kernels = Kernels::detect();
+    let xcr0 = guest_programs::arch::xcr0();
+    // SAFETY: arch::xcr0 reads XCR0 as this vCPU's user code runs under it, and every vCPU
+    // runs with the same (the VMM configures them alike).
+    let kernels = unsafe { Kernels::detect_with_xcr0(xcr0) };
+    let cpu_features = CpuFeatures::detect_with_xcr0(xcr0);
     let isa = kernels.isa();
     let mut service = Service::new(
         kernels,
+        cpu_features,
         limits.max_models,
         limits.max_sessions,
         driver.features(),
     );
     let env = Guest { vcpu };
-    print(&alloc::format!("engine: ready (kernels: {isa:?})\n"));
+    print(&alloc::format!(
+        "engine: ready (kernels: {isa:?}; CPU: {cpu_features})\n"
+    ));
     let mut idle_polls = 0u32;
     loop {
         match service.step(&mut driver, &VcpuPool, &env) {

@@ -59,6 +59,12 @@ pub mod syscall {
     pub const UNMAP: u64 = 6;
 }
 
+/// `xgetbv` (x86_64): user code may read XCR0 whatever CPUID.1:ECX.OSXSAVE says; where the
+/// vCPU has it disabled the instruction's #UD is caught and XCR0 reads as 0 (no extended
+/// state). A nested paravirtual KVM runs guest user code natively under the host's XCR0 while
+/// its CPUID reports OSXSAVE off, so CPUID alone would hide AVX from the engine there.
+pub const XGETBV: [u8; 3] = [0x0f, 0x01, 0xd0];
+
 /// Where vCPU 0's kernel stack ends (grows down), below the 2 MiB user area; vCPU `i`'s
 /// ends `i * KERNEL_STACK_SIZE` lower.
 pub const KERNEL_STACK_TOP: u64 = 0x1f_f000;

@@ -6,6 +6,7 @@ pub mod devices;
 pub mod digest_cache;
 pub mod elf_loader;
 pub mod guest_images;
+pub mod guest_kernels;
 pub mod hypervisor;
 pub mod machine;
 pub mod memory_broker;

@@ -4,6 +4,7 @@
 
 use crate::devices::virtio_llm::{HostError, LlmHost};
 use crate::guest_images::GuestImages;
+use crate::guest_kernels::GuestKernels;
 use crate::machine::{Machine, MachineConfig, StopHandle, VmError};
 use crate::memory_broker::{BrokerStats, MemoryBroker, MemoryError};
 use sha2::{Digest, Sha256};
@@ -93,6 +94,7 @@ pub struct ProtectedVm {
     broker: Option<Arc<MemoryBroker>>,
     vm: Option<JoinHandle<VmEnd>>,
     isolation: crate::hypervisor::Isolation,
+    kernels: GuestKernels,
 }
 
 /// How the VM thread ended: the run's result and the guest's console lines.
@@ -107,8 +109,10 @@ pub struct GuestConfig {
     pub private_bytes: usize,
     /// Let the guest answer memory probes (tests only).
     pub diagnostics: bool,
-    /// A protected VM where the host has one (the default), always, or never.
+    /// What kind of VM to ask for (the strongest the host has, by default).
     pub isolation: crate::hypervisor::IsolationRequest,
+    /// Refuse to start below this isolation level.
+    pub min_isolation: crate::hypervisor::IsolationLevel,
 }
 
 /// The guest's private memory as the host sees it.
@@ -133,10 +137,11 @@ impl ProtectedVm {
             deadline: Duration::from_secs(u32::MAX as u64),
             diagnostics: config.diagnostics,
             isolation: config.isolation,
+            min_isolation: config.min_isolation,
             ..MachineConfig::default()
         })
         .map_err(GuestError::Create)?;
-        let isolation = machine.isolation();
+        let isolation = machine.isolation().clone();
         let (llm, stop) = (machine.llm(), machine.stop_handle());
         let broker = match machine.private_memory() {
             Some(private) => Some(Arc::new(
@@ -164,16 +169,27 @@ impl ProtectedVm {
             stop,
             broker,
             vm: Some(vm),
+            kernels: GuestKernels::from_stats(&StatsReply::default()),
         };
         if let Err(e) = me.llm.wait_ready(READY_TIMEOUT) {
             return Err(me.failure(e));
         }
+        me.kernels = GuestKernels::from_stats(&me.stats()?);
+        if let Some(warning) = me.kernels.weaker_than_host() {
+            eprintln!("[vmm] warning: {warning}");
+        }
         Ok(me)
     }
 
-    /// The isolation the guest got (protected VM or not, what backs its private pool).
-    pub fn isolation(&self) -> crate::hypervisor::Isolation {
-        self.isolation
+    /// The isolation the guest got (its level, what backs its private pool, why not
+    /// stronger).
+    pub fn isolation(&self) -> &crate::hypervisor::Isolation {
+        &self.isolation
+    }
+
+    /// The guest engine's kernels beside the host engine's.
+    pub fn kernels(&self) -> GuestKernels {
+        self.kernels
     }
 
     /// Turns a link error into the reason the VM died, when it did.

@@ -32,7 +32,7 @@ use alloc::vec::Vec;
 use inference_guest::gguf::Gguf;
 use inference_guest::model::{Model, ModelError, Session};
 use inference_guest::parallel::Parallel;
-use inference_guest::quant::Kernels;
+use inference_guest::quant::{CpuFeatures, Kernels};
 use inference_guest::tokenizer::Tokenizer;
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
@@ -108,6 +108,8 @@ pub enum Step {
 /// The service's state.
 pub struct Service {
     kernels: Kernels,
+    /// What `kernels` were chosen from (reported in `StatsReply`).
+    cpu_features: CpuFeatures,
     max_models: usize,
     max_sessions: usize,
     models: BTreeMap<u32, LoadedModel>,
@@ -140,10 +142,18 @@ fn model_status(e: &ModelError) -> Status {
 }
 
 impl Service {
-    /// A service that holds at most `max_models` models and `max_sessions` sessions, for a
-    /// device that negotiated `features`.
-    pub fn new(kernels: Kernels, max_models: u32, max_sessions: u32, features: u64) -> Self {
+    /// A service that computes with `kernels` (chosen from `cpu_features`) and holds at most
+    /// `max_models` models and `max_sessions` sessions, for a device that negotiated
+    /// `features`.
+    pub fn new(
+        kernels: Kernels,
+        cpu_features: CpuFeatures,
+        max_models: u32,
+        max_sessions: u32,
+        features: u64,
+    ) -> Self {
         Self {
+            cpu_features,
             relinquisher: Relinquisher::default(),
             clock: 0,
             diagnostics: features & (1 << feature::DIAGNOSTICS) != 0,
@@ -344,6 +354,8 @@ impl Service {
                     memory_budget_bytes: usage.budget,
                     requests_completed: self.requests_completed,
                     tokens_generated: self.tokens_generated,
+                    engine_kernels: self.kernels.isa().code(),
+                    cpu_features: self.cpu_features.bits(),
                 })
             }
         }

@@ -91,3 +91,8 @@ pub unsafe fn mmio_write_u64(addr: u64, value: u64) {
              options(nostack, preserves_flags))
     };
 }
+
+/// XCR0 is an x86_64 register; arm64 has no counterpart the kernels need.
+pub fn xcr0() -> u64 {
+    0
+}

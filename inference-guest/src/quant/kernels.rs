@@ -16,6 +16,26 @@ pub enum Isa {
     Neon,
 }
 
+impl Isa {
+    /// Every kernel set, weakest first.
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2Fma, Isa::Avx512Vnni, Isa::Neon];
+
+    /// The number virtio-llm's `StatsReply` carries for it.
+    pub const fn code(self) -> u32 {
+        match self {
+            Isa::Scalar => 0,
+            Isa::Avx2Fma => 1,
+            Isa::Avx512Vnni => 2,
+            Isa::Neon => 3,
+        }
+    }
+
+    /// The kernel set numbered `code` (`None`: a number this build does not know).
+    pub fn from_code(code: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|i| i.code() == code)
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Backend {
     Scalar,
@@ -36,17 +56,44 @@ impl Kernels {
     /// The best back end this CPU supports (cpuid + XCR0 on x86_64; NEON is baseline on
     /// aarch64). Works without std.
     pub fn detect() -> Self {
+        Self::for_features(super::CpuFeatures::detect())
+    }
+
+    /// As [`Kernels::detect`], but with `xcr0` as the XCR0 in force instead of asking CPUID
+    /// whether the OS enabled `xgetbv` (OSXSAVE). For a guest whose vCPUs run user code under
+    /// an XCR0 their CPUID does not admit to: on a nested paravirtual KVM the guest's CPUID
+    /// says OSXSAVE is off while user code runs, natively, with the host's XCR0. Ignored on
+    /// other architectures.
+    ///
+    /// # Safety
+    /// `xcr0` must be the XCR0 in force for every thread that will use the kernels, as
+    /// `xgetbv(0)` reads it there (0 if it cannot be read).
+    pub unsafe fn detect_with_xcr0(xcr0: u64) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if let Some(k) = super::avx2::Avx2::detect() {
+        return Self::for_features(super::CpuFeatures::detect_with_xcr0(xcr0));
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = xcr0;
+            Self::detect()
+        }
+    }
+
+    /// The kernels for features detected on the running CPU (private: a `CpuFeatures` from
+    /// anywhere else proves nothing).
+    fn for_features(f: super::CpuFeatures) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(k) = super::avx2::Avx2::for_features(f) {
             return Self {
                 backend: Backend::Avx2(k),
             };
         }
         #[cfg(target_arch = "aarch64")]
-        return Self {
-            backend: Backend::Neon(super::neon::Neon::new()),
-        };
-        #[allow(unreachable_code)]
+        if f.contains(super::CpuFeatures::NEON) {
+            return Self {
+                backend: Backend::Neon(super::neon::Neon::new()),
+            };
+        }
+        let _ = f;
         Self::scalar()
     }
 

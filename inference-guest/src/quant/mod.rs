@@ -10,6 +10,7 @@
 //! ActFormat::for_weights(GgmlType) -> ActFormat          // F32 | F16 | Q8_0 | Q8_1 | Q8K
 //! fmt.row_bytes(n) -> usize                               // n must be a multiple of its block
 //! let k = Kernels::detect();                              // best ISA this CPU has (cpuid; works without std)
+//! CpuFeatures::detect() -> CpuFeatures                    // what it was chosen from, for reports
 //! Kernels::scalar();                                      // the reference, for tests
 //! k.isa() -> Isa                                          // Scalar | Avx2Fma | Avx512Vnni | Neon
 //! k.quantize_act(fmt, x: &[f32], out: &mut [u8]);         // out.len() == fmt.row_bytes(x.len())
@@ -26,6 +27,7 @@
 mod act_format;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod cpu_features;
 pub mod f16;
 mod kernels;
 #[cfg(target_arch = "aarch64")]
@@ -33,5 +35,6 @@ mod neon;
 mod reference;
 
 pub use act_format::ActFormat;
+pub use cpu_features::CpuFeatures;
 pub use kernels::{Isa, Kernels};
 pub use reference::quantize_row;

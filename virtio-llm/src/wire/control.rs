@@ -256,6 +256,11 @@ pub struct StatsReply {
     pub requests_completed: u64,
     /// Tokens generated since boot.
     pub tokens_generated: u64,
+    /// The engine's kernels, as `inference_guest::quant::Isa::code` numbers them.
+    pub engine_kernels: u32,
+    /// The CPU features the engine chose them from (`inference_guest::quant::CpuFeatures`
+    /// bits), so the host can say why they are weaker than its own.
+    pub cpu_features: u32,
 }
 
 impl Message<'_> for StatsReply {
@@ -267,6 +272,8 @@ impl Message<'_> for StatsReply {
         w.u64(self.memory_budget_bytes);
         w.u64(self.requests_completed);
         w.u64(self.tokens_generated);
+        w.u32(self.engine_kernels);
+        w.u32(self.cpu_features);
     }
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
         Ok(Self {
@@ -276,6 +283,8 @@ impl Message<'_> for StatsReply {
             memory_budget_bytes: r.u64()?,
             requests_completed: r.u64()?,
             tokens_generated: r.u64()?,
+            engine_kernels: r.u32()?,
+            cpu_features: r.u32()?,
         })
     }
 }

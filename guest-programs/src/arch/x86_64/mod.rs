@@ -19,6 +19,18 @@ pub fn syscall2(number: u64, a: u64, b: u64) -> u64 {
     ret
 }
 
+/// XCR0 as user code runs under it: which register state the vCPU saves and enables (0 when
+/// `xgetbv` is disabled; the guest kernel's promise, `guest_kernel::abi::XGETBV`).
+pub fn xcr0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: xgetbv(0) only reads XCR0; where it raises #UD the guest kernel skips it with
+    // eax = edx = 0 (abi::XGETBV), so it cannot fault the program.
+    unsafe {
+        core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
 /// The time-stamp counter: free-running, readable in user mode, no exit to the VMM.
 pub fn counter() -> u64 {
     // SAFETY: rdtsc only reads the time-stamp counter (user mode may).

@@ -16,6 +16,7 @@ use core::arch::x86_64::{__m128i, __m256i, _mm_loadu_si128, _mm256_loadu_si256};
 
 use crate::ggml_type::GgmlType;
 use crate::quant::act_format::ActFormat;
+use crate::quant::cpu_features::CpuFeatures;
 
 /// Proof that AVX2, FMA, F16C and the OS's saving of YMM state were all detected; `vnni`
 /// also proves AVX-512 F/VL/BW/VNNI with the OS saving ZMM and mask state.
@@ -25,32 +26,13 @@ pub(crate) struct Avx2 {
 }
 
 impl Avx2 {
-    /// cpuid leaves 1 and 7 plus XCR0 (via xgetbv, only after OSXSAVE is confirmed).
-    pub(crate) fn detect() -> Option<Self> {
-        use core::arch::x86_64::__cpuid_count;
-        let max_leaf = __cpuid_count(0, 0).eax;
-        if max_leaf < 7 {
-            return None;
-        }
-        let l1 = __cpuid_count(1, 0);
-        let fma = l1.ecx & (1 << 12) != 0;
-        let osxsave = l1.ecx & (1 << 27) != 0;
-        let avx = l1.ecx & (1 << 28) != 0;
-        let f16c = l1.ecx & (1 << 29) != 0;
-        if !(fma && osxsave && avx && f16c) {
-            return None;
-        }
-        // SAFETY: OSXSAVE (cpuid.1:ecx bit 27) is set, so xgetbv is available and XCR0 readable.
-        let xcr0 = unsafe { xgetbv0() };
-        // XMM and YMM state must both be enabled by the OS.
-        if xcr0 & 0b110 != 0b110 {
-            return None;
-        }
-        let l7 = __cpuid_count(7, 0);
-        let avx2 = l7.ebx & (1 << 5) != 0;
-        let avx512 = [16, 30, 31].iter().all(|&bit| l7.ebx & (1 << bit) != 0); // F, BW, VL
-        let vnni = avx512 && l7.ecx & (1 << 11) != 0 && xcr0 & 0xe0 == 0xe0;
-        avx2.then_some(Self { vnni })
+    /// The AVX2 kernels, with the AVX-512 VNNI variants where `f` allows them; `None` when
+    /// `f` lacks anything the AVX2 kernels need. `f` must describe the running CPU and the
+    /// XCR0 in force (see [`super::Kernels::detect_with_xcr0`]).
+    pub(crate) fn for_features(f: CpuFeatures) -> Option<Self> {
+        f.contains(CpuFeatures::FOR_AVX2).then_some(Self {
+            vnni: f.contains(CpuFeatures::FOR_AVX512_VNNI),
+        })
     }
 
     /// Whether the AVX-512 VNNI variants are in use.
@@ -121,14 +103,6 @@ impl Avx2 {
             _ => false,
         }
     }
-}
-
-/// # Safety
-/// The CPU must support xsave and the OS must have set CR4.OSXSAVE (cpuid.1:ecx bit 27).
-#[target_feature(enable = "xsave")]
-unsafe fn xgetbv0() -> u64 {
-    // SAFETY: guaranteed by this function's contract.
-    unsafe { core::arch::x86_64::_xgetbv(0) }
 }
 
 /// Borrows `N` bytes at `at` as an array (bounds-checked; the check folds away in loops over
