@@ -111,6 +111,20 @@ pub fn protected_images() -> Option<vmm::guest_images::GuestImages> {
     Some(vmm::guest_images::GuestImages::load(&dir).expect("images match their manifest"))
 }
 
+/// Whether a test of the private-memory property itself (the host cannot read the pool) can
+/// run on a VM with `isolation`; if not, prints the one `SKIPPED` line that says why. Hosts
+/// without guest_memfd (or with `FLEXSERVE_NO_GUEST_MEMFD=1`) run every other guest test.
+pub fn private_memory_or_skip(test: &str, isolation: &vmm::hypervisor::Isolation) -> bool {
+    if isolation.level() >= vmm::hypervisor::IsolationLevel::PrivateMemory {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED: {test}: host KVM has no guest_memfd ({})",
+        isolation.limit
+    );
+    false
+}
+
 /// What a guest run with a host-side conversation produced.
 pub struct Conversation<R> {
     /// How the VM ended: `Err(VmError::StoppedByHost)` when the host finished first.

@@ -10,7 +10,7 @@
 //! the private region's host mapping must fail. Both the bare `canary` program and the
 //! engine (with a model loaded, through a test-only memory probe) are checked.
 
-use flexserve_e2e::{guest_images, model_path, protected_images};
+use flexserve_e2e::{guest_images, model_path, private_memory_or_skip, protected_images};
 use guest_programs::canary::{CANARY_BYTES, HASHES_OFFSET, fnv1a};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -21,7 +21,7 @@ use virtio_llm::spec::{MEMORY_GRANULE, MIN_MEMORY_BUDGET};
 use virtio_llm::wire::probe::ProbeOp;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-use vmm::hypervisor::{IsolationRequest, PrivateBacking};
+use vmm::hypervisor::{IsolationLevel, IsolationRequest, NO_GUEST_MEMFD_ENV, PrivateBacking};
 use vmm::machine::{Machine, MachineConfig, VmError};
 use vmm::memory_broker::{MemoryBroker, MemoryError};
 use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
@@ -187,6 +187,12 @@ fn boot_canary_and_scan(mut m: Machine) -> Option<CanaryScan> {
 #[test]
 fn the_host_cannot_read_private_memory_but_can_read_the_shared_window() {
     let m = machine();
+    if !private_memory_or_skip(
+        "the_host_cannot_read_private_memory_but_can_read_the_shared_window",
+        m.isolation(),
+    ) {
+        return;
+    }
     let protected_vm = m.isolation().protected_vm;
     let Some(r) = boot_canary_and_scan(m) else {
         return;
@@ -242,6 +248,78 @@ fn the_benchmarks_host_readable_pool_is_readable_and_reported_so() {
         matches!(r.direct, Ok(true)),
         "a direct read of the host-readable pool did not return the canary: {:?}",
         r.direct
+    );
+}
+
+/// The level a VM reports is what the host offers, asked of KVM here independently of the
+/// VMM's own probe: `private-memory` where the host has guest_memfd (unless
+/// `FLEXSERVE_NO_GUEST_MEMFD=1` forces ordinary memory), `none` with the reason otherwise.
+#[test]
+fn the_isolation_level_is_what_the_host_offers() {
+    if flexserve_e2e::guest_images("canary").is_none() {
+        return;
+    }
+    let m = machine();
+    let isolation = m.isolation();
+    if isolation.protected_vm {
+        assert_eq!(isolation.level(), IsolationLevel::ProtectedVm);
+        return;
+    }
+    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
+    let vm = kvm.create_vm().expect("create a VM");
+    let has_gmem = vm.check_extension_raw(kvm_bindings::KVM_CAP_GUEST_MEMFD.into()) > 0;
+    let forced_off = std::env::var(NO_GUEST_MEMFD_ENV).as_deref() == Ok("1");
+    eprintln!(
+        "guest_memfd: {has_gmem}, forced off: {forced_off}: {}",
+        isolation.describe()
+    );
+    if has_gmem && !forced_off {
+        assert_eq!(
+            isolation.level(),
+            IsolationLevel::PrivateMemory,
+            "{isolation:?}"
+        );
+        assert_eq!(isolation.private, Some(PrivateBacking::GuestMemfd));
+    } else {
+        assert_eq!(isolation.level(), IsolationLevel::None, "{isolation:?}");
+        let why = if forced_off {
+            NO_GUEST_MEMFD_ENV
+        } else {
+            "no guest_memfd"
+        };
+        assert!(isolation.limit.contains(why), "{isolation:?}");
+        assert!(
+            isolation.describe().starts_with("none: "),
+            "{}",
+            isolation.describe()
+        );
+    }
+}
+
+/// A policy above what the VM got refuses to create it, naming the level and what is
+/// missing; the host-readable pool makes that happen on every host.
+#[test]
+fn a_minimum_isolation_above_the_vms_refuses_it() {
+    if flexserve_e2e::guest_images("canary").is_none() {
+        return;
+    }
+    let r = Machine::new(MachineConfig {
+        private_size: 64 << 20,
+        isolation: IsolationRequest::HostReadableHugePages,
+        min_isolation: IsolationLevel::PrivateMemory,
+        ..MachineConfig::default()
+    });
+    let Err(VmError::IsolationTooWeak(e)) = r else {
+        panic!("a host-readable pool passed a private-memory policy");
+    };
+    assert_eq!(
+        (e.got, e.min),
+        (IsolationLevel::None, IsolationLevel::PrivateMemory)
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("`none`") && msg.contains("guest_memfd"),
+        "{msg}"
     );
 }
 
@@ -307,6 +385,7 @@ fn engine_with_model(private_mib: usize) -> Option<(ProtectedVm, Vec<u8>)> {
             private_bytes: private_mib << 20,
             diagnostics: true,
             isolation: Default::default(),
+            min_isolation: IsolationLevel::None,
         },
     )
     .expect("guest boots");
@@ -320,6 +399,13 @@ fn the_host_cannot_read_a_canary_the_engine_holds_beside_a_model() {
     let Some((mut vm, _)) = engine_with_model(128) else {
         return;
     };
+    if !private_memory_or_skip(
+        "the_host_cannot_read_a_canary_the_engine_holds_beside_a_model",
+        vm.isolation(),
+    ) {
+        vm.shutdown().expect("clean shutdown");
+        return;
+    }
     let placed = vm.probe(ProbeOp::PlaceCanary).expect("place a canary");
     // The guest copies the canary to the shared window and keeps the private copy: one scan
     // must then find it exactly once, in the window (which proves the scan sees guest memory

@@ -285,7 +285,23 @@ fn bad_input_is_answered_4xx_with_openai_errors() {
     assert_eq!(one.json()["id"], TINY);
     let h = http(addr, "GET", "/health", "");
     assert_eq!(h.json()["guest"], "up");
+    // The level the guest got, in /health and as the one set gauge of /metrics.
+    let level = h.json()["isolation"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ["none", "private-memory", "protected-vm"].contains(&level.as_str()),
+        "{}",
+        h.body
+    );
     let m = http(addr, "GET", "/metrics", "");
+    assert!(
+        m.body
+            .contains(&format!("flexserve_guest_isolation{{level=\"{level}\"}} 1")),
+        "{}",
+        m.body
+    );
     assert!(
         m.body
             .contains("flexserve_requests_total{outcome=\"invalid\"} 14"),

@@ -71,6 +71,8 @@ pub fn config(dir: &Path, model: &str, context: u32, queue_depth: usize) -> Conf
         tcp: Some("127.0.0.1:0".parse().unwrap()),
         images: Some(repo().join("images/out")),
         start: StartMode::Startup,
+        // The tests run on hosts without guest_memfd too; the level is checked elsewhere.
+        min_isolation: vmm::hypervisor::IsolationLevel::None,
         models_dir: repo().join("models"),
         default_model: model.into(),
         context,

@@ -111,6 +111,8 @@ fn the_daemon_serves_on_a_socket_systemd_passes() {
             "tiny.Q8_0",
             "--ctx",
             "256",
+            "--min-isolation",
+            "none",
         ])
         .arg("--models-dir")
         .arg(repo().join("models"))

@@ -19,7 +19,7 @@ use inference_guest::tokenizer::Tokenizer;
 use std::time::{Duration, Instant};
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use vmm::guest_images::GuestImages;
-use vmm::hypervisor::IsolationRequest;
+use vmm::hypervisor::{IsolationLevel, IsolationRequest};
 use vmm::machine::{Machine, MachineConfig};
 use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
 
@@ -215,6 +215,7 @@ impl GuestEngine {
                 } else {
                     IsolationRequest::default()
                 },
+                min_isolation: IsolationLevel::None,
             },
         )?;
         let booted = Instant::now();
@@ -229,6 +230,20 @@ impl GuestEngine {
             vmm::digest_cache::remember(&args.model, &sha256);
         }
         Ok((engine, booted.elapsed()))
+    }
+
+    /// The JSON fields that say what the guest ran with: its isolation level and its
+    /// kernels beside the host engine's.
+    fn row_fields(&self) -> String {
+        let k = self.vm.kernels();
+        let guest = k
+            .guest
+            .map_or_else(|| "unknown".to_string(), |i| format!("{i:?}"));
+        format!(
+            "\"isolation\":\"{}\",\"guest_kernels\":\"{guest}\",\"host_kernels\":\"{:?}\"",
+            self.vm.isolation().level(),
+            k.host
+        )
     }
 
     /// A greedy request on a new session: `ids`, then `gen_tokens` tokens (end-of-generation
@@ -291,7 +306,8 @@ fn with_checked_model<T>(
     })
 }
 
-fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> {
+/// The guest's figures and [`GuestEngine::row_fields`].
+fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<(Figures, String), BenchError> {
     with_checked_model(args, |file, n_vocab| {
         let (mut engine, load) = GuestEngine::start(args, file)?;
         let mut f = Figures::new(t0.elapsed() - load, load);
@@ -299,8 +315,9 @@ fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> {
         for rep in 0..=args.warm_reps {
             f.add(rep, &engine.request(&ids, args.gen_tokens)?, t0);
         }
+        let fields = engine.row_fields();
         engine.vm.shutdown()?;
-        Ok(f)
+        Ok((f, fields))
     })
 }
 
@@ -328,6 +345,7 @@ fn paired(args: &BenchE2eArgs) -> Result<(), BenchError> {
             }
             Ok(pairs)
         })?;
+        let fields = guest.row_fields();
         guest.vm.shutdown()?;
         let series =
             |f: &dyn Fn(&(Request, Request)) -> f64| -> Vec<f64> { pairs.iter().map(f).collect() };
@@ -340,7 +358,7 @@ fn paired(args: &BenchE2eArgs) -> Result<(), BenchError> {
                 .join(",")
         };
         println!(
-            "{{\"mode\":\"paired\",\"pairs\":{},\"guest_decode_tps\":{:.1},\
+            "{{\"mode\":\"paired\",{fields},\"pairs\":{},\"guest_decode_tps\":{:.1},\
 \"unprotected_decode_tps\":{:.1},\"decode_ratio\":{:.3},\"prefill_ratio\":{:.3},\
 \"decode_ratios\":[{}],\"prefill_ratios\":[{}]}}",
             pairs.len(),
@@ -402,17 +420,20 @@ pub fn run(args: &BenchE2eArgs) -> Result<(), BenchError> {
         return Err(BenchError::HostReadablePoolNeedsGuest);
     }
     let t0 = Instant::now();
-    let (name, f) = match args.mode {
+    let (name, (f, fields)) = match args.mode {
         BenchMode::Floor => return floor(args),
         BenchMode::Paired => return paired(args),
         BenchMode::Guest if args.host_readable_pool => {
             ("guest-host-readable-pool", guest(args, t0)?)
         }
         BenchMode::Guest => ("guest", guest(args, t0)?),
-        BenchMode::Unprotected => ("unprotected", unprotected(args, t0)?),
+        BenchMode::Unprotected => (
+            "unprotected",
+            (unprotected(args, t0)?, "\"isolation\":\"host\"".to_string()),
+        ),
     };
     println!(
-        "{{\"mode\":\"{name}\",\"cold_ttft_ms\":{:.1},\"boot_ms\":{:.1},\"load_ms\":{:.1},\
+        "{{\"mode\":\"{name}\",{fields},\"cold_ttft_ms\":{:.1},\"boot_ms\":{:.1},\"load_ms\":{:.1},\
 \"prefill_first_ms\":{:.1},\"warm_ttft_ms\":{:.1},\"prefill_tps\":{:.1},\"decode_tps\":{:.1}}}",
         ms(f.cold_ttft),
         ms(f.boot),

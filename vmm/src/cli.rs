@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use vmm::hypervisor::IsolationLevel;
 
 /// The model `run` uses when no `-m` is given (what `make setup` fetches).
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -61,6 +62,10 @@ pub struct ServeArgs {
     /// Boot the guest at `startup` or on the first request (`lazy`) (`guest.start`).
     #[arg(long)]
     pub start: Option<String>,
+    /// Refuse to serve from a guest isolated less than this: none, private-memory (the
+    /// default) or protected-vm (`guest.min_isolation`).
+    #[arg(long)]
+    pub min_isolation: Option<String>,
     /// Requests that may wait for the guest; one more gets 429 (`limits.queue_depth`).
     #[arg(long)]
     pub queue_depth: Option<i64>,
@@ -78,6 +83,7 @@ impl ServeArgs {
             memory_max: self.memory_max.clone(),
             images: self.images.clone(),
             start: self.start.clone(),
+            min_isolation: self.min_isolation.clone(),
             models_dir: self.models_dir.clone(),
             default_model: self.model.clone(),
             context: self.ctx,
@@ -180,9 +186,13 @@ pub struct RunArgs {
     /// Without it the engine runs in the protected guest VM.
     #[arg(long)]
     pub unprotected: bool,
-    /// Refuse to run unless the guest is a protected VM (arm64 pKVM, where the host kernel
-    /// cannot read guest memory).
-    #[arg(long, conflicts_with = "unprotected")]
+    /// Refuse to run below this isolation level: none (the default: runs on any KVM host,
+    /// with a warning), private-memory (guest_memfd: host user space cannot read the guest's
+    /// pool) or protected-vm (arm64 pKVM: the host kernel cannot either).
+    #[arg(long, value_name = "LEVEL", conflicts_with = "unprotected")]
+    pub min_isolation: Option<IsolationLevel>,
+    /// Shorthand for --min-isolation protected-vm.
+    #[arg(long, conflicts_with_all = ["unprotected", "min_isolation"])]
     pub require_protected: bool,
     /// Worker threads (vCPUs in the guest).
     #[arg(long, visible_alias = "threads", default_value_t = 2)]
@@ -219,4 +229,15 @@ pub struct BenchArgs {
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+}
+
+impl RunArgs {
+    /// The least isolation `run` accepts (`--min-isolation`, `--require-protected`).
+    pub fn min_isolation(&self) -> IsolationLevel {
+        if self.require_protected {
+            IsolationLevel::ProtectedVm
+        } else {
+            self.min_isolation.unwrap_or(IsolationLevel::None)
+        }
+    }
 }

@@ -6,8 +6,8 @@ use crate::devices::virtio_llm::{LlmConfig, LlmHost, VirtioLlm};
 use crate::devices::virtio_mmio::{MmioTransport, reg};
 use crate::devices::{Console, Control, FaultPage, FaultReport, MmioBus, Timer};
 use crate::hypervisor::{
-    Hypervisor, HypervisorError, Isolation, IsolationRequest, KvmHypervisor, PrivateMemory,
-    RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm,
+    Hypervisor, HypervisorError, Isolation, IsolationLevel, IsolationRequest, IsolationTooWeak,
+    KvmHypervisor, PrivateMemory, RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm,
 };
 use crate::vcpu_exit::{ExitAction, Stop, handle_exit};
 use guest_kernel::abi;
@@ -56,8 +56,10 @@ pub struct MachineConfig {
     pub deadline: Duration,
     /// Let the guest answer memory probes (virtio-llm `feature::DIAGNOSTICS`): tests only.
     pub diagnostics: bool,
-    /// A protected VM where the host has one, always, or never.
+    /// What kind of VM to ask for.
     pub isolation: IsolationRequest,
+    /// Refuse to create the VM when its isolation is below this level.
+    pub min_isolation: IsolationLevel,
 }
 
 impl Default for MachineConfig {
@@ -68,6 +70,7 @@ impl Default for MachineConfig {
             deadline: Duration::from_secs(30),
             diagnostics: false,
             isolation: IsolationRequest::default(),
+            min_isolation: IsolationLevel::None,
         }
     }
 }
@@ -77,6 +80,8 @@ impl Default for MachineConfig {
 pub enum VmError {
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
+    #[error(transparent)]
+    IsolationTooWeak(#[from] IsolationTooWeak),
     #[error("cannot allocate {size} bytes of guest memory: {reason}")]
     Memory { size: usize, reason: String },
     #[error("{0}")]
@@ -190,7 +195,9 @@ impl Machine {
         let isolation = Isolation {
             protected_vm: vm.is_protected(),
             private: private.as_ref().map(|p| p.backing()),
+            limit: vm.isolation_limit(),
         };
+        isolation.check_at_least(config.min_isolation)?;
         let mem = collection(regions)?;
         // The device's view: the shared window and nothing else.
         let shared_only = collection(vec![shared])?;
@@ -302,9 +309,9 @@ impl Machine {
         Ok(plan.entry)
     }
 
-    /// The isolation this VM got (protected VM or not, what backs the private pool).
-    pub fn isolation(&self) -> Isolation {
-        self.isolation
+    /// The isolation this VM got (its level, what backs the private pool, why not stronger).
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
     }
 
     /// Guest memory, for tests that must corrupt the guest on purpose.

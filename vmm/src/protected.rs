@@ -17,6 +17,7 @@ use std::time::Instant;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::StopReason;
 use vmm::guest_images::GuestImages;
+use vmm::hypervisor::{Isolation, IsolationLevel};
 use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
 use vmm::size::parse_size;
 
@@ -85,6 +86,18 @@ impl Progress {
     }
 }
 
+/// Says what isolation the guest got, and at `none` warns once why.
+fn report_isolation(isolation: &Isolation) {
+    eprintln!("[flexserve] isolation: {}", isolation.describe());
+    if isolation.level() == IsolationLevel::None {
+        eprintln!(
+            "[flexserve] warning: isolation none: the host can read the model and the prompts \
+             in guest memory ({}); --min-isolation private-memory refuses such hosts",
+            isolation.limit
+        );
+    }
+}
+
 /// Generates from `prompt` inside the protected guest and streams the text to stdout.
 /// Returns whether Ctrl-C cut the generation short.
 pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
@@ -130,14 +143,11 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
                 vcpus: args.vcpus as u8,
                 private_bytes: usize::try_from(private).unwrap_or(usize::MAX),
                 diagnostics: false,
-                isolation: if args.require_protected {
-                    vmm::hypervisor::IsolationRequest::RequireProtected
-                } else {
-                    vmm::hypervisor::IsolationRequest::Best
-                },
+                isolation: vmm::hypervisor::IsolationRequest::Best,
+                min_isolation: args.min_isolation(),
             },
         )?;
-        eprintln!("[flexserve] isolation: {}", vm.isolation().describe());
+        report_isolation(vm.isolation());
         let booted = Instant::now();
         let mut progress = Progress {
             total: model_bytes,
@@ -209,15 +219,17 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
     }
     let stats = vm.stats()?;
     let memory = vm.memory()?;
+    let vm_level = vm.isolation().level();
     vm.shutdown()?;
     let first = first_token.unwrap_or_else(Instant::now);
     let prefill_s = end.timings.prompt_ns as f64 / 1e9;
     let decode_s = end.timings.generation_ns as f64 / 1e9;
     let decoded = end.generated_tokens.saturating_sub(1);
     eprintln!(
-        "[flexserve] protected guest ({} vCPUs{}): boot {:.0} ms, load {:.0} ms, TTFT {:.0} ms, \
+        "[flexserve] guest, isolation {} ({} vCPUs{}): boot {:.0} ms, load {:.0} ms, TTFT {:.0} ms, \
          prefill {} tok at {:.1} tok/s, decode {} tok at {:.1} tok/s, private memory: {} MiB in \
          use, {} MiB held, budget {} of {} MiB, stop: {}",
+        vm_level,
         args.vcpus,
         if chat { ", chat template" } else { "" },
         (booted - start).as_secs_f64() * 1e3,

@@ -10,8 +10,8 @@ use super::aarch64_boot as boot;
 use super::kvm_memslots::{MemSlots, register_mmio_notify};
 use super::private_memory::{GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP};
 use super::{
-    Hypervisor, HypervisorError, IsolationRequest, PrivateBacking, PrivateMemory, RegisterSnapshot,
-    Ring, Vcpu, VcpuInit, Vm, VmExit,
+    Hypervisor, HypervisorError, IsolationRequest, NO_GUEST_MEMFD_ENV, PrivateBacking,
+    PrivateMemory, RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm, VmExit, guest_memfd_disabled_by_env,
 };
 use guest_kernel::abi::MAX_VCPUS;
 use kvm_bindings::kvm_vcpu_init;
@@ -49,24 +49,24 @@ impl KvmHypervisor {
     /// Creates an empty VM: protected when asked or when `Best` finds pKVM.
     pub fn create_kvm_vm(&self, request: IsolationRequest) -> Result<KvmVm, HypervisorError> {
         let ipa = self.ipa_type();
-        let protected = match request {
-            IsolationRequest::Normal | IsolationRequest::HostReadableHugePages => None,
-            IsolationRequest::Best | IsolationRequest::RequireProtected => {
+        let (protected, protected_limit) = match request {
+            IsolationRequest::Normal | IsolationRequest::HostReadableHugePages => {
+                (None, "a normal VM was asked for".to_string())
+            }
+            IsolationRequest::Best => {
                 match self
                     .kvm
                     .create_vm_with_type(KVM_VM_TYPE_ARM_PROTECTED | ipa)
                 {
-                    Ok(fd) => Some(fd),
-                    Err(e) if request == IsolationRequest::RequireProtected => {
-                        return Err(HypervisorError::ProtectedUnavailable {
-                            reason: format!(
-                                "KVM_CREATE_VM with KVM_VM_TYPE_ARM_PROTECTED failed ({e}); \
-                                 the host kernel runs kvm-arm.mode={}",
-                                host_kvm_mode().unwrap_or_else(|| "<default>".into())
-                            ),
-                        });
-                    }
-                    Err(_) => None,
+                    Ok(fd) => (Some(fd), String::new()),
+                    Err(e) => (
+                        None,
+                        format!(
+                            "KVM_CREATE_VM with KVM_VM_TYPE_ARM_PROTECTED failed ({e}): the host \
+                             kernel runs kvm-arm.mode={}, not pKVM",
+                            host_kvm_mode().unwrap_or_else(|| "<default>".into())
+                        ),
+                    ),
                 }
             }
         };
@@ -78,15 +78,31 @@ impl KvmHypervisor {
                 .create_vm_with_type(ipa)
                 .map_err(HypervisorError::ioctl("KVM_CREATE_VM"))?,
         };
+        let guest_memfd = if guest_memfd_disabled_by_env() {
+            Err(format!(
+                "{NO_GUEST_MEMFD_ENV}=1 put the private pool on ordinary memory"
+            ))
+        } else if self
+            .kvm
+            .check_extension_raw(kvm_bindings::KVM_CAP_GUEST_MEMFD.into())
+            > 0
+        {
+            Ok(())
+        } else {
+            Err(
+                "the host KVM has no guest_memfd (KVM_CAP_GUEST_MEMFD is 0), so the private \
+                 pool is ordinary memory"
+                    .to_string(),
+            )
+        };
         Ok(KvmVm {
             fd,
             protected: is_protected,
             ptrauth: self.kvm.check_extension(Cap::ArmPtrAuthAddress)
                 && self.kvm.check_extension(Cap::ArmPtrAuthGeneric),
-            guest_memfd: self
-                .kvm
-                .check_extension_raw(kvm_bindings::KVM_CAP_GUEST_MEMFD.into())
-                > 0,
+            guest_memfd,
+            protected_limit,
+            pool_limit: None,
             host_readable_pool: request == IsolationRequest::HostReadableHugePages,
             slots: MemSlots::default(),
         })
@@ -114,8 +130,12 @@ pub struct KvmVm {
     protected: bool,
     /// The host offers pointer authentication to guests.
     ptrauth: bool,
-    /// The host has guest_memfd (`KVM_CAP_GUEST_MEMFD`).
-    guest_memfd: bool,
+    /// The pool may be guest_memfd (`KVM_CAP_GUEST_MEMFD`), or why not.
+    guest_memfd: Result<(), String>,
+    /// Why the VM is not protected (empty when it is).
+    protected_limit: String,
+    /// Why the pool is not private guest_memfd, once it exists.
+    pool_limit: Option<String>,
     /// The pool is host-readable anonymous memory on huge pages (a benchmark's comparison).
     host_readable_pool: bool,
     slots: MemSlots,
@@ -216,7 +236,8 @@ impl Vm for KvmVm {
     ) -> Result<PrivateMemory, HypervisorError> {
         // Upstream pKVM gives protected VMs no private guest_memfd pages: their private
         // memory is anonymous memory the hypervisor takes from the host on first touch.
-        if self.guest_memfd && !self.protected && !self.host_readable_pool {
+        if self.guest_memfd.is_ok() && !self.protected && !self.host_readable_pool {
+            let mut failed = String::new();
             let tries = [
                 (GUEST_MEMFD_FLAG_MMAP, PrivateBacking::GuestMemfd),
                 (
@@ -225,23 +246,50 @@ impl Vm for KvmVm {
                 ),
             ];
             for (flags, backing) in tries {
-                if let Ok(mem) = self
+                match self
                     .slots
                     .guest_memfd_pool(&self.fd, guest_addr, len, flags, backing)
                 {
-                    return Ok(mem);
+                    Ok(mem) => {
+                        if backing == PrivateBacking::GuestMemfdShared {
+                            self.pool_limit = Some(format!(
+                                "the VM type has no private guest_memfd pages ({failed}), so \
+                                 the pool's pages are shared with the host"
+                            ));
+                        }
+                        return Ok(mem);
+                    }
+                    Err(e) if failed.is_empty() => failed = e.to_string(),
+                    Err(_) => {}
                 }
             }
+            self.pool_limit = Some(format!(
+                "the host KVM could not give the VMM a mappable guest_memfd ({failed}), so the \
+                 private pool is ordinary memory"
+            ));
+        }
+        if let Err(why) = &self.guest_memfd
+            && !self.protected
+        {
+            self.pool_limit = Some(why.clone());
         }
         let backing = if self.protected {
             PrivateBacking::AnonymousProtected
         } else if self.host_readable_pool {
+            self.pool_limit = Some("the benchmark asked for a host-readable pool".into());
             PrivateBacking::AnonymousHugePages
         } else {
             PrivateBacking::Anonymous
         };
         self.slots
             .anonymous_pool(&self.fd, guest_addr, len, backing)
+    }
+
+    fn isolation_limit(&self) -> String {
+        match &self.pool_limit {
+            Some(why) if !self.protected => why.clone(),
+            _ => self.protected_limit.clone(),
+        }
     }
 
     fn register_mmio_notify(

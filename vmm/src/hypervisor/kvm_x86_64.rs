@@ -3,10 +3,12 @@
 use super::kvm_memslots::{MemSlots, register_mmio_notify};
 use super::x86_64_boot as boot;
 use super::{
-    Hypervisor, HypervisorError, IsolationRequest, RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm,
-    VmExit,
+    Hypervisor, HypervisorError, IsolationRequest, NO_GUEST_MEMFD_ENV, PrivateBacking,
+    RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm, VmExit, guest_memfd_disabled_by_env,
 };
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_dtable, kvm_regs, kvm_segment, kvm_xcrs};
+use kvm_bindings::{
+    CpuId, KVM_CAP_GUEST_MEMFD, KVM_MAX_CPUID_ENTRIES, kvm_dtable, kvm_regs, kvm_segment, kvm_xcrs,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 /// An open `/dev/kvm`.
@@ -23,7 +25,7 @@ impl KvmHypervisor {
     }
 
     /// Creates an empty VM; `request` only chooses its private pool here (x86_64 KVM has no
-    /// protected VM type).
+    /// protected VM type FlexServe uses).
     pub fn create_kvm_vm(&self, request: IsolationRequest) -> Result<KvmVm, HypervisorError> {
         let fd = self
             .kvm
@@ -33,10 +35,25 @@ impl KvmHypervisor {
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(HypervisorError::ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        let pool = if request == IsolationRequest::HostReadableHugePages {
+            PoolPlan::HostReadableHugePages
+        } else if guest_memfd_disabled_by_env() {
+            PoolPlan::Anonymous(format!(
+                "{NO_GUEST_MEMFD_ENV}=1 put the private pool on ordinary memory"
+            ))
+        } else if fd.check_extension_raw(KVM_CAP_GUEST_MEMFD.into()) <= 0 {
+            PoolPlan::Anonymous(
+                "the host KVM has no guest_memfd (KVM_CAP_GUEST_MEMFD is 0), so the private \
+                 pool is ordinary memory"
+                    .into(),
+            )
+        } else {
+            PoolPlan::GuestMemfd
+        };
         Ok(KvmVm {
             fd,
             cpuid,
-            host_readable_pool: request == IsolationRequest::HostReadableHugePages,
+            pool,
             slots: MemSlots::default(),
         })
     }
@@ -44,24 +61,29 @@ impl KvmHypervisor {
 
 impl Hypervisor for KvmHypervisor {
     fn create_vm(&self, request: IsolationRequest) -> Result<Box<dyn Vm>, HypervisorError> {
-        if request == IsolationRequest::RequireProtected {
-            return Err(HypervisorError::ProtectedUnavailable {
-                reason: "x86_64 KVM has no protected VM type here (the private pool is \
-                         guest_memfd, which keeps host user space out but trusts the host \
-                         kernel)"
-                    .into(),
-            });
-        }
         Ok(Box::new(self.create_kvm_vm(request)?))
     }
 }
+
+/// What the private pool will be, and why when it is not guest_memfd.
+enum PoolPlan {
+    GuestMemfd,
+    /// Ordinary memory, for the reason given.
+    Anonymous(String),
+    /// The benchmark's host-readable comparison pool.
+    HostReadableHugePages,
+}
+
+/// Why an x86_64 VM is never `protected-vm`.
+const NO_PROTECTED_VM: &str = "x86_64 KVM offers FlexServe no protected VM type (SEV-SNP \
+                               and TDX VMs are not supported yet), so the host kernel can \
+                               read guest memory";
 
 /// A VM: its memory slots and vCPUs.
 pub struct KvmVm {
     fd: VmFd,
     cpuid: CpuId,
-    /// The pool is host-readable anonymous memory on huge pages (a benchmark's comparison).
-    host_readable_pool: bool,
+    pool: PoolPlan,
     slots: MemSlots,
 }
 
@@ -227,21 +249,41 @@ impl Vm for KvmVm {
         guest_addr: u64,
         len: usize,
     ) -> Result<super::PrivateMemory, HypervisorError> {
-        if self.host_readable_pool {
-            return self.slots.anonymous_pool(
-                &self.fd,
-                guest_addr,
-                len,
-                super::PrivateBacking::AnonymousHugePages,
-            );
+        let backing = match &self.pool {
+            PoolPlan::GuestMemfd => {
+                match self.slots.guest_memfd_pool(
+                    &self.fd,
+                    guest_addr,
+                    len,
+                    super::private_memory::GUEST_MEMFD_FLAG_MMAP,
+                    PrivateBacking::GuestMemfd,
+                ) {
+                    Ok(mem) => return Ok(mem),
+                    // A kernel with guest_memfd but without its MMAP flag (before 6.18).
+                    Err(e) => {
+                        self.pool = PoolPlan::Anonymous(format!(
+                            "the host KVM has guest_memfd but could not give the VMM a \
+                             mappable one ({e}), so the private pool is ordinary memory"
+                        ));
+                        PrivateBacking::Anonymous
+                    }
+                }
+            }
+            PoolPlan::Anonymous(_) => PrivateBacking::Anonymous,
+            PoolPlan::HostReadableHugePages => PrivateBacking::AnonymousHugePages,
+        };
+        self.slots
+            .anonymous_pool(&self.fd, guest_addr, len, backing)
+    }
+
+    fn isolation_limit(&self) -> String {
+        match &self.pool {
+            PoolPlan::GuestMemfd => NO_PROTECTED_VM.into(),
+            PoolPlan::Anonymous(why) => why.clone(),
+            PoolPlan::HostReadableHugePages => {
+                "the benchmark asked for a host-readable pool on huge pages".into()
+            }
         }
-        self.slots.guest_memfd_pool(
-            &self.fd,
-            guest_addr,
-            len,
-            super::private_memory::GUEST_MEMFD_FLAG_MMAP,
-            super::PrivateBacking::GuestMemfd,
-        )
     }
 
     fn register_mmio_notify(

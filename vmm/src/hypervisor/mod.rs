@@ -6,6 +6,7 @@
 //! built on every host so its unit tests run on x86_64 too.
 
 pub mod aarch64_boot;
+mod isolation;
 #[cfg(target_arch = "aarch64")]
 mod kvm_aarch64;
 mod kvm_memslots;
@@ -15,6 +16,10 @@ mod private_memory;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64_boot;
 
+pub use isolation::{
+    Isolation, IsolationLevel, IsolationRequest, IsolationTooWeak, NO_GUEST_MEMFD_ENV,
+    UnknownIsolationLevel, guest_memfd_disabled_by_env,
+};
 #[cfg(target_arch = "aarch64")]
 pub use kvm_aarch64::{KvmHypervisor, KvmVcpu, KvmVm};
 #[cfg(target_arch = "x86_64")]
@@ -47,13 +52,6 @@ pub enum HypervisorError {
     /// The guest-private memory could not be set up or released.
     #[error("guest-private memory: {0}")]
     PrivateMemory(String),
-    /// A protected VM was required but the host cannot create one.
-    #[error(
-        "a protected VM was required (--require-protected) but this host cannot create one: \
-         {reason}; boot the host with kvm-arm.mode=protected on a kernel with upstream pKVM \
-         protected VMs (6.19 or later), or run without --require-protected"
-    )]
-    ProtectedUnavailable { reason: String },
     /// Guest memory of a protected VM is pinned and charged to RLIMIT_MEMLOCK.
     #[error(
         "a protected VM pins all {needed_mib} MiB of its memory, but RLIMIT_MEMLOCK is \
@@ -142,59 +140,6 @@ pub struct VcpuInit {
     pub args: [u64; 3],
 }
 
-/// What kind of VM to create.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum IsolationRequest {
-    /// The strongest the host offers: a protected VM where there is one (arm64 pKVM),
-    /// otherwise a normal VM.
-    #[default]
-    Best,
-    /// A protected VM or an error (`--require-protected`).
-    RequireProtected,
-    /// A normal VM even where protected VMs exist (tests that read guest memory).
-    Normal,
-    /// A normal VM whose private pool is anonymous host memory on transparent huge pages:
-    /// the host can read all of it. Only for `bench-e2e --host-readable-pool`, which measures
-    /// what private memory's 4 KiB pages cost (guest_memfd has no huge pages) by running the
-    /// same guest on 2 MiB pages. Never for serving.
-    HostReadableHugePages,
-}
-
-/// The isolation a VM got, for the report `flexserve run` prints.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Isolation {
-    /// An arm64 pKVM protected VM: the hypervisor keeps the host kernel out of its memory.
-    pub protected_vm: bool,
-    /// How the private pool is backed (`None` before it exists).
-    pub private: Option<PrivateBacking>,
-}
-
-impl Isolation {
-    /// One line saying what the host can and cannot read.
-    pub fn describe(&self) -> String {
-        let backing = match self.private {
-            None => "no private pool",
-            Some(b) => b.describe(),
-        };
-        if self.protected_vm {
-            format!(
-                "protected VM (pKVM): the host kernel cannot read guest memory (private pool: \
-                 {backing})"
-            )
-        } else if self.private == Some(PrivateBacking::GuestMemfd) {
-            format!(
-                "normal VM with guest_memfd: host user space cannot read private memory, the \
-                 host kernel is trusted (private pool: {backing})"
-            )
-        } else {
-            format!(
-                "normal VM: the host kernel and root can read guest memory (private pool: \
-                 {backing})"
-            )
-        }
-    }
-}
-
 /// A hypervisor that can create VMs.
 pub trait Hypervisor {
     fn create_vm(&self, request: IsolationRequest) -> Result<Box<dyn Vm>, HypervisorError>;
@@ -221,6 +166,10 @@ pub trait Vm: Send {
     fn is_protected(&self) -> bool {
         false
     }
+
+    /// Why this VM's isolation is not the next level up: what the host lacks and, where the
+    /// pool fell back to ordinary memory, why (after [`Vm::create_private_memory`]).
+    fn isolation_limit(&self) -> String;
 
     /// Sizes every memory slot up front: a protected VM pins all of its memory, and its
     /// memslots are frozen after the first run. Called once, before any `map_memory`.

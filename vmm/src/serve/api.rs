@@ -45,7 +45,12 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
     let guest = s.metrics.guest();
     json_response(
         StatusCode::OK,
-        &json!({"status": "ok", "guest": guest.name(), "queued": s.queue.len()}),
+        &json!({
+            "status": "ok",
+            "guest": guest.name(),
+            "isolation": s.metrics.isolation().map(|l| l.name()),
+            "queued": s.queue.len(),
+        }),
     )
 }
 

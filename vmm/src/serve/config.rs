@@ -2,6 +2,7 @@
 //! `/etc/flexserve/flexserve.toml`) with command-line flags on top. Unknown keys and bad
 //! values are errors that name the key.
 
+use crate::hypervisor::{IsolationLevel, UnknownIsolationLevel};
 use crate::size::parse_size;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -60,6 +61,8 @@ pub struct Config {
     /// Guest image directory (default: as `flexserve run`).
     pub images: Option<PathBuf>,
     pub start: StartMode,
+    /// Refuse to serve from a guest isolated less than this (fails closed by default).
+    pub min_isolation: IsolationLevel,
     pub models_dir: PathBuf,
     pub default_model: String,
     /// Context window of each request, tokens (capped at the model's training context).
@@ -87,6 +90,7 @@ impl Default for Config {
             memory_max: 4 << 30,
             images: None,
             start: StartMode::Startup,
+            min_isolation: IsolationLevel::PrivateMemory,
             models_dir: DEFAULT_MODELS_DIR.into(),
             default_model: DEFAULT_MODEL.into(),
             context: 2048,
@@ -128,6 +132,7 @@ struct GuestSection {
     memory_max: Option<String>,
     images: Option<PathBuf>,
     start: Option<String>,
+    min_isolation: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +162,7 @@ pub struct Overrides {
     pub memory_max: Option<String>,
     pub images: Option<PathBuf>,
     pub start: Option<String>,
+    pub min_isolation: Option<String>,
     pub models_dir: Option<PathBuf>,
     pub default_model: Option<String>,
     pub context: Option<i64>,
@@ -270,6 +276,11 @@ impl Config {
                 }
             };
         }
+        if let Some(l) = o.min_isolation.clone().or(f.guest.min_isolation) {
+            c.min_isolation = l
+                .parse()
+                .map_err(|e: UnknownIsolationLevel| bad("guest.min_isolation", e.to_string()))?;
+        }
         if let Some(d) = o.models_dir.clone().or(f.models.dir) {
             c.models_dir = d;
         }
@@ -321,6 +332,7 @@ mod tests {
             vcpus = 1
             memory_max = "1G"
             start = "lazy"
+            min_isolation = "none"
             [models]
             dir = "models"
             default = "tiny.Q8_0.gguf"
@@ -338,8 +350,8 @@ mod tests {
         assert_eq!(c.socket_mode, 0o600);
         assert_eq!(c.tcp, Some("127.0.0.1:8080".parse().unwrap()));
         assert_eq!(
-            (c.vcpus, c.memory_max, c.start),
-            (1, 1 << 30, StartMode::Lazy)
+            (c.vcpus, c.memory_max, c.start, c.min_isolation),
+            (1, 1 << 30, StartMode::Lazy, IsolationLevel::None)
         );
         assert_eq!((c.default_model.as_str(), c.context), ("tiny.Q8_0", 512));
         assert_eq!(
@@ -361,6 +373,11 @@ mod tests {
         assert!(err("[guest]\nvcpus = \"two\"").contains("vcpus"));
         assert!(err("[guest]\nmemory_max = \"lots\"").contains("guest.memory_max"));
         assert!(err("[guest]\nstart = \"soon\"").contains("guest.start"));
+        let e = err("[guest]\nmin_isolation = \"strong\"");
+        assert!(
+            e.contains("guest.min_isolation") && e.contains("private-memory"),
+            "{e}"
+        );
         assert!(err("[listen]\ntcp = \"localhost\"").contains("listen.tcp"));
         assert!(err("[listen]\nsocket_mode = \"999\"").contains("listen.socket_mode"));
         assert!(err("[limits]\nqueue_depth = 0").contains("limits.queue_depth"));

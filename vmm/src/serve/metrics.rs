@@ -1,6 +1,7 @@
 //! Counters, gauges and histograms of the daemon, rendered as Prometheus text for
 //! `GET /metrics`.
 
+use crate::hypervisor::IsolationLevel;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,6 +98,9 @@ pub struct Metrics {
     pub guest_state: AtomicU64,
     pub guest_starts: AtomicU64,
     pub guest_crashes: AtomicU64,
+    /// The last guest's isolation level: 0 before any guest, else 1 + its index in
+    /// `IsolationLevel::ALL`.
+    isolation: AtomicU64,
     pub queue_depth: AtomicU64,
     pub memory_max_bytes: AtomicU64,
     pub memory_budget_bytes: AtomicU64,
@@ -117,6 +121,7 @@ impl Default for Metrics {
             guest_state: AtomicU64::new(GuestState::Down as u64),
             guest_starts: AtomicU64::new(0),
             guest_crashes: AtomicU64::new(0),
+            isolation: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             memory_max_bytes: AtomicU64::new(0),
             memory_budget_bytes: AtomicU64::new(0),
@@ -141,6 +146,20 @@ impl Metrics {
         self.guest_state.store(s as u64, Ordering::Relaxed);
     }
 
+    /// Records the isolation level the guest got.
+    pub fn set_isolation(&self, level: IsolationLevel) {
+        let index = IsolationLevel::ALL.iter().position(|l| *l == level);
+        self.isolation
+            .store(index.map_or(0, |i| i as u64 + 1), Ordering::Relaxed);
+    }
+
+    /// The isolation level of the last guest (`None` before any guest started).
+    pub fn isolation(&self) -> Option<IsolationLevel> {
+        let i = self.isolation.load(Ordering::Relaxed) as usize;
+        i.checked_sub(1)
+            .and_then(|i| IsolationLevel::ALL.get(i).copied())
+    }
+
     pub fn guest(&self) -> GuestState {
         match self.guest_state.load(Ordering::Relaxed) {
             2 => GuestState::Up,
@@ -160,6 +179,19 @@ impl Metrics {
                 o,
                 "flexserve_requests_total{{outcome=\"{name}\"}} {}",
                 get(&self.requests[i])
+            );
+        }
+        o.push_str(
+            "# HELP flexserve_guest_isolation 1 for the isolation level the guest got (none, \
+             private-memory, protected-vm); all 0 before a guest started.\n\
+             # TYPE flexserve_guest_isolation gauge\n",
+        );
+        let got = self.isolation();
+        for level in IsolationLevel::ALL {
+            let _ = writeln!(
+                o,
+                "flexserve_guest_isolation{{level=\"{level}\"}} {}",
+                u8::from(got == Some(level))
             );
         }
         let mut one = |name: &str, kind: &str, help: &str, v: u64| {
@@ -261,5 +293,19 @@ mod tests {
         assert!(t.contains("flexserve_ttft_seconds_bucket{le=\"2.5\"} 2"));
         assert!(t.contains("flexserve_ttft_seconds_count 2"));
         assert!(t.contains("flexserve_guest_up 0"));
+        assert!(
+            t.contains("flexserve_guest_isolation{level=\"none\"} 0"),
+            "{t}"
+        );
+        m.set_isolation(IsolationLevel::PrivateMemory);
+        let t = m.render();
+        assert!(
+            t.contains("flexserve_guest_isolation{level=\"private-memory\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("flexserve_guest_isolation{level=\"none\"} 0"),
+            "{t}"
+        );
     }
 }

@@ -257,7 +257,11 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     if on.is_empty() {
         on.push("sockets from systemd".into());
     }
-    eprintln!("[flexserve] serving the OpenAI API on {}", on.join(" and "));
+    eprintln!(
+        "[flexserve] serving the OpenAI API on {} (minimum isolation: {})",
+        on.join(" and "),
+        d.shared.config.min_isolation
+    );
     if let Err(e) = notify::notify("READY=1") {
         eprintln!("[flexserve] cannot notify systemd: {e}");
     }

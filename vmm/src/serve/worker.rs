@@ -12,6 +12,7 @@ use super::error::ApiError;
 use super::metrics::{GuestState, Outcome};
 use super::models::HostModel;
 use crate::guest_images::GuestImages;
+use crate::hypervisor::IsolationLevel;
 use crate::protected_vm::{GuestConfig, GuestError, ProtectedVm};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -203,11 +204,19 @@ impl Worker {
                 m.memory_budget_bytes
                     .store(model.private_bytes, Ordering::Relaxed);
                 eprintln!(
-                    "[flexserve] guest up with model {} ({} MiB private memory) in {:.0} ms",
+                    "[flexserve] guest up with model {} ({} MiB private memory) in {:.0} ms; \
+                     isolation {}",
                     model.id,
                     model.private_bytes >> 20,
-                    t.elapsed().as_secs_f64() * 1e3
+                    t.elapsed().as_secs_f64() * 1e3,
+                    vm.isolation().describe()
                 );
+                if vm.isolation().level() == IsolationLevel::None {
+                    eprintln!(
+                        "[flexserve] warning: isolation none: the host can read the models and \
+                         the prompts in guest memory (guest.min_isolation = \"none\" allows it)"
+                    );
+                }
                 #[cfg(feature = "test-hooks")]
                 {
                     *self
@@ -241,8 +250,10 @@ impl Worker {
                 private_bytes: usize::try_from(model.private_bytes).unwrap_or(usize::MAX),
                 diagnostics: false,
                 isolation: Default::default(),
+                min_isolation: self.shared.config.min_isolation,
             },
         )?;
+        self.shared.metrics.set_isolation(vm.isolation().level());
         let known = crate::digest_cache::lookup(&model.path);
         let sha256 = vm.load_model(GUEST_MODEL_ID, &file, known, &mut |_| {})?;
         if known.is_none() {
