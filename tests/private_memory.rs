@@ -39,13 +39,21 @@ fn scan(hash_a: u64, hash_b: u64) -> (bool, bool, u64) {
 
 /// One scan at a time in this process: a scan copies what it reads (another test's shared
 /// window, canary included) into its buffer, and a second scan running meanwhile would find
-/// that copy in this process's heap.
-static SCAN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// that copy in this process's heap. Tests that hold a guest to a budget take it shared
+/// ([`no_scans`]): where the pool is ordinary memory (no guest_memfd) a scan's reads map
+/// zero pages into every other guest's pool, which the host then counts as held, and a
+/// cooperating guest would be stopped for ignoring a shrink.
+static SCAN: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Keeps scans out while a test measures what a guest holds.
+fn no_scans() -> std::sync::RwLockReadGuard<'static, ()> {
+    SCAN.read().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Where (host addresses) a scan of this process's readable memory found a 64-byte block
 /// with each of `hashes`, and how many bytes it read.
 fn scan_for(hashes: &[u64]) -> (Vec<Vec<u64>>, u64) {
-    let _one_at_a_time = SCAN.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = SCAN.write().unwrap_or_else(|e| e.into_inner());
     let mut maps = String::new();
     std::fs::File::open("/proc/self/maps")
         .and_then(|mut f| f.read_to_string(&mut maps))
@@ -440,6 +448,7 @@ fn the_host_cannot_read_a_canary_the_engine_holds_beside_a_model() {
 
 #[test]
 fn memory_the_engine_relinquishes_comes_back_zeroed() {
+    let _no_scans = no_scans();
     let Some((mut vm, _)) = engine_with_model(128) else {
         return;
     };
@@ -487,6 +496,7 @@ fn run(vm: &mut ProtectedVm, req: &GenerateRequest) -> Result<Vec<u32>, GuestErr
 
 #[test]
 fn a_lower_budget_evicts_idle_kv_caches_and_generation_continues() {
+    let _no_scans = no_scans();
     let Some((mut vm, file)) = engine_with_model(256) else {
         return;
     };
@@ -532,6 +542,7 @@ fn a_lower_budget_evicts_idle_kv_caches_and_generation_continues() {
 
 #[test]
 fn the_smallest_budget_evicts_models_and_their_sessions_fail_clearly() {
+    let _no_scans = no_scans();
     let Some((mut vm, _)) = engine_with_model(128) else {
         return;
     };
@@ -564,6 +575,7 @@ fn the_smallest_budget_evicts_models_and_their_sessions_fail_clearly() {
 
 #[test]
 fn a_guest_that_ignores_a_shrink_is_stopped_and_its_memory_freed() {
+    let _no_scans = no_scans();
     use guest_programs::hog::HOG_BYTES;
     let Some((kernel, hog)) = guest_images("hog") else {
         return;
@@ -601,6 +613,7 @@ fn a_guest_that_ignores_a_shrink_is_stopped_and_its_memory_freed() {
 
 #[test]
 fn a_budget_change_during_a_generation_is_served_at_once() {
+    let _no_scans = no_scans();
     let Some((mut vm, _)) = engine_with_model(256) else {
         return;
     };
@@ -666,6 +679,7 @@ fn a_budget_change_during_a_generation_is_served_at_once() {
 
 #[test]
 fn sessions_that_do_not_fit_together_evict_each_other_and_still_agree() {
+    let _no_scans = no_scans();
     let Some((mut vm, file)) = engine_with_model(256) else {
         return;
     };
@@ -709,6 +723,7 @@ fn sessions_that_do_not_fit_together_evict_each_other_and_still_agree() {
 /// give back, and the guest goes on serving at its budget. Raising it stays possible.
 #[test]
 fn a_protected_vm_keeps_its_budget_and_keeps_serving() {
+    let _no_scans = no_scans();
     let Some((mut vm, _)) = engine_with_model(128) else {
         return;
     };

@@ -29,6 +29,17 @@ pub enum Command {
     BenchE2e(BenchE2eArgs),
     /// Serve the OpenAI-compatible HTTP API from the protected guest (the daemon).
     Serve(ServeArgs),
+    /// Print the isolation level a guest gets on this host, and why it is not stronger
+    /// (creates an empty VM; boots nothing).
+    Isolation(IsolationArgs),
+}
+
+/// `flexserve isolation`.
+#[derive(Args, Debug)]
+pub struct IsolationArgs {
+    /// Print only the level's name (none, private-memory or protected-vm), for scripts.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `flexserve serve`: flags override the config file's keys.

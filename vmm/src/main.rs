@@ -1,5 +1,6 @@
 //! `flexserve`: the FlexServe host binary: `run` (protected guest or `--unprotected`),
-//! `bench-engine`, `bench-e2e`, `serve` (the daemon, `vmm::serve`).
+//! `bench-engine`, `bench-e2e`, `serve` (the daemon, `vmm::serve`), `isolation` (what a
+//! guest gets on this host).
 
 mod bench_e2e;
 mod bench_engine;
@@ -67,6 +68,20 @@ fn run() -> anyhow::Result<Finished> {
             let config =
                 vmm::serve::config::Config::load(args.config.as_deref(), &args.overrides())?;
             vmm::serve::run(config)?;
+        }
+        Command::Isolation(args) => {
+            // The smallest private pool: enough to see what backs it.
+            let m = vmm::machine::Machine::new(vmm::machine::MachineConfig {
+                private_size: 2 << 20,
+                ..Default::default()
+            })
+            .context("cannot create a VM to probe")?;
+            let isolation = m.isolation();
+            if args.quiet {
+                println!("{}", isolation.level());
+            } else {
+                println!("{}", isolation.describe());
+            }
         }
     }
     Ok(Finished::Done)
