@@ -259,6 +259,9 @@ fn the_benchmarks_host_readable_pool_is_readable_and_reported_so() {
     );
 }
 
+/// `GUEST_MEMFD_FLAG_MMAP` (kvm-bindings lacks the guest_memfd flags).
+const GUEST_MEMFD_FLAG_MMAP: u64 = 1;
+
 /// The level a VM reports is what the host offers, asked of KVM here independently of the
 /// VMM's own probe: `private-memory` where the host has guest_memfd (unless
 /// `FLEXSERVE_NO_GUEST_MEMFD=1` forces ordinary memory), `none` with the reason otherwise.
@@ -273,9 +276,23 @@ fn the_isolation_level_is_what_the_host_offers() {
         assert_eq!(isolation.level(), IsolationLevel::ProtectedVm);
         return;
     }
+    // A private (not INIT_SHARED) guest_memfd the VMM may map: what the private pool needs.
     let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
     let vm = kvm.create_vm().expect("create a VM");
-    let has_gmem = vm.check_extension_raw(kvm_bindings::KVM_CAP_GUEST_MEMFD.into()) > 0;
+    let has_gmem = vm.check_extension_raw(kvm_bindings::KVM_CAP_GUEST_MEMFD.into()) > 0
+        && vm
+            .create_guest_memfd(kvm_bindings::kvm_create_guest_memfd {
+                size: 2 << 20,
+                flags: GUEST_MEMFD_FLAG_MMAP,
+                ..Default::default()
+            })
+            .map(|fd| {
+                use std::os::fd::FromRawFd;
+                // SAFETY: KVM_CREATE_GUEST_MEMFD just returned this fd and nothing else owns
+                // it; the OwnedFd closes it once.
+                drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+            })
+            .is_ok();
     let forced_off = std::env::var(NO_GUEST_MEMFD_ENV).as_deref() == Ok("1");
     eprintln!(
         "guest_memfd: {has_gmem}, forced off: {forced_off}: {}",

@@ -150,7 +150,7 @@ fn the_daemon_binary_tells_systemd_and_drains_on_sigterm() {
         dir.join("flexserve.toml"),
         format!(
             "[listen]\nsocket = {socket:?}\nsocket_mode = \"0600\"\n[guest]\nvcpus = 2\n\
-             images = {:?}\n[models]\ndir = {:?}\ndefault = \"{TINY}\"\ncontext = 256\n",
+             min_isolation = \"none\"\nimages = {:?}\n[models]\ndir = {:?}\ndefault = \"{TINY}\"\ncontext = 256\n",
             repo().join("images/out"),
             repo().join("models"),
         ),

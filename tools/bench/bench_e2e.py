@@ -135,6 +135,10 @@ def main():
                     row[k] = round(v, 1)
             if e == "guest":
                 row["private_floor_ms"] = round(floor, 1)
+                # What the guest ran with: its isolation level and its kernels beside the host's.
+                for k in ("isolation", "guest_kernels", "host_kernels"):
+                    if k in rows[0]:
+                        row[k] = rows[0][k]
             by[e] = row
             out_rows.append(row)
             def f(k, w):
@@ -159,6 +163,7 @@ def main():
         quartiles = {k: statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
                      for k, v in paired.items()}
         s = {"quant": q, "floor_ms": round(floor, 1),
+             "isolation": results[(m, "paired")][0].get("isolation"),
              "guest_vs_unprotected_decode": round(statistics.median(paired["decode"]), 3),
              "guest_vs_unprotected_prefill": round(statistics.median(paired["prefill"]), 3),
              "paired_requests": len(paired["decode"]),
@@ -181,7 +186,8 @@ def main():
         summary.append(s)
         spread = lambda k: f"[{min(ratios[k]):.2f}-{max(ratios[k]):.2f}]"
         iqr = lambda k: f"[{quartiles[k][0]:.2f}-{quartiles[k][2]:.2f}]"
-        print(f"{q:6} private-memory floor {floor:.1f} ms; guest/unprotected over "
+        print(f"{q:6} guest isolation {s['isolation']}; private-memory floor {floor:.1f} ms; "
+              f"guest/unprotected over "
               f"{len(paired['decode'])} interleaved pairs [quartiles]: decode "
               f"{s['guest_vs_unprotected_decode']:.3f}x {iqr('decode')} (target >= 0.97), "
               f"prefill {s['guest_vs_unprotected_prefill']:.3f}x {iqr('prefill')} (>= 0.97); "
