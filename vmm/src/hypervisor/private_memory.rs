@@ -41,7 +41,7 @@ impl PrivateBacking {
         match self {
             Self::GuestMemfd => "guest_memfd, private pages",
             Self::GuestMemfdShared => "guest_memfd, shared pages",
-            Self::Anonymous => "anonymous memory",
+            Self::Anonymous => "anonymous memory on transparent huge pages",
             Self::AnonymousProtected => "anonymous memory donated to the protected VM",
             Self::AnonymousHugePages => "anonymous memory on huge pages, host-readable",
         }
@@ -78,29 +78,49 @@ impl PrivateMemory {
                 | PrivateBacking::AnonymousProtected
                 | PrivateBacking::AnonymousHugePages
         ));
+        // 2 MiB-aligned, so each 2 MiB granule the guest allocates and gives back is one
+        // huge page of the host's: map 2 MiB more, then trim the ends.
+        const HUGE: usize = 2 << 20;
         // SAFETY: a fresh private anonymous mapping at an address the kernel chooses; nothing
         // is aliased, and the result is checked below.
-        let host = unsafe {
+        let raw = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                len + HUGE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
         };
-        if host == libc::MAP_FAILED {
+        if raw == libc::MAP_FAILED {
             return Err(HypervisorError::PrivateMemory(format!(
                 "cannot map {len} bytes of anonymous memory: {}",
                 std::io::Error::last_os_error()
             )));
         }
-        if backing == PrivateBacking::AnonymousHugePages {
-            // KVM maps a guest 2 MiB page with one 2 MiB host page only where THP backs it (the
-            // kernel aligns anonymous mappings this large to 2 MiB).
+        let head = (raw as usize).next_multiple_of(HUGE) - raw as usize;
+        // SAFETY: `head` < HUGE, so the result lies inside the padded mapping just made.
+        let host: *mut libc::c_void = unsafe { raw.cast::<u8>().add(head).cast() };
+        // SAFETY: unmaps the unused head and tail of that mapping, which nothing references;
+        // exactly [host, host + len) stays mapped.
+        unsafe {
+            if head > 0 {
+                libc::munmap(raw, head);
+            }
+            libc::munmap(host.cast::<u8>().add(len).cast(), HUGE - head);
+        }
+        if matches!(
+            backing,
+            PrivateBacking::Anonymous | PrivateBacking::AnonymousHugePages
+        ) {
+            // KVM maps a guest 2 MiB page with one 2 MiB host page only where THP backs it.
+            // On 4 KiB pages the engine decodes ~10% slower (make bench); memory the host can
+            // read anyway has no reason to forgo them.
             // SAFETY: advice on the mapping just made, which nothing else uses yet.
-            if unsafe { libc::madvise(host, len, libc::MADV_HUGEPAGE) } != 0 {
+            if unsafe { libc::madvise(host, len, libc::MADV_HUGEPAGE) } != 0
+                && backing == PrivateBacking::AnonymousHugePages
+            {
                 let e = std::io::Error::last_os_error();
                 // SAFETY: unmaps exactly the mapping made above, which nothing uses.
                 unsafe { libc::munmap(host, len) };
