@@ -131,11 +131,10 @@ pub extern "C" fn _start(vcpu: u64) -> ! {
     };
     let limits = driver.limits();
     with_private_pool(|p| p.set_budget(limits.memory_budget));
-    let xcr0 = guest_programs::arch::xcr0();
-    // SAFETY: arch::xcr0 reads XCR0 as this vCPU's user code runs under it, and every vCPU
-    // runs with the same (the VMM configures them alike).
-    let kernels = unsafe { Kernels::detect_with_xcr0(xcr0) };
-    let cpu_features = CpuFeatures::detect_with_xcr0(xcr0);
+    let cpu_features = CpuFeatures::detect_with_xcr0(guest_programs::arch::xcr0());
+    // SAFETY: the features come from this vCPU's CPUID and the XCR0 its user code runs
+    // under (arch::xcr0), and every vCPU runs alike (the VMM configures them the same).
+    let kernels = unsafe { Kernels::for_detected(cpu_features) };
     let isa = kernels.isa();
     let mut service = Service::new(
         kernels,

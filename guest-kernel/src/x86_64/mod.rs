@@ -161,7 +161,7 @@ fn user_range_ok(addr: u64, len: u64) -> bool {
 extern "C" fn exception(f: &mut Frame) {
     let from_user = f.cs & 3 == 3;
     if f.vector == 6 && from_user && user_range_ok(f.rip, 3) {
-        // SAFETY: rip is inside the identity-mapped range (checked above).
+        // SAFETY: rip..rip + 3 is inside the identity-mapped range (checked above).
         let insn = unsafe { core::ptr::read_volatile(f.rip as *const [u8; 3]) };
         if insn[..2] == [0x0f, 0x0b] {
             handle_syscall(f);

@@ -140,8 +140,8 @@ impl CpuFeatures {
         }
     }
 
-    /// As [`CpuFeatures::detect`], with `xcr0` as the XCR0 in force (see
-    /// [`super::Kernels::detect_with_xcr0`]); `xcr0` is ignored off x86_64.
+    /// As [`CpuFeatures::detect`], with `xcr0` as the XCR0 in force, however the caller
+    /// read it (see [`super::Kernels::for_detected`]); `xcr0` is ignored off x86_64.
     pub fn detect_with_xcr0(xcr0: u64) -> Self {
         #[cfg(target_arch = "x86_64")]
         return Self::from_x86_cpuid_with_xcr0(xcr0);

@@ -59,23 +59,17 @@ impl Kernels {
         Self::for_features(super::CpuFeatures::detect())
     }
 
-    /// As [`Kernels::detect`], but with `xcr0` as the XCR0 in force instead of asking CPUID
-    /// whether the OS enabled `xgetbv` (OSXSAVE). For a guest whose vCPUs run user code under
-    /// an XCR0 their CPUID does not admit to: on a nested paravirtual KVM the guest's CPUID
-    /// says OSXSAVE is off while user code runs, natively, with the host's XCR0. Ignored on
-    /// other architectures.
+    /// The kernels for `cpu`, which the caller detected on the running CPU some other way
+    /// than [`Kernels::detect`]: a guest whose vCPUs run user code under an XCR0 their CPUID
+    /// does not admit to ([`super::CpuFeatures::detect_with_xcr0`]). On a nested paravirtual
+    /// KVM the guest's CPUID says OSXSAVE is off while its user code runs, natively, with the
+    /// host's XCR0.
     ///
     /// # Safety
-    /// `xcr0` must be the XCR0 in force for every thread that will use the kernels, as
-    /// `xgetbv(0)` reads it there (0 if it cannot be read).
-    pub unsafe fn detect_with_xcr0(xcr0: u64) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        return Self::for_features(super::CpuFeatures::detect_with_xcr0(xcr0));
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = xcr0;
-            Self::detect()
-        }
+    /// `cpu` must hold only features of the CPU every thread using the kernels runs on, with
+    /// the register state XCR0 enables there.
+    pub unsafe fn for_detected(cpu: super::CpuFeatures) -> Self {
+        Self::for_features(cpu)
     }
 
     /// The kernels for features detected on the running CPU (private: a `CpuFeatures` from

@@ -28,7 +28,7 @@ pub(crate) struct Avx2 {
 impl Avx2 {
     /// The AVX2 kernels, with the AVX-512 VNNI variants where `f` allows them; `None` when
     /// `f` lacks anything the AVX2 kernels need. `f` must describe the running CPU and the
-    /// XCR0 in force (see [`super::Kernels::detect_with_xcr0`]).
+    /// XCR0 in force (see [`super::Kernels::for_detected`]).
     pub(crate) fn for_features(f: CpuFeatures) -> Option<Self> {
         f.contains(CpuFeatures::FOR_AVX2).then_some(Self {
             vnni: f.contains(CpuFeatures::FOR_AVX512_VNNI),
