@@ -7,11 +7,11 @@
 //! and KVM runs it in user-space-irqchip mode.
 
 use super::aarch64_boot as boot;
-use super::kvm_memslots::{MemSlots, register_mmio_notify};
+use super::kvm_memslots::{MemSlots, guest_memfd_offered, register_mmio_notify};
 use super::private_memory::{GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP};
 use super::{
-    Hypervisor, HypervisorError, IsolationRequest, NO_GUEST_MEMFD_ENV, PrivateBacking,
-    PrivateMemory, RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm, VmExit, guest_memfd_disabled_by_env,
+    Hypervisor, HypervisorError, IsolationRequest, PrivateBacking, PrivateMemory, RegisterSnapshot,
+    Ring, Vcpu, VcpuInit, Vm, VmExit,
 };
 use guest_kernel::abi::MAX_VCPUS;
 use kvm_bindings::kvm_vcpu_init;
@@ -78,23 +78,7 @@ impl KvmHypervisor {
                 .create_vm_with_type(ipa)
                 .map_err(HypervisorError::ioctl("KVM_CREATE_VM"))?,
         };
-        let guest_memfd = if guest_memfd_disabled_by_env() {
-            Err(format!(
-                "{NO_GUEST_MEMFD_ENV}=1 put the private pool on ordinary memory"
-            ))
-        } else if self
-            .kvm
-            .check_extension_raw(kvm_bindings::KVM_CAP_GUEST_MEMFD.into())
-            > 0
-        {
-            Ok(())
-        } else {
-            Err(
-                "the host KVM has no guest_memfd (KVM_CAP_GUEST_MEMFD is 0), so the private \
-                 pool is ordinary memory"
-                    .to_string(),
-            )
-        };
+        let guest_memfd = guest_memfd_offered(&fd);
         Ok(KvmVm {
             fd,
             protected: is_protected,

@@ -1,9 +1,11 @@
 //! Memory slots and MMIO ioeventfds: the parts of a KVM VM that are the same on every
 //! architecture, shared by the x86_64 and arm64 backends.
 
-use super::{HypervisorError, PrivateBacking, PrivateMemory};
+use super::{
+    HypervisorError, NO_GUEST_MEMFD_ENV, PrivateBacking, PrivateMemory, guest_memfd_disabled_by_env,
+};
 use kvm_bindings::{
-    KVM_MEM_GUEST_MEMFD, kvm_create_guest_memfd, kvm_userspace_memory_region,
+    KVM_CAP_GUEST_MEMFD, KVM_MEM_GUEST_MEMFD, kvm_create_guest_memfd, kvm_userspace_memory_region,
     kvm_userspace_memory_region2,
 };
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -93,6 +95,25 @@ impl MemSlots {
         self.next += 1;
         Ok(mem)
     }
+}
+
+/// `Ok` when the private pool of `vm` may be a guest_memfd; otherwise why it is ordinary
+/// memory (the host KVM lacks guest_memfd, or `FLEXSERVE_NO_GUEST_MEMFD=1`). Whether the
+/// kernel can also map it (`GUEST_MEMFD_FLAG_MMAP`) shows only when the pool is created.
+pub(super) fn guest_memfd_offered(vm: &VmFd) -> Result<(), String> {
+    if guest_memfd_disabled_by_env() {
+        return Err(format!(
+            "{NO_GUEST_MEMFD_ENV}=1 put the private pool on ordinary memory"
+        ));
+    }
+    if vm.check_extension_raw(KVM_CAP_GUEST_MEMFD.into()) <= 0 {
+        return Err(
+            "the host KVM has no guest_memfd (KVM_CAP_GUEST_MEMFD is 0), so the \
+                    private pool is ordinary memory"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Makes a guest write of the 32-bit `value` to MMIO `addr` signal `fd` inside KVM.

@@ -1,14 +1,12 @@
 //! The KVM backend for x86_64 hosts.
 
-use super::kvm_memslots::{MemSlots, register_mmio_notify};
+use super::kvm_memslots::{MemSlots, guest_memfd_offered, register_mmio_notify};
 use super::x86_64_boot as boot;
 use super::{
-    Hypervisor, HypervisorError, IsolationRequest, NO_GUEST_MEMFD_ENV, PrivateBacking,
-    RegisterSnapshot, Ring, Vcpu, VcpuInit, Vm, VmExit, guest_memfd_disabled_by_env,
+    Hypervisor, HypervisorError, IsolationRequest, PrivateBacking, RegisterSnapshot, Ring, Vcpu,
+    VcpuInit, Vm, VmExit,
 };
-use kvm_bindings::{
-    CpuId, KVM_CAP_GUEST_MEMFD, KVM_MAX_CPUID_ENTRIES, kvm_dtable, kvm_regs, kvm_segment, kvm_xcrs,
-};
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_dtable, kvm_regs, kvm_segment, kvm_xcrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 /// An open `/dev/kvm`.
@@ -37,18 +35,8 @@ impl KvmHypervisor {
             .map_err(HypervisorError::ioctl("KVM_GET_SUPPORTED_CPUID"))?;
         let pool = if request == IsolationRequest::HostReadableHugePages {
             PoolPlan::HostReadableHugePages
-        } else if guest_memfd_disabled_by_env() {
-            PoolPlan::Anonymous(format!(
-                "{NO_GUEST_MEMFD_ENV}=1 put the private pool on ordinary memory"
-            ))
-        } else if fd.check_extension_raw(KVM_CAP_GUEST_MEMFD.into()) <= 0 {
-            PoolPlan::Anonymous(
-                "the host KVM has no guest_memfd (KVM_CAP_GUEST_MEMFD is 0), so the private \
-                 pool is ordinary memory"
-                    .into(),
-            )
         } else {
-            PoolPlan::GuestMemfd
+            guest_memfd_offered(&fd).map_or_else(PoolPlan::Anonymous, |()| PoolPlan::GuestMemfd)
         };
         Ok(KvmVm {
             fd,
