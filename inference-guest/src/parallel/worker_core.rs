@@ -434,6 +434,22 @@ mod tests {
             }
         }
 
+        /// Waits until every worker has called `park` at least once, i.e. is inside
+        /// `worker_loop` past its first look at `state`. A worker that first looks at `state`
+        /// while a job is open takes that generation as already seen and skips the job (by
+        /// design: jobs never need a particular worker). A freshly spawned thread can start
+        /// arbitrarily late on a loaded machine, so a test whose first job needs *every*
+        /// worker must wait for this rather than for a fixed time.
+        fn wait_until_all_parked(&self) {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            for (w, parks) in self.park.parks.iter().enumerate() {
+                while parks.load(Ordering::Relaxed) == 0 {
+                    assert!(Instant::now() < deadline, "worker {w} never parked");
+                    thread::sleep(Duration::from_micros(100));
+                }
+            }
+        }
+
         fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
             self.core.run(&*self.park, self.n_threads, n, f);
         }
@@ -514,6 +530,9 @@ mod tests {
         with_deadline(Duration::from_secs(120), move || {
             const N_THREADS: usize = 3;
             let h = Harness::new(N_THREADS, 500, flaky);
+            // Every worker must be idle in `worker_loop` before the first barrier; the 5 ms
+            // pause of burst 0 does not guarantee that a new thread has even started.
+            h.wait_until_all_parked();
             let total = AtomicU32::new(0);
             let parks = |w: usize| h.park.parks[w].load(Ordering::Relaxed);
             let (mut long_pauses, mut all_parked) = (0u32, 0u32);
