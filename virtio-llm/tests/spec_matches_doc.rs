@@ -1,0 +1,175 @@
+//! `docs/virtio-llm.md` is the spec other implementations follow: its tables of message
+//! types, feature bits and status values, and the body sizes of fixed-size messages, must say
+//! what the code does. Each check reads the table from the document and compares both ways,
+//! so a constant added, renumbered or resized without the spec (or the reverse) fails here.
+
+use std::collections::BTreeMap;
+use virtio_llm::Message;
+use virtio_llm::Status;
+use virtio_llm::spec::feature;
+use virtio_llm::wire::control::{self, Ack, StatsReply};
+use virtio_llm::wire::request::{self, CancelRequest};
+use virtio_llm::wire::response::{self, EndOfStream, StopReason, Timings};
+use virtio_llm::wire::{echo, memory, probe};
+
+const SPEC: &str = include_str!("../../docs/virtio-llm.md");
+
+/// The cells of every table row in the spec whose first cell satisfies `first`.
+fn rows(first: impl Fn(&str) -> bool) -> Vec<Vec<String>> {
+    SPEC.lines()
+        .filter_map(|l| l.trim().strip_prefix('|')?.strip_suffix('|'))
+        .map(|l| {
+            l.split('|')
+                .map(|c| c.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|cells| first(&cells[0]))
+        .collect()
+}
+
+fn code_names<T: Ord + Copy + std::fmt::Debug>(
+    pairs: &[(&'static str, T)],
+) -> BTreeMap<&'static str, T> {
+    let map: BTreeMap<_, _> = pairs.iter().copied().collect();
+    assert_eq!(map.len(), pairs.len(), "a name is listed twice: {pairs:?}");
+    map
+}
+
+#[test]
+fn message_types_match_the_spec_table() {
+    let code = code_names(&[
+        ("LoadModelBegin", control::msg_type::LOAD_MODEL_BEGIN),
+        ("LoadModelChunk", control::msg_type::LOAD_MODEL_CHUNK),
+        ("LoadModelEnd", control::msg_type::LOAD_MODEL_END),
+        ("UnloadModel", control::msg_type::UNLOAD_MODEL),
+        ("OpenSession", control::msg_type::OPEN_SESSION),
+        ("CloseSession", control::msg_type::CLOSE_SESSION),
+        ("StatsRequest", control::msg_type::STATS_REQUEST),
+        ("MemoryProbe", probe::msg_type::MEMORY_PROBE),
+        ("Ack", control::msg_type::ACK),
+        ("StatsReply", control::msg_type::STATS_REPLY),
+        ("ProbeReply", probe::msg_type::PROBE_REPLY),
+        ("GenerateRequest", request::msg_type::GENERATE),
+        ("CancelRequest", request::msg_type::CANCEL),
+        ("EchoRequest", echo::msg_type::ECHO_REQUEST),
+        ("Tokens", response::msg_type::TOKENS),
+        ("Error", response::msg_type::ERROR),
+        ("EndOfStream", response::msg_type::END_OF_STREAM),
+        ("EchoReply", echo::msg_type::ECHO_REPLY),
+        ("BudgetChange", memory::msg_type::BUDGET_CHANGE),
+        ("RelinquishReport", memory::msg_type::RELINQUISH_REPORT),
+    ]);
+    let spec: BTreeMap<_, _> = rows(|c| c.starts_with("0x"))
+        .into_iter()
+        .map(|r| {
+            let value = u16::from_str_radix(&r[0][2..], 16).expect("a hex message type");
+            (r[1].clone(), value)
+        })
+        .collect();
+    let code: BTreeMap<_, _> = code.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    assert_eq!(
+        spec, code,
+        "docs/virtio-llm.md message types vs the wire constants"
+    );
+}
+
+#[test]
+fn feature_bits_match_the_spec_table() {
+    let code = code_names(&[
+        ("VIRTIO_LLM_F_TEXT_PROMPT", feature::TEXT_PROMPT),
+        ("VIRTIO_LLM_F_MEMORY", feature::MEMORY),
+        ("VIRTIO_LLM_F_TOKEN_TEXT", feature::TOKEN_TEXT),
+        ("VIRTIO_LLM_F_DIAGNOSTICS", feature::DIAGNOSTICS),
+        ("VIRTIO_F_VERSION_1", feature::VERSION_1),
+        ("VIRTIO_F_ACCESS_PLATFORM", feature::ACCESS_PLATFORM),
+    ]);
+    let spec: BTreeMap<_, _> = rows(|c| c.parse::<u32>().is_ok())
+        .into_iter()
+        .filter(|r| r[1].starts_with("`VIRTIO_"))
+        .map(|r| {
+            (
+                r[1].trim_matches('`').to_string(),
+                r[0].parse::<u32>().unwrap(),
+            )
+        })
+        // Standard virtio bits the device offers but this crate takes from virtio-bindings.
+        .filter(|(name, _)| name != "VIRTIO_F_EVENT_IDX")
+        .collect();
+    let code: BTreeMap<_, _> = code.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    assert_eq!(
+        spec, code,
+        "docs/virtio-llm.md feature bits vs spec::feature"
+    );
+}
+
+#[test]
+fn status_values_match_the_spec_table() {
+    let spec: Vec<(u16, String)> = rows(|c| c.parse::<u16>().is_ok())
+        .into_iter()
+        .filter(|r| r.len() == 3 && Status::ALL.iter().any(|s| format!("{s:?}") == r[1]))
+        .map(|r| (r[0].parse().unwrap(), r[1].clone()))
+        .collect();
+    let code: Vec<(u16, String)> = Status::ALL
+        .iter()
+        .map(|s| (s.to_u16(), format!("{s:?}")))
+        .collect();
+    assert_eq!(spec, code, "docs/virtio-llm.md status values vs Status");
+}
+
+/// The size the spec gives `name`'s body, from its heading `**Name** (body N...`.
+fn spec_body_bytes(name: &str) -> usize {
+    let heading = format!("**{name}** (body ");
+    let at = SPEC
+        .find(&heading)
+        .unwrap_or_else(|| panic!("no {heading:?} in the spec"));
+    let digits: String = SPEC[at + heading.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect("a body size")
+}
+
+fn body_bytes<'a>(m: &impl Message<'a>) -> usize {
+    let mut out = Vec::new();
+    m.encode(&mut out).expect("encodes");
+    out.len() - 8
+}
+
+#[test]
+fn fixed_size_bodies_match_the_spec() {
+    let cases = [
+        (
+            "Ack",
+            body_bytes(&Ack {
+                command: control::msg_type::OPEN_SESSION,
+                status: Status::Ok,
+                object_id: 1,
+            }),
+        ),
+        ("StatsReply", body_bytes(&StatsReply::default())),
+        (
+            "CancelRequest",
+            body_bytes(&CancelRequest { request_id: 1 }),
+        ),
+        (
+            "EndOfStream",
+            body_bytes(&EndOfStream {
+                request_id: 1,
+                reason: StopReason::MaxTokens,
+                prompt_tokens: 1,
+                generated_tokens: 1,
+                timings: Timings {
+                    prompt_ns: 1,
+                    generation_ns: 1,
+                },
+            }),
+        ),
+    ];
+    for (name, encoded) in cases {
+        assert_eq!(
+            spec_body_bytes(name),
+            encoded,
+            "{name}: docs/virtio-llm.md body size vs its encoding"
+        );
+    }
+}
