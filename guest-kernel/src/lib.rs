@@ -9,5 +9,6 @@
 #![no_std]
 
 pub mod aarch64_tables;
-pub mod abi;
+/// The guest ABI, from its own crate (the VMM and virtio-llm use the same).
+pub use guest_abi as abi;
 pub mod heap;

@@ -120,9 +120,9 @@ pub const MEMORY_GRANULE: u64 = 2 << 20;
 /// visible to the device.
 pub mod layout {
     /// Start of the shared window (virtqueues and bounce buffers).
-    pub const SHARED_WINDOW_BASE: u64 = 0x4000_0000;
+    pub const SHARED_WINDOW_BASE: u64 = guest_abi::layout::SHARED_BASE;
     /// Size of the shared window.
-    pub const SHARED_WINDOW_SIZE: u64 = 32 << 20;
+    pub const SHARED_WINDOW_SIZE: u64 = guest_abi::layout::SHARED_SIZE;
     /// Start of the private pool.
-    pub const PRIVATE_POOL_BASE: u64 = 4 << 30;
+    pub const PRIVATE_POOL_BASE: u64 = guest_abi::layout::PRIVATE_BASE;
 }

@@ -23,7 +23,7 @@ use vm_memory::{
 /// Guest-physical layout (the same on x86_64 and arm64).
 pub mod layout {
     /// Boot region: boot tables, guest kernel, engine image, heap. Starts at 0.
-    pub const BOOT_BASE: u64 = 0;
+    pub const BOOT_BASE: u64 = guest_kernel::abi::layout::BOOT_BASE;
     /// MMIO window (no memory): one 4 KiB page per device, as the guest ABI says.
     pub const MMIO_BASE: u64 = guest_kernel::abi::MMIO_BASE;
     pub const CONSOLE_BASE: u64 = guest_kernel::abi::CONSOLE;
@@ -36,13 +36,13 @@ pub mod layout {
     pub const USER_STACK_TOP: u64 = 0x100_0000;
     pub const USER_STACK_SIZE: u64 = 0x10_0000;
     /// Shared window: virtqueues and bounce buffers, the only memory both sides touch.
-    pub const SHARED_BASE: u64 = 0x4000_0000;
-    pub const SHARED_SIZE: u64 = 32 << 20;
+    pub const SHARED_BASE: u64 = guest_kernel::abi::layout::SHARED_BASE;
+    pub const SHARED_SIZE: u64 = guest_kernel::abi::layout::SHARED_SIZE;
     /// The private region: model weights, KV caches, engine scratch. A guest_memfd where the
     /// VM supports private pages (the guest uses it as RAM, the host cannot read it, a host
     /// access faults), memory donated to a protected VM on arm64 pKVM; the device never
     /// reaches it.
-    pub const PRIVATE_BASE: u64 = 0x1_0000_0000;
+    pub const PRIVATE_BASE: u64 = guest_kernel::abi::layout::PRIVATE_BASE;
 }
 
 /// How to build a machine.

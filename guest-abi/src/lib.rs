@@ -1,4 +1,30 @@
-//! The contract between the guest kernel, its user program and the VMM.
+//! The contract between the guest kernel, its user program, the virtio-llm driver and the
+//! VMM: the guest-physical layout, the MMIO pages, syscall numbers and boot info. Every side
+//! takes these values from here; compile-time checks below keep the regions apart.
+#![no_std]
+#![forbid(unsafe_code)]
+
+/// Guest-physical layout (the same on x86_64 and arm64).
+pub mod layout {
+    /// The boot region (boot tables, guest kernel, programs, stacks, heap) starts at 0.
+    pub const BOOT_BASE: u64 = 0;
+    /// The shared window: virtqueues and bounce buffers, the only memory both sides touch.
+    pub const SHARED_BASE: u64 = 0x4000_0000;
+    pub const SHARED_SIZE: u64 = 32 << 20;
+    /// The MMIO window: one 4 KiB page per device ([`super::MMIO_BASE`]).
+    pub const MMIO_SIZE: u64 = 0x10_0000;
+    /// The private pool: weights, KV caches, engine scratch; the device never reaches it.
+    pub const PRIVATE_BASE: u64 = 4 << 30;
+
+    // The regions lie in this order and do not overlap.
+    const _: () = assert!(super::HEAP_BASE < SHARED_BASE);
+    const _: () = assert!(SHARED_BASE + SHARED_SIZE <= super::MMIO_BASE);
+    const _: () = assert!(super::VIRTIO_LLM + 0x1000 <= super::MMIO_BASE + MMIO_SIZE);
+    const _: () = assert!(super::MMIO_BASE + MMIO_SIZE <= PRIVATE_BASE);
+    // The shared window is whole 2 MiB pages (the boot tables map it with them).
+    const _: () =
+        assert!(SHARED_BASE.is_multiple_of(2 << 20) && SHARED_SIZE.is_multiple_of(2 << 20));
+}
 
 /// Guest-physical (= virtual, identity-mapped) MMIO pages.
 pub const MMIO_BASE: u64 = 0xd000_0000;
@@ -111,10 +137,9 @@ pub mod aarch64 {
     /// GiB of IPA space the tables map at most (the first 4 and up to 60 of private pool).
     pub const MAX_MAPPED_GIB: u64 = 64;
 
-    /// The shared window (`virtio_llm::spec::layout`), which a protected VM's kernel shares
-    /// with the host granule by granule at boot.
-    pub const SHARED_BASE: u64 = 0x4000_0000;
-    pub const SHARED_SIZE: u64 = 32 << 20;
+    /// The shared window, which a protected VM's kernel shares with the host granule by
+    /// granule at boot.
+    pub use super::layout::{SHARED_BASE, SHARED_SIZE};
 
     /// SMCCC function ids the kernel calls with `hvc #0`.
     pub mod hvc {
