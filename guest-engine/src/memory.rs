@@ -78,8 +78,10 @@ impl Relinquisher {
     }
 
     /// Trims the pool to `target` resident bytes and reports what it took, answering budget
-    /// change `sequence` (0: unsolicited). `park` waits for the device while every report
-    /// buffer is busy. Returns the bytes reported.
+    /// change `sequence` (0: unsolicited). A budget change is always answered, with an empty
+    /// report if nothing is to be given back: a report shorter than `MAX_RELINQUISH_RANGES`
+    /// ends the answer, which tells the host the change is applied. `park` waits for the
+    /// device while every report buffer is busy. Returns the bytes reported.
     pub fn trim_and_report<M: DriverMemory, T: Transport>(
         &mut self,
         driver: &mut LlmDriver<M, T>,
@@ -95,7 +97,7 @@ impl Relinquisher {
         let mut ranges = [(0u64, 0u64); MAX_RELINQUISH_RANGES];
         loop {
             let n = mem.trim(target, &mut ranges);
-            if n == 0 {
+            if n == 0 && sequence == 0 {
                 return Ok(total);
             }
             let report = RelinquishReport {
@@ -116,6 +118,9 @@ impl Relinquisher {
             };
             total += ranges[..n].iter().map(|r| r.1).sum::<u64>();
             self.in_flight.push_back((ticket, ranges[..n].to_vec()));
+            if n < MAX_RELINQUISH_RANGES {
+                return Ok(total);
+            }
         }
     }
 

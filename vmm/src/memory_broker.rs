@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use virtio_llm::spec::{MEMORY_GRANULE, MIN_MEMORY_BUDGET};
+use virtio_llm::spec::{MAX_RELINQUISH_RANGES, MEMORY_GRANULE, MIN_MEMORY_BUDGET};
 use virtio_llm::wire::memory::{BudgetChange, RelinquishReport};
 
 /// How often a shrink checks the guest's resident size.
@@ -39,12 +39,14 @@ pub enum MemoryError {
     Link(#[from] HostError),
     #[error(
         "the guest still held {resident} bytes of private memory {deadline:?} after its budget \
-         dropped to {budget}; it was stopped and its memory freed"
+         dropped to {budget}{}; it was stopped and its memory freed",
+        if *answered { "" } else { " and had not answered the change" }
     )]
     ShrinkIgnored {
         resident: u64,
         budget: u64,
         deadline: Duration,
+        answered: bool,
     },
     #[error(
         "this guest's memory cannot shrink while it runs: it is a pKVM protected VM, whose \
@@ -84,6 +86,8 @@ pub struct MemoryBroker {
 #[derive(Default)]
 struct Counters {
     reports: AtomicU64,
+    /// The latest budget change the guest has answered in full (its last report was short).
+    answered: AtomicU64,
     released: AtomicU64,
     refused: AtomicU64,
 }
@@ -137,9 +141,13 @@ impl MemoryBroker {
     }
 
     /// Sets the guest's budget. Raising it returns at once. Lowering it waits until the
-    /// guest's resident private memory is at most `bytes`; if that has not happened within
-    /// `deadline`, the guest is stopped, its whole region released, and the error says so.
-    /// Returns how long the shrink took.
+    /// guest has answered the change and its resident private memory is at most `bytes`;
+    /// if that has not happened within `deadline`, the guest is stopped, its whole region
+    /// released, and the error says so. Returns how long the shrink took.
+    ///
+    /// Both are needed: the host's measure alone may already fit (pages the guest holds
+    /// but never touched are not resident) while the guest still holds freed data it is
+    /// about to give back.
     pub fn set_budget(&self, bytes: u64, deadline: Duration) -> Result<Duration, MemoryError> {
         let max = self.private.len() as u64;
         if !bytes.is_multiple_of(MEMORY_GRANULE) || bytes < MIN_MEMORY_BUDGET || bytes > max {
@@ -158,7 +166,7 @@ impl MemoryBroker {
             return Err(MemoryError::CannotShrink);
         }
         let start = Instant::now();
-        {
+        let (sequence, lowering) = {
             let mut seq = self.sequence.lock().unwrap_or_else(|e| e.into_inner());
             *seq += 1;
             let change = BudgetChange {
@@ -166,11 +174,12 @@ impl MemoryBroker {
                 new_budget_bytes: bytes,
             };
             self.llm.send_budget(&change, SEND_TIMEOUT)?;
-            self.budget.store(bytes, Ordering::SeqCst);
-        }
+            (*seq, self.budget.swap(bytes, Ordering::SeqCst) > bytes)
+        };
         loop {
             let resident = self.private.resident_bytes()?;
-            if resident <= bytes {
+            let answered = !lowering || self.counters.answered.load(Ordering::SeqCst) >= sequence;
+            if answered && resident <= bytes {
                 return Ok(start.elapsed());
             }
             if start.elapsed() >= deadline {
@@ -179,6 +188,7 @@ impl MemoryBroker {
                     resident,
                     budget: bytes,
                     deadline,
+                    answered,
                 });
             }
             std::thread::sleep(SHRINK_POLL);
@@ -219,6 +229,11 @@ fn serve_reports(llm: &LlmHost, private: &PrivateMemory, counters: &Counters, qu
             }
         }
         counters.reports.fetch_add(1, Ordering::SeqCst);
+        if report.ranges.len() < MAX_RELINQUISH_RANGES {
+            counters
+                .answered
+                .fetch_max(report.sequence, Ordering::SeqCst);
+        }
     };
     while !quit.load(Ordering::SeqCst) {
         match llm.recv_relinquish(&mut release, REPORT_POLL) {

@@ -1,7 +1,8 @@
 //! Memory queue messages (live with `feature::MEMORY`).
 //!
 //! Budget changes go device to driver (queue 4); relinquish reports go driver to device
-//! (queue 5), one per budget change that shrinks the budget, or unsolicited (sequence 0).
+//! (queue 5), answering every budget change (a report shorter than `MAX_RELINQUISH_RANGES`
+//! ends the answer), or unsolicited (sequence 0).
 
 use alloc::vec::Vec;
 
