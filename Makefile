@@ -121,7 +121,7 @@ build:
 
 # The release `flexserve` the daemon's tests run (`serve`) and compare with (`run`).
 flexserve-bin:
-	$(CARGO) build --release --quiet -p vmm
+	$(CARGO) build --release --quiet -p flexserve
 
 # The guest kernel (x86_64-unknown-none, linked at 1 MiB) and the ring-3 test programs
 # (static, no C runtime). Outputs stay under target/ (git-ignored).
@@ -156,7 +156,7 @@ lint:
 	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-programs --features guest-aarch64 --bins -- -D warnings
 	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-engine --features guest --bins -- -D warnings
 	$(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-kernel --features guest -- -D warnings
-	$(CARGO) clippy --quiet --target aarch64-unknown-linux-musl -p vmm -p flexserve-e2e -p arm64-init --all-targets -- -D warnings
+	$(CARGO) clippy --quiet --target aarch64-unknown-linux-musl -p vmm -p flexserve -p flexserve-e2e -p arm64-init --all-targets -- -D warnings
 
 test-fast:
 	FLEXSERVE_REQUIRE_MODELS=1 $(CARGO) test --workspace --quiet
@@ -238,7 +238,7 @@ install-units:
 # --- run and bench ----------------------------------------------------------------------
 
 run: setup image
-	@$(CARGO) build --release --quiet -p vmm
+	@$(CARGO) build --release --quiet -p flexserve
 	$(FLEXSERVE) run -m $(DEFAULT_MODEL) "$(PROMPT)"
 
 bench-boot: image
@@ -246,7 +246,7 @@ bench-boot: image
 
 # Protected guest vs unprotected host engine vs llama.cpp, end to end (see tools/bench/bench_e2e.py).
 bench: setup setup-bench image
-	@$(CARGO) build --release --quiet -p vmm
+	@$(CARGO) build --release --quiet -p flexserve
 	$(BENCH_VENV)/bin/python tools/bench/bench_e2e.py --flexserve $(FLEXSERVE) \
 		--python $(BENCH_VENV)/bin/python \
 		$(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf
@@ -258,7 +258,7 @@ $(BENCH_VENV)/.server: $(BENCH_VENV)/.done
 
 # The daemon vs llama.cpp's server: throughput and TTFT at 1, 4, 8 streaming clients.
 bench-serve: setup setup-bench image $(BENCH_VENV)/.server
-	@$(CARGO) build --release --quiet -p vmm
+	@$(CARGO) build --release --quiet -p flexserve
 	$(BENCH_VENV)/bin/python tools/bench/bench_serve.py --flexserve $(FLEXSERVE) \
 		--python $(BENCH_VENV)/bin/python $(DEFAULT_MODEL)
 
@@ -269,7 +269,7 @@ bench-virtio: image
 	$(CARGO) bench --quiet -p flexserve-e2e --bench virtio
 
 bench-engine: setup setup-bench
-	@$(CARGO) build --release --quiet -p vmm
+	@$(CARGO) build --release --quiet -p flexserve
 	$(BENCH_VENV)/bin/python tools/bench/bench_engine.py --flexserve $(FLEXSERVE) \
 		$(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf \
 		$(DEFAULT_MODEL)

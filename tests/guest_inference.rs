@@ -15,8 +15,8 @@ use virtio_llm::Status;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::StopReason;
 use vmm::guest_images::GuestImages;
+use vmm::guest_vm::{GuestConfig, GuestError, GuestVm};
 use vmm::machine::VmError;
-use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
 
 const PROMPTS: [&str; 3] = [
     "The capital of France is",
@@ -26,8 +26,8 @@ const PROMPTS: [&str; 3] = [
 const TOKENS: u32 = 64;
 const CTX: u32 = 512;
 
-fn boot(images: &GuestImages, private_mib: usize) -> ProtectedVm {
-    ProtectedVm::start(
+fn boot(images: &GuestImages, private_mib: usize) -> GuestVm {
+    GuestVm::start(
         images,
         GuestConfig {
             vcpus: 2,

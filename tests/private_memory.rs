@@ -21,10 +21,10 @@ use virtio_llm::spec::{MEMORY_GRANULE, MIN_MEMORY_BUDGET};
 use virtio_llm::wire::probe::ProbeOp;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm::guest_vm::{GuestConfig, GuestError, GuestVm};
 use vmm::hypervisor::{IsolationLevel, IsolationRequest, NO_GUEST_MEMFD_ENV, PrivateBacking};
 use vmm::machine::{Machine, MachineConfig, VmError};
 use vmm::memory_broker::{MemoryBroker, MemoryError};
-use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
 
 /// How long a cooperating guest gets to meet a lower budget: it meets it in milliseconds on
 /// x86_64 KVM; the margin is for the emulated arm64 host (`make test-arm64`), ~10x slower.
@@ -400,10 +400,10 @@ fn released_private_pages_come_back_zeroed() {
 }
 
 /// A guest with the engine and memory probes, and the tiny model loaded as model 1.
-fn engine_with_model(private_mib: usize) -> Option<(ProtectedVm, Vec<u8>)> {
+fn engine_with_model(private_mib: usize) -> Option<(GuestVm, Vec<u8>)> {
     let (images, path) = (protected_images()?, model_path("tiny.Q8_0.gguf")?);
     let file = std::fs::read(path).expect("read the tiny model");
-    let mut vm = ProtectedVm::start(
+    let mut vm = GuestVm::start(
         &images,
         GuestConfig {
             vcpus: 2,
@@ -505,7 +505,7 @@ fn greedy(request_id: u64, session_id: u32, prompt: &[u32]) -> GenerateRequest {
     }
 }
 
-fn run(vm: &mut ProtectedVm, req: &GenerateRequest) -> Result<Vec<u32>, GuestError> {
+fn run(vm: &mut GuestVm, req: &GenerateRequest) -> Result<Vec<u32>, GuestError> {
     let mut out = Vec::new();
     vm.generate(req, &mut |t| out.extend_from_slice(t), &|| false)?;
     Ok(out)

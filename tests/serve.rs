@@ -4,11 +4,11 @@
 //! mid-stream, bad input answered 4xx with OpenAI error objects, stop sequences.
 //! `serve_scheduling.rs` has the queue, the guest's life and the binary's.
 
+use flexserve::serve::Daemon;
+use flexserve::serve::config::Config;
+use flexserve::serve::metrics::Outcome;
 use flexserve_e2e::serve_rig::*;
 use serde_json::Value;
-use vmm::serve::Daemon;
-use vmm::serve::config::Config;
-use vmm::serve::metrics::Outcome;
 
 #[test]
 fn the_openai_client_gets_what_flexserve_run_prints() {

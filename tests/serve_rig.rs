@@ -3,12 +3,12 @@
 //! daemon's configuration, and a minimal HTTP/1.1 client.
 
 use crate::{kvm_required, target_dir};
+use flexserve::serve::config::{Config, StartMode};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vmm::serve::config::{Config, StartMode};
 
 pub const DEFAULT: &str = "SmolLM2-135M-Instruct.Q4_1";
 pub const TINY: &str = "tiny.Q8_0";

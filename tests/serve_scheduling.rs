@@ -4,13 +4,13 @@
 //! flight and the next request served by a new guest, and the real binary's sd_notify
 //! handshake and drain on SIGTERM.
 
+use flexserve::serve::Daemon;
+use flexserve::serve::config::Config;
+use flexserve::serve::metrics::Outcome;
 use flexserve_e2e::serve_rig::*;
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vmm::serve::Daemon;
-use vmm::serve::config::Config;
-use vmm::serve::metrics::Outcome;
 
 #[test]
 fn a_full_queue_answers_429_and_gone_clients_are_cancelled() {

@@ -65,7 +65,7 @@ build_images() {
 }
 
 build_flexserve() {
-    $CARGO build --release --quiet -p vmm --target $MUSL || return 1
+    $CARGO build --release --quiet -p flexserve --target $MUSL || return 1
     cp target/$MUSL/release/flexserve "$STAGE/bin/"
 }
 
@@ -86,7 +86,7 @@ for line in sys.stdin:
 
 # The x86_64 host engine's greedy output for each prompt (flexserve run --unprotected).
 build_expected() {
-    $CARGO build --release --quiet -p vmm || return 1
+    $CARGO build --release --quiet -p flexserve || return 1
     for i in "${!PROMPTS[@]}"; do
         target/release/flexserve run --unprotected -m $MODEL --temperature 0 -n $GEN_TOKENS \
             "${PROMPTS[$i]}" >"$STAGE/expected/$i.txt" 2>"$RUN/expected-$i.err" || return 1

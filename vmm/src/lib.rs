@@ -1,18 +1,16 @@
-//! The FlexServe host: the VMM (hypervisor layer, devices, vCPU threads) and the pieces the
-//! `flexserve` binary is built from.
+//! The FlexServe VMM: hypervisor backends, the machine (memory, devices, vCPU threads), the
+//! memory broker, and [`guest_vm::GuestVm`], a booted guest with the engine driven over
+//! virtio-llm. A library with no async runtime and no HTTP: the `flexserve` crate builds the
+//! CLI, the daemon and the benchmarks on it.
 
 pub mod arch;
 pub mod devices;
-pub mod digest_cache;
 pub mod elf_loader;
 pub mod guest_images;
 pub mod guest_kernels;
+pub mod guest_vm;
 pub mod hypervisor;
 pub mod machine;
 pub mod memory_broker;
-pub mod protected_vm;
-pub mod serve;
-pub mod size;
-pub mod text_stream;
 mod thread_cpu;
 pub mod vcpu_exit;

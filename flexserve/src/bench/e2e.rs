@@ -5,23 +5,21 @@
 //! long a bare guest takes to first-touch as many private bytes as the model occupies.
 
 use crate::cli::{BenchE2eArgs, BenchMode};
-use crate::huge_buffer::Pages;
-use crate::model_file::{map_model, read_model_on};
-use crate::protected::ProtectedRunError;
-use crate::unprotected::RunError;
+use crate::model::huge_buffer::Pages;
+use crate::model::{Access, HostModel};
+use crate::run::guest::ProtectedRunError;
+use crate::run::host::RunError;
 use inference_guest::generate::{GenerateRequest as EngineRequest, generate};
-use inference_guest::gguf::Gguf;
 use inference_guest::model::Model;
 use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::Kernels;
 use inference_guest::sampler::{Sampler, SamplerConfig};
-use inference_guest::tokenizer::Tokenizer;
 use std::time::{Duration, Instant};
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use vmm::guest_images::GuestImages;
+use vmm::guest_vm::{GuestConfig, GuestError, GuestVm};
 use vmm::hypervisor::{IsolationLevel, IsolationRequest};
 use vmm::machine::{Machine, MachineConfig};
-use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
 
 /// A failed benchmark.
 #[derive(Debug, thiserror::Error)]
@@ -164,11 +162,10 @@ fn with_host_engine<T>(
     pages: Pages,
     then: impl FnOnce(&HostEngine<'_>, u32) -> Result<T, BenchError>,
 ) -> Result<T, BenchError> {
-    let bytes = read_model_on(&args.model, pages).map_err(RunError::from)?;
-    let gguf = Gguf::parse(bytes.as_slice()).map_err(RunError::from)?;
-    let model = Model::from_gguf(&gguf, Kernels::detect()).map_err(RunError::from)?;
+    let file = HostModel::open(&args.model, Access::Read(pages)).map_err(RunError::from)?;
+    let model = file.engine(Kernels::detect()).map_err(RunError::from)?;
     // `run` builds the tokenizer before its first token: so does the benchmark.
-    drop(Tokenizer::from_gguf(&gguf).map_err(RunError::from)?);
+    file.tokenizer().map_err(RunError::from)?;
     let pool = ThreadPool::new(args.vcpus).map_err(|source| RunError::Threads {
         threads: args.vcpus,
         source,
@@ -195,16 +192,17 @@ fn unprotected(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> 
 
 /// The guest engine with the model loaded, as `run` has it.
 struct GuestEngine {
-    vm: ProtectedVm,
+    vm: GuestVm,
     next_session: u32,
 }
 
 impl GuestEngine {
     /// Boots the guest and streams the model in, as `run` does once it checked the model.
-    fn start(args: &BenchE2eArgs, file: &[u8]) -> Result<(Self, Duration), BenchError> {
+    fn start(args: &BenchE2eArgs, model: &HostModel) -> Result<(Self, Duration), BenchError> {
         let images = GuestImages::locate(args.images.as_deref()).map_err(GuestError::from)?;
-        let private = (file.len() as u64 + (256 << 20)).next_multiple_of(2 << 20);
-        let vm = ProtectedVm::start(
+        let context = model.context(args.prompt_tokens + args.gen_tokens + 1);
+        let private = model.guest_memory(context, 1);
+        let vm = GuestVm::start(
             &images,
             GuestConfig {
                 vcpus: args.vcpus as u8,
@@ -224,11 +222,7 @@ impl GuestEngine {
             next_session: 1,
         };
         // As `run` does: the host's digest of the file comes from the cache after the first run.
-        let known = vmm::digest_cache::lookup(&args.model);
-        let sha256 = engine.vm.load_model(1, file, known, &mut |_| {})?;
-        if known.is_none() {
-            vmm::digest_cache::remember(&args.model, &sha256);
-        }
+        model.load_into(&mut engine.vm, 1, &mut |_| {})?;
         Ok((engine, booted.elapsed()))
     }
 
@@ -283,21 +277,17 @@ impl GuestEngine {
 }
 
 /// What `run` does before it boots: check the model on the host and build the host's
-/// tokenizer (beside the boot and load, as `run` does). `then` gets the file and the
-/// model's vocabulary size.
+/// tokenizer (beside the boot and load, as `run` does). `then` gets the model and its
+/// vocabulary size.
 fn with_checked_model<T>(
     args: &BenchE2eArgs,
-    then: impl FnOnce(&[u8], u32) -> Result<T, BenchError>,
+    then: impl FnOnce(&HostModel, u32) -> Result<T, BenchError>,
 ) -> Result<T, BenchError> {
-    let file = map_model(&args.model).map_err(RunError::from)?;
-    let gguf = Gguf::parse(file.as_slice()).map_err(RunError::from)?;
-    let n_vocab = Model::from_gguf(&gguf, Kernels::detect())
-        .map_err(RunError::from)?
-        .cfg
-        .n_vocab as u32;
+    let model = HostModel::open(&args.model, Access::Mapped).map_err(RunError::from)?;
+    let n_vocab = model.shape().n_vocab as u32;
     std::thread::scope(|s| {
-        let tokenizer = s.spawn(|| Tokenizer::from_gguf(&gguf));
-        let result = then(file.as_slice(), n_vocab)?;
+        let tokenizer = s.spawn(|| model.tokenizer().map(|_| ()));
+        let result = then(&model, n_vocab)?;
         match tokenizer.join() {
             Ok(t) => t.map_err(RunError::from)?,
             Err(_) => return Err(BenchError::Thread),
@@ -308,8 +298,8 @@ fn with_checked_model<T>(
 
 /// The guest's figures and [`GuestEngine::row_fields`].
 fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<(Figures, String), BenchError> {
-    with_checked_model(args, |file, n_vocab| {
-        let (mut engine, load) = GuestEngine::start(args, file)?;
+    with_checked_model(args, |model, n_vocab| {
+        let (mut engine, load) = GuestEngine::start(args, model)?;
         let mut f = Figures::new(t0.elapsed() - load, load);
         let ids = prompt(args.prompt_tokens, n_vocab);
         for rep in 0..=args.warm_reps {
@@ -325,8 +315,8 @@ fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<(Figures, String), BenchErr
 /// guest, ...), so each pair of requests is a second apart and the machine's drifting load
 /// cancels out of their ratio far better than between processes.
 fn paired(args: &BenchE2eArgs) -> Result<(), BenchError> {
-    with_checked_model(args, |file, n_vocab| {
-        let (mut guest, _) = GuestEngine::start(args, file)?;
+    with_checked_model(args, |model, n_vocab| {
+        let (mut guest, _) = GuestEngine::start(args, model)?;
         let ids = prompt(args.prompt_tokens, n_vocab);
         let pairs = with_host_engine(args, Pages::Huge, |host, _| {
             // A request each to warm both up (first touches of fresh KV cache pages).

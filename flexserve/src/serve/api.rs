@@ -5,7 +5,7 @@ use super::Shared;
 use super::error::ApiError;
 use super::listen::ConnId;
 use super::metrics::Outcome;
-use super::models::HostModel;
+use super::models::ServedModel;
 use super::openai::{Answer, Endpoint, GenRequest, Usage, finish_reason, json_response};
 use super::scheduler::{ClientKey, Rejected};
 use super::stop::StopScanner;
@@ -118,7 +118,7 @@ impl Drop for CancelOnDrop {
 /// A queued request: what its answer needs.
 struct Pending {
     req: GenRequest,
-    model: Arc<HostModel>,
+    model: Arc<ServedModel>,
     prompt_tokens: u32,
     events: mpsc::UnboundedReceiver<Event>,
     cancel: CancelOnDrop,
@@ -239,14 +239,14 @@ async fn enqueue(
 /// Turns streamed token ids into text: end-of-generation tokens are not text, a character
 /// split over tokens waits for its end, stop sequences cut the text.
 struct Detok {
-    model: Arc<HostModel>,
+    model: Arc<ServedModel>,
     utf8: Utf8Stream,
     stop: StopScanner,
     tokens: u32,
 }
 
 impl Detok {
-    fn new(model: Arc<HostModel>, stops: Vec<String>) -> Self {
+    fn new(model: Arc<ServedModel>, stops: Vec<String>) -> Self {
         Self {
             model,
             utf8: Utf8Stream::default(),

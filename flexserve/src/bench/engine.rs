@@ -3,10 +3,10 @@
 //! steps), so that `tools/bench/bench_engine.py` can set it beside llama.cpp.
 
 use crate::cli::BenchArgs;
-use crate::model_file::read_model;
-use crate::unprotected::RunError;
-use inference_guest::gguf::Gguf;
-use inference_guest::model::{Logits, Model};
+use crate::model::huge_buffer::Pages;
+use crate::model::{Access, HostModel};
+use crate::run::host::RunError;
+use inference_guest::model::Logits;
 use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::Kernels;
 use std::time::Instant;
@@ -28,9 +28,8 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Runs the measurement and prints one JSON object.
 pub fn run(args: &BenchArgs) -> Result<(), RunError> {
-    let bytes = read_model(&args.model)?;
-    let gguf = Gguf::parse(bytes.as_slice())?;
-    let model = Model::from_gguf(&gguf, Kernels::detect())?;
+    let file = HostModel::open(&args.model, Access::Read(Pages::Huge))?;
+    let model = file.engine(Kernels::detect())?;
     let pool = ThreadPool::new(args.threads).map_err(|source| RunError::Threads {
         threads: args.threads,
         source,

@@ -1,24 +1,16 @@
 //! `flexserve`: the FlexServe host binary: `run` (protected guest or `--unprotected`),
-//! `bench-engine`, `bench-e2e`, `serve` (the daemon, `vmm::serve`), `isolation` (what a
+//! `bench-engine`, `bench-e2e`, `serve` (the daemon, `flexserve::serve`), `isolation` (what a
 //! guest gets on this host).
-
-mod bench_e2e;
-mod bench_engine;
-mod cli;
-mod huge_buffer;
-mod model_file;
-mod protected;
-mod unprotected;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, Command};
+use flexserve::cli::{Cli, Command};
+use flexserve::{bench, run, serve};
 use std::io::Read;
 use std::process::ExitCode;
-use vmm::text_stream;
 
 fn main() -> ExitCode {
-    match run() {
+    match dispatch() {
         Ok(Finished::Done) => ExitCode::SUCCESS,
         // The shell convention for a command stopped by SIGINT.
         Ok(Finished::Interrupted) => ExitCode::from(130),
@@ -36,7 +28,7 @@ enum Finished {
     Interrupted,
 }
 
-fn run() -> anyhow::Result<Finished> {
+fn dispatch() -> anyhow::Result<Finished> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
@@ -57,17 +49,16 @@ fn run() -> anyhow::Result<Finished> {
                 }
             };
             if args.unprotected {
-                unprotected::run(&args, &prompt)?;
-            } else if protected::run(&args, &prompt)? {
+                run::host::run(&args, &prompt)?;
+            } else if run::guest::run(&args, &prompt)? {
                 return Ok(Finished::Interrupted);
             }
         }
-        Command::BenchEngine(args) => bench_engine::run(&args)?,
-        Command::BenchE2e(args) => bench_e2e::run(&args)?,
+        Command::BenchEngine(args) => bench::engine::run(&args)?,
+        Command::BenchE2e(args) => bench::e2e::run(&args)?,
         Command::Serve(args) => {
-            let config =
-                vmm::serve::config::Config::load(args.config.as_deref(), &args.overrides())?;
-            vmm::serve::run(config)?;
+            let config = serve::config::Config::load(args.config.as_deref(), &args.overrides())?;
+            serve::run(config)?;
         }
         Command::Isolation(args) => {
             // The smallest private pool: enough to see what backs it.

@@ -2,11 +2,11 @@
 //! `/etc/flexserve/flexserve.toml`) with command-line flags on top. Unknown keys and bad
 //! values are errors that name the key.
 
-use crate::hypervisor::{IsolationLevel, UnknownIsolationLevel};
 use crate::size::parse_size;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use vmm::hypervisor::{IsolationLevel, UnknownIsolationLevel};
 
 /// Where the daemon reads its configuration when `--config` is not given (a missing file
 /// there means "all defaults").

@@ -1,6 +1,7 @@
-//! A running protected guest with the engine, driven over virtio-llm: boot it, stream a
-//! model into it, open sessions, generate, shut it down. The CLI's `run` and (later) the
-//! daemon are built on this.
+//! A running guest with the engine, driven over virtio-llm: boot it, stream a model into
+//! it, open sessions, generate, shut it down. Its isolation is whatever the host offers
+//! (see [`crate::hypervisor::Isolation`]); `flexserve run`, the daemon and the benchmarks
+//! are built on it.
 
 use crate::devices::virtio_llm::{HostError, LlmHost};
 use crate::guest_images::GuestImages;
@@ -86,7 +87,7 @@ fn explain(status: Status) -> &'static str {
 }
 
 /// A booted guest with the engine program.
-pub struct ProtectedVm {
+pub struct GuestVm {
     #[cfg(feature = "test-hooks")]
     mem: vm_memory::GuestMemoryMmap,
     llm: Arc<LlmHost>,
@@ -128,7 +129,7 @@ pub struct MemoryStatus {
     pub broker: BrokerStats,
 }
 
-impl ProtectedVm {
+impl GuestVm {
     /// Boots the guest and waits until its engine brought the device up.
     pub fn start(images: &GuestImages, config: GuestConfig) -> Result<Self, GuestError> {
         let mut machine = Machine::new(MachineConfig {
@@ -442,7 +443,7 @@ impl ProtectedVm {
     }
 }
 
-impl Drop for ProtectedVm {
+impl Drop for GuestVm {
     fn drop(&mut self) {
         self.stop.stop();
         if let Some(vm) = self.vm.take() {

@@ -10,10 +10,7 @@
 use super::Shared;
 use super::error::ApiError;
 use super::metrics::{GuestState, Outcome};
-use super::models::HostModel;
-use crate::guest_images::GuestImages;
-use crate::hypervisor::IsolationLevel;
-use crate::protected_vm::{GuestConfig, GuestError, ProtectedVm};
+use super::models::ServedModel;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +19,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use virtio_llm::Status;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, StopReason, Timings};
+use vmm::guest_images::GuestImages;
+use vmm::guest_vm::{GuestConfig, GuestError, GuestVm};
+use vmm::hypervisor::IsolationLevel;
 
 /// The model id every guest gets (one model per guest).
 const GUEST_MODEL_ID: u32 = 1;
@@ -39,7 +39,7 @@ pub enum Event {
 
 /// One generation waiting for the guest.
 pub struct Job {
-    pub model: Arc<HostModel>,
+    pub model: Arc<ServedModel>,
     pub prompt: Vec<u32>,
     pub sampling: SamplingParams,
     pub events: UnboundedSender<Event>,
@@ -68,12 +68,12 @@ enum Sliced {
     /// Done (answered or failed).
     Finished,
     /// The guest died; restart it with this model.
-    GuestLost(Arc<HostModel>),
+    GuestLost(Arc<ServedModel>),
 }
 
 struct Running {
-    vm: ProtectedVm,
-    model: Arc<HostModel>,
+    vm: GuestVm,
+    model: Arc<ServedModel>,
 }
 
 pub struct Worker {
@@ -104,7 +104,7 @@ impl Worker {
     /// with that model first and reports how that went on `booted`.
     pub fn run(
         mut self,
-        startup: Option<Arc<HostModel>>,
+        startup: Option<Arc<ServedModel>>,
         booted: std::sync::mpsc::Sender<Result<(), String>>,
     ) {
         let first = match startup {
@@ -183,7 +183,7 @@ impl Worker {
     }
 
     /// Makes sure a guest with `model` is up.
-    fn ensure(&mut self, model: &Arc<HostModel>) -> Result<(), GuestError> {
+    fn ensure(&mut self, model: &Arc<ServedModel>) -> Result<(), GuestError> {
         if self.vm.as_ref().is_some_and(|r| r.model.id == model.id) {
             return Ok(());
         }
@@ -239,11 +239,8 @@ impl Worker {
         }
     }
 
-    fn boot(&self, model: &HostModel) -> Result<ProtectedVm, GuestError> {
-        let file = std::fs::read(&model.path).map_err(|e| {
-            GuestError::Protocol(format!("cannot read {}: {e}", model.path.display()))
-        })?;
-        let mut vm = ProtectedVm::start(
+    fn boot(&self, model: &ServedModel) -> Result<GuestVm, GuestError> {
+        let mut vm = GuestVm::start(
             &self.images,
             GuestConfig {
                 vcpus: self.shared.config.vcpus,
@@ -254,11 +251,7 @@ impl Worker {
             },
         )?;
         self.shared.metrics.set_isolation(vm.isolation().level());
-        let known = crate::digest_cache::lookup(&model.path);
-        let sha256 = vm.load_model(GUEST_MODEL_ID, &file, known, &mut |_| {})?;
-        if known.is_none() {
-            crate::digest_cache::remember(&model.path, &sha256);
-        }
+        model.file.load_into(&mut vm, GUEST_MODEL_ID, &mut |_| {})?;
         Ok(vm)
     }
 

@@ -21,7 +21,6 @@ pub mod scheduler;
 pub mod stop;
 pub mod worker;
 
-use crate::guest_images::{GuestImages, ImageError};
 use config::{Config, StartMode};
 use error::ApiError;
 use listen::{ConnId, Counted, ListenError, Socket};
@@ -32,6 +31,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use vmm::guest_images::{GuestImages, ImageError};
 use worker::{Job, Worker};
 
 /// What the HTTP handlers and the worker share.

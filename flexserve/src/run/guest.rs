@@ -4,22 +4,18 @@
 //! weights and the KV cache live only in the guest's private region.
 
 use crate::cli::RunArgs;
-use crate::model_file::map_model;
+use crate::model::{Access, HostModel};
+use crate::run::host::{RunError, sampler_config};
+use crate::size::parse_size;
 use crate::text_stream::Utf8Stream;
-use crate::unprotected::{RunError, render_prompt, sampler_config};
-use inference_guest::gguf::Gguf;
-use inference_guest::model::Model;
-use inference_guest::quant::Kernels;
-use inference_guest::tokenizer::Tokenizer;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::StopReason;
 use vmm::guest_images::GuestImages;
+use vmm::guest_vm::{GuestConfig, GuestError, GuestVm};
 use vmm::hypervisor::{Isolation, IsolationLevel};
-use vmm::protected_vm::{GuestConfig, GuestError, ProtectedVm};
-use vmm::size::parse_size;
 
 /// A failed protected `run`.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +40,6 @@ pub enum ProtectedRunError {
 }
 
 const MIB: u64 = 1 << 20;
-/// Private memory beyond weights and KV cache: activations, logits, tokenizer, allocator.
-const HEADROOM: u64 = 96 * MIB;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -109,15 +103,12 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
     }
     let start = Instant::now();
     // Check everything on the host first: errors carry the engine's own words.
-    let file = map_model(&args.model).map_err(RunError::from)?;
-    let gguf = Gguf::parse(file.as_slice()).map_err(RunError::from)?;
-    let model = Model::from_gguf(&gguf, Kernels::detect()).map_err(RunError::from)?;
+    let model = HostModel::open(&args.model, Access::Mapped).map_err(RunError::from)?;
     let cfg = sampler_config(&args.sampling);
     cfg.validate().map_err(RunError::from)?;
-    let ctx = args.ctx.clamp(1, model.cfg.n_ctx_train);
-    let kv = model.cfg.kv_cache_bytes(ctx) as u64;
-    let model_bytes = file.as_slice().len() as u64;
-    let needed = (model_bytes + kv + HEADROOM).next_multiple_of(2 * MIB);
+    let ctx = model.context(args.ctx);
+    let model_bytes = model.bytes().len() as u64;
+    let needed = model.guest_memory(ctx, 1);
     let private = match &args.memory {
         None => needed,
         Some(m) => {
@@ -135,9 +126,9 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
     let images = GuestImages::locate(args.images.as_deref()).map_err(GuestError::from)?;
     // The host's tokenizer (for the prompt and the answer) is built while the guest boots
     // and the model streams in.
-    let (tokenizer, mut vm, booted, loaded) = std::thread::scope(|s| {
-        let tokenizer = s.spawn(|| Tokenizer::from_gguf(&gguf));
-        let mut vm = ProtectedVm::start(
+    let (mut vm, booted, loaded) = std::thread::scope(|s| {
+        let tokenizer = s.spawn(|| model.tokenizer().map(|_| ()));
+        let mut vm = GuestVm::start(
             &images,
             GuestConfig {
                 vcpus: args.vcpus as u8,
@@ -154,24 +145,19 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
             start: booted,
             shown: false,
         };
-        let known = vmm::digest_cache::lookup(&args.model);
-        let sha256 = vm.load_model(1, file.as_slice(), known, &mut |done| progress.update(done))?;
-        if known.is_none() {
-            vmm::digest_cache::remember(&args.model, &sha256);
-        }
+        model.load_into(&mut vm, 1, &mut |done| progress.update(done))?;
         progress.finish();
         vm.open_session(1, 1, ctx as u32)?;
         let loaded = Instant::now();
-        let tokenizer = tokenizer
+        tokenizer
             .join()
             .map_err(|_| ProtectedRunError::Thread)?
             .map_err(RunError::from)?;
-        Ok::<_, ProtectedRunError>((tokenizer, vm, booted, loaded))
+        Ok::<_, ProtectedRunError>((vm, booted, loaded))
     })?;
-    let (text, chat) = render_prompt(&gguf, prompt, args.raw);
+    let tokenizer = model.tokenizer().map_err(RunError::from)?;
+    let (text, chat) = model.render_prompt(prompt, args.raw);
     let ids = tokenizer.encode(&text, true, true);
-    drop(gguf);
-    drop(file);
 
     INTERRUPTED.store(false, Ordering::SeqCst);
     // Ctrl-C cancels the generation; the guest then shuts down cleanly.

@@ -1,42 +1,32 @@
 //! The models a daemon serves: the `*.gguf` files of its models directory, each checked on
-//! the host once (GGUF parse, model shapes) and kept with what the host needs for requests
-//! (its tokenizer, chat template, context, guest memory size).
+//! the host once ([`HostModel`]: the file mapped, its shapes and tokenizer) and kept with
+//! what the daemon's settings make of it (context, guest memory size).
 
 use super::error::ApiError;
 use super::openai::Input;
-use inference_guest::gguf::Gguf;
-use inference_guest::model::Model;
-use inference_guest::quant::Kernels;
-use inference_guest::tokenizer::{Tokenizer, chat};
+use crate::model::{Access, HostModel};
+use inference_guest::tokenizer::Tokenizer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 const MIB: u64 = 1 << 20;
-/// Private memory beyond weights and KV cache, as `flexserve run` gives it: activations,
-/// logits, the guest's tokenizer, allocator slack.
-const HEADROOM: u64 = 96 * MIB;
-/// Per further active request: its share of scratch and allocator slack, so that the guest
-/// never has to evict an idle session's KV cache to make room for another's.
-const SESSION_HEADROOM: u64 = 32 * MIB;
 
-/// A model checked on the host.
+/// A model the daemon serves.
 #[derive(Debug)]
-pub struct HostModel {
+pub struct ServedModel {
     /// Its name in the API: the file name without `.gguf`.
     pub id: String,
-    pub path: PathBuf,
-    pub tokenizer: Tokenizer,
-    /// Whether chat messages are rendered with ChatML (the model's template uses it).
-    pub chatml: bool,
+    /// The checked file, streamed from its mapping into each guest that serves it.
+    pub file: HostModel,
+    pub tokenizer: Arc<Tokenizer>,
     /// The context of each request, tokens.
     pub context: u32,
     /// Private memory its guest gets: weights, a KV cache per active request, headroom.
     pub private_bytes: u64,
-    pub n_vocab: usize,
 }
 
-impl HostModel {
+impl ServedModel {
     /// Reads and checks `path`; `context` is capped at the model's training context;
     /// `sessions` KV caches must fit beside the weights.
     pub fn load(
@@ -47,19 +37,10 @@ impl HostModel {
         memory_max: u64,
     ) -> Result<Self, ApiError> {
         let err = |e: &dyn std::fmt::Display| ApiError::Model(format!("model `{id}`: {e}"));
-        let file = std::fs::read(path).map_err(|e| err(&e))?;
-        let gguf = Gguf::parse(&file).map_err(|e| err(&e))?;
-        let model = Model::from_gguf(&gguf, Kernels::detect()).map_err(|e| err(&e))?;
-        let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| err(&e))?;
-        let chatml = gguf
-            .get_str("tokenizer.chat_template")
-            .ok()
-            .flatten()
-            .is_some_and(|t| t.contains("<|im_start|>"));
-        let context = (context as usize).clamp(1, model.cfg.n_ctx_train) as u32;
-        let kv = model.cfg.kv_cache_bytes(context as usize) as u64 * sessions as u64;
-        let extra = SESSION_HEADROOM * (sessions.max(1) as u64 - 1);
-        let private_bytes = (file.len() as u64 + kv + HEADROOM + extra).next_multiple_of(2 * MIB);
+        let file = HostModel::open(path, Access::Mapped).map_err(|e| err(&e))?;
+        let tokenizer = file.tokenizer().map_err(|e| err(&e))?;
+        let context = file.context(context as usize);
+        let private_bytes = file.guest_memory(context, sessions);
         if private_bytes > memory_max {
             return Err(err(&format_args!(
                 "needs {} MiB of guest memory for {sessions} active requests of \
@@ -71,12 +52,10 @@ impl HostModel {
         }
         Ok(Self {
             id: id.to_string(),
-            path: path.to_path_buf(),
+            file,
             tokenizer,
-            chatml,
-            context,
+            context: context as u32,
             private_bytes,
-            n_vocab: model.cfg.n_vocab,
         })
     }
 
@@ -85,24 +64,17 @@ impl HostModel {
     pub fn encode(&self, input: &Input) -> Result<Vec<u32>, ApiError> {
         let text = match input {
             Input::Tokens(ids) => {
-                if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.n_vocab) {
+                let n_vocab = self.file.shape().n_vocab;
+                if let Some(bad) = ids.iter().find(|&&t| t as usize >= n_vocab) {
                     return Err(ApiError::invalid(
                         "prompt",
-                        format!(
-                            "token id {bad} is outside the vocabulary ({} tokens)",
-                            self.n_vocab
-                        ),
+                        format!("token id {bad} is outside the vocabulary ({n_vocab} tokens)"),
                     ));
                 }
                 return Ok(ids.clone());
             }
             Input::Text(s) => s.clone(),
-            Input::Chat(messages) if self.chatml => chat::apply_chatml(messages, true),
-            Input::Chat(messages) => messages
-                .iter()
-                .map(|m| m.content.as_str())
-                .collect::<Vec<_>>()
-                .join("\n"),
+            Input::Chat(messages) => self.file.render_chat(messages),
         };
         Ok(self.tokenizer.encode(&text, true, true))
     }
@@ -114,7 +86,7 @@ pub struct Catalogue {
     context: u32,
     sessions: usize,
     memory_max: u64,
-    checked: Mutex<HashMap<String, Arc<HostModel>>>,
+    checked: Mutex<HashMap<String, Arc<ServedModel>>>,
 }
 
 impl Catalogue {
@@ -151,7 +123,7 @@ impl Catalogue {
     }
 
     /// The model named `id` (with or without `.gguf`), checked on first use.
-    pub fn get(&self, id: &str) -> Result<Arc<HostModel>, ApiError> {
+    pub fn get(&self, id: &str) -> Result<Arc<ServedModel>, ApiError> {
         let id = id.strip_suffix(".gguf").unwrap_or(id);
         if let Some(m) = self.lock().get(id) {
             return Ok(m.clone());
@@ -161,7 +133,7 @@ impl Catalogue {
             return Err(ApiError::UnknownModel(id.to_string()));
         }
         let path = self.dir.join(format!("{id}.gguf"));
-        let m = Arc::new(HostModel::load(
+        let m = Arc::new(ServedModel::load(
             id,
             &path,
             self.context,
@@ -172,7 +144,7 @@ impl Catalogue {
         Ok(m)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<HostModel>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ServedModel>>> {
         self.checked.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

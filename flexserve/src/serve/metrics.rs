@@ -1,10 +1,10 @@
 //! Counters, gauges and histograms of the daemon, rendered as Prometheus text for
 //! `GET /metrics`.
 
-use crate::hypervisor::IsolationLevel;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use vmm::hypervisor::IsolationLevel;
 
 /// State of the guest VM as `/health` and `/metrics` report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

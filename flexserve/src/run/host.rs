@@ -2,15 +2,13 @@
 //! baseline every protected figure is compared with, and the quickest way to try a model.
 
 use crate::cli::{RunArgs, SamplingArgs};
-use crate::model_file::{ModelFileError, read_model};
+use crate::model::huge_buffer::Pages;
+use crate::model::{Access, HostModel, HostModelError};
 use crate::text_stream::Utf8Stream;
 use inference_guest::generate::{GenerateRequest, StopReason, generate};
-use inference_guest::gguf::{Gguf, GgufError};
-use inference_guest::model::{Model, ModelError};
 use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::Kernels;
 use inference_guest::sampler::{Sampler, SamplerConfig, SamplerError};
-use inference_guest::tokenizer::{ChatMessage, Tokenizer, TokenizerError, chat};
 use std::io::Write;
 use std::time::Instant;
 
@@ -18,13 +16,9 @@ use std::time::Instant;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    ModelFile(#[from] ModelFileError),
-    #[error("invalid model file: {0}")]
-    Gguf(#[from] GgufError),
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error("cannot build the tokenizer: {0}")]
-    Tokenizer(#[from] TokenizerError),
+    Model(#[from] HostModelError),
+    #[error("generation failed: {0}")]
+    Generate(#[from] inference_guest::model::ModelError),
     #[error("bad sampling options: {0}")]
     Sampling(#[from] SamplerError),
     #[error("cannot start {threads} worker threads: {source}")]
@@ -51,33 +45,15 @@ pub fn sampler_config(s: &SamplingArgs) -> SamplerConfig {
     }
 }
 
-/// Wraps a user prompt in the model's chat template when it has a ChatML one.
-pub fn render_prompt(gguf: &Gguf<'_>, prompt: &str, raw: bool) -> (String, bool) {
-    let chatml = gguf
-        .get_str("tokenizer.chat_template")
-        .ok()
-        .flatten()
-        .is_some_and(|t| t.contains("<|im_start|>"));
-    if raw || !chatml {
-        return (prompt.to_string(), false);
-    }
-    let messages = [ChatMessage {
-        role: "user".into(),
-        content: prompt.into(),
-    }];
-    (chat::apply_chatml(&messages, true), true)
-}
-
 /// Generates from `prompt` and streams the text to stdout; the summary goes to stderr.
 pub fn run(args: &RunArgs, prompt: &str) -> Result<(), RunError> {
     if prompt.trim().is_empty() {
         return Err(RunError::EmptyPrompt);
     }
     let start = Instant::now();
-    let bytes = read_model(&args.model)?;
-    let gguf = Gguf::parse(bytes.as_slice())?;
-    let model = Model::from_gguf(&gguf, Kernels::detect())?;
-    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let file = HostModel::open(&args.model, Access::Read(Pages::Huge))?;
+    let model = file.engine(Kernels::detect())?;
+    let tokenizer = file.tokenizer()?;
     let cfg = sampler_config(&args.sampling);
     cfg.validate()?;
     let mut sampler = Sampler::new(cfg, model.cfg.n_vocab);
@@ -85,7 +61,7 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<(), RunError> {
         threads: args.vcpus,
         source,
     })?;
-    let (text, chat) = render_prompt(&gguf, prompt, args.raw);
+    let (text, chat) = file.render_prompt(prompt, args.raw);
     let ids = tokenizer.encode(&text, true, true);
     let mut session = model.new_session(args.ctx);
     let loaded = Instant::now();

@@ -1,6 +1,6 @@
 //! Reading a model file from disk, with errors that say what to do.
 
-use crate::huge_buffer::{HugePageBuffer, Pages};
+use crate::model::huge_buffer::{HugePageBuffer, Pages};
 use std::path::{Path, PathBuf};
 
 /// A model file that could not be read.
@@ -106,13 +106,8 @@ fn unreadable(path: &Path, source: std::io::Error) -> ModelFileError {
     }
 }
 
-/// Reads the whole file into huge-page-backed memory; the engine borrows tensors from it.
-pub fn read_model(path: &Path) -> Result<HugePageBuffer, ModelFileError> {
-    read_model_on(path, Pages::Huge)
-}
-
-/// [`read_model`] with a choice of pages (benchmarks compare the host engine on base pages
-/// with the guest, whose private memory has no huge pages).
+/// Reads the whole file into memory on `pages`; the host engine borrows tensors from it
+/// (benchmarks compare it on base pages with the guest, whose private memory may have none).
 pub fn read_model_on(path: &Path, pages: Pages) -> Result<HugePageBuffer, ModelFileError> {
     let unreadable = |source| unreadable(path, source);
     let mut file = std::fs::File::open(path).map_err(unreadable)?;

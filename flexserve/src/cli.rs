@@ -86,8 +86,8 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn overrides(&self) -> vmm::serve::config::Overrides {
-        vmm::serve::config::Overrides {
+    pub fn overrides(&self) -> crate::serve::config::Overrides {
+        crate::serve::config::Overrides {
             socket: self.socket.clone(),
             tcp: self.tcp.clone(),
             vcpus: self.vcpus,
