@@ -43,6 +43,13 @@ pub enum GuestError {
     Crashed(VmError),
     #[error("the guest VM stopped without an error report")]
     Vanished,
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the {0} thread panicked")]
+    ThreadPanicked(&'static str),
     #[error("the guest engine stopped with exit code {code}: {last_words}")]
     Exited { code: u32, last_words: String },
     #[error("talking to the guest failed: {0}")]
@@ -146,8 +153,11 @@ impl GuestVm {
         let (llm, stop) = (machine.llm(), machine.stop_handle());
         let broker = match machine.private_memory() {
             Some(private) => Some(Arc::new(
-                MemoryBroker::start(llm.clone(), private, stop.clone()).map_err(|e| {
-                    GuestError::Create(VmError::Device(format!("no memory thread: {e}")))
+                MemoryBroker::start(llm.clone(), private, stop.clone()).map_err(|source| {
+                    GuestError::Thread {
+                        what: "memory broker",
+                        source,
+                    }
                 })?,
             )),
             None => None,
@@ -161,7 +171,7 @@ impl GuestVm {
                 let r = machine.boot(&kernel, &engine, config.vcpus);
                 (r, machine.console().lines())
             })
-            .map_err(|e| GuestError::Create(VmError::Device(format!("no VM thread: {e}"))))?;
+            .map_err(|source| GuestError::Thread { what: "VM", source })?;
         let mut me = Self {
             #[cfg(feature = "test-hooks")]
             mem,
@@ -256,7 +266,7 @@ impl GuestVm {
                 .and_then(|_| self.stream_chunks(model_id, file, progress));
             let sha256 = hasher
                 .join()
-                .map_err(|_| GuestError::Protocol("the hashing thread panicked".into()))?;
+                .map_err(|_| GuestError::ThreadPanicked("model hashing"))?;
             streamed?;
             self.command(&ControlCommand::LoadModelEnd(LoadModelEnd {
                 model_id,

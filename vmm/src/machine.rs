@@ -84,8 +84,15 @@ pub enum VmError {
     IsolationTooWeak(#[from] IsolationTooWeak),
     #[error("cannot allocate {size} bytes of guest memory: {reason}")]
     Memory { size: usize, reason: String },
-    #[error("{0}")]
-    Device(String),
+    #[error(
+        "a private region of {size} bytes is not possible: it must be a multiple of 2 MiB up \
+         to {max_gib} GiB"
+    )]
+    PrivateSize { size: usize, max_gib: usize },
+    #[error("cannot create the virtio-llm notification eventfds: {0}")]
+    Eventfd(std::io::Error),
+    #[error("the machine's devices do not fit its MMIO window: {0}")]
+    DeviceLayout(#[from] crate::devices::BusOverlap),
     #[error("invalid guest image: {0}")]
     Elf(#[from] crate::elf_loader::ElfError),
     #[error("the image does not fit guest memory: {len} bytes at {addr:#x}")]
@@ -160,12 +167,9 @@ impl Machine {
         vm.reserve_memory(size as u64)?;
         let max_private = ((MAX_MAPPED_GIB - 4) << 30) as usize;
         if config.private_size > max_private || !config.private_size.is_multiple_of(2 << 20) {
-            return Err(VmError::Memory {
+            return Err(VmError::PrivateSize {
                 size: config.private_size,
-                reason: format!(
-                    "the private region must be a multiple of 2 MiB up to {} GiB",
-                    max_private >> 30
-                ),
+                max_gib: max_private >> 30,
             });
         }
         let region = |base: u64, len: usize| {
@@ -231,7 +235,7 @@ impl Machine {
                 ..LlmConfig::default()
             },
         )
-        .map_err(|e| VmError::Device(format!("cannot create the virtio-llm eventfds: {e}")))?;
+        .map_err(VmError::Eventfd)?;
         for q in 0..virtio_llm::spec::queue::COUNT {
             if let Some(fd) = llm.kick_fd(q) {
                 let addr = layout::VIRTIO_LLM_BASE + reg::QUEUE_NOTIFY;
@@ -261,10 +265,6 @@ impl Machine {
                 let transport =
                     MmioTransport::with_interrupt_status(Box::new(llm_device), interrupt_status);
                 bus.insert(layout::VIRTIO_LLM_BASE, 0x1000, Arc::new(transport))
-            })
-            .map_err(|e| VmError::Memory {
-                size: 0,
-                reason: e.to_string(),
             })?;
         let mut machine = Self {
             vm,

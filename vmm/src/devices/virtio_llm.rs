@@ -11,7 +11,7 @@
 //! in it can touch the boot region or the private pool.
 
 use super::Timer;
-use super::virtio_mmio::{INT_VRING, VirtioDevice};
+use super::virtio_mmio::{ActivateError, INT_VRING, VirtioDevice};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -359,7 +359,7 @@ impl VirtioDevice for VirtioLlm {
         }
     }
 
-    fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), String> {
+    fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), ActivateError> {
         const NEEDED: [u16; 4] = [
             queue::CONTROL_CMD,
             queue::CONTROL_REPLY,
@@ -367,22 +367,21 @@ impl VirtioDevice for VirtioLlm {
             queue::RESPONSE,
         ];
         if queues.len() < NEEDED.len() {
-            return Err(format!(
-                "the driver made {} of the {} queues ready",
-                queues.len(),
-                NEEDED.len()
-            ));
+            return Err(ActivateError::QueuesNotReady {
+                ready: queues.len(),
+                needed: NEEDED.len(),
+            });
         }
         if features & (1 << feature::ACCESS_PLATFORM) == 0 {
-            return Err("the driver did not accept VIRTIO_F_ACCESS_PLATFORM".into());
+            return Err(ActivateError::FeatureRequired("VIRTIO_F_ACCESS_PLATFORM"));
         }
+        // With VIRTIO_LLM_F_MEMORY the memory queues must be ready too.
         let memory = features & (1 << feature::MEMORY) != 0;
         if memory && queues.len() < usize::from(queue::COUNT) {
-            return Err(format!(
-                "the driver accepted VIRTIO_LLM_F_MEMORY but made {} of the {} queues ready",
-                queues.len(),
-                queue::COUNT
-            ));
+            return Err(ActivateError::QueuesNotReady {
+                ready: queues.len(),
+                needed: usize::from(queue::COUNT),
+            });
         }
         self.host.memory_live.store(memory, Ordering::SeqCst);
         let device = LlmDevice::new(

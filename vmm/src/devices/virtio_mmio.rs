@@ -13,6 +13,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 
+/// Why a device would not start on what the driver set up (the transport then asks the
+/// driver to reset).
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the driver made {ready} of the {needed} queues ready")]
+    QueuesNotReady { ready: usize, needed: usize },
+    #[error("the driver did not accept {0}, which this device requires")]
+    FeatureRequired(&'static str),
+}
+
 pub use virtio_llm::mmio::{
     F_VERSION_1, INT_CONFIG, INT_VRING, MAGIC, VENDOR_ID, VERSION, reg, status,
 };
@@ -28,7 +38,7 @@ pub trait VirtioDevice: Send {
     /// Reads the device-specific configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Starts the device on the negotiated `features` and the driver's ready `queues`.
-    fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), String>;
+    fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), ActivateError>;
     /// The driver notified queue `index`.
     fn queue_notify(&mut self, index: u16);
     /// Stops the device and drops its queues (driver reset).
@@ -298,7 +308,7 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             data.fill(offset as u8 + 1);
         }
-        fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), String> {
+        fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), ActivateError> {
             let sizes = queues.iter().map(|q| q.size()).collect();
             self.0.lock().unwrap().activated = Some((features, sizes));
             Ok(())
