@@ -101,9 +101,16 @@ fn u64_at(b: &[u8], at: usize, what: &'static str) -> Result<u64, ElfError> {
     field::<8>(b, at, what).map(u64::from_le_bytes)
 }
 
-/// Checks `image` and plans its load into guest-physical `[base, base + size)` (segments
-/// are placed at their physical address, `p_paddr`).
-pub fn plan(image: &[u8], machine: Machine, base: u64, size: u64) -> Result<LoadPlan, ElfError> {
+/// What the ELF header says about the program header table and the entry point.
+struct Header {
+    entry: u64,
+    phoff: u64,
+    phentsize: usize,
+    phnum: usize,
+}
+
+/// Checks the ELF header: a static little-endian 64-bit executable for `machine`.
+fn header(image: &[u8], machine: Machine) -> Result<Header, ElfError> {
     if image.get(..4) != Some(b"\x7fELF".as_slice()) {
         return Err(if image.len() < 4 {
             ElfError::Truncated {
@@ -138,6 +145,23 @@ pub fn plan(image: &[u8], machine: Machine, base: u64, size: u64) -> Result<Load
     if phentsize < 56 || phnum > MAX_PHDRS {
         return Err(ElfError::Unsupported("program header table size"));
     }
+    Ok(Header {
+        entry,
+        phoff,
+        phentsize,
+        phnum,
+    })
+}
+
+/// Checks `image` and plans its load into guest-physical `[base, base + size)` (segments
+/// are placed at their physical address, `p_paddr`).
+pub fn plan(image: &[u8], machine: Machine, base: u64, size: u64) -> Result<LoadPlan, ElfError> {
+    let Header {
+        entry,
+        phoff,
+        phentsize,
+        phnum,
+    } = header(image, machine)?;
     let end = base
         .checked_add(size)
         .ok_or(ElfError::Unsupported("guest region wraps"))?;

@@ -236,36 +236,8 @@ impl Machine {
             },
         )
         .map_err(VmError::Eventfd)?;
-        for q in 0..virtio_llm::spec::queue::COUNT {
-            if let Some(fd) = llm.kick_fd(q) {
-                let addr = layout::VIRTIO_LLM_BASE + reg::QUEUE_NOTIFY;
-                if let Err(e) = vm.register_mmio_notify(addr, u32::from(q), fd) {
-                    // The notify write then exits to the vCPU thread, which signals the same
-                    // eventfd: slower, not wrong.
-                    eprintln!("[vmm] virtio-llm queue {q}: no ioeventfd ({e}); using MMIO exits");
-                }
-            }
-        }
-        let mut bus = MmioBus::default();
-        bus.insert(layout::CONSOLE_BASE, 0x1000, console.clone())
-            .and_then(|()| {
-                bus.insert(
-                    layout::CONTROL_BASE,
-                    0x1000,
-                    Arc::new(Control {
-                        mem_size: config.boot_size as u64,
-                        private_base: layout::PRIVATE_BASE,
-                        private_size: config.private_size as u64,
-                    }),
-                )
-            })
-            .and_then(|()| bus.insert(layout::FAULT_BASE, 0x1000, Arc::new(FaultPage::default())))
-            .and_then(|()| bus.insert(layout::TIMER_BASE, 0x1000, timer.clone()))
-            .and_then(|()| {
-                let transport =
-                    MmioTransport::with_interrupt_status(Box::new(llm_device), interrupt_status);
-                bus.insert(layout::VIRTIO_LLM_BASE, 0x1000, Arc::new(transport))
-            })?;
+        register_kicks(vm.as_ref(), &llm);
+        let bus = device_bus(&config, &console, &timer, llm_device, interrupt_status)?;
         let mut machine = Self {
             vm,
             private,
@@ -551,4 +523,43 @@ fn install_kick_handler() {
             eprintln!("flexserve: cannot install the vCPU kick signal handler: {e}");
         }
     });
+}
+
+/// Lets KVM signal each virtio-llm queue's kick eventfd on the driver's notify write, with
+/// no exit to the vCPU thread.
+fn register_kicks(vm: &dyn Vm, llm: &LlmHost) {
+    for q in 0..virtio_llm::spec::queue::COUNT {
+        if let Some(fd) = llm.kick_fd(q) {
+            let addr = layout::VIRTIO_LLM_BASE + reg::QUEUE_NOTIFY;
+            if let Err(e) = vm.register_mmio_notify(addr, u32::from(q), fd) {
+                // The notify write then exits to the vCPU thread, which signals the same
+                // eventfd: slower, not wrong.
+                eprintln!("[vmm] virtio-llm queue {q}: no ioeventfd ({e}); using MMIO exits");
+            }
+        }
+    }
+}
+
+/// The MMIO devices at their fixed pages: console, control, fault report, timer, and
+/// virtio-llm behind its virtio-mmio transport.
+fn device_bus(
+    config: &MachineConfig,
+    console: &Arc<Console>,
+    timer: &Arc<Timer>,
+    llm_device: VirtioLlm,
+    interrupt_status: Arc<AtomicU32>,
+) -> Result<MmioBus, VmError> {
+    let mut bus = MmioBus::default();
+    bus.insert(layout::CONSOLE_BASE, 0x1000, console.clone())?;
+    let control = Control {
+        mem_size: config.boot_size as u64,
+        private_base: layout::PRIVATE_BASE,
+        private_size: config.private_size as u64,
+    };
+    bus.insert(layout::CONTROL_BASE, 0x1000, Arc::new(control))?;
+    bus.insert(layout::FAULT_BASE, 0x1000, Arc::new(FaultPage::default()))?;
+    bus.insert(layout::TIMER_BASE, 0x1000, timer.clone())?;
+    let transport = MmioTransport::with_interrupt_status(Box::new(llm_device), interrupt_status);
+    bus.insert(layout::VIRTIO_LLM_BASE, 0x1000, Arc::new(transport))?;
+    Ok(bus)
 }

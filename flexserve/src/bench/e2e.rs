@@ -337,30 +337,36 @@ fn paired(args: &BenchE2eArgs) -> Result<(), BenchError> {
         })?;
         let fields = guest.row_fields();
         guest.vm.shutdown()?;
-        let series =
-            |f: &dyn Fn(&(Request, Request)) -> f64| -> Vec<f64> { pairs.iter().map(f).collect() };
-        let decode = series(&|(g, h)| g.decode_tps / h.decode_tps);
-        let prefill = series(&|(g, h)| g.prefill_tps / h.prefill_tps);
-        let list = |v: &[f64]| {
-            v.iter()
-                .map(|x| format!("{x:.4}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        println!(
-            "{{\"mode\":\"paired\",{fields},\"pairs\":{},\"guest_decode_tps\":{:.1},\
-\"unprotected_decode_tps\":{:.1},\"decode_ratio\":{:.3},\"prefill_ratio\":{:.3},\
-\"decode_ratios\":[{}],\"prefill_ratios\":[{}]}}",
-            pairs.len(),
-            median(&series(&|(g, _)| g.decode_tps)),
-            median(&series(&|(_, h)| h.decode_tps)),
-            median(&decode),
-            median(&prefill),
-            list(&decode),
-            list(&prefill),
-        );
+        print_pairs(&fields, &pairs);
         Ok(())
     })
+}
+
+/// The paired row: medians of both engines' decode speeds and of the per-pair ratios, and
+/// every ratio (guest over host).
+fn print_pairs(fields: &str, pairs: &[(Request, Request)]) {
+    let series =
+        |f: &dyn Fn(&(Request, Request)) -> f64| -> Vec<f64> { pairs.iter().map(f).collect() };
+    let decode = series(&|(g, h)| g.decode_tps / h.decode_tps);
+    let prefill = series(&|(g, h)| g.prefill_tps / h.prefill_tps);
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.4}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    println!(
+        "{{\"mode\":\"paired\",{fields},\"pairs\":{},\"guest_decode_tps\":{:.1},\
+\"unprotected_decode_tps\":{:.1},\"decode_ratio\":{:.3},\"prefill_ratio\":{:.3},\
+\"decode_ratios\":[{}],\"prefill_ratios\":[{}]}}",
+        pairs.len(),
+        median(&series(&|(g, _)| g.decode_tps)),
+        median(&series(&|(_, h)| h.decode_tps)),
+        median(&decode),
+        median(&prefill),
+        list(&decode),
+        list(&prefill),
+    );
 }
 
 fn floor(args: &BenchE2eArgs) -> Result<(), BenchError> {

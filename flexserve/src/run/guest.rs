@@ -8,11 +8,12 @@ use crate::model::{Access, HostModel};
 use crate::run::host::{RunError, sampler_config};
 use crate::size::parse_size;
 use crate::text_stream::Utf8Stream;
+use inference_guest::tokenizer::Tokenizer;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
-use virtio_llm::wire::response::StopReason;
+use virtio_llm::wire::response::{EndOfStream, StopReason};
 use vmm::guest_images::GuestImages;
 use vmm::guest_vm::{GuestConfig, GuestError, GuestVm};
 use vmm::hypervisor::{Isolation, IsolationLevel};
@@ -104,32 +105,87 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
     let start = Instant::now();
     // Check everything on the host first: errors carry the engine's own words.
     let model = HostModel::open(&args.model, Access::Mapped).map_err(RunError::from)?;
-    let cfg = sampler_config(&args.sampling);
-    cfg.validate().map_err(RunError::from)?;
+    sampler_config(&args.sampling)
+        .validate()
+        .map_err(RunError::from)?;
     let ctx = model.context(args.ctx);
-    let model_bytes = model.bytes().len() as u64;
-    let needed = model.guest_memory(ctx, 1);
-    let private = match &args.memory {
-        None => needed,
-        Some(m) => {
-            let given = parse_size(m).ok_or_else(|| ProtectedRunError::BadMemory(m.clone()))?;
-            if given < needed {
-                return Err(ProtectedRunError::MemoryTooSmall {
-                    given: given / MIB,
-                    model: model_bytes.div_ceil(MIB),
-                    needed: needed / MIB,
-                });
-            }
-            given.next_multiple_of(2 * MIB)
-        }
-    };
+    let private = private_memory(args, &model, ctx)?;
     let images = GuestImages::locate(args.images.as_deref()).map_err(GuestError::from)?;
-    // The host's tokenizer (for the prompt and the answer) is built while the guest boots
-    // and the model streams in.
-    let (mut vm, booted, loaded) = std::thread::scope(|s| {
+    let (mut vm, booted, loaded) = boot_and_load(args, &model, &images, private, ctx)?;
+    let tokenizer = model.tokenizer().map_err(RunError::from)?;
+    let (text, chat) = model.render_prompt(prompt, args.raw);
+    let ids = tokenizer.encode(&text, true, true);
+
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    // Ctrl-C cancels the generation; the guest then shuts down cleanly.
+    let _ = vmm_sys_util::signal::register_signal_handler(libc::SIGINT, on_sigint);
+    let (end, first) = stream_answer(&mut vm, &tokenizer, request(args, ids))?;
+    let stats = vm.stats()?;
+    let memory = vm.memory()?;
+    let level = vm.isolation().level();
+    vm.shutdown()?;
+    let prefill_s = end.timings.prompt_ns as f64 / 1e9;
+    let decode_s = end.timings.generation_ns as f64 / 1e9;
+    let decoded = end.generated_tokens.saturating_sub(1);
+    eprintln!(
+        "[flexserve] guest, isolation {level} ({} vCPUs{}): boot {:.0} ms, load {:.0} ms, TTFT \
+         {:.0} ms, prefill {} tok at {:.1} tok/s, decode {} tok at {:.1} tok/s, private memory: \
+         {} MiB in use, {} MiB held, budget {} of {} MiB, stop: {}",
+        args.vcpus,
+        if chat { ", chat template" } else { "" },
+        (booted - start).as_secs_f64() * 1e3,
+        (loaded - booted).as_secs_f64() * 1e3,
+        (first - start).as_secs_f64() * 1e3,
+        end.prompt_tokens,
+        end.prompt_tokens as f64 / prefill_s.max(1e-9),
+        decoded,
+        decoded as f64 / decode_s.max(1e-9),
+        stats.memory_used_bytes / MIB,
+        memory.resident_bytes / MIB,
+        memory.budget_bytes / MIB,
+        memory.max_bytes / MIB,
+        match end.reason {
+            StopReason::EndOfGeneration => "end of generation",
+            StopReason::MaxTokens => "max tokens",
+            StopReason::ContextFull => "context full",
+            StopReason::Cancelled => "cancelled (Ctrl-C)",
+        }
+    );
+    Ok(end.reason == StopReason::Cancelled)
+}
+
+/// The guest's private memory: what the model needs at `ctx`, or `--memory` if that is
+/// at least as much.
+fn private_memory(args: &RunArgs, model: &HostModel, ctx: usize) -> Result<u64, ProtectedRunError> {
+    let needed = model.guest_memory(ctx, 1);
+    let Some(m) = &args.memory else {
+        return Ok(needed);
+    };
+    let given = parse_size(m).ok_or_else(|| ProtectedRunError::BadMemory(m.clone()))?;
+    if given < needed {
+        return Err(ProtectedRunError::MemoryTooSmall {
+            given: given / MIB,
+            model: (model.bytes().len() as u64).div_ceil(MIB),
+            needed: needed / MIB,
+        });
+    }
+    Ok(given.next_multiple_of(2 * MIB))
+}
+
+/// Boots the guest, streams the model in and opens session 1; the host's tokenizer (for
+/// the prompt and the answer) is built meanwhile. Returns the guest and when it had booted
+/// and loaded.
+fn boot_and_load(
+    args: &RunArgs,
+    model: &HostModel,
+    images: &GuestImages,
+    private: u64,
+    ctx: usize,
+) -> Result<(GuestVm, Instant, Instant), ProtectedRunError> {
+    std::thread::scope(|s| {
         let tokenizer = s.spawn(|| model.tokenizer().map(|_| ()));
         let mut vm = GuestVm::start(
-            &images,
+            images,
             GuestConfig {
                 vcpus: args.vcpus as u8,
                 private_bytes: usize::try_from(private).unwrap_or(usize::MAX),
@@ -141,7 +197,7 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
         report_isolation(vm.isolation());
         let booted = Instant::now();
         let mut progress = Progress {
-            total: model_bytes,
+            total: model.bytes().len() as u64,
             start: booted,
             shown: false,
         };
@@ -153,17 +209,14 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
             .join()
             .map_err(|_| ProtectedRunError::Thread)?
             .map_err(RunError::from)?;
-        Ok::<_, ProtectedRunError>((vm, booted, loaded))
-    })?;
-    let tokenizer = model.tokenizer().map_err(RunError::from)?;
-    let (text, chat) = model.render_prompt(prompt, args.raw);
-    let ids = tokenizer.encode(&text, true, true);
+        Ok((vm, booted, loaded))
+    })
+}
 
-    INTERRUPTED.store(false, Ordering::SeqCst);
-    // Ctrl-C cancels the generation; the guest then shuts down cleanly.
-    let _ = vmm_sys_util::signal::register_signal_handler(libc::SIGINT, on_sigint);
+/// The request for session 1 with the CLI's sampling options.
+fn request(args: &RunArgs, ids: Vec<u32>) -> GenerateRequest {
     let s = &args.sampling;
-    let req = GenerateRequest {
+    GenerateRequest {
         request_id: 1,
         session_id: 1,
         sampling: SamplingParams {
@@ -177,7 +230,16 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
             ignore_eog: false,
         },
         prompt: Prompt::Tokens(ids),
-    };
+    }
+}
+
+/// Runs `req` and writes the answer's text to stdout as the tokens arrive (Ctrl-C cancels
+/// it). Returns how it ended and when the first token came.
+fn stream_answer(
+    vm: &mut GuestVm,
+    tokenizer: &Tokenizer,
+    req: GenerateRequest,
+) -> Result<(EndOfStream, Instant), ProtectedRunError> {
     let mut out = std::io::stdout().lock();
     let mut stream = Utf8Stream::default();
     let mut first_token = None;
@@ -203,38 +265,5 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
     if let Some(e) = write_err {
         return Err(RunError::Output(e).into());
     }
-    let stats = vm.stats()?;
-    let memory = vm.memory()?;
-    let vm_level = vm.isolation().level();
-    vm.shutdown()?;
-    let first = first_token.unwrap_or_else(Instant::now);
-    let prefill_s = end.timings.prompt_ns as f64 / 1e9;
-    let decode_s = end.timings.generation_ns as f64 / 1e9;
-    let decoded = end.generated_tokens.saturating_sub(1);
-    eprintln!(
-        "[flexserve] guest, isolation {} ({} vCPUs{}): boot {:.0} ms, load {:.0} ms, TTFT {:.0} ms, \
-         prefill {} tok at {:.1} tok/s, decode {} tok at {:.1} tok/s, private memory: {} MiB in \
-         use, {} MiB held, budget {} of {} MiB, stop: {}",
-        vm_level,
-        args.vcpus,
-        if chat { ", chat template" } else { "" },
-        (booted - start).as_secs_f64() * 1e3,
-        (loaded - booted).as_secs_f64() * 1e3,
-        (first - start).as_secs_f64() * 1e3,
-        end.prompt_tokens,
-        end.prompt_tokens as f64 / prefill_s.max(1e-9),
-        decoded,
-        decoded as f64 / decode_s.max(1e-9),
-        stats.memory_used_bytes / MIB,
-        memory.resident_bytes / MIB,
-        memory.budget_bytes / MIB,
-        memory.max_bytes / MIB,
-        match end.reason {
-            StopReason::EndOfGeneration => "end of generation",
-            StopReason::MaxTokens => "max tokens",
-            StopReason::ContextFull => "context full",
-            StopReason::Cancelled => "cancelled (Ctrl-C)",
-        }
-    );
-    Ok(end.reason == StopReason::Cancelled)
+    Ok((end, first_token.unwrap_or_else(Instant::now)))
 }

@@ -168,6 +168,74 @@ impl Metrics {
         }
     }
 
+    /// The single-valued series: name, type, help, value.
+    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 10] {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            (
+                "flexserve_prompt_tokens_total",
+                "counter",
+                "Prompt tokens processed.",
+                get(&self.prompt_tokens),
+            ),
+            (
+                "flexserve_generated_tokens_total",
+                "counter",
+                "Tokens generated.",
+                get(&self.generated_tokens),
+            ),
+            (
+                "flexserve_queue_depth",
+                "gauge",
+                "Requests waiting for the guest.",
+                get(&self.queue_depth),
+            ),
+            (
+                "flexserve_guest_up",
+                "gauge",
+                "1 when the guest VM is up with a model loaded.",
+                u64::from(self.guest() == GuestState::Up),
+            ),
+            (
+                "flexserve_guest_starts_total",
+                "counter",
+                "Guest VM boots.",
+                get(&self.guest_starts),
+            ),
+            (
+                "flexserve_guest_crashes_total",
+                "counter",
+                "Guest VMs that died on their own.",
+                get(&self.guest_crashes),
+            ),
+            (
+                "flexserve_memory_max_bytes",
+                "gauge",
+                "Most private memory a guest may be given (guest.memory_max).",
+                get(&self.memory_max_bytes),
+            ),
+            (
+                "flexserve_memory_budget_bytes",
+                "gauge",
+                "Private memory of the running guest.",
+                get(&self.memory_budget_bytes),
+            ),
+            (
+                "flexserve_memory_used_bytes",
+                "gauge",
+                "Private memory the running guest has allocated.",
+                get(&self.memory_used_bytes),
+            ),
+            (
+                "flexserve_memory_held_bytes",
+                "gauge",
+                "Private memory the running guest holds, as the host measures it (allocated or \
+             freed but not yet given back).",
+                get(&self.memory_held_bytes),
+            ),
+        ]
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut o = String::new();
@@ -194,70 +262,10 @@ impl Metrics {
                 u8::from(got == Some(level))
             );
         }
-        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
+        let scalars = self.scalars();
+        for (name, kind, help, v) in scalars {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        one(
-            "flexserve_prompt_tokens_total",
-            "counter",
-            "Prompt tokens processed.",
-            get(&self.prompt_tokens),
-        );
-        one(
-            "flexserve_generated_tokens_total",
-            "counter",
-            "Tokens generated.",
-            get(&self.generated_tokens),
-        );
-        one(
-            "flexserve_queue_depth",
-            "gauge",
-            "Requests waiting for the guest.",
-            get(&self.queue_depth),
-        );
-        one(
-            "flexserve_guest_up",
-            "gauge",
-            "1 when the guest VM is up with a model loaded.",
-            u64::from(self.guest() == GuestState::Up),
-        );
-        one(
-            "flexserve_guest_starts_total",
-            "counter",
-            "Guest VM boots.",
-            get(&self.guest_starts),
-        );
-        one(
-            "flexserve_guest_crashes_total",
-            "counter",
-            "Guest VMs that died on their own.",
-            get(&self.guest_crashes),
-        );
-        one(
-            "flexserve_memory_max_bytes",
-            "gauge",
-            "Most private memory a guest may be given (guest.memory_max).",
-            get(&self.memory_max_bytes),
-        );
-        one(
-            "flexserve_memory_budget_bytes",
-            "gauge",
-            "Private memory of the running guest.",
-            get(&self.memory_budget_bytes),
-        );
-        one(
-            "flexserve_memory_used_bytes",
-            "gauge",
-            "Private memory the running guest has allocated.",
-            get(&self.memory_used_bytes),
-        );
-        one(
-            "flexserve_memory_held_bytes",
-            "gauge",
-            "Private memory the running guest holds, as the host measures it (allocated or \
-             freed but not yet given back).",
-            get(&self.memory_held_bytes),
-        );
+        }
         self.ttft.render(
             &mut o,
             "flexserve_ttft_seconds",

@@ -25,7 +25,7 @@ use config::{Config, StartMode};
 use error::ApiError;
 use listen::{ConnId, Counted, ListenError, Socket};
 use metrics::Metrics;
-use models::Catalogue;
+use models::{Catalogue, ServedModel};
 use scheduler::JobQueue;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,6 +77,47 @@ pub struct Daemon {
     pub socket: Option<PathBuf>,
 }
 
+/// The listening sockets: those systemd passed, else the configured Unix socket (its path
+/// is returned, to remove at exit) and the TCP one if any.
+fn open_sockets(config: &Config) -> Result<(Vec<Socket>, Option<PathBuf>), ServeError> {
+    let sockets = listen::activated();
+    if !sockets.is_empty() {
+        return Ok((sockets, None));
+    }
+    let mut sockets = vec![Socket::Unix(listen::unix(
+        &config.socket,
+        config.socket_mode,
+    )?)];
+    if let Some(addr) = config.tcp {
+        sockets.push(Socket::Tcp(listen::tcp(addr)?));
+    }
+    Ok((sockets, Some(config.socket.clone())))
+}
+
+/// Starts the thread that owns the guest; with a `startup` model, returns once that guest
+/// is up (or fails with why it is not).
+fn start_worker(
+    shared: &Arc<Shared>,
+    images: GuestImages,
+    startup: Option<Arc<ServedModel>>,
+) -> Result<std::thread::JoinHandle<()>, ServeError> {
+    let (booted_tx, booted) = std::sync::mpsc::channel();
+    let w = Worker::new(shared.clone(), images);
+    let worker = std::thread::Builder::new()
+        .name("flexserve-guest".into())
+        .spawn(move || w.run(startup, booted_tx))
+        .map_err(ServeError::Threads)?;
+    let first = booted
+        .recv()
+        .unwrap_or_else(|_| Err("the guest thread ended".into()));
+    if let Err(e) = first {
+        shared.queue.close();
+        let _ = worker.join();
+        return Err(ServeError::Guest(e));
+    }
+    Ok(worker)
+}
+
 impl Daemon {
     /// Opens the listeners, starts the guest worker (booting the default model first when
     /// `guest.start = "startup"`) and serves. Returns once requests are being accepted.
@@ -96,18 +137,7 @@ impl Daemon {
             ),
             StartMode::Lazy => None,
         };
-        let mut sockets = listen::activated();
-        let mut socket = None;
-        if sockets.is_empty() {
-            sockets.push(Socket::Unix(listen::unix(
-                &config.socket,
-                config.socket_mode,
-            )?));
-            socket = Some(config.socket.clone());
-            if let Some(addr) = config.tcp {
-                sockets.push(Socket::Tcp(listen::tcp(addr)?));
-            }
-        }
+        let (sockets, socket) = open_sockets(&config)?;
         let metrics = Metrics::default();
         metrics
             .memory_max_bytes
@@ -121,20 +151,7 @@ impl Daemon {
             #[cfg(feature = "test-hooks")]
             guest_memory: std::sync::Mutex::new(None),
         });
-        let (booted_tx, booted) = std::sync::mpsc::channel();
-        let w = Worker::new(shared.clone(), images);
-        let worker = std::thread::Builder::new()
-            .name("flexserve-guest".into())
-            .spawn(move || w.run(startup, booted_tx))
-            .map_err(ServeError::Threads)?;
-        let first = booted
-            .recv()
-            .unwrap_or_else(|_| Err("the guest thread ended".into()));
-        if let Err(e) = first {
-            shared.queue.close();
-            let _ = worker.join();
-            return Err(ServeError::Guest(e));
-        }
+        let worker = start_worker(&shared, images, startup)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("flexserve-http")

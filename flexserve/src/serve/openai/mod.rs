@@ -1,0 +1,7 @@
+//! OpenAI's request and response shapes.
+
+mod request;
+mod response;
+
+pub use request::{GenRequest, Input, parse_chat, parse_completion};
+pub use response::{Answer, Endpoint, Usage, finish_reason, json_response};
