@@ -162,3 +162,34 @@ pub fn converse<R: Send>(
         console: m.console().lines(),
     }
 }
+
+/// A machine with 64 MiB of private memory and a minute to run.
+pub fn machine_with_64_mib_private() -> Machine {
+    Machine::new(MachineConfig {
+        private_size: 64 << 20,
+        deadline: Duration::from_secs(60),
+        ..MachineConfig::default()
+    })
+    .expect("create VM")
+}
+
+/// A guest with the engine and memory probes, and the tiny model loaded as model 1; `None`
+/// (skipped) without the images or the model.
+pub fn engine_with_model(private_mib: usize) -> Option<(vmm::guest_vm::GuestVm, Vec<u8>)> {
+    let (images, path) = (protected_images()?, model_path("tiny.Q8_0.gguf")?);
+    let file = std::fs::read(path).expect("read the tiny model");
+    let mut vm = vmm::guest_vm::GuestVm::start(
+        &images,
+        vmm::guest_vm::GuestConfig {
+            vcpus: 2,
+            private_bytes: private_mib << 20,
+            diagnostics: true,
+            isolation: Default::default(),
+            min_isolation: vmm::hypervisor::IsolationLevel::None,
+        },
+    )
+    .expect("guest boots");
+    vm.load_model(1, &file, None, &mut |_| {})
+        .expect("model loads");
+    Some((vm, file))
+}
