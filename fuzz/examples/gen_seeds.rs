@@ -16,7 +16,9 @@ use virtio_llm::wire::control::{
 };
 use virtio_llm::wire::echo::{EchoReply, EchoRequest};
 use virtio_llm::wire::memory::{BudgetChange, MemRange, MemoryMsg, RelinquishReport};
-use virtio_llm::wire::request::{CancelRequest, GenerateRequest, Prompt, SamplingParams};
+use virtio_llm::wire::request::{
+    CancelRequest, GenerateRequest, PreemptRequest, Prompt, SamplingParams,
+};
 use virtio_llm::wire::response::{EndOfStream, ErrorResponse, StopReason, Timings, Tokens};
 use virtio_llm::wire::status::Status;
 
@@ -74,7 +76,6 @@ fn main() {
             Tokens {
                 request_id: 1,
                 token_ids: vec![1, 2, 3],
-                text: b"abc".to_vec(),
             }
             .encode(o)
         }),
@@ -241,6 +242,11 @@ fn main() {
         &drv,
         "cancel",
         enc(|o| CancelRequest { request_id: 1 }.encode(o)),
+    );
+    write(
+        &drv,
+        "preempt",
+        enc(|o| PreemptRequest { request_id: 1 }.encode(o)),
     );
     write(
         &drv,

@@ -10,7 +10,7 @@ use virtio_llm::wire::control::{self, ControlCommand, ControlReply};
 use virtio_llm::wire::echo::{self, EchoReply, EchoRequest};
 use virtio_llm::wire::memory::{self, BudgetChange, MemRange, MemoryMsg, RelinquishReport};
 use virtio_llm::wire::request::{
-    self, CancelRequest, GenerateRequest, Prompt, RequestMsg, SamplingParams,
+    self, CancelRequest, GenerateRequest, PreemptRequest, Prompt, RequestMsg, SamplingParams,
 };
 use virtio_llm::wire::response::{
     self, EndOfStream, ErrorResponse, ResponseMsg, StopReason, Timings, Tokens,
@@ -242,7 +242,7 @@ pub fn reply(u: &mut Unstructured<'_>) -> Result<ControlReply> {
 
 /// A request (device → driver).
 pub fn request(u: &mut Unstructured<'_>) -> Result<RequestMsg> {
-    Ok(match u.int_in_range(0u8..=2)? {
+    Ok(match u.int_in_range(0u8..=3)? {
         0 => {
             let sampling = SamplingParams {
                 temperature: f32_in(u, 0.0, spec::MAX_TEMPERATURE)?,
@@ -269,6 +269,9 @@ pub fn request(u: &mut Unstructured<'_>) -> Result<RequestMsg> {
         1 => RequestMsg::Cancel(CancelRequest {
             request_id: u.arbitrary()?,
         }),
+        2 => RequestMsg::Preempt(PreemptRequest {
+            request_id: u.arbitrary()?,
+        }),
         _ => RequestMsg::Echo(EchoRequest {
             request_id: u.arbitrary()?,
             data: bytes(u, spec::MAX_ECHO_BYTES)?.to_vec(),
@@ -282,7 +285,6 @@ pub fn response(u: &mut Unstructured<'_>) -> Result<ResponseMsg> {
         0 => ResponseMsg::Tokens(Tokens {
             request_id: u.arbitrary()?,
             token_ids: u32_list(u, spec::MAX_TOKENS_PER_RESPONSE + 1, spec::MAX_TOKEN_ID)?,
-            text: bytes(u, spec::MAX_TOKEN_TEXT_BYTES + 1)?.to_vec(),
         }),
         1 => ResponseMsg::Error(ErrorResponse {
             request_id: u.arbitrary()?,
@@ -297,6 +299,7 @@ pub fn response(u: &mut Unstructured<'_>) -> Result<ResponseMsg> {
                 StopReason::EndOfGeneration,
                 StopReason::Cancelled,
                 StopReason::ContextFull,
+                StopReason::Preempted,
             ])?,
             prompt_tokens: near(u, 0, spec::MAX_CONTEXT_LEN + 1)?,
             generated_tokens: near(u, 0, spec::MAX_GENERATED_TOKENS + 1)?,

@@ -62,9 +62,9 @@ pub fn generate(
         let token = sampler.sample(logits, &history);
         generated += 1;
         history.push(token);
-        if !on_token(token) {
-            break StopReason::Cancelled;
-        }
+        // A request that ends on this token anyway reports why, even if `on_token` asked to
+        // stop: a preempted request must not be resumed past its end.
+        let go_on = on_token(token);
         if req.stop_at_eog && is_eog(token) {
             break StopReason::EndOfGeneration;
         }
@@ -73,6 +73,9 @@ pub fn generate(
         }
         if session.n_past() >= session.n_ctx() {
             break StopReason::ContextFull;
+        }
+        if !go_on {
+            break StopReason::Cancelled;
         }
         fed_back = Some(token);
     };

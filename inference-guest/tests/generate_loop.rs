@@ -122,6 +122,10 @@ fn generate_stops_each_way_with_the_tokens_a_plain_loop_picks() {
         let cancelled = run(model, pool, 512, 24, greedy, &never, &|n| n < 3);
         assert_eq!(cancelled.tokens, expected[..3]);
         assert_eq!(cancelled.stop, StopReason::Cancelled);
+        // A stop asked on the last token the request may make is its natural end.
+        let at_max = run(model, pool, 512, 3, greedy, &never, &|n| n < 3);
+        assert_eq!(at_max.tokens, expected[..3]);
+        assert_eq!(at_max.stop, StopReason::MaxTokens);
 
         let eog = expected[4];
         let first_eog = expected.iter().position(|&t| t == eog).expect("present");

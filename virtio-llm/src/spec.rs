@@ -18,11 +18,14 @@ pub mod feature {
     /// The memory queues (4 and 5) are live: the device sets the private memory budget with
     /// `BudgetChange`s and the driver gives memory back with `RelinquishReport`s.
     pub const MEMORY: u32 = 1;
-    /// `Tokens` responses carry the detokenized text bytes as well as token ids.
-    pub const TOKEN_TEXT: u32 = 2;
+    // Bit 2 is reserved: it was TOKEN_TEXT (text bytes in `Tokens`), which no driver filled
+    // and no device read; dropped rather than kept as a promise nobody keeps.
     /// The driver answers `MemoryProbe` commands (test-only: a production device never offers
     /// it; without it the driver answers them `Unsupported`).
     pub const DIAGNOSTICS: u32 = 3;
+    /// The device may preempt a running request (`PreemptRequest`): it ends with reason
+    /// `Preempted`, and the session resumes from its last token with the next request.
+    pub const PREEMPT: u32 = 4;
     /// Standard virtio 1.x device (VIRTIO_F_VERSION_1); required.
     pub const VERSION_1: u32 = 32;
     /// The device reaches only the shared window (VIRTIO_F_ACCESS_PLATFORM); required, so the
@@ -94,8 +97,6 @@ pub const MAX_CONTEXT_LEN: u32 = 128 * 1024;
 pub const MAX_MODEL_BYTES: u64 = 64 << 30;
 /// Token ids in one `Tokens` response.
 pub const MAX_TOKENS_PER_RESPONSE: usize = 256;
-/// Text bytes in one `Tokens` response.
-pub const MAX_TOKEN_TEXT_BYTES: usize = 4096;
 /// Bytes of an `Error` message text.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 /// Token ids are below this (no vocabulary in use comes close; bounds the sampler's top-k).

@@ -8,7 +8,7 @@ use virtio_llm::Message;
 use virtio_llm::Status;
 use virtio_llm::spec::feature;
 use virtio_llm::wire::control::{self, Ack, StatsReply};
-use virtio_llm::wire::request::{self, CancelRequest};
+use virtio_llm::wire::request::{self, CancelRequest, PreemptRequest};
 use virtio_llm::wire::response::{self, EndOfStream, StopReason, Timings};
 use virtio_llm::wire::{echo, memory, probe};
 
@@ -51,6 +51,7 @@ fn message_types_match_the_spec_table() {
         ("ProbeReply", probe::msg_type::PROBE_REPLY),
         ("GenerateRequest", request::msg_type::GENERATE),
         ("CancelRequest", request::msg_type::CANCEL),
+        ("PreemptRequest", request::msg_type::PREEMPT),
         ("EchoRequest", echo::msg_type::ECHO_REQUEST),
         ("Tokens", response::msg_type::TOKENS),
         ("Error", response::msg_type::ERROR),
@@ -78,8 +79,8 @@ fn feature_bits_match_the_spec_table() {
     let code = code_names(&[
         ("VIRTIO_LLM_F_TEXT_PROMPT", feature::TEXT_PROMPT),
         ("VIRTIO_LLM_F_MEMORY", feature::MEMORY),
-        ("VIRTIO_LLM_F_TOKEN_TEXT", feature::TOKEN_TEXT),
         ("VIRTIO_LLM_F_DIAGNOSTICS", feature::DIAGNOSTICS),
+        ("VIRTIO_LLM_F_PREEMPT", feature::PREEMPT),
         ("VIRTIO_F_VERSION_1", feature::VERSION_1),
         ("VIRTIO_F_ACCESS_PLATFORM", feature::ACCESS_PLATFORM),
     ]);
@@ -150,6 +151,10 @@ fn fixed_size_bodies_match_the_spec() {
         (
             "CancelRequest",
             body_bytes(&CancelRequest { request_id: 1 }),
+        ),
+        (
+            "PreemptRequest",
+            body_bytes(&PreemptRequest { request_id: 1 }),
         ),
         (
             "EndOfStream",

@@ -149,6 +149,7 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
             StopReason::MaxTokens => "max tokens",
             StopReason::ContextFull => "context full",
             StopReason::Cancelled => "cancelled (Ctrl-C)",
+            StopReason::Preempted => "preempted",
         }
     );
     Ok(end.reason == StopReason::Cancelled)

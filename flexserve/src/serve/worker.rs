@@ -20,7 +20,7 @@ use virtio_llm::Status;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, StopReason, Timings};
 use vmm::guest_images::GuestImages;
-use vmm::guest_vm::{GuestConfig, GuestError, GuestVm};
+use vmm::guest_vm::{GuestConfig, GuestError, GuestVm, Interrupt};
 use vmm::hypervisor::IsolationLevel;
 
 /// The model id every guest gets (one model per guest).
@@ -342,7 +342,7 @@ impl Worker {
         let in_slice = std::cell::Cell::new(0u32);
         let mut last = None;
         let first_seen = &mut a.first_seen;
-        let end = running.vm.generate(
+        let end = running.vm.generate_until(
             &req,
             &mut |tokens| {
                 if !*first_seen {
@@ -353,37 +353,19 @@ impl Worker {
                 last = tokens.last().copied().or(last);
                 let _ = job.events.send(Event::Tokens(tokens.to_vec()));
             },
-            &|| gone() || (in_slice.get() >= slice_tokens && (others || !shared.queue.is_empty())),
+            &|| {
+                let turn_over =
+                    in_slice.get() >= slice_tokens && (others || !shared.queue.is_empty());
+                if gone() {
+                    Some(Interrupt::Cancel)
+                } else {
+                    turn_over.then_some(Interrupt::Preempt)
+                }
+            },
         );
         a.slices += 1;
         match end {
-            Ok(end) => {
-                if a.slices == 1 {
-                    a.prompt_tokens = end.prompt_tokens;
-                }
-                a.generated += end.generated_tokens;
-                a.timings.prompt_ns += end.timings.prompt_ns;
-                a.timings.generation_ns += end.timings.generation_ns;
-                let at_eog = last.is_some_and(|t| {
-                    !job.sampling.ignore_eog && job.model.tokenizer.is_end_of_generation(t)
-                });
-                let preempted = end.reason == StopReason::Cancelled && !gone();
-                match last {
-                    Some(t) if preempted && !at_eog && a.generated < job.sampling.max_tokens => {
-                        a.next_prompt = vec![t];
-                        Sliced::Again(a)
-                    }
-                    _ => {
-                        let reason = match end.reason {
-                            StopReason::Cancelled if at_eog => StopReason::EndOfGeneration,
-                            StopReason::Cancelled if preempted => StopReason::MaxTokens,
-                            r => r,
-                        };
-                        self.finish(a, reason);
-                        Sliced::Finished
-                    }
-                }
-            }
+            Ok(end) => self.slice_ended(a, &end, last),
             Err(e) if is_fatal(&e) => {
                 m.guest_crashes.fetch_add(1, Ordering::Relaxed);
                 m.set_guest(GuestState::Down);
@@ -392,22 +374,15 @@ impl Worker {
                 self.fail_lost_with(a.job, &e.to_string());
                 Sliced::GuestLost(model)
             }
+            Err(GuestError::Request {
+                status: Status::ContextFull,
+                ..
+            }) if a.slices > 1 => {
+                // The context filled up at a slice boundary: the end, not an error.
+                self.finish(a, StopReason::ContextFull);
+                Sliced::Finished
+            }
             Err(e) => {
-                let _ = running.vm.close_session(a.session);
-                if a.slices > 1
-                    && matches!(
-                        e,
-                        GuestError::Request {
-                            status: Status::ContextFull,
-                            ..
-                        }
-                    )
-                {
-                    // The context filled up at a slice boundary: the end, not an error.
-                    self.finish_closed(a, StopReason::ContextFull);
-                    return Sliced::Finished;
-                }
-                m.request(Outcome::Failed);
                 let err = match e {
                     GuestError::Request {
                         status: Status::ContextFull | Status::BadRequest,
@@ -418,10 +393,48 @@ impl Worker {
                     },
                     other => ApiError::Guest(other.to_string()),
                 };
-                let _ = a.job.events.send(Event::Failed(err));
+                self.fail(a, err);
                 Sliced::Finished
             }
         }
+    }
+
+    /// Books a slice that ended with `end` (`last`: its last token): the request either
+    /// ends or, preempted, goes back for another turn.
+    fn slice_ended(&mut self, mut a: Active, end: &EndOfStream, last: Option<u32>) -> Sliced {
+        if a.slices == 1 {
+            a.prompt_tokens = end.prompt_tokens;
+        }
+        a.generated += end.generated_tokens;
+        a.timings.prompt_ns += end.timings.prompt_ns;
+        a.timings.generation_ns += end.timings.generation_ns;
+        match (end.reason, last) {
+            // The guest has not fed `t` back yet: the next slice starts from it.
+            (StopReason::Preempted, Some(t)) => {
+                a.next_prompt = vec![t];
+                Sliced::Again(a)
+            }
+            // A preempt goes out only after a token of this slice, so a guest that
+            // stops before one broke the protocol: nothing to resume from.
+            (StopReason::Preempted, None) => {
+                let why = "the guest preempted the request before its turn's first token";
+                self.fail(a, ApiError::Guest(why.into()));
+                Sliced::Finished
+            }
+            (reason, _) => {
+                self.finish(a, reason);
+                Sliced::Finished
+            }
+        }
+    }
+
+    /// Closes the job's session and fails it with `err`.
+    fn fail(&mut self, a: Active, err: ApiError) {
+        if let Some(running) = self.vm.as_mut() {
+            let _ = running.vm.close_session(a.session);
+        }
+        self.shared.metrics.request(Outcome::Failed);
+        let _ = a.job.events.send(Event::Failed(err));
     }
 
     /// Closes the job's session and sends its end.

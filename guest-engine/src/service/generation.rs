@@ -19,6 +19,14 @@ use virtio_llm::spec::MAX_TOKENS_PER_RESPONSE;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, RequestMsg};
 use virtio_llm::wire::response::{EndOfStream, ResponseMsg, StopReason, Timings, Tokens};
 
+/// How a generation stopped, with the request it answers.
+pub(super) struct Stopped {
+    id: u64,
+    result: Result<inference_guest::generate::GenerateOutcome, ModelError>,
+    /// The device preempted it (the engine reports that as a cancel).
+    preempted: bool,
+}
+
 impl Service {
     pub(super) fn generate<M: DriverMemory, T: Transport>(
         &mut self,
@@ -145,6 +153,7 @@ impl Service {
         let scratch = &mut self.scratch;
         let relinquisher = &mut self.relinquisher;
         let mut deferred_budget = None;
+        let preempted = core::cell::Cell::new(false);
         let result = generate(
             &model,
             session,
@@ -171,7 +180,6 @@ impl Service {
                     let msg = ResponseMsg::Tokens(Tokens {
                         request_id: id,
                         token_ids: core::mem::take(&mut batch),
-                        text: Vec::new(),
                     });
                     let sent = if full {
                         send_blocking(driver, env, &msg, out).map(|()| true)
@@ -217,10 +225,15 @@ impl Service {
                         return false;
                     }
                 }
-                // A cancel for this request stops it; anything else waits its turn.
+                // A cancel or preempt for this request stops it; anything else waits its
+                // turn.
                 match driver.poll_request(scratch) {
                     Ok(Some(RequestMsg::Cancel(c))) if c.request_id == id => false,
-                    Ok(Some(RequestMsg::Cancel(_))) | Ok(None) => true,
+                    Ok(Some(RequestMsg::Preempt(p))) if p.request_id == id => {
+                        preempted.set(true);
+                        false
+                    }
+                    Ok(Some(RequestMsg::Cancel(_) | RequestMsg::Preempt(_))) | Ok(None) => true,
                     Ok(Some(other)) => {
                         queued.push_back(other);
                         true
@@ -242,7 +255,12 @@ impl Service {
             return Err(e);
         }
         let end = env.now_ns();
-        let finished = self.finish_generation(id, result, batch, first, start, end, driver, env);
+        let stopped = Stopped {
+            id,
+            result,
+            preempted: preempted.get(),
+        };
+        let finished = self.finish_generation(stopped, batch, first, start, end, driver, env);
         if let Some(change) = deferred_budget {
             self.apply_budget(change, driver, env)?;
         }
@@ -253,8 +271,7 @@ impl Service {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_generation<M: DriverMemory, T: Transport>(
         &mut self,
-        id: u64,
-        result: Result<inference_guest::generate::GenerateOutcome, ModelError>,
+        stopped: Stopped,
         batch: Vec<u32>,
         first: Option<u64>,
         start: u64,
@@ -262,12 +279,16 @@ impl Service {
         driver: &mut LlmDriver<M, T>,
         env: &dyn Environment,
     ) -> Result<(), DriverError> {
+        let Stopped {
+            id,
+            result,
+            preempted,
+        } = stopped;
         let fail = |status: Status, message: &str| error_response(id, status, message);
         if !batch.is_empty() {
             let msg = ResponseMsg::Tokens(Tokens {
                 request_id: id,
                 token_ids: batch,
-                text: Vec::new(),
             });
             send_blocking(driver, env, &msg, &mut self.out)?;
         }
@@ -298,6 +319,7 @@ impl Service {
             reason: match outcome.stop {
                 EngineStop::MaxTokens => StopReason::MaxTokens,
                 EngineStop::EndOfGeneration => StopReason::EndOfGeneration,
+                EngineStop::Cancelled if preempted => StopReason::Preempted,
                 EngineStop::Cancelled => StopReason::Cancelled,
                 EngineStop::ContextFull => StopReason::ContextFull,
             },

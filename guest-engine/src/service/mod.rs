@@ -443,8 +443,9 @@ impl Service {
     ) -> Result<(), DriverError> {
         match req {
             RequestMsg::Generate(g) => self.generate(g, driver, par, env),
-            // Nothing is running now: a cancel for an unknown or finished request is a no-op.
-            RequestMsg::Cancel(_) => Ok(()),
+            // Nothing is running now: a cancel or preempt for an unknown or finished request
+            // is a no-op.
+            RequestMsg::Cancel(_) | RequestMsg::Preempt(_) => Ok(()),
             RequestMsg::Echo(e) => {
                 let reply = ResponseMsg::Echo(EchoReply {
                     request_id: e.request_id,

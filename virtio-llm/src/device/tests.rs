@@ -37,7 +37,6 @@ fn response_frame() -> Vec<u8> {
     ResponseMsg::Tokens(Tokens {
         request_id: 5,
         token_ids: vec![1, 2, 3],
-        text: Vec::new(),
     })
     .encode(&mut f)
     .unwrap();

@@ -17,6 +17,8 @@ pub mod msg_type {
     pub const GENERATE: u16 = 0x0301;
     /// [`super::CancelRequest`].
     pub const CANCEL: u16 = 0x0302;
+    /// [`super::PreemptRequest`].
+    pub const PREEMPT: u16 = 0x0304;
 }
 
 /// `prompt_kind` values.
@@ -229,6 +231,27 @@ impl Message<'_> for CancelRequest {
     }
 }
 
+/// Stops a running request between two tokens so that another can run (with
+/// `feature::PREEMPT`): it ends with `EndOfStream` reason `Preempted`, and its session keeps
+/// its KV cache, so the next request on it resumes where this one stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreemptRequest {
+    /// The request to stop.
+    pub request_id: u64,
+}
+
+impl Message<'_> for PreemptRequest {
+    const TYPE: u16 = msg_type::PREEMPT;
+    fn encode_body(&self, w: &mut Writer<'_>) {
+        w.u64(self.request_id);
+    }
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Self {
+            request_id: r.u64()?,
+        })
+    }
+}
+
 /// Any message of the request queue.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RequestMsg {
@@ -236,6 +259,8 @@ pub enum RequestMsg {
     Generate(GenerateRequest),
     /// See [`CancelRequest`].
     Cancel(CancelRequest),
+    /// See [`PreemptRequest`].
+    Preempt(PreemptRequest),
     /// See [`EchoRequest`](crate::wire::echo::EchoRequest).
     Echo(crate::wire::echo::EchoRequest),
 }
@@ -247,6 +272,7 @@ impl RequestMsg {
         Ok(match t {
             msg_type::GENERATE => Self::Generate(decode_checked(r)?),
             msg_type::CANCEL => Self::Cancel(decode_checked(r)?),
+            msg_type::PREEMPT => Self::Preempt(decode_checked(r)?),
             crate::wire::echo::msg_type::ECHO_REQUEST => Self::Echo(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
@@ -257,6 +283,7 @@ impl RequestMsg {
         match self {
             Self::Generate(m) => m.encode(out),
             Self::Cancel(m) => m.encode(out),
+            Self::Preempt(m) => m.encode(out),
             Self::Echo(m) => m.encode(out),
         }
     }

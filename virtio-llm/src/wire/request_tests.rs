@@ -50,6 +50,7 @@ pub(crate) fn samples() -> Vec<RequestMsg> {
             prompt: Prompt::Tokens(vec![7]),
         }),
         RequestMsg::Cancel(CancelRequest { request_id: 2 }),
+        RequestMsg::Preempt(PreemptRequest { request_id: 3 }),
     ]
 }
 
@@ -96,10 +97,10 @@ fn every_truncation_fails_and_trailing_bytes_are_rejected() {
 #[test]
 fn unknown_type_is_rejected() {
     let mut buf = frame(2);
-    buf[0..2].copy_from_slice(&0x0304u16.to_le_bytes());
+    buf[0..2].copy_from_slice(&0x0305u16.to_le_bytes());
     assert_eq!(
         RequestMsg::decode(&buf),
-        Err(WireError::UnknownType(0x0304))
+        Err(WireError::UnknownType(0x0305))
     );
 }
 

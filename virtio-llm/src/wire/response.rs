@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use crate::error::WireError;
 use crate::spec::{
     MAX_CONTEXT_LEN, MAX_ERROR_MESSAGE_BYTES, MAX_GENERATED_TOKENS, MAX_TOKEN_ID,
-    MAX_TOKEN_TEXT_BYTES, MAX_TOKENS_PER_RESPONSE,
+    MAX_TOKENS_PER_RESPONSE,
 };
 use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
 use crate::wire::status::Status;
@@ -30,10 +30,6 @@ pub struct Tokens {
     pub request_id: u64,
     /// 1..=`MAX_TOKENS_PER_RESPONSE` ids, each below `MAX_TOKEN_ID`.
     pub token_ids: Vec<u32>,
-    /// Their text, at most `MAX_TOKEN_TEXT_BYTES`; empty unless `feature::TOKEN_TEXT`.
-    /// Raw bytes, not checked as UTF-8: a byte-level token may end inside a character, which
-    /// the next message completes.
-    pub text: Vec<u8>,
 }
 
 impl Message<'_> for Tokens {
@@ -41,20 +37,17 @@ impl Message<'_> for Tokens {
     fn encode_body(&self, w: &mut Writer<'_>) {
         w.u64(self.request_id);
         w.u32(len_u32(self.token_ids.len()));
-        w.u32(len_u32(self.text.len()));
+        w.u32(0);
         w.u32_list(&self.token_ids);
-        w.bytes(&self.text);
     }
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
         let request_id = r.u64()?;
         let count = r.u32()? as usize;
-        let text_len = r.u32()? as usize;
+        r.reserved(4, "tokens.reserved")?;
         check_len("response tokens", count, MAX_TOKENS_PER_RESPONSE)?;
-        check_len("token text", text_len, MAX_TOKEN_TEXT_BYTES)?;
         Ok(Self {
             request_id,
             token_ids: r.u32_list(count)?,
-            text: r.bytes(text_len)?.to_vec(),
         })
     }
     fn validate(&self) -> Result<(), WireError> {
@@ -63,7 +56,6 @@ impl Message<'_> for Tokens {
             self.token_ids.len(),
             MAX_TOKENS_PER_RESPONSE,
         )?;
-        check_len("token text", self.text.len(), MAX_TOKEN_TEXT_BYTES)?;
         ensure(!self.token_ids.is_empty(), "token count", 0)?;
         match self.token_ids.iter().find(|&&id| id >= MAX_TOKEN_ID) {
             Some(&id) => ensure(false, "token id", id.into()),
@@ -126,6 +118,9 @@ pub enum StopReason {
     Cancelled = 3,
     /// The session's context filled up.
     ContextFull = 4,
+    /// The device preempted the request (`PreemptRequest`, with `feature::PREEMPT`); the
+    /// session keeps its state, and its next request resumes from the last token sent.
+    Preempted = 5,
 }
 
 impl TryFrom<u8> for StopReason {
@@ -136,6 +131,7 @@ impl TryFrom<u8> for StopReason {
             2 => Self::EndOfGeneration,
             3 => Self::Cancelled,
             4 => Self::ContextFull,
+            5 => Self::Preempted,
             _ => {
                 return Err(WireError::FieldOutOfRange {
                     field: "reason",

@@ -12,7 +12,7 @@
 
 use super::Timer;
 use super::virtio_mmio::{ActivateError, INT_VRING, VirtioDevice};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use virtio_llm::device::chain::Window;
@@ -70,7 +70,8 @@ pub struct LlmHost {
     /// One per queue: whether its last wait was answered within [`SPIN`] (spinning pays).
     spin_pays: Vec<AtomicBool>,
     stopped: AtomicBool,
-    memory_live: AtomicBool,
+    /// The features the driver accepted; 0 while the device is not live.
+    features: AtomicU64,
 }
 
 impl LlmHost {
@@ -221,7 +222,12 @@ impl LlmHost {
 
     /// Whether the guest's driver took the memory queues (negotiated `feature::MEMORY`).
     pub fn memory_queues_live(&self) -> bool {
-        self.memory_live.load(Ordering::SeqCst)
+        self.negotiated(feature::MEMORY)
+    }
+
+    /// Whether the live device runs with feature `bit` (one of `spec::feature`).
+    pub fn negotiated(&self, bit: u32) -> bool {
+        self.features.load(Ordering::SeqCst) & (1 << bit) != 0
     }
 }
 
@@ -290,7 +296,7 @@ impl VirtioLlm {
             kicks,
             spin_pays: (0..queue::COUNT).map(|_| AtomicBool::new(true)).collect(),
             stopped: AtomicBool::new(false),
-            memory_live: AtomicBool::new(false),
+            features: AtomicU64::new(0),
         });
         let mut cfg = [0u8; config::SIZE];
         cfg[config::PROTOCOL_VERSION] = spec::PROTOCOL_VERSION;
@@ -339,8 +345,8 @@ impl VirtioDevice for VirtioLlm {
         virtio_llm::mmio::F_EVENT_IDX
             | 1 << feature::ACCESS_PLATFORM
             | 1 << feature::TEXT_PROMPT
-            | 1 << feature::TOKEN_TEXT
             | 1 << feature::MEMORY
+            | 1 << feature::PREEMPT
             | diagnostics
     }
 
@@ -383,7 +389,7 @@ impl VirtioDevice for VirtioLlm {
                 needed: usize::from(queue::COUNT),
             });
         }
-        self.host.memory_live.store(memory, Ordering::SeqCst);
+        self.host.features.store(features, Ordering::SeqCst);
         let device = LlmDevice::new(
             self.shared.clone(),
             self.window,
@@ -404,7 +410,7 @@ impl VirtioDevice for VirtioLlm {
     }
 
     fn reset(&mut self) {
-        self.host.memory_live.store(false, Ordering::SeqCst);
+        self.host.features.store(0, Ordering::SeqCst);
         *self.host.lock() = None;
         self.host.changed.notify_all();
     }

@@ -10,6 +10,8 @@ pub fn finish_reason(r: StopReason) -> &'static str {
     match r {
         StopReason::EndOfGeneration | StopReason::Cancelled => "stop",
         StopReason::MaxTokens | StopReason::ContextFull => "length",
+        // Never a request's last word: the worker resumes a preempted request.
+        StopReason::Preempted => "length",
     }
 }
 

@@ -125,9 +125,9 @@ pub struct LlmDriver<M: DriverMemory, T: Transport> {
 /// Features the driver accepts when offered (besides the required ones).
 pub const OPTIONAL_FEATURES: u64 = F_EVENT_IDX
     | 1 << feature::TEXT_PROMPT
-    | 1 << feature::TOKEN_TEXT
     | 1 << feature::MEMORY
-    | 1 << feature::DIAGNOSTICS;
+    | 1 << feature::DIAGNOSTICS
+    | 1 << feature::PREEMPT;
 /// Features the driver refuses to run without.
 pub const REQUIRED_FEATURES: u64 = F_VERSION_1 | 1 << feature::ACCESS_PLATFORM;
 
