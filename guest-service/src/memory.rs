@@ -13,7 +13,7 @@ use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
 use virtio_llm::spec::MAX_RELINQUISH_RANGES;
 use virtio_llm::wire::memory::{MemRange, RelinquishReport};
 
-/// What the private pool holds, in bytes (see `guest_programs::private_pool::PoolUsage`).
+/// What the private pool holds, in bytes (see `guest_runtime::private_pool::PoolUsage`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryUse {
     pub in_use: u64,
