@@ -1,4 +1,5 @@
 //! The guest kernel's services as user programs call them (through [`crate::syscall2`]).
+#![forbid(unsafe_code)]
 
 use crate::syscall2;
 use guest_abi::syscall;

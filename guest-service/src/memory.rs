@@ -6,6 +6,7 @@
 //! when the host hands the report's buffer back (after it discarded the pages) the pool
 //! takes them back as fresh memory ([`PrivateMemory::released`]). Until then they are used
 //! by no one, so the host's discard can never destroy live data.
+#![forbid(unsafe_code)]
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
