@@ -179,6 +179,35 @@ fn a_shrink_below_what_is_in_use_evicts_models_and_closes_their_sessions() {
 }
 
 #[test]
+fn a_request_sent_after_a_budget_raise_is_served_under_the_new_budget() {
+    let Some((file, sha)) = model() else { return };
+    let rig = Rig::start(limits());
+    assert_eq!(rig.load(1, &file, sha), Status::Ok);
+    assert_eq!(rig.open(1, 1, 256), Status::Ok);
+    // Each round: too little room for a request under the current budget, then a raise and
+    // a request sent right after it. Budget changes come on their own queue, so the service
+    // may see the request first in a step; it must still serve it under the raise (once a
+    // 1-in-15 flake in CI).
+    let mut budget = BUDGET;
+    for round in 1..=40u64 {
+        rig.pool.in_use.store(budget - 8 * MIB, Ordering::SeqCst);
+        budget += 32 * MIB;
+        let raise = BudgetChange {
+            sequence: round,
+            new_budget_bytes: budget,
+        };
+        rig.host.send_budget(&raise, T).expect("budget change");
+        let prompt = Prompt::Tokens(vec![1, 2, 3]);
+        rig.request(&greedy_request(round, 1, prompt, 1));
+        let (_, end) = rig
+            .collect(round)
+            .unwrap_or_else(|s| panic!("round {round}: refused with {s:?}"));
+        assert_eq!(end.generated_tokens, 1);
+        rig.report_for(round);
+    }
+}
+
+#[test]
 fn an_evicted_session_rebuilds_its_cache_from_its_history() {
     let Some((file, sha)) = model() else { return };
     let engine = HostEngine { file: file.clone() };
