@@ -128,7 +128,7 @@ flexserve-bin:
 image:
 	$(CARGO) build --release --quiet -p guest-kernel --features guest --target x86_64-unknown-none
 	$(CARGO) build --release --quiet -p guest-programs --features guest-x86_64 --bins
-	$(CARGO) build --release --quiet -p guest-engine --features guest --bins
+	$(CARGO) build --release --quiet -p guest-service --features guest --bins
 	images/build-manifest.sh target
 
 # EL0 code (programs, engine) runs with the MMU on over Normal memory, where unaligned
@@ -143,7 +143,7 @@ EL0_RUSTFLAGS := -C relocation-model=static -C target-feature=-strict-align
 # the kernel and engine with their manifest into images/out-aarch64/.
 image-arm64:
 	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) build --release --quiet --target aarch64-unknown-none -p guest-programs --features guest-aarch64 --bins
-	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) build --release --quiet --target aarch64-unknown-none -p guest-engine --features guest --bins
+	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) build --release --quiet --target aarch64-unknown-none -p guest-service --features guest --bins
 	$(CARGO) build --release --quiet --target aarch64-unknown-none -p guest-kernel --features guest
 	images/build-manifest.sh target aarch64
 
@@ -152,9 +152,9 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 	$(CARGO) clippy --release --quiet -p guest-kernel --features guest --target x86_64-unknown-none -- -D warnings
 	$(CARGO) clippy --release --quiet -p guest-programs --features guest-x86_64 --bins -- -D warnings
-	$(CARGO) clippy --release --quiet -p guest-engine --features guest --bins -- -D warnings
+	$(CARGO) clippy --release --quiet -p guest-service --features guest --bins -- -D warnings
 	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-programs --features guest-aarch64 --bins -- -D warnings
-	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-engine --features guest --bins -- -D warnings
+	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-service --features guest --bins -- -D warnings
 	$(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-kernel --features guest -- -D warnings
 	$(CARGO) clippy --quiet --target aarch64-unknown-linux-musl -p vmm -p flexserve -p flexserve-e2e -p arm64-init --all-targets -- -D warnings
 

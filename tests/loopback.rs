@@ -47,6 +47,11 @@ impl Default for Loopback {
 
 impl Loopback {
     pub fn new() -> Self {
+        Self::with_config(LlmConfig::default())
+    }
+
+    /// A device that states `limits` in its configuration space.
+    pub fn with_config(limits: LlmConfig) -> Self {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(
             GuestAddress(SHARED_WINDOW_BASE),
             SHARED_WINDOW_SIZE as usize,
@@ -58,14 +63,9 @@ impl Loopback {
             base: SHARED_WINDOW_BASE,
             size: SHARED_WINDOW_SIZE,
         };
-        let (device, host) = VirtioLlm::new(
-            mem.clone(),
-            window,
-            irq.clone(),
-            timer.clone(),
-            LlmConfig::default(),
-        )
-        .expect("device");
+        let (device, host) =
+            VirtioLlm::new(mem.clone(), window, irq.clone(), timer.clone(), limits)
+                .expect("device");
         let transport = Arc::new(MmioTransport::with_interrupt_status(Box::new(device), irq));
         Self {
             host,

@@ -1,26 +1,11 @@
-//! The user-mode side of the guest ABI, for the engine and the small test programs in
-//! `src/bin/`: the syscall gate and the kernel's services, device-register access, the
-//! global allocator over the kernel's heap and the private pool, the virtio-llm glue, and a
-//! panic handler. [`arch`] holds what differs between x86_64 and aarch64.
+//! The small guest programs of the end-to-end tests (`src/bin/`: exit codes, faults,
+//! syscalls, the virtio-llm echo service, memory tests such as `canary`, `scrub` and `hog`),
+//! and what each shares with its host test (layouts, protocols, reference computations).
+//! The programs run on `guest-runtime`, as the engine does.
 #![no_std]
 
-#[cfg(test)]
-extern crate std;
-
-pub mod arch;
 #[cfg(target_arch = "x86_64")]
 pub mod avx;
-pub mod extents;
-pub mod heap_alloc;
-pub mod mmio;
-#[cfg(feature = "guest")]
-mod panic;
-pub mod private_pool;
-mod syscalls;
-pub mod virtio;
-
-pub use arch::syscall2;
-pub use syscalls::{exit, print, print_hex};
 
 /// The protocol the `scrub` program and the host's reclaim test share.
 pub mod scrub {
@@ -60,23 +45,6 @@ pub mod canary {
         })
     }
 }
-/// Every guest program's heap (the driver and the engine allocate).
-#[cfg(feature = "guest")]
-#[global_allocator]
-static HEAP: heap_alloc::GuestAlloc = heap_alloc::GuestAlloc::new();
-
-/// What the private pool holds (all zero when the VM has no private region).
-#[cfg(feature = "guest")]
-pub fn private_usage() -> private_pool::PoolUsage {
-    HEAP.private_usage()
-}
-
-/// Runs `f` on the private pool: budget changes, trims and releases.
-#[cfg(feature = "guest")]
-pub fn with_private_pool<R>(f: impl FnOnce(&mut private_pool::PrivatePool) -> R) -> R {
-    HEAP.with_private(f)
-}
-
 /// The fixed integer kernel `make bench-boot` times in guest user mode and on the host.
 pub fn compute_kernel(iterations: u64) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;

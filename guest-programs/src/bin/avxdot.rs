@@ -2,7 +2,7 @@
 #![no_std]
 #![no_main]
 
-use guest_programs::{exit, print_hex};
+use guest_runtime::{exit, print_hex};
 
 #[unsafe(no_mangle)]
 pub extern "C" fn _start() -> ! {

@@ -8,8 +8,8 @@
 #![no_main]
 
 use guest_programs::canary::{CANARY_BYTES, HASHES_OFFSET, SHARED_OFFSET, fnv1a};
-use guest_programs::mmio::private_region;
-use guest_programs::virtio::wait;
+use guest_runtime::mmio::private_region;
+use guest_runtime::virtio::wait;
 use virtio_llm::spec::layout::SHARED_WINDOW_BASE;
 
 fn random_block(state: &mut u64) -> [u8; CANARY_BYTES] {
@@ -34,7 +34,7 @@ fn put(addr: u64, bytes: &[u8]) {
 #[unsafe(no_mangle)]
 pub extern "C" fn _start(vcpu: u64) -> ! {
     if vcpu == 0 {
-        let mut state = guest_programs::arch::counter() | 1;
+        let mut state = guest_runtime::arch::counter() | 1;
         let (a, b) = (random_block(&mut state), random_block(&mut state));
         let (base, size) = private_region();
         let stride = (size / 16) & !0xfff;

@@ -2,7 +2,8 @@
 #![no_std]
 #![no_main]
 
-use guest_programs::{compute_kernel, exit};
+use guest_programs::compute_kernel;
+use guest_runtime::exit;
 
 /// Iterations of `compute_kernel`; `make bench-boot` uses the same count on the host.
 pub const ITERATIONS: u64 = 300_000_000;

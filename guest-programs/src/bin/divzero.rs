@@ -2,7 +2,7 @@
 #![no_std]
 #![no_main]
 
-use guest_programs::exit;
+use guest_runtime::exit;
 
 #[unsafe(no_mangle)]
 pub extern "C" fn _start() -> ! {

@@ -8,8 +8,8 @@
 extern crate alloc;
 
 use alloc::vec::Vec;
-use guest_programs::virtio::{MmioRegisters, SharedWindow, wait};
-use guest_programs::{exit, print};
+use guest_runtime::virtio::{MmioRegisters, SharedWindow, wait};
+use guest_runtime::{exit, print};
 use virtio_llm::driver::echo_service::{Step, step};
 use virtio_llm::driver::{DriverError, LlmDriver};
 use virtio_llm::spec::layout::{SHARED_WINDOW_BASE, SHARED_WINDOW_SIZE};

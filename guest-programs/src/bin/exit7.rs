@@ -2,7 +2,7 @@
 #![no_std]
 #![no_main]
 
-use guest_programs::{exit, print};
+use guest_runtime::{exit, print};
 
 #[unsafe(no_mangle)]
 pub extern "C" fn _start() -> ! {

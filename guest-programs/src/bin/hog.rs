@@ -5,9 +5,9 @@
 #![no_main]
 
 use guest_programs::hog::HOG_BYTES;
-use guest_programs::mmio::private_region;
-use guest_programs::virtio::{MmioRegisters, SharedWindow, wait};
-use guest_programs::{exit, print};
+use guest_runtime::mmio::private_region;
+use guest_runtime::virtio::{MmioRegisters, SharedWindow, wait};
+use guest_runtime::{exit, print};
 use virtio_llm::driver::LlmDriver;
 use virtio_llm::spec::layout::{SHARED_WINDOW_BASE, SHARED_WINDOW_SIZE};
 

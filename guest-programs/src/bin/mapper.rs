@@ -3,8 +3,8 @@
 #![no_std]
 #![no_main]
 
-use guest_kernel::abi::syscall;
-use guest_programs::{exit, print_hex, syscall2};
+use guest_runtime::abi::syscall;
+use guest_runtime::{exit, print_hex, syscall2};
 
 #[unsafe(no_mangle)]
 pub extern "C" fn _start() -> ! {

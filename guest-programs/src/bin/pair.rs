@@ -5,7 +5,7 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU32, Ordering};
-use guest_programs::{exit, print_hex};
+use guest_runtime::{exit, print_hex};
 
 static STARTED: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
 static DONE: AtomicU32 = AtomicU32::new(0);

@@ -5,9 +5,9 @@
 #![no_std]
 #![no_main]
 
-use guest_programs::mmio::private_region;
 use guest_programs::scrub::{MAILBOX_OFFSET, SCRUB_BYTES, state};
-use guest_programs::virtio::wait;
+use guest_runtime::mmio::private_region;
+use guest_runtime::virtio::wait;
 use virtio_llm::spec::layout::SHARED_WINDOW_BASE;
 
 fn mailbox() -> *mut u64 {

@@ -2,8 +2,8 @@
 #![no_std]
 #![no_main]
 
-// The library provides the panic handler.
-use guest_programs as _;
+// The runtime provides the panic handler.
+use guest_runtime as _;
 
 #[unsafe(no_mangle)]
 pub extern "C" fn _start() -> ! {

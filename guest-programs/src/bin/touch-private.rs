@@ -6,9 +6,9 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU64, Ordering};
-use guest_programs::mmio::private_region;
-use guest_programs::virtio::{now_ns, wait};
-use guest_programs::{exit, print_hex};
+use guest_runtime::mmio::private_region;
+use guest_runtime::virtio::{now_ns, wait};
+use guest_runtime::{exit, print_hex};
 
 const PAGE: u64 = 4096;
 const VCPUS: u64 = 2;

@@ -1,9 +1,9 @@
-//! The guest's MMIO pages (`guest_kernel::abi`) as user mode reads them: each access is one
+//! The guest's MMIO pages (`guest_abi`) as user mode reads them: each access is one
 //! naturally aligned load or store that the VMM (or KVM) emulates, made by
 //! [`crate::arch`] so that it can be emulated on every architecture.
 
 use crate::arch;
-use guest_kernel::abi;
+use guest_abi as abi;
 
 /// The u64 field at `offset` of the control page (`abi::CONTROL_*`).
 pub fn control(offset: u64) -> u64 {

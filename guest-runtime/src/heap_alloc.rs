@@ -11,7 +11,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
-use guest_kernel::abi::{self, HEAP_CHUNK, syscall};
+use guest_abi::{self as abi, HEAP_CHUNK, syscall};
 
 const MIN_SHIFT: u32 = 4;
 const MAX_SHIFT: u32 = 16;

@@ -12,6 +12,7 @@
 //!
 //! It lives inside the global allocator, so it cannot allocate: the bookkeeping is a fixed
 //! bitmap (one bit per granule of a region of up to 64 GiB).
+#![forbid(unsafe_code)]
 
 use crate::extents::{Extents, GRANULE};
 

@@ -2,6 +2,7 @@
 //! global allocator for large blocks (model weights, KV caches, scratch). It lives inside
 //! the allocator, so it cannot allocate: the free list is a fixed, sorted array, and freed
 //! extents merge with their neighbours.
+#![forbid(unsafe_code)]
 
 /// Allocation granule: one huge page.
 pub const GRANULE: u64 = 2 << 20;

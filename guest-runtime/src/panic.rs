@@ -1,5 +1,6 @@
 //! Panics in a guest program print their message and location, then end the VM with exit
 //! code 101.
+#![forbid(unsafe_code)]
 
 use crate::{exit, print};
 

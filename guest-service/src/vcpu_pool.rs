@@ -35,7 +35,7 @@ pub fn prefault(start: u64, len: u64) {
     PREFAULT_END.store(0, Ordering::SeqCst);
     PREFAULT_NEXT.store(start, Ordering::SeqCst);
     PREFAULT_END.store(start.saturating_add(len), Ordering::SeqCst);
-    guest_programs::virtio::wake_all();
+    guest_runtime::virtio::wake_all();
 }
 
 /// One slice of background first touches; whether there was one to do.
@@ -65,11 +65,11 @@ struct WaitRegister;
 
 impl Park for WaitRegister {
     fn park(&self, worker: usize) {
-        guest_programs::virtio::wait(worker as u64, PARK_NS);
+        guest_runtime::virtio::wait(worker as u64, PARK_NS);
     }
 
     fn wake_all(&self) {
-        guest_programs::virtio::wake_all();
+        guest_runtime::virtio::wake_all();
     }
 }
 

@@ -1,7 +1,8 @@
 //! The guest kernel's services as user programs call them (through [`crate::syscall2`]).
+#![forbid(unsafe_code)]
 
 use crate::syscall2;
-use guest_kernel::abi::syscall;
+use guest_abi::syscall;
 
 /// Logs `s` on the VM console.
 pub fn print(s: &str) {

@@ -16,30 +16,32 @@
 //! rebuilds its KV cache by evaluating that history again on its next request; a session
 //! whose model was evicted is closed, and its next request fails with NoSuchSession.
 //!
-//! This file holds the state and the command dispatch; `generation.rs` runs requests,
-//! `budget.rs` lives within the memory budget, `probe.rs` answers test-only memory probes.
+//! This file holds the state and the main loop's step; `control.rs` serves control
+//! commands, `generation.rs` runs requests (with `token_stream.rs` between tokens and
+//! `token_pacer.rs` deciding when tokens go out), `budget.rs` lives within the memory
+//! budget, `probe.rs` answers test-only memory probes.
+#![forbid(unsafe_code)]
 
 mod budget;
+mod control;
 mod generation;
 mod probe;
 mod token_pacer;
+mod token_stream;
 
 use crate::loader::Loading;
 use crate::memory::{PrivateMemory, Relinquisher};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::ToString;
 use alloc::vec::Vec;
-use inference_guest::gguf::Gguf;
-use inference_guest::model::{Model, ModelError, Session};
+use inference_guest::model::Session;
 use inference_guest::parallel::Parallel;
 use inference_guest::quant::{CpuFeatures, Kernels};
 use inference_guest::tokenizer::Tokenizer;
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
 use virtio_llm::spec::feature;
-use virtio_llm::wire::control::{
-    Ack, ControlCommand, ControlReply, StatsReply, msg_type as control_type,
-};
+use virtio_llm::wire::control::{Ack, ControlReply};
 use virtio_llm::wire::echo::EchoReply;
 use virtio_llm::wire::request::RequestMsg;
 use virtio_llm::wire::response::{ErrorResponse, ResponseMsg};
@@ -130,15 +132,6 @@ pub struct Service {
     canary_block: (u64, u64),
     /// When the model being loaded began, and the time spent in its chunks (logged).
     load_ns: (u64, u64),
-}
-
-fn model_status(e: &ModelError) -> Status {
-    match e {
-        ModelError::UnsupportedArchitecture(_) | ModelError::TensorType { .. } => {
-            Status::Unsupported
-        }
-        _ => Status::BadModel,
-    }
 }
 
 impl Service {
@@ -235,203 +228,6 @@ impl Service {
             self.apply_budget(change, driver, env)?;
         }
         Ok(any)
-    }
-
-    fn command<M: DriverMemory, T: Transport>(
-        &mut self,
-        cmd: ControlCommand<'_>,
-        driver: &mut LlmDriver<M, T>,
-        par: &dyn Parallel,
-        env: &dyn Environment,
-    ) -> ControlReply {
-        match cmd {
-            ControlCommand::LoadModelBegin(b) => {
-                let status = if self.models.contains_key(&b.model_id) {
-                    Status::AlreadyExists
-                } else if self.loading.is_some() || self.models.len() >= self.max_models {
-                    Status::Busy
-                } else if let Err(s) = self.make_room(b.total_bytes, None, driver, env) {
-                    s
-                } else {
-                    match Loading::begin(b.model_id, b.total_bytes) {
-                        Ok(l) => {
-                            self.load_ns = (env.now_ns(), 0);
-                            let (addr, len) = l.buffer();
-                            env.prefault(addr, len);
-                            self.loading = Some(l);
-                            Status::Ok
-                        }
-                        Err(s) => s,
-                    }
-                };
-                ack(control_type::LOAD_MODEL_BEGIN, status, b.model_id)
-            }
-            ControlCommand::LoadModelChunk(c) => {
-                let t0 = env.now_ns();
-                let result = match self.loading.as_mut() {
-                    Some(l) if l.model_id == c.model_id => Some(l.chunk(c.offset, c.data, par)),
-                    _ => None,
-                };
-                self.load_ns.1 += env.now_ns() - t0;
-                let status = match result {
-                    Some(r) => match r {
-                        Ok(()) => Status::Ok,
-                        Err(s) => {
-                            // Any failure discards the partial model.
-                            env.prefault(0, 0);
-                            self.loading = None;
-                            s
-                        }
-                    },
-                    None => Status::BadRequest,
-                };
-                ack(control_type::LOAD_MODEL_CHUNK, status, c.model_id)
-            }
-            ControlCommand::LoadModelEnd(e) => {
-                let status = match self.loading.take() {
-                    Some(l) if l.model_id == e.model_id => {
-                        env.prefault(0, 0);
-                        let (bytes, t0) = (l.received(), env.now_ns());
-                        let r = self.install(l, e.sha256);
-                        let now = env.now_ns();
-                        env.log(&alloc::format!(
-                            "engine: model {} ({} MiB): {} ms from begin, {} ms in chunks, {} ms to check",
-                            e.model_id,
-                            bytes >> 20,
-                            (now - self.load_ns.0) / 1_000_000,
-                            self.load_ns.1 / 1_000_000,
-                            (now - t0) / 1_000_000
-                        ));
-                        match r {
-                            Ok(()) => Status::Ok,
-                            Err(s) => s,
-                        }
-                    }
-                    other => {
-                        self.loading = other;
-                        Status::BadRequest
-                    }
-                };
-                ack(control_type::LOAD_MODEL_END, status, e.model_id)
-            }
-            ControlCommand::UnloadModel(u) => {
-                let status = if self.models.remove(&u.model_id).is_some() {
-                    self.sessions.retain(|_, s| s.model_id != u.model_id);
-                    Status::Ok
-                } else if self
-                    .loading
-                    .as_ref()
-                    .is_some_and(|l| l.model_id == u.model_id)
-                {
-                    env.prefault(0, 0);
-                    self.loading = None;
-                    Status::Ok
-                } else {
-                    Status::NoSuchModel
-                };
-                ack(control_type::UNLOAD_MODEL, status, u.model_id)
-            }
-            ControlCommand::OpenSession(o) => {
-                let status =
-                    self.open_session(o.session_id, o.model_id, o.context_len, driver, env);
-                ack(control_type::OPEN_SESSION, status, o.session_id)
-            }
-            ControlCommand::CloseSession(c) => {
-                let status = if self.sessions.remove(&c.session_id).is_some() {
-                    Status::Ok
-                } else {
-                    Status::NoSuchSession
-                };
-                ack(control_type::CLOSE_SESSION, status, c.session_id)
-            }
-            ControlCommand::Probe(p) => ControlReply::Probe(self.probe(p, env)),
-            ControlCommand::Stats(_) => {
-                let usage = env.memory().usage();
-                ControlReply::Stats(StatsReply {
-                    models_loaded: self.models.len() as u32,
-                    sessions_open: self.sessions.len() as u32,
-                    memory_used_bytes: usage.in_use,
-                    memory_budget_bytes: usage.budget,
-                    requests_completed: self.requests_completed,
-                    tokens_generated: self.tokens_generated,
-                    engine_kernels: self.kernels.isa().code(),
-                    cpu_features: self.cpu_features.bits(),
-                })
-            }
-        }
-    }
-
-    /// Checks a complete file as the engine will use it, then keeps it.
-    fn install(&mut self, loading: Loading, sha256: [u8; 32]) -> Result<(), Status> {
-        let model_id = loading.model_id;
-        let file = loading.finish(sha256)?;
-        let end_ids = {
-            let gguf = Gguf::parse(&file).map_err(|_| Status::BadModel)?;
-            Model::from_gguf(&gguf, self.kernels).map_err(|e| model_status(&e))?;
-            Tokenizer::end_of_generation_ids(&gguf).map_err(|_| Status::BadModel)?
-        };
-        self.clock += 1;
-        self.models.insert(
-            model_id,
-            LoadedModel {
-                file,
-                end_ids,
-                tokenizer: None,
-                last_used: self.clock,
-            },
-        );
-        Ok(())
-    }
-
-    fn open_session<M: DriverMemory, T: Transport>(
-        &mut self,
-        session_id: u32,
-        model_id: u32,
-        context_len: u32,
-        driver: &mut LlmDriver<M, T>,
-        env: &dyn Environment,
-    ) -> Status {
-        if self.sessions.contains_key(&session_id) {
-            return Status::AlreadyExists;
-        }
-        if self.sessions.len() >= self.max_sessions {
-            return Status::Busy;
-        }
-        // The parsed views are dropped before making room: they hold private memory too.
-        let needed = match self
-            .models
-            .get(&model_id)
-            .map(|m| self.kv_bytes(m, context_len))
-        {
-            None => return Status::NoSuchModel,
-            Some(Err(s)) => return s,
-            Some(Ok(kv)) => kv,
-        };
-        if let Err(s) = self.make_room(needed + SESSION_SCRATCH_BYTES, None, driver, env) {
-            return s;
-        }
-        let Some(m) = self.models.get(&model_id) else {
-            return Status::NoSuchModel;
-        };
-        let Ok(gguf) = Gguf::parse(&m.file) else {
-            return Status::Internal;
-        };
-        let Ok(model) = Model::from_gguf(&gguf, self.kernels) else {
-            return Status::Internal;
-        };
-        let session = model.new_session(context_len as usize);
-        self.clock += 1;
-        self.sessions.insert(
-            session_id,
-            SessionSlot {
-                model_id,
-                context_len,
-                session: Some(session),
-                history: Vec::new(),
-                last_used: self.clock,
-            },
-        );
-        Status::Ok
     }
 
     fn request<M: DriverMemory, T: Transport>(

@@ -20,7 +20,7 @@ pub fn syscall2(number: u64, a: u64, b: u64) -> u64 {
 }
 
 /// XCR0 as user code runs under it: which register state the vCPU saves and enables (0 when
-/// `xgetbv` is disabled; the guest kernel's promise, `guest_kernel::abi::XGETBV`).
+/// `xgetbv` is disabled; the guest kernel's promise, `guest_abi::XGETBV`).
 pub fn xcr0() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: xgetbv(0) only reads XCR0; where it raises #UD the guest kernel skips it with

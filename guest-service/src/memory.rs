@@ -6,6 +6,7 @@
 //! when the host hands the report's buffer back (after it discarded the pages) the pool
 //! takes them back as fresh memory ([`PrivateMemory::released`]). Until then they are used
 //! by no one, so the host's discard can never destroy live data.
+#![forbid(unsafe_code)]
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -13,7 +14,7 @@ use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
 use virtio_llm::spec::MAX_RELINQUISH_RANGES;
 use virtio_llm::wire::memory::{MemRange, RelinquishReport};
 
-/// What the private pool holds, in bytes (see `guest_programs::private_pool::PoolUsage`).
+/// What the private pool holds, in bytes (see `guest_runtime::private_pool::PoolUsage`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryUse {
     pub in_use: u64,

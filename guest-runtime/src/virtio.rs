@@ -4,7 +4,7 @@
 
 use crate::arch;
 use core::ptr::{read_volatile, write_volatile};
-use guest_kernel::abi;
+use guest_abi as abi;
 use virtio_llm::driver::{DriverMemory, RingError, Transport};
 use virtio_llm::spec::layout::{SHARED_WINDOW_BASE, SHARED_WINDOW_SIZE};
 

@@ -8,12 +8,12 @@
 
 extern crate alloc;
 
-use guest_engine::memory::{MemoryUse, PrivateMemory};
-use guest_engine::service::{Environment, Service, Step};
-use guest_engine::vcpu_pool::VcpuPool;
-use guest_programs::arch::counter;
-use guest_programs::virtio::{MmioRegisters, SharedWindow, now_ns, wait};
-use guest_programs::{exit, print, private_usage, with_private_pool};
+use guest_runtime::arch::counter;
+use guest_runtime::virtio::{MmioRegisters, SharedWindow, now_ns, wait};
+use guest_runtime::{exit, print, private_usage, with_private_pool};
+use guest_service::memory::{MemoryUse, PrivateMemory};
+use guest_service::service::{Environment, Service, Step};
+use guest_service::vcpu_pool::VcpuPool;
 use inference_guest::quant::{CpuFeatures, Kernels};
 use virtio_llm::driver::{DriverError, LlmDriver};
 use virtio_llm::spec::layout::{SHARED_WINDOW_BASE, SHARED_WINDOW_SIZE};
@@ -84,7 +84,7 @@ impl Environment for Guest {
     }
 
     fn prefault(&self, addr: u64, len: u64) {
-        guest_engine::vcpu_pool::prefault(addr, len);
+        guest_service::vcpu_pool::prefault(addr, len);
     }
 
     fn log(&self, line: &str) {
@@ -118,7 +118,7 @@ impl Environment for Guest {
 #[unsafe(no_mangle)]
 pub extern "C" fn _start(vcpu: u64) -> ! {
     if vcpu != 0 {
-        guest_engine::vcpu_pool::worker(vcpu);
+        guest_service::vcpu_pool::worker(vcpu);
     }
     let Ok(mut driver) = LlmDriver::new(
         SharedWindow,
@@ -131,7 +131,7 @@ pub extern "C" fn _start(vcpu: u64) -> ! {
     };
     let limits = driver.limits();
     with_private_pool(|p| p.set_budget(limits.memory_budget));
-    let cpu_features = CpuFeatures::detect_with_xcr0(guest_programs::arch::xcr0());
+    let cpu_features = CpuFeatures::detect_with_xcr0(guest_runtime::arch::xcr0());
     // SAFETY: the features come from this vCPU's CPUID and the XCR0 its user code runs
     // under (arch::xcr0), and every vCPU runs alike (the VMM configures them the same).
     let kernels = unsafe { Kernels::for_detected(cpu_features) };

@@ -1,0 +1,254 @@
+//! Control commands: loading and unloading models, opening and closing sessions, stats.
+//! Each handler returns the status the command's `Ack` carries; [`Service::command`] builds
+//! the reply, which `step` sends.
+
+use super::{Environment, LoadedModel, SESSION_SCRATCH_BYTES, Service, SessionSlot, ack};
+use crate::loader::Loading;
+use alloc::vec::Vec;
+use inference_guest::gguf::Gguf;
+use inference_guest::model::{Model, ModelError};
+use inference_guest::parallel::Parallel;
+use inference_guest::tokenizer::Tokenizer;
+use virtio_llm::Status;
+use virtio_llm::driver::{DriverMemory, LlmDriver, Transport};
+use virtio_llm::wire::control::{
+    ControlCommand, ControlReply, LoadModelBegin, LoadModelChunk, LoadModelEnd, OpenSession,
+    StatsReply, msg_type as control_type,
+};
+
+fn model_status(e: &ModelError) -> Status {
+    match e {
+        ModelError::UnsupportedArchitecture(_) | ModelError::TensorType { .. } => {
+            Status::Unsupported
+        }
+        _ => Status::BadModel,
+    }
+}
+
+impl Service {
+    /// Serves one control command; the reply to send.
+    pub(super) fn command<M: DriverMemory, T: Transport>(
+        &mut self,
+        cmd: ControlCommand<'_>,
+        driver: &mut LlmDriver<M, T>,
+        par: &dyn Parallel,
+        env: &dyn Environment,
+    ) -> ControlReply {
+        match cmd {
+            ControlCommand::LoadModelBegin(b) => {
+                let status = self.load_begin(&b, driver, env);
+                ack(control_type::LOAD_MODEL_BEGIN, status, b.model_id)
+            }
+            ControlCommand::LoadModelChunk(c) => {
+                let status = self.load_chunk(&c, par, env);
+                ack(control_type::LOAD_MODEL_CHUNK, status, c.model_id)
+            }
+            ControlCommand::LoadModelEnd(e) => {
+                let status = self.load_end(&e, env);
+                ack(control_type::LOAD_MODEL_END, status, e.model_id)
+            }
+            ControlCommand::UnloadModel(u) => {
+                let status = self.unload(u.model_id, env);
+                ack(control_type::UNLOAD_MODEL, status, u.model_id)
+            }
+            ControlCommand::OpenSession(o) => {
+                let status = self.open_session(&o, driver, env);
+                ack(control_type::OPEN_SESSION, status, o.session_id)
+            }
+            ControlCommand::CloseSession(c) => {
+                let status = match self.sessions.remove(&c.session_id) {
+                    Some(_) => Status::Ok,
+                    None => Status::NoSuchSession,
+                };
+                ack(control_type::CLOSE_SESSION, status, c.session_id)
+            }
+            ControlCommand::Probe(p) => ControlReply::Probe(self.probe(p, env)),
+            ControlCommand::Stats(_) => ControlReply::Stats(self.stats(env)),
+        }
+    }
+
+    /// Reserves memory for a model's file, making room for it first.
+    fn load_begin<M: DriverMemory, T: Transport>(
+        &mut self,
+        b: &LoadModelBegin,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Status {
+        if self.models.contains_key(&b.model_id) {
+            return Status::AlreadyExists;
+        }
+        if self.loading.is_some() || self.models.len() >= self.max_models {
+            return Status::Busy;
+        }
+        if let Err(s) = self.make_room(b.total_bytes, None, driver, env) {
+            return s;
+        }
+        match Loading::begin(b.model_id, b.total_bytes) {
+            Ok(l) => {
+                self.load_ns = (env.now_ns(), 0);
+                let (addr, len) = l.buffer();
+                env.prefault(addr, len);
+                self.loading = Some(l);
+                Status::Ok
+            }
+            Err(s) => s,
+        }
+    }
+
+    /// Takes the next chunk of the model being loaded; any failure discards the partial
+    /// model.
+    fn load_chunk(
+        &mut self,
+        c: &LoadModelChunk<'_>,
+        par: &dyn Parallel,
+        env: &dyn Environment,
+    ) -> Status {
+        let t0 = env.now_ns();
+        let result = match self.loading.as_mut() {
+            Some(l) if l.model_id == c.model_id => Some(l.chunk(c.offset, c.data, par)),
+            _ => None,
+        };
+        self.load_ns.1 += env.now_ns() - t0;
+        match result {
+            Some(Ok(())) => Status::Ok,
+            Some(Err(s)) => {
+                env.prefault(0, 0);
+                self.loading = None;
+                s
+            }
+            None => Status::BadRequest,
+        }
+    }
+
+    /// Checks and keeps the model just received.
+    fn load_end(&mut self, e: &LoadModelEnd, env: &dyn Environment) -> Status {
+        let l = match self.loading.take() {
+            Some(l) if l.model_id == e.model_id => l,
+            other => {
+                self.loading = other;
+                return Status::BadRequest;
+            }
+        };
+        env.prefault(0, 0);
+        let (bytes, t0) = (l.received(), env.now_ns());
+        let r = self.install(l, e.sha256);
+        let now = env.now_ns();
+        env.log(&alloc::format!(
+            "engine: model {} ({} MiB): {} ms from begin, {} ms in chunks, {} ms to check",
+            e.model_id,
+            bytes >> 20,
+            (now - self.load_ns.0) / 1_000_000,
+            self.load_ns.1 / 1_000_000,
+            (now - t0) / 1_000_000
+        ));
+        match r {
+            Ok(()) => Status::Ok,
+            Err(s) => s,
+        }
+    }
+
+    /// Checks a complete file as the engine will use it, then keeps it.
+    fn install(&mut self, loading: Loading, sha256: [u8; 32]) -> Result<(), Status> {
+        let model_id = loading.model_id;
+        let file = loading.finish(sha256)?;
+        let end_ids = {
+            let gguf = Gguf::parse(&file).map_err(|_| Status::BadModel)?;
+            Model::from_gguf(&gguf, self.kernels).map_err(|e| model_status(&e))?;
+            Tokenizer::end_of_generation_ids(&gguf).map_err(|_| Status::BadModel)?
+        };
+        self.clock += 1;
+        self.models.insert(
+            model_id,
+            LoadedModel {
+                file,
+                end_ids,
+                tokenizer: None,
+                last_used: self.clock,
+            },
+        );
+        Ok(())
+    }
+
+    /// Unloads a model with its sessions, or abandons its load.
+    fn unload(&mut self, model_id: u32, env: &dyn Environment) -> Status {
+        if self.models.remove(&model_id).is_some() {
+            self.sessions.retain(|_, s| s.model_id != model_id);
+            Status::Ok
+        } else if self
+            .loading
+            .as_ref()
+            .is_some_and(|l| l.model_id == model_id)
+        {
+            env.prefault(0, 0);
+            self.loading = None;
+            Status::Ok
+        } else {
+            Status::NoSuchModel
+        }
+    }
+
+    /// Opens a session with a KV cache of `o.context_len` positions, making room for it.
+    fn open_session<M: DriverMemory, T: Transport>(
+        &mut self,
+        o: &OpenSession,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Status {
+        if self.sessions.contains_key(&o.session_id) {
+            return Status::AlreadyExists;
+        }
+        if self.sessions.len() >= self.max_sessions {
+            return Status::Busy;
+        }
+        // The parsed views are dropped before making room: they hold private memory too.
+        let needed = match self
+            .models
+            .get(&o.model_id)
+            .map(|m| self.kv_bytes(m, o.context_len))
+        {
+            None => return Status::NoSuchModel,
+            Some(Err(s)) => return s,
+            Some(Ok(kv)) => kv,
+        };
+        if let Err(s) = self.make_room(needed + SESSION_SCRATCH_BYTES, None, driver, env) {
+            return s;
+        }
+        let Some(m) = self.models.get(&o.model_id) else {
+            return Status::NoSuchModel;
+        };
+        let Ok(gguf) = Gguf::parse(&m.file) else {
+            return Status::Internal;
+        };
+        let Ok(model) = Model::from_gguf(&gguf, self.kernels) else {
+            return Status::Internal;
+        };
+        let session = model.new_session(o.context_len as usize);
+        self.clock += 1;
+        self.sessions.insert(
+            o.session_id,
+            SessionSlot {
+                model_id: o.model_id,
+                context_len: o.context_len,
+                session: Some(session),
+                history: Vec::new(),
+                last_used: self.clock,
+            },
+        );
+        Status::Ok
+    }
+
+    /// What the service holds and has done.
+    fn stats(&self, env: &dyn Environment) -> StatsReply {
+        let usage = env.memory().usage();
+        StatsReply {
+            models_loaded: self.models.len() as u32,
+            sessions_open: self.sessions.len() as u32,
+            memory_used_bytes: usage.in_use,
+            memory_budget_bytes: usage.budget,
+            requests_completed: self.requests_completed,
+            tokens_generated: self.tokens_generated,
+            engine_kernels: self.kernels.isa().code(),
+            cpu_features: self.cpu_features.bits(),
+        }
+    }
+}

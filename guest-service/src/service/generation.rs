@@ -1,0 +1,281 @@
+//! One generation request: from the prompt to its end of stream, tokens streamed as they
+//! come ([`TokenStream`]), with cancels and budget changes served between tokens.
+//!
+//! Every way a request can end goes through [`Service::generate`], which sends the end of
+//! stream or the error: the steps before it return a [`Refusal`] instead of answering.
+
+use super::token_stream::{Link, Streamed, TokenStream};
+use super::{Environment, GENERATION_SCRATCH_BYTES, Service, error_response};
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use inference_guest::generate::{
+    GenerateOutcome, GenerateRequest as EngineRequest, StopReason as EngineStop, generate,
+};
+use inference_guest::gguf::Gguf;
+use inference_guest::model::{Model, ModelError};
+use inference_guest::parallel::Parallel;
+use inference_guest::sampler::{Sampler, SamplerConfig};
+use inference_guest::tokenizer::Tokenizer;
+use virtio_llm::Status;
+use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
+use virtio_llm::wire::memory::BudgetChange;
+use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
+use virtio_llm::wire::response::{EndOfStream, ResponseMsg, StopReason, Timings, Tokens};
+
+/// Why a request gets an error instead of its end of stream.
+struct Refusal {
+    status: Status,
+    message: String,
+}
+
+fn refuse(status: Status, message: &str) -> Refusal {
+    Refusal {
+        status,
+        message: message.to_string(),
+    }
+}
+
+/// How a request stopped short of its end of stream.
+enum Failure {
+    /// Answered with an error.
+    Refused(Refusal),
+    /// The link broke: nothing can be answered.
+    Link(DriverError),
+}
+
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Self {
+        Self::Refused(r)
+    }
+}
+
+impl From<DriverError> for Failure {
+    fn from(e: DriverError) -> Self {
+        Self::Link(e)
+    }
+}
+
+impl Service {
+    /// Serves a generation request: streams its tokens, then sends its end of stream or its
+    /// error (the only place either is sent), then applies a budget change that arrived
+    /// while it ran.
+    pub(super) fn generate<M: DriverMemory, T: Transport>(
+        &mut self,
+        g: GenerateRequest,
+        driver: &mut LlmDriver<M, T>,
+        par: &dyn Parallel,
+        env: &dyn Environment,
+    ) -> Result<(), DriverError> {
+        let id = g.request_id;
+        let mut deferred_budget = None;
+        let ending = match self.run(&g, driver, par, env, &mut deferred_budget) {
+            Ok(end) => Ok(ResponseMsg::EndOfStream(end)),
+            Err(Failure::Refused(r)) => Ok(error_response(id, r.status, &r.message)),
+            Err(Failure::Link(e)) => Err(e),
+        };
+        let sent = ending.and_then(|msg| self.send_response(driver, env, &msg));
+        if let Some(change) = deferred_budget {
+            self.apply_budget(change, driver, env)?;
+        }
+        sent
+    }
+
+    /// Runs the request on its session and streams its tokens; its end of stream.
+    fn run<M: DriverMemory, T: Transport>(
+        &mut self,
+        g: &GenerateRequest,
+        driver: &mut LlmDriver<M, T>,
+        par: &dyn Parallel,
+        env: &dyn Environment,
+        deferred_budget: &mut Option<BudgetChange>,
+    ) -> Result<EndOfStream, Failure> {
+        let prompt = self.ready_session(g, driver, par, env)?;
+        let slot = self
+            .sessions
+            .get_mut(&g.session_id)
+            .ok_or_else(|| refuse(Status::NoSuchSession, "no open session has this id"))?;
+        let session = slot
+            .session
+            .as_mut()
+            .ok_or_else(|| refuse(Status::Internal, "the session's KV cache is missing"))?;
+        let m = self
+            .models
+            .get(&slot.model_id)
+            .ok_or_else(|| refuse(Status::NoSuchModel, "the session's model was unloaded"))?;
+        let gguf = Gguf::parse(&m.file).map_err(|e| refuse(Status::Internal, &e.to_string()))?;
+        let model = Model::from_gguf(&gguf, self.kernels)
+            .map_err(|e| refuse(Status::Internal, &e.to_string()))?;
+        let mut sampler = sampler(&g.sampling, model.cfg.n_vocab)?;
+        let link = Link {
+            driver: &mut *driver,
+            env,
+            out: &mut self.out,
+            scratch: &mut self.scratch,
+            queued: &mut self.queued,
+            relinquisher: &mut self.relinquisher,
+        };
+        let mut stream = TokenStream::new(link, g.request_id);
+        let end_ids = &m.end_ids;
+        let result = generate(
+            &model,
+            session,
+            &mut sampler,
+            par,
+            &EngineRequest {
+                prompt: &prompt,
+                max_tokens: g.sampling.max_tokens as usize,
+                stop_at_eog: !g.sampling.ignore_eog,
+            },
+            &|t| end_ids.binary_search(&t).is_ok(),
+            &mut |token| stream.on_token(token),
+        );
+        // The cache now holds the prompt and the generated tokens that were fed back, in that
+        // order: keep the same tokens to rebuild it if it is evicted.
+        slot.history.extend_from_slice(&prompt);
+        slot.history.extend_from_slice(stream.generated());
+        slot.history.truncate(session.n_past());
+        let streamed = stream.finish()?;
+        let end = env.now_ns();
+        *deferred_budget = streamed.deferred_budget;
+        self.finish_stream(g.request_id, result, streamed, end, driver, env)
+    }
+
+    /// Readies the request's session: room for the generation, its KV cache rebuilt if it
+    /// was evicted, its model marked used; the prompt in tokens.
+    fn ready_session<M: DriverMemory, T: Transport>(
+        &mut self,
+        g: &GenerateRequest,
+        driver: &mut LlmDriver<M, T>,
+        par: &dyn Parallel,
+        env: &dyn Environment,
+    ) -> Result<Vec<u32>, Refusal> {
+        let evicted = match self.sessions.get(&g.session_id) {
+            Some(slot) => slot.session.is_none(),
+            None => {
+                return Err(refuse(
+                    Status::NoSuchSession,
+                    "no open session has this id (sessions of a model evicted under memory \
+                     pressure are closed)",
+                ));
+            }
+        };
+        // A generation allocates as it goes (the parsed model, the sampler, logits): make
+        // room for that first, evicting other idle sessions' caches if need be, so an
+        // allocation can never fail half-way (a failed allocation ends the guest).
+        self.make_room(GENERATION_SCRATCH_BYTES, Some(g.session_id), driver, env)
+            .map_err(|status| {
+                refuse(
+                    status,
+                    "not enough private memory to run a request within the budget",
+                )
+            })?;
+        if evicted {
+            self.restore_session(g.session_id, driver, par, env)
+                .map_err(|status| {
+                    refuse(
+                        status,
+                        "the session's KV cache was evicted under memory pressure and cannot \
+                         be rebuilt within the memory budget",
+                    )
+                })?;
+        }
+        self.clock += 1;
+        let clock = self.clock;
+        let slot = self
+            .sessions
+            .get_mut(&g.session_id)
+            .ok_or_else(|| refuse(Status::NoSuchSession, "no open session has this id"))?;
+        slot.last_used = clock;
+        if slot.session.is_none() {
+            return Err(refuse(
+                Status::Internal,
+                "the session's KV cache is missing",
+            ));
+        }
+        let m = self
+            .models
+            .get_mut(&slot.model_id)
+            .ok_or_else(|| refuse(Status::NoSuchModel, "the session's model was unloaded"))?;
+        let prompt = match &g.prompt {
+            Prompt::Tokens(t) => t.clone(),
+            Prompt::Text(s) => {
+                if m.tokenizer.is_none() {
+                    let built = Gguf::parse(&m.file)
+                        .map_err(ModelError::from)
+                        .and_then(|gguf| Tokenizer::from_gguf(&gguf).map_err(ModelError::from))
+                        .map_err(|e| refuse(Status::Internal, &e.to_string()))?;
+                    m.tokenizer = Some(built);
+                }
+                m.tokenizer
+                    .as_ref()
+                    .map(|t| t.encode(s, true, true))
+                    .unwrap_or_default()
+            }
+        };
+        m.last_used = clock;
+        Ok(prompt)
+    }
+
+    /// Sends the stream's last tokens; the request's end of stream, or why it failed.
+    fn finish_stream<M: DriverMemory, T: Transport>(
+        &mut self,
+        id: u64,
+        result: Result<GenerateOutcome, ModelError>,
+        streamed: Streamed,
+        end: u64,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<EndOfStream, Failure> {
+        if !streamed.batch.is_empty() {
+            let msg = ResponseMsg::Tokens(Tokens {
+                request_id: id,
+                token_ids: streamed.batch,
+            });
+            self.send_response(driver, env, &msg)?;
+        }
+        let outcome = result.map_err(|e| match e {
+            ModelError::ContextFull { .. } => refuse(
+                Status::ContextFull,
+                "the prompt does not fit the session's context",
+            ),
+            ModelError::BadToken { .. } => refuse(Status::BadRequest, &e.to_string()),
+            e => refuse(Status::Internal, &e.to_string()),
+        })?;
+        self.requests_completed += 1;
+        self.tokens_generated += outcome.generated_tokens as u64;
+        let first = streamed.first.unwrap_or(end);
+        Ok(EndOfStream {
+            request_id: id,
+            reason: match outcome.stop {
+                EngineStop::MaxTokens => StopReason::MaxTokens,
+                EngineStop::EndOfGeneration => StopReason::EndOfGeneration,
+                EngineStop::Cancelled if streamed.preempted => StopReason::Preempted,
+                EngineStop::Cancelled => StopReason::Cancelled,
+                EngineStop::ContextFull => StopReason::ContextFull,
+            },
+            prompt_tokens: outcome.prompt_tokens as u32,
+            generated_tokens: outcome.generated_tokens as u32,
+            timings: Timings {
+                prompt_ns: first.saturating_sub(streamed.start),
+                generation_ns: end.saturating_sub(first),
+            },
+        })
+    }
+}
+
+/// The engine's sampler for the request's parameters; a bad request if the engine refuses
+/// them.
+fn sampler(s: &SamplingParams, n_vocab: usize) -> Result<Sampler, Refusal> {
+    let cfg = SamplerConfig {
+        temperature: s.temperature,
+        top_k: s.top_k as usize,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repeat_penalty: s.repeat_penalty,
+        seed: s.seed,
+        ..SamplerConfig::default()
+    };
+    cfg.validate()
+        .map_err(|e| refuse(Status::BadRequest, &e.to_string()))?;
+    Ok(Sampler::new(cfg, n_vocab))
+}

@@ -1,0 +1,187 @@
+//! A generation's side of the link while the engine runs: every generated token goes
+//! through [`TokenStream::on_token`], which streams the tokens out in slices (when the
+//! [`TokenPacer`] says so), applies a budget change at once (eviction waits for the end of
+//! the request), and stops the generation on a cancel or a preempt for it; other requests
+//! wait their turn.
+
+use super::Environment;
+use super::token_pacer::TokenPacer;
+use crate::memory::Relinquisher;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
+use virtio_llm::spec::MAX_TOKENS_PER_RESPONSE;
+use virtio_llm::wire::memory::BudgetChange;
+use virtio_llm::wire::request::RequestMsg;
+use virtio_llm::wire::response::{ResponseMsg, Tokens};
+
+/// What the service lends a running generation.
+pub(super) struct Link<'a, M: DriverMemory, T: Transport> {
+    pub driver: &'a mut LlmDriver<M, T>,
+    pub env: &'a dyn Environment,
+    pub out: &'a mut Vec<u8>,
+    pub scratch: &'a mut Vec<u8>,
+    pub queued: &'a mut VecDeque<RequestMsg>,
+    pub relinquisher: &'a mut Relinquisher,
+}
+
+/// One generation's stream of tokens.
+pub(super) struct TokenStream<'a, M: DriverMemory, T: Transport> {
+    link: Link<'a, M, T>,
+    request_id: u64,
+    pacer: TokenPacer,
+    /// When the generation started and when its first token came (the VMM's clock).
+    start: u64,
+    first: Option<u64>,
+    /// Tokens not sent yet, and every token generated.
+    batch: Vec<u32>,
+    generated: Vec<u32>,
+    /// What stopped the stream other than the engine: the link broke.
+    link_error: Option<DriverError>,
+    /// A budget change applied to the pool mid-generation, whose eviction is still due.
+    deferred_budget: Option<BudgetChange>,
+    /// The device preempted the request (the engine reports that as a cancel).
+    preempted: bool,
+}
+
+/// What a finished stream leaves to send and to do.
+pub(super) struct Streamed {
+    pub batch: Vec<u32>,
+    pub start: u64,
+    pub first: Option<u64>,
+    pub deferred_budget: Option<BudgetChange>,
+    pub preempted: bool,
+}
+
+impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
+    /// A stream for request `request_id`, which starts now.
+    pub fn new(link: Link<'a, M, T>, request_id: u64) -> Self {
+        let start = link.env.now_ns();
+        let pacer = TokenPacer::new(start, link.env.ticks());
+        Self {
+            link,
+            request_id,
+            pacer,
+            start,
+            first: None,
+            batch: Vec::new(),
+            generated: Vec::new(),
+            link_error: None,
+            deferred_budget: None,
+            preempted: false,
+        }
+    }
+
+    /// The engine chose `token`: whether to go on.
+    pub fn on_token(&mut self, token: u32) -> bool {
+        let ticks = self.link.env.ticks();
+        // The first token's time, and (until the counter's rate is known, while every token
+        // is sent anyway) one clock read per token to learn it.
+        if self.first.is_none() || !self.pacer.calibrated() {
+            let now = self.link.env.now_ns();
+            self.first.get_or_insert(now);
+            self.pacer.calibrate(now, ticks);
+        }
+        self.batch.push(token);
+        self.generated.push(token);
+        let go_on = self
+            .send_due(ticks)
+            .and_then(|()| self.take_budget_change())
+            .and_then(|()| self.poll_requests());
+        match go_on {
+            Ok(go_on) => go_on,
+            Err(e) => {
+                self.link_error = Some(e);
+                false
+            }
+        }
+    }
+
+    /// Ends the stream: what is left, or the link's error.
+    pub fn finish(self) -> Result<Streamed, DriverError> {
+        if let Some(e) = self.link_error {
+            return Err(e);
+        }
+        Ok(Streamed {
+            batch: self.batch,
+            start: self.start,
+            first: self.first,
+            deferred_budget: self.deferred_budget,
+            preempted: self.preempted,
+        })
+    }
+
+    /// The tokens generated so far, whether the stream goes on or not.
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// Sends the batch when the pacer says so (the first token at once, then every ~20 ms)
+    /// and a transmit buffer is free; batches while the host is slower than generation. A
+    /// full batch waits for a buffer.
+    fn send_due(&mut self, ticks: u64) -> Result<(), DriverError> {
+        let full = self.batch.len() >= MAX_TOKENS_PER_RESPONSE;
+        if !full && !self.pacer.should_send(ticks) {
+            return Ok(());
+        }
+        let msg = ResponseMsg::Tokens(Tokens {
+            request_id: self.request_id,
+            token_ids: core::mem::take(&mut self.batch),
+        });
+        let link = &mut self.link;
+        let sent = if full {
+            super::send_blocking(link.driver, link.env, &msg, link.out).map(|()| true)?
+        } else {
+            link.driver.send_response(&msg, link.out)?
+        };
+        if sent {
+            self.pacer.sent();
+        } else if let ResponseMsg::Tokens(t) = msg {
+            self.batch = t.token_ids;
+        }
+        Ok(())
+    }
+
+    /// A lower budget cannot wait for the end of a long generation: free memory goes back
+    /// at once (answering the change), eviction follows when the request ends.
+    fn take_budget_change(&mut self) -> Result<(), DriverError> {
+        let link = &mut self.link;
+        let change = match link.driver.poll_budget(link.scratch) {
+            Ok(Some(change)) => change,
+            Ok(None) | Err(DriverError::Malformed { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mem = link.env.memory();
+        mem.set_budget(change.new_budget_bytes);
+        let env = link.env;
+        let park = || env.park();
+        link.relinquisher.trim_and_report(
+            link.driver,
+            mem,
+            change.new_budget_bytes,
+            change.sequence,
+            &park,
+        )?;
+        self.deferred_budget = Some(change);
+        Ok(())
+    }
+
+    /// A cancel or a preempt for this request stops it; anything else waits its turn.
+    fn poll_requests(&mut self) -> Result<bool, DriverError> {
+        let link = &mut self.link;
+        match link.driver.poll_request(link.scratch) {
+            Ok(Some(RequestMsg::Cancel(c))) if c.request_id == self.request_id => Ok(false),
+            Ok(Some(RequestMsg::Preempt(p))) if p.request_id == self.request_id => {
+                self.preempted = true;
+                Ok(false)
+            }
+            Ok(Some(RequestMsg::Cancel(_) | RequestMsg::Preempt(_))) | Ok(None) => Ok(true),
+            Ok(Some(other)) => {
+                link.queued.push_back(other);
+                Ok(true)
+            }
+            Err(DriverError::Malformed { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+}
