@@ -4,7 +4,7 @@
 //! request with an error naming the crash.
 
 use flexserve_e2e::{model_path, protected_images as images};
-use inference_guest::generate::{GenerateRequest as HostRequest, generate};
+use inference_guest::generate::{Generation, generate};
 use inference_guest::gguf::Gguf;
 use inference_guest::model::Model;
 use inference_guest::parallel::ThreadPool;
@@ -72,7 +72,7 @@ fn guest_equals_host(model_file: &str) {
             &mut session,
             &mut sampler,
             &pool,
-            &HostRequest {
+            &Generation {
                 prompt: &ids,
                 max_tokens: TOKENS as usize,
                 stop_at_eog: true,

@@ -6,7 +6,7 @@ use flexserve_e2e::loopback::{Driver, Loopback};
 use flexserve_e2e::model_path;
 use guest_service::memory::{MemoryUse, PrivateMemory};
 use guest_service::service::{Environment, Service, Step};
-use inference_guest::generate::{GenerateRequest as HostRequest, generate};
+use inference_guest::generate::{Generation, generate};
 use inference_guest::gguf::Gguf;
 use inference_guest::model::{Model, Session};
 use inference_guest::parallel::SingleThread;
@@ -376,7 +376,7 @@ impl HostEngine {
             session,
             &mut sampler,
             &SingleThread,
-            &HostRequest {
+            &Generation {
                 prompt,
                 max_tokens: max_tokens as usize,
                 stop_at_eog,

@@ -5,21 +5,22 @@ use crate::parallel::Parallel;
 use crate::sampler::Sampler;
 use alloc::vec::Vec;
 
-/// Why generation stopped.
+/// Why the token loop finished. (The protocol's `StopReason` adds what the loop cannot
+/// know: whether a stop was a cancel or a preempt.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
+pub enum Finish {
     /// The model produced an end-of-generation token.
     EndOfGeneration,
     /// `max_tokens` were generated.
     MaxTokens,
     /// The context window is full.
     ContextFull,
-    /// The caller's callback asked to stop (client gone, Ctrl-C).
-    Cancelled,
+    /// The caller's `on_token` asked to stop (a cancel, a preempt, Ctrl-C).
+    Stopped,
 }
 
-/// What the loop needs besides the model.
-pub struct GenerateRequest<'p> {
+/// What to generate: the loop's input besides the model and sampler.
+pub struct Generation<'p> {
     pub prompt: &'p [u32],
     pub max_tokens: usize,
     /// Stop at an end-of-generation token (`false` to always produce `max_tokens`).
@@ -31,7 +32,7 @@ pub struct GenerateRequest<'p> {
 pub struct GenerateOutcome {
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
-    pub stop: StopReason,
+    pub finish: Finish,
 }
 
 /// Runs `req.prompt` through `session` and samples up to `req.max_tokens` tokens.
@@ -44,7 +45,7 @@ pub fn generate(
     session: &mut Session,
     sampler: &mut Sampler,
     par: &dyn Parallel,
-    req: &GenerateRequest<'_>,
+    req: &Generation<'_>,
     is_eog: &dyn Fn(u32) -> bool,
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<GenerateOutcome, ModelError> {
@@ -52,12 +53,12 @@ pub fn generate(
     let mut generated = 0;
     // The prompt first, then each sampled token on its own.
     let mut fed_back: Option<u32> = None;
-    let stop = loop {
+    let finish = loop {
         let input = fed_back.as_slice();
         let input = if input.is_empty() { req.prompt } else { input };
         let logits = session.eval(model, input, Logits::Last, par)?;
         if generated >= req.max_tokens {
-            break StopReason::MaxTokens;
+            break Finish::MaxTokens;
         }
         let token = sampler.sample(logits, &history);
         generated += 1;
@@ -66,22 +67,22 @@ pub fn generate(
         // stop: a preempted request must not be resumed past its end.
         let go_on = on_token(token);
         if req.stop_at_eog && is_eog(token) {
-            break StopReason::EndOfGeneration;
+            break Finish::EndOfGeneration;
         }
         if generated >= req.max_tokens {
-            break StopReason::MaxTokens;
+            break Finish::MaxTokens;
         }
         if session.n_past() >= session.n_ctx() {
-            break StopReason::ContextFull;
+            break Finish::ContextFull;
         }
         if !go_on {
-            break StopReason::Cancelled;
+            break Finish::Stopped;
         }
         fed_back = Some(token);
     };
     Ok(GenerateOutcome {
         prompt_tokens: req.prompt.len(),
         generated_tokens: generated,
-        stop,
+        finish,
     })
 }

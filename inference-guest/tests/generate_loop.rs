@@ -5,7 +5,7 @@
 //! The model comes from `make setup` (git-ignored); when it is missing the test says so and
 //! skips, unless `FLEXSERVE_REQUIRE_MODELS=1` (set by `make test`), where it fails.
 
-use inference_guest::generate::{GenerateRequest, StopReason, generate};
+use inference_guest::generate::{Finish, Generation, generate};
 use inference_guest::gguf::Gguf;
 use inference_guest::model::{Logits, Model};
 use inference_guest::parallel::ThreadPool;
@@ -58,7 +58,7 @@ fn reference(model: &Model<'_>, pool: &ThreadPool, n: usize, cfg: SamplerConfig)
 
 struct Run {
     tokens: Vec<u32>,
-    stop: StopReason,
+    stop: Finish,
     n_past: usize,
 }
 
@@ -73,7 +73,7 @@ fn run(
 ) -> Run {
     let mut session = model.new_session(n_ctx);
     let mut sampler = Sampler::new(sampler, model.cfg.n_vocab);
-    let req = GenerateRequest {
+    let req = Generation {
         prompt: &PROMPT,
         max_tokens,
         stop_at_eog: true,
@@ -96,7 +96,7 @@ fn run(
     assert_eq!(outcome.generated_tokens, tokens.len());
     Run {
         tokens,
-        stop: outcome.stop,
+        stop: outcome.finish,
         n_past: session.n_past(),
     }
 }
@@ -111,31 +111,31 @@ fn generate_stops_each_way_with_the_tokens_a_plain_loop_picks() {
 
         let full = run(model, pool, 512, 24, greedy, &never, &always);
         assert_eq!(full.tokens, expected, "greedy generate() vs the plain loop");
-        assert_eq!(full.stop, StopReason::MaxTokens);
+        assert_eq!(full.stop, Finish::MaxTokens);
         // The session keeps the prompt and every generated token but the last.
         assert_eq!(full.n_past, PROMPT.len() + 23);
 
         let none = run(model, pool, 512, 0, greedy, &never, &always);
-        assert_eq!((none.tokens.len(), none.stop), (0, StopReason::MaxTokens));
+        assert_eq!((none.tokens.len(), none.stop), (0, Finish::MaxTokens));
         assert_eq!(none.n_past, PROMPT.len(), "the prompt is still evaluated");
 
         let cancelled = run(model, pool, 512, 24, greedy, &never, &|n| n < 3);
         assert_eq!(cancelled.tokens, expected[..3]);
-        assert_eq!(cancelled.stop, StopReason::Cancelled);
+        assert_eq!(cancelled.stop, Finish::Stopped);
         // A stop asked on the last token the request may make is its natural end.
         let at_max = run(model, pool, 512, 3, greedy, &never, &|n| n < 3);
         assert_eq!(at_max.tokens, expected[..3]);
-        assert_eq!(at_max.stop, StopReason::MaxTokens);
+        assert_eq!(at_max.stop, Finish::MaxTokens);
 
         let eog = expected[4];
         let first_eog = expected.iter().position(|&t| t == eog).expect("present");
         let ended = run(model, pool, 512, 24, greedy, &|t| t == eog, &always);
         assert_eq!(ended.tokens, expected[..=first_eog]);
-        assert_eq!(ended.stop, StopReason::EndOfGeneration);
+        assert_eq!(ended.stop, Finish::EndOfGeneration);
 
         let n_ctx = PROMPT.len() + 5;
         let short = run(model, pool, n_ctx, 24, greedy, &never, &always);
-        assert_eq!(short.stop, StopReason::ContextFull);
+        assert_eq!(short.stop, Finish::ContextFull);
         assert_eq!(short.tokens, expected[..6]);
         assert_eq!(short.n_past, n_ctx);
     });

@@ -9,7 +9,7 @@ use crate::model::huge_buffer::Pages;
 use crate::model::{Access, HostModel};
 use crate::run::guest::ProtectedRunError;
 use crate::run::host::RunError;
-use inference_guest::generate::{GenerateRequest as EngineRequest, generate};
+use inference_guest::generate::{Generation, generate};
 use inference_guest::model::Model;
 use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::Kernels;
@@ -127,7 +127,7 @@ impl HostEngine<'_> {
         let mut session = self.model.new_session(ids.len() + gen_tokens + 1);
         let mut sampler = Sampler::new(SamplerConfig::greedy(), self.model.cfg.n_vocab);
         let mut first = None;
-        let req = EngineRequest {
+        let req = Generation {
             prompt: ids,
             max_tokens: gen_tokens,
             stop_at_eog: false,

@@ -5,7 +5,7 @@ use crate::cli::{RunArgs, SamplingArgs};
 use crate::model::huge_buffer::Pages;
 use crate::model::{Access, HostModel, HostModelError};
 use crate::text_stream::Utf8Stream;
-use inference_guest::generate::{GenerateRequest, StopReason, generate};
+use inference_guest::generate::{Finish, Generation, generate};
 use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::Kernels;
 use inference_guest::sampler::{Sampler, SamplerConfig, SamplerError};
@@ -70,7 +70,7 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<(), RunError> {
     let mut stream = Utf8Stream::default();
     let mut first_token = None;
     let mut write_err = None;
-    let req = GenerateRequest {
+    let req = Generation {
         prompt: &ids,
         max_tokens: args.sampling.max_tokens,
         stop_at_eog: true,
@@ -117,11 +117,11 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<(), RunError> {
         outcome.prompt_tokens as f64 / prefill_s.max(1e-9),
         decoded,
         decoded as f64 / decode_s.max(1e-9),
-        match outcome.stop {
-            StopReason::EndOfGeneration => "end of generation",
-            StopReason::MaxTokens => "max tokens",
-            StopReason::ContextFull => "context full",
-            StopReason::Cancelled => "cancelled",
+        match outcome.finish {
+            Finish::EndOfGeneration => "end of generation",
+            Finish::MaxTokens => "max tokens",
+            Finish::ContextFull => "context full",
+            Finish::Stopped => "cancelled",
         }
     );
     Ok(())

@@ -8,9 +8,7 @@ use super::token_stream::{Link, Streamed, TokenStream};
 use super::{Environment, GENERATION_SCRATCH_BYTES, Service, error_response};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use inference_guest::generate::{
-    GenerateOutcome, GenerateRequest as EngineRequest, StopReason as EngineStop, generate,
-};
+use inference_guest::generate::{Finish, GenerateOutcome, Generation, generate};
 use inference_guest::gguf::Gguf;
 use inference_guest::model::{Model, ModelError};
 use inference_guest::parallel::Parallel;
@@ -121,7 +119,7 @@ impl Service {
             session,
             &mut sampler,
             par,
-            &EngineRequest {
+            &Generation {
                 prompt: &prompt,
                 max_tokens: g.sampling.max_tokens as usize,
                 stop_at_eog: !g.sampling.ignore_eog,
@@ -246,12 +244,12 @@ impl Service {
         let first = streamed.first.unwrap_or(end);
         Ok(EndOfStream {
             request_id: id,
-            reason: match outcome.stop {
-                EngineStop::MaxTokens => StopReason::MaxTokens,
-                EngineStop::EndOfGeneration => StopReason::EndOfGeneration,
-                EngineStop::Cancelled if streamed.preempted => StopReason::Preempted,
-                EngineStop::Cancelled => StopReason::Cancelled,
-                EngineStop::ContextFull => StopReason::ContextFull,
+            reason: match outcome.finish {
+                Finish::MaxTokens => StopReason::MaxTokens,
+                Finish::EndOfGeneration => StopReason::EndOfGeneration,
+                Finish::Stopped if streamed.preempted => StopReason::Preempted,
+                Finish::Stopped => StopReason::Cancelled,
+                Finish::ContextFull => StopReason::ContextFull,
             },
             prompt_tokens: outcome.prompt_tokens as u32,
             generated_tokens: outcome.generated_tokens as u32,
