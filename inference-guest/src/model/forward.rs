@@ -3,7 +3,7 @@
 use super::attention::{self, DotOrder};
 use super::kv_cache::KvCache;
 use super::matmul::{self, MatmulScratch, Product};
-use super::{Model, ModelError};
+use super::{Layer, Model, ModelError};
 use crate::math::{rms_norm_rows, rope_angles, rope_apply};
 use crate::parallel::{Parallel, for_each_chunk_mut};
 use alloc::vec::Vec;
@@ -65,6 +65,19 @@ impl Model<'_> {
         par: &dyn Parallel,
         logits: &mut Vec<f32>,
     ) -> Result<(), ModelError> {
+        self.check_batch(kv, n_past, tokens)?;
+        self.embed(buf, n_past, tokens);
+        let t = tokens.len();
+        for (li, layer) in self.weights.layers.iter().enumerate() {
+            self.attention_block(kv, buf, li, layer, n_past, t, par);
+            self.feed_forward_block(buf, layer, t, par);
+        }
+        self.output(buf, t, want, par, logits);
+        Ok(())
+    }
+
+    /// Refuses an empty batch, one past the context, and unknown token ids.
+    fn check_batch(&self, kv: &KvCache, n_past: usize, tokens: &[u32]) -> Result<(), ModelError> {
         let cfg = &self.cfg;
         let t = tokens.len();
         if t == 0 {
@@ -82,19 +95,20 @@ impl Model<'_> {
                 n_vocab: cfg.n_vocab,
             });
         }
-        let (e, qd, kvd, ff, hd) = (
-            cfg.n_embd,
-            cfg.q_dim(),
-            cfg.kv_dim(),
-            cfg.n_ff,
-            cfg.head_dim,
-        );
-        let k = &self.kernels;
+        Ok(())
+    }
 
+    /// The batch's embeddings into `buf.x`, its RoPE angles into `buf.cos`/`buf.sin`, and
+    /// every other buffer sized for `tokens.len()` positions.
+    fn embed(&self, buf: &mut Buffers, n_past: usize, tokens: &[u32]) {
+        let cfg = &self.cfg;
+        let t = tokens.len();
+        let (e, qd, kvd, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
         let x = sized(&mut buf.x, t * e);
         let embd = &self.weights.token_embd;
         for (row, &id) in x.chunks_exact_mut(e).zip(tokens) {
-            k.dequantize_row(embd.ty, embd.rows_slice(id as usize, 1), row);
+            self.kernels
+                .dequantize_row(embd.ty, embd.rows_slice(id as usize, 1), row);
         }
 
         let half = cfg.rope_dims / 2;
@@ -107,7 +121,6 @@ impl Model<'_> {
             );
             rope_angles(n_past + j, cfg.rope_freq_base, cfg.rope_dims, c, s);
         }
-        let neox = cfg.rope_layout == super::RopeLayout::Neox;
 
         buf.xb.resize(t * e, 0.0);
         buf.q.resize(t * qd, 0.0);
@@ -117,107 +130,141 @@ impl Model<'_> {
         buf.proj.resize(t * e, 0.0);
         buf.gate.resize(t * ff, 0.0);
         buf.up.resize(t * ff, 0.0);
+    }
 
-        for (li, layer) in self.weights.layers.iter().enumerate() {
-            rms_norm_rows(&buf.x, &layer.attn_norm, cfg.rms_eps, &mut buf.xb);
-            matmul::run(
-                k,
-                par,
-                &mut buf.matmul,
-                &buf.xb,
-                t,
-                &mut [
-                    Product {
-                        matrix: &layer.wq,
-                        out: &mut buf.q,
-                    },
-                    Product {
-                        matrix: &layer.wk,
-                        out: &mut buf.k,
-                    },
-                    Product {
-                        matrix: &layer.wv,
-                        out: &mut buf.v,
-                    },
-                ],
-            );
-            for (bias, out, dim) in [
-                (&layer.bq, &mut buf.q, qd),
-                (&layer.bk, &mut buf.k, kvd),
-                (&layer.bv, &mut buf.v, kvd),
-            ] {
-                if let Some(b) = bias {
-                    for row in out.chunks_exact_mut(dim) {
-                        row.iter_mut().zip(b).for_each(|(o, &bb)| *o += bb);
-                    }
+    /// One layer's attention: RMSNorm, the Q/K/V products (one parallel region), biases,
+    /// RoPE, the new keys and values into `kv`, attention, the output product, the residual.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_block(
+        &self,
+        kv: &mut KvCache,
+        buf: &mut Buffers,
+        li: usize,
+        layer: &Layer,
+        n_past: usize,
+        t: usize,
+        par: &dyn Parallel,
+    ) {
+        let cfg = &self.cfg;
+        let (qd, kvd, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let half = cfg.rope_dims / 2;
+        let neox = cfg.rope_layout == super::RopeLayout::Neox;
+        let k = &self.kernels;
+        rms_norm_rows(&buf.x, &layer.attn_norm, cfg.rms_eps, &mut buf.xb);
+        matmul::run(
+            k,
+            par,
+            &mut buf.matmul,
+            &buf.xb,
+            t,
+            &mut [
+                Product {
+                    matrix: &layer.wq,
+                    out: &mut buf.q,
+                },
+                Product {
+                    matrix: &layer.wk,
+                    out: &mut buf.k,
+                },
+                Product {
+                    matrix: &layer.wv,
+                    out: &mut buf.v,
+                },
+            ],
+        );
+        for (bias, out, dim) in [
+            (&layer.bq, &mut buf.q, qd),
+            (&layer.bk, &mut buf.k, kvd),
+            (&layer.bv, &mut buf.v, kvd),
+        ] {
+            if let Some(b) = bias {
+                for row in out.chunks_exact_mut(dim) {
+                    row.iter_mut().zip(b).for_each(|(o, &bb)| *o += bb);
                 }
             }
-            for j in 0..t {
-                let (c, s) = (
-                    &buf.cos[j * half..(j + 1) * half],
-                    &buf.sin[j * half..(j + 1) * half],
-                );
-                for head in buf.q[j * qd..(j + 1) * qd].chunks_exact_mut(hd) {
-                    rope_apply(&mut head[..cfg.rope_dims], c, s, neox);
-                }
-                for head in buf.k[j * kvd..(j + 1) * kvd].chunks_exact_mut(hd) {
-                    rope_apply(&mut head[..cfg.rope_dims], c, s, neox);
-                }
-                kv.store(
-                    li,
-                    n_past + j,
-                    &buf.k[j * kvd..(j + 1) * kvd],
-                    &buf.v[j * kvd..(j + 1) * kvd],
-                );
-            }
-            self.attention(kv, li, n_past, &buf.q, &mut buf.att, par);
-            matmul::run(
-                k,
-                par,
-                &mut buf.matmul,
-                &buf.att,
-                t,
-                &mut [Product {
-                    matrix: &layer.wo,
-                    out: &mut buf.proj,
-                }],
-            );
-            buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
-
-            rms_norm_rows(&buf.x, &layer.ffn_norm, cfg.rms_eps, &mut buf.xb);
-            matmul::run(
-                k,
-                par,
-                &mut buf.matmul,
-                &buf.xb,
-                t,
-                &mut [
-                    Product {
-                        matrix: &layer.w_gate,
-                        out: &mut buf.gate,
-                    },
-                    Product {
-                        matrix: &layer.w_up,
-                        out: &mut buf.up,
-                    },
-                ],
-            );
-            // SwiGLU in place: gate <- silu(gate) * up.
-            self.swiglu(&mut buf.gate, &buf.up, &mut buf.proj_ff);
-            matmul::run(
-                k,
-                par,
-                &mut buf.matmul,
-                &buf.gate,
-                t,
-                &mut [Product {
-                    matrix: &layer.w_down,
-                    out: &mut buf.proj,
-                }],
-            );
-            buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
         }
+        for j in 0..t {
+            let (c, s) = (
+                &buf.cos[j * half..(j + 1) * half],
+                &buf.sin[j * half..(j + 1) * half],
+            );
+            for head in buf.q[j * qd..(j + 1) * qd].chunks_exact_mut(hd) {
+                rope_apply(&mut head[..cfg.rope_dims], c, s, neox);
+            }
+            for head in buf.k[j * kvd..(j + 1) * kvd].chunks_exact_mut(hd) {
+                rope_apply(&mut head[..cfg.rope_dims], c, s, neox);
+            }
+            kv.store(
+                li,
+                n_past + j,
+                &buf.k[j * kvd..(j + 1) * kvd],
+                &buf.v[j * kvd..(j + 1) * kvd],
+            );
+        }
+        self.attention(kv, li, n_past, &buf.q, &mut buf.att, par);
+        matmul::run(
+            k,
+            par,
+            &mut buf.matmul,
+            &buf.att,
+            t,
+            &mut [Product {
+                matrix: &layer.wo,
+                out: &mut buf.proj,
+            }],
+        );
+        buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
+    }
 
+    /// One layer's feed-forward: RMSNorm, the gate/up products (one region), SwiGLU, the
+    /// down product, the residual.
+    fn feed_forward_block(&self, buf: &mut Buffers, layer: &Layer, t: usize, par: &dyn Parallel) {
+        let k = &self.kernels;
+        rms_norm_rows(&buf.x, &layer.ffn_norm, self.cfg.rms_eps, &mut buf.xb);
+        matmul::run(
+            k,
+            par,
+            &mut buf.matmul,
+            &buf.xb,
+            t,
+            &mut [
+                Product {
+                    matrix: &layer.w_gate,
+                    out: &mut buf.gate,
+                },
+                Product {
+                    matrix: &layer.w_up,
+                    out: &mut buf.up,
+                },
+            ],
+        );
+        // SwiGLU in place: gate <- silu(gate) * up.
+        self.swiglu(&mut buf.gate, &buf.up, &mut buf.proj_ff);
+        matmul::run(
+            k,
+            par,
+            &mut buf.matmul,
+            &buf.gate,
+            t,
+            &mut [Product {
+                matrix: &layer.w_down,
+                out: &mut buf.proj,
+            }],
+        );
+        buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
+    }
+
+    /// The final norm and the output product for the positions `want` asks logits for.
+    fn output(
+        &self,
+        buf: &mut Buffers,
+        t: usize,
+        want: Logits,
+        par: &dyn Parallel,
+        logits: &mut Vec<f32>,
+    ) {
+        let cfg = &self.cfg;
+        let e = cfg.n_embd;
         let first_out = match want {
             Logits::Last => t - 1,
             Logits::All => 0,
@@ -228,7 +275,7 @@ impl Model<'_> {
         rms_norm_rows(xo, &self.weights.output_norm, cfg.rms_eps, xb);
         logits.resize(n_out * cfg.n_vocab, 0.0);
         matmul::run(
-            k,
+            &self.kernels,
             par,
             &mut buf.matmul,
             &buf.xb[..n_out * e],
@@ -238,7 +285,6 @@ impl Model<'_> {
                 out: logits,
             }],
         );
-        Ok(())
     }
 
     /// Causal grouped-query attention for the `t` new positions (see [`attention`]).

@@ -50,25 +50,7 @@ pub fn run(
     );
     debug_assert_eq!(input.len(), t * n);
 
-    // Quantise the input once for each format the matrices need.
-    let mut n_acts = 0;
-    for p in products.iter() {
-        let fmt = ActFormat::for_weights(p.matrix.ty);
-        if scratch.acts[..n_acts].iter().any(|(f, _)| *f == fmt) {
-            continue;
-        }
-        if scratch.acts.len() == n_acts {
-            scratch.acts.push((fmt, Vec::new()));
-        }
-        let (f, bytes) = &mut scratch.acts[n_acts];
-        *f = fmt;
-        let rb = fmt.row_bytes(n);
-        bytes.resize(rb * t, 0);
-        for (row, dst) in input.chunks_exact(n).zip(bytes.chunks_exact_mut(rb)) {
-            kernels.quantize_act(fmt, row, dst);
-        }
-        n_acts += 1;
-    }
+    let n_acts = quantize_input(kernels, scratch, input, n, t, products);
     let acts = &scratch.acts[..n_acts];
     let act_for = |m: &Matrix<'_>| {
         let fmt = ActFormat::for_weights(m.ty);
@@ -125,15 +107,52 @@ pub fn run(
     }
     drop(tasks);
     if t > 1 {
-        let mut src: &[f32] = &scratch.transposed;
-        for p in products.iter_mut() {
-            let rows = p.matrix.rows;
-            let (mine, rest) = src.split_at(rows * t);
-            src = rest;
-            for (i, col) in mine.chunks_exact(t).enumerate() {
-                for (j, &v) in col.iter().enumerate() {
-                    p.out[j * rows + i] = v;
-                }
+        untranspose(&scratch.transposed, t, products);
+    }
+}
+
+/// Quantises `input` (`t` rows of `n`) once for each activation format the matrices need,
+/// into `scratch.acts`; returns how many formats that was.
+fn quantize_input(
+    kernels: &Kernels,
+    scratch: &mut MatmulScratch,
+    input: &[f32],
+    n: usize,
+    t: usize,
+    products: &[Product<'_, '_>],
+) -> usize {
+    let mut n_acts = 0;
+    for p in products {
+        let fmt = ActFormat::for_weights(p.matrix.ty);
+        if scratch.acts[..n_acts].iter().any(|(f, _)| *f == fmt) {
+            continue;
+        }
+        if scratch.acts.len() == n_acts {
+            scratch.acts.push((fmt, Vec::new()));
+        }
+        let (f, bytes) = &mut scratch.acts[n_acts];
+        *f = fmt;
+        let rb = fmt.row_bytes(n);
+        bytes.resize(rb * t, 0);
+        for (row, dst) in input.chunks_exact(n).zip(bytes.chunks_exact_mut(rb)) {
+            kernels.quantize_act(fmt, row, dst);
+        }
+        n_acts += 1;
+    }
+    n_acts
+}
+
+/// Copies the batched products, computed output row by output row (`[rows][t]`, each
+/// matrix after the other in `transposed`), into each product's `[t][rows]` output.
+fn untranspose(transposed: &[f32], t: usize, products: &mut [Product<'_, '_>]) {
+    let mut src = transposed;
+    for p in products.iter_mut() {
+        let rows = p.matrix.rows;
+        let (mine, rest) = src.split_at(rows * t);
+        src = rest;
+        for (i, col) in mine.chunks_exact(t).enumerate() {
+            for (j, &v) in col.iter().enumerate() {
+                p.out[j * rows + i] = v;
             }
         }
     }

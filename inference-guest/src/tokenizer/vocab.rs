@@ -205,6 +205,49 @@ pub(crate) fn end_ids(
     }
 }
 
+/// The tokenizing engine for `kind`, and that kind's defaults for adding BOS and a space
+/// prefix.
+fn engine_for(
+    kind: TokenizerKind,
+    token_to_id: &BTreeMap<String, u32>,
+    n_vocab: u32,
+    unk: Option<u32>,
+) -> Result<(Engine, bool, bool), TokenizerError> {
+    Ok(match kind {
+        TokenizerKind::Gpt2 { pre, merges } => {
+            let pre = PreTokenizer::from_name(&pre)?;
+            let add_bos_default = pre.add_bos_default;
+            (
+                Engine::Bpe(BpeModel::new(pre, &merges, token_to_id, n_vocab)),
+                add_bos_default,
+                false,
+            )
+        }
+        TokenizerKind::Llama => {
+            let mut byte_tokens = [None; 256];
+            for (b, slot) in byte_tokens.iter_mut().enumerate() {
+                let hex = alloc::format!("<0x{b:02X}>");
+                let raw = u8::try_from(b)
+                    .ok()
+                    .filter(u8::is_ascii)
+                    .map(|b| String::from(b as char));
+                *slot = token_to_id
+                    .get(&hex)
+                    .or_else(|| raw.and_then(|r| token_to_id.get(&r)))
+                    .copied()
+                    .or(unk);
+            }
+            (
+                Engine::Spm {
+                    byte_tokens: alloc::boxed::Box::new(byte_tokens),
+                },
+                true,
+                true,
+            )
+        }
+    })
+}
+
 impl Tokenizer {
     /// Builds a tokenizer from its parts, validating every id and array length.
     pub fn from_spec(spec: VocabSpec) -> Result<Self, TokenizerError> {
@@ -259,15 +302,7 @@ impl Tokenizer {
             // Later duplicates win, as in llama.cpp's `token_to_id[word] = i`.
             token_to_id.insert(t.clone(), i as u32);
         }
-        let check_id = |key: &'static str, id: Option<u64>, default: Option<u32>| match id {
-            Some(id) if id < u64::from(n_vocab) => Ok(Some(id as u32)),
-            Some(id) => Err(TokenizerError::TokenIdOutOfRange {
-                key,
-                id,
-                n_vocab: n,
-            }),
-            None => Ok(default.filter(|&d| d < n_vocab)),
-        };
+        let check_id = |key, id, default| checked_id(key, id, default, n_vocab);
         let is_spm = kind == TokenizerKind::Llama;
         let (bos_default, eos_default, unk_default) = if is_spm {
             (Some(1), Some(2), Some(0))
@@ -290,53 +325,12 @@ impl Tokenizer {
             eog[id as usize] = true;
         }
 
-        let (engine, add_bos_default, space_default) = match kind {
-            TokenizerKind::Gpt2 { pre, merges } => {
-                let pre = PreTokenizer::from_name(&pre)?;
-                let add_bos_default = pre.add_bos_default;
-                (
-                    Engine::Bpe(BpeModel::new(pre, &merges, &token_to_id, n_vocab)),
-                    add_bos_default,
-                    false,
-                )
-            }
-            TokenizerKind::Llama => {
-                let mut byte_tokens = [None; 256];
-                for (b, slot) in byte_tokens.iter_mut().enumerate() {
-                    let hex = alloc::format!("<0x{b:02X}>");
-                    let raw = u8::try_from(b)
-                        .ok()
-                        .filter(u8::is_ascii)
-                        .map(|b| String::from(b as char));
-                    *slot = token_to_id
-                        .get(&hex)
-                        .or_else(|| raw.and_then(|r| token_to_id.get(&r)))
-                        .copied()
-                        .or(unk);
-                }
-                (
-                    Engine::Spm {
-                        byte_tokens: alloc::boxed::Box::new(byte_tokens),
-                    },
-                    true,
-                    true,
-                )
-            }
-        };
+        let (engine, add_bos_default, space_default) =
+            engine_for(kind, &token_to_id, n_vocab, unk)?;
 
-        let mut special_cache: Vec<u32> = (0..n_vocab)
-            .filter(|&id| {
-                attrs[id as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
-            })
-            .collect();
-        special_cache.sort_by_key(|&id| core::cmp::Reverse(tokens[id as usize].len()));
+        let special_cache = special_cache(&tokens, &attrs);
 
-        let mut pieces = Vec::new();
-        let mut piece_ends = Vec::with_capacity(n);
-        for (id, (text, &a)) in tokens.iter().zip(&attrs).enumerate() {
-            push_piece(&mut pieces, id as u32, text, a, is_spm)?;
-            piece_ends.push(pieces.len());
-        }
+        let (pieces, piece_ends) = pieces(&tokens, &attrs, is_spm)?;
 
         Ok(Self {
             engine,
@@ -410,6 +404,51 @@ impl Tokenizer {
         }
         out
     }
+}
+
+/// The id `key` names, which must be in the vocabulary; without one, `default` if it is.
+fn checked_id(
+    key: &'static str,
+    id: Option<u64>,
+    default: Option<u32>,
+    n_vocab: u32,
+) -> Result<Option<u32>, TokenizerError> {
+    match id {
+        Some(id) if id < u64::from(n_vocab) => Ok(Some(id as u32)),
+        Some(id) => Err(TokenizerError::TokenIdOutOfRange {
+            key,
+            id,
+            n_vocab: n_vocab as usize,
+        }),
+        None => Ok(default.filter(|&d| d < n_vocab)),
+    }
+}
+
+/// The ids matched as special tokens in text (control, user-defined, unknown), longest
+/// first, so a longer special token wins over a prefix of it.
+fn special_cache(tokens: &[String], attrs: &[u8]) -> Vec<u32> {
+    let mut ids: Vec<u32> = (0..tokens.len() as u32)
+        .filter(|&id| {
+            attrs[id as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+        })
+        .collect();
+    ids.sort_by_key(|&id| core::cmp::Reverse(tokens[id as usize].len()));
+    ids
+}
+
+/// Every token's bytes as detokenizing emits them, end to end, and where each one ends.
+fn pieces(
+    tokens: &[String],
+    attrs: &[u8],
+    is_spm: bool,
+) -> Result<(Vec<u8>, Vec<usize>), TokenizerError> {
+    let mut pieces = Vec::new();
+    let mut piece_ends = Vec::with_capacity(tokens.len());
+    for (id, (text, &a)) in tokens.iter().zip(attrs).enumerate() {
+        push_piece(&mut pieces, id as u32, text, a, is_spm)?;
+        piece_ends.push(pieces.len());
+    }
+    Ok((pieces, piece_ends))
 }
 
 /// Appends the bytes token `id` decodes to (llama.cpp `token_to_piece` with `special`).

@@ -403,6 +403,24 @@ macro_rules! tiled_kernels {
                         }
                     }
                 }
+                // SAFETY: AVX2 is this function's contract, and `store_tile`'s.
+                unsafe { store_tile::<F, R, C>(&acc, &msum, &total, out, stride) };
+            }
+
+            /// Writes a finished tile: each output's block totals, or its accumulator's lanes
+            /// summed plus its min term.
+            ///
+            /// # Safety
+            /// The CPU must support AVX2. (Slice bounds are checked.)
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn store_tile<F: Fmt, const R: usize, const C: usize>(
+                acc: &[[__m256; C]; R],
+                msum: &[[f32; C]; R],
+                total: &[__m128; 4],
+                out: &mut [f32],
+                stride: usize,
+            ) {
                 let mut totals = [0.0f32; 16];
                 for (g, t) in total.iter().enumerate() {
                     let dst: &mut [f32; 4] =
