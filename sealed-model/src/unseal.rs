@@ -1,0 +1,290 @@
+//! The guest's side: accept a header, then open the body's chunks in order.
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use hpke::aead::{AeadTag, AesGcm256};
+use hpke::kdf::HkdfSha256;
+use hpke::kem::X25519HkdfSha256;
+use hpke::{Deserializable, Kem, OpModeR};
+use sha2::{Digest, Sha256};
+
+use crate::chunk::{ChunkInfo, Cursor};
+use crate::header::verify_owner_signature;
+use crate::keys::{GuestKey, OwnerPublicKey};
+use crate::{Header, Recipient, SIGNATURE_BYTES, SealError, TAG_BYTES, label};
+
+/// HPKE `info` for wrapping the content key: label, then the content digest.
+pub(crate) fn content_key_info(content_digest: &[u8; 32]) -> [u8; 56] {
+    let mut info = [0u8; 56];
+    let (l, d) = info.split_at_mut(label::CONTENT_KEY_INFO.len());
+    l.copy_from_slice(label::CONTENT_KEY_INFO);
+    d.copy_from_slice(content_digest);
+    info
+}
+
+/// What a completed unseal proved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsealed {
+    /// The owner whose signature the header carries.
+    pub owner: OwnerPublicKey,
+    /// SHA-256 of the plaintext body, checked against the header.
+    pub content_digest: [u8; 32],
+    /// Plaintext bytes opened.
+    pub body_bytes: u64,
+}
+
+/// Opens one sealed model's chunks, strictly in order, each exactly once.
+///
+/// Every chunk is authenticated before a byte of its plaintext exists (AES-GCM checks the
+/// tag first), and any error ends the stream: later calls return
+/// [`SealError::StreamFailed`]. [`Unsealer::finish`] then proves that the body was complete
+/// and hashes to the header's `content_digest`.
+pub struct Unsealer {
+    header: Header,
+    header_digest: [u8; 32],
+    owner: OwnerPublicKey,
+    cipher: Aes256Gcm,
+    cursor: Cursor,
+    hasher: Sha256,
+    failed_at: Option<u64>,
+}
+
+impl Unsealer {
+    /// Accepts a header for this guest. `header_bytes` is exactly the header and its
+    /// signature. Checks, in order: the header's rules; that the owner is in
+    /// `accepted_owners` (an empty list accepts any owner, who is then reported by
+    /// [`Unsealer::owner`]); the owner's signature; that the model is sealed to `guest`;
+    /// that the content key unwraps.
+    pub fn new(
+        header_bytes: &[u8],
+        guest: &GuestKey,
+        accepted_owners: &[OwnerPublicKey],
+    ) -> Result<Unsealer, SealError> {
+        let (header, consumed) = Header::parse(header_bytes)?;
+        if consumed != header_bytes.len() {
+            return Err(SealError::TrailingBytes {
+                extra: (header_bytes.len() - consumed) as u64,
+            });
+        }
+        let owner = header.owner();
+        if !accepted_owners.is_empty() && !accepted_owners.contains(&owner) {
+            return Err(SealError::UnknownOwner { owner });
+        }
+        let signed = &header_bytes[..consumed - SIGNATURE_BYTES];
+        verify_owner_signature(signed, &owner, &header.signature)?;
+
+        let public = guest.public();
+        let (index, recipient) = header
+            .recipients()
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.public_key == public)
+            .ok_or(SealError::NotARecipient { guest: public })?;
+        let content_key = unwrap_content_key(recipient, guest, &header.content_digest).ok_or(
+            SealError::KeyUnwrap {
+                recipient: index as u32,
+            },
+        )?;
+
+        Ok(Unsealer {
+            header_digest: Sha256::digest(header_bytes).into(),
+            owner,
+            cipher: Aes256Gcm::new(&content_key.into()),
+            cursor: Cursor::default(),
+            hasher: Sha256::new(),
+            failed_at: None,
+            header,
+        })
+    }
+
+    /// The accepted header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The owner whose signature verified.
+    pub fn owner(&self) -> OwnerPublicKey {
+        self.owner
+    }
+
+    /// `header_digest`, which every chunk's AAD binds.
+    pub fn header_digest(&self) -> &[u8; 32] {
+        &self.header_digest
+    }
+
+    /// The chunk expected next (where its plaintext goes), or `None` after the last.
+    pub fn next_chunk(&self) -> Option<ChunkInfo> {
+        self.cursor.peek(&self.header)
+    }
+
+    /// Opens chunk `index` in place: `sealed` is its ciphertext followed by its tag, as on
+    /// disk. Returns the plaintext (the front of `sealed`).
+    pub fn open_chunk<'b>(
+        &mut self,
+        index: u64,
+        sealed: &'b mut [u8],
+    ) -> Result<&'b mut [u8], SealError> {
+        let chunk = self.expect_chunk(index)?;
+        let expected = (chunk.len() + TAG_BYTES) as u64;
+        if sealed.len() as u64 != expected {
+            return Err(self.fail(
+                &chunk,
+                SealError::ChunkLength {
+                    index,
+                    expected,
+                    got: sealed.len() as u64,
+                },
+            ));
+        }
+        let (text, tag_bytes) = sealed.split_at_mut(chunk.len());
+        let mut tag = [0u8; TAG_BYTES];
+        tag.copy_from_slice(tag_bytes);
+        self.decrypt(&chunk, text, &tag)?;
+        Ok(text)
+    }
+
+    /// Opens chunk `index` in place when its tag travels separately: `text` is exactly the
+    /// ciphertext and becomes the plaintext.
+    pub fn open_chunk_detached(
+        &mut self,
+        index: u64,
+        text: &mut [u8],
+        tag: &[u8; TAG_BYTES],
+    ) -> Result<(), SealError> {
+        let chunk = self.expect_chunk(index)?;
+        self.check_len(&chunk, text.len())?;
+        self.decrypt(&chunk, text, tag)
+    }
+
+    /// Opens chunk `index` from `ciphertext` (e.g. in memory the host shares) into `out`
+    /// (private memory): one copy, then decryption in place in `out`, so the plaintext
+    /// exists nowhere else. Both must be exactly the chunk's length.
+    pub fn open_chunk_into<'b>(
+        &mut self,
+        index: u64,
+        ciphertext: &[u8],
+        tag: &[u8; TAG_BYTES],
+        out: &'b mut [u8],
+    ) -> Result<&'b mut [u8], SealError> {
+        let chunk = self.expect_chunk(index)?;
+        self.check_len(&chunk, ciphertext.len())?;
+        self.check_len(&chunk, out.len())?;
+        out.copy_from_slice(ciphertext);
+        self.decrypt(&chunk, out, tag)?;
+        Ok(out)
+    }
+
+    /// Ends the stream: every chunk must have been opened, and the plaintext must hash to
+    /// the header's `content_digest`.
+    pub fn finish(self) -> Result<Unsealed, SealError> {
+        if let Some(index) = self.failed_at {
+            return Err(SealError::StreamFailed { index });
+        }
+        let count = self.header.chunk_count();
+        if self.cursor.index != count {
+            return Err(SealError::Truncated {
+                opened: self.cursor.index,
+                count,
+            });
+        }
+        let digest: [u8; 32] = self.hasher.finalize().into();
+        if digest != self.header.content_digest {
+            return Err(SealError::ContentDigest);
+        }
+        Ok(Unsealed {
+            owner: self.owner,
+            content_digest: digest,
+            body_bytes: self.header.body_bytes(),
+        })
+    }
+
+    /// The next chunk, if `index` is it and the stream is alive.
+    fn expect_chunk(&mut self, index: u64) -> Result<ChunkInfo, SealError> {
+        if let Some(at) = self.failed_at {
+            return Err(SealError::StreamFailed { index: at });
+        }
+        let Some(chunk) = self.cursor.peek(&self.header) else {
+            let count = self.header.chunk_count();
+            self.failed_at = Some(count);
+            return Err(SealError::NoSuchChunk { index, count });
+        };
+        if index != chunk.index {
+            return Err(self.fail(
+                &chunk,
+                SealError::ChunkOutOfOrder {
+                    expected: chunk.index,
+                    got: index,
+                },
+            ));
+        }
+        Ok(chunk)
+    }
+
+    fn check_len(&mut self, chunk: &ChunkInfo, got: usize) -> Result<(), SealError> {
+        if got == chunk.len() {
+            return Ok(());
+        }
+        let err = SealError::ChunkLength {
+            index: chunk.index,
+            expected: chunk.len() as u64,
+            got: got as u64,
+        };
+        Err(self.fail(chunk, err))
+    }
+
+    fn fail(&mut self, chunk: &ChunkInfo, err: SealError) -> SealError {
+        self.failed_at = Some(chunk.index);
+        err
+    }
+
+    /// Authenticates and decrypts `text` (exactly the chunk's length) in place.
+    fn decrypt(
+        &mut self,
+        chunk: &ChunkInfo,
+        text: &mut [u8],
+        tag: &[u8; TAG_BYTES],
+    ) -> Result<(), SealError> {
+        let nonce = chunk.nonce();
+        let aad = chunk.aad(&self.header_digest);
+        let opened = self.cipher.decrypt_in_place_detached(
+            Nonce::from_slice(&nonce),
+            &aad,
+            text,
+            Tag::from_slice(tag),
+        );
+        if opened.is_err() {
+            let err = SealError::ChunkAuth {
+                index: chunk.index,
+                layer: chunk.layer,
+            };
+            return Err(self.fail(chunk, err));
+        }
+        self.hasher.update(&*text);
+        self.cursor.advance(&self.header, chunk);
+        Ok(())
+    }
+}
+
+/// The content key from this guest's recipient entry, or `None` if it does not open.
+fn unwrap_content_key(
+    recipient: &Recipient,
+    guest: &GuestKey,
+    content_digest: &[u8; 32],
+) -> Option<[u8; 32]> {
+    let enc = <X25519HkdfSha256 as Kem>::EncappedKey::from_bytes(&recipient.enc).ok()?;
+    let (sealed_key, tag) = recipient.wrapped_key.split_at(32);
+    let tag = AeadTag::<AesGcm256>::from_bytes(tag).ok()?;
+    let mut key = [0u8; 32];
+    key.copy_from_slice(sealed_key);
+    hpke::single_shot_open_in_place_detached::<AesGcm256, HkdfSha256, X25519HkdfSha256>(
+        &OpModeR::Base,
+        guest.secret(),
+        &enc,
+        &content_key_info(content_digest),
+        &mut key,
+        &[],
+        &tag,
+    )
+    .ok()?;
+    Some(key)
+}
