@@ -568,6 +568,40 @@ fn key_text_round_trips_and_is_checked() {
     );
 }
 
+#[test]
+fn the_largest_header_seals_and_unseals() {
+    // 4096 one-byte layers (so 4096 chunks) and 64 recipients: header_len at its maximum.
+    let plain = pseudo_random(14, 4096);
+    let layers: Vec<_> = (0..4096u64).map(|i| i..i + 1).collect();
+    let guests: Vec<_> = (0..64u8)
+        .map(|m| derive_guest_key(&ROOT, &[m; 32]))
+        .collect();
+    let publics: Vec<_> = guests.iter().map(GuestKey::public).collect();
+    let request = SealRequest {
+        plaintext: &plain,
+        layers: &layers,
+        chunk_bytes: CHUNK,
+        context_len: 1,
+        kv_bytes_per_token: 1,
+        recipients: &publics,
+    };
+    let file = seal(&request, &owner(), &mut OsRng.unwrap_err()).expect("seal");
+    let (header, header_bytes, body) = Header::split_file(&file).expect("split");
+    assert_eq!(
+        u32::from_le_bytes(header_bytes[12..16].try_into().expect("4")),
+        72800
+    );
+    assert_eq!(header.chunk_count(), 4096);
+    let mut unsealer = Unsealer::new(header_bytes, &guests[63], &[]).expect("new");
+    let mut out = Vec::new();
+    for c in header.chunk_plan() {
+        let mut buf = body[c.sealed().start as usize..c.sealed().end as usize].to_vec();
+        out.extend_from_slice(unsealer.open_chunk(c.index, &mut buf).expect("open"));
+    }
+    unsealer.finish().expect("finish");
+    assert_eq!(out, plain);
+}
+
 mod header_tests {
     use super::*;
 
