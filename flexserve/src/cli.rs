@@ -32,6 +32,20 @@ pub enum Command {
     /// Print the isolation level a guest gets on this host, and why it is not stronger
     /// (creates an empty VM; boots nothing).
     Isolation(IsolationArgs),
+    /// Print this host's guest sealing public key (what model owners seal to, with
+    /// `flexserve-model seal --to`) and the measurement of the guest images it is bound to.
+    GuestKey(GuestKeyArgs),
+}
+
+/// `flexserve guest-key`.
+#[derive(Args, Debug)]
+pub struct GuestKeyArgs {
+    /// Guest image directory (default: the build's `images/out`, else the installed images).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Print only the key (64 hex digits), for scripts.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `flexserve isolation`.

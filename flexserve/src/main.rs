@@ -60,6 +60,7 @@ fn dispatch() -> anyhow::Result<Finished> {
             let config = serve::config::Config::load(args.config.as_deref(), &args.overrides())?;
             serve::run(config)?;
         }
+        Command::GuestKey(args) => guest_key(&args)?,
         Command::Isolation(args) => {
             // The smallest private pool: enough to see what backs it.
             let m = vmm::machine::Machine::new(vmm::machine::MachineConfig {
@@ -76,4 +77,24 @@ fn dispatch() -> anyhow::Result<Finished> {
         }
     }
     Ok(Finished::Done)
+}
+
+/// `flexserve guest-key`: the sealing key a guest booted from these images derives from this
+/// host's key root. With the development root the host can compute it; a production root
+/// would have the guest report it instead.
+fn guest_key(args: &flexserve::cli::GuestKeyArgs) -> anyhow::Result<()> {
+    use vmm::key_root::{DevelopmentRoot, KeyRoot};
+    let images = vmm::guest_images::GuestImages::locate(args.images.as_deref())?;
+    let root = DevelopmentRoot::open_or_create(&DevelopmentRoot::default_path()?)?;
+    let measurement = images.measurement();
+    let key = sealed_model::derive_guest_key(root.secret(), &measurement).public();
+    if args.quiet {
+        println!("{key}");
+        return Ok(());
+    }
+    let hex: String = measurement.iter().map(|b| format!("{b:02x}")).collect();
+    println!("guest sealing key: {key}");
+    println!("measurement: {hex} (images in {})", images.dir.display());
+    println!("key root: {} ({})", root.describe(), root.path().display());
+    Ok(())
 }

@@ -4,7 +4,9 @@
 mod codec;
 mod convert;
 mod inspect;
+mod relayout;
 mod rng;
+mod sealing;
 mod tiny;
 
 use std::io::{BufWriter, IsTerminal, Write};
@@ -29,10 +31,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print a GGUF file's version, metadata (arrays abbreviated) and tensor table.
+    /// Print a GGUF file's version, metadata (arrays abbreviated) and tensor table, or a
+    /// sealed model's public header (sizes, layers, recipients, signature).
     Inspect {
-        /// The .gguf file.
+        /// The .gguf or .fsm file.
         file: PathBuf,
+    },
+    /// Make a model owner's signing key: SECRET (mode 0600) and SECRET.pub.
+    Keygen {
+        /// Where to write the secret key; the public key goes to this name plus `.pub`.
+        secret: PathBuf,
+    },
+    /// Seal a GGUF for guests: re-laid layer by layer, encrypted under a fresh content key
+    /// wrapped to each guest, signed by the owner (docs/sealed-model.md).
+    Seal {
+        /// The plaintext .gguf model.
+        input: PathBuf,
+        /// The sealed .fsm file to write.
+        output: PathBuf,
+        /// A guest's sealing public key (64 hex digits, as `flexserve guest-key` prints it)
+        /// or a file holding one; repeat for several guests.
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
+        /// The owner's secret key file (from `flexserve-model keygen`).
+        #[arg(long)]
+        sign: PathBuf,
+        /// Plaintext bytes per sealed chunk (4096 to 1048576).
+        #[arg(long, default_value_t = sealed_model::MAX_CHUNK_BYTES)]
+        chunk_bytes: u32,
     },
     /// Re-type every 2-D weight (like `llama-quantize --allow-requantize --pure`);
     /// 1-D tensors stay F32.
@@ -101,10 +127,25 @@ fn write(path: &Path, w: &GgufWriter) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes, each naming what failed; no backtrace for users.
+            eprintln!("flexserve-model: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Inspect { file } => {
             let bytes = read(&file)?;
+            if sealing::is_sealed(&bytes) {
+                print!("{}", sealing::inspect(&file, &bytes)?);
+                return Ok(());
+            }
             let g = Gguf::parse(&bytes)
                 .with_context(|| format!("{} is not a valid GGUF file", file.display()))?;
             print!("{}", inspect::report(&g, bytes.len()));
@@ -173,9 +214,42 @@ fn main() -> Result<()> {
             write(&output, &w)?;
             eprintln!("wrote {}", output.display());
         }
+        Command::Keygen { secret } => {
+            let public = sealing::keygen(&secret)?;
+            eprintln!(
+                "wrote {} (secret, mode 0600) and {}.pub",
+                secret.display(),
+                secret.display()
+            );
+            println!("{public}");
+        }
+        Command::Seal {
+            input,
+            output,
+            to,
+            sign,
+            chunk_bytes,
+        } => seal(&input, &output, &to, &sign, chunk_bytes)?,
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests;
+
+/// `flexserve-model seal`.
+fn seal(input: &Path, output: &Path, to: &[String], sign: &Path, chunk_bytes: u32) -> Result<()> {
+    if input == output {
+        bail!("input and output are the same file; write the sealed model elsewhere");
+    }
+    let sealed = sealing::seal_file(input, output, to, sign, chunk_bytes)?;
+    eprintln!(
+        "wrote {}: {} layers, {} plaintext bytes, {} bytes sealed to {} guest(s)",
+        output.display(),
+        sealed.layers,
+        sealed.body_bytes,
+        sealed.file_bytes,
+        to.len()
+    );
+    Ok(())
+}

@@ -133,3 +133,75 @@ fn convert_refuses_rows_that_are_not_whole_blocks() {
     );
     assert!(err.to_string().contains("token_embd.weight"));
 }
+
+#[test]
+fn relayout_keeps_every_tensor_and_puts_each_layer_in_one_range() {
+    let bytes = tiny(3);
+    let original = Gguf::parse(&bytes).unwrap();
+    let relaid = crate::relayout::relayout(&original).unwrap();
+    let g = Gguf::parse(&relaid.bytes).unwrap();
+    assert_eq!(g.metadata(), original.metadata());
+    assert_eq!(relaid.layers.len(), 2 + 2, "embeddings, two blocks, output");
+    assert_eq!(relaid.layers[0].start, 0);
+    assert_eq!(relaid.layers.last().unwrap().end, relaid.bytes.len() as u64);
+    for pair in relaid.layers.windows(2) {
+        assert_eq!(pair[0].end, pair[1].start, "contiguous");
+        assert!(pair[0].start < pair[0].end, "non-empty");
+    }
+    let layer_of = |name: &str| {
+        if name.starts_with("token_embd.") {
+            0
+        } else if let Some(rest) = name.strip_prefix("blk.") {
+            1 + rest.split('.').next().unwrap().parse::<usize>().unwrap()
+        } else {
+            3
+        }
+    };
+    for t in original.tensors() {
+        let r = g.tensor(t.name).expect("every tensor is kept");
+        assert_eq!(r.data, t.data, "{} keeps its bytes", t.name);
+        let start = (g.data_offset() as u64) + r.offset;
+        let range = &relaid.layers[layer_of(t.name)];
+        assert!(
+            range.start <= start && start + r.data.len() as u64 <= range.end,
+            "{} lies in its layer's range",
+            t.name
+        );
+    }
+}
+
+#[test]
+fn a_sealed_model_unseals_to_the_relaid_gguf_for_its_guest_only() {
+    use sealed_model::{Header, Unsealer, derive_guest_key};
+    let dir = std::env::temp_dir().join(format!("flexserve-seal-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (model, sealed, owner) = (dir.join("m.gguf"), dir.join("m.fsm"), dir.join("owner"));
+    let bytes = tiny(5);
+    std::fs::write(&model, &bytes).unwrap();
+    let owner_public = crate::sealing::keygen(&owner).unwrap();
+    let guest = derive_guest_key(&[7; 32], &[1; 32]);
+    let other = derive_guest_key(&[7; 32], &[2; 32]);
+    let to = [guest.public().to_string()];
+    let made = crate::sealing::seal_file(&model, &sealed, &to, &owner, 4096).unwrap();
+    let file = std::fs::read(&sealed).unwrap();
+    assert_eq!(made.file_bytes, file.len() as u64);
+
+    let (header, head, body) = Header::split_file(&file).unwrap();
+    assert_eq!(header.owner().to_string(), owner_public);
+    let relaid = crate::relayout::relayout(&Gguf::parse(&bytes).unwrap()).unwrap();
+    assert_eq!(header.layers(), relaid.layers.as_slice());
+    let mut unsealer = Unsealer::new(head, &guest, &[header.owner()]).unwrap();
+    let mut plain = Vec::new();
+    while let Some(chunk) = unsealer.next_chunk() {
+        let sealed = chunk.sealed();
+        let mut buf = body[sealed.start as usize..sealed.end as usize].to_vec();
+        plain.extend_from_slice(unsealer.open_chunk(chunk.index, &mut buf).unwrap());
+    }
+    unsealer.finish().unwrap();
+    assert_eq!(plain, relaid.bytes, "the guest gets the re-laid GGUF back");
+    assert!(
+        Unsealer::new(head, &other, &[]).is_err(),
+        "another image's key cannot unseal"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -45,6 +45,13 @@ pub struct GuestImages {
     pub dir: PathBuf,
 }
 
+impl GuestImages {
+    /// What a guest booted from these images is: see [`crate::key_root::measure`].
+    pub fn measurement(&self) -> [u8; 32] {
+        crate::key_root::measure(&self.kernel, &self.engine)
+    }
+}
+
 /// Where `make image` (x86_64) or `make image-arm64` put the images, under the source tree.
 #[cfg(target_arch = "x86_64")]
 pub const IMAGES_OUT: &str = "images/out";

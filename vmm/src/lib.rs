@@ -10,6 +10,7 @@ pub mod guest_images;
 pub mod guest_kernels;
 pub mod guest_vm;
 pub mod hypervisor;
+pub mod key_root;
 pub mod machine;
 pub mod memory_broker;
 mod thread_cpu;
