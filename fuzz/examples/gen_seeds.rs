@@ -3,7 +3,9 @@
 //!
 //! `cargo run --example gen_seeds` (from `fuzz/`) fills `corpus/device_decode` and
 //! `corpus/driver_decode` (git-ignored). The frames also seed the queue-level part of each
-//! target, which reads the same bytes as a script of hostile operations.
+//! target, which reads the same bytes as a script of hostile operations. `corpus/sealed_model`
+//! gets a small model sealed to the target's guest, so that mutations of its body reach the
+//! chunk checks behind the signature.
 
 use std::fs;
 use std::path::Path;
@@ -260,4 +262,25 @@ fn main() {
         }),
     );
     println!("seeds written to {}", root.display());
+    write_sealed_seed(&root.join("sealed_model"));
+}
+
+/// Three layers, 13 chunks of up to 4096 bytes, sealed to the fuzz target's guest key.
+fn write_sealed_seed(dir: &Path) {
+    use sealed_model::{OsRng, OwnerKey, SealRequest, TryRngCore, derive_guest_key, seal};
+    fs::create_dir_all(dir).unwrap();
+    let plaintext: Vec<u8> = (0..50_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let layers = [0..20_000, 20_000..20_001, 20_001..50_000];
+    let guest = derive_guest_key(&[7; 32], &[1; 32]).public();
+    let request = SealRequest {
+        plaintext: &plaintext,
+        layers: &layers,
+        chunk_bytes: 4096,
+        context_len: 512,
+        kv_bytes_per_token: 2048,
+        recipients: &[guest],
+    };
+    let owner = OwnerKey::from_seed(&[3; 32]);
+    let file = seal(&request, &owner, &mut OsRng.unwrap_err()).expect("the seed seals");
+    write(dir, "small_model", file);
 }
