@@ -45,7 +45,16 @@ impl GuestVm {
                 }))?;
                 sent += 1;
             }
-            self.ack("take a sealed chunk", LOAD_SEALED_CHUNK)?;
+            if let Err(e) = self.ack("take a sealed chunk", LOAD_SEALED_CHUNK) {
+                // The chunks still in flight are answered too (BadRequest: the load is
+                // over); take their acks so the next command meets its own.
+                if matches!(e, GuestError::Refused { .. }) {
+                    for _ in acked + 1..sent {
+                        let _ = self.ack("take a sealed chunk", LOAD_SEALED_CHUNK);
+                    }
+                }
+                return Err(e);
+            }
             done += chunks[acked].1.len() as u64;
             acked += 1;
             progress(done);
