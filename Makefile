@@ -136,7 +136,15 @@ image:
 # code runs with the MMU off) makes LLVM split every possibly-unaligned load into bytes and
 # cost the engine ~2.5x in the emulated arm64 host (`make bench-arm64`). rustc warns that
 # `strict-align` is not a feature it knows: it is LLVM's, passed through unchanged.
-EL0_RUSTFLAGS := -C relocation-model=static -C target-feature=-strict-align
+#
+# The engine unseals sealed models (sealed-model: AES-256-GCM): with no OS to ask,
+# `cpufeatures` sees AES/PMULL only when the target feature is on, and the cfgs compile the
+# ARMv8 backends of `aes` and `polyval` (docs/sealed-model.md, "Hardware acceleration"). The
+# engine then needs the Cryptography Extensions, which the arm64 QEMU CPU (`-cpu max`) and
+# every ARMv8 phone core that runs pKVM have. (The x86_64 engine is built for the host's
+# Linux target, where AES-NI/PCLMULQDQ are detected at run time: nothing to add.)
+EL0_RUSTFLAGS := -C relocation-model=static -C target-feature=-strict-align \
+                 --cfg aes_armv8 --cfg polyval_armv8 -C target-feature=+aes
 
 # The arm64 guest (docs/arm64.md): EL0 programs and engine (static, at 2 MiB) and the EL1
 # kernel (at 1 MiB), all for aarch64-unknown-none, into target/aarch64-unknown-none/release/;

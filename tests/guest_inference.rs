@@ -35,6 +35,7 @@ fn boot(images: &GuestImages, private_mib: usize) -> GuestVm {
             diagnostics: false,
             isolation: Default::default(),
             min_isolation: vmm::hypervisor::IsolationLevel::None,
+            key_root: None,
         },
     )
     .expect("guest boots")

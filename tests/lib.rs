@@ -186,6 +186,7 @@ pub fn engine_with_model(private_mib: usize) -> Option<(vmm::guest_vm::GuestVm, 
             diagnostics: true,
             isolation: Default::default(),
             min_isolation: vmm::hypervisor::IsolationLevel::None,
+            key_root: None,
         },
     )
     .expect("guest boots");

@@ -20,15 +20,15 @@ use std::time::{Duration, Instant};
 use virtio_llm::Status;
 use virtio_llm::spec::{MAX_CHUNK_BYTES, MAX_TOKENS_PER_RESPONSE};
 use virtio_llm::wire::control::{
-    Ack, ControlCommand, ControlReply, LoadModelBegin, LoadModelChunk, LoadModelEnd, OpenSession,
-    StatsReply, StatsRequest, msg_type,
+    Ack, ControlCommand, ControlReply, LoadModelBegin, LoadModelChunk, LoadModelEnd,
+    LoadSealedBegin, LoadSealedChunk, OpenSession, StatsReply, StatsRequest, msg_type,
 };
 use virtio_llm::wire::memory::RelinquishReport;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, RequestMsg, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, ResponseMsg};
 use vmm::devices::MmioDevice;
 use vmm::devices::Timer;
-use vmm::devices::virtio_llm::{LlmConfig, LlmHost};
+use vmm::devices::virtio_llm::{LlmConfig, LlmHost, SealingRoot};
 
 pub const T: Duration = Duration::from_secs(60);
 pub const MODEL: &str = "tiny.Q8_0.gguf";
@@ -78,6 +78,7 @@ pub struct HostEnv {
     pool: Arc<TestPool>,
     timer: Arc<Timer>,
     epoch: Instant,
+    console: Arc<Mutex<Vec<String>>>,
 }
 
 impl Environment for HostEnv {
@@ -107,6 +108,7 @@ impl Environment for HostEnv {
     }
     fn log(&self, line: &str) {
         eprintln!("[service] {line}");
+        self.console.lock().unwrap().push(line.to_string());
     }
     fn prefault(&self, _addr: u64, _len: u64) {}
 }
@@ -117,6 +119,8 @@ pub struct Rig {
     _loopback: Loopback,
     pub host: Arc<LlmHost>,
     pub pool: Arc<TestPool>,
+    /// The service's console lines so far.
+    pub console: Arc<Mutex<Vec<String>>>,
     reports: mpsc::Receiver<RelinquishReport>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -130,10 +134,12 @@ impl Rig {
         let stop = Arc::new(AtomicBool::new(false));
         let mut driver = lb.driver();
         pool.set_budget(driver.limits().memory_budget);
+        let console = Arc::new(Mutex::new(Vec::new()));
         let env = HostEnv {
             pool: pool.clone(),
             timer: lb.timer.clone(),
             epoch: Instant::now(),
+            console: console.clone(),
         };
         let service_stop = stop.clone();
         let service = std::thread::spawn(move || serve(&mut driver, &env, &service_stop));
@@ -153,6 +159,7 @@ impl Rig {
             _loopback: lb,
             host,
             pool,
+            console,
             reports,
             stop,
             threads: vec![service, broker],
@@ -205,6 +212,50 @@ impl Rig {
         }));
         assert_eq!(end.command, msg_type::LOAD_MODEL_END);
         end.status
+    }
+
+    /// Sends a sealed load as the host would (`GuestVm::load_sealed`), one chunk at a time:
+    /// the header, `chunks` as given (index, ciphertext||tag), then `LoadModelEnd`. The
+    /// first refusal's status, or the end's.
+    pub fn load_sealed(&self, model_id: u32, header: &[u8], chunks: &[(u64, Vec<u8>)]) -> Status {
+        let begin = self.ack(&ControlCommand::LoadSealedBegin(LoadSealedBegin {
+            model_id,
+            header,
+        }));
+        assert_eq!(begin.command, msg_type::LOAD_SEALED_BEGIN);
+        if begin.status != Status::Ok {
+            return begin.status;
+        }
+        for (index, data) in chunks {
+            let a = self.ack(&ControlCommand::LoadSealedChunk(LoadSealedChunk {
+                model_id,
+                index: *index,
+                data,
+            }));
+            assert_eq!(
+                (a.command, a.object_id),
+                (msg_type::LOAD_SEALED_CHUNK, model_id)
+            );
+            if a.status != Status::Ok {
+                return a.status;
+            }
+        }
+        let end = self.ack(&ControlCommand::LoadModelEnd(LoadModelEnd {
+            model_id,
+            sha256: [0; 32],
+        }));
+        assert_eq!(end.command, msg_type::LOAD_MODEL_END);
+        end.status
+    }
+
+    /// The service's last console line.
+    pub fn last_line(&self) -> String {
+        self.console
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn open(&self, session_id: u32, model_id: u32, context_len: u32) -> Status {
@@ -327,7 +378,52 @@ pub fn limits() -> LlmConfig {
         max_models: 2,
         max_sessions: 3,
         memory_budget: BUDGET,
+        key_root: Some(SEALING_ROOT),
         ..LlmConfig::default()
+    }
+}
+
+/// The development key root and image measurement the rig's device hands the service.
+pub const SEALING_ROOT: SealingRoot = SealingRoot {
+    root: [7; 32],
+    measurement: [9; 32],
+};
+
+/// A sealed model cut for sending: the header (with its signature) and every chunk as
+/// (index, ciphertext||tag).
+pub struct SealedParts {
+    pub header: Vec<u8>,
+    pub chunks: Vec<(u64, Vec<u8>)>,
+}
+
+/// `file` re-laid as `flexserve-model seal` does, sealed to the guest whose image has
+/// `measurement` under the rig's root, in chunks of `chunk_bytes`.
+pub fn seal_model(file: &[u8], measurement: [u8; 32], chunk_bytes: u32) -> SealedParts {
+    use sealed_model::{Header, OsRng, OwnerKey, SealRequest, TryRngCore, derive_guest_key};
+    let gguf = Gguf::parse(file).expect("the model parses");
+    let relaid = model_tools::relayout::relayout(&gguf).expect("re-lay");
+    let guest = derive_guest_key(&SEALING_ROOT.root, &measurement).public();
+    let request = SealRequest {
+        plaintext: &relaid.bytes,
+        layers: &relaid.layers,
+        chunk_bytes,
+        context_len: 512,
+        kv_bytes_per_token: 0,
+        recipients: &[guest],
+    };
+    let owner = OwnerKey::from_seed(&[1; 32]);
+    let fsm = sealed_model::seal(&request, &owner, &mut OsRng.unwrap_err()).expect("seal");
+    let (header, header_bytes, body) = Header::split_file(&fsm).expect("split");
+    let chunks = header
+        .chunk_plan()
+        .map(|c| {
+            let r = c.sealed();
+            (c.index, body[r.start as usize..r.end as usize].to_vec())
+        })
+        .collect();
+    SealedParts {
+        header: header_bytes.to_vec(),
+        chunks,
     }
 }
 

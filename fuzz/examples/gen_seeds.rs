@@ -13,8 +13,8 @@ use virtio_llm::Message;
 use virtio_llm::spec::MEMORY_GRANULE;
 use virtio_llm::spec::layout::PRIVATE_POOL_BASE;
 use virtio_llm::wire::control::{
-    Ack, CloseSession, LoadModelBegin, LoadModelChunk, LoadModelEnd, OpenSession, StatsReply,
-    StatsRequest, UnloadModel, msg_type,
+    Ack, CloseSession, LoadModelBegin, LoadModelChunk, LoadModelEnd, LoadSealedBegin,
+    LoadSealedChunk, OpenSession, StatsReply, StatsRequest, UnloadModel, msg_type,
 };
 use virtio_llm::wire::echo::{EchoReply, EchoRequest};
 use virtio_llm::wire::memory::{BudgetChange, MemRange, MemoryMsg, RelinquishReport};
@@ -179,6 +179,29 @@ fn main() {
             LoadModelEnd {
                 model_id: 7,
                 sha256: [0xab; 32],
+            }
+            .encode(o)
+        }),
+    );
+    write(
+        &drv,
+        "load_sealed_begin",
+        enc(|o| {
+            LoadSealedBegin {
+                model_id: 7,
+                header: b"FLEXSEAL\x01\0\0\0\xe0\0\0\0",
+            }
+            .encode(o)
+        }),
+    );
+    write(
+        &drv,
+        "load_sealed_chunk",
+        enc(|o| {
+            LoadSealedChunk {
+                model_id: 7,
+                index: 0,
+                data: &[0x5a; 48],
             }
             .encode(o)
         }),

@@ -185,7 +185,7 @@ fn f32_in(u: &mut Unstructured<'_>, lo: f32, hi: f32) -> Result<f32> {
 
 /// A control command (device → driver), borrowing chunk data from the input.
 pub fn command<'a>(u: &mut Unstructured<'a>) -> Result<ControlCommand<'a>> {
-    Ok(match u.int_in_range(0u8..=6)? {
+    Ok(match u.int_in_range(0u8..=8)? {
         0 => ControlCommand::LoadModelBegin(control::LoadModelBegin {
             model_id: u.arbitrary()?,
             total_bytes: near(u, 0, spec::MAX_MODEL_BYTES + 1)?,
@@ -209,6 +209,15 @@ pub fn command<'a>(u: &mut Unstructured<'a>) -> Result<ControlCommand<'a>> {
         }),
         5 => ControlCommand::CloseSession(control::CloseSession {
             session_id: u.arbitrary()?,
+        }),
+        6 => ControlCommand::LoadSealedBegin(control::LoadSealedBegin {
+            model_id: u.arbitrary()?,
+            header: bytes(u, spec::MAX_SEALED_HEADER_BYTES + 1)?,
+        }),
+        7 => ControlCommand::LoadSealedChunk(control::LoadSealedChunk {
+            model_id: u.arbitrary()?,
+            index: u.arbitrary()?,
+            data: bytes(u, 4096)?,
         }),
         _ => ControlCommand::Stats(control::StatsRequest),
     })

@@ -3,6 +3,7 @@
 //! - [`service`]: virtio-llm control commands and generation requests served by the engine,
 //!   generic over the driver's memory and transport and the [`service::Environment`];
 //! - [`loader`]: receiving a model file in ordered, hashed chunks;
+//! - [`unsealing`]: receiving a sealed model, each chunk decrypted into private memory;
 //! - [`memory`]: the private pool under the host's budget, and relinquish reports.
 //!
 //! The guest executable (`src/main.rs`, feature `guest`) wires it to the guest's plumbing;
@@ -14,5 +15,6 @@ extern crate alloc;
 pub mod loader;
 pub mod memory;
 pub mod service;
+pub mod unsealing;
 #[cfg(feature = "guest")]
 pub mod vcpu_pool;

@@ -4,7 +4,6 @@
 mod codec;
 mod convert;
 mod inspect;
-mod relayout;
 mod rng;
 mod sealing;
 mod tiny;
@@ -17,6 +16,7 @@ use clap::{Parser, Subcommand};
 use inference_guest::ggml_type::GgmlType;
 use inference_guest::gguf::Gguf;
 use inference_guest::gguf::writer::GgufWriter;
+use model_tools::relayout;
 
 #[derive(Parser)]
 #[command(

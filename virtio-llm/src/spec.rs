@@ -26,6 +26,9 @@ pub mod feature {
     /// The device may preempt a running request (`PreemptRequest`): it ends with reason
     /// `Preempted`, and the session resumes from its last token with the next request.
     pub const PREEMPT: u32 = 4;
+    /// The device may load sealed models (`LoadSealedBegin`, `LoadSealedChunk`), and the
+    /// configuration space carries the guest's key root and image measurement.
+    pub const SEALED: u32 = 5;
     /// Standard virtio 1.x device (VIRTIO_F_VERSION_1); required.
     pub const VERSION_1: u32 = 32;
     /// The device reaches only the shared window (VIRTIO_F_ACCESS_PLATFORM); required, so the
@@ -73,14 +76,24 @@ pub mod config {
     pub const MAX_CONTEXT_LEN: usize = 20;
     /// u64: private memory budget at boot, bytes (multiple of `MEMORY_GRANULE`).
     pub const MEMORY_BUDGET: usize = 24;
+    /// [u8; 32]: the guest's key root (`feature::SEALED` only; the development root, which
+    /// the host knows anyway: a production root never passes through the host).
+    pub const KEY_ROOT: usize = 32;
+    /// [u8; 32]: the measurement of the images the guest runs (`feature::SEALED` only).
+    pub const MEASUREMENT: usize = 64;
     /// Size of the configuration space.
-    pub const SIZE: usize = 32;
+    pub const SIZE: usize = 96;
 }
 
 /// Bytes of the common message header.
 pub const HEADER_BYTES: usize = 8;
 /// Largest `LoadModelChunk` payload.
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+/// Largest `LoadSealedBegin` header: the largest `.fsm` header (16 + 72,800) and its
+/// 64-byte signature (docs/sealed-model.md).
+pub const MAX_SEALED_HEADER_BYTES: usize = 16 + 72_800 + 64;
+/// The AES-GCM tag after each sealed chunk's ciphertext.
+pub const SEAL_TAG_BYTES: usize = 16;
 /// Largest message, header included: a full chunk plus its fixed fields, rounded up.
 pub const MAX_MESSAGE_BYTES: usize = MAX_CHUNK_BYTES + 4096;
 /// Longest descriptor chain either side walks (a message may be scattered, but not finely).

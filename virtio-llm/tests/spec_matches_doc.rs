@@ -46,6 +46,8 @@ fn message_types_match_the_spec_table() {
         ("CloseSession", control::msg_type::CLOSE_SESSION),
         ("StatsRequest", control::msg_type::STATS_REQUEST),
         ("MemoryProbe", probe::msg_type::MEMORY_PROBE),
+        ("LoadSealedBegin", control::msg_type::LOAD_SEALED_BEGIN),
+        ("LoadSealedChunk", control::msg_type::LOAD_SEALED_CHUNK),
         ("Ack", control::msg_type::ACK),
         ("StatsReply", control::msg_type::STATS_REPLY),
         ("ProbeReply", probe::msg_type::PROBE_REPLY),
@@ -81,6 +83,7 @@ fn feature_bits_match_the_spec_table() {
         ("VIRTIO_LLM_F_MEMORY", feature::MEMORY),
         ("VIRTIO_LLM_F_DIAGNOSTICS", feature::DIAGNOSTICS),
         ("VIRTIO_LLM_F_PREEMPT", feature::PREEMPT),
+        ("VIRTIO_LLM_F_SEALED", feature::SEALED),
         ("VIRTIO_F_VERSION_1", feature::VERSION_1),
         ("VIRTIO_F_ACCESS_PLATFORM", feature::ACCESS_PLATFORM),
     ]);

@@ -3,7 +3,7 @@
 //! (see [`crate::hypervisor::Isolation`]); `flexserve run`, the daemon and the benchmarks
 //! are built on it.
 
-use crate::devices::virtio_llm::{HostError, LlmHost};
+use crate::devices::virtio_llm::{HostError, LlmHost, SealingRoot};
 use crate::guest_images::GuestImages;
 use crate::guest_kernels::GuestKernels;
 use crate::machine::{Machine, MachineConfig, StopHandle, VmError};
@@ -59,6 +59,8 @@ pub enum GuestError {
     Link(#[from] HostError),
     #[error("the guest refused to {what}: {}", explain(*.status))]
     Refused { what: &'static str, status: Status },
+    #[error("not a sealed model: {0}")]
+    SealedFile(sealed_model::SealError),
     #[error("the guest answered out of protocol: {0}")]
     Protocol(String),
     #[error("request failed in the guest ({status:?}): {message}")]
@@ -83,6 +85,8 @@ pub enum Interrupt {
     Preempt,
 }
 
+mod sealed_load;
+
 /// The engine ended on its own: its last console line says why (a panic message, say).
 fn exited(code: u32, console: &[String]) -> GuestError {
     let last_words = console
@@ -106,6 +110,7 @@ fn explain(status: Status) -> &'static str {
         Status::Busy => "too many models or sessions",
         Status::ContextFull => "the context window is full",
         Status::BadRequest => "the request was invalid in the guest's state",
+        Status::SealRejected => "the sealed model did not unseal (see the guest's console for why)",
         _ => "internal error in the guest",
     }
 }
@@ -138,6 +143,9 @@ pub struct GuestConfig {
     pub isolation: crate::hypervisor::IsolationRequest,
     /// Refuse to start below this isolation level.
     pub min_isolation: crate::hypervisor::IsolationLevel,
+    /// The key root and measurement the guest derives its sealing key from; without them
+    /// it refuses sealed models (`Unsupported`).
+    pub key_root: Option<SealingRoot>,
 }
 
 /// The guest's private memory as the host sees it.
@@ -163,6 +171,7 @@ impl GuestVm {
             diagnostics: config.diagnostics,
             isolation: config.isolation,
             min_isolation: config.min_isolation,
+            key_root: config.key_root,
             ..MachineConfig::default()
         })
         .map_err(GuestError::Create)?;

@@ -2,7 +2,7 @@
 //! per vCPU, run until the guest exits, fails, or misses its deadline.
 
 use crate::arch::{self, BootParams, LOAD_BASE, MAX_MAPPED_GIB};
-use crate::devices::virtio_llm::{LlmConfig, LlmHost, VirtioLlm};
+use crate::devices::virtio_llm::{LlmConfig, LlmHost, SealingRoot, VirtioLlm};
 use crate::devices::virtio_mmio::{MmioTransport, reg};
 use crate::devices::{Console, Control, FaultPage, FaultReport, MmioBus, Timer};
 use crate::hypervisor::{
@@ -56,6 +56,8 @@ pub struct MachineConfig {
     pub deadline: Duration,
     /// Let the guest answer memory probes (virtio-llm `feature::DIAGNOSTICS`): tests only.
     pub diagnostics: bool,
+    /// The guest's key root and measurement, for sealed models (see [`LlmConfig`]).
+    pub key_root: Option<SealingRoot>,
     /// What kind of VM to ask for.
     pub isolation: IsolationRequest,
     /// Refuse to create the VM when its isolation is below this level.
@@ -69,6 +71,7 @@ impl Default for MachineConfig {
             private_size: 0,
             deadline: Duration::from_secs(30),
             diagnostics: false,
+            key_root: None,
             isolation: IsolationRequest::default(),
             min_isolation: IsolationLevel::None,
         }
@@ -232,6 +235,7 @@ impl Machine {
                 // lowers it with budget changes.
                 memory_budget: config.private_size as u64,
                 diagnostics: config.diagnostics,
+                key_root: config.key_root,
                 ..LlmConfig::default()
             },
         )

@@ -214,6 +214,7 @@ impl GuestEngine {
                     IsolationRequest::default()
                 },
                 min_isolation: IsolationLevel::None,
+                key_root: None,
             },
         )?;
         let booted = Instant::now();

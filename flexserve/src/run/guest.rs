@@ -193,6 +193,7 @@ fn boot_and_load(
                 diagnostics: false,
                 isolation: vmm::hypervisor::IsolationRequest::Best,
                 min_isolation: args.min_isolation(),
+                key_root: None,
             },
         )?;
         report_isolation(vm.isolation());

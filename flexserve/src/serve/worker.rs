@@ -248,6 +248,7 @@ impl Worker {
                 diagnostics: false,
                 isolation: Default::default(),
                 min_isolation: self.shared.config.min_isolation,
+                key_root: None,
             },
         )?;
         self.shared.metrics.set_isolation(vm.isolation().level());

@@ -106,7 +106,7 @@ impl Service {
         }
         // A partial load goes last; its background first touches stop with it.
         env.prefault(0, 0);
-        self.loading.take().is_some()
+        self.loading.take().is_some() | self.abandon_unsealing(env)
     }
 
     /// A new budget from the host: evict until what is in use fits, then relinquish every

@@ -44,7 +44,11 @@ impl Service {
                 ack(control_type::LOAD_MODEL_CHUNK, status, c.model_id)
             }
             ControlCommand::LoadModelEnd(e) => {
-                let status = self.load_end(&e, env);
+                let status = if self.unsealing(e.model_id) {
+                    self.sealed_end(&e, env)
+                } else {
+                    self.load_end(&e, env)
+                };
                 ack(control_type::LOAD_MODEL_END, status, e.model_id)
             }
             ControlCommand::UnloadModel(u) => {
@@ -62,6 +66,14 @@ impl Service {
                 };
                 ack(control_type::CLOSE_SESSION, status, c.session_id)
             }
+            ControlCommand::LoadSealedBegin(b) => {
+                let status = self.sealed_begin(&b, driver, env);
+                ack(control_type::LOAD_SEALED_BEGIN, status, b.model_id)
+            }
+            ControlCommand::LoadSealedChunk(c) => {
+                let status = self.sealed_chunk(&c, env);
+                ack(control_type::LOAD_SEALED_CHUNK, status, c.model_id)
+            }
             ControlCommand::Probe(p) => ControlReply::Probe(self.probe(p, env)),
             ControlCommand::Stats(_) => ControlReply::Stats(self.stats(env)),
         }
@@ -77,7 +89,10 @@ impl Service {
         if self.models.contains_key(&b.model_id) {
             return Status::AlreadyExists;
         }
-        if self.loading.is_some() || self.models.len() >= self.max_models {
+        if self.loading.is_some()
+            || self.unsealing.is_some()
+            || self.models.len() >= self.max_models
+        {
             return Status::Busy;
         }
         if let Err(s) = self.make_room(b.total_bytes, None, driver, env) {
@@ -151,6 +166,11 @@ impl Service {
     fn install(&mut self, loading: Loading, sha256: [u8; 32]) -> Result<(), Status> {
         let model_id = loading.model_id;
         let file = loading.finish(sha256)?;
+        self.keep(model_id, file)
+    }
+
+    /// Parses a complete model file as the engine will use it, then keeps it.
+    pub(super) fn keep(&mut self, model_id: u32, file: Vec<u8>) -> Result<(), Status> {
         let end_ids = {
             let gguf = Gguf::parse(&file).map_err(|_| Status::BadModel)?;
             Model::from_gguf(&gguf, self.kernels).map_err(|e| model_status(&e))?;
@@ -181,6 +201,9 @@ impl Service {
         {
             env.prefault(0, 0);
             self.loading = None;
+            Status::Ok
+        } else if self.unsealing(model_id) {
+            self.abandon_unsealing(env);
             Status::Ok
         } else {
             Status::NoSuchModel

@@ -26,11 +26,13 @@ mod budget;
 mod control;
 mod generation;
 mod probe;
+mod sealed;
 mod token_pacer;
 mod token_stream;
 
 use crate::loader::Loading;
 use crate::memory::{PrivateMemory, Relinquisher};
+use crate::unsealing::Unsealing;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::ToString;
 use alloc::vec::Vec;
@@ -116,6 +118,8 @@ pub struct Service {
     max_sessions: usize,
     models: BTreeMap<u32, LoadedModel>,
     loading: Option<Loading>,
+    /// A sealed model being received (`feature::SEALED`).
+    unsealing: Option<Unsealing>,
     sessions: BTreeMap<u32, SessionSlot>,
     /// Requests that arrived while a generation was running.
     queued: VecDeque<RequestMsg>,
@@ -158,6 +162,7 @@ impl Service {
             max_sessions: max_sessions.max(1) as usize,
             models: BTreeMap::new(),
             loading: None,
+            unsealing: None,
             sessions: BTreeMap::new(),
             queued: VecDeque::new(),
             requests_completed: 0,

@@ -12,8 +12,8 @@ mod llm_driver;
 mod split_ring;
 
 pub use llm_driver::{
-    DeviceLimits, DriverError, DriverStats, LlmDriver, OPTIONAL_FEATURES, REQUIRED_FEATURES,
-    Transport,
+    DeviceLimits, DriverError, DriverStats, KeyRoot, LlmDriver, OPTIONAL_FEATURES,
+    REQUIRED_FEATURES, Transport,
 };
 pub use split_ring::{Buffer, SplitRing, Used};
 

@@ -5,6 +5,7 @@ use crate::error::WireError;
 use crate::spec::{MAX_CHUNK_BYTES, MAX_CONTEXT_LEN, MAX_MODEL_BYTES};
 use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
 use crate::wire::probe::{MemoryProbe, ProbeReply, msg_type as probe_type};
+pub use crate::wire::sealed::{LoadSealedBegin, LoadSealedChunk};
 use crate::wire::status::Status;
 use crate::wire::{Message, decode_checked, ensure};
 
@@ -24,6 +25,10 @@ pub mod msg_type {
     pub const CLOSE_SESSION: u16 = 0x0106;
     /// [`super::StatsRequest`].
     pub const STATS_REQUEST: u16 = 0x0107;
+    /// [`super::LoadSealedBegin`] (`feature::SEALED`).
+    pub const LOAD_SEALED_BEGIN: u16 = 0x0109;
+    /// [`super::LoadSealedChunk`] (`feature::SEALED`).
+    pub const LOAD_SEALED_CHUNK: u16 = 0x010A;
     /// [`super::Ack`].
     pub const ACK: u16 = 0x0201;
     /// [`super::StatsReply`].
@@ -237,7 +242,9 @@ impl Message<'_> for Ack {
         let c = self.command;
         // 0 answers a command whose header could not be read.
         let range = msg_type::LOAD_MODEL_BEGIN..=msg_type::CLOSE_SESSION;
-        ensure(c == 0 || range.contains(&c), "ack.command", c.into())
+        let sealed = msg_type::LOAD_SEALED_BEGIN..=msg_type::LOAD_SEALED_CHUNK;
+        let ok = c == 0 || range.contains(&c) || sealed.contains(&c);
+        ensure(ok, "ack.command", c.into())
     }
 }
 
@@ -308,6 +315,10 @@ pub enum ControlCommand<'a> {
     Stats(StatsRequest),
     /// See [`MemoryProbe`] (test-only, `feature::DIAGNOSTICS`).
     Probe(MemoryProbe),
+    /// See [`LoadSealedBegin`] (`feature::SEALED`).
+    LoadSealedBegin(LoadSealedBegin<'a>),
+    /// See [`LoadSealedChunk`] (`feature::SEALED`).
+    LoadSealedChunk(LoadSealedChunk<'a>),
 }
 
 impl<'a> ControlCommand<'a> {
@@ -323,6 +334,8 @@ impl<'a> ControlCommand<'a> {
             msg_type::CLOSE_SESSION => Self::CloseSession(decode_checked(r)?),
             msg_type::STATS_REQUEST => Self::Stats(decode_checked(r)?),
             probe_type::MEMORY_PROBE => Self::Probe(decode_checked(r)?),
+            msg_type::LOAD_SEALED_BEGIN => Self::LoadSealedBegin(decode_checked(r)?),
+            msg_type::LOAD_SEALED_CHUNK => Self::LoadSealedChunk(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -330,6 +343,8 @@ impl<'a> ControlCommand<'a> {
     /// Appends the frame to `out`.
     pub fn encode(&self, out: &mut alloc::vec::Vec<u8>) -> Result<(), WireError> {
         match self {
+            Self::LoadSealedBegin(m) => m.encode(out),
+            Self::LoadSealedChunk(m) => m.encode(out),
             Self::LoadModelBegin(m) => m.encode(out),
             Self::LoadModelChunk(m) => m.encode(out),
             Self::LoadModelEnd(m) => m.encode(out),

@@ -13,6 +13,7 @@ pub mod memory;
 pub mod probe;
 pub mod request;
 pub mod response;
+pub mod sealed;
 pub mod status;
 
 #[cfg(test)]

@@ -31,11 +31,14 @@ pub enum Status {
     Unsupported = 10,
     /// Too many models, sessions or requests at once; retry later.
     Busy = 11,
+    /// A sealed model was refused: its header, owner, signature, key or any chunk failed
+    /// the checks of docs/sealed-model.md (the driver's console says which).
+    SealRejected = 12,
 }
 
 impl Status {
     /// Every status, in value order (for tests and tables).
-    pub const ALL: [Status; 12] = [
+    pub const ALL: [Status; 13] = [
         Status::Ok,
         Status::BadRequest,
         Status::NoSuchModel,
@@ -48,6 +51,7 @@ impl Status {
         Status::AlreadyExists,
         Status::Unsupported,
         Status::Busy,
+        Status::SealRejected,
     ];
 
     /// The wire value.
@@ -76,7 +80,7 @@ mod tests {
         for s in Status::ALL {
             assert_eq!(Status::try_from(s.to_u16()), Ok(s));
         }
-        assert_eq!(Status::try_from(12), Err(WireError::UnknownStatus(12)));
+        assert_eq!(Status::try_from(13), Err(WireError::UnknownStatus(13)));
         assert_eq!(
             Status::try_from(u16::MAX),
             Err(WireError::UnknownStatus(u16::MAX))

@@ -253,6 +253,24 @@ pub struct LlmConfig {
     pub memory_budget: u64,
     /// Offer `feature::DIAGNOSTICS` (memory probes); only tests ask for it.
     pub diagnostics: bool,
+    /// The guest's key root and image measurement: with them the device offers
+    /// `feature::SEALED` and puts both in its configuration space. Only the development root
+    /// travels this way (the host knows it anyway); a production root never passes through
+    /// the host (docs/sealed-model.md, "Key roots").
+    pub key_root: Option<SealingRoot>,
+}
+
+/// A key root and the measurement of the images the guest runs.
+#[derive(Clone, Copy)]
+pub struct SealingRoot {
+    pub root: [u8; 32],
+    pub measurement: [u8; 32],
+}
+
+impl std::fmt::Debug for SealingRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealingRoot").finish_non_exhaustive()
+    }
 }
 
 impl Default for LlmConfig {
@@ -263,6 +281,7 @@ impl Default for LlmConfig {
             max_context_len: spec::MAX_CONTEXT_LEN,
             memory_budget: 0,
             diagnostics: false,
+            key_root: None,
         }
     }
 }
@@ -275,6 +294,7 @@ pub struct VirtioLlm {
     interrupt: Arc<Interrupt>,
     config: [u8; config::SIZE],
     diagnostics: bool,
+    sealed: bool,
 }
 
 impl VirtioLlm {
@@ -316,6 +336,10 @@ impl VirtioLlm {
             &limits.max_context_len.to_le_bytes(),
         );
         put(config::MEMORY_BUDGET, &limits.memory_budget.to_le_bytes());
+        if let Some(k) = &limits.key_root {
+            put(config::KEY_ROOT, &k.root);
+            put(config::MEASUREMENT, &k.measurement);
+        }
         let device = Self {
             host: host.clone(),
             shared,
@@ -326,6 +350,7 @@ impl VirtioLlm {
             }),
             config: cfg,
             diagnostics: limits.diagnostics,
+            sealed: limits.key_root.is_some(),
         };
         Ok((device, host))
     }
@@ -342,7 +367,9 @@ impl VirtioDevice for VirtioLlm {
         } else {
             0
         };
+        let sealed = if self.sealed { 1 << feature::SEALED } else { 0 };
         virtio_llm::mmio::F_EVENT_IDX
+            | sealed
             | 1 << feature::ACCESS_PLATFORM
             | 1 << feature::TEXT_PROMPT
             | 1 << feature::MEMORY

@@ -75,6 +75,19 @@ pub struct DeviceLimits {
     pub memory_budget: u64,
 }
 
+/// The secret a guest derives its sealing key from, and the measurement of its images.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyRoot {
+    pub root: [u8; 32],
+    pub measurement: [u8; 32],
+}
+
+impl core::fmt::Debug for KeyRoot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KeyRoot").finish_non_exhaustive()
+    }
+}
+
 /// What the driver saw go wrong without failing (device bugs or attacks it survived).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverStats {
@@ -127,7 +140,8 @@ pub const OPTIONAL_FEATURES: u64 = F_EVENT_IDX
     | 1 << feature::TEXT_PROMPT
     | 1 << feature::MEMORY
     | 1 << feature::DIAGNOSTICS
-    | 1 << feature::PREEMPT;
+    | 1 << feature::PREEMPT
+    | 1 << feature::SEALED;
 /// Features the driver refuses to run without.
 pub const REQUIRED_FEATURES: u64 = F_VERSION_1 | 1 << feature::ACCESS_PLATFORM;
 
@@ -311,6 +325,26 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
     /// The device's limits.
     pub fn limits(&self) -> DeviceLimits {
         self.limits
+    }
+
+    /// The key root and image measurement from the configuration space, when
+    /// `feature::SEALED` was negotiated (docs/sealed-model.md, "Key roots").
+    pub fn key_root(&self) -> Option<KeyRoot> {
+        if self.features & (1 << feature::SEALED) == 0 {
+            return None;
+        }
+        let read = |at: usize| {
+            let mut out = [0u8; 32];
+            for (i, word) in out.chunks_exact_mut(4).enumerate() {
+                let v = self.transport.read32(reg::CONFIG + (at + 4 * i) as u64);
+                word.copy_from_slice(&v.to_le_bytes());
+            }
+            out
+        };
+        Some(KeyRoot {
+            root: read(config::KEY_ROOT),
+            measurement: read(config::MEASUREMENT),
+        })
     }
 
     /// Counters.

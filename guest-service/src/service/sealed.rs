@@ -1,0 +1,130 @@
+//! Sealed-model commands (`feature::SEALED`): `LoadSealedBegin`, `LoadSealedChunk`, and the
+//! `LoadModelEnd` that completes a sealed load. Any [`SealError`] refuses with
+//! `SealRejected`, discards the partial model and says why on the console, in one line.
+
+use super::{Environment, Service};
+use crate::unsealing::Unsealing;
+use sealed_model::{SealError, Unsealer, derive_guest_key};
+use virtio_llm::Status;
+use virtio_llm::driver::{DriverMemory, LlmDriver, Transport};
+use virtio_llm::wire::control::{LoadModelEnd, LoadSealedBegin, LoadSealedChunk};
+
+impl Service {
+    /// Accepts a sealed header for this guest and reserves the plaintext body's memory.
+    pub(super) fn sealed_begin<M: DriverMemory, T: Transport>(
+        &mut self,
+        b: &LoadSealedBegin<'_>,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Status {
+        if self.models.contains_key(&b.model_id) {
+            return Status::AlreadyExists;
+        }
+        if self.loading.is_some()
+            || self.unsealing.is_some()
+            || self.models.len() >= self.max_models
+        {
+            return Status::Busy;
+        }
+        let Some(root) = driver.key_root() else {
+            env.log(&alloc::format!(
+                "engine: sealed model {} refused: this guest has no key root",
+                b.model_id
+            ));
+            return Status::Unsupported;
+        };
+        let key = derive_guest_key(&root.root, &root.measurement);
+        // No accepted owners are configured yet: any owner whose signature verifies.
+        let unsealer = match Unsealer::new(b.header, &key, &[]) {
+            Ok(u) => u,
+            Err(e) => return refuse(b.model_id, &e, env),
+        };
+        let body_bytes = unsealer.header().body_bytes();
+        if let Err(s) = self.make_room(body_bytes, None, driver, env) {
+            return s;
+        }
+        match Unsealing::begin(b.model_id, unsealer) {
+            Ok(u) => {
+                self.load_ns = (env.now_ns(), 0);
+                let (addr, len) = u.buffer();
+                env.prefault(addr, len);
+                self.unsealing = Some(u);
+                Status::Ok
+            }
+            Err(s) => s,
+        }
+    }
+
+    /// Opens the next sealed chunk into private memory.
+    pub(super) fn sealed_chunk(
+        &mut self,
+        c: &LoadSealedChunk<'_>,
+        env: &dyn Environment,
+    ) -> Status {
+        let t0 = env.now_ns();
+        let result = match self.unsealing.as_mut() {
+            Some(u) if u.model_id == c.model_id => u.chunk(c.index, c.data),
+            _ => return Status::BadRequest,
+        };
+        self.load_ns.1 += env.now_ns() - t0;
+        match result {
+            Ok(()) => Status::Ok,
+            Err(e) => {
+                self.abandon_unsealing(env);
+                refuse(c.model_id, &e, env)
+            }
+        }
+    }
+
+    /// Whether `LoadModelEnd` for `model_id` ends a sealed load.
+    pub(super) fn unsealing(&self, model_id: u32) -> bool {
+        self.unsealing
+            .as_ref()
+            .is_some_and(|u| u.model_id == model_id)
+    }
+
+    /// Completes a sealed load: every chunk opened, the content digest checked, then the
+    /// model parsed and kept as a plaintext one is. The end's `sha256` must be zero.
+    pub(super) fn sealed_end(&mut self, e: &LoadModelEnd, env: &dyn Environment) -> Status {
+        let Some(u) = self.unsealing.take() else {
+            return Status::BadRequest;
+        };
+        env.prefault(0, 0);
+        if e.sha256 != [0; 32] {
+            return Status::BadRequest;
+        }
+        let (bytes, owner, t0) = (u.received(), u.owner(), env.now_ns());
+        let (file, _proof) = match u.finish() {
+            Ok(done) => done,
+            Err(err) => return refuse(e.model_id, &err, env),
+        };
+        let r = self.keep(e.model_id, file);
+        let now = env.now_ns();
+        env.log(&alloc::format!(
+            "engine: sealed model {} ({} MiB, owner {owner}): {} ms from begin, {} ms in chunks, {} ms to check",
+            e.model_id,
+            bytes >> 20,
+            (now - self.load_ns.0) / 1_000_000,
+            self.load_ns.1 / 1_000_000,
+            (now - t0) / 1_000_000
+        ));
+        match r {
+            Ok(()) => Status::Ok,
+            Err(s) => s,
+        }
+    }
+
+    /// Drops a partial sealed load, if any; whether there was one.
+    pub(super) fn abandon_unsealing(&mut self, env: &dyn Environment) -> bool {
+        env.prefault(0, 0);
+        self.unsealing.take().is_some()
+    }
+}
+
+/// Refuses a sealed model with one console line naming the error.
+fn refuse(model_id: u32, e: &SealError, env: &dyn Environment) -> Status {
+    env.log(&alloc::format!(
+        "engine: sealed model {model_id} refused: {e}"
+    ));
+    Status::SealRejected
+}
