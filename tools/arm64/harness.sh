@@ -79,7 +79,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])' <<<"$json" >"$RUN/tests.txt"
     while read -r name exe; do cp "$exe" "$STAGE/tests/$name"; done <"$RUN/tests.txt"
-    for t in boot guest virtio_echo private_memory memory_budget; do
+    for t in boot guest virtio_echo private_memory memory_budget guest_sealed; do
         [[ -x $STAGE/tests/$t ]] || { log "no test binary $t for $MUSL"; return 1; }
     done
 }
@@ -142,6 +142,8 @@ checks() {
         echo "e2e-boot timeout=900 $guest_env /tests/boot --test-threads=1"
         echo "e2e-guest timeout=900 $guest_env /tests/guest --test-threads=1"
         echo "e2e-virtio-echo timeout=1500 $guest_env /tests/virtio_echo --test-threads=1"
+        # A sealed model unseals (ARMv8 AES in the guest) and a tampered one is refused.
+        echo "e2e-sealed timeout=900 $guest_env /tests/guest_sealed --test-threads=1"
         if [[ $mode == protected ]]; then
             echo "e2e-host-cannot-read timeout=1500 $guest_env /tests/private_memory --test-threads=1 the_host_cannot_read"
             echo "e2e-protected-budget timeout=900 $guest_env /tests/memory_budget --test-threads=1 a_protected_vm_keeps_its_budget"
