@@ -27,6 +27,18 @@ impl Task<'_> {
     }
 }
 
+/// An empty buffer with room for a whole model file of `total` bytes, reserved up front (a
+/// load never reallocates, and a model that cannot fit fails before any byte arrives);
+/// `OutOfMemory` if the allocator cannot give it.
+pub fn reserve_model(total: u64) -> Result<Vec<u8>, Status> {
+    let len = usize::try_from(total).map_err(|_| Status::OutOfMemory)?;
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(len)
+        .map_err(|_| Status::OutOfMemory)?;
+    Ok(bytes)
+}
+
 /// A model being received.
 pub struct Loading {
     pub model_id: u32,
@@ -38,15 +50,10 @@ pub struct Loading {
 impl Loading {
     /// Reserves `total` bytes; `OutOfMemory` if the allocator cannot give them.
     pub fn begin(model_id: u32, total: u64) -> Result<Self, Status> {
-        let len = usize::try_from(total).map_err(|_| Status::OutOfMemory)?;
-        let mut bytes = Vec::new();
-        bytes
-            .try_reserve_exact(len)
-            .map_err(|_| Status::OutOfMemory)?;
         Ok(Self {
             model_id,
             total,
-            bytes,
+            bytes: reserve_model(total)?,
             hasher: Sha256::new(),
         })
     }

@@ -20,12 +20,7 @@ pub struct Unsealing {
 impl Unsealing {
     /// Reserves the header's `body_bytes`; `OutOfMemory` if the allocator cannot give them.
     pub fn begin(model_id: u32, unsealer: Unsealer) -> Result<Self, Status> {
-        let total = unsealer.header().body_bytes();
-        let len = usize::try_from(total).map_err(|_| Status::OutOfMemory)?;
-        let mut bytes = Vec::new();
-        bytes
-            .try_reserve_exact(len)
-            .map_err(|_| Status::OutOfMemory)?;
+        let bytes = crate::loader::reserve_model(unsealer.header().body_bytes())?;
         Ok(Self {
             model_id,
             unsealer,

@@ -149,17 +149,26 @@ impl Service {
         let r = self.install(l, e.sha256);
         let now = env.now_ns();
         env.log(&alloc::format!(
-            "engine: model {} ({} MiB): {} ms from begin, {} ms in chunks, {} ms to check",
+            "engine: model {} ({} MiB): {}",
             e.model_id,
             bytes >> 20,
-            (now - self.load_ns.0) / 1_000_000,
-            self.load_ns.1 / 1_000_000,
-            (now - t0) / 1_000_000
+            self.load_times(t0, now)
         ));
         match r {
             Ok(()) => Status::Ok,
             Err(s) => s,
         }
+    }
+
+    /// Where the load that ends at `now` spent its time: since its begin, in its chunks, and
+    /// checking it (from `checked_from`).
+    pub(super) fn load_times(&self, checked_from: u64, now: u64) -> alloc::string::String {
+        alloc::format!(
+            "{} ms from begin, {} ms in chunks, {} ms to check",
+            (now - self.load_ns.0) / 1_000_000,
+            self.load_ns.1 / 1_000_000,
+            (now - checked_from) / 1_000_000
+        )
     }
 
     /// Checks a complete file as the engine will use it, then keeps it.

@@ -101,12 +101,10 @@ impl Service {
         let r = self.keep(e.model_id, file);
         let now = env.now_ns();
         env.log(&alloc::format!(
-            "engine: sealed model {} ({} MiB, owner {owner}): {} ms from begin, {} ms in chunks, {} ms to check",
+            "engine: sealed model {} ({} MiB, owner {owner}): {}",
             e.model_id,
             bytes >> 20,
-            (now - self.load_ns.0) / 1_000_000,
-            self.load_ns.1 / 1_000_000,
-            (now - t0) / 1_000_000
+            self.load_times(t0, now)
         ));
         match r {
             Ok(()) => Status::Ok,
