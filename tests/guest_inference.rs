@@ -93,7 +93,7 @@ fn guest_equals_host(model_file: &str) {
         let end = vm
             .generate(
                 &greedy(sid, ids),
-                &mut |t| {
+                &mut |t, _| {
                     guest.extend_from_slice(t);
                     batches.push(t.len());
                 },
@@ -219,7 +219,7 @@ fn a_guest_crash_mid_generation_is_an_error_naming_it() {
     let mut seen = 0;
     let result = vm.generate(
         &req,
-        &mut |t| {
+        &mut |t, _| {
             seen += t.len();
             if seen >= 2 {
                 // Breakpoints over the engine program's code: its next instruction traps,

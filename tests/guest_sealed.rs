@@ -106,7 +106,7 @@ fn a_sealed_model_unseals_in_the_guest_and_generates_as_the_plaintext() {
         sampling,
         prompt: Prompt::Tokens(prompt.clone()),
     };
-    vm.generate(&req, &mut |t| got.extend_from_slice(t), &|| false)
+    vm.generate(&req, &mut |t, _| got.extend_from_slice(t), &|| false)
         .expect("the guest generates");
     assert_eq!(got, host_greedy(&file, &prompt, 24));
     vm.shutdown().expect("clean shutdown");

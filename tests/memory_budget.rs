@@ -254,7 +254,7 @@ fn a_budget_change_during_a_generation_is_served_at_once() {
     let end = vm
         .generate(
             &req,
-            &mut |t| {
+            &mut |t, _| {
                 if tokens == 0 {
                     let _ = go.send(());
                 }
@@ -364,6 +364,6 @@ fn greedy(request_id: u64, session_id: u32, prompt: &[u32]) -> GenerateRequest {
 
 fn run(vm: &mut GuestVm, req: &GenerateRequest) -> Result<Vec<u32>, GuestError> {
     let mut out = Vec::new();
-    vm.generate(req, &mut |t| out.extend_from_slice(t), &|| false)?;
+    vm.generate(req, &mut |t, _| out.extend_from_slice(t), &|| false)?;
     Ok(out)
 }

@@ -84,6 +84,7 @@ fn serve(mut d: Driver, timer: Arc<Timer>) -> Driver {
                         let msg = ResponseMsg::Tokens(Tokens {
                             request_id: g.request_id,
                             token_ids: batch.to_vec(),
+                            text: Vec::new(),
                         });
                         send_response(&mut d, &timer, &msg, &mut out);
                     }

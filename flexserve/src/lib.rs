@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod guest_root;
 pub mod model;
 pub mod run;
 pub mod serve;

@@ -72,7 +72,14 @@ fn dispatch() -> anyhow::Result<Finished> {
             if args.quiet {
                 println!("{}", isolation.level());
             } else {
+                use vmm::key_root::{DevelopmentRoot, KeyRoot};
                 println!("{}", isolation.describe());
+                match DevelopmentRoot::default_path()
+                    .and_then(|p| DevelopmentRoot::open_or_create(&p))
+                {
+                    Ok(root) => println!("key root: {}", root.describe()),
+                    Err(e) => println!("key root: none ({e}; sealed models are refused)"),
+                }
             }
         }
     }

@@ -19,7 +19,7 @@ use virtio_llm::wire::control::{
 use virtio_llm::wire::echo::{EchoReply, EchoRequest};
 use virtio_llm::wire::memory::{BudgetChange, MemRange, MemoryMsg, RelinquishReport};
 use virtio_llm::wire::request::{
-    CancelRequest, GenerateRequest, PreemptRequest, Prompt, SamplingParams,
+    CancelRequest, ChatRole, ChatTurn, GenerateRequest, PreemptRequest, Prompt, SamplingParams,
 };
 use virtio_llm::wire::response::{EndOfStream, ErrorResponse, StopReason, Timings, Tokens};
 use virtio_llm::wire::status::Status;
@@ -78,6 +78,7 @@ fn main() {
             Tokens {
                 request_id: 1,
                 token_ids: vec![1, 2, 3],
+                text: b"Hello, w\xc3".to_vec(),
             }
             .encode(o)
         }),
@@ -259,6 +260,28 @@ fn main() {
                     ..SamplingParams::greedy(64)
                 },
                 prompt: Prompt::Text("Hello".into()),
+            }
+            .encode(o)
+        }),
+    );
+    write(
+        &drv,
+        "generate_chat",
+        enc(|o| {
+            GenerateRequest {
+                request_id: 3,
+                session_id: 3,
+                sampling: SamplingParams::greedy(16),
+                prompt: Prompt::Chat(vec![
+                    ChatTurn {
+                        role: ChatRole::System,
+                        content: "Be brief.".into(),
+                    },
+                    ChatTurn {
+                        role: ChatRole::User,
+                        content: "Hello".into(),
+                    },
+                ]),
             }
             .encode(o)
         }),

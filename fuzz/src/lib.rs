@@ -10,7 +10,8 @@ use virtio_llm::wire::control::{self, ControlCommand, ControlReply};
 use virtio_llm::wire::echo::{self, EchoReply, EchoRequest};
 use virtio_llm::wire::memory::{self, BudgetChange, MemRange, MemoryMsg, RelinquishReport};
 use virtio_llm::wire::request::{
-    self, CancelRequest, GenerateRequest, PreemptRequest, Prompt, RequestMsg, SamplingParams,
+    self, CancelRequest, ChatRole, ChatTurn, GenerateRequest, PreemptRequest, Prompt, RequestMsg,
+    SamplingParams,
 };
 use virtio_llm::wire::response::{
     self, EndOfStream, ErrorResponse, ResponseMsg, StopReason, Timings, Tokens,
@@ -263,10 +264,20 @@ pub fn request(u: &mut Unstructured<'_>) -> Result<RequestMsg> {
                 max_tokens: near(u, 0, spec::MAX_GENERATED_TOKENS + 1)?,
                 ignore_eog: u.arbitrary()?,
             };
-            let prompt = if u.arbitrary()? {
-                Prompt::Tokens(u32_list(u, 2048, spec::MAX_TOKEN_ID)?)
-            } else {
-                Prompt::Text(String::from_utf8_lossy(bytes(u, 4096)?).into_owned())
+            let prompt = match u.int_in_range(0u8..=2)? {
+                0 => Prompt::Tokens(u32_list(u, 2048, spec::MAX_TOKEN_ID)?),
+                1 => Prompt::Text(String::from_utf8_lossy(bytes(u, 4096)?).into_owned()),
+                _ => {
+                    let mut turns = Vec::new();
+                    for _ in 0..u.int_in_range(0u8..=4)? {
+                        turns.push(ChatTurn {
+                            role: ChatRole::try_from(u.int_in_range(0u8..=2)?)
+                                .unwrap_or(ChatRole::User),
+                            content: String::from_utf8_lossy(bytes(u, 1024)?).into_owned(),
+                        });
+                    }
+                    Prompt::Chat(turns)
+                }
             };
             RequestMsg::Generate(GenerateRequest {
                 request_id: u.arbitrary()?,
@@ -294,6 +305,7 @@ pub fn response(u: &mut Unstructured<'_>) -> Result<ResponseMsg> {
         0 => ResponseMsg::Tokens(Tokens {
             request_id: u.arbitrary()?,
             token_ids: u32_list(u, spec::MAX_TOKENS_PER_RESPONSE + 1, spec::MAX_TOKEN_ID)?,
+            text: bytes(u, 4096)?.to_vec(),
         }),
         1 => ResponseMsg::Error(ErrorResponse {
             request_id: u.arbitrary()?,

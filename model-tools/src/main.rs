@@ -5,7 +5,6 @@ mod codec;
 mod convert;
 mod inspect;
 mod rng;
-mod sealing;
 mod tiny;
 
 use std::io::{BufWriter, IsTerminal, Write};
@@ -16,7 +15,7 @@ use clap::{Parser, Subcommand};
 use inference_guest::ggml_type::GgmlType;
 use inference_guest::gguf::Gguf;
 use inference_guest::gguf::writer::GgufWriter;
-use model_tools::relayout;
+use model_tools::sealing;
 
 #[derive(Parser)]
 #[command(

@@ -138,7 +138,7 @@ fn convert_refuses_rows_that_are_not_whole_blocks() {
 fn relayout_keeps_every_tensor_and_puts_each_layer_in_one_range() {
     let bytes = tiny(3);
     let original = Gguf::parse(&bytes).unwrap();
-    let relaid = crate::relayout::relayout(&original).unwrap();
+    let relaid = model_tools::relayout::relayout(&original).unwrap();
     let g = Gguf::parse(&relaid.bytes).unwrap();
     assert_eq!(g.metadata(), original.metadata());
     assert_eq!(relaid.layers.len(), 2 + 2, "embeddings, two blocks, output");
@@ -188,7 +188,7 @@ fn a_sealed_model_unseals_to_the_relaid_gguf_for_its_guest_only() {
 
     let (header, head, body) = Header::split_file(&file).unwrap();
     assert_eq!(header.owner().to_string(), owner_public);
-    let relaid = crate::relayout::relayout(&Gguf::parse(&bytes).unwrap()).unwrap();
+    let relaid = model_tools::relayout::relayout(&Gguf::parse(&bytes).unwrap()).unwrap();
     assert_eq!(header.layers(), relaid.layers.as_slice());
     let mut unsealer = Unsealer::new(head, &guest, &[header.owner()]).unwrap();
     let mut plain = Vec::new();

@@ -29,6 +29,10 @@ pub mod feature {
     /// The device may load sealed models (`LoadSealedBegin`, `LoadSealedChunk`), and the
     /// configuration space carries the guest's key root and image measurement.
     pub const SEALED: u32 = 5;
+    /// The driver owns text (needs `TEXT_PROMPT`): prompts may be chat messages it renders
+    /// with the model's own template, and every `Tokens` carries the bytes its tokens stand
+    /// for, so a device with no tokenizer (a sealed model's host) can serve text.
+    pub const GUEST_TEXT: u32 = 6;
     /// Standard virtio 1.x device (VIRTIO_F_VERSION_1); required.
     pub const VERSION_1: u32 = 32;
     /// The device reaches only the shared window (VIRTIO_F_ACCESS_PLATFORM); required, so the
@@ -110,6 +114,10 @@ pub const MAX_CONTEXT_LEN: u32 = 128 * 1024;
 pub const MAX_MODEL_BYTES: u64 = 64 << 30;
 /// Token ids in one `Tokens` response.
 pub const MAX_TOKENS_PER_RESPONSE: usize = 256;
+/// Text bytes in one `Tokens` response (`feature::GUEST_TEXT`).
+pub const MAX_TOKEN_TEXT_BYTES: usize = 64 * 1024;
+/// Messages in a chat prompt (`feature::GUEST_TEXT`).
+pub const MAX_CHAT_MESSAGES: usize = 1024;
 /// Bytes of an `Error` message text.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 /// Token ids are below this (no vocabulary in use comes close; bounds the sampler's top-k).

@@ -84,6 +84,7 @@ fn feature_bits_match_the_spec_table() {
         ("VIRTIO_LLM_F_DIAGNOSTICS", feature::DIAGNOSTICS),
         ("VIRTIO_LLM_F_PREEMPT", feature::PREEMPT),
         ("VIRTIO_LLM_F_SEALED", feature::SEALED),
+        ("VIRTIO_LLM_F_GUEST_TEXT", feature::GUEST_TEXT),
         ("VIRTIO_F_VERSION_1", feature::VERSION_1),
         ("VIRTIO_F_ACCESS_PLATFORM", feature::ACCESS_PLATFORM),
     ]);

@@ -110,7 +110,10 @@ fn explain(status: Status) -> &'static str {
         Status::Busy => "too many models or sessions",
         Status::ContextFull => "the context window is full",
         Status::BadRequest => "the request was invalid in the guest's state",
-        Status::SealRejected => "the sealed model did not unseal (see the guest's console for why)",
+        Status::SealRejected => {
+            "the sealed model did not unseal (the guest's console line above says why; \
+             `flexserve guest-key` prints the key this guest unseals with)"
+        }
         _ => "internal error in the guest",
     }
 }
@@ -370,13 +373,20 @@ impl GuestVm {
         }
     }
 
-    /// Runs `req`, calling `on_tokens` with each batch of generated ids as it arrives.
+    /// Whether the guest owns text (`feature::GUEST_TEXT`): it takes chat prompts and sends
+    /// the bytes of the tokens it generates, so the host needs no tokenizer.
+    pub fn owns_text(&self) -> bool {
+        self.llm.negotiated(feature::GUEST_TEXT)
+    }
+
+    /// Runs `req`, calling `on_tokens` with each batch of generated ids and (when the guest
+    /// [owns text](Self::owns_text)) the bytes they stand for, as it arrives.
     /// `cancelled()` is checked while waiting; once it returns true the request is
     /// cancelled (it still ends with its `EndOfStream`, reason cancelled).
     pub fn generate(
         &mut self,
         req: &GenerateRequest,
-        on_tokens: &mut dyn FnMut(&[u32]),
+        on_tokens: &mut dyn FnMut(&[u32], &[u8]),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<EndOfStream, GuestError> {
         self.generate_until(req, on_tokens, &|| cancelled().then_some(Interrupt::Cancel))
@@ -388,7 +398,7 @@ impl GuestVm {
     pub fn generate_until(
         &mut self,
         req: &GenerateRequest,
-        on_tokens: &mut dyn FnMut(&[u32]),
+        on_tokens: &mut dyn FnMut(&[u32], &[u8]),
         interrupt: &dyn Fn() -> Option<Interrupt>,
     ) -> Result<EndOfStream, GuestError> {
         let id = req.request_id;
@@ -416,7 +426,7 @@ impl GuestVm {
                 Err(e) => return Err(self.failure(e)),
             };
             match resp {
-                ResponseMsg::Tokens(t) if t.request_id == id => on_tokens(&t.token_ids),
+                ResponseMsg::Tokens(t) if t.request_id == id => on_tokens(&t.token_ids, &t.text),
                 ResponseMsg::EndOfStream(e) if e.request_id == id => return Ok(e),
                 ResponseMsg::Error(e) if e.request_id == id => {
                     return Err(GuestError::Request {

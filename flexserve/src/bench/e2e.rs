@@ -261,7 +261,7 @@ impl GuestEngine {
         let mut first = None;
         let end = self.vm.generate(
             &req,
-            &mut |_| {
+            &mut |_, _| {
                 first.get_or_insert_with(Instant::now);
             },
             &|| false,
@@ -285,7 +285,7 @@ fn with_checked_model<T>(
     then: impl FnOnce(&HostModel, u32) -> Result<T, BenchError>,
 ) -> Result<T, BenchError> {
     let model = HostModel::open(&args.model, Access::Mapped).map_err(RunError::from)?;
-    let n_vocab = model.shape().n_vocab as u32;
+    let n_vocab = model.shape().map_err(RunError::from)?.n_vocab as u32;
     std::thread::scope(|s| {
         let tokenizer = s.spawn(|| model.tokenizer().map(|_| ()));
         let result = then(&model, n_vocab)?;

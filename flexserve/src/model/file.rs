@@ -15,8 +15,16 @@ pub enum ModelFileError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not a GGUF file (it does not start with \"GGUF\"); pass a .gguf model")]
-    NotGguf { path: PathBuf },
+    #[error(
+        "{path} is neither a GGUF model (\"GGUF\") nor a sealed model (\"FLEXSEAL\"); pass a \
+         .gguf or .fsm file"
+    )]
+    NotAModel { path: PathBuf },
+    #[error(
+        "{path} is a sealed model: only a guest it was sealed to can read it, so it cannot \
+         run on the host engine; drop --unprotected (or use the plain GGUF)"
+    )]
+    SealedOnHost { path: PathBuf },
 }
 
 /// A model file mapped read-only: for the protected guest, where the host only checks the
@@ -58,7 +66,7 @@ pub fn map_model(path: &Path) -> Result<MappedModel, ModelFileError> {
     let unreadable = |source| unreadable(path, source);
     let file = std::fs::File::open(path).map_err(unreadable)?;
     let len = file.metadata().map_err(unreadable)?.len();
-    let not_gguf = || ModelFileError::NotGguf {
+    let not_gguf = || ModelFileError::NotAModel {
         path: path.to_path_buf(),
     };
     if len < 4 {
@@ -88,7 +96,8 @@ pub fn map_model(path: &Path) -> Result<MappedModel, ModelFileError> {
     // SAFETY: advice on the mapping just made; failure only loses the read-ahead hint.
     unsafe { libc::madvise(ptr, len, libc::MADV_WILLNEED) };
     let mapped = MappedModel { ptr, len };
-    if !mapped.as_slice().starts_with(b"GGUF") {
+    let bytes = mapped.as_slice();
+    if !bytes.starts_with(b"GGUF") && !bytes.starts_with(&sealed_model::MAGIC) {
         return Err(not_gguf());
     }
     Ok(mapped)
@@ -119,10 +128,10 @@ pub fn read_model_on(path: &Path, pages: Pages) -> Result<HugePageBuffer, ModelF
         ))
     })?;
     let bytes = HugePageBuffer::read_from(&mut file, len, pages).map_err(unreadable)?;
-    if !bytes.as_slice().starts_with(b"GGUF") {
-        return Err(ModelFileError::NotGguf {
-            path: path.to_path_buf(),
-        });
+    let path = path.to_path_buf();
+    match bytes.as_slice() {
+        b if b.starts_with(b"GGUF") => Ok(bytes),
+        b if b.starts_with(&sealed_model::MAGIC) => Err(ModelFileError::SealedOnHost { path }),
+        _ => Err(ModelFileError::NotAModel { path }),
     }
-    Ok(bytes)
 }

@@ -1,7 +1,12 @@
-//! The host's one view of a model file, shared by `run`, the daemon and the benchmarks: the
-//! bytes (mapped, or read onto huge pages for the host engine), the check that the engine
-//! can run them, the chat template, the tokenizer, the guest memory it needs, and its
-//! SHA-256 (cached) for the load into a guest.
+//! The host's one view of a model file, shared by `run`, the daemon and the benchmarks.
+//!
+//! A plain GGUF: the bytes (mapped, or read onto huge pages for the host engine), the check
+//! that the engine can run them, the chat template, the tokenizer, the guest memory it
+//! needs, and its SHA-256 (cached) for the load into a guest.
+//!
+//! A sealed model (`.fsm`, docs/sealed-model.md): only its public header, which sizes the
+//! guest's memory and the context; the host parses no GGUF, holds no tokenizer, and the
+//! guest renders and tokenizes the prompt and sends the answer's text.
 
 pub mod digest_cache;
 pub mod file;
@@ -13,8 +18,10 @@ use inference_guest::gguf::{Gguf, GgufError};
 use inference_guest::model::{LlamaConfig, Model, ModelError};
 use inference_guest::quant::Kernels;
 use inference_guest::tokenizer::{ChatMessage, Tokenizer, TokenizerError, chat};
+use sealed_model::{Header, SealError};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use virtio_llm::wire::request::{ChatRole, ChatTurn, Prompt};
 use vmm::guest_vm::{GuestError, GuestVm};
 
 const MIB: u64 = 1 << 20;
@@ -38,6 +45,13 @@ pub enum HostModelError {
     Engine(#[from] ModelError),
     #[error("cannot build the tokenizer: {0}")]
     Tokenizer(#[from] TokenizerError),
+    #[error("invalid sealed model {path}: {source}")]
+    Sealed { path: PathBuf, source: SealError },
+    #[error(
+        "{path} is a sealed model: the host cannot read it, so it has no {what}; use the \
+         plain GGUF for that"
+    )]
+    SealedHere { path: PathBuf, what: &'static str },
 }
 
 /// How the host holds the file's bytes.
@@ -54,10 +68,8 @@ enum Bytes {
     Read(HugePageBuffer),
 }
 
-/// A model file the engine can run, checked on the host.
-pub struct HostModel {
-    path: PathBuf,
-    bytes: Bytes,
+/// What the host knows of a plain GGUF.
+struct Plain {
     shape: LlamaConfig,
     chatml: bool,
     /// Built on first use (it takes tens of milliseconds: `run` builds it while the guest
@@ -65,19 +77,33 @@ pub struct HostModel {
     tokenizer: OnceLock<Arc<Tokenizer>>,
 }
 
+enum Format {
+    Plain(Plain),
+    /// The header, checked by its rules (the guest checks the owner's signature).
+    Sealed(Box<Header>),
+}
+
+/// A model file the engine can run, checked on the host as far as the host can read it.
+pub struct HostModel {
+    path: PathBuf,
+    bytes: Bytes,
+    format: Format,
+}
+
 impl std::fmt::Debug for HostModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostModel")
             .field("path", &self.path)
             .field("bytes", &self.bytes().len())
-            .field("chatml", &self.chatml)
+            .field("sealed", &self.is_sealed())
             .finish_non_exhaustive()
     }
 }
 
 impl HostModel {
-    /// Opens `path` and checks it as the engine will load it (GGUF, shapes, tensor types),
-    /// so that a bad file fails with the engine's own words before any guest exists.
+    /// Opens `path` and checks it: a plain GGUF as the engine will load it (shapes, tensor
+    /// types), so that a bad file fails with the engine's own words before any guest
+    /// exists; a sealed model by its header's rules and its length.
     pub fn open(path: &Path, access: Access) -> Result<Self, HostModelError> {
         let bytes = match access {
             Access::Mapped => Bytes::Mapped(map_model(path)?),
@@ -87,20 +113,27 @@ impl HostModel {
             Bytes::Mapped(m) => m.as_slice(),
             Bytes::Read(b) => b.as_slice(),
         };
-        let gguf = Gguf::parse(slice)?;
-        let shape = Model::from_gguf(&gguf, Kernels::detect())?.cfg;
-        let chatml = gguf
-            .get_str("tokenizer.chat_template")
-            .ok()
-            .flatten()
-            .is_some_and(|t| t.contains("<|im_start|>"));
-        drop(gguf);
+        let format = if slice.starts_with(&sealed_model::MAGIC) {
+            let (header, _, _) =
+                Header::split_file(slice).map_err(|source| HostModelError::Sealed {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            Format::Sealed(Box::new(header))
+        } else {
+            let gguf = Gguf::parse(slice)?;
+            let shape = Model::from_gguf(&gguf, Kernels::detect())?.cfg;
+            let chatml = chat::is_chatml(gguf.get_str("tokenizer.chat_template").ok().flatten());
+            Format::Plain(Plain {
+                shape,
+                chatml,
+                tokenizer: OnceLock::new(),
+            })
+        };
         Ok(Self {
             path: path.to_path_buf(),
             bytes,
-            shape,
-            chatml,
-            tokenizer: OnceLock::new(),
+            format,
         })
     }
 
@@ -117,78 +150,136 @@ impl HostModel {
         }
     }
 
-    /// The model's shape (vocabulary, layers, training context, ...).
-    pub fn shape(&self) -> &LlamaConfig {
-        &self.shape
+    /// Whether it is a sealed model (only a guest it was sealed to can read it).
+    pub fn is_sealed(&self) -> bool {
+        matches!(self.format, Format::Sealed(_))
     }
 
-    /// Whether chat prompts are rendered with ChatML (the model's template uses it).
-    pub fn chatml(&self) -> bool {
-        self.chatml
+    fn plain(&self, what: &'static str) -> Result<&Plain, HostModelError> {
+        match &self.format {
+            Format::Plain(p) => Ok(p),
+            Format::Sealed(_) => Err(HostModelError::SealedHere {
+                path: self.path.clone(),
+                what,
+            }),
+        }
+    }
+
+    /// The model's shape (vocabulary, layers, training context, ...); a plain model's only.
+    pub fn shape(&self) -> Result<&LlamaConfig, HostModelError> {
+        Ok(&self.plain("shape")?.shape)
     }
 
     /// The engine over this file's tensors, for the host engine.
     pub fn engine(&self, kernels: Kernels) -> Result<Model<'_>, HostModelError> {
+        self.plain("engine")?;
         Ok(Model::from_gguf(&Gguf::parse(self.bytes())?, kernels)?)
     }
 
-    /// The tokenizer, built on the first call.
+    /// The tokenizer, built on the first call; a plain model's only.
     pub fn tokenizer(&self) -> Result<Arc<Tokenizer>, HostModelError> {
-        if let Some(t) = self.tokenizer.get() {
+        let plain = self.plain("tokenizer")?;
+        if let Some(t) = plain.tokenizer.get() {
             return Ok(t.clone());
         }
         let built = Arc::new(Tokenizer::from_gguf(&Gguf::parse(self.bytes())?)?);
-        Ok(self.tokenizer.get_or_init(|| built).clone())
+        Ok(plain.tokenizer.get_or_init(|| built).clone())
     }
 
-    /// `requested` tokens of context, capped at the model's training context.
+    /// `requested` tokens of context, capped at the model's context (a sealed model's
+    /// header says it).
     pub fn context(&self, requested: usize) -> usize {
-        requested.clamp(1, self.shape.n_ctx_train)
+        let max = match &self.format {
+            Format::Plain(p) => p.shape.n_ctx_train,
+            Format::Sealed(h) => h.context_len() as usize,
+        };
+        requested.clamp(1, max.max(1))
     }
 
     /// Guest private memory for the weights and `sessions` KV caches of `context` tokens
     /// each, with headroom, in whole granules.
     pub fn guest_memory(&self, context: usize, sessions: usize) -> u64 {
         let sessions = sessions.max(1) as u64;
-        let kv = self.shape.kv_cache_bytes(context) as u64 * sessions;
+        let (weights, kv) = match &self.format {
+            Format::Plain(p) => (
+                self.bytes().len() as u64,
+                p.shape.kv_cache_bytes(context) as u64,
+            ),
+            Format::Sealed(h) => (
+                h.body_bytes(),
+                h.kv_bytes_per_token()
+                    .saturating_mul(self.context(context) as u64),
+            ),
+        };
         let extra = SESSION_HEADROOM * (sessions - 1);
-        (self.bytes().len() as u64 + kv + HEADROOM + extra).next_multiple_of(GRANULE)
+        (weights + kv * sessions + HEADROOM + extra).next_multiple_of(GRANULE)
     }
 
-    /// The text to tokenize for one user `prompt`: wrapped in the chat template when the
-    /// model has a ChatML one and `raw` is not asked for. Also says whether it was wrapped.
-    pub fn render_prompt(&self, prompt: &str, raw: bool) -> (String, bool) {
-        if raw || !self.chatml {
-            return (prompt.to_string(), false);
+    /// One user `prompt` as a plain model's tokens, wrapped in its ChatML template unless
+    /// `raw` (or the model has none); also says whether it was wrapped.
+    pub fn prompt_tokens(
+        &self,
+        prompt: &str,
+        raw: bool,
+    ) -> Result<(Vec<u32>, bool), HostModelError> {
+        let chat = !raw && self.plain("chat template")?.chatml;
+        let text = if chat {
+            chat::render(&[ChatMessage::new("user", prompt)], true)
+        } else {
+            prompt.to_string()
+        };
+        Ok((self.tokenizer()?.encode(&text, true, true), chat))
+    }
+
+    /// The prompt for the guest from one user `prompt`, and whether a chat template wraps
+    /// it: a plain model's tokenized here ([`Self::prompt_tokens`]); a sealed model's as
+    /// text (`raw`) or as one user message the guest renders with the model's template.
+    pub fn guest_prompt(&self, prompt: &str, raw: bool) -> Result<(Prompt, bool), HostModelError> {
+        if !self.is_sealed() {
+            let (ids, chat) = self.prompt_tokens(prompt, raw)?;
+            return Ok((Prompt::Tokens(ids), chat));
         }
-        let messages = [ChatMessage {
-            role: "user".into(),
-            content: prompt.into(),
-        }];
-        (chat::apply_chatml(&messages, true), true)
-    }
-
-    /// The text to tokenize for a conversation: ChatML with the assistant's turn opened, or
-    /// (without a ChatML template) the messages' contents one per line.
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> String {
-        if self.chatml {
-            return chat::apply_chatml(messages, true);
+        if raw {
+            return Ok((Prompt::Text(prompt.to_string()), false));
         }
-        messages
-            .iter()
-            .map(|m| m.content.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
+        let turn = ChatTurn {
+            role: ChatRole::User,
+            content: prompt.to_string(),
+        };
+        Ok((Prompt::Chat(vec![turn]), true))
     }
 
-    /// Streams the file into `vm` as model `id`; the host's digest comes from the cache
-    /// when the file is unchanged since it was last hashed. Returns the SHA-256.
+    /// The prompt for the guest from a conversation: tokenized here with the template for
+    /// a plain model, the messages themselves for a sealed one.
+    pub fn guest_chat(&self, messages: &[ChatMessage]) -> Result<Prompt, HostModelError> {
+        let Format::Plain(p) = &self.format else {
+            let turns = messages.iter().map(|m| ChatTurn {
+                role: match m.role.as_str() {
+                    "system" => ChatRole::System,
+                    "assistant" => ChatRole::Assistant,
+                    _ => ChatRole::User,
+                },
+                content: m.content.clone(),
+            });
+            return Ok(Prompt::Chat(turns.collect()));
+        };
+        let text = chat::render(messages, p.chatml);
+        Ok(Prompt::Tokens(self.tokenizer()?.encode(&text, true, true)))
+    }
+
+    /// Streams the file into `vm` as model `id`: a plain model with its SHA-256 (from the
+    /// cache when the file is unchanged since it was last hashed), a sealed one chunk by
+    /// chunk for the guest to unseal. Returns the plaintext's SHA-256.
     pub fn load_into(
         &self,
         vm: &mut GuestVm,
         id: u32,
         progress: &mut dyn FnMut(u64),
     ) -> Result<[u8; 32], GuestError> {
+        if let Format::Sealed(h) = &self.format {
+            vm.load_sealed(id, self.bytes(), progress)?;
+            return Ok(*h.content_digest());
+        }
         let known = digest_cache::lookup(&self.path);
         let sha256 = vm.load_model(id, self.bytes(), known, progress)?;
         if known.is_none() {
@@ -221,7 +312,7 @@ mod tests {
         let Some(m) = tiny() else { return };
         let one = m.guest_memory(256, 1);
         let two = m.guest_memory(256, 2);
-        let kv = m.shape().kv_cache_bytes(256) as u64;
+        let kv = m.shape().unwrap().kv_cache_bytes(256) as u64;
         assert_eq!(one % GRANULE, 0);
         assert!(one >= m.bytes().len() as u64 + kv + HEADROOM);
         assert!(two - one >= kv + SESSION_HEADROOM - GRANULE);
@@ -232,7 +323,7 @@ mod tests {
     fn context_is_capped_at_the_training_context() {
         let Some(m) = tiny() else { return };
         assert_eq!(m.context(0), 1);
-        assert_eq!(m.context(usize::MAX), m.shape().n_ctx_train);
+        assert_eq!(m.context(usize::MAX), m.shape().unwrap().n_ctx_train);
     }
 
     #[test]
@@ -242,7 +333,7 @@ mod tests {
         let err = HostModel::open(&path, Access::Mapped).unwrap_err();
         std::fs::remove_file(&path).unwrap();
         assert!(
-            matches!(err, HostModelError::File(ModelFileError::NotGguf { .. })),
+            matches!(err, HostModelError::File(ModelFileError::NotAModel { .. })),
             "{err}"
         );
     }

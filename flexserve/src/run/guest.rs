@@ -1,14 +1,15 @@
-//! `flexserve run`: boot the protected guest, stream the model into it, and print the tokens
+//! `flexserve run`: boot the protected guest, stream the model into it, and print the text
 //! it generates. The host checks the model first (so a bad file fails with the engine's own
-//! message before any VM exists), tokenizes the prompt and detokenizes the answer; the
-//! weights and the KV cache live only in the guest's private region.
+//! message before any VM exists). For a plain GGUF the host tokenizes the prompt; for a
+//! sealed model it cannot read, the guest renders and tokenizes it. Either way the guest
+//! sends the answer's text; the weights and the KV cache live only in its private region.
 
 use crate::cli::RunArgs;
+use crate::guest_root::GuestRoot;
 use crate::model::{Access, HostModel};
 use crate::run::host::{RunError, sampler_config};
 use crate::size::parse_size;
 use crate::text_stream::Utf8Stream;
-use inference_guest::tokenizer::Tokenizer;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -38,6 +39,13 @@ pub enum ProtectedRunError {
     Guest(#[from] GuestError),
     #[error("the tokenizer thread panicked")]
     Thread,
+    #[error(transparent)]
+    KeyRoot(#[from] vmm::key_root::KeyRootError),
+    #[error(
+        "the guest images do not send text (virtio-llm GUEST_TEXT): they are older than this \
+         flexserve; rebuild them with `make image`"
+    )]
+    NoGuestText,
 }
 
 const MIB: u64 = 1 << 20;
@@ -81,9 +89,19 @@ impl Progress {
     }
 }
 
-/// Says what isolation the guest got, and at `none` warns once why.
-fn report_isolation(isolation: &Isolation) {
+/// Says what isolation the guest got, its key root and whether the model is sealed, and at
+/// `none` warns once why.
+fn report_isolation(isolation: &Isolation, root: &GuestRoot, sealed: bool) {
     eprintln!("[flexserve] isolation: {}", isolation.describe());
+    eprintln!("[flexserve] {}", root.report());
+    eprintln!(
+        "[flexserve] sealed: {}",
+        if sealed {
+            "yes (the host holds only ciphertext; the guest unseals it)"
+        } else {
+            "no (plain GGUF: the host can read the weights)"
+        }
+    );
     if isolation.level() == IsolationLevel::None {
         eprintln!(
             "[flexserve] warning: isolation none: the host can read the model and the prompts \
@@ -111,15 +129,19 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
     let ctx = model.context(args.ctx);
     let private = private_memory(args, &model, ctx)?;
     let images = GuestImages::locate(args.images.as_deref()).map_err(GuestError::from)?;
-    let (mut vm, booted, loaded) = boot_and_load(args, &model, &images, private, ctx)?;
-    let tokenizer = model.tokenizer().map_err(RunError::from)?;
-    let (text, chat) = model.render_prompt(prompt, args.raw);
-    let ids = tokenizer.encode(&text, true, true);
+    let root = GuestRoot::for_guest(&images, None, model.is_sealed())?;
+    let (mut vm, booted, loaded) = boot_and_load(args, &model, &images, private, ctx, &root)?;
+    if !vm.owns_text() {
+        return Err(ProtectedRunError::NoGuestText);
+    }
+    let (prompt, chat) = model
+        .guest_prompt(prompt, args.raw)
+        .map_err(RunError::from)?;
 
     INTERRUPTED.store(false, Ordering::SeqCst);
     // Ctrl-C cancels the generation; the guest then shuts down cleanly.
     let _ = vmm_sys_util::signal::register_signal_handler(libc::SIGINT, on_sigint);
-    let (end, first) = stream_answer(&mut vm, &tokenizer, request(args, ids))?;
+    let (end, first) = stream_answer(&mut vm, request(args, prompt))?;
     let stats = vm.stats()?;
     let memory = vm.memory()?;
     let level = vm.isolation().level();
@@ -173,18 +195,22 @@ fn private_memory(args: &RunArgs, model: &HostModel, ctx: usize) -> Result<u64, 
     Ok(given.next_multiple_of(2 * MIB))
 }
 
-/// Boots the guest, streams the model in and opens session 1; the host's tokenizer (for
-/// the prompt and the answer) is built meanwhile. Returns the guest and when it had booted
-/// and loaded.
+/// Boots the guest, streams the model in and opens session 1; a plain model's tokenizer
+/// (for the prompt) is built meanwhile. Returns the guest and when it had booted and
+/// loaded.
 fn boot_and_load(
     args: &RunArgs,
     model: &HostModel,
     images: &GuestImages,
     private: u64,
     ctx: usize,
+    root: &GuestRoot,
 ) -> Result<(GuestVm, Instant, Instant), ProtectedRunError> {
     std::thread::scope(|s| {
-        let tokenizer = s.spawn(|| model.tokenizer().map(|_| ()));
+        let tokenizer = s.spawn(|| match model.is_sealed() {
+            true => Ok(()),
+            false => model.tokenizer().map(|_| ()),
+        });
         let mut vm = GuestVm::start(
             images,
             GuestConfig {
@@ -193,10 +219,10 @@ fn boot_and_load(
                 diagnostics: false,
                 isolation: vmm::hypervisor::IsolationRequest::Best,
                 min_isolation: args.min_isolation(),
-                key_root: None,
+                key_root: root.sealing,
             },
         )?;
-        report_isolation(vm.isolation());
+        report_isolation(vm.isolation(), root, model.is_sealed());
         let booted = Instant::now();
         let mut progress = Progress {
             total: model.bytes().len() as u64,
@@ -216,7 +242,7 @@ fn boot_and_load(
 }
 
 /// The request for session 1 with the CLI's sampling options.
-fn request(args: &RunArgs, ids: Vec<u32>) -> GenerateRequest {
+fn request(args: &RunArgs, prompt: Prompt) -> GenerateRequest {
     let s = &args.sampling;
     GenerateRequest {
         request_id: 1,
@@ -231,15 +257,14 @@ fn request(args: &RunArgs, ids: Vec<u32>) -> GenerateRequest {
             max_tokens: s.max_tokens as u32,
             ignore_eog: false,
         },
-        prompt: Prompt::Tokens(ids),
+        prompt,
     }
 }
 
-/// Runs `req` and writes the answer's text to stdout as the tokens arrive (Ctrl-C cancels
-/// it). Returns how it ended and when the first token came.
+/// Runs `req` and writes the answer's text (the guest's) to stdout as it arrives (Ctrl-C
+/// cancels it). Returns how it ended and when the first token came.
 fn stream_answer(
     vm: &mut GuestVm,
-    tokenizer: &Tokenizer,
     req: GenerateRequest,
 ) -> Result<(EndOfStream, Instant), ProtectedRunError> {
     let mut out = std::io::stdout().lock();
@@ -248,16 +273,14 @@ fn stream_answer(
     let mut write_err = None;
     let end = vm.generate(
         &req,
-        &mut |tokens| {
+        &mut |_, text| {
             first_token.get_or_insert_with(Instant::now);
-            for &id in tokens {
-                if tokenizer.is_end_of_generation(id) || write_err.is_some() {
-                    continue;
-                }
-                let piece = stream.push(tokenizer.token_bytes(id));
-                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|()| out.flush()) {
-                    write_err = Some(e);
-                }
+            if write_err.is_some() {
+                return;
+            }
+            let piece = stream.push(text);
+            if let Err(e) = out.write_all(piece.as_bytes()).and_then(|()| out.flush()) {
+                write_err = Some(e);
             }
         },
         &|| INTERRUPTED.load(Ordering::SeqCst),

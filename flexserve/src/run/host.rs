@@ -61,8 +61,7 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<(), RunError> {
         threads: args.vcpus,
         source,
     })?;
-    let (text, chat) = file.render_prompt(prompt, args.raw);
-    let ids = tokenizer.encode(&text, true, true);
+    let (ids, chat) = file.prompt_tokens(prompt, args.raw)?;
     let mut session = model.new_session(args.ctx);
     let loaded = Instant::now();
 

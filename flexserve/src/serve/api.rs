@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
 use virtio_llm::spec::MAX_PROMPT_TOKENS;
+use virtio_llm::wire::request::Prompt;
 
 /// Largest request body (a prompt of the largest context fits many times over).
 const MAX_BODY_BYTES: usize = 4 << 20;
@@ -49,6 +50,7 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
             "status": "ok",
             "guest": guest.name(),
             "isolation": s.metrics.isolation().map(|l| l.name()),
+            "key_root": s.root.description,
             "queued": s.queue.len(),
         }),
     )
@@ -119,9 +121,28 @@ impl Drop for CancelOnDrop {
 struct Pending {
     req: GenRequest,
     model: Arc<ServedModel>,
-    prompt_tokens: u32,
+    /// Known here when the host tokenized the prompt; else the guest counts it.
+    prompt_tokens: Option<u32>,
     events: mpsc::UnboundedReceiver<Event>,
     cancel: CancelOnDrop,
+}
+
+impl Pending {
+    /// The prompt's token count once a stop sequence cancelled the request: known here, or
+    /// (the guest tokenized it) from the end of the stream the cancel brings.
+    async fn prompt_tokens_after_stop(&mut self) -> u32 {
+        if let Some(n) = self.prompt_tokens {
+            return n;
+        }
+        while let Some(event) = self.events.recv().await {
+            match event {
+                Event::Done(end) => return end.prompt_tokens,
+                Event::Failed(_) => break,
+                Event::Tokens { .. } => {}
+            }
+        }
+        0
+    }
 }
 
 async fn generate(
@@ -186,16 +207,23 @@ async fn enqueue(
         .await
         .map_err(|e| ApiError::Model(format!("the model check failed: {e}")))??
     };
-    if prompt.is_empty() {
+    // A prompt the guest tokenizes is checked there (an empty one is refused, one that does
+    // not fit ends with the context full).
+    let prompt_tokens = match &prompt {
+        Prompt::Tokens(ids) => Some(ids.len()),
+        Prompt::Text(_) | Prompt::Chat(_) => None,
+    };
+    if prompt_tokens == Some(0) {
         return Err(ApiError::invalid("prompt", "the prompt is empty"));
     }
-    if prompt.len() >= model.context as usize || prompt.len() > MAX_PROMPT_TOKENS {
+    let used = prompt_tokens.unwrap_or(0);
+    if used >= model.context as usize || used > MAX_PROMPT_TOKENS {
         return Err(ApiError::PromptTooLong {
-            prompt: prompt.len(),
+            prompt: used,
             context: model.context.min(MAX_PROMPT_TOKENS as u32),
         });
     }
-    let room = model.context - prompt.len() as u32;
+    let room = model.context - used as u32;
     let max_tokens = req.max_tokens.unwrap_or(limit).min(room);
     let (tx, rx) = mpsc::unbounded_channel();
     let cancel = Arc::new(AtomicBool::new(false));
@@ -203,7 +231,7 @@ async fn enqueue(
         Some(u) => ClientKey::User(u.clone()),
         None => ClientKey::Connection(conn.0),
     };
-    let prompt_tokens = prompt.len() as u32;
+    let prompt_tokens = prompt_tokens.map(|n| n as u32);
     let job = Job {
         model: model.clone(),
         prompt,
@@ -236,19 +264,17 @@ async fn enqueue(
     })
 }
 
-/// Turns streamed token ids into text: end-of-generation tokens are not text, a character
-/// split over tokens waits for its end, stop sequences cut the text.
+/// Turns the guest's streamed text into answer text: a character split over tokens waits
+/// for its end, stop sequences cut the text. (End-of-generation tokens carry no text.)
 struct Detok {
-    model: Arc<ServedModel>,
     utf8: Utf8Stream,
     stop: StopScanner,
     tokens: u32,
 }
 
 impl Detok {
-    fn new(model: Arc<ServedModel>, stops: Vec<String>) -> Self {
+    fn new(stops: Vec<String>) -> Self {
         Self {
-            model,
             utf8: Utf8Stream::default(),
             stop: StopScanner::new(stops),
             tokens: 0,
@@ -256,22 +282,9 @@ impl Detok {
     }
 
     /// Text that can be sent, and whether a stop sequence ended it.
-    fn push(&mut self, ids: &[u32]) -> (String, bool) {
-        let mut text = String::new();
-        for &id in ids {
-            self.tokens += 1;
-            if self.model.tokenizer.is_end_of_generation(id) {
-                continue;
-            }
-            let (piece, stopped) = self
-                .stop
-                .push(&self.utf8.push(self.model.tokenizer.token_bytes(id)));
-            text.push_str(&piece);
-            if stopped {
-                return (text, true);
-            }
-        }
-        (text, false)
+    fn push(&mut self, ids: &[u32], bytes: &[u8]) -> (String, bool) {
+        self.tokens += ids.len() as u32;
+        self.stop.push(&self.utf8.push(bytes))
     }
 
     fn finish(&mut self) -> String {
@@ -285,17 +298,17 @@ impl Detok {
 
 /// A non-streaming answer: wait for the end, then one JSON object.
 async fn whole(answer: Answer, mut p: Pending) -> Response {
-    let mut detok = Detok::new(p.model.clone(), p.req.stop.clone());
+    let mut detok = Detok::new(p.req.stop.clone());
     let mut text = String::new();
     loop {
         match p.events.recv().await {
-            Some(Event::Tokens(ids)) => {
-                let (piece, stopped) = detok.push(&ids);
+            Some(Event::Tokens { ids, text: bytes }) => {
+                let (piece, stopped) = detok.push(&ids, &bytes);
                 text.push_str(&piece);
                 if stopped {
                     p.cancel.0.store(true, Ordering::Relaxed);
                     let usage = Usage {
-                        prompt: p.prompt_tokens,
+                        prompt: p.prompt_tokens_after_stop().await,
                         completion: detok.tokens,
                     };
                     return json_response(StatusCode::OK, &answer.full(&text, "stop", usage));
@@ -341,12 +354,12 @@ impl Streaming {
         }
         loop {
             match self.p.events.recv().await {
-                Some(Event::Tokens(ids)) => {
-                    let (text, stopped) = self.detok.push(&ids);
+                Some(Event::Tokens { ids, text: bytes }) => {
+                    let (text, stopped) = self.detok.push(&ids, &bytes);
                     if stopped {
                         self.p.cancel.0.store(true, Ordering::Relaxed);
                         let usage = Usage {
-                            prompt: self.p.prompt_tokens,
+                            prompt: self.p.prompt_tokens_after_stop().await,
                             completion: self.detok.tokens,
                         };
                         return Some(self.last(text, "stop", usage));
@@ -402,7 +415,7 @@ impl Streaming {
 /// body (and with it the job's receiver and cancel guard) is dropped: the worker stops the
 /// generation.
 fn stream(answer: Answer, p: Pending) -> Response {
-    let detok = Detok::new(p.model.clone(), p.req.stop.clone());
+    let detok = Detok::new(p.req.stop.clone());
     let state = Streaming {
         answer,
         p,

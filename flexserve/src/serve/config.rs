@@ -63,6 +63,9 @@ pub struct Config {
     pub start: StartMode,
     /// Refuse to serve from a guest isolated less than this (fails closed by default).
     pub min_isolation: IsolationLevel,
+    /// The development key root's file (default: `$FLEXSERVE_KEY_ROOT`, else under the
+    /// XDG data directory), from which guests derive the keys that unseal `.fsm` models.
+    pub key_root: Option<PathBuf>,
     pub models_dir: PathBuf,
     pub default_model: String,
     /// Context window of each request, tokens (capped at the model's training context).
@@ -91,6 +94,7 @@ impl Default for Config {
             images: None,
             start: StartMode::Startup,
             min_isolation: IsolationLevel::PrivateMemory,
+            key_root: None,
             models_dir: DEFAULT_MODELS_DIR.into(),
             default_model: DEFAULT_MODEL.into(),
             context: 2048,
@@ -133,6 +137,7 @@ struct GuestSection {
     images: Option<PathBuf>,
     start: Option<String>,
     min_isolation: Option<String>,
+    key_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +179,21 @@ fn bad(key: &'static str, message: impl Into<String>) -> ConfigError {
         key,
         message: message.into(),
     }
+}
+
+/// `models.default`: a file name in `models.dir`, with or without its extension.
+fn model_name(m: &str) -> Result<String, ConfigError> {
+    let m = [".gguf", ".fsm"]
+        .iter()
+        .find_map(|ext| m.strip_suffix(ext))
+        .unwrap_or(m);
+    if m.is_empty() || m.contains('/') {
+        return Err(bad(
+            "models.default",
+            format!("{m:?} is not a model name (a file name in models.dir, without .gguf or .fsm)"),
+        ));
+    }
+    Ok(m.to_string())
 }
 
 fn in_range(key: &'static str, v: i64, lo: i64, hi: i64) -> Result<i64, ConfigError> {
@@ -264,6 +284,7 @@ impl Config {
             })?;
         }
         c.images = o.images.clone().or(f.guest.images);
+        c.key_root = f.guest.key_root;
         if let Some(s) = o.start.clone().or(f.guest.start) {
             c.start = match s.as_str() {
                 "startup" => StartMode::Startup,
@@ -285,14 +306,7 @@ impl Config {
             c.models_dir = d;
         }
         if let Some(m) = o.default_model.clone().or(f.models.default) {
-            let m = m.strip_suffix(".gguf").unwrap_or(&m).to_string();
-            if m.is_empty() || m.contains('/') {
-                return Err(bad(
-                    "models.default",
-                    format!("{m:?} is not a model name (a file name in models.dir, without .gguf)"),
-                ));
-            }
-            c.default_model = m;
+            c.default_model = model_name(&m)?;
         }
         if let Some(v) = o.context.or(f.models.context) {
             c.context = in_range("models.context", v, 16, 128 * 1024)? as u32;

@@ -21,6 +21,7 @@ pub mod scheduler;
 pub mod stop;
 pub mod worker;
 
+use crate::guest_root::GuestRoot;
 use config::{Config, StartMode};
 use error::ApiError;
 use listen::{ConnId, Counted, ListenError, Socket};
@@ -40,6 +41,8 @@ pub struct Shared {
     pub queue: JobQueue<Job>,
     pub metrics: Metrics,
     pub catalogue: Catalogue,
+    /// The key root every guest gets (reported with the isolation level).
+    pub root: GuestRoot,
     /// Numbers answers (`chatcmpl-N`).
     pub next_id: AtomicU64,
     /// The running guest's memory, for tests that crash it.
@@ -62,6 +65,8 @@ pub enum ServeError {
     Guest(String),
     #[error("cannot start the daemon's threads: {0}")]
     Threads(std::io::Error),
+    #[error(transparent)]
+    KeyRoot(vmm::key_root::KeyRootError),
 }
 
 /// A running daemon.
@@ -123,11 +128,16 @@ impl Daemon {
     /// `guest.start = "startup"`) and serves. Returns once requests are being accepted.
     pub fn start(config: Config) -> Result<Self, ServeError> {
         let images = GuestImages::locate(config.images.as_deref())?;
+        // Never an error when not required: without a root, sealed models are refused.
+        let root = GuestRoot::for_guest(&images, config.key_root.as_deref(), false)
+            .map_err(ServeError::KeyRoot)?;
+        eprintln!("[flexserve] {}", root.report());
         let catalogue = Catalogue::new(
             config.models_dir.clone(),
             config.context,
             config.max_active,
             config.memory_max,
+            root.sealing.is_some(),
         );
         let startup = match config.start {
             StartMode::Startup => Some(
@@ -147,6 +157,7 @@ impl Daemon {
             config,
             metrics,
             catalogue,
+            root,
             next_id: AtomicU64::new(1),
             #[cfg(feature = "test-hooks")]
             guest_memory: std::sync::Mutex::new(None),

@@ -1,25 +1,27 @@
-//! The models a daemon serves: the `*.gguf` files of its models directory, each checked on
-//! the host once ([`HostModel`]: the file mapped, its shapes and tokenizer) and kept with
-//! what the daemon's settings make of it (context, guest memory size).
+//! The models a daemon serves: the `*.gguf` and sealed `*.fsm` files of its models
+//! directory, each checked on the host once ([`HostModel`]: the file mapped; a plain model's
+//! shapes and tokenizer, a sealed model's header) and kept with what the daemon's settings
+//! make of it (context, guest memory size).
 
 use super::error::ApiError;
 use super::openai::Input;
 use crate::model::{Access, HostModel};
-use inference_guest::tokenizer::Tokenizer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use virtio_llm::wire::request::Prompt;
 
 const MIB: u64 = 1 << 20;
+/// Model file extensions: plain GGUF, sealed model.
+const EXTENSIONS: [&str; 2] = [".gguf", ".fsm"];
 
 /// A model the daemon serves.
 #[derive(Debug)]
 pub struct ServedModel {
-    /// Its name in the API: the file name without `.gguf`.
+    /// Its name in the API: the file name without `.gguf` or `.fsm`.
     pub id: String,
     /// The checked file, streamed from its mapping into each guest that serves it.
     pub file: HostModel,
-    pub tokenizer: Arc<Tokenizer>,
     /// The context of each request, tokens.
     pub context: u32,
     /// Private memory its guest gets: weights, a KV cache per active request, headroom.
@@ -27,8 +29,8 @@ pub struct ServedModel {
 }
 
 impl ServedModel {
-    /// Reads and checks `path`; `context` is capped at the model's training context;
-    /// `sessions` KV caches must fit beside the weights.
+    /// Reads and checks `path`; `context` is capped at the model's context; `sessions` KV
+    /// caches must fit beside the weights.
     pub fn load(
         id: &str,
         path: &Path,
@@ -38,7 +40,9 @@ impl ServedModel {
     ) -> Result<Self, ApiError> {
         let err = |e: &dyn std::fmt::Display| ApiError::Model(format!("model `{id}`: {e}"));
         let file = HostModel::open(path, Access::Mapped).map_err(|e| err(&e))?;
-        let tokenizer = file.tokenizer().map_err(|e| err(&e))?;
+        if !file.is_sealed() {
+            file.tokenizer().map_err(|e| err(&e))?;
+        }
         let context = file.context(context as usize);
         let private_bytes = file.guest_memory(context, sessions);
         if private_bytes > memory_max {
@@ -53,30 +57,38 @@ impl ServedModel {
         Ok(Self {
             id: id.to_string(),
             file,
-            tokenizer,
             context: context as u32,
             private_bytes,
         })
     }
 
-    /// The prompt's token ids, as `flexserve run` makes them (chat: the template around the
-    /// messages; completions: the text as given).
-    pub fn encode(&self, input: &Input) -> Result<Vec<u32>, ApiError> {
-        let text = match input {
+    /// The prompt for the guest, as `flexserve run` makes it: a plain model's tokenized
+    /// here (chat: the template around the messages; completions: the text as given); a
+    /// sealed model's text or messages, which the guest renders and tokenizes.
+    pub fn encode(&self, input: &Input) -> Result<Prompt, ApiError> {
+        let model = |e: crate::model::HostModelError| ApiError::Model(e.to_string());
+        match input {
             Input::Tokens(ids) => {
-                let n_vocab = self.file.shape().n_vocab;
-                if let Some(bad) = ids.iter().find(|&&t| t as usize >= n_vocab) {
+                // A sealed model's vocabulary is the guest's to check.
+                if let Ok(shape) = self.file.shape()
+                    && let Some(bad) = ids.iter().find(|&&t| t as usize >= shape.n_vocab)
+                {
                     return Err(ApiError::invalid(
                         "prompt",
-                        format!("token id {bad} is outside the vocabulary ({n_vocab} tokens)"),
+                        format!(
+                            "token id {bad} is outside the vocabulary ({} tokens)",
+                            shape.n_vocab
+                        ),
                     ));
                 }
-                return Ok(ids.clone());
+                Ok(Prompt::Tokens(ids.clone()))
             }
-            Input::Text(s) => s.clone(),
-            Input::Chat(messages) => self.file.render_chat(messages),
-        };
-        Ok(self.tokenizer.encode(&text, true, true))
+            Input::Text(s) if self.file.is_sealed() => Ok(Prompt::Text(s.clone())),
+            Input::Text(s) => Ok(Prompt::Tokens(
+                self.file.tokenizer().map_err(model)?.encode(s, true, true),
+            )),
+            Input::Chat(messages) => self.file.guest_chat(messages).map_err(model),
+        }
     }
 }
 
@@ -86,53 +98,82 @@ pub struct Catalogue {
     context: u32,
     sessions: usize,
     memory_max: u64,
+    /// Whether guests get a key root, without which sealed models are refused.
+    can_unseal: bool,
     checked: Mutex<HashMap<String, Arc<ServedModel>>>,
 }
 
 impl Catalogue {
-    pub fn new(dir: PathBuf, context: u32, sessions: usize, memory_max: u64) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        context: u32,
+        sessions: usize,
+        memory_max: u64,
+        can_unseal: bool,
+    ) -> Self {
         Self {
             dir,
             context,
             sessions,
             memory_max,
+            can_unseal,
             checked: Mutex::new(HashMap::new()),
         }
     }
 
     /// Model names in the directory with their files' modification times (seconds).
     pub fn list(&self) -> Vec<(String, u64)> {
-        let mut out: Vec<(String, u64)> = std::fs::read_dir(&self.dir)
+        self.files().into_iter().map(|(id, _, t)| (id, t)).collect()
+    }
+
+    /// Model names, their files and modification times. A name with both a `.gguf` and a
+    /// `.fsm` file is the sealed one: the owner shipped it sealed for a reason.
+    fn files(&self) -> Vec<(String, PathBuf, u64)> {
+        let mut out: Vec<(String, PathBuf, u64)> = std::fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let id = name.strip_suffix(".gguf")?.to_string();
-                let meta = e.metadata().ok().filter(|m| m.is_file())?;
+                let id = EXTENSIONS
+                    .iter()
+                    .find_map(|ext| name.strip_suffix(ext))?
+                    .to_string();
+                // Follows symlinks: a models directory often links to files kept elsewhere.
+                let meta = std::fs::metadata(e.path()).ok().filter(|m| m.is_file())?;
                 let t = meta
                     .modified()
                     .ok()
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_secs());
-                Some((id, t))
+                Some((id, e.path(), t))
             })
             .collect();
+        // `x.fsm` sorts before `x.gguf`, and `dedup_by` keeps the first of each name.
         out.sort();
+        out.dedup_by(|next, first| next.0 == first.0);
         out
     }
 
-    /// The model named `id` (with or without `.gguf`), checked on first use.
+    /// The model named `id` (with or without `.gguf` or `.fsm`), checked on first use.
     pub fn get(&self, id: &str) -> Result<Arc<ServedModel>, ApiError> {
-        let id = id.strip_suffix(".gguf").unwrap_or(id);
+        let id = EXTENSIONS
+            .iter()
+            .find_map(|ext| id.strip_suffix(ext))
+            .unwrap_or(id);
         if let Some(m) = self.lock().get(id) {
             return Ok(m.clone());
         }
-        // Only names the directory lists, so no path can reach outside it.
-        if !self.list().iter().any(|(name, _)| name == id) {
+        // Only files the directory lists, so no path can reach outside it.
+        let Some((_, path, _)) = self.files().into_iter().find(|(name, _, _)| name == id) else {
             return Err(ApiError::UnknownModel(id.to_string()));
+        };
+        if path.extension().is_some_and(|e| e == "fsm") && !self.can_unseal {
+            return Err(ApiError::Model(format!(
+                "model `{id}` is sealed, and this daemon has no key root to give its guest \
+                 (see its start-up log); set FLEXSERVE_KEY_ROOT or HOME for the development root"
+            )));
         }
-        let path = self.dir.join(format!("{id}.gguf"));
         let m = Arc::new(ServedModel::load(
             id,
             &path,

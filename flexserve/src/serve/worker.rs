@@ -29,8 +29,9 @@ const GUEST_MODEL_ID: u32 = 1;
 /// What a job's handler hears from the worker.
 #[derive(Debug)]
 pub enum Event {
-    /// Token ids as the guest streams them.
-    Tokens(Vec<u32>),
+    /// Token ids as the guest streams them, and the bytes they stand for (the guest's
+    /// text: a character may span two events).
+    Tokens { ids: Vec<u32>, text: Vec<u8> },
     /// The end, with the guest's counts and times.
     Done(EndOfStream),
     /// The request failed (after any tokens already sent).
@@ -40,7 +41,7 @@ pub enum Event {
 /// One generation waiting for the guest.
 pub struct Job {
     pub model: Arc<ServedModel>,
-    pub prompt: Vec<u32>,
+    pub prompt: Prompt,
     pub sampling: SamplingParams,
     pub events: UnboundedSender<Event>,
     /// Set when the client is gone or a stop sequence matched.
@@ -53,7 +54,7 @@ struct Active {
     job: Job,
     session: u32,
     /// What the next slice starts from: the prompt, then the last token of a slice.
-    next_prompt: Vec<u32>,
+    next_prompt: Prompt,
     slices: u32,
     prompt_tokens: u32,
     generated: u32,
@@ -204,12 +205,14 @@ impl Worker {
                 m.memory_budget_bytes
                     .store(model.private_bytes, Ordering::Relaxed);
                 eprintln!(
-                    "[flexserve] guest up with model {} ({} MiB private memory) in {:.0} ms; \
-                     isolation {}",
+                    "[flexserve] guest up with model {} ({} MiB private memory, sealed: {}) in \
+                     {:.0} ms; isolation {}; {}",
                     model.id,
                     model.private_bytes >> 20,
+                    if model.file.is_sealed() { "yes" } else { "no" },
                     t.elapsed().as_secs_f64() * 1e3,
-                    vm.isolation().describe()
+                    vm.isolation().describe(),
+                    self.shared.root.report()
                 );
                 if vm.isolation().level() == IsolationLevel::None {
                     eprintln!(
@@ -248,7 +251,7 @@ impl Worker {
                 diagnostics: false,
                 isolation: Default::default(),
                 min_isolation: self.shared.config.min_isolation,
-                key_root: None,
+                key_root: self.shared.root.sealing,
             },
         )?;
         self.shared.metrics.set_isolation(vm.isolation().level());
@@ -337,7 +340,7 @@ impl Worker {
                 seed: job.sampling.seed.wrapping_add(u64::from(a.slices)),
                 ..job.sampling
             },
-            prompt: Prompt::Tokens(std::mem::take(&mut a.next_prompt)),
+            prompt: std::mem::replace(&mut a.next_prompt, Prompt::Tokens(Vec::new())),
         };
         let gone = || job.cancel.load(Ordering::Relaxed) || job.events.is_closed();
         let in_slice = std::cell::Cell::new(0u32);
@@ -345,14 +348,17 @@ impl Worker {
         let first_seen = &mut a.first_seen;
         let end = running.vm.generate_until(
             &req,
-            &mut |tokens| {
+            &mut |tokens, text| {
                 if !*first_seen {
                     *first_seen = true;
                     m.ttft.observe(job.arrived.elapsed().as_secs_f64());
                 }
                 in_slice.set(in_slice.get() + tokens.len() as u32);
                 last = tokens.last().copied().or(last);
-                let _ = job.events.send(Event::Tokens(tokens.to_vec()));
+                let _ = job.events.send(Event::Tokens {
+                    ids: tokens.to_vec(),
+                    text: text.to_vec(),
+                });
             },
             &|| {
                 let turn_over =
@@ -412,7 +418,7 @@ impl Worker {
         match (end.reason, last) {
             // The guest has not fed `t` back yet: the next slice starts from it.
             (StopReason::Preempted, Some(t)) => {
-                a.next_prompt = vec![t];
+                a.next_prompt = Prompt::Tokens(vec![t]);
                 Sliced::Again(a)
             }
             // A preempt goes out only after a token of this slice, so a guest that

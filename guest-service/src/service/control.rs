@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use inference_guest::gguf::Gguf;
 use inference_guest::model::{Model, ModelError};
 use inference_guest::parallel::Parallel;
-use inference_guest::tokenizer::Tokenizer;
+use inference_guest::tokenizer::{Tokenizer, chat};
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverMemory, LlmDriver, Transport};
 use virtio_llm::wire::control::{
@@ -180,10 +180,12 @@ impl Service {
 
     /// Parses a complete model file as the engine will use it, then keeps it.
     pub(super) fn keep(&mut self, model_id: u32, file: Vec<u8>) -> Result<(), Status> {
-        let end_ids = {
+        let (end_ids, chatml) = {
             let gguf = Gguf::parse(&file).map_err(|_| Status::BadModel)?;
             Model::from_gguf(&gguf, self.kernels).map_err(|e| model_status(&e))?;
-            Tokenizer::end_of_generation_ids(&gguf).map_err(|_| Status::BadModel)?
+            let end_ids = Tokenizer::end_of_generation_ids(&gguf).map_err(|_| Status::BadModel)?;
+            let template = gguf.get_str("tokenizer.chat_template").ok().flatten();
+            (end_ids, chat::is_chatml(template))
         };
         self.clock += 1;
         self.models.insert(
@@ -191,6 +193,7 @@ impl Service {
             LoadedModel {
                 file,
                 end_ids,
+                chatml,
                 tokenizer: None,
                 last_used: self.clock,
             },

@@ -13,11 +13,10 @@ use inference_guest::gguf::Gguf;
 use inference_guest::model::{Model, ModelError};
 use inference_guest::parallel::Parallel;
 use inference_guest::sampler::{Sampler, SamplerConfig};
-use inference_guest::tokenizer::Tokenizer;
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
 use virtio_llm::wire::memory::BudgetChange;
-use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
+use virtio_llm::wire::request::{GenerateRequest, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, ResponseMsg, StopReason, Timings, Tokens};
 
 /// Why a request gets an error instead of its end of stream.
@@ -112,7 +111,12 @@ impl Service {
             queued: &mut self.queued,
             relinquisher: &mut self.relinquisher,
         };
-        let mut stream = TokenStream::new(link, g.request_id);
+        let text_of = if self.guest_text {
+            m.tokenizer.as_ref()
+        } else {
+            None
+        };
+        let mut stream = TokenStream::new(link, g.request_id, text_of);
         let end_ids = &m.end_ids;
         let result = generate(
             &model,
@@ -194,22 +198,20 @@ impl Service {
             .models
             .get_mut(&slot.model_id)
             .ok_or_else(|| refuse(Status::NoSuchModel, "the session's model was unloaded"))?;
-        let prompt = match &g.prompt {
-            Prompt::Tokens(t) => t.clone(),
-            Prompt::Text(s) => {
-                if m.tokenizer.is_none() {
-                    let built = Gguf::parse(&m.file)
-                        .map_err(ModelError::from)
-                        .and_then(|gguf| Tokenizer::from_gguf(&gguf).map_err(ModelError::from))
-                        .map_err(|e| refuse(Status::Internal, &e.to_string()))?;
-                    m.tokenizer = Some(built);
-                }
-                m.tokenizer
-                    .as_ref()
-                    .map(|t| t.encode(s, true, true))
-                    .unwrap_or_default()
-            }
-        };
+        let prompt = m
+            .prompt_tokens(&g.prompt)
+            .map_err(|e| refuse(Status::BadModel, &e.to_string()))?;
+        if prompt.is_empty() {
+            return Err(refuse(
+                Status::BadRequest,
+                "the prompt is empty once rendered and tokenized",
+            ));
+        }
+        if self.guest_text {
+            // The tokens' bytes go out with them.
+            m.tokenizer()
+                .map_err(|e| refuse(Status::BadModel, &e.to_string()))?;
+        }
         m.last_used = clock;
         Ok(prompt)
     }
@@ -228,6 +230,7 @@ impl Service {
             let msg = ResponseMsg::Tokens(Tokens {
                 request_id: id,
                 token_ids: streamed.batch,
+                text: streamed.text,
             });
             self.send_response(driver, env, &msg)?;
         }

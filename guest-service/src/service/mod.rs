@@ -27,6 +27,7 @@ mod control;
 mod generation;
 mod probe;
 mod sealed;
+mod text;
 mod token_pacer;
 mod token_stream;
 
@@ -83,11 +84,12 @@ const GENERATION_SCRATCH_BYTES: u64 = 16 << 20;
 /// How long making room may wait for the host to release relinquished memory.
 const RELEASE_WAIT_NS: u64 = 2_000_000_000;
 
-/// A loaded model: its file, the ids that end generation, and (built on the first text
-/// prompt; token-id prompts never need it) its tokenizer.
+/// A loaded model: its file, the ids that end generation, whether its chat template is
+/// ChatML, and (built when text first goes in or out) its tokenizer.
 struct LoadedModel {
     file: Vec<u8>,
     end_ids: Vec<u32>,
+    chatml: bool,
     tokenizer: Option<Tokenizer>,
     last_used: u64,
 }
@@ -136,6 +138,8 @@ pub struct Service {
     canary_block: (u64, u64),
     /// When the model being loaded began, and the time spent in its chunks (logged).
     load_ns: (u64, u64),
+    /// The device negotiated `feature::GUEST_TEXT`: generated tokens go out with their bytes.
+    guest_text: bool,
 }
 
 impl Service {
@@ -154,6 +158,7 @@ impl Service {
             relinquisher: Relinquisher::default(),
             clock: 0,
             diagnostics: features & (1 << feature::DIAGNOSTICS) != 0,
+            guest_text: features & (1 << feature::GUEST_TEXT) != 0,
             canary: None,
             canary_block: (0, 0),
             load_ns: (0, 0),

@@ -1,6 +1,6 @@
 //! A generation's side of the link while the engine runs: every generated token goes
 //! through [`TokenStream::on_token`], which streams the tokens out in slices (when the
-//! [`TokenPacer`] says so), applies a budget change at once (eviction waits for the end of
+//! [`TokenPacer`] says so; with their bytes when the guest owns text), applies a budget change at once (eviction waits for the end of
 //! the request), and stops the generation on a cancel or a preempt for it; other requests
 //! wait their turn.
 
@@ -9,8 +9,9 @@ use super::token_pacer::TokenPacer;
 use crate::memory::Relinquisher;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+use inference_guest::tokenizer::Tokenizer;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
-use virtio_llm::spec::MAX_TOKENS_PER_RESPONSE;
+use virtio_llm::spec::{MAX_TOKEN_TEXT_BYTES, MAX_TOKENS_PER_RESPONSE};
 use virtio_llm::wire::memory::BudgetChange;
 use virtio_llm::wire::request::RequestMsg;
 use virtio_llm::wire::response::{ResponseMsg, Tokens};
@@ -33,9 +34,12 @@ pub(super) struct TokenStream<'a, M: DriverMemory, T: Transport> {
     /// When the generation started and when its first token came (the VMM's clock).
     start: u64,
     first: Option<u64>,
-    /// Tokens not sent yet, and every token generated.
+    /// Tokens not sent yet, the bytes they stand for, and every token generated.
     batch: Vec<u32>,
+    text: Vec<u8>,
     generated: Vec<u32>,
+    /// The tokenizer that turns tokens into bytes, when the guest owns text.
+    text_of: Option<&'a Tokenizer>,
     /// What stopped the stream other than the engine: the link broke.
     link_error: Option<DriverError>,
     /// A budget change applied to the pool mid-generation, whose eviction is still due.
@@ -47,6 +51,7 @@ pub(super) struct TokenStream<'a, M: DriverMemory, T: Transport> {
 /// What a finished stream leaves to send and to do.
 pub(super) struct Streamed {
     pub batch: Vec<u32>,
+    pub text: Vec<u8>,
     pub start: u64,
     pub first: Option<u64>,
     pub deferred_budget: Option<BudgetChange>,
@@ -54,8 +59,9 @@ pub(super) struct Streamed {
 }
 
 impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
-    /// A stream for request `request_id`, which starts now.
-    pub fn new(link: Link<'a, M, T>, request_id: u64) -> Self {
+    /// A stream for request `request_id`, which starts now; its tokens go out with their
+    /// bytes when `text_of` is given.
+    pub fn new(link: Link<'a, M, T>, request_id: u64, text_of: Option<&'a Tokenizer>) -> Self {
         let start = link.env.now_ns();
         let pacer = TokenPacer::new(start, link.env.ticks());
         Self {
@@ -65,7 +71,9 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
             start,
             first: None,
             batch: Vec::new(),
+            text: Vec::new(),
             generated: Vec::new(),
+            text_of,
             link_error: None,
             deferred_budget: None,
             preempted: false,
@@ -82,10 +90,10 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
             self.first.get_or_insert(now);
             self.pacer.calibrate(now, ticks);
         }
-        self.batch.push(token);
         self.generated.push(token);
         let go_on = self
-            .send_due(ticks)
+            .push(token)
+            .and_then(|()| self.send_due(ticks))
             .and_then(|()| self.take_budget_change())
             .and_then(|()| self.poll_requests());
         match go_on {
@@ -104,6 +112,7 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
         }
         Ok(Streamed {
             batch: self.batch,
+            text: self.text,
             start: self.start,
             first: self.first,
             deferred_budget: self.deferred_budget,
@@ -116,6 +125,23 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
         &self.generated
     }
 
+    /// Adds `token` (and its bytes) to the batch; first sends the batch if the bytes would
+    /// not fit one message. (A single piece longer than a message, which no real vocabulary
+    /// has, is cut to fit.)
+    fn push(&mut self, token: u32) -> Result<(), DriverError> {
+        let piece = match self.text_of {
+            Some(t) if !t.is_end_of_generation(token) => t.token_bytes(token),
+            _ => &[],
+        };
+        let piece = &piece[..piece.len().min(MAX_TOKEN_TEXT_BYTES)];
+        if self.text.len() + piece.len() > MAX_TOKEN_TEXT_BYTES {
+            self.send(true)?;
+        }
+        self.batch.push(token);
+        self.text.extend_from_slice(piece);
+        Ok(())
+    }
+
     /// Sends the batch when the pacer says so (the first token at once, then every ~20 ms)
     /// and a transmit buffer is free; batches while the host is slower than generation. A
     /// full batch waits for a buffer.
@@ -124,12 +150,21 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
         if !full && !self.pacer.should_send(ticks) {
             return Ok(());
         }
+        self.send(full)
+    }
+
+    /// Sends the batch: waiting for a transmit buffer if `wait`, else only if one is free.
+    fn send(&mut self, wait: bool) -> Result<(), DriverError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
         let msg = ResponseMsg::Tokens(Tokens {
             request_id: self.request_id,
             token_ids: core::mem::take(&mut self.batch),
+            text: core::mem::take(&mut self.text),
         });
         let link = &mut self.link;
-        let sent = if full {
+        let sent = if wait {
             super::send_blocking(link.driver, link.env, &msg, link.out).map(|()| true)?
         } else {
             link.driver.send_response(&msg, link.out)?
@@ -138,6 +173,7 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
             self.pacer.sent();
         } else if let ResponseMsg::Tokens(t) = msg {
             self.batch = t.token_ids;
+            self.text = t.text;
         }
         Ok(())
     }

@@ -42,10 +42,49 @@ pub fn apply_chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> St
     out
 }
 
+/// Whether a model's `tokenizer.chat_template` is a ChatML one (the only family rendered
+/// today; other models get [`render`]'s plain form).
+pub fn is_chatml(template: Option<&str>) -> bool {
+    template.is_some_and(|t| t.contains("<|im_start|>"))
+}
+
+/// A conversation as the text to tokenize (with `parse_special = true`): ChatML with the
+/// assistant's turn opened when the model's template is ChatML, else the messages' contents
+/// one per line. The host (for plain models) and the guest (for models only it can read)
+/// both render with this, so a prompt is the same tokens either way.
+pub fn render(messages: &[ChatMessage], chatml: bool) -> String {
+    if chatml {
+        return apply_chatml(messages, true);
+    }
+    let mut out = String::new();
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&m.content);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloc::vec;
+
+    #[test]
+    fn without_chatml_the_contents_go_one_per_line() {
+        let msgs = vec![
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+        ];
+        assert_eq!(render(&msgs, false), "Be brief.\nHi");
+        assert_eq!(render(&msgs, true), apply_chatml(&msgs, true));
+        assert!(is_chatml(Some(
+            "{% for m in messages %}<|im_start|>{{ m.role }}"
+        )));
+        assert!(!is_chatml(Some("[INST] {{ m.content }} [/INST]")));
+        assert!(!is_chatml(None));
+    }
 
     #[test]
     fn chatml_matches_llama_cpp() {

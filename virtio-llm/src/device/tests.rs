@@ -37,6 +37,7 @@ fn response_frame() -> Vec<u8> {
     ResponseMsg::Tokens(Tokens {
         request_id: 5,
         token_ids: vec![1, 2, 3],
+        text: b"abc".to_vec(),
     })
     .encode(&mut f)
     .unwrap();

@@ -5,8 +5,8 @@ use alloc::vec::Vec;
 
 use crate::error::WireError;
 use crate::spec::{
-    MAX_GENERATED_TOKENS, MAX_PROMPT_TEXT_BYTES, MAX_PROMPT_TOKENS, MAX_REPEAT_PENALTY,
-    MAX_TEMPERATURE, MAX_TOKEN_ID,
+    MAX_CHAT_MESSAGES, MAX_GENERATED_TOKENS, MAX_PROMPT_TEXT_BYTES, MAX_PROMPT_TOKENS,
+    MAX_REPEAT_PENALTY, MAX_TEMPERATURE, MAX_TOKEN_ID,
 };
 use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
 use crate::wire::{Message, decode_checked, ensure};
@@ -24,6 +24,9 @@ pub mod msg_type {
 /// `prompt_kind` values.
 const PROMPT_TOKENS: u8 = 0;
 const PROMPT_TEXT: u8 = 1;
+const PROMPT_CHAT: u8 = 2;
+/// Bytes before each chat message's content: role, reserved, content length.
+const CHAT_RECORD_BYTES: usize = 8;
 /// `flags` bit 0: do not stop at end-of-generation tokens.
 const FLAG_IGNORE_EOG: u8 = 1;
 
@@ -86,13 +89,91 @@ impl SamplingParams {
     }
 }
 
-/// The prompt, as token ids or (with `feature::TEXT_PROMPT`) as text the driver tokenizes.
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ChatRole {
+    System = 0,
+    User = 1,
+    Assistant = 2,
+}
+
+impl ChatRole {
+    /// The role's name in chat templates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+        }
+    }
+}
+
+impl TryFrom<u8> for ChatRole {
+    type Error = WireError;
+    fn try_from(v: u8) -> Result<Self, WireError> {
+        Ok(match v {
+            0 => Self::System,
+            1 => Self::User,
+            2 => Self::Assistant,
+            _ => {
+                return Err(WireError::FieldOutOfRange {
+                    field: "chat role",
+                    value: v.into(),
+                });
+            }
+        })
+    }
+}
+
+/// One message of a chat prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTurn {
+    pub role: ChatRole,
+    /// UTF-8, possibly empty.
+    pub content: String,
+}
+
+/// The prompt: token ids; or (with `feature::TEXT_PROMPT`) text the driver tokenizes; or
+/// (with `feature::GUEST_TEXT`) chat messages the driver renders with the model's template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prompt {
     /// 1..=`MAX_PROMPT_TOKENS` ids, each below `MAX_TOKEN_ID`.
     Tokens(Vec<u32>),
     /// 1..=`MAX_PROMPT_TEXT_BYTES` bytes of UTF-8.
     Text(String),
+    /// 1..=`MAX_CHAT_MESSAGES` messages, `MAX_PROMPT_TEXT_BYTES` at most on the wire.
+    Chat(Vec<ChatTurn>),
+}
+
+/// Bytes of a chat prompt on the wire.
+fn chat_wire_len(turns: &[ChatTurn]) -> usize {
+    turns
+        .iter()
+        .map(|t| CHAT_RECORD_BYTES + t.content.len())
+        .sum()
+}
+
+/// Reads the chat messages of a `len`-byte prompt.
+fn decode_chat(r: &mut Reader<'_>, len: usize) -> Result<Vec<ChatTurn>, WireError> {
+    check_len("prompt chat", len, MAX_PROMPT_TEXT_BYTES)?;
+    let mut records = Reader::new(r.bytes(len)?);
+    let mut turns = Vec::new();
+    while records.remaining() > 0 {
+        check_len("chat messages", turns.len() + 1, MAX_CHAT_MESSAGES)?;
+        let role = ChatRole::try_from(records.u8()?)?;
+        records.reserved(3, "chat.reserved")?;
+        let n = records.u32()? as usize;
+        let raw = records.bytes(n)?;
+        let content = core::str::from_utf8(raw).map_err(|_| WireError::InvalidUtf8 {
+            field: "chat content",
+        })?;
+        turns.push(ChatTurn {
+            role,
+            content: String::from(content),
+        });
+    }
+    Ok(turns)
 }
 
 /// Generate tokens on a session. The driver streams `Tokens` and ends with exactly one
@@ -125,6 +206,7 @@ impl Message<'_> for GenerateRequest {
         let (kind, len) = match &self.prompt {
             Prompt::Tokens(t) => (PROMPT_TOKENS, t.len()),
             Prompt::Text(s) => (PROMPT_TEXT, s.len()),
+            Prompt::Chat(turns) => (PROMPT_CHAT, chat_wire_len(turns)),
         };
         w.u8(kind);
         w.u8(if s.ignore_eog { FLAG_IGNORE_EOG } else { 0 });
@@ -134,6 +216,14 @@ impl Message<'_> for GenerateRequest {
         match &self.prompt {
             Prompt::Tokens(t) => w.u32_list(t),
             Prompt::Text(s) => w.bytes(s.as_bytes()),
+            Prompt::Chat(turns) => {
+                for t in turns {
+                    w.u8(t.role as u8);
+                    w.zeros(3);
+                    w.u32(len_u32(t.content.len()));
+                    w.bytes(t.content.as_bytes());
+                }
+            }
         }
     }
 
@@ -177,6 +267,7 @@ impl Message<'_> for GenerateRequest {
                     .map_err(|_| WireError::InvalidUtf8 { field: "prompt" })?;
                 Prompt::Text(String::from(text))
             }
+            PROMPT_CHAT => Prompt::Chat(decode_chat(r, len)?),
             other => {
                 return Err(WireError::FieldOutOfRange {
                     field: "prompt_kind",
@@ -206,6 +297,11 @@ impl Message<'_> for GenerateRequest {
             Prompt::Text(s) => {
                 check_len("prompt text", s.len(), MAX_PROMPT_TEXT_BYTES)?;
                 ensure(!s.is_empty(), "prompt_len", 0)
+            }
+            Prompt::Chat(turns) => {
+                check_len("prompt chat", chat_wire_len(turns), MAX_PROMPT_TEXT_BYTES)?;
+                check_len("chat messages", turns.len(), MAX_CHAT_MESSAGES)?;
+                ensure(!turns.is_empty(), "prompt_len", 0)
             }
         }
     }

@@ -51,6 +51,25 @@ pub(crate) fn samples() -> Vec<RequestMsg> {
         }),
         RequestMsg::Cancel(CancelRequest { request_id: 2 }),
         RequestMsg::Preempt(PreemptRequest { request_id: 3 }),
+        RequestMsg::Generate(GenerateRequest {
+            request_id: 4,
+            session_id: 5,
+            sampling: sampling(),
+            prompt: Prompt::Chat(vec![
+                ChatTurn {
+                    role: ChatRole::System,
+                    content: String::from("Be brief."),
+                },
+                ChatTurn {
+                    role: ChatRole::Assistant,
+                    content: String::new(),
+                },
+                ChatTurn {
+                    role: ChatRole::User,
+                    content: String::from("héllo"),
+                },
+            ]),
+        }),
     ]
 }
 
@@ -194,5 +213,47 @@ fn prompt_contents_are_checked() {
         sampling: sampling(),
         prompt: Prompt::Text(String::new()),
     };
+    assert!(empty.encode(&mut Vec::new()).is_err());
+}
+
+#[test]
+fn chat_messages_are_checked() {
+    // The first message's role byte, then its content's first byte.
+    let mut buf = frame(5);
+    buf[PROMPT] = 3;
+    assert_eq!(
+        RequestMsg::decode(&buf),
+        Err(WireError::FieldOutOfRange {
+            field: "chat role",
+            value: 3
+        })
+    );
+    let mut buf = frame(5);
+    buf[PROMPT + 1] = 1;
+    assert!(matches!(
+        RequestMsg::decode(&buf),
+        Err(WireError::ReservedNotZero { .. })
+    ));
+    let mut buf = frame(5);
+    buf[PROMPT + 8] = 0xff;
+    assert_eq!(
+        RequestMsg::decode(&buf),
+        Err(WireError::InvalidUtf8 {
+            field: "chat content"
+        })
+    );
+    // A content length that runs past the prompt is truncated, not read from what follows.
+    let mut buf = frame(5);
+    buf[PROMPT + 4..PROMPT + 8].copy_from_slice(&1000u32.to_le_bytes());
+    assert!(matches!(
+        RequestMsg::decode(&buf),
+        Err(WireError::Truncated { .. })
+    ));
+    let empty = RequestMsg::Generate(GenerateRequest {
+        request_id: 1,
+        session_id: 1,
+        sampling: sampling(),
+        prompt: Prompt::Chat(Vec::new()),
+    });
     assert!(empty.encode(&mut Vec::new()).is_err());
 }

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use crate::error::WireError;
 use crate::spec::{
     MAX_CONTEXT_LEN, MAX_ERROR_MESSAGE_BYTES, MAX_GENERATED_TOKENS, MAX_TOKEN_ID,
-    MAX_TOKENS_PER_RESPONSE,
+    MAX_TOKEN_TEXT_BYTES, MAX_TOKENS_PER_RESPONSE,
 };
 use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
 use crate::wire::status::Status;
@@ -30,6 +30,10 @@ pub struct Tokens {
     pub request_id: u64,
     /// 1..=`MAX_TOKENS_PER_RESPONSE` ids, each below `MAX_TOKEN_ID`.
     pub token_ids: Vec<u32>,
+    /// With `feature::GUEST_TEXT`: the bytes these tokens stand for, end-of-generation
+    /// tokens excluded, at most `MAX_TOKEN_TEXT_BYTES`. Not necessarily UTF-8 on its own:
+    /// a character may span two messages. Empty without the feature.
+    pub text: Vec<u8>,
 }
 
 impl Message<'_> for Tokens {
@@ -37,17 +41,21 @@ impl Message<'_> for Tokens {
     fn encode_body(&self, w: &mut Writer<'_>) {
         w.u64(self.request_id);
         w.u32(len_u32(self.token_ids.len()));
-        w.u32(0);
+        w.u32(len_u32(self.text.len()));
         w.u32_list(&self.token_ids);
+        w.bytes(&self.text);
     }
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
         let request_id = r.u64()?;
         let count = r.u32()? as usize;
-        r.reserved(4, "tokens.reserved")?;
+        let text_len = r.u32()? as usize;
         check_len("response tokens", count, MAX_TOKENS_PER_RESPONSE)?;
+        check_len("response text", text_len, MAX_TOKEN_TEXT_BYTES)?;
+        let token_ids = r.u32_list(count)?;
         Ok(Self {
             request_id,
-            token_ids: r.u32_list(count)?,
+            token_ids,
+            text: r.bytes(text_len)?.to_vec(),
         })
     }
     fn validate(&self) -> Result<(), WireError> {
@@ -56,6 +64,7 @@ impl Message<'_> for Tokens {
             self.token_ids.len(),
             MAX_TOKENS_PER_RESPONSE,
         )?;
+        check_len("response text", self.text.len(), MAX_TOKEN_TEXT_BYTES)?;
         ensure(!self.token_ids.is_empty(), "token count", 0)?;
         match self.token_ids.iter().find(|&&id| id >= MAX_TOKEN_ID) {
             Some(&id) => ensure(false, "token id", id.into()),

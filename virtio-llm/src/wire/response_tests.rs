@@ -10,6 +10,7 @@ pub(crate) fn samples() -> Vec<ResponseMsg> {
         ResponseMsg::Tokens(Tokens {
             request_id: 9,
             token_ids: vec![42, 7],
+            text: Vec::new(),
         }),
         ResponseMsg::Error(ErrorResponse {
             request_id: 9,
@@ -25,6 +26,11 @@ pub(crate) fn samples() -> Vec<ResponseMsg> {
                 prompt_ns: 1_000_000,
                 generation_ns: 90_000_000,
             },
+        }),
+        ResponseMsg::Tokens(Tokens {
+            request_id: 9,
+            token_ids: vec![42, 7],
+            text: b"Hello, w\xc3".to_vec(),
         }),
     ]
 }
@@ -77,6 +83,26 @@ fn counts_are_checked_before_reading() {
             available: 8
         })
     );
+}
+
+#[test]
+fn text_length_is_checked_before_reading() {
+    let mut buf = frame(3);
+    buf[20..24].copy_from_slice(&(MAX_TOKEN_TEXT_BYTES as u32 + 1).to_le_bytes());
+    assert_eq!(
+        ResponseMsg::decode(&buf),
+        Err(WireError::TooLong {
+            what: "response text",
+            len: MAX_TOKEN_TEXT_BYTES + 1,
+            max: MAX_TOKEN_TEXT_BYTES
+        })
+    );
+    let too_long = ResponseMsg::Tokens(Tokens {
+        request_id: 1,
+        token_ids: vec![1],
+        text: vec![b'a'; MAX_TOKEN_TEXT_BYTES + 1],
+    });
+    assert!(too_long.encode(&mut Vec::new()).is_err());
 }
 
 #[test]

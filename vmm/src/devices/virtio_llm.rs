@@ -374,6 +374,7 @@ impl VirtioDevice for VirtioLlm {
             | 1 << feature::TEXT_PROMPT
             | 1 << feature::MEMORY
             | 1 << feature::PREEMPT
+            | 1 << feature::GUEST_TEXT
             | diagnostics
     }
 

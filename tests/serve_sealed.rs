@@ -1,0 +1,187 @@
+//! Sealed models end to end, with the `flexserve` binary and the daemon: a `.fsm` sealed to
+//! this host's guest (a development key root of the test's own, the images' measurement)
+//! answers exactly as its plain GGUF does, in `flexserve run` and in the daemon (chat,
+//! completions, a stop sequence, usage), while the host holds no tokenizer for it: the
+//! guest renders the chat template, tokenizes, and sends the text. A model sealed to
+//! another guest is refused with a message that says what to do.
+
+use flexserve::serve::Daemon;
+use flexserve_e2e::serve_rig::*;
+use sealed_model::derive_guest_key;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use vmm::guest_images::GuestImages;
+use vmm::key_root::{DevelopmentRoot, KeyRoot};
+
+/// A models directory with `sealed.fsm` (the default model sealed to this host's guest)
+/// and `plain.gguf` (the same model, plain), and the key root the guest derives from.
+struct SealedModels {
+    models: PathBuf,
+    root: PathBuf,
+}
+
+fn sealed_models(name: &str) -> Option<SealedModels> {
+    if !guests_can_run(&[DEFAULT]) {
+        return None;
+    }
+    let dir = temp_dir(name);
+    let root = dir.join("key-root");
+    let secret = *DevelopmentRoot::open_or_create(&root).unwrap().secret();
+    let images = GuestImages::locate(Some(&repo().join("images/out"))).unwrap();
+    let guest = derive_guest_key(&secret, &images.measurement()).public();
+    let owner = dir.join("owner.key");
+    model_tools::sealing::keygen(&owner).unwrap();
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let plain = repo().join(format!("models/{DEFAULT}.gguf"));
+    model_tools::sealing::seal_file(
+        &plain,
+        &models.join("sealed.fsm"),
+        &[guest.to_string()],
+        &owner,
+        sealed_model::MAX_CHUNK_BYTES,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&plain, models.join("plain.gguf")).unwrap();
+    Some(SealedModels { models, root })
+}
+
+/// `flexserve run` on `model` with the key root `root`, greedy, 24 tokens.
+fn run(bin: &Path, model: &Path, root: &Path, prompt: &str, raw: bool) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(repo())
+        .env("FLEXSERVE_KEY_ROOT", root)
+        .arg("run")
+        .arg("-m")
+        .arg(model)
+        .args(["--temperature", "0", "--ctx", "512", "-n", "24"]);
+    if raw {
+        cmd.arg("--raw");
+    }
+    cmd.arg(prompt).output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "flexserve run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn flexserve_run_answers_from_a_sealed_model_as_from_its_plain_gguf() {
+    let (Some(m), Some(bin)) = (sealed_models("run"), flexserve_bin()) else {
+        return;
+    };
+    for (prompt, raw) in [
+        ("Why is the sky blue?", false),
+        ("Once upon a time, there", true),
+    ] {
+        let sealed = run(&bin, &m.models.join("sealed.fsm"), &m.root, prompt, raw);
+        let plain = run(&bin, &m.models.join("plain.gguf"), &m.root, prompt, raw);
+        let (sealed_text, plain_text) = (text(&sealed), text(&plain));
+        assert!(plain_text.trim().len() > 10, "{plain_text:?}");
+        assert_eq!(sealed_text, plain_text, "raw: {raw}");
+        let log = String::from_utf8_lossy(&sealed.stderr);
+        assert!(log.contains("sealed: yes"), "{log}");
+        assert!(log.contains("key root: development"), "{log}");
+        assert!(String::from_utf8_lossy(&plain.stderr).contains("sealed: no"));
+    }
+}
+
+#[test]
+fn a_model_sealed_to_another_guest_is_refused_with_what_to_do() {
+    let (Some(m), Some(bin)) = (sealed_models("other"), flexserve_bin()) else {
+        return;
+    };
+    // Another host's root: its guest derives another key.
+    let other_root = m.root.with_file_name("other-root");
+    let out = run(&bin, &m.models.join("sealed.fsm"), &other_root, "Hi", false);
+    assert!(!out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("sealed model"), "{log}");
+    assert!(log.contains("not sealed to this guest"), "{log}");
+}
+
+fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> Value {
+    let r = http(addr, "POST", path, body);
+    assert_eq!(r.status, 200, "{path} {body}: {}", r.body);
+    r.json()
+}
+
+#[test]
+fn the_daemon_serves_a_sealed_model_as_its_plain_gguf() {
+    let Some(m) = sealed_models("daemon") else {
+        return;
+    };
+    let dir = m.models.parent().unwrap();
+    let mut config = config(dir, "sealed", 512, 16);
+    config.models_dir = m.models.clone();
+    config.key_root = Some(m.root.clone());
+    let d = Daemon::start(config).expect("daemon starts");
+    let addr = d.tcp_addr.unwrap();
+    let health = http(addr, "GET", "/health", "").json();
+    assert!(
+        health["key_root"]
+            .as_str()
+            .unwrap()
+            .starts_with("development"),
+        "{health}"
+    );
+    let models = http(addr, "GET", "/v1/models", "").json();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["plain", "sealed"]);
+
+    let chat = |model: &str| {
+        let body = format!(
+            r#"{{"model":"{model}","max_tokens":24,"temperature":0,"messages":[
+                {{"role":"system","content":"You are brief."}},
+                {{"role":"user","content":"Name three colours."}}]}}"#
+        );
+        post(addr, "/v1/chat/completions", &body)
+    };
+    let (sealed, plain) = (chat("sealed"), chat("plain"));
+    let content = |v: &Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(content(&plain).len() > 5, "{plain}");
+    assert_eq!(content(&sealed), content(&plain));
+    assert_eq!(sealed["usage"], plain["usage"]);
+
+    let complete = |model: &str, stop: Option<&str>| {
+        let stop = stop.map_or(String::new(), |s| format!(r#","stop":["{s}"]"#));
+        let body = format!(
+            r#"{{"model":"{model}","max_tokens":24,"temperature":0,"prompt":"Once upon a time"{stop}}}"#
+        );
+        post(addr, "/v1/completions", &body)
+    };
+    let whole = complete("plain", None);
+    let text = whole["choices"][0]["text"].as_str().unwrap().to_string();
+    // A stop sequence from the middle of the answer: the sealed model's text ends before it.
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert!(words.len() >= 4, "{text:?}");
+    let stop = words[words.len() / 2];
+    let cut = complete("sealed", Some(stop));
+    assert_eq!(
+        cut["choices"][0]["text"].as_str().unwrap(),
+        &text[..text.find(stop).unwrap()]
+    );
+    assert_eq!(cut["choices"][0]["finish_reason"], "stop");
+    // The guest counted the prompt; the host learnt the count from the end of the stream.
+    assert_eq!(
+        cut["usage"]["prompt_tokens"],
+        whole["usage"]["prompt_tokens"]
+    );
+    d.stop();
+}
