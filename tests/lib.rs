@@ -3,6 +3,7 @@
 
 pub mod a64;
 pub mod loopback;
+pub mod memscan;
 pub mod serve_rig;
 
 use std::path::PathBuf;

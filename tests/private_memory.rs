@@ -10,16 +10,16 @@
 //! the private region's host mapping must fail. Both the bare `canary` program and the
 //! engine (with a model loaded, through a test-only memory probe) are checked.
 
+use flexserve_e2e::memscan::{readable_guest_bytes, scan_process};
 use flexserve_e2e::{
     engine_with_model, guest_images, machine_with_64_mib_private, private_memory_or_skip,
 };
 use guest_programs::canary::{CANARY_BYTES, HASHES_OFFSET, fnv1a};
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 use virtio_llm::spec::layout::SHARED_WINDOW_BASE;
 use virtio_llm::wire::probe::ProbeOp;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm::hypervisor::{IsolationLevel, IsolationRequest, NO_GUEST_MEMFD_ENV, PrivateBacking};
 use vmm::machine::{Machine, MachineConfig, VmError};
 
@@ -30,72 +30,23 @@ fn scan(hash_a: u64, hash_b: u64) -> (bool, bool, u64) {
     (!found[0].is_empty(), !found[1].is_empty(), scanned)
 }
 
-/// One scan at a time in this process: a scan copies what it reads (another test's shared
-/// window, canary included) into its buffer, and a second scan running meanwhile would find
-/// that copy in this process's heap. (Tests that hold a guest to a budget live in
-/// `memory_budget.rs`, another process: where the pool is ordinary memory, a scan's reads
-/// map zero pages into every guest's pool, which the host would count as held.)
-static SCAN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Where (host addresses) a scan of this process's readable memory found a 64-byte block
-/// with each of `hashes`, and how many bytes it read.
+/// with each of `hashes`, and how many bytes it read. (Tests that hold a guest to a budget
+/// live in `memory_budget.rs`, another process: where the pool is ordinary memory, a scan's
+/// reads map zero pages into every guest's pool, which the host would count as held.)
 fn scan_for(hashes: &[u64]) -> (Vec<Vec<u64>>, u64) {
-    let _one_at_a_time = SCAN.lock().unwrap_or_else(|e| e.into_inner());
-    let mut maps = String::new();
-    std::fs::File::open("/proc/self/maps")
-        .and_then(|mut f| f.read_to_string(&mut maps))
-        .expect("read /proc/self/maps");
-    let mem = std::fs::File::open("/proc/self/mem").expect("open /proc/self/mem");
     let mut found = vec![Vec::new(); hashes.len()];
-    let mut scanned = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    // The scan's own buffer holds copies of what it read last; it is not memory to search.
-    let own = buf.as_ptr() as u64..buf.as_ptr() as u64 + buf.len() as u64;
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        if !perms.starts_with('r') {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
-        else {
-            continue;
-        };
-        let mut at = start;
-        while at < end {
-            let n = ((end - at) as usize).min(buf.len());
-            let overlaps_own = at < own.end && own.start < at + n as u64;
-            // Pages that cannot be read (the private region among them) are skipped.
-            if !overlaps_own && mem.read_exact_at(&mut buf[..n], at).is_ok() {
-                scanned += n as u64;
-                for (i, block) in buf[..n].chunks_exact(CANARY_BYTES).enumerate() {
-                    let h = fnv1a(block);
-                    for (want, hits) in hashes.iter().zip(found.iter_mut()) {
-                        if h == *want {
-                            hits.push(at + (i * CANARY_BYTES) as u64);
-                        }
-                    }
+    let scanned = scan_process(0, &mut |at, piece| {
+        for (i, block) in piece.chunks_exact(CANARY_BYTES).enumerate() {
+            let h = fnv1a(block);
+            for (want, hits) in hashes.iter().zip(found.iter_mut()) {
+                if h == *want {
+                    hits.push(at + (i * CANARY_BYTES) as u64);
                 }
             }
-            at += n as u64;
         }
-    }
-    // Freed heap stays mapped and readable: leave no copy for the next scan to find.
-    buf.fill(0);
-    std::hint::black_box(&buf);
+    });
     (found, scanned)
-}
-
-/// Bytes of guest memory the host maps readable (boot memory and the shared window; the
-/// private pool is not part of it). A scan that read less than this missed memory it should
-/// have seen, so it would prove nothing by not finding a canary.
-fn readable_guest_bytes(mem: &vm_memory::GuestMemoryMmap) -> u64 {
-    mem.iter().map(|r| r.len()).sum()
 }
 
 /// What [`boot_canary_and_scan`] saw.

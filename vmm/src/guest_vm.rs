@@ -122,6 +122,9 @@ fn explain(status: Status) -> &'static str {
 pub struct GuestVm {
     #[cfg(feature = "test-hooks")]
     mem: vm_memory::GuestMemoryMmap,
+    /// Where the private pool is mapped in this process.
+    #[cfg(feature = "test-hooks")]
+    private_range: Option<std::ops::Range<u64>>,
     llm: Arc<LlmHost>,
     stop: Arc<StopHandle>,
     broker: Option<Arc<MemoryBroker>>,
@@ -192,7 +195,10 @@ impl GuestVm {
             None => None,
         };
         #[cfg(feature = "test-hooks")]
-        let mem = machine.memory_for_tests();
+        let (mem, private_range) = (
+            machine.memory_for_tests(),
+            machine.private_memory().map(|p| p.host_range()),
+        );
         let (kernel, engine) = (images.kernel.clone(), images.engine.clone());
         let vm = std::thread::Builder::new()
             .name("flexserve-vm".into())
@@ -204,6 +210,8 @@ impl GuestVm {
         let mut me = Self {
             #[cfg(feature = "test-hooks")]
             mem,
+            #[cfg(feature = "test-hooks")]
+            private_range,
             isolation,
             llm,
             stop,
@@ -493,6 +501,13 @@ impl GuestVm {
     #[cfg(feature = "test-hooks")]
     pub fn memory_for_tests(&self) -> vm_memory::GuestMemoryMmap {
         self.mem.clone()
+    }
+
+    /// The host addresses the private pool is mapped at (scans tell the pool from the rest
+    /// of this process); `None` without private memory.
+    #[cfg(feature = "test-hooks")]
+    pub fn private_range_for_tests(&self) -> Option<std::ops::Range<u64>> {
+        self.private_range.clone()
     }
 
     /// Stops the guest. Errors if it had already died on its own.
