@@ -3,9 +3,11 @@
 //! (`loopback.rs`): load, sessions, generation, cancel, token slices, budget changes in the
 //! middle of a generation, eviction, and every refusal with its documented status. The host
 //! side talks through `LlmHost`, as `GuestVm` does; greedy output is compared with the
-//! host engine's.
+//! host engine's. Sealed models over the same rig: `service_sealed.rs`.
 
+// The rig is shared with `service_sealed.rs`, which uses the parts this file does not.
 #[path = "service_rig.rs"]
+#[allow(dead_code)]
 mod rig;
 
 use inference_guest::model::Logits;
@@ -24,7 +26,6 @@ use virtio_llm::wire::request::{
     CancelRequest, GenerateRequest, PreemptRequest, Prompt, RequestMsg, SamplingParams,
 };
 use virtio_llm::wire::response::StopReason;
-use vmm::devices::virtio_llm::LlmConfig;
 
 #[test]
 fn greedy_output_equals_the_host_engine_in_bounded_slices() {
@@ -439,138 +440,5 @@ fn refused_requests_get_their_documented_status_and_serving_goes_on() {
     assert_eq!(
         (s.models_loaded, s.sessions_open, s.requests_completed),
         (1, 2, 1)
-    );
-}
-
-/// Loads `parts` sealed as model `id`, then checks greedy tokens against the host engine's
-/// on the plaintext model.
-fn sealed_generates_as_the_host(rig: &Rig, engine: &HostEngine, id: u32, parts: &SealedParts) {
-    assert_eq!(
-        rig.load_sealed(id, &parts.header, &parts.chunks),
-        Status::Ok
-    );
-    let line = rig.last_line();
-    assert!(line.contains(&format!("sealed model {id}")) && line.contains("owner"));
-    let session = 100 + id;
-    assert_eq!(rig.open(session, id, 256), Status::Ok);
-    let prompt = engine.encode("Once upon a time");
-    rig.request(&endless_request(
-        u64::from(session),
-        session,
-        prompt.clone(),
-        32,
-    ));
-    let (got, _) = rig.collect(u64::from(session)).expect("generation");
-    assert_eq!(
-        got,
-        engine.greedy(&prompt, 256, 32, false),
-        "sealed model {id}"
-    );
-    let close = CloseSession {
-        session_id: session,
-    };
-    assert_eq!(
-        rig.ack(&ControlCommand::CloseSession(close)).status,
-        Status::Ok
-    );
-    let unload = UnloadModel { model_id: id };
-    assert_eq!(
-        rig.ack(&ControlCommand::UnloadModel(unload)).status,
-        Status::Ok
-    );
-}
-
-#[test]
-fn a_sealed_model_unseals_in_the_service_and_generates_as_the_plaintext() {
-    let Some((file, _)) = model() else { return };
-    let engine = HostEngine { file: file.clone() };
-    let rig = Rig::start(limits());
-    let whole = seal_model(&file, SEALING_ROOT.measurement, 1 << 20);
-    sealed_generates_as_the_host(&rig, &engine, 1, &whole);
-    let small = seal_model(&file, SEALING_ROOT.measurement, 4096);
-    assert!(small.chunks.len() > 100, "{} chunks", small.chunks.len());
-    sealed_generates_as_the_host(&rig, &engine, 2, &small);
-
-    // Without a key root the guest cannot unseal, and says so.
-    let keyless = Rig::start(LlmConfig {
-        key_root: None,
-        ..limits()
-    });
-    assert_eq!(
-        keyless.load_sealed(1, &whole.header, &whole.chunks),
-        Status::Unsupported
-    );
-}
-
-#[test]
-fn every_tampered_sealed_model_is_refused_and_the_service_keeps_serving() {
-    let Some((file, sha)) = model() else { return };
-    let engine = HostEngine { file: file.clone() };
-    let rig = Rig::start(limits());
-    let good = seal_model(&file, SEALING_ROOT.measurement, 4096);
-    let n = good.chunks.len();
-    let mut cases: Vec<(&str, SealedParts, &str)> = Vec::new();
-    let mut flipped = SealedParts {
-        header: good.header.clone(),
-        chunks: good.chunks.clone(),
-    };
-    flipped.chunks[5].1[100] ^= 0x10;
-    cases.push(("a flipped bit", flipped, "chunk 5 (layer"));
-    let mut dropped = SealedParts {
-        header: good.header.clone(),
-        chunks: good.chunks.clone(),
-    };
-    dropped.chunks.remove(3);
-    cases.push((
-        "a dropped chunk",
-        dropped,
-        "chunk 4 offered, chunk 3 is next",
-    ));
-    // Swapped in place: the host relabels them, so each is opened as the other's index.
-    let mut swapped = SealedParts {
-        header: good.header.clone(),
-        chunks: good.chunks.clone(),
-    };
-    let (a, b) = (swapped.chunks[1].1.clone(), swapped.chunks[2].1.clone());
-    (swapped.chunks[1].1, swapped.chunks[2].1) = (b, a);
-    cases.push(("two chunks swapped", swapped, "chunk 1 (layer"));
-    let mut truncated = SealedParts {
-        header: good.header.clone(),
-        chunks: good.chunks.clone(),
-    };
-    truncated.chunks.truncate(n - 2);
-    let cut = format!("truncated: {} of {n} chunks", n - 2);
-    cases.push(("a truncated body", truncated, &cut));
-    let mut edited = SealedParts {
-        header: good.header.clone(),
-        chunks: good.chunks.clone(),
-    };
-    edited.header[28] ^= 1; // context_len
-    cases.push(("an edited header", edited, "signature"));
-    let other = seal_model(&file, [8; 32], 4096);
-    cases.push(("sealed to another guest", other, "not sealed to this guest"));
-
-    for (what, parts, why) in &cases {
-        let status = rig.load_sealed(1, &parts.header, &parts.chunks);
-        assert_eq!(status, Status::SealRejected, "{what}");
-        let line = rig.last_line();
-        assert!(
-            line.starts_with("engine: sealed model 1 refused: ") && line.contains(why),
-            "{what}: {line:?}"
-        );
-        assert_eq!(
-            rig.stats().models_loaded,
-            0,
-            "{what}: the partial model stays"
-        );
-    }
-    // The service still serves: the plaintext model loads and generates.
-    assert_eq!(rig.load(1, &file, sha), Status::Ok);
-    assert_eq!(rig.open(1, 1, 256), Status::Ok);
-    let prompt = engine.encode("Once upon a time");
-    rig.request(&endless_request(1, 1, prompt.clone(), 16));
-    assert_eq!(
-        rig.collect(1).expect("generation").0,
-        engine.greedy(&prompt, 256, 16, false)
     );
 }

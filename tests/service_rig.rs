@@ -218,8 +218,22 @@ impl Rig {
     /// the header, `chunks` as given (index, ciphertext||tag), then `LoadModelEnd`. The
     /// first refusal's status, or the end's.
     pub fn load_sealed(&self, model_id: u32, header: &[u8], chunks: &[(u64, Vec<u8>)]) -> Status {
+        self.load_sealed_with(model_id, header, chunks, 0, &[])
+    }
+
+    /// [`Rig::load_sealed`] with `LoadSealedBegin`'s `flags` and accepted owners.
+    pub fn load_sealed_with(
+        &self,
+        model_id: u32,
+        header: &[u8],
+        chunks: &[(u64, Vec<u8>)],
+        flags: u32,
+        accepted_owners: &[[u8; 32]],
+    ) -> Status {
         let begin = self.ack(&ControlCommand::LoadSealedBegin(LoadSealedBegin {
             model_id,
+            flags,
+            accepted_owners,
             header,
         }));
         assert_eq!(begin.command, msg_type::LOAD_SEALED_BEGIN);
@@ -396,9 +410,27 @@ pub struct SealedParts {
     pub chunks: Vec<(u64, Vec<u8>)>,
 }
 
+/// The seed of the owner key `seal_model` signs with.
+pub const OWNER_SEED: [u8; 32] = [1; 32];
+
+/// The public key of the owner whose `seed` signs with [`seal_model_by`].
+pub fn owner_public(seed: [u8; 32]) -> [u8; 32] {
+    sealed_model::OwnerKey::from_seed(&seed).public().0
+}
+
 /// `file` re-laid as `flexserve-model seal` does, sealed to the guest whose image has
-/// `measurement` under the rig's root, in chunks of `chunk_bytes`.
+/// `measurement` under the rig's root, in chunks of `chunk_bytes`, signed by [`OWNER_SEED`].
 pub fn seal_model(file: &[u8], measurement: [u8; 32], chunk_bytes: u32) -> SealedParts {
+    seal_model_by(file, measurement, chunk_bytes, OWNER_SEED)
+}
+
+/// As [`seal_model`], signed by the owner whose key has seed `owner_seed`.
+pub fn seal_model_by(
+    file: &[u8],
+    measurement: [u8; 32],
+    chunk_bytes: u32,
+    owner_seed: [u8; 32],
+) -> SealedParts {
     use sealed_model::{Header, OsRng, OwnerKey, SealRequest, TryRngCore, derive_guest_key};
     let gguf = Gguf::parse(file).expect("the model parses");
     let relaid = model_tools::relayout::relayout(&gguf).expect("re-lay");
@@ -411,7 +443,7 @@ pub fn seal_model(file: &[u8], measurement: [u8; 32], chunk_bytes: u32) -> Seale
         kv_bytes_per_token: 0,
         recipients: &[guest],
     };
-    let owner = OwnerKey::from_seed(&[1; 32]);
+    let owner = OwnerKey::from_seed(&owner_seed);
     let fsm = sealed_model::seal(&request, &owner, &mut OsRng.unwrap_err()).expect("seal");
     let (header, header_bytes, body) = Header::split_file(&fsm).expect("split");
     let chunks = header

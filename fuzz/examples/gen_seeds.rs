@@ -190,6 +190,8 @@ fn main() {
         enc(|o| {
             LoadSealedBegin {
                 model_id: 7,
+                flags: 0,
+                accepted_owners: &[[0x42; 32]],
                 header: b"FLEXSEAL\x01\0\0\0\xe0\0\0\0",
             }
             .encode(o)

@@ -170,6 +170,14 @@ fn u32_list(u: &mut Unstructured<'_>, max: usize, below: u32) -> Result<Vec<u32>
     (0..n).map(|_| near(u, 0, below)).collect()
 }
 
+/// Up to one more owner key than a `LoadSealedBegin` may carry, taken from the input.
+fn owner_keys<'a>(u: &mut Unstructured<'a>) -> Result<&'a [[u8; 32]]> {
+    let n = u.int_in_range(0..=spec::MAX_ACCEPTED_OWNERS + 1)?;
+    let want = n * 32;
+    let raw = u.bytes(want.min(u.len() / 32 * 32))?;
+    Ok(raw.as_chunks::<32>().0)
+}
+
 fn status(u: &mut Unstructured<'_>) -> Result<Status> {
     Ok(*u.choose(&Status::ALL)?)
 }
@@ -213,6 +221,8 @@ pub fn command<'a>(u: &mut Unstructured<'a>) -> Result<ControlCommand<'a>> {
         }),
         6 => ControlCommand::LoadSealedBegin(control::LoadSealedBegin {
             model_id: u.arbitrary()?,
+            flags: near(u, 0, spec::sealed_flag::DEFINED + 1)?,
+            accepted_owners: owner_keys(u)?,
             header: bytes(u, spec::MAX_SEALED_HEADER_BYTES + 1)?,
         }),
         7 => ControlCommand::LoadSealedChunk(control::LoadSealedChunk {

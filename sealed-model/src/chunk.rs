@@ -69,9 +69,10 @@ impl ChunkInfo {
     }
 }
 
-/// A position in the chunk plan, without borrowing the header (the unsealer keeps one).
+/// A position in a header's chunk plan that does not borrow the header (the unsealer keeps
+/// one; so does a receiver that stores chunks before opening them). Start at `default()`.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Cursor {
+pub struct ChunkCursor {
     /// Index of the next chunk.
     pub(crate) index: u64,
     layer: usize,
@@ -79,9 +80,9 @@ pub(crate) struct Cursor {
     pos: u64,
 }
 
-impl Cursor {
-    /// The chunk at the cursor, or `None` past the last.
-    pub(crate) fn peek(&self, header: &Header) -> Option<ChunkInfo> {
+impl ChunkCursor {
+    /// The chunk at the cursor in `header`'s plan, or `None` past the last.
+    pub fn peek(&self, header: &Header) -> Option<ChunkInfo> {
         let layer = header.layers.get(self.layer)?;
         let end = layer.end.min(self.pos + u64::from(header.chunk_bytes));
         Some(ChunkInfo {
@@ -92,8 +93,8 @@ impl Cursor {
         })
     }
 
-    /// Moves past `chunk` (the one `peek` gave).
-    pub(crate) fn advance(&mut self, header: &Header, chunk: &ChunkInfo) {
+    /// Moves past `chunk` (the one `peek` gave for the same header).
+    pub fn advance(&mut self, header: &Header, chunk: &ChunkInfo) {
         self.index += 1;
         self.pos = chunk.plaintext.end;
         if header
@@ -104,20 +105,25 @@ impl Cursor {
             self.layer += 1;
         }
     }
+
+    /// Index of the chunk at the cursor (the count of chunks passed).
+    pub fn index(&self) -> u64 {
+        self.index
+    }
 }
 
 /// Every chunk of a body, in order (from [`Header::chunk_plan`]).
 #[derive(Clone, Debug)]
 pub struct ChunkPlan<'a> {
     header: &'a Header,
-    cursor: Cursor,
+    cursor: ChunkCursor,
 }
 
 impl<'a> ChunkPlan<'a> {
     pub(crate) fn new(header: &'a Header) -> Self {
         ChunkPlan {
             header,
-            cursor: Cursor::default(),
+            cursor: ChunkCursor::default(),
         }
     }
 }

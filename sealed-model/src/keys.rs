@@ -48,11 +48,32 @@ fn write_hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
     bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
 }
 
+/// A public key's first 8 bytes ([`OwnerPublicKey::fingerprint`]), shown as 16 lowercase hex
+/// digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyFingerprint(pub [u8; 8]);
+
+impl fmt::Display for KeyFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(&self.0, f)
+    }
+}
+
 macro_rules! hex_key {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Copy, PartialEq, Eq, Hash)]
         pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            /// The key's first 8 bytes: enough to tell keys apart in a log line, never to
+            /// check one (compare the whole key for that).
+            pub fn fingerprint(&self) -> KeyFingerprint {
+                let mut first = [0u8; 8];
+                first.copy_from_slice(&self.0[..8]);
+                KeyFingerprint(first)
+            }
+        }
 
         impl fmt::Display for $name {
             /// 64 lowercase hex digits.

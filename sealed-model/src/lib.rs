@@ -28,10 +28,10 @@ mod keys;
 mod seal;
 mod unseal;
 
-pub use chunk::{ChunkInfo, ChunkPlan};
+pub use chunk::{ChunkCursor, ChunkInfo, ChunkPlan};
 pub use error::SealError;
 pub use header::{Header, Recipient};
-pub use keys::{GuestKey, GuestPublicKey, OwnerPublicKey, derive_guest_key};
+pub use keys::{GuestKey, GuestPublicKey, KeyFingerprint, OwnerPublicKey, derive_guest_key};
 #[cfg(feature = "seal")]
 pub use seal::{OwnerKey, SealRequest, seal};
 pub use unseal::{Unsealed, Unsealer};
@@ -70,5 +70,7 @@ pub mod label {
     pub const SEALING_KEY_SALT: &[u8] = b"flexserve sealing key v1";
 }
 
+#[cfg(all(test, feature = "seal"))]
+mod owner_tests;
 #[cfg(all(test, feature = "seal"))]
 mod tests;

@@ -8,7 +8,7 @@ use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem, OpModeR};
 use sha2::{Digest, Sha256};
 
-use crate::chunk::{ChunkInfo, Cursor};
+use crate::chunk::{ChunkCursor, ChunkInfo};
 use crate::header::verify_owner_signature;
 use crate::keys::{GuestKey, OwnerPublicKey};
 use crate::{Header, Recipient, SIGNATURE_BYTES, SealError, TAG_BYTES, label};
@@ -44,7 +44,7 @@ pub struct Unsealer {
     header_digest: [u8; 32],
     owner: OwnerPublicKey,
     cipher: Aes256Gcm,
-    cursor: Cursor,
+    cursor: ChunkCursor,
     hasher: Sha256,
     failed_at: Option<u64>,
 }
@@ -90,7 +90,7 @@ impl Unsealer {
             header_digest: Sha256::digest(header_bytes).into(),
             owner,
             cipher: Aes256Gcm::new(&content_key.into()),
-            cursor: Cursor::default(),
+            cursor: ChunkCursor::default(),
             hasher: Sha256::new(),
             failed_at: None,
             header,

@@ -98,6 +98,19 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 pub const MAX_SEALED_HEADER_BYTES: usize = 16 + 72_800 + 64;
 /// The AES-GCM tag after each sealed chunk's ciphertext.
 pub const SEAL_TAG_BYTES: usize = 16;
+/// Most owner keys a `LoadSealedBegin` may list as accepted.
+pub const MAX_ACCEPTED_OWNERS: usize = 16;
+
+/// `LoadSealedBegin` flags. Undefined bits are reserved: the driver answers `BadRequest`
+/// to a load that sets any.
+pub mod sealed_flag {
+    /// Strawman load (benchmarks only): the driver keeps each chunk's ciphertext as it
+    /// arrives and decrypts the whole body at `LoadModelEnd`, instead of decrypting each
+    /// chunk as it arrives.
+    pub const STRAWMAN: u32 = 1 << 0;
+    /// Every defined flag.
+    pub const DEFINED: u32 = STRAWMAN;
+}
 /// Largest message, header included: a full chunk plus its fixed fields, rounded up.
 pub const MAX_MESSAGE_BYTES: usize = MAX_CHUNK_BYTES + 4096;
 /// Longest descriptor chain either side walks (a message may be scattered, but not finely).

@@ -182,3 +182,35 @@ fn fixed_size_bodies_match_the_spec() {
         );
     }
 }
+
+#[test]
+fn load_sealed_begin_matches_the_spec() {
+    // The fixed part before the owner keys and the header.
+    let header = [1u8];
+    let begin = control::LoadSealedBegin {
+        model_id: 1,
+        flags: 0,
+        accepted_owners: &[],
+        header: &header,
+    };
+    assert_eq!(spec_body_bytes("LoadSealedBegin"), body_bytes(&begin) - 1);
+    let owners = [[2u8; 32]; virtio_llm::spec::MAX_ACCEPTED_OWNERS];
+    let full = control::LoadSealedBegin {
+        accepted_owners: &owners,
+        ..begin
+    };
+    assert_eq!(body_bytes(&full), body_bytes(&begin) + 32 * owners.len());
+    assert!(SPEC.contains(&format!(
+        "`n_owners` k, 0..={}",
+        virtio_llm::spec::MAX_ACCEPTED_OWNERS
+    )));
+    // The flags table: bit 0 is the strawman, the rest reserved.
+    let flags: Vec<_> = rows(|c| c == "0" || c == "1..31")
+        .into_iter()
+        .filter(|r| r[1] == "strawman" || r[1] == "—")
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(flags, ["0", "1..31"]);
+    assert_eq!(virtio_llm::spec::sealed_flag::STRAWMAN, 1 << 0);
+    assert_eq!(virtio_llm::spec::sealed_flag::DEFINED, 1);
+}

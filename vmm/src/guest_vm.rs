@@ -61,6 +61,8 @@ pub enum GuestError {
     Refused { what: &'static str, status: Status },
     #[error("not a sealed model: {0}")]
     SealedFile(sealed_model::SealError),
+    #[error("at most {max} accepted owners may be listed, {count} given")]
+    TooManyOwners { count: usize, max: usize },
     #[error("the guest answered out of protocol: {0}")]
     Protocol(String),
     #[error("request failed in the guest ({status:?}): {message}")]
@@ -86,6 +88,7 @@ pub enum Interrupt {
 }
 
 mod sealed_load;
+pub use sealed_load::{SealedLoadOptions, SealedLoaded};
 
 /// The engine ended on its own: its last console line says why (a panic message, say).
 fn exited(code: u32, console: &[String]) -> GuestError {

@@ -1,22 +1,30 @@
 //! Sealed-model commands (`feature::SEALED`): `LoadSealedBegin`, `LoadSealedChunk`, and the
-//! `LoadModelEnd` that completes a sealed load. Any [`SealError`] refuses with
-//! `SealRejected`, discards the partial model and says why on the console, in one line.
+//! `LoadModelEnd` that completes a sealed load. Any [`SealError`] (an owner not among the
+//! accepted ones included) refuses with `SealRejected`, discards the partial model and says
+//! why on the console, in one line. A completed load names its owner (the key's
+//! fingerprint) and its mode, and splits its time into copying and decrypting.
 
 use super::{Environment, Service};
 use crate::unsealing::Unsealing;
-use sealed_model::{SealError, Unsealer, derive_guest_key};
+use alloc::vec::Vec;
+use sealed_model::{OwnerPublicKey, SealError, Unsealer, derive_guest_key};
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverMemory, LlmDriver, Transport};
+use virtio_llm::spec::sealed_flag;
 use virtio_llm::wire::control::{LoadModelEnd, LoadSealedBegin, LoadSealedChunk};
 
 impl Service {
-    /// Accepts a sealed header for this guest and reserves the plaintext body's memory.
+    /// Accepts a sealed header for this guest, from an accepted owner, and reserves the
+    /// memory the load needs.
     pub(super) fn sealed_begin<M: DriverMemory, T: Transport>(
         &mut self,
         b: &LoadSealedBegin<'_>,
         driver: &mut LlmDriver<M, T>,
         env: &dyn Environment,
     ) -> Status {
+        if b.flags & !sealed_flag::DEFINED != 0 {
+            return Status::BadRequest;
+        }
         if self.models.contains_key(&b.model_id) {
             return Status::AlreadyExists;
         }
@@ -34,18 +42,25 @@ impl Service {
             return Status::Unsupported;
         };
         let key = derive_guest_key(&root.root, &root.measurement);
-        // No accepted owners are configured yet: any owner whose signature verifies.
-        let unsealer = match Unsealer::new(b.header, &key, &[]) {
+        // None listed: any owner whose signature verifies (the host's choice to make).
+        let accepted: Vec<OwnerPublicKey> = b
+            .accepted_owners
+            .iter()
+            .map(|k| OwnerPublicKey(*k))
+            .collect();
+        let unsealer = match Unsealer::new(b.header, &key, &accepted) {
             Ok(u) => u,
             Err(e) => return refuse(b.model_id, &e, env),
         };
-        let body_bytes = unsealer.header().body_bytes();
-        if let Err(s) = self.make_room(body_bytes, None, driver, env) {
+        let strawman = b.flags & sealed_flag::STRAWMAN != 0;
+        let needs = Unsealing::needs(&unsealer, strawman);
+        if let Err(s) = self.make_room(needs, None, driver, env) {
             return s;
         }
-        match Unsealing::begin(b.model_id, unsealer) {
-            Ok(u) => {
+        match Unsealing::begin(b.model_id, unsealer, strawman) {
+            Ok(mut u) => {
                 self.load_ns = (env.now_ns(), 0);
+                u.accepted_owners = accepted.len();
                 let (addr, len) = u.buffer();
                 env.prefault(addr, len);
                 self.unsealing = Some(u);
@@ -63,7 +78,7 @@ impl Service {
     ) -> Status {
         let t0 = env.now_ns();
         let result = match self.unsealing.as_mut() {
-            Some(u) if u.model_id == c.model_id => u.chunk(c.index, c.data),
+            Some(u) if u.model_id == c.model_id => u.chunk(c.index, c.data, &|| env.now_ns()),
             _ => return Status::BadRequest,
         };
         self.load_ns.1 += env.now_ns() - t0;
@@ -94,17 +109,31 @@ impl Service {
             return Status::BadRequest;
         }
         let (bytes, owner, t0) = (u.received(), u.owner(), env.now_ns());
-        let (file, _proof) = match u.finish() {
+        let mode = if u.strawman() {
+            "strawman"
+        } else {
+            "pipelined"
+        };
+        let accepted = match u.accepted_owners {
+            0 => alloc::string::String::from("any owner accepted"),
+            n => alloc::format!("one of {n} accepted"),
+        };
+        let (unsealed, times) = u.finish(&|| env.now_ns());
+        let (file, _proof) = match unsealed {
             Ok(done) => done,
             Err(err) => return refuse(e.model_id, &err, env),
         };
         let r = self.keep(e.model_id, file);
         let now = env.now_ns();
         env.log(&alloc::format!(
-            "engine: sealed model {} ({} MiB, owner {owner}): {}",
+            "engine: sealed model {} ({} MiB, {mode}, owner {}, {accepted}): {}; \
+             {} ms copying, {} ms decrypting",
             e.model_id,
             bytes >> 20,
-            self.load_times(t0, now)
+            owner.fingerprint(),
+            self.load_times(t0, now),
+            times.copy_ns / 1_000_000,
+            times.decrypt_ns / 1_000_000,
         ));
         match r {
             Ok(()) => Status::Ok,

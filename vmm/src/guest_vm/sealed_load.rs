@@ -1,30 +1,109 @@
-//! Loading a sealed model (`.fsm`, docs/sealed-model.md) into the guest: the header, then
-//! every sealed chunk in order, several in flight, then `LoadModelEnd`. The host reads only
-//! the public header; the guest authenticates and decrypts each chunk into private memory.
+//! Loading a sealed model (`.fsm`, docs/sealed-model.md) into the guest: the header with the
+//! owners to accept, then every sealed chunk in order, several in flight, then
+//! `LoadModelEnd`. The host reads only the public header; the guest checks the owner and
+//! signature, and authenticates and decrypts each chunk into private memory.
 
 use super::{CHUNKS_IN_FLIGHT, GuestError, GuestVm};
-use sealed_model::Header;
+use sealed_model::{Header, OwnerPublicKey};
+use virtio_llm::spec::{MAX_ACCEPTED_OWNERS, sealed_flag};
 use virtio_llm::wire::control::msg_type::{LOAD_MODEL_END, LOAD_SEALED_BEGIN, LOAD_SEALED_CHUNK};
 use virtio_llm::wire::control::{ControlCommand, LoadModelEnd, LoadSealedBegin, LoadSealedChunk};
 
+/// How the guest is to load a sealed model.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SealedLoadOptions {
+    /// The owners whose models the guest accepts, at most `MAX_ACCEPTED_OWNERS` (16). Empty
+    /// (the default): any owner whose signature verifies. This is the host's policy, handed
+    /// to the guest; it protects the host's users from a model it did not mean to serve,
+    /// not the guest from the host.
+    pub accepted_owners: Vec<OwnerPublicKey>,
+    /// Benchmarks only: the guest stores the whole sealed body, then decrypts it at the end
+    /// (instead of decrypting each chunk as it arrives), and needs a tag's worth of extra
+    /// private memory per chunk.
+    pub strawman: bool,
+}
+
+/// A sealed model the guest accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealedLoaded {
+    /// The owner who signed the header. The host reads it from the public header; the
+    /// guest's Ok means that this owner's signature verified there and that the owner was
+    /// among the accepted ones (any, if none were listed).
+    pub owner: OwnerPublicKey,
+    /// SHA-256 of the plaintext body, which the guest checked (from the header).
+    pub content_digest: [u8; 32],
+    /// Plaintext bytes the guest holds.
+    pub body_bytes: u64,
+}
+
 impl GuestVm {
-    /// Streams the whole `.fsm` `file` into the guest as model `model_id`; `progress(bytes)`
-    /// after each chunk is acknowledged (sealed bytes of the body). The file is checked
-    /// first (its header parses and the body has exactly the header's length); the guest
-    /// checks everything again, and refuses with `SealRejected` what does not unseal.
+    /// [`GuestVm::load_sealed_with`] with the default options: any owner whose signature
+    /// verifies, chunks decrypted as they arrive.
     pub fn load_sealed(
         &mut self,
         model_id: u32,
         file: &[u8],
         progress: &mut dyn FnMut(u64),
-    ) -> Result<(), GuestError> {
+    ) -> Result<SealedLoaded, GuestError> {
+        self.load_sealed_with(model_id, file, &SealedLoadOptions::default(), progress)
+    }
+
+    /// Streams the whole `.fsm` `file` into the guest as model `model_id`, loaded as
+    /// `options` say; `progress(bytes)` after each chunk is acknowledged (sealed bytes of the
+    /// body). The file is checked first (its header parses and the body has exactly the
+    /// header's length); the guest checks everything again, and refuses with `SealRejected`
+    /// what does not unseal or is signed by an owner it was not told to accept.
+    pub fn load_sealed_with(
+        &mut self,
+        model_id: u32,
+        file: &[u8],
+        options: &SealedLoadOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<SealedLoaded, GuestError> {
         let (header, header_bytes, body) =
             Header::split_file(file).map_err(GuestError::SealedFile)?;
+        if options.accepted_owners.len() > MAX_ACCEPTED_OWNERS {
+            return Err(GuestError::TooManyOwners {
+                count: options.accepted_owners.len(),
+                max: MAX_ACCEPTED_OWNERS,
+            });
+        }
+        let accepted: Vec<[u8; 32]> = options.accepted_owners.iter().map(|k| k.0).collect();
+        let flags = if options.strawman {
+            sealed_flag::STRAWMAN
+        } else {
+            0
+        };
         self.command(&ControlCommand::LoadSealedBegin(LoadSealedBegin {
             model_id,
+            flags,
+            accepted_owners: &accepted,
             header: header_bytes,
         }))?;
         self.ack("start loading the sealed model", LOAD_SEALED_BEGIN)?;
+        self.send_sealed_chunks(model_id, &header, body, progress)?;
+        // A sealed load's `LoadModelEnd` carries no hash (zero): the guest checks the
+        // header's content digest instead.
+        self.command(&ControlCommand::LoadModelEnd(LoadModelEnd {
+            model_id,
+            sha256: [0; 32],
+        }))?;
+        self.ack("accept the sealed model", LOAD_MODEL_END)?;
+        Ok(SealedLoaded {
+            owner: header.owner(),
+            content_digest: *header.content_digest(),
+            body_bytes: header.body_bytes(),
+        })
+    }
+
+    /// Sends every chunk of `body` in order, `CHUNKS_IN_FLIGHT` at a time.
+    fn send_sealed_chunks(
+        &mut self,
+        model_id: u32,
+        header: &Header,
+        body: &[u8],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), GuestError> {
         // `split_file` checked the body's length against the header: every range is in it.
         let chunks: Vec<(u64, &[u8])> = header
             .chunk_plan()
@@ -59,13 +138,6 @@ impl GuestVm {
             acked += 1;
             progress(done);
         }
-        // A sealed load's `LoadModelEnd` carries no hash (zero): the guest checks the
-        // header's content digest instead.
-        self.command(&ControlCommand::LoadModelEnd(LoadModelEnd {
-            model_id,
-            sha256: [0; 32],
-        }))?;
-        self.ack("accept the sealed model", LOAD_MODEL_END)?;
         Ok(())
     }
 }
