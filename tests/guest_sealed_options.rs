@@ -28,7 +28,7 @@ fn greedy_in_guest(vm: &mut GuestVm, session: u32, model_id: u32, prompt: &[u32]
         prompt: Prompt::Tokens(prompt.to_vec()),
     };
     let mut got = Vec::new();
-    vm.generate(&req, &mut |t| got.extend_from_slice(t), &|| false)
+    vm.generate(&req, &mut |t, _| got.extend_from_slice(t), &|| false)
         .expect("the guest generates");
     got
 }
