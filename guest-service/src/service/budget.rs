@@ -34,8 +34,10 @@ impl Service {
             ));
             Status::OutOfMemory
         };
+        // Idle sessions' caches first, then tokenizers (rebuilt when text next goes in or
+        // out; a generation builds its model's after making room).
         while mem.usage().available() < needed {
-            if !self.evict_session_cache(keep) {
+            if !self.evict_session_cache(keep) && !self.drop_a_tokenizer() {
                 return Err(out_of_memory("nothing left to evict"));
             }
         }
@@ -67,6 +69,17 @@ impl Service {
         Ok(model.cfg.kv_cache_bytes(context_len as usize) as u64)
     }
 
+    /// Drops a model's tokenizer (it is rebuilt on demand); `false` if none is built.
+    fn drop_a_tokenizer(&mut self) -> bool {
+        match self.models.values_mut().find(|m| m.tokenizer.is_some()) {
+            Some(m) => {
+                m.tokenizer = None;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Drops the KV cache of the least recently used session that has one (except `keep`).
     pub(super) fn evict_session_cache(&mut self, keep: Option<u32>) -> bool {
         let victim = self
@@ -90,8 +103,7 @@ impl Service {
         if self.evict_session_cache(None) {
             return true;
         }
-        if let Some(m) = self.models.values_mut().find(|m| m.tokenizer.is_some()) {
-            m.tokenizer = None;
+        if self.drop_a_tokenizer() {
             return true;
         }
         let oldest = self
