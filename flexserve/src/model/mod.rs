@@ -22,7 +22,7 @@ use sealed_model::{Header, SealError};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use virtio_llm::wire::request::{ChatRole, ChatTurn, Prompt};
-use vmm::guest_vm::{GuestError, GuestVm};
+use vmm::guest_vm::{GuestError, GuestVm, SealedLoadOptions};
 
 const MIB: u64 = 1 << 20;
 /// Guest private memory beyond weights and KV cache: activations, logits, the guest's
@@ -269,23 +269,25 @@ impl HostModel {
 
     /// Streams the file into `vm` as model `id`: a plain model with its SHA-256 (from the
     /// cache when the file is unchanged since it was last hashed), a sealed one chunk by
-    /// chunk for the guest to unseal. Returns the plaintext's SHA-256.
+    /// chunk for the guest to unseal under `sealed`'s policy. Returns who signed a sealed
+    /// model (a plain one has no owner).
     pub fn load_into(
         &self,
         vm: &mut GuestVm,
         id: u32,
+        sealed: &SealedLoadOptions,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<[u8; 32], GuestError> {
-        if let Format::Sealed(h) = &self.format {
-            vm.load_sealed(id, self.bytes(), progress)?;
-            return Ok(*h.content_digest());
+    ) -> Result<Option<sealed_model::OwnerPublicKey>, GuestError> {
+        if self.is_sealed() {
+            let loaded = vm.load_sealed_with(id, self.bytes(), sealed, progress)?;
+            return Ok(Some(loaded.owner));
         }
         let known = digest_cache::lookup(&self.path);
         let sha256 = vm.load_model(id, self.bytes(), known, progress)?;
         if known.is_none() {
             digest_cache::remember(&self.path, &sha256);
         }
-        Ok(sha256)
+        Ok(None)
     }
 }
 

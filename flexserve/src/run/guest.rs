@@ -16,7 +16,7 @@ use std::time::Instant;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, StopReason};
 use vmm::guest_images::GuestImages;
-use vmm::guest_vm::{GuestConfig, GuestError, GuestVm};
+use vmm::guest_vm::{GuestConfig, GuestError, GuestVm, SealedLoadOptions};
 use vmm::hypervisor::{Isolation, IsolationLevel};
 
 /// A failed protected `run`.
@@ -229,8 +229,22 @@ fn boot_and_load(
             start: booted,
             shown: false,
         };
-        model.load_into(&mut vm, 1, &mut |done| progress.update(done))?;
+        let options = SealedLoadOptions {
+            accepted_owners: args.accept_owners.clone(),
+            strawman: false,
+        };
+        let owner = model.load_into(&mut vm, 1, &options, &mut |done| progress.update(done))?;
         progress.finish();
+        if let Some(owner) = owner {
+            eprintln!(
+                "[flexserve] sealed model signed by owner {} ({})",
+                owner.fingerprint(),
+                match args.accept_owners.len() {
+                    0 => "any owner accepted: pass --accept-owner to require one".to_string(),
+                    n => format!("one of {n} accepted"),
+                }
+            );
+        }
         vm.open_session(1, 1, ctx as u32)?;
         let loaded = Instant::now();
         tokenizer

@@ -68,6 +68,9 @@ pub struct Config {
     pub key_root: Option<PathBuf>,
     pub models_dir: PathBuf,
     pub default_model: String,
+    /// Owner keys whose signed sealed models the guest accepts; empty: any owner whose
+    /// signature verifies.
+    pub accepted_owners: Vec<sealed_model::OwnerPublicKey>,
     /// Context window of each request, tokens (capped at the model's training context).
     pub context: u32,
     /// Requests waiting for the guest, all clients together; one more is answered 429.
@@ -95,6 +98,7 @@ impl Default for Config {
             start: StartMode::Startup,
             min_isolation: IsolationLevel::PrivateMemory,
             key_root: None,
+            accepted_owners: Vec::new(),
             models_dir: DEFAULT_MODELS_DIR.into(),
             default_model: DEFAULT_MODEL.into(),
             context: 2048,
@@ -143,6 +147,7 @@ struct GuestSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ModelsSection {
+    accepted_owners: Option<Vec<String>>,
     dir: Option<PathBuf>,
     default: Option<String>,
     context: Option<i64>,
@@ -308,6 +313,15 @@ impl Config {
         if let Some(m) = o.default_model.clone().or(f.models.default) {
             c.default_model = model_name(&m)?;
         }
+        for key in f.models.accepted_owners.unwrap_or_default() {
+            let owner = key.parse().map_err(|e| {
+                bad(
+                    "models.accepted_owners",
+                    format!("{key:?} is not an owner key (64 hex digits): {e}"),
+                )
+            })?;
+            c.accepted_owners.push(owner);
+        }
         if let Some(v) = o.context.or(f.models.context) {
             c.context = in_range("models.context", v, 16, 128 * 1024)? as u32;
         }
@@ -371,6 +385,25 @@ mod tests {
         assert_eq!(
             (c.queue_depth, c.max_tokens, c.retry_after_secs),
             (4, 100, 2)
+        );
+    }
+
+    #[test]
+    fn accepted_owners_are_owner_keys() {
+        let key = "11".repeat(32);
+        let c = Config::from_toml(&format!(
+            "[guest]\nkey_root = \"/k\"\n[models]\naccepted_owners = [\"{key}\"]"
+        ))
+        .unwrap();
+        assert_eq!(c.accepted_owners.len(), 1);
+        assert_eq!(c.accepted_owners[0].to_string(), key);
+        assert_eq!(c.key_root.as_deref(), Some(std::path::Path::new("/k")));
+        let e = Config::from_toml("[models]\naccepted_owners = [\"abc\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("models.accepted_owners") && e.contains("64 hex"),
+            "{e}"
         );
     }
 

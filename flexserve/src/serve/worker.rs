@@ -20,7 +20,7 @@ use virtio_llm::Status;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, StopReason, Timings};
 use vmm::guest_images::GuestImages;
-use vmm::guest_vm::{GuestConfig, GuestError, GuestVm, Interrupt};
+use vmm::guest_vm::{GuestConfig, GuestError, GuestVm, Interrupt, SealedLoadOptions};
 use vmm::hypervisor::IsolationLevel;
 
 /// The model id every guest gets (one model per guest).
@@ -255,7 +255,20 @@ impl Worker {
             },
         )?;
         self.shared.metrics.set_isolation(vm.isolation().level());
-        model.file.load_into(&mut vm, GUEST_MODEL_ID, &mut |_| {})?;
+        let options = SealedLoadOptions {
+            accepted_owners: self.shared.config.accepted_owners.clone(),
+            strawman: false,
+        };
+        if let Some(owner) = model
+            .file
+            .load_into(&mut vm, GUEST_MODEL_ID, &options, &mut |_| {})?
+        {
+            eprintln!(
+                "[flexserve] model {} is sealed, signed by owner {}",
+                model.id,
+                owner.fingerprint()
+            );
+        }
         Ok(vm)
     }
 
