@@ -48,6 +48,7 @@ help:
 	@echo "make install       binary, guest images, systemd units, config (PREFIX=/usr/local DESTDIR=)"
 	@echo "make bench-serve   the daemon vs llama.cpp's server: throughput, TTFT at 1/4/8 clients"
 	@echo "make bench-memory  donate (guest touch), reclaim and strawman for 1/4/8 GiB of private memory"
+	@echo "make bench-sealed  cold starts plain vs sealed vs strawman (SmolLM2, 1.5B model), AES-GCM"
 	@echo "make setup-arm64   QEMU 10 and the arm64 host kernels for test-arm64 (root, Debian mirrors)"
 	@echo "make test-arm64    arm64 VMM, guests and greedy output inside an emulated arm64 host (KVM, pKVM)"
 	@echo "make bench-arm64   nested arm64 guest vs emulated host, time per generated token"
@@ -286,6 +287,21 @@ bench-serve: setup setup-bench image $(BENCH_VENV)/.server
 	$(BENCH_VENV)/bin/python tools/bench/bench_serve.py --flexserve $(FLEXSERVE) \
 		--python $(BENCH_VENV)/bin/python $(DEFAULT_MODEL)
 
+# Cold starts of SmolLM2 Q8_0 and the 1.5B model, plain vs sealed vs the strawman (store,
+# decrypt, compute), with this host's development key root; AES-GCM host vs guest.
+BENCH_SEALED := $(BUILD)/bench-sealed
+SEALED_BENCH_MODELS := SmolLM2-135M-Instruct.Q8_0 Qwen2.5-Coder-1.5B-Instruct.Q4_K_M
+
+bench-sealed: setup image $(QWEN_CODER)
+	@$(CARGO) build --release --quiet -p flexserve -p model-tools
+	@mkdir -p $(BENCH_SEALED)
+	@test -f $(BENCH_SEALED)/owner.key || $(MODEL_TOOL) keygen $(BENCH_SEALED)/owner.key
+	@# Sealed afresh each run: to this host's guest key, whatever the images are now.
+	@key=$$($(FLEXSERVE) guest-key --quiet) && for m in $(SEALED_BENCH_MODELS); do \
+		$(MODEL_TOOL) seal $(MODELS)/$$m.gguf $(BENCH_SEALED)/$$m.fsm --to $$key \
+			--sign $(BENCH_SEALED)/owner.key >/dev/null || exit 1; done
+	$(FLEXSERVE) bench-sealed $(foreach m,$(SEALED_BENCH_MODELS),$(MODELS)/$(m).gguf $(BENCH_SEALED)/$(m).fsm)
+
 bench-memory: image
 	$(CARGO) bench --quiet -p flexserve-e2e --bench memory
 
@@ -300,7 +316,7 @@ bench-engine: setup setup-bench
 
 # --- arm64 under QEMU (tools/arm64/, docs/testing.md) -----------------------------------
 
-.PHONY: setup-arm64 test-arm64 bench-arm64
+.PHONY: setup-arm64 test-arm64 bench-arm64 bench-sealed
 
 setup-arm64:
 	tools/arm64/setup.sh

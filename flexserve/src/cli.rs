@@ -27,6 +27,10 @@ pub enum Command {
     /// Measure one engine end to end: cold and warm time to first token, prefill and decode
     /// speed, or the private-memory floor (prints one JSON line; `make bench` runs it).
     BenchE2e(BenchE2eArgs),
+    /// Cold starts of a model plain, sealed (pipelined) and sealed as the strawman (store,
+    /// decrypt, then compute), modes alternating; AES-GCM on the host and in the guest.
+    /// Prints one JSON object last (`make bench-sealed`).
+    BenchSealed(BenchSealedArgs),
     /// Serve the OpenAI-compatible HTTP API from the protected guest (the daemon).
     Serve(ServeArgs),
     /// Print the isolation level a guest gets on this host, and why it is not stronger
@@ -35,6 +39,28 @@ pub enum Command {
     /// Print this host's guest sealing public key (what model owners seal to, with
     /// `flexserve-model seal --to`) and the measurement of the guest images it is bound to.
     GuestKey(GuestKeyArgs),
+}
+
+/// `flexserve bench-sealed`.
+#[derive(Args, Debug)]
+pub struct BenchSealedArgs {
+    /// Pairs of files: a plain GGUF, then the same model sealed to this host's guest.
+    #[arg(required = true, num_args = 2.., value_name = "PLAIN SEALED")]
+    pub models: Vec<PathBuf>,
+    /// Prompt lengths to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "128,512")]
+    pub prompt_tokens: Vec<usize>,
+    /// Tokens generated after the prompt (for the decode speed).
+    #[arg(long, default_value_t = 32)]
+    pub gen_tokens: usize,
+    /// Cold starts per mode and prompt length (the rows are medians).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub vcpus: u8,
+    /// Guest image directory (default: as `flexserve run`).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
 }
 
 /// `flexserve guest-key`.

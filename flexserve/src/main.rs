@@ -56,6 +56,7 @@ fn dispatch() -> anyhow::Result<Finished> {
         }
         Command::BenchEngine(args) => bench::engine::run(&args)?,
         Command::BenchE2e(args) => bench::e2e::run(&args)?,
+        Command::BenchSealed(args) => bench::sealed::run(&args)?,
         Command::Serve(args) => {
             let config = serve::config::Config::load(args.config.as_deref(), &args.overrides())?;
             serve::run(config)?;

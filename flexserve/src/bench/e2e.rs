@@ -42,6 +42,13 @@ pub enum BenchError {
         "--host-readable-pool applies to --mode guest and --mode paired only (it changes what backs the guest's memory)"
     )]
     HostReadablePoolNeedsGuest,
+    #[error(
+        "bench-sealed takes pairs of files: a plain GGUF, then the same model sealed to this \
+         host's guest (`flexserve-model seal IN.gguf OUT.fsm --to $(flexserve guest-key --quiet)`)"
+    )]
+    Pairs,
+    #[error(transparent)]
+    KeyRoot(vmm::key_root::KeyRootError),
 }
 
 /// One measured run.
@@ -57,11 +64,11 @@ struct Figures {
     decode_tps: Vec<f64>,
 }
 
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -72,7 +79,7 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// The same deterministic prompt `bench-engine` and the llama.cpp script use.
-fn prompt(n: usize, n_vocab: u32) -> Vec<u32> {
+pub(super) fn prompt(n: usize, n_vocab: u32) -> Vec<u32> {
     (0..n as u32)
         .map(|i| 1000 + (i * 7919) % (n_vocab - 1000))
         .collect()

@@ -1,5 +1,7 @@
-//! The benchmark commands: `bench-engine` (kernels on this host) and `bench-e2e` (one
-//! engine's end-to-end figures on one model).
+//! The benchmark commands: `bench-engine` (kernels on this host), `bench-e2e` (one engine's
+//! end-to-end figures on one model) and `bench-sealed` (cold starts of a model plain,
+//! sealed and as the strawman).
 
 pub mod e2e;
 pub mod engine;
+pub mod sealed;
