@@ -12,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod arriving;
 pub mod loader;
 pub mod memory;
 pub mod service;

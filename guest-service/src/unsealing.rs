@@ -13,14 +13,24 @@
 //!
 //! Either way the time spent copying and decrypting is counted, for the load's console line.
 
+use crate::arriving::{Appender, ArrivingFile};
 use alloc::vec::Vec;
 use sealed_model::{ChunkCursor, SealError, TAG_BYTES, Unsealed, Unsealer};
 use virtio_llm::Status;
 
-/// A strawman load's state: where the next chunk must fall, and every tag so far.
+/// A strawman load's state: the ciphertext stored so far, where the next chunk must fall,
+/// and every tag so far.
 struct Stored {
+    bytes: Vec<u8>,
     cursor: ChunkCursor,
     tags: Vec<[u8; TAG_BYTES]>,
+}
+
+/// Where the body goes.
+enum Body {
+    /// Plaintext, final as it arrives (the engine may read the prefix meanwhile).
+    Pipelined(ArrivingFile),
+    Strawman(Stored),
 }
 
 /// Nanoseconds spent copying ciphertext into private memory and decrypting it.
@@ -30,18 +40,19 @@ pub struct UnsealTimes {
     pub decrypt_ns: u64,
 }
 
+/// What opens chunks: the unsealer and the time it took.
+pub struct Opener {
+    unsealer: Unsealer,
+    times: UnsealTimes,
+}
+
 /// A sealed model being received.
 pub struct Unsealing {
     pub model_id: u32,
     /// How many owners the load accepts (0: any whose signature verifies), for the log.
     pub accepted_owners: usize,
-    unsealer: Unsealer,
-    /// The plaintext opened so far (strawman: the ciphertext stored so far); capacity for
-    /// the whole body.
-    bytes: Vec<u8>,
-    /// `Some` for a strawman load.
-    stored: Option<Stored>,
-    times: UnsealTimes,
+    opener: Opener,
+    body: Body,
 }
 
 impl Unsealing {
@@ -59,51 +70,72 @@ impl Unsealing {
 
     /// Reserves [`Unsealing::needs`]; `OutOfMemory` if the allocator cannot give it.
     pub fn begin(model_id: u32, unsealer: Unsealer, strawman: bool) -> Result<Self, Status> {
-        let bytes = crate::loader::reserve_model(unsealer.header().body_bytes())?;
-        let stored = if strawman {
+        let total = unsealer.header().body_bytes();
+        let body = if strawman {
             let count = usize::try_from(unsealer.header().chunk_count())
                 .map_err(|_| Status::OutOfMemory)?;
             let mut tags = Vec::new();
             tags.try_reserve_exact(count)
                 .map_err(|_| Status::OutOfMemory)?;
-            Some(Stored {
+            Body::Strawman(Stored {
+                bytes: crate::loader::reserve_model(total)?,
                 cursor: ChunkCursor::default(),
                 tags,
             })
         } else {
-            None
+            Body::Pipelined(ArrivingFile::reserve(total)?)
         };
         Ok(Self {
             model_id,
             accepted_owners: 0,
-            unsealer,
-            bytes,
-            stored,
-            times: UnsealTimes::default(),
+            opener: Opener {
+                unsealer,
+                times: UnsealTimes::default(),
+            },
+            body,
         })
     }
 
     /// The buffer the body goes into: start address and length.
     pub fn buffer(&self) -> (u64, u64) {
-        (
-            self.bytes.as_ptr() as u64,
-            self.unsealer.header().body_bytes(),
-        )
+        let address = match &self.body {
+            Body::Pipelined(f) => f.address(),
+            Body::Strawman(s) => s.bytes.as_ptr() as u64,
+        };
+        (address, self.opener.unsealer.header().body_bytes())
     }
 
     /// Body bytes received so far (plaintext, or in a strawman load ciphertext).
     pub fn received(&self) -> u64 {
-        self.bytes.len() as u64
+        match &self.body {
+            Body::Pipelined(f) => f.len() as u64,
+            Body::Strawman(s) => s.bytes.len() as u64,
+        }
     }
 
     /// Whether this is a strawman load.
     pub fn strawman(&self) -> bool {
-        self.stored.is_some()
+        matches!(self.body, Body::Strawman(_))
     }
 
     /// Who signed the header.
     pub fn owner(&self) -> sealed_model::OwnerPublicKey {
-        self.unsealer.owner()
+        self.opener.unsealer.owner()
+    }
+
+    /// The header's layers (the engine's layers are inside them, in order).
+    pub fn header(&self) -> &sealed_model::Header {
+        self.opener.unsealer.header()
+    }
+
+    /// For the pipeline: the plaintext file (for a [`crate::arriving::Gate`]) and what
+    /// opens chunks into it; `None` for a strawman load, which has no plaintext until the
+    /// end.
+    pub fn split(&mut self) -> Option<(&mut ArrivingFile, &mut Opener)> {
+        match &mut self.body {
+            Body::Pipelined(f) => Some((f, &mut self.opener)),
+            Body::Strawman(_) => None,
+        }
     }
 
     /// Takes chunk `index` (`sealed`: its ciphertext, then its tag) into the next part of
@@ -115,22 +147,75 @@ impl Unsealing {
         sealed: &[u8],
         clock: &dyn Fn() -> u64,
     ) -> Result<(), SealError> {
-        let Some(split) = sealed.len().checked_sub(TAG_BYTES) else {
-            return Err(SealError::ChunkLength {
-                index,
-                expected: TAG_BYTES as u64,
-                got: sealed.len() as u64,
-            });
-        };
-        let (ciphertext, tag_bytes) = sealed.split_at(split);
-        let mut tag = [0u8; TAG_BYTES];
-        tag.copy_from_slice(tag_bytes);
-        if self.stored.is_some() {
-            return self.store(index, ciphertext, tag, clock);
+        match &mut self.body {
+            Body::Pipelined(f) => self.opener.open(&mut f.appender(), index, sealed, clock),
+            Body::Strawman(s) => {
+                let (ciphertext, tag) = split_tag(index, sealed)?;
+                store(
+                    s,
+                    self.opener.unsealer.header(),
+                    index,
+                    ciphertext,
+                    tag,
+                    &mut self.opener.times,
+                    clock,
+                )
+            }
         }
-        // The expected chunk's plaintext range lies within the body, whose size is reserved:
-        // growing to its end never reallocates. The unsealer checks the index and lengths.
-        let start = self.bytes.len();
+    }
+
+    /// The whole plaintext, once every chunk opened and it hashes to the header's digest,
+    /// and the time spent copying and decrypting (a strawman load decrypts the stored body
+    /// in place here first, chunk by chunk in order).
+    pub fn finish(
+        self,
+        clock: &dyn Fn() -> u64,
+    ) -> (Result<(Vec<u8>, Unsealed), SealError>, UnsealTimes) {
+        let Opener {
+            mut unsealer,
+            mut times,
+        } = self.opener;
+        let bytes = match self.body {
+            Body::Pipelined(f) => {
+                // An incomplete file: `Unsealer::finish` names the missing chunks.
+                let missing = f.len();
+                f.into_complete().ok_or(missing)
+            }
+            Body::Strawman(mut stored) => {
+                let t0 = clock();
+                let opened = open_stored(&mut unsealer, &mut stored.bytes, &stored.tags);
+                times.decrypt_ns += clock() - t0;
+                match opened {
+                    Ok(()) => Ok(stored.bytes),
+                    Err(e) => return (Err(e), times),
+                }
+            }
+        };
+        let result = unsealer.finish().and_then(|proof| match bytes {
+            Ok(bytes) => Ok((bytes, proof)),
+            // `finish` accepted every chunk, yet the file is short: cannot happen, as each
+            // opened chunk appended its plaintext; refuse rather than trust it.
+            Err(got) => Err(SealError::BodyLength {
+                expected: proof.body_bytes,
+                got: got as u64,
+            }),
+        });
+        (result, times)
+    }
+}
+
+impl Opener {
+    /// Opens chunk `index` (`sealed`: ciphertext, then tag) onto the end of the plaintext:
+    /// copied in once, then authenticated and decrypted in place, so the plaintext exists
+    /// nowhere but there; a chunk that does not open leaves nothing behind.
+    pub fn open(
+        &mut self,
+        to: &mut Appender<'_>,
+        index: u64,
+        sealed: &[u8],
+        clock: &dyn Fn() -> u64,
+    ) -> Result<(), SealError> {
+        let (ciphertext, tag) = split_tag(index, sealed)?;
         let want = self.unsealer.next_chunk().map_or(0, |c| c.len());
         if want != ciphertext.len() {
             // The unsealer names the mismatch (index, or length) and ends the stream.
@@ -140,79 +225,72 @@ impl Unsealing {
                 .map(|_| ());
         }
         let t0 = clock();
-        self.bytes.extend_from_slice(ciphertext);
-        let t1 = clock();
-        let opened = self
-            .unsealer
-            .open_chunk_detached(index, &mut self.bytes[start..], &tag);
+        let mut t1 = t0;
+        let unsealer = &mut self.unsealer;
+        let opened = to.append_with(
+            ciphertext,
+            |text| {
+                t1 = clock();
+                unsealer.open_chunk_detached(index, text, &tag)
+            },
+            SealError::StreamFailed { index },
+        );
         self.times.copy_ns += t1 - t0;
         self.times.decrypt_ns += clock() - t1;
-        if let Err(e) = opened {
-            // Ciphertext that did not authenticate is not kept either.
-            self.bytes.truncate(start);
-            return Err(e);
-        }
-        Ok(())
+        opened
     }
+}
 
-    /// Strawman: checks that chunk `index` is the next one and of its length, then stores
-    /// its ciphertext and tag unopened.
-    fn store(
-        &mut self,
-        index: u64,
-        ciphertext: &[u8],
-        tag: [u8; TAG_BYTES],
-        clock: &dyn Fn() -> u64,
-    ) -> Result<(), SealError> {
-        let Some(stored) = self.stored.as_mut() else {
-            return Err(SealError::StreamFailed { index });
-        };
-        let header = self.unsealer.header();
-        let Some(chunk) = stored.cursor.peek(header) else {
-            let count = header.chunk_count();
-            return Err(SealError::NoSuchChunk { index, count });
-        };
-        if index != chunk.index {
-            return Err(SealError::ChunkOutOfOrder {
-                expected: chunk.index,
-                got: index,
-            });
-        }
-        if ciphertext.len() != chunk.len() {
-            return Err(SealError::ChunkLength {
-                index,
-                expected: chunk.len() as u64,
-                got: ciphertext.len() as u64,
-            });
-        }
-        let t0 = clock();
-        // Within the reserved capacity: the chunk's range lies within the body.
-        self.bytes.extend_from_slice(ciphertext);
-        self.times.copy_ns += clock() - t0;
-        stored.tags.push(tag);
-        stored.cursor.advance(header, &chunk);
-        Ok(())
-    }
+/// A sealed chunk's ciphertext and tag.
+fn split_tag(index: u64, sealed: &[u8]) -> Result<(&[u8], [u8; TAG_BYTES]), SealError> {
+    let Some(split) = sealed.len().checked_sub(TAG_BYTES) else {
+        return Err(SealError::ChunkLength {
+            index,
+            expected: TAG_BYTES as u64,
+            got: sealed.len() as u64,
+        });
+    };
+    let (ciphertext, tag_bytes) = sealed.split_at(split);
+    let mut tag = [0u8; TAG_BYTES];
+    tag.copy_from_slice(tag_bytes);
+    Ok((ciphertext, tag))
+}
 
-    /// The whole plaintext, once every chunk opened and it hashes to the header's digest,
-    /// and the time spent copying and decrypting (a strawman load decrypts the stored body
-    /// in place here first, chunk by chunk in order).
-    pub fn finish(
-        mut self,
-        clock: &dyn Fn() -> u64,
-    ) -> (Result<(Vec<u8>, Unsealed), SealError>, UnsealTimes) {
-        let mut opened = Ok(());
-        if let Some(stored) = self.stored.take() {
-            let t0 = clock();
-            opened = open_stored(&mut self.unsealer, &mut self.bytes, &stored.tags);
-            self.times.decrypt_ns += clock() - t0;
-        }
-        let times = self.times;
-        let result = opened
-            .and_then(|()| self.unsealer.finish())
-            .map(|proof| (self.bytes, proof));
-        (result, times)
+/// Strawman: checks that chunk `index` is the next one and of its length, then stores its
+/// ciphertext and tag unopened.
+fn store(
+    stored: &mut Stored,
+    header: &sealed_model::Header,
+    index: u64,
+    ciphertext: &[u8],
+    tag: [u8; TAG_BYTES],
+    times: &mut UnsealTimes,
+    clock: &dyn Fn() -> u64,
+) -> Result<(), SealError> {
+    let Some(chunk) = stored.cursor.peek(header) else {
+        let count = header.chunk_count();
+        return Err(SealError::NoSuchChunk { index, count });
+    };
+    if index != chunk.index {
+        return Err(SealError::ChunkOutOfOrder {
+            expected: chunk.index,
+            got: index,
+        });
     }
+    if ciphertext.len() != chunk.len() {
+        return Err(SealError::ChunkLength {
+            index,
+            expected: chunk.len() as u64,
+            got: ciphertext.len() as u64,
+        });
+    }
+    let t0 = clock();
+    // Within the reserved capacity: the chunk's range lies within the body.
+    stored.bytes.extend_from_slice(ciphertext);
+    times.copy_ns += clock() - t0;
+    stored.tags.push(tag);
+    stored.cursor.advance(header, &chunk);
+    Ok(())
 }
 
 /// Opens every stored chunk in place, in order; the first failure ends it.

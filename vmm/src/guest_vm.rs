@@ -88,7 +88,7 @@ pub enum Interrupt {
 }
 
 mod sealed_load;
-pub use sealed_load::{SealedLoadOptions, SealedLoaded};
+pub use sealed_load::{FirstRequest, SealedLoadOptions, SealedLoaded, SealedLoading};
 
 /// The engine ended on its own: its last console line says why (a panic message, say).
 fn exited(code: u32, console: &[String]) -> GuestError {
@@ -412,10 +412,27 @@ impl GuestVm {
         on_tokens: &mut dyn FnMut(&[u32], &[u8]),
         interrupt: &dyn Fn() -> Option<Interrupt>,
     ) -> Result<EndOfStream, GuestError> {
-        let id = req.request_id;
+        self.start_request(req)?;
+        self.await_request(req.request_id, on_tokens, interrupt)
+    }
+
+    /// Sends `req` without waiting for it: its tokens and end come with
+    /// [`Self::await_request`] (the sealed-load pipeline sends the first request before the
+    /// model's chunks, so the guest can compute each layer as it arrives).
+    pub fn start_request(&mut self, req: &GenerateRequest) -> Result<(), GuestError> {
         self.llm
             .send_request(&RequestMsg::Generate(req.clone()), COMMAND_TIMEOUT)
-            .map_err(|e| self.failure(e))?;
+            .map_err(|e| self.failure(e))
+    }
+
+    /// Waits for the end of request `id` (sent with [`Self::start_request`]), as
+    /// [`Self::generate_until`] does.
+    pub fn await_request(
+        &mut self,
+        id: u64,
+        on_tokens: &mut dyn FnMut(&[u32], &[u8]),
+        interrupt: &dyn Fn() -> Option<Interrupt>,
+    ) -> Result<EndOfStream, GuestError> {
         let mut interrupted = false;
         loop {
             if !interrupted && let Some(how) = interrupt() {

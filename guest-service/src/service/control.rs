@@ -235,6 +235,9 @@ impl Service {
         if self.sessions.len() >= self.max_sessions {
             return Status::Busy;
         }
+        if !self.models.contains_key(&o.model_id) {
+            return self.open_arriving_session(o, driver, env);
+        }
         // The parsed views are dropped before making room: they hold private memory too.
         let needed = match self
             .models

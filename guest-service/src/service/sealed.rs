@@ -4,14 +4,14 @@
 //! why on the console, in one line. A completed load names its owner (the key's
 //! fingerprint) and its mode, and splits its time into copying and decrypting.
 
-use super::{Environment, Service};
+use super::{Environment, SESSION_SCRATCH_BYTES, Service, SessionSlot};
 use crate::unsealing::Unsealing;
 use alloc::vec::Vec;
 use sealed_model::{OwnerPublicKey, SealError, Unsealer, derive_guest_key};
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverMemory, LlmDriver, Transport};
 use virtio_llm::spec::sealed_flag;
-use virtio_llm::wire::control::{LoadModelEnd, LoadSealedBegin, LoadSealedChunk};
+use virtio_llm::wire::control::{LoadModelEnd, LoadSealedBegin, LoadSealedChunk, OpenSession};
 
 impl Service {
     /// Accepts a sealed header for this guest, from an accepted owner, and reserves the
@@ -91,6 +91,38 @@ impl Service {
         }
     }
 
+    /// Opens a session on a sealed model still arriving (the pipeline: its first request
+    /// runs as the layers come in). Its KV cache is made by that request, once the model's
+    /// shape is in; the room for it (the header's KV bytes per token) is made now.
+    pub(super) fn open_arriving_session<M: DriverMemory, T: Transport>(
+        &mut self,
+        o: &OpenSession,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Status {
+        let kv = match &self.unsealing {
+            Some(u) if u.model_id == o.model_id && !u.strawman() => {
+                u.header().kv_bytes_per_token() * u64::from(o.context_len)
+            }
+            _ => return Status::NoSuchModel,
+        };
+        if let Err(s) = self.make_room(kv + SESSION_SCRATCH_BYTES, None, driver, env) {
+            return s;
+        }
+        self.clock += 1;
+        self.sessions.insert(
+            o.session_id,
+            SessionSlot {
+                model_id: o.model_id,
+                context_len: o.context_len,
+                session: None,
+                history: Vec::new(),
+                last_used: self.clock,
+            },
+        );
+        Status::Ok
+    }
+
     /// Whether `LoadModelEnd` for `model_id` ends a sealed load.
     pub(super) fn unsealing(&self, model_id: u32) -> bool {
         self.unsealing
@@ -121,9 +153,13 @@ impl Service {
         let (unsealed, times) = u.finish(&|| env.now_ns());
         let (file, _proof) = match unsealed {
             Ok(done) => done,
-            Err(err) => return refuse(e.model_id, &err, env),
+            Err(err) => {
+                self.close_orphans(e.model_id);
+                return refuse(e.model_id, &err, env);
+            }
         };
         let r = self.keep(e.model_id, file);
+        self.close_orphans(e.model_id);
         let now = env.now_ns();
         env.log(&alloc::format!(
             "engine: sealed model {} ({} MiB, {mode}, owner {}, {accepted}): {}; \
@@ -144,7 +180,21 @@ impl Service {
     /// Drops a partial sealed load, if any; whether there was one.
     pub(super) fn abandon_unsealing(&mut self, env: &dyn Environment) -> bool {
         env.prefault(0, 0);
-        self.unsealing.take().is_some()
+        match self.unsealing.take() {
+            Some(u) => {
+                self.close_orphans(u.model_id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes the sessions opened on a sealed model whose load failed (the pipeline opens
+    /// them before the model is complete): their next request finds no session.
+    fn close_orphans(&mut self, model_id: u32) {
+        if !self.models.contains_key(&model_id) {
+            self.sessions.retain(|_, s| s.model_id != model_id);
+        }
     }
 }
 

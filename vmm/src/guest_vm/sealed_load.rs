@@ -5,6 +5,8 @@
 
 use super::{CHUNKS_IN_FLIGHT, GuestError, GuestVm};
 use sealed_model::{Header, OwnerPublicKey};
+use virtio_llm::wire::request::GenerateRequest;
+use virtio_llm::wire::response::EndOfStream;
 use virtio_llm::spec::{MAX_ACCEPTED_OWNERS, sealed_flag};
 use virtio_llm::wire::control::msg_type::{LOAD_MODEL_END, LOAD_SEALED_BEGIN, LOAD_SEALED_CHUNK};
 use virtio_llm::wire::control::{ControlCommand, LoadModelEnd, LoadSealedBegin, LoadSealedChunk};
@@ -21,6 +23,27 @@ pub struct SealedLoadOptions {
     /// (instead of decrypting each chunk as it arrives), and needs a tag's worth of extra
     /// private memory per chunk.
     pub strawman: bool,
+}
+
+/// A sealed load under way: the guest accepted the header ([`GuestVm::begin_sealed`]);
+/// [`GuestVm::finish_sealed`] sends the body.
+#[derive(Debug)]
+pub struct SealedLoading<'f> {
+    model_id: u32,
+    header: Header,
+    body: &'f [u8],
+}
+
+/// What [`GuestVm::load_sealed_and_generate`] loads, and the request it runs meanwhile.
+#[derive(Debug)]
+pub struct FirstRequest<'a> {
+    pub model_id: u32,
+    /// The whole `.fsm` file.
+    pub file: &'a [u8],
+    pub options: &'a SealedLoadOptions,
+    /// The context of the request's session (`request.session_id`, opened on the model).
+    pub context_len: u32,
+    pub request: &'a GenerateRequest,
 }
 
 /// A sealed model the guest accepted.
@@ -60,6 +83,20 @@ impl GuestVm {
         options: &SealedLoadOptions,
         progress: &mut dyn FnMut(u64),
     ) -> Result<SealedLoaded, GuestError> {
+        let loading = self.begin_sealed(model_id, file, options)?;
+        self.finish_sealed(loading, progress)
+    }
+
+    /// The first half of a sealed load: checks `file`, and has the guest accept its header
+    /// (owner, signature, recipient) and reserve the plaintext's memory. Until
+    /// [`Self::finish_sealed`] streams the chunks, the device may open a session on the
+    /// model and send it a request: the guest runs it as the layers arrive (the pipeline).
+    pub fn begin_sealed<'f>(
+        &mut self,
+        model_id: u32,
+        file: &'f [u8],
+        options: &SealedLoadOptions,
+    ) -> Result<SealedLoading<'f>, GuestError> {
         let (header, header_bytes, body) =
             Header::split_file(file).map_err(GuestError::SealedFile)?;
         if options.accepted_owners.len() > MAX_ACCEPTED_OWNERS {
@@ -81,6 +118,25 @@ impl GuestVm {
             header: header_bytes,
         }))?;
         self.ack("start loading the sealed model", LOAD_SEALED_BEGIN)?;
+        Ok(SealedLoading {
+            model_id,
+            header,
+            body,
+        })
+    }
+
+    /// The second half of a sealed load: every chunk in order, then `LoadModelEnd`;
+    /// `progress(bytes)` after each chunk is acknowledged (sealed bytes of the body).
+    pub fn finish_sealed(
+        &mut self,
+        loading: SealedLoading<'_>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<SealedLoaded, GuestError> {
+        let SealedLoading {
+            model_id,
+            header,
+            body,
+        } = loading;
         self.send_sealed_chunks(model_id, &header, body, progress)?;
         // A sealed load's `LoadModelEnd` carries no hash (zero): the guest checks the
         // header's content digest instead.
@@ -94,6 +150,51 @@ impl GuestVm {
             content_digest: *header.content_digest(),
             body_bytes: header.body_bytes(),
         })
+    }
+
+    /// The sealed-load pipeline: loads `first.file` as model `first.model_id` while the
+    /// first request on it runs. Once the guest accepted the header, opens the request's
+    /// session on the model and sends the request, then the chunks: the guest computes each
+    /// layer of the prompt as soon as that layer is in. The request's tokens and end come
+    /// to `on_tokens` as with [`GuestVm::generate`]; then the load's end is acknowledged.
+    pub fn load_sealed_and_generate(
+        &mut self,
+        first: FirstRequest<'_>,
+        progress: &mut dyn FnMut(u64),
+        on_tokens: &mut dyn FnMut(&[u32], &[u8]),
+    ) -> Result<(SealedLoaded, EndOfStream), GuestError> {
+        let FirstRequest {
+            model_id,
+            file,
+            options,
+            context_len,
+            request,
+        } = first;
+        let loading = self.begin_sealed(model_id, file, options)?;
+        self.open_session(request.session_id, model_id, context_len)?;
+        self.start_request(request)?;
+        if let Err(e) = self.send_sealed_chunks(model_id, &loading.header, loading.body, progress)
+        {
+            // The request fails with the load; take its error so nothing is left queued.
+            let _ = self.await_request(request.request_id, &mut |_, _| {}, &|| None);
+            return Err(e);
+        }
+        self.command(&ControlCommand::LoadModelEnd(LoadModelEnd {
+            model_id,
+            sha256: [0; 32],
+        }))?;
+        // The guest finishes the load once the request is over: the tokens come first.
+        let end = self.await_request(request.request_id, on_tokens, &|| None)?;
+        self.ack("accept the sealed model", LOAD_MODEL_END)?;
+        let header = loading.header;
+        Ok((
+            SealedLoaded {
+                owner: header.owner(),
+                content_digest: *header.content_digest(),
+                body_bytes: header.body_bytes(),
+            },
+            end,
+        ))
     }
 
     /// Sends every chunk of `body` in order, `CHUNKS_IN_FLIGHT` at a time.
