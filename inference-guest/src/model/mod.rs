@@ -15,6 +15,8 @@ mod forward;
 mod kv_cache;
 mod matmul;
 pub mod streaming;
+#[cfg(all(test, feature = "std"))]
+mod streaming_tests;
 mod weights;
 
 pub use config::{LlamaConfig, RopeLayout};
