@@ -6,7 +6,7 @@
 //! A [`StreamingModel`] attaches each [`Piece`] of the weights once its bytes are in, and
 //! [`Session::eval_arriving`] runs the first batch layer by layer, waiting for each layer's
 //! bytes just before computing with them, so prefill starts while later layers still arrive.
-//! Once every piece is attached it runs [`Model::forward_batch`], the loaded model's own
+//! Once every piece is attached it runs `Model::forward_batch`, the loaded model's own
 //! code, and [`StreamingModel::into_model`] hands out the ordinary [`Model`].
 //!
 //! # The arrival invariant
@@ -95,6 +95,8 @@ fn wait<'a>(arrival: &mut dyn FileArrival<'a>, end: usize) -> Result<&'a [u8], M
 impl<'a> StreamingModel<'a> {
     /// A model from `header`, parsed by [`Gguf::parse_prefix`] from a final prefix of the
     /// file (or by [`Gguf::parse`]); checks the hyper-parameters, attaches nothing yet.
+    /// Every arrival later passed in must deliver that same file: tensors are sliced out
+    /// of its prefixes at the ranges this header gives.
     pub fn new(header: Gguf<'a>, kernels: Kernels) -> Result<Self, ModelError> {
         let cfg = LlamaConfig::from_gguf(&header)?;
         let end_of = |keep: &dyn Fn(&str) -> bool| {
@@ -308,9 +310,10 @@ impl<'a> StreamingModel<'a> {
 impl Session {
     /// [`Session::eval`] on a model whose file is still arriving: the first batch computes
     /// layer by layer, calling `arrival.wait_for` before each piece that is not attached
-    /// yet (see [the arrival invariant](crate::model::streaming#the-arrival-invariant)); once every piece
-    /// is, this is [`Session::eval`] on [`StreamingModel::model`]. An error, the
-    /// arrival's included, leaves the session unchanged (pieces attached so far stay).
+    /// yet (see [the arrival invariant](crate::model::streaming#the-arrival-invariant));
+    /// once every piece is, this is [`Session::eval`] on [`StreamingModel::model`]. An
+    /// error, the arrival's included, leaves the session unchanged (pieces attached so far
+    /// stay attached, so a later call picks up where this one stopped).
     pub fn eval_arriving<'a>(
         &mut self,
         model: &mut StreamingModel<'a>,
