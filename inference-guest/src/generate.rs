@@ -1,6 +1,6 @@
 //! The token loop: prefill a prompt, then sample and feed back one token at a time.
 
-use crate::model::{Logits, Model, ModelError, Session};
+use crate::model::{FileArrival, Logits, Model, ModelError, Session, StreamingModel};
 use crate::parallel::Parallel;
 use crate::sampler::Sampler;
 use alloc::vec::Vec;
@@ -49,6 +49,53 @@ pub fn generate(
     is_eog: &dyn Fn(u32) -> bool,
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<GenerateOutcome, ModelError> {
+    token_loop(
+        &mut |s, tokens| s.eval(model, tokens, Logits::Last, par),
+        session,
+        sampler,
+        req,
+        is_eog,
+        on_token,
+    )
+}
+
+/// [`generate`] on a model whose file is still arriving: the prompt's first batch computes
+/// layer by layer as the layers arrive ([`Session::eval_arriving`]); everything after runs
+/// on the loaded model's own code. `arrival` must be the one `model` was made from.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_arriving<'a>(
+    model: &mut StreamingModel<'a>,
+    arrival: &mut dyn FileArrival<'a>,
+    session: &mut Session,
+    sampler: &mut Sampler,
+    par: &dyn Parallel,
+    req: &Generation<'_>,
+    is_eog: &dyn Fn(u32) -> bool,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<GenerateOutcome, ModelError> {
+    token_loop(
+        &mut |s, tokens| s.eval_arriving(model, tokens, Logits::Last, par, arrival),
+        session,
+        sampler,
+        req,
+        is_eog,
+        on_token,
+    )
+}
+
+/// Evaluates `tokens` after those `session` has seen; the last position's logits.
+type Eval<'e> =
+    dyn for<'s> FnMut(&'s mut Session, &[u32]) -> Result<&'s mut [f32], ModelError> + 'e;
+
+/// [`generate`]'s loop, with `eval` running the model.
+fn token_loop(
+    eval: &mut Eval<'_>,
+    session: &mut Session,
+    sampler: &mut Sampler,
+    req: &Generation<'_>,
+    is_eog: &dyn Fn(u32) -> bool,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<GenerateOutcome, ModelError> {
     let mut history: Vec<u32> = req.prompt.to_vec();
     let mut generated = 0;
     // The prompt first, then each sampled token on its own.
@@ -56,7 +103,7 @@ pub fn generate(
     let finish = loop {
         let input = fed_back.as_slice();
         let input = if input.is_empty() { req.prompt } else { input };
-        let logits = session.eval(model, input, Logits::Last, par)?;
+        let logits = eval(session, input)?;
         if generated >= req.max_tokens {
             break Finish::MaxTokens;
         }

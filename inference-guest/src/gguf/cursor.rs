@@ -1,5 +1,9 @@
 //! A bounds-checked little-endian reader over the file buffer: every read either succeeds
 //! or returns [`GgufError::Truncated`] saying what was being read and where.
+//!
+//! The buffer may be a prefix of a longer file (see [`super::Gguf::parse_prefix`]): sizes are
+//! then checked against the file's declared length, and a read that fits the file but not
+//! the prefix is [`GgufError::NeedMoreBytes`].
 
 use alloc::string::String;
 
@@ -7,13 +11,22 @@ use super::error::GgufError;
 
 /// Reads forward through a byte slice; never indexes out of bounds.
 pub(crate) struct Cursor<'a> {
+    /// The bytes available: the whole file, or a prefix of it.
     buf: &'a [u8],
+    /// The whole file's length (`buf.len()` unless `buf` is a prefix).
+    file_len: usize,
     pos: usize,
 }
 
 impl<'a> Cursor<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
+    /// A cursor over `buf`, a prefix of a file of `file_len` bytes (`buf` is cut to it).
+    pub(crate) fn new(buf: &'a [u8], file_len: usize) -> Self {
+        let buf = buf.get(..file_len).unwrap_or(buf);
+        Self {
+            buf,
+            file_len,
+            pos: 0,
+        }
     }
 
     /// Offset of the next byte to be read.
@@ -21,9 +34,9 @@ impl<'a> Cursor<'a> {
         self.pos
     }
 
-    /// Bytes not yet read.
+    /// Bytes of the file not yet read (whether or not they are in the buffer yet).
     pub(crate) fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
+        self.file_len.saturating_sub(self.pos)
     }
 
     /// Takes the next `n` bytes.
@@ -32,11 +45,20 @@ impl<'a> Cursor<'a> {
             what,
             offset: self.pos,
             needed: n,
-            file_len: self.buf.len(),
+            file_len: self.file_len,
         };
         let n_usize = usize::try_from(n).map_err(|_| truncated())?;
         let end = self.pos.checked_add(n_usize).ok_or_else(truncated)?;
-        let bytes = self.buf.get(self.pos..end).ok_or_else(truncated)?;
+        if end > self.file_len {
+            return Err(truncated());
+        }
+        let bytes = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(GgufError::NeedMoreBytes {
+                needed: end,
+                available: self.buf.len(),
+            })?;
         self.pos = end;
         Ok(bytes)
     }

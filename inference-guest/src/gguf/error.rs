@@ -58,6 +58,14 @@ pub enum GgufError {
         file_len: usize,
     },
 
+    /// Only a prefix of the file is there yet ([`super::Gguf::parse_prefix`]), and it ends
+    /// before the end of the header, metadata and tensor infos: wait until at least `needed`
+    /// bytes are there and parse again (the next attempt may ask for more).
+    #[error(
+        "needs more bytes: at least {needed} of the file are needed to parse its GGUF header, {available} are there so far"
+    )]
+    NeedMoreBytes { needed: usize, available: usize },
+
     /// The first four bytes are not `GGUF`.
     #[error(
         "not a GGUF file: magic is {found:02x?}, expected \"GGUF\"; check the path points at a .gguf model"

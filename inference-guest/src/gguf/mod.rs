@@ -4,6 +4,12 @@
 //! CONTRACT (other modules code against exactly this API):
 //! ```ignore
 //! let g = Gguf::parse(&bytes)?;                    // Result<Gguf<'_>, GgufError>
+//! let g = Gguf::parse_prefix(&bytes[..n], len)?;   // a file of `len` bytes still arriving:
+//!                                                  // Err(NeedMoreBytes { needed, .. }) until
+//!                                                  // the tensor infos are in; tensors past
+//!                                                  // `n` have empty `data`
+//! g.file_len(); g.available();                     // declared length; bytes the parse had
+//! g.file_range(t);                                 // Range<usize> of `t`'s bytes in the file
 //! g.version();                                     // 2 or 3
 //! g.alignment();                                   // general.alignment or 32
 //! g.get("llama.block_count");                      // Option<&Value<'_>>
@@ -17,7 +23,7 @@
 //! g.tensors();                                     // &[TensorInfo<'_>], in file order
 //! g.tensor("blk.0.attn_q.weight");                 // Option<&TensorInfo<'_>>
 //! t.name; t.ty /* GgmlType */; t.dims /* &[u64], ne[0] first */; t.data /* &[u8], exact size */;
-//! t.n_elements(); t.row_len() /* ne[0] */; t.n_rows() /* product of ne[1..] */
+//! t.n_elements(); t.row_len() /* ne[0] */; t.n_rows() /* product of ne[1..] */; t.n_bytes()
 //! ```
 //! Wrong-typed metadata (`get_u32` on a string, say) is a `GgufError::MetadataType` naming the key.
 

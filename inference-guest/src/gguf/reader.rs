@@ -2,12 +2,17 @@
 //!
 //! Every count, length and offset comes from an untrusted file, so each is checked against
 //! the bytes actually left before it is used to allocate or to slice.
+//!
+//! [`Gguf::parse_prefix`] parses a file that is still arriving front to back from a final
+//! prefix of it and the file's declared length: every check runs against the declared
+//! length, and only the tensors wholly inside the prefix get their bytes.
 
 use alloc::borrow::ToOwned;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::ops::Range;
 
 use super::cursor::Cursor;
 use super::error::GgufError;
@@ -37,7 +42,8 @@ pub struct TensorInfo<'a> {
     pub dims: Vec<u64>,
     /// Offset of the data from the start of the data section.
     pub offset: u64,
-    /// The tensor's bytes.
+    /// The tensor's bytes; empty (no tensor has zero bytes) when the GGUF was parsed from a
+    /// prefix of the file ([`Gguf::parse_prefix`]) that does not hold them yet.
     pub data: &'a [u8],
 }
 
@@ -61,6 +67,11 @@ impl TensorInfo<'_> {
     pub fn n_rows(&self) -> usize {
         self.n_elements() / self.row_len().max(1)
     }
+
+    /// Size of the tensor's data in bytes (validated not to overflow, and to lie in the file).
+    pub fn n_bytes(&self) -> usize {
+        (self.n_elements() / self.ty.block_len()).saturating_mul(self.ty.block_bytes())
+    }
 }
 
 /// A parsed GGUF file borrowing from its buffer.
@@ -69,6 +80,8 @@ pub struct Gguf<'a> {
     pub(crate) version: u32,
     pub(crate) alignment: usize,
     pub(crate) data_offset: usize,
+    pub(crate) file_len: usize,
+    pub(crate) available: usize,
     pub(crate) metadata: Vec<(&'a str, Value<'a>)>,
     pub(crate) tensors: Vec<TensorInfo<'a>>,
     pub(crate) key_index: BTreeMap<&'a str, usize>,
@@ -78,7 +91,20 @@ pub struct Gguf<'a> {
 impl<'a> Gguf<'a> {
     /// Parses and validates `buf` as a GGUF v2 or v3 file (little-endian).
     pub fn parse(buf: &'a [u8]) -> Result<Self, GgufError> {
-        let mut c = Cursor::new(buf);
+        Self::parse_prefix(buf, buf.len())
+    }
+
+    /// Parses the GGUF header, metadata and tensor infos of a file of `file_len` bytes from
+    /// `prefix`, its first bytes (cut to `file_len` if longer). Every size, offset and tensor
+    /// range is checked against `file_len`, exactly as [`Gguf::parse`] checks them against
+    /// the whole file; only the tensors wholly inside `prefix` get their [`TensorInfo::data`],
+    /// the others have none ([`Gguf::file_range`] says where their bytes will be).
+    ///
+    /// A prefix that ends before the tensor infos do is [`GgufError::NeedMoreBytes`], which
+    /// says how many bytes the next attempt needs at least.
+    pub fn parse_prefix(prefix: &'a [u8], file_len: usize) -> Result<Self, GgufError> {
+        let buf = prefix.get(..file_len).unwrap_or(prefix);
+        let mut c = Cursor::new(buf, file_len);
         let magic = c.take(4, "magic")?;
         if magic != b"GGUF" {
             let mut found = [0u8; 4];
@@ -115,25 +141,24 @@ impl<'a> Gguf<'a> {
             .pos()
             .checked_next_multiple_of(alignment)
             .unwrap_or(usize::MAX);
-        let data = match buf.get(data_offset..) {
-            Some(d) => d,
-            // A file without tensors may end right after its metadata.
-            None if tensors.is_empty() => &[],
-            None => {
-                return Err(GgufError::Truncated {
-                    what: "padding before the tensor data",
-                    offset: c.pos(),
-                    needed: (data_offset - c.pos()) as u64,
-                    file_len: buf.len(),
-                });
-            }
-        };
-        attach_data(&mut tensors, data)?;
+        // A file without tensors may end right after its metadata.
+        if data_offset > file_len && !tensors.is_empty() {
+            return Err(GgufError::Truncated {
+                what: "padding before the tensor data",
+                offset: c.pos(),
+                needed: (data_offset - c.pos()) as u64,
+                file_len,
+            });
+        }
+        let data_len = file_len.saturating_sub(data_offset);
+        attach_data(&mut tensors, buf, data_offset, data_len)?;
 
         Ok(Self {
             version,
             alignment,
             data_offset,
+            file_len,
+            available: buf.len(),
             metadata,
             tensors,
             key_index,
@@ -154,6 +179,25 @@ impl<'a> Gguf<'a> {
     /// Byte offset of the data section in the file.
     pub fn data_offset(&self) -> usize {
         self.data_offset
+    }
+
+    /// The file's length: the buffer's, or the one [`Gguf::parse_prefix`] was given.
+    pub fn file_len(&self) -> usize {
+        self.file_len
+    }
+
+    /// How many bytes of the file the parse had: [`Gguf::file_len`] unless it parsed a prefix.
+    pub fn available(&self) -> usize {
+        self.available
+    }
+
+    /// Where `t` (one of this file's tensors) lies in the file: `data_offset + offset` on,
+    /// [`TensorInfo::n_bytes`] long; checked at parse time to end within the file.
+    pub fn file_range(&self, t: &TensorInfo<'_>) -> Range<usize> {
+        let start = self
+            .data_offset
+            .saturating_add(usize::try_from(t.offset).unwrap_or(usize::MAX));
+        start..start.saturating_add(t.n_bytes())
     }
 
     /// All metadata, in file order.
@@ -418,19 +462,32 @@ fn read_tensor_info<'a>(
     })
 }
 
-/// Slices each tensor's bytes out of the data section and refuses overlapping tensors.
-fn attach_data<'a>(tensors: &mut [TensorInfo<'a>], data: &'a [u8]) -> Result<(), GgufError> {
+/// Checks each tensor lies in the data section (`data_len` bytes from `data_offset`, which
+/// may reach past `buf`), slices the bytes of those inside `buf`, and refuses overlapping
+/// tensors.
+fn attach_data<'a>(
+    tensors: &mut [TensorInfo<'a>],
+    buf: &'a [u8],
+    data_offset: usize,
+    data_len: usize,
+) -> Result<(), GgufError> {
     for t in tensors.iter_mut() {
-        let size = (t.n_elements() / t.ty.block_len()).saturating_mul(t.ty.block_bytes());
+        let size = t.n_bytes();
         let out_of_bounds = || GgufError::TensorOutOfBounds {
             name: t.name.to_owned(),
             offset: t.offset,
             size: size as u64,
-            data_len: data.len(),
+            data_len,
         };
         let start = usize::try_from(t.offset).map_err(|_| out_of_bounds())?;
         let end = start.checked_add(size).ok_or_else(out_of_bounds)?;
-        t.data = data.get(start..end).ok_or_else(out_of_bounds)?;
+        if end > data_len {
+            return Err(out_of_bounds());
+        }
+        // `data_offset + end <= file_len`, so neither sum overflows.
+        t.data = buf
+            .get(data_offset + start..data_offset + end)
+            .unwrap_or(&[]);
     }
     // Sorted by offset, a tensor can only overlap its successor (or else also overlaps it).
     let mut order: Vec<usize> = (0..tensors.len()).collect();
@@ -438,7 +495,7 @@ fn attach_data<'a>(tensors: &mut [TensorInfo<'a>], data: &'a [u8]) -> Result<(),
     for pair in order.windows(2) {
         let &[i, j] = pair else { continue };
         if let (Some(a), Some(b)) = (tensors.get(i), tensors.get(j))
-            && a.offset + a.data.len() as u64 > b.offset
+            && a.offset + a.n_bytes() as u64 > b.offset
         {
             return Err(GgufError::TensorsOverlap {
                 first: a.name.to_owned(),

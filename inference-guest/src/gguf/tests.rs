@@ -136,3 +136,121 @@ fn writer_refuses_bad_input() {
     let mixed = Value::Array(ValueType::U8, vec![Value::I8(1)]);
     assert!(w.add("m", &mixed).is_err());
 }
+
+/// The first prefix length [`Gguf::parse_prefix`] accepts, checking on the way that every
+/// shorter prefix is "needs more bytes" asking for more than it has and no more than that.
+fn first_parsable_prefix(bytes: &[u8], lens: impl Iterator<Item = usize>) -> usize {
+    for n in lens {
+        match Gguf::parse_prefix(&bytes[..n], bytes.len()) {
+            Ok(_) => return n,
+            Err(GgufError::NeedMoreBytes { needed, available }) => {
+                assert_eq!(available, n);
+                assert!(needed > n && needed <= bytes.len(), "{n}: needs {needed}");
+                assert!(
+                    !GgufError::NeedMoreBytes { needed, available }
+                        .to_string()
+                        .is_empty()
+                );
+            }
+            Err(e) => panic!("prefix of {n} bytes: {e}"),
+        }
+    }
+    panic!("no prefix parsed")
+}
+
+#[test]
+fn every_truncated_header_needs_more_bytes() {
+    let bytes = sample();
+    let whole = Gguf::parse(&bytes).unwrap();
+    let header_end = first_parsable_prefix(&bytes, 0..=bytes.len());
+    assert!(header_end <= whole.data_offset());
+    assert!(header_end + whole.alignment() > whole.data_offset());
+    let short = Gguf::parse_prefix(&bytes[..3], bytes.len()).unwrap_err();
+    assert_eq!(
+        short,
+        GgufError::NeedMoreBytes {
+            needed: 4,
+            available: 3
+        }
+    );
+    assert!(
+        short
+            .to_string()
+            .starts_with("needs more bytes: at least 4")
+    );
+    // Every prefix from there on parses to the same header, with exactly the tensors wholly
+    // inside it sliced.
+    for n in header_end..=bytes.len() {
+        let g = Gguf::parse_prefix(&bytes[..n], bytes.len()).unwrap();
+        assert_eq!((g.file_len(), g.available()), (bytes.len(), n));
+        assert_eq!(g.metadata(), whole.metadata());
+        for (t, w) in g.tensors().iter().zip(whole.tensors()) {
+            assert_eq!((t.name, &t.dims, t.offset), (w.name, &w.dims, w.offset));
+            let range = g.file_range(t);
+            assert_eq!(&bytes[range.clone()], w.data);
+            let expected: &[u8] = if range.end <= n { w.data } else { &[] };
+            assert_eq!(t.data, expected, "{} at prefix {n}", t.name);
+        }
+    }
+}
+
+#[test]
+fn prefix_of_a_real_header_needs_more_bytes_until_the_tensor_infos_end() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/tiny.Q8_0.gguf");
+    let Ok(bytes) = std::fs::read(path) else {
+        eprintln!("SKIPPED: {path} missing, run `make setup`");
+        return;
+    };
+    let whole = Gguf::parse(&bytes).unwrap();
+    let data_offset = whole.data_offset();
+    // Strided (a parse of this header takes milliseconds), then byte by byte near the end.
+    let coarse = (0..data_offset).step_by(65_521);
+    let fine = data_offset.saturating_sub(2 * whole.alignment())..=data_offset;
+    let header_end = first_parsable_prefix(&bytes, coarse.chain(fine));
+    assert!(header_end + whole.alignment() > data_offset);
+    // Retrying with what each error asks for converges on the same header.
+    let (mut have, mut tries) = (0, 0);
+    let g = loop {
+        tries += 1;
+        match Gguf::parse_prefix(&bytes[..have], bytes.len()) {
+            Ok(g) => break g,
+            Err(GgufError::NeedMoreBytes { needed, .. }) => have = needed.max(2 * have),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(tries < 40, "{tries} attempts");
+    assert_eq!(g.tensors().len(), whole.tensors().len());
+    assert_eq!(g.metadata(), whole.metadata());
+}
+
+#[test]
+fn declared_length_bounds_every_tensor() {
+    let bytes = sample();
+    let whole = Gguf::parse(&bytes).unwrap();
+    let header = &bytes[..whole.data_offset()];
+    // One byte short of the last tensor's end: out of bounds, although the prefix is fine.
+    let last_end = whole
+        .tensors()
+        .iter()
+        .map(|t| whole.file_range(t).end)
+        .max();
+    let short = Gguf::parse_prefix(header, last_end.unwrap() - 1).unwrap_err();
+    assert!(
+        matches!(&short, GgufError::TensorOutOfBounds { name, .. } if name == "n"),
+        "{short}"
+    );
+    // A declared length inside the header is truncation, not a wait for more bytes.
+    for file_len in [0, 10, 40, whole.data_offset() - 1] {
+        let err = Gguf::parse_prefix(&bytes, file_len).unwrap_err();
+        assert!(
+            !matches!(err, GgufError::NeedMoreBytes { .. }),
+            "{file_len}: {err}"
+        );
+    }
+    // A longer declared length is fine; a prefix longer than it is cut to it.
+    let longer = Gguf::parse_prefix(header, bytes.len() + 100).unwrap();
+    assert!(longer.tensors().iter().all(|t| t.data.is_empty()));
+    let cut = Gguf::parse_prefix(&bytes, last_end.unwrap()).unwrap();
+    assert_eq!(cut.available(), last_end.unwrap());
+    assert_eq!(cut.tensors(), whole.tensors());
+}

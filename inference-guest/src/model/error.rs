@@ -51,6 +51,10 @@ pub enum ModelError {
     BadToken { id: u32, n_vocab: usize },
     #[error("empty batch: there is no token to evaluate")]
     EmptyBatch,
+    /// A model file arriving in pieces did not arrive up to byte `needed`: the caller's
+    /// [`super::FileArrival`] gave up (a failed or cancelled load), or broke its contract.
+    #[error("the model file did not arrive up to byte {needed}: {reason}")]
+    Arrival { needed: usize, reason: String },
 }
 
 #[cfg(all(test, feature = "std"))]

@@ -1,11 +1,16 @@
 //! The llama-family forward pass over a batch of tokens.
+//!
+//! [`Forward`] holds the steps (embed, one layer, output) and borrows only the configuration
+//! and kernels, so the weights can come from a loaded [`Model`] ([`Model::forward_batch`])
+//! or arrive layer by layer (`super::streaming`): both run the very same steps.
 
 use super::attention::{self, DotOrder};
 use super::kv_cache::KvCache;
 use super::matmul::{self, MatmulScratch, Product};
-use super::{Layer, Model, ModelError};
+use super::{Layer, LlamaConfig, Matrix, Model, ModelError};
 use crate::math::{rms_norm_rows, rope_angles, rope_apply};
 use crate::parallel::{Parallel, for_each_chunk_mut};
+use crate::quant::Kernels;
 use alloc::vec::Vec;
 
 /// Which positions of a batch need logits.
@@ -40,18 +45,14 @@ fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-impl Model<'_> {
-    /// `gate = silu(gate) * up`, as ggml's SwiGLU: `x / (1 + exp(0 - x)) * up`, with its
-    /// exp polynomial (the result is quantised next, so ulps matter).
-    fn swiglu(&self, gate: &mut [f32], up: &[f32], scratch: &mut Vec<f32>) {
-        scratch.clear();
-        scratch.extend(gate.iter().map(|&x| 0.0 - x));
-        self.kernels.exp_in_place(scratch);
-        for ((g, &u), &e) in gate.iter_mut().zip(up).zip(scratch.iter()) {
-            *g = *g / (1.0 + e) * u;
-        }
-    }
+/// The forward pass's steps over one model's configuration and kernels.
+#[derive(Clone, Copy)]
+pub(super) struct Forward<'m> {
+    pub(super) cfg: &'m LlamaConfig,
+    pub(super) kernels: &'m Kernels,
+}
 
+impl Model<'_> {
     /// Runs `tokens` at positions `[n_past, n_past + tokens.len())`, appending their keys and
     /// values to `kv`, and writes the requested logits (`[n_out][n_vocab]`) into `logits`.
     #[allow(clippy::too_many_arguments)]
@@ -65,20 +66,62 @@ impl Model<'_> {
         par: &dyn Parallel,
         logits: &mut Vec<f32>,
     ) -> Result<(), ModelError> {
-        self.check_batch(kv, n_past, tokens)?;
-        self.embed(buf, n_past, tokens);
+        let f = self.forward();
+        let w = &self.weights;
+        f.check_batch(kv, n_past, tokens)?;
+        f.embed(buf, &w.token_embd, n_past, tokens);
         let t = tokens.len();
-        for (li, layer) in self.weights.layers.iter().enumerate() {
-            self.attention_block(kv, buf, li, layer, n_past, t, par);
-            self.feed_forward_block(buf, layer, t, par);
+        for (li, layer) in w.layers.iter().enumerate() {
+            f.layer(kv, buf, li, layer, n_past, t, par);
         }
-        self.output(buf, t, want, par, logits);
+        f.output(buf, &w.output_norm, &w.output, t, want, par, logits);
         Ok(())
     }
 
+    fn forward(&self) -> Forward<'_> {
+        Forward {
+            cfg: &self.cfg,
+            kernels: &self.kernels,
+        }
+    }
+}
+
+impl Forward<'_> {
+    /// `gate = silu(gate) * up`, as ggml's SwiGLU: `x / (1 + exp(0 - x)) * up`, with its
+    /// exp polynomial (the result is quantised next, so ulps matter).
+    fn swiglu(&self, gate: &mut [f32], up: &[f32], scratch: &mut Vec<f32>) {
+        scratch.clear();
+        scratch.extend(gate.iter().map(|&x| 0.0 - x));
+        self.kernels.exp_in_place(scratch);
+        for ((g, &u), &e) in gate.iter_mut().zip(up).zip(scratch.iter()) {
+            *g = *g / (1.0 + e) * u;
+        }
+    }
+
+    /// Block `li` over the batch of `t` positions in `buf.x`: attention, then feed-forward.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn layer(
+        &self,
+        kv: &mut KvCache,
+        buf: &mut Buffers,
+        li: usize,
+        layer: &Layer,
+        n_past: usize,
+        t: usize,
+        par: &dyn Parallel,
+    ) {
+        self.attention_block(kv, buf, li, layer, n_past, t, par);
+        self.feed_forward_block(buf, layer, t, par);
+    }
+
     /// Refuses an empty batch, one past the context, and unknown token ids.
-    fn check_batch(&self, kv: &KvCache, n_past: usize, tokens: &[u32]) -> Result<(), ModelError> {
-        let cfg = &self.cfg;
+    pub(super) fn check_batch(
+        &self,
+        kv: &KvCache,
+        n_past: usize,
+        tokens: &[u32],
+    ) -> Result<(), ModelError> {
+        let cfg = self.cfg;
         let t = tokens.len();
         if t == 0 {
             return Err(ModelError::EmptyBatch);
@@ -100,12 +143,11 @@ impl Model<'_> {
 
     /// The batch's embeddings into `buf.x`, its RoPE angles into `buf.cos`/`buf.sin`, and
     /// every other buffer sized for `tokens.len()` positions.
-    fn embed(&self, buf: &mut Buffers, n_past: usize, tokens: &[u32]) {
-        let cfg = &self.cfg;
+    pub(super) fn embed(&self, buf: &mut Buffers, embd: &Matrix, n_past: usize, tokens: &[u32]) {
+        let cfg = self.cfg;
         let t = tokens.len();
         let (e, qd, kvd, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
         let x = sized(&mut buf.x, t * e);
-        let embd = &self.weights.token_embd;
         for (row, &id) in x.chunks_exact_mut(e).zip(tokens) {
             self.kernels
                 .dequantize_row(embd.ty, embd.rows_slice(id as usize, 1), row);
@@ -145,11 +187,11 @@ impl Model<'_> {
         t: usize,
         par: &dyn Parallel,
     ) {
-        let cfg = &self.cfg;
+        let cfg = self.cfg;
         let (qd, kvd, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
         let half = cfg.rope_dims / 2;
         let neox = cfg.rope_layout == super::RopeLayout::Neox;
-        let k = &self.kernels;
+        let k = self.kernels;
         rms_norm_rows(&buf.x, &layer.attn_norm, cfg.rms_eps, &mut buf.xb);
         matmul::run(
             k,
@@ -219,7 +261,7 @@ impl Model<'_> {
     /// One layer's feed-forward: RMSNorm, the gate/up products (one region), SwiGLU, the
     /// down product, the residual.
     fn feed_forward_block(&self, buf: &mut Buffers, layer: &Layer, t: usize, par: &dyn Parallel) {
-        let k = &self.kernels;
+        let k = self.kernels;
         rms_norm_rows(&buf.x, &layer.ffn_norm, self.cfg.rms_eps, &mut buf.xb);
         matmul::run(
             k,
@@ -255,15 +297,18 @@ impl Model<'_> {
     }
 
     /// The final norm and the output product for the positions `want` asks logits for.
-    fn output(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn output(
         &self,
         buf: &mut Buffers,
+        norm: &[f32],
+        output: &Matrix,
         t: usize,
         want: Logits,
         par: &dyn Parallel,
         logits: &mut Vec<f32>,
     ) {
-        let cfg = &self.cfg;
+        let cfg = self.cfg;
         let e = cfg.n_embd;
         let first_out = match want {
             Logits::Last => t - 1,
@@ -272,16 +317,16 @@ impl Model<'_> {
         let n_out = t - first_out;
         let xo = &buf.x[first_out * e..];
         let xb = &mut buf.xb[..n_out * e];
-        rms_norm_rows(xo, &self.weights.output_norm, cfg.rms_eps, xb);
+        rms_norm_rows(xo, norm, cfg.rms_eps, xb);
         logits.resize(n_out * cfg.n_vocab, 0.0);
         matmul::run(
-            &self.kernels,
+            self.kernels,
             par,
             &mut buf.matmul,
             &buf.xb[..n_out * e],
             n_out,
             &mut [Product {
-                matrix: &self.weights.output,
+                matrix: output,
                 out: logits,
             }],
         );
@@ -297,7 +342,7 @@ impl Model<'_> {
         att: &mut [f32],
         par: &dyn Parallel,
     ) {
-        let cfg = &self.cfg;
+        let cfg = self.cfg;
         let (hd, n_kvh) = (cfg.head_dim, cfg.n_head_kv);
         let group = cfg.n_head / n_kvh;
         let qd = cfg.q_dim();
@@ -310,7 +355,7 @@ impl Model<'_> {
             let g = h / group;
             let q_rows = &q[j * qd + h * hd..j * qd + (h + 1) * hd];
             attention::attend(
-                &self.kernels,
+                self.kernels,
                 kv,
                 layer,
                 g,

@@ -5,6 +5,8 @@
 //! let mut session = model.new_session(2048);
 //! let logits = session.eval(&model, &prompt_ids, Logits::Last, &pool)?;
 //! ```
+//!
+//! A model whose file is still arriving computes as its layers come in: see [`streaming`].
 
 mod attention;
 mod config;
@@ -12,11 +14,15 @@ mod error;
 mod forward;
 mod kv_cache;
 mod matmul;
+pub mod streaming;
+#[cfg(all(test, feature = "std"))]
+mod streaming_tests;
 mod weights;
 
 pub use config::{LlamaConfig, RopeLayout};
 pub use error::ModelError;
 pub use forward::Logits;
+pub use streaming::{FileArrival, Piece, StreamingModel};
 pub use weights::{Layer, Matrix, Weights};
 
 use crate::gguf::Gguf;
@@ -58,18 +64,7 @@ impl<'a> Model<'a> {
 
     /// A fresh session with room for `n_ctx` tokens (capped at the training context).
     pub fn new_session(&self, n_ctx: usize) -> Session {
-        let n_ctx = n_ctx.clamp(1, self.cfg.n_ctx_train);
-        Session {
-            kv: KvCache::new(
-                self.cfg.n_layer,
-                n_ctx,
-                self.cfg.n_head_kv,
-                self.cfg.head_dim,
-            ),
-            buf: Buffers::default(),
-            n_past: 0,
-            logits: Vec::new(),
-        }
+        Session::new(&self.cfg, n_ctx)
     }
 }
 
@@ -82,6 +77,16 @@ pub struct Session {
 }
 
 impl Session {
+    fn new(cfg: &LlamaConfig, n_ctx: usize) -> Self {
+        let n_ctx = n_ctx.clamp(1, cfg.n_ctx_train);
+        Session {
+            kv: KvCache::new(cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim),
+            buf: Buffers::default(),
+            n_past: 0,
+            logits: Vec::new(),
+        }
+    }
+
     /// Tokens evaluated so far.
     pub fn n_past(&self) -> usize {
         self.n_past
@@ -114,6 +119,32 @@ impl Session {
         want: Logits,
         par: &dyn Parallel,
     ) -> Result<&mut [f32], ModelError> {
+        self.eval_batches(
+            model.cfg.n_vocab,
+            tokens,
+            want,
+            |kv, buf, n_past, batch, w, out| {
+                model.forward_batch(kv, buf, n_past, batch, w, par, out)
+            },
+        )
+    }
+
+    /// [`Session::eval`]'s split of `tokens` into batches of at most [`MAX_BATCH`], each run
+    /// by `forward(kv, buffers, n_past, batch, want, logits)`.
+    fn eval_batches(
+        &mut self,
+        n_vocab: usize,
+        tokens: &[u32],
+        want: Logits,
+        mut forward: impl FnMut(
+            &mut KvCache,
+            &mut Buffers,
+            usize,
+            &[u32],
+            Logits,
+            &mut Vec<f32>,
+        ) -> Result<(), ModelError>,
+    ) -> Result<&mut [f32], ModelError> {
         if tokens.is_empty() {
             return Err(ModelError::EmptyBatch);
         }
@@ -123,7 +154,6 @@ impl Session {
                 n_ctx: self.kv.n_ctx(),
             });
         }
-        let n_vocab = model.cfg.n_vocab;
         let mut all = Vec::new();
         let chunks = tokens.len().div_ceil(MAX_BATCH);
         for (i, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
@@ -133,13 +163,12 @@ impl Session {
             } else {
                 Logits::Last
             };
-            model.forward_batch(
+            forward(
                 &mut self.kv,
                 &mut self.buf,
                 self.n_past + i * MAX_BATCH,
                 chunk,
                 chunk_want,
-                par,
                 &mut self.logits,
             )?;
             if want == Logits::All && chunks > 1 {

@@ -58,95 +58,168 @@ pub struct Weights<'a> {
     pub output: Matrix<'a>,
 }
 
-fn tensor<'g, 'a>(g: &'g Gguf<'a>, name: &str) -> Result<&'g TensorInfo<'a>, ModelError> {
-    g.tensor(name)
-        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+/// Where the loaders find tensors: their infos in a parsed header, their bytes either in
+/// the infos (a whole-file parse) or in a final prefix of a file still arriving (see
+/// [`super::streaming`] for what makes a prefix final).
+#[derive(Clone, Copy)]
+pub(super) struct TensorSource<'g, 'a> {
+    gguf: &'g Gguf<'a>,
+    /// A final prefix of the file, starting at its first byte; `None`: `TensorInfo::data`.
+    prefix: Option<&'a [u8]>,
 }
 
-fn matrix<'a>(g: &Gguf<'a>, name: &str, n: usize, rows: usize) -> Result<Matrix<'a>, ModelError> {
-    let t = tensor(g, name)?;
-    if t.dims != [n as u64, rows as u64] {
-        return Err(ModelError::TensorShape {
-            name: name.to_string(),
-            found: t.dims.to_vec(),
-            expected: vec![n as u64, rows as u64],
-        });
+impl<'g, 'a> TensorSource<'g, 'a> {
+    /// Each tensor's own [`TensorInfo::data`] (a whole-file [`Gguf::parse`]).
+    pub(super) fn whole(gguf: &'g Gguf<'a>) -> Self {
+        Self { gguf, prefix: None }
     }
-    if !GgmlType::ALL.contains(&t.ty) {
-        return Err(ModelError::TensorType {
-            name: name.to_string(),
+
+    /// Bytes sliced out of `prefix`, a final prefix of the file `gguf` was parsed from.
+    pub(super) fn prefix(gguf: &'g Gguf<'a>, prefix: &'a [u8]) -> Self {
+        Self {
+            gguf,
+            prefix: Some(prefix),
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.gguf.tensor(name).is_some()
+    }
+
+    fn tensor(&self, name: &str) -> Result<&'g TensorInfo<'a>, ModelError> {
+        self.gguf
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    }
+
+    /// `t`'s bytes; a tensor past the prefix is an error (the caller waits for it first).
+    fn data(&self, t: &TensorInfo<'a>) -> Result<&'a [u8], ModelError> {
+        let Some(prefix) = self.prefix else {
+            return Ok(t.data);
+        };
+        let range = self.gguf.file_range(t);
+        prefix
+            .get(range.clone())
+            .ok_or_else(|| ModelError::Arrival {
+                needed: range.end,
+                reason: alloc::format!(
+                    "tensor `{}` is not in the {} final bytes the engine was given",
+                    t.name,
+                    prefix.len()
+                ),
+            })
+    }
+
+    fn matrix(&self, name: &str, n: usize, rows: usize) -> Result<Matrix<'a>, ModelError> {
+        let t = self.tensor(name)?;
+        if t.dims != [n as u64, rows as u64] {
+            return Err(ModelError::TensorShape {
+                name: name.to_string(),
+                found: t.dims.to_vec(),
+                expected: vec![n as u64, rows as u64],
+            });
+        }
+        if !GgmlType::ALL.contains(&t.ty) {
+            return Err(ModelError::TensorType {
+                name: name.to_string(),
+                ty: t.ty,
+            });
+        }
+        Ok(Matrix {
             ty: t.ty,
-        });
+            n,
+            rows,
+            data: self.data(t)?,
+        })
     }
-    Ok(Matrix {
-        ty: t.ty,
-        n,
-        rows,
-        data: t.data,
-    })
-}
 
-/// A 1-D tensor (norm weight or bias) of `n` elements, converted to f32.
-fn vector(g: &Gguf<'_>, name: &str, n: usize, k: &Kernels) -> Result<Vec<f32>, ModelError> {
-    let t = tensor(g, name)?;
-    if t.dims != [n as u64] {
-        return Err(ModelError::TensorShape {
-            name: name.to_string(),
-            found: t.dims.to_vec(),
-            expected: vec![n as u64],
-        });
+    /// A 1-D tensor (norm weight or bias) of `n` elements, converted to f32.
+    fn vector(&self, name: &str, n: usize, k: &Kernels) -> Result<Vec<f32>, ModelError> {
+        let t = self.tensor(name)?;
+        if t.dims != [n as u64] {
+            return Err(ModelError::TensorShape {
+                name: name.to_string(),
+                found: t.dims.to_vec(),
+                expected: vec![n as u64],
+            });
+        }
+        if !matches!(t.ty, GgmlType::F32 | GgmlType::F16) {
+            return Err(ModelError::TensorType {
+                name: name.to_string(),
+                ty: t.ty,
+            });
+        }
+        let mut out = vec![0.0; n];
+        k.dequantize_row(t.ty, self.data(t)?, &mut out);
+        Ok(out)
     }
-    if !matches!(t.ty, GgmlType::F32 | GgmlType::F16) {
-        return Err(ModelError::TensorType {
-            name: name.to_string(),
-            ty: t.ty,
-        });
-    }
-    let mut out = vec![0.0; n];
-    k.dequantize_row(t.ty, t.data, &mut out);
-    Ok(out)
-}
 
-fn optional_vector(
-    g: &Gguf<'_>,
-    name: &str,
-    n: usize,
-    k: &Kernels,
-) -> Result<Option<Vec<f32>>, ModelError> {
-    if g.tensor(name).is_none() {
-        return Ok(None);
+    fn optional_vector(
+        &self,
+        name: &str,
+        n: usize,
+        k: &Kernels,
+    ) -> Result<Option<Vec<f32>>, ModelError> {
+        if !self.has(name) {
+            return Ok(None);
+        }
+        self.vector(name, n, k).map(Some)
     }
-    vector(g, name, n, k).map(Some)
+
+    /// The token embeddings.
+    pub(super) fn token_embd(&self, cfg: &LlamaConfig) -> Result<Matrix<'a>, ModelError> {
+        self.matrix("token_embd.weight", cfg.n_embd, cfg.n_vocab)
+    }
+
+    /// Block `i`.
+    pub(super) fn layer(
+        &self,
+        cfg: &LlamaConfig,
+        k: &Kernels,
+        i: usize,
+    ) -> Result<Layer<'a>, ModelError> {
+        let (e, q, kv, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
+        let name = |s: &str| -> String { alloc::format!("blk.{i}.{s}") };
+        Ok(Layer {
+            attn_norm: self.vector(&name("attn_norm.weight"), e, k)?,
+            wq: self.matrix(&name("attn_q.weight"), e, q)?,
+            wk: self.matrix(&name("attn_k.weight"), e, kv)?,
+            wv: self.matrix(&name("attn_v.weight"), e, kv)?,
+            bq: self.optional_vector(&name("attn_q.bias"), q, k)?,
+            bk: self.optional_vector(&name("attn_k.bias"), kv, k)?,
+            bv: self.optional_vector(&name("attn_v.bias"), kv, k)?,
+            wo: self.matrix(&name("attn_output.weight"), q, e)?,
+            ffn_norm: self.vector(&name("ffn_norm.weight"), e, k)?,
+            w_gate: self.matrix(&name("ffn_gate.weight"), e, ff)?,
+            w_up: self.matrix(&name("ffn_up.weight"), e, ff)?,
+            w_down: self.matrix(&name("ffn_down.weight"), ff, e)?,
+        })
+    }
+
+    /// The final norm and the output projection (`token_embd` when the model ties them).
+    pub(super) fn output(
+        &self,
+        cfg: &LlamaConfig,
+        k: &Kernels,
+        token_embd: Matrix<'a>,
+    ) -> Result<(Vec<f32>, Matrix<'a>), ModelError> {
+        let output = match self.has("output.weight") {
+            true => self.matrix("output.weight", cfg.n_embd, cfg.n_vocab)?,
+            false => token_embd,
+        };
+        Ok((self.vector("output_norm.weight", cfg.n_embd, k)?, output))
+    }
 }
 
 impl<'a> Weights<'a> {
     /// Finds and checks every tensor the configuration calls for.
     pub fn from_gguf(g: &Gguf<'a>, cfg: &LlamaConfig, k: &Kernels) -> Result<Self, ModelError> {
-        let (e, q, kv, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
-        let token_embd = matrix(g, "token_embd.weight", e, cfg.n_vocab)?;
-        let output = match g.tensor("output.weight") {
-            Some(_) => matrix(g, "output.weight", e, cfg.n_vocab)?,
-            None => token_embd,
-        };
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for i in 0..cfg.n_layer {
-            let name = |s: &str| -> String { alloc::format!("blk.{i}.{s}") };
-            layers.push(Layer {
-                attn_norm: vector(g, &name("attn_norm.weight"), e, k)?,
-                wq: matrix(g, &name("attn_q.weight"), e, q)?,
-                wk: matrix(g, &name("attn_k.weight"), e, kv)?,
-                wv: matrix(g, &name("attn_v.weight"), e, kv)?,
-                bq: optional_vector(g, &name("attn_q.bias"), q, k)?,
-                bk: optional_vector(g, &name("attn_k.bias"), kv, k)?,
-                bv: optional_vector(g, &name("attn_v.bias"), kv, k)?,
-                wo: matrix(g, &name("attn_output.weight"), q, e)?,
-                ffn_norm: vector(g, &name("ffn_norm.weight"), e, k)?,
-                w_gate: matrix(g, &name("ffn_gate.weight"), e, ff)?,
-                w_up: matrix(g, &name("ffn_up.weight"), e, ff)?,
-                w_down: matrix(g, &name("ffn_down.weight"), ff, e)?,
-            });
-        }
-        let output_norm = vector(g, "output_norm.weight", e, k)?;
+        let src = TensorSource::whole(g);
+        let token_embd = src.token_embd(cfg)?;
+        let layers = (0..cfg.n_layer)
+            .map(|i| src.layer(cfg, k, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (output_norm, output) = src.output(cfg, k, token_embd)?;
         Ok(Self {
             token_embd,
             layers,
