@@ -20,12 +20,12 @@ use virtio_llm::wire::request::{GenerateRequest, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, ResponseMsg, StopReason, Timings, Tokens};
 
 /// Why a request gets an error instead of its end of stream.
-struct Refusal {
+pub(super) struct Refusal {
     status: Status,
     message: String,
 }
 
-fn refuse(status: Status, message: &str) -> Refusal {
+pub(super) fn refuse(status: Status, message: &str) -> Refusal {
     Refusal {
         status,
         message: message.to_string(),
@@ -33,7 +33,7 @@ fn refuse(status: Status, message: &str) -> Refusal {
 }
 
 /// How a request stopped short of its end of stream.
-enum Failure {
+pub(super) enum Failure {
     /// Answered with an error.
     Refused(Refusal),
     /// The link broke: nothing can be answered.
@@ -86,6 +86,9 @@ impl Service {
         env: &dyn Environment,
         deferred_budget: &mut Option<BudgetChange>,
     ) -> Result<EndOfStream, Failure> {
+        if self.on_arriving_model(g.session_id) {
+            return self.run_arriving(g, driver, par, env, deferred_budget);
+        }
         let prompt = self.ready_session(g, driver, par, env)?;
         let slot = self
             .sessions
@@ -217,7 +220,7 @@ impl Service {
     }
 
     /// Sends the stream's last tokens; the request's end of stream, or why it failed.
-    fn finish_stream<M: DriverMemory, T: Transport>(
+    pub(super) fn finish_stream<M: DriverMemory, T: Transport>(
         &mut self,
         id: u64,
         result: Result<GenerateOutcome, ModelError>,
@@ -266,7 +269,7 @@ impl Service {
 
 /// The engine's sampler for the request's parameters; a bad request if the engine refuses
 /// them.
-fn sampler(s: &SamplingParams, n_vocab: usize) -> Result<Sampler, Refusal> {
+pub(super) fn sampler(s: &SamplingParams, n_vocab: usize) -> Result<Sampler, Refusal> {
     let cfg = SamplerConfig {
         temperature: s.temperature,
         top_k: s.top_k as usize,

@@ -25,6 +25,7 @@
 mod budget;
 mod control;
 mod generation;
+mod pipeline;
 mod probe;
 mod sealed;
 mod text;

@@ -25,20 +25,29 @@ impl LoadedModel {
     /// beginning-of-sequence token first if the model wants one), or chat messages rendered
     /// with the model's template and then tokenized.
     pub(super) fn prompt_tokens(&mut self, prompt: &Prompt) -> Result<Vec<u32>, ModelError> {
-        let text = match prompt {
-            Prompt::Tokens(ids) => return Ok(ids.clone()),
-            Prompt::Text(s) => Cow::Borrowed(s.as_str()),
-            Prompt::Chat(turns) => {
-                let messages: Vec<ChatMessage> = turns
-                    .iter()
-                    .map(|t| ChatMessage {
-                        role: String::from(t.role.as_str()),
-                        content: t.content.clone(),
-                    })
-                    .collect();
-                Cow::Owned(chat::render(&messages, self.chatml))
-            }
-        };
-        Ok(self.tokenizer()?.encode(&text, true, true))
+        if let Prompt::Tokens(ids) = prompt {
+            return Ok(ids.clone());
+        }
+        let chatml = self.chatml;
+        Ok(tokens(prompt, self.tokenizer()?, chatml))
     }
+}
+
+/// `prompt`'s token ids with `tokenizer`, chat messages rendered as ChatML if `chatml`.
+pub(super) fn tokens(prompt: &Prompt, tokenizer: &Tokenizer, chatml: bool) -> Vec<u32> {
+    let text = match prompt {
+        Prompt::Tokens(ids) => return ids.clone(),
+        Prompt::Text(s) => Cow::Borrowed(s.as_str()),
+        Prompt::Chat(turns) => {
+            let messages: Vec<ChatMessage> = turns
+                .iter()
+                .map(|t| ChatMessage {
+                    role: String::from(t.role.as_str()),
+                    content: t.content.clone(),
+                })
+                .collect();
+            Cow::Owned(chat::render(&messages, chatml))
+        }
+    };
+    tokenizer.encode(&text, true, true)
 }

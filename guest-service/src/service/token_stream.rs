@@ -6,12 +6,18 @@
 
 use super::Environment;
 use super::token_pacer::TokenPacer;
+use crate::arriving::Appender;
 use crate::memory::Relinquisher;
+use crate::unsealing::Opener;
 use alloc::collections::VecDeque;
+use alloc::format;
 use alloc::vec::Vec;
 use inference_guest::tokenizer::Tokenizer;
+use sealed_model::SealError;
+use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
 use virtio_llm::spec::{MAX_TOKEN_TEXT_BYTES, MAX_TOKENS_PER_RESPONSE};
+use virtio_llm::wire::control::{ControlCommand, ControlReply, msg_type as control_type};
 use virtio_llm::wire::memory::BudgetChange;
 use virtio_llm::wire::request::RequestMsg;
 use virtio_llm::wire::response::{ResponseMsg, Tokens};
@@ -46,6 +52,35 @@ pub(super) struct TokenStream<'a, M: DriverMemory, T: Transport> {
     deferred_budget: Option<BudgetChange>,
     /// The device preempted the request (the engine reports that as a cancel).
     preempted: bool,
+}
+
+/// Why [`TokenStream::feed`] could not feed the model.
+#[derive(Debug)]
+pub(super) enum FeedError {
+    /// A chunk did not unseal: the load is over.
+    Seal(SealError),
+    /// The request was cancelled or preempted while it waited.
+    Stopped,
+    /// The link broke.
+    Link(DriverError),
+}
+
+/// The answer to a control command that cannot be served while a pipelined load feeds
+/// its first request.
+fn busy(cmd: &ControlCommand<'_>) -> ControlReply {
+    let (command, object) = match cmd {
+        ControlCommand::LoadModelBegin(c) => (control_type::LOAD_MODEL_BEGIN, c.model_id),
+        ControlCommand::LoadModelChunk(c) => (control_type::LOAD_MODEL_CHUNK, c.model_id),
+        ControlCommand::LoadModelEnd(c) => (control_type::LOAD_MODEL_END, c.model_id),
+        ControlCommand::UnloadModel(c) => (control_type::UNLOAD_MODEL, c.model_id),
+        ControlCommand::OpenSession(c) => (control_type::OPEN_SESSION, c.session_id),
+        ControlCommand::CloseSession(c) => (control_type::CLOSE_SESSION, c.session_id),
+        ControlCommand::LoadSealedBegin(c) => (control_type::LOAD_SEALED_BEGIN, c.model_id),
+        ControlCommand::LoadSealedChunk(c) => (control_type::LOAD_SEALED_CHUNK, c.model_id),
+        ControlCommand::Stats(_) => (control_type::STATS_REQUEST, 0),
+        ControlCommand::Probe(_) => (virtio_llm::wire::probe::msg_type::MEMORY_PROBE, 0),
+    };
+    super::ack(command, Status::Busy, object)
 }
 
 /// What a finished stream leaves to send and to do.
@@ -118,6 +153,69 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
             deferred_budget: self.deferred_budget,
             preempted: self.preempted,
         })
+    }
+
+    /// From now on tokens go out with their bytes (the pipeline builds the tokenizer once
+    /// the model's header arrived, after the stream began).
+    pub fn set_text_of(&mut self, text_of: Option<&'a Tokenizer>) {
+        self.text_of = text_of;
+    }
+
+    /// Serves the load while the request waits for its model's bytes (the pipeline): takes
+    /// the next `LoadSealedChunk` of model `model_id` into `to` through `opener`, and
+    /// answers it. Other control commands are answered `Busy` (the device sends none while
+    /// a pipelined load runs); a cancel or preempt of the request ends the wait.
+    pub fn feed(
+        &mut self,
+        model_id: u32,
+        opener: &mut Opener,
+        to: &mut Appender<'_>,
+    ) -> Result<(), FeedError> {
+        loop {
+            if !self.poll_requests().map_err(FeedError::Link)? {
+                return Err(FeedError::Stopped);
+            }
+            self.take_budget_change().map_err(FeedError::Link)?;
+            let link = &mut self.link;
+            let env = link.env;
+            let (reply, opened) = match link.driver.poll_command(link.scratch) {
+                Ok(Some(ControlCommand::LoadSealedChunk(c))) if c.model_id == model_id => {
+                    let opened = opener.open(to, c.index, c.data, &|| env.now_ns());
+                    let status = match &opened {
+                        Ok(()) => Status::Ok,
+                        Err(e) => {
+                            env.log(&format!("engine: sealed model {model_id} refused: {e}"));
+                            Status::SealRejected
+                        }
+                    };
+                    (
+                        super::ack(control_type::LOAD_SEALED_CHUNK, status, model_id),
+                        Some(opened),
+                    )
+                }
+                Ok(Some(other)) => (busy(&other), None),
+                Ok(None) => {
+                    env.park();
+                    continue;
+                }
+                Err(DriverError::Malformed { .. }) => (super::ack(0, Status::BadRequest, 0), None),
+                Err(e) => return Err(FeedError::Link(e)),
+            };
+            while !link
+                .driver
+                .send_reply(&reply, link.out)
+                .map_err(FeedError::Link)?
+            {
+                if !link.driver.arm().map_err(FeedError::Link)? {
+                    env.park();
+                }
+            }
+            match opened {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => return Err(FeedError::Seal(e)),
+                None => {}
+            }
+        }
     }
 
     /// The tokens generated so far, whether the stream goes on or not.

@@ -5,11 +5,11 @@
 
 use super::{CHUNKS_IN_FLIGHT, GuestError, GuestVm};
 use sealed_model::{Header, OwnerPublicKey};
-use virtio_llm::wire::request::GenerateRequest;
-use virtio_llm::wire::response::EndOfStream;
 use virtio_llm::spec::{MAX_ACCEPTED_OWNERS, sealed_flag};
 use virtio_llm::wire::control::msg_type::{LOAD_MODEL_END, LOAD_SEALED_BEGIN, LOAD_SEALED_CHUNK};
 use virtio_llm::wire::control::{ControlCommand, LoadModelEnd, LoadSealedBegin, LoadSealedChunk};
+use virtio_llm::wire::request::GenerateRequest;
+use virtio_llm::wire::response::EndOfStream;
 
 /// How the guest is to load a sealed model.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -173,8 +173,7 @@ impl GuestVm {
         let loading = self.begin_sealed(model_id, file, options)?;
         self.open_session(request.session_id, model_id, context_len)?;
         self.start_request(request)?;
-        if let Err(e) = self.send_sealed_chunks(model_id, &loading.header, loading.body, progress)
-        {
+        if let Err(e) = self.send_sealed_chunks(model_id, &loading.header, loading.body, progress) {
             // The request fails with the load; take its error so nothing is left queued.
             let _ = self.await_request(request.request_id, &mut |_, _| {}, &|| None);
             return Err(e);
