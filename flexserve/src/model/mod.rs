@@ -150,6 +150,15 @@ impl HostModel {
         }
     }
 
+    /// Bytes a load into a guest streams (and reports progress in): the whole plain file,
+    /// or a sealed model's sealed body.
+    pub fn load_bytes(&self) -> u64 {
+        match &self.format {
+            Format::Plain(_) => self.bytes().len() as u64,
+            Format::Sealed(h) => h.sealed_body_bytes(),
+        }
+    }
+
     /// Whether it is a sealed model (only a guest it was sealed to can read it).
     pub fn is_sealed(&self) -> bool {
         matches!(self.format, Format::Sealed(_))

@@ -16,7 +16,7 @@ use std::time::Instant;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, StopReason};
 use vmm::guest_images::GuestImages;
-use vmm::guest_vm::{GuestConfig, GuestError, GuestVm, SealedLoadOptions};
+use vmm::guest_vm::{FirstRequest, GuestConfig, GuestError, GuestVm, SealedLoadOptions};
 use vmm::hypervisor::{Isolation, IsolationLevel};
 
 /// A failed protected `run`.
@@ -137,11 +137,20 @@ pub fn run(args: &RunArgs, prompt: &str) -> Result<bool, ProtectedRunError> {
     let (prompt, chat) = model
         .guest_prompt(prompt, args.raw)
         .map_err(RunError::from)?;
+    let req = request(args, prompt);
 
     INTERRUPTED.store(false, Ordering::SeqCst);
     // Ctrl-C cancels the generation; the guest then shuts down cleanly.
     let _ = vmm_sys_util::signal::register_signal_handler(libc::SIGINT, on_sigint);
-    let (end, first) = stream_answer(&mut vm, request(args, prompt))?;
+    let (end, first, loaded) = match loaded {
+        Some(loaded) => {
+            let (end, first) = stream_answer(&mut vm, |vm, on| {
+                vm.generate(&req, on, &|| INTERRUPTED.load(Ordering::SeqCst))
+            })?;
+            (end, first, loaded)
+        }
+        None => run_pipelined(args, &mut vm, &model, ctx, &req)?,
+    };
     let stats = vm.stats()?;
     let memory = vm.memory()?;
     let level = vm.isolation().level();
@@ -195,9 +204,63 @@ fn private_memory(args: &RunArgs, model: &HostModel, ctx: usize) -> Result<u64, 
     Ok(given.next_multiple_of(2 * MIB))
 }
 
-/// Boots the guest, streams the model in and opens session 1; a plain model's tokenizer
-/// (for the prompt) is built meanwhile. Returns the guest and when it had booted and
-/// loaded.
+/// Loads a sealed model while its first request, `req`, runs (the pipeline: the guest
+/// computes each layer as soon as it is unsealed) and writes the answer. Returns how it
+/// ended, when the first token came and when the load was complete.
+fn run_pipelined(
+    args: &RunArgs,
+    vm: &mut GuestVm,
+    model: &HostModel,
+    ctx: usize,
+    req: &GenerateRequest,
+) -> Result<(EndOfStream, Instant, Instant), ProtectedRunError> {
+    let mut progress = Progress {
+        total: model.load_bytes(),
+        start: Instant::now(),
+        shown: false,
+    };
+    let mut loaded = None;
+    let options = SealedLoadOptions {
+        accepted_owners: args.accept_owners.clone(),
+        strawman: false,
+    };
+    let (end, first) = stream_answer(vm, |vm, on| {
+        let first = FirstRequest {
+            model_id: 1,
+            file: model.bytes(),
+            options: &options,
+            context_len: ctx as u32,
+            request: req,
+        };
+        // The last chunk taken is when the load is over (but for its end, which the guest
+        // serves after the request).
+        let on_progress = &mut |done: u64| {
+            progress.update(done);
+            loaded = Some(Instant::now());
+        };
+        let (sealed, end) = vm.load_sealed_and_generate(first, on_progress, on)?;
+        progress.finish();
+        report_owner(args, &sealed.owner);
+        Ok(end)
+    })?;
+    Ok((end, first, loaded.unwrap_or(first)))
+}
+
+fn report_owner(args: &RunArgs, owner: &sealed_model::OwnerPublicKey) {
+    eprintln!(
+        "[flexserve] sealed model signed by owner {} ({})",
+        owner.fingerprint(),
+        match args.accept_owners.len() {
+            0 => "any owner accepted: pass --accept-owner to require one".to_string(),
+            n => format!("one of {n} accepted"),
+        }
+    );
+}
+
+/// Boots the guest; streams a plain model in and opens session 1 (a sealed model is loaded
+/// with its first request: [`run_pipelined`]). A plain model's tokenizer (for the prompt)
+/// is built meanwhile. Returns the guest, when it had booted and when it had loaded (`None`
+/// for a sealed model).
 fn boot_and_load(
     args: &RunArgs,
     model: &HostModel,
@@ -205,7 +268,7 @@ fn boot_and_load(
     private: u64,
     ctx: usize,
     root: &GuestRoot,
-) -> Result<(GuestVm, Instant, Instant), ProtectedRunError> {
+) -> Result<(GuestVm, Instant, Option<Instant>), ProtectedRunError> {
     std::thread::scope(|s| {
         let tokenizer = s.spawn(|| match model.is_sealed() {
             true => Ok(()),
@@ -224,34 +287,25 @@ fn boot_and_load(
         )?;
         report_isolation(vm.isolation(), root, model.is_sealed());
         let booted = Instant::now();
+        if model.is_sealed() {
+            return Ok((vm, booted, None));
+        }
         let mut progress = Progress {
             total: model.bytes().len() as u64,
             start: booted,
             shown: false,
         };
-        let options = SealedLoadOptions {
-            accepted_owners: args.accept_owners.clone(),
-            strawman: false,
-        };
-        let owner = model.load_into(&mut vm, 1, &options, &mut |done| progress.update(done))?;
+        model.load_into(&mut vm, 1, &Default::default(), &mut |done| {
+            progress.update(done)
+        })?;
         progress.finish();
-        if let Some(owner) = owner {
-            eprintln!(
-                "[flexserve] sealed model signed by owner {} ({})",
-                owner.fingerprint(),
-                match args.accept_owners.len() {
-                    0 => "any owner accepted: pass --accept-owner to require one".to_string(),
-                    n => format!("one of {n} accepted"),
-                }
-            );
-        }
         vm.open_session(1, 1, ctx as u32)?;
         let loaded = Instant::now();
         tokenizer
             .join()
             .map_err(|_| ProtectedRunError::Thread)?
             .map_err(RunError::from)?;
-        Ok((vm, booted, loaded))
+        Ok((vm, booted, Some(loaded)))
     })
 }
 
@@ -279,26 +333,25 @@ fn request(args: &RunArgs, prompt: Prompt) -> GenerateRequest {
 /// cancels it). Returns how it ended and when the first token came.
 fn stream_answer(
     vm: &mut GuestVm,
-    req: GenerateRequest,
+    generate: impl FnOnce(
+        &mut GuestVm,
+        &mut dyn FnMut(&[u32], &[u8]),
+    ) -> Result<EndOfStream, GuestError>,
 ) -> Result<(EndOfStream, Instant), ProtectedRunError> {
     let mut out = std::io::stdout().lock();
     let mut stream = Utf8Stream::default();
     let mut first_token = None;
     let mut write_err = None;
-    let end = vm.generate(
-        &req,
-        &mut |_, text| {
-            first_token.get_or_insert_with(Instant::now);
-            if write_err.is_some() {
-                return;
-            }
-            let piece = stream.push(text);
-            if let Err(e) = out.write_all(piece.as_bytes()).and_then(|()| out.flush()) {
-                write_err = Some(e);
-            }
-        },
-        &|| INTERRUPTED.load(Ordering::SeqCst),
-    )?;
+    let end = generate(vm, &mut |_, text| {
+        first_token.get_or_insert_with(Instant::now);
+        if write_err.is_some() {
+            return;
+        }
+        let piece = stream.push(text);
+        if let Err(e) = out.write_all(piece.as_bytes()).and_then(|()| out.flush()) {
+            write_err = Some(e);
+        }
+    })?;
     let tail = stream.finish();
     writeln!(out, "{tail}").map_err(RunError::Output)?;
     if let Some(e) = write_err {

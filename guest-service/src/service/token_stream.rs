@@ -54,6 +54,10 @@ pub(super) struct TokenStream<'a, M: DriverMemory, T: Transport> {
     preempted: bool,
 }
 
+/// Polls for the next chunk before [`TokenStream::feed`] sleeps (as the service's main loop
+/// polls before it does).
+const FEED_SPINS: u32 = 20_000;
+
 /// Why [`TokenStream::feed`] could not feed the model.
 #[derive(Debug)]
 pub(super) enum FeedError {
@@ -171,6 +175,7 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
         opener: &mut Opener,
         to: &mut Appender<'_>,
     ) -> Result<(), FeedError> {
+        let mut idle = 0u32;
         loop {
             if !self.poll_requests().map_err(FeedError::Link)? {
                 return Err(FeedError::Stopped);
@@ -194,8 +199,18 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
                     )
                 }
                 Ok(Some(other)) => (busy(&other), None),
+                // As the service's main loop waits: spin a while (the next chunk is usually
+                // on its way), then ask for a notification and sleep.
+                Ok(None) if idle < FEED_SPINS => {
+                    idle += 1;
+                    core::hint::spin_loop();
+                    continue;
+                }
                 Ok(None) => {
-                    env.park();
+                    idle = 0;
+                    if !link.driver.arm().map_err(FeedError::Link)? {
+                        env.park();
+                    }
                     continue;
                 }
                 Err(DriverError::Malformed { .. }) => (super::ack(0, Status::BadRequest, 0), None),
