@@ -9,7 +9,7 @@
 //! content digest, a second check of the owner's plaintext, is checked when the load ends
 //! (`LoadModelEnd`, after this request): a model that fails it is refused then.
 
-use super::generation::{Failure, refuse, sampler};
+use super::generation::{Failure, Refusal, refuse, sampler};
 use super::text::tokens;
 use super::token_stream::{FeedError, Link, Streamed, TokenStream};
 use super::{Environment, GENERATION_SCRATCH_BYTES, Service};
@@ -18,6 +18,7 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use inference_guest::generate::{GenerateOutcome, Generation, generate_arriving};
+use inference_guest::gguf::Gguf;
 use inference_guest::model::ModelError;
 use inference_guest::model::streaming::{FileArrival, Piece, StreamingModel};
 use inference_guest::parallel::Parallel;
@@ -176,27 +177,12 @@ impl Service {
                 Ok(m) => m,
                 Err(e) => break 'run Err(e),
             };
-            let bad_model = |e: &dyn core::fmt::Display| refuse(Status::BadModel, &e.to_string());
-            let header = model.header();
-            let needs_text = guest_text || !matches!(g.prompt, Prompt::Tokens(_));
-            tokenizer = match needs_text {
-                true => Some(Tokenizer::from_gguf(header).map_err(|e| bad_model(&e))?),
-                false => None,
-            };
-            let chatml = chat::is_chatml(header.get_str("tokenizer.chat_template").ok().flatten());
-            let end_ids = Tokenizer::end_of_generation_ids(header).map_err(|e| bad_model(&e))?;
-            let prompt = match (&g.prompt, &tokenizer) {
-                (Prompt::Tokens(ids), _) => ids.clone(),
-                (p, Some(t)) => tokens(p, t, chatml),
-                (_, None) => Vec::new(),
-            };
-            if prompt.is_empty() {
-                return Err(refuse(
-                    Status::BadRequest,
-                    "the prompt is empty once rendered and tokenized",
-                )
-                .into());
-            }
+            let FromHeader {
+                prompt,
+                tokenizer: built,
+                end_ids,
+            } = from_header(model.header(), g, guest_text)?;
+            tokenizer = built;
             if guest_text {
                 stream.borrow_mut().set_text_of(tokenizer.as_ref());
             }
@@ -236,4 +222,45 @@ impl Service {
         let streamed = stream.into_inner().finish()?;
         Ok((outcome, streamed))
     }
+}
+
+/// What a request needs from its model's header.
+struct FromHeader {
+    prompt: Vec<u32>,
+    /// When text goes in or out.
+    tokenizer: Option<Tokenizer>,
+    /// The ids that end generation, sorted.
+    end_ids: Vec<u32>,
+}
+
+/// What request `g` needs from its model's header.
+fn from_header(
+    header: &Gguf<'_>,
+    g: &GenerateRequest,
+    guest_text: bool,
+) -> Result<FromHeader, Refusal> {
+    let bad_model = |e: &dyn core::fmt::Display| refuse(Status::BadModel, &e.to_string());
+    let needs_text = guest_text || !matches!(g.prompt, Prompt::Tokens(_));
+    let tokenizer = match needs_text {
+        true => Some(Tokenizer::from_gguf(header).map_err(|e| bad_model(&e))?),
+        false => None,
+    };
+    let chatml = chat::is_chatml(header.get_str("tokenizer.chat_template").ok().flatten());
+    let end_ids = Tokenizer::end_of_generation_ids(header).map_err(|e| bad_model(&e))?;
+    let prompt = match (&g.prompt, &tokenizer) {
+        (Prompt::Tokens(ids), _) => ids.clone(),
+        (p, Some(t)) => tokens(p, t, chatml),
+        (_, None) => Vec::new(),
+    };
+    if prompt.is_empty() {
+        return Err(refuse(
+            Status::BadRequest,
+            "the prompt is empty once rendered and tokenized",
+        ));
+    }
+    Ok(FromHeader {
+        prompt,
+        tokenizer,
+        end_ids,
+    })
 }
