@@ -23,7 +23,7 @@ use std::ops::Range;
 use virtio_llm::Status;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use vmm::guest_images::GuestImages;
-use vmm::guest_vm::{GuestError, GuestVm};
+use vmm::guest_vm::{FirstRequest, GuestError, GuestVm, SealedLoadOptions};
 
 const PROMPT: [u32; 5] = [1, 400, 500, 600, 700];
 
@@ -96,6 +96,59 @@ fn a_sealed_model_unseals_in_the_guest_and_generates_as_the_plaintext() {
         host_greedy(&file, &PROMPT, 24)
     );
     vm.shutdown().expect("clean shutdown");
+}
+
+/// The pipeline in a real guest: the first request is sent before the chunks
+/// (`GuestVm::load_sealed_and_generate`) and its prefill runs as the layers are unsealed;
+/// its tokens equal the host engine's, the guest's log shows the first block ran before the
+/// whole model was in, and the loaded model then serves another session alike.
+#[test]
+fn a_sealed_model_loads_with_its_first_request_and_generates_as_the_plaintext() {
+    let (Some(images), Some(path)) = (images(), model_path("tiny.Q8_0.gguf")) else {
+        return;
+    };
+    let file = std::fs::read(path).unwrap();
+    let fsm = seal(&file, &ROOT, &images.measurement(), SMALL_CHUNKS);
+    let mut vm = sealing_guest(&images, file.len());
+    let mut sampling = SamplingParams::greedy(24);
+    sampling.ignore_eog = true;
+    let req = GenerateRequest {
+        request_id: 7,
+        session_id: 7,
+        sampling,
+        prompt: Prompt::Tokens(PROMPT.to_vec()),
+    };
+    let first = FirstRequest {
+        model_id: 1,
+        file: &fsm,
+        options: &SealedLoadOptions::default(),
+        context_len: 512,
+        request: &req,
+    };
+    let mut got = Vec::new();
+    let (loaded, end) = vm
+        .load_sealed_and_generate(
+            first,
+            &mut |_| {},
+            &mut |t, _| got.extend_from_slice(t),
+            &|| None,
+        )
+        .expect("the pipelined load and its request");
+    let want = host_greedy(&file, &PROMPT, 24);
+    assert_eq!(got, want);
+    assert_eq!(end.generated_tokens, 24);
+    assert_eq!(
+        loaded.body_bytes,
+        Header::split_file(&fsm).unwrap().0.body_bytes()
+    );
+    assert_eq!(guest_greedy(&mut vm, 8, &PROMPT, 24), want);
+    let console = vm.shutdown().expect("clean shutdown");
+    let line = console
+        .iter()
+        .find(|l| l.contains("ran as sealed model 1 arrived"))
+        .unwrap_or_else(|| panic!("no pipeline line in {console:?}"));
+    let kib: Vec<u64> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+    assert!(kib[kib.len() - 2] < kib[kib.len() - 1], "{line}");
 }
 
 /// Plaintext bytes per chunk of the forged files: small, so the tiny model has many

@@ -227,7 +227,7 @@ impl Rig<'_> {
                 request: &req,
             };
             let progress = &mut |_| loaded = Instant::now();
-            let (_, end) = vm.load_sealed_and_generate(request, progress, on_tokens)?;
+            let (_, end) = vm.load_sealed_and_generate(request, progress, on_tokens, &|| None)?;
             (end, loaded)
         } else {
             let file = match mode {

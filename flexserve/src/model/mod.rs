@@ -205,23 +205,27 @@ impl HostModel {
         requested.clamp(1, max.max(1))
     }
 
-    /// Guest private memory for the weights and `sessions` KV caches of `context` tokens
-    /// each, with headroom, in whole granules.
+    /// Guest private memory for the weights, `sessions` KV caches of `context` tokens each,
+    /// the forward pass's buffers for a prompt batch, and headroom, in whole granules.
     pub fn guest_memory(&self, context: usize, sessions: usize) -> u64 {
         let sessions = sessions.max(1) as u64;
-        let (weights, kv) = match &self.format {
+        let (weights, kv, batch) = match &self.format {
             Format::Plain(p) => (
                 self.bytes().len() as u64,
                 p.shape.kv_cache_bytes(context) as u64,
+                p.shape.batch_bytes(context) as u64,
             ),
+            // The header gives no layer shapes: an eighth of the weights covers a full
+            // batch's buffers of every model tried (they are 2 to 6 % of the weights).
             Format::Sealed(h) => (
                 h.body_bytes(),
                 h.kv_bytes_per_token()
                     .saturating_mul(self.context(context) as u64),
+                h.body_bytes() / 8,
             ),
         };
         let extra = SESSION_HEADROOM * (sessions - 1);
-        (weights + kv * sessions + HEADROOM + extra).next_multiple_of(GRANULE)
+        (weights + kv * sessions + batch + HEADROOM + extra).next_multiple_of(GRANULE)
     }
 
     /// One user `prompt` as a plain model's tokens, wrapped in its ChatML template unless

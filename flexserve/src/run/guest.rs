@@ -16,7 +16,7 @@ use std::time::Instant;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, StopReason};
 use vmm::guest_images::GuestImages;
-use vmm::guest_vm::{FirstRequest, GuestConfig, GuestError, GuestVm, SealedLoadOptions};
+use vmm::guest_vm::{FirstRequest, GuestConfig, GuestError, GuestVm, Interrupt, SealedLoadOptions};
 use vmm::hypervisor::{Isolation, IsolationLevel};
 
 /// A failed protected `run`.
@@ -238,7 +238,12 @@ fn run_pipelined(
             progress.update(done);
             loaded = Some(Instant::now());
         };
-        let (sealed, end) = vm.load_sealed_and_generate(first, on_progress, on)?;
+        let interrupt = || {
+            INTERRUPTED
+                .load(Ordering::SeqCst)
+                .then_some(Interrupt::Cancel)
+        };
+        let (sealed, end) = vm.load_sealed_and_generate(first, on_progress, on, &interrupt)?;
         progress.finish();
         report_owner(args, &sealed.owner);
         Ok(end)

@@ -10,13 +10,13 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use inference_guest::generate::{Finish, GenerateOutcome, Generation, generate};
 use inference_guest::gguf::Gguf;
-use inference_guest::model::{Model, ModelError};
+use inference_guest::model::{LlamaConfig, MAX_BATCH, Model, ModelError};
 use inference_guest::parallel::Parallel;
 use inference_guest::sampler::{Sampler, SamplerConfig};
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
 use virtio_llm::wire::memory::BudgetChange;
-use virtio_llm::wire::request::{GenerateRequest, SamplingParams};
+use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, ResponseMsg, StopReason, Timings, Tokens};
 
 /// Why a request gets an error instead of its end of stream.
@@ -167,13 +167,19 @@ impl Service {
         // A generation allocates as it goes (the parsed model, the sampler, logits): make
         // room for that first, evicting other idle sessions' caches if need be, so an
         // allocation can never fail half-way (a failed allocation ends the guest).
-        self.make_room(GENERATION_SCRATCH_BYTES, Some(g.session_id), driver, env)
-            .map_err(|status| {
-                refuse(
-                    status,
-                    "not enough private memory to run a request within the budget",
-                )
-            })?;
+        let batch = self.batch_bytes(g)?;
+        self.make_room(
+            GENERATION_SCRATCH_BYTES + batch,
+            Some(g.session_id),
+            driver,
+            env,
+        )
+        .map_err(|status| {
+            refuse(
+                status,
+                "not enough private memory to run a request within the budget",
+            )
+        })?;
         if evicted {
             self.restore_session(g.session_id, driver, par, env)
                 .map_err(|status| {
@@ -217,6 +223,27 @@ impl Service {
         }
         m.last_used = clock;
         Ok(prompt)
+    }
+
+    /// Bytes the forward pass's buffers take for `g`'s prompt (a full batch if it is text,
+    /// whose length is known only once tokenized).
+    fn batch_bytes(&self, g: &GenerateRequest) -> Result<u64, Refusal> {
+        let slot = self
+            .sessions
+            .get(&g.session_id)
+            .ok_or_else(|| refuse(Status::NoSuchSession, "no open session has this id"))?;
+        let m = self
+            .models
+            .get(&slot.model_id)
+            .ok_or_else(|| refuse(Status::NoSuchModel, "the session's model was unloaded"))?;
+        let gguf = Gguf::parse(&m.file).map_err(|e| refuse(Status::Internal, &e.to_string()))?;
+        let cfg =
+            LlamaConfig::from_gguf(&gguf).map_err(|e| refuse(Status::Internal, &e.to_string()))?;
+        let tokens = match &g.prompt {
+            Prompt::Tokens(ids) => ids.len(),
+            _ => MAX_BATCH,
+        };
+        Ok(cfg.batch_bytes(tokens) as u64)
     }
 
     /// Sends the stream's last tokens; the request's end of stream, or why it failed.

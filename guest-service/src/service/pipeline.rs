@@ -86,13 +86,24 @@ impl Service {
         env: &dyn Environment,
         deferred_budget: &mut Option<BudgetChange>,
     ) -> Result<EndOfStream, Failure> {
-        self.make_room(GENERATION_SCRATCH_BYTES, Some(g.session_id), driver, env)
-            .map_err(|s| {
-                refuse(
-                    s,
-                    "not enough private memory to run a request within the budget",
-                )
-            })?;
+        // The model's shapes are not in yet: as the host sizes a sealed model's guest, an
+        // eighth of the weights covers a full batch's buffers.
+        let batch = self
+            .unsealing
+            .as_ref()
+            .map_or(0, |u| u.header().body_bytes() / 8);
+        self.make_room(
+            GENERATION_SCRATCH_BYTES + batch,
+            Some(g.session_id),
+            driver,
+            env,
+        )
+        .map_err(|s| {
+            refuse(
+                s,
+                "not enough private memory to run a request within the budget",
+            )
+        })?;
         let stopped = RefCell::new(None);
         let result = self.prefill_and_generate(g, driver, par, env, &stopped);
         let seal_failed = matches!(*stopped.borrow(), Some(FeedError::Seal(_)));

@@ -115,6 +115,18 @@ impl LlamaConfig {
         2 * 4 * self.n_layer * n_ctx.clamp(1, self.n_ctx_train) * self.n_head_kv * self.head_dim
     }
 
+    /// Bytes the forward pass's buffers take for a batch of `tokens` (at most
+    /// [`super::MAX_BATCH`] at once): the f32 activations, their quantised copies, the RoPE
+    /// tables and the logits. A guest sizing its memory needs this beside weights and KV
+    /// cache: for a 1.5B model a full batch is ~60 MB, more than a fixed headroom.
+    pub fn batch_bytes(&self, tokens: usize) -> usize {
+        let t = tokens.clamp(1, super::MAX_BATCH);
+        let f32s_per_token =
+            3 * self.n_embd + 2 * self.q_dim() + 2 * self.kv_dim() + 3 * self.n_ff + self.rope_dims;
+        let quantised = t * 2 * self.n_ff.max(self.n_embd);
+        t * f32s_per_token * 4 + quantised + 2 * 4 * self.n_vocab
+    }
+
     fn check(&self) -> Result<(), ModelError> {
         let bad = |what: &str| Err(ModelError::BadHyperParameters(what.to_string()));
         if !self.n_head.is_multiple_of(self.n_head_kv) {

@@ -3,7 +3,7 @@
 //! `LoadModelEnd`. The host reads only the public header; the guest checks the owner and
 //! signature, and authenticates and decrypts each chunk into private memory.
 
-use super::{CHUNKS_IN_FLIGHT, GuestError, GuestVm};
+use super::{CHUNKS_IN_FLIGHT, GuestError, GuestVm, Interrupt};
 use sealed_model::{Header, OwnerPublicKey};
 use virtio_llm::spec::{MAX_ACCEPTED_OWNERS, sealed_flag};
 use virtio_llm::wire::control::msg_type::{LOAD_MODEL_END, LOAD_SEALED_BEGIN, LOAD_SEALED_CHUNK};
@@ -156,12 +156,14 @@ impl GuestVm {
     /// first request on it runs. Once the guest accepted the header, opens the request's
     /// session on the model and sends the request, then the chunks: the guest computes each
     /// layer of the prompt as soon as that layer is in. The request's tokens and end come
-    /// to `on_tokens` as with [`GuestVm::generate`]; then the load's end is acknowledged.
+    /// to `on_tokens` as with [`GuestVm::generate_until`] (`interrupt` is asked once the
+    /// chunks are sent); then the load's end is acknowledged.
     pub fn load_sealed_and_generate(
         &mut self,
         first: FirstRequest<'_>,
         progress: &mut dyn FnMut(u64),
         on_tokens: &mut dyn FnMut(&[u32], &[u8]),
+        interrupt: &dyn Fn() -> Option<Interrupt>,
     ) -> Result<(SealedLoaded, EndOfStream), GuestError> {
         let FirstRequest {
             model_id,
@@ -183,7 +185,7 @@ impl GuestVm {
             sha256: [0; 32],
         }))?;
         // The guest finishes the load once the request is over: the tokens come first.
-        let end = self.await_request(request.request_id, on_tokens, &|| None)?;
+        let end = self.await_request(request.request_id, on_tokens, interrupt)?;
         self.ack("accept the sealed model", LOAD_MODEL_END)?;
         let header = loading.header;
         Ok((
