@@ -55,13 +55,19 @@ fn sealed_models(name: &str) -> Option<SealedModels> {
 
 /// `flexserve run` on `model` with the key root `root`, greedy, 24 tokens.
 fn run(bin: &Path, model: &Path, root: &Path, prompt: &str, raw: bool) -> Output {
+    run_with(bin, model, root, prompt, raw, "--ctx=512")
+}
+
+/// [`run`] with one more flag.
+fn run_with(bin: &Path, model: &Path, root: &Path, prompt: &str, raw: bool, flag: &str) -> Output {
     let mut cmd = Command::new(bin);
     cmd.current_dir(repo())
         .env("FLEXSERVE_KEY_ROOT", root)
         .arg("run")
+        .arg(flag)
         .arg("-m")
         .arg(model)
-        .args(["--temperature", "0", "--ctx", "512", "-n", "24"]);
+        .args(["--temperature", "0", "-n", "24"]);
     if raw {
         cmd.arg("--raw");
     }
@@ -87,10 +93,21 @@ fn flexserve_run_answers_from_a_sealed_model_as_from_its_plain_gguf() {
         ("Once upon a time, there", true),
     ] {
         let sealed = run(&bin, &m.models.join("sealed.fsm"), &m.root, prompt, raw);
+        let pipelined = run_with(
+            &bin,
+            &m.models.join("sealed.fsm"),
+            &m.root,
+            prompt,
+            raw,
+            "--pipeline",
+        );
         let plain = run(&bin, &m.models.join("plain.gguf"), &m.root, prompt, raw);
         let (sealed_text, plain_text) = (text(&sealed), text(&plain));
         assert!(plain_text.trim().len() > 10, "{plain_text:?}");
         assert_eq!(sealed_text, plain_text, "raw: {raw}");
+        assert_eq!(text(&pipelined), plain_text, "raw: {raw}, --pipeline");
+        let log = String::from_utf8_lossy(&pipelined.stderr);
+        assert!(log.contains("ran as sealed model 1 arrived"), "{log}");
         let log = String::from_utf8_lossy(&sealed.stderr);
         assert!(log.contains("sealed: yes"), "{log}");
         assert!(log.contains("key root: development"), "{log}");

@@ -264,6 +264,12 @@ pub struct RunArgs {
     /// owner whose signature verifies, and reports who signed.
     #[arg(long = "accept-owner", value_name = "OWNER_KEY")]
     pub accept_owners: Vec<sealed_model::OwnerPublicKey>,
+    /// For a sealed model: send the prompt before the model, so the guest computes each
+    /// layer as soon as it is unsealed. It needs cores beyond the guest's vCPUs to gain:
+    /// with 2 vCPUs on 2 cores it measured slower (`make bench-sealed`), so by default the
+    /// model is unsealed first.
+    #[arg(long)]
+    pub pipeline: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }

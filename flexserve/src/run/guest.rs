@@ -262,10 +262,10 @@ fn report_owner(args: &RunArgs, owner: &sealed_model::OwnerPublicKey) {
     );
 }
 
-/// Boots the guest; streams a plain model in and opens session 1 (a sealed model is loaded
-/// with its first request: [`run_pipelined`]). A plain model's tokenizer (for the prompt)
-/// is built meanwhile. Returns the guest, when it had booted and when it had loaded (`None`
-/// for a sealed model).
+/// Boots the guest; streams the model in and opens session 1 (with `--pipeline` a sealed
+/// model is loaded with its first request instead: [`run_pipelined`]). A plain model's
+/// tokenizer (for the prompt) is built meanwhile. Returns the guest, when it had booted and
+/// when it had loaded (`None` when the pipeline will load it).
 fn boot_and_load(
     args: &RunArgs,
     model: &HostModel,
@@ -292,7 +292,7 @@ fn boot_and_load(
         )?;
         report_isolation(vm.isolation(), root, model.is_sealed());
         let booted = Instant::now();
-        if model.is_sealed() {
+        if model.is_sealed() && args.pipeline {
             return Ok((vm, booted, None));
         }
         let mut progress = Progress {
@@ -300,10 +300,15 @@ fn boot_and_load(
             start: booted,
             shown: false,
         };
-        model.load_into(&mut vm, 1, &Default::default(), &mut |done| {
-            progress.update(done)
-        })?;
+        let options = SealedLoadOptions {
+            accepted_owners: args.accept_owners.clone(),
+            strawman: false,
+        };
+        let owner = model.load_into(&mut vm, 1, &options, &mut |done| progress.update(done))?;
         progress.finish();
+        if let Some(owner) = owner {
+            report_owner(args, &owner);
+        }
         vm.open_session(1, 1, ctx as u32)?;
         let loaded = Instant::now();
         tokenizer
