@@ -6,7 +6,7 @@ use super::{Environment, LoadedModel, SESSION_SCRATCH_BYTES, Service, SessionSlo
 use crate::loader::Loading;
 use alloc::vec::Vec;
 use inference_guest::gguf::Gguf;
-use inference_guest::model::{Model, ModelError};
+use inference_guest::model::{Model, ModelError, Session};
 use inference_guest::parallel::Parallel;
 use inference_guest::tokenizer::{Tokenizer, chat};
 use virtio_llm::Status;
@@ -261,18 +261,24 @@ impl Service {
             return Status::Internal;
         };
         let session = model.new_session(o.context_len as usize);
+        self.add_session(o, Some(session));
+        Status::Ok
+    }
+
+    /// Keeps a newly opened session (`session`: its KV cache, or `None` to make it when
+    /// its first request needs it).
+    pub(super) fn add_session(&mut self, o: &OpenSession, session: Option<Session>) {
         self.clock += 1;
         self.sessions.insert(
             o.session_id,
             SessionSlot {
                 model_id: o.model_id,
                 context_len: o.context_len,
-                session: Some(session),
+                session,
                 history: Vec::new(),
                 last_used: self.clock,
             },
         );
-        Status::Ok
     }
 
     /// What the service holds and has done.

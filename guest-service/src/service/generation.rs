@@ -126,19 +126,16 @@ impl Service {
             session,
             &mut sampler,
             par,
-            &Generation {
-                prompt: &prompt,
-                max_tokens: g.sampling.max_tokens as usize,
-                stop_at_eog: !g.sampling.ignore_eog,
-            },
+            &generation(g, &prompt),
             &|t| end_ids.binary_search(&t).is_ok(),
             &mut |token| stream.on_token(token),
         );
-        // The cache now holds the prompt and the generated tokens that were fed back, in that
-        // order: keep the same tokens to rebuild it if it is evicted.
-        slot.history.extend_from_slice(&prompt);
-        slot.history.extend_from_slice(stream.generated());
-        slot.history.truncate(session.n_past());
+        remember(
+            &mut slot.history,
+            &prompt,
+            stream.generated(),
+            session.n_past(),
+        );
         let streamed = stream.finish()?;
         let end = env.now_ns();
         *deferred_budget = streamed.deferred_budget;
@@ -292,6 +289,24 @@ impl Service {
             },
         })
     }
+}
+
+/// What the engine generates for request `g` from `prompt` (its tokens).
+pub(super) fn generation<'p>(g: &GenerateRequest, prompt: &'p [u32]) -> Generation<'p> {
+    Generation {
+        prompt,
+        max_tokens: g.sampling.max_tokens as usize,
+        stop_at_eog: !g.sampling.ignore_eog,
+    }
+}
+
+/// Appends to a session's token `history` what its KV cache now holds: the prompt and the
+/// generated tokens that were fed back, in that order, `n_past` in all. The same tokens
+/// rebuild the cache if it is evicted.
+pub(super) fn remember(history: &mut Vec<u32>, prompt: &[u32], generated: &[u32], n_past: usize) {
+    history.extend_from_slice(prompt);
+    history.extend_from_slice(generated);
+    history.truncate(n_past);
 }
 
 /// The engine's sampler for the request's parameters; a bad request if the engine refuses

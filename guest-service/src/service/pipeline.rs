@@ -9,7 +9,7 @@
 //! content digest, a second check of the owner's plaintext, is checked when the load ends
 //! (`LoadModelEnd`, after this request): a model that fails it is refused then.
 
-use super::generation::{Failure, Refusal, refuse, sampler};
+use super::generation::{Failure, Refusal, generation, refuse, remember, sampler};
 use super::text::tokens;
 use super::token_stream::{FeedError, Link, Streamed, TokenStream};
 use super::{Environment, GENERATION_SCRATCH_BYTES, Service};
@@ -17,7 +17,7 @@ use crate::arriving::{Appender, Gate};
 use alloc::string::ToString;
 use alloc::vec::Vec;
 use core::cell::RefCell;
-use inference_guest::generate::{GenerateOutcome, Generation, generate_arriving};
+use inference_guest::generate::{GenerateOutcome, generate_arriving};
 use inference_guest::gguf::Gguf;
 use inference_guest::model::ModelError;
 use inference_guest::model::streaming::{FileArrival, Piece, StreamingModel};
@@ -205,19 +205,17 @@ impl Service {
                 &mut session,
                 &mut sampler,
                 par,
-                &Generation {
-                    prompt: &prompt,
-                    max_tokens: g.sampling.max_tokens as usize,
-                    stop_at_eog: !g.sampling.ignore_eog,
-                },
+                &generation(g, &prompt),
                 &|t| end_ids.binary_search(&t).is_ok(),
                 &mut |t| stream.borrow_mut().on_token(t),
             );
-            // As `run` keeps it: the tokens the cache holds, to rebuild it if evicted.
             slot.history.clear();
-            slot.history.extend_from_slice(&prompt);
-            slot.history.extend_from_slice(stream.borrow().generated());
-            slot.history.truncate(session.n_past());
+            remember(
+                &mut slot.history,
+                &prompt,
+                stream.borrow().generated(),
+                session.n_past(),
+            );
             slot.session = Some(session);
             if let Some(at) = arrival.first_layer_at {
                 env.log(&alloc::format!(

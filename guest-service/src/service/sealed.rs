@@ -4,7 +4,7 @@
 //! why on the console, in one line. A completed load names its owner (the key's
 //! fingerprint) and its mode, and splits its time into copying and decrypting.
 
-use super::{Environment, SESSION_SCRATCH_BYTES, Service, SessionSlot};
+use super::{Environment, SESSION_SCRATCH_BYTES, Service};
 use crate::unsealing::Unsealing;
 use alloc::vec::Vec;
 use sealed_model::{OwnerPublicKey, SealError, Unsealer, derive_guest_key};
@@ -109,17 +109,7 @@ impl Service {
         if let Err(s) = self.make_room(kv + SESSION_SCRATCH_BYTES, None, driver, env) {
             return s;
         }
-        self.clock += 1;
-        self.sessions.insert(
-            o.session_id,
-            SessionSlot {
-                model_id: o.model_id,
-                context_len: o.context_len,
-                session: None,
-                history: Vec::new(),
-                last_used: self.clock,
-            },
-        );
+        self.add_session(o, None);
         Status::Ok
     }
 
