@@ -236,12 +236,13 @@ impl HostModel {
         raw: bool,
     ) -> Result<(Vec<u32>, bool), HostModelError> {
         let chat = !raw && self.plain("chat template")?.chatml;
-        let text = if chat {
-            chat::render(&[ChatMessage::new("user", prompt)], true)
+        let tokenizer = self.tokenizer()?;
+        let ids = if chat {
+            tokenizer.encode_chat(&[ChatMessage::new("user", prompt)], true)
         } else {
-            prompt.to_string()
+            tokenizer.encode(prompt, true, true)
         };
-        Ok((self.tokenizer()?.encode(&text, true, true), chat))
+        Ok((ids, chat))
     }
 
     /// The prompt for the guest from one user `prompt`, and whether a chat template wraps
@@ -276,8 +277,9 @@ impl HostModel {
             });
             return Ok(Prompt::Chat(turns.collect()));
         };
-        let text = chat::render(messages, p.chatml);
-        Ok(Prompt::Tokens(self.tokenizer()?.encode(&text, true, true)))
+        Ok(Prompt::Tokens(
+            self.tokenizer()?.encode_chat(messages, p.chatml),
+        ))
     }
 
     /// Streams the file into `vm` as model `id`: a plain model with its SHA-256 (from the

@@ -3,12 +3,11 @@
 //! host that cannot read the model (a sealed one) needs no tokenizer of its own.
 
 use super::LoadedModel;
-use alloc::borrow::Cow;
 use alloc::string::String;
 use alloc::vec::Vec;
 use inference_guest::gguf::Gguf;
 use inference_guest::model::ModelError;
-use inference_guest::tokenizer::{ChatMessage, Tokenizer, chat};
+use inference_guest::tokenizer::{ChatMessage, Tokenizer};
 use virtio_llm::wire::request::Prompt;
 
 impl LoadedModel {
@@ -33,11 +32,13 @@ impl LoadedModel {
     }
 }
 
-/// `prompt`'s token ids with `tokenizer`, chat messages rendered as ChatML if `chatml`.
+/// `prompt`'s token ids with `tokenizer`: text as given (special-token text parsed: the
+/// sender wrote the whole prompt), chat messages with the template's markers special and
+/// their contents plain text (ChatML if `chatml`).
 pub(super) fn tokens(prompt: &Prompt, tokenizer: &Tokenizer, chatml: bool) -> Vec<u32> {
-    let text = match prompt {
-        Prompt::Tokens(ids) => return ids.clone(),
-        Prompt::Text(s) => Cow::Borrowed(s.as_str()),
+    match prompt {
+        Prompt::Tokens(ids) => ids.clone(),
+        Prompt::Text(s) => tokenizer.encode(s, true, true),
         Prompt::Chat(turns) => {
             let messages: Vec<ChatMessage> = turns
                 .iter()
@@ -46,8 +47,7 @@ pub(super) fn tokens(prompt: &Prompt, tokenizer: &Tokenizer, chatml: bool) -> Ve
                     content: t.content.clone(),
                 })
                 .collect();
-            Cow::Owned(chat::render(&messages, chatml))
+            tokenizer.encode_chat(&messages, chatml)
         }
-    };
-    tokenizer.encode(&text, true, true)
+    }
 }

@@ -1,6 +1,7 @@
 //! Chat prompts in the ChatML format (the SmolLM2 template; llama.cpp's `chatml`).
 
 use alloc::string::String;
+use alloc::vec::Vec;
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,27 +44,45 @@ pub fn apply_chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> St
 }
 
 /// Whether a model's `tokenizer.chat_template` is a ChatML one (the only family rendered
-/// today; other models get [`render`]'s plain form).
+/// today; other models get [`parts`]' plain form).
 pub fn is_chatml(template: Option<&str>) -> bool {
     template.is_some_and(|t| t.contains("<|im_start|>"))
 }
 
-/// A conversation as the text to tokenize (with `parse_special = true`): ChatML with the
-/// assistant's turn opened when the model's template is ChatML, else the messages' contents
-/// one per line. The host (for plain models) and the guest (for models only it can read)
-/// both render with this, so a prompt is the same tokens either way.
-pub fn render(messages: &[ChatMessage], chatml: bool) -> String {
-    if chatml {
-        return apply_chatml(messages, true);
-    }
-    let mut out = String::new();
+/// A conversation as parts to tokenize with [`super::Tokenizer::encode_parts`]: the
+/// template's markers and roles (special tokens parsed) around each message's content
+/// (plain text: a message cannot close its turn or forge a role), with the assistant's turn
+/// opened; without a ChatML template the contents one per line, all plain text. The host
+/// (for plain models) and the guest (for models only it can read) both use this, so a
+/// conversation is the same tokens either way.
+pub fn parts(messages: &[ChatMessage], chatml: bool) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
     for (i, m) in messages.iter().enumerate() {
-        if i > 0 {
-            out.push('\n');
+        if chatml {
+            out.push((alloc::format!("<|im_start|>{}\n", m.role), true));
+            out.push((m.content.clone(), false));
+            out.push((String::from("<|im_end|>\n"), true));
+        } else {
+            if i > 0 {
+                out.push((String::from("\n"), false));
+            }
+            out.push((m.content.clone(), false));
         }
-        out.push_str(&m.content);
+    }
+    if chatml {
+        out.push((String::from("<|im_start|>assistant\n"), true));
     }
     out
+}
+
+impl super::Tokenizer {
+    /// A conversation's tokens ([`parts`], a beginning-of-sequence token first if the model
+    /// wants one): the template's markers special, the messages' contents plain text.
+    pub fn encode_chat(&self, messages: &[ChatMessage], chatml: bool) -> Vec<u32> {
+        let parts = parts(messages, chatml);
+        let refs: Vec<(&str, bool)> = parts.iter().map(|(s, sp)| (s.as_str(), *sp)).collect();
+        self.encode_parts(&refs, true)
+    }
 }
 
 #[cfg(test)]
@@ -72,13 +91,20 @@ mod tests {
     use alloc::vec;
 
     #[test]
-    fn without_chatml_the_contents_go_one_per_line() {
+    fn the_parts_join_into_the_template_and_only_markers_are_special() {
         let msgs = vec![
             ChatMessage::new("system", "Be brief."),
             ChatMessage::new("user", "Hi"),
         ];
-        assert_eq!(render(&msgs, false), "Be brief.\nHi");
-        assert_eq!(render(&msgs, true), apply_chatml(&msgs, true));
+        let joined = |chatml| {
+            parts(&msgs, chatml)
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect::<String>()
+        };
+        assert_eq!(joined(false), "Be brief.\nHi");
+        assert_eq!(joined(true), apply_chatml(&msgs, true));
+        assert!(parts(&msgs, false).iter().all(|(_, special)| !special));
         assert!(is_chatml(Some(
             "{% for m in messages %}<|im_start|>{{ m.role }}"
         )));

@@ -25,13 +25,46 @@ impl Tokenizer {
     /// tokens are always matched, as in llama.cpp).
     pub fn encode(&self, text: &str, add_bos: bool, parse_special: bool) -> Vec<u32> {
         let fragments = self.partition(text, parse_special);
+        self.encode_fragments(text, &fragments, add_bos)
+    }
+
+    /// Tokenizes the concatenation of `parts` as [`Tokenizer::encode`] would the whole text,
+    /// except that special-token text is parsed only in the parts marked `true`: a chat
+    /// template's own markers are special, while a message's content is plain text, so a
+    /// message cannot forge a role. Plain text that runs across parts is one fragment, as in
+    /// the whole text: without special-token text in the plain parts the result equals
+    /// `encode(&parts.concat(), add_bos, true)`.
+    pub fn encode_parts(&self, parts: &[(&str, bool)], add_bos: bool) -> Vec<u32> {
+        let mut text = String::new();
+        let mut fragments: Vec<Fragment> = Vec::new();
+        for &(part, parse_special) in parts {
+            let base = text.len();
+            text.push_str(part);
+            for f in self.partition(part, parse_special) {
+                let f = match f {
+                    Fragment::Text(r) => Fragment::Text(base + r.start..base + r.end),
+                    token => token,
+                };
+                match (fragments.last_mut(), &f) {
+                    (Some(Fragment::Text(prev)), Fragment::Text(r)) if prev.end == r.start => {
+                        prev.end = r.end;
+                    }
+                    _ => fragments.push(f),
+                }
+            }
+        }
+        self.encode_fragments(&text, &fragments, add_bos)
+    }
+
+    /// Tokenizes `text` split into `fragments` (plain-text ranges of it, special tokens).
+    fn encode_fragments(&self, text: &str, fragments: &[Fragment], add_bos: bool) -> Vec<u32> {
         let mut out = Vec::new();
         if add_bos && self.add_bos {
             out.extend(self.bos);
         }
         match &self.engine {
             Engine::Bpe(model) => {
-                for f in &fragments {
+                for f in fragments {
                     match f {
                         Fragment::Text(r) => {
                             model.encode(&text[r.clone()], &self.token_to_id, &mut out)
@@ -44,7 +77,7 @@ impl Tokenizer {
                 // A space is prefixed at the start and after every special token.
                 let mut prev_special = true;
                 let mut escaped = String::new();
-                for f in &fragments {
+                for f in fragments {
                     match f {
                         Fragment::Text(r) => {
                             escaped.clear();
