@@ -64,9 +64,7 @@ impl Service {
 
     /// Bytes of a KV cache of `context_len` positions for model `m`.
     pub(super) fn kv_bytes(&self, m: &LoadedModel, context_len: u32) -> Result<u64, Status> {
-        let gguf = Gguf::parse(&m.file).map_err(|_| Status::Internal)?;
-        let model = Model::from_gguf(&gguf, self.kernels).map_err(|_| Status::Internal)?;
-        Ok(model.cfg.kv_cache_bytes(context_len as usize) as u64)
+        Ok(m.cfg.kv_cache_bytes(context_len as usize) as u64)
     }
 
     /// Drops a model's tokenizer (it is rebuilt on demand); `false` if none is built.

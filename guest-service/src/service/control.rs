@@ -86,14 +86,8 @@ impl Service {
         driver: &mut LlmDriver<M, T>,
         env: &dyn Environment,
     ) -> Status {
-        if self.models.contains_key(&b.model_id) {
-            return Status::AlreadyExists;
-        }
-        if self.loading.is_some()
-            || self.unsealing.is_some()
-            || self.models.len() >= self.max_models
-        {
-            return Status::Busy;
+        if let Err(s) = self.can_begin_load(b.model_id) {
+            return s;
         }
         if let Err(s) = self.make_room(b.total_bytes, None, driver, env) {
             return s;
@@ -171,6 +165,21 @@ impl Service {
         )
     }
 
+    /// Whether a load of model `model_id` (plain or sealed) may begin: the id is free, no
+    /// other load runs, and there is room for one more model.
+    pub(super) fn can_begin_load(&self, model_id: u32) -> Result<(), Status> {
+        if self.models.contains_key(&model_id) {
+            return Err(Status::AlreadyExists);
+        }
+        if self.loading.is_some()
+            || self.unsealing.is_some()
+            || self.models.len() >= self.max_models
+        {
+            return Err(Status::Busy);
+        }
+        Ok(())
+    }
+
     /// Checks a complete file as the engine will use it, then keeps it.
     fn install(&mut self, loading: Loading, sha256: [u8; 32]) -> Result<(), Status> {
         let model_id = loading.model_id;
@@ -180,18 +189,21 @@ impl Service {
 
     /// Parses a complete model file as the engine will use it, then keeps it.
     pub(super) fn keep(&mut self, model_id: u32, file: Vec<u8>) -> Result<(), Status> {
-        let (end_ids, chatml) = {
+        let (cfg, end_ids, chatml) = {
             let gguf = Gguf::parse(&file).map_err(|_| Status::BadModel)?;
-            Model::from_gguf(&gguf, self.kernels).map_err(|e| model_status(&e))?;
+            let cfg = Model::from_gguf(&gguf, self.kernels)
+                .map_err(|e| model_status(&e))?
+                .cfg;
             let end_ids = Tokenizer::end_of_generation_ids(&gguf).map_err(|_| Status::BadModel)?;
             let template = gguf.get_str("tokenizer.chat_template").ok().flatten();
-            (end_ids, chat::is_chatml(template))
+            (cfg, end_ids, chat::is_chatml(template))
         };
         self.clock += 1;
         self.models.insert(
             model_id,
             LoadedModel {
                 file,
+                cfg,
                 end_ids,
                 chatml,
                 tokenizer: None,

@@ -10,7 +10,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use inference_guest::generate::{Finish, GenerateOutcome, Generation, generate};
 use inference_guest::gguf::Gguf;
-use inference_guest::model::{LlamaConfig, MAX_BATCH, Model, ModelError};
+use inference_guest::model::{MAX_BATCH, Model, ModelError};
 use inference_guest::parallel::Parallel;
 use inference_guest::sampler::{Sampler, SamplerConfig};
 use virtio_llm::Status;
@@ -233,14 +233,11 @@ impl Service {
             .models
             .get(&slot.model_id)
             .ok_or_else(|| refuse(Status::NoSuchModel, "the session's model was unloaded"))?;
-        let gguf = Gguf::parse(&m.file).map_err(|e| refuse(Status::Internal, &e.to_string()))?;
-        let cfg =
-            LlamaConfig::from_gguf(&gguf).map_err(|e| refuse(Status::Internal, &e.to_string()))?;
         let tokens = match &g.prompt {
             Prompt::Tokens(ids) => ids.len(),
             _ => MAX_BATCH,
         };
-        Ok(cfg.batch_bytes(tokens) as u64)
+        Ok(m.cfg.batch_bytes(tokens) as u64)
     }
 
     /// Sends the stream's last tokens; the request's end of stream, or why it failed.

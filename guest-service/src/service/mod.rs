@@ -38,7 +38,7 @@ use crate::unsealing::Unsealing;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::ToString;
 use alloc::vec::Vec;
-use inference_guest::model::Session;
+use inference_guest::model::{LlamaConfig, Session};
 use inference_guest::parallel::Parallel;
 use inference_guest::quant::{CpuFeatures, Kernels};
 use inference_guest::tokenizer::Tokenizer;
@@ -89,6 +89,8 @@ const RELEASE_WAIT_NS: u64 = 2_000_000_000;
 /// ChatML, and (built when text first goes in or out) its tokenizer.
 struct LoadedModel {
     file: Vec<u8>,
+    /// Its shapes, read once when it was kept (sizing sessions and batches parses nothing).
+    cfg: LlamaConfig,
     end_ids: Vec<u32>,
     chatml: bool,
     tokenizer: Option<Tokenizer>,

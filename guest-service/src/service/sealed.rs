@@ -25,14 +25,8 @@ impl Service {
         if b.flags & !sealed_flag::DEFINED != 0 {
             return Status::BadRequest;
         }
-        if self.models.contains_key(&b.model_id) {
-            return Status::AlreadyExists;
-        }
-        if self.loading.is_some()
-            || self.unsealing.is_some()
-            || self.models.len() >= self.max_models
-        {
-            return Status::Busy;
+        if let Err(s) = self.can_begin_load(b.model_id) {
+            return s;
         }
         let Some(root) = driver.key_root() else {
             env.log(&alloc::format!(
