@@ -106,6 +106,16 @@ hex_key!(
     /// A model owner's Ed25519 public key: it signs sealed-model headers.
     OwnerPublicKey
 );
+hex_key!(
+    /// A guest's X25519 session public key: clients seal their requests to it
+    /// (docs/sealed-session.md).
+    SessionPublicKey
+);
+hex_key!(
+    /// The Ed25519 key a guest's key root signs the guest's statement with
+    /// (docs/sealed-session.md).
+    AttestationPublicKey
+);
 
 /// A guest's sealing key pair (HPKE X25519). Only the guest holds one; it never leaves it.
 #[derive(Clone)]

@@ -31,7 +31,10 @@ mod unseal;
 pub use chunk::{ChunkCursor, ChunkInfo, ChunkPlan};
 pub use error::SealError;
 pub use header::{Header, Recipient};
-pub use keys::{GuestKey, GuestPublicKey, KeyFingerprint, OwnerPublicKey, derive_guest_key};
+pub use keys::{
+    AttestationPublicKey, GuestKey, GuestPublicKey, KeyFingerprint, OwnerPublicKey,
+    SessionPublicKey, derive_guest_key,
+};
 #[cfg(feature = "seal")]
 pub use seal::{OwnerKey, SealRequest, seal};
 pub use unseal::{Unsealed, Unsealer};
