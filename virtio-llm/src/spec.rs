@@ -33,6 +33,10 @@ pub mod feature {
     /// with the model's own template, and every `Tokens` carries the bytes its tokens stand
     /// for, so a device with no tokenizer (a sealed model's host) can serve text.
     pub const GUEST_TEXT: u32 = 6;
+    /// Sealed sessions (needs `GUEST_TEXT`): prompts may be requests sealed to the guest's
+    /// session key, answered with sealed pieces and token ids withheld; the control queue
+    /// answers `GetStatement` (docs/sealed-session.md).
+    pub const SEALED_SESSION: u32 = 7;
     /// Standard virtio 1.x device (VIRTIO_F_VERSION_1); required.
     pub const VERSION_1: u32 = 32;
     /// The device reaches only the shared window (VIRTIO_F_ACCESS_PLATFORM); required, so the
@@ -125,6 +129,15 @@ pub const MAX_GENERATED_TOKENS: u32 = 128 * 1024;
 pub const MAX_CONTEXT_LEN: u32 = 128 * 1024;
 /// Largest model file the device may announce (64 GiB).
 pub const MAX_MODEL_BYTES: u64 = 64 << 30;
+/// Longest model name a sealed prompt binds.
+pub const MAX_MODEL_NAME_BYTES: usize = 256;
+/// Largest sealed request: a full text prompt, its stop strings and framing, key and tag.
+pub const MAX_SEALED_REQUEST_BYTES: usize = MAX_PROMPT_TEXT_BYTES + 64 * 1024;
+/// Bytes of the guest's signed statement (`sealed_session::SignedStatement::BYTES`).
+pub const SIGNED_STATEMENT_BYTES: usize = 204;
+/// Stop strings in a sealed request, and the bytes of each.
+pub const MAX_STOP_STRINGS: usize = 64;
+pub const MAX_STOP_BYTES: usize = 256;
 /// Token ids in one `Tokens` response.
 pub const MAX_TOKENS_PER_RESPONSE: usize = 256;
 /// Text bytes in one `Tokens` response (`feature::GUEST_TEXT`).

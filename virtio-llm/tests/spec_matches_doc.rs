@@ -10,7 +10,7 @@ use virtio_llm::spec::feature;
 use virtio_llm::wire::control::{self, Ack, StatsReply};
 use virtio_llm::wire::request::{self, CancelRequest, PreemptRequest};
 use virtio_llm::wire::response::{self, EndOfStream, StopReason, Timings};
-use virtio_llm::wire::{echo, memory, probe};
+use virtio_llm::wire::{echo, memory, probe, sealed_session};
 
 const SPEC: &str = include_str!("../../docs/virtio-llm.md");
 
@@ -51,6 +51,8 @@ fn message_types_match_the_spec_table() {
         ("Ack", control::msg_type::ACK),
         ("StatsReply", control::msg_type::STATS_REPLY),
         ("ProbeReply", probe::msg_type::PROBE_REPLY),
+        ("GetStatement", sealed_session::msg_type::GET_STATEMENT),
+        ("StatementReply", sealed_session::msg_type::STATEMENT_REPLY),
         ("GenerateRequest", request::msg_type::GENERATE),
         ("CancelRequest", request::msg_type::CANCEL),
         ("PreemptRequest", request::msg_type::PREEMPT),
@@ -85,6 +87,7 @@ fn feature_bits_match_the_spec_table() {
         ("VIRTIO_LLM_F_PREEMPT", feature::PREEMPT),
         ("VIRTIO_LLM_F_SEALED", feature::SEALED),
         ("VIRTIO_LLM_F_GUEST_TEXT", feature::GUEST_TEXT),
+        ("VIRTIO_LLM_F_SEALED_SESSION", feature::SEALED_SESSION),
         ("VIRTIO_F_VERSION_1", feature::VERSION_1),
         ("VIRTIO_F_ACCESS_PLATFORM", feature::ACCESS_PLATFORM),
     ]);

@@ -6,6 +6,7 @@ use crate::spec::{MAX_CHUNK_BYTES, MAX_CONTEXT_LEN, MAX_MODEL_BYTES};
 use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
 use crate::wire::probe::{MemoryProbe, ProbeReply, msg_type as probe_type};
 pub use crate::wire::sealed::{LoadSealedBegin, LoadSealedChunk};
+use crate::wire::sealed_session::{GetStatement, StatementReply, msg_type as session_type};
 use crate::wire::status::Status;
 use crate::wire::{Message, decode_checked, ensure};
 
@@ -319,6 +320,8 @@ pub enum ControlCommand<'a> {
     LoadSealedBegin(LoadSealedBegin<'a>),
     /// See [`LoadSealedChunk`] (`feature::SEALED`).
     LoadSealedChunk(LoadSealedChunk<'a>),
+    /// See [`GetStatement`] (`feature::SEALED_SESSION`).
+    GetStatement(GetStatement),
 }
 
 impl<'a> ControlCommand<'a> {
@@ -336,6 +339,7 @@ impl<'a> ControlCommand<'a> {
             probe_type::MEMORY_PROBE => Self::Probe(decode_checked(r)?),
             msg_type::LOAD_SEALED_BEGIN => Self::LoadSealedBegin(decode_checked(r)?),
             msg_type::LOAD_SEALED_CHUNK => Self::LoadSealedChunk(decode_checked(r)?),
+            session_type::GET_STATEMENT => Self::GetStatement(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -353,6 +357,7 @@ impl<'a> ControlCommand<'a> {
             Self::CloseSession(m) => m.encode(out),
             Self::Stats(m) => m.encode(out),
             Self::Probe(m) => m.encode(out),
+            Self::GetStatement(m) => m.encode(out),
         }
     }
 }
@@ -366,6 +371,8 @@ pub enum ControlReply {
     Stats(StatsReply),
     /// See [`ProbeReply`].
     Probe(ProbeReply),
+    /// See [`StatementReply`].
+    Statement(StatementReply),
 }
 
 impl ControlReply {
@@ -376,6 +383,7 @@ impl ControlReply {
             msg_type::ACK => Self::Ack(decode_checked(r)?),
             msg_type::STATS_REPLY => Self::Stats(decode_checked(r)?),
             probe_type::PROBE_REPLY => Self::Probe(decode_checked(r)?),
+            session_type::STATEMENT_REPLY => Self::Statement(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -386,6 +394,7 @@ impl ControlReply {
             Self::Ack(m) => m.encode(out),
             Self::Stats(m) => m.encode(out),
             Self::Probe(m) => m.encode(out),
+            Self::Statement(m) => m.encode(out),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod probe;
 pub mod request;
 pub mod response;
 pub mod sealed;
+pub mod sealed_session;
 pub mod status;
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use alloc::vec::Vec;
 
 use crate::error::WireError;
 use crate::spec::{
-    MAX_CHAT_MESSAGES, MAX_GENERATED_TOKENS, MAX_PROMPT_TEXT_BYTES, MAX_PROMPT_TOKENS,
-    MAX_REPEAT_PENALTY, MAX_TEMPERATURE, MAX_TOKEN_ID,
+    MAX_CHAT_MESSAGES, MAX_GENERATED_TOKENS, MAX_MODEL_NAME_BYTES, MAX_PROMPT_TEXT_BYTES,
+    MAX_PROMPT_TOKENS, MAX_REPEAT_PENALTY, MAX_SEALED_REQUEST_BYTES, MAX_TEMPERATURE, MAX_TOKEN_ID,
 };
 use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
 use crate::wire::{Message, decode_checked, ensure};
@@ -25,6 +25,8 @@ pub mod msg_type {
 const PROMPT_TOKENS: u8 = 0;
 const PROMPT_TEXT: u8 = 1;
 const PROMPT_CHAT: u8 = 2;
+const PROMPT_SEALED: u8 = 3;
+const PROMPT_CONTINUE: u8 = 4;
 /// Bytes before each chat message's content: role, reserved, content length.
 const CHAT_RECORD_BYTES: usize = 8;
 /// `flags` bit 0: do not stop at end-of-generation tokens.
@@ -144,7 +146,28 @@ pub enum Prompt {
     Text(String),
     /// 1..=`MAX_CHAT_MESSAGES` messages, `MAX_PROMPT_TEXT_BYTES` at most on the wire.
     Chat(Vec<ChatTurn>),
+    /// With `feature::SEALED_SESSION`: a client's request sealed to the guest's session key
+    /// (docs/sealed-session.md); the guest opens it, and the answer goes back sealed.
+    Sealed(SealedPrompt),
+    /// With `feature::SEALED_SESSION`: go on with a preempted sealed answer on this session
+    /// from the token the guest holds (the host never learns it).
+    Continue,
 }
+
+/// A sealed request as the device relays it: the client's public fields the guest binds
+/// (with the request's sampling) and the sealed bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedPrompt {
+    /// The model name the client asked for, at most `MAX_MODEL_NAME_BYTES`.
+    pub model: String,
+    /// Whether the client asked for a streamed answer.
+    pub stream: bool,
+    /// `enc || ciphertext || tag`, at most `MAX_SEALED_REQUEST_BYTES`.
+    pub request: Vec<u8>,
+}
+
+/// Bytes before a sealed prompt's model name: its length, the stream flag, reserved.
+const SEALED_PROMPT_HEAD: usize = 8;
 
 /// Bytes of a chat prompt on the wire.
 fn chat_wire_len(turns: &[ChatTurn]) -> usize {
@@ -203,28 +226,13 @@ impl Message<'_> for GenerateRequest {
         w.f32(s.top_p);
         w.f32(s.min_p);
         w.f32(s.repeat_penalty);
-        let (kind, len) = match &self.prompt {
-            Prompt::Tokens(t) => (PROMPT_TOKENS, t.len()),
-            Prompt::Text(s) => (PROMPT_TEXT, s.len()),
-            Prompt::Chat(turns) => (PROMPT_CHAT, chat_wire_len(turns)),
-        };
+        let (kind, len) = prompt_kind_len(&self.prompt);
         w.u8(kind);
         w.u8(if s.ignore_eog { FLAG_IGNORE_EOG } else { 0 });
         w.zeros(2);
         w.u32(len_u32(len));
         w.zeros(4);
-        match &self.prompt {
-            Prompt::Tokens(t) => w.u32_list(t),
-            Prompt::Text(s) => w.bytes(s.as_bytes()),
-            Prompt::Chat(turns) => {
-                for t in turns {
-                    w.u8(t.role as u8);
-                    w.zeros(3);
-                    w.u32(len_u32(t.content.len()));
-                    w.bytes(t.content.as_bytes());
-                }
-            }
-        }
+        encode_prompt(w, &self.prompt);
     }
 
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
@@ -255,26 +263,7 @@ impl Message<'_> for GenerateRequest {
         r.reserved(2, "generate.reserved0")?;
         let len = r.u32()? as usize;
         r.reserved(4, "generate.reserved1")?;
-        let prompt = match kind {
-            PROMPT_TOKENS => {
-                check_len("prompt tokens", len, MAX_PROMPT_TOKENS)?;
-                Prompt::Tokens(r.u32_list(len)?)
-            }
-            PROMPT_TEXT => {
-                check_len("prompt text", len, MAX_PROMPT_TEXT_BYTES)?;
-                let raw = r.bytes(len)?;
-                let text = core::str::from_utf8(raw)
-                    .map_err(|_| WireError::InvalidUtf8 { field: "prompt" })?;
-                Prompt::Text(String::from(text))
-            }
-            PROMPT_CHAT => Prompt::Chat(decode_chat(r, len)?),
-            other => {
-                return Err(WireError::FieldOutOfRange {
-                    field: "prompt_kind",
-                    value: other.into(),
-                });
-            }
-        };
+        let prompt = decode_prompt(r, kind, len)?;
         Ok(Self {
             request_id,
             session_id,
@@ -303,8 +292,108 @@ impl Message<'_> for GenerateRequest {
                 check_len("chat messages", turns.len(), MAX_CHAT_MESSAGES)?;
                 ensure(!turns.is_empty(), "prompt_len", 0)
             }
+            Prompt::Sealed(p) => {
+                check_len("sealed model name", p.model.len(), MAX_MODEL_NAME_BYTES)?;
+                check_len("sealed request", p.request.len(), MAX_SEALED_REQUEST_BYTES)?;
+                ensure(!p.request.is_empty(), "prompt_len", 0)
+            }
+            Prompt::Continue => Ok(()),
         }
     }
+}
+
+/// A prompt's `prompt_kind` and its length on the wire (ids for tokens, bytes otherwise).
+fn prompt_kind_len(prompt: &Prompt) -> (u8, usize) {
+    match prompt {
+        Prompt::Tokens(t) => (PROMPT_TOKENS, t.len()),
+        Prompt::Text(s) => (PROMPT_TEXT, s.len()),
+        Prompt::Chat(turns) => (PROMPT_CHAT, chat_wire_len(turns)),
+        Prompt::Sealed(p) => (
+            PROMPT_SEALED,
+            SEALED_PROMPT_HEAD + p.model.len() + p.request.len(),
+        ),
+        Prompt::Continue => (PROMPT_CONTINUE, 0),
+    }
+}
+
+pub(crate) fn encode_prompt(w: &mut Writer<'_>, prompt: &Prompt) {
+    match prompt {
+        Prompt::Tokens(t) => w.u32_list(t),
+        Prompt::Text(s) => w.bytes(s.as_bytes()),
+        Prompt::Chat(turns) => {
+            for t in turns {
+                w.u8(t.role as u8);
+                w.zeros(3);
+                w.u32(len_u32(t.content.len()));
+                w.bytes(t.content.as_bytes());
+            }
+        }
+        Prompt::Sealed(p) => {
+            w.u32(len_u32(p.model.len()));
+            w.u8(u8::from(p.stream));
+            w.zeros(3);
+            w.bytes(p.model.as_bytes());
+            w.bytes(&p.request);
+        }
+        Prompt::Continue => {}
+    }
+}
+
+/// Reads a prompt of `kind` whose wire length is `len`, checking its limits first.
+pub(crate) fn decode_prompt(r: &mut Reader<'_>, kind: u8, len: usize) -> Result<Prompt, WireError> {
+    Ok(match kind {
+        PROMPT_TOKENS => {
+            check_len("prompt tokens", len, MAX_PROMPT_TOKENS)?;
+            Prompt::Tokens(r.u32_list(len)?)
+        }
+        PROMPT_TEXT => {
+            check_len("prompt text", len, MAX_PROMPT_TEXT_BYTES)?;
+            let raw = r.bytes(len)?;
+            let text = core::str::from_utf8(raw)
+                .map_err(|_| WireError::InvalidUtf8 { field: "prompt" })?;
+            Prompt::Text(String::from(text))
+        }
+        PROMPT_CHAT => Prompt::Chat(decode_chat(r, len)?),
+        PROMPT_SEALED => Prompt::Sealed(decode_sealed(r, len)?),
+        PROMPT_CONTINUE => {
+            ensure(len == 0, "prompt_len", len as u64)?;
+            Prompt::Continue
+        }
+        other => {
+            return Err(WireError::FieldOutOfRange {
+                field: "prompt_kind",
+                value: other.into(),
+            });
+        }
+    })
+}
+
+fn decode_sealed(r: &mut Reader<'_>, len: usize) -> Result<SealedPrompt, WireError> {
+    let mut body = Reader::new(r.bytes(len)?);
+    let model_len = body.u32()? as usize;
+    let stream = match body.u8()? {
+        0 => false,
+        1 => true,
+        v => {
+            return Err(WireError::FieldOutOfRange {
+                field: "sealed stream",
+                value: v.into(),
+            });
+        }
+    };
+    body.reserved(3, "sealed.reserved")?;
+    check_len("sealed model name", model_len, MAX_MODEL_NAME_BYTES)?;
+    let model =
+        core::str::from_utf8(body.bytes(model_len)?).map_err(|_| WireError::InvalidUtf8 {
+            field: "sealed model name",
+        })?;
+    let rest = body.remaining();
+    check_len("sealed request", rest, MAX_SEALED_REQUEST_BYTES)?;
+    Ok(SealedPrompt {
+        model: String::from(model),
+        stream,
+        request: body.bytes(rest)?.to_vec(),
+    })
 }
 
 /// Stop a request. The driver answers with `EndOfStream` (reason `Cancelled`) unless the

@@ -28,11 +28,14 @@ pub mod msg_type {
 pub struct Tokens {
     /// The request they belong to.
     pub request_id: u64,
-    /// 1..=`MAX_TOKENS_PER_RESPONSE` ids, each below `MAX_TOKEN_ID`.
+    /// 1..=`MAX_TOKENS_PER_RESPONSE` ids, each below `MAX_TOKEN_ID`. For a sealed request
+    /// (`Prompt::Sealed`) every id is 0: the host learns how many, not which; and the
+    /// answer's last piece may come with none.
     pub token_ids: Vec<u32>,
     /// With `feature::GUEST_TEXT`: the bytes these tokens stand for, end-of-generation
     /// tokens excluded, at most `MAX_TOKEN_TEXT_BYTES`. Not necessarily UTF-8 on its own:
-    /// a character may span two messages. Empty without the feature.
+    /// a character may span two messages. Empty without the feature. For a sealed request:
+    /// one sealed answer piece (docs/sealed-session.md).
     pub text: Vec<u8>,
 }
 
@@ -65,7 +68,8 @@ impl Message<'_> for Tokens {
             MAX_TOKENS_PER_RESPONSE,
         )?;
         check_len("response text", self.text.len(), MAX_TOKEN_TEXT_BYTES)?;
-        ensure(!self.token_ids.is_empty(), "token count", 0)?;
+        let empty = self.token_ids.is_empty() && self.text.is_empty();
+        ensure(!empty, "token count", 0)?;
         match self.token_ids.iter().find(|&&id| id >= MAX_TOKEN_ID) {
             Some(&id) => ensure(false, "token id", id.into()),
             None => Ok(()),

@@ -2,6 +2,7 @@
 
 mod request;
 mod response;
+pub mod sealed;
 
 pub use request::{GenRequest, Input, parse_chat, parse_completion};
 pub use response::{Answer, Endpoint, Usage, finish_reason, json_response};

@@ -15,6 +15,9 @@ pub enum Input {
     Text(String),
     /// A prompt already in token ids (completions).
     Tokens(Vec<u32>),
+    /// A request sealed to the guest's session key (`flexserve_sealed`,
+    /// docs/sealed-session.md): `enc || ciphertext || tag`, opened only in the guest.
+    Sealed(Vec<u8>),
 }
 
 /// A parsed generation request.
@@ -33,7 +36,7 @@ pub struct GenRequest {
     pub user: Option<String>,
 }
 
-fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub(super) fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::BadJson("expected a JSON object".into())),
@@ -41,7 +44,7 @@ fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(super) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -53,7 +56,7 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 /// Absent and `null` are both "not given", as OpenAI treats them.
-fn field<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+pub(super) fn field<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     m.get(key).filter(|v| !v.is_null())
 }
 
@@ -140,7 +143,7 @@ fn string(m: &Map<String, Value>, key: &'static str) -> Result<Option<String>, A
 }
 
 /// The fields chat and completions share.
-fn common(
+pub(super) fn common(
     m: &Map<String, Value>,
     input: Input,
     max_tokens_limit: u32,
@@ -235,6 +238,9 @@ fn common(
 /// Parses a `/v1/chat/completions` body.
 pub fn parse_chat(body: &[u8], max_tokens_limit: u32) -> Result<GenRequest, ApiError> {
     let m = obj(body)?;
+    if let Some(sealed) = super::sealed::sealed_input(&m)? {
+        return super::sealed::sealed_request(&m, sealed, max_tokens_limit);
+    }
     let messages = match field(&m, "messages") {
         Some(Value::Array(a)) if !a.is_empty() => a,
         Some(Value::Array(_)) => {
@@ -300,6 +306,9 @@ pub fn parse_chat(body: &[u8], max_tokens_limit: u32) -> Result<GenRequest, ApiE
 /// Parses a `/v1/completions` body.
 pub fn parse_completion(body: &[u8], max_tokens_limit: u32) -> Result<GenRequest, ApiError> {
     let m = obj(body)?;
+    if let Some(sealed) = super::sealed::sealed_input(&m)? {
+        return super::sealed::sealed_request(&m, sealed, max_tokens_limit);
+    }
     let bad_prompt = || {
         ApiError::invalid(
             "prompt",
