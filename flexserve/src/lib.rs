@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod guest_root;
 pub mod model;
+pub mod proxy;
 pub mod run;
 pub mod serve;
 pub mod size;
