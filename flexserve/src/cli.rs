@@ -39,6 +39,27 @@ pub enum Command {
     /// Print this host's guest sealing public key (what model owners seal to, with
     /// `flexserve-model seal --to`) and the measurement of the guest images it is bound to.
     GuestKey(GuestKeyArgs),
+    /// Serve the OpenAI API on loopback, sealing each request to the daemon's guest and
+    /// opening its answer: the daemon's host reads neither (docs/sealed-session.md).
+    Proxy(ProxyArgs),
+}
+
+/// `flexserve proxy`.
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    /// Loopback address to serve the OpenAI API on, e.g. 127.0.0.1:8081.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: std::net::SocketAddr,
+    /// The daemon: http://HOST:PORT or unix:/path/to/flexserve.sock.
+    #[arg(long, default_value = "unix:/run/flexserve/flexserve.sock")]
+    pub upstream: crate::proxy::upstream::Upstream,
+    /// The guest session key to insist on (64 hex digits, as the proxy prints on first
+    /// use); another key is refused. Without it the key is trusted on first use.
+    #[arg(long, value_name = "HEX")]
+    pub guest_key: Option<sealed_session::SessionPublicKey>,
+    /// Send requests unsealed (the daemon's host can read them); for comparisons.
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// `flexserve bench-sealed`.

@@ -1,6 +1,6 @@
 //! `flexserve`: the FlexServe host binary: `run` (protected guest or `--unprotected`),
 //! `bench-engine`, `bench-e2e`, `serve` (the daemon, `flexserve::serve`), `isolation` (what a
-//! guest gets on this host).
+//! guest gets on this host), `proxy` (sealed sessions' client side).
 
 use anyhow::Context;
 use clap::Parser;
@@ -62,6 +62,12 @@ fn dispatch() -> anyhow::Result<Finished> {
             serve::run(config)?;
         }
         Command::GuestKey(args) => guest_key(&args)?,
+        Command::Proxy(args) => flexserve::proxy::run(flexserve::proxy::ProxyConfig {
+            listen: args.listen,
+            upstream: args.upstream,
+            guest_key: args.guest_key,
+            plain: args.plain,
+        })?,
         Command::Isolation(args) => {
             // The smallest private pool: enough to see what backs it.
             let m = vmm::machine::Machine::new(vmm::machine::MachineConfig {
