@@ -42,6 +42,9 @@ pub enum Command {
     /// Serve the OpenAI API on loopback, sealing each request to the daemon's guest and
     /// opening its answer: the daemon's host reads neither (docs/sealed-session.md).
     Proxy(ProxyArgs),
+    /// Chat with a model through the daemon, sealed to its guest: one line per message,
+    /// `/reset`, `/model NAME`, `/quit`.
+    Chat(ChatArgs),
 }
 
 /// `flexserve proxy`.
@@ -60,6 +63,39 @@ pub struct ProxyArgs {
     /// Send requests unsealed (the daemon's host can read them); for comparisons.
     #[arg(long)]
     pub plain: bool,
+}
+
+/// `flexserve chat`.
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// The daemon's Unix socket.
+    #[arg(
+        long,
+        default_value = "/run/flexserve/flexserve.sock",
+        conflicts_with = "url"
+    )]
+    pub socket: PathBuf,
+    /// The daemon over TCP instead, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub url: Option<crate::proxy::upstream::Upstream>,
+    /// Model (default: the daemon's).
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// A system message opening the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Send ordinary requests: the daemon's host can read them.
+    #[arg(long)]
+    pub plain: bool,
+    /// The guest session key to insist on (as for `proxy`).
+    #[arg(long, value_name = "HEX")]
+    pub guest_key: Option<sealed_session::SessionPublicKey>,
+    /// Sampling temperature (default: the daemon's); 0 is greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Most tokens per answer (default: as many as the context allows).
+    #[arg(short = 'n', long)]
+    pub max_tokens: Option<u32>,
 }
 
 /// `flexserve bench-sealed`.

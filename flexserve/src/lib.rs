@@ -3,6 +3,7 @@
 //! share.
 
 pub mod bench;
+pub mod chat;
 pub mod cli;
 pub mod guest_root;
 pub mod model;

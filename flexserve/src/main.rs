@@ -1,6 +1,6 @@
 //! `flexserve`: the FlexServe host binary: `run` (protected guest or `--unprotected`),
 //! `bench-engine`, `bench-e2e`, `serve` (the daemon, `flexserve::serve`), `isolation` (what a
-//! guest gets on this host), `proxy` (sealed sessions' client side).
+//! guest gets on this host), `proxy` and `chat` (sealed sessions' client side).
 
 use anyhow::Context;
 use clap::Parser;
@@ -68,6 +68,7 @@ fn dispatch() -> anyhow::Result<Finished> {
             guest_key: args.guest_key,
             plain: args.plain,
         })?,
+        Command::Chat(args) => flexserve::chat::run(&args)?,
         Command::Isolation(args) => {
             // The smallest private pool: enough to see what backs it.
             let m = vmm::machine::Machine::new(vmm::machine::MachineConfig {
