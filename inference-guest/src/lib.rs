@@ -24,4 +24,5 @@ pub mod parallel;
 pub mod quant;
 pub mod sampler;
 pub mod sincosf;
+pub mod stop;
 pub mod tokenizer;

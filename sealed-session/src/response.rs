@@ -125,6 +125,7 @@ impl core::fmt::Debug for ResponseOpener {
 }
 
 impl ResponseOpener {
+    #[cfg(feature = "client")]
     pub(crate) fn new(cipher: Aes256Gcm) -> Self {
         Self {
             cipher,

@@ -88,6 +88,7 @@ pub enum Interrupt {
 }
 
 mod sealed_load;
+mod statement;
 pub use sealed_load::{FirstRequest, SealedLoadOptions, SealedLoaded, SealedLoading};
 
 /// The engine ended on its own: its last console line says why (a panic message, say).

@@ -6,8 +6,9 @@ use super::error::ApiError;
 use super::listen::ConnId;
 use super::metrics::Outcome;
 use super::models::ServedModel;
-use super::openai::{Answer, Endpoint, GenRequest, Usage, finish_reason, json_response};
+use super::openai::{Answer, Endpoint, GenRequest, Input, Usage, finish_reason, json_response};
 use super::scheduler::{ClientKey, Rejected};
+use super::sealed_api::{self, SealedPending};
 use super::stop::StopScanner;
 use super::worker::{Event, Job};
 use crate::text_stream::Utf8Stream;
@@ -24,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
 use virtio_llm::spec::MAX_PROMPT_TOKENS;
-use virtio_llm::wire::request::Prompt;
+use virtio_llm::wire::request::{Prompt, SealedPrompt};
 
 /// Largest request body (a prompt of the largest context fits many times over).
 const MAX_BODY_BYTES: usize = 4 << 20;
@@ -37,6 +38,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/models/{id}", get(model))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/flexserve/guest", get(super::sealed_api::guest))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
@@ -138,7 +140,7 @@ impl Pending {
             match event {
                 Event::Done(end) => return end.prompt_tokens,
                 Event::Failed(_) => break,
-                Event::Tokens { .. } => {}
+                Event::Tokens { .. } | Event::Booted => {}
             }
         }
         0
@@ -172,6 +174,19 @@ async fn generate(
     };
     let n = s.next_id.fetch_add(1, Ordering::Relaxed);
     let answer = Answer::new(endpoint, n, &pending.model.id);
+    if matches!(pending.req.input, Input::Sealed(_)) {
+        let stream = pending.req.stream;
+        let sealed = SealedPending {
+            events: pending.events,
+            include_usage: pending.req.include_usage,
+            cancel: Box::new(pending.cancel),
+        };
+        return if stream {
+            sealed_api::stream(answer, sealed)
+        } else {
+            sealed_api::whole(answer, sealed).await
+        };
+    }
     if pending.req.stream {
         stream(answer, pending)
     } else {
@@ -199,9 +214,18 @@ async fn enqueue(
     let (model, prompt) = {
         let s = s.clone();
         let input = req.input.clone();
+        let stream = req.stream;
         tokio::task::spawn_blocking(move || {
             let model = s.catalogue.get(&name)?;
-            let prompt = model.encode(&input)?;
+            let prompt = match input {
+                // Relayed untouched, with the public fields the guest binds it to.
+                Input::Sealed(request) => Prompt::Sealed(SealedPrompt {
+                    model: name,
+                    stream,
+                    request,
+                }),
+                input => model.encode(&input)?,
+            };
             Ok::<_, ApiError>((model, prompt))
         })
         .await
@@ -211,7 +235,7 @@ async fn enqueue(
     // not fit ends with the context full).
     let prompt_tokens = match &prompt {
         Prompt::Tokens(ids) => Some(ids.len()),
-        Prompt::Text(_) | Prompt::Chat(_) => None,
+        Prompt::Text(_) | Prompt::Chat(_) | Prompt::Sealed(_) | Prompt::Continue => None,
     };
     if prompt_tokens == Some(0) {
         return Err(ApiError::invalid("prompt", "the prompt is empty"));
@@ -225,6 +249,13 @@ async fn enqueue(
     }
     let room = model.context - used as u32;
     let max_tokens = req.max_tokens.unwrap_or(limit).min(room);
+    // A sealed request's `max_tokens` is bound to its seal: refuse rather than change it.
+    if matches!(req.input, Input::Sealed(_)) && req.max_tokens != Some(max_tokens) {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!("a sealed request's `max_tokens` must be at most the model's context ({room})"),
+        ));
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let client = match &req.user {
@@ -242,6 +273,7 @@ async fn enqueue(
         events: tx,
         cancel: cancel.clone(),
         arrived,
+        boot_only: false,
     };
     match s.queue.submit(client, job) {
         Ok(()) => {}
@@ -324,6 +356,7 @@ async fn whole(answer: Answer, mut p: Pending) -> Response {
                 return json_response(StatusCode::OK, &answer.full(&text, finish, usage));
             }
             Some(Event::Failed(e)) => return e.into_response(),
+            Some(Event::Booted) => {}
             None => return ApiError::ShuttingDown.into_response(),
         }
     }
@@ -380,6 +413,7 @@ impl Streaming {
                     self.done = true;
                     return Some(sse(&e.body()));
                 }
+                Some(Event::Booted) => {}
                 None => {
                     self.done = true;
                     return Some(sse(&ApiError::ShuttingDown.body()));

@@ -18,6 +18,7 @@ pub mod models;
 pub mod notify;
 pub mod openai;
 pub mod scheduler;
+pub mod sealed_api;
 pub mod stop;
 pub mod worker;
 
@@ -45,6 +46,8 @@ pub struct Shared {
     pub root: GuestRoot,
     /// Numbers answers (`chatcmpl-N`).
     pub next_id: AtomicU64,
+    /// The running guest's signed statement (docs/sealed-session.md), taken at its boot.
+    pub statement: std::sync::Mutex<Option<[u8; virtio_llm::spec::SIGNED_STATEMENT_BYTES]>>,
     /// The running guest's memory, for tests that crash it.
     #[cfg(feature = "test-hooks")]
     pub guest_memory: std::sync::Mutex<Option<vm_memory::GuestMemoryMmap>>,
@@ -159,6 +162,7 @@ impl Daemon {
             catalogue,
             root,
             next_id: AtomicU64::new(1),
+            statement: std::sync::Mutex::new(None),
             #[cfg(feature = "test-hooks")]
             guest_memory: std::sync::Mutex::new(None),
         });

@@ -88,6 +88,10 @@ impl ServedModel {
                 self.file.tokenizer().map_err(model)?.encode(s, true, true),
             )),
             Input::Chat(messages) => self.file.guest_chat(messages).map_err(model),
+            Input::Sealed(_) => Err(ApiError::invalid(
+                "flexserve_sealed",
+                "a sealed request goes to the guest as it is; it has no prompt to encode here",
+            )),
         }
     }
 }

@@ -36,6 +36,8 @@ pub enum Event {
     Done(EndOfStream),
     /// The request failed (after any tokens already sent).
     Failed(ApiError),
+    /// A boot-only job's guest is up (its statement, if it has one, is in `Shared`).
+    Booted,
 }
 
 /// One generation waiting for the guest.
@@ -47,6 +49,8 @@ pub struct Job {
     /// Set when the client is gone or a stop sequence matched.
     pub cancel: Arc<AtomicBool>,
     pub arrived: Instant,
+    /// Only make sure a guest is up (for its statement); nothing to generate.
+    pub boot_only: bool,
 }
 
 /// A job with an open session in the guest, between two slices.
@@ -83,6 +87,11 @@ pub struct Worker {
     vm: Option<Running>,
     next_session: u32,
     next_request: u64,
+}
+
+/// Whether a job's prompt is sealed to the guest (its answer is too).
+fn sealed(prompt: &Prompt) -> bool {
+    matches!(prompt, Prompt::Sealed(_))
 }
 
 /// A guest failure that leaves the VM unusable.
@@ -228,6 +237,19 @@ impl Worker {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = Some(vm.memory_for_tests());
                 }
+                let mut vm = vm;
+                let statement = if vm.seals_sessions() {
+                    vm.statement(false)
+                        .map_err(|e| eprintln!("[flexserve] no guest statement: {e}"))
+                        .ok()
+                } else {
+                    None
+                };
+                *self
+                    .shared
+                    .statement
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = statement;
                 self.vm = Some(Running {
                     vm,
                     model: model.clone(),
@@ -286,6 +308,10 @@ impl Worker {
             let _ = job.events.send(Event::Failed(ApiError::Guest(format!(
                 "cannot start the guest: {e}"
             ))));
+            return None;
+        }
+        if job.boot_only {
+            let _ = job.events.send(Event::Booted);
             return None;
         }
         let running = self.vm.as_mut()?;
@@ -349,8 +375,13 @@ impl Worker {
             sampling: SamplingParams {
                 max_tokens: remaining,
                 // Each slice samples with its own seed, fixed by the request's seed and
-                // the slice number, so a run is still reproducible.
-                seed: job.sampling.seed.wrapping_add(u64::from(a.slices)),
+                // the slice number, so a run is still reproducible. A sealed request's
+                // seed is bound to its seal: the guest advances it itself.
+                seed: if sealed(&job.prompt) {
+                    job.sampling.seed
+                } else {
+                    job.sampling.seed.wrapping_add(u64::from(a.slices))
+                },
                 ..job.sampling
             },
             prompt: std::mem::replace(&mut a.next_prompt, Prompt::Tokens(Vec::new())),
@@ -430,6 +461,11 @@ impl Worker {
         a.timings.generation_ns += end.timings.generation_ns;
         match (end.reason, last) {
             // The guest has not fed `t` back yet: the next slice starts from it.
+            // A sealed answer's tokens are withheld: the guest goes on from its own.
+            (StopReason::Preempted, Some(_)) if sealed(&a.job.prompt) => {
+                a.next_prompt = Prompt::Continue;
+                Sliced::Again(a)
+            }
             (StopReason::Preempted, Some(t)) => {
                 a.next_prompt = Prompt::Tokens(vec![t]);
                 Sliced::Again(a)

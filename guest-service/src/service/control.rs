@@ -76,6 +76,7 @@ impl Service {
             }
             ControlCommand::Probe(p) => ControlReply::Probe(self.probe(p, env)),
             ControlCommand::Stats(_) => ControlReply::Stats(self.stats(env)),
+            ControlCommand::GetStatement(r) => self.statement(&r, driver),
         }
     }
 
@@ -289,6 +290,7 @@ impl Service {
                 session,
                 history: Vec::new(),
                 last_used: self.clock,
+                sealed: None,
             },
         );
     }

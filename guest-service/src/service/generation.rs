@@ -4,6 +4,7 @@
 //! Every way a request can end goes through [`Service::generate`], which sends the end of
 //! stream or the error: the steps before it return a [`Refusal`] instead of answering.
 
+use super::sealed_answer::SealedAnswer;
 use super::token_stream::{Link, Streamed, TokenStream};
 use super::{Environment, GENERATION_SCRATCH_BYTES, Service, error_response};
 use alloc::string::{String, ToString};
@@ -86,9 +87,41 @@ impl Service {
         env: &dyn Environment,
         deferred_budget: &mut Option<BudgetChange>,
     ) -> Result<EndOfStream, Failure> {
+        let opened = self.open_sealed(g, driver)?;
         if self.on_arriving_model(g.session_id) {
+            if opened.is_some() {
+                return Err(refuse(
+                    Status::Busy,
+                    "a sealed request cannot run while its model is still arriving",
+                )
+                .into());
+            }
             return self.run_arriving(g, driver, par, env, deferred_budget);
         }
+        let (g, mut sealed) = match opened {
+            Some((run, answer)) => (alloc::borrow::Cow::Owned(run), Some(answer)),
+            None => (alloc::borrow::Cow::Borrowed(g), None),
+        };
+        let g = &*g;
+        let end = self.run_ready(g, sealed.as_mut(), driver, par, env, deferred_budget);
+        if let Some(answer) = sealed {
+            let preempted = matches!(&end, Ok(e) if e.reason == StopReason::Preempted);
+            self.keep_sealed(g.session_id, answer, preempted);
+        }
+        end
+    }
+
+    /// Runs a request whose prompt is in the clear (a sealed one opened): the engine, the
+    /// stream, the end.
+    fn run_ready<M: DriverMemory, T: Transport>(
+        &mut self,
+        g: &GenerateRequest,
+        mut sealed: Option<&mut SealedAnswer>,
+        driver: &mut LlmDriver<M, T>,
+        par: &dyn Parallel,
+        env: &dyn Environment,
+        deferred_budget: &mut Option<BudgetChange>,
+    ) -> Result<EndOfStream, Failure> {
         let prompt = self.ready_session(g, driver, par, env)?;
         let slot = self
             .sessions
@@ -120,6 +153,7 @@ impl Service {
             None
         };
         let mut stream = TokenStream::new(link, g.request_id, text_of);
+        stream.set_sealed(sealed.as_deref_mut());
         let end_ids = &m.end_ids;
         let result = generate(
             &model,
@@ -136,10 +170,23 @@ impl Service {
             stream.generated(),
             session.n_past(),
         );
+        let last = stream.generated().last().copied();
         let streamed = stream.finish()?;
         let end = env.now_ns();
         *deferred_budget = streamed.deferred_budget;
-        self.finish_stream(g.request_id, result, streamed, end, driver, env)
+        let ended = self.finish_stream(
+            g.request_id,
+            result,
+            streamed,
+            end,
+            sealed.as_deref_mut(),
+            driver,
+            env,
+        );
+        if let (Some(answer), Ok(e)) = (sealed, &ended) {
+            answer.slice_done(e.generated_tokens, last);
+        }
+        ended
     }
 
     /// Readies the request's session: room for the generation, its KV cache rebuilt if it
@@ -247,16 +294,32 @@ impl Service {
         result: Result<GenerateOutcome, ModelError>,
         streamed: Streamed,
         end: u64,
+        sealed: Option<&mut SealedAnswer>,
         driver: &mut LlmDriver<M, T>,
         env: &dyn Environment,
     ) -> Result<EndOfStream, Failure> {
-        if !streamed.batch.is_empty() {
-            let msg = ResponseMsg::Tokens(Tokens {
+        if let Some(held) = streamed.held {
+            self.send_response(driver, env, &ResponseMsg::Tokens(held))?;
+        }
+        let tokens = match sealed {
+            // The answer's last piece goes out even with no tokens left, unless the answer
+            // goes on after a preempt or the engine failed (an error ends it instead).
+            Some(answer) => {
+                let last = result.is_ok() && !streamed.preempted;
+                (last || !streamed.batch.is_empty()).then(|| Tokens {
+                    request_id: id,
+                    token_ids: alloc::vec![0; streamed.batch.len()],
+                    text: answer.seal(&streamed.text, last),
+                })
+            }
+            None => (!streamed.batch.is_empty()).then(|| Tokens {
                 request_id: id,
                 token_ids: streamed.batch,
                 text: streamed.text,
-            });
-            self.send_response(driver, env, &msg)?;
+            }),
+        };
+        if let Some(tokens) = tokens {
+            self.send_response(driver, env, &ResponseMsg::Tokens(tokens))?;
         }
         let outcome = result.map_err(|e| match e {
             ModelError::ContextFull { .. } => refuse(
@@ -275,6 +338,8 @@ impl Service {
                 Finish::MaxTokens => StopReason::MaxTokens,
                 Finish::EndOfGeneration => StopReason::EndOfGeneration,
                 Finish::Stopped if streamed.preempted => StopReason::Preempted,
+                // A stop string is an end of generation, as OpenAI's `finish_reason: stop`.
+                Finish::Stopped if streamed.stop_hit => StopReason::EndOfGeneration,
                 Finish::Stopped => StopReason::Cancelled,
                 Finish::ContextFull => StopReason::ContextFull,
             },

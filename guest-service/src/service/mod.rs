@@ -28,6 +28,7 @@ mod generation;
 mod pipeline;
 mod probe;
 mod sealed;
+mod sealed_answer;
 mod text;
 mod token_pacer;
 mod token_stream;
@@ -105,6 +106,8 @@ struct SessionSlot {
     session: Option<Session>,
     history: Vec<u32>,
     last_used: u64,
+    /// A preempted sealed answer waiting for its continuation.
+    sealed: Option<sealed_answer::SealedAnswer>,
 }
 
 /// What one [`Service::step`] did.
@@ -143,6 +146,8 @@ pub struct Service {
     load_ns: (u64, u64),
     /// The device negotiated `feature::GUEST_TEXT`: generated tokens go out with their bytes.
     guest_text: bool,
+    /// The device negotiated `feature::SEALED_SESSION`.
+    sealed_sessions: bool,
 }
 
 impl Service {
@@ -162,6 +167,7 @@ impl Service {
             clock: 0,
             diagnostics: features & (1 << feature::DIAGNOSTICS) != 0,
             guest_text: features & (1 << feature::GUEST_TEXT) != 0,
+            sealed_sessions: features & (1 << feature::SEALED_SESSION) != 0,
             canary: None,
             canary_block: (0, 0),
             load_ns: (0, 0),

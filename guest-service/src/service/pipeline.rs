@@ -133,7 +133,9 @@ impl Service {
                 timings: Timings::default(),
             }),
             (Err(_), Some(FeedError::Link(e))) => Err(Failure::Link(e)),
-            (outcome, _) => self.finish_stream(g.request_id, outcome, streamed, end, driver, env),
+            (outcome, _) => {
+                self.finish_stream(g.request_id, outcome, streamed, end, None, driver, env)
+            }
         }
     }
 

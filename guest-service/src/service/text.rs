@@ -49,5 +49,7 @@ pub(super) fn tokens(prompt: &Prompt, tokenizer: &Tokenizer, chatml: bool) -> Ve
                 .collect();
             tokenizer.encode_chat(&messages, chatml)
         }
+        // Opened before they get here (`Service::open_sealed`): nothing to tokenize.
+        Prompt::Sealed(_) | Prompt::Continue => Vec::new(),
     }
 }

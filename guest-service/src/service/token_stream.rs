@@ -21,6 +21,12 @@ use virtio_llm::wire::control::{ControlCommand, ControlReply, msg_type as contro
 use virtio_llm::wire::memory::BudgetChange;
 use virtio_llm::wire::request::RequestMsg;
 use virtio_llm::wire::response::{ResponseMsg, Tokens};
+use virtio_llm::wire::sealed_session::msg_type as session_type;
+
+use super::sealed_answer::SealedAnswer;
+
+/// Room a sealed piece's framing and tag need in a `Tokens` message's text.
+const SEALED_PIECE_OVERHEAD: usize = 64;
 
 /// What the service lends a running generation.
 pub(super) struct Link<'a, M: DriverMemory, T: Transport> {
@@ -52,6 +58,13 @@ pub(super) struct TokenStream<'a, M: DriverMemory, T: Transport> {
     deferred_budget: Option<BudgetChange>,
     /// The device preempted the request (the engine reports that as a cancel).
     preempted: bool,
+    /// A sealed request's answer: pieces are sealed, ids withheld, stop strings applied.
+    sealed: Option<&'a mut SealedAnswer>,
+    /// A sealed message that found no free transmit buffer: it goes first next time (its
+    /// piece is numbered, so it cannot be sealed again).
+    held: Option<Tokens>,
+    /// A stop string of the sealed request matched.
+    stop_hit: bool,
 }
 
 /// Polls for the next chunk before [`TokenStream::feed`] sleeps (as the service's main loop
@@ -83,6 +96,7 @@ fn busy(cmd: &ControlCommand<'_>) -> ControlReply {
         ControlCommand::LoadSealedChunk(c) => (control_type::LOAD_SEALED_CHUNK, c.model_id),
         ControlCommand::Stats(_) => (control_type::STATS_REQUEST, 0),
         ControlCommand::Probe(_) => (virtio_llm::wire::probe::msg_type::MEMORY_PROBE, 0),
+        ControlCommand::GetStatement(_) => (session_type::GET_STATEMENT, 0),
     };
     super::ack(command, Status::Busy, object)
 }
@@ -91,6 +105,10 @@ fn busy(cmd: &ControlCommand<'_>) -> ControlReply {
 pub(super) struct Streamed {
     pub batch: Vec<u32>,
     pub text: Vec<u8>,
+    /// A sealed message still to send, before `batch`.
+    pub held: Option<Tokens>,
+    /// A stop string of the sealed request ended the generation.
+    pub stop_hit: bool,
     pub start: u64,
     pub first: Option<u64>,
     pub deferred_budget: Option<BudgetChange>,
@@ -116,7 +134,15 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
             link_error: None,
             deferred_budget: None,
             preempted: false,
+            sealed: None,
+            held: None,
+            stop_hit: false,
         }
+    }
+
+    /// From now on the stream carries `answer`'s sealed pieces.
+    pub fn set_sealed(&mut self, answer: Option<&'a mut SealedAnswer>) {
+        self.sealed = answer;
     }
 
     /// The engine chose `token`: whether to go on.
@@ -136,7 +162,7 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
             .and_then(|()| self.take_budget_change())
             .and_then(|()| self.poll_requests());
         match go_on {
-            Ok(go_on) => go_on,
+            Ok(go_on) => go_on && !self.stop_hit,
             Err(e) => {
                 self.link_error = Some(e);
                 false
@@ -152,6 +178,8 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
         Ok(Streamed {
             batch: self.batch,
             text: self.text,
+            held: self.held,
+            stop_hit: self.stop_hit,
             start: self.start,
             first: self.first,
             deferred_budget: self.deferred_budget,
@@ -246,8 +274,19 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
             Some(t) if !t.is_end_of_generation(token) => t.token_bytes(token),
             _ => &[],
         };
-        let piece = &piece[..piece.len().min(MAX_TOKEN_TEXT_BYTES)];
-        if self.text.len() + piece.len() > MAX_TOKEN_TEXT_BYTES {
+        let limit = MAX_TOKEN_TEXT_BYTES - SEALED_PIECE_OVERHEAD;
+        let piece = &piece[..piece.len().min(limit)];
+        let scanned;
+        let piece = match self.sealed.as_deref_mut() {
+            Some(answer) => {
+                let (out, hit) = answer.scan(piece);
+                self.stop_hit |= hit;
+                scanned = out;
+                &scanned[..]
+            }
+            None => piece,
+        };
+        if self.text.len() + piece.len() > limit {
             self.send(true)?;
         }
         self.batch.push(token);
@@ -267,15 +306,37 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
     }
 
     /// Sends the batch: waiting for a transmit buffer if `wait`, else only if one is free.
+    /// A sealed batch is sealed once: if it cannot go now it is held, and goes first.
     fn send(&mut self, wait: bool) -> Result<(), DriverError> {
+        if let Some(held) = self.held.take()
+            && !self.transmit(held, wait)?
+        {
+            return Ok(());
+        }
         if self.batch.is_empty() {
             return Ok(());
         }
-        let msg = ResponseMsg::Tokens(Tokens {
-            request_id: self.request_id,
-            token_ids: core::mem::take(&mut self.batch),
-            text: core::mem::take(&mut self.text),
-        });
+        let ids = core::mem::take(&mut self.batch);
+        let text = core::mem::take(&mut self.text);
+        let tokens = match self.sealed.as_deref_mut() {
+            Some(answer) => Tokens {
+                request_id: self.request_id,
+                token_ids: alloc::vec![0; ids.len()],
+                text: answer.seal(&text, false),
+            },
+            None => Tokens {
+                request_id: self.request_id,
+                token_ids: ids,
+                text,
+            },
+        };
+        self.transmit(tokens, wait)?;
+        Ok(())
+    }
+
+    /// Sends `tokens`, or keeps them for later: held if sealed, else back in the batch.
+    fn transmit(&mut self, tokens: Tokens, wait: bool) -> Result<bool, DriverError> {
+        let msg = ResponseMsg::Tokens(tokens);
         let link = &mut self.link;
         let sent = if wait {
             super::send_blocking(link.driver, link.env, &msg, link.out).map(|()| true)?
@@ -285,10 +346,14 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
         if sent {
             self.pacer.sent();
         } else if let ResponseMsg::Tokens(t) = msg {
-            self.batch = t.token_ids;
-            self.text = t.text;
+            if self.sealed.is_some() {
+                self.held = Some(t);
+            } else {
+                self.batch = t.token_ids;
+                self.text = t.text;
+            }
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// A lower budget cannot wait for the end of a long generation: free memory goes back

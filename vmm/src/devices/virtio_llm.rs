@@ -367,7 +367,12 @@ impl VirtioDevice for VirtioLlm {
         } else {
             0
         };
-        let sealed = if self.sealed { 1 << feature::SEALED } else { 0 };
+        // A key root lets the guest unseal models and open sealed requests.
+        let sealed = if self.sealed {
+            1 << feature::SEALED | 1 << feature::SEALED_SESSION
+        } else {
+            0
+        };
         virtio_llm::mmio::F_EVENT_IDX
             | sealed
             | 1 << feature::ACCESS_PLATFORM
