@@ -115,9 +115,11 @@ class Relay(http.server.BaseHTTPRequestHandler):
         self.forward("POST")
 
 
-def ask(c, model, kind, stream, prompt, n):
+def ask(c, a, kind, stream):
     """One request; what the client got: its text and its error, if any."""
     text, error = "", None
+    model, n = a.model, a.max_tokens
+    prompt = a.prompt if kind == "chat" else a.completion_prompt
     try:
         if kind == "chat":
             args = dict(model=model, messages=[{"role": "user", "content": prompt}],
@@ -153,11 +155,11 @@ def tamper(a):
     for kind, stream in KINDS:
         Relay.mode = None
         out["untampered"][f"{kind}{'_stream' if stream else ''}"] = ask(
-            c, a.model, kind, stream, a.prompt, a.max_tokens)
+            c, a, kind, stream)
     for mode in MODES:
         for kind, stream in KINDS:
             Relay.mode, Relay.applied = mode, []
-            r = ask(c, a.model, kind, stream, a.prompt, a.max_tokens)
+            r = ask(c, a, kind, stream)
             r.update(mode=mode, kind=kind, stream=stream, applied=Relay.applied)
             out["tampered"].append(r)
     server.shutdown()
@@ -170,6 +172,8 @@ def main():
     ap.add_argument("--upstream", required=True, help="the daemon, http://HOST:PORT")
     ap.add_argument("--model", required=True)
     ap.add_argument("--prompt", default="Why is the sky blue?")
+    # A bare question can end a raw completion at once; a story opening does not.
+    ap.add_argument("--completion-prompt", default="Once upon a time")
     ap.add_argument("--max-tokens", type=int, default=24)
     a = ap.parse_args()
     print(json.dumps(tamper(a)))
