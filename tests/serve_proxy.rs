@@ -76,12 +76,17 @@ fn the_openai_client_through_the_proxy_gets_the_daemons_text() {
 
     // The right pinned key is accepted, a wrong one refused with both keys named.
     let tcp = Upstream::Tcp(addr.to_string());
-    proxy(tcp.clone(), Some(key)).expect("the pinned key").stop();
+    proxy(tcp.clone(), Some(key))
+        .expect("the pinned key")
+        .stop();
     let wrong = SessionPublicKey([0x42; 32]);
     match proxy(tcp, Some(wrong)) {
         Err(ProxyError::Trust(e @ TrustError::PinMismatch { .. })) => {
             let m = e.to_string();
-            assert!(m.contains(&wrong.to_string()) && m.contains(&key.to_string()), "{m}");
+            assert!(
+                m.contains(&wrong.to_string()) && m.contains(&key.to_string()),
+                "{m}"
+            );
         }
         Err(e) => panic!("refused for another reason: {e}"),
         Ok(_) => panic!("a wrong pinned key was accepted"),
@@ -125,14 +130,21 @@ fn tampered_answers_are_errors_never_unauthenticated_text() {
     }
     for t in r["tampered"].as_array().unwrap() {
         let what = format!("{} {} stream={}", t["mode"], t["kind"], t["stream"]);
-        assert_eq!(t["applied"], serde_json::json!([true]), "{what}: not tampered");
+        assert_eq!(
+            t["applied"],
+            serde_json::json!([true]),
+            "{what}: not tampered"
+        );
         assert_eq!(t["error"]["type"], "sealed_session_error", "{what}: {t}");
         let text = t["text"].as_str().unwrap();
         if t["stream"] == true {
             // Pieces before the tampered one authenticated and were passed on.
             let key = format!("{}_stream", t["kind"].as_str().unwrap());
             let full = r["untampered"][key]["text"].as_str().unwrap();
-            assert!(full.starts_with(text), "{what}: {text:?} is not a prefix of {full:?}");
+            assert!(
+                full.starts_with(text),
+                "{what}: {text:?} is not a prefix of {full:?}"
+            );
         } else {
             assert_eq!(text, "", "{what}");
         }
@@ -149,8 +161,14 @@ fn flexserve_chat_answers_a_piped_conversation() {
     };
     let chat = |input: &str, plain: bool| {
         let mut cmd = Command::new(&bin);
-        cmd.args(["chat", "--url", &format!("http://{addr}"), "--model", DEFAULT])
-            .args(["--temperature", "0", "-n", "16"]);
+        cmd.args([
+            "chat",
+            "--url",
+            &format!("http://{addr}"),
+            "--model",
+            DEFAULT,
+        ])
+        .args(["--temperature", "0", "-n", "16"]);
         if plain {
             cmd.arg("--plain");
         }
@@ -178,5 +196,8 @@ fn flexserve_chat_answers_a_piped_conversation() {
     d.stop();
     assert!(plain.trim().len() > 1, "{plain:?}");
     assert_eq!(sealed, format!("{plain}{plain}"), "{notes}");
-    assert!(notes.contains("on first use") && notes.contains("--guest-key"), "{notes}");
+    assert!(
+        notes.contains("on first use") && notes.contains("--guest-key"),
+        "{notes}"
+    );
 }
