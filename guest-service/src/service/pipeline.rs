@@ -115,7 +115,6 @@ impl Service {
             Err(Failure::Refused(r)) => return Err(Failure::Refused(r)),
             Err(Failure::Link(e)) => return Err(Failure::Link(e)),
         };
-        let end = env.now_ns();
         *deferred_budget = streamed.deferred_budget;
         match (outcome, stopped.into_inner()) {
             (Err(_), Some(FeedError::Seal(e))) => {
@@ -133,9 +132,7 @@ impl Service {
                 timings: Timings::default(),
             }),
             (Err(_), Some(FeedError::Link(e))) => Err(Failure::Link(e)),
-            (outcome, _) => {
-                self.finish_stream(g.request_id, outcome, streamed, end, None, driver, env)
-            }
+            (outcome, _) => self.finish_stream(g.request_id, outcome, streamed, None, driver, env),
         }
     }
 
