@@ -181,7 +181,7 @@ lint:
 	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-service --features guest --bins -- -D warnings
 	$(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-kernel --features guest -- -D warnings
 	$(CARGO) clippy --quiet --target aarch64-unknown-linux-musl -p vmm -p flexserve -p flexserve-e2e -p arm64-init --all-targets -- -D warnings
-	python3 tools/lint/size_limits.py vmm flexserve virtio-llm guest-abi guest-runtime guest-service guest-programs inference-guest sealed-model model-tools tests
+	python3 tools/lint/size_limits.py vmm flexserve virtio-llm guest-abi guest-runtime guest-service guest-programs inference-guest sealed-model sealed-session model-tools tests
 
 test-fast:
 	FLEXSERVE_REQUIRE_MODELS=1 $(CARGO) test --workspace --quiet

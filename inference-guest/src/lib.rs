@@ -9,7 +9,7 @@
 //! - [`quant`]: block formats, scalar reference kernels and their AVX2/NEON versions.
 //! - [`parallel`]: the work-split trait the forward pass runs on (host threads or guest vCPUs).
 //! - [`model`]: llama-family hyper-parameters, weights and the forward pass.
-//! - [`tokenizer`]: GPT-2 byte-level BPE and SentencePiece tokenizers, special tokens, ChatML.
+//! - [`tokenizer`]: GPT-2 byte-level BPE and SentencePiece tokenizers, special tokens, chat templates.
 //! - [`sampler`]: greedy, temperature, top-k, top-p, min-p, repetition penalty.
 #![cfg_attr(not(feature = "std"), no_std)]
 

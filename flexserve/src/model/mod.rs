@@ -17,7 +17,7 @@ use huge_buffer::{HugePageBuffer, Pages};
 use inference_guest::gguf::{Gguf, GgufError};
 use inference_guest::model::{LlamaConfig, Model, ModelError};
 use inference_guest::quant::Kernels;
-use inference_guest::tokenizer::{ChatMessage, Tokenizer, TokenizerError, chat};
+use inference_guest::tokenizer::{ChatMessage, ChatTemplate, Tokenizer, TokenizerError};
 use sealed_model::{Header, SealError};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -71,7 +71,8 @@ enum Bytes {
 /// What the host knows of a plain GGUF.
 struct Plain {
     shape: LlamaConfig,
-    chatml: bool,
+    /// The family of its `tokenizer.chat_template` (the guest detects the same one).
+    template: ChatTemplate,
     /// Built on first use (it takes tens of milliseconds: `run` builds it while the guest
     /// boots); shared with those who keep it, like the daemon's catalogue.
     tokenizer: OnceLock<Arc<Tokenizer>>,
@@ -123,10 +124,11 @@ impl HostModel {
         } else {
             let gguf = Gguf::parse(slice)?;
             let shape = Model::from_gguf(&gguf, Kernels::detect())?.cfg;
-            let chatml = chat::is_chatml(gguf.get_str("tokenizer.chat_template").ok().flatten());
+            let template =
+                ChatTemplate::detect(gguf.get_str("tokenizer.chat_template").ok().flatten());
             Format::Plain(Plain {
                 shape,
-                chatml,
+                template,
                 tokenizer: OnceLock::new(),
             })
         };
@@ -228,17 +230,18 @@ impl HostModel {
         (weights + kv * sessions + batch + HEADROOM + extra).next_multiple_of(GRANULE)
     }
 
-    /// One user `prompt` as a plain model's tokens, wrapped in its ChatML template unless
-    /// `raw` (or the model has none); also says whether it was wrapped.
+    /// One user `prompt` as a plain model's tokens, wrapped in its chat template unless
+    /// `raw` (or no template family was recognised); also says whether it was wrapped.
     pub fn prompt_tokens(
         &self,
         prompt: &str,
         raw: bool,
     ) -> Result<(Vec<u32>, bool), HostModelError> {
-        let chat = !raw && self.plain("chat template")?.chatml;
+        let template = self.plain("chat template")?.template;
+        let chat = !raw && template != ChatTemplate::Plain;
         let tokenizer = self.tokenizer()?;
         let ids = if chat {
-            tokenizer.encode_chat(&[ChatMessage::new("user", prompt)], true)
+            tokenizer.encode_chat(&[ChatMessage::new("user", prompt)], template)
         } else {
             tokenizer.encode(prompt, true, true)
         };
@@ -278,7 +281,7 @@ impl HostModel {
             return Ok(Prompt::Chat(turns.collect()));
         };
         Ok(Prompt::Tokens(
-            self.tokenizer()?.encode_chat(messages, p.chatml),
+            self.tokenizer()?.encode_chat(messages, p.template),
         ))
     }
 

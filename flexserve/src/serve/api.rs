@@ -249,13 +249,7 @@ async fn enqueue(
     }
     let room = model.context - used as u32;
     let max_tokens = req.max_tokens.unwrap_or(limit).min(room);
-    // A sealed request's `max_tokens` is bound to its seal: refuse rather than change it.
-    if matches!(req.input, Input::Sealed(_)) && req.max_tokens != Some(max_tokens) {
-        return Err(ApiError::invalid(
-            "max_tokens",
-            format!("a sealed request's `max_tokens` must be at most the model's context ({room})"),
-        ));
-    }
+    sealed_fits(&req, max_tokens, room)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let client = match &req.user {
@@ -294,6 +288,17 @@ async fn enqueue(
         events: rx,
         cancel: CancelOnDrop(cancel),
     })
+}
+
+/// A sealed request's `max_tokens` is bound to its seal: refuse rather than change it.
+fn sealed_fits(req: &GenRequest, max_tokens: u32, room: u32) -> Result<(), ApiError> {
+    if matches!(req.input, Input::Sealed(_)) && req.max_tokens != Some(max_tokens) {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!("a sealed request's `max_tokens` must be at most the model's context ({room})"),
+        ));
+    }
+    Ok(())
 }
 
 /// Turns the guest's streamed text into answer text: a character split over tokens waits

@@ -69,7 +69,7 @@ struct Active {
 /// How a slice ended.
 enum Sliced {
     /// Preempted: to be resumed.
-    Again(Active),
+    Again(Box<Active>),
     /// Done (answered or failed).
     Finished,
     /// The guest died; restart it with this model.
@@ -170,7 +170,7 @@ impl Worker {
             };
             let others = !active.is_empty() || deferred.is_some();
             match self.slice(a, others) {
-                Sliced::Again(a) => active.push_back(a),
+                Sliced::Again(a) => active.push_back(*a),
                 Sliced::Finished => {}
                 Sliced::GuestLost(model) => {
                     // Every open session died with the guest.
@@ -464,11 +464,11 @@ impl Worker {
             // A sealed answer's tokens are withheld: the guest goes on from its own.
             (StopReason::Preempted, Some(_)) if sealed(&a.job.prompt) => {
                 a.next_prompt = Prompt::Continue;
-                Sliced::Again(a)
+                Sliced::Again(Box::new(a))
             }
             (StopReason::Preempted, Some(t)) => {
                 a.next_prompt = Prompt::Tokens(vec![t]);
-                Sliced::Again(a)
+                Sliced::Again(Box::new(a))
             }
             // A preempt goes out only after a token of this slice, so a guest that
             // stops before one broke the protocol: nothing to resume from.

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use inference_guest::gguf::Gguf;
 use inference_guest::model::{Model, ModelError, Session};
 use inference_guest::parallel::Parallel;
-use inference_guest::tokenizer::{Tokenizer, chat};
+use inference_guest::tokenizer::{ChatTemplate, Tokenizer};
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverMemory, LlmDriver, Transport};
 use virtio_llm::wire::control::{
@@ -190,14 +190,14 @@ impl Service {
 
     /// Parses a complete model file as the engine will use it, then keeps it.
     pub(super) fn keep(&mut self, model_id: u32, file: Vec<u8>) -> Result<(), Status> {
-        let (cfg, end_ids, chatml) = {
+        let (cfg, end_ids, template) = {
             let gguf = Gguf::parse(&file).map_err(|_| Status::BadModel)?;
             let cfg = Model::from_gguf(&gguf, self.kernels)
                 .map_err(|e| model_status(&e))?
                 .cfg;
             let end_ids = Tokenizer::end_of_generation_ids(&gguf).map_err(|_| Status::BadModel)?;
             let template = gguf.get_str("tokenizer.chat_template").ok().flatten();
-            (cfg, end_ids, chat::is_chatml(template))
+            (cfg, end_ids, ChatTemplate::detect(template))
         };
         self.clock += 1;
         self.models.insert(
@@ -206,7 +206,7 @@ impl Service {
                 file,
                 cfg,
                 end_ids,
-                chatml,
+                template,
                 tokenizer: None,
                 last_used: self.clock,
             },

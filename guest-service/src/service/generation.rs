@@ -172,13 +172,11 @@ impl Service {
         );
         let last = stream.generated().last().copied();
         let streamed = stream.finish()?;
-        let end = env.now_ns();
         *deferred_budget = streamed.deferred_budget;
         let ended = self.finish_stream(
             g.request_id,
             result,
             streamed,
-            end,
             sealed.as_deref_mut(),
             driver,
             env,
@@ -293,7 +291,6 @@ impl Service {
         id: u64,
         result: Result<GenerateOutcome, ModelError>,
         streamed: Streamed,
-        end: u64,
         sealed: Option<&mut SealedAnswer>,
         driver: &mut LlmDriver<M, T>,
         env: &dyn Environment,
@@ -312,7 +309,7 @@ impl Service {
                     text: answer.seal(&streamed.text, last),
                 })
             }
-            None => (!streamed.batch.is_empty()).then(|| Tokens {
+            None => (!streamed.batch.is_empty()).then_some(Tokens {
                 request_id: id,
                 token_ids: streamed.batch,
                 text: streamed.text,
@@ -331,6 +328,7 @@ impl Service {
         })?;
         self.requests_completed += 1;
         self.tokens_generated += outcome.generated_tokens as u64;
+        let end = streamed.end;
         let first = streamed.first.unwrap_or(end);
         Ok(EndOfStream {
             request_id: id,

@@ -42,7 +42,7 @@ use alloc::vec::Vec;
 use inference_guest::model::{LlamaConfig, Session};
 use inference_guest::parallel::Parallel;
 use inference_guest::quant::{CpuFeatures, Kernels};
-use inference_guest::tokenizer::Tokenizer;
+use inference_guest::tokenizer::{ChatTemplate, Tokenizer};
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
 use virtio_llm::spec::feature;
@@ -86,14 +86,14 @@ const GENERATION_SCRATCH_BYTES: u64 = 16 << 20;
 /// How long making room may wait for the host to release relinquished memory.
 const RELEASE_WAIT_NS: u64 = 2_000_000_000;
 
-/// A loaded model: its file, the ids that end generation, whether its chat template is
-/// ChatML, and (built when text first goes in or out) its tokenizer.
+/// A loaded model: its file, the ids that end generation, its chat template's family, and
+/// (built when text first goes in or out) its tokenizer.
 struct LoadedModel {
     file: Vec<u8>,
     /// Its shapes, read once when it was kept (sizing sessions and batches parses nothing).
     cfg: LlamaConfig,
     end_ids: Vec<u32>,
-    chatml: bool,
+    template: ChatTemplate,
     tokenizer: Option<Tokenizer>,
     last_used: u64,
 }

@@ -22,7 +22,7 @@ use inference_guest::gguf::Gguf;
 use inference_guest::model::ModelError;
 use inference_guest::model::streaming::{FileArrival, Piece, StreamingModel};
 use inference_guest::parallel::Parallel;
-use inference_guest::tokenizer::{Tokenizer, chat};
+use inference_guest::tokenizer::{ChatTemplate, Tokenizer};
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverMemory, LlmDriver, Transport};
 use virtio_llm::wire::memory::BudgetChange;
@@ -115,7 +115,6 @@ impl Service {
             Err(Failure::Refused(r)) => return Err(Failure::Refused(r)),
             Err(Failure::Link(e)) => return Err(Failure::Link(e)),
         };
-        let end = env.now_ns();
         *deferred_budget = streamed.deferred_budget;
         match (outcome, stopped.into_inner()) {
             (Err(_), Some(FeedError::Seal(e))) => {
@@ -133,9 +132,7 @@ impl Service {
                 timings: Timings::default(),
             }),
             (Err(_), Some(FeedError::Link(e))) => Err(Failure::Link(e)),
-            (outcome, _) => {
-                self.finish_stream(g.request_id, outcome, streamed, end, None, driver, env)
-            }
+            (outcome, _) => self.finish_stream(g.request_id, outcome, streamed, None, driver, env),
         }
     }
 
@@ -256,11 +253,11 @@ fn from_header(
         true => Some(Tokenizer::from_gguf(header).map_err(|e| bad_model(&e))?),
         false => None,
     };
-    let chatml = chat::is_chatml(header.get_str("tokenizer.chat_template").ok().flatten());
+    let template = ChatTemplate::detect(header.get_str("tokenizer.chat_template").ok().flatten());
     let end_ids = Tokenizer::end_of_generation_ids(header).map_err(|e| bad_model(&e))?;
     let prompt = match (&g.prompt, &tokenizer) {
         (Prompt::Tokens(ids), _) => ids.clone(),
-        (p, Some(t)) => tokens(p, t, chatml),
+        (p, Some(t)) => tokens(p, t, template),
         (_, None) => Vec::new(),
     };
     if prompt.is_empty() {

@@ -7,7 +7,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use inference_guest::gguf::Gguf;
 use inference_guest::model::ModelError;
-use inference_guest::tokenizer::{ChatMessage, Tokenizer};
+use inference_guest::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use virtio_llm::wire::request::Prompt;
 
 impl LoadedModel {
@@ -27,15 +27,15 @@ impl LoadedModel {
         if let Prompt::Tokens(ids) = prompt {
             return Ok(ids.clone());
         }
-        let chatml = self.chatml;
-        Ok(tokens(prompt, self.tokenizer()?, chatml))
+        let template = self.template;
+        Ok(tokens(prompt, self.tokenizer()?, template))
     }
 }
 
 /// `prompt`'s token ids with `tokenizer`: text as given (special-token text parsed: the
 /// sender wrote the whole prompt), chat messages with the template's markers special and
-/// their contents plain text (ChatML if `chatml`).
-pub(super) fn tokens(prompt: &Prompt, tokenizer: &Tokenizer, chatml: bool) -> Vec<u32> {
+/// their contents plain text, in the model's `template`.
+pub(super) fn tokens(prompt: &Prompt, tokenizer: &Tokenizer, template: ChatTemplate) -> Vec<u32> {
     match prompt {
         Prompt::Tokens(ids) => ids.clone(),
         Prompt::Text(s) => tokenizer.encode(s, true, true),
@@ -47,7 +47,7 @@ pub(super) fn tokens(prompt: &Prompt, tokenizer: &Tokenizer, chatml: bool) -> Ve
                     content: t.content.clone(),
                 })
                 .collect();
-            tokenizer.encode_chat(&messages, chatml)
+            tokenizer.encode_chat(&messages, template)
         }
         // Opened before they get here (`Service::open_sealed`): nothing to tokenize.
         Prompt::Sealed(_) | Prompt::Continue => Vec::new(),

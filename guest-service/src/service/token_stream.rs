@@ -111,6 +111,8 @@ pub(super) struct Streamed {
     pub stop_hit: bool,
     pub start: u64,
     pub first: Option<u64>,
+    /// When the stream ended (the VMM's clock).
+    pub end: u64,
     pub deferred_budget: Option<BudgetChange>,
     pub preempted: bool,
 }
@@ -182,6 +184,7 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
             stop_hit: self.stop_hit,
             start: self.start,
             first: self.first,
+            end: self.link.env.now_ns(),
             deferred_budget: self.deferred_budget,
             preempted: self.preempted,
         })

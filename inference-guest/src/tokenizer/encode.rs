@@ -24,7 +24,8 @@ impl Tokenizer {
     /// the text become their ids; without it they are tokenized as plain text (user-defined
     /// tokens are always matched, as in llama.cpp).
     pub fn encode(&self, text: &str, add_bos: bool, parse_special: bool) -> Vec<u32> {
-        let fragments = self.partition(text, parse_special);
+        let mut fragments = self.partition(text, parse_special);
+        self.strip_around_tokens(text, &mut fragments);
         self.encode_fragments(text, &fragments, add_bos)
     }
 
@@ -53,7 +54,40 @@ impl Tokenizer {
                 }
             }
         }
+        self.strip_around_tokens(&text, &mut fragments);
         self.encode_fragments(&text, &fragments, add_bos)
+    }
+
+    /// Drops the whitespace (C's `isspace`) llama.cpp's partition drops after a token marked
+    /// `RSTRIP` and before one marked `LSTRIP`, then the text fragments left empty. It runs on
+    /// the whole fragment list, so that the whitespace of a neighbouring part goes too, as
+    /// it would in the whole text. (llama.cpp strips while partitioning, so whitespace a
+    /// stripping token swallows cannot become a whitespace special token; no vocabulary with
+    /// stripping tokens has one.)
+    fn strip_around_tokens(&self, text: &str, fragments: &mut Vec<Fragment>) {
+        let space = |b: u8| matches!(b, b' ' | b'\t'..=b'\r');
+        let bytes = text.as_bytes();
+        for i in 0..fragments.len() {
+            let Fragment::Token(id) = fragments[i] else {
+                continue;
+            };
+            let a = self.attrs.get(id as usize).copied().unwrap_or(0);
+            if a & attr::LSTRIP != 0
+                && let Some(Fragment::Text(r)) = i.checked_sub(1).and_then(|p| fragments.get_mut(p))
+            {
+                while r.end > r.start && space(bytes[r.end - 1]) {
+                    r.end -= 1;
+                }
+            }
+            if a & attr::RSTRIP != 0
+                && let Some(Fragment::Text(r)) = fragments.get_mut(i + 1)
+            {
+                while r.start < r.end && space(bytes[r.start]) {
+                    r.start += 1;
+                }
+            }
+        }
+        fragments.retain(|f| !matches!(f, Fragment::Text(r) if r.is_empty()));
     }
 
     /// Tokenizes `text` split into `fragments` (plain-text ranges of it, special tokens).

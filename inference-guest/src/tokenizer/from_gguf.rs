@@ -74,7 +74,7 @@ impl Tokenizer {
         };
         let token_types = g.get_i32_array(TYPES).map_err(|e| bad(TYPES, e))?;
         let flag = |key: &'static str| g.get_bool(key).map_err(|e| bad(key, e));
-        Self::from_spec(VocabSpec {
+        let mut tok = Self::from_spec(VocabSpec {
             kind,
             tokens,
             scores,
@@ -89,7 +89,12 @@ impl Tokenizer {
             add_bos: flag("tokenizer.ggml.add_bos_token")?,
             add_eos: flag("tokenizer.ggml.add_eos_token")?,
             add_space_prefix: flag("tokenizer.ggml.add_space_prefix")?,
-        })
+        })?;
+        // A missing or mistyped name only means no per-model attributes, as in llama.cpp.
+        if let Ok(Some(name)) = g.get_str("general.name") {
+            tok.set_attrs_by_model_name(name);
+        }
+        Ok(tok)
     }
 
     /// The ids that end generation, exactly as [`Tokenizer::is_end_of_generation`] of the

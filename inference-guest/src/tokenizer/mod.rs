@@ -1,6 +1,7 @@
 //! Tokenizers named in GGUF metadata (`tokenizer.ggml.model`): `gpt2` (byte-level BPE with the
 //! pre-tokenizer named by `tokenizer.ggml.pre`) and `llama` (SentencePiece-style BPE with byte
-//! fallback), special tokens, and the ChatML chat template. Token ids match llama.cpp's.
+//! fallback), special tokens, and chat templates (the families llama.cpp renders without
+//! Jinja). Token ids match llama.cpp's.
 //!
 //! CONTRACT (other modules code against exactly this API):
 //! ```ignore
@@ -10,7 +11,8 @@
 //! tok.decode(&ids) -> Vec<u8>    // concatenated token_bytes (SPM: leading space of the first piece kept)
 //! tok.n_vocab(); tok.bos() -> Option<u32>; tok.eos() -> Option<u32>;
 //! tok.is_end_of_generation(id) -> bool                    // eos, eot, <|im_end|>, <|endoftext|> ...
-//! chat::apply_chatml(&[ChatMessage { role, content }], add_generation_prompt) -> String
+//! let template = ChatTemplate::detect(gguf.get_str("tokenizer.chat_template")?);
+//! tok.encode_chat(&[ChatMessage { role, content }], template) -> Vec<u32>  // markers special, contents plain
 //! ```
 //! Without a GGUF file, [`Tokenizer::from_spec`] builds the same tokenizer from a [`VocabSpec`].
 
@@ -24,6 +26,6 @@ mod spm;
 mod unicode;
 mod vocab;
 
-pub use chat::{ChatMessage, apply_chatml};
+pub use chat::{ChatMessage, ChatTemplate};
 pub use error::TokenizerError;
 pub use vocab::{SpecialTokenIds, Tokenizer, TokenizerKind, VocabSpec};

@@ -18,6 +18,10 @@ pub(crate) mod attr {
     pub(crate) const CONTROL: u8 = 1 << 3;
     pub(crate) const USER_DEFINED: u8 = 1 << 4;
     pub(crate) const BYTE: u8 = 1 << 5;
+    /// Whitespace after the token is dropped when special tokens are parsed.
+    pub(crate) const RSTRIP: u8 = 1 << 6;
+    /// Whitespace before the token is dropped when special tokens are parsed.
+    pub(crate) const LSTRIP: u8 = 1 << 7;
 
     /// GGUF token type → attribute; unknown types are "undefined" (no attribute), like llama.cpp.
     pub(crate) fn from_token_type(t: i32) -> u8 {
@@ -348,6 +352,33 @@ impl Tokenizer {
             add_space_prefix: is_spm && add_space_prefix.unwrap_or(space_default),
             eog,
         })
+    }
+
+    /// The attributes llama.cpp gives tokens by model name (`general.name`), which GGUF files
+    /// do not carry: Phi-3 models drop the whitespace after their special tokens, except
+    /// after `<unk>`, `<s>` and `<|endoftext|>` (llama.cpp's `load` in `llama-vocab.cpp`).
+    pub(crate) fn set_attrs_by_model_name(&mut self, general_name: &str) {
+        let name = general_name.to_ascii_lowercase();
+        if !(name.contains("phi-3") || name.contains("phi3")) {
+            return;
+        }
+        for &id in &self.special_cache {
+            self.attrs[id as usize] |= attr::RSTRIP;
+        }
+        let mut set = |text: &str, on: bool| {
+            if let Some(&id) = self.token_to_id.get(text) {
+                let a = &mut self.attrs[id as usize];
+                *a = if on {
+                    *a | attr::RSTRIP
+                } else {
+                    *a & !attr::RSTRIP
+                };
+            }
+        };
+        set("</s>", true);
+        for text in ["<unk>", "<s>", "<|endoftext|>"] {
+            set(text, false);
+        }
     }
 
     /// Number of tokens in the vocabulary.
