@@ -94,8 +94,8 @@ fn dispatch() -> anyhow::Result<Finished> {
     Ok(Finished::Done)
 }
 
-/// `flexserve guest-key`: the sealing key a guest booted from these images derives from this
-/// host's key root. With the development root the host can compute it; a production root
+/// `flexserve guest-key`: the sealing and session keys a guest booted from these images
+/// derives from this host's key root, and the root's attestation key. With the development root the host can compute it; a production root
 /// would have the guest report it instead.
 fn guest_key(args: &flexserve::cli::GuestKeyArgs) -> anyhow::Result<()> {
     use vmm::key_root::{DevelopmentRoot, KeyRoot};
@@ -109,6 +109,14 @@ fn guest_key(args: &flexserve::cli::GuestKeyArgs) -> anyhow::Result<()> {
     }
     let hex: String = measurement.iter().map(|b| format!("{b:02x}")).collect();
     println!("guest sealing key: {key}");
+    println!(
+        "guest session key: {} (clients seal requests to it; pin it with `flexserve proxy --guest-key`)",
+        sealed_session::derive_session_key(root.secret(), &measurement).public()
+    );
+    println!(
+        "attestation key: {} (signs the guest's statement, served at GET /v1/flexserve/guest)",
+        sealed_session::derive_attestation_key(root.secret()).public()
+    );
     println!("measurement: {hex} (images in {})", images.dir.display());
     println!("key root: {} ({})", root.describe(), root.path().display());
     Ok(())
