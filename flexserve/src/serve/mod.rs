@@ -51,6 +51,9 @@ pub struct Shared {
     /// The running guest's memory, for tests that crash it.
     #[cfg(feature = "test-hooks")]
     pub guest_memory: std::sync::Mutex<Option<vm_memory::GuestMemoryMmap>>,
+    /// Where the running guest's private pool is mapped in this process, for scans.
+    #[cfg(feature = "test-hooks")]
+    pub private_range: std::sync::Mutex<Option<std::ops::Range<u64>>>,
 }
 
 /// Why the daemon could not start.
@@ -165,6 +168,8 @@ impl Daemon {
             statement: std::sync::Mutex::new(None),
             #[cfg(feature = "test-hooks")]
             guest_memory: std::sync::Mutex::new(None),
+            #[cfg(feature = "test-hooks")]
+            private_range: std::sync::Mutex::new(None),
         });
         let worker = start_worker(&shared, images, startup)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -255,6 +260,37 @@ impl Daemon {
         if let Some(path) = &self.socket {
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// The host address ranges of the running guest's memory (its boot region and private
+    /// pool) in this process: what scans for host-side copies leave out, since what the
+    /// guest holds is guarded by the isolation level, not by the daemon.
+    #[cfg(feature = "test-hooks")]
+    pub fn guest_ranges_for_tests(&self) -> Vec<std::ops::Range<u64>> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let mut ranges: Vec<_> = self
+            .shared
+            .guest_memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flat_map(|mem| {
+                mem.iter()
+                    .map(|r| {
+                        let start = r.as_ptr() as u64;
+                        start..start + r.len()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        ranges.extend(
+            self.shared
+                .private_range
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        );
+        ranges
     }
 
     /// Overwrites the guest engine's code with breakpoints: its next instruction traps, as

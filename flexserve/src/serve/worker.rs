@@ -236,6 +236,11 @@ impl Worker {
                         .guest_memory
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = Some(vm.memory_for_tests());
+                    *self
+                        .shared
+                        .private_range
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = vm.private_range_for_tests();
                 }
                 let mut vm = vm;
                 let statement = if vm.seals_sessions() {
