@@ -80,7 +80,7 @@ fn free_port() -> u16 {
 }
 
 fn start_proxy(bin: &Path, port: u16, socket: &Path) -> Child {
-    let child = Command::new(bin)
+    let mut child = Command::new(bin)
         .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--upstream", &format!("unix:{}", socket.display())])
         .spawn()
@@ -91,6 +91,8 @@ fn start_proxy(bin: &Path, port: u16, socket: &Path) -> Child {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("flexserve proxy did not listen on port {port}");
 }
 
