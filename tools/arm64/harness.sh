@@ -79,7 +79,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])' <<<"$json" >"$RUN/tests.txt"
     while read -r name exe; do cp "$exe" "$STAGE/tests/$name"; done <"$RUN/tests.txt"
-    for t in boot guest virtio_echo private_memory memory_budget guest_sealed; do
+    for t in boot guest virtio_echo private_memory memory_budget guest_sealed guest_sealed_session; do
         [[ -x $STAGE/tests/$t ]] || { log "no test binary $t for $MUSL"; return 1; }
     done
 }
@@ -144,6 +144,8 @@ checks() {
         echo "e2e-virtio-echo timeout=1500 $guest_env /tests/virtio_echo --test-threads=1"
         # A sealed model unseals (ARMv8 AES in the guest) and a tampered one is refused.
         echo "e2e-sealed timeout=900 $guest_env /tests/guest_sealed --test-threads=1"
+        # A sealed request opens in the guest and its answer leaves sealed; tampering refused.
+        echo "e2e-sealed-session timeout=900 $guest_env /tests/guest_sealed_session --test-threads=1"
         if [[ $mode == protected ]]; then
             echo "e2e-host-cannot-read timeout=1500 $guest_env /tests/private_memory --test-threads=1 the_host_cannot_read"
             echo "e2e-protected-budget timeout=900 $guest_env /tests/memory_budget --test-threads=1 a_protected_vm_keeps_its_budget"
