@@ -117,10 +117,37 @@ def load(port, model, clients, per_client, n):
             "wall_s": wall}
 
 
-def spawn(cmd, tmp):
+def spawn(cmd, tmp, log_name="server.log"):
     """Starts a server with its output in tmp/server.log (shown if it fails to come up)."""
-    log = open(os.path.join(tmp, "server.log"), "w")
+    log = open(os.path.join(tmp, log_name), "a")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+class Pair:
+    """The daemon and the client-side proxy in front of it, stopped together."""
+
+    def __init__(self, daemon, proxy):
+        self.procs = (proxy, daemon)
+
+    def poll(self):
+        codes = [p.poll() for p in self.procs]
+        return next((c for c in codes if c is not None), None)
+
+    @property
+    def returncode(self):
+        return self.poll()
+
+    def terminate(self):
+        for p in self.procs:
+            p.terminate()
+
+    def wait(self, timeout=None):
+        for p in self.procs:
+            p.wait(timeout=timeout)
+
+    def kill(self):
+        for p in self.procs:
+            p.kill()
 
 
 def start_flexserve(a, port, tmp):
@@ -130,6 +157,17 @@ def start_flexserve(a, port, tmp):
            "--model", name.removesuffix(".gguf"), "--ctx", "2048", "--vcpus", str(a.threads),
            "--queue-depth", "64"]
     return spawn(cmd, tmp), "/health"
+
+
+def start_flexserve_sealed(a, port, tmp):
+    """The daemon behind `flexserve proxy`: every request sealed to the guest, every answer
+    opened in the proxy (docs/sealed-session.md), as a client of sealed sessions sees it."""
+    daemon_port = free_port()
+    daemon, ready = start_flexserve(a, daemon_port, tmp)
+    wait_http(daemon_port, ready, daemon)
+    proxy = spawn([a.flexserve, "proxy", "--listen", f"127.0.0.1:{port}",
+                   "--upstream", f"http://127.0.0.1:{daemon_port}"], tmp)
+    return Pair(daemon, proxy), "/health"
 
 
 def start_llama(a, port, tmp):
@@ -150,6 +188,9 @@ def main():
     ap.add_argument("--requests", type=int, default=24,
                     help="requests per client count (split over the clients)")
     ap.add_argument("--clients", default="1,4,8")
+    ap.add_argument("--servers", default="flexserve,flexserve-sealed,llama.cpp",
+                    help="which of flexserve, flexserve-sealed (through flexserve proxy), "
+                         "llama.cpp to run, alternating in this order")
     ap.add_argument("model")
     a = ap.parse_args()
 
@@ -158,7 +199,10 @@ def main():
     # Servers alternate for each client count (a fresh server each time), so that load
     # from elsewhere on a shared machine hits both alike.
     for clients in map(int, a.clients.split(",")):
-        for server, starter in (("flexserve", start_flexserve), ("llama.cpp", start_llama)):
+        starters = {"flexserve": start_flexserve, "flexserve-sealed": start_flexserve_sealed,
+                    "llama.cpp": start_llama}
+        for server in a.servers.split(","):
+            starter = starters[server]
             tmp = tempfile.mkdtemp(prefix="bench-serve-")
             port = free_port()
             proc, ready = starter(a, port, tmp)
@@ -184,15 +228,23 @@ def main():
                 except subprocess.TimeoutExpired:
                     proc.kill()
                 shutil.rmtree(tmp, ignore_errors=True)
-    ratio = {}
+    def row(server, clients):
+        return next((r for r in rows if r["server"] == server and r["clients"] == clients), None)
+
+    ratio, sealed = {}, {}
     for clients in map(int, a.clients.split(",")):
-        f = next(r for r in rows if r["server"] == "flexserve" and r["clients"] == clients)
-        l = next(r for r in rows if r["server"] == "llama.cpp" and r["clients"] == clients)
-        ratio[str(clients)] = {"throughput": f["throughput_tps"] / l["throughput_tps"],
-                               "ttft_p50": f["ttft_p50_ms"] / l["ttft_p50_ms"]}
+        f, l, z = row("flexserve", clients), row("llama.cpp", clients), row("flexserve-sealed", clients)
+        if f and l:
+            ratio[str(clients)] = {"throughput": f["throughput_tps"] / l["throughput_tps"],
+                                   "ttft_p50": f["ttft_p50_ms"] / l["ttft_p50_ms"]}
+        if f and z:
+            sealed[str(clients)] = {"throughput": z["throughput_tps"] / f["throughput_tps"],
+                                    "ttft_p50": z["ttft_p50_ms"] / f["ttft_p50_ms"]}
+            print(f"sealed/plain {clients} clients: throughput {sealed[str(clients)]['throughput']:.3f}x, "
+                  f"TTFT p50 {sealed[str(clients)]['ttft_p50']:.3f}x", flush=True)
     print(json.dumps({"bench": "serve", "model": os.path.basename(a.model),
                       "threads": a.threads, "gen_tokens": a.gen_tokens, "rows": rows,
-                      "flexserve_over_llama_cpp": ratio}))
+                      "flexserve_over_llama_cpp": ratio, "sealed_over_plain": sealed}))
 
 
 if __name__ == "__main__":
