@@ -1,7 +1,8 @@
 //! The user-mode runtime every guest program links: the syscall gate and the kernel's
-//! services, device-register access, the global allocator over the kernel's heap and the
-//! budgeted private pool, the virtio-llm glue (shared window, register page, wait register),
-//! and a panic handler. [`arch`] holds what differs between x86_64 and aarch64.
+//! services, device-register access, the global allocator over the budgeted private pool
+//! (the kernel's heap where a VM has none), user stacks in the private pool, the virtio-llm
+//! glue (shared window, register page, wait register), and a panic handler. [`arch`] holds
+//! what differs between x86_64 and aarch64.
 //!
 //! The production engine (`guest-service`) and the test programs (`guest-programs`) both
 //! build on it. Its build script knows how guest executables are linked and hands the
@@ -18,6 +19,7 @@ pub mod mmio;
 #[cfg(feature = "guest")]
 mod panic;
 pub mod private_pool;
+pub mod small_blocks;
 mod syscalls;
 pub mod virtio;
 
@@ -42,3 +44,4 @@ pub fn private_usage() -> private_pool::PoolUsage {
 pub fn with_private_pool<R>(f: impl FnOnce(&mut private_pool::PrivatePool) -> R) -> R {
     HEAP.with_private(f)
 }
+
