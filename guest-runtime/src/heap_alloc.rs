@@ -4,7 +4,8 @@
 //! mode under the host's budget ([`PrivatePool`]): large blocks (weights, KV caches,
 //! scratch) as whole granules, small ones (message copies, token lists, strings: 16 B to
 //! 64 KiB) from granule-sized chunks ([`SmallBlocks`]), and each vCPU's user stack
-//! ([`GuestAlloc::stack_top`]). So nothing a program allocates lands in the boot region,
+//! ([`GuestAlloc::stack_top`]; all in the first granule, whose other half is the first small
+//! blocks'). So nothing a program allocates lands in the boot region,
 //! which the host can read on every backend short of a pKVM protected VM. A VM without a
 //! private region (test programs) takes both kinds from the kernel's `map`/`unmap` instead.
 //!
@@ -26,9 +27,11 @@ use guest_abi::{self as abi, MAX_VCPUS, syscall};
 /// Exit code of a program that cannot use the private pool the host offers (it fails the
 /// layout check, or has no room for the user stacks).
 pub const EXIT_PRIVATE_POOL_REFUSED: u32 = 104;
-/// Bytes of a vCPU's user stack: as much as the boot region gave each vCPU; two share a
-/// granule.
-pub const STACK_SIZE: u64 = GRANULE / 2;
+/// Bytes of a vCPU's user stack. Every vCPU's fits in the top half of one granule, whose
+/// bottom half serves the first small blocks: the engine's deepest use measured 18 KiB
+/// (SmolLM2, a chat prompt, tokenizer built), and every granule the guest keeps counts
+/// against the smallest budget the host may set (8 MiB).
+pub const STACK_SIZE: u64 = GRANULE / 2 / MAX_VCPUS as u64;
 
 /// Where the program's memory comes from.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -45,8 +48,8 @@ struct State {
     heap: Heap,
     small: SmallBlocks,
     private: PrivatePool,
-    /// Granules holding the user stacks of vCPUs `2i` and `2i + 1` (0: not taken yet).
-    stacks: [u64; MAX_VCPUS.div_ceil(2)],
+    /// Where vCPU 0's user stack ends; vCPU `i`'s ends `i * STACK_SIZE` lower.
+    stacks_top: u64,
 }
 
 /// The allocator; one instance is the program's `#[global_allocator]`.
@@ -66,7 +69,7 @@ impl GuestAlloc {
                 heap: Heap::Unknown,
                 small: SmallBlocks::new(),
                 private: PrivatePool::empty(),
-                stacks: [0; MAX_VCPUS.div_ceil(2)],
+                stacks_top: 0,
             }),
         }
     }
@@ -87,24 +90,17 @@ impl GuestAlloc {
     }
 
     /// The top of vCPU `vcpu`'s user stack in the private pool (`STACK_SIZE` bytes below
-    /// it are this vCPU's alone); `None` without a private region. A pool with no room for
-    /// it stops the program: running on would leave the stack in the boot region.
+    /// it are this vCPU's alone); `None` without a private region.
     pub fn stack_top(&self, vcpu: u64) -> Option<u64> {
         self.with_state(|s| {
             s.init();
             if s.heap != Heap::Private {
                 return None;
             }
-            let Some(pair) = s.stacks.get_mut(vcpu as usize / 2) else {
+            if vcpu >= MAX_VCPUS as u64 {
                 refuse("a vCPU beyond the ABI's MAX_VCPUS has no user stack")
-            };
-            if *pair == 0 {
-                match s.private.alloc(GRANULE, false, &mut |_, _| {}) {
-                    Some(granule) => *pair = granule,
-                    None => refuse("no room in the private pool for the user stacks"),
-                }
             }
-            Some(*pair + (vcpu % 2 + 1) * STACK_SIZE)
+            Some(s.stacks_top - vcpu * STACK_SIZE)
         })
     }
 
@@ -158,6 +154,15 @@ impl State {
         }
         self.private = PrivatePool::new(base, size);
         self.small.count_chunks_of_pool_at(base as usize);
+        // The stacks' granule, taken first: a pool with no room for it stops the program,
+        // since running on would leave the stacks in the boot region.
+        let Some(granule) = self.private.alloc(GRANULE, false, &mut |_, _| {}) else {
+            refuse("no room in the private pool for the user stacks")
+        };
+        self.stacks_top = granule + GRANULE;
+        // SAFETY: the granule's bottom half is this allocator's alone (the stacks use the
+        // top half), 2 MiB-aligned pool memory, counted from `base`.
+        unsafe { self.small.seed(granule as usize, CHUNK / 2) };
         self.heap = Heap::Private;
     }
 

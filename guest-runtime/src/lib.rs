@@ -54,7 +54,7 @@ pub fn with_private_pool<R>(f: impl FnOnce(&mut private_pool::PrivatePool) -> R)
 pub fn start_on_private_stack(vcpu: u64, main: extern "C" fn(u64) -> !) -> ! {
     match HEAP.stack_top(vcpu) {
         // SAFETY: the allocator gave this vCPU alone the `STACK_SIZE` bytes below `top`
-        // (private, identity-mapped, writable; `top` is granule-aligned), for good.
+        // (private, identity-mapped, writable; `top` is 128 KiB-aligned), for good.
         Some(top) => unsafe { arch::run_on_stack(top, main, vcpu) },
         None => main(vcpu),
     }

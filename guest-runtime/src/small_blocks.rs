@@ -75,6 +75,24 @@ impl SmallBlocks {
         self.base = base;
     }
 
+    /// Carves next from `[start, start + len)`, part of a chunk that is never given back (a
+    /// counted chunk whose count starts at one it never loses). The allocator seeds the
+    /// granule that holds the user stacks: its rest serves the program's first, mostly
+    /// long-lived blocks, so the smallest footprint the guest can shrink to has one granule
+    /// fewer.
+    ///
+    /// # Safety
+    /// The range is writable, used by nothing else, inside one chunk-aligned `CHUNK` (of the
+    /// pool when chunks are counted), and handed to no other `SmallBlocks`.
+    pub unsafe fn seed(&mut self, start: usize, len: usize) {
+        (self.bump, self.bump_end) = (start, start + len);
+        if self.counted {
+            let i = self.index(start);
+            self.set_held(i, true);
+            self.live[i] += 1;
+        }
+    }
+
     fn index(&self, addr: usize) -> usize {
         (addr - self.base) / CHUNK
     }
@@ -121,11 +139,6 @@ impl SmallBlocks {
                     return core::ptr::null_mut();
                 };
                 if self.counted {
-                    if self.bump_end != 0 {
-                        // The chunk carved so far may be empty: `reclaim` spared it until now.
-                        let old = self.index(self.bump_end - 1);
-                        self.maybe_empty |= self.live[old] == 0;
-                    }
                     let i = self.index(chunk);
                     self.set_held(i, true);
                 }
@@ -161,19 +174,14 @@ impl SmallBlocks {
     }
 
     /// Hands every counted chunk with no live block to `give_back` (its blocks leave the
-    /// free lists first), except the chunk being carved: the next small block would take
-    /// a chunk right back. Returns how many bytes it gave. Walks the free lists only when a
-    /// chunk emptied since the last call.
+    /// free lists first); returns how many bytes it gave. Walks the free lists only when a
+    /// chunk emptied since the last call. The chunk being carved goes too when it is empty:
+    /// under the smallest budget every granule the guest can spare must go.
     pub fn reclaim(&mut self, give_back: &mut dyn FnMut(usize)) -> usize {
         if !self.counted || !self.maybe_empty {
             return 0;
         }
         self.maybe_empty = false;
-        // Counted as live while the walk runs, so its free blocks stay listed.
-        let carving = (self.bump_end != 0).then(|| self.index(self.bump_end - 1));
-        if let Some(i) = carving {
-            self.live[i] += 1;
-        }
         for c in 0..CLASSES {
             let mut prev: Option<usize> = None;
             let mut cur = self.free[c];
@@ -194,6 +202,9 @@ impl SmallBlocks {
                 cur = next;
             }
         }
+        if self.bump_end != 0 && self.is_empty_chunk(self.bump_end - 1) {
+            (self.bump, self.bump_end) = (0, 0);
+        }
         let mut given = 0;
         for i in 0..MAX_CHUNKS {
             if self.is_held(i) && self.live[i] == 0 {
@@ -201,9 +212,6 @@ impl SmallBlocks {
                 give_back(self.base + i * CHUNK);
                 given += CHUNK;
             }
-        }
-        if let Some(i) = carving {
-            self.live[i] -= 1;
         }
         given
     }
@@ -305,30 +313,47 @@ mod tests {
     }
 
     #[test]
-    fn the_chunk_being_carved_is_kept_even_when_empty() {
+    fn an_emptied_chunk_being_carved_goes_back_too() {
         let mut pool = FakePool::new(2);
         let base = pool.base;
         let mut s = Box::new(SmallBlocks::new());
         s.count_chunks_of_pool_at(base);
-        let big = CLASSES - 1;
         // SAFETY: as above.
         unsafe {
-            let mut take = || pool.free.pop();
-            let first: Vec<*mut u8> = (0..32).map(|_| s.alloc(big, &mut take)).collect();
-            let p = s.alloc(2, &mut take);
-            assert_eq!((p as usize - base) / CHUNK, 1, "chunk 0 is full");
-            for q in first {
-                s.dealloc(q, big);
-            }
+            let p = s.alloc(2, &mut || pool.free.pop());
             s.dealloc(p, 2);
-            let mut given = Vec::new();
-            assert_eq!(s.reclaim(&mut |c| given.push(c)), CHUNK);
-            assert_eq!(given, [base], "chunk 1 is being carved: kept");
+            assert_eq!(s.reclaim(&mut |c| pool.free.push(c)), CHUNK);
+            let q = s.alloc(2, &mut || pool.free.pop());
             assert_eq!(
-                s.alloc(2, &mut || None),
-                p,
-                "its free block is still listed"
+                q as usize, base,
+                "the chunk came back and was carved afresh"
             );
+        }
+    }
+
+    #[test]
+    fn a_seeded_chunk_is_carved_first_and_never_given_back() {
+        let mut pool = FakePool::new(2);
+        let base = pool.base;
+        let mut s = Box::new(SmallBlocks::new());
+        s.count_chunks_of_pool_at(base);
+        // SAFETY: as above; the seeded half of chunk 0 is not in the fake pool's list.
+        unsafe {
+            let _ = pool.free.pop();
+            s.seed(base, CHUNK / 2);
+            let p = s.alloc(0, &mut || panic!("the seeded range has room"));
+            assert_eq!(p as usize, base);
+            s.dealloc(p, 0);
+            assert_eq!(s.reclaim(&mut |_| panic!("seeded chunks stay")), 0);
+            // The rest of the seeded half in 64 KiB blocks (the first 64 KiB holds the
+            // 16 B block), then the next comes from a new chunk.
+            let big = CLASSES - 1;
+            for _ in 1..CHUNK / 2 / block_size(big) {
+                let b = s.alloc(big, &mut || panic!("still room")) as usize;
+                assert!(b >= base && b < base + CHUNK / 2);
+            }
+            let next = s.alloc(big, &mut || pool.free.pop());
+            assert_eq!(next as usize, base + CHUNK);
         }
     }
 }
