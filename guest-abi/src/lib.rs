@@ -13,8 +13,15 @@ pub mod layout {
     pub const SHARED_SIZE: u64 = 32 << 20;
     /// The MMIO window: one 4 KiB page per device ([`super::MMIO_BASE`]).
     pub const MMIO_SIZE: u64 = 0x10_0000;
-    /// The private pool: weights, KV caches, engine scratch; the device never reaches it.
+    /// The private pool: weights, KV caches, engine scratch, small allocations and user
+    /// stacks; the device never reaches it.
     pub const PRIVATE_BASE: u64 = 4 << 30;
+    /// Where the guest's page tables stop mapping (x86_64 and arm64 alike): the pool ends
+    /// here at the latest.
+    pub const MAPPED_END: u64 = 64 << 30;
+    /// The pool's base and size are multiples of this (the page tables map it with 2 MiB
+    /// pages; the allocator hands it out in 2 MiB granules).
+    pub const PRIVATE_ALIGN: u64 = 2 << 20;
 
     // The regions lie in this order and do not overlap.
     const _: () = assert!(super::HEAP_BASE < SHARED_BASE);
@@ -24,6 +31,67 @@ pub mod layout {
     // The shared window is whole 2 MiB pages (the boot tables map it with them).
     const _: () =
         assert!(SHARED_BASE.is_multiple_of(2 << 20) && SHARED_SIZE.is_multiple_of(2 << 20));
+    const _: () = assert!(PRIVATE_BASE.is_multiple_of(PRIVATE_ALIGN) && PRIVATE_BASE < MAPPED_END);
+
+    /// Checks the private pool the host offers (`base`, `size` from the control page or the
+    /// boot info page, both written by the host) against this layout: the guest puts its
+    /// users' data there, so a pool laid over the boot region, the shared window or the MMIO
+    /// pages would hand that data to the host. `Err` says why the pool is refused. A size of
+    /// 0 (no pool) is the caller's case, not checked here.
+    pub fn check_private_pool(base: u64, size: u64) -> Result<(), &'static str> {
+        let Some(end) = base.checked_add(size) else {
+            return Err("its base + size overflows");
+        };
+        if !base.is_multiple_of(PRIVATE_ALIGN) || !size.is_multiple_of(PRIVATE_ALIGN) {
+            return Err("its base or size is not a multiple of 2 MiB");
+        }
+        let overlaps = |start: u64, len: u64| base < start + len && start < end;
+        // The boot region grows from BOOT_BASE up to the shared window at most.
+        if overlaps(BOOT_BASE, SHARED_BASE - BOOT_BASE) {
+            return Err("it overlaps the boot region");
+        }
+        if overlaps(SHARED_BASE, SHARED_SIZE) {
+            return Err("it overlaps the shared window");
+        }
+        if overlaps(super::MMIO_BASE, MMIO_SIZE) {
+            return Err("it overlaps the MMIO pages");
+        }
+        if base < PRIVATE_BASE {
+            return Err("it starts below the ABI's private base (4 GiB)");
+        }
+        if end > MAPPED_END {
+            return Err("it ends beyond what the guest's page tables map (64 GiB)");
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_vmms_pool_passes_and_misplaced_pools_are_refused() {
+            assert_eq!(check_private_pool(PRIVATE_BASE, 64 << 20), Ok(()));
+            assert_eq!(
+                check_private_pool(PRIVATE_BASE, MAPPED_END - PRIVATE_BASE),
+                Ok(())
+            );
+            let refused = |base: u64, size: u64, why: &str| {
+                let got = check_private_pool(base, size).expect_err("refused");
+                assert!(got.contains(why), "{base:#x}+{size:#x}: {got}");
+            };
+            refused(u64::MAX - (2 << 20) + 1, 4 << 20, "overflows");
+            refused(PRIVATE_BASE + 4096, 2 << 20, "multiple of 2 MiB");
+            refused(PRIVATE_BASE, (2 << 20) + 4096, "multiple of 2 MiB");
+            refused(0, 2 << 20, "boot region");
+            refused(super::super::HEAP_BASE, 64 << 20, "boot region");
+            refused(SHARED_BASE - (2 << 20), 4 << 20, "boot region");
+            refused(SHARED_BASE, 2 << 20, "shared window");
+            refused(super::super::MMIO_BASE & !((2 << 20) - 1), 2 << 20, "MMIO");
+            refused(PRIVATE_BASE - (2 << 20), 2 << 20, "below");
+            refused(PRIVATE_BASE, MAPPED_END, "beyond");
+        }
+    }
 }
 
 /// Guest-physical (= virtual, identity-mapped) MMIO pages.
@@ -35,7 +103,8 @@ pub const CONSOLE: u64 = MMIO_BASE;
 pub const CONTROL: u64 = MMIO_BASE + 0x1000;
 pub const CONTROL_MEM_SIZE: u64 = 8;
 /// u64 reads: where the private region starts and its size (0: none). The guest's user
-/// program manages it directly (it is identity-mapped for user mode); the kernel does not.
+/// program manages it directly (it is identity-mapped for user mode) once it passed
+/// [`layout::check_private_pool`]; the kernel only lets `write` read from it.
 pub const CONTROL_PRIVATE_BASE: u64 = 16;
 pub const CONTROL_PRIVATE_SIZE: u64 = 24;
 /// Fault report: the kernel writes `FaultReport` fields as u64 at `8 * index`, then any value

@@ -1,31 +1,55 @@
-//! The user programs' global allocator: power-of-two size classes from 16 B to 64 KiB,
-//! carved from 2 MiB chunks the kernel's `map` hands out; anything larger (weights, KV
-//! caches, scratch) comes from the private region when the VM has one, managed here in user
-//! mode under the host's budget ([`PrivatePool`]), else from `map`/`unmap`. Every `map` is a trip through the guest
-//! kernel (emulated ring 0 on these machines), so small blocks are recycled in user mode and
-//! chunks are never given back.
+//! The user programs' global allocator, and the vCPUs' user stacks.
+//!
+//! With a private pool (every engine VM), everything comes from it, managed here in user
+//! mode under the host's budget ([`PrivatePool`]): large blocks (weights, KV caches,
+//! scratch) as whole granules, small ones (message copies, token lists, strings: 16 B to
+//! 64 KiB) from granule-sized chunks ([`SmallBlocks`]), and each vCPU's user stack
+//! ([`GuestAlloc::stack_top`]; all in the first granule, whose other half is the first small
+//! blocks'). So nothing a program allocates lands in the boot region,
+//! which the host can read on every backend short of a pKVM protected VM. A VM without a
+//! private region (test programs) takes both kinds from the kernel's `map`/`unmap` instead.
+//!
+//! Which heap a program gets is settled at its first use of the allocator and never
+//! changes: once a pool is known, an allocation it cannot serve fails (it does not move to
+//! host-readable memory), and a pool that does not pass the guest's own layout check
+//! (`abi::layout::check_private_pool`) stops the program, saying why.
 
+use crate::extents::GRANULE;
 use crate::private_pool::{PoolUsage, PrivatePool};
-use crate::{mmio, syscall2};
+use crate::small_blocks::{CHUNK, SmallBlocks, class};
+use crate::{exit, mmio, print, print_hex, syscall2};
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
-use guest_abi::{self as abi, HEAP_CHUNK, syscall};
+use guest_abi::{self as abi, MAX_VCPUS, syscall};
 
-const MIN_SHIFT: u32 = 4;
-const MAX_SHIFT: u32 = 16;
-const CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
+/// Exit code of a program that cannot use the private pool the host offers (it fails the
+/// layout check, or has no room for the user stacks).
+pub const EXIT_PRIVATE_POOL_REFUSED: u32 = 104;
+/// Bytes of a vCPU's user stack. Every vCPU's fits in the top half of one granule, whose
+/// bottom half serves the first small blocks: the engine's deepest use measured 18 KiB
+/// (SmolLM2, a chat prompt, tokenizer built), and every granule the guest keeps counts
+/// against the smallest budget the host may set (8 MiB).
+pub const STACK_SIZE: u64 = GRANULE / 2 / MAX_VCPUS as u64;
+
+/// Where the program's memory comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Heap {
+    /// Not looked up yet.
+    Unknown,
+    /// No private region: the kernel's heap in the boot region.
+    Kernel,
+    /// The private region, and nothing else.
+    Private,
+}
 
 struct State {
-    /// Singly linked free blocks of each class (the link lives in the block).
-    free: [usize; CLASSES],
-    /// Unused rest of the current chunk.
-    bump: usize,
-    bump_end: usize,
-    /// The private region's pool, once looked up (`private_ready`).
+    heap: Heap,
+    small: SmallBlocks,
     private: PrivatePool,
-    private_ready: bool,
+    /// Where vCPU 0's user stack ends; vCPU `i`'s ends `i * STACK_SIZE` lower.
+    stacks_top: u64,
 }
 
 /// The allocator; one instance is the program's `#[global_allocator]`.
@@ -42,11 +66,10 @@ impl GuestAlloc {
         Self {
             lock: AtomicBool::new(false),
             state: UnsafeCell::new(State {
-                free: [0; CLASSES],
-                bump: 0,
-                bump_end: 0,
+                heap: Heap::Unknown,
+                small: SmallBlocks::new(),
                 private: PrivatePool::empty(),
-                private_ready: false,
+                stacks_top: 0,
             }),
         }
     }
@@ -56,11 +79,28 @@ impl GuestAlloc {
         self.with_private(|p| p.usage())
     }
 
-    /// Runs `f` on the private pool (budget changes, trims, releases).
+    /// Runs `f` on the private pool (budget changes, trims, releases), once small-block
+    /// chunks that emptied are back in it.
     pub fn with_private<R>(&self, f: impl FnOnce(&mut PrivatePool) -> R) -> R {
         self.with_state(|s| {
-            s.init_private();
+            s.init();
+            s.reclaim();
             f(&mut s.private)
+        })
+    }
+
+    /// The top of vCPU `vcpu`'s user stack in the private pool (`STACK_SIZE` bytes below
+    /// it are this vCPU's alone); `None` without a private region.
+    pub fn stack_top(&self, vcpu: u64) -> Option<u64> {
+        self.with_state(|s| {
+            s.init();
+            if s.heap != Heap::Private {
+                return None;
+            }
+            if vcpu >= MAX_VCPUS as u64 {
+                refuse("a vCPU beyond the ABI's MAX_VCPUS has no user stack")
+            }
+            Some(s.stacks_top - vcpu * STACK_SIZE)
         })
     }
 
@@ -85,144 +125,155 @@ impl Default for GuestAlloc {
     }
 }
 
-/// The private region's size, from the control page (an MMIO read).
-fn private_size() -> u64 {
-    mmio::control(abi::CONTROL_PRIVATE_SIZE)
+/// Says on the console why the program cannot run on the private pool, and stops it.
+fn refuse(why: &str) -> ! {
+    print("runtime: ");
+    print(why);
+    print("; stopping\n");
+    exit(EXIT_PRIVATE_POOL_REFUSED)
 }
 
 impl State {
-    fn init_private(&mut self) {
-        if !self.private_ready {
-            let (base, size) = mmio::private_region();
-            self.private = PrivatePool::new(base, size);
-            self.private_ready = true;
+    /// Settles where memory comes from, on first use.
+    fn init(&mut self) {
+        if self.heap != Heap::Unknown {
+            return;
         }
+        let (base, size) = mmio::private_region();
+        if size == 0 {
+            self.heap = Heap::Kernel;
+            return;
+        }
+        if let Err(why) = abi::layout::check_private_pool(base, size) {
+            print_hex("runtime: the host offers a private pool at ", base);
+            print_hex("runtime: of size ", size);
+            print("runtime: refusing that pool: ");
+            print(why);
+            print("; stopping\n");
+            exit(EXIT_PRIVATE_POOL_REFUSED)
+        }
+        self.private = PrivatePool::new(base, size);
+        self.small.count_chunks_of_pool_at(base as usize);
+        // The stacks' granule, taken first: a pool with no room for it stops the program,
+        // since running on would leave the stacks in the boot region.
+        let Some(granule) = self.private.alloc(GRANULE, false, &mut |_, _| {}) else {
+            refuse("no room in the private pool for the user stacks")
+        };
+        self.stacks_top = granule + GRANULE;
+        // SAFETY: the granule's bottom half is this allocator's alone (the stacks use the
+        // top half), 2 MiB-aligned pool memory, counted from `base`.
+        unsafe { self.small.seed(granule as usize, CHUNK / 2) };
+        self.heap = Heap::Private;
+    }
+
+    /// Gives small-block chunks that emptied back to the pool; whether any went.
+    fn reclaim(&mut self) -> bool {
+        let pool = &mut self.private;
+        let given = self
+            .small
+            .reclaim(&mut |chunk| pool.free(chunk as u64, CHUNK as u64));
+        given > 0
+    }
+
+    /// `len` bytes of the pool (fresh granules zero; reused ones cleared with `zero`),
+    /// after reclaiming empty small-block chunks if the pool is short.
+    fn alloc_private(&mut self, len: u64, zero: bool) -> *mut u8 {
+        let clear = &mut |addr: u64, len: u64| {
+            // SAFETY: the pool only names granules of the block it is handing out to this
+            // caller, identity-mapped and writable.
+            unsafe { (addr as *mut u8).write_bytes(0, len as usize) }
+        };
+        let mut got = self.private.alloc(len, zero, clear);
+        if got.is_none() && self.reclaim() {
+            got = self.private.alloc(len, zero, clear);
+        }
+        got.map_or(null_mut(), |a| a as *mut u8)
+    }
+
+    /// A small block of class `c` from this program's heap.
+    fn alloc_small(&mut self, c: usize) -> *mut u8 {
+        let heap = self.heap;
+        let pool = &mut self.private;
+        let mut new_chunk = || match heap {
+            Heap::Private => pool.alloc(CHUNK as u64, false, &mut |_, _| {}),
+            _ => map(CHUNK),
+        };
+        // SAFETY: chunks come from the pool (granules: 2 MiB, aligned, handed out once,
+        // within its first MAX_GRANULES) or from the kernel's `map` (2 MiB chunks, aligned).
+        let p = unsafe { self.small.alloc(c, &mut || new_chunk().map(|a| a as usize)) };
+        if !p.is_null() || heap != Heap::Private || !self.reclaim() {
+            return p;
+        }
+        let pool = &mut self.private;
+        let mut from_pool = || pool.alloc(CHUNK as u64, false, &mut |_, _| {});
+        // SAFETY: as above, pool granules only.
+        unsafe { self.small.alloc(c, &mut || from_pool().map(|a| a as usize)) }
     }
 }
 
-/// The class of a block of `size` bytes (already at least its alignment).
-fn class(size: usize) -> Option<usize> {
-    let shift = size
-        .max(1 << MIN_SHIFT)
-        .next_power_of_two()
-        .trailing_zeros();
-    (shift <= MAX_SHIFT).then(|| (shift - MIN_SHIFT) as usize)
-}
-
-fn map(len: usize) -> usize {
+/// `len` bytes of the kernel's heap (rounded up to its 2 MiB chunks), or `None`.
+fn map(len: usize) -> Option<u64> {
     let addr = syscall2(syscall::MAP, len as u64, 0);
-    if addr == u64::MAX { 0 } else { addr as usize }
+    (addr != u64::MAX).then_some(addr)
 }
 
-// SAFETY: blocks come from memory the kernel mapped for this program and handed out once
-// (free lists and the bump pointer never overlap); each block is at least `layout.size()`
-// bytes and aligned to its class size, which is at least `layout.align()` (chunks are 2 MiB
-// aligned; large blocks come straight from `map`, 2 MiB aligned).
+// SAFETY: blocks come from memory handed out once to this allocator (pool granules, or the
+// kernel's `map`), and small blocks are handed out once until freed (`SmallBlocks`); each
+// block is at least `layout.size()` bytes and aligned to its class size, which is at least
+// `layout.align()` (chunks and large blocks are 2 MiB aligned).
 unsafe impl GlobalAlloc for GuestAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let size = layout.size().max(layout.align());
-        let Some(c) = class(size) else {
-            return self.with_state(|s| {
-                s.init_private();
-                match s.private.alloc(size as u64, false, &mut |_, _| {}) {
-                    Some(addr) => addr as *mut u8,
-                    None if private_size() == 0 => map(size) as *mut u8,
-                    None => null_mut(),
-                }
-            });
-        };
-        let block = 1usize << (c as u32 + MIN_SHIFT);
         self.with_state(|s| {
-            let head = s.free[c];
-            if head != 0 {
-                // SAFETY: `head` is a free block of this class, whose first word holds the
-                // next free block (written by `dealloc`).
-                s.free[c] = unsafe { (head as *const usize).read() };
-                return head as *mut u8;
+            s.init();
+            match (class(size), s.heap) {
+                (Some(c), _) => s.alloc_small(c),
+                (None, Heap::Private) => s.alloc_private(size as u64, false),
+                (None, _) => map(size).map_or(null_mut(), |a| a as *mut u8),
             }
-            let start = s.bump.next_multiple_of(block);
-            if start == 0 || start + block > s.bump_end {
-                let chunk = map(HEAP_CHUNK as usize);
-                if chunk == 0 {
-                    return null_mut();
-                }
-                (s.bump, s.bump_end) = (chunk + block, chunk + HEAP_CHUNK as usize);
-                return chunk as *mut u8;
-            }
-            s.bump = start + block;
-            start as *mut u8
         })
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let size = layout.size().max(layout.align());
-        if class(size).is_some() {
-            // SAFETY: forwarded; `alloc` returns at least `size` writable bytes or null.
-            let p = unsafe { self.alloc(layout) };
-            if !p.is_null() {
-                // SAFETY: as above.
-                unsafe { p.write_bytes(0, layout.size()) };
-            }
-            return p;
-        }
-        // Large blocks: granules never handed out (or released by the host since) are still
-        // zero, so only reused granules are cleared. This spares touching every page of a
-        // fresh KV cache (first touches are slow in a VM, and only rows that get used should
-        // cost them).
-        self.with_state(|s| {
-            s.init_private();
-            let clear = &mut |addr: u64, len: u64| {
-                // SAFETY: the pool only names granules of the block it is handing out to
-                // this caller, identity-mapped and writable.
-                unsafe { (addr as *mut u8).write_bytes(0, len as usize) }
-            };
-            let Some(addr) = s.private.alloc(size as u64, true, clear) else {
-                if private_size() != 0 {
-                    return null_mut();
-                }
-                // The kernel's `map`: fresh chunks are zero, reused ones are not.
-                let p = map(size) as *mut u8;
-                if !p.is_null() {
-                    // SAFETY: `map` returned `size` writable bytes.
-                    unsafe { p.write_bytes(0, size) };
-                }
+        // Large private blocks: granules never handed out (or released by the host since)
+        // are still zero, so only reused granules are cleared. This spares touching every
+        // page of a fresh KV cache (first touches are slow in a VM, and only rows that get
+        // used should cost them).
+        if class(size).is_none() {
+            let private = self.with_state(|s| {
+                s.init();
+                (s.heap == Heap::Private).then(|| s.alloc_private(size as u64, true))
+            });
+            if let Some(p) = private {
                 return p;
-            };
-            addr as *mut u8
-        })
+            }
+        }
+        // SAFETY: forwarded; `alloc` returns at least `size` writable bytes or null.
+        let p = unsafe { self.alloc(layout) };
+        if !p.is_null() {
+            // SAFETY: as above. (The kernel's fresh chunks are zero, reused ones are not.)
+            unsafe { p.write_bytes(0, layout.size()) };
+        }
+        p
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let size = layout.size().max(layout.align());
-        let Some(c) = class(size) else {
-            let addr = ptr as u64;
-            if addr >= 1 << 32 {
-                // The private region lies above 4 GiB, the kernel's heap below.
-                self.with_state(|s| s.private.free(addr, size as u64));
-            } else {
-                syscall2(syscall::UNMAP, addr, size as u64);
+        let unmap = self.with_state(|s| match (class(size), s.heap) {
+            (Some(c), _) => {
+                // SAFETY: the caller's contract: a block of this class, no longer used.
+                unsafe { s.small.dealloc(ptr, c) };
+                false
             }
-            return;
-        };
-        self.with_state(|s| {
-            // SAFETY: `ptr` is a block of this class the caller no longer uses; its first
-            // word becomes the free-list link.
-            unsafe { (ptr as *mut usize).write(s.free[c]) };
-            s.free[c] = ptr as usize;
+            (None, Heap::Private) => {
+                s.private.free(ptr as u64, size as u64);
+                false
+            }
+            (None, _) => true,
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_map_to_classes() {
-        assert_eq!(class(1), Some(0));
-        assert_eq!(class(16), Some(0));
-        assert_eq!(class(17), Some(1));
-        assert_eq!(class(65_536), Some(CLASSES - 1));
-        assert_eq!(class(65_537), None);
+        if unmap {
+            syscall2(syscall::UNMAP, ptr as u64, size as u64);
+        }
     }
 }

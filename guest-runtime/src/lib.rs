@@ -1,7 +1,8 @@
 //! The user-mode runtime every guest program links: the syscall gate and the kernel's
-//! services, device-register access, the global allocator over the kernel's heap and the
-//! budgeted private pool, the virtio-llm glue (shared window, register page, wait register),
-//! and a panic handler. [`arch`] holds what differs between x86_64 and aarch64.
+//! services, device-register access, the global allocator over the budgeted private pool
+//! (the kernel's heap where a VM has none), user stacks in the private pool, the virtio-llm
+//! glue (shared window, register page, wait register), and a panic handler. [`arch`] holds
+//! what differs between x86_64 and aarch64.
 //!
 //! The production engine (`guest-service`) and the test programs (`guest-programs`) both
 //! build on it. Its build script knows how guest executables are linked and hands the
@@ -18,6 +19,7 @@ pub mod mmio;
 #[cfg(feature = "guest")]
 mod panic;
 pub mod private_pool;
+pub mod small_blocks;
 mod syscalls;
 pub mod virtio;
 
@@ -41,4 +43,19 @@ pub fn private_usage() -> private_pool::PoolUsage {
 #[cfg(feature = "guest")]
 pub fn with_private_pool<R>(f: impl FnOnce(&mut private_pool::PrivatePool) -> R) -> R {
     HEAP.with_private(f)
+}
+
+/// Runs `main(vcpu)` on this vCPU's user stack in the private pool (on the boot-region
+/// stack the kernel started it on when the VM has no private region). Programs that handle
+/// user data call it first thing in `_start`: until the switch the stack is host-readable,
+/// so nothing but this call may run on it. A pool that fails the layout check, or has no
+/// room for the stack, stops the program instead.
+#[cfg(feature = "guest")]
+pub fn start_on_private_stack(vcpu: u64, main: extern "C" fn(u64) -> !) -> ! {
+    match HEAP.stack_top(vcpu) {
+        // SAFETY: the allocator gave this vCPU alone the `STACK_SIZE` bytes below `top`
+        // (private, identity-mapped, writable; `top` is 128 KiB-aligned), for good.
+        Some(top) => unsafe { arch::run_on_stack(top, main, vcpu) },
+        None => main(vcpu),
+    }
 }

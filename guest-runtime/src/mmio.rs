@@ -16,7 +16,10 @@ pub fn control(offset: u64) -> u64 {
     unsafe { arch::mmio_read_u64(abi::CONTROL + offset) }
 }
 
-/// Where the private region starts and how large it is (size 0: the VM has none).
+/// Where the private region starts and how large it is (size 0: the VM has none), as the
+/// host reports it: unchecked. The global allocator owns the region once anything is
+/// allocated (it checks it first), so only test programs that allocate nothing write it
+/// directly.
 pub fn private_region() -> (u64, u64) {
     (
         control(abi::CONTROL_PRIVATE_BASE),

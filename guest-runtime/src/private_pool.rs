@@ -17,7 +17,7 @@
 use crate::extents::{Extents, GRANULE};
 
 /// Granules the bitmap covers (64 GiB, what the guest's page tables map).
-const MAX_GRANULES: u64 = 32 * 1024;
+pub(crate) const MAX_GRANULES: u64 = 32 * 1024;
 const WORDS: usize = (MAX_GRANULES / 64) as usize;
 
 /// What the pool holds, in bytes.

@@ -115,8 +115,14 @@ impl Environment for Guest {
     }
 }
 
+/// Every vCPU enters here on its boot-region stack and leaves it at once: the engine runs
+/// on a user stack in the private pool, where the host cannot read its locals.
 #[unsafe(no_mangle)]
 pub extern "C" fn _start(vcpu: u64) -> ! {
+    guest_runtime::start_on_private_stack(vcpu, engine_main)
+}
+
+extern "C" fn engine_main(vcpu: u64) -> ! {
     if vcpu != 0 {
         guest_service::vcpu_pool::worker(vcpu);
     }

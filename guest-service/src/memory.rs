@@ -45,11 +45,26 @@ pub trait PrivateMemory {
 }
 
 /// Relinquish reports the host has not given back yet.
-#[derive(Default)]
 pub struct Relinquisher {
     /// Ticket (the report's buffer) and the ranges it named, oldest first.
     in_flight: VecDeque<(u64, Vec<(u64, u64)>)>,
     scratch: Vec<u8>,
+}
+
+/// Reports in flight the queue holds without growing.
+const IN_FLIGHT: usize = 8;
+
+impl Default for Relinquisher {
+    /// Sized at start for a full report: grown later, during the first shrink, these
+    /// long-lived buffers would take small blocks just freed by the eviction (a tokenizer's,
+    /// say) and keep their whole chunk out of the budget for good.
+    fn default() -> Self {
+        Self {
+            in_flight: VecDeque::with_capacity(IN_FLIGHT),
+            // A full report's frame: header, sequence, count, 16 bytes a range.
+            scratch: Vec::with_capacity(64 + 16 * MAX_RELINQUISH_RANGES),
+        }
+    }
 }
 
 impl Relinquisher {

@@ -79,7 +79,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])' <<<"$json" >"$RUN/tests.txt"
     while read -r name exe; do cp "$exe" "$STAGE/tests/$name"; done <"$RUN/tests.txt"
-    for t in boot guest virtio_echo private_memory memory_budget guest_sealed guest_sealed_session; do
+    for t in boot guest virtio_echo private_memory memory_budget guest_sealed guest_sealed_session prompt_scan; do
         [[ -x $STAGE/tests/$t ]] || { log "no test binary $t for $MUSL"; return 1; }
     done
 }
@@ -157,6 +157,9 @@ checks() {
             echo "e2e-isolation timeout=900 $guest_env /tests/private_memory --test-threads=1 --skip the_host_cannot_read"
             echo "e2e-reclaim timeout=1800 $guest_env /tests/memory_budget --test-threads=1 --skip a_protected_vm --skip a_budget_change_during_a_generation"
         fi
+        # No prompt in the boot region (normal VM: the scan; protected VM: the boot region
+        # is private, which the test says in its SKIPPED line), and a misplaced pool refused.
+        echo "e2e-prompt-scan timeout=900 $guest_env /tests/prompt_scan --test-threads=1"
     fi
     have flexserve && have expected || return 0
     # On the pKVM host the guest must be a protected VM, not a normal one as a fallback.

@@ -62,6 +62,10 @@ pub struct MachineConfig {
     pub isolation: IsolationRequest,
     /// Refuse to create the VM when its isolation is below this level.
     pub min_isolation: IsolationLevel,
+    /// Tests only: the private pool base the control page reports instead of the real one,
+    /// as a hostile host might (the guest must refuse a pool that breaks its layout).
+    #[cfg(feature = "test-hooks")]
+    pub reported_private_base: Option<u64>,
 }
 
 impl Default for MachineConfig {
@@ -74,6 +78,8 @@ impl Default for MachineConfig {
             key_root: None,
             isolation: IsolationRequest::default(),
             min_isolation: IsolationLevel::None,
+            #[cfg(feature = "test-hooks")]
+            reported_private_base: None,
         }
     }
 }
@@ -555,9 +561,13 @@ fn device_bus(
 ) -> Result<MmioBus, VmError> {
     let mut bus = MmioBus::default();
     bus.insert(layout::CONSOLE_BASE, 0x1000, console.clone())?;
+    #[cfg(feature = "test-hooks")]
+    let private_base = config.reported_private_base.unwrap_or(layout::PRIVATE_BASE);
+    #[cfg(not(feature = "test-hooks"))]
+    let private_base = layout::PRIVATE_BASE;
     let control = Control {
         mem_size: config.boot_size as u64,
-        private_base: layout::PRIVATE_BASE,
+        private_base,
         private_size: config.private_size as u64,
     };
     bus.insert(layout::CONTROL_BASE, 0x1000, Arc::new(control))?;

@@ -151,11 +151,24 @@ extern "C" fn kernel_main(user_entry: u64, user_stack: u64, vcpu: u64) -> ! {
     }
 }
 
-/// The first 4 GiB are identity-mapped; anything else a user passes is refused.
+/// The first 4 GiB are identity-mapped for the kernel's own use.
 const MAPPED_END: u64 = 1 << 32;
 
+/// Memory user pointers may name: the first 4 GiB, and the private pool (the engine's user
+/// stacks and small blocks live there, so its console lines do too).
 fn user_range_ok(addr: u64, len: u64) -> bool {
-    addr.checked_add(len).is_some_and(|end| end <= MAPPED_END)
+    let Some(end) = addr.checked_add(len) else {
+        return false;
+    };
+    if end <= MAPPED_END {
+        return true;
+    }
+    let base = mmio::read_u64(abi::CONTROL + abi::CONTROL_PRIVATE_BASE);
+    let size = mmio::read_u64(abi::CONTROL + abi::CONTROL_PRIVATE_SIZE);
+    size != 0
+        && abi::layout::check_private_pool(base, size).is_ok()
+        && addr >= base
+        && end <= base + size
 }
 
 extern "C" fn exception(f: &mut Frame) {

@@ -96,3 +96,26 @@ pub unsafe fn mmio_write_u64(addr: u64, value: u64) {
 pub fn xcr0() -> u64 {
     0
 }
+
+/// Calls `entry(arg)` with the stack pointer at `top`, leaving the current stack for good.
+///
+/// # Safety
+/// `top` is 16-byte aligned and ends writable memory that nothing else uses, large enough
+/// for everything `entry` calls.
+pub unsafe fn run_on_stack(top: u64, entry: extern "C" fn(u64) -> !, arg: u64) -> ! {
+    // SAFETY: the caller's contract (AAPCS64 wants sp 16-byte aligned); null frame and link
+    // registers end backtraces. `entry` never returns (`brk` would report it if it did).
+    unsafe {
+        asm!(
+            "mov sp, {top}",
+            "mov x29, xzr",
+            "mov x30, xzr",
+            "blr {entry}",
+            "brk #0",
+            top = in(reg) top,
+            entry = in(reg) entry,
+            in("x0") arg,
+            options(noreturn)
+        )
+    }
+}

@@ -137,6 +137,26 @@ impl Service {
         Ok(())
     }
 
+    /// Gives back, unasked (sequence 0), what keeps the pool above its budget once every
+    /// report came back. Small blocks can keep a chunk from being trimmed while a budget
+    /// change is answered (the reports' own bookkeeping among them) and free it only after:
+    /// the host waits for its measure to fit the budget until its deadline, so the guest
+    /// must not leave such memory held.
+    pub(super) fn trim_to_budget<M: DriverMemory, T: Transport>(
+        &mut self,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<(), DriverError> {
+        let mem = env.memory();
+        let u = mem.usage();
+        if u.resident > u.budget {
+            let park = || env.park();
+            self.relinquisher
+                .trim_and_report(driver, mem, u.budget, 0, &park)?;
+        }
+        Ok(())
+    }
+
     /// Rebuilds an evicted session's KV cache from its token history.
     pub(super) fn restore_session<M: DriverMemory, T: Transport>(
         &mut self,

@@ -193,7 +193,11 @@ impl Service {
         par: &dyn Parallel,
         env: &dyn Environment,
     ) -> Result<Step, DriverError> {
+        let was_giving_back = self.relinquisher.busy();
         self.relinquisher.collect(driver, env.memory())?;
+        if was_giving_back && !self.relinquisher.busy() {
+            self.trim_to_budget(driver, env)?;
+        }
         let mut worked = self.take_budget_changes(driver, env)?;
         let mut scratch = core::mem::take(&mut self.scratch);
         let reply = match driver.poll_command(&mut scratch) {

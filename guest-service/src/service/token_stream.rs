@@ -363,6 +363,9 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
     /// at once (answering the change), eviction follows when the request ends.
     fn take_budget_change(&mut self) -> Result<(), DriverError> {
         let link = &mut self.link;
+        // Memory the host released goes back to the pool at once: until then it counts
+        // against the budget, and small blocks may need a new chunk at any token.
+        link.relinquisher.collect(link.driver, link.env.memory())?;
         let change = match link.driver.poll_budget(link.scratch) {
             Ok(Some(change)) => change,
             Ok(None) | Err(DriverError::Malformed { .. }) => return Ok(()),

@@ -72,3 +72,26 @@ pub unsafe fn mmio_write_u64(addr: u64, value: u64) {
     // SAFETY: the caller's contract; one 8-byte access.
     unsafe { core::ptr::write_volatile(addr as *mut u64, value) }
 }
+
+/// Calls `entry(arg)` with the stack pointer at `top`, leaving the current stack for good.
+///
+/// # Safety
+/// `top` is 16-byte aligned and ends writable memory that nothing else uses, large enough
+/// for everything `entry` calls.
+pub unsafe fn run_on_stack(top: u64, entry: extern "C" fn(u64) -> !, arg: u64) -> ! {
+    // SAFETY: the caller's contract. `call` pushes a return address, so `entry` starts with
+    // rsp + 8 16-byte aligned as the SysV ABI wants; a null frame pointer ends backtraces.
+    // `entry` never returns (`int3` would report it if it did).
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {top}",
+            "xor ebp, ebp",
+            "call {entry}",
+            "int3",
+            top = in(reg) top,
+            entry = in(reg) entry,
+            in("rdi") arg,
+            options(noreturn)
+        )
+    }
+}
