@@ -75,14 +75,15 @@ fn chat_turns(canary: &str) -> Vec<ChatTurn> {
 /// (a boundary token may merge with its neighbour).
 fn canary_token_run(file: &[u8], canary: &str) -> Vec<u8> {
     let gguf = Gguf::parse(file).expect("the model parses");
-    let chatml = chat::is_chatml(gguf.get_str("tokenizer.chat_template").ok().flatten());
+    let template =
+        chat::ChatTemplate::detect(gguf.get_str("tokenizer.chat_template").ok().flatten());
     let tokenizer = Tokenizer::from_gguf(&gguf).expect("the model's tokenizer");
     let ids = |canary: &str| {
         let msgs: Vec<ChatMessage> = chat_turns(canary)
             .iter()
             .map(|t| ChatMessage::new(t.role.as_str(), &t.content))
             .collect();
-        tokenizer.encode_chat(&msgs, chatml)
+        tokenizer.encode_chat(&msgs, template)
     };
     let (with, without) = (ids(canary), ids(""));
     let prefix = with

@@ -10,10 +10,8 @@
 //! This process never holds a canary in the clear: the client generates it and prints it
 //! masked (each byte XOR 0x5a), and the scan searches the masked form of what it reads.
 
-#[allow(dead_code)] // the guest-memory scans serve the guest tests
-mod memscan;
-
 use flexserve::serve::Daemon;
+use flexserve_e2e::memscan;
 use flexserve_e2e::serve_rig::*;
 use std::net::TcpListener;
 use std::ops::Range;
