@@ -25,7 +25,8 @@ use virtio_llm::wire::sealed_session::{SealedContent, binding};
 use vmm::guest_vm::{GuestError, GuestVm, Interrupt};
 
 const MODEL: &str = "tiny.Q8_0";
-const TOKENS: u32 = 24;
+/// Long enough that a preempt sent after the first few tokens always lands before the end.
+const TOKENS: u32 = 256;
 
 fn chat() -> Vec<ChatTurn> {
     vec![ChatTurn {
@@ -116,15 +117,15 @@ fn run(
     (pieces, end.map(|e| e.reason))
 }
 
-fn open_all(opener: &mut ResponseOpener, pieces: &[Vec<u8>]) -> String {
-    let text: Vec<u8> = pieces
+/// The answer's bytes (a random-weight model's answer need not be UTF-8).
+fn open_all(opener: &mut ResponseOpener, pieces: &[Vec<u8>]) -> Vec<u8> {
+    pieces
         .iter()
         .flat_map(|p| opener.open(p).expect("piece opens").text)
-        .collect();
-    String::from_utf8(text).unwrap()
+        .collect()
 }
 
-fn plain_text(vm: &mut GuestVm, session: u32) -> String {
+fn plain_text(vm: &mut GuestVm, session: u32) -> Vec<u8> {
     vm.open_session(session, 1, 512).unwrap();
     let mut text = Vec::new();
     vm.generate(
@@ -134,7 +135,18 @@ fn plain_text(vm: &mut GuestVm, session: u32) -> String {
     )
     .unwrap();
     vm.close_session(session).unwrap();
-    String::from_utf8(text).unwrap()
+    text
+}
+
+/// Three ASCII letters from the second half of `text`, as a stop string, and the text
+/// before their first occurrence.
+fn stop_inside(text: &[u8]) -> (String, &[u8]) {
+    let at = (text.len() / 2..text.len() - 3)
+        .find(|&i| text[i..i + 3].iter().all(u8::is_ascii_alphabetic))
+        .expect("the answer has three letters in a row");
+    let stop = &text[at..at + 3];
+    let first = text.windows(3).position(|w| w == stop).unwrap();
+    (String::from_utf8(stop.to_vec()).unwrap(), &text[..first])
 }
 
 #[test]
@@ -150,20 +162,14 @@ fn a_sealed_chat_gives_the_plain_answer_sealed() {
     assert_eq!(open_all(&mut opener, &pieces), plain);
     opener.finish().expect("the last piece arrived");
     assert!(
-        !pieces.iter().any(|p| p
-            .windows(8)
-            .any(|w| plain.as_bytes().windows(8).any(|x| x == w))),
+        !pieces
+            .iter()
+            .any(|p| p.windows(8).any(|w| plain.windows(8).any(|x| x == w))),
         "no piece carries the answer in the clear"
     );
 
     // A stop string inside the answer cuts it there, in the guest.
-    let cut = plain
-        .char_indices()
-        .nth(plain.chars().count() / 2)
-        .unwrap()
-        .0;
-    let stop: String = plain[cut..].chars().take(3).collect();
-    let expected = &plain[..plain.find(&stop).unwrap()];
+    let (stop, expected) = stop_inside(&plain);
     vm.open_session(3, 1, 512).unwrap();
     let (prompt, mut opener) = sealed(&key, &sampling(), vec![stop]);
     let (pieces, end) = run(&mut vm, &request(3, sampling(), prompt), &|_| None);
