@@ -124,19 +124,7 @@ impl Proxy {
 
     /// Blocks until SIGTERM or SIGINT.
     pub fn wait_for_signal(&self) {
-        use tokio::signal::unix::{SignalKind, signal};
-        self.runtime.block_on(async {
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return std::future::pending().await;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        });
+        self.runtime.block_on(crate::serve::term_or_interrupt());
     }
 
     /// Stops accepting connections; the answers in flight finish.

@@ -231,19 +231,7 @@ impl Daemon {
 
     /// Blocks until SIGTERM or SIGINT.
     pub fn wait_for_signal(&self) {
-        use tokio::signal::unix::{SignalKind, signal};
-        self.runtime.block_on(async {
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return std::future::pending().await;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        });
+        self.runtime.block_on(term_or_interrupt());
     }
 
     /// Stops accepting connections, lets the requests in flight and in the queue finish,
@@ -307,6 +295,22 @@ impl Daemon {
             mem.write_slice(&[0xcc; 0x20_0000], GuestAddress(0x20_0000))
                 .is_ok()
         })
+    }
+}
+
+/// Returns on SIGTERM or SIGINT (never, if the handlers cannot be installed): the daemon
+/// and the proxy stop on either.
+pub(crate) async fn term_or_interrupt() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }
 
