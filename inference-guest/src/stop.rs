@@ -107,6 +107,19 @@ mod tests {
     }
 
     #[test]
+    fn false_starts_of_several_stops_release_everything_in_order() {
+        // The daemon's old scanner's cases: nothing is lost or reordered while held back.
+        assert_eq!(
+            run(&["\n\n", "é!"], &["a\n", "b", "é", "x"]),
+            ("a\nbéx".as_bytes().to_vec(), false)
+        );
+        assert_eq!(
+            run(&["END"], &["hello E", "N", "Dmore"]),
+            (b"hello ".to_vec(), true)
+        );
+    }
+
+    #[test]
     fn the_earliest_of_several_stops_wins_and_bytes_are_held_only_while_undecided() {
         assert_eq!(run(&["yz", "b"], &["abcxyz"]), (b"a".to_vec(), true));
         let mut s = StopScanner::new(&["stop"]);

@@ -9,7 +9,6 @@ use super::models::ServedModel;
 use super::openai::{Answer, Endpoint, GenRequest, Input, Usage, finish_reason, json_response};
 use super::scheduler::{ClientKey, Rejected};
 use super::sealed_api::{self, SealedPending};
-use super::stop::StopScanner;
 use super::worker::{Event, Job};
 use crate::text_stream::Utf8Stream;
 use axum::Router;
@@ -19,6 +18,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use inference_guest::stop::StopScanner;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -313,21 +313,25 @@ impl Detok {
     fn new(stops: Vec<String>) -> Self {
         Self {
             utf8: Utf8Stream::default(),
-            stop: StopScanner::new(stops),
+            stop: StopScanner::new(&stops),
             tokens: 0,
         }
     }
 
-    /// Text that can be sent, and whether a stop sequence ended it.
+    /// Text that can be sent, and whether a stop sequence ended it. The scanner gets whole
+    /// characters and cuts only where a stop sequence (whole characters too) starts, so what
+    /// it releases is whole characters.
     fn push(&mut self, ids: &[u32], bytes: &[u8]) -> (String, bool) {
         self.tokens += ids.len() as u32;
-        self.stop.push(&self.utf8.push(bytes))
+        let (out, stopped) = self.stop.push(self.utf8.push(bytes).as_bytes());
+        (String::from_utf8_lossy(&out).into_owned(), stopped)
     }
 
     fn finish(&mut self) -> String {
-        let (mut text, stopped) = self.stop.push(&self.utf8.finish());
+        let (out, stopped) = self.stop.push(self.utf8.finish().as_bytes());
+        let mut text = String::from_utf8_lossy(&out).into_owned();
         if !stopped {
-            text.push_str(&self.stop.finish());
+            text.push_str(&String::from_utf8_lossy(&self.stop.finish()));
         }
         text
     }

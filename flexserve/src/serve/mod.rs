@@ -19,7 +19,6 @@ pub mod notify;
 pub mod openai;
 pub mod scheduler;
 pub mod sealed_api;
-pub mod stop;
 pub mod worker;
 
 use crate::guest_root::GuestRoot;
