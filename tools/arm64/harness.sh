@@ -36,10 +36,25 @@ GEN_TOKENS=64
 log() { echo "arm64-$WHAT: $*"; }
 t0=$(date +%s)
 
+# The e2e test binaries the checks below run: only these are built and staged.
+E2E_TESTS=(boot guest virtio_echo private_memory memory_budget guest_sealed guest_sealed_session prompt_scan)
+# Cargo for the emulated host's binaries (arm64-init, flexserve, the tests). The checks test
+# the VMM and guests, not these binaries' speed: build them without LTO, with parallel codegen
+# and without debug info, which takes minutes off CI. `bench` keeps the release profile (it
+# times them); the guest images always have it (make image-arm64).
+musl_cargo() {
+    if [[ $WHAT == test ]]; then
+        CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+            CARGO_PROFILE_RELEASE_DEBUG=false $CARGO "$@"
+    else
+        $CARGO "$@"
+    fi
+}
+
 # --- build ----------------------------------------------------------------------------------
 
 log "building arm64-init"
-$CARGO build --release --quiet -p arm64-init --target $MUSL
+musl_cargo build --release --quiet -p arm64-init --target $MUSL
 rm -rf "$STAGE" && mkdir -p "$STAGE/bin" "$STAGE/tests" "$STAGE/expected"
 cp target/$MUSL/release/arm64-init "$STAGE/init"
 
@@ -65,13 +80,14 @@ build_images() {
 }
 
 build_flexserve() {
-    $CARGO build --release --quiet -p flexserve --target $MUSL || return 1
+    musl_cargo build --release --quiet -p flexserve --target $MUSL || return 1
     cp target/$MUSL/release/flexserve "$STAGE/bin/"
 }
 
 build_tests() {
     local json
-    json=$($CARGO test -p flexserve-e2e --release --target $MUSL --no-run --message-format=json) || return 1
+    json=$(musl_cargo test -p flexserve-e2e --release --target $MUSL --no-run --message-format=json \
+        "${E2E_TESTS[@]/#/--test=}") || return 1
     python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -79,7 +95,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])' <<<"$json" >"$RUN/tests.txt"
     while read -r name exe; do cp "$exe" "$STAGE/tests/$name"; done <"$RUN/tests.txt"
-    for t in boot guest virtio_echo private_memory memory_budget guest_sealed guest_sealed_session prompt_scan; do
+    for t in "${E2E_TESTS[@]}"; do
         [[ -x $STAGE/tests/$t ]] || { log "no test binary $t for $MUSL"; return 1; }
     done
 }
@@ -142,10 +158,15 @@ checks() {
         echo "e2e-boot timeout=900 $guest_env /tests/boot --test-threads=1"
         echo "e2e-guest timeout=900 $guest_env /tests/guest --test-threads=1"
         echo "e2e-virtio-echo timeout=1500 $guest_env /tests/virtio_echo --test-threads=1"
-        # A sealed model unseals (ARMv8 AES in the guest) and a tampered one is refused.
-        echo "e2e-sealed timeout=900 $guest_env /tests/guest_sealed --test-threads=1"
-        # A sealed request opens in the guest and its answer leaves sealed; tampering refused.
-        echo "e2e-sealed-session timeout=900 $guest_env /tests/guest_sealed_session --test-threads=1"
+        # A sealed model unseals (ARMv8 AES in the guest) and a tampered one is refused; a
+        # sealed request opens in the guest and its answer leaves sealed; tampering refused.
+        # What the guest refuses does not depend on the kind of VM: the protected VM (slow
+        # under emulation) runs only the tests that unseal.
+        local only_unseal=""
+        [[ $mode == protected ]] && only_unseal="--exact a_sealed_model_unseals_in_the_guest_and_generates_as_the_plaintext"
+        echo "e2e-sealed timeout=900 $guest_env /tests/guest_sealed --test-threads=1 $only_unseal"
+        [[ $mode == protected ]] && only_unseal="--exact a_sealed_chat_gives_the_plain_answer_sealed"
+        echo "e2e-sealed-session timeout=900 $guest_env /tests/guest_sealed_session --test-threads=1 $only_unseal"
         if [[ $mode == protected ]]; then
             echo "e2e-host-cannot-read timeout=1500 $guest_env /tests/private_memory --test-threads=1 the_host_cannot_read"
             echo "e2e-protected-budget timeout=900 $guest_env /tests/memory_budget --test-threads=1 a_protected_vm_keeps_its_budget"
@@ -165,8 +186,13 @@ checks() {
     # On the pKVM host the guest must be a protected VM, not a normal one as a fallback.
     local isolation=""
     [[ $mode == protected ]] && isolation=--require-protected
+    # The host engine does not depend on the mode: it runs in the normal boot. The protected
+    # VM's output for one prompt says it computes as the normal VM does.
     for i in "${!PROMPTS[@]}"; do
-        echo "greedy-host-$i timeout=600 /init expect-output /expected/$i.txt $run --unprotected -n $GEN_TOKENS '${PROMPTS[$i]}'"
+        [[ $mode == protected && $i != 0 ]] && break
+        if [[ $mode == normal ]]; then
+            echo "greedy-host-$i timeout=600 /init expect-output /expected/$i.txt $run --unprotected -n $GEN_TOKENS '${PROMPTS[$i]}'"
+        fi
         if have images; then
             echo "greedy-guest-$i timeout=900 /init expect-output /expected/$i.txt $run $isolation -n $GEN_TOKENS '${PROMPTS[$i]}'"
         fi
