@@ -144,6 +144,10 @@ flexserve-bin:
 image:
 	$(CARGO) build --release --quiet -p guest-kernel --features guest --target x86_64-unknown-none
 	$(CARGO) build --release --quiet -p guest-programs --features guest-x86_64 --bins
+	@# The test build of the engine (memory probes) first, into images/out-probes; then the
+	@# production engine, which leaves target/release/flexserve-engine as itself.
+	$(CARGO) build --release --quiet -p guest-service --features guest,probes --bins
+	images/build-manifest.sh target x86_64 probes
 	$(CARGO) build --release --quiet -p guest-service --features guest --bins
 	images/build-manifest.sh target
 
@@ -167,8 +171,10 @@ EL0_RUSTFLAGS := -C relocation-model=static -C target-feature=-strict-align \
 # the kernel and engine with their manifest into images/out-aarch64/.
 image-arm64:
 	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) build --release --quiet --target aarch64-unknown-none -p guest-programs --features guest-aarch64 --bins
-	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) build --release --quiet --target aarch64-unknown-none -p guest-service --features guest --bins
 	$(CARGO) build --release --quiet --target aarch64-unknown-none -p guest-kernel --features guest
+	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) build --release --quiet --target aarch64-unknown-none -p guest-service --features guest,probes --bins
+	images/build-manifest.sh target aarch64 probes
+	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) build --release --quiet --target aarch64-unknown-none -p guest-service --features guest --bins
 	images/build-manifest.sh target aarch64
 
 lint:
@@ -177,6 +183,7 @@ lint:
 	$(CARGO) clippy --release --quiet -p guest-kernel --features guest --target x86_64-unknown-none -- -D warnings
 	$(CARGO) clippy --release --quiet -p guest-programs --features guest-x86_64 --bins -- -D warnings
 	$(CARGO) clippy --release --quiet -p guest-service --features guest --bins -- -D warnings
+	$(CARGO) clippy --release --quiet -p guest-service --features guest,probes --bins -- -D warnings
 	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-programs --features guest-aarch64 --bins -- -D warnings
 	RUSTFLAGS="$(EL0_RUSTFLAGS)" $(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-service --features guest --bins -- -D warnings
 	$(CARGO) clippy --release --quiet --target aarch64-unknown-none -p guest-kernel --features guest -- -D warnings

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Collects the guest image parts of one architecture and writes manifest.json beside them
 # with the size and SHA-256 of each part; `flexserve run` checks them before it boots a guest.
-# Usage: images/build-manifest.sh TARGET_DIR [ARCH]
+# Usage: images/build-manifest.sh TARGET_DIR [ARCH [probes]]
 #   x86_64 (the default): images/out/ from x86_64-unknown-none (kernel) and the host target
 #   (engine), as `make image` builds them;
 #   aarch64: images/out-aarch64/, both from aarch64-unknown-none (`make image-arm64`).
+#   probes: the engine just built is the test build (feature `probes`, memory probes): its
+#   images go to images/out-probes/ (out-aarch64-probes/), never where `flexserve` looks.
 set -euo pipefail
 target=${1:?target dir}
 arch=${2:-x86_64}
+variant=${3:-}
 here=$(dirname "$0")
 case "$arch" in
     x86_64)
@@ -22,6 +25,14 @@ case "$arch" in
         ;;
     *)
         echo "build-manifest: unknown architecture '$arch' (x86_64 or aarch64)" >&2
+        exit 2
+        ;;
+esac
+case "$variant" in
+    "") ;;
+    probes) out="$out-probes" ;;
+    *)
+        echo "build-manifest: unknown variant '$variant' (probes or none)" >&2
         exit 2
         ;;
 esac

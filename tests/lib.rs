@@ -94,12 +94,29 @@ pub fn model_path(name: &str) -> Option<PathBuf> {
     None
 }
 
+/// Where the production images are: `$FLEXSERVE_IMAGES`, else the source tree's.
+fn images_dir() -> PathBuf {
+    std::env::var_os("FLEXSERVE_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("..").join(vmm::guest_images::IMAGES_OUT))
+}
+
 /// The protected guest's images (`make image`), checked against their manifest; `None`
 /// (after saying why) when guests cannot run here.
 pub fn protected_images() -> Option<vmm::guest_images::GuestImages> {
-    let dir = std::env::var_os("FLEXSERVE_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("..").join(vmm::guest_images::IMAGES_OUT));
+    images_in(images_dir())
+}
+
+/// The images with the test build of the engine, which answers memory probes (`make image`
+/// puts them beside the production ones, in `<images>-probes`); `None` as
+/// [`protected_images`].
+pub fn probe_images() -> Option<vmm::guest_images::GuestImages> {
+    let mut dir = images_dir().into_os_string();
+    dir.push("-probes");
+    images_in(PathBuf::from(dir))
+}
+
+fn images_in(dir: PathBuf) -> Option<vmm::guest_images::GuestImages> {
     let ok = std::path::Path::new("/dev/kvm").exists() && dir.join("manifest.json").exists();
     if !ok {
         assert!(
@@ -174,10 +191,10 @@ pub fn machine_with_64_mib_private() -> Machine {
     .expect("create VM")
 }
 
-/// A guest with the engine and memory probes, and the tiny model loaded as model 1; `None`
+/// A guest with the test build of the engine (memory probes), and the tiny model loaded as model 1; `None`
 /// (skipped) without the images or the model.
 pub fn engine_with_model(private_mib: usize) -> Option<(vmm::guest_vm::GuestVm, Vec<u8>)> {
-    let (images, path) = (protected_images()?, model_path("tiny.Q8_0.gguf")?);
+    let (images, path) = (probe_images()?, model_path("tiny.Q8_0.gguf")?);
     let file = std::fs::read(path).expect("read the tiny model");
     let mut vm = vmm::guest_vm::GuestVm::start(
         &images,

@@ -319,3 +319,46 @@ fn the_host_cannot_read_a_canary_the_engine_holds_beside_a_model() {
         vm.shutdown().expect("clean shutdown");
     }
 }
+
+/// A memory probe reads private memory for the host (a freed block's contents, among
+/// others), so only the test build of the engine answers one: the production engine refuses
+/// the feature when the VMM offers it, and answers a probe sent anyway `Unsupported`.
+/// Control: the test build, offered the same, answers.
+#[test]
+fn the_production_engine_refuses_memory_probes_and_the_test_build_answers() {
+    use virtio_llm::Status;
+    use vmm::guest_vm::{GuestConfig, GuestError, GuestVm};
+    let (Some(production), Some(test_build)) = (
+        flexserve_e2e::protected_images(),
+        flexserve_e2e::probe_images(),
+    ) else {
+        return;
+    };
+    let config = GuestConfig {
+        vcpus: 1,
+        private_bytes: 32 << 20,
+        diagnostics: true,
+        isolation: Default::default(),
+        min_isolation: IsolationLevel::None,
+        key_root: None,
+    };
+    let mut vm = GuestVm::start(&production, config).expect("the production engine boots");
+    assert!(
+        !vm.answers_probes(),
+        "the production engine accepted memory probes"
+    );
+    match vm.probe(ProbeOp::PlaceCanary) {
+        Err(GuestError::Refused {
+            status: Status::Unsupported,
+            ..
+        }) => {}
+        other => panic!("the production engine answered a memory probe: {other:?}"),
+    }
+    vm.shutdown().expect("clean shutdown");
+
+    let mut vm = GuestVm::start(&test_build, config).expect("the test build boots");
+    assert!(vm.answers_probes(), "the test build refused memory probes");
+    vm.probe(ProbeOp::PlaceCanary)
+        .expect("the test build places a canary");
+    vm.shutdown().expect("clean shutdown");
+}

@@ -126,7 +126,13 @@ extern "C" fn engine_main(vcpu: u64) -> ! {
     if vcpu != 0 {
         guest_service::vcpu_pool::worker(vcpu);
     }
-    let Ok(mut driver) = LlmDriver::new(
+    // Memory probes only in the test build (service/probe.rs says why).
+    let open = if cfg!(feature = "probes") {
+        LlmDriver::with_probes
+    } else {
+        LlmDriver::new
+    };
+    let Ok(mut driver) = open(
         SharedWindow,
         MmioRegisters,
         SHARED_WINDOW_BASE,

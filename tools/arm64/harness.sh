@@ -73,8 +73,11 @@ build_images() {
     make --no-print-directory image-arm64 || return 1
     # The guest images, model and programs at the same absolute paths as here, so the e2e
     # tests (which find them from their build-time source path) find them there too.
-    mkdir -p "$STAGE$ROOT/$IMAGES" "$STAGE$ROOT/target/aarch64-unknown-none/release"
+    # The test build of the engine (memory probes) too, which tests find beside the images.
+    mkdir -p "$STAGE$ROOT/$IMAGES" "$STAGE$ROOT/$IMAGES-probes" \
+        "$STAGE$ROOT/target/aarch64-unknown-none/release"
     cp $IMAGES/* "$STAGE$ROOT/$IMAGES/"
+    cp $IMAGES-probes/* "$STAGE$ROOT/$IMAGES-probes/"
     find target/aarch64-unknown-none/release -maxdepth 1 -type f -perm -u+x \
         -exec cp {} "$STAGE$ROOT/target/aarch64-unknown-none/release/" \;
 }

@@ -140,6 +140,7 @@ pub struct Service {
     clock: u64,
     /// Whether the device negotiated memory probes, and the probe's canary block.
     diagnostics: bool,
+    #[cfg(feature = "probes")]
     canary: Option<Vec<u8>>,
     canary_block: (u64, u64),
     /// When the model being loaded began, and the time spent in its chunks (logged).
@@ -165,9 +166,10 @@ impl Service {
             cpu_features,
             relinquisher: Relinquisher::default(),
             clock: 0,
-            diagnostics: features & (1 << feature::DIAGNOSTICS) != 0,
+            diagnostics: cfg!(feature = "probes") && features & (1 << feature::DIAGNOSTICS) != 0,
             guest_text: features & (1 << feature::GUEST_TEXT) != 0,
             sealed_sessions: features & (1 << feature::SEALED_SESSION) != 0,
+            #[cfg(feature = "probes")]
             canary: None,
             canary_block: (0, 0),
             load_ns: (0, 0),

@@ -1,14 +1,23 @@
 //! Memory probes (test-only, `feature::DIAGNOSTICS`): see `virtio_llm::wire::probe`.
+//!
+//! A probe reads private memory on the host's behalf (`CheckCanaryBlock` reads a block
+//! after it was freed, maybe reused: an oracle over other private data), so it exists only
+//! in the test build of the engine (feature `probes`, image `flexserve-engine-probes`). The
+//! production engine neither accepts the feature nor has the code: it answers every probe
+//! `Unsupported`.
 
 use super::{Environment, Service};
+#[cfg(feature = "probes")]
 use alloc::vec::Vec;
 use virtio_llm::Status;
-use virtio_llm::wire::probe::{CANARY_BYTES, MemoryProbe, ProbeOp, ProbeReply, fnv1a};
+#[cfg(feature = "probes")]
+use virtio_llm::wire::probe::{CANARY_BYTES, fnv1a};
+use virtio_llm::wire::probe::{MemoryProbe, ProbeOp, ProbeReply};
 
 impl Service {
     /// Answers a memory probe (test-only; see `virtio_llm::wire::probe`).
     pub(super) fn probe(&mut self, p: MemoryProbe, env: &dyn Environment) -> ProbeReply {
-        let mut reply = ProbeReply {
+        let reply = ProbeReply {
             op: p.op,
             status: Status::Ok,
             block_addr: self.canary_block.0,
@@ -18,10 +27,30 @@ impl Service {
             exposed_addr: 0,
         };
         if !self.diagnostics {
-            reply.status = Status::Unsupported;
-            return reply;
+            return ProbeReply {
+                status: Status::Unsupported,
+                ..reply
+            };
         }
-        match p.op {
+        self.run_probe(p.op, reply, env)
+    }
+
+    #[cfg(not(feature = "probes"))]
+    fn run_probe(&mut self, _: ProbeOp, reply: ProbeReply, _: &dyn Environment) -> ProbeReply {
+        ProbeReply {
+            status: Status::Unsupported,
+            ..reply
+        }
+    }
+
+    #[cfg(feature = "probes")]
+    fn run_probe(
+        &mut self,
+        op: ProbeOp,
+        mut reply: ProbeReply,
+        env: &dyn Environment,
+    ) -> ProbeReply {
+        match op {
             ProbeOp::PlaceCanary => {
                 let len = virtio_llm::spec::MEMORY_GRANULE as usize;
                 let mut block = Vec::new();

@@ -135,11 +135,12 @@ pub struct LlmDriver<M: DriverMemory, T: Transport> {
     stats: DriverStats,
 }
 
-/// Features the driver accepts when offered (besides the required ones).
+/// Features the driver accepts when offered (besides the required ones). Memory probes
+/// (`feature::DIAGNOSTICS`) are not among them: only a test build of the engine asks for
+/// them ([`LlmDriver::with_probes`]), so a production engine never answers one.
 pub const OPTIONAL_FEATURES: u64 = F_EVENT_IDX
     | 1 << feature::TEXT_PROMPT
     | 1 << feature::MEMORY
-    | 1 << feature::DIAGNOSTICS
     | 1 << feature::PREEMPT
     | 1 << feature::SEALED
     | 1 << feature::GUEST_TEXT
@@ -161,6 +162,27 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
         window_base: u64,
         window_size: u64,
     ) -> Result<Self, DriverError> {
+        Self::open(mem, transport, window_base, window_size, OPTIONAL_FEATURES)
+    }
+
+    /// [`Self::new`] for a test build of the engine: memory probes are accepted too.
+    pub fn with_probes(
+        mem: M,
+        transport: T,
+        window_base: u64,
+        window_size: u64,
+    ) -> Result<Self, DriverError> {
+        let accepted = OPTIONAL_FEATURES | 1 << feature::DIAGNOSTICS;
+        Self::open(mem, transport, window_base, window_size, accepted)
+    }
+
+    fn open(
+        mem: M,
+        transport: T,
+        window_base: u64,
+        window_size: u64,
+        accepted: u64,
+    ) -> Result<Self, DriverError> {
         let t = &transport;
         let (magic, version) = (t.read32(reg::MAGIC), t.read32(reg::VERSION));
         if magic != mmio::MAGIC || version != mmio::VERSION {
@@ -172,14 +194,14 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
         }
         t.write32(reg::STATUS, 0);
         t.write32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        let (features, limits, rings) = match Self::try_configure(&mem, t, window_base, window_size)
-        {
-            Ok(parts) => parts,
-            Err(e) => {
-                fail(t);
-                return Err(e);
-            }
-        };
+        let (features, limits, rings) =
+            match Self::try_configure(&mem, t, window_base, window_size, accepted) {
+                Ok(parts) => parts,
+                Err(e) => {
+                    fail(t);
+                    return Err(e);
+                }
+            };
         let mut d = Self::assemble(mem, transport, features, limits, rings, window_base);
         if let Err(e) = d.post_all_rx().and_then(|()| d.go_live()) {
             fail(&d.transport);
@@ -202,6 +224,7 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
         t: &T,
         base: u64,
         size: u64,
+        accepted: u64,
     ) -> Result<(u64, DeviceLimits, Vec<SplitRing>), DriverError> {
         if super::layout::window_bytes_needed() > size {
             return Err(DriverError::WindowTooSmall { size });
@@ -214,7 +237,7 @@ impl<M: DriverMemory, T: Transport> LlmDriver<M, T> {
         if offered & REQUIRED_FEATURES != REQUIRED_FEATURES {
             return Err(DriverError::MissingFeatures { offered });
         }
-        let features = REQUIRED_FEATURES | (offered & OPTIONAL_FEATURES);
+        let features = REQUIRED_FEATURES | (offered & accepted);
         t.write32(reg::DRIVER_FEATURES_SEL, 0);
         t.write32(reg::DRIVER_FEATURES, features as u32);
         t.write32(reg::DRIVER_FEATURES_SEL, 1);
