@@ -442,3 +442,21 @@ fn refused_requests_get_their_documented_status_and_serving_goes_on() {
         (1, 2, 1)
     );
 }
+
+/// The clock is the host's (the VMM emulates it): one that starts near the end of its range
+/// and runs backwards must not stop the service, which once subtracted and added clock
+/// readings unchecked (a panic in the guest, or a deadline wrapped into the past). Loading,
+/// generating and the engine's timings all go through it.
+#[test]
+fn a_hostile_host_clock_does_not_stop_the_service() {
+    let Some((file, sha)) = model() else { return };
+    let rig = Rig::start(limits());
+    rig.pool.backwards_clock.store(true, Ordering::SeqCst);
+    assert_eq!(rig.load(1, &file, sha), Status::Ok);
+    assert_eq!(rig.open(1, 1, 64), Status::Ok);
+    rig.request(&greedy_request(1, 1, Prompt::Tokens(vec![1, 2, 3]), 4));
+    let (tokens, end) = rig.collect(1).expect("the request runs");
+    assert_eq!(tokens.len(), 4);
+    assert_eq!(end.generated_tokens, 4);
+    assert_eq!(rig.stats().requests_completed, 1);
+}

@@ -282,29 +282,45 @@ fn no_prompt_in_the_boot_region() {
     );
 }
 
-/// A host that reports the private pool inside the boot region (where it would read
-/// everything the guest puts there) gets a guest that refuses it, says why and stops, before
-/// it holds anything of a user's.
+/// A host whose control page lies about the private pool, so that the guest would put a
+/// user's data where the host reads it, gets a guest that refuses, says why and stops
+/// before it holds anything of a user's: a pool inside the boot region or the shared
+/// window, one whose end overflows, and none at all (the engine never falls back to the
+/// boot region's heap). The real pool exists every time; only the report lies.
 #[test]
-fn the_engine_refuses_a_pool_laid_over_its_boot_region() {
+fn the_engine_refuses_every_lie_about_its_private_pool() {
     let Some(images) = protected_images() else {
         return;
     };
-    let mut m = Machine::new(MachineConfig {
-        private_size: 64 << 20,
-        deadline: std::time::Duration::from_secs(60),
-        reported_private_base: Some(layout::BOOT_BASE + (16 << 20)),
-        ..MachineConfig::default()
-    })
-    .expect("create VM");
-    let code = m.boot(&images.kernel, &images.engine, VCPUS);
-    let console = m.console().lines().join("\n");
-    assert!(
-        matches!(code, Ok(EXIT_PRIVATE_POOL_REFUSED)),
-        "{code:?}\n{console}"
-    );
-    assert!(
-        console.contains("refusing that pool: it overlaps the boot region; stopping"),
-        "{console}"
-    );
+    let lies = [
+        (
+            (layout::BOOT_BASE + (16 << 20), 64 << 20),
+            "it overlaps the boot region",
+        ),
+        (
+            (layout::SHARED_BASE, 64 << 20),
+            "it overlaps the shared window",
+        ),
+        (
+            (u64::MAX - (2 << 20) + 1, 4 << 20),
+            "its base + size overflows",
+        ),
+        ((layout::PRIVATE_BASE, 0), "the host offers no private pool"),
+    ];
+    for (pool, why) in lies {
+        let mut m = Machine::new(MachineConfig {
+            private_size: 64 << 20,
+            deadline: std::time::Duration::from_secs(60),
+            reported_private_pool: Some(pool),
+            ..MachineConfig::default()
+        })
+        .expect("create VM");
+        let code = m.boot(&images.kernel, &images.engine, VCPUS);
+        let console = m.console().lines().join("\n");
+        assert!(
+            matches!(code, Ok(EXIT_PRIVATE_POOL_REFUSED)),
+            "pool {pool:x?}: {code:?}\n{console}"
+        );
+        assert!(console.contains(why), "pool {pool:x?}: {console}");
+    }
 }

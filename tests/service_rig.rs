@@ -45,6 +45,10 @@ pub struct TestPool {
     /// reads the counter once per generated token).
     pub budgets: Mutex<Vec<(u64, u64)>>,
     pub ticks: AtomicU64,
+    /// A hostile host's clock: from near the end of its range, each read earlier than the
+    /// last (the VMM emulates the clock, so the guest must survive any value).
+    pub backwards_clock: AtomicBool,
+    clock_reads: AtomicU64,
 }
 
 impl PrivateMemory for TestPool {
@@ -83,6 +87,9 @@ pub struct HostEnv {
 
 impl Environment for HostEnv {
     fn now_ns(&self) -> u64 {
+        if self.pool.backwards_clock.load(Ordering::SeqCst) {
+            return u64::MAX - self.pool.clock_reads.fetch_add(1, Ordering::SeqCst);
+        }
         self.epoch.elapsed().as_nanos() as u64
     }
     fn ticks(&self) -> u64 {

@@ -45,17 +45,22 @@ pub fn with_private_pool<R>(f: impl FnOnce(&mut private_pool::PrivatePool) -> R)
     HEAP.with_private(f)
 }
 
-/// Runs `main(vcpu)` on this vCPU's user stack in the private pool (on the boot-region
-/// stack the kernel started it on when the VM has no private region). Programs that handle
-/// user data call it first thing in `_start`: until the switch the stack is host-readable,
-/// so nothing but this call may run on it. A pool that fails the layout check, or has no
-/// room for the stack, stops the program instead.
+/// Runs `main(vcpu)` on this vCPU's user stack in the private pool. Programs that handle
+/// user data (the engine) call it first thing in `_start`: until the switch the stack is
+/// host-readable, so nothing but this call may run on it. No private pool (the control page
+/// says size 0), a pool that fails the layout check, or one without room for the stack
+/// stops the program instead, with [`heap_alloc::EXIT_PRIVATE_POOL_REFUSED`]: the boot
+/// region is no place for a user's data.
 #[cfg(feature = "guest")]
 pub fn start_on_private_stack(vcpu: u64, main: extern "C" fn(u64) -> !) -> ! {
     match HEAP.stack_top(vcpu) {
         // SAFETY: the allocator gave this vCPU alone the `STACK_SIZE` bytes below `top`
         // (private, identity-mapped, writable; `top` is 128 KiB-aligned), for good.
         Some(top) => unsafe { arch::run_on_stack(top, main, vcpu) },
-        None => main(vcpu),
+        None => {
+            print("runtime: the host offers no private pool, and this program keeps a user's ");
+            print("data only in private memory; stopping\n");
+            exit(heap_alloc::EXIT_PRIVATE_POOL_REFUSED)
+        }
     }
 }

@@ -184,7 +184,7 @@ impl Unsealing {
             Body::Strawman(mut stored) => {
                 let t0 = clock();
                 let opened = open_stored(&mut unsealer, &mut stored.bytes, &stored.tags);
-                times.decrypt_ns += clock() - t0;
+                times.decrypt_ns = times.decrypt_ns.saturating_add(clock().saturating_sub(t0));
                 match opened {
                     Ok(()) => Ok(stored.bytes),
                     Err(e) => return (Err(e), times),
@@ -235,8 +235,11 @@ impl Opener {
             },
             SealError::StreamFailed { index },
         );
-        self.times.copy_ns += t1 - t0;
-        self.times.decrypt_ns += clock() - t1;
+        self.times.copy_ns = self.times.copy_ns.saturating_add(t1.saturating_sub(t0));
+        self.times.decrypt_ns = self
+            .times
+            .decrypt_ns
+            .saturating_add(clock().saturating_sub(t1));
         opened
     }
 }
@@ -287,7 +290,7 @@ fn store(
     let t0 = clock();
     // Within the reserved capacity: the chunk's range lies within the body.
     stored.bytes.extend_from_slice(ciphertext);
-    times.copy_ns += clock() - t0;
+    times.copy_ns = times.copy_ns.saturating_add(clock().saturating_sub(t0));
     stored.tags.push(tag);
     stored.cursor.advance(header, &chunk);
     Ok(())

@@ -62,10 +62,11 @@ pub struct MachineConfig {
     pub isolation: IsolationRequest,
     /// Refuse to create the VM when its isolation is below this level.
     pub min_isolation: IsolationLevel,
-    /// Tests only: the private pool base the control page reports instead of the real one,
-    /// as a hostile host might (the guest must refuse a pool that breaks its layout).
+    /// Tests only: the private pool (base, size) the control page reports instead of the
+    /// real one, as a hostile host might (the guest must refuse a pool that breaks its
+    /// layout, or none at all).
     #[cfg(feature = "test-hooks")]
-    pub reported_private_base: Option<u64>,
+    pub reported_private_pool: Option<(u64, u64)>,
 }
 
 impl Default for MachineConfig {
@@ -79,7 +80,7 @@ impl Default for MachineConfig {
             isolation: IsolationRequest::default(),
             min_isolation: IsolationLevel::None,
             #[cfg(feature = "test-hooks")]
-            reported_private_base: None,
+            reported_private_pool: None,
         }
     }
 }
@@ -561,14 +562,15 @@ fn device_bus(
 ) -> Result<MmioBus, VmError> {
     let mut bus = MmioBus::default();
     bus.insert(layout::CONSOLE_BASE, 0x1000, console.clone())?;
+    let (private_base, private_size) = (layout::PRIVATE_BASE, config.private_size as u64);
     #[cfg(feature = "test-hooks")]
-    let private_base = config.reported_private_base.unwrap_or(layout::PRIVATE_BASE);
-    #[cfg(not(feature = "test-hooks"))]
-    let private_base = layout::PRIVATE_BASE;
+    let (private_base, private_size) = config
+        .reported_private_pool
+        .unwrap_or((private_base, private_size));
     let control = Control {
         mem_size: config.boot_size as u64,
         private_base,
-        private_size: config.private_size as u64,
+        private_size,
     };
     bus.insert(layout::CONTROL_BASE, 0x1000, Arc::new(control))?;
     bus.insert(layout::FAULT_BASE, 0x1000, Arc::new(FaultPage::default()))?;

@@ -42,10 +42,12 @@ impl Service {
             }
         }
         let u = mem.usage();
-        if u.resident + u.pending + needed > u.budget {
+        if u.resident.saturating_add(u.pending).saturating_add(needed) > u.budget {
             let target = u.budget.saturating_sub(u.pending + needed);
             let park = || env.park();
-            let deadline = env.now_ns() + RELEASE_WAIT_NS;
+            // The host's clock: a value near the end of its range must not wrap the deadline
+            // into the past (or panic).
+            let deadline = env.now_ns().saturating_add(RELEASE_WAIT_NS);
             let released = self
                 .relinquisher
                 .trim_and_report(driver, mem, target, 0, &park)

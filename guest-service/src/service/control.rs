@@ -118,7 +118,9 @@ impl Service {
             Some(l) if l.model_id == c.model_id => Some(l.chunk(c.offset, c.data, par)),
             _ => None,
         };
-        self.load_ns.1 += env.now_ns() - t0;
+        // The clock is the host's: it may jump, backwards too (saturate, never wrap).
+        let spent = env.now_ns().saturating_sub(t0);
+        self.load_ns.1 = self.load_ns.1.saturating_add(spent);
         match result {
             Some(Ok(())) => Status::Ok,
             Some(Err(s)) => {
@@ -160,9 +162,9 @@ impl Service {
     pub(super) fn load_times(&self, checked_from: u64, now: u64) -> alloc::string::String {
         alloc::format!(
             "{} ms from begin, {} ms in chunks, {} ms to check",
-            (now - self.load_ns.0) / 1_000_000,
+            now.saturating_sub(self.load_ns.0) / 1_000_000,
             self.load_ns.1 / 1_000_000,
-            (now - checked_from) / 1_000_000
+            now.saturating_sub(checked_from) / 1_000_000
         )
     }
 

@@ -75,7 +75,9 @@ impl Service {
             Some(u) if u.model_id == c.model_id => u.chunk(c.index, c.data, &|| env.now_ns()),
             _ => return Status::BadRequest,
         };
-        self.load_ns.1 += env.now_ns() - t0;
+        // The host's clock may jump, backwards too (saturate, never wrap).
+        let spent = env.now_ns().saturating_sub(t0);
+        self.load_ns.1 = self.load_ns.1.saturating_add(spent);
         match result {
             Ok(()) => Status::Ok,
             Err(e) => {
