@@ -5,7 +5,10 @@
 //! `corpus/driver_decode` (git-ignored). The frames also seed the queue-level part of each
 //! target, which reads the same bytes as a script of hostile operations. `corpus/sealed_model`
 //! gets a small model sealed to the target's guest, so that mutations of its body reach the
-//! chunk checks behind the signature.
+//! chunk checks behind the signature; `corpus/gguf_model` a whole tiny model (a one-layer
+//! llama with a byte-fallback SentencePiece vocabulary and a ChatML template), so that
+//! mutations reach the tokenizer, the weights and a forward pass; `corpus/openai_request`
+//! request bodies that use every field the parser reads.
 
 use std::fs;
 use std::path::Path;
@@ -311,6 +314,8 @@ fn main() {
     );
     println!("seeds written to {}", root.display());
     write_sealed_seed(&root.join("sealed_model"));
+    write_gguf_seed(&root.join("gguf_model"));
+    write_openai_seeds(&root.join("openai_request"));
 }
 
 /// Three layers, 13 chunks of up to 4096 bytes, sealed to the fuzz target's guest key.
@@ -331,4 +336,34 @@ fn write_sealed_seed(dir: &Path) {
     let owner = OwnerKey::from_seed(&[3; 32]);
     let file = seal(&request, &owner, &mut OsRng.unwrap_err()).expect("the seed seals");
     write(dir, "small_model", file);
+}
+
+/// The tiny model the `service_commands` target loads, as a whole file.
+fn write_gguf_seed(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    write(dir, "tiny_llama", virtio_llm_fuzz::tiny_llama());
+}
+
+/// Chat, completion (text and token ids) and sealed bodies using every field the parser
+/// reads, so that mutations start inside each branch.
+fn write_openai_seeds(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    let bodies = [
+        (
+            "chat",
+            r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"}]},{"role":"assistant","content":null},{"role":"developer","content":"x"}],"max_tokens":16,"max_completion_tokens":8,"n":1,"temperature":0.7,"top_p":0.9,"top_k":40,"min_p":0.05,"repeat_penalty":1.1,"seed":-3,"stream":true,"stream_options":{"include_usage":true},"stop":["\n","END"],"user":"u","ignore_eos":false,"frequency_penalty":0,"presence_penalty":0,"logprobs":false}"#,
+        ),
+        (
+            "completion_text",
+            r#"{"prompt":["Once upon a time"],"max_tokens":4,"stop":"."}"#,
+        ),
+        ("completion_ids", r#"{"prompt":[1,2,3,4294967295],"temperature":0}"#),
+        (
+            "sealed",
+            r#"{"model":"m","flexserve_sealed":"AAECAwQFBgcICQoLDA0ODw==","stream":false,"max_tokens":2}"#,
+        ),
+    ];
+    for (name, body) in bodies {
+        write(dir, name, body.as_bytes().to_vec());
+    }
 }

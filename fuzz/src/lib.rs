@@ -401,3 +401,70 @@ pub fn payload(
         }
     })
 }
+
+/// A one-layer llama (F32, 32 wide, context 64) with a SentencePiece vocabulary of byte
+/// tokens, a few pieces and ChatML markers: small enough for many executions a second,
+/// whole enough that the engine loads it and generates. Seeds `gguf_model`; loaded by
+/// `service_commands`.
+pub fn tiny_llama() -> Vec<u8> {
+    use inference_guest::ggml_type::GgmlType;
+    use inference_guest::gguf::writer::GgufWriter;
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+        .map(String::from)
+        .to_vec();
+    let mut types = vec![2, 3, 3, 3, 3];
+    tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+    types.extend([6; 256]);
+    for piece in ["\u{2581}", "\u{2581}Hello", "\u{2581}world", "user", "e", "l", "o", "1"] {
+        tokens.push(piece.into());
+        types.push(1);
+    }
+    let scores: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
+    let (embd, ff, kv, vocab) = (32u64, 32u64, 16u64, tokens.len() as u64);
+    let mut w = GgufWriter::new();
+    let names: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    let ok = |r: Result<(), _>| r.expect("the seed model is valid");
+    ok(w.add_str("general.architecture", "llama"));
+    ok(w.add_u32("llama.embedding_length", embd as u32));
+    ok(w.add_u32("llama.block_count", 1));
+    ok(w.add_u32("llama.attention.head_count", 2));
+    ok(w.add_u32("llama.attention.head_count_kv", 1));
+    ok(w.add_u32("llama.feed_forward_length", ff as u32));
+    ok(w.add_u32("llama.context_length", 64));
+    ok(w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5));
+    ok(w.add_str("tokenizer.ggml.model", "llama"));
+    ok(w.add_str_array("tokenizer.ggml.tokens", &names));
+    ok(w.add_f32_array("tokenizer.ggml.scores", &scores));
+    ok(w.add_i32_array("tokenizer.ggml.token_type", &types));
+    ok(w.add_u32("tokenizer.ggml.bos_token_id", 1));
+    ok(w.add_u32("tokenizer.ggml.eos_token_id", 2));
+    ok(w.add_u32("tokenizer.ggml.unknown_token_id", 0));
+    ok(w.add_str(
+        "tokenizer.chat_template",
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+    ));
+    let mut n = 0u32;
+    let mut tensor = |w: &mut GgufWriter, name: &str, dims: &[u64]| {
+        let len = dims.iter().product::<u64>() as usize;
+        let data = (0..len)
+            .flat_map(|_| {
+                n = n.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (((n >> 16) % 200) as f32 / 1000.0 - 0.1).to_le_bytes()
+            })
+            .collect();
+        w.add_tensor(name, GgmlType::F32, dims, data)
+            .expect("the seed tensor is valid");
+    };
+    tensor(&mut w, "token_embd.weight", &[embd, vocab]);
+    tensor(&mut w, "output_norm.weight", &[embd]);
+    tensor(&mut w, "blk.0.attn_norm.weight", &[embd]);
+    tensor(&mut w, "blk.0.attn_q.weight", &[embd, embd]);
+    tensor(&mut w, "blk.0.attn_k.weight", &[embd, kv]);
+    tensor(&mut w, "blk.0.attn_v.weight", &[embd, kv]);
+    tensor(&mut w, "blk.0.attn_output.weight", &[embd, embd]);
+    tensor(&mut w, "blk.0.ffn_norm.weight", &[embd]);
+    tensor(&mut w, "blk.0.ffn_gate.weight", &[embd, ff]);
+    tensor(&mut w, "blk.0.ffn_up.weight", &[embd, ff]);
+    tensor(&mut w, "blk.0.ffn_down.weight", &[ff, embd]);
+    w.to_bytes().expect("the seed model encodes")
+}
