@@ -357,7 +357,10 @@ fn write_openai_seeds(dir: &Path) {
             "completion_text",
             r#"{"prompt":["Once upon a time"],"max_tokens":4,"stop":"."}"#,
         ),
-        ("completion_ids", r#"{"prompt":[1,2,3,4294967295],"temperature":0}"#),
+        (
+            "completion_ids",
+            r#"{"prompt":[1,2,3,4294967295],"temperature":0}"#,
+        ),
         (
             "sealed",
             r#"{"model":"m","flexserve_sealed":"AAECAwQFBgcICQoLDA0ODw==","stream":false,"max_tokens":2}"#,

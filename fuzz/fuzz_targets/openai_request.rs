@@ -28,7 +28,11 @@ fn check(r: &GenRequest) {
     assert!(r.stop.len() <= 4, "{} stop strings", r.stop.len());
     assert!(r.stop.iter().all(|s| !s.is_empty()), "an empty stop string");
     let s = &r.sampling;
-    assert!((0.0..=2.0).contains(&s.temperature), "temperature {}", s.temperature);
+    assert!(
+        (0.0..=2.0).contains(&s.temperature),
+        "temperature {}",
+        s.temperature
+    );
     assert!((0.0..=1.0).contains(&s.top_p), "top_p {}", s.top_p);
     assert!((0.0..=1.0).contains(&s.min_p), "min_p {}", s.min_p);
     assert!(

@@ -36,9 +36,9 @@ use virtio_llm::wire::request::{
     SamplingParams,
 };
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm::devices::MmioDevice;
 use vmm::devices::virtio_llm::{HostError, LlmConfig, LlmHost, VirtioLlm};
 use vmm::devices::virtio_mmio::MmioTransport;
-use vmm::devices::MmioDevice;
 
 /// Tokens a request may generate here: enough to stream, few enough that the responses of
 /// every request in flight fit the response ring while the host is not reading.
@@ -107,7 +107,8 @@ impl Environment for Env {
     }
     fn park(&self) {}
     fn random(&self) -> u64 {
-        self.random.set(self.random.get().wrapping_add(0x9e37_79b9_7f4a_7c15));
+        self.random
+            .set(self.random.get().wrapping_add(0x9e37_79b9_7f4a_7c15));
         self.random.get()
     }
     fn count_nonzero(&self, _addr: u64, _len: u64) -> u64 {
@@ -154,8 +155,9 @@ impl Rig {
             memory_budget: 256 << 20,
             ..LlmConfig::default()
         };
-        let (device, host) = VirtioLlm::new(mem.clone(), window, irq.clone(), Arc::default(), limits)
-            .expect("device");
+        let (device, host) =
+            VirtioLlm::new(mem.clone(), window, irq.clone(), Arc::default(), limits)
+                .expect("device");
         let transport = Arc::new(MmioTransport::with_interrupt_status(Box::new(device), irq));
         let driver = LlmDriver::new(
             DriverView(mem),
@@ -241,7 +243,10 @@ impl Rig {
         self.pump();
         let mut sha256 = *sha;
         sha256[0] ^= u8::from(forged);
-        self.command(&ControlCommand::LoadModelEnd(LoadModelEnd { model_id, sha256 }));
+        self.command(&ControlCommand::LoadModelEnd(LoadModelEnd {
+            model_id,
+            sha256,
+        }));
     }
 
     fn command(&self, cmd: &ControlCommand<'_>) {
@@ -256,7 +261,9 @@ impl Rig {
     /// Steps the service until it is idle, reading everything it sent.
     fn pump(&mut self) {
         for _ in 0..64 {
-            let step = self.service.step(&mut self.driver, &SingleThread, &self.env);
+            let step = self
+                .service
+                .step(&mut self.driver, &SingleThread, &self.env);
             match step {
                 Ok(_) | Err(DriverError::Malformed { .. }) => {}
                 Err(e) => panic!("the service failed a step against an honest device: {e}"),

@@ -415,7 +415,16 @@ pub fn tiny_llama() -> Vec<u8> {
     let mut types = vec![2, 3, 3, 3, 3];
     tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
     types.extend([6; 256]);
-    for piece in ["\u{2581}", "\u{2581}Hello", "\u{2581}world", "user", "e", "l", "o", "1"] {
+    for piece in [
+        "\u{2581}",
+        "\u{2581}Hello",
+        "\u{2581}world",
+        "user",
+        "e",
+        "l",
+        "o",
+        "1",
+    ] {
         tokens.push(piece.into());
         types.push(1);
     }
