@@ -10,6 +10,7 @@
 //! `worker.rs` the guest thread, `stop.rs` stop sequences, `metrics.rs` `/metrics`.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod listen;
