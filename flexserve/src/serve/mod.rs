@@ -17,6 +17,7 @@ pub mod config;
 pub mod config_access;
 pub mod conn_limits;
 pub mod error;
+pub mod guard;
 pub mod listen;
 pub mod metrics;
 pub mod models;
@@ -178,7 +179,7 @@ impl Daemon {
             .store(config.memory_max, Ordering::Relaxed);
         let tcp_addrs = listen::tcp_addrs(&sockets);
         let shared = Arc::new(Shared {
-            queue: JobQueue::new(config.queue_depth),
+            queue: JobQueue::new(config.queue_depth, config.client_share()),
             tcp_addrs,
             conns: Arc::new(Connections::new(config.server)),
             config,
