@@ -225,13 +225,17 @@ async fn enqueue(
         .model
         .clone()
         .unwrap_or_else(|| s.config.default_model.clone());
-    // The first request for a model reads and checks its file: off the async threads.
+    // The first request for a model reads and checks its file, and tokenizing a long prompt
+    // takes a while: off the async threads, and only `limits.blocking_tasks` at once, so a
+    // burst of requests cannot pile up blocking threads (each held to the end).
     let (model, prompt) = {
-        let s = s.clone();
         let input = req.input.clone();
         let stream = req.stream;
-        tokio::task::spawn_blocking(move || {
-            let model = s.catalogue.get(&name)?;
+        let s2 = s.clone();
+        super::blocking::bounded(&s.blocking, move || {
+            let model = s2.catalogue.get(&name)?;
+            // Refused before tokenizing when the text cannot fit however it tokenizes.
+            model.fits_roughly(&input)?;
             let prompt = match input {
                 // Relayed untouched, with the public fields the guest binds it to.
                 Input::Sealed(request) => Prompt::Sealed(SealedPrompt {
@@ -243,8 +247,7 @@ async fn enqueue(
             };
             Ok::<_, ApiError>((model, prompt))
         })
-        .await
-        .map_err(|e| ApiError::Model(format!("the model check failed: {e}")))??
+        .await??
     };
     // A prompt the guest tokenizes is checked there (an empty one is refused, one that does
     // not fit ends with the context full).

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod blocking;
 pub mod config;
 pub mod config_access;
 pub mod conn_limits;
@@ -57,6 +58,8 @@ pub struct Shared {
     pub tcp_addrs: Vec<SocketAddr>,
     /// The open connections and their limits.
     pub conns: Arc<Connections>,
+    /// Bounds the model checks and tokenizations on blocking threads (`limits.blocking_tasks`).
+    pub blocking: tokio::sync::Semaphore,
     /// The running guest's signed statement (docs/sealed-session.md), taken at its boot.
     pub statement: std::sync::Mutex<Option<[u8; virtio_llm::spec::SIGNED_STATEMENT_BYTES]>>,
     /// The running guest's memory, for tests that crash it.
@@ -182,6 +185,7 @@ impl Daemon {
             queue: JobQueue::new(config.queue_depth, config.client_share()),
             tcp_addrs,
             conns: Arc::new(Connections::new(config.server)),
+            blocking: tokio::sync::Semaphore::new(config.blocking_tasks),
             config,
             metrics,
             catalogue,

@@ -39,10 +39,8 @@ fn cached(s: &Shared) -> Option<[u8; virtio_llm::spec::SIGNED_STATEMENT_BYTES]> 
 async fn boot(s: &Arc<Shared>, who: Principal) -> Result<(), ApiError> {
     let name = s.config.default_model.clone();
     let model = {
-        let s = s.clone();
-        tokio::task::spawn_blocking(move || s.catalogue.get(&name))
-            .await
-            .map_err(|e| ApiError::Model(format!("the model check failed: {e}")))??
+        let s2 = s.clone();
+        super::blocking::bounded(&s.blocking, move || s2.catalogue.get(&name)).await??
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let job = Job {
