@@ -28,7 +28,7 @@ APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build systemd
 PROMPT ?= Write a haiku about the sea.
 
 .PHONY: help setup setup-deps setup-bench models build image image-arm64 test test-fast test-fallback lint test-neon run \
-        test-venv flexserve-bin install install-units bench-serve \
+        test-venv flexserve-bin install install-units bench-serve bench-serve-abuse \
         fuzz-toolchain fuzz-check fuzz-build fuzz-smoke \
         bench bench-engine bench-boot bench-virtio bench-memory clean
 
@@ -47,6 +47,7 @@ help:
 	@echo "make bench-virtio  virtio-llm echo round trip and throughput, guest vs in-process"
 	@echo "make install       binary, guest images, systemd units, config (PREFIX=/usr/local DESTDIR=)"
 	@echo "make bench-serve   the daemon vs llama.cpp's server: throughput, TTFT at 1/4/8 clients"
+	@echo "make bench-serve-abuse  the daemon with 300 slow connections held open: TTFT vs without"
 	@echo "make bench-memory  donate (guest touch), reclaim and strawman for 1/4/8 GiB of private memory"
 	@echo "make bench-sealed  cold starts plain vs sealed vs strawman (SmolLM2, 1.5B model), AES-GCM"
 	@echo "make setup-arm64   QEMU 10 and the arm64 host kernels for test-arm64 (root, Debian mirrors)"
@@ -296,7 +297,14 @@ $(BENCH_VENV)/.server: $(BENCH_VENV)/.done
 bench-serve: setup setup-bench image $(BENCH_VENV)/.server
 	@$(CARGO) build --release --quiet -p flexserve
 	$(BENCH_VENV)/bin/python tools/bench/bench_serve.py --flexserve $(FLEXSERVE) \
-		--python $(BENCH_VENV)/bin/python $(DEFAULT_MODEL)
+		--python $(BENCH_VENV)/bin/python $(ARGS) $(DEFAULT_MODEL)
+
+# The daemon under abuse: 300 slow connections held open while 16 clients x 10 requests are
+# served; all must be answered, p99 TTFT compared with the same load alone (needs no
+# llama.cpp; the same as `make bench-serve ARGS=--abuse`).
+bench-serve-abuse: setup image
+	@$(CARGO) build --release --quiet -p flexserve
+	$(PYTHON) tools/bench/bench_serve.py --abuse --flexserve $(FLEXSERVE) $(DEFAULT_MODEL)
 
 # Cold starts of SmolLM2 Q8_0 and the 1.5B model, plain vs sealed vs the strawman (store,
 # decrypt, compute), with this host's development key root; AES-GCM host vs guest.

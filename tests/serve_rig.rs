@@ -97,7 +97,7 @@ impl Reply {
 pub fn request(stream: &mut impl Write, method: &str, path: &str, body: &str) {
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: flexserve\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )

@@ -132,7 +132,8 @@ fn the_daemon_serves_on_a_socket_systemd_passes() {
     let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     write!(
         s,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -146,4 +147,62 @@ fn the_daemon_serves_on_a_socket_systemd_passes() {
     assert!(reply.contains("\"completion_tokens\":3"), "{reply}");
     assert!(!dir.join("not-used.sock").exists());
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_socket_systemd_passes_beyond_loopback_is_refused_without_keys() {
+    let Some(activate) = tool("systemd-socket-activate") else {
+        return;
+    };
+    let Some(bin) = flexserve_bin() else {
+        return;
+    };
+    if !guests_can_run(&["tiny.Q8_0"]) {
+        return;
+    }
+    // A free port on every address, as a unit with `ListenStream=8080` would pass.
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = temp_dir("activate-open");
+    let mut child = Command::new(activate)
+        .arg("-l")
+        .arg(format!("0.0.0.0:{port}"))
+        .arg(&bin)
+        .args(["serve", "--start", "lazy", "--min-isolation", "none"])
+        .arg("--models-dir")
+        .arg(repo().join("models"))
+        .arg("--images")
+        .arg(repo().join("images/out"))
+        .arg("--socket")
+        .arg(dir.join("not-used.sock"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // systemd-socket-activate starts the daemon on the first connection.
+    let start = Instant::now();
+    let _conn = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(10), "{e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("0.0.0.0") && stderr.contains("not a loopback address"),
+        "{stderr}"
+    );
 }

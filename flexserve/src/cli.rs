@@ -45,6 +45,21 @@ pub enum Command {
     /// Chat with a model through the daemon, sealed to its guest: one line per message,
     /// `/reset`, `/model NAME`, `/quit`.
     Chat(ChatArgs),
+    /// Manage the daemon's API keys.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+}
+
+/// `flexserve api-key`.
+#[derive(Subcommand, Debug)]
+pub enum ApiKeyCommand {
+    /// Make a new key: prints it once (stdout), and on stderr the `[[auth.keys]]` entry with
+    /// its SHA-256 digest for the daemon's config (the config never holds the key itself).
+    New {
+        /// The client the key is for: its identity for the queue's fair share.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// `flexserve proxy`.
@@ -53,7 +68,8 @@ pub struct ProxyArgs {
     /// Loopback address to serve the OpenAI API on, e.g. 127.0.0.1:8081.
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub listen: std::net::SocketAddr,
-    /// The daemon: http://HOST:PORT or unix:/path/to/flexserve.sock.
+    /// The daemon: http://HOST:PORT or unix:/path/to/flexserve.sock. A daemon with API
+    /// keys gets the one in $FLEXSERVE_API_KEY.
     #[arg(long, default_value = "unix:/run/flexserve/flexserve.sock")]
     pub upstream: crate::proxy::upstream::Upstream,
     /// The guest session key to insist on (64 hex digits, as the proxy prints on first

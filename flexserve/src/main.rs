@@ -62,6 +62,9 @@ fn dispatch() -> anyhow::Result<Finished> {
             serve::run(config)?;
         }
         Command::GuestKey(args) => guest_key(&args)?,
+        Command::ApiKey(flexserve::cli::ApiKeyCommand::New { name }) => {
+            serve::auth::print_new(&name)?;
+        }
         Command::Proxy(args) => flexserve::proxy::run(flexserve::proxy::ProxyConfig {
             listen: args.listen,
             upstream: args.upstream,

@@ -131,4 +131,20 @@ mod tests {
         assert_eq!(s.push(&[0xA9, b'!']), (Vec::new(), true));
         assert!(s.stopped());
     }
+
+    #[test]
+    fn the_work_per_push_does_not_grow_with_the_text() {
+        // A long generation of near misses: only the undecided tail (shorter than the
+        // longest stop string) is ever held, so each push scans that tail and the new
+        // bytes, never the text released before.
+        let mut s = StopScanner::new(&["abcdefgh", "\n\n"]);
+        let mut released = 0;
+        for _ in 0..100_000 {
+            let (out, hit) = s.push(b"abcdefg\n");
+            assert!(!hit);
+            released += out.len();
+            assert!(s.held.len() < 8, "{} bytes held", s.held.len());
+        }
+        assert_eq!(released + s.finish().len(), 800_000);
+    }
 }

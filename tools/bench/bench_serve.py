@@ -11,6 +11,13 @@ client count: throughput (generated tokens of all clients / wall time), and p50/
 first token (request sent → first streamed text). Both servers run one generation at a time (no
 batching across requests), so throughput stays flat with clients and TTFT grows with the
 queue. The last line printed is one JSON object: {"bench":"serve", "rows":[...], ...}.
+
+--abuse (`make bench-serve-abuse`): the daemon alone, with its default connection limits,
+16 clients x 10 streaming requests twice, each time on a fresh daemon: first alone, then
+while 300 slow connections are held open (each sends half a request head, then a byte a
+second, and reconnects when the daemon cuts it). Every answer must be complete and equal
+to the same prompt's answer of the first run (greedy); reported: p99 TTFT with the slow
+connections over without (target <= 1.5x), and what the daemon's limits did.
 """
 import argparse
 import http.client
@@ -65,7 +72,7 @@ def one_request(port, model, prompt, n):
     r = c.getresponse()
     if r.status != 200:
         raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
-    ttft, chunks, usage = None, 0, None
+    ttft, chunks, usage, text = None, 0, None, ""
     for raw in r:
         line = raw.decode().strip()
         if not line.startswith("data: "):
@@ -80,20 +87,22 @@ def one_request(port, model, prompt, n):
             usage = ev["usage"]["completion_tokens"]
         if any(ch.get("text") for ch in ev.get("choices", [])):
             chunks += 1
+            text += "".join(ch.get("text") or "" for ch in ev["choices"])
             if ttft is None:
                 ttft = time.perf_counter() - t0
     c.close()
-    return ttft, usage if usage is not None else chunks, time.perf_counter() - t0
+    return ttft, usage if usage is not None else chunks, time.perf_counter() - t0, text
 
 
-def load(port, model, clients, per_client, n):
+def load(port, model, clients, per_client, n, texts=None):
+    """`texts`, when given, gets each answer's text by (client, request)."""
     ttfts, tokens, errors = [], [0], []
     lock = threading.Lock()
 
     def run(c):
         for i in range(per_client):
             try:
-                ttft, got, _ = one_request(port, model, prompt_for(c, i), n)
+                ttft, got, _, text = one_request(port, model, prompt_for(c, i), n)
             except Exception as e:  # reported, not raised in a thread
                 with lock:
                     errors.append(repr(e))
@@ -101,6 +110,8 @@ def load(port, model, clients, per_client, n):
             with lock:
                 ttfts.append(ttft)
                 tokens[0] += got
+                if texts is not None:
+                    texts[(c, i)] = (text, got)
     threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
@@ -181,6 +192,99 @@ def start_llama(a, port, tmp):
     return spawn(cmd, tmp), "/v1/models"
 
 
+class Slowloris:
+    """`n` connections that never finish their request head: half a head, then one byte
+    every `interval` seconds; a connection the daemon closes is opened again."""
+
+    def __init__(self, port, n, interval=1.0):
+        self.port, self.n, self.interval = port, n, interval
+        self.stop, self.opened, self.cut = threading.Event(), 0, 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        socks = [None] * self.n
+        while not self.stop.is_set():
+            for i in range(self.n):
+                try:
+                    if socks[i] is None:
+                        s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+                        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n")
+                        socks[i] = s
+                        self.opened += 1
+                    else:
+                        socks[i].sendall(b"X")
+                except OSError:
+                    if socks[i] is not None:
+                        socks[i].close()
+                        self.cut += 1
+                    socks[i] = None
+            self.stop.wait(self.interval)
+        for s in socks:
+            if s is not None:
+                s.close()
+
+
+def metric(port, name):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/metrics")
+    for line in c.getresponse().read().decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            yield line
+
+
+def abuse(a):
+    model = os.path.basename(a.model).removesuffix(".gguf")
+    clients, per_client = 16, 10
+    runs, expected = {}, {}
+    for mode in ("alone", "slow"):
+        tmp, port = tempfile.mkdtemp(prefix="bench-serve-"), free_port()
+        proc, ready = start_flexserve(a, port, tmp)
+        slow = None
+        try:
+            wait_http(port, ready, proc)
+            one_request(port, model, prompt_for(99, 0), a.gen_tokens)  # warm-up
+            if mode == "slow":
+                slow = Slowloris(port, a.slow_connections)
+                slow.thread.start()
+                while slow.opened < a.slow_connections:
+                    time.sleep(0.1)
+            texts = {}
+            row = load(port, model, clients, per_client, a.gen_tokens, texts)
+            if slow:
+                row["slow_connections"] = a.slow_connections
+                row["slow_reconnects"] = slow.cut
+                row["daemon_metrics"] = list(metric(port, "flexserve_connections_open")) + \
+                    list(metric(port, "flexserve_connections_cut_total"))
+            if mode == "alone":
+                expected = texts
+            wrong = [k for k, (t, got) in texts.items()
+                     if got != a.gen_tokens or t != expected.get(k, (None,))[0]]
+            row["answered"], row["wrong"] = len(texts), len(wrong)
+            runs[mode] = row
+            print(f"{mode:5}: {row['answered']} answered, {row['wrong']} wrong, TTFT p50 "
+                  f"{row['ttft_p50_ms']:7.1f} ms p99 {row['ttft_p99_ms']:7.1f} ms, "
+                  f"{row['throughput_tps']:6.1f} tok/s", flush=True)
+        finally:
+            if slow:
+                slow.stop.set()
+                slow.thread.join()
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            shutil.rmtree(tmp, ignore_errors=True)
+    ratio = runs["slow"]["ttft_p99_ms"] / runs["alone"]["ttft_p99_ms"]
+    ok = all(r["answered"] == clients * per_client and r["wrong"] == 0 for r in runs.values())
+    print(f"p99 TTFT with {a.slow_connections} slow connections / without: {ratio:.2f}x "
+          f"(target <= 1.5x); all answered correctly: {ok}", flush=True)
+    print(json.dumps({"bench": "serve-abuse", "model": os.path.basename(a.model),
+                      "gen_tokens": a.gen_tokens, "runs": runs, "ttft_p99_ratio": ratio,
+                      "all_correct": ok}))
+    if not ok:
+        sys.exit(1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flexserve", required=True)
@@ -193,8 +297,14 @@ def main():
     ap.add_argument("--servers", default="flexserve,flexserve-sealed,llama.cpp",
                     help="which of flexserve, flexserve-sealed (through flexserve proxy), "
                          "llama.cpp to run, alternating in this order")
+    ap.add_argument("--abuse", action="store_true",
+                    help="flexserve alone, 16 clients x 10 requests without and with slow "
+                         "connections held open (see above)")
+    ap.add_argument("--slow-connections", type=int, default=300)
     ap.add_argument("model")
     a = ap.parse_args()
+    if a.abuse:
+        return abuse(a)
 
     rows = []
     model = os.path.basename(a.model).removesuffix(".gguf")

@@ -6,7 +6,7 @@
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use std::path::PathBuf;
@@ -92,6 +92,9 @@ impl std::fmt::Display for Upstream {
     }
 }
 
+/// The environment variable with the API key sent to the daemon, if any.
+pub const API_KEY_VAR: &str = "FLEXSERVE_API_KEY";
+
 impl Upstream {
     /// Sends one request (`body` as JSON when given) and returns the answer's head; its
     /// body streams from the connection as it is read.
@@ -112,6 +115,10 @@ impl Upstream {
             .header(HOST, host);
         if body.is_some() {
             req = req.header(CONTENT_TYPE, "application/json");
+        }
+        // A daemon with API keys wants one on TCP (`flexserve api-key new`).
+        if let Ok(key) = std::env::var(API_KEY_VAR) {
+            req = req.header(AUTHORIZATION, format!("Bearer {}", key.trim()));
         }
         let req = req.body(Full::new(body.unwrap_or_default()))?;
         let connect = |source| UpstreamError::Connect {

@@ -4,17 +4,18 @@
 use super::Shared;
 use super::error::ApiError;
 use super::listen::ConnId;
+use super::metrics::GuestState;
 use super::metrics::Outcome;
 use super::models::ServedModel;
 use super::openai::{Answer, Endpoint, GenRequest, Input, Usage, finish_reason, json_response};
-use super::scheduler::{ClientKey, Rejected};
+use super::scheduler::{ClientKey, Lane, Principal, Rejected};
 use super::sealed_api::{self, SealedPending};
 use super::worker::{Event, Job};
 use crate::text_stream::Utf8Stream;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -41,15 +42,27 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/flexserve/guest", get(super::sealed_api::guest))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            super::guard::guard,
+        ))
         .with_state(shared)
 }
 
+/// 200 while a guest is up to serve; 503 while none is (before the first boot with
+/// `guest.start = "lazy"`, while booting, after a crash until the new one is up), so that
+/// a health check sees what a request would.
 async fn health(State(s): State<Arc<Shared>>) -> Response {
     let guest = s.metrics.guest();
+    let (status, word) = if guest == GuestState::Up {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
     json_response(
-        StatusCode::OK,
+        status,
         &json!({
-            "status": "ok",
+            "status": word,
             "guest": guest.name(),
             "isolation": s.metrics.isolation().map(|l| l.name()),
             "key_root": s.root.description,
@@ -62,11 +75,9 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     s.metrics
         .queue_depth
         .store(s.queue.len() as u64, Ordering::Relaxed);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    let mut text = s.metrics.render();
+    s.conns.render(&mut text);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn models(State(s): State<Arc<Shared>>) -> Response {
@@ -96,17 +107,19 @@ async fn not_found(uri: Uri) -> Response {
 async fn chat(
     State(s): State<Arc<Shared>>,
     ConnectInfo(conn): ConnectInfo<ConnId>,
+    Extension(who): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    generate(s, conn, Endpoint::Chat, body).await
+    generate(s, (who, conn), Endpoint::Chat, body).await
 }
 
 async fn completions(
     State(s): State<Arc<Shared>>,
     ConnectInfo(conn): ConnectInfo<ConnId>,
+    Extension(who): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    generate(s, conn, Endpoint::Completion, body).await
+    generate(s, (who, conn), Endpoint::Completion, body).await
 }
 
 /// Sets the job's cancel flag when the handler or its stream is dropped (the client went
@@ -149,7 +162,7 @@ impl Pending {
 
 async fn generate(
     s: Arc<Shared>,
-    conn: ConnId,
+    conn: (Principal, ConnId),
     endpoint: Endpoint,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -165,7 +178,9 @@ async fn generate(
         Ok(p) => p,
         Err(e) => {
             s.metrics.request(match e {
-                ApiError::QueueFull { .. } | ApiError::ShuttingDown => Outcome::Rejected,
+                ApiError::QueueFull { .. }
+                | ApiError::ClientShare { .. }
+                | ApiError::ShuttingDown => Outcome::Rejected,
                 ApiError::Model(_) | ApiError::Guest(_) => Outcome::Failed,
                 _ => Outcome::Invalid,
             });
@@ -196,7 +211,7 @@ async fn generate(
 
 async fn enqueue(
     s: &Arc<Shared>,
-    conn: ConnId,
+    (who, conn): (Principal, ConnId),
     endpoint: Endpoint,
     body: &[u8],
     arrived: Instant,
@@ -210,13 +225,17 @@ async fn enqueue(
         .model
         .clone()
         .unwrap_or_else(|| s.config.default_model.clone());
-    // The first request for a model reads and checks its file: off the async threads.
+    // The first request for a model reads and checks its file, and tokenizing a long prompt
+    // takes a while: off the async threads, and only `limits.blocking_tasks` at once, so a
+    // burst of requests cannot pile up blocking threads (each held to the end).
     let (model, prompt) = {
-        let s = s.clone();
         let input = req.input.clone();
         let stream = req.stream;
-        tokio::task::spawn_blocking(move || {
-            let model = s.catalogue.get(&name)?;
+        let s2 = s.clone();
+        super::blocking::bounded(&s.blocking, move || {
+            let model = s2.catalogue.get(&name)?;
+            // Refused before tokenizing when the text cannot fit however it tokenizes.
+            model.fits_roughly(&input)?;
             let prompt = match input {
                 // Relayed untouched, with the public fields the guest binds it to.
                 Input::Sealed(request) => Prompt::Sealed(SealedPrompt {
@@ -228,8 +247,7 @@ async fn enqueue(
             };
             Ok::<_, ApiError>((model, prompt))
         })
-        .await
-        .map_err(|e| ApiError::Model(format!("the model check failed: {e}")))??
+        .await??
     };
     // A prompt the guest tokenizes is checked there (an empty one is refused, one that does
     // not fit ends with the context full).
@@ -252,10 +270,11 @@ async fn enqueue(
     sealed_fits(&req, max_tokens, room)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let cancel = Arc::new(AtomicBool::new(false));
-    let client = match &req.user {
-        Some(u) => ClientKey::User(u.clone()),
-        None => ClientKey::Connection(conn.0),
+    let lane = match &req.user {
+        Some(u) => Lane::User(u.clone()),
+        None => Lane::Connection(conn.0),
     };
+    let client = ClientKey { who, lane };
     let prompt_tokens = prompt_tokens.map(|n| n as u32);
     let job = Job {
         model: model.clone(),
@@ -269,15 +288,9 @@ async fn enqueue(
         arrived,
         boot_only: false,
     };
-    match s.queue.submit(client, job) {
-        Ok(()) => {}
-        Err((Rejected::Full, _)) => {
-            return Err(ApiError::QueueFull {
-                retry_after: s.config.retry_after_secs,
-            });
-        }
-        Err((Rejected::ShuttingDown, _)) => return Err(ApiError::ShuttingDown),
-    }
+    s.queue
+        .submit(client, job)
+        .map_err(|(why, _)| rejected(s, why))?;
     s.metrics
         .queue_depth
         .store(s.queue.len() as u64, Ordering::Relaxed);
@@ -288,6 +301,19 @@ async fn enqueue(
         events: rx,
         cancel: CancelOnDrop(cancel),
     })
+}
+
+/// The answer to a job the queue did not take.
+fn rejected(s: &Shared, why: Rejected) -> ApiError {
+    let retry_after = s.config.retry_after_secs;
+    match why {
+        Rejected::Full => ApiError::QueueFull { retry_after },
+        Rejected::ClientShare => ApiError::ClientShare {
+            share: s.config.client_share(),
+            retry_after,
+        },
+        Rejected::ShuttingDown => ApiError::ShuttingDown,
+    }
 }
 
 /// A sealed request's `max_tokens` is bound to its seal: refuse rather than change it.

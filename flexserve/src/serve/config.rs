@@ -2,6 +2,8 @@
 //! `/etc/flexserve/flexserve.toml`) with command-line flags on top. Unknown keys and bad
 //! values are errors that name the key.
 
+use super::config_access::{Access, AuthSection, HttpSection, ServerSection};
+use super::conn_limits::ConnLimits;
 use crate::size::parse_size;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -35,6 +37,12 @@ pub enum ConfigError {
          `listen.allow_non_loopback = true` to expose the API beyond this machine"
     )]
     NotLoopback { addr: SocketAddr },
+    #[error(
+        "config key `listen.tcp`: {addr} is not a loopback address, and no `[[auth.keys]]` \
+         are configured: beyond this machine every request needs an API key \
+         (`flexserve api-key new --name NAME`)"
+    )]
+    NoKeys { addr: SocketAddr },
 }
 
 /// When the guest VM boots.
@@ -55,6 +63,8 @@ pub struct Config {
     pub socket_mode: u32,
     /// An optional TCP listener (loopback unless `allow_non_loopback`).
     pub tcp: Option<SocketAddr>,
+    /// Whether a TCP listener may be beyond loopback (then API keys are required too).
+    pub allow_non_loopback: bool,
     pub vcpus: u8,
     /// The most private memory one guest may have, bytes.
     pub memory_max: u64,
@@ -84,6 +94,15 @@ pub struct Config {
     pub max_active: usize,
     /// Tokens a request generates before it yields the guest to another waiting one.
     pub slice_tokens: u32,
+    /// Requests one client may have waiting (default: half the queue), so that no client
+    /// can fill the queue alone.
+    pub queue_per_client: Option<usize>,
+    /// Model checks and tokenizations running at once on blocking threads; more wait.
+    pub blocking_tasks: usize,
+    /// Connection limits and deadlines.
+    pub server: ConnLimits,
+    /// Host and Origin allow-lists, API keys, Unix-socket users.
+    pub access: Access,
 }
 
 impl Default for Config {
@@ -92,6 +111,7 @@ impl Default for Config {
             socket: DEFAULT_SOCKET.into(),
             socket_mode: 0o660,
             tcp: None,
+            allow_non_loopback: false,
             vcpus: 2,
             memory_max: 4 << 30,
             images: None,
@@ -107,7 +127,20 @@ impl Default for Config {
             retry_after_secs: 1,
             max_active: 4,
             slice_tokens: 16,
+            queue_per_client: None,
+            blocking_tasks: 2,
+            server: ConnLimits::default(),
+            access: Access::default(),
         }
+    }
+}
+
+impl Config {
+    /// How many requests one client may have waiting.
+    pub fn client_share(&self) -> usize {
+        self.queue_per_client
+            .unwrap_or(self.queue_depth / 2)
+            .clamp(1, self.queue_depth)
     }
 }
 
@@ -122,6 +155,12 @@ struct FileConfig {
     models: ModelsSection,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    http: HttpSection,
+    #[serde(default)]
+    auth: AuthSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +200,8 @@ struct LimitsSection {
     retry_after_seconds: Option<i64>,
     max_active: Option<i64>,
     slice_tokens: Option<i64>,
+    queue_per_client: Option<i64>,
+    blocking_tasks: Option<i64>,
 }
 
 /// Values given on the command line; each overrides its key in the file.
@@ -264,7 +305,10 @@ impl Config {
                     )
                 })?;
         }
-        let allow = f.listen.allow_non_loopback.unwrap_or(false);
+        c.allow_non_loopback = f.listen.allow_non_loopback.unwrap_or(false);
+        f.server.apply(&mut c.server)?;
+        f.http.apply(&mut c.access)?;
+        f.auth.apply(&mut c.access)?;
         if let Some(t) = o.tcp.clone().or(f.listen.tcp) {
             let addr: SocketAddr = t.parse().map_err(|_| {
                 bad(
@@ -272,9 +316,7 @@ impl Config {
                     format!("{t:?} is not an address like \"127.0.0.1:8080\""),
                 )
             })?;
-            if !allow && !addr.ip().is_loopback() {
-                return Err(ConfigError::NotLoopback { addr });
-            }
+            c.check_tcp(addr)?;
             c.tcp = Some(addr);
         }
         if let Some(v) = o.vcpus.or(f.guest.vcpus) {
@@ -328,19 +370,46 @@ impl Config {
         if let Some(v) = o.queue_depth.or(f.limits.queue_depth) {
             c.queue_depth = in_range("limits.queue_depth", v, 1, 100_000)? as usize;
         }
-        if let Some(v) = f.limits.max_tokens {
+        c.apply_limits(f.limits)?;
+        Ok(c)
+    }
+
+    /// A TCP address to listen on: beyond loopback only with consent and API keys (a
+    /// socket systemd passes is checked the same way).
+    pub fn check_tcp(&self, addr: SocketAddr) -> Result<(), ConfigError> {
+        if addr.ip().is_loopback() {
+            Ok(())
+        } else if !self.allow_non_loopback {
+            Err(ConfigError::NotLoopback { addr })
+        } else if self.access.keys.is_empty() {
+            Err(ConfigError::NoKeys { addr })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn apply_limits(&mut self, l: LimitsSection) -> Result<(), ConfigError> {
+        let c = self;
+        if let Some(v) = l.queue_per_client {
+            c.queue_per_client =
+                Some(in_range("limits.queue_per_client", v, 1, c.queue_depth as i64)? as usize);
+        }
+        if let Some(v) = l.blocking_tasks {
+            c.blocking_tasks = in_range("limits.blocking_tasks", v, 1, 64)? as usize;
+        }
+        if let Some(v) = l.max_tokens {
             c.max_tokens = in_range("limits.max_tokens", v, 1, 128 * 1024)? as u32;
         }
-        if let Some(v) = f.limits.retry_after_seconds {
+        if let Some(v) = l.retry_after_seconds {
             c.retry_after_secs = in_range("limits.retry_after_seconds", v, 1, 3600)? as u32;
         }
-        if let Some(v) = f.limits.max_active {
+        if let Some(v) = l.max_active {
             c.max_active = in_range("limits.max_active", v, 1, 16)? as usize;
         }
-        if let Some(v) = f.limits.slice_tokens {
+        if let Some(v) = l.slice_tokens {
             c.slice_tokens = in_range("limits.slice_tokens", v, 1, 128 * 1024)? as u32;
         }
-        Ok(c)
+        Ok(())
     }
 }
 
@@ -436,8 +505,14 @@ mod tests {
     fn non_loopback_tcp_needs_consent() {
         let e = Config::from_toml("[listen]\ntcp = \"0.0.0.0:8080\"").unwrap_err();
         assert!(matches!(e, ConfigError::NotLoopback { .. }), "{e}");
-        let c = Config::from_toml("[listen]\ntcp = \"0.0.0.0:8080\"\nallow_non_loopback = true")
-            .unwrap();
+        let open = "[listen]\ntcp = \"0.0.0.0:8080\"\nallow_non_loopback = true\n";
+        let e = Config::from_toml(open).unwrap_err();
+        assert!(matches!(e, ConfigError::NoKeys { .. }), "{e}");
+        let key = format!(
+            "[[auth.keys]]\nname = \"a\"\nsha256 = \"{}\"\n",
+            "00".repeat(32)
+        );
+        let c = Config::from_toml(&format!("{open}{key}")).unwrap();
         assert!(c.tcp.is_some());
         assert!(Config::from_toml("[listen]\ntcp = \"[::1]:8080\"").is_ok());
     }

@@ -37,6 +37,24 @@ pub enum ApiError {
     Body(String),
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
+    #[error(
+        "you have {share} requests waiting already, this client's share of the queue; \
+         retry in {retry_after} s"
+    )]
+    ClientShare { share: usize, retry_after: u32 },
+    #[error("Host {0:?} is not served here (see http.allowed_hosts in the daemon's config)")]
+    HostNotAllowed(String),
+    #[error(
+        "cross-origin requests from {0:?} are not allowed (see http.cors_origins in the \
+         daemon's config)"
+    )]
+    OriginNotAllowed(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the request body must be JSON with `Content-Type: application/json`, not {0:?}")]
+    MediaType(String),
 }
 
 impl ApiError {
@@ -56,7 +74,13 @@ impl ApiError {
             | ApiError::Body(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull { .. } | ApiError::ClientShare { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::HostNotAllowed(_) => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::OriginNotAllowed(_) | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Model(_) | ApiError::Guest(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -74,7 +98,14 @@ impl ApiError {
                 ("invalid_request_error", Some("context_length_exceeded"))
             }
             ApiError::NotFound(_) => ("invalid_request_error", Some("not_found")),
-            ApiError::QueueFull { .. } => ("requests", Some("rate_limit_exceeded")),
+            ApiError::QueueFull { .. } | ApiError::ClientShare { .. } => {
+                ("requests", Some("rate_limit_exceeded"))
+            }
+            ApiError::HostNotAllowed(_) => ("invalid_request_error", Some("host_not_allowed")),
+            ApiError::OriginNotAllowed(_) => ("invalid_request_error", Some("origin_not_allowed")),
+            ApiError::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key")),
+            ApiError::Forbidden(_) => ("invalid_request_error", Some("forbidden")),
+            ApiError::MediaType(_) => ("invalid_request_error", Some("unsupported_media_type")),
             ApiError::ShuttingDown => ("server_error", Some("shutting_down")),
             ApiError::Model(_) => ("server_error", Some("model_error")),
             ApiError::Guest(_) => ("server_error", Some("guest_error")),
@@ -104,9 +135,16 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = super::openai::json_response(self.status(), &self.body());
-        if let ApiError::QueueFull { retry_after } = self {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        match self {
+            ApiError::QueueFull { retry_after } | ApiError::ClientShare { retry_after, .. } => {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            ApiError::Unauthorized(_) => {
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         r
     }

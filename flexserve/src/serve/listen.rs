@@ -1,14 +1,11 @@
 //! Where the daemon listens: the Unix socket it creates (mode from the config), an
 //! optional TCP address, or the sockets systemd passes (socket activation, `LISTEN_FDS`).
-//! Each accepted connection gets a number, which the scheduler uses to take turns.
+//! Each accepted connection gets a number (`server.rs`), which the scheduler uses to take
+//! turns.
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A listener that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -31,42 +28,21 @@ pub enum ListenError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnId(pub u64);
 
-/// A listener whose connections are numbered.
-pub struct Counted<L> {
-    inner: L,
-    next: Arc<AtomicU64>,
-}
-
-impl<L> Counted<L> {
-    pub fn new(inner: L, next: Arc<AtomicU64>) -> Self {
-        Self { inner, next }
-    }
-}
-
-impl<L: Listener> Listener for Counted<L> {
-    type Io = L::Io;
-    type Addr = ConnId;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, _) = self.inner.accept().await;
-        (io, ConnId(self.next.fetch_add(1, Ordering::Relaxed)))
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(ConnId(0))
-    }
-}
-
-impl<L: Listener> Connected<IncomingStream<'_, Counted<L>>> for ConnId {
-    fn connect_info(stream: IncomingStream<'_, Counted<L>>) -> Self {
-        *stream.remote_addr()
-    }
-}
-
 /// The listening sockets, still std (tokio takes them inside the runtime).
 pub enum Socket {
     Unix(std::os::unix::net::UnixListener),
     Tcp(std::net::TcpListener),
+}
+
+/// The addresses of the TCP sockets among `sockets`.
+pub fn tcp_addrs(sockets: &[Socket]) -> Vec<std::net::SocketAddr> {
+    sockets
+        .iter()
+        .filter_map(|s| match s {
+            Socket::Tcp(l) => l.local_addr().ok(),
+            Socket::Unix(_) => None,
+        })
+        .collect()
 }
 
 /// The sockets systemd passed, when `LISTEN_PID` is this process.

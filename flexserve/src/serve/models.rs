@@ -26,6 +26,9 @@ pub struct ServedModel {
     pub context: u32,
     /// Private memory its guest gets: weights, a KV cache per active request, headroom.
     pub private_bytes: u64,
+    /// The most text bytes one token of the vocabulary stands for (0: not known here, as
+    /// for a sealed model), to refuse a far too long prompt before tokenizing it.
+    longest_token: usize,
 }
 
 impl ServedModel {
@@ -40,8 +43,17 @@ impl ServedModel {
     ) -> Result<Self, ApiError> {
         let err = |e: &dyn std::fmt::Display| ApiError::Model(format!("model `{id}`: {e}"));
         let file = HostModel::open(path, Access::Mapped).map_err(|e| err(&e))?;
+        let mut longest_token = 0;
         if !file.is_sealed() {
-            file.tokenizer().map_err(|e| err(&e))?;
+            let t = file.tokenizer().map_err(|e| err(&e))?;
+            longest_token = (0..t.n_vocab() as u32)
+                .map(|id| {
+                    t.token_bytes(id)
+                        .len()
+                        .max(t.token_text(id).map_or(0, str::len))
+                })
+                .max()
+                .unwrap_or(0);
         }
         let context = file.context(context as usize);
         let private_bytes = file.guest_memory(context, sessions);
@@ -59,7 +71,27 @@ impl ServedModel {
             file,
             context: context as u32,
             private_bytes,
+            longest_token,
         })
+    }
+
+    /// Refuses text that cannot fit the context whatever it tokenizes to: each token covers
+    /// at most `longest_token` bytes of it (twice that, for any normalisation), so a 4 MiB
+    /// prompt for a 2048-token context is refused without the seconds of tokenizing it.
+    pub fn fits_roughly(&self, input: &Input) -> Result<(), ApiError> {
+        let bytes = match input {
+            Input::Text(t) => t.len(),
+            Input::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+            Input::Tokens(_) | Input::Sealed(_) => return Ok(()),
+        };
+        let most = (self.context as usize).saturating_mul(2 * self.longest_token.max(1));
+        if self.longest_token > 0 && bytes > most {
+            return Err(ApiError::PromptTooLong {
+                prompt: bytes / (2 * self.longest_token),
+                context: self.context,
+            });
+        }
+        Ok(())
     }
 
     /// The prompt for the guest, as `flexserve run` makes it: a plain model's tokenized
@@ -96,6 +128,9 @@ impl ServedModel {
     }
 }
 
+/// A model's place in the catalogue: empty until its file is checked.
+type Slot = Arc<Mutex<Option<Arc<ServedModel>>>>;
+
 /// The models directory and the models checked so far.
 pub struct Catalogue {
     dir: PathBuf,
@@ -104,7 +139,11 @@ pub struct Catalogue {
     memory_max: u64,
     /// Whether guests get a key root, without which sealed models are refused.
     can_unseal: bool,
-    checked: Mutex<HashMap<String, Arc<ServedModel>>>,
+    /// Each model's slot: its lock is held while the model is read and checked, so that
+    /// concurrent first uses read the file once (the others wait and take the result).
+    checked: Mutex<HashMap<String, Slot>>,
+    /// Model files read and checked so far.
+    loads: std::sync::atomic::AtomicU64,
 }
 
 impl Catalogue {
@@ -122,7 +161,13 @@ impl Catalogue {
             memory_max,
             can_unseal,
             checked: Mutex::new(HashMap::new()),
+            loads: Default::default(),
         }
+    }
+
+    /// How many times a model file was read and checked.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Model names in the directory with their files' modification times (seconds).
@@ -165,10 +210,12 @@ impl Catalogue {
             .iter()
             .find_map(|ext| id.strip_suffix(ext))
             .unwrap_or(id);
-        if let Some(m) = self.lock().get(id) {
-            return Ok(m.clone());
+        let known = self.lock().get(id).cloned();
+        if let Some(m) = known.and_then(|slot| slot.lock().ok()?.clone()) {
+            return Ok(m);
         }
-        // Only files the directory lists, so no path can reach outside it.
+        // Only files the directory lists, so no path can reach outside it (and only their
+        // names get a slot, so made-up names cannot grow the map).
         let Some((_, path, _)) = self.files().into_iter().find(|(name, _, _)| name == id) else {
             return Err(ApiError::UnknownModel(id.to_string()));
         };
@@ -178,6 +225,15 @@ impl Catalogue {
                  (see its start-up log); set FLEXSERVE_KEY_ROOT or HOME for the development root"
             )));
         }
+        let slot = self.lock().entry(id.to_string()).or_default().clone();
+        // Held while loading: a concurrent first use waits here, then finds the model.
+        // A failed load leaves the slot empty, and the next use tries again.
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
+        }
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let m = Arc::new(ServedModel::load(
             id,
             &path,
@@ -185,11 +241,73 @@ impl Catalogue {
             self.sessions,
             self.memory_max,
         )?);
-        self.lock().insert(id.to_string(), m.clone());
+        *slot = Some(m.clone());
         Ok(m)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ServedModel>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         self.checked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiny test model of `make setup`, if it is there.
+    fn models_dir() -> Option<PathBuf> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models");
+        if dir.join("tiny.Q8_0.gguf").exists() {
+            return Some(dir);
+        }
+        assert!(
+            std::env::var_os("FLEXSERVE_REQUIRE_MODELS").is_none(),
+            "models/tiny.Q8_0.gguf is missing (make setup)"
+        );
+        None
+    }
+
+    #[test]
+    fn concurrent_first_uses_read_the_model_once() {
+        let Some(dir) = models_dir() else {
+            return;
+        };
+        let c = Arc::new(Catalogue::new(dir, 256, 1, 4 << 30, false));
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, start) = (c.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    c.get("tiny.Q8_0").map(|m| Arc::as_ptr(&m) as usize)
+                })
+            })
+            .collect();
+        let got: Vec<_> = threads
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        assert_eq!(c.loads(), 1);
+        assert!(got.iter().all(|p| *p == got[0]), "one model for all");
+        assert!(matches!(
+            c.get("no-such-model"),
+            Err(ApiError::UnknownModel(_))
+        ));
+        assert_eq!(c.lock().len(), 1, "unknown names take no slot");
+    }
+
+    #[test]
+    fn text_far_beyond_the_context_is_refused_before_tokenizing() {
+        let Some(dir) = models_dir() else {
+            return;
+        };
+        let c = Catalogue::new(dir, 64, 1, 4 << 30, false);
+        let m = c.get("tiny.Q8_0").unwrap();
+        assert!(m.fits_roughly(&Input::Text("hello".into())).is_ok());
+        let huge = Input::Text("x".repeat(1 << 20));
+        assert!(matches!(
+            m.fits_roughly(&huge),
+            Err(ApiError::PromptTooLong { .. })
+        ));
     }
 }

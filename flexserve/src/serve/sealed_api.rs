@@ -7,8 +7,10 @@ use super::Shared;
 use super::error::ApiError;
 use super::openai::sealed::{SEALED_FIELD, encode};
 use super::openai::{Answer, Endpoint, Usage, finish_reason, json_response};
+use super::scheduler::{ClientKey, Lane, Principal};
 use super::worker::{Event, Job};
 use axum::body::{Body, Bytes};
+use axum::extract::Extension;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -34,13 +36,11 @@ fn cached(s: &Shared) -> Option<[u8; virtio_llm::spec::SIGNED_STATEMENT_BYTES]> 
 }
 
 /// Boots the guest with the default model (as the first request would) to get a statement.
-async fn boot(s: &Arc<Shared>) -> Result<(), ApiError> {
+async fn boot(s: &Arc<Shared>, who: Principal) -> Result<(), ApiError> {
     let name = s.config.default_model.clone();
     let model = {
-        let s = s.clone();
-        tokio::task::spawn_blocking(move || s.catalogue.get(&name))
-            .await
-            .map_err(|e| ApiError::Model(format!("the model check failed: {e}")))??
+        let s2 = s.clone();
+        super::blocking::bounded(&s.blocking, move || s2.catalogue.get(&name)).await??
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let job = Job {
@@ -52,10 +52,11 @@ async fn boot(s: &Arc<Shared>) -> Result<(), ApiError> {
         arrived: Instant::now(),
         boot_only: true,
     };
-    if s.queue
-        .submit(super::scheduler::ClientKey::Connection(0), job)
-        .is_err()
-    {
+    let client = ClientKey {
+        who,
+        lane: Lane::Connection(0),
+    };
+    if s.queue.submit(client, job).is_err() {
         return Err(ApiError::QueueFull {
             retry_after: s.config.retry_after_secs,
         });
@@ -67,9 +68,9 @@ async fn boot(s: &Arc<Shared>) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/flexserve/guest`: the guest's signed statement and, for convenience, its fields.
-pub async fn guest(State(s): State<Arc<Shared>>) -> Response {
+pub async fn guest(State(s): State<Arc<Shared>>, Extension(who): Extension<Principal>) -> Response {
     if cached(&s).is_none()
-        && let Err(e) = boot(&s).await
+        && let Err(e) = boot(&s, who).await
     {
         return e.into_response();
     }
