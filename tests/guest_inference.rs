@@ -279,6 +279,7 @@ fn a_guest_that_stops_answering_is_cut_off_at_the_deadline() {
         first_token,
         between_tokens: Duration::from_secs(2),
         per_token: Duration::from_secs(1),
+        command: Duration::from_secs(2),
     });
     req.request_id = 2;
     let start = Instant::now();

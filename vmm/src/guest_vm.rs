@@ -24,8 +24,6 @@ use virtio_llm::wire::probe::{MemoryProbe, ProbeOp, ProbeReply};
 /// KVM; a pKVM protected VM under emulated arm64 (`make test-arm64`) took 5 to 9 s on a
 /// loaded 2-core machine, so 10 s was a coin toss there.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one control command may take (loading a chunk, opening a session).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Chunks in flight while a model streams in (the driver posts 8 command buffers).
 const CHUNKS_IN_FLIGHT: usize = 6;
 /// Longest wait for the next response of a running generation before the CLI checks for
@@ -249,8 +247,16 @@ impl GuestVm {
         self.kernels
     }
 
-    /// Turns a link error into the reason the VM died, when it did.
+    /// Turns a link error into the reason the VM died, when it did. A guest that let a
+    /// wait time out is stopped: it is stuck, and not trusted with the next command.
     fn failure(&mut self, e: HostError) -> GuestError {
+        if let HostError::Timeout(waited) = e {
+            self.stop.stop();
+            return GuestError::CutOff(CutOff::Unresponsive {
+                what: "answer",
+                waited,
+            });
+        }
         if matches!(e, HostError::VmStopped) {
             return match self.vm.take().map(JoinHandle::join) {
                 Some(Ok((Err(vm), _))) => GuestError::Crashed(vm),
@@ -263,12 +269,12 @@ impl GuestVm {
 
     fn command(&mut self, cmd: &ControlCommand<'_>) -> Result<(), GuestError> {
         self.llm
-            .send_command(cmd, COMMAND_TIMEOUT)
+            .send_command(cmd, self.deadlines.command)
             .map_err(|e| self.failure(e))
     }
 
     fn ack(&mut self, what: &'static str, command: u16) -> Result<Ack, GuestError> {
-        match self.llm.recv_reply(COMMAND_TIMEOUT) {
+        match self.llm.recv_reply(self.deadlines.command) {
             Ok(ControlReply::Ack(a)) if a.command == command => {
                 if a.status == Status::Ok {
                     Ok(a)
@@ -381,7 +387,7 @@ impl GuestVm {
     /// The guest's counters.
     pub fn stats(&mut self) -> Result<StatsReply, GuestError> {
         self.command(&ControlCommand::Stats(StatsRequest))?;
-        match self.llm.recv_reply(COMMAND_TIMEOUT) {
+        match self.llm.recv_reply(self.deadlines.command) {
             Ok(ControlReply::Stats(s)) => Ok(s),
             Ok(other) => Err(GuestError::Protocol(format!(
                 "expected stats, got {other:?}"
@@ -423,7 +429,7 @@ impl GuestVm {
     /// Runs a memory probe (the guest must have been started with `diagnostics`).
     pub fn probe(&mut self, op: ProbeOp) -> Result<ProbeReply, GuestError> {
         self.command(&ControlCommand::Probe(MemoryProbe { op }))?;
-        match self.llm.recv_reply(COMMAND_TIMEOUT) {
+        match self.llm.recv_reply(self.deadlines.command) {
             Ok(ControlReply::Probe(p)) if p.status == Status::Ok => Ok(p),
             Ok(ControlReply::Probe(p)) => Err(GuestError::Refused {
                 what: "run a memory probe",

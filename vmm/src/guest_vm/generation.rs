@@ -3,7 +3,7 @@
 //! tokens fails the request and is stopped, never holding the caller forever.
 
 use super::request_watch::{Deadlines, RequestWatch, Tokens};
-use super::{COMMAND_TIMEOUT, GuestError, GuestVm, Interrupt, POLL};
+use super::{GuestError, GuestVm, Interrupt, POLL};
 use crate::devices::virtio_llm::HostError;
 use std::time::Instant;
 use virtio_llm::spec::feature;
@@ -59,7 +59,7 @@ impl GuestVm {
     /// model's chunks, so the guest can compute each layer as it arrives).
     pub fn start_request(&mut self, req: &GenerateRequest) -> Result<(), GuestError> {
         self.llm
-            .send_request(&RequestMsg::Generate(req.clone()), COMMAND_TIMEOUT)
+            .send_request(&RequestMsg::Generate(req.clone()), self.deadlines.command)
             .map_err(|e| self.failure(e))
     }
 
@@ -124,7 +124,7 @@ impl GuestVm {
             Interrupt::Preempt => return Err(GuestError::NoPreemption),
         };
         self.llm
-            .send_request(&msg, COMMAND_TIMEOUT)
+            .send_request(&msg, self.deadlines.command)
             .map_err(|e| self.failure(e))
     }
 

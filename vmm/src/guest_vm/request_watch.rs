@@ -19,6 +19,9 @@ pub struct Deadlines {
     pub between_tokens: Duration,
     /// The whole request is allowed `first_token` plus this for each token it may produce.
     pub per_token: Duration,
+    /// For the answer to one control command (a model chunk, opening a session), and for
+    /// a free buffer to send a command or request in.
+    pub command: Duration,
 }
 
 impl Deadlines {
@@ -27,6 +30,7 @@ impl Deadlines {
         first_token: Duration::from_secs(120),
         between_tokens: Duration::from_secs(60),
         per_token: Duration::from_secs(5),
+        command: Duration::from_secs(60),
     };
 
     /// How long a whole request of `max_tokens` may take.
@@ -206,6 +210,7 @@ mod tests {
         first_token: Duration::from_secs(10),
         between_tokens: Duration::from_secs(2),
         per_token: Duration::from_secs(1),
+        command: Duration::from_secs(1),
     };
 
     fn at(t0: Instant, ms: u64) -> Instant {
