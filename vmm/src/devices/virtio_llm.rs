@@ -140,7 +140,7 @@ impl LlmHost {
         };
         let mut slept = false;
         loop {
-            {
+            let pending = {
                 let mut guard = self.lock();
                 let dev = guard.as_mut().ok_or(HostError::NotReady)?;
                 if let Some(r) = attempt(dev)? {
@@ -154,16 +154,19 @@ impl LlmHost {
                     std::hint::spin_loop();
                     continue;
                 }
-                if dev.arm(queue)? {
-                    continue;
-                }
-            }
+                dev.arm(queue)?
+            };
+            // Checked even when the ring says work is pending: a driver whose ring keeps
+            // saying so without a chain to take must not hold this thread past its time.
             if self.stopped.load(Ordering::SeqCst) {
                 return Err(HostError::VmStopped);
             }
             let left = timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
                 return Err(HostError::Timeout(timeout));
+            }
+            if pending {
+                continue;
             }
             if let Some(fd) = self.kick_fd(queue) {
                 wait_readable(fd, left.min(NAP));
@@ -398,36 +401,42 @@ impl VirtioDevice for VirtioLlm {
         }
     }
 
-    fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), ActivateError> {
+    fn queue_valid(&self, queue: &Queue) -> bool {
+        use virtio_queue::QueueT;
+        // Over the shared window alone: rings anywhere else are refused.
+        queue.is_valid(&self.shared)
+    }
+
+    fn activate(&mut self, features: u64, queues: Vec<Option<Queue>>) -> Result<(), ActivateError> {
         const NEEDED: [u16; 4] = [
             queue::CONTROL_CMD,
             queue::CONTROL_REPLY,
             queue::REQUEST,
             queue::RESPONSE,
         ];
-        if queues.len() < NEEDED.len() {
-            return Err(ActivateError::QueuesNotReady {
-                ready: queues.len(),
-                needed: NEEDED.len(),
-            });
+        // With VIRTIO_LLM_F_MEMORY the memory queues must be ready too.
+        let memory = features & (1 << feature::MEMORY) != 0;
+        let needed = if memory {
+            usize::from(queue::COUNT)
+        } else {
+            NEEDED.len()
+        };
+        let ready = queues[..needed.min(queues.len())]
+            .iter()
+            .filter(|q| q.is_some())
+            .count();
+        if ready < needed {
+            return Err(ActivateError::QueuesNotReady { ready, needed });
         }
         if features & (1 << feature::ACCESS_PLATFORM) == 0 {
             return Err(ActivateError::FeatureRequired("VIRTIO_F_ACCESS_PLATFORM"));
-        }
-        // With VIRTIO_LLM_F_MEMORY the memory queues must be ready too.
-        let memory = features & (1 << feature::MEMORY) != 0;
-        if memory && queues.len() < usize::from(queue::COUNT) {
-            return Err(ActivateError::QueuesNotReady {
-                ready: queues.len(),
-                needed: usize::from(queue::COUNT),
-            });
         }
         self.host.features.store(features, Ordering::SeqCst);
         let device = LlmDevice::new(
             self.shared.clone(),
             self.window,
             features,
-            queues.into_iter().map(Some).collect(),
+            queues,
             self.interrupt.clone(),
         );
         *self.host.lock() = Some(device);
