@@ -26,7 +26,7 @@ use crate::wire::response::ResponseMsg;
 use chain::{ChainError, CheckedChain, DescTable, Direction, Window, check_chain};
 use std::vec;
 use std::vec::Vec;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// How the device interrupts the driver (in the VMM: wake the vCPUs waiting for work).
@@ -162,8 +162,14 @@ impl<M: GuestMemoryBackend> LlmDevice<M> {
             .filter(|_| direction(index) == Some(dir))
             .ok_or(DeviceError::NoSuchQueue(index))?;
         // Only the available ring entry is read here; the chain itself is walked (and
-        // checked) by `check_chain`, never by virtio-queue's iterator.
-        let Some(chain) = q.pop_descriptor_chain(mem) else {
+        // checked) by `check_chain`, never by virtio-queue's iterator. A bad available index
+        // is an error, not "nothing yet": `arm` would see work pending forever, and its
+        // caller spin.
+        let ring = |source| DeviceError::Ring {
+            queue: index,
+            source,
+        };
+        let Some(chain) = q.iter(mem).map_err(ring)?.next() else {
             return Ok(None);
         };
         let head = chain.head_index();
