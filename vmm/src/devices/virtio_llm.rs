@@ -72,6 +72,9 @@ pub struct LlmHost {
     stopped: AtomicBool,
     /// The features the driver accepted; 0 while the device is not live.
     features: AtomicU64,
+    /// Counts activations and resets (changed only with `device` locked), so a buffer
+    /// taken from one device is never completed on the next.
+    incarnation: AtomicU64,
 }
 
 impl LlmHost {
@@ -212,15 +215,28 @@ impl LlmHost {
     }
 
     /// Takes the next relinquish report, calling `release` on it before its buffer goes
-    /// back to the guest.
+    /// back to the guest. `release` runs without the device's lock: hole-punching a large
+    /// report takes milliseconds the request and command queues must not wait for.
     pub fn recv_relinquish(
         &self,
         release: &mut dyn FnMut(&RelinquishReport),
         timeout: Duration,
     ) -> Result<RelinquishReport, HostError> {
-        self.wait_on(queue::MEMORY_REPORT, timeout, |d| {
-            d.recv_relinquish(release)
-        })
+        let (head, report, incarnation) = self.wait_on(queue::MEMORY_REPORT, timeout, |d| {
+            let taken = d.take_relinquish()?;
+            // Read under the lock that also guards activation and reset.
+            let incarnation = self.incarnation.load(Ordering::SeqCst);
+            Ok(taken.map(|(head, report)| (head, report, incarnation)))
+        })?;
+        release(&report);
+        let mut guard = self.lock();
+        // A driver that reset the device meanwhile has new queues: the head is not theirs.
+        if let Some(dev) = guard.as_mut()
+            && self.incarnation.load(Ordering::SeqCst) == incarnation
+        {
+            dev.complete_relinquish(head)?;
+        }
+        Ok(report)
     }
 
     /// Whether the guest's driver took the memory queues (negotiated `feature::MEMORY`).
@@ -320,6 +336,7 @@ impl VirtioLlm {
             spin_pays: (0..queue::COUNT).map(|_| AtomicBool::new(true)).collect(),
             stopped: AtomicBool::new(false),
             features: AtomicU64::new(0),
+            incarnation: AtomicU64::new(0),
         });
         let mut cfg = [0u8; config::SIZE];
         cfg[config::PROTOCOL_VERSION] = spec::PROTOCOL_VERSION;
@@ -439,7 +456,10 @@ impl VirtioDevice for VirtioLlm {
             queues,
             self.interrupt.clone(),
         );
-        *self.host.lock() = Some(device);
+        let mut live = self.host.lock();
+        *live = Some(device);
+        self.host.incarnation.fetch_add(1, Ordering::SeqCst);
+        drop(live);
         self.host.changed.notify_all();
         Ok(())
     }
@@ -453,7 +473,10 @@ impl VirtioDevice for VirtioLlm {
 
     fn reset(&mut self) {
         self.host.features.store(0, Ordering::SeqCst);
-        *self.host.lock() = None;
+        let mut live = self.host.lock();
+        *live = None;
+        self.host.incarnation.fetch_add(1, Ordering::SeqCst);
+        drop(live);
         self.host.changed.notify_all();
     }
 }
