@@ -207,7 +207,7 @@ test-neon:
 # cargo fuzz needs nightly (libFuzzer instrumentation): only fuzz/ uses it (fuzz/rust-toolchain.toml).
 FUZZ_TOOLCHAIN     := nightly-2026-05-19
 CARGO_FUZZ_VERSION := 0.13.2
-FUZZ_TARGETS       := device_decode driver_decode sealed_model
+FUZZ_TARGETS       := device_decode driver_decode sealed_model mmio_registers
 FUZZ_SECONDS       ?= 60
 
 fuzz-build:
