@@ -3,7 +3,10 @@
 //! value, often the registers and values that move the state machine: statuses, queue
 //! selections and sizes, ring addresses inside, straddling and outside the shared window),
 //! scribbles over the shared window's rings, and the host's side polling the device in
-//! between (`recv_response`, `recv_reply`, `recv_relinquish`, `send_command`).
+//! between (`recv_response`, `recv_reply`, `recv_relinquish`, `send_command`). Half the
+//! inputs start with a driver's bring-up (features, then each queue's size, rings and
+//! readiness, then DRIVER_OK), each step of it open to the input's deviations, so the
+//! sequences also start from a live device and from nearly-live ones.
 //!
 //! Checked: no panic; the identity registers never change; a read fills exactly the bytes
 //! asked for (zeros past the register's four); QueueNumMax never exceeds the device's
@@ -17,8 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 use virtio_llm::device::chain::Window;
+use virtio_llm::driver::layout::ring_addrs;
+use virtio_llm::mmio::{F_EVENT_IDX, F_VERSION_1};
 use virtio_llm::mmio::{MAGIC, VERSION, reg, status};
-use virtio_llm::spec::{layout::SHARED_WINDOW_BASE, queue};
+use virtio_llm::spec::{feature, layout::SHARED_WINDOW_BASE, queue};
 use virtio_llm::wire::control::{ControlCommand, StatsRequest};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::devices::virtio_llm::{LlmConfig, LlmHost, VirtioLlm};
@@ -108,6 +113,68 @@ fn host_call(host: &LlmHost, u: &mut Unstructured<'_>) -> Result<()> {
     Ok(())
 }
 
+fn wr(page: &MmioTransport, off: u64, v: u32) {
+    page.write(off, &v.to_le_bytes());
+}
+
+/// virtio 1.2 §3.1.1 as a driver does it, with the input choosing the features, skipping
+/// queues, and bending sizes and ring addresses.
+fn bring_up(page: &MmioTransport, u: &mut Unstructured<'_>) -> Result<()> {
+    let mut features = F_VERSION_1 | 1 << feature::ACCESS_PLATFORM;
+    for (bit, odds) in [
+        (1 << feature::MEMORY, 2),
+        (F_EVENT_IDX, 2),
+        (1 << feature::GUEST_TEXT, 4),
+        (1 << feature::PREEMPT, 4),
+    ] {
+        if u.ratio(1, odds)? {
+            features |= bit;
+        }
+    }
+    if u.ratio(1, 16)? {
+        features ^= 1 << u.int_in_range(0..=63)?;
+    }
+    wr(page, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    for sel in 0..2 {
+        wr(page, reg::DRIVER_FEATURES_SEL, sel);
+        wr(page, reg::DRIVER_FEATURES, (features >> (32 * sel)) as u32);
+    }
+    let negotiating = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+    wr(page, reg::STATUS, negotiating);
+    for q in 0..queue::COUNT {
+        if u.ratio(1, 16)? {
+            continue;
+        }
+        let rings = ring_addrs(WINDOW_BASE, q);
+        let mut addrs = [rings.desc, rings.avail, rings.used];
+        if u.ratio(1, 8)? {
+            let i = u.int_in_range(0..=2)?;
+            addrs[i] = u64::from(value(u)?) | (u64::from(u.ratio(1, 4)?) << 40);
+        }
+        let size = if u.ratio(1, 8)? {
+            value(u)?
+        } else {
+            u32::from(queue::MAX_SIZE) >> u.int_in_range(0..=4)?
+        };
+        wr(page, reg::QUEUE_SEL, u32::from(q));
+        wr(page, reg::QUEUE_NUM, size);
+        for (low, addr) in [
+            reg::QUEUE_DESC_LOW,
+            reg::QUEUE_DRIVER_LOW,
+            reg::QUEUE_DEVICE_LOW,
+        ]
+        .into_iter()
+        .zip(addrs)
+        {
+            wr(page, low, addr as u32);
+            wr(page, low + 4, (addr >> 32) as u32);
+        }
+        wr(page, reg::QUEUE_READY, 1);
+    }
+    wr(page, reg::STATUS, negotiating | status::DRIVER_OK);
+    Ok(())
+}
+
 fn run(data: &[u8]) -> Result<()> {
     let mut u = Unstructured::new(data);
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(WINDOW_BASE), WINDOW_SIZE as usize)])
@@ -128,6 +195,9 @@ fn run(data: &[u8]) -> Result<()> {
     host.vm_started();
     let page = MmioTransport::with_interrupt_status(Box::new(device), interrupt_status);
     let mut host_calls = 0;
+    if u.ratio(1, 2)? {
+        bring_up(&page, &mut u)?;
+    }
     while !u.is_empty() {
         match u.int_in_range(0..=9)? {
             0..=4 => {
