@@ -70,8 +70,9 @@ pub const MAX_MESSAGES_AFTER_INTERRUPT: u64 = queue::MAX_SIZE as u64;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CutOff {
     #[error(
-        "the guest stopped answering: no {what} within {waited:?}; it was stopped (the next \
-         request restarts it; if the host is just slow, e.g. emulated, raise the deadlines)"
+        "the guest stopped answering: no {what} within {waited:?}; it was stopped, and a new \
+         guest serves the next request (the daemon starts one; `flexserve run` can be run \
+         again)"
     )]
     Unresponsive {
         what: &'static str,
@@ -79,18 +80,18 @@ pub enum CutOff {
     },
     #[error(
         "the guest sent {sent} tokens for a request of at most {max}; it was stopped as \
-         broken or hostile (the next request restarts it)"
+         broken or hostile, and a new guest serves the next request"
     )]
     TooManyTokens { sent: u64, max: u64 },
     #[error(
         "the guest sent {sent} token messages for a request of at most {max}; it was \
-         stopped as broken or hostile (the next request restarts it)"
+         stopped as broken or hostile, and a new guest serves the next request"
     )]
     TooManyMessages { sent: u64, max: u64 },
     #[error(
         "the guest kept sending tokens after the request was interrupted ({sent} messages, \
          at most {MAX_MESSAGES_AFTER_INTERRUPT} may be in flight); it was stopped as broken \
-         or hostile (the next request restarts it)"
+         or hostile, and a new guest serves the next request"
     )]
     AfterInterrupt { sent: u64 },
 }
