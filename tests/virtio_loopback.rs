@@ -320,8 +320,17 @@ fn budgets_reach_the_driver_and_a_report_returns_only_after_its_release_unlocked
         })
     };
     let back = loop {
+        // Polled once more after the host thread ended: it returns the buffer first.
+        let ended = host_side.is_finished();
         if let Some(t) = d.poll_released().expect("poll released") {
             break t;
+        }
+        if ended {
+            // The host side failed (its panic says why) without giving the buffer back.
+            match host_side.join() {
+                Err(panic) => std::panic::resume_unwind(panic),
+                Ok(_) => panic!("the host took the report but never gave its buffer back"),
+            }
         }
         idle(&mut d, &r.timer);
     };
