@@ -215,7 +215,8 @@ test-neon:
 # cargo fuzz needs nightly (libFuzzer instrumentation): only fuzz/ uses it (fuzz/rust-toolchain.toml).
 FUZZ_TOOLCHAIN     := nightly-2026-05-19
 CARGO_FUZZ_VERSION := 0.13.2
-FUZZ_TARGETS       := device_decode driver_decode sealed_model gguf_model openai_request service_commands
+FUZZ_TARGETS       := device_decode driver_decode sealed_model mmio_registers gguf_model \
+                      openai_request service_commands
 FUZZ_SECONDS       ?= 60
 
 fuzz-toolchain:

@@ -242,3 +242,62 @@ fn a_guest_crash_mid_generation_is_an_error_naming_it() {
     }
     assert!((2..400).contains(&seen), "{seen} tokens before the crash");
 }
+
+/// Overwrites the engine program's code (and what follows it up to 4 MiB) with a slide of
+/// `nop`s into `jmp $`: once its vCPUs run again they spin in user mode, as a stuck guest
+/// would, without a fault the host would notice. Only while the guest is idle: its vCPUs
+/// are parked between two instructions, never inside one the slide would cut in half.
+/// x86_64 code: the arm64 guest would fault on it instead.
+#[cfg(target_arch = "x86_64")]
+fn hang_engine(mem: &vm_memory::GuestMemoryMmap) {
+    use vm_memory::{Bytes, GuestAddress};
+    let mut code = vec![0x90u8; 0x20_0000];
+    let n = code.len();
+    code[n - 2..].copy_from_slice(&[0xeb, 0xfe]);
+    mem.write_slice(&code, GuestAddress(0x20_0000)).unwrap();
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_guest_that_stops_answering_is_cut_off_at_the_deadline() {
+    use std::time::{Duration, Instant};
+    use vmm::guest_vm::{CutOff, Deadlines};
+    let (Some(images), Some(path)) = (images(), model_path("tiny.Q8_0.gguf")) else {
+        return;
+    };
+    let file = std::fs::read(&path).unwrap();
+    let mut vm = boot(&images, 64);
+    vm.load_model(1, &file, None, &mut |_| {})
+        .expect("model loads");
+    vm.open_session(1, 1, CTX).expect("session");
+    let mut req = greedy(1, vec![1, 2, 3, 4]);
+    req.sampling.max_tokens = 4;
+    vm.generate(&req, &mut |_, _| {}, &|| false)
+        .expect("a request before the hang");
+    // Idle: both vCPUs park in their wait.
+    std::thread::sleep(Duration::from_millis(300));
+    hang_engine(&vm.memory_for_tests());
+    let first_token = Duration::from_secs(2);
+    vm.set_deadlines(Deadlines {
+        first_token,
+        between_tokens: Duration::from_secs(2),
+        per_token: Duration::from_secs(1),
+        command: Duration::from_secs(2),
+    });
+    req.request_id = 2;
+    let start = Instant::now();
+    let result = vm.generate(&req, &mut |_, _| {}, &|| false);
+    let waited = start.elapsed();
+    match result {
+        Err(GuestError::CutOff(CutOff::Unresponsive { what, waited: w })) => {
+            assert_eq!((what, w), ("first token", first_token));
+        }
+        other => panic!("expected the request cut off, got {other:?}"),
+    }
+    assert!(
+        (first_token..first_token + Duration::from_secs(5)).contains(&waited),
+        "cut off after {waited:?}"
+    );
+    // The spinning guest was stopped with the request.
+    vm.shutdown().expect("stopped by the host");
+}

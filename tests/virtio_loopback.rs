@@ -245,7 +245,7 @@ fn echo_of_every_size_class_comes_back_byte_for_byte() {
 }
 
 #[test]
-fn budgets_reach_the_driver_and_a_report_returns_only_after_its_release() {
+fn budgets_reach_the_driver_and_a_report_returns_only_after_its_release_unlocked() {
     use std::sync::atomic::AtomicU64;
     use virtio_llm::spec::MEMORY_GRANULE as G;
     use virtio_llm::spec::layout::PRIVATE_POOL_BASE;
@@ -299,6 +299,16 @@ fn budgets_reach_the_driver_and_a_report_returns_only_after_its_release() {
             let got = host
                 .recv_relinquish(
                     &mut |rep| {
+                        // The release holds no device lock: another host thread is served
+                        // meanwhile (hole-punching a big report must not stall requests).
+                        let (tx, rx) = std::sync::mpsc::channel();
+                        let other = host.clone();
+                        std::thread::spawn(move || tx.send(other.device_stats().is_some()));
+                        assert_eq!(
+                            rx.recv_timeout(Duration::from_secs(2)),
+                            Ok(true),
+                            "the device stayed locked while the report was released"
+                        );
                         std::thread::sleep(Duration::from_millis(50));
                         seen.extend(rep.ranges.iter().copied());
                         released_at.store(start.elapsed().as_micros() as u64 + 1, Ordering::SeqCst);
@@ -310,8 +320,17 @@ fn budgets_reach_the_driver_and_a_report_returns_only_after_its_release() {
         })
     };
     let back = loop {
+        // Polled once more after the host thread ended: it returns the buffer first.
+        let ended = host_side.is_finished();
         if let Some(t) = d.poll_released().expect("poll released") {
             break t;
+        }
+        if ended {
+            // The host side failed (its panic says why) without giving the buffer back.
+            match host_side.join() {
+                Err(panic) => std::panic::resume_unwind(panic),
+                Ok(_) => panic!("the host took the report but never gave its buffer back"),
+            }
         }
         idle(&mut d, &r.timer);
     };

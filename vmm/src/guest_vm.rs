@@ -14,21 +14,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use virtio_llm::Status;
 use virtio_llm::spec::MAX_CHUNK_BYTES;
-use virtio_llm::spec::feature;
 use virtio_llm::wire::control::{
     Ack, CloseSession, ControlCommand, ControlReply, LoadModelBegin, LoadModelChunk, LoadModelEnd,
     OpenSession, StatsReply, StatsRequest,
 };
 use virtio_llm::wire::probe::{MemoryProbe, ProbeOp, ProbeReply};
-use virtio_llm::wire::request::{CancelRequest, GenerateRequest, PreemptRequest, RequestMsg};
-use virtio_llm::wire::response::{EndOfStream, ResponseMsg};
 
 /// How long the guest may take to bring its device up after boot: well under a second on
 /// KVM; a pKVM protected VM under emulated arm64 (`make test-arm64`) took 5 to 9 s on a
 /// loaded 2-core machine, so 10 s was a coin toss there.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one control command may take (loading a chunk, opening a session).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Chunks in flight while a model streams in (the driver posts 8 command buffers).
 const CHUNKS_IN_FLIGHT: usize = 6;
 /// Longest wait for the next response of a running generation before the CLI checks for
@@ -65,6 +60,8 @@ pub enum GuestError {
     TooManyOwners { count: usize, max: usize },
     #[error("the guest answered out of protocol: {0}")]
     Protocol(String),
+    #[error(transparent)]
+    CutOff(#[from] CutOff),
     #[error("request failed in the guest ({status:?}): {message}")]
     Request { status: Status, message: String },
     #[error(transparent)]
@@ -87,8 +84,11 @@ pub enum Interrupt {
     Preempt,
 }
 
+mod generation;
+pub mod request_watch;
 mod sealed_load;
 mod statement;
+pub use request_watch::{CutOff, Deadlines};
 pub use sealed_load::{FirstRequest, SealedLoadOptions, SealedLoaded, SealedLoading};
 
 /// The engine ended on its own: its last console line says why (a panic message, say).
@@ -135,6 +135,8 @@ pub struct GuestVm {
     vm: Option<JoinHandle<VmEnd>>,
     isolation: crate::hypervisor::Isolation,
     kernels: GuestKernels,
+    /// What every request is held to ([`Self::set_deadlines`]).
+    deadlines: Deadlines,
 }
 
 /// How the VM thread ended: the run's result and the guest's console lines.
@@ -222,6 +224,7 @@ impl GuestVm {
             broker,
             vm: Some(vm),
             kernels: GuestKernels::from_stats(&StatsReply::default()),
+            deadlines: Deadlines::default(),
         };
         if let Err(e) = me.llm.wait_ready(READY_TIMEOUT) {
             return Err(me.failure(e));
@@ -244,8 +247,16 @@ impl GuestVm {
         self.kernels
     }
 
-    /// Turns a link error into the reason the VM died, when it did.
+    /// Turns a link error into the reason the VM died, when it did. A guest that let a
+    /// wait time out is stopped: it is stuck, and not trusted with the next command.
     fn failure(&mut self, e: HostError) -> GuestError {
+        if let HostError::Timeout(waited) = e {
+            self.stop.stop();
+            return GuestError::CutOff(CutOff::Unresponsive {
+                what: "answer",
+                waited,
+            });
+        }
         if matches!(e, HostError::VmStopped) {
             return match self.vm.take().map(JoinHandle::join) {
                 Some(Ok((Err(vm), _))) => GuestError::Crashed(vm),
@@ -258,12 +269,12 @@ impl GuestVm {
 
     fn command(&mut self, cmd: &ControlCommand<'_>) -> Result<(), GuestError> {
         self.llm
-            .send_command(cmd, COMMAND_TIMEOUT)
+            .send_command(cmd, self.deadlines.command)
             .map_err(|e| self.failure(e))
     }
 
     fn ack(&mut self, what: &'static str, command: u16) -> Result<Ack, GuestError> {
-        match self.llm.recv_reply(COMMAND_TIMEOUT) {
+        match self.llm.recv_reply(self.deadlines.command) {
             Ok(ControlReply::Ack(a)) if a.command == command => {
                 if a.status == Status::Ok {
                     Ok(a)
@@ -376,99 +387,12 @@ impl GuestVm {
     /// The guest's counters.
     pub fn stats(&mut self) -> Result<StatsReply, GuestError> {
         self.command(&ControlCommand::Stats(StatsRequest))?;
-        match self.llm.recv_reply(COMMAND_TIMEOUT) {
+        match self.llm.recv_reply(self.deadlines.command) {
             Ok(ControlReply::Stats(s)) => Ok(s),
             Ok(other) => Err(GuestError::Protocol(format!(
                 "expected stats, got {other:?}"
             ))),
             Err(e) => Err(self.failure(e)),
-        }
-    }
-
-    /// Whether the guest owns text (`feature::GUEST_TEXT`): it takes chat prompts and sends
-    /// the bytes of the tokens it generates, so the host needs no tokenizer.
-    pub fn owns_text(&self) -> bool {
-        self.llm.negotiated(feature::GUEST_TEXT)
-    }
-
-    /// Runs `req`, calling `on_tokens` with each batch of generated ids and (when the guest
-    /// [owns text](Self::owns_text)) the bytes they stand for, as it arrives.
-    /// `cancelled()` is checked while waiting; once it returns true the request is
-    /// cancelled (it still ends with its `EndOfStream`, reason cancelled).
-    pub fn generate(
-        &mut self,
-        req: &GenerateRequest,
-        on_tokens: &mut dyn FnMut(&[u32], &[u8]),
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<EndOfStream, GuestError> {
-        self.generate_until(req, on_tokens, &|| cancelled().then_some(Interrupt::Cancel))
-    }
-
-    /// [`Self::generate`], stopped early when `interrupt()` says how: cancelled for good
-    /// (reason cancelled), or preempted so another request can run (reason preempted; the
-    /// session resumes from the last token with its next request).
-    pub fn generate_until(
-        &mut self,
-        req: &GenerateRequest,
-        on_tokens: &mut dyn FnMut(&[u32], &[u8]),
-        interrupt: &dyn Fn() -> Option<Interrupt>,
-    ) -> Result<EndOfStream, GuestError> {
-        self.start_request(req)?;
-        self.await_request(req.request_id, on_tokens, interrupt)
-    }
-
-    /// Sends `req` without waiting for it: its tokens and end come with
-    /// [`Self::await_request`] (the sealed-load pipeline sends the first request before the
-    /// model's chunks, so the guest can compute each layer as it arrives).
-    pub fn start_request(&mut self, req: &GenerateRequest) -> Result<(), GuestError> {
-        self.llm
-            .send_request(&RequestMsg::Generate(req.clone()), COMMAND_TIMEOUT)
-            .map_err(|e| self.failure(e))
-    }
-
-    /// Waits for the end of request `id` (sent with [`Self::start_request`]), as
-    /// [`Self::generate_until`] does.
-    pub fn await_request(
-        &mut self,
-        id: u64,
-        on_tokens: &mut dyn FnMut(&[u32], &[u8]),
-        interrupt: &dyn Fn() -> Option<Interrupt>,
-    ) -> Result<EndOfStream, GuestError> {
-        let mut interrupted = false;
-        loop {
-            if !interrupted && let Some(how) = interrupt() {
-                let msg = match how {
-                    Interrupt::Cancel => RequestMsg::Cancel(CancelRequest { request_id: id }),
-                    Interrupt::Preempt if self.llm.negotiated(feature::PREEMPT) => {
-                        RequestMsg::Preempt(PreemptRequest { request_id: id })
-                    }
-                    Interrupt::Preempt => return Err(GuestError::NoPreemption),
-                };
-                self.llm
-                    .send_request(&msg, COMMAND_TIMEOUT)
-                    .map_err(|e| self.failure(e))?;
-                interrupted = true;
-            }
-            let resp = match self.llm.recv_response(POLL) {
-                Ok(r) => r,
-                Err(HostError::Timeout(_)) => continue,
-                Err(e) => return Err(self.failure(e)),
-            };
-            match resp {
-                ResponseMsg::Tokens(t) if t.request_id == id => on_tokens(&t.token_ids, &t.text),
-                ResponseMsg::EndOfStream(e) if e.request_id == id => return Ok(e),
-                ResponseMsg::Error(e) if e.request_id == id => {
-                    return Err(GuestError::Request {
-                        status: e.status,
-                        message: e.message,
-                    });
-                }
-                other => {
-                    return Err(GuestError::Protocol(format!(
-                        "unexpected response while running request {id}: {other:?}"
-                    )));
-                }
-            }
         }
     }
 
@@ -511,7 +435,7 @@ impl GuestVm {
     /// Runs a memory probe (the guest must have been started with `diagnostics`).
     pub fn probe(&mut self, op: ProbeOp) -> Result<ProbeReply, GuestError> {
         self.command(&ControlCommand::Probe(MemoryProbe { op }))?;
-        match self.llm.recv_reply(COMMAND_TIMEOUT) {
+        match self.llm.recv_reply(self.deadlines.command) {
             Ok(ControlReply::Probe(p)) if p.status == Status::Ok => Ok(p),
             Ok(ControlReply::Probe(p)) => Err(GuestError::Refused {
                 what: "run a memory probe",

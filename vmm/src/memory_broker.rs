@@ -2,6 +2,10 @@
 //! over virtio-llm's memory queues, releases (hole-punches) what the guest relinquishes, and
 //! takes memory back by force from a guest that ignores a shrink.
 //!
+//! Relinquish reports are the guest's word: each is checked whole against the pool and the
+//! changes sent before anything is released ([`check_report`]), and the hole-punching runs
+//! outside the device's lock.
+//!
 //! The host never reads private memory; it measures the guest's share with `mincore` on
 //! the guest_memfd mapping ([`PrivateMemory::resident_bytes`]) and trusts nothing the guest
 //! says about it.
@@ -15,6 +19,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use virtio_llm::spec::{MAX_RELINQUISH_RANGES, MEMORY_GRANULE, MIN_MEMORY_BUDGET};
 use virtio_llm::wire::memory::{BudgetChange, RelinquishReport};
+
+mod reports;
+pub use reports::{ReportError, check_report};
 
 /// How often a shrink checks the guest's resident size.
 const SHRINK_POLL: Duration = Duration::from_millis(2);
@@ -67,8 +74,10 @@ pub struct BrokerStats {
     pub reports: u64,
     /// Bytes released on the guest's reports.
     pub released_bytes: u64,
-    /// Ranges refused (outside the region).
+    /// Ranges the host failed to release.
     pub refused_ranges: u64,
+    /// Reports refused whole: malformed, or failing [`check_report`].
+    pub refused_reports: u64,
 }
 
 /// A running broker for one guest.
@@ -90,6 +99,9 @@ struct Counters {
     answered: AtomicU64,
     released: AtomicU64,
     refused: AtomicU64,
+    refused_reports: AtomicU64,
+    /// The latest budget change sent: a report cannot answer a later one.
+    sent: AtomicU64,
 }
 
 impl MemoryBroker {
@@ -137,6 +149,7 @@ impl MemoryBroker {
             reports: self.counters.reports.load(Ordering::SeqCst),
             released_bytes: self.counters.released.load(Ordering::SeqCst),
             refused_ranges: self.counters.refused.load(Ordering::SeqCst),
+            refused_reports: self.counters.refused_reports.load(Ordering::SeqCst),
         }
     }
 
@@ -169,6 +182,8 @@ impl MemoryBroker {
         let (sequence, lowering) = {
             let mut seq = self.sequence.lock().unwrap_or_else(|e| e.into_inner());
             *seq += 1;
+            // Before the send: the guest may answer before it returns.
+            self.counters.sent.fetch_max(*seq, Ordering::SeqCst);
             let change = BudgetChange {
                 sequence: *seq,
                 new_budget_bytes: bytes,
@@ -214,10 +229,18 @@ impl Drop for MemoryBroker {
     }
 }
 
-/// The report thread: releases every range the guest relinquishes, then gives the report's
-/// buffer back (which tells the guest the pages are gone and may be reused).
+/// The report thread: checks each report the guest relinquishes, releases its ranges, then
+/// gives the report's buffer back (which tells the guest the pages are gone and may be
+/// reused). A refused report's buffer goes back with nothing released.
 fn serve_reports(llm: &LlmHost, private: &PrivateMemory, counters: &Counters, quit: &AtomicBool) {
+    let base = private.guest_addr();
+    let pool = base..base.saturating_add(private.len() as u64);
     let mut release = |report: &RelinquishReport| {
+        counters.reports.fetch_add(1, Ordering::SeqCst);
+        if let Err(why) = check_report(report, &pool, counters.sent.load(Ordering::SeqCst)) {
+            refused(counters, &why);
+            return;
+        }
         for r in &report.ranges {
             match private.release(r.guest_phys, r.len) {
                 Ok(()) => {
@@ -228,7 +251,6 @@ fn serve_reports(llm: &LlmHost, private: &PrivateMemory, counters: &Counters, qu
                 }
             }
         }
-        counters.reports.fetch_add(1, Ordering::SeqCst);
         if report.ranges.len() < MAX_RELINQUISH_RANGES {
             counters
                 .answered
@@ -241,8 +263,24 @@ fn serve_reports(llm: &LlmHost, private: &PrivateMemory, counters: &Counters, qu
             // Not up yet (booting) or reset: look again shortly.
             Err(HostError::NotReady) => std::thread::sleep(REPORT_POLL),
             Err(HostError::VmStopped) => std::thread::sleep(REPORT_POLL),
-            // A malformed report was refused and its buffer returned; keep serving.
-            Err(HostError::Device(_)) => {}
+            // A malformed report was refused and its buffer returned, or the ring itself is
+            // broken: either way the guest waits, so a broken ring cannot make this spin.
+            Err(HostError::Device(e)) => {
+                refused(counters, &e);
+                std::thread::sleep(REPORT_POLL);
+            }
         }
+    }
+}
+
+/// Counts a refused report and says why, at the first and then at every power of two (a
+/// guest sending nothing but bad reports must not flood the host's log).
+fn refused(counters: &Counters, why: &dyn std::fmt::Display) {
+    let n = counters.refused_reports.fetch_add(1, Ordering::SeqCst) + 1;
+    if n.is_power_of_two() {
+        eprintln!(
+            "[vmm] refused a relinquish report from the guest ({n} so far; nothing of it was \
+             released): {why}"
+        );
     }
 }

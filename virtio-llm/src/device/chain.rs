@@ -96,7 +96,16 @@ pub fn check_chain<M: GuestMemoryBackend>(
                 size: table.size,
             });
         }
-        let at = table.addr + 16 * u64::from(id);
+        // The table's address is the guest's: near the top of the address space the entry's
+        // address would wrap around to low memory.
+        let at =
+            table
+                .addr
+                .checked_add(16 * u64::from(id))
+                .ok_or(ChainError::TableUnreachable {
+                    head,
+                    addr: table.addr,
+                })?;
         let mut raw = [0u8; 16];
         mem.read_slice(&mut raw, GuestAddress(at))
             .map_err(|_| ChainError::TableUnreachable { head, addr: at })?;
@@ -113,7 +122,8 @@ pub fn check_chain<M: GuestMemoryBackend>(
             return Err(ChainError::ZeroLength { head, index });
         }
         let end = addr.checked_add(u64::from(len));
-        if addr < window.base || end.is_none_or(|e| e > window.base + window.size) {
+        let window_end = window.base.saturating_add(window.size);
+        if addr < window.base || end.is_none_or(|e| e > window_end) {
             return Err(ChainError::OutsideWindow { head, addr, len });
         }
         let writable = flags & VIRTQ_DESC_F_WRITE != 0;
@@ -277,5 +287,20 @@ mod tests {
             check_chain(&m, far, 0, WINDOW, dir),
             Err(ChainError::TableUnreachable { .. })
         ));
+    }
+
+    #[test]
+    fn a_table_at_the_top_of_the_address_space_is_refused_not_wrapped() {
+        let m = mem();
+        let top = DescTable {
+            addr: u64::MAX - 15,
+            size: 16,
+        };
+        for head in [0, 1, 15] {
+            assert!(matches!(
+                check_chain(&m, top, head, WINDOW, Direction::DeviceReads),
+                Err(ChainError::TableUnreachable { .. })
+            ));
+        }
     }
 }

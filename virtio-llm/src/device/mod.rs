@@ -26,7 +26,7 @@ use crate::wire::response::ResponseMsg;
 use chain::{ChainError, CheckedChain, DescTable, Direction, Window, check_chain};
 use std::vec;
 use std::vec::Vec;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// How the device interrupts the driver (in the VMM: wake the vCPUs waiting for work).
@@ -162,8 +162,14 @@ impl<M: GuestMemoryBackend> LlmDevice<M> {
             .filter(|_| direction(index) == Some(dir))
             .ok_or(DeviceError::NoSuchQueue(index))?;
         // Only the available ring entry is read here; the chain itself is walked (and
-        // checked) by `check_chain`, never by virtio-queue's iterator.
-        let Some(chain) = q.pop_descriptor_chain(mem) else {
+        // checked) by `check_chain`, never by virtio-queue's iterator. A bad available index
+        // is an error, not "nothing yet": `arm` would see work pending forever, and its
+        // caller spin.
+        let ring = |source| DeviceError::Ring {
+            queue: index,
+            source,
+        };
+        let Some(chain) = q.iter(mem).map_err(ring)?.next() else {
             return Ok(None);
         };
         let head = chain.head_index();
@@ -334,26 +340,42 @@ impl<M: GuestMemoryBackend> LlmDevice<M> {
         &mut self,
         release: &mut dyn FnMut(&RelinquishReport),
     ) -> Result<Option<RelinquishReport>, DeviceError> {
+        let Some((head, report)) = self.take_relinquish()? else {
+            return Ok(None);
+        };
+        release(&report);
+        self.complete_relinquish(head)?;
+        Ok(Some(report))
+    }
+
+    /// Takes the next relinquish report but keeps its buffer (chain `head`) until
+    /// [`Self::complete_relinquish`]: the caller releases the ranges in between, without
+    /// holding up whatever else uses the device. A malformed report's buffer goes back at
+    /// once.
+    pub fn take_relinquish(&mut self) -> Result<Option<(u16, RelinquishReport)>, DeviceError> {
         let Some((head, frame)) = self.take_frame(queue::MEMORY_REPORT)? else {
             return Ok(None);
         };
-        let report = match MemoryMsg::decode(&frame) {
-            Ok(MemoryMsg::Relinquish(r)) => r,
+        match MemoryMsg::decode(&frame) {
+            Ok(MemoryMsg::Relinquish(r)) => Ok(Some((head, r))),
             Ok(MemoryMsg::BudgetChange(_)) => {
                 self.complete(queue::MEMORY_REPORT, head, 0)?;
-                return Err(self.malformed(
+                Err(self.malformed(
                     queue::MEMORY_REPORT,
                     WireError::UnknownType(crate::wire::memory::msg_type::BUDGET_CHANGE),
-                ));
+                ))
             }
             Err(e) => {
                 self.complete(queue::MEMORY_REPORT, head, 0)?;
-                return Err(self.malformed(queue::MEMORY_REPORT, e));
+                Err(self.malformed(queue::MEMORY_REPORT, e))
             }
-        };
-        release(&report);
-        self.complete(queue::MEMORY_REPORT, head, 0)?;
-        Ok(Some(report))
+        }
+    }
+
+    /// Gives back the buffer of a report taken with [`Self::take_relinquish`], telling the
+    /// driver its ranges are released.
+    pub fn complete_relinquish(&mut self, head: u16) -> Result<(), DeviceError> {
+        self.complete(queue::MEMORY_REPORT, head, 0)
     }
 
     /// Takes the next response, if any.

@@ -168,3 +168,25 @@ fn a_send_into_a_too_small_buffer_is_refused_and_queues_go_one_way() {
         Err(DeviceError::NoSuchQueue(4))
     ));
 }
+
+#[test]
+fn an_available_index_beyond_the_queue_is_an_error_not_work_pending() {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x80_0000)]).unwrap();
+    let mock = MockSplitQueue::new(&mem, 16);
+    let mut queues: Vec<Option<Queue>> = (0..4).map(|_| None).collect();
+    queues[usize::from(queue::RESPONSE)] = Some(mock.create_queue().unwrap());
+    let mut dev = LlmDevice::new(mem.clone(), WINDOW, 0, queues, Arc::new(Count::default()));
+    // The driver claims 17 chains on a queue of 16.
+    mem.write_obj(17u16, mock.avail_addr().unchecked_add(2))
+        .unwrap();
+    // `arm` sees the index moved; taking the chain must then fail rather than find nothing
+    // (the host would otherwise poll forever).
+    assert!(dev.arm(queue::RESPONSE).unwrap());
+    assert!(matches!(
+        dev.recv_response(),
+        Err(DeviceError::Ring {
+            queue: 3,
+            source: virtio_queue::Error::InvalidAvailRingIndex
+        })
+    ));
+}

@@ -7,7 +7,7 @@ mod timer;
 pub mod virtio_llm;
 pub mod virtio_mmio;
 
-pub use console::Console;
+pub use console::{Console, escape};
 pub use control::Control;
 pub use fault::{FaultPage, FaultReport};
 pub use timer::Timer;

@@ -72,6 +72,9 @@ pub struct LlmHost {
     stopped: AtomicBool,
     /// The features the driver accepted; 0 while the device is not live.
     features: AtomicU64,
+    /// Counts activations and resets (changed only with `device` locked), so a buffer
+    /// taken from one device is never completed on the next.
+    incarnation: AtomicU64,
 }
 
 impl LlmHost {
@@ -140,7 +143,7 @@ impl LlmHost {
         };
         let mut slept = false;
         loop {
-            {
+            let pending = {
                 let mut guard = self.lock();
                 let dev = guard.as_mut().ok_or(HostError::NotReady)?;
                 if let Some(r) = attempt(dev)? {
@@ -154,16 +157,19 @@ impl LlmHost {
                     std::hint::spin_loop();
                     continue;
                 }
-                if dev.arm(queue)? {
-                    continue;
-                }
-            }
+                dev.arm(queue)?
+            };
+            // Checked even when the ring says work is pending: a driver whose ring keeps
+            // saying so without a chain to take must not hold this thread past its time.
             if self.stopped.load(Ordering::SeqCst) {
                 return Err(HostError::VmStopped);
             }
             let left = timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
                 return Err(HostError::Timeout(timeout));
+            }
+            if pending {
+                continue;
             }
             if let Some(fd) = self.kick_fd(queue) {
                 wait_readable(fd, left.min(NAP));
@@ -209,15 +215,28 @@ impl LlmHost {
     }
 
     /// Takes the next relinquish report, calling `release` on it before its buffer goes
-    /// back to the guest.
+    /// back to the guest. `release` runs without the device's lock: hole-punching a large
+    /// report takes milliseconds the request and command queues must not wait for.
     pub fn recv_relinquish(
         &self,
         release: &mut dyn FnMut(&RelinquishReport),
         timeout: Duration,
     ) -> Result<RelinquishReport, HostError> {
-        self.wait_on(queue::MEMORY_REPORT, timeout, |d| {
-            d.recv_relinquish(release)
-        })
+        let (head, report, incarnation) = self.wait_on(queue::MEMORY_REPORT, timeout, |d| {
+            let taken = d.take_relinquish()?;
+            // Read under the lock that also guards activation and reset.
+            let incarnation = self.incarnation.load(Ordering::SeqCst);
+            Ok(taken.map(|(head, report)| (head, report, incarnation)))
+        })?;
+        release(&report);
+        let mut guard = self.lock();
+        // A driver that reset the device meanwhile has new queues: the head is not theirs.
+        if let Some(dev) = guard.as_mut()
+            && self.incarnation.load(Ordering::SeqCst) == incarnation
+        {
+            dev.complete_relinquish(head)?;
+        }
+        Ok(report)
     }
 
     /// Whether the guest's driver took the memory queues (negotiated `feature::MEMORY`).
@@ -317,6 +336,7 @@ impl VirtioLlm {
             spin_pays: (0..queue::COUNT).map(|_| AtomicBool::new(true)).collect(),
             stopped: AtomicBool::new(false),
             features: AtomicU64::new(0),
+            incarnation: AtomicU64::new(0),
         });
         let mut cfg = [0u8; config::SIZE];
         cfg[config::PROTOCOL_VERSION] = spec::PROTOCOL_VERSION;
@@ -398,39 +418,48 @@ impl VirtioDevice for VirtioLlm {
         }
     }
 
-    fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), ActivateError> {
+    fn queue_valid(&self, queue: &Queue) -> bool {
+        use virtio_queue::QueueT;
+        // Over the shared window alone: rings anywhere else are refused.
+        queue.is_valid(&self.shared)
+    }
+
+    fn activate(&mut self, features: u64, queues: Vec<Option<Queue>>) -> Result<(), ActivateError> {
         const NEEDED: [u16; 4] = [
             queue::CONTROL_CMD,
             queue::CONTROL_REPLY,
             queue::REQUEST,
             queue::RESPONSE,
         ];
-        if queues.len() < NEEDED.len() {
-            return Err(ActivateError::QueuesNotReady {
-                ready: queues.len(),
-                needed: NEEDED.len(),
-            });
+        // With VIRTIO_LLM_F_MEMORY the memory queues must be ready too.
+        let memory = features & (1 << feature::MEMORY) != 0;
+        let needed = if memory {
+            usize::from(queue::COUNT)
+        } else {
+            NEEDED.len()
+        };
+        let ready = queues[..needed.min(queues.len())]
+            .iter()
+            .filter(|q| q.is_some())
+            .count();
+        if ready < needed {
+            return Err(ActivateError::QueuesNotReady { ready, needed });
         }
         if features & (1 << feature::ACCESS_PLATFORM) == 0 {
             return Err(ActivateError::FeatureRequired("VIRTIO_F_ACCESS_PLATFORM"));
-        }
-        // With VIRTIO_LLM_F_MEMORY the memory queues must be ready too.
-        let memory = features & (1 << feature::MEMORY) != 0;
-        if memory && queues.len() < usize::from(queue::COUNT) {
-            return Err(ActivateError::QueuesNotReady {
-                ready: queues.len(),
-                needed: usize::from(queue::COUNT),
-            });
         }
         self.host.features.store(features, Ordering::SeqCst);
         let device = LlmDevice::new(
             self.shared.clone(),
             self.window,
             features,
-            queues.into_iter().map(Some).collect(),
+            queues,
             self.interrupt.clone(),
         );
-        *self.host.lock() = Some(device);
+        let mut live = self.host.lock();
+        *live = Some(device);
+        self.host.incarnation.fetch_add(1, Ordering::SeqCst);
+        drop(live);
         self.host.changed.notify_all();
         Ok(())
     }
@@ -444,7 +473,10 @@ impl VirtioDevice for VirtioLlm {
 
     fn reset(&mut self) {
         self.host.features.store(0, Ordering::SeqCst);
-        *self.host.lock() = None;
+        let mut live = self.host.lock();
+        *live = None;
+        self.host.incarnation.fetch_add(1, Ordering::SeqCst);
+        drop(live);
         self.host.changed.notify_all();
     }
 }

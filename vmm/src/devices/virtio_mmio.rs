@@ -1,12 +1,13 @@
 //! The virtio-mmio transport (virtio 1.2 §4.2, "modern" version 2): the register page through
 //! which a guest driver discovers a virtio device, negotiates features, sets up its
 //! virtqueues and notifies the device. The device behind it only sees negotiated features
-//! and ready queues ([`VirtioDevice`]).
+//! and ready queues ([`VirtioDevice`]), each at its own index.
 //!
 //! Everything the guest writes is checked: features outside the offer, queue sizes above the
-//! maximum or not a power of two, queue changes after the device went live. A driver that
-//! breaks the rules gets FEATURES_OK refused or DEVICE_NEEDS_RESET, never a device running on
-//! half-configured queues.
+//! maximum or not a power of two, ring addresses the device cannot reach or misaligned
+//! (`Queue::is_valid` over the device's memory), queue changes after the device went live.
+//! A driver that breaks the rules gets FEATURES_OK refused or DEVICE_NEEDS_RESET, never a
+//! device running on half-configured queues.
 
 use super::{DeviceEvent, MmioDevice};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,6 +22,11 @@ pub enum ActivateError {
     QueuesNotReady { ready: usize, needed: usize },
     #[error("the driver did not accept {0}, which this device requires")]
     FeatureRequired(&'static str),
+    #[error(
+        "the driver made queue {0} ready with a bad size or rings outside the memory the \
+         device may use (or misaligned)"
+    )]
+    QueueInvalid(u16),
 }
 
 pub use virtio_llm::mmio::{
@@ -37,8 +43,12 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// Reads the device-specific configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Starts the device on the negotiated `features` and the driver's ready `queues`.
-    fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), ActivateError>;
+    /// Whether `queue`'s size and rings are usable in the memory the device reaches
+    /// (`Queue::is_valid` over it).
+    fn queue_valid(&self, queue: &Queue) -> bool;
+    /// Starts the device on the negotiated `features` and the driver's `queues`, indexed by
+    /// queue number: `None` where the driver did not make the queue ready.
+    fn activate(&mut self, features: u64, queues: Vec<Option<Queue>>) -> Result<(), ActivateError>;
     /// The driver notified queue `index`.
     fn queue_notify(&mut self, index: u16);
     /// Stops the device and drops its queues (driver reset).
@@ -142,19 +152,30 @@ impl MmioTransport {
         s.status = value;
         if new_bits & status::DRIVER_OK != 0 {
             let mut dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
-            // The ready queues move to the device; the transport keeps stand-ins that only
-            // answer QueueNumMax/QueueReady reads (live queues cannot be reconfigured).
+            // The ready queues move to the device, each at its own index (a queue the driver
+            // left unready must not shift the others); the transport keeps stand-ins that
+            // only answer QueueNumMax/QueueReady reads (live queues cannot be reconfigured).
             let mut stand_ins = new_queues(dev.as_ref());
             let queues = std::mem::take(&mut s.queues);
-            let mut ready = Vec::new();
-            for (q, stand_in) in queues.into_iter().zip(stand_ins.iter_mut()) {
-                if q.ready() {
-                    stand_in.set_ready(true);
-                    ready.push(q);
+            let mut handed = Vec::with_capacity(queues.len());
+            let mut invalid = None;
+            for (index, (q, stand_in)) in queues.into_iter().zip(stand_ins.iter_mut()).enumerate() {
+                if !q.ready() {
+                    handed.push(None);
+                    continue;
                 }
+                if !dev.queue_valid(&q) {
+                    invalid.get_or_insert(index as u16);
+                }
+                stand_in.set_ready(true);
+                handed.push(Some(q));
             }
             s.queues = stand_ins;
-            if let Err(why) = dev.activate(s.driver_features, ready) {
+            let started = match invalid {
+                Some(index) => Err(ActivateError::QueueInvalid(index)),
+                None => dev.activate(s.driver_features, handed),
+            };
+            if let Err(why) = started {
                 eprintln!(
                     "[vmm] virtio device {} failed to start: {why}",
                     dev.device_type()
@@ -288,12 +309,15 @@ mod tests {
 
     #[derive(Default)]
     struct Log {
-        activated: Option<(u64, Vec<u16>)>,
+        activated: Option<(u64, Vec<Option<u16>>)>,
         notified: Vec<u16>,
         resets: usize,
     }
 
-    struct Recorder(Arc<Mutex<Log>>);
+    /// A device whose memory is 64 KiB at `MEM_BASE`.
+    struct Recorder(Arc<Mutex<Log>>, vm_memory::GuestMemoryMmap);
+
+    const MEM_BASE: u64 = 0x4000_0000;
 
     impl VirtioDevice for Recorder {
         fn device_type(&self) -> u32 {
@@ -308,8 +332,18 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             data.fill(offset as u8 + 1);
         }
-        fn activate(&mut self, features: u64, queues: Vec<Queue>) -> Result<(), ActivateError> {
-            let sizes = queues.iter().map(|q| q.size()).collect();
+        fn queue_valid(&self, queue: &Queue) -> bool {
+            queue.is_valid(&self.1)
+        }
+        fn activate(
+            &mut self,
+            features: u64,
+            queues: Vec<Option<Queue>>,
+        ) -> Result<(), ActivateError> {
+            let sizes = queues
+                .iter()
+                .map(|q| q.as_ref().map(|q| q.size()))
+                .collect();
             self.0.lock().unwrap().activated = Some((features, sizes));
             Ok(())
         }
@@ -323,8 +357,13 @@ mod tests {
 
     fn transport() -> (MmioTransport, Arc<Mutex<Log>>) {
         let log = Arc::new(Mutex::new(Log::default()));
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(
+            vm_memory::GuestAddress(MEM_BASE),
+            0x1_0000,
+        )])
+        .unwrap();
         (
-            MmioTransport::new(Box::new(Recorder(Arc::clone(&log)))),
+            MmioTransport::new(Box::new(Recorder(Arc::clone(&log), mem))),
             log,
         )
     }
@@ -405,7 +444,7 @@ mod tests {
         wr(&t, reg::STATUS, all);
         assert_eq!(
             log.lock().unwrap().activated,
-            Some((F_VERSION_1 | 1, vec![128]))
+            Some((F_VERSION_1 | 1, vec![Some(128), None]))
         );
         wr(&t, reg::QUEUE_SEL, 0);
         wr(&t, reg::QUEUE_NUM, 8); // live queues cannot change
@@ -420,5 +459,51 @@ mod tests {
         assert_eq!(log.lock().unwrap().resets, 1);
         wr(&t, reg::QUEUE_SEL, 0);
         assert_eq!(rd(&t, reg::QUEUE_READY), 0, "reset clears the queues");
+    }
+
+    /// Sets up queue `sel` of `size` entries with its rings at `base` and makes it ready.
+    fn ready_queue(t: &MmioTransport, sel: u32, size: u32, base: u32) {
+        wr(t, reg::QUEUE_SEL, sel);
+        wr(t, reg::QUEUE_NUM, size);
+        wr(t, reg::QUEUE_DESC_LOW, base);
+        wr(t, reg::QUEUE_DRIVER_LOW, base + 0x1000);
+        wr(t, reg::QUEUE_DEVICE_LOW, base + 0x2000);
+        wr(t, reg::QUEUE_READY, 1);
+    }
+
+    const ALL: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+
+    #[test]
+    fn each_queue_keeps_its_index_when_an_earlier_one_is_not_ready() {
+        let (t, log) = transport();
+        negotiate(&t, F_VERSION_1);
+        ready_queue(&t, 1, 32, MEM_BASE as u32);
+        wr(&t, reg::STATUS, ALL);
+        assert_eq!(
+            log.lock().unwrap().activated,
+            Some((F_VERSION_1, vec![None, Some(32)])),
+            "queue 1 stays queue 1"
+        );
+        assert_eq!(rd(&t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn queues_with_rings_the_device_cannot_reach_are_refused() {
+        // Rings outside the device's memory, straddling its end, or misaligned.
+        for base in [0x1000, MEM_BASE as u32 + 0xf000, MEM_BASE as u32 + 2] {
+            let (t, log) = transport();
+            negotiate(&t, F_VERSION_1);
+            ready_queue(&t, 0, 64, base);
+            wr(&t, reg::STATUS, ALL);
+            assert_eq!(log.lock().unwrap().activated, None, "{base:#x}");
+            assert_ne!(rd(&t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+            assert_eq!(rd(&t, reg::INTERRUPT_STATUS) & INT_CONFIG, INT_CONFIG);
+            // A reset clears it; a good setup then starts the device.
+            wr(&t, reg::STATUS, 0);
+            negotiate(&t, F_VERSION_1);
+            ready_queue(&t, 0, 64, MEM_BASE as u32);
+            wr(&t, reg::STATUS, ALL);
+            assert!(log.lock().unwrap().activated.is_some());
+        }
     }
 }

@@ -177,7 +177,7 @@ impl GuestVm {
         self.start_request(request)?;
         if let Err(e) = self.send_sealed_chunks(model_id, &loading.header, loading.body, progress) {
             // The request fails with the load; take its error so nothing is left queued.
-            let _ = self.await_request(request.request_id, &mut |_, _| {}, &|| None);
+            let _ = self.await_request(request, &mut |_, _| {}, &|| None);
             return Err(e);
         }
         self.command(&ControlCommand::LoadModelEnd(LoadModelEnd {
@@ -185,7 +185,7 @@ impl GuestVm {
             sha256: [0; 32],
         }))?;
         // The guest finishes the load once the request is over: the tokens come first.
-        let end = self.await_request(request.request_id, on_tokens, interrupt)?;
+        let end = self.await_request(request, on_tokens, interrupt)?;
         self.ack("accept the sealed model", LOAD_MODEL_END)?;
         let header = loading.header;
         Ok((

@@ -2,7 +2,7 @@
 //! measurement, and the isolation and key-root kind this host reports, signed in the guest
 //! with a key its key root derives. The host relays it to clients; it cannot sign one.
 
-use super::{COMMAND_TIMEOUT, GuestError, GuestVm};
+use super::{GuestError, GuestVm};
 use crate::hypervisor::IsolationLevel;
 use virtio_llm::spec::{SIGNED_STATEMENT_BYTES, feature};
 use virtio_llm::wire::control::{ControlCommand, ControlReply};
@@ -30,7 +30,7 @@ impl GuestVm {
             key_root: u8::from(production_root),
         };
         self.command(&ControlCommand::GetStatement(req))?;
-        match self.llm.recv_reply(COMMAND_TIMEOUT) {
+        match self.llm.recv_reply(self.deadlines.command) {
             Ok(ControlReply::Statement(s)) => Ok(s.statement),
             Ok(ControlReply::Ack(a)) => Err(GuestError::Refused {
                 what: "the guest statement",

@@ -1,0 +1,70 @@
+//! The daemon in front of a guest that stops answering: the request fails at its deadline,
+//! the guest is restarted, and the next request is served. Its own test binary: the short
+//! deadlines it sets hold for every guest this process starts. x86_64 only: the hang is
+//! x86_64 code (`nop`s into `jmp $`), on which an arm64 guest would fault instead.
+#![cfg(target_arch = "x86_64")]
+
+use flexserve::serve::Daemon;
+use flexserve::serve::metrics::Outcome;
+use flexserve_e2e::serve_rig::*;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use vmm::guest_vm::Deadlines;
+use vmm::guest_vm::request_watch::set_default_deadlines_for_tests;
+
+#[test]
+fn a_stuck_guest_fails_its_request_and_a_new_guest_serves_the_next() {
+    use vm_memory::{Bytes, GuestAddress};
+    if !guests_can_run(&[TINY]) {
+        return;
+    }
+    let first_token = Duration::from_secs(2);
+    set_default_deadlines_for_tests(Some(Deadlines {
+        first_token,
+        between_tokens: Duration::from_secs(2),
+        per_token: Duration::from_secs(1),
+        command: Duration::from_secs(2),
+    }));
+    let dir = temp_dir("unresponsive");
+    let d = Daemon::start(config(&dir, TINY, 512, 16)).expect("daemon starts");
+    let addr = d.tcp_addr.unwrap();
+    let path = "/v1/completions";
+    let body = format!(
+        r#"{{"model":"{TINY}","prompt":"Once upon a time","max_tokens":8,"temperature":0}}"#
+    );
+    let before = http(addr, "POST", path, &body);
+    assert_eq!(before.status, 200, "{}", before.body);
+
+    // Idle, both vCPUs park between two instructions; their code becomes a slide of `nop`s
+    // into `jmp $`, so the next request wakes a guest that spins and never answers.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut spin = vec![0x90u8; 0x20_0000];
+    let n = spin.len();
+    spin[n - 2..].copy_from_slice(&[0xeb, 0xfe]);
+    let mem = d.shared().guest_memory.lock().unwrap().clone();
+    mem.expect("a guest is running")
+        .write_slice(&spin, GuestAddress(0x20_0000))
+        .unwrap();
+    let start = Instant::now();
+    let stuck = http(addr, "POST", path, &body);
+    let waited = start.elapsed();
+    assert!(stuck.status >= 500, "{} {}", stuck.status, stuck.body);
+    assert!(stuck.body.contains("stopped answering"), "{}", stuck.body);
+    assert!(
+        (first_token..first_token + Duration::from_secs(10)).contains(&waited),
+        "failed after {waited:?}"
+    );
+
+    let after = http(addr, "POST", path, &body);
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_eq!(
+        after.json()["choices"][0]["text"],
+        before.json()["choices"][0]["text"]
+    );
+    let m = &d.shared().metrics;
+    assert_eq!(m.guest_crashes.load(Ordering::Relaxed), 1);
+    assert_eq!(m.guest_starts.load(Ordering::Relaxed), 2);
+    assert_eq!(m.requests(Outcome::Failed), 1);
+    d.stop();
+    set_default_deadlines_for_tests(None);
+}
