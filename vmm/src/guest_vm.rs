@@ -429,7 +429,7 @@ impl GuestVm {
     /// Whether the guest accepted memory probes (`feature::DIAGNOSTICS`): only the test build
     /// of the engine does, and only when started with `diagnostics`.
     pub fn answers_probes(&self) -> bool {
-        self.llm.negotiated(feature::DIAGNOSTICS)
+        self.llm.negotiated(virtio_llm::spec::feature::DIAGNOSTICS)
     }
 
     /// Runs a memory probe (the guest must have been started with `diagnostics`).
