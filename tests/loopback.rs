@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use virtio_llm::device::DriverView;
 use virtio_llm::device::chain::Window;
+use virtio_llm::driver::LlmDriver;
 use virtio_llm::driver::echo_service::{Step, step};
-use virtio_llm::driver::{LlmDriver, Transport};
 use virtio_llm::spec::layout::{SHARED_WINDOW_BASE, SHARED_WINDOW_SIZE};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm::devices::virtio_llm::{LlmConfig, LlmHost, VirtioLlm};
@@ -15,18 +15,7 @@ use vmm::devices::virtio_mmio::MmioTransport;
 use vmm::devices::{MmioDevice, Timer};
 
 /// The register page reached by direct calls.
-pub struct Direct(Arc<MmioTransport>);
-
-impl Transport for Direct {
-    fn read32(&self, offset: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.0.read(offset, &mut b);
-        u32::from_le_bytes(b)
-    }
-    fn write32(&self, offset: u64, value: u32) {
-        self.0.write(offset, &value.to_le_bytes());
-    }
-}
+pub use vmm::devices::DirectRegisters as Direct;
 
 /// The driver type of the loopback.
 pub type Driver = LlmDriver<DriverView<GuestMemoryMmap>, Direct>;

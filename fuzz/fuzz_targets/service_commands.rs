@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use virtio_llm::device::DriverView;
 use virtio_llm::device::chain::Window;
-use virtio_llm::driver::{DriverError, LlmDriver, Transport};
+use virtio_llm::driver::{DriverError, LlmDriver};
 use virtio_llm::spec::MAX_CHUNK_BYTES;
 use virtio_llm::spec::layout::{SHARED_WINDOW_BASE, SHARED_WINDOW_SIZE};
 use virtio_llm::wire::control::{
@@ -36,7 +36,7 @@ use virtio_llm::wire::request::{
     SamplingParams,
 };
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm::devices::MmioDevice;
+use vmm::devices::DirectRegisters;
 use vmm::devices::virtio_llm::{HostError, LlmConfig, LlmHost, VirtioLlm};
 use vmm::devices::virtio_mmio::MmioTransport;
 
@@ -54,19 +54,6 @@ fuzz_target!(|data: &[u8]| {
         rig.pump();
     }
 });
-
-struct Direct(Arc<MmioTransport>);
-
-impl Transport for Direct {
-    fn read32(&self, offset: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.0.read(offset, &mut b);
-        u32::from_le_bytes(b)
-    }
-    fn write32(&self, offset: u64, value: u32) {
-        self.0.write(offset, &value.to_le_bytes());
-    }
-}
 
 /// The pool's accounting: nothing held beyond the budget, so nothing to relinquish (a
 /// relinquish would wait for a host that, on this one thread, never answers while a step
@@ -123,7 +110,7 @@ impl Environment for Env {
 
 struct Rig {
     host: Arc<LlmHost>,
-    driver: LlmDriver<DriverView<GuestMemoryMmap>, Direct>,
+    driver: LlmDriver<DriverView<GuestMemoryMmap>, DirectRegisters>,
     service: Service,
     env: Env,
 }
@@ -161,7 +148,7 @@ impl Rig {
         let transport = Arc::new(MmioTransport::with_interrupt_status(Box::new(device), irq));
         let driver = LlmDriver::new(
             DriverView(mem),
-            Direct(transport),
+            DirectRegisters(transport),
             SHARED_WINDOW_BASE,
             SHARED_WINDOW_SIZE,
         )

@@ -2,6 +2,7 @@
 
 mod console;
 mod control;
+mod direct_registers;
 mod fault;
 mod timer;
 pub mod virtio_llm;
@@ -9,6 +10,7 @@ pub mod virtio_mmio;
 
 pub use console::{Console, escape};
 pub use control::Control;
+pub use direct_registers::DirectRegisters;
 pub use fault::{FaultPage, FaultReport};
 pub use timer::Timer;
 
