@@ -1,16 +1,16 @@
 //! The daemon in front of a guest that stops answering: the request fails at its deadline,
-//! the guest is restarted, and the next request is served. Its own test binary: the short
-//! deadlines it sets hold for every guest this process starts. x86_64 only: the hang is
+//! the guest is restarted, and the next request is served, with the deadlines the daemon's
+//! config sets. x86_64 only: the hang is
 //! x86_64 code (`nop`s into `jmp $`), on which an arm64 guest would fault instead.
 #![cfg(target_arch = "x86_64")]
 
 use flexserve::serve::Daemon;
+use flexserve::serve::config::Config;
+use flexserve::serve::deadlines::DeadlineSettings;
 use flexserve::serve::metrics::Outcome;
 use flexserve_e2e::serve_rig::*;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use vmm::guest_vm::Deadlines;
-use vmm::guest_vm::request_watch::set_default_deadlines_for_tests;
 
 #[test]
 fn a_stuck_guest_fails_its_request_and_a_new_guest_serves_the_next() {
@@ -18,15 +18,19 @@ fn a_stuck_guest_fails_its_request_and_a_new_guest_serves_the_next() {
     if !guests_can_run(&[TINY]) {
         return;
     }
+    // Short deadlines through the daemon's own settings (`guest.*_timeout_seconds`).
     let first_token = Duration::from_secs(2);
-    set_default_deadlines_for_tests(Some(Deadlines {
-        first_token,
-        between_tokens: Duration::from_secs(2),
-        per_token: Duration::from_secs(1),
-        command: Duration::from_secs(2),
-    }));
     let dir = temp_dir("unresponsive");
-    let d = Daemon::start(config(&dir, TINY, 512, 16)).expect("daemon starts");
+    let config = Config {
+        deadlines: DeadlineSettings {
+            first_token: Some(first_token),
+            between_tokens: Some(Duration::from_secs(2)),
+            per_token: Some(Duration::from_secs(1)),
+            command: Some(Duration::from_secs(2)),
+        },
+        ..config(&dir, TINY, 512, 16)
+    };
+    let d = Daemon::start(config).expect("daemon starts");
     let addr = d.tcp_addr.unwrap();
     let path = "/v1/completions";
     let body = format!(
@@ -66,5 +70,4 @@ fn a_stuck_guest_fails_its_request_and_a_new_guest_serves_the_next() {
     assert_eq!(m.guest_starts.load(Ordering::Relaxed), 2);
     assert_eq!(m.requests(Outcome::Failed), 1);
     d.stop();
-    set_default_deadlines_for_tests(None);
 }

@@ -4,10 +4,12 @@
 
 use super::config_access::{Access, AuthSection, HttpSection, ServerSection};
 use super::conn_limits::ConnLimits;
+use super::deadlines::DeadlineSettings;
 use crate::size::parse_size;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use vmm::hypervisor::{IsolationLevel, UnknownIsolationLevel};
 
 /// Where the daemon reads its configuration when `--config` is not given (a missing file
@@ -99,6 +101,8 @@ pub struct Config {
     pub queue_per_client: Option<usize>,
     /// Model checks and tokenizations running at once on blocking threads; more wait.
     pub blocking_tasks: usize,
+    /// How long the daemon waits for its guest before it stops and restarts it.
+    pub deadlines: DeadlineSettings,
     /// Connection limits and deadlines.
     pub server: ConnLimits,
     /// Host and Origin allow-lists, API keys, Unix-socket users.
@@ -129,6 +133,7 @@ impl Default for Config {
             slice_tokens: 16,
             queue_per_client: None,
             blocking_tasks: 2,
+            deadlines: DeadlineSettings::default(),
             server: ConnLimits::default(),
             access: Access::default(),
         }
@@ -181,6 +186,10 @@ struct GuestSection {
     start: Option<String>,
     min_isolation: Option<String>,
     key_root: Option<PathBuf>,
+    first_token_timeout_seconds: Option<i64>,
+    token_timeout_seconds: Option<i64>,
+    per_token_timeout_seconds: Option<i64>,
+    command_timeout_seconds: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -248,6 +257,26 @@ fn in_range(key: &'static str, v: i64, lo: i64, hi: i64) -> Result<i64, ConfigEr
     } else {
         Err(bad(key, format!("must be between {lo} and {hi}, not {v}")))
     }
+}
+
+/// `guest.*_timeout_seconds`: 1 s to a day each.
+fn guest_deadlines(g: &GuestSection) -> Result<DeadlineSettings, ConfigError> {
+    let secs = |key, v: Option<i64>| -> Result<Option<Duration>, ConfigError> {
+        v.map(|v| in_range(key, v, 1, 24 * 3600).map(|v| Duration::from_secs(v as u64)))
+            .transpose()
+    };
+    Ok(DeadlineSettings {
+        first_token: secs(
+            "guest.first_token_timeout_seconds",
+            g.first_token_timeout_seconds,
+        )?,
+        between_tokens: secs("guest.token_timeout_seconds", g.token_timeout_seconds)?,
+        per_token: secs(
+            "guest.per_token_timeout_seconds",
+            g.per_token_timeout_seconds,
+        )?,
+        command: secs("guest.command_timeout_seconds", g.command_timeout_seconds)?,
+    })
 }
 
 impl Config {
@@ -319,6 +348,7 @@ impl Config {
             c.check_tcp(addr)?;
             c.tcp = Some(addr);
         }
+        c.deadlines = guest_deadlines(&f.guest)?;
         if let Some(v) = o.vcpus.or(f.guest.vcpus) {
             c.vcpus = in_range("guest.vcpus", v, 1, 8)? as u8;
         }
@@ -430,6 +460,8 @@ mod tests {
             memory_max = "1G"
             start = "lazy"
             min_isolation = "none"
+            first_token_timeout_seconds = 30
+            command_timeout_seconds = 20
             [models]
             dir = "models"
             default = "tiny.Q8_0.gguf"
@@ -444,6 +476,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.deadlines.first_token, Some(Duration::from_secs(30)));
+        assert_eq!(c.deadlines.command, Some(Duration::from_secs(20)));
+        assert_eq!(c.deadlines.between_tokens, None);
         assert_eq!(c.socket_mode, 0o600);
         assert_eq!(c.tcp, Some("127.0.0.1:8080".parse().unwrap()));
         assert_eq!(
@@ -486,6 +521,7 @@ mod tests {
         );
         assert!(err("color = 1").contains("color"));
         assert!(err("[guest]\nvcpus = 99").contains("guest.vcpus"));
+        assert!(err("[guest]\ntoken_timeout_seconds = 0").contains("guest.token_timeout_seconds"));
         assert!(err("[guest]\nvcpus = \"two\"").contains("vcpus"));
         assert!(err("[guest]\nmemory_max = \"lots\"").contains("guest.memory_max"));
         assert!(err("[guest]\nstart = \"soon\"").contains("guest.start"));

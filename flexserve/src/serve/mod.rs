@@ -17,6 +17,7 @@ pub mod blocking;
 pub mod config;
 pub mod config_access;
 pub mod conn_limits;
+pub mod deadlines;
 pub mod error;
 pub mod guard;
 pub mod listen;

@@ -20,7 +20,7 @@ use virtio_llm::Status;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, StopReason, Timings};
 use vmm::guest_images::GuestImages;
-use vmm::guest_vm::{GuestConfig, GuestError, GuestVm, Interrupt, SealedLoadOptions};
+use vmm::guest_vm::{Deadlines, GuestConfig, GuestError, GuestVm, Interrupt, SealedLoadOptions};
 use vmm::hypervisor::IsolationLevel;
 
 /// The model id every guest gets (one model per guest).
@@ -282,6 +282,7 @@ impl Worker {
             },
         )?;
         self.shared.metrics.set_isolation(vm.isolation().level());
+        vm.set_deadlines(self.shared.config.deadlines.apply(Deadlines::GENEROUS));
         let options = SealedLoadOptions {
             accepted_owners: self.shared.config.accepted_owners.clone(),
             strawman: false,

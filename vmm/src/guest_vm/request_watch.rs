@@ -42,22 +42,8 @@ impl Deadlines {
 
 impl Default for Deadlines {
     fn default() -> Self {
-        #[cfg(feature = "test-hooks")]
-        if let Some(d) = *TEST_DEFAULT.lock().unwrap_or_else(|e| e.into_inner()) {
-            return d;
-        }
         Self::GENEROUS
     }
-}
-
-#[cfg(feature = "test-hooks")]
-static TEST_DEFAULT: std::sync::Mutex<Option<Deadlines>> = std::sync::Mutex::new(None);
-
-/// Sets the deadlines every guest started afterwards in this process gets (tests of code
-/// that starts its own guests, such as the daemon, use short ones).
-#[cfg(feature = "test-hooks")]
-pub fn set_default_deadlines_for_tests(deadlines: Option<Deadlines>) {
-    *TEST_DEFAULT.lock().unwrap_or_else(|e| e.into_inner()) = deadlines;
 }
 
 /// Token messages a guest may still send once the host interrupted a request: those it had
