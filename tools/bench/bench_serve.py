@@ -161,6 +161,16 @@ class Pair:
             p.kill()
 
 
+def stop(proc, tmp):
+    """Stops a server started by spawn() and removes its scratch directory."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def start_flexserve(a, port, tmp):
     model_dir, name = os.path.dirname(os.path.abspath(a.model)), os.path.basename(a.model)
     cmd = [a.flexserve, "serve", "--socket", os.path.join(tmp, "flexserve.sock"),
@@ -268,12 +278,7 @@ def abuse(a):
             if slow:
                 slow.stop.set()
                 slow.thread.join()
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            shutil.rmtree(tmp, ignore_errors=True)
+            stop(proc, tmp)
     ratio = runs["slow"]["ttft_p99_ms"] / runs["alone"]["ttft_p99_ms"]
     ok = all(r["answered"] == clients * per_client and r["wrong"] == 0 for r in runs.values())
     print(f"p99 TTFT with {a.slow_connections} slow connections / without: {ratio:.2f}x "
@@ -334,12 +339,7 @@ def main():
                       f"TTFT p50 {row['ttft_p50_ms']:7.1f} ms p99 {row['ttft_p99_ms']:7.1f} ms "
                       f"({row['requests']} requests, {row['tokens']} tokens)", flush=True)
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                shutil.rmtree(tmp, ignore_errors=True)
+                stop(proc, tmp)
     def row(server, clients):
         return next((r for r in rows if r["server"] == server and r["clients"] == clients), None)
 
