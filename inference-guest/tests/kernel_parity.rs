@@ -227,6 +227,45 @@ fn matmul_matches_dot(k: Kernels) {
     }
 }
 
+/// The K-quant kernels keep the reference's integer sums (exact) and its float operations in
+/// the same order, so prefill (many columns), decode (one) and the oracle agree to the bit.
+#[test]
+fn k_quant_products_are_bit_identical_to_the_reference() {
+    let mut rng = Rng(31337);
+    for k in Kernels::available() {
+        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+            for (n, nrows, ncols) in [(256, 3, 2), (768, 5, 7), (512, 2, 17), (1024, 1, 36)] {
+                let (wrb, arb) = (
+                    ty.row_bytes(n).unwrap(),
+                    ActFormat::for_weights(ty).row_bytes(n),
+                );
+                let w = random_weights(&mut rng, ty, n, nrows);
+                let act: Vec<u8> = (0..ncols)
+                    .flat_map(|_| quant_act(&k, ty, &random_x(&mut rng, n)))
+                    .collect();
+                let mut out = vec![f32::NAN; nrows * ncols];
+                k.matmul(ty, n, &w, nrows, &act, ncols, &mut out);
+                for i in 0..nrows {
+                    for j in 0..ncols {
+                        let (wr, ar) = (&w[i * wrb..][..wrb], &act[j * arb..][..arb]);
+                        let want = Kernels::scalar().dot(ty, n, wr, ar);
+                        let dot = k.dot(ty, n, wr, ar);
+                        for (what, got) in [("matmul", out[i * ncols + j]), ("dot", dot)] {
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{what} {} {:?} n={n} {nrows}x{ncols} ({i},{j}): {got} vs {want}",
+                                ty.name(),
+                                k.isa()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn quantise_dequantise_error_is_bounded() {
     let mut rng = Rng(4242);

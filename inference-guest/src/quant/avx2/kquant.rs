@@ -1,105 +1,325 @@
-//! Q4_K·Q8_K and Q6_K·Q8_K. Integer sums per super-block are exact; one float FMA per block.
+//! Q4_K·Q8_K and Q6_K·Q8_K: dot products (decode) and matrix products (prefill), one weight
+//! row against a tile of up to four activation columns.
+//!
+//! Each row's super-block is unpacked once (nibbles, 6-bit scales and mins, with vector
+//! operations) and used for the whole column tile; a dot product is the one-column tile, so
+//! prefill and decode compute each output the same way, bit for bit. Integer sums per
+//! super-block are exact; one float multiply-add per super-block (Q4_K) or one FMA per lane
+//! (Q6_K).
 
 use core::arch::x86_64::*;
 
-use super::{arr, h2f, hsum, hsum_i32, ld, ld16};
-use crate::quant::reference::q4_k_scales_mins;
+use super::{arr, h2f, hsum, ld, ld16};
+
+/// Q8_K block layout: f32 scale, 256 quants, 16 i16 block sums.
+const Q8K_BYTES: usize = 292;
+const Q8K_QS: usize = 4;
+const Q8K_BSUMS: usize = 260;
+/// Bytes ahead of the current super-block that decode prefetches (see `blocks32`).
+const PREFETCH_AHEAD: usize = 8192;
+/// Columns per register tile.
+const TILE: usize = 4;
+/// Columns whose activations stay in L1/L2 while every row of the range passes them.
+const PANEL: usize = 16;
 
 #[inline]
 fn rd_f32(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-#[inline]
-fn bsum(y: &[u8], j: usize) -> i32 {
-    i32::from(i16::from_le_bytes([y[260 + 2 * j], y[261 + 2 * j]]))
+/// A K-quant weight format with a column-tiled kernel.
+trait KTile {
+    /// Bytes per 256-value weight super-block.
+    const WB: usize;
+
+    /// `out[c] = row · column c` for the `C` columns of `a` (stride `arb`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `row` holds whole super-blocks and every
+    /// column of `a` as many Q8_K blocks.
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, out: &mut [f32]);
 }
 
+struct Q4K;
+struct Q6K;
+
+/// One Q4_K row · one Q8_K row.
+///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `w`/`a` are Q4_K/Q8_K rows of equal length.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
-    let m4 = _mm256_set1_epi8(0xf);
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(292)) {
-        let (sc, m) = q4_k_scales_mins(&x[4..16]);
-        let mut isum = _mm256_setzero_si256();
-        for c in 0..4 {
-            // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
-            let (q, y0, y1) = unsafe {
-                (
-                    ld(arr(x, 16 + 32 * c)),
-                    ld(arr(y, 4 + 64 * c)),
-                    ld(arr(y, 36 + 64 * c)),
-                )
-            };
-            let lo = _mm256_and_si256(q, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-            let p0 = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(lo, y0),
-                _mm256_set1_epi16(i16::from(sc[2 * c])),
-            );
-            let p1 = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(hi, y1),
-                _mm256_set1_epi16(i16::from(sc[2 * c + 1])),
-            );
-            isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
-        }
-        let msum: i32 = (0..16).map(|j| bsum(y, j) * i32::from(m[j / 2])).sum();
-        let yd = rd_f32(y, 0);
-        sum += h2f(x, 0) * yd * hsum_i32(isum) as f32 - h2f(x, 2) * yd * msum as f32;
-    }
-    sum
+    let mut out = [0.0f32];
+    // SAFETY: forwarded contract; one column.
+    unsafe { Q4K::tile::<1>(w, a, a.len(), &mut out) };
+    out[0]
 }
 
+/// One Q6_K row · one Q8_K row.
+///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `w`/`a` are Q6_K/Q8_K rows of equal length.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
-    let m4 = _mm256_set1_epi8(0xf);
-    let m2 = _mm256_set1_epi8(3);
-    let mut acc = _mm256_setzero_ps();
-    for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(292)) {
-        let sc = |j: usize| i16::from(x[192 + j] as i8);
-        let mut isum = _mm256_setzero_si256();
-        for h in 0..2 {
-            // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
-            let (ql0, ql1, qh) = unsafe {
-                (
-                    ld(arr(x, 64 * h)),
-                    ld(arr(x, 64 * h + 32)),
-                    ld(arr(x, 128 + 32 * h)),
-                )
-            };
-            let hbits = |v: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(v, m2));
-            let q = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), hbits(qh)),
-                _mm256_or_si256(_mm256_and_si256(ql1, m4), hbits(_mm256_srli_epi16::<2>(qh))),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                    hbits(_mm256_srli_epi16::<4>(qh)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                    hbits(_mm256_srli_epi16::<6>(qh)),
-                ),
-            ];
-            for (k, qk) in q.iter().enumerate() {
-                // SAFETY: as above.
-                let yk = unsafe { ld(arr(y, 4 + 128 * h + 32 * k)) };
-                let s = 8 * h + 2 * k;
-                let scv = _mm256_set_m128i(_mm_set1_epi16(sc(s + 1)), _mm_set1_epi16(sc(s)));
-                isum =
-                    _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(*qk, yk), scv));
+    let mut out = [0.0f32];
+    // SAFETY: forwarded contract; one column.
+    unsafe { Q6K::tile::<1>(w, a, a.len(), &mut out) };
+    out[0]
+}
+
+/// `out[i * ncols + j] = w row i · act row j` for Q4_K weights.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` holds `nrows` Q4_K rows and `act` `ncols`
+/// Q8_K rows of the same length; `out.len() == nrows * ncols`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matmul_q4_k(
+    w: &[u8],
+    nrows: usize,
+    act: &[u8],
+    ncols: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { panels::<Q4K>(w, nrows, act, ncols, out) }
+}
+
+/// As [`matmul_q4_k`], for Q6_K weights.
+///
+/// # Safety
+/// As [`matmul_q4_k`], with Q6_K rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matmul_q6_k(
+    w: &[u8],
+    nrows: usize,
+    act: &[u8],
+    ncols: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { panels::<Q6K>(w, nrows, act, ncols, out) }
+}
+
+/// Column panels, then rows, then tiles of [`TILE`] columns: a row is unpacked once per
+/// tile and stays in L1 across its panel's tiles; a panel's activations stay cached across
+/// the rows.
+///
+/// # Safety
+/// As [`matmul_q4_k`] for `K`'s rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panels<K: KTile>(w: &[u8], nrows: usize, act: &[u8], ncols: usize, out: &mut [f32]) {
+    let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
+    debug_assert_eq!(wrb / K::WB, arb / Q8K_BYTES);
+    let mut j0 = 0;
+    while j0 < ncols {
+        let nc = PANEL.min(ncols - j0);
+        for (i, row) in w.chunks_exact(wrb).enumerate() {
+            let dst = &mut out[i * ncols + j0..i * ncols + j0 + nc];
+            let mut j = 0;
+            // SAFETY: forwarded contract; the slices are in bounds by construction.
+            unsafe {
+                while j + TILE <= nc {
+                    let a = &act[(j0 + j) * arb..(j0 + j + TILE) * arb];
+                    K::tile::<TILE>(row, a, arb, &mut dst[j..j + TILE]);
+                    j += TILE;
+                }
+                let a = &act[(j0 + j) * arb..(j0 + nc) * arb];
+                match nc - j {
+                    3 => K::tile::<3>(row, a, arb, &mut dst[j..]),
+                    2 => K::tile::<2>(row, a, arb, &mut dst[j..]),
+                    1 => K::tile::<1>(row, a, arb, &mut dst[j..]),
+                    _ => {}
+                }
             }
         }
-        // The quants are stored with +32: lane m removes 32·Σa of 16-value groups 2m and
-        // 2m+1 (ggml's `q8sclsub`), then the lanes go to f32 separately, as in llama.cpp.
-        // SAFETY: as above; 16 scales and 16 i16 block sums are in bounds.
-        let (scales, bsums) = unsafe { (ld16(arr(x, 192)), ld(arr(y, 260))) };
-        let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales)));
-        let d = _mm256_set1_ps(rd_f32(y, 0) * h2f(x, 208));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(isum, corr)), acc);
+        j0 += nc;
     }
-    hsum(acc)
+}
+
+/// Horizontal sums of up to four vectors of 8 i32 lanes (exact), as an array.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsums_i32<const C: usize>(v: &[__m256i; C]) -> [i32; 4] {
+    let z = _mm256_setzero_si256();
+    let at = |c: usize| if c < C { v[c] } else { z };
+    let a = _mm256_hadd_epi32(at(0), at(1));
+    let b = _mm256_hadd_epi32(at(2), at(3));
+    let s = _mm256_hadd_epi32(a, b);
+    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+    let mut out = [0i32; 4];
+    // SAFETY: `out` is 16 writable bytes; storeu has no alignment requirement.
+    unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), s) };
+    out
+}
+
+/// A Q4_K super-block's eight 6-bit scales as i16 (both 128-bit halves) and its eight
+/// 6-bit mins as i16, unpacked with integer word operations (ggml's `utmp` shuffle).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q4_k_scales_mins(packed: &[u8; 12]) -> (__m256i, __m128i) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const TOP2: u32 = 0x0303_0303;
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            packed[4 * i],
+            packed[4 * i + 1],
+            packed[4 * i + 2],
+            packed[4 * i + 3],
+        ])
+    };
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    // Scales 0-3 are the low 6 bits of bytes 0-3; scales 4-7 the low nibbles of bytes 8-11
+    // with the top 2 bits of bytes 0-3. Mins likewise from bytes 4-7 and the high nibbles.
+    let scales = [w0 & LOW6, (w2 & LOW4) | (((w0 >> 6) & TOP2) << 4)];
+    let mins = [w1 & LOW6, ((w2 >> 4) & LOW4) | (((w1 >> 6) & TOP2) << 4)];
+    let bytes = _mm_set_epi32(
+        mins[1] as i32,
+        mins[0] as i32,
+        scales[1] as i32,
+        scales[0] as i32,
+    );
+    let both = _mm256_cvtepu8_epi16(bytes);
+    let sc = _mm256_castsi256_si128(both);
+    (
+        _mm256_set_m128i(sc, sc),
+        _mm256_extracti128_si256::<1>(both),
+    )
+}
+
+/// Broadcasts i16 lane `i` (0..8) of each 128-bit half of `v` to the whole half.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn broadcast_i16(v: __m256i, i: usize) -> __m256i {
+    let lo = (2 * i) as i8;
+    let pattern = _mm256_set1_epi16(i16::from_le_bytes([lo as u8, lo as u8 + 1]));
+    _mm256_shuffle_epi8(v, pattern)
+}
+
+impl KTile for Q4K {
+    const WB: usize = 144;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, out: &mut [f32]) {
+        let m4 = _mm256_set1_epi8(0xf);
+        let mut sum = [0.0f32; C];
+        for (b, x) in row.chunks_exact(Self::WB).enumerate() {
+            if C == 1 {
+                // Decode streams the weights once: ask for them well ahead, as the 32-value
+                // kernels do (a prefetch never faults, past the row's end included).
+                _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+            }
+            let (scales, mins) = q4_k_scales_mins(arr(x, 4));
+            let mut isum = [_mm256_setzero_si256(); C];
+            for c in 0..4 {
+                // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
+                let q = unsafe { ld(arr(x, 16 + 32 * c)) };
+                let lo = _mm256_and_si256(q, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                let (s0, s1) = (
+                    broadcast_i16(scales, 2 * c),
+                    broadcast_i16(scales, 2 * c + 1),
+                );
+                for (col, acc) in isum.iter_mut().enumerate() {
+                    let y = &a[col * arb + b * Q8K_BYTES..];
+                    // SAFETY: as above.
+                    let (y0, y1) = unsafe { (ld(arr(y, 4 + 64 * c)), ld(arr(y, 36 + 64 * c))) };
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), s0);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), s1);
+                    *acc = _mm256_add_epi32(*acc, _mm256_add_epi32(p0, p1));
+                }
+            }
+            // Σ_j bsum_j · m[j / 2]: the 16 block sums added in pairs (one per min), then
+            // multiplied by the mins (exact in i16 and i32).
+            let mut mprod = [_mm256_setzero_si256(); C];
+            for (col, p) in mprod.iter_mut().enumerate() {
+                let y = &a[col * arb + b * Q8K_BYTES..];
+                // SAFETY: as above.
+                let bsums = unsafe { ld(arr(y, Q8K_BSUMS)) };
+                let pairs = _mm_hadd_epi16(
+                    _mm256_castsi256_si128(bsums),
+                    _mm256_extracti128_si256::<1>(bsums),
+                );
+                *p = _mm256_set_m128i(_mm_setzero_si128(), _mm_madd_epi16(pairs, mins));
+            }
+            let (itot, mtot) = (hsums_i32(&isum), hsums_i32(&mprod));
+            let (d, dmin) = (h2f(x, 0), h2f(x, 2));
+            for col in 0..C {
+                let yd = rd_f32(a, col * arb + b * Q8K_BYTES);
+                sum[col] += d * yd * itot[col] as f32 - dmin * yd * mtot[col] as f32;
+            }
+        }
+        out[..C].copy_from_slice(&sum);
+    }
+}
+
+impl KTile for Q6K {
+    const WB: usize = 210;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, out: &mut [f32]) {
+        let m4 = _mm256_set1_epi8(0xf);
+        let m2 = _mm256_set1_epi8(3);
+        let mut acc = [_mm256_setzero_ps(); C];
+        for (b, x) in row.chunks_exact(Self::WB).enumerate() {
+            if C == 1 {
+                // As in Q4_K's tile.
+                _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+            }
+            let sc = |j: usize| i16::from(x[192 + j] as i8);
+            let mut isum = [_mm256_setzero_si256(); C];
+            for h in 0..2 {
+                // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
+                let (ql0, ql1, qh) = unsafe {
+                    (
+                        ld(arr(x, 64 * h)),
+                        ld(arr(x, 64 * h + 32)),
+                        ld(arr(x, 128 + 32 * h)),
+                    )
+                };
+                let hbits = |v: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(v, m2));
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, m4), hbits(qh)),
+                    _mm256_or_si256(_mm256_and_si256(ql1, m4), hbits(_mm256_srli_epi16::<2>(qh))),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                        hbits(_mm256_srli_epi16::<4>(qh)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        hbits(_mm256_srli_epi16::<6>(qh)),
+                    ),
+                ];
+                for (k, qk) in q.iter().enumerate() {
+                    let s = 8 * h + 2 * k;
+                    let scv = _mm256_set_m128i(_mm_set1_epi16(sc(s + 1)), _mm_set1_epi16(sc(s)));
+                    for (col, acc) in isum.iter_mut().enumerate() {
+                        let y = &a[col * arb + b * Q8K_BYTES..];
+                        // SAFETY: as above.
+                        let yk = unsafe { ld(arr(y, Q8K_QS + 128 * h + 32 * k)) };
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(*qk, yk), scv);
+                        *acc = _mm256_add_epi32(*acc, p);
+                    }
+                }
+            }
+            // The +32 offset of the stored quants, as in `dot_q6_k`.
+            // SAFETY: as above; 16 scales are in bounds.
+            let scales = _mm256_cvtepi8_epi16(unsafe { ld16(arr(x, 192)) });
+            let xd = h2f(x, 208);
+            for col in 0..C {
+                let y = &a[col * arb + b * Q8K_BYTES..];
+                // SAFETY: as above; 16 i16 block sums are in bounds.
+                let bsums = unsafe { ld(arr(y, Q8K_BSUMS)) };
+                let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, scales));
+                let d = _mm256_set1_ps(rd_f32(y, 0) * xd);
+                let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[col], corr));
+                acc[col] = _mm256_fmadd_ps(d, v, acc[col]);
+            }
+        }
+        for col in 0..C {
+            out[col] = hsum(acc[col]);
+        }
+    }
 }

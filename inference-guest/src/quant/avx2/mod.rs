@@ -100,6 +100,20 @@ impl Avx2 {
                 }
                 true
             }
+            // Decode (one column) keeps the per-row dot `Kernels::matmul` falls back to.
+            GgmlType::Q4K | GgmlType::Q6K if ncols > 1 => {
+                // SAFETY: `self` proves AVX2/FMA/F16C; `Kernels::matmul` checked that `w`
+                // holds `nrows` rows and `act` `ncols` rows of `n` values and `out` is
+                // `nrows * ncols` long.
+                unsafe {
+                    if ty == GgmlType::Q4K {
+                        kquant::matmul_q4_k(w, nrows, act, ncols, out);
+                    } else {
+                        kquant::matmul_q6_k(w, nrows, act, ncols, out);
+                    }
+                }
+                true
+            }
             _ => false,
         }
     }
