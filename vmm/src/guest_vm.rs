@@ -16,7 +16,7 @@ use virtio_llm::Status;
 use virtio_llm::spec::MAX_CHUNK_BYTES;
 use virtio_llm::wire::control::{
     Ack, CloseSession, ControlCommand, ControlReply, LoadModelBegin, LoadModelChunk, LoadModelEnd,
-    OpenSession, StatsReply, StatsRequest,
+    OpenSession, StatsReply, StatsRequest, UnloadModel,
 };
 use virtio_llm::wire::probe::{MemoryProbe, ProbeOp, ProbeReply};
 
@@ -380,6 +380,16 @@ impl GuestVm {
         self.ack(
             "close a session",
             virtio_llm::wire::control::msg_type::CLOSE_SESSION,
+        )?;
+        Ok(())
+    }
+
+    /// Unloads model `model_id` with its sessions; its memory is free for the next model.
+    pub fn unload_model(&mut self, model_id: u32) -> Result<(), GuestError> {
+        self.command(&ControlCommand::UnloadModel(UnloadModel { model_id }))?;
+        self.ack(
+            "unload a model",
+            virtio_llm::wire::control::msg_type::UNLOAD_MODEL,
         )?;
         Ok(())
     }

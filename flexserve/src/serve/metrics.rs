@@ -98,6 +98,11 @@ pub struct Metrics {
     pub guest_state: AtomicU64,
     pub guest_starts: AtomicU64,
     pub guest_crashes: AtomicU64,
+    /// Models loaded into a running guest, and unloaded to make room for another.
+    pub model_loads: AtomicU64,
+    pub model_evictions: AtomicU64,
+    /// Models resident in the guest.
+    pub models_resident: AtomicU64,
     /// The last guest's isolation level: 0 before any guest, else 1 + its index in
     /// `IsolationLevel::ALL`.
     isolation: AtomicU64,
@@ -121,6 +126,9 @@ impl Default for Metrics {
             guest_state: AtomicU64::new(GuestState::Down as u64),
             guest_starts: AtomicU64::new(0),
             guest_crashes: AtomicU64::new(0),
+            model_loads: AtomicU64::new(0),
+            model_evictions: AtomicU64::new(0),
+            models_resident: AtomicU64::new(0),
             isolation: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             memory_max_bytes: AtomicU64::new(0),
@@ -169,7 +177,7 @@ impl Metrics {
     }
 
     /// The single-valued series: name, type, help, value.
-    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 10] {
+    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 13] {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             (
@@ -207,6 +215,24 @@ impl Metrics {
                 "counter",
                 "Guest VMs that died on their own.",
                 get(&self.guest_crashes),
+            ),
+            (
+                "flexserve_guest_model_loads_total",
+                "counter",
+                "Models loaded into the guest.",
+                get(&self.model_loads),
+            ),
+            (
+                "flexserve_guest_model_evictions_total",
+                "counter",
+                "Models unloaded from the guest to make room for another.",
+                get(&self.model_evictions),
+            ),
+            (
+                "flexserve_guest_models_resident",
+                "gauge",
+                "Models the guest holds.",
+                get(&self.models_resident),
             ),
             (
                 "flexserve_memory_max_bytes",

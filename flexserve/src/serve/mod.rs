@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod models;
 pub mod notify;
 pub mod openai;
+pub mod residency;
 pub mod scheduler;
 pub mod sealed_api;
 pub mod server;

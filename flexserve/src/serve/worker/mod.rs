@@ -3,14 +3,17 @@
 //! others wait each runs for a slice of `limits.slice_tokens` tokens in turn (the guest
 //! engine runs one generation at a time; a slice ends by cancelling between two tokens and
 //! the next one resumes on the same session). A disconnected client's job stops between
-//! two tokens. It boots the guest with the
-//! requested model (once, or again when another model is asked for), and when the guest
-//! dies it fails the request in flight, logs the crash and boots a new guest.
+//! two tokens. One guest serves every model, several resident at once (`guest.rs`); when
+//! the guest dies the worker fails the requests in flight, logs the crash and boots a new
+//! guest.
+
+mod guest;
 
 use super::Shared;
 use super::error::ApiError;
 use super::metrics::{GuestState, Outcome};
 use super::models::ServedModel;
+use guest::Ready;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,11 +23,7 @@ use virtio_llm::Status;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use virtio_llm::wire::response::{EndOfStream, StopReason, Timings};
 use vmm::guest_images::GuestImages;
-use vmm::guest_vm::{Deadlines, GuestConfig, GuestError, GuestVm, Interrupt, SealedLoadOptions};
-use vmm::hypervisor::IsolationLevel;
-
-/// The model id every guest gets (one model per guest).
-const GUEST_MODEL_ID: u32 = 1;
+use vmm::guest_vm::{GuestError, GuestVm, Interrupt};
 
 /// What a job's handler hears from the worker.
 #[derive(Debug)]
@@ -56,6 +55,8 @@ pub struct Job {
 /// A job with an open session in the guest, between two slices.
 struct Active {
     job: Job,
+    /// The guest model id its session is on.
+    guest_model: u32,
     session: u32,
     /// What the next slice starts from: the prompt, then the last token of a slice.
     next_prompt: Prompt,
@@ -78,7 +79,17 @@ enum Sliced {
 
 struct Running {
     vm: GuestVm,
-    model: Arc<ServedModel>,
+    residency: super::residency::Residency,
+}
+
+/// What admitting a job came to.
+enum Admission {
+    /// It has a session.
+    Active(Box<Active>),
+    /// It is over (answered with an error, or its client is gone).
+    Over,
+    /// Its model needs room that models with requests in flight hold: later.
+    Wait(Job),
 }
 
 pub struct Worker {
@@ -118,7 +129,7 @@ impl Worker {
         booted: std::sync::mpsc::Sender<Result<(), String>>,
     ) {
         let first = match startup {
-            Some(m) => self.ensure(&m).map_err(|e| e.to_string()),
+            Some(m) => self.ensure(&m, &[]).map(|_| ()).map_err(|e| e.to_string()),
             None => Ok(()),
         };
         let _ = booted.send(first);
@@ -126,7 +137,7 @@ impl Worker {
         let queue = &shared.queue;
         let max_active = shared.config.max_active;
         let mut active: VecDeque<Active> = VecDeque::new();
-        // A job for another model than the guest's waits until the active ones are done.
+        // A job whose model needs the room of models in use waits until they are done.
         let mut deferred: Option<Job> = None;
         loop {
             // Admit jobs while there is room (waiting for one only when idle).
@@ -156,13 +167,14 @@ impl Worker {
                     .metrics
                     .queue_depth
                     .store(queue.len() as u64, Ordering::Relaxed);
-                let other_model = self.vm.as_ref().is_some_and(|r| r.model.id != job.model.id);
-                if other_model && !active.is_empty() {
-                    deferred = Some(job);
-                    break;
-                }
-                if let Some(a) = self.admit(job) {
-                    active.push_back(a);
+                let busy: Vec<u32> = active.iter().map(|a| a.guest_model).collect();
+                match self.admit(job, &busy) {
+                    Admission::Active(a) => active.push_back(*a),
+                    Admission::Over => {}
+                    Admission::Wait(job) => {
+                        deferred = Some(job);
+                        break;
+                    }
                 }
             }
             let Some(a) = active.pop_front() else {
@@ -179,7 +191,7 @@ impl Worker {
                     }
                     eprintln!("[flexserve] restarting the guest");
                     self.vm = None;
-                    let _ = self.ensure(&model);
+                    let _ = self.ensure(&model, &[]);
                 }
             }
         }
@@ -192,140 +204,47 @@ impl Worker {
         }
     }
 
-    /// Makes sure a guest with `model` is up.
-    fn ensure(&mut self, model: &Arc<ServedModel>) -> Result<(), GuestError> {
-        if self.vm.as_ref().is_some_and(|r| r.model.id == model.id) {
-            return Ok(());
-        }
-        if let Some(old) = self.vm.take() {
-            eprintln!(
-                "[flexserve] switching the guest from model {} to {}",
-                old.model.id, model.id
-            );
-            self.stop(old);
-        }
-        let m = &self.shared.metrics;
-        m.set_guest(GuestState::Starting);
-        let t = Instant::now();
-        match self.boot(model) {
-            Ok(vm) => {
-                m.set_guest(GuestState::Up);
-                m.guest_starts.fetch_add(1, Ordering::Relaxed);
-                m.memory_budget_bytes
-                    .store(model.private_bytes, Ordering::Relaxed);
-                eprintln!(
-                    "[flexserve] guest up with model {} ({} MiB private memory, sealed: {}) in \
-                     {:.0} ms; isolation {}; {}",
-                    model.id,
-                    model.private_bytes >> 20,
-                    if model.file.is_sealed() { "yes" } else { "no" },
-                    t.elapsed().as_secs_f64() * 1e3,
-                    vm.isolation().describe(),
-                    self.shared.root.report()
-                );
-                if vm.isolation().level() == IsolationLevel::None {
-                    eprintln!(
-                        "[flexserve] warning: isolation none: the host can read the models and \
-                         the prompts in guest memory (guest.min_isolation = \"none\" allows it)"
-                    );
-                }
-                #[cfg(feature = "test-hooks")]
-                {
-                    *self
-                        .shared
-                        .guest_memory
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(vm.memory_for_tests());
-                    *self
-                        .shared
-                        .private_range
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = vm.private_range_for_tests();
-                }
-                let mut vm = vm;
-                let statement = if vm.seals_sessions() {
-                    vm.statement(false)
-                        .map_err(|e| eprintln!("[flexserve] no guest statement: {e}"))
-                        .ok()
-                } else {
-                    None
-                };
-                *self
-                    .shared
-                    .statement
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = statement;
-                self.vm = Some(Running {
-                    vm,
-                    model: model.clone(),
-                });
-                Ok(())
-            }
-            Err(e) => {
-                m.set_guest(GuestState::Down);
-                eprintln!("[flexserve] cannot start the guest with {}: {e}", model.id);
-                Err(e)
-            }
-        }
-    }
-
-    fn boot(&self, model: &ServedModel) -> Result<GuestVm, GuestError> {
-        let mut vm = GuestVm::start(
-            &self.images,
-            GuestConfig {
-                vcpus: self.shared.config.vcpus,
-                private_bytes: usize::try_from(model.private_bytes).unwrap_or(usize::MAX),
-                diagnostics: false,
-                isolation: Default::default(),
-                min_isolation: self.shared.config.min_isolation,
-                key_root: self.shared.root.sealing,
-            },
-        )?;
-        self.shared.metrics.set_isolation(vm.isolation().level());
-        vm.set_deadlines(self.shared.config.deadlines.apply(Deadlines::GENEROUS));
-        let options = SealedLoadOptions {
-            accepted_owners: self.shared.config.accepted_owners.clone(),
-            strawman: false,
-        };
-        if let Some(owner) = model
-            .file
-            .load_into(&mut vm, GUEST_MODEL_ID, &options, &mut |_| {})?
-        {
-            eprintln!(
-                "[flexserve] model {} is sealed, signed by owner {}",
-                model.id,
-                owner.fingerprint()
-            );
-        }
-        Ok(vm)
-    }
-
-    /// Opens a session for `job` (booting the guest with its model if needed); `None` when
-    /// the job is over already (client gone, guest failure).
-    fn admit(&mut self, job: Job) -> Option<Active> {
+    /// Opens a session for `job` (booting the guest or loading its model if needed; `busy`:
+    /// the guest models with requests in flight).
+    fn admit(&mut self, job: Job, busy: &[u32]) -> Admission {
         let shared = self.shared.clone();
         let m = &shared.metrics;
         if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
             m.request(Outcome::Cancelled);
-            return None;
+            return Admission::Over;
         }
-        if let Err(e) = self.ensure(&job.model) {
-            m.request(Outcome::Failed);
-            let _ = job.events.send(Event::Failed(ApiError::Guest(format!(
-                "cannot start the guest: {e}"
-            ))));
-            return None;
-        }
+        let guest_model = match self.ensure(&job.model, busy) {
+            Ok(Ready::Model(id)) => id,
+            // Nothing in flight to wait for: `Residency` never asks that.
+            Ok(Ready::Wait) if busy.is_empty() => {
+                m.request(Outcome::Failed);
+                let why = format!("model {} does not fit in guest.memory_max", job.model.id);
+                let _ = job.events.send(Event::Failed(ApiError::Guest(why)));
+                return Admission::Over;
+            }
+            Ok(Ready::Wait) => return Admission::Wait(job),
+            Err(e) => {
+                m.request(Outcome::Failed);
+                let _ = job.events.send(Event::Failed(ApiError::Guest(format!(
+                    "cannot start the guest or load model {}: {e}",
+                    job.model.id
+                ))));
+                return Admission::Over;
+            }
+        };
         if job.boot_only {
             let _ = job.events.send(Event::Booted);
-            return None;
+            return Admission::Over;
         }
-        let running = self.vm.as_mut()?;
+        let Some(running) = self.vm.as_mut() else {
+            self.fail_lost(job);
+            return Admission::Over;
+        };
         let session = self.next_session;
         self.next_session = self.next_session.wrapping_add(1).max(1);
         if let Err(e) = running
             .vm
-            .open_session(session, GUEST_MODEL_ID, job.model.context)
+            .open_session(session, guest_model, job.model.context)
         {
             m.request(Outcome::Failed);
             let _ = job
@@ -334,16 +253,14 @@ impl Worker {
             if is_fatal(&e) {
                 // The sessions of the other active jobs went with it: their next slice
                 // fails them, and the next admission boots a new guest.
-                eprintln!("[flexserve] the guest VM failed opening a session: {e}");
-                m.guest_crashes.fetch_add(1, Ordering::Relaxed);
-                m.set_guest(GuestState::Down);
-                self.vm = None;
+                self.guest_failed("opening a session", &e);
             }
-            return None;
+            return Admission::Over;
         }
         let prompt = job.prompt.clone();
-        Some(Active {
+        Admission::Active(Box::new(Active {
             job,
+            guest_model,
             session,
             next_prompt: prompt,
             slices: 0,
@@ -351,7 +268,7 @@ impl Worker {
             generated: 0,
             timings: Timings::default(),
             first_seen: false,
-        })
+        }))
     }
 
     /// Runs `a` until it ends, or, while other jobs want the guest (`others` active ones,

@@ -1,0 +1,210 @@
+//! Which models the daemon's guest holds. One guest serves every model: several stay
+//! resident under one budget (`guest.memory_max`, the guest's private memory) and at most
+//! as many as its device takes, so a request for a resident model never reboots or reloads
+//! anything. A model that does not fit pushes out the least recently used ones that have no
+//! request in flight. This is the bookkeeping only; the worker carries out the unloads and
+//! loads it decides.
+
+/// A model in the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Resident {
+    name: String,
+    guest_id: u32,
+    bytes: u64,
+    last_used: u64,
+}
+
+/// What it takes to serve a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Resident, as this guest model id.
+    Resident(u32),
+    /// Unload `evict` (guest model ids, least recently used first), then load the model as
+    /// `guest_id`.
+    Load { guest_id: u32, evict: Vec<u32> },
+    /// It fits only once a model with requests in flight is unloaded: wait for them.
+    Wait,
+}
+
+/// The resident models and their budget.
+#[derive(Debug)]
+pub struct Residency {
+    budget: u64,
+    max_models: usize,
+    next_guest_id: u32,
+    clock: u64,
+    resident: Vec<Resident>,
+}
+
+impl Residency {
+    /// No model resident yet; `budget` bytes and `max_models` models at most.
+    pub fn new(budget: u64, max_models: usize) -> Self {
+        Self {
+            budget,
+            max_models: max_models.max(1),
+            next_guest_id: 1,
+            clock: 0,
+            resident: Vec::new(),
+        }
+    }
+
+    /// How to serve `name`, which needs `bytes` of the budget; `busy(guest_id)` says whether
+    /// a resident model has requests in flight (it is never chosen for unloading). Using a
+    /// resident model makes it the most recently used.
+    pub fn place(&mut self, name: &str, bytes: u64, busy: &dyn Fn(u32) -> bool) -> Placement {
+        self.clock += 1;
+        if let Some(r) = self.resident.iter_mut().find(|r| r.name == name) {
+            r.last_used = self.clock;
+            return Placement::Resident(r.guest_id);
+        }
+        let mut by_age: Vec<&Resident> = self.resident.iter().collect();
+        by_age.sort_by_key(|r| r.last_used);
+        let (mut used, mut count) = (self.used(), self.resident.len());
+        let mut evict = Vec::new();
+        for r in by_age {
+            if used.saturating_add(bytes) <= self.budget && count < self.max_models {
+                break;
+            }
+            if busy(r.guest_id) {
+                continue;
+            }
+            evict.push(r.guest_id);
+            used -= r.bytes;
+            count -= 1;
+        }
+        if used.saturating_add(bytes) > self.budget || count >= self.max_models {
+            return Placement::Wait;
+        }
+        let guest_id = self.next_guest_id;
+        self.next_guest_id = self.next_guest_id.wrapping_add(1).max(1);
+        Placement::Load { guest_id, evict }
+    }
+
+    /// `name` is now resident as `guest_id` (its load succeeded).
+    pub fn loaded(&mut self, name: &str, guest_id: u32, bytes: u64) {
+        self.clock += 1;
+        self.resident.push(Resident {
+            name: name.to_string(),
+            guest_id,
+            bytes,
+            last_used: self.clock,
+        });
+    }
+
+    /// Guest model `guest_id` was unloaded.
+    pub fn unloaded(&mut self, guest_id: u32) {
+        self.resident.retain(|r| r.guest_id != guest_id);
+    }
+
+    /// The name of guest model `guest_id`, if resident.
+    pub fn name_of(&self, guest_id: u32) -> Option<&str> {
+        self.resident
+            .iter()
+            .find(|r| r.guest_id == guest_id)
+            .map(|r| r.name.as_str())
+    }
+
+    /// How many models are resident.
+    pub fn len(&self) -> usize {
+        self.resident.len()
+    }
+
+    /// Whether no model is resident.
+    pub fn is_empty(&self) -> bool {
+        self.resident.is_empty()
+    }
+
+    /// Bytes of the budget the resident models take.
+    pub fn used(&self) -> u64 {
+        self.resident.iter().map(|r| r.bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn idle(_: u32) -> bool {
+        false
+    }
+
+    fn load(r: &mut Residency, name: &str, bytes: u64) -> u32 {
+        match r.place(name, bytes, &idle) {
+            Placement::Load { guest_id, evict } => {
+                evict.iter().for_each(|id| r.unloaded(*id));
+                r.loaded(name, guest_id, bytes);
+                guest_id
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_resident_model_is_served_as_it_is() {
+        let mut r = Residency::new(4 * GIB, 4);
+        let a = load(&mut r, "a", GIB);
+        let b = load(&mut r, "b", GIB);
+        assert_ne!(a, b);
+        assert_eq!(r.place("a", GIB, &idle), Placement::Resident(a));
+        assert_eq!(r.place("b", GIB, &idle), Placement::Resident(b));
+        assert_eq!((r.len(), r.used()), (2, 2 * GIB));
+    }
+
+    #[test]
+    fn the_least_recently_used_model_goes_first() {
+        let mut r = Residency::new(3 * GIB, 4);
+        let a = load(&mut r, "a", GIB);
+        let b = load(&mut r, "b", GIB);
+        let _c = load(&mut r, "c", GIB);
+        // `a` used again: `b` is now the oldest.
+        assert_eq!(r.place("a", GIB, &idle), Placement::Resident(a));
+        match r.place("d", GIB, &idle) {
+            Placement::Load { evict, .. } => assert_eq!(evict, vec![b]),
+            other => panic!("{other:?}"),
+        }
+        // Two gigabytes need two of them, oldest first.
+        match r.place("e", 2 * GIB, &idle) {
+            Placement::Load { evict, .. } => assert_eq!(evict.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_model_in_use_is_never_unloaded() {
+        let mut r = Residency::new(2 * GIB, 4);
+        let a = load(&mut r, "a", GIB);
+        let b = load(&mut r, "b", GIB);
+        let busy_a = move |id: u32| id == a;
+        match r.place("c", GIB, &busy_a) {
+            Placement::Load { evict, .. } => assert_eq!(evict, vec![b]),
+            other => panic!("{other:?}"),
+        }
+        let both_busy = move |id: u32| id == a || id == b;
+        assert_eq!(r.place("c", GIB, &both_busy), Placement::Wait);
+        assert_eq!(r.place("c", 2 * GIB, &busy_a), Placement::Wait);
+    }
+
+    #[test]
+    fn the_device_limit_on_models_counts_too() {
+        let mut r = Residency::new(100 * GIB, 2);
+        let a = load(&mut r, "a", GIB);
+        load(&mut r, "b", GIB);
+        match r.place("c", GIB, &idle) {
+            Placement::Load { evict, .. } => assert_eq!(evict, vec![a]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reloaded_model_gets_a_new_guest_id() {
+        let mut r = Residency::new(GIB, 4);
+        let a = load(&mut r, "a", GIB);
+        load(&mut r, "b", GIB);
+        let a2 = load(&mut r, "a", GIB);
+        assert_ne!(a, a2);
+        assert_eq!(r.name_of(a2), Some("a"));
+        assert_eq!(r.name_of(a), None);
+    }
+}

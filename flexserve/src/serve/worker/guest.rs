@@ -1,0 +1,204 @@
+//! The worker's guest: booting it, and keeping the models its jobs need resident. One guest
+//! serves every model: its private memory is `guest.memory_max`, and [`Residency`] decides
+//! what it holds. A resident model is used as it is; another is loaded beside it, after the
+//! least recently used models without requests in flight are unloaded if the budget or the
+//! device's model count needs it.
+
+use super::{Running, Worker, is_fatal};
+use crate::serve::metrics::GuestState;
+use crate::serve::models::ServedModel;
+use crate::serve::residency::{Placement, Residency};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use vmm::devices::virtio_llm::LlmConfig;
+use vmm::guest_vm::{Deadlines, GuestConfig, GuestError, GuestVm, SealedLoadOptions};
+use vmm::hypervisor::IsolationLevel;
+
+/// Where a job's model is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ready {
+    /// Resident as this guest model id.
+    Model(u32),
+    /// Making room would unload a model with requests in flight: wait for them.
+    Wait,
+}
+
+impl Worker {
+    /// Makes sure a guest is up and holds `model` (`busy`: the guest model ids with
+    /// requests in flight, which stay).
+    pub(super) fn ensure(
+        &mut self,
+        model: &Arc<ServedModel>,
+        busy: &[u32],
+    ) -> Result<Ready, GuestError> {
+        if self.vm.is_none() {
+            self.start_guest()?;
+        }
+        let Some(running) = self.vm.as_mut() else {
+            return Err(GuestError::Protocol("the guest is not running".into()));
+        };
+        let placement = running
+            .residency
+            .place(&model.id, model.private_bytes, &|id| busy.contains(&id));
+        match placement {
+            Placement::Resident(id) => Ok(Ready::Model(id)),
+            Placement::Wait => Ok(Ready::Wait),
+            Placement::Load { guest_id, evict } => {
+                let loaded = self
+                    .make_room(model, &evict)
+                    .and_then(|()| self.load(model, guest_id));
+                if let Err(e) = &loaded
+                    && is_fatal(e)
+                {
+                    self.guest_failed(&format!("loading model {}", model.id), e);
+                }
+                loaded.map(|()| Ready::Model(guest_id))
+            }
+        }
+    }
+
+    /// Unloads `evict` to make room for `model`.
+    fn make_room(&mut self, model: &ServedModel, evict: &[u32]) -> Result<(), GuestError> {
+        let m = &self.shared.metrics;
+        let Some(running) = self.vm.as_mut() else {
+            return Ok(());
+        };
+        for &id in evict {
+            let name = running.residency.name_of(id).unwrap_or("?").to_string();
+            running.vm.unload_model(id)?;
+            running.residency.unloaded(id);
+            m.model_evictions.fetch_add(1, Ordering::Relaxed);
+            eprintln!(
+                "[flexserve] unloaded model {name} from the guest to make room for {}",
+                model.id
+            );
+        }
+        m.models_resident
+            .store(running.residency.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Streams `model` into the running guest as `guest_id`.
+    fn load(&mut self, model: &ServedModel, guest_id: u32) -> Result<(), GuestError> {
+        let m = &self.shared.metrics;
+        let options = SealedLoadOptions {
+            accepted_owners: self.shared.config.accepted_owners.clone(),
+            strawman: false,
+        };
+        let Some(running) = self.vm.as_mut() else {
+            return Err(GuestError::Protocol("the guest is not running".into()));
+        };
+        let t = Instant::now();
+        let owner = model
+            .file
+            .load_into(&mut running.vm, guest_id, &options, &mut |_| {})
+            .inspect_err(|e| eprintln!("[flexserve] cannot load model {}: {e}", model.id))?;
+        running
+            .residency
+            .loaded(&model.id, guest_id, model.private_bytes);
+        m.model_loads.fetch_add(1, Ordering::Relaxed);
+        m.models_resident
+            .store(running.residency.len() as u64, Ordering::Relaxed);
+        let signed = owner.map_or(String::new(), |o| {
+            format!(", sealed, signed by owner {}", o.fingerprint())
+        });
+        eprintln!(
+            "[flexserve] model {} loaded into the guest in {:.0} ms{signed}; {} resident, \
+             {} of {} MiB",
+            model.id,
+            t.elapsed().as_secs_f64() * 1e3,
+            running.residency.len(),
+            running.residency.used() >> 20,
+            self.shared.config.memory_max >> 20
+        );
+        Ok(())
+    }
+
+    /// Boots a guest with no model; its private memory is `guest.memory_max` (the host backs
+    /// only what the guest uses).
+    fn start_guest(&mut self) -> Result<(), GuestError> {
+        let m = &self.shared.metrics;
+        let config = &self.shared.config;
+        m.set_guest(GuestState::Starting);
+        let t = Instant::now();
+        let started = GuestVm::start(
+            &self.images,
+            GuestConfig {
+                vcpus: config.vcpus,
+                private_bytes: usize::try_from(config.memory_max).unwrap_or(usize::MAX),
+                diagnostics: false,
+                isolation: Default::default(),
+                min_isolation: config.min_isolation,
+                key_root: self.shared.root.sealing,
+            },
+        );
+        let mut vm = match started {
+            Ok(vm) => vm,
+            Err(e) => {
+                m.set_guest(GuestState::Down);
+                eprintln!("[flexserve] cannot start the guest: {e}");
+                return Err(e);
+            }
+        };
+        m.set_isolation(vm.isolation().level());
+        vm.set_deadlines(config.deadlines.apply(Deadlines::GENEROUS));
+        m.set_guest(GuestState::Up);
+        m.guest_starts.fetch_add(1, Ordering::Relaxed);
+        m.memory_budget_bytes
+            .store(config.memory_max, Ordering::Relaxed);
+        eprintln!(
+            "[flexserve] guest up ({} MiB private memory at most) in {:.0} ms; isolation {}; {}",
+            config.memory_max >> 20,
+            t.elapsed().as_secs_f64() * 1e3,
+            vm.isolation().describe(),
+            self.shared.root.report()
+        );
+        if vm.isolation().level() == IsolationLevel::None {
+            eprintln!(
+                "[flexserve] warning: isolation none: the host can read the models and the \
+                 prompts in guest memory (guest.min_isolation = \"none\" allows it)"
+            );
+        }
+        #[cfg(feature = "test-hooks")]
+        {
+            *self
+                .shared
+                .guest_memory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(vm.memory_for_tests());
+            *self
+                .shared
+                .private_range
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = vm.private_range_for_tests();
+        }
+        let statement = if vm.seals_sessions() {
+            vm.statement(false)
+                .map_err(|e| eprintln!("[flexserve] no guest statement: {e}"))
+                .ok()
+        } else {
+            None
+        };
+        *self
+            .shared
+            .statement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = statement;
+        self.vm = Some(Running {
+            vm,
+            residency: Residency::new(config.memory_max, LlmConfig::default().max_models as usize),
+        });
+        Ok(())
+    }
+
+    /// The guest died (`doing` what): it is dropped, and the next job boots a new one.
+    pub(super) fn guest_failed(&mut self, doing: &str, e: &GuestError) {
+        let m = &self.shared.metrics;
+        eprintln!("[flexserve] the guest VM failed {doing}: {e}");
+        m.guest_crashes.fetch_add(1, Ordering::Relaxed);
+        m.set_guest(GuestState::Down);
+        m.models_resident.store(0, Ordering::Relaxed);
+        self.vm = None;
+    }
+}
