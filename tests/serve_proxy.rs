@@ -69,6 +69,19 @@ fn the_openai_client_through_the_proxy_gets_the_daemons_text() {
         assert_eq!(sealed[format!("{k}_finish")], plain[format!("{k}_finish")]);
         let n = |r: &Value| r[format!("{k}_usage")]["completion_tokens"].clone();
         assert_eq!(n(&sealed), n(&plain), "{k}");
+        // A sealed prompt never takes a kept KV cache (its timing would tell the host how
+        // much of it another session held); each was evaluated whole, and answered as the
+        // plain requests were; the plain streamed chat took the cache of the same prompt
+        // asked a moment before (the completion's 4-token prompt is too short to reuse).
+        let cached =
+            |r: &Value| r[format!("{k}_usage")]["prompt_tokens_details"]["cached_tokens"].as_u64();
+        assert_eq!(cached(&sealed), Some(0), "{k}: {sealed}");
+        if k == "chat_stream" {
+            let whole = plain[format!("{k}_usage")]["prompt_tokens"]
+                .as_u64()
+                .unwrap();
+            assert_eq!(cached(&plain), Some(whole - 1), "{k}: {plain}");
+        }
     }
     assert_eq!(sealed["models"], plain["models"]);
     assert_eq!(sealed["unknown_model_error"], "model_not_found", "{sealed}");

@@ -93,6 +93,7 @@ fn serve(mut d: Driver, timer: Arc<Timer>) -> Driver {
                         reason: StopReason::MaxTokens,
                         prompt_tokens: tokens.len() as u32,
                         generated_tokens: tokens.len() as u32,
+                        cached_tokens: 0,
                         timings: Timings::default(),
                     });
                     send_response(&mut d, &timer, &end, &mut out);

@@ -107,6 +107,7 @@ fn main() {
                 reason: StopReason::MaxTokens,
                 prompt_tokens: 5,
                 generated_tokens: 6,
+                cached_tokens: 0,
                 timings: Timings {
                     prompt_ns: 7,
                     generation_ns: 8,

@@ -334,6 +334,7 @@ pub fn response(u: &mut Unstructured<'_>) -> Result<ResponseMsg> {
             ])?,
             prompt_tokens: near(u, 0, spec::MAX_CONTEXT_LEN + 1)?,
             generated_tokens: near(u, 0, spec::MAX_GENERATED_TOKENS + 1)?,
+            cached_tokens: 0,
             timings: Timings {
                 prompt_ns: u.arbitrary()?,
                 generation_ns: u.arbitrary()?,

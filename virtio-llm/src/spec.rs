@@ -37,6 +37,10 @@ pub mod feature {
     /// session key, answered with sealed pieces and token ids withheld; the control queue
     /// answers `GetStatement` (docs/sealed-session.md).
     pub const SEALED_SESSION: u32 = 7;
+    /// KV reuse: the driver keeps closed sessions' KV caches and a later request whose
+    /// prompt starts with the same tokens goes on from one; `EndOfStream` says how many
+    /// prompt tokens came from a cache (`cached_tokens`).
+    pub const KV_REUSE: u32 = 8;
     /// Standard virtio 1.x device (VIRTIO_F_VERSION_1); required.
     pub const VERSION_1: u32 = 32;
     /// The device reaches only the shared window (VIRTIO_F_ACCESS_PLATFORM); required, so the

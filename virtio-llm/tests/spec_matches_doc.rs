@@ -88,6 +88,7 @@ fn feature_bits_match_the_spec_table() {
         ("VIRTIO_LLM_F_SEALED", feature::SEALED),
         ("VIRTIO_LLM_F_GUEST_TEXT", feature::GUEST_TEXT),
         ("VIRTIO_LLM_F_SEALED_SESSION", feature::SEALED_SESSION),
+        ("VIRTIO_LLM_F_KV_REUSE", feature::KV_REUSE),
         ("VIRTIO_F_VERSION_1", feature::VERSION_1),
         ("VIRTIO_F_ACCESS_PLATFORM", feature::ACCESS_PLATFORM),
     ]);
@@ -170,6 +171,7 @@ fn fixed_size_bodies_match_the_spec() {
                 reason: StopReason::MaxTokens,
                 prompt_tokens: 1,
                 generated_tokens: 1,
+                cached_tokens: 0,
                 timings: Timings {
                     prompt_ns: 1,
                     generation_ns: 1,

@@ -377,6 +377,7 @@ async fn whole(answer: Answer, mut p: Pending) -> Response {
                     let usage = Usage {
                         prompt: p.prompt_tokens_after_stop().await,
                         completion: detok.tokens,
+                        cached: 0,
                     };
                     return json_response(StatusCode::OK, &answer.full(&text, "stop", usage));
                 }
@@ -386,6 +387,7 @@ async fn whole(answer: Answer, mut p: Pending) -> Response {
                 let usage = Usage {
                     prompt: end.prompt_tokens,
                     completion: end.generated_tokens,
+                    cached: end.cached_tokens,
                 };
                 let finish = finish_reason(end.reason);
                 return json_response(StatusCode::OK, &answer.full(&text, finish, usage));
@@ -429,6 +431,7 @@ impl Streaming {
                         let usage = Usage {
                             prompt: self.p.prompt_tokens_after_stop().await,
                             completion: self.detok.tokens,
+                            cached: 0,
                         };
                         return Some(self.last(text, "stop", usage));
                     }
@@ -441,6 +444,7 @@ impl Streaming {
                     let usage = Usage {
                         prompt: end.prompt_tokens,
                         completion: end.generated_tokens,
+                        cached: end.cached_tokens,
                     };
                     return Some(self.last(text, finish_reason(end.reason), usage));
                 }

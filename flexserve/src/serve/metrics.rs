@@ -94,6 +94,8 @@ const DECODE_BOUNDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2
 pub struct Metrics {
     requests: [AtomicU64; 5],
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens the guest took from kept KV caches instead of evaluating them.
+    pub cached_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub guest_state: AtomicU64,
     pub guest_starts: AtomicU64,
@@ -122,6 +124,7 @@ impl Default for Metrics {
         Self {
             requests: Default::default(),
             prompt_tokens: AtomicU64::new(0),
+            cached_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             guest_state: AtomicU64::new(GuestState::Down as u64),
             guest_starts: AtomicU64::new(0),
@@ -177,7 +180,7 @@ impl Metrics {
     }
 
     /// The single-valued series: name, type, help, value.
-    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 13] {
+    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 14] {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             (
@@ -185,6 +188,12 @@ impl Metrics {
                 "counter",
                 "Prompt tokens processed.",
                 get(&self.prompt_tokens),
+            ),
+            (
+                "flexserve_prompt_tokens_cached_total",
+                "counter",
+                "Prompt tokens taken from a kept KV cache instead of evaluated.",
+                get(&self.cached_tokens),
             ),
             (
                 "flexserve_generated_tokens_total",

@@ -130,6 +130,7 @@ fn usage(end: &EndOfStream) -> Usage {
     Usage {
         prompt: end.prompt_tokens,
         completion: end.generated_tokens,
+        cached: end.cached_tokens,
     }
 }
 

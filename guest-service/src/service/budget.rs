@@ -80,8 +80,12 @@ impl Service {
         }
     }
 
-    /// Drops the KV cache of the least recently used session that has one (except `keep`).
+    /// Drops a closed session's kept KV cache, or else the KV cache of the least recently
+    /// used session that has one (except `keep`).
     pub(super) fn evict_session_cache(&mut self, keep: Option<u32>) -> bool {
+        if self.prefix_cache.evict_one() {
+            return true;
+        }
         let victim = self
             .sessions
             .iter()
@@ -114,6 +118,7 @@ impl Service {
         if let Some(id) = oldest {
             self.models.remove(&id);
             self.sessions.retain(|_, s| s.model_id != id);
+            self.prefix_cache.forget_model(id);
             return true;
         }
         // A partial load goes last; its background first touches stop with it.

@@ -61,7 +61,10 @@ impl Service {
             }
             ControlCommand::CloseSession(c) => {
                 let status = match self.sessions.remove(&c.session_id) {
-                    Some(_) => Status::Ok,
+                    Some(slot) => {
+                        self.keep_cache(slot);
+                        Status::Ok
+                    }
                     None => Status::NoSuchSession,
                 };
                 ack(control_type::CLOSE_SESSION, status, c.session_id)
@@ -220,6 +223,7 @@ impl Service {
     fn unload(&mut self, model_id: u32, env: &dyn Environment) -> Status {
         if self.models.remove(&model_id).is_some() {
             self.sessions.retain(|_, s| s.model_id != model_id);
+            self.prefix_cache.forget_model(model_id);
             Status::Ok
         } else if self
             .loading
@@ -293,8 +297,18 @@ impl Service {
                 history: Vec::new(),
                 last_used: self.clock,
                 sealed: None,
+                shareable: true,
             },
         );
+    }
+
+    /// Keeps a closed session's KV cache for a later prompt that starts the same way, if
+    /// every prompt it ran was plain.
+    fn keep_cache(&mut self, slot: SessionSlot) {
+        if let (true, Some(session)) = (slot.shareable, slot.session) {
+            self.prefix_cache
+                .keep(slot.model_id, slot.context_len, session, slot.history);
+        }
     }
 
     /// What the service holds and has done.

@@ -122,7 +122,7 @@ impl Service {
         env: &dyn Environment,
         deferred_budget: &mut Option<BudgetChange>,
     ) -> Result<EndOfStream, Failure> {
-        let prompt = self.ready_session(g, driver, par, env)?;
+        let (prompt, reused) = self.ready_session(g, sealed.is_some(), driver, par, env)?;
         let slot = self
             .sessions
             .get_mut(&g.session_id)
@@ -160,27 +160,34 @@ impl Service {
             session,
             &mut sampler,
             par,
-            &generation(g, &prompt),
+            &generation(g, &prompt[reused..]),
             &|t| end_ids.binary_search(&t).is_ok(),
             &mut |token| stream.on_token(token),
         );
         remember(
             &mut slot.history,
-            &prompt,
+            &prompt[reused..],
             stream.generated(),
             session.n_past(),
         );
         let last = stream.generated().last().copied();
         let streamed = stream.finish()?;
         *deferred_budget = streamed.deferred_budget;
-        let ended = self.finish_stream(
-            g.request_id,
-            result,
-            streamed,
-            sealed.as_deref_mut(),
-            driver,
-            env,
-        );
+        let reused = reused as u32;
+        let ended = self
+            .finish_stream(
+                g.request_id,
+                result,
+                streamed,
+                sealed.as_deref_mut(),
+                driver,
+                env,
+            )
+            .map(|e| EndOfStream {
+                prompt_tokens: e.prompt_tokens + reused,
+                cached_tokens: reused,
+                ..e
+            });
         if let (Some(answer), Ok(e)) = (sealed, &ended) {
             answer.slice_done(e.generated_tokens, last);
         }
@@ -188,14 +195,17 @@ impl Service {
     }
 
     /// Readies the request's session: room for the generation, its KV cache rebuilt if it
-    /// was evicted, its model marked used; the prompt in tokens.
+    /// was evicted or taken from a closed session's, its model marked used; the prompt in
+    /// tokens, and how many of them the cache holds already. `sealed`: `g` is an opened
+    /// sealed request.
     fn ready_session<M: DriverMemory, T: Transport>(
         &mut self,
         g: &GenerateRequest,
+        sealed: bool,
         driver: &mut LlmDriver<M, T>,
         par: &dyn Parallel,
         env: &dyn Environment,
-    ) -> Result<Vec<u32>, Refusal> {
+    ) -> Result<(Vec<u32>, usize), Refusal> {
         let evicted = match self.sessions.get(&g.session_id) {
             Some(slot) => slot.session.is_none(),
             None => {
@@ -264,7 +274,42 @@ impl Service {
                 .map_err(|e| refuse(Status::BadModel, &e.to_string()))?;
         }
         m.last_used = clock;
-        Ok(prompt)
+        let reused = self.reuse_prefix(g, sealed, &prompt);
+        Ok((prompt, reused))
+    }
+
+    /// A fresh session whose request has a plain prompt takes the kept cache that holds the
+    /// longest start of it ([`super::prefix_cache`]); returns how many of the prompt's
+    /// tokens the session now holds. A sealed prompt's session is never kept (`sealed`: `g`
+    /// is an opened sealed request, whose prompt is in the clear here).
+    fn reuse_prefix(&mut self, g: &GenerateRequest, sealed: bool, prompt: &[u32]) -> usize {
+        let plain = !sealed
+            && matches!(
+                g.prompt,
+                Prompt::Tokens(_) | Prompt::Text(_) | Prompt::Chat(_)
+            );
+        let Some(slot) = self.sessions.get_mut(&g.session_id) else {
+            return 0;
+        };
+        slot.shareable &= plain;
+        let fresh =
+            slot.history.is_empty() && slot.session.as_ref().is_some_and(|s| s.n_past() == 0);
+        if !(fresh && slot.shareable) {
+            return 0;
+        }
+        let Some(kept) = self
+            .prefix_cache
+            .take_best(slot.model_id, slot.context_len, prompt)
+        else {
+            return 0;
+        };
+        let (mut session, mut history) = (kept.session, kept.history);
+        session.truncate(kept.reused);
+        history.truncate(kept.reused);
+        // The fresh session's cache is freed: the kept one takes its place.
+        slot.session = Some(session);
+        slot.history = history;
+        kept.reused
     }
 
     /// Bytes the forward pass's buffers take for `g`'s prompt (a full batch if it is text,
@@ -343,6 +388,7 @@ impl Service {
             },
             prompt_tokens: outcome.prompt_tokens as u32,
             generated_tokens: outcome.generated_tokens as u32,
+            cached_tokens: 0,
             timings: Timings {
                 prompt_ns: first.saturating_sub(streamed.start),
                 generation_ns: end.saturating_sub(first),

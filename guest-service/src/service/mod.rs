@@ -26,6 +26,7 @@ mod budget;
 mod control;
 mod generation;
 mod pipeline;
+mod prefix_cache;
 mod probe;
 mod sealed;
 mod sealed_answer;
@@ -108,6 +109,8 @@ struct SessionSlot {
     last_used: u64,
     /// A preempted sealed answer waiting for its continuation.
     sealed: Option<sealed_answer::SealedAnswer>,
+    /// Every prompt it ran was plain: its cache may be kept when it closes.
+    shareable: bool,
 }
 
 /// What one [`Service::step`] did.
@@ -129,6 +132,9 @@ pub struct Service {
     /// A sealed model being received (`feature::SEALED`).
     unsealing: Option<Unsealing>,
     sessions: BTreeMap<u32, SessionSlot>,
+    /// Closed sessions' KV caches, for requests whose prompts start the same way
+    /// (`feature::KV_REUSE`; capacity 0 without it).
+    prefix_cache: prefix_cache::PrefixCache<Session>,
     /// Requests that arrived while a generation was running.
     queued: VecDeque<RequestMsg>,
     requests_completed: u64,
@@ -180,6 +186,13 @@ impl Service {
             loading: None,
             unsealing: None,
             sessions: BTreeMap::new(),
+            prefix_cache: prefix_cache::PrefixCache::new(
+                if features & (1 << feature::KV_REUSE) != 0 {
+                    max_sessions.max(1) as usize
+                } else {
+                    0
+                },
+            ),
             queued: VecDeque::new(),
             requests_completed: 0,
             tokens_generated: 0,

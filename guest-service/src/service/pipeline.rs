@@ -128,6 +128,7 @@ impl Service {
                     StopReason::Cancelled
                 },
                 prompt_tokens: 0,
+                cached_tokens: 0,
                 generated_tokens: 0,
                 timings: Timings::default(),
             }),

@@ -107,6 +107,12 @@ impl Session {
         self.n_past = 0;
     }
 
+    /// Forgets every token after the first `n` (a no-op if it holds no more): the next
+    /// evaluation goes on from position `n`.
+    pub fn truncate(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+    }
+
     /// Evaluates `tokens` after those already seen and returns logits: `[n_vocab]` for
     /// [`Logits::Last`], `[tokens.len()][n_vocab]` for [`Logits::All`]. On error the session
     /// is unchanged. The logits are the session's own buffer, lent mutably so a sampler can

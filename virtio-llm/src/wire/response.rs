@@ -171,10 +171,13 @@ pub struct EndOfStream {
     pub request_id: u64,
     /// Why it stopped.
     pub reason: StopReason,
-    /// Prompt tokens evaluated, at most `MAX_CONTEXT_LEN`.
+    /// The prompt's tokens, at most `MAX_CONTEXT_LEN`.
     pub prompt_tokens: u32,
     /// Tokens generated, at most `MAX_GENERATED_TOKENS`.
     pub generated_tokens: u32,
+    /// Of `prompt_tokens`, those whose KV came from a closed session's cache instead of
+    /// being evaluated (docs/virtio-llm.md, *KV reuse*).
+    pub cached_tokens: u32,
     /// Where the time went.
     pub timings: Timings,
 }
@@ -187,7 +190,7 @@ impl Message<'_> for EndOfStream {
         w.zeros(3);
         w.u32(self.prompt_tokens);
         w.u32(self.generated_tokens);
-        w.zeros(4);
+        w.u32(self.cached_tokens);
         w.u64(self.timings.prompt_ns);
         w.u64(self.timings.generation_ns);
     }
@@ -197,12 +200,13 @@ impl Message<'_> for EndOfStream {
         r.reserved(3, "end_of_stream.reserved0")?;
         let prompt_tokens = r.u32()?;
         let generated_tokens = r.u32()?;
-        r.reserved(4, "end_of_stream.reserved1")?;
+        let cached_tokens = r.u32()?;
         Ok(Self {
             request_id,
             reason,
             prompt_tokens,
             generated_tokens,
+            cached_tokens,
             timings: Timings {
                 prompt_ns: r.u64()?,
                 generation_ns: r.u64()?,
@@ -213,7 +217,9 @@ impl Message<'_> for EndOfStream {
         let p = self.prompt_tokens;
         ensure(p <= MAX_CONTEXT_LEN, "prompt_tokens", p.into())?;
         let g = self.generated_tokens;
-        ensure(g <= MAX_GENERATED_TOKENS, "generated_tokens", g.into())
+        ensure(g <= MAX_GENERATED_TOKENS, "generated_tokens", g.into())?;
+        let c = self.cached_tokens;
+        ensure(c <= p, "cached_tokens", c.into())
     }
 }
 

@@ -22,6 +22,7 @@ pub(crate) fn samples() -> Vec<ResponseMsg> {
             reason: StopReason::EndOfGeneration,
             prompt_tokens: 12,
             generated_tokens: 30,
+            cached_tokens: 0,
             timings: Timings {
                 prompt_ns: 1_000_000,
                 generation_ns: 90_000_000,

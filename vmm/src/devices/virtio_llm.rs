@@ -400,6 +400,7 @@ impl VirtioDevice for VirtioLlm {
             | 1 << feature::MEMORY
             | 1 << feature::PREEMPT
             | 1 << feature::GUEST_TEXT
+            | 1 << feature::KV_REUSE
             | diagnostics
     }
 

@@ -20,6 +20,8 @@ pub fn finish_reason(r: StopReason) -> &'static str {
 pub struct Usage {
     pub prompt: u32,
     pub completion: u32,
+    /// Of `prompt`, the tokens whose KV cache the guest kept from an earlier request.
+    pub cached: u32,
 }
 
 impl Usage {
@@ -28,6 +30,7 @@ impl Usage {
             "prompt_tokens": self.prompt,
             "completion_tokens": self.completion,
             "total_tokens": self.prompt + self.completion,
+            "prompt_tokens_details": { "cached_tokens": self.cached },
         })
     }
 }
@@ -154,9 +157,11 @@ mod tests {
             Some(Usage {
                 prompt: 3,
                 completion: 2,
+                cached: 1,
             }),
         );
         assert_eq!(last["usage"]["total_tokens"], 5);
+        assert_eq!(last["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
         assert_eq!(last["choices"][0]["finish_reason"], "stop");
         let f = Answer::new(Endpoint::Completion, 8, "m").full("x", "length", Usage::default());
         assert_eq!(f["object"], "text_completion");

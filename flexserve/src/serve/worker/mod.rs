@@ -62,6 +62,8 @@ struct Active {
     next_prompt: Prompt,
     slices: u32,
     prompt_tokens: u32,
+    /// Of `prompt_tokens`, those the guest took from a kept KV cache.
+    cached_tokens: u32,
     generated: u32,
     timings: Timings,
     first_seen: bool,
@@ -265,6 +267,7 @@ impl Worker {
             next_prompt: prompt,
             slices: 0,
             prompt_tokens: 0,
+            cached_tokens: 0,
             generated: 0,
             timings: Timings::default(),
             first_seen: false,
@@ -378,6 +381,7 @@ impl Worker {
     fn slice_ended(&mut self, mut a: Active, end: &EndOfStream, last: Option<u32>) -> Sliced {
         if a.slices == 1 {
             a.prompt_tokens = end.prompt_tokens;
+            a.cached_tokens = end.cached_tokens;
         }
         a.generated += end.generated_tokens;
         a.timings.prompt_ns += end.timings.prompt_ns;
@@ -430,6 +434,8 @@ impl Worker {
         let m = &self.shared.metrics;
         m.prompt_tokens
             .fetch_add(a.prompt_tokens.into(), Ordering::Relaxed);
+        m.cached_tokens
+            .fetch_add(a.cached_tokens.into(), Ordering::Relaxed);
         m.generated_tokens
             .fetch_add(a.generated.into(), Ordering::Relaxed);
         if a.generated > 1 {
@@ -458,6 +464,7 @@ impl Worker {
             reason,
             prompt_tokens: a.prompt_tokens,
             generated_tokens: a.generated,
+            cached_tokens: a.cached_tokens,
             timings: a.timings,
         }));
     }
