@@ -10,19 +10,25 @@ pub enum GgmlType {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q5_0,
+    Q5_1,
     Q4K,
+    Q5K,
     Q6K,
 }
 
 impl GgmlType {
     /// Every type the engine supports.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::F32,
         Self::F16,
         Self::Q4_0,
         Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
         Self::Q8_0,
         Self::Q4K,
+        Self::Q5K,
         Self::Q6K,
     ];
 
@@ -33,8 +39,11 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
             12 => Self::Q4K,
+            13 => Self::Q5K,
             14 => Self::Q6K,
             _ => return None,
         })
@@ -47,8 +56,11 @@ impl GgmlType {
             Self::F16 => 1,
             Self::Q4_0 => 2,
             Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
             Self::Q8_0 => 8,
             Self::Q4K => 12,
+            Self::Q5K => 13,
             Self::Q6K => 14,
         }
     }
@@ -60,8 +72,11 @@ impl GgmlType {
             Self::F16 => "F16",
             Self::Q4_0 => "Q4_0",
             Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
             Self::Q8_0 => "Q8_0",
             Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
         }
     }
@@ -77,20 +92,24 @@ impl GgmlType {
     pub fn block_len(self) -> usize {
         match self {
             Self::F32 | Self::F16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => 32,
-            Self::Q4K | Self::Q6K => 256,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
+            Self::Q4K | Self::Q5K | Self::Q6K => 256,
         }
     }
 
-    /// Bytes per block.
+    /// Bytes per block (ggml `ggml-common.h`: Q5_0 is f16 d, u8 qh[4], u8 qs[16]; Q5_1 adds an
+    /// f16 m after d; Q5_K is f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]).
     pub fn block_bytes(self) -> usize {
         match self {
             Self::F32 => 4,
             Self::F16 => 2,
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
             Self::Q8_0 => 34,
             Self::Q4K => 144,
+            Self::Q5K => 176,
             Self::Q6K => 210,
         }
     }
@@ -117,7 +136,9 @@ mod tests {
                 assert_eq!(GgmlType::from_name(t.name()), Some(t));
             }
         }
-        assert_eq!(GgmlType::from_id(6), None); // Q5_0: not supported
+        assert_eq!(GgmlType::from_id(6), Some(GgmlType::Q5_0));
+        assert_eq!(GgmlType::from_id(10), None); // Q2_K: not supported
+        assert_eq!(GgmlType::from_name("q5_k"), Some(GgmlType::Q5K));
     }
 
     #[test]
@@ -126,5 +147,8 @@ mod tests {
         assert_eq!(GgmlType::Q4K.row_bytes(576), None);
         assert_eq!(GgmlType::Q6K.row_bytes(512), Some(420));
         assert_eq!(GgmlType::F16.row_bytes(3), Some(6));
+        assert_eq!(GgmlType::Q5_0.row_bytes(64), Some(44));
+        assert_eq!(GgmlType::Q5_1.row_bytes(32), Some(24));
+        assert_eq!(GgmlType::Q5K.row_bytes(512), Some(352));
     }
 }

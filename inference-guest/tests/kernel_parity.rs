@@ -6,7 +6,7 @@ use inference_guest::ggml_type::GgmlType;
 use inference_guest::quant::f16::{f16_to_f32, f32_to_f16};
 use inference_guest::quant::{ActFormat, Isa, Kernels, quantize_row};
 
-const ALL: [GgmlType; 7] = GgmlType::ALL;
+const ALL: [GgmlType; GgmlType::ALL.len()] = GgmlType::ALL;
 
 /// xorshift64* — deterministic, no crates.
 struct Rng(u64);
@@ -46,14 +46,14 @@ fn random_weights(rng: &mut Rng, ty: GgmlType, n: usize, rows: usize) -> Vec<u8>
             rng.bytes(&mut w);
             for b in w.chunks_exact_mut(ty.block_bytes()) {
                 match ty {
-                    GgmlType::Q4_0 | GgmlType::Q8_0 => {
+                    GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
                         b[..2].copy_from_slice(&rng.f16(-0.05, 0.05))
                     }
-                    GgmlType::Q4_1 => {
+                    GgmlType::Q4_1 | GgmlType::Q5_1 => {
                         b[..2].copy_from_slice(&rng.f16(0.001, 0.05));
                         b[2..4].copy_from_slice(&rng.f16(-0.5, 0.5));
                     }
-                    GgmlType::Q4K => {
+                    GgmlType::Q4K | GgmlType::Q5K => {
                         b[..2].copy_from_slice(&rng.f16(0.0001, 0.01));
                         b[2..4].copy_from_slice(&rng.f16(0.0001, 0.01));
                     }
@@ -182,6 +182,45 @@ fn dot_matches_reference(k: Kernels) {
     }
 }
 
+/// The Q5 references sum in llama.cpp's x86 AVX2 order, and the AVX2 kernels (decode tiles
+/// and prefill tiles alike) reproduce it bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn q5_avx2_is_bit_identical_to_reference() {
+    let s = Kernels::scalar();
+    let mut rng = Rng(5150);
+    for k in Kernels::available() {
+        for ty in [GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q5K] {
+            let n = 4 * ty.block_len().max(64);
+            let (nrows, ncols) = (5, 3);
+            let w = random_weights(&mut rng, ty, n, nrows);
+            let xs: Vec<Vec<f32>> = (0..ncols).map(|_| random_x(&mut rng, n)).collect();
+            let act: Vec<u8> = xs.iter().flat_map(|x| quant_act(&s, ty, x)).collect();
+            let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
+            let mut out = vec![f32::NAN; nrows * ncols];
+            k.matmul(ty, n, &w, nrows, &act, ncols, &mut out);
+            for i in 0..nrows {
+                for j in 0..ncols {
+                    let (wr, ar) = (&w[i * wrb..(i + 1) * wrb], &act[j * arb..(j + 1) * arb]);
+                    let want = s.dot(ty, n, wr, ar);
+                    assert_eq!(
+                        k.dot(ty, n, wr, ar).to_bits(),
+                        want.to_bits(),
+                        "{}",
+                        ty.name()
+                    );
+                    assert_eq!(
+                        out[i * ncols + j].to_bits(),
+                        want.to_bits(),
+                        "{}",
+                        ty.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_matches_dot_for_every_shape() {
     for k in Kernels::available() {
@@ -249,10 +288,15 @@ fn quantise_dequantise_error_is_bounded() {
                     GgmlType::F16 => amax / 1024.0,
                     GgmlType::Q8_0 => amax / 127.0 * (0.5 + 127.0 / 2048.0) * 1.001,
                     GgmlType::Q4_0 => amax / 8.0 * (1.0 + 8.0 / 2048.0) * 1.001,
+                    GgmlType::Q5_0 => amax / 16.0 * (1.0 + 16.0 / 2048.0) * 1.001,
                     GgmlType::Q4_1 => {
                         (hi - lo) / 15.0 * (0.5 + 15.0 / 2048.0) * 1.001 + lo.abs() / 2048.0
                     }
+                    GgmlType::Q5_1 => {
+                        (hi - lo) / 31.0 * (0.5 + 31.0 / 2048.0) * 1.001 + lo.abs() / 2048.0
+                    }
                     GgmlType::Q4K => (hi - lo.min(0.0)) / 15.0 * 1.5,
+                    GgmlType::Q5K => (hi - lo.min(0.0)) / 31.0 * 1.5,
                     GgmlType::Q6K => amax / 31.0 * 1.5,
                 };
                 for (a, b) in xb.iter().zip(yb) {
@@ -271,6 +315,8 @@ fn quantise_dequantise_error_is_bounded() {
                 GgmlType::F16 => 1e-3,
                 GgmlType::Q8_0 => 0.01,
                 GgmlType::Q6K => 0.03,
+                GgmlType::Q5K | GgmlType::Q5_1 => 0.06,
+                GgmlType::Q5_0 => 0.1,
                 GgmlType::Q4K | GgmlType::Q4_1 => 0.12,
                 GgmlType::Q4_0 => 0.2,
             };

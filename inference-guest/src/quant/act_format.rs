@@ -22,9 +22,9 @@ impl ActFormat {
         match ty {
             GgmlType::F32 => Self::F32,
             GgmlType::F16 => Self::F16,
-            GgmlType::Q4_0 | GgmlType::Q8_0 => Self::Q8_0,
-            GgmlType::Q4_1 => Self::Q8_1,
-            GgmlType::Q4K | GgmlType::Q6K => Self::Q8K,
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => Self::Q8_0,
+            GgmlType::Q4_1 | GgmlType::Q5_1 => Self::Q8_1,
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => Self::Q8K,
         }
     }
 

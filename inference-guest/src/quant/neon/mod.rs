@@ -7,6 +7,7 @@
 
 mod act;
 mod dot;
+mod q5;
 
 use core::arch::aarch64::*;
 
@@ -34,7 +35,10 @@ impl Neon {
                 GgmlType::Q4_0 => dot::dot_q4_0(w, a),
                 GgmlType::Q8_0 => dot::dot_q8_0(w, a),
                 GgmlType::Q4_1 => dot::dot_q4_1(w, a),
+                GgmlType::Q5_0 => q5::dot_q5_0(w, a),
+                GgmlType::Q5_1 => q5::dot_q5_1(w, a),
                 GgmlType::Q4K => dot::dot_q4_k(w, a),
+                GgmlType::Q5K => q5::dot_q5_k(w, a),
                 GgmlType::Q6K => dot::dot_q6_k(w, a),
                 GgmlType::F16 => dot::dot_f16(w, a),
                 GgmlType::F32 => dot::dot_f32(w, a),

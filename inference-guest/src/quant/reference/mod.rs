@@ -9,6 +9,8 @@ mod dot;
 pub(crate) mod expf;
 mod kquant;
 pub(crate) mod num;
+mod q5;
+mod q5_k;
 mod simple;
 
 use crate::ggml_type::GgmlType;
@@ -17,6 +19,10 @@ pub(crate) use act::quantize_act;
 pub(crate) use dot::dot;
 #[allow(unused_imports)] // used by the SIMD back ends
 pub(crate) use kquant::q4_k_scales_mins;
+#[allow(unused_imports)] // used by the SIMD back ends
+pub(crate) use q5::q5_quants;
+#[allow(unused_imports)] // used by the SIMD back ends
+pub(crate) use q5_k::q5_k_unpack;
 
 /// Reads the little-endian f16 at `b[at..at + 2]` as f32.
 #[inline(always)]
@@ -52,8 +58,11 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut [u8]) {
         }
         GgmlType::Q4_0 => simple::quantize_q4_0(x, out),
         GgmlType::Q4_1 => simple::quantize_q4_1(x, out),
+        GgmlType::Q5_0 => q5::quantize_q5_0(x, out),
+        GgmlType::Q5_1 => q5::quantize_q5_1(x, out),
         GgmlType::Q8_0 => simple::quantize_q8_0(x, out),
         GgmlType::Q4K => kquant::quantize_q4_k(x, out),
+        GgmlType::Q5K => q5_k::quantize_q5_k(x, out),
         GgmlType::Q6K => kquant::quantize_q6_k(x, out),
     }
 }
@@ -73,8 +82,11 @@ pub(crate) fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) {
         }
         GgmlType::Q4_0 => simple::dequantize_q4_0(src, out),
         GgmlType::Q4_1 => simple::dequantize_q4_1(src, out),
+        GgmlType::Q5_0 => q5::dequantize_q5_0(src, out),
+        GgmlType::Q5_1 => q5::dequantize_q5_1(src, out),
         GgmlType::Q8_0 => simple::dequantize_q8_0(src, out),
         GgmlType::Q4K => kquant::dequantize_q4_k(src, out),
+        GgmlType::Q5K => q5_k::dequantize_q5_k(src, out),
         GgmlType::Q6K => kquant::dequantize_q6_k(src, out),
     }
 }
