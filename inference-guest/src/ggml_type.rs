@@ -2,6 +2,9 @@
 //!
 //! Numbering follows ggml's `enum ggml_type`, which is what GGUF stores on disk.
 
+/// The names of every type in [`GgmlType::ALL`], for messages ("F32, F16, ... and Q6_K").
+pub const SUPPORTED_NAMES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K";
+
 /// A tensor element type. Quantised types store `block_len()` elements in `block_bytes()` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
@@ -139,6 +142,16 @@ mod tests {
         assert_eq!(GgmlType::from_id(6), Some(GgmlType::Q5_0));
         assert_eq!(GgmlType::from_id(10), None); // Q2_K: not supported
         assert_eq!(GgmlType::from_name("q5_k"), Some(GgmlType::Q5K));
+    }
+
+    #[test]
+    fn supported_names_lists_every_type() {
+        let names: alloc::vec::Vec<&str> = GgmlType::ALL.iter().map(|t| t.name()).collect();
+        let (last, rest) = names.split_last().unwrap();
+        assert_eq!(
+            SUPPORTED_NAMES,
+            alloc::format!("{} and {last}", rest.join(", "))
+        );
     }
 
     #[test]
