@@ -64,7 +64,10 @@ fn fixture(name: &str) -> Fixture {
 
 /// The model bytes, or `None` (after saying so) when the file is absent and allowed to be.
 fn model_bytes(f: &Fixture) -> Option<Vec<u8>> {
-    let path = root().join("../models").join(&f.model);
+    // FLEXSERVE_MODELS_DIR: another models directory (e.g. freshly generated tiny models).
+    let dir = std::env::var_os("FLEXSERVE_MODELS_DIR")
+        .map_or_else(|| root().join("../models"), PathBuf::from);
+    let path = dir.join(&f.model);
     let Ok(bytes) = std::fs::read(&path) else {
         if std::env::var("FLEXSERVE_REQUIRE_MODELS").as_deref() == Ok("1") {
             panic!("{} is missing: run `make setup`", path.display());
@@ -186,6 +189,20 @@ fn greedy_tiny_k_quants_match_llama_cpp() {
     check_greedy("tiny.Q4_K.json");
     check_greedy("tiny.Q6_K.json");
     check_greedy("tiny.Q8_0.json");
+}
+
+#[test]
+fn greedy_tiny_q5_types_match_llama_cpp() {
+    check_greedy("tiny.Q5_0.json");
+    check_greedy("tiny.Q5_1.json");
+    check_greedy("tiny.Q5_K.json");
+}
+
+/// A file mixing types per tensor class as llama.cpp's `_M` files do: Q4_K weights with a
+/// Q5_0 token embedding, Q5_1 attn_k, Q6_K attn_v/ffn_down and Q5_K attn_output.
+#[test]
+fn greedy_tiny_mixed_types_match_llama_cpp() {
+    check_greedy("tiny.mix.json");
 }
 
 #[test]
