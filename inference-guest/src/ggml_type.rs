@@ -3,13 +3,16 @@
 //! Numbering follows ggml's `enum ggml_type`, which is what GGUF stores on disk.
 
 /// The names of every type in [`GgmlType::ALL`], for messages ("F32, F16, ... and Q6_K").
-pub const SUPPORTED_NAMES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K";
+pub const SUPPORTED_NAMES: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K";
 
 /// A tensor element type. Quantised types store `block_len()` elements in `block_bytes()` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     F32,
     F16,
+    /// bfloat16: the top half of an f32.
+    BF16,
     Q4_0,
     Q4_1,
     Q8_0,
@@ -22,9 +25,10 @@ pub enum GgmlType {
 
 impl GgmlType {
     /// Every type the engine supports.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::F32,
         Self::F16,
+        Self::BF16,
         Self::Q4_0,
         Self::Q4_1,
         Self::Q5_0,
@@ -48,6 +52,7 @@ impl GgmlType {
             12 => Self::Q4K,
             13 => Self::Q5K,
             14 => Self::Q6K,
+            30 => Self::BF16,
             _ => return None,
         })
     }
@@ -65,6 +70,7 @@ impl GgmlType {
             Self::Q4K => 12,
             Self::Q5K => 13,
             Self::Q6K => 14,
+            Self::BF16 => 30,
         }
     }
 
@@ -73,6 +79,7 @@ impl GgmlType {
         match self {
             Self::F32 => "F32",
             Self::F16 => "F16",
+            Self::BF16 => "BF16",
             Self::Q4_0 => "Q4_0",
             Self::Q4_1 => "Q4_1",
             Self::Q5_0 => "Q5_0",
@@ -94,7 +101,7 @@ impl GgmlType {
     /// Elements per block.
     pub fn block_len(self) -> usize {
         match self {
-            Self::F32 | Self::F16 => 1,
+            Self::F32 | Self::F16 | Self::BF16 => 1,
             Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
             Self::Q4K | Self::Q5K | Self::Q6K => 256,
         }
@@ -105,7 +112,7 @@ impl GgmlType {
     pub fn block_bytes(self) -> usize {
         match self {
             Self::F32 => 4,
-            Self::F16 => 2,
+            Self::F16 | Self::BF16 => 2,
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
             Self::Q5_0 => 22,

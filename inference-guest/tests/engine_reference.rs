@@ -198,6 +198,11 @@ fn greedy_tiny_q5_types_match_llama_cpp() {
     check_greedy("tiny.Q5_K.json");
 }
 
+#[test]
+fn greedy_tiny_bf16_matches_llama_cpp() {
+    check_greedy("tiny.BF16.json");
+}
+
 /// A file mixing types per tensor class as llama.cpp's `_M` files do: Q4_K weights with a
 /// Q5_0 token embedding, Q5_1 attn_k, Q6_K attn_v/ffn_down and Q5_K attn_output.
 #[test]

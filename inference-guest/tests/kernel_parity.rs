@@ -42,6 +42,9 @@ fn random_weights(rng: &mut Rng, ty: GgmlType, n: usize, rows: usize) -> Vec<u8>
         GgmlType::F16 => w
             .chunks_exact_mut(2)
             .for_each(|c| c.copy_from_slice(&f32_to_f16(rng.sym(2.0)).to_le_bytes())),
+        GgmlType::BF16 => w.chunks_exact_mut(2).for_each(|c| {
+            c.copy_from_slice(&((rng.sym(2.0).to_bits() >> 16) as u16).to_le_bytes())
+        }),
         _ => {
             rng.bytes(&mut w);
             for b in w.chunks_exact_mut(ty.block_bytes()) {
@@ -112,6 +115,7 @@ fn activation_quantisation_is_bit_identical() {
     for fmt in [
         ActFormat::F32,
         ActFormat::F16,
+        ActFormat::BF16,
         ActFormat::Q8_0,
         ActFormat::Q8_1,
         ActFormat::Q8K,
@@ -182,16 +186,21 @@ fn dot_matches_reference(k: Kernels) {
     }
 }
 
-/// The Q5 references sum in llama.cpp's x86 AVX2 order, and the AVX2 kernels (decode tiles
-/// and prefill tiles alike) reproduce it bit for bit.
+/// The Q5 and BF16 references sum in llama.cpp's x86 AVX2 order, and the AVX2 kernels (decode
+/// tiles and prefill tiles alike) reproduce it bit for bit.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn q5_avx2_is_bit_identical_to_reference() {
+fn q5_and_bf16_avx2_are_bit_identical_to_reference() {
     let s = Kernels::scalar();
     let mut rng = Rng(5150);
     for k in Kernels::available() {
-        for ty in [GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q5K] {
-            let n = 4 * ty.block_len().max(64);
+        for ty in [
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q5K,
+            GgmlType::BF16,
+        ] {
+            let n = 4 * ty.block_len().max(64) + if ty == GgmlType::BF16 { 7 } else { 0 };
             let (nrows, ncols) = (5, 3);
             let w = random_weights(&mut rng, ty, n, nrows);
             let xs: Vec<Vec<f32>> = (0..ncols).map(|_| random_x(&mut rng, n)).collect();
@@ -286,6 +295,7 @@ fn quantise_dequantise_error_is_bounded() {
                 let bound = match ty {
                     GgmlType::F32 => 0.0,
                     GgmlType::F16 => amax / 1024.0,
+                    GgmlType::BF16 => amax / 256.0,
                     GgmlType::Q8_0 => amax / 127.0 * (0.5 + 127.0 / 2048.0) * 1.001,
                     GgmlType::Q4_0 => amax / 8.0 * (1.0 + 8.0 / 2048.0) * 1.001,
                     GgmlType::Q5_0 => amax / 16.0 * (1.0 + 16.0 / 2048.0) * 1.001,
@@ -313,6 +323,7 @@ fn quantise_dequantise_error_is_bounded() {
             let max_rel = match ty {
                 GgmlType::F32 => 0.0,
                 GgmlType::F16 => 1e-3,
+                GgmlType::BF16 => 4e-3,
                 GgmlType::Q8_0 => 0.01,
                 GgmlType::Q6K => 0.03,
                 GgmlType::Q5K | GgmlType::Q5_1 => 0.06,

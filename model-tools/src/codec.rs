@@ -21,6 +21,7 @@ pub fn file_type(ty: GgmlType) -> u32 {
     match ty {
         GgmlType::F32 => 0,
         GgmlType::F16 => 1,
+        GgmlType::BF16 => 32,
         GgmlType::Q4_0 => 2,
         GgmlType::Q4_1 => 3,
         GgmlType::Q8_0 => 7,

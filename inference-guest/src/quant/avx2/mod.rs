@@ -7,6 +7,7 @@
 //! bounds-checked slice.
 
 mod act;
+mod bf16;
 mod blocks32;
 mod expf;
 mod float;
@@ -73,6 +74,7 @@ impl Avx2 {
                 GgmlType::Q4K => kquant::dot_q4_k(w, a),
                 GgmlType::Q6K => kquant::dot_q6_k(w, a),
                 GgmlType::F16 => float::dot_f16(w, a),
+                GgmlType::BF16 => bf16::dot_bf16(w, a),
                 GgmlType::F32 => float::dot_f32(w, a),
             })
         }

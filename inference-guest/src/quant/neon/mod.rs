@@ -6,6 +6,7 @@
 //! through fixed-size arrays borrowed from bounds-checked slices.
 
 mod act;
+mod bf16;
 mod dot;
 mod q5;
 
@@ -41,6 +42,7 @@ impl Neon {
                 GgmlType::Q5K => q5::dot_q5_k(w, a),
                 GgmlType::Q6K => dot::dot_q6_k(w, a),
                 GgmlType::F16 => dot::dot_f16(w, a),
+                GgmlType::BF16 => bf16::dot_bf16(w, a),
                 GgmlType::F32 => dot::dot_f32(w, a),
             }
         })

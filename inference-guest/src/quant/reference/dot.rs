@@ -19,6 +19,7 @@ pub(crate) fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
             .zip(a.chunks_exact(2))
             .map(|(x, y)| rd_f16(x, 0) * rd_f16(y, 0))
             .sum(),
+        GgmlType::BF16 => super::bf16::dot_bf16(w, a),
         GgmlType::Q4_0 => dot_q4_0(w, a),
         GgmlType::Q4_1 => dot_q4_1(w, a),
         GgmlType::Q5_0 => super::q5::dot_q5_0(w, a),

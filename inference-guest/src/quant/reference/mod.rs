@@ -5,6 +5,7 @@
 //! llama.cpp's. Activation quantisers reproduce what llama.cpp's x86 AVX2 build runs.
 
 mod act;
+pub(crate) mod bf16;
 mod dot;
 pub(crate) mod expf;
 mod kquant;
@@ -56,6 +57,11 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut [u8]) {
                 o.copy_from_slice(&crate::quant::f16::f32_to_f16(*v).to_le_bytes());
             }
         }
+        GgmlType::BF16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&bf16::f32_to_bf16(*v).to_le_bytes());
+            }
+        }
         GgmlType::Q4_0 => simple::quantize_q4_0(x, out),
         GgmlType::Q4_1 => simple::quantize_q4_1(x, out),
         GgmlType::Q5_0 => q5::quantize_q5_0(x, out),
@@ -78,6 +84,11 @@ pub(crate) fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) {
         GgmlType::F16 => {
             for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
                 *o = rd_f16(b, 0);
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = bf16::bf16_to_f32(u16::from_le_bytes([b[0], b[1]]));
             }
         }
         GgmlType::Q4_0 => simple::dequantize_q4_0(src, out),
