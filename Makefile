@@ -19,7 +19,8 @@ CONVERSIONS          := $(MODELS)/SmolLM2-135M-Instruct.F16.gguf \
                         $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf
 TINY_MODELS          := $(MODELS)/tiny.Q8_0.gguf $(MODELS)/tiny.Q4_K.gguf $(MODELS)/tiny.Q6_K.gguf \
                         $(MODELS)/tiny.Q5_0.gguf $(MODELS)/tiny.Q5_1.gguf $(MODELS)/tiny.Q5_K.gguf \
-                        $(MODELS)/tiny.BF16.gguf $(MODELS)/tiny.mix.gguf $(MODELS)/tiny-qwen2.Q8_0.gguf
+                        $(MODELS)/tiny.BF16.gguf $(MODELS)/tiny.IQ4_NL.gguf $(MODELS)/tiny.IQ4_XS.gguf \
+                        $(MODELS)/tiny.mix.gguf $(MODELS)/tiny-qwen2.Q8_0.gguf
 MODEL_TOOL           := target/release/flexserve-model
 FLEXSERVE            := target/release/flexserve
 

@@ -4,7 +4,7 @@
 
 /// The names of every type in [`GgmlType::ALL`], for messages ("F32, F16, ... and Q6_K").
 pub const SUPPORTED_NAMES: &str =
-    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K";
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS";
 
 /// A tensor element type. Quantised types store `block_len()` elements in `block_bytes()` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -21,11 +21,13 @@ pub enum GgmlType {
     Q4K,
     Q5K,
     Q6K,
+    IQ4NL,
+    IQ4XS,
 }
 
 impl GgmlType {
     /// Every type the engine supports.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::F32,
         Self::F16,
         Self::BF16,
@@ -37,6 +39,8 @@ impl GgmlType {
         Self::Q4K,
         Self::Q5K,
         Self::Q6K,
+        Self::IQ4NL,
+        Self::IQ4XS,
     ];
 
     /// Maps ggml's on-disk type id; `None` for types this engine does not support.
@@ -52,6 +56,8 @@ impl GgmlType {
             12 => Self::Q4K,
             13 => Self::Q5K,
             14 => Self::Q6K,
+            20 => Self::IQ4NL,
+            23 => Self::IQ4XS,
             30 => Self::BF16,
             _ => return None,
         })
@@ -70,6 +76,8 @@ impl GgmlType {
             Self::Q4K => 12,
             Self::Q5K => 13,
             Self::Q6K => 14,
+            Self::IQ4NL => 20,
+            Self::IQ4XS => 23,
             Self::BF16 => 30,
         }
     }
@@ -88,6 +96,8 @@ impl GgmlType {
             Self::Q4K => "Q4_K",
             Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
+            Self::IQ4NL => "IQ4_NL",
+            Self::IQ4XS => "IQ4_XS",
         }
     }
 
@@ -102,13 +112,14 @@ impl GgmlType {
     pub fn block_len(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
-            Self::Q4K | Self::Q5K | Self::Q6K => 256,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::IQ4NL => 32,
+            Self::Q4K | Self::Q5K | Self::Q6K | Self::IQ4XS => 256,
         }
     }
 
     /// Bytes per block (ggml `ggml-common.h`: Q5_0 is f16 d, u8 qh[4], u8 qs[16]; Q5_1 adds an
-    /// f16 m after d; Q5_K is f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]).
+    /// f16 m after d; Q5_K is f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]; IQ4_NL is
+    /// f16 d, u8 qs[16]; IQ4_XS is f16 d, u16 scales_h, u8 scales_l[4], u8 qs[128]).
     pub fn block_bytes(self) -> usize {
         match self {
             Self::F32 => 4,
@@ -121,6 +132,8 @@ impl GgmlType {
             Self::Q4K => 144,
             Self::Q5K => 176,
             Self::Q6K => 210,
+            Self::IQ4NL => 18,
+            Self::IQ4XS => 136,
         }
     }
 
@@ -170,5 +183,7 @@ mod tests {
         assert_eq!(GgmlType::Q5_0.row_bytes(64), Some(44));
         assert_eq!(GgmlType::Q5_1.row_bytes(32), Some(24));
         assert_eq!(GgmlType::Q5K.row_bytes(512), Some(352));
+        assert_eq!(GgmlType::IQ4NL.row_bytes(64), Some(36));
+        assert_eq!(GgmlType::IQ4XS.row_bytes(256), Some(136));
     }
 }

@@ -66,7 +66,8 @@ enum Command {
         input: PathBuf,
         /// Output .gguf file.
         output: PathBuf,
-        /// Target weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
+        /// Target weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL,
+        /// IQ4_XS.
         #[arg(long = "type", value_parser = parse_type)]
         ty: GgmlType,
     },
@@ -77,7 +78,8 @@ enum Command {
         /// Model whose `tokenizer.*` metadata is copied.
         #[arg(long)]
         vocab_from: PathBuf,
-        /// Weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
+        /// Weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL,
+        /// IQ4_XS.
         #[arg(long = "type", value_parser = parse_type)]
         ty: GgmlType,
         /// Type one tensor class differently, CLASS=TYPE (repeatable), e.g.

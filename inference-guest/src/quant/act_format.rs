@@ -28,9 +28,9 @@ impl ActFormat {
             // and the products summed in f32. Keeping F32 activations would be more accurate
             // but would not reproduce llama.cpp's logits, which the engine is checked against.
             GgmlType::BF16 => Self::BF16,
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => Self::Q8_0,
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4NL => Self::Q8_0,
             GgmlType::Q4_1 | GgmlType::Q5_1 => Self::Q8_1,
-            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => Self::Q8K,
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::IQ4XS => Self::Q8K,
         }
     }
 

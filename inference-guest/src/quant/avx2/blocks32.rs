@@ -1,4 +1,5 @@
-//! Q4_0·Q8_0, Q5_0·Q8_0, Q8_0·Q8_0, Q4_1·Q8_1 and Q5_1·Q8_1 with register tiling.
+//! Q4_0·Q8_0, Q5_0·Q8_0, IQ4_NL·Q8_0, Q8_0·Q8_0, Q4_1·Q8_1 and Q5_1·Q8_1 with register
+//! tiling.
 //!
 //! A tile of R weight rows × C activation columns keeps R·C independent accumulators: each
 //! weight block is loaded/unpacked once per tile and reused across C columns, each activation
@@ -19,6 +20,7 @@ const PREFETCH_AHEAD: usize = 8192;
 
 use super::{arr, h2f, hsum, ld, ld16};
 use crate::ggml_type::GgmlType;
+use crate::quant::reference::IQ4_VALUES;
 
 /// Describes one 32-value weight format and its activation pairing.
 trait Fmt {
@@ -46,6 +48,7 @@ struct Q8_0;
 struct Q4_1;
 struct Q5_0;
 struct Q5_1;
+struct Iq4Nl;
 
 /// Unpacks 16 bytes of nibbles: low nibbles are values 0..16, high nibbles 16..32.
 #[inline]
@@ -162,6 +165,26 @@ impl Fmt for Q5_1 {
     }
 }
 
+impl Fmt for Iq4Nl {
+    const WB: usize = 18;
+    const AB: usize = 34;
+    const AQS: usize = 2;
+    const SIGNED: bool = true;
+    const HAS_MIN: bool = false;
+    const OFFSET8: bool = false;
+    // llama.cpp's x86 build repacks IQ4_NL (`iq4_nl_8x8`), with Q4_0's per-block arithmetic.
+    const BLOCK_TOTAL_FMA: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quants(b: &[u8]) -> __m256i {
+        let t = IQ4_VALUES.map(|v| v as u8);
+        // SAFETY: AVX2 is this function's contract.
+        let (table, idx) = unsafe { (ld16(&t), nibbles(ld16(arr(b, 2)))) };
+        // |T[q]| <= 127, so the sign trick's products stay exact.
+        _mm256_shuffle_epi8(_mm256_set_m128i(table, table), idx)
+    }
+}
+
 fn arr4(s: &[f32], at: usize) -> &[f32; 4] {
     s[at..at + 4]
         .try_into()
@@ -268,6 +291,7 @@ macro_rules! tiled_kernels {
                         GgmlType::Q4_1 => rows::<Q4_1>(w, wrb, nrows, a, arb, nc, out, stride),
                         GgmlType::Q5_0 => rows::<Q5_0>(w, wrb, nrows, a, arb, nc, out, stride),
                         GgmlType::Q5_1 => rows::<Q5_1>(w, wrb, nrows, a, arb, nc, out, stride),
+                        GgmlType::IQ4NL => rows::<Iq4Nl>(w, wrb, nrows, a, arb, nc, out, stride),
                         _ => unreachable!("blocks32 handles only 32-value block types"),
                     }
                 }

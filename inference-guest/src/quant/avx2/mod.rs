@@ -11,6 +11,7 @@ mod bf16;
 mod blocks32;
 mod expf;
 mod float;
+mod iq4;
 mod kquant;
 mod q5_k;
 
@@ -68,8 +69,11 @@ impl Avx2 {
                     blocks32::vnni::dot(ty, w, a)
                 }
                 GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => blocks32::base::dot(ty, w, a),
-                GgmlType::Q5_0 | GgmlType::Q5_1 if self.vnni => blocks32::vnni::dot(ty, w, a),
-                GgmlType::Q5_0 | GgmlType::Q5_1 => blocks32::base::dot(ty, w, a),
+                GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::IQ4NL if self.vnni => {
+                    blocks32::vnni::dot(ty, w, a)
+                }
+                GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::IQ4NL => blocks32::base::dot(ty, w, a),
+                GgmlType::IQ4XS => iq4::dot_iq4_xs(w, a),
                 GgmlType::Q5K => q5_k::dot_q5_k(w, a),
                 GgmlType::Q4K => kquant::dot_q4_k(w, a),
                 GgmlType::Q6K => kquant::dot_q6_k(w, a),

@@ -8,6 +8,7 @@
 mod act;
 mod bf16;
 mod dot;
+mod iq4;
 mod q5;
 
 use core::arch::aarch64::*;
@@ -41,6 +42,8 @@ impl Neon {
                 GgmlType::Q4K => dot::dot_q4_k(w, a),
                 GgmlType::Q5K => q5::dot_q5_k(w, a),
                 GgmlType::Q6K => dot::dot_q6_k(w, a),
+                GgmlType::IQ4NL => iq4::dot_iq4_nl(w, a),
+                GgmlType::IQ4XS => iq4::dot_iq4_xs(w, a),
                 GgmlType::F16 => dot::dot_f16(w, a),
                 GgmlType::BF16 => bf16::dot_bf16(w, a),
                 GgmlType::F32 => dot::dot_f32(w, a),

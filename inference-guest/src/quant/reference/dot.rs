@@ -28,6 +28,8 @@ pub(crate) fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
         GgmlType::Q4K => dot_q4_k(w, a),
         GgmlType::Q5K => super::q5_k::dot_q5_k(w, a),
         GgmlType::Q6K => dot_q6_k(w, a),
+        GgmlType::IQ4NL => super::iq4::dot_iq4_nl(w, a),
+        GgmlType::IQ4XS => super::iq4::dot_iq4_xs(w, a),
     }
 }
 

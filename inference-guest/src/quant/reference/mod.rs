@@ -8,6 +8,7 @@ mod act;
 pub(crate) mod bf16;
 mod dot;
 pub(crate) mod expf;
+mod iq4;
 mod kquant;
 pub(crate) mod num;
 mod q5;
@@ -18,6 +19,8 @@ use crate::ggml_type::GgmlType;
 
 pub(crate) use act::quantize_act;
 pub(crate) use dot::dot;
+#[allow(unused_imports)] // used by the SIMD back ends
+pub(crate) use iq4::{KVALUES as IQ4_VALUES, iq4_xs_scales};
 #[allow(unused_imports)] // used by the SIMD back ends
 pub(crate) use kquant::q4_k_scales_mins;
 #[allow(unused_imports)] // used by the SIMD back ends
@@ -70,6 +73,8 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut [u8]) {
         GgmlType::Q4K => kquant::quantize_q4_k(x, out),
         GgmlType::Q5K => q5_k::quantize_q5_k(x, out),
         GgmlType::Q6K => kquant::quantize_q6_k(x, out),
+        GgmlType::IQ4NL => iq4::quantize_iq4_nl(x, out),
+        GgmlType::IQ4XS => iq4::quantize_iq4_xs(x, out),
     }
 }
 
@@ -99,5 +104,7 @@ pub(crate) fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) {
         GgmlType::Q4K => kquant::dequantize_q4_k(src, out),
         GgmlType::Q5K => q5_k::dequantize_q5_k(src, out),
         GgmlType::Q6K => kquant::dequantize_q6_k(src, out),
+        GgmlType::IQ4NL => iq4::dequantize_iq4_nl(src, out),
+        GgmlType::IQ4XS => iq4::dequantize_iq4_xs(src, out),
     }
 }
