@@ -177,9 +177,13 @@ impl Fmt for Iq4Nl {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn quants(b: &[u8]) -> __m256i {
-        let t = IQ4_VALUES.map(|v| v as u8);
+        // ggml `kvalues_iq4nl` as an immediate (a constant the compiler hoists out of loops).
+        let table = _mm_setr_epi8(
+            -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+        );
+        debug_assert_eq!(IQ4_VALUES[0], -127);
         // SAFETY: AVX2 is this function's contract.
-        let (table, idx) = unsafe { (ld16(&t), nibbles(ld16(arr(b, 2)))) };
+        let idx = nibbles(unsafe { ld16(arr(b, 2)) });
         // |T[q]| <= 127, so the sign trick's products stay exact.
         _mm256_shuffle_epi8(_mm256_set_m128i(table, table), idx)
     }
