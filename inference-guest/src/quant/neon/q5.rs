@@ -67,10 +67,10 @@ pub(super) fn dot_q5_k(w: &[u8], a: &[u8]) -> f32 {
                 vshlq_n_u8::<4>(vandq_u8(vshlq_u8(v, vdupq_n_s8(-(s as i8))), one))
             };
             let (mut s_lo, mut s_hi) = (vdupq_n_s32(0), vdupq_n_s32(0));
-            for g in 0..2 {
+            for (g, &qhg) in qh.iter().enumerate() {
                 let (lo, hi) = nibbles(arr(x, 48 + 32 * c + 16 * g));
-                let lo = vorrq_u8(vreinterpretq_u8_s8(lo), hb(qh[g], 2 * c as i32));
-                let hi = vorrq_u8(vreinterpretq_u8_s8(hi), hb(qh[g], 2 * c as i32 + 1));
+                let lo = vorrq_u8(vreinterpretq_u8_s8(lo), hb(qhg, 2 * c as i32));
+                let hi = vorrq_u8(vreinterpretq_u8_s8(hi), hb(qhg, 2 * c as i32 + 1));
                 let yo = 4 + 64 * c + 16 * g;
                 s_lo = mac16(s_lo, vreinterpretq_s8_u8(lo), ld_s8(arr(y, yo)));
                 s_hi = mac16(s_hi, vreinterpretq_s8_u8(hi), ld_s8(arr(y, yo + 32)));

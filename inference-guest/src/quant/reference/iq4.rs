@@ -246,7 +246,7 @@ mod tests {
         // IQ4_XS: d = 1, sub-block 0 ls = 33 (scale 1), sub-block 5 ls = 0b10_0000 + 2 (2).
         let mut b = [0u8; 136];
         b[..2].copy_from_slice(&f32_to_f16(1.0).to_le_bytes());
-        let sh: u16 = (2 << 0) | (2 << 10);
+        let sh: u16 = 2 | (2 << 10);
         b[2..4].copy_from_slice(&sh.to_le_bytes());
         b[4] = 1; // ls_l of sub-block 0
         b[6] = 0x20; // ls_l of sub-block 5
