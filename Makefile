@@ -18,7 +18,9 @@ CONVERSIONS          := $(MODELS)/SmolLM2-135M-Instruct.F16.gguf \
                         $(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf \
                         $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf
 TINY_MODELS          := $(MODELS)/tiny.Q8_0.gguf $(MODELS)/tiny.Q4_K.gguf $(MODELS)/tiny.Q6_K.gguf \
-                        $(MODELS)/tiny-qwen2.Q8_0.gguf
+                        $(MODELS)/tiny.Q5_0.gguf $(MODELS)/tiny.Q5_1.gguf $(MODELS)/tiny.Q5_K.gguf \
+                        $(MODELS)/tiny.BF16.gguf $(MODELS)/tiny.IQ4_NL.gguf $(MODELS)/tiny.IQ4_XS.gguf \
+                        $(MODELS)/tiny.mix.gguf $(MODELS)/tiny-qwen2.Q8_0.gguf
 MODEL_TOOL           := target/release/flexserve-model
 FLEXSERVE            := target/release/flexserve
 
@@ -106,6 +108,13 @@ $(MODELS)/SmolLM2-135M-Instruct.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 
 $(MODELS)/tiny.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --seed 1
+	@mv $@.part $@
+
+# Types mixed per tensor class as in llama.cpp's _M files (an explicit rule beats tiny.%).
+TINY_MIX := --type Q4_K --type-for token_embd=Q5_0 --type-for attn_k=Q5_1 \
+            --type-for attn_v=Q6_K --type-for attn_output=Q5_K --type-for ffn_down=Q6_K
+$(MODELS)/tiny.mix.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
+	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) $(TINY_MIX) --seed 1
 	@mv $@.part $@
 
 $(MODELS)/tiny-qwen2.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)

@@ -24,15 +24,7 @@ fn main() {
         .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
         .collect();
     let kernels = [Kernels::scalar(), Kernels::detect()];
-    for ty in [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q4K,
-        GgmlType::Q6K,
-        GgmlType::F16,
-        GgmlType::F32,
-    ] {
+    for ty in GgmlType::ALL {
         // K-quants need whole 256-value super-blocks.
         let n = if ty.block_len() == 256 { 768 } else { 576 };
         let wrb = ty.row_bytes(n).unwrap();
@@ -65,7 +57,7 @@ fn main() {
                 );
                 if ncols == 1 {
                     println!(
-                        "{:5} {:8?} decode  {:7.2} GB/s   ({:.1} us)",
+                        "{:6} {:8?} decode  {:7.2} GB/s   ({:.1} us)",
                         ty.name(),
                         k.isa(),
                         w.len() as f64 / t / 1e9,
@@ -74,7 +66,7 @@ fn main() {
                 } else {
                     let flops = 2.0 * (n * nrows * ncols) as f64;
                     println!(
-                        "{:5} {:8?} prefill {:7.2} GFLOP/s ({:.2} ms)",
+                        "{:6} {:8?} prefill {:7.2} GFLOP/s ({:.2} ms)",
                         ty.name(),
                         k.isa(),
                         flops / t / 1e9,

@@ -2,28 +2,45 @@
 //!
 //! Numbering follows ggml's `enum ggml_type`, which is what GGUF stores on disk.
 
+/// The names of every type in [`GgmlType::ALL`], for messages ("F32, F16, ... and Q6_K").
+pub const SUPPORTED_NAMES: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS";
+
 /// A tensor element type. Quantised types store `block_len()` elements in `block_bytes()` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     F32,
     F16,
+    /// bfloat16: the top half of an f32.
+    BF16,
     Q4_0,
     Q4_1,
     Q8_0,
+    Q5_0,
+    Q5_1,
     Q4K,
+    Q5K,
     Q6K,
+    IQ4NL,
+    IQ4XS,
 }
 
 impl GgmlType {
     /// Every type the engine supports.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 13] = [
         Self::F32,
         Self::F16,
+        Self::BF16,
         Self::Q4_0,
         Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
         Self::Q8_0,
         Self::Q4K,
+        Self::Q5K,
         Self::Q6K,
+        Self::IQ4NL,
+        Self::IQ4XS,
     ];
 
     /// Maps ggml's on-disk type id; `None` for types this engine does not support.
@@ -33,9 +50,15 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
             12 => Self::Q4K,
+            13 => Self::Q5K,
             14 => Self::Q6K,
+            20 => Self::IQ4NL,
+            23 => Self::IQ4XS,
+            30 => Self::BF16,
             _ => return None,
         })
     }
@@ -47,9 +70,15 @@ impl GgmlType {
             Self::F16 => 1,
             Self::Q4_0 => 2,
             Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
             Self::Q8_0 => 8,
             Self::Q4K => 12,
+            Self::Q5K => 13,
             Self::Q6K => 14,
+            Self::IQ4NL => 20,
+            Self::IQ4XS => 23,
+            Self::BF16 => 30,
         }
     }
 
@@ -58,11 +87,17 @@ impl GgmlType {
         match self {
             Self::F32 => "F32",
             Self::F16 => "F16",
+            Self::BF16 => "BF16",
             Self::Q4_0 => "Q4_0",
             Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
             Self::Q8_0 => "Q8_0",
             Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
+            Self::IQ4NL => "IQ4_NL",
+            Self::IQ4XS => "IQ4_XS",
         }
     }
 
@@ -76,22 +111,29 @@ impl GgmlType {
     /// Elements per block.
     pub fn block_len(self) -> usize {
         match self {
-            Self::F32 | Self::F16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => 32,
-            Self::Q4K | Self::Q6K => 256,
+            Self::F32 | Self::F16 | Self::BF16 => 1,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::IQ4NL => 32,
+            Self::Q4K | Self::Q5K | Self::Q6K | Self::IQ4XS => 256,
         }
     }
 
-    /// Bytes per block.
+    /// Bytes per block (ggml `ggml-common.h`: Q5_0 is f16 d, u8 qh[4], u8 qs[16]; Q5_1 adds an
+    /// f16 m after d; Q5_K is f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]; IQ4_NL is
+    /// f16 d, u8 qs[16]; IQ4_XS is f16 d, u16 scales_h, u8 scales_l[4], u8 qs[128]).
     pub fn block_bytes(self) -> usize {
         match self {
             Self::F32 => 4,
-            Self::F16 => 2,
+            Self::F16 | Self::BF16 => 2,
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
             Self::Q8_0 => 34,
             Self::Q4K => 144,
+            Self::Q5K => 176,
             Self::Q6K => 210,
+            Self::IQ4NL => 18,
+            Self::IQ4XS => 136,
         }
     }
 
@@ -117,7 +159,19 @@ mod tests {
                 assert_eq!(GgmlType::from_name(t.name()), Some(t));
             }
         }
-        assert_eq!(GgmlType::from_id(6), None); // Q5_0: not supported
+        assert_eq!(GgmlType::from_id(6), Some(GgmlType::Q5_0));
+        assert_eq!(GgmlType::from_id(10), None); // Q2_K: not supported
+        assert_eq!(GgmlType::from_name("q5_k"), Some(GgmlType::Q5K));
+    }
+
+    #[test]
+    fn supported_names_lists_every_type() {
+        let names: alloc::vec::Vec<&str> = GgmlType::ALL.iter().map(|t| t.name()).collect();
+        let (last, rest) = names.split_last().unwrap();
+        assert_eq!(
+            SUPPORTED_NAMES,
+            alloc::format!("{} and {last}", rest.join(", "))
+        );
     }
 
     #[test]
@@ -126,5 +180,10 @@ mod tests {
         assert_eq!(GgmlType::Q4K.row_bytes(576), None);
         assert_eq!(GgmlType::Q6K.row_bytes(512), Some(420));
         assert_eq!(GgmlType::F16.row_bytes(3), Some(6));
+        assert_eq!(GgmlType::Q5_0.row_bytes(64), Some(44));
+        assert_eq!(GgmlType::Q5_1.row_bytes(32), Some(24));
+        assert_eq!(GgmlType::Q5K.row_bytes(512), Some(352));
+        assert_eq!(GgmlType::IQ4NL.row_bytes(64), Some(36));
+        assert_eq!(GgmlType::IQ4XS.row_bytes(256), Some(136));
     }
 }

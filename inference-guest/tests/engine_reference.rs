@@ -64,7 +64,10 @@ fn fixture(name: &str) -> Fixture {
 
 /// The model bytes, or `None` (after saying so) when the file is absent and allowed to be.
 fn model_bytes(f: &Fixture) -> Option<Vec<u8>> {
-    let path = root().join("../models").join(&f.model);
+    // FLEXSERVE_MODELS_DIR: another models directory (e.g. freshly generated tiny models).
+    let dir = std::env::var_os("FLEXSERVE_MODELS_DIR")
+        .map_or_else(|| root().join("../models"), PathBuf::from);
+    let path = dir.join(&f.model);
     let Ok(bytes) = std::fs::read(&path) else {
         if std::env::var("FLEXSERVE_REQUIRE_MODELS").as_deref() == Ok("1") {
             panic!("{} is missing: run `make setup`", path.display());
@@ -186,6 +189,40 @@ fn greedy_tiny_k_quants_match_llama_cpp() {
     check_greedy("tiny.Q4_K.json");
     check_greedy("tiny.Q6_K.json");
     check_greedy("tiny.Q8_0.json");
+}
+
+#[test]
+fn greedy_tiny_q5_types_match_llama_cpp() {
+    check_greedy("tiny.Q5_0.json");
+    check_greedy("tiny.Q5_1.json");
+    check_greedy("tiny.Q5_K.json");
+}
+
+#[test]
+fn greedy_tiny_iq4_nl_matches_llama_cpp() {
+    check_greedy("tiny.IQ4_NL.json");
+}
+
+/// Open: `france` and `code` match 64/64, but `chat` diverges at step 13 (llama.cpp's top-2
+/// gap 0.08). Tiny models with only token_embd, or everything but token_embd, in IQ4_XS
+/// match 64/64 in all three cases, so the kernel's structure agrees; some rounding step
+/// still differs from llama.cpp's. Run with `--ignored` while investigating.
+#[test]
+#[ignore = "tiny.IQ4_XS `chat` diverges from llama.cpp at step 13: under investigation"]
+fn greedy_tiny_iq4_xs_matches_llama_cpp() {
+    check_greedy("tiny.IQ4_XS.json");
+}
+
+#[test]
+fn greedy_tiny_bf16_matches_llama_cpp() {
+    check_greedy("tiny.BF16.json");
+}
+
+/// A file mixing types per tensor class as llama.cpp's `_M` files do: Q4_K weights with a
+/// Q5_0 token embedding, Q5_1 attn_k, Q6_K attn_v/ffn_down and Q5_K attn_output.
+#[test]
+fn greedy_tiny_mixed_types_match_llama_cpp() {
+    check_greedy("tiny.mix.json");
 }
 
 #[test]

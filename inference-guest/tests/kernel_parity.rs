@@ -6,7 +6,7 @@ use inference_guest::ggml_type::GgmlType;
 use inference_guest::quant::f16::{f16_to_f32, f32_to_f16};
 use inference_guest::quant::{ActFormat, Isa, Kernels, quantize_row};
 
-const ALL: [GgmlType; 7] = GgmlType::ALL;
+const ALL: [GgmlType; GgmlType::ALL.len()] = GgmlType::ALL;
 
 /// xorshift64* — deterministic, no crates.
 struct Rng(u64);
@@ -42,22 +42,26 @@ fn random_weights(rng: &mut Rng, ty: GgmlType, n: usize, rows: usize) -> Vec<u8>
         GgmlType::F16 => w
             .chunks_exact_mut(2)
             .for_each(|c| c.copy_from_slice(&f32_to_f16(rng.sym(2.0)).to_le_bytes())),
+        GgmlType::BF16 => w.chunks_exact_mut(2).for_each(|c| {
+            c.copy_from_slice(&((rng.sym(2.0).to_bits() >> 16) as u16).to_le_bytes())
+        }),
         _ => {
             rng.bytes(&mut w);
             for b in w.chunks_exact_mut(ty.block_bytes()) {
                 match ty {
-                    GgmlType::Q4_0 | GgmlType::Q8_0 => {
+                    GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4NL => {
                         b[..2].copy_from_slice(&rng.f16(-0.05, 0.05))
                     }
-                    GgmlType::Q4_1 => {
+                    GgmlType::Q4_1 | GgmlType::Q5_1 => {
                         b[..2].copy_from_slice(&rng.f16(0.001, 0.05));
                         b[2..4].copy_from_slice(&rng.f16(-0.5, 0.5));
                     }
-                    GgmlType::Q4K => {
+                    GgmlType::Q4K | GgmlType::Q5K => {
                         b[..2].copy_from_slice(&rng.f16(0.0001, 0.01));
                         b[2..4].copy_from_slice(&rng.f16(0.0001, 0.01));
                     }
                     GgmlType::Q6K => b[208..210].copy_from_slice(&rng.f16(0.0001, 0.01)),
+                    GgmlType::IQ4XS => b[..2].copy_from_slice(&rng.f16(-0.001, 0.001)),
                     _ => unreachable!(),
                 }
             }
@@ -112,6 +116,7 @@ fn activation_quantisation_is_bit_identical() {
     for fmt in [
         ActFormat::F32,
         ActFormat::F16,
+        ActFormat::BF16,
         ActFormat::Q8_0,
         ActFormat::Q8_1,
         ActFormat::Q8K,
@@ -177,6 +182,50 @@ fn dot_matches_reference(k: Kernels) {
                     "{} n={n}: {got} vs {want} (mag {mag})",
                     ty.name()
                 );
+            }
+        }
+    }
+}
+
+/// The Q5, BF16 and IQ4 references sum in llama.cpp's x86 order, and the AVX2 kernels (decode
+/// tiles and prefill tiles alike) reproduce it bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn new_types_avx2_are_bit_identical_to_reference() {
+    let s = Kernels::scalar();
+    let mut rng = Rng(5150);
+    for k in Kernels::available() {
+        for ty in [
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q5K,
+            GgmlType::BF16,
+        ] {
+            let n = 4 * ty.block_len().max(64) + if ty == GgmlType::BF16 { 7 } else { 0 };
+            let (nrows, ncols) = (5, 3);
+            let w = random_weights(&mut rng, ty, n, nrows);
+            let xs: Vec<Vec<f32>> = (0..ncols).map(|_| random_x(&mut rng, n)).collect();
+            let act: Vec<u8> = xs.iter().flat_map(|x| quant_act(&s, ty, x)).collect();
+            let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
+            let mut out = vec![f32::NAN; nrows * ncols];
+            k.matmul(ty, n, &w, nrows, &act, ncols, &mut out);
+            for i in 0..nrows {
+                for j in 0..ncols {
+                    let (wr, ar) = (&w[i * wrb..(i + 1) * wrb], &act[j * arb..(j + 1) * arb]);
+                    let want = s.dot(ty, n, wr, ar);
+                    assert_eq!(
+                        k.dot(ty, n, wr, ar).to_bits(),
+                        want.to_bits(),
+                        "{}",
+                        ty.name()
+                    );
+                    assert_eq!(
+                        out[i * ncols + j].to_bits(),
+                        want.to_bits(),
+                        "{}",
+                        ty.name()
+                    );
+                }
             }
         }
     }
@@ -286,13 +335,23 @@ fn quantise_dequantise_error_is_bounded() {
                 let bound = match ty {
                     GgmlType::F32 => 0.0,
                     GgmlType::F16 => amax / 1024.0,
+                    GgmlType::BF16 => amax / 256.0,
                     GgmlType::Q8_0 => amax / 127.0 * (0.5 + 127.0 / 2048.0) * 1.001,
                     GgmlType::Q4_0 => amax / 8.0 * (1.0 + 8.0 / 2048.0) * 1.001,
+                    GgmlType::Q5_0 => amax / 16.0 * (1.0 + 16.0 / 2048.0) * 1.001,
                     GgmlType::Q4_1 => {
                         (hi - lo) / 15.0 * (0.5 + 15.0 / 2048.0) * 1.001 + lo.abs() / 2048.0
                     }
+                    GgmlType::Q5_1 => {
+                        (hi - lo) / 31.0 * (0.5 + 31.0 / 2048.0) * 1.001 + lo.abs() / 2048.0
+                    }
                     GgmlType::Q4K => (hi - lo.min(0.0)) / 15.0 * 1.5,
+                    GgmlType::Q5K => (hi - lo.min(0.0)) / 31.0 * 1.5,
                     GgmlType::Q6K => amax / 31.0 * 1.5,
+                    // Table steps are up to 24 of 127 apart, and the x²-weighted scale
+                    // search may trade a clipped largest value for smaller errors elsewhere:
+                    // only a loose per-value bound, the RMS check below is the real one.
+                    GgmlType::IQ4NL | GgmlType::IQ4XS => amax * 0.25,
                 };
                 for (a, b) in xb.iter().zip(yb) {
                     assert!(
@@ -308,9 +367,13 @@ fn quantise_dequantise_error_is_bounded() {
             let max_rel = match ty {
                 GgmlType::F32 => 0.0,
                 GgmlType::F16 => 1e-3,
+                GgmlType::BF16 => 4e-3,
                 GgmlType::Q8_0 => 0.01,
                 GgmlType::Q6K => 0.03,
+                GgmlType::Q5K | GgmlType::Q5_1 => 0.06,
+                GgmlType::Q5_0 => 0.1,
                 GgmlType::Q4K | GgmlType::Q4_1 => 0.12,
+                GgmlType::IQ4NL | GgmlType::IQ4XS => 0.12,
                 GgmlType::Q4_0 => 0.2,
             };
             assert!(rel <= max_rel, "{} relative RMS error {rel}", ty.name());

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use inference_guest::ggml_type::GgmlType;
+use inference_guest::ggml_type::{GgmlType, SUPPORTED_NAMES};
 use inference_guest::gguf::Gguf;
 use inference_guest::gguf::writer::GgufWriter;
 use model_tools::sealing;
@@ -66,7 +66,8 @@ enum Command {
         input: PathBuf,
         /// Output .gguf file.
         output: PathBuf,
-        /// Target weight type: F32, F16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K.
+        /// Target weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL,
+        /// IQ4_XS.
         #[arg(long = "type", value_parser = parse_type)]
         ty: GgmlType,
     },
@@ -77,9 +78,15 @@ enum Command {
         /// Model whose `tokenizer.*` metadata is copied.
         #[arg(long)]
         vocab_from: PathBuf,
-        /// Weight type: F32, F16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K.
+        /// Weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL,
+        /// IQ4_XS.
         #[arg(long = "type", value_parser = parse_type)]
         ty: GgmlType,
+        /// Type one tensor class differently, CLASS=TYPE (repeatable), e.g.
+        /// `--type-for token_embd=Q5_0 --type-for ffn_down=Q6_K` for a Q4_K_M-like mix.
+        /// Classes: token_embd, attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down.
+        #[arg(long = "type-for", value_parser = parse_type_for)]
+        type_for: Vec<(String, GgmlType)>,
         /// Architecture (qwen2 adds Q/K/V biases and uses NeoX RoPE).
         #[arg(long, value_enum, default_value = "llama")]
         arch: tiny::TinyArch,
@@ -109,7 +116,14 @@ enum Command {
 
 fn parse_type(s: &str) -> Result<GgmlType, String> {
     GgmlType::from_name(s)
-        .ok_or_else(|| format!("unknown type '{s}'; use F32, F16, Q8_0, Q4_0, Q4_1, Q4_K or Q6_K"))
+        .ok_or_else(|| format!("unknown type '{s}'; use one of {SUPPORTED_NAMES}"))
+}
+
+fn parse_type_for(s: &str) -> Result<(String, GgmlType), String> {
+    let (class, ty) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not CLASS=TYPE, e.g. ffn_down=Q6_K"))?;
+    Ok((class.to_string(), parse_type(ty)?))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -186,6 +200,7 @@ fn run(command: Command) -> Result<()> {
             output,
             vocab_from,
             ty,
+            type_for,
             arch,
             seed,
             embd,
@@ -201,6 +216,7 @@ fn run(command: Command) -> Result<()> {
             let params = tiny::TinyParams {
                 arch,
                 ty,
+                type_for,
                 seed,
                 embd,
                 layers,

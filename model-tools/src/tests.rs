@@ -25,6 +25,7 @@ fn params(seed: u64) -> TinyParams {
     TinyParams {
         arch: crate::tiny::TinyArch::Llama,
         ty: GgmlType::F32,
+        type_for: Vec::new(),
         seed,
         embd: 64,
         layers: 2,
@@ -103,6 +104,63 @@ fn tiny_refuses_bad_shapes() {
     let mut p = params(0);
     p.ty = GgmlType::Q4K; // 64 is not a multiple of 256
     assert!(generate(&g, &p).is_err());
+}
+
+#[test]
+fn tiny_types_each_tensor_class_as_asked() {
+    let v = vocab();
+    let g = Gguf::parse(&v).unwrap();
+    let mut p = params(0);
+    p.ty = GgmlType::Q5_1;
+    p.type_for = vec![
+        ("token_embd".into(), GgmlType::Q5_0),
+        ("ffn_down".into(), GgmlType::Q8_0),
+    ];
+    let bytes = generate(&g, &p).unwrap().to_bytes().unwrap();
+    let t = Gguf::parse(&bytes).unwrap();
+    let ty = |n: &str| t.tensor(n).unwrap().ty;
+    assert_eq!(ty("token_embd.weight"), GgmlType::Q5_0);
+    assert_eq!(ty("blk.0.ffn_down.weight"), GgmlType::Q8_0);
+    assert_eq!(ty("blk.1.attn_q.weight"), GgmlType::Q5_1);
+    assert_eq!(ty("output_norm.weight"), GgmlType::F32);
+    p.type_for = vec![("ffn_dwn".into(), GgmlType::Q8_0)];
+    assert!(generate(&g, &p).is_err(), "unknown class");
+    p.type_for = vec![("attn_v".into(), GgmlType::Q5K)]; // 64 is not a multiple of 256
+    assert!(generate(&g, &p).is_err());
+}
+
+/// `convert` reads and writes every type the engine reads: F32 → T → F32 matches the
+/// reference dequantisation of T.
+#[test]
+fn convert_round_trips_every_type() {
+    let v = vocab();
+    let g = Gguf::parse(&v).unwrap();
+    let mut p = params(5);
+    (p.embd, p.ff) = (256, 256);
+    let src = generate(&g, &p).unwrap().to_bytes().unwrap();
+    let f32_file = Gguf::parse(&src).unwrap();
+    for ty in GgmlType::ALL {
+        let typed = convert(&f32_file, ty, |_, _, _| {})
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        let tg = Gguf::parse(&typed).unwrap();
+        let t = tg.tensor("blk.0.ffn_up.weight").unwrap();
+        assert_eq!(t.ty, ty);
+        let back = convert(&tg, GgmlType::F32, |_, _, _| {})
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        let bg = Gguf::parse(&back).unwrap();
+        let mut want = vec![0f32; 256];
+        crate::codec::dequantize_row(ty, &t.data[..ty.row_bytes(256).unwrap()], &mut want);
+        let got = &bg.tensor("blk.0.ffn_up.weight").unwrap().data[..1024];
+        let got: Vec<f32> = got
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(got, want, "{}", ty.name());
+    }
 }
 
 #[test]

@@ -13,6 +13,10 @@ use crate::rng::SplitMix64;
 pub struct TinyParams {
     pub arch: TinyArch,
     pub ty: GgmlType,
+    /// Per-class weight types overriding `ty`: (class, type), where the class is a tensor's
+    /// name without `blk.N.` and `.weight` (`token_embd`, `attn_v`, `ffn_down`, ...), as
+    /// llama.cpp's `_M` mixes type their tensors.
+    pub type_for: Vec<(String, GgmlType)>,
     pub seed: u64,
     pub embd: usize,
     pub layers: usize,
@@ -63,9 +67,30 @@ impl TinyArch {
     }
 }
 
+/// The weight-matrix classes `--type-for` can re-type.
+const CLASSES: [&str; 8] = [
+    "token_embd",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
 impl TinyParams {
     fn head_dim(&self) -> usize {
         self.embd / self.heads.max(1)
+    }
+
+    /// The weight type of tensor class `class`.
+    fn type_of(&self, class: &str) -> GgmlType {
+        self.type_for
+            .iter()
+            .rev()
+            .find(|(c, _)| c == class)
+            .map_or(self.ty, |(_, t)| *t)
     }
 
     fn validate(&self) -> Result<(), TinyError> {
@@ -94,13 +119,21 @@ impl TinyParams {
                 self.heads, self.kv_heads
             ));
         }
-        let block = self.ty.block_len();
-        if !self.embd.is_multiple_of(block) || !self.ff.is_multiple_of(block) {
+        for ty in core::iter::once(self.ty).chain(self.type_for.iter().map(|(_, t)| *t)) {
+            let block = ty.block_len();
+            if !self.embd.is_multiple_of(block) || !self.ff.is_multiple_of(block) {
+                return bad(format!(
+                    "--embd {} and --ff {} must be multiples of {}'s block of {block}",
+                    self.embd,
+                    self.ff,
+                    ty.name()
+                ));
+            }
+        }
+        if let Some((c, _)) = self.type_for.iter().find(|(c, _)| !CLASSES.contains(&&**c)) {
             return bad(format!(
-                "--embd {} and --ff {} must be multiples of {}'s block of {block}",
-                self.embd,
-                self.ff,
-                self.ty.name()
+                "--type-for: no tensor class '{c}'; use one of {}",
+                CLASSES.join(", ")
             ));
         }
         Ok(())
@@ -151,11 +184,16 @@ pub fn generate(vocab: &Gguf<'_>, p: &TinyParams) -> Result<GgufWriter, TinyErro
     // Biases draw from their own stream so llama models keep their bytes for a seed.
     let mut rng_bias = SplitMix64::new(p.seed ^ 0xb1a5);
     let (e, kv) = (p.embd as u64, (p.kv_heads * p.head_dim()) as u64);
-    let mut add = |w: &mut GgufWriter, name: &str, dims: &[u64]| -> Result<(), TinyError> {
-        let (ty, data) = random_tensor(&mut rng, p.ty, dims);
-        Ok(w.add_tensor(name, ty, dims, data)?)
+    let mut add = |w: &mut GgufWriter, class: &str, name: &str, dims: &[u64]| {
+        let (ty, data) = random_tensor(&mut rng, p.type_of(class), dims);
+        w.add_tensor(name, ty, dims, data)
     };
-    add(&mut w, "token_embd.weight", &[e, n_vocab as u64])?;
+    add(
+        &mut w,
+        "token_embd",
+        "token_embd.weight",
+        &[e, n_vocab as u64],
+    )?;
     for l in 0..p.layers {
         let ff = p.ff as u64;
         let shapes: [(&str, &[u64]); 9] = [
@@ -170,7 +208,7 @@ pub fn generate(vocab: &Gguf<'_>, p: &TinyParams) -> Result<GgufWriter, TinyErro
             ("ffn_down", &[ff, e]),
         ];
         for (name, dims) in shapes {
-            add(&mut w, &format!("blk.{l}.{name}.weight"), dims)?;
+            add(&mut w, name, &format!("blk.{l}.{name}.weight"), dims)?;
         }
         if p.arch == TinyArch::Qwen2 {
             for (name, len) in [("attn_q", e), ("attn_k", kv), ("attn_v", kv)] {
@@ -181,7 +219,7 @@ pub fn generate(vocab: &Gguf<'_>, p: &TinyParams) -> Result<GgufWriter, TinyErro
             }
         }
     }
-    add(&mut w, "output_norm.weight", &[e])?;
+    add(&mut w, "output_norm", "output_norm.weight", &[e])?;
     Ok(w)
 }
 

@@ -5,33 +5,28 @@
 use alloc::string::String;
 
 use super::value::ValueType;
+use crate::ggml_type::SUPPORTED_NAMES;
 
 const FIX: &str = "re-download or re-convert the model";
 
 /// ggml's names for the tensor type ids FlexServe does not read, so the error can name them.
 const UNREAD_TYPES: &[(u32, &str)] = &[
-    (6, "Q5_0"),
-    (7, "Q5_1"),
     (9, "Q8_1"),
     (10, "Q2_K"),
     (11, "Q3_K"),
-    (13, "Q5_K"),
     (15, "Q8_K"),
     (16, "IQ2_XXS"),
     (17, "IQ2_XS"),
     (18, "IQ3_XXS"),
     (19, "IQ1_S"),
-    (20, "IQ4_NL"),
     (21, "IQ3_S"),
     (22, "IQ2_S"),
-    (23, "IQ4_XS"),
     (24, "I8"),
     (25, "I16"),
     (26, "I32"),
     (27, "I64"),
     (28, "F64"),
     (29, "IQ1_M"),
-    (30, "BF16"),
     (34, "TQ1_0"),
     (35, "TQ2_0"),
     (39, "MXFP4"),
@@ -177,7 +172,7 @@ pub enum GgufError {
     /// A tensor type id this engine does not know. `flexserve-model convert` reads with this
     /// same reader, so the message must not send the user there.
     #[error(
-        "tensor '{name}' has ggml type id {type_id} ({}), which FlexServe cannot read: it reads only F32, F16, Q4_0, Q4_1, Q8_0, Q4_K and Q6_K tensors, and `flexserve-model convert` uses the same reader, so it refuses this file too. Use a GGUF whose tensors all have those types, e.g. re-quantise the original F16/F32 model with llama.cpp's `llama-quantize --pure` to Q8_0 or Q4_0 (Q4_K only if every row length is a multiple of 256, otherwise llama-quantize falls back to Q5_0); `flexserve-model convert` can then re-type that file",
+        "tensor '{name}' has ggml type id {type_id} ({}), which FlexServe cannot read: it reads only {SUPPORTED_NAMES} tensors, and `flexserve-model convert` uses the same reader, so it refuses this file too. Use a GGUF whose tensors all have those types (llama.cpp's Q4_K_M, Q5_K_M, Q6_K and Q8_0 files do), e.g. re-quantise the original F16/F32 model with llama.cpp's `llama-quantize` to Q4_K_M or Q8_0; `flexserve-model convert` can then re-type that file",
         unread_type_name(*.type_id)
     )]
     UnknownTensorType { name: String, type_id: u32 },
@@ -252,12 +247,12 @@ mod tests {
     fn unknown_tensor_type_names_the_type_and_does_not_send_the_user_to_convert() {
         let msg = GgufError::UnknownTensorType {
             name: "blk.0.attn_v.weight".into(),
-            type_id: 6,
+            type_id: 10,
         }
         .to_string();
-        assert!(msg.contains("'blk.0.attn_v.weight'") && msg.contains("id 6 (Q5_0)"));
-        assert!(msg.contains("F32, F16, Q4_0, Q4_1, Q8_0, Q4_K and Q6_K"));
-        assert!(msg.contains("llama-quantize --pure"));
+        assert!(msg.contains("'blk.0.attn_v.weight'") && msg.contains("id 10 (Q2_K)"));
+        assert!(msg.contains(SUPPORTED_NAMES));
+        assert!(msg.contains("llama-quantize"));
         // `flexserve-model convert` parses with this reader and would refuse the same file.
         assert!(!msg.contains("convert the model with"));
         assert!(msg.contains("`flexserve-model convert` uses the same reader, so it refuses"));

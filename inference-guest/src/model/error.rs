@@ -1,6 +1,6 @@
 //! What can go wrong loading or running a model.
 
-use crate::ggml_type::GgmlType;
+use crate::ggml_type::{GgmlType, SUPPORTED_NAMES};
 use crate::gguf::GgufError;
 use crate::tokenizer::TokenizerError;
 use alloc::string::String;
@@ -35,8 +35,8 @@ pub enum ModelError {
     /// parsed, so `flexserve-model convert` can read it, and it writes 1-D tensors as F32.
     #[error(
         "tensor `{name}` has type {}, which this engine cannot use there: norm and bias \
-         vectors must be F32 or F16 (weight matrices may be F32, F16, Q4_0, Q4_1, Q8_0, Q4_K \
-         or Q6_K); `flexserve-model convert IN OUT --type <weight type>` reads this file and \
+         vectors must be F32 or F16 (weight matrices may be any of {SUPPORTED_NAMES}); \
+         `flexserve-model convert IN OUT --type <weight type>` reads this file and \
          writes every norm and bias as F32 (give the weights' current type, e.g. Q8_0, to \
          keep them as they are)",
         .ty.name()
@@ -103,7 +103,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("`blk.0.attn_norm.weight` has type Q8_0"));
         assert!(msg.contains("must be F32 or F16"));
-        assert!(msg.contains("F32, F16, Q4_0, Q4_1, Q8_0, Q4_K or Q6_K"));
+        assert!(msg.contains(crate::ggml_type::SUPPORTED_NAMES));
         assert!(msg.contains("`flexserve-model convert IN OUT --type"));
     }
 }

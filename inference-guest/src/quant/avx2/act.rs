@@ -46,7 +46,7 @@ pub(super) unsafe fn quantize_act(fmt: ActFormat, x: &[f32], out: &mut [u8]) -> 
                 o.copy_from_slice(&f32_to_f16(*v).to_le_bytes());
             }
         }
-        ActFormat::F32 | ActFormat::Q8K => return false,
+        ActFormat::F32 | ActFormat::BF16 | ActFormat::Q8K => return false,
     }
     true
 }

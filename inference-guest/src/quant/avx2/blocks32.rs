@@ -1,4 +1,5 @@
-//! Q4_0·Q8_0, Q8_0·Q8_0 and Q4_1·Q8_1 with register tiling.
+//! Q4_0·Q8_0, Q5_0·Q8_0, IQ4_NL·Q8_0, Q8_0·Q8_0, Q4_1·Q8_1 and Q5_1·Q8_1 with register
+//! tiling.
 //!
 //! A tile of R weight rows × C activation columns keeps R·C independent accumulators: each
 //! weight block is loaded/unpacked once per tile and reused across C columns, each activation
@@ -19,6 +20,7 @@ const PREFETCH_AHEAD: usize = 8192;
 
 use super::{arr, h2f, hsum, ld, ld16};
 use crate::ggml_type::GgmlType;
+use crate::quant::reference::IQ4_VALUES;
 
 /// Describes one 32-value weight format and its activation pairing.
 trait Fmt {
@@ -44,6 +46,9 @@ trait Fmt {
 struct Q4_0;
 struct Q8_0;
 struct Q4_1;
+struct Q5_0;
+struct Q5_1;
+struct Iq4Nl;
 
 /// Unpacks 16 bytes of nibbles: low nibbles are values 0..16, high nibbles 16..32.
 #[inline]
@@ -100,6 +105,87 @@ impl Fmt for Q4_1 {
     unsafe fn quants(b: &[u8]) -> __m256i {
         // SAFETY: AVX2 is this function's contract.
         nibbles(unsafe { ld16(arr(b, 4)) })
+    }
+}
+
+/// 0xff in byte i of the result where bit i of the little-endian u32 `qh` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn bits32(qh: &[u8; 4]) -> __m256i {
+    let v = _mm256_set1_epi32(i32::from_le_bytes(*qh));
+    // Byte i takes byte i / 8 of qh, then keeps only bit i % 8.
+    let spread = _mm256_shuffle_epi8(
+        v,
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit)
+}
+
+impl Fmt for Q5_0 {
+    const WB: usize = 22;
+    const AB: usize = 34;
+    const AQS: usize = 2;
+    const SIGNED: bool = true;
+    const HAS_MIN: bool = false;
+    const OFFSET8: bool = false;
+    const BLOCK_TOTAL_FMA: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quants(b: &[u8]) -> __m256i {
+        // SAFETY: AVX2 is this function's contract.
+        let lo4 = nibbles(unsafe { ld16(arr(b, 6)) });
+        // q − 16 as i8: a nibble whose 5th bit is clear gets its high bits set (nibble − 16);
+        // one whose 5th bit is set is nibble + 16 − 16.
+        let neg = _mm256_andnot_si256(bits32(arr(b, 2)), _mm256_set1_epi8(0xf0u8 as i8));
+        _mm256_or_si256(lo4, neg)
+    }
+}
+
+impl Fmt for Q5_1 {
+    const WB: usize = 24;
+    const AB: usize = 36;
+    const AQS: usize = 4;
+    const SIGNED: bool = false;
+    const HAS_MIN: bool = true;
+    const OFFSET8: bool = false;
+    const BLOCK_TOTAL_FMA: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quants(b: &[u8]) -> __m256i {
+        // SAFETY: AVX2 is this function's contract.
+        let lo4 = nibbles(unsafe { ld16(arr(b, 8)) });
+        let hi = _mm256_and_si256(bits32(arr(b, 4)), _mm256_set1_epi8(0x10));
+        _mm256_or_si256(lo4, hi)
+    }
+}
+
+impl Fmt for Iq4Nl {
+    const WB: usize = 18;
+    const AB: usize = 34;
+    const AQS: usize = 2;
+    const SIGNED: bool = true;
+    const HAS_MIN: bool = false;
+    const OFFSET8: bool = false;
+    // llama.cpp's x86 build repacks IQ4_NL (`iq4_nl_8x8`), with Q4_0's per-block arithmetic.
+    const BLOCK_TOTAL_FMA: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quants(b: &[u8]) -> __m256i {
+        // ggml `kvalues_iq4nl` as an immediate (a constant the compiler hoists out of loops).
+        let table = _mm_setr_epi8(
+            -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+        );
+        debug_assert_eq!(IQ4_VALUES[0], -127);
+        // SAFETY: AVX2 is this function's contract.
+        let idx = nibbles(unsafe { ld16(arr(b, 2)) });
+        // |T[q]| <= 127, so the sign trick's products stay exact.
+        _mm256_shuffle_epi8(_mm256_set_m128i(table, table), idx)
     }
 }
 
@@ -207,7 +293,10 @@ macro_rules! tiled_kernels {
                         GgmlType::Q4_0 => rows::<Q4_0>(w, wrb, nrows, a, arb, nc, out, stride),
                         GgmlType::Q8_0 => rows::<Q8_0>(w, wrb, nrows, a, arb, nc, out, stride),
                         GgmlType::Q4_1 => rows::<Q4_1>(w, wrb, nrows, a, arb, nc, out, stride),
-                        _ => unreachable!("blocks32 handles only Q4_0, Q8_0 and Q4_1"),
+                        GgmlType::Q5_0 => rows::<Q5_0>(w, wrb, nrows, a, arb, nc, out, stride),
+                        GgmlType::Q5_1 => rows::<Q5_1>(w, wrb, nrows, a, arb, nc, out, stride),
+                        GgmlType::IQ4NL => rows::<Iq4Nl>(w, wrb, nrows, a, arb, nc, out, stride),
+                        _ => unreachable!("blocks32 handles only 32-value block types"),
                     }
                 }
             }

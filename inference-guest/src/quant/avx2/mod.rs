@@ -7,10 +7,13 @@
 //! bounds-checked slice.
 
 mod act;
+mod bf16;
 mod blocks32;
 mod expf;
 mod float;
+mod iq4;
 mod kquant;
+mod q5_k;
 
 use core::arch::x86_64::{__m128i, __m256i, _mm_loadu_si128, _mm256_loadu_si256};
 
@@ -66,9 +69,16 @@ impl Avx2 {
                     blocks32::vnni::dot(ty, w, a)
                 }
                 GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => blocks32::base::dot(ty, w, a),
+                GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::IQ4NL if self.vnni => {
+                    blocks32::vnni::dot(ty, w, a)
+                }
+                GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::IQ4NL => blocks32::base::dot(ty, w, a),
+                GgmlType::IQ4XS => iq4::dot_iq4_xs(w, a),
+                GgmlType::Q5K => q5_k::dot_q5_k(w, a),
                 GgmlType::Q4K => kquant::dot_q4_k(w, a),
                 GgmlType::Q6K => kquant::dot_q6_k(w, a),
                 GgmlType::F16 => float::dot_f16(w, a),
+                GgmlType::BF16 => bf16::dot_bf16(w, a),
                 GgmlType::F32 => float::dot_f32(w, a),
             })
         }
@@ -86,7 +96,7 @@ impl Avx2 {
         out: &mut [f32],
     ) -> bool {
         match ty {
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => {
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
                 // SAFETY: `self` proves AVX2/FMA/F16C; `Kernels::matmul` checked that `w`
                 // holds `nrows` rows and `act` `ncols` rows of `n` values and `out` is
                 // `nrows * ncols` long.

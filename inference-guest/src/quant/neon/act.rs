@@ -24,7 +24,7 @@ pub(super) fn quantize_act(fmt: ActFormat, x: &[f32], out: &mut [u8]) -> bool {
                 y[2..4].copy_from_slice(&f32_to_f16(d * sum as f32).to_le_bytes());
             }
         }
-        ActFormat::F32 | ActFormat::F16 | ActFormat::Q8K => return false,
+        ActFormat::F32 | ActFormat::F16 | ActFormat::BF16 | ActFormat::Q8K => return false,
     }
     true
 }

@@ -8,20 +8,20 @@ use crate::quant::reference::q4_k_scales_mins;
 
 #[inline]
 #[target_feature(enable = "neon")]
-fn h(b: &[u8], at: usize) -> f32 {
+pub(super) fn h(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
 #[inline]
 #[target_feature(enable = "neon")]
-fn rd_f32(b: &[u8], at: usize) -> f32 {
+pub(super) fn rd_f32(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// Σ a·b over 16 i8 lanes into 4 i32 lanes (each i16 pair sum is at most 2·128·127).
 #[inline]
 #[target_feature(enable = "neon")]
-fn mac16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(super) fn mac16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
     let hi = vmull_high_s8(a, b);
     vpadalq_s16(vpadalq_s16(acc, lo), hi)
@@ -29,14 +29,14 @@ fn mac16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
 
 #[inline]
 #[target_feature(enable = "neon")]
-fn dot16(a: int8x16_t, b: int8x16_t) -> i32 {
+pub(super) fn dot16(a: int8x16_t, b: int8x16_t) -> i32 {
     vaddvq_s32(mac16(vdupq_n_s32(0), a, b))
 }
 
 /// Low and high nibbles of 16 bytes as two i8 vectors (values 0..=15).
 #[inline]
 #[target_feature(enable = "neon")]
-fn nibbles(b: &[u8; 16]) -> (int8x16_t, int8x16_t) {
+pub(super) fn nibbles(b: &[u8; 16]) -> (int8x16_t, int8x16_t) {
     let q = ld_u8(b);
     (
         vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0xf))),
@@ -80,7 +80,7 @@ pub(super) fn dot_q4_1(w: &[u8], a: &[u8]) -> f32 {
     sum
 }
 
-fn bsum(y: &[u8], j: usize) -> i32 {
+pub(super) fn bsum(y: &[u8], j: usize) -> i32 {
     i32::from(i16::from_le_bytes([y[260 + 2 * j], y[261 + 2 * j]]))
 }
 

@@ -6,7 +6,10 @@
 //! through fixed-size arrays borrowed from bounds-checked slices.
 
 mod act;
+mod bf16;
 mod dot;
+mod iq4;
+mod q5;
 
 use core::arch::aarch64::*;
 
@@ -34,9 +37,15 @@ impl Neon {
                 GgmlType::Q4_0 => dot::dot_q4_0(w, a),
                 GgmlType::Q8_0 => dot::dot_q8_0(w, a),
                 GgmlType::Q4_1 => dot::dot_q4_1(w, a),
+                GgmlType::Q5_0 => q5::dot_q5_0(w, a),
+                GgmlType::Q5_1 => q5::dot_q5_1(w, a),
                 GgmlType::Q4K => dot::dot_q4_k(w, a),
+                GgmlType::Q5K => q5::dot_q5_k(w, a),
                 GgmlType::Q6K => dot::dot_q6_k(w, a),
+                GgmlType::IQ4NL => iq4::dot_iq4_nl(w, a),
+                GgmlType::IQ4XS => iq4::dot_iq4_xs(w, a),
                 GgmlType::F16 => dot::dot_f16(w, a),
+                GgmlType::BF16 => bf16::dot_bf16(w, a),
                 GgmlType::F32 => dot::dot_f32(w, a),
             }
         })

@@ -21,6 +21,11 @@ pub(crate) fn quantize_act(fmt: ActFormat, x: &[f32], out: &mut [u8]) {
                 o.copy_from_slice(&f32_to_f16(*v).to_le_bytes());
             }
         }
+        ActFormat::BF16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&super::bf16::f32_to_bf16(*v).to_le_bytes());
+            }
+        }
         ActFormat::Q8_0 => {
             for (xb, y) in x.chunks_exact(32).zip(out.chunks_exact_mut(34)) {
                 let (d, _) = q8_block(xb, &mut y[2..34]);

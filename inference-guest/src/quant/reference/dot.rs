@@ -19,11 +19,17 @@ pub(crate) fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
             .zip(a.chunks_exact(2))
             .map(|(x, y)| rd_f16(x, 0) * rd_f16(y, 0))
             .sum(),
+        GgmlType::BF16 => super::bf16::dot_bf16(w, a),
         GgmlType::Q4_0 => dot_q4_0(w, a),
         GgmlType::Q4_1 => dot_q4_1(w, a),
+        GgmlType::Q5_0 => super::q5::dot_q5_0(w, a),
+        GgmlType::Q5_1 => super::q5::dot_q5_1(w, a),
         GgmlType::Q8_0 => dot_q8_0(w, a),
         GgmlType::Q4K => dot_q4_k(w, a),
+        GgmlType::Q5K => super::q5_k::dot_q5_k(w, a),
         GgmlType::Q6K => dot_q6_k(w, a),
+        GgmlType::IQ4NL => super::iq4::dot_iq4_nl(w, a),
+        GgmlType::IQ4XS => super::iq4::dot_iq4_xs(w, a),
     }
 }
 

@@ -76,7 +76,7 @@ pub(super) fn dequantize_q6_k(src: &[u8], out: &mut [f32]) {
 
 /// ggml `make_qkx2_quants`: scale and (negated) min for one sub-block, quants into `l`.
 #[allow(clippy::too_many_arguments)] // mirrors the C signature it ports
-fn make_qkx2_quants(
+pub(super) fn make_qkx2_quants(
     nmax: i32,
     x: &[f32],
     weights: &[f32],

@@ -1,0 +1,86 @@
+//! Q5_0·Q8_0, Q5_1·Q8_1 and Q5_K·Q8_K: integer block sums exact, one float multiply-add per
+//! block (per super-block for Q5_K).
+
+use core::arch::aarch64::*;
+
+use super::dot::{bsum, h, mac16, nibbles, rd_f32};
+use super::{arr, ld_s8, ld_u8};
+use crate::quant::reference::q4_k_scales_mins;
+
+/// 0x10 in lane i where bit i of `bits` is set (16 lanes, low byte first).
+#[inline]
+#[target_feature(enable = "neon")]
+fn fifth_bits(bits: u16) -> uint8x16_t {
+    let [b0, b1] = bits.to_le_bytes();
+    let v = vcombine_u8(vdup_n_u8(b0), vdup_n_u8(b1));
+    let mask = vreinterpretq_u8_u64(vdupq_n_u64(0x8040_2010_0804_0201));
+    vandq_u8(vtstq_u8(v, mask), vdupq_n_u8(0x10))
+}
+
+/// The two halves (values 0..16, 16..32) of a 32-value Q5 block: quants 0..=31.
+#[inline]
+#[target_feature(enable = "neon")]
+fn q5_halves(x: &[u8], qh_at: usize) -> (int8x16_t, int8x16_t) {
+    let qh = u32::from_le_bytes(*arr::<4>(x, qh_at));
+    let (lo, hi) = nibbles(arr(x, qh_at + 4));
+    let lo = vorrq_u8(vreinterpretq_u8_s8(lo), fifth_bits(qh as u16));
+    let hi = vorrq_u8(vreinterpretq_u8_s8(hi), fifth_bits((qh >> 16) as u16));
+    (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi))
+}
+
+#[target_feature(enable = "neon")]
+pub(super) fn dot_q5_0(w: &[u8], a: &[u8]) -> f32 {
+    let sixteen = vdupq_n_s8(16);
+    let mut sum = 0.0f32;
+    for (x, y) in w.chunks_exact(22).zip(a.chunks_exact(34)) {
+        let (lo, hi) = q5_halves(x, 2);
+        let acc = mac16(vdupq_n_s32(0), vsubq_s8(lo, sixteen), ld_s8(arr(y, 2)));
+        let acc = mac16(acc, vsubq_s8(hi, sixteen), ld_s8(arr(y, 18)));
+        sum += vaddvq_s32(acc) as f32 * (h(x, 0) * h(y, 0));
+    }
+    sum
+}
+
+#[target_feature(enable = "neon")]
+pub(super) fn dot_q5_1(w: &[u8], a: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    for (x, y) in w.chunks_exact(24).zip(a.chunks_exact(36)) {
+        let (lo, hi) = q5_halves(x, 4);
+        let acc = mac16(vdupq_n_s32(0), lo, ld_s8(arr(y, 4)));
+        let acc = mac16(acc, hi, ld_s8(arr(y, 20)));
+        sum += vaddvq_s32(acc) as f32 * (h(x, 0) * h(y, 0)) + h(x, 2) * h(y, 2);
+    }
+    sum
+}
+
+#[target_feature(enable = "neon")]
+pub(super) fn dot_q5_k(w: &[u8], a: &[u8]) -> f32 {
+    let one = vdupq_n_u8(1);
+    let mut sum = 0.0f32;
+    for (x, y) in w.chunks_exact(176).zip(a.chunks_exact(292)) {
+        let (sc, m) = q4_k_scales_mins(&x[4..16]);
+        let qh = [ld_u8(arr(x, 16)), ld_u8(arr(x, 32))];
+        let mut isum = 0i32;
+        for c in 0..4 {
+            // Bit 2c (2c + 1) of qh[l] is bit 4 of value 64c + l (64c + 32 + l).
+            let hb = |v: uint8x16_t, s: i32| {
+                vshlq_n_u8::<4>(vandq_u8(vshlq_u8(v, vdupq_n_s8(-(s as i8))), one))
+            };
+            let (mut s_lo, mut s_hi) = (vdupq_n_s32(0), vdupq_n_s32(0));
+            for (g, &qhg) in qh.iter().enumerate() {
+                let (lo, hi) = nibbles(arr(x, 48 + 32 * c + 16 * g));
+                let lo = vorrq_u8(vreinterpretq_u8_s8(lo), hb(qhg, 2 * c as i32));
+                let hi = vorrq_u8(vreinterpretq_u8_s8(hi), hb(qhg, 2 * c as i32 + 1));
+                let yo = 4 + 64 * c + 16 * g;
+                s_lo = mac16(s_lo, vreinterpretq_s8_u8(lo), ld_s8(arr(y, yo)));
+                s_hi = mac16(s_hi, vreinterpretq_s8_u8(hi), ld_s8(arr(y, yo + 32)));
+            }
+            isum += vaddvq_s32(s_lo) * i32::from(sc[2 * c])
+                + vaddvq_s32(s_hi) * i32::from(sc[2 * c + 1]);
+        }
+        let msum: i32 = (0..16).map(|j| bsum(y, j) * i32::from(m[j / 2])).sum();
+        let yd = rd_f32(y, 0);
+        sum += h(x, 0) * yd * isum as f32 - h(x, 2) * yd * msum as f32;
+    }
+    sum
+}
