@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """make bench-engine: FlexServe's host engine vs llama.cpp on the same GGUF files, same run.
 
-Both engines get the same 128 token ids as one prefill batch, then 128 greedy single-token
+With `--baseline EXE`, another FlexServe build runs in the same rounds (row engine
+`baseline`), for before/after comparisons. Both engines get the same 128 token ids as one prefill batch, then 128 greedy single-token
 decode steps, on 2 threads. Engines alternate (A B A B) for `--rounds` rounds and the median
 is reported. The last line printed is one JSON object:
 {"bench":"engine","rows":[{"engine":..., "quant":..., "prefill_tps":..., "decode_tps":...}, ...]}
@@ -51,6 +52,8 @@ def bench_flexserve(exe, model, n_prompt, n_gen, threads):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flexserve", required=True)
+    ap.add_argument("--baseline", help="another flexserve binary (e.g. an older commit's), "
+                    "measured in the same rounds as engine `baseline`")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=128)
@@ -63,13 +66,16 @@ def main():
         llms[m] = llama_cpp.Llama(model_path=m, n_ctx=512, n_batch=512, n_threads=a.threads,
                                   n_threads_batch=a.threads, flash_attn=False, verbose=False)
         bench_llama(llms[m], a.prompt_tokens, 8)  # warm-up
-    results = {(m, e): ([], []) for m in a.models for e in ("flexserve", "llama.cpp")}
+    ours = [("flexserve", a.flexserve)] + ([("baseline", a.baseline)] if a.baseline else [])
+    engines = ["llama.cpp"] + [e for e, _ in ours]
+    results = {(m, e): ([], []) for m in a.models for e in engines}
     isa = "?"
     for r in range(a.rounds):
         for m in a.models:
-            pp, tg, isa = bench_flexserve(a.flexserve, m, a.prompt_tokens, a.gen_tokens, a.threads)
-            results[(m, "flexserve")][0].append(pp)
-            results[(m, "flexserve")][1].append(tg)
+            for e, exe in ours:
+                pp, tg, isa = bench_flexserve(exe, m, a.prompt_tokens, a.gen_tokens, a.threads)
+                results[(m, e)][0].append(pp)
+                results[(m, e)][1].append(tg)
             pp, tg = bench_llama(llms[m], a.prompt_tokens, a.gen_tokens)
             results[(m, "llama.cpp")][0].append(pp)
             results[(m, "llama.cpp")][1].append(tg)
@@ -79,7 +85,7 @@ def main():
     print(f"{'quant':6} {'engine':10} {'prefill tok/s':>14} {'decode tok/s':>13}")
     for m in a.models:
         base = None
-        for e in ("llama.cpp", "flexserve"):
+        for e in engines:
             pp = statistics.median(results[(m, e)][0])
             tg = statistics.median(results[(m, e)][1])
             row = {"engine": e, "quant": quant_of(m), "threads": a.threads,
@@ -92,7 +98,7 @@ def main():
                 row["prefill_ratio"] = round(pp / base["prefill_tps"], 3)
                 row["decode_ratio"] = round(tg / base["decode_tps"], 3)
             rows.append(row)
-            ratio = f"  ({row['prefill_ratio']:.2f}x / {row['decode_ratio']:.2f}x)" if e == "flexserve" else ""
+            ratio = f"  ({row['prefill_ratio']:.2f}x / {row['decode_ratio']:.2f}x)" if e != "llama.cpp" else ""
             print(f"{row['quant']:6} {e:10} {pp:14.1f} {tg:13.1f}{ratio}")
     print(json.dumps({"bench": "engine", "rows": rows}))
 
