@@ -4,7 +4,6 @@ use core::arch::aarch64::*;
 
 use super::{arr, ld_s8, ld_u8};
 use crate::quant::f16::f16_to_f32;
-use crate::quant::reference::q4_k_scales_mins;
 
 #[inline]
 #[target_feature(enable = "neon")]
@@ -25,12 +24,6 @@ pub(super) fn mac16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
     let hi = vmull_high_s8(a, b);
     vpadalq_s16(vpadalq_s16(acc, lo), hi)
-}
-
-#[inline]
-#[target_feature(enable = "neon")]
-pub(super) fn dot16(a: int8x16_t, b: int8x16_t) -> i32 {
-    vaddvq_s32(mac16(vdupq_n_s32(0), a, b))
 }
 
 /// Low and high nibbles of 16 bytes as two i8 vectors (values 0..=15).
@@ -82,69 +75,6 @@ pub(super) fn dot_q4_1(w: &[u8], a: &[u8]) -> f32 {
 
 pub(super) fn bsum(y: &[u8], j: usize) -> i32 {
     i32::from(i16::from_le_bytes([y[260 + 2 * j], y[261 + 2 * j]]))
-}
-
-#[target_feature(enable = "neon")]
-pub(super) fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(292)) {
-        let (sc, m) = q4_k_scales_mins(&x[4..16]);
-        let mut isum = 0i32;
-        for c in 0..4 {
-            let (lo0, hi0) = nibbles(arr(x, 16 + 32 * c));
-            let (lo1, hi1) = nibbles(arr(x, 32 + 32 * c));
-            let yo = 4 + 64 * c;
-            let s_lo = vaddvq_s32(mac16(
-                mac16(vdupq_n_s32(0), lo0, ld_s8(arr(y, yo))),
-                lo1,
-                ld_s8(arr(y, yo + 16)),
-            ));
-            let s_hi = vaddvq_s32(mac16(
-                mac16(vdupq_n_s32(0), hi0, ld_s8(arr(y, yo + 32))),
-                hi1,
-                ld_s8(arr(y, yo + 48)),
-            ));
-            isum += s_lo * i32::from(sc[2 * c]) + s_hi * i32::from(sc[2 * c + 1]);
-        }
-        let msum: i32 = (0..16).map(|j| bsum(y, j) * i32::from(m[j / 2])).sum();
-        let yd = rd_f32(y, 0);
-        sum += h(x, 0) * yd * isum as f32 - h(x, 2) * yd * msum as f32;
-    }
-    sum
-}
-
-#[target_feature(enable = "neon")]
-pub(super) fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
-    let m4 = vdupq_n_u8(0xf);
-    let m2 = vdupq_n_u8(3);
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(292)) {
-        let sc = |j: usize| i32::from(x[192 + j] as i8);
-        let mut isum = 0i32;
-        for hf in 0..2 {
-            for g in 0..2 {
-                // 16 values of each of the four 32-value groups of this half.
-                let ql0 = ld_u8(arr(x, 64 * hf + 16 * g));
-                let ql1 = ld_u8(arr(x, 64 * hf + 32 + 16 * g));
-                let qh = ld_u8(arr(x, 128 + 32 * hf + 16 * g));
-                let hb = |v: uint8x16_t| vshlq_n_u8::<4>(vandq_u8(v, m2));
-                let q = [
-                    vorrq_u8(vandq_u8(ql0, m4), hb(qh)),
-                    vorrq_u8(vandq_u8(ql1, m4), hb(vshrq_n_u8::<2>(qh))),
-                    vorrq_u8(vshrq_n_u8::<4>(ql0), hb(vshrq_n_u8::<4>(qh))),
-                    vorrq_u8(vshrq_n_u8::<4>(ql1), hb(vshrq_n_u8::<6>(qh))),
-                ];
-                for (k, qk) in q.iter().enumerate() {
-                    let yk = ld_s8(arr(y, 4 + 128 * hf + 32 * k + 16 * g));
-                    isum += dot16(vreinterpretq_s8_u8(*qk), yk) * sc(8 * hf + 2 * k + g);
-                }
-            }
-        }
-        // Quants are stored with +32: remove 32·Σa per 16-value group via the block sums.
-        let corr: i32 = (0..16).map(|j| sc(j) * bsum(y, j)).sum();
-        sum += h(x, 208) * rd_f32(y, 0) * (isum - 32 * corr) as f32;
-    }
-    sum
 }
 
 /// Widens 4 f16 to f32 exactly: shift into f32 position and rescale by 2^112 (exact for

@@ -9,6 +9,7 @@ mod act;
 mod bf16;
 mod dot;
 mod iq4;
+mod kquant;
 mod q5;
 
 use core::arch::aarch64::*;
@@ -39,9 +40,9 @@ impl Neon {
                 GgmlType::Q4_1 => dot::dot_q4_1(w, a),
                 GgmlType::Q5_0 => q5::dot_q5_0(w, a),
                 GgmlType::Q5_1 => q5::dot_q5_1(w, a),
-                GgmlType::Q4K => dot::dot_q4_k(w, a),
+                GgmlType::Q4K => kquant::dot_q4_k(w, a),
                 GgmlType::Q5K => q5::dot_q5_k(w, a),
-                GgmlType::Q6K => dot::dot_q6_k(w, a),
+                GgmlType::Q6K => kquant::dot_q6_k(w, a),
                 GgmlType::IQ4NL => iq4::dot_iq4_nl(w, a),
                 GgmlType::IQ4XS => iq4::dot_iq4_xs(w, a),
                 GgmlType::F16 => dot::dot_f16(w, a),
@@ -51,19 +52,28 @@ impl Neon {
         })
     }
 
-    /// Not tiled yet: `Kernels::matmul` falls back to one NEON `dot` per output.
+    /// The K-quants tiled (prefill); for every other type and for one column (decode)
+    /// `Kernels::matmul` falls back to one NEON `dot` per output.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn matmul(
         self,
-        _ty: GgmlType,
+        ty: GgmlType,
         _n: usize,
-        _w: &[u8],
-        _nrows: usize,
-        _act: &[u8],
-        _ncols: usize,
-        _out: &mut [f32],
+        w: &[u8],
+        nrows: usize,
+        act: &[u8],
+        ncols: usize,
+        out: &mut [f32],
     ) -> bool {
-        false
+        // SAFETY: NEON is part of the aarch64 baseline; lengths were checked by `Kernels`.
+        unsafe {
+            match ty {
+                GgmlType::Q4K if ncols > 1 => kquant::matmul_q4_k(w, nrows, act, ncols, out),
+                GgmlType::Q6K if ncols > 1 => kquant::matmul_q6_k(w, nrows, act, ncols, out),
+                _ => return false,
+            }
+        }
+        true
     }
 }
 

@@ -1,0 +1,210 @@
+//! Q4_K·Q8_K and Q6_K·Q8_K: dot products (decode) and matrix products (prefill), one weight
+//! row against a tile of up to four activation columns, as the AVX2 kernels do.
+//!
+//! Each row's super-block is unpacked once per tile; every column's integer sum is exact, and
+//! the float arithmetic per super-block is the reference's, so a dot product (the one-column
+//! tile), a matrix product and the scalar oracle agree to the bit.
+
+use core::arch::aarch64::*;
+
+use super::arr;
+use super::dot::{h, mac16, nibbles, rd_f32};
+use super::{ld_s8, ld_u8};
+use crate::quant::reference::q4_k_scales_mins;
+
+const Q8K_BYTES: usize = 292;
+const Q8K_BSUMS: usize = 260;
+/// Columns per register tile.
+const TILE: usize = 4;
+/// Columns whose activations stay cached while every row of the range passes them.
+const PANEL: usize = 16;
+
+/// A K-quant weight format with a column-tiled kernel.
+trait KTile {
+    /// Bytes per 256-value weight super-block.
+    const WB: usize;
+    /// `out[c] = row · column c` for the `C` columns of `a` (stride `arb`).
+    ///
+    /// # Safety
+    /// The CPU must support NEON (the aarch64 baseline: always true). Slice bounds are
+    /// checked.
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, out: &mut [f32]);
+}
+
+struct Q4K;
+struct Q6K;
+
+#[target_feature(enable = "neon")]
+pub(super) fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut out = [0.0f32];
+    // SAFETY: NEON is the aarch64 baseline.
+    unsafe { Q4K::tile::<1>(w, a, a.len(), &mut out) };
+    out[0]
+}
+
+#[target_feature(enable = "neon")]
+pub(super) fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut out = [0.0f32];
+    // SAFETY: NEON is the aarch64 baseline.
+    unsafe { Q6K::tile::<1>(w, a, a.len(), &mut out) };
+    out[0]
+}
+
+/// `out[i * ncols + j] = w row i · act row j` for Q4_K weights (`Kernels::matmul` checked
+/// the lengths).
+#[target_feature(enable = "neon")]
+pub(super) fn matmul_q4_k(w: &[u8], nrows: usize, act: &[u8], ncols: usize, out: &mut [f32]) {
+    panels::<Q4K>(w, nrows, act, ncols, out);
+}
+
+/// As [`matmul_q4_k`], for Q6_K weights.
+#[target_feature(enable = "neon")]
+pub(super) fn matmul_q6_k(w: &[u8], nrows: usize, act: &[u8], ncols: usize, out: &mut [f32]) {
+    panels::<Q6K>(w, nrows, act, ncols, out);
+}
+
+/// Column panels, then rows, then tiles of [`TILE`] columns.
+#[target_feature(enable = "neon")]
+fn panels<K: KTile>(w: &[u8], nrows: usize, act: &[u8], ncols: usize, out: &mut [f32]) {
+    let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
+    let mut j0 = 0;
+    while j0 < ncols {
+        let nc = PANEL.min(ncols - j0);
+        for (i, row) in w.chunks_exact(wrb).enumerate() {
+            let dst = &mut out[i * ncols + j0..i * ncols + j0 + nc];
+            let mut j = 0;
+            // SAFETY: NEON is the aarch64 baseline; the slices are in bounds by construction.
+            unsafe {
+                while j + TILE <= nc {
+                    let a = &act[(j0 + j) * arb..(j0 + j + TILE) * arb];
+                    K::tile::<TILE>(row, a, arb, &mut dst[j..j + TILE]);
+                    j += TILE;
+                }
+                let a = &act[(j0 + j) * arb..(j0 + nc) * arb];
+                match nc - j {
+                    3 => K::tile::<3>(row, a, arb, &mut dst[j..]),
+                    2 => K::tile::<2>(row, a, arb, &mut dst[j..]),
+                    1 => K::tile::<1>(row, a, arb, &mut dst[j..]),
+                    _ => {}
+                }
+            }
+        }
+        j0 += nc;
+    }
+}
+
+/// Σ_j bsums_j · weights_j over the 16 block sums of a Q8_K block (exact in i32).
+#[inline]
+#[target_feature(enable = "neon")]
+fn bsums_dot(y: &[u8], weights: &[int16x8_t; 2]) -> i32 {
+    let lo = vreinterpretq_s16_u8(ld_u8(arr(y, Q8K_BSUMS)));
+    let hi = vreinterpretq_s16_u8(ld_u8(arr(y, Q8K_BSUMS + 16)));
+    let p = vmull_s16(vget_low_s16(lo), vget_low_s16(weights[0]));
+    let p = vmlal_high_s16(p, lo, weights[0]);
+    let p = vmlal_s16(p, vget_low_s16(hi), vget_low_s16(weights[1]));
+    vaddvq_s32(vmlal_high_s16(p, hi, weights[1]))
+}
+
+impl KTile for Q4K {
+    const WB: usize = 144;
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, out: &mut [f32]) {
+        let mut sum = [0.0f32; C];
+        for (b, x) in row.chunks_exact(Self::WB).enumerate() {
+            let (sc, m) = q4_k_scales_mins(&x[4..16]);
+            let mut isum = [vdupq_n_s32(0); C];
+            for c in 0..4 {
+                let (lo0, hi0) = nibbles(arr(x, 16 + 32 * c));
+                let (lo1, hi1) = nibbles(arr(x, 32 + 32 * c));
+                let yo = b * Q8K_BYTES + 4 + 64 * c;
+                for (col, acc) in isum.iter_mut().enumerate() {
+                    let y = &a[col * arb + yo..];
+                    let s_lo = mac16(
+                        mac16(vdupq_n_s32(0), lo0, ld_s8(arr(y, 0))),
+                        lo1,
+                        ld_s8(arr(y, 16)),
+                    );
+                    let s_hi = mac16(
+                        mac16(vdupq_n_s32(0), hi0, ld_s8(arr(y, 32))),
+                        hi1,
+                        ld_s8(arr(y, 48)),
+                    );
+                    *acc = vmlaq_n_s32(*acc, s_lo, i32::from(sc[2 * c]));
+                    *acc = vmlaq_n_s32(*acc, s_hi, i32::from(sc[2 * c + 1]));
+                }
+            }
+            // Each min weighs the two 16-value block sums of its 32 values.
+            let mins: [i16; 16] = core::array::from_fn(|j| i16::from(m[j / 2]));
+            let mins = [vld1q_s16_arr(&mins, 0), vld1q_s16_arr(&mins, 8)];
+            let (d, dmin) = (h(x, 0), h(x, 2));
+            for col in 0..C {
+                let y = &a[col * arb + b * Q8K_BYTES..];
+                let yd = rd_f32(y, 0);
+                let msum = bsums_dot(y, &mins);
+                sum[col] += d * yd * vaddvq_s32(isum[col]) as f32 - dmin * yd * msum as f32;
+            }
+        }
+        out[..C].copy_from_slice(&sum);
+    }
+}
+
+impl KTile for Q6K {
+    const WB: usize = 210;
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, out: &mut [f32]) {
+        let m4 = vdupq_n_u8(0xf);
+        let m2 = vdupq_n_u8(3);
+        let mut sum = [0.0f32; C];
+        for (b, x) in row.chunks_exact(Self::WB).enumerate() {
+            let sc = |j: usize| i32::from(x[192 + j] as i8);
+            let mut isum = [vdupq_n_s32(0); C];
+            for hf in 0..2 {
+                for g in 0..2 {
+                    // 16 values of each of the four 32-value groups of this half.
+                    let ql0 = ld_u8(arr(x, 64 * hf + 16 * g));
+                    let ql1 = ld_u8(arr(x, 64 * hf + 32 + 16 * g));
+                    let qh = ld_u8(arr(x, 128 + 32 * hf + 16 * g));
+                    let hb = |v: uint8x16_t| vshlq_n_u8::<4>(vandq_u8(v, m2));
+                    let q = [
+                        vorrq_u8(vandq_u8(ql0, m4), hb(qh)),
+                        vorrq_u8(vandq_u8(ql1, m4), hb(vshrq_n_u8::<2>(qh))),
+                        vorrq_u8(vshrq_n_u8::<4>(ql0), hb(vshrq_n_u8::<4>(qh))),
+                        vorrq_u8(vshrq_n_u8::<4>(ql1), hb(vshrq_n_u8::<6>(qh))),
+                    ];
+                    for (k, qk) in q.iter().enumerate() {
+                        let qk = vreinterpretq_s8_u8(*qk);
+                        let s = sc(8 * hf + 2 * k + g);
+                        let yo = b * Q8K_BYTES + 4 + 128 * hf + 32 * k + 16 * g;
+                        for (col, acc) in isum.iter_mut().enumerate() {
+                            let yk = ld_s8(arr(&a[col * arb + yo..], 0));
+                            *acc = vmlaq_n_s32(*acc, mac16(vdupq_n_s32(0), qk, yk), s);
+                        }
+                    }
+                }
+            }
+            // Quants are stored with +32: remove 32·Σa per 16-value group via the block sums.
+            let scales = vmovl_s8(vget_low_s8(ld_s8(arr(x, 192))));
+            let scales = [scales, vmovl_high_s8(ld_s8(arr(x, 192)))];
+            let d = h(x, 208);
+            for col in 0..C {
+                let y = &a[col * arb + b * Q8K_BYTES..];
+                let corr = bsums_dot(y, &scales);
+                sum[col] += d * rd_f32(y, 0) * (vaddvq_s32(isum[col]) - 32 * corr) as f32;
+            }
+        }
+        out[..C].copy_from_slice(&sum);
+    }
+}
+
+/// Eight i16 of `v` from `at` as a vector.
+#[inline]
+#[target_feature(enable = "neon")]
+fn vld1q_s16_arr(v: &[i16; 16], at: usize) -> int16x8_t {
+    let part: &[i16; 8] = v[at..at + 8].try_into().expect("8 lanes by construction");
+    // SAFETY: `part` is 8 readable i16s; vld1q has no alignment requirement beyond i16.
+    unsafe { vld1q_s16(part.as_ptr()) }
+}
