@@ -36,6 +36,7 @@ fn boot(images: &GuestImages, private_mib: usize) -> GuestVm {
             isolation: Default::default(),
             min_isolation: vmm::hypervisor::IsolationLevel::None,
             key_root: None,
+            kv_reuse: true,
         },
     )
     .expect("guest boots")

@@ -55,6 +55,7 @@ fn the_guest_accepts_listed_owners_and_loads_strawman_as_pipelined() {
                 root: SEALING_ROOT.root,
                 measurement: images.measurement(),
             }),
+            kv_reuse: true,
         },
     )
     .expect("guest boots");

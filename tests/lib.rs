@@ -205,6 +205,7 @@ pub fn engine_with_model(private_mib: usize) -> Option<(vmm::guest_vm::GuestVm, 
             isolation: Default::default(),
             min_isolation: vmm::hypervisor::IsolationLevel::None,
             key_root: None,
+            kv_reuse: true,
         },
     )
     .expect("guest boots");

@@ -341,6 +341,7 @@ fn the_production_engine_refuses_memory_probes_and_the_test_build_answers() {
         isolation: Default::default(),
         min_isolation: IsolationLevel::None,
         key_root: None,
+        kv_reuse: true,
     };
     let mut vm = GuestVm::start(&production, config).expect("the production engine boots");
     assert!(

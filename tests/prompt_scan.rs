@@ -189,6 +189,7 @@ fn prompt_and_scan(isolation: IsolationRequest) -> Option<Seen> {
             isolation,
             min_isolation: IsolationLevel::None,
             key_root: None,
+            kv_reuse: true,
         },
     )
     .expect("guest boots");

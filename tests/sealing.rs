@@ -43,6 +43,7 @@ pub fn sealing_guest(images: &GuestImages, model_bytes: usize) -> GuestVm {
                 root: ROOT,
                 measurement: images.measurement(),
             }),
+            kv_reuse: true,
         },
     )
     .expect("guest boots")

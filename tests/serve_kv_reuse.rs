@@ -3,6 +3,7 @@
 //! what a guest that never saw the first turn answers.
 
 use flexserve::serve::Daemon;
+use flexserve::serve::config::Config;
 use flexserve_e2e::serve_rig::*;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -46,7 +47,7 @@ fn the_next_chat_turn_goes_on_from_the_first_turns_cache() {
     assert_eq!(cached, 0, "nothing was kept before the first request");
     let mut second = first.clone();
     let turns = second.as_array_mut().unwrap();
-    turns.push(json!({"role": "assistant", "content": answer}));
+    turns.push(json!({"role": "assistant", "content": answer.clone()}));
     turns.push(json!({"role": "user", "content": "And one without?"}));
     let (reused_answer, second_prompt, cached) = ask(addr, &second);
     // At least the whole first prompt came from its cache (its answer too, as far as it
@@ -59,10 +60,17 @@ fn the_next_chat_turn_goes_on_from_the_first_turns_cache() {
     assert_eq!(metrics.cached_tokens.load(Ordering::Relaxed), cached);
     d.stop();
 
-    // A guest that never saw the first turn evaluates the whole prompt, and answers the same.
-    let dir = temp_dir("kv-fresh");
-    let d = Daemon::start(config(&dir, DEFAULT, 2048, 8)).expect("daemon starts");
-    let (fresh_answer, fresh_prompt, cached) = ask(d.tcp_addr.unwrap(), &second);
+    // With `guest.kv_reuse = false` the same two turns evaluate every prompt whole, and the
+    // second answers as it did from the cache.
+    let dir = temp_dir("kv-off");
+    let d = Daemon::start(Config {
+        kv_reuse: false,
+        ..config(&dir, DEFAULT, 2048, 8)
+    })
+    .expect("daemon starts");
+    let addr = d.tcp_addr.unwrap();
+    assert_eq!(ask(addr, &first), (answer, first_prompt, 0));
+    let (fresh_answer, fresh_prompt, cached) = ask(addr, &second);
     assert_eq!((fresh_prompt, cached), (second_prompt, 0));
     assert_eq!(reused_answer, fresh_answer);
     d.stop();

@@ -158,6 +158,9 @@ pub struct GuestConfig {
     /// The key root and measurement the guest derives its sealing key from; without them
     /// it refuses sealed models (`Unsupported`).
     pub key_root: Option<SealingRoot>,
+    /// Offer KV reuse across requests (`VIRTIO_LLM_F_KV_REUSE`): closed sessions' caches
+    /// are kept for later prompts that start the same way.
+    pub kv_reuse: bool,
 }
 
 /// The guest's private memory as the host sees it.
@@ -184,6 +187,7 @@ impl GuestVm {
             isolation: config.isolation,
             min_isolation: config.min_isolation,
             key_root: config.key_root,
+            kv_reuse: config.kv_reuse,
             ..MachineConfig::default()
         })
         .map_err(GuestError::Create)?;

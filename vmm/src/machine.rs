@@ -58,6 +58,8 @@ pub struct MachineConfig {
     pub diagnostics: bool,
     /// The guest's key root and measurement, for sealed models (see [`LlmConfig`]).
     pub key_root: Option<SealingRoot>,
+    /// Offer KV reuse across requests (see [`LlmConfig`]).
+    pub kv_reuse: bool,
     /// What kind of VM to ask for.
     pub isolation: IsolationRequest,
     /// Refuse to create the VM when its isolation is below this level.
@@ -77,6 +79,7 @@ impl Default for MachineConfig {
             deadline: Duration::from_secs(30),
             diagnostics: false,
             key_root: None,
+            kv_reuse: true,
             isolation: IsolationRequest::default(),
             min_isolation: IsolationLevel::None,
             #[cfg(feature = "test-hooks")]
@@ -243,6 +246,7 @@ impl Machine {
                 memory_budget: config.private_size as u64,
                 diagnostics: config.diagnostics,
                 key_root: config.key_root,
+                kv_reuse: config.kv_reuse,
                 ..LlmConfig::default()
             },
         )

@@ -222,6 +222,7 @@ impl GuestEngine {
                 },
                 min_isolation: IsolationLevel::None,
                 key_root: None,
+                kv_reuse: true,
             },
         )?;
         let booted = Instant::now();

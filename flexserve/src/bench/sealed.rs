@@ -197,6 +197,7 @@ impl Rig<'_> {
                 isolation: Default::default(),
                 min_isolation: IsolationLevel::None,
                 key_root: self.root.sealing,
+                kv_reuse: true,
             },
         )?;
         let booted = Instant::now();

@@ -288,6 +288,7 @@ fn boot_and_load(
                 isolation: vmm::hypervisor::IsolationRequest::Best,
                 min_isolation: args.min_isolation(),
                 key_root: root.sealing,
+                kv_reuse: true,
             },
         )?;
         report_isolation(vm.isolation(), root, model.is_sealed());

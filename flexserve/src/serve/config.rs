@@ -75,6 +75,8 @@ pub struct Config {
     pub start: StartMode,
     /// Refuse to serve from a guest isolated less than this (fails closed by default).
     pub min_isolation: IsolationLevel,
+    /// Let the guest keep closed sessions' KV caches for prompts that start the same way.
+    pub kv_reuse: bool,
     /// The development key root's file (default: `$FLEXSERVE_KEY_ROOT`, else under the
     /// XDG data directory), from which guests derive the keys that unseal `.fsm` models.
     pub key_root: Option<PathBuf>,
@@ -121,6 +123,7 @@ impl Default for Config {
             images: None,
             start: StartMode::Startup,
             min_isolation: IsolationLevel::PrivateMemory,
+            kv_reuse: true,
             key_root: None,
             accepted_owners: Vec::new(),
             models_dir: DEFAULT_MODELS_DIR.into(),
@@ -186,6 +189,7 @@ struct GuestSection {
     start: Option<String>,
     min_isolation: Option<String>,
     key_root: Option<PathBuf>,
+    kv_reuse: Option<bool>,
     first_token_timeout_seconds: Option<i64>,
     token_timeout_seconds: Option<i64>,
     per_token_timeout_seconds: Option<i64>,
@@ -349,6 +353,7 @@ impl Config {
             c.tcp = Some(addr);
         }
         c.deadlines = guest_deadlines(&f.guest)?;
+        c.kv_reuse = f.guest.kv_reuse.unwrap_or(c.kv_reuse);
         if let Some(v) = o.vcpus.or(f.guest.vcpus) {
             c.vcpus = in_range("guest.vcpus", v, 1, 8)? as u8;
         }

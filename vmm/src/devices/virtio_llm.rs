@@ -277,6 +277,9 @@ pub struct LlmConfig {
     /// travels this way (the host knows it anyway); a production root never passes through
     /// the host (docs/sealed-model.md, "Key roots").
     pub key_root: Option<SealingRoot>,
+    /// Offer `feature::KV_REUSE`: the guest keeps closed sessions' KV caches for later
+    /// prompts that start the same way.
+    pub kv_reuse: bool,
 }
 
 /// A key root and the measurement of the images the guest runs.
@@ -301,6 +304,7 @@ impl Default for LlmConfig {
             memory_budget: 0,
             diagnostics: false,
             key_root: None,
+            kv_reuse: true,
         }
     }
 }
@@ -314,6 +318,7 @@ pub struct VirtioLlm {
     config: [u8; config::SIZE],
     diagnostics: bool,
     sealed: bool,
+    kv_reuse: bool,
 }
 
 impl VirtioLlm {
@@ -371,6 +376,7 @@ impl VirtioLlm {
             config: cfg,
             diagnostics: limits.diagnostics,
             sealed: limits.key_root.is_some(),
+            kv_reuse: limits.kv_reuse,
         };
         Ok((device, host))
     }
@@ -400,7 +406,7 @@ impl VirtioDevice for VirtioLlm {
             | 1 << feature::MEMORY
             | 1 << feature::PREEMPT
             | 1 << feature::GUEST_TEXT
-            | 1 << feature::KV_REUSE
+            | u64::from(self.kv_reuse) << feature::KV_REUSE
             | diagnostics
     }
 

@@ -131,6 +131,7 @@ impl Worker {
                 isolation: Default::default(),
                 min_isolation: config.min_isolation,
                 key_root: self.shared.root.sealing,
+                kv_reuse: config.kv_reuse,
             },
         );
         let mut vm = match started {
