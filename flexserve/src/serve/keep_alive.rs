@@ -28,7 +28,8 @@ impl std::fmt::Display for KeepAlive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KeepAlive::Forever => f.write_str("forever"),
-            KeepAlive::For(d) => write!(f, "{:.3}s", d.as_secs_f64()),
+            KeepAlive::For(d) if d.subsec_nanos() == 0 => write!(f, "{}s", d.as_secs()),
+            KeepAlive::For(d) => write!(f, "{}ms", d.as_millis()),
         }
     }
 }
@@ -192,6 +193,10 @@ mod tests {
         assert_eq!(KeepAliveSetting::Float(1.0).parse(), Ok(secs(1)));
         assert_eq!(KeepAliveSetting::Text("1h".into()).parse(), Ok(secs(3600)));
         assert_eq!(KeepAlive::default(), secs(300));
+        let shown = |k: KeepAlive| k.to_string();
+        assert_eq!(shown(secs(0)), "0s");
+        assert_eq!(shown(KeepAlive::For(Duration::from_millis(200))), "200ms");
+        assert_eq!(shown(KeepAlive::Forever), "forever");
     }
 
     #[test]

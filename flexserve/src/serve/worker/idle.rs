@@ -167,7 +167,7 @@ impl Worker {
     }
 }
 
-/// Why the last models went: "no model resident (tiny idle for 0 s, keep_alive 0.000s)".
+/// Why the last models went: "no model resident (tiny idle for 0 s, keep_alive 0s)".
 fn last_words(expired: &[Expired]) -> String {
     let each: Vec<String> = expired
         .iter()
