@@ -212,7 +212,7 @@ impl Metrics {
     }
 
     /// The single-valued series: name, type, help, value.
-    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 17] {
+    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 14] {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             (
@@ -246,18 +246,6 @@ impl Metrics {
                 u64::from(self.guest() == GuestState::Up),
             ),
             (
-                "flexserve_guest_idle",
-                "gauge",
-                "1 when the guest VM is stopped because no model was resident (keep_alive).",
-                u64::from(self.guest_idle()),
-            ),
-            (
-                "flexserve_guest_idle_stops_total",
-                "counter",
-                "Guest VMs stopped because their last model's keep_alive ran out.",
-                get(&self.guest_idle_stops),
-            ),
-            (
                 "flexserve_guest_starts_total",
                 "counter",
                 "Guest VM boots.",
@@ -280,12 +268,6 @@ impl Metrics {
                 "counter",
                 "Models unloaded from the guest to make room for another.",
                 get(&self.model_evictions),
-            ),
-            (
-                "flexserve_guest_model_idle_unloads_total",
-                "counter",
-                "Models unloaded from the guest because their keep_alive ran out.",
-                get(&self.model_idle_unloads),
             ),
             (
                 "flexserve_guest_models_resident",
@@ -321,6 +303,31 @@ impl Metrics {
         ]
     }
 
+    /// The single-valued series of idle unloads and stops (`models.keep_alive`).
+    fn idle_scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 3] {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            (
+                "flexserve_guest_idle",
+                "gauge",
+                "1 when the guest VM is stopped because no model was resident (keep_alive).",
+                u64::from(self.guest_idle()),
+            ),
+            (
+                "flexserve_guest_idle_stops_total",
+                "counter",
+                "Guest VMs stopped because their last model's keep_alive ran out.",
+                get(&self.guest_idle_stops),
+            ),
+            (
+                "flexserve_guest_model_idle_unloads_total",
+                "counter",
+                "Models unloaded from the guest because their keep_alive ran out.",
+                get(&self.model_idle_unloads),
+            ),
+        ]
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut o = String::new();
@@ -347,8 +354,7 @@ impl Metrics {
                 u8::from(got == Some(level))
             );
         }
-        let scalars = self.scalars();
-        for (name, kind, help, v) in scalars {
+        for (name, kind, help, v) in self.scalars().into_iter().chain(self.idle_scalars()) {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
         self.ttft.render(
