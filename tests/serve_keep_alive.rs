@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use vmm::hypervisor::IsolationLevel;
+use vmm::key_root::DevelopmentRoot;
 
 const OTHER: &str = "tiny-qwen2.Q8_0";
 const CHAT: &str = "/v1/chat/completions";
@@ -59,9 +60,22 @@ fn keep_alive_zero_stops_the_guest_and_the_next_request_boots_it() {
         return;
     }
     let dir = temp_dir("keep-alive-zero");
-    let d = Daemon::start(config(&dir, TINY, CONTEXT, 8)).expect("daemon starts");
+    let root = dir.join("key-root");
+    DevelopmentRoot::open_or_create(&root).expect("a key root");
+    let d = Daemon::start(Config {
+        key_root: Some(root),
+        ..config(&dir, TINY, CONTEXT, 8)
+    })
+    .expect("daemon starts");
     let addr = d.tcp_addr.unwrap();
     let m = &d.shared().metrics;
+    let session_key = || {
+        let r = http(addr, "GET", "/v1/flexserve/guest", "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["session_key"].clone()
+    };
+    let key = session_key();
+    assert!(key.is_string(), "no session key: {key}");
     let bad = http(
         addr,
         "POST",
@@ -95,6 +109,8 @@ fn keep_alive_zero_stops_the_guest_and_the_next_request_boots_it() {
     assert_eq!(answer(addr, TINY, ""), first);
     assert_eq!(m.guest(), GuestState::Up);
     assert!(!m.guest_idle());
+    // The new guest's session key is the old one's: requests sealed to it still open.
+    assert_eq!(session_key(), key);
     // The worker sweeps as soon as it is idle, and at least every second.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(counts(&d), (2, 2, 1, 1, 1));

@@ -101,12 +101,8 @@ impl Worker {
         ] {
             gauge.store(0, Ordering::Relaxed);
         }
-        // Its statement (and session key) went with it: the next guest makes its own.
-        *self
-            .shared
-            .statement
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
+        // Its statement stays: the next guest's session key is the same (it depends only on
+        // the key root and the images), so requests sealed to it still open.
     }
 
     /// Lowers the guest's budget to what its resident models need, giving the rest back to
