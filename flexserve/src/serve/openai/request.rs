@@ -445,6 +445,18 @@ mod tests {
     #[test]
     fn completion_prompts_parse() {
         let p = |b: &str| parse_completion(b.as_bytes(), 100).map(|r| r.input);
+        let keep = |b: &str| parse_completion(b.as_bytes(), 100).map(|r| r.keep_alive);
+        assert_eq!(
+            keep(r#"{"prompt":"Once","keep_alive":"30s"}"#).unwrap(),
+            Some(KeepAlive::For(std::time::Duration::from_secs(30)))
+        );
+        assert!(matches!(
+            keep(r#"{"prompt":"Once","keep_alive":"later"}"#),
+            Err(ApiError::Invalid {
+                param: Some("keep_alive"),
+                ..
+            })
+        ));
         assert_eq!(
             p(r#"{"prompt":"Once"}"#).unwrap(),
             Input::Text("Once".into())
