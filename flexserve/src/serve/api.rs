@@ -49,12 +49,16 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// 200 while a guest is up to serve; 503 while none is (before the first boot with
-/// `guest.start = "lazy"`, while booting, after a crash until the new one is up), so that
-/// a health check sees what a request would.
+/// 200 while a guest is up to serve, or stopped because no model was resident
+/// (`models.keep_alive`) and booting again on demand; 503 while none is otherwise (before
+/// the first boot with `guest.start = "lazy"`, while booting, after a crash until the new
+/// one is up), so that a health check sees what a request would.
 async fn health(State(s): State<Arc<Shared>>) -> Response {
     let guest = s.metrics.guest();
-    let (status, word) = if guest == GuestState::Up {
+    // A guest stopped because no model was resident (keep_alive) is not a failure: the
+    // next request boots one.
+    let idle = s.metrics.guest_idle();
+    let (status, word) = if guest == GuestState::Up || s.metrics.resting() {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
@@ -64,6 +68,7 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
         &json!({
             "status": word,
             "guest": guest.name(),
+            "idle": idle,
             "isolation": s.metrics.isolation().map(|l| l.name()),
             "key_root": s.root.description,
             "queued": s.queue.len(),
@@ -287,6 +292,7 @@ async fn enqueue(
         cancel: cancel.clone(),
         arrived,
         boot_only: false,
+        keep_alive: req.keep_alive,
     };
     s.queue
         .submit(client, job)

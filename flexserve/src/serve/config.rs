@@ -5,6 +5,7 @@
 use super::config_access::{Access, AuthSection, HttpSection, ServerSection};
 use super::conn_limits::ConnLimits;
 use super::deadlines::DeadlineSettings;
+use super::keep_alive::{KeepAlive, KeepAliveSetting};
 use crate::size::parse_size;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -87,6 +88,9 @@ pub struct Config {
     pub accepted_owners: Vec<sealed_model::OwnerPublicKey>,
     /// Context window of each request, tokens (capped at the model's training context).
     pub context: u32,
+    /// How long a model stays resident after its last request (a request's `keep_alive`
+    /// overrides it); with no model resident the guest stops.
+    pub keep_alive: KeepAlive,
     /// Requests waiting for the guest, all clients together; one more is answered 429.
     pub queue_depth: usize,
     /// The largest `max_tokens` a request may ask for.
@@ -129,6 +133,7 @@ impl Default for Config {
             models_dir: DEFAULT_MODELS_DIR.into(),
             default_model: DEFAULT_MODEL.into(),
             context: 2048,
+            keep_alive: KeepAlive::default(),
             queue_depth: 64,
             max_tokens: 4096,
             retry_after_secs: 1,
@@ -203,6 +208,7 @@ struct ModelsSection {
     dir: Option<PathBuf>,
     default: Option<String>,
     context: Option<i64>,
+    keep_alive: Option<KeepAliveSetting>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -401,6 +407,9 @@ impl Config {
         }
         if let Some(v) = o.context.or(f.models.context) {
             c.context = in_range("models.context", v, 16, 128 * 1024)? as u32;
+        }
+        if let Some(k) = f.models.keep_alive {
+            c.keep_alive = k.parse().map_err(|e| bad("models.keep_alive", e))?;
         }
         if let Some(v) = o.queue_depth.or(f.limits.queue_depth) {
             c.queue_depth = in_range("limits.queue_depth", v, 1, 100_000)? as usize;

@@ -184,6 +184,7 @@ mod tests {
         assert_eq!(c.server, d.server);
         assert_eq!(c.access, d.access);
         assert_eq!(c.blocking_tasks, d.blocking_tasks);
+        assert_eq!(c.keep_alive, d.keep_alive);
         assert_eq!(c.client_share(), d.client_share());
         let deadlines = vmm::guest_vm::Deadlines::GENEROUS;
         assert_eq!(c.deadlines.apply(deadlines), deadlines);

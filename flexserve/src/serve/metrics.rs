@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use vmm::hypervisor::IsolationLevel;
 
 /// State of the guest VM as `/health` and `/metrics` report it.
@@ -103,6 +103,12 @@ pub struct Metrics {
     /// Models loaded into a running guest, and unloaded to make room for another.
     pub model_loads: AtomicU64,
     pub model_evictions: AtomicU64,
+    /// Models unloaded because their keep-alive ran out, and guests stopped because no
+    /// model was left.
+    pub model_idle_unloads: AtomicU64,
+    pub guest_idle_stops: AtomicU64,
+    /// The guest is down because it was idle (stopped on purpose, not failed).
+    guest_idle: AtomicBool,
     /// Models resident in the guest.
     pub models_resident: AtomicU64,
     /// The last guest's isolation level: 0 before any guest, else 1 + its index in
@@ -131,6 +137,9 @@ impl Default for Metrics {
             guest_crashes: AtomicU64::new(0),
             model_loads: AtomicU64::new(0),
             model_evictions: AtomicU64::new(0),
+            model_idle_unloads: AtomicU64::new(0),
+            guest_idle_stops: AtomicU64::new(0),
+            guest_idle: AtomicBool::new(false),
             models_resident: AtomicU64::new(0),
             isolation: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
@@ -153,8 +162,31 @@ impl Metrics {
         self.requests[outcome as usize].load(Ordering::Relaxed)
     }
 
+    /// A guest booting after an idle stop is still "idle" (see [`Self::resting`]) until it
+    /// is up or has failed.
     pub fn set_guest(&self, s: GuestState) {
+        if s != GuestState::Starting {
+            self.guest_idle.store(false, Ordering::Relaxed);
+        }
         self.guest_state.store(s as u64, Ordering::Relaxed);
+    }
+
+    /// The guest was stopped because no model was resident any more: down, but not failed.
+    pub fn set_guest_idle(&self) {
+        self.guest_state
+            .store(GuestState::Down as u64, Ordering::Relaxed);
+        self.guest_idle.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the guest is down because it was idle.
+    pub fn guest_idle(&self) -> bool {
+        self.guest_idle.load(Ordering::Relaxed) && self.guest() == GuestState::Down
+    }
+
+    /// Whether the guest is down because it was idle, or booting again after that: nothing
+    /// has failed (a failed boot is `Down` without it).
+    pub fn resting(&self) -> bool {
+        self.guest_idle.load(Ordering::Relaxed) && self.guest() != GuestState::Up
     }
 
     /// Records the isolation level the guest got.
@@ -271,6 +303,31 @@ impl Metrics {
         ]
     }
 
+    /// The single-valued series of idle unloads and stops (`models.keep_alive`).
+    fn idle_scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 3] {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            (
+                "flexserve_guest_idle",
+                "gauge",
+                "1 when the guest VM is stopped because no model was resident (keep_alive).",
+                u64::from(self.guest_idle()),
+            ),
+            (
+                "flexserve_guest_idle_stops_total",
+                "counter",
+                "Guest VMs stopped because their last model's keep_alive ran out.",
+                get(&self.guest_idle_stops),
+            ),
+            (
+                "flexserve_guest_model_idle_unloads_total",
+                "counter",
+                "Models unloaded from the guest because their keep_alive ran out.",
+                get(&self.model_idle_unloads),
+            ),
+        ]
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut o = String::new();
@@ -297,8 +354,7 @@ impl Metrics {
                 u8::from(got == Some(level))
             );
         }
-        let scalars = self.scalars();
-        for (name, kind, help, v) in scalars {
+        for (name, kind, help, v) in self.scalars().into_iter().chain(self.idle_scalars()) {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
         self.ttft.render(
@@ -336,6 +392,13 @@ mod tests {
         assert!(t.contains("flexserve_ttft_seconds_bucket{le=\"2.5\"} 2"));
         assert!(t.contains("flexserve_ttft_seconds_count 2"));
         assert!(t.contains("flexserve_guest_up 0"));
+        assert!(t.contains("flexserve_guest_idle 0"), "{t}");
+        m.set_guest_idle();
+        assert!(m.render().contains("flexserve_guest_idle 1"));
+        m.set_guest(GuestState::Starting);
+        assert!(!m.guest_idle() && m.resting());
+        m.set_guest(GuestState::Down);
+        assert!(!m.resting());
         assert!(
             t.contains("flexserve_guest_isolation{level=\"none\"} 0"),
             "{t}"

@@ -20,6 +20,7 @@ pub mod conn_limits;
 pub mod deadlines;
 pub mod error;
 pub mod guard;
+pub mod keep_alive;
 pub mod listen;
 pub mod metrics;
 pub mod models;

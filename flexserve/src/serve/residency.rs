@@ -2,8 +2,12 @@
 //! resident under one budget (`guest.memory_max`, the guest's private memory) and at most
 //! as many as its device takes, so a request for a resident model never reboots or reloads
 //! anything. A model that does not fit pushes out the least recently used ones that have no
-//! request in flight. This is the bookkeeping only; the worker carries out the unloads and
-//! loads it decides.
+//! request in flight. Each also keeps the keep-alive of its last request: once it has been
+//! idle that long it is [`Residency::expired`]. This is the bookkeeping only; the worker
+//! carries out the unloads and loads it decides.
+
+use super::keep_alive::KeepAlive;
+use std::time::{Duration, Instant};
 
 /// A model in the guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +16,20 @@ struct Resident {
     guest_id: u32,
     bytes: u64,
     last_used: u64,
+    /// When its last request ended (or it was loaded).
+    idle_since: Instant,
+    /// How long it stays once idle: as its last request asked.
+    keep_alive: KeepAlive,
+}
+
+/// A resident model whose keep-alive ran out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub guest_id: u32,
+    pub name: String,
+    /// How long it has been idle.
+    pub idle: Duration,
+    pub keep_alive: KeepAlive,
 }
 
 /// What it takes to serve a model.
@@ -80,15 +98,48 @@ impl Residency {
         Placement::Load { guest_id, evict }
     }
 
-    /// `name` is now resident as `guest_id` (its load succeeded).
-    pub fn loaded(&mut self, name: &str, guest_id: u32, bytes: u64) {
+    /// `name` is now resident as `guest_id` (its load succeeded at `now`; until a request
+    /// on it ends it stays `keep_alive`).
+    pub fn loaded(
+        &mut self,
+        name: &str,
+        guest_id: u32,
+        bytes: u64,
+        keep_alive: KeepAlive,
+        now: Instant,
+    ) {
         self.clock += 1;
         self.resident.push(Resident {
             name: name.to_string(),
             guest_id,
             bytes,
             last_used: self.clock,
+            idle_since: now,
+            keep_alive,
         });
+    }
+
+    /// A request on guest model `guest_id` ended at `now`, asking it to stay `keep_alive`
+    /// (the last request's keep-alive wins).
+    pub fn released(&mut self, guest_id: u32, keep_alive: KeepAlive, now: Instant) {
+        if let Some(r) = self.resident.iter_mut().find(|r| r.guest_id == guest_id) {
+            r.idle_since = now;
+            r.keep_alive = keep_alive;
+        }
+    }
+
+    /// The models without requests in flight (`busy`) whose keep-alive has run out at `now`.
+    pub fn expired(&self, now: Instant, busy: &dyn Fn(u32) -> bool) -> Vec<Expired> {
+        self.resident
+            .iter()
+            .filter(|r| !busy(r.guest_id) && r.keep_alive.expired(r.idle_since, now))
+            .map(|r| Expired {
+                guest_id: r.guest_id,
+                name: r.name.clone(),
+                idle: now.saturating_duration_since(r.idle_since),
+                keep_alive: r.keep_alive,
+            })
+            .collect()
     }
 
     /// Guest model `guest_id` was unloaded.
@@ -134,7 +185,7 @@ mod tests {
         match r.place(name, bytes, &idle) {
             Placement::Load { guest_id, evict } => {
                 evict.iter().for_each(|id| r.unloaded(*id));
-                r.loaded(name, guest_id, bytes);
+                r.loaded(name, guest_id, bytes, KeepAlive::Forever, Instant::now());
                 guest_id
             }
             other => panic!("{name}: {other:?}"),
@@ -206,5 +257,48 @@ mod tests {
         assert_ne!(a, a2);
         assert_eq!(r.name_of(a2), Some("a"));
         assert_eq!(r.name_of(a), None);
+    }
+
+    #[test]
+    fn idle_models_expire_after_their_last_requests_keep_alive() {
+        let secs = |s| KeepAlive::For(Duration::from_secs(s));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut r = Residency::new(4 * GIB, 4);
+        let a = match r.place("a", GIB, &idle) {
+            Placement::Load { guest_id, .. } => guest_id,
+            other => panic!("{other:?}"),
+        };
+        r.loaded("a", a, GIB, secs(300), t0);
+        let b = match r.place("b", GIB, &idle) {
+            Placement::Load { guest_id, .. } => guest_id,
+            other => panic!("{other:?}"),
+        };
+        r.loaded("b", b, GIB, secs(300), t0);
+        assert!(r.expired(at(299), &idle).is_empty());
+        // A request on `a` ends at 100 s asking for 0: it expires at once, `b` keeps its
+        // five minutes from its load.
+        r.released(a, secs(0), at(100));
+        let gone: Vec<u32> = r
+            .expired(at(100), &idle)
+            .iter()
+            .map(|e| e.guest_id)
+            .collect();
+        assert_eq!(gone, vec![a]);
+        let both = r.expired(at(300), &idle);
+        assert_eq!(both.len(), 2);
+        assert_eq!(both[0].idle, Duration::from_secs(200));
+        assert_eq!(both[0].keep_alive, secs(0));
+        // The last request's keep-alive wins, and a model in use never expires.
+        r.released(b, KeepAlive::Forever, at(10));
+        r.released(a, secs(60), at(200));
+        assert!(r.expired(at(259), &idle).is_empty());
+        let busy_a = move |id: u32| id == a;
+        assert!(r.expired(at(1 << 20), &busy_a).is_empty());
+        assert_eq!(r.expired(at(260), &idle)[0].name, "a");
+        // Releasing a model that is gone (its guest restarted) changes nothing.
+        r.unloaded(a);
+        r.released(a, secs(0), at(300));
+        assert!(r.expired(at(1 << 20), &idle).is_empty());
     }
 }

@@ -51,6 +51,7 @@ async fn boot(s: &Arc<Shared>, who: Principal) -> Result<(), ApiError> {
         cancel: Arc::new(AtomicBool::new(false)),
         arrived: Instant::now(),
         boot_only: true,
+        keep_alive: None,
     };
     let client = ClientKey {
         who,

@@ -2,6 +2,7 @@
 //! precise error per field.
 
 use crate::serve::error::ApiError;
+use crate::serve::keep_alive::{self, KeepAlive};
 use inference_guest::tokenizer::ChatMessage;
 use serde_json::{Map, Value};
 use virtio_llm::wire::request::SamplingParams;
@@ -34,6 +35,8 @@ pub struct GenRequest {
     pub include_usage: bool,
     pub stop: Vec<String>,
     pub user: Option<String>,
+    /// How long its model stays resident after it (`None`: `models.keep_alive`).
+    pub keep_alive: Option<KeepAlive>,
 }
 
 pub(super) fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -232,6 +235,10 @@ pub(super) fn common(
         include_usage,
         stop,
         user: string(m, "user")?,
+        keep_alive: field(m, "keep_alive")
+            .map(keep_alive::from_json)
+            .transpose()
+            .map_err(|e| ApiError::invalid("keep_alive", format!("`keep_alive`: {e}")))?,
     })
 }
 
@@ -372,6 +379,17 @@ mod tests {
         );
         assert_eq!(r.sampling.temperature, 0.0);
         assert_eq!(r.stop, ["\n"]);
+        assert_eq!(r.keep_alive, None);
+        let keep = |k: &str| {
+            let body =
+                format!(r#"{{"messages":[{{"role":"user","content":"x"}}],"keep_alive":{k}}}"#);
+            chat(&body).unwrap().keep_alive
+        };
+        let secs = |s| Some(KeepAlive::For(std::time::Duration::from_secs(s)));
+        assert_eq!(keep(r#""10m""#), secs(600));
+        assert_eq!(keep("0"), secs(0));
+        assert_eq!(keep("-1"), Some(KeepAlive::Forever));
+        assert_eq!(keep("null"), None);
     }
 
     #[test]
@@ -403,6 +421,12 @@ mod tests {
         );
         assert_eq!(param(&format!(r#"{{{m},"top_p":2}}"#)), Some("top_p"));
         assert_eq!(param(&format!(r#"{{{m},"stream":"yes"}}"#)), Some("stream"));
+        for bad in [r#""soon""#, "true", "[1]"] {
+            assert_eq!(
+                param(&format!(r#"{{{m},"keep_alive":{bad}}}"#)),
+                Some("keep_alive")
+            );
+        }
         assert_eq!(param(r#"{"messages":[]}"#), Some("messages"));
         assert_eq!(param(r#"{"messages":"hi"}"#), Some("messages"));
         assert_eq!(
@@ -421,6 +445,18 @@ mod tests {
     #[test]
     fn completion_prompts_parse() {
         let p = |b: &str| parse_completion(b.as_bytes(), 100).map(|r| r.input);
+        let keep = |b: &str| parse_completion(b.as_bytes(), 100).map(|r| r.keep_alive);
+        assert_eq!(
+            keep(r#"{"prompt":"Once","keep_alive":"30s"}"#).unwrap(),
+            Some(KeepAlive::For(std::time::Duration::from_secs(30)))
+        );
+        assert!(matches!(
+            keep(r#"{"prompt":"Once","keep_alive":"later"}"#),
+            Err(ApiError::Invalid {
+                param: Some("keep_alive"),
+                ..
+            })
+        ));
         assert_eq!(
             p(r#"{"prompt":"Once"}"#).unwrap(),
             Input::Text("Once".into())

@@ -81,6 +81,8 @@ impl Worker {
 
     /// Streams `model` into the running guest as `guest_id`.
     fn load(&mut self, model: &ServedModel, guest_id: u32) -> Result<(), GuestError> {
+        // A load needs the budget an idle sweep may have given back.
+        self.raise_budget()?;
         let m = &self.shared.metrics;
         let options = SealedLoadOptions {
             accepted_owners: self.shared.config.accepted_owners.clone(),
@@ -94,9 +96,13 @@ impl Worker {
             .file
             .load_into(&mut running.vm, guest_id, &options, &mut |_| {})
             .inspect_err(|e| eprintln!("[flexserve] cannot load model {}: {e}", model.id))?;
-        running
-            .residency
-            .loaded(&model.id, guest_id, model.private_bytes);
+        running.residency.loaded(
+            &model.id,
+            guest_id,
+            model.private_bytes,
+            self.shared.config.keep_alive,
+            Instant::now(),
+        );
         m.model_loads.fetch_add(1, Ordering::Relaxed);
         m.models_resident
             .store(running.residency.len() as u64, Ordering::Relaxed);

@@ -5,12 +5,15 @@
 //! the next one resumes on the same session). A disconnected client's job stops between
 //! two tokens. One guest serves every model, several resident at once (`guest.rs`); when
 //! the guest dies the worker fails the requests in flight, logs the crash and boots a new
-//! guest.
+//! guest. While nothing runs it unloads the models idle longer than their keep-alive and
+//! stops the guest once none is left (`idle.rs`).
 
 mod guest;
+mod idle;
 
 use super::Shared;
 use super::error::ApiError;
+use super::keep_alive::KeepAlive;
 use super::metrics::{GuestState, Outcome};
 use super::models::ServedModel;
 use guest::Ready;
@@ -50,6 +53,8 @@ pub struct Job {
     pub arrived: Instant,
     /// Only make sure a guest is up (for its statement); nothing to generate.
     pub boot_only: bool,
+    /// How long its model stays resident once it ends (`None`: `models.keep_alive`).
+    pub keep_alive: Option<KeepAlive>,
 }
 
 /// A job with an open session in the guest, between two slices.
@@ -148,6 +153,9 @@ impl Worker {
                     Some(j) => j,
                     None => {
                         let wait = if active.is_empty() {
+                            if queue.is_empty() {
+                                self.sweep_idle();
+                            }
                             Duration::from_secs(1)
                         } else {
                             Duration::ZERO
@@ -416,6 +424,7 @@ impl Worker {
         if let Some(running) = self.vm.as_mut() {
             let _ = running.vm.close_session(a.session);
         }
+        self.release(&a);
         self.shared.metrics.request(Outcome::Failed);
         let _ = a.job.events.send(Event::Failed(err));
     }
@@ -431,6 +440,7 @@ impl Worker {
     }
 
     fn finish_closed(&mut self, a: Active, reason: StopReason) {
+        self.release(&a);
         let m = &self.shared.metrics;
         m.prompt_tokens
             .fetch_add(a.prompt_tokens.into(), Ordering::Relaxed);
