@@ -30,7 +30,7 @@ APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build systemd
 PROMPT ?= Write a haiku about the sea.
 
 .PHONY: help setup setup-deps setup-bench models build image image-arm64 test test-fast test-fallback lint test-neon run \
-        test-venv flexserve-bin install install-units bench-serve bench-serve-abuse \
+        test-venv flexserve-bin install install-units bench-serve bench-serve-abuse bench-agent \
         fuzz-toolchain fuzz-check fuzz-build fuzz-smoke \
         bench bench-engine bench-boot bench-virtio bench-memory clean
 
@@ -50,6 +50,7 @@ help:
 	@echo "make install       binary, guest images, systemd units, config (PREFIX=/usr/local DESTDIR=)"
 	@echo "make bench-serve   the daemon vs llama.cpp's server: throughput, TTFT at 1/4/8 clients"
 	@echo "make bench-serve-abuse  the daemon with 300 slow connections held open: TTFT vs without"
+	@echo "make bench-agent   five-turn chat TTFT with vs without KV reuse; idle memory and CPU after keep_alive"
 	@echo "make bench-memory  donate (guest touch), reclaim and strawman for 1/4/8 GiB of private memory"
 	@echo "make bench-sealed  cold starts plain vs sealed vs strawman (SmolLM2, 1.5B model), AES-GCM"
 	@echo "make setup-arm64   QEMU 10 and the arm64 host kernels for test-arm64 (root, Debian mirrors)"
@@ -332,6 +333,11 @@ bench-sealed: setup image $(QWEN_CODER)
 		$(MODEL_TOOL) seal $(MODELS)/$$m.gguf $(BENCH_SEALED)/$$m.fsm --to $$key \
 			--sign $(BENCH_SEALED)/owner.key >/dev/null || exit 1; done
 	$(FLEXSERVE) bench-sealed $(foreach m,$(SEALED_BENCH_MODELS),$(MODELS)/$(m).gguf $(BENCH_SEALED)/$(m).fsm)
+
+bench-agent: setup image test-venv
+	@$(CARGO) build --release --quiet -p flexserve
+	$(TEST_VENV)/bin/python tools/bench/bench_agent.py --flexserve $(FLEXSERVE) \
+		--model $(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf
 
 bench-memory: image
 	$(CARGO) bench --quiet -p flexserve-e2e --bench memory

@@ -80,7 +80,7 @@ fn the_openai_client_through_the_proxy_gets_the_daemons_text() {
             let whole = plain[format!("{k}_usage")]["prompt_tokens"]
                 .as_u64()
                 .unwrap();
-            assert_eq!(cached(&plain), Some(whole - 1), "{k}: {plain}");
+            assert_eq!(cached(&plain), Some(whole - 2), "{k}: {plain}");
         }
     }
     assert_eq!(sealed["models"], plain["models"]);

@@ -298,6 +298,7 @@ impl Service {
                 last_used: self.clock,
                 sealed: None,
                 shareable: true,
+                prefilled: 0,
             },
         );
     }
@@ -306,8 +307,10 @@ impl Service {
     /// every prompt it ran was plain.
     fn keep_cache(&mut self, slot: SessionSlot) {
         if let (true, Some(session)) = (slot.shareable, slot.session) {
+            let mut history = slot.history;
+            history.truncate(slot.prefilled);
             self.prefix_cache
-                .keep(slot.model_id, slot.context_len, session, slot.history);
+                .keep(slot.model_id, slot.context_len, session, history);
         }
     }
 

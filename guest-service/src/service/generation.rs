@@ -164,12 +164,17 @@ impl Service {
             &|t| end_ids.binary_search(&t).is_ok(),
             &mut |token| stream.on_token(token),
         );
+        let (before, evaluated) = (slot.history.len(), prompt.len() - reused);
+        if slot.prefilled == before && evaluated >= 2 {
+            slot.prefilled = before + evaluated;
+        }
         remember(
             &mut slot.history,
             &prompt[reused..],
             stream.generated(),
             session.n_past(),
         );
+        slot.prefilled = slot.prefilled.min(slot.history.len());
         let last = stream.generated().last().copied();
         let streamed = stream.finish()?;
         *deferred_budget = streamed.deferred_budget;
@@ -309,6 +314,7 @@ impl Service {
         // The fresh session's cache is freed: the kept one takes its place.
         slot.session = Some(session);
         slot.history = history;
+        slot.prefilled = kept.reused;
         kept.reused
     }
 

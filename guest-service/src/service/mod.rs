@@ -111,6 +111,11 @@ struct SessionSlot {
     sealed: Option<sealed_answer::SealedAnswer>,
     /// Every prompt it ran was plain: its cache may be kept when it closes.
     shareable: bool,
+    /// Positions `0..prefilled` of its cache were evaluated in batches of two tokens or
+    /// more: what a kept cache offers (a one-token step sums attention in another order,
+    /// as llama.cpp does, so a generated token's keys and values differ in the last bits
+    /// from what a prompt evaluation of the same tokens computes).
+    prefilled: usize,
 }
 
 /// What one [`Service::step`] did.

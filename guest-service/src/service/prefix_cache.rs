@@ -67,14 +67,16 @@ impl<S> PrefixCache<S> {
 
     /// Takes the kept cache of `model_id` and `context_len` that shares the longest prefix
     /// with `prompt`, if that is at least [`MIN_REUSE_TOKENS`]. At least the prompt's last
-    /// token is left to evaluate (its logits pick the first new token).
+    /// two tokens are left to evaluate: the last one's logits pick the first new token, and
+    /// a batch of two or more sums attention as the whole prompt's evaluation would (a
+    /// one-token step sums it in another order).
     pub fn take_best(
         &mut self,
         model_id: u32,
         context_len: u32,
         prompt: &[u32],
     ) -> Option<Reuse<S>> {
-        let usable = prompt.len().saturating_sub(1);
+        let usable = prompt.len().saturating_sub(2);
         let (at, reused) = self
             .kept
             .iter()
@@ -133,16 +135,16 @@ mod tests {
     use alloc::vec;
 
     #[test]
-    fn the_longest_shared_prefix_is_taken_and_the_last_token_left() {
+    fn the_longest_shared_prefix_is_taken_and_two_tokens_left() {
         let mut c = PrefixCache::new(4);
         c.keep(1, 512, "system", vec![1, 2, 3, 4, 5]);
         c.keep(1, 512, "turn one", vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
         let r = c
-            .take_best(1, 512, &[1, 2, 3, 4, 5, 6, 7, 10])
+            .take_best(1, 512, &[1, 2, 3, 4, 5, 6, 7, 10, 11])
             .expect("a prefix");
         assert_eq!((r.session, r.reused), ("turn one", 7));
-        // A prompt the cache holds whole still evaluates its last token.
-        let r = c.take_best(1, 512, &[1, 2, 3, 4, 5]).expect("a prefix");
+        // A prompt the cache holds whole still evaluates its last two tokens.
+        let r = c.take_best(1, 512, &[1, 2, 3, 4, 5, 6]).expect("a prefix");
         assert_eq!((r.session, r.reused), ("system", 4));
         assert_eq!(c.len(), 0, "taken caches leave");
     }
@@ -164,7 +166,10 @@ mod tests {
         c.keep(1, 512, "b", vec![2; 8]);
         c.keep(1, 512, "c", vec![3; 8]);
         assert_eq!(c.len(), 2);
-        assert!(c.take_best(1, 512, &[1; 9]).is_none(), "`a` was the oldest");
+        assert!(
+            c.take_best(1, 512, &[1; 10]).is_none(),
+            "`a` was the oldest"
+        );
         c.keep(1, 512, "too short", vec![4; MIN_REUSE_TOKENS - 1]);
         assert_eq!(c.len(), 2);
         c.forget_model(1);
