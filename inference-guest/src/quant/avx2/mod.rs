@@ -97,10 +97,8 @@ impl Avx2 {
     ) -> bool {
         match ty {
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
-                // SAFETY: `self` proves AVX2/FMA/F16C; `Kernels::matmul` checked that `w`
-                // holds `nrows` rows and `act` `ncols` rows of `n` values and `out` is
-                // `nrows * ncols` long.
-                // With `vnni` it also proves AVX-512 F/VL/BW/VNNI.
+                // SAFETY: `self` proves AVX2/FMA/F16C (with `vnni`, AVX-512 F/VL/BW/VNNI);
+                // `Kernels::matmul` checked `w`, `act` and `out` against `n`, `nrows`, `ncols`.
                 unsafe {
                     if self.vnni {
                         blocks32::vnni::matmul(ty, n, w, nrows, act, ncols, out);
