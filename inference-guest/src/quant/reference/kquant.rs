@@ -203,66 +203,83 @@ fn make_qx_quants_rmse1(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
     scale
 }
 
+/// The part ggml's `quantize_row_q4_K_ref` and `quantize_row_q5_K_ref` share, for one
+/// 256-value super-block `x`: each 32-value sub-block's scale and min searched with
+/// `make_qkx2_quants` (quants 0..=`nmax`; its `rmin` and `nstep`), both packed into 6 bits
+/// under the f16 super-scales; writes `header` (d, dmin, the 12 bytes of scales and mins)
+/// and returns the quant of every value against the packed scales.
+pub(super) fn quantize_k_scales_mins(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    header: &mut [u8],
+) -> [u8; 256] {
+    let mut l = [0u8; 256];
+    let mut laux = [0u8; 32];
+    let mut weights = [0.0f32; 32];
+    let mut mins = [0.0f32; 8];
+    let mut scales = [0.0f32; 8];
+    let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let sum_x2 = xs.iter().fold(0.0f32, |s, v| s + v * v);
+        let av_x = sqrt(sum_x2 / 32.0);
+        for (w, v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+        let lj = &mut l[32 * j..32 * j + 32];
+        (scales[j], mins[j]) =
+            make_qkx2_quants(nmax, xs, &weights, lj, &mut laux, rmin, 0.1, nstep);
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let sc = &mut header[4..16];
+    sc.fill(0);
+    for j in 0..8 {
+        // C stores nearest_int into a uint8_t (wrapping) before clamping to 63.
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            sc[j] = ls;
+            sc[j + 4] = lm;
+        } else {
+            sc[j + 4] = (ls & 0xf) | ((lm & 0xf) << 4);
+            sc[j - 4] |= (ls >> 4) << 6;
+            sc[j] |= (lm >> 4) << 6;
+        }
+    }
+    let dh = f32_to_f16(max_scale / 63.0);
+    let dminh = f32_to_f16(max_min / 63.0);
+    header[0..2].copy_from_slice(&dh.to_le_bytes());
+    header[2..4].copy_from_slice(&dminh.to_le_bytes());
+    let (scs, ms) = q4_k_scales_mins(&header[4..16]);
+    for j in 0..8 {
+        let d = f16_to_f32(dh) * f32::from(scs[j]);
+        if d == 0.0 {
+            continue;
+        }
+        let dm = f16_to_f32(dminh) * f32::from(ms[j]);
+        for ii in 0..32 {
+            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, nmax) as u8;
+        }
+    }
+    l
+}
+
 pub(super) fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
     for (x, y) in x.chunks_exact(256).zip(out.chunks_exact_mut(144)) {
-        let mut l = [0u8; 256];
-        let mut laux = [0u8; 32];
-        let mut weights = [0.0f32; 32];
-        let mut mins = [0.0f32; 8];
-        let mut scales = [0.0f32; 8];
-        let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
-        for j in 0..8 {
-            let xs = &x[32 * j..32 * j + 32];
-            let sum_x2 = xs.iter().fold(0.0f32, |s, v| s + v * v);
-            let av_x = sqrt(sum_x2 / 32.0);
-            for (w, v) in weights.iter_mut().zip(xs) {
-                *w = av_x + v.abs();
-            }
-            let lj = &mut l[32 * j..32 * j + 32];
-            (scales[j], mins[j]) = make_qkx2_quants(15, xs, &weights, lj, &mut laux, -1.0, 0.1, 20);
-            if scales[j] > max_scale {
-                max_scale = scales[j];
-            }
-            if mins[j] > max_min {
-                max_min = mins[j];
-            }
-        }
-        let inv_scale = if max_scale > 0.0 {
-            63.0 / max_scale
-        } else {
-            0.0
-        };
-        let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-        let sc = &mut y[4..16];
-        sc.fill(0);
-        for j in 0..8 {
-            // C stores nearest_int into a uint8_t (wrapping) before clamping to 63.
-            let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-            let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
-            if j < 4 {
-                sc[j] = ls;
-                sc[j + 4] = lm;
-            } else {
-                sc[j + 4] = (ls & 0xf) | ((lm & 0xf) << 4);
-                sc[j - 4] |= (ls >> 4) << 6;
-                sc[j] |= (lm >> 4) << 6;
-            }
-        }
-        let dh = f32_to_f16(max_scale / 63.0);
-        let dminh = f32_to_f16(max_min / 63.0);
-        y[0..2].copy_from_slice(&dh.to_le_bytes());
-        y[2..4].copy_from_slice(&dminh.to_le_bytes());
-        let (scs, ms) = q4_k_scales_mins(&y[4..16]);
-        for j in 0..8 {
-            let d = f16_to_f32(dh) * f32::from(scs[j]);
-            if d == 0.0 {
-                continue;
-            }
-            let dm = f16_to_f32(dminh) * f32::from(ms[j]);
-            for ii in 0..32 {
-                l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, 15) as u8;
-            }
-        }
+        let l = quantize_k_scales_mins(x, 15, -1.0, 20, y);
         for c in 0..4 {
             for i in 0..32 {
                 y[16 + 32 * c + i] = l[64 * c + i] | (l[64 * c + 32 + i] << 4);

@@ -5,10 +5,8 @@
 //! as bit 4 of values 64c + l / 64c + 32 + l.
 
 use super::dot::hsum8;
-use super::kquant::{make_qkx2_quants, q4_k_scales_mins};
-use super::num::{nearest_int, sqrt};
+use super::kquant::{q4_k_scales_mins, quantize_k_scales_mins};
 use super::{rd_f16, rd_f32};
-use crate::quant::f16::{f16_to_f32, f32_to_f16};
 
 /// The 256 unsigned 5-bit quants (0..=31) of a Q5_K block, in value order.
 pub(crate) fn q5_k_unpack(b: &[u8]) -> [u8; 256] {
@@ -41,64 +39,7 @@ pub(super) fn dequantize_q5_k(src: &[u8], out: &mut [f32]) {
 /// ggml `quantize_row_q5_K_ref`.
 pub(super) fn quantize_q5_k(x: &[f32], out: &mut [u8]) {
     for (x, y) in x.chunks_exact(256).zip(out.chunks_exact_mut(176)) {
-        let mut l = [0u8; 256];
-        let mut laux = [0u8; 32];
-        let mut weights = [0.0f32; 32];
-        let mut mins = [0.0f32; 8];
-        let mut scales = [0.0f32; 8];
-        let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
-        for j in 0..8 {
-            let xs = &x[32 * j..32 * j + 32];
-            let sum_x2 = xs.iter().fold(0.0f32, |s, v| s + v * v);
-            let av_x = sqrt(sum_x2 / 32.0);
-            for (w, v) in weights.iter_mut().zip(xs) {
-                *w = av_x + v.abs();
-            }
-            let lj = &mut l[32 * j..32 * j + 32];
-            (scales[j], mins[j]) = make_qkx2_quants(31, xs, &weights, lj, &mut laux, -0.5, 0.1, 15);
-            if scales[j] > max_scale {
-                max_scale = scales[j];
-            }
-            if mins[j] > max_min {
-                max_min = mins[j];
-            }
-        }
-        let inv_scale = if max_scale > 0.0 {
-            63.0 / max_scale
-        } else {
-            0.0
-        };
-        let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-        let sc = &mut y[4..16];
-        sc.fill(0);
-        for j in 0..8 {
-            // C stores nearest_int into a uint8_t (wrapping) before clamping to 63.
-            let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-            let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
-            if j < 4 {
-                sc[j] = ls;
-                sc[j + 4] = lm;
-            } else {
-                sc[j + 4] = (ls & 0xf) | ((lm & 0xf) << 4);
-                sc[j - 4] |= (ls >> 4) << 6;
-                sc[j] |= (lm >> 4) << 6;
-            }
-        }
-        let dh = f32_to_f16(max_scale / 63.0);
-        let dminh = f32_to_f16(max_min / 63.0);
-        y[0..2].copy_from_slice(&dh.to_le_bytes());
-        y[2..4].copy_from_slice(&dminh.to_le_bytes());
-        let (scs, ms) = q4_k_scales_mins(&y[4..16]);
-        for j in 0..8 {
-            let d = f16_to_f32(dh) * f32::from(scs[j]);
-            if d == 0.0 {
-                continue;
-            }
-            let dm = f16_to_f32(dminh) * f32::from(ms[j]);
-            for ii in 0..32 {
-                l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, 31) as u8;
-            }
-        }
+        let l = quantize_k_scales_mins(x, 31, -0.5, 15, y);
         y[16..48].fill(0);
         for c in 0..4 {
             for i in 0..32 {
@@ -140,6 +81,7 @@ pub(super) fn dot_q5_k(w: &[u8], a: &[u8]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::f16::f32_to_f16;
 
     #[test]
     fn q5_k_known_block() {
