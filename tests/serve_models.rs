@@ -35,15 +35,21 @@ fn counts(d: &Daemon) -> (u64, u64, u64, u64) {
     )
 }
 
-/// The guest memory each of the two models takes in a daemon configured like `c`.
-fn footprints(c: &Config) -> (u64, u64) {
-    let bytes = |name: &str| {
-        let path = repo().join(format!("models/{name}.gguf"));
-        ServedModel::load(name, &path, c.context, c.max_active, u64::MAX)
+/// A daemon whose guest has room for either model, not both (`name`: its scratch directory).
+fn daemon_for_one_model(name: &str) -> Daemon {
+    let base = config(&temp_dir(name), TINY, CONTEXT, 8);
+    let bytes = |model: &str| {
+        let path = repo().join(format!("models/{model}.gguf"));
+        ServedModel::load(model, &path, base.context, base.max_active, u64::MAX)
             .expect("the model checks")
             .private_bytes
     };
-    (bytes(TINY), bytes(OTHER))
+    let (tiny, other) = (bytes(TINY), bytes(OTHER));
+    Daemon::start(Config {
+        memory_max: tiny.max(other) + tiny.min(other) / 2,
+        ..base
+    })
+    .expect("daemon starts")
 }
 
 #[test]
@@ -76,15 +82,7 @@ fn a_model_that_does_not_fit_pushes_out_the_least_recently_used() {
     if !guests_can_run(&[TINY, OTHER]) {
         return;
     }
-    let dir = temp_dir("models-evict");
-    let base = config(&dir, TINY, CONTEXT, 8);
-    let (tiny, other) = footprints(&base);
-    // Room for either model, not both.
-    let d = Daemon::start(Config {
-        memory_max: tiny.max(other) + tiny.min(other) / 2,
-        ..base
-    })
-    .expect("daemon starts");
+    let d = daemon_for_one_model("models-evict");
     let addr = d.tcp_addr.unwrap();
     let a = answer(addr, TINY);
     let b = answer(addr, OTHER);
@@ -101,14 +99,7 @@ fn a_model_answering_is_not_pushed_out() {
     if !guests_can_run(&[TINY, OTHER]) {
         return;
     }
-    let dir = temp_dir("models-busy");
-    let base = config(&dir, TINY, CONTEXT, 8);
-    let (tiny, other) = footprints(&base);
-    let d = Daemon::start(Config {
-        memory_max: tiny.max(other) + tiny.min(other) / 2,
-        ..base
-    })
-    .expect("daemon starts");
+    let d = daemon_for_one_model("models-busy");
     let addr = d.tcp_addr.unwrap();
     let alone = answer(addr, OTHER);
     // A long answer from TINY streams while OTHER is asked for: OTHER waits for it (TINY
