@@ -3,7 +3,6 @@
 //! host that cannot read the model (a sealed one) needs no tokenizer of its own.
 
 use super::LoadedModel;
-use alloc::string::String;
 use alloc::vec::Vec;
 use inference_guest::gguf::Gguf;
 use inference_guest::model::ModelError;
@@ -42,10 +41,7 @@ pub(super) fn tokens(prompt: &Prompt, tokenizer: &Tokenizer, template: ChatTempl
         Prompt::Chat(turns) => {
             let messages: Vec<ChatMessage> = turns
                 .iter()
-                .map(|t| ChatMessage {
-                    role: String::from(t.role.as_str()),
-                    content: t.content.clone(),
-                })
+                .map(|t| ChatMessage::new(t.role.as_str(), t.content.clone()))
                 .collect();
             tokenizer.encode_chat(&messages, template)
         }

@@ -26,6 +26,8 @@ mod spm;
 mod unicode;
 mod vocab;
 
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{
+    ChatMessage, ChatTemplate, ToolCall, ToolFormat, ToolReply, ToolSpec, ToolTemplateError,
+};
 pub use error::TokenizerError;
 pub use vocab::{SpecialTokenIds, Tokenizer, TokenizerKind, VocabSpec};

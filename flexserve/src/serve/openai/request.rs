@@ -305,7 +305,7 @@ pub fn parse_chat(body: &[u8], max_tokens_limit: u32) -> Result<GenRequest, ApiE
             Some(Value::Null) | None if role == "assistant" => String::new(),
             _ => return Err(bad("`content` must be a string or an array of text parts")),
         };
-        chat.push(ChatMessage { role, content });
+        chat.push(ChatMessage::new(role, content));
     }
     common(&m, Input::Chat(chat), max_tokens_limit)
 }

@@ -14,8 +14,10 @@
 mod detect;
 mod render;
 mod template;
+mod tools;
 
 pub use template::ChatTemplate;
+pub use tools::{ToolCall, ToolFormat, ToolReply, ToolSpec, ToolTemplateError};
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -27,6 +29,8 @@ pub struct ChatMessage {
     pub role: String,
     /// The message text.
     pub content: String,
+    /// The calls an assistant message made (tool calling, [`ToolFormat`]).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl ChatMessage {
@@ -35,6 +39,7 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
         }
     }
 }

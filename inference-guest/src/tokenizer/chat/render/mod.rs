@@ -24,13 +24,18 @@ pub(super) struct Out {
 
 impl Out {
     /// The template's own text: markers, roles, separators.
-    fn mark(&mut self, s: &str) {
+    pub(super) fn mark(&mut self, s: &str) {
         self.push(s, true);
     }
 
     /// A message's content.
-    fn text(&mut self, s: &str) {
+    pub(super) fn text(&mut self, s: &str) {
         self.push(s, false);
+    }
+
+    /// The parts, neighbours of one kind joined.
+    pub(super) fn into_parts(self) -> Vec<(String, bool)> {
+        self.parts
     }
 
     fn push(&mut self, s: &str, special: bool) {
@@ -45,7 +50,7 @@ impl Out {
 }
 
 /// `s` without the ASCII whitespace C's `isspace` knows at either end (llama.cpp's `trim`).
-fn trim(s: &str) -> &str {
+pub(super) fn trim(s: &str) -> &str {
     s.trim_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r'])
 }
 

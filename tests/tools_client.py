@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Tool calling and structured output with real clients against a running `flexserve serve`
+(driven by tests/serve_tools.rs; `make test-venv` installs the clients). Each scenario
+prints one JSON object on its last line.
+
+  openai      the `openai` SDK: a forced tool call parsed into `tool_calls` (whole and
+              streamed), its result sent back as a `tool` message and answered;
+              `.parse()` with a Pydantic model; `json_object`; a seeded batch of
+              constrained answers at temperature 1, each validated against its schema
+  langchain   LangChain's ChatOpenAI: `bind_tools(...).invoke(...)` returns the call,
+              `with_structured_output(Model)` returns the object
+"""
+import argparse
+import json
+import sys
+from typing import Annotated, List, Literal, Optional
+
+import openai
+from pydantic import BaseModel, Field
+
+try:
+    import httpx2 as httpx  # what openai 3.x is built on
+except ImportError:  # pragma: no cover - older openai releases
+    import httpx
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "The city's name."},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+QUESTION = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+
+
+# Bounded strings and lists: a small model sampled at temperature 1 may otherwise write one
+# string until `max_tokens` runs out, and a cut answer is not JSON.
+class Pet(BaseModel):
+    name: str = Field(max_length=24)
+    species: Literal["cat", "dog", "fish"]
+    age: int
+    toys: List[Annotated[str, Field(max_length=16)]] = Field(max_length=3)
+    owner: Optional[str] = Field(max_length=24)
+
+
+def client(base_url):
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
+
+
+def check_weather_call(call):
+    assert call.type == "function", call
+    assert call.function.name == "get_weather", call
+    args = json.loads(call.function.arguments)
+    assert isinstance(args["city"], str) and args["unit"] in ("celsius", "fahrenheit"), args
+    assert set(args) == {"city", "unit"}, args
+    return args
+
+
+def tool_calls(c, model, n):
+    out = {}
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    r = c.chat.completions.create(model=model, messages=QUESTION, tools=[WEATHER, CLOCK],
+                                  tool_choice=named, temperature=0, max_tokens=n)
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "tool_calls", r
+    assert len(msg.tool_calls) >= 1, msg
+    out["args"] = check_weather_call(msg.tool_calls[0])
+    out["call_id"] = msg.tool_calls[0].id
+    # Streamed: the deltas add up to the same call.
+    calls, finish = {}, None
+    for chunk in c.chat.completions.create(model=model, messages=QUESTION, tools=[WEATHER, CLOCK],
+                                           tool_choice=named, temperature=0, max_tokens=n,
+                                           stream=True):
+        for ch in chunk.choices:
+            finish = ch.finish_reason or finish
+            for d in ch.delta.tool_calls or []:
+                cur = calls.setdefault(d.index, {"name": "", "arguments": ""})
+                cur["name"] += d.function.name or ""
+                cur["arguments"] += d.function.arguments or ""
+    assert finish == "tool_calls", finish
+    out["stream_args"] = json.loads(calls[0]["arguments"])
+    assert calls[0]["name"] == "get_weather" and out["stream_args"] == out["args"], (calls, out)
+    # `required`: some call to a declared tool.
+    r = c.chat.completions.create(model=model, messages=QUESTION, tools=[WEATHER, CLOCK],
+                                  tool_choice="required", temperature=0, max_tokens=n)
+    out["required_name"] = r.choices[0].message.tool_calls[0].function.name
+    assert out["required_name"] in ("get_weather", "get_time"), r
+    # The tool's result goes back and the model answers in prose.
+    history = QUESTION + [msg.model_dump(exclude_none=True),
+                          {"role": "tool", "tool_call_id": out["call_id"],
+                           "content": json.dumps({"temperature": 18, "sky": "clear"})}]
+    r = c.chat.completions.create(model=model, messages=history, tools=[WEATHER],
+                                  temperature=0, max_tokens=n)
+    out["after_tool"] = r.choices[0].message.content
+    out["after_tool_finish"] = r.choices[0].finish_reason
+    return out
+
+
+def structured(c, model, n, batch):
+    out = {}
+    prompt = [{"role": "user", "content": "Invent a pet and describe it as JSON."}]
+    r = c.chat.completions.parse(model=model, messages=prompt, response_format=Pet,
+                                 temperature=0, max_tokens=n)
+    pet = r.choices[0].message.parsed
+    assert isinstance(pet, Pet), r
+    out["parsed"] = pet.model_dump()
+    r = c.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=n,
+                                  response_format={"type": "json_object"})
+    assert isinstance(json.loads(r.choices[0].message.content), dict), r
+    # A seeded batch at temperature 1: every answer validates (Pydantic checks the schema).
+    valid = []
+    for seed in range(batch):
+        r = c.chat.completions.parse(model=model, messages=prompt, response_format=Pet,
+                                     temperature=1.0, seed=seed, max_tokens=n)
+        assert r.choices[0].finish_reason == "stop", r
+        valid.append(Pet.model_validate_json(r.choices[0].message.content).model_dump())
+    out["batch"] = valid
+    # Positive control: the same prompt unconstrained does not give a valid Pet.
+    r = c.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=n)
+    try:
+        Pet.model_validate_json(r.choices[0].message.content)
+        out["unconstrained_valid"] = True
+    except Exception:
+        out["unconstrained_valid"] = False
+    return out
+
+
+def run_openai(a):
+    c = client(a.base_url)
+    return {"tools": tool_calls(c, a.model, a.max_tokens),
+            "structured": structured(c, a.model, a.max_tokens, a.batch)}
+
+
+def run_langchain(a):
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str, unit: Literal["celsius", "fahrenheit"]) -> str:
+        """The current weather in a city."""
+        return "18 degrees"
+
+    llm = ChatOpenAI(base_url=a.base_url, api_key="unused", model=a.model, temperature=0,
+                     max_tokens=a.max_tokens, max_retries=0, timeout=300)
+    msg = llm.bind_tools([get_weather], tool_choice="get_weather").invoke(
+        "What is the weather in Paris?")
+    assert msg.tool_calls and msg.tool_calls[0]["name"] == "get_weather", msg
+    pet = llm.with_structured_output(Pet).invoke("Invent a pet.")
+    assert isinstance(pet, Pet), pet
+    return {"call": msg.tool_calls[0]["args"], "pet": pet.model_dump()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("scenario", choices=["openai", "langchain"])
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--max-tokens", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=6)
+    a = ap.parse_args()
+    out = run_openai(a) if a.scenario == "openai" else run_langchain(a)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
