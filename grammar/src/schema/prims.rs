@@ -85,7 +85,8 @@ pub(crate) fn integer_expr() -> Expr {
     ])
 }
 
-/// A number: an integer part, an optional fraction and exponent.
+/// A number: an integer part, an optional fraction and an exponent of at most two digits
+/// (so every number fits an `f64`: parsers such as serde_json refuse `1e400`).
 pub(crate) fn number_expr() -> Expr {
     Expr::Seq(vec![
         integer_expr(),
@@ -93,7 +94,7 @@ pub(crate) fn number_expr() -> Expr {
         Expr::opt(Expr::Seq(vec![
             Expr::Set(union(range(b'e', b'e'), range(b'E', b'E'))),
             Expr::opt(Expr::Set(union(range(b'-', b'-'), range(b'+', b'+')))),
-            digits(1, None),
+            digits(1, Some(2)),
         ])),
     ])
 }
