@@ -1,8 +1,8 @@
 //! Objects and arrays.
 //!
-//! An object's properties come in the schema's order, required ones first (llama.cpp's
-//! order), then any subset of the optional ones, still in order, then (when
-//! `additionalProperties` allows them) extra members. Without `properties`, a `type: object`
+//! An object's properties come in the schema's order (optional ones may be left out; unlike
+//! llama.cpp, required ones are not moved first, so a model writes the fields in the order
+//! the caller declared them), then (when `additionalProperties` allows them) extra members. Without `properties`, a `type: object`
 //! is any object unless `additionalProperties` says otherwise. With `properties`, a missing
 //! `additionalProperties` means none (llama.cpp's reading, and what OpenAI's strict mode
 //! asks for anyway).
@@ -28,7 +28,7 @@ impl Compiler<'_> {
         };
         let required = self.required(schema, props, pointer)?;
         let props_ptr = child(pointer, "properties");
-        let (mut req, mut opt) = (Vec::new(), Vec::new());
+        let mut members = Vec::new();
         for (name, sub) in props {
             let value = self.compile(sub, &child(&props_ptr, name))?;
             let mut key = String::new();
@@ -39,11 +39,7 @@ impl Compiler<'_> {
                 value,
             ]);
             let rule = self.b.rule(&child(&props_ptr, name), &kv)?;
-            if required.contains(&name.as_str()) {
-                req.push(Expr::Rule(rule));
-            } else {
-                opt.push(Expr::Rule(rule));
-            }
+            members.push((Expr::Rule(rule), required.contains(&name.as_str())));
         }
         if let Some(value) = extra {
             // Extra members, any number, after the declared ones. Their keys are not kept
@@ -57,12 +53,10 @@ impl Compiler<'_> {
                 ]),
             )?;
             let more = Expr::repeat(Expr::Seq(vec![self.comma(), Expr::Rule(kv)]), 0, None);
-            opt.push(Expr::Rule(
-                self.b
-                    .rule("extra-kvs", &Expr::Seq(vec![Expr::Rule(kv), more]))?,
-            ));
+            let kvs = self.b.rule("extra-kvs", &Expr::Seq(vec![Expr::Rule(kv), more]))?;
+            members.push((Expr::Rule(kvs), false));
         }
-        let body = self.members(req, opt)?;
+        let body = self.members(members)?;
         Ok(Expr::Seq(vec![
             self.prims.tok(Expr::lit("{")),
             body,
@@ -74,35 +68,24 @@ impl Compiler<'_> {
         self.prims.tok(Expr::lit(","))
     }
 
-    /// The required members in order, then any ordered subset of the optional ones:
-    /// `C_i ::= opt_i ("," (C_{i+1} | ... | C_n))?`, built from the last one back.
-    fn members(&mut self, req: Vec<Expr>, opt: Vec<Expr>) -> Result<Expr, SchemaError> {
-        let mut chains: Vec<Expr> = Vec::new();
-        for item in opt.into_iter().rev() {
-            let tail = match chains.is_empty() {
-                true => Expr::Seq(vec![]),
-                false => Expr::opt(Expr::Seq(vec![self.comma(), Expr::Alt(chains.clone())])),
+    /// The members in order, optional ones possibly absent, commas only between those
+    /// present. Built from the last member back, two rules per member: `first_i` (nothing
+    /// written yet: no comma before member i) and `later_i` (a comma first):
+    /// `first_i ::= kv_i later_{i+1} | first_{i+1}` (the second alternative if optional),
+    /// `later_i ::= "," kv_i later_{i+1} | later_{i+1}`. Linear in the member count.
+    fn members(&mut self, members: Vec<(Expr, bool)>) -> Result<Expr, SchemaError> {
+        let (mut first, mut later) = (Expr::Seq(vec![]), Expr::Seq(vec![]));
+        for (kv, required) in members.into_iter().rev() {
+            let take_first = Expr::Seq(vec![kv.clone(), later.clone()]);
+            let take_later = Expr::Seq(vec![self.comma(), kv, later.clone()]);
+            let (f, l) = match required {
+                true => (take_first, take_later),
+                false => (Expr::Alt(vec![take_first, first]), Expr::Alt(vec![take_later, later])),
             };
-            let c = self
-                .b
-                .rule("optional-members", &Expr::Seq(vec![item, tail]))?;
-            chains.insert(0, Expr::Rule(c));
+            first = Expr::Rule(self.b.rule("members", &f)?);
+            later = Expr::Rule(self.b.rule("more-members", &l)?);
         }
-        let mut seq = Vec::new();
-        for (i, r) in req.iter().enumerate() {
-            if i > 0 {
-                seq.push(self.comma());
-            }
-            seq.push(r.clone());
-        }
-        if !chains.is_empty() {
-            let any = Expr::Alt(chains);
-            seq.push(match req.is_empty() {
-                true => Expr::opt(any),
-                false => Expr::opt(Expr::Seq(vec![self.comma(), any])),
-            });
-        }
-        Ok(Expr::Seq(seq))
+        Ok(first)
     }
 
     /// `additionalProperties`: `None` for no extra members, else the extra values' grammar.
