@@ -27,14 +27,24 @@ const ANSWER: &str = r#"{"name":"Ada Lovelace","age":36,"email":null,"address":{
 
 fn main() {
     let path = std::env::args().nth(1).map(Into::into);
-    let Some(tok) = qwen::tokenizer(path) else { return };
+    let Some(tok) = qwen::tokenizer(path) else {
+        return;
+    };
     let t = Instant::now();
     let vocab = grammar_vocab(&tok);
-    println!("vocabulary: {} tokens, trie built in {:.1} ms", vocab.len(), ms(t));
+    println!(
+        "vocabulary: {} tokens, trie built in {:.1} ms",
+        vocab.len(),
+        ms(t)
+    );
     let eog = eog_ids(&tok);
     let t = Instant::now();
     let grammar = compile_schema(SCHEMA).expect("schema compiles");
-    println!("schema compiled in {:.3} ms ({} rules)", ms(t), grammar.rule_count());
+    println!(
+        "schema compiled in {:.3} ms ({} rules)",
+        ms(t),
+        grammar.rule_count()
+    );
     let tokens = tok.encode(ANSWER, false, false);
     let mut mask = TokenSet::new(vocab.len());
     let mut logits = vec![0.0f32; vocab.len()];
@@ -43,7 +53,8 @@ fn main() {
     for &id in &tokens {
         let t = Instant::now();
         c.mask_logits(&vocab, &eog, &mut logits, &mut mask);
-        c.accept_token_id(&vocab, &eog, id).expect("the answer follows the schema");
+        c.accept_token_id(&vocab, &eog, id)
+            .expect("the answer follows the schema");
         times.push(t.elapsed().as_secs_f64() * 1e6);
         logits.iter_mut().for_each(|l| *l = 0.0);
     }

@@ -22,6 +22,7 @@ mod json;
 mod matcher;
 mod rules;
 mod schema;
+mod table;
 mod vocab;
 
 pub use error::{ConstraintError, GrammarError, SchemaError};

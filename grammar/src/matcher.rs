@@ -14,6 +14,7 @@
 //! by the exact head set.
 
 use crate::rules::{ByteSet, Elem, Grammar, set_has, union};
+use crate::table::Table;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -43,6 +44,12 @@ pub(crate) struct Node {
 pub(crate) struct Stacks {
     pub(crate) nodes: Vec<Node>,
     work: Vec<(u32, u32)>,
+    /// While `consing`, a node is made once per (position, parent) and found again in
+    /// `cons`, so equal stacks get equal ids and the trie walk's states repeat (counted
+    /// repetitions would otherwise make a fresh node, hence a fresh state, per byte). The
+    /// walk turns it on and clears `cons` when it truncates the arena.
+    pub(crate) consing: bool,
+    pub(crate) cons: Table,
 }
 
 impl Stacks {
@@ -77,11 +84,7 @@ impl Stacks {
                     let cont = if g.elems.get(pos as usize + 1) == Some(&Elem::End) {
                         parent
                     } else {
-                        self.nodes.push(Node {
-                            pos: pos + 1,
-                            parent,
-                        });
-                        (self.nodes.len() - 1) as u32
+                        self.node(pos + 1, parent)
                     };
                     if let Some(starts) = g.alts.get(r as usize) {
                         for &s in starts.iter().rev() {
@@ -92,6 +95,22 @@ impl Stacks {
             }
         }
         complete
+    }
+
+    /// The node for resuming at `pos` over `parent` (shared while consing).
+    fn node(&mut self, pos: u32, parent: u32) -> u32 {
+        let key = (u64::from(pos) << 32) | u64::from(parent);
+        if self.consing
+            && let Some(id) = self.cons.get(key)
+        {
+            return id;
+        }
+        let id = self.nodes.len() as u32;
+        self.nodes.push(Node { pos, parent });
+        if self.consing {
+            self.cons.insert(key, id);
+        }
+        id
     }
 
     /// Appends to `heads` (after `from`) the heads `heads[from_range]` reach on byte `b`;

@@ -11,9 +11,10 @@
 //! a string's second and later tokens cost a copy of the mask, not a walk.
 
 use crate::error::ConstraintError;
-use crate::matcher::{Head, Matcher, dedup_tail, first_bytes};
+use crate::matcher::{Head, Matcher, Stacks, dedup_tail, first_bytes};
 use crate::rules::{ByteSet, Grammar, set_has};
-use alloc::collections::VecDeque;
+use crate::table::Table;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -172,8 +173,8 @@ const MASK_CACHE: usize = 4;
 pub struct Constraint {
     matcher: Matcher,
     cache: VecDeque<(Vec<Head>, bool, TokenSet)>,
-    /// The walk's head frames (reused between steps).
-    scratch: Vec<Head>,
+    /// The walk's interned states (reused between steps).
+    dfa: Dfa,
 }
 
 impl Constraint {
@@ -186,7 +187,7 @@ impl Constraint {
         Self {
             matcher,
             cache: VecDeque::new(),
-            scratch: Vec::new(),
+            dfa: Dfa::default(),
         }
     }
 
@@ -272,74 +273,143 @@ impl Constraint {
             .map_err(|_| ConstraintError::Rejected(id))
     }
 
-    /// The trie walk: depth-first, with the heads of each depth stacked in `scratch`.
+    /// The trie walk: depth-first, over matcher states interned as they are met (see
+    /// [`Dfa`]), so each trie node costs one table lookup once its state and byte were seen.
     fn walk(&mut self, vocab: &Vocab, out: &mut TokenSet) {
         let m = &mut self.matcher;
         let g: &Grammar = &m.grammar;
         let saved_nodes = m.stacks.nodes.len();
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&m.heads);
-        // Per depth: trie node, next edge, start of its heads in scratch, arena length,
-        // and the bytes those heads accept (computed once per node, tested per edge).
+        let dfa = &mut self.dfa;
+        m.stacks.consing = true;
+        let start = dfa.intern(&m.heads, m.complete);
+        dfa.states[start as usize].first = first_bytes(g, &m.heads);
         let mut path: Vec<Frame> = Vec::with_capacity(64);
         if let Some(root) = vocab.nodes.first() {
-            let first = first_bytes(g, &self.scratch);
             path.push(Frame {
                 next: root.edge_start,
                 end: root.edge_end,
-                start: 0,
-                arena: saved_nodes,
-                first,
+                state: start,
             });
         }
         while let Some(f) = path.last_mut() {
             if f.next >= f.end {
-                let (start, arena) = (f.start, f.arena);
                 path.pop();
-                self.scratch.truncate(start);
-                m.stacks.nodes.truncate(arena);
                 continue;
             }
             let (b, child) = vocab.edges[f.next as usize];
             f.next += 1;
-            if !set_has(&f.first, b) {
+            let state = f.state;
+            if !set_has(&dfa.states[state as usize].first, b) {
                 continue;
             }
-            let start = f.start;
-            let child_start = self.scratch.len();
-            let child_arena = m.stacks.nodes.len();
-            let complete = m.stacks.step(g, &mut self.scratch, start..child_start, b);
-            dedup_tail(&mut self.scratch, child_start);
-            let alive = self.scratch.len() > child_start;
-            let cn = vocab.nodes[child as usize];
-            if alive || complete {
-                for &id in &vocab.ids[cn.tok_start as usize..cn.tok_end as usize] {
-                    out.insert(id);
-                }
+            let next = dfa.next(g, &mut m.stacks, state, b);
+            if next == DEAD {
+                continue;
             }
-            if alive && cn.edge_end > cn.edge_start {
-                let first = first_bytes(g, &self.scratch[child_start..]);
+            let cn = vocab.nodes[child as usize];
+            for &id in &vocab.ids[cn.tok_start as usize..cn.tok_end as usize] {
+                out.insert(id);
+            }
+            if dfa.states[next as usize].alive && cn.edge_end > cn.edge_start {
                 path.push(Frame {
                     next: cn.edge_start,
                     end: cn.edge_end,
-                    start: child_start,
-                    arena: child_arena,
-                    first,
+                    state: next,
                 });
-            } else {
-                self.scratch.truncate(child_start);
-                m.stacks.nodes.truncate(child_arena);
             }
         }
+        // The interned states referred to these nodes; both go.
         m.stacks.nodes.truncate(saved_nodes);
+        m.stacks.consing = false;
+        m.stacks.cons.clear();
+        dfa.clear();
     }
 }
 
-/// One depth of the trie walk.
+/// One depth of the trie walk: the edges left to try and the matcher state there.
 struct Frame {
     next: u32,
     end: u32,
+    state: u32,
+}
+
+/// No state: the byte is rejected.
+const DEAD: u32 = u32::MAX;
+
+/// A matcher state met during one walk: its heads (`Dfa::heads[start..end]`), whether any
+/// stack is left, and the bytes it accepts.
+#[derive(Clone, Debug)]
+struct DfaState {
     start: usize,
-    arena: usize,
+    end: usize,
+    alive: bool,
     first: ByteSet,
+}
+
+/// Matcher states interned by their exact heads, with their transitions memoised: a lazily
+/// built DFA over the part of the grammar one walk visits. Inside a string almost every
+/// trie node leads back to the same few states, so most nodes cost one lookup instead of
+/// advancing a dozen stacks. Lives for one walk (its states point into the arena).
+#[derive(Clone, Debug, Default)]
+struct Dfa {
+    heads: Vec<Head>,
+    states: Vec<DfaState>,
+    index: BTreeMap<(bool, Vec<Head>), u32>,
+    trans: Table,
+    scratch: Vec<Head>,
+}
+
+impl Dfa {
+    fn clear(&mut self) {
+        self.heads.clear();
+        self.states.clear();
+        self.index.clear();
+        self.trans.clear();
+    }
+
+    fn intern(&mut self, heads: &[Head], complete: bool) -> u32 {
+        let key = (complete, heads.to_vec());
+        if let Some(&id) = self.index.get(&key) {
+            return id;
+        }
+        let id = self.states.len() as u32;
+        let start = self.heads.len();
+        self.heads.extend_from_slice(heads);
+        self.states.push(DfaState {
+            start,
+            end: self.heads.len(),
+            alive: !heads.is_empty(),
+            first: [0; 4],
+        });
+        self.index.insert(key, id);
+        id
+    }
+
+    /// The state after `b` from `state` (memoised), or [`DEAD`].
+    fn next(&mut self, g: &Grammar, stacks: &mut Stacks, state: u32, b: u8) -> u32 {
+        let key = (u64::from(state) << 8) | u64::from(b);
+        if let Some(n) = self.trans.get(key) {
+            return n;
+        }
+        let st = &self.states[state as usize];
+        self.scratch.clear();
+        self.scratch
+            .extend_from_slice(&self.heads[st.start..st.end]);
+        let n = self.scratch.len();
+        let complete = stacks.step(g, &mut self.scratch, 0..n, b);
+        self.scratch.drain(..n);
+        dedup_tail(&mut self.scratch, 0);
+        let next = if self.scratch.is_empty() && !complete {
+            DEAD
+        } else {
+            let heads = core::mem::take(&mut self.scratch);
+            let id = self.intern(&heads, complete);
+            self.scratch = heads;
+            let s = &mut self.states[id as usize];
+            s.first = first_bytes(g, &self.heads[s.start..s.end]);
+            id
+        };
+        self.trans.insert(key, next);
+        next
+    }
 }

@@ -53,7 +53,9 @@ impl Compiler<'_> {
                 ]),
             )?;
             let more = Expr::repeat(Expr::Seq(vec![self.comma(), Expr::Rule(kv)]), 0, None);
-            let kvs = self.b.rule("extra-kvs", &Expr::Seq(vec![Expr::Rule(kv), more]))?;
+            let kvs = self
+                .b
+                .rule("extra-kvs", &Expr::Seq(vec![Expr::Rule(kv), more]))?;
             members.push((Expr::Rule(kvs), false));
         }
         let body = self.members(members)?;
@@ -80,7 +82,10 @@ impl Compiler<'_> {
             let take_later = Expr::Seq(vec![self.comma(), kv, later.clone()]);
             let (f, l) = match required {
                 true => (take_first, take_later),
-                false => (Expr::Alt(vec![take_first, first]), Expr::Alt(vec![take_later, later])),
+                false => (
+                    Expr::Alt(vec![take_first, first]),
+                    Expr::Alt(vec![take_later, later]),
+                ),
             };
             first = Expr::Rule(self.b.rule("members", &f)?);
             later = Expr::Rule(self.b.rule("more-members", &l)?);
