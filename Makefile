@@ -32,7 +32,7 @@ PROMPT ?= Write a haiku about the sea.
 .PHONY: help setup setup-deps setup-bench models build image image-arm64 test test-fast test-fallback lint test-neon run \
         test-venv flexserve-bin install install-units bench-serve bench-serve-abuse bench-agent \
         fuzz-toolchain fuzz-check fuzz-build fuzz-smoke \
-        bench bench-engine bench-boot bench-virtio bench-memory clean
+        bench bench-engine bench-grammar bench-boot bench-virtio bench-memory clean
 
 help:
 	@echo "make run           set up if needed, then generate text from the default model"
@@ -45,6 +45,7 @@ help:
 	@echo "make image-arm64   the same for arm64 (aarch64-unknown-none) into images/out-aarch64"
 	@echo "make bench         protected guest vs host engine vs llama.cpp: TTFT, prefill, decode"
 	@echo "make bench-engine  engine vs llama.cpp, prefill/decode tokens/s (needs setup-bench)"
+	@echo "make bench-grammar structured output: grammar mask cost per token on Qwen2.5's 151k vocabulary"
 	@echo "make bench-boot    guest boot time and guest-vs-host compute ratio under /dev/kvm"
 	@echo "make bench-virtio  virtio-llm echo round trip and throughput, guest vs in-process"
 	@echo "make install       binary, guest images, systemd units, config (PREFIX=/usr/local DESTDIR=)"
@@ -202,7 +203,7 @@ lint:
 	@# and the e2e tests have none, and the arm64 harness compiles them for this target
 	@# anyway: linting them here again cost CI ~100 s for no new warning.
 	$(CARGO) clippy --quiet --target aarch64-unknown-linux-musl -p vmm -p arm64-init -p inference-guest -p sealed-model --all-targets -- -D warnings
-	python3 tools/lint/size_limits.py vmm flexserve virtio-llm guest-abi guest-runtime guest-service guest-programs inference-guest sealed-model sealed-session model-tools tests
+	python3 tools/lint/size_limits.py vmm flexserve virtio-llm guest-abi guest-runtime guest-service guest-programs inference-guest sealed-model sealed-session model-tools tests grammar
 
 test-fast:
 	FLEXSERVE_REQUIRE_MODELS=1 $(CARGO) test --workspace --quiet
@@ -351,6 +352,10 @@ bench-engine: setup setup-bench
 	$(BENCH_VENV)/bin/python tools/bench/bench_engine.py --flexserve $(FLEXSERVE) \
 		$(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf \
 		$(DEFAULT_MODEL)
+
+# The grammar's cost per token (docs/structured-output.md): mask + advance along a JSON answer.
+bench-grammar: $(QWEN_CODER)
+	$(CARGO) run --release --quiet -p llm-grammar --example bench_mask -- $(QWEN_CODER)
 
 # --- arm64 under QEMU (tools/arm64/, docs/testing.md) -----------------------------------
 

@@ -1,5 +1,6 @@
 //! The token loop: prefill a prompt, then sample and feed back one token at a time.
 
+use crate::constrain::Constrained;
 use crate::model::{FileArrival, Logits, Model, ModelError, Session, StreamingModel};
 use crate::parallel::Parallel;
 use crate::sampler::Sampler;
@@ -56,6 +57,33 @@ pub fn generate(
         req,
         is_eog,
         on_token,
+        None,
+    )
+}
+
+/// [`generate`] with structured output: each step's logits are masked by `constraint`
+/// (tokens that would leave its grammar get −∞) before sampling, and the constraint advances
+/// on the chosen token. Generation ends at an end-of-generation token, which the mask allows
+/// only once the output is complete, or when no token is allowed any more.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_constrained(
+    model: &Model<'_>,
+    session: &mut Session,
+    sampler: &mut Sampler,
+    par: &dyn Parallel,
+    req: &Generation<'_>,
+    is_eog: &dyn Fn(u32) -> bool,
+    constraint: &mut Constrained<'_>,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<GenerateOutcome, ModelError> {
+    token_loop(
+        &mut |s, tokens| s.eval(model, tokens, Logits::Last, par),
+        session,
+        sampler,
+        req,
+        is_eog,
+        on_token,
+        Some(constraint),
     )
 }
 
@@ -80,6 +108,7 @@ pub fn generate_arriving<'a>(
         req,
         is_eog,
         on_token,
+        None,
     )
 }
 
@@ -87,7 +116,7 @@ pub fn generate_arriving<'a>(
 type Eval<'e> =
     dyn for<'s> FnMut(&'s mut Session, &[u32]) -> Result<&'s mut [f32], ModelError> + 'e;
 
-/// [`generate`]'s loop, with `eval` running the model.
+/// [`generate`]'s loop, with `eval` running the model and an optional grammar constraint.
 fn token_loop(
     eval: &mut Eval<'_>,
     session: &mut Session,
@@ -95,6 +124,7 @@ fn token_loop(
     req: &Generation<'_>,
     is_eog: &dyn Fn(u32) -> bool,
     on_token: &mut dyn FnMut(u32) -> bool,
+    mut constraint: Option<&mut Constrained<'_>>,
 ) -> Result<GenerateOutcome, ModelError> {
     let mut history: Vec<u32> = req.prompt.to_vec();
     let mut generated = 0;
@@ -107,13 +137,26 @@ fn token_loop(
         if generated >= req.max_tokens {
             break Finish::MaxTokens;
         }
+        // A constrained output with nothing left to allow is finished (complete with no
+        // end-of-generation id to give, or stuck); it ends as if the model had ended it.
+        if let Some(c) = constraint.as_deref_mut()
+            && !c.mask(logits)
+        {
+            break Finish::EndOfGeneration;
+        }
         let token = sampler.sample(logits, &history);
+        // The mask allowed `token`, so this only fails if every logit was −∞ or NaN.
+        if let Some(c) = constraint.as_deref_mut()
+            && c.advance(token).is_err()
+        {
+            break Finish::EndOfGeneration;
+        }
         generated += 1;
         history.push(token);
         // A request that ends on this token anyway reports why, even if `on_token` asked to
         // stop: a preempted request must not be resumed past its end.
         let go_on = on_token(token);
-        if req.stop_at_eog && is_eog(token) {
+        if (req.stop_at_eog || constraint.is_some()) && is_eog(token) {
             break Finish::EndOfGeneration;
         }
         if generated >= req.max_tokens {

@@ -11,10 +11,12 @@
 //! - [`model`]: llama-family hyper-parameters, weights and the forward pass.
 //! - [`tokenizer`]: GPT-2 byte-level BPE and SentencePiece tokenizers, special tokens, chat templates.
 //! - [`sampler`]: greedy, temperature, top-k, top-p, min-p, repetition penalty.
+//! - [`constrain`]: structured output: a grammar constraint on the token loop (`llm-grammar`).
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;
 
+pub mod constrain;
 pub mod generate;
 pub mod ggml_type;
 pub mod gguf;

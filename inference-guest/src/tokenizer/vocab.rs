@@ -402,6 +402,14 @@ impl Tokenizer {
         self.eog.get(id as usize).copied().unwrap_or(false)
     }
 
+    /// Whether `id` is a control, user-defined or unknown token (`<|im_start|>`, ...): its
+    /// text is markup, not output, so a grammar never allows it.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.attrs
+            .get(id as usize)
+            .is_some_and(|a| a & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+    }
+
     /// The token's text as stored in the vocabulary (byte-level or "▁"-escaped form).
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(String::as_str)
