@@ -29,5 +29,7 @@ pub use error::{ConstraintError, GrammarError, SchemaError};
 pub use json::Json;
 pub use matcher::Matcher;
 pub use rules::Grammar;
-pub use schema::{compile_schema, compile_value, json_object_grammar};
+pub use schema::{
+    CallStyle, ToolSchema, compile_schema, compile_value, json_object_grammar, tool_calls_grammar,
+};
 pub use vocab::{Constraint, TokenSet, Vocab};

@@ -31,16 +31,39 @@ pub fn eog_ids(tok: &Tokenizer) -> Vec<u32> {
         .collect()
 }
 
+/// When a lazy constraint starts: once the answer writes `text` (anywhere, or only as its
+/// first non-whitespace bytes when `at_start`). Before that the answer is free.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    pub text: Vec<u8>,
+    pub at_start: bool,
+}
+
+/// Where a lazy constraint stands.
+enum Phase<'v> {
+    /// Free text so far, kept to look for the trigger; the tokenizer gives each token's
+    /// bytes (special tokens too: a model may write the trigger as one).
+    Waiting {
+        tok: &'v Tokenizer,
+        trigger: Trigger,
+        text: Vec<u8>,
+    },
+    Active,
+    /// The trigger can no longer come, or what followed it left the grammar: free to the end.
+    Off,
+}
+
 /// One request's constraint with what it needs every step.
 pub struct Constrained<'v> {
     vocab: &'v Vocab,
     constraint: Constraint,
     eog: Vec<u32>,
     mask: TokenSet,
+    phase: Phase<'v>,
 }
 
 impl<'v> Constrained<'v> {
-    /// `eog`: the ids that end generation ([`eog_ids`]).
+    /// A constraint on the whole answer. `eog`: the ids that end generation ([`eog_ids`]).
     pub fn new(vocab: &'v Vocab, constraint: Constraint, eog: Vec<u32>) -> Self {
         let mask = TokenSet::new(vocab.len());
         Self {
@@ -48,12 +71,36 @@ impl<'v> Constrained<'v> {
             constraint,
             eog,
             mask,
+            phase: Phase::Active,
         }
     }
 
-    /// Masks `logits`; `false` if no token is allowed (the output is complete and there is
-    /// no end-of-generation id, or the grammar is stuck): the loop must stop there.
+    /// A constraint that starts at `trigger`, fed the answer from the trigger on (a
+    /// `tool_choice: auto` answer: prose, or calls that must be valid).
+    pub fn lazy(
+        vocab: &'v Vocab,
+        tok: &'v Tokenizer,
+        constraint: Constraint,
+        eog: Vec<u32>,
+        trigger: Trigger,
+    ) -> Self {
+        Self {
+            phase: Phase::Waiting {
+                tok,
+                trigger,
+                text: Vec::new(),
+            },
+            ..Self::new(vocab, constraint, eog)
+        }
+    }
+
+    /// Masks `logits` (nothing before a lazy constraint starts); `false` if no token is
+    /// allowed (the output is complete and there is no end-of-generation id, or the grammar
+    /// is stuck): the loop must stop there.
     pub fn mask(&mut self, logits: &mut [f32]) -> bool {
+        if !matches!(self.phase, Phase::Active) {
+            return true;
+        }
         self.constraint
             .mask_logits(self.vocab, &self.eog, logits, &mut self.mask);
         self.mask.count() > 0
@@ -61,12 +108,45 @@ impl<'v> Constrained<'v> {
 
     /// Advances over the sampled `token` (one [`mask`](Self::mask) allowed).
     pub fn advance(&mut self, token: u32) -> Result<(), ConstraintError> {
-        self.constraint
-            .accept_token_id(self.vocab, &self.eog, token)
+        match &mut self.phase {
+            Phase::Active => self
+                .constraint
+                .accept_token_id(self.vocab, &self.eog, token),
+            Phase::Off => Ok(()),
+            Phase::Waiting { tok, trigger, text } => {
+                text.extend_from_slice(tok.token_bytes(token));
+                let from = match trigger.at_start {
+                    true => text.iter().position(|b| !b.is_ascii_whitespace()),
+                    false => find(text, &trigger.text),
+                };
+                let Some(from) = from else {
+                    return Ok(());
+                };
+                let rest = &text[from..];
+                self.phase = if trigger.at_start && !rest.starts_with(&trigger.text) {
+                    // Only a prefix so far: wait for more, unless it already differs.
+                    match trigger.text.starts_with(rest) {
+                        true => return Ok(()),
+                        false => Phase::Off,
+                    }
+                } else {
+                    match self.constraint.accept_token(rest) {
+                        Ok(()) => Phase::Active,
+                        Err(_) => Phase::Off,
+                    }
+                };
+                Ok(())
+            }
+        }
     }
 
     /// Whether the output so far is a complete value of the schema.
     pub fn is_complete(&self) -> bool {
         self.constraint.is_complete()
     }
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }

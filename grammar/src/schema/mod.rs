@@ -3,6 +3,9 @@
 
 mod object;
 mod prims;
+mod tools;
+
+pub use tools::{CallStyle, ToolSchema, tool_calls_grammar};
 
 use crate::error::SchemaError;
 use crate::json::Json;
@@ -62,6 +65,18 @@ pub fn compile_schema(text: &str) -> Result<Grammar, SchemaError> {
 pub fn compile_value(root: &Json) -> Result<Grammar, SchemaError> {
     let mut b = Builder::new();
     let prims = Prims::new(&mut b)?;
+    let (mut b, top) = compile_document(b, prims, root)?;
+    let start = b.rule("root", &Expr::Seq(alloc::vec![Expr::Rule(prims.ws), top]))?;
+    Ok(b.finish(start)?)
+}
+
+/// The expression for one value of the schema document `root` (its `$ref`s resolved within
+/// it), its rules added to `b`.
+pub(crate) fn compile_document(
+    b: Builder,
+    prims: Prims,
+    root: &Json,
+) -> Result<(Builder, Expr), SchemaError> {
     let mut c = Compiler {
         b,
         prims,
@@ -70,8 +85,6 @@ pub fn compile_value(root: &Json) -> Result<Grammar, SchemaError> {
         pending: Vec::new(),
     };
     let top = c.compile(root, "#")?;
-    let start =
-        c.b.rule("root", &Expr::Seq(alloc::vec![Expr::Rule(c.prims.ws), top]))?;
     // Each `$ref` target once, however many places name it (recursion included).
     while let Some((rule, pointer)) = c.pending.pop() {
         let target = resolve(root, &pointer).ok_or_else(|| SchemaError::Ref {
@@ -81,7 +94,7 @@ pub fn compile_value(root: &Json) -> Result<Grammar, SchemaError> {
         let e = c.compile(target, &pointer)?;
         c.b.define(rule, &e)?;
     }
-    Ok(c.b.finish(start)?)
+    Ok((c.b, top))
 }
 
 /// A grammar for any JSON object (`response_format: {"type": "json_object"}`).

@@ -170,6 +170,7 @@ pub(crate) fn format_expr(format: &str) -> Option<Expr> {
 }
 
 /// Rules made once per grammar and shared by every schema position that needs them.
+#[derive(Clone, Copy)]
 pub(crate) struct Prims {
     pub(crate) ws: u32,
     /// One string character (for counted repetitions: one rule, not one per count).
