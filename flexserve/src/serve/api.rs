@@ -33,6 +33,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/flexserve/guest", get(super::sealed_api::guest))
+        .merge(super::ollama::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
@@ -79,7 +80,11 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn not_found(uri: Uri) -> Response {
-    ApiError::NotFound(uri.path().to_string()).into_response()
+    let e = ApiError::NotFound(uri.path().to_string());
+    if super::ollama::is_ollama_path(uri.path()) {
+        return super::ollama::error(e);
+    }
+    e.into_response()
 }
 
 async fn chat(

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod models;
 pub mod models_api;
 pub mod notify;
+pub mod ollama;
 pub mod openai;
 pub mod residency;
 pub mod scheduler;
