@@ -7,6 +7,7 @@ pub mod chat;
 pub mod cli;
 pub mod guest_root;
 pub mod model;
+pub mod models_cli;
 pub mod proxy;
 pub mod run;
 pub mod serve;

@@ -7,7 +7,9 @@
 //! `config.rs` the configuration (`config_access.rs` its access sections), `listen.rs`
 //! sockets and socket activation, `server.rs` the HTTP/1 connections and `conn_limits.rs`
 //! their limits, `guard.rs` the Host/Origin/key/Content-Type checks and `auth.rs` API keys,
-//! `notify.rs` sd_notify, `api.rs` routes and answers, `openai.rs` request parsing and response shapes,
+//! `notify.rs` sd_notify, `api.rs` routes and answers, `generation.rs` the path every API's
+//! generation request takes, `openai/` request parsing and response shapes, `ollama/` Ollama's
+//! API, `models_api.rs` `/v1/models`,
 //! `error.rs` API errors, `models.rs` the models directory, `scheduler.rs` the fair queue,
 //! `worker.rs` the guest thread, `stop.rs` stop sequences, `metrics.rs` `/metrics`.
 

@@ -134,6 +134,8 @@ impl ServedModel {
 pub struct Listed {
     /// Its name in the API.
     pub id: String,
+    /// Its file in the models directory.
+    pub path: PathBuf,
     /// The file's modification time, seconds since the epoch.
     pub modified: u64,
     /// Its metadata, or why the file cannot be read (it is listed all the same: its name
@@ -245,6 +247,7 @@ impl Catalogue {
         };
         Listed {
             id,
+            path: path.to_path_buf(),
             modified,
             info,
             digest: crate::model::digest_cache::lookup(path)

@@ -79,6 +79,7 @@ mod tests {
         };
         let v = object(&Listed {
             id: "m".into(),
+            path: "m.gguf".into(),
             modified: 5,
             info: Ok(Arc::new(info)),
             digest: None,
@@ -99,6 +100,7 @@ mod tests {
         assert!(v["architecture"].is_null() && v["quantization"].is_null());
         let broken = object(&Listed {
             id: "b".into(),
+            path: "b.gguf".into(),
             modified: 0,
             info: Err("not a model".into()),
             digest: None,

@@ -187,6 +187,7 @@ mod tests {
     fn listed(sealed: bool) -> Listed {
         Listed {
             id: "m".into(),
+            path: "m.gguf".into(),
             modified: 0,
             info: Ok(Arc::new(ModelInfo {
                 size: 100,
