@@ -178,20 +178,7 @@ pub async fn submit(
         })
         .await??
     };
-    let context = match num_ctx {
-        Some(n) if n > model.context => {
-            return Err(ApiError::invalid(
-                "num_ctx",
-                format!(
-                    "`options.num_ctx` {n} is more than the context model `{}` is served \
-                     with ({} tokens, `models.context`)",
-                    model.id, model.context
-                ),
-            ));
-        }
-        Some(n) => n,
-        None => model.context,
-    };
+    let context = context_for(&model, num_ctx)?;
     // A prompt the guest tokenizes is checked there (an empty one is refused, one that does
     // not fit ends with the context full).
     let prompt_tokens = match &prompt {
@@ -246,6 +233,22 @@ pub async fn submit(
         cancel: CancelOnDrop(cancel),
         detok,
     })
+}
+
+/// The context a request may use: the model's, or less with Ollama's `num_ctx`.
+fn context_for(model: &ServedModel, num_ctx: Option<u32>) -> Result<u32, ApiError> {
+    match num_ctx {
+        Some(n) if n > model.context => Err(ApiError::invalid(
+            "num_ctx",
+            format!(
+                "`options.num_ctx` {n} is more than the context model `{}` is served with \
+                 ({} tokens, `models.context`)",
+                model.id, model.context
+            ),
+        )),
+        Some(n) => Ok(n),
+        None => Ok(model.context),
+    }
 }
 
 /// The answer to a job the queue did not take.

@@ -122,20 +122,22 @@ fn show_name(body: &[u8]) -> Result<String, ApiError> {
 /// An `/api/tags` entry; `None` for a file that cannot be read.
 fn entry(l: &Listed) -> Option<Value> {
     let info = l.info.as_ref().ok()?;
-    let family = info.architecture.clone();
+    // Ollama's fields are strings, never null (typed clients read them so): what is not
+    // known, like a sealed model's family, is "".
+    let family = info.architecture.clone().unwrap_or_default();
     Some(json!({
         "name": l.id,
         "model": l.id,
         "modified_at": rfc3339_secs(l.modified),
         "size": info.size,
-        "digest": l.digest,
+        "digest": l.digest.clone().unwrap_or_default(),
         "details": {
             "parent_model": "",
             "format": if info.sealed { "sealed" } else { "gguf" },
+            "families": if family.is_empty() { vec![] } else { vec![family.clone()] },
             "family": family,
-            "families": family.map(|f| vec![f]),
-            "parameter_size": info.parameter_size(),
-            "quantization_level": info.quantization,
+            "parameter_size": info.parameter_size().unwrap_or_default(),
+            "quantization_level": info.quantization.unwrap_or_default(),
         },
     }))
 }
@@ -220,6 +222,8 @@ mod tests {
         assert_eq!(s["model_info"]["general.parameter_count"], 135_000_000);
         let sealed = show_body(&listed(true)).unwrap();
         assert_eq!(sealed["details"]["format"], "sealed");
+        assert_eq!(sealed["details"]["family"], "");
+        assert_eq!(sealed["details"]["families"], json!([]));
         assert_eq!(sealed["model_info"]["flexserve.owner"], "00aa");
         assert!(sealed["model_info"].get("general.architecture").is_none());
         let mut broken = listed(false);
