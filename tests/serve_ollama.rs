@@ -40,6 +40,46 @@ fn openai(addr: SocketAddr, path: &str, body: &str) -> String {
         .to_string()
 }
 
+/// A chat body sent as `text/plain`, which the guard refuses (a page could send it).
+fn text_plain_chat(addr: SocketAddr) -> Reply {
+    let body = r#"{"messages":[{"role":"user","content":"x"}]}"#;
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    read_reply(s)
+}
+
+fn v1_models_carry_metadata(list: &Value, one: &Value) {
+    let listed = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == DEFAULT)
+        .expect("the default model is listed");
+    assert_eq!(listed, one);
+    let file = repo().join(format!("models/{DEFAULT}.gguf"));
+    assert_eq!(one["size"], std::fs::metadata(file).unwrap().len(), "{one}");
+    assert_eq!(one["context_length"], CONTEXT, "{one}");
+    assert!(
+        one["model_context_length"].as_u64().unwrap() >= 2048,
+        "{one}"
+    );
+    assert_eq!(one["quantization"], "Q4_1", "{one}");
+    assert_eq!(one["architecture"], "llama", "{one}");
+    assert_eq!(
+        (one["sealed"].as_bool(), one["format"].as_str()),
+        (Some(false), Some("gguf"))
+    );
+    assert_eq!(one["owned_by"], "flexserve", "{one}");
+    let params = one["parameter_count"].as_u64().unwrap();
+    assert!((100_000_000..200_000_000).contains(&params), "{one}");
+}
+
 #[test]
 fn the_ollama_client_gets_what_the_openai_routes_answer() {
     if !guests_can_run(&[DEFAULT]) {
@@ -89,7 +129,17 @@ fn the_ollama_client_gets_what_the_openai_routes_answer() {
             r#"{{"model":"{DEFAULT}","prompt":"{raw_prompt}","temperature":0,"max_tokens":12}}"#
         ),
     );
+    let models = http(addr, "GET", "/v1/models", "");
+    let one = http(addr, "GET", &format!("/v1/models/{DEFAULT}"), "");
+    let refused = text_plain_chat(addr);
     d.stop();
+    assert_eq!(refused.status, 415, "{}", refused.body);
+    assert!(
+        refused.json()["error"].is_string(),
+        "Ollama's shape: {}",
+        refused.body
+    );
+    v1_models_carry_metadata(&models.json(), &one.json());
     assert!(!chat.is_empty() && !completion.is_empty());
     for k in ["chat", "chat_stream", "generate", "generate_stream"] {
         assert_eq!(r[k], chat.as_str(), "{k}: {r}");

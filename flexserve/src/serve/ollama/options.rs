@@ -53,19 +53,14 @@ impl Options {
 
 /// Options that change nothing at this value (Ollama's own "off"), accepted as such; any
 /// other value is refused. Everything outside this list and the supported ones is refused.
-const NEUTRAL: [(&str, Neutral); 6] = [
-    ("typical_p", Neutral::Number(1.0)),
-    ("tfs_z", Neutral::Number(1.0)),
-    ("presence_penalty", Neutral::Number(0.0)),
-    ("frequency_penalty", Neutral::Number(0.0)),
-    ("mirostat", Neutral::Number(0.0)),
-    ("repeat_last_n", Neutral::Number(REPEAT_LAST_N as f64)),
+const NEUTRAL: [(&str, f64); 6] = [
+    ("typical_p", 1.0),
+    ("tfs_z", 1.0),
+    ("presence_penalty", 0.0),
+    ("frequency_penalty", 0.0),
+    ("mirostat", 0.0),
+    ("repeat_last_n", REPEAT_LAST_N as f64),
 ];
-
-#[derive(Clone, Copy)]
-enum Neutral {
-    Number(f64),
-}
 
 /// Options the engine cannot honour, and why (for the 400's message).
 const REFUSED: [(&str, &str); 19] = [
@@ -200,7 +195,7 @@ fn stops(v: &Value) -> Result<Vec<String>, ApiError> {
 
 /// An option this engine does not honour: accepted at its neutral value, else refused.
 fn refuse(key: &str, v: &Value) -> Result<(), ApiError> {
-    if let Some((_, Neutral::Number(n))) = NEUTRAL.iter().find(|(k, _)| *k == key) {
+    if let Some((_, n)) = NEUTRAL.iter().find(|(k, _)| *k == key) {
         if v.as_f64() == Some(*n) {
             return Ok(());
         }
