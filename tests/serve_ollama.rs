@@ -7,7 +7,8 @@
 use flexserve::serve::Daemon;
 use flexserve_e2e::serve_rig::*;
 use serde_json::Value;
-use std::net::SocketAddr;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 
