@@ -1,6 +1,7 @@
-//! `flexserve models list | show | rm` over a models directory (the release binary; no
-//! guest): what each file is, a file that is not a model said to be unreadable, and `rm`
-//! removing a model's link but refusing a name that is not a model of the directory.
+//! `flexserve models list | show | rm | pull` over a models directory (the release binary;
+//! no guest): what each file is, a file that is not a model said to be unreadable, `rm`
+//! removing a model's link but refusing a name that is not a model of the directory, `pull`
+//! copying a model in only when it is one and has the digest asked for.
 
 use flexserve_e2e::serve_rig::*;
 use std::path::Path;
@@ -78,4 +79,56 @@ fn models_are_listed_shown_and_removed() {
         help.contains("list") && help.contains("show") && help.contains("rm"),
         "{help}"
     );
+
+    pulls(&bin, &dir, &model);
+}
+
+/// `pull`: a copy under a new name with its digest; a wrong digest, a taken name or a file
+/// that is not a model leave nothing behind.
+fn pulls(bin: &Path, dir: &Path, model: &Path) {
+    let src = model.to_str().unwrap();
+    let first = stdout(&models(bin, dir, &["pull", src, "--name", "copy"]));
+    let digest = first.trim().rsplit(' ').next().unwrap().to_string();
+    assert_eq!(digest.len(), 64, "{first}");
+    assert_eq!(
+        std::fs::read(dir.join("copy.gguf")).unwrap(),
+        std::fs::read(model).unwrap()
+    );
+    let fail = |args: &[&str], needle: &str| {
+        let o = models(bin, dir, args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    fail(&["pull", src, "--name", "copy"], "already");
+    let wrong = "0".repeat(64);
+    fail(
+        &["pull", src, "--name", "other", "--sha256", &wrong],
+        "nothing was kept",
+    );
+    fail(
+        &[
+            "pull",
+            dir.join("broken.gguf").to_str().unwrap(),
+            "--name",
+            "b2",
+        ],
+        "not a model",
+    );
+    fail(&["pull", src, "--name", "../escape"], "cannot name a model");
+    stdout(&models(
+        bin,
+        dir,
+        &["pull", src, "--name", "pinned", "--sha256", &digest],
+    ));
+    let list = stdout(&models(bin, dir, &["list"]));
+    assert!(list.contains("pinned") && list.contains("copy"), "{list}");
+    assert!(!list.contains("other") && !list.contains("b2"), "{list}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(stdout(&models(bin, dir, &["show", "pinned"])).contains(&digest));
 }

@@ -82,6 +82,19 @@ pub enum ModelsCommand {
         /// The model's name as the API knows it.
         name: String,
     },
+    /// Copy a local model file (`.gguf`, or a sealed `.fsm`) into the models directory,
+    /// checked as a model and, with `--sha256`, against its digest; refuses a name the
+    /// directory has already.
+    Pull {
+        /// The file to copy.
+        source: PathBuf,
+        /// Its name in the directory (default: the file's name without its extension).
+        #[arg(long)]
+        name: Option<String>,
+        /// The SHA-256 the file must have (64 hex digits); nothing is kept if it differs.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
 }
 
 /// `flexserve api-key`.

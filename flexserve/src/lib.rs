@@ -8,6 +8,7 @@ pub mod cli;
 pub mod guest_root;
 pub mod model;
 pub mod models_cli;
+pub mod models_pull;
 pub mod proxy;
 pub mod run;
 pub mod serve;

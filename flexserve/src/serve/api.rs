@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// Largest request body (a prompt of the largest context fits many times over).
-pub(super) const MAX_BODY_BYTES: usize = 4 << 20;
+const MAX_BODY_BYTES: usize = 4 << 20;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
