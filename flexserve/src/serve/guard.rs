@@ -42,6 +42,10 @@ pub async fn guard(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -
             origin
         }
         Ok(Checked::Preflight(origin)) => return preflight(origin),
+        // Ollama's clients read Ollama's error shape.
+        Err(e) if super::ollama::is_ollama_path(req.uri().path()) => {
+            return super::ollama::error(e);
+        }
         Err(e) => return e.into_response(),
     };
     let mut res = next.run(req).await;

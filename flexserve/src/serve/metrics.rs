@@ -1,6 +1,7 @@
 //! Counters, gauges and histograms of the daemon, rendered as Prometheus text for
 //! `GET /metrics`.
 
+use super::residency::{Residency, ResidentView};
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -111,6 +112,8 @@ pub struct Metrics {
     guest_idle: AtomicBool,
     /// Models resident in the guest.
     pub models_resident: AtomicU64,
+    /// Which models, as the worker last published them ([`Metrics::set_resident`]).
+    resident: Mutex<Vec<ResidentView>>,
     /// The last guest's isolation level: 0 before any guest, else 1 + its index in
     /// `IsolationLevel::ALL`.
     isolation: AtomicU64,
@@ -141,6 +144,7 @@ impl Default for Metrics {
             guest_idle_stops: AtomicU64::new(0),
             guest_idle: AtomicBool::new(false),
             models_resident: AtomicU64::new(0),
+            resident: Default::default(),
             isolation: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             memory_max_bytes: AtomicU64::new(0),
@@ -154,6 +158,24 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The worker's resident models changed (`None`: no guest, nothing resident).
+    pub fn set_resident(&self, residency: Option<&Residency>) {
+        let view = residency.map_or_else(Vec::new, |r| {
+            r.view(std::time::Instant::now(), std::time::SystemTime::now())
+        });
+        self.models_resident
+            .store(view.len() as u64, Ordering::Relaxed);
+        *self.resident.lock().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    /// The resident models as last published.
+    pub fn resident(&self) -> Vec<ResidentView> {
+        self.resident
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn request(&self, outcome: Outcome) {
         self.requests[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }

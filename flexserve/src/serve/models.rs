@@ -5,6 +5,7 @@
 
 use super::error::ApiError;
 use super::openai::Input;
+use crate::model::info::ModelInfo;
 use crate::model::{Access, HostModel};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -128,6 +129,28 @@ impl ServedModel {
     }
 }
 
+/// A model file of the directory and what it says of itself.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    /// Its name in the API.
+    pub id: String,
+    /// Its file in the models directory.
+    pub path: PathBuf,
+    /// The file's modification time, seconds since the epoch.
+    pub modified: u64,
+    /// Its metadata, or why the file cannot be read (it is listed all the same: its name
+    /// is there, and a request for it would say the same).
+    pub info: Result<Arc<ModelInfo>, String>,
+    /// The file's SHA-256 in hex, when a load or `flexserve run` hashed it already
+    /// (hashing gigabytes to answer a listing would take seconds).
+    pub digest: Option<String>,
+    /// The context a request on it gets here: `models.context` capped at the model's.
+    pub context: u32,
+}
+
+/// Metadata read so far, by file, with the size and modification time it was read at.
+type InfoCache = HashMap<PathBuf, (u64, u64, Arc<ModelInfo>)>;
+
 /// A model's place in the catalogue: empty until its file is checked.
 type Slot = Arc<Mutex<Option<Arc<ServedModel>>>>;
 
@@ -144,6 +167,7 @@ pub struct Catalogue {
     checked: Mutex<HashMap<String, Slot>>,
     /// Model files read and checked so far.
     loads: std::sync::atomic::AtomicU64,
+    infos: Mutex<InfoCache>,
 }
 
 impl Catalogue {
@@ -162,6 +186,7 @@ impl Catalogue {
             can_unseal,
             checked: Mutex::new(HashMap::new()),
             loads: Default::default(),
+            infos: Mutex::new(HashMap::new()),
         }
     }
 
@@ -173,6 +198,62 @@ impl Catalogue {
     /// Model names in the directory with their files' modification times (seconds).
     pub fn list(&self) -> Vec<(String, u64)> {
         self.files().into_iter().map(|(id, _, t)| (id, t)).collect()
+    }
+
+    /// Every model of the directory with its metadata (blocking: it maps each file not
+    /// described since it last changed and reads its header).
+    pub fn describe_all(&self) -> Vec<Listed> {
+        self.files()
+            .into_iter()
+            .map(|(id, path, modified)| self.describe_file(id, &path, modified))
+            .collect()
+    }
+
+    /// The model named `id` with its metadata.
+    pub fn describe(&self, id: &str) -> Result<Listed, ApiError> {
+        let id = EXTENSIONS
+            .iter()
+            .find_map(|ext| id.strip_suffix(ext))
+            .unwrap_or(id);
+        self.files()
+            .into_iter()
+            .find(|(name, _, _)| name == id)
+            .map(|(id, path, modified)| self.describe_file(id, &path, modified))
+            .ok_or_else(|| ApiError::UnknownModel(id.to_string()))
+    }
+
+    fn describe_file(&self, id: String, path: &Path, modified: u64) -> Listed {
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        let cached = {
+            let infos = self.infos.lock().unwrap_or_else(|e| e.into_inner());
+            infos
+                .get(path)
+                .filter(|(s, t, _)| (*s, *t) == (size, modified))
+                .map(|(_, _, i)| i.clone())
+        };
+        let info = match cached {
+            Some(i) => Ok(i),
+            None => ModelInfo::read(path)
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
+        };
+        if let Ok(i) = &info {
+            let mut infos = self.infos.lock().unwrap_or_else(|e| e.into_inner());
+            infos.insert(path.to_path_buf(), (size, modified, i.clone()));
+        }
+        let context = match &info {
+            Ok(i) if i.context_length > 0 => self.context.clamp(1, i.context_length),
+            _ => self.context,
+        };
+        Listed {
+            id,
+            path: path.to_path_buf(),
+            modified,
+            info,
+            digest: crate::model::digest_cache::lookup(path)
+                .map(|d| d.iter().map(|b| format!("{b:02x}")).collect()),
+            context,
+        }
     }
 
     /// Model names, their files and modification times. A name with both a `.gguf` and a

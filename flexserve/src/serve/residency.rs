@@ -7,7 +7,7 @@
 //! carries out the unloads and loads it decides.
 
 use super::keep_alive::KeepAlive;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A model in the guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +30,17 @@ pub struct Expired {
     /// How long it has been idle.
     pub idle: Duration,
     pub keep_alive: KeepAlive,
+}
+
+/// A resident model as the HTTP side sees it (Ollama's `/api/ps`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResidentView {
+    pub name: String,
+    /// Its share of the guest's private memory: weights, KV caches, buffers.
+    pub bytes: u64,
+    /// When its keep-alive runs out if no request comes (`None`: never). A model with a
+    /// request in flight shows the end of its previous one.
+    pub expires: Option<SystemTime>,
 }
 
 /// What it takes to serve a model.
@@ -163,6 +174,29 @@ impl Residency {
     /// Whether no model is resident.
     pub fn is_empty(&self) -> bool {
         self.resident.is_empty()
+    }
+
+    /// The resident models, with their expiry on the wall clock (`now` and `wall` are the
+    /// same moment on both clocks).
+    pub fn view(&self, now: Instant, wall: SystemTime) -> Vec<ResidentView> {
+        let at = |r: &Resident| match r.keep_alive {
+            KeepAlive::Forever => None,
+            KeepAlive::For(d) => {
+                let end = r.idle_since.checked_add(d)?;
+                match end.checked_duration_since(now) {
+                    Some(ahead) => wall.checked_add(ahead),
+                    None => wall.checked_sub(now.saturating_duration_since(end)),
+                }
+            }
+        };
+        self.resident
+            .iter()
+            .map(|r| ResidentView {
+                name: r.name.clone(),
+                bytes: r.bytes,
+                expires: at(r),
+            })
+            .collect()
     }
 
     /// Bytes of the budget the resident models take.
@@ -300,5 +334,21 @@ mod tests {
         r.unloaded(a);
         r.released(a, secs(0), at(300));
         assert!(r.expired(at(1 << 20), &idle).is_empty());
+    }
+
+    #[test]
+    fn the_view_puts_expiry_on_the_wall_clock() {
+        let mut r = Residency::new(1 << 30, 4);
+        let t0 = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        r.loaded("a", 1, 10, KeepAlive::For(Duration::from_secs(60)), t0);
+        r.loaded("b", 2, 20, KeepAlive::Forever, t0);
+        let later = t0 + Duration::from_secs(100);
+        let v = r.view(later, wall);
+        assert_eq!(v[0].name, "a");
+        assert_eq!(v[0].expires, Some(wall - Duration::from_secs(40)));
+        assert_eq!((v[1].bytes, v[1].expires), (20, None));
+        let v = r.view(t0, wall);
+        assert_eq!(v[0].expires, Some(wall + Duration::from_secs(60)));
     }
 }

@@ -74,8 +74,7 @@ impl Worker {
                 model.id
             );
         }
-        m.models_resident
-            .store(running.residency.len() as u64, Ordering::Relaxed);
+        m.set_resident(Some(&running.residency));
         Ok(())
     }
 
@@ -104,8 +103,7 @@ impl Worker {
             Instant::now(),
         );
         m.model_loads.fetch_add(1, Ordering::Relaxed);
-        m.models_resident
-            .store(running.residency.len() as u64, Ordering::Relaxed);
+        m.set_resident(Some(&running.residency));
         let signed = owner.map_or(String::new(), |o| {
             format!(", sealed, signed by owner {}", o.fingerprint())
         });
@@ -205,7 +203,7 @@ impl Worker {
         eprintln!("[flexserve] the guest VM failed {doing}: {e}");
         m.guest_crashes.fetch_add(1, Ordering::Relaxed);
         m.set_guest(GuestState::Down);
-        m.models_resident.store(0, Ordering::Relaxed);
+        m.set_resident(None);
         self.vm = None;
     }
 }

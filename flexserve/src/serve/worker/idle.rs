@@ -30,6 +30,7 @@ impl Worker {
             running
                 .residency
                 .released(a.guest_model, keep, Instant::now());
+            self.shared.metrics.set_resident(Some(&running.residency));
         }
     }
 
@@ -59,8 +60,7 @@ impl Worker {
                 e.keep_alive
             );
         }
-        m.models_resident
-            .store(running.residency.len() as u64, Ordering::Relaxed);
+        m.set_resident(Some(&running.residency));
         match failed {
             Some((e, err)) if is_fatal(&err) => {
                 self.guest_failed(&format!("unloading idle model {}", e.name), &err);
@@ -93,7 +93,7 @@ impl Worker {
         }
         m.set_guest_idle();
         m.guest_idle_stops.fetch_add(1, Ordering::Relaxed);
-        m.models_resident.store(0, Ordering::Relaxed);
+        m.set_resident(None);
         for gauge in [
             &m.memory_budget_bytes,
             &m.memory_used_bytes,
