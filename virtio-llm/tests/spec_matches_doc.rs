@@ -89,6 +89,7 @@ fn feature_bits_match_the_spec_table() {
         ("VIRTIO_LLM_F_GUEST_TEXT", feature::GUEST_TEXT),
         ("VIRTIO_LLM_F_SEALED_SESSION", feature::SEALED_SESSION),
         ("VIRTIO_LLM_F_KV_REUSE", feature::KV_REUSE),
+        ("VIRTIO_LLM_F_OPTIONS", feature::OPTIONS),
         ("VIRTIO_F_VERSION_1", feature::VERSION_1),
         ("VIRTIO_F_ACCESS_PLATFORM", feature::ACCESS_PLATFORM),
     ]);

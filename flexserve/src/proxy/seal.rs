@@ -219,10 +219,10 @@ mod tests {
         let info = GuestInfo::from_json(&v).unwrap();
         let body = br#"{"model":"m","messages":[{"role":"developer","content":"Be brief."},
             {"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}]}],
-            "stop":["END"],"temperature":0,"tools":[{"secret":1}],"max_completion_tokens":9}"#;
+            "stop":["END"],"temperature":0,"metadata":{"secret":"1"},"max_completion_tokens":9}"#;
         let call = seal(Endpoint::Chat, body, &info).unwrap();
         let sent: Value = serde_json::from_slice(&call.body).unwrap();
-        for hidden in ["messages", "stop", "tools", "max_completion_tokens"] {
+        for hidden in ["messages", "stop", "metadata", "max_completion_tokens"] {
             assert!(sent.get(hidden).is_none(), "{hidden} in {sent}");
         }
         assert_eq!(sent["seed"].as_u64(), call.chosen_seed);

@@ -7,7 +7,10 @@ use super::listen::ConnId;
 use super::metrics::GuestState;
 use super::metrics::Outcome;
 use super::models::ServedModel;
-use super::openai::{Answer, Endpoint, GenRequest, Input, Usage, finish_reason, json_response};
+use super::openai::{
+    Answer, Endpoint, GenRequest, Input, Logprobs, SEED_HEADER, Usage, finish_reason,
+    json_response, with_logprobs,
+};
 use super::scheduler::{ClientKey, Lane, Principal, Rejected};
 use super::sealed_api::{self, SealedPending};
 use super::worker::{Event, Job};
@@ -145,6 +148,10 @@ struct Pending {
     prompt_tokens: Option<u32>,
     events: mpsc::UnboundedReceiver<Event>,
     cancel: CancelOnDrop,
+    /// The seed the request runs with (returned in `SEED_HEADER` and the answer).
+    seed: u64,
+    /// The answer's logprobs, when asked for.
+    logprobs: Option<Logprobs>,
 }
 
 impl Pending {
@@ -271,8 +278,11 @@ async fn enqueue(
         });
     }
     let room = model.context - used as u32;
-    let max_tokens = req.max_tokens.unwrap_or(limit).min(room);
+    // More than the context has room for is clamped: the answer ends with "length".
+    let max_tokens = req.max_tokens.unwrap_or(limit).min(limit).min(room);
     sealed_fits(&req, max_tokens, room)?;
+    let logprobs = super::sampling::logprobs_for(&req, &model, endpoint)?;
+    let seed = super::sampling::seed_for(&req)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let lane = match &req.user {
@@ -286,8 +296,10 @@ async fn enqueue(
         prompt,
         sampling: virtio_llm::wire::request::SamplingParams {
             max_tokens,
+            seed,
             ..req.sampling
         },
+        options: req.options.clone(),
         events: tx,
         cancel: cancel.clone(),
         arrived,
@@ -306,6 +318,8 @@ async fn enqueue(
         prompt_tokens,
         events: rx,
         cancel: CancelOnDrop(cancel),
+        seed,
+        logprobs,
     })
 }
 
@@ -369,13 +383,31 @@ impl Detok {
     }
 }
 
+/// The whole answer with its logprobs and seed (in the body and `SEED_HEADER`).
+fn whole_answer(answer: &Answer, p: &mut Pending, text: &str, finish: &str, u: Usage) -> Response {
+    let mut v = answer.full(text, finish, u);
+    v = with_logprobs(v, p.logprobs.as_mut().map(Logprobs::take));
+    v["seed"] = p.seed.into();
+    let mut r = json_response(StatusCode::OK, &v);
+    r.headers_mut()
+        .insert(SEED_HEADER, axum::http::HeaderValue::from(p.seed));
+    r
+}
+
 /// A non-streaming answer: wait for the end, then one JSON object.
 async fn whole(answer: Answer, mut p: Pending) -> Response {
     let mut detok = Detok::new(p.req.stop.clone());
     let mut text = String::new();
     loop {
         match p.events.recv().await {
-            Some(Event::Tokens { ids, text: bytes }) => {
+            Some(Event::Tokens {
+                ids,
+                text: bytes,
+                logprobs,
+            }) => {
+                if let Some(lp) = p.logprobs.as_mut() {
+                    lp.push(&ids, &logprobs);
+                }
                 let (piece, stopped) = detok.push(&ids, &bytes);
                 text.push_str(&piece);
                 if stopped {
@@ -385,7 +417,7 @@ async fn whole(answer: Answer, mut p: Pending) -> Response {
                         completion: detok.tokens,
                         cached: 0,
                     };
-                    return json_response(StatusCode::OK, &answer.full(&text, "stop", usage));
+                    return whole_answer(&answer, &mut p, &text, "stop", usage);
                 }
             }
             Some(Event::Done(end)) => {
@@ -396,7 +428,7 @@ async fn whole(answer: Answer, mut p: Pending) -> Response {
                     cached: end.cached_tokens,
                 };
                 let finish = finish_reason(end.reason);
-                return json_response(StatusCode::OK, &answer.full(&text, finish, usage));
+                return whole_answer(&answer, &mut p, &text, finish, usage);
             }
             Some(Event::Failed(e)) => return e.into_response(),
             Some(Event::Booted) => {}
@@ -430,7 +462,14 @@ impl Streaming {
         }
         loop {
             match self.p.events.recv().await {
-                Some(Event::Tokens { ids, text: bytes }) => {
+                Some(Event::Tokens {
+                    ids,
+                    text: bytes,
+                    logprobs,
+                }) => {
+                    if let Some(lp) = self.p.logprobs.as_mut() {
+                        lp.push(&ids, &logprobs);
+                    }
                     let (text, stopped) = self.detok.push(&ids, &bytes);
                     if stopped {
                         self.p.cancel.0.store(true, Ordering::Relaxed);
@@ -442,7 +481,8 @@ impl Streaming {
                         return Some(self.last(text, "stop", usage));
                     }
                     if !text.is_empty() {
-                        return Some(sse(&self.answer.chunk(Some(&text), false, None, None)));
+                        let chunk = self.answer.chunk(Some(&text), false, None, None);
+                        return Some(sse(&self.with_pending_logprobs(chunk)));
                     }
                 }
                 Some(Event::Done(end)) => {
@@ -467,19 +507,22 @@ impl Streaming {
         }
     }
 
+    /// `chunk` with the logprobs of the tokens since the last chunk, if any wait.
+    fn with_pending_logprobs(&mut self, chunk: serde_json::Value) -> serde_json::Value {
+        let pending = self.p.logprobs.as_mut().filter(|lp| !lp.is_empty());
+        with_logprobs(chunk, pending.map(Logprobs::take))
+    }
+
     /// The last text, the chunk with the finish reason and usage, and `[DONE]`.
     fn last(&mut self, text: String, finish: &str, usage: Usage) -> String {
         self.done = true;
         let mut out = String::new();
         if !text.is_empty() {
-            out.push_str(&sse(&self.answer.chunk(Some(&text), false, None, None)));
+            let chunk = self.answer.chunk(Some(&text), false, None, None);
+            out.push_str(&sse(&self.with_pending_logprobs(chunk)));
         }
-        out.push_str(&sse(&self.answer.chunk(
-            None,
-            false,
-            Some(finish),
-            Some(usage),
-        )));
+        let chunk = self.answer.chunk(None, false, Some(finish), Some(usage));
+        out.push_str(&sse(&self.with_pending_logprobs(chunk)));
         if self.p.req.include_usage {
             let mut u = self.answer.chunk(None, false, None, Some(usage));
             u["choices"] = json!([]);
@@ -495,6 +538,7 @@ impl Streaming {
 /// generation.
 fn stream(answer: Answer, p: Pending) -> Response {
     let detok = Detok::new(p.req.stop.clone());
+    let seed = p.seed;
     let state = Streaming {
         answer,
         p,
@@ -506,12 +550,15 @@ fn stream(answer: Answer, p: Pending) -> Response {
         let chunk = st.next().await?;
         Some((Ok::<_, std::convert::Infallible>(Bytes::from(chunk)), st))
     });
-    (
+    let mut r = (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         Body::from_stream(body),
     )
-        .into_response()
+        .into_response();
+    r.headers_mut()
+        .insert(SEED_HEADER, axum::http::HeaderValue::from(seed));
+    r
 }

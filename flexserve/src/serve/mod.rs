@@ -27,6 +27,7 @@ pub mod models;
 pub mod notify;
 pub mod openai;
 pub mod residency;
+pub mod sampling;
 pub mod scheduler;
 pub mod sealed_api;
 pub mod server;
