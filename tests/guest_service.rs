@@ -411,7 +411,8 @@ fn refused_requests_get_their_documented_status_and_serving_goes_on() {
     let mut bad = SamplingParams::greedy(4);
     bad.temperature = 1.0;
     bad.top_p = 0.0;
-    rig.request(&RequestMsg::Generate(GenerateRequest { options: Default::default(),
+    rig.request(&RequestMsg::Generate(GenerateRequest {
+        options: Default::default(),
         request_id: 4,
         session_id: 1,
         sampling: bad,
