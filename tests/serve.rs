@@ -313,7 +313,7 @@ fn bad_input_is_answered_4xx_with_openai_errors() {
     );
     assert!(
         m.body
-            .contains("flexserve_requests_total{outcome=\"invalid\"} 14"),
+            .contains("flexserve_requests_total{outcome=\"invalid\"} 15"),
         "{}",
         m.body
     );
