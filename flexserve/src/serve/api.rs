@@ -281,8 +281,7 @@ async fn enqueue(
     // More than the context has room for is clamped: the answer ends with "length".
     let max_tokens = req.max_tokens.unwrap_or(limit).min(limit).min(room);
     sealed_fits(&req, max_tokens, room)?;
-    let logprobs = super::sampling::logprobs_for(&req, &model, endpoint)?;
-    let seed = super::sampling::seed_for(&req)?;
+    let (seed, logprobs) = super::sampling::prepare(&req, &model, endpoint)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let lane = match &req.user {

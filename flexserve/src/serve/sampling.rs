@@ -5,6 +5,17 @@ use super::error::ApiError;
 use super::models::ServedModel;
 use super::openai::{Endpoint, GenRequest, Input, Logprobs};
 
+/// The seed the request runs with and the collector of its logprobs ([`seed_for`],
+/// [`logprobs_for`]).
+pub fn prepare(
+    req: &GenRequest,
+    model: &ServedModel,
+    endpoint: Endpoint,
+) -> Result<(u64, Option<Logprobs>), ApiError> {
+    let logprobs = logprobs_for(req, model, endpoint)?;
+    Ok((seed_for(req)?, logprobs))
+}
+
 /// The seed a request runs with: the client's, or 64 bits from the OS, so that two
 /// requests without one differ ("regenerate" gives another answer) and either can be
 /// reproduced with the seed the answer returns. A sealed request always has its own: the

@@ -465,7 +465,6 @@ pub(super) fn sampler(
         presence_penalty: penalties.map_or(0.0, |p| p.presence),
         frequency_penalty: penalties.map_or(0.0, |p| p.frequency),
         repeat_last_n: penalties.map_or(defaults.repeat_last_n, |p| p.last_n as usize),
-        ..defaults
     };
     cfg.validate()
         .map_err(|e| refuse(Status::BadRequest, &e.to_string()))?;
