@@ -128,6 +128,7 @@ fn a_streamed_answer_carries_logprobs_and_its_seed_header() {
         "{}",
         r.body
     );
+    assert!(r.body.contains("\"seed\":7"), "{}", r.body);
     let r = http(
         addr,
         "POST",

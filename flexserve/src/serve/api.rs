@@ -520,7 +520,8 @@ impl Streaming {
             let chunk = self.answer.chunk(Some(&text), false, None, None);
             out.push_str(&sse(&self.with_pending_logprobs(chunk)));
         }
-        let chunk = self.answer.chunk(None, false, Some(finish), Some(usage));
+        let mut chunk = self.answer.chunk(None, false, Some(finish), Some(usage));
+        chunk["seed"] = self.p.seed.into();
         out.push_str(&sse(&self.with_pending_logprobs(chunk)));
         if self.p.req.include_usage {
             let mut u = self.answer.chunk(None, false, None, Some(usage));
