@@ -164,6 +164,7 @@ pub fn seal(endpoint: Endpoint, body: &[u8], guest: &GuestInfo) -> Result<Sealed
     }
     // The daemon's own parser: a request it would refuse is refused here with its words.
     let req = parse(endpoint, body, guest.max_tokens)?;
+    crate::serve::openai::sealed::refuse_unbound(&m, &req)?;
     let content = content(&req)?.encode().map_err(SealError::Content)?;
     let (mut public, chosen_seed) = public_body(&m, &req, guest)?;
     // The binding is computed from the body the daemon will parse, by the same code, so
@@ -266,5 +267,12 @@ mod tests {
             SealError::AlreadySealed
         ));
         assert!(refused(b"[").is_client_error());
+        assert!(matches!(
+            refused(br#"{"prompt":"x","logprobs":2}"#),
+            SealError::Invalid(ApiError::Invalid {
+                param: Some("logprobs"),
+                ..
+            })
+        ));
     }
 }

@@ -81,18 +81,28 @@ pub(super) fn sealed_request(
         }
     }
     let req = common(m, Input::Sealed(sealed), endpoint, max_tokens_limit)?;
-    if !req.options.is_empty()
-        && let Some(key) = UNBOUND_FIELDS.into_iter().find(|k| field(m, k).is_some())
-    {
-        return Err(ApiError::invalid(
-            key,
-            format!(
-                "a sealed request cannot use `{key}` yet: the seal does not bind it, and \
-                 logprobs would show the host the answer's tokens"
-            ),
-        ));
-    }
+    refuse_unbound(m, &req)?;
     Ok(req)
+}
+
+/// Refuses a request to be sealed (or sealed already) that asks for generation options:
+/// the seal does not bind them, and logprobs would show the host the answer's tokens.
+/// (`flexserve proxy` asks this too, rather than drop them silently.)
+pub fn refuse_unbound(m: &Map<String, Value>, req: &GenRequest) -> Result<(), ApiError> {
+    if req.options.is_empty() {
+        return Ok(());
+    }
+    let key = UNBOUND_FIELDS
+        .into_iter()
+        .find(|k| field(m, k).is_some())
+        .unwrap_or("logprobs");
+    Err(ApiError::invalid(
+        key,
+        format!(
+            "a sealed request cannot use `{key}` yet: the seal does not bind it, and \
+             logprobs would show the host the answer's tokens"
+        ),
+    ))
 }
 
 /// The bytes a sealed request is bound to: the model name and stream flag as sent, and the
