@@ -22,7 +22,7 @@ use virtio_llm::wire::control::{
     UnloadModel,
 };
 use virtio_llm::wire::memory::BudgetChange;
-use virtio_llm::wire::options::GenerateOptions;
+use virtio_llm::wire::options::{GenerateOptions, Penalties};
 use virtio_llm::wire::probe::{MemoryProbe, ProbeOp};
 use virtio_llm::wire::request::{
     CancelRequest, GenerateRequest, PreemptRequest, Prompt, RequestMsg, SamplingParams,
@@ -541,4 +541,48 @@ fn options_shape_sampling_and_logprobs_come_with_the_tokens() {
     }
     rig.request(&sealed);
     assert_eq!(rig.collect(3).err(), Some(Status::BadRequest));
+}
+
+/// Penalties look at the whole context: a request preempted and resumed gets the tokens
+/// one run gets, though its second slice's prompt is a single token.
+#[test]
+fn penalties_see_earlier_slices_of_a_preempted_request() {
+    let Some((file, sha)) = model() else { return };
+    let engine = HostEngine { file: file.clone() };
+    let rig = Rig::start(limits());
+    assert_eq!(rig.load(1, &file, sha), Status::Ok);
+    assert_eq!(rig.open(1, 1, 512), Status::Ok);
+    assert_eq!(rig.open(2, 1, 512), Status::Ok);
+    let prompt = engine.encode("Once upon a time");
+    let penalised = |id, session, prompt, n| {
+        let mut r = endless_request(id, session, prompt, n);
+        if let RequestMsg::Generate(g) = &mut r {
+            g.sampling.repeat_penalty = 2.0;
+            g.options.penalties = Some(Penalties {
+                presence: 2.0,
+                frequency: 2.0,
+                last_n: 64,
+            });
+        }
+        r
+    };
+    rig.request(&penalised(1, 2, prompt.clone(), 450));
+    let (want, _) = rig.collect(1).expect("one run");
+
+    rig.request(&penalised(2, 1, prompt, 450));
+    let first = rig.first_slice(2);
+    // Some tokens in, so that the window the second slice needs reaches into the first.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    rig.request(&RequestMsg::Preempt(PreemptRequest { request_id: 2 }));
+    let (mut got, end) = rig.collect_from(2, first).expect("preempted");
+    assert_eq!(end.reason, StopReason::Preempted);
+    assert!(got.len() < 450, "the preempt did not stop it");
+    let last = *got.last().expect("a token before the preempt");
+    rig.request(&penalised(3, 1, vec![last], 450 - got.len() as u32));
+    let (rest, _) = rig.collect(3).expect("the session resumes");
+    got.extend(rest);
+    assert_eq!(
+        got, want,
+        "preempted and resumed vs in one go, penalties on"
+    );
 }

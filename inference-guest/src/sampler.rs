@@ -170,6 +170,9 @@ pub struct Sampler {
     logit_bias: Vec<(u32, f32)>,
     /// Logprobs requested: how many alternatives, and where they go.
     logprobs: Option<(usize, LogprobSink)>,
+    /// The context's tokens before the ones the token loop passes (at most
+    /// `repeat_last_n`): the penalties' window reaches into them.
+    prior: Vec<u32>,
 }
 
 /// Higher logit first, then lower id, so equal logits resolve like greedy.
@@ -209,7 +212,16 @@ impl Sampler {
             cand: Vec::new(),
             logit_bias: Vec::new(),
             logprobs: None,
+            prior: Vec::new(),
         }
+    }
+
+    /// The tokens the session held before this request's (an earlier slice of a preempted
+    /// request, a prompt prefix taken from a kept KV cache): the penalties look at the last
+    /// `repeat_last_n` tokens of the whole context, as one uninterrupted run would.
+    pub fn set_prior_tokens(&mut self, tokens: &[u32]) {
+        let keep = tokens.len().min(self.cfg.repeat_last_n);
+        self.prior = tokens[tokens.len() - keep..].to_vec();
     }
 
     /// Adds `bias` to each listed token's logit before anything else (OpenAI's
@@ -318,8 +330,12 @@ impl Sampler {
         if off || self.cfg.repeat_last_n == 0 {
             return;
         }
-        let mut seen: Vec<u32> =
-            recent[recent.len().saturating_sub(self.cfg.repeat_last_n)..].to_vec();
+        let n = self.cfg.repeat_last_n;
+        let from_recent = recent.len().min(n);
+        let from_prior = (n - from_recent).min(self.prior.len());
+        let mut seen = Vec::with_capacity(from_prior + from_recent);
+        seen.extend_from_slice(&self.prior[self.prior.len() - from_prior..]);
+        seen.extend_from_slice(&recent[recent.len() - from_recent..]);
         seen.sort_unstable();
         for run in seen.chunk_by(|a, b| a == b) {
             if let Some(l) = logits.get_mut(run[0] as usize) {

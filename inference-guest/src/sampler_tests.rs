@@ -300,3 +300,23 @@ fn bad_penalties_are_named() {
     };
     assert!(cfg.validate().is_err());
 }
+
+#[test]
+fn prior_tokens_fill_the_penalty_window() {
+    let cfg = SamplerConfig {
+        frequency_penalty: 1.0,
+        repeat_last_n: 3,
+        ..SamplerConfig::greedy()
+    };
+    // One run over [3, 4, 4, 1] sees the last three: 4, 4, 1.
+    let mut whole = logits();
+    Sampler::new(cfg, 8).sample(&mut whole, &[3, 4, 4, 1]);
+    // The same context split: [3, 4] before, [4, 1] in this call.
+    let mut split = logits();
+    let mut s = Sampler::new(cfg, 8);
+    s.set_prior_tokens(&[3, 4]);
+    s.sample(&mut split, &[4, 1]);
+    assert_eq!(whole, split);
+    assert_eq!(split[3], 3.0, "token 3 is outside the window");
+    assert_eq!(split[4], 1.0);
+}

@@ -140,6 +140,9 @@ impl Service {
         let model = Model::from_gguf(&gguf, self.kernels)
             .map_err(|e| refuse(Status::Internal, &e.to_string()))?;
         let (mut sampler, logprobs) = sampler(g, model.cfg.n_vocab)?;
+        // What the cache holds already (an earlier slice, a reused prefix) is in the
+        // penalties' window too.
+        sampler.set_prior_tokens(&slot.history);
         let link = Link {
             driver: &mut *driver,
             env,
