@@ -45,7 +45,7 @@ const PENALTIES_BYTES: usize = 12;
 const LOGPROBS_BYTES: usize = 4;
 
 /// OpenAI's presence and frequency penalties, with llama.cpp's numerics: a token seen `c`
-/// times among the last `last_n` tokens (prompt and generation) loses
+/// times among the last `last_n` tokens of the session's context loses
 /// `c × frequency + presence` from its logit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Penalties {

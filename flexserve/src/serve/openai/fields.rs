@@ -63,7 +63,8 @@ const NOT_YET: &[&str] = &[
 ];
 
 /// The window the presence and frequency penalties look at, as llama.cpp's default
-/// `penalty_last_n` (the repeat penalty shares it).
+/// `penalty_last_n` (the repeat penalty shares it): the last 64 tokens of the context,
+/// prompt included, where OpenAI counts the generated text only.
 pub const PENALTY_LAST_N: u32 = 64;
 
 /// Refuses every field of `m` the endpoint does not take (see the module doc); `null` is
