@@ -44,6 +44,7 @@ fn boot(images: &GuestImages, private_mib: usize) -> GuestVm {
 
 fn greedy(request_id: u64, prompt: Vec<u32>) -> GenerateRequest {
     GenerateRequest {
+        options: Default::default(),
         request_id,
         session_id: request_id as u32,
         sampling: SamplingParams::greedy(TOKENS),

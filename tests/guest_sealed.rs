@@ -34,6 +34,7 @@ fn guest_greedy(vm: &mut GuestVm, session_id: u32, prompt: &[u32], n: u32) -> Ve
     let mut sampling = SamplingParams::greedy(n);
     sampling.ignore_eog = true;
     let req = GenerateRequest {
+        options: Default::default(),
         request_id: session_id.into(),
         session_id,
         sampling,
@@ -113,6 +114,7 @@ fn a_sealed_model_loads_with_its_first_request_and_generates_as_the_plaintext() 
     let mut sampling = SamplingParams::greedy(24);
     sampling.ignore_eog = true;
     let req = GenerateRequest {
+        options: Default::default(),
         request_id: 7,
         session_id: 7,
         sampling,

@@ -22,6 +22,7 @@ fn greedy_in_guest(vm: &mut GuestVm, session: u32, model_id: u32, prompt: &[u32]
     let mut sampling = SamplingParams::greedy(24);
     sampling.ignore_eog = true;
     let req = GenerateRequest {
+        options: Default::default(),
         request_id: u64::from(session),
         session_id: session,
         sampling,

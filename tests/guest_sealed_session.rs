@@ -44,6 +44,7 @@ fn sampling() -> SamplingParams {
 
 fn request(session_id: u32, sampling: SamplingParams, prompt: Prompt) -> GenerateRequest {
     GenerateRequest {
+        options: Default::default(),
         request_id: u64::from(session_id) * 100,
         session_id,
         sampling,

@@ -16,16 +16,19 @@ use inference_guest::quant::Kernels;
 use rig::*;
 use std::sync::atomic::Ordering;
 use virtio_llm::Status;
+use virtio_llm::spec::MAX_LOGPROB_TOKENS_PER_RESPONSE;
 use virtio_llm::wire::control::{
     CloseSession, ControlCommand, ControlReply, LoadModelBegin, LoadModelChunk, LoadModelEnd,
     UnloadModel,
 };
 use virtio_llm::wire::memory::BudgetChange;
+use virtio_llm::wire::options::{GenerateOptions, Penalties};
 use virtio_llm::wire::probe::{MemoryProbe, ProbeOp};
 use virtio_llm::wire::request::{
     CancelRequest, GenerateRequest, PreemptRequest, Prompt, RequestMsg, SamplingParams,
+    SealedPrompt,
 };
-use virtio_llm::wire::response::StopReason;
+use virtio_llm::wire::response::{ResponseMsg, StopReason};
 
 #[test]
 fn greedy_output_equals_the_host_engine_in_bounded_slices() {
@@ -412,6 +415,7 @@ fn refused_requests_get_their_documented_status_and_serving_goes_on() {
     bad.temperature = 1.0;
     bad.top_p = 0.0;
     rig.request(&RequestMsg::Generate(GenerateRequest {
+        options: Default::default(),
         request_id: 4,
         session_id: 1,
         sampling: bad,
@@ -459,4 +463,126 @@ fn a_hostile_host_clock_does_not_stop_the_service() {
     assert_eq!(tokens.len(), 4);
     assert_eq!(end.generated_tokens, 4);
     assert_eq!(rig.stats().requests_completed, 1);
+}
+
+/// Generation options (`feature::OPTIONS`) reach the engine's sampler: logprobs come with
+/// every token (greedy's token the most likely, at most 16 ids a message), a logit bias
+/// bans greedy's first token, and a sealed request with options is refused.
+#[test]
+fn options_shape_sampling_and_logprobs_come_with_the_tokens() {
+    let Some((file, sha)) = model() else { return };
+    let rig = Rig::start(limits());
+    assert_eq!(rig.load(1, &file, sha), Status::Ok);
+    assert_eq!(rig.open(1, 1, 256), Status::Ok);
+    let with = |id, options: GenerateOptions| {
+        RequestMsg::Generate(GenerateRequest {
+            request_id: id,
+            session_id: 1,
+            sampling: SamplingParams::greedy(20),
+            prompt: Prompt::Tokens(vec![1, 2, 3]),
+            options,
+        })
+    };
+    let logprobs = GenerateOptions {
+        logprobs: Some(3),
+        ..GenerateOptions::default()
+    };
+    rig.request(&with(1, logprobs));
+    let mut ids = Vec::new();
+    loop {
+        match rig
+            .host
+            .recv_response(std::time::Duration::from_secs(60))
+            .unwrap()
+        {
+            ResponseMsg::Tokens(t) => {
+                assert!(t.token_ids.len() <= MAX_LOGPROB_TOKENS_PER_RESPONSE);
+                assert_eq!(t.logprobs.len(), t.token_ids.len());
+                for (id, lp) in t.token_ids.iter().zip(&t.logprobs) {
+                    assert_eq!(lp.top.len(), 3);
+                    assert_eq!(lp.top[0], (*id, lp.logprob), "greedy takes the most likely");
+                    assert!(lp.top.iter().all(|&(_, l)| l <= 0.0));
+                }
+                ids.extend(t.token_ids);
+            }
+            ResponseMsg::EndOfStream(e) => {
+                assert_eq!(e.generated_tokens as usize, ids.len());
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!ids.is_empty());
+    assert_eq!(rig.open(2, 1, 256), Status::Ok);
+    let banned = GenerateOptions {
+        logit_bias: vec![(ids[0], -100.0)],
+        ..GenerateOptions::default()
+    };
+    let mut req = with(2, banned);
+    if let RequestMsg::Generate(g) = &mut req {
+        g.session_id = 2;
+    }
+    rig.request(&req);
+    let (other, _) = rig.collect(2).expect("a banned token's request");
+    assert_ne!(other[0], ids[0], "the banned token came first");
+    let mut sealed = with(
+        3,
+        GenerateOptions {
+            logprobs: Some(0),
+            ..GenerateOptions::default()
+        },
+    );
+    if let RequestMsg::Generate(g) = &mut sealed {
+        g.prompt = Prompt::Sealed(SealedPrompt {
+            model: "m".into(),
+            stream: false,
+            request: vec![0; 64],
+        });
+    }
+    rig.request(&sealed);
+    assert_eq!(rig.collect(3).err(), Some(Status::BadRequest));
+}
+
+/// Penalties look at the whole context: a request preempted and resumed gets the tokens
+/// one run gets, though its second slice's prompt is a single token.
+#[test]
+fn penalties_see_earlier_slices_of_a_preempted_request() {
+    let Some((file, sha)) = model() else { return };
+    let engine = HostEngine { file: file.clone() };
+    let rig = Rig::start(limits());
+    assert_eq!(rig.load(1, &file, sha), Status::Ok);
+    assert_eq!(rig.open(1, 1, 512), Status::Ok);
+    assert_eq!(rig.open(2, 1, 512), Status::Ok);
+    let prompt = engine.encode("Once upon a time");
+    let penalised = |id, session, prompt, n| {
+        let mut r = endless_request(id, session, prompt, n);
+        if let RequestMsg::Generate(g) = &mut r {
+            g.sampling.repeat_penalty = 2.0;
+            g.options.penalties = Some(Penalties {
+                presence: 2.0,
+                frequency: 2.0,
+                last_n: 64,
+            });
+        }
+        r
+    };
+    rig.request(&penalised(1, 2, prompt.clone(), 450));
+    let (want, _) = rig.collect(1).expect("one run");
+
+    rig.request(&penalised(2, 1, prompt, 450));
+    let first = rig.first_slice(2);
+    // Some tokens in, so that the window the second slice needs reaches into the first.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    rig.request(&RequestMsg::Preempt(PreemptRequest { request_id: 2 }));
+    let (mut got, end) = rig.collect_from(2, first).expect("preempted");
+    assert_eq!(end.reason, StopReason::Preempted);
+    assert!(got.len() < 450, "the preempt did not stop it");
+    let last = *got.last().expect("a token before the preempt");
+    rig.request(&penalised(3, 1, vec![last], 450 - got.len() as u32));
+    let (rest, _) = rig.collect(3).expect("the session resumes");
+    got.extend(rest);
+    assert_eq!(
+        got, want,
+        "preempted and resumed vs in one go, penalties on"
+    );
 }

@@ -225,6 +225,7 @@ pub fn warm_up(vm: &mut vmm::guest_vm::GuestVm, model_id: u32) {
     vm.open_session(SESSION, model_id, 16)
         .expect("open a warm-up session");
     let req = GenerateRequest {
+        options: Default::default(),
         request_id: u64::MAX,
         session_id: SESSION,
         sampling: SamplingParams::greedy(1),

@@ -355,6 +355,7 @@ fn a_protected_vm_keeps_its_budget_and_keeps_serving() {
 
 fn greedy(request_id: u64, session_id: u32, prompt: &[u32]) -> GenerateRequest {
     GenerateRequest {
+        options: Default::default(),
         request_id,
         session_id,
         sampling: SamplingParams::greedy(12),

@@ -211,6 +211,7 @@ fn prompt_and_scan(isolation: IsolationRequest) -> Option<Seen> {
     let pool = (vm.isolation().level() == IsolationLevel::None)
         .then(|| vm.private_range_for_tests().expect("a private pool"));
     let req = GenerateRequest {
+        options: Default::default(),
         request_id: 1,
         session_id: 1,
         sampling: SamplingParams::greedy(8),

@@ -189,9 +189,18 @@ fn bad_input_is_answered_4xx_with_openai_errors() {
         (
             "POST",
             chat,
-            chat_body(TINY, "hi", 1_000_000_000, ""),
+            chat_body(TINY, "hi", 0, ""),
             400,
             Some("max_tokens"),
+            None,
+        ),
+        // (A `max_tokens` beyond the context is clamped: serve_sampling.rs.)
+        (
+            "POST",
+            chat,
+            chat_body(TINY, "hi", 8, r#","tools":[{"type":"function"}]"#),
+            400,
+            Some("tools"),
             None,
         ),
         (
@@ -304,7 +313,7 @@ fn bad_input_is_answered_4xx_with_openai_errors() {
     );
     assert!(
         m.body
-            .contains("flexserve_requests_total{outcome=\"invalid\"} 14"),
+            .contains("flexserve_requests_total{outcome=\"invalid\"} 15"),
         "{}",
         m.body
     );

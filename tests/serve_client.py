@@ -7,9 +7,13 @@ on its last line.
               completion, a completion and a streamed completion, all greedy
   concurrent  N clients x M requests in threads (streamed and not, alternating), each client
               with its own prompt; plus one client that disconnects mid-stream
+  sampling    logprobs (chat whole and streamed, completions), seeds drawn and returned,
+              penalties, many stop strings, max_tokens clamped, unsupported fields refused
+  bias        the first greedy token's bytes with --bias (a JSON logit_bias) applied
 """
 import argparse
 import json
+import math
 import sys
 import threading
 
@@ -136,9 +140,90 @@ def concurrent(a):
     return results
 
 
+def sampling(a):
+    c = client(a.base_url)
+    msgs = [{"role": "user", "content": a.chat_prompt}]
+    out = {}
+    r = c.chat.completions.create(model=a.model, messages=msgs, temperature=0, max_tokens=8,
+                                  logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    out["text"] = r.choices[0].message.content
+    out["lp_text"] = "".join(t.token for t in content)
+    out["lp_tokens"] = [t.token for t in content]
+    out["first_bytes"] = content[0].bytes
+    out["lp_top_n"] = sorted({len(t.top_logprobs) for t in content})
+    out["lp_greedy_is_top"] = all(t.top_logprobs[0].token == t.token
+                                  and abs(t.top_logprobs[0].logprob - t.logprob) < 1e-6
+                                  and t.logprob >= max(x.logprob for x in t.top_logprobs)
+                                  for t in content)
+    out["lp_nonpositive"] = all(t.logprob <= 0 and all(x.logprob <= 0 for x in t.top_logprobs)
+                                for t in content)
+    out["lp_mass_le_1"] = all(sum(math.exp(x.logprob) for x in t.top_logprobs) <= 1 + 1e-5
+                              for t in content)
+    tokens, text = [], ""
+    for chunk in c.chat.completions.create(model=a.model, messages=msgs, temperature=0,
+                                           max_tokens=8, logprobs=True, top_logprobs=2,
+                                           stream=True):
+        for ch in chunk.choices:
+            text += ch.delta.content or ""
+            if ch.logprobs and ch.logprobs.content:
+                tokens += [t.token for t in ch.logprobs.content]
+    out["stream_text"], out["stream_lp_tokens"] = text, tokens
+    lp = c.completions.create(model=a.model, prompt=a.completion_prompt, temperature=0,
+                              max_tokens=6, logprobs=2).choices[0].logprobs
+    out["cmpl_lengths"] = [len(lp.tokens), len(lp.token_logprobs), len(lp.top_logprobs),
+                           len(lp.text_offset)]
+    # No seed: two answers at temperature 1 differ, and each returns the seed it ran with.
+    runs = []
+    for _ in range(2):
+        raw = c.chat.completions.with_raw_response.create(model=a.model, messages=msgs,
+                                                          temperature=1, max_tokens=24)
+        body = raw.parse()
+        runs.append((int(raw.headers["x-flexserve-seed"]), body.choices[0].message.content,
+                     (body.model_extra or {}).get("seed")))
+    out["seeds"] = [r[0] for r in runs]
+    out["body_seeds"] = [r[2] for r in runs]
+    out["unseeded_texts"] = [r[1] for r in runs]
+    again = c.chat.completions.create(model=a.model, messages=msgs, temperature=1,
+                                      max_tokens=24, seed=runs[0][0])
+    out["reproduced"] = again.choices[0].message.content
+    r = c.chat.completions.create(model=a.model, messages=msgs, temperature=0, max_tokens=8,
+                                  presence_penalty=1.5, frequency_penalty=0.5)
+    out["penalised"] = r.choices[0].message.content
+    r = c.chat.completions.create(model=a.model, messages=msgs, temperature=0, max_tokens=8,
+                                  stop=["zq1", "zq2", "zq3", "zq4", "zq5"])
+    out["five_stops_finish"] = r.choices[0].finish_reason
+    r = c.chat.completions.create(model=a.model, messages=msgs, temperature=0,
+                                  max_tokens=100000, extra_body={"ignore_eos": True})
+    out["clamped_finish"] = r.choices[0].finish_reason
+    out["clamped_tokens"] = r.usage.completion_tokens
+    refused = {}
+    for name, kw in (("tools", {"tools": [{"type": "function", "function": {
+                         "name": "f", "parameters": {"type": "object"}}}]}),
+                     ("response_format", {"response_format": {"type": "json_object"}}),
+                     ("unknown", {"extra_body": {"no_such_field": 1}})):
+        try:
+            c.chat.completions.create(model=a.model, messages=msgs, max_tokens=2, **kw)
+            refused[name] = None
+        except openai.BadRequestError as e:
+            refused[name] = e.param
+    out["refused"] = refused
+    return out
+
+
+def bias(a):
+    c = client(a.base_url)
+    r = c.chat.completions.create(model=a.model,
+                                  messages=[{"role": "user", "content": a.chat_prompt}],
+                                  temperature=0, max_tokens=8, logprobs=True,
+                                  logit_bias=json.loads(a.bias))
+    return {"first_bytes": r.choices[0].logprobs.content[0].bytes,
+            "text": r.choices[0].message.content}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("scenario", choices=["basic", "concurrent"])
+    ap.add_argument("scenario", choices=["basic", "concurrent", "sampling", "bias"])
     ap.add_argument("--base-url", required=True)
     ap.add_argument("--uds")
     ap.add_argument("--model", required=True)
@@ -149,8 +234,10 @@ def main():
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=25)
     ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--bias", default="{}")
     a = ap.parse_args()
-    out = basic(a) if a.scenario == "basic" else concurrent(a)
+    out = {"basic": basic, "concurrent": concurrent, "sampling": sampling,
+           "bias": bias}[a.scenario](a)
     print(json.dumps(out))
 
 

@@ -536,6 +536,7 @@ impl HostEngine {
 
 pub fn greedy_request(id: u64, session_id: u32, prompt: Prompt, max_tokens: u32) -> RequestMsg {
     RequestMsg::Generate(GenerateRequest {
+        options: Default::default(),
         request_id: id,
         session_id,
         sampling: SamplingParams::greedy(max_tokens),
@@ -547,6 +548,7 @@ pub fn endless_request(id: u64, session_id: u32, prompt: Vec<u32>, max_tokens: u
     let mut sampling = SamplingParams::greedy(max_tokens);
     sampling.ignore_eog = true;
     RequestMsg::Generate(GenerateRequest {
+        options: Default::default(),
         request_id: id,
         session_id,
         sampling,

@@ -82,6 +82,7 @@ fn serve(mut d: Driver, timer: Arc<Timer>) -> Driver {
                     assert!(sessions.contains(&g.session_id));
                     for batch in tokens.chunks(4) {
                         let msg = ResponseMsg::Tokens(Tokens {
+                            logprobs: Default::default(),
                             request_id: g.request_id,
                             token_ids: batch.to_vec(),
                             text: Vec::new(),
@@ -132,6 +133,7 @@ fn close(host: &LlmHost, session_id: u32) -> Ack {
 
 fn generate(request_id: u64, prompt: Vec<u32>) -> RequestMsg {
     RequestMsg::Generate(GenerateRequest {
+        options: Default::default(),
         request_id,
         session_id: 7,
         sampling: SamplingParams::greedy(16),

@@ -79,6 +79,7 @@ fn main() {
         "tokens",
         enc(|o| {
             Tokens {
+                logprobs: Default::default(),
                 request_id: 1,
                 token_ids: vec![1, 2, 3],
                 text: b"Hello, w\xc3".to_vec(),
@@ -241,6 +242,7 @@ fn main() {
         "generate_tokens",
         enc(|o| {
             GenerateRequest {
+                options: Default::default(),
                 request_id: 1,
                 session_id: 3,
                 sampling: SamplingParams::greedy(16),
@@ -254,6 +256,7 @@ fn main() {
         "generate_text",
         enc(|o| {
             GenerateRequest {
+                options: Default::default(),
                 request_id: 2,
                 session_id: 3,
                 sampling: SamplingParams {
@@ -275,6 +278,7 @@ fn main() {
         "generate_chat",
         enc(|o| {
             GenerateRequest {
+                options: Default::default(),
                 request_id: 3,
                 session_id: 3,
                 sampling: SamplingParams::greedy(16),

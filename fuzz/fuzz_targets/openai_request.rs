@@ -2,9 +2,9 @@
 //! (`/v1/chat/completions` and `/v1/completions`, `flexserve_sealed` included).
 //!
 //! Beyond "never panics": what it accepts is inside the limits the rest of the daemon
-//! relies on: `max_tokens` in 1..=limit, at most four non-empty stop strings, sampling
-//! values in their documented ranges (finite), a non-empty prompt; and every refusal has
-//! a message to show.
+//! relies on: `max_tokens` in 1..=limit, at most 64 non-empty stop strings, sampling
+//! values in their documented ranges (finite), options the wire takes, a non-empty prompt;
+//! and every refusal has a message to show.
 #![no_main]
 
 use flexserve::serve::openai::{GenRequest, Input, parse_chat, parse_completion};
@@ -25,7 +25,8 @@ fn check(r: &GenRequest) {
     if let Some(n) = r.max_tokens {
         assert!((1..=LIMIT).contains(&n), "max_tokens {n}");
     }
-    assert!(r.stop.len() <= 4, "{} stop strings", r.stop.len());
+    assert!(r.stop.len() <= 64, "{} stop strings", r.stop.len());
+    assert!(r.options.validate().is_ok(), "options {:?}", r.options);
     assert!(r.stop.iter().all(|s| !s.is_empty()), "an empty stop string");
     let s = &r.sampling;
     assert!(

@@ -304,6 +304,7 @@ fn generate(u: &mut Unstructured<'_>) -> Result<RequestMsg> {
     sampling.temperature = f32::from(u.int_in_range(0u8..=20)?) / 10.0;
     sampling.seed = u.arbitrary()?;
     Ok(RequestMsg::Generate(GenerateRequest {
+        options: virtio_llm_fuzz::options(u)?,
         request_id: u.int_in_range(1..=8)?,
         session_id: u.int_in_range(1..=4)?,
         sampling,

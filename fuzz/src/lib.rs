@@ -9,6 +9,7 @@ use virtio_llm::spec::{self, HEADER_BYTES, PROTOCOL_VERSION};
 use virtio_llm::wire::control::{self, ControlCommand, ControlReply};
 use virtio_llm::wire::echo::{self, EchoReply, EchoRequest};
 use virtio_llm::wire::memory::{self, BudgetChange, MemRange, MemoryMsg, RelinquishReport};
+use virtio_llm::wire::options::{GenerateOptions, Penalties};
 use virtio_llm::wire::request::{
     self, CancelRequest, ChatRole, ChatTurn, GenerateRequest, PreemptRequest, Prompt, RequestMsg,
     SamplingParams,
@@ -165,6 +166,29 @@ pub fn bytes<'a>(u: &mut Unstructured<'a>, max: usize) -> Result<&'a [u8]> {
     u.bytes(n)
 }
 
+/// Generation options, in and out of range (some encodings fail, as they should).
+pub fn options(u: &mut Unstructured<'_>) -> Result<GenerateOptions> {
+    let mut o = GenerateOptions::default();
+    if u.arbitrary()? {
+        o.penalties = Some(Penalties {
+            presence: f32::from(u.int_in_range(-25i8..=25)?) / 10.0,
+            frequency: f32::from(u.int_in_range(-25i8..=25)?) / 10.0,
+            last_n: u.int_in_range(0..=256)?,
+        });
+    }
+    let n = u.int_in_range(0..=8)?;
+    let mut id = 0u32;
+    for _ in 0..n {
+        id += u.int_in_range(0..=1000)?;
+        o.logit_bias
+            .push((id, f32::from(u.int_in_range(-110i16..=110)?)));
+    }
+    if u.arbitrary()? {
+        o.logprobs = Some(u.int_in_range(0..=24)?);
+    }
+    Ok(o)
+}
+
 fn u32_list(u: &mut Unstructured<'_>, max: usize, below: u32) -> Result<Vec<u32>> {
     let n = u.arbitrary_len::<u32>()?.min(max);
     (0..n).map(|_| near(u, 0, below)).collect()
@@ -290,6 +314,7 @@ pub fn request(u: &mut Unstructured<'_>) -> Result<RequestMsg> {
                 }
             };
             RequestMsg::Generate(GenerateRequest {
+                options: options(u)?,
                 request_id: u.arbitrary()?,
                 session_id: u.arbitrary()?,
                 sampling,
@@ -313,6 +338,7 @@ pub fn request(u: &mut Unstructured<'_>) -> Result<RequestMsg> {
 pub fn response(u: &mut Unstructured<'_>) -> Result<ResponseMsg> {
     Ok(match u.int_in_range(0u8..=3)? {
         0 => ResponseMsg::Tokens(Tokens {
+            logprobs: Default::default(),
             request_id: u.arbitrary()?,
             token_ids: u32_list(u, spec::MAX_TOKENS_PER_RESPONSE + 1, spec::MAX_TOKEN_ID)?,
             text: bytes(u, 4096)?.to_vec(),

@@ -1,10 +1,18 @@
-//! Token sampling: repetition penalty, then greedy argmax (temperature 0) or top-k → top-p →
-//! min-p → temperature → a seeded draw, in llama.cpp's order.
+//! Token sampling: logit bias, then the penalties (repeat, frequency, presence), then greedy
+//! argmax (temperature 0) or top-k → top-p → min-p → temperature → a seeded draw, in
+//! llama.cpp's order.
+//!
+//! Logprobs, when asked for, are the log-softmax of the logits after the bias and the
+//! penalties and before temperature and the top-k/top-p/min-p cuts: the model's
+//! distribution as this request shapes it, the same at every temperature, so a greedy
+//! token is always the most likely one reported.
 //!
 //! `no_std`: the PRNG is an in-crate xoshiro256** seeded through splitmix64, so a seed gives the
 //! same tokens on every platform.
 
+use alloc::rc::Rc;
 use alloc::vec::Vec;
+use core::cell::RefCell;
 use core::cmp::Ordering;
 
 /// Why a [`SamplerConfig`] was rejected.
@@ -22,6 +30,9 @@ pub enum SamplerError {
     /// The repetition penalty must be finite and in `(0, 10]`.
     #[error("repeat_penalty {0} is invalid: use a finite value in (0, 10] (1 = disabled)")]
     RepeatPenalty(f32),
+    /// Presence and frequency penalties must be finite and in `[-2, 2]`.
+    #[error("presence/frequency penalty {0} is invalid: use a finite value in [-2, 2]")]
+    Penalty(f32),
 }
 
 /// Sampling parameters. Defaults follow llama.cpp's command-line defaults.
@@ -37,8 +48,14 @@ pub struct SamplerConfig {
     pub min_p: f32,
     /// Divide positive (multiply negative) logits of recently seen tokens by this; 1 disables.
     pub repeat_penalty: f32,
-    /// How many of the most recent tokens the repetition penalty looks at.
+    /// How many of the most recent tokens the penalties look at.
     pub repeat_last_n: usize,
+    /// Subtracted once from the logit of every token among the recent ones (OpenAI's
+    /// `presence_penalty`); 0 disables.
+    pub presence_penalty: f32,
+    /// Subtracted from a recent token's logit once per time it occurs (OpenAI's
+    /// `frequency_penalty`); 0 disables.
+    pub frequency_penalty: f32,
     /// PRNG seed.
     pub seed: u64,
 }
@@ -52,6 +69,8 @@ impl Default for SamplerConfig {
             min_p: 0.05,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: 0x5EED_F1E5_5E4E_u64,
         }
     }
@@ -79,6 +98,11 @@ impl SamplerConfig {
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty <= 10.0) {
             return Err(SamplerError::RepeatPenalty(self.repeat_penalty));
+        }
+        for p in [self.presence_penalty, self.frequency_penalty] {
+            if !(-2.0..=2.0).contains(&p) {
+                return Err(SamplerError::Penalty(p));
+            }
         }
         Ok(())
     }
@@ -120,6 +144,20 @@ impl Rng {
     }
 }
 
+/// A sampled token's logprob and the most likely tokens at its step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The chosen token's logprob (`-inf` for a banned token forced by a lack of choice).
+    pub logprob: f32,
+    /// The `top_n` most likely tokens and their logprobs, most likely first (lower id first
+    /// among equals).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Where a sampler leaves the logprobs of the token it just chose. The token loop holds
+/// the sampler while it calls back with each token, so the caller reads them from here.
+pub type LogprobSink = Rc<RefCell<Option<TokenLogprobs>>>;
+
 /// A stateful sampler (its PRNG advances with every draw).
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -128,6 +166,13 @@ pub struct Sampler {
     rng: Rng,
     /// Reused candidate buffer: `(token, logit)`.
     cand: Vec<(u32, f32)>,
+    /// Added to these tokens' logits first; `-inf` bans.
+    logit_bias: Vec<(u32, f32)>,
+    /// Logprobs requested: how many alternatives, and where they go.
+    logprobs: Option<(usize, LogprobSink)>,
+    /// The context's tokens before the ones the token loop passes (at most
+    /// `repeat_last_n`): the penalties' window reaches into them.
+    prior: Vec<u32>,
 }
 
 /// Higher logit first, then lower id, so equal logits resolve like greedy.
@@ -155,12 +200,45 @@ impl Sampler {
         if !(cfg.repeat_penalty > 0.0 && cfg.repeat_penalty <= 10.0) {
             cfg.repeat_penalty = 1.0;
         }
+        for p in [&mut cfg.presence_penalty, &mut cfg.frequency_penalty] {
+            if !(-2.0..=2.0).contains(p) {
+                *p = 0.0;
+            }
+        }
         Self {
             cfg,
             n_vocab,
             rng: Rng::new(cfg.seed),
             cand: Vec::new(),
+            logit_bias: Vec::new(),
+            logprobs: None,
+            prior: Vec::new(),
         }
+    }
+
+    /// The tokens the session held before this request's (an earlier slice of a preempted
+    /// request, a prompt prefix taken from a kept KV cache): the penalties look at the last
+    /// `repeat_last_n` tokens of the whole context, as one uninterrupted run would.
+    pub fn set_prior_tokens(&mut self, tokens: &[u32]) {
+        let keep = tokens.len().min(self.cfg.repeat_last_n);
+        self.prior = tokens[tokens.len() - keep..].to_vec();
+    }
+
+    /// Adds `bias` to each listed token's logit before anything else (OpenAI's
+    /// `logit_bias`); a bias of -100 or less bans the token outright, as OpenAI documents
+    /// it. Ids outside the vocabulary and non-finite biases are ignored.
+    pub fn set_logit_bias(&mut self, bias: &[(u32, f32)]) {
+        self.logit_bias = bias
+            .iter()
+            .filter(|(id, b)| (*id as usize) < self.n_vocab && b.is_finite())
+            .map(|&(id, b)| (id, if b <= -100.0 { f32::NEG_INFINITY } else { b }))
+            .collect();
+    }
+
+    /// From now on, leaves each chosen token's logprob and its `top_n` most likely
+    /// alternatives in `sink`.
+    pub fn record_logprobs(&mut self, top_n: usize, sink: LogprobSink) {
+        self.logprobs = Some((top_n, sink));
     }
 
     /// The configuration in use.
@@ -168,7 +246,7 @@ impl Sampler {
         &self.cfg
     }
 
-    /// Picks the next token from `logits` (modified in place by the repetition penalty).
+    /// Picks the next token from `logits` (modified in place by the bias and penalties).
     ///
     /// Only the first `n_vocab` logits are considered; NaN logits are never chosen. Returns 0
     /// if `logits` is empty.
@@ -178,7 +256,21 @@ impl Sampler {
         for l in logits.iter_mut().filter(|l| l.is_nan()) {
             *l = f32::NEG_INFINITY;
         }
-        self.apply_repeat_penalty(logits, recent_tokens);
+        for &(id, b) in &self.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += b;
+            }
+        }
+        self.apply_penalties(logits, recent_tokens);
+        let token = self.choose(logits);
+        if let Some((top_n, sink)) = &self.logprobs {
+            *sink.borrow_mut() = Some(logprobs_of(logits, token, *top_n));
+        }
+        token
+    }
+
+    /// Picks a token from the biased and penalised logits.
+    fn choose(&mut self, logits: &[f32]) -> u32 {
         if self.cfg.temperature == 0.0 {
             return argmax(logits);
         }
@@ -225,18 +317,30 @@ impl Sampler {
         self.cand.last().map_or(best, |c| c.0)
     }
 
-    fn apply_repeat_penalty(&self, logits: &mut [f32], recent: &[u32]) {
-        let p = self.cfg.repeat_penalty;
-        if p == 1.0 || self.cfg.repeat_last_n == 0 {
+    /// llama.cpp's penalties sampler: for each token seen `c` times among the last
+    /// `repeat_last_n`, the repeat penalty divides a positive logit (multiplies a negative
+    /// one), then `c × frequency + presence` is subtracted.
+    fn apply_penalties(&self, logits: &mut [f32], recent: &[u32]) {
+        let (p, freq, presence) = (
+            self.cfg.repeat_penalty,
+            self.cfg.frequency_penalty,
+            self.cfg.presence_penalty,
+        );
+        let off = p == 1.0 && freq == 0.0 && presence == 0.0;
+        if off || self.cfg.repeat_last_n == 0 {
             return;
         }
-        let mut seen: Vec<u32> =
-            recent[recent.len().saturating_sub(self.cfg.repeat_last_n)..].to_vec();
+        let n = self.cfg.repeat_last_n;
+        let from_recent = recent.len().min(n);
+        let from_prior = (n - from_recent).min(self.prior.len());
+        let mut seen = Vec::with_capacity(from_prior + from_recent);
+        seen.extend_from_slice(&self.prior[self.prior.len() - from_prior..]);
+        seen.extend_from_slice(&recent[recent.len() - from_recent..]);
         seen.sort_unstable();
-        seen.dedup();
-        for id in seen {
-            if let Some(l) = logits.get_mut(id as usize) {
+        for run in seen.chunk_by(|a, b| a == b) {
+            if let Some(l) = logits.get_mut(run[0] as usize) {
                 *l = if *l > 0.0 { *l / p } else { *l * p };
+                *l -= run.len() as f32 * freq + presence;
             }
         }
     }
@@ -266,6 +370,38 @@ impl Sampler {
     }
 }
 
+/// The log-softmax of `logits` at `token`, and the `top_n` largest.
+fn logprobs_of(logits: &[f32], token: u32, top_n: usize) -> TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return TokenLogprobs {
+            logprob: f32::NEG_INFINITY,
+            top: Vec::new(),
+        };
+    }
+    let total: f64 = logits.iter().map(|&l| exp64(f64::from(l - max))).sum();
+    // total >= 1 (the largest term is 1), so ln(total) = -ln(1 / total) with 1/total in (0, 1].
+    let log_total = -ln64(1.0 / total);
+    let lp = |l: f32| (f64::from(l - max) - log_total).min(0.0) as f32;
+    let mut top: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
+    let k = top_n.min(top.len());
+    if k > 0 && k < top.len() {
+        top.select_nth_unstable_by(k - 1, by_logit_desc);
+    }
+    top.truncate(k);
+    top.sort_unstable_by(by_logit_desc);
+    TokenLogprobs {
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&l| lp(l)),
+        top: top.into_iter().map(|(id, l)| (id, lp(l))).collect(),
+    }
+}
+
 /// Index of the largest logit; the lowest index among equals (llama.cpp's greedy).
 fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -291,6 +427,12 @@ fn exp64(x: f64) -> f64 {
         term *= r / f64::from(i);
         sum += term;
     }
+    // 2^k straight from its exponent bits while it is a normal number (logprobs take an
+    // exp of every logit of the vocabulary per token); the same value repeated halving
+    // gives, so sampling draws are unchanged.
+    if (-1022..=1023).contains(&k) {
+        return sum * f64::from_bits(((k + 1023) as u64) << 52);
+    }
     let mut scale = 1.0;
     let (base, steps) = if k < 0 { (0.5, -k) } else { (2.0, k) };
     for _ in 0..steps {
@@ -301,13 +443,17 @@ fn exp64(x: f64) -> f64 {
 
 /// Natural log of `x` in `(0, 1]` without `std` (bisection on [`exp64`] is plenty for min-p).
 fn libm_ln(x: f32) -> f32 {
-    let x = f64::from(x);
+    ln64(f64::from(x)) as f32
+}
+
+/// [`libm_ln`] in `f64`.
+fn ln64(x: f64) -> f64 {
     let (mut lo, mut hi) = (-745.0f64, 0.0f64);
     for _ in 0..80 {
         let mid = 0.5 * (lo + hi);
         if exp64(mid) < x { lo = mid } else { hi = mid }
     }
-    (0.5 * (lo + hi)) as f32
+    0.5 * (lo + hi)
 }
 
 #[cfg(test)]

@@ -62,6 +62,10 @@ pub enum WireError {
         /// Name of the field.
         field: &'static str,
     },
+    /// An options trailer record whose type this protocol version does not define (or that
+    /// is reserved for a later one).
+    #[error("unknown option record type {0:#06x}")]
+    UnknownOption(u16),
     /// A status code that this protocol version does not define.
     #[error("unknown status {0}")]
     UnknownStatus(u16),

@@ -41,6 +41,10 @@ pub mod feature {
     /// prompt starts with the same tokens goes on from one; `EndOfStream` says how many
     /// prompt tokens came from a cache (`cached_tokens`).
     pub const KV_REUSE: u32 = 8;
+    /// Generation options: a `GenerateRequest` may carry an options trailer after its
+    /// prompt (penalties, logit bias, logprobs; `wire::options`), and a `Tokens` may carry
+    /// each token's logprob and the most likely alternatives when the request asked.
+    pub const OPTIONS: u32 = 9;
     /// Standard virtio 1.x device (VIRTIO_F_VERSION_1); required.
     pub const VERSION_1: u32 = 32;
     /// The device reaches only the shared window (VIRTIO_F_ACCESS_PLATFORM); required, so the
@@ -142,6 +146,25 @@ pub const SIGNED_STATEMENT_BYTES: usize = 204;
 /// Stop strings in a sealed request, and the bytes of each.
 pub const MAX_STOP_STRINGS: usize = 64;
 pub const MAX_STOP_BYTES: usize = 256;
+/// Records in one options trailer (`feature::OPTIONS`): one of each type at most.
+pub const MAX_OPTION_RECORDS: usize = 8;
+/// Bytes of one option record's value. Sized for a JSON schema or tool list (the
+/// `RESPONSE_FORMAT` and `TOOLS` records) as well as the largest logit bias.
+pub const MAX_OPTION_RECORD_BYTES: usize = 64 * 1024;
+/// Tokens a logit bias names (OpenAI allows 300).
+pub const MAX_LOGIT_BIAS: usize = 300;
+/// Largest logit bias either way; -100 bans a token.
+pub const MAX_LOGIT_BIAS_VALUE: f32 = 100.0;
+/// Largest presence and frequency penalty either way (OpenAI's range).
+pub const MAX_OPENAI_PENALTY: f32 = 2.0;
+/// Most alternatives a logprobs request may ask for per token (OpenAI's `top_logprobs`).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+/// Token ids in one `Tokens` response that carries logprobs: small enough that the
+/// logprobs (4 + 8 × 20 bytes a token) and the most text fit one 68 KiB response buffer.
+pub const MAX_LOGPROB_TOKENS_PER_RESPONSE: usize = 16;
+/// The lowest logprob on the wire; a smaller one (a banned token) is sent as this, as
+/// OpenAI reports -9999 for tokens it rounds to no probability.
+pub const MIN_LOGPROB: f32 = -9999.0;
 /// Token ids in one `Tokens` response.
 pub const MAX_TOKENS_PER_RESPONSE: usize = 256;
 /// Text bytes in one `Tokens` response (`feature::GUEST_TEXT`).

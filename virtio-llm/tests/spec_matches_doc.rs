@@ -64,17 +64,42 @@ fn message_types_match_the_spec_table() {
         ("BudgetChange", memory::msg_type::BUDGET_CHANGE),
         ("RelinquishReport", memory::msg_type::RELINQUISH_REPORT),
     ]);
-    let spec: BTreeMap<_, _> = rows(|c| c.starts_with("0x"))
-        .into_iter()
-        .map(|r| {
-            let value = u16::from_str_radix(&r[0][2..], 16).expect("a hex message type");
-            (r[1].clone(), value)
-        })
-        .collect();
     let code: BTreeMap<_, _> = code.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     assert_eq!(
-        spec, code,
+        hex_rows(false),
+        code,
         "docs/virtio-llm.md message types vs the wire constants"
+    );
+}
+
+/// The spec's rows with a hex first cell: message types (plain names) or, with `records`,
+/// the options trailer's record types (names in backticks, as the table writes them).
+fn hex_rows(records: bool) -> BTreeMap<String, u16> {
+    rows(|c| c.starts_with("0x"))
+        .into_iter()
+        .filter(|r| r[1].starts_with('`') == records)
+        .map(|r| {
+            let value = u16::from_str_radix(&r[0][2..], 16).expect("a hex type");
+            (r[1].trim_matches('`').to_string(), value)
+        })
+        .collect()
+}
+
+#[test]
+fn option_record_types_match_the_spec_table() {
+    use virtio_llm::wire::options::record;
+    let code = code_names(&[
+        ("PENALTIES", record::PENALTIES),
+        ("LOGIT_BIAS", record::LOGIT_BIAS),
+        ("LOGPROBS", record::LOGPROBS),
+        ("RESPONSE_FORMAT", record::RESPONSE_FORMAT),
+        ("TOOLS", record::TOOLS),
+    ]);
+    let code: BTreeMap<_, _> = code.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    assert_eq!(
+        hex_rows(true),
+        code,
+        "docs/virtio-llm.md option records vs the wire constants"
     );
 }
 
@@ -89,6 +114,7 @@ fn feature_bits_match_the_spec_table() {
         ("VIRTIO_LLM_F_GUEST_TEXT", feature::GUEST_TEXT),
         ("VIRTIO_LLM_F_SEALED_SESSION", feature::SEALED_SESSION),
         ("VIRTIO_LLM_F_KV_REUSE", feature::KV_REUSE),
+        ("VIRTIO_LLM_F_OPTIONS", feature::OPTIONS),
         ("VIRTIO_F_VERSION_1", feature::VERSION_1),
         ("VIRTIO_F_ACCESS_PLATFORM", feature::ACCESS_PLATFORM),
     ]);

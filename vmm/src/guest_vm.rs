@@ -73,6 +73,11 @@ pub enum GuestError {
          rebuild the guest images with `make image`"
     )]
     NoPreemption,
+    #[error(
+        "the guest engine takes no generation options (it did not accept \
+         VIRTIO_LLM_F_OPTIONS); rebuild the guest images with `make image`"
+    )]
+    NoOptions,
 }
 
 /// How the host stops a running request early.

@@ -258,6 +258,7 @@ impl GuestEngine {
         let ctx = ids.len() + gen_tokens + 1;
         self.vm.open_session(sid, 1, ctx as u32)?;
         let req = GenerateRequest {
+            options: Default::default(),
             request_id: u64::from(sid),
             session_id: sid,
             sampling: SamplingParams {

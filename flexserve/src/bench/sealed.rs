@@ -206,6 +206,7 @@ impl Rig<'_> {
             strawman: mode == Mode::Strawman,
         };
         let req = GenerateRequest {
+            options: Default::default(),
             request_id: 1,
             session_id: 1,
             sampling: SamplingParams {

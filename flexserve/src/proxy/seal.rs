@@ -164,6 +164,7 @@ pub fn seal(endpoint: Endpoint, body: &[u8], guest: &GuestInfo) -> Result<Sealed
     }
     // The daemon's own parser: a request it would refuse is refused here with its words.
     let req = parse(endpoint, body, guest.max_tokens)?;
+    crate::serve::openai::sealed::refuse_unbound(&m, &req)?;
     let content = content(&req)?.encode().map_err(SealError::Content)?;
     let (mut public, chosen_seed) = public_body(&m, &req, guest)?;
     // The binding is computed from the body the daemon will parse, by the same code, so
@@ -219,10 +220,10 @@ mod tests {
         let info = GuestInfo::from_json(&v).unwrap();
         let body = br#"{"model":"m","messages":[{"role":"developer","content":"Be brief."},
             {"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}]}],
-            "stop":["END"],"temperature":0,"tools":[{"secret":1}],"max_completion_tokens":9}"#;
+            "stop":["END"],"temperature":0,"metadata":{"secret":"1"},"max_completion_tokens":9}"#;
         let call = seal(Endpoint::Chat, body, &info).unwrap();
         let sent: Value = serde_json::from_slice(&call.body).unwrap();
-        for hidden in ["messages", "stop", "tools", "max_completion_tokens"] {
+        for hidden in ["messages", "stop", "metadata", "max_completion_tokens"] {
             assert!(sent.get(hidden).is_none(), "{hidden} in {sent}");
         }
         assert_eq!(sent["seed"].as_u64(), call.chosen_seed);
@@ -266,5 +267,12 @@ mod tests {
             SealError::AlreadySealed
         ));
         assert!(refused(b"[").is_client_error());
+        assert!(matches!(
+            refused(br#"{"prompt":"x","logprobs":2}"#),
+            SealError::Invalid(ApiError::Invalid {
+                param: Some("logprobs"),
+                ..
+            })
+        ));
     }
 }

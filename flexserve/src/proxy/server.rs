@@ -17,7 +17,7 @@ use std::sync::Arc;
 const MAX_BODY_BYTES: usize = 4 << 20;
 /// The header that returns the seed the proxy chose for a request that gave none, so the
 /// answer can be reproduced.
-pub const SEED_HEADER: &str = "x-flexserve-seed";
+pub use crate::serve::openai::SEED_HEADER;
 
 pub fn router(client: Arc<Client>) -> Router {
     Router::new()

@@ -324,6 +324,7 @@ fn boot_and_load(
 fn request(args: &RunArgs, prompt: Prompt) -> GenerateRequest {
     let s = &args.sampling;
     GenerateRequest {
+        options: Default::default(),
         request_id: 1,
         session_id: 1,
         sampling: SamplingParams {

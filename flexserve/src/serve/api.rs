@@ -6,7 +6,9 @@ use super::error::ApiError;
 use super::generation::{self, Pending, Piece};
 use super::listen::ConnId;
 use super::metrics::GuestState;
-use super::openai::{Answer, Endpoint, Input, Usage, json_response};
+use super::openai::{
+    Answer, Endpoint, Input, Logprobs, SEED_HEADER, Usage, json_response, with_logprobs,
+};
 use super::scheduler::Principal;
 use super::sealed_api::{self, SealedPending};
 use axum::Router;
@@ -119,7 +121,7 @@ async fn generate(
             Endpoint::Chat => super::openai::parse_chat(&body, limit)?,
             Endpoint::Completion => super::openai::parse_completion(&body, limit)?,
         };
-        generation::submit(&s, conn, req, None, arrived).await
+        generation::submit(&s, conn, endpoint, req, None, arrived).await
     };
     let pending = match queued.await {
         Ok(p) => p,
@@ -161,6 +163,17 @@ pub(super) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Ap
     })
 }
 
+/// The whole answer with its logprobs and seed (in the body and `SEED_HEADER`).
+fn whole_answer(answer: &Answer, p: &mut Pending, text: &str, finish: &str, u: Usage) -> Response {
+    let mut v = answer.full(text, finish, u);
+    v = with_logprobs(v, p.logprobs.as_mut().map(Logprobs::take));
+    v["seed"] = p.seed.into();
+    let mut r = json_response(StatusCode::OK, &v);
+    r.headers_mut()
+        .insert(SEED_HEADER, axum::http::HeaderValue::from(p.seed));
+    r
+}
+
 /// A non-streaming answer: wait for the end, then one JSON object.
 async fn whole(answer: Answer, mut p: Pending) -> Response {
     let mut text = String::new();
@@ -169,7 +182,7 @@ async fn whole(answer: Answer, mut p: Pending) -> Response {
             Piece::Text(piece) => text.push_str(&piece),
             Piece::End(end) => {
                 text.push_str(&end.text);
-                return json_response(StatusCode::OK, &answer.full(&text, end.finish, end.usage));
+                return whole_answer(&answer, &mut p, &text, end.finish, end.usage);
             }
             Piece::Failed(e) => return e.into_response(),
         }
@@ -199,7 +212,10 @@ impl Streaming {
             return Some(sse(&self.answer.chunk(Some(""), true, None, None)));
         }
         match self.p.next_piece().await {
-            Piece::Text(text) => Some(sse(&self.answer.chunk(Some(&text), false, None, None))),
+            Piece::Text(text) => {
+                let chunk = self.answer.chunk(Some(&text), false, None, None);
+                Some(sse(&self.with_pending_logprobs(chunk)))
+            }
             Piece::End(end) => Some(self.last(end.text, end.finish, end.usage)),
             Piece::Failed(e) => {
                 self.done = true;
@@ -208,19 +224,23 @@ impl Streaming {
         }
     }
 
+    /// `chunk` with the logprobs of the tokens since the last chunk, if any wait.
+    fn with_pending_logprobs(&mut self, chunk: serde_json::Value) -> serde_json::Value {
+        let pending = self.p.logprobs.as_mut().filter(|lp| !lp.is_empty());
+        with_logprobs(chunk, pending.map(Logprobs::take))
+    }
+
     /// The last text, the chunk with the finish reason and usage, and `[DONE]`.
     fn last(&mut self, text: String, finish: &str, usage: Usage) -> String {
         self.done = true;
         let mut out = String::new();
         if !text.is_empty() {
-            out.push_str(&sse(&self.answer.chunk(Some(&text), false, None, None)));
+            let chunk = self.answer.chunk(Some(&text), false, None, None);
+            out.push_str(&sse(&self.with_pending_logprobs(chunk)));
         }
-        out.push_str(&sse(&self.answer.chunk(
-            None,
-            false,
-            Some(finish),
-            Some(usage),
-        )));
+        let mut chunk = self.answer.chunk(None, false, Some(finish), Some(usage));
+        chunk["seed"] = self.p.seed.into();
+        out.push_str(&sse(&self.with_pending_logprobs(chunk)));
         if self.p.req.include_usage {
             let mut u = self.answer.chunk(None, false, None, Some(usage));
             u["choices"] = json!([]);
@@ -235,6 +255,7 @@ impl Streaming {
 /// body (and with it the job's receiver and cancel guard) is dropped: the worker stops the
 /// generation.
 fn stream(answer: Answer, p: Pending) -> Response {
+    let seed = p.seed;
     let state = Streaming {
         answer,
         p,
@@ -245,12 +266,15 @@ fn stream(answer: Answer, p: Pending) -> Response {
         let chunk = st.next().await?;
         Some((Ok::<_, std::convert::Infallible>(Bytes::from(chunk)), st))
     });
-    (
+    let mut r = (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         Body::from_stream(body),
     )
-        .into_response()
+        .into_response();
+    r.headers_mut()
+        .insert(SEED_HEADER, axum::http::HeaderValue::from(seed));
+    r
 }

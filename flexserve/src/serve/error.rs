@@ -23,6 +23,9 @@ pub enum ApiError {
     PromptTooLong { prompt: usize, context: u32 },
     #[error("{0} is not supported by this server")]
     Unsupported(&'static str),
+    /// A field the API does not know (OpenAI's wording).
+    #[error("Unrecognized request argument supplied: {0}")]
+    Unrecognized(String),
     #[error("too many requests are waiting for the guest; retry in {retry_after} s")]
     QueueFull { retry_after: u32 },
     #[error("the server is shutting down")]
@@ -71,6 +74,7 @@ impl ApiError {
             | ApiError::BadJson(_)
             | ApiError::PromptTooLong { .. }
             | ApiError::Unsupported(_)
+            | ApiError::Unrecognized(_)
             | ApiError::Body(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -91,6 +95,7 @@ impl ApiError {
             ApiError::Invalid { .. }
             | ApiError::BadJson(_)
             | ApiError::Unsupported(_)
+            | ApiError::Unrecognized(_)
             | ApiError::Body(_) => ("invalid_request_error", None),
             ApiError::TooLarge(_) => ("invalid_request_error", Some("request_too_large")),
             ApiError::UnknownModel(_) => ("invalid_request_error", Some("model_not_found")),
@@ -119,6 +124,7 @@ impl ApiError {
             ApiError::Invalid { param, .. } => *param,
             ApiError::UnknownModel(_) => Some("model"),
             ApiError::PromptTooLong { .. } => Some("messages"),
+            ApiError::Unrecognized(name) => Some(name.as_str()),
             _ => None,
         };
         serde_json::json!({

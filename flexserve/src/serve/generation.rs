@@ -8,7 +8,7 @@ use super::error::ApiError;
 use super::listen::ConnId;
 use super::metrics::Outcome;
 use super::models::ServedModel;
-use super::openai::{GenRequest, Input, Usage, finish_reason};
+use super::openai::{Endpoint, GenRequest, Input, Logprobs, Usage, finish_reason};
 use super::scheduler::{ClientKey, Lane, Principal, Rejected};
 use super::worker::{Event, Job};
 use crate::text_stream::Utf8Stream;
@@ -39,6 +39,10 @@ pub struct Pending {
     pub prompt_tokens: Option<u32>,
     pub events: mpsc::UnboundedReceiver<Event>,
     pub cancel: CancelOnDrop,
+    /// The seed the request runs with (the client's, or drawn here; returned with the answer).
+    pub seed: u64,
+    /// The answer's logprobs, collected as tokens arrive, when asked for.
+    pub logprobs: Option<Logprobs>,
     detok: Detok,
 }
 
@@ -70,7 +74,14 @@ impl Pending {
     pub async fn next_piece(&mut self) -> Piece {
         loop {
             match self.events.recv().await {
-                Some(Event::Tokens { ids, text: bytes }) => {
+                Some(Event::Tokens {
+                    ids,
+                    text: bytes,
+                    logprobs,
+                }) => {
+                    if let Some(lp) = self.logprobs.as_mut() {
+                        lp.push(&ids, &logprobs);
+                    }
                     let (text, stopped) = self.detok.push(&ids, &bytes);
                     if stopped {
                         self.cancel.0.store(true, Ordering::Relaxed);
@@ -145,6 +156,7 @@ pub fn refused_outcome(e: &ApiError) -> Outcome {
 pub async fn submit(
     s: &Arc<Shared>,
     (who, conn): (Principal, ConnId),
+    endpoint: Endpoint,
     req: GenRequest,
     num_ctx: Option<u32>,
     arrived: Instant,
@@ -196,8 +208,10 @@ pub async fn submit(
         });
     }
     let room = context - used as u32;
-    let max_tokens = req.max_tokens.unwrap_or(limit).min(room);
+    // More than the context has room for is clamped: the answer ends with "length".
+    let max_tokens = req.max_tokens.unwrap_or(limit).min(limit).min(room);
     sealed_fits(&req, max_tokens, room)?;
+    let (seed, logprobs) = super::sampling::prepare(&req, &model, endpoint)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let lane = match &req.user {
@@ -210,8 +224,10 @@ pub async fn submit(
         prompt,
         sampling: virtio_llm::wire::request::SamplingParams {
             max_tokens,
+            seed,
             ..req.sampling
         },
+        options: req.options.clone(),
         events: tx,
         cancel: cancel.clone(),
         arrived,
@@ -231,6 +247,8 @@ pub async fn submit(
         prompt_tokens: prompt_tokens.map(|n| n as u32),
         events: rx,
         cancel: CancelOnDrop(cancel),
+        seed,
+        logprobs,
         detok,
     })
 }

@@ -32,6 +32,7 @@ pub mod notify;
 pub mod ollama;
 pub mod openai;
 pub mod residency;
+pub mod sampling;
 pub mod scheduler;
 pub mod sealed_api;
 pub mod server;

@@ -44,6 +44,7 @@ async fn boot(s: &Arc<Shared>, who: Principal) -> Result<(), ApiError> {
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let job = Job {
+        options: Default::default(),
         model,
         prompt: Prompt::Continue,
         sampling: SamplingParams::greedy(1),

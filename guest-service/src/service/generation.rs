@@ -13,11 +13,11 @@ use inference_guest::generate::{Finish, GenerateOutcome, Generation, generate};
 use inference_guest::gguf::Gguf;
 use inference_guest::model::{MAX_BATCH, Model, ModelError};
 use inference_guest::parallel::Parallel;
-use inference_guest::sampler::{Sampler, SamplerConfig};
+use inference_guest::sampler::{LogprobSink, Sampler, SamplerConfig};
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
 use virtio_llm::wire::memory::BudgetChange;
-use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
+use virtio_llm::wire::request::{GenerateRequest, Prompt};
 use virtio_llm::wire::response::{EndOfStream, ResponseMsg, StopReason, Timings, Tokens};
 
 /// Why a request gets an error instead of its end of stream.
@@ -87,6 +87,7 @@ impl Service {
         env: &dyn Environment,
         deferred_budget: &mut Option<BudgetChange>,
     ) -> Result<EndOfStream, Failure> {
+        self.check_options(g)?;
         let opened = self.open_sealed(g, driver)?;
         if self.on_arriving_model(g.session_id) {
             if opened.is_some() {
@@ -138,7 +139,10 @@ impl Service {
         let gguf = Gguf::parse(&m.file).map_err(|e| refuse(Status::Internal, &e.to_string()))?;
         let model = Model::from_gguf(&gguf, self.kernels)
             .map_err(|e| refuse(Status::Internal, &e.to_string()))?;
-        let mut sampler = sampler(&g.sampling, model.cfg.n_vocab)?;
+        let (mut sampler, logprobs) = sampler(g, model.cfg.n_vocab)?;
+        // What the cache holds already (an earlier slice, a reused prefix) is in the
+        // penalties' window too.
+        sampler.set_prior_tokens(&slot.history);
         let link = Link {
             driver: &mut *driver,
             env,
@@ -154,6 +158,7 @@ impl Service {
         };
         let mut stream = TokenStream::new(link, g.request_id, text_of);
         stream.set_sealed(sealed.as_deref_mut());
+        stream.set_logprobs(logprobs);
         let end_ids = &m.end_ids;
         let result = generate(
             &model,
@@ -197,6 +202,27 @@ impl Service {
             answer.slice_done(e.generated_tokens, last);
         }
         ended
+    }
+
+    /// Options need the feature, and a sealed request's sampling is what its seal binds:
+    /// options, which the seal does not cover, would let the host change it.
+    fn check_options(&self, g: &GenerateRequest) -> Result<(), Refusal> {
+        if g.options.is_empty() {
+            return Ok(());
+        }
+        if !self.options {
+            return Err(refuse(
+                Status::Unsupported,
+                "generation options need VIRTIO_LLM_F_OPTIONS",
+            ));
+        }
+        if matches!(g.prompt, Prompt::Sealed(_) | Prompt::Continue) {
+            return Err(refuse(
+                Status::BadRequest,
+                "a sealed request takes no generation options: its seal does not bind them",
+            ));
+        }
+        Ok(())
     }
 
     /// Readies the request's session: room for the generation, its KV cache rebuilt if it
@@ -358,12 +384,14 @@ impl Service {
                     request_id: id,
                     token_ids: alloc::vec![0; streamed.batch.len()],
                     text: answer.seal(&streamed.text, last),
+                    logprobs: Vec::new(),
                 })
             }
             None => (!streamed.batch.is_empty()).then_some(Tokens {
                 request_id: id,
                 token_ids: streamed.batch,
                 text: streamed.text,
+                logprobs: streamed.logprobs,
             }),
         };
         if let Some(tokens) = tokens {
@@ -421,9 +449,15 @@ pub(super) fn remember(history: &mut Vec<u32>, prompt: &[u32], generated: &[u32]
     history.truncate(n_past);
 }
 
-/// The engine's sampler for the request's parameters; a bad request if the engine refuses
-/// them.
-pub(super) fn sampler(s: &SamplingParams, n_vocab: usize) -> Result<Sampler, Refusal> {
+/// The engine's sampler for the request's parameters and options, and where it leaves
+/// logprobs when they are asked for; a bad request if the engine refuses them.
+pub(super) fn sampler(
+    g: &GenerateRequest,
+    n_vocab: usize,
+) -> Result<(Sampler, Option<LogprobSink>), Refusal> {
+    let s = &g.sampling;
+    let defaults = SamplerConfig::default();
+    let penalties = g.options.penalties;
     let cfg = SamplerConfig {
         temperature: s.temperature,
         top_k: s.top_k as usize,
@@ -431,9 +465,18 @@ pub(super) fn sampler(s: &SamplingParams, n_vocab: usize) -> Result<Sampler, Ref
         min_p: s.min_p,
         repeat_penalty: s.repeat_penalty,
         seed: s.seed,
-        ..SamplerConfig::default()
+        presence_penalty: penalties.map_or(0.0, |p| p.presence),
+        frequency_penalty: penalties.map_or(0.0, |p| p.frequency),
+        repeat_last_n: penalties.map_or(defaults.repeat_last_n, |p| p.last_n as usize),
     };
     cfg.validate()
         .map_err(|e| refuse(Status::BadRequest, &e.to_string()))?;
-    Ok(Sampler::new(cfg, n_vocab))
+    let mut sampler = Sampler::new(cfg, n_vocab);
+    sampler.set_logit_bias(&g.options.logit_bias);
+    let sink = g.options.logprobs.map(|top_n| {
+        let sink = LogprobSink::default();
+        sampler.record_logprobs(usize::from(top_n), sink.clone());
+        sink
+    });
+    Ok((sampler, sink))
 }

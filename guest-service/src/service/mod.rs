@@ -160,6 +160,8 @@ pub struct Service {
     guest_text: bool,
     /// The device negotiated `feature::SEALED_SESSION`.
     sealed_sessions: bool,
+    /// The device negotiated `feature::OPTIONS` (requests may carry an options trailer).
+    options: bool,
 }
 
 impl Service {
@@ -180,6 +182,7 @@ impl Service {
             diagnostics: cfg!(feature = "probes") && features & (1 << feature::DIAGNOSTICS) != 0,
             guest_text: features & (1 << feature::GUEST_TEXT) != 0,
             sealed_sessions: features & (1 << feature::SEALED_SESSION) != 0,
+            options: features & (1 << feature::OPTIONS) != 0,
             #[cfg(feature = "probes")]
             canary: None,
             canary_block: (0, 0),

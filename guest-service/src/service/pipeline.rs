@@ -198,7 +198,8 @@ impl Service {
                 stream.borrow_mut().set_text_of(tokenizer.as_ref());
             }
             let mut session = model.new_session(slot.context_len as usize);
-            let mut sampler = sampler(&g.sampling, model.cfg().n_vocab)?;
+            let (mut sampler, logprobs) = sampler(g, model.cfg().n_vocab)?;
+            stream.borrow_mut().set_logprobs(logprobs);
             let outcome = generate_arriving(
                 &mut model,
                 &mut arrival,

@@ -148,6 +148,7 @@ impl Service {
             ..answer.bound
         };
         let run = GenerateRequest {
+            options: Default::default(),
             request_id: g.request_id,
             session_id: g.session_id,
             sampling,

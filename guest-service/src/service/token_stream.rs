@@ -12,15 +12,18 @@ use crate::unsealing::Opener;
 use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::vec::Vec;
+use inference_guest::sampler::LogprobSink;
 use inference_guest::tokenizer::Tokenizer;
 use sealed_model::SealError;
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
-use virtio_llm::spec::{MAX_TOKEN_TEXT_BYTES, MAX_TOKENS_PER_RESPONSE};
+use virtio_llm::spec::{
+    MAX_LOGPROB_TOKENS_PER_RESPONSE, MAX_TOKEN_TEXT_BYTES, MAX_TOKENS_PER_RESPONSE, MIN_LOGPROB,
+};
 use virtio_llm::wire::control::{ControlCommand, ControlReply, msg_type as control_type};
 use virtio_llm::wire::memory::BudgetChange;
 use virtio_llm::wire::request::RequestMsg;
-use virtio_llm::wire::response::{ResponseMsg, Tokens};
+use virtio_llm::wire::response::{ResponseMsg, TokenLogprob, Tokens};
 use virtio_llm::wire::sealed_session::msg_type as session_type;
 
 use super::sealed_answer::SealedAnswer;
@@ -65,6 +68,26 @@ pub(super) struct TokenStream<'a, M: DriverMemory, T: Transport> {
     held: Option<Tokens>,
     /// A stop string of the sealed request matched.
     stop_hit: bool,
+    /// Where the sampler leaves each token's logprobs, when the request asked for them,
+    /// and those of the batch's tokens.
+    logprob_sink: Option<LogprobSink>,
+    logprobs: Vec<TokenLogprob>,
+}
+
+/// A sampler's logprobs as the wire carries them: at least `MIN_LOGPROB` (a banned token
+/// has none at all, which JSON cannot say).
+fn wire_logprob(l: inference_guest::sampler::TokenLogprobs) -> TokenLogprob {
+    let clamp = |lp: f32| {
+        if lp >= MIN_LOGPROB {
+            lp.min(0.0)
+        } else {
+            MIN_LOGPROB
+        }
+    };
+    TokenLogprob {
+        logprob: clamp(l.logprob),
+        top: l.top.into_iter().map(|(id, lp)| (id, clamp(lp))).collect(),
+    }
 }
 
 /// Polls for the next chunk before [`TokenStream::feed`] sleeps (as the service's main loop
@@ -109,6 +132,8 @@ pub(super) struct Streamed {
     pub held: Option<Tokens>,
     /// A stop string of the sealed request ended the generation.
     pub stop_hit: bool,
+    /// The logprobs of `batch`'s tokens, when the request asked for them.
+    pub logprobs: Vec<TokenLogprob>,
     pub start: u64,
     pub first: Option<u64>,
     /// When the stream ended (the VMM's clock).
@@ -139,7 +164,14 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
             sealed: None,
             held: None,
             stop_hit: false,
+            logprob_sink: None,
+            logprobs: Vec::new(),
         }
+    }
+
+    /// From now on every token goes out with the logprobs the sampler left in `sink`.
+    pub fn set_logprobs(&mut self, sink: Option<LogprobSink>) {
+        self.logprob_sink = sink;
     }
 
     /// From now on the stream carries `answer`'s sealed pieces.
@@ -182,6 +214,7 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
             text: self.text,
             held: self.held,
             stop_hit: self.stop_hit,
+            logprobs: self.logprobs,
             start: self.start,
             first: self.first,
             end: self.link.env.now_ns(),
@@ -294,6 +327,18 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
         }
         self.batch.push(token);
         self.text.extend_from_slice(piece);
+        if let Some(sink) = &self.logprob_sink {
+            // The sampler left one for every token it chose; a missing one (never) would
+            // break the one-per-id rule, so it reads as no probability.
+            let l = sink.borrow_mut().take().map_or(
+                TokenLogprob {
+                    logprob: MIN_LOGPROB,
+                    top: Vec::new(),
+                },
+                wire_logprob,
+            );
+            self.logprobs.push(l);
+        }
         Ok(())
     }
 
@@ -301,7 +346,12 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
     /// and a transmit buffer is free; batches while the host is slower than generation. A
     /// full batch waits for a buffer.
     fn send_due(&mut self, ticks: u64) -> Result<(), DriverError> {
-        let full = self.batch.len() >= MAX_TOKENS_PER_RESPONSE;
+        let most = if self.logprob_sink.is_some() {
+            MAX_LOGPROB_TOKENS_PER_RESPONSE
+        } else {
+            MAX_TOKENS_PER_RESPONSE
+        };
+        let full = self.batch.len() >= most;
         if !full && !self.pacer.should_send(ticks) {
             return Ok(());
         }
@@ -321,16 +371,19 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
         }
         let ids = core::mem::take(&mut self.batch);
         let text = core::mem::take(&mut self.text);
+        let logprobs = core::mem::take(&mut self.logprobs);
         let tokens = match self.sealed.as_deref_mut() {
             Some(answer) => Tokens {
                 request_id: self.request_id,
                 token_ids: alloc::vec![0; ids.len()],
                 text: answer.seal(&text, false),
+                logprobs: Vec::new(),
             },
             None => Tokens {
                 request_id: self.request_id,
                 token_ids: ids,
                 text,
+                logprobs,
             },
         };
         self.transmit(tokens, wait)?;
@@ -354,6 +407,7 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
             } else {
                 self.batch = t.token_ids;
                 self.text = t.text;
+                self.logprobs = t.logprobs;
             }
         }
         Ok(sent)

@@ -35,6 +35,7 @@ fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
 fn response_frame() -> Vec<u8> {
     let mut f = Vec::new();
     ResponseMsg::Tokens(Tokens {
+        logprobs: Default::default(),
         request_id: 5,
         token_ids: vec![1, 2, 3],
         text: b"abc".to_vec(),

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod control;
 pub mod echo;
 pub mod memory;
+pub mod options;
 pub mod probe;
 pub mod request;
 pub mod response;

@@ -9,6 +9,7 @@ use crate::spec::{
     MAX_PROMPT_TOKENS, MAX_REPEAT_PENALTY, MAX_SEALED_REQUEST_BYTES, MAX_TEMPERATURE, MAX_TOKEN_ID,
 };
 use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
+use crate::wire::options::GenerateOptions;
 use crate::wire::{Message, decode_checked, ensure};
 
 /// Message types of the request queue.
@@ -31,6 +32,8 @@ const PROMPT_CONTINUE: u8 = 4;
 const CHAT_RECORD_BYTES: usize = 8;
 /// `flags` bit 0: do not stop at end-of-generation tokens.
 const FLAG_IGNORE_EOG: u8 = 1;
+/// `flags` bit 1 (`feature::OPTIONS`): an options trailer follows the prompt.
+const FLAG_OPTIONS: u8 = 2;
 
 /// How to pick each token. Ranges are checked on both encode and decode; a value outside
 /// them is a `FieldOutOfRange` carrying the float's bits.
@@ -211,6 +214,9 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     /// The prompt, appended to the session's context.
     pub prompt: Prompt,
+    /// With `feature::OPTIONS`: penalties, logit bias, logprobs (sent as a trailer after
+    /// the prompt when any is asked).
+    pub options: GenerateOptions,
 }
 
 impl Message<'_> for GenerateRequest {
@@ -228,11 +234,18 @@ impl Message<'_> for GenerateRequest {
         w.f32(s.repeat_penalty);
         let (kind, len) = prompt_kind_len(&self.prompt);
         w.u8(kind);
-        w.u8(if s.ignore_eog { FLAG_IGNORE_EOG } else { 0 });
+        let mut flags = if s.ignore_eog { FLAG_IGNORE_EOG } else { 0 };
+        if !self.options.is_empty() {
+            flags |= FLAG_OPTIONS;
+        }
+        w.u8(flags);
         w.zeros(2);
         w.u32(len_u32(len));
         w.zeros(4);
         encode_prompt(w, &self.prompt);
+        if !self.options.is_empty() {
+            self.options.encode(w);
+        }
     }
 
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
@@ -251,7 +264,7 @@ impl Message<'_> for GenerateRequest {
         };
         let kind = r.u8()?;
         let flags = r.u8()?;
-        if flags & !FLAG_IGNORE_EOG != 0 {
+        if flags & !(FLAG_IGNORE_EOG | FLAG_OPTIONS) != 0 {
             return Err(WireError::ReservedNotZero {
                 field: "generate.flags",
             });
@@ -264,16 +277,23 @@ impl Message<'_> for GenerateRequest {
         let len = r.u32()? as usize;
         r.reserved(4, "generate.reserved1")?;
         let prompt = decode_prompt(r, kind, len)?;
+        let options = if flags & FLAG_OPTIONS != 0 {
+            GenerateOptions::decode(r)?
+        } else {
+            GenerateOptions::default()
+        };
         Ok(Self {
             request_id,
             session_id,
             sampling,
             prompt,
+            options,
         })
     }
 
     fn validate(&self) -> Result<(), WireError> {
         self.sampling.validate()?;
+        self.options.validate()?;
         match &self.prompt {
             Prompt::Tokens(t) => {
                 check_len("prompt tokens", t.len(), MAX_PROMPT_TOKENS)?;

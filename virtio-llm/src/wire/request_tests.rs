@@ -29,18 +29,21 @@ fn sampling() -> SamplingParams {
 pub(crate) fn samples() -> Vec<RequestMsg> {
     vec![
         RequestMsg::Generate(GenerateRequest {
+            options: Default::default(),
             request_id: 1 << 40,
             session_id: 3,
             sampling: sampling(),
             prompt: Prompt::Tokens(vec![1, 15043, 3186, 0]),
         }),
         RequestMsg::Generate(GenerateRequest {
+            options: Default::default(),
             request_id: 2,
             session_id: 4,
             sampling: sampling(),
             prompt: Prompt::Text(String::from("héllo, wörld")),
         }),
         RequestMsg::Generate(GenerateRequest {
+            options: Default::default(),
             request_id: 3,
             session_id: 4,
             sampling: SamplingParams {
@@ -52,6 +55,7 @@ pub(crate) fn samples() -> Vec<RequestMsg> {
         RequestMsg::Cancel(CancelRequest { request_id: 2 }),
         RequestMsg::Preempt(PreemptRequest { request_id: 3 }),
         RequestMsg::Generate(GenerateRequest {
+            options: Default::default(),
             request_id: 4,
             session_id: 5,
             sampling: sampling(),
@@ -70,6 +74,13 @@ pub(crate) fn samples() -> Vec<RequestMsg> {
                 },
             ]),
         }),
+        RequestMsg::Generate(GenerateRequest {
+            request_id: 5,
+            session_id: 6,
+            sampling: sampling(),
+            prompt: Prompt::Tokens(vec![1, 2]),
+            options: crate::wire::options::tests::every_option(),
+        }),
     ]
 }
 
@@ -83,7 +94,7 @@ fn frame(i: usize) -> Vec<u8> {
 fn unknown_generate_flags_are_rejected() {
     let mut buf = frame(2);
     assert_eq!(buf[PROMPT_KIND + 1], 1, "ignore_eog is flag bit 0");
-    buf[PROMPT_KIND + 1] = 2;
+    buf[PROMPT_KIND + 1] = 4;
     assert_eq!(
         RequestMsg::decode(&buf),
         Err(WireError::ReservedNotZero {
@@ -149,6 +160,7 @@ fn bad_sampling_values_are_rejected() {
     s.top_p = 1.5;
     s.max_tokens = 0;
     let req = GenerateRequest {
+        options: Default::default(),
         request_id: 1,
         session_id: 1,
         sampling: s,
@@ -208,6 +220,7 @@ fn prompt_contents_are_checked() {
         })
     );
     let empty = GenerateRequest {
+        options: Default::default(),
         request_id: 1,
         session_id: 1,
         sampling: sampling(),
@@ -250,6 +263,7 @@ fn chat_messages_are_checked() {
         Err(WireError::Truncated { .. })
     ));
     let empty = RequestMsg::Generate(GenerateRequest {
+        options: Default::default(),
         request_id: 1,
         session_id: 1,
         sampling: sampling(),

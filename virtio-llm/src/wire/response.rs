@@ -6,8 +6,9 @@ use alloc::vec::Vec;
 
 use crate::error::WireError;
 use crate::spec::{
-    MAX_CONTEXT_LEN, MAX_ERROR_MESSAGE_BYTES, MAX_GENERATED_TOKENS, MAX_TOKEN_ID,
-    MAX_TOKEN_TEXT_BYTES, MAX_TOKENS_PER_RESPONSE,
+    MAX_CONTEXT_LEN, MAX_ERROR_MESSAGE_BYTES, MAX_GENERATED_TOKENS,
+    MAX_LOGPROB_TOKENS_PER_RESPONSE, MAX_TOKEN_ID, MAX_TOKEN_TEXT_BYTES, MAX_TOKENS_PER_RESPONSE,
+    MAX_TOP_LOGPROBS, MIN_LOGPROB,
 };
 use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
 use crate::wire::status::Status;
@@ -23,8 +24,18 @@ pub mod msg_type {
     pub const END_OF_STREAM: u16 = 0x0403;
 }
 
+/// A generated token's logprob and the most likely alternatives at its step
+/// (`feature::OPTIONS`, when the request asked for logprobs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's logprob, `MIN_LOGPROB..=0`.
+    pub logprob: f32,
+    /// The `top_n` most likely tokens and their logprobs, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
 /// Newly generated tokens of a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tokens {
     /// The request they belong to.
     pub request_id: u64,
@@ -37,6 +48,69 @@ pub struct Tokens {
     /// a character may span two messages. Empty without the feature. For a sealed request:
     /// one sealed answer piece (docs/sealed-session.md).
     pub text: Vec<u8>,
+    /// With `feature::OPTIONS`, when the request asked: one per id (then at most
+    /// `MAX_LOGPROB_TOKENS_PER_RESPONSE` ids), each with the same number of alternatives.
+    /// Empty otherwise, and always for a sealed request.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// Writes the logprob block that follows a `Tokens` text: `top_n` u8, 3 reserved bytes,
+/// then per token its logprob and `top_n` (id, logprob) pairs.
+fn encode_logprobs(w: &mut Writer<'_>, logprobs: &[TokenLogprob]) {
+    let top_n = logprobs.first().map_or(0, |l| l.top.len());
+    w.u8(top_n as u8);
+    w.zeros(3);
+    for l in logprobs {
+        w.f32(l.logprob);
+        for &(id, lp) in &l.top {
+            w.u32(id);
+            w.f32(lp);
+        }
+    }
+}
+
+/// Reads the logprob block of `count` tokens, its limits checked before allocating.
+fn decode_logprobs(r: &mut Reader<'_>, count: usize) -> Result<Vec<TokenLogprob>, WireError> {
+    check_len("logprob tokens", count, MAX_LOGPROB_TOKENS_PER_RESPONSE)?;
+    let top_n = usize::from(r.u8()?);
+    check_len("top logprobs", top_n, MAX_TOP_LOGPROBS)?;
+    r.reserved(3, "tokens.logprobs.reserved")?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let logprob = r.f32()?;
+        let mut top = Vec::with_capacity(top_n);
+        for _ in 0..top_n {
+            top.push((r.u32()?, r.f32()?));
+        }
+        out.push(TokenLogprob { logprob, top });
+    }
+    Ok(out)
+}
+
+/// Checks a `Tokens`' logprobs against its ids and the protocol's ranges.
+fn validate_logprobs(t: &Tokens) -> Result<(), WireError> {
+    if t.logprobs.is_empty() {
+        return Ok(());
+    }
+    let n = t.token_ids.len();
+    check_len("logprob tokens", n, MAX_LOGPROB_TOKENS_PER_RESPONSE)?;
+    ensure(
+        t.logprobs.len() == n,
+        "logprob count",
+        t.logprobs.len() as u64,
+    )?;
+    let top_n = t.logprobs[0].top.len();
+    check_len("top logprobs", top_n, MAX_TOP_LOGPROBS)?;
+    let ok = |lp: f32| (MIN_LOGPROB..=0.0).contains(&lp);
+    for l in &t.logprobs {
+        ensure(ok(l.logprob), "logprob", l.logprob.to_bits().into())?;
+        ensure(l.top.len() == top_n, "top logprobs", l.top.len() as u64)?;
+        for &(id, lp) in &l.top {
+            ensure(id < MAX_TOKEN_ID, "logprob token", id.into())?;
+            ensure(ok(lp), "logprob", lp.to_bits().into())?;
+        }
+    }
+    Ok(())
 }
 
 impl Message<'_> for Tokens {
@@ -47,6 +121,9 @@ impl Message<'_> for Tokens {
         w.u32(len_u32(self.text.len()));
         w.u32_list(&self.token_ids);
         w.bytes(&self.text);
+        if !self.logprobs.is_empty() {
+            encode_logprobs(w, &self.logprobs);
+        }
     }
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
         let request_id = r.u64()?;
@@ -55,10 +132,18 @@ impl Message<'_> for Tokens {
         check_len("response tokens", count, MAX_TOKENS_PER_RESPONSE)?;
         check_len("response text", text_len, MAX_TOKEN_TEXT_BYTES)?;
         let token_ids = r.u32_list(count)?;
+        let text = r.bytes(text_len)?.to_vec();
+        // The block is self-describing: bytes after the text can only be logprobs.
+        let logprobs = if r.remaining() > 0 {
+            decode_logprobs(r, count)?
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             request_id,
             token_ids,
-            text: r.bytes(text_len)?.to_vec(),
+            text,
+            logprobs,
         })
     }
     fn validate(&self) -> Result<(), WireError> {
@@ -70,10 +155,10 @@ impl Message<'_> for Tokens {
         check_len("response text", self.text.len(), MAX_TOKEN_TEXT_BYTES)?;
         let empty = self.token_ids.is_empty() && self.text.is_empty();
         ensure(!empty, "token count", 0)?;
-        match self.token_ids.iter().find(|&&id| id >= MAX_TOKEN_ID) {
-            Some(&id) => ensure(false, "token id", id.into()),
-            None => Ok(()),
+        if let Some(&id) = self.token_ids.iter().find(|&&id| id >= MAX_TOKEN_ID) {
+            return ensure(false, "token id", id.into());
         }
+        validate_logprobs(self)
     }
 }
 
@@ -224,7 +309,7 @@ impl Message<'_> for EndOfStream {
 }
 
 /// Any message of the response queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ResponseMsg {
     /// See [`Tokens`].
     Tokens(Tokens),

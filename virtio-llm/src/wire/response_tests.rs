@@ -3,11 +3,13 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::*;
+use crate::spec::HEADER_BYTES;
 use crate::wire::testutil::{assert_every_truncation_fails, with_trailing_byte};
 
 pub(crate) fn samples() -> Vec<ResponseMsg> {
     vec![
         ResponseMsg::Tokens(Tokens {
+            logprobs: Default::default(),
             request_id: 9,
             token_ids: vec![42, 7],
             text: Vec::new(),
@@ -29,12 +31,31 @@ pub(crate) fn samples() -> Vec<ResponseMsg> {
             },
         }),
         ResponseMsg::Tokens(Tokens {
+            logprobs: Default::default(),
             request_id: 9,
             token_ids: vec![42, 7],
             text: b"Hello, w\xc3".to_vec(),
         }),
+        ResponseMsg::Tokens(Tokens {
+            request_id: 9,
+            token_ids: vec![42, 7],
+            text: b"Hi".to_vec(),
+            logprobs: vec![
+                TokenLogprob {
+                    logprob: -0.25,
+                    top: vec![(42, -0.25), (3, -1.5)],
+                },
+                TokenLogprob {
+                    logprob: -3.0,
+                    top: vec![(8, -0.1), (9, -2.5)],
+                },
+            ],
+        }),
     ]
 }
+
+/// The sample whose `Tokens` carries logprobs.
+const WITH_LOGPROBS: usize = 4;
 
 fn frame(i: usize) -> Vec<u8> {
     let mut out = Vec::new();
@@ -55,12 +76,61 @@ fn round_trip() {
 fn every_truncation_fails_and_trailing_bytes_are_rejected() {
     for i in 0..samples().len() {
         let buf = frame(i);
+        if i == WITH_LOGPROBS {
+            continue;
+        }
         assert_every_truncation_fails(&buf, |b| ResponseMsg::decode(b).is_err());
-        assert_eq!(
-            ResponseMsg::decode(&with_trailing_byte(&buf)),
-            Err(WireError::TrailingBytes { count: 1 })
-        );
+        let longer = ResponseMsg::decode(&with_trailing_byte(&buf));
+        if matches!(samples()[i], ResponseMsg::Tokens(_)) {
+            // After a `Tokens` text, more bytes are read as a logprob block.
+            assert!(matches!(longer, Err(WireError::Truncated { .. })));
+        } else {
+            assert_eq!(longer, Err(WireError::TrailingBytes { count: 1 }));
+        }
     }
+}
+
+#[test]
+fn logprob_blocks_are_checked() {
+    let buf = frame(WITH_LOGPROBS);
+    // The block is optional, so the cut right after the text is a message without it;
+    // every other cut fails.
+    let bare = buf.len() - 4 - 2 * (4 + 16);
+    for cut in (HEADER_BYTES..buf.len()).filter(|&c| c != bare) {
+        let mut short = buf[..cut].to_vec();
+        crate::wire::testutil::fix_len(&mut short);
+        assert!(ResponseMsg::decode(&short).is_err(), "cut {cut}");
+    }
+    let logprobs = |l: Vec<TokenLogprob>| {
+        let mut t = match samples().remove(WITH_LOGPROBS) {
+            ResponseMsg::Tokens(t) => t,
+            _ => unreachable!(),
+        };
+        t.logprobs = l;
+        t.encode(&mut Vec::new())
+    };
+    let lp = |logprob: f32, top: Vec<(u32, f32)>| TokenLogprob { logprob, top };
+    // One per id, the same number of alternatives each, logprobs at most 0, ids in range.
+    assert!(logprobs(vec![lp(-1.0, vec![])]).is_err());
+    assert!(logprobs(vec![lp(-1.0, vec![(1, -1.0)]), lp(-1.0, vec![])]).is_err());
+    assert!(logprobs(vec![lp(0.5, vec![]), lp(-1.0, vec![])]).is_err());
+    assert!(logprobs(vec![lp(f32::NAN, vec![]), lp(-1.0, vec![])]).is_err());
+    let far = vec![(MAX_TOKEN_ID, -1.0)];
+    assert!(logprobs(vec![lp(-1.0, far.clone()), lp(-1.0, far)]).is_err());
+    let many = vec![(1, -1.0); MAX_TOP_LOGPROBS + 1];
+    assert!(logprobs(vec![lp(-1.0, many.clone()), lp(-1.0, many)]).is_err());
+    assert!(logprobs(vec![lp(0.0, vec![]), lp(MIN_LOGPROB, vec![])]).is_ok());
+    // A top_n above the limit is refused before anything is read for it.
+    let mut buf = frame(WITH_LOGPROBS);
+    let top_n_at = buf.len() - 4 - 2 * (4 + 16);
+    buf[top_n_at] = 200;
+    assert!(matches!(
+        ResponseMsg::decode(&buf),
+        Err(WireError::TooLong {
+            what: "top logprobs",
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -99,6 +169,7 @@ fn text_length_is_checked_before_reading() {
         })
     );
     let too_long = ResponseMsg::Tokens(Tokens {
+        logprobs: Default::default(),
         request_id: 1,
         token_ids: vec![1],
         text: vec![b'a'; MAX_TOKEN_TEXT_BYTES + 1],

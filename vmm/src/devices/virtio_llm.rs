@@ -407,6 +407,7 @@ impl VirtioDevice for VirtioLlm {
             | 1 << feature::PREEMPT
             | 1 << feature::GUEST_TEXT
             | u64::from(self.kv_reuse) << feature::KV_REUSE
+            | 1 << feature::OPTIONS
             | diagnostics
     }
 

@@ -8,7 +8,7 @@ use crate::devices::virtio_llm::HostError;
 use std::time::Instant;
 use virtio_llm::spec::feature;
 use virtio_llm::wire::request::{CancelRequest, GenerateRequest, PreemptRequest, RequestMsg};
-use virtio_llm::wire::response::{EndOfStream, ResponseMsg};
+use virtio_llm::wire::response::{EndOfStream, ResponseMsg, Tokens as TokensMsg};
 
 impl GuestVm {
     /// Whether the guest owns text (`feature::GUEST_TEXT`): it takes chat prompts and sends
@@ -50,14 +50,34 @@ impl GuestVm {
         on_tokens: &mut dyn FnMut(&[u32], &[u8]),
         interrupt: &dyn Fn() -> Option<Interrupt>,
     ) -> Result<EndOfStream, GuestError> {
+        self.generate_messages(req, &mut |t| on_tokens(&t.token_ids, &t.text), interrupt)
+    }
+
+    /// [`Self::generate_until`], handing `on_tokens` each `Tokens` whole: with its
+    /// logprobs, when the request asked for them (`req.options`).
+    pub fn generate_messages(
+        &mut self,
+        req: &GenerateRequest,
+        on_tokens: &mut dyn FnMut(&TokensMsg),
+        interrupt: &dyn Fn() -> Option<Interrupt>,
+    ) -> Result<EndOfStream, GuestError> {
         self.start_request(req)?;
-        self.await_request(req, on_tokens, interrupt)
+        self.await_messages(req, on_tokens, interrupt)
+    }
+
+    /// Whether the guest takes generation options (`feature::OPTIONS`: penalties, logit
+    /// bias, logprobs).
+    pub fn takes_options(&self) -> bool {
+        self.llm.negotiated(feature::OPTIONS)
     }
 
     /// Sends `req` without waiting for it: its tokens and end come with
     /// [`Self::await_request`] (the sealed-load pipeline sends the first request before the
     /// model's chunks, so the guest can compute each layer as it arrives).
     pub fn start_request(&mut self, req: &GenerateRequest) -> Result<(), GuestError> {
+        if !req.options.is_empty() && !self.takes_options() {
+            return Err(GuestError::NoOptions);
+        }
         self.llm
             .send_request(&RequestMsg::Generate(req.clone()), self.deadlines.command)
             .map_err(|e| self.failure(e))
@@ -70,6 +90,16 @@ impl GuestVm {
         &mut self,
         req: &GenerateRequest,
         on_tokens: &mut dyn FnMut(&[u32], &[u8]),
+        interrupt: &dyn Fn() -> Option<Interrupt>,
+    ) -> Result<EndOfStream, GuestError> {
+        self.await_messages(req, &mut |t| on_tokens(&t.token_ids, &t.text), interrupt)
+    }
+
+    /// [`Self::await_request`], handing `on_tokens` each `Tokens` whole.
+    fn await_messages(
+        &mut self,
+        req: &GenerateRequest,
+        on_tokens: &mut dyn FnMut(&TokensMsg),
         interrupt: &dyn Fn() -> Option<Interrupt>,
     ) -> Result<EndOfStream, GuestError> {
         let id = req.request_id;
@@ -92,7 +122,7 @@ impl GuestVm {
             match resp {
                 ResponseMsg::Tokens(t) if t.request_id == id => {
                     match watch.tokens(t.token_ids.len(), Instant::now()) {
-                        Ok(Tokens::Deliver) => on_tokens(&t.token_ids, &t.text),
+                        Ok(Tokens::Deliver) => on_tokens(&t),
                         Ok(Tokens::Discard) => {}
                         Err(e) => return Err(self.cut_off(e)),
                     }

@@ -10,6 +10,7 @@ use crate::serve::api::read_body;
 use crate::serve::error::ApiError;
 use crate::serve::generation::{self, Pending, Piece};
 use crate::serve::listen::ConnId;
+use crate::serve::openai::Endpoint;
 use crate::serve::scheduler::Principal;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -56,7 +57,8 @@ async fn run(
         } else {
             r.model
         };
-        let pending = generation::submit(&s, conn, r.request, r.num_ctx, arrived).await?;
+        let pending =
+            generation::submit(&s, conn, Endpoint::Chat, r.request, r.num_ctx, arrived).await?;
         Ok::<_, ApiError>((model, pending))
     };
     let (model, pending) = match queued.await {

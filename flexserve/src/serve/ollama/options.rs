@@ -4,7 +4,7 @@
 //!
 //! Defaults are Ollama's own (temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1
 //! over the last 64 tokens), so that a client written for Ollama gets the sampling it
-//! expects; the seed defaults to 0 as on the OpenAI routes.
+//! expects; without a seed the daemon draws one, as on the OpenAI routes.
 
 use super::json::{in_range, type_name};
 use crate::serve::error::ApiError;
@@ -31,6 +31,8 @@ pub struct Options {
     /// `num_ctx`: the context this request may use (refused later if more than the
     /// model's served context).
     pub num_ctx: Option<u32>,
+    /// The seed the client gave; `None`: the daemon draws one (as on the OpenAI routes).
+    pub seed: Option<u64>,
 }
 
 impl Options {
@@ -47,6 +49,7 @@ impl Options {
             max_tokens: None,
             stop: Vec::new(),
             num_ctx: None,
+            seed: None,
         }
     }
 }
@@ -134,7 +137,8 @@ pub fn parse(v: Option<&Value>, max_tokens_limit: u32) -> Result<Options, ApiErr
                 s.seed = value
                     .as_u64()
                     .or_else(|| value.as_i64().map(|i| i as u64))
-                    .ok_or_else(|| bad("an integer"))?
+                    .ok_or_else(|| bad("an integer"))?;
+                o.seed = Some(s.seed);
             }
             "num_predict" => o.max_tokens = num_predict(value, max_tokens_limit)?,
             "num_ctx" => {

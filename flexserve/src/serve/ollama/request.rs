@@ -178,6 +178,8 @@ fn common(
         input,
         max_tokens: o.max_tokens,
         sampling: o.sampling,
+        seed: o.seed,
+        options: Default::default(),
         stream: boolean(m, "stream")?.unwrap_or(true),
         include_usage: false,
         stop: o.stop,

@@ -1,9 +1,12 @@
 //! OpenAI's request and response shapes.
 
+mod fields;
+mod logprobs;
 mod request;
 mod response;
 pub mod sealed;
 pub mod tools;
 
+pub use logprobs::{Logprobs, with_logprobs};
 pub use request::{GenRequest, Input, parse_chat, parse_completion};
-pub use response::{Answer, Endpoint, Usage, finish_reason, json_response};
+pub use response::{Answer, Endpoint, SEED_HEADER, Usage, finish_reason, json_response};

@@ -1,10 +1,13 @@
 //! OpenAI request bodies: `/v1/chat/completions` and `/v1/completions` parsed with a
 //! precise error per field.
 
+use super::fields;
+use super::response::Endpoint;
 use crate::serve::error::ApiError;
 use crate::serve::keep_alive::{self, KeepAlive};
 use inference_guest::tokenizer::ChatMessage;
 use serde_json::{Map, Value};
+use virtio_llm::wire::options::GenerateOptions;
 use virtio_llm::wire::request::SamplingParams;
 
 /// What to generate from.
@@ -27,10 +30,17 @@ pub struct GenRequest {
     /// `None`: the default model.
     pub model: Option<String>,
     pub input: Input,
-    /// `None`: as many as the context allows (up to `limits.max_tokens`).
+    /// `None`: as many as the context allows (up to `limits.max_tokens`). More than that is
+    /// clamped (the answer then ends with `finish_reason: "length"`), except in a sealed
+    /// request, which binds it.
     pub max_tokens: Option<u32>,
-    /// Sampling; its `max_tokens` is filled in once the prompt length is known.
+    /// Sampling; its `max_tokens` is filled in once the prompt length is known, its `seed`
+    /// (0 here when none was given) once the daemon drew one.
     pub sampling: SamplingParams,
+    /// The seed the client gave; `None`: the daemon draws one and returns it.
+    pub seed: Option<u64>,
+    /// Penalties, logit bias, logprobs.
+    pub options: GenerateOptions,
     pub stream: bool,
     pub include_usage: bool,
     pub stop: Vec<String>,
@@ -63,7 +73,7 @@ pub(super) fn field<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Valu
     m.get(key).filter(|v| !v.is_null())
 }
 
-fn number(
+pub(super) fn number(
     m: &Map<String, Value>,
     key: &'static str,
     lo: f64,
@@ -98,7 +108,7 @@ fn in_range<T: PartialOrd + std::fmt::Display>(
     }
 }
 
-fn integer(
+pub(super) fn integer(
     m: &Map<String, Value>,
     key: &'static str,
     lo: u64,
@@ -145,39 +155,39 @@ fn string(m: &Map<String, Value>, key: &'static str) -> Result<Option<String>, A
     }
 }
 
-/// The fields chat and completions share.
+/// The fields chat and completions share. `max_tokens` above `max_tokens_limit` is
+/// clamped to it (and later to the prompt's room), except in a sealed request, which binds
+/// it: there it is refused.
 pub(super) fn common(
     m: &Map<String, Value>,
     input: Input,
+    endpoint: Endpoint,
     max_tokens_limit: u32,
 ) -> Result<GenRequest, ApiError> {
+    fields::check_known(m, endpoint)?;
     let model = string(m, "model")?;
-    let mut max_tokens = integer(m, "max_tokens", 1, max_tokens_limit.into())?;
-    if let Some(n) = integer(m, "max_completion_tokens", 1, max_tokens_limit.into())? {
+    let top = match input {
+        Input::Sealed(_) => max_tokens_limit.into(),
+        _ => u64::MAX,
+    };
+    let mut max_tokens = integer(m, "max_tokens", 1, top)?;
+    if let Some(n) = integer(m, "max_completion_tokens", 1, top)? {
         max_tokens = Some(n);
     }
+    let max_tokens = max_tokens.map(|n| n.min(max_tokens_limit.into()) as u32);
     if let Some(n) = integer(m, "n", 1, u64::MAX)?
         && n != 1
     {
         return Err(ApiError::Unsupported("`n` other than 1"));
     }
-    for key in ["frequency_penalty", "presence_penalty"] {
-        if let Some(v) = field(m, key)
-            && v.as_f64() != Some(0.0)
-        {
-            return Err(ApiError::Unsupported(if key == "frequency_penalty" {
-                "`frequency_penalty` (use `repeat_penalty`)"
-            } else {
-                "`presence_penalty` (use `repeat_penalty`)"
-            }));
-        }
-    }
-    if matches!(
-        field(m, "logprobs"),
-        Some(Value::Bool(true)) | Some(Value::Number(_))
-    ) {
-        return Err(ApiError::Unsupported("`logprobs`"));
-    }
+    let seed = match field(m, "seed") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .or_else(|| v.as_i64().map(|i| i as u64))
+                .ok_or_else(|| ApiError::invalid("seed", "`seed` must be an integer"))?,
+        ),
+    };
     let stream = boolean(m, "stream")?;
     let include_usage = match field(m, "stream_options") {
         None => false,
@@ -189,48 +199,24 @@ pub(super) fn common(
             ));
         }
     };
-    let stop = match field(m, "stop") {
-        None => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if a.len() <= 4 => a
-            .iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "stop",
-                    "`stop` must be a string or an array of up to 4 strings",
-                )
-            })?,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "stop",
-                "`stop` must be a string or an array of up to 4 strings",
-            ));
-        }
-    };
-    let stop: Vec<String> = stop.into_iter().filter(|s| !s.is_empty()).collect();
+    let stop = fields::stop(m)?;
     let sampling = SamplingParams {
         temperature: number(m, "temperature", 0.0, 2.0)?.unwrap_or(1.0) as f32,
         top_p: number(m, "top_p", 0.0, 1.0)?.unwrap_or(1.0) as f32,
         top_k: integer(m, "top_k", 0, 1 << 24)?.unwrap_or(0) as u32,
         min_p: number(m, "min_p", 0.0, 1.0)?.unwrap_or(0.0) as f32,
-        repeat_penalty: number(m, "repeat_penalty", 0.01, 100.0)?.unwrap_or(1.0) as f32,
-        seed: match field(m, "seed") {
-            None => 0,
-            Some(v) => v
-                .as_u64()
-                .or_else(|| v.as_i64().map(|i| i as u64))
-                .ok_or_else(|| ApiError::invalid("seed", "`seed` must be an integer"))?,
-        },
+        repeat_penalty: number(m, "repeat_penalty", 0.01, 10.0)?.unwrap_or(1.0) as f32,
+        seed: seed.unwrap_or(0),
         max_tokens: 1,
         ignore_eog: boolean(m, "ignore_eos")?,
     };
     Ok(GenRequest {
         model,
         input,
-        max_tokens: max_tokens.map(|n| n as u32),
+        max_tokens,
         sampling,
+        seed,
+        options: fields::options(m, endpoint)?,
         stream,
         include_usage,
         stop,
@@ -246,7 +232,7 @@ pub(super) fn common(
 pub fn parse_chat(body: &[u8], max_tokens_limit: u32) -> Result<GenRequest, ApiError> {
     let m = obj(body)?;
     if let Some(sealed) = super::sealed::sealed_input(&m)? {
-        return super::sealed::sealed_request(&m, sealed, max_tokens_limit);
+        return super::sealed::sealed_request(&m, sealed, Endpoint::Chat, max_tokens_limit);
     }
     let messages = match field(&m, "messages") {
         Some(Value::Array(a)) if !a.is_empty() => a,
@@ -307,14 +293,14 @@ pub fn parse_chat(body: &[u8], max_tokens_limit: u32) -> Result<GenRequest, ApiE
         };
         chat.push(ChatMessage::new(role, content));
     }
-    common(&m, Input::Chat(chat), max_tokens_limit)
+    common(&m, Input::Chat(chat), Endpoint::Chat, max_tokens_limit)
 }
 
 /// Parses a `/v1/completions` body.
 pub fn parse_completion(body: &[u8], max_tokens_limit: u32) -> Result<GenRequest, ApiError> {
     let m = obj(body)?;
     if let Some(sealed) = super::sealed::sealed_input(&m)? {
-        return super::sealed::sealed_request(&m, sealed, max_tokens_limit);
+        return super::sealed::sealed_request(&m, sealed, Endpoint::Completion, max_tokens_limit);
     }
     let bad_prompt = || {
         ApiError::invalid(
@@ -346,203 +332,17 @@ pub fn parse_completion(body: &[u8], max_tokens_limit: u32) -> Result<GenRequest
     if field(&m, "suffix").is_some() {
         return Err(ApiError::Unsupported("`suffix`"));
     }
-    common(&m, input, max_tokens_limit)
+    if let Some(n) = integer(&m, "best_of", 1, u64::MAX)?
+        && n != 1
+    {
+        return Err(ApiError::invalid(
+            "best_of",
+            "`best_of` other than 1 is not supported by this server",
+        ));
+    }
+    common(&m, input, Endpoint::Completion, max_tokens_limit)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn chat(body: &str) -> Result<GenRequest, ApiError> {
-        parse_chat(body.as_bytes(), 4096)
-    }
-
-    #[test]
-    fn a_chat_request_parses() {
-        let r = chat(
-            r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},
-                {"role":"user","content":[{"type":"text","text":"Hi"}]}],
-                "temperature":0,"max_tokens":16,"stream":true,"stop":"\n","seed":3}"#,
-        )
-        .unwrap();
-        assert_eq!(r.model.as_deref(), Some("m"));
-        assert_eq!(
-            r.input,
-            Input::Chat(vec![
-                ChatMessage::new("system", "Be brief."),
-                ChatMessage::new("user", "Hi")
-            ])
-        );
-        assert_eq!(
-            (r.max_tokens, r.stream, r.sampling.seed),
-            (Some(16), true, 3)
-        );
-        assert_eq!(r.sampling.temperature, 0.0);
-        assert_eq!(r.stop, ["\n"]);
-        assert_eq!(r.keep_alive, None);
-        let keep = |k: &str| {
-            let body =
-                format!(r#"{{"messages":[{{"role":"user","content":"x"}}],"keep_alive":{k}}}"#);
-            chat(&body).unwrap().keep_alive
-        };
-        let secs = |s| Some(KeepAlive::For(std::time::Duration::from_secs(s)));
-        assert_eq!(keep(r#""10m""#), secs(600));
-        assert_eq!(keep("0"), secs(0));
-        assert_eq!(keep("-1"), Some(KeepAlive::Forever));
-        assert_eq!(keep("null"), None);
-    }
-
-    #[test]
-    fn bad_fields_are_named() {
-        let param = |body: &str| match chat(body) {
-            Err(ApiError::Invalid { param, .. }) => param,
-            other => panic!("{body}: {other:?}"),
-        };
-        let m = r#""messages":[{"role":"user","content":"x"}]"#;
-        assert_eq!(
-            param(&format!(r#"{{{m},"temperature":"hot"}}"#)),
-            Some("temperature")
-        );
-        assert_eq!(
-            param(&format!(r#"{{{m},"temperature":7}}"#)),
-            Some("temperature")
-        );
-        assert_eq!(
-            param(&format!(r#"{{{m},"max_tokens":0}}"#)),
-            Some("max_tokens")
-        );
-        assert_eq!(
-            param(&format!(r#"{{{m},"max_tokens":1e12}}"#)),
-            Some("max_tokens")
-        );
-        assert_eq!(
-            param(&format!(r#"{{{m},"max_tokens":-5}}"#)),
-            Some("max_tokens")
-        );
-        assert_eq!(param(&format!(r#"{{{m},"top_p":2}}"#)), Some("top_p"));
-        assert_eq!(param(&format!(r#"{{{m},"stream":"yes"}}"#)), Some("stream"));
-        for bad in [r#""soon""#, "true", "[1]"] {
-            assert_eq!(
-                param(&format!(r#"{{{m},"keep_alive":{bad}}}"#)),
-                Some("keep_alive")
-            );
-        }
-        assert_eq!(param(r#"{"messages":[]}"#), Some("messages"));
-        assert_eq!(param(r#"{"messages":"hi"}"#), Some("messages"));
-        assert_eq!(
-            param(r#"{"messages":[{"role":"robot","content":"x"}]}"#),
-            Some("messages")
-        );
-        assert_eq!(param(r#"{"model":"m"}"#), Some("messages"));
-        assert!(matches!(chat("{nope"), Err(ApiError::BadJson(_))));
-        assert!(matches!(chat("[1]"), Err(ApiError::BadJson(_))));
-        assert!(matches!(
-            chat(&format!(r#"{{{m},"n":3}}"#)),
-            Err(ApiError::Unsupported(_))
-        ));
-    }
-
-    #[test]
-    fn completion_prompts_parse() {
-        let p = |b: &str| parse_completion(b.as_bytes(), 100).map(|r| r.input);
-        let keep = |b: &str| parse_completion(b.as_bytes(), 100).map(|r| r.keep_alive);
-        assert_eq!(
-            keep(r#"{"prompt":"Once","keep_alive":"30s"}"#).unwrap(),
-            Some(KeepAlive::For(std::time::Duration::from_secs(30)))
-        );
-        assert!(matches!(
-            keep(r#"{"prompt":"Once","keep_alive":"later"}"#),
-            Err(ApiError::Invalid {
-                param: Some("keep_alive"),
-                ..
-            })
-        ));
-        assert_eq!(
-            p(r#"{"prompt":"Once"}"#).unwrap(),
-            Input::Text("Once".into())
-        );
-        assert_eq!(
-            p(r#"{"prompt":["Once"]}"#).unwrap(),
-            Input::Text("Once".into())
-        );
-        assert_eq!(
-            p(r#"{"prompt":[1,2,3]}"#).unwrap(),
-            Input::Tokens(vec![1, 2, 3])
-        );
-        assert!(p(r#"{"prompt":""}"#).is_err());
-        assert!(p(r#"{"prompt":[-1]}"#).is_err());
-        assert!(p(r#"{"prompt":5}"#).is_err());
-        assert!(p(r#"{}"#).is_err());
-    }
-
-    #[test]
-    fn no_body_makes_the_parsers_panic() {
-        // Type confusion on every field, then random mutations of a valid body.
-        let keys = [
-            "model",
-            "messages",
-            "prompt",
-            "max_tokens",
-            "max_completion_tokens",
-            "n",
-            "temperature",
-            "top_p",
-            "top_k",
-            "min_p",
-            "repeat_penalty",
-            "seed",
-            "stream",
-            "stream_options",
-            "stop",
-            "user",
-            "logprobs",
-            "echo",
-            "suffix",
-            "ignore_eos",
-            "frequency_penalty",
-            "presence_penalty",
-        ];
-        let values = [
-            "null",
-            "true",
-            "-1",
-            "0",
-            "1e400",
-            "-1e400",
-            "18446744073709551616",
-            "3.5",
-            "\"\"",
-            "\"x\"",
-            "[]",
-            "[1]",
-            "[\"a\",\"b\",\"c\",\"d\",\"e\"]",
-            "{}",
-            "[{}]",
-            "[{\"role\":\"user\"}]",
-            "[{\"role\":\"user\",\"content\":[{\"type\":\"image\"}]}]",
-        ];
-        for k in keys {
-            for v in values {
-                let body = format!(
-                    r#"{{"messages":[{{"role":"user","content":"x"}}],"prompt":"x","{k}":{v}}}"#
-                );
-                let _ = parse_chat(body.as_bytes(), 4096);
-                let _ = parse_completion(body.as_bytes(), 4096);
-            }
-        }
-        let valid = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"prompt":[1,2],"temperature":0.5,"stop":["a"],"stream":true}"#;
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for _ in 0..20_000 {
-            let mut b = valid.to_vec();
-            for _ in 0..(x % 4 + 1) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let at = (x as usize) % b.len();
-                b[at] = (x >> 32) as u8;
-            }
-            let _ = parse_chat(&b, 4096);
-            let _ = parse_completion(&b, 4096);
-        }
-    }
-}
+#[path = "request_tests.rs"]
+mod tests;

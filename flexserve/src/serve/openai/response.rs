@@ -5,6 +5,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use virtio_llm::wire::response::StopReason;
 
+/// The response header that carries the seed a request ran with (the client's, or the one
+/// the daemon or the proxy drew), so that a run can be reproduced.
+pub const SEED_HEADER: &str = "x-flexserve-seed";
+
 /// OpenAI's `finish_reason` for how a generation stopped.
 pub fn finish_reason(r: StopReason) -> &'static str {
     match r {

@@ -4,6 +4,7 @@
 //! parsed fields, so they agree on it byte for byte.
 
 use super::request::{GenRequest, Input, common, field, type_name};
+use super::response::Endpoint;
 use crate::serve::error::ApiError;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -47,11 +48,22 @@ pub(super) fn sealed_input(m: &Map<String, Value>) -> Result<Option<Vec<u8>>, Ap
     Ok(Some(bytes))
 }
 
+/// Options the seal does not bind (the guest refuses them on a sealed request), or whose
+/// answer the host must not see: logprobs would name the answer's tokens in the clear.
+const UNBOUND_FIELDS: [&str; 5] = [
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+];
+
 /// A sealed request: no content field in the clear, and `model`, `max_tokens` and `seed`
 /// given, since the daemon may not fill them in (they are bound).
 pub(super) fn sealed_request(
     m: &Map<String, Value>,
     sealed: Vec<u8>,
+    endpoint: Endpoint,
     max_tokens_limit: u32,
 ) -> Result<GenRequest, ApiError> {
     if let Some(key) = CONTENT_FIELDS.into_iter().find(|k| field(m, k).is_some()) {
@@ -68,7 +80,29 @@ pub(super) fn sealed_request(
             ));
         }
     }
-    common(m, Input::Sealed(sealed), max_tokens_limit)
+    let req = common(m, Input::Sealed(sealed), endpoint, max_tokens_limit)?;
+    refuse_unbound(m, &req)?;
+    Ok(req)
+}
+
+/// Refuses a request to be sealed (or sealed already) that asks for generation options:
+/// the seal does not bind them, and logprobs would show the host the answer's tokens.
+/// (`flexserve proxy` asks this too, rather than drop them silently.)
+pub fn refuse_unbound(m: &Map<String, Value>, req: &GenRequest) -> Result<(), ApiError> {
+    if req.options.is_empty() {
+        return Ok(());
+    }
+    let key = UNBOUND_FIELDS
+        .into_iter()
+        .find(|k| field(m, k).is_some())
+        .unwrap_or("logprobs");
+    Err(ApiError::invalid(
+        key,
+        format!(
+            "a sealed request cannot use `{key}` yet: the seal does not bind it, and \
+             logprobs would show the host the answer's tokens"
+        ),
+    ))
 }
 
 /// The bytes a sealed request is bound to: the model name and stream flag as sent, and the
@@ -149,6 +183,26 @@ mod tests {
         assert_eq!(
             param(r#"{"flexserve_sealed":5,"model":"m","max_tokens":1,"seed":0}"#),
             Some("flexserve_sealed")
+        );
+        // Options the seal does not bind, and logprobs, which would show the answer.
+        for (extra, key) in [
+            (r#""logprobs":true"#, "logprobs"),
+            (r#""logit_bias":{"1":5}"#, "logit_bias"),
+            (r#""presence_penalty":1"#, "presence_penalty"),
+        ] {
+            assert_eq!(
+                param(&format!(
+                    r#"{{{s},"model":"m","max_tokens":1,"seed":0,{extra}}}"#
+                )),
+                Some(key)
+            );
+        }
+        // A bound `max_tokens` above the limit is refused, not clamped.
+        assert_eq!(
+            param(&format!(
+                r#"{{{s},"model":"m","max_tokens":5000,"seed":0}}"#
+            )),
+            Some("max_tokens")
         );
     }
 }

@@ -23,8 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use virtio_llm::Status;
+use virtio_llm::wire::options::GenerateOptions;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
-use virtio_llm::wire::response::{EndOfStream, StopReason, Timings};
+use virtio_llm::wire::response::{EndOfStream, StopReason, Timings, TokenLogprob};
 use vmm::guest_images::GuestImages;
 use vmm::guest_vm::{GuestError, GuestVm, Interrupt};
 
@@ -32,8 +33,12 @@ use vmm::guest_vm::{GuestError, GuestVm, Interrupt};
 #[derive(Debug)]
 pub enum Event {
     /// Token ids as the guest streams them, and the bytes they stand for (the guest's
-    /// text: a character may span two events).
-    Tokens { ids: Vec<u32>, text: Vec<u8> },
+    /// text: a character may span two events); one logprob each when the request asked.
+    Tokens {
+        ids: Vec<u32>,
+        text: Vec<u8>,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// The end, with the guest's counts and times.
     Done(EndOfStream),
     /// The request failed (after any tokens already sent).
@@ -47,6 +52,8 @@ pub struct Job {
     pub model: Arc<ServedModel>,
     pub prompt: Prompt,
     pub sampling: SamplingParams,
+    /// Penalties, logit bias, logprobs: the same for every slice.
+    pub options: GenerateOptions,
     pub events: UnboundedSender<Event>,
     /// Set when the client is gone or a stop sequence matched.
     pub cancel: Arc<AtomicBool>,
@@ -319,23 +326,25 @@ impl Worker {
                 ..job.sampling
             },
             prompt: std::mem::replace(&mut a.next_prompt, Prompt::Tokens(Vec::new())),
+            options: job.options.clone(),
         };
         let gone = || job.cancel.load(Ordering::Relaxed) || job.events.is_closed();
         let in_slice = std::cell::Cell::new(0u32);
         let mut last = None;
         let first_seen = &mut a.first_seen;
-        let end = running.vm.generate_until(
+        let end = running.vm.generate_messages(
             &req,
-            &mut |tokens, text| {
+            &mut |t| {
                 if !*first_seen {
                     *first_seen = true;
                     m.ttft.observe(job.arrived.elapsed().as_secs_f64());
                 }
-                in_slice.set(in_slice.get() + tokens.len() as u32);
-                last = tokens.last().copied().or(last);
+                in_slice.set(in_slice.get() + t.token_ids.len() as u32);
+                last = t.token_ids.last().copied().or(last);
                 let _ = job.events.send(Event::Tokens {
-                    ids: tokens.to_vec(),
-                    text: text.to_vec(),
+                    ids: t.token_ids.clone(),
+                    text: t.text.clone(),
+                    logprobs: t.logprobs.clone(),
                 });
             },
             &|| {
