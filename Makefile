@@ -9,7 +9,8 @@ CARGO      ?= cargo
 BENCH_VENV := $(BUILD)/bench-venv
 TEST_VENV  := $(BUILD)/test-venv
 # The official OpenAI client the daemon's tests drive it with (tests/serve_client.py).
-OPENAI_VERSION := 3.54.0
+OPENAI_VERSION := 3.63.0
+LANGCHAIN_OPENAI_VERSION := 1.8.1
 # The official Ollama client the Ollama API's test drives it with (tests/ollama_client.py).
 OLLAMA_VERSION := 0.6.3
 
@@ -125,17 +126,17 @@ $(MODELS)/tiny-qwen2.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --arch qwen2 --seed 2
 	@mv $@.part $@
 
-# The `openai` client from PyPI for the daemon's tests.
-test-venv: $(TEST_VENV)/.done $(TEST_VENV)/.ollama-$(OLLAMA_VERSION)
+# The real clients from PyPI for the daemon's tests: the `openai` SDK, LangChain's OpenAI
+# chat model, the `ollama` client. The stamp names the versions, so an older venv gets
+# whatever a new pin adds.
+TEST_CLIENTS := openai==$(OPENAI_VERSION) langchain-openai==$(LANGCHAIN_OPENAI_VERSION) \
+                ollama==$(OLLAMA_VERSION)
+TEST_VENV_STAMP := $(TEST_VENV)/.clients-$(OPENAI_VERSION)-$(LANGCHAIN_OPENAI_VERSION)-$(OLLAMA_VERSION)
+test-venv: $(TEST_VENV_STAMP)
 
-$(TEST_VENV)/.done:
-	$(PYTHON) -m venv $(TEST_VENV)
-	$(TEST_VENV)/bin/pip install --quiet openai==$(OPENAI_VERSION)
-	@touch $@
-
-# Its own stamp, so that a venv made before the Ollama client was added gets it too.
-$(TEST_VENV)/.ollama-$(OLLAMA_VERSION): $(TEST_VENV)/.done
-	$(TEST_VENV)/bin/pip install --quiet ollama==$(OLLAMA_VERSION)
+$(TEST_VENV_STAMP):
+	@[ -x $(TEST_VENV)/bin/pip ] || $(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install --quiet $(TEST_CLIENTS)
 	@touch $@
 
 setup-bench: $(BENCH_VENV)/.done

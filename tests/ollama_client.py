@@ -85,8 +85,19 @@ def main():
     out["show_model_info"] = dict(s.modelinfo)
     out["show_latest_tag"] = c.show(a.model + ":latest").details.model_dump()
 
+    # Structured output: a JSON object, and a schema the answer follows; a schema outside
+    # the supported subset is refused.
+    cat = [{"role": "user", "content": 'Give me a JSON object with the keys "name" and "age" of a cat.'}]
+    r = c.chat(model=a.model, messages=cat, format="json", options={"temperature": 0, "num_predict": 200})
+    out["format_json"] = json.loads(r.message.content)
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                               "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    r = c.chat(model=a.model, messages=cat, format=schema, options={"temperature": 0, "num_predict": 200})
+    out["format_schema"] = json.loads(r.message.content)
     out["format_error"] = error_of(
-        lambda: c.chat(model=a.model, messages=messages, format="json"))
+        lambda: c.chat(model=a.model, messages=messages,
+                       format={"type": "string", "pattern": "a+"}))
     out["mirostat_error"] = error_of(
         lambda: c.generate(model=a.model, prompt="x", options={"mirostat": 2}))
     out["embed_error"] = error_of(lambda: c.embed(model=a.model, input="x"))

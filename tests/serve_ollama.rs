@@ -195,7 +195,11 @@ fn the_ollama_client_gets_what_the_openai_routes_answer() {
         let msg = r[k][1].as_str().unwrap();
         assert!(msg.contains(needle), "{k}: {msg}");
     };
-    error("format_error", 400, "`format`");
+    error("format_error", 400, "pattern");
+    assert!(r["format_json"].is_object(), "{r}");
+    let pet = r["format_schema"].as_object().expect("an object");
+    assert!(pet["name"].is_string() && pet["age"].is_i64(), "{r}");
+    assert_eq!(pet.len(), 2, "{r}");
     error("mirostat_error", 400, "`options.mirostat`");
     error("embed_error", 501, "embeddings are not supported");
     error("unknown_model_error", 404, "no-such-model");

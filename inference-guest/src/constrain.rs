@@ -40,11 +40,10 @@ pub struct Trigger {
 }
 
 /// Where a lazy constraint stands.
-enum Phase<'v> {
-    /// Free text so far, kept to look for the trigger; the tokenizer gives each token's
-    /// bytes (special tokens too: a model may write the trigger as one).
+#[derive(Debug, Clone)]
+enum Phase {
+    /// Free text so far, kept to look for the trigger.
     Waiting {
-        tok: &'v Tokenizer,
         trigger: Trigger,
         text: Vec<u8>,
     },
@@ -53,68 +52,95 @@ enum Phase<'v> {
     Off,
 }
 
-/// One request's constraint with what it needs every step.
-pub struct Constrained<'v> {
-    vocab: &'v Vocab,
+/// A request's constraint between two runs of the token loop (a preempted answer resumed
+/// later): the grammar's state and, for a lazy one, where it stands.
+#[derive(Debug, Clone)]
+pub struct ConstraintState {
     constraint: Constraint,
-    eog: Vec<u32>,
-    mask: TokenSet,
-    phase: Phase<'v>,
+    phase: Phase,
 }
 
-impl<'v> Constrained<'v> {
-    /// A constraint on the whole answer. `eog`: the ids that end generation ([`eog_ids`]).
-    pub fn new(vocab: &'v Vocab, constraint: Constraint, eog: Vec<u32>) -> Self {
-        let mask = TokenSet::new(vocab.len());
+impl ConstraintState {
+    /// A constraint on the whole answer.
+    pub fn new(constraint: Constraint) -> Self {
         Self {
-            vocab,
             constraint,
-            eog,
-            mask,
             phase: Phase::Active,
         }
     }
 
     /// A constraint that starts at `trigger`, fed the answer from the trigger on (a
     /// `tool_choice: auto` answer: prose, or calls that must be valid).
-    pub fn lazy(
-        vocab: &'v Vocab,
-        tok: &'v Tokenizer,
-        constraint: Constraint,
-        eog: Vec<u32>,
-        trigger: Trigger,
-    ) -> Self {
+    pub fn lazy(constraint: Constraint, trigger: Trigger) -> Self {
         Self {
+            constraint,
             phase: Phase::Waiting {
-                tok,
                 trigger,
                 text: Vec::new(),
             },
-            ..Self::new(vocab, constraint, eog)
         }
+    }
+
+    /// Whether the output so far is a complete value of the grammar.
+    pub fn is_complete(&self) -> bool {
+        self.constraint.is_complete()
+    }
+}
+
+/// One request's constraint with what it needs every step.
+pub struct Constrained<'v> {
+    vocab: &'v Vocab,
+    /// Each token's bytes for a lazy constraint's trigger (special tokens too: a model may
+    /// write the trigger as one, which the grammar's vocabulary leaves empty).
+    tok: &'v Tokenizer,
+    eog: Vec<u32>,
+    mask: TokenSet,
+    state: ConstraintState,
+}
+
+impl<'v> Constrained<'v> {
+    /// `state` in the token loop. `eog`: the ids that end generation ([`eog_ids`]).
+    pub fn new(
+        vocab: &'v Vocab,
+        tok: &'v Tokenizer,
+        state: ConstraintState,
+        eog: Vec<u32>,
+    ) -> Self {
+        Self {
+            vocab,
+            tok,
+            eog,
+            mask: TokenSet::new(vocab.len()),
+            state,
+        }
+    }
+
+    /// The state to go on from in a later run (a preempted answer).
+    pub fn into_state(self) -> ConstraintState {
+        self.state
     }
 
     /// Masks `logits` (nothing before a lazy constraint starts); `false` if no token is
     /// allowed (the output is complete and there is no end-of-generation id, or the grammar
     /// is stuck): the loop must stop there.
     pub fn mask(&mut self, logits: &mut [f32]) -> bool {
-        if !matches!(self.phase, Phase::Active) {
+        if !matches!(self.state.phase, Phase::Active) {
             return true;
         }
-        self.constraint
+        self.state
+            .constraint
             .mask_logits(self.vocab, &self.eog, logits, &mut self.mask);
         self.mask.count() > 0
     }
 
     /// Advances over the sampled `token` (one [`mask`](Self::mask) allowed).
     pub fn advance(&mut self, token: u32) -> Result<(), ConstraintError> {
-        match &mut self.phase {
-            Phase::Active => self
-                .constraint
-                .accept_token_id(self.vocab, &self.eog, token),
+        let st = &mut self.state;
+        match &mut st.phase {
+            Phase::Active => st.constraint.accept_token_id(self.vocab, &self.eog, token),
             Phase::Off => Ok(()),
-            Phase::Waiting { tok, trigger, text } => {
-                text.extend_from_slice(tok.token_bytes(token));
+            Phase::Waiting { trigger, text } => {
+                text.extend_from_slice(self.tok.token_bytes(token));
                 let from = match trigger.at_start {
                     true => text.iter().position(|b| !b.is_ascii_whitespace()),
                     false => find(text, &trigger.text),
@@ -123,14 +149,14 @@ impl<'v> Constrained<'v> {
                     return Ok(());
                 };
                 let rest = &text[from..];
-                self.phase = if trigger.at_start && !rest.starts_with(&trigger.text) {
+                st.phase = if trigger.at_start && !rest.starts_with(&trigger.text) {
                     // Only a prefix so far: wait for more, unless it already differs.
                     match trigger.text.starts_with(rest) {
                         true => return Ok(()),
                         false => Phase::Off,
                     }
                 } else {
-                    match self.constraint.accept_token(rest) {
+                    match st.constraint.accept_token(rest) {
                         Ok(()) => Phase::Active,
                         Err(_) => Phase::Off,
                     }
@@ -142,7 +168,7 @@ impl<'v> Constrained<'v> {
 
     /// Whether the output so far is a complete value of the schema.
     pub fn is_complete(&self) -> bool {
-        self.constraint.is_complete()
+        self.state.is_complete()
     }
 }
 

@@ -4,7 +4,9 @@
 //!
 //! The model comes from `make setup`; when it is missing the test says so and skips.
 
-use inference_guest::constrain::{Constrained, Constraint, compile_schema, eog_ids, grammar_vocab};
+use inference_guest::constrain::{
+    Constrained, Constraint, ConstraintState, Trigger, compile_schema, eog_ids, grammar_vocab,
+};
 use inference_guest::generate::{Finish, Generation, generate_constrained};
 use inference_guest::gguf::Gguf;
 use inference_guest::model::Model;
@@ -36,11 +38,8 @@ fn constrained_outputs_are_json_of_the_schema() {
             ..SamplerConfig::default()
         };
         let mut sampler = Sampler::new(cfg, model.cfg.n_vocab);
-        let mut c = Constrained::new(
-            &vocab,
-            Constraint::new(compile_schema(SCHEMA).unwrap()),
-            eog_ids(&tok),
-        );
+        let state = ConstraintState::new(Constraint::new(compile_schema(SCHEMA).unwrap()));
+        let mut c = Constrained::new(&vocab, &tok, state, eog_ids(&tok));
         let req = Generation {
             prompt: &prompt,
             max_tokens: 300,
@@ -77,4 +76,54 @@ fn constrained_outputs_are_json_of_the_schema() {
         );
         assert!(v["tag"].as_str().unwrap().chars().count() <= 6, "{v}");
     }
+}
+
+/// A lazy constraint (`tool_choice: auto`): free text masks nothing; from the trigger on,
+/// only what continues the grammar is allowed, and the state survives a pause (preemption).
+#[test]
+fn a_lazy_constraint_starts_at_its_trigger() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-qwen2.Q8_0.gguf");
+    let Ok(bytes) = std::fs::read(&path) else {
+        eprintln!("SKIPPED: {} missing, run `make setup`", path.display());
+        return;
+    };
+    let gguf = Gguf::parse(&bytes).expect("parse");
+    let tok = Tokenizer::from_gguf(&gguf).expect("tokenizer");
+    let vocab = grammar_vocab(&tok);
+    let params = llm_grammar::Json::parse(r#"{"type":"object","properties":{}}"#).unwrap();
+    let tools = [llm_grammar::ToolSchema {
+        name: "f",
+        parameters: &params,
+    }];
+    let style = llm_grammar::CallStyle::Hermes;
+    let grammar = llm_grammar::tool_calls_grammar(style, &tools, false).unwrap();
+    let trigger = Trigger {
+        text: style.trigger().as_bytes().to_vec(),
+        at_start: style.trigger_at_start(),
+    };
+    let state = ConstraintState::lazy(Constraint::new(grammar), trigger);
+    let mut c = Constrained::new(&vocab, &tok, state, eog_ids(&tok));
+    let allowed = |c: &mut Constrained<'_>| {
+        let mut logits = vec![0.0f32; tok.n_vocab()];
+        assert!(c.mask(&mut logits));
+        logits.iter().filter(|l| l.is_finite()).count()
+    };
+    assert_eq!(allowed(&mut c), tok.n_vocab(), "free before the trigger");
+    for id in tok.encode("Let me check. <tool_call>\n{\"name", false, false) {
+        c.advance(id).unwrap();
+    }
+    let after = allowed(&mut c);
+    assert!(
+        after > 0 && after < 100,
+        "{after} tokens allowed after the trigger"
+    );
+    // Paused and resumed: the same state goes on.
+    let mut c = Constrained::new(&vocab, &tok, c.into_state(), eog_ids(&tok));
+    for id in tok.encode("\": \"f\", \"arguments\": {}}\n</tool_call>", false, false) {
+        let mut logits = vec![0.0f32; tok.n_vocab()];
+        c.mask(&mut logits);
+        assert!(logits[id as usize].is_finite(), "token {id} masked");
+        c.advance(id).unwrap();
+    }
+    assert!(c.is_complete());
 }

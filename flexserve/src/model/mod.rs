@@ -267,6 +267,11 @@ impl HostModel {
         Ok((Prompt::Chat(vec![turn]), true))
     }
 
+    /// The chat template family of a plain model (a sealed model's is the guest's to read).
+    pub fn chat_template(&self) -> Result<ChatTemplate, HostModelError> {
+        Ok(self.plain("chat template")?.template)
+    }
+
     /// The prompt for the guest from a conversation: tokenized here with the template for
     /// a plain model, the messages themselves for a sealed one.
     pub fn guest_chat(&self, messages: &[ChatMessage]) -> Result<Prompt, HostModelError> {

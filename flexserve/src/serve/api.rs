@@ -6,6 +6,7 @@ use super::error::ApiError;
 use super::generation::{self, Pending, Piece};
 use super::listen::ConnId;
 use super::metrics::GuestState;
+use super::openai::tools;
 use super::openai::{
     Answer, Endpoint, Input, Logprobs, SEED_HEADER, Usage, json_response, with_logprobs,
 };
@@ -163,10 +164,15 @@ pub(super) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Ap
     })
 }
 
-/// The whole answer with its logprobs and seed (in the body and `SEED_HEADER`).
+/// The whole answer with its logprobs, tool calls and seed (in the body and `SEED_HEADER`).
 fn whole_answer(answer: &Answer, p: &mut Pending, text: &str, finish: &str, u: Usage) -> Response {
     let mut v = answer.full(text, finish, u);
     v = with_logprobs(v, p.logprobs.as_mut().map(Logprobs::take));
+    if let (Some(format), Some(t)) = (p.tool_format, &p.req.tools)
+        && let Some(calls) = tools::answer_calls(format, t, text, &format!("call_{}", answer.id))
+    {
+        tools::into_full(&mut v, calls);
+    }
     v["seed"] = p.seed.into();
     let mut r = json_response(StatusCode::OK, &v);
     r.headers_mut()
@@ -197,6 +203,8 @@ fn sse(v: &serde_json::Value) -> String {
 struct Streaming {
     answer: Answer,
     p: Pending,
+    /// The prose of an answer that may make tool calls, held back where it may be a call.
+    calls: Option<tools::ToolStream>,
     started: bool,
     done: bool,
 }
@@ -213,6 +221,10 @@ impl Streaming {
         }
         match self.p.next_piece().await {
             Piece::Text(text) => {
+                let text = match self.calls.as_mut() {
+                    Some(calls) => calls.push(&text).unwrap_or_default(),
+                    None => text,
+                };
                 let chunk = self.answer.chunk(Some(&text), false, None, None);
                 Some(sse(&self.with_pending_logprobs(chunk)))
             }
@@ -234,10 +246,31 @@ impl Streaming {
     fn last(&mut self, text: String, finish: &str, usage: Usage) -> String {
         self.done = true;
         let mut out = String::new();
+        let (text, calls) = match self.calls.take() {
+            Some(mut stream) => {
+                let sendable = stream.push(&text).unwrap_or_default();
+                let id = format!("call_{}", self.answer.id);
+                let (rest, calls) = match &self.p.req.tools {
+                    Some(t) => stream.finish(t, &id),
+                    None => (None, Vec::new()),
+                };
+                (sendable + &rest.unwrap_or_default(), calls)
+            }
+            None => (text, Vec::new()),
+        };
         if !text.is_empty() {
             let chunk = self.answer.chunk(Some(&text), false, None, None);
             out.push_str(&sse(&self.with_pending_logprobs(chunk)));
         }
+        let finish = match calls.is_empty() {
+            true => finish,
+            false => {
+                let mut chunk = self.answer.chunk(None, false, None, None);
+                chunk["choices"][0]["delta"]["tool_calls"] = tools::deltas(calls);
+                out.push_str(&sse(&chunk));
+                "tool_calls"
+            }
+        };
         let mut chunk = self.answer.chunk(None, false, Some(finish), Some(usage));
         chunk["seed"] = self.p.seed.into();
         out.push_str(&sse(&self.with_pending_logprobs(chunk)));
@@ -256,9 +289,11 @@ impl Streaming {
 /// generation.
 fn stream(answer: Answer, p: Pending) -> Response {
     let seed = p.seed;
+    let calls = p.tool_format.map(tools::ToolStream::new);
     let state = Streaming {
         answer,
         p,
+        calls,
         started: false,
         done: false,
     };

@@ -10,14 +10,17 @@ use super::metrics::Outcome;
 use super::models::ServedModel;
 use super::openai::{Endpoint, GenRequest, Input, Logprobs, Usage, finish_reason};
 use super::scheduler::{ClientKey, Lane, Principal, Rejected};
+use super::tool_prompt;
 use super::worker::{Event, Job};
 use crate::text_stream::Utf8Stream;
 use inference_guest::stop::StopScanner;
+use inference_guest::tokenizer::ToolFormat;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
 use virtio_llm::spec::MAX_PROMPT_TOKENS;
+use virtio_llm::wire::options::GenerateOptions;
 use virtio_llm::wire::request::{Prompt, SealedPrompt};
 use virtio_llm::wire::response::Timings;
 
@@ -43,6 +46,8 @@ pub struct Pending {
     pub seed: u64,
     /// The answer's logprobs, collected as tokens arrive, when asked for.
     pub logprobs: Option<Logprobs>,
+    /// How the model writes tool calls, when the answer's calls are to be read back.
+    pub tool_format: Option<ToolFormat>,
     detok: Detok,
 }
 
@@ -169,24 +174,32 @@ pub async fn submit(
     // The first request for a model reads and checks its file, and tokenizing a long prompt
     // takes a while: off the async threads, and only `limits.blocking_tasks` at once, so a
     // burst of requests cannot pile up blocking threads (each held to the end).
-    let (model, prompt) = {
+    let (model, prompt, tool_constraint, tool_format) = {
         let input = req.input.clone();
+        let tools = req.tools.clone();
         let stream = req.stream;
         let s2 = s.clone();
         super::blocking::bounded(&s.blocking, move || {
             let model = s2.catalogue.get(&name)?;
             // Refused before tokenizing when the text cannot fit however it tokenizes.
             model.fits_roughly(&input)?;
-            let prompt = match input {
+            let (prompt, constraint, format) = match input {
                 // Relayed untouched, with the public fields the guest binds it to.
-                Input::Sealed(request) => Prompt::Sealed(SealedPrompt {
-                    model: name,
-                    stream,
-                    request,
-                }),
-                input => model.encode(&input)?,
+                Input::Sealed(request) => (
+                    Prompt::Sealed(SealedPrompt {
+                        model: name,
+                        stream,
+                        request,
+                    }),
+                    None,
+                    None,
+                ),
+                Input::Chat(m) if tool_prompt::uses_tools(&m, tools.as_ref()) => {
+                    tool_prompt::encode(&model, &m, tools.as_ref())?
+                }
+                input => (model.encode(&input)?, None, None),
             };
-            Ok::<_, ApiError>((model, prompt))
+            Ok::<_, ApiError>((model, prompt, constraint, format))
         })
         .await??
     };
@@ -227,7 +240,10 @@ pub async fn submit(
             seed,
             ..req.sampling
         },
-        options: req.options.clone(),
+        options: GenerateOptions {
+            tools: tool_constraint,
+            ..req.options.clone()
+        },
         events: tx,
         cancel: cancel.clone(),
         arrived,
@@ -249,6 +265,7 @@ pub async fn submit(
         cancel: CancelOnDrop(cancel),
         seed,
         logprobs,
+        tool_format,
         detok,
     })
 }

@@ -36,6 +36,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod sealed_api;
 pub mod server;
+pub mod tool_prompt;
 pub mod worker;
 
 use crate::guest_root::GuestRoot;

@@ -74,6 +74,7 @@ impl Service {
         match self.models.values_mut().find(|m| m.tokenizer.is_some()) {
             Some(m) => {
                 m.tokenizer = None;
+                m.grammar_vocab = None;
                 true
             }
             None => false,

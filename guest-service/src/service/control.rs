@@ -213,6 +213,7 @@ impl Service {
                 end_ids,
                 template,
                 tokenizer: None,
+                grammar_vocab: None,
                 last_used: self.clock,
             },
         );
@@ -299,6 +300,7 @@ impl Service {
                 sealed: None,
                 shareable: true,
                 prefilled: 0,
+                constraint: None,
             },
         );
     }

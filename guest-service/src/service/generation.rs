@@ -4,12 +4,14 @@
 //! Every way a request can end goes through [`Service::generate`], which sends the end of
 //! stream or the error: the steps before it return a [`Refusal`] instead of answering.
 
+use super::constraint::run_engine;
 use super::sealed_answer::SealedAnswer;
 use super::token_stream::{Link, Streamed, TokenStream};
 use super::{Environment, GENERATION_SCRATCH_BYTES, Service, error_response};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use inference_guest::generate::{Finish, GenerateOutcome, Generation, generate};
+use inference_guest::constrain::Constrained;
+use inference_guest::generate::{Finish, GenerateOutcome, Generation};
 use inference_guest::gguf::Gguf;
 use inference_guest::model::{MAX_BATCH, Model, ModelError};
 use inference_guest::parallel::Parallel;
@@ -97,6 +99,13 @@ impl Service {
                 )
                 .into());
             }
+            if g.options.response_format.is_some() || g.options.tools.is_some() {
+                return Err(refuse(
+                    Status::Busy,
+                    "structured output and tool calls wait until the model has arrived",
+                )
+                .into());
+            }
             return self.run_arriving(g, driver, par, env, deferred_budget);
         }
         let (g, mut sealed) = match opened {
@@ -124,6 +133,8 @@ impl Service {
         deferred_budget: &mut Option<BudgetChange>,
     ) -> Result<EndOfStream, Failure> {
         let (prompt, reused) = self.ready_session(g, sealed.is_some(), driver, par, env)?;
+        let model_id = self.sessions.get(&g.session_id).map_or(0, |s| s.model_id);
+        let constraint = self.constraint_for(&g.options, g.session_id, model_id)?;
         let slot = self
             .sessions
             .get_mut(&g.session_id)
@@ -159,16 +170,27 @@ impl Service {
         let mut stream = TokenStream::new(link, g.request_id, text_of);
         stream.set_sealed(sealed.as_deref_mut());
         stream.set_logprobs(logprobs);
-        let end_ids = &m.end_ids;
-        let result = generate(
+        let mut constrained = match (constraint, &m.grammar_vocab, &m.tokenizer) {
+            (None, ..) => None,
+            (Some(state), Some(vocab), Some(tok)) => {
+                Some(Constrained::new(vocab, tok, state, m.end_ids.clone()))
+            }
+            (Some(_), ..) => {
+                let why = "the model's grammar vocabulary was dropped before its request ran";
+                return Err(refuse(Status::Internal, why).into());
+            }
+        };
+        let result = run_engine(
             &model,
             session,
             &mut sampler,
             par,
             &generation(g, &prompt[reused..]),
-            &|t| end_ids.binary_search(&t).is_ok(),
+            &m.end_ids,
+            constrained.as_mut(),
             &mut |token| stream.on_token(token),
         );
+        let constraint = constrained.map(Constrained::into_state);
         let (before, evaluated) = (slot.history.len(), prompt.len() - reused);
         if slot.prefilled == before && evaluated >= 2 {
             slot.prefilled = before + evaluated;
@@ -200,6 +222,11 @@ impl Service {
             });
         if let (Some(answer), Ok(e)) = (sealed, &ended) {
             answer.slice_done(e.generated_tokens, last);
+        }
+        if let (Ok(e), Some(slot)) = (&ended, self.sessions.get_mut(&g.session_id))
+            && e.reason == StopReason::Preempted
+        {
+            slot.constraint = constraint;
         }
         ended
     }

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod budget;
+mod constraint;
 mod control;
 mod generation;
 mod pipeline;
@@ -96,6 +97,8 @@ struct LoadedModel {
     end_ids: Vec<u32>,
     template: ChatTemplate,
     tokenizer: Option<Tokenizer>,
+    /// The vocabulary as structured output's grammar walks it (built on first use).
+    grammar_vocab: Option<inference_guest::constrain::Vocab>,
     last_used: u64,
 }
 
@@ -109,6 +112,8 @@ struct SessionSlot {
     last_used: u64,
     /// A preempted sealed answer waiting for its continuation.
     sealed: Option<sealed_answer::SealedAnswer>,
+    /// A preempted constrained answer's grammar state, for its next slice.
+    constraint: Option<inference_guest::constrain::ConstraintState>,
     /// Every prompt it ran was plain: its cache may be kept when it closes.
     shareable: bool,
     /// Positions `0..prefilled` of its cache were evaluated in batches of two tokens or

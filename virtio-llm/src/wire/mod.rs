@@ -7,6 +7,7 @@
 //! buffer holds, which is what a queue handler calls.
 
 pub mod codec;
+mod constraint;
 pub mod control;
 pub mod echo;
 pub mod memory;

@@ -13,6 +13,8 @@
 
 use alloc::vec::Vec;
 
+pub use crate::wire::constraint::{CallStyle, ResponseFormat, ToolConstraint};
+
 use crate::error::WireError;
 use crate::spec::{
     MAX_CONTEXT_LEN, MAX_LOGIT_BIAS, MAX_LOGIT_BIAS_VALUE, MAX_OPENAI_PENALTY,
@@ -32,10 +34,11 @@ pub mod record {
     pub const LOGIT_BIAS: u16 = 0x0002;
     /// [`super::GenerateOptions::logprobs`]: `top_n` u8 (0..=20), 3 reserved bytes.
     pub const LOGPROBS: u16 = 0x0003;
-    /// Reserved (not decoded yet): a response format, JSON schema text or `json_object`,
-    /// compiled to a grammar in the guest.
+    /// [`super::GenerateOptions::response_format`]: JSON schema text or `json_object`,
+    /// compiled to a grammar in the guest (`wire::constraint`).
     pub const RESPONSE_FORMAT: u16 = 0x0004;
-    /// Reserved (not decoded yet): tool definitions (JSON) and the tool choice.
+    /// [`super::GenerateOptions::tools`]: the functions a call may name, their schemas, and
+    /// how the call is written (`wire::constraint`).
     pub const TOOLS: u16 = 0x0005;
 }
 
@@ -69,18 +72,24 @@ pub struct GenerateOptions {
     /// Report each generated token's logprob and its `top_n` most likely alternatives
     /// (0..=`MAX_TOP_LOGPROBS`).
     pub logprobs: Option<u8>,
+    /// The answer is one JSON value of this format (structured output).
+    pub response_format: Option<ResponseFormat>,
+    /// The answer's tool calls must name these functions with valid arguments.
+    pub tools: Option<ToolConstraint>,
 }
 
 impl GenerateOptions {
     /// Whether nothing is asked (no trailer is sent).
     pub fn is_empty(&self) -> bool {
-        self.penalties.is_none() && self.logit_bias.is_empty() && self.logprobs.is_none()
+        self.count() == 0
     }
 
     fn count(&self) -> usize {
         usize::from(self.penalties.is_some())
             + usize::from(!self.logit_bias.is_empty())
             + usize::from(self.logprobs.is_some())
+            + usize::from(self.response_format.is_some())
+            + usize::from(self.tools.is_some())
     }
 
     /// Checks every value's range (shared by encoding and decoding).
@@ -117,6 +126,12 @@ impl GenerateOptions {
         if let Some(n) = self.logprobs {
             ensure(usize::from(n) <= MAX_TOP_LOGPROBS, "top_logprobs", n.into())?;
         }
+        if let Some(f) = &self.response_format {
+            check_len("response_format", f.wire_len(), MAX_OPTION_RECORD_BYTES)?;
+        }
+        if let Some(t) = &self.tools {
+            check_len("tools", t.wire_len(), MAX_OPTION_RECORD_BYTES)?;
+        }
         Ok(())
     }
 
@@ -134,6 +149,12 @@ impl GenerateOptions {
         }
         if self.logprobs.is_some() {
             n += RECORD_HEAD + LOGPROBS_BYTES;
+        }
+        if let Some(f) = &self.response_format {
+            n += RECORD_HEAD + f.wire_len();
+        }
+        if let Some(t) = &self.tools {
+            n += RECORD_HEAD + t.wire_len();
         }
         n
     }
@@ -164,6 +185,16 @@ impl GenerateOptions {
             w.u32(LOGPROBS_BYTES as u32);
             w.u8(n);
             w.zeros(3);
+        }
+        if let Some(f) = &self.response_format {
+            w.u16(record::RESPONSE_FORMAT);
+            w.u32(len_u32(f.wire_len()));
+            f.encode(w);
+        }
+        if let Some(t) = &self.tools {
+            w.u16(record::TOOLS);
+            w.u32(len_u32(t.wire_len()));
+            t.encode(w);
         }
     }
 
@@ -204,6 +235,10 @@ impl GenerateOptions {
                     opts.logprobs = Some(v.u8()?);
                     v.reserved(3, "logprobs.reserved")?;
                 }
+                record::RESPONSE_FORMAT => {
+                    opts.response_format = Some(ResponseFormat::decode(&mut v)?);
+                }
+                record::TOOLS => opts.tools = Some(ToolConstraint::decode(&mut v)?),
                 other => return Err(WireError::UnknownOption(other)),
             }
             v.finish()?;

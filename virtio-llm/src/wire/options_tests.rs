@@ -16,6 +16,13 @@ pub(crate) fn every_option() -> GenerateOptions {
         }),
         logit_bias: vec![(3, -100.0), (70, 2.5), (MAX_TOKEN_ID - 1, 100.0)],
         logprobs: Some(5),
+        response_format: Some(ResponseFormat::JsonSchema(r#"{"type":"integer"}"#.into())),
+        tools: Some(ToolConstraint {
+            style: CallStyle::Hermes,
+            lazy: true,
+            parallel: false,
+            tools: r#"[{"name":"f","parameters":{"type":"object"}}]"#.into(),
+        }),
     }
 }
 
@@ -159,11 +166,36 @@ fn malformed_trailers_are_refused() {
             ..GenerateOptions::default()
         }
     );
-    // Unknown and reserved types.
-    for kind in [record::RESPONSE_FORMAT, record::TOOLS, 0x7777] {
+    // Unknown types.
+    for kind in [0x0006, 0x7777] {
         assert_eq!(
             decode(&with_trailer(&trailer(&[record(kind, b"{}")]))),
             Err(WireError::UnknownOption(kind))
+        );
+    }
+    // Constraint records: a known kind and style, reserved bytes zero, text that is UTF-8,
+    // `json_object` without a schema and `json_schema` with one.
+    let json_object = record(record::RESPONSE_FORMAT, &[1, 0, 0, 0]);
+    assert_eq!(
+        decode(&with_trailer(&trailer(core::slice::from_ref(&json_object)))).unwrap(),
+        GenerateOptions {
+            response_format: Some(ResponseFormat::JsonObject),
+            ..GenerateOptions::default()
+        }
+    );
+    for bad in [
+        record(record::RESPONSE_FORMAT, &[3, 0, 0, 0]),
+        record(record::RESPONSE_FORMAT, &[1, 0, 0, 0, b'{']),
+        record(record::RESPONSE_FORMAT, &[2, 0, 0, 0]),
+        record(record::RESPONSE_FORMAT, &[2, 1, 0, 0, b'{', b'}']),
+        record(record::RESPONSE_FORMAT, &[2, 0, 0, 0, 0xff]),
+        record(record::TOOLS, &[3, 0, 0, 0, b'[', b']']),
+        record(record::TOOLS, &[1, 4, 0, 0, b'[', b']']),
+        record(record::TOOLS, &[1, 0, 0, 0]),
+    ] {
+        assert!(
+            decode(&with_trailer(&trailer(core::slice::from_ref(&bad)))).is_err(),
+            "{bad:?}"
         );
     }
     // A duplicate, and records out of order.

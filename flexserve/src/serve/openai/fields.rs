@@ -6,7 +6,7 @@
 //! request argument supplied" (a misspelt `max_token` would otherwise run with the
 //! default). A few fields that change nothing about the answer are accepted: `metadata`,
 //! `store` (nothing is stored), `service_tier`, `user` (the scheduler's lane),
-//! `parallel_tool_calls` (meaningless without `tools`, which are refused).
+//! `parallel_tool_calls` without `tools`.
 
 use super::request::{field, integer, number, type_name};
 use super::response::Endpoint;
@@ -47,13 +47,17 @@ const COMMON: &[&str] = &[
     "service_tier",
     "parallel_tool_calls",
 ];
-const CHAT_ONLY: &[&str] = &["messages", "top_logprobs"];
+const CHAT_ONLY: &[&str] = &[
+    "messages",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "response_format",
+];
 const COMPLETION_ONLY: &[&str] = &["prompt", "echo", "suffix", "best_of"];
 
 /// Fields OpenAI defines that the daemon does not support yet: refused by name.
 const NOT_YET: &[&str] = &[
-    "tools",
-    "tool_choice",
     "functions",
     "function_call",
     "audio",
@@ -85,25 +89,12 @@ pub(super) fn check_known(m: &Map<String, Value>, endpoint: Endpoint) -> Result<
             ));
         }
         match key.as_str() {
-            "response_format" => response_format(v)?,
             "modalities" => modalities(v)?,
             k if COMMON.contains(&k) || own.contains(&k) => {}
             _ => return Err(ApiError::Unrecognized(key.clone())),
         }
     }
     Ok(())
-}
-
-/// Only plain text is produced: `{"type": "text"}` is the default, anything else is not
-/// supported yet.
-fn response_format(v: &Value) -> Result<(), ApiError> {
-    if v.get("type").and_then(Value::as_str) == Some("text") {
-        return Ok(());
-    }
-    Err(ApiError::invalid(
-        "response_format",
-        "`response_format` other than {\"type\": \"text\"} is not supported by this server yet",
-    ))
 }
 
 /// Text out is all there is: `["text"]` is accepted.
@@ -134,6 +125,8 @@ pub(super) fn options(
         penalties,
         logit_bias: logit_bias(m)?,
         logprobs: logprobs(m, endpoint)?,
+        // Chat's `response_format` and `tools` are parsed apart (`structured`, `tools`).
+        ..GenerateOptions::default()
     })
 }
 

@@ -2,9 +2,11 @@
 
 mod fields;
 mod logprobs;
+mod messages;
 mod request;
 mod response;
 pub mod sealed;
+pub mod structured;
 pub mod tools;
 
 pub use logprobs::{Logprobs, with_logprobs};

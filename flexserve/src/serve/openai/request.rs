@@ -39,8 +39,11 @@ pub struct GenRequest {
     pub sampling: SamplingParams,
     /// The seed the client gave; `None`: the daemon draws one and returns it.
     pub seed: Option<u64>,
-    /// Penalties, logit bias, logprobs.
+    /// Penalties, logit bias, logprobs, the response format.
     pub options: GenerateOptions,
+    /// Tools the model may call (chat only); the guest's constraint for them is made once
+    /// the model, and so its call format, is known.
+    pub tools: Option<super::tools::Tools>,
     pub stream: bool,
     pub include_usage: bool,
     pub stop: Vec<String>,
@@ -217,6 +220,7 @@ pub(super) fn common(
         sampling,
         seed,
         options: fields::options(m, endpoint)?,
+        tools: None,
         stream,
         include_usage,
         stop,
@@ -234,66 +238,17 @@ pub fn parse_chat(body: &[u8], max_tokens_limit: u32) -> Result<GenRequest, ApiE
     if let Some(sealed) = super::sealed::sealed_input(&m)? {
         return super::sealed::sealed_request(&m, sealed, Endpoint::Chat, max_tokens_limit);
     }
-    let messages = match field(&m, "messages") {
-        Some(Value::Array(a)) if !a.is_empty() => a,
-        Some(Value::Array(_)) => {
-            return Err(ApiError::invalid(
-                "messages",
-                "`messages` must not be empty",
-            ));
-        }
-        Some(v) => {
-            return Err(ApiError::invalid(
-                "messages",
-                format!("`messages` must be an array, not {}", type_name(v)),
-            ));
-        }
-        None => return Err(ApiError::invalid("messages", "`messages` is required")),
-    };
-    let mut chat = Vec::with_capacity(messages.len());
-    for (i, msg) in messages.iter().enumerate() {
-        let bad = |what: &str| ApiError::invalid("messages", format!("`messages[{i}]`: {what}"));
-        let Value::Object(o) = msg else {
-            return Err(bad("must be an object with `role` and `content`"));
-        };
-        let role = match o.get("role") {
-            Some(Value::String(r))
-                if matches!(r.as_str(), "system" | "developer" | "user" | "assistant") =>
-            {
-                if r == "developer" {
-                    "system".to_string()
-                } else {
-                    r.clone()
-                }
-            }
-            Some(Value::String(r)) => {
-                return Err(bad(&format!(
-                    "role {r:?} is not system, developer, user or assistant"
-                )));
-            }
-            _ => return Err(bad("`role` must be a string")),
-        };
-        let content = match o.get("content") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => {
-                let mut s = String::new();
-                for p in parts {
-                    match (
-                        p.get("type").and_then(Value::as_str),
-                        p.get("text").and_then(Value::as_str),
-                    ) {
-                        (Some("text"), Some(t)) => s.push_str(t),
-                        _ => return Err(bad("only text content parts are supported")),
-                    }
-                }
-                s
-            }
-            Some(Value::Null) | None if role == "assistant" => String::new(),
-            _ => return Err(bad("`content` must be a string or an array of text parts")),
-        };
-        chat.push(ChatMessage::new(role, content));
+    let chat = super::messages::parse_messages(field(&m, "messages"))?;
+    let mut req = common(&m, Input::Chat(chat), Endpoint::Chat, max_tokens_limit)?;
+    req.tools = super::tools::parse_tools(&m)?;
+    req.options.response_format = super::structured::response_format(&m)?;
+    if req.tools.is_some() && req.options.response_format.is_some() {
+        return Err(ApiError::invalid(
+            "response_format",
+            "`response_format` together with `tools` is not supported by this server yet",
+        ));
     }
-    common(&m, Input::Chat(chat), Endpoint::Chat, max_tokens_limit)
+    Ok(req)
 }
 
 /// Parses a `/v1/completions` body.

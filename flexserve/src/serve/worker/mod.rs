@@ -103,7 +103,7 @@ enum Admission {
     /// It is over (answered with an error, or its client is gone).
     Over,
     /// Its model needs room that models with requests in flight hold: later.
-    Wait(Job),
+    Wait(Box<Job>),
 }
 
 pub struct Worker {
@@ -189,7 +189,7 @@ impl Worker {
                     Admission::Active(a) => active.push_back(*a),
                     Admission::Over => {}
                     Admission::Wait(job) => {
-                        deferred = Some(job);
+                        deferred = Some(*job);
                         break;
                     }
                 }
@@ -239,7 +239,7 @@ impl Worker {
                 let _ = job.events.send(Event::Failed(ApiError::Guest(why)));
                 return Admission::Over;
             }
-            Ok(Ready::Wait) => return Admission::Wait(job),
+            Ok(Ready::Wait) => return Admission::Wait(Box::new(job)),
             Err(e) => {
                 m.request(Outcome::Failed);
                 let _ = job.events.send(Event::Failed(ApiError::Guest(format!(

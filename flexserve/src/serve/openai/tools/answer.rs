@@ -50,8 +50,15 @@ pub fn answer_calls(
     if reply.calls.is_empty() {
         return None;
     }
-    let mut found = reply
-        .calls
+    let mut bodies = reply.calls.as_slice();
+    // An answer cut by `max_tokens` in the middle of a call keeps the calls before it.
+    if let [done @ .., last] = bodies
+        && !done.is_empty()
+        && call(format, tools, last).is_none()
+    {
+        bodies = done;
+    }
+    let mut found = bodies
         .iter()
         .map(|body| call(format, tools, body))
         .collect::<Option<Vec<_>>>()?;
@@ -112,4 +119,28 @@ impl ToolStream {
             ),
         }
     }
+}
+
+/// A whole chat answer `v` with its calls: the message's `tool_calls`, its content only the
+/// prose around them (`null` when none), and `finish_reason` `tool_calls`.
+pub fn into_full(v: &mut Value, calls: AnswerCalls) {
+    let choice = &mut v["choices"][0];
+    choice["message"]["content"] = calls.content.map_or(Value::Null, Value::String);
+    choice["message"]["tool_calls"] = Value::Array(calls.calls);
+    choice["finish_reason"] = "tool_calls".into();
+}
+
+/// The `delta.tool_calls` of a stream chunk that carries `calls` whole, each with its
+/// `index` (the streaming clients accumulate deltas by index).
+pub fn deltas(calls: Vec<Value>) -> Value {
+    Value::Array(
+        calls
+            .into_iter()
+            .enumerate()
+            .map(|(k, mut c)| {
+                c["index"] = k.into();
+                c
+            })
+            .collect(),
+    )
 }

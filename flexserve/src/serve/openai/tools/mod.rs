@@ -7,7 +7,8 @@
 mod answer;
 mod python_json;
 
-pub use answer::{AnswerCalls, ToolStream, answer_calls};
+pub use answer::{AnswerCalls, ToolStream, answer_calls, deltas, into_full};
+pub use python_json::compact as python_json_compact;
 
 use super::request::{field, type_name};
 use crate::serve::error::ApiError;
@@ -99,7 +100,11 @@ fn tool_def(i: usize, v: &Value) -> Result<ToolDef, ApiError> {
     }
     let parameters = match field(f, "parameters") {
         None => serde_json::json!({"type": "object", "properties": {}}),
-        Some(p @ Value::Object(_)) => p.clone(),
+        Some(p @ Value::Object(_)) => {
+            super::structured::checked_schema(p, "tools")
+                .map_err(|e| bad(&format!("`function.parameters`: {e}")))?;
+            p.clone()
+        }
         Some(p) => {
             return Err(bad(&format!(
                 "`function.parameters` must be a JSON schema object, not {}",

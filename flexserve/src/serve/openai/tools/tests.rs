@@ -114,6 +114,15 @@ fn answers_become_tool_calls() {
     )
     .unwrap();
     assert_eq!(l.calls[0]["function"]["arguments"], r#"{"city":"Oslo"}"#);
+    // Cut by `max_tokens` inside a second call: the first stands.
+    let cut = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"A\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_";
+    assert_eq!(
+        answer_calls(ToolFormat::Hermes, &t, cut, "c")
+            .unwrap()
+            .calls
+            .len(),
+        1
+    );
     // Not a declared tool, or not JSON: the text is the answer.
     assert_eq!(
         answer_calls(

@@ -213,6 +213,22 @@ mod tests {
     }
 
     #[test]
+    fn families_without_a_tool_format_refuse_tools() {
+        use super::super::ToolTemplateError;
+        use crate::tokenizer::ChatTemplate;
+        let msgs = [ChatMessage::new("user", "hi")];
+        assert_eq!(
+            ChatTemplate::Gemma.parts_with_tools(&msgs, &[weather()], true),
+            Err(ToolTemplateError::NoToolFormat("gemma"))
+        );
+        // Without tools, every family renders as before.
+        assert_eq!(
+            ChatTemplate::Gemma.parts_with_tools(&msgs, &[], true),
+            Ok(ChatTemplate::Gemma.parts(&msgs, true))
+        );
+    }
+
+    #[test]
     fn llama3_puts_the_tools_in_the_first_user_turn() {
         let text = joined(&llama3(&history(), &[weather()], true));
         let expected = concat!(
