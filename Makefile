@@ -34,6 +34,7 @@ PROMPT ?= Write a haiku about the sea.
 
 .PHONY: help setup setup-deps setup-bench models build image image-arm64 test test-fast test-fallback lint test-neon run \
         test-venv flexserve-bin install install-units bench-serve bench-serve-abuse bench-agent \
+        bench-structured \
         fuzz-toolchain fuzz-check fuzz-build fuzz-smoke \
         bench bench-engine bench-grammar bench-boot bench-virtio bench-memory clean
 
@@ -55,6 +56,7 @@ help:
 	@echo "make bench-serve   the daemon vs llama.cpp's server: throughput, TTFT at 1/4/8 clients"
 	@echo "make bench-serve-abuse  the daemon with 300 slow connections held open: TTFT vs without"
 	@echo "make bench-agent   five-turn chat TTFT with vs without KV reuse; idle memory and CPU after keep_alive"
+	@echo "make bench-structured  decode tok/s with format json / a schema vs unconstrained"
 	@echo "make bench-memory  donate (guest touch), reclaim and strawman for 1/4/8 GiB of private memory"
 	@echo "make bench-sealed  cold starts plain vs sealed vs strawman (SmolLM2, 1.5B model), AES-GCM"
 	@echo "make setup-arm64   QEMU 10 and the arm64 host kernels for test-arm64 (root, Debian mirrors)"
@@ -347,6 +349,11 @@ bench-sealed: setup image $(QWEN_CODER)
 bench-agent: setup image test-venv
 	@$(CARGO) build --release --quiet -p flexserve
 	$(TEST_VENV)/bin/python tools/bench/bench_agent.py --flexserve $(FLEXSERVE) \
+		--model $(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf
+
+bench-structured: setup image test-venv
+	@$(CARGO) build --release --quiet -p flexserve
+	$(TEST_VENV)/bin/python tools/bench/bench_structured.py --flexserve $(FLEXSERVE) \
 		--model $(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf
 
 bench-memory: image

@@ -198,9 +198,11 @@ def sampling(a):
     out["clamped_finish"] = r.choices[0].finish_reason
     out["clamped_tokens"] = r.usage.completion_tokens
     refused = {}
-    for name, kw in (("tools", {"tools": [{"type": "function", "function": {
-                         "name": "f", "parameters": {"type": "object"}}}]}),
-                     ("response_format", {"response_format": {"type": "json_object"}}),
+    # The deprecated `functions`; a schema outside the grammar compiler's subset.
+    pattern = {"type": "json_schema",
+               "json_schema": {"name": "s", "schema": {"type": "string", "pattern": "a+"}}}
+    for name, kw in (("functions", {"extra_body": {"functions": [{"name": "f"}]}}),
+                     ("response_format", {"response_format": pattern}),
                      ("unknown", {"extra_body": {"no_such_field": 1}})):
         try:
             c.chat.completions.create(model=a.model, messages=msgs, max_tokens=2, **kw)

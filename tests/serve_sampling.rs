@@ -83,7 +83,7 @@ fn the_openai_client_gets_logprobs_seeds_penalties_and_bias() {
     assert!(r["clamped_tokens"].as_u64().unwrap() < 512, "{r}");
     assert_eq!(
         r["refused"],
-        json!({"tools": "tools", "response_format": "response_format",
+        json!({"functions": "functions", "response_format": "response_format",
                "unknown": "no_such_field"}),
         "{r}"
     );

@@ -8,6 +8,7 @@ use super::error::ApiError;
 use super::listen::ConnId;
 use super::metrics::Outcome;
 use super::models::ServedModel;
+use super::openai::tools::Tools;
 use super::openai::{Endpoint, GenRequest, Input, Logprobs, Usage, finish_reason};
 use super::scheduler::{ClientKey, Lane, Principal, Rejected};
 use super::tool_prompt;
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
 use virtio_llm::spec::MAX_PROMPT_TOKENS;
-use virtio_llm::wire::options::GenerateOptions;
+use virtio_llm::wire::options::{GenerateOptions, ToolConstraint};
 use virtio_llm::wire::request::{Prompt, SealedPrompt};
 use virtio_llm::wire::response::Timings;
 
@@ -175,31 +176,10 @@ pub async fn submit(
     // takes a while: off the async threads, and only `limits.blocking_tasks` at once, so a
     // burst of requests cannot pile up blocking threads (each held to the end).
     let (model, prompt, tool_constraint, tool_format) = {
-        let input = req.input.clone();
-        let tools = req.tools.clone();
-        let stream = req.stream;
-        let s2 = s.clone();
+        let (s2, input, tools, stream) =
+            (s.clone(), req.input.clone(), req.tools.clone(), req.stream);
         super::blocking::bounded(&s.blocking, move || {
-            let model = s2.catalogue.get(&name)?;
-            // Refused before tokenizing when the text cannot fit however it tokenizes.
-            model.fits_roughly(&input)?;
-            let (prompt, constraint, format) = match input {
-                // Relayed untouched, with the public fields the guest binds it to.
-                Input::Sealed(request) => (
-                    Prompt::Sealed(SealedPrompt {
-                        model: name,
-                        stream,
-                        request,
-                    }),
-                    None,
-                    None,
-                ),
-                Input::Chat(m) if tool_prompt::uses_tools(&m, tools.as_ref()) => {
-                    tool_prompt::encode(&model, &m, tools.as_ref())?
-                }
-                input => (model.encode(&input)?, None, None),
-            };
-            Ok::<_, ApiError>((model, prompt, constraint, format))
+            encode(&s2, name, input, tools.as_ref(), stream)
         })
         .await??
     };
@@ -269,6 +249,46 @@ pub async fn submit(
         detok,
     })
 }
+
+/// The request's model (read and checked on its first request) and its prompt for the guest:
+/// a sealed request relayed as it is, a chat with tools rendered in the model's tool format
+/// with the constraint on its calls, anything else encoded as `flexserve run` does.
+fn encode(
+    s: &Shared,
+    name: String,
+    input: Input,
+    tools: Option<&Tools>,
+    stream: bool,
+) -> Result<Encoded, ApiError> {
+    let model = s.catalogue.get(&name)?;
+    // Refused before tokenizing when the text cannot fit however it tokenizes.
+    model.fits_roughly(&input)?;
+    let (prompt, constraint, format) = match input {
+        // Relayed untouched, with the public fields the guest binds it to.
+        Input::Sealed(request) => (
+            Prompt::Sealed(SealedPrompt {
+                model: name,
+                stream,
+                request,
+            }),
+            None,
+            None,
+        ),
+        Input::Chat(m) if tool_prompt::uses_tools(&m, tools) => {
+            tool_prompt::encode(&model, &m, tools)?
+        }
+        input => (model.encode(&input)?, None, None),
+    };
+    Ok((model, prompt, constraint, format))
+}
+
+/// A request's model, prompt, constraint on tool calls and the format to read them back in.
+type Encoded = (
+    Arc<ServedModel>,
+    Prompt,
+    Option<ToolConstraint>,
+    Option<ToolFormat>,
+);
 
 /// The context a request may use: the model's, or less with Ollama's `num_ctx`.
 fn context_for(model: &ServedModel, num_ctx: Option<u32>) -> Result<u32, ApiError> {

@@ -37,6 +37,21 @@ impl LoadedModel {
     }
 }
 
+impl LoadedModel {
+    /// `state` on this model's grammar vocabulary (built by [`Service::constraint_for`]).
+    pub(super) fn constrained(&self, state: ConstraintState) -> Result<Constrained<'_>, Refusal> {
+        match (&self.grammar_vocab, &self.tokenizer) {
+            (Some(vocab), Some(tok)) => {
+                Ok(Constrained::new(vocab, tok, state, self.end_ids.clone()))
+            }
+            _ => Err(refuse(
+                Status::Internal,
+                "the model's grammar vocabulary was dropped before its request ran",
+            )),
+        }
+    }
+}
+
 impl Service {
     /// The constraint request `options` ask for on session `session_id` of model
     /// `model_id`: a preempted answer's saved state, or a new one compiled from the

@@ -170,16 +170,7 @@ impl Service {
         let mut stream = TokenStream::new(link, g.request_id, text_of);
         stream.set_sealed(sealed.as_deref_mut());
         stream.set_logprobs(logprobs);
-        let mut constrained = match (constraint, &m.grammar_vocab, &m.tokenizer) {
-            (None, ..) => None,
-            (Some(state), Some(vocab), Some(tok)) => {
-                Some(Constrained::new(vocab, tok, state, m.end_ids.clone()))
-            }
-            (Some(_), ..) => {
-                let why = "the model's grammar vocabulary was dropped before its request ran";
-                return Err(refuse(Status::Internal, why).into());
-            }
-        };
+        let mut constrained = constraint.map(|c| m.constrained(c)).transpose()?;
         let result = run_engine(
             &model,
             session,

@@ -173,31 +173,7 @@ fn malformed_trailers_are_refused() {
             Err(WireError::UnknownOption(kind))
         );
     }
-    // Constraint records: a known kind and style, reserved bytes zero, text that is UTF-8,
-    // `json_object` without a schema and `json_schema` with one.
-    let json_object = record(record::RESPONSE_FORMAT, &[1, 0, 0, 0]);
-    assert_eq!(
-        decode(&with_trailer(&trailer(core::slice::from_ref(&json_object)))).unwrap(),
-        GenerateOptions {
-            response_format: Some(ResponseFormat::JsonObject),
-            ..GenerateOptions::default()
-        }
-    );
-    for bad in [
-        record(record::RESPONSE_FORMAT, &[3, 0, 0, 0]),
-        record(record::RESPONSE_FORMAT, &[1, 0, 0, 0, b'{']),
-        record(record::RESPONSE_FORMAT, &[2, 0, 0, 0]),
-        record(record::RESPONSE_FORMAT, &[2, 1, 0, 0, b'{', b'}']),
-        record(record::RESPONSE_FORMAT, &[2, 0, 0, 0, 0xff]),
-        record(record::TOOLS, &[3, 0, 0, 0, b'[', b']']),
-        record(record::TOOLS, &[1, 4, 0, 0, b'[', b']']),
-        record(record::TOOLS, &[1, 0, 0, 0]),
-    ] {
-        assert!(
-            decode(&with_trailer(&trailer(core::slice::from_ref(&bad)))).is_err(),
-            "{bad:?}"
-        );
-    }
+
     // A duplicate, and records out of order.
     let penalties = record(record::PENALTIES, &[0; 12]);
     assert!(
@@ -259,4 +235,33 @@ fn malformed_trailers_are_refused() {
     let mut buf = encode(every_option()).unwrap();
     buf[HEADER_BYTES + 45] &= !2;
     assert!(matches!(decode(&buf), Err(WireError::TrailingBytes { .. })));
+}
+
+#[test]
+fn malformed_constraint_records_are_refused() {
+    // Constraint records: a known kind and style, reserved bytes zero, text that is UTF-8,
+    // `json_object` without a schema and `json_schema` with one.
+    let json_object = record(record::RESPONSE_FORMAT, &[1, 0, 0, 0]);
+    assert_eq!(
+        decode(&with_trailer(&trailer(core::slice::from_ref(&json_object)))).unwrap(),
+        GenerateOptions {
+            response_format: Some(ResponseFormat::JsonObject),
+            ..GenerateOptions::default()
+        }
+    );
+    for bad in [
+        record(record::RESPONSE_FORMAT, &[3, 0, 0, 0]),
+        record(record::RESPONSE_FORMAT, &[1, 0, 0, 0, b'{']),
+        record(record::RESPONSE_FORMAT, &[2, 0, 0, 0]),
+        record(record::RESPONSE_FORMAT, &[2, 1, 0, 0, b'{', b'}']),
+        record(record::RESPONSE_FORMAT, &[2, 0, 0, 0, 0xff]),
+        record(record::TOOLS, &[3, 0, 0, 0, b'[', b']']),
+        record(record::TOOLS, &[1, 4, 0, 0, b'[', b']']),
+        record(record::TOOLS, &[1, 0, 0, 0]),
+    ] {
+        assert!(
+            decode(&with_trailer(&trailer(core::slice::from_ref(&bad)))).is_err(),
+            "{bad:?}"
+        );
+    }
 }
