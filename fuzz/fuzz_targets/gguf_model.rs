@@ -14,7 +14,7 @@ use inference_guest::model::Model;
 use inference_guest::parallel::SingleThread;
 use inference_guest::quant::Kernels;
 use inference_guest::sampler::{Sampler, SamplerConfig};
-use inference_guest::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+use inference_guest::tokenizer::{ChatMessage, ChatTemplate, Tokenizer, ToolCall, ToolSpec};
 use libfuzzer_sys::fuzz_target;
 
 /// Text with what tokenizers treat specially: markers, multi-byte UTF-8, digits, spaces.
@@ -62,16 +62,23 @@ fn tokenize(g: &Gguf<'_>, t: &Tokenizer) {
         let _ = t.decode(&ids);
     }
     let template = ChatTemplate::detect(g.get_str("tokenizer.chat_template").ok().flatten());
-    let messages = [
-        ChatMessage {
-            role: "system".into(),
-            content: "Be brief.".into(),
-        },
-        ChatMessage {
-            role: "user".into(),
-            content: TEXT.into(),
-        },
+    let mut messages = [
+        ChatMessage::new("system", "Be brief."),
+        ChatMessage::new("user", TEXT),
     ];
     let ids = t.encode_chat(&messages, template);
     assert!(in_vocab(&ids), "a chat id outside the vocabulary");
+    // The same conversation with a tool and an earlier call, in families with a tool format.
+    messages[0].tool_calls = vec![ToolCall {
+        name: "f".into(),
+        arguments: TEXT.into(),
+    }];
+    let tool = ToolSpec {
+        name: "f".into(),
+        json: TEXT.into(),
+        json_indented: TEXT.into(),
+    };
+    if let Ok(ids) = t.encode_chat_with_tools(&messages, &[tool], template) {
+        assert!(in_vocab(&ids), "a tool chat id outside the vocabulary");
+    }
 }
