@@ -14,8 +14,9 @@ use virtio_llm::wire::request::{ChatRole, ChatTurn, Prompt};
 use virtio_llm::wire::sealed_session::SealedContent;
 
 /// The fields that travel in the clear. Everything else is dropped: an unknown field may
-/// hold the user's data (OpenAI's `tools`, `metadata`, ...), and the daemon ignores or
-/// refuses what is not here anyway (`n`, penalties and `logprobs` are checked below).
+/// hold the user's data (`metadata`, ...), and the daemon ignores or refuses what is not
+/// here anyway (`n`, penalties, `logprobs`, `tools` and `response_format` are refused
+/// below).
 const PUBLIC_FIELDS: [&str; 12] = [
     "model",
     "max_tokens",
@@ -91,6 +92,17 @@ fn parse(endpoint: Endpoint, body: &[u8], limit: u32) -> Result<GenRequest, ApiE
 fn content(req: &GenRequest) -> Result<SealedContent, SealError> {
     let prompt = match &req.input {
         Input::Text(s) => Prompt::Text(s.clone()),
+        Input::Chat(messages)
+            if messages
+                .iter()
+                .any(|m| m.role == "tool" || !m.tool_calls.is_empty()) =>
+        {
+            return Err(SealError::Invalid(ApiError::invalid(
+                "messages",
+                "tool calls and tool results cannot be sealed yet: send them to the daemon \
+                 directly",
+            )));
+        }
         Input::Chat(messages) => Prompt::Chat(
             messages
                 .iter()
@@ -273,6 +285,35 @@ mod tests {
                 param: Some("logprobs"),
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn tools_and_formats_are_refused_not_dropped() {
+        let (_, v) = guest();
+        let info = GuestInfo::from_json(&v).unwrap();
+        let chat = |extra: &str| {
+            let body =
+                format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}]{extra}}}"#);
+            match seal(Endpoint::Chat, body.as_bytes(), &info) {
+                Err(SealError::Invalid(ApiError::Invalid { param, .. })) => param,
+                other => panic!("{extra}: {other:?}"),
+            }
+        };
+        let tool = r#"[{"type":"function","function":{"name":"f"}}]"#;
+        assert_eq!(chat(&format!(r#","tools":{tool}"#)), Some("tools"));
+        assert_eq!(
+            chat(r#","response_format":{"type":"json_object"}"#),
+            Some("response_format")
+        );
+        let history = r#"{"model":"m","messages":[{"role":"user","content":"x"},
+            {"role":"tool","content":"18C"}]}"#;
+        assert!(matches!(
+            seal(Endpoint::Chat, history.as_bytes(), &info),
+            Err(SealError::Invalid(ApiError::Invalid {
+                param: Some("messages"),
+                ..
+            }))
         ));
     }
 }

@@ -22,11 +22,24 @@ fn unsupported_fields_are_refused_by_name() {
     for key in NOT_YET {
         assert_eq!(param(chat(&format!(r#","{key}":[{{}}]"#))), *key);
     }
+    // Structured output is taken; a schema outside the compiler's subset is refused.
+    assert!(chat(r#","response_format":{"type":"json_object"}"#).is_ok());
     assert_eq!(
-        param(chat(r#","response_format":{"type":"json_object"}"#)),
+        param(chat(
+            r#","response_format":{"type":"json_schema","json_schema":{"schema":{"not":{}}}}"#
+        )),
         "response_format"
     );
     assert!(chat(r#","response_format":{"type":"text"}"#).is_ok());
+    // So are tools, but not with a response format.
+    let tool = r#","tools":[{"type":"function","function":{"name":"f"}}]"#;
+    assert!(chat(tool).is_ok());
+    assert_eq!(
+        param(chat(&format!(
+            r#"{tool},"response_format":{{"type":"json_object"}}"#
+        ))),
+        "response_format"
+    );
     assert_eq!(param(chat(r#","modalities":["audio"]"#)), "modalities");
     assert!(chat(r#","modalities":["text"]"#).is_ok());
     // Unknown fields, as OpenAI: "Unrecognized request argument supplied".

@@ -50,12 +50,17 @@ pub(super) fn sealed_input(m: &Map<String, Value>) -> Result<Option<Vec<u8>>, Ap
 
 /// Options the seal does not bind (the guest refuses them on a sealed request), or whose
 /// answer the host must not see: logprobs would name the answer's tokens in the clear.
-const UNBOUND_FIELDS: [&str; 5] = [
+/// Tools and response formats are not sealed yet: in the clear they would show the host
+/// what the user asks for, and the daemon's sealed path does not read them.
+const UNBOUND_FIELDS: [&str; 8] = [
     "presence_penalty",
     "frequency_penalty",
     "logit_bias",
     "logprobs",
     "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
 ];
 
 /// A sealed request: no content field in the clear, and `model`, `max_tokens` and `seed`
@@ -89,18 +94,16 @@ pub(super) fn sealed_request(
 /// the seal does not bind them, and logprobs would show the host the answer's tokens.
 /// (`flexserve proxy` asks this too, rather than drop them silently.)
 pub fn refuse_unbound(m: &Map<String, Value>, req: &GenRequest) -> Result<(), ApiError> {
-    if req.options.is_empty() {
+    let given = UNBOUND_FIELDS.into_iter().find(|k| field(m, k).is_some());
+    let asked = !req.options.is_empty() || req.tools.is_some();
+    let Some(key) = given.or(asked.then_some("logprobs")) else {
         return Ok(());
-    }
-    let key = UNBOUND_FIELDS
-        .into_iter()
-        .find(|k| field(m, k).is_some())
-        .unwrap_or("logprobs");
+    };
     Err(ApiError::invalid(
         key,
         format!(
-            "a sealed request cannot use `{key}` yet: the seal does not bind it, and \
-             logprobs would show the host the answer's tokens"
+            "a sealed request cannot use `{key}` yet: the seal does not bind it (and \
+             logprobs would show the host the answer's tokens)"
         ),
     ))
 }
