@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod control;
 pub mod echo;
+pub mod embed;
 pub mod memory;
 pub mod options;
 pub mod probe;
