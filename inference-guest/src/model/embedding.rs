@@ -60,7 +60,7 @@ impl Model<'_> {
 /// `sum / n`, divided by its Euclidean norm (a zero vector stays zero).
 fn normalised_mean(sum: &[f64], n: usize) -> Vec<f32> {
     let mean: Vec<f64> = sum.iter().map(|s| s / n as f64).collect();
-    let norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt();
+    let norm = libm::sqrt(mean.iter().map(|m| m * m).sum::<f64>());
     let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
     mean.iter().map(|m| (m * scale) as f32).collect()
 }
