@@ -4,7 +4,8 @@
 //! default, and floats agree; unit length; the same input gives the same vector; a
 //! semantically close pair is closer than a far one on SmolLM2-135M; token-id inputs;
 //! `dimensions`), and the `ollama` client's `embed` and older `embeddings`, which give the
-//! vectors the OpenAI route gives. The engine's vectors are checked against llama.cpp's in
+//! vectors the OpenAI route gives; `keep_alive` applies to an embedding's model. The
+//! engine's vectors are checked against llama.cpp's in
 //! inference-guest/tests/embedding_reference.rs.
 
 use flexserve::serve::Daemon;
@@ -67,7 +68,24 @@ fn the_openai_and_ollama_clients_get_unit_embeddings() {
             r#"{"input":"x","encoding_format":"int8"}"#,
         ),
     ];
+    // An embedding job sets its model's keep-alive as a generation does: with 0 the idle
+    // worker unloads the model once the job is done.
+    let r = http(
+        addr,
+        "POST",
+        "/api/embed",
+        r#"{"input":"x","keep_alive":0}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let unloaded = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        http(addr, "GET", "/api/ps", "").json()["models"] == json!([])
+    });
     d.stop();
+    assert!(
+        unloaded,
+        "keep_alive 0 on an embedding left its model resident"
+    );
 
     assert_eq!(o["object"], "list", "{o}");
     assert_eq!(o["indices"], json!([0, 1, 2]), "{o}");
