@@ -3,7 +3,8 @@
 //! one process): the vector is the host engine's `Model::embedding`, for a text prompt the
 //! service tokenizes as for a token prompt; it leaves nothing behind (a session generates
 //! the same tokens before and after it); and an unknown model, an oversized prompt and a
-//! bad token are refused with their documented statuses.
+//! bad token are refused with their documented statuses. A sealed model embeds as its
+//! plaintext does.
 
 // The rig is shared with `guest_service.rs`, which uses the parts this file does not.
 #[path = "service_rig.rs"]
@@ -96,4 +97,21 @@ fn embedding_refusals_have_their_statuses() {
     );
     // The service goes on.
     assert!(embed(&rig, 4, 1, Prompt::Tokens(vec![1, 2, 3])).is_ok());
+}
+
+/// A sealed model embeds in its guest as the plaintext does: the host sends text (it has
+/// no tokenizer for a sealed model), the guest tokenizes it.
+#[test]
+fn a_sealed_model_embeds_as_the_plaintext() {
+    let Some((file, _)) = model() else { return };
+    let engine = HostEngine { file: file.clone() };
+    let rig = Rig::start(limits());
+    let parts = seal_model(&file, SEALING_ROOT.measurement, 1 << 20);
+    assert_eq!(rig.load_sealed(1, &parts.header, &parts.chunks), Status::Ok);
+    let text = "Once upon a time";
+    let ids = engine.encode(text);
+    let want = engine.with(|m, _| m.embedding(&ids, &SingleThread).expect("host embedding"));
+    let got = embed(&rig, 1, 1, Prompt::Text(text.into())).expect("sealed embedding");
+    assert_eq!(got.values, want, "sealed and plaintext embeddings differ");
+    assert_eq!(got.prompt_tokens as usize, ids.len());
 }
