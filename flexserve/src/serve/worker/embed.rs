@@ -52,6 +52,7 @@ impl Worker {
         let mut result = Ok(());
         for prompt in work.prompts {
             if job.cancel.load(Ordering::Relaxed) || work.answer.is_closed() {
+                // The client is gone: nobody reads this, the rest is not computed.
                 result = Err(ApiError::ShuttingDown);
                 break;
             }
