@@ -48,6 +48,8 @@ pub struct EmbedCall {
     /// The client's `user`: its lane in the fair queue.
     pub user: Option<String>,
     pub keep_alive: Option<KeepAlive>,
+    /// The width the client asked for (`dimensions`): a 400 unless it is the model's.
+    pub dimensions: Option<u64>,
 }
 
 /// Embeds every input of `call` and returns the model and the vectors, in input order.
@@ -57,6 +59,7 @@ pub async fn run(
     call: EmbedCall,
     arrived: Instant,
 ) -> Result<(Arc<ServedModel>, Embedded), ApiError> {
+    let dimensions = call.dimensions;
     let result = submit(s, who, conn, call, arrived).await;
     if let Err(e) = &result {
         s.metrics.request(refused_outcome(e));
@@ -65,6 +68,9 @@ pub async fn run(
     // A dropped handler (the client went away) drops `_cancel`: the worker stops between
     // two inputs.
     let embedded = answer.await.map_err(|_| ApiError::ShuttingDown)??;
+    // A sealed model's width is known once its guest answers.
+    let width = embedded.vectors.first().map_or(0, Vec::len);
+    check_dimensions(dimensions, width as u64)?;
     Ok((model, embedded))
 }
 
@@ -86,11 +92,15 @@ async fn submit(
         .model
         .clone()
         .unwrap_or_else(|| s.config.default_model.clone());
-    let inputs = call.inputs;
+    let (inputs, dimensions) = (call.inputs, call.dimensions);
     let s2 = s.clone();
     // Reading a model's file the first time and tokenizing are blocking work.
     let (model, prompts) = super::blocking::bounded(&s.blocking, move || {
         let model = s2.catalogue.get(&name)?;
+        // A plain model's width is known here: refused before any work is queued.
+        if let Ok(shape) = model.file.shape() {
+            check_dimensions(dimensions, shape.n_embd as u64)?;
+        }
         let prompts = inputs
             .iter()
             .enumerate()
@@ -168,6 +178,20 @@ fn encode(model: &ServedModel, i: usize, input: &EmbedInput) -> Result<Prompt, A
         }
     }
     Ok(prompt)
+}
+
+/// `dimensions` must be the model's `width`: vectors are not shortened.
+fn check_dimensions(dimensions: Option<u64>, width: u64) -> Result<(), ApiError> {
+    match dimensions {
+        Some(d) if d != width => Err(ApiError::invalid(
+            "dimensions",
+            format!(
+                "`dimensions` {d} is not this model's embedding width ({width}); vectors are \
+                 not shortened here, leave `dimensions` out"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn too_long(model: &ServedModel, i: usize, tokens: Option<usize>) -> ApiError {

@@ -27,7 +27,6 @@ use std::time::Instant;
 pub struct OpenAiEmbed {
     pub call: EmbedCall,
     pub base64: bool,
-    pub dimensions: Option<u64>,
 }
 
 pub async fn embeddings(
@@ -45,15 +44,11 @@ pub async fn embeddings(
             return e.into_response();
         }
     };
-    let (base64, dimensions) = (req.base64, req.dimensions);
+    let base64 = req.base64;
     let (model, done) = match super::run(&s, (who, conn), req.call, arrived).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let width = done.vectors.first().map_or(0, Vec::len);
-    if let Some(d) = dimensions.filter(|&d| d != width as u64) {
-        return dimensions_error(d, width).into_response();
-    }
     let data: Vec<Value> = done
         .vectors
         .iter()
@@ -77,16 +72,6 @@ pub async fn embeddings(
                 "total_tokens": done.prompt_tokens,
             },
         }),
-    )
-}
-
-fn dimensions_error(asked: u64, width: usize) -> ApiError {
-    ApiError::invalid(
-        "dimensions",
-        format!(
-            "`dimensions` {asked} is not this model's embedding width ({width}); vectors are \
-             not shortened here, leave `dimensions` out"
-        ),
     )
 }
 
@@ -132,9 +117,9 @@ pub fn parse(body: &[u8]) -> Result<OpenAiEmbed, ApiError> {
             inputs,
             user: optional_string(&m, "user")?,
             keep_alive: None,
+            dimensions,
         },
         base64,
-        dimensions,
     })
 }
 
@@ -221,7 +206,7 @@ mod tests {
         )
         .unwrap();
         assert!(r.base64);
-        assert_eq!(r.dimensions, Some(576));
+        assert_eq!(r.call.dimensions, Some(576));
         assert_eq!(r.call.user.as_deref(), Some("u"));
         assert_eq!(r.call.model.as_deref(), Some("m"));
     }

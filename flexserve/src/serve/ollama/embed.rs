@@ -58,7 +58,7 @@ async fn run(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let arrived = Instant::now();
-    let (call, named, dimensions) = match read_body(body).and_then(|b| parse(&b, route)) {
+    let (call, named) = match read_body(body).and_then(|b| parse(&b, route)) {
         Ok(r) => r,
         Err(e) => {
             s.metrics.request(crate::serve::metrics::Outcome::Invalid);
@@ -69,13 +69,6 @@ async fn run(
         Ok(r) => r,
         Err(e) => return response::error(e),
     };
-    let width = done.vectors.first().map_or(0, Vec::len);
-    if let Some(d) = dimensions.filter(|&d| d != width as u64) {
-        return response::error(ApiError::invalid(
-            "dimensions",
-            format!("`dimensions` {d} is not this model's embedding width ({width})"),
-        ));
-    }
     let v = match route {
         Route::Legacy => json!({"embedding": done.vectors.first()}),
         Route::Embed => json!({
@@ -89,8 +82,8 @@ async fn run(
     json_response(StatusCode::OK, &v)
 }
 
-/// The call, the model as the client named it (echoed back), and `dimensions`.
-fn parse(body: &[u8], route: Route) -> Result<(EmbedCall, String, Option<u64>), ApiError> {
+/// The call, and the model as the client named it (echoed back).
+fn parse(body: &[u8], route: Route) -> Result<(EmbedCall, String), ApiError> {
     let m = obj(body)?;
     let inputs = match route {
         Route::Embed => inputs(&m)?,
@@ -125,8 +118,9 @@ fn parse(body: &[u8], route: Route) -> Result<(EmbedCall, String, Option<u64>), 
         inputs,
         user: None,
         keep_alive,
+        dimensions,
     };
-    Ok((call, named, dimensions))
+    Ok((call, named))
 }
 
 /// `/api/embed`'s `input`: a string or 1..=`MAX_INPUTS` strings.
@@ -170,7 +164,7 @@ mod tests {
 
     #[test]
     fn bodies_are_read_as_ollama_writes_them() {
-        let (call, named, _) = parse(
+        let (call, named) = parse(
             br#"{"model":"m:latest","input":["a","b"],"truncate":true}"#,
             Route::Embed,
         )
@@ -178,9 +172,9 @@ mod tests {
         assert_eq!(named, "m:latest");
         assert_eq!(call.model.as_deref(), Some("m"));
         assert_eq!(call.inputs.len(), 2);
-        let (call, _, _) = parse(br#"{"model":"m","prompt":"a"}"#, Route::Legacy).unwrap();
+        let (call, _) = parse(br#"{"model":"m","prompt":"a"}"#, Route::Legacy).unwrap();
         assert_eq!(call.inputs, [EmbedInput::Text("a".into())]);
-        let (call, _, _) = parse(br#"{"input":"a","keep_alive":0}"#, Route::Embed).unwrap();
+        let (call, _) = parse(br#"{"input":"a","keep_alive":0}"#, Route::Embed).unwrap();
         assert!(call.keep_alive.is_some());
     }
 
