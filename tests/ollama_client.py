@@ -100,7 +100,6 @@ def main():
                        format={"type": "string", "pattern": "a+"}))
     out["mirostat_error"] = error_of(
         lambda: c.generate(model=a.model, prompt="x", options={"mirostat": 2}))
-    out["embed_error"] = error_of(lambda: c.embed(model=a.model, input="x"))
     out["unknown_model_error"] = error_of(
         lambda: c.chat(model="no-such-model", messages=messages))
     out["num_ctx_error"] = error_of(

@@ -1,8 +1,8 @@
 //! `flexserve serve`'s Ollama API with a real guest under KVM, driven by the official
 //! `ollama` Python client (`make test-venv`, tests/ollama_client.py): chat, generate and
 //! their streams answer what the OpenAI routes answer for the same greedy request; list,
-//! ps and show describe the model; unsupported fields, embeddings, unknown models and a
-//! too large `num_ctx` are Ollama errors naming what is wrong.
+//! ps and show describe the model; unsupported fields, unknown models and a too large
+//! `num_ctx` are Ollama errors naming what is wrong (embeddings: `serve_embeddings.rs`).
 
 use flexserve::serve::Daemon;
 use flexserve_e2e::serve_rig::*;
@@ -201,7 +201,6 @@ fn the_ollama_client_gets_what_the_openai_routes_answer() {
     assert!(pet["name"].is_string() && pet["age"].is_i64(), "{r}");
     assert_eq!(pet.len(), 2, "{r}");
     error("mirostat_error", 400, "`options.mirostat`");
-    error("embed_error", 501, "embeddings are not supported");
     error("unknown_model_error", 404, "no-such-model");
     error("num_ctx_error", 400, "`options.num_ctx`");
 }

@@ -8,6 +8,7 @@ use virtio_llm::WireError;
 use virtio_llm::spec::{self, HEADER_BYTES, PROTOCOL_VERSION};
 use virtio_llm::wire::control::{self, ControlCommand, ControlReply};
 use virtio_llm::wire::echo::{self, EchoReply, EchoRequest};
+use virtio_llm::wire::embed::{EmbedRequest, Embedding};
 use virtio_llm::wire::memory::{self, BudgetChange, MemRange, MemoryMsg, RelinquishReport};
 use virtio_llm::wire::options::{GenerateOptions, Penalties};
 use virtio_llm::wire::request::{
@@ -286,7 +287,7 @@ pub fn reply(u: &mut Unstructured<'_>) -> Result<ControlReply> {
 
 /// A request (device → driver).
 pub fn request(u: &mut Unstructured<'_>) -> Result<RequestMsg> {
-    Ok(match u.int_in_range(0u8..=3)? {
+    Ok(match u.int_in_range(0u8..=4)? {
         0 => {
             let sampling = SamplingParams {
                 temperature: f32_in(u, 0.0, spec::MAX_TEMPERATURE)?,
@@ -327,6 +328,15 @@ pub fn request(u: &mut Unstructured<'_>) -> Result<RequestMsg> {
         2 => RequestMsg::Preempt(PreemptRequest {
             request_id: u.arbitrary()?,
         }),
+        3 => RequestMsg::Embed(EmbedRequest {
+            request_id: u.arbitrary()?,
+            model_id: u.arbitrary()?,
+            prompt: if u.arbitrary()? {
+                Prompt::Tokens(u32_list(u, 2048, spec::MAX_TOKEN_ID)?)
+            } else {
+                Prompt::Text(String::from_utf8_lossy(bytes(u, 4096)?).into_owned())
+            },
+        }),
         _ => RequestMsg::Echo(EchoRequest {
             request_id: u.arbitrary()?,
             data: bytes(u, spec::MAX_ECHO_BYTES)?.to_vec(),
@@ -336,7 +346,7 @@ pub fn request(u: &mut Unstructured<'_>) -> Result<RequestMsg> {
 
 /// A response (driver → device).
 pub fn response(u: &mut Unstructured<'_>) -> Result<ResponseMsg> {
-    Ok(match u.int_in_range(0u8..=3)? {
+    Ok(match u.int_in_range(0u8..=4)? {
         0 => ResponseMsg::Tokens(Tokens {
             logprobs: Default::default(),
             request_id: u.arbitrary()?,
@@ -365,6 +375,14 @@ pub fn response(u: &mut Unstructured<'_>) -> Result<ResponseMsg> {
                 prompt_ns: u.arbitrary()?,
                 generation_ns: u.arbitrary()?,
             },
+        }),
+        3 => ResponseMsg::Embedding(Embedding {
+            request_id: u.arbitrary()?,
+            prompt_tokens: near(u, 0, spec::MAX_CONTEXT_LEN + 1)?,
+            prompt_ns: u.arbitrary()?,
+            values: (0..near(u, 0, spec::MAX_EMBEDDING_DIM as u32 + 1)?)
+                .map(|_| u.arbitrary())
+                .collect::<Result<Vec<f32>>>()?,
         }),
         _ => ResponseMsg::Echo(EchoReply {
             request_id: u.arbitrary()?,

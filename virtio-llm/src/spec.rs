@@ -45,6 +45,10 @@ pub mod feature {
     /// prompt (penalties, logit bias, logprobs; `wire::options`), and a `Tokens` may carry
     /// each token's logprob and the most likely alternatives when the request asked.
     pub const OPTIONS: u32 = 9;
+    /// Embeddings: the device may send `EmbedRequest`s, answered with the pooled,
+    /// L2-normalised final hidden state of the prompt (`Embedding`), on a KV cache the
+    /// driver frees afterwards (`wire::embed`).
+    pub const EMBED: u32 = 10;
     /// Standard virtio 1.x device (VIRTIO_F_VERSION_1); required.
     pub const VERSION_1: u32 = 32;
     /// The device reaches only the shared window (VIRTIO_F_ACCESS_PLATFORM); required, so the
@@ -179,6 +183,10 @@ pub const MAX_TOKEN_ID: u32 = 1 << 24;
 pub const MAX_TEMPERATURE: f32 = 100.0;
 /// Largest repeat penalty.
 pub const MAX_REPEAT_PENALTY: f32 = 100.0;
+/// Values in one `Embedding`: the widest model's embedding width with room to spare
+/// (Llama 3 70B is 8192), and small enough that the largest answer fits one 68 KiB
+/// response buffer.
+pub const MAX_EMBEDDING_DIM: usize = 16 * 1024;
 /// Bytes of one `EchoRequest`/`EchoReply` (a diagnostic round trip).
 pub const MAX_ECHO_BYTES: usize = 64 * 1024;
 /// Ranges in one `RelinquishReport`.

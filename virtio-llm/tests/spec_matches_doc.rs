@@ -10,7 +10,7 @@ use virtio_llm::spec::feature;
 use virtio_llm::wire::control::{self, Ack, StatsReply};
 use virtio_llm::wire::request::{self, CancelRequest, PreemptRequest};
 use virtio_llm::wire::response::{self, EndOfStream, StopReason, Timings};
-use virtio_llm::wire::{echo, memory, probe, sealed_session};
+use virtio_llm::wire::{echo, embed, memory, probe, sealed_session};
 
 const SPEC: &str = include_str!("../../docs/virtio-llm.md");
 
@@ -57,6 +57,8 @@ fn message_types_match_the_spec_table() {
         ("CancelRequest", request::msg_type::CANCEL),
         ("PreemptRequest", request::msg_type::PREEMPT),
         ("EchoRequest", echo::msg_type::ECHO_REQUEST),
+        ("EmbedRequest", embed::msg_type::EMBED),
+        ("Embedding", embed::msg_type::EMBEDDING),
         ("Tokens", response::msg_type::TOKENS),
         ("Error", response::msg_type::ERROR),
         ("EndOfStream", response::msg_type::END_OF_STREAM),
@@ -115,6 +117,7 @@ fn feature_bits_match_the_spec_table() {
         ("VIRTIO_LLM_F_SEALED_SESSION", feature::SEALED_SESSION),
         ("VIRTIO_LLM_F_KV_REUSE", feature::KV_REUSE),
         ("VIRTIO_LLM_F_OPTIONS", feature::OPTIONS),
+        ("VIRTIO_LLM_F_EMBED", feature::EMBED),
         ("VIRTIO_F_VERSION_1", feature::VERSION_1),
         ("VIRTIO_F_ACCESS_PLATFORM", feature::ACCESS_PLATFORM),
     ]);

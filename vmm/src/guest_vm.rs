@@ -78,6 +78,11 @@ pub enum GuestError {
          VIRTIO_LLM_F_OPTIONS); rebuild the guest images with `make image`"
     )]
     NoOptions,
+    #[error(
+        "the guest engine computes no embeddings (it did not accept VIRTIO_LLM_F_EMBED); \
+         rebuild the guest images with `make image`"
+    )]
+    NoEmbeddings,
 }
 
 /// How the host stops a running request early.
@@ -89,6 +94,7 @@ pub enum Interrupt {
     Preempt,
 }
 
+mod embed;
 mod generation;
 pub mod request_watch;
 mod sealed_load;

@@ -35,6 +35,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/models/{id}", get(super::models_api::model))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route(
+            "/v1/embeddings",
+            post(super::embeddings::openai::embeddings),
+        )
         .route("/v1/flexserve/guest", get(super::sealed_api::guest))
         .merge(super::ollama::routes())
         .fallback(not_found)

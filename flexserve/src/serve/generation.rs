@@ -229,6 +229,7 @@ pub async fn submit(
         arrived,
         boot_only: false,
         keep_alive: req.keep_alive,
+        embed: None,
     };
     s.queue
         .submit(client, job)
@@ -307,7 +308,7 @@ fn context_for(model: &ServedModel, num_ctx: Option<u32>) -> Result<u32, ApiErro
 }
 
 /// The answer to a job the queue did not take.
-fn rejected(s: &Shared, why: Rejected) -> ApiError {
+pub(super) fn rejected(s: &Shared, why: Rejected) -> ApiError {
     let retry_after = s.config.retry_after_secs;
     match why {
         Rejected::Full => ApiError::QueueFull { retry_after },

@@ -20,6 +20,7 @@ pub mod config;
 pub mod config_access;
 pub mod conn_limits;
 pub mod deadlines;
+pub mod embeddings;
 pub mod error;
 pub mod generation;
 pub mod guard;

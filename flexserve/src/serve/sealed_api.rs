@@ -52,6 +52,7 @@ async fn boot(s: &Arc<Shared>, who: Principal) -> Result<(), ApiError> {
         cancel: Arc::new(AtomicBool::new(false)),
         arrived: Instant::now(),
         boot_only: true,
+        embed: None,
         keep_alive: None,
     };
     let client = ClientKey {

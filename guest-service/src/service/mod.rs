@@ -18,13 +18,14 @@
 //!
 //! This file holds the state and the main loop's step; `control.rs` serves control
 //! commands, `generation.rs` runs requests (with `token_stream.rs` between tokens and
-//! `token_pacer.rs` deciding when tokens go out), `budget.rs` lives within the memory
+//! `token_pacer.rs` deciding when tokens go out), `embed.rs` serves embeddings, `budget.rs` lives within the memory
 //! budget, `probe.rs` answers test-only memory probes.
 #![forbid(unsafe_code)]
 
 mod budget;
 mod constraint;
 mod control;
+mod embed;
 mod generation;
 mod pipeline;
 mod prefix_cache;
@@ -167,6 +168,8 @@ pub struct Service {
     sealed_sessions: bool,
     /// The device negotiated `feature::OPTIONS` (requests may carry an options trailer).
     options: bool,
+    /// The device negotiated `feature::EMBED` (`EmbedRequest`s).
+    embeddings: bool,
 }
 
 impl Service {
@@ -188,6 +191,7 @@ impl Service {
             guest_text: features & (1 << feature::GUEST_TEXT) != 0,
             sealed_sessions: features & (1 << feature::SEALED_SESSION) != 0,
             options: features & (1 << feature::OPTIONS) != 0,
+            embeddings: features & (1 << feature::EMBED) != 0,
             #[cfg(feature = "probes")]
             canary: None,
             canary_block: (0, 0),
@@ -290,6 +294,7 @@ impl Service {
     ) -> Result<(), DriverError> {
         match req {
             RequestMsg::Generate(g) => self.generate(g, driver, par, env),
+            RequestMsg::Embed(e) => self.embed(e, driver, par, env),
             // Nothing is running now: a cancel or preempt for an unknown or finished request
             // is a no-op.
             RequestMsg::Cancel(_) | RequestMsg::Preempt(_) => Ok(()),

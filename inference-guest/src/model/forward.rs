@@ -78,7 +78,7 @@ impl Model<'_> {
         Ok(())
     }
 
-    fn forward(&self) -> Forward<'_> {
+    pub(super) fn forward(&self) -> Forward<'_> {
         Forward {
             cfg: &self.cfg,
             kernels: &self.kernels,
@@ -294,6 +294,15 @@ impl Forward<'_> {
             }],
         );
         buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
+    }
+
+    /// The final norm of all `t` positions of the batch: the hidden states an embedding
+    /// pools, `[t][n_embd]` (what the output product would read).
+    pub(super) fn final_norm<'b>(&self, buf: &'b mut Buffers, norm: &[f32], t: usize) -> &'b [f32] {
+        let e = self.cfg.n_embd;
+        let xb = sized(&mut buf.xb, t * e);
+        rms_norm_rows(&buf.x[..t * e], norm, self.cfg.rms_eps, xb);
+        xb
     }
 
     /// The final norm and the output product for the positions `want` asks logits for.

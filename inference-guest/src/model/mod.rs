@@ -10,6 +10,7 @@
 
 mod attention;
 mod config;
+mod embedding;
 mod error;
 mod forward;
 mod kv_cache;

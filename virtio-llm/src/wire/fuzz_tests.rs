@@ -32,6 +32,9 @@ fn seed_frames() -> Vec<Vec<u8>> {
     for m in memory::tests::samples() {
         push(&|o| m.encode(o).unwrap());
     }
+    for m in crate::wire::embed::tests::samples() {
+        push(&|o| m.encode(o).unwrap());
+    }
     frames
 }
 

@@ -10,6 +10,7 @@ pub mod codec;
 mod constraint;
 pub mod control;
 pub mod echo;
+pub mod embed;
 pub mod memory;
 pub mod options;
 pub mod probe;

@@ -294,36 +294,41 @@ impl Message<'_> for GenerateRequest {
     fn validate(&self) -> Result<(), WireError> {
         self.sampling.validate()?;
         self.options.validate()?;
-        match &self.prompt {
-            Prompt::Tokens(t) => {
-                check_len("prompt tokens", t.len(), MAX_PROMPT_TOKENS)?;
-                ensure(!t.is_empty(), "prompt_len", 0)?;
-                match t.iter().find(|&&id| id >= MAX_TOKEN_ID) {
-                    Some(&id) => ensure(false, "prompt token", id.into()),
-                    None => Ok(()),
-                }
+        validate_prompt(&self.prompt)
+    }
+}
+
+/// Checks a prompt's lengths and token ids against the protocol's limits.
+pub(crate) fn validate_prompt(prompt: &Prompt) -> Result<(), WireError> {
+    match prompt {
+        Prompt::Tokens(t) => {
+            check_len("prompt tokens", t.len(), MAX_PROMPT_TOKENS)?;
+            ensure(!t.is_empty(), "prompt_len", 0)?;
+            match t.iter().find(|&&id| id >= MAX_TOKEN_ID) {
+                Some(&id) => ensure(false, "prompt token", id.into()),
+                None => Ok(()),
             }
-            Prompt::Text(s) => {
-                check_len("prompt text", s.len(), MAX_PROMPT_TEXT_BYTES)?;
-                ensure(!s.is_empty(), "prompt_len", 0)
-            }
-            Prompt::Chat(turns) => {
-                check_len("prompt chat", chat_wire_len(turns), MAX_PROMPT_TEXT_BYTES)?;
-                check_len("chat messages", turns.len(), MAX_CHAT_MESSAGES)?;
-                ensure(!turns.is_empty(), "prompt_len", 0)
-            }
-            Prompt::Sealed(p) => {
-                check_len("sealed model name", p.model.len(), MAX_MODEL_NAME_BYTES)?;
-                check_len("sealed request", p.request.len(), MAX_SEALED_REQUEST_BYTES)?;
-                ensure(!p.request.is_empty(), "prompt_len", 0)
-            }
-            Prompt::Continue => Ok(()),
         }
+        Prompt::Text(s) => {
+            check_len("prompt text", s.len(), MAX_PROMPT_TEXT_BYTES)?;
+            ensure(!s.is_empty(), "prompt_len", 0)
+        }
+        Prompt::Chat(turns) => {
+            check_len("prompt chat", chat_wire_len(turns), MAX_PROMPT_TEXT_BYTES)?;
+            check_len("chat messages", turns.len(), MAX_CHAT_MESSAGES)?;
+            ensure(!turns.is_empty(), "prompt_len", 0)
+        }
+        Prompt::Sealed(p) => {
+            check_len("sealed model name", p.model.len(), MAX_MODEL_NAME_BYTES)?;
+            check_len("sealed request", p.request.len(), MAX_SEALED_REQUEST_BYTES)?;
+            ensure(!p.request.is_empty(), "prompt_len", 0)
+        }
+        Prompt::Continue => Ok(()),
     }
 }
 
 /// A prompt's `prompt_kind` and its length on the wire (ids for tokens, bytes otherwise).
-fn prompt_kind_len(prompt: &Prompt) -> (u8, usize) {
+pub(crate) fn prompt_kind_len(prompt: &Prompt) -> (u8, usize) {
     match prompt {
         Prompt::Tokens(t) => (PROMPT_TOKENS, t.len()),
         Prompt::Text(s) => (PROMPT_TEXT, s.len()),
@@ -468,6 +473,8 @@ pub enum RequestMsg {
     Preempt(PreemptRequest),
     /// See [`EchoRequest`](crate::wire::echo::EchoRequest).
     Echo(crate::wire::echo::EchoRequest),
+    /// See [`EmbedRequest`](crate::wire::embed::EmbedRequest).
+    Embed(crate::wire::embed::EmbedRequest),
 }
 
 impl RequestMsg {
@@ -479,6 +486,7 @@ impl RequestMsg {
             msg_type::CANCEL => Self::Cancel(decode_checked(r)?),
             msg_type::PREEMPT => Self::Preempt(decode_checked(r)?),
             crate::wire::echo::msg_type::ECHO_REQUEST => Self::Echo(decode_checked(r)?),
+            crate::wire::embed::msg_type::EMBED => Self::Embed(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -490,6 +498,7 @@ impl RequestMsg {
             Self::Cancel(m) => m.encode(out),
             Self::Preempt(m) => m.encode(out),
             Self::Echo(m) => m.encode(out),
+            Self::Embed(m) => m.encode(out),
         }
     }
 }

@@ -127,10 +127,10 @@ fn every_truncation_fails_and_trailing_bytes_are_rejected() {
 #[test]
 fn unknown_type_is_rejected() {
     let mut buf = frame(2);
-    buf[0..2].copy_from_slice(&0x0305u16.to_le_bytes());
+    buf[0..2].copy_from_slice(&0x0306u16.to_le_bytes());
     assert_eq!(
         RequestMsg::decode(&buf),
-        Err(WireError::UnknownType(0x0305))
+        Err(WireError::UnknownType(0x0306))
     );
 }
 

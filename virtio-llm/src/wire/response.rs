@@ -319,6 +319,8 @@ pub enum ResponseMsg {
     EndOfStream(EndOfStream),
     /// See [`EchoReply`](crate::wire::echo::EchoReply).
     Echo(crate::wire::echo::EchoReply),
+    /// See [`Embedding`](crate::wire::embed::Embedding).
+    Embedding(crate::wire::embed::Embedding),
 }
 
 impl ResponseMsg {
@@ -330,6 +332,7 @@ impl ResponseMsg {
             msg_type::ERROR => Self::Error(decode_checked(r)?),
             msg_type::END_OF_STREAM => Self::EndOfStream(decode_checked(r)?),
             crate::wire::echo::msg_type::ECHO_REPLY => Self::Echo(decode_checked(r)?),
+            crate::wire::embed::msg_type::EMBEDDING => Self::Embedding(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -341,6 +344,7 @@ impl ResponseMsg {
             Self::Error(m) => m.encode(out),
             Self::EndOfStream(m) => m.encode(out),
             Self::Echo(m) => m.encode(out),
+            Self::Embedding(m) => m.encode(out),
         }
     }
 }

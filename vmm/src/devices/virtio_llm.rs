@@ -408,6 +408,7 @@ impl VirtioDevice for VirtioLlm {
             | 1 << feature::GUEST_TEXT
             | u64::from(self.kv_reuse) << feature::KV_REUSE
             | 1 << feature::OPTIONS
+            | 1 << feature::EMBED
             | diagnostics
     }
 

@@ -1,14 +1,15 @@
 //! Ollama's API beside OpenAI's, on the same guards, queue and guest: `/api/chat` and
 //! `/api/generate` (streamed as newline-delimited JSON unless `"stream": false`),
 //! `/api/tags`, `/api/ps`, `/api/show`, `/api/version`, and `/api/embed` /
-//! `/api/embeddings` answered 501 until embeddings exist. Errors are Ollama's
+//! `/api/embeddings` (the embeddings path of the OpenAI route). Errors are Ollama's
 //! `{"error": "..."}`.
 //!
 //! `request.rs` the chat and generate bodies (and the fields refused until they are built),
 //! `options.rs` the `options` object, `json.rs` field helpers, `response.rs` the answer and
-//! error shapes, `generate.rs` the generation routes, `models.rs` the others, `time.rs`
+//! error shapes, `generate.rs` the generation routes, `embed.rs` the embedding routes, `models.rs` the others, `time.rs`
 //! RFC 3339 timestamps.
 
+mod embed;
 mod generate;
 mod json;
 mod models;
@@ -35,8 +36,8 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/api/ps", get(models::ps))
         .route("/api/show", post(models::show))
         .route("/api/version", get(models::version))
-        .route("/api/embed", post(models::embed))
-        .route("/api/embeddings", post(models::embed))
+        .route("/api/embed", post(embed::embed))
+        .route("/api/embeddings", post(embed::embeddings))
 }
 
 /// Whether `path` is one of Ollama's, whose errors take Ollama's shape.

@@ -1,5 +1,4 @@
-//! `/api/tags`, `/api/ps`, `/api/show`, `/api/version`, and `/api/embed` /
-//! `/api/embeddings` (not built yet: a 501 that says so). The models' metadata is the
+//! `/api/tags`, `/api/ps`, `/api/show`, `/api/version`. The models' metadata is the
 //! catalogue's, as `/v1/models` shows it; which are resident is the worker's.
 
 use super::json::{obj, string};
@@ -29,13 +28,6 @@ const NEVER: Duration = Duration::from_secs(253_402_300_799); // 9999-12-31T23:5
 
 pub async fn version() -> Response {
     json_response(StatusCode::OK, &json!({"version": OLLAMA_API_VERSION}))
-}
-
-pub async fn embed() -> Response {
-    json_response(
-        StatusCode::NOT_IMPLEMENTED,
-        &json!({"error": "embeddings are not supported yet by this server"}),
-    )
 }
 
 /// Every model of the directory that can be read (a file that cannot is left out here;

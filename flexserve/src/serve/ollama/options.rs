@@ -81,7 +81,10 @@ const REFUSED: [(&str, &str); 19] = [
     ("vocab_only", "the model is always loaded whole"),
     ("use_mmap", "the model is streamed into the guest"),
     ("use_mlock", "the model is streamed into the guest"),
-    ("embedding_only", "embeddings are not supported yet"),
+    (
+        "embedding_only",
+        "embeddings have their own routes (`/api/embed`)",
+    ),
     (
         "num_thread",
         "the guest's vCPUs are the daemon's (`guest.vcpus`)",

@@ -8,8 +8,11 @@
 //! guest. While nothing runs it unloads the models idle longer than their keep-alive and
 //! stops the guest once none is left (`idle.rs`).
 
+mod embed;
 mod guest;
 mod idle;
+
+pub use embed::{EmbedWork, Embedded};
 
 use super::Shared;
 use super::error::ApiError;
@@ -62,6 +65,9 @@ pub struct Job {
     pub boot_only: bool,
     /// How long its model stays resident once it ends (`None`: `models.keep_alive`).
     pub keep_alive: Option<KeepAlive>,
+    /// An embedding job (`prompt`, `sampling` and `options` unused): its inputs and where
+    /// the vectors go.
+    pub embed: Option<EmbedWork>,
 }
 
 /// A job with an open session in the guest, between two slices.
@@ -223,13 +229,14 @@ impl Worker {
 
     /// Opens a session for `job` (booting the guest or loading its model if needed; `busy`:
     /// the guest models with requests in flight).
-    fn admit(&mut self, job: Job, busy: &[u32]) -> Admission {
+    fn admit(&mut self, mut job: Job, busy: &[u32]) -> Admission {
         let shared = self.shared.clone();
         let m = &shared.metrics;
         if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
             m.request(Outcome::Cancelled);
             return Admission::Over;
         }
+        let loading = Instant::now();
         let guest_model = match self.ensure(&job.model, busy) {
             Ok(Ready::Model(id)) => id,
             // Nothing in flight to wait for: `Residency` never asks that.
@@ -252,6 +259,9 @@ impl Worker {
         if job.boot_only {
             let _ = job.events.send(Event::Booted);
             return Admission::Over;
+        }
+        if let Some(work) = job.embed.take() {
+            return self.embed(job, work, guest_model, loading.elapsed());
         }
         let Some(running) = self.vm.as_mut() else {
             self.fail_lost(job);
