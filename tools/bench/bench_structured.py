@@ -2,15 +2,16 @@
 """make bench-structured: what structured output costs in decode speed.
 
 One daemon, the `ollama` client (its answers carry the guest's `eval_count` and
-`eval_duration`), greedy, alternating for --rounds rounds between:
-  free     the prompt unconstrained;
+`eval_duration`), greedy. For --rounds rounds, each constrained answer is followed by an
+unconstrained one of the same length cap (`num_predict` = the tokens the constrained one
+took), so both decode the same number of tokens from the same prompt (decode slows as the
+context grows: answers of different lengths would not compare):
   object   `format: "json"` (any JSON object: strings unbounded, so most steps reuse the
            grammar's cached mask);
   schema   `format: <schema>` with bounded strings, an enum and an integer (a string with
            `maxLength` walks the vocabulary on every token: the grammar's worst case).
-Reported per mode: decode tokens/s (eval_count / eval_duration, median over rounds), its
-ratio to `free` in the same run (the issue's target: >= 0.9x), and the time the grammar adds
-per token (1/rate - 1/free_rate).
+Reported per mode: decode tokens/s constrained and free (medians over rounds), their ratio
+(the issue's target: >= 0.9x), and the time the grammar adds per token (1/rate - 1/free).
 
 The last line printed is one JSON object: {"bench":"structured", ...}.
 """
@@ -67,8 +68,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=300)
     a = ap.parse_args()
-    modes = {"free": None, "object": "json", "schema": SCHEMA}
-    rates = {m: [] for m in modes}
+    modes = {"object": "json", "schema": SCHEMA}
+    rates = {m: ([], []) for m in modes}
     counts = {m: [] for m in modes}
     tmp = tempfile.mkdtemp(prefix="bench-structured-")
     port = free_port()
@@ -79,20 +80,23 @@ def main():
         for r in range(a.rounds):
             for m, fmt in modes.items():
                 n, secs = one(c, model, fmt, a.tokens)
-                rates[m].append(n / secs)
+                free_n, free_secs = one(c, model, None, n)
+                rates[m][0].append(n / secs)
+                rates[m][1].append(free_n / free_secs)
                 counts[m].append(n)
-                print(f"round {r + 1} {m:7s} {n:4d} tokens {n / secs:7.1f} tok/s", flush=True)
+                print(f"round {r + 1} {m:7s} {n:4d} tokens {n / secs:7.1f} tok/s, "
+                      f"free {free_n:4d} tokens {free_n / free_secs:7.1f} tok/s", flush=True)
     finally:
         stop(proc, tmp)
-    free = statistics.median(rates["free"])
     out = {"bench": "structured", "model": os.path.basename(a.model), "rounds": a.rounds}
     for m in modes:
-        rate = statistics.median(rates[m])
-        out[m] = {"tok_s": round(rate, 1), "tokens": statistics.median(counts[m]),
-                  "ratio": round(rate / free, 3),
-                  "added_ms_per_token": round(1000 * (1 / rate - 1 / free), 3)}
-        print(f"{m:7s} {rate:7.1f} tok/s  {rate / free:.2f}x free  "
-              f"+{1000 * (1 / rate - 1 / free):.2f} ms/token", flush=True)
+        rate, free = (statistics.median(x) for x in rates[m])
+        added = 1000 * (1 / rate - 1 / free)
+        out[m] = {"tok_s": round(rate, 1), "free_tok_s": round(free, 1),
+                  "tokens": statistics.median(counts[m]), "ratio": round(rate / free, 3),
+                  "added_ms_per_token": round(added, 3)}
+        print(f"{m:7s} {rate:7.1f} tok/s vs free {free:7.1f}: {rate / free:.2f}x, "
+              f"{added:+.2f} ms/token", flush=True)
     print(json.dumps(out))
 
 
