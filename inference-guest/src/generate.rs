@@ -50,21 +50,13 @@ pub fn generate(
     is_eog: &dyn Fn(u32) -> bool,
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<GenerateOutcome, ModelError> {
-    token_loop(
-        &mut |s, tokens| s.eval(model, tokens, Logits::Last, par),
-        session,
-        sampler,
-        req,
-        is_eog,
-        on_token,
-        None,
-    )
+    generate_constrained(model, session, sampler, par, req, is_eog, None, on_token)
 }
 
-/// [`generate`] with structured output: each step's logits are masked by `constraint`
-/// (tokens that would leave its grammar get −∞) before sampling, and the constraint advances
-/// on the chosen token. Generation ends at an end-of-generation token, which the mask allows
-/// only once the output is complete, or when no token is allowed any more.
+/// [`generate`] with structured output when `constraint` is given: each step's logits are
+/// masked by it (tokens that would leave its grammar get −∞) before sampling, and it
+/// advances on the chosen token. Generation ends at an end-of-generation token, which the
+/// mask allows only once the output is complete, or when no token is allowed any more.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_constrained(
     model: &Model<'_>,
@@ -73,7 +65,7 @@ pub fn generate_constrained(
     par: &dyn Parallel,
     req: &Generation<'_>,
     is_eog: &dyn Fn(u32) -> bool,
-    constraint: &mut Constrained<'_>,
+    constraint: Option<&mut Constrained<'_>>,
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<GenerateOutcome, ModelError> {
     token_loop(
@@ -83,7 +75,7 @@ pub fn generate_constrained(
         req,
         is_eog,
         on_token,
-        Some(constraint),
+        constraint,
     )
 }
 

@@ -53,7 +53,7 @@ fn constrained_outputs_are_json_of_the_schema() {
             &pool,
             &req,
             &|id| tok.is_end_of_generation(id),
-            &mut c,
+            Some(&mut c),
             &mut |id| {
                 out.push(id);
                 true

@@ -14,7 +14,7 @@ use inference_guest::constrain::{
     Constrained, Constraint, ConstraintState, Trigger, Vocab, compile_schema, grammar_vocab,
     json_object_grammar,
 };
-use inference_guest::generate::{GenerateOutcome, Generation, generate, generate_constrained};
+use inference_guest::generate::{GenerateOutcome, Generation, generate_constrained};
 use inference_guest::model::{Model, ModelError, Session};
 use inference_guest::parallel::Parallel;
 use inference_guest::sampler::Sampler;
@@ -146,8 +146,14 @@ pub(super) fn run_engine(
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<GenerateOutcome, ModelError> {
     let is_eog = |t: u32| end_ids.binary_search(&t).is_ok();
-    match constrained {
-        Some(c) => generate_constrained(model, session, sampler, par, req, &is_eog, c, on_token),
-        None => generate(model, session, sampler, par, req, &is_eog, on_token),
-    }
+    generate_constrained(
+        model,
+        session,
+        sampler,
+        par,
+        req,
+        &is_eog,
+        constrained,
+        on_token,
+    )
 }
