@@ -153,7 +153,7 @@ const CHOICES_PROMPT: &str = "Tell me about a lighthouse keeper named Ada.";
 
 fn choices_body(n: u32, seed: u64, extra: &str) -> String {
     let extra = format!(r#","temperature":1,"n":{n},"seed":{seed}{extra}"#);
-    chat_body(DEFAULT, CHOICES_PROMPT, 10, &extra).replace(r#""temperature":0,"#, "")
+    chat_body(DEFAULT, CHOICES_PROMPT, 6, &extra).replace(r#""temperature":0,"#, "")
 }
 
 /// The content of each choice of a streamed answer, in order of `index`; checks that each
