@@ -6,7 +6,8 @@ prints one JSON object on its last line.
   openai      the `openai` SDK: a forced tool call parsed into `tool_calls` (whole and
               streamed), its result sent back as a `tool` message and answered;
               `.parse()` with a Pydantic model; `json_object`; a seeded batch of
-              constrained answers at temperature 1, each validated against its schema
+              constrained answers at temperature 1, each validated against its schema;
+              `n: 2` streamed tool calls and `.parse()` choices, each choice its own
   langchain   LangChain's ChatOpenAI: `bind_tools(...).invoke(...)` returns the call,
               `with_structured_output(Model)` returns the object
 """
@@ -139,10 +140,35 @@ def structured(c, model, n, batch):
     return out
 
 
+def choices(c, model, n):
+    """`n` choices keep their own tool calls and their own response format."""
+    out = {}
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    calls, finishes = {}, {}
+    for chunk in c.chat.completions.create(model=model, messages=QUESTION, tools=[WEATHER, CLOCK],
+                                           tool_choice=named, temperature=0, max_tokens=n,
+                                           stream=True, n=2):
+        for ch in chunk.choices:
+            finishes[ch.index] = ch.finish_reason or finishes.get(ch.index)
+            for d in ch.delta.tool_calls or []:
+                cur = calls.setdefault((ch.index, d.index), {"id": "", "arguments": ""})
+                cur["id"] += d.id or ""
+                cur["arguments"] += d.function.arguments or ""
+    assert finishes == {0: "tool_calls", 1: "tool_calls"}, finishes
+    out["stream_args"] = [json.loads(calls[(i, 0)]["arguments"]) for i in range(2)]
+    out["stream_ids"] = [calls[(i, 0)]["id"] for i in range(2)]
+    prompt = [{"role": "user", "content": "Invent a pet and describe it as JSON."}]
+    r = c.chat.completions.parse(model=model, messages=prompt, response_format=Pet,
+                                 temperature=1.0, seed=0, max_tokens=n, n=2)
+    out["parsed"] = [ch.message.parsed.model_dump() for ch in r.choices]
+    return out
+
+
 def run_openai(a):
     c = client(a.base_url)
     return {"tools": tool_calls(c, a.model, a.max_tokens),
-            "structured": structured(c, a.model, a.max_tokens, a.batch)}
+            "structured": structured(c, a.model, a.max_tokens, a.batch),
+            "choices": choices(c, a.model, a.max_tokens)}
 
 
 def run_langchain(a):
