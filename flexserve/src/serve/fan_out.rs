@@ -8,6 +8,8 @@
 //! is exactly the answer `n: 1` gives with its seed. (Queued at once, the choices could
 //! run side by side, each evaluating the whole prompt.) Another client's request may run
 //! between two choices: the queue stays fair, and a kept cache it evicts costs one prefill.
+//! A later choice the queue refuses (full, or the client over its share) ends the answer
+//! with that error, as a failure in the middle of one choice does.
 
 use super::Shared;
 use super::error::ApiError;
