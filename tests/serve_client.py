@@ -8,7 +8,8 @@ on its last line.
   concurrent  N clients x M requests in threads (streamed and not, alternating), each client
               with its own prompt; plus one client that disconnects mid-stream
   sampling    logprobs (chat whole and streamed, completions), seeds drawn and returned,
-              penalties, many stop strings, max_tokens clamped, unsupported fields refused
+              penalties, many stop strings, max_tokens clamped, n choices, unsupported
+              fields refused
   bias        the first greedy token's bytes with --bias (a JSON logit_bias) applied
 """
 import argparse
@@ -197,6 +198,10 @@ def sampling(a):
                                   max_tokens=100000, extra_body={"ignore_eos": True})
     out["clamped_finish"] = r.choices[0].finish_reason
     out["clamped_tokens"] = r.usage.completion_tokens
+    r = c.chat.completions.create(model=a.model, messages=msgs, temperature=1, max_tokens=4,
+                                  n=3, seed=5)
+    out["n_indexes"] = [ch.index for ch in r.choices]
+    out["n_completion_tokens"] = r.usage.completion_tokens
     refused = {}
     # The deprecated `functions`; a schema outside the grammar compiler's subset.
     pattern = {"type": "json_schema",

@@ -2,7 +2,8 @@
 //! KVM, driven by the real clients (`make test-venv`, tests/tools_client.py): the `openai`
 //! SDK (a forced call parsed into `tool_calls`, whole and streamed, its result answered;
 //! `.parse()` with a Pydantic model; `json_object`; a seeded batch at temperature 1 whose
-//! every answer validates, beside an unconstrained answer that does not) and LangChain's
+//! every answer validates (three of them the choices of one `n` request), beside an
+//! unconstrained answer that does not; the streamed call with `n: 2`) and LangChain's
 //! `ChatOpenAI` (`bind_tools`, `with_structured_output`). Then the refusals: a schema
 //! outside the supported subset, a `tool_choice` naming no declared tool.
 
@@ -79,7 +80,14 @@ fn real_clients_get_tool_calls_and_structured_output() {
     d.stop();
 
     let tools = &openai["tools"];
-    assert_eq!(tools["args"], tools["stream_args"], "{tools}");
+    // Streamed with `n: 2`: each choice the same greedy call, under ids of its own.
+    let args = &tools["stream_args"];
+    assert_eq!(
+        (&args[0], &args[1]),
+        (&tools["args"], &tools["args"]),
+        "{tools}"
+    );
+    assert_ne!(tools["stream_ids"][0], tools["stream_ids"][1], "{tools}");
     assert!(tools["args"]["city"].is_string(), "{tools}");
     let after = tools["after_tool"].as_str().unwrap();
     assert!(!after.is_empty(), "the tool's result was answered: {tools}");

@@ -6,7 +6,9 @@ prints one JSON object on its last line.
   openai      the `openai` SDK: a forced tool call parsed into `tool_calls` (whole and
               streamed), its result sent back as a `tool` message and answered;
               `.parse()` with a Pydantic model; `json_object`; a seeded batch of
-              constrained answers at temperature 1, each validated against its schema
+              constrained answers at temperature 1 (the first three the choices of one
+              `n` request), each validated against its schema; the streamed call with
+              `n: 2`
   langchain   LangChain's ChatOpenAI: `bind_tools(...).invoke(...)` returns the call,
               `with_structured_output(Model)` returns the object
 """
@@ -76,20 +78,24 @@ def tool_calls(c, model, n):
     assert len(msg.tool_calls) >= 1, msg
     out["args"] = check_weather_call(msg.tool_calls[0])
     out["call_id"] = msg.tool_calls[0].id
-    # Streamed: the deltas add up to the same call.
-    calls, finish = {}, None
+    # Streamed, with two choices (`n`): each one's deltas add up to the same call (greedy),
+    # under ids of its own, and each choice finishes on its own.
+    calls, finish = {}, {}
     for chunk in c.chat.completions.create(model=model, messages=QUESTION, tools=[WEATHER, CLOCK],
                                            tool_choice=named, temperature=0, max_tokens=n,
-                                           stream=True):
+                                           stream=True, n=2):
         for ch in chunk.choices:
-            finish = ch.finish_reason or finish
+            finish[ch.index] = ch.finish_reason or finish.get(ch.index)
             for d in ch.delta.tool_calls or []:
-                cur = calls.setdefault(d.index, {"name": "", "arguments": ""})
+                cur = calls.setdefault((ch.index, d.index),
+                                       {"id": "", "name": "", "arguments": ""})
+                cur["id"] += d.id or ""
                 cur["name"] += d.function.name or ""
                 cur["arguments"] += d.function.arguments or ""
-    assert finish == "tool_calls", finish
-    out["stream_args"] = json.loads(calls[0]["arguments"])
-    assert calls[0]["name"] == "get_weather" and out["stream_args"] == out["args"], (calls, out)
+    assert finish == {0: "tool_calls", 1: "tool_calls"}, finish
+    out["stream_args"] = [json.loads(calls[(i, 0)]["arguments"]) for i in range(2)]
+    out["stream_ids"] = [calls[(i, 0)]["id"] for i in range(2)]
+    assert all(calls[(i, 0)]["name"] == "get_weather" for i in range(2)), calls
     # `required`: some call to a declared tool.
     r = c.chat.completions.create(model=model, messages=QUESTION, tools=[WEATHER, CLOCK],
                                   tool_choice="required", temperature=0, max_tokens=n)
@@ -122,13 +128,18 @@ def structured(c, model, n, batch):
                                   response_format={"type": "json_object"})
     assert isinstance(json.loads(r.choices[0].message.content), dict), r
     # A seeded batch at temperature 1: every answer validates (Pydantic checks the schema).
-    valid = []
-    for seed in range(batch):
+    # Its first three are the choices of one request (`n`; choice i samples with seed 0 + i,
+    # each held to the schema), the rest requests of their own.
+    r = c.chat.completions.parse(model=model, messages=prompt, response_format=Pet,
+                                 temperature=1.0, seed=0, max_tokens=n, n=3)
+    assert [ch.index for ch in r.choices] == [0, 1, 2], r
+    choices = r.choices
+    for seed in range(3, batch):
         r = c.chat.completions.parse(model=model, messages=prompt, response_format=Pet,
                                      temperature=1.0, seed=seed, max_tokens=n)
-        assert r.choices[0].finish_reason == "stop", r
-        valid.append(Pet.model_validate_json(r.choices[0].message.content).model_dump())
-    out["batch"] = valid
+        choices += r.choices
+    assert all(ch.finish_reason == "stop" for ch in choices), choices
+    out["batch"] = [Pet.model_validate_json(ch.message.content).model_dump() for ch in choices]
     # Positive control: the same prompt unconstrained does not give a valid Pet.
     r = c.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=n)
     try:

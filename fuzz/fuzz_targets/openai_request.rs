@@ -2,11 +2,12 @@
 //! (`/v1/chat/completions` and `/v1/completions`, `flexserve_sealed` included).
 //!
 //! Beyond "never panics": what it accepts is inside the limits the rest of the daemon
-//! relies on: `max_tokens` in 1..=limit, at most 64 non-empty stop strings, sampling
-//! values in their documented ranges (finite), options the wire takes, a non-empty prompt;
-//! and every refusal has a message to show.
+//! relies on: `max_tokens` in 1..=limit, `n` in 1..=8 (1 on a sealed request), at most 64
+//! non-empty stop strings, sampling values in their documented ranges (finite), options
+//! the wire takes, a non-empty prompt; and every refusal has a message to show.
 #![no_main]
 
+use flexserve::serve::openai::choices::MAX_CHOICES;
 use flexserve::serve::openai::{GenRequest, Input, parse_chat, parse_completion};
 use libfuzzer_sys::fuzz_target;
 
@@ -24,6 +25,10 @@ fuzz_target!(|data: &[u8]| {
 fn check(r: &GenRequest) {
     if let Some(n) = r.max_tokens {
         assert!((1..=LIMIT).contains(&n), "max_tokens {n}");
+    }
+    assert!((1..=u32::from(MAX_CHOICES)).contains(&r.n), "n {}", r.n);
+    if matches!(r.input, Input::Sealed(_)) {
+        assert_eq!(r.n, 1, "a sealed request with n {}", r.n);
     }
     assert!(r.stop.len() <= 64, "{} stop strings", r.stop.len());
     assert!(r.options.validate().is_ok(), "options {:?}", r.options);

@@ -289,6 +289,20 @@ mod tests {
     }
 
     #[test]
+    fn more_than_one_choice_is_refused_not_dropped() {
+        let (_, v) = guest();
+        let info = GuestInfo::from_json(&v).unwrap();
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#;
+        assert!(matches!(
+            seal(Endpoint::Chat, body, &info),
+            Err(SealError::Invalid(ApiError::Invalid {
+                param: Some("n"),
+                ..
+            }))
+        ));
+    }
+
+    #[test]
     fn tools_and_formats_are_refused_not_dropped() {
         let (_, v) = guest();
         let info = GuestInfo::from_json(&v).unwrap();

@@ -3,13 +3,14 @@
 
 use super::Shared;
 use super::error::ApiError;
-use super::generation::{self, Pending, Piece};
+use super::fan_out::Choices;
+use super::generation::{self, Piece};
 use super::listen::ConnId;
 use super::metrics::GuestState;
-use super::openai::tools;
 use super::openai::{
     Answer, Endpoint, Input, Logprobs, SEED_HEADER, Usage, json_response, with_logprobs,
 };
+use super::openai::{choices, tools};
 use super::scheduler::Principal;
 use super::sealed_api::{self, SealedPending};
 use axum::Router;
@@ -19,7 +20,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -126,7 +127,7 @@ async fn generate(
             Endpoint::Chat => super::openai::parse_chat(&body, limit)?,
             Endpoint::Completion => super::openai::parse_completion(&body, limit)?,
         };
-        generation::submit(&s, conn, endpoint, req, None, arrived).await
+        generation::submit(&s, conn.clone(), endpoint, req, None, arrived).await
     };
     let pending = match queued.await {
         Ok(p) => p,
@@ -150,10 +151,12 @@ async fn generate(
             sealed_api::whole(answer, sealed).await
         };
     }
-    if pending.req.stream {
-        stream(answer, pending)
+    let stream_it = pending.req.stream;
+    let choices = Choices::new(s, conn, endpoint, pending);
+    if stream_it {
+        stream(answer, choices)
     } else {
-        whole(answer, pending).await
+        whole(answer, choices).await
     }
 }
 
@@ -168,47 +171,63 @@ pub(super) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Ap
     })
 }
 
-/// The whole answer with its logprobs, tool calls and seed (in the body and `SEED_HEADER`).
-fn whole_answer(answer: &Answer, p: &mut Pending, text: &str, finish: &str, u: Usage) -> Response {
-    let mut v = answer.full(text, finish, u);
+/// One choice of a whole answer, numbered, with its logprobs and tool calls.
+fn whole_choice(answer: &Answer, c: &mut Choices, text: &str, finish: &str) -> Value {
+    let p = &mut c.current;
+    let mut v = answer.full(text, finish, Usage::default());
     v = with_logprobs(v, p.logprobs.as_mut().map(Logprobs::take));
+    let id = choices::call_prefix(&answer.id, c.index);
     if let (Some(format), Some(t)) = (p.tool_format, &p.req.tools)
-        && let Some(calls) = tools::answer_calls(format, t, text, &format!("call_{}", answer.id))
+        && let Some(calls) = tools::answer_calls(format, t, text, &id)
     {
         tools::into_full(&mut v, calls);
     }
-    v["seed"] = p.seed.into();
-    let mut r = json_response(StatusCode::OK, &v);
-    r.headers_mut()
-        .insert(SEED_HEADER, axum::http::HeaderValue::from(p.seed));
-    r
+    choices::choice_of(v, c.index)
 }
 
-/// A non-streaming answer: wait for the end, then one JSON object.
-async fn whole(answer: Answer, mut p: Pending) -> Response {
-    let mut text = String::new();
+/// A non-streaming answer: each choice to its end in turn, then one JSON object with
+/// their usage and the seed (in the body and `SEED_HEADER`).
+async fn whole(answer: Answer, mut c: Choices) -> Response {
+    let mut done = Vec::new();
     loop {
-        match p.next_piece().await {
-            Piece::Text(piece) => text.push_str(&piece),
-            Piece::End(end) => {
-                text.push_str(&end.text);
-                return whole_answer(&answer, &mut p, &text, end.finish, end.usage);
+        let mut text = String::new();
+        let end = loop {
+            match c.current.next_piece().await {
+                Piece::Text(piece) => text.push_str(&piece),
+                Piece::End(end) => break end,
+                Piece::Failed(e) => return e.into_response(),
             }
-            Piece::Failed(e) => return e.into_response(),
+        };
+        text.push_str(&end.text);
+        c.ended(end.usage);
+        done.push(whole_choice(&answer, &mut c, &text, end.finish));
+        if c.is_last() {
+            break;
+        }
+        if let Err(e) = c.advance().await {
+            return e.into_response();
         }
     }
+    let mut v = choices::gathered(answer.full("", "stop", c.usage()), done, c.usage());
+    v["seed"] = c.seed.into();
+    let mut r = json_response(StatusCode::OK, &v);
+    r.headers_mut()
+        .insert(SEED_HEADER, axum::http::HeaderValue::from(c.seed));
+    r
 }
 
 fn sse(v: &serde_json::Value) -> String {
     format!("data: {v}\n\n")
 }
 
-/// The state of one event stream.
+/// The state of one event stream: the choices' chunks one choice after another, each
+/// carrying its choice's `index`.
 struct Streaming {
     answer: Answer,
-    p: Pending,
+    c: Choices,
     /// The prose of an answer that may make tool calls, held back where it may be a call.
     calls: Option<tools::ToolStream>,
+    /// Whether the running choice's first chunk (chat: its role) is out.
     started: bool,
     done: bool,
 }
@@ -221,18 +240,24 @@ impl Streaming {
         }
         if !self.started && self.answer.endpoint == Endpoint::Chat {
             self.started = true;
-            return Some(sse(&self.answer.chunk(Some(""), true, None, None)));
+            return Some(self.sse(self.answer.chunk(Some(""), true, None, None)));
         }
-        match self.p.next_piece().await {
+        match self.c.current.next_piece().await {
             Piece::Text(text) => {
                 let text = match self.calls.as_mut() {
                     Some(calls) => calls.push(&text).unwrap_or_default(),
                     None => text,
                 };
                 let chunk = self.answer.chunk(Some(&text), false, None, None);
-                Some(sse(&self.with_pending_logprobs(chunk)))
+                let chunk = self.with_pending_logprobs(chunk);
+                Some(self.sse(chunk))
             }
-            Piece::End(end) => Some(self.last(end.text, end.finish, end.usage)),
+            Piece::End(end) => {
+                self.c.ended(end.usage);
+                let mut out = self.last(end.text, end.finish);
+                out.push_str(&self.next_choice().await);
+                Some(out)
+            }
             Piece::Failed(e) => {
                 self.done = true;
                 Some(sse(&e.body()))
@@ -240,21 +265,26 @@ impl Streaming {
         }
     }
 
+    /// `chunk` as an event of the running choice.
+    fn sse(&self, chunk: Value) -> String {
+        sse(&choices::numbered(chunk, self.c.index))
+    }
+
     /// `chunk` with the logprobs of the tokens since the last chunk, if any wait.
-    fn with_pending_logprobs(&mut self, chunk: serde_json::Value) -> serde_json::Value {
-        let pending = self.p.logprobs.as_mut().filter(|lp| !lp.is_empty());
+    fn with_pending_logprobs(&mut self, chunk: Value) -> Value {
+        let pending = self.c.current.logprobs.as_mut().filter(|lp| !lp.is_empty());
         with_logprobs(chunk, pending.map(Logprobs::take))
     }
 
-    /// The last text, the chunk with the finish reason and usage, and `[DONE]`.
-    fn last(&mut self, text: String, finish: &str, usage: Usage) -> String {
-        self.done = true;
+    /// A choice's last text and its chunk with the finish reason (and, on the last
+    /// choice's, the usage of all).
+    fn last(&mut self, text: String, finish: &str) -> String {
         let mut out = String::new();
         let (text, calls) = match self.calls.take() {
             Some(mut stream) => {
                 let sendable = stream.push(&text).unwrap_or_default();
-                let id = format!("call_{}", self.answer.id);
-                let (rest, calls) = match &self.p.req.tools {
+                let id = choices::call_prefix(&self.answer.id, self.c.index);
+                let (rest, calls) = match &self.c.current.req.tools {
                     Some(t) => stream.finish(t, &id),
                     None => (None, Vec::new()),
                 };
@@ -264,22 +294,42 @@ impl Streaming {
         };
         if !text.is_empty() {
             let chunk = self.answer.chunk(Some(&text), false, None, None);
-            out.push_str(&sse(&self.with_pending_logprobs(chunk)));
+            let chunk = self.with_pending_logprobs(chunk);
+            out.push_str(&self.sse(chunk));
         }
         let finish = match calls.is_empty() {
             true => finish,
             false => {
                 let mut chunk = self.answer.chunk(None, false, None, None);
                 chunk["choices"][0]["delta"]["tool_calls"] = tools::deltas(calls);
-                out.push_str(&sse(&chunk));
+                out.push_str(&self.sse(chunk));
                 "tool_calls"
             }
         };
-        let mut chunk = self.answer.chunk(None, false, Some(finish), Some(usage));
-        chunk["seed"] = self.p.seed.into();
-        out.push_str(&sse(&self.with_pending_logprobs(chunk)));
-        if self.p.req.include_usage {
-            let mut u = self.answer.chunk(None, false, None, Some(usage));
+        let usage = self.c.is_last().then(|| self.c.usage());
+        let mut chunk = self.answer.chunk(None, false, Some(finish), usage);
+        chunk["seed"] = self.c.seed.into();
+        let chunk = self.with_pending_logprobs(chunk);
+        out.push_str(&self.sse(chunk));
+        out
+    }
+
+    /// After a choice's last chunk: the next choice queued, or (after the last) the usage
+    /// chunk if asked for and `[DONE]`.
+    async fn next_choice(&mut self) -> String {
+        if !self.c.is_last() {
+            if let Err(e) = self.c.advance().await {
+                self.done = true;
+                return sse(&e.body());
+            }
+            self.calls = self.c.current.tool_format.map(tools::ToolStream::new);
+            self.started = false;
+            return String::new();
+        }
+        self.done = true;
+        let mut out = String::new();
+        if self.c.current.req.include_usage {
+            let mut u = self.answer.chunk(None, false, None, Some(self.c.usage()));
             u["choices"] = json!([]);
             out.push_str(&sse(&u));
         }
@@ -291,12 +341,12 @@ impl Streaming {
 /// A streaming answer: server-sent events as tokens arrive. When the client goes away the
 /// body (and with it the job's receiver and cancel guard) is dropped: the worker stops the
 /// generation.
-fn stream(answer: Answer, p: Pending) -> Response {
-    let seed = p.seed;
-    let calls = p.tool_format.map(tools::ToolStream::new);
+fn stream(answer: Answer, c: Choices) -> Response {
+    let seed = c.seed;
+    let calls = c.current.tool_format.map(tools::ToolStream::new);
     let state = Streaming {
         answer,
-        p,
+        c,
         calls,
         started: false,
         done: false,

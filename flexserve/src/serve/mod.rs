@@ -22,6 +22,7 @@ pub mod conn_limits;
 pub mod deadlines;
 pub mod embeddings;
 pub mod error;
+pub mod fan_out;
 pub mod generation;
 pub mod guard;
 pub mod keep_alive;

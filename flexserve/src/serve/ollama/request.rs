@@ -187,6 +187,7 @@ fn common(
         include_usage: false,
         stop: o.stop,
         user: None,
+        n: 1,
         keep_alive: m
             .get("keep_alive")
             .filter(|v| !v.is_null())

@@ -1,5 +1,6 @@
 //! OpenAI's request and response shapes.
 
+pub mod choices;
 mod fields;
 mod logprobs;
 mod messages;

@@ -44,6 +44,9 @@ pub struct GenRequest {
     /// Tools the model may call (chat only); the guest's constraint for them is made once
     /// the model, and so its call format, is known.
     pub tools: Option<super::tools::Tools>,
+    /// How many choices to answer with (`n`, 1..=[`super::choices::MAX_CHOICES`]); the
+    /// daemon runs them one after another (`serve::choices`), each as a request of its own.
+    pub n: u32,
     pub stream: bool,
     pub include_usage: bool,
     pub stop: Vec<String>,
@@ -178,11 +181,7 @@ pub(super) fn common(
         max_tokens = Some(n);
     }
     let max_tokens = max_tokens.map(|n| n.min(max_tokens_limit.into()) as u32);
-    if let Some(n) = integer(m, "n", 1, u64::MAX)?
-        && n != 1
-    {
-        return Err(ApiError::Unsupported("`n` other than 1"));
-    }
+    let n = integer(m, "n", 1, super::choices::MAX_CHOICES.into())?.unwrap_or(1) as u32;
     let seed = match field(m, "seed") {
         None => None,
         Some(v) => Some(
@@ -221,6 +220,7 @@ pub(super) fn common(
         seed,
         options: fields::options(m, endpoint)?,
         tools: None,
+        n,
         stream,
         include_usage,
         stop,

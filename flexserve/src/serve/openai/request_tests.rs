@@ -82,10 +82,48 @@ fn bad_fields_are_named() {
     assert_eq!(param(r#"{"model":"m"}"#), Some("messages"));
     assert!(matches!(chat("{nope"), Err(ApiError::BadJson(_))));
     assert!(matches!(chat("[1]"), Err(ApiError::BadJson(_))));
-    assert!(matches!(
-        chat(&format!(r#"{{{m},"n":3}}"#)),
-        Err(ApiError::Unsupported(_))
-    ));
+}
+
+#[test]
+fn n_choices_parse_up_to_the_bound() {
+    let m = r#""messages":[{"role":"user","content":"x"}]"#;
+    let n = |extra: &str| chat(&format!(r#"{{{m}{extra}}}"#)).map(|r| r.n);
+    assert_eq!(n("").unwrap(), 1);
+    assert_eq!(n(r#","n":null"#).unwrap(), 1);
+    assert_eq!(n(r#","n":3"#).unwrap(), 3);
+    assert_eq!(n(r#","n":8"#).unwrap(), 8);
+    for bad in ["0", "9", "-1", "2.5", r#""3""#] {
+        match n(&format!(r#","n":{bad}"#)) {
+            Err(ApiError::Invalid { param, .. }) => assert_eq!(param, Some("n"), "{bad}"),
+            other => panic!("n = {bad}: {other:?}"),
+        }
+    }
+    let c = |b: &str| parse_completion(b.as_bytes(), 100);
+    assert_eq!(c(r#"{"prompt":"Once","n":4}"#).unwrap().n, 4);
+    // `best_of` stays refused by name, with or without `n`.
+    for body in [
+        r#"{"prompt":"Once","n":2,"best_of":2}"#,
+        r#"{"prompt":"Once","best_of":3}"#,
+    ] {
+        match c(body) {
+            Err(ApiError::Invalid { param, .. }) => assert_eq!(param, Some("best_of")),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_sealed_request_refuses_more_than_one_choice() {
+    let body = r#"{"model":"m","max_tokens":4,"seed":1,"flexserve_sealed":"AAAA","n":2}"#;
+    match chat(body) {
+        Err(ApiError::Invalid { param, message }) => {
+            assert_eq!(param, Some("n"));
+            assert!(message.contains("seed"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let one = r#"{"model":"m","max_tokens":4,"seed":1,"flexserve_sealed":"AAAA","n":1}"#;
+    assert_eq!(chat(one).unwrap().n, 1);
 }
 
 #[test]

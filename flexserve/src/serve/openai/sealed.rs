@@ -91,9 +91,17 @@ pub(super) fn sealed_request(
 }
 
 /// Refuses a request to be sealed (or sealed already) that asks for generation options:
-/// the seal does not bind them, and logprobs would show the host the answer's tokens.
+/// the seal does not bind them, and logprobs would show the host the answer's tokens; or
+/// for more than one choice (`n`).
 /// (`flexserve proxy` asks this too, rather than drop them silently.)
 pub fn refuse_unbound(m: &Map<String, Value>, req: &GenRequest) -> Result<(), ApiError> {
+    if req.n > 1 {
+        return Err(ApiError::invalid(
+            "n",
+            "a sealed request cannot ask for `n` > 1 choices: the seal binds one seed, and \
+             each choice samples with its own",
+        ));
+    }
     let given = UNBOUND_FIELDS.into_iter().find(|k| field(m, k).is_some());
     let asked = !req.options.is_empty() || req.tools.is_some();
     let Some(key) = given.or(asked.then_some("logprobs")) else {
