@@ -93,8 +93,10 @@ pub fn tool_calls_or_answer_grammar(
         }
         NoCallAnswer::Schema(schema) => compile_document(b, prims, schema)?,
     };
-    let no_call = Expr::Seq(alloc::vec![Expr::Rule(prims.ws), value]);
-    let start = b.rule("root", &Expr::Alt(alloc::vec![calls, no_call]))?;
+    // Neither alternative takes leading whitespace: the answer's first token chooses between
+    // them, and a model sampled freely would otherwise mostly choose one of the many
+    // whitespace tokens, which only the JSON allows, and hardly ever call.
+    let start = b.rule("root", &Expr::Alt(alloc::vec![calls, value]))?;
     Ok(b.finish(start)?)
 }
 
@@ -250,6 +252,22 @@ mod tests {
                     .unwrap(),
             );
             assert!(accepts(&g, "{\"n\": 3}"), "{style:?}");
+            assert!(
+                !accepts(&g, " {\"n\": 3}"),
+                "no leading whitespace: {style:?}"
+            );
+            let call = match style {
+                CallStyle::Hermes => {
+                    "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"A\"}}\n</tool_call>"
+                }
+                CallStyle::Llama3Json => {
+                    "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"A\"}}"
+                }
+                CallStyle::Mistral => {
+                    "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"A\"}}]"
+                }
+            };
+            assert!(accepts(&g, call), "{style:?}");
             assert!(!accepts(&g, "{\"m\": 3}"), "{style:?}");
             assert!(!accepts(&g, "Sure."), "{style:?}");
         }

@@ -91,7 +91,9 @@ async fn whole(answer: Answer, mut p: Pending) -> Response {
             Piece::End(end) => {
                 text.push_str(&end.text);
                 let mut v = answer.last(&text, &end);
-                let calls = (p.tool_format.zip(p.req.tools.as_ref()))
+                let calls = p
+                    .tool_format
+                    .zip(p.req.tools.as_ref())
                     .and_then(|(format, tools)| split_answer(format, tools, &text));
                 if let Some((content, calls)) = calls {
                     v["message"]["content"] = content.into();
