@@ -191,3 +191,47 @@ pub fn run_client(python: &Path, args: &[&str]) -> Value {
     let stdout = String::from_utf8(out.stdout).unwrap();
     serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
 }
+
+/// The ids of `model`'s vocabulary whose bytes are `bytes`.
+pub fn ids_with_bytes(model: &str, bytes: &[u8]) -> Vec<u32> {
+    use inference_guest::gguf::Gguf;
+    use inference_guest::tokenizer::Tokenizer;
+    let file = std::fs::read(repo().join(format!("models/{model}.gguf"))).unwrap();
+    let t = Tokenizer::from_gguf(&Gguf::parse(&file).unwrap()).unwrap();
+    (0..t.n_vocab() as u32)
+        .filter(|&id| t.token_bytes(id) == bytes)
+        .collect()
+}
+
+/// A models directory with the shared models (linked) and, beside them, `name`: a copy of
+/// the shared model `from` whose `tokenizer.chat_template` is `template` (a family name,
+/// such as `mistral-v3`), for a template family no shared model has.
+pub fn models_with_template(dir: &Path, from: &str, name: &str, template: &str) -> PathBuf {
+    use inference_guest::gguf::Gguf;
+    use inference_guest::gguf::writer::GgufWriter;
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for entry in std::fs::read_dir(repo().join("models")).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(entry.path(), models.join(entry.file_name())).unwrap();
+    }
+    let bytes = std::fs::read(repo().join(format!("models/{from}.gguf"))).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let mut w = match g.get("general.alignment") {
+        Some(_) => GgufWriter::with_alignment(g.alignment() as u32).unwrap(),
+        None => GgufWriter::new(),
+    };
+    for (key, value) in g.metadata() {
+        if !matches!(*key, "general.alignment" | "tokenizer.chat_template") {
+            w.add(key, value).unwrap();
+        }
+    }
+    w.add_str("tokenizer.chat_template", template).unwrap();
+    for t in g.tensors() {
+        w.add_tensor(t.name, t.ty, &t.dims, t.data.to_vec())
+            .unwrap();
+    }
+    let file = std::fs::File::create(models.join(format!("{name}.gguf"))).unwrap();
+    w.write_to(std::io::BufWriter::new(file)).unwrap();
+    models
+}

@@ -7,20 +7,9 @@
 
 use flexserve::serve::Daemon;
 use flexserve_e2e::serve_rig::*;
-use inference_guest::gguf::Gguf;
-use inference_guest::tokenizer::Tokenizer;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// The ids of the model's vocabulary whose bytes are `bytes`.
-fn ids_with_bytes(model: &str, bytes: &[u8]) -> Vec<u32> {
-    let file = std::fs::read(repo().join(format!("models/{model}.gguf"))).unwrap();
-    let t = Tokenizer::from_gguf(&Gguf::parse(&file).unwrap()).unwrap();
-    (0..t.n_vocab() as u32)
-        .filter(|&id| t.token_bytes(id) == bytes)
-        .collect()
-}
 
 fn bytes_of(v: &Value) -> Vec<u8> {
     v.as_array()

@@ -11,6 +11,13 @@ prints one JSON object on its last line.
               `n: 2`
   langchain   LangChain's ChatOpenAI: `bind_tools(...).invoke(...)` returns the call,
               `with_structured_output(Model)` returns the object
+  ollama      the `ollama` client's `chat(..., tools=[...])`: a call in
+              `message.tool_calls` (whole and streamed), then its result answered. The
+              model is a tiny random-weight one, which never starts a call of its own
+              accord, and Ollama has no `tool_choice`: `format` beside `tools` makes the
+              answer a call or JSON from its first token, sampled nearly uniformly
+              (temperature 100), and the first seed that calls is kept (seeded, so the
+              same one every run)
 """
 import argparse
 import json
@@ -175,15 +182,66 @@ def run_langchain(a):
     return {"call": msg.tool_calls[0]["args"], "pet": pet.model_dump()}
 
 
+def run_ollama(a):
+    import ollama
+
+    host = a.base_url.removesuffix("/v1")
+    c = ollama.Client(host=host, timeout=300)
+    answer = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 12}},
+              "required": ["answer"], "additionalProperties": False}
+    weather = json.loads(json.dumps(WEATHER))
+    weather["function"]["parameters"]["properties"]["city"]["maxLength"] = 12
+
+    def ask(seed, stream=False):
+        # Nearly uniform over what the grammar allows (temperature comes after top_k and
+        # top_p, so both off): a random-weight model's first token
+        # is otherwise all but fixed whatever the seed.
+        opts = {"temperature": 100, "top_k": 0, "top_p": 1.0, "seed": seed,
+                "num_predict": a.max_tokens}
+        return c.chat(model=a.model, messages=QUESTION, tools=[weather], format=answer,
+                      options=opts, stream=stream)
+
+    def args_of(calls):
+        assert len(calls) >= 1, calls
+        call = calls[0]
+        assert call.function.name == "get_weather", call
+        args = dict(call.function.arguments)
+        assert isinstance(args["city"], str) and args["unit"] in ("celsius", "fahrenheit"), args
+        return args
+
+    tried = []
+    for seed in range(1, 17):
+        r = ask(seed)
+        if r.message.tool_calls:
+            break
+        tried.append(r.message.content)
+    else:
+        raise AssertionError(f"no seed called: {tried}")
+    out = {"seed": seed, "args": args_of(r.message.tool_calls)}
+    streamed, lines = [], 0
+    for part in ask(seed, stream=True):
+        streamed += part.message.tool_calls or []
+        lines += 1
+    out["stream_args"] = args_of(streamed)
+    history = QUESTION + [r.message,
+                          {"role": "tool", "content": "18 degrees", "tool_name": "get_weather"}]
+    after = c.chat(model=a.model, messages=history, tools=[weather],
+                   options={"temperature": 0, "num_predict": 16})
+    assert not after.message.tool_calls, after
+    out["after_tool"] = after.message.content
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("scenario", choices=["openai", "langchain"])
+    ap.add_argument("scenario", choices=["openai", "langchain", "ollama"])
     ap.add_argument("--base-url", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--batch", type=int, default=6)
     a = ap.parse_args()
-    out = run_openai(a) if a.scenario == "openai" else run_langchain(a)
+    run = {"openai": run_openai, "langchain": run_langchain, "ollama": run_ollama}
+    out = run[a.scenario](a)
     print(json.dumps(out))
 
 

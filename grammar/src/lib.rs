@@ -30,6 +30,7 @@ pub use json::Json;
 pub use matcher::Matcher;
 pub use rules::Grammar;
 pub use schema::{
-    CallStyle, ToolSchema, compile_schema, compile_value, json_object_grammar, tool_calls_grammar,
+    CallStyle, NoCallAnswer, ToolSchema, compile_schema, compile_value, json_object_grammar,
+    tool_calls_grammar, tool_calls_or_answer_grammar,
 };
 pub use vocab::{Constraint, TokenSet, Vocab};

@@ -75,6 +75,7 @@ fn constraint(tools: &Tools, format: ToolFormat) -> Result<ToolConstraint, ApiEr
         style: match format {
             ToolFormat::Hermes => CallStyle::Hermes,
             ToolFormat::Llama3Json => CallStyle::Llama3Json,
+            ToolFormat::Mistral => CallStyle::Mistral,
         },
         lazy: tools.choice == ToolChoice::Auto,
         // A named function is called once, as OpenAI does.

@@ -5,7 +5,9 @@ mod object;
 mod prims;
 mod tools;
 
-pub use tools::{CallStyle, ToolSchema, tool_calls_grammar};
+pub use tools::{
+    CallStyle, NoCallAnswer, ToolSchema, tool_calls_grammar, tool_calls_or_answer_grammar,
+};
 
 use crate::error::SchemaError;
 use crate::json::Json;

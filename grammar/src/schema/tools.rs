@@ -20,6 +20,9 @@ pub enum CallStyle {
     Hermes,
     /// `{"name": …, "parameters": …}`, calls `; `-separated (Llama 3.1).
     Llama3Json,
+    /// `[TOOL_CALLS][{"name": …, "arguments": …}, …]`, a space after the marker allowed
+    /// (Mistral v3 writes one, Nemo and v7 none).
+    Mistral,
 }
 
 impl CallStyle {
@@ -29,6 +32,7 @@ impl CallStyle {
         match self {
             CallStyle::Hermes => "<tool_call>",
             CallStyle::Llama3Json => "{",
+            CallStyle::Mistral => "[TOOL_CALLS]",
         }
     }
 
@@ -47,6 +51,15 @@ pub struct ToolSchema<'a> {
     pub parameters: &'a Json,
 }
 
+/// What an answer that makes no call must be instead: a `response_format` beside `tools`.
+#[derive(Debug, Clone, Copy)]
+pub enum NoCallAnswer<'a> {
+    /// Any JSON object.
+    JsonObject,
+    /// One JSON value of this schema.
+    Schema(&'a Json),
+}
+
 /// A grammar for one or more calls (at most one unless `parallel`) of `tools` in `style`,
 /// starting with the style's trigger.
 pub fn tool_calls_grammar(
@@ -56,8 +69,47 @@ pub fn tool_calls_grammar(
 ) -> Result<Grammar, SchemaError> {
     let mut b = Builder::new();
     let prims = Prims::new(&mut b)?;
+    let (mut b, calls) = calls_expr(b, prims, style, tools, parallel)?;
+    let start = b.rule("root", &calls)?;
+    Ok(b.finish(start)?)
+}
+
+/// A grammar for the calls of [`tool_calls_grammar`] or, instead, `answer`: the answer is
+/// constrained from its first token either way, so it needs no trigger (where a free answer
+/// is prose, only the calls are constrained, from the trigger on).
+pub fn tool_calls_or_answer_grammar(
+    style: CallStyle,
+    tools: &[ToolSchema<'_>],
+    parallel: bool,
+    answer: NoCallAnswer<'_>,
+) -> Result<Grammar, SchemaError> {
+    let mut b = Builder::new();
+    let prims = Prims::new(&mut b)?;
+    let (mut b, calls) = calls_expr(b, prims, style, tools, parallel)?;
+    let (mut b, value) = match answer {
+        NoCallAnswer::JsonObject => {
+            let obj = prims.object_of(&mut b, Expr::Rule(prims.value))?;
+            (b, obj)
+        }
+        NoCallAnswer::Schema(schema) => compile_document(b, prims, schema)?,
+    };
+    // Neither alternative takes leading whitespace: the answer's first token chooses between
+    // them, and a model sampled freely would otherwise mostly choose one of the many
+    // whitespace tokens, which only the JSON allows, and hardly ever call.
+    let start = b.rule("root", &Expr::Alt(alloc::vec![calls, value]))?;
+    Ok(b.finish(start)?)
+}
+
+/// The calls' expression, its rules added to `b`.
+fn calls_expr(
+    mut b: Builder,
+    prims: Prims,
+    style: CallStyle,
+    tools: &[ToolSchema<'_>],
+    parallel: bool,
+) -> Result<(Builder, Expr), SchemaError> {
     let key = match style {
-        CallStyle::Hermes => "arguments",
+        CallStyle::Hermes | CallStyle::Mistral => "arguments",
         CallStyle::Llama3Json => "parameters",
     };
     let mut calls = Vec::with_capacity(tools.len());
@@ -75,8 +127,11 @@ pub fn tool_calls_grammar(
         ]));
     }
     let call = Expr::Rule(b.rule("call", &Expr::Alt(calls))?);
-    let (one, sep) = match style {
+    // What opens and closes the calls, each call as written, and what parts two.
+    let (open, close, one, sep) = match style {
         CallStyle::Hermes => (
+            Expr::Seq(alloc::vec![]),
+            "",
             Expr::Seq(alloc::vec![
                 Expr::lit("<tool_call>\n"),
                 call,
@@ -84,16 +139,28 @@ pub fn tool_calls_grammar(
             ]),
             "\n",
         ),
-        CallStyle::Llama3Json => (call, "; "),
+        CallStyle::Llama3Json => (Expr::Seq(alloc::vec![]), "", call, "; "),
+        CallStyle::Mistral => (
+            Expr::Seq(alloc::vec![
+                Expr::lit("[TOOL_CALLS]"),
+                Expr::opt(Expr::lit(" ")),
+                Expr::lit("["),
+            ]),
+            "]",
+            call,
+            ", ",
+        ),
     };
     let one = Expr::Rule(b.rule("one_call", &one)?);
     let more = if parallel { MAX_CALLS - 1 } else { 0 };
-    let root = Expr::Seq(alloc::vec![
+    let calls = Expr::Seq(alloc::vec![
+        open,
         one.clone(),
         Expr::repeat(Expr::Seq(alloc::vec![Expr::lit(sep), one]), 0, Some(more)),
+        Expr::lit(close),
     ]);
-    let start = b.rule("root", &root)?;
-    Ok(b.finish(start)?)
+    let calls = Expr::Rule(b.rule("calls", &calls)?);
+    Ok((b, calls))
 }
 
 #[cfg(test)]
@@ -152,6 +219,78 @@ mod tests {
             &llama,
             "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}"
         ));
+        let mistral = Arc::new(tool_calls_grammar(CallStyle::Mistral, &tools, true).unwrap());
+        let two = "[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}, {\"name\": \"get_time\", \"arguments\": {}}]";
+        assert!(accepts(&mistral, &alloc::format!("[TOOL_CALLS]{two}")));
+        assert!(accepts(&mistral, &alloc::format!("[TOOL_CALLS] {two}")));
+        assert!(!accepts(&mistral, two));
+        let single = Arc::new(tool_calls_grammar(CallStyle::Mistral, &tools, false).unwrap());
+        assert!(!accepts(&single, &alloc::format!("[TOOL_CALLS]{two}")));
+        assert!(accepts(
+            &single,
+            "[TOOL_CALLS][{\"name\": \"get_time\", \"arguments\": {}}]"
+        ));
+    }
+
+    #[test]
+    fn calls_or_the_response_schema() {
+        let weather = Json::parse(
+            r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"],"additionalProperties":false}"#,
+        )
+        .unwrap();
+        let tools = [ToolSchema {
+            name: "get_weather",
+            parameters: &weather,
+        }];
+        let answer = Json::parse(
+            r#"{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}"#,
+        )
+        .unwrap();
+        for style in [CallStyle::Hermes, CallStyle::Llama3Json, CallStyle::Mistral] {
+            let g = Arc::new(
+                tool_calls_or_answer_grammar(style, &tools, false, NoCallAnswer::Schema(&answer))
+                    .unwrap(),
+            );
+            assert!(accepts(&g, "{\"n\": 3}"), "{style:?}");
+            assert!(
+                !accepts(&g, " {\"n\": 3}"),
+                "no leading whitespace: {style:?}"
+            );
+            let call = match style {
+                CallStyle::Hermes => {
+                    "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"A\"}}\n</tool_call>"
+                }
+                CallStyle::Llama3Json => {
+                    "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"A\"}}"
+                }
+                CallStyle::Mistral => {
+                    "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"A\"}}]"
+                }
+            };
+            assert!(accepts(&g, call), "{style:?}");
+            assert!(!accepts(&g, "{\"m\": 3}"), "{style:?}");
+            assert!(!accepts(&g, "Sure."), "{style:?}");
+        }
+        let call = |style| {
+            Arc::new(
+                tool_calls_or_answer_grammar(style, &tools, false, NoCallAnswer::JsonObject)
+                    .unwrap(),
+            )
+        };
+        assert!(accepts(
+            &call(CallStyle::Hermes),
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>"
+        ));
+        assert!(accepts(
+            &call(CallStyle::Llama3Json),
+            "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}"
+        ));
+        assert!(accepts(
+            &call(CallStyle::Mistral),
+            "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}]"
+        ));
+        assert!(accepts(&call(CallStyle::Mistral), "{\"any\": [1]}"));
+        assert!(!accepts(&call(CallStyle::Mistral), "[1]"));
     }
 
     #[test]

@@ -18,7 +18,10 @@ use inference_guest::generate::{GenerateOutcome, Generation, generate_constraine
 use inference_guest::model::{Model, ModelError, Session};
 use inference_guest::parallel::Parallel;
 use inference_guest::sampler::Sampler;
-use llm_grammar::{CallStyle as GrammarStyle, Json, ToolSchema, tool_calls_grammar};
+use llm_grammar::{
+    CallStyle as GrammarStyle, Json, NoCallAnswer, ToolSchema, tool_calls_grammar,
+    tool_calls_or_answer_grammar,
+};
 use virtio_llm::Status;
 use virtio_llm::wire::options::{CallStyle, GenerateOptions, ResponseFormat, ToolConstraint};
 
@@ -82,43 +85,87 @@ impl Service {
     }
 }
 
-/// A new constraint for `options` (one of the two constraint records is set).
+/// A new constraint for `options` (one or both of the two constraint records is set). With
+/// both, an answer that must call gets the calls' grammar; one that may call (lazy tools)
+/// is a call or the response format, constrained from its first token.
 fn compile(options: &GenerateOptions) -> Result<ConstraintState, Refusal> {
     let bad = |e: &dyn core::fmt::Display| refuse(Status::BadRequest, &e.to_string());
-    if let Some(format) = &options.response_format {
-        let grammar = match format {
-            ResponseFormat::JsonObject => json_object_grammar(),
-            ResponseFormat::JsonSchema(text) => compile_schema(text).map_err(|e| bad(&e))?,
-        };
-        return Ok(ConstraintState::new(Constraint::new(grammar)));
+    match (&options.response_format, &options.tools) {
+        (Some(format), None) => {
+            let grammar = match format {
+                ResponseFormat::JsonObject => json_object_grammar(),
+                ResponseFormat::JsonSchema(text) => compile_schema(text).map_err(|e| bad(&e))?,
+            };
+            Ok(ConstraintState::new(Constraint::new(grammar)))
+        }
+        (Some(format), Some(t)) if t.lazy => {
+            let schema = match format {
+                ResponseFormat::JsonObject => None,
+                ResponseFormat::JsonSchema(text) => Some(
+                    Json::parse(text)
+                        .ok_or_else(|| bad(&"the response_format schema is not JSON"))?,
+                ),
+            };
+            let answer = match &schema {
+                Some(s) => NoCallAnswer::Schema(s),
+                None => NoCallAnswer::JsonObject,
+            };
+            let list = tool_list(t)?;
+            let grammar = tool_calls_or_answer_grammar(
+                grammar_style(t.style),
+                &tools(&list)?,
+                t.parallel,
+                answer,
+            )
+            .map_err(|e| bad(&e))?;
+            Ok(ConstraintState::new(Constraint::new(grammar)))
+        }
+        (_, Some(t)) => tools_state(t),
+        (None, None) => Err(refuse(Status::Internal, "no constraint was asked for")),
     }
-    let Some(t) = &options.tools else {
-        return Err(refuse(Status::Internal, "no constraint was asked for"));
-    };
-    tools_state(t)
+}
+
+fn grammar_style(style: CallStyle) -> GrammarStyle {
+    match style {
+        CallStyle::Hermes => GrammarStyle::Hermes,
+        CallStyle::Llama3Json => GrammarStyle::Llama3Json,
+        CallStyle::Mistral => GrammarStyle::Mistral,
+    }
+}
+
+/// The tools option's JSON array.
+fn tool_list(t: &ToolConstraint) -> Result<Vec<Json>, Refusal> {
+    match Json::parse(&t.tools) {
+        Some(Json::Array(list)) => Ok(list),
+        _ => Err(refuse(
+            Status::BadRequest,
+            "the tools option is not a JSON array",
+        )),
+    }
+}
+
+/// Each tool's name and parameters' schema.
+fn tools(list: &[Json]) -> Result<Vec<ToolSchema<'_>>, Refusal> {
+    list.iter()
+        .map(|item| {
+            let name = item.get("name").and_then(Json::as_str);
+            match (name, item.get("parameters")) {
+                (Some(name), Some(parameters)) => Ok(ToolSchema { name, parameters }),
+                _ => Err(refuse(
+                    Status::BadRequest,
+                    "each tool needs a `name` and `parameters`",
+                )),
+            }
+        })
+        .collect()
 }
 
 /// The constraint for tool calls: every call names one of the tools, with arguments valid
 /// for its schema; from the first token, or (lazy) from where the answer starts a call.
 fn tools_state(t: &ToolConstraint) -> Result<ConstraintState, Refusal> {
-    let bad = |what: &str| refuse(Status::BadRequest, what);
-    let Some(Json::Array(list)) = Json::parse(&t.tools) else {
-        return Err(bad("the tools option is not a JSON array"));
-    };
-    let mut tools = Vec::with_capacity(list.len());
-    for item in &list {
-        let name = item.get("name").and_then(Json::as_str);
-        let params = item.get("parameters");
-        let (Some(name), Some(parameters)) = (name, params) else {
-            return Err(bad("each tool needs a `name` and `parameters`"));
-        };
-        tools.push(ToolSchema { name, parameters });
-    }
-    let style = match t.style {
-        CallStyle::Hermes => GrammarStyle::Hermes,
-        CallStyle::Llama3Json => GrammarStyle::Llama3Json,
-    };
-    let grammar = tool_calls_grammar(style, &tools, t.parallel)
+    let list = tool_list(t)?;
+    let style = grammar_style(t.style);
+    let grammar = tool_calls_grammar(style, &tools(&list)?, t.parallel)
         .map_err(|e| refuse(Status::BadRequest, &e.to_string()))?;
     let constraint = Constraint::new(grammar);
     Ok(match t.lazy {

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! RESPONSE_FORMAT: u8 kind (1 json_object, 2 json_schema) | 3 reserved | schema (UTF-8)
-//! TOOLS:           u8 style (1 hermes, 2 llama3_json) | u8 flags (bit 0 lazy, bit 1
+//! TOOLS:           u8 style (1 hermes, 2 llama3_json, 3 mistral) | u8 flags (bit 0 lazy, bit 1
 //!                  parallel) | 2 reserved | tools (UTF-8 JSON array of
 //!                  {"name": …, "parameters": <schema>})
 //! ```
@@ -23,6 +23,7 @@ const FORMAT_JSON_OBJECT: u8 = 1;
 const FORMAT_JSON_SCHEMA: u8 = 2;
 const STYLE_HERMES: u8 = 1;
 const STYLE_LLAMA3_JSON: u8 = 2;
+const STYLE_MISTRAL: u8 = 3;
 const TOOLS_LAZY: u8 = 1;
 const TOOLS_PARALLEL: u8 = 2;
 
@@ -40,6 +41,9 @@ pub enum ResponseFormat {
 pub enum CallStyle {
     Hermes,
     Llama3Json,
+    /// `[TOOL_CALLS][…]` (added after the first two: a guest that predates it refuses the
+    /// record as out of range rather than misreading it).
+    Mistral,
 }
 
 /// The calls an answer may or must make.
@@ -112,6 +116,7 @@ impl ToolConstraint {
         w.u8(match self.style {
             CallStyle::Hermes => STYLE_HERMES,
             CallStyle::Llama3Json => STYLE_LLAMA3_JSON,
+            CallStyle::Mistral => STYLE_MISTRAL,
         });
         let mut flags = 0;
         if self.lazy {
@@ -129,6 +134,7 @@ impl ToolConstraint {
         let style = match v.u8()? {
             STYLE_HERMES => CallStyle::Hermes,
             STYLE_LLAMA3_JSON => CallStyle::Llama3Json,
+            STYLE_MISTRAL => CallStyle::Mistral,
             other => {
                 return Err(WireError::FieldOutOfRange {
                     field: "tools style",

@@ -59,6 +59,15 @@ fn options_round_trip_and_size() {
             logprobs: Some(0),
             ..GenerateOptions::default()
         },
+        GenerateOptions {
+            tools: Some(ToolConstraint {
+                style: CallStyle::Mistral,
+                lazy: false,
+                parallel: true,
+                tools: "[]".into(),
+            }),
+            ..GenerateOptions::default()
+        },
         GenerateOptions::default(),
     ] {
         let buf = encode(options.clone()).unwrap();
@@ -255,7 +264,7 @@ fn malformed_constraint_records_are_refused() {
         record(record::RESPONSE_FORMAT, &[2, 0, 0, 0]),
         record(record::RESPONSE_FORMAT, &[2, 1, 0, 0, b'{', b'}']),
         record(record::RESPONSE_FORMAT, &[2, 0, 0, 0, 0xff]),
-        record(record::TOOLS, &[3, 0, 0, 0, b'[', b']']),
+        record(record::TOOLS, &[4, 0, 0, 0, b'[', b']']),
         record(record::TOOLS, &[1, 4, 0, 0, b'[', b']']),
         record(record::TOOLS, &[1, 0, 0, 0]),
     ] {

@@ -5,12 +5,14 @@
 
 use super::request::{OllamaRequest, parse_chat, parse_generate};
 use super::response::{self, Answer, Route};
+use super::tools::{split_answer, stream_calls};
 use crate::serve::Shared;
 use crate::serve::api::read_body;
 use crate::serve::error::ApiError;
 use crate::serve::generation::{self, Pending, Piece};
 use crate::serve::listen::ConnId;
 use crate::serve::openai::Endpoint;
+use crate::serve::openai::tools::ToolStream;
 use crate::serve::scheduler::Principal;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -88,7 +90,16 @@ async fn whole(answer: Answer, mut p: Pending) -> Response {
             Piece::Text(t) => text.push_str(&t),
             Piece::End(end) => {
                 text.push_str(&end.text);
-                return response::json_response(StatusCode::OK, &answer.last(&text, &end));
+                let mut v = answer.last(&text, &end);
+                let calls = p
+                    .tool_format
+                    .zip(p.req.tools.as_ref())
+                    .and_then(|(format, tools)| split_answer(format, tools, &text));
+                if let Some((content, calls)) = calls {
+                    v["message"]["content"] = content.into();
+                    v["message"]["tool_calls"] = calls;
+                }
+                return response::json_response(StatusCode::OK, &v);
             }
             Piece::Failed(e) => return response::error(e),
         }
@@ -99,6 +110,9 @@ async fn whole(answer: Answer, mut p: Pending) -> Response {
 struct Streaming {
     answer: Answer,
     p: Pending,
+    /// A chat with tools: what may become a call is held back until the end, where the calls
+    /// go out in one line, as Ollama sends them.
+    calls: Option<ToolStream>,
     done: bool,
 }
 
@@ -109,13 +123,24 @@ impl Streaming {
             return None;
         }
         match self.p.next_piece().await {
-            Piece::Text(t) => Some(format!("{}\n", self.answer.part(&t))),
+            Piece::Text(t) => Some(self.text_line(&t)),
             Piece::End(end) => {
                 self.done = true;
-                // Ollama's last line carries no text: what is left goes in a line before it.
-                let mut out = String::new();
-                if !end.text.is_empty() {
-                    out = format!("{}\n", self.answer.part(&end.text));
+                // Ollama's last line carries no text: what is left goes in lines before it.
+                let mut out = self.text_line(&end.text);
+                let held = match (self.calls.take(), &self.p.req.tools) {
+                    (Some(s), Some(tools)) => Some(s.finish(tools, "call")),
+                    _ => None,
+                };
+                if let Some((rest, calls)) = held {
+                    if let Some(rest) = rest {
+                        out.push_str(&format!("{}\n", self.answer.part(&rest)));
+                    }
+                    if let Some(calls) = stream_calls(calls) {
+                        let mut line = self.answer.part("");
+                        line["message"]["tool_calls"] = calls;
+                        out.push_str(&format!("{line}\n"));
+                    }
                 }
                 out.push_str(&format!("{}\n", self.answer.last("", &end)));
                 Some(out)
@@ -128,11 +153,24 @@ impl Streaming {
     }
 }
 
+impl Streaming {
+    /// The line for a piece of text (none when it is empty or all held back).
+    fn text_line(&mut self, t: &str) -> String {
+        let sendable = match &mut self.calls {
+            Some(s) => s.push(t),
+            None => Some(t.to_string()).filter(|t| !t.is_empty()),
+        };
+        sendable.map_or_else(String::new, |t| format!("{}\n", self.answer.part(&t)))
+    }
+}
+
 /// A streamed answer. When the client goes away the body (and with it the job's receiver
 /// and cancel guard) is dropped: the worker stops the generation.
 fn stream(answer: Answer, p: Pending) -> Response {
+    let calls = p.tool_format.filter(|_| p.req.tools.is_some());
     let state = Streaming {
         answer,
+        calls: calls.map(ToolStream::new),
         p,
         done: false,
     };

@@ -5,8 +5,8 @@
 //! `{"error": "..."}`.
 //!
 //! `request.rs` the chat and generate bodies (and the fields refused until they are built),
-//! `options.rs` the `options` object, `json.rs` field helpers, `response.rs` the answer and
-//! error shapes, `generate.rs` the generation routes, `embed.rs` the embedding routes, `models.rs` the others, `time.rs`
+//! `options.rs` the `options` object, `json.rs` field helpers, `tools.rs` tool calling
+//! (OpenAI's tool code in Ollama's shapes), `response.rs` the answer and error shapes, `generate.rs` the generation routes, `embed.rs` the embedding routes, `models.rs` the others, `time.rs`
 //! RFC 3339 timestamps.
 
 mod embed;
@@ -17,6 +17,7 @@ mod options;
 mod request;
 mod response;
 mod time;
+mod tools;
 
 use super::Shared;
 use axum::Router;

@@ -6,6 +6,7 @@ use super::options;
 use crate::serve::error::ApiError;
 use crate::serve::keep_alive;
 use crate::serve::openai::structured::checked_schema;
+use crate::serve::openai::tools::history_calls;
 use crate::serve::openai::{GenRequest, Input};
 use inference_guest::tokenizer::ChatMessage;
 use serde_json::{Map, Value};
@@ -24,8 +25,7 @@ pub struct OllamaRequest {
 /// Fields no route here honours yet, each refused with why. This is the seam for the work
 /// in progress: when structured output or tool calling lands, its field leaves this table
 /// and is mapped in [`parse_chat`] / [`parse_generate`] like `options`.
-const UNSUPPORTED: [(&str, &str); 10] = [
-    ("tools", "tool calling (`tools`) is not supported yet"),
+const UNSUPPORTED: [(&str, &str); 9] = [
     (
         "images",
         "images are not supported: the models served here read text",
@@ -90,42 +90,52 @@ pub fn parse_chat(body: &[u8], max_tokens_limit: u32) -> Result<OllamaRequest, A
         .enumerate()
         .map(|(i, msg)| message(i, msg))
         .collect::<Result<Vec<_>, _>>()?;
-    common(&m, Input::Chat(chat), max_tokens_limit)
+    let mut r = common(&m, Input::Chat(chat), max_tokens_limit)?;
+    r.request.tools = super::tools::request_tools(&m)?;
+    Ok(r)
 }
 
-/// One chat message: `role` and `content`; images and tool calls are refused.
+/// One chat message: `role`, `content`, an assistant's `tool_calls`; images are refused.
+/// A `tool` message's `tool_name` is taken and not shown: the tool formats rendered here
+/// answer calls in order (as OpenAI's `tool_call_id` on the other route).
 fn message(i: usize, msg: &Value) -> Result<ChatMessage, ApiError> {
     let bad = |what: &str| ApiError::invalid("messages", format!("`messages[{i}]`: {what}"));
     let Value::Object(o) = msg else {
         return Err(bad("must be an object with `role` and `content`"));
     };
     let role = match o.get("role") {
-        Some(Value::String(r)) if matches!(r.as_str(), "system" | "user" | "assistant") => r,
-        Some(Value::String(r)) if r == "tool" => {
-            return Err(bad("tool results (role \"tool\") are not supported yet"));
+        Some(Value::String(r))
+            if matches!(r.as_str(), "system" | "user" | "assistant" | "tool") =>
+        {
+            r
         }
         Some(Value::String(r)) => {
-            return Err(bad(&format!("role {r:?} is not system, user or assistant")));
+            return Err(bad(&format!(
+                "role {r:?} is not system, user, assistant or tool"
+            )));
         }
         _ => return Err(bad("`role` must be a string")),
     };
-    for (key, why) in [
-        (
-            "images",
+    if given(o, "images").is_some() {
+        return Err(bad(
             "`images` are not supported: the models served here read text",
-        ),
-        ("tool_calls", "`tool_calls` are not supported yet"),
-    ] {
-        if given(o, key).is_some() {
-            return Err(bad(why));
-        }
+        ));
     }
+    let tool_calls = match role.as_str() {
+        "assistant" => history_calls(i, o.get("tool_calls"))?,
+        _ if given(o, "tool_calls").is_some() => {
+            return Err(bad("only an assistant message has `tool_calls`"));
+        }
+        _ => Vec::new(),
+    };
     let content = match o.get("content") {
         Some(Value::String(s)) => s.clone(),
         None | Some(Value::Null) if role == "assistant" => String::new(),
         _ => return Err(bad("`content` must be a string")),
     };
-    Ok(ChatMessage::new(role, &content))
+    let mut m = ChatMessage::new(role, &content);
+    m.tool_calls = tool_calls;
+    Ok(m)
 }
 
 /// Parses an `/api/generate` body: the prompt (with `system`) in the model's chat template
@@ -133,6 +143,12 @@ fn message(i: usize, msg: &Value) -> Result<ChatMessage, ApiError> {
 pub fn parse_generate(body: &[u8], max_tokens_limit: u32) -> Result<OllamaRequest, ApiError> {
     let m = obj(body)?;
     refuse_unsupported(&m)?;
+    if given(&m, "tools").is_some() {
+        return Err(ApiError::invalid(
+            "tools",
+            "`/api/generate` takes no `tools` (as in Ollama): use `/api/chat`",
+        ));
+    }
     let prompt = match string(&m, "prompt")? {
         Some(p) if !p.is_empty() => p,
         _ => {
@@ -294,6 +310,28 @@ mod tests {
     }
 
     #[test]
+    fn tool_calls_and_results_in_the_history() {
+        let r = parse_chat(
+            br#"{"messages":[{"role":"user","content":"Weather?"},
+                {"role":"assistant","content":"","tool_calls":[{"function":
+                    {"name":"get_weather","arguments":{"city":"Oslo"}}}]},
+                {"role":"tool","content":"18C","tool_name":"get_weather"}],
+                "tools":[{"type":"function","function":{"name":"get_weather"}}]}"#,
+            9,
+        )
+        .unwrap();
+        let Input::Chat(chat) = r.request.input else {
+            panic!("a chat");
+        };
+        assert_eq!(chat[1].tool_calls[0].arguments, r#"{"city": "Oslo"}"#);
+        assert_eq!(
+            (chat[2].role.as_str(), chat[2].content.as_str()),
+            ("tool", "18C")
+        );
+        assert_eq!(r.request.tools.unwrap().defs[0].spec.name, "get_weather");
+    }
+
+    #[test]
     fn unsupported_fields_are_named() {
         let chat = |extra: &str| {
             let body = format!(r#"{{"messages":[{{"role":"user","content":"x"}}]{extra}}}"#);
@@ -325,7 +363,12 @@ mod tests {
         assert_eq!(request(r#","raw":true,"system":"s""#), "system");
         assert_eq!(param(parse_generate(br#"{"model":"m"}"#, 9)), "prompt");
         let msg = |m: &str| param(parse_chat(format!(r#"{{"messages":[{m}]}}"#).as_bytes(), 9));
-        assert_eq!(msg(r#"{"role":"tool","content":"1"}"#), "messages");
+        assert_eq!(msg(r#"{"role":"robot","content":"1"}"#), "messages");
+        assert_eq!(
+            msg(r#"{"role":"user","content":"x","tool_calls":[{"function":{"name":"f"}}]}"#),
+            "messages"
+        );
+        assert_eq!(request(r#","tools":[{"type":"function"}]"#), "tools");
         assert_eq!(
             msg(r#"{"role":"user","content":"x","images":["aGk="]}"#),
             "messages"

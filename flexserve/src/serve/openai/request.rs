@@ -241,13 +241,8 @@ pub fn parse_chat(body: &[u8], max_tokens_limit: u32) -> Result<GenRequest, ApiE
     let chat = super::messages::parse_messages(field(&m, "messages"))?;
     let mut req = common(&m, Input::Chat(chat), Endpoint::Chat, max_tokens_limit)?;
     req.tools = super::tools::parse_tools(&m)?;
+    // Beside `tools`, the guest's grammar is a call or this format (docs/structured-output.md).
     req.options.response_format = super::structured::response_format(&m)?;
-    if req.tools.is_some() && req.options.response_format.is_some() {
-        return Err(ApiError::invalid(
-            "response_format",
-            "`response_format` together with `tools` is not supported by this server yet",
-        ));
-    }
     Ok(req)
 }
 

@@ -24,7 +24,7 @@ fn call(format: ToolFormat, tools: &Tools, body: &str) -> Option<(String, Value)
         return None;
     }
     let key = match format {
-        ToolFormat::Hermes => "arguments",
+        ToolFormat::Hermes | ToolFormat::Mistral => "arguments",
         ToolFormat::Llama3Json => "parameters",
     };
     let args = match o.remove(key) {

@@ -114,6 +114,16 @@ fn answers_become_tool_calls() {
     )
     .unwrap();
     assert_eq!(l.calls[0]["function"]["arguments"], r#"{"city":"Oslo"}"#);
+    // Mistral's own call id is the model's; the answer's ids are the server's.
+    let m = answer_calls(
+        ToolFormat::Mistral,
+        &t,
+        r#"[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Rome"}, "id": "a1b2c3d4e"}]"#,
+        "c",
+    )
+    .unwrap();
+    assert_eq!((m.calls[0]["id"].as_str(), m.content), (Some("c_0"), None));
+    assert_eq!(m.calls[0]["function"]["arguments"], r#"{"city":"Rome"}"#);
     // Cut by `max_tokens` inside a second call: the first stands.
     let cut = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"A\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_";
     assert_eq!(
@@ -152,6 +162,13 @@ fn a_stream_holds_back_only_what_may_be_a_call() {
     );
     let (rest, calls) = s.finish(&t, "c");
     assert_eq!((rest, calls.len()), (None, 1));
+    let mut mistral = ToolStream::new(ToolFormat::Mistral);
+    assert_eq!(mistral.push("[TOOL").as_deref(), None);
+    assert_eq!(
+        mistral.push("_CALLS][{\"name\": \"get_weather\", \"arguments\": {}}]"),
+        None
+    );
+    assert_eq!(mistral.finish(&t, "c").1.len(), 1);
     let mut prose = ToolStream::new(ToolFormat::Hermes);
     assert_eq!(prose.push("a <").as_deref(), Some("a "));
     let (rest, calls) = prose.finish(&t, "c");

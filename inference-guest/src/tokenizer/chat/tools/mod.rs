@@ -2,13 +2,16 @@
 //! the tools and the calls and results of earlier turns rendered as those models' own
 //! (Jinja) templates write them, and the calls a model writes found again in its text.
 //!
-//! Two formats cover the tool-trained models FlexServe's families run:
+//! Three formats cover the tool-trained models FlexServe's families run:
 //! - [`ToolFormat::Hermes`], in ChatML: the tools as JSON lines in `<tools>` in the system
 //!   turn, each call `<tool_call>\n{"name": …, "arguments": …}\n</tool_call>`, results in a
 //!   user turn as `<tool_response>` (Qwen2.5's template, from NousResearch's Hermes 2 Pro);
 //! - [`ToolFormat::Llama3Json`], in Llama 3: the tools indented in the first user turn, a
 //!   call the whole answer `{"name": …, "parameters": …}`, results in an `ipython` turn
-//!   (Llama 3.1's and 3.2's template, its "JSON based tool calling").
+//!   (Llama 3.1's and 3.2's template, its "JSON based tool calling");
+//! - [`ToolFormat::Mistral`], in the Mistral v3 and v7 families: `[AVAILABLE_TOOLS]` before
+//!   the last user turn, the calls one `[TOOL_CALLS][{"name": …, "arguments": …}, …]` array,
+//!   each result in `[TOOL_RESULTS]` (Mistral 7B v0.3's and Mistral Nemo's templates).
 //!
 //! Other families have no tool format here: a request with tools for them is refused,
 //! never rendered without the tools.
@@ -17,10 +20,11 @@
 //! (Python's `json.dumps`): this crate has no JSON serializer, and the host, which has one,
 //! is the only writer of tools today.
 
+mod mistral;
 mod parse;
+mod render;
 
 pub use parse::ToolReply;
-mod render;
 
 use super::{ChatMessage, ChatTemplate};
 use alloc::string::String;
@@ -54,6 +58,8 @@ pub enum ToolFormat {
     Hermes,
     /// The whole answer one JSON call with `parameters` (Llama 3.1 / 3.2).
     Llama3Json,
+    /// A `[TOOL_CALLS]` JSON array of calls (Mistral v3, Nemo, v7).
+    Mistral,
 }
 
 /// Why a conversation with tools cannot be rendered.
@@ -61,7 +67,7 @@ pub enum ToolFormat {
 pub enum ToolTemplateError {
     /// The family has no tool format.
     #[error(
-        "the model's chat template ({0}) has no tool-calling format FlexServe renders; tools work with ChatML (Qwen2.5, Hermes) and Llama 3.1+ models"
+        "the model's chat template ({0}) has no tool-calling format FlexServe renders; tools work with ChatML (Qwen2.5, Hermes), Llama 3.1+ and Mistral v3/v7 (Mistral 7B v0.3, Nemo, Small) models"
     )]
     NoToolFormat(&'static str),
 }
@@ -72,6 +78,11 @@ impl ChatTemplate {
         match self {
             ChatTemplate::ChatMl => Some(ToolFormat::Hermes),
             ChatTemplate::Llama3 => Some(ToolFormat::Llama3Json),
+            // v1 (Mistral 7B v0.1/v0.2) was not trained on tools.
+            ChatTemplate::MistralV3
+            | ChatTemplate::MistralV3Tekken
+            | ChatTemplate::MistralV7
+            | ChatTemplate::MistralV7Tekken => Some(ToolFormat::Mistral),
             _ => None,
         }
     }
@@ -96,6 +107,7 @@ impl ChatTemplate {
             Some(ToolFormat::Llama3Json) => {
                 Ok(render::llama3(messages, tools, add_generation_prompt))
             }
+            Some(ToolFormat::Mistral) => Ok(mistral::mistral(self, messages, tools)),
             None => Err(ToolTemplateError::NoToolFormat(self.name())),
         }
     }

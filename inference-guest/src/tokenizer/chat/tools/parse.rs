@@ -9,14 +9,16 @@ const HERMES_OPEN: &str = "<tool_call>";
 const HERMES_CLOSE: &str = "</tool_call>";
 /// Llama 3.1 may start a JSON call with its `<|python_tag|>` token.
 const PYTHON_TAG: &str = "<|python_tag|>";
+/// Mistral's calls marker (a control token in its vocabularies, or text).
+const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
 
 /// An answer split into its prose and the JSON of each call it made.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ToolReply {
     /// The text outside the calls, trimmed.
     pub content: String,
-    /// Each call's JSON object as the model wrote it (Hermes: `name` and `arguments`;
-    /// Llama 3: `name` and `parameters`), not yet parsed: the caller has the JSON parser.
+    /// Each call's JSON object as the model wrote it (Hermes, Mistral: `name` and
+    /// `arguments`; Llama 3: `name` and `parameters`), not yet parsed: the caller has the JSON parser.
     pub calls: Vec<String>,
 }
 
@@ -28,6 +30,7 @@ impl ToolFormat {
         match self {
             ToolFormat::Hermes => hermes(text),
             ToolFormat::Llama3Json => llama3(text),
+            ToolFormat::Mistral => mistral(text),
         }
     }
 
@@ -35,10 +38,8 @@ impl ToolFormat {
     /// call: what precedes it can be sent as content now, the rest waits for more text.
     pub fn held_from(self, text: &str) -> usize {
         match self {
-            ToolFormat::Hermes => match text.find(HERMES_OPEN) {
-                Some(at) => at,
-                None => text.len() - longest_suffix_prefix(text, HERMES_OPEN),
-            },
+            ToolFormat::Hermes => held_from_marker(text, HERMES_OPEN),
+            ToolFormat::Mistral => held_from_marker(text, MISTRAL_CALLS),
             ToolFormat::Llama3Json => {
                 let t = text.trim_start();
                 let starts_call = t.is_empty()
@@ -48,6 +49,14 @@ impl ToolFormat {
                 if starts_call { 0 } else { text.len() }
             }
         }
+    }
+}
+
+/// Where `marker`, or a prefix of it that ends `text`, starts (`text.len()` if neither).
+fn held_from_marker(text: &str, marker: &str) -> usize {
+    match text.find(marker) {
+        Some(at) => at,
+        None => text.len() - longest_suffix_prefix(text, marker),
     }
 }
 
@@ -109,6 +118,7 @@ fn llama3(text: &str) -> ToolReply {
     ToolReply {
         content: String::new(),
         calls: split_top_level(t, b';')
+            .0
             .into_iter()
             .map(|c| String::from(c.trim()))
             .filter(|c| !c.is_empty())
@@ -116,8 +126,42 @@ fn llama3(text: &str) -> ToolReply {
     }
 }
 
-/// `text` split at `sep` where it is outside every JSON string and bracket.
-fn split_top_level(text: &str, sep: u8) -> Vec<&str> {
+/// Mistral's calls: one JSON array after `[TOOL_CALLS]` (a space before it in v3), prose
+/// only before the marker or after the array.
+fn mistral(text: &str) -> ToolReply {
+    let Some(at) = text.find(MISTRAL_CALLS) else {
+        return ToolReply {
+            content: String::from(text.trim()),
+            calls: Vec::new(),
+        };
+    };
+    let mut content = String::from(text[..at].trim());
+    let body = text[at + MISTRAL_CALLS.len()..].trim_start();
+    // An answer cut short may lack the closing `]`; one that lacks the `[` is one call.
+    let (pieces, after) = match body.strip_prefix('[') {
+        Some(inner) => split_top_level(inner, b','),
+        None => (alloc::vec![body], ""),
+    };
+    let after = after.strip_prefix(']').unwrap_or(after).trim();
+    if !after.is_empty() {
+        if !content.is_empty() {
+            content.push('\n');
+        }
+        content.push_str(after);
+    }
+    ToolReply {
+        content,
+        calls: pieces
+            .into_iter()
+            .map(|c| String::from(c.trim()))
+            .filter(|c| !c.is_empty())
+            .collect(),
+    }
+}
+
+/// `text` split at `sep` where it is outside every JSON string and bracket, up to a closing
+/// bracket that closes nothing in it: the pieces, and the text from that bracket on.
+fn split_top_level(text: &str, sep: u8) -> (Vec<&str>, &str) {
     let (mut depth, mut in_string, mut escaped, mut start) = (0i32, false, false, 0);
     let mut pieces = Vec::new();
     for (i, &b) in text.as_bytes().iter().enumerate() {
@@ -133,6 +177,10 @@ fn split_top_level(text: &str, sep: u8) -> Vec<&str> {
         match b {
             b'"' => in_string = true,
             b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth == 0 => {
+                pieces.push(&text[start..i]);
+                return (pieces, &text[i..]);
+            }
             b'}' | b']' => depth -= 1,
             _ if b == sep && depth == 0 => {
                 pieces.push(&text[start..i]);
@@ -142,7 +190,7 @@ fn split_top_level(text: &str, sep: u8) -> Vec<&str> {
         }
     }
     pieces.push(&text[start..]);
-    pieces
+    (pieces, "")
 }
 
 #[cfg(test)]
@@ -185,6 +233,25 @@ mod tests {
     }
 
     #[test]
+    fn mistral_calls_are_one_array_after_the_marker() {
+        let r = ToolFormat::Mistral.parse(
+            "Checking. [TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {\"s\": \"x,]\"}, \"id\": \"abcdefghi\"}, {\"name\": \"b\", \"arguments\": {}}]",
+        );
+        assert_eq!(r.content, "Checking.");
+        assert_eq!(
+            r.calls,
+            [
+                "{\"name\": \"a\", \"arguments\": {\"s\": \"x,]\"}, \"id\": \"abcdefghi\"}",
+                "{\"name\": \"b\", \"arguments\": {}}"
+            ]
+        );
+        // Cut short before the `]`; no marker at all.
+        let cut = ToolFormat::Mistral.parse("[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}");
+        assert_eq!(cut.calls, ["{\"name\": \"a\", \"arguments\": {}}"]);
+        assert_eq!(ToolFormat::Mistral.parse("[1, 2]").calls.len(), 0);
+    }
+
+    #[test]
     fn streaming_holds_back_what_may_become_a_call() {
         let h = |t: &str| ToolFormat::Hermes.held_from(t);
         assert_eq!(h("Hello"), 5);
@@ -197,5 +264,9 @@ mod tests {
         assert_eq!(l(" {\"na"), 0);
         assert_eq!(l("<|pyth"), 0);
         assert_eq!(l("Sure"), 4);
+        let m = |t: &str| ToolFormat::Mistral.held_from(t);
+        assert_eq!(m("Hi [TOOL"), 3);
+        assert_eq!(m("Hi [TOOL_CALLS][{"), 3);
+        assert_eq!(m("[1]"), 3);
     }
 }
