@@ -14,6 +14,8 @@ pub enum PullError {
     NotAModel { source_name: String, why: String },
     #[error("a model `{name}` is in {dir} already (`flexserve models rm {name}` first)")]
     Exists { name: String, dir: PathBuf },
+    #[error("another pull of `{name}` is running; wait for it or pull under another --name")]
+    Busy { name: String },
     #[error("--sha256 must be 64 hex digits, not {0:?}")]
     BadDigest(String),
     #[error("{source_name} has SHA-256 {actual}, not the {expected} asked for; nothing was kept")]

@@ -9,22 +9,38 @@ use std::time::{Duration, Instant};
 
 /// A file being written in the models directory under a hidden `.NAME.what.part` name,
 /// which the catalogue never lists. Dropped without [`PartFile::finish`], it is removed:
-/// whatever way a pull fails, nothing is left behind.
+/// whatever way a pull fails, nothing is left behind. A pull killed outright leaves its
+/// part file; the next pull of that name takes it over (the lock tells a dead pull's file
+/// from a running one's).
 pub struct PartFile {
     path: PathBuf,
+    /// Holds the lock until the file is renamed or removed.
+    _lock: std::fs::File,
 }
 
 impl PartFile {
-    /// Creates `dir/.NAME.WHAT.part`, refusing to reuse one (another pull of the same name
-    /// may be running).
+    /// Creates (or takes over from a killed pull) `dir/.NAME.WHAT.part`, empty.
     pub fn create(dir: &Path, name: &str, what: &str) -> Result<(Self, std::fs::File), PullError> {
         let path = dir.join(format!(".{name}.{what}.part"));
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(false)
             .open(&path)
             .map_err(PullError::io("create", &path))?;
-        Ok((Self { path }, file))
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(PullError::Busy {
+                    name: name.to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(PullError::io("lock", &path)(e)),
+        }
+        // Truncated only under the lock: a running pull's file is never touched.
+        file.set_len(0).map_err(PullError::io("truncate", &path))?;
+        let lock = file.try_clone().map_err(PullError::io("open", &path))?;
+        Ok((Self { path, _lock: lock }, file))
     }
 
     pub fn path(&self) -> &Path {
