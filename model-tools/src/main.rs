@@ -1,8 +1,6 @@
 //! `flexserve-model`: inspect GGUF files, convert them between tensor types, and generate
 //! tiny random-weight models for tests.
 
-mod codec;
-mod convert;
 mod inspect;
 mod rng;
 mod tiny;
@@ -15,7 +13,7 @@ use clap::{Parser, Subcommand};
 use inference_guest::ggml_type::{GgmlType, SUPPORTED_NAMES};
 use inference_guest::gguf::Gguf;
 use inference_guest::gguf::writer::GgufWriter;
-use model_tools::sealing;
+use model_tools::{codec, convert, sealing};
 
 #[derive(Parser)]
 #[command(
