@@ -61,6 +61,14 @@ impl Grammar {
     pub fn rule_count(&self) -> usize {
         self.alts.len()
     }
+
+    /// The bytes the element at `pos` accepts (none unless it is a byte set).
+    pub(crate) fn head_set(&self, pos: u32) -> ByteSet {
+        match self.elems.get(pos as usize) {
+            Some(Elem::Bytes(s)) => self.sets.get(*s as usize).copied().unwrap_or([0; 4]),
+            _ => [0; 4],
+        }
+    }
 }
 
 /// What the compiler writes: a regular-expression-like tree over bytes and rules.
