@@ -1,5 +1,5 @@
 //! The grammar's cost per token on a real vocabulary: `make bench-grammar`, or
-//! `cargo run --release -p llm-grammar --example bench_mask [-- model.gguf]`.
+//! `cargo run --release -p llm-grammar --example bench_mask [-- model.gguf [filter]]`.
 //!
 //! Drives a constraint along the tokens of realistic answers and times each step's mask
 //! (`Constraint::allowed` and applying it to a logits vector) and its advance: an object
@@ -54,12 +54,13 @@ fn main() {
     let vocab = grammar_vocab(&tok);
     let st = vocab.stats();
     println!(
-        "vocabulary: {} tokens ({} plain up to {} bytes, {} other string content; {} trie nodes, {} class-trie nodes), built in {:.1} ms",
+        "vocabulary: {} tokens ({} plain up to {} bytes, {} other string content; {} trie nodes, {} of them for the rest; {} class-trie nodes), built in {:.1} ms",
         vocab.len(),
         st.plain_tokens,
         st.longest_plain,
         st.mixed_tokens,
         st.trie_nodes,
+        st.other_nodes,
         st.class_nodes,
         ms(t)
     );
@@ -76,9 +77,14 @@ fn main() {
         ("maxLength schema", &city, CITY),
         ("json_object", &json_object_grammar(), OBJECT),
     ];
+    // A second argument keeps only the runs whose name contains it (for profiling one).
+    let only = std::env::args().nth(2).unwrap_or_default();
     for (name, g, answer) in cases {
         for shortcuts in [false, true] {
             let label = if shortcuts { "shortcuts" } else { "walk only" };
+            if !format!("{name}, {label}").contains(&only) {
+                continue;
+            }
             bench(
                 &tok,
                 &vocab,

@@ -64,17 +64,23 @@ pub(crate) fn class_of(b: u8) -> Option<u8> {
         .map(|i| i as u8 + 1)
 }
 
-/// Class `c`'s bytes and the byte that stands for them.
-fn class(c: usize) -> (ByteSet, u8) {
-    match c.checked_sub(1).and_then(|i| UTF8_CLASSES.get(i)) {
-        Some(&(lo, hi)) => (range(lo, hi), lo),
-        None => (PLAIN, b'a'),
+/// Each class's bytes and the byte that stands for them.
+const CLASS_SETS: [(ByteSet, u8); CLASSES] = class_sets();
+
+const fn class_sets() -> [(ByteSet, u8); CLASSES] {
+    let mut out = [(PLAIN, b'a'); CLASSES];
+    let mut i = 0;
+    while i < UTF8_CLASSES.len() {
+        let (lo, hi) = UTF8_CLASSES[i];
+        out[i + 1] = (range(lo, hi), lo);
+        i += 1;
     }
+    out
 }
 
 /// Whether every head of `state` takes the bytes of class `c` all or none.
 fn uniform_for(g: &Grammar, dfa: &Dfa, state: u32, c: usize) -> bool {
-    let (cls, _) = class(c);
+    let (cls, _) = CLASS_SETS[c];
     dfa.heads(state).iter().all(|h| {
         let s = g.head_set(h.pos);
         let taken = [s[0] & cls[0], s[1] & cls[1], s[2] & cls[2], s[3] & cls[3]];
@@ -160,7 +166,7 @@ pub(crate) fn plain_reach(
         if !uniform_for(g, dfa, s, 0) {
             return None;
         }
-        let n = dfa.next(g, stacks, s, class(0).1);
+        let n = dfa.next(g, stacks, s, CLASS_SETS[0].1);
         if n == DEAD {
             return Some(k);
         }
@@ -187,7 +193,9 @@ pub(crate) fn class_walk(
     start: u32,
     out: &mut TokenSet,
 ) -> bool {
-    let mut checked: Vec<bool> = Vec::new();
+    // Per state met: whether it was checked uniform, and its transition per class (dense:
+    // a few hundred states, against a hash lookup per node of `Dfa::next`).
+    let mut rows: Vec<[u32; CLASSES]> = Vec::new();
     let mut path: Vec<(u32, u32, u32)> = Vec::with_capacity(32);
     if let Some(root) = classes.nodes.first() {
         path.push((root.edge_start, root.edge_end, start));
@@ -200,17 +208,22 @@ pub(crate) fn class_walk(
         }
         f.0 += 1;
         let su = state as usize;
-        if checked.len() <= su {
-            checked.resize(su + 1, false);
+        if rows.len() <= su {
+            rows.resize(su + 1, [UNCHECKED; CLASSES]);
         }
-        if !checked[su] {
+        if rows[su][0] == UNCHECKED {
             if !uniform(g, dfa, state) {
                 return false;
             }
-            checked[su] = true;
+            rows[su] = [UNSEEN; CLASSES];
         }
         let (c, child) = classes.edges[next as usize];
-        let n = dfa.next(g, stacks, state, class(usize::from(c)).1);
+        let c = usize::from(c);
+        let mut n = rows[su][c];
+        if n == UNSEEN {
+            n = dfa.next(g, stacks, state, CLASS_SETS[c].1);
+            rows[su][c] = n;
+        }
         if n == DEAD {
             continue;
         }
@@ -224,6 +237,11 @@ pub(crate) fn class_walk(
     }
     true
 }
+
+/// A row of a state not yet checked uniform, and a transition not yet taken ([`DEAD`] is
+/// `u32::MAX`; real states are far below these).
+const UNCHECKED: u32 = u32::MAX - 1;
+const UNSEEN: u32 = u32::MAX - 2;
 
 #[cfg(test)]
 mod tests {
@@ -241,8 +259,9 @@ mod tests {
             let content = b >= 0x20 && b != b'"' && b != b'\\';
             assert_eq!(class_of(b).is_some(), content, "byte {b:#x}");
             if let Some(c) = class_of(b) {
-                assert!(crate::rules::set_has(&class(usize::from(c)).0, b));
-                assert_eq!(class_of(class(usize::from(c)).1), Some(c));
+                let (set, rep) = CLASS_SETS[usize::from(c)];
+                assert!(crate::rules::set_has(&set, b));
+                assert_eq!(class_of(rep), Some(c));
             }
         }
     }

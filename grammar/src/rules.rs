@@ -22,10 +22,12 @@ pub(crate) fn set_has(s: &ByteSet, b: u8) -> bool {
 }
 
 /// The bytes `lo..=hi`.
-pub(crate) fn range(lo: u8, hi: u8) -> ByteSet {
+pub(crate) const fn range(lo: u8, hi: u8) -> ByteSet {
     let mut s = [0u64; 4];
-    for b in lo..=hi {
-        s[usize::from(b >> 6)] |= 1 << (b & 63);
+    let mut b = lo as usize;
+    while b <= hi as usize {
+        s[b >> 6] |= 1 << (b & 63);
+        b += 1;
     }
     s
 }

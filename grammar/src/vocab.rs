@@ -149,6 +149,7 @@ impl Vocab {
             longest_plain: self.plain_index.max_len(),
             mixed_tokens: self.mixed.ids.len(),
             trie_nodes: self.plain.nodes.len() + self.mixed.nodes.len() + self.other.nodes.len(),
+            other_nodes: self.other.nodes.len(),
             class_nodes: self.mixed_classes.nodes.len(),
         }
     }
@@ -162,7 +163,9 @@ pub struct VocabStats {
     pub longest_plain: usize,
     /// Other tokens of string content (UTF-8 too, no `"`, `\` or control byte).
     pub mixed_tokens: usize,
-    /// Nodes of the byte tries, and of the mixed tokens' class trie.
+    /// Nodes of the byte tries, of the one of tokens that cannot be string content (always
+    /// walked), and of the mixed tokens' class trie.
     pub trie_nodes: usize,
+    pub other_nodes: usize,
     pub class_nodes: usize,
 }
