@@ -6,8 +6,9 @@
 //! with nested objects, arrays, enums, numbers and a long free-text string; the answer of
 //! `make bench-structured`'s schema (strings with `maxLength`: the case the plain-token
 //! shortcut is for); and a `json_object` answer. Each twice, in the same process: with the
-//! shortcuts (mask cache, plain tokens by length) and as a walk of the whole vocabulary
-//! every step (`Constraint::set_shortcuts(false)`, the masks are the same). Each step is
+//! content shortcut (`content.rs`) and without it (`Constraint::set_shortcuts(false)`: a
+//! mask not in the cache walks the whole vocabulary, as before the shortcut; the masks are
+//! the same). Each step is
 //! timed on three copies of the constraint and the fastest kept, so that a busy machine's
 //! preemptions do not become the tail.
 
@@ -81,7 +82,7 @@ fn main() {
     let only = std::env::args().nth(2).unwrap_or_default();
     for (name, g, answer) in cases {
         for shortcuts in [false, true] {
-            let label = if shortcuts { "shortcuts" } else { "walk only" };
+            let label = if shortcuts { "shortcut" } else { "walk" };
             if !format!("{name}, {label}").contains(&only) {
                 continue;
             }

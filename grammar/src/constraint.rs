@@ -28,8 +28,7 @@ pub struct Constraint {
     cache: VecDeque<(Vec<Head>, bool, TokenSet)>,
     /// The walk's interned states (reused between steps).
     dfa: Dfa,
-    /// Whether masks may come from the cache or the plain-token shortcut (see
-    /// [`set_shortcuts`](Self::set_shortcuts)).
+    /// Whether masks may use the content shortcut (see [`set_shortcuts`](Self::set_shortcuts)).
     shortcuts: bool,
 }
 
@@ -48,11 +47,13 @@ impl Constraint {
         }
     }
 
-    /// With `false`, every mask is a walk of the whole vocabulary: the reference the tests
-    /// compare the shortcuts' masks with, and the benchmark's "before". The masks are the
-    /// same either way; only their cost differs.
+    /// With `false`, a mask not in the cache is a walk of the whole vocabulary, without the
+    /// content shortcut: the reference the tests compare masks with (a fresh copy, whose
+    /// cache this empties), and the benchmark's "before". The masks are the same either
+    /// way; only their cost differs.
     pub fn set_shortcuts(&mut self, on: bool) {
         self.shortcuts = on;
+        self.cache.clear();
     }
 
     pub fn matcher(&self) -> &Matcher {
@@ -78,7 +79,7 @@ impl Constraint {
             .iter()
             .find(|(h, c, _)| *c == key_complete && *h == self.matcher.heads);
         match cached {
-            Some((_, _, set)) if self.shortcuts => out.clone_from(set),
+            Some((_, _, set)) => out.clone_from(set),
             _ => {
                 out.clear(vocab.len());
                 self.walk(vocab, out);
