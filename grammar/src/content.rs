@@ -55,13 +55,36 @@ pub(crate) const CLASSES: usize = 1 + UTF8_CLASSES.len();
 
 /// The class of `b`, if it is a content byte (not `"`, `\` or a control byte).
 pub(crate) fn class_of(b: u8) -> Option<u8> {
-    if crate::rules::set_has(&PLAIN, b) {
-        return Some(0);
+    match CLASS_OF[usize::from(b)] {
+        NONE => None,
+        c => Some(c),
     }
-    UTF8_CLASSES
-        .iter()
-        .position(|&(lo, hi)| (lo..=hi).contains(&b))
-        .map(|i| i as u8 + 1)
+}
+
+/// Each byte's class, [`NONE`] for bytes that cannot be string content.
+const CLASS_OF: [u8; 256] = class_table();
+const NONE: u8 = u8::MAX;
+
+const fn class_table() -> [u8; 256] {
+    let mut t = [NONE; 256];
+    let mut b = 0;
+    while b < 256 {
+        if PLAIN[b >> 6] >> (b & 63) & 1 == 1 {
+            t[b] = 0;
+        }
+        b += 1;
+    }
+    let mut i = 0;
+    while i < UTF8_CLASSES.len() {
+        let (lo, hi) = UTF8_CLASSES[i];
+        let mut b = lo as usize;
+        while b <= hi as usize {
+            t[b] = i as u8 + 1;
+            b += 1;
+        }
+        i += 1;
+    }
+    t
 }
 
 /// Each class's bytes and the byte that stands for them.

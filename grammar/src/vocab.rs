@@ -96,21 +96,17 @@ impl Vocab {
             .filter(|&i| !v.bytes(i).is_empty())
             .collect();
         order.sort_unstable_by(|&a, &b| v.bytes(a).cmp(v.bytes(b)));
-        let classes = |id| {
-            v.bytes(id)
-                .iter()
-                .map(|&b| class_of(b))
-                .collect::<Option<Vec<u8>>>()
-        };
-        let (content, other): (Vec<u32>, Vec<u32>) =
-            order.iter().partition(|&&id| classes(id).is_some());
+        let class = |id: u32| v.bytes(id).iter().map(|&b| class_of(b));
+        let (content, other): (Vec<u32>, Vec<u32>) = order
+            .iter()
+            .partition(|&&id| class(id).all(|c| c.is_some()));
         let (plain, mixed): (Vec<u32>, Vec<u32>) = content
             .iter()
-            .partition(|&&id| classes(id).is_some_and(|c| c.iter().all(|&c| c == 0)));
+            .partition(|&&id| class(id).all(|c| c == Some(0)));
         // The class strings of `mixed`, in their own order for the class trie.
         let mut class_text: Vec<Vec<u8>> = vec![Vec::new(); v.len()];
         for &id in &mixed {
-            class_text[id as usize] = classes(id).unwrap_or_default();
+            class_text[id as usize] = class(id).flatten().collect();
         }
         let mut by_class = mixed.clone();
         by_class.sort_unstable_by(|&a, &b| class_text[a as usize].cmp(&class_text[b as usize]));
