@@ -17,14 +17,19 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+mod constraint;
+mod content;
 mod error;
 mod json;
 mod matcher;
 mod rules;
 mod schema;
 mod table;
+mod trie;
 mod vocab;
+mod walk;
 
+pub use constraint::Constraint;
 pub use error::{ConstraintError, GrammarError, SchemaError};
 pub use json::Json;
 pub use matcher::Matcher;
@@ -33,4 +38,4 @@ pub use schema::{
     CallStyle, NoCallAnswer, ToolSchema, compile_schema, compile_value, json_object_grammar,
     tool_calls_grammar, tool_calls_or_answer_grammar,
 };
-pub use vocab::{Constraint, TokenSet, Vocab};
+pub use vocab::{TokenSet, Vocab, VocabStats};

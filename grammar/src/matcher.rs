@@ -7,10 +7,10 @@
 //! stacks here share their tails: a stack is a head (the byte-set element to match next)
 //! whose continuation is a chain of nodes in an append-only arena. Advancing a byte copies
 //! only the heads and appends the few nodes a rule call needs, and a caller exploring tokens
-//! (the vocabulary walk in `vocab.rs`) undoes a step by truncating the arena.
+//! (the vocabulary walk in `walk.rs`) undoes a step by truncating the arena.
 //!
 //! Node ids are stable while a node is reachable (the arena is only truncated back to a
-//! length recorded before the nodes were added), which is what lets `vocab.rs` cache a mask
+//! length recorded before the nodes were added), which is what lets `constraint.rs` cache a mask
 //! by the exact head set.
 
 use crate::rules::{ByteSet, Elem, Grammar, set_has, union};

@@ -22,10 +22,12 @@ pub(crate) fn set_has(s: &ByteSet, b: u8) -> bool {
 }
 
 /// The bytes `lo..=hi`.
-pub(crate) fn range(lo: u8, hi: u8) -> ByteSet {
+pub(crate) const fn range(lo: u8, hi: u8) -> ByteSet {
     let mut s = [0u64; 4];
-    for b in lo..=hi {
-        s[usize::from(b >> 6)] |= 1 << (b & 63);
+    let mut b = lo as usize;
+    while b <= hi as usize {
+        s[b >> 6] |= 1 << (b & 63);
+        b += 1;
     }
     s
 }
@@ -60,6 +62,14 @@ impl Grammar {
     /// Number of rules (for tests and diagnostics).
     pub fn rule_count(&self) -> usize {
         self.alts.len()
+    }
+
+    /// The bytes the element at `pos` accepts (none unless it is a byte set).
+    pub(crate) fn head_set(&self, pos: u32) -> ByteSet {
+        match self.elems.get(pos as usize) {
+            Some(Elem::Bytes(s)) => self.sets.get(*s as usize).copied().unwrap_or([0; 4]),
+            _ => [0; 4],
+        }
     }
 }
 
