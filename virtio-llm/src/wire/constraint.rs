@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! RESPONSE_FORMAT: u8 kind (1 json_object, 2 json_schema) | 3 reserved | schema (UTF-8)
-//! TOOLS:           u8 style (1 hermes, 2 llama3_json) | u8 flags (bit 0 lazy, bit 1
+//! TOOLS:           u8 style (1 hermes, 2 llama3_json, 0x80 the template's) | u8 flags (bit 0 lazy, bit 1
 //!                  parallel) | 2 reserved | tools (UTF-8 JSON array of
 //!                  {"name": …, "parameters": <schema>})
 //! ```
@@ -23,6 +23,8 @@ const FORMAT_JSON_OBJECT: u8 = 1;
 const FORMAT_JSON_SCHEMA: u8 = 2;
 const STYLE_HERMES: u8 = 1;
 const STYLE_LLAMA3_JSON: u8 = 2;
+/// Out of the way of the styles still to come.
+const STYLE_TEMPLATE: u8 = 0x80;
 const TOOLS_LAZY: u8 = 1;
 const TOOLS_PARALLEL: u8 = 2;
 
@@ -40,6 +42,33 @@ pub enum ResponseFormat {
 pub enum CallStyle {
     Hermes,
     Llama3Json,
+    /// The model's own, which the guest reads from its template (`feature::GUEST_TOOLS`):
+    /// for a model whose template the host cannot read.
+    Template,
+}
+
+impl CallStyle {
+    pub(crate) fn to_u8(self) -> u8 {
+        match self {
+            CallStyle::Hermes => STYLE_HERMES,
+            CallStyle::Llama3Json => STYLE_LLAMA3_JSON,
+            CallStyle::Template => STYLE_TEMPLATE,
+        }
+    }
+
+    pub(crate) fn from_u8(v: u8) -> Result<Self, WireError> {
+        Ok(match v {
+            STYLE_HERMES => CallStyle::Hermes,
+            STYLE_LLAMA3_JSON => CallStyle::Llama3Json,
+            STYLE_TEMPLATE => CallStyle::Template,
+            other => {
+                return Err(WireError::FieldOutOfRange {
+                    field: "tools style",
+                    value: other.into(),
+                });
+            }
+        })
+    }
 }
 
 /// The calls an answer may or must make.
@@ -109,10 +138,7 @@ impl ToolConstraint {
     }
 
     pub(crate) fn encode(&self, w: &mut Writer<'_>) {
-        w.u8(match self.style {
-            CallStyle::Hermes => STYLE_HERMES,
-            CallStyle::Llama3Json => STYLE_LLAMA3_JSON,
-        });
+        w.u8(self.style.to_u8());
         let mut flags = 0;
         if self.lazy {
             flags |= TOOLS_LAZY;
@@ -126,16 +152,7 @@ impl ToolConstraint {
     }
 
     pub(crate) fn decode(v: &mut Reader<'_>) -> Result<Self, WireError> {
-        let style = match v.u8()? {
-            STYLE_HERMES => CallStyle::Hermes,
-            STYLE_LLAMA3_JSON => CallStyle::Llama3Json,
-            other => {
-                return Err(WireError::FieldOutOfRange {
-                    field: "tools style",
-                    value: other.into(),
-                });
-            }
-        };
+        let style = CallStyle::from_u8(v.u8()?)?;
         let flags = v.u8()?;
         if flags & !(TOOLS_LAZY | TOOLS_PARALLEL) != 0 {
             return Err(WireError::ReservedNotZero {
