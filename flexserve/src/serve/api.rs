@@ -223,7 +223,12 @@ impl Streaming {
             self.started = true;
             return Some(sse(&self.answer.chunk(Some(""), true, None, None)));
         }
-        match self.p.next_piece().await {
+        let piece = self.p.next_piece().await;
+        // A sealed model's call format arrives from its guest before its first text.
+        if self.calls.is_none() {
+            self.calls = self.p.tool_format.map(tools::ToolStream::new);
+        }
+        match piece {
             Piece::Text(text) => {
                 let text = match self.calls.as_mut() {
                     Some(calls) => calls.push(&text).unwrap_or_default(),

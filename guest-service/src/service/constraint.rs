@@ -7,6 +7,7 @@
 //! on from where the grammar stood rather than from its start.
 
 use super::generation::{Refusal, refuse};
+use super::tool_chat::grammar_style;
 use super::{LoadedModel, Service};
 use alloc::string::ToString;
 use alloc::vec::Vec;
@@ -18,9 +19,10 @@ use inference_guest::generate::{GenerateOutcome, Generation, generate, generate_
 use inference_guest::model::{Model, ModelError, Session};
 use inference_guest::parallel::Parallel;
 use inference_guest::sampler::Sampler;
-use llm_grammar::{CallStyle as GrammarStyle, Json, ToolSchema, tool_calls_grammar};
+use inference_guest::tokenizer::ChatTemplate;
+use llm_grammar::{Json, ToolSchema, tool_calls_grammar};
 use virtio_llm::Status;
-use virtio_llm::wire::options::{CallStyle, GenerateOptions, ResponseFormat, ToolConstraint};
+use virtio_llm::wire::options::{GenerateOptions, ResponseFormat, ToolConstraint};
 
 impl LoadedModel {
     /// The model's vocabulary as the grammar walks it, built on first use (memory pressure
@@ -78,12 +80,12 @@ impl Service {
         if saved.is_some() {
             return Ok(saved);
         }
-        compile(options).map(Some)
+        compile(options, m.template).map(Some)
     }
 }
 
 /// A new constraint for `options` (one of the two constraint records is set).
-fn compile(options: &GenerateOptions) -> Result<ConstraintState, Refusal> {
+fn compile(options: &GenerateOptions, template: ChatTemplate) -> Result<ConstraintState, Refusal> {
     let bad = |e: &dyn core::fmt::Display| refuse(Status::BadRequest, &e.to_string());
     if let Some(format) = &options.response_format {
         let grammar = match format {
@@ -95,12 +97,12 @@ fn compile(options: &GenerateOptions) -> Result<ConstraintState, Refusal> {
     let Some(t) = &options.tools else {
         return Err(refuse(Status::Internal, "no constraint was asked for"));
     };
-    tools_state(t)
+    tools_state(t, template)
 }
 
 /// The constraint for tool calls: every call names one of the tools, with arguments valid
 /// for its schema; from the first token, or (lazy) from where the answer starts a call.
-fn tools_state(t: &ToolConstraint) -> Result<ConstraintState, Refusal> {
+fn tools_state(t: &ToolConstraint, template: ChatTemplate) -> Result<ConstraintState, Refusal> {
     let bad = |what: &str| refuse(Status::BadRequest, what);
     let Some(Json::Array(list)) = Json::parse(&t.tools) else {
         return Err(bad("the tools option is not a JSON array"));
@@ -114,10 +116,7 @@ fn tools_state(t: &ToolConstraint) -> Result<ConstraintState, Refusal> {
         };
         tools.push(ToolSchema { name, parameters });
     }
-    let style = match t.style {
-        CallStyle::Hermes => GrammarStyle::Hermes,
-        CallStyle::Llama3Json => GrammarStyle::Llama3Json,
-    };
+    let style = grammar_style(t.style, template)?;
     let grammar = tool_calls_grammar(style, &tools, t.parallel)
         .map_err(|e| refuse(Status::BadRequest, &e.to_string()))?;
     let constraint = Constraint::new(grammar);
