@@ -24,8 +24,8 @@ use virtio_llm::wire::response::{EndOfStream, ResponseMsg, StopReason, Timings, 
 
 /// Why a request gets an error instead of its end of stream.
 pub(super) struct Refusal {
-    status: Status,
-    message: String,
+    pub(super) status: Status,
+    pub(super) message: String,
 }
 
 pub(super) fn refuse(status: Status, message: &str) -> Refusal {

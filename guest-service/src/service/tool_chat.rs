@@ -126,3 +126,75 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use virtio_llm::wire::options::{ToolDef, TurnCall};
+
+    #[test]
+    fn the_templates_style_is_its_own_and_none_is_a_bad_request() {
+        let style = |s, t| grammar_style(s, t).map_err(|r| (r.status, r.message));
+        assert_eq!(
+            style(CallStyle::Template, ChatTemplate::ChatMl).ok(),
+            Some(GrammarStyle::Hermes)
+        );
+        assert_eq!(
+            style(CallStyle::Template, ChatTemplate::Llama3).ok(),
+            Some(GrammarStyle::Llama3Json)
+        );
+        // A style the host named is the one used.
+        assert_eq!(
+            style(CallStyle::Llama3Json, ChatTemplate::ChatMl).ok(),
+            Some(GrammarStyle::Llama3Json)
+        );
+        let Err((status, message)) = style(CallStyle::Template, ChatTemplate::Llama2) else {
+            panic!("llama2 has no tool format");
+        };
+        assert_eq!(status, Status::BadRequest);
+        assert!(message.contains("no tool-calling format"), "{message}");
+    }
+
+    #[test]
+    fn calls_land_on_their_assistant_turns_and_tools_are_shown() {
+        let turn = |role, content: &str| ChatTurn {
+            role,
+            content: content.into(),
+        };
+        let turns = [
+            turn(ChatRole::User, "Weather?"),
+            turn(ChatRole::Assistant, ""),
+            turn(ChatRole::Tool, "sunny"),
+        ];
+        let chat = ToolChat {
+            tools: vec![ToolDef {
+                name: "w".into(),
+                json: "{}".into(),
+                json_indented: "{\n}".into(),
+            }],
+            calls: vec![TurnCall {
+                turn: 1,
+                name: "w".into(),
+                arguments: "{\"city\": \"Paris\"}".into(),
+            }],
+        };
+        let (messages, tools) = tool_messages(&turns, Some(&chat));
+        let roles: Vec<&str> = messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["user", "assistant", "tool"]);
+        assert!(messages[0].tool_calls.is_empty() && messages[2].tool_calls.is_empty());
+        assert_eq!(messages[1].tool_calls[0].arguments, "{\"city\": \"Paris\"}");
+        assert_eq!(tools[0].json_indented, "{\n}");
+        // Rendered as the host renders a plain model's tool chat.
+        let parts = ChatTemplate::ChatMl.parts_with_tools(&messages, &tools, true);
+        let text: alloc::string::String = parts.unwrap().into_iter().map(|(s, _)| s).collect();
+        assert!(
+            text.contains("<tool_call>\n{\"name\": \"w\", \"arguments\": {\"city\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("<tool_response>\nsunny\n</tool_response>"),
+            "{text}"
+        );
+    }
+}
