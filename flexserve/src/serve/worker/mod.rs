@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
-use tool_style::tell_tool_style;
+use tool_style::{slice_options, tell_tool_style};
 use virtio_llm::Status;
 use virtio_llm::wire::options::GenerateOptions;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
@@ -336,6 +336,7 @@ impl Worker {
         };
         let job = &a.job;
         let remaining = job.sampling.max_tokens.saturating_sub(a.generated).max(1);
+        let prompt = std::mem::replace(&mut a.next_prompt, Prompt::Tokens(Vec::new()));
         let req = GenerateRequest {
             request_id: request,
             session_id: a.session,
@@ -351,8 +352,8 @@ impl Worker {
                 },
                 ..job.sampling
             },
-            prompt: std::mem::replace(&mut a.next_prompt, Prompt::Tokens(Vec::new())),
-            options: job.options.clone(),
+            options: slice_options(&job.options, &prompt),
+            prompt,
         };
         let gone = || job.cancel.load(Ordering::Relaxed) || job.events.is_closed();
         let in_slice = std::cell::Cell::new(0u32);
