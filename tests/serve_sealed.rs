@@ -251,5 +251,98 @@ fn the_daemon_serves_a_sealed_model_as_its_plain_gguf() {
         cut["usage"]["prompt_tokens"],
         whole["usage"]["prompt_tokens"]
     );
+    tools_and_formats_as_the_plain_model(addr);
     d.stop();
+}
+
+const WEATHER: &str = r#"{"type":"function","function":{"name":"get_weather",
+    "description":"The current weather in a city.","parameters":{"type":"object",
+    "properties":{"city":{"type":"string"}},"required":["city"],"additionalProperties":false}}}"#;
+
+/// The guest renders a sealed model's tool chat in its template's tool format and
+/// constrains the call (docs/chat-templates.md, *Tools*): the same weights make the same
+/// greedy call as the plain model, read back into OpenAI `tool_calls` (streamed here, whole
+/// for the plain model); a history with a call and its result, and a response format,
+/// answer alike too. Each model pays for its grammar vocabulary once.
+fn tools_and_formats_as_the_plain_model(addr: std::net::SocketAddr) {
+    let forced = |model: &str, stream: bool| {
+        format!(
+            r#"{{"model":"{model}","max_tokens":48,"temperature":0,"stream":{stream},
+               "messages":[{{"role":"user","content":"What is the weather in Paris?"}}],
+               "tools":[{WEATHER}],
+               "tool_choice":{{"type":"function","function":{{"name":"get_weather"}}}}}}"#
+        )
+    };
+    let call = |v: &Value| v["choices"][0]["message"]["tool_calls"][0]["function"].clone();
+    let plain = post(addr, "/v1/chat/completions", &forced("plain", false));
+    assert_eq!(
+        plain["choices"][0]["finish_reason"], "tool_calls",
+        "{plain}"
+    );
+    assert_eq!(call(&plain)["name"], "get_weather", "{plain}");
+    let args = call(&plain)["arguments"].as_str().unwrap().to_string();
+    assert!(serde_json::from_str::<Value>(&args).unwrap()["city"].is_string());
+
+    // Streamed, the sealed model's call arrives as deltas once its guest named the style.
+    let r = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &forced("sealed", true),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let chunks: Vec<Value> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: {"))
+        .map(|l| serde_json::from_str(&format!("{{{l}")).unwrap())
+        .collect();
+    let delta = |c: &Value| c["choices"][0]["delta"]["tool_calls"][0]["function"].clone();
+    let name = chunks
+        .iter()
+        .find_map(|c| delta(c)["name"].as_str().map(String::from));
+    assert_eq!(name.as_deref(), Some("get_weather"), "{}", r.body);
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| delta(c)["arguments"].as_str().map(String::from))
+        .collect();
+    assert_eq!(streamed, args);
+    let finish = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("tool_calls"));
+
+    // The call and its result in the history: rendered alike by guest and host.
+    let after = |model: &str| {
+        let args = serde_json::to_string(&args).unwrap();
+        let body = format!(
+            r#"{{"model":"{model}","max_tokens":8,"temperature":0,"tools":[{WEATHER}],
+               "messages":[{{"role":"user","content":"What is the weather in Paris?"}},
+               {{"role":"assistant","content":null,"tool_calls":[{{"id":"c1","type":"function",
+                 "function":{{"name":"get_weather","arguments":{args}}}}}]}},
+               {{"role":"tool","tool_call_id":"c1","content":"Sunny, 21 C"}}]}}"#
+        );
+        post(addr, "/v1/chat/completions", &body)
+    };
+    let (sealed, plain) = (after("sealed"), after("plain"));
+    assert_eq!(
+        sealed["choices"][0]["message"],
+        plain["choices"][0]["message"]
+    );
+    assert_eq!(sealed["usage"], plain["usage"]);
+
+    let structured = |model: &str| {
+        let body = format!(
+            r#"{{"model":"{model}","max_tokens":24,"temperature":0,
+               "messages":[{{"role":"user","content":"Name a colour."}}],
+               "response_format":{{"type":"json_schema","json_schema":{{"name":"c",
+               "schema":{{"type":"object","properties":{{"colour":{{"type":"string",
+               "maxLength":12}}}},"required":["colour"]}}}}}}}}"#
+        );
+        post(addr, "/v1/chat/completions", &body)["choices"][0]["message"]["content"].clone()
+    };
+    let sealed = structured("sealed");
+    assert_eq!(sealed, structured("plain"));
+    let object: Value = serde_json::from_str(sealed.as_str().unwrap()).unwrap();
+    assert!(object["colour"].is_string(), "{object}");
 }

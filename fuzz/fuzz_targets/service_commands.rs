@@ -289,6 +289,7 @@ fn generate(u: &mut Unstructured<'_>) -> Result<RequestMsg> {
                 .collect::<Result<_>>()?,
         ),
         1 => Prompt::Text(u.arbitrary::<String>()?),
+        // With an assistant turn and a tool result, for a `TOOL_CHAT` record's calls.
         _ => Prompt::Chat(vec![
             ChatTurn {
                 role: ChatRole::System,
@@ -296,6 +297,14 @@ fn generate(u: &mut Unstructured<'_>) -> Result<RequestMsg> {
             },
             ChatTurn {
                 role: ChatRole::User,
+                content: u.arbitrary::<String>()?,
+            },
+            ChatTurn {
+                role: ChatRole::Assistant,
+                content: String::new(),
+            },
+            ChatTurn {
+                role: ChatRole::Tool,
                 content: u.arbitrary::<String>()?,
             },
         ]),

@@ -10,7 +10,8 @@ use virtio_llm::wire::control::{self, ControlCommand, ControlReply};
 use virtio_llm::wire::echo::{self, EchoReply, EchoRequest};
 use virtio_llm::wire::embed::{EmbedRequest, Embedding};
 use virtio_llm::wire::memory::{self, BudgetChange, MemRange, MemoryMsg, RelinquishReport};
-use virtio_llm::wire::options::{GenerateOptions, Penalties};
+use virtio_llm::wire::options::{CallStyle, GenerateOptions, Penalties, ToolChat, ToolDef, TurnCall};
+use virtio_llm::wire::tool_chat::{GetToolStyle, ToolStyleReply};
 use virtio_llm::wire::request::{
     self, CancelRequest, ChatRole, ChatTurn, GenerateRequest, PreemptRequest, Prompt, RequestMsg,
     SamplingParams,
@@ -187,7 +188,33 @@ pub fn options(u: &mut Unstructured<'_>) -> Result<GenerateOptions> {
     if u.arbitrary()? {
         o.logprobs = Some(u.int_in_range(0..=24)?);
     }
+    if u.arbitrary()? {
+        o.tool_chat = Some(tool_chat(u)?);
+    }
     Ok(o)
+}
+
+/// Tools and earlier calls (`feature::GUEST_TOOLS`); turns and names may be out of bounds.
+pub fn tool_chat(u: &mut Unstructured<'_>) -> Result<ToolChat> {
+    let text = |u: &mut Unstructured<'_>, n| -> Result<String> {
+        Ok(String::from_utf8_lossy(bytes(u, n)?).into_owned())
+    };
+    let mut c = ToolChat::default();
+    for _ in 0..u.int_in_range(0u8..=3)? {
+        c.tools.push(ToolDef {
+            name: text(u, 8)?,
+            json: text(u, 256)?,
+            json_indented: text(u, 256)?,
+        });
+    }
+    for _ in 0..u.int_in_range(0u8..=3)? {
+        c.calls.push(TurnCall {
+            turn: u.int_in_range(0..=4)?,
+            name: text(u, 8)?,
+            arguments: text(u, 64)?,
+        });
+    }
+    Ok(c)
 }
 
 fn u32_list(u: &mut Unstructured<'_>, max: usize, below: u32) -> Result<Vec<u32>> {
@@ -219,7 +246,7 @@ fn f32_in(u: &mut Unstructured<'_>, lo: f32, hi: f32) -> Result<f32> {
 
 /// A control command (device → driver), borrowing chunk data from the input.
 pub fn command<'a>(u: &mut Unstructured<'a>) -> Result<ControlCommand<'a>> {
-    Ok(match u.int_in_range(0u8..=8)? {
+    Ok(match u.int_in_range(0u8..=9)? {
         0 => ControlCommand::LoadModelBegin(control::LoadModelBegin {
             model_id: u.arbitrary()?,
             total_bytes: near(u, 0, spec::MAX_MODEL_BYTES + 1)?,
@@ -255,12 +282,28 @@ pub fn command<'a>(u: &mut Unstructured<'a>) -> Result<ControlCommand<'a>> {
             index: u.arbitrary()?,
             data: bytes(u, 4096)?,
         }),
+        8 => ControlCommand::GetToolStyle(GetToolStyle {
+            model_id: u.arbitrary()?,
+        }),
         _ => ControlCommand::Stats(control::StatsRequest),
     })
 }
 
 /// A control reply (driver → device).
 pub fn reply(u: &mut Unstructured<'_>) -> Result<ControlReply> {
+    if u.ratio(1u8, 4)? {
+        return Ok(ControlReply::ToolStyle(ToolStyleReply {
+            model_id: u.arbitrary()?,
+            status: status(u)?,
+            style: match u.int_in_range(0u8..=4)? {
+                0 => None,
+                1 => Some(CallStyle::Hermes),
+                2 => Some(CallStyle::Llama3Json),
+                3 => Some(CallStyle::Mistral),
+                _ => Some(CallStyle::Template),
+            },
+        }));
+    }
     Ok(if u.arbitrary()? {
         ControlReply::Ack(control::Ack {
             command: near(
@@ -306,7 +349,7 @@ pub fn request(u: &mut Unstructured<'_>) -> Result<RequestMsg> {
                     let mut turns = Vec::new();
                     for _ in 0..u.int_in_range(0u8..=4)? {
                         turns.push(ChatTurn {
-                            role: ChatRole::try_from(u.int_in_range(0u8..=2)?)
+                            role: ChatRole::try_from(u.int_in_range(0u8..=3)?)
                                 .unwrap_or(ChatRole::User),
                             content: String::from_utf8_lossy(bytes(u, 1024)?).into_owned(),
                         });

@@ -49,6 +49,12 @@ pub mod feature {
     /// L2-normalised final hidden state of the prompt (`Embedding`), on a KV cache the
     /// driver frees afterwards (`wire::embed`).
     pub const EMBED: u32 = 10;
+    /// Tool conversations rendered by the driver (needs `GUEST_TEXT` and `OPTIONS`): chat
+    /// prompts may hold `tool` turns and an options trailer's `TOOL_CHAT` record (the tools
+    /// declared, the calls earlier turns made); a `TOOLS` record may leave the call style to
+    /// the model's template; the control queue answers `GetToolStyle`
+    /// (`wire::tool_chat`).
+    pub const GUEST_TOOLS: u32 = 11;
     /// Standard virtio 1.x device (VIRTIO_F_VERSION_1); required.
     pub const VERSION_1: u32 = 32;
     /// The device reaches only the shared window (VIRTIO_F_ACCESS_PLATFORM); required, so the
@@ -155,6 +161,12 @@ pub const MAX_OPTION_RECORDS: usize = 8;
 /// Bytes of one option record's value. Sized for a JSON schema or tool list (the
 /// `RESPONSE_FORMAT` and `TOOLS` records) as well as the largest logit bias.
 pub const MAX_OPTION_RECORD_BYTES: usize = 64 * 1024;
+/// Tools one `TOOL_CHAT` record declares (OpenAI allows 128 functions).
+pub const MAX_TOOL_DEFS: usize = 128;
+/// Earlier calls one `TOOL_CHAT` record carries.
+pub const MAX_TOOL_CALLS: usize = 1024;
+/// Bytes of a tool's name (OpenAI allows 64 characters).
+pub const MAX_TOOL_NAME_BYTES: usize = 256;
 /// Tokens a logit bias names (OpenAI allows 300).
 pub const MAX_LOGIT_BIAS: usize = 300;
 /// Largest logit bias either way; -100 bans a token.

@@ -10,7 +10,7 @@ use virtio_llm::spec::feature;
 use virtio_llm::wire::control::{self, Ack, StatsReply};
 use virtio_llm::wire::request::{self, CancelRequest, PreemptRequest};
 use virtio_llm::wire::response::{self, EndOfStream, StopReason, Timings};
-use virtio_llm::wire::{echo, embed, memory, probe, sealed_session};
+use virtio_llm::wire::{echo, embed, memory, probe, sealed_session, tool_chat};
 
 const SPEC: &str = include_str!("../../docs/virtio-llm.md");
 
@@ -53,6 +53,8 @@ fn message_types_match_the_spec_table() {
         ("ProbeReply", probe::msg_type::PROBE_REPLY),
         ("GetStatement", sealed_session::msg_type::GET_STATEMENT),
         ("StatementReply", sealed_session::msg_type::STATEMENT_REPLY),
+        ("GetToolStyle", tool_chat::msg_type::GET_TOOL_STYLE),
+        ("ToolStyleReply", tool_chat::msg_type::TOOL_STYLE_REPLY),
         ("GenerateRequest", request::msg_type::GENERATE),
         ("CancelRequest", request::msg_type::CANCEL),
         ("PreemptRequest", request::msg_type::PREEMPT),
@@ -96,6 +98,7 @@ fn option_record_types_match_the_spec_table() {
         ("LOGPROBS", record::LOGPROBS),
         ("RESPONSE_FORMAT", record::RESPONSE_FORMAT),
         ("TOOLS", record::TOOLS),
+        ("TOOL_CHAT", record::TOOL_CHAT),
     ]);
     let code: BTreeMap<_, _> = code.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     assert_eq!(
@@ -118,6 +121,7 @@ fn feature_bits_match_the_spec_table() {
         ("VIRTIO_LLM_F_KV_REUSE", feature::KV_REUSE),
         ("VIRTIO_LLM_F_OPTIONS", feature::OPTIONS),
         ("VIRTIO_LLM_F_EMBED", feature::EMBED),
+        ("VIRTIO_LLM_F_GUEST_TOOLS", feature::GUEST_TOOLS),
         ("VIRTIO_F_VERSION_1", feature::VERSION_1),
         ("VIRTIO_F_ACCESS_PLATFORM", feature::ACCESS_PLATFORM),
     ]);
@@ -185,6 +189,18 @@ fn fixed_size_bodies_match_the_spec() {
             }),
         ),
         ("StatsReply", body_bytes(&StatsReply::default())),
+        (
+            "GetToolStyle",
+            body_bytes(&tool_chat::GetToolStyle { model_id: 1 }),
+        ),
+        (
+            "ToolStyleReply",
+            body_bytes(&tool_chat::ToolStyleReply {
+                model_id: 1,
+                status: Status::Ok,
+                style: None,
+            }),
+        ),
         (
             "CancelRequest",
             body_bytes(&CancelRequest { request_id: 1 }),

@@ -99,6 +99,7 @@ mod generation;
 pub mod request_watch;
 mod sealed_load;
 mod statement;
+mod tool_style;
 pub use request_watch::{CutOff, Deadlines};
 pub use sealed_load::{FirstRequest, SealedLoadOptions, SealedLoaded, SealedLoading};
 

@@ -242,7 +242,12 @@ impl Streaming {
             self.started = true;
             return Some(self.sse(self.answer.chunk(Some(""), true, None, None)));
         }
-        match self.c.current.next_piece().await {
+        let piece = self.c.current.next_piece().await;
+        // A sealed model's call format arrives from its guest before its first text.
+        if self.calls.is_none() {
+            self.calls = self.c.current.tool_format.map(tools::ToolStream::new);
+        }
+        match piece {
             Piece::Text(text) => {
                 let text = match self.calls.as_mut() {
                     Some(calls) => calls.push(&text).unwrap_or_default(),

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
 use virtio_llm::spec::MAX_PROMPT_TOKENS;
-use virtio_llm::wire::options::{GenerateOptions, ToolConstraint};
+use virtio_llm::wire::options::GenerateOptions;
 use virtio_llm::wire::request::{Prompt, SealedPrompt};
 use virtio_llm::wire::response::Timings;
 
@@ -122,6 +122,7 @@ impl Pending {
                     });
                 }
                 Some(Event::Failed(e)) => return Piece::Failed(e),
+                Some(Event::ToolStyle(f)) => self.tool_format = Some(f),
                 Some(Event::Booted) => {}
                 None => return Piece::Failed(ApiError::ShuttingDown),
             }
@@ -138,7 +139,7 @@ impl Pending {
             match event {
                 Event::Done(end) => return (end.prompt_tokens, end.timings),
                 Event::Failed(_) => break,
-                Event::Tokens { .. } | Event::Booted => {}
+                Event::Tokens { .. } | Event::ToolStyle(_) | Event::Booted => {}
             }
         }
         (0, Timings::default())
@@ -175,7 +176,7 @@ pub async fn submit(
     // The first request for a model reads and checks its file, and tokenizing a long prompt
     // takes a while: off the async threads, and only `limits.blocking_tasks` at once, so a
     // burst of requests cannot pile up blocking threads (each held to the end).
-    let (model, prompt, tool_constraint, tool_format) = {
+    let (model, encoded) = {
         let (s2, input, tools, stream) =
             (s.clone(), req.input.clone(), req.tools.clone(), req.stream);
         super::blocking::bounded(&s.blocking, move || {
@@ -183,6 +184,12 @@ pub async fn submit(
         })
         .await??
     };
+    let tool_prompt::ToolPrompt {
+        prompt,
+        constraint: tool_constraint,
+        format: tool_format,
+        chat: tool_chat,
+    } = encoded;
     let context = context_for(&model, num_ctx)?;
     // A prompt the guest tokenizes is checked there (an empty one is refused, one that does
     // not fit ends with the context full).
@@ -222,6 +229,7 @@ pub async fn submit(
         },
         options: GenerateOptions {
             tools: tool_constraint,
+            tool_chat,
             ..req.options.clone()
         },
         events: tx,
@@ -264,32 +272,29 @@ fn encode(
     let model = s.catalogue.get(&name)?;
     // Refused before tokenizing when the text cannot fit however it tokenizes.
     model.fits_roughly(&input)?;
-    let (prompt, constraint, format) = match input {
+    let plain = |prompt| tool_prompt::ToolPrompt {
+        prompt,
+        constraint: None,
+        format: None,
+        chat: None,
+    };
+    let encoded = match input {
         // Relayed untouched, with the public fields the guest binds it to.
-        Input::Sealed(request) => (
-            Prompt::Sealed(SealedPrompt {
-                model: name,
-                stream,
-                request,
-            }),
-            None,
-            None,
-        ),
+        Input::Sealed(request) => plain(Prompt::Sealed(SealedPrompt {
+            model: name,
+            stream,
+            request,
+        })),
         Input::Chat(m) if tool_prompt::uses_tools(&m, tools) => {
             tool_prompt::encode(&model, &m, tools)?
         }
-        input => (model.encode(&input)?, None, None),
+        input => plain(model.encode(&input)?),
     };
-    Ok((model, prompt, constraint, format))
+    Ok((model, encoded))
 }
 
-/// A request's model, prompt, constraint on tool calls and the format to read them back in.
-type Encoded = (
-    Arc<ServedModel>,
-    Prompt,
-    Option<ToolConstraint>,
-    Option<ToolFormat>,
-);
+/// A request's model, and its prompt with any tools' constraint and call format.
+type Encoded = (Arc<ServedModel>, tool_prompt::ToolPrompt);
 
 /// The context a request may use: the model's, or less with Ollama's `num_ctx`.
 fn context_for(model: &ServedModel, num_ctx: Option<u32>) -> Result<u32, ApiError> {

@@ -37,6 +37,7 @@ pub mod residency;
 pub mod sampling;
 pub mod scheduler;
 pub mod sealed_api;
+pub mod sealed_tools;
 pub mod server;
 pub mod tool_prompt;
 pub mod worker;

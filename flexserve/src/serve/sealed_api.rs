@@ -149,7 +149,7 @@ pub async fn whole(answer: Answer, mut p: SealedPending) -> Response {
                 return json_response(StatusCode::OK, &v);
             }
             Some(Event::Failed(e)) => return e.into_response(),
-            Some(Event::Booted) => {}
+            Some(Event::Booted | Event::ToolStyle(_)) => {}
             None => return ApiError::ShuttingDown.into_response(),
         }
     }
@@ -192,7 +192,7 @@ async fn next_event(answer: &Answer, p: &mut SealedPending, started: &mut bool) 
                 p.events.close();
                 Some(sse(&e.body()))
             }
-            Event::Booted => continue,
+            Event::Booted | Event::ToolStyle(_) => continue,
         };
     }
 }

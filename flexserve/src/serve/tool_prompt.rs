@@ -1,7 +1,7 @@
 //! A chat that uses tools (declares them, or holds earlier calls and results): its prompt,
 //! rendered with the tools in the model's own tool format, and the guest's constraint on
-//! the calls the answer makes. Only a plain model's: a sealed model's template is the
-//! guest's to read, and tools for it are refused until the guest renders them.
+//! the calls the answer makes. A sealed model's template is the guest's to read: its tool
+//! chat goes to the guest to render (`sealed_tools`).
 
 use super::error::ApiError;
 use super::models::ServedModel;
@@ -9,8 +9,21 @@ use super::openai::tools::{ToolChoice, Tools};
 use inference_guest::tokenizer::{ChatMessage, ToolFormat};
 use serde_json::json;
 use virtio_llm::spec::MAX_OPTION_RECORD_BYTES;
-use virtio_llm::wire::options::{CallStyle, ToolConstraint};
+use virtio_llm::wire::options::{CallStyle, ToolChat, ToolConstraint};
 use virtio_llm::wire::request::Prompt;
+
+/// A chat with tools as the guest gets it.
+#[derive(Debug)]
+pub struct ToolPrompt {
+    pub prompt: Prompt,
+    /// The guest's constraint on the calls (none for `tool_choice: "none"`).
+    pub constraint: Option<ToolConstraint>,
+    /// The model's call format, to read the calls back from the answer; `None` when no
+    /// calls are to be read, or (a sealed model) until the guest names it.
+    pub format: Option<ToolFormat>,
+    /// A sealed model's tools and earlier calls, for the guest to render.
+    pub chat: Option<ToolChat>,
+}
 
 /// Whether a conversation needs the tool-aware rendering.
 pub fn uses_tools(messages: &[ChatMessage], tools: Option<&Tools>) -> bool {
@@ -20,19 +33,15 @@ pub fn uses_tools(messages: &[ChatMessage], tools: Option<&Tools>) -> bool {
             .any(|m| m.role == "tool" || !m.tool_calls.is_empty())
 }
 
-/// The prompt of a chat with `tools`, its constraint (none for `tool_choice: "none"`), and
-/// the model's call format (to read the calls back from the answer).
+/// The prompt of a chat with `tools`, its constraint and the model's call format.
 pub fn encode(
     model: &ServedModel,
     messages: &[ChatMessage],
     tools: Option<&Tools>,
-) -> Result<(Prompt, Option<ToolConstraint>, Option<ToolFormat>), ApiError> {
+) -> Result<ToolPrompt, ApiError> {
     let refused = |what: String| ApiError::invalid("tools", what);
     if model.file.is_sealed() {
-        return Err(refused(format!(
-            "tools and tool messages are not supported for the sealed model `{}` yet",
-            model.id
-        )));
+        return super::sealed_tools::encode(messages, tools);
     }
     let failed = |e: crate::model::HostModelError| ApiError::Model(e.to_string());
     let template = model.file.chat_template().map_err(failed)?;
@@ -47,11 +56,16 @@ pub fn encode(
         _ => None,
     };
     let reading = tools.filter(|t| t.choice != ToolChoice::None).and(format);
-    Ok((Prompt::Tokens(ids), constraint, reading))
+    Ok(ToolPrompt {
+        prompt: Prompt::Tokens(ids),
+        constraint,
+        format: reading,
+        chat: None,
+    })
 }
 
 /// The guest's constraint for `tools` written in `format`.
-fn constraint(tools: &Tools, format: ToolFormat) -> Result<ToolConstraint, ApiError> {
+pub(super) fn constraint(tools: &Tools, format: ToolFormat) -> Result<ToolConstraint, ApiError> {
     let callable: Vec<_> = tools
         .defs
         .iter()

@@ -7,6 +7,7 @@
 //! on from where the grammar stood rather than from its start.
 
 use super::generation::{Refusal, refuse};
+use super::tool_chat::grammar_style;
 use super::{LoadedModel, Service};
 use alloc::string::ToString;
 use alloc::vec::Vec;
@@ -18,12 +19,12 @@ use inference_guest::generate::{GenerateOutcome, Generation, generate_constraine
 use inference_guest::model::{Model, ModelError, Session};
 use inference_guest::parallel::Parallel;
 use inference_guest::sampler::Sampler;
+use inference_guest::tokenizer::ChatTemplate;
 use llm_grammar::{
-    CallStyle as GrammarStyle, Json, NoCallAnswer, ToolSchema, tool_calls_grammar,
-    tool_calls_or_answer_grammar,
+    Json, NoCallAnswer, ToolSchema, tool_calls_grammar, tool_calls_or_answer_grammar,
 };
 use virtio_llm::Status;
-use virtio_llm::wire::options::{CallStyle, GenerateOptions, ResponseFormat, ToolConstraint};
+use virtio_llm::wire::options::{GenerateOptions, ResponseFormat, ToolConstraint};
 
 impl LoadedModel {
     /// The model's vocabulary as the grammar walks it, built on first use (memory pressure
@@ -81,14 +82,14 @@ impl Service {
         if saved.is_some() {
             return Ok(saved);
         }
-        compile(options).map(Some)
+        compile(options, m.template).map(Some)
     }
 }
 
 /// A new constraint for `options` (one or both of the two constraint records is set). With
 /// both, an answer that must call gets the calls' grammar; one that may call (lazy tools)
 /// is a call or the response format, constrained from its first token.
-fn compile(options: &GenerateOptions) -> Result<ConstraintState, Refusal> {
+fn compile(options: &GenerateOptions, template: ChatTemplate) -> Result<ConstraintState, Refusal> {
     let bad = |e: &dyn core::fmt::Display| refuse(Status::BadRequest, &e.to_string());
     match (&options.response_format, &options.tools) {
         (Some(format), None) => {
@@ -112,7 +113,7 @@ fn compile(options: &GenerateOptions) -> Result<ConstraintState, Refusal> {
             };
             let list = tool_list(t)?;
             let grammar = tool_calls_or_answer_grammar(
-                grammar_style(t.style),
+                grammar_style(t.style, template)?,
                 &tools(&list)?,
                 t.parallel,
                 answer,
@@ -120,18 +121,11 @@ fn compile(options: &GenerateOptions) -> Result<ConstraintState, Refusal> {
             .map_err(|e| bad(&e))?;
             Ok(ConstraintState::new(Constraint::new(grammar)))
         }
-        (_, Some(t)) => tools_state(t),
+        (_, Some(t)) => tools_state(t, template),
         (None, None) => Err(refuse(Status::Internal, "no constraint was asked for")),
     }
 }
 
-fn grammar_style(style: CallStyle) -> GrammarStyle {
-    match style {
-        CallStyle::Hermes => GrammarStyle::Hermes,
-        CallStyle::Llama3Json => GrammarStyle::Llama3Json,
-        CallStyle::Mistral => GrammarStyle::Mistral,
-    }
-}
 
 /// The tools option's JSON array.
 fn tool_list(t: &ToolConstraint) -> Result<Vec<Json>, Refusal> {
@@ -162,9 +156,9 @@ fn tools(list: &[Json]) -> Result<Vec<ToolSchema<'_>>, Refusal> {
 
 /// The constraint for tool calls: every call names one of the tools, with arguments valid
 /// for its schema; from the first token, or (lazy) from where the answer starts a call.
-fn tools_state(t: &ToolConstraint) -> Result<ConstraintState, Refusal> {
+fn tools_state(t: &ToolConstraint, template: ChatTemplate) -> Result<ConstraintState, Refusal> {
     let list = tool_list(t)?;
-    let style = grammar_style(t.style);
+    let style = grammar_style(t.style, template)?;
     let grammar = tool_calls_grammar(style, &tools(&list)?, t.parallel)
         .map_err(|e| refuse(Status::BadRequest, &e.to_string()))?;
     let constraint = Constraint::new(grammar);

@@ -80,6 +80,16 @@ impl Service {
             ControlCommand::Probe(p) => ControlReply::Probe(self.probe(p, env)),
             ControlCommand::Stats(_) => ControlReply::Stats(self.stats(env)),
             ControlCommand::GetStatement(r) => self.statement(&r, driver),
+            ControlCommand::GetToolStyle(q) if self.guest_tools => {
+                ControlReply::ToolStyle(self.tool_style(&q))
+            }
+            ControlCommand::GetToolStyle(q) => {
+                ControlReply::ToolStyle(virtio_llm::wire::tool_chat::ToolStyleReply {
+                    model_id: q.model_id,
+                    status: Status::Unsupported,
+                    style: None,
+                })
+            }
         }
     }
 

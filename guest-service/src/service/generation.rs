@@ -24,8 +24,8 @@ use virtio_llm::wire::response::{EndOfStream, ResponseMsg, StopReason, Timings, 
 
 /// Why a request gets an error instead of its end of stream.
 pub(super) struct Refusal {
-    status: Status,
-    message: String,
+    pub(super) status: Status,
+    pub(super) message: String,
 }
 
 pub(super) fn refuse(status: Status, message: &str) -> Refusal {
@@ -234,6 +234,14 @@ impl Service {
                 "generation options need VIRTIO_LLM_F_OPTIONS",
             ));
         }
+        let guest_rendered = g.options.tool_chat.is_some()
+            || matches!(&g.options.tools, Some(t) if t.style == virtio_llm::wire::options::CallStyle::Template);
+        if guest_rendered && !self.guest_tools {
+            return Err(refuse(
+                Status::Unsupported,
+                "tool conversations rendered by the guest need VIRTIO_LLM_F_GUEST_TOOLS",
+            ));
+        }
         if matches!(g.prompt, Prompt::Sealed(_) | Prompt::Continue) {
             return Err(refuse(
                 Status::BadRequest,
@@ -308,9 +316,7 @@ impl Service {
             .models
             .get_mut(&slot.model_id)
             .ok_or_else(|| refuse(Status::NoSuchModel, "the session's model was unloaded"))?;
-        let prompt = m
-            .prompt_tokens(&g.prompt)
-            .map_err(|e| refuse(Status::BadModel, &e.to_string()))?;
+        let prompt = m.request_tokens(g)?;
         if prompt.is_empty() {
             return Err(refuse(
                 Status::BadRequest,

@@ -35,6 +35,7 @@ mod sealed_answer;
 mod text;
 mod token_pacer;
 mod token_stream;
+mod tool_chat;
 
 use crate::loader::Loading;
 use crate::memory::{PrivateMemory, Relinquisher};
@@ -170,6 +171,8 @@ pub struct Service {
     options: bool,
     /// The device negotiated `feature::EMBED` (`EmbedRequest`s).
     embeddings: bool,
+    /// The device negotiated `feature::GUEST_TOOLS` (tool conversations rendered here).
+    guest_tools: bool,
 }
 
 impl Service {
@@ -192,6 +195,7 @@ impl Service {
             sealed_sessions: features & (1 << feature::SEALED_SESSION) != 0,
             options: features & (1 << feature::OPTIONS) != 0,
             embeddings: features & (1 << feature::EMBED) != 0,
+            guest_tools: features & (1 << feature::GUEST_TOOLS) != 0,
             #[cfg(feature = "probes")]
             canary: None,
             canary_block: (0, 0),

@@ -10,8 +10,8 @@
 //! (`LoadModelEnd`, after this request): a model that fails it is refused then.
 
 use super::generation::{Failure, Refusal, generation, refuse, remember, sampler};
-use super::text::tokens;
 use super::token_stream::{FeedError, Link, Streamed, TokenStream};
+use super::tool_chat::request_tokens;
 use super::{Environment, GENERATION_SCRATCH_BYTES, Service};
 use crate::arriving::{Appender, Gate};
 use alloc::string::ToString;
@@ -259,7 +259,7 @@ fn from_header(
     let end_ids = Tokenizer::end_of_generation_ids(header).map_err(|e| bad_model(&e))?;
     let prompt = match (&g.prompt, &tokenizer) {
         (Prompt::Tokens(ids), _) => ids.clone(),
-        (p, Some(t)) => tokens(p, t, template),
+        (_, Some(t)) => request_tokens(g, t, template)?,
         (_, None) => Vec::new(),
     };
     if prompt.is_empty() {

@@ -120,6 +120,13 @@ fn busy(cmd: &ControlCommand<'_>) -> ControlReply {
         ControlCommand::Stats(_) => (control_type::STATS_REQUEST, 0),
         ControlCommand::Probe(_) => (virtio_llm::wire::probe::msg_type::MEMORY_PROBE, 0),
         ControlCommand::GetStatement(_) => (session_type::GET_STATEMENT, 0),
+        ControlCommand::GetToolStyle(q) => {
+            return ControlReply::ToolStyle(virtio_llm::wire::tool_chat::ToolStyleReply {
+                model_id: q.model_id,
+                status: Status::Busy,
+                style: None,
+            });
+        }
     };
     super::ack(command, Status::Busy, object)
 }

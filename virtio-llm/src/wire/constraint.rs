@@ -5,8 +5,8 @@
 //!
 //! ```text
 //! RESPONSE_FORMAT: u8 kind (1 json_object, 2 json_schema) | 3 reserved | schema (UTF-8)
-//! TOOLS:           u8 style (1 hermes, 2 llama3_json, 3 mistral) | u8 flags (bit 0 lazy, bit 1
-//!                  parallel) | 2 reserved | tools (UTF-8 JSON array of
+//! TOOLS:           u8 style (1 hermes, 2 llama3_json, 3 mistral, 0x80 the template's) | u8 flags
+//!                  (bit 0 lazy, bit 1 parallel) | 2 reserved | tools (UTF-8 JSON array of
 //!                  {"name": …, "parameters": <schema>})
 //! ```
 
@@ -24,6 +24,8 @@ const FORMAT_JSON_SCHEMA: u8 = 2;
 const STYLE_HERMES: u8 = 1;
 const STYLE_LLAMA3_JSON: u8 = 2;
 const STYLE_MISTRAL: u8 = 3;
+/// Out of the way of the styles still to come.
+const STYLE_TEMPLATE: u8 = 0x80;
 const TOOLS_LAZY: u8 = 1;
 const TOOLS_PARALLEL: u8 = 2;
 
@@ -44,6 +46,35 @@ pub enum CallStyle {
     /// `[TOOL_CALLS][…]` (added after the first two: a guest that predates it refuses the
     /// record as out of range rather than misreading it).
     Mistral,
+    /// The model's own, which the guest reads from its template (`feature::GUEST_TOOLS`):
+    /// for a model whose template the host cannot read.
+    Template,
+}
+
+impl CallStyle {
+    pub(crate) fn to_u8(self) -> u8 {
+        match self {
+            CallStyle::Hermes => STYLE_HERMES,
+            CallStyle::Llama3Json => STYLE_LLAMA3_JSON,
+            CallStyle::Mistral => STYLE_MISTRAL,
+            CallStyle::Template => STYLE_TEMPLATE,
+        }
+    }
+
+    pub(crate) fn from_u8(v: u8) -> Result<Self, WireError> {
+        Ok(match v {
+            STYLE_HERMES => CallStyle::Hermes,
+            STYLE_LLAMA3_JSON => CallStyle::Llama3Json,
+            STYLE_MISTRAL => CallStyle::Mistral,
+            STYLE_TEMPLATE => CallStyle::Template,
+            other => {
+                return Err(WireError::FieldOutOfRange {
+                    field: "tools style",
+                    value: other.into(),
+                });
+            }
+        })
+    }
 }
 
 /// The calls an answer may or must make.
@@ -113,11 +144,7 @@ impl ToolConstraint {
     }
 
     pub(crate) fn encode(&self, w: &mut Writer<'_>) {
-        w.u8(match self.style {
-            CallStyle::Hermes => STYLE_HERMES,
-            CallStyle::Llama3Json => STYLE_LLAMA3_JSON,
-            CallStyle::Mistral => STYLE_MISTRAL,
-        });
+        w.u8(self.style.to_u8());
         let mut flags = 0;
         if self.lazy {
             flags |= TOOLS_LAZY;
@@ -131,17 +158,7 @@ impl ToolConstraint {
     }
 
     pub(crate) fn decode(v: &mut Reader<'_>) -> Result<Self, WireError> {
-        let style = match v.u8()? {
-            STYLE_HERMES => CallStyle::Hermes,
-            STYLE_LLAMA3_JSON => CallStyle::Llama3Json,
-            STYLE_MISTRAL => CallStyle::Mistral,
-            other => {
-                return Err(WireError::FieldOutOfRange {
-                    field: "tools style",
-                    value: other.into(),
-                });
-            }
-        };
+        let style = CallStyle::from_u8(v.u8()?)?;
         let flags = v.u8()?;
         if flags & !(TOOLS_LAZY | TOOLS_PARALLEL) != 0 {
             return Err(WireError::ReservedNotZero {

@@ -8,6 +8,7 @@ use crate::wire::probe::{MemoryProbe, ProbeReply, msg_type as probe_type};
 pub use crate::wire::sealed::{LoadSealedBegin, LoadSealedChunk};
 use crate::wire::sealed_session::{GetStatement, StatementReply, msg_type as session_type};
 use crate::wire::status::Status;
+use crate::wire::tool_chat::{GetToolStyle, ToolStyleReply, msg_type as tool_type};
 use crate::wire::{Message, decode_checked, ensure};
 
 /// Message types of the control queues.
@@ -322,6 +323,8 @@ pub enum ControlCommand<'a> {
     LoadSealedChunk(LoadSealedChunk<'a>),
     /// See [`GetStatement`] (`feature::SEALED_SESSION`).
     GetStatement(GetStatement),
+    /// See [`GetToolStyle`] (`feature::GUEST_TOOLS`).
+    GetToolStyle(GetToolStyle),
 }
 
 impl<'a> ControlCommand<'a> {
@@ -340,6 +343,7 @@ impl<'a> ControlCommand<'a> {
             msg_type::LOAD_SEALED_BEGIN => Self::LoadSealedBegin(decode_checked(r)?),
             msg_type::LOAD_SEALED_CHUNK => Self::LoadSealedChunk(decode_checked(r)?),
             session_type::GET_STATEMENT => Self::GetStatement(decode_checked(r)?),
+            tool_type::GET_TOOL_STYLE => Self::GetToolStyle(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -358,6 +362,7 @@ impl<'a> ControlCommand<'a> {
             Self::Stats(m) => m.encode(out),
             Self::Probe(m) => m.encode(out),
             Self::GetStatement(m) => m.encode(out),
+            Self::GetToolStyle(m) => m.encode(out),
         }
     }
 }
@@ -373,6 +378,8 @@ pub enum ControlReply {
     Probe(ProbeReply),
     /// See [`StatementReply`].
     Statement(StatementReply),
+    /// See [`ToolStyleReply`].
+    ToolStyle(ToolStyleReply),
 }
 
 impl ControlReply {
@@ -384,6 +391,7 @@ impl ControlReply {
             msg_type::STATS_REPLY => Self::Stats(decode_checked(r)?),
             probe_type::PROBE_REPLY => Self::Probe(decode_checked(r)?),
             session_type::STATEMENT_REPLY => Self::Statement(decode_checked(r)?),
+            tool_type::TOOL_STYLE_REPLY => Self::ToolStyle(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -395,6 +403,7 @@ impl ControlReply {
             Self::Stats(m) => m.encode(out),
             Self::Probe(m) => m.encode(out),
             Self::Statement(m) => m.encode(out),
+            Self::ToolStyle(m) => m.encode(out),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod response;
 pub mod sealed;
 pub mod sealed_session;
 pub mod status;
+pub mod tool_chat;
 
 #[cfg(test)]
 mod fuzz_tests;

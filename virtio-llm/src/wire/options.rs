@@ -14,6 +14,7 @@
 use alloc::vec::Vec;
 
 pub use crate::wire::constraint::{CallStyle, ResponseFormat, ToolConstraint};
+pub use crate::wire::tool_chat::{ToolChat, ToolDef, TurnCall};
 
 use crate::error::WireError;
 use crate::spec::{
@@ -40,6 +41,9 @@ pub mod record {
     /// [`super::GenerateOptions::tools`]: the functions a call may name, their schemas, and
     /// how the call is written (`wire::constraint`).
     pub const TOOLS: u16 = 0x0005;
+    /// [`super::GenerateOptions::tool_chat`] (`feature::GUEST_TOOLS`): the tools a chat
+    /// prompt declares and the calls its assistant turns made (`wire::tool_chat`).
+    pub const TOOL_CHAT: u16 = 0x0006;
 }
 
 /// Bytes before each record's value: its type and length.
@@ -76,6 +80,8 @@ pub struct GenerateOptions {
     pub response_format: Option<ResponseFormat>,
     /// The answer's tool calls must name these functions with valid arguments.
     pub tools: Option<ToolConstraint>,
+    /// With a chat prompt: its tools and earlier calls, rendered by the guest.
+    pub tool_chat: Option<ToolChat>,
 }
 
 impl GenerateOptions {
@@ -90,6 +96,7 @@ impl GenerateOptions {
             + usize::from(self.logprobs.is_some())
             + usize::from(self.response_format.is_some())
             + usize::from(self.tools.is_some())
+            + usize::from(self.tool_chat.is_some())
     }
 
     /// Checks every value's range (shared by encoding and decoding).
@@ -132,6 +139,10 @@ impl GenerateOptions {
         if let Some(t) = &self.tools {
             check_len("tools", t.wire_len(), MAX_OPTION_RECORD_BYTES)?;
         }
+        if let Some(c) = &self.tool_chat {
+            check_len("tool chat", c.wire_len(), MAX_OPTION_RECORD_BYTES)?;
+            c.validate()?;
+        }
         Ok(())
     }
 
@@ -155,6 +166,9 @@ impl GenerateOptions {
         }
         if let Some(t) = &self.tools {
             n += RECORD_HEAD + t.wire_len();
+        }
+        if let Some(c) = &self.tool_chat {
+            n += RECORD_HEAD + c.wire_len();
         }
         n
     }
@@ -195,6 +209,11 @@ impl GenerateOptions {
             w.u16(record::TOOLS);
             w.u32(len_u32(t.wire_len()));
             t.encode(w);
+        }
+        if let Some(c) = &self.tool_chat {
+            w.u16(record::TOOL_CHAT);
+            w.u32(len_u32(c.wire_len()));
+            c.encode(w);
         }
     }
 
@@ -239,6 +258,7 @@ impl GenerateOptions {
                     opts.response_format = Some(ResponseFormat::decode(&mut v)?);
                 }
                 record::TOOLS => opts.tools = Some(ToolConstraint::decode(&mut v)?),
+                record::TOOL_CHAT => opts.tool_chat = Some(ToolChat::decode(&mut v)?),
                 other => return Err(WireError::UnknownOption(other)),
             }
             v.finish()?;

@@ -23,6 +23,8 @@ pub(crate) fn every_option() -> GenerateOptions {
             parallel: false,
             tools: r#"[{"name":"f","parameters":{"type":"object"}}]"#.into(),
         }),
+        // A chat prompt's record: `wire::tool_chat`'s tests.
+        tool_chat: None,
     }
 }
 
@@ -176,7 +178,7 @@ fn malformed_trailers_are_refused() {
         }
     );
     // Unknown types.
-    for kind in [0x0006, 0x7777] {
+    for kind in [0x0007, 0x7777] {
         assert_eq!(
             decode(&with_trailer(&trailer(&[record(kind, b"{}")]))),
             Err(WireError::UnknownOption(kind))

@@ -101,6 +101,8 @@ pub enum ChatRole {
     System = 0,
     User = 1,
     Assistant = 2,
+    /// A tool's result (`feature::GUEST_TOOLS`).
+    Tool = 3,
 }
 
 impl ChatRole {
@@ -110,6 +112,7 @@ impl ChatRole {
             Self::System => "system",
             Self::User => "user",
             Self::Assistant => "assistant",
+            Self::Tool => "tool",
         }
     }
 }
@@ -121,6 +124,7 @@ impl TryFrom<u8> for ChatRole {
             0 => Self::System,
             1 => Self::User,
             2 => Self::Assistant,
+            3 => Self::Tool,
             _ => {
                 return Err(WireError::FieldOutOfRange {
                     field: "chat role",
@@ -294,7 +298,13 @@ impl Message<'_> for GenerateRequest {
     fn validate(&self) -> Result<(), WireError> {
         self.sampling.validate()?;
         self.options.validate()?;
-        validate_prompt(&self.prompt)
+        validate_prompt(&self.prompt)?;
+        match (&self.options.tool_chat, &self.prompt) {
+            (None, _) => Ok(()),
+            (Some(c), Prompt::Chat(turns)) => c.validate_turns(turns),
+            // Tools belong to a chat the guest renders.
+            (Some(_), _) => ensure(false, "tool chat prompt_kind", 0),
+        }
     }
 }
 

@@ -233,12 +233,12 @@ fn prompt_contents_are_checked() {
 fn chat_messages_are_checked() {
     // The first message's role byte, then its content's first byte.
     let mut buf = frame(5);
-    buf[PROMPT] = 3;
+    buf[PROMPT] = 4;
     assert_eq!(
         RequestMsg::decode(&buf),
         Err(WireError::FieldOutOfRange {
             field: "chat role",
-            value: 3
+            value: 4
         })
     );
     let mut buf = frame(5);

@@ -409,6 +409,7 @@ impl VirtioDevice for VirtioLlm {
             | u64::from(self.kv_reuse) << feature::KV_REUSE
             | 1 << feature::OPTIONS
             | 1 << feature::EMBED
+            | 1 << feature::GUEST_TOOLS
             | diagnostics
     }
 

@@ -11,6 +11,7 @@
 mod embed;
 mod guest;
 mod idle;
+mod tool_style;
 
 pub use embed::{EmbedWork, Embedded};
 
@@ -20,11 +21,13 @@ use super::keep_alive::KeepAlive;
 use super::metrics::{GuestState, Outcome};
 use super::models::ServedModel;
 use guest::Ready;
+use inference_guest::tokenizer::ToolFormat;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
+use tool_style::{slice_options, tell_tool_style};
 use virtio_llm::Status;
 use virtio_llm::wire::options::GenerateOptions;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
@@ -48,6 +51,9 @@ pub enum Event {
     Failed(ApiError),
     /// A boot-only job's guest is up (its statement, if it has one, is in `Shared`).
     Booted,
+    /// How the model writes tool calls, as its guest says (a sealed model's template is
+    /// the guest's to read); before any tokens.
+    ToolStyle(ToolFormat),
 }
 
 /// One generation waiting for the guest.
@@ -267,6 +273,16 @@ impl Worker {
             self.fail_lost(job);
             return Admission::Over;
         };
+        if let Err(e) = tell_tool_style(&mut running.vm, &job, guest_model) {
+            m.request(Outcome::Failed);
+            let _ = job
+                .events
+                .send(Event::Failed(ApiError::Guest(e.to_string())));
+            if is_fatal(&e) {
+                self.guest_failed("asking the model's tool style", &e);
+            }
+            return Admission::Over;
+        }
         let session = self.next_session;
         self.next_session = self.next_session.wrapping_add(1).max(1);
         if let Err(e) = running
@@ -320,6 +336,7 @@ impl Worker {
         };
         let job = &a.job;
         let remaining = job.sampling.max_tokens.saturating_sub(a.generated).max(1);
+        let prompt = std::mem::replace(&mut a.next_prompt, Prompt::Tokens(Vec::new()));
         let req = GenerateRequest {
             request_id: request,
             session_id: a.session,
@@ -335,8 +352,8 @@ impl Worker {
                 },
                 ..job.sampling
             },
-            prompt: std::mem::replace(&mut a.next_prompt, Prompt::Tokens(Vec::new())),
-            options: job.options.clone(),
+            options: slice_options(&job.options, &prompt),
+            prompt,
         };
         let gone = || job.cancel.load(Ordering::Relaxed) || job.events.is_closed();
         let in_slice = std::cell::Cell::new(0u32);
