@@ -29,14 +29,45 @@ pub struct LlamaConfig {
     pub rope_dims: usize,
     pub rope_layout: RopeLayout,
     pub rms_eps: f32,
+    /// Qwen3: every query and key head is RMS-normed (`attn_q_norm`, `attn_k_norm`, one
+    /// weight of `head_dim` shared by all heads) before RoPE.
+    pub qk_norm: bool,
 }
 
-/// Architectures whose graph is the llama one (optionally with QKV bias).
-const SUPPORTED: &[(&str, RopeLayout)] = &[
-    ("llama", RopeLayout::Normal),
-    ("mistral", RopeLayout::Normal),
-    ("qwen2", RopeLayout::Neox),
+/// What an architecture changes in the llama graph.
+struct Arch {
+    name: &'static str,
+    rope_layout: RopeLayout,
+    qk_norm: bool,
+}
+
+/// Architectures whose graph is the llama one, with what each changes. Projection biases
+/// and `rope_freqs` are used wherever the file has them.
+const SUPPORTED: &[Arch] = &[
+    Arch {
+        name: "llama",
+        rope_layout: RopeLayout::Normal,
+        qk_norm: false,
+    },
+    Arch {
+        name: "mistral",
+        rope_layout: RopeLayout::Normal,
+        qk_norm: false,
+    },
+    Arch {
+        name: "qwen2",
+        rope_layout: RopeLayout::Neox,
+        qk_norm: false,
+    },
+    Arch {
+        name: "qwen3",
+        rope_layout: RopeLayout::Neox,
+        qk_norm: true,
+    },
 ];
+
+/// The architectures [`LlamaConfig::from_gguf`] accepts, for messages.
+pub const SUPPORTED_ARCHITECTURES: &str = "llama, mistral, qwen2, qwen3";
 
 impl LlamaConfig {
     /// Reads and validates the hyper-parameters of `g`.
@@ -46,10 +77,9 @@ impl LlamaConfig {
             .ok_or(ModelError::MissingKey {
                 key: "general.architecture".to_string(),
             })?;
-        let rope_layout = SUPPORTED
+        let spec = SUPPORTED
             .iter()
-            .find(|(name, _)| *name == arch)
-            .map(|(_, layout)| *layout)
+            .find(|a| a.name == arch)
             .ok_or_else(|| ModelError::UnsupportedArchitecture(arch.to_string()))?;
         let key = |suffix: &str| alloc::format!("{arch}.{suffix}");
         let req_u32 = |suffix: &str| -> Result<usize, ModelError> {
@@ -77,6 +107,11 @@ impl LlamaConfig {
             _ => head_dim,
         };
         let rope_freq_base = g.get_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+        // The angles would silently be wrong: llama.cpp stretches them for these types.
+        match g.get_str(&key("rope.scaling.type"))? {
+            None | Some("none") => {}
+            Some(other) => return Err(ModelError::UnsupportedRopeScaling(other.to_string())),
+        }
         let rms_eps =
             g.get_f32(&key("attention.layer_norm_rms_epsilon"))?
                 .ok_or(ModelError::MissingKey {
@@ -102,8 +137,9 @@ impl LlamaConfig {
             n_ctx_train,
             rope_freq_base,
             rope_dims,
-            rope_layout,
+            rope_layout: spec.rope_layout,
             rms_eps,
+            qk_norm: spec.qk_norm,
         };
         cfg.check()?;
         Ok(cfg)
@@ -167,5 +203,49 @@ impl LlamaConfig {
     /// Width of the query projection.
     pub fn q_dim(&self) -> usize {
         self.n_head * self.head_dim
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+    use crate::gguf::writer::GgufWriter;
+    use alloc::vec::Vec;
+
+    /// A llama header with `extra` string keys (no tensors: the config needs none).
+    fn header(extra: &[(&str, &str)]) -> Vec<u8> {
+        let mut w = GgufWriter::new();
+        w.add_str("general.architecture", "llama").unwrap();
+        for (k, v) in [
+            ("llama.embedding_length", 64),
+            ("llama.block_count", 1),
+            ("llama.attention.head_count", 4),
+            ("llama.feed_forward_length", 128),
+            ("llama.context_length", 256),
+            ("llama.vocab_size", 100),
+        ] {
+            w.add_u32(k, v).unwrap();
+        }
+        w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+            .unwrap();
+        for (k, v) in extra {
+            w.add_str(k, v).unwrap();
+        }
+        w.to_bytes().unwrap()
+    }
+
+    #[test]
+    fn the_error_message_lists_every_supported_architecture() {
+        let names: Vec<&str> = SUPPORTED.iter().map(|a| a.name).collect();
+        assert_eq!(names.join(", "), SUPPORTED_ARCHITECTURES);
+    }
+
+    #[test]
+    fn rope_scaling_other_than_none_is_refused_by_name() {
+        let plain = header(&[("llama.rope.scaling.type", "none")]);
+        assert!(LlamaConfig::from_gguf(&Gguf::parse(&plain).unwrap()).is_ok());
+        let yarn = header(&[("llama.rope.scaling.type", "yarn")]);
+        let err = LlamaConfig::from_gguf(&Gguf::parse(&yarn).unwrap()).unwrap_err();
+        assert!(matches!(&err, ModelError::UnsupportedRopeScaling(t) if t == "yarn"));
     }
 }

@@ -8,7 +8,7 @@ use super::attention::{self, DotOrder};
 use super::kv_cache::KvCache;
 use super::matmul::{self, MatmulScratch, Product};
 use super::{Layer, LlamaConfig, Matrix, Model, ModelError};
-use crate::math::{rms_norm_rows, rope_angles, rope_apply};
+use crate::math::{rms_norm_rows, rms_norm_rows_in_place, rope_angles, rope_apply};
 use crate::parallel::{Parallel, for_each_chunk_mut};
 use crate::quant::Kernels;
 use alloc::vec::Vec;
@@ -69,7 +69,7 @@ impl Model<'_> {
         let f = self.forward();
         let w = &self.weights;
         f.check_batch(kv, n_past, tokens)?;
-        f.embed(buf, &w.token_embd, n_past, tokens);
+        f.embed(buf, &w.token_embd, w.rope_freqs.as_deref(), n_past, tokens);
         let t = tokens.len();
         for (li, layer) in w.layers.iter().enumerate() {
             f.layer(kv, buf, li, layer, n_past, t, par);
@@ -141,9 +141,17 @@ impl Forward<'_> {
         Ok(())
     }
 
-    /// The batch's embeddings into `buf.x`, its RoPE angles into `buf.cos`/`buf.sin`, and
-    /// every other buffer sized for `tokens.len()` positions.
-    pub(super) fn embed(&self, buf: &mut Buffers, embd: &Matrix, n_past: usize, tokens: &[u32]) {
+    /// The batch's embeddings into `buf.x`, its RoPE angles (divided by `rope_freqs` when
+    /// the model has them) into `buf.cos`/`buf.sin`, and every other buffer sized for
+    /// `tokens.len()` positions.
+    pub(super) fn embed(
+        &self,
+        buf: &mut Buffers,
+        embd: &Matrix,
+        rope_freqs: Option<&[f32]>,
+        n_past: usize,
+        tokens: &[u32],
+    ) {
         let cfg = self.cfg;
         let t = tokens.len();
         let (e, qd, kvd, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
@@ -161,7 +169,7 @@ impl Forward<'_> {
                 &mut cos[j * half..(j + 1) * half],
                 &mut sin[j * half..(j + 1) * half],
             );
-            rope_angles(n_past + j, cfg.rope_freq_base, cfg.rope_dims, c, s);
+            rope_angles(n_past + j, cfg.rope_freq_base, rope_freqs, c, s);
         }
 
         buf.xb.resize(t * e, 0.0);
@@ -175,7 +183,8 @@ impl Forward<'_> {
     }
 
     /// One layer's attention: RMSNorm, the Q/K/V products (one parallel region), biases,
-    /// RoPE, the new keys and values into `kv`, attention, the output product, the residual.
+    /// per-head Q/K norms (Qwen3), RoPE, the new keys and values into `kv`, attention, the
+    /// output product, the residual.
     #[allow(clippy::too_many_arguments)]
     fn attention_block(
         &self,
@@ -223,6 +232,12 @@ impl Forward<'_> {
                 for row in out.chunks_exact_mut(dim) {
                     row.iter_mut().zip(b).for_each(|(o, &bb)| *o += bb);
                 }
+            }
+        }
+        // Every head of every token is one row of `head_dim`.
+        for (norm, out) in [(&layer.q_norm, &mut buf.q), (&layer.k_norm, &mut buf.k)] {
+            if let Some(w) = norm {
+                rms_norm_rows_in_place(out, w, cfg.rms_eps);
             }
         }
         for j in 0..t {
