@@ -24,7 +24,8 @@ TINY_MODELS          := $(MODELS)/tiny.Q8_0.gguf $(MODELS)/tiny.Q4_K.gguf $(MODE
                         $(MODELS)/tiny.Q5_0.gguf $(MODELS)/tiny.Q5_1.gguf $(MODELS)/tiny.Q5_K.gguf \
                         $(MODELS)/tiny.BF16.gguf $(MODELS)/tiny.IQ4_NL.gguf $(MODELS)/tiny.IQ4_XS.gguf \
                         $(MODELS)/tiny.mix.gguf $(MODELS)/tiny-qwen2.Q8_0.gguf \
-                        $(MODELS)/tiny-qwen3.Q8_0.gguf $(MODELS)/tiny-llama3.Q8_0.gguf
+                        $(MODELS)/tiny-qwen3.Q8_0.gguf $(MODELS)/tiny-llama3.Q8_0.gguf \
+                        $(MODELS)/tiny-gemma3.Q8_0.gguf
 MODEL_TOOL           := target/release/flexserve-model
 FLEXSERVE            := target/release/flexserve
 
@@ -137,6 +138,12 @@ $(MODELS)/tiny-qwen3.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 
 $(MODELS)/tiny-llama3.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --arch llama3 --seed 1
+	@mv $@.part $@
+
+# Six layers: five slide over a window of 8, the sixth is global (Gemma 3's pattern).
+$(MODELS)/tiny-gemma3.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
+	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --arch gemma3 \
+		--layers 6 --seed 5
 	@mv $@.part $@
 
 # The real clients from PyPI for the daemon's tests: the `openai` SDK, LangChain's OpenAI

@@ -242,6 +242,14 @@ fn greedy_tiny_llama3_rope_factors_match_llama_cpp() {
     check_greedy("tiny-llama3.Q8_0.json");
 }
 
+/// Gemma 3: embedding scale, Q/K and post norms, GeGLU, queries scaled before attention,
+/// sliding-window layers (a window of 8, so the prompts outgrow it) with their own RoPE
+/// base beside a global layer, soft-capped logits.
+#[test]
+fn greedy_tiny_gemma3_matches_llama_cpp() {
+    check_greedy("tiny-gemma3.Q8_0.json");
+}
+
 #[test]
 fn prompt_logits_match_llama_cpp() {
     let f = fixture("SmolLM2-135M-Instruct.Q4_1.json");

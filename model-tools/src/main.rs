@@ -88,7 +88,8 @@ enum Command {
         #[arg(long = "type-for", value_parser = parse_type_for)]
         type_for: Vec<(String, GgmlType)>,
         /// Architecture: qwen2 adds Q/K/V biases and uses NeoX RoPE, qwen3 per-head Q/K
-        /// norms with NeoX RoPE, llama3 llama3's RoPE frequency factors (`rope_freqs`).
+        /// norms with NeoX RoPE, llama3 llama3's RoPE frequency factors (`rope_freqs`),
+        /// gemma3 Gemma 3's graph (a sliding window of 8; use 6 layers for a global one).
         #[arg(long, value_enum, default_value = "llama")]
         arch: tiny::TinyArch,
         /// PRNG seed: the same seed gives the same bytes.

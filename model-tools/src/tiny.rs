@@ -62,6 +62,9 @@ pub enum TinyArch {
     Qwen3,
     /// llama with llama3's RoPE frequency factors (`rope_freqs.weight`).
     Llama3,
+    /// gemma3: Q/K norms, post-attention and post-feed-forward norms, GeGLU, sliding-window
+    /// layers of [`GEMMA_WINDOW`] positions (every 6th layer global), soft-capped logits.
+    Gemma3,
 }
 
 impl TinyArch {
@@ -70,6 +73,7 @@ impl TinyArch {
             Self::Llama | Self::Llama3 => "llama",
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
+            Self::Gemma3 => "gemma3",
         }
     }
 }
@@ -97,8 +101,11 @@ fn llama3_rope_factors(head_dim: usize, base: f32) -> Vec<f32> {
         .collect()
 }
 
-/// The tiny models' RoPE base.
+/// The tiny models' RoPE base (Gemma's sliding-window layers': its global ones use 1e6).
 const ROPE_BASE: f32 = 10000.0;
+
+/// The tiny Gemma's sliding window: short enough that the test prompts outgrow it.
+const GEMMA_WINDOW: u32 = 8;
 
 /// The weight-matrix classes `--type-for` can re-type.
 const CLASSES: [&str; 8] = [
@@ -224,12 +231,21 @@ fn write_header(w: &mut GgufWriter, p: &TinyParams, n_vocab: usize) -> Result<()
         }
     }
     w.add_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"), 1e-5)?;
-    w.add_f32(&format!("{arch}.rope.freq_base"), ROPE_BASE)?;
+    let base = match p.arch {
+        TinyArch::Gemma3 => 1_000_000.0,
+        _ => ROPE_BASE,
+    };
+    w.add_f32(&format!("{arch}.rope.freq_base"), base)?;
     w.add_u32(
         &format!("{arch}.rope.dimension_count"),
         as_u32(p.head_dim())?,
     )?;
     w.add_u32(&format!("{arch}.vocab_size"), as_u32(n_vocab)?)?;
+    if p.arch == TinyArch::Gemma3 {
+        w.add_u32(&format!("{arch}.attention.sliding_window"), GEMMA_WINDOW)?;
+        w.add_f32(&format!("{arch}.rope.freq_base_swa"), ROPE_BASE)?;
+        w.add_f32(&format!("{arch}.final_logit_softcapping"), 30.0)?;
+    }
     Ok(())
 }
 
@@ -267,9 +283,14 @@ fn write_tensors(w: &mut GgufWriter, p: &TinyParams, n_vocab: usize) -> Result<(
         for (name, dims) in shapes {
             add(w, name, &format!("blk.{l}.{name}.weight"), dims)?;
         }
-        if p.arch == TinyArch::Qwen3 {
+        if matches!(p.arch, TinyArch::Qwen3 | TinyArch::Gemma3) {
             for name in ["attn_q_norm", "attn_k_norm"] {
                 add(w, name, &format!("blk.{l}.{name}.weight"), &[hd])?;
+            }
+        }
+        if p.arch == TinyArch::Gemma3 {
+            for name in ["post_attention_norm", "post_ffw_norm"] {
+                add(w, name, &format!("blk.{l}.{name}.weight"), &[e])?;
             }
         }
         if p.arch == TinyArch::Qwen2 {
@@ -282,6 +303,11 @@ fn write_tensors(w: &mut GgufWriter, p: &TinyParams, n_vocab: usize) -> Result<(
         }
     }
     add(w, "output_norm", "output_norm.weight", &[e])?;
+    if p.arch == TinyArch::Gemma3 {
+        // Gemma's embeddings enter scaled by sqrt(n_embd): with them tied to the output, the
+        // random model would only ever repeat its input token.
+        add(w, "token_embd", "output.weight", &[e, n_vocab as u64])?;
+    }
     Ok(())
 }
 

@@ -248,9 +248,10 @@ fn streamed_tiny_qwen2_and_k_quants_match_the_loaded_model_bit_for_bit() {
 }
 
 #[test]
-fn streamed_tiny_qwen3_and_llama3_match_the_loaded_model_bit_for_bit() {
+fn streamed_tiny_qwen3_llama3_and_gemma3_match_the_loaded_model_bit_for_bit() {
     matches_loaded_model("tiny-qwen3.Q8_0.gguf", Some(CTX), &[9, MAX_BATCH + 1]);
     matches_loaded_model("tiny-llama3.Q8_0.gguf", Some(CTX), &[9, MAX_BATCH + 1]);
+    matches_loaded_model("tiny-gemma3.Q8_0.gguf", Some(CTX), &[9, MAX_BATCH + 1]);
 }
 
 #[test]

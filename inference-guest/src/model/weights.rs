@@ -49,6 +49,9 @@ pub struct Layer<'a> {
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
     pub wo: Matrix<'a>,
+    /// Gemma's norms of the attention's and the feed-forward's outputs (`n_embd` each).
+    pub attn_post_norm: Option<Vec<f32>>,
+    pub ffn_post_norm: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
     pub w_gate: Matrix<'a>,
     pub w_up: Matrix<'a>,
@@ -210,6 +213,10 @@ impl<'g, 'a> TensorSource<'g, 'a> {
             true => self.vector(&name(s), cfg.head_dim, k).map(Some),
             false => Ok(None),
         };
+        let post_norm = |s: &str| match cfg.gemma {
+            Some(_) => self.vector(&name(s), e, k).map(Some),
+            None => Ok(None),
+        };
         Ok(Layer {
             attn_norm: self.vector(&name("attn_norm.weight"), e, k)?,
             wq: self.matrix(&name("attn_q.weight"), e, q)?,
@@ -221,6 +228,8 @@ impl<'g, 'a> TensorSource<'g, 'a> {
             q_norm: head_norm("attn_q_norm.weight")?,
             k_norm: head_norm("attn_k_norm.weight")?,
             wo: self.matrix(&name("attn_output.weight"), q, e)?,
+            attn_post_norm: post_norm("post_attention_norm.weight")?,
+            ffn_post_norm: post_norm("post_ffw_norm.weight")?,
             ffn_norm: self.vector(&name("ffn_norm.weight"), e, k)?,
             w_gate: self.matrix(&name("ffn_gate.weight"), e, ff)?,
             w_up: self.matrix(&name("ffn_up.weight"), e, ff)?,
