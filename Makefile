@@ -23,7 +23,9 @@ CONVERSIONS          := $(MODELS)/SmolLM2-135M-Instruct.F16.gguf \
 TINY_MODELS          := $(MODELS)/tiny.Q8_0.gguf $(MODELS)/tiny.Q4_K.gguf $(MODELS)/tiny.Q6_K.gguf \
                         $(MODELS)/tiny.Q5_0.gguf $(MODELS)/tiny.Q5_1.gguf $(MODELS)/tiny.Q5_K.gguf \
                         $(MODELS)/tiny.BF16.gguf $(MODELS)/tiny.IQ4_NL.gguf $(MODELS)/tiny.IQ4_XS.gguf \
-                        $(MODELS)/tiny.mix.gguf $(MODELS)/tiny-qwen2.Q8_0.gguf
+                        $(MODELS)/tiny.mix.gguf $(MODELS)/tiny-qwen2.Q8_0.gguf \
+                        $(MODELS)/tiny-qwen3.Q8_0.gguf $(MODELS)/tiny-llama3.Q8_0.gguf \
+                        $(MODELS)/tiny-gemma3.Q8_0.gguf
 MODEL_TOOL           := target/release/flexserve-model
 FLEXSERVE            := target/release/flexserve
 
@@ -126,6 +128,22 @@ $(MODELS)/tiny.mix.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 
 $(MODELS)/tiny-qwen2.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --arch qwen2 --seed 2
+	@mv $@.part $@
+
+# 8 heads of 64 over an embedding of 256: as in Qwen3, n_head * head_dim is not n_embd.
+$(MODELS)/tiny-qwen3.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
+	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --arch qwen3 \
+		--heads 8 --head-dim 64 --seed 3
+	@mv $@.part $@
+
+$(MODELS)/tiny-llama3.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
+	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --arch llama3 --seed 1
+	@mv $@.part $@
+
+# Six layers: five slide over a window of 8, the sixth is global (Gemma 3's pattern).
+$(MODELS)/tiny-gemma3.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
+	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --arch gemma3 \
+		--layers 6 --seed 5
 	@mv $@.part $@
 
 # The real clients from PyPI for the daemon's tests: the `openai` SDK, LangChain's OpenAI

@@ -6,12 +6,28 @@
 /// `out = x / rms(x) * w`, with the sum of squares in f64 as ggml's `rms_norm` does.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     assert!(x.len() == w.len() && x.len() == out.len());
-    let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
-    let mean = (sum / x.len() as f64) as f32;
-    let scale = 1.0 / libm::sqrtf(mean + eps);
+    let scale = rms_scale(x, eps);
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         // ggml scales first (ggml_rms_norm), then multiplies by the weight (ggml_mul).
         *o = (v * scale) * g;
+    }
+}
+
+/// `1 / sqrt(mean(x²) + eps)`, the mean taken over an f64 sum as ggml's `rms_norm` does.
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / libm::sqrtf(mean + eps)
+}
+
+/// [`rms_norm`] of every `w.len()`-long row of `x`, in place (Qwen3's per-head Q/K norm,
+/// where a row is one head).
+pub fn rms_norm_rows_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(w.len()) {
+        let scale = rms_scale(row, eps);
+        row.iter_mut()
+            .zip(w)
+            .for_each(|(v, &g)| *v = (*v * scale) * g);
     }
 }
 
@@ -23,14 +39,23 @@ pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// The cos/sin of every rotated pair at one position, stepped the way ggml's rope cache does
-/// (`theta *= theta_scale` in f32), so angles match llama.cpp bit for bit.
-pub fn rope_angles(pos: usize, freq_base: f32, rope_dims: usize, cos: &mut [f32], sin: &mut [f32]) {
-    let half = rope_dims / 2;
-    assert!(cos.len() == half && sin.len() == half);
-    let theta_scale = libm::powf(freq_base, -2.0 / rope_dims as f32);
+/// (`theta *= theta_scale` in f32), so angles match llama.cpp bit for bit. `freq_factors`
+/// (llama3's `rope_freqs`, one per pair) divide each pair's angle, as ggml's
+/// `ggml_rope_cache_init` divides it before anything else.
+pub fn rope_angles(
+    pos: usize,
+    freq_base: f32,
+    freq_factors: Option<&[f32]>,
+    cos: &mut [f32],
+    sin: &mut [f32],
+) {
+    let half = cos.len();
+    assert!(sin.len() == half && freq_factors.is_none_or(|f| f.len() == half));
+    let theta_scale = libm::powf(freq_base, -2.0 / (2 * half) as f32);
     let mut theta = pos as f32;
     for i in 0..half {
-        (cos[i], sin[i]) = cos_sin(theta);
+        let angle = freq_factors.map_or(theta, |f| theta / f[i]);
+        (cos[i], sin[i]) = cos_sin(angle);
         theta *= theta_scale;
     }
 }
@@ -84,12 +109,12 @@ mod tests {
     fn rope_at_position_zero_is_identity_and_preserves_norm() {
         let mut cos = [0.0; 4];
         let mut sin = [0.0; 4];
-        rope_angles(0, 10000.0, 8, &mut cos, &mut sin);
+        rope_angles(0, 10000.0, None, &mut cos, &mut sin);
         let orig = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
         let mut x = orig;
         rope_apply(&mut x, &cos, &sin, false);
         assert_eq!(x, orig);
-        rope_angles(17, 10000.0, 8, &mut cos, &mut sin);
+        rope_angles(17, 10000.0, None, &mut cos, &mut sin);
         for neox in [false, true] {
             let mut x = orig;
             rope_apply(&mut x, &cos, &sin, neox);
@@ -97,5 +122,29 @@ mod tests {
             let n1: f32 = x.iter().map(|v| v * v).sum();
             assert!((n0 - n1).abs() < 1e-3);
         }
+    }
+
+    #[test]
+    fn the_in_place_norm_equals_the_copying_one() {
+        let x: [f32; 8] = core::array::from_fn(|i| i as f32 * 0.7 - 2.0);
+        let w: [f32; 4] = [0.5, 1.5, -1.0, 2.0];
+        let mut out = [0.0f32; 8];
+        rms_norm_rows(&x, &w, 1e-6, &mut out);
+        let mut y = x;
+        rms_norm_rows_in_place(&mut y, &w, 1e-6);
+        assert_eq!(y, out);
+    }
+
+    #[test]
+    fn frequency_factors_divide_each_pairs_angle() {
+        let (mut c0, mut s0, mut c1, mut s1) = ([0.0; 4], [0.0; 4], [0.0; 4], [0.0; 4]);
+        rope_angles(9, 10000.0, None, &mut c0, &mut s0);
+        rope_angles(9, 10000.0, Some(&[1.0; 4]), &mut c1, &mut s1);
+        assert_eq!((c0, s0), (c1, s1));
+        rope_angles(9, 10000.0, Some(&[1.0, 1.0, 1.0, 4.0]), &mut c1, &mut s1);
+        assert_eq!((&c0[..3], &s0[..3]), (&c1[..3], &s1[..3]));
+        // The last pair's angle, 9 * base^(-3/4), divided by its factor of 4.
+        let theta = 9.0 * libm::powf(10000.0, -0.75);
+        assert!((s1[3] - libm::sinf(theta / 4.0)).abs() < 1e-6);
     }
 }

@@ -230,6 +230,26 @@ fn greedy_tiny_qwen2_neox_rope_and_biases_match_llama_cpp() {
     check_greedy("tiny-qwen2.Q8_0.json");
 }
 
+/// Qwen3: per-head Q/K RMSNorm before RoPE, no biases, heads wider than n_embd / n_head.
+#[test]
+fn greedy_tiny_qwen3_head_norms_match_llama_cpp() {
+    check_greedy("tiny-qwen3.Q8_0.json");
+}
+
+/// Llama 3.x: RoPE angles divided by the `rope_freqs` factors (llama3 rope scaling).
+#[test]
+fn greedy_tiny_llama3_rope_factors_match_llama_cpp() {
+    check_greedy("tiny-llama3.Q8_0.json");
+}
+
+/// Gemma 3: embedding scale, Q/K and post norms, GeGLU, queries scaled before attention,
+/// sliding-window layers (a window of 8, so the prompts outgrow it) with their own RoPE
+/// base beside a global layer, soft-capped logits.
+#[test]
+fn greedy_tiny_gemma3_matches_llama_cpp() {
+    check_greedy("tiny-gemma3.Q8_0.json");
+}
+
 #[test]
 fn prompt_logits_match_llama_cpp() {
     let f = fixture("SmolLM2-135M-Instruct.Q4_1.json");

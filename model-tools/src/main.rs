@@ -85,7 +85,9 @@ enum Command {
         /// Classes: token_embd, attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down.
         #[arg(long = "type-for", value_parser = parse_type_for)]
         type_for: Vec<(String, GgmlType)>,
-        /// Architecture (qwen2 adds Q/K/V biases and uses NeoX RoPE).
+        /// Architecture: qwen2 adds Q/K/V biases and uses NeoX RoPE, qwen3 per-head Q/K
+        /// norms with NeoX RoPE, llama3 llama3's RoPE frequency factors (`rope_freqs`),
+        /// gemma3 Gemma 3's graph (a sliding window of 8; use 6 layers for a global one).
         #[arg(long, value_enum, default_value = "llama")]
         arch: tiny::TinyArch,
         /// PRNG seed: the same seed gives the same bytes.
@@ -103,6 +105,9 @@ enum Command {
         /// Key/value heads (grouped-query attention).
         #[arg(long, default_value_t = 2)]
         kv_heads: usize,
+        /// Head size, if not --embd / --heads (qwen3 models' heads are wider).
+        #[arg(long)]
+        head_dim: Option<usize>,
         /// Feed-forward hidden size.
         #[arg(long, default_value_t = 512)]
         ff: usize,
@@ -205,6 +210,7 @@ fn run(command: Command) -> Result<()> {
             layers,
             heads,
             kv_heads,
+            head_dim,
             ff,
             ctx,
         } => {
@@ -220,6 +226,7 @@ fn run(command: Command) -> Result<()> {
                 layers,
                 heads,
                 kv_heads,
+                head_dim,
                 ff,
                 ctx,
             };

@@ -25,9 +25,10 @@ pub struct Relaid {
 }
 
 /// Where a tensor goes in forward order: the embeddings (with the GGUF header and
-/// metadata before them), each block in turn, then everything else (final norm, output).
+/// metadata before them, and llama3's RoPE factors, which the engine reads with them), each
+/// block in turn, then everything else (final norm, output).
 fn rank(name: &str) -> usize {
-    if name.starts_with("token_embd.") {
+    if name.starts_with("token_embd.") || name.starts_with("rope_freqs.") {
         return 0;
     }
     name.strip_prefix("blk.")
@@ -87,6 +88,7 @@ mod tests {
     #[test]
     fn tensors_rank_in_forward_order() {
         assert_eq!(rank("token_embd.weight"), 0);
+        assert_eq!(rank("rope_freqs.weight"), 0);
         assert_eq!(rank("blk.0.attn_q.weight"), 1);
         assert_eq!(rank("blk.11.ffn_down.weight"), 12);
         assert_eq!(rank("output_norm.weight"), usize::MAX);

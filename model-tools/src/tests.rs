@@ -31,6 +31,7 @@ fn params(seed: u64) -> TinyParams {
         layers: 2,
         heads: 4,
         kv_heads: 2,
+        head_dim: None,
         ff: 96,
         ctx: 128,
     }

@@ -22,6 +22,8 @@ pub struct TinyParams {
     pub layers: usize,
     pub heads: usize,
     pub kv_heads: usize,
+    /// Head size when it is not `embd / heads` (written as `attention.key_length`).
+    pub head_dim: Option<usize>,
     pub ff: usize,
     pub ctx: usize,
 }
@@ -56,16 +58,54 @@ pub enum TinyArch {
     Llama,
     /// qwen2: NeoX RoPE and Q/K/V biases.
     Qwen2,
+    /// qwen3: NeoX RoPE and per-head Q/K RMSNorms, no biases.
+    Qwen3,
+    /// llama with llama3's RoPE frequency factors (`rope_freqs.weight`).
+    Llama3,
+    /// gemma3: Q/K norms, post-attention and post-feed-forward norms, GeGLU, sliding-window
+    /// layers of [`GEMMA_WINDOW`] positions (every 6th layer global), soft-capped logits.
+    Gemma3,
 }
 
 impl TinyArch {
     fn name(self) -> &'static str {
         match self {
-            Self::Llama => "llama",
+            Self::Llama | Self::Llama3 => "llama",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Gemma3 => "gemma3",
         }
     }
 }
+
+/// llama3's rope scaling as `convert_hf_to_gguf.py` turns it into `rope_freqs` (factor 8,
+/// low/high frequency factors 1 and 4), with an original context of 256 instead of 8192
+/// so that at a tiny model's head size and short prompts half the pairs are scaled and
+/// some are interpolated.
+fn llama3_rope_factors(head_dim: usize, base: f32) -> Vec<f32> {
+    let (factor, low, high, old_ctx) = (8.0f32, 1.0f32, 4.0f32, 256.0f32);
+    let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / base.powf((2 * i) as f32 / head_dim as f32);
+            let wavelen = 2.0 * core::f32::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (old_ctx / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
+}
+
+/// The tiny models' RoPE base (Gemma's sliding-window layers': its global ones use 1e6).
+const ROPE_BASE: f32 = 10000.0;
+
+/// The tiny Gemma's sliding window: short enough that the test prompts outgrow it.
+const GEMMA_WINDOW: u32 = 8;
 
 /// The weight-matrix classes `--type-for` can re-type.
 const CLASSES: [&str; 8] = [
@@ -81,7 +121,7 @@ const CLASSES: [&str; 8] = [
 
 impl TinyParams {
     fn head_dim(&self) -> usize {
-        self.embd / self.heads.max(1)
+        self.head_dim.unwrap_or(self.embd / self.heads.max(1))
     }
 
     /// The weight type of tensor class `class`.
@@ -107,9 +147,10 @@ impl TinyParams {
         {
             return bad("every size must be non-zero".into());
         }
-        if !self.embd.is_multiple_of(self.heads) || !self.head_dim().is_multiple_of(2) {
+        let splits = self.head_dim.is_some() || self.embd.is_multiple_of(self.heads);
+        if !splits || !self.head_dim().is_multiple_of(2) || self.head_dim() == 0 {
             return bad(format!(
-                "--embd {} must split into {} heads of even size",
+                "--embd {} must split into {} heads of even size (or give an even --head-dim)",
                 self.embd, self.heads
             ));
         }
@@ -121,9 +162,14 @@ impl TinyParams {
         }
         for ty in core::iter::once(self.ty).chain(self.type_for.iter().map(|(_, t)| *t)) {
             let block = ty.block_len();
-            if !self.embd.is_multiple_of(block) || !self.ff.is_multiple_of(block) {
+            let q_dim = self.heads * self.head_dim();
+            if ![self.embd, self.ff, q_dim]
+                .iter()
+                .all(|d| d.is_multiple_of(block))
+            {
                 return bad(format!(
-                    "--embd {} and --ff {} must be multiples of {}'s block of {block}",
+                    "--embd {}, --ff {} and heads × head size {q_dim} must be multiples of \
+                     {}'s block of {block}",
                     self.embd,
                     self.ff,
                     ty.name()
@@ -148,9 +194,23 @@ pub fn generate(vocab: &Gguf<'_>, p: &TinyParams) -> Result<GgufWriter, TinyErro
         .get_str_array("tokenizer.ggml.tokens")?
         .ok_or(TinyError::NoVocab)?
         .len();
+    let mut w = GgufWriter::new();
+    write_header(&mut w, p, n_vocab)?;
+    for (key, value) in vocab
+        .metadata()
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+    {
+        w.add(key, value)?;
+    }
+    write_tensors(&mut w, p, n_vocab)?;
+    Ok(w)
+}
+
+/// The architecture's hyper-parameters.
+fn write_header(w: &mut GgufWriter, p: &TinyParams, n_vocab: usize) -> Result<(), TinyError> {
     let as_u32 =
         |v: usize| u32::try_from(v).map_err(|_| TinyError::Shape(format!("{v} is too large")));
-    let mut w = GgufWriter::new();
     let arch = p.arch.name();
     w.add_str("general.architecture", arch)?;
     w.add_str("general.name", "flexserve-tiny")?;
@@ -165,50 +225,73 @@ pub fn generate(vocab: &Gguf<'_>, p: &TinyParams) -> Result<GgufWriter, TinyErro
         &format!("{arch}.attention.head_count_kv"),
         as_u32(p.kv_heads)?,
     )?;
+    if p.head_dim.is_some() {
+        for k in ["key_length", "value_length"] {
+            w.add_u32(&format!("{arch}.attention.{k}"), as_u32(p.head_dim())?)?;
+        }
+    }
     w.add_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"), 1e-5)?;
-    w.add_f32(&format!("{arch}.rope.freq_base"), 10000.0)?;
+    let base = match p.arch {
+        TinyArch::Gemma3 => 1_000_000.0,
+        _ => ROPE_BASE,
+    };
+    w.add_f32(&format!("{arch}.rope.freq_base"), base)?;
     w.add_u32(
         &format!("{arch}.rope.dimension_count"),
         as_u32(p.head_dim())?,
     )?;
     w.add_u32(&format!("{arch}.vocab_size"), as_u32(n_vocab)?)?;
-    for (key, value) in vocab
-        .metadata()
-        .iter()
-        .filter(|(k, _)| k.starts_with("tokenizer."))
-    {
-        w.add(key, value)?;
+    if p.arch == TinyArch::Gemma3 {
+        w.add_u32(&format!("{arch}.attention.sliding_window"), GEMMA_WINDOW)?;
+        w.add_f32(&format!("{arch}.rope.freq_base_swa"), ROPE_BASE)?;
+        w.add_f32(&format!("{arch}.final_logit_softcapping"), 30.0)?;
     }
+    Ok(())
+}
 
+/// Seeded random tensors; the draws of the llama and qwen2 tensors are those of the first
+/// version of `tiny`, so their files keep their bytes for a seed.
+fn write_tensors(w: &mut GgufWriter, p: &TinyParams, n_vocab: usize) -> Result<(), TinyError> {
     let mut rng = SplitMix64::new(p.seed);
     // Biases draw from their own stream so llama models keep their bytes for a seed.
     let mut rng_bias = SplitMix64::new(p.seed ^ 0xb1a5);
     let (e, kv) = (p.embd as u64, (p.kv_heads * p.head_dim()) as u64);
+    let (q, hd) = ((p.heads * p.head_dim()) as u64, p.head_dim() as u64);
     let mut add = |w: &mut GgufWriter, class: &str, name: &str, dims: &[u64]| {
         let (ty, data) = random_tensor(&mut rng, p.type_of(class), dims);
         w.add_tensor(name, ty, dims, data)
     };
-    add(
-        &mut w,
-        "token_embd",
-        "token_embd.weight",
-        &[e, n_vocab as u64],
-    )?;
+    add(w, "token_embd", "token_embd.weight", &[e, n_vocab as u64])?;
+    if p.arch == TinyArch::Llama3 {
+        let factors = llama3_rope_factors(p.head_dim(), ROPE_BASE);
+        let bytes = factors.iter().flat_map(|f| f.to_le_bytes()).collect();
+        w.add_tensor("rope_freqs.weight", GgmlType::F32, &[hd / 2], bytes)?;
+    }
     for l in 0..p.layers {
         let ff = p.ff as u64;
         let shapes: [(&str, &[u64]); 9] = [
             ("attn_norm", &[e]),
-            ("attn_q", &[e, e]),
+            ("attn_q", &[e, q]),
             ("attn_k", &[e, kv]),
             ("attn_v", &[e, kv]),
-            ("attn_output", &[e, e]),
+            ("attn_output", &[q, e]),
             ("ffn_norm", &[e]),
             ("ffn_gate", &[e, ff]),
             ("ffn_up", &[e, ff]),
             ("ffn_down", &[ff, e]),
         ];
         for (name, dims) in shapes {
-            add(&mut w, name, &format!("blk.{l}.{name}.weight"), dims)?;
+            add(w, name, &format!("blk.{l}.{name}.weight"), dims)?;
+        }
+        if matches!(p.arch, TinyArch::Qwen3 | TinyArch::Gemma3) {
+            for name in ["attn_q_norm", "attn_k_norm"] {
+                add(w, name, &format!("blk.{l}.{name}.weight"), &[hd])?;
+            }
+        }
+        if p.arch == TinyArch::Gemma3 {
+            for name in ["post_attention_norm", "post_ffw_norm"] {
+                add(w, name, &format!("blk.{l}.{name}.weight"), &[e])?;
+            }
         }
         if p.arch == TinyArch::Qwen2 {
             for (name, len) in [("attn_q", e), ("attn_k", kv), ("attn_v", kv)] {
@@ -219,8 +302,13 @@ pub fn generate(vocab: &Gguf<'_>, p: &TinyParams) -> Result<GgufWriter, TinyErro
             }
         }
     }
-    add(&mut w, "output_norm", "output_norm.weight", &[e])?;
-    Ok(w)
+    add(w, "output_norm", "output_norm.weight", &[e])?;
+    if p.arch == TinyArch::Gemma3 {
+        // Gemma's embeddings enter scaled by sqrt(n_embd): with them tied to the output, the
+        // random model would only ever repeat its input token.
+        add(w, "token_embd", "output.weight", &[e, n_vocab as u64])?;
+    }
+    Ok(())
 }
 
 /// Random data for one tensor: 1-D tensors are F32 norm weights near 1.0; matrices are

@@ -18,9 +18,9 @@ use virtio_llm::wire::control::{
 
 fn model_status(e: &ModelError) -> Status {
     match e {
-        ModelError::UnsupportedArchitecture(_) | ModelError::TensorType { .. } => {
-            Status::Unsupported
-        }
+        ModelError::UnsupportedArchitecture(_)
+        | ModelError::UnsupportedRopeScaling(_)
+        | ModelError::TensorType { .. } => Status::Unsupported,
         _ => Status::BadModel,
     }
 }

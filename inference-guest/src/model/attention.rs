@@ -134,10 +134,16 @@ fn dot(order: DotOrder, x: &[f32], y: &[f32]) -> f32 {
 
 /// ggml's `soft_max` on `scores` (already scaled): exp with its AVX-512 polynomial, the sum
 /// kept per 16-lane chunk in f64 (masked tail lanes are zeros), then one multiply by 1/sum.
-fn softmax(kernels: &Kernels, scores: &mut [f32]) {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+/// Scores before `first` are masked out (a sliding window): their weight is exactly 0, and
+/// they keep their lanes in the sums, as llama.cpp's -inf mask leaves them.
+fn softmax(kernels: &Kernels, scores: &mut [f32], first: usize) {
+    let max = scores[first..]
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
     scores.iter_mut().for_each(|v| *v -= max);
     kernels.exp_in_place(scores);
+    scores[..first].fill(0.0);
     let mut sum = 0.0f64;
     for chunk in scores.chunks(LANES) {
         let mut lanes = [0.0f32; LANES];
@@ -148,22 +154,24 @@ fn softmax(kernels: &Kernels, scores: &mut [f32]) {
     scores.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// The attention of one token against positions `[0, n_kv)` of one KV head, for the
-/// `out.len() / head_dim` query heads sharing it. `q` holds those heads' queries.
+/// The attention of one token against positions `span` (`[first, n_kv)`: all before it
+/// unless a sliding window starts later) of one KV head, for the `out.len() / head_dim`
+/// query heads sharing it, scores multiplied by `scale`. `q` holds those heads' queries.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attend(
     kernels: &Kernels,
     kv: &KvCache,
     layer: usize,
     kv_head: usize,
-    n_kv: usize,
+    span: core::ops::Range<usize>,
     head_dim: usize,
     order: DotOrder,
+    scale: f32,
     q: &[f32],
     out: &mut [f32],
 ) {
     let hd = head_dim;
-    let scale = 1.0 / libm::sqrtf(hd as f32);
+    let (first, n_kv) = (span.start, span.end);
     let keys = kv.keys(layer, kv_head, n_kv);
     let values = kv.values(layer, kv_head, n_kv);
     let lanes = order.lanes();
@@ -173,13 +181,13 @@ pub(super) fn attend(
     let mut tree = vec![0.0f32; (LANES + 8 + 4) * hd];
     for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
         q16.iter_mut().zip(qh).for_each(|(d, &s)| *d = round_f16(s));
-        for (p, s) in probs.iter_mut().enumerate() {
+        for (p, s) in probs.iter_mut().enumerate().skip(first) {
             *s = dot(order, &keys[p * hd..(p + 1) * hd], &q16) * scale;
         }
-        softmax(kernels, &mut probs);
+        softmax(kernels, &mut probs, first);
         // out[d] = Σ_p f16(prob_p) · v[p][d], position p summed into lane p % lanes.
         acc.fill(0.0);
-        for (p, &w) in probs.iter().enumerate() {
+        for (p, &w) in probs.iter().enumerate().skip(first) {
             let w = round_f16(w);
             let lane = &mut acc[(p % lanes) * hd..(p % lanes + 1) * hd];
             for (a, &v) in lane.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
@@ -227,7 +235,7 @@ mod tests {
     #[test]
     fn softmax_is_a_distribution() {
         let mut s = [0.5f32, -1.0, 2.0, 0.0, 3.5];
-        softmax(&Kernels::scalar(), &mut s);
+        softmax(&Kernels::scalar(), &mut s, 0);
         assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(s[4] > s[2] && s[2] > s[0]);
     }

@@ -29,14 +29,124 @@ pub struct LlamaConfig {
     pub rope_dims: usize,
     pub rope_layout: RopeLayout,
     pub rms_eps: f32,
+    /// Qwen3: every query and key head is RMS-normed (`attn_q_norm`, `attn_k_norm`, one
+    /// weight of `head_dim` shared by all heads) before RoPE.
+    pub qk_norm: bool,
+    /// Gemma 3's changes to the graph, for `gemma3` models.
+    pub gemma: Option<GemmaConfig>,
 }
 
-/// Architectures whose graph is the llama one (optionally with QKV bias).
-const SUPPORTED: &[(&str, RopeLayout)] = &[
-    ("llama", RopeLayout::Normal),
-    ("mistral", RopeLayout::Normal),
-    ("qwen2", RopeLayout::Neox),
+/// What Gemma 3 changes beyond per-head Q/K norms: embeddings scaled by sqrt(n_embd),
+/// norms after attention and after the feed-forward, GeGLU, queries scaled before the
+/// attention (not its scores), sliding-window layers with their own RoPE base, and
+/// optionally soft-capped logits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GemmaConfig {
+    /// Positions a sliding-window layer attends to, itself included (0: every layer is global).
+    pub sliding_window: usize,
+    /// Every `swa_pattern`-th layer is global, the others slide (llama.cpp's default: 6).
+    pub swa_pattern: usize,
+    /// RoPE base of the sliding-window layers.
+    pub rope_freq_base_swa: f32,
+    /// The factor queries are multiplied by before attention.
+    pub attn_scale: f32,
+    /// `c` in `c * tanh(logit / c)`, or 0 for none.
+    pub final_softcap: f32,
+}
+
+impl GemmaConfig {
+    /// Whether layer `il` attends through the sliding window.
+    pub fn is_swa(&self, il: usize) -> bool {
+        self.sliding_window > 0
+            && (self.swa_pattern == 0 || il % self.swa_pattern < self.swa_pattern - 1)
+    }
+}
+
+/// What an architecture changes in the llama graph.
+struct Arch {
+    name: &'static str,
+    rope_layout: RopeLayout,
+    qk_norm: bool,
+    gemma: bool,
+}
+
+/// Architectures whose graph is the llama one, with what each changes. Projection biases
+/// and `rope_freqs` are used wherever the file has them.
+const SUPPORTED: &[Arch] = &[
+    Arch {
+        name: "llama",
+        rope_layout: RopeLayout::Normal,
+        qk_norm: false,
+        gemma: false,
+    },
+    Arch {
+        name: "mistral",
+        rope_layout: RopeLayout::Normal,
+        qk_norm: false,
+        gemma: false,
+    },
+    Arch {
+        name: "qwen2",
+        rope_layout: RopeLayout::Neox,
+        qk_norm: false,
+        gemma: false,
+    },
+    Arch {
+        name: "qwen3",
+        rope_layout: RopeLayout::Neox,
+        qk_norm: true,
+        gemma: false,
+    },
+    Arch {
+        name: "gemma3",
+        rope_layout: RopeLayout::Neox,
+        qk_norm: true,
+        gemma: true,
+    },
 ];
+
+/// The architectures [`LlamaConfig::from_gguf`] accepts, for messages.
+pub const SUPPORTED_ARCHITECTURES: &str = "llama, mistral, qwen2, qwen3, gemma3";
+
+impl GemmaConfig {
+    /// Gemma 3's keys as llama.cpp's `llama_model_gemma3::load_arch_hparams` reads them.
+    fn from_gguf(
+        g: &Gguf<'_>,
+        arch: &str,
+        n_layer: usize,
+        embd_per_head: usize,
+        head_dim: usize,
+    ) -> Result<Self, ModelError> {
+        let key = |suffix: &str| alloc::format!("{arch}.{suffix}");
+        let sliding_window = g.get_u32(&key("attention.sliding_window"))?.unwrap_or(0) as usize;
+        let swa_pattern = g
+            .get_u32(&key("attention.sliding_window_pattern"))?
+            .unwrap_or(6) as usize;
+        let rope_freq_base_swa = g.get_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0);
+        let final_softcap = g.get_f32(&key("final_logit_softcapping"))?.unwrap_or(0.0);
+        // gemma_pytorch's query_pre_attn_scalar: the 27B model (62 layers) scales by the
+        // embedding per head, the others by the head size.
+        let per = if n_layer == 62 {
+            embd_per_head
+        } else {
+            head_dim
+        };
+        let bad = |what: &str| Err(ModelError::BadHyperParameters(what.to_string()));
+        if !(rope_freq_base_swa.is_finite() && rope_freq_base_swa > 0.0) {
+            return bad("rope.freq_base_swa must be a positive number");
+        }
+        if !(final_softcap.is_finite() && final_softcap >= 0.0) {
+            return bad("final_logit_softcapping must be a number >= 0");
+        }
+        Ok(Self {
+            sliding_window,
+            swa_pattern,
+            rope_freq_base_swa,
+            attn_scale: 1.0 / libm::sqrtf(per as f32),
+            final_softcap,
+        })
+    }
+}
 
 impl LlamaConfig {
     /// Reads and validates the hyper-parameters of `g`.
@@ -46,10 +156,9 @@ impl LlamaConfig {
             .ok_or(ModelError::MissingKey {
                 key: "general.architecture".to_string(),
             })?;
-        let rope_layout = SUPPORTED
+        let spec = SUPPORTED
             .iter()
-            .find(|(name, _)| *name == arch)
-            .map(|(_, layout)| *layout)
+            .find(|a| a.name == arch)
             .ok_or_else(|| ModelError::UnsupportedArchitecture(arch.to_string()))?;
         let key = |suffix: &str| alloc::format!("{arch}.{suffix}");
         let req_u32 = |suffix: &str| -> Result<usize, ModelError> {
@@ -77,6 +186,11 @@ impl LlamaConfig {
             _ => head_dim,
         };
         let rope_freq_base = g.get_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+        // The angles would silently be wrong: llama.cpp stretches them for these types.
+        match g.get_str(&key("rope.scaling.type"))? {
+            None | Some("none") => {}
+            Some(other) => return Err(ModelError::UnsupportedRopeScaling(other.to_string())),
+        }
         let rms_eps =
             g.get_f32(&key("attention.layer_norm_rms_epsilon"))?
                 .ok_or(ModelError::MissingKey {
@@ -90,6 +204,16 @@ impl LlamaConfig {
                 .ok_or(ModelError::MissingTensor("token_embd.weight".to_string()))?
                 as usize,
         };
+        let gemma = match spec.gemma {
+            true => Some(GemmaConfig::from_gguf(
+                g,
+                arch,
+                n_layer,
+                n_embd / n_head,
+                head_dim,
+            )?),
+            false => None,
+        };
         let cfg = Self {
             architecture: arch.to_string(),
             n_vocab,
@@ -102,8 +226,10 @@ impl LlamaConfig {
             n_ctx_train,
             rope_freq_base,
             rope_dims,
-            rope_layout,
+            rope_layout: spec.rope_layout,
             rms_eps,
+            qk_norm: spec.qk_norm,
+            gemma,
         };
         cfg.check()?;
         Ok(cfg)
@@ -121,8 +247,10 @@ impl LlamaConfig {
     /// cache: for a 1.5B model a full batch is ~60 MB, more than a fixed headroom.
     pub fn batch_bytes(&self, tokens: usize) -> usize {
         let t = tokens.clamp(1, super::MAX_BATCH);
+        // Gemma keeps a second set of RoPE angles for its sliding-window layers.
+        let rope = self.rope_dims * (1 + usize::from(self.gemma.is_some()));
         let f32s_per_token =
-            3 * self.n_embd + 2 * self.q_dim() + 2 * self.kv_dim() + 3 * self.n_ff + self.rope_dims;
+            3 * self.n_embd + 2 * self.q_dim() + 2 * self.kv_dim() + 3 * self.n_ff + rope;
         let quantised = t * 2 * self.n_ff.max(self.n_embd);
         t * f32s_per_token * 4 + quantised + 2 * 4 * self.n_vocab
     }
@@ -167,5 +295,49 @@ impl LlamaConfig {
     /// Width of the query projection.
     pub fn q_dim(&self) -> usize {
         self.n_head * self.head_dim
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+    use crate::gguf::writer::GgufWriter;
+    use alloc::vec::Vec;
+
+    /// A llama header with `extra` string keys (no tensors: the config needs none).
+    fn header(extra: &[(&str, &str)]) -> Vec<u8> {
+        let mut w = GgufWriter::new();
+        w.add_str("general.architecture", "llama").unwrap();
+        for (k, v) in [
+            ("llama.embedding_length", 64),
+            ("llama.block_count", 1),
+            ("llama.attention.head_count", 4),
+            ("llama.feed_forward_length", 128),
+            ("llama.context_length", 256),
+            ("llama.vocab_size", 100),
+        ] {
+            w.add_u32(k, v).unwrap();
+        }
+        w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+            .unwrap();
+        for (k, v) in extra {
+            w.add_str(k, v).unwrap();
+        }
+        w.to_bytes().unwrap()
+    }
+
+    #[test]
+    fn the_error_message_lists_every_supported_architecture() {
+        let names: Vec<&str> = SUPPORTED.iter().map(|a| a.name).collect();
+        assert_eq!(names.join(", "), SUPPORTED_ARCHITECTURES);
+    }
+
+    #[test]
+    fn rope_scaling_other_than_none_is_refused_by_name() {
+        let plain = header(&[("llama.rope.scaling.type", "none")]);
+        assert!(LlamaConfig::from_gguf(&Gguf::parse(&plain).unwrap()).is_ok());
+        let yarn = header(&[("llama.rope.scaling.type", "yarn")]);
+        let err = LlamaConfig::from_gguf(&Gguf::parse(&yarn).unwrap()).unwrap_err();
+        assert!(matches!(&err, ModelError::UnsupportedRopeScaling(t) if t == "yarn"));
     }
 }

@@ -40,7 +40,7 @@ impl Model<'_> {
             let (kv, buf) = (&mut session.kv, &mut session.buf);
             let n_past = i * MAX_BATCH;
             f.check_batch(kv, n_past, batch)?;
-            f.embed(buf, &w.token_embd, n_past, batch);
+            f.embed(buf, &w.token_embd, w.rope_freqs.as_deref(), n_past, batch);
             for (li, layer) in w.layers.iter().enumerate() {
                 f.layer(kv, buf, li, layer, n_past, batch.len(), par);
             }

@@ -2,6 +2,7 @@
 
 use crate::ggml_type::{GgmlType, SUPPORTED_NAMES};
 use crate::gguf::GgufError;
+use crate::model::config::SUPPORTED_ARCHITECTURES;
 use crate::tokenizer::TokenizerError;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -16,10 +17,16 @@ pub enum ModelError {
     #[error("the model file has no `{key}` metadata; it is not a complete llama-family model")]
     MissingKey { key: String },
     #[error(
-        "model architecture `{0}` is not supported (supported: llama, mistral, qwen2); \
+        "model architecture `{0}` is not supported (supported: {SUPPORTED_ARCHITECTURES}); \
          use a llama-family GGUF"
     )]
     UnsupportedArchitecture(String),
+    /// RoPE scaling other than llama3's frequency factors (`rope_freqs`): YaRN, linear.
+    #[error(
+        "RoPE scaling `{0}` is not supported (only unscaled RoPE and llama3's \
+         `rope_freqs` factors are)"
+    )]
+    UnsupportedRopeScaling(String),
     #[error("inconsistent model hyper-parameters: {0}")]
     BadHyperParameters(String),
     #[error("the model file has no tensor `{0}`; it is incomplete or not a llama-family model")]

@@ -5,10 +5,10 @@
 //! or arrive layer by layer (`super::streaming`): both run the very same steps.
 
 use super::attention::{self, DotOrder};
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, round_f16};
 use super::matmul::{self, MatmulScratch, Product};
 use super::{Layer, LlamaConfig, Matrix, Model, ModelError};
-use crate::math::{rms_norm_rows, rope_angles, rope_apply};
+use crate::math::{rms_norm_rows, rms_norm_rows_in_place, rope_angles, rope_apply};
 use crate::parallel::{Parallel, for_each_chunk_mut};
 use crate::quant::Kernels;
 use alloc::vec::Vec;
@@ -37,6 +37,9 @@ pub(super) struct Buffers {
     up: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// Gemma's sliding-window layers' angles (their own RoPE base).
+    cos_swa: Vec<f32>,
+    sin_swa: Vec<f32>,
     matmul: MatmulScratch,
 }
 
@@ -69,7 +72,7 @@ impl Model<'_> {
         let f = self.forward();
         let w = &self.weights;
         f.check_batch(kv, n_past, tokens)?;
-        f.embed(buf, &w.token_embd, n_past, tokens);
+        f.embed(buf, &w.token_embd, w.rope_freqs.as_deref(), n_past, tokens);
         let t = tokens.len();
         for (li, layer) in w.layers.iter().enumerate() {
             f.layer(kv, buf, li, layer, n_past, t, par);
@@ -95,6 +98,28 @@ impl Forward<'_> {
         self.kernels.exp_in_place(scratch);
         for ((g, &u), &e) in gate.iter_mut().zip(up).zip(scratch.iter()) {
             *g = *g / (1.0 + e) * u;
+        }
+    }
+
+    /// `gate = gelu(gate) * up` as ggml's GeGLU computes it on the CPU: GELU (tanh form)
+    /// read from a table over f16 inputs, so the input and the GELU are rounded to f16, with
+    /// the table's cut-offs at ±10.
+    fn geglu(gate: &mut [f32], up: &[f32]) {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        const COEF_A: f32 = 0.044_715;
+        for (g, &u) in gate.iter_mut().zip(up) {
+            let x = *g;
+            *g = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                x * u
+            } else {
+                let x = round_f16(x);
+                // As GCC compiles ggml_gelu_f32: `1 + A*x*x` contracted into one fma.
+                let inner = libm::fmaf(COEF_A * x, x, 1.0);
+                let t = libm::tanhf(SQRT_2_OVER_PI * x * inner);
+                round_f16(0.5 * x * (1.0 + t)) * u
+            };
         }
     }
 
@@ -141,9 +166,17 @@ impl Forward<'_> {
         Ok(())
     }
 
-    /// The batch's embeddings into `buf.x`, its RoPE angles into `buf.cos`/`buf.sin`, and
-    /// every other buffer sized for `tokens.len()` positions.
-    pub(super) fn embed(&self, buf: &mut Buffers, embd: &Matrix, n_past: usize, tokens: &[u32]) {
+    /// The batch's embeddings into `buf.x`, its RoPE angles (divided by `rope_freqs` when
+    /// the model has them) into `buf.cos`/`buf.sin`, and every other buffer sized for
+    /// `tokens.len()` positions.
+    pub(super) fn embed(
+        &self,
+        buf: &mut Buffers,
+        embd: &Matrix,
+        rope_freqs: Option<&[f32]>,
+        n_past: usize,
+        tokens: &[u32],
+    ) {
         let cfg = self.cfg;
         let t = tokens.len();
         let (e, qd, kvd, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
@@ -152,16 +185,27 @@ impl Forward<'_> {
             self.kernels
                 .dequantize_row(embd.ty, embd.rows_slice(id as usize, 1), row);
         }
+        if cfg.gemma.is_some() {
+            // ggml_scale by sqrtf(n_embd).
+            let scale = libm::sqrtf(e as f32);
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
 
         let half = cfg.rope_dims / 2;
-        let cos = sized(&mut buf.cos, t * half);
-        let sin = sized(&mut buf.sin, t * half);
-        for j in 0..t {
-            let (c, s) = (
-                &mut cos[j * half..(j + 1) * half],
-                &mut sin[j * half..(j + 1) * half],
-            );
-            rope_angles(n_past + j, cfg.rope_freq_base, cfg.rope_dims, c, s);
+        let swa_base = cfg.gemma.as_ref().map(|g| g.rope_freq_base_swa);
+        for (base, cos, sin) in [
+            (Some(cfg.rope_freq_base), &mut buf.cos, &mut buf.sin),
+            (swa_base, &mut buf.cos_swa, &mut buf.sin_swa),
+        ] {
+            let Some(base) = base else { continue };
+            let (cos, sin) = (sized(cos, t * half), sized(sin, t * half));
+            for j in 0..t {
+                let (c, s) = (
+                    &mut cos[j * half..(j + 1) * half],
+                    &mut sin[j * half..(j + 1) * half],
+                );
+                rope_angles(n_past + j, base, rope_freqs, c, s);
+            }
         }
 
         buf.xb.resize(t * e, 0.0);
@@ -174,8 +218,9 @@ impl Forward<'_> {
         buf.up.resize(t * ff, 0.0);
     }
 
-    /// One layer's attention: RMSNorm, the Q/K/V products (one parallel region), biases,
-    /// RoPE, the new keys and values into `kv`, attention, the output product, the residual.
+    /// One layer's attention: RMSNorm, the Q/K/V products (one parallel region), the
+    /// queries and keys made ready ([`Self::qk_ready`]), attention, the output product, its
+    /// norm (Gemma), the residual.
     #[allow(clippy::too_many_arguments)]
     fn attention_block(
         &self,
@@ -188,9 +233,6 @@ impl Forward<'_> {
         par: &dyn Parallel,
     ) {
         let cfg = self.cfg;
-        let (qd, kvd, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
-        let half = cfg.rope_dims / 2;
-        let neox = cfg.rope_layout == super::RopeLayout::Neox;
         let k = self.kernels;
         rms_norm_rows(&buf.x, &layer.attn_norm, cfg.rms_eps, &mut buf.xb);
         matmul::run(
@@ -214,6 +256,41 @@ impl Forward<'_> {
                 },
             ],
         );
+        self.qk_ready(kv, buf, li, layer, n_past, t);
+        self.attention(kv, li, n_past, &buf.q, &mut buf.att, par);
+        matmul::run(
+            k,
+            par,
+            &mut buf.matmul,
+            &buf.att,
+            t,
+            &mut [Product {
+                matrix: &layer.wo,
+                out: &mut buf.proj,
+            }],
+        );
+        if let Some(w) = &layer.attn_post_norm {
+            rms_norm_rows_in_place(&mut buf.proj, w, cfg.rms_eps);
+        }
+        buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
+    }
+
+    /// The projections made ready for attention: biases, per-head Q/K norms (Qwen3, Gemma),
+    /// RoPE (a Gemma sliding-window layer with its own angles), Gemma's query scale; the new
+    /// keys and values go into `kv`.
+    fn qk_ready(
+        &self,
+        kv: &mut KvCache,
+        buf: &mut Buffers,
+        li: usize,
+        layer: &Layer,
+        n_past: usize,
+        t: usize,
+    ) {
+        let cfg = self.cfg;
+        let (qd, kvd, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let half = cfg.rope_dims / 2;
+        let neox = cfg.rope_layout == super::RopeLayout::Neox;
         for (bias, out, dim) in [
             (&layer.bq, &mut buf.q, qd),
             (&layer.bk, &mut buf.k, kvd),
@@ -225,10 +302,21 @@ impl Forward<'_> {
                 }
             }
         }
+        // Every head of every token is one row of `head_dim`.
+        for (norm, out) in [(&layer.q_norm, &mut buf.q), (&layer.k_norm, &mut buf.k)] {
+            if let Some(w) = norm {
+                rms_norm_rows_in_place(out, w, cfg.rms_eps);
+            }
+        }
+        let swa = cfg.gemma.as_ref().is_some_and(|g| g.is_swa(li));
+        let (cos, sin) = match swa {
+            true => (&buf.cos_swa, &buf.sin_swa),
+            false => (&buf.cos, &buf.sin),
+        };
         for j in 0..t {
             let (c, s) = (
-                &buf.cos[j * half..(j + 1) * half],
-                &buf.sin[j * half..(j + 1) * half],
+                &cos[j * half..(j + 1) * half],
+                &sin[j * half..(j + 1) * half],
             );
             for head in buf.q[j * qd..(j + 1) * qd].chunks_exact_mut(hd) {
                 rope_apply(&mut head[..cfg.rope_dims], c, s, neox);
@@ -243,23 +331,14 @@ impl Forward<'_> {
                 &buf.v[j * kvd..(j + 1) * kvd],
             );
         }
-        self.attention(kv, li, n_past, &buf.q, &mut buf.att, par);
-        matmul::run(
-            k,
-            par,
-            &mut buf.matmul,
-            &buf.att,
-            t,
-            &mut [Product {
-                matrix: &layer.wo,
-                out: &mut buf.proj,
-            }],
-        );
-        buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
+        if let Some(g) = &cfg.gemma {
+            // ggml_scale on the queries after RoPE; the scores are then not scaled.
+            buf.q.iter_mut().for_each(|v| *v *= g.attn_scale);
+        }
     }
 
-    /// One layer's feed-forward: RMSNorm, the gate/up products (one region), SwiGLU, the
-    /// down product, the residual.
+    /// One layer's feed-forward: RMSNorm, the gate/up products (one region), SwiGLU (GeGLU
+    /// for Gemma), the down product, its norm (Gemma), the residual.
     fn feed_forward_block(&self, buf: &mut Buffers, layer: &Layer, t: usize, par: &dyn Parallel) {
         let k = self.kernels;
         rms_norm_rows(&buf.x, &layer.ffn_norm, self.cfg.rms_eps, &mut buf.xb);
@@ -280,8 +359,11 @@ impl Forward<'_> {
                 },
             ],
         );
-        // SwiGLU in place: gate <- silu(gate) * up.
-        self.swiglu(&mut buf.gate, &buf.up, &mut buf.proj_ff);
+        // In place: gate <- act(gate) * up.
+        match self.cfg.gemma {
+            Some(_) => Self::geglu(&mut buf.gate, &buf.up),
+            None => self.swiglu(&mut buf.gate, &buf.up, &mut buf.proj_ff),
+        }
         matmul::run(
             k,
             par,
@@ -293,6 +375,9 @@ impl Forward<'_> {
                 out: &mut buf.proj,
             }],
         );
+        if let Some(w) = &layer.ffn_post_norm {
+            rms_norm_rows_in_place(&mut buf.proj, w, self.cfg.rms_eps);
+        }
         buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
     }
 
@@ -339,6 +424,15 @@ impl Forward<'_> {
                 out: logits,
             }],
         );
+        if let Some(c) = cfg.gemma.as_ref().map(|g| g.final_softcap)
+            && c > 0.0
+        {
+            // ggml_scale by 1/c, ggml_tanh, ggml_scale by c.
+            let inv = 1.0 / c;
+            logits
+                .iter_mut()
+                .for_each(|l| *l = libm::tanhf(*l * inv) * c);
+        }
     }
 
     /// Causal grouped-query attention for the `t` new positions (see [`attention`]).
@@ -356,6 +450,13 @@ impl Forward<'_> {
         let group = cfg.n_head / n_kvh;
         let qd = cfg.q_dim();
         let order = DotOrder::for_batch(att.len() / qd);
+        // Gemma: a sliding-window layer sees the last `sliding_window` positions; queries
+        // were scaled before, so the scores are not.
+        let (window, scale) = match &cfg.gemma {
+            Some(g) if g.is_swa(layer) => (g.sliding_window, 1.0),
+            Some(_) => (usize::MAX, 1.0),
+            None => (usize::MAX, 1.0 / libm::sqrtf(hd as f32)),
+        };
         // One item per (token, query head): a decode step has n_head items (9 here), enough
         // to keep both threads busy; per KV head it would be 3.
         let n_head = cfg.n_head;
@@ -368,9 +469,10 @@ impl Forward<'_> {
                 kv,
                 layer,
                 g,
-                n_past + j + 1,
+                (n_past + j + 1).saturating_sub(window)..n_past + j + 1,
                 hd,
                 order,
+                scale,
                 q_rows,
                 out,
             );

@@ -26,7 +26,7 @@
 //!   read past it.
 
 use super::forward::Forward;
-use super::weights::TensorSource;
+use super::weights::{ROPE_FREQS, TensorSource};
 use super::{Layer, LlamaConfig, Logits, Matrix, Model, ModelError, Session, Weights};
 use super::{forward::Buffers, kv_cache::KvCache};
 use crate::gguf::{Gguf, GgufError};
@@ -54,7 +54,7 @@ pub trait FileArrival<'a> {
 /// A piece of the weights, in the order the forward pass needs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Piece {
-    /// `token_embd`.
+    /// `token_embd` (and `rope_freqs`, llama3's RoPE factors, when the model has them).
     Embeddings,
     /// Block `i`'s tensors, `blk.{i}.*`.
     Layer(usize),
@@ -73,6 +73,9 @@ pub struct StreamingModel<'a> {
     layer_ends: Vec<usize>,
     output_end: usize,
     token_embd: Option<Matrix<'a>>,
+    /// llama3's RoPE frequency factors, attached with the embeddings (the angles are
+    /// computed beside them).
+    rope_freqs: Option<Vec<f32>>,
     /// Blocks `0..layers.len()`, attached in order.
     layers: Vec<Layer<'a>>,
     output: Option<(Vec<f32>, Matrix<'a>)>,
@@ -103,7 +106,9 @@ impl<'a> StreamingModel<'a> {
             let ranges = header.tensors().iter().filter(|t| keep(t.name));
             ranges.map(|t| header.file_range(t).end).max().unwrap_or(0)
         };
-        let embd_end = end_of(&|name| name == "token_embd.weight");
+        // `flexserve-model seal` lays `rope_freqs` beside the embeddings; in a file laid out
+        // otherwise, waiting for it may mean waiting for more of the file first.
+        let embd_end = end_of(&|name| name == "token_embd.weight" || name == ROPE_FREQS);
         let layer_ends = (0..cfg.n_layer)
             .map(|i| {
                 let block = format!("blk.{i}.");
@@ -120,6 +125,7 @@ impl<'a> StreamingModel<'a> {
             layer_ends,
             output_end,
             token_embd: None,
+            rope_freqs: None,
             output: None,
             loaded: None,
         })
@@ -211,7 +217,9 @@ impl<'a> StreamingModel<'a> {
             return Ok(embd);
         }
         let prefix = wait(arrival, self.embd_end)?;
-        let embd = TensorSource::prefix(&self.header, prefix).token_embd(&self.cfg)?;
+        let src = TensorSource::prefix(&self.header, prefix);
+        let embd = src.token_embd(&self.cfg)?;
+        self.rope_freqs = src.rope_freqs(&self.cfg, &self.kernels)?;
         self.token_embd = Some(embd);
         Ok(embd)
     }
@@ -246,6 +254,7 @@ impl<'a> StreamingModel<'a> {
                 cfg: self.cfg.clone(),
                 weights: Weights {
                     token_embd: embd,
+                    rope_freqs: self.rope_freqs.clone(),
                     layers: core::mem::take(&mut self.layers),
                     output_norm,
                     output,
@@ -277,7 +286,8 @@ impl<'a> StreamingModel<'a> {
         Forward { cfg, kernels }.check_batch(kv, n_past, tokens)?;
         let embd = self.attach_embeddings(arrival)?;
         arrival.computing(Piece::Embeddings);
-        self.steps().embed(buf, &embd, n_past, tokens);
+        self.steps()
+            .embed(buf, &embd, self.rope_freqs.as_deref(), n_past, tokens);
         let t = tokens.len();
         for li in 0..self.cfg.n_layer {
             self.attach_layers(li + 1, arrival)?;

@@ -37,9 +37,10 @@ fn read_model(name: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// Forward order: the embeddings, each block, then everything else.
+/// Forward order: the embeddings (with llama3's `rope_freqs`), each block, then everything
+/// else.
 fn rank(name: &str) -> usize {
-    if name.starts_with("token_embd.") {
+    if name.starts_with("token_embd.") || name.starts_with("rope_freqs.") {
         return 0;
     }
     let block = name.strip_prefix("blk.").and_then(|r| r.split('.').next());
@@ -244,6 +245,13 @@ fn streamed_tiny_llama_matches_the_loaded_model_bit_for_bit() {
 fn streamed_tiny_qwen2_and_k_quants_match_the_loaded_model_bit_for_bit() {
     matches_loaded_model("tiny-qwen2.Q8_0.gguf", Some(CTX), &[9, MAX_BATCH + 1]);
     matches_loaded_model("tiny.Q4_K.gguf", Some(CTX), &[9, MAX_BATCH + 1]);
+}
+
+#[test]
+fn streamed_tiny_qwen3_llama3_and_gemma3_match_the_loaded_model_bit_for_bit() {
+    matches_loaded_model("tiny-qwen3.Q8_0.gguf", Some(CTX), &[9, MAX_BATCH + 1]);
+    matches_loaded_model("tiny-llama3.Q8_0.gguf", Some(CTX), &[9, MAX_BATCH + 1]);
+    matches_loaded_model("tiny-gemma3.Q8_0.gguf", Some(CTX), &[9, MAX_BATCH + 1]);
 }
 
 #[test]

@@ -8,6 +8,9 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
+/// The tensor of llama3's RoPE frequency factors.
+pub(super) const ROPE_FREQS: &str = "rope_freqs.weight";
+
 /// A weight matrix of `rows` rows of `n` elements, in the file's bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct Matrix<'a> {
@@ -42,7 +45,13 @@ pub struct Layer<'a> {
     pub bq: Option<Vec<f32>>,
     pub bk: Option<Vec<f32>>,
     pub bv: Option<Vec<f32>>,
+    /// Qwen3's per-head query and key norms (`head_dim` each), when the config has them.
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
     pub wo: Matrix<'a>,
+    /// Gemma's norms of the attention's and the feed-forward's outputs (`n_embd` each).
+    pub attn_post_norm: Option<Vec<f32>>,
+    pub ffn_post_norm: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
     pub w_gate: Matrix<'a>,
     pub w_up: Matrix<'a>,
@@ -52,6 +61,8 @@ pub struct Layer<'a> {
 /// Every tensor the forward pass reads.
 pub struct Weights<'a> {
     pub token_embd: Matrix<'a>,
+    /// llama3's RoPE frequency factors (`rope_freqs`, one per rotated pair), if the file has them.
+    pub rope_freqs: Option<Vec<f32>>,
     pub layers: Vec<Layer<'a>>,
     pub output_norm: Vec<f32>,
     /// The output projection; the token embedding itself when the model ties them.
@@ -171,6 +182,24 @@ impl<'g, 'a> TensorSource<'g, 'a> {
         self.matrix("token_embd.weight", cfg.n_embd, cfg.n_vocab)
     }
 
+    /// llama3's RoPE frequency factors, `rope_dims / 2` divisors of the pairs' angles.
+    pub(super) fn rope_freqs(
+        &self,
+        cfg: &LlamaConfig,
+        k: &Kernels,
+    ) -> Result<Option<Vec<f32>>, ModelError> {
+        let factors = self.optional_vector(ROPE_FREQS, cfg.rope_dims / 2, k)?;
+        if factors
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|&v| !(v.is_finite() && v > 0.0)))
+        {
+            return Err(ModelError::BadHyperParameters(
+                "rope_freqs.weight holds a factor that is not a positive number".to_string(),
+            ));
+        }
+        Ok(factors)
+    }
+
     /// Block `i`.
     pub(super) fn layer(
         &self,
@@ -180,6 +209,14 @@ impl<'g, 'a> TensorSource<'g, 'a> {
     ) -> Result<Layer<'a>, ModelError> {
         let (e, q, kv, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
         let name = |s: &str| -> String { alloc::format!("blk.{i}.{s}") };
+        let head_norm = |s: &str| match cfg.qk_norm {
+            true => self.vector(&name(s), cfg.head_dim, k).map(Some),
+            false => Ok(None),
+        };
+        let post_norm = |s: &str| match cfg.gemma {
+            Some(_) => self.vector(&name(s), e, k).map(Some),
+            None => Ok(None),
+        };
         Ok(Layer {
             attn_norm: self.vector(&name("attn_norm.weight"), e, k)?,
             wq: self.matrix(&name("attn_q.weight"), e, q)?,
@@ -188,7 +225,11 @@ impl<'g, 'a> TensorSource<'g, 'a> {
             bq: self.optional_vector(&name("attn_q.bias"), q, k)?,
             bk: self.optional_vector(&name("attn_k.bias"), kv, k)?,
             bv: self.optional_vector(&name("attn_v.bias"), kv, k)?,
+            q_norm: head_norm("attn_q_norm.weight")?,
+            k_norm: head_norm("attn_k_norm.weight")?,
             wo: self.matrix(&name("attn_output.weight"), q, e)?,
+            attn_post_norm: post_norm("post_attention_norm.weight")?,
+            ffn_post_norm: post_norm("post_ffw_norm.weight")?,
             ffn_norm: self.vector(&name("ffn_norm.weight"), e, k)?,
             w_gate: self.matrix(&name("ffn_gate.weight"), e, ff)?,
             w_up: self.matrix(&name("ffn_up.weight"), e, ff)?,
@@ -216,12 +257,14 @@ impl<'a> Weights<'a> {
     pub fn from_gguf(g: &Gguf<'a>, cfg: &LlamaConfig, k: &Kernels) -> Result<Self, ModelError> {
         let src = TensorSource::whole(g);
         let token_embd = src.token_embd(cfg)?;
+        let rope_freqs = src.rope_freqs(cfg, k)?;
         let layers = (0..cfg.n_layer)
             .map(|i| src.layer(cfg, k, i))
             .collect::<Result<Vec<_>, _>>()?;
         let (output_norm, output) = src.output(cfg, k, token_embd)?;
         Ok(Self {
             token_embd,
+            rope_freqs,
             layers,
             output_norm,
             output,
