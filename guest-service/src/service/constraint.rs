@@ -126,7 +126,6 @@ fn compile(options: &GenerateOptions, template: ChatTemplate) -> Result<Constrai
     }
 }
 
-
 /// The tools option's JSON array.
 fn tool_list(t: &ToolConstraint) -> Result<Vec<Json>, Refusal> {
     match Json::parse(&t.tools) {
