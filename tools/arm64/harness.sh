@@ -87,7 +87,8 @@ build_images() {
 }
 
 build_flexserve() {
-    musl_cargo build --release --quiet -p flexserve --target $MUSL || return 1
+    # No `pypi` feature: its TLS compiles C, and there is no aarch64 C compiler here.
+    musl_cargo build --release --quiet -p flexserve --no-default-features --target $MUSL || return 1
     cp target/$MUSL/release/flexserve "$STAGE/bin/"
 }
 

