@@ -62,7 +62,8 @@ help:
 	@echo "make install       binary, guest images, systemd units, config (PREFIX=/usr/local DESTDIR=)"
 	@echo "make bench-serve   the daemon vs llama.cpp's server: throughput, TTFT at 1/4/8 clients"
 	@echo "make bench-serve-abuse  the daemon with 300 slow connections held open: TTFT vs without"
-	@echo "make bench-agent   five-turn chat TTFT with vs without KV reuse; idle memory and CPU after keep_alive"
+	@echo "make bench-agent   five-turn chat TTFT with vs without KV reuse; idle memory and CPU after keep_alive;"
+	@echo "                  agent workflow SmolLM2 -> 1.5B coder -> SmolLM2 (sealed) vs a reboot per switch"
 	@echo "make bench-structured  decode tok/s with format json / a schema vs unconstrained"
 	@echo "make bench-memory  donate (guest touch), reclaim and strawman for 1/4/8 GiB of private memory"
 	@echo "make bench-sealed  cold starts plain vs sealed vs strawman (SmolLM2, 1.5B model), AES-GCM"
@@ -392,10 +393,19 @@ bench-sealed: setup image $(QWEN_CODER)
 			--sign $(BENCH_SEALED)/owner.key >/dev/null || exit 1; done
 	$(FLEXSERVE) bench-sealed $(foreach m,$(SEALED_BENCH_MODELS),$(MODELS)/$(m).gguf $(BENCH_SEALED)/$(m).fsm)
 
-bench-agent: setup image test-venv
-	@$(CARGO) build --release --quiet -p flexserve
+# The agent workflow's two models, sealed afresh each run to this host's guest key.
+BENCH_AGENT := $(BUILD)/bench-agent
+AGENT_MODELS := SmolLM2-135M-Instruct.Q8_0 Qwen2.5-Coder-1.5B-Instruct.Q4_K_M
+
+bench-agent: setup image test-venv $(QWEN_CODER)
+	@$(CARGO) build --release --quiet -p flexserve -p model-tools
+	@mkdir -p $(BENCH_AGENT)/models
+	@test -f $(BENCH_AGENT)/owner.key || $(MODEL_TOOL) keygen $(BENCH_AGENT)/owner.key
+	@key=$$($(FLEXSERVE) guest-key --quiet) && for m in $(AGENT_MODELS); do \
+		$(MODEL_TOOL) seal $(MODELS)/$$m.gguf $(BENCH_AGENT)/models/$$m.fsm --to $$key \
+			--sign $(BENCH_AGENT)/owner.key >/dev/null || exit 1; done
 	$(TEST_VENV)/bin/python tools/bench/bench_agent.py --flexserve $(FLEXSERVE) \
-		--model $(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf
+		--model $(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf --agent-models $(BENCH_AGENT)/models
 
 bench-structured: setup image test-venv
 	@$(CARGO) build --release --quiet -p flexserve

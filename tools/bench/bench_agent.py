@@ -15,6 +15,10 @@ private memory it holds (`flexserve_memory_held_bytes`) and its CPU over --idle-
 (from /proc: daemon process and its threads, vCPUs included), against the floor (0: an
 idle-stopped guest holds nothing).
 
+Agent workflow (bench_agent_workflow.py, with --agent-models): SmolLM2 -> Qwen2.5-Coder-1.5B
+-> SmolLM2, sealed, FlexServe (residency + prefetch) vs a strawman (a reboot per switch):
+`agent_ms` and `agent_strawman_ms`.
+
 The last line printed is one JSON object: {"bench":"agent", ...}.
 """
 import argparse
@@ -30,6 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_serve import free_port, spawn, stop, wait_http  # noqa: E402
 
+import bench_agent_workflow  # noqa: E402
 import openai  # noqa: E402
 
 SYSTEM = ("You are a patient tutor. Answer in two or three sentences, and end every answer "
@@ -119,7 +124,9 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--keep-alive", default="1s")
     ap.add_argument("--idle-seconds", type=float, default=20)
+    bench_agent_workflow.add_args(ap)
     a = ap.parse_args()
+    workflow = bench_agent_workflow.run(a) if a.agent_models else {}
     model = os.path.basename(a.model).removesuffix(".gguf")
     runs = {True: [], False: []}
     idle_row = None
@@ -157,7 +164,7 @@ def main():
     print(json.dumps({"bench": "agent", "model": model, "turns": rows,
                       "turn5_ttft_ms": last["ttft_ms"],
                       "turn5_ttft_no_reuse_ms": last["ttft_no_reuse_ms"],
-                      "turn5_ratio": ratio, **idle_row}))
+                      "turn5_ratio": ratio, **idle_row, **workflow}))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ use super::config_access::{Access, AuthSection, HttpSection, ServerSection};
 use super::conn_limits::ConnLimits;
 use super::deadlines::DeadlineSettings;
 use super::keep_alive::{KeepAlive, KeepAliveSetting};
+use super::workflows::{WorkflowSection, Workflows};
 use crate::size::parse_size;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -113,6 +114,8 @@ pub struct Config {
     pub server: ConnLimits,
     /// Host and Origin allow-lists, API keys, Unix-socket users.
     pub access: Access,
+    /// Which model an agent asks after which (`[[workflows]]`), for prefetching.
+    pub workflows: Workflows,
 }
 
 impl Default for Config {
@@ -144,6 +147,7 @@ impl Default for Config {
             deadlines: DeadlineSettings::default(),
             server: ConnLimits::default(),
             access: Access::default(),
+            workflows: Workflows::default(),
         }
     }
 }
@@ -174,6 +178,8 @@ struct FileConfig {
     http: HttpSection,
     #[serde(default)]
     auth: AuthSection,
+    #[serde(default)]
+    workflows: Vec<WorkflowSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -415,6 +421,7 @@ impl Config {
             c.queue_depth = in_range("limits.queue_depth", v, 1, 100_000)? as usize;
         }
         c.apply_limits(f.limits)?;
+        c.workflows = Workflows::from_sections(f.workflows)?;
         Ok(c)
     }
 

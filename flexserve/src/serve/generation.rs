@@ -176,11 +176,11 @@ pub async fn submit(
     // The first request for a model reads and checks its file, and tokenizing a long prompt
     // takes a while: off the async threads, and only `limits.blocking_tasks` at once, so a
     // burst of requests cannot pile up blocking threads (each held to the end).
-    let (model, encoded) = {
-        let (s2, input, tools, stream) =
-            (s.clone(), req.input.clone(), req.tools.clone(), req.stream);
+    let (model, encoded, next_model) = {
+        let (s2, input, tools) = (s.clone(), req.input.clone(), req.tools.clone());
+        let (stream, named) = (req.stream, req.next_model.clone());
         super::blocking::bounded(&s.blocking, move || {
-            encode(&s2, name, input, tools.as_ref(), stream)
+            encode(&s2, name, input, tools.as_ref(), stream, named.as_deref())
         })
         .await??
     };
@@ -238,6 +238,7 @@ pub async fn submit(
         boot_only: false,
         keep_alive: req.keep_alive,
         embed: None,
+        next_model,
     };
     s.queue
         .submit(client, job)
@@ -261,15 +262,18 @@ pub async fn submit(
 
 /// The request's model (read and checked on its first request) and its prompt for the guest:
 /// a sealed request relayed as it is, a chat with tools rendered in the model's tool format
-/// with the constraint on its calls, anything else encoded as `flexserve run` does.
+/// with the constraint on its calls, anything else encoded as `flexserve run` does; and the
+/// model to prefetch after it (`named` by the request, else its workflow's).
 fn encode(
     s: &Shared,
     name: String,
     input: Input,
     tools: Option<&Tools>,
     stream: bool,
+    named: Option<&str>,
 ) -> Result<Encoded, ApiError> {
     let model = s.catalogue.get(&name)?;
+    let next = super::workflows::next_model(&s.catalogue, &s.config.workflows, &model, named)?;
     // Refused before tokenizing when the text cannot fit however it tokenizes.
     model.fits_roughly(&input)?;
     let plain = |prompt| tool_prompt::ToolPrompt {
@@ -290,11 +294,16 @@ fn encode(
         }
         input => plain(model.encode(&input)?),
     };
-    Ok((model, encoded))
+    Ok((model, encoded, next))
 }
 
-/// A request's model, and its prompt with any tools' constraint and call format.
-type Encoded = (Arc<ServedModel>, tool_prompt::ToolPrompt);
+/// A request's model, its prompt with any tools' constraint and call format, and the
+/// model to prefetch after it.
+type Encoded = (
+    Arc<ServedModel>,
+    tool_prompt::ToolPrompt,
+    Option<Arc<ServedModel>>,
+);
 
 /// The context a request may use: the model's, or less with Ollama's `num_ctx`.
 fn context_for(model: &ServedModel, num_ctx: Option<u32>) -> Result<u32, ApiError> {

@@ -104,6 +104,8 @@ pub struct Metrics {
     /// Models loaded into a running guest, and unloaded to make room for another.
     pub model_loads: AtomicU64,
     pub model_evictions: AtomicU64,
+    /// Of `model_loads`, those made ahead of a request, for the next model of a workflow.
+    pub model_prefetches: AtomicU64,
     /// Models unloaded because their keep-alive ran out, and guests stopped because no
     /// model was left.
     pub model_idle_unloads: AtomicU64,
@@ -140,6 +142,7 @@ impl Default for Metrics {
             guest_crashes: AtomicU64::new(0),
             model_loads: AtomicU64::new(0),
             model_evictions: AtomicU64::new(0),
+            model_prefetches: AtomicU64::new(0),
             model_idle_unloads: AtomicU64::new(0),
             guest_idle_stops: AtomicU64::new(0),
             guest_idle: AtomicBool::new(false),
@@ -234,7 +237,7 @@ impl Metrics {
     }
 
     /// The single-valued series: name, type, help, value.
-    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 14] {
+    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 15] {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             (
@@ -290,6 +293,12 @@ impl Metrics {
                 "counter",
                 "Models unloaded from the guest to make room for another.",
                 get(&self.model_evictions),
+            ),
+            (
+                "flexserve_guest_model_prefetches_total",
+                "counter",
+                "Models loaded ahead of their request, as the next model of a workflow.",
+                get(&self.model_prefetches),
             ),
             (
                 "flexserve_guest_models_resident",

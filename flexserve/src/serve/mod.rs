@@ -11,7 +11,8 @@
 //! API's generation request takes, `openai/` request parsing and response shapes,
 //! `ollama/` Ollama's API, `models_api.rs` `/v1/models`, `error.rs` API errors,
 //! `models.rs` the models directory, `scheduler.rs` the fair queue, `worker.rs` the guest
-//! thread, `stop.rs` stop sequences, `metrics.rs` `/metrics`.
+//! thread, `stop.rs` stop sequences, `metrics.rs` `/metrics`, `workflows.rs` which model an agent
+//! asks next (prefetched by `worker/prefetch.rs`).
 
 pub mod api;
 pub mod auth;
@@ -41,6 +42,7 @@ pub mod sealed_tools;
 pub mod server;
 pub mod tool_prompt;
 pub mod worker;
+pub mod workflows;
 
 use crate::guest_root::GuestRoot;
 use config::{Config, StartMode};

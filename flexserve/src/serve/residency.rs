@@ -55,6 +55,17 @@ pub enum Placement {
     Wait,
 }
 
+/// Where a prefetched model can go: into free budget only, never in place of another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    /// Already resident: nothing to do.
+    Resident,
+    /// Load it as this guest model id.
+    Load(u32),
+    /// The free budget (`free` bytes) or the device's model count has no room for it.
+    NoRoom { free: u64 },
+}
+
 /// The resident models and their budget.
 #[derive(Debug)]
 pub struct Residency {
@@ -107,6 +118,22 @@ impl Residency {
         let guest_id = self.next_guest_id;
         self.next_guest_id = self.next_guest_id.wrapping_add(1).max(1);
         Placement::Load { guest_id, evict }
+    }
+
+    /// Where `name`, which needs `bytes`, can be prefetched. Unlike [`Self::place`] it
+    /// unloads nothing (the models resident may be answering, or be asked again soon) and
+    /// leaves the recency of the resident ones as it is.
+    pub fn place_free(&mut self, name: &str, bytes: u64) -> Prefetch {
+        if self.resident.iter().any(|r| r.name == name) {
+            return Prefetch::Resident;
+        }
+        let free = self.budget.saturating_sub(self.used());
+        if bytes > free || self.resident.len() >= self.max_models {
+            return Prefetch::NoRoom { free };
+        }
+        let guest_id = self.next_guest_id;
+        self.next_guest_id = self.next_guest_id.wrapping_add(1).max(1);
+        Prefetch::Load(guest_id)
     }
 
     /// `name` is now resident as `guest_id` (its load succeeded at `now`; until a request
@@ -280,6 +307,34 @@ mod tests {
             Placement::Load { evict, .. } => assert_eq!(evict, vec![a]),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_prefetch_takes_free_budget_only() {
+        let mut r = Residency::new(3 * GIB, 3);
+        let a = load(&mut r, "a", GIB);
+        assert_eq!(r.place_free("a", GIB), Prefetch::Resident);
+        let b = match r.place_free("b", GIB) {
+            Prefetch::Load(id) => id,
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(a, b);
+        r.loaded("b", b, GIB, KeepAlive::Forever, Instant::now());
+        // One GiB left: two do not fit, and nothing is unloaded for them.
+        assert_eq!(r.place_free("c", 2 * GIB), Prefetch::NoRoom { free: GIB });
+        assert_eq!((r.len(), r.used()), (2, 2 * GIB));
+        // Asking about `a` left it the least recently used.
+        match r.place("d", 2 * GIB, &idle) {
+            Placement::Load { evict, .. } => assert_eq!(evict, vec![a]),
+            other => panic!("{other:?}"),
+        }
+        // The device's model count counts too.
+        let mut full = Residency::new(100 * GIB, 1);
+        load(&mut full, "a", GIB);
+        assert_eq!(
+            full.place_free("b", GIB),
+            Prefetch::NoRoom { free: 99 * GIB }
+        );
     }
 
     #[test]

@@ -53,6 +53,7 @@ async fn boot(s: &Arc<Shared>, who: Principal) -> Result<(), ApiError> {
         arrived: Instant::now(),
         boot_only: true,
         embed: None,
+        next_model: None,
         keep_alive: None,
     };
     let client = ClientKey {

@@ -131,6 +131,7 @@ async fn submit(
             prompts,
             answer: tx,
         }),
+        next_model: None,
     };
     s.queue
         .submit(ClientKey { who, lane }, job)

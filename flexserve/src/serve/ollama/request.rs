@@ -210,6 +210,8 @@ fn common(
             .map(keep_alive::from_json)
             .transpose()
             .map_err(|e| ApiError::invalid("keep_alive", format!("`keep_alive`: {e}")))?,
+        // Ollama's API has no field for it; `[[workflows]]` still applies.
+        next_model: None,
     };
     Ok(OllamaRequest {
         request,

@@ -41,6 +41,7 @@ const COMMON: &[&str] = &[
     "ignore_eos",
     "keep_alive",
     "flexserve_sealed",
+    "flexserve",
     // Accepted, and change nothing (module doc).
     "metadata",
     "store",

@@ -4,6 +4,7 @@ pub mod choices;
 mod fields;
 mod logprobs;
 mod messages;
+pub mod next_model;
 mod request;
 mod response;
 pub mod sealed;

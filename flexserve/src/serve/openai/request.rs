@@ -53,6 +53,9 @@ pub struct GenRequest {
     pub user: Option<String>,
     /// How long its model stays resident after it (`None`: `models.keep_alive`).
     pub keep_alive: Option<KeepAlive>,
+    /// The model the client asks next (`flexserve.next_model`), prefetched into the
+    /// guest's free budget (`None`: as `[[workflows]]` says, if any).
+    pub next_model: Option<String>,
 }
 
 pub(super) fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -229,6 +232,7 @@ pub(super) fn common(
             .map(keep_alive::from_json)
             .transpose()
             .map_err(|e| ApiError::invalid("keep_alive", format!("`keep_alive`: {e}")))?,
+        next_model: super::next_model::next_model(m)?,
     })
 }
 

@@ -79,7 +79,7 @@ impl Worker {
     }
 
     /// Streams `model` into the running guest as `guest_id`.
-    fn load(&mut self, model: &ServedModel, guest_id: u32) -> Result<(), GuestError> {
+    pub(super) fn load(&mut self, model: &ServedModel, guest_id: u32) -> Result<(), GuestError> {
         // A load needs the budget an idle sweep may have given back.
         self.raise_budget()?;
         let m = &self.shared.metrics;

@@ -3,7 +3,8 @@
 //! others wait each runs for a slice of `limits.slice_tokens` tokens in turn (the guest
 //! engine runs one generation at a time; a slice ends by cancelling between two tokens and
 //! the next one resumes on the same session). A disconnected client's job stops between
-//! two tokens. One guest serves every model, several resident at once (`guest.rs`); when
+//! two tokens. One guest serves every model, several resident at once (`guest.rs`), the
+//! next model of an agent workflow loaded ahead once nothing runs (`prefetch.rs`); when
 //! the guest dies the worker fails the requests in flight, logs the crash and boots a new
 //! guest. While nothing runs it unloads the models idle longer than their keep-alive and
 //! stops the guest once none is left (`idle.rs`).
@@ -11,6 +12,7 @@
 mod embed;
 mod guest;
 mod idle;
+mod prefetch;
 mod tool_style;
 
 pub use embed::{EmbedWork, Embedded};
@@ -74,6 +76,9 @@ pub struct Job {
     /// An embedding job (`prompt`, `sampling` and `options` unused): its inputs and where
     /// the vectors go.
     pub embed: Option<EmbedWork>,
+    /// The model asked after this one (`flexserve.next_model` or `[[workflows]]`):
+    /// prefetched into free budget once the guest has nothing to run (`prefetch.rs`).
+    pub next_model: Option<Arc<ServedModel>>,
 }
 
 /// A job with an open session in the guest, between two slices.
@@ -124,6 +129,8 @@ pub struct Worker {
     vm: Option<Running>,
     next_session: u32,
     next_request: u64,
+    /// The next model of a workflow, loaded once the guest is free (`prefetch.rs`).
+    prefetch: Option<Arc<ServedModel>>,
 }
 
 /// Whether a job's prompt is sealed to the guest (its answer is too).
@@ -144,6 +151,7 @@ impl Worker {
             vm: None,
             next_session: 1,
             next_request: 1,
+            prefetch: None,
         }
     }
 
@@ -173,6 +181,7 @@ impl Worker {
                     None => {
                         let wait = if active.is_empty() {
                             if queue.is_empty() {
+                                self.prefetch_next();
                                 self.sweep_idle();
                             }
                             Duration::from_secs(1)
@@ -266,6 +275,7 @@ impl Worker {
             let _ = job.events.send(Event::Booted);
             return Admission::Over;
         }
+        self.plan_prefetch(job.next_model.take());
         if let Some(work) = job.embed.take() {
             return self.embed(job, work, guest_model, loading.elapsed());
         }
