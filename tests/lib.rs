@@ -5,6 +5,7 @@ pub mod a64;
 pub mod fake_pypi;
 pub mod loopback;
 pub mod memscan;
+pub mod relay;
 pub mod serve_rig;
 
 use std::path::PathBuf;

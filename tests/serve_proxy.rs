@@ -4,16 +4,20 @@
 //! tampers with the sealed pieces (a flipped bit, a dropped, reordered or replayed piece,
 //! the last one removed) gets the client an error every time and never text that did not
 //! authenticate; a pinned key that is not the guest's is refused; `flexserve chat` answers
-//! a piped conversation, sealed as plain.
+//! a piped conversation, sealed as plain. The `flexserve proxy` binary, asked by plain HTTP
+//! (no Python: the arm64 tier runs that test too, in normal and protected VMs), gives the
+//! plain text while the daemon is sent and sends back only sealed content.
 
 use flexserve::proxy::trust::TrustError;
 use flexserve::proxy::upstream::Upstream;
 use flexserve::proxy::{Proxy, ProxyConfig, ProxyError};
 use flexserve::serve::Daemon;
+use flexserve::serve::config::Config;
+use flexserve_e2e::relay::{Relay, Traffic};
 use flexserve_e2e::serve_rig::*;
 use sealed_session::SessionPublicKey;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
@@ -213,4 +217,99 @@ fn flexserve_chat_answers_a_piped_conversation() {
         notes.contains("on first use") && notes.contains("--guest-key"),
         "{notes}"
     );
+}
+
+/// A prompt no other request sends: it carries 16 random hex digits.
+fn unique_prompt() -> String {
+    let mut nonce = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut nonce))
+        .expect("read /dev/urandom");
+    format!(
+        "Remember the violet heron {:016x} of Lake Quill.",
+        u64::from_le_bytes(nonce)
+    )
+}
+
+/// How `text` appears inside a JSON string.
+fn in_json(text: &str) -> Vec<u8> {
+    let quoted = serde_json::to_string(text).unwrap();
+    quoted.as_bytes()[1..quoted.len() - 1].to_vec()
+}
+
+#[test]
+fn the_proxy_binary_gives_the_plain_text_and_the_daemon_sees_only_sealed_content() {
+    let Some(bin) = flexserve_bin() else {
+        return;
+    };
+    if !guests_can_run(&[TINY]) {
+        return;
+    }
+    // The tiny model alone: the guest statement the proxy fetches lists (and so checks) every
+    // model the daemon has, which takes seconds for the shared models directory.
+    let dir = temp_dir("proxy-bin");
+    let models = dir.join("models");
+    std::fs::create_dir(&models).unwrap();
+    let tiny = format!("{TINY}.gguf");
+    std::os::unix::fs::symlink(repo().join("models").join(&tiny), models.join(&tiny)).unwrap();
+    let d = Daemon::start(Config {
+        models_dir: models,
+        ..config(&dir, TINY, 512, 4)
+    })
+    .expect("daemon starts");
+    // The plain requests go through a relay of their own: the same recording, which must
+    // see their text (the control).
+    let (plain_relay, sealed_relay) = (
+        Relay::start(d.tcp_addr.unwrap()),
+        Relay::start(d.tcp_addr.unwrap()),
+    );
+    let proxy = start_proxy(&bin, &format!("http://{}", sealed_relay.addr));
+    let proxy_addr = SocketAddr::from(([127, 0, 0, 1], proxy.port));
+    let prompt = unique_prompt();
+    let mut whole = String::new();
+    for stream in [false, true] {
+        let extra = if stream { r#","stream":true"# } else { "" };
+        let body = chat_body(TINY, &prompt, 24, extra);
+        let chat = |addr| http(addr, "POST", "/v1/chat/completions", &body).chat_text(stream);
+        let plain = chat(plain_relay.addr);
+        let sealed = chat(proxy_addr);
+        assert_eq!(sealed, plain, "stream: {stream}");
+        if !stream {
+            whole = plain;
+        }
+    }
+    drop(proxy);
+    d.stop();
+    // Eight bytes or more: a shorter answer could turn up in sealed bytes by chance.
+    assert!(
+        whole.len() >= 8,
+        "the answer is too short to look for: {whole:?}"
+    );
+    let (prompt, answer) = (prompt.into_bytes(), in_json(&whole));
+    let plain: Vec<Traffic> = plain_relay.traffic();
+    assert!(
+        plain.iter().any(|t| t.holds(&prompt)) && plain.iter().any(|t| t.holds(&answer)),
+        "the relay did not see a plain request's prompt and answer: it proves nothing"
+    );
+    let sealed = sealed_relay.traffic();
+    for t in &sealed {
+        assert!(
+            !t.holds(&prompt),
+            "the daemon was sent the prompt in the clear"
+        );
+        assert!(
+            !t.holds(&answer),
+            "the daemon handled the answer in the clear"
+        );
+    }
+    let requests = sealed
+        .iter()
+        .map(|t| {
+            t.sent
+                .windows(16)
+                .filter(|w| w == b"flexserve_sealed")
+                .count()
+        })
+        .sum::<usize>();
+    assert_eq!(requests, 2, "the daemon did not get the two chats sealed");
 }

@@ -6,9 +6,10 @@ use crate::{kvm_required, target_dir};
 use flexserve::serve::config::{Config, StartMode};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
+use vmm::hypervisor::IsolationLevel;
 
 pub const DEFAULT: &str = "SmolLM2-135M-Instruct.Q4_1";
 pub const TINY: &str = "tiny.Q8_0";
@@ -23,9 +24,29 @@ pub fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
+/// The guest images the daemon runs: `$FLEXSERVE_IMAGES` (the arm64 tier's initramfs
+/// sets it), else the source tree's `images/out`.
+pub fn images() -> PathBuf {
+    std::env::var_os("FLEXSERVE_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("images/out"))
+}
+
+/// The least isolation the daemon's guest may have: `$FLEXSERVE_MIN_ISOLATION` (the arm64
+/// tier sets `protected-vm` on its pKVM host, so a normal VM there fails the test instead
+/// of standing in for a protected one), else none.
+pub fn min_isolation() -> IsolationLevel {
+    match std::env::var("FLEXSERVE_MIN_ISOLATION") {
+        Ok(level) => level
+            .parse()
+            .unwrap_or_else(|e| panic!("FLEXSERVE_MIN_ISOLATION: {e}")),
+        Err(_) => IsolationLevel::None,
+    }
+}
+
 /// Whether guests, models and the guest image are here.
 pub fn guests_can_run(models: &[&str]) -> bool {
-    if !Path::new("/dev/kvm").exists() || !repo().join("images/out/manifest.json").exists() {
+    if !Path::new("/dev/kvm").exists() || !images().join("manifest.json").exists() {
         skip("/dev/kvm or the guest images are missing (run `make image`)");
         return false;
     }
@@ -48,9 +69,12 @@ pub fn python() -> Option<PathBuf> {
     None
 }
 
-/// The release `flexserve` binary (`make test` builds it).
+/// The `flexserve` binary: `$FLEXSERVE_BIN` (the arm64 tier's `/bin/flexserve`), else the
+/// release build (`make test` builds it).
 pub fn flexserve_bin() -> Option<PathBuf> {
-    let p = target_dir().join("release/flexserve");
+    let p = std::env::var_os("FLEXSERVE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("release/flexserve"));
     if p.exists() {
         return Some(p);
     }
@@ -69,10 +93,10 @@ pub fn config(dir: &Path, model: &str, context: u32, queue_depth: usize) -> Conf
     Config {
         socket: dir.join("flexserve.sock"),
         tcp: Some("127.0.0.1:0".parse().unwrap()),
-        images: Some(repo().join("images/out")),
+        images: Some(images()),
         start: StartMode::Startup,
         // The tests run on hosts without guest_memfd too; the level is checked elsewhere.
-        min_isolation: vmm::hypervisor::IsolationLevel::None,
+        min_isolation: min_isolation(),
         models_dir: repo().join("models"),
         default_model: model.into(),
         context,
@@ -118,6 +142,56 @@ pub fn read_reply(mut stream: impl Read) -> Reply {
         status,
         head: head.to_ascii_lowercase(),
         body: body.to_string(),
+    }
+}
+
+impl Reply {
+    /// The body without chunked transfer encoding's framing, if the answer used it.
+    pub fn unchunked(&self) -> String {
+        if !self.head.contains("transfer-encoding: chunked") {
+            return self.body.clone();
+        }
+        let (mut rest, mut out) = (self.body.as_str(), String::new());
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16)
+                .unwrap_or_else(|e| panic!("bad chunk size {size:?}: {e}"));
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..]
+                .strip_prefix("\r\n")
+                .expect("a chunk ends in CRLF");
+        }
+        out
+    }
+
+    /// A chat completion's text, whole (`stream` false) or joined from its streamed
+    /// deltas; panics on an error status or an error event.
+    pub fn chat_text(&self, stream: bool) -> String {
+        assert_eq!(self.status, 200, "{}", self.body);
+        if !stream {
+            let v = self.json();
+            return v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no content: {v}"))
+                .to_string();
+        }
+        let body = self.unchunked();
+        assert!(
+            body.contains("data: [DONE]"),
+            "the stream did not end: {body}"
+        );
+        let mut text = String::new();
+        for data in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            if data == "[DONE]" {
+                break;
+            }
+            let v: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"));
+            assert!(v["error"].is_null(), "an error event: {v}");
+            text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+        }
+        text
     }
 }
 
@@ -175,6 +249,49 @@ pub fn flexserve_run(bin: &Path, model: &str, prompt: &str, n: u32, raw: bool) -
     );
     let text = String::from_utf8(out.stdout).unwrap();
     text.strip_suffix('\n').unwrap_or(&text).to_string()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `flexserve proxy` process, killed when dropped (also when a test fails).
+pub struct ProxyProcess {
+    pub port: u16,
+    child: Child,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `bin proxy` on a free loopback port in front of `upstream` (`unix:…` or
+/// `http://…`) and waits until it listens (it fetches the guest's key first).
+pub fn start_proxy(bin: &Path, upstream: &str) -> ProxyProcess {
+    let port = free_port();
+    let child = Command::new(bin)
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", upstream])
+        .spawn()
+        .expect("start flexserve proxy");
+    let mut p = ProxyProcess { port, child };
+    for _ in 0..1200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return p;
+        }
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!("flexserve proxy exited before it listened: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("flexserve proxy did not listen on port {port} within a minute");
 }
 
 pub fn run_client(python: &Path, args: &[&str]) -> Value {

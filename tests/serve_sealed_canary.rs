@@ -13,10 +13,9 @@
 use flexserve::serve::Daemon;
 use flexserve_e2e::memscan;
 use flexserve_e2e::serve_rig::*;
-use std::net::TcpListener;
 use std::ops::Range;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 
 const MASK: u8 = 0x5a;
 
@@ -69,31 +68,6 @@ fn found_outside(masked: &[u8], guest: &[Range<u64>]) -> bool {
     found
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_proxy(bin: &Path, port: u16, socket: &Path) -> Child {
-    let mut child = Command::new(bin)
-        .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--upstream", &format!("unix:{}", socket.display())])
-        .spawn()
-        .expect("start flexserve proxy");
-    for _ in 0..600 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return child;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("flexserve proxy did not listen on port {port}");
-}
-
 #[test]
 fn a_sealed_canary_never_reaches_the_daemon_and_a_plain_one_does() {
     let (Some(python), Some(bin)) = (python(), flexserve_bin()) else {
@@ -104,8 +78,9 @@ fn a_sealed_canary_never_reaches_the_daemon_and_a_plain_one_does() {
     }
     let d = Daemon::start(config(&temp_dir("sealed-canary"), DEFAULT, 512, 16)).unwrap();
     let addr = d.tcp_addr.unwrap();
-    let port = free_port();
-    let mut proxy = start_proxy(&bin, port, d.socket.as_ref().unwrap());
+    let upstream = format!("unix:{}", d.socket.as_ref().unwrap().display());
+    let proxy = start_proxy(&bin, &upstream);
+    let port = proxy.port;
 
     let sealed = send_canary(&python, &format!("http://127.0.0.1:{port}/v1"));
     let guest = d.guest_ranges_for_tests();
@@ -127,6 +102,5 @@ fn a_sealed_canary_never_reaches_the_daemon_and_a_plain_one_does() {
         found_outside(&plain, &d.guest_ranges_for_tests()),
         "the scan must find a plain request's canary, or it proves nothing"
     );
-    let _ = proxy.kill();
-    let _ = proxy.wait();
+    drop(proxy);
 }

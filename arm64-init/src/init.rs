@@ -37,7 +37,8 @@ fn setup() -> Result<(), crate::error::Error> {
         what: "mkdir /tmp".into(),
         source,
     })?;
-    sys::unlimit_memlock()
+    sys::unlimit_memlock()?;
+    sys::loopback_up()
 }
 
 /// Runs every check in order; true when there were checks and all passed.

@@ -1,4 +1,5 @@
-//! The few raw system calls of PID 1: mounts, the memlock limit, power-off.
+//! The few raw system calls of PID 1: mounts, the memlock limit, the loopback interface,
+//! power-off.
 
 use crate::error::Error;
 use std::ffi::CString;
@@ -30,6 +31,29 @@ pub fn unlimit_memlock() -> Result<(), Error> {
         return Err(Error::last_os("setrlimit(RLIMIT_MEMLOCK, infinity)"));
     }
     Ok(())
+}
+
+/// Brings `lo` up: nothing else configures networking in the initramfs, and the daemon's
+/// tests talk to it (and `flexserve proxy` to them) over 127.0.0.1.
+pub fn loopback_up() -> Result<(), Error> {
+    // SAFETY: socket takes no pointers; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::last_os("socket(AF_INET) to configure lo"));
+    }
+    // SAFETY: ifreq is plain data, valid all zero.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: `req` is a NUL-terminated interface name and flags, read by the kernel during
+    // the call; `fd` is the socket just opened.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req) };
+    let err = (r != 0).then(|| Error::last_os("SIOCSIFFLAGS lo up"));
+    // SAFETY: `fd` is ours and not used after.
+    unsafe { libc::close(fd) };
+    err.map_or(Ok(()), Err)
 }
 
 /// Flushes the file systems and powers the machine off (QEMU then exits). Returns only if
