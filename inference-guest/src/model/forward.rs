@@ -48,6 +48,15 @@ fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
+/// Which of a layer's two branches ends in [`Forward::add_to_residual`].
+#[derive(Clone, Copy)]
+enum Branch {
+    /// Reads `att`, the attention's heads.
+    Attention,
+    /// Reads `gate`, the activated feed-forward.
+    FeedForward,
+}
+
 /// The forward pass's steps over one model's configuration and kernels.
 #[derive(Clone, Copy)]
 pub(super) struct Forward<'m> {
@@ -258,21 +267,8 @@ impl Forward<'_> {
         );
         self.qk_ready(kv, buf, li, layer, n_past, t);
         self.attention(kv, li, n_past, &buf.q, &mut buf.att, par);
-        matmul::run(
-            k,
-            par,
-            &mut buf.matmul,
-            &buf.att,
-            t,
-            &mut [Product {
-                matrix: &layer.wo,
-                out: &mut buf.proj,
-            }],
-        );
-        if let Some(w) = &layer.attn_post_norm {
-            rms_norm_rows_in_place(&mut buf.proj, w, cfg.rms_eps);
-        }
-        buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
+        let post_norm = layer.attn_post_norm.as_deref();
+        self.add_to_residual(buf, Branch::Attention, &layer.wo, post_norm, t, par);
     }
 
     /// The projections made ready for attention: biases, per-head Q/K norms (Qwen3, Gemma),
@@ -364,21 +360,49 @@ impl Forward<'_> {
             Some(_) => Self::geglu(&mut buf.gate, &buf.up),
             None => self.swiglu(&mut buf.gate, &buf.up, &mut buf.proj_ff),
         }
+        let post_norm = layer.ffn_post_norm.as_deref();
+        self.add_to_residual(buf, Branch::FeedForward, &layer.w_down, post_norm, t, par);
+    }
+
+    /// A branch's last step, the same for attention and feed-forward: `x += norm(m · in)`,
+    /// where `in` is the branch's output (`att`, or `gate` after the activation) and the
+    /// norm is Gemma's post-norm when the layer has one.
+    fn add_to_residual(
+        &self,
+        buf: &mut Buffers,
+        branch: Branch,
+        m: &Matrix,
+        post_norm: Option<&[f32]>,
+        t: usize,
+        par: &dyn Parallel,
+    ) {
+        let Buffers {
+            x,
+            att,
+            gate,
+            proj,
+            matmul: scratch,
+            ..
+        } = buf;
+        let input = match branch {
+            Branch::Attention => att,
+            Branch::FeedForward => gate,
+        };
         matmul::run(
-            k,
+            self.kernels,
             par,
-            &mut buf.matmul,
-            &buf.gate,
+            scratch,
+            input,
             t,
             &mut [Product {
-                matrix: &layer.w_down,
-                out: &mut buf.proj,
+                matrix: m,
+                out: proj,
             }],
         );
-        if let Some(w) = &layer.ffn_post_norm {
-            rms_norm_rows_in_place(&mut buf.proj, w, self.cfg.rms_eps);
+        if let Some(w) = post_norm {
+            rms_norm_rows_in_place(proj, w, self.cfg.rms_eps);
         }
-        buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
+        x.iter_mut().zip(proj.iter()).for_each(|(a, &b)| *a += b);
     }
 
     /// The final norm of all `t` positions of the batch: the hidden states an embedding
