@@ -4,7 +4,7 @@
 //! and kernels, so the weights can come from a loaded [`Model`] ([`Model::forward_batch`])
 //! or arrive layer by layer (`super::streaming`): both run the very same steps.
 
-use super::attention::{self, DotOrder};
+use super::attention::{self, DotOrder, Scores};
 use super::kv_cache::{KvCache, round_f16};
 use super::matmul::{self, MatmulScratch, Product};
 use super::{Layer, LlamaConfig, Matrix, Model, ModelError};
@@ -327,9 +327,9 @@ impl Forward<'_> {
                 &buf.v[j * kvd..(j + 1) * kvd],
             );
         }
-        if let Some(g) = &cfg.gemma {
+        if let Some(scale) = cfg.query_scale {
             // ggml_scale on the queries after RoPE; the scores are then not scaled.
-            buf.q.iter_mut().for_each(|v| *v *= g.attn_scale);
+            buf.q.iter_mut().for_each(|v| *v *= scale);
         }
     }
 
@@ -474,12 +474,18 @@ impl Forward<'_> {
         let group = cfg.n_head / n_kvh;
         let qd = cfg.q_dim();
         let order = DotOrder::for_batch(att.len() / qd);
-        // Gemma: a sliding-window layer sees the last `sliding_window` positions; queries
-        // were scaled before, so the scores are not.
-        let (window, scale) = match &cfg.gemma {
-            Some(g) if g.is_swa(layer) => (g.sliding_window, 1.0),
-            Some(_) => (usize::MAX, 1.0),
-            None => (usize::MAX, 1.0 / libm::sqrtf(hd as f32)),
+        // Gemma: a sliding-window layer sees the last `sliding_window` positions.
+        let window = match &cfg.gemma {
+            Some(g) if g.is_swa(layer) => g.sliding_window,
+            _ => usize::MAX,
+        };
+        let scores = Scores {
+            // Queries scaled before (Gemma, Phi-3) leave the scores unscaled.
+            scale: match cfg.query_scale {
+                Some(_) => 1.0,
+                None => 1.0 / libm::sqrtf(hd as f32),
+            },
+            softcap: cfg.gemma.as_ref().map_or(0.0, |g| g.attn_softcap),
         };
         // One item per (token, query head): a decode step has n_head items (9 here), enough
         // to keep both threads busy; per KV head it would be 3.
@@ -496,7 +502,7 @@ impl Forward<'_> {
                 (n_past + j + 1).saturating_sub(window)..n_past + j + 1,
                 hd,
                 order,
-                scale,
+                scores,
                 q_rows,
                 out,
             );
