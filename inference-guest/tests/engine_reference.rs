@@ -5,7 +5,7 @@
 //! and skips it, unless `FLEXSERVE_REQUIRE_MODELS=1` (set by `make test`), where it fails.
 
 use inference_guest::gguf::Gguf;
-use inference_guest::model::{Logits, Model};
+use inference_guest::model::{GemmaConfig, Logits, Model};
 use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::Kernels;
 use inference_guest::tokenizer::Tokenizer;
@@ -19,6 +19,8 @@ const NEAR_TIE: f32 = 1e-3;
 /// llama.cpp's x86 numerics operation for operation, so this is measured at 0 here; the
 /// margin only absorbs a different but equally valid libm on another host.
 const LOGIT_MAX_ABS: f32 = 1e-4;
+/// Largest |top-2 logit gap - llama.cpp's| a test of the logits' scale accepts.
+const GAP_TOLERANCE: f32 = 1e-3;
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -102,13 +104,22 @@ fn top2(logits: &[f32]) -> (u32, u32, f32) {
     (best as u32, second as u32, logits[best] - logits[second])
 }
 
-fn check_greedy(fixture_name: &str) {
-    let f = fixture(fixture_name);
-    let Some(bytes) = model_bytes(&f) else { return };
-    let gguf = Gguf::parse(&bytes).expect("parse");
-    let model = Model::from_gguf(&gguf, Kernels::detect()).expect("load");
+/// One case's greedy run against its fixture.
+struct Outcome {
+    name: String,
+    /// Steps whose token equals llama.cpp's, up to the first that does not.
+    matched: usize,
+    /// At the first differing step: (step, our token, our top-2 gap, our second token).
+    diverged: Option<(usize, u32, f32, u32)>,
+    /// Largest |our top-2 logit gap - llama.cpp's| over the matched steps: what the final
+    /// logits' scale (soft-capping) shows, which greedy tokens alone do not.
+    max_gap_err: f32,
+}
+
+/// Runs every case of `f` greedily on `model`, following llama.cpp's tokens while they agree.
+fn greedy_outcomes(f: &Fixture, model: &Model, tokenizer: &Tokenizer) -> Vec<Outcome> {
     let pool = ThreadPool::new(2).expect("threads");
-    let tokenizer = Tokenizer::from_gguf(&gguf).expect("tokenizer");
+    let mut outcomes = Vec::new();
     for case in &f.cases {
         assert_eq!(
             tokenizer.encode(&case.prompt, false, true),
@@ -118,7 +129,6 @@ fn check_greedy(fixture_name: &str) {
             case.name
         );
         let mut session = model.new_session(512);
-        let mut matched = 0;
         let chunk = if case.prompt_eval == "tokenwise" {
             1
         } else {
@@ -127,41 +137,98 @@ fn check_greedy(fixture_name: &str) {
         let mut logits = Vec::new();
         for part in case.prompt_ids.chunks(chunk) {
             logits = session
-                .eval(&model, part, Logits::Last, &pool)
+                .eval(model, part, Logits::Last, &pool)
                 .expect("eval")
                 .to_vec();
         }
+        let mut out = Outcome {
+            name: case.name.clone(),
+            matched: 0,
+            diverged: None,
+            max_gap_err: 0.0,
+        };
         for (step, &expected) in case.generated.iter().enumerate() {
             let (got, second, gap) = top2(&logits);
             if got != expected {
-                let ref_gap = case.top2_gap[step];
-                assert!(
-                    ref_gap < NEAR_TIE,
-                    "{} `{}`: step {step}: engine chose {got} (top-2 gap {gap}, second {second}), \
-                     llama.cpp {expected} (its top-2 gap {ref_gap}): a real divergence, not a near-tie",
-                    f.model,
-                    case.name
-                );
-                eprintln!(
-                    "NEAR-TIE: {} `{}` diverges at step {step} where llama.cpp's top-2 gap is \
-                     {ref_gap} < {NEAR_TIE}; the rest of this case is not compared",
-                    f.model, case.name
-                );
+                out.diverged = Some((step, got, gap, second));
                 break;
             }
-            matched += 1;
+            out.matched += 1;
+            out.max_gap_err = out.max_gap_err.max((gap - case.top2_gap[step]).abs());
             logits = session
-                .eval(&model, &[got], Logits::Last, &pool)
+                .eval(model, &[got], Logits::Last, &pool)
                 .expect("eval")
                 .to_vec();
         }
+        outcomes.push(out);
+    }
+    outcomes
+}
+
+/// Asserts every case of `f` equals llama.cpp's greedy tokens (a divergence allowed only at
+/// a near-tie), and returns the outcomes for further checks.
+fn assert_greedy(f: &Fixture, model: &Model, tokenizer: &Tokenizer) -> Vec<Outcome> {
+    let outcomes = greedy_outcomes(f, model, tokenizer);
+    for (case, o) in f.cases.iter().zip(&outcomes) {
+        if let Some((step, got, gap, second)) = o.diverged {
+            let expected = case.generated[step];
+            let ref_gap = case.top2_gap[step];
+            assert!(
+                ref_gap < NEAR_TIE,
+                "{} `{}`: step {step}: engine chose {got} (top-2 gap {gap}, second {second}), \
+                 llama.cpp {expected} (its top-2 gap {ref_gap}): a real divergence, not a near-tie",
+                f.model,
+                case.name
+            );
+            eprintln!(
+                "NEAR-TIE: {} `{}` diverges at step {step} where llama.cpp's top-2 gap is \
+                 {ref_gap} < {NEAR_TIE}; the rest of this case is not compared",
+                f.model, case.name
+            );
+        }
         eprintln!(
-            "{} `{}`: {matched}/{} greedy tokens equal llama.cpp's",
+            "{} `{}`: {}/{} greedy tokens equal llama.cpp's (top-2 gaps within {})",
             f.model,
             case.name,
-            case.generated.len()
+            o.matched,
+            case.generated.len(),
+            o.max_gap_err
         );
     }
+    outcomes
+}
+
+fn check_greedy(fixture_name: &str) {
+    let f = fixture(fixture_name);
+    let Some(bytes) = model_bytes(&f) else { return };
+    let gguf = Gguf::parse(&bytes).expect("parse");
+    let model = Model::from_gguf(&gguf, Kernels::detect()).expect("load");
+    let tokenizer = Tokenizer::from_gguf(&gguf).expect("tokenizer");
+    assert_greedy(&f, &model, &tokenizer);
+}
+
+/// A control: `change` applied to the model must make some case leave llama.cpp's tokens,
+/// or the feature it turns off is not exercised by the fixture.
+fn assert_control_diverges(
+    f: &Fixture,
+    gguf: &Gguf<'_>,
+    tokenizer: &Tokenizer,
+    what: &str,
+    change: impl FnOnce(&mut Model<'_>),
+) {
+    let mut model = Model::from_gguf(gguf, Kernels::detect()).expect("load");
+    change(&mut model);
+    let outcomes = greedy_outcomes(f, &model, tokenizer);
+    let first = outcomes
+        .iter()
+        .filter_map(|o| o.diverged.map(|(step, ..)| (o.name.as_str(), step)))
+        .min_by_key(|&(_, step)| step);
+    eprintln!("control, {what}: first divergence {first:?}");
+    assert!(
+        first.is_some(),
+        "{}: {what} leaves all greedy tokens unchanged: the fixture does not exercise it",
+        f.model
+    );
 }
 
 #[test]
@@ -248,6 +315,66 @@ fn greedy_tiny_llama3_rope_factors_match_llama_cpp() {
 #[test]
 fn greedy_tiny_gemma3_matches_llama_cpp() {
     check_greedy("tiny-gemma3.Q8_0.json");
+}
+
+/// Gemma 2: embedding scale, post norms, GeGLU, queries scaled before attention, every
+/// other layer sliding over a window of 8, attention scores and final logits soft-capped.
+/// Controls: without the attention cap, or without the window, the tokens change; without
+/// the final cap (monotonic, so the tokens stay) the top-2 logit gaps leave llama.cpp's.
+#[test]
+fn greedy_tiny_gemma2_matches_llama_cpp() {
+    let f = fixture("tiny-gemma2.Q8_0.json");
+    let Some(bytes) = model_bytes(&f) else { return };
+    let gguf = Gguf::parse(&bytes).expect("parse");
+    let model = Model::from_gguf(&gguf, Kernels::detect()).expect("load");
+    let tokenizer = Tokenizer::from_gguf(&gguf).expect("tokenizer");
+    let capped = assert_greedy(&f, &model, &tokenizer);
+    let gemma = |m: &mut Model<'_>| m.cfg.gemma.clone().expect("a gemma2 config");
+    assert_control_diverges(&f, &gguf, &tokenizer, "no attention soft-cap", |m| {
+        m.cfg.gemma = Some(GemmaConfig {
+            attn_softcap: 0.0,
+            ..gemma(m)
+        });
+    });
+    assert_control_diverges(&f, &gguf, &tokenizer, "no sliding window", |m| {
+        m.cfg.gemma = Some(GemmaConfig {
+            sliding_window: 0,
+            ..gemma(m)
+        });
+    });
+    let mut uncapped = Model::from_gguf(&gguf, Kernels::detect()).expect("load");
+    uncapped.cfg.gemma = Some(GemmaConfig {
+        final_softcap: 0.0,
+        ..gemma(&mut uncapped)
+    });
+    let worst = |o: &[Outcome]| o.iter().map(|o| o.max_gap_err).fold(0.0, f32::max);
+    let uncapped_err = worst(&greedy_outcomes(&f, &uncapped, &tokenizer));
+    eprintln!(
+        "top-2 gap error: {} with the final soft-cap, {uncapped_err} without",
+        worst(&capped)
+    );
+    assert!(worst(&capped) < GAP_TOLERANCE && uncapped_err > 10.0 * GAP_TOLERANCE);
+}
+
+/// Phi-3: fused `attn_qkv` and `ffn_up` (gate rows first), queries scaled before attention,
+/// NeoX RoPE over the first half of each head (`rope.dimension_count`). Controls: the
+/// gate and up halves swapped, or RoPE over whole heads, change the tokens.
+#[test]
+fn greedy_tiny_phi3_matches_llama_cpp() {
+    let f = fixture("tiny-phi3.Q8_0.json");
+    let Some(bytes) = model_bytes(&f) else { return };
+    let gguf = Gguf::parse(&bytes).expect("parse");
+    let model = Model::from_gguf(&gguf, Kernels::detect()).expect("load");
+    let tokenizer = Tokenizer::from_gguf(&gguf).expect("tokenizer");
+    assert_greedy(&f, &model, &tokenizer);
+    assert_control_diverges(&f, &gguf, &tokenizer, "ffn_up halves swapped", |m| {
+        for layer in &mut m.weights.layers {
+            std::mem::swap(&mut layer.w_gate, &mut layer.w_up);
+        }
+    });
+    assert_control_diverges(&f, &gguf, &tokenizer, "RoPE over whole heads", |m| {
+        m.cfg.rope_dims = m.cfg.head_dim;
+    });
 }
 
 #[test]

@@ -87,7 +87,9 @@ enum Command {
         type_for: Vec<(String, GgmlType)>,
         /// Architecture: qwen2 adds Q/K/V biases and uses NeoX RoPE, qwen3 per-head Q/K
         /// norms with NeoX RoPE, llama3 llama3's RoPE frequency factors (`rope_freqs`),
-        /// gemma3 Gemma 3's graph (a sliding window of 8; use 6 layers for a global one).
+        /// gemma3 Gemma 3's graph (a sliding window of 8; use 6 layers for a global one),
+        /// gemma2 Gemma 2's (every other layer slides over 8, soft-capped attention and
+        /// logits), phi3 Phi-3's (fused attn_qkv and ffn_up, RoPE over half of each head).
         #[arg(long, value_enum, default_value = "llama")]
         arch: tiny::TinyArch,
         /// PRNG seed: the same seed gives the same bytes.

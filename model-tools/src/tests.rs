@@ -130,6 +130,43 @@ fn tiny_types_each_tensor_class_as_asked() {
     assert!(generate(&g, &p).is_err());
 }
 
+/// Each architecture's tiny model loads in the engine with the graph changes it is meant
+/// to exercise (the token-for-token checks are in inference-guest's engine_reference).
+#[test]
+fn tiny_gemma2_and_phi3_load_in_the_engine_as_their_architecture() {
+    use crate::tiny::TinyArch;
+    use inference_guest::model::{GemmaVersion, Model};
+    use inference_guest::quant::Kernels;
+    let v = vocab();
+    let g = Gguf::parse(&v).unwrap();
+    let mut p = params(0);
+    p.arch = TinyArch::Gemma2;
+    let bytes = generate(&g, &p).unwrap().to_bytes().unwrap();
+    let gguf = Gguf::parse(&bytes).unwrap();
+    let m = Model::from_gguf(&gguf, Kernels::scalar()).unwrap();
+    let gemma = m.cfg.gemma.as_ref().unwrap();
+    assert_eq!(gemma.version, GemmaVersion::Two);
+    assert!(gemma.is_swa(0) && !gemma.is_swa(1));
+    assert!(gemma.attn_softcap > 0.0 && gemma.final_softcap > 0.0);
+    assert!(m.weights.layers[0].attn_post_norm.is_some());
+
+    p.arch = TinyArch::Phi3;
+    let bytes = generate(&g, &p).unwrap().to_bytes().unwrap();
+    let gguf = Gguf::parse(&bytes).unwrap();
+    assert!(gguf.tensor("blk.0.attn_qkv.weight").is_some());
+    assert!(gguf.tensor("blk.0.ffn_gate.weight").is_none());
+    let m = Model::from_gguf(&gguf, Kernels::scalar()).unwrap();
+    assert_eq!(m.cfg.rope_dims, m.cfg.head_dim / 2);
+    let layer = &m.weights.layers[0];
+    assert_eq!((layer.wq.rows, layer.wk.rows, layer.wv.rows), (64, 32, 32));
+    assert_eq!((layer.w_gate.rows, layer.w_up.rows), (96, 96));
+    p.head_dim = Some(32); // 4 heads of 32 over an embedding of 64
+    assert!(
+        generate(&g, &p).is_err(),
+        "phi3 needs heads × head size = embd"
+    );
+}
+
 /// `convert` reads and writes every type the engine reads: F32 → T → F32 matches the
 /// reference dequantisation of T.
 #[test]

@@ -65,6 +65,14 @@ pub enum TinyArch {
     /// gemma3: Q/K norms, post-attention and post-feed-forward norms, GeGLU, sliding-window
     /// layers of [`GEMMA_WINDOW`] positions (every 6th layer global), soft-capped logits.
     Gemma3,
+    /// gemma2: post-attention and post-feed-forward norms, GeGLU, every other layer sliding
+    /// over [`GEMMA_WINDOW`] positions, attention scores soft-capped at
+    /// [`GEMMA2_ATTN_SOFTCAP`] and logits at [`GEMMA2_FINAL_SOFTCAP`]; no Q/K norms, output
+    /// tied to the embeddings (as llama.cpp's gemma2 requires).
+    Gemma2,
+    /// phi3: fused `attn_qkv` and `ffn_up` (gate rows, then up rows), NeoX RoPE over the
+    /// first half of each head only.
+    Phi3,
 }
 
 impl TinyArch {
@@ -74,6 +82,21 @@ impl TinyArch {
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
             Self::Gemma3 => "gemma3",
+            Self::Gemma2 => "gemma2",
+            Self::Phi3 => "phi3",
+        }
+    }
+
+    fn is_gemma(self) -> bool {
+        matches!(self, Self::Gemma2 | Self::Gemma3)
+    }
+
+    /// RoPE dimensions of a head of `head_dim`: Phi-3's tiny model rotates half of them, so
+    /// its test checks that `rope.dimension_count` is followed.
+    fn rope_dims(self, head_dim: usize) -> usize {
+        match self {
+            Self::Phi3 => head_dim / 2,
+            _ => head_dim,
         }
     }
 }
@@ -107,9 +130,23 @@ const ROPE_BASE: f32 = 10000.0;
 /// The tiny Gemma's sliding window: short enough that the test prompts outgrow it.
 const GEMMA_WINDOW: u32 = 8;
 
+/// The tiny Gemma 2's attention soft-cap: Gemma 2's own 50 is far above the tiny model's
+/// scores (a few units), where the cap would change nothing a test could see.
+const GEMMA2_ATTN_SOFTCAP: f32 = 5.0;
+
+/// The tiny Gemma 2's final logit soft-cap: Gemma 2's own 30 is far above the tiny model's
+/// logits, where the cap would not move them measurably.
+const GEMMA2_FINAL_SOFTCAP: f32 = 2.0;
+
+/// The tiny Gemma 2's embedding weights' standard deviation. llama.cpp ties Gemma 2's output
+/// to its embeddings, which enter scaled by sqrt(n_embd): at [`WEIGHT_STD`] each token's
+/// own logit would dwarf the others and the model would only repeat its input.
+const GEMMA2_EMBD_STD: f32 = 0.01;
+
 /// The weight-matrix classes `--type-for` can re-type.
-const CLASSES: [&str; 8] = [
+const CLASSES: [&str; 9] = [
     "token_embd",
+    "attn_qkv",
     "attn_q",
     "attn_k",
     "attn_v",
@@ -176,6 +213,15 @@ impl TinyParams {
                 ));
             }
         }
+        if self.arch == TinyArch::Phi3 && self.heads * self.head_dim() != self.embd {
+            return bad(format!(
+                "phi3: --heads {} × head size {} must equal --embd {} (llama.cpp's phi3 \
+                 assumes it)",
+                self.heads,
+                self.head_dim(),
+                self.embd
+            ));
+        }
         if let Some((c, _)) = self.type_for.iter().find(|(c, _)| !CLASSES.contains(&&**c)) {
             return bad(format!(
                 "--type-for: no tensor class '{c}'; use one of {}",
@@ -238,13 +284,24 @@ fn write_header(w: &mut GgufWriter, p: &TinyParams, n_vocab: usize) -> Result<()
     w.add_f32(&format!("{arch}.rope.freq_base"), base)?;
     w.add_u32(
         &format!("{arch}.rope.dimension_count"),
-        as_u32(p.head_dim())?,
+        as_u32(p.arch.rope_dims(p.head_dim()))?,
     )?;
     w.add_u32(&format!("{arch}.vocab_size"), as_u32(n_vocab)?)?;
     if p.arch == TinyArch::Gemma3 {
         w.add_u32(&format!("{arch}.attention.sliding_window"), GEMMA_WINDOW)?;
         w.add_f32(&format!("{arch}.rope.freq_base_swa"), ROPE_BASE)?;
         w.add_f32(&format!("{arch}.final_logit_softcapping"), 30.0)?;
+    }
+    if p.arch == TinyArch::Gemma2 {
+        w.add_u32(&format!("{arch}.attention.sliding_window"), GEMMA_WINDOW)?;
+        w.add_f32(
+            &format!("{arch}.attn_logit_softcapping"),
+            GEMMA2_ATTN_SOFTCAP,
+        )?;
+        w.add_f32(
+            &format!("{arch}.final_logit_softcapping"),
+            GEMMA2_FINAL_SOFTCAP,
+        )?;
     }
     Ok(())
 }
@@ -258,7 +315,11 @@ fn write_tensors(w: &mut GgufWriter, p: &TinyParams, n_vocab: usize) -> Result<(
     let (e, kv) = (p.embd as u64, (p.kv_heads * p.head_dim()) as u64);
     let (q, hd) = ((p.heads * p.head_dim()) as u64, p.head_dim() as u64);
     let mut add = |w: &mut GgufWriter, class: &str, name: &str, dims: &[u64]| {
-        let (ty, data) = random_tensor(&mut rng, p.type_of(class), dims);
+        let std = match (p.arch, class) {
+            (TinyArch::Gemma2, "token_embd") => GEMMA2_EMBD_STD,
+            _ => WEIGHT_STD,
+        };
+        let (ty, data) = random_tensor(&mut rng, p.type_of(class), dims, std);
         w.add_tensor(name, ty, dims, data)
     };
     add(w, "token_embd", "token_embd.weight", &[e, n_vocab as u64])?;
@@ -269,7 +330,7 @@ fn write_tensors(w: &mut GgufWriter, p: &TinyParams, n_vocab: usize) -> Result<(
     }
     for l in 0..p.layers {
         let ff = p.ff as u64;
-        let shapes: [(&str, &[u64]); 9] = [
+        let llama_shapes: [(&str, &[u64]); 9] = [
             ("attn_norm", &[e]),
             ("attn_q", &[e, q]),
             ("attn_k", &[e, kv]),
@@ -280,7 +341,19 @@ fn write_tensors(w: &mut GgufWriter, p: &TinyParams, n_vocab: usize) -> Result<(
             ("ffn_up", &[e, ff]),
             ("ffn_down", &[ff, e]),
         ];
-        for (name, dims) in shapes {
+        let phi3_shapes: [(&str, &[u64]); 6] = [
+            ("attn_norm", &[e]),
+            ("attn_qkv", &[e, q + 2 * kv]),
+            ("attn_output", &[q, e]),
+            ("ffn_norm", &[e]),
+            ("ffn_up", &[e, 2 * ff]),
+            ("ffn_down", &[ff, e]),
+        ];
+        let shapes: &[(&str, &[u64])] = match p.arch {
+            TinyArch::Phi3 => &phi3_shapes,
+            _ => &llama_shapes,
+        };
+        for &(name, dims) in shapes {
             add(w, name, &format!("blk.{l}.{name}.weight"), dims)?;
         }
         if matches!(p.arch, TinyArch::Qwen3 | TinyArch::Gemma3) {
@@ -288,7 +361,7 @@ fn write_tensors(w: &mut GgufWriter, p: &TinyParams, n_vocab: usize) -> Result<(
                 add(w, name, &format!("blk.{l}.{name}.weight"), &[hd])?;
             }
         }
-        if p.arch == TinyArch::Gemma3 {
+        if p.arch.is_gemma() {
             for name in ["post_attention_norm", "post_ffw_norm"] {
                 add(w, name, &format!("blk.{l}.{name}.weight"), &[e])?;
             }
@@ -312,8 +385,13 @@ fn write_tensors(w: &mut GgufWriter, p: &TinyParams, n_vocab: usize) -> Result<(
 }
 
 /// Random data for one tensor: 1-D tensors are F32 norm weights near 1.0; matrices are
-/// N(0, 0.02)-ish weights quantised row by row to `ty`.
-fn random_tensor(rng: &mut SplitMix64, ty: GgmlType, dims: &[u64]) -> (GgmlType, Vec<u8>) {
+/// N(0, std²) weights quantised row by row to `ty`.
+fn random_tensor(
+    rng: &mut SplitMix64,
+    ty: GgmlType,
+    dims: &[u64],
+    std: f32,
+) -> (GgmlType, Vec<u8>) {
     let row_len = dims.first().copied().unwrap_or(1) as usize;
     let n_rows: usize = dims.iter().skip(1).map(|&d| d as usize).product();
     if dims.len() == 1 {
@@ -327,7 +405,7 @@ fn random_tensor(rng: &mut SplitMix64, ty: GgmlType, dims: &[u64]) -> (GgmlType,
     let mut data = vec![0u8; row_bytes * n_rows];
     let mut row = vec![0f32; row_len];
     for dst in data.chunks_exact_mut(row_bytes.max(1)) {
-        row.iter_mut().for_each(|x| *x = WEIGHT_STD * rng.normal());
+        row.iter_mut().for_each(|x| *x = std * rng.normal());
         quantize_row(ty, &row, dst);
     }
     (ty, data)

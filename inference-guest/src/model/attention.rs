@@ -154,9 +154,33 @@ fn softmax(kernels: &Kernels, scores: &mut [f32], first: usize) {
     scores.iter_mut().for_each(|v| *v *= inv);
 }
 
+/// How a query-key dot product becomes the score the softmax reads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Scores {
+    /// The softmax's scale (1/sqrt(head_dim), or 1 where the queries were scaled before).
+    pub(super) scale: f32,
+    /// Gemma 2: `c` in `c * tanh(dot / c)` before the scale, as llama.cpp's ggml_scale,
+    /// ggml_tanh, ggml_scale; 0 for none.
+    pub(super) softcap: f32,
+}
+
+impl Scores {
+    #[inline]
+    fn of(self, dot: f32) -> f32 {
+        let c = self.softcap;
+        let capped = if c > 0.0 {
+            libm::tanhf(dot * (1.0 / c)) * c
+        } else {
+            dot
+        };
+        capped * self.scale
+    }
+}
+
 /// The attention of one token against positions `span` (`[first, n_kv)`: all before it
 /// unless a sliding window starts later) of one KV head, for the `out.len() / head_dim`
-/// query heads sharing it, scores multiplied by `scale`. `q` holds those heads' queries.
+/// query heads sharing it, dot products made scores by `scores`. `q` holds those heads'
+/// queries.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attend(
     kernels: &Kernels,
@@ -166,7 +190,7 @@ pub(super) fn attend(
     span: core::ops::Range<usize>,
     head_dim: usize,
     order: DotOrder,
-    scale: f32,
+    scores: Scores,
     q: &[f32],
     out: &mut [f32],
 ) {
@@ -182,7 +206,7 @@ pub(super) fn attend(
     for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
         q16.iter_mut().zip(qh).for_each(|(d, &s)| *d = round_f16(s));
         for (p, s) in probs.iter_mut().enumerate().skip(first) {
-            *s = dot(order, &keys[p * hd..(p + 1) * hd], &q16) * scale;
+            *s = scores.of(dot(order, &keys[p * hd..(p + 1) * hd], &q16));
         }
         softmax(kernels, &mut probs, first);
         // out[d] = Σ_p f16(prob_p) · v[p][d], position p summed into lane p % lanes.

@@ -1,6 +1,7 @@
 //! Hyper-parameters of a llama-family model, read from GGUF metadata and checked.
 
 use super::ModelError;
+use super::gemma::{GemmaConfig, GemmaVersion};
 use crate::gguf::Gguf;
 use alloc::string::{String, ToString};
 
@@ -32,34 +33,15 @@ pub struct LlamaConfig {
     /// Qwen3: every query and key head is RMS-normed (`attn_q_norm`, `attn_k_norm`, one
     /// weight of `head_dim` shared by all heads) before RoPE.
     pub qk_norm: bool,
-    /// Gemma 3's changes to the graph, for `gemma3` models.
+    /// Queries are multiplied by this after RoPE and the attention scores are then not
+    /// scaled (Gemma, Phi-3); `None`: the scores are scaled by 1/sqrt(head_dim). Where the
+    /// scale is applied changes the f16 rounding of the queries, hence the numerics.
+    pub query_scale: Option<f32>,
+    /// Phi-3: `attn_qkv` (when the file has it) holds the query, key and value rows one
+    /// after the other, and `ffn_up` the gate's rows then the up projection's.
+    pub fused_projections: bool,
+    /// Gemma 2's and Gemma 3's changes to the graph, for `gemma2` and `gemma3` models.
     pub gemma: Option<GemmaConfig>,
-}
-
-/// What Gemma 3 changes beyond per-head Q/K norms: embeddings scaled by sqrt(n_embd),
-/// norms after attention and after the feed-forward, GeGLU, queries scaled before the
-/// attention (not its scores), sliding-window layers with their own RoPE base, and
-/// optionally soft-capped logits.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GemmaConfig {
-    /// Positions a sliding-window layer attends to, itself included (0: every layer is global).
-    pub sliding_window: usize,
-    /// Every `swa_pattern`-th layer is global, the others slide (llama.cpp's default: 6).
-    pub swa_pattern: usize,
-    /// RoPE base of the sliding-window layers.
-    pub rope_freq_base_swa: f32,
-    /// The factor queries are multiplied by before attention.
-    pub attn_scale: f32,
-    /// `c` in `c * tanh(logit / c)`, or 0 for none.
-    pub final_softcap: f32,
-}
-
-impl GemmaConfig {
-    /// Whether layer `il` attends through the sliding window.
-    pub fn is_swa(&self, il: usize) -> bool {
-        self.sliding_window > 0
-            && (self.swa_pattern == 0 || il % self.swa_pattern < self.swa_pattern - 1)
-    }
 }
 
 /// What an architecture changes in the llama graph.
@@ -67,7 +49,20 @@ struct Arch {
     name: &'static str,
     rope_layout: RopeLayout,
     qk_norm: bool,
-    gemma: bool,
+    family: Family,
+}
+
+/// Graph changes beyond RoPE layout and head norms.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// The llama graph itself.
+    Llama,
+    Gemma(GemmaVersion),
+    /// Fused projections, queries scaled before attention, longrope refused. Phi-3's
+    /// `attention.sliding_window` is not read: llama.cpp turns Phi-3's window off (the
+    /// converters do not record which layers slide), and the engine follows
+    /// llama.cpp's output.
+    Phi3,
 }
 
 /// Architectures whose graph is the llama one, with what each changes. Projection biases
@@ -77,74 +72,61 @@ const SUPPORTED: &[Arch] = &[
         name: "llama",
         rope_layout: RopeLayout::Normal,
         qk_norm: false,
-        gemma: false,
+        family: Family::Llama,
     },
     Arch {
         name: "mistral",
         rope_layout: RopeLayout::Normal,
         qk_norm: false,
-        gemma: false,
+        family: Family::Llama,
     },
     Arch {
         name: "qwen2",
         rope_layout: RopeLayout::Neox,
         qk_norm: false,
-        gemma: false,
+        family: Family::Llama,
     },
     Arch {
         name: "qwen3",
         rope_layout: RopeLayout::Neox,
         qk_norm: true,
-        gemma: false,
+        family: Family::Llama,
+    },
+    Arch {
+        name: "gemma2",
+        rope_layout: RopeLayout::Neox,
+        qk_norm: false,
+        family: Family::Gemma(GemmaVersion::Two),
     },
     Arch {
         name: "gemma3",
         rope_layout: RopeLayout::Neox,
         qk_norm: true,
-        gemma: true,
+        family: Family::Gemma(GemmaVersion::Three),
+    },
+    Arch {
+        name: "phi3",
+        rope_layout: RopeLayout::Neox,
+        qk_norm: false,
+        family: Family::Phi3,
     },
 ];
 
 /// The architectures [`LlamaConfig::from_gguf`] accepts, for messages.
-pub const SUPPORTED_ARCHITECTURES: &str = "llama, mistral, qwen2, qwen3, gemma3";
+pub const SUPPORTED_ARCHITECTURES: &str = "llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3";
 
-impl GemmaConfig {
-    /// Gemma 3's keys as llama.cpp's `llama_model_gemma3::load_arch_hparams` reads them.
-    fn from_gguf(
-        g: &Gguf<'_>,
-        arch: &str,
-        n_layer: usize,
-        embd_per_head: usize,
-        head_dim: usize,
-    ) -> Result<Self, ModelError> {
-        let key = |suffix: &str| alloc::format!("{arch}.{suffix}");
-        let sliding_window = g.get_u32(&key("attention.sliding_window"))?.unwrap_or(0) as usize;
-        let swa_pattern = g
-            .get_u32(&key("attention.sliding_window_pattern"))?
-            .unwrap_or(6) as usize;
-        let rope_freq_base_swa = g.get_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0);
-        let final_softcap = g.get_f32(&key("final_logit_softcapping"))?.unwrap_or(0.0);
-        // gemma_pytorch's query_pre_attn_scalar: the 27B model (62 layers) scales by the
-        // embedding per head, the others by the head size.
-        let per = if n_layer == 62 {
-            embd_per_head
-        } else {
-            head_dim
-        };
-        let bad = |what: &str| Err(ModelError::BadHyperParameters(what.to_string()));
-        if !(rope_freq_base_swa.is_finite() && rope_freq_base_swa > 0.0) {
-            return bad("rope.freq_base_swa must be a positive number");
-        }
-        if !(final_softcap.is_finite() && final_softcap >= 0.0) {
-            return bad("final_logit_softcapping must be a number >= 0");
-        }
-        Ok(Self {
-            sliding_window,
-            swa_pattern,
-            rope_freq_base_swa,
-            attn_scale: 1.0 / libm::sqrtf(per as f32),
-            final_softcap,
-        })
+/// Phi-3's 128k-context models stretch RoPE with per-pair factors chosen by the
+/// context length (`rope_factors_long` / `rope_factors_short`, "longrope"): not implemented,
+/// so such a file is refused by name instead of computing wrong angles.
+fn refuse_longrope(g: &Gguf<'_>) -> Result<(), ModelError> {
+    match ["rope_factors_long.weight", "rope_factors_short.weight"]
+        .into_iter()
+        .find(|name| g.tensor(name).is_some())
+    {
+        Some(name) => Err(ModelError::UnsupportedRopeScaling(alloc::format!(
+            "longrope (tensor `{name}`)"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -204,16 +186,18 @@ impl LlamaConfig {
                 .ok_or(ModelError::MissingTensor("token_embd.weight".to_string()))?
                 as usize,
         };
-        let gemma = match spec.gemma {
-            true => Some(GemmaConfig::from_gguf(
-                g,
-                arch,
-                n_layer,
-                n_embd / n_head,
-                head_dim,
-            )?),
-            false => None,
+        let gemma = match spec.family {
+            Family::Gemma(v) => Some(GemmaConfig::from_gguf(g, arch, v, rope_freq_base)?),
+            _ => None,
         };
+        let query_scale = match (&gemma, spec.family) {
+            (Some(gc), _) => Some(gc.query_scale(n_layer, n_embd / n_head, head_dim)),
+            (None, Family::Phi3) => Some(1.0 / libm::sqrtf(head_dim as f32)),
+            (None, _) => None,
+        };
+        if spec.family == Family::Phi3 {
+            refuse_longrope(g)?;
+        }
         let cfg = Self {
             architecture: arch.to_string(),
             n_vocab,
@@ -229,6 +213,8 @@ impl LlamaConfig {
             rope_layout: spec.rope_layout,
             rms_eps,
             qk_norm: spec.qk_norm,
+            query_scale,
+            fused_projections: spec.family == Family::Phi3,
             gemma,
         };
         cfg.check()?;
@@ -304,26 +290,43 @@ mod tests {
     use crate::gguf::writer::GgufWriter;
     use alloc::vec::Vec;
 
-    /// A llama header with `extra` string keys (no tensors: the config needs none).
-    fn header(extra: &[(&str, &str)]) -> Vec<u8> {
+    /// A header of architecture `arch` with `extra` string keys and `tensors` (F32, 1-D);
+    /// the config itself needs no tensors.
+    fn header_of(arch: &str, extra: &[(&str, &str)], tensors: &[&str]) -> Vec<u8> {
         let mut w = GgufWriter::new();
-        w.add_str("general.architecture", "llama").unwrap();
+        w.add_str("general.architecture", arch).unwrap();
         for (k, v) in [
-            ("llama.embedding_length", 64),
-            ("llama.block_count", 1),
-            ("llama.attention.head_count", 4),
-            ("llama.feed_forward_length", 128),
-            ("llama.context_length", 256),
-            ("llama.vocab_size", 100),
+            ("embedding_length", 64),
+            ("block_count", 1),
+            ("attention.head_count", 4),
+            ("feed_forward_length", 128),
+            ("context_length", 256),
+            ("vocab_size", 100),
         ] {
-            w.add_u32(k, v).unwrap();
+            w.add_u32(&alloc::format!("{arch}.{k}"), v).unwrap();
         }
-        w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-            .unwrap();
+        w.add_f32(
+            &alloc::format!("{arch}.attention.layer_norm_rms_epsilon"),
+            1e-5,
+        )
+        .unwrap();
         for (k, v) in extra {
             w.add_str(k, v).unwrap();
         }
+        for name in tensors {
+            w.add_tensor(
+                name,
+                crate::ggml_type::GgmlType::F32,
+                &[8],
+                alloc::vec![0; 32],
+            )
+            .unwrap();
+        }
         w.to_bytes().unwrap()
+    }
+
+    fn header(extra: &[(&str, &str)]) -> Vec<u8> {
+        header_of("llama", extra, &[])
     }
 
     #[test]
@@ -339,5 +342,33 @@ mod tests {
         let yarn = header(&[("llama.rope.scaling.type", "yarn")]);
         let err = LlamaConfig::from_gguf(&Gguf::parse(&yarn).unwrap()).unwrap_err();
         assert!(matches!(&err, ModelError::UnsupportedRopeScaling(t) if t == "yarn"));
+    }
+
+    #[test]
+    fn gemma2_defaults_are_llama_cpps() {
+        let bytes = header_of("gemma2", &[], &[]);
+        let cfg = LlamaConfig::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap();
+        let g = cfg.gemma.as_ref().unwrap();
+        assert_eq!(g.version, GemmaVersion::Two);
+        assert_eq!((g.sliding_window, g.swa_pattern), (4096, 2));
+        assert_eq!((g.attn_softcap, g.final_softcap), (50.0, 30.0));
+        assert_eq!(g.rope_freq_base_swa, cfg.rope_freq_base);
+        assert_eq!(cfg.query_scale, Some(0.25)); // 1 / sqrt(64 / 4)
+        assert!(!cfg.qk_norm && !cfg.fused_projections);
+    }
+
+    #[test]
+    fn phi3_longrope_is_refused_by_name() {
+        let plain = header_of("phi3", &[], &[]);
+        let cfg = LlamaConfig::from_gguf(&Gguf::parse(&plain).unwrap()).unwrap();
+        assert!(cfg.fused_projections && cfg.gemma.is_none());
+        for name in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+            let long = header_of("phi3", &[], &[name]);
+            let err = LlamaConfig::from_gguf(&Gguf::parse(&long).unwrap()).unwrap_err();
+            assert!(
+                matches!(&err, ModelError::UnsupportedRopeScaling(t) if t.contains(name)),
+                "{err}"
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! and kernels, so the weights can come from a loaded [`Model`] ([`Model::forward_batch`])
 //! or arrive layer by layer (`super::streaming`): both run the very same steps.
 
-use super::attention::{self, DotOrder};
+use super::attention::{self, DotOrder, Scores};
 use super::kv_cache::{KvCache, round_f16};
 use super::matmul::{self, MatmulScratch, Product};
 use super::{Layer, LlamaConfig, Matrix, Model, ModelError};
@@ -46,6 +46,15 @@ pub(super) struct Buffers {
 fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     buf.resize(len, 0.0);
     &mut buf[..len]
+}
+
+/// Which of a layer's two branches ends in [`Forward::add_to_residual`].
+#[derive(Clone, Copy)]
+enum Branch {
+    /// Reads `att`, the attention's heads.
+    Attention,
+    /// Reads `gate`, the activated feed-forward.
+    FeedForward,
 }
 
 /// The forward pass's steps over one model's configuration and kernels.
@@ -258,21 +267,8 @@ impl Forward<'_> {
         );
         self.qk_ready(kv, buf, li, layer, n_past, t);
         self.attention(kv, li, n_past, &buf.q, &mut buf.att, par);
-        matmul::run(
-            k,
-            par,
-            &mut buf.matmul,
-            &buf.att,
-            t,
-            &mut [Product {
-                matrix: &layer.wo,
-                out: &mut buf.proj,
-            }],
-        );
-        if let Some(w) = &layer.attn_post_norm {
-            rms_norm_rows_in_place(&mut buf.proj, w, cfg.rms_eps);
-        }
-        buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
+        let post_norm = layer.attn_post_norm.as_deref();
+        self.add_to_residual(buf, Branch::Attention, &layer.wo, post_norm, t, par);
     }
 
     /// The projections made ready for attention: biases, per-head Q/K norms (Qwen3, Gemma),
@@ -331,9 +327,9 @@ impl Forward<'_> {
                 &buf.v[j * kvd..(j + 1) * kvd],
             );
         }
-        if let Some(g) = &cfg.gemma {
+        if let Some(scale) = cfg.query_scale {
             // ggml_scale on the queries after RoPE; the scores are then not scaled.
-            buf.q.iter_mut().for_each(|v| *v *= g.attn_scale);
+            buf.q.iter_mut().for_each(|v| *v *= scale);
         }
     }
 
@@ -364,21 +360,49 @@ impl Forward<'_> {
             Some(_) => Self::geglu(&mut buf.gate, &buf.up),
             None => self.swiglu(&mut buf.gate, &buf.up, &mut buf.proj_ff),
         }
+        let post_norm = layer.ffn_post_norm.as_deref();
+        self.add_to_residual(buf, Branch::FeedForward, &layer.w_down, post_norm, t, par);
+    }
+
+    /// A branch's last step, the same for attention and feed-forward: `x += norm(m · in)`,
+    /// where `in` is the branch's output (`att`, or `gate` after the activation) and the
+    /// norm is Gemma's post-norm when the layer has one.
+    fn add_to_residual(
+        &self,
+        buf: &mut Buffers,
+        branch: Branch,
+        m: &Matrix,
+        post_norm: Option<&[f32]>,
+        t: usize,
+        par: &dyn Parallel,
+    ) {
+        let Buffers {
+            x,
+            att,
+            gate,
+            proj,
+            matmul: scratch,
+            ..
+        } = buf;
+        let input = match branch {
+            Branch::Attention => att,
+            Branch::FeedForward => gate,
+        };
         matmul::run(
-            k,
+            self.kernels,
             par,
-            &mut buf.matmul,
-            &buf.gate,
+            scratch,
+            input,
             t,
             &mut [Product {
-                matrix: &layer.w_down,
-                out: &mut buf.proj,
+                matrix: m,
+                out: proj,
             }],
         );
-        if let Some(w) = &layer.ffn_post_norm {
-            rms_norm_rows_in_place(&mut buf.proj, w, self.cfg.rms_eps);
+        if let Some(w) = post_norm {
+            rms_norm_rows_in_place(proj, w, self.cfg.rms_eps);
         }
-        buf.x.iter_mut().zip(&buf.proj).for_each(|(a, &b)| *a += b);
+        x.iter_mut().zip(proj.iter()).for_each(|(a, &b)| *a += b);
     }
 
     /// The final norm of all `t` positions of the batch: the hidden states an embedding
@@ -450,12 +474,18 @@ impl Forward<'_> {
         let group = cfg.n_head / n_kvh;
         let qd = cfg.q_dim();
         let order = DotOrder::for_batch(att.len() / qd);
-        // Gemma: a sliding-window layer sees the last `sliding_window` positions; queries
-        // were scaled before, so the scores are not.
-        let (window, scale) = match &cfg.gemma {
-            Some(g) if g.is_swa(layer) => (g.sliding_window, 1.0),
-            Some(_) => (usize::MAX, 1.0),
-            None => (usize::MAX, 1.0 / libm::sqrtf(hd as f32)),
+        // Gemma: a sliding-window layer sees the last `sliding_window` positions.
+        let window = match &cfg.gemma {
+            Some(g) if g.is_swa(layer) => g.sliding_window,
+            _ => usize::MAX,
+        };
+        let scores = Scores {
+            // Queries scaled before (Gemma, Phi-3) leave the scores unscaled.
+            scale: match cfg.query_scale {
+                Some(_) => 1.0,
+                None => 1.0 / libm::sqrtf(hd as f32),
+            },
+            softcap: cfg.gemma.as_ref().map_or(0.0, |g| g.attn_softcap),
         };
         // One item per (token, query head): a decode step has n_head items (9 here), enough
         // to keep both threads busy; per KV head it would be 3.
@@ -472,7 +502,7 @@ impl Forward<'_> {
                 (n_past + j + 1).saturating_sub(window)..n_past + j + 1,
                 hd,
                 order,
-                scale,
+                scores,
                 q_rows,
                 out,
             );

@@ -13,6 +13,7 @@ mod config;
 mod embedding;
 mod error;
 mod forward;
+mod gemma;
 mod kv_cache;
 mod matmul;
 pub mod streaming;
@@ -23,6 +24,7 @@ mod weights;
 pub use config::{LlamaConfig, RopeLayout};
 pub use error::ModelError;
 pub use forward::Logits;
+pub use gemma::{GemmaConfig, GemmaVersion};
 pub use streaming::{FileArrival, Piece, StreamingModel};
 pub use weights::{Layer, Matrix, Weights};
 

@@ -254,6 +254,14 @@ fn streamed_tiny_qwen3_llama3_and_gemma3_match_the_loaded_model_bit_for_bit() {
     matches_loaded_model("tiny-gemma3.Q8_0.gguf", Some(CTX), &[9, MAX_BATCH + 1]);
 }
 
+/// Gemma 2's soft-capped attention, and Phi-3's fused tensors split into views of a layer
+/// that arrived whole.
+#[test]
+fn streamed_tiny_gemma2_and_phi3_match_the_loaded_model_bit_for_bit() {
+    matches_loaded_model("tiny-gemma2.Q8_0.gguf", Some(CTX), &[9, MAX_BATCH + 1]);
+    matches_loaded_model("tiny-phi3.Q8_0.gguf", Some(CTX), &[9, MAX_BATCH + 1]);
+}
+
 #[test]
 fn streamed_smollm2_matches_the_loaded_model_bit_for_bit() {
     matches_loaded_model("SmolLM2-135M-Instruct.Q8_0.gguf", None, &[MAX_BATCH + 8]);

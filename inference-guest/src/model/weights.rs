@@ -28,6 +28,20 @@ impl<'a> Matrix<'a> {
         self.data.len() / self.rows
     }
 
+    /// The first `rows` rows and the rest, as two matrices over the same bytes (a fused
+    /// tensor's parts: each output row is its own dot product, so the split changes nothing).
+    /// `rows` must be at most `self.rows`.
+    pub fn split_rows(&self, rows: usize) -> (Matrix<'a>, Matrix<'a>) {
+        let (head, tail) = self.data.split_at(rows * self.row_bytes());
+        let part = |rows, data| Matrix {
+            ty: self.ty,
+            n: self.n,
+            rows,
+            data,
+        };
+        (part(rows, head), part(self.rows - rows, tail))
+    }
+
     /// The bytes of rows `[start, start + count)`.
     pub fn rows_slice(&self, start: usize, count: usize) -> &'a [u8] {
         let rb = self.row_bytes();
@@ -217,11 +231,37 @@ impl<'g, 'a> TensorSource<'g, 'a> {
             Some(_) => self.vector(&name(s), e, k).map(Some),
             None => Ok(None),
         };
+        // Each norm before the projections it feeds, as before the fused layouts, so errors
+        // name the same first bad tensor of a file.
+        let attn_norm = self.vector(&name("attn_norm.weight"), e, k)?;
+        let (wq, wk, wv) = match cfg.fused_projections && self.has(&name("attn_qkv.weight")) {
+            true => {
+                let qkv = self.matrix(&name("attn_qkv.weight"), e, q + 2 * kv)?;
+                let (wq, rest) = qkv.split_rows(q);
+                let (wk, wv) = rest.split_rows(kv);
+                (wq, wk, wv)
+            }
+            false => (
+                self.matrix(&name("attn_q.weight"), e, q)?,
+                self.matrix(&name("attn_k.weight"), e, kv)?,
+                self.matrix(&name("attn_v.weight"), e, kv)?,
+            ),
+        };
+        let ffn_norm = self.vector(&name("ffn_norm.weight"), e, k)?;
+        let (w_gate, w_up) = match cfg.fused_projections {
+            true => self
+                .matrix(&name("ffn_up.weight"), e, 2 * ff)?
+                .split_rows(ff),
+            false => (
+                self.matrix(&name("ffn_gate.weight"), e, ff)?,
+                self.matrix(&name("ffn_up.weight"), e, ff)?,
+            ),
+        };
         Ok(Layer {
-            attn_norm: self.vector(&name("attn_norm.weight"), e, k)?,
-            wq: self.matrix(&name("attn_q.weight"), e, q)?,
-            wk: self.matrix(&name("attn_k.weight"), e, kv)?,
-            wv: self.matrix(&name("attn_v.weight"), e, kv)?,
+            attn_norm,
+            wq,
+            wk,
+            wv,
             bq: self.optional_vector(&name("attn_q.bias"), q, k)?,
             bk: self.optional_vector(&name("attn_k.bias"), kv, k)?,
             bv: self.optional_vector(&name("attn_v.bias"), kv, k)?,
@@ -230,9 +270,9 @@ impl<'g, 'a> TensorSource<'g, 'a> {
             wo: self.matrix(&name("attn_output.weight"), q, e)?,
             attn_post_norm: post_norm("post_attention_norm.weight")?,
             ffn_post_norm: post_norm("post_ffw_norm.weight")?,
-            ffn_norm: self.vector(&name("ffn_norm.weight"), e, k)?,
-            w_gate: self.matrix(&name("ffn_gate.weight"), e, ff)?,
-            w_up: self.matrix(&name("ffn_up.weight"), e, ff)?,
+            ffn_norm,
+            w_gate,
+            w_up,
             w_down: self.matrix(&name("ffn_down.weight"), ff, e)?,
         })
     }
