@@ -11,6 +11,7 @@
 mod embed;
 mod guest;
 mod idle;
+mod kv_evict;
 mod tool_style;
 
 pub use embed::{EmbedWork, Embedded};
@@ -500,6 +501,8 @@ impl Worker {
                     .store(held.resident_bytes, Ordering::Relaxed);
             }
         }
+        self.relieve_kv_pressure();
+        let m = &self.shared.metrics;
         m.request(if reason == StopReason::Cancelled {
             Outcome::Cancelled
         } else {
