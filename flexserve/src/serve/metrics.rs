@@ -243,22 +243,10 @@ impl Metrics {
         }
     }
 
-    /// The single-valued series: name, type, help, value.
-    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 18] {
+    /// KV eviction's counters.
+    fn kv_scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 4] {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
-            (
-                "flexserve_prompt_tokens_total",
-                "counter",
-                "Prompt tokens processed.",
-                get(&self.prompt_tokens),
-            ),
-            (
-                "flexserve_prompt_tokens_cached_total",
-                "counter",
-                "Prompt tokens taken from a kept KV cache instead of evaluated.",
-                get(&self.cached_tokens),
-            ),
             (
                 "flexserve_kv_evictions_total",
                 "counter",
@@ -284,6 +272,25 @@ impl Metrics {
                 "Restores the guest refused (a block missing, out of order or not \
                  authentic); the request recomputed.",
                 get(&self.kv_refused),
+            ),
+        ]
+    }
+
+    /// The single-valued series: name, type, help, value.
+    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 14] {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            (
+                "flexserve_prompt_tokens_total",
+                "counter",
+                "Prompt tokens processed.",
+                get(&self.prompt_tokens),
+            ),
+            (
+                "flexserve_prompt_tokens_cached_total",
+                "counter",
+                "Prompt tokens taken from a kept KV cache instead of evaluated.",
+                get(&self.cached_tokens),
             ),
             (
                 "flexserve_generated_tokens_total",
@@ -412,7 +419,12 @@ impl Metrics {
                 u8::from(got == Some(level))
             );
         }
-        for (name, kind, help, v) in self.scalars().into_iter().chain(self.idle_scalars()) {
+        for (name, kind, help, v) in self
+            .scalars()
+            .into_iter()
+            .chain(self.kv_scalars())
+            .chain(self.idle_scalars())
+        {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
         self.ttft.render(

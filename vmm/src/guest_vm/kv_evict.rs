@@ -183,7 +183,10 @@ impl GuestVm {
                 data,
             });
             self.command(&q)?;
-            match self.ack("a KV block", virtio_llm::wire::kv_evict::msg_type::KV_RESTORE) {
+            match self.ack(
+                "a KV block",
+                virtio_llm::wire::kv_evict::msg_type::KV_RESTORE,
+            ) {
                 Ok(_) => {}
                 Err(GuestError::Refused { status, .. }) => {
                     self.kv.counters.refused += 1;

@@ -106,6 +106,17 @@ impl KvStore for FileKvStore {
     }
 }
 
+impl Drop for FileKvStore {
+    /// The blocks are useless to any other guest: the files go with the store, and the
+    /// directory too once empty.
+    fn drop(&mut self) {
+        for handle in std::mem::take(&mut self.held) {
+            let _ = std::fs::remove_file(self.path(handle));
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +135,8 @@ mod tests {
         assert_eq!(s.get(4).unwrap(), blocks);
         s.remove(4);
         assert!(s.is_empty() && s.get(4).unwrap().is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
+        s.put(5, &blocks).unwrap();
+        drop(s);
+        assert!(!dir.exists(), "the store's files and directory go with it");
     }
 }
