@@ -73,7 +73,12 @@ fn restore(rig: &Rig, handle: u32, blocks: &[(u32, Vec<u8>)]) -> Vec<Status> {
     statuses
 }
 
-fn numbered(blocks: &[Vec<u8>]) -> Vec<(u32, Vec<u8>)> {
+/// Blocks as sent back: (index, data).
+type Blocks = Vec<(u32, Vec<u8>)>;
+/// A way to spoil blocks, and the refusal it must bring.
+type Spoil = (&'static str, fn(&mut Blocks));
+
+fn numbered(blocks: &[Vec<u8>]) -> Blocks {
     blocks
         .iter()
         .enumerate()
@@ -192,7 +197,7 @@ fn an_evicted_cache_comes_back_sealed_or_is_refused_and_recomputed() {
     );
 
     // Each way a block can be wrong is refused by name, and the answer is the same.
-    let refusals: [(&str, fn(&mut Vec<(u32, Vec<u8>)>)); 4] = [
+    let refusals: [Spoil; 4] = [
         ("does not authenticate", |b| b[1].1[7] ^= 0x01),
         ("is missing", |b| b[0].1.clear()),
         ("out of order", |b| b.swap(0, 1)),
