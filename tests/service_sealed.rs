@@ -10,6 +10,9 @@
 #[path = "service_rig.rs"]
 #[allow(dead_code)]
 mod rig;
+// KV caches sealed and handed to the host: the same rig, the same binary.
+#[path = "service_kv_evict.rs"]
+mod kv_evict;
 
 use rig::*;
 use sealed_model::OwnerPublicKey;

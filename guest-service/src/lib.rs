@@ -13,6 +13,7 @@
 extern crate alloc;
 
 pub mod arriving;
+pub mod kv_seal;
 pub mod loader;
 pub mod memory;
 pub mod service;

@@ -55,6 +55,11 @@ pub mod feature {
     /// the model's template; the control queue answers `GetToolStyle`
     /// (`wire::tool_chat`).
     pub const GUEST_TOOLS: u32 = 11;
+    /// KV eviction to the host (needs `KV_REUSE` and `SEALED`'s key root): a kept KV cache
+    /// sealed in the guest is handed over block by block (`KvEvict`), and a later request
+    /// that shares its prefix brings it back (`KvWant`, `KvRestore`), every block
+    /// authenticated (`wire::kv_evict`).
+    pub const KV_EVICT: u32 = 12;
     /// Standard virtio 1.x device (VIRTIO_F_VERSION_1); required.
     pub const VERSION_1: u32 = 32;
     /// The device reaches only the shared window (VIRTIO_F_ACCESS_PLATFORM); required, so the
@@ -199,6 +204,9 @@ pub const MAX_REPEAT_PENALTY: f32 = 100.0;
 /// (Llama 3 70B is 8192), and small enough that the largest answer fits one 68 KiB
 /// response buffer.
 pub const MAX_EMBEDDING_DIM: usize = 16 * 1024;
+/// Bytes of one sealed KV block (ciphertext and its 16-byte tag) in `KvBlock` and
+/// `KvRestore`: a control reply buffer holds one with its fixed fields.
+pub const MAX_KV_BLOCK_BYTES: usize = 64 * 1024;
 /// Bytes of one `EchoRequest`/`EchoReply` (a diagnostic round trip).
 pub const MAX_ECHO_BYTES: usize = 64 * 1024;
 /// Ranges in one `RelinquishReport`.

@@ -10,7 +10,7 @@ use virtio_llm::spec::feature;
 use virtio_llm::wire::control::{self, Ack, StatsReply};
 use virtio_llm::wire::request::{self, CancelRequest, PreemptRequest};
 use virtio_llm::wire::response::{self, EndOfStream, StopReason, Timings};
-use virtio_llm::wire::{echo, embed, memory, probe, sealed_session, tool_chat};
+use virtio_llm::wire::{echo, embed, kv_evict, memory, probe, sealed_session, tool_chat};
 
 const SPEC: &str = include_str!("../../docs/virtio-llm.md");
 
@@ -55,6 +55,11 @@ fn message_types_match_the_spec_table() {
         ("StatementReply", sealed_session::msg_type::STATEMENT_REPLY),
         ("GetToolStyle", tool_chat::msg_type::GET_TOOL_STYLE),
         ("ToolStyleReply", tool_chat::msg_type::TOOL_STYLE_REPLY),
+        ("KvEvict", kv_evict::msg_type::KV_EVICT),
+        ("KvWant", kv_evict::msg_type::KV_WANT),
+        ("KvRestore", kv_evict::msg_type::KV_RESTORE),
+        ("KvBlock", kv_evict::msg_type::KV_BLOCK),
+        ("KvWanted", kv_evict::msg_type::KV_WANTED),
         ("GenerateRequest", request::msg_type::GENERATE),
         ("CancelRequest", request::msg_type::CANCEL),
         ("PreemptRequest", request::msg_type::PREEMPT),
@@ -122,6 +127,7 @@ fn feature_bits_match_the_spec_table() {
         ("VIRTIO_LLM_F_OPTIONS", feature::OPTIONS),
         ("VIRTIO_LLM_F_EMBED", feature::EMBED),
         ("VIRTIO_LLM_F_GUEST_TOOLS", feature::GUEST_TOOLS),
+        ("VIRTIO_LLM_F_KV_EVICT", feature::KV_EVICT),
         ("VIRTIO_F_VERSION_1", feature::VERSION_1),
         ("VIRTIO_F_ACCESS_PLATFORM", feature::ACCESS_PLATFORM),
     ]);
@@ -199,6 +205,51 @@ fn fixed_size_bodies_match_the_spec() {
                 model_id: 1,
                 status: Status::Ok,
                 style: None,
+            }),
+        ),
+        (
+            "KvEvict",
+            body_bytes(&kv_evict::KvEvict {
+                handle: 0,
+                block: 0,
+            }),
+        ),
+        (
+            "KvWant",
+            body_bytes(&kv_evict::KvWant {
+                request_id: 1,
+                flags: 0,
+            }),
+        ),
+        (
+            "KvRestore",
+            body_bytes(&kv_evict::KvRestore {
+                handle: 1,
+                block: 0,
+                data: &[],
+            }),
+        ),
+        (
+            "KvBlock",
+            body_bytes(&kv_evict::KvBlock {
+                status: Status::NoSuchSession,
+                handle: 0,
+                block: 0,
+                n_blocks: 0,
+                epoch: 0,
+                data: Vec::new(),
+            }),
+        ),
+        (
+            "KvWanted",
+            body_bytes(&kv_evict::KvWanted {
+                request_id: 1,
+                handle: 0,
+                choice: kv_evict::KvChoice::None,
+                n_blocks: 0,
+                tokens: 0,
+                restore_us: 0,
+                recompute_us: 0,
             }),
         ),
         (

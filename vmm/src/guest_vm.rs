@@ -96,10 +96,14 @@ pub enum Interrupt {
 
 mod embed;
 mod generation;
+mod kv_evict;
+pub mod kv_store;
 pub mod request_watch;
 mod sealed_load;
 mod statement;
 mod tool_style;
+pub use kv_evict::KvCounters;
+pub use kv_store::{FileKvStore, KvStore, MemoryKvStore};
 pub use request_watch::{CutOff, Deadlines};
 pub use sealed_load::{FirstRequest, SealedLoadOptions, SealedLoaded, SealedLoading};
 
@@ -149,6 +153,8 @@ pub struct GuestVm {
     kernels: GuestKernels,
     /// What every request is held to ([`Self::set_deadlines`]).
     deadlines: Deadlines,
+    /// Evicted KV caches' store and counters (`feature::KV_EVICT`).
+    kv: kv_evict::KvHost,
 }
 
 /// How the VM thread ended: the run's result and the guest's console lines.
@@ -241,6 +247,7 @@ impl GuestVm {
             vm: Some(vm),
             kernels: GuestKernels::from_stats(&StatsReply::default()),
             deadlines: Deadlines::default(),
+            kv: Default::default(),
         };
         if let Err(e) = me.llm.wait_ready(READY_TIMEOUT) {
             return Err(me.failure(e));

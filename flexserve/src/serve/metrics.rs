@@ -97,6 +97,12 @@ pub struct Metrics {
     pub prompt_tokens: AtomicU64,
     /// Prompt tokens the guest took from kept KV caches instead of evaluating them.
     pub cached_tokens: AtomicU64,
+    /// Kept KV caches handed to the host sealed, brought back, recomputed instead, and
+    /// restores the guest refused (`vmm::guest_vm::KvCounters`).
+    pub kv_evictions: AtomicU64,
+    pub kv_restores: AtomicU64,
+    pub kv_recomputes: AtomicU64,
+    pub kv_refused: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub guest_state: AtomicU64,
     pub guest_starts: AtomicU64,
@@ -136,6 +142,10 @@ impl Default for Metrics {
             requests: Default::default(),
             prompt_tokens: AtomicU64::new(0),
             cached_tokens: AtomicU64::new(0),
+            kv_evictions: AtomicU64::new(0),
+            kv_restores: AtomicU64::new(0),
+            kv_recomputes: AtomicU64::new(0),
+            kv_refused: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             guest_state: AtomicU64::new(GuestState::Down as u64),
             guest_starts: AtomicU64::new(0),
@@ -234,6 +244,39 @@ impl Metrics {
             1 => GuestState::Starting,
             _ => GuestState::Down,
         }
+    }
+
+    /// KV eviction's counters.
+    fn kv_scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 4] {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            (
+                "flexserve_kv_evictions_total",
+                "counter",
+                "Kept KV caches sealed in the guest and stored on the host.",
+                get(&self.kv_evictions),
+            ),
+            (
+                "flexserve_kv_restores_total",
+                "counter",
+                "Evicted KV caches brought back into the guest, every block authenticated.",
+                get(&self.kv_restores),
+            ),
+            (
+                "flexserve_kv_recomputes_total",
+                "counter",
+                "Requests that evaluated an evicted KV cache's tokens again (cheaper by the \
+                 guest's measured rates).",
+                get(&self.kv_recomputes),
+            ),
+            (
+                "flexserve_kv_restores_refused_total",
+                "counter",
+                "Restores the guest refused (a block missing, out of order or not \
+                 authentic); the request recomputed.",
+                get(&self.kv_refused),
+            ),
+        ]
     }
 
     /// The single-valued series: name, type, help, value.
@@ -385,7 +428,12 @@ impl Metrics {
                 u8::from(got == Some(level))
             );
         }
-        for (name, kind, help, v) in self.scalars().into_iter().chain(self.idle_scalars()) {
+        for (name, kind, help, v) in self
+            .scalars()
+            .into_iter()
+            .chain(self.kv_scalars())
+            .chain(self.idle_scalars())
+        {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
         self.ttft.render(

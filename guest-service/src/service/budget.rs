@@ -120,6 +120,7 @@ impl Service {
             self.models.remove(&id);
             self.sessions.retain(|_, s| s.model_id != id);
             self.prefix_cache.forget_model(id);
+            self.kv_evict.forget_model(id);
             return true;
         }
         // A partial load goes last; its background first touches stop with it.

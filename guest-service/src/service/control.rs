@@ -15,6 +15,7 @@ use virtio_llm::wire::control::{
     ControlCommand, ControlReply, LoadModelBegin, LoadModelChunk, LoadModelEnd, OpenSession,
     StatsReply, msg_type as control_type,
 };
+use virtio_llm::wire::kv_evict::msg_type as kv_type;
 
 fn model_status(e: &ModelError) -> Status {
     match e {
@@ -89,6 +90,16 @@ impl Service {
                     status: Status::Unsupported,
                     style: None,
                 })
+            }
+            ControlCommand::KvEvict(q) => ControlReply::KvBlock(self.kv_evict(&q, driver, env)),
+            ControlCommand::KvWant(q) => match self.kv_want(&q, driver, env) {
+                Ok(w) => ControlReply::KvWanted(w),
+                // The link broke while looking for the request: nothing will read a reply.
+                Err(_) => ack(kv_type::KV_WANT, Status::Internal, 0),
+            },
+            ControlCommand::KvRestore(q) => {
+                let status = self.kv_restore(&q, env);
+                ack(kv_type::KV_RESTORE, status, q.handle)
             }
         }
     }
@@ -235,6 +246,7 @@ impl Service {
         if self.models.remove(&model_id).is_some() {
             self.sessions.retain(|_, s| s.model_id != model_id);
             self.prefix_cache.forget_model(model_id);
+            self.kv_evict.forget_model(model_id);
             Status::Ok
         } else if self
             .loading

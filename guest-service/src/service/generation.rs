@@ -211,6 +211,7 @@ impl Service {
                 cached_tokens: reused,
                 ..e
             });
+        self.kv_evict.note_end(&ended);
         if let (Some(answer), Ok(e)) = (sealed, &ended) {
             answer.slice_done(e.generated_tokens, last);
         }

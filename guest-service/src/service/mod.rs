@@ -27,6 +27,8 @@ mod constraint;
 mod control;
 mod embed;
 mod generation;
+mod kv_evict;
+mod kv_restore;
 mod pipeline;
 mod prefix_cache;
 mod probe;
@@ -147,6 +149,8 @@ pub struct Service {
     /// Closed sessions' KV caches, for requests whose prompts start the same way
     /// (`feature::KV_REUSE`; capacity 0 without it).
     prefix_cache: prefix_cache::PrefixCache<Session>,
+    /// Kept caches sealed and handed to the host, and brought back (`feature::KV_EVICT`).
+    kv_evict: kv_evict::KvEviction,
     /// Requests that arrived while a generation was running.
     queued: VecDeque<RequestMsg>,
     requests_completed: u64,
@@ -214,6 +218,10 @@ impl Service {
                     0
                 },
             ),
+            kv_evict: kv_evict::KvEviction::new(
+                features & (1 << feature::KV_EVICT) != 0
+                    && features & (1 << feature::KV_REUSE) != 0,
+            ),
             queued: VecDeque::new(),
             requests_completed: 0,
             tokens_generated: 0,
@@ -252,18 +260,26 @@ impl Service {
             worked = true;
             self.send_reply(driver, env, &r)?;
         }
-        let request = match self.queued.pop_front() {
-            Some(r) => Some(r),
-            None => match driver.poll_request(&mut self.scratch) {
-                Ok(r) => r,
-                // Refused and its buffer reposted; nothing identifies it to answer.
-                Err(DriverError::Malformed { .. }) => return Ok(Step::Worked),
-                Err(e) => return Err(e),
-            },
+        // A request waits while an evicted cache comes back (it may be the one it needs).
+        let request = if self.kv_evict.restoring() {
+            None
+        } else {
+            match self.queued.pop_front() {
+                Some(r) => Some(r),
+                None => match driver.poll_request(&mut self.scratch) {
+                    Ok(r) => r,
+                    // Refused and its buffer reposted; nothing identifies it to answer.
+                    Err(DriverError::Malformed { .. }) => return Ok(Step::Worked),
+                    Err(e) => return Err(e),
+                },
+            }
         };
         if let Some(r) = request {
             worked = true;
             self.take_budget_changes(driver, env)?;
+            let Some(r) = self.take_kv_wants(r, driver, par, env)? else {
+                return Ok(Step::Worked);
+            };
             self.request(r, driver, par, env)?;
         }
         Ok(if worked { Step::Worked } else { Step::Idle })

@@ -76,13 +76,12 @@ impl<S> PrefixCache<S> {
         context_len: u32,
         prompt: &[u32],
     ) -> Option<Reuse<S>> {
-        let usable = prompt.len().saturating_sub(2);
         let (at, reused) = self
             .kept
             .iter()
             .enumerate()
             .filter(|(_, k)| k.model_id == model_id && k.context_len == context_len)
-            .map(|(i, k)| (i, common_prefix(&k.history, prompt).min(usable)))
+            .map(|(i, k)| (i, reusable(&k.history, prompt)))
             .max_by_key(|&(i, n)| (n, self.kept[i].last_used))?;
         if reused < MIN_REUSE_TOKENS {
             return None;
@@ -93,6 +92,31 @@ impl<S> PrefixCache<S> {
             history: k.history,
             reused,
         })
+    }
+
+    /// How many of `prompt`'s tokens the best kept cache of `model_id` and `context_len`
+    /// would give it (0 below [`MIN_REUSE_TOKENS`]), as [`take_best`](Self::take_best)
+    /// counts them.
+    pub fn best_len(&self, model_id: u32, context_len: u32, prompt: &[u32]) -> usize {
+        let n = self
+            .kept
+            .iter()
+            .filter(|k| k.model_id == model_id && k.context_len == context_len)
+            .map(|k| reusable(&k.history, prompt))
+            .max()
+            .unwrap_or(0);
+        if n < MIN_REUSE_TOKENS { 0 } else { n }
+    }
+
+    /// Takes the least recently used kept cache out (to be sealed and evicted).
+    pub fn take_lru(&mut self) -> Option<Kept<S>> {
+        let oldest = self
+            .kept
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, k)| k.last_used)
+            .map(|(i, _)| i)?;
+        Some(self.kept.swap_remove(oldest))
     }
 
     /// Drops the least recently used kept cache; `false` if none is kept.
@@ -122,6 +146,12 @@ impl<S> PrefixCache<S> {
     pub fn len(&self) -> usize {
         self.kept.len()
     }
+}
+
+/// How many of `prompt`'s tokens a cache holding `history` gives it: their common prefix,
+/// leaving the prompt's last two tokens to evaluate.
+pub(super) fn reusable(history: &[u32], prompt: &[u32]) -> usize {
+    common_prefix(history, prompt).min(prompt.len().saturating_sub(2))
 }
 
 /// How many leading tokens `a` and `b` share.
@@ -170,6 +200,10 @@ mod tests {
             c.take_best(1, 512, &[1; 10]).is_none(),
             "`a` was the oldest"
         );
+        assert_eq!(c.best_len(1, 512, &[2; 10]), 8);
+        assert_eq!(c.best_len(1, 512, &[1; 10]), 0);
+        assert_eq!(c.take_lru().map(|k| k.session), Some("b"));
+        c.keep(1, 512, "b", vec![2; 8]);
         c.keep(1, 512, "too short", vec![4; MIN_REUSE_TOKENS - 1]);
         assert_eq!(c.len(), 2);
         c.forget_model(1);

@@ -21,6 +21,7 @@ use virtio_llm::spec::{
     MAX_LOGPROB_TOKENS_PER_RESPONSE, MAX_TOKEN_TEXT_BYTES, MAX_TOKENS_PER_RESPONSE, MIN_LOGPROB,
 };
 use virtio_llm::wire::control::{ControlCommand, ControlReply, msg_type as control_type};
+use virtio_llm::wire::kv_evict::msg_type as kv_type;
 use virtio_llm::wire::memory::BudgetChange;
 use virtio_llm::wire::request::RequestMsg;
 use virtio_llm::wire::response::{ResponseMsg, TokenLogprob, Tokens};
@@ -120,6 +121,28 @@ fn busy(cmd: &ControlCommand<'_>) -> ControlReply {
         ControlCommand::Stats(_) => (control_type::STATS_REQUEST, 0),
         ControlCommand::Probe(_) => (virtio_llm::wire::probe::msg_type::MEMORY_PROBE, 0),
         ControlCommand::GetStatement(_) => (session_type::GET_STATEMENT, 0),
+        ControlCommand::KvEvict(q) => {
+            return ControlReply::KvBlock(virtio_llm::wire::kv_evict::KvBlock {
+                status: Status::Busy,
+                handle: q.handle,
+                block: 0,
+                n_blocks: 0,
+                epoch: 0,
+                data: Vec::new(),
+            });
+        }
+        ControlCommand::KvWant(q) => {
+            return ControlReply::KvWanted(virtio_llm::wire::kv_evict::KvWanted {
+                request_id: q.request_id,
+                handle: 0,
+                choice: virtio_llm::wire::kv_evict::KvChoice::None,
+                n_blocks: 0,
+                tokens: 0,
+                restore_us: 0,
+                recompute_us: 0,
+            });
+        }
+        ControlCommand::KvRestore(q) => (kv_type::KV_RESTORE, q.handle),
         ControlCommand::GetToolStyle(q) => {
             return ControlReply::ToolStyle(virtio_llm::wire::tool_chat::ToolStyleReply {
                 model_id: q.model_id,

@@ -105,6 +105,38 @@ impl Session {
         self.kv.bytes()
     }
 
+    /// Layers of its cache.
+    pub fn kv_layers(&self) -> usize {
+        self.kv.n_layer()
+    }
+
+    /// Bytes of one layer's keys and values for `n` positions, as
+    /// [`export_kv_layer`](Self::export_kv_layer) writes them.
+    pub fn kv_layer_bytes(&self, n: usize) -> usize {
+        self.kv.layer_bytes(n)
+    }
+
+    /// Appends `layer`'s keys and values for positions `[0, n)` to `out` (f16, exact).
+    pub fn export_kv_layer(&self, layer: usize, n: usize, out: &mut Vec<u8>) {
+        self.kv.export_layer(layer, n, out);
+    }
+
+    /// Takes back one layer [`export_kv_layer`](Self::export_kv_layer) wrote; `false` (and
+    /// nothing changed) if it does not fit this session.
+    pub fn import_kv_layer(&mut self, layer: usize, n: usize, bytes: &[u8]) -> bool {
+        self.kv.import_layer(layer, n, bytes)
+    }
+
+    /// Marks positions `[0, n)` evaluated, once every layer of them was imported; `false`
+    /// if `n` is past the context.
+    pub fn set_evaluated(&mut self, n: usize) -> bool {
+        if n > self.kv.n_ctx() {
+            return false;
+        }
+        self.n_past = n;
+        true
+    }
+
     /// Forgets every token (the cache is overwritten by the next evaluation).
     pub fn reset(&mut self) {
         self.n_past = 0;

@@ -5,8 +5,8 @@
 //! guest → host queues draw transmit buffers from a pool.
 
 use crate::spec::{
-    HEADER_BYTES, MAX_ECHO_BYTES, MAX_MESSAGE_BYTES, MAX_PROMPT_TEXT_BYTES, MAX_PROMPT_TOKENS,
-    MAX_RELINQUISH_RANGES, queue,
+    HEADER_BYTES, MAX_ECHO_BYTES, MAX_KV_BLOCK_BYTES, MAX_MESSAGE_BYTES, MAX_PROMPT_TEXT_BYTES,
+    MAX_PROMPT_TOKENS, MAX_RELINQUISH_RANGES, queue,
 };
 
 /// One queue's share of the window.
@@ -36,11 +36,11 @@ pub const PLANS: [QueuePlan; 6] = [
         buffers: 8,
         buffer_bytes: MAX_MESSAGE_BYTES as u32,
     },
-    // ctrl-reply: acks and stats, tens of bytes.
+    // ctrl-reply: acks and stats are tens of bytes; a sealed KV block is the largest.
     QueuePlan {
         size: 16,
         buffers: 16,
-        buffer_bytes: 4096,
+        buffer_bytes: (MAX_KV_BLOCK_BYTES + FIXED_FIELDS) as u32,
     },
     // requestq: the longest prompt (text or tokens) or echo.
     QueuePlan {

@@ -4,6 +4,7 @@
 use crate::error::WireError;
 use crate::spec::{MAX_CHUNK_BYTES, MAX_CONTEXT_LEN, MAX_MODEL_BYTES};
 use crate::wire::codec::{Reader, Writer, check_len, decode_frame, len_u32};
+use crate::wire::kv_evict::{KvBlock, KvEvict, KvRestore, KvWant, KvWanted, msg_type as kv_type};
 use crate::wire::probe::{MemoryProbe, ProbeReply, msg_type as probe_type};
 pub use crate::wire::sealed::{LoadSealedBegin, LoadSealedChunk};
 use crate::wire::sealed_session::{GetStatement, StatementReply, msg_type as session_type};
@@ -245,7 +246,8 @@ impl Message<'_> for Ack {
         // 0 answers a command whose header could not be read.
         let range = msg_type::LOAD_MODEL_BEGIN..=msg_type::CLOSE_SESSION;
         let sealed = msg_type::LOAD_SEALED_BEGIN..=msg_type::LOAD_SEALED_CHUNK;
-        let ok = c == 0 || range.contains(&c) || sealed.contains(&c);
+        let kv = kv_type::KV_EVICT..=kv_type::KV_RESTORE;
+        let ok = c == 0 || range.contains(&c) || sealed.contains(&c) || kv.contains(&c);
         ensure(ok, "ack.command", c.into())
     }
 }
@@ -325,6 +327,12 @@ pub enum ControlCommand<'a> {
     GetStatement(GetStatement),
     /// See [`GetToolStyle`] (`feature::GUEST_TOOLS`).
     GetToolStyle(GetToolStyle),
+    /// See [`KvEvict`] (`feature::KV_EVICT`).
+    KvEvict(KvEvict),
+    /// See [`KvWant`] (`feature::KV_EVICT`).
+    KvWant(KvWant),
+    /// See [`KvRestore`] (`feature::KV_EVICT`).
+    KvRestore(KvRestore<'a>),
 }
 
 impl<'a> ControlCommand<'a> {
@@ -344,6 +352,9 @@ impl<'a> ControlCommand<'a> {
             msg_type::LOAD_SEALED_CHUNK => Self::LoadSealedChunk(decode_checked(r)?),
             session_type::GET_STATEMENT => Self::GetStatement(decode_checked(r)?),
             tool_type::GET_TOOL_STYLE => Self::GetToolStyle(decode_checked(r)?),
+            kv_type::KV_EVICT => Self::KvEvict(decode_checked(r)?),
+            kv_type::KV_WANT => Self::KvWant(decode_checked(r)?),
+            kv_type::KV_RESTORE => Self::KvRestore(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -363,12 +374,15 @@ impl<'a> ControlCommand<'a> {
             Self::Probe(m) => m.encode(out),
             Self::GetStatement(m) => m.encode(out),
             Self::GetToolStyle(m) => m.encode(out),
+            Self::KvEvict(m) => m.encode(out),
+            Self::KvWant(m) => m.encode(out),
+            Self::KvRestore(m) => m.encode(out),
         }
     }
 }
 
 /// Any message of the control reply queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlReply {
     /// See [`Ack`].
     Ack(Ack),
@@ -380,6 +394,10 @@ pub enum ControlReply {
     Statement(StatementReply),
     /// See [`ToolStyleReply`].
     ToolStyle(ToolStyleReply),
+    /// See [`KvBlock`].
+    KvBlock(KvBlock),
+    /// See [`KvWanted`].
+    KvWanted(KvWanted),
 }
 
 impl ControlReply {
@@ -392,6 +410,8 @@ impl ControlReply {
             probe_type::PROBE_REPLY => Self::Probe(decode_checked(r)?),
             session_type::STATEMENT_REPLY => Self::Statement(decode_checked(r)?),
             tool_type::TOOL_STYLE_REPLY => Self::ToolStyle(decode_checked(r)?),
+            kv_type::KV_BLOCK => Self::KvBlock(decode_checked(r)?),
+            kv_type::KV_WANTED => Self::KvWanted(decode_checked(r)?),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -404,6 +424,8 @@ impl ControlReply {
             Self::Probe(m) => m.encode(out),
             Self::Statement(m) => m.encode(out),
             Self::ToolStyle(m) => m.encode(out),
+            Self::KvBlock(m) => m.encode(out),
+            Self::KvWanted(m) => m.encode(out),
         }
     }
 }

@@ -11,6 +11,7 @@ mod constraint;
 pub mod control;
 pub mod echo;
 pub mod embed;
+pub mod kv_evict;
 pub mod memory;
 pub mod options;
 pub mod probe;

@@ -407,6 +407,8 @@ impl VirtioDevice for VirtioLlm {
             | 1 << feature::PREEMPT
             | 1 << feature::GUEST_TEXT
             | u64::from(self.kv_reuse) << feature::KV_REUSE
+            // Eviction seals with the key root, and evicts what KV reuse keeps.
+            | u64::from(self.kv_reuse && self.sealed) << feature::KV_EVICT
             | 1 << feature::OPTIONS
             | 1 << feature::EMBED
             | 1 << feature::GUEST_TOOLS

@@ -78,9 +78,16 @@ impl GuestVm {
         if !req.options.is_empty() && !self.takes_options() {
             return Err(GuestError::NoOptions);
         }
-        self.llm
-            .send_request(&RequestMsg::Generate(req.clone()), self.deadlines.command)
-            .map_err(|e| self.failure(e))
+        let send = |vm: &mut Self| {
+            vm.llm
+                .send_request(&RequestMsg::Generate(req.clone()), vm.deadlines.command)
+                .map_err(|e| vm.failure(e))
+        };
+        if self.wants_kv(req) {
+            self.with_kv_want(req, send)
+        } else {
+            send(self)
+        }
     }
 
     /// Waits for the end of `req` (sent with [`Self::start_request`]), as

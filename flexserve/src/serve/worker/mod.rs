@@ -12,6 +12,7 @@
 mod embed;
 mod guest;
 mod idle;
+mod kv_evict;
 mod prefetch;
 mod tool_style;
 
@@ -510,6 +511,8 @@ impl Worker {
                     .store(held.resident_bytes, Ordering::Relaxed);
             }
         }
+        self.relieve_kv_pressure();
+        let m = &self.shared.metrics;
         m.request(if reason == StopReason::Cancelled {
             Outcome::Cancelled
         } else {

@@ -1,0 +1,74 @@
+//! KV eviction to the host (`feature::KV_EVICT`) in the daemon: evicted caches go to
+//! sealed files in the daemon's cache directory, and after each request, while the guest
+//! uses more than [`PRESSURE_PERCENT`] of its budget, its least recently used kept cache
+//! is evicted there rather than dropped. What happened is counted in `/metrics`.
+
+use super::Worker;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use vmm::guest_vm::{FileKvStore, GuestVm};
+
+/// Share of the budget in use above which kept KV caches leave the guest.
+const PRESSURE_PERCENT: u64 = 75;
+/// Most caches evicted after one request (each costs a round of stats).
+const MAX_PER_REQUEST: usize = 8;
+
+/// Where evicted caches go: `$CACHE_DIRECTORY` (systemd's `CacheDirectory=`) or the
+/// temporary directory, in a directory of this daemon's own.
+fn store_dir() -> PathBuf {
+    let base = std::env::var_os("CACHE_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    base.join(format!("flexserve-kv-{}", std::process::id()))
+}
+
+/// Gives a new guest its store of evicted caches, if it evicts them.
+pub(super) fn attach_store(vm: &mut GuestVm) {
+    if !vm.evicts_kv() {
+        return;
+    }
+    let dir = store_dir();
+    match FileKvStore::new(&dir) {
+        Ok(store) => {
+            eprintln!(
+                "[flexserve] kept KV caches are evicted sealed to {}",
+                dir.display()
+            );
+            vm.set_kv_store(Box::new(store));
+        }
+        Err(e) => eprintln!(
+            "[flexserve] no KV eviction: cannot use {} ({e}); kept caches are dropped under \
+             memory pressure instead",
+            dir.display()
+        ),
+    }
+}
+
+impl Worker {
+    /// Evicts kept caches while the guest is short of memory, then publishes the counters.
+    pub(super) fn relieve_kv_pressure(&mut self) {
+        let Some(running) = self.vm.as_mut() else {
+            return;
+        };
+        for _ in 0..MAX_PER_REQUEST {
+            let Ok(s) = running.vm.stats() else { break };
+            if s.memory_used_bytes * 100 <= s.memory_budget_bytes * PRESSURE_PERCENT {
+                break;
+            }
+            match running.vm.evict_kv() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("[flexserve] evicting a kept KV cache: {e}");
+                    break;
+                }
+            }
+        }
+        let c = running.vm.take_kv_counters();
+        let m = &self.shared.metrics;
+        m.kv_evictions.fetch_add(c.evictions, Ordering::Relaxed);
+        m.kv_restores.fetch_add(c.restores, Ordering::Relaxed);
+        m.kv_recomputes.fetch_add(c.recomputes, Ordering::Relaxed);
+        m.kv_refused.fetch_add(c.refused, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,200 @@
+//! An evicted KV cache brought back (`KvRestore`): each block authenticated as the block of
+//! that cache, layer, index and eviction it must be, in order; the first that is missing,
+//! out of order or does not open ends the restore, and the request evaluates its prompt
+//! instead (with the same answer: only the time to its first token differs). A restored
+//! cache joins the kept ones, where the waiting request finds it.
+
+use super::kv_evict::Evicted;
+use super::{Environment, SESSION_SCRATCH_BYTES, Service};
+use crate::kv_seal::{EvictionKey, KvRefusal, TAG_BYTES};
+use alloc::vec::Vec;
+use inference_guest::gguf::Gguf;
+use inference_guest::model::{Model, Session};
+use virtio_llm::Status;
+use virtio_llm::driver::{DriverMemory, LlmDriver, Transport};
+use virtio_llm::wire::kv_evict::KvRestore;
+use virtio_llm::wire::request::GenerateRequest;
+
+/// A cache coming back.
+pub(super) struct Incoming {
+    pub request_id: u64,
+    pub meta: Evicted,
+    key: EvictionKey,
+    session: Session,
+    next: u32,
+    /// The current layer's plaintext so far.
+    layer: Vec<u8>,
+    started_ns: u64,
+}
+
+impl Service {
+    /// Makes room for evicted cache `at` and a session to restore it into, for request
+    /// `g`; `false` if it cannot (the request then recomputes).
+    pub(super) fn begin_restore<M: DriverMemory, T: Transport>(
+        &mut self,
+        at: usize,
+        g: &GenerateRequest,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> bool {
+        let Some(root) = driver.key_root() else {
+            return false;
+        };
+        let (model_id, ctx) = {
+            let e = &self.kv_evict.evicted[at];
+            (e.model_id, e.context_len)
+        };
+        let Some(needed) = self
+            .models
+            .get(&model_id)
+            .and_then(|m| self.kv_bytes(m, ctx).ok())
+        else {
+            return false;
+        };
+        if self
+            .make_room(
+                needed + SESSION_SCRATCH_BYTES,
+                Some(g.session_id),
+                driver,
+                env,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        let Some(m) = self.models.get(&model_id) else {
+            return false;
+        };
+        let Ok(gguf) = Gguf::parse(&m.file) else {
+            return false;
+        };
+        let Ok(model) = Model::from_gguf(&gguf, self.kernels) else {
+            return false;
+        };
+        let session = model.new_session(ctx as usize);
+        let e = &self.kv_evict.evicted[at];
+        let tokens = e.history.len();
+        if session.kv_layers() != e.plan.layers
+            || session.kv_layer_bytes(tokens) != e.plan.layer_bytes
+        {
+            return false;
+        }
+        let meta = self.kv_evict.evicted.remove(at);
+        env.log(&alloc::format!(
+            "engine: request {} restores evicted KV cache {}: {tokens} tokens in {} blocks",
+            g.request_id,
+            meta.handle,
+            meta.plan.n_blocks()
+        ));
+        self.kv_evict.incoming = Some(Incoming {
+            request_id: g.request_id,
+            key: meta.key(&root.root, &root.measurement),
+            meta,
+            session,
+            next: 0,
+            layer: Vec::new(),
+            started_ns: env.now_ns(),
+        });
+        true
+    }
+
+    /// `KvRestore`: the next block of the cache coming back.
+    pub(super) fn kv_restore(&mut self, q: &KvRestore<'_>, env: &dyn Environment) -> Status {
+        match self.restore_block(q) {
+            Ok(()) => {
+                self.finish_restore(env);
+                Status::Ok
+            }
+            Err(why) => {
+                let request = self.kv_evict.incoming.take().map(|i| i.request_id);
+                match request {
+                    Some(id) => env.log(&alloc::format!(
+                        "engine: KV restore refused: {why}; request {id} recomputes"
+                    )),
+                    None => env.log(&alloc::format!("engine: KV restore refused: {why}")),
+                }
+                Status::SealRejected
+            }
+        }
+    }
+
+    /// Authenticates block `q.block` and takes in its plaintext.
+    fn restore_block(&mut self, q: &KvRestore<'_>) -> Result<(), KvRefusal> {
+        let handle = q.handle;
+        let i = match self.kv_evict.incoming.as_mut() {
+            Some(i) if i.meta.handle == handle => i,
+            _ => return Err(KvRefusal::UnknownHandle { handle }),
+        };
+        if q.block != i.next {
+            return Err(KvRefusal::OutOfOrder {
+                handle,
+                expected: i.next,
+                got: q.block,
+            });
+        }
+        let block = q.block;
+        if q.data.is_empty() {
+            return Err(KvRefusal::Missing { handle, block });
+        }
+        let plan = i.meta.plan;
+        let (layer, range) = plan.locate(block as usize);
+        let expected = range.len() + TAG_BYTES;
+        if q.data.len() != expected {
+            return Err(KvRefusal::Length {
+                handle,
+                block,
+                expected,
+                got: q.data.len(),
+            });
+        }
+        let mut sealed = q.data.to_vec();
+        let plain = i.key.open(layer as u32, block, &mut sealed)?;
+        i.layer.extend_from_slice(plain);
+        if range.end == plan.layer_bytes {
+            let tokens = i.meta.history.len();
+            if !i.session.import_kv_layer(layer, tokens, &i.layer) {
+                return Err(KvRefusal::DoesNotFit { tokens });
+            }
+            i.layer.clear();
+        }
+        i.next += 1;
+        Ok(())
+    }
+
+    /// After the last block: the cache joins the kept ones and the rate is noted.
+    fn finish_restore(&mut self, env: &dyn Environment) {
+        let done = self
+            .kv_evict
+            .incoming
+            .as_ref()
+            .is_some_and(|i| i.next as usize == i.meta.plan.n_blocks());
+        if !done {
+            return;
+        }
+        let Some(mut i) = self.kv_evict.incoming.take() else {
+            return;
+        };
+        let tokens = i.meta.history.len();
+        if !i.session.set_evaluated(tokens) {
+            env.log(&alloc::format!(
+                "engine: KV restore refused: {}; request {} recomputes",
+                KvRefusal::DoesNotFit { tokens },
+                i.request_id
+            ));
+            return;
+        }
+        let bytes = i.meta.plan.sealed_bytes();
+        let ns = env.now_ns().saturating_sub(i.started_ns);
+        self.kv_evict.rates.note_restore(bytes, ns);
+        env.log(&alloc::format!(
+            "engine: evicted KV cache {} restored for request {}: {tokens} tokens, {} KiB in {} us",
+            i.meta.handle,
+            i.request_id,
+            bytes >> 10,
+            ns / 1000
+        ));
+        let m = i.meta;
+        self.prefix_cache
+            .keep(m.model_id, m.context_len, i.session, m.history);
+    }
+}
