@@ -320,7 +320,7 @@ fuzz-toolchain:
 # What `make test` runs: every target type-checks against today's crates, without the
 # sanitizer builds and cargo-fuzz (minutes of CI for what a check already catches).
 fuzz-check: fuzz-toolchain
-	cd fuzz && cargo check --quiet --bins --examples
+	cd fuzz && cargo check --quiet --bins --examples --no-default-features
 
 fuzz-build: fuzz-toolchain
 	@cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)' || \
