@@ -8,7 +8,6 @@ use flexserve::serve::config::Config;
 use flexserve::serve::keep_alive::KeepAlive;
 use flexserve::serve::metrics::GuestState;
 use flexserve_e2e::serve_rig::*;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use vmm::hypervisor::IsolationLevel;
@@ -17,20 +16,6 @@ use vmm::key_root::DevelopmentRoot;
 const OTHER: &str = "tiny-qwen2.Q8_0";
 const CHAT: &str = "/v1/chat/completions";
 const CONTEXT: u32 = 512;
-
-fn answer(addr: SocketAddr, model: &str, extra: &str) -> String {
-    let r = http(
-        addr,
-        "POST",
-        CHAT,
-        &chat_body(model, "Hello there", 8, extra),
-    );
-    assert_eq!(r.status, 200, "{model}: {}", r.body);
-    r.json()["choices"][0]["message"]["content"]
-        .as_str()
-        .expect("an answer")
-        .to_string()
-}
 
 /// Waits (at most 20 s) until `done` holds.
 fn wait_for(what: &str, done: impl Fn() -> bool) {
@@ -85,7 +70,7 @@ fn keep_alive_zero_stops_the_guest_and_the_next_request_boots_it() {
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert_eq!(bad.json()["error"]["param"], "keep_alive", "{}", bad.body);
 
-    let first = answer(addr, TINY, r#","keep_alive":0"#);
+    let first = chat_answer(addr, TINY, r#","keep_alive":0"#);
     wait_for("the idle stop", || m.guest_idle());
     assert_eq!(counts(&d), (1, 1, 1, 1, 0));
     let metrics = http(addr, "GET", "/metrics", "").body;
@@ -106,7 +91,7 @@ fn keep_alive_zero_stops_the_guest_and_the_next_request_boots_it() {
 
     // The next request boots a guest again and answers the same; with the default
     // keep-alive (five minutes) its model stays.
-    assert_eq!(answer(addr, TINY, ""), first);
+    assert_eq!(chat_answer(addr, TINY, ""), first);
     assert_eq!(m.guest(), GuestState::Up);
     assert!(!m.guest_idle());
     // The new guest's session key is the old one's: requests sealed to it still open.
@@ -131,8 +116,8 @@ fn an_idle_model_goes_and_the_others_stay_in_a_running_guest() {
     .expect("daemon starts");
     let addr = d.tcp_addr.unwrap();
     let m = &d.shared().metrics;
-    let tiny = answer(addr, TINY, "");
-    let other = answer(addr, OTHER, r#","keep_alive":"200ms""#);
+    let tiny = chat_answer(addr, TINY, "");
+    let other = chat_answer(addr, OTHER, r#","keep_alive":"200ms""#);
     // Its memory goes back to the host (a protected VM's cannot shrink while it runs).
     let max = d.shared().config.memory_max;
     let shrinks = m.isolation() != Some(IsolationLevel::ProtectedVm);
@@ -144,8 +129,8 @@ fn an_idle_model_goes_and_the_others_stay_in_a_running_guest() {
     assert_eq!(counts(&d), (1, 2, 1, 0, 1));
     assert_eq!(m.guest(), GuestState::Up);
     // Both still answer as before: TINY as it is, OTHER loaded again (its budget back).
-    assert_eq!(answer(addr, TINY, ""), tiny);
-    assert_eq!(answer(addr, OTHER, r#","keep_alive":-1"#), other);
+    assert_eq!(chat_answer(addr, TINY, ""), tiny);
+    assert_eq!(chat_answer(addr, OTHER, r#","keep_alive":-1"#), other);
     assert_eq!(counts(&d), (1, 3, 1, 0, 2));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(counts(&d), (1, 3, 1, 0, 2));

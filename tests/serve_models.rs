@@ -17,12 +17,7 @@ const CHAT: &str = "/v1/chat/completions";
 const CONTEXT: u32 = 512;
 
 fn answer(addr: SocketAddr, model: &str) -> String {
-    let r = http(addr, "POST", CHAT, &chat_body(model, "Hello there", 8, ""));
-    assert_eq!(r.status, 200, "{model}: {}", r.body);
-    r.json()["choices"][0]["message"]["content"]
-        .as_str()
-        .expect("an answer")
-        .to_string()
+    chat_answer(addr, model, "")
 }
 
 /// (guest starts, model loads, model evictions, models resident).
@@ -123,20 +118,6 @@ fn a_model_answering_is_not_pushed_out() {
 /// A third tiny model, for a request that names its next model over its workflow's.
 const THIRD: &str = "tiny-llama3.Q8_0";
 
-fn answer_with(addr: SocketAddr, model: &str, extra: &str) -> String {
-    let r = http(
-        addr,
-        "POST",
-        CHAT,
-        &chat_body(model, "Hello there", 8, extra),
-    );
-    assert_eq!(r.status, 200, "{model} {extra}: {}", r.body);
-    r.json()["choices"][0]["message"]["content"]
-        .as_str()
-        .expect("an answer")
-        .to_string()
-}
-
 fn next(model: &str) -> String {
     format!(r#","flexserve":{{"next_model":"{model}"}}"#)
 }
@@ -168,7 +149,7 @@ fn the_next_model_of_a_workflow_is_prefetched_and_answers_as_loaded_on_demand() 
     let d = Daemon::start(Config { workflows, ..base }).expect("daemon starts");
     let addr = d.tcp_addr.unwrap();
     // OTHER loaded on demand (the workflow names nothing after it), then let go at once.
-    let on_demand = answer_with(addr, OTHER, r#","keep_alive":0"#);
+    let on_demand = chat_answer(addr, OTHER, r#","keep_alive":0"#);
     wait_for(&d, "OTHER unloaded", |m| {
         m.model_idle_unloads.load(Ordering::Relaxed) == 1
     });
@@ -184,7 +165,7 @@ fn the_next_model_of_a_workflow_is_prefetched_and_answers_as_loaded_on_demand() 
     assert_eq!(answer(addr, OTHER), on_demand);
     assert_eq!(counts(&d), (1, 3, 0, 2));
     // A model the request names wins over the workflow's.
-    answer_with(addr, TINY, &next(THIRD));
+    chat_answer(addr, TINY, &next(THIRD));
     wait_for(&d, "THIRD prefetched", |m| {
         m.model_prefetches.load(Ordering::Relaxed) == 2
     });

@@ -214,6 +214,22 @@ pub fn chat_body(model: &str, prompt: &str, max_tokens: u32, extra: &str) -> Str
     )
 }
 
+/// The content of a greedy 8-token chat answer from `model` to "Hello there" (`extra`: more
+/// request fields, each with its leading comma); a status other than 200 fails the test.
+pub fn chat_answer(addr: SocketAddr, model: &str, extra: &str) -> String {
+    let r = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat_body(model, "Hello there", 8, extra),
+    );
+    assert_eq!(r.status, 200, "{model} {extra}: {}", r.body);
+    r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("an answer")
+        .to_string()
+}
+
 /// Reads a streamed answer until its first content chunk has arrived.
 pub fn read_until_first_token(s: &mut impl Read) -> String {
     let mut seen = Vec::new();
