@@ -281,7 +281,8 @@ test-fast:
 # backed (boot, loads, budgets, reclaim, the memory scans) again with the pool on ordinary
 # memory (FLEXSERVE_NO_GUEST_MEMFD=1), as hosts without guest_memfd run them. The API tests
 # above the pool are not repeated: they would add minutes of CI for code that does not
-# look at the pool. Elsewhere every test ran that way already.
+# look at the pool. Elsewhere every test ran that way already. Through nextest where it is
+# there, as in test-fast: the tests then run two at a time across the binaries.
 FALLBACK_TESTS := boot guest guest_inference guest_sealed guest_sealed_scan private_memory \
                   memory_budget prompt_scan serve_models serve_keep_alive
 test-fallback: flexserve-bin
@@ -289,8 +290,13 @@ test-fallback: flexserve-bin
 	level=$$($(FLEXSERVE) isolation --quiet) || exit 1; \
 	if [ "$$level" = private-memory ]; then \
 		echo "test-fallback: the pool's tests with FLEXSERVE_NO_GUEST_MEMFD=1"; \
-		FLEXSERVE_NO_GUEST_MEMFD=1 FLEXSERVE_REQUIRE_MODELS=1 $(CARGO) test -p flexserve-e2e \
-			--quiet $(addprefix --test ,$(FALLBACK_TESTS)); \
+		export FLEXSERVE_NO_GUEST_MEMFD=1 FLEXSERVE_REQUIRE_MODELS=1; \
+		if $(CARGO) nextest --version >/dev/null 2>&1; then \
+			$(CARGO) nextest run -p flexserve-e2e --status-level fail --final-status-level slow \
+				$(addprefix --test ,$(FALLBACK_TESTS)); \
+		else \
+			$(CARGO) test -p flexserve-e2e --quiet $(addprefix --test ,$(FALLBACK_TESTS)); \
+		fi; \
 	else \
 		echo "test-fallback: skipped: guests on this host get isolation $$level already"; \
 	fi
