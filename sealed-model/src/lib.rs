@@ -24,6 +24,7 @@ mod chunk;
 mod error;
 mod header;
 mod keys;
+mod prefix;
 #[cfg(feature = "seal")]
 mod seal;
 mod unseal;
@@ -37,6 +38,7 @@ pub use keys::{
 };
 #[cfg(feature = "seal")]
 pub use seal::{OwnerKey, SealRequest, seal};
+pub use prefix::LayerHashes;
 pub use unseal::{Unsealed, Unsealer};
 
 /// Randomness for [`seal`] and [`OwnerKey::generate`]: `OsRng.unwrap_err()` gives an
