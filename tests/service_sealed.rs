@@ -49,7 +49,10 @@ fn generates_as_the_host(rig: &Rig, engine: &HostEngine, id: u32) {
         rig.ack(&ControlCommand::CloseSession(close)).status,
         Status::Ok
     );
-    let unload = UnloadModel { model_id: id };
+    let unload = UnloadModel {
+        model_id: id,
+        keep_layers: 0,
+    };
     assert_eq!(
         rig.ack(&ControlCommand::UnloadModel(unload)).status,
         Status::Ok
