@@ -292,7 +292,8 @@ unsafe impl GlobalAlloc for GuestAlloc {
                 let g = GRANULE as usize;
                 let (keep, had) = (new.next_multiple_of(g), old.next_multiple_of(g));
                 if had > keep {
-                    s.private.free(ptr as u64 + keep as u64, (had - keep) as u64);
+                    s.private
+                        .free(ptr as u64 + keep as u64, (had - keep) as u64);
                 }
                 true
             });

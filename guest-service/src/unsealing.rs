@@ -246,15 +246,17 @@ impl Unsealing {
             }
         };
         let ranges = unsealer.header().layers().to_vec();
-        let result = unsealer.finish_with_layers().and_then(|(proof, hashes)| match bytes {
-            Ok(bytes) => Ok((bytes, proof, SealedLayers { ranges, hashes })),
-            // `finish` accepted every chunk, yet the file is short: cannot happen, as each
-            // opened chunk appended its plaintext; refuse rather than trust it.
-            Err(got) => Err(SealError::BodyLength {
-                expected: proof.body_bytes,
-                got: got as u64,
-            }),
-        });
+        let result = unsealer
+            .finish_with_layers()
+            .and_then(|(proof, hashes)| match bytes {
+                Ok(bytes) => Ok((bytes, proof, SealedLayers { ranges, hashes })),
+                // `finish` accepted every chunk, yet the file is short: cannot happen, as each
+                // opened chunk appended its plaintext; refuse rather than trust it.
+                Err(got) => Err(SealError::BodyLength {
+                    expected: proof.body_bytes,
+                    got: got as u64,
+                }),
+            });
         (result, times)
     }
 }

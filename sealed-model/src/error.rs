@@ -112,7 +112,9 @@ pub enum SealError {
     ContentDigest,
     /// A kept layer prefix cannot start this load: it began another body (content digest),
     /// covers no layer or every layer, or chunks were already opened.
-    #[error("the kept layer prefix does not fit this load (another model, or no layer left to stream)")]
+    #[error(
+        "the kept layer prefix does not fit this load (another model, or no layer left to stream)"
+    )]
     PrefixMismatch,
 
     // ---- key text ----

@@ -36,9 +36,9 @@ pub use keys::{
     AttestationPublicKey, GuestKey, GuestPublicKey, KeyFingerprint, OwnerPublicKey,
     SessionPublicKey, derive_guest_key,
 };
+pub use prefix::LayerHashes;
 #[cfg(feature = "seal")]
 pub use seal::{OwnerKey, SealRequest, seal};
-pub use prefix::LayerHashes;
 pub use unseal::{Unsealed, Unsealer};
 
 /// Randomness for [`seal`] and [`OwnerKey::generate`]: `OsRng.unwrap_err()` gives an

@@ -83,7 +83,11 @@ mod tests {
         for keep in 1..4 {
             let mut prefix = hashes.clone();
             prefix.truncate(keep);
-            assert_eq!(resumed(&resealed, prefix, keep as u32), Ok(()), "keep {keep}");
+            assert_eq!(
+                resumed(&resealed, prefix, keep as u32),
+                Ok(()),
+                "keep {keep}"
+            );
         }
         // Positive control: skipping a layer the prefix does not hold leaves the body short.
         let mut prefix = hashes.clone();

@@ -12,8 +12,8 @@ use crate::chunk::{ChunkCursor, ChunkInfo};
 use crate::header::verify_owner_signature;
 use crate::keys::{GuestKey, OwnerPublicKey};
 use crate::prefix::LayerHashes;
-use alloc::vec::Vec;
 use crate::{Header, Recipient, SIGNATURE_BYTES, SealError, TAG_BYTES, label};
+use alloc::vec::Vec;
 
 /// HPKE `info` for wrapping the content key: label, then the content digest.
 pub(crate) fn content_key_info(content_digest: &[u8; 32]) -> [u8; 56] {

@@ -311,7 +311,9 @@ impl HostModel {
         sealed: &SealedLoadOptions,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Option<sealed_model::OwnerPublicKey>, GuestError> {
-        Ok(self.load_sealed_or_plain(vm, id, sealed, progress)?.map(|l| l.owner))
+        Ok(self
+            .load_sealed_or_plain(vm, id, sealed, progress)?
+            .map(|l| l.owner))
     }
 
     /// [`Self::load_into`], with what a sealed load did (`None` for a plain model): its

@@ -269,7 +269,10 @@ mod tests {
         let (layers, t) = model(1);
         let c = choose(&layers, &t, &LayerPrefixConfig::default(), u64::MAX).unwrap();
         assert_eq!((c.keep_layers, c.blocks, c.stall_free), (7, 6, true));
-        assert_eq!((c.block_compute_ns, c.block_load_ns), (1_000_000, 1_000_000));
+        assert_eq!(
+            (c.block_compute_ns, c.block_load_ns),
+            (1_000_000, 1_000_000)
+        );
         // Compute 4× the load: K = 3 (3 blocks' 12 ms cover the 8 layers after them; 2
         // blocks' 8 ms do not cover 9).
         let (layers, t) = model(4);

@@ -75,7 +75,10 @@ impl Service {
         let n = (keep_layers as usize)
             .min(layers.hashes.layers())
             .min(layers.ranges.len().saturating_sub(1));
-        let Some(end) = n.checked_sub(1).map(|last| layers.ranges[last].end as usize) else {
+        let Some(end) = n
+            .checked_sub(1)
+            .map(|last| layers.ranges[last].end as usize)
+        else {
             return 0;
         };
         let mut bytes = model.file;

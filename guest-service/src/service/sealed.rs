@@ -33,9 +33,7 @@ impl Service {
             Err(s) => return (s, 0),
         };
         let kept = match resume {
-            true => self
-                .layer_prefixes
-                .take(unsealer.header().content_digest()),
+            true => self.layer_prefixes.take(unsealer.header().content_digest()),
             false => None,
         };
         let unsealer = match kept {
@@ -71,10 +69,16 @@ impl Service {
         env: &dyn Environment,
     ) -> Result<u32, Resume> {
         let (layers, kept_bytes) = (kept.1.layers() as u32, kept.0.len());
-        // The prefix's allocation grows to the body (moving once): room for all of it.
+        // The prefix's allocation grows to the body (moving once): room for all of it. If
+        // there is none, the prefix goes and the load starts from the first layer.
         let body = unsealer.header().body_bytes();
-        self.make_room(body, None, driver, env)
-            .map_err(Resume::Refused)?;
+        if self.make_room(body, None, driver, env).is_err() {
+            env.log(&alloc::format!(
+                "engine: sealed model {}: no room beside its kept prefix; loaded whole",
+                b.model_id
+            ));
+            return Err(Resume::Mismatch(unsealer));
+        }
         let mut u = Unsealing::resume(b.model_id, unsealer, kept.0, kept.1)?;
         u.accepted_owners = b.accepted_owners.len();
         env.log(&alloc::format!(

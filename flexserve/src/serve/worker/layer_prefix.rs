@@ -27,16 +27,21 @@ impl Worker {
         let Some(running) = self.vm.as_mut() else {
             return Ok(());
         };
-        let name = running.residency.name_of(guest_id).unwrap_or("?").to_string();
-        let budget = self.shared.config.memory_max.saturating_sub(
-            running.residency.used() + running.prefixes.bytes() + incoming,
-        );
-        // The model's own bytes are free once it is unloaded.
+        let name = running
+            .residency
+            .name_of(guest_id)
+            .unwrap_or("?")
+            .to_string();
+        let max = self.shared.config.memory_max;
+        // What stays once it is unloaded and `incoming` is loaded; and its own next load
+        // needs room for its whole body beside the prefix (which grows into it).
         let own = running.residency.bytes_of(guest_id).unwrap_or(0);
+        let taken = running.residency.used() - own + running.prefixes.bytes() + incoming;
+        let max_bytes = max.saturating_sub(taken).min(max.saturating_sub(own));
         let choice = self
             .measured
             .get(&name)
-            .and_then(|m| choose(&m.layers, &m.times, &config, budget + own).map(|c| (c, m)));
+            .and_then(|m| choose(&m.layers, &m.times, &config, max_bytes).map(|c| (c, m)));
         let Some((c, m)) = choice else {
             return running.vm.unload_model(guest_id);
         };
@@ -110,8 +115,7 @@ impl Worker {
         }
         let evaluated = a.prompt_tokens.saturating_sub(a.cached_tokens);
         if let Some(m) = self.measured.get_mut(&a.job.model.id) {
-            m.times
-                .prefilled(a.timings.prompt_ns, u64::from(evaluated));
+            m.times.prefilled(a.timings.prompt_ns, u64::from(evaluated));
         }
     }
 }
