@@ -54,10 +54,13 @@ pub struct SealedLayers {
     pub hashes: LayerHashes,
 }
 
+/// A finished load: the plaintext, what the unsealer proved, and the layers.
+pub type Finished = Result<(Vec<u8>, Unsealed, SealedLayers), SealError>;
+
 /// Why a load could not start after a kept prefix.
 pub enum Resume {
     /// The prefix is not this body's: the unsealer, untouched, for a load from the start.
-    Mismatch(Unsealer),
+    Mismatch(alloc::boxed::Box<Unsealer>),
     /// Memory ran out (the prefix is gone).
     Refused(Status),
 }
@@ -132,7 +135,7 @@ impl Unsealing {
                 .is_some_and(|l| l.end == bytes.len() as u64);
         // `Unsealer::resume` changes nothing when it refuses.
         if !fits || unsealer.resume(hashes).is_err() {
-            return Err(Resume::Mismatch(unsealer));
+            return Err(Resume::Mismatch(alloc::boxed::Box::new(unsealer)));
         }
         let total = unsealer.header().body_bytes();
         let file = ArrivingFile::from_prefix(bytes, total).map_err(Resume::Refused)?;
@@ -218,13 +221,7 @@ impl Unsealing {
     /// The whole plaintext, once every chunk opened and it hashes to the header's digest,
     /// with its layers, and the time spent copying and decrypting (a strawman load decrypts
     /// the stored body in place here first, chunk by chunk in order).
-    pub fn finish(
-        self,
-        clock: &dyn Fn() -> u64,
-    ) -> (
-        Result<(Vec<u8>, Unsealed, SealedLayers), SealError>,
-        UnsealTimes,
-    ) {
+    pub fn finish(self, clock: &dyn Fn() -> u64) -> (Finished, UnsealTimes) {
         let Opener {
             mut unsealer,
             mut times,

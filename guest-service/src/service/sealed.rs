@@ -40,7 +40,7 @@ impl Service {
             Some(kept) => match self.sealed_resume(b, unsealer, kept, driver, env) {
                 Ok(first_layer) => return (Status::Ok, first_layer),
                 Err(Resume::Refused(s)) => return (s, 0),
-                Err(Resume::Mismatch(u)) => u,
+                Err(Resume::Mismatch(u)) => *u,
             },
             None => unsealer,
         };
@@ -77,7 +77,7 @@ impl Service {
                 "engine: sealed model {}: no room beside its kept prefix; loaded whole",
                 b.model_id
             ));
-            return Err(Resume::Mismatch(unsealer));
+            return Err(Resume::Mismatch(alloc::boxed::Box::new(unsealer)));
         }
         let mut u = Unsealing::resume(b.model_id, unsealer, kept.0, kept.1)?;
         u.accepted_owners = b.accepted_owners.len();
