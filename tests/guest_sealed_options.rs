@@ -66,6 +66,7 @@ fn the_guest_accepts_listed_owners_and_loads_strawman_as_pipelined() {
     let only_stranger = SealedLoadOptions {
         accepted_owners: vec![stranger],
         strawman: false,
+        resume: false,
     };
     match vm.load_sealed_with(1, &fsm, &only_stranger, &mut |_| {}) {
         Err(GuestError::Refused { status, .. }) => assert_eq!(status, Status::SealRejected),
@@ -79,6 +80,7 @@ fn the_guest_accepts_listed_owners_and_loads_strawman_as_pipelined() {
         let options = SealedLoadOptions {
             accepted_owners: vec![stranger, ours],
             strawman,
+            resume: false,
         };
         let loaded = vm
             .load_sealed_with(id, &fsm, &options, &mut |_| {})

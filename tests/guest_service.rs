@@ -350,7 +350,12 @@ fn refused_loads_get_their_documented_status() {
         Status::Busy,
         "max_models loaded"
     );
-    let unload = |model_id| ControlCommand::UnloadModel(UnloadModel { model_id });
+    let unload = |model_id| {
+        ControlCommand::UnloadModel(UnloadModel {
+            model_id,
+            keep_layers: 0,
+        })
+    };
     assert_eq!(ack(unload(3)), Status::NoSuchModel);
     assert_eq!(ack(unload(2)), Status::Ok);
     assert_eq!(rig.stats().models_loaded, 1);

@@ -17,7 +17,7 @@ mod kv_evict;
 use rig::*;
 use sealed_model::OwnerPublicKey;
 use virtio_llm::Status;
-use virtio_llm::spec::sealed_flag::STRAWMAN;
+use virtio_llm::spec::sealed_flag::{RESUME, STRAWMAN};
 use virtio_llm::wire::control::{
     CloseSession, ControlCommand, LoadModelEnd, LoadSealedBegin, LoadSealedChunk, UnloadModel,
     msg_type,
@@ -49,7 +49,10 @@ fn generates_as_the_host(rig: &Rig, engine: &HostEngine, id: u32) {
         rig.ack(&ControlCommand::CloseSession(close)).status,
         Status::Ok
     );
-    let unload = UnloadModel { model_id: id };
+    let unload = UnloadModel {
+        model_id: id,
+        keep_layers: 0,
+    };
     assert_eq!(
         rig.ack(&ControlCommand::UnloadModel(unload)).status,
         Status::Ok
@@ -234,7 +237,14 @@ fn undefined_flags_are_a_bad_request_and_the_service_goes_on() {
     let Some((file, _)) = model() else { return };
     let rig = Rig::start(limits());
     let parts = seal_model(&file, SEALING_ROOT.measurement, 1 << 20);
-    for flags in [2, 1 << 31, STRAWMAN | 4] {
+    // A resumable begin's ack names the first layer to send (none here) instead of the id;
+    // a strawman load cannot resume.
+    for (flags, id) in [
+        (4, 1),
+        (1 << 31, 1),
+        (STRAWMAN | 4, 1),
+        (STRAWMAN | RESUME, 0),
+    ] {
         let a = rig.ack(&ControlCommand::LoadSealedBegin(LoadSealedBegin {
             model_id: 1,
             flags,
@@ -243,7 +253,7 @@ fn undefined_flags_are_a_bad_request_and_the_service_goes_on() {
         }));
         assert_eq!(
             (a.command, a.status, a.object_id),
-            (msg_type::LOAD_SEALED_BEGIN, Status::BadRequest, 1),
+            (msg_type::LOAD_SEALED_BEGIN, Status::BadRequest, id),
             "flags {flags:#x}"
         );
     }

@@ -217,7 +217,10 @@ fn main() {
     write(
         &drv,
         "unload",
-        enc(|o| UnloadModel { model_id: 7 }.encode(o)),
+        enc(|o| UnloadModel {
+            model_id: 7,
+            keep_layers: 0,
+        }.encode(o)),
     );
     write(
         &drv,

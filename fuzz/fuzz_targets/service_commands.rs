@@ -207,6 +207,7 @@ impl Rig {
             })),
             _ => self.command(&ControlCommand::UnloadModel(UnloadModel {
                 model_id: u.int_in_range(1..=3)?,
+                keep_layers: u.int_in_range(0..=2)?,
             })),
         }
         Ok(())

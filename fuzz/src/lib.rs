@@ -262,6 +262,7 @@ pub fn command<'a>(u: &mut Unstructured<'a>) -> Result<ControlCommand<'a>> {
         }),
         3 => ControlCommand::UnloadModel(control::UnloadModel {
             model_id: u.arbitrary()?,
+            keep_layers: u.arbitrary()?,
         }),
         4 => ControlCommand::OpenSession(control::OpenSession {
             session_id: u.arbitrary()?,

@@ -276,4 +276,40 @@ unsafe impl GlobalAlloc for GuestAlloc {
             syscall2(syscall::UNMAP, ptr as u64, size as u64);
         }
     }
+
+    /// Shrinks a large private block in place: its whole granules past the new size go
+    /// back to the pool, so a model file cut to a prefix (the layer-prefix cache) needs no
+    /// second copy of itself. Anything else moves, as `GlobalAlloc`'s default does.
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let old = layout.size().max(layout.align());
+        let new = new_size.max(layout.align());
+        let shrunk = new <= old
+            && class(new).is_none()
+            && self.with_state(|s| {
+                if s.heap != Heap::Private {
+                    return false;
+                }
+                let g = GRANULE as usize;
+                let (keep, had) = (new.next_multiple_of(g), old.next_multiple_of(g));
+                if had > keep {
+                    s.private
+                        .free(ptr as u64 + keep as u64, (had - keep) as u64);
+                }
+                true
+            });
+        if shrunk {
+            return ptr;
+        }
+        // SAFETY: the caller's contract for `realloc` is that of the default below: `ptr`
+        // was allocated here with `layout`, and `new_size` is non-zero and fits `isize`.
+        let p = unsafe { self.alloc(Layout::from_size_align_unchecked(new_size, layout.align())) };
+        if !p.is_null() {
+            // SAFETY: both blocks hold at least the smaller size, and they do not overlap
+            // (`ptr` is still allocated while `p` is handed out).
+            unsafe { core::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size)) };
+            // SAFETY: `ptr` was allocated here with `layout` and is no longer used.
+            unsafe { self.dealloc(ptr, layout) };
+        }
+        p
+    }
 }

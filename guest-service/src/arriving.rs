@@ -30,6 +30,20 @@ impl ArrivingFile {
         Ok(Self { bytes, total })
     }
 
+    /// A file of `total` bytes whose first `prefix.len()` are `prefix`, final already (a
+    /// kept layer prefix): its allocation grows to the whole file.
+    pub fn from_prefix(mut prefix: Vec<u8>, total: u64) -> Result<Self, Status> {
+        let total = usize::try_from(total).map_err(|_| Status::OutOfMemory)?;
+        let more = total.checked_sub(prefix.len()).ok_or(Status::BadRequest)?;
+        prefix
+            .try_reserve_exact(more)
+            .map_err(|_| Status::OutOfMemory)?;
+        Ok(Self {
+            bytes: prefix,
+            total,
+        })
+    }
+
     /// Bytes that are final.
     pub fn len(&self) -> usize {
         self.bytes.len()

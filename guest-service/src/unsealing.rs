@@ -15,7 +15,8 @@
 
 use crate::arriving::{Appender, ArrivingFile};
 use alloc::vec::Vec;
-use sealed_model::{ChunkCursor, SealError, TAG_BYTES, Unsealed, Unsealer};
+use core::ops::Range;
+use sealed_model::{ChunkCursor, LayerHashes, SealError, TAG_BYTES, Unsealed, Unsealer};
 use virtio_llm::Status;
 
 /// A strawman load's state: the ciphertext stored so far, where the next chunk must fall,
@@ -44,6 +45,24 @@ pub struct UnsealTimes {
 pub struct Opener {
     unsealer: Unsealer,
     times: UnsealTimes,
+}
+
+/// A sealed model's layers: their ranges of the body and the hash state at each one's end
+/// (what a kept layer prefix needs to start a later load of the same body).
+pub struct SealedLayers {
+    pub ranges: Vec<Range<u64>>,
+    pub hashes: LayerHashes,
+}
+
+/// A finished load: the plaintext, what the unsealer proved, and the layers.
+pub type Finished = Result<(Vec<u8>, Unsealed, SealedLayers), SealError>;
+
+/// Why a load could not start after a kept prefix.
+pub enum Resume {
+    /// The prefix is not this body's: the unsealer, untouched, for a load from the start.
+    Mismatch(alloc::boxed::Box<Unsealer>),
+    /// Memory ran out (the prefix is gone).
+    Refused(Status),
 }
 
 /// A sealed model being received.
@@ -93,6 +112,41 @@ impl Unsealing {
                 times: UnsealTimes::default(),
             },
             body,
+        })
+    }
+
+    /// Starts a load after a kept prefix of the body's first layers (`bytes`, their
+    /// plaintext, and `hashes`, their hash states): the unsealer expects the first chunk of
+    /// the next layer, and the plaintext file starts with the prefix, final. The prefix's
+    /// allocation grows to the whole body. A prefix that does not fit the header gives the
+    /// unsealer back untouched ([`Resume::Mismatch`]).
+    pub fn resume(
+        model_id: u32,
+        mut unsealer: Unsealer,
+        bytes: Vec<u8>,
+        hashes: LayerHashes,
+    ) -> Result<Self, Resume> {
+        let layers = hashes.layers();
+        let fits = layers > 0
+            && unsealer
+                .header()
+                .layers()
+                .get(layers - 1)
+                .is_some_and(|l| l.end == bytes.len() as u64);
+        // `Unsealer::resume` changes nothing when it refuses.
+        if !fits || unsealer.resume(hashes).is_err() {
+            return Err(Resume::Mismatch(alloc::boxed::Box::new(unsealer)));
+        }
+        let total = unsealer.header().body_bytes();
+        let file = ArrivingFile::from_prefix(bytes, total).map_err(Resume::Refused)?;
+        Ok(Self {
+            model_id,
+            accepted_owners: 0,
+            opener: Opener {
+                unsealer,
+                times: UnsealTimes::default(),
+            },
+            body: Body::Pipelined(file),
         })
     }
 
@@ -165,12 +219,9 @@ impl Unsealing {
     }
 
     /// The whole plaintext, once every chunk opened and it hashes to the header's digest,
-    /// and the time spent copying and decrypting (a strawman load decrypts the stored body
-    /// in place here first, chunk by chunk in order).
-    pub fn finish(
-        self,
-        clock: &dyn Fn() -> u64,
-    ) -> (Result<(Vec<u8>, Unsealed), SealError>, UnsealTimes) {
+    /// with its layers, and the time spent copying and decrypting (a strawman load decrypts
+    /// the stored body in place here first, chunk by chunk in order).
+    pub fn finish(self, clock: &dyn Fn() -> u64) -> (Finished, UnsealTimes) {
         let Opener {
             mut unsealer,
             mut times,
@@ -191,15 +242,18 @@ impl Unsealing {
                 }
             }
         };
-        let result = unsealer.finish().and_then(|proof| match bytes {
-            Ok(bytes) => Ok((bytes, proof)),
-            // `finish` accepted every chunk, yet the file is short: cannot happen, as each
-            // opened chunk appended its plaintext; refuse rather than trust it.
-            Err(got) => Err(SealError::BodyLength {
-                expected: proof.body_bytes,
-                got: got as u64,
-            }),
-        });
+        let ranges = unsealer.header().layers().to_vec();
+        let result = unsealer
+            .finish_with_layers()
+            .and_then(|(proof, hashes)| match bytes {
+                Ok(bytes) => Ok((bytes, proof, SealedLayers { ranges, hashes })),
+                // `finish` accepted every chunk, yet the file is short: cannot happen, as each
+                // opened chunk appended its plaintext; refuse rather than trust it.
+                Err(got) => Err(SealError::BodyLength {
+                    expected: proof.body_bytes,
+                    got: got as u64,
+                }),
+            });
         (result, times)
     }
 }

@@ -106,6 +106,26 @@ impl ChunkCursor {
         }
     }
 
+    /// The first chunk of layer `layer` of `header` (past the last chunk if `layer` is
+    /// past the last layer).
+    pub fn at_layer(header: &Header, layer: usize) -> Self {
+        let chunk = u64::from(header.chunk_bytes);
+        let before = header.layers.get(..layer).unwrap_or(&header.layers);
+        Self {
+            index: before
+                .iter()
+                .map(|l| (l.end - l.start).div_ceil(chunk))
+                .sum(),
+            layer,
+            pos: before.last().map_or(0, |l| l.end),
+        }
+    }
+
+    /// The layer the chunk at the cursor belongs to.
+    pub fn layer_index(&self) -> usize {
+        self.layer
+    }
+
     /// Index of the chunk at the cursor (the count of chunks passed).
     pub fn index(&self) -> u64 {
         self.index

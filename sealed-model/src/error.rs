@@ -110,6 +110,12 @@ pub enum SealError {
     /// Every chunk authenticated but the plaintext's SHA-256 is not `content_digest`.
     #[error("the plaintext's SHA-256 does not match the header's content_digest")]
     ContentDigest,
+    /// A kept layer prefix cannot start this load: it began another body (content digest),
+    /// covers no layer or every layer, or chunks were already opened.
+    #[error(
+        "the kept layer prefix does not fit this load (another model, or no layer left to stream)"
+    )]
+    PrefixMismatch,
 
     // ---- key text ----
     /// A hex key is not 64 hex digits.

@@ -24,6 +24,7 @@ mod chunk;
 mod error;
 mod header;
 mod keys;
+mod prefix;
 #[cfg(feature = "seal")]
 mod seal;
 mod unseal;
@@ -35,6 +36,7 @@ pub use keys::{
     AttestationPublicKey, GuestKey, GuestPublicKey, KeyFingerprint, OwnerPublicKey,
     SessionPublicKey, derive_guest_key,
 };
+pub use prefix::LayerHashes;
 #[cfg(feature = "seal")]
 pub use seal::{OwnerKey, SealRequest, seal};
 pub use unseal::{Unsealed, Unsealer};

@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 use crate::chunk::{ChunkCursor, ChunkInfo};
 use crate::header::verify_owner_signature;
 use crate::keys::{GuestKey, OwnerPublicKey};
+use crate::prefix::LayerHashes;
 use crate::{Header, Recipient, SIGNATURE_BYTES, SealError, TAG_BYTES, label};
+use alloc::vec::Vec;
 
 /// HPKE `info` for wrapping the content key: label, then the content digest.
 pub(crate) fn content_key_info(content_digest: &[u8; 32]) -> [u8; 56] {
@@ -46,6 +48,8 @@ pub struct Unsealer {
     cipher: Aes256Gcm,
     cursor: ChunkCursor,
     hasher: Sha256,
+    /// The hash state at the end of each layer opened so far (a kept prefix resumes there).
+    layer_ends: Vec<Sha256>,
     failed_at: Option<u64>,
 }
 
@@ -92,6 +96,7 @@ impl Unsealer {
             cipher: Aes256Gcm::new(&content_key.into()),
             cursor: ChunkCursor::default(),
             hasher: Sha256::new(),
+            layer_ends: Vec::new(),
             failed_at: None,
             header,
         })
@@ -174,9 +179,36 @@ impl Unsealer {
         Ok(out)
     }
 
+    /// Starts the stream after a kept prefix of this body's first `prefix.layers()` layers
+    /// (their plaintext is the caller's to place): the next chunk expected is the first of
+    /// the layer after them, and the hash goes on from the state they ended with. Only
+    /// before any chunk is opened, with a prefix of a body of this header's
+    /// `content_digest` that leaves at least one layer to stream.
+    pub fn resume(&mut self, prefix: LayerHashes) -> Result<(), SealError> {
+        let layers = prefix.layers();
+        let fits = self.cursor.index == 0
+            && self.failed_at.is_none()
+            && prefix.content_digest == self.header.content_digest
+            && layers > 0
+            && layers < self.header.layers.len();
+        let Some(state) = prefix.ends.last().filter(|_| fits) else {
+            return Err(SealError::PrefixMismatch);
+        };
+        self.hasher = state.clone();
+        self.cursor = ChunkCursor::at_layer(&self.header, layers);
+        self.layer_ends = prefix.ends;
+        Ok(())
+    }
+
     /// Ends the stream: every chunk must have been opened, and the plaintext must hash to
     /// the header's `content_digest`.
     pub fn finish(self) -> Result<Unsealed, SealError> {
+        self.finish_with_layers().map(|(proof, _)| proof)
+    }
+
+    /// [`Unsealer::finish`], and the hash state at the end of each layer, from which a load
+    /// of the same body may later [`Unsealer::resume`].
+    pub fn finish_with_layers(self) -> Result<(Unsealed, LayerHashes), SealError> {
         if let Some(index) = self.failed_at {
             return Err(SealError::StreamFailed { index });
         }
@@ -191,11 +223,16 @@ impl Unsealer {
         if digest != self.header.content_digest {
             return Err(SealError::ContentDigest);
         }
-        Ok(Unsealed {
+        let proof = Unsealed {
             owner: self.owner,
             content_digest: digest,
             body_bytes: self.header.body_bytes(),
-        })
+        };
+        let layers = LayerHashes {
+            content_digest: digest,
+            ends: self.layer_ends,
+        };
+        Ok((proof, layers))
     }
 
     /// The next chunk, if `index` is it and the stream is alive.
@@ -261,6 +298,9 @@ impl Unsealer {
         }
         self.hasher.update(&*text);
         self.cursor.advance(&self.header, chunk);
+        if self.cursor.layer_index() > chunk.layer as usize {
+            self.layer_ends.push(self.hasher.clone());
+        }
         Ok(())
     }
 }

@@ -135,8 +135,13 @@ pub mod sealed_flag {
     /// arrives and decrypts the whole body at `LoadModelEnd`, instead of decrypting each
     /// chunk as it arrives.
     pub const STRAWMAN: u32 = 1 << 0;
+    /// The driver may start the load from a layer prefix it kept of a model with the same
+    /// content digest (`UnloadModel::keep_layers`): its `Ack`'s `object_id` is then the
+    /// first layer the device must send (0: the whole body), and chunks start at that
+    /// layer's first. Not with `STRAWMAN`.
+    pub const RESUME: u32 = 1 << 1;
     /// Every defined flag.
-    pub const DEFINED: u32 = STRAWMAN;
+    pub const DEFINED: u32 = STRAWMAN | RESUME;
 }
 /// Largest message, header included: a full chunk plus its fixed fields, rounded up.
 pub const MAX_MESSAGE_BYTES: usize = MAX_CHUNK_BYTES + 4096;

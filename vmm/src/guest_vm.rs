@@ -409,12 +409,26 @@ impl GuestVm {
 
     /// Unloads model `model_id` with its sessions; its memory is free for the next model.
     pub fn unload_model(&mut self, model_id: u32) -> Result<(), GuestError> {
-        self.command(&ControlCommand::UnloadModel(UnloadModel { model_id }))?;
-        self.ack(
+        self.unload_model_keeping(model_id, 0).map(|_| ())
+    }
+
+    /// Unloads a model, asking the guest to keep at most `keep_layers` of a sealed model's
+    /// first layers (the layer-prefix cache; 0: none); how many it kept. A later
+    /// [`SealedLoadOptions::resume`] load of the same body streams only the layers after.
+    pub fn unload_model_keeping(
+        &mut self,
+        model_id: u32,
+        keep_layers: u32,
+    ) -> Result<u32, GuestError> {
+        self.command(&ControlCommand::UnloadModel(UnloadModel {
+            model_id,
+            keep_layers,
+        }))?;
+        let ack = self.ack(
             "unload a model",
             virtio_llm::wire::control::msg_type::UNLOAD_MODEL,
         )?;
-        Ok(())
+        Ok(if keep_layers > 0 { ack.object_id } else { 0 })
     }
 
     /// The guest's counters.

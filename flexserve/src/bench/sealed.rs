@@ -204,6 +204,7 @@ impl Rig<'_> {
         let options = SealedLoadOptions {
             accepted_owners: Vec::new(),
             strawman: mode == Mode::Strawman,
+            resume: false,
         };
         let req = GenerateRequest {
             options: Default::default(),

@@ -167,6 +167,15 @@ impl HostModel {
         matches!(self.format, Format::Sealed(_))
     }
 
+    /// A sealed model's layers' plaintext sizes, in load order (header and embeddings, the
+    /// blocks, the output), from its header; empty for a plain model.
+    pub fn sealed_layers(&self) -> Vec<u64> {
+        match &self.format {
+            Format::Sealed(h) => h.layers().iter().map(|l| l.end - l.start).collect(),
+            Format::Plain(_) => Vec::new(),
+        }
+    }
+
     fn plain(&self, what: &'static str) -> Result<&Plain, HostModelError> {
         match &self.format {
             Format::Plain(p) => Ok(p),
@@ -302,9 +311,24 @@ impl HostModel {
         sealed: &SealedLoadOptions,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Option<sealed_model::OwnerPublicKey>, GuestError> {
+        Ok(self
+            .load_sealed_or_plain(vm, id, sealed, progress)?
+            .map(|l| l.owner))
+    }
+
+    /// [`Self::load_into`], with what a sealed load did (`None` for a plain model): its
+    /// owner, and how much of it came from a layer prefix the guest kept.
+    pub fn load_sealed_or_plain(
+        &self,
+        vm: &mut GuestVm,
+        id: u32,
+        sealed: &SealedLoadOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Option<vmm::guest_vm::SealedLoaded>, GuestError> {
         if self.is_sealed() {
-            let loaded = vm.load_sealed_with(id, self.bytes(), sealed, progress)?;
-            return Ok(Some(loaded.owner));
+            return vm
+                .load_sealed_with(id, self.bytes(), sealed, progress)
+                .map(Some);
         }
         let known = digest_cache::lookup(&self.path);
         let sha256 = vm.load_model(id, self.bytes(), known, progress)?;

@@ -223,6 +223,7 @@ fn run_pipelined(
     let options = SealedLoadOptions {
         accepted_owners: args.accept_owners.clone(),
         strawman: false,
+        resume: false,
     };
     let (end, first) = stream_answer(vm, |vm, on| {
         let first = FirstRequest {
@@ -304,6 +305,7 @@ fn boot_and_load(
         let options = SealedLoadOptions {
             accepted_owners: args.accept_owners.clone(),
             strawman: false,
+            resume: false,
         };
         let owner = model.load_into(&mut vm, 1, &options, &mut |done| progress.update(done))?;
         progress.finish();

@@ -79,6 +79,8 @@ pub struct Config {
     pub min_isolation: IsolationLevel,
     /// Let the guest keep closed sessions' KV caches for prompts that start the same way.
     pub kv_reuse: bool,
+    /// The layer-prefix cache (`[guest.layer_prefix]`).
+    pub layer_prefix: super::layer_prefix::LayerPrefixConfig,
     /// The development key root's file (default: `$FLEXSERVE_KEY_ROOT`, else under the
     /// XDG data directory), from which guests derive the keys that unseal `.fsm` models.
     pub key_root: Option<PathBuf>,
@@ -131,6 +133,7 @@ impl Default for Config {
             start: StartMode::Startup,
             min_isolation: IsolationLevel::PrivateMemory,
             kv_reuse: true,
+            layer_prefix: Default::default(),
             key_root: None,
             accepted_owners: Vec::new(),
             models_dir: DEFAULT_MODELS_DIR.into(),
@@ -201,6 +204,7 @@ struct GuestSection {
     min_isolation: Option<String>,
     key_root: Option<PathBuf>,
     kv_reuse: Option<bool>,
+    layer_prefix: Option<super::layer_prefix::LayerPrefixSection>,
     first_token_timeout_seconds: Option<i64>,
     token_timeout_seconds: Option<i64>,
     per_token_timeout_seconds: Option<i64>,
@@ -366,6 +370,7 @@ impl Config {
         }
         c.deadlines = guest_deadlines(&f.guest)?;
         c.kv_reuse = f.guest.kv_reuse.unwrap_or(c.kv_reuse);
+        c.layer_prefix = f.guest.layer_prefix.unwrap_or_default().into();
         if let Some(v) = o.vcpus.or(f.guest.vcpus) {
             c.vcpus = in_range("guest.vcpus", v, 1, 8)? as u8;
         }

@@ -130,6 +130,8 @@ pub struct Metrics {
     pub memory_budget_bytes: AtomicU64,
     pub memory_used_bytes: AtomicU64,
     pub memory_held_bytes: AtomicU64,
+    /// The layer-prefix cache's counters and its last choice.
+    pub layer_prefix: super::layer_prefix::LayerPrefixMetrics,
     /// Time from the request's arrival to its first token, seconds.
     pub ttft: Histogram,
     /// Guest decode time per generated token after the first, seconds.
@@ -164,6 +166,7 @@ impl Default for Metrics {
             memory_budget_bytes: AtomicU64::new(0),
             memory_used_bytes: AtomicU64::new(0),
             memory_held_bytes: AtomicU64::new(0),
+            layer_prefix: Default::default(),
             ttft: Histogram::new(TTFT_BOUNDS),
             decode: Histogram::new(DECODE_BOUNDS),
         }
@@ -433,6 +436,7 @@ impl Metrics {
             .into_iter()
             .chain(self.kv_scalars())
             .chain(self.idle_scalars())
+            .chain(self.layer_prefix.scalars())
         {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }

@@ -27,6 +27,7 @@ pub mod fan_out;
 pub mod generation;
 pub mod guard;
 pub mod keep_alive;
+pub mod layer_prefix;
 pub mod listen;
 pub mod metrics;
 pub mod models;

@@ -193,6 +193,14 @@ impl Residency {
             .map(|r| r.name.as_str())
     }
 
+    /// The budget guest model `guest_id` takes, if resident.
+    pub fn bytes_of(&self, guest_id: u32) -> Option<u64> {
+        self.resident
+            .iter()
+            .find(|r| r.guest_id == guest_id)
+            .map(|r| r.bytes)
+    }
+
     /// How many models are resident.
     pub fn len(&self) -> usize {
         self.resident.len()

@@ -34,10 +34,14 @@ impl Service {
             ));
             Status::OutOfMemory
         };
-        // Idle sessions' caches first, then tokenizers (rebuilt when text next goes in or
-        // out; a generation builds its model's after making room).
+        // Kept layer prefixes first (a cache of unloaded models), idle sessions' caches
+        // next, then tokenizers (rebuilt when text next goes in or out; a generation builds
+        // its model's after making room).
         while mem.usage().available() < needed {
-            if !self.evict_session_cache(keep) && !self.drop_a_tokenizer() {
+            if !self.layer_prefixes.drop_oldest()
+                && !self.evict_session_cache(keep)
+                && !self.drop_a_tokenizer()
+            {
                 return Err(out_of_memory("nothing left to evict"));
             }
         }
@@ -105,7 +109,7 @@ impl Service {
     /// Frees the next least valuable thing: a session's KV cache, a tokenizer, a whole
     /// model (with its sessions), a partial load. `false` when nothing is left.
     pub(super) fn evict_one(&mut self, env: &dyn Environment) -> bool {
-        if self.evict_session_cache(None) {
+        if self.layer_prefixes.drop_oldest() || self.evict_session_cache(None) {
             return true;
         }
         if self.drop_a_tokenizer() {

@@ -11,6 +11,7 @@ use inference_guest::parallel::Parallel;
 use inference_guest::tokenizer::{ChatTemplate, Tokenizer};
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverMemory, LlmDriver, Transport};
+use virtio_llm::spec::sealed_flag;
 use virtio_llm::wire::control::{
     ControlCommand, ControlReply, LoadModelBegin, LoadModelChunk, LoadModelEnd, OpenSession,
     StatsReply, msg_type as control_type,
@@ -53,8 +54,10 @@ impl Service {
                 ack(control_type::LOAD_MODEL_END, status, e.model_id)
             }
             ControlCommand::UnloadModel(u) => {
-                let status = self.unload(u.model_id, env);
-                ack(control_type::UNLOAD_MODEL, status, u.model_id)
+                let (status, kept) = self.unload(u.model_id, u.keep_layers, env);
+                // Asked to keep layers, the ack says how many it kept.
+                let id = if u.keep_layers > 0 { kept } else { u.model_id };
+                ack(control_type::UNLOAD_MODEL, status, id)
             }
             ControlCommand::OpenSession(o) => {
                 let status = self.open_session(&o, driver, env);
@@ -71,8 +74,14 @@ impl Service {
                 ack(control_type::CLOSE_SESSION, status, c.session_id)
             }
             ControlCommand::LoadSealedBegin(b) => {
-                let status = self.sealed_begin(&b, driver, env);
-                ack(control_type::LOAD_SEALED_BEGIN, status, b.model_id)
+                let (status, first_layer) = self.sealed_begin(&b, driver, env);
+                // A resumable load's ack names the first layer the host must send.
+                let id = if b.flags & sealed_flag::RESUME != 0 {
+                    first_layer
+                } else {
+                    b.model_id
+                };
+                ack(control_type::LOAD_SEALED_BEGIN, status, id)
             }
             ControlCommand::LoadSealedChunk(c) => {
                 let status = self.sealed_chunk(&c, env);
@@ -236,19 +245,26 @@ impl Service {
                 tokenizer: None,
                 grammar_vocab: None,
                 last_used: self.clock,
+                sealed_layers: None,
             },
         );
         Ok(())
     }
 
-    /// Unloads a model with its sessions, or abandons its load.
-    fn unload(&mut self, model_id: u32, env: &dyn Environment) -> Status {
-        if self.models.remove(&model_id).is_some() {
+    /// Unloads a model with its sessions (keeping at most `keep_layers` of its first
+    /// sealed layers; how many it kept), or abandons its load.
+    fn unload(&mut self, model_id: u32, keep_layers: u32, env: &dyn Environment) -> (Status, u32) {
+        if let Some(model) = self.models.remove(&model_id) {
             self.sessions.retain(|_, s| s.model_id != model_id);
             self.prefix_cache.forget_model(model_id);
             self.kv_evict.forget_model(model_id);
-            Status::Ok
-        } else if self
+            let kept = match keep_layers {
+                0 => 0,
+                n => self.keep_layer_prefix(model_id, model, n, env),
+            };
+            return (Status::Ok, kept);
+        }
+        let status = if self
             .loading
             .as_ref()
             .is_some_and(|l| l.model_id == model_id)
@@ -261,7 +277,8 @@ impl Service {
             Status::Ok
         } else {
             Status::NoSuchModel
-        }
+        };
+        (status, 0)
     }
 
     /// Opens a session with a KV cache of `o.context_len` positions, making room for it.

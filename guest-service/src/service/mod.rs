@@ -29,6 +29,7 @@ mod embed;
 mod generation;
 mod kv_evict;
 mod kv_restore;
+mod layer_prefix;
 mod pipeline;
 mod prefix_cache;
 mod probe;
@@ -104,6 +105,8 @@ struct LoadedModel {
     /// The vocabulary as structured output's grammar walks it (built on first use).
     grammar_vocab: Option<inference_guest::constrain::Vocab>,
     last_used: u64,
+    /// A sealed model's layers, from which an unload may keep a prefix.
+    sealed_layers: Option<crate::unsealing::SealedLayers>,
 }
 
 /// An open session. Its KV cache (`session`) may be evicted; `history` (the tokens the
@@ -149,6 +152,8 @@ pub struct Service {
     /// Closed sessions' KV caches, for requests whose prompts start the same way
     /// (`feature::KV_REUSE`; capacity 0 without it).
     prefix_cache: prefix_cache::PrefixCache<Session>,
+    /// Unloaded sealed models' first layers, for their next load (`layer_prefix.rs`).
+    layer_prefixes: layer_prefix::LayerPrefixes,
     /// Kept caches sealed and handed to the host, and brought back (`feature::KV_EVICT`).
     kv_evict: kv_evict::KvEviction,
     /// Requests that arrived while a generation was running.
@@ -222,6 +227,7 @@ impl Service {
                 features & (1 << feature::KV_EVICT) != 0
                     && features & (1 << feature::KV_REUSE) != 0,
             ),
+            layer_prefixes: layer_prefix::LayerPrefixes::default(),
             queued: VecDeque::new(),
             requests_completed: 0,
             tokens_generated: 0,

@@ -5,7 +5,7 @@
 //! fingerprint) and its mode, and splits its time into copying and decrypting.
 
 use super::{Environment, SESSION_SCRATCH_BYTES, Service};
-use crate::unsealing::Unsealing;
+use crate::unsealing::{Resume, Unsealing};
 use alloc::vec::Vec;
 use sealed_model::{OwnerPublicKey, SealError, Unsealer, derive_guest_key};
 use virtio_llm::Status;
@@ -15,25 +15,97 @@ use virtio_llm::wire::control::{LoadModelEnd, LoadSealedBegin, LoadSealedChunk, 
 
 impl Service {
     /// Accepts a sealed header for this guest, from an accepted owner, and reserves the
-    /// memory the load needs.
+    /// memory the load needs; with `sealed_flag::RESUME`, starts after a kept layer prefix
+    /// of the same body if there is one. Also the first layer the host must send.
     pub(super) fn sealed_begin<M: DriverMemory, T: Transport>(
         &mut self,
         b: &LoadSealedBegin<'_>,
         driver: &mut LlmDriver<M, T>,
         env: &dyn Environment,
-    ) -> Status {
-        if b.flags & !sealed_flag::DEFINED != 0 {
-            return Status::BadRequest;
+    ) -> (Status, u32) {
+        let strawman = b.flags & sealed_flag::STRAWMAN != 0;
+        let resume = b.flags & sealed_flag::RESUME != 0;
+        if b.flags & !sealed_flag::DEFINED != 0 || (strawman && resume) {
+            return (Status::BadRequest, 0);
         }
-        if let Err(s) = self.can_begin_load(b.model_id) {
-            return s;
+        let unsealer = match self.accept_header(b, driver, env) {
+            Ok(u) => u,
+            Err(s) => return (s, 0),
+        };
+        let kept = match resume {
+            true => self.layer_prefixes.take(unsealer.header().content_digest()),
+            false => None,
+        };
+        let unsealer = match kept {
+            Some(kept) => match self.sealed_resume(b, unsealer, kept, driver, env) {
+                Ok(first_layer) => return (Status::Ok, first_layer),
+                Err(Resume::Refused(s)) => return (s, 0),
+                Err(Resume::Mismatch(u)) => *u,
+            },
+            None => unsealer,
+        };
+        let needs = Unsealing::needs(&unsealer, strawman);
+        if let Err(s) = self.make_room(needs, None, driver, env) {
+            return (s, 0);
         }
+        match Unsealing::begin(b.model_id, unsealer, strawman) {
+            Ok(mut u) => {
+                u.accepted_owners = b.accepted_owners.len();
+                self.start_unsealing(u, env);
+                (Status::Ok, 0)
+            }
+            Err(s) => (s, 0),
+        }
+    }
+
+    /// Starts a load after the kept prefix `kept` of its body; the first layer the host
+    /// must send. A prefix that does not fit the header is dropped.
+    fn sealed_resume<M: DriverMemory, T: Transport>(
+        &mut self,
+        b: &LoadSealedBegin<'_>,
+        unsealer: Unsealer,
+        kept: (Vec<u8>, sealed_model::LayerHashes),
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<u32, Resume> {
+        let (layers, kept_bytes) = (kept.1.layers() as u32, kept.0.len());
+        // The prefix's allocation grows to the body (moving once): room for all of it. If
+        // there is none, the prefix goes and the load starts from the first layer.
+        let body = unsealer.header().body_bytes();
+        if self.make_room(body, None, driver, env).is_err() {
+            env.log(&alloc::format!(
+                "engine: sealed model {}: no room beside its kept prefix; loaded whole",
+                b.model_id
+            ));
+            return Err(Resume::Mismatch(alloc::boxed::Box::new(unsealer)));
+        }
+        let mut u = Unsealing::resume(b.model_id, unsealer, kept.0, kept.1)?;
+        u.accepted_owners = b.accepted_owners.len();
+        env.log(&alloc::format!(
+            "engine: sealed model {} starts after a kept prefix of {layers} layers ({} KiB): \
+             only the rest is sent",
+            b.model_id,
+            kept_bytes >> 10
+        ));
+        self.start_unsealing(u, env);
+        Ok(layers)
+    }
+
+    /// Checks a sealed header for this guest (key root, accepted owners, signature,
+    /// recipient) and can the guest begin a load now.
+    fn accept_header<M: DriverMemory, T: Transport>(
+        &mut self,
+        b: &LoadSealedBegin<'_>,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<Unsealer, Status> {
+        self.can_begin_load(b.model_id)?;
         let Some(root) = driver.key_root() else {
             env.log(&alloc::format!(
                 "engine: sealed model {} refused: this guest has no key root",
                 b.model_id
             ));
-            return Status::Unsupported;
+            return Err(Status::Unsupported);
         };
         let key = derive_guest_key(&root.root, &root.measurement);
         // None listed: any owner whose signature verifies (the host's choice to make).
@@ -42,26 +114,15 @@ impl Service {
             .iter()
             .map(|k| OwnerPublicKey(*k))
             .collect();
-        let unsealer = match Unsealer::new(b.header, &key, &accepted) {
-            Ok(u) => u,
-            Err(e) => return refuse(b.model_id, &e, env),
-        };
-        let strawman = b.flags & sealed_flag::STRAWMAN != 0;
-        let needs = Unsealing::needs(&unsealer, strawman);
-        if let Err(s) = self.make_room(needs, None, driver, env) {
-            return s;
-        }
-        match Unsealing::begin(b.model_id, unsealer, strawman) {
-            Ok(mut u) => {
-                self.load_ns = (env.now_ns(), 0);
-                u.accepted_owners = accepted.len();
-                let (addr, len) = u.buffer();
-                env.prefault(addr, len);
-                self.unsealing = Some(u);
-                Status::Ok
-            }
-            Err(s) => s,
-        }
+        Unsealer::new(b.header, &key, &accepted).map_err(|e| refuse(b.model_id, &e, env))
+    }
+
+    /// Makes `u` the load under way.
+    fn start_unsealing(&mut self, u: Unsealing, env: &dyn Environment) {
+        self.load_ns = (env.now_ns(), 0);
+        let (addr, len) = u.buffer();
+        env.prefault(addr, len);
+        self.unsealing = Some(u);
     }
 
     /// Opens the next sealed chunk into private memory.
@@ -137,7 +198,7 @@ impl Service {
             n => alloc::format!("one of {n} accepted"),
         };
         let (unsealed, times) = u.finish(&|| env.now_ns());
-        let (file, _proof) = match unsealed {
+        let (file, _proof, layers) = match unsealed {
             Ok(done) => done,
             Err(err) => {
                 self.close_orphans(e.model_id);
@@ -145,6 +206,9 @@ impl Service {
             }
         };
         let r = self.keep(e.model_id, file);
+        if let Some(m) = self.models.get_mut(&e.model_id) {
+            m.sealed_layers = Some(layers);
+        }
         self.close_orphans(e.model_id);
         let now = env.now_ns();
         env.log(&alloc::format!(

@@ -161,10 +161,32 @@ impl Message<'_> for LoadModelEnd {
         })
     }
 }
-id_message!(
-    /// Drop a model and free its memory; the driver refuses while sessions use it.
-    UnloadModel, model_id, msg_type::UNLOAD_MODEL, "unload_model.reserved"
-);
+/// Drop a model and free its memory (its sessions close with it). With `keep_layers`, a
+/// sealed model's first layers may stay as a *layer prefix* (the layer-prefix cache): the
+/// driver keeps at most that many of the header's layers (fewer if memory is short, none
+/// for a plaintext model) and answers with the count it kept in the `Ack`'s `object_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnloadModel {
+    /// The model to drop.
+    pub model_id: u32,
+    /// Sealed-header layers to keep as a prefix; 0 frees everything (and the `Ack` carries
+    /// `model_id`).
+    pub keep_layers: u32,
+}
+
+impl Message<'_> for UnloadModel {
+    const TYPE: u16 = msg_type::UNLOAD_MODEL;
+    fn encode_body(&self, w: &mut Writer<'_>) {
+        w.u32(self.model_id);
+        w.u32(self.keep_layers);
+    }
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Self {
+            model_id: r.u32()?,
+            keep_layers: r.u32()?,
+        })
+    }
+}
 id_message!(
     /// Close a session, cancelling its request if one is running.
     CloseSession, session_id, msg_type::CLOSE_SESSION, "close_session.reserved"

@@ -21,7 +21,10 @@ pub(crate) fn sample_commands() -> Vec<ControlCommand<'static>> {
             model_id: 7,
             sha256: [0xab; 32],
         }),
-        ControlCommand::UnloadModel(UnloadModel { model_id: 7 }),
+        ControlCommand::UnloadModel(UnloadModel {
+            model_id: 7,
+            keep_layers: 12,
+        }),
         ControlCommand::OpenSession(OpenSession {
             session_id: 3,
             model_id: 7,
@@ -122,13 +125,32 @@ fn wrong_family_or_type_is_unknown() {
 
 #[test]
 fn reserved_bytes_must_be_zero() {
-    let mut buf = frame(&sample_commands()[3]);
+    let mut buf = frame(&sample_commands()[5]);
     buf[8 + 5] = 1;
     assert_eq!(
         ControlCommand::decode(&buf),
         Err(WireError::ReservedNotZero {
-            field: "unload_model.reserved"
+            field: "close_session.reserved"
         })
+    );
+}
+
+#[test]
+fn an_unload_carries_the_layers_to_keep_where_a_plain_one_has_zeros() {
+    let plain = frame(&ControlCommand::UnloadModel(UnloadModel {
+        model_id: 7,
+        keep_layers: 0,
+    }));
+    // The plain unload's bytes are those of the message before `keep_layers` existed.
+    assert_eq!(&plain[8..], &[7, 0, 0, 0, 0, 0, 0, 0]);
+    let keep = frame(&sample_commands()[3]);
+    assert_eq!(&keep[8..], &[7, 0, 0, 0, 12, 0, 0, 0]);
+    assert_eq!(
+        ControlCommand::decode(&keep),
+        Ok(ControlCommand::UnloadModel(UnloadModel {
+            model_id: 7,
+            keep_layers: 12
+        }))
     );
 }
 

@@ -118,6 +118,16 @@ mod tests {
         b.encode(&mut out).unwrap();
         assert_eq!(out.len(), 8 + 16 + 64 + 300);
         assert_eq!(LoadSealedBegin::decode(&out).unwrap(), b);
+        // The resume flag travels as any other.
+        let resume = LoadSealedBegin {
+            flags: crate::spec::sealed_flag::RESUME,
+            ..b.clone()
+        };
+        out.clear();
+        resume.encode(&mut out).unwrap();
+        assert_eq!(LoadSealedBegin::decode(&out).unwrap().flags, 2);
+        out.clear();
+        b.encode(&mut out).unwrap();
         // Undefined flags travel: the driver, not the codec, refuses them.
         let odd = LoadSealedBegin {
             flags: 0x8000_0002,

@@ -23,6 +23,10 @@ pub struct SealedLoadOptions {
     /// (instead of decrypting each chunk as it arrives), and needs a tag's worth of extra
     /// private memory per chunk.
     pub strawman: bool,
+    /// The guest may start after a layer prefix it kept of a model with the same content
+    /// digest ([`GuestVm::unload_model_keeping`]); only the layers after it are sent. Not
+    /// with `strawman`.
+    pub resume: bool,
 }
 
 /// A sealed load under way: the guest accepted the header ([`GuestVm::begin_sealed`]);
@@ -32,6 +36,8 @@ pub struct SealedLoading<'f> {
     model_id: u32,
     header: Header,
     body: &'f [u8],
+    /// The first layer to send (after the guest's kept prefix).
+    first_layer: u32,
 }
 
 /// What [`GuestVm::load_sealed_and_generate`] loads, and the request it runs meanwhile.
@@ -57,6 +63,23 @@ pub struct SealedLoaded {
     pub content_digest: [u8; 32],
     /// Plaintext bytes the guest holds.
     pub body_bytes: u64,
+    /// Layers the guest had kept from an earlier load (none were sent), 0 for a whole load.
+    pub resumed_layers: u32,
+    /// Sealed body bytes sent.
+    pub sent_bytes: u64,
+}
+
+impl SealedLoaded {
+    fn of(loading: &SealedLoading<'_>, sent_bytes: u64) -> Self {
+        let header = &loading.header;
+        Self {
+            owner: header.owner(),
+            content_digest: *header.content_digest(),
+            body_bytes: header.body_bytes(),
+            resumed_layers: loading.first_layer,
+            sent_bytes,
+        }
+    }
 }
 
 impl GuestVm {
@@ -106,10 +129,10 @@ impl GuestVm {
             });
         }
         let accepted: Vec<[u8; 32]> = options.accepted_owners.iter().map(|k| k.0).collect();
-        let flags = if options.strawman {
-            sealed_flag::STRAWMAN
-        } else {
-            0
+        let flags = match (options.strawman, options.resume) {
+            (true, _) => sealed_flag::STRAWMAN,
+            (false, true) => sealed_flag::RESUME,
+            (false, false) => 0,
         };
         self.command(&ControlCommand::LoadSealedBegin(LoadSealedBegin {
             model_id,
@@ -117,11 +140,23 @@ impl GuestVm {
             accepted_owners: &accepted,
             header: header_bytes,
         }))?;
-        self.ack("start loading the sealed model", LOAD_SEALED_BEGIN)?;
+        let ack = self.ack("start loading the sealed model", LOAD_SEALED_BEGIN)?;
+        let first_layer = if flags & sealed_flag::RESUME != 0 {
+            ack.object_id
+        } else {
+            0
+        };
+        if first_layer as usize >= header.layers().len() {
+            return Err(GuestError::Protocol(format!(
+                "the guest kept {first_layer} of the sealed model's {} layers: none left to send",
+                header.layers().len()
+            )));
+        }
         Ok(SealedLoading {
             model_id,
             header,
             body,
+            first_layer,
         })
     }
 
@@ -132,12 +167,8 @@ impl GuestVm {
         loading: SealedLoading<'_>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<SealedLoaded, GuestError> {
-        let SealedLoading {
-            model_id,
-            header,
-            body,
-        } = loading;
-        self.send_sealed_chunks(model_id, &header, body, progress)?;
+        let model_id = loading.model_id;
+        let sent = self.send_sealed_chunks(&loading, progress)?;
         // A sealed load's `LoadModelEnd` carries no hash (zero): the guest checks the
         // header's content digest instead.
         self.command(&ControlCommand::LoadModelEnd(LoadModelEnd {
@@ -145,11 +176,7 @@ impl GuestVm {
             sha256: [0; 32],
         }))?;
         self.ack("accept the sealed model", LOAD_MODEL_END)?;
-        Ok(SealedLoaded {
-            owner: header.owner(),
-            content_digest: *header.content_digest(),
-            body_bytes: header.body_bytes(),
-        })
+        Ok(SealedLoaded::of(&loading, sent))
     }
 
     /// The sealed-load pipeline: loads `first.file` as model `first.model_id` while the
@@ -175,11 +202,14 @@ impl GuestVm {
         let loading = self.begin_sealed(model_id, file, options)?;
         self.open_session(request.session_id, model_id, context_len)?;
         self.start_request(request)?;
-        if let Err(e) = self.send_sealed_chunks(model_id, &loading.header, loading.body, progress) {
-            // The request fails with the load; take its error so nothing is left queued.
-            let _ = self.await_request(request, &mut |_, _| {}, &|| None);
-            return Err(e);
-        }
+        let sent = match self.send_sealed_chunks(&loading, progress) {
+            Ok(sent) => sent,
+            Err(e) => {
+                // The request fails with the load; take its error so nothing is left queued.
+                let _ = self.await_request(request, &mut |_, _| {}, &|| None);
+                return Err(e);
+            }
+        };
         self.command(&ControlCommand::LoadModelEnd(LoadModelEnd {
             model_id,
             sha256: [0; 32],
@@ -187,28 +217,22 @@ impl GuestVm {
         // The guest finishes the load once the request is over: the tokens come first.
         let end = self.await_request(request, on_tokens, interrupt)?;
         self.ack("accept the sealed model", LOAD_MODEL_END)?;
-        let header = loading.header;
-        Ok((
-            SealedLoaded {
-                owner: header.owner(),
-                content_digest: *header.content_digest(),
-                body_bytes: header.body_bytes(),
-            },
-            end,
-        ))
+        Ok((SealedLoaded::of(&loading, sent), end))
     }
 
-    /// Sends every chunk of `body` in order, `CHUNKS_IN_FLIGHT` at a time.
+    /// Sends every chunk of the body from the load's first layer on, in order,
+    /// `CHUNKS_IN_FLIGHT` at a time; the sealed bytes sent.
     fn send_sealed_chunks(
         &mut self,
-        model_id: u32,
-        header: &Header,
-        body: &[u8],
+        loading: &SealedLoading<'_>,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<(), GuestError> {
+    ) -> Result<u64, GuestError> {
+        let (model_id, body) = (loading.model_id, loading.body);
         // `split_file` checked the body's length against the header: every range is in it.
-        let chunks: Vec<(u64, &[u8])> = header
+        let chunks: Vec<(u64, &[u8])> = loading
+            .header
             .chunk_plan()
+            .filter(|c| c.layer >= loading.first_layer)
             .map(|c| {
                 let r = c.sealed();
                 (c.index, &body[r.start as usize..r.end as usize])
@@ -240,6 +264,6 @@ impl GuestVm {
             acked += 1;
             progress(done);
         }
-        Ok(())
+        Ok(done)
     }
 }

@@ -59,22 +59,28 @@ impl Worker {
     }
 
     /// Unloads `evict` to make room for `model`.
+    /// Unloads `evict` to make room for `model` (each may leave a layer prefix in the
+    /// budget the load leaves free).
     fn make_room(&mut self, model: &ServedModel, evict: &[u32]) -> Result<(), GuestError> {
-        let m = &self.shared.metrics;
-        let Some(running) = self.vm.as_mut() else {
-            return Ok(());
-        };
         for &id in evict {
+            self.unload_keeping(id, model.private_bytes)?;
+            let Some(running) = self.vm.as_mut() else {
+                return Ok(());
+            };
             let name = running.residency.name_of(id).unwrap_or("?").to_string();
-            running.vm.unload_model(id)?;
             running.residency.unloaded(id);
-            m.model_evictions.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .metrics
+                .model_evictions
+                .fetch_add(1, Ordering::Relaxed);
             eprintln!(
                 "[flexserve] unloaded model {name} from the guest to make room for {}",
                 model.id
             );
         }
-        m.set_resident(Some(&running.residency));
+        if let Some(running) = self.vm.as_ref() {
+            self.shared.metrics.set_resident(Some(&running.residency));
+        }
         Ok(())
     }
 
@@ -82,19 +88,30 @@ impl Worker {
     pub(super) fn load(&mut self, model: &ServedModel, guest_id: u32) -> Result<(), GuestError> {
         // A load needs the budget an idle sweep may have given back.
         self.raise_budget()?;
-        let m = &self.shared.metrics;
         let options = SealedLoadOptions {
             accepted_owners: self.shared.config.accepted_owners.clone(),
             strawman: false,
+            // Where the guest kept a prefix of this very body, it starts after it.
+            resume: self.shared.config.layer_prefix.enabled,
         };
         let Some(running) = self.vm.as_mut() else {
             return Err(GuestError::Protocol("the guest is not running".into()));
         };
         let t = Instant::now();
-        let owner = model
+        let loaded = model
             .file
-            .load_into(&mut running.vm, guest_id, &options, &mut |_| {})
+            .load_sealed_or_plain(&mut running.vm, guest_id, &options, &mut |_| {})
             .inspect_err(|e| eprintln!("[flexserve] cannot load model {}: {e}", model.id))?;
+        let took = t.elapsed();
+        if let Some(l) = &loaded {
+            let sealed_bytes = model.file.load_bytes();
+            self.sealed_loaded(&model.id, model.file.sealed_layers(), l, sealed_bytes, took);
+        }
+        let Some(running) = self.vm.as_mut() else {
+            return Err(GuestError::Protocol("the guest is not running".into()));
+        };
+        let owner = loaded.map(|l| l.owner);
+        let m = &self.shared.metrics;
         running.residency.loaded(
             &model.id,
             guest_id,
@@ -111,7 +128,7 @@ impl Worker {
             "[flexserve] model {} loaded into the guest in {:.0} ms{signed}; {} resident, \
              {} of {} MiB",
             model.id,
-            t.elapsed().as_secs_f64() * 1e3,
+            took.as_secs_f64() * 1e3,
             running.residency.len(),
             running.residency.used() >> 20,
             self.shared.config.memory_max >> 20
@@ -194,6 +211,7 @@ impl Worker {
         self.vm = Some(Running {
             vm,
             residency: Residency::new(config.memory_max, LlmConfig::default().max_models as usize),
+            prefixes: Default::default(),
         });
         Ok(())
     }

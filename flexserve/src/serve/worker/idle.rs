@@ -44,14 +44,23 @@ impl Worker {
         if expired.is_empty() {
             return;
         }
-        let m = &self.shared.metrics;
+        // With no model left the guest stops, and a kept prefix with it: keep none then.
+        let keep = expired.len() < running.residency.len();
         let mut failed = None;
         for e in &expired {
-            if let Err(err) = running.vm.unload_model(e.guest_id) {
+            let unloaded = match keep {
+                true => self.unload_keeping(e.guest_id, 0),
+                false => running_vm(&mut self.vm).and_then(|vm| vm.unload_model(e.guest_id)),
+            };
+            if let Err(err) = unloaded {
                 failed = Some((e, err));
                 break;
             }
+            let Some(running) = self.vm.as_mut() else {
+                return;
+            };
             running.residency.unloaded(e.guest_id);
+            let m = &self.shared.metrics;
             m.model_idle_unloads.fetch_add(1, Ordering::Relaxed);
             eprintln!(
                 "[flexserve] unloaded model {} from the guest: idle for {:.0} s, keep_alive {}",
@@ -60,7 +69,10 @@ impl Worker {
                 e.keep_alive
             );
         }
-        m.set_resident(Some(&running.residency));
+        let Some(running) = self.vm.as_mut() else {
+            return;
+        };
+        self.shared.metrics.set_resident(Some(&running.residency));
         match failed {
             Some((e, err)) if is_fatal(&err) => {
                 self.guest_failed(&format!("unloading idle model {}", e.name), &err);
@@ -116,7 +128,8 @@ impl Worker {
         let Ok(memory) = running.vm.memory() else {
             return;
         };
-        let want = budget_for(running.residency.used(), memory.max_bytes);
+        let used = running.residency.used() + running.prefixes.bytes();
+        let want = budget_for(used, memory.max_bytes);
         if want >= memory.budget_bytes {
             return;
         }
@@ -161,6 +174,13 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// The running guest's VM, or why there is none.
+fn running_vm(vm: &mut Option<Running>) -> Result<&mut vmm::guest_vm::GuestVm, GuestError> {
+    vm.as_mut()
+        .map(|r| &mut r.vm)
+        .ok_or_else(|| GuestError::Protocol("the guest is not running".into()))
 }
 
 /// Why the last models went: "no model resident (tiny idle for 0 s, keep_alive 0s)".

@@ -13,6 +13,7 @@ mod embed;
 mod guest;
 mod idle;
 mod kv_evict;
+mod layer_prefix;
 mod prefetch;
 mod tool_style;
 
@@ -112,6 +113,8 @@ enum Sliced {
 struct Running {
     vm: GuestVm,
     residency: super::residency::Residency,
+    /// The layer prefixes the guest keeps of unloaded models (`layer_prefix.rs`).
+    prefixes: super::layer_prefix::KeptPrefixes,
 }
 
 /// What admitting a job came to.
@@ -132,6 +135,8 @@ pub struct Worker {
     next_request: u64,
     /// The next model of a workflow, loaded once the guest is free (`prefetch.rs`).
     prefetch: Option<Arc<ServedModel>>,
+    /// Each sealed model's layers and measured times, by name (`layer_prefix.rs`).
+    measured: std::collections::HashMap<String, layer_prefix::Measured>,
 }
 
 /// Whether a job's prompt is sealed to the guest (its answer is too).
@@ -153,6 +158,7 @@ impl Worker {
             next_session: 1,
             next_request: 1,
             prefetch: None,
+            measured: Default::default(),
         }
     }
 
@@ -488,6 +494,7 @@ impl Worker {
 
     fn finish_closed(&mut self, a: Active, reason: StopReason) {
         self.release(&a);
+        self.prefilled(&a);
         let m = &self.shared.metrics;
         m.prompt_tokens
             .fetch_add(a.prompt_tokens.into(), Ordering::Relaxed);
