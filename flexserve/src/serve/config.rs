@@ -69,12 +69,15 @@ pub enum KvRestoreMode {
 }
 
 impl KvRestoreMode {
-    fn parse(s: &str) -> Option<Self> {
+    fn parse(s: &str) -> Result<Self, ConfigError> {
         match s {
-            "measured" => Some(Self::Measured),
-            "restore" => Some(Self::Restore),
-            "recompute" => Some(Self::Recompute),
-            _ => None,
+            "measured" => Ok(Self::Measured),
+            "restore" => Ok(Self::Restore),
+            "recompute" => Ok(Self::Recompute),
+            _ => Err(bad(
+                "guest.kv_restore",
+                format!("must be \"measured\", \"restore\" or \"recompute\", not {s:?}"),
+            )),
         }
     }
 }
@@ -392,12 +395,7 @@ impl Config {
         c.deadlines = guest_deadlines(&f.guest)?;
         c.kv_reuse = f.guest.kv_reuse.unwrap_or(c.kv_reuse);
         if let Some(m) = &f.guest.kv_restore {
-            c.kv_restore = KvRestoreMode::parse(m).ok_or_else(|| {
-                bad(
-                    "guest.kv_restore",
-                    format!("must be \"measured\", \"restore\" or \"recompute\", not {m:?}"),
-                )
-            })?;
+            c.kv_restore = KvRestoreMode::parse(m)?;
         }
         if let Some(v) = o.vcpus.or(f.guest.vcpus) {
             c.vcpus = in_range("guest.vcpus", v, 1, 8)? as u8;
