@@ -164,6 +164,12 @@ def run(a):
                     if m == "measured":
                         choice[n] = "restore" if done["restores"] else "recompute"
             print(f"kv round {r + 1}/{a.kv_rounds} done", file=sys.stderr)
+    except BaseException:
+        for m, (_, tmp, _) in daemons.items():
+            with open(os.path.join(tmp, "server.log")) as f:
+                print(f"--- the {m} daemon's log, last lines:\n"
+                      + "".join(f.readlines()[-8:]), file=sys.stderr)
+        raise
     finally:
         for proc, tmp, _ in daemons.values():
             stop(proc, tmp)
