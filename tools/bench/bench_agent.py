@@ -139,7 +139,14 @@ def main():
         print(json.dumps({"bench": "agent", "model": os.path.basename(a.model)
                           .removesuffix(".gguf"), **kv}))
         return
-    kv = {} if a.kv_skip else bench_kv_restore.run(a)
+    kv = {}
+    if not a.kv_skip:
+        # The chat and workflow numbers stand on their own if this part fails.
+        try:
+            kv = bench_kv_restore.run(a)
+        except (Exception, SystemExit) as e:
+            print(f"kv: restore vs recompute failed: {e}", file=sys.stderr)
+            kv = {"kv_error": str(e)}
     workflow = bench_agent_workflow.run(a) if a.agent_models else {}
     model = os.path.basename(a.model).removesuffix(".gguf")
     runs = {True: [], False: []}
