@@ -19,6 +19,10 @@ Agent workflow (bench_agent_workflow.py, with --agent-models): SmolLM2 -> Qwen2.
 -> SmolLM2, sealed, FlexServe (residency + prefetch) vs a strawman (a reboot per switch):
 `agent_ms` and `agent_strawman_ms`.
 
+KV eviction (bench_kv_restore.py): an evicted KV cache restored from its sealed host file
+vs evaluated again, at 512, 1024 and 2048 tokens of context (`kv_restore_ms_N`,
+`kv_recompute_ms_N`, their ratio, and the guest's own choice); `--kv-only` runs it alone.
+
 The last line printed is one JSON object: {"bench":"agent", ...}.
 """
 import argparse
@@ -35,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_serve import free_port, spawn, stop, wait_http  # noqa: E402
 
 import bench_agent_workflow  # noqa: E402
+import bench_kv_restore  # noqa: E402
 import openai  # noqa: E402
 
 SYSTEM = ("You are a patient tutor. Answer in two or three sentences, and end every answer "
@@ -124,8 +129,24 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--keep-alive", default="1s")
     ap.add_argument("--idle-seconds", type=float, default=20)
+    ap.add_argument("--kv-only", action="store_true",
+                    help="run only the KV restore vs recompute part")
     bench_agent_workflow.add_args(ap)
+    bench_kv_restore.add_args(ap)
     a = ap.parse_args()
+    if a.kv_only:
+        kv = bench_kv_restore.run(a)
+        print(json.dumps({"bench": "agent", "model": os.path.basename(a.model)
+                          .removesuffix(".gguf"), **kv}))
+        return
+    kv = {}
+    if not a.kv_skip:
+        # The chat and workflow numbers stand on their own if this part fails.
+        try:
+            kv = bench_kv_restore.run(a)
+        except (Exception, SystemExit) as e:
+            print(f"kv: restore vs recompute failed: {e}", file=sys.stderr)
+            kv = {"kv_error": str(e)}
     workflow = bench_agent_workflow.run(a) if a.agent_models else {}
     model = os.path.basename(a.model).removesuffix(".gguf")
     runs = {True: [], False: []}
@@ -164,7 +185,7 @@ def main():
     print(json.dumps({"bench": "agent", "model": model, "turns": rows,
                       "turn5_ttft_ms": last["ttft_ms"],
                       "turn5_ttft_no_reuse_ms": last["ttft_no_reuse_ms"],
-                      "turn5_ratio": ratio, **idle_row, **workflow}))
+                      "turn5_ratio": ratio, **idle_row, **workflow, **kv}))
 
 
 if __name__ == "__main__":

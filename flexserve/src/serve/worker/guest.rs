@@ -163,7 +163,7 @@ impl Worker {
                 return Err(e);
             }
         };
-        super::kv_evict::attach_store(&mut vm);
+        super::kv_evict::attach_store(&mut vm, config.kv_restore);
         m.set_isolation(vm.isolation().level());
         vm.set_deadlines(config.deadlines.apply(Deadlines::GENEROUS));
         m.set_guest(GuestState::Up);

@@ -4,8 +4,10 @@
 //! is evicted there rather than dropped. What happened is counted in `/metrics`.
 
 use super::Worker;
+use crate::serve::config::KvRestoreMode;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use virtio_llm::wire::kv_evict::want_flag;
 use vmm::guest_vm::{FileKvStore, GuestVm};
 
 /// Share of the budget in use above which kept KV caches leave the guest.
@@ -22,11 +24,18 @@ fn store_dir() -> PathBuf {
     base.join(format!("flexserve-kv-{}", std::process::id()))
 }
 
-/// Gives a new guest its store of evicted caches, if it evicts them.
-pub(super) fn attach_store(vm: &mut GuestVm) {
+/// Gives a new guest its store of evicted caches, if it evicts them, and the choice
+/// between restore and recompute (`guest.kv_restore`: the guest's, by its measured rates,
+/// unless a test or benchmark forces one).
+pub(super) fn attach_store(vm: &mut GuestVm, mode: KvRestoreMode) {
     if !vm.evicts_kv() {
         return;
     }
+    vm.set_kv_want_flags(match mode {
+        KvRestoreMode::Measured => 0,
+        KvRestoreMode::Restore => want_flag::FORCE_RESTORE,
+        KvRestoreMode::Recompute => want_flag::FORCE_RECOMPUTE,
+    });
     let dir = store_dir();
     match FileKvStore::new(&dir) {
         Ok(store) => {
