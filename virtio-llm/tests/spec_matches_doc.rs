@@ -305,13 +305,14 @@ fn load_sealed_begin_matches_the_spec() {
         "`n_owners` k, 0..={}",
         virtio_llm::spec::MAX_ACCEPTED_OWNERS
     )));
-    // The flags table: bit 0 is the strawman, the rest reserved.
-    let flags: Vec<_> = rows(|c| c == "0" || c == "1..31")
+    // The flags table: bit 0 is the strawman, bit 1 resume, the rest reserved.
+    let flags: Vec<_> = rows(|c| c == "0" || c == "1" || c == "2..31")
         .into_iter()
-        .filter(|r| r[1] == "strawman" || r[1] == "—")
+        .filter(|r| r[1] == "strawman" || r[1] == "resume" || r[1] == "—")
         .map(|r| r[0].clone())
         .collect();
-    assert_eq!(flags, ["0", "1..31"]);
+    assert_eq!(flags, ["0", "1", "2..31"]);
     assert_eq!(virtio_llm::spec::sealed_flag::STRAWMAN, 1 << 0);
-    assert_eq!(virtio_llm::spec::sealed_flag::DEFINED, 1);
+    assert_eq!(virtio_llm::spec::sealed_flag::RESUME, 1 << 1);
+    assert_eq!(virtio_llm::spec::sealed_flag::DEFINED, 0b11);
 }
