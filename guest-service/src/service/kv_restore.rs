@@ -5,7 +5,7 @@
 //! cache joins the kept ones, where the waiting request finds it.
 
 use super::kv_evict::Evicted;
-use super::{Environment, SESSION_SCRATCH_BYTES, Service};
+use super::{Environment, Service};
 use crate::kv_seal::{EvictionKey, KvRefusal, TAG_BYTES};
 use alloc::vec::Vec;
 use inference_guest::gguf::Gguf;
@@ -44,20 +44,8 @@ impl Service {
             let e = &self.kv_evict.evicted[at];
             (e.model_id, e.context_len)
         };
-        let Some(needed) = self
-            .models
-            .get(&model_id)
-            .and_then(|m| self.kv_bytes(m, ctx).ok())
-        else {
-            return false;
-        };
         if self
-            .make_room(
-                needed + SESSION_SCRATCH_BYTES,
-                Some(g.session_id),
-                driver,
-                env,
-            )
+            .make_session_room(model_id, ctx, Some(g.session_id), driver, env)
             .is_err()
         {
             return false;
