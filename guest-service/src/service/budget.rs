@@ -3,7 +3,7 @@
 
 use super::{Environment, LoadedModel, RELEASE_WAIT_NS, SESSION_SCRATCH_BYTES, Service};
 use inference_guest::gguf::Gguf;
-use inference_guest::model::{Logits, Model};
+use inference_guest::model::{Logits, Model, Session};
 use inference_guest::parallel::Parallel;
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
@@ -224,13 +224,15 @@ impl Service {
         };
         self.make_session_room(model_id, ctx as u32, Some(session_id), driver, env)?;
         let m = self.models.get(&model_id).ok_or(Status::NoSuchModel)?;
+        // The cache before the parsed model: parsing allocates, and could take the extents
+        // the room check found for the cache's two large blocks.
+        let mut session = Session::new(&m.cfg, ctx);
         let gguf = Gguf::parse(&m.file).map_err(|_| Status::Internal)?;
         let model = Model::from_gguf(&gguf, self.kernels).map_err(|_| Status::Internal)?;
         let slot = self
             .sessions
             .get_mut(&session_id)
             .ok_or(Status::NoSuchSession)?;
-        let mut session = model.new_session(ctx);
         if !slot.history.is_empty() {
             session
                 .eval(&model, &slot.history, Logits::Last, par)

@@ -301,16 +301,12 @@ impl Service {
         if let Err(s) = self.make_session_room(o.model_id, o.context_len, None, driver, env) {
             return s;
         }
+        // Made from the kept shapes: parsing the model would allocate between the room
+        // check and the cache's two large blocks, and could take the extents they need.
         let Some(m) = self.models.get(&o.model_id) else {
             return Status::NoSuchModel;
         };
-        let Ok(gguf) = Gguf::parse(&m.file) else {
-            return Status::Internal;
-        };
-        let Ok(model) = Model::from_gguf(&gguf, self.kernels) else {
-            return Status::Internal;
-        };
-        let session = model.new_session(o.context_len as usize);
+        let session = Session::new(&m.cfg, o.context_len as usize);
         self.add_session(o, Some(session));
         Status::Ok
     }

@@ -8,8 +8,7 @@ use super::kv_evict::Evicted;
 use super::{Environment, Service};
 use crate::kv_seal::{EvictionKey, KvRefusal, TAG_BYTES};
 use alloc::vec::Vec;
-use inference_guest::gguf::Gguf;
-use inference_guest::model::{Model, Session};
+use inference_guest::model::Session;
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverMemory, LlmDriver, Transport};
 use virtio_llm::wire::kv_evict::KvRestore;
@@ -101,9 +100,7 @@ impl Service {
         self.make_session_room(model_id, ctx, Some(session_id), driver, env)
             .ok()?;
         let m = self.models.get(&model_id)?;
-        let gguf = Gguf::parse(&m.file).ok()?;
-        let model = Model::from_gguf(&gguf, self.kernels).ok()?;
-        Some(model.new_session(ctx as usize))
+        Some(Session::new(&m.cfg, ctx as usize))
     }
 
     /// `KvRestore`: the next block of the cache coming back.
