@@ -2,7 +2,8 @@
 //! and a small budget: after a request, the guest's kept KV caches beyond 75 % of its
 //! memory go to sealed files in the daemon's store directory. A file holds neither the
 //! prompt's token ids nor the cache's KV bytes; the next request with that prompt restores
-//! it and answers what a daemon that never evicted answers; a file with one byte flipped,
+//! it and answers what a daemon that never evicted answers, while another kept cache stays
+//! (and is evicted sealed, never dropped); a file with one byte flipped,
 //! or an earlier eviction's file put back in place of the current one, is refused, the
 //! request recomputes with the same answer, and `/metrics` counts it all.
 
@@ -181,13 +182,18 @@ fn evicted_caches_are_restored_sealed_or_refused_and_recomputed() {
     let a_file = the_sealed_file(&store);
     sealed_not_plain(&std::fs::read(&a_file).unwrap(), A, a_tokens);
 
-    // (a) A comes back from its file: the never-evicted answer, its tokens cached.
+    // (a) A comes back from its file: the never-evicted answer, its tokens cached. It is
+    // restored into its request's own session, so B's kept cache stays beside it (no third
+    // cache to make room for) and, with A kept again, goes to the host sealed: evicted,
+    // not dropped.
     let (_, c) = ask_checked(A, &expect[0], true);
-    assert_eq!(c[1..], [1, 0, 0]);
+    assert_eq!(c, [2, 1, 0, 0], "B's kept cache was not evicted sealed");
     assert!(!a_file.exists(), "a restored cache's file stays behind");
+    the_sealed_file(&store);
 
     // A stale file: A's file of one eviction, copied; A restored and evicted again; the
-    // copy put back in place of the newer file is refused (another eviction's key).
+    // copy put back in place of the newer file is refused (another eviction's key). Each
+    // time B is asked, its cache comes back from its file and A's goes.
     let mut last = c;
     let evicted_again = |last: &mut [u64; 4], prompt: &str, want: &str, cached: bool| {
         let (_, c) = ask_checked(prompt, want, cached);
@@ -195,10 +201,10 @@ fn evicted_caches_are_restored_sealed_or_refused_and_recomputed() {
         *last = c;
         the_sealed_file(&store)
     };
-    let a_old = std::fs::read(evicted_again(&mut last, B, &expect[1], false)).unwrap();
+    let a_old = std::fs::read(evicted_again(&mut last, B, &expect[1], true)).unwrap();
     let (_, c) = ask_checked(A, &expect[0], true);
     assert_eq!(c[1..], [last[1] + 1, 0, 0], "A's file was not restored");
-    let a_new = evicted_again(&mut last, B, &expect[1], false);
+    let a_new = evicted_again(&mut last, B, &expect[1], true);
     assert_eq!(std::fs::read(&a_new).unwrap().len(), a_old.len());
     assert_ne!(
         std::fs::read(&a_new).unwrap(),
@@ -207,16 +213,16 @@ fn evicted_caches_are_restored_sealed_or_refused_and_recomputed() {
     );
     std::fs::write(&a_new, &a_old).unwrap();
     let (_, c) = ask_checked(A, &expect[0], false);
-    assert_eq!(c[1..], [2, 0, 1], "the stale file was not refused");
+    assert_eq!(c[1..], [last[1], 0, 1], "the stale file was not refused");
 
     // A file with one byte flipped: refused, recomputed, the same answer.
-    let a_file = evicted_again(&mut last, B, &expect[1], false);
+    let a_file = evicted_again(&mut last, B, &expect[1], true);
     let mut bytes = std::fs::read(&a_file).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&a_file, &bytes).unwrap();
     let (_, c) = ask_checked(A, &expect[0], false);
-    assert_eq!(c[1..], [2, 0, 2], "the tampered file was not refused");
+    assert_eq!(c[1..], [last[1], 0, 2], "the tampered file was not refused");
     d.stop();
     assert!(!store.exists(), "the daemon's store outlived it");
 }

@@ -238,3 +238,40 @@ fn an_evicted_cache_comes_back_sealed_or_is_refused_and_recomputed() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// The budget has room but the pool's free memory is in pieces smaller than a KV cache's
+/// keys or values (as after an eviction freed a cache between blocks still in use): opening
+/// a session frees kept caches for it and, with nothing left to free, answers OutOfMemory
+/// instead of allocating (a failed allocation ends the guest); the guest goes on serving.
+#[test]
+fn a_session_opens_only_where_its_cache_fits_in_one_piece() {
+    let Some((file, sha)) = model() else { return };
+    let engine = HostEngine { file: file.clone() };
+    let rig = Rig::start(limits());
+    assert_eq!(rig.load(1, &file, sha), Status::Ok);
+    let prompt = engine.encode("The quick brown fox jumps over the lazy dog, and then it runs");
+    ask(&rig, 10, &prompt, 0, |_| {});
+
+    rig.pool
+        .largest_block
+        .store(1024, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(rig.open(40, 1, CTX), Status::OutOfMemory);
+    assert!(logged(&rig, &["no free extent large enough"]));
+    // The kept cache went to make room.
+    match rig.command(&ControlCommand::KvEvict(KvEvict {
+        handle: 0,
+        block: 0,
+    })) {
+        ControlReply::KvBlock(b) => assert_eq!(b.status, Status::NoSuchSession),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    rig.pool
+        .largest_block
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let (tokens, cached) = ask(&rig, 41, &prompt, 0, |_| {});
+    assert_eq!(
+        (tokens, cached),
+        (engine.greedy(&prompt, CTX, MAX_TOKENS, true), 0)
+    );
+}

@@ -49,6 +49,8 @@ pub struct TestPool {
     /// last (the VMM emulates the clock, so the guest must survive any value).
     pub backwards_clock: AtomicBool,
     clock_reads: AtomicU64,
+    /// A pool whose free memory is in pieces: the largest block it can hand out (0: any).
+    pub largest_block: AtomicU64,
 }
 
 impl PrivateMemory for TestPool {
@@ -61,6 +63,11 @@ impl PrivateMemory for TestPool {
             budget: self.budget.load(Ordering::SeqCst),
             size: 1 << 30,
         }
+    }
+
+    fn fits(&self, blocks: &[u64]) -> bool {
+        let largest = self.largest_block.load(Ordering::SeqCst);
+        largest == 0 || blocks.iter().all(|&b| b <= largest)
     }
 
     fn set_budget(&self, bytes: u64) {

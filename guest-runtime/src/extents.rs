@@ -46,6 +46,26 @@ impl Extents {
         &self.free[..self.n]
     }
 
+    /// Whether first fit would place every one of `blocks` (bytes each, in order) in the
+    /// free extents as they are now: total free bytes can suffice while no extent is large
+    /// enough, once frees left holes between blocks still in use.
+    pub fn fits(&self, blocks: &[u64]) -> bool {
+        let mut free = self.free;
+        let free = &mut free[..self.n];
+        blocks.iter().all(|&b| {
+            let Some(len) = b.max(1).checked_next_multiple_of(GRANULE) else {
+                return false;
+            };
+            match free.iter_mut().find(|(_, l)| *l >= len) {
+                Some((_, l)) => {
+                    *l -= len;
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+
     /// Bytes handed out and not yet freed.
     pub fn in_use(&self) -> u64 {
         self.in_use
@@ -180,6 +200,19 @@ mod tests {
         e.free(BASE, GRANULE);
         e.free(BASE + 7 * GRANULE, GRANULE);
         assert_eq!(e.free_extents(), &[(BASE, 8 * GRANULE)]);
+    }
+
+    #[test]
+    fn fits_says_whether_first_fit_places_every_block() {
+        let mut e = Extents::new(BASE, 8 * GRANULE);
+        let a: Vec<u64> = (0..8).map(|_| e.alloc(GRANULE).unwrap()).collect();
+        // Four granules free, in two holes of two: no room for three together.
+        e.free(a[1], 2 * GRANULE);
+        e.free(a[5], 2 * GRANULE);
+        assert!(e.fits(&[2 * GRANULE, 2 * GRANULE]));
+        assert!(!e.fits(&[2 * GRANULE, 2 * GRANULE, 1]));
+        assert!(!e.fits(&[3 * GRANULE]));
+        assert_eq!(e.free_extents().len(), 2, "asking takes nothing");
     }
 
     #[test]

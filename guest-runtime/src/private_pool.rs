@@ -93,6 +93,12 @@ impl PrivatePool {
         self.budget = bytes.min(self.size) / GRANULE * GRANULE;
     }
 
+    /// Whether blocks of `blocks` bytes, allocated in that order, would each find a free
+    /// extent large enough (the budget aside: see [`available`](Self::available)).
+    pub fn fits(&self, blocks: &[u64]) -> bool {
+        self.extents.fits(blocks)
+    }
+
     /// Bytes a caller may still allocate, once free resident granules are trimmed if need
     /// be.
     pub fn available(&self) -> u64 {

@@ -43,6 +43,10 @@ impl PrivateMemory for Pool {
         }
     }
 
+    fn fits(&self, blocks: &[u64]) -> bool {
+        with_private_pool(|p| p.fits(blocks))
+    }
+
     fn set_budget(&self, bytes: u64) {
         with_private_pool(|p| p.set_budget(bytes));
     }

@@ -35,6 +35,10 @@ impl MemoryUse {
 pub trait PrivateMemory {
     /// What the pool holds.
     fn usage(&self) -> MemoryUse;
+    /// Whether blocks of `blocks` bytes, allocated in that order now, would each find a
+    /// free extent large enough: the budget can have room while the pool's free memory is in
+    /// pieces too small for a large block (a failed allocation ends the guest).
+    fn fits(&self, blocks: &[u64]) -> bool;
     /// Sets the budget.
     fn set_budget(&self, bytes: u64);
     /// Takes free resident memory out of circulation until at most `target` bytes stay

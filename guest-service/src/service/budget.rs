@@ -3,7 +3,7 @@
 
 use super::{Environment, LoadedModel, RELEASE_WAIT_NS, SESSION_SCRATCH_BYTES, Service};
 use inference_guest::gguf::Gguf;
-use inference_guest::model::{Logits, Model};
+use inference_guest::model::{Logits, Model, Session};
 use inference_guest::parallel::Parallel;
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
@@ -16,6 +16,20 @@ impl Service {
     pub(super) fn make_room<M: DriverMemory, T: Transport>(
         &mut self,
         needed: u64,
+        keep: Option<u32>,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<(), Status> {
+        self.make_room_for(needed, &[], keep, driver, env)
+    }
+
+    /// [`make_room`](Self::make_room) for `needed` bytes of which `blocks` are single
+    /// large allocations (a KV cache's keys and values): evicts on until the pool also has
+    /// a free extent for each, since its free memory can be in pieces smaller than a block.
+    pub(super) fn make_room_for<M: DriverMemory, T: Transport>(
+        &mut self,
+        needed: u64,
+        blocks: &[u64],
         keep: Option<u32>,
         driver: &mut LlmDriver<M, T>,
         env: &dyn Environment,
@@ -34,14 +48,8 @@ impl Service {
             ));
             Status::OutOfMemory
         };
-        // Kept layer prefixes first (a cache of unloaded models), idle sessions' caches
-        // next, then tokenizers (rebuilt when text next goes in or out; a generation builds
-        // its model's after making room).
         while mem.usage().available() < needed {
-            if !self.layer_prefixes.drop_oldest()
-                && !self.evict_session_cache(keep)
-                && !self.drop_a_tokenizer()
-            {
+            if !self.evict_for_room(keep) {
                 return Err(out_of_memory("nothing left to evict"));
             }
         }
@@ -65,7 +73,39 @@ impl Service {
                 ));
             }
         }
+        // Checked once released memory is back among the free extents.
+        while !mem.fits(blocks) {
+            if !self.evict_for_room(keep) {
+                return Err(out_of_memory("no free extent large enough"));
+            }
+        }
         Ok(())
+    }
+
+    /// Frees one thing for [`make_room`](Self::make_room): a kept layer prefix (a cache of
+    /// unloaded models), an idle session's KV cache (never `keep`'s), then a tokenizer
+    /// (rebuilt when text next goes in or out; a generation builds its model's after making
+    /// room). `false` when none is left.
+    fn evict_for_room(&mut self, keep: Option<u32>) -> bool {
+        self.layer_prefixes.drop_oldest()
+            || self.evict_session_cache(keep)
+            || self.drop_a_tokenizer()
+    }
+
+    /// Room for a session of `context_len` positions of model `m` (its KV cache and
+    /// scratch), `keep`'s cache spared: the keys and values are one block each.
+    pub(super) fn make_session_room<M: DriverMemory, T: Transport>(
+        &mut self,
+        m: u32,
+        context_len: u32,
+        keep: Option<u32>,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<(), Status> {
+        let model = self.models.get(&m).ok_or(Status::NoSuchModel)?;
+        let kv = self.kv_bytes(model, context_len)?;
+        let half = kv / 2;
+        self.make_room_for(kv + SESSION_SCRATCH_BYTES, &[half, half], keep, driver, env)
     }
 
     /// Bytes of a KV cache of `context_len` positions for model `m`.
@@ -182,17 +222,17 @@ impl Service {
             Some(s) => (s.model_id, s.context_len as usize),
             None => return Err(Status::NoSuchSession),
         };
+        self.make_session_room(model_id, ctx as u32, Some(session_id), driver, env)?;
         let m = self.models.get(&model_id).ok_or(Status::NoSuchModel)?;
-        let needed = self.kv_bytes(m, ctx as u32)? + SESSION_SCRATCH_BYTES;
-        self.make_room(needed, Some(session_id), driver, env)?;
-        let m = self.models.get(&model_id).ok_or(Status::NoSuchModel)?;
+        // The cache before the parsed model: parsing allocates, and could take the extents
+        // the room check found for the cache's two large blocks.
+        let mut session = Session::new(&m.cfg, ctx);
         let gguf = Gguf::parse(&m.file).map_err(|_| Status::Internal)?;
         let model = Model::from_gguf(&gguf, self.kernels).map_err(|_| Status::Internal)?;
         let slot = self
             .sessions
             .get_mut(&session_id)
             .ok_or(Status::NoSuchSession)?;
-        let mut session = model.new_session(ctx);
         if !slot.history.is_empty() {
             session
                 .eval(&model, &slot.history, Logits::Last, par)

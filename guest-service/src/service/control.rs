@@ -2,7 +2,7 @@
 //! Each handler returns the status the command's `Ack` carries; [`Service::command`] builds
 //! the reply, which `step` sends.
 
-use super::{Environment, LoadedModel, SESSION_SCRATCH_BYTES, Service, SessionSlot, ack};
+use super::{Environment, LoadedModel, Service, SessionSlot, ack};
 use crate::loader::Loading;
 use alloc::vec::Vec;
 use inference_guest::gguf::Gguf;
@@ -297,29 +297,16 @@ impl Service {
         if !self.models.contains_key(&o.model_id) {
             return self.open_arriving_session(o, driver, env);
         }
-        // The parsed views are dropped before making room: they hold private memory too.
-        let needed = match self
-            .models
-            .get(&o.model_id)
-            .map(|m| self.kv_bytes(m, o.context_len))
-        {
-            None => return Status::NoSuchModel,
-            Some(Err(s)) => return s,
-            Some(Ok(kv)) => kv,
-        };
-        if let Err(s) = self.make_room(needed + SESSION_SCRATCH_BYTES, None, driver, env) {
+        // The parsed views are made after making room: they hold private memory too.
+        if let Err(s) = self.make_session_room(o.model_id, o.context_len, None, driver, env) {
             return s;
         }
+        // Made from the kept shapes: parsing the model would allocate between the room
+        // check and the cache's two large blocks, and could take the extents they need.
         let Some(m) = self.models.get(&o.model_id) else {
             return Status::NoSuchModel;
         };
-        let Ok(gguf) = Gguf::parse(&m.file) else {
-            return Status::Internal;
-        };
-        let Ok(model) = Model::from_gguf(&gguf, self.kernels) else {
-            return Status::Internal;
-        };
-        let session = model.new_session(o.context_len as usize);
+        let session = Session::new(&m.cfg, o.context_len as usize);
         self.add_session(o, Some(session));
         Status::Ok
     }

@@ -264,8 +264,11 @@ impl Service {
         par: &dyn Parallel,
         env: &dyn Environment,
     ) -> Result<(Vec<u32>, usize), Refusal> {
-        let evicted = match self.sessions.get(&g.session_id) {
-            Some(slot) => slot.session.is_none(),
+        // A fresh session without a cache (lent to a restore, `begin_restore`, or evicted
+        // before its first request) takes a kept one below if one fits its prompt before an
+        // empty one is made: made first, it would be a third cache beside the restored one.
+        let (evicted, fresh) = match self.sessions.get(&g.session_id) {
+            Some(slot) => (slot.session.is_none(), slot.history.is_empty()),
             None => {
                 return Err(refuse(
                     Status::NoSuchSession,
@@ -290,15 +293,8 @@ impl Service {
                 "not enough private memory to run a request within the budget",
             )
         })?;
-        if evicted {
-            self.restore_session(g.session_id, driver, par, env)
-                .map_err(|status| {
-                    refuse(
-                        status,
-                        "the session's KV cache was evicted under memory pressure and cannot \
-                         be rebuilt within the memory budget",
-                    )
-                })?;
+        if evicted && !fresh {
+            self.rebuild_session(g.session_id, driver, par, env)?;
         }
         self.clock += 1;
         let clock = self.clock;
@@ -307,12 +303,6 @@ impl Service {
             .get_mut(&g.session_id)
             .ok_or_else(|| refuse(Status::NoSuchSession, "no open session has this id"))?;
         slot.last_used = clock;
-        if slot.session.is_none() {
-            return Err(refuse(
-                Status::Internal,
-                "the session's KV cache is missing",
-            ));
-        }
         let m = self
             .models
             .get_mut(&slot.model_id)
@@ -331,7 +321,29 @@ impl Service {
         }
         m.last_used = clock;
         let reused = self.reuse_prefix(g, sealed, &prompt);
+        let slot = self.sessions.get(&g.session_id);
+        if slot.is_some_and(|s| s.session.is_none()) {
+            self.rebuild_session(g.session_id, driver, par, env)?;
+        }
         Ok((prompt, reused))
+    }
+
+    /// [`Service::restore_session`], refused with why if it cannot be.
+    fn rebuild_session<M: DriverMemory, T: Transport>(
+        &mut self,
+        session_id: u32,
+        driver: &mut LlmDriver<M, T>,
+        par: &dyn Parallel,
+        env: &dyn Environment,
+    ) -> Result<(), Refusal> {
+        self.restore_session(session_id, driver, par, env)
+            .map_err(|status| {
+                refuse(
+                    status,
+                    "the session's KV cache was evicted under memory pressure and cannot be \
+                     rebuilt within the memory budget",
+                )
+            })
     }
 
     /// A fresh session whose request has a plain prompt takes the kept cache that holds the
@@ -349,7 +361,7 @@ impl Service {
         };
         slot.shareable &= plain;
         let fresh =
-            slot.history.is_empty() && slot.session.as_ref().is_some_and(|s| s.n_past() == 0);
+            slot.history.is_empty() && slot.session.as_ref().is_none_or(|s| s.n_past() == 0);
         if !(fresh && slot.shareable) {
             return 0;
         }

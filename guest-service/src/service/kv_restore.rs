@@ -5,11 +5,10 @@
 //! cache joins the kept ones, where the waiting request finds it.
 
 use super::kv_evict::Evicted;
-use super::{Environment, SESSION_SCRATCH_BYTES, Service};
+use super::{Environment, Service};
 use crate::kv_seal::{EvictionKey, KvRefusal, TAG_BYTES};
 use alloc::vec::Vec;
-use inference_guest::gguf::Gguf;
-use inference_guest::model::{Model, Session};
+use inference_guest::model::Session;
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverMemory, LlmDriver, Transport};
 use virtio_llm::wire::kv_evict::KvRestore;
@@ -28,8 +27,8 @@ pub(super) struct Incoming {
 }
 
 impl Service {
-    /// Makes room for evicted cache `at` and a session to restore it into, for request
-    /// `g`; `false` if it cannot (the request then recomputes).
+    /// Readies a session to restore evicted cache `at` into, for request `g`; `false` if
+    /// it cannot (the request then recomputes).
     pub(super) fn begin_restore<M: DriverMemory, T: Transport>(
         &mut self,
         at: usize,
@@ -40,43 +39,19 @@ impl Service {
         let Some(root) = driver.key_root() else {
             return false;
         };
-        let (model_id, ctx) = {
-            let e = &self.kv_evict.evicted[at];
-            (e.model_id, e.context_len)
-        };
-        let Some(needed) = self
-            .models
-            .get(&model_id)
-            .and_then(|m| self.kv_bytes(m, ctx).ok())
-        else {
+        let Some(session) = self.restore_target(at, g.session_id, driver, env) else {
             return false;
         };
-        if self
-            .make_room(
-                needed + SESSION_SCRATCH_BYTES,
-                Some(g.session_id),
-                driver,
-                env,
-            )
-            .is_err()
-        {
-            return false;
-        }
-        let Some(m) = self.models.get(&model_id) else {
-            return false;
-        };
-        let Ok(gguf) = Gguf::parse(&m.file) else {
-            return false;
-        };
-        let Ok(model) = Model::from_gguf(&gguf, self.kernels) else {
-            return false;
-        };
-        let session = model.new_session(ctx as usize);
         let e = &self.kv_evict.evicted[at];
         let tokens = e.history.len();
         if session.kv_layers() != e.plan.layers
             || session.kv_layer_bytes(tokens) != e.plan.layer_bytes
         {
+            if let Some(slot) = self.sessions.get_mut(&g.session_id)
+                && slot.session.is_none()
+            {
+                slot.session = Some(session);
+            }
             return false;
         }
         let meta = self.kv_evict.evicted.remove(at);
@@ -96,6 +71,36 @@ impl Service {
             started_ns: env.now_ns(),
         });
         true
+    }
+
+    /// The session evicted cache `at` is restored into: request session `session_id`'s own
+    /// fresh one (`evicted_match` checked it is fresh, of the same model and context), which
+    /// its request takes back with the restored cache from the kept ones
+    /// (`ready_session`). Making a second one would hold three caches at once beside another
+    /// kept one, and making room for it would drop that one unsealed. A session without a
+    /// cache (evicted under pressure before its first request) gets one made.
+    fn restore_target<M: DriverMemory, T: Transport>(
+        &mut self,
+        at: usize,
+        session_id: u32,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Option<Session> {
+        let lent = self
+            .sessions
+            .get_mut(&session_id)
+            .and_then(|s| s.session.take());
+        if let Some(session) = lent {
+            return Some(session);
+        }
+        let (model_id, ctx) = {
+            let e = &self.kv_evict.evicted[at];
+            (e.model_id, e.context_len)
+        };
+        self.make_session_room(model_id, ctx, Some(session_id), driver, env)
+            .ok()?;
+        let m = self.models.get(&model_id)?;
+        Some(Session::new(&m.cfg, ctx as usize))
     }
 
     /// `KvRestore`: the next block of the cache coming back.

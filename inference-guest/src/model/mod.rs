@@ -80,7 +80,9 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(cfg: &LlamaConfig, n_ctx: usize) -> Self {
+    /// A session of `n_ctx` positions for a model of shapes `cfg` (what
+    /// [`Model::new_session`] makes, without a parsed model: parsing allocates).
+    pub fn new(cfg: &LlamaConfig, n_ctx: usize) -> Self {
         let n_ctx = n_ctx.clamp(1, cfg.n_ctx_train);
         Session {
             kv: KvCache::new(cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim),
