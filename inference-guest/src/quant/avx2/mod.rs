@@ -11,6 +11,7 @@ mod bf16;
 mod blocks32;
 mod expf;
 mod float;
+mod gemm;
 mod iq4;
 mod kquant;
 mod q5_k;
@@ -96,6 +97,12 @@ impl Avx2 {
         out: &mut [f32],
     ) -> bool {
         match ty {
+            // Prefill on AVX2 alone; the VNNI tiles keep their wider 4 × 4 blocking.
+            _ if ncols > 1 && !self.vnni && gemm::handles(ty) => {
+                // SAFETY: `self` proves AVX2/FMA/F16C; `gemm::matmul` checks the lengths.
+                unsafe { gemm::matmul(ty, w, nrows, act, ncols, out) };
+                true
+            }
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
                 // SAFETY: `self` proves AVX2/FMA/F16C (with `vnni`, AVX-512 F/VL/BW/VNNI);
                 // `Kernels::matmul` checked `w`, `act` and `out` against `n`, `nrows`, `ncols`.
