@@ -16,6 +16,8 @@
 //! Rows are taken in blocks that stay in L2 while each 16-column activation panel (in L1)
 //! passes over them; otherwise a 512-token prompt re-reads every weight from L3 per panel.
 
+use alloc::vec;
+use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use super::hsum;
@@ -37,7 +39,8 @@ pub(super) fn handles(ty: GgmlType) -> bool {
 }
 
 /// One tile's operands: `w` at its first weight row, `a` at its first activation column,
-/// `out` at the output of both (row stride `stride`).
+/// `out` at the output of both (row stride `stride`); `sc` and `off` at the first column's
+/// entries of the panel's [`Prepared`] tables.
 #[derive(Clone, Copy)]
 struct Tile {
     w: *const u8,
@@ -47,6 +50,42 @@ struct Tile {
     nb: usize,
     out: *mut f32,
     stride: usize,
+    sc: *const f32,
+    off: *const i32,
+}
+
+/// Per-column block data every weight row reuses, computed once per call, laid out
+/// `[panel][block][PANEL]` so a tile reads four columns' values with one load.
+struct Prepared {
+    /// Activation block scales as f32.
+    scales: Vec<f32>,
+    /// `8 · Σ quants` of each activation block (Q4_0's `q + 8` offset); empty for Q8_0.
+    offsets: Vec<i32>,
+}
+
+impl Prepared {
+    /// The tables for `ncols` activation rows of `nb` Q8_0 blocks (`arb` bytes each), with 4
+    /// entries of padding so a 4-lane load at the last column stays inside.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn new(act: &[u8], arb: usize, nb: usize, ncols: usize, offsets: bool) -> Self {
+        let len = ncols.div_ceil(PANEL) * nb * PANEL + 4;
+        let mut p = Self {
+            scales: vec![0.0; len],
+            offsets: vec![0; if offsets { len } else { 0 }],
+        };
+        for (j, row) in act.chunks_exact(arb).enumerate() {
+            for (b, blk) in row.chunks_exact(Q8_BYTES).enumerate() {
+                let at = ((j / PANEL) * nb + b) * PANEL + j % PANEL;
+                p.scales[at] = super::h2f(blk, 0);
+                if offsets {
+                    // SAFETY: AVX2 is this function's contract; `blk` is one whole block.
+                    let q = unsafe { super::ld(super::arr(blk, 2)) };
+                    p.offsets[at] = super::hsum_i32(pairsum(_mm256_set1_epi8(8), q));
+                }
+            }
+        }
+        p
+    }
 }
 
 impl Tile {
@@ -61,6 +100,8 @@ impl Tile {
                 w: self.w.add(rows * self.wrb),
                 a: self.a.add(cols * self.arb),
                 out: self.out.add(rows * self.stride + cols),
+                sc: self.sc.add(cols),
+                off: self.off.add(cols),
                 ..self
             }
         }
@@ -103,6 +144,7 @@ pub(super) unsafe fn matmul(
     );
     assert_eq!(out.len(), nrows * ncols, "gemm: bad output length");
     let block_rows = (ROW_BLOCK_BYTES / wrb.max(1)).max(4) / 4 * 4;
+    let prep = Prepared::new(act, arb, nb, ncols, ty == GgmlType::Q4_0);
     let base = Tile {
         w: w.as_ptr(),
         wrb,
@@ -111,6 +153,8 @@ pub(super) unsafe fn matmul(
         nb,
         out: out.as_mut_ptr(),
         stride: ncols,
+        sc: prep.scales.as_ptr(),
+        off: prep.offsets.as_ptr(),
     };
     for i0 in (0..nrows).step_by(block_rows) {
         let nr = block_rows.min(nrows - i0);
@@ -119,7 +163,12 @@ pub(super) unsafe fn matmul(
             // SAFETY: rows i0..i0 + nr and columns j0..j0 + nc are inside the slices checked
             // above; AVX2/FMA/F16C are this function's contract.
             unsafe {
-                let t = base.at(i0, j0);
+                let panel = (j0 / PANEL) * nb * PANEL;
+                let t = Tile {
+                    sc: prep.scales.as_ptr().add(panel),
+                    off: prep.offsets.as_ptr().wrapping_add(panel),
+                    ..base.at(i0, j0)
+                };
                 match ty {
                     GgmlType::Q8_0 => panel_q8(t, nr, nc),
                     _ => panel_q4(t, nr, nc),
@@ -186,24 +235,15 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
 }
 
-/// The scales of block `b` of columns `0..C` (C ≤ 4), lanes past `C` zero.
+/// The scales of block `b` of columns `0..4` (those past `C` are other columns' or 0).
 ///
 /// # Safety
-/// F16C; `t` points at `C` columns of more than `b` blocks.
+/// `t.sc` points into a [`Prepared`] table at a column of this panel, `b < nb`.
 #[inline]
-#[target_feature(enable = "avx2,f16c")]
-unsafe fn col_scales<const C: usize>(t: Tile, b: usize) -> __m128 {
-    let mut bits = 0u64;
-    for c in 0..C {
-        // SAFETY: column c < C, block b < nb: inside the activations.
-        let h = unsafe {
-            t.a.add(c * t.arb + b * Q8_BYTES)
-                .cast::<u16>()
-                .read_unaligned()
-        };
-        bits |= u64::from(h) << (16 * c);
-    }
-    _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64))
+#[target_feature(enable = "avx2")]
+unsafe fn col_scales(t: Tile, b: usize) -> __m128 {
+    // SAFETY: the table has an entry for every (block, panel column) plus 4 of padding.
+    unsafe { _mm_loadu_ps(t.sc.add(b * PANEL)) }
 }
 
 /// Lane `c` of each 128-bit half of `v`, broadcast.
@@ -237,7 +277,7 @@ unsafe fn tile_q8<const R: usize, const C: usize>(t: Tile) {
     for b in 0..t.nb {
         // SAFETY: rows < R, columns < C and blocks < nb are inside the tile (contract).
         unsafe {
-            let ad = col_scales::<C>(t, b);
+            let ad = col_scales(t, b);
             let mut wq = [_mm256_setzero_si256(); R];
             let mut dd = [_mm256_setzero_ps(); R];
             for r in 0..R {
@@ -265,20 +305,22 @@ unsafe fn tile_q8<const R: usize, const C: usize>(t: Tile) {
     }
 }
 
-/// The lane sums of eight vectors, in their order (exact integer adds).
+/// The lane sums of eight vectors of 16 i16 lanes, as eight i32 in their order. Exact when
+/// each 8-lane half sums to within i16 (Q4_0: 8 × 2 × 15 × 127 = 30480): the three `hadd`
+/// levels stay in i16, only the two halves are added in i32.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn reduce8(p: &[__m256i; 8]) -> __m256i {
-    let h01 = _mm256_hadd_epi32(p[0], p[1]);
-    let h23 = _mm256_hadd_epi32(p[2], p[3]);
-    let h45 = _mm256_hadd_epi32(p[4], p[5]);
-    let h67 = _mm256_hadd_epi32(p[6], p[7]);
-    // Low halves hold lanes 0..4 of p0..p3 (q0) and p4..p7 (q1), high halves lanes 4..8.
-    let q0 = _mm256_hadd_epi32(h01, h23);
-    let q1 = _mm256_hadd_epi32(h45, h67);
-    let x = _mm256_blend_epi32::<0xf0>(q0, q1);
-    let y = _mm256_permute2x128_si256::<0x21>(q0, q1);
-    _mm256_add_epi32(x, y)
+fn reduce8_i16(p: &[__m256i; 8]) -> __m256i {
+    let h01 = _mm256_hadd_epi16(p[0], p[1]);
+    let h23 = _mm256_hadd_epi16(p[2], p[3]);
+    let h45 = _mm256_hadd_epi16(p[4], p[5]);
+    let h67 = _mm256_hadd_epi16(p[6], p[7]);
+    // Each 128-bit half: the half's sum for p0..p7, in order.
+    let s = _mm256_hadd_epi16(_mm256_hadd_epi16(h01, h23), _mm256_hadd_epi16(h45, h67));
+    _mm256_add_epi32(
+        _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s)),
+        _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(s)),
+    )
 }
 
 /// Q4_0 rows `0..R` (R ≤ 2) × columns `0..C`; output (r, c) is lane `4r + c` of the
@@ -295,7 +337,7 @@ unsafe fn tile_q4<const R: usize, const C: usize>(t: Tile) {
     for b in 0..t.nb {
         // SAFETY: rows < R, columns < C and blocks < nb are inside the tile (contract).
         unsafe {
-            let ad = col_scales::<C>(t, b);
+            let ad = col_scales(t, b);
             let mut wq = [_mm256_setzero_si256(); R];
             let mut wd = [0.0f32; 2];
             for r in 0..R {
@@ -314,13 +356,14 @@ unsafe fn tile_q4<const R: usize, const C: usize>(t: Tile) {
             let mut p = [_mm256_setzero_si256(); 8];
             for c in 0..C {
                 let aq = _mm256_loadu_si256(t.a.add(c * t.arb + b * Q8_BYTES + 2).cast());
-                // (q + 8)·a − 8·a = q·a, summed per lane; exact.
-                let offset = pairsum(_mm256_set1_epi8(8), aq);
                 for r in 0..R {
-                    p[4 * r + c] = _mm256_sub_epi32(pairsum(wq[r], aq), offset);
+                    p[4 * r + c] = _mm256_maddubs_epi16(wq[r], aq);
                 }
             }
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&p)), scale, acc);
+            // (q + 8)·a − 8·a = q·a; exact.
+            let off = _mm_loadu_si128(t.off.add(b * PANEL).cast());
+            let totals = _mm256_sub_epi32(reduce8_i16(&p), _mm256_set_m128i(off, off));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(totals), scale, acc);
         }
     }
     let mut lanes = [0.0f32; 8];
