@@ -243,7 +243,10 @@ impl Kernels {
         match self.backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2(k) => k.f16_dots_tiny(keys, q, out),
-            _ => false,
+            _ => {
+                let _ = (keys, q, out);
+                false
+            }
         }
     }
 
@@ -272,7 +275,10 @@ impl Kernels {
         match self.backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2(k) => k.accumulate_strided(w, rows, first, lanes, acc),
-            _ => false,
+            _ => {
+                let _ = (w, rows, first, lanes, acc);
+                false
+            }
         }
     }
 

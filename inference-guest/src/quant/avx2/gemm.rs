@@ -270,6 +270,9 @@ fn pairsum(u: __m256i, s: __m256i) -> __m256i {
 /// # Safety
 /// AVX2, FMA, F16C; `t` points at `R` Q8_0 weight rows, `C` activation columns and their
 /// outputs.
+// Register tiles index rows and columns by number: each (r, c) pairs `wq[r]`, `dd[r]` and
+// column c's quants, and unrolls into fixed registers.
+#[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_q8<const R: usize, const C: usize>(t: Tile) {
