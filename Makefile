@@ -447,11 +447,11 @@ bench-memory: image
 bench-virtio: image
 	$(CARGO) bench --quiet -p flexserve-e2e --bench virtio
 
-bench-engine: setup setup-bench
+bench-engine: setup setup-bench $(QWEN_CODER)
 	@$(CARGO) build --release --quiet -p flexserve
 	$(BENCH_VENV)/bin/python tools/bench/bench_engine.py --flexserve $(FLEXSERVE) \
 		$(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf \
-		$(DEFAULT_MODEL)
+		$(DEFAULT_MODEL) $(QWEN_CODER) $(BENCH_ENGINE_ARGS)
 
 # The grammar's cost per token (docs/structured-output.md): mask + advance along a JSON answer.
 bench-grammar: $(QWEN_CODER)

@@ -1,6 +1,6 @@
 //! Single-thread kernel throughput: `cargo bench -p inference-guest --bench kernels`.
 //! Decode shape (1536 × 576 weights, 768 for K-quants, 1 column) reports weight GB/s; prefill (128 columns)
-//! reports GFLOP/s (2·n·rows·cols).
+//! reports GFLOP/s (2·n·rows·cols). Type names as arguments (`-- Q8_0 Q4_0`) select types.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -24,7 +24,14 @@ fn main() {
         .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
         .collect();
     let kernels = [Kernels::scalar(), Kernels::detect()];
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     for ty in GgmlType::ALL {
+        if !only.is_empty() && !only.iter().any(|o| o == ty.name()) {
+            continue;
+        }
         // K-quants need whole 256-value super-blocks.
         let n = if ty.block_len() == 256 { 768 } else { 576 };
         let wrb = ty.row_bytes(n).unwrap();

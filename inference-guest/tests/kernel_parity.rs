@@ -474,3 +474,41 @@ fn f16_round_trips_exhaustively_and_rounds_ties_to_even() {
     assert_eq!(f32_to_f16(1e9), 0x7c00);
     assert_eq!(f32_to_f16(-1e-10), 0x8000);
 }
+
+/// Q8_0 and Q4_0 prefill (the register-tiled products of two or more columns) computes each
+/// output with the decode kernel's operations in its order: equal to the bit, across row and
+/// column tails, activation panels (16 columns) and L2 row blocks (160 rows of 1536 Q8_0).
+#[test]
+fn q8_0_q4_0_prefill_is_bit_identical_to_decode() {
+    let mut rng = Rng(4242);
+    for k in Kernels::available() {
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+            for (n, nrows, ncols) in [(32, 1, 2), (64, 3, 5), (576, 7, 19), (1536, 163, 18)] {
+                let (wrb, arb) = (
+                    ty.row_bytes(n).unwrap(),
+                    ActFormat::for_weights(ty).row_bytes(n),
+                );
+                let w = random_weights(&mut rng, ty, n, nrows);
+                let act: Vec<u8> = (0..ncols)
+                    .flat_map(|_| quant_act(&k, ty, &random_x(&mut rng, n)))
+                    .collect();
+                let mut out = vec![f32::NAN; nrows * ncols];
+                k.matmul(ty, n, &w, nrows, &act, ncols, &mut out);
+                for i in 0..nrows {
+                    for j in 0..ncols {
+                        let (wr, ar) = (&w[i * wrb..][..wrb], &act[j * arb..][..arb]);
+                        let want = k.dot(ty, n, wr, ar);
+                        let got = out[i * ncols + j];
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{} {:?} n={n} {nrows}x{ncols} ({i},{j}): {got} vs {want}",
+                            ty.name(),
+                            k.isa()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

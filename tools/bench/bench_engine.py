@@ -2,9 +2,11 @@
 """make bench-engine: FlexServe's host engine vs llama.cpp on the same GGUF files, same run.
 
 With `--baseline EXE`, another FlexServe build runs in the same rounds (row engine
-`baseline`), for before/after comparisons. Both engines get the same 128 token ids as one prefill batch, then 128 greedy single-token
-decode steps, on 2 threads. Engines alternate (A B A B) for `--rounds` rounds and the median
-is reported. The last line printed is one JSON object:
+`baseline`), for before/after comparisons. Both engines get the same token ids (128 and 512
+by default, `--prompt-tokens`) as one prefill batch, then 128 greedy single-token decode steps,
+on 2 threads. Engines alternate (A B A B) for `--rounds` rounds and the median is reported
+(`--stat max`: the best round, steadier on a machine shared with other work). The last line
+printed is one JSON object (rows carry the kernel set, `isa`):
 {"bench":"engine","rows":[{"engine":..., "quant":..., "prefill_tps":..., "decode_tps":...}, ...]}
 """
 import argparse
@@ -55,41 +57,49 @@ def main():
     ap.add_argument("--baseline", help="another flexserve binary (e.g. an older commit's), "
                     "measured in the same rounds as engine `baseline`")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--prompt-tokens", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--stat", choices=["median", "max"], default="median",
+                    help="how rounds combine into the reported figure")
     ap.add_argument("models", nargs="+")
     a = ap.parse_args()
 
     llms = {}
     for m in a.models:
-        llms[m] = llama_cpp.Llama(model_path=m, n_ctx=512, n_batch=512, n_threads=a.threads,
+        n_ctx = max(a.prompt_tokens) + a.gen_tokens + 8
+        llms[m] = llama_cpp.Llama(model_path=m, n_ctx=n_ctx, n_batch=n_ctx, n_threads=a.threads,
                                   n_threads_batch=a.threads, flash_attn=False, verbose=False)
-        bench_llama(llms[m], a.prompt_tokens, 8)  # warm-up
+        bench_llama(llms[m], a.prompt_tokens[0], 8)  # warm-up
     ours = [("flexserve", a.flexserve)] + ([("baseline", a.baseline)] if a.baseline else [])
     engines = ["llama.cpp"] + [e for e, _ in ours]
-    results = {(m, e): ([], []) for m in a.models for e in engines}
+    cases = [(m, n) for m in a.models for n in a.prompt_tokens]
+    results = {(c, e): ([], []) for c in cases for e in engines}
     isa = "?"
     for r in range(a.rounds):
-        for m in a.models:
+        for c in cases:
+            m, n = c
             for e, exe in ours:
-                pp, tg, isa = bench_flexserve(exe, m, a.prompt_tokens, a.gen_tokens, a.threads)
-                results[(m, e)][0].append(pp)
-                results[(m, e)][1].append(tg)
-            pp, tg = bench_llama(llms[m], a.prompt_tokens, a.gen_tokens)
-            results[(m, "llama.cpp")][0].append(pp)
-            results[(m, "llama.cpp")][1].append(tg)
-            print(f"round {r + 1}/{a.rounds} {quant_of(m)} done", file=sys.stderr)
+                pp, tg, isa = bench_flexserve(exe, m, n, a.gen_tokens, a.threads)
+                results[(c, e)][0].append(pp)
+                results[(c, e)][1].append(tg)
+            pp, tg = bench_llama(llms[m], n, a.gen_tokens)
+            results[(c, "llama.cpp")][0].append(pp)
+            results[(c, "llama.cpp")][1].append(tg)
+            print(f"round {r + 1}/{a.rounds} {quant_of(m)} {n} done", file=sys.stderr)
 
     rows = []
-    print(f"{'quant':6} {'engine':10} {'prefill tok/s':>14} {'decode tok/s':>13}")
-    for m in a.models:
+    print(f"isa {isa}, {a.stat} of {a.rounds} rounds")
+    print(f"{'quant':6} {'prompt':>6} {'engine':10} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    for c in cases:
+        m, n = c
         base = None
         for e in engines:
-            pp = statistics.median(results[(m, e)][0])
-            tg = statistics.median(results[(m, e)][1])
+            stat = max if a.stat == "max" else statistics.median
+            pp = stat(results[(c, e)][0])
+            tg = stat(results[(c, e)][1])
             row = {"engine": e, "quant": quant_of(m), "threads": a.threads,
-                   "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens,
+                   "prompt_tokens": n, "gen_tokens": a.gen_tokens,
                    "prefill_tps": round(pp, 1), "decode_tps": round(tg, 1)}
             if e == "llama.cpp":
                 base = row
@@ -99,7 +109,7 @@ def main():
                 row["decode_ratio"] = round(tg / base["decode_tps"], 3)
             rows.append(row)
             ratio = f"  ({row['prefill_ratio']:.2f}x / {row['decode_ratio']:.2f}x)" if e != "llama.cpp" else ""
-            print(f"{row['quant']:6} {e:10} {pp:14.1f} {tg:13.1f}{ratio}")
+            print(f"{row['quant']:6} {n:6} {e:10} {pp:14.1f} {tg:13.1f}{ratio}")
     print(json.dumps({"bench": "engine", "rows": rows}))
 
 

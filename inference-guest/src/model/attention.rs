@@ -205,17 +205,24 @@ pub(super) fn attend(
     let mut tree = vec![0.0f32; (LANES + 8 + 4) * hd];
     for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
         q16.iter_mut().zip(qh).for_each(|(d, &s)| *d = round_f16(s));
-        for (p, s) in probs.iter_mut().enumerate().skip(first) {
-            *s = scores.of(dot(order, &keys[p * hd..(p + 1) * hd], &q16));
+        let live = &mut probs[first..];
+        if order == DotOrder::Tiny && kernels.f16_dots_tiny(&keys[first * hd..], &q16, live) {
+            live.iter_mut().for_each(|s| *s = scores.of(*s));
+        } else {
+            for (p, s) in probs.iter_mut().enumerate().skip(first) {
+                *s = scores.of(dot(order, &keys[p * hd..(p + 1) * hd], &q16));
+            }
         }
         softmax(kernels, &mut probs, first);
         // out[d] = Σ_p f16(prob_p) · v[p][d], position p summed into lane p % lanes.
+        kernels.round_f16_in_place(&mut probs[first..]);
         acc.fill(0.0);
-        for (p, &w) in probs.iter().enumerate().skip(first) {
-            let w = round_f16(w);
-            let lane = &mut acc[(p % lanes) * hd..(p % lanes + 1) * hd];
-            for (a, &v) in lane.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
-                *a += w * v;
+        if !kernels.accumulate_strided(&probs, values, first, lanes, &mut acc) {
+            for (p, &w) in probs.iter().enumerate().skip(first) {
+                let lane = &mut acc[(p % lanes) * hd..(p % lanes + 1) * hd];
+                for (a, &v) in lane.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
+                    *a += w * v;
+                }
             }
         }
         reduce_rows(order, &acc, hd, &mut tree, oh);
@@ -253,6 +260,50 @@ mod tests {
             .sum();
         for order in [DotOrder::Vec, DotOrder::Tiny] {
             assert!((f64::from(dot(order, &x, &y)) - exact).abs() < 1e-4);
+        }
+    }
+
+    /// f16-exact rows with cancellations, so a changed summation order shows in the bits.
+    fn f16_rows(n: usize, seed: f32) -> alloc::vec::Vec<f32> {
+        (0..n)
+            .map(|i| round_f16((i as f32 * seed).sin() * if i % 7 == 0 { 3e3 } else { 1.0 }))
+            .collect()
+    }
+
+    #[test]
+    fn simd_attention_products_are_bit_identical_to_the_scalar_order() {
+        let k = Kernels::detect();
+        for hd in [16usize, 64, 128] {
+            let n = 37;
+            let (keys, q) = (f16_rows(n * hd, 0.37), f16_rows(hd, 0.11));
+            let mut got = alloc::vec![0.0f32; n];
+            if k.f16_dots_tiny(&keys, &q, &mut got) {
+                for (p, g) in got.iter().enumerate() {
+                    let want = dot(DotOrder::Tiny, &keys[p * hd..(p + 1) * hd], &q);
+                    assert_eq!(g.to_bits(), want.to_bits(), "hd={hd} p={p}");
+                }
+            }
+            let mut w: alloc::vec::Vec<f32> = (0..n).map(|i| (i as f32 * 0.9).cos()).collect();
+            let mut want_w = w.clone();
+            k.round_f16_in_place(&mut w);
+            Kernels::scalar().round_f16_in_place(&mut want_w);
+            assert_eq!(w, want_w);
+            for (lanes, first) in [(16, 0), (16, 5), (64, 3)] {
+                let mut got = alloc::vec![0.5f32; lanes * hd];
+                let mut want = got.clone();
+                if k.accumulate_strided(&w, &keys, first, lanes, &mut got) {
+                    for p in first..n {
+                        for d in 0..hd {
+                            want[(p % lanes) * hd + d] += w[p] * keys[p * hd + d];
+                        }
+                    }
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "hd={hd} lanes={lanes} first={first}");
+                }
+            }
         }
     }
 

@@ -236,6 +236,52 @@ impl Kernels {
         }
     }
 
+    /// `out[p] = key row p · q` for rows of `q.len()` f16-exact values, summed as tinyBLAS
+    /// does in attention over a multi-token batch (lane `i % 16`, then a halving tree).
+    /// `false`: this back end has no such kernel for these lengths; the caller sums itself.
+    pub fn f16_dots_tiny(&self, keys: &[f32], q: &[f32], out: &mut [f32]) -> bool {
+        match self.backend {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(k) => k.f16_dots_tiny(keys, q, out),
+            _ => {
+                let _ = (keys, q, out);
+                false
+            }
+        }
+    }
+
+    /// `v[i]` rounded to the nearest f16 (ties to even), kept as f32.
+    pub fn round_f16_in_place(&self, v: &mut [f32]) {
+        match self.backend {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(k) => k.round_f16_in_place(v),
+            _ => v
+                .iter_mut()
+                .for_each(|x| *x = super::f16::f16_to_f32(super::f16::f32_to_f16(*x))),
+        }
+    }
+
+    /// `acc[(p % lanes) * hd + d] += w[p] · rows[p * hd + d]` for `p` in `first..w.len()`
+    /// (`hd = acc.len() / lanes`), every term added in `p` order; `w` and `rows` must hold
+    /// f16-exact values, whose products are exact. `false`: not done here.
+    pub fn accumulate_strided(
+        &self,
+        w: &[f32],
+        rows: &[f32],
+        first: usize,
+        lanes: usize,
+        acc: &mut [f32],
+    ) -> bool {
+        match self.backend {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(k) => k.accumulate_strided(w, rows, first, lanes, acc),
+            _ => {
+                let _ = (w, rows, first, lanes, acc);
+                false
+            }
+        }
+    }
+
     /// Expands one row of `ty` into `out.len()` f32 values.
     pub fn dequantize_row(&self, ty: GgmlType, src: &[u8], out: &mut [f32]) {
         assert_eq!(

@@ -7,10 +7,12 @@
 //! bounds-checked slice.
 
 mod act;
+mod attn;
 mod bf16;
 mod blocks32;
 mod expf;
 mod float;
+mod gemm;
 mod iq4;
 mod kquant;
 mod q5_k;
@@ -52,6 +54,39 @@ impl Avx2 {
     pub(crate) fn exp_in_place(self, v: &mut [f32]) {
         // SAFETY: an `Avx2` value exists only after detection found AVX2 and FMA.
         unsafe { expf::exp_in_place(v) }
+    }
+
+    /// [`super::Kernels::f16_dots_tiny`]; `false` for a row length not a multiple of 16.
+    pub(crate) fn f16_dots_tiny(self, keys: &[f32], q: &[f32], out: &mut [f32]) -> bool {
+        if !q.len().is_multiple_of(16) || keys.len() != out.len() * q.len() {
+            return false;
+        }
+        // SAFETY: `self` proves AVX2/FMA; the lengths were checked just above.
+        unsafe { attn::dots_tiny(keys, q, out) };
+        true
+    }
+
+    pub(crate) fn round_f16_in_place(self, v: &mut [f32]) {
+        // SAFETY: `self` proves AVX2/F16C.
+        unsafe { attn::round_f16_in_place(v) }
+    }
+
+    /// [`super::Kernels::accumulate_strided`]; `false` for a row length not a multiple of 32.
+    pub(crate) fn accumulate_strided(
+        self,
+        w: &[f32],
+        rows: &[f32],
+        first: usize,
+        lanes: usize,
+        acc: &mut [f32],
+    ) -> bool {
+        let hd = acc.len() / lanes;
+        if !hd.is_multiple_of(32) || acc.len() != lanes * hd || rows.len() < w.len() * hd {
+            return false;
+        }
+        // SAFETY: `self` proves AVX2/FMA; the lengths were checked just above.
+        unsafe { attn::accumulate_strided(w, rows, first, lanes, acc) };
+        true
     }
 
     pub(crate) fn quantize_act(self, fmt: ActFormat, x: &[f32], out: &mut [u8]) -> bool {
@@ -96,6 +131,12 @@ impl Avx2 {
         out: &mut [f32],
     ) -> bool {
         match ty {
+            // Prefill on AVX2 alone; the VNNI tiles keep their wider 4 × 4 blocking.
+            _ if ncols > 1 && !self.vnni && gemm::handles(ty) => {
+                // SAFETY: `self` proves AVX2/FMA/F16C; `gemm::matmul` checks the lengths.
+                unsafe { gemm::matmul(ty, w, nrows, act, ncols, out) };
+                true
+            }
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
                 // SAFETY: `self` proves AVX2/FMA/F16C (with `vnni`, AVX-512 F/VL/BW/VNNI);
                 // `Kernels::matmul` checked `w`, `act` and `out` against `n`, `nrows`, `ncols`.

@@ -1,0 +1,98 @@
+//! Attention's f16-exact products with AVX2 (`model::attention` holds the scalar order they
+//! reproduce). Every product is of two f16 values, exact in f32, so a fused multiply-add
+//! equals the reference's multiply then add and the results agree to the bit.
+
+use core::arch::x86_64::*;
+
+/// `out[p] = key row p · q` (rows of `q.len()`, a multiple of 16), summed in tinyBLAS's order:
+/// element `i` into lane `i % 16`, then `_mm512_reduce_add_ps`'s halving tree.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `keys.len() == out.len() * q.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dots_tiny(keys: &[f32], q: &[f32], out: &mut [f32]) {
+    let hd = q.len();
+    debug_assert!(hd.is_multiple_of(16) && keys.len() == out.len() * hd);
+    for (key, o) in keys.chunks_exact(hd).zip(out.iter_mut()) {
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (k, x) in key.chunks_exact(16).zip(q.chunks_exact(16)) {
+            // SAFETY: `k` and `x` are 16 readable f32s; loadu has no alignment requirement.
+            unsafe {
+                lo = _mm256_fmadd_ps(_mm256_loadu_ps(k.as_ptr()), _mm256_loadu_ps(x.as_ptr()), lo);
+                hi = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(k.as_ptr().add(8)),
+                    _mm256_loadu_ps(x.as_ptr().add(8)),
+                    hi,
+                );
+            }
+        }
+        // t3[l] = a[l + 8] + a[l]; t6[l] = t3[l + 4] + t3[l]; (t6[0] + t6[2]) + (t6[1] + t6[3]).
+        let t3 = _mm256_add_ps(hi, lo);
+        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+        let s = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+        *o = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+    }
+}
+
+/// `v[i] = f16(v[i])` rounded to nearest even, as `kv_cache::round_f16`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn round_f16_in_place(v: &mut [f32]) {
+    let mut chunks = v.chunks_exact_mut(8);
+    for ch in &mut chunks {
+        // SAFETY: `ch` is 8 f32s; loadu/storeu have no alignment requirement.
+        unsafe {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(ch.as_ptr()));
+            _mm256_storeu_ps(ch.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    for x in chunks.into_remainder() {
+        let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(*x));
+        *x = _mm_cvtss_f32(_mm_cvtph_ps(h));
+    }
+}
+
+/// `acc[(p % lanes) * hd + d] += w[p] · rows[p * hd + d]` for `p` in `first..w.len()`, each
+/// element's terms added in `p` order (`hd = acc.len() / lanes`, a multiple of 32).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `rows.len() >= w.len() * hd`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn accumulate_strided(
+    w: &[f32],
+    rows: &[f32],
+    first: usize,
+    lanes: usize,
+    acc: &mut [f32],
+) {
+    let hd = acc.len() / lanes;
+    debug_assert!(hd.is_multiple_of(32) && rows.len() >= w.len() * hd);
+    for (l, lane) in acc.chunks_exact_mut(hd).enumerate() {
+        // The first position at or after `first` that falls in lane `l`.
+        let start = first + (l + lanes - first % lanes) % lanes;
+        for d0 in (0..hd).step_by(32) {
+            let dst = &mut lane[d0..d0 + 32];
+            // SAFETY: `dst` is 32 f32s; loadu has no alignment requirement.
+            let mut r: [__m256; 4] =
+                core::array::from_fn(|k| unsafe { _mm256_loadu_ps(dst.as_ptr().add(8 * k)) });
+            for p in (start..w.len()).step_by(lanes) {
+                let wp = _mm256_set1_ps(w[p]);
+                let src = &rows[p * hd + d0..p * hd + d0 + 32];
+                for (k, rk) in r.iter_mut().enumerate() {
+                    // SAFETY: `src` is 32 readable f32s.
+                    *rk = _mm256_fmadd_ps(
+                        wp,
+                        unsafe { _mm256_loadu_ps(src.as_ptr().add(8 * k)) },
+                        *rk,
+                    );
+                }
+            }
+            for (k, rk) in r.iter().enumerate() {
+                // SAFETY: `dst` is 32 writable f32s.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(8 * k), *rk) };
+            }
+        }
+    }
+}
