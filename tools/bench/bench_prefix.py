@@ -70,7 +70,10 @@ def cold(port, model, a, keep="0"):
         line = line.decode().strip()
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
-        for ch in json.loads(line[6:]).get("choices", []):
+        event = json.loads(line[6:])
+        if "error" in event:
+            raise SystemExit(f"{model}: the answer failed: {event['error']}")
+        for ch in event.get("choices", []):
             piece = ch.get("delta", {}).get("content") or ""
             if piece and ttft is None:
                 ttft = time.perf_counter() - t0
@@ -127,6 +130,12 @@ def main():
     try:
         daemons = {mode: s[2] for mode, s in started.items()}
         out = {m: bench_model(a, m, daemons) for m in a.target}
+    except BaseException:
+        for mode, (_, tmp, _) in started.items():
+            with open(os.path.join(tmp, "server.log")) as f:
+                print(f"--- daemon, prefix {mode}:\n" + "".join(f.readlines()[-25:]),
+                      file=sys.stderr)
+        raise
     finally:
         for proc, tmp, _ in started.values():
             stop(proc, tmp)
