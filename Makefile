@@ -449,8 +449,9 @@ bench-prefix: image
 	@key=$$($(FLEXSERVE) guest-key --quiet) && for m in $(PREFIX_MODELS); do \
 		$(MODEL_TOOL) seal $(MODELS)/$$m.gguf $(BENCH_PREFIX)/models/$$m.fsm --to $$key \
 			--sign $(BENCH_PREFIX)/owner.key >/dev/null || exit 1; done
-	@# One run (fresh daemons) per model: a guest holding one model's prefix can refuse the
-	@# other's resumed load for memory (its prefix grows into the whole body), a known gap.
+	@# One run (fresh daemons) per model: beside one model's prefix the guest may have no
+	@# room to resume the other's (its prefix grows into the whole body), which then loads
+	@# whole and would blur the medians.
 	@for m in $(filter-out SmolLM2-135M-Instruct.Q4_0,$(PREFIX_MODELS)); do \
 		$(PYTHON) tools/bench/bench_prefix.py --flexserve $(FLEXSERVE) \
 			--models $(BENCH_PREFIX)/models --target $$m || exit 1; done

@@ -11,6 +11,9 @@ use virtio_llm::wire::control::{ControlCommand, LoadModelEnd, LoadSealedBegin, L
 use virtio_llm::wire::request::GenerateRequest;
 use virtio_llm::wire::response::{EndOfStream, Tokens as TokensMsg};
 
+/// What a refused `LoadSealedBegin` names in [`GuestError::Refused`].
+pub const BEGIN_SEALED: &str = "start loading the sealed model";
+
 /// How the guest is to load a sealed model.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SealedLoadOptions {
@@ -140,7 +143,7 @@ impl GuestVm {
             accepted_owners: &accepted,
             header: header_bytes,
         }))?;
-        let ack = self.ack("start loading the sealed model", LOAD_SEALED_BEGIN)?;
+        let ack = self.ack(BEGIN_SEALED, LOAD_SEALED_BEGIN)?;
         let first_layer = if flags & sealed_flag::RESUME != 0 {
             ack.object_id
         } else {

@@ -11,9 +11,10 @@ use super::{Active, Worker, is_fatal};
 use crate::serve::models::ServedModel;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+use virtio_llm::Status;
 use virtio_llm::wire::request::GenerateRequest;
 use virtio_llm::wire::response::{EndOfStream, Tokens};
-use vmm::guest_vm::{FirstRequest, GuestError, Interrupt};
+use vmm::guest_vm::{BEGIN_SEALED, FirstRequest, GuestError, Interrupt};
 
 impl Worker {
     /// Loads sealed `model` as `guest_id` while `req` (its first request, on a session not
@@ -27,25 +28,43 @@ impl Worker {
         on_tokens: &mut dyn FnMut(&Tokens),
         interrupt: &dyn Fn() -> Option<Interrupt>,
     ) -> Result<EndOfStream, GuestError> {
-        let options = self.sealed_options();
+        let mut options = self.sealed_options();
         let Some(running) = self.vm.as_mut() else {
             return Err(GuestError::Protocol("the guest is not running".into()));
         };
         let t = Instant::now();
         let mut last_chunk = t;
-        let first = FirstRequest {
-            model_id: guest_id,
-            file: model.file.bytes(),
-            options: &options,
-            context_len: model.context,
-            request: req,
+        let result = loop {
+            let first = FirstRequest {
+                model_id: guest_id,
+                file: model.file.bytes(),
+                options: &options,
+                context_len: model.context,
+                request: req,
+            };
+            let r = running.vm.load_sealed_and_generate_messages(
+                first,
+                &mut |_| last_chunk = Instant::now(),
+                on_tokens,
+                interrupt,
+            );
+            match &r {
+                // A kept prefix grows into the whole body, both held while it moves; a
+                // guest without that room drops the prefix and refuses: load it whole.
+                Err(GuestError::Refused {
+                    what: BEGIN_SEALED,
+                    status: Status::OutOfMemory,
+                }) if options.resume => {
+                    eprintln!(
+                        "[flexserve] no room to resume model {} after its kept prefix; \
+                         loading it whole",
+                        model.id
+                    );
+                    options.resume = false;
+                }
+                _ => break r,
+            }
         };
-        let result = running.vm.load_sealed_and_generate_messages(
-            first,
-            &mut |_| last_chunk = Instant::now(),
-            on_tokens,
-            interrupt,
-        );
         let (loaded, end) = match result {
             Ok(done) => done,
             Err(e) => {
