@@ -40,7 +40,7 @@ APT_PACKAGES := qemu-user-static python3-venv cmake ninja-build systemd
 PROMPT ?= Write a haiku about the sea.
 
 .PHONY: help setup setup-deps setup-bench models build image image-arm64 test test-fast test-fallback lint test-neon run \
-        test-venv flexserve-bin install install-units bench-serve bench-serve-abuse bench-agent \
+        test-venv flexserve-bin install install-units bench-serve bench-serve-abuse bench-agent bench-prefix \
         bench-structured test-real-models \
         fuzz-toolchain fuzz-check fuzz-build fuzz-smoke \
         bench bench-engine bench-grammar bench-boot bench-virtio bench-memory clean
@@ -65,6 +65,7 @@ help:
 	@echo "make bench-serve-abuse  the daemon with 300 slow connections held open: TTFT vs without"
 	@echo "make bench-agent   five-turn chat TTFT with vs without KV reuse; idle memory and CPU after keep_alive;"
 	@echo "                  agent workflow SmolLM2 -> 1.5B coder -> SmolLM2 (sealed) vs a reboot per switch"
+	@echo "make bench-prefix  cold TTFT of sealed models with the layer-prefix cache vs without, and K"
 	@echo "make bench-structured  decode tok/s with format json / a schema vs unconstrained"
 	@echo "make bench-memory  donate (guest touch), reclaim and strawman for 1/4/8 GiB of private memory"
 	@echo "make bench-sealed  cold starts plain vs sealed vs strawman (SmolLM2, 1.5B model), AES-GCM"
@@ -435,6 +436,25 @@ bench-agent: setup image test-venv $(QWEN_CODER)
 			--sign $(BENCH_AGENT)/owner.key >/dev/null || exit 1; done
 	$(TEST_VENV)/bin/python tools/bench/bench_agent.py --flexserve $(FLEXSERVE) \
 		--model $(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf --agent-models $(BENCH_AGENT)/models
+
+# Cold TTFT of sealed models with the layer-prefix cache vs without (the coder when present).
+BENCH_PREFIX := $(BUILD)/bench-prefix
+PREFIX_MODELS := SmolLM2-135M-Instruct.Q4_0 SmolLM2-135M-Instruct.Q8_0 \
+	$(if $(wildcard $(QWEN_CODER)),Qwen2.5-Coder-1.5B-Instruct.Q4_K_M)
+
+bench-prefix: image
+	@$(CARGO) build --release --quiet -p flexserve -p model-tools
+	@mkdir -p $(BENCH_PREFIX)/models
+	@test -f $(BENCH_PREFIX)/owner.key || $(MODEL_TOOL) keygen $(BENCH_PREFIX)/owner.key
+	@key=$$($(FLEXSERVE) guest-key --quiet) && for m in $(PREFIX_MODELS); do \
+		$(MODEL_TOOL) seal $(MODELS)/$$m.gguf $(BENCH_PREFIX)/models/$$m.fsm --to $$key \
+			--sign $(BENCH_PREFIX)/owner.key >/dev/null || exit 1; done
+	@# One run (fresh daemons) per model: beside one model's prefix the guest may have no
+	@# room to resume the other's (its prefix grows into the whole body), which then loads
+	@# whole and would blur the medians.
+	@for m in $(filter-out SmolLM2-135M-Instruct.Q4_0,$(PREFIX_MODELS)); do \
+		$(PYTHON) tools/bench/bench_prefix.py --flexserve $(FLEXSERVE) \
+			--models $(BENCH_PREFIX)/models --target $$m || exit 1; done
 
 bench-structured: setup image test-venv
 	@$(CARGO) build --release --quiet -p flexserve

@@ -3,6 +3,9 @@
 //! its next cold start streams only the layers after them, and answers exactly as its first
 //! cold start did. The second model's load, which no prefix of its own precedes, reuses
 //! nothing; with `[guest.layer_prefix] enabled = false` nothing is kept or reused at all.
+//! The first model is loaded whole at startup; every later cold start runs its request as
+//! the model arrives (the pipelined load), through the kept blocks before any chunk, and
+//! answers as the whole load did.
 
 use flexserve::serve::Daemon;
 use flexserve::serve::layer_prefix::LayerPrefixConfig;
@@ -96,33 +99,56 @@ fn counters(addr: SocketAddr) -> [u64; 5] {
     .map(|n| metric(addr, n))
 }
 
+/// (pipelined cold starts, those of them after a kept prefix).
+fn pipelined(addr: SocketAddr) -> [u64; 2] {
+    [
+        "flexserve_layer_prefix_pipelined_loads_total",
+        "flexserve_layer_prefix_pipelined_hits_total",
+    ]
+    .map(|n| metric(addr, n))
+}
+
 #[test]
 fn an_evicted_model_s_kept_layers_start_its_next_cold_load() {
     let Some(d) = daemon("layer-prefix", LayerPrefixConfig::default()) else {
         return;
     };
     let addr = d.tcp_addr.unwrap();
+    // Loaded whole at startup: no pipelined load yet.
     let cold = answer(addr, "first");
     assert!(cold.len() > 3, "{cold}");
     assert_eq!(counters(addr), [0, 0, 0, 0, 0]);
+    assert_eq!(pipelined(addr), [0, 0]);
     // The second model evicts the first, which keeps a prefix; the second's own load is
     // no hit (no prefix of its body exists).
     let second = answer(addr, "second");
     let [kept, hits, _, _, evictions] = counters(addr);
     assert_eq!((kept, hits, evictions), (1, 0, 1));
+    assert_eq!(
+        pipelined(addr),
+        [1, 0],
+        "the second model's cold start is pipelined"
+    );
     let blocks = metric(addr, "flexserve_layer_prefix_blocks");
     assert!(blocks > 0, "no block kept");
     assert!(metric(addr, "flexserve_layer_prefix_block_compute_ns") > 0);
     assert!(metric(addr, "flexserve_layer_prefix_block_load_ns") > 0);
-    // Back to the first: its load starts after the kept layers, and answers as cold.
+    // Back to the first: its request runs through the kept layers while the rest streams,
+    // and answers as the whole load at startup did.
     assert_eq!(answer(addr, "first"), cold);
     let [_, hits, reused, not_streamed, evictions] = counters(addr);
     assert_eq!((hits, evictions), (1, 2));
+    assert_eq!(
+        pipelined(addr),
+        [2, 1],
+        "the prefix hit's prefill overlapped its load"
+    );
     // The header-and-embeddings layer and the kept blocks.
     assert_eq!(reused, blocks + 1);
     assert!(not_streamed > 1 << 20, "{not_streamed} bytes not streamed");
     // And the second model answers as before after its own eviction and reload.
     assert_eq!(answer(addr, "second"), second);
+    assert_eq!(pipelined(addr)[0], 3);
     d.stop();
 }
 
@@ -139,7 +165,9 @@ fn with_the_cache_off_nothing_is_kept_or_reused() {
     let cold = answer(addr, "first");
     answer(addr, "second");
     assert_eq!(answer(addr, "first"), cold);
-    // Positive control for the counters: the switches happened (two evictions).
+    // Positive control for the counters: the switches happened (two evictions), both cold
+    // starts pipelined, neither after a prefix.
     assert_eq!(counters(addr), [0, 0, 0, 0, 2]);
+    assert_eq!(pipelined(addr), [2, 0]);
     d.stop();
 }

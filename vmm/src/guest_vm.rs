@@ -105,7 +105,7 @@ mod tool_style;
 pub use kv_evict::KvCounters;
 pub use kv_store::{FileKvStore, KvStore, MemoryKvStore};
 pub use request_watch::{CutOff, Deadlines};
-pub use sealed_load::{FirstRequest, SealedLoadOptions, SealedLoaded, SealedLoading};
+pub use sealed_load::{BEGIN_SEALED, FirstRequest, SealedLoadOptions, SealedLoaded, SealedLoading};
 
 /// The engine ended on its own: its last console line says why (a panic message, say).
 fn exited(code: u32, console: &[String]) -> GuestError {

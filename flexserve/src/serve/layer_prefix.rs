@@ -14,7 +14,11 @@
 //! and compute per block per prompt token from the guest's prefill timings of the model's
 //! requests (`EndOfStream::timings.prompt_ns` over the prompt tokens it evaluated, divided
 //! by the block count), at the expected prompt length (`prompt_tokens`, else the mean of
-//! the model's prompts so far).
+//! the model's prompts so far). A cold start's first request runs as its model arrives
+//! (the worker's pipelined load): its prefill time includes waits for layers and its load
+//! time includes compute, so both overstate their part. The load still counts (an upper
+//! bound: K comes out larger, never short of zero stall); its prefill counts only while no
+//! request on the resident model measured compute alone.
 
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -72,6 +76,8 @@ pub struct LayerTimes {
     prefill_ns: u64,
     prefill_tokens: u64,
     prompts: u64,
+    /// The same, of first requests that ran as their model arrived (an upper bound).
+    overlapped: (u64, u64, u64),
 }
 
 impl LayerTimes {
@@ -86,6 +92,24 @@ impl LayerTimes {
             self.prefill_ns += ns;
             self.prefill_tokens += tokens;
             self.prompts += 1;
+        }
+    }
+
+    /// A first request that ran while its model arrived evaluated `tokens` prompt tokens
+    /// in `ns` (waits for layers included).
+    pub fn prefilled_while_loading(&mut self, ns: u64, tokens: u64) {
+        if tokens > 0 && ns > 0 {
+            let o = &mut self.overlapped;
+            *o = (o.0 + ns, o.1 + tokens, o.2 + 1);
+        }
+    }
+
+    /// Prefill time, tokens and prompts: of requests on the resident model if any, else of
+    /// those that overlapped a load.
+    fn prefill(&self) -> (u64, u64, u64) {
+        match self.prefill_tokens {
+            0 => self.overlapped,
+            _ => (self.prefill_ns, self.prefill_tokens, self.prompts),
         }
     }
 }
@@ -117,14 +141,15 @@ pub fn choose(
 ) -> Option<Choice> {
     let blocks = layers.len().checked_sub(2).filter(|&b| b > 0)?;
     let (took, loaded) = times.load.filter(|(_, b)| *b > 0)?;
-    if !config.enabled || times.prefill_tokens == 0 {
+    let (prefill_ns, prefill_tokens, prompts) = times.prefill();
+    if !config.enabled || prefill_tokens == 0 {
         return None;
     }
     let prompt = match config.prompt_tokens {
         Some(n) => u64::from(n),
-        None => times.prefill_tokens.div_ceil(times.prompts),
+        None => prefill_tokens.div_ceil(prompts),
     };
-    let per_token_block = times.prefill_ns as f64 / times.prefill_tokens as f64 / blocks as f64;
+    let per_token_block = prefill_ns as f64 / prefill_tokens as f64 / blocks as f64;
     let compute = per_token_block * prompt as f64;
     let ns_per_byte = took.as_nanos() as f64 / loaded as f64;
     let rest = |k: usize| layers[k..].iter().sum::<u64>() as f64 * ns_per_byte;
@@ -186,6 +211,10 @@ pub struct LayerPrefixMetrics {
     pub blocks: AtomicU64,
     pub block_compute_ns: AtomicU64,
     pub block_load_ns: AtomicU64,
+    /// Sealed cold starts whose first request ran as the model arrived, and those of them
+    /// that started after a kept prefix (its blocks computed before any layer streamed).
+    pub pipelined_loads: AtomicU64,
+    pub pipelined_hits: AtomicU64,
 }
 
 impl LayerPrefixMetrics {
@@ -197,7 +226,7 @@ impl LayerPrefixMetrics {
     }
 
     /// Name, type, help, value of each series.
-    pub fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 7] {
+    pub fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 9] {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             (
@@ -241,6 +270,18 @@ impl LayerPrefixMetrics {
                 "gauge",
                 "Measured load+decrypt time of one block, ns.",
                 get(&self.block_load_ns),
+            ),
+            (
+                "flexserve_layer_prefix_pipelined_loads_total",
+                "counter",
+                "Sealed cold starts whose first request's prefill ran as the layers arrived.",
+                get(&self.pipelined_loads),
+            ),
+            (
+                "flexserve_layer_prefix_pipelined_hits_total",
+                "counter",
+                "Of those, the ones that computed a kept prefix while the rest streamed.",
+                get(&self.pipelined_hits),
             ),
         ]
     }
@@ -331,6 +372,14 @@ mod tests {
         let mut no_load = LayerTimes::default();
         no_load.prefilled(1_000_000, 10);
         assert_eq!(choose(&layers, &no_load, &on, u64::MAX), None);
+        // A prefill that overlapped a load counts only while nothing else measured one.
+        let mut overlapped = no_prefill;
+        overlapped.prefilled_while_loading(100_000_000, 100);
+        let c = choose(&layers, &overlapped, &on, u64::MAX).unwrap();
+        assert_eq!(c.block_compute_ns, 10_000_000);
+        overlapped.prefilled(10_000_000, 100);
+        let c = choose(&layers, &overlapped, &on, u64::MAX).unwrap();
+        assert_eq!(c.block_compute_ns, 1_000_000);
         // Positive control: both measured, it chooses.
         assert!(choose(&layers, &t, &on, u64::MAX).is_some());
     }

@@ -103,7 +103,7 @@ impl GuestVm {
     }
 
     /// [`Self::await_request`], handing `on_tokens` each `Tokens` whole.
-    fn await_messages(
+    pub(super) fn await_messages(
         &mut self,
         req: &GenerateRequest,
         on_tokens: &mut dyn FnMut(&TokensMsg),

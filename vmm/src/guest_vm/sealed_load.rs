@@ -9,7 +9,10 @@ use virtio_llm::spec::{MAX_ACCEPTED_OWNERS, sealed_flag};
 use virtio_llm::wire::control::msg_type::{LOAD_MODEL_END, LOAD_SEALED_BEGIN, LOAD_SEALED_CHUNK};
 use virtio_llm::wire::control::{ControlCommand, LoadModelEnd, LoadSealedBegin, LoadSealedChunk};
 use virtio_llm::wire::request::GenerateRequest;
-use virtio_llm::wire::response::EndOfStream;
+use virtio_llm::wire::response::{EndOfStream, Tokens as TokensMsg};
+
+/// What a refused `LoadSealedBegin` names in [`GuestError::Refused`].
+pub const BEGIN_SEALED: &str = "start loading the sealed model";
 
 /// How the guest is to load a sealed model.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -140,7 +143,7 @@ impl GuestVm {
             accepted_owners: &accepted,
             header: header_bytes,
         }))?;
-        let ack = self.ack("start loading the sealed model", LOAD_SEALED_BEGIN)?;
+        let ack = self.ack(BEGIN_SEALED, LOAD_SEALED_BEGIN)?;
         let first_layer = if flags & sealed_flag::RESUME != 0 {
             ack.object_id
         } else {
@@ -192,6 +195,24 @@ impl GuestVm {
         on_tokens: &mut dyn FnMut(&[u32], &[u8]),
         interrupt: &dyn Fn() -> Option<Interrupt>,
     ) -> Result<(SealedLoaded, EndOfStream), GuestError> {
+        self.load_sealed_and_generate_messages(
+            first,
+            progress,
+            &mut |t| on_tokens(&t.token_ids, &t.text),
+            interrupt,
+        )
+    }
+
+    /// [`Self::load_sealed_and_generate`], handing `on_tokens` each `Tokens` whole (with
+    /// its logprobs, when the request asked). With `options.resume`, the guest computes the
+    /// layers of a prefix it kept at once and waits only for the rest.
+    pub fn load_sealed_and_generate_messages(
+        &mut self,
+        first: FirstRequest<'_>,
+        progress: &mut dyn FnMut(u64),
+        on_tokens: &mut dyn FnMut(&TokensMsg),
+        interrupt: &dyn Fn() -> Option<Interrupt>,
+    ) -> Result<(SealedLoaded, EndOfStream), GuestError> {
         let FirstRequest {
             model_id,
             file,
@@ -214,8 +235,14 @@ impl GuestVm {
             model_id,
             sha256: [0; 32],
         }))?;
-        // The guest finishes the load once the request is over: the tokens come first.
-        let end = self.await_request(request, on_tokens, interrupt)?;
+        // The guest finishes the load once the request is over: the tokens come first. A
+        // request the guest refused (a bad prompt) leaves the load to end all the same:
+        // its ack is taken, so the next command meets its own.
+        let end = self.await_messages(request, on_tokens, interrupt);
+        if let Err(GuestError::Request { .. }) = &end {
+            self.ack("accept the sealed model", LOAD_MODEL_END)?;
+        }
+        let end = end?;
         self.ack("accept the sealed model", LOAD_MODEL_END)?;
         Ok((SealedLoaded::of(&loading, sent), end))
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use vmm::devices::virtio_llm::LlmConfig;
-use vmm::guest_vm::{Deadlines, GuestConfig, GuestError, GuestVm, SealedLoadOptions};
+use vmm::guest_vm::{Deadlines, GuestConfig, GuestError, GuestVm, SealedLoadOptions, SealedLoaded};
 use vmm::hypervisor::IsolationLevel;
 
 /// Where a job's model is.
@@ -22,15 +22,20 @@ pub(super) enum Ready {
     Model(u32),
     /// Making room would unload a model with requests in flight: wait for them.
     Wait,
+    /// Not resident, and room is made for it as this guest model id: the job's first
+    /// slice loads it while its prefill runs (`pipelined.rs`).
+    Arriving(u32),
 }
 
 impl Worker {
     /// Makes sure a guest is up and holds `model` (`busy`: the guest model ids with
-    /// requests in flight, which stay).
+    /// requests in flight, which stay); with `pipeline`, a sealed model that is not resident
+    /// is only given room ([`Ready::Arriving`]): the caller loads it with its first request.
     pub(super) fn ensure(
         &mut self,
         model: &Arc<ServedModel>,
         busy: &[u32],
+        pipeline: bool,
     ) -> Result<Ready, GuestError> {
         if self.vm.is_none() {
             self.start_guest()?;
@@ -45,15 +50,18 @@ impl Worker {
             Placement::Resident(id) => Ok(Ready::Model(id)),
             Placement::Wait => Ok(Ready::Wait),
             Placement::Load { guest_id, evict } => {
-                let loaded = self
-                    .make_room(model, &evict)
-                    .and_then(|()| self.load(model, guest_id));
+                let arriving = pipeline && model.file.is_sealed();
+                let loaded = self.make_room(model, &evict).and_then(|()| match arriving {
+                    // A load needs the budget an idle sweep may have given back.
+                    true => self.raise_budget().map(|()| Ready::Arriving(guest_id)),
+                    false => self.load(model, guest_id).map(|()| Ready::Model(guest_id)),
+                });
                 if let Err(e) = &loaded
                     && is_fatal(e)
                 {
                     self.guest_failed(&format!("loading model {}", model.id), e);
                 }
-                loaded.map(|()| Ready::Model(guest_id))
+                loaded
             }
         }
     }
@@ -88,12 +96,7 @@ impl Worker {
     pub(super) fn load(&mut self, model: &ServedModel, guest_id: u32) -> Result<(), GuestError> {
         // A load needs the budget an idle sweep may have given back.
         self.raise_budget()?;
-        let options = SealedLoadOptions {
-            accepted_owners: self.shared.config.accepted_owners.clone(),
-            strawman: false,
-            // Where the guest kept a prefix of this very body, it starts after it.
-            resume: self.shared.config.layer_prefix.enabled,
-        };
+        let options = self.sealed_options();
         let Some(running) = self.vm.as_mut() else {
             return Err(GuestError::Protocol("the guest is not running".into()));
         };
@@ -102,13 +105,35 @@ impl Worker {
             .file
             .load_sealed_or_plain(&mut running.vm, guest_id, &options, &mut |_| {})
             .inspect_err(|e| eprintln!("[flexserve] cannot load model {}: {e}", model.id))?;
-        let took = t.elapsed();
-        if let Some(l) = &loaded {
+        self.model_in(model, guest_id, loaded.as_ref(), t.elapsed());
+        Ok(())
+    }
+
+    /// How the guest loads a sealed model.
+    pub(super) fn sealed_options(&self) -> SealedLoadOptions {
+        SealedLoadOptions {
+            accepted_owners: self.shared.config.accepted_owners.clone(),
+            strawman: false,
+            // Where the guest kept a prefix of this very body, it starts after it.
+            resume: self.shared.config.layer_prefix.enabled,
+        }
+    }
+
+    /// Books `model`, now resident as `guest_id` after a load of `took` (`loaded`: what a
+    /// sealed load did).
+    pub(super) fn model_in(
+        &mut self,
+        model: &ServedModel,
+        guest_id: u32,
+        loaded: Option<&SealedLoaded>,
+        took: std::time::Duration,
+    ) {
+        if let Some(l) = loaded {
             let sealed_bytes = model.file.load_bytes();
             self.sealed_loaded(&model.id, model.file.sealed_layers(), l, sealed_bytes, took);
         }
         let Some(running) = self.vm.as_mut() else {
-            return Err(GuestError::Protocol("the guest is not running".into()));
+            return;
         };
         let owner = loaded.map(|l| l.owner);
         let m = &self.shared.metrics;
@@ -133,7 +158,6 @@ impl Worker {
             running.residency.used() >> 20,
             self.shared.config.memory_max >> 20
         );
-        Ok(())
     }
 
     /// Boots a guest with no model; its private memory is `guest.memory_max` (the host backs

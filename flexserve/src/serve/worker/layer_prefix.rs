@@ -115,7 +115,11 @@ impl Worker {
         }
         let evaluated = a.prompt_tokens.saturating_sub(a.cached_tokens);
         if let Some(m) = self.measured.get_mut(&a.job.model.id) {
-            m.times.prefilled(a.timings.prompt_ns, u64::from(evaluated));
+            let (ns, tokens) = (a.timings.prompt_ns, u64::from(evaluated));
+            match a.overlapped {
+                true => m.times.prefilled_while_loading(ns, tokens),
+                false => m.times.prefilled(ns, tokens),
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ mod guest;
 mod idle;
 mod kv_evict;
 mod layer_prefix;
+mod pipelined;
 mod prefetch;
 mod tool_style;
 
@@ -31,11 +32,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
-use tool_style::{slice_options, tell_tool_style};
+use tool_style::{asks_tool_style, slice_options, tell_tool_style};
 use virtio_llm::Status;
 use virtio_llm::wire::options::GenerateOptions;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
-use virtio_llm::wire::response::{EndOfStream, StopReason, Timings, TokenLogprob};
+use virtio_llm::wire::response::{EndOfStream, StopReason, Timings, TokenLogprob, Tokens};
 use vmm::guest_images::GuestImages;
 use vmm::guest_vm::{GuestError, GuestVm, Interrupt};
 
@@ -98,6 +99,62 @@ struct Active {
     generated: u32,
     timings: Timings,
     first_seen: bool,
+    /// Its model is not resident yet: its first slice loads it (`pipelined.rs`), opening
+    /// its session.
+    arriving: bool,
+    /// Its prefill ran as its model arrived (its time includes waits for layers).
+    overlapped: bool,
+}
+
+impl Active {
+    /// The request of its next slice, `request_id`.
+    fn next_request(&mut self, request_id: u64) -> GenerateRequest {
+        let job = &self.job;
+        let remaining = job
+            .sampling
+            .max_tokens
+            .saturating_sub(self.generated)
+            .max(1);
+        let prompt = std::mem::replace(&mut self.next_prompt, Prompt::Tokens(Vec::new()));
+        GenerateRequest {
+            request_id,
+            session_id: self.session,
+            sampling: SamplingParams {
+                max_tokens: remaining,
+                // Each slice samples with its own seed, fixed by the request's seed and
+                // the slice number, so a run is still reproducible. A sealed request's
+                // seed is bound to its seal: the guest advances it itself.
+                seed: if sealed(&job.prompt) {
+                    job.sampling.seed
+                } else {
+                    job.sampling.seed.wrapping_add(u64::from(self.slices))
+                },
+                ..job.sampling
+            },
+            options: slice_options(&job.options, &prompt),
+            prompt,
+        }
+    }
+
+    /// `job`, admitted on guest model `guest_model` with session id `session` (open, or
+    /// opened by its first slice when its model is `arriving`).
+    fn new(job: Job, guest_model: u32, session: u32, arriving: bool) -> Self {
+        let prompt = job.prompt.clone();
+        Self {
+            job,
+            guest_model,
+            session,
+            next_prompt: prompt,
+            slices: 0,
+            prompt_tokens: 0,
+            cached_tokens: 0,
+            generated: 0,
+            timings: Timings::default(),
+            first_seen: false,
+            arriving,
+            overlapped: false,
+        }
+    }
 }
 
 /// How a slice ended.
@@ -170,7 +227,11 @@ impl Worker {
         booted: std::sync::mpsc::Sender<Result<(), String>>,
     ) {
         let first = match startup {
-            Some(m) => self.ensure(&m, &[]).map(|_| ()).map_err(|e| e.to_string()),
+            // No request waits on it yet: a whole load.
+            Some(m) => self
+                .ensure(&m, &[], false)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             None => Ok(()),
         };
         let _ = booted.send(first);
@@ -214,6 +275,12 @@ impl Worker {
                     .store(queue.len() as u64, Ordering::Relaxed);
                 let busy: Vec<u32> = active.iter().map(|a| a.guest_model).collect();
                 match self.admit(job, &busy) {
+                    // Its model is loaded by its first slice: that runs next, before
+                    // another admission could place a model where this one goes.
+                    Admission::Active(a) if a.arriving => {
+                        active.push_front(*a);
+                        break;
+                    }
                     Admission::Active(a) => active.push_back(*a),
                     Admission::Over => {}
                     Admission::Wait(job) => {
@@ -236,7 +303,7 @@ impl Worker {
                     }
                     eprintln!("[flexserve] restarting the guest");
                     self.vm = None;
-                    let _ = self.ensure(&model, &[]);
+                    let _ = self.ensure(&model, &[], false);
                 }
             }
         }
@@ -259,8 +326,12 @@ impl Worker {
             return Admission::Over;
         }
         let loading = Instant::now();
-        let guest_model = match self.ensure(&job.model, busy) {
-            Ok(Ready::Model(id)) => id,
+        // A sealed model not resident loads with the request's first slice, unless the job
+        // needs the loaded model before it starts (`pipelined.rs`).
+        let pipeline = !job.boot_only && job.embed.is_none() && !asks_tool_style(&job);
+        let (guest_model, arriving) = match self.ensure(&job.model, busy, pipeline) {
+            Ok(Ready::Model(id)) => (id, false),
+            Ok(Ready::Arriving(id)) => (id, true),
             // Nothing in flight to wait for: `Residency` never asks that.
             Ok(Ready::Wait) if busy.is_empty() => {
                 m.request(Outcome::Failed);
@@ -286,6 +357,11 @@ impl Worker {
         if let Some(work) = job.embed.take() {
             return self.embed(job, work, guest_model, loading.elapsed());
         }
+        let session = self.next_session;
+        self.next_session = self.next_session.wrapping_add(1).max(1);
+        if arriving {
+            return Admission::Active(Box::new(Active::new(job, guest_model, session, true)));
+        }
         let Some(running) = self.vm.as_mut() else {
             self.fail_lost(job);
             return Admission::Over;
@@ -300,8 +376,6 @@ impl Worker {
             }
             return Admission::Over;
         }
-        let session = self.next_session;
-        self.next_session = self.next_session.wrapping_add(1).max(1);
         if let Err(e) = running
             .vm
             .open_session(session, guest_model, job.model.context)
@@ -317,19 +391,7 @@ impl Worker {
             }
             return Admission::Over;
         }
-        let prompt = job.prompt.clone();
-        Admission::Active(Box::new(Active {
-            job,
-            guest_model,
-            session,
-            next_prompt: prompt,
-            slices: 0,
-            prompt_tokens: 0,
-            cached_tokens: 0,
-            generated: 0,
-            timings: Timings::default(),
-            first_seen: false,
-        }))
+        Admission::Active(Box::new(Active::new(job, guest_model, session, false)))
     }
 
     /// Runs `a` until it ends, or, while other jobs want the guest (`others` active ones,
@@ -351,56 +413,42 @@ impl Worker {
             self.fail_lost(a.job);
             return Sliced::Finished;
         };
+        let req = a.next_request(request);
         let job = &a.job;
-        let remaining = job.sampling.max_tokens.saturating_sub(a.generated).max(1);
-        let prompt = std::mem::replace(&mut a.next_prompt, Prompt::Tokens(Vec::new()));
-        let req = GenerateRequest {
-            request_id: request,
-            session_id: a.session,
-            sampling: SamplingParams {
-                max_tokens: remaining,
-                // Each slice samples with its own seed, fixed by the request's seed and
-                // the slice number, so a run is still reproducible. A sealed request's
-                // seed is bound to its seal: the guest advances it itself.
-                seed: if sealed(&job.prompt) {
-                    job.sampling.seed
-                } else {
-                    job.sampling.seed.wrapping_add(u64::from(a.slices))
-                },
-                ..job.sampling
-            },
-            options: slice_options(&job.options, &prompt),
-            prompt,
-        };
         let gone = || job.cancel.load(Ordering::Relaxed) || job.events.is_closed();
         let in_slice = std::cell::Cell::new(0u32);
         let mut last = None;
         let first_seen = &mut a.first_seen;
-        let end = running.vm.generate_messages(
-            &req,
-            &mut |t| {
-                if !*first_seen {
-                    *first_seen = true;
-                    m.ttft.observe(job.arrived.elapsed().as_secs_f64());
-                }
-                in_slice.set(in_slice.get() + t.token_ids.len() as u32);
-                last = t.token_ids.last().copied().or(last);
-                let _ = job.events.send(Event::Tokens {
-                    ids: t.token_ids.clone(),
-                    text: t.text.clone(),
-                    logprobs: t.logprobs.clone(),
-                });
-            },
-            &|| {
-                let turn_over =
-                    in_slice.get() >= slice_tokens && (others || !shared.queue.is_empty());
-                if gone() {
-                    Some(Interrupt::Cancel)
-                } else {
-                    turn_over.then_some(Interrupt::Preempt)
-                }
-            },
-        );
+        let mut on_tokens = |t: &Tokens| {
+            if !*first_seen {
+                *first_seen = true;
+                m.ttft.observe(job.arrived.elapsed().as_secs_f64());
+            }
+            in_slice.set(in_slice.get() + t.token_ids.len() as u32);
+            last = t.token_ids.last().copied().or(last);
+            let _ = job.events.send(Event::Tokens {
+                ids: t.token_ids.clone(),
+                text: t.text.clone(),
+                logprobs: t.logprobs.clone(),
+            });
+        };
+        let interrupt = || {
+            let turn_over = in_slice.get() >= slice_tokens && (others || !shared.queue.is_empty());
+            if gone() {
+                Some(Interrupt::Cancel)
+            } else {
+                turn_over.then_some(Interrupt::Preempt)
+            }
+        };
+        let end = match a.arriving {
+            true => self.arrive(&job.model, a.guest_model, &req, &mut on_tokens, &interrupt),
+            false => running
+                .vm
+                .generate_messages(&req, &mut on_tokens, &interrupt),
+        };
+        if a.arriving {
+            Self::arrived(&mut a);
+        }
         a.slices += 1;
         match end {
             Ok(end) => self.slice_ended(a, &end, last),

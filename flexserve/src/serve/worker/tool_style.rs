@@ -16,12 +16,7 @@ pub(super) fn tell_tool_style(
     job: &Job,
     guest_model: u32,
 ) -> Result<(), GuestError> {
-    let asks = job
-        .options
-        .tools
-        .as_ref()
-        .is_some_and(|t| t.style == CallStyle::Template);
-    if !asks {
+    if !asks_tool_style(job) {
         return Ok(());
     }
     let format = match vm.tool_style(guest_model)? {
@@ -32,6 +27,15 @@ pub(super) fn tell_tool_style(
     };
     let _ = job.events.send(Event::ToolStyle(format));
     Ok(())
+}
+
+/// Whether the job leaves its tool calls' style to the template (the worker must ask the
+/// guest, which reads it from the loaded model).
+pub(super) fn asks_tool_style(job: &Job) -> bool {
+    job.options
+        .tools
+        .as_ref()
+        .is_some_and(|t| t.style == CallStyle::Template)
 }
 
 /// A slice's options: the job's, without the tools and earlier calls unless the slice
