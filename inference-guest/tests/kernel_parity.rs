@@ -281,10 +281,33 @@ fn matmul_matches_dot(k: Kernels) {
 /// integer sums, the same float operations in the same order).
 #[test]
 fn k_quant_products_are_bit_identical_to_the_reference() {
-    let mut rng = Rng(31337);
+    let shapes = [(256, 3, 2), (768, 5, 7), (512, 2, 17), (1024, 1, 36)];
+    matmul_and_dot_equal_bitwise(
+        31337,
+        &[GgmlType::Q4K, GgmlType::Q6K],
+        &shapes,
+        |k, ty, n, w, a| {
+            if cfg!(target_arch = "x86_64") {
+                Kernels::scalar().dot(ty, n, w, a)
+            } else {
+                k.dot(ty, n, w, a)
+            }
+        },
+    );
+}
+
+/// For every kernel set, type and `(n, rows, columns)` shape: each output of `matmul` and
+/// each row·column `dot` equals `want(kernels, type, n, row, column)` to the bit.
+fn matmul_and_dot_equal_bitwise(
+    seed: u64,
+    types: &[GgmlType],
+    shapes: &[(usize, usize, usize)],
+    want: impl Fn(&Kernels, GgmlType, usize, &[u8], &[u8]) -> f32,
+) {
+    let mut rng = Rng(seed);
     for k in Kernels::available() {
-        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
-            for (n, nrows, ncols) in [(256, 3, 2), (768, 5, 7), (512, 2, 17), (1024, 1, 36)] {
+        for &ty in types {
+            for &(n, nrows, ncols) in shapes {
                 let (wrb, arb) = (
                     ty.row_bytes(n).unwrap(),
                     ActFormat::for_weights(ty).row_bytes(n),
@@ -298,13 +321,8 @@ fn k_quant_products_are_bit_identical_to_the_reference() {
                 for i in 0..nrows {
                     for j in 0..ncols {
                         let (wr, ar) = (&w[i * wrb..][..wrb], &act[j * arb..][..arb]);
-                        let want = Kernels::scalar().dot(ty, n, wr, ar);
+                        let want = want(&k, ty, n, wr, ar);
                         let dot = k.dot(ty, n, wr, ar);
-                        let want = if cfg!(target_arch = "x86_64") {
-                            want
-                        } else {
-                            dot
-                        };
                         for (what, got) in [("matmul", out[i * ncols + j]), ("dot", dot)] {
                             assert_eq!(
                                 got.to_bits(),
@@ -480,35 +498,11 @@ fn f16_round_trips_exhaustively_and_rounds_ties_to_even() {
 /// column tails, activation panels (16 columns) and L2 row blocks (160 rows of 1536 Q8_0).
 #[test]
 fn q8_0_q4_0_prefill_is_bit_identical_to_decode() {
-    let mut rng = Rng(4242);
-    for k in Kernels::available() {
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
-            for (n, nrows, ncols) in [(32, 1, 2), (64, 3, 5), (576, 7, 19), (1536, 163, 18)] {
-                let (wrb, arb) = (
-                    ty.row_bytes(n).unwrap(),
-                    ActFormat::for_weights(ty).row_bytes(n),
-                );
-                let w = random_weights(&mut rng, ty, n, nrows);
-                let act: Vec<u8> = (0..ncols)
-                    .flat_map(|_| quant_act(&k, ty, &random_x(&mut rng, n)))
-                    .collect();
-                let mut out = vec![f32::NAN; nrows * ncols];
-                k.matmul(ty, n, &w, nrows, &act, ncols, &mut out);
-                for i in 0..nrows {
-                    for j in 0..ncols {
-                        let (wr, ar) = (&w[i * wrb..][..wrb], &act[j * arb..][..arb]);
-                        let want = k.dot(ty, n, wr, ar);
-                        let got = out[i * ncols + j];
-                        assert_eq!(
-                            got.to_bits(),
-                            want.to_bits(),
-                            "{} {:?} n={n} {nrows}x{ncols} ({i},{j}): {got} vs {want}",
-                            ty.name(),
-                            k.isa()
-                        );
-                    }
-                }
-            }
-        }
-    }
+    let shapes = [(32, 1, 2), (64, 3, 5), (576, 7, 19), (1536, 163, 18)];
+    matmul_and_dot_equal_bitwise(
+        4242,
+        &[GgmlType::Q8_0, GgmlType::Q4_0],
+        &shapes,
+        |k, ty, n, w, a| k.dot(ty, n, w, a),
+    );
 }
