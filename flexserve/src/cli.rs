@@ -467,6 +467,21 @@ pub struct BenchArgs {
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Kernel set: the best this CPU runs, or a weaker one it also runs (to compare them on
+    /// one machine).
+    #[arg(long, value_enum, default_value_t = KernelSet::Best)]
+    pub isa: KernelSet,
+}
+
+/// A kernel set `bench-engine --isa` can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelSet {
+    Best,
+    Scalar,
+    Avx2,
+    #[value(name = "avx512-vnni")]
+    Avx512Vnni,
+    Neon,
 }
 
 impl RunArgs {

@@ -42,10 +42,10 @@ def bench_llama(llm, n_prompt, n_gen):
     return n_prompt / (t1 - t0), n_gen / (t2 - t1)
 
 
-def bench_flexserve(exe, model, n_prompt, n_gen, threads):
+def bench_flexserve(exe, model, n_prompt, n_gen, threads, isa):
     out = subprocess.run(
         [exe, "bench-engine", "-m", model, "--prompt-tokens", str(n_prompt),
-         "--gen-tokens", str(n_gen), "--threads", str(threads), "--reps", "2"],
+         "--gen-tokens", str(n_gen), "--threads", str(threads), "--reps", "2", "--isa", isa],
         check=True, capture_output=True, text=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     return row["prefill_tps"], row["decode_tps"], row.get("isa", "?")
@@ -60,6 +60,9 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--isa", nargs="+", default=["best"],
+                    help="FlexServe kernel sets to measure (best, avx2, avx512-vnni, scalar, "
+                    "neon); each beyond `best` is a row `flexserve/<isa>`")
     ap.add_argument("--stat", choices=["median", "max"], default="median",
                     help="how rounds combine into the reported figure")
     ap.add_argument("models", nargs="+")
@@ -71,16 +74,17 @@ def main():
         llms[m] = llama_cpp.Llama(model_path=m, n_ctx=n_ctx, n_batch=n_ctx, n_threads=a.threads,
                                   n_threads_batch=a.threads, flash_attn=False, verbose=False)
         bench_llama(llms[m], a.prompt_tokens[0], 8)  # warm-up
-    ours = [("flexserve", a.flexserve)] + ([("baseline", a.baseline)] if a.baseline else [])
+    ours = [("flexserve" if i == "best" else f"flexserve/{i}", a.flexserve, i) for i in a.isa]
+    ours += [("baseline", a.baseline, "best")] if a.baseline else []
     engines = ["llama.cpp"] + [e for e, _ in ours]
     cases = [(m, n) for m in a.models for n in a.prompt_tokens]
     results = {(c, e): ([], []) for c in cases for e in engines}
-    isa = "?"
+    isas = {}
     for r in range(a.rounds):
         for c in cases:
             m, n = c
-            for e, exe in ours:
-                pp, tg, isa = bench_flexserve(exe, m, n, a.gen_tokens, a.threads)
+            for e, exe, want in ours:
+                pp, tg, isas[e] = bench_flexserve(exe, m, n, a.gen_tokens, a.threads, want)
                 results[(c, e)][0].append(pp)
                 results[(c, e)][1].append(tg)
             pp, tg = bench_llama(llms[m], n, a.gen_tokens)
@@ -89,8 +93,9 @@ def main():
             print(f"round {r + 1}/{a.rounds} {quant_of(m)} {n} done", file=sys.stderr)
 
     rows = []
-    print(f"isa {isa}, {a.stat} of {a.rounds} rounds")
-    print(f"{'quant':6} {'prompt':>6} {'engine':10} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    print(f"kernels {', '.join(f'{e}: {i}' for e, i in isas.items())}; "
+          f"{a.stat} of {a.rounds} rounds")
+    print(f"{'quant':6} {'prompt':>6} {'engine':18} {'prefill tok/s':>14} {'decode tok/s':>13}")
     for c in cases:
         m, n = c
         base = None
@@ -104,12 +109,12 @@ def main():
             if e == "llama.cpp":
                 base = row
             else:
-                row["isa"] = isa
+                row["isa"] = isas[e]
                 row["prefill_ratio"] = round(pp / base["prefill_tps"], 3)
                 row["decode_ratio"] = round(tg / base["decode_tps"], 3)
             rows.append(row)
             ratio = f"  ({row['prefill_ratio']:.2f}x / {row['decode_ratio']:.2f}x)" if e != "llama.cpp" else ""
-            print(f"{row['quant']:6} {n:6} {e:10} {pp:14.1f} {tg:13.1f}{ratio}")
+            print(f"{row['quant']:6} {n:6} {e:18} {pp:14.1f} {tg:13.1f}{ratio}")
     print(json.dumps({"bench": "engine", "rows": rows}))
 
 

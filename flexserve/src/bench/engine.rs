@@ -2,13 +2,13 @@
 //! way llama-bench measures them (a fixed-length prompt in one batch, then single-token
 //! steps), so that `tools/bench/bench_engine.py` can set it beside llama.cpp.
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, KernelSet};
 use crate::model::huge_buffer::Pages;
 use crate::model::{Access, HostModel};
 use crate::run::host::RunError;
 use inference_guest::model::Logits;
 use inference_guest::parallel::ThreadPool;
-use inference_guest::quant::Kernels;
+use inference_guest::quant::{Isa, Kernels};
 use std::time::Instant;
 
 fn argmax(logits: &[f32]) -> u32 {
@@ -26,10 +26,34 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The kernels `set` names, if this CPU runs them.
+fn kernels(set: KernelSet) -> Result<Kernels, RunError> {
+    let wanted = match set {
+        KernelSet::Best => return Ok(Kernels::detect()),
+        KernelSet::Scalar => return Ok(Kernels::scalar()),
+        KernelSet::Avx2 => Isa::Avx2Fma,
+        KernelSet::Avx512Vnni => Isa::Avx512Vnni,
+        KernelSet::Neon => Isa::Neon,
+    };
+    let available = Kernels::available();
+    available
+        .iter()
+        .find(|k| k.isa() == wanted)
+        .copied()
+        .ok_or_else(|| RunError::KernelsUnavailable {
+            wanted,
+            available: available
+                .iter()
+                .map(|k| format!("{:?}", k.isa()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
 /// Runs the measurement and prints one JSON object.
 pub fn run(args: &BenchArgs) -> Result<(), RunError> {
     let file = HostModel::open(&args.model, Access::Read(Pages::Huge))?;
-    let model = file.engine(Kernels::detect())?;
+    let model = file.engine(kernels(args.isa)?)?;
     let pool = ThreadPool::new(args.threads).map_err(|source| RunError::Threads {
         threads: args.threads,
         source,

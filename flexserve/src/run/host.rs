@@ -30,6 +30,11 @@ pub enum RunError {
     Output(std::io::Error),
     #[error("the prompt is empty; give one as an argument or on stdin")]
     EmptyPrompt,
+    #[error("this CPU cannot run the {wanted:?} kernels; it runs {available}")]
+    KernelsUnavailable {
+        wanted: inference_guest::quant::Isa,
+        available: String,
+    },
 }
 
 /// Maps the CLI's options onto the sampler's.

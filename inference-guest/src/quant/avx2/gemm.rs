@@ -15,6 +15,10 @@
 //!
 //! Rows are taken in blocks that stay in L2 while each 16-column activation panel (in L1)
 //! passes over them; otherwise a 512-token prompt re-reads every weight from L3 per panel.
+//!
+//! Two builds of the kernels ([`base`], [`vnni`]): AVX-512 VNNI sums Q8_0's byte products in
+//! one `vpdpbusd` instead of `maddubs` + `madd` (the same exact integers), and its 32 vector
+//! registers hold a 4-row Q8_0 tile where AVX2's 16 hold 2 rows.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -108,85 +112,16 @@ impl Tile {
     }
 }
 
-/// `out[i * ncols + j] = w row i · act row j`.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-///
-/// # Panics
-/// If `ty` is not handled here or the lengths do not describe `nrows` × `ncols` products of
-/// whole blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn matmul(
-    ty: GgmlType,
-    w: &[u8],
-    nrows: usize,
-    act: &[u8],
-    ncols: usize,
-    out: &mut [f32],
-) {
-    let wb = match ty {
-        GgmlType::Q8_0 => Q8_BYTES,
-        GgmlType::Q4_0 => Q4_BYTES,
-        _ => panic!("gemm: {} is not Q8_0 or Q4_0", ty.name()),
-    };
-    assert!(nrows > 0 && ncols > 0, "gemm: empty product");
-    let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
-    let nb = arb / Q8_BYTES;
-    // These checks are what make every pointer offset below stay inside the three slices.
-    assert!(
-        w.len() == nrows * wrb && wrb == nb * wb,
-        "gemm: bad weight length"
-    );
-    assert!(
-        act.len() == ncols * arb && arb == nb * Q8_BYTES,
-        "gemm: bad activation length"
-    );
-    assert_eq!(out.len(), nrows * ncols, "gemm: bad output length");
-    let block_rows = (ROW_BLOCK_BYTES / wrb.max(1)).max(4) / 4 * 4;
-    let prep = Prepared::new(act, arb, nb, ncols, ty == GgmlType::Q4_0);
-    let base = Tile {
-        w: w.as_ptr(),
-        wrb,
-        a: act.as_ptr(),
-        arb,
-        nb,
-        out: out.as_mut_ptr(),
-        stride: ncols,
-        sc: prep.scales.as_ptr(),
-        off: prep.offsets.as_ptr(),
-    };
-    for i0 in (0..nrows).step_by(block_rows) {
-        let nr = block_rows.min(nrows - i0);
-        for j0 in (0..ncols).step_by(PANEL) {
-            let nc = PANEL.min(ncols - j0);
-            // SAFETY: rows i0..i0 + nr and columns j0..j0 + nc are inside the slices checked
-            // above; AVX2/FMA/F16C are this function's contract.
-            unsafe {
-                let panel = (j0 / PANEL) * nb * PANEL;
-                let t = Tile {
-                    sc: prep.scales.as_ptr().add(panel),
-                    off: prep.offsets.as_ptr().wrapping_add(panel),
-                    ..base.at(i0, j0)
-                };
-                match ty {
-                    GgmlType::Q8_0 => panel_q8(t, nr, nc),
-                    _ => panel_q4(t, nr, nc),
-                }
-            }
-        }
-    }
-}
-
 /// Stamps out a panel walker: tiles of `$r` rows × 4 columns, then the row and column tails
 /// with smaller tiles of the same kernel.
 macro_rules! panel {
-    ($name:ident, $tile:ident, $r:literal) => {
+    ($name:ident, $tile:ident, $r:literal, $feat:literal) => {
         /// All `nr` rows × `nc` (≤ [`PANEL`]) columns from `t`.
         ///
         /// # Safety
-        /// AVX2, FMA, F16C; `t` points at `nr` readable rows, `nc` columns and outputs.
-        #[target_feature(enable = "avx2,fma,f16c")]
+        /// The CPU supports `$feat`; `t` points at `nr` readable rows, `nc` columns and
+        /// outputs.
+        #[target_feature(enable = $feat)]
         unsafe fn $name(t: Tile, nr: usize, nc: usize) {
             let mut i = 0;
             // SAFETY: every tile below stays inside rows 0..nr and columns 0..nc of `t`.
@@ -219,9 +154,6 @@ macro_rules! panel {
         }
     };
 }
-
-panel!(panel_q8, tile_q8, 2);
-panel!(panel_q4, tile_q4, 2);
 
 /// One f16 (little-endian at `p`) as f32.
 ///
@@ -265,47 +197,11 @@ fn pairsum(u: __m256i, s: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
 }
 
-/// Q8_0 rows `0..R` × columns `0..C`.
-///
-/// # Safety
-/// AVX2, FMA, F16C; `t` points at `R` Q8_0 weight rows, `C` activation columns and their
-/// outputs.
-// Register tiles index rows and columns by number: each (r, c) pairs `wq[r]`, `dd[r]` and
-// column c's quants, and unrolls into fixed registers.
-#[allow(clippy::needless_range_loop)]
+/// The same lanes with one AVX-512 VNNI instruction.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q8<const R: usize, const C: usize>(t: Tile) {
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    for b in 0..t.nb {
-        // SAFETY: rows < R, columns < C and blocks < nb are inside the tile (contract).
-        unsafe {
-            let ad = col_scales(t, b);
-            let mut wq = [_mm256_setzero_si256(); R];
-            let mut dd = [_mm256_setzero_ps(); R];
-            for r in 0..R {
-                let blk = t.w.add(r * t.wrb + b * Q8_BYTES);
-                wq[r] = _mm256_loadu_si256(blk.add(2).cast());
-                // dw·da for the C columns, in both halves for `lane`.
-                let d = _mm_mul_ps(_mm_set1_ps(f16_at(blk)), ad);
-                dd[r] = _mm256_set_m128(d, d);
-            }
-            for c in 0..C {
-                let aq = _mm256_loadu_si256(t.a.add(c * t.arb + b * Q8_BYTES + 2).cast());
-                for r in 0..R {
-                    // |w| · (a with w's sign): exact, activations lie in [-127, 127].
-                    let p = pairsum(_mm256_sign_epi8(wq[r], wq[r]), _mm256_sign_epi8(aq, wq[r]));
-                    acc[r][c] = _mm256_fmadd_ps(lane(dd[r], c), _mm256_cvtepi32_ps(p), acc[r][c]);
-                }
-            }
-        }
-    }
-    for r in 0..R {
-        for c in 0..C {
-            // SAFETY: output (r, c) is inside the tile (contract).
-            unsafe { *t.out.add(r * t.stride + c) = hsum(acc[r][c]) };
-        }
-    }
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,avx512vnni")]
+fn pairsum_vnni(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
 }
 
 /// The lane sums of eight vectors of 16 i16 lanes, as eight i32 in their order. Exact when
@@ -326,56 +222,199 @@ fn reduce8_i16(p: &[__m256i; 8]) -> __m256i {
     )
 }
 
-/// Q4_0 rows `0..R` (R ≤ 2) × columns `0..C`; output (r, c) is lane `4r + c` of the
-/// accumulator.
-///
-/// # Safety
-/// AVX2, FMA, F16C; `t` points at `R` Q4_0 weight rows, `C` activation columns and their
-/// outputs.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q4<const R: usize, const C: usize>(t: Tile) {
-    let mut acc = _mm256_setzero_ps();
-    let m4 = _mm_set1_epi8(0xf);
-    for b in 0..t.nb {
-        // SAFETY: rows < R, columns < C and blocks < nb are inside the tile (contract).
-        unsafe {
-            let ad = col_scales(t, b);
-            let mut wq = [_mm256_setzero_si256(); R];
-            let mut wd = [0.0f32; 2];
-            for r in 0..R {
-                let blk = t.w.add(r * t.wrb + b * Q4_BYTES);
-                let q = _mm_loadu_si128(blk.add(2).cast());
-                // Stored as q + 8: low nibbles are values 0..16, high nibbles 16..32.
-                let lo = _mm_and_si128(q, m4);
-                let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m4);
-                wq[r] = _mm256_set_m128i(hi, lo);
-                wd[r] = f16_at(blk);
-            }
-            let scale = _mm256_mul_ps(
-                _mm256_set_m128(_mm_set1_ps(wd[1]), _mm_set1_ps(wd[0])),
-                _mm256_set_m128(ad, ad),
-            );
-            let mut p = [_mm256_setzero_si256(); 8];
-            for c in 0..C {
-                let aq = _mm256_loadu_si256(t.a.add(c * t.arb + b * Q8_BYTES + 2).cast());
-                for r in 0..R {
-                    p[4 * r + c] = _mm256_maddubs_epi16(wq[r], aq);
+/// Stamps out the kernels for one instruction set: `$feat` are its target features,
+/// `$pairsum` its byte-product sum and `$r8` the weight rows of a Q8_0 tile.
+macro_rules! gemm_kernels {
+    ($name:ident, $feat:literal, $pairsum:ident, $r8:literal) => {
+        pub(super) mod $name {
+            use super::*;
+
+            /// `out[i * ncols + j] = w row i · act row j`.
+            ///
+            /// # Safety
+            /// The CPU must support `$feat`.
+            ///
+            /// # Panics
+            /// If `ty` is not handled here or the lengths do not describe `nrows` × `ncols`
+            /// products of whole blocks.
+            #[target_feature(enable = $feat)]
+            pub(in crate::quant::avx2) unsafe fn matmul(
+                ty: GgmlType,
+                w: &[u8],
+                nrows: usize,
+                act: &[u8],
+                ncols: usize,
+                out: &mut [f32],
+            ) {
+                let wb = match ty {
+                    GgmlType::Q8_0 => Q8_BYTES,
+                    GgmlType::Q4_0 => Q4_BYTES,
+                    _ => panic!("gemm: {} is not Q8_0 or Q4_0", ty.name()),
+                };
+                assert!(nrows > 0 && ncols > 0, "gemm: empty product");
+                let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
+                let nb = arb / Q8_BYTES;
+                // These checks keep every pointer offset below inside the three slices.
+                assert!(
+                    w.len() == nrows * wrb && wrb == nb * wb,
+                    "gemm: bad weight length"
+                );
+                assert!(
+                    act.len() == ncols * arb && arb == nb * Q8_BYTES,
+                    "gemm: bad activation length"
+                );
+                assert_eq!(out.len(), nrows * ncols, "gemm: bad output length");
+                let block_rows = (ROW_BLOCK_BYTES / wrb.max(1)).max(4) / 4 * 4;
+                let prep = Prepared::new(act, arb, nb, ncols, ty == GgmlType::Q4_0);
+                let base = Tile {
+                    w: w.as_ptr(),
+                    wrb,
+                    a: act.as_ptr(),
+                    arb,
+                    nb,
+                    out: out.as_mut_ptr(),
+                    stride: ncols,
+                    sc: prep.scales.as_ptr(),
+                    off: prep.offsets.as_ptr(),
+                };
+                for i0 in (0..nrows).step_by(block_rows) {
+                    let nr = block_rows.min(nrows - i0);
+                    for j0 in (0..ncols).step_by(PANEL) {
+                        let nc = PANEL.min(ncols - j0);
+                        // SAFETY: rows i0..i0 + nr and columns j0..j0 + nc are inside the
+                        // slices checked above; `$feat` is this function's contract.
+                        unsafe {
+                            let panel = (j0 / PANEL) * nb * PANEL;
+                            let t = Tile {
+                                sc: prep.scales.as_ptr().add(panel),
+                                off: prep.offsets.as_ptr().wrapping_add(panel),
+                                ..base.at(i0, j0)
+                            };
+                            match ty {
+                                GgmlType::Q8_0 => panel_q8(t, nr, nc),
+                                _ => panel_q4(t, nr, nc),
+                            }
+                        }
+                    }
                 }
             }
-            // (q + 8)·a − 8·a = q·a; exact.
-            let off = _mm_loadu_si128(t.off.add(b * PANEL).cast());
-            let totals = _mm256_sub_epi32(reduce8_i16(&p), _mm256_set_m128i(off, off));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(totals), scale, acc);
+
+            panel!(panel_q8, tile_q8, $r8, $feat);
+            panel!(panel_q4, tile_q4, 2, $feat);
+
+            /// Q8_0 rows `0..R` × columns `0..C`.
+            ///
+            /// # Safety
+            /// `$feat`; `t` points at `R` Q8_0 weight rows, `C` activation columns and their
+            /// outputs.
+            // Register tiles index rows and columns by number: each (r, c) pairs `wq[r]`,
+            // `dd[r]` and column c's quants, and unrolls into fixed registers.
+            #[allow(clippy::needless_range_loop)]
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn tile_q8<const R: usize, const C: usize>(t: Tile) {
+                let mut acc = [[_mm256_setzero_ps(); C]; R];
+                for b in 0..t.nb {
+                    // SAFETY: rows < R, columns < C and blocks < nb are inside the tile (contract).
+                    unsafe {
+                        let ad = col_scales(t, b);
+                        let mut wq = [_mm256_setzero_si256(); R];
+                        let mut dd = [_mm256_setzero_ps(); R];
+                        for r in 0..R {
+                            let blk = t.w.add(r * t.wrb + b * Q8_BYTES);
+                            wq[r] = _mm256_loadu_si256(blk.add(2).cast());
+                            // dw·da for the C columns, in both halves for `lane`.
+                            let d = _mm_mul_ps(_mm_set1_ps(f16_at(blk)), ad);
+                            dd[r] = _mm256_set_m128(d, d);
+                        }
+                        for c in 0..C {
+                            let aq =
+                                _mm256_loadu_si256(t.a.add(c * t.arb + b * Q8_BYTES + 2).cast());
+                            for r in 0..R {
+                                // |w| · (a with w's sign): exact, activations lie in [-127, 127].
+                                let p = $pairsum(
+                                    _mm256_sign_epi8(wq[r], wq[r]),
+                                    _mm256_sign_epi8(aq, wq[r]),
+                                );
+                                acc[r][c] = _mm256_fmadd_ps(
+                                    lane(dd[r], c),
+                                    _mm256_cvtepi32_ps(p),
+                                    acc[r][c],
+                                );
+                            }
+                        }
+                    }
+                }
+                for r in 0..R {
+                    for c in 0..C {
+                        // SAFETY: output (r, c) is inside the tile (contract).
+                        unsafe { *t.out.add(r * t.stride + c) = hsum(acc[r][c]) };
+                    }
+                }
+            }
+
+            /// Q4_0 rows `0..R` (R ≤ 2) × columns `0..C`; output (r, c) is lane `4r + c` of the
+            /// accumulator.
+            ///
+            /// # Safety
+            /// `$feat`; `t` points at `R` Q4_0 weight rows, `C` activation columns and their
+            /// outputs.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn tile_q4<const R: usize, const C: usize>(t: Tile) {
+                let mut acc = _mm256_setzero_ps();
+                let m4 = _mm_set1_epi8(0xf);
+                for b in 0..t.nb {
+                    // SAFETY: rows < R, columns < C and blocks < nb are inside the tile (contract).
+                    unsafe {
+                        let ad = col_scales(t, b);
+                        let mut wq = [_mm256_setzero_si256(); R];
+                        let mut wd = [0.0f32; 2];
+                        for r in 0..R {
+                            let blk = t.w.add(r * t.wrb + b * Q4_BYTES);
+                            let q = _mm_loadu_si128(blk.add(2).cast());
+                            // Stored as q + 8: low nibbles are values 0..16, high nibbles 16..32.
+                            let lo = _mm_and_si128(q, m4);
+                            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m4);
+                            wq[r] = _mm256_set_m128i(hi, lo);
+                            wd[r] = f16_at(blk);
+                        }
+                        let scale = _mm256_mul_ps(
+                            _mm256_set_m128(_mm_set1_ps(wd[1]), _mm_set1_ps(wd[0])),
+                            _mm256_set_m128(ad, ad),
+                        );
+                        let mut p = [_mm256_setzero_si256(); 8];
+                        for c in 0..C {
+                            let aq =
+                                _mm256_loadu_si256(t.a.add(c * t.arb + b * Q8_BYTES + 2).cast());
+                            for r in 0..R {
+                                p[4 * r + c] = _mm256_maddubs_epi16(wq[r], aq);
+                            }
+                        }
+                        // (q + 8)·a − 8·a = q·a; exact.
+                        let off = _mm_loadu_si128(t.off.add(b * PANEL).cast());
+                        let totals = _mm256_sub_epi32(reduce8_i16(&p), _mm256_set_m128i(off, off));
+                        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(totals), scale, acc);
+                    }
+                }
+                let mut lanes = [0.0f32; 8];
+                // SAFETY: `lanes` is 8 writable f32s; storeu has no alignment requirement.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+                for r in 0..R {
+                    for c in 0..C {
+                        // SAFETY: output (r, c) is inside the tile (contract).
+                        unsafe { *t.out.add(r * t.stride + c) = lanes[4 * r + c] };
+                    }
+                }
+            }
         }
-    }
-    let mut lanes = [0.0f32; 8];
-    // SAFETY: `lanes` is 8 writable f32s; storeu has no alignment requirement.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    for r in 0..R {
-        for c in 0..C {
-            // SAFETY: output (r, c) is inside the tile (contract).
-            unsafe { *t.out.add(r * t.stride + c) = lanes[4 * r + c] };
-        }
-    }
+    };
 }
+
+gemm_kernels!(base, "avx2,fma,f16c", pairsum, 2);
+gemm_kernels!(
+    vnni,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni",
+    pairsum_vnni,
+    4
+);

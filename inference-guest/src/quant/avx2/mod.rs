@@ -131,10 +131,16 @@ impl Avx2 {
         out: &mut [f32],
     ) -> bool {
         match ty {
-            // Prefill on AVX2 alone; the VNNI tiles keep their wider 4 × 4 blocking.
-            _ if ncols > 1 && !self.vnni && gemm::handles(ty) => {
-                // SAFETY: `self` proves AVX2/FMA/F16C; `gemm::matmul` checks the lengths.
-                unsafe { gemm::matmul(ty, w, nrows, act, ncols, out) };
+            _ if ncols > 1 && gemm::handles(ty) => {
+                // SAFETY: `self` proves AVX2/FMA/F16C (with `vnni`, AVX-512 F/VL/BW/VNNI);
+                // `gemm::*::matmul` checks the lengths.
+                unsafe {
+                    if self.vnni {
+                        gemm::vnni::matmul(ty, w, nrows, act, ncols, out);
+                    } else {
+                        gemm::base::matmul(ty, w, nrows, act, ncols, out);
+                    }
+                }
                 true
             }
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
