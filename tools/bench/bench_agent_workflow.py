@@ -19,8 +19,6 @@ was given) before it sends the next request; runs with no such pause are reporte
 and waits for it (the guest's vCPUs load or generate, not both at once). Greedy: the texts of
 both daemons must be equal, step for step.
 """
-import http.client
-import json
 import os
 import statistics
 import sys
@@ -28,7 +26,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_serve import free_port, spawn, stop, wait_http  # noqa: E402
+from bench_serve import free_port, metrics, spawn, stop, stream_chat, wait_http  # noqa: E402
 
 FIRST = "SmolLM2-135M-Instruct.Q8_0"
 CODER = "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M"
@@ -55,37 +53,8 @@ def start(a, port, tmp, mode):
 
 def ask(port, model, prompt, max_tokens):
     """One streamed greedy chat request: (TTFT ms, whole answer ms, text)."""
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
-                       "temperature": 0, "max_tokens": max_tokens, "stream": True})
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    t0 = time.perf_counter()
-    c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-    r = c.getresponse()
-    if r.status != 200:
-        raise SystemExit(f"{model}: HTTP {r.status}: {r.read().decode()}")
-    ttft, text = None, ""
-    for line in r:
-        line = line.decode().strip()
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        for ch in json.loads(line[6:]).get("choices", []):
-            piece = ch.get("delta", {}).get("content") or ""
-            if piece and ttft is None:
-                ttft = time.perf_counter() - t0
-            text += piece
-    whole = time.perf_counter() - t0
-    return (ttft or whole) * 1e3, whole * 1e3, text
-
-
-def metrics(port):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    c.request("GET", "/metrics")
-    out = {}
-    for line in c.getresponse().read().decode().splitlines():
-        if line.startswith("flexserve_guest_") and " " in line:
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
+    return stream_chat(port, {"model": model, "messages": [{"role": "user", "content": prompt}],
+                              "temperature": 0, "max_tokens": max_tokens})
 
 
 def workflow(a, port, think_s):
@@ -97,7 +66,7 @@ def workflow(a, port, think_s):
     time.sleep(think_s)
     back_ttft, _, back = ask(port, FIRST, f"Explain this code in one sentence:\n{code}",
                              a.agent_first_tokens)
-    m = metrics(port)
+    m = metrics(port, "flexserve_guest_")
     return {"agent_ms": first_ms + coder_ttft, "return_ms": coder_ms + back_ttft,
             "first_ms": first_ms, "coder_ttft_ms": coder_ttft, "coder_ms": coder_ms,
             "back_ttft_ms": back_ttft, "texts": [first, code, back],

@@ -12,7 +12,6 @@ start each per round; the medians are reported with K and the per-block times it
 Greedy: both daemons must answer alike. The last line is one JSON object.
 """
 import argparse
-import http.client
 import json
 import os
 import statistics
@@ -21,7 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_serve import free_port, spawn, stop, wait_http  # noqa: E402
+from bench_serve import free_port, metrics, spawn, stop, stream_chat, wait_http  # noqa: E402
 
 ANCHOR = "SmolLM2-135M-Instruct.Q4_0"
 PROMPT = "Name three colours and say which one you like best."
@@ -43,44 +42,14 @@ def start(a, enabled):
     return proc, tmp, port
 
 
-def metrics(port):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    c.request("GET", "/metrics")
-    out = {}
-    for line in c.getresponse().read().decode().splitlines():
-        if line.startswith("flexserve_") and " " in line:
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
-
-
 def cold(port, model, a, keep="0"):
     """One request that leaves `model` unloaded (keep_alive 0) once the daemon is idle."""
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}],
-            "temperature": 0, "max_tokens": a.tokens, "stream": True, "keep_alive": keep}
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    t0 = time.perf_counter()
-    c.request("POST", "/v1/chat/completions", json.dumps(body),
-              {"Content-Type": "application/json"})
-    r = c.getresponse()
-    if r.status != 200:
-        raise SystemExit(f"{model}: HTTP {r.status}: {r.read().decode()}")
-    ttft, text = None, ""
-    for line in r:
-        line = line.decode().strip()
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        event = json.loads(line[6:])
-        if "error" in event:
-            raise SystemExit(f"{model}: the answer failed: {event['error']}")
-        for ch in event.get("choices", []):
-            piece = ch.get("delta", {}).get("content") or ""
-            if piece and ttft is None:
-                ttft = time.perf_counter() - t0
-            text += piece
+    ttft, _, text = stream_chat(port, {
+        "model": model, "messages": [{"role": "user", "content": PROMPT}],
+        "temperature": 0, "max_tokens": a.tokens, "keep_alive": keep})
     # The idle sweep (once a second while nothing runs) unloads it.
     time.sleep(a.settle_s)
-    return (ttft or time.perf_counter() - t0) * 1e3, text
+    return ttft, text
 
 
 def bench_model(a, model, daemons):

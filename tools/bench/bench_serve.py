@@ -234,6 +234,47 @@ class Slowloris:
                 s.close()
 
 
+def stream_chat(port, body):
+    """One streamed chat completion (`body` a dict, `stream` set here): (TTFT ms, whole
+    answer ms, text). A refused request or an error event in the stream stops the bench."""
+    model = body.get("model")
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t0 = time.perf_counter()
+    c.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),
+              {"Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        raise SystemExit(f"{model}: HTTP {r.status}: {r.read().decode()}")
+    ttft, text = None, ""
+    for line in r:
+        line = line.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        event = json.loads(line[6:])
+        if "error" in event:
+            raise SystemExit(f"{model}: the answer failed: {event['error']}")
+        for ch in event.get("choices", []):
+            piece = ch.get("delta", {}).get("content") or ""
+            if piece and ttft is None:
+                ttft = time.perf_counter() - t0
+            text += piece
+    c.close()
+    whole = time.perf_counter() - t0
+    return (ttft or whole) * 1e3, whole * 1e3, text
+
+
+def metrics(port, prefix="flexserve_"):
+    """The daemon's /metrics samples whose names start with `prefix`, by name (with labels)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/metrics")
+    out = {}
+    for line in c.getresponse().read().decode().splitlines():
+        if line.startswith(prefix) and " " in line:
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
 def metric(port, name):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     c.request("GET", "/metrics")
