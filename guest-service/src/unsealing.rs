@@ -104,7 +104,11 @@ impl Unsealing {
         } else {
             Body::Pipelined(ArrivingFile::reserve(total)?)
         };
-        Ok(Self {
+        Ok(Self::new(model_id, unsealer, body))
+    }
+
+    fn new(model_id: u32, unsealer: Unsealer, body: Body) -> Self {
+        Self {
             model_id,
             accepted_owners: 0,
             opener: Opener {
@@ -112,7 +116,7 @@ impl Unsealing {
                 times: UnsealTimes::default(),
             },
             body,
-        })
+        }
     }
 
     /// Starts a load after a kept prefix of the body's first layers (`bytes`, their
@@ -139,15 +143,7 @@ impl Unsealing {
         }
         let total = unsealer.header().body_bytes();
         let file = ArrivingFile::from_prefix(bytes, total).map_err(Resume::Refused)?;
-        Ok(Self {
-            model_id,
-            accepted_owners: 0,
-            opener: Opener {
-                unsealer,
-                times: UnsealTimes::default(),
-            },
-            body: Body::Pipelined(file),
-        })
+        Ok(Self::new(model_id, unsealer, Body::Pipelined(file)))
     }
 
     /// The buffer the body goes into: start address and length.
