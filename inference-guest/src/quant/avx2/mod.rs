@@ -100,14 +100,18 @@ impl Avx2 {
         // `Kernels::dot` checked both row lengths against the same `n`.
         unsafe {
             Some(match ty {
-                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 if self.vnni => {
-                    blocks32::vnni::dot(ty, w, a)
+                GgmlType::Q4_0
+                | GgmlType::Q4_1
+                | GgmlType::Q8_0
+                | GgmlType::Q5_0
+                | GgmlType::Q5_1
+                | GgmlType::IQ4NL => {
+                    if self.vnni {
+                        blocks32::vnni::dot(ty, w, a)
+                    } else {
+                        blocks32::base::dot(ty, w, a)
+                    }
                 }
-                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => blocks32::base::dot(ty, w, a),
-                GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::IQ4NL if self.vnni => {
-                    blocks32::vnni::dot(ty, w, a)
-                }
-                GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::IQ4NL => blocks32::base::dot(ty, w, a),
                 GgmlType::IQ4XS => iq4::dot_iq4_xs(w, a),
                 GgmlType::Q5K => q5_k::dot_q5_k(w, a),
                 GgmlType::Q4K => kquant::dot_q4_k(w, a),
