@@ -8,8 +8,11 @@ prompt P of about that many tokens is asked, then a short unrelated prompt F, wh
 cache takes the guest over the mark so that P's cache is sealed and written to the host;
 then P again, timed: its cache comes back from the host file or is evaluated again. The
 requests alternate between the daemons, round by round; reported are the medians of the
-timed requests (one generated token, so the time is the restore or the prefill) and which
-way the measured daemon chose. The answers of all three must be equal.
+timed requests' time to first token (the restore or the prefill, then one token), which way
+the measured daemon chose and the times it predicted for both. The timed requests stream
+--kv-answer-tokens greedy tokens, which must be the same from all three daemons: a restored
+cache must continue exactly as a recomputed one. The load average before and after is
+printed too: on a shared machine the prefill times move with it.
 """
 import json
 import os
@@ -20,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import http.client
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_serve import free_port, stop, wait_http  # noqa: E402
@@ -37,6 +41,8 @@ def add_args(ap):
     ap.add_argument("--kv-rounds", type=int, default=3)
     ap.add_argument("--kv-ctx", type=int, default=4096, help="the daemons' models.context")
     ap.add_argument("--kv-skip", action="store_true", help="skip the KV eviction part")
+    ap.add_argument("--kv-answer-tokens", type=int, default=16,
+                    help="greedy tokens of each timed answer, compared across the daemons")
 
 
 def post(port, path, body):
@@ -65,6 +71,32 @@ def complete(port, model, prompt):
     u = v["usage"]
     cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
     return dt, v["choices"][0]["text"], u["prompt_tokens"], cached
+
+
+def timed(port, model, prompt, max_tokens):
+    """A streamed greedy answer: (seconds to its first text, its text)."""
+    body = json.dumps({"model": model, "prompt": prompt, "temperature": 0,
+                       "max_tokens": max_tokens, "stream": True})
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t0 = time.perf_counter()
+    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
+    ttft, text = None, ""
+    for raw in r:
+        line = raw.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        ev = json.loads(line[6:])
+        if "error" in ev:
+            raise RuntimeError(ev["error"])
+        piece = "".join(ch.get("text") or "" for ch in ev.get("choices", []))
+        if piece and ttft is None:
+            ttft = time.perf_counter() - t0
+        text += piece
+    c.close()
+    return (ttft if ttft is not None else time.perf_counter() - t0), text
 
 
 def text_of(words, seed):
@@ -130,6 +162,8 @@ def run(a):
     daemons = {m: start(a, m, memory_max) for m in MODES}
     times = {(m, n): [] for m in MODES for n in lengths}
     choice, answers, fillers = {}, {}, 0
+    predicted = {n: [] for n in lengths}
+    load_before = os.getloadavg()
     try:
         texts = prompts(daemons["measured"][2], model, lengths)
         for r in range(a.kv_rounds):
@@ -144,7 +178,7 @@ def run(a):
                     fillers += 1
                     complete(port, model, text_of(4, -fillers).capitalize() + FILLER)
                     before = metrics(port)
-                    dt, out, _, cached = complete(port, model, text)
+                    dt, out = timed(port, model, text, a.kv_answer_tokens)
                     after = metrics(port)
                     if after["flexserve_kv_evictions_total"] == 0:
                         raise SystemExit(f"kv: the {m} daemon evicted nothing")
@@ -154,8 +188,7 @@ def run(a):
                     forced = {"restore": "restores", "recompute": "recomputes"}.get(m)
                     if (done["restores_refused"] or done["restores"] + done["recomputes"] != 1
                             or (forced and done[forced] != 1)):
-                        raise SystemExit(f"kv: {m} at {n}: not the way asked: {done}, "
-                                         f"{cached} tokens cached")
+                        raise SystemExit(f"kv: {m} at {n}: not the way asked: {done}")
                     times[m, n].append(dt * 1e3)
                     answers.setdefault(n, out)
                     if out != answers[n]:
@@ -163,6 +196,9 @@ def run(a):
                                          f"{answers[n]!r}")
                     if m == "measured":
                         choice[n] = "restore" if done["restores"] else "recompute"
+                        predicted[n].append(
+                            (after["flexserve_kv_predicted_restore_microseconds"] / 1e3,
+                             after["flexserve_kv_predicted_recompute_microseconds"] / 1e3))
             print(f"kv round {r + 1}/{a.kv_rounds} done", file=sys.stderr)
     except BaseException:
         for m, (_, tmp, _) in daemons.items():
@@ -173,16 +209,22 @@ def run(a):
     finally:
         for proc, tmp, _ in daemons.values():
             stop(proc, tmp)
-    out = {"kv_budget_mib": memory_max >> 20}
+    load_after = os.getloadavg()
+    out = {"kv_budget_mib": memory_max >> 20, "kv_loadavg_before": load_before[0],
+           "kv_loadavg_after": load_after[0]}
     print(f"{'context':>7} {'tokens':>6} {'restore':>9} {'recompute':>10} {'ratio':>6}  "
-          f"measured chose")
+          f"measured: chose, took, predicted restore / recompute (last round)")
     for n in lengths:
         rest = statistics.median(times["restore", n])
         reco = statistics.median(times["recompute", n])
+        meas = statistics.median(times["measured", n])
+        pr, pc = predicted[n][-1]
         out |= {f"kv_prompt_tokens_{n}": texts[n][1], f"kv_restore_ms_{n}": rest,
                 f"kv_recompute_ms_{n}": reco, f"kv_restore_ratio_{n}": rest / reco,
-                f"kv_measured_ms_{n}": statistics.median(times["measured", n]),
-                f"kv_choice_{n}": choice[n]}
-        print(f"{n:7} {texts[n][1]:6} {rest:6.0f} ms {reco:7.0f} ms {rest / reco:6.2f}  "
-              f"{choice[n]}")
+                f"kv_measured_ms_{n}": meas, f"kv_choice_{n}": choice[n],
+                f"kv_predicted_restore_ms_{n}": pr, f"kv_predicted_recompute_ms_{n}": pc}
+        print(f"{n:7} {texts[n][1]:6} {rest:6.0f} ms {reco:7.0f} ms {rest / reco:6.3f}  "
+              f"{choice[n]}, {meas:.0f} ms, {pr:.0f} / {pc:.0f} ms")
+    print(f"load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after",
+          file=sys.stderr)
     return out

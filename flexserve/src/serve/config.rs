@@ -62,7 +62,8 @@ pub enum StartMode {
 /// again (`guest.kv_restore`); the forced choices exist for tests and benchmarks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvRestoreMode {
-    /// Per request, by the restore and prefill rates the guest measured.
+    /// Per request, by the guest's predictions for the cache's length from what it
+    /// measured (`guest-service/src/service/kv_cost.rs`).
     Measured,
     Restore,
     Recompute,

@@ -103,6 +103,10 @@ pub struct Metrics {
     pub kv_restores: AtomicU64,
     pub kv_recomputes: AtomicU64,
     pub kv_refused: AtomicU64,
+    /// The guest's predicted restore and recompute times (µs) for the last evicted cache
+    /// a request found.
+    pub kv_predicted_restore_us: AtomicU64,
+    pub kv_predicted_recompute_us: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub guest_state: AtomicU64,
     pub guest_starts: AtomicU64,
@@ -148,6 +152,8 @@ impl Default for Metrics {
             kv_restores: AtomicU64::new(0),
             kv_recomputes: AtomicU64::new(0),
             kv_refused: AtomicU64::new(0),
+            kv_predicted_restore_us: AtomicU64::new(0),
+            kv_predicted_recompute_us: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             guest_state: AtomicU64::new(GuestState::Down as u64),
             guest_starts: AtomicU64::new(0),
@@ -250,7 +256,7 @@ impl Metrics {
     }
 
     /// KV eviction's counters.
-    fn kv_scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 4] {
+    fn kv_scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 6] {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             (
@@ -268,8 +274,8 @@ impl Metrics {
             (
                 "flexserve_kv_recomputes_total",
                 "counter",
-                "Requests that evaluated an evicted KV cache's tokens again (cheaper by the \
-                 guest's measured rates).",
+                "Requests that evaluated an evicted KV cache's tokens again (predicted \
+                 cheaper by the guest's measurements, or forced).",
                 get(&self.kv_recomputes),
             ),
             (
@@ -278,6 +284,20 @@ impl Metrics {
                 "Restores the guest refused (a block missing, out of order or not \
                  authentic); the request recomputed.",
                 get(&self.kv_refused),
+            ),
+            (
+                "flexserve_kv_predicted_restore_microseconds",
+                "gauge",
+                "The guest's predicted restore time of the last evicted KV cache a request \
+                 found (0: no restore measured yet).",
+                get(&self.kv_predicted_restore_us),
+            ),
+            (
+                "flexserve_kv_predicted_recompute_microseconds",
+                "gauge",
+                "The guest's predicted time to evaluate the same cache's tokens again, from \
+                 its prefill measurements at that model's context lengths (0: none yet).",
+                get(&self.kv_predicted_recompute_us),
             ),
         ]
     }

@@ -5,6 +5,7 @@
 //! stream or the error: the steps before it return a [`Refusal`] instead of answering.
 
 use super::constraint::run_engine;
+use super::kv_cost;
 use super::sealed_answer::SealedAnswer;
 use super::token_stream::{Link, Streamed, TokenStream};
 use super::{Environment, GENERATION_SCRATCH_BYTES, Service, error_response};
@@ -171,6 +172,8 @@ impl Service {
         stream.set_sealed(sealed.as_deref_mut());
         stream.set_logprobs(logprobs);
         let mut constrained = constraint.map(|c| m.constrained(c)).transpose()?;
+        // Where this prompt's evaluation starts, for the prefill cost model.
+        let (start, shape) = (session.n_past() as u64, kv_cost::attention_shape(&m.cfg));
         let result = run_engine(
             &model,
             session,
@@ -211,7 +214,16 @@ impl Service {
                 cached_tokens: reused,
                 ..e
             });
-        self.kv_evict.note_end(&ended);
+        if let Ok(e) = &ended {
+            let evaluated = e.prompt_tokens.saturating_sub(e.cached_tokens);
+            self.kv_evict.costs.note_prefill(
+                model_id,
+                shape,
+                start,
+                evaluated.into(),
+                e.timings.prompt_ns,
+            );
+        }
         if let (Some(answer), Ok(e)) = (sealed, &ended) {
             answer.slice_done(e.generated_tokens, last);
         }

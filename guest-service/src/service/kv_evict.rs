@@ -3,7 +3,8 @@
 //! pressure a cache leaves private memory without being lost; only its tokens stay, to match
 //! later prompts against. A request whose prompt shares an evicted cache's prefix
 //! (`KvWant`) gets it back, each block authenticated (`KvRestore`, in `kv_restore.rs`), or
-//! evaluates its prompt again, whichever the measured rates say is cheaper.
+//! evaluates its prompt again, whichever is predicted to be cheaper for the cache's length
+//! ([`super::kv_cost`]).
 //!
 //! The sealing is [`crate::kv_seal`]'s; the host sees ciphertext, a handle, block counts and
 //! sizes (which tell it how many tokens a cache holds, as the request's length already does).
@@ -55,35 +56,6 @@ struct Outgoing {
     layer: Option<(usize, Vec<u8>)>,
 }
 
-/// What the last measurements say: bytes restored per nanosecond, tokens evaluated per
-/// nanosecond, each as its last (amount, nanoseconds).
-#[derive(Default, Clone, Copy)]
-pub(super) struct Rates {
-    restore: Option<(u64, u64)>,
-    prefill: Option<(u64, u64)>,
-}
-
-impl Rates {
-    /// Notes a prompt evaluation of `tokens` that took `ns` (long enough to say something).
-    pub fn note_prefill(&mut self, tokens: u64, ns: u64) {
-        if tokens >= 16 && ns > 0 {
-            self.prefill = Some((tokens, ns));
-        }
-    }
-
-    pub fn note_restore(&mut self, bytes: u64, ns: u64) {
-        if bytes > 0 && ns > 0 {
-            self.restore = Some((bytes, ns));
-        }
-    }
-
-    fn scale(rate: Option<(u64, u64)>, amount: u64) -> Option<u32> {
-        let (a, ns) = rate?;
-        let us = u128::from(amount) * u128::from(ns) / u128::from(a.max(1)) / 1000;
-        Some(us.min(u128::from(u32::MAX)) as u32)
-    }
-}
-
 /// Everything eviction holds.
 #[derive(Default)]
 pub(super) struct KvEviction {
@@ -93,7 +65,7 @@ pub(super) struct KvEviction {
     outgoing: Option<Outgoing>,
     pub evicted: Vec<Evicted>,
     pub incoming: Option<super::kv_restore::Incoming>,
-    pub rates: Rates,
+    pub costs: super::kv_cost::KvCosts,
 }
 
 impl KvEviction {
@@ -109,18 +81,10 @@ impl KvEviction {
         self.incoming.is_some()
     }
 
-    /// Notes the prefill rate of a generation that ended.
-    pub fn note_end<E>(&mut self, ended: &Result<virtio_llm::wire::response::EndOfStream, E>) {
-        if let Ok(e) = ended {
-            let evaluated = e.prompt_tokens.saturating_sub(e.cached_tokens);
-            self.rates
-                .note_prefill(evaluated.into(), e.timings.prompt_ns);
-        }
-    }
-
     /// Drops everything of `model_id` (it was unloaded).
     pub fn forget_model(&mut self, model_id: u32) {
         self.evicted.retain(|e| e.model_id != model_id);
+        self.costs.forget_model(model_id);
         if self
             .outgoing
             .as_ref()
@@ -286,33 +250,35 @@ impl Service {
             return Ok(none);
         };
         let e = &self.kv_evict.evicted[at];
-        let rates = self.kv_evict.rates;
-        let restore_us = Rates::scale(rates.restore, e.plan.sealed_bytes());
-        let recompute_us = Rates::scale(rates.prefill, tokens as u64);
-        let restore = if q.flags & want_flag::FORCE_RESTORE != 0 {
-            true
+        let bytes = e.plan.sealed_bytes();
+        let predicted = self
+            .kv_evict
+            .costs
+            .predict(e.model_id, tokens as u64, bytes);
+        let (restore, why) = if q.flags & want_flag::FORCE_RESTORE != 0 {
+            (true, "forced")
         } else if q.flags & want_flag::FORCE_RECOMPUTE != 0 {
-            false
+            (false, "forced")
+        } else if predicted.restore_us.is_none() || predicted.recompute_us.is_none() {
+            (predicted.restore(), "not measured yet")
         } else {
-            // Unmeasured either way: restore, which measures the restore rate.
-            match (restore_us, recompute_us) {
-                (Some(r), Some(c)) => r < c,
-                _ => true,
-            }
+            (predicted.restore(), "measured")
         };
         let (handle, n_blocks) = (e.handle, e.plan.n_blocks() as u32);
+        let shown = |us: Option<u32>| us.map_or_else(|| "?".into(), |us| alloc::format!("{us}"));
+        env.log(&alloc::format!(
+            "engine: request {} finds {tokens} tokens in evicted KV cache {handle} ({} KiB): \
+             predicted restore {} us, recompute {} us; {} ({why})",
+            g.request_id,
+            bytes >> 10,
+            shown(predicted.restore_us),
+            shown(predicted.recompute_us),
+            if restore { "restore" } else { "recompute" },
+        ));
         let choice = if restore && self.begin_restore(at, &g, driver, env) {
             KvChoice::Restore
         } else {
-            let e = self.kv_evict.evicted.remove(at);
-            env.log(&alloc::format!(
-                "engine: request {} recomputes {tokens} tokens rather than restore evicted \
-                 KV cache {handle} (estimates: restore {} us, recompute {} us)",
-                g.request_id,
-                restore_us.unwrap_or(0),
-                recompute_us.unwrap_or(0)
-            ));
-            drop(e);
+            self.kv_evict.evicted.remove(at);
             KvChoice::Recompute
         };
         Ok(KvWanted {
@@ -321,8 +287,8 @@ impl Service {
             choice,
             n_blocks,
             tokens: tokens as u32,
-            restore_us: restore_us.unwrap_or(0),
-            recompute_us: recompute_us.unwrap_or(0),
+            restore_us: predicted.restore_us.unwrap_or(0),
+            recompute_us: predicted.recompute_us.unwrap_or(0),
         })
     }
 

@@ -190,7 +190,7 @@ impl Service {
         }
         let bytes = i.meta.plan.sealed_bytes();
         let ns = env.now_ns().saturating_sub(i.started_ns);
-        self.kv_evict.rates.note_restore(bytes, ns);
+        self.kv_evict.costs.note_restore(bytes, ns);
         env.log(&alloc::format!(
             "engine: evicted KV cache {} restored for request {}: {tokens} tokens, {} KiB in {} us",
             i.meta.handle,

@@ -27,6 +27,7 @@ mod constraint;
 mod control;
 mod embed;
 mod generation;
+mod kv_cost;
 mod kv_evict;
 mod kv_restore;
 mod layer_prefix;

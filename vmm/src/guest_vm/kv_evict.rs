@@ -23,6 +23,9 @@ pub struct KvCounters {
     pub recomputes: u64,
     /// Restores the guest refused (a block missing, out of order or not authentic).
     pub refused: u64,
+    /// The guest's predictions, in microseconds, for the last evicted cache a request
+    /// found: restore, recompute (0: not measured yet).
+    pub last_prediction: Option<(u32, u32)>,
 }
 
 /// The store and the counters of one guest.
@@ -142,6 +145,9 @@ impl GuestVm {
             }
             Err(e) => return Err(self.failure(e)),
         };
+        if w.choice != KvChoice::None {
+            self.kv.counters.last_prediction = Some((w.restore_us, w.recompute_us));
+        }
         match w.choice {
             KvChoice::None => Ok(()),
             KvChoice::Recompute => {

@@ -79,5 +79,11 @@ impl Worker {
         m.kv_restores.fetch_add(c.restores, Ordering::Relaxed);
         m.kv_recomputes.fetch_add(c.recomputes, Ordering::Relaxed);
         m.kv_refused.fetch_add(c.refused, Ordering::Relaxed);
+        if let Some((restore, recompute)) = c.last_prediction {
+            m.kv_predicted_restore_us
+                .store(restore.into(), Ordering::Relaxed);
+            m.kv_predicted_recompute_us
+                .store(recompute.into(), Ordering::Relaxed);
+        }
     }
 }
