@@ -6,7 +6,9 @@ With `--baseline EXE`, another FlexServe build runs in the same rounds (row engi
 by default, `--prompt-tokens`) as one prefill batch, then 128 greedy single-token decode steps,
 on 2 threads. Engines alternate (A B A B) for `--rounds` rounds and the median is reported
 (`--stat max`: the best round, steadier on a machine shared with other work). The last line
-printed is one JSON object (rows carry the kernel set, `isa`):
+printed is one JSON object (rows carry the kernel set, `isa`, and decode's share of the
+memory-bandwidth roofline, `roofline_pct`: bytes a decode step reads × tokens/s over the read
+bandwidth `flexserve bench-engine` measures in the same round):
 {"bench":"engine","rows":[{"engine":..., "quant":..., "prefill_tps":..., "decode_tps":...}, ...]}
 """
 import argparse
@@ -43,12 +45,22 @@ def bench_llama(llm, n_prompt, n_gen):
 
 
 def bench_flexserve(exe, model, n_prompt, n_gen, threads, isa):
+    """(prefill tok/s, decode tok/s, the full JSON row `flexserve bench-engine` printed)."""
     out = subprocess.run(
         [exe, "bench-engine", "-m", model, "--prompt-tokens", str(n_prompt),
          "--gen-tokens", str(n_gen), "--threads", str(threads), "--reps", "2", "--isa", isa],
         check=True, capture_output=True, text=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
-    return row["prefill_tps"], row["decode_tps"], row.get("isa", "?")
+    return row["prefill_tps"], row["decode_tps"], row
+
+
+def roofline_pct(decode_tps, shape, n_prompt, n_gen, kv_elem_bytes):
+    """Decode's share of the read-bandwidth bound: bytes a step reads (weights, plus the KV
+    cache half-way through decode at `kv_elem_bytes` a value) × tokens/s over the bandwidth
+    `flexserve bench-engine` measured in the same round."""
+    kv = shape["kv_bytes_per_position"] * kv_elem_bytes // 4 * (n_prompt + n_gen // 2)
+    step = shape["weight_bytes_per_token"] + kv
+    return 100.0 * decode_tps * step / (shape["read_gbps"] * 1e9)
 
 
 def main():
@@ -79,12 +91,15 @@ def main():
     engines = ["llama.cpp"] + [e for e, _ in ours]
     cases = [(m, n) for m in a.models for n in a.prompt_tokens]
     results = {(c, e): ([], []) for c in cases for e in engines}
-    isas = {}
+    isas, shapes = {}, {}
     for r in range(a.rounds):
         for c in cases:
             m, n = c
             for e, exe, want in ours:
-                pp, tg, isas[e] = bench_flexserve(exe, m, n, a.gen_tokens, a.threads, want)
+                pp, tg, got = bench_flexserve(exe, m, n, a.gen_tokens, a.threads, want)
+                isas[e] = got.get("isa", "?")
+                if "read_gbps" in got:
+                    shapes[c] = got
                 results[(c, e)][0].append(pp)
                 results[(c, e)][1].append(tg)
             pp, tg = bench_llama(llms[m], n, a.gen_tokens)
@@ -95,7 +110,8 @@ def main():
     rows = []
     print(f"kernels {', '.join(f'{e}: {i}' for e, i in isas.items())}; "
           f"{a.stat} of {a.rounds} rounds")
-    print(f"{'quant':6} {'prompt':>6} {'engine':18} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    print(f"{'quant':6} {'prompt':>6} {'engine':18} {'prefill tok/s':>14} {'decode tok/s':>13} "
+          f"{'roofline':>8}")
     for c in cases:
         m, n = c
         base = None
@@ -112,9 +128,15 @@ def main():
                 row["isa"] = isas[e]
                 row["prefill_ratio"] = round(pp / base["prefill_tps"], 3)
                 row["decode_ratio"] = round(tg / base["decode_tps"], 3)
+            if c in shapes:
+                # llama.cpp keeps its KV cache in f16, FlexServe in f32.
+                row["roofline_pct"] = round(roofline_pct(
+                    tg, shapes[c], n, a.gen_tokens, 2 if e == "llama.cpp" else 4), 1)
+                row["read_gbps"] = shapes[c]["read_gbps"]
             rows.append(row)
             ratio = f"  ({row['prefill_ratio']:.2f}x / {row['decode_ratio']:.2f}x)" if e != "llama.cpp" else ""
-            print(f"{row['quant']:6} {n:6} {e:18} {pp:14.1f} {tg:13.1f}{ratio}")
+            roof = f"{row['roofline_pct']:7.1f}%" if "roofline_pct" in row else f"{'?':>8}"
+            print(f"{row['quant']:6} {n:6} {e:18} {pp:14.1f} {tg:13.1f} {roof}{ratio}")
     print(json.dumps({"bench": "engine", "rows": rows}))
 
 

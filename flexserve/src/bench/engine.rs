@@ -2,14 +2,18 @@
 //! way llama-bench measures them (a fixed-length prompt in one batch, then single-token
 //! steps), so that `tools/bench/bench_engine.py` can set it beside llama.cpp.
 
+use super::roofline;
 use crate::cli::{BenchArgs, KernelSet};
 use crate::model::huge_buffer::Pages;
-use crate::model::{Access, HostModel};
+use crate::model::{Access, HostModel, HostModelError};
 use crate::run::host::RunError;
 use inference_guest::model::Logits;
 use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::{Isa, Kernels};
 use std::time::Instant;
+
+/// The read sweep's buffer: far larger than any last-level cache.
+const ROOFLINE_BUFFER_BYTES: usize = 512 << 20;
 
 fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -80,6 +84,13 @@ pub fn run(args: &BenchArgs) -> Result<(), RunError> {
             tg.push(args.gen_tokens as f64 / (t2 - t1).as_secs_f64());
         }
     }
+    let gguf = inference_guest::gguf::Gguf::parse(file.bytes()).map_err(HostModelError::from)?;
+    let weight_bytes = roofline::weight_bytes_per_token(&gguf);
+    let kv_bytes = roofline::kv_bytes_per_position(&model.cfg);
+    // Decode's steps sit on average half-way through the generated tokens.
+    let step_bytes = weight_bytes + kv_bytes * (args.prompt_tokens + args.gen_tokens / 2) as u64;
+    let read_bps = roofline::read_bandwidth(args.threads, ROOFLINE_BUFFER_BYTES, 3);
+    let decode_tps = median(&mut tg);
     let quant = args
         .model
         .file_name()
@@ -88,13 +99,15 @@ pub fn run(args: &BenchArgs) -> Result<(), RunError> {
         .unwrap_or("?")
         .to_string();
     println!(
-        "{{\"engine\":\"flexserve\",\"quant\":\"{quant}\",\"isa\":\"{:?}\",\"threads\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"prefill_tps\":{:.2},\"decode_tps\":{:.2}}}",
+        "{{\"engine\":\"flexserve\",\"quant\":\"{quant}\",\"isa\":\"{:?}\",\"threads\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"prefill_tps\":{:.2},\"decode_tps\":{:.2},\"weight_bytes_per_token\":{weight_bytes},\"kv_bytes_per_position\":{kv_bytes},\"read_gbps\":{:.2},\"roofline_pct\":{:.1}}}",
         model.kernels().isa(),
         args.threads,
         args.prompt_tokens,
         args.gen_tokens,
         median(&mut pp),
-        median(&mut tg)
+        decode_tps,
+        read_bps / 1e9,
+        100.0 * decode_tps * step_bytes as f64 / read_bps,
     );
     Ok(())
 }

@@ -4,4 +4,5 @@
 
 pub mod e2e;
 pub mod engine;
+pub mod roofline;
 pub mod sealed;
