@@ -191,11 +191,25 @@ $(TEST_VENV_STAMP):
 
 setup-bench: $(BENCH_VENV)/.done
 
-$(BENCH_VENV)/.done:
-	$(PYTHON) -m venv $(BENCH_VENV)
+# llama.cpp built for this CPU, but without AMX: some hosts (a nested Sapphire Rapids here)
+# list AMX in CPUID while their kernel does not enable its tile state, and a native build's
+# AMX kernels then die at their first `ldtilecfg`. FlexServe has no AMX kernels either.
+# (-mno-amx-tile also turns off AMX-INT8/BF16; GCC keeps an explicit -mno-* over -march.)
+# Not from pip's wheel cache: a wheel built with other flags would come back.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS += -DCMAKE_C_FLAGS=-mno-amx-tile -DCMAKE_CXX_FLAGS=-mno-amx-tile
+endif
+
+$(BENCH_VENV)/.done: $(BENCH_VENV)/.llama-no-amx
+	@touch $@
+
+$(BENCH_VENV)/.llama-no-amx:
+	[ -x $(BENCH_VENV)/bin/pip ] || $(PYTHON) -m venv $(BENCH_VENV)
 	@echo "setup-bench: compiling llama.cpp through llama-cpp-python (~8 minutes on 2 cores)"
-	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BENCH_VENV)/bin/pip install --quiet \
-		llama-cpp-python==0.3.36 numpy gguf
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BENCH_VENV)/bin/pip install --quiet --no-cache-dir \
+		--force-reinstall --no-deps llama-cpp-python==0.3.36
+	$(BENCH_VENV)/bin/pip install --quiet llama-cpp-python==0.3.36 numpy gguf
 	@touch $@
 
 FORCE:
