@@ -467,6 +467,12 @@ pub struct BenchArgs {
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Batched decode instead: this many sessions, each prefilled alone with its own
+    /// prompt of `--prompt-tokens`, then `--gen-tokens` steps of all of them in one forward
+    /// pass each (`decode_tps` counts every session's tokens). 0: one session, prefill and
+    /// decode.
+    #[arg(long, default_value_t = 0)]
+    pub batch: usize,
 }
 
 impl RunArgs {
