@@ -43,7 +43,7 @@ PROMPT ?= Write a haiku about the sea.
         test-venv flexserve-bin install install-units bench-serve bench-serve-abuse bench-agent bench-prefix \
         bench-structured test-real-models \
         fuzz-toolchain fuzz-check fuzz-build fuzz-smoke \
-        bench bench-engine bench-grammar bench-boot bench-virtio bench-memory clean
+        bench bench-engine bench-batch bench-grammar bench-boot bench-virtio bench-memory clean
 
 help:
 	@echo "make run           set up if needed, then generate text from the default model"
@@ -57,6 +57,7 @@ help:
 	@echo "make image-arm64   the same for arm64 (aarch64-unknown-none) into images/out-aarch64"
 	@echo "make bench         protected guest vs host engine vs llama.cpp: TTFT, prefill, decode"
 	@echo "make bench-engine  engine vs llama.cpp, prefill/decode tokens/s (needs setup-bench)"
+	@echo "make bench-batch   batched decode tokens/s at 1, 4 and 8 sessions (no llama.cpp)"
 	@echo "make bench-grammar structured output: grammar mask cost per token on Qwen2.5's 151k vocabulary"
 	@echo "make bench-boot    guest boot time and guest-vs-host compute ratio under /dev/kvm"
 	@echo "make bench-virtio  virtio-llm echo round trip and throughput, guest vs in-process"
@@ -485,7 +486,15 @@ bench-engine: setup setup-bench $(QWEN_CODER)
 	@$(CARGO) build --release --quiet -p flexserve
 	$(BENCH_VENV)/bin/python tools/bench/bench_engine.py --flexserve $(FLEXSERVE) \
 		$(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf \
-		$(DEFAULT_MODEL) $(QWEN_CODER) $(BENCH_ENGINE_ARGS)
+		$(DEFAULT_MODEL) $(QWEN_CODER) --batch-sizes 1 4 8 $(BENCH_ENGINE_ARGS)
+
+# Batched decode alone (docs/testing.md): 1, 4 and 8 sessions stepping in one forward pass on
+# SmolLM2 Q8_0 and Q4_0 (and the 1.5B model when present), no llama.cpp needed.
+bench-batch: models
+	@$(CARGO) build --release --quiet -p flexserve
+	$(PYTHON) tools/bench/bench_engine.py --flexserve $(FLEXSERVE) --batch-only \
+		--batch-sizes 1 4 8 $(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf \
+		$(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf $(wildcard $(QWEN_CODER)) $(BENCH_ENGINE_ARGS)
 
 # The grammar's cost per token (docs/structured-output.md): mask + advance along a JSON answer.
 bench-grammar: $(QWEN_CODER)

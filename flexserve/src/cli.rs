@@ -471,6 +471,12 @@ pub struct BenchArgs {
     /// one machine).
     #[arg(long, value_enum, default_value_t = KernelSet::Best)]
     pub isa: KernelSet,
+    /// Batched decode instead: this many sessions, each prefilled alone with its own
+    /// prompt of `--prompt-tokens`, then `--gen-tokens` steps of all of them in one forward
+    /// pass each (`decode_tps` counts every session's tokens). 0: one session, prefill and
+    /// decode.
+    #[arg(long, default_value_t = 0)]
+    pub batch: usize,
 }
 
 /// A kernel set `bench-engine --isa` can ask for.

@@ -506,3 +506,52 @@ fn q8_0_q4_0_prefill_is_bit_identical_to_decode() {
         |k, ty, n, w, a| k.dot(ty, n, w, a),
     );
 }
+
+/// Batched decode (several sessions' tokens as the columns of one product) keeps each
+/// session's greedy output only if a column of an `ncols`-wide `matmul` is, to the bit, what
+/// the same column alone (`ncols = 1`, a one-session decode step) gives: for every type the
+/// engine reads, every kernel set this CPU runs (the scalar reference too), and 1 to 9
+/// columns (the VNNI 4 × 4 tiles, the AVX2 prefill tiles and their tails). Row counts cross
+/// the tiles' row tails as well.
+#[test]
+fn matmul_columns_are_bit_identical_to_single_column_products() {
+    let mut rng = Rng(0xba7c);
+    let kernel_sets: Vec<Kernels> = std::iter::once(Kernels::scalar())
+        .chain(Kernels::available())
+        .collect();
+    for k in kernel_sets {
+        for ty in ALL {
+            let n = match ActFormat::for_weights(ty).block_len().max(ty.block_len()) {
+                1 => 200,
+                256 => 512,
+                _ => 576,
+            };
+            let arb = ActFormat::for_weights(ty).row_bytes(n);
+            for nrows in [1usize, 6, 13] {
+                let w = random_weights(&mut rng, ty, n, nrows);
+                for ncols in 1..=9usize {
+                    let act: Vec<u8> = (0..ncols)
+                        .flat_map(|_| quant_act(&k, ty, &random_x(&mut rng, n)))
+                        .collect();
+                    let mut wide = vec![f32::NAN; nrows * ncols];
+                    k.matmul(ty, n, &w, nrows, &act, ncols, &mut wide);
+                    for j in 0..ncols {
+                        let mut one = vec![f32::NAN; nrows];
+                        k.matmul(ty, n, &w, nrows, &act[j * arb..][..arb], 1, &mut one);
+                        for i in 0..nrows {
+                            let got = wide[i * ncols + j];
+                            assert_eq!(
+                                got.to_bits(),
+                                one[i].to_bits(),
+                                "{} {:?} n={n} {nrows}x{ncols} ({i},{j}): {got} vs {} alone",
+                                ty.name(),
+                                k.isa(),
+                                one[i]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -9,7 +9,14 @@ on 2 threads. Engines alternate (A B A B) for `--rounds` rounds and the median i
 printed is one JSON object (rows carry the kernel set, `isa`, and decode's share of the
 memory-bandwidth roofline, `roofline_pct`: bytes a decode step reads × tokens/s over the read
 bandwidth `flexserve bench-engine` measures in the same round):
-{"bench":"engine","rows":[{"engine":..., "quant":..., "prefill_tps":..., "decode_tps":...}, ...]}
+{"bench":"engine","rows":[{"engine":..., "quant":..., "prefill_tps":..., "decode_tps":...}, ...],
+ "batch_rows":[...]}
+
+With `--batch-sizes 1 4 8`, batched decode too (FlexServe only: `flexserve bench-engine --batch B`):
+B sessions, each prefilled alone with a prompt of the first `--prompt-tokens` length, then
+`--gen-tokens` steps of all B in one forward pass each; the row gives every session's tokens
+per second together and the ratio to the first size's (B = 1). The sizes alternate within each
+round. `--batch-only` skips the llama.cpp comparison (and so needs neither llama_cpp nor numpy).
 """
 import argparse
 import json
@@ -19,8 +26,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import llama_cpp
 
 
 def quant_of(path):
@@ -32,6 +37,7 @@ def prompt_ids(n, n_vocab):
 
 
 def bench_llama(llm, n_prompt, n_gen):
+    import numpy as np
     ids = prompt_ids(n_prompt, llm.n_vocab())
     llm.reset()
     t0 = time.perf_counter()
@@ -63,6 +69,43 @@ def roofline_pct(decode_tps, shape, n_prompt, n_gen, kv_elem_bytes):
     return 100.0 * decode_tps * step / (shape["read_gbps"] * 1e9)
 
 
+def bench_batch(exe, model, batch, n_prompt, n_gen, threads, isa):
+    out = subprocess.run(
+        [exe, "bench-engine", "-m", model, "--batch", str(batch), "--prompt-tokens", str(n_prompt),
+         "--gen-tokens", str(n_gen), "--threads", str(threads), "--reps", "2", "--isa", isa],
+        check=True, capture_output=True, text=True)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    return row["decode_tps"], row.get("isa", "?")
+
+
+def batch_rows(a, ours, stat):
+    """The batched-decode rows: sizes alternating within each round, the median (or max)."""
+    n = a.prompt_tokens[0]
+    tps = {(m, e, b): [] for m in a.models for e, _, _ in ours for b in a.batch_sizes}
+    isa = "?"
+    for r in range(a.rounds):
+        for m in a.models:
+            for b in a.batch_sizes:
+                for e, exe, want in ours:
+                    t, isa = bench_batch(exe, m, b, n, a.gen_tokens, a.threads, want)
+                    tps[(m, e, b)].append(t)
+            print(f"round {r + 1}/{a.rounds} {quant_of(m)} batch done", file=sys.stderr)
+    rows = []
+    print(f"batched decode, isa {isa}, {a.stat} of {a.rounds} rounds, {n}-token prompts")
+    print(f"{'quant':6} {'engine':10} {'sessions':>8} {'decode tok/s':>13} {'vs first':>9}")
+    for m in a.models:
+        for e, _, _ in ours:
+            base = stat(tps[(m, e, a.batch_sizes[0])])
+            for b in a.batch_sizes:
+                t = stat(tps[(m, e, b)])
+                row = {"engine": e, "quant": quant_of(m), "isa": isa, "threads": a.threads,
+                       "batch": b, "prompt_tokens": n, "gen_tokens": a.gen_tokens,
+                       "decode_tps": round(t, 1), "ratio": round(t / base, 3)}
+                rows.append(row)
+                print(f"{row['quant']:6} {e:10} {b:8} {t:13.1f} {t / base:8.2f}x")
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flexserve", required=True)
@@ -77,8 +120,23 @@ def main():
                     "neon); each beyond `best` is a row `flexserve/<isa>`")
     ap.add_argument("--stat", choices=["median", "max"], default="median",
                     help="how rounds combine into the reported figure")
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=[],
+                    help="batched decode rows for these session counts (the first is the "
+                    "ratios' base; give 1 first)")
+    ap.add_argument("--batch-only", action="store_true",
+                    help="only the batched-decode rows, without llama.cpp")
     ap.add_argument("models", nargs="+")
     a = ap.parse_args()
+    stat = max if a.stat == "max" else statistics.median
+    ours = [("flexserve" if i == "best" else f"flexserve/{i}", a.flexserve, i) for i in a.isa]
+    ours += [("baseline", a.baseline, "best")] if a.baseline else []
+    if a.batch_only:
+        if not a.batch_sizes:
+            ap.error("--batch-only needs --batch-sizes")
+        print(json.dumps({"bench": "engine", "rows": [],
+                          "batch_rows": batch_rows(a, ours, stat)}))
+        return
+    import llama_cpp
 
     llms = {}
     for m in a.models:
@@ -86,9 +144,7 @@ def main():
         llms[m] = llama_cpp.Llama(model_path=m, n_ctx=n_ctx, n_batch=n_ctx, n_threads=a.threads,
                                   n_threads_batch=a.threads, flash_attn=False, verbose=False)
         bench_llama(llms[m], a.prompt_tokens[0], 8)  # warm-up
-    ours = [("flexserve" if i == "best" else f"flexserve/{i}", a.flexserve, i) for i in a.isa]
-    ours += [("baseline", a.baseline, "best")] if a.baseline else []
-    engines = ["llama.cpp"] + [e for e, _ in ours]
+    engines = ["llama.cpp"] + [e for e, _, _ in ours]
     cases = [(m, n) for m in a.models for n in a.prompt_tokens]
     results = {(c, e): ([], []) for c in cases for e in engines}
     isas, shapes = {}, {}
@@ -116,7 +172,6 @@ def main():
         m, n = c
         base = None
         for e in engines:
-            stat = max if a.stat == "max" else statistics.median
             pp = stat(results[(c, e)][0])
             tg = stat(results[(c, e)][1])
             row = {"engine": e, "quant": quant_of(m), "threads": a.threads,
@@ -137,7 +192,8 @@ def main():
             ratio = f"  ({row['prefill_ratio']:.2f}x / {row['decode_ratio']:.2f}x)" if e != "llama.cpp" else ""
             roof = f"{row['roofline_pct']:7.1f}%" if "roofline_pct" in row else f"{'?':>8}"
             print(f"{row['quant']:6} {n:6} {e:18} {pp:14.1f} {tg:13.1f} {roof}{ratio}")
-    print(json.dumps({"bench": "engine", "rows": rows}))
+    brows = batch_rows(a, ours, stat) if a.batch_sizes else []
+    print(json.dumps({"bench": "engine", "rows": rows, "batch_rows": brows}))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 //! `flexserve bench-engine`: prefill and decode speed of the host engine on one model, the
 //! way llama-bench measures them (a fixed-length prompt in one batch, then single-token
-//! steps), so that `tools/bench/bench_engine.py` can set it beside llama.cpp.
+//! steps), so that `tools/bench/bench_engine.py` can set it beside llama.cpp. With
+//! `--batch B`, the batched decode of B sessions instead (`Model::decode_batch`).
 
 use super::roofline;
 use crate::cli::{BenchArgs, KernelSet};
 use crate::model::huge_buffer::Pages;
 use crate::model::{Access, HostModel, HostModelError};
 use crate::run::host::RunError;
-use inference_guest::model::Logits;
+use inference_guest::model::{BatchBuffers, DecodeStep, Logits, Model};
 use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::{Isa, Kernels};
 use std::time::Instant;
@@ -67,6 +68,9 @@ pub fn run(args: &BenchArgs) -> Result<(), RunError> {
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
         .map(|i| 1000 + (i * 7919) % (n_vocab - 1000))
         .collect();
+    if args.batch > 0 {
+        return run_batched(args, &model, &pool, &prompt);
+    }
     let mut session = model.new_session(args.prompt_tokens + args.gen_tokens + 1);
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for rep in 0..=args.reps {
@@ -91,13 +95,7 @@ pub fn run(args: &BenchArgs) -> Result<(), RunError> {
     let step_bytes = weight_bytes + kv_bytes * (args.prompt_tokens + args.gen_tokens / 2) as u64;
     let read_bps = roofline::read_bandwidth(args.threads, ROOFLINE_BUFFER_BYTES, 3);
     let decode_tps = median(&mut tg);
-    let quant = args
-        .model
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.rsplit('.').nth(1))
-        .unwrap_or("?")
-        .to_string();
+    let quant = quant_of(args);
     println!(
         "{{\"engine\":\"flexserve\",\"quant\":\"{quant}\",\"isa\":\"{:?}\",\"threads\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"prefill_tps\":{:.2},\"decode_tps\":{:.2},\"weight_bytes_per_token\":{weight_bytes},\"kv_bytes_per_position\":{kv_bytes},\"read_gbps\":{:.2},\"roofline_pct\":{:.1}}}",
         model.kernels().isa(),
@@ -108,6 +106,69 @@ pub fn run(args: &BenchArgs) -> Result<(), RunError> {
         decode_tps,
         read_bps / 1e9,
         100.0 * decode_tps * step_bytes as f64 / read_bps,
+    );
+    Ok(())
+}
+
+/// The quantisation in the model's file name (`SmolLM2-135M-Instruct.Q8_0.gguf`: `Q8_0`).
+fn quant_of(args: &BenchArgs) -> String {
+    args.model
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.rsplit('.').nth(1))
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// `--batch B`: B sessions, each prefilled alone (untimed) with `prompt` rotated by its
+/// index (different tokens, the same length), then `--gen-tokens` greedy steps of all of
+/// them in one forward pass each, timed. Prints one JSON object.
+fn run_batched(
+    args: &BenchArgs,
+    model: &Model<'_>,
+    pool: &ThreadPool,
+    prompt: &[u32],
+) -> Result<(), RunError> {
+    let b = args.batch;
+    let mut sessions: Vec<_> = (0..b)
+        .map(|_| model.new_session(args.prompt_tokens + args.gen_tokens + 1))
+        .collect();
+    let mut scratch = BatchBuffers::default();
+    let mut tps = Vec::new();
+    for rep in 0..=args.reps {
+        let mut next = Vec::with_capacity(b);
+        for (i, s) in sessions.iter_mut().enumerate() {
+            s.reset();
+            let mut own = prompt.to_vec();
+            own.rotate_left(i % prompt.len().max(1));
+            next.push(argmax(s.eval(model, &own, Logits::Last, pool)?));
+        }
+        let t0 = Instant::now();
+        for _ in 0..args.gen_tokens {
+            let mut steps: Vec<DecodeStep<'_>> = sessions
+                .iter_mut()
+                .zip(&next)
+                .map(|(session, &token)| DecodeStep { session, token })
+                .collect();
+            model.decode_batch(&mut steps, &mut scratch, pool)?;
+            drop(steps);
+            for (s, n) in sessions.iter_mut().zip(next.iter_mut()) {
+                *n = argmax(s.last_logits());
+            }
+        }
+        if rep > 0 {
+            // The first repetition warms caches and the pool; it is not counted.
+            tps.push((b * args.gen_tokens) as f64 / t0.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "{{\"engine\":\"flexserve\",\"mode\":\"batch\",\"quant\":\"{}\",\"isa\":\"{:?}\",\"threads\":{},\"batch\":{b},\"prompt_tokens\":{},\"gen_tokens\":{},\"decode_tps\":{:.2}}}",
+        quant_of(args),
+        model.kernels().isa(),
+        args.threads,
+        args.prompt_tokens,
+        args.gen_tokens,
+        median(&mut tps)
     );
     Ok(())
 }

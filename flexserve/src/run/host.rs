@@ -19,6 +19,8 @@ pub enum RunError {
     Model(#[from] HostModelError),
     #[error("generation failed: {0}")]
     Generate(#[from] inference_guest::model::ModelError),
+    #[error("batched decode failed: {0}")]
+    Batch(#[from] inference_guest::model::BatchError),
     #[error("bad sampling options: {0}")]
     Sampling(#[from] SamplerError),
     #[error("cannot start {threads} worker threads: {source}")]

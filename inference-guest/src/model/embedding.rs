@@ -8,6 +8,7 @@
 //! pooled, a beginning-of-sequence token included), normalised as its server does by
 //! default (`embd_normalize = 2`), so vectors are unit length as OpenAI's are.
 
+use super::columns::Columns;
 use super::{MAX_BATCH, Model, ModelError, Session};
 use crate::parallel::Parallel;
 use alloc::vec;
@@ -40,9 +41,10 @@ impl Model<'_> {
             let (kv, buf) = (&mut session.kv, &mut session.buf);
             let n_past = i * MAX_BATCH;
             f.check_batch(kv, n_past, batch)?;
-            f.embed(buf, &w.token_embd, w.rope_freqs.as_deref(), n_past, batch);
+            let mut cols = Columns::Run { kv, n_past };
+            f.embed(buf, &w.token_embd, w.rope_freqs.as_deref(), &cols, batch);
             for (li, layer) in w.layers.iter().enumerate() {
-                f.layer(kv, buf, li, layer, n_past, batch.len(), par);
+                f.layer(&mut cols, buf, li, layer, batch.len(), par);
             }
             for row in f
                 .final_norm(buf, &w.output_norm, batch.len())

@@ -4,7 +4,8 @@
 //! and kernels, so the weights can come from a loaded [`Model`] ([`Model::forward_batch`])
 //! or arrive layer by layer (`super::streaming`): both run the very same steps.
 
-use super::attention::{self, DotOrder, Scores};
+use super::attention::{self, Scores};
+use super::columns::Columns;
 use super::kv_cache::{KvCache, round_f16};
 use super::matmul::{self, MatmulScratch, Product};
 use super::{Layer, LlamaConfig, Matrix, Model, ModelError};
@@ -81,10 +82,11 @@ impl Model<'_> {
         let f = self.forward();
         let w = &self.weights;
         f.check_batch(kv, n_past, tokens)?;
-        f.embed(buf, &w.token_embd, w.rope_freqs.as_deref(), n_past, tokens);
+        let mut cols = Columns::Run { kv, n_past };
+        f.embed(buf, &w.token_embd, w.rope_freqs.as_deref(), &cols, tokens);
         let t = tokens.len();
         for (li, layer) in w.layers.iter().enumerate() {
-            f.layer(kv, buf, li, layer, n_past, t, par);
+            f.layer(&mut cols, buf, li, layer, t, par);
         }
         f.output(buf, &w.output_norm, &w.output, t, want, par, logits);
         Ok(())
@@ -132,19 +134,18 @@ impl Forward<'_> {
         }
     }
 
-    /// Block `li` over the batch of `t` positions in `buf.x`: attention, then feed-forward.
-    #[allow(clippy::too_many_arguments)]
+    /// Block `li` over the batch of `t` columns in `buf.x` (placed by `cols`): attention,
+    /// then feed-forward.
     pub(super) fn layer(
         &self,
-        kv: &mut KvCache,
+        cols: &mut Columns<'_>,
         buf: &mut Buffers,
         li: usize,
         layer: &Layer,
-        n_past: usize,
         t: usize,
         par: &dyn Parallel,
     ) {
-        self.attention_block(kv, buf, li, layer, n_past, t, par);
+        self.attention_block(cols, buf, li, layer, t, par);
         self.feed_forward_block(buf, layer, t, par);
     }
 
@@ -175,15 +176,15 @@ impl Forward<'_> {
         Ok(())
     }
 
-    /// The batch's embeddings into `buf.x`, its RoPE angles (divided by `rope_freqs` when
-    /// the model has them) into `buf.cos`/`buf.sin`, and every other buffer sized for
-    /// `tokens.len()` positions.
+    /// The batch's embeddings into `buf.x`, its RoPE angles at the columns' positions
+    /// (divided by `rope_freqs` when the model has them) into `buf.cos`/`buf.sin`, and every
+    /// other buffer sized for `tokens.len()` columns.
     pub(super) fn embed(
         &self,
         buf: &mut Buffers,
         embd: &Matrix,
         rope_freqs: Option<&[f32]>,
-        n_past: usize,
+        cols: &Columns<'_>,
         tokens: &[u32],
     ) {
         let cfg = self.cfg;
@@ -213,7 +214,7 @@ impl Forward<'_> {
                     &mut cos[j * half..(j + 1) * half],
                     &mut sin[j * half..(j + 1) * half],
                 );
-                rope_angles(n_past + j, base, rope_freqs, c, s);
+                rope_angles(cols.pos(j), base, rope_freqs, c, s);
             }
         }
 
@@ -230,14 +231,12 @@ impl Forward<'_> {
     /// One layer's attention: RMSNorm, the Q/K/V products (one parallel region), the
     /// queries and keys made ready ([`Self::qk_ready`]), attention, the output product, its
     /// norm (Gemma), the residual.
-    #[allow(clippy::too_many_arguments)]
     fn attention_block(
         &self,
-        kv: &mut KvCache,
+        cols: &mut Columns<'_>,
         buf: &mut Buffers,
         li: usize,
         layer: &Layer,
-        n_past: usize,
         t: usize,
         par: &dyn Parallel,
     ) {
@@ -265,22 +264,21 @@ impl Forward<'_> {
                 },
             ],
         );
-        self.qk_ready(kv, buf, li, layer, n_past, t);
-        self.attention(kv, li, n_past, &buf.q, &mut buf.att, par);
+        self.qk_ready(cols, buf, li, layer, t);
+        self.attention(cols, li, &buf.q, &mut buf.att, par);
         let post_norm = layer.attn_post_norm.as_deref();
         self.add_to_residual(buf, Branch::Attention, &layer.wo, post_norm, t, par);
     }
 
     /// The projections made ready for attention: biases, per-head Q/K norms (Qwen3, Gemma),
     /// RoPE (a Gemma sliding-window layer with its own angles), Gemma's query scale; the new
-    /// keys and values go into `kv`.
+    /// keys and values go into the columns' caches.
     fn qk_ready(
         &self,
-        kv: &mut KvCache,
+        cols: &mut Columns<'_>,
         buf: &mut Buffers,
         li: usize,
         layer: &Layer,
-        n_past: usize,
         t: usize,
     ) {
         let cfg = self.cfg;
@@ -320,9 +318,9 @@ impl Forward<'_> {
             for head in buf.k[j * kvd..(j + 1) * kvd].chunks_exact_mut(hd) {
                 rope_apply(&mut head[..cfg.rope_dims], c, s, neox);
             }
-            kv.store(
+            cols.store(
                 li,
-                n_past + j,
+                j,
                 &buf.k[j * kvd..(j + 1) * kvd],
                 &buf.v[j * kvd..(j + 1) * kvd],
             );
@@ -459,12 +457,12 @@ impl Forward<'_> {
         }
     }
 
-    /// Causal grouped-query attention for the `t` new positions (see [`attention`]).
+    /// Causal grouped-query attention of the `t` new columns, each over its own cache up
+    /// to its own position (see [`attention`]).
     fn attention(
         &self,
-        kv: &KvCache,
+        cols: &Columns<'_>,
         layer: usize,
-        n_past: usize,
         q: &[f32],
         att: &mut [f32],
         par: &dyn Parallel,
@@ -473,7 +471,7 @@ impl Forward<'_> {
         let (hd, n_kvh) = (cfg.head_dim, cfg.n_head_kv);
         let group = cfg.n_head / n_kvh;
         let qd = cfg.q_dim();
-        let order = DotOrder::for_batch(att.len() / qd);
+        let order = cols.order(att.len() / qd);
         // Gemma: a sliding-window layer sees the last `sliding_window` positions.
         let window = match &cfg.gemma {
             Some(g) if g.is_swa(layer) => g.sliding_window,
@@ -494,12 +492,13 @@ impl Forward<'_> {
             let (j, h) = (item / n_head, item % n_head);
             let g = h / group;
             let q_rows = &q[j * qd + h * hd..j * qd + (h + 1) * hd];
+            let end = cols.pos(j) + 1;
             attention::attend(
                 self.kernels,
-                kv,
+                cols.kv(j),
                 layer,
                 g,
-                (n_past + j + 1).saturating_sub(window)..n_past + j + 1,
+                end.saturating_sub(window)..end,
                 hd,
                 order,
                 scores,

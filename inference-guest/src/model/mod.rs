@@ -7,8 +7,12 @@
 //! ```
 //!
 //! A model whose file is still arriving computes as its layers come in: see [`streaming`].
+//! Several sessions' next tokens compute in one pass with [`Model::decode_batch`] (see
+//! `batch.rs`).
 
 mod attention;
+mod batch;
+mod columns;
 mod config;
 mod embedding;
 mod error;
@@ -21,6 +25,7 @@ pub mod streaming;
 mod streaming_tests;
 mod weights;
 
+pub use batch::{BatchBuffers, BatchError, DecodeStep};
 pub use config::{LlamaConfig, RopeLayout};
 pub use error::ModelError;
 pub use forward::Logits;
@@ -137,6 +142,13 @@ impl Session {
         }
         self.n_past = n;
         true
+    }
+
+    /// The logits of the last evaluation, as [`Session::eval`] lent them (or as a batched
+    /// step, [`Model::decode_batch`], left them): `[n_vocab]` per position asked for; empty
+    /// before the first.
+    pub fn last_logits(&mut self) -> &mut [f32] {
+        &mut self.logits
     }
 
     /// Forgets every token (the cache is overwritten by the next evaluation).

@@ -25,6 +25,7 @@
 //!   A returned slice shorter than asked for is an error ([`ModelError::Arrival`]), not a
 //!   read past it.
 
+use super::columns::Columns;
 use super::forward::Forward;
 use super::weights::{ROPE_FREQS, TensorSource};
 use super::{Layer, LlamaConfig, Logits, Matrix, Model, ModelError, Session, Weights};
@@ -286,14 +287,15 @@ impl<'a> StreamingModel<'a> {
         Forward { cfg, kernels }.check_batch(kv, n_past, tokens)?;
         let embd = self.attach_embeddings(arrival)?;
         arrival.computing(Piece::Embeddings);
+        let mut cols = Columns::Run { kv, n_past };
         self.steps()
-            .embed(buf, &embd, self.rope_freqs.as_deref(), n_past, tokens);
+            .embed(buf, &embd, self.rope_freqs.as_deref(), &cols, tokens);
         let t = tokens.len();
         for li in 0..self.cfg.n_layer {
             self.attach_layers(li + 1, arrival)?;
             arrival.computing(Piece::Layer(li));
             self.steps()
-                .layer(kv, buf, li, &self.layers[li], n_past, t, par);
+                .layer(&mut cols, buf, li, &self.layers[li], t, par);
         }
         self.attach_output(arrival)?;
         arrival.computing(Piece::Output);
