@@ -195,11 +195,11 @@ setup-bench: $(BENCH_VENV)/.done
 # llama.cpp built for this CPU, but without AMX: some hosts (a nested Sapphire Rapids here)
 # list AMX in CPUID while their kernel does not enable its tile state, and a native build's
 # AMX kernels then die at their first `ldtilecfg`. FlexServe has no AMX kernels either.
-# (-mno-amx-tile also turns off AMX-INT8/BF16; GCC keeps an explicit -mno-* over -march.)
-# Not from pip's wheel cache: a wheel built with other flags would come back.
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON
+# (CMake takes CFLAGS/CXXFLAGS as its first flags; GCC keeps an explicit -mno-* over the
+# later -march=native.) Not from pip's wheel cache: a wheel built with other flags would
+# come back.
 ifeq ($(shell uname -m),x86_64)
-LLAMA_CMAKE_ARGS += -DCMAKE_C_FLAGS=-mno-amx-tile -DCMAKE_CXX_FLAGS=-mno-amx-tile
+LLAMA_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 endif
 
 $(BENCH_VENV)/.done: $(BENCH_VENV)/.llama-no-amx
@@ -208,7 +208,8 @@ $(BENCH_VENV)/.done: $(BENCH_VENV)/.llama-no-amx
 $(BENCH_VENV)/.llama-no-amx:
 	[ -x $(BENCH_VENV)/bin/pip ] || $(PYTHON) -m venv $(BENCH_VENV)
 	@echo "setup-bench: compiling llama.cpp through llama-cpp-python (~8 minutes on 2 cores)"
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BENCH_VENV)/bin/pip install --quiet --no-cache-dir \
+	CMAKE_ARGS="-DGGML_NATIVE=ON" CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" \
+		$(BENCH_VENV)/bin/pip install --quiet --no-cache-dir \
 		--force-reinstall --no-deps llama-cpp-python==0.3.36
 	$(BENCH_VENV)/bin/pip install --quiet llama-cpp-python==0.3.36 numpy gguf
 	@touch $@
