@@ -177,7 +177,11 @@ impl WorkerCore {
         worker: usize,
         background: &dyn Fn() -> bool,
     ) {
-        let mut seen_gen = self.state.load(Ordering::Acquire) >> GEN_SHIFT;
+        // The generation a new core starts with, not the one in `state` now: a thread that
+        // starts late (a loaded host) would otherwise take a job already open for its own
+        // and skip it, and a first job that needs every worker would wait for it forever.
+        // An older job it then looks at is closed, and joining is refused.
+        let mut seen_gen = 0;
         let mut spin_budget = self.spin_iters;
         loop {
             if self.shutdown.load(Ordering::Relaxed) {

@@ -124,12 +124,8 @@ impl Harness {
         }
     }
 
-    /// Waits until every worker has called `park` at least once, i.e. is inside
-    /// `worker_loop` past its first look at `state`. A worker that first looks at `state`
-    /// while a job is open takes that generation as already seen and skips the job (by
-    /// design: jobs never need a particular worker). A freshly spawned thread can start
-    /// arbitrarily late on a loaded machine, so a test whose first job needs *every*
-    /// worker must wait for this rather than for a fixed time.
+    /// Waits until every worker has called `park` at least once, so that the first job
+    /// finds them all asleep (what the lost-wake-up tests are about).
     fn wait_until_all_parked(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         for (w, parks) in self.park.parks.iter().enumerate() {
@@ -326,4 +322,31 @@ fn calibration_is_sane() {
         "{:?}",
         t.elapsed()
     );
+}
+
+/// A worker whose thread starts only after a job opened still joins it: a first job that
+/// needs every worker (each item waits for the others) completes.
+#[test]
+fn a_worker_started_after_the_job_opened_joins_it() {
+    with_deadline(Duration::from_secs(30), || {
+        let core = Arc::new(WorkerCore::new(1000));
+        let park = Arc::new(TestPark::new(1, false));
+        let arrived = Arc::new(AtomicU32::new(0));
+        let worker = std::sync::Mutex::new(None);
+        core.run(&*park, 2, 2, &|_| {
+            if arrived.fetch_add(1, Ordering::SeqCst) == 0 {
+                // The job is open: only now does the worker's thread start.
+                let (c, p) = (Arc::clone(&core), Arc::clone(&park));
+                *worker.lock().unwrap() = Some(thread::spawn(move || c.worker_loop(&*p, 0)));
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while arrived.load(Ordering::SeqCst) < 2 {
+                assert!(Instant::now() < deadline, "the late worker never joined");
+                thread::yield_now();
+            }
+        });
+        core.shutdown(&*park);
+        let handle = worker.lock().unwrap().take().expect("spawned");
+        handle.join().expect("worker");
+    });
 }
