@@ -163,11 +163,7 @@ impl Service {
             queued: &mut self.queued,
             relinquisher: &mut self.relinquisher,
         };
-        let text_of = if self.guest_text {
-            m.tokenizer.as_ref()
-        } else {
-            None
-        };
+        let text_of = m.tokenizer.as_ref().filter(|_| self.guest_text);
         let mut stream = TokenStream::new(link, g.request_id, text_of);
         stream.set_sealed(sealed.as_deref_mut());
         stream.set_logprobs(logprobs);
@@ -185,21 +181,15 @@ impl Service {
             &mut |token| stream.on_token(token),
         );
         let constraint = constrained.map(Constrained::into_state);
-        let (before, evaluated) = (slot.history.len(), prompt.len() - reused);
-        if slot.prefilled == before && evaluated >= 2 {
-            slot.prefilled = before + evaluated;
-        }
-        remember(
-            &mut slot.history,
+        record_turn(
+            (&mut slot.history, &mut slot.prefilled),
             &prompt[reused..],
             stream.generated(),
             session.n_past(),
         );
-        slot.prefilled = slot.prefilled.min(slot.history.len());
         let last = stream.generated().last().copied();
         let streamed = stream.finish()?;
         *deferred_budget = streamed.deferred_budget;
-        let reused = reused as u32;
         let ended = self
             .finish_stream(
                 g.request_id,
@@ -210,8 +200,8 @@ impl Service {
                 env,
             )
             .map(|e| EndOfStream {
-                prompt_tokens: e.prompt_tokens + reused,
-                cached_tokens: reused,
+                prompt_tokens: e.prompt_tokens + reused as u32,
+                cached_tokens: reused as u32,
                 ..e
             });
         if let Ok(e) = &ended {
@@ -487,6 +477,23 @@ pub(super) fn generation<'p>(g: &GenerateRequest, prompt: &'p [u32]) -> Generati
         max_tokens: g.sampling.max_tokens as usize,
         stop_at_eog: !g.sampling.ignore_eog,
     }
+}
+
+/// [`remember`] for a generation, with the length of the history's prefix that was
+/// prefilled in batches: it grows by an evaluated prompt of 2 or more tokens that extends
+/// an all-prefilled history.
+fn record_turn(
+    (history, prefilled): (&mut Vec<u32>, &mut usize),
+    prompt: &[u32],
+    generated: &[u32],
+    n_past: usize,
+) {
+    let before = history.len();
+    if *prefilled == before && prompt.len() >= 2 {
+        *prefilled = before + prompt.len();
+    }
+    remember(history, prompt, generated, n_past);
+    *prefilled = (*prefilled).min(history.len());
 }
 
 /// Appends to a session's token `history` what its KV cache now holds: the prompt and the
