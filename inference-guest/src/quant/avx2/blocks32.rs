@@ -208,14 +208,14 @@ fn hsum4_i32(v: &[__m256i]) -> __m128i {
 /// Four adjacent u8·i8 products summed into each i32 lane (`maddubs` + `madd`).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn pairsum_avx2(wabs: __m256i, y: __m256i) -> __m256i {
+pub(super) fn pairsum_avx2(wabs: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, y), _mm256_set1_epi16(1))
 }
 
 /// The same lanes with one AVX-512 VNNI instruction (exact, so results are identical).
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,avx512vnni")]
-fn pairsum_vnni(wabs: __m256i, y: __m256i) -> __m256i {
+pub(super) fn pairsum_vnni(wabs: __m256i, y: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, y)
 }
 

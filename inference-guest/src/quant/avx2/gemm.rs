@@ -24,6 +24,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
+use super::blocks32::{pairsum_avx2, pairsum_vnni};
 use super::hsum;
 use crate::ggml_type::GgmlType;
 
@@ -84,7 +85,7 @@ impl Prepared {
                 if offsets {
                     // SAFETY: AVX2 is this function's contract; `blk` is one whole block.
                     let q = unsafe { super::ld(super::arr(blk, 2)) };
-                    p.offsets[at] = super::hsum_i32(pairsum(_mm256_set1_epi8(8), q));
+                    p.offsets[at] = super::hsum_i32(pairsum_avx2(_mm256_set1_epi8(8), q));
                 }
             }
         }
@@ -188,20 +189,6 @@ fn lane(v: __m256, c: usize) -> __m256 {
         2 => _mm256_shuffle_ps::<0xaa>(v, v),
         _ => _mm256_shuffle_ps::<0xff>(v, v),
     }
-}
-
-/// Four adjacent u8·i8 products summed into each i32 lane.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn pairsum(u: __m256i, s: __m256i) -> __m256i {
-    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
-}
-
-/// The same lanes with one AVX-512 VNNI instruction.
-#[inline]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,avx512vnni")]
-fn pairsum_vnni(u: __m256i, s: __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
 }
 
 /// The lane sums of eight vectors of 16 i16 lanes, as eight i32 in their order. Exact when
@@ -411,7 +398,7 @@ macro_rules! gemm_kernels {
     };
 }
 
-gemm_kernels!(base, "avx2,fma,f16c", pairsum, 2);
+gemm_kernels!(base, "avx2,fma,f16c", pairsum_avx2, 2);
 gemm_kernels!(
     vnni,
     "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni",
