@@ -245,20 +245,6 @@ fn a_guest_crash_mid_generation_is_an_error_naming_it() {
     assert!((2..400).contains(&seen), "{seen} tokens before the crash");
 }
 
-/// Overwrites the engine program's code (and what follows it up to 4 MiB) with a slide of
-/// `nop`s into `jmp $`: once its vCPUs run again they spin in user mode, as a stuck guest
-/// would, without a fault the host would notice. Only while the guest is idle: its vCPUs
-/// are parked between two instructions, never inside one the slide would cut in half.
-/// x86_64 code: the arm64 guest would fault on it instead.
-#[cfg(target_arch = "x86_64")]
-fn hang_engine(mem: &vm_memory::GuestMemoryMmap) {
-    use vm_memory::{Bytes, GuestAddress};
-    let mut code = vec![0x90u8; 0x20_0000];
-    let n = code.len();
-    code[n - 2..].copy_from_slice(&[0xeb, 0xfe]);
-    mem.write_slice(&code, GuestAddress(0x20_0000)).unwrap();
-}
-
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn a_guest_that_stops_answering_is_cut_off_at_the_deadline() {
@@ -276,9 +262,9 @@ fn a_guest_that_stops_answering_is_cut_off_at_the_deadline() {
     req.sampling.max_tokens = 4;
     vm.generate(&req, &mut |_, _| {}, &|| false)
         .expect("a request before the hang");
-    // Idle: both vCPUs park in their wait.
-    std::thread::sleep(Duration::from_millis(300));
-    hang_engine(&vm.memory_for_tests());
+    vm.parked_writer_for_tests()
+        .hang_engine()
+        .expect("the guest hangs once its vCPUs park");
     let first_token = Duration::from_secs(2);
     vm.set_deadlines(Deadlines {
         first_token,

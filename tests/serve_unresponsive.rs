@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn a_stuck_guest_fails_its_request_and_a_new_guest_serves_the_next() {
-    use vm_memory::{Bytes, GuestAddress};
     if !guests_can_run(&[TINY]) {
         return;
     }
@@ -39,16 +38,9 @@ fn a_stuck_guest_fails_its_request_and_a_new_guest_serves_the_next() {
     let before = http(addr, "POST", path, &body);
     assert_eq!(before.status, 200, "{}", before.body);
 
-    // Idle, both vCPUs park between two instructions; their code becomes a slide of `nop`s
-    // into `jmp $`, so the next request wakes a guest that spins and never answers.
-    std::thread::sleep(Duration::from_millis(300));
-    let mut spin = vec![0x90u8; 0x20_0000];
-    let n = spin.len();
-    spin[n - 2..].copy_from_slice(&[0xeb, 0xfe]);
-    let mem = d.shared().guest_memory.lock().unwrap().clone();
-    mem.expect("a guest is running")
-        .write_slice(&spin, GuestAddress(0x20_0000))
-        .unwrap();
+    // Once both vCPUs are parked, their code becomes a slide of `nop`s into `jmp $`, so the
+    // next request wakes a guest that spins and never answers.
+    d.hang_guest_for_tests().expect("the guest hangs");
     let start = Instant::now();
     let stuck = http(addr, "POST", path, &body);
     let waited = start.elapsed();

@@ -142,7 +142,7 @@ fn explain(status: Status) -> &'static str {
 /// A booted guest with the engine program.
 pub struct GuestVm {
     #[cfg(feature = "test-hooks")]
-    mem: vm_memory::GuestMemoryMmap,
+    mem: crate::parked_writer::ParkedWriter,
     /// Where the private pool is mapped in this process.
     #[cfg(feature = "test-hooks")]
     private_range: Option<std::ops::Range<u64>>,
@@ -225,7 +225,7 @@ impl GuestVm {
         };
         #[cfg(feature = "test-hooks")]
         let (mem, private_range) = (
-            machine.memory_for_tests(),
+            machine.parked_writer_for_tests(config.vcpus),
             machine.private_memory().map(|p| p.host_range()),
         );
         let (kernel, engine) = (images.kernel.clone(), images.engine.clone());
@@ -499,6 +499,13 @@ impl GuestVm {
     /// Guest memory (tests simulate a guest crash by overwriting its code).
     #[cfg(feature = "test-hooks")]
     pub fn memory_for_tests(&self) -> vm_memory::GuestMemoryMmap {
+        self.mem.memory().clone()
+    }
+
+    /// A writer into guest memory that waits until every vCPU is parked (tests rewrite the
+    /// guest's code with it).
+    #[cfg(feature = "test-hooks")]
+    pub fn parked_writer_for_tests(&self) -> crate::parked_writer::ParkedWriter {
         self.mem.clone()
     }
 

@@ -13,5 +13,7 @@ pub mod hypervisor;
 pub mod key_root;
 pub mod machine;
 pub mod memory_broker;
+#[cfg(feature = "test-hooks")]
+pub mod parked_writer;
 mod thread_cpu;
 pub mod vcpu_exit;

@@ -307,6 +307,13 @@ impl Machine {
         self.mem.clone()
     }
 
+    /// Guest memory and the timer its vCPUs park in, for tests that rewrite guest code
+    /// while no vCPU runs it.
+    #[cfg(feature = "test-hooks")]
+    pub fn parked_writer_for_tests(&self, vcpus: u8) -> crate::parked_writer::ParkedWriter {
+        crate::parked_writer::ParkedWriter::new(self.mem.clone(), self.timer.clone(), vcpus)
+    }
+
     /// The guest-private region, if the machine has one (to release pages, and for tests
     /// that show the host cannot read it).
     pub fn private_memory(&self) -> Option<Arc<PrivateMemory>> {

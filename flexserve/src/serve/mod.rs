@@ -78,9 +78,9 @@ pub struct Shared {
     pub blocking: tokio::sync::Semaphore,
     /// The running guest's signed statement (docs/sealed-session.md), taken at its boot.
     pub statement: std::sync::Mutex<Option<[u8; virtio_llm::spec::SIGNED_STATEMENT_BYTES]>>,
-    /// The running guest's memory, for tests that crash it.
+    /// The running guest's memory, for tests that crash or hang it.
     #[cfg(feature = "test-hooks")]
-    pub guest_memory: std::sync::Mutex<Option<vm_memory::GuestMemoryMmap>>,
+    pub guest_memory: std::sync::Mutex<Option<vmm::parked_writer::ParkedWriter>>,
     /// Where the running guest's private pool is mapped in this process, for scans.
     #[cfg(feature = "test-hooks")]
     pub private_range: std::sync::Mutex<Option<std::ops::Range<u64>>>,
@@ -304,8 +304,10 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .flat_map(|mem| {
-                mem.iter()
+            .flat_map(|writer| {
+                writer
+                    .memory()
+                    .iter()
                     .map(|r| {
                         let start = r.as_ptr() as u64;
                         start..start + r.len()
@@ -333,10 +335,27 @@ impl Daemon {
             .guest_memory
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        g.as_ref().is_some_and(|mem| {
-            mem.write_slice(&[0xcc; 0x20_0000], GuestAddress(0x20_0000))
+        g.as_ref().is_some_and(|writer| {
+            writer
+                .memory()
+                .write_slice(&[0xcc; 0x20_0000], GuestAddress(0x20_0000))
                 .is_ok()
         })
+    }
+
+    /// Makes the running guest spin without answering ([`ParkedWriter::hang_engine`]).
+    ///
+    /// [`ParkedWriter::hang_engine`]: vmm::parked_writer::ParkedWriter::hang_engine
+    #[cfg(all(feature = "test-hooks", target_arch = "x86_64"))]
+    pub fn hang_guest_for_tests(&self) -> Result<(), String> {
+        let writer = self
+            .shared
+            .guest_memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or("no guest is running")?;
+        writer.hang_engine().map_err(|e| e.to_string())
     }
 }
 

@@ -20,11 +20,13 @@ pub struct Timer {
     wake: Condvar,
 }
 
-/// Wake-ups so far, and how many of them each vCPU's wait register has seen.
+/// Wake-ups so far, how many of them each vCPU's wait register has seen, and how many
+/// vCPUs are parked in their wait register now.
 #[derive(Default)]
 struct Wakeups {
     count: u64,
     seen: [u64; MAX_VCPUS],
+    parked: usize,
 }
 
 impl Default for Timer {
@@ -48,10 +50,11 @@ impl Timer {
     fn wait(&self, vcpu: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout.min(MAX_WAIT);
         let mut wakeups = self.wakeups.lock().unwrap_or_else(|e| e.into_inner());
+        wakeups.parked += 1;
         while wakeups.count == wakeups.seen[vcpu] {
             let now = Instant::now();
             if now >= deadline {
-                return;
+                break;
             }
             wakeups = self
                 .wake
@@ -59,7 +62,20 @@ impl Timer {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        wakeups.parked -= 1;
         wakeups.seen[vcpu] = wakeups.count;
+    }
+
+    /// Runs `f` while `vcpus` vCPUs are parked in their wait registers and cannot leave
+    /// them (a waiting vCPU needs the lock `f` runs under to return); `None`, without
+    /// running `f`, when fewer are parked now. Tests rewrite guest code with it, which is
+    /// only safe while no vCPU executes that code.
+    #[cfg(feature = "test-hooks")]
+    pub fn while_parked<R>(&self, vcpus: usize, f: impl FnOnce() -> R) -> Option<R> {
+        let wakeups = self.wakeups.lock().unwrap_or_else(|e| e.into_inner());
+        let result = (wakeups.parked >= vcpus).then(f);
+        drop(wakeups);
+        result
     }
 }
 
@@ -134,5 +150,29 @@ mod tests {
             start.elapsed() >= Duration::from_millis(20),
             "the wake-up counted twice"
         );
+    }
+
+    #[cfg(feature = "test-hooks")]
+    #[test]
+    fn while_parked_runs_only_while_every_vcpu_waits_and_holds_them_there() {
+        let t = Arc::new(Timer::default());
+        assert_eq!(t.while_parked(1, || ()), None, "no vCPU waits yet");
+        let waiter = Arc::clone(&t);
+        let h = std::thread::spawn(move || {
+            waiter.write(TIMER_WAIT, &30_000_000u64.to_le_bytes());
+            Instant::now()
+        });
+        let ran = loop {
+            if let Some(at) = t.while_parked(1, || {
+                // The wait times out meanwhile, but cannot return while this holds it.
+                std::thread::sleep(Duration::from_millis(60));
+                Instant::now()
+            }) {
+                break at;
+            }
+            std::thread::yield_now();
+        };
+        assert!(h.join().unwrap() >= ran, "the vCPU left its wait during f");
+        assert_eq!(t.while_parked(1, || ()), None, "the vCPU left its wait");
     }
 }

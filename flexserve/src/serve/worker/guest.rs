@@ -213,7 +213,7 @@ impl Worker {
                 .shared
                 .guest_memory
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(vm.memory_for_tests());
+                .unwrap_or_else(|e| e.into_inner()) = Some(vm.parked_writer_for_tests());
             *self
                 .shared
                 .private_range
