@@ -60,6 +60,11 @@ pub mod feature {
     /// that shares its prefix brings it back (`KvWant`, `KvRestore`), every block
     /// authenticated (`wire::kv_evict`).
     pub const KV_EVICT: u32 = 12;
+    /// Batched decode: the driver runs the requests it holds on sessions of one model
+    /// together, computing the next token of all of them in one forward pass per step;
+    /// requests join after their prompt and leave at their end. Without it the device sends
+    /// a request only once the one before has ended.
+    pub const BATCH: u32 = 13;
     /// Standard virtio 1.x device (VIRTIO_F_VERSION_1); required.
     pub const VERSION_1: u32 = 32;
     /// The device reaches only the shared window (VIRTIO_F_ACCESS_PLATFORM); required, so the

@@ -128,6 +128,7 @@ fn feature_bits_match_the_spec_table() {
         ("VIRTIO_LLM_F_EMBED", feature::EMBED),
         ("VIRTIO_LLM_F_GUEST_TOOLS", feature::GUEST_TOOLS),
         ("VIRTIO_LLM_F_KV_EVICT", feature::KV_EVICT),
+        ("VIRTIO_LLM_F_BATCH", feature::BATCH),
         ("VIRTIO_F_VERSION_1", feature::VERSION_1),
         ("VIRTIO_F_ACCESS_PLATFORM", feature::ACCESS_PLATFORM),
     ]);
