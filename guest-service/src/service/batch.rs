@@ -345,33 +345,9 @@ impl Service {
             }
         };
         loop {
-            let mut steps = Vec::with_capacity(batch.running.len());
-            for r in &mut batch.running {
-                if let Some(token) = r.decoder.fed_back() {
-                    steps.push(DecodeStep {
-                        session: &mut r.session,
-                        token,
-                    });
-                }
+            if !decode_step(&model, batch, par) {
+                return Ok(());
             }
-            match model.decode_batch(&mut steps, &mut batch.scratch, par) {
-                Ok(()) => {}
-                // No session stepped: that one request ends as its own step would have.
-                Err(BatchError::Session { index, source }) => {
-                    drop(steps);
-                    if let Some(r) = batch
-                        .running
-                        .iter_mut()
-                        .filter(|r| r.decoder.fed_back().is_some())
-                        .nth(index)
-                    {
-                        r.end = Some(Err(engine_refusal(source)));
-                    }
-                    return Ok(());
-                }
-                Err(BatchError::Empty) => return Ok(()),
-            }
-            drop(steps);
             let mut ended = false;
             for r in &mut batch.running {
                 let full = r.session.n_past() >= r.session.n_ctx();
@@ -442,6 +418,36 @@ impl Service {
             self.answer(r.request_id, end, driver, env)?;
         }
         Ok(())
+    }
+}
+
+/// One `decode_batch` step of every running request; `false` if none stepped (a refused
+/// session's request has ended: it ends as its own step would have).
+fn decode_step(model: &Model<'_>, batch: &mut Batch, par: &dyn Parallel) -> bool {
+    let mut steps = Vec::with_capacity(batch.running.len());
+    for r in &mut batch.running {
+        if let Some(token) = r.decoder.fed_back() {
+            steps.push(DecodeStep {
+                session: &mut r.session,
+                token,
+            });
+        }
+    }
+    match model.decode_batch(&mut steps, &mut batch.scratch, par) {
+        Ok(()) => true,
+        Err(BatchError::Session { index, source }) => {
+            drop(steps);
+            if let Some(r) = batch
+                .running
+                .iter_mut()
+                .filter(|r| r.decoder.fed_back().is_some())
+                .nth(index)
+            {
+                r.end = Some(Err(engine_refusal(source)));
+            }
+            false
+        }
+        Err(BatchError::Empty) => false,
     }
 }
 
