@@ -99,7 +99,6 @@ fn batch_of(n: usize) {
     let engine = HostEngine { file: file.clone() };
     let rig = Rig::start(batch_limits());
     assert_eq!(rig.load(1, &file, sha), Status::Ok);
-    // Commands wait while a batch runs: every session is opened first.
     for i in 0..n {
         assert_eq!(rig.open(10 + i as u32, 1, 512), Status::Ok);
     }
@@ -167,7 +166,8 @@ fn eight_requests_run_together_each_as_alone() {
     batch_of(8);
 }
 
-/// A request that arrives while a batch runs joins it after its prompt.
+/// A request that arrives while a batch runs joins it after its prompt; its session is
+/// opened while the batch runs (the command is served between steps).
 #[test]
 fn a_request_joins_a_running_batch() {
     let Some((file, sha)) = model() else { return };
@@ -175,10 +175,10 @@ fn a_request_joins_a_running_batch() {
     let rig = Rig::start(batch_limits());
     assert_eq!(rig.load(1, &file, sha), Status::Ok);
     assert_eq!(rig.open(1, 1, 512), Status::Ok);
-    assert_eq!(rig.open(2, 1, 512), Status::Ok);
     let (a, b) = (prompt_of(&engine, 0, 12), prompt_of(&engine, 1, 30));
     rig.request(&endless_request(1, 1, a.clone(), 400));
     let first = rig.first_slice(1);
+    assert_eq!(rig.open(2, 1, 512), Status::Ok);
     rig.request(&endless_request(2, 2, b.clone(), 40));
     let mut streams = collect_after(&rig, 2, Some((1, first)));
     let sa = streams.remove(&1).unwrap();
@@ -201,7 +201,6 @@ fn a_cancel_and_a_preempt_end_one_request_each_and_the_others_go_on() {
     let rig = Rig::start(batch_limits());
     assert_eq!(rig.load(1, &file, sha), Status::Ok);
     let prompts: Vec<Vec<u32>> = (0..3).map(|i| prompt_of(&engine, i, 5 + 4 * i)).collect();
-    // Commands wait while a batch runs: every session is opened first.
     for i in 1..=3 {
         assert_eq!(rig.open(i, 1, 512), Status::Ok);
     }
@@ -350,4 +349,72 @@ fn options_in_a_batch_are_each_requests_own() {
     // And the batched run interleaved.
     let first_end = batched.values().map(|s| s.end_at.unwrap()).min().unwrap();
     assert!(batched.values().all(|s| s.first_at.unwrap() < first_end));
+}
+
+/// Closing the session of a running request ends that request (`Cancelled`) before the
+/// close is acknowledged; the batch goes on, and a command that could disturb it (an
+/// unload) waits for its end.
+#[test]
+fn closing_a_running_session_cancels_its_request_and_an_unload_waits_for_the_batch() {
+    use virtio_llm::wire::control::{CloseSession, ControlCommand, ControlReply, UnloadModel};
+    let Some((file, sha)) = model() else { return };
+    let engine = HostEngine { file: file.clone() };
+    let rig = Rig::start(batch_limits());
+    assert_eq!(rig.load(1, &file, sha), Status::Ok);
+    assert_eq!(rig.load(2, &file, sha), Status::Ok);
+    assert_eq!(rig.open(1, 1, 512), Status::Ok);
+    assert_eq!(rig.open(2, 1, 512), Status::Ok);
+    let (a, b) = (prompt_of(&engine, 0, 9), prompt_of(&engine, 2, 17));
+    rig.request(&endless_request(1, 1, a.clone(), 450));
+    rig.request(&endless_request(2, 2, b.clone(), 450));
+    let mut tokens = BTreeMap::<u64, Vec<u32>>::new();
+    while tokens.len() < 2 {
+        match rig.host.recv_response(T).expect("response") {
+            ResponseMsg::Tokens(t) => tokens.entry(t.request_id).or_default().extend(t.token_ids),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let close = ControlCommand::CloseSession(CloseSession { session_id: 2 });
+    rig.host.send_command(&close, T).expect("close");
+    // Request 2's end comes before the close's ack, and request 1 still runs.
+    let end2 = loop {
+        match rig.host.recv_response(T).expect("response") {
+            ResponseMsg::Tokens(t) => tokens.entry(t.request_id).or_default().extend(t.token_ids),
+            ResponseMsg::EndOfStream(e) => break e,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!((end2.request_id, end2.reason), (2, StopReason::Cancelled));
+    match rig.host.recv_reply(T).expect("the close's ack") {
+        ControlReply::Ack(a) => assert_eq!((a.status, a.object_id), (Status::Ok, 2)),
+        other => panic!("expected an ack, got {other:?}"),
+    }
+    let got2 = &tokens[&2];
+    assert_eq!(end2.generated_tokens as usize, got2.len());
+    assert_eq!(got2, &engine.greedy(&b, 512, got2.len() as u32, false));
+    // An unload (of the other model) waits for the batch's end.
+    let unload = ControlCommand::UnloadModel(UnloadModel {
+        model_id: 2,
+        keep_layers: 0,
+    });
+    rig.host.send_command(&unload, T).expect("unload");
+    // Request 1 has hundreds of tokens to go: an unload served at once would be answered
+    // well within this wait.
+    assert!(
+        rig.host
+            .recv_reply(std::time::Duration::from_millis(100))
+            .is_err(),
+        "the unload was served while the batch ran"
+    );
+    let (rest, end1) = rig
+        .collect_from(1, tokens.remove(&1).unwrap())
+        .expect("request 1 goes on");
+    assert_eq!(end1.reason, StopReason::MaxTokens);
+    assert_eq!(rest, engine.greedy(&a, 512, 450, false));
+    match rig.host.recv_reply(T).expect("the unload's ack") {
+        ControlReply::Ack(a) => assert_eq!((a.status, a.object_id), (Status::Ok, 2)),
+        other => panic!("expected an ack, got {other:?}"),
+    }
+    let s = rig.stats();
+    assert_eq!((s.models_loaded, s.sessions_open), (1, 1));
 }

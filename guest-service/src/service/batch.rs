@@ -9,16 +9,18 @@
 //!
 //! Between steps the batch serves what the single path serves between tokens: a budget
 //! change is applied at once and its eviction waits for the batch's end; a cancel or a
-//! preempt ends its request (`Cancelled`, `Preempted`); requests are queued. A new request
+//! preempt ends its request (`Cancelled`, `Preempted`); requests are queued; control
+//! commands are served or wait for the batch's end (`batch/commands.rs`). A new request
 //! that can be batched (a plain or chat prompt, no seal, no grammar constraint, on a fully
 //! loaded model, the batch's model, another session) joins after its prompt; any other
 //! waits in the queue until the batch is empty, and once one waits (or an eviction does)
-//! no request joins any more, so nothing waits for ever. Control commands wait, as they do
-//! while a single request runs.
+//! no request joins any more, so nothing waits for ever.
 //!
 //! A running request's KV cache is out of its session's slot: no eviction can take it
 //! while it runs. It goes back, with the session's history, when the request ends, through
 //! the single path's end of request (`record_turn`, `Service::end_of_run`).
+
+mod commands;
 
 use super::generation::{
     Failure, Prefill, Refusal, engine_refusal, generation, record_turn, refuse, sampler,
@@ -69,6 +71,11 @@ struct Batch {
     /// A budget change applied during the batch, whose eviction waits for its end.
     deferred_budget: Option<BudgetChange>,
     scratch: BatchBuffers,
+    /// The command taken during the last steps (its bytes in `command`), if any.
+    taken: Option<commands::Taken>,
+    command: Vec<u8>,
+    /// A command that waits for the batch's end (nothing joins meanwhile), as it came.
+    deferred_command: Option<Vec<u8>>,
 }
 
 impl Batch {
@@ -130,6 +137,9 @@ impl Service {
             closed: false,
             deferred_budget: None,
             scratch: BatchBuffers::default(),
+            taken: None,
+            command: Vec::new(),
+            deferred_command: None,
         };
         // Requests queued before the batch began join in their order, up to the first that
         // cannot.
@@ -146,7 +156,11 @@ impl Service {
         if let Some(change) = batch.deferred_budget.take() {
             self.apply_budget(change, driver, env)?;
         }
-        ran
+        ran?;
+        match batch.deferred_command.take() {
+            Some(bytes) => self.deferred_command(bytes, driver, par, env),
+            None => Ok(()),
+        }
     }
 
     /// The batch's life: joins, steps and ends, until no request is left.
@@ -172,6 +186,9 @@ impl Service {
                         batch.closed = true;
                     }
                 }
+            }
+            if let Some(taken) = batch.taken.take() {
+                self.batch_command(batch, taken, driver, par, env)?;
             }
             while let Some(g) = batch.joining.pop_front() {
                 self.join(batch, g, driver, par, env)?;
@@ -380,6 +397,23 @@ impl Service {
             }
             if poll(&mut link, batch)? || ended {
                 return Ok(());
+            }
+            if batch.deferred_command.is_none() {
+                batch.taken = match link.driver.poll_command(&mut batch.command) {
+                    Ok(None) => None,
+                    Ok(Some(_)) => Some(commands::Taken::Command),
+                    Err(DriverError::Malformed { .. }) => Some(commands::Taken::Malformed),
+                    Err(e) => return Err(e),
+                };
+                if batch.taken.is_some() {
+                    // As the main loop does once a command is in hand: a budget change the
+                    // host sent before it is applied before it is served.
+                    if let Some(change) = link.take_budget_change()? {
+                        batch.deferred_budget = Some(change);
+                        batch.closed = true;
+                    }
+                    return Ok(());
+                }
             }
         }
     }
