@@ -35,6 +35,7 @@ use inference_guest::gguf::Gguf;
 use inference_guest::model::{BatchBuffers, BatchError, DecodeStep, Logits, Model, Session};
 use inference_guest::parallel::Parallel;
 use inference_guest::sampler::Sampler;
+use inference_guest::tokenizer::Tokenizer;
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
 use virtio_llm::wire::memory::BudgetChange;
@@ -83,6 +84,11 @@ impl Batch {
         self.running.iter().any(|r| r.session_id == session_id)
             || self.joining.iter().any(|g| g.session_id == session_id)
     }
+}
+
+/// Why a request ends whose model is gone.
+fn unloaded() -> Refusal {
+    refuse(Status::NoSuchModel, "the session's model was unloaded")
 }
 
 /// The parsed model of `file`: the same bytes parsed when the model was loaded.
@@ -233,8 +239,11 @@ impl Service {
             queued,
             relinquisher,
         };
+        // Admitted on a loaded model, which only a command the batch defers can unload.
         let Some(m) = models.get(&batch.model_id) else {
-            unreachable!("admitted on a loaded model, which only a command can unload")
+            r.end = Some(Err(unloaded()));
+            batch.running.push(r);
+            return Ok(());
         };
         let text_of = m.tokenizer.as_ref().filter(|_| *guest_text);
         let is_eog = |t: u32| m.end_ids.binary_search(&t).is_ok();
@@ -344,8 +353,12 @@ impl Service {
             queued,
             relinquisher,
         };
+        // Only a command the batch defers can unload its model.
         let Some(m) = models.get(&batch.model_id) else {
-            unreachable!("a batch's model is unloaded only by a command, served after it")
+            for r in &mut batch.running {
+                r.end = Some(Err(unloaded()));
+            }
+            return Ok(());
         };
         let text_of = m.tokenizer.as_ref().filter(|_| *guest_text);
         let is_eog = |t: u32| m.end_ids.binary_search(&t).is_ok();
@@ -365,32 +378,7 @@ impl Service {
             if !decode_step(&model, batch, par) {
                 return Ok(());
             }
-            let mut ended = false;
-            for r in &mut batch.running {
-                let full = r.session.n_past() >= r.session.n_ctx();
-                let ctx = StepContext {
-                    context_full: full,
-                    is_eog: &is_eog,
-                    constraint: None,
-                };
-                let (out, mut link_error) = (&mut r.out, None);
-                let finish = r.decoder.after_logits(
-                    r.session.last_logits(),
-                    &mut r.sampler,
-                    ctx,
-                    &mut |t| {
-                        link_error = out.on_token(&mut link, t, text_of).err();
-                        link_error.is_none()
-                    },
-                );
-                if let Some(e) = link_error {
-                    return Err(e);
-                }
-                if let Some(finish) = finish {
-                    r.end = Some(Ok(finish));
-                    ended = true;
-                }
-            }
+            let ended = decide_all(batch, &mut link, text_of, &is_eog)?;
             if let Some(change) = link.take_budget_change()? {
                 batch.deferred_budget = Some(change);
                 batch.closed = true;
@@ -446,7 +434,8 @@ impl Service {
             let result = match r.end {
                 Some(Ok(finish)) => Ok(r.decoder.outcome(finish)),
                 Some(Err(refusal)) => Err(refusal),
-                None => unreachable!("only ended requests are taken"),
+                // Only ended requests are taken.
+                None => Ok(r.decoder.outcome(Finish::Stopped)),
             };
             let end = self.end_of_run(r.request_id, r.prefill, result, streamed, None, driver, env);
             self.answer(r.request_id, end, driver, env)?;
@@ -483,6 +472,40 @@ fn decode_step(model: &Model<'_>, batch: &mut Batch, par: &dyn Parallel) -> bool
         }
         Err(BatchError::Empty) => false,
     }
+}
+
+/// Each running request's decision on its logits of the step just taken (its token
+/// streamed); `true` if one ended.
+fn decide_all<M: DriverMemory, T: Transport>(
+    batch: &mut Batch,
+    link: &mut Link<'_, M, T>,
+    text_of: Option<&Tokenizer>,
+    is_eog: &dyn Fn(u32) -> bool,
+) -> Result<bool, DriverError> {
+    let mut ended = false;
+    for r in &mut batch.running {
+        let full = r.session.n_past() >= r.session.n_ctx();
+        let ctx = StepContext {
+            context_full: full,
+            is_eog,
+            constraint: None,
+        };
+        let (out, mut link_error) = (&mut r.out, None);
+        let finish =
+            r.decoder
+                .after_logits(r.session.last_logits(), &mut r.sampler, ctx, &mut |t| {
+                    link_error = out.on_token(link, t, text_of).err();
+                    link_error.is_none()
+                });
+        if let Some(e) = link_error {
+            return Err(e);
+        }
+        if let Some(finish) = finish {
+            r.end = Some(Ok(finish));
+            ended = true;
+        }
+    }
+    Ok(ended)
 }
 
 /// Takes the requests that came: a cancel or a preempt ends its running request, others
