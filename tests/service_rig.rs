@@ -407,6 +407,8 @@ pub fn limits() -> LlmConfig {
         max_sessions: 3,
         memory_budget: BUDGET,
         key_root: Some(SEALING_ROOT),
+        // One request at a time, as these tests expect (`service_batch.rs` runs batches).
+        batch: false,
         ..LlmConfig::default()
     }
 }

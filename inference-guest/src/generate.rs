@@ -118,53 +118,140 @@ fn token_loop(
     on_token: &mut dyn FnMut(u32) -> bool,
     mut constraint: Option<&mut Constrained<'_>>,
 ) -> Result<GenerateOutcome, ModelError> {
-    let mut history: Vec<u32> = req.prompt.to_vec();
-    let mut generated = 0;
-    // The prompt first, then each sampled token on its own.
-    let mut fed_back: Option<u32> = None;
+    let mut decoder = Decoder::new(req);
     let finish = loop {
-        let input = fed_back.as_slice();
-        let input = if input.is_empty() { req.prompt } else { input };
-        let logits = eval(session, input)?;
-        if generated >= req.max_tokens {
-            break Finish::MaxTokens;
+        // Whether the context is full once `input` is in (the logits borrow the session).
+        let full = session.n_past() + decoder.input().len() >= session.n_ctx();
+        let logits = eval(session, decoder.input())?;
+        let ctx = StepContext {
+            context_full: full,
+            is_eog,
+            constraint: constraint.as_deref_mut(),
+        };
+        if let Some(finish) = decoder.after_logits(logits, sampler, ctx, on_token) {
+            break finish;
+        }
+    };
+    Ok(decoder.outcome(finish))
+}
+
+/// What [`Decoder::after_logits`] needs besides the logits and the sampler.
+pub struct StepContext<'a, 'c> {
+    /// The session's context is full after the step that gave the logits.
+    pub context_full: bool,
+    /// Which ids end generation.
+    pub is_eog: &'a dyn Fn(u32) -> bool,
+    /// The request's grammar constraint, if it has one.
+    pub constraint: Option<&'a mut Constrained<'c>>,
+}
+
+/// One request's decisions between forward passes: which tokens to evaluate next, and
+/// after each evaluation the token it samples and whether it ends there. The token loop
+/// and a batched decode (`Model::decode_batch`, one step for many requests) share it, so a
+/// request ends on the same token and for the same reason either way.
+pub struct Decoder {
+    prompt_tokens: usize,
+    max_tokens: usize,
+    stop_at_eog: bool,
+    /// The prompt and every token generated (the sampler's penalty window).
+    history: Vec<u32>,
+    generated: usize,
+    /// The last generated token, which the next step evaluates; `None` before the prompt.
+    fed_back: Option<u32>,
+}
+
+impl Decoder {
+    /// A request that has not evaluated its prompt yet.
+    pub fn new(req: &Generation<'_>) -> Self {
+        Self {
+            prompt_tokens: req.prompt.len(),
+            max_tokens: req.max_tokens,
+            stop_at_eog: req.stop_at_eog,
+            history: req.prompt.to_vec(),
+            generated: 0,
+            fed_back: None,
+        }
+    }
+
+    /// The tokens the next step evaluates: the prompt first, then each sampled token on its
+    /// own.
+    pub fn input(&self) -> &[u32] {
+        match &self.fed_back {
+            Some(token) => core::slice::from_ref(token),
+            None => &self.history,
+        }
+    }
+
+    /// The token a batched step evaluates (the last one sampled); `None` while the prompt
+    /// has not been evaluated.
+    pub fn fed_back(&self) -> Option<u32> {
+        self.fed_back
+    }
+
+    /// How many tokens were generated so far.
+    pub fn generated(&self) -> usize {
+        self.generated
+    }
+
+    /// The step after [`input`](Self::input) was evaluated to `logits`: samples the next
+    /// token, hands it to `on_token` (which returns `false` to stop), and says why the
+    /// request ends there, if it does.
+    pub fn after_logits(
+        &mut self,
+        logits: &mut [f32],
+        sampler: &mut Sampler,
+        ctx: StepContext<'_, '_>,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Finish> {
+        let StepContext {
+            context_full,
+            is_eog,
+            mut constraint,
+        } = ctx;
+        if self.generated >= self.max_tokens {
+            return Some(Finish::MaxTokens);
         }
         // A constrained output with nothing left to allow is finished (complete with no
         // end-of-generation id to give, or stuck); it ends as if the model had ended it.
         if let Some(c) = constraint.as_deref_mut()
             && !c.mask(logits)
         {
-            break Finish::EndOfGeneration;
+            return Some(Finish::EndOfGeneration);
         }
-        let token = sampler.sample(logits, &history);
+        let token = sampler.sample(logits, &self.history);
         // The mask allowed `token`, so this only fails if every logit was −∞ or NaN.
         if let Some(c) = constraint.as_deref_mut()
             && c.advance(token).is_err()
         {
-            break Finish::EndOfGeneration;
+            return Some(Finish::EndOfGeneration);
         }
-        generated += 1;
-        history.push(token);
+        self.generated += 1;
+        self.history.push(token);
         // A request that ends on this token anyway reports why, even if `on_token` asked to
         // stop: a preempted request must not be resumed past its end.
         let go_on = on_token(token);
-        if (req.stop_at_eog || constraint.is_some()) && is_eog(token) {
-            break Finish::EndOfGeneration;
+        if (self.stop_at_eog || constraint.is_some()) && is_eog(token) {
+            return Some(Finish::EndOfGeneration);
         }
-        if generated >= req.max_tokens {
-            break Finish::MaxTokens;
+        if self.generated >= self.max_tokens {
+            return Some(Finish::MaxTokens);
         }
-        if session.n_past() >= session.n_ctx() {
-            break Finish::ContextFull;
+        if context_full {
+            return Some(Finish::ContextFull);
         }
         if !go_on {
-            break Finish::Stopped;
+            return Some(Finish::Stopped);
         }
-        fed_back = Some(token);
-    };
-    Ok(GenerateOutcome {
-        prompt_tokens: req.prompt.len(),
-        generated_tokens: generated,
-        finish,
-    })
+        self.fed_back = Some(token);
+        None
+    }
+
+    /// The counts of a request that ended with `finish`.
+    pub fn outcome(&self, finish: Finish) -> GenerateOutcome {
+        GenerateOutcome {
+            prompt_tokens: self.prompt_tokens,
+            generated_tokens: self.generated,
+            finish,
+        }
+    }
 }

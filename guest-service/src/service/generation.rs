@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use inference_guest::constrain::Constrained;
 use inference_guest::generate::{Finish, GenerateOutcome, Generation};
 use inference_guest::gguf::Gguf;
-use inference_guest::model::{MAX_BATCH, Model, ModelError};
+use inference_guest::model::{LlamaConfig, MAX_BATCH, Model, ModelError};
 use inference_guest::parallel::Parallel;
 use inference_guest::sampler::{LogprobSink, Sampler, SamplerConfig};
 use virtio_llm::Status;
@@ -67,18 +67,29 @@ impl Service {
         par: &dyn Parallel,
         env: &dyn Environment,
     ) -> Result<(), DriverError> {
-        let id = g.request_id;
         let mut deferred_budget = None;
-        let ending = match self.run(&g, driver, par, env, &mut deferred_budget) {
-            Ok(end) => Ok(ResponseMsg::EndOfStream(end)),
-            Err(Failure::Refused(r)) => Ok(error_response(id, r.status, &r.message)),
-            Err(Failure::Link(e)) => Err(e),
-        };
-        let sent = ending.and_then(|msg| self.send_response(driver, env, &msg));
+        let end = self.run(&g, driver, par, env, &mut deferred_budget);
+        let sent = self.answer(g.request_id, end, driver, env);
         if let Some(change) = deferred_budget {
             self.apply_budget(change, driver, env)?;
         }
         sent
+    }
+
+    /// Sends request `id`'s end of stream, or its error.
+    pub(super) fn answer<M: DriverMemory, T: Transport>(
+        &mut self,
+        id: u64,
+        end: Result<EndOfStream, Failure>,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<(), DriverError> {
+        let msg = match end {
+            Ok(end) => ResponseMsg::EndOfStream(end),
+            Err(Failure::Refused(r)) => error_response(id, r.status, &r.message),
+            Err(Failure::Link(e)) => return Err(e),
+        };
+        self.send_response(driver, env, &msg)
     }
 
     /// Runs the request on its session and streams its tokens; its end of stream.
@@ -168,8 +179,7 @@ impl Service {
         stream.set_sealed(sealed.as_deref_mut());
         stream.set_logprobs(logprobs);
         let mut constrained = constraint.map(|c| m.constrained(c)).transpose()?;
-        // Where this prompt's evaluation starts, for the prefill cost model.
-        let (start, shape) = (session.n_past() as u64, kv_cost::attention_shape(&m.cfg));
+        let prefill = Prefill::new(model_id, &m.cfg, session.n_past(), reused);
         let result = run_engine(
             &model,
             session,
@@ -190,30 +200,15 @@ impl Service {
         let last = stream.generated().last().copied();
         let streamed = stream.finish()?;
         *deferred_budget = streamed.deferred_budget;
-        let ended = self
-            .finish_stream(
-                g.request_id,
-                result,
-                streamed,
-                sealed.as_deref_mut(),
-                driver,
-                env,
-            )
-            .map(|e| EndOfStream {
-                prompt_tokens: e.prompt_tokens + reused as u32,
-                cached_tokens: reused as u32,
-                ..e
-            });
-        if let Ok(e) = &ended {
-            let evaluated = e.prompt_tokens.saturating_sub(e.cached_tokens);
-            self.kv_evict.costs.note_prefill(
-                model_id,
-                shape,
-                start,
-                evaluated.into(),
-                e.timings.prompt_ns,
-            );
-        }
+        let ended = self.end_of_run(
+            g.request_id,
+            prefill,
+            result.map_err(engine_refusal),
+            streamed,
+            sealed.as_deref_mut(),
+            driver,
+            env,
+        );
         if let (Some(answer), Ok(e)) = (sealed, &ended) {
             answer.slice_done(e.generated_tokens, last);
         }
@@ -227,7 +222,7 @@ impl Service {
 
     /// Options need the feature, and a sealed request's sampling is what its seal binds:
     /// options, which the seal does not cover, would let the host change it.
-    fn check_options(&self, g: &GenerateRequest) -> Result<(), Refusal> {
+    pub(super) fn check_options(&self, g: &GenerateRequest) -> Result<(), Refusal> {
         if g.options.is_empty() {
             return Ok(());
         }
@@ -258,7 +253,7 @@ impl Service {
     /// was evicted or taken from a closed session's, its model marked used; the prompt in
     /// tokens, and how many of them the cache holds already. `sealed`: `g` is an opened
     /// sealed request.
-    fn ready_session<M: DriverMemory, T: Transport>(
+    pub(super) fn ready_session<M: DriverMemory, T: Transport>(
         &mut self,
         g: &GenerateRequest,
         sealed: bool,
@@ -401,11 +396,43 @@ impl Service {
         Ok(m.cfg.batch_bytes(tokens) as u64)
     }
 
+    /// [`finish_stream`](Self::finish_stream) for a request whose prompt was evaluated
+    /// after the `prefill.reused` tokens its cache held: they count in its prompt and as
+    /// cached, and the evaluation's time goes to the prefill cost model.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn end_of_run<M: DriverMemory, T: Transport>(
+        &mut self,
+        id: u64,
+        prefill: Prefill,
+        result: Result<GenerateOutcome, Refusal>,
+        streamed: Streamed,
+        sealed: Option<&mut SealedAnswer>,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<EndOfStream, Failure> {
+        let reused = prefill.reused as u32;
+        let e = self.finish_stream(id, result, streamed, sealed, driver, env)?;
+        let e = EndOfStream {
+            prompt_tokens: e.prompt_tokens + reused,
+            cached_tokens: reused,
+            ..e
+        };
+        let evaluated = e.prompt_tokens.saturating_sub(e.cached_tokens);
+        self.kv_evict.costs.note_prefill(
+            prefill.model_id,
+            prefill.shape,
+            prefill.start,
+            evaluated.into(),
+            e.timings.prompt_ns,
+        );
+        Ok(e)
+    }
+
     /// Sends the stream's last tokens; the request's end of stream, or why it failed.
     pub(super) fn finish_stream<M: DriverMemory, T: Transport>(
         &mut self,
         id: u64,
-        result: Result<GenerateOutcome, ModelError>,
+        result: Result<GenerateOutcome, Refusal>,
         streamed: Streamed,
         sealed: Option<&mut SealedAnswer>,
         driver: &mut LlmDriver<M, T>,
@@ -436,14 +463,7 @@ impl Service {
         if let Some(tokens) = tokens {
             self.send_response(driver, env, &ResponseMsg::Tokens(tokens))?;
         }
-        let outcome = result.map_err(|e| match e {
-            ModelError::ContextFull { .. } => refuse(
-                Status::ContextFull,
-                "the prompt does not fit the session's context",
-            ),
-            ModelError::BadToken { .. } => refuse(Status::BadRequest, &e.to_string()),
-            e => refuse(Status::Internal, &e.to_string()),
-        })?;
+        let outcome = result?;
         self.requests_completed += 1;
         self.tokens_generated += outcome.generated_tokens as u64;
         let end = streamed.end;
@@ -470,6 +490,41 @@ impl Service {
     }
 }
 
+/// How an engine error answers its request.
+pub(super) fn engine_refusal(e: ModelError) -> Refusal {
+    match e {
+        ModelError::ContextFull { .. } => refuse(
+            Status::ContextFull,
+            "the prompt does not fit the session's context",
+        ),
+        ModelError::BadToken { .. } => refuse(Status::BadRequest, &e.to_string()),
+        e => refuse(Status::Internal, &e.to_string()),
+    }
+}
+
+/// Where a request's prompt evaluation started, for its end of stream and the prefill
+/// cost model.
+pub(super) struct Prefill {
+    model_id: u32,
+    /// The model's attention shape (`kv_cost::attention_shape`).
+    shape: f64,
+    /// The session's position when the evaluation began.
+    start: u64,
+    /// Prompt tokens the session's cache held already.
+    reused: usize,
+}
+
+impl Prefill {
+    pub(super) fn new(model_id: u32, cfg: &LlamaConfig, start: usize, reused: usize) -> Self {
+        Self {
+            model_id,
+            shape: kv_cost::attention_shape(cfg),
+            start: start as u64,
+            reused,
+        }
+    }
+}
+
 /// What the engine generates for request `g` from `prompt` (its tokens).
 pub(super) fn generation<'p>(g: &GenerateRequest, prompt: &'p [u32]) -> Generation<'p> {
     Generation {
@@ -482,7 +537,7 @@ pub(super) fn generation<'p>(g: &GenerateRequest, prompt: &'p [u32]) -> Generati
 /// [`remember`] for a generation, with the length of the history's prefix that was
 /// prefilled in batches: it grows by an evaluated prompt of 2 or more tokens that extends
 /// an all-prefilled history.
-fn record_turn(
+pub(super) fn record_turn(
     (history, prefilled): (&mut Vec<u32>, &mut usize),
     prompt: &[u32],
     generated: &[u32],

@@ -17,11 +17,13 @@
 //! whose model was evicted is closed, and its next request fails with NoSuchSession.
 //!
 //! This file holds the state and the main loop's step; `control.rs` serves control
-//! commands, `generation.rs` runs requests (with `token_stream.rs` between tokens and
-//! `token_pacer.rs` deciding when tokens go out), `embed.rs` serves embeddings, `budget.rs` lives within the memory
+//! commands, `generation.rs` runs requests (with `token_stream.rs` between tokens, and
+//! `outbox.rs` and `token_pacer.rs` deciding when tokens go out), `batch.rs` runs requests
+//! of one model together (`feature::BATCH`), `embed.rs` serves embeddings, `budget.rs` lives within the memory
 //! budget, `probe.rs` answers test-only memory probes.
 #![forbid(unsafe_code)]
 
+mod batch;
 mod budget;
 mod constraint;
 mod control;
@@ -31,6 +33,7 @@ mod kv_cost;
 mod kv_evict;
 mod kv_restore;
 mod layer_prefix;
+mod outbox;
 mod pipeline;
 mod prefix_cache;
 mod probe;
@@ -183,6 +186,9 @@ pub struct Service {
     embeddings: bool,
     /// The device negotiated `feature::GUEST_TOOLS` (tool conversations rendered here).
     guest_tools: bool,
+    /// The device negotiated `feature::BATCH`: requests on sessions of one model run
+    /// together (`batch.rs`).
+    batching: bool,
 }
 
 impl Service {
@@ -206,6 +212,7 @@ impl Service {
             options: features & (1 << feature::OPTIONS) != 0,
             embeddings: features & (1 << feature::EMBED) != 0,
             guest_tools: features & (1 << feature::GUEST_TOOLS) != 0,
+            batching: features & (1 << feature::BATCH) != 0,
             #[cfg(feature = "probes")]
             canary: None,
             canary_block: (0, 0),
@@ -320,6 +327,9 @@ impl Service {
         env: &dyn Environment,
     ) -> Result<(), DriverError> {
         match req {
+            RequestMsg::Generate(g) if self.batchable(&g, None) => {
+                self.run_batch(g, driver, par, env)
+            }
             RequestMsg::Generate(g) => self.generate(g, driver, par, env),
             RequestMsg::Embed(e) => self.embed(e, driver, par, env),
             // Nothing is running now: a cancel or preempt for an unknown or finished request

@@ -9,7 +9,7 @@
 //! content digest, a second check of the owner's plaintext, is checked when the load ends
 //! (`LoadModelEnd`, after this request): a model that fails it is refused then.
 
-use super::generation::{Failure, Refusal, generation, refuse, remember, sampler};
+use super::generation::{Failure, Refusal, engine_refusal, generation, refuse, remember, sampler};
 use super::token_stream::{FeedError, Link, Streamed, TokenStream};
 use super::tool_chat::request_tokens;
 use super::{Environment, GENERATION_SCRATCH_BYTES, Service};
@@ -133,7 +133,10 @@ impl Service {
                 timings: Timings::default(),
             }),
             (Err(_), Some(FeedError::Link(e))) => Err(Failure::Link(e)),
-            (outcome, _) => self.finish_stream(g.request_id, outcome, streamed, None, driver, env),
+            (outcome, _) => {
+                let outcome = outcome.map_err(engine_refusal);
+                self.finish_stream(g.request_id, outcome, streamed, None, driver, env)
+            }
         }
     }
 

@@ -1,11 +1,11 @@
 //! A generation's side of the link while the engine runs: every generated token goes
-//! through [`TokenStream::on_token`], which streams the tokens out in slices (when the
-//! [`TokenPacer`] says so; with their bytes when the guest owns text), applies a budget change at once (eviction waits for the end of
-//! the request), and stops the generation on a cancel or a preempt for it; other requests
+//! through [`TokenStream::on_token`], which streams the tokens out in slices (its
+//! [`Outbox`]), applies a budget change at once (eviction waits for the end of the
+//! request), and stops the generation on a cancel or a preempt for it; other requests
 //! wait their turn.
 
 use super::Environment;
-use super::token_pacer::TokenPacer;
+use super::outbox::Outbox;
 use crate::arriving::Appender;
 use crate::memory::Relinquisher;
 use crate::unsealing::Opener;
@@ -17,20 +17,14 @@ use inference_guest::tokenizer::Tokenizer;
 use sealed_model::SealError;
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
-use virtio_llm::spec::{
-    MAX_LOGPROB_TOKENS_PER_RESPONSE, MAX_TOKEN_TEXT_BYTES, MAX_TOKENS_PER_RESPONSE, MIN_LOGPROB,
-};
 use virtio_llm::wire::control::{ControlCommand, ControlReply, msg_type as control_type};
 use virtio_llm::wire::kv_evict::msg_type as kv_type;
 use virtio_llm::wire::memory::BudgetChange;
 use virtio_llm::wire::request::RequestMsg;
-use virtio_llm::wire::response::{ResponseMsg, TokenLogprob, Tokens};
+use virtio_llm::wire::response::{TokenLogprob, Tokens};
 use virtio_llm::wire::sealed_session::msg_type as session_type;
 
 use super::sealed_answer::SealedAnswer;
-
-/// Room a sealed piece's framing and tag need in a `Tokens` message's text.
-const SEALED_PIECE_OVERHEAD: usize = 64;
 
 /// What the service lends a running generation.
 pub(super) struct Link<'a, M: DriverMemory, T: Transport> {
@@ -42,18 +36,39 @@ pub(super) struct Link<'a, M: DriverMemory, T: Transport> {
     pub relinquisher: &'a mut Relinquisher,
 }
 
+impl<M: DriverMemory, T: Transport> Link<'_, M, T> {
+    /// A lower budget cannot wait for the end of a long generation: free memory goes back
+    /// at once (answering the change); the caller evicts when its requests end. The change
+    /// applied, if one came.
+    pub fn take_budget_change(&mut self) -> Result<Option<BudgetChange>, DriverError> {
+        let link = self;
+        // Memory the host released goes back to the pool at once: until then it counts
+        // against the budget, and small blocks may need a new chunk at any token.
+        link.relinquisher.collect(link.driver, link.env.memory())?;
+        let change = match link.driver.poll_budget(link.scratch) {
+            Ok(Some(change)) => change,
+            Ok(None) | Err(DriverError::Malformed { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mem = link.env.memory();
+        mem.set_budget(change.new_budget_bytes);
+        let env = link.env;
+        let park = || env.park();
+        link.relinquisher.trim_and_report(
+            link.driver,
+            mem,
+            change.new_budget_bytes,
+            change.sequence,
+            &park,
+        )?;
+        Ok(Some(change))
+    }
+}
+
 /// One generation's stream of tokens.
 pub(super) struct TokenStream<'a, M: DriverMemory, T: Transport> {
     link: Link<'a, M, T>,
-    request_id: u64,
-    pacer: TokenPacer,
-    /// When the generation started and when its first token came (the VMM's clock).
-    start: u64,
-    first: Option<u64>,
-    /// Tokens not sent yet, the bytes they stand for, and every token generated.
-    batch: Vec<u32>,
-    text: Vec<u8>,
-    generated: Vec<u32>,
+    out: Outbox<'a>,
     /// The tokenizer that turns tokens into bytes, when the guest owns text.
     text_of: Option<&'a Tokenizer>,
     /// What stopped the stream other than the engine: the link broke.
@@ -62,33 +77,6 @@ pub(super) struct TokenStream<'a, M: DriverMemory, T: Transport> {
     deferred_budget: Option<BudgetChange>,
     /// The device preempted the request (the engine reports that as a cancel).
     preempted: bool,
-    /// A sealed request's answer: pieces are sealed, ids withheld, stop strings applied.
-    sealed: Option<&'a mut SealedAnswer>,
-    /// A sealed message that found no free transmit buffer: it goes first next time (its
-    /// piece is numbered, so it cannot be sealed again).
-    held: Option<Tokens>,
-    /// A stop string of the sealed request matched.
-    stop_hit: bool,
-    /// Where the sampler leaves each token's logprobs, when the request asked for them,
-    /// and those of the batch's tokens.
-    logprob_sink: Option<LogprobSink>,
-    logprobs: Vec<TokenLogprob>,
-}
-
-/// A sampler's logprobs as the wire carries them: at least `MIN_LOGPROB` (a banned token
-/// has none at all, which JSON cannot say).
-fn wire_logprob(l: inference_guest::sampler::TokenLogprobs) -> TokenLogprob {
-    let clamp = |lp: f32| {
-        if lp >= MIN_LOGPROB {
-            lp.min(0.0)
-        } else {
-            MIN_LOGPROB
-        }
-    };
-    TokenLogprob {
-        logprob: clamp(l.logprob),
-        top: l.top.into_iter().map(|(id, lp)| (id, clamp(lp))).collect(),
-    }
 }
 
 /// Polls for the next chunk before [`TokenStream::feed`] sleeps (as the service's main loop
@@ -176,57 +164,36 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
     /// A stream for request `request_id`, which starts now; its tokens go out with their
     /// bytes when `text_of` is given.
     pub fn new(link: Link<'a, M, T>, request_id: u64, text_of: Option<&'a Tokenizer>) -> Self {
-        let start = link.env.now_ns();
-        let pacer = TokenPacer::new(start, link.env.ticks());
+        let out = Outbox::new(request_id, link.env.now_ns(), link.env.ticks());
         Self {
             link,
-            request_id,
-            pacer,
-            start,
-            first: None,
-            batch: Vec::new(),
-            text: Vec::new(),
-            generated: Vec::new(),
+            out,
             text_of,
             link_error: None,
             deferred_budget: None,
             preempted: false,
-            sealed: None,
-            held: None,
-            stop_hit: false,
-            logprob_sink: None,
-            logprobs: Vec::new(),
         }
     }
 
     /// From now on every token goes out with the logprobs the sampler left in `sink`.
     pub fn set_logprobs(&mut self, sink: Option<LogprobSink>) {
-        self.logprob_sink = sink;
+        self.out.set_logprobs(sink);
     }
 
     /// From now on the stream carries `answer`'s sealed pieces.
     pub fn set_sealed(&mut self, answer: Option<&'a mut SealedAnswer>) {
-        self.sealed = answer;
+        self.out.set_sealed(answer);
     }
 
     /// The engine chose `token`: whether to go on.
     pub fn on_token(&mut self, token: u32) -> bool {
-        let ticks = self.link.env.ticks();
-        // The first token's time, and (until the counter's rate is known, while every token
-        // is sent anyway) one clock read per token to learn it.
-        if self.first.is_none() || !self.pacer.calibrated() {
-            let now = self.link.env.now_ns();
-            self.first.get_or_insert(now);
-            self.pacer.calibrate(now, ticks);
-        }
-        self.generated.push(token);
         let go_on = self
-            .push(token)
-            .and_then(|()| self.send_due(ticks))
+            .out
+            .on_token(&mut self.link, token, self.text_of)
             .and_then(|()| self.take_budget_change())
             .and_then(|()| self.poll_requests());
         match go_on {
-            Ok(go_on) => go_on && !self.stop_hit,
+            Ok(go_on) => go_on && !self.out.stop_hit(),
             Err(e) => {
                 self.link_error = Some(e);
                 false
@@ -239,18 +206,8 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
         if let Some(e) = self.link_error {
             return Err(e);
         }
-        Ok(Streamed {
-            batch: self.batch,
-            text: self.text,
-            held: self.held,
-            stop_hit: self.stop_hit,
-            logprobs: self.logprobs,
-            start: self.start,
-            first: self.first,
-            end: self.link.env.now_ns(),
-            deferred_budget: self.deferred_budget,
-            preempted: self.preempted,
-        })
+        let end = self.link.env.now_ns();
+        Ok(self.out.finish(end, self.deferred_budget, self.preempted))
     }
 
     /// From now on tokens go out with their bytes (the pipeline builds the tokenizer once
@@ -329,153 +286,25 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
 
     /// The tokens generated so far, whether the stream goes on or not.
     pub fn generated(&self) -> &[u32] {
-        &self.generated
+        self.out.generated()
     }
 
-    /// Adds `token` (and its bytes) to the batch; first sends the batch if the bytes would
-    /// not fit one message. (A single piece longer than a message, which no real vocabulary
-    /// has, is cut to fit.)
-    fn push(&mut self, token: u32) -> Result<(), DriverError> {
-        let piece = match self.text_of {
-            Some(t) if !t.is_end_of_generation(token) => t.token_bytes(token),
-            _ => &[],
-        };
-        let limit = MAX_TOKEN_TEXT_BYTES - SEALED_PIECE_OVERHEAD;
-        let piece = &piece[..piece.len().min(limit)];
-        let scanned;
-        let piece = match self.sealed.as_deref_mut() {
-            Some(answer) => {
-                let (out, hit) = answer.scan(piece);
-                self.stop_hit |= hit;
-                scanned = out;
-                &scanned[..]
-            }
-            None => piece,
-        };
-        if self.text.len() + piece.len() > limit {
-            self.send(true)?;
-        }
-        self.batch.push(token);
-        self.text.extend_from_slice(piece);
-        if let Some(sink) = &self.logprob_sink {
-            // The sampler left one for every token it chose; a missing one (never) would
-            // break the one-per-id rule, so it reads as no probability.
-            let l = sink.borrow_mut().take().map_or(
-                TokenLogprob {
-                    logprob: MIN_LOGPROB,
-                    top: Vec::new(),
-                },
-                wire_logprob,
-            );
-            self.logprobs.push(l);
-        }
-        Ok(())
-    }
-
-    /// Sends the batch when the pacer says so (the first token at once, then every ~20 ms)
-    /// and a transmit buffer is free; batches while the host is slower than generation. A
-    /// full batch waits for a buffer.
-    fn send_due(&mut self, ticks: u64) -> Result<(), DriverError> {
-        let most = if self.logprob_sink.is_some() {
-            MAX_LOGPROB_TOKENS_PER_RESPONSE
-        } else {
-            MAX_TOKENS_PER_RESPONSE
-        };
-        let full = self.batch.len() >= most;
-        if !full && !self.pacer.should_send(ticks) {
-            return Ok(());
-        }
-        self.send(full)
-    }
-
-    /// Sends the batch: waiting for a transmit buffer if `wait`, else only if one is free.
-    /// A sealed batch is sealed once: if it cannot go now it is held, and goes first.
-    fn send(&mut self, wait: bool) -> Result<(), DriverError> {
-        if let Some(held) = self.held.take()
-            && !self.transmit(held, wait)?
-        {
-            return Ok(());
-        }
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let ids = core::mem::take(&mut self.batch);
-        let text = core::mem::take(&mut self.text);
-        let logprobs = core::mem::take(&mut self.logprobs);
-        let tokens = match self.sealed.as_deref_mut() {
-            Some(answer) => Tokens {
-                request_id: self.request_id,
-                token_ids: alloc::vec![0; ids.len()],
-                text: answer.seal(&text, false),
-                logprobs: Vec::new(),
-            },
-            None => Tokens {
-                request_id: self.request_id,
-                token_ids: ids,
-                text,
-                logprobs,
-            },
-        };
-        self.transmit(tokens, wait)?;
-        Ok(())
-    }
-
-    /// Sends `tokens`, or keeps them for later: held if sealed, else back in the batch.
-    fn transmit(&mut self, tokens: Tokens, wait: bool) -> Result<bool, DriverError> {
-        let msg = ResponseMsg::Tokens(tokens);
-        let link = &mut self.link;
-        let sent = if wait {
-            super::send_blocking(link.driver, link.env, &msg, link.out).map(|()| true)?
-        } else {
-            link.driver.send_response(&msg, link.out)?
-        };
-        if sent {
-            self.pacer.sent();
-        } else if let ResponseMsg::Tokens(t) = msg {
-            if self.sealed.is_some() {
-                self.held = Some(t);
-            } else {
-                self.batch = t.token_ids;
-                self.text = t.text;
-                self.logprobs = t.logprobs;
-            }
-        }
-        Ok(sent)
-    }
-
-    /// A lower budget cannot wait for the end of a long generation: free memory goes back
-    /// at once (answering the change), eviction follows when the request ends.
+    /// Applies a budget change that arrived ([`Link::take_budget_change`]); its eviction
+    /// waits for the end of the request.
     fn take_budget_change(&mut self) -> Result<(), DriverError> {
-        let link = &mut self.link;
-        // Memory the host released goes back to the pool at once: until then it counts
-        // against the budget, and small blocks may need a new chunk at any token.
-        link.relinquisher.collect(link.driver, link.env.memory())?;
-        let change = match link.driver.poll_budget(link.scratch) {
-            Ok(Some(change)) => change,
-            Ok(None) | Err(DriverError::Malformed { .. }) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let mem = link.env.memory();
-        mem.set_budget(change.new_budget_bytes);
-        let env = link.env;
-        let park = || env.park();
-        link.relinquisher.trim_and_report(
-            link.driver,
-            mem,
-            change.new_budget_bytes,
-            change.sequence,
-            &park,
-        )?;
-        self.deferred_budget = Some(change);
+        if let Some(change) = self.link.take_budget_change()? {
+            self.deferred_budget = Some(change);
+        }
         Ok(())
     }
 
     /// A cancel or a preempt for this request stops it; anything else waits its turn.
     fn poll_requests(&mut self) -> Result<bool, DriverError> {
+        let id = self.out.request_id();
         let link = &mut self.link;
         match link.driver.poll_request(link.scratch) {
-            Ok(Some(RequestMsg::Cancel(c))) if c.request_id == self.request_id => Ok(false),
-            Ok(Some(RequestMsg::Preempt(p))) if p.request_id == self.request_id => {
+            Ok(Some(RequestMsg::Cancel(c))) if c.request_id == id => Ok(false),
+            Ok(Some(RequestMsg::Preempt(p))) if p.request_id == id => {
                 self.preempted = true;
                 Ok(false)
             }

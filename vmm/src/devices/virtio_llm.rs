@@ -280,6 +280,9 @@ pub struct LlmConfig {
     /// Offer `feature::KV_REUSE`: the guest keeps closed sessions' KV caches for later
     /// prompts that start the same way.
     pub kv_reuse: bool,
+    /// Offer `feature::BATCH`: the guest runs the requests it holds on sessions of one model
+    /// together.
+    pub batch: bool,
 }
 
 /// A key root and the measurement of the images the guest runs.
@@ -305,6 +308,7 @@ impl Default for LlmConfig {
             diagnostics: false,
             key_root: None,
             kv_reuse: true,
+            batch: true,
         }
     }
 }
@@ -319,6 +323,7 @@ pub struct VirtioLlm {
     diagnostics: bool,
     sealed: bool,
     kv_reuse: bool,
+    batch: bool,
 }
 
 impl VirtioLlm {
@@ -377,6 +382,7 @@ impl VirtioLlm {
             diagnostics: limits.diagnostics,
             sealed: limits.key_root.is_some(),
             kv_reuse: limits.kv_reuse,
+            batch: limits.batch,
         };
         Ok((device, host))
     }
@@ -412,6 +418,7 @@ impl VirtioDevice for VirtioLlm {
             | 1 << feature::OPTIONS
             | 1 << feature::EMBED
             | 1 << feature::GUEST_TOOLS
+            | u64::from(self.batch) << feature::BATCH
             | diagnostics
     }
 

@@ -149,7 +149,8 @@ pub const OPTIONAL_FEATURES: u64 = F_EVENT_IDX
     | 1 << feature::OPTIONS
     | 1 << feature::EMBED
     | 1 << feature::GUEST_TOOLS
-    | 1 << feature::KV_EVICT;
+    | 1 << feature::KV_EVICT
+    | 1 << feature::BATCH;
 /// Features the driver refuses to run without.
 pub const REQUIRED_FEATURES: u64 = F_VERSION_1 | 1 << feature::ACCESS_PLATFORM;
 
