@@ -82,7 +82,9 @@ impl GuestVm {
                 .send_request(&RequestMsg::Generate(req.clone()), vm.deadlines.command)
                 .map_err(|e| vm.failure(e))
         };
-        if self.wants_kv(req) {
+        // The guest answers `KvWant` only between batches (a restore could not go into a
+        // running batch): a request joining one recomputes its prompt.
+        if self.in_flight() == 0 && self.wants_kv(req) {
             self.with_kv_want(req, send)
         } else {
             send(self)

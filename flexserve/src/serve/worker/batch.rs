@@ -11,6 +11,12 @@
 //! that ran longest first), so the batch empties and the waiting job gets its slice, as the
 //! one-at-a-time slices take turns. Jobs in the queue wait for a session as they do without
 //! batching: up to `limits.max_active` jobs hold one, and all of them run.
+//!
+//! While requests are in flight a batching guest serves only the commands a joining job
+//! needs (sessions, tool style, stats); it keeps loads, unloads and KV eviction for the
+//! batch's end. So a job whose model must be loaded, or an embedding, waits like a job
+//! outside the batch (`guest.rs`, `admit`), and kept KV caches are evicted and restored
+//! only between batches (`vmm::guest_vm`).
 
 use super::slice::{deliver, gone};
 use super::{Active, Job, Sliced, Worker, is_fatal};
@@ -146,10 +152,13 @@ impl Worker {
             if batch.members.is_empty() {
                 break None;
             }
-            if let Some(model) = self.step(&mut batch, active) {
+            // A job outside the batch, or one that waits for the batch to end (a model
+            // to load, an embedding), takes its turn once the members had theirs.
+            let waiting = !active.is_empty() || deferred.is_some();
+            if let Some(model) = self.step(&mut batch, waiting, active) {
                 break Some(model);
             }
-            if active.is_empty() {
+            if !waiting {
                 let busy = vec![batch.model; batch.members.len()];
                 self.fill(active, deferred, &busy);
             }
@@ -200,14 +209,14 @@ impl Worker {
         None
     }
 
-    /// Interrupts the members that must stop (client gone; turn over while a job waits in
-    /// `active`), then takes the next message of the batch.
+    /// Interrupts the members that must stop (client gone; turn over while a job is
+    /// `waiting`), then takes the next message of the batch.
     fn step(
         &mut self,
         batch: &mut Batch,
+        waiting: bool,
         active: &mut VecDeque<Active>,
     ) -> Option<Arc<ServedModel>> {
-        let waiting = !active.is_empty();
         let slice_tokens = self.shared.config.slice_tokens;
         let Some(running) = self.vm.as_mut() else {
             self.fail_batch(batch, &mut VecDeque::new(), "the guest VM failed");

@@ -382,6 +382,11 @@ impl Worker {
             return Admission::Over;
         }
         self.plan_prefetch(job.next_model.take());
+        let batch_running = self.vm.as_ref().is_some_and(|r| r.vm.in_flight() > 0);
+        if job.embed.is_some() && batch_running {
+            // A batching guest computes embeddings only between batches.
+            return Admission::Wait(Box::new(job));
+        }
         if let Some(work) = job.embed.take() {
             return self.embed(job, work, guest_model, loading.elapsed());
         }
