@@ -89,6 +89,12 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// `limits.batch` for the tests' daemons: on, unless `$FLEXSERVE_TEST_BATCH` is `0` (the
+/// scheduling tests then check the one-at-a-time path on a guest that batches).
+pub fn batch_by_default() -> bool {
+    std::env::var("FLEXSERVE_TEST_BATCH").map_or(true, |v| v != "0")
+}
+
 pub fn config(dir: &Path, model: &str, context: u32, queue_depth: usize) -> Config {
     Config {
         socket: dir.join("flexserve.sock"),
@@ -101,6 +107,7 @@ pub fn config(dir: &Path, model: &str, context: u32, queue_depth: usize) -> Conf
         default_model: model.into(),
         context,
         queue_depth,
+        batch: batch_by_default(),
         ..Config::default()
     }
 }

@@ -3,14 +3,18 @@
 the same GGUF model in the same run.
 
 Each server runs alone (the machine has few cores), with 2 threads / vCPUs and a 2048-token
-context; the two alternate, a fresh server for each client count. For 1, 4 and 8 concurrent clients, every client sends streaming completions one
+context; they alternate, a fresh server for each client count. The daemon runs twice: with
+batching (`limits.batch`, the default: the requests on one model decode together, one
+forward pass per step, when the guest batches) and without (`flexserve-unbatched`: one
+generation at a time, in slices). For 1, 4 and 8 concurrent clients, every client sends streaming completions one
 after another (distinct story prompts of about 64 tokens, greedy, up to --gen-tokens
 tokens: exactly that many for FlexServe with `ignore_eos`; llama.cpp may stop earlier at an
 end-of-generation token, its tokens are counted as streamed). Reported per server and
 client count: throughput (generated tokens of all clients / wall time), and p50/p99 time to
-first token (request sent → first streamed text). Both servers run one generation at a time (no
-batching across requests), so throughput stays flat with clients and TTFT grows with the
-queue. The last line printed is one JSON object: {"bench":"serve", "rows":[...], ...}.
+first token (request sent → first streamed text). Without batching throughput stays flat with clients and TTFT grows
+with the queue; printed after the rows: each daemon's throughput at 4 and 8 clients over 1
+client (the target with batching: >= 2.5x) and batched over unbatched (throughput, TTFT
+p50). The last line printed is one JSON object: {"bench":"serve", "rows":[...], ...}.
 
 --abuse (`make bench-serve-abuse`): the daemon alone, with its default connection limits,
 16 clients x 10 streaming requests twice, each time on a fresh daemon: first alone, then
@@ -171,15 +175,24 @@ def stop(proc, tmp):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def start_flexserve(a, port, tmp):
+def start_flexserve(a, port, tmp, batch=True):
     model_dir, name = os.path.dirname(os.path.abspath(a.model)), os.path.basename(a.model)
-    cmd = [a.flexserve, "serve", "--socket", os.path.join(tmp, "flexserve.sock"),
+    # `limits.batch` has no flag: a config file holds it (flags override the rest).
+    config = os.path.join(tmp, "flexserve.toml")
+    with open(config, "w") as f:
+        f.write(f"[limits]\nbatch = {'true' if batch else 'false'}\n")
+    cmd = [a.flexserve, "serve", "--config", config, "--socket", os.path.join(tmp, "flexserve.sock"),
            "--tcp", f"127.0.0.1:{port}", "--models-dir", model_dir,
            "--model", name.removesuffix(".gguf"), "--ctx", "2048", "--vcpus", str(a.threads),
            "--queue-depth", "64",
            # A benchmark runs on any host; the level the guest got is in the daemon log.
            "--min-isolation", "none"]
     return spawn(cmd, tmp), "/health"
+
+
+def start_flexserve_unbatched(a, port, tmp):
+    """The daemon with `limits.batch = false`: one generation at a time, in slices."""
+    return start_flexserve(a, port, tmp, batch=False)
 
 
 def start_flexserve_sealed(a, port, tmp):
@@ -340,9 +353,10 @@ def main():
     ap.add_argument("--requests", type=int, default=24,
                     help="requests per client count (split over the clients)")
     ap.add_argument("--clients", default="1,4,8")
-    ap.add_argument("--servers", default="flexserve,flexserve-sealed,llama.cpp",
-                    help="which of flexserve, flexserve-sealed (through flexserve proxy), "
-                         "llama.cpp to run, alternating in this order")
+    ap.add_argument("--servers", default="flexserve-unbatched,flexserve,flexserve-sealed,llama.cpp",
+                    help="which of flexserve-unbatched (limits.batch = false), flexserve, "
+                         "flexserve-sealed (through flexserve proxy), llama.cpp to run, "
+                         "alternating in this order")
     ap.add_argument("--abuse", action="store_true",
                     help="flexserve alone, 16 clients x 10 requests without and with slow "
                          "connections held open (see above)")
@@ -357,8 +371,8 @@ def main():
     # Servers alternate for each client count (a fresh server each time), so that load
     # from elsewhere on a shared machine hits both alike.
     for clients in map(int, a.clients.split(",")):
-        starters = {"flexserve": start_flexserve, "flexserve-sealed": start_flexserve_sealed,
-                    "llama.cpp": start_llama}
+        starters = {"flexserve": start_flexserve, "flexserve-unbatched": start_flexserve_unbatched,
+                    "flexserve-sealed": start_flexserve_sealed, "llama.cpp": start_llama}
         for server in a.servers.split(","):
             starter = starters[server]
             tmp = tempfile.mkdtemp(prefix="bench-serve-")
@@ -376,7 +390,7 @@ def main():
                 row = load(port, model, clients, per_client, a.gen_tokens)
                 row["server"] = server
                 rows.append(row)
-                print(f"{server:9} {clients} clients: {row['throughput_tps']:6.1f} tok/s, "
+                print(f"{server:19} {clients} clients: {row['throughput_tps']:6.1f} tok/s, "
                       f"TTFT p50 {row['ttft_p50_ms']:7.1f} ms p99 {row['ttft_p99_ms']:7.1f} ms "
                       f"({row['requests']} requests, {row['tokens']} tokens)", flush=True)
             finally:
@@ -395,9 +409,37 @@ def main():
                                     "ttft_p50": z["ttft_p50_ms"] / f["ttft_p50_ms"]}
             print(f"sealed/plain {clients} clients: throughput {sealed[str(clients)]['throughput']:.3f}x, "
                   f"TTFT p50 {sealed[str(clients)]['ttft_p50']:.3f}x", flush=True)
+    scaling, batched = batching_ratios(row, list(map(int, a.clients.split(","))))
     print(json.dumps({"bench": "serve", "model": os.path.basename(a.model),
                       "threads": a.threads, "gen_tokens": a.gen_tokens, "rows": rows,
-                      "flexserve_over_llama_cpp": ratio, "sealed_over_plain": sealed}))
+                      "flexserve_over_llama_cpp": ratio, "sealed_over_plain": sealed,
+                      "over_one_client": scaling, "batched_over_unbatched": batched}))
+
+
+def batching_ratios(row, client_counts):
+    """Each daemon's throughput and TTFT p50 at N clients over 1 client, and the batched
+    daemon's over the unbatched one's at each N; printed and returned."""
+    scaling, batched = {}, {}
+    for server in ("flexserve-unbatched", "flexserve"):
+        one = row(server, 1)
+        for clients in client_counts:
+            r = row(server, clients)
+            if not (one and r) or clients == 1:
+                continue
+            x = {"throughput": r["throughput_tps"] / one["throughput_tps"],
+                 "ttft_p50": r["ttft_p50_ms"] / one["ttft_p50_ms"]}
+            scaling.setdefault(server, {})[str(clients)] = x
+            print(f"{server} {clients} clients over 1 client: throughput "
+                  f"{x['throughput']:.2f}x, TTFT p50 {x['ttft_p50']:.2f}x", flush=True)
+    for clients in client_counts:
+        on, off = row("flexserve", clients), row("flexserve-unbatched", clients)
+        if on and off:
+            x = {"throughput": on["throughput_tps"] / off["throughput_tps"],
+                 "ttft_p50": on["ttft_p50_ms"] / off["ttft_p50_ms"]}
+            batched[str(clients)] = x
+            print(f"batched/unbatched {clients} clients: throughput {x['throughput']:.2f}x, "
+                  f"TTFT p50 {x['ttft_p50']:.2f}x", flush=True)
+    return scaling, batched
 
 
 if __name__ == "__main__":

@@ -75,6 +75,13 @@ pub enum GuestError {
     )]
     NoPreemption,
     #[error(
+        "the guest engine runs one request at a time (it did not accept \
+         VIRTIO_LLM_F_BATCH): the next may be sent once the one before has ended"
+    )]
+    OneAtATime,
+    #[error("request {0} is already running in the guest")]
+    AlreadyRunning(u64),
+    #[error(
         "the guest engine takes no generation options (it did not accept \
          VIRTIO_LLM_F_OPTIONS); rebuild the guest images with `make image`"
     )]
@@ -95,6 +102,7 @@ pub enum Interrupt {
     Preempt,
 }
 
+mod batch;
 mod embed;
 mod generation;
 mod kv_evict;
@@ -103,6 +111,7 @@ pub mod request_watch;
 mod sealed_load;
 mod statement;
 mod tool_style;
+pub use batch::Message;
 pub use kv_evict::KvCounters;
 pub use kv_store::{FileKvStore, KvStore, MemoryKvStore};
 pub use request_watch::{CutOff, Deadlines};
@@ -156,6 +165,8 @@ pub struct GuestVm {
     deadlines: Deadlines,
     /// Evicted KV caches' store and counters (`feature::KV_EVICT`).
     kv: kv_evict::KvHost,
+    /// The requests sent and not yet ended, each with its watch (`batch.rs`).
+    in_flight: batch::InFlight,
 }
 
 /// How the VM thread ended: the run's result and the guest's console lines.
@@ -249,6 +260,7 @@ impl GuestVm {
             kernels: GuestKernels::from_stats(&StatsReply::default()),
             deadlines: Deadlines::default(),
             kv: Default::default(),
+            in_flight: Default::default(),
         };
         if let Err(e) = me.llm.wait_ready(READY_TIMEOUT) {
             return Err(me.failure(e));

@@ -132,6 +132,9 @@ pub struct Config {
     pub max_active: usize,
     /// Tokens a request generates before it yields the guest to another waiting one.
     pub slice_tokens: u32,
+    /// Run the active requests that can be batched together, when the guest batches
+    /// (`feature::BATCH`): one forward pass per step for all of them.
+    pub batch: bool,
     /// Requests one client may have waiting (default: half the queue), so that no client
     /// can fill the queue alone.
     pub queue_per_client: Option<usize>,
@@ -173,6 +176,7 @@ impl Default for Config {
             retry_after_secs: 1,
             max_active: 4,
             slice_tokens: 16,
+            batch: true,
             queue_per_client: None,
             blocking_tasks: 2,
             deadlines: DeadlineSettings::default(),
@@ -258,6 +262,7 @@ struct LimitsSection {
     retry_after_seconds: Option<i64>,
     max_active: Option<i64>,
     slice_tokens: Option<i64>,
+    batch: Option<bool>,
     queue_per_client: Option<i64>,
     blocking_tasks: Option<i64>,
 }
@@ -496,6 +501,9 @@ impl Config {
         }
         if let Some(v) = l.slice_tokens {
             c.slice_tokens = in_range("limits.slice_tokens", v, 1, 128 * 1024)? as u32;
+        }
+        if let Some(b) = l.batch {
+            c.batch = b;
         }
         Ok(())
     }

@@ -27,6 +27,7 @@ fn a_full_file_parses() {
         retry_after_seconds = 2
         max_active = 2
         slice_tokens = 8
+        batch = false
         "#,
     )
     .unwrap();
@@ -45,6 +46,12 @@ fn a_full_file_parses() {
         (c.queue_depth, c.max_tokens, c.retry_after_secs),
         (4, 100, 2)
     );
+    assert_eq!((c.max_active, c.slice_tokens, c.batch), (2, 8, false));
+    assert!(Config::default().batch, "batching is on by default");
+    let e = Config::from_toml("[limits]\nbatch = 1")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("batch"), "{e}");
 }
 
 #[test]

@@ -136,6 +136,8 @@ pub struct Metrics {
     pub memory_held_bytes: AtomicU64,
     /// The layer-prefix cache's counters and its last choice.
     pub layer_prefix: super::layer_prefix::LayerPrefixMetrics,
+    /// Requests run together (`limits.batch`).
+    pub batch: super::worker::BatchMetrics,
     /// Time from the request's arrival to its first token, seconds.
     pub ttft: Histogram,
     /// Guest decode time per generated token after the first, seconds.
@@ -173,6 +175,7 @@ impl Default for Metrics {
             memory_used_bytes: AtomicU64::new(0),
             memory_held_bytes: AtomicU64::new(0),
             layer_prefix: Default::default(),
+            batch: Default::default(),
             ttft: Histogram::new(TTFT_BOUNDS),
             decode: Histogram::new(DECODE_BOUNDS),
         }
@@ -457,6 +460,7 @@ impl Metrics {
             .chain(self.kv_scalars())
             .chain(self.idle_scalars())
             .chain(self.layer_prefix.scalars())
+            .chain(self.batch.scalars())
         {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
@@ -495,6 +499,7 @@ mod tests {
         assert!(t.contains("flexserve_ttft_seconds_bucket{le=\"2.5\"} 2"));
         assert!(t.contains("flexserve_ttft_seconds_count 2"));
         assert!(t.contains("flexserve_guest_up 0"));
+        assert!(t.contains("flexserve_batch_requests 0"), "{t}");
         assert!(t.contains("flexserve_guest_idle 0"), "{t}");
         m.set_guest_idle();
         assert!(m.render().contains("flexserve_guest_idle 1"));

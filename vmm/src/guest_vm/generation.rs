@@ -2,13 +2,12 @@
 //! is bounded by the request's [`RequestWatch`]: a guest that stops answering or floods
 //! tokens fails the request and is stopped, never holding the caller forever.
 
-use super::request_watch::{Deadlines, RequestWatch, Tokens};
+use super::batch::Message;
+use super::request_watch::Deadlines;
 use super::{GuestError, GuestVm, Interrupt, POLL};
-use crate::devices::virtio_llm::HostError;
-use std::time::Instant;
 use virtio_llm::spec::feature;
-use virtio_llm::wire::request::{CancelRequest, GenerateRequest, PreemptRequest, RequestMsg};
-use virtio_llm::wire::response::{EndOfStream, ResponseMsg, Tokens as TokensMsg};
+use virtio_llm::wire::request::{GenerateRequest, RequestMsg};
+use virtio_llm::wire::response::{EndOfStream, Tokens as TokensMsg};
 
 impl GuestVm {
     /// Whether the guest owns text (`feature::GUEST_TEXT`): it takes chat prompts and sends
@@ -83,7 +82,9 @@ impl GuestVm {
                 .send_request(&RequestMsg::Generate(req.clone()), vm.deadlines.command)
                 .map_err(|e| vm.failure(e))
         };
-        if self.wants_kv(req) {
+        // The guest answers `KvWant` only between batches (a restore could not go into a
+        // running batch): a request joining one recomputes its prompt.
+        if self.in_flight() == 0 && self.wants_kv(req) {
             self.with_kv_want(req, send)
         } else {
             send(self)
@@ -102,7 +103,8 @@ impl GuestVm {
         self.await_messages(req, &mut |t| on_tokens(&t.token_ids, &t.text), interrupt)
     }
 
-    /// [`Self::await_request`], handing `on_tokens` each `Tokens` whole.
+    /// [`Self::await_request`], handing `on_tokens` each `Tokens` whole. `req` must be the
+    /// only request in flight: the one-request case of `batch.rs`.
     pub(super) fn await_messages(
         &mut self,
         req: &GenerateRequest,
@@ -110,65 +112,35 @@ impl GuestVm {
         interrupt: &dyn Fn() -> Option<Interrupt>,
     ) -> Result<EndOfStream, GuestError> {
         let id = req.request_id;
-        let mut watch = RequestWatch::new(self.deadlines, req.sampling.max_tokens, Instant::now());
+        if self.in_flight() > 0 {
+            return Err(GuestError::AlreadyRunning(id));
+        }
+        self.watch_request(req);
+        let r = self.await_only(id, on_tokens, interrupt);
+        // Gone already unless the wait failed before its end (an interrupt that could not
+        // be sent): nothing more of it is taken.
+        self.in_flight.remove(id);
+        r
+    }
+
+    fn await_only(
+        &mut self,
+        id: u64,
+        on_tokens: &mut dyn FnMut(&TokensMsg),
+        interrupt: &dyn Fn() -> Option<Interrupt>,
+    ) -> Result<EndOfStream, GuestError> {
         let mut interrupted = false;
         loop {
             if !interrupted && let Some(how) = interrupt() {
-                self.interrupt(id, how)?;
-                watch.interrupted(how);
+                self.interrupt_request(id, how)?;
                 interrupted = true;
             }
-            let left = watch
-                .time_left(Instant::now())
-                .map_err(|e| self.cut_off(e))?;
-            let resp = match self.llm.recv_response(left.min(POLL)) {
-                Ok(r) => r,
-                Err(HostError::Timeout(_)) => continue,
-                Err(e) => return Err(self.failure(e)),
-            };
-            match resp {
-                ResponseMsg::Tokens(t) if t.request_id == id => {
-                    match watch.tokens(t.token_ids.len(), Instant::now()) {
-                        Ok(Tokens::Deliver) => on_tokens(&t),
-                        Ok(Tokens::Discard) => {}
-                        Err(e) => return Err(self.cut_off(e)),
-                    }
-                }
-                ResponseMsg::EndOfStream(e) if e.request_id == id => return Ok(e),
-                ResponseMsg::Error(e) if e.request_id == id => {
-                    // Guest text: escaped before it reaches a log or a client.
-                    return Err(GuestError::Request {
-                        status: e.status,
-                        message: crate::devices::escape(e.message.as_bytes()),
-                    });
-                }
-                other => {
-                    return Err(GuestError::Protocol(format!(
-                        "unexpected response while running request {id}: {other:?}"
-                    )));
-                }
+            match self.next_message(POLL)? {
+                None => {}
+                Some(Message::Tokens(t)) => on_tokens(&t),
+                Some(Message::End(e)) => return Ok(e),
+                Some(Message::Failed { error, .. }) => return Err(error),
             }
         }
-    }
-
-    /// Tells the guest to stop request `id` the way `how` says.
-    fn interrupt(&mut self, id: u64, how: Interrupt) -> Result<(), GuestError> {
-        let msg = match how {
-            Interrupt::Cancel => RequestMsg::Cancel(CancelRequest { request_id: id }),
-            Interrupt::Preempt if self.llm.negotiated(feature::PREEMPT) => {
-                RequestMsg::Preempt(PreemptRequest { request_id: id })
-            }
-            Interrupt::Preempt => return Err(GuestError::NoPreemption),
-        };
-        self.llm
-            .send_request(&msg, self.deadlines.command)
-            .map_err(|e| self.failure(e))
-    }
-
-    /// Stops a guest that missed a deadline or broke the request's limits: it is not
-    /// trusted with another request, and a spinning one would keep costing the host CPU.
-    fn cut_off(&mut self, why: super::request_watch::CutOff) -> GuestError {
-        self.stop.stop();
-        GuestError::CutOff(why)
     }
 }

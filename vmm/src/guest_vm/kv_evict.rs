@@ -59,9 +59,10 @@ impl GuestVm {
     }
 
     /// Evicts the guest's least recently used kept cache into the store: its handle and
-    /// blocks, or `None` when it keeps none (or eviction is off).
+    /// blocks, or `None` when it keeps none (or eviction is off, or requests are in flight:
+    /// a batching guest evicts only between batches).
     pub fn evict_kv(&mut self) -> Result<Option<(u32, usize)>, GuestError> {
-        if !self.evicts_kv() || self.kv.store.is_none() {
+        if !self.evicts_kv() || self.kv.store.is_none() || self.in_flight() > 0 {
             return Ok(None);
         }
         let (mut handle, mut n, mut blocks) = (0, 1, Vec::new());

@@ -49,6 +49,8 @@ impl Worker {
         match placement {
             Placement::Resident(id) => Ok(Ready::Model(id)),
             Placement::Wait => Ok(Ready::Wait),
+            // A batching guest loads and unloads only between batches: the job waits.
+            Placement::Load { .. } if running.vm.in_flight() > 0 => Ok(Ready::Wait),
             Placement::Load { guest_id, evict } => {
                 let arriving = pipeline && model.file.is_sealed();
                 let loaded = self.make_room(model, &evict).and_then(|()| match arriving {

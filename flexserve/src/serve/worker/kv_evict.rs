@@ -54,7 +54,8 @@ pub(super) fn attach_store(vm: &mut GuestVm, mode: KvRestoreMode) {
 }
 
 impl Worker {
-    /// Evicts kept caches while the guest is short of memory, then publishes the counters.
+    /// Evicts kept caches while the guest is short of memory (once no request is in
+    /// flight: a batching guest evicts between batches), then publishes the counters.
     pub(super) fn relieve_kv_pressure(&mut self) {
         let Some(running) = self.vm.as_mut() else {
             return;

@@ -2,13 +2,16 @@
 //! interleaves them: up to `limits.max_active` jobs hold a session in the guest, and while
 //! others wait each runs for a slice of `limits.slice_tokens` tokens in turn (the guest
 //! engine runs one generation at a time; a slice ends by cancelling between two tokens and
-//! the next one resumes on the same session). A disconnected client's job stops between
+//! the next one resumes on the same session). A guest that batches runs the active jobs
+//! on one model together instead, joining and leaving between two steps (`batch.rs`;
+//! `slice.rs` books either's tokens and ends). A disconnected client's job stops between
 //! two tokens. One guest serves every model, several resident at once (`guest.rs`), the
 //! next model of an agent workflow loaded ahead once nothing runs (`prefetch.rs`); when
 //! the guest dies the worker fails the requests in flight, logs the crash and boots a new
 //! guest. While nothing runs it unloads the models idle longer than their keep-alive and
 //! stops the guest once none is left (`idle.rs`).
 
+mod batch;
 mod embed;
 mod guest;
 mod idle;
@@ -16,8 +19,10 @@ mod kv_evict;
 mod layer_prefix;
 mod pipelined;
 mod prefetch;
+mod slice;
 mod tool_style;
 
+pub use batch::BatchMetrics;
 pub use embed::{EmbedWork, Embedded};
 
 use super::Shared;
@@ -33,12 +38,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tool_style::{asks_tool_style, slice_options, tell_tool_style};
-use virtio_llm::Status;
 use virtio_llm::wire::options::GenerateOptions;
 use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
-use virtio_llm::wire::response::{EndOfStream, StopReason, Timings, TokenLogprob, Tokens};
+use virtio_llm::wire::response::{EndOfStream, StopReason, Timings, TokenLogprob};
 use vmm::guest_images::GuestImages;
-use vmm::guest_vm::{GuestError, GuestVm, Interrupt};
+use vmm::guest_vm::{GuestError, GuestVm};
 
 /// What a job's handler hears from the worker.
 #[derive(Debug)]
@@ -235,78 +239,102 @@ impl Worker {
             None => Ok(()),
         };
         let _ = booted.send(first);
-        let shared = self.shared.clone();
-        let queue = &shared.queue;
-        let max_active = shared.config.max_active;
         let mut active: VecDeque<Active> = VecDeque::new();
         // A job whose model needs the room of models in use waits until they are done.
         let mut deferred: Option<Job> = None;
-        loop {
-            // Admit jobs while there is room (waiting for one only when idle).
-            while active.len() < max_active {
-                let job = match deferred.take() {
-                    Some(j) => j,
-                    None => {
-                        let wait = if active.is_empty() {
-                            if queue.is_empty() {
-                                self.prefetch_next();
-                                self.sweep_idle();
-                            }
-                            Duration::from_secs(1)
-                        } else {
-                            Duration::ZERO
-                        };
-                        match queue.next(wait) {
-                            Ok(Some(j)) => j,
-                            Ok(None) => break,
-                            Err(()) if active.is_empty() => {
-                                if let Some(r) = self.vm.take() {
-                                    self.stop(r);
-                                }
-                                return;
-                            }
-                            Err(()) => break,
-                        }
-                    }
-                };
-                shared
-                    .metrics
-                    .queue_depth
-                    .store(queue.len() as u64, Ordering::Relaxed);
-                let busy: Vec<u32> = active.iter().map(|a| a.guest_model).collect();
-                match self.admit(job, &busy) {
-                    // Its model is loaded by its first slice: that runs next, before
-                    // another admission could place a model where this one goes.
-                    Admission::Active(a) if a.arriving => {
-                        active.push_front(*a);
-                        break;
-                    }
-                    Admission::Active(a) => active.push_back(*a),
-                    Admission::Over => {}
-                    Admission::Wait(job) => {
-                        deferred = Some(*job);
-                        break;
-                    }
-                }
-            }
+        while self.fill(&mut active, &mut deferred, &[]) {
             let Some(a) = active.pop_front() else {
                 continue;
             };
-            let others = !active.is_empty() || deferred.is_some();
-            match self.slice(a, others) {
-                Sliced::Again(a) => active.push_back(*a),
-                Sliced::Finished => {}
-                Sliced::GuestLost(model) => {
-                    // Every open session died with the guest.
-                    for a in active.drain(..) {
-                        self.fail_lost(a.job);
+            let lost = if self.batching() && batch::batchable(&a) {
+                self.run_batch(a, &mut active, &mut deferred)
+            } else {
+                let others = !active.is_empty() || deferred.is_some();
+                match self.slice(a, others) {
+                    Sliced::Again(a) => {
+                        active.push_back(*a);
+                        None
                     }
-                    eprintln!("[flexserve] restarting the guest");
-                    self.vm = None;
-                    let _ = self.ensure(&model, &[], false);
+                    Sliced::Finished => None,
+                    Sliced::GuestLost(model) => Some(model),
+                }
+            };
+            if let Some(model) = lost {
+                // Every open session died with the guest.
+                for a in active.drain(..) {
+                    self.fail_lost(a.job);
+                }
+                eprintln!("[flexserve] restarting the guest");
+                self.vm = None;
+                let _ = self.ensure(&model, &[], false);
+            }
+        }
+    }
+
+    /// Admits jobs while fewer than `limits.max_active` hold a session (`batched`: the
+    /// guest models of those running in a batch, beside `active`), waiting for one only
+    /// when none does. False once the queue is closed and drained with nothing active (the
+    /// guest is then stopped).
+    fn fill(
+        &mut self,
+        active: &mut VecDeque<Active>,
+        deferred: &mut Option<Job>,
+        batched: &[u32],
+    ) -> bool {
+        let shared = self.shared.clone();
+        let queue = &shared.queue;
+        while active.len() + batched.len() < shared.config.max_active {
+            let idle = active.is_empty() && batched.is_empty();
+            let job = match deferred.take() {
+                Some(j) => j,
+                None => {
+                    let wait = if idle {
+                        if queue.is_empty() {
+                            self.prefetch_next();
+                            self.sweep_idle();
+                        }
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::ZERO
+                    };
+                    match queue.next(wait) {
+                        Ok(Some(j)) => j,
+                        Ok(None) => break,
+                        Err(()) if idle => {
+                            if let Some(r) = self.vm.take() {
+                                self.stop(r);
+                            }
+                            return false;
+                        }
+                        Err(()) => break,
+                    }
+                }
+            };
+            shared
+                .metrics
+                .queue_depth
+                .store(queue.len() as u64, Ordering::Relaxed);
+            let busy: Vec<u32> = active
+                .iter()
+                .map(|a| a.guest_model)
+                .chain(batched.iter().copied())
+                .collect();
+            match self.admit(job, &busy) {
+                // Its model is loaded by its first slice: that runs next, before
+                // another admission could place a model where this one goes.
+                Admission::Active(a) if a.arriving => {
+                    active.push_front(*a);
+                    break;
+                }
+                Admission::Active(a) => active.push_back(*a),
+                Admission::Over => {}
+                Admission::Wait(job) => {
+                    *deferred = Some(*job);
+                    break;
                 }
             }
         }
+        true
     }
 
     fn stop(&self, r: Running) {
@@ -354,6 +382,11 @@ impl Worker {
             return Admission::Over;
         }
         self.plan_prefetch(job.next_model.take());
+        let batch_running = self.vm.as_ref().is_some_and(|r| r.vm.in_flight() > 0);
+        if job.embed.is_some() && batch_running {
+            // A batching guest computes embeddings only between batches.
+            return Admission::Wait(Box::new(job));
+        }
         if let Some(work) = job.embed.take() {
             return self.embed(job, work, guest_model, loading.elapsed());
         }
@@ -392,132 +425,6 @@ impl Worker {
             return Admission::Over;
         }
         Admission::Active(Box::new(Active::new(job, guest_model, session, false)))
-    }
-
-    /// Runs `a` until it ends, or, while other jobs want the guest (`others` active ones,
-    /// or any in the queue), for about `limits.slice_tokens` tokens: the generation is then stopped between two tokens and
-    /// resumed later on its session from its last token, which the guest has not yet fed
-    /// back (greedy output is the same as in one go).
-    fn slice(&mut self, mut a: Active, others: bool) -> Sliced {
-        let shared = self.shared.clone();
-        let m = &shared.metrics;
-        let slice_tokens = shared.config.slice_tokens;
-        let request = self.next_request;
-        self.next_request += 1;
-        if a.job.cancel.load(Ordering::Relaxed) || a.job.events.is_closed() {
-            // The client went away while waiting for its turn.
-            self.finish(a, StopReason::Cancelled);
-            return Sliced::Finished;
-        }
-        let Some(running) = self.vm.as_mut() else {
-            self.fail_lost(a.job);
-            return Sliced::Finished;
-        };
-        let req = a.next_request(request);
-        let job = &a.job;
-        let gone = || job.cancel.load(Ordering::Relaxed) || job.events.is_closed();
-        let in_slice = std::cell::Cell::new(0u32);
-        let mut last = None;
-        let first_seen = &mut a.first_seen;
-        let mut on_tokens = |t: &Tokens| {
-            if !*first_seen {
-                *first_seen = true;
-                m.ttft.observe(job.arrived.elapsed().as_secs_f64());
-            }
-            in_slice.set(in_slice.get() + t.token_ids.len() as u32);
-            last = t.token_ids.last().copied().or(last);
-            let _ = job.events.send(Event::Tokens {
-                ids: t.token_ids.clone(),
-                text: t.text.clone(),
-                logprobs: t.logprobs.clone(),
-            });
-        };
-        let interrupt = || {
-            let turn_over = in_slice.get() >= slice_tokens && (others || !shared.queue.is_empty());
-            if gone() {
-                Some(Interrupt::Cancel)
-            } else {
-                turn_over.then_some(Interrupt::Preempt)
-            }
-        };
-        let end = match a.arriving {
-            true => self.arrive(&job.model, a.guest_model, &req, &mut on_tokens, &interrupt),
-            false => running
-                .vm
-                .generate_messages(&req, &mut on_tokens, &interrupt),
-        };
-        if a.arriving {
-            Self::arrived(&mut a);
-        }
-        a.slices += 1;
-        match end {
-            Ok(end) => self.slice_ended(a, &end, last),
-            Err(e) if is_fatal(&e) => {
-                m.guest_crashes.fetch_add(1, Ordering::Relaxed);
-                m.set_guest(GuestState::Down);
-                eprintln!("[flexserve] the guest VM failed during request {request}: {e}");
-                let model = a.job.model.clone();
-                self.fail_lost_with(a.job, &e.to_string());
-                Sliced::GuestLost(model)
-            }
-            Err(GuestError::Request {
-                status: Status::ContextFull,
-                ..
-            }) if a.slices > 1 => {
-                // The context filled up at a slice boundary: the end, not an error.
-                self.finish(a, StopReason::ContextFull);
-                Sliced::Finished
-            }
-            Err(e) => {
-                let err = match e {
-                    GuestError::Request {
-                        status: Status::ContextFull | Status::BadRequest,
-                        message,
-                    } => ApiError::Invalid {
-                        message,
-                        param: None,
-                    },
-                    other => ApiError::Guest(other.to_string()),
-                };
-                self.fail(a, err);
-                Sliced::Finished
-            }
-        }
-    }
-
-    /// Books a slice that ended with `end` (`last`: its last token): the request either
-    /// ends or, preempted, goes back for another turn.
-    fn slice_ended(&mut self, mut a: Active, end: &EndOfStream, last: Option<u32>) -> Sliced {
-        if a.slices == 1 {
-            a.prompt_tokens = end.prompt_tokens;
-            a.cached_tokens = end.cached_tokens;
-        }
-        a.generated += end.generated_tokens;
-        a.timings.prompt_ns += end.timings.prompt_ns;
-        a.timings.generation_ns += end.timings.generation_ns;
-        match (end.reason, last) {
-            // The guest has not fed `t` back yet: the next slice starts from it.
-            // A sealed answer's tokens are withheld: the guest goes on from its own.
-            (StopReason::Preempted, Some(_)) if sealed(&a.job.prompt) => {
-                a.next_prompt = Prompt::Continue;
-                Sliced::Again(Box::new(a))
-            }
-            (StopReason::Preempted, Some(t)) => {
-                a.next_prompt = Prompt::Tokens(vec![t]);
-                Sliced::Again(Box::new(a))
-            }
-            // A preempt goes out only after a token of this slice, so a guest that
-            // stops before one broke the protocol: nothing to resume from.
-            (StopReason::Preempted, None) => {
-                let why = "the guest preempted the request before its turn's first token";
-                self.fail(a, ApiError::Guest(why.into()));
-                Sliced::Finished
-            }
-            (reason, _) => {
-                self.finish(a, reason);
-                Sliced::Finished
-            }
-        }
     }
 
     /// Closes the job's session and fails it with `err`.

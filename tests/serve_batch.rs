@@ -1,0 +1,177 @@
+//! `flexserve serve` batching requests with a real guest under KVM (`limits.batch`, the
+//! guest's `VIRTIO_LLM_F_BATCH`): clients served at the same time each get exactly the
+//! greedy text they get alone, while their decode steps overlap in the guest; a client
+//! that goes away mid-batch leaves the others' answers untouched; with batching off the
+//! requests take turns as before.
+
+use flexserve::serve::Daemon;
+use flexserve::serve::config::Config;
+use flexserve::serve::metrics::Outcome;
+use flexserve_e2e::serve_rig::*;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const CHAT: &str = "/v1/chat/completions";
+const PROMPTS: [&str; 4] = [
+    "Tell me a story about a dragon.",
+    "What is the capital of France?",
+    "Write a poem about the sea.",
+    "Explain how a bicycle works.",
+];
+
+fn batched_daemon(name: &str, batch: bool) -> Daemon {
+    let dir = temp_dir(name);
+    Daemon::start(Config {
+        max_active: 4,
+        batch,
+        ..config(&dir, DEFAULT, 2048, 16)
+    })
+    .expect("daemon starts")
+}
+
+/// The greedy answer of `n` tokens to `prompt` (all `n` generated).
+fn answer(addr: SocketAddr, prompt: &str, n: u32) -> String {
+    let r = http(
+        addr,
+        "POST",
+        CHAT,
+        &chat_body(DEFAULT, prompt, n, r#","ignore_eos":true"#),
+    );
+    assert_eq!(r.json()["usage"]["completion_tokens"], n, "{}", r.body);
+    r.chat_text(false)
+}
+
+/// The answers to `prompts`, all asked at once.
+fn answers_at_once(addr: SocketAddr, prompts: &[&'static str], n: u32) -> Vec<String> {
+    let start = Arc::new(Barrier::new(prompts.len()));
+    let threads: Vec<_> = prompts
+        .iter()
+        .map(|&p| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                answer(addr, p, n)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// The mean batch size of the decode steps since `before` (sum, count).
+fn mean_batch(d: &Daemon, before: (u64, u64)) -> f64 {
+    let b = &d.shared().metrics.batch;
+    let sum = b.decoding_sum.load(Ordering::Relaxed) - before.0;
+    let count = b.decoding_count.load(Ordering::Relaxed) - before.1;
+    assert!(count > 0, "no batched tokens");
+    sum as f64 / count as f64
+}
+
+fn batch_counts(d: &Daemon) -> (u64, u64) {
+    let b = &d.shared().metrics.batch;
+    (
+        b.decoding_sum.load(Ordering::Relaxed),
+        b.decoding_count.load(Ordering::Relaxed),
+    )
+}
+
+#[test]
+fn clients_at_once_get_their_greedy_text_alone_while_batched() {
+    if !guests_can_run(&[DEFAULT]) {
+        return;
+    }
+    let d = batched_daemon("together", true);
+    let addr = d.tcp_addr.unwrap();
+    let alone: Vec<String> = PROMPTS.iter().map(|p| answer(addr, p, 64)).collect();
+    let distinct: std::collections::HashSet<_> = alone.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        PROMPTS.len(),
+        "a mixed-up answer would show"
+    );
+    let before = batch_counts(&d);
+    let together = answers_at_once(addr, &PROMPTS, 64);
+    // Run one at a time, every step would have had one request: the mean would be 1.
+    let mean = mean_batch(&d, before);
+    let m = &d.shared().metrics;
+    assert_eq!(m.requests(Outcome::Ok), 8);
+    // The gauge falls back once the worker sees the batch empty (just after the answers).
+    let start = Instant::now();
+    while m.batch.requests.load(Ordering::Relaxed) != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the batch never emptied"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    d.stop();
+    assert_eq!(together, alone);
+    assert!(mean >= 1.5, "the decode steps did not overlap: {mean}");
+    eprintln!("4 clients at once: {mean:.2} requests per decode step on average");
+}
+
+#[test]
+fn a_client_gone_mid_batch_leaves_the_others_alone() {
+    if !guests_can_run(&[DEFAULT]) {
+        return;
+    }
+    let d = batched_daemon("gone", true);
+    let addr = d.tcp_addr.unwrap();
+    let stayers = &PROMPTS[1..];
+    let alone: Vec<String> = stayers.iter().map(|p| answer(addr, p, 96)).collect();
+    // The leaver streams a long answer; the others join its batch.
+    let mut leaver = TcpStream::connect(addr).unwrap();
+    let long = chat_body(
+        DEFAULT,
+        PROMPTS[0],
+        1500,
+        r#","stream":true,"ignore_eos":true"#,
+    );
+    request(&mut leaver, "POST", CHAT, &long);
+    read_until_first_token(&mut leaver);
+    let threads = {
+        let stayers = stayers.to_vec();
+        std::thread::spawn(move || answers_at_once(addr, &stayers, 96))
+    };
+    let m = &d.shared().metrics;
+    let start = Instant::now();
+    while m.batch.requests.load(Ordering::Relaxed) < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the others never joined the batch"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(leaver);
+    let together = threads.join().unwrap();
+    let start = Instant::now();
+    while m.requests(Outcome::Cancelled) < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the leaver was not cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let generated = m.generated_tokens.load(Ordering::Relaxed);
+    assert_eq!(m.requests(Outcome::Ok), 6);
+    d.stop();
+    assert_eq!(together, alone);
+    // 3 × 96 alone, 3 × 96 together, and the leaver's far fewer than its 1500.
+    assert!(generated < 6 * 96 + 1500, "{generated} tokens generated");
+}
+
+#[test]
+fn with_batching_off_requests_take_turns() {
+    if !guests_can_run(&[DEFAULT]) {
+        return;
+    }
+    let d = batched_daemon("off", false);
+    let addr = d.tcp_addr.unwrap();
+    let alone: Vec<String> = PROMPTS.iter().map(|p| answer(addr, p, 32)).collect();
+    let together = answers_at_once(addr, &PROMPTS, 32);
+    let counts = batch_counts(&d);
+    d.stop();
+    assert_eq!(together, alone);
+    assert_eq!(counts, (0, 0), "nothing ran batched");
+}
