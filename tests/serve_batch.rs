@@ -175,3 +175,68 @@ fn with_batching_off_requests_take_turns() {
     assert_eq!(together, alone);
     assert_eq!(counts, (0, 0), "nothing ran batched");
 }
+
+/// The embedding of `text` by `model` (OpenAI's route), as its floats.
+fn embedding(addr: SocketAddr, model: &str, text: &str) -> Vec<f64> {
+    let body = format!(r#"{{"model":"{model}","input":"{text}"}}"#);
+    let r = http(addr, "POST", "/v1/embeddings", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["data"][0]["embedding"]
+        .as_array()
+        .expect("an embedding")
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn another_model_and_an_embedding_wait_for_a_batch_and_are_served() {
+    if !guests_can_run(&[DEFAULT, TINY]) {
+        return;
+    }
+    let d = batched_daemon("others", true);
+    let addr = d.tcp_addr.unwrap();
+    let stayers = &PROMPTS[1..3];
+    let alone: Vec<String> = stayers.iter().map(|p| answer(addr, p, 48)).collect();
+    let vector = embedding(addr, DEFAULT, "a lighthouse");
+    let tiny_body = chat_body(TINY, "Once upon a time", 8, "");
+    let tiny_alone = http(addr, "POST", CHAT, &tiny_body);
+    assert_eq!(tiny_alone.status, 200, "{}", tiny_alone.body);
+
+    // A long answer holds a batch open; two more clients join it.
+    let mut long = TcpStream::connect(addr).unwrap();
+    let body = chat_body(
+        DEFAULT,
+        PROMPTS[0],
+        400,
+        r#","stream":true,"ignore_eos":true"#,
+    );
+    request(&mut long, "POST", CHAT, &body);
+    read_until_first_token(&mut long);
+    let joiners = {
+        let stayers = stayers.to_vec();
+        std::thread::spawn(move || answers_at_once(addr, &stayers, 48))
+    };
+    let m = &d.shared().metrics;
+    let start = Instant::now();
+    while m.batch.requests.load(Ordering::Relaxed) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nobody joined the batch"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Neither can run in the batch: each waits for it, and both are answered as alone.
+    let other = std::thread::spawn(move || http(addr, "POST", CHAT, &tiny_body));
+    assert_eq!(embedding(addr, DEFAULT, "a lighthouse"), vector);
+    let other = other.join().unwrap();
+    assert_eq!(other.status, 200, "{}", other.body);
+    assert_eq!(other.chat_text(false), tiny_alone.chat_text(false));
+    assert_eq!(joiners.join().unwrap(), alone);
+    let rest = read_rest(&mut long);
+    assert!(
+        rest.contains("[DONE]") && !rest.contains("\"error\""),
+        "{rest}"
+    );
+    d.stop();
+}
