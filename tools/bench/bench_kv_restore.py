@@ -23,10 +23,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-import http.client
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_serve import free_port, stop, wait_http  # noqa: E402
+from bench_serve import free_port, metrics, stop, stream, wait_http  # noqa: E402
 
 MODES = ("restore", "recompute", "measured")
 WORDS = ("river stone window garden silver market engine letter morning paper forest "
@@ -52,16 +51,6 @@ def post(port, path, body):
         return json.load(r)
 
 
-def metrics(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        out = {}
-        for line in r.read().decode().splitlines():
-            if line.startswith("flexserve_") and " " in line and "{" not in line:
-                name, value = line.split(" ", 1)
-                out[name] = float(value)
-        return out
-
-
 def complete(port, model, prompt):
     """One greedy token; (seconds, text, prompt tokens, cached tokens)."""
     t0 = time.perf_counter()
@@ -75,28 +64,9 @@ def complete(port, model, prompt):
 
 def timed(port, model, prompt, max_tokens):
     """A streamed greedy answer: (seconds to its first text, its text)."""
-    body = json.dumps({"model": model, "prompt": prompt, "temperature": 0,
-                       "max_tokens": max_tokens, "stream": True})
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    t0 = time.perf_counter()
-    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-    r = c.getresponse()
-    if r.status != 200:
-        raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
-    ttft, text = None, ""
-    for raw in r:
-        line = raw.decode().strip()
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        ev = json.loads(line[6:])
-        if "error" in ev:
-            raise RuntimeError(ev["error"])
-        piece = "".join(ch.get("text") or "" for ch in ev.get("choices", []))
-        if piece and ttft is None:
-            ttft = time.perf_counter() - t0
-        text += piece
-    c.close()
-    return (ttft if ttft is not None else time.perf_counter() - t0), text
+    ttft_ms, _, text = stream(port, "/v1/completions", {
+        "model": model, "prompt": prompt, "temperature": 0, "max_tokens": max_tokens})
+    return ttft_ms / 1e3, text
 
 
 def text_of(words, seed):

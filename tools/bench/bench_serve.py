@@ -250,10 +250,15 @@ class Slowloris:
 def stream_chat(port, body):
     """One streamed chat completion (`body` a dict, `stream` set here): (TTFT ms, whole
     answer ms, text). A refused request or an error event in the stream stops the bench."""
+    return stream(port, "/v1/chat/completions", body)
+
+
+def stream(port, path, body):
+    """One streamed chat completion or completion (`path`), as `stream_chat`."""
     model = body.get("model")
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.perf_counter()
-    c.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),
+    c.request("POST", path, json.dumps({**body, "stream": True}),
               {"Content-Type": "application/json"})
     r = c.getresponse()
     if r.status != 200:
@@ -267,7 +272,7 @@ def stream_chat(port, body):
         if "error" in event:
             raise SystemExit(f"{model}: the answer failed: {event['error']}")
         for ch in event.get("choices", []):
-            piece = ch.get("delta", {}).get("content") or ""
+            piece = ch.get("delta", {}).get("content") or ch.get("text") or ""
             if piece and ttft is None:
                 ttft = time.perf_counter() - t0
             text += piece
