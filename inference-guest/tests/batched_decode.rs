@@ -12,23 +12,9 @@ use inference_guest::model::Session;
 use inference_guest::model::{BatchBuffers, BatchError, DecodeStep, Logits, Model, ModelError};
 use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::Kernels;
-use std::path::Path;
+mod common;
 
-fn model_bytes(name: &str) -> Option<Vec<u8>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models")
-        .join(name);
-    match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if std::env::var("FLEXSERVE_REQUIRE_MODELS").as_deref() == Ok("1") => {
-            panic!("{}: {e}: run `make setup`", path.display())
-        }
-        Err(_) => {
-            eprintln!("SKIPPED: {} missing, run `make setup`", path.display());
-            None
-        }
-    }
-}
+use common::model_bytes;
 
 /// The first largest logit (greedy decoding).
 fn argmax(logits: &[f32]) -> u32 {

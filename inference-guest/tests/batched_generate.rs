@@ -13,23 +13,9 @@ use inference_guest::model::{BatchBuffers, DecodeStep, Logits, Model, Session};
 use inference_guest::parallel::SingleThread;
 use inference_guest::quant::Kernels;
 use inference_guest::sampler::{Sampler, SamplerConfig};
-use std::path::Path;
+mod common;
 
-fn model_bytes(name: &str) -> Option<Vec<u8>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models")
-        .join(name);
-    match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if std::env::var("FLEXSERVE_REQUIRE_MODELS").as_deref() == Ok("1") => {
-            panic!("{}: {e}: run `make setup`", path.display())
-        }
-        Err(_) => {
-            eprintln!("SKIPPED: {} missing, run `make setup`", path.display());
-            None
-        }
-    }
-}
+use common::model_bytes;
 
 /// One request: its prompt, its context, how many tokens it may make, whether it stops at
 /// an end of generation, its sampler, and the step at which it joins.
