@@ -11,7 +11,6 @@ use flexserve_e2e::serve_rig::*;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
 
 const CHAT: &str = "/v1/chat/completions";
 const PROMPTS: [&str; 4] = [
@@ -97,14 +96,9 @@ fn clients_at_once_get_their_greedy_text_alone_while_batched() {
     let m = &d.shared().metrics;
     assert_eq!(m.requests(Outcome::Ok), 8);
     // The gauge falls back once the worker sees the batch empty (just after the answers).
-    let start = Instant::now();
-    while m.batch.requests.load(Ordering::Relaxed) != 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the batch never emptied"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for("the batch to empty", || {
+        m.batch.requests.load(Ordering::Relaxed) == 0
+    });
     d.stop();
     assert_eq!(together, alone);
     assert!(mean >= 1.5, "the decode steps did not overlap: {mean}");
@@ -135,24 +129,14 @@ fn a_client_gone_mid_batch_leaves_the_others_alone() {
         std::thread::spawn(move || answers_at_once(addr, &stayers, 96))
     };
     let m = &d.shared().metrics;
-    let start = Instant::now();
-    while m.batch.requests.load(Ordering::Relaxed) < 4 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the others never joined the batch"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for("the others to join the batch", || {
+        m.batch.requests.load(Ordering::Relaxed) >= 4
+    });
     drop(leaver);
     let together = threads.join().unwrap();
-    let start = Instant::now();
-    while m.requests(Outcome::Cancelled) < 1 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the leaver was not cancelled"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for("the leaver's cancel", || {
+        m.requests(Outcome::Cancelled) >= 1
+    });
     let generated = m.generated_tokens.load(Ordering::Relaxed);
     assert_eq!(m.requests(Outcome::Ok), 6);
     d.stop();
@@ -218,14 +202,9 @@ fn another_model_and_an_embedding_wait_for_a_batch_and_are_served() {
         std::thread::spawn(move || answers_at_once(addr, &stayers, 48))
     };
     let m = &d.shared().metrics;
-    let start = Instant::now();
-    while m.batch.requests.load(Ordering::Relaxed) < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "nobody joined the batch"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for("a request to join the batch", || {
+        m.batch.requests.load(Ordering::Relaxed) >= 2
+    });
     // Neither can run in the batch: each waits for it, and both are answered as alone.
     let other = std::thread::spawn(move || http(addr, "POST", CHAT, &tiny_body));
     assert_eq!(embedding(addr, DEFAULT, "a lighthouse"), vector);

@@ -9,22 +9,13 @@ use flexserve::serve::keep_alive::KeepAlive;
 use flexserve::serve::metrics::GuestState;
 use flexserve_e2e::serve_rig::*;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vmm::hypervisor::IsolationLevel;
 use vmm::key_root::DevelopmentRoot;
 
 const OTHER: &str = "tiny-qwen2.Q8_0";
 const CHAT: &str = "/v1/chat/completions";
 const CONTEXT: u32 = 512;
-
-/// Waits (at most 20 s) until `done` holds.
-fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// (guest starts, model loads, idle unloads, idle stops, models resident).
 fn counts(d: &Daemon) -> (u64, u64, u64, u64, u64) {

@@ -44,6 +44,18 @@ pub fn min_isolation() -> IsolationLevel {
     }
 }
 
+/// Waits (at most 20 s) until `done` holds; fails naming `what` if it never does.
+pub fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// Whether guests, models and the guest image are here.
 pub fn guests_can_run(models: &[&str]) -> bool {
     if !Path::new("/dev/kvm").exists() || !images().join("manifest.json").exists() {
