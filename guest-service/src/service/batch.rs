@@ -221,33 +221,17 @@ impl Service {
             Ok(r) => r,
             Err(f) => return self.answer(g.request_id, Err(f), driver, env),
         };
-        let Self {
-            models,
-            kernels,
-            out,
-            scratch,
-            queued,
-            relinquisher,
-            guest_text,
-            ..
-        } = self;
-        let mut link = Link {
-            driver,
-            env,
-            out,
-            scratch,
-            queued,
-            relinquisher,
-        };
+        let (model_entry, kernels, guest_text, mut link) =
+            self.model_and_link(batch.model_id, driver, env);
         // Admitted on a loaded model, which only a command the batch defers can unload.
-        let Some(m) = models.get(&batch.model_id) else {
+        let Some(m) = model_entry else {
             r.end = Some(Err(unloaded()));
             batch.running.push(r);
             return Ok(());
         };
-        let text_of = m.tokenizer.as_ref().filter(|_| *guest_text);
+        let text_of = m.tokenizer.as_ref().filter(|_| guest_text);
         let is_eog = |t: u32| m.end_ids.binary_search(&t).is_ok();
-        let model = match parse_model(&m.file, *kernels) {
+        let model = match parse_model(&m.file, kernels) {
             Ok(model) => model,
             Err(refusal) => {
                 r.end = Some(Err(refusal));
@@ -277,6 +261,35 @@ impl Service {
         }
         batch.running.push(r);
         link_error.map_or(Ok(()), Err)
+    }
+
+    /// The batch's model (`None` once unloaded), the kernels, whether the guest owns text,
+    /// and a link to the device: borrowed from disjoint fields, so all live at once.
+    fn model_and_link<'s, M: DriverMemory, T: Transport>(
+        &'s mut self,
+        model_id: u32,
+        driver: &'s mut LlmDriver<M, T>,
+        env: &'s dyn Environment,
+    ) -> (
+        Option<&'s super::LoadedModel>,
+        inference_guest::quant::Kernels,
+        bool,
+        Link<'s, M, T>,
+    ) {
+        let link = Link {
+            driver,
+            env,
+            out: &mut self.out,
+            scratch: &mut self.scratch,
+            queued: &mut self.queued,
+            relinquisher: &mut self.relinquisher,
+        };
+        (
+            self.models.get(&model_id),
+            self.kernels,
+            self.guest_text,
+            link,
+        )
     }
 
     /// `g`'s session readied (room made, its cache rebuilt or reused, its model marked
@@ -335,34 +348,18 @@ impl Service {
         par: &dyn Parallel,
         env: &dyn Environment,
     ) -> Result<(), DriverError> {
-        let Self {
-            models,
-            kernels,
-            out,
-            scratch,
-            queued,
-            relinquisher,
-            guest_text,
-            ..
-        } = self;
-        let mut link = Link {
-            driver,
-            env,
-            out,
-            scratch,
-            queued,
-            relinquisher,
-        };
+        let (model_entry, kernels, guest_text, mut link) =
+            self.model_and_link(batch.model_id, driver, env);
         // Only a command the batch defers can unload its model.
-        let Some(m) = models.get(&batch.model_id) else {
+        let Some(m) = model_entry else {
             for r in &mut batch.running {
                 r.end = Some(Err(unloaded()));
             }
             return Ok(());
         };
-        let text_of = m.tokenizer.as_ref().filter(|_| *guest_text);
+        let text_of = m.tokenizer.as_ref().filter(|_| guest_text);
         let is_eog = |t: u32| m.end_ids.binary_search(&t).is_ok();
-        let model = match parse_model(&m.file, *kernels) {
+        let model = match parse_model(&m.file, kernels) {
             Ok(model) => model,
             Err(refusal) => {
                 for r in &mut batch.running {
