@@ -237,16 +237,9 @@ impl GuestVm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest_vm::Deadlines;
+    use crate::guest_vm::request_watch::tests::D;
     use virtio_llm::Status;
     use virtio_llm::wire::response::{ErrorResponse, StopReason};
-
-    const D: Deadlines = Deadlines {
-        first_token: Duration::from_secs(10),
-        between_tokens: Duration::from_secs(2),
-        per_token: Duration::from_secs(1),
-        command: Duration::from_secs(1),
-    };
 
     fn tokens(id: u64, ids: &[u32]) -> ResponseMsg {
         ResponseMsg::Tokens(TokensMsg {

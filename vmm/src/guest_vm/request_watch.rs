@@ -190,10 +190,11 @@ impl RequestWatch {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const D: Deadlines = Deadlines {
+    /// Deadlines the tests of a request's watch hold requests to.
+    pub(in crate::guest_vm) const D: Deadlines = Deadlines {
         first_token: Duration::from_secs(10),
         between_tokens: Duration::from_secs(2),
         per_token: Duration::from_secs(1),
