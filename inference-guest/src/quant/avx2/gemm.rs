@@ -29,14 +29,14 @@ use super::hsum;
 use crate::ggml_type::GgmlType;
 
 /// Bytes of a Q8_0 block (weights and activations alike): f16 scale, 32 × i8.
-const Q8_BYTES: usize = 34;
+pub(super) const Q8_BYTES: usize = 34;
 /// Bytes of a Q4_0 block: f16 scale, 16 bytes of nibbles.
 const Q4_BYTES: usize = 18;
 /// Activation columns per panel: 16 × a 1536-value row is 26 KiB, inside L1 with the tile's
 /// weight rows.
-const PANEL: usize = 16;
+pub(super) const PANEL: usize = 16;
 /// Weight bytes per row block: half of a Zen 3 L2, leaving room for the activations.
-const ROW_BLOCK_BYTES: usize = 256 * 1024;
+pub(super) const ROW_BLOCK_BYTES: usize = 256 * 1024;
 
 /// Whether this module computes `ty`'s products.
 pub(super) fn handles(ty: GgmlType) -> bool {
@@ -61,9 +61,9 @@ struct Tile {
 
 /// Per-column block data every weight row reuses, computed once per call, laid out
 /// `[panel][block][PANEL]` so a tile reads four columns' values with one load.
-struct Prepared {
+pub(super) struct Prepared {
     /// Activation block scales as f32.
-    scales: Vec<f32>,
+    pub(super) scales: Vec<f32>,
     /// `8 · Σ quants` of each activation block (Q4_0's `q + 8` offset); empty for Q8_0.
     offsets: Vec<i32>,
 }
@@ -72,7 +72,7 @@ impl Prepared {
     /// The tables for `ncols` activation rows of `nb` Q8_0 blocks (`arb` bytes each), with 4
     /// entries of padding so a 4-lane load at the last column stays inside.
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn new(act: &[u8], arb: usize, nb: usize, ncols: usize, offsets: bool) -> Self {
+    pub(super) fn new(act: &[u8], arb: usize, nb: usize, ncols: usize, offsets: bool) -> Self {
         let len = ncols.div_ceil(PANEL) * nb * PANEL + 4;
         let mut p = Self {
             scales: vec![0.0; len],

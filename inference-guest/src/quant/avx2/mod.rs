@@ -13,6 +13,7 @@ mod blocks32;
 mod expf;
 mod float;
 mod gemm;
+mod gemm512;
 mod iq4;
 mod kquant;
 mod q5_k;
@@ -139,7 +140,9 @@ impl Avx2 {
                 // SAFETY: `self` proves AVX2/FMA/F16C (with `vnni`, AVX-512 F/VL/BW/VNNI);
                 // `gemm::*::matmul` checks the lengths.
                 unsafe {
-                    if self.vnni {
+                    if self.vnni && ty == GgmlType::Q8_0 {
+                        gemm512::matmul_q8_0(w, nrows, act, ncols, out);
+                    } else if self.vnni {
                         gemm::vnni::matmul(ty, w, nrows, act, ncols, out);
                     } else {
                         gemm::base::matmul(ty, w, nrows, act, ncols, out);
