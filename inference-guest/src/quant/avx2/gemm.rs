@@ -16,15 +16,15 @@
 //! Rows are taken in blocks that stay in L2 while each 16-column activation panel (in L1)
 //! passes over them; otherwise a 512-token prompt re-reads every weight from L3 per panel.
 //!
-//! Two builds of the kernels ([`base`], [`vnni`]): AVX-512 VNNI sums Q8_0's byte products in
-//! one `vpdpbusd` instead of `maddubs` + `madd` (the same exact integers), and its 32 vector
-//! registers hold a 4-row Q8_0 tile where AVX2's 16 hold 2 rows.
+//! This is the AVX2 build ([`base`]). Where AVX-512 VNNI is there, `gemm512` (Q8_0) and
+//! `gemm512_q4_0` tile in 512-bit registers instead, with the same per-output arithmetic;
+//! their shared pieces (the activation tables, the f16 reader) live here.
 
 use alloc::vec;
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use super::blocks32::{pairsum_avx2, pairsum_vnni};
+use super::blocks32::pairsum_avx2;
 use super::hsum;
 use crate::ggml_type::GgmlType;
 
@@ -65,7 +65,7 @@ pub(super) struct Prepared {
     /// Activation block scales as f32.
     pub(super) scales: Vec<f32>,
     /// `8 · Σ quants` of each activation block (Q4_0's `q + 8` offset); empty for Q8_0.
-    offsets: Vec<i32>,
+    pub(super) offsets: Vec<i32>,
 }
 
 impl Prepared {
@@ -162,7 +162,7 @@ macro_rules! panel {
 /// F16C; `p` points at 2 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn f16_at(p: *const u8) -> f32 {
+pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
     // SAFETY: 2 readable bytes by contract; unaligned read.
     let h = unsafe { p.cast::<u16>().read_unaligned() };
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
@@ -399,9 +399,3 @@ macro_rules! gemm_kernels {
 }
 
 gemm_kernels!(base, "avx2,fma,f16c", pairsum_avx2, 2);
-gemm_kernels!(
-    vnni,
-    "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni",
-    pairsum_vnni,
-    4
-);

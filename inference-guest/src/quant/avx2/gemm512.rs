@@ -1,8 +1,12 @@
-//! Q8_0 prefill on AVX-512 VNNI with 512-bit vectors: each ZMM register holds the eight
-//! f32 lanes of two outputs side by side (one weight row × two activation columns), so one
-//! `vpdpbusd`, one conversion and one FMA serve two outputs' blocks.
+//! Q8_0 and Q4_1 prefill on AVX-512 VNNI with 512-bit vectors: each ZMM register holds the
+//! eight f32 lanes of two outputs side by side (one weight row × two activation columns), so
+//! one `vpdpbusd`, one conversion and one FMA serve two outputs' blocks. These are the formats
+//! whose decode kernel sums each block into eight float lanes (llama.cpp's `vec_dot`).
 //!
-//! Why not the 256-bit tile's sign trick: AVX-512 has no `vpsignb`. `vpdpbusd` multiplies
+//! Q4_1's nibbles are unsigned and go straight into `vpdpbusd`; its min term
+//! (`Σ_b m·s`, one f32 per output) is kept in every lane of the output's half.
+//!
+//! Q8_0: why not the 256-bit tile's sign trick: AVX-512 has no `vpsignb`. `vpdpbusd` multiplies
 //! unsigned by signed bytes, so the weights go in as `w + 128` (a XOR, once per row and
 //! block) and each lane starts from `-128 · Σa` over its four activation bytes (once per
 //! column and block): `Σ (w + 128)·a − 128·Σa = Σ w·a`, the exact integers the decode kernel
@@ -13,11 +17,96 @@
 //! The weight scales are converted to f32 once per call ([`row_scales`]); each tile then
 //! broadcasts them from memory instead of converting an f16 per row, block and panel.
 
+use alloc::vec;
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use super::gemm::{PANEL, Prepared, Q8_BYTES, ROW_BLOCK_BYTES};
+use super::gemm::{PANEL, ROW_BLOCK_BYTES};
 use super::hsum;
+use crate::ggml_type::GgmlType;
+
+/// A 32-value weight format this module tiles, with its activation block layout.
+trait PairFmt {
+    /// Bytes of a weight block and of an activation block.
+    const WB: usize;
+    const AB: usize;
+    /// Offset of the 32 activation quants inside an activation block.
+    const AQS: usize;
+    /// Weight blocks carry a min `m` (at byte 2) and activation blocks `s = d·Σq` (at 2).
+    const HAS_MIN: bool;
+
+    /// The block's 32 values as unsigned bytes for `vpdpbusd`, in both 256-bit halves.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `blk` points at a readable weight block.
+    unsafe fn quants(blk: *const u8) -> __m512i;
+
+    /// What each i32 lane starts from so that it ends at the exact signed lane sum, given
+    /// the two columns' activation quants `a`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI.
+    unsafe fn start(a: __m512i) -> __m512i;
+}
+
+struct Q8_0;
+struct Q4_1;
+
+impl PairFmt for Q8_0 {
+    const WB: usize = 34;
+    const AB: usize = 34;
+    const AQS: usize = 2;
+    const HAS_MIN: bool = false;
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    unsafe fn quants(blk: *const u8) -> __m512i {
+        // SAFETY: 32 readable bytes after the scale (contract).
+        let q = unsafe { _mm256_loadu_si256(blk.add(2).cast()) };
+        // w + 128: the i8 weights biased into u8.
+        _mm512_xor_si512(_mm512_broadcast_i64x4(q), _mm512_set1_epi8(-128))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+    unsafe fn start(a: __m512i) -> __m512i {
+        // −128 · Σa per lane, what the biased weights add.
+        let biased = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), a);
+        _mm512_sub_epi32(_mm512_setzero_si512(), biased)
+    }
+}
+
+impl PairFmt for Q4_1 {
+    const WB: usize = 20;
+    const AB: usize = 36;
+    const AQS: usize = 4;
+    const HAS_MIN: bool = true;
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    unsafe fn quants(blk: *const u8) -> __m512i {
+        // SAFETY: 16 readable bytes of nibbles after the scale and min (contract).
+        let q = unsafe { _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(4).cast())) };
+        // Each 256-bit half: low nibbles (values 0..16), then high nibbles (16..32).
+        let shift = _mm512_setr_epi64(
+            0,
+            0,
+            0x0004_0004_0004_0004,
+            0x0004_0004_0004_0004,
+            0,
+            0,
+            0x0004_0004_0004_0004,
+            0x0004_0004_0004_0004,
+        );
+        _mm512_and_si512(_mm512_srlv_epi16(q, shift), _mm512_set1_epi8(0xf))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+    unsafe fn start(_a: __m512i) -> __m512i {
+        _mm512_setzero_si512()
+    }
+}
 
 /// Weight rows per register tile: 4 rows × 2 column pairs is 8 accumulators, which leaves
 /// room among the 32 ZMM registers for the operands of a block.
@@ -29,6 +118,7 @@ const ROWS: usize = 4;
 struct Tile {
     w: *const u8,
     ws: *const f32,
+    wm: *const f32,
     wrb: usize,
     a: *const u8,
     arb: usize,
@@ -36,6 +126,7 @@ struct Tile {
     out: *mut f32,
     stride: usize,
     sc: *const f32,
+    sm: *const f32,
 }
 
 impl Tile {
@@ -49,90 +140,136 @@ impl Tile {
             Self {
                 w: self.w.add(rows * self.wrb),
                 ws: self.ws.add(rows * self.nb),
+                wm: self.wm.wrapping_add(rows * self.nb),
                 a: self.a.add(cols * self.arb),
                 out: self.out.add(rows * self.stride + cols),
                 sc: self.sc.add(cols),
+                sm: self.sm.wrapping_add(cols),
                 ..self
             }
         }
     }
 }
 
-/// `out[i * ncols + j] = w row i · act row j` for Q8_0 weights and activations.
+/// `out[i * ncols + j] = w row i · act row j` for Q8_0 weights (Q8_0 activations) or Q4_1
+/// weights (Q8_1 activations).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI.
 ///
 /// # Panics
-/// If the lengths do not describe `nrows` × `ncols` products of whole Q8_0 blocks.
+/// If `ty` is neither, or the lengths do not describe `nrows` × `ncols` products of whole
+/// blocks.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-pub(super) unsafe fn matmul_q8_0(
+pub(super) unsafe fn matmul(
+    ty: GgmlType,
     w: &[u8],
     nrows: usize,
     act: &[u8],
     ncols: usize,
     out: &mut [f32],
 ) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match ty {
+            GgmlType::Q8_0 => products::<Q8_0>(w, nrows, act, ncols, out),
+            GgmlType::Q4_1 => products::<Q4_1>(w, nrows, act, ncols, out),
+            _ => panic!("gemm512: {} is not Q8_0 or Q4_1", ty.name()),
+        }
+    }
+}
+
+/// [`matmul`] for format `F`.
+///
+/// # Safety
+/// As [`matmul`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+unsafe fn products<F: PairFmt>(w: &[u8], nrows: usize, act: &[u8], ncols: usize, out: &mut [f32]) {
     assert!(nrows > 0 && ncols > 0, "gemm512: empty product");
     let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
-    let nb = arb / Q8_BYTES;
+    let nb = arb / F::AB;
     // These checks keep every pointer offset below inside the three slices.
     assert!(
-        w.len() == nrows * wrb && wrb == nb * Q8_BYTES,
+        w.len() == nrows * wrb && wrb == nb * F::WB,
         "gemm512: bad weight length"
     );
     assert!(
-        act.len() == ncols * arb && arb == nb * Q8_BYTES,
+        act.len() == ncols * arb && arb == nb * F::AB,
         "gemm512: bad activation length"
     );
     assert_eq!(out.len(), nrows * ncols, "gemm512: bad output length");
     let block_rows = (ROW_BLOCK_BYTES / wrb.max(1)).max(ROWS) / ROWS * ROWS;
-    let ws = row_scales(w, wrb);
-    let prep = Prepared::new(act, arb, nb, ncols, false);
+    let ws = halves(w, F::WB, 0);
+    let wm = if F::HAS_MIN {
+        halves(w, F::WB, 2)
+    } else {
+        Vec::new()
+    };
+    let sc = column_table(act, arb, F::AB, 0);
+    let sm = if F::HAS_MIN {
+        column_table(act, arb, F::AB, 2)
+    } else {
+        Vec::new()
+    };
     let base = Tile {
         w: w.as_ptr(),
         ws: ws.as_ptr(),
+        wm: wm.as_ptr(),
         wrb,
         a: act.as_ptr(),
         arb,
         nb,
         out: out.as_mut_ptr(),
         stride: ncols,
-        sc: prep.scales.as_ptr(),
+        sc: sc.as_ptr(),
+        sm: sm.as_ptr(),
     };
     for i0 in (0..nrows).step_by(block_rows) {
         let nr = block_rows.min(nrows - i0);
         for j0 in (0..ncols).step_by(PANEL) {
             let nc = PANEL.min(ncols - j0);
+            let panel_at = (j0 / PANEL) * nb * PANEL;
             // SAFETY: rows i0..i0 + nr and columns j0..j0 + nc are inside the slices checked
-            // above; the panel's scale table starts at its first column's entries.
+            // above; the panel's tables start at its first column's entries.
             unsafe {
                 let t = Tile {
-                    sc: prep.scales.as_ptr().add((j0 / PANEL) * nb * PANEL),
+                    sc: sc.as_ptr().add(panel_at),
+                    sm: sm.as_ptr().wrapping_add(panel_at),
                     ..base.at(i0, j0)
                 };
-                panel(t, nr, nc);
+                panel::<F>(t, nr, nc);
             }
         }
     }
 }
 
-/// Every row's block scales as f32, `[row][block]`.
+/// The f16 at byte `at` of every `wb`-byte block of `w`, as f32 (`[row][block]`).
 #[target_feature(enable = "avx2,f16c")]
-fn row_scales(w: &[u8], wrb: usize) -> Vec<f32> {
-    w.chunks_exact(Q8_BYTES)
-        .map(|blk| super::h2f(blk, 0))
-        .take(w.len() / wrb * (wrb / Q8_BYTES))
-        .collect()
+fn halves(w: &[u8], wb: usize, at: usize) -> Vec<f32> {
+    w.chunks_exact(wb).map(|blk| super::h2f(blk, at)).collect()
+}
+
+/// The f16 at byte `at` of each activation block as f32, laid out `[panel][block][PANEL]`
+/// so a tile reads four columns' values with one load (4 entries of padding at the end).
+#[target_feature(enable = "avx2,f16c")]
+fn column_table(act: &[u8], arb: usize, ab: usize, at: usize) -> Vec<f32> {
+    let (ncols, nb) = (act.len() / arb, arb / ab);
+    let mut t = vec![0.0; ncols.div_ceil(PANEL) * nb * PANEL + 4];
+    for (j, row) in act.chunks_exact(arb).enumerate() {
+        for (b, blk) in row.chunks_exact(ab).enumerate() {
+            t[((j / PANEL) * nb + b) * PANEL + j % PANEL] = super::h2f(blk, at);
+        }
+    }
+    t
 }
 
 /// All `nr` rows × `nc` (≤ [`PANEL`]) columns from `t`: tiles of [`ROWS`] rows (then single
 /// rows) × four columns (then the last one to three).
 ///
 /// # Safety
-/// As [`matmul_q8_0`]; `t` points at `nr` rows, `nc` columns and their outputs.
+/// As [`matmul`]; `t` points at `nr` rows, `nc` columns and their outputs.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn panel(t: Tile, nr: usize, nc: usize) {
+unsafe fn panel<F: PairFmt>(t: Tile, nr: usize, nc: usize) {
     let mut i = 0;
     // SAFETY: every tile below stays inside rows 0..nr and columns 0..nc of `t`.
     unsafe {
@@ -143,10 +280,10 @@ unsafe fn panel(t: Tile, nr: usize, nc: usize) {
                 let cols = (nc - j).min(4);
                 let u = t.at(i, j);
                 match (r == ROWS, cols > 2) {
-                    (true, true) => tile::<ROWS, 2>(u, cols),
-                    (true, false) => tile::<ROWS, 1>(u, cols),
-                    (false, true) => tile::<1, 2>(u, cols),
-                    (false, false) => tile::<1, 1>(u, cols),
+                    (true, true) => tile::<F, ROWS, 2>(u, cols),
+                    (true, false) => tile::<F, ROWS, 1>(u, cols),
+                    (false, true) => tile::<F, 1, 2>(u, cols),
+                    (false, false) => tile::<F, 1, 1>(u, cols),
                 }
                 j += cols;
             }
@@ -165,8 +302,7 @@ unsafe fn panel(t: Tile, nr: usize, nc: usize) {
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn tile<const R: usize, const P: usize>(t: Tile, cols: usize) {
-    let bias = _mm512_set1_epi8(-128);
+unsafe fn tile<F: PairFmt, const R: usize, const P: usize>(t: Tile, cols: usize) {
     // Lane k of pair p takes column 2p's scale in its low half and 2p + 1's in its high one.
     let pick = [
         _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
@@ -174,49 +310,78 @@ unsafe fn tile<const R: usize, const P: usize>(t: Tile, cols: usize) {
     ];
     let col = |c: usize| if c < cols { c } else { c - 1 };
     let mut acc = [[_mm512_setzero_ps(); P]; R];
+    // Q4_1's min terms, each output's in every lane of its half.
+    let mut mins = [[_mm512_setzero_ps(); P]; R];
     for b in 0..t.nb {
         // SAFETY: rows < R, columns < cols and blocks < nb are inside the tile (contract);
-        // the scale table has an entry for every (block, panel column) plus 4 of padding.
+        // the column tables have an entry for every (block, panel column) plus 4 of padding.
         unsafe {
             let ad = _mm512_castps128_ps512(_mm_loadu_ps(t.sc.add(b * PANEL)));
+            let am = if F::HAS_MIN {
+                _mm512_castps128_ps512(_mm_loadu_ps(t.sm.add(b * PANEL)))
+            } else {
+                _mm512_setzero_ps()
+            };
             let mut a = [_mm512_setzero_si512(); P];
             let mut from = [_mm512_setzero_si512(); P];
             let mut da = [_mm512_setzero_ps(); P];
+            let mut sa = [_mm512_setzero_ps(); P];
             for p in 0..P {
-                let at = |c: usize| t.a.add(col(c) * t.arb + b * Q8_BYTES + 2).cast();
+                let at = |c: usize| t.a.add(col(c) * t.arb + b * F::AB + F::AQS).cast();
                 let lo = _mm512_castsi256_si512(_mm256_loadu_si256(at(2 * p)));
                 a[p] = _mm512_inserti64x4::<1>(lo, _mm256_loadu_si256(at(2 * p + 1)));
-                // −128 · Σa per lane, what the biased weights add.
-                let biased = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, a[p]);
-                from[p] = _mm512_sub_epi32(_mm512_setzero_si512(), biased);
+                from[p] = F::start(a[p]);
                 da[p] = _mm512_permutexvar_ps(pick[p], ad);
+                if F::HAS_MIN {
+                    sa[p] = _mm512_permutexvar_ps(pick[p], am);
+                }
             }
             for r in 0..R {
-                let q = _mm256_loadu_si256(t.w.add(r * t.wrb + b * Q8_BYTES + 2).cast());
-                let wz = _mm512_xor_si512(_mm512_broadcast_i64x4(q), bias);
+                let wz = F::quants(t.w.add(r * t.wrb + b * F::WB));
                 let dw = _mm512_set1_ps(*t.ws.add(r * t.nb + b));
                 for p in 0..P {
                     let sum = _mm512_dpbusd_epi32(from[p], wz, a[p]);
                     let dd = _mm512_mul_ps(dw, da[p]);
                     acc[r][p] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(sum), acc[r][p]);
                 }
+                if F::HAS_MIN {
+                    // The decode kernel's scalar `msum += m * s`: an f16 × f16 product is exact
+                    // in f32, so the fused form rounds once, as that sum does.
+                    let m = _mm512_set1_ps(*t.wm.add(r * t.nb + b));
+                    for p in 0..P {
+                        mins[r][p] = _mm512_fmadd_ps(m, sa[p], mins[r][p]);
+                    }
+                }
             }
         }
     }
     for r in 0..R {
         for p in 0..P {
-            let v = _mm512_castps_pd(acc[r][p]);
-            let halves = [
-                _mm256_castpd_ps(_mm512_castpd512_pd256(v)),
-                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(v)),
-            ];
-            for (h, half) in halves.into_iter().enumerate() {
+            let (lo, hi) = (split(acc[r][p]), split(mins[r][p]));
+            for h in 0..2 {
                 let c = 2 * p + h;
                 if c < cols {
+                    let v = hsum(lo[h])
+                        + if F::HAS_MIN {
+                            _mm256_cvtss_f32(hi[h])
+                        } else {
+                            0.0
+                        };
                     // SAFETY: output (r, c) is inside the tile (contract).
-                    unsafe { *t.out.add(r * t.stride + c) = hsum(half) };
+                    unsafe { *t.out.add(r * t.stride + c) = v };
                 }
             }
         }
     }
+}
+
+/// The two 256-bit halves of `v`.
+#[inline]
+#[target_feature(enable = "avx2,avx512f")]
+fn split(v: __m512) -> [__m256; 2] {
+    let v = _mm512_castps_pd(v);
+    [
+        _mm256_castpd_ps(_mm512_castpd512_pd256(v)),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(v)),
+    ]
 }

@@ -14,6 +14,7 @@ mod expf;
 mod float;
 mod gemm;
 mod gemm512;
+mod gemm512_q4_0;
 mod iq4;
 mod kquant;
 mod q5_k;
@@ -136,18 +137,21 @@ impl Avx2 {
         out: &mut [f32],
     ) -> bool {
         match ty {
+            // Prefill (two or more columns) in 512-bit tiles where AVX-512 VNNI is there.
+            GgmlType::Q8_0 | GgmlType::Q4_1 if ncols > 1 && self.vnni => {
+                // SAFETY: `self` proves AVX2/FMA/F16C and AVX-512 F/VL/BW/VNNI;
+                // `gemm512::matmul` checks the lengths.
+                unsafe { gemm512::matmul(ty, w, nrows, act, ncols, out) };
+                true
+            }
+            GgmlType::Q4_0 if ncols > 1 && self.vnni => {
+                // SAFETY: as above; `matmul_q4_0` checks the lengths.
+                unsafe { gemm512_q4_0::matmul_q4_0(w, nrows, act, ncols, out) };
+                true
+            }
             _ if ncols > 1 && gemm::handles(ty) => {
-                // SAFETY: `self` proves AVX2/FMA/F16C (with `vnni`, AVX-512 F/VL/BW/VNNI);
-                // `gemm::*::matmul` checks the lengths.
-                unsafe {
-                    if self.vnni && ty == GgmlType::Q8_0 {
-                        gemm512::matmul_q8_0(w, nrows, act, ncols, out);
-                    } else if self.vnni {
-                        gemm::vnni::matmul(ty, w, nrows, act, ncols, out);
-                    } else {
-                        gemm::base::matmul(ty, w, nrows, act, ncols, out);
-                    }
-                }
+                // SAFETY: `self` proves AVX2/FMA/F16C; `gemm::base::matmul` checks the lengths.
+                unsafe { gemm::base::matmul(ty, w, nrows, act, ncols, out) };
                 true
             }
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
