@@ -24,12 +24,17 @@ pub struct MatmulScratch {
     transposed: Vec<f32>,
 }
 
+/// One thread's share: rows `row0..row0 + rows` of one matrix against every input row.
 struct Task<'a> {
     matrix: &'a Matrix<'a>,
     act: &'a [u8],
     row0: usize,
     rows: usize,
+    /// The kernel's output: `[rows][t]` in the scratch for t > 1, else the product's own.
     out: &'a mut [f32],
+    /// For t > 1, this task's part of each input row's output (`t` slices of `rows`), where
+    /// the task copies `out` once computed, so the transpose runs on every thread.
+    dst: Vec<&'a mut [f32]>,
 }
 
 /// Computes every product in `products` for the `t` input rows of `input` (each of the
@@ -70,24 +75,34 @@ pub fn run(
         for p in products.iter_mut() {
             let m = p.matrix;
             let min_rows = if t > 1 { 16 } else { 8 };
-            let dst: &mut [f32] = if t > 1 {
-                let (mine, rest) = core::mem::take(&mut spare).split_at_mut(m.rows * t);
-                spare = rest;
-                mine
-            } else {
-                &mut *p.out
-            };
             let act = act_for(m);
-            let mut rest = dst;
+            // For t > 1 the kernels write a scratch region and each input row's output is
+            // cut below into the tasks' row ranges; for t = 1 they write the output itself.
+            let (mut rest, mut dst_rows): (&mut [f32], Vec<&mut [f32]>) = if t > 1 {
+                let (mine, tail) = core::mem::take(&mut spare).split_at_mut(m.rows * t);
+                spare = tail;
+                (mine, p.out.chunks_exact_mut(m.rows).collect())
+            } else {
+                (&mut *p.out, Vec::new())
+            };
             for rows in guided_items(m.rows, par.n_threads(), min_rows) {
                 let (out, tail) = core::mem::take(&mut rest).split_at_mut(rows.len() * t);
                 rest = tail;
+                let dst = dst_rows
+                    .iter_mut()
+                    .map(|row| {
+                        let (mine, tail) = core::mem::take(row).split_at_mut(rows.len());
+                        *row = tail;
+                        mine
+                    })
+                    .collect();
                 tasks.push(Task {
                     matrix: m,
                     act,
                     row0: rows.start,
                     rows: rows.len(),
                     out,
+                    dst,
                 });
             }
         }
@@ -103,11 +118,10 @@ pub fn run(
                 t,
                 task.out,
             );
+            if t > 1 {
+                untranspose(task.out, t, &mut task.dst);
+            }
         });
-    }
-    drop(tasks);
-    if t > 1 {
-        untranspose(&scratch.transposed, t, products);
     }
 }
 
@@ -142,23 +156,18 @@ fn quantize_input(
     n_acts
 }
 
-/// Copies the batched products, computed output row by output row (`[rows][t]`, each
-/// matrix after the other in `transposed`), into each product's `[t][rows]` output.
-fn untranspose(transposed: &[f32], t: usize, products: &mut [Product<'_, '_>]) {
-    let mut src = transposed;
-    for p in products.iter_mut() {
-        let rows = p.matrix.rows;
-        let (mine, rest) = src.split_at(rows * t);
-        src = rest;
-        // 16 output rows at a time: each token's 16 values are one cache line, where a
-        // whole `t`-long column at a time touched `t` lines per value (a 512-token prompt's
-        // 512 lines do not stay in L1).
-        for i0 in (0..rows).step_by(16) {
-            let block = &mine[i0 * t..(i0 + 16).min(rows) * t];
-            for (j, dst) in p.out.chunks_exact_mut(rows).enumerate() {
-                for (k, d) in dst[i0..i0 + block.len() / t].iter_mut().enumerate() {
-                    *d = block[k * t + j];
-                }
+/// Copies a task's results, computed output row by output row (`[rows][t]`), into each
+/// input row's part of the output (`dst[j]`, `rows` long).
+fn untranspose(src: &[f32], t: usize, dst: &mut [&mut [f32]]) {
+    let rows = src.len() / t;
+    // 16 output rows at a time: each token's 16 values are one cache line, where a whole
+    // `t`-long column at a time touched `t` lines per value (a 512-token prompt's 512 lines
+    // do not stay in L1).
+    for i0 in (0..rows).step_by(16) {
+        let block = &src[i0 * t..(i0 + 16).min(rows) * t];
+        for (j, d) in dst.iter_mut().enumerate() {
+            for (k, v) in d[i0..i0 + block.len() / t].iter_mut().enumerate() {
+                *v = block[k * t + j];
             }
         }
     }
