@@ -8,6 +8,7 @@
 
 mod act;
 mod attn;
+mod attn512;
 mod bf16;
 mod blocks32;
 mod expf;
@@ -63,8 +64,15 @@ impl Avx2 {
         if !q.len().is_multiple_of(16) || keys.len() != out.len() * q.len() {
             return false;
         }
-        // SAFETY: `self` proves AVX2/FMA; the lengths were checked just above.
-        unsafe { attn::dots_tiny(keys, q, out) };
+        // SAFETY: `self` proves AVX2/FMA (with `vnni`, AVX-512 F); the lengths were checked
+        // just above.
+        unsafe {
+            if self.vnni {
+                attn512::dots_tiny(keys, q, out);
+            } else {
+                attn::dots_tiny(keys, q, out);
+            }
+        }
         true
     }
 
@@ -86,8 +94,15 @@ impl Avx2 {
         if !hd.is_multiple_of(32) || acc.len() != lanes * hd || rows.len() < w.len() * hd {
             return false;
         }
-        // SAFETY: `self` proves AVX2/FMA; the lengths were checked just above.
-        unsafe { attn::accumulate_strided(w, rows, first, lanes, acc) };
+        // SAFETY: `self` proves AVX2/FMA (with `vnni`, AVX-512 F); the lengths were checked
+        // just above.
+        unsafe {
+            if self.vnni && hd.is_multiple_of(64) {
+                attn512::accumulate_strided(w, rows, first, lanes, acc);
+            } else {
+                attn::accumulate_strided(w, rows, first, lanes, acc);
+            }
+        }
         true
     }
 
