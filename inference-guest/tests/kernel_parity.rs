@@ -555,3 +555,49 @@ fn matmul_columns_are_bit_identical_to_single_column_products() {
         }
     }
 }
+
+/// `matmul_to_cols` (outputs by activation column, how the model lays out tokens) writes
+/// exactly `matmul`'s outputs where a kernel takes it, and nothing where none does.
+#[test]
+fn matmul_to_cols_is_matmul_transposed() {
+    let mut rng = Rng(777);
+    let mut taken = 0;
+    for k in Kernels::available() {
+        for ty in ALL {
+            for (nrows, ncols) in [(1, 2), (17, 3), (40, 19), (163, 8)] {
+                let n = lens(ty)[0];
+                let w = random_weights(&mut rng, ty, n, nrows);
+                let act: Vec<u8> = (0..ncols)
+                    .flat_map(|_| quant_act(&k, ty, &random_x(&mut rng, n)))
+                    .collect();
+                let mut want = vec![f32::NAN; nrows * ncols];
+                k.matmul(ty, n, &w, nrows, &act, ncols, &mut want);
+                let mut got = vec![vec![f32::NAN; nrows]; ncols];
+                let mut cols: Vec<&mut [f32]> = got.iter_mut().map(|c| c.as_mut_slice()).collect();
+                if !k.matmul_to_cols(ty, n, &w, nrows, &act, &mut cols) {
+                    assert!(got.iter().flatten().all(|v| v.is_nan()), "{ty:?} wrote");
+                    continue;
+                }
+                taken += 1;
+                for i in 0..nrows {
+                    for j in 0..ncols {
+                        assert_eq!(
+                            got[j][i].to_bits(),
+                            want[i * ncols + j].to_bits(),
+                            "{} {:?} {nrows}x{ncols} ({i},{j})",
+                            ty.name(),
+                            k.isa()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let by_column = Kernels::available()
+        .iter()
+        .any(|k| k.isa() == Isa::Avx512Vnni);
+    assert!(
+        taken > 0 || !by_column,
+        "no kernel wrote by column on an AVX-512 VNNI CPU"
+    );
+}

@@ -109,15 +109,11 @@ pub fn run(
         for_each_chunk_mut(par, &mut tasks, 1, &|_, task| {
             let task = &mut task[0];
             let m = task.matrix;
-            kernels.matmul(
-                m.ty,
-                m.n,
-                m.rows_slice(task.row0, task.rows),
-                task.rows,
-                task.act,
-                t,
-                task.out,
-            );
+            let w = m.rows_slice(task.row0, task.rows);
+            if t > 1 && kernels.matmul_to_cols(m.ty, m.n, w, task.rows, task.act, &mut task.dst) {
+                return;
+            }
+            kernels.matmul(m.ty, m.n, w, task.rows, task.act, t, task.out);
             if t > 1 {
                 untranspose(task.out, t, &mut task.dst);
             }

@@ -226,6 +226,49 @@ impl Kernels {
         }
     }
 
+    /// [`Self::matmul`] with the outputs by activation column, `cols[j][i]` (each of
+    /// `nrows`), where a kernel writes that layout directly; `false` (nothing written) where
+    /// none does, and the caller computes row-major and transposes.
+    pub fn matmul_to_cols(
+        &self,
+        w_ty: GgmlType,
+        n: usize,
+        w: &[u8],
+        nrows: usize,
+        act: &[u8],
+        cols: &mut [&mut [f32]],
+    ) -> bool {
+        let wrb = w_ty
+            .row_bytes(n)
+            .expect("matmul: n is not a whole number of weight blocks");
+        let arb = ActFormat::for_weights(w_ty).row_bytes(n);
+        assert_eq!(
+            w.len(),
+            wrb * nrows,
+            "matmul {}: bad weight length",
+            w_ty.name()
+        );
+        assert_eq!(
+            act.len(),
+            arb * cols.len(),
+            "matmul {}: bad activation length",
+            w_ty.name()
+        );
+        assert!(
+            cols.iter().all(|c| c.len() == nrows),
+            "matmul {}: bad output length",
+            w_ty.name()
+        );
+        if nrows == 0 {
+            return false;
+        }
+        match self.backend {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(k) => k.matmul_to_cols(w_ty, w, nrows, act, cols),
+            _ => false,
+        }
+    }
+
     /// `v[i] = exp(v[i])`, bit-identical to llama.cpp's AVX-512 `ggml_v_expf` on every back
     /// end (softmax and SwiGLU outputs are rounded later, so ulps matter).
     pub fn exp_in_place(&self, v: &mut [f32]) {

@@ -23,6 +23,7 @@ use core::arch::x86_64::*;
 
 use super::gemm::{PANEL, ROW_BLOCK_BYTES};
 use super::hsum;
+use super::sink::Sink;
 use crate::ggml_type::GgmlType;
 
 /// A 32-value weight format this module tiles, with its activation block layout.
@@ -123,8 +124,9 @@ struct Tile {
     a: *const u8,
     arb: usize,
     nb: usize,
-    out: *mut f32,
-    stride: usize,
+    /// The product's row and column of the tile's first output.
+    i: usize,
+    j: usize,
     sc: *const f32,
     sm: *const f32,
 }
@@ -142,7 +144,8 @@ impl Tile {
                 ws: self.ws.add(rows * self.nb),
                 wm: self.wm.wrapping_add(rows * self.nb),
                 a: self.a.add(cols * self.arb),
-                out: self.out.add(rows * self.stride + cols),
+                i: self.i + rows,
+                j: self.j + cols,
                 sc: self.sc.add(cols),
                 sm: self.sm.wrapping_add(cols),
                 ..self
@@ -151,8 +154,8 @@ impl Tile {
     }
 }
 
-/// `out[i * ncols + j] = w row i · act row j` for Q8_0 weights (Q8_0 activations) or Q4_1
-/// weights (Q8_1 activations).
+/// Output (i, j) = w row i · act row j into `out`, for Q8_0 weights (Q8_0 activations) or
+/// Q4_1 weights (Q8_1 activations).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI.
@@ -167,7 +170,7 @@ pub(super) unsafe fn matmul(
     nrows: usize,
     act: &[u8],
     ncols: usize,
-    out: &mut [f32],
+    out: &mut impl Sink,
 ) {
     // SAFETY: forwarded contract.
     unsafe {
@@ -184,7 +187,13 @@ pub(super) unsafe fn matmul(
 /// # Safety
 /// As [`matmul`].
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn products<F: PairFmt>(w: &[u8], nrows: usize, act: &[u8], ncols: usize, out: &mut [f32]) {
+unsafe fn products<F: PairFmt>(
+    w: &[u8],
+    nrows: usize,
+    act: &[u8],
+    ncols: usize,
+    out: &mut impl Sink,
+) {
     assert!(nrows > 0 && ncols > 0, "gemm512: empty product");
     let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
     let nb = arb / F::AB;
@@ -197,7 +206,6 @@ unsafe fn products<F: PairFmt>(w: &[u8], nrows: usize, act: &[u8], ncols: usize,
         act.len() == ncols * arb && arb == nb * F::AB,
         "gemm512: bad activation length"
     );
-    assert_eq!(out.len(), nrows * ncols, "gemm512: bad output length");
     let block_rows = (ROW_BLOCK_BYTES / wrb.max(1)).max(ROWS) / ROWS * ROWS;
     let ws = halves(w, F::WB, 0);
     let wm = if F::HAS_MIN {
@@ -219,8 +227,8 @@ unsafe fn products<F: PairFmt>(w: &[u8], nrows: usize, act: &[u8], ncols: usize,
         a: act.as_ptr(),
         arb,
         nb,
-        out: out.as_mut_ptr(),
-        stride: ncols,
+        i: 0,
+        j: 0,
         sc: sc.as_ptr(),
         sm: sm.as_ptr(),
     };
@@ -237,7 +245,7 @@ unsafe fn products<F: PairFmt>(w: &[u8], nrows: usize, act: &[u8], ncols: usize,
                     sm: sm.as_ptr().wrapping_add(panel_at),
                     ..base.at(i0, j0)
                 };
-                panel::<F>(t, nr, nc);
+                panel::<F>(t, nr, nc, out);
             }
         }
     }
@@ -269,7 +277,7 @@ fn column_table(act: &[u8], arb: usize, ab: usize, at: usize) -> Vec<f32> {
 /// # Safety
 /// As [`matmul`]; `t` points at `nr` rows, `nc` columns and their outputs.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn panel<F: PairFmt>(t: Tile, nr: usize, nc: usize) {
+unsafe fn panel<F: PairFmt>(t: Tile, nr: usize, nc: usize, out: &mut impl Sink) {
     let mut i = 0;
     // SAFETY: every tile below stays inside rows 0..nr and columns 0..nc of `t`.
     unsafe {
@@ -280,10 +288,10 @@ unsafe fn panel<F: PairFmt>(t: Tile, nr: usize, nc: usize) {
                 let cols = (nc - j).min(4);
                 let u = t.at(i, j);
                 match (r == ROWS, cols > 2) {
-                    (true, true) => tile::<F, ROWS, 2>(u, cols),
-                    (true, false) => tile::<F, ROWS, 1>(u, cols),
-                    (false, true) => tile::<F, 1, 2>(u, cols),
-                    (false, false) => tile::<F, 1, 1>(u, cols),
+                    (true, true) => tile::<F, ROWS, 2>(u, cols, out),
+                    (true, false) => tile::<F, ROWS, 1>(u, cols, out),
+                    (false, true) => tile::<F, 1, 2>(u, cols, out),
+                    (false, false) => tile::<F, 1, 1>(u, cols, out),
                 }
                 j += cols;
             }
@@ -302,7 +310,11 @@ unsafe fn panel<F: PairFmt>(t: Tile, nr: usize, nc: usize) {
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn tile<F: PairFmt, const R: usize, const P: usize>(t: Tile, cols: usize) {
+unsafe fn tile<F: PairFmt, const R: usize, const P: usize>(
+    t: Tile,
+    cols: usize,
+    out: &mut impl Sink,
+) {
     // Lane k of pair p takes column 2p's scale in its low half and 2p + 1's in its high one.
     let pick = [
         _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
@@ -367,8 +379,7 @@ unsafe fn tile<F: PairFmt, const R: usize, const P: usize>(t: Tile, cols: usize)
                         } else {
                             0.0
                         };
-                    // SAFETY: output (r, c) is inside the tile (contract).
-                    unsafe { *t.out.add(r * t.stride + c) = v };
+                    out.put(t.i + r, t.j + c, v);
                 }
             }
         }

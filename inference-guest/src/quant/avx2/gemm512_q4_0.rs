@@ -15,6 +15,7 @@ use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use super::gemm::{PANEL, Prepared, Q8_BYTES};
+use super::sink::Sink;
 
 /// Bytes of a Q4_0 block: f16 scale, 16 bytes of nibbles.
 const Q4_BYTES: usize = 18;
@@ -85,7 +86,7 @@ impl Rows {
     }
 }
 
-/// `out[i * ncols + j] = w row i · act row j` for Q4_0 weights and Q8_0 activations.
+/// Output (i, j) = w row i · act row j into `out`, for Q4_0 weights and Q8_0 activations.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI.
@@ -98,7 +99,7 @@ pub(super) unsafe fn matmul_q4_0(
     nrows: usize,
     act: &[u8],
     ncols: usize,
-    out: &mut [f32],
+    out: &mut impl Sink,
 ) {
     assert!(nrows > 0 && ncols > 0, "gemm512_q4_0: empty product");
     let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
@@ -112,7 +113,6 @@ pub(super) unsafe fn matmul_q4_0(
         act.len() == ncols * arb,
         "gemm512_q4_0: bad activation length"
     );
-    assert_eq!(out.len(), nrows * ncols, "gemm512_q4_0: bad output length");
     let prep = Prepared::new(act, arb, nb, ncols, true);
     let mut rows = Rows::new(nb);
     for i0 in (0..nrows).step_by(LANES) {
@@ -129,22 +129,22 @@ pub(super) unsafe fn matmul_q4_0(
                 arb,
                 sc: prep.scales[(j / PANEL) * nb * PANEL + j % PANEL..].as_ptr(),
                 off: prep.offsets[(j / PANEL) * nb * PANEL + j % PANEL..].as_ptr(),
-                out: out[i0 * ncols + j..].as_mut_ptr(),
-                stride: ncols,
+                i0,
+                j,
                 live,
             };
             // SAFETY: columns j..j + c and rows i0..i0 + live are inside the slices
             // checked above; `t.sc`/`t.off` point at column j's entries of its panel.
             unsafe {
                 match c {
-                    8 => tile::<8>(&rows, t, nb),
-                    7 => tile::<7>(&rows, t, nb),
-                    6 => tile::<6>(&rows, t, nb),
-                    5 => tile::<5>(&rows, t, nb),
-                    4 => tile::<4>(&rows, t, nb),
-                    3 => tile::<3>(&rows, t, nb),
-                    2 => tile::<2>(&rows, t, nb),
-                    _ => tile::<1>(&rows, t, nb),
+                    8 => tile::<8>(&rows, t, nb, out),
+                    7 => tile::<7>(&rows, t, nb, out),
+                    6 => tile::<6>(&rows, t, nb, out),
+                    5 => tile::<5>(&rows, t, nb, out),
+                    4 => tile::<4>(&rows, t, nb, out),
+                    3 => tile::<3>(&rows, t, nb, out),
+                    2 => tile::<2>(&rows, t, nb, out),
+                    _ => tile::<1>(&rows, t, nb, out),
                 }
             }
             j += c;
@@ -152,16 +152,17 @@ pub(super) unsafe fn matmul_q4_0(
     }
 }
 
-/// A tile's columns: activations, their panel's scale and offset tables, and the outputs of
-/// the group's first row (`live` rows of them are real).
+/// A tile's columns: activations, their panel's scale and offset tables, and where its
+/// outputs go (`live` rows of the group are real).
 #[derive(Clone, Copy)]
 struct Cols {
     a: *const u8,
     arb: usize,
     sc: *const f32,
     off: *const i32,
-    out: *mut f32,
-    stride: usize,
+    /// The product's row and column of the tile's first output.
+    i0: usize,
+    j: usize,
     live: usize,
 }
 
@@ -173,7 +174,7 @@ struct Cols {
 #[allow(clippy::needless_range_loop)] // c indexes the accumulators and the columns alike
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn tile<const C: usize>(rows: &Rows, t: Cols, nb: usize) {
+unsafe fn tile<const C: usize>(rows: &Rows, t: Cols, nb: usize, out: &mut impl Sink) {
     let mut acc = [_mm512_setzero_ps(); C];
     for b in 0..nb {
         let q = &rows.q[b * 8..b * 8 + 8];
@@ -201,9 +202,6 @@ unsafe fn tile<const C: usize>(rows: &Rows, t: Cols, nb: usize) {
         let mut lanes = [0.0f32; LANES];
         // SAFETY: `lanes` is 16 writable f32s; storeu has no alignment requirement.
         unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc[c]) };
-        for (k, v) in lanes.into_iter().take(t.live).enumerate() {
-            // SAFETY: output (k, c) is inside the product (contract).
-            unsafe { *t.out.add(k * t.stride + c) = v };
-        }
+        out.put_rows(t.i0, t.j + c, &lanes[..t.live]);
     }
 }

@@ -19,6 +19,7 @@ mod gemm512_q4_0;
 mod iq4;
 mod kquant;
 mod q5_k;
+mod sink;
 
 use core::arch::x86_64::{__m128i, __m256i, _mm_loadu_si128, _mm256_loadu_si256};
 
@@ -153,16 +154,9 @@ impl Avx2 {
     ) -> bool {
         match ty {
             // Prefill (two or more columns) in 512-bit tiles where AVX-512 VNNI is there.
-            GgmlType::Q8_0 | GgmlType::Q4_1 if ncols > 1 && self.vnni => {
-                // SAFETY: `self` proves AVX2/FMA/F16C and AVX-512 F/VL/BW/VNNI;
-                // `gemm512::matmul` checks the lengths.
-                unsafe { gemm512::matmul(ty, w, nrows, act, ncols, out) };
-                true
-            }
-            GgmlType::Q4_0 if ncols > 1 && self.vnni => {
-                // SAFETY: as above; `matmul_q4_0` checks the lengths.
-                unsafe { gemm512_q4_0::matmul_q4_0(w, nrows, act, ncols, out) };
-                true
+            _ if ncols > 1 && self.vnni && Self::tiles_512(ty) => {
+                let mut sink = sink::RowMajor { out, ncols };
+                self.matmul_512(ty, w, nrows, act, ncols, &mut sink)
             }
             _ if ncols > 1 && gemm::handles(ty) => {
                 // SAFETY: `self` proves AVX2/FMA/F16C; `gemm::base::matmul` checks the lengths.
@@ -197,6 +191,51 @@ impl Avx2 {
             }
             _ => false,
         }
+    }
+
+    /// Whether [`Self::matmul_to_cols`] takes `ty`'s products.
+    fn tiles_512(ty: GgmlType) -> bool {
+        matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_1 | GgmlType::Q4_0)
+    }
+
+    /// [`super::Kernels::matmul_to_cols`]: `false` where no kernel writes by column (no
+    /// AVX-512 VNNI, another type, or a single column, which decode's row kernels take).
+    pub(crate) fn matmul_to_cols(
+        self,
+        ty: GgmlType,
+        w: &[u8],
+        nrows: usize,
+        act: &[u8],
+        cols: &mut [&mut [f32]],
+    ) -> bool {
+        let ncols = cols.len();
+        if ncols < 2 || !self.vnni || !Self::tiles_512(ty) {
+            return false;
+        }
+        self.matmul_512(ty, w, nrows, act, ncols, &mut sink::ByColumn { cols })
+    }
+
+    /// The 512-bit tiles of `ty` (one of [`Self::tiles_512`]); needs `vnni`.
+    fn matmul_512(
+        self,
+        ty: GgmlType,
+        w: &[u8],
+        nrows: usize,
+        act: &[u8],
+        ncols: usize,
+        out: &mut impl sink::Sink,
+    ) -> bool {
+        debug_assert!(self.vnni);
+        // SAFETY: the callers check `vnni`, which proves AVX2/FMA/F16C and AVX-512
+        // F/VL/BW/VNNI; the kernels check the lengths and the sink every index.
+        unsafe {
+            if ty == GgmlType::Q4_0 {
+                gemm512_q4_0::matmul_q4_0(w, nrows, act, ncols, out);
+            } else {
+                gemm512::matmul(ty, w, nrows, act, ncols, out);
+            }
+        }
+        true
     }
 }
 
