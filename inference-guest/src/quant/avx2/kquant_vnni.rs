@@ -1,0 +1,367 @@
+//! Q4_K·Q8_K and Q6_K·Q8_K with AVX-512 VNNI: the build [`super::kquant`]'s AVX2 kernels give
+//! way to when the CPU has AVX-512 F/BW/VL/VNNI.
+//!
+//! `vpdpbusd` multiplies unsigned weight bytes by signed activation bytes and sums four
+//! products into an i32 lane, exactly: Q4_K's nibbles and Q6_K's stored quants (0..63, their
+//! `-32` applied as `32 · Σ bsums · scale`) are unsigned already, so one instruction does what
+//! AVX2's `maddubs` + `madd` pair does, on 64 bytes at a time. The sub-block scales then enter
+//! with `vpdpwssd` on those lane sums (at most 4 · 63 · 128 < 2^15, so they are exact i16).
+//!
+//! Every output keeps the float operations, and their order, of the scalar reference
+//! (llama.cpp's x86 order); the integer sums behind them are exact whatever their grouping,
+//! except Q6_K's eight lanes, whose byte partition the kernels here keep too. Prefill and
+//! decode therefore agree to the bit with each other and with the AVX2 build.
+//!
+//! Prefill takes tiles of one weight row × eight activation columns: the row's super-block is
+//! unpacked once per tile, Q4_K's per-column totals come out of one transposing reduction as
+//! the lanes of a vector, and its float step runs on all eight columns at once.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::arch::x86_64::*;
+
+use super::{arr, h2f, ld};
+
+/// Q8_K block layout: f32 scale, 256 quants, 16 i16 block sums.
+pub(super) const Q8K_BYTES: usize = 292;
+pub(super) const Q8K_QS: usize = 4;
+pub(super) const Q8K_BSUMS: usize = 260;
+/// Bytes ahead of the current super-block that decode prefetches (see `blocks32`).
+pub(super) const PREFETCH_AHEAD: usize = 8192;
+/// Columns per register tile: one lane of an f32 YMM vector each.
+pub(super) const TILE: usize = 8;
+/// Columns whose activations stay in L1/L2 while every row of the range passes them.
+const PANEL: usize = 16;
+/// Bytes of a Q4_K super-block.
+const Q4K_BYTES: usize = 144;
+
+#[inline]
+pub(super) fn rd_f32(b: &[u8], at: usize) -> f32 {
+    f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Unaligned 64-byte load.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn ld64(b: &[u8; 64]) -> __m512i {
+    // SAFETY: `b` is 64 readable bytes and loadu has no alignment requirement.
+    unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
+}
+
+/// A K-quant weight format with a VNNI column-tiled kernel.
+pub(super) trait VTile {
+    /// Bytes per 256-value weight super-block.
+    const WB: usize;
+    /// Per-column, per-block values the tiles read as vectors, built once per product.
+    type Prep: Copy;
+
+    /// The tables for `ncols` columns of `nb` Q8_K blocks (`arb` bytes each), laid out
+    /// `[column / TILE][block]`, with zeros for the columns past `ncols`.
+    fn prep(act: &[u8], arb: usize, nb: usize, ncols: usize) -> Vec<Self::Prep>;
+
+    /// `out[c] = row · column c` for the `C` (≤ [`TILE`]) columns of `a` (stride `arb`);
+    /// `prep` holds the tile's entries, one per block.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI; `row` holds whole
+    /// super-blocks and every column of `a` as many Q8_K blocks; `prep` one entry per block.
+    unsafe fn tile<const C: usize>(
+        row: &[u8],
+        a: &[u8],
+        arb: usize,
+        prep: &[Self::Prep],
+        out: &mut [f32],
+    );
+}
+
+/// Column panels, then rows, then tiles of [`TILE`] columns: a row is unpacked once per
+/// tile and stays in L1 across its panel's tiles; a panel's activations stay cached across
+/// the rows.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI; `w` holds `nrows` rows of
+/// `K` and `act` `ncols` Q8_K rows of the same length; `out.len() == nrows * ncols`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+pub(super) unsafe fn panels<K: VTile>(
+    w: &[u8],
+    nrows: usize,
+    act: &[u8],
+    ncols: usize,
+    out: &mut [f32],
+) {
+    let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
+    let nb = arb / Q8K_BYTES;
+    debug_assert_eq!(wrb / K::WB, nb);
+    let prep = K::prep(act, arb, nb, ncols);
+    let mut j0 = 0;
+    while j0 < ncols {
+        let nc = PANEL.min(ncols - j0);
+        for (i, row) in w.chunks_exact(wrb).enumerate() {
+            let dst = &mut out[i * ncols + j0..i * ncols + j0 + nc];
+            let mut j = 0;
+            while j < nc {
+                let c = TILE.min(nc - j);
+                let a = &act[(j0 + j) * arb..(j0 + j + c) * arb];
+                let t = (j0 + j) / TILE;
+                let p = prep.get(t * nb..(t + 1) * nb).unwrap_or(&[]);
+                let d = &mut dst[j..j + c];
+                // SAFETY: forwarded contract; `a` holds `c` columns and `p` (for the formats
+                // that use it) one entry per block.
+                unsafe {
+                    match c {
+                        8 => K::tile::<8>(row, a, arb, p, d),
+                        7 => K::tile::<7>(row, a, arb, p, d),
+                        6 => K::tile::<6>(row, a, arb, p, d),
+                        5 => K::tile::<5>(row, a, arb, p, d),
+                        4 => K::tile::<4>(row, a, arb, p, d),
+                        3 => K::tile::<3>(row, a, arb, p, d),
+                        2 => K::tile::<2>(row, a, arb, p, d),
+                        _ => K::tile::<1>(row, a, arb, p, d),
+                    }
+                }
+                j += c;
+            }
+        }
+        j0 += nc;
+    }
+}
+
+pub(super) struct Q4K;
+
+/// Per tile and block: the eight columns' Q8_K scales, and their block sums added in pairs
+/// (one pair per Q4_K min) as i16 pairs `[pair 2q, pair 2q + 1]` laid out `[q][column]`.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(super) struct Q4Prep {
+    yd: [f32; TILE],
+    pairs: [i32; 4 * TILE],
+}
+
+/// For `packs_epi32(p[2k], p[2k + 1])` (k = 0, 1): the sub-block of each i16 lane. Its 128-bit
+/// block b holds four lanes of chunk 2k's sub-block 4k + b/2, then four of chunk 2k+1's,
+/// 4k + 2 + b/2.
+const SCALE_IDX: [[i16; 32]; 2] = [packs_scale_idx(0), packs_scale_idx(1)];
+
+const fn packs_scale_idx(k: i16) -> [i16; 32] {
+    let mut t = [0i16; 32];
+    let mut l = 0;
+    while l < 32 {
+        let (b, second) = ((l / 8) as i16, ((l % 8) / 4) as i16);
+        t[l] = 4 * k + 2 * second + b / 2;
+        l += 1;
+    }
+    t
+}
+
+/// A Q4_K super-block's eight 6-bit scales and eight 6-bit mins as bytes (ggml's `utmp`
+/// shuffle with word operations), each set packed little-endian in a `u64`.
+#[inline]
+fn q4_k_scales_mins(packed: &[u8; 12]) -> (u64, u64) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const TOP2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes(*arr::<4>(packed, 4 * i));
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    // Scales 0-3 are the low 6 bits of bytes 0-3; scales 4-7 the low nibbles of bytes 8-11
+    // with the top 2 bits of bytes 0-3. Mins likewise from bytes 4-7 and the high nibbles.
+    let sc = [w0 & LOW6, (w2 & LOW4) | (((w0 >> 6) & TOP2) << 4)];
+    let m = [w1 & LOW6, ((w2 >> 4) & LOW4) | (((w1 >> 6) & TOP2) << 4)];
+    let join = |v: [u32; 2]| u64::from(v[0]) | (u64::from(v[1]) << 32);
+    (join(sc), join(m))
+}
+
+/// One Q4_K super-block, unpacked for `vpdpbusd`: `w[c]` holds chunk `c`'s low nibbles (sub-block
+/// `2c`) then its high nibbles (sub-block `2c + 1`), the order of the Q8_K quants they meet.
+struct Q4Block {
+    w: [__m512i; 4],
+    /// The scales as i16, placed for `packs(p[2k], p[2k + 1])` (see [`Q4Block::isum`]).
+    s: [__m512i; 2],
+    /// The mins as eight i16.
+    mins: __m128i,
+    d: f32,
+    dmin: f32,
+}
+
+impl Q4Block {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    fn new(x: &[u8]) -> Self {
+        let m4 = _mm512_set1_epi8(0xf);
+        let (sc, mins) = q4_k_scales_mins(arr(x, 4));
+        let sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+        let mut w = [_mm512_setzero_si512(); 4];
+        for h in 0..2 {
+            // SAFETY: AVX-512 F is this function's contract; the array is bounds-checked.
+            let q = unsafe { ld64(arr(x, 16 + 64 * h)) };
+            let lo = _mm512_and_si512(q, m4);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+            w[2 * h] = _mm512_shuffle_i64x2::<0b01_00_01_00>(lo, hi);
+            w[2 * h + 1] = _mm512_shuffle_i64x2::<0b11_10_11_10>(lo, hi);
+        }
+        Self {
+            w,
+            // SAFETY: AVX-512 F is this function's contract; each table is 64 bytes.
+            s: SCALE_IDX.map(|t| unsafe {
+                _mm512_permutexvar_epi16(_mm512_loadu_si512(t.as_ptr().cast()), sc)
+            }),
+            mins: _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mins as i64)),
+            d: h2f(x, 0),
+            dmin: h2f(x, 2),
+        }
+    }
+
+    /// Σ scale · (sub-block's quants · activation quants) of the Q8_K block `y`, spread over
+    /// 16 i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    fn isum(&self, y: &[u8]) -> __m512i {
+        let z = _mm512_setzero_si512();
+        // SAFETY: AVX-512 F is this function's contract; the arrays are bounds-checked.
+        let p: [__m512i; 4] = core::array::from_fn(|c| {
+            _mm512_dpbusd_epi32(z, self.w[c], unsafe { ld64(arr(y, Q8K_QS + 64 * c)) })
+        });
+        let r = _mm512_madd_epi16(_mm512_packs_epi32(p[0], p[1]), self.s[0]);
+        _mm512_dpwssd_epi32(r, _mm512_packs_epi32(p[2], p[3]), self.s[1])
+    }
+}
+
+/// The lane sums of `r[0..8]`, as the eight lanes of one vector (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+fn reduce8(r: &[__m512i; 8]) -> __m256i {
+    // Pairs of vectors: per 128-bit block [a0+a2, b0+b2, a1+a3, b1+b3].
+    let pair = |a, b| _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    // Quads: per 128-bit block one partial sum of each of four vectors.
+    let quad = |a, b| _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    let u0 = quad(pair(r[0], r[1]), pair(r[2], r[3]));
+    let u1 = quad(pair(r[4], r[5]), pair(r[6], r[7]));
+    // Blocks [u0 0+2, u0 1+3, u1 0+2, u1 1+3], then [u0 total, u1 total, ..].
+    let s = _mm512_add_epi32(
+        _mm512_shuffle_i64x2::<0b01_00_01_00>(u0, u1),
+        _mm512_shuffle_i64x2::<0b11_10_11_10>(u0, u1),
+    );
+    let t = _mm512_add_epi32(
+        _mm512_shuffle_i64x2::<0b10_00_10_00>(s, s),
+        _mm512_shuffle_i64x2::<0b11_01_11_01>(s, s),
+    );
+    _mm512_castsi512_si256(t)
+}
+
+/// One Q4_K row · one Q8_K row.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI; `w`/`a` are Q4_K/Q8_K rows
+/// of equal length.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+pub(super) unsafe fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    for (x, y) in w.chunks_exact(Q4K_BYTES).zip(a.chunks_exact(Q8K_BYTES)) {
+        // Decode streams the weights once: ask for them well ahead, as the 32-value kernels
+        // do (a prefetch never faults, past the row's end included).
+        _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+        let blk = Q4Block::new(x);
+        let r = blk.isum(y);
+        let r = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64::<1>(r));
+        // Σ_j bsum_j · m[j / 2], with each min repeated for its two block sums.
+        let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
+            _mm_packus_epi16(blk.mins, blk.mins),
+            _mm_packus_epi16(blk.mins, blk.mins),
+        ));
+        // SAFETY: AVX2 is this function's contract; the array is bounds-checked.
+        let m = _mm256_madd_epi16(unsafe { ld(arr(y, Q8K_BSUMS)) }, mins);
+        // [r, m] lane sums: two rounds of pairwise adds, then the 128-bit halves.
+        let s = _mm256_hadd_epi32(r, m);
+        let s = _mm256_hadd_epi32(s, s);
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let (itot, mtot) = (_mm_cvtsi128_si32(s), _mm_extract_epi32::<1>(s));
+        let yd = rd_f32(y, 0);
+        sum += blk.d * yd * itot as f32 - blk.dmin * yd * mtot as f32;
+    }
+    sum
+}
+
+impl VTile for Q4K {
+    const WB: usize = Q4K_BYTES;
+    type Prep = Q4Prep;
+
+    fn prep(act: &[u8], arb: usize, nb: usize, ncols: usize) -> Vec<Q4Prep> {
+        let zero = Q4Prep {
+            yd: [0.0; TILE],
+            pairs: [0; 4 * TILE],
+        };
+        let mut p = vec![zero; ncols.div_ceil(TILE) * nb];
+        for (j, col) in act.chunks_exact(arb).enumerate() {
+            for (b, y) in col.chunks_exact(Q8K_BYTES).enumerate() {
+                let e = &mut p[(j / TILE) * nb + b];
+                e.yd[j % TILE] = rd_f32(y, 0);
+                let bsum = |k: usize| i16::from_le_bytes(*arr(y, Q8K_BSUMS + 2 * k));
+                // |bsum| ≤ 16 · 128, so a pair fits an i16.
+                let pair = |i: usize| (bsum(2 * i) + bsum(2 * i + 1)) as u16;
+                for q in 0..4 {
+                    let v = u32::from(pair(2 * q)) | (u32::from(pair(2 * q + 1)) << 16);
+                    e.pairs[q * TILE + j % TILE] = v as i32;
+                }
+            }
+        }
+        p
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    unsafe fn tile<const C: usize>(
+        row: &[u8],
+        a: &[u8],
+        arb: usize,
+        prep: &[Q4Prep],
+        out: &mut [f32],
+    ) {
+        let mut sum = _mm256_setzero_ps();
+        let (lo_q, hi_q) = (
+            _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+            _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2),
+        );
+        for ((b, x), e) in row.chunks_exact(Self::WB).enumerate().zip(prep) {
+            let blk = Q4Block::new(x);
+            let mut r = [_mm512_setzero_si512(); TILE];
+            for (col, rc) in r.iter_mut().enumerate().take(C) {
+                *rc = blk.isum(&a[col * arb + b * Q8K_BYTES..]);
+            }
+            let itot = reduce8(&r);
+            // Σ_i m_i · pair_i per column: min pairs (q = 0, 1 | 2, 3) against the table.
+            let mins = _mm512_castsi128_si512(blk.mins);
+            let (ma, mb) = (
+                _mm512_permutexvar_epi32(lo_q, mins),
+                _mm512_permutexvar_epi32(hi_q, mins),
+            );
+            // SAFETY: AVX-512 F is this function's contract; the arrays are bounds-checked.
+            let (pa, pb) = unsafe {
+                (
+                    _mm512_loadu_si512(e.pairs[..2 * TILE].as_ptr().cast()),
+                    _mm512_loadu_si512(e.pairs[2 * TILE..].as_ptr().cast()),
+                )
+            };
+            let m = _mm512_dpwssd_epi32(_mm512_madd_epi16(pa, ma), pb, mb);
+            let mtot =
+                _mm256_add_epi32(_mm512_castsi512_si256(m), _mm512_extracti64x4_epi64::<1>(m));
+            // SAFETY: AVX is this function's contract; `yd` is eight readable f32.
+            let yd = unsafe { _mm256_loadu_ps(e.yd.as_ptr()) };
+            // `sum += d · yd · itot − dmin · yd · mtot`, lane by lane as `dot_q4_k` does.
+            let di = _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_set1_ps(blk.d), yd),
+                _mm256_cvtepi32_ps(itot),
+            );
+            let dm = _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_set1_ps(blk.dmin), yd),
+                _mm256_cvtepi32_ps(mtot),
+            );
+            sum = _mm256_add_ps(sum, _mm256_sub_ps(di, dm));
+        }
+        let mut all = [0.0f32; TILE];
+        // SAFETY: `all` is eight writable f32; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(all.as_mut_ptr(), sum) };
+        out[..C].copy_from_slice(&all[..C]);
+    }
+}

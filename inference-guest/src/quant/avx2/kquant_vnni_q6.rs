@@ -1,0 +1,144 @@
+//! Q6_K·Q8_K with AVX-512 VNNI (see [`super::kquant_vnni`] for the scheme).
+//!
+//! The reference sums each super-block into eight i32 lanes (lane m takes bytes 4m..4m+4 of
+//! every 32-value chunk) and turns each into f32 with its own FMA, so the lanes' byte
+//! partition is part of the numerics: a ZMM vector here covers two consecutive chunks, and its
+//! 256-bit halves added together give exactly those eight lanes.
+
+use alloc::vec::Vec;
+use core::arch::x86_64::*;
+
+use super::kquant_vnni::{PREFETCH_AHEAD, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, TILE, VTile, ld64, rd_f32};
+use super::{arr, h2f, hsum, ld, ld16};
+
+pub(super) struct Q6K;
+
+/// For the quants pair `k` (two 32-value chunks, 16 i32 lanes): the 16-value group of each
+/// lane, 4k + lane/4.
+const SCALE_IDX: [[i32; 16]; 4] = [scale_idx(0), scale_idx(1), scale_idx(2), scale_idx(3)];
+
+const fn scale_idx(k: i32) -> [i32; 16] {
+    let mut t = [0i32; 16];
+    let mut l = 0;
+    while l < 16 {
+        t[l] = 4 * k + (l / 4) as i32;
+        l += 1;
+    }
+    t
+}
+
+/// One Q6_K super-block, unpacked for `vpdpbusd`.
+struct Q6Block {
+    /// The 256 stored quants (0..63), 64 a vector, in the order of the Q8_K quants.
+    q: [__m512i; 4],
+    /// Per vector, each i32 lane's scale in its low i16 (high i16 zero), so that
+    /// `vpdpwssd` with an exact i16 lane sum multiplies the two.
+    s: [__m512i; 4],
+    /// −32 × the 16 scales, as i16: the stored quants' offset against the block sums.
+    off: __m256i,
+    d: f32,
+}
+
+impl Q6Block {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    fn new(x: &[u8]) -> Self {
+        let m4 = _mm512_set1_epi8(0xf);
+        let m30 = _mm512_set1_epi8(0x30);
+        // The high-bit bytes serve chunks k and k+1 of a half shifted by 0 and 2.
+        let shifts = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
+        let mut q = [_mm512_setzero_si512(); 4];
+        for h in 0..2 {
+            // SAFETY: AVX-512 F is this function's contract; the arrays are bounds-checked.
+            let (ql, qh) = unsafe { (ld64(arr(x, 64 * h)), ld(arr(x, 128 + 32 * h))) };
+            let qh = _mm512_srlv_epi16(_mm512_broadcast_i64x4(qh), shifts);
+            // Chunks 0, 1: low nibbles with bits 0-1 (2-3) of the high bytes on top; chunks
+            // 2, 3: high nibbles with bits 4-5 (6-7).
+            q[2 * h] = _mm512_or_si512(
+                _mm512_and_si512(ql, m4),
+                _mm512_and_si512(_mm512_slli_epi16::<4>(qh), m30),
+            );
+            q[2 * h + 1] = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                _mm512_and_si512(qh, m30),
+            );
+        }
+        // SAFETY: as above; 16 scales are in bounds.
+        let sc8 = unsafe { ld16(arr(x, 192)) };
+        let sc = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), _mm512_set1_epi32(0xffff));
+        // SAFETY: as above; each table is 64 bytes.
+        let s = SCALE_IDX.map(|t| unsafe {
+            _mm512_permutexvar_epi32(_mm512_loadu_si512(t.as_ptr().cast()), sc)
+        });
+        let off = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_set1_epi16(-32));
+        Self {
+            q,
+            s,
+            off,
+            d: h2f(x, 208),
+        }
+    }
+
+    /// The eight lanes of the reference's integer sum against the Q8_K block `y`, the
+    /// offset included.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    fn lanes(&self, y: &[u8]) -> __m256i {
+        let z = _mm512_setzero_si512();
+        // SAFETY: AVX-512 F is this function's contract; the arrays are bounds-checked.
+        let p: [__m512i; 4] = core::array::from_fn(|k| {
+            _mm512_dpbusd_epi32(z, self.q[k], unsafe { ld64(arr(y, Q8K_QS + 64 * k)) })
+        });
+        let r = _mm512_madd_epi16(p[0], self.s[0]);
+        let r = _mm512_dpwssd_epi32(r, p[1], self.s[1]);
+        let r = _mm512_dpwssd_epi32(r, p[2], self.s[2]);
+        let r = _mm512_dpwssd_epi32(r, p[3], self.s[3]);
+        let r = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64::<1>(r));
+        // SAFETY: as above; 16 i16 block sums are in bounds.
+        _mm256_dpwssd_epi32(r, unsafe { ld(arr(y, Q8K_BSUMS)) }, self.off)
+    }
+}
+
+/// One Q6_K row · one Q8_K row.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI; `w`/`a` are Q6_K/Q8_K rows
+/// of equal length.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+pub(super) unsafe fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut out = [0.0f32];
+    // SAFETY: forwarded contract; one column.
+    unsafe { Q6K::tile::<1>(w, a, a.len(), &[], &mut out) };
+    out[0]
+}
+
+impl VTile for Q6K {
+    const WB: usize = 210;
+    type Prep = ();
+
+    fn prep(_: &[u8], _: usize, _: usize, _: usize) -> Vec<()> {
+        Vec::new()
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, _: &[()], out: &mut [f32]) {
+        debug_assert!(C <= TILE);
+        let mut acc = [_mm256_setzero_ps(); C];
+        for (b, x) in row.chunks_exact(Self::WB).enumerate() {
+            if C == 1 {
+                // Decode streams the weights once: ask for them well ahead.
+                _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+            }
+            let blk = Q6Block::new(x);
+            for (col, acc) in acc.iter_mut().enumerate() {
+                let y = &a[col * arb + b * Q8K_BYTES..];
+                let v = _mm256_cvtepi32_ps(blk.lanes(y));
+                *acc = _mm256_fmadd_ps(_mm256_set1_ps(rd_f32(y, 0) * blk.d), v, *acc);
+            }
+        }
+        for col in 0..C {
+            out[col] = hsum(acc[col]);
+        }
+    }
+}
