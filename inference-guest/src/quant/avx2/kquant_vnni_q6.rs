@@ -13,27 +13,42 @@ use super::{arr, h2f, hsum, ld, ld16};
 
 pub(super) struct Q6K;
 
-/// For the quants pair `k` (two 32-value chunks, 16 i32 lanes): the 16-value group of each
-/// lane, 4k + lane/4.
-const SCALE_IDX: [[i32; 16]; 4] = [scale_idx(0), scale_idx(1), scale_idx(2), scale_idx(3)];
+/// For the quants vectors `2k` and `2k + 1` (two 32-value chunks each, 16 i32 lanes): the
+/// 16-value group of each i16 lane once [`INTERLEAVE`] has put the two vectors' lane `l` side
+/// by side in i32 lane `l` (8k + l/4, then 8k + 4 + l/4).
+const SCALE_IDX: [[i16; 32]; 2] = [scale_idx(0), scale_idx(1)];
 
-const fn scale_idx(k: i32) -> [i32; 16] {
-    let mut t = [0i32; 16];
+const fn scale_idx(k: i16) -> [i16; 32] {
+    let mut t = [0i16; 32];
     let mut l = 0;
     while l < 16 {
-        t[l] = 4 * k + (l / 4) as i32;
+        t[2 * l] = 8 * k + (l / 4) as i16;
+        t[2 * l + 1] = 8 * k + 4 + (l / 4) as i16;
         l += 1;
     }
     t
 }
 
+/// `permutex2var_epi16(a, INTERLEAVE, b)`: i32 lane `l` takes the low i16 of `a`'s lane `l`,
+/// then of `b`'s. A lane sum fits its low i16 (|sum| ≤ 4 · 63 · 128 < 2^15), so one
+/// `vpdpwssd` scales both and adds them into lane `l`, the reference's lane partition kept.
+const INTERLEAVE: [i16; 32] = {
+    let mut t = [0i16; 32];
+    let mut l = 0;
+    while l < 16 {
+        t[2 * l] = 2 * l as i16;
+        t[2 * l + 1] = 32 + 2 * l as i16;
+        l += 1;
+    }
+    t
+};
+
 /// One Q6_K super-block, unpacked for `vpdpbusd`.
 struct Q6Block {
     /// The 256 stored quants (0..63), 64 a vector, in the order of the Q8_K quants.
     q: [__m512i; 4],
-    /// Per vector, each i32 lane's scale in its low i16 (high i16 zero), so that
-    /// `vpdpwssd` with an exact i16 lane sum multiplies the two.
-    s: [__m512i; 4],
+    /// The scales of the interleaved vector pairs (see [`INTERLEAVE`]), as i16.
+    s: [__m512i; 2],
     /// −32 × the 16 scales, as i16: the stored quants' offset against the block sums.
     off: __m256i,
     d: f32,
@@ -65,12 +80,15 @@ impl Q6Block {
         }
         // SAFETY: as above; 16 scales are in bounds.
         let sc8 = unsafe { ld16(arr(x, 192)) };
-        let sc = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), _mm512_set1_epi32(0xffff));
+        let sc = _mm256_cvtepi8_epi16(sc8);
         // SAFETY: as above; each table is 64 bytes.
         let s = SCALE_IDX.map(|t| unsafe {
-            _mm512_permutexvar_epi32(_mm512_loadu_si512(t.as_ptr().cast()), sc)
+            _mm512_permutexvar_epi16(
+                _mm512_loadu_si512(t.as_ptr().cast()),
+                _mm512_castsi256_si512(sc),
+            )
         });
-        let off = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_set1_epi16(-32));
+        let off = _mm256_mullo_epi16(sc, _mm256_set1_epi16(-32));
         Self {
             q,
             s,
@@ -89,10 +107,11 @@ impl Q6Block {
         let p: [__m512i; 4] = core::array::from_fn(|k| {
             _mm512_dpbusd_epi32(z, self.q[k], unsafe { ld64(arr(y, Q8K_QS + 64 * k)) })
         });
-        let r = _mm512_madd_epi16(p[0], self.s[0]);
-        let r = _mm512_dpwssd_epi32(r, p[1], self.s[1]);
-        let r = _mm512_dpwssd_epi32(r, p[2], self.s[2]);
-        let r = _mm512_dpwssd_epi32(r, p[3], self.s[3]);
+        // SAFETY: as above; the table is 64 bytes.
+        let idx = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
+        let pair = |k: usize| _mm512_permutex2var_epi16(p[2 * k], idx, p[2 * k + 1]);
+        let r = _mm512_madd_epi16(pair(0), self.s[0]);
+        let r = _mm512_dpwssd_epi32(r, pair(1), self.s[1]);
         let r = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64::<1>(r));
         // SAFETY: as above; 16 i16 block sums are in bounds.
         _mm256_dpwssd_epi32(r, unsafe { ld(arr(y, Q8K_BSUMS)) }, self.off)
