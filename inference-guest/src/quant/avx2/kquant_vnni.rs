@@ -188,7 +188,7 @@ struct Q4Block {
 impl Q4Block {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    fn new(x: &[u8]) -> Self {
+    fn new(x: &[u8; Q4K_BYTES]) -> Self {
         let m4 = _mm512_set1_epi8(0xf);
         let (sc, mins) = q4_k_scales_mins(arr(x, 4));
         let sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
@@ -217,7 +217,7 @@ impl Q4Block {
     /// 16 i32 lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    fn isum(&self, y: &[u8]) -> __m512i {
+    fn isum(&self, y: &[u8; Q8K_BYTES]) -> __m512i {
         let z = _mm512_setzero_si512();
         // SAFETY: AVX-512 F is this function's contract; the arrays are bounds-checked.
         let p: [__m512i; 4] = core::array::from_fn(|c| {
@@ -262,8 +262,8 @@ pub(super) unsafe fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
         // Decode streams the weights once: ask for them well ahead, as the 32-value kernels
         // do (a prefetch never faults, past the row's end included).
         _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
-        let blk = Q4Block::new(x);
-        let r = blk.isum(y);
+        let blk = Q4Block::new(arr(x, 0));
+        let r = blk.isum(arr(y, 0));
         let r = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64::<1>(r));
         // Σ_j bsum_j · m[j / 2], with each min repeated for its two block sums.
         let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
@@ -324,10 +324,10 @@ impl VTile for Q4K {
             _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2),
         );
         for ((b, x), e) in row.chunks_exact(Self::WB).enumerate().zip(prep) {
-            let blk = Q4Block::new(x);
+            let blk = Q4Block::new(arr(x, 0));
             let mut r = [_mm512_setzero_si512(); TILE];
             for (col, rc) in r.iter_mut().enumerate().take(C) {
-                *rc = blk.isum(&a[col * arb + b * Q8K_BYTES..]);
+                *rc = blk.isum(arr(a, col * arb + b * Q8K_BYTES));
             }
             let itot = reduce8(&r);
             // Σ_i m_i · pair_i per column: min pairs (q = 0, 1 | 2, 3) against the table.

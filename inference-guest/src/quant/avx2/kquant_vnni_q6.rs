@@ -13,6 +13,9 @@ use super::{arr, h2f, hsum, ld, ld16};
 
 pub(super) struct Q6K;
 
+/// Bytes of a Q6_K super-block.
+const Q6K_BYTES: usize = 210;
+
 /// For the quants vectors `2k` and `2k + 1` (two 32-value chunks each, 16 i32 lanes): the
 /// 16-value group of each i16 lane once [`INTERLEAVE`] has put the two vectors' lane `l` side
 /// by side in i32 lane `l` (8k + l/4, then 8k + 4 + l/4).
@@ -57,7 +60,7 @@ struct Q6Block {
 impl Q6Block {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    fn new(x: &[u8]) -> Self {
+    fn new(x: &[u8; Q6K_BYTES]) -> Self {
         let m4 = _mm512_set1_epi8(0xf);
         let m30 = _mm512_set1_epi8(0x30);
         // The high-bit bytes serve chunks k and k+1 of a half shifted by 0 and 2.
@@ -101,7 +104,7 @@ impl Q6Block {
     /// offset included.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    fn lanes(&self, y: &[u8]) -> __m256i {
+    fn lanes(&self, y: &[u8; Q8K_BYTES]) -> __m256i {
         let z = _mm512_setzero_si512();
         // SAFETY: AVX-512 F is this function's contract; the arrays are bounds-checked.
         let p: [__m512i; 4] = core::array::from_fn(|k| {
@@ -132,7 +135,7 @@ pub(super) unsafe fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
 }
 
 impl VTile for Q6K {
-    const WB: usize = 210;
+    const WB: usize = Q6K_BYTES;
     type Prep = ();
 
     fn prep(_: &[u8], _: usize, _: usize, _: usize) -> Vec<()> {
@@ -149,9 +152,9 @@ impl VTile for Q6K {
                 // Decode streams the weights once: ask for them well ahead.
                 _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
             }
-            let blk = Q6Block::new(x);
+            let blk = Q6Block::new(arr(x, 0));
             for (col, acc) in acc.iter_mut().enumerate() {
-                let y = &a[col * arb + b * Q8K_BYTES..];
+                let y = arr::<Q8K_BYTES>(a, col * arb + b * Q8K_BYTES);
                 let v = _mm256_cvtepi32_ps(blk.lanes(y));
                 *acc = _mm256_fmadd_ps(_mm256_set1_ps(rd_f32(y, 0) * blk.d), v, *acc);
             }
