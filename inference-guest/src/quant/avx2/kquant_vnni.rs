@@ -28,8 +28,8 @@ pub(super) const Q8K_QS: usize = 4;
 pub(super) const Q8K_BSUMS: usize = 260;
 /// Bytes ahead of the current super-block that decode prefetches (see `blocks32`).
 pub(super) const PREFETCH_AHEAD: usize = 8192;
-/// Columns per register tile: one lane of an f32 YMM vector each.
-pub(super) const TILE: usize = 8;
+/// Columns per register tile: one lane of an f32 ZMM vector each.
+pub(super) const TILE: usize = 16;
 /// Columns whose activations stay in L1/L2 while every row of the range passes them.
 const PANEL: usize = 16;
 /// Bytes of a Q4_K super-block.
@@ -56,30 +56,33 @@ pub(super) trait VTile {
     /// Bytes per 256-value weight super-block.
     const WB: usize;
     /// Per-column, per-block values the tiles read as vectors, built once per product.
-    type Prep: Copy;
+    type Prep;
 
-    /// The tables for `ncols` columns of `nb` Q8_K blocks (`arb` bytes each), laid out
-    /// `[column / TILE][block]`, with zeros for the columns past `ncols`.
-    fn prep(act: &[u8], arb: usize, nb: usize, ncols: usize) -> Vec<Self::Prep>;
+    /// The tables for the `ncols` columns of `nb` Q8_K blocks (`arb` bytes each) in `act`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI.
+    unsafe fn prep(act: &[u8], arb: usize, nb: usize, ncols: usize) -> Self::Prep;
 
-    /// `out[c] = row · column c` for the `C` (≤ [`TILE`]) columns of `a` (stride `arb`);
-    /// `prep` holds the tile's entries, one per block.
+    /// `out[c] = row · column c` for the `C` (≤ [`TILE`]) columns of `a` (stride `arb`),
+    /// the first of which is column `j` of `prep`.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI; `row` holds whole
-    /// super-blocks and every column of `a` as many Q8_K blocks; `prep` one entry per block.
+    /// super-blocks and every column of `a` as many Q8_K blocks.
     unsafe fn tile<const C: usize>(
         row: &[u8],
         a: &[u8],
         arb: usize,
-        prep: &[Self::Prep],
+        prep: &Self::Prep,
+        j: usize,
         out: &mut [f32],
     );
 }
 
-/// Column panels, then rows, then tiles of [`TILE`] columns: a row is unpacked once per
-/// tile and stays in L1 across its panel's tiles; a panel's activations stay cached across
-/// the rows.
+/// Column panels, then rows, then tiles of [`TILE`] columns (the tail in tiles of 8, 4, 2
+/// and 1): a row is unpacked once per tile and stays in L1 across its panel's tiles; a
+/// panel's activations stay cached across the rows.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI; `w` holds `nrows` rows of
@@ -95,7 +98,8 @@ pub(super) unsafe fn panels<K: VTile>(
     let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
     let nb = arb / Q8K_BYTES;
     debug_assert_eq!(wrb / K::WB, nb);
-    let prep = K::prep(act, arb, nb, ncols);
+    // SAFETY: forwarded contract.
+    let prep = unsafe { K::prep(act, arb, nb, ncols) };
     let mut j0 = 0;
     while j0 < ncols {
         let nc = PANEL.min(ncols - j0);
@@ -103,23 +107,21 @@ pub(super) unsafe fn panels<K: VTile>(
             let dst = &mut out[i * ncols + j0..i * ncols + j0 + nc];
             let mut j = 0;
             while j < nc {
-                let c = TILE.min(nc - j);
+                let c = [TILE, 8, 4, 2, 1]
+                    .into_iter()
+                    .find(|&c| c <= nc - j)
+                    .unwrap_or(1);
                 let a = &act[(j0 + j) * arb..(j0 + j + c) * arb];
-                let t = (j0 + j) / TILE;
-                let p = prep.get(t * nb..(t + 1) * nb).unwrap_or(&[]);
                 let d = &mut dst[j..j + c];
-                // SAFETY: forwarded contract; `a` holds `c` columns and `p` (for the formats
-                // that use it) one entry per block.
+                let p = &prep;
+                // SAFETY: forwarded contract; `a` holds `c` columns.
                 unsafe {
                     match c {
-                        8 => K::tile::<8>(row, a, arb, p, d),
-                        7 => K::tile::<7>(row, a, arb, p, d),
-                        6 => K::tile::<6>(row, a, arb, p, d),
-                        5 => K::tile::<5>(row, a, arb, p, d),
-                        4 => K::tile::<4>(row, a, arb, p, d),
-                        3 => K::tile::<3>(row, a, arb, p, d),
-                        2 => K::tile::<2>(row, a, arb, p, d),
-                        _ => K::tile::<1>(row, a, arb, p, d),
+                        TILE => K::tile::<TILE>(row, a, arb, p, j0 + j, d),
+                        8 => K::tile::<8>(row, a, arb, p, j0 + j, d),
+                        4 => K::tile::<4>(row, a, arb, p, j0 + j, d),
+                        2 => K::tile::<2>(row, a, arb, p, j0 + j, d),
+                        _ => K::tile::<1>(row, a, arb, p, j0 + j, d),
                     }
                 }
                 j += c;
@@ -131,13 +133,17 @@ pub(super) unsafe fn panels<K: VTile>(
 
 pub(super) struct Q4K;
 
-/// Per tile and block: the eight columns' Q8_K scales, and their block sums added in pairs
-/// (one pair per Q4_K min) as i16 pairs `[pair 2q, pair 2q + 1]` laid out `[q][column]`.
-#[derive(Clone, Copy)]
-#[repr(C)]
+/// Per block and column, laid out `[block][column]` (`stride` columns, [`TILE`] past the last
+/// so that a tile's 16-lane loads stay inside): the Q8_K scales, and the block sums added in
+/// pairs (one pair per Q4_K min) as i16 pairs `[pair 2q, pair 2q + 1]`, `[block][q][column]`.
 pub(super) struct Q4Prep {
-    yd: [f32; TILE],
-    pairs: [i32; 4 * TILE],
+    stride: usize,
+    yd: Vec<f32>,
+    pairs: Vec<i32>,
+    /// The activation quants, `[column][block][64-byte part]`, aligned so that no load
+    /// splits a cache line (a Q8_K block is 292 bytes: in place, every 64-byte load would).
+    qs: Vec<__m512i>,
+    nb: usize,
 }
 
 /// For `packs_epi32(p[2k], p[2k + 1])` (k = 0, 1): the sub-block of each i16 lane. Its 128-bit
@@ -217,37 +223,37 @@ impl Q4Block {
     /// 16 i32 lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    fn isum(&self, y: &[u8; Q8K_BYTES]) -> __m512i {
+    fn isum(&self, y: &[__m512i; 4]) -> __m512i {
         let z = _mm512_setzero_si512();
-        // SAFETY: AVX-512 F is this function's contract; the arrays are bounds-checked.
-        let p: [__m512i; 4] = core::array::from_fn(|c| {
-            _mm512_dpbusd_epi32(z, self.w[c], unsafe { ld64(arr(y, Q8K_QS + 64 * c)) })
-        });
+        let p: [__m512i; 4] = core::array::from_fn(|c| _mm512_dpbusd_epi32(z, self.w[c], y[c]));
         let r = _mm512_madd_epi16(_mm512_packs_epi32(p[0], p[1]), self.s[0]);
         _mm512_dpwssd_epi32(r, _mm512_packs_epi32(p[2], p[3]), self.s[1])
     }
 }
 
-/// The lane sums of `r[0..8]`, as the eight lanes of one vector (exact).
+/// The lane sums of `r[0..16]`, as the sixteen lanes of one vector (exact).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-fn reduce8(r: &[__m512i; 8]) -> __m256i {
+fn reduce16(r: &[__m512i; 16]) -> __m512i {
     // Pairs of vectors: per 128-bit block [a0+a2, b0+b2, a1+a3, b1+b3].
     let pair = |a, b| _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
     // Quads: per 128-bit block one partial sum of each of four vectors.
-    let quad = |a, b| _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
-    let u0 = quad(pair(r[0], r[1]), pair(r[2], r[3]));
-    let u1 = quad(pair(r[4], r[5]), pair(r[6], r[7]));
-    // Blocks [u0 0+2, u0 1+3, u1 0+2, u1 1+3], then [u0 total, u1 total, ..].
-    let s = _mm512_add_epi32(
-        _mm512_shuffle_i64x2::<0b01_00_01_00>(u0, u1),
-        _mm512_shuffle_i64x2::<0b11_10_11_10>(u0, u1),
-    );
-    let t = _mm512_add_epi32(
-        _mm512_shuffle_i64x2::<0b10_00_10_00>(s, s),
-        _mm512_shuffle_i64x2::<0b11_01_11_01>(s, s),
-    );
-    _mm512_castsi512_si256(t)
+    let quad = |k: usize| {
+        let (a, b) = (pair(r[4 * k], r[4 * k + 1]), pair(r[4 * k + 2], r[4 * k + 3]));
+        _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+    };
+    // Blocks [u 0+2, u 1+3, v 0+2, v 1+3] of two quads, then the four quads' totals.
+    let halves = |u, v| {
+        _mm512_add_epi32(
+            _mm512_shuffle_i64x2::<0b01_00_01_00>(u, v),
+            _mm512_shuffle_i64x2::<0b11_10_11_10>(u, v),
+        )
+    };
+    let (s, t) = (halves(quad(0), quad(1)), halves(quad(2), quad(3)));
+    _mm512_add_epi32(
+        _mm512_shuffle_i64x2::<0b10_00_10_00>(s, t),
+        _mm512_shuffle_i64x2::<0b11_01_11_01>(s, t),
+    )
 }
 
 /// One Q4_K row · one Q8_K row.
@@ -263,7 +269,10 @@ pub(super) unsafe fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
         // do (a prefetch never faults, past the row's end included).
         _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
         let blk = Q4Block::new(arr(x, 0));
-        let r = blk.isum(arr(y, 0));
+        // SAFETY: AVX-512 F is this function's contract; the arrays are bounds-checked.
+        let r = blk.isum(&core::array::from_fn(|c| unsafe {
+            ld64(arr(y, Q8K_QS + 64 * c))
+        }));
         let r = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64::<1>(r));
         // Σ_j bsum_j · m[j / 2], with each min repeated for its two block sums.
         let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
@@ -287,22 +296,29 @@ impl VTile for Q4K {
     const WB: usize = Q4K_BYTES;
     type Prep = Q4Prep;
 
-    fn prep(act: &[u8], arb: usize, nb: usize, ncols: usize) -> Vec<Q4Prep> {
-        let zero = Q4Prep {
-            yd: [0.0; TILE],
-            pairs: [0; 4 * TILE],
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    unsafe fn prep(act: &[u8], arb: usize, nb: usize, ncols: usize) -> Q4Prep {
+        let stride = ncols + TILE;
+        let mut p = Q4Prep {
+            stride,
+            yd: vec![0.0; nb * stride],
+            pairs: vec![0; nb * 4 * stride],
+            qs: vec![_mm512_setzero_si512(); ncols * nb * 4],
+            nb,
         };
-        let mut p = vec![zero; ncols.div_ceil(TILE) * nb];
         for (j, col) in act.chunks_exact(arb).enumerate() {
             for (b, y) in col.chunks_exact(Q8K_BYTES).enumerate() {
-                let e = &mut p[(j / TILE) * nb + b];
-                e.yd[j % TILE] = rd_f32(y, 0);
+                for c in 0..4 {
+                    // SAFETY: AVX-512 F is this function's contract; the array is in bounds.
+                    p.qs[(j * nb + b) * 4 + c] = unsafe { ld64(arr(y, Q8K_QS + 64 * c)) };
+                }
+                p.yd[b * stride + j] = rd_f32(y, 0);
                 let bsum = |k: usize| i16::from_le_bytes(*arr(y, Q8K_BSUMS + 2 * k));
                 // |bsum| ≤ 16 · 128, so a pair fits an i16.
                 let pair = |i: usize| (bsum(2 * i) + bsum(2 * i + 1)) as u16;
                 for q in 0..4 {
                     let v = u32::from(pair(2 * q)) | (u32::from(pair(2 * q + 1)) << 16);
-                    e.pairs[q * TILE + j % TILE] = v as i32;
+                    p.pairs[(4 * b + q) * stride + j] = v as i32;
                 }
             }
         }
@@ -315,53 +331,48 @@ impl VTile for Q4K {
         row: &[u8],
         a: &[u8],
         arb: usize,
-        prep: &[Q4Prep],
+        prep: &Q4Prep,
+        j: usize,
         out: &mut [f32],
     ) {
-        let mut sum = _mm256_setzero_ps();
-        let (lo_q, hi_q) = (
-            _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
-            _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2),
-        );
-        for ((b, x), e) in row.chunks_exact(Self::WB).enumerate().zip(prep) {
+        let mut sum = _mm512_setzero_ps();
+        let stride = prep.stride;
+        for (b, x) in row.chunks_exact(Self::WB).enumerate() {
             let blk = Q4Block::new(arr(x, 0));
             let mut r = [_mm512_setzero_si512(); TILE];
             for (col, rc) in r.iter_mut().enumerate().take(C) {
-                *rc = blk.isum(arr(a, col * arb + b * Q8K_BYTES));
+                let at = ((j + col) * prep.nb + b) * 4;
+                *rc = blk.isum(prep.qs[at..at + 4].try_into().expect("4 parts"));
             }
-            let itot = reduce8(&r);
-            // Σ_i m_i · pair_i per column: min pairs (q = 0, 1 | 2, 3) against the table.
+            let itot = reduce16(&r);
+            // Σ_i m_i · pair_i per column: each min pair against its row of the table.
             let mins = _mm512_castsi128_si512(blk.mins);
-            let (ma, mb) = (
-                _mm512_permutexvar_epi32(lo_q, mins),
-                _mm512_permutexvar_epi32(hi_q, mins),
-            );
-            // SAFETY: AVX-512 F is this function's contract; the arrays are bounds-checked.
-            let (pa, pb) = unsafe {
-                (
-                    _mm512_loadu_si512(e.pairs[..2 * TILE].as_ptr().cast()),
-                    _mm512_loadu_si512(e.pairs[2 * TILE..].as_ptr().cast()),
-                )
-            };
-            let m = _mm512_dpwssd_epi32(_mm512_madd_epi16(pa, ma), pb, mb);
-            let mtot =
-                _mm256_add_epi32(_mm512_castsi512_si256(m), _mm512_extracti64x4_epi64::<1>(m));
-            // SAFETY: AVX is this function's contract; `yd` is eight readable f32.
-            let yd = unsafe { _mm256_loadu_ps(e.yd.as_ptr()) };
+            let mut mtot = _mm512_setzero_si512();
+            for q in 0..4 {
+                let at = (4 * b + q) * stride + j;
+                let pairs: &[i32; TILE] = prep.pairs[at..at + TILE].try_into().expect("TILE");
+                // SAFETY: AVX-512 F is this function's contract; `pairs` is 64 bytes.
+                let pairs = unsafe { _mm512_loadu_si512(pairs.as_ptr().cast()) };
+                let m = _mm512_permutexvar_epi32(_mm512_set1_epi32(q as i32), mins);
+                mtot = _mm512_dpwssd_epi32(mtot, pairs, m);
+            }
+            let yd: &[f32; TILE] = prep.yd[b * stride + j..][..TILE].try_into().expect("TILE");
+            // SAFETY: AVX-512 F is this function's contract; `yd` is 16 readable f32.
+            let yd = unsafe { _mm512_loadu_ps(yd.as_ptr()) };
             // `sum += d · yd · itot − dmin · yd · mtot`, lane by lane as `dot_q4_k` does.
-            let di = _mm256_mul_ps(
-                _mm256_mul_ps(_mm256_set1_ps(blk.d), yd),
-                _mm256_cvtepi32_ps(itot),
+            let di = _mm512_mul_ps(
+                _mm512_mul_ps(_mm512_set1_ps(blk.d), yd),
+                _mm512_cvtepi32_ps(itot),
             );
-            let dm = _mm256_mul_ps(
-                _mm256_mul_ps(_mm256_set1_ps(blk.dmin), yd),
-                _mm256_cvtepi32_ps(mtot),
+            let dm = _mm512_mul_ps(
+                _mm512_mul_ps(_mm512_set1_ps(blk.dmin), yd),
+                _mm512_cvtepi32_ps(mtot),
             );
-            sum = _mm256_add_ps(sum, _mm256_sub_ps(di, dm));
+            sum = _mm512_add_ps(sum, _mm512_sub_ps(di, dm));
         }
         let mut all = [0.0f32; TILE];
-        // SAFETY: `all` is eight writable f32; storeu has no alignment requirement.
-        unsafe { _mm256_storeu_ps(all.as_mut_ptr(), sum) };
+        // SAFETY: `all` is 16 writable f32; storeu has no alignment requirement.
+        unsafe { _mm512_storeu_ps(all.as_mut_ptr(), sum) };
         out[..C].copy_from_slice(&all[..C]);
     }
 }

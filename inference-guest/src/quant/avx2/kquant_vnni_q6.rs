@@ -5,7 +5,6 @@
 //! partition is part of the numerics: a ZMM vector here covers two consecutive chunks, and its
 //! 256-bit halves added together give exactly those eight lanes.
 
-use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use super::kquant_vnni::{PREFETCH_AHEAD, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, TILE, VTile, ld64, rd_f32};
@@ -130,7 +129,7 @@ impl Q6Block {
 pub(super) unsafe fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
     let mut out = [0.0f32];
     // SAFETY: forwarded contract; one column.
-    unsafe { Q6K::tile::<1>(w, a, a.len(), &[], &mut out) };
+    unsafe { Q6K::tile::<1>(w, a, a.len(), &(), 0, &mut out) };
     out[0]
 }
 
@@ -138,13 +137,11 @@ impl VTile for Q6K {
     const WB: usize = Q6K_BYTES;
     type Prep = ();
 
-    fn prep(_: &[u8], _: usize, _: usize, _: usize) -> Vec<()> {
-        Vec::new()
-    }
+    unsafe fn prep(_: &[u8], _: usize, _: usize, _: usize) {}
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, _: &[()], out: &mut [f32]) {
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, _: &(), _: usize, out: &mut [f32]) {
         debug_assert!(C <= TILE);
         let mut acc = [_mm256_setzero_ps(); C];
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
