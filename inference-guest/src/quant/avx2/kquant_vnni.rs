@@ -51,6 +51,76 @@ pub(super) unsafe fn ld64(b: &[u8; 64]) -> __m512i {
     unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
 }
 
+/// One Q8_K block in vectors: its quants (64 a vector), its 16 i16 block sums and its scale.
+#[derive(Clone, Copy)]
+pub(super) struct Q8Block {
+    pub(super) q: [__m512i; 4],
+    pub(super) bsums: __m256i,
+    pub(super) d: f32,
+}
+
+impl Q8Block {
+    /// The block in place (292 bytes: its 64-byte loads split cache lines).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub(super) fn load(y: &[u8; Q8K_BYTES]) -> Self {
+        // SAFETY: AVX-512 F is this function's contract; the arrays are bounds-checked.
+        unsafe {
+            Self {
+                q: core::array::from_fn(|c| ld64(arr(y, Q8K_QS + 64 * c))),
+                bsums: ld(arr(y, Q8K_BSUMS)),
+                d: rd_f32(y, 0),
+            }
+        }
+    }
+}
+
+/// Q8_K activation rows copied once per product into 64-byte aligned vectors, so that no
+/// load of the tiles splits a cache line: `[column][block]`, four vectors of quants and one
+/// with the block sums in its low half.
+pub(super) struct Q8KCols {
+    nb: usize,
+    v: Vec<__m512i>,
+    d: Vec<f32>,
+}
+
+impl Q8KCols {
+    /// # Safety
+    /// The CPU must support AVX-512 F; `act` holds whole rows of `nb` Q8_K blocks, `arb`
+    /// bytes each.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub(super) unsafe fn new(act: &[u8], arb: usize, nb: usize) -> Self {
+        let blocks = act.len() / arb * nb;
+        let mut c = Self {
+            nb,
+            v: Vec::with_capacity(5 * blocks),
+            d: Vec::with_capacity(blocks),
+        };
+        for col in act.chunks_exact(arb) {
+            for y in col.chunks_exact(Q8K_BYTES) {
+                let blk = Q8Block::load(arr(y, 0));
+                c.v.extend_from_slice(&blk.q);
+                c.v.push(_mm512_castsi256_si512(blk.bsums));
+                c.d.push(blk.d);
+            }
+        }
+        c
+    }
+
+    /// Block `b` of column `col`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub(super) fn block(&self, col: usize, b: usize) -> Q8Block {
+        let at = col * self.nb + b;
+        let v: &[__m512i; 5] = self.v[5 * at..5 * at + 5].try_into().expect("5 vectors");
+        Q8Block {
+            q: [v[0], v[1], v[2], v[3]],
+            bsums: _mm512_castsi512_si256(v[4]),
+            d: self.d[at],
+        }
+    }
+}
+
 /// A K-quant weight format with a VNNI column-tiled kernel.
 pub(super) trait VTile {
     /// Bytes per 256-value weight super-block.
@@ -64,20 +134,12 @@ pub(super) trait VTile {
     /// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI.
     unsafe fn prep(act: &[u8], arb: usize, nb: usize, ncols: usize) -> Self::Prep;
 
-    /// `out[c] = row · column c` for the `C` (≤ [`TILE`]) columns of `a` (stride `arb`),
-    /// the first of which is column `j` of `prep`.
+    /// `out[c] = row · column j + c` of `prep`'s activations for `C` (≤ [`TILE`]) columns.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI; `row` holds whole
-    /// super-blocks and every column of `a` as many Q8_K blocks.
-    unsafe fn tile<const C: usize>(
-        row: &[u8],
-        a: &[u8],
-        arb: usize,
-        prep: &Self::Prep,
-        j: usize,
-        out: &mut [f32],
-    );
+    /// super-blocks, as many as `prep`'s columns hold Q8_K blocks; `j + C` columns exist.
+    unsafe fn tile<const C: usize>(row: &[u8], prep: &Self::Prep, j: usize, out: &mut [f32]);
 }
 
 /// Column panels, then rows, then tiles of [`TILE`] columns (the tail in tiles of 8, 4, 2
@@ -111,17 +173,16 @@ pub(super) unsafe fn panels<K: VTile>(
                     .into_iter()
                     .find(|&c| c <= nc - j)
                     .unwrap_or(1);
-                let a = &act[(j0 + j) * arb..(j0 + j + c) * arb];
                 let d = &mut dst[j..j + c];
                 let p = &prep;
-                // SAFETY: forwarded contract; `a` holds `c` columns.
+                // SAFETY: forwarded contract; columns j0 + j + c ≤ ncols exist.
                 unsafe {
                     match c {
-                        TILE => K::tile::<TILE>(row, a, arb, p, j0 + j, d),
-                        8 => K::tile::<8>(row, a, arb, p, j0 + j, d),
-                        4 => K::tile::<4>(row, a, arb, p, j0 + j, d),
-                        2 => K::tile::<2>(row, a, arb, p, j0 + j, d),
-                        _ => K::tile::<1>(row, a, arb, p, j0 + j, d),
+                        TILE => K::tile::<TILE>(row, p, j0 + j, d),
+                        8 => K::tile::<8>(row, p, j0 + j, d),
+                        4 => K::tile::<4>(row, p, j0 + j, d),
+                        2 => K::tile::<2>(row, p, j0 + j, d),
+                        _ => K::tile::<1>(row, p, j0 + j, d),
                     }
                 }
                 j += c;
@@ -140,10 +201,7 @@ pub(super) struct Q4Prep {
     stride: usize,
     yd: Vec<f32>,
     pairs: Vec<i32>,
-    /// The activation quants, `[column][block][64-byte part]`, aligned so that no load
-    /// splits a cache line (a Q8_K block is 292 bytes: in place, every 64-byte load would).
-    qs: Vec<__m512i>,
-    nb: usize,
+    cols: Q8KCols,
 }
 
 /// For `packs_epi32(p[2k], p[2k + 1])` (k = 0, 1): the sub-block of each i16 lane. Its 128-bit
@@ -239,7 +297,10 @@ fn reduce16(r: &[__m512i; 16]) -> __m512i {
     let pair = |a, b| _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
     // Quads: per 128-bit block one partial sum of each of four vectors.
     let quad = |k: usize| {
-        let (a, b) = (pair(r[4 * k], r[4 * k + 1]), pair(r[4 * k + 2], r[4 * k + 3]));
+        let (a, b) = (
+            pair(r[4 * k], r[4 * k + 1]),
+            pair(r[4 * k + 2], r[4 * k + 3]),
+        );
         _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
     };
     // Blocks [u 0+2, u 1+3, v 0+2, v 1+3] of two quads, then the four quads' totals.
@@ -269,10 +330,7 @@ pub(super) unsafe fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
         // do (a prefetch never faults, past the row's end included).
         _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
         let blk = Q4Block::new(arr(x, 0));
-        // SAFETY: AVX-512 F is this function's contract; the arrays are bounds-checked.
-        let r = blk.isum(&core::array::from_fn(|c| unsafe {
-            ld64(arr(y, Q8K_QS + 64 * c))
-        }));
+        let r = blk.isum(&Q8Block::load(arr(y, 0)).q);
         let r = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64::<1>(r));
         // Σ_j bsum_j · m[j / 2], with each min repeated for its two block sums.
         let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
@@ -303,15 +361,11 @@ impl VTile for Q4K {
             stride,
             yd: vec![0.0; nb * stride],
             pairs: vec![0; nb * 4 * stride],
-            qs: vec![_mm512_setzero_si512(); ncols * nb * 4],
-            nb,
+            // SAFETY: forwarded contract.
+            cols: unsafe { Q8KCols::new(act, arb, nb) },
         };
         for (j, col) in act.chunks_exact(arb).enumerate() {
             for (b, y) in col.chunks_exact(Q8K_BYTES).enumerate() {
-                for c in 0..4 {
-                    // SAFETY: AVX-512 F is this function's contract; the array is in bounds.
-                    p.qs[(j * nb + b) * 4 + c] = unsafe { ld64(arr(y, Q8K_QS + 64 * c)) };
-                }
                 p.yd[b * stride + j] = rd_f32(y, 0);
                 let bsum = |k: usize| i16::from_le_bytes(*arr(y, Q8K_BSUMS + 2 * k));
                 // |bsum| ≤ 16 · 128, so a pair fits an i16.
@@ -327,22 +381,14 @@ impl VTile for Q4K {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    unsafe fn tile<const C: usize>(
-        row: &[u8],
-        a: &[u8],
-        arb: usize,
-        prep: &Q4Prep,
-        j: usize,
-        out: &mut [f32],
-    ) {
+    unsafe fn tile<const C: usize>(row: &[u8], prep: &Q4Prep, j: usize, out: &mut [f32]) {
         let mut sum = _mm512_setzero_ps();
         let stride = prep.stride;
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
             let blk = Q4Block::new(arr(x, 0));
             let mut r = [_mm512_setzero_si512(); TILE];
             for (col, rc) in r.iter_mut().enumerate().take(C) {
-                let at = ((j + col) * prep.nb + b) * 4;
-                *rc = blk.isum(prep.qs[at..at + 4].try_into().expect("4 parts"));
+                *rc = blk.isum(&prep.cols.block(j + col, b).q);
             }
             let itot = reduce16(&r);
             // Σ_i m_i · pair_i per column: each min pair against its row of the table.

@@ -7,7 +7,7 @@
 
 use core::arch::x86_64::*;
 
-use super::kquant_vnni::{PREFETCH_AHEAD, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, TILE, VTile, ld64, rd_f32};
+use super::kquant_vnni::{PREFETCH_AHEAD, Q8Block, Q8K_BYTES, Q8KCols, VTile, ld64};
 use super::{arr, h2f, hsum, ld, ld16};
 
 pub(super) struct Q6K;
@@ -103,20 +103,16 @@ impl Q6Block {
     /// offset included.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    fn lanes(&self, y: &[u8; Q8K_BYTES]) -> __m256i {
+    fn lanes(&self, y: &Q8Block) -> __m256i {
         let z = _mm512_setzero_si512();
-        // SAFETY: AVX-512 F is this function's contract; the arrays are bounds-checked.
-        let p: [__m512i; 4] = core::array::from_fn(|k| {
-            _mm512_dpbusd_epi32(z, self.q[k], unsafe { ld64(arr(y, Q8K_QS + 64 * k)) })
-        });
-        // SAFETY: as above; the table is 64 bytes.
+        let p: [__m512i; 4] = core::array::from_fn(|k| _mm512_dpbusd_epi32(z, self.q[k], y.q[k]));
+        // SAFETY: AVX-512 F is this function's contract; the table is 64 bytes.
         let idx = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
         let pair = |k: usize| _mm512_permutex2var_epi16(p[2 * k], idx, p[2 * k + 1]);
         let r = _mm512_madd_epi16(pair(0), self.s[0]);
         let r = _mm512_dpwssd_epi32(r, pair(1), self.s[1]);
         let r = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64::<1>(r));
-        // SAFETY: as above; 16 i16 block sums are in bounds.
-        _mm256_dpwssd_epi32(r, unsafe { ld(arr(y, Q8K_BSUMS)) }, self.off)
+        _mm256_dpwssd_epi32(r, y.bsums, self.off)
     }
 }
 
@@ -129,35 +125,56 @@ impl Q6Block {
 pub(super) unsafe fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
     let mut out = [0.0f32];
     // SAFETY: forwarded contract; one column.
-    unsafe { Q6K::tile::<1>(w, a, a.len(), &(), 0, &mut out) };
+    unsafe {
+        tile::<1>(w, &mut out, |_, b, x| {
+            // Decode streams the weights once: ask for them well ahead.
+            _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+            Q8Block::load(arr(a, b * Q8K_BYTES))
+        })
+    };
     out[0]
+}
+
+/// `out[c] = row · column c` for `C` columns, block `b` of column `c` being `y(c, b, x)`
+/// (`x`: the row's super-block `b`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI; `row` holds whole
+/// super-blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+unsafe fn tile<const C: usize>(
+    row: &[u8],
+    out: &mut [f32],
+    y: impl Fn(usize, usize, &[u8]) -> Q8Block,
+) {
+    let mut acc = [_mm256_setzero_ps(); C];
+    for (b, x) in row.chunks_exact(Q6K_BYTES).enumerate() {
+        let blk = Q6Block::new(arr(x, 0));
+        for (col, acc) in acc.iter_mut().enumerate() {
+            let y = y(col, b, x);
+            let v = _mm256_cvtepi32_ps(blk.lanes(&y));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(y.d * blk.d), v, *acc);
+        }
+    }
+    for col in 0..C {
+        out[col] = hsum(acc[col]);
+    }
 }
 
 impl VTile for Q6K {
     const WB: usize = Q6K_BYTES;
-    type Prep = ();
+    type Prep = Q8KCols;
 
-    unsafe fn prep(_: &[u8], _: usize, _: usize, _: usize) {}
+    unsafe fn prep(act: &[u8], arb: usize, nb: usize, _: usize) -> Q8KCols {
+        // SAFETY: forwarded contract.
+        unsafe { Q8KCols::new(act, arb, nb) }
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, _: &(), _: usize, out: &mut [f32]) {
-        debug_assert!(C <= TILE);
-        let mut acc = [_mm256_setzero_ps(); C];
-        for (b, x) in row.chunks_exact(Self::WB).enumerate() {
-            if C == 1 {
-                // Decode streams the weights once: ask for them well ahead.
-                _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
-            }
-            let blk = Q6Block::new(arr(x, 0));
-            for (col, acc) in acc.iter_mut().enumerate() {
-                let y = arr::<Q8K_BYTES>(a, col * arb + b * Q8K_BYTES);
-                let v = _mm256_cvtepi32_ps(blk.lanes(y));
-                *acc = _mm256_fmadd_ps(_mm256_set1_ps(rd_f32(y, 0) * blk.d), v, *acc);
-            }
-        }
-        for col in 0..C {
-            out[col] = hsum(acc[col]);
-        }
+    unsafe fn tile<const C: usize>(row: &[u8], cols: &Q8KCols, j: usize, out: &mut [f32]) {
+        // SAFETY: forwarded contract.
+        unsafe { tile::<C>(row, out, |col, b, _| cols.block(j + col, b)) }
     }
 }
