@@ -422,3 +422,70 @@ impl VTile for Q4K {
         out[..C].copy_from_slice(&all[..C]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec::Vec;
+
+    use super::super::kquant_vnni_q6::{Q6K, dot_q6_k};
+    use super::{Q4K, VTile, dot_q4_k, panels};
+    use crate::ggml_type::GgmlType;
+    use crate::quant::act_format::ActFormat;
+    use crate::quant::cpu_features::CpuFeatures;
+    use crate::quant::reference;
+
+    /// Values in [-s, s) from a seeded xorshift, with a heavy tail every 37th value so that
+    /// scales and mins vary across sub-blocks.
+    fn values(seed: &mut u64, len: usize, s: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                let v = ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * s;
+                if i % 37 == 0 { 8.0 * v } else { v }
+            })
+            .collect()
+    }
+
+    fn products<K: VTile>(ty: GgmlType, dot: unsafe fn(&[u8], &[u8]) -> f32) {
+        let (n, nrows) = (512, 3);
+        let (wrb, arb) = (ty.row_bytes(n).unwrap(), ActFormat::Q8K.row_bytes(n));
+        let mut seed = 0x2545_f491_4f6c_dd1d;
+        let mut w = vec![0u8; wrb * nrows];
+        for row in w.chunks_exact_mut(wrb) {
+            reference::quantize_row(ty, &values(&mut seed, n, 0.5), row);
+        }
+        // Up to 40 columns: every tile width (16, 8, 4, 2, 1) and panel tail.
+        for ncols in 1..=40 {
+            let mut act = vec![0u8; arb * ncols];
+            for col in act.chunks_exact_mut(arb) {
+                reference::quantize_act(ActFormat::Q8K, &values(&mut seed, n, 3.0), col);
+            }
+            let mut out = vec![f32::NAN; nrows * ncols];
+            // SAFETY: the caller checked the CPU; the lengths are whole rows.
+            unsafe { panels::<K>(&w, nrows, &act, ncols, &mut out) };
+            for (i, wr) in w.chunks_exact(wrb).enumerate() {
+                for (j, ar) in act.chunks_exact(arb).enumerate() {
+                    let want = reference::dot(ty, wr, ar).to_bits();
+                    // SAFETY: as above.
+                    let got = unsafe { dot(wr, ar) }.to_bits();
+                    assert_eq!(got, want, "{} dot ({i},{j})", ty.name());
+                    let got = out[i * ncols + j].to_bits();
+                    assert_eq!(got, want, "{} {ncols} columns ({i},{j})", ty.name());
+                }
+            }
+        }
+    }
+
+    /// Prefill (every tile width) and decode equal the reference to the bit, on a CPU with
+    /// AVX-512 VNNI (elsewhere there is nothing of this build to run).
+    #[test]
+    fn every_tile_width_is_bit_identical_to_the_reference() {
+        if !CpuFeatures::detect().contains(CpuFeatures::FOR_AVX512_VNNI) {
+            return;
+        }
+        products::<Q4K>(GgmlType::Q4K, dot_q4_k);
+        products::<Q6K>(GgmlType::Q6K, dot_q6_k);
+    }
+}
