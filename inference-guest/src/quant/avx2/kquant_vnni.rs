@@ -76,12 +76,22 @@ impl Q8Block {
 }
 
 /// Q8_K activation rows copied once per product into 64-byte aligned vectors, so that no
-/// load of the tiles splits a cache line: `[column][block]`, four vectors of quants and one
-/// with the block sums in its low half.
+/// load of the tiles splits a cache line, and laid out `[block][column]`, so that a tile
+/// finds its columns' blocks side by side (`stride` columns: the product's and [`TILE`] of
+/// zeros, which keep a tile's 16-lane loads of the scales inside).
 pub(super) struct Q8KCols {
-    nb: usize,
-    v: Vec<__m512i>,
+    stride: usize,
+    q: Vec<[__m512i; 4]>,
+    bsums: Vec<__m256i>,
     d: Vec<f32>,
+}
+
+/// Block `b` of `C` consecutive columns of a [`Q8KCols`], and the scales of the
+/// [`TILE`] columns from the first.
+pub(super) struct Q8KRow<'a> {
+    pub(super) q: &'a [[__m512i; 4]],
+    pub(super) bsums: &'a [__m256i],
+    pub(super) d: &'a [f32; TILE],
 }
 
 impl Q8KCols {
@@ -90,33 +100,31 @@ impl Q8KCols {
     /// bytes each.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     pub(super) unsafe fn new(act: &[u8], arb: usize, nb: usize) -> Self {
-        let blocks = act.len() / arb * nb;
+        let stride = act.len() / arb + TILE;
         let mut c = Self {
-            nb,
-            v: Vec::with_capacity(5 * blocks),
-            d: Vec::with_capacity(blocks),
+            stride,
+            q: vec![[_mm512_setzero_si512(); 4]; nb * stride],
+            bsums: vec![_mm256_setzero_si256(); nb * stride],
+            d: vec![0.0; nb * stride],
         };
-        for col in act.chunks_exact(arb) {
-            for y in col.chunks_exact(Q8K_BYTES) {
+        for (j, col) in act.chunks_exact(arb).enumerate() {
+            for (b, y) in col.chunks_exact(Q8K_BYTES).enumerate() {
                 let blk = Q8Block::load(arr(y, 0));
-                c.v.extend_from_slice(&blk.q);
-                c.v.push(_mm512_castsi256_si512(blk.bsums));
-                c.d.push(blk.d);
+                let at = b * stride + j;
+                (c.q[at], c.bsums[at], c.d[at]) = (blk.q, blk.bsums, blk.d);
             }
         }
         c
     }
 
-    /// Block `b` of column `col`.
+    /// Block `b` of columns `j..j + C`.
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    pub(super) fn block(&self, col: usize, b: usize) -> Q8Block {
-        let at = col * self.nb + b;
-        let v: &[__m512i; 5] = self.v[5 * at..5 * at + 5].try_into().expect("5 vectors");
-        Q8Block {
-            q: [v[0], v[1], v[2], v[3]],
-            bsums: _mm512_castsi512_si256(v[4]),
-            d: self.d[at],
+    pub(super) fn row<const C: usize>(&self, b: usize, j: usize) -> Q8KRow<'_> {
+        let at = b * self.stride + j;
+        Q8KRow {
+            q: &self.q[at..at + C],
+            bsums: &self.bsums[at..at + C],
+            d: self.d[at..at + TILE].try_into().expect("TILE scales"),
         }
     }
 }
@@ -194,12 +202,11 @@ pub(super) unsafe fn panels<K: VTile>(
 
 pub(super) struct Q4K;
 
-/// Per block and column, laid out `[block][column]` (`stride` columns, [`TILE`] past the last
-/// so that a tile's 16-lane loads stay inside): the Q8_K scales, and the block sums added in
-/// pairs (one pair per Q4_K min) as i16 pairs `[pair 2q, pair 2q + 1]`, `[block][q][column]`.
+/// The aligned activations, and their block sums added in pairs (one pair per Q4_K min) as
+/// i16 pairs `[pair 2q, pair 2q + 1]`, laid out `[block][q][column]` (`stride` columns as in
+/// [`Q8KCols`]).
 pub(super) struct Q4Prep {
     stride: usize,
-    yd: Vec<f32>,
     pairs: Vec<i32>,
     cols: Q8KCols,
 }
@@ -359,14 +366,12 @@ impl VTile for Q4K {
         let stride = ncols + TILE;
         let mut p = Q4Prep {
             stride,
-            yd: vec![0.0; nb * stride],
             pairs: vec![0; nb * 4 * stride],
             // SAFETY: forwarded contract.
             cols: unsafe { Q8KCols::new(act, arb, nb) },
         };
         for (j, col) in act.chunks_exact(arb).enumerate() {
             for (b, y) in col.chunks_exact(Q8K_BYTES).enumerate() {
-                p.yd[b * stride + j] = rd_f32(y, 0);
                 let bsum = |k: usize| i16::from_le_bytes(*arr(y, Q8K_BSUMS + 2 * k));
                 // |bsum| ≤ 16 · 128, so a pair fits an i16.
                 let pair = |i: usize| (bsum(2 * i) + bsum(2 * i + 1)) as u16;
@@ -386,9 +391,10 @@ impl VTile for Q4K {
         let stride = prep.stride;
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
             let blk = Q4Block::new(arr(x, 0));
+            let y = prep.cols.row::<C>(b, j);
             let mut r = [_mm512_setzero_si512(); TILE];
-            for (col, rc) in r.iter_mut().enumerate().take(C) {
-                *rc = blk.isum(&prep.cols.block(j + col, b).q);
+            for (rc, q) in r.iter_mut().zip(y.q) {
+                *rc = blk.isum(q);
             }
             let itot = reduce16(&r);
             // Σ_i m_i · pair_i per column: each min pair against its row of the table.
@@ -402,9 +408,8 @@ impl VTile for Q4K {
                 let m = _mm512_permutexvar_epi32(_mm512_set1_epi32(q as i32), mins);
                 mtot = _mm512_dpwssd_epi32(mtot, pairs, m);
             }
-            let yd: &[f32; TILE] = prep.yd[b * stride + j..][..TILE].try_into().expect("TILE");
-            // SAFETY: AVX-512 F is this function's contract; `yd` is 16 readable f32.
-            let yd = unsafe { _mm512_loadu_ps(yd.as_ptr()) };
+            // SAFETY: AVX-512 F is this function's contract; `y.d` is 16 readable f32.
+            let yd = unsafe { _mm512_loadu_ps(y.d.as_ptr()) };
             // `sum += d · yd · itot − dmin · yd · mtot`, lane by lane as `dot_q4_k` does.
             let di = _mm512_mul_ps(
                 _mm512_mul_ps(_mm512_set1_ps(blk.d), yd),

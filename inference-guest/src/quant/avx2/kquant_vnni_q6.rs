@@ -99,20 +99,29 @@ impl Q6Block {
         }
     }
 
-    /// The eight lanes of the reference's integer sum against the Q8_K block `y`, the
-    /// offset included.
+    /// The eight lanes of the reference's integer sum against the Q8_K block of quants
+    /// `q` and block sums `bsums`, the offset included.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    fn lanes(&self, y: &Q8Block) -> __m256i {
+    fn lanes(&self, q: &[__m512i; 4], bsums: __m256i) -> __m256i {
         let z = _mm512_setzero_si512();
-        let p: [__m512i; 4] = core::array::from_fn(|k| _mm512_dpbusd_epi32(z, self.q[k], y.q[k]));
+        let p: [__m512i; 4] = core::array::from_fn(|k| _mm512_dpbusd_epi32(z, self.q[k], q[k]));
         // SAFETY: AVX-512 F is this function's contract; the table is 64 bytes.
         let idx = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
         let pair = |k: usize| _mm512_permutex2var_epi16(p[2 * k], idx, p[2 * k + 1]);
         let r = _mm512_madd_epi16(pair(0), self.s[0]);
         let r = _mm512_dpwssd_epi32(r, pair(1), self.s[1]);
         let r = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64::<1>(r));
-        _mm256_dpwssd_epi32(r, y.bsums, self.off)
+        _mm256_dpwssd_epi32(r, bsums, self.off)
+    }
+
+    /// `acc + (yd · d) · lanes`, one FMA per lane as the reference accumulates, for the
+    /// Q8_K block of quants `q`, block sums `bsums` and scale `yd`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    fn fma(&self, q: &[__m512i; 4], bsums: __m256i, yd: f32, acc: __m256) -> __m256 {
+        let v = _mm256_cvtepi32_ps(self.lanes(q, bsums));
+        _mm256_fmadd_ps(_mm256_set1_ps(yd * self.d), v, acc)
     }
 }
 
@@ -123,43 +132,14 @@ impl Q6Block {
 /// of equal length.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
 pub(super) unsafe fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
-    let mut out = [0.0f32];
-    // SAFETY: forwarded contract; one column.
-    unsafe {
-        tile::<1>(w, &mut out, |_, b, x| {
-            // Decode streams the weights once: ask for them well ahead.
-            _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
-            Q8Block::load(arr(a, b * Q8K_BYTES))
-        })
-    };
-    out[0]
-}
-
-/// `out[c] = row · column c` for `C` columns, block `b` of column `c` being `y(c, b, x)`
-/// (`x`: the row's super-block `b`).
-///
-/// # Safety
-/// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI; `row` holds whole
-/// super-blocks.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn tile<const C: usize>(
-    row: &[u8],
-    out: &mut [f32],
-    y: impl Fn(usize, usize, &[u8]) -> Q8Block,
-) {
-    let mut acc = [_mm256_setzero_ps(); C];
-    for (b, x) in row.chunks_exact(Q6K_BYTES).enumerate() {
-        let blk = Q6Block::new(arr(x, 0));
-        for (col, acc) in acc.iter_mut().enumerate() {
-            let y = y(col, b, x);
-            let v = _mm256_cvtepi32_ps(blk.lanes(&y));
-            *acc = _mm256_fmadd_ps(_mm256_set1_ps(y.d * blk.d), v, *acc);
-        }
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in w.chunks_exact(Q6K_BYTES).zip(a.chunks_exact(Q8K_BYTES)) {
+        // Decode streams the weights once: ask for them well ahead.
+        _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+        let y = Q8Block::load(arr(y, 0));
+        acc = Q6Block::new(arr(x, 0)).fma(&y.q, y.bsums, y.d, acc);
     }
-    for col in 0..C {
-        out[col] = hsum(acc[col]);
-    }
+    hsum(acc)
 }
 
 impl VTile for Q6K {
@@ -174,7 +154,16 @@ impl VTile for Q6K {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     unsafe fn tile<const C: usize>(row: &[u8], cols: &Q8KCols, j: usize, out: &mut [f32]) {
-        // SAFETY: forwarded contract.
-        unsafe { tile::<C>(row, out, |col, b, _| cols.block(j + col, b)) }
+        let mut acc = [_mm256_setzero_ps(); C];
+        for (b, x) in row.chunks_exact(Q6K_BYTES).enumerate() {
+            let blk = Q6Block::new(arr(x, 0));
+            let y = cols.row::<C>(b, j);
+            for (((acc, q), bsums), &d) in acc.iter_mut().zip(y.q).zip(y.bsums).zip(y.d) {
+                *acc = blk.fma(q, *bsums, d, *acc);
+            }
+        }
+        for col in 0..C {
+            out[col] = hsum(acc[col]);
+        }
     }
 }
