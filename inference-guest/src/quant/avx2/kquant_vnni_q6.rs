@@ -4,10 +4,14 @@
 //! every 32-value chunk) and turns each into f32 with its own FMA, so the lanes' byte
 //! partition is part of the numerics: a ZMM vector here covers two consecutive chunks, and its
 //! 256-bit halves added together give exactly those eight lanes.
+//!
+//! Prefill puts two columns' eight lanes in one ZMM vector for the offset, the conversion and
+//! the FMA (lane for lane the operations decode does on a YMM vector), which halves the
+//! port-0 work after the integer products.
 
 use core::arch::x86_64::*;
 
-use super::kquant_vnni::{PREFETCH_AHEAD, Q8Block, Q8K_BYTES, Q8KCols, VTile, ld64};
+use super::kquant_vnni::{PREFETCH_AHEAD, Q8Block, Q8K_BYTES, Q8KCols, TILE, VTile, ld64};
 use super::{arr, h2f, hsum, ld, ld16};
 
 pub(super) struct Q6K;
@@ -99,20 +103,18 @@ impl Q6Block {
         }
     }
 
-    /// The eight lanes of the reference's integer sum against the Q8_K block of quants
-    /// `q` and block sums `bsums`, the offset included.
+    /// The reference's eight lane sums against the Q8_K quants `q`, scaled but without the
+    /// offset, twice: lanes l and l + 8 add up to the reference's lane l.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    fn lanes(&self, q: &[__m512i; 4], bsums: __m256i) -> __m256i {
+    fn halves(&self, q: &[__m512i; 4]) -> __m512i {
         let z = _mm512_setzero_si512();
         let p: [__m512i; 4] = core::array::from_fn(|k| _mm512_dpbusd_epi32(z, self.q[k], q[k]));
         // SAFETY: AVX-512 F is this function's contract; the table is 64 bytes.
         let idx = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
         let pair = |k: usize| _mm512_permutex2var_epi16(p[2 * k], idx, p[2 * k + 1]);
         let r = _mm512_madd_epi16(pair(0), self.s[0]);
-        let r = _mm512_dpwssd_epi32(r, pair(1), self.s[1]);
-        let r = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64::<1>(r));
-        _mm256_dpwssd_epi32(r, bsums, self.off)
+        _mm512_dpwssd_epi32(r, pair(1), self.s[1])
     }
 
     /// `acc + (yd · d) · lanes`, one FMA per lane as the reference accumulates, for the
@@ -120,8 +122,33 @@ impl Q6Block {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     fn fma(&self, q: &[__m512i; 4], bsums: __m256i, yd: f32, acc: __m256) -> __m256 {
-        let v = _mm256_cvtepi32_ps(self.lanes(q, bsums));
+        let r = self.halves(q);
+        let r = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64::<1>(r));
+        let v = _mm256_cvtepi32_ps(_mm256_dpwssd_epi32(r, bsums, self.off));
         _mm256_fmadd_ps(_mm256_set1_ps(yd * self.d), v, acc)
+    }
+
+    /// [`Q6Block::fma`] for two columns at once, `a` in the low eight lanes and `b` in the
+    /// high: the same integers and the same FMA per lane, on half as many vectors.
+    /// `yd` holds the two columns' scales, eight lanes each.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    fn fma2(
+        &self,
+        a: (&[__m512i; 4], __m256i),
+        b: (&[__m512i; 4], __m256i),
+        yd: __m512,
+        acc: __m512,
+    ) -> __m512 {
+        let (ra, rb) = (self.halves(a.0), self.halves(b.0));
+        let r = _mm512_add_epi32(
+            _mm512_shuffle_i64x2::<0b01_00_01_00>(ra, rb),
+            _mm512_shuffle_i64x2::<0b11_10_11_10>(ra, rb),
+        );
+        let bsums = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a.1), b.1);
+        let off = _mm512_broadcast_i64x4(self.off);
+        let v = _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(r, bsums, off));
+        _mm512_fmadd_ps(_mm512_mul_ps(yd, _mm512_set1_ps(self.d)), v, acc)
     }
 }
 
@@ -154,16 +181,33 @@ impl VTile for Q6K {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     unsafe fn tile<const C: usize>(row: &[u8], cols: &Q8KCols, j: usize, out: &mut [f32]) {
-        let mut acc = [_mm256_setzero_ps(); C];
+        // Columns in pairs, one ZMM accumulator each; an odd last column pairs with zeros.
+        let mut acc = [_mm512_setzero_ps(); TILE / 2];
+        let (zq, zb) = ([_mm512_setzero_si512(); 4], _mm256_setzero_si256());
         for (b, x) in row.chunks_exact(Q6K_BYTES).enumerate() {
             let blk = Q6Block::new(arr(x, 0));
             let y = cols.row::<C>(b, j);
-            for (((acc, q), bsums), &d) in acc.iter_mut().zip(y.q).zip(y.bsums).zip(y.d) {
-                *acc = blk.fma(q, *bsums, d, *acc);
+            // SAFETY: AVX-512 F is this function's contract; `y.d` is 16 readable f32.
+            let yd = unsafe { _mm512_loadu_ps(y.d.as_ptr()) };
+            for (k, acc) in acc.iter_mut().enumerate().take(C.div_ceil(2)) {
+                let a = (&y.q[2 * k], y.bsums[2 * k]);
+                let b =
+                    y.q.get(2 * k + 1)
+                        .map_or((&zq, zb), |q| (q, y.bsums[2 * k + 1]));
+                // The two columns' scales, eight lanes each.
+                let (lo, hi) = (2 * k as i32, 2 * k as i32 + 1);
+                let pair =
+                    _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(lo), _mm512_set1_epi32(hi));
+                *acc = blk.fma2(a, b, _mm512_permutexvar_ps(pair, yd), *acc);
             }
         }
-        for col in 0..C {
-            out[col] = hsum(acc[col]);
+        let mut all = [0.0f32; TILE];
+        for (k, acc) in acc.iter().enumerate() {
+            all[2 * k] = hsum(_mm512_castps512_ps256(*acc));
+            all[2 * k + 1] = hsum(_mm256_castsi256_ps(_mm512_extracti64x4_epi64::<1>(
+                _mm512_castps_si512(*acc),
+            )));
         }
+        out[..C].copy_from_slice(&all[..C]);
     }
 }
