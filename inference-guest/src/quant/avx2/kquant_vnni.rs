@@ -73,6 +73,24 @@ impl Q8Block {
             }
         }
     }
+
+    /// The quants in the order Q4_K's weights are unpacked in ([`Q4Block`]): per 128 values
+    /// (sub-blocks s..s+4), the first 16 of sub-blocks s, s+2, s+1, s+3, then their last 16.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub(super) fn q4_order(&self) -> [__m512i; 4] {
+        // 16-byte pieces: a's 0, b's 0, a's 2, b's 2 (as qwords 0-1, 8-9, 4-5, 12-13), then
+        // pieces 1 and 3 of each.
+        let first = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+        let last = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+        let q = &self.q;
+        [
+            _mm512_permutex2var_epi64(q[0], first, q[1]),
+            _mm512_permutex2var_epi64(q[0], last, q[1]),
+            _mm512_permutex2var_epi64(q[2], first, q[3]),
+            _mm512_permutex2var_epi64(q[2], last, q[3]),
+        ]
+    }
 }
 
 /// Q8_K activation rows copied once per product into 64-byte aligned vectors, so that no
@@ -99,7 +117,8 @@ impl Q8KCols {
     /// The CPU must support AVX-512 F; `act` holds whole rows of `nb` Q8_K blocks, `arb`
     /// bytes each.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    pub(super) unsafe fn new(act: &[u8], arb: usize, nb: usize) -> Self {
+    /// `q4` puts the quants in [`Q8Block::q4_order`].
+    pub(super) unsafe fn new(act: &[u8], arb: usize, nb: usize, q4: bool) -> Self {
         let stride = act.len() / arb + TILE;
         let mut c = Self {
             stride,
@@ -111,7 +130,8 @@ impl Q8KCols {
             for (b, y) in col.chunks_exact(Q8K_BYTES).enumerate() {
                 let blk = Q8Block::load(arr(y, 0));
                 let at = b * stride + j;
-                (c.q[at], c.bsums[at], c.d[at]) = (blk.q, blk.bsums, blk.d);
+                let q = if q4 { blk.q4_order() } else { blk.q };
+                (c.q[at], c.bsums[at], c.d[at]) = (q, blk.bsums, blk.d);
             }
         }
         c
@@ -211,21 +231,18 @@ pub(super) struct Q4Prep {
     cols: Q8KCols,
 }
 
-/// For `packs_epi32(p[2k], p[2k + 1])` (k = 0, 1): the sub-block of each i16 lane. Its 128-bit
-/// block b holds four lanes of chunk 2k's sub-block 4k + b/2, then four of chunk 2k+1's,
-/// 4k + 2 + b/2.
-const SCALE_IDX: [[i16; 32]; 2] = [packs_scale_idx(0), packs_scale_idx(1)];
-
-const fn packs_scale_idx(k: i16) -> [i16; 32] {
+/// For `packs_epi32` of [`Q4Block::isum`]'s two sums: the sub-block of each i16 lane. Its
+/// 128-bit block b holds four lanes of sub-block σ(b), then four of 4 + σ(b), σ = 0, 2, 1, 3.
+const SCALE_IDX: [i16; 32] = {
     let mut t = [0i16; 32];
     let mut l = 0;
     while l < 32 {
-        let (b, second) = ((l / 8) as i16, ((l % 8) / 4) as i16);
-        t[l] = 4 * k + 2 * second + b / 2;
+        let (b, second) = (l / 8, ((l % 8) / 4) as i16);
+        t[l] = 4 * second + [0, 2, 1, 3][b];
         l += 1;
     }
     t
-}
+};
 
 /// A Q4_K super-block's eight 6-bit scales and eight 6-bit mins as bytes (ggml's `utmp`
 /// shuffle with word operations), each set packed little-endian in a `u64`.
@@ -244,12 +261,15 @@ fn q4_k_scales_mins(packed: &[u8; 12]) -> (u64, u64) {
     (join(sc), join(m))
 }
 
-/// One Q4_K super-block, unpacked for `vpdpbusd`: `w[c]` holds chunk `c`'s low nibbles (sub-block
-/// `2c`) then its high nibbles (sub-block `2c + 1`), the order of the Q8_K quants they meet.
+/// One Q4_K super-block, unpacked for `vpdpbusd` so that two of them sum into the same
+/// lanes for the same sub-block: per 128 values (sub-blocks s..s+4, 32 each), `w[2g]` holds
+/// the first 16 of sub-blocks s, s+2, s+1, s+3 and `w[2g + 1]` their last 16 (the Q8_K quants
+/// meet them in [`Q8Block::q4_order`]). The 32 lane sums of a super-block (8 products each,
+/// |sum| ≤ 8 · 15 · 128 < 2^15) then take their scales with one `packs` and one `madd`.
 struct Q4Block {
     w: [__m512i; 4],
-    /// The scales as i16, placed for `packs(p[2k], p[2k + 1])` (see [`Q4Block::isum`]).
-    s: [__m512i; 2],
+    /// The scales as i16, placed for [`Q4Block::isum`]'s `packs`.
+    s: __m512i,
     /// The mins as eight i16.
     mins: __m128i,
     d: f32,
@@ -269,30 +289,33 @@ impl Q4Block {
             let q = unsafe { ld64(arr(x, 16 + 64 * h)) };
             let lo = _mm512_and_si512(q, m4);
             let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
-            w[2 * h] = _mm512_shuffle_i64x2::<0b01_00_01_00>(lo, hi);
-            w[2 * h + 1] = _mm512_shuffle_i64x2::<0b11_10_11_10>(lo, hi);
+            // lo: sub-blocks 4h, 4h + 2 (32 bytes each); hi: 4h + 1, 4h + 3.
+            w[2 * h] = _mm512_shuffle_i64x2::<0b10_00_10_00>(lo, hi);
+            w[2 * h + 1] = _mm512_shuffle_i64x2::<0b11_01_11_01>(lo, hi);
         }
         Self {
             w,
-            // SAFETY: AVX-512 F is this function's contract; each table is 64 bytes.
-            s: SCALE_IDX.map(|t| unsafe {
-                _mm512_permutexvar_epi16(_mm512_loadu_si512(t.as_ptr().cast()), sc)
-            }),
+            // SAFETY: AVX-512 F is this function's contract; the table is 64 bytes.
+            s: unsafe {
+                _mm512_permutexvar_epi16(_mm512_loadu_si512(SCALE_IDX.as_ptr().cast()), sc)
+            },
             mins: _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mins as i64)),
             d: h2f(x, 0),
             dmin: h2f(x, 2),
         }
     }
 
-    /// Σ scale · (sub-block's quants · activation quants) of the Q8_K block `y`, spread over
-    /// 16 i32 lanes.
+    /// Σ scale · (sub-block's quants · activation quants) of the Q8_K quants `y` (in
+    /// [`Q8Block::q4_order`]), spread over 16 i32 lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     fn isum(&self, y: &[__m512i; 4]) -> __m512i {
         let z = _mm512_setzero_si512();
-        let p: [__m512i; 4] = core::array::from_fn(|c| _mm512_dpbusd_epi32(z, self.w[c], y[c]));
-        let r = _mm512_madd_epi16(_mm512_packs_epi32(p[0], p[1]), self.s[0]);
-        _mm512_dpwssd_epi32(r, _mm512_packs_epi32(p[2], p[3]), self.s[1])
+        let half = |g: usize| {
+            let p = _mm512_dpbusd_epi32(z, self.w[2 * g], y[2 * g]);
+            _mm512_dpbusd_epi32(p, self.w[2 * g + 1], y[2 * g + 1])
+        };
+        _mm512_madd_epi16(_mm512_packs_epi32(half(0), half(1)), self.s)
     }
 }
 
@@ -337,7 +360,7 @@ pub(super) unsafe fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
         // do (a prefetch never faults, past the row's end included).
         _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
         let blk = Q4Block::new(arr(x, 0));
-        let r = blk.isum(&Q8Block::load(arr(y, 0)).q);
+        let r = blk.isum(&Q8Block::load(arr(y, 0)).q4_order());
         let r = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64::<1>(r));
         // Σ_j bsum_j · m[j / 2], with each min repeated for its two block sums.
         let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
@@ -368,7 +391,7 @@ impl VTile for Q4K {
             stride,
             pairs: vec![0; nb * 4 * stride],
             // SAFETY: forwarded contract.
-            cols: unsafe { Q8KCols::new(act, arb, nb) },
+            cols: unsafe { Q8KCols::new(act, arb, nb, true) },
         };
         for (j, col) in act.chunks_exact(arb).enumerate() {
             for (b, y) in col.chunks_exact(Q8K_BYTES).enumerate() {

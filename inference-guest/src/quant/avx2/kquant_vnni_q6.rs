@@ -175,7 +175,7 @@ impl VTile for Q6K {
 
     unsafe fn prep(act: &[u8], arb: usize, nb: usize, _: usize) -> Q8KCols {
         // SAFETY: forwarded contract.
-        unsafe { Q8KCols::new(act, arb, nb) }
+        unsafe { Q8KCols::new(act, arb, nb, false) }
     }
 
     #[inline]
