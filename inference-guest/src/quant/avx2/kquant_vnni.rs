@@ -16,7 +16,6 @@
 //! unpacked once per tile, Q4_K's per-column totals come out of one transposing reduction as
 //! the lanes of a vector, and its float step runs on all eight columns at once.
 
-use alloc::vec;
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
@@ -119,20 +118,26 @@ impl Q8KCols {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     /// `q4` puts the quants in [`Q8Block::q4_order`].
     pub(super) unsafe fn new(act: &[u8], arb: usize, nb: usize, q4: bool) -> Self {
-        let stride = act.len() / arb + TILE;
+        let ncols = act.len() / arb;
+        let stride = ncols + TILE;
+        // Filled in order rather than zeroed first: prefill builds this once per call, and
+        // the model's row-split calls each build their own.
         let mut c = Self {
             stride,
-            q: vec![[_mm512_setzero_si512(); 4]; nb * stride],
-            bsums: vec![_mm256_setzero_si256(); nb * stride],
-            d: vec![0.0; nb * stride],
+            q: Vec::with_capacity(nb * stride),
+            bsums: Vec::with_capacity(nb * stride),
+            d: Vec::with_capacity(nb * stride),
         };
-        for (j, col) in act.chunks_exact(arb).enumerate() {
-            for (b, y) in col.chunks_exact(Q8K_BYTES).enumerate() {
-                let blk = Q8Block::load(arr(y, 0));
-                let at = b * stride + j;
-                let q = if q4 { blk.q4_order() } else { blk.q };
-                (c.q[at], c.bsums[at], c.d[at]) = (q, blk.bsums, blk.d);
+        for b in 0..nb {
+            for j in 0..ncols {
+                let blk = Q8Block::load(arr(act, j * arb + b * Q8K_BYTES));
+                c.q.push(if q4 { blk.q4_order() } else { blk.q });
+                c.bsums.push(blk.bsums);
+                c.d.push(blk.d);
             }
+            c.q.extend([[_mm512_setzero_si512(); 4]; TILE]);
+            c.bsums.extend([_mm256_setzero_si256(); TILE]);
+            c.d.extend([0.0; TILE]);
         }
         c
     }
@@ -387,24 +392,33 @@ impl VTile for Q4K {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     unsafe fn prep(act: &[u8], arb: usize, nb: usize, ncols: usize) -> Q4Prep {
         let stride = ncols + TILE;
-        let mut p = Q4Prep {
-            stride,
-            pairs: vec![0; nb * 4 * stride],
-            // SAFETY: forwarded contract.
-            cols: unsafe { Q8KCols::new(act, arb, nb, true) },
-        };
-        for (j, col) in act.chunks_exact(arb).enumerate() {
-            for (b, y) in col.chunks_exact(Q8K_BYTES).enumerate() {
-                let bsum = |k: usize| i16::from_le_bytes(*arr(y, Q8K_BSUMS + 2 * k));
-                // |bsum| ≤ 16 · 128, so a pair fits an i16.
-                let pair = |i: usize| (bsum(2 * i) + bsum(2 * i + 1)) as u16;
-                for q in 0..4 {
-                    let v = u32::from(pair(2 * q)) | (u32::from(pair(2 * q + 1)) << 16);
-                    p.pairs[(4 * b + q) * stride + j] = v as i32;
-                }
+        // SAFETY: forwarded contract.
+        let cols = unsafe { Q8KCols::new(act, arb, nb, true) };
+        let mut pairs = Vec::with_capacity(nb * 4 * stride);
+        for b in 0..nb {
+            // The block sums added in pairs (|bsum| ≤ 16 · 128, so a pair fits an i16), as
+            // four i32 of two pairs each.
+            let quads: Vec<[i32; 4]> = cols.bsums[b * stride..b * stride + ncols]
+                .iter()
+                .map(|&v| {
+                    let s =
+                        _mm_hadd_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                    let mut q = [0i32; 4];
+                    // SAFETY: `q` is 16 writable bytes; storeu has no alignment requirement.
+                    unsafe { _mm_storeu_si128(q.as_mut_ptr().cast(), s) };
+                    q
+                })
+                .collect();
+            for q in 0..4 {
+                pairs.extend(quads.iter().map(|p| p[q]));
+                pairs.extend([0; TILE]);
             }
         }
-        p
+        Q4Prep {
+            stride,
+            pairs,
+            cols,
+        }
     }
 
     #[inline]
