@@ -4,17 +4,18 @@
 //! `vpdpbusd` multiplies unsigned weight bytes by signed activation bytes and sums four
 //! products into an i32 lane, exactly: Q4_K's nibbles and Q6_K's stored quants (0..63, their
 //! `-32` applied as `32 · Σ bsums · scale`) are unsigned already, so one instruction does what
-//! AVX2's `maddubs` + `madd` pair does, on 64 bytes at a time. The sub-block scales then enter
-//! with `vpdpwssd` on those lane sums (at most 4 · 63 · 128 < 2^15, so they are exact i16).
+//! AVX2's `maddubs` + `madd` pair does, on 64 bytes at a time. The lane sums fit an i16, so
+//! the sub-block scales enter with `madd`/`vpdpwssd` (Q4_K: [`Q4Block`]; Q6_K: its module).
 //!
 //! Every output keeps the float operations, and their order, of the scalar reference
 //! (llama.cpp's x86 order); the integer sums behind them are exact whatever their grouping,
 //! except Q6_K's eight lanes, whose byte partition the kernels here keep too. Prefill and
 //! decode therefore agree to the bit with each other and with the AVX2 build.
 //!
-//! Prefill takes tiles of one weight row × eight activation columns: the row's super-block is
-//! unpacked once per tile, Q4_K's per-column totals come out of one transposing reduction as
-//! the lanes of a vector, and its float step runs on all eight columns at once.
+//! Prefill takes tiles of one weight row × sixteen activation columns: the row's super-block
+//! is unpacked once per tile, the activations are read from a 64-byte aligned copy made once
+//! per call ([`Q8KCols`]), Q4_K's per-column totals come out of one transposing reduction as
+//! the lanes of a vector, and its float step runs on all sixteen columns at once.
 
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
@@ -35,7 +36,7 @@ const PANEL: usize = 16;
 const Q4K_BYTES: usize = 144;
 
 #[inline]
-pub(super) fn rd_f32(b: &[u8], at: usize) -> f32 {
+fn rd_f32(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
