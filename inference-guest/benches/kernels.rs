@@ -23,7 +23,10 @@ fn main() {
     let x: Vec<f32> = (0..nrows * 768)
         .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
         .collect();
-    let kernels = [Kernels::scalar(), Kernels::detect()];
+    // Every kernel set this CPU runs (AVX-512 VNNI and AVX2 both on a VNNI machine).
+    let kernels: Vec<Kernels> = std::iter::once(Kernels::scalar())
+        .chain(Kernels::available())
+        .collect();
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -40,7 +43,7 @@ fn main() {
             quantize_row(ty, r, o);
         }
         let fmt = ActFormat::for_weights(ty);
-        for k in kernels {
+        for &k in &kernels {
             for ncols in [1usize, 128] {
                 let mut act = vec![0u8; fmt.row_bytes(n) * ncols];
                 for (j, a) in act.chunks_exact_mut(fmt.row_bytes(n)).enumerate() {

@@ -18,6 +18,8 @@ mod gemm512;
 mod gemm512_q4_0;
 mod iq4;
 mod kquant;
+mod kquant_vnni;
+mod kquant_vnni_q6;
 mod q5_k;
 mod sink;
 
@@ -132,6 +134,8 @@ impl Avx2 {
                 }
                 GgmlType::IQ4XS => iq4::dot_iq4_xs(w, a),
                 GgmlType::Q5K => q5_k::dot_q5_k(w, a),
+                GgmlType::Q4K if self.vnni => kquant_vnni::dot_q4_k(w, a),
+                GgmlType::Q6K if self.vnni => kquant_vnni_q6::dot_q6_k(w, a),
                 GgmlType::Q4K => kquant::dot_q4_k(w, a),
                 GgmlType::Q6K => kquant::dot_q6_k(w, a),
                 GgmlType::F16 => float::dot_f16(w, a),
@@ -177,14 +181,19 @@ impl Avx2 {
             }
             // Decode (one column) keeps the per-row dot `Kernels::matmul` falls back to.
             GgmlType::Q4K | GgmlType::Q6K if ncols > 1 => {
-                // SAFETY: `self` proves AVX2/FMA/F16C; `Kernels::matmul` checked that `w`
-                // holds `nrows` rows and `act` `ncols` rows of `n` values and `out` is
-                // `nrows * ncols` long.
+                // SAFETY: `self` proves AVX2/FMA/F16C (with `vnni`, AVX-512 F/VL/BW/VNNI);
+                // `Kernels::matmul` checked that `w` holds `nrows` rows and `act` `ncols`
+                // rows of `n` values and `out` is `nrows * ncols` long.
                 unsafe {
-                    if ty == GgmlType::Q4K {
-                        kquant::matmul_q4_k(w, nrows, act, ncols, out);
-                    } else {
-                        kquant::matmul_q6_k(w, nrows, act, ncols, out);
+                    match (ty, self.vnni) {
+                        (GgmlType::Q4K, true) => {
+                            kquant_vnni::panels::<kquant_vnni::Q4K>(w, nrows, act, ncols, out)
+                        }
+                        (GgmlType::Q6K, true) => {
+                            kquant_vnni::panels::<kquant_vnni_q6::Q6K>(w, nrows, act, ncols, out)
+                        }
+                        (GgmlType::Q4K, false) => kquant::matmul_q4_k(w, nrows, act, ncols, out),
+                        _ => kquant::matmul_q6_k(w, nrows, act, ncols, out),
                     }
                 }
                 true
