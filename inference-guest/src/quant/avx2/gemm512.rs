@@ -21,7 +21,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use super::gemm::{PANEL, ROW_BLOCK_BYTES};
+use super::gemm::{PANEL, ROW_BLOCK_BYTES, f16_at};
 use super::hsum;
 use super::sink::Sink;
 use crate::ggml_type::GgmlType;
@@ -112,12 +112,18 @@ impl PairFmt for Q4_1 {
 /// Weight rows per register tile: 4 rows × 2 column pairs is 8 accumulators, which leaves
 /// room among the 32 ZMM registers for the operands of a block.
 const ROWS: usize = 4;
+/// Above this many columns the weight scales are converted to f32 tables once per call.
+const TABLE_COLS: usize = 8;
 
 /// One tile's operands (as `gemm`'s tile, plus `ws`, the f32 weight scales at its first row,
 /// `nb` per row).
 #[derive(Clone, Copy)]
 struct Tile {
     w: *const u8,
+    /// Whether `ws`/`wm` point at f32 tables; without, the tile converts each block's f16
+    /// scale (and min) itself: with no more than [`TABLE_COLS`] columns the tables would not
+    /// be reused enough to pay for themselves (a batched decode step has a few columns).
+    tables: bool,
     ws: *const f32,
     wm: *const f32,
     wrb: usize,
@@ -141,7 +147,7 @@ impl Tile {
         unsafe {
             Self {
                 w: self.w.add(rows * self.wrb),
-                ws: self.ws.add(rows * self.nb),
+                ws: self.ws.wrapping_add(rows * self.nb),
                 wm: self.wm.wrapping_add(rows * self.nb),
                 a: self.a.add(cols * self.arb),
                 i: self.i + rows,
@@ -207,8 +213,13 @@ unsafe fn products<F: PairFmt>(
         "gemm512: bad activation length"
     );
     let block_rows = (ROW_BLOCK_BYTES / wrb.max(1)).max(ROWS) / ROWS * ROWS;
-    let ws = halves(w, F::WB, 0);
-    let wm = if F::HAS_MIN {
+    let tables = ncols > TABLE_COLS;
+    let ws = if tables {
+        halves(w, F::WB, 0)
+    } else {
+        Vec::new()
+    };
+    let wm = if F::HAS_MIN && tables {
         halves(w, F::WB, 2)
     } else {
         Vec::new()
@@ -221,6 +232,7 @@ unsafe fn products<F: PairFmt>(
     };
     let base = Tile {
         w: w.as_ptr(),
+        tables,
         ws: ws.as_ptr(),
         wm: wm.as_ptr(),
         wrb,
@@ -349,8 +361,13 @@ unsafe fn tile<F: PairFmt, const R: usize, const P: usize>(
                 }
             }
             for r in 0..R {
-                let wz = F::quants(t.w.add(r * t.wrb + b * F::WB));
-                let dw = _mm512_set1_ps(*t.ws.add(r * t.nb + b));
+                let blk = t.w.add(r * t.wrb + b * F::WB);
+                let wz = F::quants(blk);
+                let dw = _mm512_set1_ps(if !t.tables {
+                    f16_at(blk)
+                } else {
+                    *t.ws.add(r * t.nb + b)
+                });
                 for p in 0..P {
                     let sum = _mm512_dpbusd_epi32(from[p], wz, a[p]);
                     let dd = _mm512_mul_ps(dw, da[p]);
@@ -359,7 +376,11 @@ unsafe fn tile<F: PairFmt, const R: usize, const P: usize>(
                 if F::HAS_MIN {
                     // The decode kernel's scalar `msum += m * s`: an f16 × f16 product is exact
                     // in f32, so the fused form rounds once, as that sum does.
-                    let m = _mm512_set1_ps(*t.wm.add(r * t.nb + b));
+                    let m = _mm512_set1_ps(if !t.tables {
+                        f16_at(blk.add(2))
+                    } else {
+                        *t.wm.add(r * t.nb + b)
+                    });
                     for p in 0..P {
                         mins[r][p] = _mm512_fmadd_ps(m, sa[p], mins[r][p]);
                     }
