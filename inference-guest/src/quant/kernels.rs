@@ -183,23 +183,7 @@ impl Kernels {
         ncols: usize,
         out: &mut [f32],
     ) {
-        let fmt = ActFormat::for_weights(w_ty);
-        let wrb = w_ty
-            .row_bytes(n)
-            .expect("matmul: n is not a whole number of weight blocks");
-        let arb = fmt.row_bytes(n);
-        assert_eq!(
-            w.len(),
-            wrb * nrows,
-            "matmul {}: bad weight length",
-            w_ty.name()
-        );
-        assert_eq!(
-            act.len(),
-            arb * ncols,
-            "matmul {}: bad activation length",
-            w_ty.name()
-        );
+        let (wrb, arb) = operand_rows(w_ty, n, w, nrows, act, ncols);
         assert_eq!(
             out.len(),
             nrows * ncols,
@@ -238,22 +222,7 @@ impl Kernels {
         act: &[u8],
         cols: &mut [&mut [f32]],
     ) -> bool {
-        let wrb = w_ty
-            .row_bytes(n)
-            .expect("matmul: n is not a whole number of weight blocks");
-        let arb = ActFormat::for_weights(w_ty).row_bytes(n);
-        assert_eq!(
-            w.len(),
-            wrb * nrows,
-            "matmul {}: bad weight length",
-            w_ty.name()
-        );
-        assert_eq!(
-            act.len(),
-            arb * cols.len(),
-            "matmul {}: bad activation length",
-            w_ty.name()
-        );
+        operand_rows(w_ty, n, w, nrows, act, cols.len());
         assert!(
             cols.iter().all(|c| c.len() == nrows),
             "matmul {}: bad output length",
@@ -335,4 +304,31 @@ impl Kernels {
         );
         reference::dequantize_row(ty, src, out);
     }
+}
+
+/// The weight and activation row lengths in bytes of an `nrows` × `ncols` product of rows of
+/// `n` values.
+///
+/// # Panics
+/// If `n` is not whole weight blocks or `w`/`act` do not hold exactly those rows.
+fn operand_rows(
+    w_ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    nrows: usize,
+    act: &[u8],
+    ncols: usize,
+) -> (usize, usize) {
+    let wrb = w_ty
+        .row_bytes(n)
+        .expect("matmul: n is not a whole number of weight blocks");
+    let arb = ActFormat::for_weights(w_ty).row_bytes(n);
+    let name = w_ty.name();
+    assert_eq!(w.len(), wrb * nrows, "matmul {name}: bad weight length");
+    assert_eq!(
+        act.len(),
+        arb * ncols,
+        "matmul {name}: bad activation length"
+    );
+    (wrb, arb)
 }
