@@ -1,6 +1,6 @@
 //! Single-thread kernel throughput: `cargo bench -p inference-guest --bench kernels`.
 //! Decode shape (1536 × 576 weights, 768 for K-quants, 1 column) reports weight GB/s; prefill (128 columns)
-//! reports GFLOP/s (2·n·rows·cols). Type names as arguments (`-- Q8_0 Q4_0`) select types.
+//! reports GFLOP/s (2·n·rows·cols), as do batched decode's few columns (4 and 8). Type names as arguments (`-- Q8_0 Q4_0`) select types.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -44,7 +44,7 @@ fn main() {
         }
         let fmt = ActFormat::for_weights(ty);
         for &k in &kernels {
-            for ncols in [1usize, 128] {
+            for ncols in [1usize, 4, 8, 128] {
                 let mut act = vec![0u8; fmt.row_bytes(n) * ncols];
                 for (j, a) in act.chunks_exact_mut(fmt.row_bytes(n)).enumerate() {
                     k.quantize_act(fmt, &x[j * n..(j + 1) * n], a);
@@ -75,8 +75,13 @@ fn main() {
                     );
                 } else {
                     let flops = 2.0 * (n * nrows * ncols) as f64;
+                    let shape = if ncols == 128 {
+                        "prefill".to_string()
+                    } else {
+                        format!("batch{ncols}")
+                    };
                     println!(
-                        "{:6} {:8?} prefill {:7.2} GFLOP/s ({:.2} ms)",
+                        "{:6} {:8?} {shape:7} {:7.2} GFLOP/s ({:.2} ms)",
                         ty.name(),
                         k.isa(),
                         flops / t / 1e9,

@@ -21,7 +21,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use super::gemm::{PANEL, ROW_BLOCK_BYTES, f16_at};
+use super::gemm::{PANEL, ROW_BLOCK_BYTES};
 use super::hsum;
 use super::sink::Sink;
 use crate::ggml_type::GgmlType;
@@ -334,40 +334,34 @@ unsafe fn tile<F: PairFmt, const R: usize, const P: usize>(
     ];
     let col = |c: usize| if c < cols { c } else { c - 1 };
     let mut acc = [[_mm512_setzero_ps(); P]; R];
-    // Q4_1's min terms, each output's in every lane of its half.
-    let mut mins = [[_mm512_setzero_ps(); P]; R];
+    // Q4_1's min terms: output (r, c) in lane 4·(r % 2) + c of `mins[r / 2]`, two registers
+    // for the whole tile (one per output would spill the tile out of the 32 ZMM registers).
+    let mut mins = [_mm512_setzero_ps(); 2];
     for b in 0..t.nb {
         // SAFETY: rows < R, columns < cols and blocks < nb are inside the tile (contract);
         // the column tables have an entry for every (block, panel column) plus 4 of padding.
         unsafe {
             let ad = _mm512_castps128_ps512(_mm_loadu_ps(t.sc.add(b * PANEL)));
+            // The four columns' `s`, repeated for each row's four lanes.
             let am = if F::HAS_MIN {
-                _mm512_castps128_ps512(_mm_loadu_ps(t.sm.add(b * PANEL)))
+                _mm512_broadcast_f32x4(_mm_loadu_ps(t.sm.add(b * PANEL)))
             } else {
                 _mm512_setzero_ps()
             };
             let mut a = [_mm512_setzero_si512(); P];
             let mut from = [_mm512_setzero_si512(); P];
             let mut da = [_mm512_setzero_ps(); P];
-            let mut sa = [_mm512_setzero_ps(); P];
             for p in 0..P {
                 let at = |c: usize| t.a.add(col(c) * t.arb + b * F::AB + F::AQS).cast();
                 let lo = _mm512_castsi256_si512(_mm256_loadu_si256(at(2 * p)));
                 a[p] = _mm512_inserti64x4::<1>(lo, _mm256_loadu_si256(at(2 * p + 1)));
                 from[p] = F::start(a[p]);
                 da[p] = _mm512_permutexvar_ps(pick[p], ad);
-                if F::HAS_MIN {
-                    sa[p] = _mm512_permutexvar_ps(pick[p], am);
-                }
             }
             for r in 0..R {
                 let blk = t.w.add(r * t.wrb + b * F::WB);
                 let wz = F::quants(blk);
-                let dw = _mm512_set1_ps(if !t.tables {
-                    f16_at(blk)
-                } else {
-                    *t.ws.add(r * t.nb + b)
-                });
+                let (dw, m) = block_scales::<F>(t, blk, r, b);
                 for p in 0..P {
                     let sum = _mm512_dpbusd_epi32(from[p], wz, a[p]);
                     let dd = _mm512_mul_ps(dw, da[p]);
@@ -376,33 +370,65 @@ unsafe fn tile<F: PairFmt, const R: usize, const P: usize>(
                 if F::HAS_MIN {
                     // The decode kernel's scalar `msum += m * s`: an f16 × f16 product is exact
                     // in f32, so the fused form rounds once, as that sum does.
-                    let m = _mm512_set1_ps(if !t.tables {
-                        f16_at(blk.add(2))
-                    } else {
-                        *t.wm.add(r * t.nb + b)
-                    });
-                    for p in 0..P {
-                        mins[r][p] = _mm512_fmadd_ps(m, sa[p], mins[r][p]);
-                    }
+                    let lanes: __mmask16 = 0xf << (4 * (r % 2));
+                    mins[r / 2] = _mm512_mask3_fmadd_ps(m, am, mins[r / 2], lanes);
                 }
             }
         }
     }
+    let mut min_lanes = [[0.0f32; 16]; 2];
+    if F::HAS_MIN {
+        for (lanes, v) in min_lanes.iter_mut().zip(mins) {
+            // SAFETY: 16 writable f32s.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
+        }
+    }
     for r in 0..R {
         for p in 0..P {
-            let (lo, hi) = (split(acc[r][p]), split(mins[r][p]));
-            for h in 0..2 {
+            let halves = split(acc[r][p]);
+            for (h, half) in halves.into_iter().enumerate() {
                 let c = 2 * p + h;
                 if c < cols {
-                    let v = hsum(lo[h])
-                        + if F::HAS_MIN {
-                            _mm256_cvtss_f32(hi[h])
-                        } else {
-                            0.0
-                        };
-                    out.put(t.i + r, t.j + c, v);
+                    out.put(
+                        t.i + r,
+                        t.j + c,
+                        hsum(half) + min_lanes[r / 2][4 * (r % 2) + c],
+                    );
                 }
             }
+        }
+    }
+}
+
+/// Row `r`'s weight block `b` (at `blk`): its scale and (Q4_1) min, each in every lane; from
+/// the tables when `t` has them, else both f16s converted by one instruction.
+///
+/// # Safety
+/// As [`tile`]; row `r` and block `b` are inside the tile.
+#[inline]
+#[target_feature(enable = "avx2,f16c,avx512f")]
+unsafe fn block_scales<F: PairFmt>(
+    t: Tile,
+    blk: *const u8,
+    r: usize,
+    b: usize,
+) -> (__m512, __m512) {
+    // SAFETY: the block's first 4 bytes (scale, then min or the first quants) and, with
+    // tables, their entries for row r and block b are readable (contract).
+    unsafe {
+        if t.tables {
+            let m = if F::HAS_MIN {
+                _mm512_set1_ps(*t.wm.add(r * t.nb + b))
+            } else {
+                _mm512_setzero_ps()
+            };
+            (_mm512_set1_ps(*t.ws.add(r * t.nb + b)), m)
+        } else {
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(blk.cast::<i32>().read_unaligned()));
+            (
+                _mm512_broadcastss_ps(dm),
+                _mm512_broadcastss_ps(_mm_movehdup_ps(dm)),
+            )
         }
     }
 }
