@@ -206,7 +206,7 @@ pub(super) fn attend(
     for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
         q16.iter_mut().zip(qh).for_each(|(d, &s)| *d = round_f16(s));
         let live = &mut probs[first..];
-        if order == DotOrder::Tiny && kernels.f16_dots_tiny(&keys[first * hd..], &q16, live) {
+        if kernels.f16_dots(lanes, &keys[first * hd..], &q16, live) {
             live.iter_mut().for_each(|s| *s = scores.of(*s));
         } else {
             for (p, s) in probs.iter_mut().enumerate().skip(first) {
@@ -272,15 +272,20 @@ mod tests {
 
     #[test]
     fn simd_attention_products_are_bit_identical_to_the_scalar_order() {
-        let k = Kernels::detect();
-        for hd in [16usize, 64, 128] {
+        // Every kernel set this CPU runs (AVX-512 and AVX2 both on an AVX-512 machine).
+        for (k, hd) in Kernels::available()
+            .into_iter()
+            .flat_map(|k| [16usize, 64, 128].map(|hd| (k, hd)))
+        {
             let n = 37;
             let (keys, q) = (f16_rows(n * hd, 0.37), f16_rows(hd, 0.11));
-            let mut got = alloc::vec![0.0f32; n];
-            if k.f16_dots_tiny(&keys, &q, &mut got) {
-                for (p, g) in got.iter().enumerate() {
-                    let want = dot(DotOrder::Tiny, &keys[p * hd..(p + 1) * hd], &q);
-                    assert_eq!(g.to_bits(), want.to_bits(), "hd={hd} p={p}");
+            for order in [DotOrder::Tiny, DotOrder::Vec] {
+                let mut got = alloc::vec![0.0f32; n];
+                if k.f16_dots(order.lanes(), &keys, &q, &mut got) {
+                    for (p, g) in got.iter().enumerate() {
+                        let want = dot(order, &keys[p * hd..(p + 1) * hd], &q);
+                        assert_eq!(g.to_bits(), want.to_bits(), "{order:?} hd={hd} p={p}");
+                    }
                 }
             }
             let mut w: alloc::vec::Vec<f32> = (0..n).map(|i| (i as f32 * 0.9).cos()).collect();

@@ -248,15 +248,17 @@ impl Kernels {
         }
     }
 
-    /// `out[p] = key row p · q` for rows of `q.len()` f16-exact values, summed as tinyBLAS
-    /// does in attention over a multi-token batch (lane `i % 16`, then a halving tree).
-    /// `false`: this back end has no such kernel for these lengths; the caller sums itself.
-    pub fn f16_dots_tiny(&self, keys: &[f32], q: &[f32], out: &mut [f32]) -> bool {
+    /// `out[p] = key row p · q` for rows of `q.len()` f16-exact values, summed as llama.cpp
+    /// does in attention: element `i` into lane `i % lanes`, the lanes folded to 16
+    /// (`lanes` 64: `ggml_vec_dot_f16`, a one-token batch) or not (16: tinyBLAS, a
+    /// multi-token batch), then a halving tree. `false`: this back end has no such kernel
+    /// for these lengths; the caller sums itself.
+    pub fn f16_dots(&self, lanes: usize, keys: &[f32], q: &[f32], out: &mut [f32]) -> bool {
         match self.backend {
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(k) => k.f16_dots_tiny(keys, q, out),
+            Backend::Avx2(k) => k.f16_dots(lanes, keys, q, out),
             _ => {
-                let _ = (keys, q, out);
+                let _ = (lanes, keys, q, out);
                 false
             }
         }

@@ -4,28 +4,35 @@
 
 use core::arch::x86_64::*;
 
-/// `out[p] = key row p · q` (rows of `q.len()`, a multiple of 16), summed in tinyBLAS's order:
-/// element `i` into lane `i % 16`, then `_mm512_reduce_add_ps`'s halving tree.
+/// `out[p] = key row p · q` (rows of `q.len()`, a multiple of `8 N`), summed in llama.cpp's
+/// order: element `i` into lane `i % 8N` (`N` registers of 8), the lanes folded to 16 when
+/// `N` is 8 (`ggml_vec_dot_f16`: `(a[l] + a[32 + l]) + (a[16 + l] + a[48 + l])`), then
+/// `_mm512_reduce_add_ps`'s halving tree.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `keys.len() == out.len() * q.len()`.
+/// The CPU must support AVX2 and FMA; `N` is 2 or 8, `keys.len() == out.len() * q.len()`.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dots_tiny(keys: &[f32], q: &[f32], out: &mut [f32]) {
+pub(super) unsafe fn dots<const N: usize>(keys: &[f32], q: &[f32], out: &mut [f32]) {
     let hd = q.len();
-    debug_assert!(hd.is_multiple_of(16) && keys.len() == out.len() * hd);
+    debug_assert!(matches!(N, 2 | 8) && hd.is_multiple_of(8 * N) && keys.len() == out.len() * hd);
     for (key, o) in keys.chunks_exact(hd).zip(out.iter_mut()) {
-        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        for (k, x) in key.chunks_exact(16).zip(q.chunks_exact(16)) {
-            // SAFETY: `k` and `x` are 16 readable f32s; loadu has no alignment requirement.
-            unsafe {
-                lo = _mm256_fmadd_ps(_mm256_loadu_ps(k.as_ptr()), _mm256_loadu_ps(x.as_ptr()), lo);
-                hi = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(k.as_ptr().add(8)),
-                    _mm256_loadu_ps(x.as_ptr().add(8)),
-                    hi,
-                );
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (k, x) in key.chunks_exact(8 * N).zip(q.chunks_exact(8 * N)) {
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `k` and `x` are 8N readable f32s; loadu has no alignment requirement.
+                unsafe {
+                    let (kp, xp) = (k.as_ptr().add(8 * r), x.as_ptr().add(8 * r));
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(kp), _mm256_loadu_ps(xp), *a);
+                }
             }
         }
+        let (lo, hi) = match N {
+            2 => (acc[0], acc[1]),
+            _ => (
+                _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6])),
+                _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7])),
+            ),
+        };
         // t3[l] = a[l + 8] + a[l]; t6[l] = t3[l + 4] + t3[l]; (t6[0] + t6[2]) + (t6[1] + t6[3]).
         let t3 = _mm256_add_ps(hi, lo);
         let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));

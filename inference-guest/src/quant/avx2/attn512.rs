@@ -1,36 +1,40 @@
 //! Attention's f16-exact products in 512-bit registers (see `attn` for the order they keep).
 //!
 //! A query-key dot product sums element `i` into lane `i % 16`, which is one ZMM accumulator,
-//! then folds the lanes with `_mm512_reduce_add_ps`'s tree. With a 64-wide head the fold
-//! costs more than the four FMAs, so [`dots_tiny`] folds four keys' accumulators together:
+//! (or `i % 64`, four accumulators added pairwise into one) then folds the lanes with
+//! `_mm512_reduce_add_ps`'s tree. With a 64-wide head the fold costs more than the FMAs, so
+//! [`dots`] folds four keys' accumulators together:
 //! every step of the tree adds the same lane pairs as the one-key fold, only several keys'
 //! pairs per instruction, so each result is bit for bit the one-key result.
 
 use core::arch::x86_64::*;
 
-/// `out[p] = key row p · q` (rows of `q.len()`, a multiple of 16), as `attn::dots_tiny`.
+/// `out[p] = key row p · q` (rows of `q.len()`, a multiple of `16 N`), as `attn::dots`:
+/// element `i` into lane `i % 16N` (`N` registers), folded to 16 lanes when `N` is 4.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F; `keys.len() == out.len() * q.len()`.
+/// The CPU must support AVX-512 F; `N` is 1 or 4, `keys.len() == out.len() * q.len()`.
 #[target_feature(enable = "avx2,fma,avx512f")]
-pub(super) unsafe fn dots_tiny(keys: &[f32], q: &[f32], out: &mut [f32]) {
+pub(super) unsafe fn dots<const N: usize>(keys: &[f32], q: &[f32], out: &mut [f32]) {
     let hd = q.len();
-    debug_assert!(hd.is_multiple_of(16) && keys.len() == out.len() * hd);
+    debug_assert!(matches!(N, 1 | 4) && hd.is_multiple_of(16 * N) && keys.len() == out.len() * hd);
     let mut quads = keys.chunks_exact(4 * hd);
     let mut outs = out.chunks_exact_mut(4);
     for (four, o) in (&mut quads).zip(&mut outs) {
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for (i, x) in q.chunks_exact(16).enumerate() {
-            // SAFETY: `x` and each key's 16 values at `16 i` are readable f32s.
-            unsafe {
-                let x = _mm512_loadu_ps(x.as_ptr());
-                for (k, a) in acc.iter_mut().enumerate() {
-                    let key = _mm512_loadu_ps(four.as_ptr().add(k * hd + 16 * i));
-                    *a = _mm512_fmadd_ps(key, x, *a);
+        let mut acc = [[_mm512_setzero_ps(); N]; 4];
+        for (i, x) in q.chunks_exact(16 * N).enumerate() {
+            for r in 0..N {
+                // SAFETY: `x` and each key's 16N values at `16N i` are readable f32s.
+                unsafe {
+                    let x = _mm512_loadu_ps(x.as_ptr().add(16 * r));
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        let key = _mm512_loadu_ps(four.as_ptr().add(k * hd + 16 * (N * i + r)));
+                        a[r] = _mm512_fmadd_ps(key, x, a[r]);
+                    }
                 }
             }
         }
-        let sums = fold4(acc);
+        let sums = fold4([to16(acc[0]), to16(acc[1]), to16(acc[2]), to16(acc[3])]);
         // SAFETY: `o` is 4 writable f32s.
         unsafe { _mm_storeu_ps(o.as_mut_ptr(), sums) };
     }
@@ -39,19 +43,32 @@ pub(super) unsafe fn dots_tiny(keys: &[f32], q: &[f32], out: &mut [f32]) {
         .chunks_exact(hd)
         .zip(outs.into_remainder())
     {
-        let mut acc = _mm512_setzero_ps();
-        for (k, x) in key.chunks_exact(16).zip(q.chunks_exact(16)) {
-            // SAFETY: `k` and `x` are 16 readable f32s.
-            acc = unsafe {
-                _mm512_fmadd_ps(
-                    _mm512_loadu_ps(k.as_ptr()),
-                    _mm512_loadu_ps(x.as_ptr()),
-                    acc,
-                )
-            };
+        let mut acc = [_mm512_setzero_ps(); N];
+        for (k, x) in key.chunks_exact(16 * N).zip(q.chunks_exact(16 * N)) {
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `k` and `x` are 16N readable f32s.
+                *a = unsafe {
+                    _mm512_fmadd_ps(
+                        _mm512_loadu_ps(k.as_ptr().add(16 * r)),
+                        _mm512_loadu_ps(x.as_ptr().add(16 * r)),
+                        *a,
+                    )
+                };
+            }
         }
         let z = _mm512_setzero_ps();
-        *o = _mm_cvtss_f32(fold4([acc, z, z, z]));
+        *o = _mm_cvtss_f32(fold4([to16(acc), z, z, z]));
+    }
+}
+
+/// A key's `N` accumulators as 16 lanes: `N` is 1, or 4 folded as `ggml_vec_dot_f16` does,
+/// `(a[l] + a[32 + l]) + (a[16 + l] + a[48 + l])`.
+#[inline]
+#[target_feature(enable = "avx2,avx512f")]
+fn to16<const N: usize>(a: [__m512; N]) -> __m512 {
+    match N {
+        1 => a[0],
+        _ => _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3])),
     }
 }
 

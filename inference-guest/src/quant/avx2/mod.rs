@@ -62,18 +62,21 @@ impl Avx2 {
         unsafe { expf::exp_in_place(v) }
     }
 
-    /// [`super::Kernels::f16_dots_tiny`]; `false` for a row length not a multiple of 16.
-    pub(crate) fn f16_dots_tiny(self, keys: &[f32], q: &[f32], out: &mut [f32]) -> bool {
-        if !q.len().is_multiple_of(16) || keys.len() != out.len() * q.len() {
+    /// [`super::Kernels::f16_dots`]; `false` for `lanes` other than 16 and 64 or a row length
+    /// not a multiple of `lanes`.
+    pub(crate) fn f16_dots(self, lanes: usize, keys: &[f32], q: &[f32], out: &mut [f32]) -> bool {
+        let hd = q.len();
+        if !matches!(lanes, 16 | 64) || !hd.is_multiple_of(lanes) || keys.len() != out.len() * hd {
             return false;
         }
         // SAFETY: `self` proves AVX2/FMA (with `vnni`, AVX-512 F); the lengths were checked
         // just above.
         unsafe {
-            if self.vnni {
-                attn512::dots_tiny(keys, q, out);
-            } else {
-                attn::dots_tiny(keys, q, out);
+            match (self.vnni, lanes) {
+                (true, 16) => attn512::dots::<1>(keys, q, out),
+                (true, _) => attn512::dots::<4>(keys, q, out),
+                (false, 16) => attn::dots::<2>(keys, q, out),
+                (false, _) => attn::dots::<8>(keys, q, out),
             }
         }
         true
