@@ -112,6 +112,9 @@ impl PairFmt for Q4_1 {
 /// Weight rows per register tile: 4 rows × 2 column pairs is 8 accumulators, which leaves
 /// room among the 32 ZMM registers for the operands of a block.
 const ROWS: usize = 4;
+/// Bytes ahead of the rows being multiplied that the first column panel prefetches (as
+/// `blocks32`'s decode does).
+const PREFETCH_AHEAD: usize = 8192;
 /// Above this many columns the weight scales are converted to f32 tables once per call.
 const TABLE_COLS: usize = 8;
 
@@ -295,6 +298,14 @@ unsafe fn panel<F: PairFmt>(t: Tile, nr: usize, nc: usize, out: &mut impl Sink) 
     unsafe {
         while i < nr {
             let r = if i + ROWS <= nr { ROWS } else { 1 };
+            if t.j == 0 {
+                // The first panel streams the weights from memory: ask for every line of
+                // these rows [`PREFETCH_AHEAD`] bytes on, as decode does.
+                for line in (0..r * t.wrb).step_by(64) {
+                    let ahead = t.w.wrapping_add(i * t.wrb + line + PREFETCH_AHEAD);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                }
+            }
             let mut j = 0;
             while j < nc {
                 let cols = (nc - j).min(4);

@@ -200,6 +200,15 @@ pub(super) unsafe fn panels<K: VTile>(
     while j0 < ncols {
         let nc = PANEL.min(ncols - j0);
         for (i, row) in w.chunks_exact(wrb).enumerate() {
+            if j0 == 0 {
+                // The first panel streams the weights from memory: ask for every line of the
+                // row [`PREFETCH_AHEAD`] bytes on, as decode does (with a few columns the
+                // tiles are too short for the hardware's prefetch to hide the latency).
+                for line in (0..wrb).step_by(64) {
+                    let ahead = row.as_ptr().wrapping_add(line + PREFETCH_AHEAD);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                }
+            }
             let dst = &mut out[i * ncols + j0..i * ncols + j0 + nc];
             let mut j = 0;
             while j < nc {
