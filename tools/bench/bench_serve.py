@@ -181,6 +181,8 @@ def start_flexserve(a, port, tmp, batch=True):
     config = os.path.join(tmp, "flexserve.toml")
     with open(config, "w") as f:
         f.write(f"[limits]\nbatch = {'true' if batch else 'false'}\n")
+        if a.max_active is not None:
+            f.write(f"max_active = {a.max_active}\n")
     cmd = [a.flexserve, "serve", "--config", config, "--socket", os.path.join(tmp, "flexserve.sock"),
            "--tcp", f"127.0.0.1:{port}", "--models-dir", model_dir,
            "--model", name.removesuffix(".gguf"), "--ctx", "2048", "--vcpus", str(a.threads),
@@ -358,6 +360,9 @@ def main():
     ap.add_argument("--requests", type=int, default=24,
                     help="requests per client count (split over the clients)")
     ap.add_argument("--clients", default="1,4,8")
+    ap.add_argument("--max-active", type=int, default=None,
+                    help="the daemon's limits.max_active (requests in the guest at once, the "
+                         "largest batch); default: the daemon's own")
     ap.add_argument("--servers", default="flexserve-unbatched,flexserve,flexserve-sealed,llama.cpp",
                     help="which of flexserve-unbatched (limits.batch = false), flexserve, "
                          "flexserve-sealed (through flexserve proxy), llama.cpp to run, "
@@ -416,7 +421,8 @@ def main():
                   f"TTFT p50 {sealed[str(clients)]['ttft_p50']:.3f}x", flush=True)
     scaling, batched = batching_ratios(row, list(map(int, a.clients.split(","))))
     print(json.dumps({"bench": "serve", "model": os.path.basename(a.model),
-                      "threads": a.threads, "gen_tokens": a.gen_tokens, "rows": rows,
+                      "threads": a.threads, "gen_tokens": a.gen_tokens,
+                      "max_active": a.max_active, "rows": rows,
                       "flexserve_over_llama_cpp": ratio, "sealed_over_plain": sealed,
                       "over_one_client": scaling, "batched_over_unbatched": batched}))
 
