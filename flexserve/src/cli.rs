@@ -331,6 +331,10 @@ pub enum BenchMode {
     /// Guest and host engine in one process, warm requests interleaved: their speed ratios
     /// with the least noise a shared machine allows.
     Paired,
+    /// Continuous batching in the guest: `--sessions` requests sent at once, prefilled one
+    /// after another, then decoded together; beside the host engine's batched decode of as
+    /// many sessions, rounds alternating.
+    Batch,
 }
 
 #[derive(Args, Debug)]
@@ -353,6 +357,9 @@ pub struct BenchE2eArgs {
     /// Warm repetitions after the cold one (medians are reported).
     #[arg(long, default_value_t = 3)]
     pub warm_reps: usize,
+    /// With `--mode batch`: requests in the guest at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16))]
+    pub sessions: usize,
     /// With `--mode paired`: guest/host request pairs (after one warm-up request each).
     #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     pub pairs: usize,

@@ -49,6 +49,8 @@ pub enum BenchError {
     Pairs,
     #[error(transparent)]
     KeyRoot(vmm::key_root::KeyRootError),
+    #[error("the guest sent nothing for {0:?} while requests were in flight")]
+    Stalled(Duration),
 }
 
 /// One measured run.
@@ -120,9 +122,9 @@ impl Figures {
 }
 
 /// The host engine with its model loaded, as `run --unprotected` has it.
-struct HostEngine<'a> {
-    model: Model<'a>,
-    pool: ThreadPool,
+pub(super) struct HostEngine<'a> {
+    pub(super) model: Model<'a>,
+    pub(super) pool: ThreadPool,
 }
 
 impl HostEngine<'_> {
@@ -164,7 +166,7 @@ impl HostEngine<'_> {
 }
 
 /// Reads the model as `run --unprotected` does (on `pages`), and starts the thread pool.
-fn with_host_engine<T>(
+pub(super) fn with_host_engine<T>(
     args: &BenchE2eArgs,
     pages: Pages,
     then: impl FnOnce(&HostEngine<'_>, u32) -> Result<T, BenchError>,
@@ -198,17 +200,22 @@ fn unprotected(args: &BenchE2eArgs, t0: Instant) -> Result<Figures, BenchError> 
 }
 
 /// The guest engine with the model loaded, as `run` has it.
-struct GuestEngine {
-    vm: GuestVm,
-    next_session: u32,
+pub(super) struct GuestEngine {
+    pub(super) vm: GuestVm,
+    pub(super) next_session: u32,
 }
 
 impl GuestEngine {
     /// Boots the guest and streams the model in, as `run` does once it checked the model.
-    fn start(args: &BenchE2eArgs, model: &HostModel) -> Result<(Self, Duration), BenchError> {
+    /// With memory for `sessions` sessions of the arguments' length at once.
+    pub(super) fn start(
+        args: &BenchE2eArgs,
+        model: &HostModel,
+        sessions: usize,
+    ) -> Result<(Self, Duration), BenchError> {
         let images = GuestImages::locate(args.images.as_deref()).map_err(GuestError::from)?;
         let context = model.context(args.prompt_tokens + args.gen_tokens + 1);
-        let private = model.guest_memory(context, 1);
+        let private = model.guest_memory(context, sessions);
         let vm = GuestVm::start(
             &images,
             GuestConfig {
@@ -237,7 +244,7 @@ impl GuestEngine {
 
     /// The JSON fields that say what the guest ran with: its isolation level and its
     /// kernels beside the host engine's.
-    fn row_fields(&self) -> String {
+    pub(super) fn row_fields(&self) -> String {
         let k = self.vm.kernels();
         let guest = k
             .guest
@@ -289,7 +296,7 @@ impl GuestEngine {
 /// What `run` does before it boots: check the model on the host and build the host's
 /// tokenizer (beside the boot and load, as `run` does). `then` gets the model and its
 /// vocabulary size.
-fn with_checked_model<T>(
+pub(super) fn with_checked_model<T>(
     args: &BenchE2eArgs,
     then: impl FnOnce(&HostModel, u32) -> Result<T, BenchError>,
 ) -> Result<T, BenchError> {
@@ -309,7 +316,7 @@ fn with_checked_model<T>(
 /// The guest's figures and [`GuestEngine::row_fields`].
 fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<(Figures, String), BenchError> {
     with_checked_model(args, |model, n_vocab| {
-        let (mut engine, load) = GuestEngine::start(args, model)?;
+        let (mut engine, load) = GuestEngine::start(args, model, 1)?;
         let mut f = Figures::new(t0.elapsed() - load, load);
         let ids = prompt(args.prompt_tokens, n_vocab);
         for rep in 0..=args.warm_reps {
@@ -326,7 +333,7 @@ fn guest(args: &BenchE2eArgs, t0: Instant) -> Result<(Figures, String), BenchErr
 /// cancels out of their ratio far better than between processes.
 fn paired(args: &BenchE2eArgs) -> Result<(), BenchError> {
     with_checked_model(args, |model, n_vocab| {
-        let (mut guest, _) = GuestEngine::start(args, model)?;
+        let (mut guest, _) = GuestEngine::start(args, model, 1)?;
         let ids = prompt(args.prompt_tokens, n_vocab);
         let pairs = with_host_engine(args, Pages::Huge, |host, _| {
             // A request each to warm both up (first touches of fresh KV cache pages).
@@ -429,6 +436,7 @@ pub fn run(args: &BenchE2eArgs) -> Result<(), BenchError> {
     let (name, (f, fields)) = match args.mode {
         BenchMode::Floor => return floor(args),
         BenchMode::Paired => return paired(args),
+        BenchMode::Batch => return super::e2e_batch::run(args),
         BenchMode::Guest if args.host_readable_pool => {
             ("guest-host-readable-pool", guest(args, t0)?)
         }

@@ -8,7 +8,7 @@ use crate::cli::{BenchArgs, KernelSet};
 use crate::model::huge_buffer::Pages;
 use crate::model::{Access, HostModel, HostModelError};
 use crate::run::host::RunError;
-use inference_guest::model::{BatchBuffers, DecodeStep, Logits, Model};
+use inference_guest::model::{BatchBuffers, DecodeStep, Logits, Model, Session};
 use inference_guest::parallel::ThreadPool;
 use inference_guest::quant::{Isa, Kernels};
 use std::time::Instant;
@@ -122,9 +122,43 @@ fn quant_of(args: &BenchArgs) -> String {
         .to_string()
 }
 
-/// `--batch B`: B sessions, each prefilled alone (untimed) with `prompt` rotated by its
-/// index (different tokens, the same length), then `--gen-tokens` greedy steps of all of
-/// them in one forward pass each, timed. Prints one JSON object.
+/// One round of batched decode on `sessions` (reset first): each prefilled alone (untimed)
+/// with `prompt` rotated by its index (different tokens, the same length), then `gen_tokens`
+/// greedy steps of all of them in one forward pass each. Returns the steps' tokens per second
+/// (every session's tokens).
+pub(super) fn batched_decode(
+    model: &Model<'_>,
+    pool: &ThreadPool,
+    sessions: &mut [Session],
+    prompt: &[u32],
+    gen_tokens: usize,
+    scratch: &mut BatchBuffers,
+) -> Result<f64, RunError> {
+    let mut next = Vec::with_capacity(sessions.len());
+    for (i, s) in sessions.iter_mut().enumerate() {
+        s.reset();
+        let mut own = prompt.to_vec();
+        own.rotate_left(i % prompt.len().max(1));
+        next.push(argmax(s.eval(model, &own, Logits::Last, pool)?));
+    }
+    let t0 = Instant::now();
+    for _ in 0..gen_tokens {
+        let mut steps: Vec<DecodeStep<'_>> = sessions
+            .iter_mut()
+            .zip(&next)
+            .map(|(session, &token)| DecodeStep { session, token })
+            .collect();
+        model.decode_batch(&mut steps, scratch, pool)?;
+        drop(steps);
+        for (s, n) in sessions.iter_mut().zip(next.iter_mut()) {
+            *n = argmax(s.last_logits());
+        }
+    }
+    Ok((sessions.len() * gen_tokens) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// `--batch B`: B sessions through [`batched_decode`], its first round a warm-up. Prints one
+/// JSON object.
 fn run_batched(
     args: &BenchArgs,
     model: &Model<'_>,
@@ -138,29 +172,17 @@ fn run_batched(
     let mut scratch = BatchBuffers::default();
     let mut tps = Vec::new();
     for rep in 0..=args.reps {
-        let mut next = Vec::with_capacity(b);
-        for (i, s) in sessions.iter_mut().enumerate() {
-            s.reset();
-            let mut own = prompt.to_vec();
-            own.rotate_left(i % prompt.len().max(1));
-            next.push(argmax(s.eval(model, &own, Logits::Last, pool)?));
-        }
-        let t0 = Instant::now();
-        for _ in 0..args.gen_tokens {
-            let mut steps: Vec<DecodeStep<'_>> = sessions
-                .iter_mut()
-                .zip(&next)
-                .map(|(session, &token)| DecodeStep { session, token })
-                .collect();
-            model.decode_batch(&mut steps, &mut scratch, pool)?;
-            drop(steps);
-            for (s, n) in sessions.iter_mut().zip(next.iter_mut()) {
-                *n = argmax(s.last_logits());
-            }
-        }
+        let t = batched_decode(
+            model,
+            pool,
+            &mut sessions,
+            prompt,
+            args.gen_tokens,
+            &mut scratch,
+        )?;
         if rep > 0 {
             // The first repetition warms caches and the pool; it is not counted.
-            tps.push((b * args.gen_tokens) as f64 / t0.elapsed().as_secs_f64());
+            tps.push(t);
         }
     }
     println!(

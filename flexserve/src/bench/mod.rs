@@ -3,6 +3,7 @@
 //! sealed and as the strawman).
 
 pub mod e2e;
+mod e2e_batch;
 pub mod engine;
 pub mod roofline;
 pub mod sealed;
