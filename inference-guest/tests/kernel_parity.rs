@@ -284,7 +284,7 @@ fn k_quant_products_are_bit_identical_to_the_reference() {
     let shapes = [(256, 3, 2), (768, 5, 7), (512, 2, 17), (1024, 1, 36)];
     matmul_and_dot_equal_bitwise(
         31337,
-        &[GgmlType::Q4K, GgmlType::Q6K],
+        &[GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K],
         &shapes,
         |k, ty, n, w, a| {
             if cfg!(target_arch = "x86_64") {

@@ -1,5 +1,6 @@
 //! Q4_K·Q8_K and Q6_K·Q8_K with AVX-512 VNNI: the build [`super::kquant`]'s AVX2 kernels give
-//! way to when the CPU has AVX-512 F/BW/VL/VNNI.
+//! way to when the CPU has AVX-512 F/BW/VL/VNNI (Q5_K's, on the same tiles and tables:
+//! [`super::kquant_vnni_q5`]).
 //!
 //! `vpdpbusd` multiplies unsigned weight bytes by signed activation bytes and sums four
 //! products into an i32 lane, exactly: Q4_K's nibbles and Q6_K's stored quants (0..63, their
@@ -243,7 +244,64 @@ pub(super) struct Q4K;
 pub(super) struct Q4Prep {
     stride: usize,
     pairs: Vec<i32>,
-    cols: Q8KCols,
+    pub(super) cols: Q8KCols,
+}
+
+impl Q4Prep {
+    /// The tables for the `ncols` columns of `nb` Q8_K blocks (`arb` bytes each) in `act`,
+    /// the quants in [`Q8Block::q4_order`] if `q4`, else in value order.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/VL/BW/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub(super) unsafe fn new(act: &[u8], arb: usize, nb: usize, ncols: usize, q4: bool) -> Self {
+        let stride = ncols + TILE;
+        // SAFETY: forwarded contract.
+        let cols = unsafe { Q8KCols::new(act, arb, nb, q4) };
+        let mut pairs = Vec::with_capacity(nb * 4 * stride);
+        for b in 0..nb {
+            // The block sums added in pairs (|bsum| ≤ 16 · 128, so a pair fits an i16), as
+            // four i32 of two pairs each.
+            let quads: Vec<[i32; 4]> = cols.bsums[b * stride..b * stride + ncols]
+                .iter()
+                .map(|&v| {
+                    let s =
+                        _mm_hadd_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                    let mut q = [0i32; 4];
+                    // SAFETY: `q` is 16 writable bytes; storeu has no alignment requirement.
+                    unsafe { _mm_storeu_si128(q.as_mut_ptr().cast(), s) };
+                    q
+                })
+                .collect();
+            for q in 0..4 {
+                pairs.extend(quads.iter().map(|p| p[q]));
+                pairs.extend([0; TILE]);
+            }
+        }
+        Q4Prep {
+            stride,
+            pairs,
+            cols,
+        }
+    }
+
+    /// Σ_i m_i · (block sums 2i and 2i + 1) of block `b` for columns `j..j + TILE`, one a
+    /// lane (exact), for the eight i16 mins `mins`: each min pair against its row of the table.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub(super) fn mins(&self, b: usize, j: usize, mins: __m128i) -> __m512i {
+        let mins = _mm512_castsi128_si512(mins);
+        let mut mtot = _mm512_setzero_si512();
+        for q in 0..4 {
+            let at = (4 * b + q) * self.stride + j;
+            let pairs: &[i32; TILE] = self.pairs[at..at + TILE].try_into().expect("TILE");
+            // SAFETY: AVX-512 F is this function's contract; `pairs` is 64 bytes.
+            let pairs = unsafe { _mm512_loadu_si512(pairs.as_ptr().cast()) };
+            let m = _mm512_permutexvar_epi32(_mm512_set1_epi32(q as i32), mins);
+            mtot = _mm512_dpwssd_epi32(mtot, pairs, m);
+        }
+        mtot
+    }
 }
 
 /// For `packs_epi32` of [`Q4Block::isum`]'s two sums: the sub-block of each i16 lane. Its
@@ -262,7 +320,7 @@ const SCALE_IDX: [i16; 32] = {
 /// A Q4_K super-block's eight 6-bit scales and eight 6-bit mins as bytes (ggml's `utmp`
 /// shuffle with word operations), each set packed little-endian in a `u64`.
 #[inline]
-fn q4_k_scales_mins(packed: &[u8; 12]) -> (u64, u64) {
+pub(super) fn q4_k_scales_mins(packed: &[u8; 12]) -> (u64, u64) {
     const LOW6: u32 = 0x3f3f_3f3f;
     const LOW4: u32 = 0x0f0f_0f0f;
     const TOP2: u32 = 0x0303_0303;
@@ -399,43 +457,15 @@ impl VTile for Q4K {
     const WB: usize = Q4K_BYTES;
     type Prep = Q4Prep;
 
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     unsafe fn prep(act: &[u8], arb: usize, nb: usize, ncols: usize) -> Q4Prep {
-        let stride = ncols + TILE;
         // SAFETY: forwarded contract.
-        let cols = unsafe { Q8KCols::new(act, arb, nb, true) };
-        let mut pairs = Vec::with_capacity(nb * 4 * stride);
-        for b in 0..nb {
-            // The block sums added in pairs (|bsum| ≤ 16 · 128, so a pair fits an i16), as
-            // four i32 of two pairs each.
-            let quads: Vec<[i32; 4]> = cols.bsums[b * stride..b * stride + ncols]
-                .iter()
-                .map(|&v| {
-                    let s =
-                        _mm_hadd_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-                    let mut q = [0i32; 4];
-                    // SAFETY: `q` is 16 writable bytes; storeu has no alignment requirement.
-                    unsafe { _mm_storeu_si128(q.as_mut_ptr().cast(), s) };
-                    q
-                })
-                .collect();
-            for q in 0..4 {
-                pairs.extend(quads.iter().map(|p| p[q]));
-                pairs.extend([0; TILE]);
-            }
-        }
-        Q4Prep {
-            stride,
-            pairs,
-            cols,
-        }
+        unsafe { Q4Prep::new(act, arb, nb, ncols, true) }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     unsafe fn tile<const C: usize>(row: &[u8], prep: &Q4Prep, j: usize, out: &mut [f32]) {
         let mut sum = _mm512_setzero_ps();
-        let stride = prep.stride;
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
             let blk = Q4Block::new(arr(x, 0));
             let y = prep.cols.row::<C>(b, j);
@@ -444,17 +474,7 @@ impl VTile for Q4K {
                 *rc = blk.isum(q);
             }
             let itot = reduce16(&r);
-            // Σ_i m_i · pair_i per column: each min pair against its row of the table.
-            let mins = _mm512_castsi128_si512(blk.mins);
-            let mut mtot = _mm512_setzero_si512();
-            for q in 0..4 {
-                let at = (4 * b + q) * stride + j;
-                let pairs: &[i32; TILE] = prep.pairs[at..at + TILE].try_into().expect("TILE");
-                // SAFETY: AVX-512 F is this function's contract; `pairs` is 64 bytes.
-                let pairs = unsafe { _mm512_loadu_si512(pairs.as_ptr().cast()) };
-                let m = _mm512_permutexvar_epi32(_mm512_set1_epi32(q as i32), mins);
-                mtot = _mm512_dpwssd_epi32(mtot, pairs, m);
-            }
+            let mtot = prep.mins(b, j, blk.mins);
             // SAFETY: AVX-512 F is this function's contract; `y.d` is 16 readable f32.
             let yd = unsafe { _mm512_loadu_ps(y.d.as_ptr()) };
             // `sum += d · yd · itot − dmin · yd · mtot`, lane by lane as `dot_q4_k` does.
@@ -479,6 +499,7 @@ impl VTile for Q4K {
 mod tests {
     use alloc::vec::Vec;
 
+    use super::super::kquant_vnni_q5::{Q5K, dot_q5_k};
     use super::super::kquant_vnni_q6::{Q6K, dot_q6_k};
     use super::{Q4K, VTile, dot_q4_k, panels};
     use crate::ggml_type::GgmlType;
@@ -539,5 +560,6 @@ mod tests {
         }
         products::<Q4K>(GgmlType::Q4K, dot_q4_k);
         products::<Q6K>(GgmlType::Q6K, dot_q6_k);
+        products::<Q5K>(GgmlType::Q5K, dot_q5_k);
     }
 }

@@ -19,6 +19,7 @@ mod gemm512_q4_0;
 mod iq4;
 mod kquant;
 mod kquant_vnni;
+mod kquant_vnni_q5;
 mod kquant_vnni_q6;
 mod q5_k;
 mod sink;
@@ -136,6 +137,7 @@ impl Avx2 {
                     }
                 }
                 GgmlType::IQ4XS => iq4::dot_iq4_xs(w, a),
+                GgmlType::Q5K if self.vnni => kquant_vnni_q5::dot_q5_k(w, a),
                 GgmlType::Q5K => q5_k::dot_q5_k(w, a),
                 GgmlType::Q4K if self.vnni => kquant_vnni::dot_q4_k(w, a),
                 GgmlType::Q6K if self.vnni => kquant_vnni_q6::dot_q6_k(w, a),
@@ -182,7 +184,17 @@ impl Avx2 {
                 }
                 true
             }
-            // Decode (one column) keeps the per-row dot `Kernels::matmul` falls back to.
+            // Decode (one column) keeps the per-row dot `Kernels::matmul` falls back to; so
+            // does Q5_K's AVX2 build at any width.
+            GgmlType::Q5K if ncols > 1 && self.vnni => {
+                // SAFETY: `vnni` proves AVX2/FMA/F16C and AVX-512 F/VL/BW/VNNI;
+                // `Kernels::matmul` checked that `w` holds `nrows` rows and `act` `ncols`
+                // rows of `n` values and `out` is `nrows * ncols` long.
+                unsafe {
+                    kquant_vnni::panels::<kquant_vnni_q5::Q5K>(w, nrows, act, ncols, out);
+                }
+                true
+            }
             GgmlType::Q4K | GgmlType::Q6K if ncols > 1 => {
                 // SAFETY: `self` proves AVX2/FMA/F16C (with `vnni`, AVX-512 F/VL/BW/VNNI);
                 // `Kernels::matmul` checked that `w` holds `nrows` rows and `act` `ncols`
