@@ -127,6 +127,16 @@ impl<'a> Outbox<'a> {
         self.send_due(link, ticks)
     }
 
+    /// Sends the tokens not sent yet now, if a transmit buffer is free, whatever the pacer
+    /// says: a batch sends every request's tokens at the moment one of them is due, so the
+    /// host takes them all on one notification (`service/batch.rs`).
+    pub fn flush<M: DriverMemory, T: Transport>(
+        &mut self,
+        link: &mut Link<'_, M, T>,
+    ) -> Result<(), DriverError> {
+        self.send(link, false)
+    }
+
     /// What is left to send once the generation ended at `end` (the VMM's clock).
     pub fn finish(
         self,
