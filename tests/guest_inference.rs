@@ -240,6 +240,16 @@ fn a_guest_crash_mid_generation_is_an_error_naming_it() {
                 "{message}"
             );
         }
+        // The breakpoints are copied in while the guest runs: an instruction the copy
+        // overtakes half-way runs as garbage bytes and may read a wild address first
+        // (seen once in CI). That is the same crash, reported with its fault.
+        Err(e @ GuestError::Crashed(VmError::WildAccess { .. })) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("unbacked guest-physical address"),
+                "{message}"
+            );
+        }
         other => panic!("expected a crash report, got {other:?}"),
     }
     assert!((2..400).contains(&seen), "{seen} tokens before the crash");
