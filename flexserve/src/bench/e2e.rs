@@ -264,16 +264,7 @@ impl GuestEngine {
         let start = Instant::now();
         let ctx = ids.len() + gen_tokens + 1;
         self.vm.open_session(sid, 1, ctx as u32)?;
-        let req = GenerateRequest {
-            options: Default::default(),
-            request_id: u64::from(sid),
-            session_id: sid,
-            sampling: SamplingParams {
-                ignore_eog: true,
-                ..SamplingParams::greedy(gen_tokens as u32)
-            },
-            prompt: Prompt::Tokens(ids.to_vec()),
-        };
+        let req = greedy_request(sid, ids.to_vec(), gen_tokens);
         let mut first = None;
         let end = self.vm.generate(
             &req,
@@ -290,6 +281,21 @@ impl GuestEngine {
             decode_tps: end.generated_tokens.saturating_sub(1) as f64
                 / (end.timings.generation_ns as f64 / 1e9),
         })
+    }
+}
+
+/// The benchmarks' request on session `sid`: prompt `ids`, then `gen_tokens` greedy tokens
+/// (end-of-generation tokens do not stop it); its id is the session's.
+pub(super) fn greedy_request(sid: u32, ids: Vec<u32>, gen_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        options: Default::default(),
+        request_id: u64::from(sid),
+        session_id: sid,
+        sampling: SamplingParams {
+            ignore_eog: true,
+            ..SamplingParams::greedy(gen_tokens as u32)
+        },
+        prompt: Prompt::Tokens(ids),
     }
 }
 

@@ -7,14 +7,15 @@
 //! that came in it over its length. What the guest loses against the host here (the
 //! service loop between steps, token messages, vCPU parking) the daemon loses too.
 
-use super::e2e::{BenchError, GuestEngine, median, prompt, with_checked_model, with_host_engine};
+use super::e2e::{
+    BenchError, GuestEngine, greedy_request, median, prompt, with_checked_model, with_host_engine,
+};
 use super::engine::batched_decode;
 use crate::cli::BenchE2eArgs;
 use crate::model::huge_buffer::Pages;
 use inference_guest::model::BatchBuffers;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use virtio_llm::wire::request::{GenerateRequest, Prompt, SamplingParams};
 use vmm::guest_vm::Message;
 
 /// Longest wait for the guest's next message before the round is given up.
@@ -37,16 +38,8 @@ impl GuestEngine {
             self.vm.open_session(sid, 1, ctx)?;
             let mut own = ids.to_vec();
             own.rotate_left(i % ids.len().max(1));
-            self.vm.begin_request(&GenerateRequest {
-                options: Default::default(),
-                request_id: u64::from(sid),
-                session_id: sid,
-                sampling: SamplingParams {
-                    ignore_eog: true,
-                    ..SamplingParams::greedy(gen_tokens as u32)
-                },
-                prompt: Prompt::Tokens(own),
-            })?;
+            self.vm
+                .begin_request(&greedy_request(sid, own, gen_tokens))?;
         }
         // Tokens streamed per request; the decode window opens when all have their first.
         let mut streamed: BTreeMap<u64, usize> = BTreeMap::new();
