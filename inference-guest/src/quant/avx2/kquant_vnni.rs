@@ -41,6 +41,22 @@ fn rd_f32(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// In the tile that first reads a weight row (the one at column 0), asks for the lines of
+/// super-block `x` [`PREFETCH_AHEAD`] bytes on, as decode does: with a few columns a row
+/// gets too little work for the hardware's prefetch to hide the latency. One block at a
+/// time, not the whole row at its start: a burst of a long row's lines fills the line-fill
+/// buffers and stalls the tile behind them.
+#[inline]
+pub(super) fn prefetch_ahead<const WB: usize>(x: &[u8], j: usize) {
+    if j == 0 {
+        for line in (0..WB).step_by(64) {
+            let ahead = x.as_ptr().wrapping_add(PREFETCH_AHEAD + line);
+            // SAFETY: a prefetch never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.cast()) };
+        }
+    }
+}
+
 /// Unaligned 64-byte load.
 ///
 /// # Safety
@@ -201,15 +217,6 @@ pub(super) unsafe fn panels<K: VTile>(
     while j0 < ncols {
         let nc = PANEL.min(ncols - j0);
         for (i, row) in w.chunks_exact(wrb).enumerate() {
-            if j0 == 0 {
-                // The first panel streams the weights from memory: ask for every line of the
-                // row [`PREFETCH_AHEAD`] bytes on, as decode does (with a few columns the
-                // tiles are too short for the hardware's prefetch to hide the latency).
-                for line in (0..wrb).step_by(64) {
-                    let ahead = row.as_ptr().wrapping_add(line + PREFETCH_AHEAD);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                }
-            }
             let dst = &mut out[i * ncols + j0..i * ncols + j0 + nc];
             let mut j = 0;
             while j < nc {
@@ -392,32 +399,63 @@ impl Q4Block {
     }
 }
 
-/// The lane sums of `r[0..16]`, as the sixteen lanes of one vector (exact).
+/// Per 128-bit block `[a0+a2, b0+b2, a1+a3, b1+b3]` of the blocks of `a` and `b`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-fn reduce16(r: &[__m512i; 16]) -> __m512i {
-    // Pairs of vectors: per 128-bit block [a0+a2, b0+b2, a1+a3, b1+b3].
-    let pair = |a, b| _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
-    // Quads: per 128-bit block one partial sum of each of four vectors.
-    let quad = |k: usize| {
-        let (a, b) = (
-            pair(r[4 * k], r[4 * k + 1]),
-            pair(r[4 * k + 2], r[4 * k + 3]),
-        );
-        _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
-    };
-    // Blocks [u 0+2, u 1+3, v 0+2, v 1+3] of two quads, then the four quads' totals.
-    let halves = |u, v| {
-        _mm512_add_epi32(
-            _mm512_shuffle_i64x2::<0b01_00_01_00>(u, v),
-            _mm512_shuffle_i64x2::<0b11_10_11_10>(u, v),
-        )
-    };
-    let (s, t) = (halves(quad(0), quad(1)), halves(quad(2), quad(3)));
+fn pair(a: __m512i, b: __m512i) -> __m512i {
+    _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+}
+
+/// Per 128-bit block, one partial sum of each of `r[4k..4k + 4]`, in that order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+fn quad(r: &[__m512i; TILE], k: usize) -> __m512i {
+    let (a, b) = (
+        pair(r[4 * k], r[4 * k + 1]),
+        pair(r[4 * k + 2], r[4 * k + 3]),
+    );
+    _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+}
+
+/// Blocks `[u0 + u2, u1 + u3, v0 + v2, v1 + v3]` of two quads.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+fn halves(u: __m512i, v: __m512i) -> __m512i {
     _mm512_add_epi32(
-        _mm512_shuffle_i64x2::<0b10_00_10_00>(s, t),
-        _mm512_shuffle_i64x2::<0b11_01_11_01>(s, t),
+        _mm512_shuffle_i64x2::<0b01_00_01_00>(u, v),
+        _mm512_shuffle_i64x2::<0b11_10_11_10>(u, v),
     )
+}
+
+/// The lane sums of `r[..C]` as lanes `0..C` of one vector (exact; the lanes after them
+/// hold partial sums, of no use). A tile of few columns (batched decode) takes only the
+/// steps of the tree its columns need: the whole tree costs as much as four columns'
+/// products.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+fn reduce<const C: usize>(r: &[__m512i; TILE]) -> __m512i {
+    if C > 8 {
+        let (s, t) = (
+            halves(quad(r, 0), quad(r, 1)),
+            halves(quad(r, 2), quad(r, 3)),
+        );
+        _mm512_add_epi32(
+            _mm512_shuffle_i64x2::<0b10_00_10_00>(s, t),
+            _mm512_shuffle_i64x2::<0b11_01_11_01>(s, t),
+        )
+    } else if C > 4 {
+        // Blocks [first quad, second quad, the same again].
+        let s = halves(quad(r, 0), quad(r, 1));
+        _mm512_add_epi32(
+            _mm512_shuffle_i64x2::<0b10_00_10_00>(s, s),
+            _mm512_shuffle_i64x2::<0b11_01_11_01>(s, s),
+        )
+    } else {
+        // The quad's four blocks folded into block 0 (the missing columns' vectors are 0).
+        let q = quad(r, 0);
+        let t = _mm512_add_epi32(q, _mm512_shuffle_i64x2::<0b00_00_11_10>(q, q));
+        _mm512_add_epi32(t, _mm512_shuffle_i64x2::<0b00_00_00_01>(t, t))
+    }
 }
 
 /// One Q4_K row · one Q8_K row.
@@ -467,13 +505,14 @@ impl VTile for Q4K {
     unsafe fn tile<const C: usize>(row: &[u8], prep: &Q4Prep, j: usize, out: &mut [f32]) {
         let mut sum = _mm512_setzero_ps();
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
+            prefetch_ahead::<{ Self::WB }>(x, j);
             let blk = Q4Block::new(arr(x, 0));
             let y = prep.cols.row::<C>(b, j);
             let mut r = [_mm512_setzero_si512(); TILE];
             for (rc, q) in r.iter_mut().zip(y.q) {
                 *rc = blk.isum(q);
             }
-            let itot = reduce16(&r);
+            let itot = reduce::<C>(&r);
             let mtot = prep.mins(b, j, blk.mins);
             // SAFETY: AVX-512 F is this function's contract; `y.d` is 16 readable f32.
             let yd = unsafe { _mm512_loadu_ps(y.d.as_ptr()) };

@@ -15,7 +15,7 @@
 use core::arch::x86_64::*;
 
 use super::kquant_vnni::{
-    PREFETCH_AHEAD, Q4Prep, Q8Block, Q8K_BYTES, TILE, VTile, q4_k_scales_mins,
+    PREFETCH_AHEAD, Q4Prep, Q8Block, Q8K_BYTES, TILE, VTile, prefetch_ahead, q4_k_scales_mins,
 };
 use super::{arr, h2f, hsum, hsum_i32, ld};
 
@@ -152,6 +152,7 @@ impl VTile for Q5K {
         let mut summs = _mm512_setzero_ps();
         let z = _mm512_setzero_si512();
         for (b, x) in row.chunks_exact(Q5K_BYTES).enumerate() {
+            prefetch_ahead::<Q5K_BYTES>(x, j);
             let blk = Q5Block::new(arr(x, 0));
             let y = prep.cols.row::<C>(b, j);
             // SAFETY: AVX-512 F is this function's contract; `y.d` is 16 readable f32.

@@ -11,7 +11,9 @@
 
 use core::arch::x86_64::*;
 
-use super::kquant_vnni::{PREFETCH_AHEAD, Q8Block, Q8K_BYTES, Q8KCols, TILE, VTile, ld64};
+use super::kquant_vnni::{
+    PREFETCH_AHEAD, Q8Block, Q8K_BYTES, Q8KCols, TILE, VTile, ld64, prefetch_ahead,
+};
 use super::{arr, h2f, hsum, ld, ld16};
 
 pub(super) struct Q6K;
@@ -185,6 +187,7 @@ impl VTile for Q6K {
         let mut acc = [_mm512_setzero_ps(); TILE / 2];
         let (zq, zb) = ([_mm512_setzero_si512(); 4], _mm256_setzero_si256());
         for (b, x) in row.chunks_exact(Q6K_BYTES).enumerate() {
+            prefetch_ahead::<Q6K_BYTES>(x, j);
             let blk = Q6Block::new(arr(x, 0));
             let y = cols.row::<C>(b, j);
             // SAFETY: AVX-512 F is this function's contract; `y.d` is 16 readable f32.
