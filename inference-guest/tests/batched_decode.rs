@@ -110,6 +110,14 @@ fn compare(
             let alone = twins[i].eval(model, &ids, Logits::Last, pool).unwrap();
             next[i] = argmax(alone);
             batched[i].eval(model, &ids, Logits::Last, pool).unwrap();
+            // As the guest does: a session the batch steps gives its prompt's buffers back
+            // (the batch has its own).
+            assert!(
+                batched[i].scratch_bytes() > 0,
+                "an evaluation keeps buffers"
+            );
+            batched[i].release_scratch();
+            assert_eq!(batched[i].scratch_bytes(), 0);
         }
         let mut active: Vec<usize> = (0..plans.len())
             .filter(|&i| plans[i].join <= step && made[i] < plans[i].gen_len)
@@ -135,6 +143,14 @@ fn compare(
         drop(steps);
         cov.steps += 1;
         cov.max_batch = cov.max_batch.max(active.len());
+        // What the guest makes room for before a session joins bounds what the batch's
+        // buffers hold (and they hold every session's logits at least).
+        let held = scratch.held_bytes();
+        assert!(
+            held <= BatchBuffers::bytes_for(&model.cfg, cov.max_batch),
+            "{held}"
+        );
+        assert!(held >= cov.max_batch * n_vocab * 4, "{held}");
         for &i in &active {
             let want = twins[i]
                 .eval(model, &[next[i]], Logits::Last, pool)

@@ -72,6 +72,8 @@ struct Batch {
     /// A budget change applied during the batch, whose eviction waits for its end.
     deferred_budget: Option<BudgetChange>,
     scratch: BatchBuffers,
+    /// The most requests `scratch` was given room for (0: none).
+    scratch_sessions: usize,
     /// The command taken during the last steps (its bytes in `command`), if any.
     taken: Option<commands::Taken>,
     command: Vec<u8>,
@@ -143,6 +145,7 @@ impl Service {
             closed: false,
             deferred_budget: None,
             scratch: BatchBuffers::default(),
+            scratch_sessions: 0,
             taken: None,
             command: Vec::new(),
             deferred_command: None,
@@ -259,8 +262,42 @@ impl Service {
                 r.end = finish.map(Ok);
             }
         }
+        // From here on the batch's buffers serve its steps: the prompt's go back now (tens
+        // of MiB after a long prompt to a large model, each running request's own).
+        r.session.release_scratch();
+        if r.end.is_none()
+            && let Err(status) = self.make_room_to_step(batch, r.session_id, driver, env)
+        {
+            r.end = Some(Err(refuse(
+                status,
+                "not enough private memory for one more request in the batch",
+            )));
+        }
         batch.running.push(r);
         link_error.map_or(Ok(()), Err)
+    }
+
+    /// Room for the batch's buffers to step one more request (they grow to the largest
+    /// batch and stay), evicting idle sessions' caches (never `session`'s) if need be: an
+    /// allocation that fails during a step would end the guest.
+    fn make_room_to_step<M: DriverMemory, T: Transport>(
+        &mut self,
+        batch: &mut Batch,
+        session: u32,
+        driver: &mut LlmDriver<M, T>,
+        env: &dyn Environment,
+    ) -> Result<(), Status> {
+        let sessions = batch.running.len() + 1;
+        let Some(m) = self.models.get(&batch.model_id) else {
+            return Ok(());
+        };
+        let bytes = |n| BatchBuffers::bytes_for(&m.cfg, n) as u64;
+        let grow = bytes(sessions).saturating_sub(bytes(batch.scratch_sessions));
+        if grow > 0 {
+            self.make_room(grow, Some(session), driver, env)?;
+            batch.scratch_sessions = sessions;
+        }
+        Ok(())
     }
 
     /// The batch's model (`None` once unloaded), the kernels, whether the guest owns text,

@@ -190,6 +190,9 @@ impl Service {
             constrained.as_mut(),
             &mut |token| stream.on_token(token),
         );
+        // The session waits now: its prompt's activations go back (tens of MiB after a
+        // long prompt to a large model; the next evaluation allocates them again).
+        session.release_scratch();
         let constraint = constrained.map(Constrained::into_state);
         record_turn(
             (&mut slot.history, &mut slot.prefilled),

@@ -19,6 +19,7 @@
 //! `tests/kernel_parity.rs`), and attention keeps a one-token batch's summation order.
 //! Sessions may join and leave between steps: a step is any set of sessions of the model.
 
+use super::LlamaConfig;
 use super::columns::Columns;
 use super::forward::{Buffers, Logits};
 use super::{Model, ModelError, Session};
@@ -38,6 +39,25 @@ pub struct BatchBuffers {
     buf: Buffers,
     tokens: Vec<u32>,
     logits: Vec<f32>,
+}
+
+impl BatchBuffers {
+    /// At most the bytes these buffers hold once they have stepped `sessions` sessions of
+    /// a model of shapes `cfg`, so that a guest can make room for them before a session
+    /// joins: the activations of as many tokens, and per session the logits and the
+    /// output product's results before their transpose (a vocabulary each).
+    pub fn bytes_for(cfg: &LlamaConfig, sessions: usize) -> usize {
+        let widest = cfg
+            .n_vocab
+            .max(2 * cfg.n_ff)
+            .max(cfg.q_dim() + 2 * cfg.kv_dim());
+        cfg.batch_bytes(sessions) + sessions * 4 * (cfg.n_vocab + widest)
+    }
+
+    /// Bytes these buffers hold now.
+    pub fn held_bytes(&self) -> usize {
+        self.buf.held_bytes() + (self.tokens.capacity() + self.logits.capacity()) * 4
+    }
 }
 
 /// A batched decode step that was refused; no session was changed.
@@ -84,6 +104,7 @@ impl Model<'_> {
             logits,
         } = scratch;
         tokens.clear();
+        tokens.reserve_exact(b);
         tokens.extend(steps.iter().map(|s| s.token));
         let mut cols = Columns::Sessions(
             steps

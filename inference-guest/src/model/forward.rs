@@ -44,9 +44,40 @@ pub(super) struct Buffers {
     matmul: MatmulScratch,
 }
 
+impl Buffers {
+    /// Bytes its buffers hold.
+    pub(super) fn held_bytes(&self) -> usize {
+        let f32s = [
+            &self.x,
+            &self.xb,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.att,
+            &self.proj,
+            &self.gate,
+            &self.proj_ff,
+            &self.up,
+            &self.cos,
+            &self.sin,
+            &self.cos_swa,
+            &self.sin_swa,
+        ];
+        f32s.iter().map(|v| v.capacity() * 4).sum::<usize>() + self.matmul.held_bytes()
+    }
+}
+
 fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    buf.resize(len, 0.0);
+    resize_exact(buf, len, 0.0);
     &mut buf[..len]
+}
+
+/// `v.resize(len, fill)` without the amortised growth's spare capacity (up to as much
+/// again): the guest accounts for its buffers by their size
+/// ([`super::BatchBuffers::bytes_for`]), and they grow rarely (to the largest batch seen).
+pub(super) fn resize_exact<T: Clone>(v: &mut Vec<T>, len: usize, fill: T) {
+    v.reserve_exact(len.saturating_sub(v.len()));
+    v.resize(len, fill);
 }
 
 /// Which of a layer's two branches ends in [`Forward::add_to_residual`].
@@ -105,6 +136,7 @@ impl Forward<'_> {
     /// exp polynomial (the result is quantised next, so ulps matter).
     fn swiglu(&self, gate: &mut [f32], up: &[f32], scratch: &mut Vec<f32>) {
         scratch.clear();
+        scratch.reserve_exact(gate.len());
         scratch.extend(gate.iter().map(|&x| 0.0 - x));
         self.kernels.exp_in_place(scratch);
         for ((g, &u), &e) in gate.iter_mut().zip(up).zip(scratch.iter()) {
@@ -218,14 +250,14 @@ impl Forward<'_> {
             }
         }
 
-        buf.xb.resize(t * e, 0.0);
-        buf.q.resize(t * qd, 0.0);
-        buf.k.resize(t * kvd, 0.0);
-        buf.v.resize(t * kvd, 0.0);
-        buf.att.resize(t * qd, 0.0);
-        buf.proj.resize(t * e, 0.0);
-        buf.gate.resize(t * ff, 0.0);
-        buf.up.resize(t * ff, 0.0);
+        resize_exact(&mut buf.xb, t * e, 0.0);
+        resize_exact(&mut buf.q, t * qd, 0.0);
+        resize_exact(&mut buf.k, t * kvd, 0.0);
+        resize_exact(&mut buf.v, t * kvd, 0.0);
+        resize_exact(&mut buf.att, t * qd, 0.0);
+        resize_exact(&mut buf.proj, t * e, 0.0);
+        resize_exact(&mut buf.gate, t * ff, 0.0);
+        resize_exact(&mut buf.up, t * ff, 0.0);
     }
 
     /// One layer's attention: RMSNorm, the Q/K/V products (one parallel region), the
@@ -434,7 +466,7 @@ impl Forward<'_> {
         let xo = &buf.x[first_out * e..];
         let xb = &mut buf.xb[..n_out * e];
         rms_norm_rows(xo, norm, cfg.rms_eps, xb);
-        logits.resize(n_out * cfg.n_vocab, 0.0);
+        resize_exact(logits, n_out * cfg.n_vocab, 0.0);
         matmul::run(
             self.kernels,
             par,

@@ -3,6 +3,7 @@
 //! Several products that read the same input (Q, K and V; gate and up) run in one parallel
 //! region, so a decode step pays for fewer thread hand-offs.
 
+use super::forward::resize_exact;
 use super::weights::Matrix;
 use crate::parallel::{Parallel, for_each_chunk_mut, guided_items};
 use crate::quant::{ActFormat, Kernels};
@@ -22,6 +23,15 @@ pub struct MatmulScratch {
     acts: Vec<(ActFormat, Vec<u8>)>,
     /// Row-major by weight row (`[rows][t]`) results before the transpose, for t > 1.
     transposed: Vec<f32>,
+}
+
+impl MatmulScratch {
+    /// Bytes its buffers hold.
+    pub(super) fn held_bytes(&self) -> usize {
+        let acts: usize = self.acts.iter().map(|(_, b)| b.capacity()).sum();
+        acts + self.acts.capacity() * size_of::<(ActFormat, Vec<u8>)>()
+            + self.transposed.capacity() * 4
+    }
 }
 
 /// One thread's share: rows `row0..row0 + rows` of one matrix against every input row.
@@ -67,7 +77,7 @@ pub fn run(
 
     let total_rows: usize = products.iter().map(|p| p.matrix.rows).sum();
     if t > 1 {
-        scratch.transposed.resize(total_rows * t, 0.0);
+        resize_exact(&mut scratch.transposed, total_rows * t, 0.0);
     }
     let mut tasks = Vec::new();
     {
@@ -143,7 +153,7 @@ fn quantize_input(
         let (f, bytes) = &mut scratch.acts[n_acts];
         *f = fmt;
         let rb = fmt.row_bytes(n);
-        bytes.resize(rb * t, 0);
+        resize_exact(bytes, rb * t, 0);
         for (row, dst) in input.chunks_exact(n).zip(bytes.chunks_exact_mut(rb)) {
             kernels.quantize_act(fmt, row, dst);
         }

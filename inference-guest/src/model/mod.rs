@@ -151,6 +151,19 @@ impl Session {
         &mut self.logits
     }
 
+    /// Frees the activations its evaluations keep for the next one, sized for the longest
+    /// batch of tokens it evaluated (tens of MiB after a long prompt to a large model):
+    /// for a session that waits, or that only [`Model::decode_batch`] steps from now on
+    /// (a batch has its own). The next evaluation allocates them again.
+    pub fn release_scratch(&mut self) {
+        self.buf = Buffers::default();
+    }
+
+    /// Bytes of the activations it keeps ([`release_scratch`](Self::release_scratch)).
+    pub fn scratch_bytes(&self) -> usize {
+        self.buf.held_bytes()
+    }
+
     /// Forgets every token (the cache is overwritten by the next evaluation).
     pub fn reset(&mut self) {
         self.n_past = 0;
