@@ -21,6 +21,7 @@ mod kquant;
 mod kquant_vnni;
 mod kquant_vnni_q5;
 mod kquant_vnni_q6;
+mod kquant_vnni_reduce;
 mod q5_k;
 mod sink;
 
