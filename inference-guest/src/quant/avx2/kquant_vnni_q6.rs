@@ -21,42 +21,26 @@ pub(super) struct Q6K;
 /// Bytes of a Q6_K super-block.
 const Q6K_BYTES: usize = 210;
 
-/// For the quants vectors `2k` and `2k + 1` (two 32-value chunks each, 16 i32 lanes): the
-/// 16-value group of each i16 lane once [`INTERLEAVE`] has put the two vectors' lane `l` side
-/// by side in i32 lane `l` (8k + l/4, then 8k + 4 + l/4).
-const SCALE_IDX: [[i16; 32]; 2] = [scale_idx(0), scale_idx(1)];
+/// For quants vector `k` (values 64k..64k + 64): the 16-value group, and so the scale, of
+/// each i16 lane of `maddubs` (bytes 2j and 2j + 1).
+const SCALE_IDX: [[i16; 32]; 4] = [scale_idx(0), scale_idx(1), scale_idx(2), scale_idx(3)];
 
 const fn scale_idx(k: i16) -> [i16; 32] {
     let mut t = [0i16; 32];
-    let mut l = 0;
-    while l < 16 {
-        t[2 * l] = 8 * k + (l / 4) as i16;
-        t[2 * l + 1] = 8 * k + 4 + (l / 4) as i16;
-        l += 1;
+    let mut j = 0;
+    while j < 32 {
+        t[j] = 4 * k + (j / 8) as i16;
+        j += 1;
     }
     t
 }
 
-/// `permutex2var_epi16(a, INTERLEAVE, b)`: i32 lane `l` takes the low i16 of `a`'s lane `l`,
-/// then of `b`'s. A lane sum fits its low i16 (|sum| ≤ 4 · 63 · 128 < 2^15), so one
-/// `vpdpwssd` scales both and adds them into lane `l`, the reference's lane partition kept.
-const INTERLEAVE: [i16; 32] = {
-    let mut t = [0i16; 32];
-    let mut l = 0;
-    while l < 16 {
-        t[2 * l] = 2 * l as i16;
-        t[2 * l + 1] = 32 + 2 * l as i16;
-        l += 1;
-    }
-    t
-};
-
-/// One Q6_K super-block, unpacked for `vpdpbusd`.
+/// One Q6_K super-block, unpacked for `vpmaddubsw` and `vpdpwssd`.
 struct Q6Block {
     /// The 256 stored quants (0..63), 64 a vector, in the order of the Q8_K quants.
     q: [__m512i; 4],
-    /// The scales of the interleaved vector pairs (see [`INTERLEAVE`]), as i16.
-    s: [__m512i; 2],
+    /// Each quants vector's scales, one per i16 lane of its `maddubs` (see [`SCALE_IDX`]).
+    s: [__m512i; 4],
     /// −32 × the 16 scales, as i16: the stored quants' offset against the block sums.
     off: __m256i,
     d: f32,
@@ -107,16 +91,19 @@ impl Q6Block {
 
     /// The reference's eight lane sums against the Q8_K quants `q`, scaled but without the
     /// offset, twice: lanes l and l + 8 add up to the reference's lane l.
+    ///
+    /// `maddubs` adds two products into an i16 (|sum| ≤ 2 · 63 · 128: no saturation) and
+    /// `vpdpwssd` scales two of those into i32 lane l, so lane l takes bytes 4l..4l + 4 of
+    /// every vector: the reference's partition, and exact integers, as a `vpdpbusd` per
+    /// vector would give, without repacking its i32 sums to apply the scales.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     fn halves(&self, q: &[__m512i; 4]) -> __m512i {
-        let z = _mm512_setzero_si512();
-        let p: [__m512i; 4] = core::array::from_fn(|k| _mm512_dpbusd_epi32(z, self.q[k], q[k]));
-        // SAFETY: AVX-512 F is this function's contract; the table is 64 bytes.
-        let idx = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
-        let pair = |k: usize| _mm512_permutex2var_epi16(p[2 * k], idx, p[2 * k + 1]);
-        let r = _mm512_madd_epi16(pair(0), self.s[0]);
-        _mm512_dpwssd_epi32(r, pair(1), self.s[1])
+        let p: [__m512i; 4] = core::array::from_fn(|k| _mm512_maddubs_epi16(self.q[k], q[k]));
+        // Two chains of two, for latency.
+        let a = _mm512_dpwssd_epi32(_mm512_madd_epi16(p[0], self.s[0]), p[1], self.s[1]);
+        let b = _mm512_dpwssd_epi32(_mm512_madd_epi16(p[2], self.s[2]), p[3], self.s[3]);
+        _mm512_add_epi32(a, b)
     }
 
     /// `acc + (yd · d) · lanes`, one FMA per lane as the reference accumulates, for the
