@@ -32,12 +32,15 @@ trait KTile {
     /// Bytes per 256-value weight super-block.
     const WB: usize;
 
-    /// `out[c] = row · column c` for the `C` columns of `a` (stride `arb`).
+    /// `out[c] = row · column c` for the `C` columns of `a` (stride `arb`); `first`: the
+    /// first tile to read the row, which asks for its super-blocks ahead as it goes (the
+    /// weights come from memory once; with a few columns, or one, a row gets too little
+    /// work for the hardware's prefetch to hide the latency).
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; `row` holds whole super-blocks and every
     /// column of `a` as many Q8_K blocks.
-    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, out: &mut [f32]);
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, first: bool, out: &mut [f32]);
 }
 
 struct Q4K;
@@ -51,7 +54,7 @@ struct Q6K;
 pub(super) unsafe fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
     let mut out = [0.0f32];
     // SAFETY: forwarded contract; one column.
-    unsafe { Q4K::tile::<1>(w, a, a.len(), &mut out) };
+    unsafe { Q4K::tile::<1>(w, a, a.len(), true, &mut out) };
     out[0]
 }
 
@@ -63,7 +66,7 @@ pub(super) unsafe fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
 pub(super) unsafe fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
     let mut out = [0.0f32];
     // SAFETY: forwarded contract; one column.
-    unsafe { Q6K::tile::<1>(w, a, a.len(), &mut out) };
+    unsafe { Q6K::tile::<1>(w, a, a.len(), true, &mut out) };
     out[0]
 }
 
@@ -120,14 +123,14 @@ unsafe fn panels<K: KTile>(w: &[u8], nrows: usize, act: &[u8], ncols: usize, out
             unsafe {
                 while j + TILE <= nc {
                     let a = &act[(j0 + j) * arb..(j0 + j + TILE) * arb];
-                    K::tile::<TILE>(row, a, arb, &mut dst[j..j + TILE]);
+                    K::tile::<TILE>(row, a, arb, j0 + j == 0, &mut dst[j..j + TILE]);
                     j += TILE;
                 }
                 let a = &act[(j0 + j) * arb..(j0 + nc) * arb];
                 match nc - j {
-                    3 => K::tile::<3>(row, a, arb, &mut dst[j..]),
-                    2 => K::tile::<2>(row, a, arb, &mut dst[j..]),
-                    1 => K::tile::<1>(row, a, arb, &mut dst[j..]),
+                    3 => K::tile::<3>(row, a, arb, j0 + j == 0, &mut dst[j..]),
+                    2 => K::tile::<2>(row, a, arb, j0 + j == 0, &mut dst[j..]),
+                    1 => K::tile::<1>(row, a, arb, j0 + j == 0, &mut dst[j..]),
                     _ => {}
                 }
             }
@@ -187,6 +190,20 @@ fn q4_k_scales_mins(packed: &[u8; 12]) -> (__m256i, __m128i) {
     )
 }
 
+/// Asks for weight super-block `x` (`WB` bytes) [`PREFETCH_AHEAD`] bytes on, as the
+/// 32-value kernels do (a prefetch never faults, past the row's end included). Decode
+/// (`C` = 1) asks for one line a block and lets the hardware's prefetch follow (every line
+/// measured slower); a few columns ask for every line of it.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn prefetch_ahead<const WB: usize, const C: usize>(x: &[u8]) {
+    let lines = if C == 1 { 1 } else { WB.div_ceil(64) };
+    for line in 0..lines {
+        let ahead = x.as_ptr().wrapping_add(PREFETCH_AHEAD + 64 * line);
+        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+    }
+}
+
 /// Broadcasts i16 lane `i` (0..8) of each 128-bit half of `v` to the whole half.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -201,14 +218,12 @@ impl KTile for Q4K {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, out: &mut [f32]) {
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, first: bool, out: &mut [f32]) {
         let m4 = _mm256_set1_epi8(0xf);
         let mut sum = [0.0f32; C];
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
-            if C == 1 {
-                // Decode streams the weights once: ask for them well ahead, as the 32-value
-                // kernels do (a prefetch never faults, past the row's end included).
-                _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+            if first {
+                prefetch_ahead::<{ Self::WB }, C>(x);
             }
             let (scales, mins) = q4_k_scales_mins(arr(x, 4));
             let mut isum = [_mm256_setzero_si256(); C];
@@ -259,14 +274,13 @@ impl KTile for Q6K {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, out: &mut [f32]) {
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, first: bool, out: &mut [f32]) {
         let m4 = _mm256_set1_epi8(0xf);
         let m2 = _mm256_set1_epi8(3);
         let mut acc = [_mm256_setzero_ps(); C];
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
-            if C == 1 {
-                // As in Q4_K's tile.
-                _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+            if first {
+                prefetch_ahead::<{ Self::WB }, C>(x);
             }
             let sc = |j: usize| i16::from(x[192 + j] as i8);
             let mut isum = [_mm256_setzero_si256(); C];
