@@ -298,14 +298,6 @@ unsafe fn panel<F: PairFmt>(t: Tile, nr: usize, nc: usize, out: &mut impl Sink) 
     unsafe {
         while i < nr {
             let r = if i + ROWS <= nr { ROWS } else { 1 };
-            if t.j == 0 {
-                // The first panel streams the weights from memory: ask for every line of
-                // these rows [`PREFETCH_AHEAD`] bytes on, as decode does.
-                for line in (0..r * t.wrb).step_by(64) {
-                    let ahead = t.w.wrapping_add(i * t.wrb + line + PREFETCH_AHEAD);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                }
-            }
             let mut j = 0;
             while j < nc {
                 let cols = (nc - j).min(4);
@@ -349,6 +341,16 @@ unsafe fn tile<F: PairFmt, const R: usize, const P: usize>(
     // for the whole tile (one per output would spill the tile out of the 32 ZMM registers).
     let mut mins = [_mm512_setzero_ps(); 2];
     for b in 0..t.nb {
+        if t.j == 0 {
+            // The tile that first reads these rows streams them from memory: ask for each
+            // block [`PREFETCH_AHEAD`] bytes on, as decode does (with a few columns a row
+            // gets too little work for the hardware's prefetch to hide the latency). A block
+            // at a time: a burst of whole rows' lines fills the line-fill buffers.
+            for r in 0..R {
+                let ahead = t.w.wrapping_add(r * t.wrb + b * F::WB + PREFETCH_AHEAD);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            }
+        }
         // SAFETY: rows < R, columns < cols and blocks < nb are inside the tile (contract);
         // the column tables have an entry for every (block, panel column) plus 4 of padding.
         unsafe {
