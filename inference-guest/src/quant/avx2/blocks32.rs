@@ -12,13 +12,7 @@
 
 use core::arch::x86_64::*;
 
-/// Bytes ahead of the current block that decode prefetches. On the 2-core dev VM prefetching
-/// took Q8_0 decode from 68 to ~100 tok/s. Since matmul hands each thread long row ranges
-/// (`guided_items`), 8 KiB beats 4 KiB by ~10 % on Q4_0 with 4 KiB pages and 2 MiB pages alike
-/// (6 and 12-16 KiB fall between): two pages ahead starts the next page's TLB walk early.
-const PREFETCH_AHEAD: usize = 8192;
-
-use super::{arr, h2f, hsum, ld, ld16};
+use super::{arr, h2f, hsum, ld, ld16, prefetch_ahead};
 use crate::ggml_type::GgmlType;
 use crate::quant::reference::IQ4_VALUES;
 
@@ -428,9 +422,7 @@ macro_rules! tiled_kernels {
                         if C == 1 {
                             // Decode streams weights from DRAM, and the hardware prefetcher of a nested
                             // VM does not keep up: ask for them well ahead (a prefetch never faults).
-                            _mm_prefetch::<_MM_HINT_T0>(
-                                w.as_ptr().wrapping_add(at + PREFETCH_AHEAD).cast(),
-                            );
+                            prefetch_ahead(w.as_ptr().wrapping_add(at), 1);
                         }
                         let blk = &w[at..at + F::WB];
                         // SAFETY: AVX2 is this function's contract.

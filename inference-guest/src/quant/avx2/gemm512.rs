@@ -22,8 +22,8 @@ use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use super::gemm::{PANEL, ROW_BLOCK_BYTES};
-use super::hsum;
 use super::sink::Sink;
+use super::{hsum, prefetch_ahead};
 use crate::ggml_type::GgmlType;
 
 /// A 32-value weight format this module tiles, with its activation block layout.
@@ -112,9 +112,6 @@ impl PairFmt for Q4_1 {
 /// Weight rows per register tile: 4 rows × 2 column pairs is 8 accumulators, which leaves
 /// room among the 32 ZMM registers for the operands of a block.
 const ROWS: usize = 4;
-/// Bytes ahead of the rows being multiplied that the first column panel prefetches (as
-/// `blocks32`'s decode does).
-const PREFETCH_AHEAD: usize = 8192;
 /// Above this many columns the weight scales are converted to f32 tables once per call.
 const TABLE_COLS: usize = 8;
 
@@ -347,8 +344,7 @@ unsafe fn tile<F: PairFmt, const R: usize, const P: usize>(
             // gets too little work for the hardware's prefetch to hide the latency). A block
             // at a time: a burst of whole rows' lines fills the line-fill buffers.
             for r in 0..R {
-                let ahead = t.w.wrapping_add(r * t.wrb + b * F::WB + PREFETCH_AHEAD);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                prefetch_ahead(t.w.wrapping_add(r * t.wrb + b * F::WB), 1);
             }
         }
         // SAFETY: rows < R, columns < cols and blocks < nb are inside the tile (contract);

@@ -9,14 +9,12 @@
 
 use core::arch::x86_64::*;
 
-use super::{arr, h2f, hsum, ld, ld16};
+use super::{arr, h2f, hsum, ld, ld16, prefetch_ahead};
 
 /// Q8_K block layout: f32 scale, 256 quants, 16 i16 block sums.
 const Q8K_BYTES: usize = 292;
 const Q8K_QS: usize = 4;
 const Q8K_BSUMS: usize = 260;
-/// Bytes ahead of the current super-block that decode prefetches (see `blocks32`).
-const PREFETCH_AHEAD: usize = 8192;
 /// Columns per register tile.
 const TILE: usize = 4;
 /// Columns whose activations stay in L1/L2 while every row of the range passes them.
@@ -190,18 +188,11 @@ fn q4_k_scales_mins(packed: &[u8; 12]) -> (__m256i, __m128i) {
     )
 }
 
-/// Asks for weight super-block `x` (`WB` bytes) [`PREFETCH_AHEAD`] bytes on, as the
-/// 32-value kernels do (a prefetch never faults, past the row's end included). Decode
-/// (`C` = 1) asks for one line a block and lets the hardware's prefetch follow (every line
-/// measured slower); a few columns ask for every line of it.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn prefetch_ahead<const WB: usize, const C: usize>(x: &[u8]) {
-    let lines = if C == 1 { 1 } else { WB.div_ceil(64) };
-    for line in 0..lines {
-        let ahead = x.as_ptr().wrapping_add(PREFETCH_AHEAD + 64 * line);
-        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-    }
+/// The lines of a `WB`-byte weight super-block a `C`-column tile asks for ahead: decode
+/// (`C` = 1) one a block, letting the hardware's prefetch follow (every line measured
+/// slower); a few columns all of them.
+const fn lines_ahead<const WB: usize, const C: usize>() -> usize {
+    if C == 1 { 1 } else { WB.div_ceil(64) }
 }
 
 /// Broadcasts i16 lane `i` (0..8) of each 128-bit half of `v` to the whole half.
@@ -223,7 +214,7 @@ impl KTile for Q4K {
         let mut sum = [0.0f32; C];
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
             if first {
-                prefetch_ahead::<{ Self::WB }, C>(x);
+                prefetch_ahead(x.as_ptr(), lines_ahead::<{ Self::WB }, C>());
             }
             let (scales, mins) = q4_k_scales_mins(arr(x, 4));
             let mut isum = [_mm256_setzero_si256(); C];
@@ -280,7 +271,7 @@ impl KTile for Q6K {
         let mut acc = [_mm256_setzero_ps(); C];
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
             if first {
-                prefetch_ahead::<{ Self::WB }, C>(x);
+                prefetch_ahead(x.as_ptr(), lines_ahead::<{ Self::WB }, C>());
             }
             let sc = |j: usize| i16::from(x[192 + j] as i8);
             let mut isum = [_mm256_setzero_si256(); C];

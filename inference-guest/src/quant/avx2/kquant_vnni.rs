@@ -22,14 +22,12 @@ use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use super::kquant_vnni_reduce::reduce;
-use super::{arr, h2f, ld};
+use super::{arr, h2f, ld, prefetch_ahead};
 
 /// Q8_K block layout: f32 scale, 256 quants, 16 i16 block sums.
 pub(super) const Q8K_BYTES: usize = 292;
 pub(super) const Q8K_QS: usize = 4;
 pub(super) const Q8K_BSUMS: usize = 260;
-/// Bytes ahead of the current super-block that decode prefetches (see `blocks32`).
-pub(super) const PREFETCH_AHEAD: usize = 8192;
 /// Columns per register tile: one lane of an f32 ZMM vector each.
 pub(super) const TILE: usize = 16;
 /// Columns whose activations stay in L1/L2 while every row of the range passes them.
@@ -42,19 +40,13 @@ fn rd_f32(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// In the tile that first reads a weight row (the one at column 0), asks for the lines of
-/// super-block `x` [`PREFETCH_AHEAD`] bytes on, as decode does: with a few columns a row
-/// gets too little work for the hardware's prefetch to hide the latency. One block at a
-/// time, not the whole row at its start: a burst of a long row's lines fills the line-fill
-/// buffers and stalls the tile behind them.
+/// In the tile that first reads a weight row (the one at column 0), asks for every line of
+/// super-block `x` ahead, as decode does: with a few columns a row gets too little work for
+/// the hardware's prefetch to hide the latency.
 #[inline]
-pub(super) fn prefetch_ahead<const WB: usize>(x: &[u8], j: usize) {
+pub(super) fn prefetch_first<const WB: usize>(x: &[u8], j: usize) {
     if j == 0 {
-        for line in (0..WB).step_by(64) {
-            let ahead = x.as_ptr().wrapping_add(PREFETCH_AHEAD + line);
-            // SAFETY: a prefetch never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.cast()) };
-        }
+        prefetch_ahead(x.as_ptr(), WB.div_ceil(64));
     }
 }
 
@@ -411,7 +403,7 @@ pub(super) unsafe fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
     for (x, y) in w.chunks_exact(Q4K_BYTES).zip(a.chunks_exact(Q8K_BYTES)) {
         // Decode streams the weights once: ask for them well ahead, as the 32-value kernels
         // do (a prefetch never faults, past the row's end included).
-        _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+        prefetch_ahead(x.as_ptr(), 1);
         let blk = Q4Block::new(arr(x, 0));
         let r = blk.isum(&Q8Block::load(arr(y, 0)).q4_order());
         let r = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64::<1>(r));
@@ -447,7 +439,7 @@ impl VTile for Q4K {
     unsafe fn tile<const C: usize>(row: &[u8], prep: &Q4Prep, j: usize, out: &mut [f32]) {
         let mut sum = _mm512_setzero_ps();
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
-            prefetch_ahead::<{ Self::WB }>(x, j);
+            prefetch_first::<{ Self::WB }>(x, j);
             let blk = Q4Block::new(arr(x, 0));
             let y = prep.cols.row::<C>(b, j);
             let mut r = [_mm512_setzero_si512(); TILE];

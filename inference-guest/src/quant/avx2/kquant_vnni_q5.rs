@@ -15,9 +15,9 @@
 use core::arch::x86_64::*;
 
 use super::kquant_vnni::{
-    PREFETCH_AHEAD, Q4Prep, Q8Block, Q8K_BYTES, TILE, VTile, prefetch_ahead, q4_k_scales_mins,
+    Q4Prep, Q8Block, Q8K_BYTES, TILE, VTile, prefetch_first, q4_k_scales_mins,
 };
-use super::{arr, h2f, hsum, hsum_i32, ld};
+use super::{arr, h2f, hsum, hsum_i32, ld, prefetch_ahead};
 
 pub(super) struct Q5K;
 
@@ -119,7 +119,7 @@ pub(super) unsafe fn dot_q5_k(w: &[u8], a: &[u8]) -> f32 {
     let mut summs = 0.0f32;
     for (x, y) in w.chunks_exact(Q5K_BYTES).zip(a.chunks_exact(Q8K_BYTES)) {
         // Decode streams the weights once: ask for them well ahead.
-        _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+        prefetch_ahead(x.as_ptr(), 1);
         let blk = Q5Block::new(arr(x, 0));
         let y = Q8Block::load(arr(y, 0));
         let r = blk.lanes(&y.q);
@@ -152,7 +152,7 @@ impl VTile for Q5K {
         let mut summs = _mm512_setzero_ps();
         let z = _mm512_setzero_si512();
         for (b, x) in row.chunks_exact(Q5K_BYTES).enumerate() {
-            prefetch_ahead::<Q5K_BYTES>(x, j);
+            prefetch_first::<Q5K_BYTES>(x, j);
             let blk = Q5Block::new(arr(x, 0));
             let y = prep.cols.row::<C>(b, j);
             // SAFETY: AVX-512 F is this function's contract; `y.d` is 16 readable f32.

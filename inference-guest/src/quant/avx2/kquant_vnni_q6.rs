@@ -11,10 +11,8 @@
 
 use core::arch::x86_64::*;
 
-use super::kquant_vnni::{
-    PREFETCH_AHEAD, Q8Block, Q8K_BYTES, Q8KCols, TILE, VTile, ld64, prefetch_ahead,
-};
-use super::{arr, h2f, hsum, ld, ld16};
+use super::kquant_vnni::{Q8Block, Q8K_BYTES, Q8KCols, TILE, VTile, ld64, prefetch_first};
+use super::{arr, h2f, hsum, ld, ld16, prefetch_ahead};
 
 pub(super) struct Q6K;
 
@@ -151,7 +149,7 @@ pub(super) unsafe fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (x, y) in w.chunks_exact(Q6K_BYTES).zip(a.chunks_exact(Q8K_BYTES)) {
         // Decode streams the weights once: ask for them well ahead.
-        _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+        prefetch_ahead(x.as_ptr(), 1);
         let y = Q8Block::load(arr(y, 0));
         acc = Q6Block::new(arr(x, 0)).fma(&y.q, y.bsums, y.d, acc);
     }
@@ -174,7 +172,7 @@ impl VTile for Q6K {
         let mut acc = [_mm512_setzero_ps(); TILE / 2];
         let (zq, zb) = ([_mm512_setzero_si512(); 4], _mm256_setzero_si256());
         for (b, x) in row.chunks_exact(Q6K_BYTES).enumerate() {
-            prefetch_ahead::<Q6K_BYTES>(x, j);
+            prefetch_first::<Q6K_BYTES>(x, j);
             let blk = Q6Block::new(arr(x, 0));
             let y = cols.row::<C>(b, j);
             // SAFETY: AVX-512 F is this function's contract; `y.d` is 16 readable f32.
