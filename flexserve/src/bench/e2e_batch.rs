@@ -34,8 +34,13 @@ impl GuestEngine {
         let first = self.next_session;
         self.next_session += sessions as u32;
         let sids: Vec<u32> = (first..first + sessions as u32).collect();
-        for (i, &sid) in sids.iter().enumerate() {
+        // Every session first: the guest answers a control command only between its steps
+        // and joins, so opening each just before its request would let the requests in one
+        // prefill apart, and the batch would run most steps with fewer sessions than asked.
+        for &sid in &sids {
             self.vm.open_session(sid, 1, ctx)?;
+        }
+        for (i, &sid) in sids.iter().enumerate() {
             let mut own = ids.to_vec();
             own.rotate_left(i % ids.len().max(1));
             self.vm
