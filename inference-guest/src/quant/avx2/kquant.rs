@@ -1,11 +1,12 @@
-//! Q4_K·Q8_K and Q6_K·Q8_K: dot products (decode) and matrix products (prefill), one weight
-//! row against a tile of up to four activation columns.
+//! Q4_K·Q8_K, Q5_K·Q8_K and Q6_K·Q8_K: dot products (decode) and matrix products
+//! (prefill), one weight row against a tile of up to four activation columns.
 //!
 //! Each row's super-block is unpacked once (nibbles, 6-bit scales and mins, with vector
 //! operations) and used for the whole column tile; a dot product is the one-column tile, so
 //! prefill and decode compute each output the same way, bit for bit. Integer sums per
 //! super-block are exact; one float multiply-add per super-block (Q4_K) or one FMA per lane
-//! (Q6_K).
+//! (Q5_K and Q6_K: llama.cpp's x86 order, eight i32 lanes per super-block, which the scalar
+//! reference follows; Q5_K's mins go into a float beside them).
 
 use core::arch::x86_64::*;
 
@@ -42,6 +43,7 @@ trait KTile {
 }
 
 struct Q4K;
+struct Q5K;
 struct Q6K;
 
 /// One Q4_K row · one Q8_K row.
@@ -53,6 +55,18 @@ pub(super) unsafe fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
     let mut out = [0.0f32];
     // SAFETY: forwarded contract; one column.
     unsafe { Q4K::tile::<1>(w, a, a.len(), true, &mut out) };
+    out[0]
+}
+
+/// One Q5_K row · one Q8_K row.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w`/`a` are Q5_K/Q8_K rows of equal length.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q5_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut out = [0.0f32];
+    // SAFETY: forwarded contract; one column.
+    unsafe { Q5K::tile::<1>(w, a, a.len(), true, &mut out) };
     out[0]
 }
 
@@ -83,6 +97,22 @@ pub(super) unsafe fn matmul_q4_k(
 ) {
     // SAFETY: forwarded contract.
     unsafe { panels::<Q4K>(w, nrows, act, ncols, out) }
+}
+
+/// As [`matmul_q4_k`], for Q5_K weights.
+///
+/// # Safety
+/// As [`matmul_q4_k`], with Q5_K rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matmul_q5_k(
+    w: &[u8],
+    nrows: usize,
+    act: &[u8],
+    ncols: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { panels::<Q5K>(w, nrows, act, ncols, out) }
 }
 
 /// As [`matmul_q4_k`], for Q6_K weights.
@@ -258,6 +288,81 @@ impl KTile for Q4K {
         }
         out[..C].copy_from_slice(&sum);
     }
+}
+
+impl KTile for Q5K {
+    const WB: usize = 176;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, first: bool, out: &mut [f32]) {
+        let m4 = _mm256_set1_epi8(0xf);
+        let b4 = _mm256_set1_epi8(0x10);
+        let mut acc = [_mm256_setzero_ps(); C];
+        let mut summs = [0.0f32; C];
+        for (b, x) in row.chunks_exact(Self::WB).enumerate() {
+            if first {
+                prefetch_ahead(x.as_ptr(), lines_ahead::<{ Self::WB }, C>());
+            }
+            let (scales, mins) = q4_k_scales_mins(arr(x, 4));
+            // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
+            let qh = unsafe { ld(arr(x, 16)) };
+            let mut isum = [_mm256_setzero_si256(); C];
+            for c in 0..4 {
+                // SAFETY: as above.
+                let q = unsafe { ld(arr(x, 48 + 32 * c)) };
+                // Bit 2c (2c + 1) of qh[l] is bit 4 of quant l of sub-block 2c (2c + 1).
+                let (sh0, sh1) = (
+                    _mm_cvtsi32_si128(2 * c as i32),
+                    _mm_cvtsi32_si128(2 * c as i32 + 1),
+                );
+                let h0 = _mm256_and_si256(_mm256_slli_epi16::<4>(_mm256_srl_epi16(qh, sh0)), b4);
+                let h1 = _mm256_and_si256(_mm256_slli_epi16::<4>(_mm256_srl_epi16(qh, sh1)), b4);
+                let lo = _mm256_or_si256(_mm256_and_si256(q, m4), h0);
+                let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q), m4), h1);
+                let (s0, s1) = (
+                    broadcast_i16(scales, 2 * c),
+                    broadcast_i16(scales, 2 * c + 1),
+                );
+                for (col, isum) in isum.iter_mut().enumerate() {
+                    let y = &a[col * arb + b * Q8K_BYTES..];
+                    // SAFETY: as above.
+                    let (y0, y1) = unsafe { (ld(arr(y, 4 + 64 * c)), ld(arr(y, 36 + 64 * c))) };
+                    // |5-bit quant · i8| pairs stay far inside `maddubs`' i16 range.
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), s0);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), s1);
+                    *isum = _mm256_add_epi32(*isum, _mm256_add_epi32(p0, p1));
+                }
+            }
+            let (d, dmin) = (h2f(x, 0), h2f(x, 2));
+            for col in 0..C {
+                let y = &a[col * arb + b * Q8K_BYTES..];
+                // Σ_j m_j · (bsum 2j + bsum 2j+1), exact in i32.
+                // SAFETY: as above; 16 i16 block sums are in bounds.
+                let bsums = unsafe { ld(arr(y, Q8K_BSUMS)) };
+                let pairs = _mm_hadd_epi16(
+                    _mm256_castsi256_si128(bsums),
+                    _mm256_extracti128_si256::<1>(bsums),
+                );
+                let msum = hsum_i32x4(_mm_madd_epi16(pairs, mins));
+                let yd = rd_f32(y, 0);
+                summs[col] += -yd * dmin * msum as f32;
+                let dv = _mm256_set1_ps(yd * d);
+                acc[col] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(isum[col]), acc[col]);
+            }
+        }
+        for col in 0..C {
+            out[col] = hsum(acc[col]) + summs[col];
+        }
+    }
+}
+
+/// The sum of four i32 lanes (exact).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_i32x4(v: __m128i) -> i32 {
+    let s = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
 }
 
 impl KTile for Q6K {

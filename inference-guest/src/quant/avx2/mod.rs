@@ -22,7 +22,6 @@ mod kquant_vnni;
 mod kquant_vnni_q5;
 mod kquant_vnni_q6;
 mod kquant_vnni_reduce;
-mod q5_k;
 mod sink;
 
 use core::arch::x86_64::{__m128i, __m256i, _mm_loadu_si128, _mm256_loadu_si256};
@@ -160,7 +159,7 @@ impl Avx2 {
                 }
                 GgmlType::IQ4XS => iq4::dot_iq4_xs(w, a),
                 GgmlType::Q5K if self.vnni => kquant_vnni_q5::dot_q5_k(w, a),
-                GgmlType::Q5K => q5_k::dot_q5_k(w, a),
+                GgmlType::Q5K => kquant::dot_q5_k(w, a),
                 GgmlType::Q4K if self.vnni => kquant_vnni::dot_q4_k(w, a),
                 GgmlType::Q6K if self.vnni => kquant_vnni_q6::dot_q6_k(w, a),
                 GgmlType::Q4K => kquant::dot_q4_k(w, a),
@@ -206,8 +205,7 @@ impl Avx2 {
                 }
                 true
             }
-            // Decode (one column) keeps the per-row dot `Kernels::matmul` falls back to; so
-            // does Q5_K's AVX2 build at any width.
+            // Decode (one column) keeps the per-row dot `Kernels::matmul` falls back to.
             GgmlType::Q5K if ncols > 1 && self.vnni => {
                 // SAFETY: `vnni` proves AVX2/FMA/F16C and AVX-512 F/VL/BW/VNNI;
                 // `Kernels::matmul` checked that `w` holds `nrows` rows and `act` `ncols`
@@ -217,7 +215,7 @@ impl Avx2 {
                 }
                 true
             }
-            GgmlType::Q4K | GgmlType::Q6K if ncols > 1 => {
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K if ncols > 1 => {
                 // SAFETY: `self` proves AVX2/FMA/F16C (with `vnni`, AVX-512 F/VL/BW/VNNI);
                 // `Kernels::matmul` checked that `w` holds `nrows` rows and `act` `ncols`
                 // rows of `n` values and `out` is `nrows * ncols` long.
@@ -230,6 +228,7 @@ impl Avx2 {
                             kquant_vnni::panels::<kquant_vnni_q6::Q6K>(w, nrows, act, ncols, out)
                         }
                         (GgmlType::Q4K, false) => kquant::matmul_q4_k(w, nrows, act, ncols, out),
+                        (GgmlType::Q5K, false) => kquant::matmul_q5_k(w, nrows, act, ncols, out),
                         _ => kquant::matmul_q6_k(w, nrows, act, ncols, out),
                     }
                 }
