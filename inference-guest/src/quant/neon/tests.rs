@@ -1,0 +1,167 @@
+//! The tiled products (`Neon::matmul`) against the dot products (`Neon::dot`, the one-column
+//! tiles) and the scalar oracle (`reference::dot`), compared bit for bit: every column count
+//! 1..=9 (one full tile of four, two, and each tail), one past a panel of 16, several rows of
+//! several blocks. Run under qemu-user by `make test-neon`.
+
+use super::Neon;
+use crate::ggml_type::GgmlType;
+use crate::quant::act_format::ActFormat;
+use crate::quant::f16::f32_to_f16;
+use crate::quant::reference;
+
+/// xorshift64*: deterministic, no crates.
+struct Rng(u64);
+
+impl Rng {
+    fn u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [lo, hi).
+    fn f32(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.u64() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+
+    fn f16(&mut self, lo: f32, hi: f32) -> [u8; 2] {
+        f32_to_f16(self.f32(lo, hi)).to_le_bytes()
+    }
+}
+
+/// `rows` weight rows of `n` values: arbitrary quant bits, sane f16 scales.
+fn weights(rng: &mut Rng, ty: GgmlType, n: usize, rows: usize) -> Vec<u8> {
+    let mut w: Vec<u8> = (0..ty.row_bytes(n).unwrap() * rows)
+        .map(|_| rng.u64() as u8)
+        .collect();
+    for b in w.chunks_exact_mut(ty.block_bytes()) {
+        match ty {
+            GgmlType::Q8_0 | GgmlType::Q4_0 => b[..2].copy_from_slice(&rng.f16(-0.05, 0.05)),
+            GgmlType::Q4_1 => {
+                b[..2].copy_from_slice(&rng.f16(0.001, 0.05));
+                b[2..4].copy_from_slice(&rng.f16(-0.5, 0.5));
+            }
+            GgmlType::Q4K | GgmlType::Q5K => {
+                b[..2].copy_from_slice(&rng.f16(0.0001, 0.01));
+                b[2..4].copy_from_slice(&rng.f16(0.0001, 0.01));
+            }
+            GgmlType::Q6K => b[208..210].copy_from_slice(&rng.f16(0.0001, 0.01)),
+            _ => unreachable!("{} has no tile", ty.name()),
+        }
+    }
+    w
+}
+
+/// `cols` activation rows of `n` values in `ty`'s activation format, quantised by the
+/// reference; now and then one all-zero block (scale 0).
+fn activations(rng: &mut Rng, ty: GgmlType, n: usize, cols: usize) -> Vec<u8> {
+    let fmt = ActFormat::for_weights(ty);
+    let mut act = vec![0u8; fmt.row_bytes(n) * cols];
+    for a in act.chunks_exact_mut(fmt.row_bytes(n)) {
+        let s = rng.f32(0.1, 4.0);
+        let mut x: Vec<f32> = (0..n).map(|_| rng.f32(-s, s)).collect();
+        if rng.u64().is_multiple_of(4) {
+            x[..32].fill(0.0);
+        }
+        reference::quantize_act(fmt, &x, a);
+    }
+    act
+}
+
+/// Σ|w_k·x_k| with x dequantised from the activations: the scale of a reordered sum's error.
+fn magnitude(ty: GgmlType, w_row: &[u8], a_row: &[u8], n: usize) -> f32 {
+    let mut wf = vec![0.0; n];
+    reference::dequantize_row(ty, w_row, &mut wf);
+    let fmt = ActFormat::for_weights(ty);
+    // Q8_0: f16 d, quants; Q8_1: f16 d, f16 sum, quants; Q8_K: f32 d, quants, sums.
+    let (ab, qa) = (
+        fmt.block_bytes(),
+        if fmt == ActFormat::Q8_0 { 2 } else { 4 },
+    );
+    let d = |y: &[u8]| match fmt {
+        ActFormat::Q8K => f32::from_le_bytes([y[0], y[1], y[2], y[3]]),
+        _ => crate::quant::f16::f16_to_f32(u16::from_le_bytes([y[0], y[1]])),
+    };
+    a_row
+        .chunks_exact(ab)
+        .flat_map(|y| {
+            y[qa..qa + fmt.block_len()]
+                .iter()
+                .map(move |&q| d(y) * f32::from(q as i8))
+        })
+        .zip(wf)
+        .map(|(x, w)| (x * w).abs())
+        .sum()
+}
+
+/// For `ty` and rows of each length in `lens`: every `matmul` output equals the `dot` of its
+/// row and column, and that equals the reference (`exact`) or is within rounding of it.
+fn tiles_match_dot_and_reference(ty: GgmlType, lens: &[usize], exact: bool, seed: u64) {
+    let k = Neon::new();
+    let mut rng = Rng(seed);
+    for &n in lens {
+        let (wrb, arb) = (
+            ty.row_bytes(n).unwrap(),
+            ActFormat::for_weights(ty).row_bytes(n),
+        );
+        for nrows in [1usize, 3] {
+            let w = weights(&mut rng, ty, n, nrows);
+            for ncols in (1..=9).chain([17]) {
+                let act = activations(&mut rng, ty, n, ncols);
+                let mut out = vec![f32::NAN; nrows * ncols];
+                let tiled = k.matmul(ty, n, &w, nrows, &act, ncols, &mut out);
+                assert_eq!(tiled, ncols > 1, "{} {ncols} columns", ty.name());
+                for (i, wr) in w.chunks_exact(wrb).enumerate() {
+                    for (j, ar) in act.chunks_exact(arb).enumerate() {
+                        let at = format!("{} n={n} {nrows}x{ncols} ({i},{j})", ty.name());
+                        let dot = k.dot(ty, wr, ar).unwrap();
+                        let want = reference::dot(ty, wr, ar);
+                        if tiled {
+                            let got = out[i * ncols + j];
+                            assert_eq!(got.to_bits(), dot.to_bits(), "{at}: tile {got} dot {dot}");
+                        }
+                        if exact {
+                            assert_eq!(dot.to_bits(), want.to_bits(), "{at}: dot {dot} ref {want}");
+                        } else {
+                            let tol = 2e-5 * magnitude(ty, wr, ar, n) + 1e-6 * want.abs();
+                            assert!((dot - want).abs() <= tol, "{at}: dot {dot} ref {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_0_tiles_are_bit_identical_to_dot_and_reference() {
+    tiles_match_dot_and_reference(GgmlType::Q8_0, &[32, 160], true, 0x8_0);
+}
+
+#[test]
+fn q4_0_tiles_are_bit_identical_to_dot_and_reference() {
+    tiles_match_dot_and_reference(GgmlType::Q4_0, &[32, 160], true, 0x4_0);
+}
+
+#[test]
+fn q4_1_tiles_are_bit_identical_to_dot_and_reference() {
+    tiles_match_dot_and_reference(GgmlType::Q4_1, &[32, 160], true, 0x4_1);
+}
+
+#[test]
+fn q4_k_tiles_are_bit_identical_to_dot_and_reference() {
+    tiles_match_dot_and_reference(GgmlType::Q4K, &[256, 768], true, 0x4b);
+}
+
+#[test]
+fn q5_k_tiles_are_bit_identical_to_dot_and_reference() {
+    tiles_match_dot_and_reference(GgmlType::Q5K, &[256, 768], true, 0x5b);
+}
+
+/// Q6_K's tile sums a super-block in one lane, not the reference's eight: equal to its dot,
+/// within rounding of the oracle.
+#[test]
+fn q6_k_tiles_are_bit_identical_to_dot() {
+    tiles_match_dot_and_reference(GgmlType::Q6K, &[256, 768], false, 0x6b);
+}
