@@ -42,7 +42,7 @@ pub(super) fn nibbles(b: &[u8; 16]) -> (int8x16_t, int8x16_t) {
 /// normals and subnormals); infinities and NaNs get the all-ones exponent.
 #[inline]
 #[target_feature(enable = "neon")]
-fn h2f4(hv: uint16x4_t) -> float32x4_t {
+pub(super) fn h2f4(hv: uint16x4_t) -> float32x4_t {
     let w = vmovl_u16(hv);
     let sign = vshlq_n_u32::<16>(vandq_u32(w, vdupq_n_u32(0x8000)));
     let em = vandq_u32(w, vdupq_n_u32(0x7fff));

@@ -10,6 +10,7 @@ mod bf16;
 mod dot;
 mod iq4;
 mod kquant;
+mod lanes;
 mod q5;
 #[cfg(test)]
 mod tests;

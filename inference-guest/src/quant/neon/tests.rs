@@ -54,12 +54,17 @@ fn weights(rng: &mut Rng, ty: GgmlType, n: usize, rows: usize) -> Vec<u8> {
 }
 
 /// `cols` activation rows of `n` values in `ty`'s activation format, quantised by the
-/// reference; now and then one all-zero block (scale 0).
+/// reference; now and then one all-zero block (scale 0) or a column of subnormal f16 scales.
 fn activations(rng: &mut Rng, ty: GgmlType, n: usize, cols: usize) -> Vec<u8> {
     let fmt = ActFormat::for_weights(ty);
     let mut act = vec![0u8; fmt.row_bytes(n) * cols];
     for a in act.chunks_exact_mut(fmt.row_bytes(n)) {
-        let s = rng.f32(0.1, 4.0);
+        // A quarter of the columns small enough for f16 scales below the normal range.
+        let s = if rng.u64().is_multiple_of(4) {
+            rng.f32(1e-4, 1e-3)
+        } else {
+            rng.f32(0.1, 4.0)
+        };
         let mut x: Vec<f32> = (0..n).map(|_| rng.f32(-s, s)).collect();
         if rng.u64().is_multiple_of(4) {
             x[..32].fill(0.0);
