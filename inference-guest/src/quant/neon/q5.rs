@@ -5,7 +5,7 @@
 use core::arch::aarch64::*;
 
 use super::dot::{h, mac16, nibbles, rd_f32};
-use super::kquant::{Q8K_BYTES, bsums_dot, vld1q_s16_arr};
+use super::kquant::{Q8K_BYTES, bsums_dot, hsum8, quads, vld1q_s16_arr};
 use super::tile::Tile;
 use super::{arr, ld_s8, ld_u8};
 use crate::quant::reference::q4_k_scales_mins;
@@ -59,15 +59,6 @@ pub(super) fn dot_q5_1(w: &[u8], a: &[u8]) -> f32 {
 /// Q5_K weights: 176-byte super-blocks (f16 d, f16 dmin, 12 bytes of scales, qh[32], qs[128]).
 pub(super) struct Q5K;
 
-/// Σ of each 4 consecutive products of 16 i8 lanes: 4 i32 lanes, values 0-3, 4-7, 8-11,
-/// 12-15 (each i16 pair sum is at most 2·31·128: exact).
-#[inline]
-#[target_feature(enable = "neon")]
-fn quads(a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-    vpaddlq_s16(vpaddq_s16(lo, vmull_high_s8(a, b)))
-}
-
 /// In the reference's (llama.cpp's x86) order: per column eight i32 lanes per super-block
 /// (lane m takes values 4m..4m + 4 of each 32-value sub-block, times its scale), turned into
 /// f32 and added with one fused multiply-add into eight float lanes; the mins go into one
@@ -118,11 +109,7 @@ impl Tile for Q5K {
             }
         }
         for col in 0..C {
-            // `hsum8`: lanes l and 4 + l, then (0 + 2) + (1 + 3).
-            let r = vaddq_f32(acc[col][1], acc[col][0]);
-            let r = (vgetq_lane_f32::<0>(r) + vgetq_lane_f32::<2>(r))
-                + (vgetq_lane_f32::<1>(r) + vgetq_lane_f32::<3>(r));
-            out[col] = r + summs[col];
+            out[col] = hsum8(acc[col]) + summs[col];
         }
     }
 }
