@@ -1,8 +1,9 @@
-//! Dot products: integer block sums exact, one float multiply-add per block.
+//! F16 and F32 dot products, and the helpers of the quantised kernels (block scales, exact
+//! i8 multiply-accumulate, nibble unpacking).
 
 use core::arch::aarch64::*;
 
-use super::{arr, ld_s8, ld_u8};
+use super::{arr, ld_u8};
 use crate::quant::f16::f16_to_f32;
 
 #[inline]
@@ -37,51 +38,11 @@ pub(super) fn nibbles(b: &[u8; 16]) -> (int8x16_t, int8x16_t) {
     )
 }
 
-#[target_feature(enable = "neon")]
-pub(super) fn dot_q4_0(w: &[u8], a: &[u8]) -> f32 {
-    let eight = vdupq_n_s8(8);
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
-        let (lo, hi) = nibbles(arr(x, 2));
-        let acc = mac16(vdupq_n_s32(0), vsubq_s8(lo, eight), ld_s8(arr(y, 2)));
-        let acc = mac16(acc, vsubq_s8(hi, eight), ld_s8(arr(y, 18)));
-        sum += vaddvq_s32(acc) as f32 * (h(x, 0) * h(y, 0));
-    }
-    sum
-}
-
-#[target_feature(enable = "neon")]
-pub(super) fn dot_q8_0(w: &[u8], a: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(34).zip(a.chunks_exact(34)) {
-        let acc = mac16(vdupq_n_s32(0), ld_s8(arr(x, 2)), ld_s8(arr(y, 2)));
-        let acc = mac16(acc, ld_s8(arr(x, 18)), ld_s8(arr(y, 18)));
-        sum += vaddvq_s32(acc) as f32 * (h(x, 0) * h(y, 0));
-    }
-    sum
-}
-
-#[target_feature(enable = "neon")]
-pub(super) fn dot_q4_1(w: &[u8], a: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(20).zip(a.chunks_exact(36)) {
-        let (lo, hi) = nibbles(arr(x, 4));
-        let acc = mac16(vdupq_n_s32(0), lo, ld_s8(arr(y, 4)));
-        let acc = mac16(acc, hi, ld_s8(arr(y, 20)));
-        sum += vaddvq_s32(acc) as f32 * (h(x, 0) * h(y, 0)) + h(x, 2) * h(y, 2);
-    }
-    sum
-}
-
-pub(super) fn bsum(y: &[u8], j: usize) -> i32 {
-    i32::from(i16::from_le_bytes([y[260 + 2 * j], y[261 + 2 * j]]))
-}
-
 /// Widens 4 f16 to f32 exactly: shift into f32 position and rescale by 2^112 (exact for
 /// normals and subnormals); infinities and NaNs get the all-ones exponent.
 #[inline]
 #[target_feature(enable = "neon")]
-fn h2f4(hv: uint16x4_t) -> float32x4_t {
+pub(super) fn h2f4(hv: uint16x4_t) -> float32x4_t {
     let w = vmovl_u16(hv);
     let sign = vshlq_n_u32::<16>(vandq_u32(w, vdupq_n_u32(0x8000)));
     let em = vandq_u32(w, vdupq_n_u32(0x7fff));

@@ -10,7 +10,12 @@ mod bf16;
 mod dot;
 mod iq4;
 mod kquant;
+mod lanes;
 mod q5;
+#[cfg(test)]
+mod tests;
+mod tile;
+mod tile32;
 
 use core::arch::aarch64::*;
 
@@ -35,14 +40,14 @@ impl Neon {
         // SAFETY: NEON is part of the aarch64 baseline; lengths were checked by `Kernels`.
         Some(unsafe {
             match ty {
-                GgmlType::Q4_0 => dot::dot_q4_0(w, a),
-                GgmlType::Q8_0 => dot::dot_q8_0(w, a),
-                GgmlType::Q4_1 => dot::dot_q4_1(w, a),
+                GgmlType::Q4_0 => tile::dot::<tile32::Q4_0>(w, a),
+                GgmlType::Q8_0 => tile::dot::<tile32::Q8_0>(w, a),
+                GgmlType::Q4_1 => tile::dot::<tile32::Q4_1>(w, a),
                 GgmlType::Q5_0 => q5::dot_q5_0(w, a),
                 GgmlType::Q5_1 => q5::dot_q5_1(w, a),
-                GgmlType::Q4K => kquant::dot_q4_k(w, a),
-                GgmlType::Q5K => q5::dot_q5_k(w, a),
-                GgmlType::Q6K => kquant::dot_q6_k(w, a),
+                GgmlType::Q4K => tile::dot::<kquant::Q4K>(w, a),
+                GgmlType::Q5K => tile::dot::<q5::Q5K>(w, a),
+                GgmlType::Q6K => tile::dot::<kquant::Q6K>(w, a),
                 GgmlType::IQ4NL => iq4::dot_iq4_nl(w, a),
                 GgmlType::IQ4XS => iq4::dot_iq4_xs(w, a),
                 GgmlType::F16 => dot::dot_f16(w, a),
@@ -52,7 +57,8 @@ impl Neon {
         })
     }
 
-    /// The K-quants tiled (prefill); for every other type and for one column (decode)
+    /// Q8_0, Q4_0, Q4_1 and the K-quants tiled (prefill, batched decode), each column's
+    /// output bit-identical to its `dot`; for every other type and for one column (decode)
     /// `Kernels::matmul` falls back to one NEON `dot` per output.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn matmul(
@@ -65,14 +71,20 @@ impl Neon {
         ncols: usize,
         out: &mut [f32],
     ) -> bool {
-        // SAFETY: NEON is part of the aarch64 baseline; lengths were checked by `Kernels`.
-        unsafe {
-            match ty {
-                GgmlType::Q4K if ncols > 1 => kquant::matmul_q4_k(w, nrows, act, ncols, out),
-                GgmlType::Q6K if ncols > 1 => kquant::matmul_q6_k(w, nrows, act, ncols, out),
-                _ => return false,
-            }
+        if ncols < 2 {
+            return false;
         }
+        let panels: unsafe fn(&[u8], usize, &[u8], usize, &mut [f32]) = match ty {
+            GgmlType::Q8_0 => tile::panels::<tile32::Q8_0>,
+            GgmlType::Q4_0 => tile::panels::<tile32::Q4_0>,
+            GgmlType::Q4_1 => tile::panels::<tile32::Q4_1>,
+            GgmlType::Q4K => tile::panels::<kquant::Q4K>,
+            GgmlType::Q5K => tile::panels::<q5::Q5K>,
+            GgmlType::Q6K => tile::panels::<kquant::Q6K>,
+            _ => return false,
+        };
+        // SAFETY: NEON is part of the aarch64 baseline; lengths were checked by `Kernels`.
+        unsafe { panels(w, nrows, act, ncols, out) };
         true
     }
 }

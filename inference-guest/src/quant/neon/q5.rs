@@ -1,9 +1,12 @@
-//! Q5_0·Q8_0, Q5_1·Q8_1 and Q5_K·Q8_K: integer block sums exact, one float multiply-add per
-//! block (per super-block for Q5_K).
+//! Q5_0·Q8_0 and Q5_1·Q8_1 dot products (integer block sums exact, one float multiply-add per
+//! block), and the Q5_K·Q8_K tile ([`Tile`]: decode is its one-column case), whose float
+//! arithmetic is the reference's, so tile, dot and oracle agree to the bit.
 
 use core::arch::aarch64::*;
 
-use super::dot::{bsum, h, mac16, nibbles, rd_f32};
+use super::dot::{h, mac16, nibbles, rd_f32};
+use super::kquant::{Q8K_BYTES, bsums_dot, hsum8, quads, vld1q_s16_arr};
+use super::tile::Tile;
 use super::{arr, ld_s8, ld_u8};
 use crate::quant::reference::q4_k_scales_mins;
 
@@ -53,34 +56,60 @@ pub(super) fn dot_q5_1(w: &[u8], a: &[u8]) -> f32 {
     sum
 }
 
-#[target_feature(enable = "neon")]
-pub(super) fn dot_q5_k(w: &[u8], a: &[u8]) -> f32 {
-    let one = vdupq_n_u8(1);
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(176).zip(a.chunks_exact(292)) {
-        let (sc, m) = q4_k_scales_mins(&x[4..16]);
-        let qh = [ld_u8(arr(x, 16)), ld_u8(arr(x, 32))];
-        let mut isum = 0i32;
-        for c in 0..4 {
-            // Bit 2c (2c + 1) of qh[l] is bit 4 of value 64c + l (64c + 32 + l).
-            let hb = |v: uint8x16_t, s: i32| {
-                vshlq_n_u8::<4>(vandq_u8(vshlq_u8(v, vdupq_n_s8(-(s as i8))), one))
-            };
-            let (mut s_lo, mut s_hi) = (vdupq_n_s32(0), vdupq_n_s32(0));
-            for (g, &qhg) in qh.iter().enumerate() {
-                let (lo, hi) = nibbles(arr(x, 48 + 32 * c + 16 * g));
-                let lo = vorrq_u8(vreinterpretq_u8_s8(lo), hb(qhg, 2 * c as i32));
-                let hi = vorrq_u8(vreinterpretq_u8_s8(hi), hb(qhg, 2 * c as i32 + 1));
-                let yo = 4 + 64 * c + 16 * g;
-                s_lo = mac16(s_lo, vreinterpretq_s8_u8(lo), ld_s8(arr(y, yo)));
-                s_hi = mac16(s_hi, vreinterpretq_s8_u8(hi), ld_s8(arr(y, yo + 32)));
+/// Q5_K weights: 176-byte super-blocks (f16 d, f16 dmin, 12 bytes of scales, qh[32], qs[128]).
+pub(super) struct Q5K;
+
+/// In the reference's (llama.cpp's x86) order: per column eight i32 lanes per super-block
+/// (lane m takes values 4m..4m + 4 of each 32-value sub-block, times its scale), turned into
+/// f32 and added with one fused multiply-add into eight float lanes; the mins go into one
+/// scalar beside them; at the end `hsum8` plus that scalar.
+impl Tile for Q5K {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, out: &mut [f32]) {
+        let one = vdupq_n_u8(1);
+        let mut acc = [[vdupq_n_f32(0.0); 2]; C];
+        let mut summs = [0.0f32; C];
+        for (b, x) in row.chunks_exact(176).enumerate() {
+            let (sc, m) = q4_k_scales_mins(&x[4..16]);
+            let qh = [ld_u8(arr(x, 16)), ld_u8(arr(x, 32))];
+            // lanes[col][g]: lanes 4g..4g + 4, values 16g..16g + 16 of every sub-block.
+            let mut lanes = [[vdupq_n_s32(0); 2]; C];
+            for c in 0..4 {
+                // Bit 2c (2c + 1) of qh[l] is bit 4 of value 64c + l (64c + 32 + l).
+                let hb = |v: uint8x16_t, s: i32| {
+                    vshlq_n_u8::<4>(vandq_u8(vshlq_u8(v, vdupq_n_s8(-(s as i8))), one))
+                };
+                let (s_lo, s_hi) = (i32::from(sc[2 * c]), i32::from(sc[2 * c + 1]));
+                for (g, &qhg) in qh.iter().enumerate() {
+                    let (lo, hi) = nibbles(arr(x, 48 + 32 * c + 16 * g));
+                    let lo = vorrq_u8(vreinterpretq_u8_s8(lo), hb(qhg, 2 * c as i32));
+                    let hi = vorrq_u8(vreinterpretq_u8_s8(hi), hb(qhg, 2 * c as i32 + 1));
+                    let (lo, hi) = (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi));
+                    let yo = b * Q8K_BYTES + 4 + 64 * c + 16 * g;
+                    for (col, l) in lanes.iter_mut().enumerate() {
+                        let y = &a[col * arb + yo..];
+                        l[g] = vmlaq_n_s32(l[g], quads(lo, ld_s8(arr(y, 0))), s_lo);
+                        l[g] = vmlaq_n_s32(l[g], quads(hi, ld_s8(arr(y, 32))), s_hi);
+                    }
+                }
             }
-            isum += vaddvq_s32(s_lo) * i32::from(sc[2 * c])
-                + vaddvq_s32(s_hi) * i32::from(sc[2 * c + 1]);
+            // Each min weighs the two 16-value block sums of its 32 values.
+            let mins: [i16; 16] = core::array::from_fn(|j| i16::from(m[j / 2]));
+            let mins = [vld1q_s16_arr(&mins, 0), vld1q_s16_arr(&mins, 8)];
+            let (dx, dmin) = (h(x, 0), h(x, 2));
+            for col in 0..C {
+                let y = &a[col * arb + b * Q8K_BYTES..];
+                let yd = rd_f32(y, 0);
+                summs[col] += -yd * dmin * bsums_dot(y, &mins) as f32;
+                let d = yd * dx;
+                for (f, l) in acc[col].iter_mut().zip(lanes[col]) {
+                    *f = vfmaq_n_f32(*f, vcvtq_f32_s32(l), d);
+                }
+            }
         }
-        let msum: i32 = (0..16).map(|j| bsum(y, j) * i32::from(m[j / 2])).sum();
-        let yd = rd_f32(y, 0);
-        sum += h(x, 0) * yd * isum as f32 - h(x, 2) * yd * msum as f32;
+        for col in 0..C {
+            out[col] = hsum8(acc[col]) + summs[col];
+        }
     }
-    sum
 }
