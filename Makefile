@@ -43,7 +43,7 @@ PROMPT ?= Write a haiku about the sea.
         test-venv flexserve-bin install install-units bench-serve bench-serve-abuse bench-agent bench-prefix \
         bench-structured test-real-models \
         fuzz-toolchain fuzz-check fuzz-build fuzz-smoke \
-        bench bench-engine bench-batch bench-grammar bench-boot bench-virtio bench-memory clean
+        bench bench-engine bench-engine-avx2 bench-batch bench-grammar bench-boot bench-virtio bench-memory clean
 
 help:
 	@echo "make run           set up if needed, then generate text from the default model"
@@ -57,6 +57,7 @@ help:
 	@echo "make image-arm64   the same for arm64 (aarch64-unknown-none) into images/out-aarch64"
 	@echo "make bench         protected guest vs host engine vs llama.cpp: TTFT, prefill, decode"
 	@echo "make bench-engine  engine vs llama.cpp, prefill/decode tokens/s (needs setup-bench)"
+	@echo "make bench-engine-avx2  the AVX2 build vs an AVX2-only llama.cpp, on this CPU"
 	@echo "make bench-batch   batched decode tokens/s at 1, 4 and 8 sessions (no llama.cpp)"
 	@echo "make bench-grammar structured output: grammar mask cost per token on Qwen2.5's 151k vocabulary"
 	@echo "make bench-boot    guest boot time and guest-vs-host compute ratio under /dev/kvm"
@@ -212,6 +213,23 @@ $(BENCH_VENV)/.llama-no-amx:
 		$(BENCH_VENV)/bin/pip install --quiet --no-cache-dir \
 		--force-reinstall --no-deps llama-cpp-python==0.3.36
 	$(BENCH_VENV)/bin/pip install --quiet llama-cpp-python==0.3.36 numpy gguf
+	@touch $@
+
+# An AVX2-only llama.cpp (no AVX-512, no AMX) beside the native one, so that an AVX-512
+# machine can also measure the AVX2 build against its own kind (`make bench-engine-avx2`):
+# the project's machines come in both kinds and the targets hold on both.
+BENCH_AVX2_VENV := $(BUILD)/bench-avx2-venv
+LLAMA_AVX2_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+                    -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
+                    -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
+
+$(BENCH_AVX2_VENV)/.done:
+	@[ -x $(BENCH_AVX2_VENV)/bin/pip ] || $(PYTHON) -m venv $(BENCH_AVX2_VENV)
+	@echo "setup-bench-avx2: compiling an AVX2-only llama.cpp (~8 minutes on 2 cores)"
+	CMAKE_ARGS="$(LLAMA_AVX2_CMAKE)" CFLAGS="-march=haswell" CXXFLAGS="-march=haswell" \
+		$(BENCH_AVX2_VENV)/bin/pip install --quiet --no-cache-dir \
+		--force-reinstall --no-deps llama-cpp-python==0.3.36
+	$(BENCH_AVX2_VENV)/bin/pip install --quiet llama-cpp-python==0.3.36 numpy gguf
 	@touch $@
 
 FORCE:
@@ -488,6 +506,14 @@ bench-engine: setup setup-bench $(QWEN_CODER)
 	$(BENCH_VENV)/bin/python tools/bench/bench_engine.py --flexserve $(FLEXSERVE) \
 		$(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf \
 		$(DEFAULT_MODEL) $(QWEN_CODER) --batch-sizes 1 4 8 $(BENCH_ENGINE_ARGS)
+
+# The AVX2 build against an AVX2-only llama.cpp, both on this CPU: on an AVX-512 machine,
+# the nearest stand-in for the AVX2-only one.
+bench-engine-avx2: setup $(BENCH_AVX2_VENV)/.done $(QWEN_CODER)
+	@$(CARGO) build --release --quiet -p flexserve
+	$(BENCH_AVX2_VENV)/bin/python tools/bench/bench_engine.py --flexserve $(FLEXSERVE) \
+		$(MODELS)/SmolLM2-135M-Instruct.Q8_0.gguf $(MODELS)/SmolLM2-135M-Instruct.Q4_0.gguf \
+		$(DEFAULT_MODEL) $(QWEN_CODER) --isa avx2 $(BENCH_ENGINE_ARGS)
 
 # Batched decode alone (docs/testing.md): 1, 4 and 8 sessions stepping in one forward pass on
 # SmolLM2 Q8_0 and Q4_0 (and the 1.5B model when present), no llama.cpp needed.
