@@ -11,6 +11,7 @@
 use core::arch::x86_64::*;
 
 use super::{arr, h2f, hsum, ld, ld16, prefetch_ahead};
+use alloc::vec::Vec;
 
 /// Q8_K block layout: f32 scale, 256 quants, 16 i16 block sums.
 const Q8K_BYTES: usize = 292;
@@ -43,6 +44,8 @@ trait KTile {
 }
 
 struct Q4K;
+/// Q4_K against activations from [`pair_sub_blocks`] (products of several columns).
+struct Q4KPaired;
 struct Q5K;
 struct Q6K;
 
@@ -95,8 +98,33 @@ pub(super) unsafe fn matmul_q4_k(
     ncols: usize,
     out: &mut [f32],
 ) {
-    // SAFETY: forwarded contract.
-    unsafe { panels::<Q4K>(w, nrows, act, ncols, out) }
+    let paired = pair_sub_blocks(act);
+    // SAFETY: forwarded contract; `paired` is `act` with its quants reordered in place.
+    unsafe { panels::<Q4KPaired>(w, nrows, &paired, ncols, out) }
+}
+
+/// `act` (whole Q8_K blocks) with each 64-value chunk's quants interleaved two by two:
+/// values 2k, 2k + 1 of its first sub-block, then the same of its second, as
+/// `unpacklo/hi_epi16` lay them out per 128-bit lane. [`Q4KPaired`]'s tile unpacks its
+/// nibbles the same way, so one `maddubs` covers both sub-blocks and their sums take
+/// their two scales in one `madd`.
+#[target_feature(enable = "avx2")]
+fn pair_sub_blocks(act: &[u8]) -> Vec<u8> {
+    let mut out = act.to_vec();
+    for blk in out.chunks_exact_mut(Q8K_BYTES) {
+        for c in 0..4 {
+            let at = Q8K_QS + 64 * c;
+            // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
+            let (y0, y1) = unsafe { (ld(arr(blk, at)), ld(arr(blk, at + 32))) };
+            let (lo, hi) = (_mm256_unpacklo_epi16(y0, y1), _mm256_unpackhi_epi16(y0, y1));
+            // SAFETY: 64 writable bytes at `at`; storeu has no alignment requirement.
+            unsafe {
+                _mm256_storeu_si256(blk[at..at + 32].as_mut_ptr().cast(), lo);
+                _mm256_storeu_si256(blk[at + 32..at + 64].as_mut_ptr().cast(), hi);
+            }
+        }
+    }
+    out
 }
 
 /// As [`matmul_q4_k`], for Q5_K weights.
@@ -268,6 +296,67 @@ impl KTile for Q4K {
             }
             // Σ_j bsum_j · m[j / 2]: the 16 block sums added in pairs (one per min), then
             // multiplied by the mins (exact in i16 and i32).
+            let mut mprod = [_mm256_setzero_si256(); C];
+            for (col, p) in mprod.iter_mut().enumerate() {
+                let y = &a[col * arb + b * Q8K_BYTES..];
+                // SAFETY: as above.
+                let bsums = unsafe { ld(arr(y, Q8K_BSUMS)) };
+                let pairs = _mm_hadd_epi16(
+                    _mm256_castsi256_si128(bsums),
+                    _mm256_extracti128_si256::<1>(bsums),
+                );
+                *p = _mm256_set_m128i(_mm_setzero_si128(), _mm_madd_epi16(pairs, mins));
+            }
+            let (itot, mtot) = (hsums_i32(&isum), hsums_i32(&mprod));
+            let (d, dmin) = (h2f(x, 0), h2f(x, 2));
+            for col in 0..C {
+                let yd = rd_f32(a, col * arb + b * Q8K_BYTES);
+                sum[col] += d * yd * itot[col] as f32 - dmin * yd * mtot[col] as f32;
+            }
+        }
+        out[..C].copy_from_slice(&sum);
+    }
+}
+
+impl KTile for Q4KPaired {
+    const WB: usize = 144;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, first: bool, out: &mut [f32]) {
+        let m4 = _mm256_set1_epi8(0xf);
+        let mut sum = [0.0f32; C];
+        for (b, x) in row.chunks_exact(Self::WB).enumerate() {
+            if first {
+                prefetch_ahead(x.as_ptr(), lines_ahead::<{ Self::WB }, C>());
+            }
+            let (scales, mins) = q4_k_scales_mins(arr(x, 4));
+            let mut isum = [_mm256_setzero_si256(); C];
+            for c in 0..4 {
+                // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
+                let q = unsafe { ld(arr(x, 16 + 32 * c)) };
+                let lo = _mm256_and_si256(q, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                // The activations' order: sub-blocks 2c and 2c + 1 two values at a time.
+                let (w0, w1) = (_mm256_unpacklo_epi16(lo, hi), _mm256_unpackhi_epi16(lo, hi));
+                // i16 pairs [scale 2c, scale 2c + 1] for `madd`.
+                let s = _mm256_unpacklo_epi16(
+                    broadcast_i16(scales, 2 * c),
+                    broadcast_i16(scales, 2 * c + 1),
+                );
+                for (col, acc) in isum.iter_mut().enumerate() {
+                    let y = &a[col * arb + b * Q8K_BYTES..];
+                    // SAFETY: as above.
+                    let (y0, y1) = unsafe { (ld(arr(y, 4 + 64 * c)), ld(arr(y, 36 + 64 * c))) };
+                    // Each i16 lane sums four products of one sub-block (|·| ≤ 4·15·128).
+                    let p = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(w0, y0),
+                        _mm256_maddubs_epi16(w1, y1),
+                    );
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(p, s));
+                }
+            }
+            // As `Q4K`'s tile from here: the same exact sums, the same float step.
             let mut mprod = [_mm256_setzero_si256(); C];
             for (col, p) in mprod.iter_mut().enumerate() {
                 let y = &a[col * arb + b * Q8K_BYTES..];
