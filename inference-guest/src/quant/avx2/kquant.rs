@@ -262,6 +262,40 @@ fn broadcast_i16(v: __m256i, i: usize) -> __m256i {
     _mm256_shuffle_epi8(v, pattern)
 }
 
+/// The end of Q4_K super-block `b` (`x`) of a `C`-column tile, with its column sums
+/// `isum` done: Σ_j bsum_j · m[j / 2] (the 16 block sums added in pairs, one per min, then
+/// multiplied by the mins; exact in i16 and i32), and the reference's float step
+/// `sum += d · yd · itot − dmin · yd · mtot` per column.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_block_end<const C: usize>(
+    x: &[u8],
+    a: &[u8],
+    arb: usize,
+    b: usize,
+    mins: __m128i,
+    isum: &[__m256i; C],
+    sum: &mut [f32; C],
+) {
+    let mut mprod = [_mm256_setzero_si256(); C];
+    for (col, p) in mprod.iter_mut().enumerate() {
+        let y = &a[col * arb + b * Q8K_BYTES..];
+        // SAFETY: AVX2 is this function's contract; the array is bounds-checked.
+        let bsums = unsafe { ld(arr(y, Q8K_BSUMS)) };
+        let pairs = _mm_hadd_epi16(
+            _mm256_castsi256_si128(bsums),
+            _mm256_extracti128_si256::<1>(bsums),
+        );
+        *p = _mm256_set_m128i(_mm_setzero_si128(), _mm_madd_epi16(pairs, mins));
+    }
+    let (itot, mtot) = (hsums_i32(isum), hsums_i32(&mprod));
+    let (d, dmin) = (h2f(x, 0), h2f(x, 2));
+    for col in 0..C {
+        let yd = rd_f32(a, col * arb + b * Q8K_BYTES);
+        sum[col] += d * yd * itot[col] as f32 - dmin * yd * mtot[col] as f32;
+    }
+}
+
 impl KTile for Q4K {
     const WB: usize = 144;
 
@@ -294,25 +328,7 @@ impl KTile for Q4K {
                     *acc = _mm256_add_epi32(*acc, _mm256_add_epi32(p0, p1));
                 }
             }
-            // Σ_j bsum_j · m[j / 2]: the 16 block sums added in pairs (one per min), then
-            // multiplied by the mins (exact in i16 and i32).
-            let mut mprod = [_mm256_setzero_si256(); C];
-            for (col, p) in mprod.iter_mut().enumerate() {
-                let y = &a[col * arb + b * Q8K_BYTES..];
-                // SAFETY: as above.
-                let bsums = unsafe { ld(arr(y, Q8K_BSUMS)) };
-                let pairs = _mm_hadd_epi16(
-                    _mm256_castsi256_si128(bsums),
-                    _mm256_extracti128_si256::<1>(bsums),
-                );
-                *p = _mm256_set_m128i(_mm_setzero_si128(), _mm_madd_epi16(pairs, mins));
-            }
-            let (itot, mtot) = (hsums_i32(&isum), hsums_i32(&mprod));
-            let (d, dmin) = (h2f(x, 0), h2f(x, 2));
-            for col in 0..C {
-                let yd = rd_f32(a, col * arb + b * Q8K_BYTES);
-                sum[col] += d * yd * itot[col] as f32 - dmin * yd * mtot[col] as f32;
-            }
+            q4_k_block_end(x, a, arb, b, mins, &isum, &mut sum);
         }
         out[..C].copy_from_slice(&sum);
     }
@@ -356,24 +372,7 @@ impl KTile for Q4KPaired {
                     *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(p, s));
                 }
             }
-            // As `Q4K`'s tile from here: the same exact sums, the same float step.
-            let mut mprod = [_mm256_setzero_si256(); C];
-            for (col, p) in mprod.iter_mut().enumerate() {
-                let y = &a[col * arb + b * Q8K_BYTES..];
-                // SAFETY: as above.
-                let bsums = unsafe { ld(arr(y, Q8K_BSUMS)) };
-                let pairs = _mm_hadd_epi16(
-                    _mm256_castsi256_si128(bsums),
-                    _mm256_extracti128_si256::<1>(bsums),
-                );
-                *p = _mm256_set_m128i(_mm_setzero_si128(), _mm_madd_epi16(pairs, mins));
-            }
-            let (itot, mtot) = (hsums_i32(&isum), hsums_i32(&mprod));
-            let (d, dmin) = (h2f(x, 0), h2f(x, 2));
-            for col in 0..C {
-                let yd = rd_f32(a, col * arb + b * Q8K_BYTES);
-                sum[col] += d * yd * itot[col] as f32 - dmin * yd * mtot[col] as f32;
-            }
+            q4_k_block_end(x, a, arb, b, mins, &isum, &mut sum);
         }
         out[..C].copy_from_slice(&sum);
     }
