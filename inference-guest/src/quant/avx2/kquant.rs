@@ -15,6 +15,8 @@ use alloc::vec::Vec;
 
 /// Q8_K block layout: f32 scale, 256 quants, 16 i16 block sums.
 const Q8K_BYTES: usize = 292;
+/// Q4_K super-block: f16 d, f16 dmin, 12 bytes of scales and mins, 128 bytes of nibbles.
+const Q4K_BYTES: usize = 144;
 const Q8K_QS: usize = 4;
 const Q8K_BSUMS: usize = 260;
 /// Columns per register tile.
@@ -43,9 +45,11 @@ trait KTile {
     unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, first: bool, out: &mut [f32]);
 }
 
-struct Q4K;
+struct Q4KTile<const PAIRED: bool>;
+/// Q4_K against Q8_K rows as they are (decode's one column).
+type Q4K = Q4KTile<false>;
 /// Q4_K against activations from [`pair_sub_blocks`] (products of several columns).
-struct Q4KPaired;
+type Q4KPaired = Q4KTile<true>;
 struct Q5K;
 struct Q6K;
 
@@ -296,8 +300,11 @@ fn q4_k_block_end<const C: usize>(
     }
 }
 
-impl KTile for Q4K {
-    const WB: usize = 144;
+/// Q4_K's tile; with `PAIRED` against activations from [`pair_sub_blocks`], whose order
+/// lets one `maddubs` pair and one `madd` take both sub-blocks of a 64-value chunk (five
+/// operations per column and chunk instead of six). Integer sums are exact either way.
+impl<const PAIRED: bool> KTile for Q4KTile<PAIRED> {
+    const WB: usize = Q4K_BYTES;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -306,7 +313,7 @@ impl KTile for Q4K {
         let mut sum = [0.0f32; C];
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
             if first {
-                prefetch_ahead(x.as_ptr(), lines_ahead::<{ Self::WB }, C>());
+                prefetch_ahead(x.as_ptr(), lines_ahead::<Q4K_BYTES, C>());
             }
             let (scales, mins) = q4_k_scales_mins(arr(x, 4));
             let mut isum = [_mm256_setzero_si256(); C];
@@ -319,57 +326,26 @@ impl KTile for Q4K {
                     broadcast_i16(scales, 2 * c),
                     broadcast_i16(scales, 2 * c + 1),
                 );
+                // Paired: the activations' order (sub-blocks 2c and 2c + 1 two values at a
+                // time) and i16 pairs [scale 2c, scale 2c + 1] for one `madd`.
+                let (w0, w1, s) = if PAIRED {
+                    let w = (_mm256_unpacklo_epi16(lo, hi), _mm256_unpackhi_epi16(lo, hi));
+                    (w.0, w.1, _mm256_unpacklo_epi16(s0, s1))
+                } else {
+                    (lo, hi, s0)
+                };
                 for (col, acc) in isum.iter_mut().enumerate() {
                     let y = &a[col * arb + b * Q8K_BYTES..];
                     // SAFETY: as above.
                     let (y0, y1) = unsafe { (ld(arr(y, 4 + 64 * c)), ld(arr(y, 36 + 64 * c))) };
-                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), s0);
-                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), s1);
-                    *acc = _mm256_add_epi32(*acc, _mm256_add_epi32(p0, p1));
-                }
-            }
-            q4_k_block_end(x, a, arb, b, mins, &isum, &mut sum);
-        }
-        out[..C].copy_from_slice(&sum);
-    }
-}
-
-impl KTile for Q4KPaired {
-    const WB: usize = 144;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, first: bool, out: &mut [f32]) {
-        let m4 = _mm256_set1_epi8(0xf);
-        let mut sum = [0.0f32; C];
-        for (b, x) in row.chunks_exact(Self::WB).enumerate() {
-            if first {
-                prefetch_ahead(x.as_ptr(), lines_ahead::<{ Self::WB }, C>());
-            }
-            let (scales, mins) = q4_k_scales_mins(arr(x, 4));
-            let mut isum = [_mm256_setzero_si256(); C];
-            for c in 0..4 {
-                // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
-                let q = unsafe { ld(arr(x, 16 + 32 * c)) };
-                let lo = _mm256_and_si256(q, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-                // The activations' order: sub-blocks 2c and 2c + 1 two values at a time.
-                let (w0, w1) = (_mm256_unpacklo_epi16(lo, hi), _mm256_unpackhi_epi16(lo, hi));
-                // i16 pairs [scale 2c, scale 2c + 1] for `madd`.
-                let s = _mm256_unpacklo_epi16(
-                    broadcast_i16(scales, 2 * c),
-                    broadcast_i16(scales, 2 * c + 1),
-                );
-                for (col, acc) in isum.iter_mut().enumerate() {
-                    let y = &a[col * arb + b * Q8K_BYTES..];
-                    // SAFETY: as above.
-                    let (y0, y1) = unsafe { (ld(arr(y, 4 + 64 * c)), ld(arr(y, 36 + 64 * c))) };
-                    // Each i16 lane sums four products of one sub-block (|·| ≤ 4·15·128).
-                    let p = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(w0, y0),
-                        _mm256_maddubs_epi16(w1, y1),
-                    );
-                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(p, s));
+                    let (p0, p1) = (_mm256_maddubs_epi16(w0, y0), _mm256_maddubs_epi16(w1, y1));
+                    let p = if PAIRED {
+                        // Each i16 lane sums four products of one sub-block (|·| ≤ 4·15·128).
+                        _mm256_madd_epi16(_mm256_add_epi16(p0, p1), s)
+                    } else {
+                        _mm256_add_epi32(_mm256_madd_epi16(p0, s), _mm256_madd_epi16(p1, s1))
+                    };
+                    *acc = _mm256_add_epi32(*acc, p);
                 }
             }
             q4_k_block_end(x, a, arb, b, mins, &isum, &mut sum);
