@@ -226,3 +226,87 @@ fn evicted_caches_are_restored_sealed_or_refused_and_recomputed() {
     d.stop();
     assert!(!store.exists(), "the daemon's store outlived it");
 }
+
+/// A `/metrics` value by name.
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let text = http(addr, "GET", "/metrics", "").body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+/// The guest's own pressure: one kept cache sits below the daemon's 75 % mark, so the sweep
+/// after a request leaves it, but the next request's session does not fit beside it. The
+/// guest would drop it to make room (and count the drop); the daemon evicts it sealed
+/// before the session opens, and the cache comes back from its file for the prompt that
+/// goes on from it, with the never-evicted answer.
+#[test]
+fn a_session_makes_room_by_sealed_eviction_not_by_dropping() {
+    if !guests_can_run(&[DEFAULT]) {
+        return;
+    }
+    let expect = never_evicted(&[A, B]);
+    // The guest's memory with A's cache kept, measured with room to spare.
+    let probe_dir = temp_dir("kv-evict-room-probe");
+    let d = Daemon::start(Config {
+        memory_max: MEMORY_MAX,
+        max_active: 1,
+        key_root: Some(probe_dir.join("key-root")),
+        ..config(&probe_dir, DEFAULT, CTX, 8)
+    })
+    .expect("daemon starts");
+    let addr = d.tcp_addr.unwrap();
+    ask(addr, A);
+    let kept = metric(addr, "flexserve_memory_used_bytes");
+    d.stop();
+    let file = flexserve::model::HostModel::open(
+        &repo().join(format!("models/{DEFAULT}.gguf")),
+        flexserve::model::Access::Mapped,
+    )
+    .expect("the model opens");
+    let session = file.session_bytes(CTX as usize);
+    // Short of one session's room by 16 MiB, yet A's cache under the 75 % mark.
+    let budget = (kept + session - (16 << 20)) & !((2 << 20) - 1);
+    assert!(
+        kept * 100 <= budget * 75,
+        "the setting does not test what it says: {kept} bytes in use of {budget}"
+    );
+
+    let dir = temp_dir("kv-evict-room");
+    let d = Daemon::start(Config {
+        memory_max: budget,
+        max_active: 1,
+        kv_restore: KvRestoreMode::Restore,
+        key_root: Some(dir.join("key-root")),
+        ..config(&dir, DEFAULT, CTX, 8)
+    })
+    .expect("daemon starts");
+    let addr = d.tcp_addr.unwrap();
+    let dropped = || metric(addr, "flexserve_kv_caches_dropped_total");
+    let (text, _, _) = ask(addr, A);
+    assert_eq!(text, expect[0]);
+    assert_eq!(counters(addr), [0; 4], "evicted under the 75 % mark");
+    // B's session needs the room A's kept cache holds.
+    let (text, _, _) = ask(addr, B);
+    assert_eq!(text, expect[1]);
+    assert_eq!(
+        counters(addr),
+        [1, 0, 0, 0],
+        "A's cache was not evicted sealed"
+    );
+    assert_eq!(
+        dropped(),
+        0,
+        "the guest dropped a cache the daemon could evict"
+    );
+    // A again: its cache back from the file (B's evicted in turn to make its room).
+    let (text, tokens, cached) = ask(addr, A);
+    assert_eq!(text, expect[0]);
+    assert!(
+        cached > 0,
+        "none of A's {tokens} tokens came from its sealed file"
+    );
+    assert_eq!(counters(addr), [2, 1, 0, 0]);
+    assert_eq!(dropped(), 0);
+    d.stop();
+}

@@ -146,6 +146,7 @@ fn an_evicted_cache_comes_back_sealed_or_is_refused_and_recomputed() {
     );
     let (handle, blocks) = evict(&rig);
     let blob: Vec<u8> = blocks.concat();
+    assert_eq!(rig.stats().kv_caches_dropped, 0, "handed over, not dropped");
 
     // What the host stores holds neither the KV bytes nor the token ids; the same search
     // finds both in the plaintext the blocks would hold unsealed (layer 0 of the prompt,
@@ -252,11 +253,14 @@ fn a_session_opens_only_where_its_cache_fits_in_one_piece() {
     let prompt = engine.encode("The quick brown fox jumps over the lazy dog, and then it runs");
     ask(&rig, 10, &prompt, 0, |_| {});
 
+    assert_eq!(rig.stats().kv_caches_dropped, 0, "dropped without pressure");
     rig.pool
         .largest_block
         .store(1024, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(rig.open(40, 1, CTX), Status::OutOfMemory);
     assert!(logged(&rig, &["no free extent large enough"]));
+    // Counted, for the host to report (and to prove it evicted first where it could).
+    assert_eq!(rig.stats().kv_caches_dropped, 1, "the drop was not counted");
     // The kept cache went to make room.
     match rig.command(&ControlCommand::KvEvict(KvEvict {
         handle: 0,

@@ -70,6 +70,7 @@ fn main() {
                 tokens_generated: 12345,
                 engine_kernels: 2,
                 cpu_features: 0x3ff,
+                kv_caches_dropped: 2,
             }
             .encode(o)
         }),

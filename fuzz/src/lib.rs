@@ -325,6 +325,7 @@ pub fn reply(u: &mut Unstructured<'_>) -> Result<ControlReply> {
             tokens_generated: u.arbitrary()?,
             engine_kernels: u.arbitrary()?,
             cpu_features: u.arbitrary()?,
+            kv_caches_dropped: u.arbitrary()?,
         })
     })
 }

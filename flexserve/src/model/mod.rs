@@ -217,24 +217,35 @@ impl HostModel {
         requested.clamp(1, max.max(1))
     }
 
+    /// Guest private memory one more session of `context` tokens takes: its KV cache and
+    /// its share of scratch.
+    pub fn session_bytes(&self, context: usize) -> u64 {
+        self.kv_bytes(context) + SESSION_HEADROOM
+    }
+
+    /// Bytes of a KV cache of `context` tokens.
+    fn kv_bytes(&self, context: usize) -> u64 {
+        match &self.format {
+            Format::Plain(p) => p.shape.kv_cache_bytes(context) as u64,
+            Format::Sealed(h) => h
+                .kv_bytes_per_token()
+                .saturating_mul(self.context(context) as u64),
+        }
+    }
+
     /// Guest private memory for the weights, `sessions` KV caches of `context` tokens each,
     /// the forward pass's buffers for a prompt batch, and headroom, in whole granules.
     pub fn guest_memory(&self, context: usize, sessions: usize) -> u64 {
         let sessions = sessions.max(1) as u64;
-        let (weights, kv, batch) = match &self.format {
+        let kv = self.kv_bytes(context);
+        let (weights, batch) = match &self.format {
             Format::Plain(p) => (
                 self.bytes().len() as u64,
-                p.shape.kv_cache_bytes(context) as u64,
                 p.shape.batch_bytes(context) as u64,
             ),
             // The header gives no layer shapes: an eighth of the weights covers a full
             // batch's buffers of every model tried (they are 2 to 6 % of the weights).
-            Format::Sealed(h) => (
-                h.body_bytes(),
-                h.kv_bytes_per_token()
-                    .saturating_mul(self.context(context) as u64),
-                h.body_bytes() / 8,
-            ),
+            Format::Sealed(h) => (h.body_bytes(), h.body_bytes() / 8),
         };
         let extra = SESSION_HEADROOM * (sessions - 1);
         (weights + kv * sessions + batch + HEADROOM + extra).next_multiple_of(GRANULE)
@@ -367,6 +378,7 @@ mod tests {
         assert!(one >= m.bytes().len() as u64 + kv + HEADROOM);
         assert!(two - one >= kv + SESSION_HEADROOM - GRANULE);
         assert!(two - one <= kv + SESSION_HEADROOM + GRANULE);
+        assert_eq!(m.session_bytes(256), kv + SESSION_HEADROOM);
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub kv_restores: AtomicU64,
     pub kv_recomputes: AtomicU64,
     pub kv_refused: AtomicU64,
+    /// KV caches the guest dropped to make room rather than hand over sealed.
+    pub kv_dropped: AtomicU64,
     /// The guest's predicted restore and recompute times (µs) for the last evicted cache
     /// a request found.
     pub kv_predicted_restore_us: AtomicU64,
@@ -154,6 +156,7 @@ impl Default for Metrics {
             kv_restores: AtomicU64::new(0),
             kv_recomputes: AtomicU64::new(0),
             kv_refused: AtomicU64::new(0),
+            kv_dropped: AtomicU64::new(0),
             kv_predicted_restore_us: AtomicU64::new(0),
             kv_predicted_recompute_us: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
@@ -259,7 +262,7 @@ impl Metrics {
     }
 
     /// KV eviction's counters.
-    fn kv_scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 6] {
+    fn kv_scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 7] {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             (
@@ -287,6 +290,14 @@ impl Metrics {
                 "Restores the guest refused (a block missing, out of order or not \
                  authentic); the request recomputed.",
                 get(&self.kv_refused),
+            ),
+            (
+                "flexserve_kv_caches_dropped_total",
+                "counter",
+                "KV caches the guest dropped to make room rather than hand over sealed (the \
+                 daemon could not evict them first, e.g. while a batch ran); their next \
+                 request evaluates its prompt again.",
+                get(&self.kv_dropped),
             ),
             (
                 "flexserve_kv_predicted_restore_microseconds",

@@ -126,9 +126,12 @@ impl Service {
     }
 
     /// Drops a closed session's kept KV cache, or else the KV cache of the least recently
-    /// used session that has one (except `keep`).
+    /// used session that has one (except `keep`). Counted: where the host takes kept caches
+    /// sealed (`KvEvict`), it does so before the guest runs short, and a drop means it could
+    /// not.
     pub(super) fn evict_session_cache(&mut self, keep: Option<u32>) -> bool {
         if self.prefix_cache.evict_one() {
+            self.kv_caches_dropped += 1;
             return true;
         }
         let victim = self
@@ -140,6 +143,7 @@ impl Service {
         match victim.and_then(|id| self.sessions.get_mut(&id)) {
             Some(slot) => {
                 slot.session = None;
+                self.kv_caches_dropped += 1;
                 true
             }
             None => false,

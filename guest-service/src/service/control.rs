@@ -354,6 +354,7 @@ impl Service {
             tokens_generated: self.tokens_generated,
             engine_kernels: self.kernels.isa().code(),
             cpu_features: self.cpu_features.bits(),
+            kv_caches_dropped: self.kv_caches_dropped,
         }
     }
 }

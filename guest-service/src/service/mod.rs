@@ -164,6 +164,8 @@ pub struct Service {
     queued: VecDeque<RequestMsg>,
     requests_completed: u64,
     tokens_generated: u64,
+    /// KV caches dropped to make room since boot, kept or of idle sessions (`StatsReply`).
+    kv_caches_dropped: u64,
     scratch: Vec<u8>,
     out: Vec<u8>,
     relinquisher: Relinquisher,
@@ -239,6 +241,7 @@ impl Service {
             queued: VecDeque::new(),
             requests_completed: 0,
             tokens_generated: 0,
+            kv_caches_dropped: 0,
             scratch: Vec::new(),
             out: Vec::new(),
         }

@@ -294,6 +294,10 @@ pub struct StatsReply {
     /// The CPU features the engine chose them from (`inference_guest::quant::CpuFeatures`
     /// bits), so the host can say why they are weaker than its own.
     pub cpu_features: u32,
+    /// KV caches (kept ones, or idle open sessions') dropped to make room rather than
+    /// handed to the host sealed, since boot: their next request evaluates its prompt again. The host keeps this at 0 by taking
+    /// caches sealed before the guest runs short (`KvEvict`).
+    pub kv_caches_dropped: u64,
 }
 
 impl Message<'_> for StatsReply {
@@ -307,6 +311,7 @@ impl Message<'_> for StatsReply {
         w.u64(self.tokens_generated);
         w.u32(self.engine_kernels);
         w.u32(self.cpu_features);
+        w.u64(self.kv_caches_dropped);
     }
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, WireError> {
         Ok(Self {
@@ -318,6 +323,7 @@ impl Message<'_> for StatsReply {
             tokens_generated: r.u64()?,
             engine_kernels: r.u32()?,
             cpu_features: r.u32()?,
+            kv_caches_dropped: r.u64()?,
         })
     }
 }

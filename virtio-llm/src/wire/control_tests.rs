@@ -51,6 +51,7 @@ pub(crate) fn sample_replies() -> Vec<ControlReply> {
             tokens_generated: 12345,
             engine_kernels: 2,
             cpu_features: 0x3ff,
+            kv_caches_dropped: 3,
         }),
     ]
 }

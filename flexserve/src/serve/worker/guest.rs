@@ -238,6 +238,7 @@ impl Worker {
             vm,
             residency: Residency::new(config.memory_max, LlmConfig::default().max_models as usize),
             prefixes: Default::default(),
+            kv_dropped: 0,
         });
         Ok(())
     }

@@ -1,10 +1,13 @@
 //! KV eviction to the host (`feature::KV_EVICT`) in the daemon: evicted caches go to
-//! sealed files in the daemon's cache directory, and after each request, while the guest
-//! uses more than [`PRESSURE_PERCENT`] of its budget, its least recently used kept cache
-//! is evicted there rather than dropped. What happened is counted in `/metrics`.
+//! sealed files in the daemon's cache directory. The guest's least recently used kept
+//! cache is evicted there rather than dropped after each request, while the guest uses more
+//! than [`PRESSURE_PERCENT`] of its budget, and before a session opens, while its KV cache
+//! would not fit beside what the guest holds. The guest drops a cache only where the daemon
+//! could not evict first (a batch running); what happened is counted in `/metrics`.
 
 use super::Worker;
 use crate::serve::config::KvRestoreMode;
+use crate::serve::models::ServedModel;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use virtio_llm::wire::kv_evict::want_flag;
@@ -57,12 +60,31 @@ impl Worker {
     /// Evicts kept caches while the guest is short of memory (once no request is in
     /// flight: a batching guest evicts between batches), then publishes the counters.
     pub(super) fn relieve_kv_pressure(&mut self) {
+        self.evict_while(&|used, budget| used * 100 > budget * PRESSURE_PERCENT);
+        self.publish_kv_counters();
+    }
+
+    /// Before a session of `model` opens: evicts kept caches while its KV cache and scratch
+    /// would not fit beside what the guest holds, so that the guest need not drop one to
+    /// make room for it.
+    pub(super) fn evict_for_session(&mut self, model: &ServedModel) {
+        if !self.vm.as_ref().is_some_and(|r| r.vm.evicts_kv()) {
+            return;
+        }
+        let needed = model.file.session_bytes(model.context as usize);
+        self.evict_while(&|used, budget| used.saturating_add(needed) > budget);
+        self.publish_kv_counters();
+    }
+
+    /// Evicts the least recently used kept cache while `short(used, budget)` holds, at most
+    /// [`MAX_PER_REQUEST`] of them.
+    fn evict_while(&mut self, short: &dyn Fn(u64, u64) -> bool) {
         let Some(running) = self.vm.as_mut() else {
             return;
         };
         for _ in 0..MAX_PER_REQUEST {
             let Ok(s) = running.vm.stats() else { break };
-            if s.memory_used_bytes * 100 <= s.memory_budget_bytes * PRESSURE_PERCENT {
+            if !short(s.memory_used_bytes, s.memory_budget_bytes) {
                 break;
             }
             match running.vm.evict_kv() {
@@ -74,6 +96,13 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Adds what eviction did since the last call to `/metrics`.
+    fn publish_kv_counters(&mut self) {
+        let Some(running) = self.vm.as_mut() else {
+            return;
+        };
         let c = running.vm.take_kv_counters();
         let m = &self.shared.metrics;
         m.kv_evictions.fetch_add(c.evictions, Ordering::Relaxed);

@@ -176,6 +176,8 @@ struct Running {
     residency: super::residency::Residency,
     /// The layer prefixes the guest keeps of unloaded models (`layer_prefix.rs`).
     prefixes: super::layer_prefix::KeptPrefixes,
+    /// The guest's count of KV caches it dropped, as last seen (`StatsReply`).
+    kv_dropped: u64,
 }
 
 /// What admitting a job came to.
@@ -409,6 +411,13 @@ impl Worker {
             }
             return Admission::Over;
         }
+        // Kept caches go to the host sealed before the guest would drop one for this
+        // session's room (between batches; a running batch leaves the guest to make room).
+        self.evict_for_session(&job.model);
+        let Some(running) = self.vm.as_mut() else {
+            self.fail_lost(job);
+            return Admission::Over;
+        };
         if let Err(e) = running
             .vm
             .open_session(session, guest_model, job.model.context)
@@ -471,6 +480,16 @@ impl Worker {
             if let Ok(held) = running.vm.memory() {
                 m.memory_held_bytes
                     .store(held.resident_bytes, Ordering::Relaxed);
+            }
+            let dropped = s.kv_caches_dropped.saturating_sub(running.kv_dropped);
+            if dropped > 0 {
+                running.kv_dropped = s.kv_caches_dropped;
+                m.kv_dropped.fetch_add(dropped, Ordering::Relaxed);
+                eprintln!(
+                    "[flexserve] the guest dropped {dropped} KV cache(s) to make room (no \
+                     sealed eviction was possible then); their next requests evaluate their \
+                     prompts again"
+                );
             }
         }
         self.relieve_kv_pressure();
