@@ -111,6 +111,43 @@ fn a_cancel_ends_its_request_and_a_request_queued_behind_it_runs_next() {
     assert_eq!(rig.stats().requests_completed, 2);
 }
 
+/// A cancel for a request still waiting behind a running one ends it at once, with no
+/// prompt evaluated and no token, rather than after the running one and at its full length;
+/// the running request goes on to its end.
+#[test]
+fn a_cancel_ends_a_queued_request_before_it_runs() {
+    let Some((file, sha)) = model() else { return };
+    let engine = HostEngine { file: file.clone() };
+    let rig = Rig::start(limits());
+    assert_eq!(rig.load(1, &file, sha), Status::Ok);
+    assert_eq!(rig.open(1, 1, 512), Status::Ok);
+    assert_eq!(rig.open(2, 1, 256), Status::Ok);
+    let prompt = engine.encode("Once upon a time");
+    rig.request(&endless_request(7, 1, prompt.clone(), 300));
+    let mut tokens7 = rig.first_slice(7);
+    rig.request(&endless_request(8, 2, prompt.clone(), 16));
+    rig.request(&RequestMsg::Cancel(CancelRequest { request_id: 8 }));
+    let mut end8 = None;
+    let end7 = loop {
+        match rig.host.recv_response(T).expect("response") {
+            ResponseMsg::Tokens(t) if t.request_id == 7 => tokens7.extend(t.token_ids),
+            ResponseMsg::EndOfStream(e) if e.request_id == 8 => end8 = Some(e),
+            ResponseMsg::EndOfStream(e) if e.request_id == 7 => break e,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let end8 = end8.expect("the cancelled request ended only after the running one");
+    assert_eq!(end8.reason, StopReason::Cancelled);
+    assert_eq!((end8.prompt_tokens, end8.generated_tokens), (0, 0));
+    assert_eq!(end7.reason, StopReason::MaxTokens);
+    assert_eq!(tokens7, engine.greedy(&prompt, 512, 300, false));
+    // The session of the cancelled request serves the next one.
+    rig.request(&endless_request(9, 2, prompt.clone(), 16));
+    let (tokens, end) = rig.collect(9).expect("the next request on its session");
+    assert_eq!(end.reason, StopReason::MaxTokens);
+    assert_eq!(tokens, engine.greedy(&prompt, 256, 16, false));
+}
+
 #[test]
 fn a_preempted_request_resumes_on_its_session_as_if_never_stopped() {
     let Some((file, sha)) = model() else { return };

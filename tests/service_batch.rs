@@ -418,3 +418,33 @@ fn closing_a_running_session_cancels_its_request_and_an_unload_waits_for_the_bat
     let s = rig.stats();
     assert_eq!((s.models_loaded, s.sessions_open), (1, 1));
 }
+
+/// A request waiting for the batch to end (on another model) that is cancelled ends at
+/// once, with no token, while the batch goes on; the batch's request is undisturbed.
+#[test]
+fn a_cancel_ends_a_request_waiting_for_the_batch_at_once() {
+    let Some((file, sha)) = model() else { return };
+    let engine = HostEngine { file: file.clone() };
+    let rig = Rig::start(batch_limits());
+    assert_eq!(rig.load(1, &file, sha), Status::Ok);
+    assert_eq!(rig.load(2, &file, sha), Status::Ok);
+    assert_eq!(rig.open(1, 1, 512), Status::Ok);
+    assert_eq!(rig.open(2, 2, 512), Status::Ok);
+    let p: Vec<Vec<u32>> = (0..2).map(|i| prompt_of(&engine, i, 6 + 5 * i)).collect();
+    rig.request(&endless_request(1, 1, p[0].clone(), 300));
+    let first = rig.first_slice(1);
+    rig.request(&endless_request(2, 2, p[1].clone(), 30));
+    // The batch takes it between two steps and sets it aside to wait for its end.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    rig.request(&RequestMsg::Cancel(CancelRequest { request_id: 2 }));
+    let streams = collect_after(&rig, 2, Some((1, first)));
+    let (s1, s2) = (&streams[&1], &streams[&2]);
+    let end2 = s2.end.as_ref().expect("an end");
+    assert_eq!(end2.reason, StopReason::Cancelled);
+    assert_eq!((end2.prompt_tokens, end2.generated_tokens), (0, 0));
+    assert!(
+        s2.end_at < s1.end_at,
+        "the cancelled request ended only after the batch"
+    );
+    assert_eq!(s1.tokens, engine.greedy(&p[0], 512, 300, false));
+}

@@ -9,7 +9,8 @@
 //!
 //! Between steps the batch serves what the single path serves between tokens: a budget
 //! change is applied at once and its eviction waits for the batch's end; a cancel or a
-//! preempt ends its request (`Cancelled`, `Preempted`); requests are queued; control
+//! preempt ends its request (`Cancelled`, `Preempted`), and a cancel of a waiting request
+//! ends it before it starts; requests are queued; control
 //! commands are served or wait for the batch's end (`batch/commands.rs`). A new request
 //! that can be batched (a plain or chat prompt, no seal, no grammar constraint, on a fully
 //! loaded model, the batch's model, another session) joins after its prompt; any other
@@ -573,7 +574,6 @@ fn poll<M: DriverMemory, T: Transport>(
             Err(DriverError::Malformed { .. }) => continue,
             Err(e) => return Err(e),
         };
-        // A cancel or preempt of no running request is a no-op, as in the single path.
         if let Some(r) = batch
             .running
             .iter_mut()
@@ -582,6 +582,19 @@ fn poll<M: DriverMemory, T: Transport>(
             r.preempted = preempt;
             r.end = Some(Ok(Finish::Stopped));
             event = true;
+        } else if !preempt {
+            // As in the single path: a waiting request ends at once; a cancel of no
+            // request, or a preempt of one not running, is a no-op.
+            let arrived =
+                |r: &RequestMsg| matches!(r, RequestMsg::Generate(g) if g.request_id == id);
+            match batch.arrived.iter().position(arrived) {
+                Some(at) => {
+                    batch.arrived.remove(at);
+                    let end = super::token_stream::cancelled_before_start(id);
+                    super::send_blocking(link.driver, link.env, &end, link.out)?;
+                }
+                None => link.cancel_queued(id)?,
+            }
         }
     }
 }

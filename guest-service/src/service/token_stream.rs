@@ -21,7 +21,9 @@ use virtio_llm::wire::control::{ControlCommand, ControlReply, msg_type as contro
 use virtio_llm::wire::kv_evict::msg_type as kv_type;
 use virtio_llm::wire::memory::BudgetChange;
 use virtio_llm::wire::request::RequestMsg;
-use virtio_llm::wire::response::{TokenLogprob, Tokens};
+use virtio_llm::wire::response::{
+    EndOfStream, ResponseMsg, StopReason, Timings, TokenLogprob, Tokens,
+};
 use virtio_llm::wire::sealed_session::msg_type as session_type;
 
 use super::sealed_answer::SealedAnswer;
@@ -36,7 +38,30 @@ pub(super) struct Link<'a, M: DriverMemory, T: Transport> {
     pub relinquisher: &'a mut Relinquisher,
 }
 
+/// The end of a request cancelled before it started: no prompt evaluated, no token.
+pub(super) fn cancelled_before_start(request_id: u64) -> ResponseMsg {
+    ResponseMsg::EndOfStream(EndOfStream {
+        request_id,
+        reason: StopReason::Cancelled,
+        prompt_tokens: 0,
+        generated_tokens: 0,
+        cached_tokens: 0,
+        timings: Timings::default(),
+    })
+}
+
 impl<M: DriverMemory, T: Transport> Link<'_, M, T> {
+    /// A cancel for request `id`, which is not running: if it waits in the queue, it leaves
+    /// it and ends at once, cancelled, rather than run to its end for nobody.
+    pub fn cancel_queued(&mut self, id: u64) -> Result<(), DriverError> {
+        let queued = |r: &RequestMsg| matches!(r, RequestMsg::Generate(g) if g.request_id == id);
+        if let Some(at) = self.queued.iter().position(queued) {
+            self.queued.remove(at);
+            super::send_blocking(self.driver, self.env, &cancelled_before_start(id), self.out)?;
+        }
+        Ok(())
+    }
+
     /// A lower budget cannot wait for the end of a long generation: free memory goes back
     /// at once (answering the change); the caller evicts when its requests end. The change
     /// applied, if one came.
@@ -308,7 +333,11 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
                 self.preempted = true;
                 Ok(false)
             }
-            Ok(Some(RequestMsg::Cancel(_) | RequestMsg::Preempt(_))) | Ok(None) => Ok(true),
+            Ok(Some(RequestMsg::Cancel(c))) => {
+                link.cancel_queued(c.request_id)?;
+                Ok(true)
+            }
+            Ok(Some(RequestMsg::Preempt(_))) | Ok(None) => Ok(true),
             Ok(Some(other)) => {
                 link.queued.push_back(other);
                 Ok(true)
