@@ -5,13 +5,13 @@
 //! would not fit beside what the guest holds. The guest drops a cache only where the daemon
 //! could not evict first (a batch running); what happened is counted in `/metrics`.
 
-use super::Worker;
+use super::{Worker, is_fatal};
 use crate::serve::config::KvRestoreMode;
 use crate::serve::models::ServedModel;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use virtio_llm::wire::kv_evict::want_flag;
-use vmm::guest_vm::{FileKvStore, GuestVm};
+use vmm::guest_vm::{FileKvStore, GuestError, GuestVm};
 
 /// Share of the budget in use above which kept KV caches leave the guest.
 const PRESSURE_PERCENT: u64 = 75;
@@ -58,44 +58,50 @@ pub(super) fn attach_store(vm: &mut GuestVm, mode: KvRestoreMode) {
 
 impl Worker {
     /// Evicts kept caches while the guest is short of memory (once no request is in
-    /// flight: a batching guest evicts between batches), then publishes the counters.
+    /// flight: a batching guest evicts between batches), then publishes the counters. A
+    /// failure is left for the next request to meet.
     pub(super) fn relieve_kv_pressure(&mut self) {
-        self.evict_while(&|used, budget| used * 100 > budget * PRESSURE_PERCENT);
+        if let Err(e) = self.evict_while(&|used, budget| used * 100 > budget * PRESSURE_PERCENT) {
+            eprintln!("[flexserve] evicting a kept KV cache: {e}");
+        }
         self.publish_kv_counters();
     }
 
     /// Before a session of `model` opens: evicts kept caches while its KV cache and scratch
     /// would not fit beside what the guest holds, so that the guest need not drop one to
-    /// make room for it.
-    pub(super) fn evict_for_session(&mut self, model: &ServedModel) {
+    /// make room for it. A guest that fails meanwhile fails the session's job.
+    pub(super) fn evict_for_session(&mut self, model: &ServedModel) -> Result<(), GuestError> {
         if !self.vm.as_ref().is_some_and(|r| r.vm.evicts_kv()) {
-            return;
+            return Ok(());
         }
         let needed = model.file.session_bytes(model.context as usize);
-        self.evict_while(&|used, budget| used.saturating_add(needed) > budget);
+        let evicted = self.evict_while(&|used, budget| used.saturating_add(needed) > budget);
         self.publish_kv_counters();
+        match evicted {
+            Err(e) if !is_fatal(&e) => {
+                // The guest drops a cache instead, and counts it.
+                eprintln!("[flexserve] evicting a kept KV cache for a new session: {e}");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Evicts the least recently used kept cache while `short(used, budget)` holds, at most
     /// [`MAX_PER_REQUEST`] of them.
-    fn evict_while(&mut self, short: &dyn Fn(u64, u64) -> bool) {
+    fn evict_while(&mut self, short: &dyn Fn(u64, u64) -> bool) -> Result<(), GuestError> {
         let Some(running) = self.vm.as_mut() else {
-            return;
+            return Ok(());
         };
         for _ in 0..MAX_PER_REQUEST {
-            let Ok(s) = running.vm.stats() else { break };
-            if !short(s.memory_used_bytes, s.memory_budget_bytes) {
+            let s = running.vm.stats()?;
+            if !short(s.memory_used_bytes, s.memory_budget_bytes)
+                || running.vm.evict_kv()?.is_none()
+            {
                 break;
             }
-            match running.vm.evict_kv() {
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(e) => {
-                    eprintln!("[flexserve] evicting a kept KV cache: {e}");
-                    break;
-                }
-            }
         }
+        Ok(())
     }
 
     /// Adds what eviction did since the last call to `/metrics`.

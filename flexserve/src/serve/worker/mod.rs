@@ -413,15 +413,15 @@ impl Worker {
         }
         // Kept caches go to the host sealed before the guest would drop one for this
         // session's room (between batches; a running batch leaves the guest to make room).
-        self.evict_for_session(&job.model);
-        let Some(running) = self.vm.as_mut() else {
-            self.fail_lost(job);
-            return Admission::Over;
-        };
-        if let Err(e) = running
-            .vm
-            .open_session(session, guest_model, job.model.context)
-        {
+        let opened = self
+            .evict_for_session(&job.model)
+            .and_then(|()| match self.vm.as_mut() {
+                Some(running) => running
+                    .vm
+                    .open_session(session, guest_model, job.model.context),
+                None => Err(GuestError::Protocol("the guest is not running".into())),
+            });
+        if let Err(e) = opened {
             m.request(Outcome::Failed);
             let _ = job
                 .events
