@@ -15,6 +15,7 @@ use virtio_llm::wire::kv_evict::{
     KvBlock, KvChoice, KvEvict, KvRestore, KvWant, KvWanted, want_flag,
 };
 use virtio_llm::wire::request::{Prompt, RequestMsg};
+use virtio_llm::wire::response::ResponseMsg;
 
 const CTX: u32 = 256;
 const MAX_TOKENS: u32 = 12;
@@ -278,4 +279,51 @@ fn a_session_opens_only_where_its_cache_fits_in_one_piece() {
         (tokens, cached),
         (engine.greedy(&prompt, CTX, MAX_TOKENS, true), 0)
     );
+}
+
+/// Evicted caches held on the host do not stop batching: with one evicted, a request asked
+/// about by `KvWant` (no match) and a second sent while it runs decode together, each
+/// with the tokens it gets alone.
+#[test]
+fn requests_batch_while_an_evicted_cache_is_held() {
+    let Some((file, sha)) = model() else { return };
+    let engine = HostEngine { file: file.clone() };
+    let rig = Rig::start(vmm::devices::virtio_llm::LlmConfig {
+        max_sessions: 9,
+        batch: true,
+        ..limits()
+    });
+    assert_eq!(rig.load(1, &file, sha), Status::Ok);
+    let kept = engine.encode("The quick brown fox jumps over the lazy dog, and then it runs");
+    ask(&rig, 10, &kept, 0, |_| {});
+    evict(&rig);
+
+    let (a, b) = (
+        engine.encode("Once upon a time"),
+        engine.encode("In a hole in the"),
+    );
+    assert_eq!(rig.open(20, 1, CTX), Status::Ok);
+    assert_eq!(rig.open(21, 1, CTX), Status::Ok);
+    let first = greedy_request(20, 20, Prompt::Tokens(a.clone()), 120);
+    assert_eq!(want(&rig, &first, 20, 0).choice, KvChoice::None);
+    let mut tokens = [rig.first_slice(20), Vec::new()];
+    rig.request(&greedy_request(21, 21, Prompt::Tokens(b.clone()), 8));
+    let mut b_ended_first = false;
+    let mut ended = 0;
+    while ended < 2 {
+        match rig.host.recv_response(T).expect("response") {
+            ResponseMsg::Tokens(t) => tokens[(t.request_id - 20) as usize].extend(t.token_ids),
+            ResponseMsg::EndOfStream(e) => {
+                b_ended_first |= ended == 0 && e.request_id == 21;
+                ended += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        b_ended_first,
+        "the second request waited for the first: no batch"
+    );
+    assert_eq!(tokens[0], engine.greedy(&a, CTX, 120, true));
+    assert_eq!(tokens[1], engine.greedy(&b, CTX, 8, true));
 }

@@ -106,8 +106,11 @@ fn parse_model(
 
 impl Service {
     /// Whether `g` may run in a batch (on `model_id`'s, when given): a plain or chat prompt
-    /// without a grammar constraint, on a session of a fully loaded model, with no evicted
-    /// cache that might serve it (a restore goes through the single path's `KvWant`).
+    /// without a grammar constraint, on a session of a fully loaded model. Evicted caches
+    /// held on the host do not stop it: the device asks `KvWant` only with nothing in
+    /// flight, and that command is served, with any restore it begins, before the request
+    /// leaves the queue (a restored cache is then a kept one, which a batch reuses as the
+    /// single path does); a request that joins a running batch evaluates its prompt.
     pub(super) fn batchable(&self, g: &GenerateRequest, model_id: Option<u32>) -> bool {
         let plain = matches!(
             g.prompt,
@@ -122,7 +125,6 @@ impl Service {
             && !constrained
             && model_id.is_none_or(|m| m == slot.model_id)
             && self.models.contains_key(&slot.model_id)
-            && self.kv_evict.evicted.is_empty()
     }
 
     /// Runs `first` and every request that joins it until none is left; then applies a
