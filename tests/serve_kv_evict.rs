@@ -47,20 +47,36 @@ fn ask(addr: SocketAddr, prompt: &str) -> (String, u64, u64) {
     )
 }
 
+/// A `/metrics` value by name.
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let text = http(addr, "GET", "/metrics", "").body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
 /// The KV eviction counters in `/metrics`: evictions, restores, recomputes, refusals.
 fn counters(addr: SocketAddr) -> [u64; 4] {
-    let text = http(addr, "GET", "/metrics", "").body;
-    let get = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-    };
     [
-        get("flexserve_kv_evictions_total"),
-        get("flexserve_kv_restores_total"),
-        get("flexserve_kv_recomputes_total"),
-        get("flexserve_kv_restores_refused_total"),
+        "flexserve_kv_evictions_total",
+        "flexserve_kv_restores_total",
+        "flexserve_kv_recomputes_total",
+        "flexserve_kv_restores_refused_total",
     ]
+    .map(|name| metric(addr, name))
+}
+
+/// A daemon on the default model that runs one request at a time, with `memory_max` of
+/// guest memory, `kv_restore` as its choice and its own key root in `dir`.
+fn daemon(dir: &Path, memory_max: u64, kv_restore: KvRestoreMode) -> Daemon {
+    Daemon::start(Config {
+        memory_max,
+        max_active: 1,
+        kv_restore,
+        key_root: Some(dir.join("key-root")),
+        ..config(dir, DEFAULT, CTX, 8)
+    })
+    .expect("daemon starts")
 }
 
 /// The daemon's store of evicted caches (this process's: the daemon runs in it).
@@ -155,14 +171,7 @@ fn evicted_caches_are_restored_sealed_or_refused_and_recomputed() {
     let dir = temp_dir("kv-evict");
     // Forced restore: with its rates measured the guest might recompute a cache this
     // small, and a refusal needs a restore to refuse.
-    let d = Daemon::start(Config {
-        memory_max: MEMORY_MAX,
-        max_active: 1,
-        kv_restore: KvRestoreMode::Restore,
-        key_root: Some(dir.join("key-root")),
-        ..config(&dir, DEFAULT, CTX, 8)
-    })
-    .expect("daemon starts");
+    let d = daemon(&dir, MEMORY_MAX, KvRestoreMode::Restore);
     let addr = d.tcp_addr.unwrap();
     let store = store_dir();
     // Asks `prompt`: its answer must be the never-evicted one, its start cached or not;
@@ -227,14 +236,6 @@ fn evicted_caches_are_restored_sealed_or_refused_and_recomputed() {
     assert!(!store.exists(), "the daemon's store outlived it");
 }
 
-/// A `/metrics` value by name.
-fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let text = http(addr, "GET", "/metrics", "").body;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-}
-
 /// The guest's own pressure: one kept cache sits below the daemon's 75 % mark, so the sweep
 /// after a request leaves it, but the next request's session does not fit beside it. The
 /// guest would drop it to make room (and count the drop); the daemon evicts it sealed
@@ -248,13 +249,7 @@ fn a_session_makes_room_by_sealed_eviction_not_by_dropping() {
     let expect = never_evicted(&[A, B]);
     // The guest's memory with A's cache kept, measured with room to spare.
     let probe_dir = temp_dir("kv-evict-room-probe");
-    let d = Daemon::start(Config {
-        memory_max: MEMORY_MAX,
-        max_active: 1,
-        key_root: Some(probe_dir.join("key-root")),
-        ..config(&probe_dir, DEFAULT, CTX, 8)
-    })
-    .expect("daemon starts");
+    let d = daemon(&probe_dir, MEMORY_MAX, KvRestoreMode::Measured);
     let addr = d.tcp_addr.unwrap();
     ask(addr, A);
     let kept = metric(addr, "flexserve_memory_used_bytes");
@@ -273,14 +268,7 @@ fn a_session_makes_room_by_sealed_eviction_not_by_dropping() {
     );
 
     let dir = temp_dir("kv-evict-room");
-    let d = Daemon::start(Config {
-        memory_max: budget,
-        max_active: 1,
-        kv_restore: KvRestoreMode::Restore,
-        key_root: Some(dir.join("key-root")),
-        ..config(&dir, DEFAULT, CTX, 8)
-    })
-    .expect("daemon starts");
+    let d = daemon(&dir, budget, KvRestoreMode::Restore);
     let addr = d.tcp_addr.unwrap();
     let dropped = || metric(addr, "flexserve_kv_caches_dropped_total");
     let (text, _, _) = ask(addr, A);

@@ -248,19 +248,30 @@ fn a_cancel_and_a_preempt_end_one_request_each_and_the_others_go_on() {
     assert_eq!(got, engine.greedy(&prompts[2], 512, 450, false));
 }
 
-/// A request on another model cannot join: it waits for the batch to end, and a request
-/// that could have joined, sent after it, waits too.
-#[test]
-fn a_request_on_another_model_waits_for_the_batch() {
-    let Some((file, sha)) = model() else { return };
+/// A batching rig with the test model loaded twice (models 1 and 2) and session `i + 1` on
+/// model `models[i]` (512 positions each), and a prompt per session.
+fn two_models(models: &[u32]) -> Option<(HostEngine, Rig, Vec<Vec<u32>>)> {
+    let (file, sha) = model()?;
     let engine = HostEngine { file: file.clone() };
     let rig = Rig::start(batch_limits());
     assert_eq!(rig.load(1, &file, sha), Status::Ok);
     assert_eq!(rig.load(2, &file, sha), Status::Ok);
-    assert_eq!(rig.open(1, 1, 512), Status::Ok);
-    assert_eq!(rig.open(2, 2, 512), Status::Ok);
-    assert_eq!(rig.open(3, 1, 512), Status::Ok);
-    let p: Vec<Vec<u32>> = (0..3).map(|i| prompt_of(&engine, i, 6 + 5 * i)).collect();
+    for (i, &m) in models.iter().enumerate() {
+        assert_eq!(rig.open(i as u32 + 1, m, 512), Status::Ok);
+    }
+    let p = (0..models.len())
+        .map(|i| prompt_of(&engine, i, 6 + 5 * i))
+        .collect();
+    Some((engine, rig, p))
+}
+
+/// A request on another model cannot join: it waits for the batch to end, and a request
+/// that could have joined, sent after it, waits too.
+#[test]
+fn a_request_on_another_model_waits_for_the_batch() {
+    let Some((engine, rig, p)) = two_models(&[1, 2, 1]) else {
+        return;
+    };
     rig.request(&endless_request(1, 1, p[0].clone(), 200));
     let first = rig.first_slice(1);
     rig.request(&endless_request(2, 2, p[1].clone(), 30));
@@ -423,14 +434,9 @@ fn closing_a_running_session_cancels_its_request_and_an_unload_waits_for_the_bat
 /// once, with no token, while the batch goes on; the batch's request is undisturbed.
 #[test]
 fn a_cancel_ends_a_request_waiting_for_the_batch_at_once() {
-    let Some((file, sha)) = model() else { return };
-    let engine = HostEngine { file: file.clone() };
-    let rig = Rig::start(batch_limits());
-    assert_eq!(rig.load(1, &file, sha), Status::Ok);
-    assert_eq!(rig.load(2, &file, sha), Status::Ok);
-    assert_eq!(rig.open(1, 1, 512), Status::Ok);
-    assert_eq!(rig.open(2, 2, 512), Status::Ok);
-    let p: Vec<Vec<u32>> = (0..2).map(|i| prompt_of(&engine, i, 6 + 5 * i)).collect();
+    let Some((engine, rig, p)) = two_models(&[1, 2]) else {
+        return;
+    };
     rig.request(&endless_request(1, 1, p[0].clone(), 300));
     let first = rig.first_slice(1);
     rig.request(&endless_request(2, 2, p[1].clone(), 30));
