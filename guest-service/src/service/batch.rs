@@ -585,18 +585,8 @@ fn poll<M: DriverMemory, T: Transport>(
             r.end = Some(Ok(Finish::Stopped));
             event = true;
         } else if !preempt {
-            // As in the single path: a waiting request ends at once; a cancel of no
-            // request, or a preempt of one not running, is a no-op.
-            let arrived =
-                |r: &RequestMsg| matches!(r, RequestMsg::Generate(g) if g.request_id == id);
-            match batch.arrived.iter().position(arrived) {
-                Some(at) => {
-                    batch.arrived.remove(at);
-                    let end = super::token_stream::cancelled_before_start(id);
-                    super::send_blocking(link.driver, link.env, &end, link.out)?;
-                }
-                None => link.cancel_queued(id)?,
-            }
+            // A cancel of a waiting request ends it now (of none, or a preempt: a no-op).
+            link.cancel_waiting(id, &mut batch.arrived)?;
         }
     }
 }

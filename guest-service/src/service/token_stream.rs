@@ -39,7 +39,7 @@ pub(super) struct Link<'a, M: DriverMemory, T: Transport> {
 }
 
 /// The end of a request cancelled before it started: no prompt evaluated, no token.
-pub(super) fn cancelled_before_start(request_id: u64) -> ResponseMsg {
+fn cancelled_before_start(request_id: u64) -> ResponseMsg {
     ResponseMsg::EndOfStream(EndOfStream {
         request_id,
         reason: StopReason::Cancelled,
@@ -51,15 +51,23 @@ pub(super) fn cancelled_before_start(request_id: u64) -> ResponseMsg {
 }
 
 impl<M: DriverMemory, T: Transport> Link<'_, M, T> {
-    /// A cancel for request `id`, which is not running: if it waits in the queue, it leaves
-    /// it and ends at once, cancelled, rather than run to its end for nobody.
-    pub fn cancel_queued(&mut self, id: u64) -> Result<(), DriverError> {
-        let queued = |r: &RequestMsg| matches!(r, RequestMsg::Generate(g) if g.request_id == id);
-        if let Some(at) = self.queued.iter().position(queued) {
+    /// A cancel for request `id`, which is not running: if it waits in `placing` (a batch's
+    /// requests not placed yet) or in the queue, it leaves and ends at once, cancelled,
+    /// rather than run to its end for nobody.
+    pub fn cancel_waiting(
+        &mut self,
+        id: u64,
+        placing: &mut Vec<RequestMsg>,
+    ) -> Result<(), DriverError> {
+        let waiting = |r: &RequestMsg| matches!(r, RequestMsg::Generate(g) if g.request_id == id);
+        if let Some(at) = placing.iter().position(waiting) {
+            placing.remove(at);
+        } else if let Some(at) = self.queued.iter().position(waiting) {
             self.queued.remove(at);
-            super::send_blocking(self.driver, self.env, &cancelled_before_start(id), self.out)?;
+        } else {
+            return Ok(());
         }
-        Ok(())
+        super::send_blocking(self.driver, self.env, &cancelled_before_start(id), self.out)
     }
 
     /// A lower budget cannot wait for the end of a long generation: free memory goes back
@@ -334,7 +342,7 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
                 Ok(false)
             }
             Ok(Some(RequestMsg::Cancel(c))) => {
-                link.cancel_queued(c.request_id)?;
+                link.cancel_waiting(c.request_id, &mut Vec::new())?;
                 Ok(true)
             }
             Ok(Some(RequestMsg::Preempt(_))) | Ok(None) => Ok(true),
