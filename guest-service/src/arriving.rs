@@ -113,11 +113,14 @@ impl Appender<'_> {
 
     /// Copies `src` in after the final prefix and has `finalize` turn it, in place, into
     /// what stays (decryption): only if it succeeds do the bytes join the prefix; if it
-    /// fails they are dropped and its error returned. `too_long` if `src` does not fit.
+    /// fails they are dropped and its error returned. `finalize` also gets the prefix's
+    /// last `tail` bytes (fewer if the prefix is shorter), to read alongside (the chunk
+    /// before's plaintext, hashed meanwhile). `too_long` if `src` does not fit.
     pub fn append_with<E>(
         &mut self,
         src: &[u8],
-        finalize: impl FnOnce(&mut [u8]) -> Result<(), E>,
+        tail: usize,
+        finalize: impl FnOnce(&[u8], &mut [u8]) -> Result<(), E>,
         too_long: E,
     ) -> Result<(), E> {
         let bytes = &mut self.file.bytes;
@@ -125,6 +128,12 @@ impl Appender<'_> {
         if src.len() > self.file.total - start {
             return Err(too_long);
         }
+        let tail = tail.min(start);
+        // SAFETY: `[start - tail, start)` is final prefix: initialised and never written
+        // again (module invariant), so a shared slice over it may coexist with the other
+        // shared slices lent out over the prefix and with the write below, which is above
+        // it; it lives only in this call.
+        let before = unsafe { core::slice::from_raw_parts(bytes.as_ptr().add(start - tail), tail) };
         // SAFETY: `[start, start + src.len())` lies within the reserved capacity (checked
         // above) and above the final prefix, so this mutable slice overlaps no slice lent
         // out over the prefix (module invariant); it is derived from the allocation's raw
@@ -132,7 +141,7 @@ impl Appender<'_> {
         let dst =
             unsafe { core::slice::from_raw_parts_mut(bytes.as_mut_ptr().add(start), src.len()) };
         dst.copy_from_slice(src);
-        finalize(dst)?;
+        finalize(before, dst)?;
         // SAFETY: every byte of `[start, start + src.len())` was written just above.
         unsafe { bytes.set_len(start + src.len()) };
         Ok(())
@@ -181,17 +190,30 @@ mod tests {
     #[test]
     fn the_prefix_grows_and_a_failed_piece_is_dropped() {
         let mut f = ArrivingFile::reserve(8).unwrap();
-        let ok = |b: &mut [u8]| {
+        let ok = |before: &[u8], b: &mut [u8]| {
+            assert!(before.is_empty());
             b.make_ascii_uppercase();
             Ok::<(), u8>(())
         };
-        f.appender().append_with(b"abcd", ok, 0).unwrap();
+        f.appender().append_with(b"abcd", 3, ok, 0).unwrap();
         assert_eq!(f.len(), 4);
-        assert_eq!(f.appender().append_with(b"ef", |_| Err(7), 0), Err(7));
+        assert_eq!(f.appender().append_with(b"ef", 0, |_, _| Err(7), 0), Err(7));
         assert_eq!(f.len(), 4);
-        assert_eq!(f.appender().append_with(b"efghi", |_| Ok(()), 9), Err(9));
+        assert_eq!(
+            f.appender().append_with(b"efghi", 0, |_, _| Ok(()), 9),
+            Err(9)
+        );
+        // The prefix's last bytes come along, to read while the new piece is finalised.
         f.appender()
-            .append_with(b"efgh", |_| Ok::<(), u8>(()), 0)
+            .append_with(
+                b"efgh",
+                3,
+                |before, _| {
+                    assert_eq!(before, b"BCD");
+                    Ok::<(), u8>(())
+                },
+                0,
+            )
             .unwrap();
         assert_eq!(f.into_complete().unwrap(), b"ABCDefgh");
     }
@@ -201,7 +223,7 @@ mod tests {
         let mut f = ArrivingFile::reserve(6).unwrap();
         let mut pieces = [&b"ab"[..], b"cd", b"ef"].into_iter();
         let mut gate = f.gate(|a: &mut Appender<'_>| match pieces.next() {
-            Some(p) => a.append_with(p, |_| Ok(()), "too long"),
+            Some(p) => a.append_with(p, 0, |_, _| Ok(()), "too long"),
             None => Err("no more"),
         });
         let first = gate.wait_for(1).unwrap();

@@ -12,11 +12,15 @@
 //!   arrival checks (index, length) run as chunks arrive; authentication waits for the end.
 //!
 //! Either way the time spent copying and decrypting is counted, for the load's console line.
+//! A pipelined load hashes each chunk's plaintext while the next is decrypted, on another
+//! vCPU when the caller's [`Join`] has one (`Unsealer::open_chunk_overlapped`): SHA-256 costs
+//! about as much as the decryption.
 
 use crate::arriving::{Appender, ArrivingFile};
 use alloc::vec::Vec;
 use core::ops::Range;
-use sealed_model::{ChunkCursor, LayerHashes, SealError, TAG_BYTES, Unsealed, Unsealer};
+use inference_guest::parallel::{Parallel, for_each_chunk_mut};
+use sealed_model::{ChunkCursor, Join, LayerHashes, SealError, TAG_BYTES, Unsealed, Unsealer};
 use virtio_llm::Status;
 
 /// A strawman load's state: the ciphertext stored so far, where the next chunk must fall,
@@ -41,10 +45,12 @@ pub struct UnsealTimes {
     pub decrypt_ns: u64,
 }
 
-/// What opens chunks: the unsealer and the time it took.
+/// What opens chunks: the unsealer, the time it took, and the length of the last chunk
+/// opened, whose plaintext is hashed with the next (or at the end).
 pub struct Opener {
     unsealer: Unsealer,
     times: UnsealTimes,
+    unhashed: usize,
 }
 
 /// A sealed model's layers: their ranges of the body and the hash state at each one's end
@@ -114,6 +120,7 @@ impl Unsealing {
             opener: Opener {
                 unsealer,
                 times: UnsealTimes::default(),
+                unhashed: 0,
             },
             body,
         }
@@ -196,9 +203,12 @@ impl Unsealing {
         index: u64,
         sealed: &[u8],
         clock: &dyn Fn() -> u64,
+        join: &dyn Join,
     ) -> Result<(), SealError> {
         match &mut self.body {
-            Body::Pipelined(f) => self.opener.open(&mut f.appender(), index, sealed, clock),
+            Body::Pipelined(f) => self
+                .opener
+                .open(&mut f.appender(), index, sealed, clock, join),
             Body::Strawman(s) => {
                 let (ciphertext, tag) = split_tag(index, sealed)?;
                 store(
@@ -221,12 +231,22 @@ impl Unsealing {
         let Opener {
             mut unsealer,
             mut times,
+            unhashed,
         } = self.opener;
         let bytes = match self.body {
             Body::Pipelined(f) => {
                 // An incomplete file: `Unsealer::finish` names the missing chunks.
                 let missing = f.len();
-                f.into_complete().ok_or(missing)
+                let complete = f.into_complete().ok_or(missing);
+                if let Ok(bytes) = &complete {
+                    let t0 = clock();
+                    let last = unsealer.hash_last(&bytes[bytes.len() - unhashed..]);
+                    times.decrypt_ns = times.decrypt_ns.saturating_add(clock().saturating_sub(t0));
+                    if let Err(e) = last {
+                        return (Err(e), times);
+                    }
+                }
+                complete
             }
             Body::Strawman(mut stored) => {
                 let t0 = clock();
@@ -264,6 +284,7 @@ impl Opener {
         index: u64,
         sealed: &[u8],
         clock: &dyn Fn() -> u64,
+        join: &dyn Join,
     ) -> Result<(), SealError> {
         let (ciphertext, tag) = split_tag(index, sealed)?;
         let want = self.unsealer.next_chunk().map_or(0, |c| c.len());
@@ -279,18 +300,37 @@ impl Opener {
         let unsealer = &mut self.unsealer;
         let opened = to.append_with(
             ciphertext,
-            |text| {
+            self.unhashed,
+            |previous, text| {
                 t1 = clock();
-                unsealer.open_chunk_detached(index, text, &tag)
+                unsealer.open_chunk_overlapped(index, text, &tag, previous, join)
             },
             SealError::StreamFailed { index },
         );
+        if opened.is_ok() {
+            self.unhashed = ciphertext.len();
+        }
         self.times.copy_ns = self.times.copy_ns.saturating_add(t1.saturating_sub(t0));
         self.times.decrypt_ns = self
             .times
             .decrypt_ns
             .saturating_add(clock().saturating_sub(t1));
         opened
+    }
+}
+
+/// The unsealer's two pieces of work (a chunk's decryption, the chunk before's hash) on
+/// two vCPUs of the engine's pool, when it has them.
+pub struct OnVcpus<'a>(pub &'a dyn Parallel);
+
+impl Join for OnVcpus<'_> {
+    fn join(&self, a: &mut (dyn FnMut() + Send), b: &mut (dyn FnMut() + Send)) {
+        let mut work: [&mut (dyn FnMut() + Send); 2] = [a, b];
+        for_each_chunk_mut(self.0, &mut work, 1, &|_, w| {
+            for f in w {
+                f();
+            }
+        });
     }
 }
 

@@ -107,6 +107,10 @@ pub enum SealError {
     /// The stream ended before its last chunk.
     #[error("sealed body truncated: {opened} of {count} chunks opened")]
     Truncated { opened: u64, count: u64 },
+    /// A chunk opened overlapped (`Unsealer::open_chunk_overlapped`) was not hashed next, or
+    /// with other bytes than its plaintext's length: the caller's error; the stream ends.
+    #[error("chunk {index}'s plaintext was not hashed in order")]
+    UnhashedChunk { index: u64 },
     /// Every chunk authenticated but the plaintext's SHA-256 is not `content_digest`.
     #[error("the plaintext's SHA-256 does not match the header's content_digest")]
     ContentDigest,

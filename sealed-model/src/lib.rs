@@ -39,7 +39,7 @@ pub use keys::{
 pub use prefix::LayerHashes;
 #[cfg(feature = "seal")]
 pub use seal::{OwnerKey, SealRequest, seal};
-pub use unseal::{Unsealed, Unsealer};
+pub use unseal::{InOrder, Join, Unsealed, Unsealer};
 
 /// Randomness for [`seal`] and [`OwnerKey::generate`]: `OsRng.unwrap_err()` gives an
 /// infallible RNG (rand_core 0.9, the version `hpke` uses).
@@ -75,6 +75,8 @@ pub mod label {
     pub const SEALING_KEY_SALT: &[u8] = b"flexserve sealing key v1";
 }
 
+#[cfg(all(test, feature = "seal"))]
+mod overlap_tests;
 #[cfg(all(test, feature = "seal"))]
 mod owner_tests;
 #[cfg(all(test, feature = "seal"))]

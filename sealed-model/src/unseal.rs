@@ -15,6 +15,10 @@ use crate::prefix::LayerHashes;
 use crate::{Header, Recipient, SIGNATURE_BYTES, SealError, TAG_BYTES, label};
 use alloc::vec::Vec;
 
+mod overlap;
+use overlap::Unhashed;
+pub use overlap::{InOrder, Join};
+
 /// HPKE `info` for wrapping the content key: label, then the content digest.
 pub(crate) fn content_key_info(content_digest: &[u8; 32]) -> [u8; 56] {
     let mut info = [0u8; 56];
@@ -50,6 +54,8 @@ pub struct Unsealer {
     hasher: Sha256,
     /// The hash state at the end of each layer opened so far (a kept prefix resumes there).
     layer_ends: Vec<Sha256>,
+    /// The chunk [`Unsealer::open_chunk_overlapped`] opened last, not hashed yet.
+    unhashed: Option<Unhashed>,
     failed_at: Option<u64>,
 }
 
@@ -97,6 +103,7 @@ impl Unsealer {
             cursor: ChunkCursor::default(),
             hasher: Sha256::new(),
             layer_ends: Vec::new(),
+            unhashed: None,
             failed_at: None,
             header,
         })
@@ -219,6 +226,9 @@ impl Unsealer {
                 count,
             });
         }
+        if let Some(u) = self.unhashed {
+            return Err(SealError::UnhashedChunk { index: u.index });
+        }
         let digest: [u8; 32] = self.hasher.finalize().into();
         if digest != self.header.content_digest {
             return Err(SealError::ContentDigest);
@@ -274,34 +284,58 @@ impl Unsealer {
         err
     }
 
-    /// Authenticates and decrypts `text` (exactly the chunk's length) in place.
+    /// Authenticates and decrypts `text` (exactly the chunk's length) in place, and hashes
+    /// it. Not after an overlapped chunk still unhashed: the hash would lose its order.
     fn decrypt(
         &mut self,
         chunk: &ChunkInfo,
         text: &mut [u8],
         tag: &[u8; TAG_BYTES],
     ) -> Result<(), SealError> {
-        let nonce = chunk.nonce();
-        let aad = chunk.aad(&self.header_digest);
-        let opened = self.cipher.decrypt_in_place_detached(
-            Nonce::from_slice(&nonce),
-            &aad,
-            text,
-            Tag::from_slice(tag),
-        );
+        if let Some(u) = self.unhashed {
+            return Err(self.fail(chunk, SealError::UnhashedChunk { index: u.index }));
+        }
+        let opened = open_in_place(&self.cipher, &self.header_digest, chunk, text, tag);
         if opened.is_err() {
-            let err = SealError::ChunkAuth {
-                index: chunk.index,
-                layer: chunk.layer,
-            };
-            return Err(self.fail(chunk, err));
+            return Err(self.fail(chunk, chunk_auth(chunk)));
         }
-        self.hasher.update(&*text);
-        self.cursor.advance(&self.header, chunk);
-        if self.cursor.layer_index() > chunk.layer as usize {
-            self.layer_ends.push(self.hasher.clone());
-        }
+        let ends_layer = self.advance(chunk);
+        hash_chunk(&mut self.hasher, &mut self.layer_ends, text, ends_layer);
         Ok(())
+    }
+
+    /// Moves past `chunk`, just opened; whether it was its layer's last.
+    fn advance(&mut self, chunk: &ChunkInfo) -> bool {
+        self.cursor.advance(&self.header, chunk);
+        self.cursor.layer_index() > chunk.layer as usize
+    }
+}
+
+/// AES-256-GCM in place under `chunk`'s nonce and AAD: the tag is checked first.
+fn open_in_place(
+    cipher: &Aes256Gcm,
+    header_digest: &[u8; 32],
+    chunk: &ChunkInfo,
+    text: &mut [u8],
+    tag: &[u8; TAG_BYTES],
+) -> Result<(), aes_gcm::Error> {
+    let nonce = chunk.nonce();
+    let aad = chunk.aad(header_digest);
+    cipher.decrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, text, Tag::from_slice(tag))
+}
+
+fn chunk_auth(chunk: &ChunkInfo) -> SealError {
+    SealError::ChunkAuth {
+        index: chunk.index,
+        layer: chunk.layer,
+    }
+}
+
+/// Adds a chunk's plaintext to the body's hash; at a layer's end keeps the state there.
+fn hash_chunk(hasher: &mut Sha256, layer_ends: &mut Vec<Sha256>, text: &[u8], ends_layer: bool) {
+    hasher.update(text);
+    if ends_layer {
+        layer_ends.push(hasher.clone());
     }
 }
 

@@ -84,7 +84,7 @@ impl Service {
                 ack(control_type::LOAD_SEALED_BEGIN, status, id)
             }
             ControlCommand::LoadSealedChunk(c) => {
-                let status = self.sealed_chunk(&c, env);
+                let status = self.sealed_chunk(&c, par, env);
                 ack(control_type::LOAD_SEALED_CHUNK, status, c.model_id)
             }
             ControlCommand::Probe(p) => ControlReply::Probe(self.probe(p, env)),

@@ -14,6 +14,7 @@ use super::token_stream::{FeedError, Link, Streamed, TokenStream};
 use super::tool_chat::request_tokens;
 use super::{Environment, GENERATION_SCRATCH_BYTES, Service};
 use crate::arriving::{Appender, Gate};
+use crate::unsealing::OnVcpus;
 use alloc::string::ToString;
 use alloc::vec::Vec;
 use core::cell::RefCell;
@@ -179,8 +180,9 @@ impl Service {
             relinquisher: &mut self.relinquisher,
         };
         let stream = RefCell::new(TokenStream::new(link, g.request_id, None));
-        let mut gate =
-            file.gate(|to: &mut Appender<'_>| stream.borrow_mut().feed(model_id, opener, to));
+        let join = OnVcpus(par);
+        let mut gate = file
+            .gate(|to: &mut Appender<'_>| stream.borrow_mut().feed(model_id, opener, to, &join));
         let mut arrival = Arrival {
             gate: &mut gate,
             stopped,

@@ -5,8 +5,9 @@
 //! fingerprint) and its mode, and splits its time into copying and decrypting.
 
 use super::{Environment, SESSION_SCRATCH_BYTES, Service};
-use crate::unsealing::{Resume, Unsealing};
+use crate::unsealing::{OnVcpus, Resume, Unsealing};
 use alloc::vec::Vec;
+use inference_guest::parallel::Parallel;
 use sealed_model::{OwnerPublicKey, SealError, Unsealer, derive_guest_key};
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverMemory, LlmDriver, Transport};
@@ -129,11 +130,15 @@ impl Service {
     pub(super) fn sealed_chunk(
         &mut self,
         c: &LoadSealedChunk<'_>,
+        par: &dyn Parallel,
         env: &dyn Environment,
     ) -> Status {
         let t0 = env.now_ns();
+        let join = OnVcpus(par);
         let result = match self.unsealing.as_mut() {
-            Some(u) if u.model_id == c.model_id => u.chunk(c.index, c.data, &|| env.now_ns()),
+            Some(u) if u.model_id == c.model_id => {
+                u.chunk(c.index, c.data, &|| env.now_ns(), &join)
+            }
             _ => return Status::BadRequest,
         };
         // The host's clock may jump, backwards too (saturate, never wrap).

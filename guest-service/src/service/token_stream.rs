@@ -14,7 +14,7 @@ use alloc::format;
 use alloc::vec::Vec;
 use inference_guest::sampler::LogprobSink;
 use inference_guest::tokenizer::Tokenizer;
-use sealed_model::SealError;
+use sealed_model::{Join, SealError};
 use virtio_llm::Status;
 use virtio_llm::driver::{DriverError, DriverMemory, LlmDriver, Transport};
 use virtio_llm::wire::control::{ControlCommand, ControlReply, msg_type as control_type};
@@ -258,6 +258,7 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
         model_id: u32,
         opener: &mut Opener,
         to: &mut Appender<'_>,
+        join: &dyn Join,
     ) -> Result<(), FeedError> {
         let mut idle = 0u32;
         loop {
@@ -269,7 +270,7 @@ impl<'a, M: DriverMemory, T: Transport> TokenStream<'a, M, T> {
             let env = link.env;
             let (reply, opened) = match link.driver.poll_command(link.scratch) {
                 Ok(Some(ControlCommand::LoadSealedChunk(c))) if c.model_id == model_id => {
-                    let opened = opener.open(to, c.index, c.data, &|| env.now_ns());
+                    let opened = opener.open(to, c.index, c.data, &|| env.now_ns(), join);
                     let status = match &opened {
                         Ok(()) => Status::Ok,
                         Err(e) => {
