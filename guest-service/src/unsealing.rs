@@ -227,7 +227,7 @@ impl Unsealing {
     /// The whole plaintext, once every chunk opened and it hashes to the header's digest,
     /// with its layers, and the time spent copying and decrypting (a strawman load decrypts
     /// the stored body in place here first, chunk by chunk in order).
-    pub fn finish(self, clock: &dyn Fn() -> u64) -> (Finished, UnsealTimes) {
+    pub fn finish(self, clock: &dyn Fn() -> u64, join: &dyn Join) -> (Finished, UnsealTimes) {
         let Opener {
             mut unsealer,
             mut times,
@@ -250,7 +250,7 @@ impl Unsealing {
             }
             Body::Strawman(mut stored) => {
                 let t0 = clock();
-                let opened = open_stored(&mut unsealer, &mut stored.bytes, &stored.tags);
+                let opened = open_stored(&mut unsealer, &mut stored.bytes, &stored.tags, join);
                 times.decrypt_ns = times.decrypt_ns.saturating_add(clock().saturating_sub(t0));
                 match opened {
                     Ok(()) => Ok(stored.bytes),
@@ -386,19 +386,26 @@ fn store(
     Ok(())
 }
 
-/// Opens every stored chunk in place, in order; the first failure ends it.
+/// Opens every stored chunk in place, in order, each hashed while the next decrypts (as a
+/// pipelined load does, so that the two modes differ only in when they decrypt); the first
+/// failure ends it.
 fn open_stored(
     unsealer: &mut Unsealer,
     body: &mut [u8],
     tags: &[[u8; TAG_BYTES]],
+    join: &dyn Join,
 ) -> Result<(), SealError> {
+    let mut previous = 0..0;
     while let Some(chunk) = unsealer.next_chunk() {
         let Some(tag) = tags.get(chunk.index as usize) else {
             // Not all chunks arrived: `Unsealer::finish` reports the truncation.
             return Ok(());
         };
         let range = chunk.plaintext.start as usize..chunk.plaintext.end as usize;
-        unsealer.open_chunk_detached(chunk.index, &mut body[range], tag)?;
+        let (done, rest) = body.split_at_mut(range.start);
+        let text = &mut rest[..range.len()];
+        unsealer.open_chunk_overlapped(chunk.index, text, tag, &done[previous], join)?;
+        previous = range;
     }
-    Ok(())
+    unsealer.hash_last(&body[previous])
 }

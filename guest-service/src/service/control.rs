@@ -47,7 +47,7 @@ impl Service {
             }
             ControlCommand::LoadModelEnd(e) => {
                 let status = if self.unsealing(e.model_id) {
-                    self.sealed_end(&e, env)
+                    self.sealed_end(&e, par, env)
                 } else {
                     self.load_end(&e, env)
                 };

@@ -184,7 +184,12 @@ impl Service {
 
     /// Completes a sealed load: every chunk opened, the content digest checked, then the
     /// model parsed and kept as a plaintext one is. The end's `sha256` must be zero.
-    pub(super) fn sealed_end(&mut self, e: &LoadModelEnd, env: &dyn Environment) -> Status {
+    pub(super) fn sealed_end(
+        &mut self,
+        e: &LoadModelEnd,
+        par: &dyn Parallel,
+        env: &dyn Environment,
+    ) -> Status {
         let Some(u) = self.unsealing.take() else {
             return Status::BadRequest;
         };
@@ -202,7 +207,7 @@ impl Service {
             0 => alloc::string::String::from("any owner accepted"),
             n => alloc::format!("one of {n} accepted"),
         };
-        let (unsealed, times) = u.finish(&|| env.now_ns());
+        let (unsealed, times) = u.finish(&|| env.now_ns(), &OnVcpus(par));
         let (file, _proof, layers) = match unsealed {
             Ok(done) => done,
             Err(err) => {
