@@ -118,24 +118,20 @@ fn hashing_out_of_order_is_refused() {
     );
 
     // The last chunk never hashed, or hashed with the wrong length: `finish` refuses.
-    let mut u = fresh();
-    let mut previous = Vec::new();
-    for (i, (text, tag)) in parts.iter().enumerate() {
-        let mut text = text.clone();
-        u.open_chunk_overlapped(i as u64, &mut text, tag, &previous, &InOrder)
-            .expect("open");
-        previous = text;
-    }
+    let all_opened = || {
+        let mut u = fresh();
+        let mut previous = Vec::new();
+        for (i, (text, tag)) in parts.iter().enumerate() {
+            let mut text = text.clone();
+            u.open_chunk_overlapped(i as u64, &mut text, tag, &previous, &InOrder)
+                .expect("open");
+            previous = text;
+        }
+        (u, previous)
+    };
     let last = parts.len() as u64 - 1;
-    assert_eq!(u.finish().map(|_| ()), unhashed(last));
-    let mut u = fresh();
-    let mut previous = Vec::new();
-    for (i, (text, tag)) in parts.iter().enumerate() {
-        let mut text = text.clone();
-        u.open_chunk_overlapped(i as u64, &mut text, tag, &previous, &InOrder)
-            .expect("open");
-        previous = text;
-    }
+    assert_eq!(all_opened().0.finish().map(|_| ()), unhashed(last));
+    let (mut u, previous) = all_opened();
     assert_eq!(u.hash_last(&previous[1..]), unhashed(last));
 }
 
