@@ -344,6 +344,10 @@ test-real-models: models $(QWEN_CODER)
 
 # The NEON kernels, built for aarch64 and run under qemu-user (see .cargo/config.toml).
 test-neon:
+	@# Both test binaries in one build first: the library's test build and the parity test's
+	@# build then share the two cores instead of following each other.
+	$(CARGO) test -p inference-guest --target aarch64-unknown-linux-musl --quiet --no-run \
+		--test kernel_parity --lib
 	$(CARGO) test -p inference-guest --target aarch64-unknown-linux-musl --quiet --test kernel_parity
 	$(CARGO) test -p inference-guest --target aarch64-unknown-linux-musl --quiet --lib -- quant::
 

@@ -53,10 +53,14 @@ E2E_TESTS=(boot guest virtio_echo private_memory memory_budget guest_sealed gues
 # the VMM and guests, not these binaries' speed: build them without LTO, with parallel codegen
 # and without debug info, which takes minutes off CI. `bench` keeps the release profile (it
 # times them); the guest images always have it (make image-arm64).
+# With unwinding too: the test binaries need it, and cargo builds a test's dependencies with
+# it when the profile says `abort`, so /bin/flexserve's dependencies were all built twice
+# (95 s, then 102 s for the tests; with one panic strategy the tests rebuild only vmm,
+# flexserve and their own crate). A panic fails a check either way.
 musl_cargo() {
     if [[ $WHAT == test ]]; then
         CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-            CARGO_PROFILE_RELEASE_DEBUG=false $CARGO "$@"
+            CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_PANIC=unwind $CARGO "$@"
     else
         $CARGO "$@"
     fi
@@ -107,7 +111,11 @@ build_flexserve() {
 # carry the `test-hooks` feature, which the product binary the checks run must not have.
 build_tests() {
     local json
+    # The daemon's crate (built again here, with the hooks) at opt-level 1, as the x86_64
+    # test profile has it (Cargo.toml): glue around the VMM, engine and cryptography. Not
+    # the tests' own crate: its memory scans run under TCG in these checks.
     json=$(musl_cargo test -p flexserve-e2e --release --target $MUSL --no-run --message-format=json \
+        --config 'profile.release.package.flexserve.opt-level=1' \
         "${E2E_TESTS[@]/#/--test=}") || return 1
     python3 -c '
 import json, sys
