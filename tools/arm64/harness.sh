@@ -48,7 +48,7 @@ t0=$(date +%s)
 
 # The e2e test binaries the checks below run: only these are built and staged.
 E2E_TESTS=(boot guest virtio_echo private_memory memory_budget guest_sealed guest_sealed_session prompt_scan
-    serve_proxy)
+    serve_proxy serve_batch)
 # Cargo for the emulated host's binaries (arm64-init, flexserve, the tests). The checks test
 # the VMM and guests, not these binaries' speed: build them without LTO, with parallel codegen
 # and without debug info, which takes minutes off CI. `bench` keeps the release profile (it
@@ -216,6 +216,10 @@ checks() {
             # the pool refused.
             echo "e2e-prompt-scan timeout=900 $guest_env /tests/prompt_scan --test-threads=1 --skip no_prompt_in_a_protected_vm"
         fi
+        # Four clients of the daemon (in the test process) batched in the guest, each
+        # answered as alone: the engine's batched steps on the NEON column tiles, and in the
+        # protected VM the batch's buffers in pinned memory.
+        echo "e2e-batch timeout=900 $guest_env /tests/serve_batch --test-threads=1 --nocapture --exact tiny_model_clients_at_once_get_their_greedy_text_alone_while_batched"
         if have flexserve; then
             # A sealed chat, whole and streamed, through the `flexserve proxy` binary to the
             # daemon (in the test process), by plain HTTP: the plain request's text, and the
