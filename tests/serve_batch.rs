@@ -131,7 +131,10 @@ fn tiny_model_clients_at_once_get_their_greedy_text_alone_while_batched() {
     }
     let d = daemon_of("tiny-together", TINY, true);
     let addr = d.tcp_addr.unwrap();
-    let alone: Vec<String> = PROMPTS.iter().map(|p| answer_of(addr, TINY, p, 32)).collect();
+    let alone: Vec<String> = PROMPTS
+        .iter()
+        .map(|p| answer_of(addr, TINY, p, 32))
+        .collect();
     let before = batch_counts(&d);
     let together = answers_of_at_once(addr, TINY, &PROMPTS, 32);
     let mean = mean_batch(&d, before);
