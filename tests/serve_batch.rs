@@ -20,11 +20,7 @@ const PROMPTS: [&str; 4] = [
     "Explain how a bicycle works.",
 ];
 
-fn batched_daemon(name: &str, batch: bool) -> Daemon {
-    daemon_of(name, DEFAULT, batch)
-}
-
-fn daemon_of(name: &str, model: &str, batch: bool) -> Daemon {
+fn batched_daemon(name: &str, model: &str, batch: bool) -> Daemon {
     let dir = temp_dir(name);
     Daemon::start(Config {
         max_active: 4,
@@ -34,12 +30,8 @@ fn daemon_of(name: &str, model: &str, batch: bool) -> Daemon {
     .expect("daemon starts")
 }
 
-/// The greedy answer of `n` tokens to `prompt` (all `n` generated).
-fn answer(addr: SocketAddr, prompt: &str, n: u32) -> String {
-    answer_of(addr, DEFAULT, prompt, n)
-}
-
-fn answer_of(addr: SocketAddr, model: &str, prompt: &str, n: u32) -> String {
+/// The greedy answer of `model` in `n` tokens to `prompt` (all `n` generated).
+fn answer(addr: SocketAddr, model: &str, prompt: &str, n: u32) -> String {
     let r = http(
         addr,
         "POST",
@@ -51,11 +43,7 @@ fn answer_of(addr: SocketAddr, model: &str, prompt: &str, n: u32) -> String {
 }
 
 /// The answers to `prompts`, all asked at once.
-fn answers_at_once(addr: SocketAddr, prompts: &[&'static str], n: u32) -> Vec<String> {
-    answers_of_at_once(addr, DEFAULT, prompts, n)
-}
-
-fn answers_of_at_once(
+fn answers_at_once(
     addr: SocketAddr,
     model: &'static str,
     prompts: &[&'static str],
@@ -68,7 +56,7 @@ fn answers_of_at_once(
             let start = start.clone();
             std::thread::spawn(move || {
                 start.wait();
-                answer_of(addr, model, p, n)
+                answer(addr, model, p, n)
             })
         })
         .collect();
@@ -97,9 +85,12 @@ fn clients_at_once_get_their_greedy_text_alone_while_batched() {
     if !guests_can_run(&[DEFAULT]) {
         return;
     }
-    let d = batched_daemon("together", true);
+    let d = batched_daemon("together", DEFAULT, true);
     let addr = d.tcp_addr.unwrap();
-    let alone: Vec<String> = PROMPTS.iter().map(|p| answer(addr, p, 64)).collect();
+    let alone: Vec<String> = PROMPTS
+        .iter()
+        .map(|p| answer(addr, DEFAULT, p, 64))
+        .collect();
     let distinct: std::collections::HashSet<_> = alone.iter().collect();
     assert_eq!(
         distinct.len(),
@@ -107,7 +98,7 @@ fn clients_at_once_get_their_greedy_text_alone_while_batched() {
         "a mixed-up answer would show"
     );
     let before = batch_counts(&d);
-    let together = answers_at_once(addr, &PROMPTS, 64);
+    let together = answers_at_once(addr, DEFAULT, &PROMPTS, 64);
     // Run one at a time, every step would have had one request: the mean would be 1.
     let mean = mean_batch(&d, before);
     let m = &d.shared().metrics;
@@ -129,14 +120,11 @@ fn tiny_model_clients_at_once_get_their_greedy_text_alone_while_batched() {
     if !guests_can_run(&[TINY]) {
         return;
     }
-    let d = daemon_of("tiny-together", TINY, true);
+    let d = batched_daemon("tiny-together", TINY, true);
     let addr = d.tcp_addr.unwrap();
-    let alone: Vec<String> = PROMPTS
-        .iter()
-        .map(|p| answer_of(addr, TINY, p, 32))
-        .collect();
+    let alone: Vec<String> = PROMPTS.iter().map(|p| answer(addr, TINY, p, 32)).collect();
     let before = batch_counts(&d);
-    let together = answers_of_at_once(addr, TINY, &PROMPTS, 32);
+    let together = answers_at_once(addr, TINY, &PROMPTS, 32);
     let mean = mean_batch(&d, before);
     d.stop();
     assert_eq!(together, alone);
@@ -149,10 +137,13 @@ fn a_client_gone_mid_batch_leaves_the_others_alone() {
     if !guests_can_run(&[DEFAULT]) {
         return;
     }
-    let d = batched_daemon("gone", true);
+    let d = batched_daemon("gone", DEFAULT, true);
     let addr = d.tcp_addr.unwrap();
     let stayers = &PROMPTS[1..];
-    let alone: Vec<String> = stayers.iter().map(|p| answer(addr, p, 96)).collect();
+    let alone: Vec<String> = stayers
+        .iter()
+        .map(|p| answer(addr, DEFAULT, p, 96))
+        .collect();
     // The leaver streams a long answer; the others join its batch.
     let mut leaver = TcpStream::connect(addr).unwrap();
     let long = chat_body(
@@ -165,7 +156,7 @@ fn a_client_gone_mid_batch_leaves_the_others_alone() {
     read_until_first_token(&mut leaver);
     let threads = {
         let stayers = stayers.to_vec();
-        std::thread::spawn(move || answers_at_once(addr, &stayers, 96))
+        std::thread::spawn(move || answers_at_once(addr, DEFAULT, &stayers, 96))
     };
     let m = &d.shared().metrics;
     wait_for("the others to join the batch", || {
@@ -189,10 +180,13 @@ fn with_batching_off_requests_take_turns() {
     if !guests_can_run(&[DEFAULT]) {
         return;
     }
-    let d = batched_daemon("off", false);
+    let d = batched_daemon("off", DEFAULT, false);
     let addr = d.tcp_addr.unwrap();
-    let alone: Vec<String> = PROMPTS.iter().map(|p| answer(addr, p, 32)).collect();
-    let together = answers_at_once(addr, &PROMPTS, 32);
+    let alone: Vec<String> = PROMPTS
+        .iter()
+        .map(|p| answer(addr, DEFAULT, p, 32))
+        .collect();
+    let together = answers_at_once(addr, DEFAULT, &PROMPTS, 32);
     let counts = batch_counts(&d);
     d.stop();
     assert_eq!(together, alone);
@@ -217,10 +211,13 @@ fn another_model_and_an_embedding_wait_for_a_batch_and_are_served() {
     if !guests_can_run(&[DEFAULT, TINY]) {
         return;
     }
-    let d = batched_daemon("others", true);
+    let d = batched_daemon("others", DEFAULT, true);
     let addr = d.tcp_addr.unwrap();
     let stayers = &PROMPTS[1..3];
-    let alone: Vec<String> = stayers.iter().map(|p| answer(addr, p, 48)).collect();
+    let alone: Vec<String> = stayers
+        .iter()
+        .map(|p| answer(addr, DEFAULT, p, 48))
+        .collect();
     let vector = embedding(addr, DEFAULT, "a lighthouse");
     let tiny_body = chat_body(TINY, "Once upon a time", 8, "");
     let tiny_alone = http(addr, "POST", CHAT, &tiny_body);
@@ -238,7 +235,7 @@ fn another_model_and_an_embedding_wait_for_a_batch_and_are_served() {
     read_until_first_token(&mut long);
     let joiners = {
         let stayers = stayers.to_vec();
-        std::thread::spawn(move || answers_at_once(addr, &stayers, 48))
+        std::thread::spawn(move || answers_at_once(addr, DEFAULT, &stayers, 48))
     };
     let m = &d.shared().metrics;
     wait_for("a request to join the batch", || {
