@@ -10,14 +10,19 @@
 
 use core::arch::x86_64::*;
 
+use super::kquant_order::{blend_pair, blend_sub_blocks, pair_sub_blocks};
 use super::{arr, h2f, hsum, ld, ld16, prefetch_ahead};
-use alloc::vec::Vec;
 
 /// Q8_K block layout: f32 scale, 256 quants, 16 i16 block sums.
-const Q8K_BYTES: usize = 292;
+pub(super) const Q8K_BYTES: usize = 292;
 /// Q4_K super-block: f16 d, f16 dmin, 12 bytes of scales and mins, 128 bytes of nibbles.
 const Q4K_BYTES: usize = 144;
-const Q8K_QS: usize = 4;
+/// Q5_K super-block: f16 d, f16 dmin, 12 bytes of scales and mins, 32 of high bits, 128
+/// of nibbles.
+const Q5K_BYTES: usize = 176;
+/// Q6_K super-block: 128 bytes of low nibbles, 64 of high bits, 16 i8 scales, f16 d.
+const Q6K_BYTES: usize = 210;
+pub(super) const Q8K_QS: usize = 4;
 const Q8K_BSUMS: usize = 260;
 /// Columns per register tile.
 const TILE: usize = 4;
@@ -51,7 +56,11 @@ type Q4K = Q4KTile<false>;
 /// Q4_K against activations from [`pair_sub_blocks`] (products of several columns).
 type Q4KPaired = Q4KTile<true>;
 struct Q5K;
-struct Q6K;
+struct Q6KTile<const PAIRED: bool>;
+/// Q6_K against Q8_K rows as they are (decode's one column).
+type Q6K = Q6KTile<false>;
+/// Q6_K against activations from [`blend_sub_blocks`] (products of several columns).
+type Q6KPaired = Q6KTile<true>;
 
 /// One Q4_K row · one Q8_K row.
 ///
@@ -107,30 +116,6 @@ pub(super) unsafe fn matmul_q4_k(
     unsafe { panels::<Q4KPaired>(w, nrows, &paired, ncols, out) }
 }
 
-/// `act` (whole Q8_K blocks) with each 64-value chunk's quants interleaved two by two:
-/// values 2k, 2k + 1 of its first sub-block, then the same of its second, as
-/// `unpacklo/hi_epi16` lay them out per 128-bit lane. [`Q4KPaired`]'s tile unpacks its
-/// nibbles the same way, so one `maddubs` covers both sub-blocks and their sums take
-/// their two scales in one `madd`.
-#[target_feature(enable = "avx2")]
-fn pair_sub_blocks(act: &[u8]) -> Vec<u8> {
-    let mut out = act.to_vec();
-    for blk in out.chunks_exact_mut(Q8K_BYTES) {
-        for c in 0..4 {
-            let at = Q8K_QS + 64 * c;
-            // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
-            let (y0, y1) = unsafe { (ld(arr(blk, at)), ld(arr(blk, at + 32))) };
-            let (lo, hi) = (_mm256_unpacklo_epi16(y0, y1), _mm256_unpackhi_epi16(y0, y1));
-            // SAFETY: 64 writable bytes at `at`; storeu has no alignment requirement.
-            unsafe {
-                _mm256_storeu_si256(blk[at..at + 32].as_mut_ptr().cast(), lo);
-                _mm256_storeu_si256(blk[at + 32..at + 64].as_mut_ptr().cast(), hi);
-            }
-        }
-    }
-    out
-}
-
 /// As [`matmul_q4_k`], for Q5_K weights.
 ///
 /// # Safety
@@ -159,8 +144,9 @@ pub(super) unsafe fn matmul_q6_k(
     ncols: usize,
     out: &mut [f32],
 ) {
-    // SAFETY: forwarded contract.
-    unsafe { panels::<Q6K>(w, nrows, act, ncols, out) }
+    let blended = blend_sub_blocks(act);
+    // SAFETY: forwarded contract; `blended` is `act` with its quants reordered in place.
+    unsafe { panels::<Q6KPaired>(w, nrows, &blended, ncols, out) }
 }
 
 /// Column panels, then rows, then tiles of [`TILE`] columns: a row is unpacked once per
@@ -250,11 +236,14 @@ fn q4_k_scales_mins(packed: &[u8; 12]) -> (__m256i, __m128i) {
     )
 }
 
-/// The lines of a `WB`-byte weight super-block a `C`-column tile asks for ahead: decode
-/// (`C` = 1) one a block, letting the hardware's prefetch follow (every line measured
-/// slower); a few columns all of them.
-const fn lines_ahead<const WB: usize, const C: usize>() -> usize {
-    if C == 1 { 1 } else { WB.div_ceil(64) }
+/// The lines of a `WB`-byte weight super-block a tile asks for ahead: all of them, decode's
+/// one column included. (Decode once asked for one line a block and left the rest to the
+/// hardware's prefetch, measured faster on an Intel Xeon; but these AVX2 tiles are what
+/// AVX2-only CPUs run, and on the Zen 3 machine every line took Qwen2.5-Coder-1.5B's decode
+/// from 14-16 to 18.5-21 tok/s (Q4_K_M), 12-14 to 20-22 (pure Q6_K), 14-14.5 to 15.5-17.5
+/// (pure Q5_K), alternating builds.)
+const fn lines_ahead<const WB: usize>() -> usize {
+    WB.div_ceil(64)
 }
 
 /// Broadcasts i16 lane `i` (0..8) of each 128-bit half of `v` to the whole half.
@@ -313,7 +302,7 @@ impl<const PAIRED: bool> KTile for Q4KTile<PAIRED> {
         let mut sum = [0.0f32; C];
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
             if first {
-                prefetch_ahead(x.as_ptr(), lines_ahead::<Q4K_BYTES, C>());
+                prefetch_ahead(x.as_ptr(), lines_ahead::<Q4K_BYTES>());
             }
             let (scales, mins) = q4_k_scales_mins(arr(x, 4));
             let mut isum = [_mm256_setzero_si256(); C];
@@ -355,7 +344,7 @@ impl<const PAIRED: bool> KTile for Q4KTile<PAIRED> {
 }
 
 impl KTile for Q5K {
-    const WB: usize = 176;
+    const WB: usize = Q5K_BYTES;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -366,7 +355,7 @@ impl KTile for Q5K {
         let mut summs = [0.0f32; C];
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
             if first {
-                prefetch_ahead(x.as_ptr(), lines_ahead::<{ Self::WB }, C>());
+                prefetch_ahead(x.as_ptr(), lines_ahead::<Q5K_BYTES>());
             }
             let (scales, mins) = q4_k_scales_mins(arr(x, 4));
             // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
@@ -429,8 +418,45 @@ fn hsum_i32x4(v: __m128i) -> i32 {
     _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
 }
 
-impl KTile for Q6K {
-    const WB: usize = 210;
+/// `pshufb` patterns over a Q6_K super-block's 16 i8 scales giving, once widened to i16,
+/// the scales of 32-value chunk `c`: its first 16 values' group in the low 128-bit half,
+/// the next group's in the high half (ggml's `get_scale_shuffle`; one shuffle and one widen
+/// instead of building each half from scalars).
+const Q6K_CHUNK_SCALES: [[u8; 16]; 8] = {
+    let mut t = [[0u8; 16]; 8];
+    let mut c = 0;
+    while c < 8 {
+        let mut i = 0;
+        while i < 16 {
+            t[c][i] = (2 * c + i / 8) as u8;
+            i += 1;
+        }
+        c += 1;
+    }
+    t
+};
+
+/// As [`Q6K_CHUNK_SCALES`] for the woven chunks 2p and 2p + 1 (see [`blend_pair`]): i16
+/// lanes alternate between chunk 2p's group and chunk 2p + 1's.
+const Q6K_PAIR_SCALES: [[u8; 16]; 4] = {
+    let mut t = [[0u8; 16]; 4];
+    let mut p = 0;
+    while p < 4 {
+        let mut i = 0;
+        while i < 16 {
+            t[p][i] = (4 * p + i / 8 + 2 * (i % 2)) as u8;
+            i += 1;
+        }
+        p += 1;
+    }
+    t
+};
+
+/// Q6_K's tile; with `PAIRED` against activations from [`blend_sub_blocks`]: chunks 2p and
+/// 2p + 1 of a half share one `maddubs` pair, an i16 add and one `madd` per column
+/// (|4 products| ≤ 4·63·128 in an i16), the i32 lanes unchanged.
+impl<const PAIRED: bool> KTile for Q6KTile<PAIRED> {
+    const WB: usize = Q6K_BYTES;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -440,9 +466,10 @@ impl KTile for Q6K {
         let mut acc = [_mm256_setzero_ps(); C];
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
             if first {
-                prefetch_ahead(x.as_ptr(), lines_ahead::<{ Self::WB }, C>());
+                prefetch_ahead(x.as_ptr(), lines_ahead::<Q6K_BYTES>());
             }
-            let sc = |j: usize| i16::from(x[192 + j] as i8);
+            // SAFETY: AVX2 is this function's contract; the array is bounds-checked.
+            let scales = unsafe { ld16(arr(x, 192)) };
             let mut isum = [_mm256_setzero_si256(); C];
             for h in 0..2 {
                 // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
@@ -466,9 +493,32 @@ impl KTile for Q6K {
                         hbits(_mm256_srli_epi16::<6>(qh)),
                     ),
                 ];
+                if PAIRED {
+                    for p in 0..2 {
+                        let (w0, w1) = blend_pair(q[2 * p], q[2 * p + 1]);
+                        let scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+                            scales,
+                            // SAFETY: as above.
+                            unsafe { ld16(&Q6K_PAIR_SCALES[2 * h + p]) },
+                        ));
+                        for (col, acc) in isum.iter_mut().enumerate() {
+                            let y = &a[col * arb + b * Q8K_BYTES + Q8K_QS + 128 * h + 64 * p..];
+                            // SAFETY: as above.
+                            let (y0, y1) = unsafe { (ld(arr(y, 0)), ld(arr(y, 32))) };
+                            let (p0, p1) =
+                                (_mm256_maddubs_epi16(w0, y0), _mm256_maddubs_epi16(w1, y1));
+                            let v = _mm256_madd_epi16(_mm256_add_epi16(p0, p1), scv);
+                            *acc = _mm256_add_epi32(*acc, v);
+                        }
+                    }
+                    continue;
+                }
                 for (k, qk) in q.iter().enumerate() {
-                    let s = 8 * h + 2 * k;
-                    let scv = _mm256_set_m128i(_mm_set1_epi16(sc(s + 1)), _mm_set1_epi16(sc(s)));
+                    let scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+                        scales,
+                        // SAFETY: as above.
+                        unsafe { ld16(&Q6K_CHUNK_SCALES[4 * h + k]) },
+                    ));
                     for (col, acc) in isum.iter_mut().enumerate() {
                         let y = &a[col * arb + b * Q8K_BYTES..];
                         // SAFETY: as above.
@@ -479,8 +529,7 @@ impl KTile for Q6K {
                 }
             }
             // The +32 offset of the stored quants, as in `dot_q6_k`.
-            // SAFETY: as above; 16 scales are in bounds.
-            let scales = _mm256_cvtepi8_epi16(unsafe { ld16(arr(x, 192)) });
+            let scales = _mm256_cvtepi8_epi16(scales);
             let xd = h2f(x, 208);
             for col in 0..C {
                 let y = &a[col * arb + b * Q8K_BYTES..];

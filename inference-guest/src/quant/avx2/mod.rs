@@ -18,6 +18,7 @@ mod gemm512;
 mod gemm512_q4_0;
 mod iq4;
 mod kquant;
+mod kquant_order;
 mod kquant_vnni;
 mod kquant_vnni_q5;
 mod kquant_vnni_q6;
