@@ -15,21 +15,7 @@ use alloc::vec::Vec;
 /// their two scales in one `madd`.
 #[target_feature(enable = "avx2")]
 pub(super) fn pair_sub_blocks(act: &[u8]) -> Vec<u8> {
-    let mut out = act.to_vec();
-    for blk in out.chunks_exact_mut(Q8K_BYTES) {
-        for c in 0..4 {
-            let at = Q8K_QS + 64 * c;
-            // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
-            let (y0, y1) = unsafe { (ld(arr(blk, at)), ld(arr(blk, at + 32))) };
-            let (lo, hi) = (_mm256_unpacklo_epi16(y0, y1), _mm256_unpackhi_epi16(y0, y1));
-            // SAFETY: 64 writable bytes at `at`; storeu has no alignment requirement.
-            unsafe {
-                _mm256_storeu_si256(blk[at..at + 32].as_mut_ptr().cast(), lo);
-                _mm256_storeu_si256(blk[at + 32..at + 64].as_mut_ptr().cast(), hi);
-            }
-        }
-    }
-    out
+    reorder_chunks::<false>(act)
 }
 
 /// `act` (whole Q8_K blocks) with each 64-value chunk's two 32-value halves woven word by
@@ -41,17 +27,28 @@ pub(super) fn pair_sub_blocks(act: &[u8]) -> Vec<u8> {
 /// no faster: its unpacking of the high bits, not its products, sets its pace.)
 #[target_feature(enable = "avx2")]
 pub(super) fn blend_sub_blocks(act: &[u8]) -> Vec<u8> {
+    reorder_chunks::<true>(act)
+}
+
+/// A copy of `act` with each 64-value chunk's halves reordered: woven by [`blend_pair`]
+/// (`BLEND`) or interleaved by `unpacklo/hi_epi16`.
+#[target_feature(enable = "avx2")]
+fn reorder_chunks<const BLEND: bool>(act: &[u8]) -> Vec<u8> {
     let mut out = act.to_vec();
     for blk in out.chunks_exact_mut(Q8K_BYTES) {
         for c in 0..4 {
             let at = Q8K_QS + 64 * c;
             // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
             let (y0, y1) = unsafe { (ld(arr(blk, at)), ld(arr(blk, at + 32))) };
-            let (even, odd) = blend_pair(y0, y1);
+            let (first, second) = if BLEND {
+                blend_pair(y0, y1)
+            } else {
+                (_mm256_unpacklo_epi16(y0, y1), _mm256_unpackhi_epi16(y0, y1))
+            };
             // SAFETY: 64 writable bytes at `at`; storeu has no alignment requirement.
             unsafe {
-                _mm256_storeu_si256(blk[at..at + 32].as_mut_ptr().cast(), even);
-                _mm256_storeu_si256(blk[at + 32..at + 64].as_mut_ptr().cast(), odd);
+                _mm256_storeu_si256(blk[at..at + 32].as_mut_ptr().cast(), first);
+                _mm256_storeu_si256(blk[at + 32..at + 64].as_mut_ptr().cast(), second);
             }
         }
     }
