@@ -1,5 +1,6 @@
 //! Q4_K·Q8_K, Q5_K·Q8_K and Q6_K·Q8_K: dot products (decode) and matrix products
-//! (prefill), one weight row against a tile of up to four activation columns.
+//! (prefill), one weight row against a tile of up to four activation columns (eight for
+//! Q6_K).
 //!
 //! Each row's super-block is unpacked once (nibbles, 6-bit scales and mins, with vector
 //! operations) and used for the whole column tile; a dot product is the one-column tile, so
@@ -151,7 +152,8 @@ pub(super) unsafe fn matmul_q6_k(
     unsafe { panels::<Q6KPaired>(w, nrows, &blended, ncols, out) }
 }
 
-/// Column panels, then rows, then tiles of [`TILE`] columns: a row is unpacked once per
+/// Column panels, then rows, then tiles of [`TILE`] columns (twice that where
+/// [`KTile::WIDE`]): a row is unpacked once per
 /// tile and stays in L1 across its panel's tiles; a panel's activations stay cached across
 /// the rows.
 ///
@@ -521,20 +523,20 @@ impl<const PAIRED: bool> KTile for Q6KTile<PAIRED> {
                             *acc = _mm256_add_epi32(*acc, v);
                         }
                     }
-                    continue;
-                }
-                for (k, qk) in q.iter().enumerate() {
-                    let scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
-                        scales,
-                        // SAFETY: as above.
-                        unsafe { ld16(&Q6K_CHUNK_SCALES[4 * h + k]) },
-                    ));
-                    for (col, acc) in isum.iter_mut().enumerate() {
-                        let y = &a[col * arb + b * Q8K_BYTES..];
-                        // SAFETY: as above.
-                        let yk = unsafe { ld(arr(y, Q8K_QS + 128 * h + 32 * k)) };
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(*qk, yk), scv);
-                        *acc = _mm256_add_epi32(*acc, p);
+                } else {
+                    for (k, qk) in q.iter().enumerate() {
+                        let scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+                            scales,
+                            // SAFETY: as above.
+                            unsafe { ld16(&Q6K_CHUNK_SCALES[4 * h + k]) },
+                        ));
+                        for (col, acc) in isum.iter_mut().enumerate() {
+                            let y = &a[col * arb + b * Q8K_BYTES..];
+                            // SAFETY: as above.
+                            let yk = unsafe { ld(arr(y, Q8K_QS + 128 * h + 32 * k)) };
+                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(*qk, yk), scv);
+                            *acc = _mm256_add_epi32(*acc, p);
+                        }
                     }
                 }
             }
