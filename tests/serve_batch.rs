@@ -63,6 +63,17 @@ fn answers_at_once(
     threads.into_iter().map(|t| t.join().unwrap()).collect()
 }
 
+/// Every prompt of [`PROMPTS`] asked alone, one after another, then all at once: both sets
+/// of answers (`n` tokens each) and the mean batch size of the decode steps while they ran
+/// at once (one at a time, every step would have had one request: the mean would be 1).
+fn alone_then_at_once(d: &Daemon, model: &'static str, n: u32) -> (Vec<String>, Vec<String>, f64) {
+    let addr = d.tcp_addr.unwrap();
+    let alone = PROMPTS.iter().map(|p| answer(addr, model, p, n)).collect();
+    let before = batch_counts(d);
+    let together = answers_at_once(addr, model, &PROMPTS, n);
+    (alone, together, mean_batch(d, before))
+}
+
 /// The mean batch size of the decode steps since `before` (sum, count).
 fn mean_batch(d: &Daemon, before: (u64, u64)) -> f64 {
     let b = &d.shared().metrics.batch;
@@ -86,21 +97,13 @@ fn clients_at_once_get_their_greedy_text_alone_while_batched() {
         return;
     }
     let d = batched_daemon("together", DEFAULT, true);
-    let addr = d.tcp_addr.unwrap();
-    let alone: Vec<String> = PROMPTS
-        .iter()
-        .map(|p| answer(addr, DEFAULT, p, 64))
-        .collect();
+    let (alone, together, mean) = alone_then_at_once(&d, DEFAULT, 64);
     let distinct: std::collections::HashSet<_> = alone.iter().collect();
     assert_eq!(
         distinct.len(),
         PROMPTS.len(),
         "a mixed-up answer would show"
     );
-    let before = batch_counts(&d);
-    let together = answers_at_once(addr, DEFAULT, &PROMPTS, 64);
-    // Run one at a time, every step would have had one request: the mean would be 1.
-    let mean = mean_batch(&d, before);
     let m = &d.shared().metrics;
     assert_eq!(m.requests(Outcome::Ok), 8);
     // The gauge falls back once the worker sees the batch empty (just after the answers).
@@ -121,11 +124,7 @@ fn tiny_model_clients_at_once_get_their_greedy_text_alone_while_batched() {
         return;
     }
     let d = batched_daemon("tiny-together", TINY, true);
-    let addr = d.tcp_addr.unwrap();
-    let alone: Vec<String> = PROMPTS.iter().map(|p| answer(addr, TINY, p, 32)).collect();
-    let before = batch_counts(&d);
-    let together = answers_at_once(addr, TINY, &PROMPTS, 32);
-    let mean = mean_batch(&d, before);
+    let (alone, together, mean) = alone_then_at_once(&d, TINY, 32);
     d.stop();
     assert_eq!(together, alone);
     assert!(mean >= 1.5, "the decode steps did not overlap: {mean}");
