@@ -22,7 +22,7 @@ impl Traffic {
     pub fn holds(&self, needle: &[u8]) -> bool {
         [&self.sent, &self.received]
             .iter()
-            .any(|b| b.windows(needle.len()).any(|w| w == needle))
+            .any(|b| memchr::memmem::find(b, needle).is_some())
     }
 }
 

@@ -101,7 +101,7 @@ fn the_sealed_file(dir: &Path) -> PathBuf {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// `prompt`'s tokens as the engine encodes a text prompt, and its layer 0 KV bytes as a

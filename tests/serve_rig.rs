@@ -81,8 +81,8 @@ pub fn python() -> Option<PathBuf> {
     None
 }
 
-/// The `flexserve` binary: `$FLEXSERVE_BIN` (the arm64 tier's `/bin/flexserve`), else the
-/// release build (`make test` builds it).
+/// The `flexserve` binary: `$FLEXSERVE_BIN` (`make test` sets it to the binary it built;
+/// the arm64 tier's is `/bin/flexserve`), else the release build.
 pub fn flexserve_bin() -> Option<PathBuf> {
     let p = std::env::var_os("FLEXSERVE_BIN")
         .map(PathBuf::from)
@@ -90,7 +90,10 @@ pub fn flexserve_bin() -> Option<PathBuf> {
     if p.exists() {
         return Some(p);
     }
-    skip("target/release/flexserve is missing (run `cargo build --release -p vmm`)");
+    skip(&format!(
+        "{} is missing (run `make flexserve-bin`)",
+        p.display()
+    ));
     None
 }
 

@@ -116,7 +116,7 @@ fn logged(rig: &Rig, parts: &[&str]) -> bool {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 fn le_bytes(tokens: &[u32]) -> Vec<u8> {

@@ -239,12 +239,14 @@ fn tiny_weight_types_batch_bit_identically_on_every_kernel_set() {
     }
 }
 
+/// A real model's shapes: the 8-session schedule alone, whose batches grow from 1 to 8
+/// columns and shrink again (the tiny models run the 1- and 3-session ones too).
 #[test]
 fn smollm2_q8_0_batches_bit_identically() {
     check_model(
         "SmolLM2-135M-Instruct.Q8_0.gguf",
         Kernels::detect(),
-        &[1, 3, 8],
+        &[8],
         true,
     );
 }
@@ -254,7 +256,7 @@ fn smollm2_q4_0_batches_bit_identically() {
     check_model(
         "SmolLM2-135M-Instruct.Q4_0.gguf",
         Kernels::detect(),
-        &[1, 3, 8],
+        &[8],
         true,
     );
 }
