@@ -41,6 +41,65 @@ pub(super) unsafe fn dots<const N: usize>(keys: &[f32], q: &[f32], out: &mut [f3
     }
 }
 
+/// [`dots`] with 16 lanes (`N` = 2) four keys at a time: the query's loads are shared, and
+/// the four halving trees run side by side in whole registers, each sum made of the same
+/// additions in the same order as `dots` makes it.
+///
+/// # Safety
+/// As [`dots`] with `N` = 2.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dots16_by_four(keys: &[f32], q: &[f32], out: &mut [f32]) {
+    let hd = q.len();
+    debug_assert!(hd.is_multiple_of(16) && keys.len() == out.len() * hd);
+    let mut key_blocks = keys.chunks_exact(4 * hd);
+    let mut out_blocks = out.chunks_exact_mut(4);
+    for (k4, o4) in (&mut key_blocks).zip(&mut out_blocks) {
+        let (mut lo, mut hi) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+        for c in (0..hd).step_by(16) {
+            // SAFETY: `c + 16 <= hd`, and each of the four keys is `hd` f32s of `k4`.
+            unsafe {
+                let x = (
+                    _mm256_loadu_ps(q.as_ptr().add(c)),
+                    _mm256_loadu_ps(q.as_ptr().add(c + 8)),
+                );
+                for j in 0..4 {
+                    let k = k4.as_ptr().add(j * hd + c);
+                    lo[j] = _mm256_fmadd_ps(_mm256_loadu_ps(k), x.0, lo[j]);
+                    hi[j] = _mm256_fmadd_ps(_mm256_loadu_ps(k.add(8)), x.1, hi[j]);
+                }
+            }
+        }
+        // Per key, t3[l] = a[l + 8] + a[l]; t6[l] = t3[l + 4] + t3[l] (keys 0 and 1 in `ab`,
+        // 2 and 3 in `cd`, one per 128-bit half).
+        let t3: [__m256; 4] = core::array::from_fn(|j| _mm256_add_ps(hi[j], lo[j]));
+        let halves = |a: __m256, b: __m256| {
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x31>(a, b),
+                _mm256_permute2f128_ps::<0x20>(a, b),
+            )
+        };
+        let (ab, cd) = (halves(t3[0], t3[1]), halves(t3[2], t3[3]));
+        // s = (t6[0] + t6[2], t6[1] + t6[3]): [a, a, c, c | b, b, d, d].
+        let s = _mm256_add_ps(
+            _mm256_shuffle_ps::<0b01_00_01_00>(ab, cd),
+            _mm256_shuffle_ps::<0b11_10_11_10>(ab, cd),
+        );
+        // s[0] + s[1]: [a, c, a, c | b, d, b, d], then [a, b, c, d].
+        let sums = _mm256_add_ps(
+            _mm256_shuffle_ps::<0b10_00_10_00>(s, s),
+            _mm256_shuffle_ps::<0b11_01_11_01>(s, s),
+        );
+        let abcd = _mm_unpacklo_ps(
+            _mm256_castps256_ps128(sums),
+            _mm256_extractf128_ps::<1>(sums),
+        );
+        // SAFETY: `o4` is 4 writable f32s.
+        unsafe { _mm_storeu_ps(o4.as_mut_ptr(), abcd) };
+    }
+    // SAFETY: as this function's, for the last keys.
+    unsafe { dots::<2>(key_blocks.remainder(), q, out_blocks.into_remainder()) };
+}
+
 /// `v[i] = f16(v[i])` rounded to nearest even, as `kv_cache::round_f16`.
 ///
 /// # Safety
@@ -76,19 +135,46 @@ pub(super) unsafe fn accumulate_strided(
 ) {
     let hd = acc.len() / lanes;
     debug_assert!(hd.is_multiple_of(32) && rows.len() >= w.len() * hd);
+    // 64 columns a pass where the head has them: eight independent chains of fused
+    // multiply-adds keep both FMA pipes busy, where four (32 columns) waited on the
+    // latency of each add before the next position's.
+    // SAFETY: as this function's; `hd` is a multiple of the columns each pass takes.
+    unsafe {
+        if hd.is_multiple_of(64) {
+            accumulate_columns::<8>(w, rows, first, lanes, hd, acc);
+        } else {
+            accumulate_columns::<4>(w, rows, first, lanes, hd, acc);
+        }
+    }
+}
+
+/// [`accumulate_strided`] `8 R` columns of a lane at a time.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `hd` is a multiple of `8 R`, `acc.len()` of `hd` and
+/// `rows.len() >= w.len() * hd`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn accumulate_columns<const R: usize>(
+    w: &[f32],
+    rows: &[f32],
+    first: usize,
+    lanes: usize,
+    hd: usize,
+    acc: &mut [f32],
+) {
     for (l, lane) in acc.chunks_exact_mut(hd).enumerate() {
         // The first position at or after `first` that falls in lane `l`.
         let start = first + (l + lanes - first % lanes) % lanes;
-        for d0 in (0..hd).step_by(32) {
-            let dst = &mut lane[d0..d0 + 32];
-            // SAFETY: `dst` is 32 f32s; loadu has no alignment requirement.
-            let mut r: [__m256; 4] =
+        for d0 in (0..hd).step_by(8 * R) {
+            let dst = &mut lane[d0..d0 + 8 * R];
+            // SAFETY: `dst` is 8R f32s; loadu has no alignment requirement.
+            let mut r: [__m256; R] =
                 core::array::from_fn(|k| unsafe { _mm256_loadu_ps(dst.as_ptr().add(8 * k)) });
             for p in (start..w.len()).step_by(lanes) {
                 let wp = _mm256_set1_ps(w[p]);
-                let src = &rows[p * hd + d0..p * hd + d0 + 32];
+                let src = &rows[p * hd + d0..p * hd + d0 + 8 * R];
                 for (k, rk) in r.iter_mut().enumerate() {
-                    // SAFETY: `src` is 32 readable f32s.
+                    // SAFETY: `src` is 8R readable f32s.
                     *rk = _mm256_fmadd_ps(
                         wp,
                         unsafe { _mm256_loadu_ps(src.as_ptr().add(8 * k)) },
@@ -97,7 +183,7 @@ pub(super) unsafe fn accumulate_strided(
                 }
             }
             for (k, rk) in r.iter().enumerate() {
-                // SAFETY: `dst` is 32 writable f32s.
+                // SAFETY: `dst` is 8R writable f32s.
                 unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(8 * k), *rk) };
             }
         }

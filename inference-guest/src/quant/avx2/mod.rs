@@ -98,7 +98,7 @@ impl Avx2 {
             match (self.vnni, lanes) {
                 (true, 16) => attn512::dots::<1>(keys, q, out),
                 (true, _) => attn512::dots::<4>(keys, q, out),
-                (false, 16) => attn::dots::<2>(keys, q, out),
+                (false, 16) => attn::dots16_by_four(keys, q, out),
                 (false, _) => attn::dots::<8>(keys, q, out),
             }
         }
