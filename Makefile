@@ -385,8 +385,9 @@ fuzz-smoke: fuzz-build
 # test-arm64 last: it boots the arm64 VMM and guests in an emulated arm64 host (both modes).
 # fuzz-check runs beside it at the lowest CPU priority: the emulated host's boots leave about
 # a third of the two cores idle (QEMU ran 54 s on 70 CPU-s), and at nice 19 the check takes
-# that rather than the guests' time, whose answers have deadlines. Measured on the AVX2-only
-# machine, where it was CI's 44 s, in sequence.
+# that rather than the guests' time, whose answers have deadlines. It starts with the arm64
+# builds, which it slows where cargo leaves a core free (CI on the AVX2-only machine: 44 s
+# in sequence before; the arm64 builds 222 → 252 s beside it).
 test: models image test-venv flexserve-bin lint test-fast test-fallback test-neon
 	@mkdir -p $(BUILD); \
 	nice -n 19 $(MAKE) --no-print-directory fuzz-check >$(BUILD)/fuzz-check.log 2>&1 & fuzz=$$!; \
