@@ -489,7 +489,8 @@ fn f16_round_trips_exhaustively_and_rounds_ties_to_even() {
 
 /// Q8_0 and Q4_0 prefill (the register-tiled products of two or more columns) computes each
 /// output with the decode kernel's operations in its order: equal to the bit, across row and
-/// column tails, activation panels (16 columns) and L2 row blocks (160 rows of 1536 Q8_0).
+/// column tails, activation panels (16 columns) and L2 row blocks (160 rows of 1536 Q8_0;
+/// 144 of Q4_0, whose AVX2 tiles take rows eight at a time, so 163 rows end in a group of 3).
 #[test]
 fn q8_0_q4_0_prefill_is_bit_identical_to_decode() {
     let shapes = [(32, 1, 2), (64, 3, 5), (576, 7, 19), (1536, 163, 18)];

@@ -1,24 +1,21 @@
-//! Prefill products (two or more activation columns) of Q8_0 and Q4_0 weights with Q8_0
-//! activations, shaped like llama.cpp's tinyBLAS: a register tile of weight rows × activation
-//! columns, block scales converted four at a time with F16C, and no bounds checks or stack
-//! spills inside the block loop (the `blocks32` tiles, generic over six formats, had both,
-//! and ran at about half tinyBLAS's speed).
+//! Prefill products (two or more activation columns) of Q8_0 weights with Q8_0 activations,
+//! shaped like llama.cpp's tinyBLAS: a register tile of weight rows × activation columns,
+//! block scales converted four at a time with F16C, and no bounds checks or stack spills
+//! inside the block loop (the `blocks32` tiles, generic over six formats, had both, and ran
+//! at about half tinyBLAS's speed).
 //!
 //! Each output is computed with the same operations, in the same order, as the `blocks32`
-//! decode kernel computes it, so prefill and decode agree to the bit and both keep llama.cpp's
-//! numerics:
-//! - Q8_0 (tinyBLAS): eight f32 lanes per output, `acc = fma(dw·da, float(lane sums), acc)`,
-//!   then the lanes summed.
-//! - Q4_0 (ggml's repacked `q4_0_8x8` kernels): one f32 per output,
-//!   `acc = fma(float(block total), dw·da, acc)`. The exact integer totals of eight outputs
-//!   are reduced together with `hadd`, so one FMA serves eight outputs.
+//! decode kernel computes it (tinyBLAS's: eight f32 lanes per output,
+//! `acc = fma(dw·da, float(lane sums), acc)`, then the lanes summed), so prefill and decode
+//! agree to the bit and both keep llama.cpp's numerics.
 //!
 //! Rows are taken in blocks that stay in L2 while each 16-column activation panel (in L1)
 //! passes over them; otherwise a 512-token prompt re-reads every weight from L3 per panel.
 //!
-//! This is the AVX2 build ([`base`]). Where AVX-512 VNNI is there, `gemm512` (Q8_0) and
-//! `gemm512_q4_0` tile in 512-bit registers instead, with the same per-output arithmetic;
-//! their shared pieces (the activation tables, the f16 reader) live here.
+//! This is the AVX2 build ([`base`]). Q4_0 has its own layout (`gemm_q4_0`, one row per
+//! lane); where AVX-512 VNNI is there, `gemm512` (Q8_0) and `gemm512_q4_0` tile in 512-bit
+//! registers instead, with the same per-output arithmetic. The pieces they share (the
+//! activation tables, the f16 reader) live here.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -30,8 +27,6 @@ use crate::ggml_type::GgmlType;
 
 /// Bytes of a Q8_0 block (weights and activations alike): f16 scale, 32 × i8.
 pub(super) const Q8_BYTES: usize = 34;
-/// Bytes of a Q4_0 block: f16 scale, 16 bytes of nibbles.
-const Q4_BYTES: usize = 18;
 /// Activation columns per panel: 16 × a 1536-value row is 26 KiB, inside L1 with the tile's
 /// weight rows.
 pub(super) const PANEL: usize = 16;
@@ -40,11 +35,11 @@ pub(super) const ROW_BLOCK_BYTES: usize = 256 * 1024;
 
 /// Whether this module computes `ty`'s products.
 pub(super) fn handles(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0)
+    ty == GgmlType::Q8_0
 }
 
 /// One tile's operands: `w` at its first weight row, `a` at its first activation column,
-/// `out` at the output of both (row stride `stride`); `sc` and `off` at the first column's
+/// `out` at the output of both (row stride `stride`); `sc` at the first column's
 /// entries of the panel's [`Prepared`] tables.
 #[derive(Clone, Copy)]
 struct Tile {
@@ -56,7 +51,6 @@ struct Tile {
     out: *mut f32,
     stride: usize,
     sc: *const f32,
-    off: *const i32,
 }
 
 /// Per-column block data every weight row reuses, computed once per call, laid out
@@ -106,7 +100,6 @@ impl Tile {
                 a: self.a.add(cols * self.arb),
                 out: self.out.add(rows * self.stride + cols),
                 sc: self.sc.add(cols),
-                off: self.off.add(cols),
                 ..self
             }
         }
@@ -191,24 +184,6 @@ fn lane(v: __m256, c: usize) -> __m256 {
     }
 }
 
-/// The lane sums of eight vectors of 16 i16 lanes, as eight i32 in their order. Exact when
-/// each 8-lane half sums to within i16 (Q4_0: 8 × 2 × 15 × 127 = 30480): the three `hadd`
-/// levels stay in i16, only the two halves are added in i32.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn reduce8_i16(p: &[__m256i; 8]) -> __m256i {
-    let h01 = _mm256_hadd_epi16(p[0], p[1]);
-    let h23 = _mm256_hadd_epi16(p[2], p[3]);
-    let h45 = _mm256_hadd_epi16(p[4], p[5]);
-    let h67 = _mm256_hadd_epi16(p[6], p[7]);
-    // Each 128-bit half: the half's sum for p0..p7, in order.
-    let s = _mm256_hadd_epi16(_mm256_hadd_epi16(h01, h23), _mm256_hadd_epi16(h45, h67));
-    _mm256_add_epi32(
-        _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s)),
-        _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(s)),
-    )
-}
-
 /// Stamps out the kernels for one instruction set: `$feat` are its target features,
 /// `$pairsum` its byte-product sum and `$r8` the weight rows of a Q8_0 tile.
 macro_rules! gemm_kernels {
@@ -233,11 +208,8 @@ macro_rules! gemm_kernels {
                 ncols: usize,
                 out: &mut [f32],
             ) {
-                let wb = match ty {
-                    GgmlType::Q8_0 => Q8_BYTES,
-                    GgmlType::Q4_0 => Q4_BYTES,
-                    _ => panic!("gemm: {} is not Q8_0 or Q4_0", ty.name()),
-                };
+                assert!(handles(ty), "gemm: {} is not Q8_0", ty.name());
+                let wb = Q8_BYTES;
                 assert!(nrows > 0 && ncols > 0, "gemm: empty product");
                 let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
                 let nb = arb / Q8_BYTES;
@@ -252,7 +224,7 @@ macro_rules! gemm_kernels {
                 );
                 assert_eq!(out.len(), nrows * ncols, "gemm: bad output length");
                 let block_rows = (ROW_BLOCK_BYTES / wrb.max(1)).max(4) / 4 * 4;
-                let prep = Prepared::new(act, arb, nb, ncols, ty == GgmlType::Q4_0);
+                let prep = Prepared::new(act, arb, nb, ncols, false);
                 let base = Tile {
                     w: w.as_ptr(),
                     wrb,
@@ -262,7 +234,6 @@ macro_rules! gemm_kernels {
                     out: out.as_mut_ptr(),
                     stride: ncols,
                     sc: prep.scales.as_ptr(),
-                    off: prep.offsets.as_ptr(),
                 };
                 for i0 in (0..nrows).step_by(block_rows) {
                     let nr = block_rows.min(nrows - i0);
@@ -274,20 +245,15 @@ macro_rules! gemm_kernels {
                             let panel = (j0 / PANEL) * nb * PANEL;
                             let t = Tile {
                                 sc: prep.scales.as_ptr().add(panel),
-                                off: prep.offsets.as_ptr().wrapping_add(panel),
                                 ..base.at(i0, j0)
                             };
-                            match ty {
-                                GgmlType::Q8_0 => panel_q8(t, nr, nc),
-                                _ => panel_q4(t, nr, nc),
-                            }
+                            panel_q8(t, nr, nc);
                         }
                     }
                 }
             }
 
             panel!(panel_q8, tile_q8, $r8, $feat);
-            panel!(panel_q4, tile_q4, 2, $feat);
 
             /// Q8_0 rows `0..R` × columns `0..C`.
             ///
@@ -336,61 +302,6 @@ macro_rules! gemm_kernels {
                     for c in 0..C {
                         // SAFETY: output (r, c) is inside the tile (contract).
                         unsafe { *t.out.add(r * t.stride + c) = hsum(acc[r][c]) };
-                    }
-                }
-            }
-
-            /// Q4_0 rows `0..R` (R ≤ 2) × columns `0..C`; output (r, c) is lane `4r + c` of the
-            /// accumulator.
-            ///
-            /// # Safety
-            /// `$feat`; `t` points at `R` Q4_0 weight rows, `C` activation columns and their
-            /// outputs.
-            #[inline]
-            #[target_feature(enable = $feat)]
-            unsafe fn tile_q4<const R: usize, const C: usize>(t: Tile) {
-                let mut acc = _mm256_setzero_ps();
-                let m4 = _mm_set1_epi8(0xf);
-                for b in 0..t.nb {
-                    // SAFETY: rows < R, columns < C and blocks < nb are inside the tile (contract).
-                    unsafe {
-                        let ad = col_scales(t, b);
-                        let mut wq = [_mm256_setzero_si256(); R];
-                        let mut wd = [0.0f32; 2];
-                        for r in 0..R {
-                            let blk = t.w.add(r * t.wrb + b * Q4_BYTES);
-                            let q = _mm_loadu_si128(blk.add(2).cast());
-                            // Stored as q + 8: low nibbles are values 0..16, high nibbles 16..32.
-                            let lo = _mm_and_si128(q, m4);
-                            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m4);
-                            wq[r] = _mm256_set_m128i(hi, lo);
-                            wd[r] = f16_at(blk);
-                        }
-                        let scale = _mm256_mul_ps(
-                            _mm256_set_m128(_mm_set1_ps(wd[1]), _mm_set1_ps(wd[0])),
-                            _mm256_set_m128(ad, ad),
-                        );
-                        let mut p = [_mm256_setzero_si256(); 8];
-                        for c in 0..C {
-                            let aq =
-                                _mm256_loadu_si256(t.a.add(c * t.arb + b * Q8_BYTES + 2).cast());
-                            for r in 0..R {
-                                p[4 * r + c] = _mm256_maddubs_epi16(wq[r], aq);
-                            }
-                        }
-                        // (q + 8)·a − 8·a = q·a; exact.
-                        let off = _mm_loadu_si128(t.off.add(b * PANEL).cast());
-                        let totals = _mm256_sub_epi32(reduce8_i16(&p), _mm256_set_m128i(off, off));
-                        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(totals), scale, acc);
-                    }
-                }
-                let mut lanes = [0.0f32; 8];
-                // SAFETY: `lanes` is 8 writable f32s; storeu has no alignment requirement.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-                for r in 0..R {
-                    for c in 0..C {
-                        // SAFETY: output (r, c) is inside the tile (contract).
-                        unsafe { *t.out.add(r * t.stride + c) = lanes[4 * r + c] };
                     }
                 }
             }

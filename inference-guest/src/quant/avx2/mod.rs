@@ -16,6 +16,7 @@ mod float;
 mod gemm;
 mod gemm512;
 mod gemm512_q4_0;
+mod gemm_q4_0;
 mod iq4;
 mod kquant;
 mod kquant_order;
@@ -189,6 +190,13 @@ impl Avx2 {
                 let mut sink = sink::RowMajor { out, ncols };
                 self.matmul_512(ty, w, nrows, act, ncols, &mut sink)
             }
+            GgmlType::Q4_0 if ncols > 1 => {
+                // SAFETY: `self` proves AVX2/FMA/F16C; the kernel checks the lengths.
+                unsafe {
+                    gemm_q4_0::matmul_q4_0(w, nrows, act, ncols, &mut sink::RowMajor { out, ncols })
+                };
+                true
+            }
             _ if ncols > 1 && gemm::handles(ty) => {
                 // SAFETY: `self` proves AVX2/FMA/F16C; `gemm::base::matmul` checks the lengths.
                 unsafe { gemm::base::matmul(ty, w, nrows, act, ncols, out) };
@@ -244,8 +252,8 @@ impl Avx2 {
         matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_1 | GgmlType::Q4_0)
     }
 
-    /// [`super::Kernels::matmul_to_cols`]: `false` where no kernel writes by column (no
-    /// AVX-512 VNNI, another type, or a single column, which decode's row kernels take).
+    /// [`super::Kernels::matmul_to_cols`]: `false` where no kernel writes by column (without
+    /// AVX-512 VNNI every type but Q4_0, or a single column, which decode's row kernels take).
     pub(crate) fn matmul_to_cols(
         self,
         ty: GgmlType,
@@ -255,10 +263,19 @@ impl Avx2 {
         cols: &mut [&mut [f32]],
     ) -> bool {
         let ncols = cols.len();
-        if ncols < 2 || !self.vnni || !Self::tiles_512(ty) {
+        if ncols < 2 {
             return false;
         }
-        self.matmul_512(ty, w, nrows, act, ncols, &mut sink::ByColumn { cols })
+        if self.vnni && Self::tiles_512(ty) {
+            return self.matmul_512(ty, w, nrows, act, ncols, &mut sink::ByColumn { cols });
+        }
+        if ty != GgmlType::Q4_0 {
+            return false;
+        }
+        // SAFETY: `self` proves AVX2/FMA/F16C; the kernel checks the lengths and the sink
+        // every index.
+        unsafe { gemm_q4_0::matmul_q4_0(w, nrows, act, ncols, &mut sink::ByColumn { cols }) };
+        true
     }
 
     /// The 512-bit tiles of `ty` (one of [`Self::tiles_512`]); needs `vnni`.
