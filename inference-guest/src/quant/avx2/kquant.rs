@@ -20,18 +20,22 @@ pub(super) const Q8K_BYTES: usize = 292;
 const Q4K_BYTES: usize = 144;
 /// Q5_K super-block: f16 d, f16 dmin, 12 bytes of scales and mins, 32 of high bits, 128
 /// of nibbles.
-const Q5K_BYTES: usize = 176;
+pub(super) const Q5K_BYTES: usize = 176;
 /// Q6_K super-block: 128 bytes of low nibbles, 64 of high bits, 16 i8 scales, f16 d.
 const Q6K_BYTES: usize = 210;
 pub(super) const Q8K_QS: usize = 4;
-const Q8K_BSUMS: usize = 260;
+pub(super) const Q8K_BSUMS: usize = 260;
 /// Columns per register tile.
 const TILE: usize = 4;
 /// Columns whose activations stay in L1/L2 while every row of the range passes them.
 const PANEL: usize = 16;
+/// From this many columns on, Q5_K rows are unpacked once per product
+/// ([`super::kquant_q5_rows`]) rather than once per tile: below it, batched decode's few
+/// columns do not pay for the unpacked copy.
+const ROWS_FIRST_COLS: usize = 8;
 
 #[inline]
-fn rd_f32(b: &[u8], at: usize) -> f32 {
+pub(super) fn rd_f32(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
@@ -132,7 +136,13 @@ pub(super) unsafe fn matmul_q5_k(
     out: &mut [f32],
 ) {
     // SAFETY: forwarded contract.
-    unsafe { panels::<Q5K>(w, nrows, act, ncols, out) }
+    unsafe {
+        if ncols >= ROWS_FIRST_COLS {
+            super::kquant_q5_rows::matmul_q5_k(w, nrows, act, ncols, out)
+        } else {
+            panels::<Q5K>(w, nrows, act, ncols, out)
+        }
+    }
 }
 
 /// As [`matmul_q4_k`], for Q6_K weights.
@@ -214,7 +224,7 @@ fn hsums_i32<const C: usize>(v: &[__m256i; C]) -> [i32; 4] {
 /// 6-bit mins as i16, unpacked with integer word operations (ggml's `utmp` shuffle).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn q4_k_scales_mins(packed: &[u8; 12]) -> (__m256i, __m128i) {
+pub(super) fn q4_k_scales_mins(packed: &[u8; 12]) -> (__m256i, __m128i) {
     const LOW6: u32 = 0x3f3f_3f3f;
     const LOW4: u32 = 0x0f0f_0f0f;
     const TOP2: u32 = 0x0303_0303;

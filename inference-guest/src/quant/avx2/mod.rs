@@ -20,6 +20,7 @@ mod gemm_q4_0;
 mod iq4;
 mod kquant;
 mod kquant_order;
+mod kquant_q5_rows;
 mod kquant_vnni;
 mod kquant_vnni_q5;
 mod kquant_vnni_q6;
