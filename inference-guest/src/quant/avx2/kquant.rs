@@ -22,16 +22,16 @@ const Q4K_BYTES: usize = 144;
 /// of nibbles.
 pub(super) const Q5K_BYTES: usize = 176;
 /// Q6_K super-block: 128 bytes of low nibbles, 64 of high bits, 16 i8 scales, f16 d.
-const Q6K_BYTES: usize = 210;
+pub(super) const Q6K_BYTES: usize = 210;
 pub(super) const Q8K_QS: usize = 4;
 pub(super) const Q8K_BSUMS: usize = 260;
 /// Columns per register tile.
 const TILE: usize = 4;
 /// Columns whose activations stay in L1/L2 while every row of the range passes them.
 const PANEL: usize = 16;
-/// From this many columns on, Q5_K rows are unpacked once per product
-/// ([`super::kquant_q5_rows`]) rather than once per tile: below it, batched decode's few
-/// columns do not pay for the unpacked copy.
+/// From this many columns on, Q5_K and Q6_K rows are unpacked once per product
+/// ([`super::kquant_q5_rows`], [`super::kquant_q6_rows`]) rather than once per tile: below
+/// it, batched decode's few columns do not pay for the unpacked copy.
 const ROWS_FIRST_COLS: usize = 8;
 
 #[inline]
@@ -159,7 +159,13 @@ pub(super) unsafe fn matmul_q6_k(
 ) {
     let blended = blend_sub_blocks(act);
     // SAFETY: forwarded contract; `blended` is `act` with its quants reordered in place.
-    unsafe { panels::<Q6KPaired>(w, nrows, &blended, ncols, out) }
+    unsafe {
+        if ncols >= ROWS_FIRST_COLS {
+            super::kquant_q6_rows::matmul_q6_k(w, nrows, &blended, ncols, out)
+        } else {
+            panels::<Q6KPaired>(w, nrows, &blended, ncols, out)
+        }
+    }
 }
 
 /// Column panels, then rows, then tiles of [`TILE`] columns (twice that where
@@ -457,7 +463,7 @@ const Q6K_CHUNK_SCALES: [[u8; 16]; 8] = {
 
 /// As [`Q6K_CHUNK_SCALES`] for the woven chunks 2p and 2p + 1 (see [`blend_pair`]): i16
 /// lanes alternate between chunk 2p's group and chunk 2p + 1's.
-const Q6K_PAIR_SCALES: [[u8; 16]; 4] = {
+pub(super) const Q6K_PAIR_SCALES: [[u8; 16]; 4] = {
     let mut t = [[0u8; 16]; 4];
     let mut p = 0;
     while p < 4 {

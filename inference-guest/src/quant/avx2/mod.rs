@@ -21,6 +21,7 @@ mod iq4;
 mod kquant;
 mod kquant_order;
 mod kquant_q5_rows;
+mod kquant_q6_rows;
 mod kquant_vnni;
 mod kquant_vnni_q5;
 mod kquant_vnni_q6;
