@@ -15,6 +15,7 @@ use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use super::gemm::{PANEL, Prepared, Q8_BYTES};
+use super::gemm_q4_0::Cols;
 use super::sink::Sink;
 
 /// Bytes of a Q4_0 block: f16 scale, 16 bytes of nibbles.
@@ -150,20 +151,6 @@ pub(super) unsafe fn matmul_q4_0(
             j += c;
         }
     }
-}
-
-/// A tile's columns: activations, their panel's scale and offset tables, and where its
-/// outputs go (`live` rows of the group are real).
-#[derive(Clone, Copy)]
-struct Cols {
-    a: *const u8,
-    arb: usize,
-    sc: *const f32,
-    off: *const i32,
-    /// The product's row and column of the tile's first output.
-    i0: usize,
-    j: usize,
-    live: usize,
 }
 
 /// The group's sixteen rows × columns `0..C` of `t`.

@@ -168,17 +168,17 @@ pub(super) unsafe fn matmul_q4_0(
 }
 
 /// A tile's columns: activations, their panel's scale and offset tables, and where its
-/// outputs go (`live` rows of the group are real).
+/// outputs go (`live` rows of the group are real). `gemm512_q4_0`'s tiles take the same.
 #[derive(Clone, Copy)]
-struct Cols {
-    a: *const u8,
-    arb: usize,
-    sc: *const f32,
-    off: *const i32,
+pub(super) struct Cols {
+    pub(super) a: *const u8,
+    pub(super) arb: usize,
+    pub(super) sc: *const f32,
+    pub(super) off: *const i32,
     /// The product's row and column of the tile's first output.
-    i0: usize,
-    j: usize,
-    live: usize,
+    pub(super) i0: usize,
+    pub(super) j: usize,
+    pub(super) live: usize,
 }
 
 /// Group `g`'s eight rows × columns `0..C` of `t`.
