@@ -12,6 +12,7 @@
 use core::arch::x86_64::*;
 
 use super::kquant_order::{blend_pair, blend_sub_blocks, pair_sub_blocks};
+use super::kquant_unpack::{q5_k_sub_blocks, q6_k_chunk_scales, q6_k_half, q6_k_pair_scales};
 use super::{arr, h2f, hsum, ld, ld16, prefetch_ahead};
 
 /// Q8_K block layout: f32 scale, 256 quants, 16 i16 block sums.
@@ -374,8 +375,6 @@ impl KTile for Q5K {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, first: bool, out: &mut [f32]) {
-        let m4 = _mm256_set1_epi8(0xf);
-        let b4 = _mm256_set1_epi8(0x10);
         let mut acc = [_mm256_setzero_ps(); C];
         let mut summs = [0.0f32; C];
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
@@ -387,17 +386,7 @@ impl KTile for Q5K {
             let qh = unsafe { ld(arr(x, 16)) };
             let mut isum = [_mm256_setzero_si256(); C];
             for c in 0..4 {
-                // SAFETY: as above.
-                let q = unsafe { ld(arr(x, 48 + 32 * c)) };
-                // Bit 2c (2c + 1) of qh[l] is bit 4 of quant l of sub-block 2c (2c + 1).
-                let (sh0, sh1) = (
-                    _mm_cvtsi32_si128(2 * c as i32),
-                    _mm_cvtsi32_si128(2 * c as i32 + 1),
-                );
-                let h0 = _mm256_and_si256(_mm256_slli_epi16::<4>(_mm256_srl_epi16(qh, sh0)), b4);
-                let h1 = _mm256_and_si256(_mm256_slli_epi16::<4>(_mm256_srl_epi16(qh, sh1)), b4);
-                let lo = _mm256_or_si256(_mm256_and_si256(q, m4), h0);
-                let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q), m4), h1);
+                let (lo, hi) = q5_k_sub_blocks(x, qh, c);
                 let (s0, s1) = (
                     broadcast_i16(scales, 2 * c),
                     broadcast_i16(scales, 2 * c + 1),
@@ -443,40 +432,6 @@ fn hsum_i32x4(v: __m128i) -> i32 {
     _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
 }
 
-/// `pshufb` patterns over a Q6_K super-block's 16 i8 scales giving, once widened to i16,
-/// the scales of 32-value chunk `c`: its first 16 values' group in the low 128-bit half,
-/// the next group's in the high half (ggml's `get_scale_shuffle`; one shuffle and one widen
-/// instead of building each half from scalars).
-const Q6K_CHUNK_SCALES: [[u8; 16]; 8] = {
-    let mut t = [[0u8; 16]; 8];
-    let mut c = 0;
-    while c < 8 {
-        let mut i = 0;
-        while i < 16 {
-            t[c][i] = (2 * c + i / 8) as u8;
-            i += 1;
-        }
-        c += 1;
-    }
-    t
-};
-
-/// As [`Q6K_CHUNK_SCALES`] for the woven chunks 2p and 2p + 1 (see [`blend_pair`]): i16
-/// lanes alternate between chunk 2p's group and chunk 2p + 1's.
-pub(super) const Q6K_PAIR_SCALES: [[u8; 16]; 4] = {
-    let mut t = [[0u8; 16]; 4];
-    let mut p = 0;
-    while p < 4 {
-        let mut i = 0;
-        while i < 16 {
-            t[p][i] = (4 * p + i / 8 + 2 * (i % 2)) as u8;
-            i += 1;
-        }
-        p += 1;
-    }
-    t
-};
-
 /// Q6_K's tile; with `PAIRED` against activations from [`blend_sub_blocks`]: chunks 2p and
 /// 2p + 1 of a half share one `maddubs` pair, an i16 add and one `madd` per column
 /// (|4 products| ≤ 4·63·128 in an i16), the i32 lanes unchanged.
@@ -489,8 +444,6 @@ impl<const PAIRED: bool> KTile for Q6KTile<PAIRED> {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const C: usize>(row: &[u8], a: &[u8], arb: usize, first: bool, out: &mut [f32]) {
-        let m4 = _mm256_set1_epi8(0xf);
-        let m2 = _mm256_set1_epi8(3);
         let mut acc = [_mm256_setzero_ps(); C];
         for (b, x) in row.chunks_exact(Self::WB).enumerate() {
             if first {
@@ -500,35 +453,11 @@ impl<const PAIRED: bool> KTile for Q6KTile<PAIRED> {
             let scales = unsafe { ld16(arr(x, 192)) };
             let mut isum = [_mm256_setzero_si256(); C];
             for h in 0..2 {
-                // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
-                let (ql0, ql1, qh) = unsafe {
-                    (
-                        ld(arr(x, 64 * h)),
-                        ld(arr(x, 64 * h + 32)),
-                        ld(arr(x, 128 + 32 * h)),
-                    )
-                };
-                let hbits = |v: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(v, m2));
-                let q = [
-                    _mm256_or_si256(_mm256_and_si256(ql0, m4), hbits(qh)),
-                    _mm256_or_si256(_mm256_and_si256(ql1, m4), hbits(_mm256_srli_epi16::<2>(qh))),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                        hbits(_mm256_srli_epi16::<4>(qh)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                        hbits(_mm256_srli_epi16::<6>(qh)),
-                    ),
-                ];
+                let q = q6_k_half(x, h);
                 if PAIRED {
                     for p in 0..2 {
                         let (w0, w1) = blend_pair(q[2 * p], q[2 * p + 1]);
-                        let scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
-                            scales,
-                            // SAFETY: as above.
-                            unsafe { ld16(&Q6K_PAIR_SCALES[2 * h + p]) },
-                        ));
+                        let scv = q6_k_pair_scales(scales, 2 * h + p);
                         for (col, acc) in isum.iter_mut().enumerate() {
                             let y = &a[col * arb + b * Q8K_BYTES + Q8K_QS + 128 * h + 64 * p..];
                             // SAFETY: as above.
@@ -541,11 +470,7 @@ impl<const PAIRED: bool> KTile for Q6KTile<PAIRED> {
                     }
                 } else {
                     for (k, qk) in q.iter().enumerate() {
-                        let scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
-                            scales,
-                            // SAFETY: as above.
-                            unsafe { ld16(&Q6K_CHUNK_SCALES[4 * h + k]) },
-                        ));
+                        let scv = q6_k_chunk_scales(scales, 4 * h + k);
                         for (col, acc) in isum.iter_mut().enumerate() {
                             let y = &a[col * arb + b * Q8K_BYTES..];
                             // SAFETY: as above.

@@ -3,10 +3,10 @@
 //! `kquant`'s Q5_K tile unpacks a row's super-block (nibbles, the fifth bits, the 6-bit
 //! scales and mins) for every four columns it multiplies: on the AVX2-only machine that
 //! unpacking and the per-column block-sum reduction cost more than the products, and held
-//! pure-Q5_K prefill at 0.64-0.81x llama.cpp. Here a block of rows is unpacked into 5-bit
-//! bytes, scales as `maddwd`-ready dword pairs, mins, `d` and `dmin` ([`Rows`], in L2),
-//! the columns' block-sum pairs and scales into a table ([`Cols`]), and the tiles only load,
-//! multiply and add. The mins' products of four columns reduce together.
+//! pure-Q5_K prefill at 0.64-0.81x llama.cpp. Here a block of rows (in L2) is unpacked
+//! into 5-bit bytes, scales as `maddwd`-ready dword pairs, mins, `d` and `dmin`
+//! ([`Block`]), the columns' block-sum pairs and scales into a table ([`Cols`]), and the
+//! tiles only load, multiply and add. The mins' products of four columns reduce together.
 //!
 //! Every output keeps the operations, in their order, of `kquant`'s tile (llama.cpp's x86
 //! order: eight exact i32 lanes per super-block, one FMA per lane with `yd · d`, the mins
@@ -17,15 +17,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use super::gemm::ROW_BLOCK_BYTES;
 use super::kquant::{Q5K_BYTES, Q8K_BSUMS, Q8K_BYTES, q4_k_scales_mins, rd_f32};
+use super::kquant_rows::{PANEL, RowsKernel, Tile, matmul};
+use super::kquant_unpack::q5_k_sub_blocks;
 use super::{arr, h2f, hsum, ld};
-
-/// Columns per register tile: four i32 sums and four f32 accumulators beside a sub-block
-/// pair's weights and scales, inside the 16 YMM registers.
-const TILE: usize = 4;
-/// Columns whose activations stay in L1/L2 while every row of a row block passes them.
-const PANEL: usize = 16;
 
 /// One unpacked super-block of a row.
 #[derive(Clone, Copy)]
@@ -40,55 +35,6 @@ struct Block {
     dmin: f32,
 }
 
-/// A block of rows, unpacked: `blocks[r · nsb + b]` is row r's super-block b.
-struct Rows {
-    blocks: Vec<Block>,
-    nsb: usize,
-}
-
-impl Rows {
-    /// Unpacks `rows` (whole Q5_K rows of `nsb` super-blocks each, back to back).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn unpack(&mut self, rows: &[u8]) {
-        let m4 = _mm256_set1_epi8(0xf);
-        let b4 = _mm256_set1_epi8(0x10);
-        self.blocks.clear();
-        for x in rows.chunks_exact(Q5K_BYTES) {
-            let (scales, mins) = q4_k_scales_mins(arr(x, 4));
-            let sc = _mm256_castsi256_si128(scales);
-            let mut pairs = [0i32; 8];
-            // SAFETY: `pairs` is 32 writable bytes; storeu has no alignment requirement.
-            unsafe {
-                _mm_storeu_si128(pairs.as_mut_ptr().cast(), _mm_unpacklo_epi16(sc, sc));
-                _mm_storeu_si128(pairs[4..].as_mut_ptr().cast(), _mm_unpackhi_epi16(sc, sc));
-            }
-            // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
-            let qh = unsafe { ld(arr(x, 16)) };
-            let mut q = [_mm256_setzero_si256(); 8];
-            for c in 0..4 {
-                // SAFETY: as above.
-                let v = unsafe { ld(arr(x, 48 + 32 * c)) };
-                // Bit 2c (2c + 1) of qh[l] is bit 4 of quant l of sub-block 2c (2c + 1).
-                let (sh0, sh1) = (
-                    _mm_cvtsi32_si128(2 * c as i32),
-                    _mm_cvtsi32_si128(2 * c as i32 + 1),
-                );
-                let h0 = _mm256_and_si256(_mm256_slli_epi16::<4>(_mm256_srl_epi16(qh, sh0)), b4);
-                let h1 = _mm256_and_si256(_mm256_slli_epi16::<4>(_mm256_srl_epi16(qh, sh1)), b4);
-                q[2 * c] = _mm256_or_si256(_mm256_and_si256(v, m4), h0);
-                q[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), h1);
-            }
-            self.blocks.push(Block {
-                q,
-                scales: pairs,
-                mins,
-                d: h2f(x, 0),
-                dmin: h2f(x, 2),
-            });
-        }
-    }
-}
-
 /// Per column and super-block, what every row reuses: the 16 block sums added in pairs
 /// (one per min; exact in i16) and the block's scale, laid out `[panel][block][PANEL]` so a
 /// tile reads its columns' scales with one load (4 entries of padding keep it inside).
@@ -97,12 +43,38 @@ struct Cols {
     yd: Vec<f32>,
 }
 
-impl Cols {
-    #[target_feature(enable = "avx2")]
-    fn new(act: &[u8], arb: usize, nsb: usize) -> Self {
+struct Q5KRows;
+
+/// `out[i * ncols + j] = w row i · act row j` for Q5_K weights, `ncols` ≥ 1.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+///
+/// # Panics
+/// If the lengths do not describe `nrows` × `ncols` products of whole super-blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matmul_q5_k(
+    w: &[u8],
+    nrows: usize,
+    act: &[u8],
+    ncols: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { matmul::<Q5KRows>(w, nrows, act, ncols, out) }
+}
+
+impl RowsKernel for Q5KRows {
+    const NAME: &'static str = "q5_k";
+    const WB: usize = Q5K_BYTES;
+    type Block = Block;
+    type Cols = Cols;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn cols(act: &[u8], arb: usize, nsb: usize) -> Cols {
         let ncols = act.len() / arb;
         let len = ncols.div_ceil(PANEL) * nsb * PANEL + 4;
-        let mut t = Self {
+        let mut t = Cols {
             pairs: vec![_mm_setzero_si128(); len],
             yd: vec![0.0; len],
         };
@@ -120,83 +92,47 @@ impl Cols {
         }
         t
     }
-}
 
-/// `out[i * ncols + j] = w row i · act row j` for Q5_K weights, `ncols` ≥ 1.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-///
-/// # Panics
-/// If the lengths do not describe `nrows` × `ncols` products of whole super-blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn matmul_q5_k(
-    w: &[u8],
-    nrows: usize,
-    act: &[u8],
-    ncols: usize,
-    out: &mut [f32],
-) {
-    assert!(nrows > 0 && ncols > 0, "q5_k rows: empty product");
-    let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
-    let nsb = wrb / Q5K_BYTES;
-    assert!(
-        w.len() == nrows * wrb && wrb == nsb * Q5K_BYTES && arb == nsb * Q8K_BYTES,
-        "q5_k rows: bad weight or activation length"
-    );
-    assert_eq!(out.len(), nrows * ncols, "q5_k rows: bad output length");
-    let cols = Cols::new(act, arb, nsb);
-    let block_rows = (ROW_BLOCK_BYTES / (nsb * size_of::<Block>())).max(1);
-    let mut rows = Rows {
-        blocks: Vec::with_capacity(block_rows.min(nrows) * nsb),
-        nsb,
-    };
-    for i0 in (0..nrows).step_by(block_rows) {
-        let nr = block_rows.min(nrows - i0);
-        rows.unpack(&w[i0 * wrb..(i0 + nr) * wrb]);
-        for j0 in (0..ncols).step_by(PANEL) {
-            let nc = PANEL.min(ncols - j0);
-            for r in 0..nr {
-                let dst = &mut out[(i0 + r) * ncols + j0..][..nc];
-                let mut j = 0;
-                while j < nc {
-                    let c = TILE.min(nc - j);
-                    let t = Tile {
-                        act: &act[(j0 + j) * arb..(j0 + j + c) * arb],
-                        arb,
-                        table: ((j0 / PANEL) * nsb * PANEL) + j,
-                    };
-                    let o = &mut dst[j..j + c];
-                    match c {
-                        4 => tile::<4>(&rows, r, &cols, t, o),
-                        3 => tile::<3>(&rows, r, &cols, t, o),
-                        2 => tile::<2>(&rows, r, &cols, t, o),
-                        _ => tile::<1>(&rows, r, &cols, t, o),
-                    }
-                    j += c;
-                }
-            }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(x: &[u8]) -> Block {
+        let (scales, mins) = q4_k_scales_mins(arr(x, 4));
+        let sc = _mm256_castsi256_si128(scales);
+        let mut pairs = [0i32; 8];
+        // SAFETY: `pairs` is 32 writable bytes; storeu has no alignment requirement.
+        unsafe {
+            _mm_storeu_si128(pairs.as_mut_ptr().cast(), _mm_unpacklo_epi16(sc, sc));
+            _mm_storeu_si128(pairs[4..].as_mut_ptr().cast(), _mm_unpackhi_epi16(sc, sc));
         }
+        // SAFETY: AVX2 is this function's contract; the array is bounds-checked.
+        let qh = unsafe { ld(arr(x, 16)) };
+        let mut q = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            (q[2 * c], q[2 * c + 1]) = q5_k_sub_blocks(x, qh, c);
+        }
+        Block {
+            q,
+            scales: pairs,
+            mins,
+            d: h2f(x, 0),
+            dmin: h2f(x, 2),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const C: usize>(row: &[Block], cols: &Cols, t: Tile, out: &mut [f32]) {
+        tile::<C>(row, cols, t, out)
     }
 }
 
-/// A tile's columns: their activations and where their entries start in the [`Cols`]
-/// table (block b's at `table + b · PANEL`).
-struct Tile<'a> {
-    act: &'a [u8],
-    arb: usize,
-    table: usize,
-}
-
-/// Row `r` of `rows` · the `C` columns of `t` into `out`.
+/// `row` (its unpacked super-blocks) · the `C` columns of `t` into `out`.
 #[allow(clippy::needless_range_loop)] // col indexes the sums, accumulators and columns alike
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tile<const C: usize>(rows: &Rows, r: usize, cols: &Cols, t: Tile, out: &mut [f32]) {
-    let nsb = rows.nsb;
+fn tile<const C: usize>(row: &[Block], cols: &Cols, t: Tile, out: &mut [f32]) {
     let mut acc = [_mm256_setzero_ps(); C];
     let mut summs = _mm_setzero_ps();
-    for (b, x) in rows.blocks[r * nsb..(r + 1) * nsb].iter().enumerate() {
+    for (b, x) in row.iter().enumerate() {
         let mut isum = [_mm256_setzero_si256(); C];
         for c in 0..4 {
             let (s0, s1) = (

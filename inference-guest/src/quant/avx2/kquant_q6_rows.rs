@@ -12,19 +12,13 @@
 //! taken from them, one FMA per lane with `yd · d`, then `hsum`), so prefill stays
 //! bit-identical to decode.
 
-use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use super::gemm::ROW_BLOCK_BYTES;
-use super::kquant::{Q6K_BYTES, Q6K_PAIR_SCALES, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, rd_f32};
+use super::kquant::{Q6K_BYTES, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, rd_f32};
 use super::kquant_order::blend_pair;
+use super::kquant_rows::{RowsKernel, Tile, matmul};
+use super::kquant_unpack::{q6_k_half, q6_k_pair_scales};
 use super::{arr, h2f, hsum, ld, ld16};
-
-/// Columns per register tile: four i32 sums and four f32 accumulators beside a chunk
-/// pair's weights and scales, inside the 16 YMM registers.
-const TILE: usize = 4;
-/// Columns whose activations stay in L1/L2 while every row of a row block passes them.
-const PANEL: usize = 16;
 
 /// One unpacked super-block of a row.
 #[derive(Clone, Copy)]
@@ -39,63 +33,7 @@ struct Block {
     d: f32,
 }
 
-/// A block of rows, unpacked: `blocks[r · nsb + b]` is row r's super-block b.
-struct Rows {
-    blocks: Vec<Block>,
-    nsb: usize,
-}
-
-impl Rows {
-    /// Unpacks `rows` (whole Q6_K rows of `nsb` super-blocks each, back to back).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn unpack(&mut self, rows: &[u8]) {
-        let m4 = _mm256_set1_epi8(0xf);
-        let m2 = _mm256_set1_epi8(3);
-        let hbits = |v: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(v, m2));
-        self.blocks.clear();
-        for x in rows.chunks_exact(Q6K_BYTES) {
-            // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
-            let scales = unsafe { ld16(arr(x, 192)) };
-            let mut w = [_mm256_setzero_si256(); 8];
-            let mut pair_scales = [_mm256_setzero_si256(); 4];
-            for h in 0..2 {
-                // SAFETY: as above.
-                let (ql0, ql1, qh) = unsafe {
-                    (
-                        ld(arr(x, 64 * h)),
-                        ld(arr(x, 64 * h + 32)),
-                        ld(arr(x, 128 + 32 * h)),
-                    )
-                };
-                let q = [
-                    _mm256_or_si256(_mm256_and_si256(ql0, m4), hbits(qh)),
-                    _mm256_or_si256(_mm256_and_si256(ql1, m4), hbits(_mm256_srli_epi16::<2>(qh))),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                        hbits(_mm256_srli_epi16::<4>(qh)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                        hbits(_mm256_srli_epi16::<6>(qh)),
-                    ),
-                ];
-                for p in 0..2 {
-                    (w[4 * h + 2 * p], w[4 * h + 2 * p + 1]) = blend_pair(q[2 * p], q[2 * p + 1]);
-                    // SAFETY: as above.
-                    let pattern = unsafe { ld16(&Q6K_PAIR_SCALES[2 * h + p]) };
-                    pair_scales[2 * h + p] =
-                        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pattern));
-                }
-            }
-            self.blocks.push(Block {
-                w,
-                pair_scales,
-                scales: _mm256_cvtepi8_epi16(scales),
-                d: h2f(x, 208),
-            });
-        }
-    }
-}
+struct Q6KRows;
 
 /// `out[i * ncols + j] = w row i · act row j` for Q6_K weights, with `act` from
 /// `blend_sub_blocks` (each chunk pair woven as the weights are).
@@ -113,52 +51,54 @@ pub(super) unsafe fn matmul_q6_k(
     ncols: usize,
     out: &mut [f32],
 ) {
-    assert!(nrows > 0 && ncols > 0, "q6_k rows: empty product");
-    let (wrb, arb) = (w.len() / nrows, act.len() / ncols);
-    let nsb = wrb / Q6K_BYTES;
-    assert!(
-        w.len() == nrows * wrb && wrb == nsb * Q6K_BYTES && arb == nsb * Q8K_BYTES,
-        "q6_k rows: bad weight or activation length"
-    );
-    assert_eq!(out.len(), nrows * ncols, "q6_k rows: bad output length");
-    let block_rows = (ROW_BLOCK_BYTES / (nsb * size_of::<Block>())).max(1);
-    let mut rows = Rows {
-        blocks: Vec::with_capacity(block_rows.min(nrows) * nsb),
-        nsb,
-    };
-    for i0 in (0..nrows).step_by(block_rows) {
-        let nr = block_rows.min(nrows - i0);
-        rows.unpack(&w[i0 * wrb..(i0 + nr) * wrb]);
-        for j0 in (0..ncols).step_by(PANEL) {
-            let nc = PANEL.min(ncols - j0);
-            for r in 0..nr {
-                let dst = &mut out[(i0 + r) * ncols + j0..][..nc];
-                let mut j = 0;
-                while j < nc {
-                    let c = TILE.min(nc - j);
-                    let a = &act[(j0 + j) * arb..(j0 + j + c) * arb];
-                    let o = &mut dst[j..j + c];
-                    match c {
-                        4 => tile::<4>(&rows, r, a, arb, o),
-                        3 => tile::<3>(&rows, r, a, arb, o),
-                        2 => tile::<2>(&rows, r, a, arb, o),
-                        _ => tile::<1>(&rows, r, a, arb, o),
-                    }
-                    j += c;
-                }
+    // SAFETY: forwarded contract.
+    unsafe { matmul::<Q6KRows>(w, nrows, act, ncols, out) }
+}
+
+impl RowsKernel for Q6KRows {
+    const NAME: &'static str = "q6_k";
+    const WB: usize = Q6K_BYTES;
+    type Block = Block;
+    /// Q6_K's tile reads each column's block sums and scale where it uses them.
+    type Cols = ();
+
+    unsafe fn cols(_: &[u8], _: usize, _: usize) {}
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(x: &[u8]) -> Block {
+        // SAFETY: AVX2 is this function's contract; the array is bounds-checked.
+        let scales = unsafe { ld16(arr(x, 192)) };
+        let mut w = [_mm256_setzero_si256(); 8];
+        let mut pair_scales = [_mm256_setzero_si256(); 4];
+        for h in 0..2 {
+            let q = q6_k_half(x, h);
+            for p in 0..2 {
+                (w[4 * h + 2 * p], w[4 * h + 2 * p + 1]) = blend_pair(q[2 * p], q[2 * p + 1]);
+                pair_scales[2 * h + p] = q6_k_pair_scales(scales, 2 * h + p);
             }
         }
+        Block {
+            w,
+            pair_scales,
+            scales: _mm256_cvtepi8_epi16(scales),
+            d: h2f(x, 208),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const C: usize>(row: &[Block], _: &(), t: Tile, out: &mut [f32]) {
+        tile::<C>(row, t.act, t.arb, out)
     }
 }
 
-/// Row `r` of `rows` · the `C` columns of `a` (stride `arb`) into `out`.
+/// `row` (its unpacked super-blocks) · the `C` columns of `a` (stride `arb`) into `out`.
 #[allow(clippy::needless_range_loop)] // col indexes the sums, accumulators and columns alike
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tile<const C: usize>(rows: &Rows, r: usize, a: &[u8], arb: usize, out: &mut [f32]) {
-    let nsb = rows.nsb;
+fn tile<const C: usize>(row: &[Block], a: &[u8], arb: usize, out: &mut [f32]) {
     let mut acc = [_mm256_setzero_ps(); C];
-    for (b, x) in rows.blocks[r * nsb..(r + 1) * nsb].iter().enumerate() {
+    for (b, x) in row.iter().enumerate() {
         let mut isum = [_mm256_setzero_si256(); C];
         for h in 0..2 {
             for p in 0..2 {

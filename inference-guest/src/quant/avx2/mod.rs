@@ -22,6 +22,8 @@ mod kquant;
 mod kquant_order;
 mod kquant_q5_rows;
 mod kquant_q6_rows;
+mod kquant_rows;
+mod kquant_unpack;
 mod kquant_vnni;
 mod kquant_vnni_q5;
 mod kquant_vnni_q6;
