@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use super::gemm::{PANEL, Prepared, Q8_BYTES};
-use super::gemm_q4_0::Cols;
+use super::gemm_q4_0::{Cols, lane_rows};
 use super::sink::Sink;
 
 /// Bytes of a Q4_0 block: f16 scale, 16 bytes of nibbles.
@@ -118,22 +118,13 @@ pub(super) unsafe fn matmul_q4_0(
     let mut rows = Rows::new(nb);
     for i0 in (0..nrows).step_by(LANES) {
         let live = LANES.min(nrows - i0);
-        // Lanes past the last row repeat it; their outputs are not stored.
-        let row = core::array::from_fn(|k| w[(i0 + k.min(live - 1)) * wrb..].as_ptr());
+        let row = lane_rows(w, wrb, i0, nrows);
         // SAFETY: every row index is below nrows; the CPU features are this function's.
         unsafe { rows.load(&row, nb) };
         let mut j = 0;
         while j < ncols {
             let c = COLS.min(ncols - j).min(PANEL - j % PANEL);
-            let t = Cols {
-                a: act[j * arb..].as_ptr(),
-                arb,
-                sc: prep.scales[(j / PANEL) * nb * PANEL + j % PANEL..].as_ptr(),
-                off: prep.offsets[(j / PANEL) * nb * PANEL + j % PANEL..].as_ptr(),
-                i0,
-                j,
-                live,
-            };
+            let t = Cols::new((act, arb, nb), &prep, j, i0, live);
             // SAFETY: columns j..j + c and rows i0..i0 + live are inside the slices
             // checked above; `t.sc`/`t.off` point at column j's entries of its panel.
             unsafe {

@@ -126,9 +126,7 @@ pub(super) unsafe fn matmul_q4_0(
         let gn = block_groups.min(ngroups - g0);
         for g in 0..gn {
             let i0 = (g0 + g) * LANES;
-            let live = LANES.min(nrows - i0);
-            // Lanes past the last row repeat it; their outputs are not stored.
-            let row = core::array::from_fn(|k| w[(i0 + k.min(live - 1)) * wrb..].as_ptr());
+            let row = lane_rows(w, wrb, i0, nrows);
             // SAFETY: every row index is below nrows, g below the groups' count; the CPU
             // features are this function's.
             unsafe { groups.load(g, &row) };
@@ -140,15 +138,7 @@ pub(super) unsafe fn matmul_q4_0(
                 let mut j = j0;
                 while j < panel_end {
                     let c = COLS.min(panel_end - j);
-                    let t = Cols {
-                        a: act[j * arb..].as_ptr(),
-                        arb,
-                        sc: prep.scales[(j / PANEL) * nb * PANEL + j % PANEL..].as_ptr(),
-                        off: prep.offsets[(j / PANEL) * nb * PANEL + j % PANEL..].as_ptr(),
-                        i0,
-                        j,
-                        live: LANES.min(nrows - i0),
-                    };
+                    let t = Cols::new((act, arb, nb), &prep, j, i0, LANES.min(nrows - i0));
                     // SAFETY: columns j..j + c and rows i0..i0 + live are inside the slices
                     // checked above; `t.sc`/`t.off` point at column j's entries of its panel;
                     // group g was loaded above.
@@ -179,6 +169,40 @@ pub(super) struct Cols {
     pub(super) i0: usize,
     pub(super) j: usize,
     pub(super) live: usize,
+}
+
+impl Cols {
+    /// Columns `j..` of `act` (`arb` bytes, `nb` blocks each), with their entries of
+    /// `prep`'s tables, for the `live` rows from `i0`.
+    pub(super) fn new(
+        (act, arb, nb): (&[u8], usize, usize),
+        prep: &Prepared,
+        j: usize,
+        i0: usize,
+        live: usize,
+    ) -> Self {
+        let at = (j / PANEL) * nb * PANEL + j % PANEL;
+        Self {
+            a: act[j * arb..].as_ptr(),
+            arb,
+            sc: prep.scales[at..].as_ptr(),
+            off: prep.offsets[at..].as_ptr(),
+            i0,
+            j,
+            live,
+        }
+    }
+}
+
+/// Pointers to the `N` rows (`wrb` bytes each) of `w` from `i0`, one per lane; lanes past
+/// row `nrows - 1` repeat it (their outputs are not stored).
+pub(super) fn lane_rows<const N: usize>(
+    w: &[u8],
+    wrb: usize,
+    i0: usize,
+    nrows: usize,
+) -> [*const u8; N] {
+    core::array::from_fn(|k| w[(i0 + k).min(nrows - 1) * wrb..].as_ptr())
 }
 
 /// Group `g`'s eight rows × columns `0..C` of `t`.
