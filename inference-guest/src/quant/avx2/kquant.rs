@@ -136,10 +136,11 @@ pub(super) unsafe fn matmul_q5_k(
     ncols: usize,
     out: &mut [f32],
 ) {
-    // SAFETY: forwarded contract.
+    // SAFETY: forwarded contract; `blended` is `act` with its quants reordered in place.
     unsafe {
         if ncols >= ROWS_FIRST_COLS {
-            super::kquant_q5_rows::matmul_q5_k(w, nrows, act, ncols, out)
+            let blended = blend_sub_blocks(act);
+            super::kquant_q5_rows::matmul_q5_k(w, nrows, &blended, ncols, out)
         } else {
             panels::<Q5K>(w, nrows, act, ncols, out)
         }

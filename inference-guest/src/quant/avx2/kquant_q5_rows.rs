@@ -18,6 +18,7 @@ use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use super::kquant::{Q5K_BYTES, Q8K_BSUMS, Q8K_BYTES, q4_k_scales_mins, rd_f32};
+use super::kquant_order::blend_pair;
 use super::kquant_rows::{PANEL, RowsKernel, Tile, matmul};
 use super::kquant_unpack::q5_k_sub_blocks;
 use super::{arr, h2f, hsum, ld};
@@ -25,10 +26,12 @@ use super::{arr, h2f, hsum, ld};
 /// One unpacked super-block of a row.
 #[derive(Clone, Copy)]
 struct Block {
-    /// Sub-blocks 0..8 as 5-bit values (0..32), one vector each.
+    /// Sub-blocks 2c and 2c + 1 as 5-bit values (0..32), woven by [`blend_pair`] into
+    /// `q[2c]` and `q[2c + 1]`.
     q: [__m256i; 8],
-    /// Scale k as the i16 pair `(s_k, s_k)`, for `madd` against `maddubs`' i16 pairs.
-    scales: [i32; 8],
+    /// Scales 2c and 2c + 1 as the i16 pair `(s_2c, s_2c+1)`, for `madd` against the
+    /// woven products' i16 pairs.
+    scales: [i32; 4],
     /// The eight mins as i16.
     mins: __m128i,
     d: f32,
@@ -45,7 +48,8 @@ struct Cols {
 
 struct Q5KRows;
 
-/// `out[i * ncols + j] = w row i · act row j` for Q5_K weights, `ncols` ≥ 1.
+/// `out[i * ncols + j] = w row i · act row j` for Q5_K weights, with `act` from
+/// `blend_sub_blocks` (each sub-block pair woven as the weights are), `ncols` ≥ 1.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
@@ -96,18 +100,16 @@ impl RowsKernel for Q5KRows {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(x: &[u8]) -> Block {
         let (scales, mins) = q4_k_scales_mins(arr(x, 4));
-        let sc = _mm256_castsi256_si128(scales);
-        let mut pairs = [0i32; 8];
-        // SAFETY: `pairs` is 32 writable bytes; storeu has no alignment requirement.
-        unsafe {
-            _mm_storeu_si128(pairs.as_mut_ptr().cast(), _mm_unpacklo_epi16(sc, sc));
-            _mm_storeu_si128(pairs[4..].as_mut_ptr().cast(), _mm_unpackhi_epi16(sc, sc));
-        }
+        let mut pairs = [0i32; 4];
+        // SAFETY: `pairs` is 16 writable bytes; storeu has no alignment requirement. Dword c
+        // of the scales' i16s is the pair (s_2c, s_2c+1).
+        unsafe { _mm_storeu_si128(pairs.as_mut_ptr().cast(), _mm256_castsi256_si128(scales)) };
         // SAFETY: AVX2 is this function's contract; the array is bounds-checked.
         let qh = unsafe { ld(arr(x, 16)) };
         let mut q = [_mm256_setzero_si256(); 8];
         for c in 0..4 {
-            (q[2 * c], q[2 * c + 1]) = q5_k_sub_blocks(x, qh, c);
+            let (lo, hi) = q5_k_sub_blocks(x, qh, c);
+            (q[2 * c], q[2 * c + 1]) = blend_pair(lo, hi);
         }
         Block {
             q,
@@ -135,18 +137,19 @@ fn tile<const C: usize>(row: &[Block], cols: &Cols, t: Tile, out: &mut [f32]) {
     for (b, x) in row.iter().enumerate() {
         let mut isum = [_mm256_setzero_si256(); C];
         for c in 0..4 {
-            let (s0, s1) = (
-                _mm256_set1_epi32(x.scales[2 * c]),
-                _mm256_set1_epi32(x.scales[2 * c + 1]),
-            );
+            let s = _mm256_set1_epi32(x.scales[c]);
             for col in 0..C {
                 let y = &t.act[col * t.arb + b * Q8K_BYTES..];
                 // SAFETY: AVX2 is this function's contract; the arrays are bounds-checked.
                 let (y0, y1) = unsafe { (ld(arr(y, 4 + 64 * c)), ld(arr(y, 36 + 64 * c))) };
-                // |5-bit quant · i8| pairs stay far inside `maddubs`' i16 range.
-                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(x.q[2 * c], y0), s0);
-                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(x.q[2 * c + 1], y1), s1);
-                isum[col] = _mm256_add_epi32(isum[col], _mm256_add_epi32(p0, p1));
+                // Word 2m (2m + 1) of the sum: bytes 4m..4m + 4 of sub-block 2c (2c + 1)
+                // times their activations, |4 · 31 · 128| inside an i16; the `madd` makes
+                // lane m the same i32 as the two sub-blocks' products apart would.
+                let p = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(x.q[2 * c], y0),
+                    _mm256_maddubs_epi16(x.q[2 * c + 1], y1),
+                );
+                isum[col] = _mm256_add_epi32(isum[col], _mm256_madd_epi16(p, s));
             }
         }
         let at = t.table + b * PANEL;
