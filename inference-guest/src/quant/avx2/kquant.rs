@@ -18,7 +18,7 @@ use super::{arr, h2f, hsum, ld, ld16, prefetch_ahead};
 /// Q8_K block layout: f32 scale, 256 quants, 16 i16 block sums.
 pub(super) const Q8K_BYTES: usize = 292;
 /// Q4_K super-block: f16 d, f16 dmin, 12 bytes of scales and mins, 128 bytes of nibbles.
-const Q4K_BYTES: usize = 144;
+pub(super) const Q4K_BYTES: usize = 144;
 /// Q5_K super-block: f16 d, f16 dmin, 12 bytes of scales and mins, 32 of high bits, 128
 /// of nibbles.
 pub(super) const Q5K_BYTES: usize = 176;
@@ -34,6 +34,11 @@ const PANEL: usize = 16;
 /// ([`super::kquant_q5_rows`], [`super::kquant_q6_rows`]) rather than once per tile: below
 /// it, batched decode's few columns do not pay for the unpacked copy.
 const ROWS_FIRST_COLS: usize = 8;
+/// From this many columns on, Q4_K rows are transposed eight at a time into lanes
+/// ([`super::kquant_q4_lanes`]). The transpose costs about as much as five columns'
+/// products: one thread, 1536 rows of 768 values, 8 columns 61 against the tile's 86
+/// GFLOP/s, 128 columns 96-113 against 83-87; the two meet near 23 columns.
+const Q4K_LANES_FIRST_COLS: usize = 32;
 
 #[inline]
 pub(super) fn rd_f32(b: &[u8], at: usize) -> f32 {
@@ -119,6 +124,10 @@ pub(super) unsafe fn matmul_q4_k(
     ncols: usize,
     out: &mut [f32],
 ) {
+    if ncols >= Q4K_LANES_FIRST_COLS {
+        // SAFETY: forwarded contract.
+        return unsafe { super::kquant_q4_lanes::matmul_q4_k(w, nrows, act, ncols, out) };
+    }
     let paired = pair_sub_blocks(act);
     // SAFETY: forwarded contract; `paired` is `act` with its quants reordered in place.
     unsafe { panels::<Q4KPaired>(w, nrows, &paired, ncols, out) }

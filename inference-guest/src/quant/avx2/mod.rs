@@ -20,6 +20,7 @@ mod gemm_q4_0;
 mod iq4;
 mod kquant;
 mod kquant_order;
+mod kquant_q4_lanes;
 mod kquant_q5_rows;
 mod kquant_q6_rows;
 mod kquant_rows;
