@@ -12,6 +12,8 @@
 use core::arch::x86_64::*;
 
 use super::kquant_order::{blend_pair, blend_sub_blocks, pair_sub_blocks};
+use super::kquant_q5_rows::Q5KRows;
+use super::kquant_q6_rows::Q6KRows;
 use super::kquant_unpack::{q5_k_sub_blocks, q6_k_chunk_scales, q6_k_half, q6_k_pair_scales};
 use super::{arr, h2f, hsum, ld, ld16, prefetch_ahead};
 
@@ -149,7 +151,7 @@ pub(super) unsafe fn matmul_q5_k(
     unsafe {
         if ncols >= ROWS_FIRST_COLS {
             let blended = blend_sub_blocks(act);
-            super::kquant_q5_rows::matmul_q5_k(w, nrows, &blended, ncols, out)
+            super::kquant_rows::matmul::<Q5KRows>(w, nrows, &blended, ncols, out)
         } else {
             panels::<Q5K>(w, nrows, act, ncols, out)
         }
@@ -172,7 +174,7 @@ pub(super) unsafe fn matmul_q6_k(
     // SAFETY: forwarded contract; `blended` is `act` with its quants reordered in place.
     unsafe {
         if ncols >= ROWS_FIRST_COLS {
-            super::kquant_q6_rows::matmul_q6_k(w, nrows, &blended, ncols, out)
+            super::kquant_rows::matmul::<Q6KRows>(w, nrows, &blended, ncols, out)
         } else {
             panels::<Q6KPaired>(w, nrows, &blended, ncols, out)
         }

@@ -19,13 +19,13 @@ use core::arch::x86_64::*;
 
 use super::kquant::{Q5K_BYTES, Q8K_BSUMS, Q8K_BYTES, q4_k_scales_mins, rd_f32};
 use super::kquant_order::blend_pair;
-use super::kquant_rows::{PANEL, RowsKernel, Tile, matmul};
+use super::kquant_rows::{PANEL, RowsKernel, Tile};
 use super::kquant_unpack::q5_k_sub_blocks;
 use super::{arr, h2f, hsum, ld};
 
 /// One unpacked super-block of a row.
 #[derive(Clone, Copy)]
-struct Block {
+pub(super) struct Block {
     /// Sub-blocks 2c and 2c + 1 as 5-bit values (0..32), woven by [`blend_pair`] into
     /// `q[2c]` and `q[2c + 1]`.
     q: [__m256i; 8],
@@ -41,32 +41,14 @@ struct Block {
 /// Per column and super-block, what every row reuses: the 16 block sums added in pairs
 /// (one per min; exact in i16) and the block's scale, laid out `[panel][block][PANEL]` so a
 /// tile reads its columns' scales with one load (4 entries of padding keep it inside).
-struct Cols {
+pub(super) struct Cols {
     pairs: Vec<__m128i>,
     yd: Vec<f32>,
 }
 
-struct Q5KRows;
-
-/// `out[i * ncols + j] = w row i · act row j` for Q5_K weights, with `act` from
-/// `blend_sub_blocks` (each sub-block pair woven as the weights are), `ncols` ≥ 1.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-///
-/// # Panics
-/// If the lengths do not describe `nrows` × `ncols` products of whole super-blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn matmul_q5_k(
-    w: &[u8],
-    nrows: usize,
-    act: &[u8],
-    ncols: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: forwarded contract.
-    unsafe { matmul::<Q5KRows>(w, nrows, act, ncols, out) }
-}
+/// Q5_K for `kquant_rows::matmul`, against activations from `blend_sub_blocks` (each
+/// sub-block pair woven as the weights are).
+pub(super) struct Q5KRows;
 
 impl RowsKernel for Q5KRows {
     const NAME: &'static str = "q5_k";

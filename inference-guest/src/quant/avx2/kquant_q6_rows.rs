@@ -16,13 +16,13 @@ use core::arch::x86_64::*;
 
 use super::kquant::{Q6K_BYTES, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, rd_f32};
 use super::kquant_order::blend_pair;
-use super::kquant_rows::{RowsKernel, Tile, matmul};
+use super::kquant_rows::{RowsKernel, Tile};
 use super::kquant_unpack::{q6_k_half, q6_k_pair_scales};
 use super::{arr, h2f, hsum, ld, ld16};
 
 /// One unpacked super-block of a row.
 #[derive(Clone, Copy)]
-struct Block {
+pub(super) struct Block {
     /// For half h and pair p, the woven chunks 4h + 2p and 4h + 2p + 1 ([`blend_pair`]) at
     /// `w[4h + 2p]` and `w[4h + 2p + 1]`: the stored quants, 0..64.
     w: [__m256i; 8],
@@ -33,27 +33,9 @@ struct Block {
     d: f32,
 }
 
-struct Q6KRows;
-
-/// `out[i * ncols + j] = w row i · act row j` for Q6_K weights, with `act` from
-/// `blend_sub_blocks` (each chunk pair woven as the weights are).
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-///
-/// # Panics
-/// If the lengths do not describe `nrows` × `ncols` products of whole super-blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn matmul_q6_k(
-    w: &[u8],
-    nrows: usize,
-    act: &[u8],
-    ncols: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: forwarded contract.
-    unsafe { matmul::<Q6KRows>(w, nrows, act, ncols, out) }
-}
+/// Q6_K for `kquant_rows::matmul`, against activations from `blend_sub_blocks` (each
+/// chunk pair woven as the weights are).
+pub(super) struct Q6KRows;
 
 impl RowsKernel for Q6KRows {
     const NAME: &'static str = "q6_k";
