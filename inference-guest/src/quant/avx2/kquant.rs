@@ -14,7 +14,9 @@ use core::arch::x86_64::*;
 use super::kquant_order::{blend_pair, blend_sub_blocks, pair_sub_blocks};
 use super::kquant_q5_rows::Q5KRows;
 use super::kquant_q6_rows::Q6KRows;
-use super::kquant_unpack::{q5_k_sub_blocks, q6_k_chunk_scales, q6_k_half, q6_k_pair_scales};
+use super::kquant_unpack::{
+    q5_k_sub_blocks, q6_k_chunk_scales, q6_k_half, q6_k_pair_scales, q8k_sub_block_sums,
+};
 use super::{arr, h2f, hsum, ld, ld16, prefetch_ahead};
 
 /// Q8_K block layout: f32 scale, 256 quants, 16 i16 block sums.
@@ -311,12 +313,7 @@ fn q4_k_block_end<const C: usize>(
     let mut mprod = [_mm256_setzero_si256(); C];
     for (col, p) in mprod.iter_mut().enumerate() {
         let y = &a[col * arb + b * Q8K_BYTES..];
-        // SAFETY: AVX2 is this function's contract; the array is bounds-checked.
-        let bsums = unsafe { ld(arr(y, Q8K_BSUMS)) };
-        let pairs = _mm_hadd_epi16(
-            _mm256_castsi256_si128(bsums),
-            _mm256_extracti128_si256::<1>(bsums),
-        );
+        let pairs = q8k_sub_block_sums(y);
         *p = _mm256_set_m128i(_mm_setzero_si128(), _mm_madd_epi16(pairs, mins));
     }
     let (itot, mtot) = (hsums_i32(isum), hsums_i32(&mprod));
@@ -417,12 +414,7 @@ impl KTile for Q5K {
             for col in 0..C {
                 let y = &a[col * arb + b * Q8K_BYTES..];
                 // Σ_j m_j · (bsum 2j + bsum 2j+1), exact in i32.
-                // SAFETY: as above; 16 i16 block sums are in bounds.
-                let bsums = unsafe { ld(arr(y, Q8K_BSUMS)) };
-                let pairs = _mm_hadd_epi16(
-                    _mm256_castsi256_si128(bsums),
-                    _mm256_extracti128_si256::<1>(bsums),
-                );
+                let pairs = q8k_sub_block_sums(y);
                 let msum = hsum_i32x4(_mm_madd_epi16(pairs, mins));
                 let yd = rd_f32(y, 0);
                 summs[col] += -yd * dmin * msum as f32;

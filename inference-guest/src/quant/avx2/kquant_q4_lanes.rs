@@ -18,8 +18,9 @@ use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use super::gemm::ROW_BLOCK_BYTES;
-use super::kquant::{Q4K_BYTES, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, rd_f32};
+use super::kquant::{Q4K_BYTES, Q8K_BYTES, Q8K_QS, rd_f32};
 use super::kquant_rows::PANEL;
+use super::kquant_unpack::q8k_sub_block_sums;
 use super::{arr, h2f, ld};
 use crate::quant::reference::q4_k_scales_mins;
 
@@ -132,12 +133,7 @@ impl Cols {
             yd: Vec::with_capacity(blocks),
         };
         for y in act.chunks_exact(Q8K_BYTES) {
-            // SAFETY: AVX2 is this function's contract; the array is bounds-checked.
-            let bsums = unsafe { ld(arr(y, Q8K_BSUMS)) };
-            let sums = _mm_hadd_epi16(
-                _mm256_castsi256_si128(bsums),
-                _mm256_extracti128_si256::<1>(bsums),
-            );
+            let sums = q8k_sub_block_sums(y);
             let mut p = [0i32; 4];
             // SAFETY: `p` is 16 writable bytes; storeu has no alignment requirement.
             unsafe { _mm_storeu_si128(p.as_mut_ptr().cast(), sums) };

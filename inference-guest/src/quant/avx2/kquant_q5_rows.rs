@@ -17,10 +17,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use super::kquant::{Q5K_BYTES, Q8K_BSUMS, Q8K_BYTES, q4_k_scales_mins, rd_f32};
+use super::kquant::{Q5K_BYTES, Q8K_BYTES, q4_k_scales_mins, rd_f32};
 use super::kquant_order::blend_pair;
 use super::kquant_rows::{PANEL, RowsKernel, Tile};
-use super::kquant_unpack::q5_k_sub_blocks;
+use super::kquant_unpack::{q5_k_sub_blocks, q8k_sub_block_sums};
 use super::{arr, h2f, hsum, ld};
 
 /// One unpacked super-block of a row.
@@ -67,12 +67,7 @@ impl RowsKernel for Q5KRows {
         for (j, col) in act.chunks_exact(arb).enumerate() {
             for (b, y) in col.chunks_exact(Q8K_BYTES).enumerate() {
                 let at = ((j / PANEL) * nsb + b) * PANEL + j % PANEL;
-                // SAFETY: AVX2 is this function's contract; the array is bounds-checked.
-                let bsums = unsafe { ld(arr(y, Q8K_BSUMS)) };
-                t.pairs[at] = _mm_hadd_epi16(
-                    _mm256_castsi256_si128(bsums),
-                    _mm256_extracti128_si256::<1>(bsums),
-                );
+                t.pairs[at] = q8k_sub_block_sums(y);
                 t.yd[at] = rd_f32(y, 0);
             }
         }

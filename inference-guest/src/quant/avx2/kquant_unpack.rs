@@ -1,10 +1,11 @@
-//! Unpacking of Q5_K and Q6_K super-blocks into `maddubs`-ready bytes and scales, shared by
-//! the column tiles (`kquant`, which unpack a row per tile) and the row-first products
-//! (`kquant_q5_rows`, `kquant_q6_rows`, which unpack a block of rows once), so both compute
-//! the same weights the same way.
+//! Unpacking of Q5_K and Q6_K super-blocks into `maddubs`-ready bytes and scales, and of a
+//! Q8_K block's sub-block sums, shared by the column tiles (`kquant`, which unpack a row per
+//! tile) and the row-first and row-per-lane products (`kquant_q5_rows`, `kquant_q6_rows`,
+//! `kquant_q4_lanes`), so all compute the same values the same way.
 
 use core::arch::x86_64::*;
 
+use super::kquant::Q8K_BSUMS;
 use super::{arr, ld, ld16};
 
 /// The 5-bit quants (0..32) of Q5_K super-block `x`'s sub-blocks 2c and 2c + 1, from its
@@ -110,4 +111,17 @@ pub(super) fn q6_k_pair_scales(scales: __m128i, pair: usize) -> __m256i {
     // SAFETY: AVX2 is this function's contract; the array is bounds-checked.
     let pattern = unsafe { ld16(&Q6K_PAIR_SCALES[pair]) };
     _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pattern))
+}
+
+/// The sums of Q8_K block `y`'s eight 32-value sub-blocks as i16 lanes: its 16 block sums
+/// added in pairs (exact: |2 · 16 · 128| < 2¹⁵), what the K-quants' mins multiply.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn q8k_sub_block_sums(y: &[u8]) -> __m128i {
+    // SAFETY: AVX2 is this function's contract; the array is bounds-checked.
+    let bsums = unsafe { ld(arr(y, Q8K_BSUMS)) };
+    _mm_hadd_epi16(
+        _mm256_castsi256_si128(bsums),
+        _mm256_extracti128_si256::<1>(bsums),
+    )
 }
