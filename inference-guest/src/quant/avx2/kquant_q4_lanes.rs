@@ -65,11 +65,8 @@ impl Group {
         let sm: [([u8; 8], [u8; 8]); LANES] =
             core::array::from_fn(|k| q4_k_scales_mins(&x[k][4..16]));
         let pair = |lo: u8, hi: u8| i32::from(lo) | (i32::from(hi) << 16);
-        let lanes = |f: &dyn Fn(usize) -> i32| {
-            let v: [i32; LANES] = core::array::from_fn(f);
-            // SAFETY: `v` is 32 readable bytes; loadu has no alignment requirement.
-            unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
-        };
+        // SAFETY: `v` is 32 readable bytes; loadu has no alignment requirement.
+        let lanes = |v: [i32; LANES]| unsafe { _mm256_loadu_si256(v.as_ptr().cast()) };
         let floats = |at: usize| {
             let v: [f32; LANES] = core::array::from_fn(|k| h2f(x[k], at));
             // SAFETY: `v` is 32 readable bytes; loadu has no alignment requirement.
@@ -77,8 +74,14 @@ impl Group {
         };
         Self {
             q,
-            scales: core::array::from_fn(|j| lanes(&|k| pair(sm[k].0[j], sm[k].0[j]))),
-            mins: core::array::from_fn(|p| lanes(&|k| pair(sm[k].1[2 * p], sm[k].1[2 * p + 1]))),
+            scales: core::array::from_fn(|j| {
+                lanes(core::array::from_fn(|k| pair(sm[k].0[j], sm[k].0[j])))
+            }),
+            mins: core::array::from_fn(|p| {
+                lanes(core::array::from_fn(|k| {
+                    pair(sm[k].1[2 * p], sm[k].1[2 * p + 1])
+                }))
+            }),
             d: floats(0),
             dmin: floats(2),
         }
